@@ -1,0 +1,490 @@
+//! `postern access`: the client. Opens a carrier (TLS + WebSocket) to the edge for a
+//! hostname and splices it with ssh's stdio (`access ssh`, a ProxyCommand) or with TCP
+//! connections accepted on a local port (`access tcp`).
+//!
+//! The carrier is set up blocking, before the loop (DNS, TCP connect, TLS handshake, HTTP
+//! upgrade), so every failure can be reported with its cause and fix. Then one mio loop
+//! moves bytes both ways through bounded buffers:
+//!
+//! ```text
+//!  local ──read──▶ masked WS frames ──▶ TLS ──▶ edge
+//!  local ◀──write── out (bounded) ◀── WS decoder ◀── TLS ◀── edge
+//! ```
+//! Local EOF sends a WebSocket Close (half-close); the edge's Close shuts our write side.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::buf::Buf;
+use crate::http::{self, HeadLimits};
+use crate::io::local::Local;
+use crate::io::tls::TlsConn;
+use crate::io::{random_bytes, would_block, Signals};
+use crate::limits::{MAX_REFUSAL_BODY, STREAM_SEND_BUFFER};
+use crate::state::Secret;
+use crate::ws::{self, Decoder, Item, Role};
+
+/// How the client proves who it is.
+pub enum Credentials {
+    ServiceToken { id: String, secret: Secret },
+    None,
+}
+
+pub struct AccessOptions {
+    pub hostname: String,
+    /// Where to connect (`host:port`); SNI and Host stay `hostname`.
+    pub edge: String,
+    pub extra_ca: Option<PathBuf>,
+    pub credentials: Credentials,
+}
+
+/// A failure with its cause and what to do about it.
+#[derive(Debug)]
+pub struct AccessError(pub String);
+
+impl fmt::Display for AccessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AccessError {}
+
+fn err(msg: impl Into<String>) -> AccessError {
+    AccessError(msg.into())
+}
+
+fn client_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, AccessError> {
+    let roots = crate::pki::root_store(extra_ca, &[]).map_err(|e| err(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Connects, upgrades, and returns a carrier ready for the loop.
+pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
+    let addrs: Vec<SocketAddr> = opts
+        .edge
+        .to_socket_addrs()
+        .map_err(|e| err(format!("cannot resolve the edge {}: {e}", opts.edge)))?
+        .collect();
+    let mut last = None;
+    let mut sock = None;
+    for a in &addrs {
+        match StdTcpStream::connect_timeout(a, Duration::from_secs(10)) {
+            Ok(s) => {
+                sock = Some(s);
+                break;
+            }
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    let mut sock = match (sock, last) {
+        (Some(s), _) => s,
+        (None, Some((a, e))) => {
+            return Err(err(format!(
+                "cannot reach the edge at {a}: {e} (is the edge running, and is egress to its port allowed? \
+                 set --edge or POSTERN_EDGE to the edge's address)"
+            )))
+        }
+        (None, None) => return Err(err(format!("the edge {} resolves to no address", opts.edge))),
+    };
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+    let name = ServerName::try_from(opts.hostname.clone())
+        .map_err(|_| err(format!("invalid hostname {:?}", opts.hostname)))?;
+    let mut tls =
+        rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| err(e.to_string()))?;
+    while tls.is_handshaking() {
+        if let Err(e) = tls.complete_io(&mut sock) {
+            let text = e.to_string();
+            return Err(err(
+                if text.contains("certificate") || text.contains("UnknownIssuer") {
+                    format!(
+                    "certificate not trusted: the edge at {} presented a certificate for {} that no \
+                     trusted CA signed ({text}); pass --ca FILE (or POSTERN_CA) with the edge's CA",
+                    opts.edge, opts.hostname
+                )
+                } else {
+                    format!(
+                        "TLS handshake with the edge at {} failed: {text}",
+                        opts.edge
+                    )
+                },
+            ));
+        }
+    }
+
+    // The upgrade request, with Cloudflare Access's header names.
+    let key = crate::base64::encode(&random_bytes::<16>());
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Host", &opts.hostname),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", &key),
+        ("Sec-WebSocket-Version", "13"),
+        ("User-Agent", concat!("postern/", env!("CARGO_PKG_VERSION"))),
+    ];
+    if let Credentials::ServiceToken { id, secret } = &opts.credentials {
+        headers.push(("CF-Access-Client-Id", id));
+        headers.push(("CF-Access-Client-Secret", secret.expose()));
+    }
+    let mut req = Vec::new();
+    http::write_request(&mut req, "GET", "/", &headers);
+    tls.writer()
+        .write_all(&req)
+        .map_err(|e| err(e.to_string()))?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    stream.flush().map_err(|e| err(e.to_string()))?;
+
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let limits = HeadLimits::default();
+    let (head, used) = loop {
+        if let Some(done) = http::parse_response_head(&buf, &limits)
+            .map_err(|e| err(format!("bad answer from the edge: {e}")))?
+        {
+            break done;
+        }
+        let n = stream.read(&mut chunk).map_err(|e| {
+            err(format!(
+                "the edge closed the connection during the upgrade: {e}"
+            ))
+        })?;
+        if n == 0 {
+            return Err(err("the edge closed the connection during the upgrade"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if head.status != 101 {
+        // Read the (bounded) JSON body naming the cause.
+        let want = head
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            .min(MAX_REFUSAL_BODY);
+        while buf.len() - used < want {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = &buf[used..buf.len().min(used + want)];
+        let cause = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| head.reason.clone());
+        return Err(err(format!(
+            "the edge refused {} (HTTP {}): {cause}",
+            opts.hostname, head.status
+        )));
+    }
+    let expected = http::websocket_accept_key(&key);
+    if head.header("sec-websocket-accept") != Some(expected.as_str()) {
+        return Err(err(
+            "the edge answered the upgrade with a wrong Sec-WebSocket-Accept",
+        ));
+    }
+    sock.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
+    let leftover = &buf[used..];
+    let pushed = conn.rx.push(leftover);
+    debug_assert_eq!(pushed, leftover.len());
+    Ok(conn)
+}
+
+/// One carrier spliced with one local endpoint.
+struct Splice {
+    tls: TlsConn,
+    local: Local,
+    dec: Decoder,
+    /// Bytes from the edge waiting for the local side.
+    out: Buf,
+    local_eof: bool,
+    local_write_shut: bool,
+    sent_close: bool,
+}
+
+enum Progress {
+    Running,
+    Done,
+}
+
+impl Splice {
+    fn new(tls: TlsConn, local: Local) -> Self {
+        Splice {
+            tls,
+            local,
+            dec: Decoder::new(Role::Client),
+            out: Buf::new(STREAM_SEND_BUFFER),
+            local_eof: false,
+            local_write_shut: false,
+            sent_close: false,
+        }
+    }
+
+    fn pump(
+        &mut self,
+        registry: &Registry,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Progress, AccessError> {
+        self.tls
+            .read()
+            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        // Edge → local.
+        loop {
+            while !self.out.is_empty() && !self.local_write_shut {
+                match self.local.write(self.out.data()) {
+                    Ok(n) => self.out.consume(n),
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        debug!("local write: {e}");
+                        // The local side is gone: nothing more to deliver.
+                        self.out.consume(self.out.len());
+                        self.local_write_shut = true;
+                    }
+                }
+            }
+            if self.out.space() == 0 {
+                break;
+            }
+            let rx = self.tls.rx.data_mut();
+            match self.dec.poll(rx, self.out.space()) {
+                Ok(Some((Item::Data { start, len }, used))) => {
+                    if !self.local_write_shut {
+                        self.out.push(&rx[start..start + len]);
+                    }
+                    self.tls.rx.consume(used);
+                }
+                Ok(Some((Item::Ping { payload, len }, used))) => {
+                    self.tls.rx.consume(used);
+                    scratch.clear();
+                    ws::encode_frame(scratch, ws::PONG, &payload[..len], Some(random_bytes()));
+                    self.tls.send(scratch);
+                }
+                Ok(Some((Item::Pong, used))) => self.tls.rx.consume(used),
+                Ok(Some((Item::Close { code, reason }, used))) => {
+                    self.tls.rx.consume(used);
+                    if code != ws::close::NORMAL {
+                        return Err(err(format!("the edge closed the session: {reason}")));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(err(format!("bad frame from the edge: {e}"))),
+            }
+        }
+        if self.dec.is_closed() && self.out.is_empty() && !self.local_write_shut {
+            self.local_write_shut = true;
+            self.local.shutdown_write(registry);
+        }
+        if self.tls.peer_closed && !self.dec.is_closed() {
+            return Err(err("the edge closed the connection"));
+        }
+        // Local → edge, one bounded batch at a time.
+        while self.tls.can_send() && !self.local_eof {
+            let mut buf = [0u8; 16 * 1024];
+            match self.local.read(&mut buf) {
+                Ok(0) => {
+                    self.local_eof = true;
+                    self.local.shutdown_read(registry);
+                    scratch.clear();
+                    ws::encode_close(scratch, ws::close::NORMAL, "", Some(random_bytes()));
+                    self.tls.send(scratch);
+                    self.sent_close = true;
+                }
+                Ok(n) => {
+                    let mask = random_bytes();
+                    let mut h = [0u8; 14];
+                    let hl = ws::encode_header(&mut h, ws::BINARY, n, Some(mask));
+                    scratch.clear();
+                    scratch.extend_from_slice(&h[..hl]);
+                    ws::mask_into(scratch, &buf[..n], mask);
+                    self.tls.send(scratch);
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(format!("local read failed: {e}"))),
+            }
+            self.tls
+                .flush()
+                .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        }
+        self.tls
+            .flush()
+            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        if self.sent_close && self.dec.is_closed() && self.out.is_empty() {
+            self.tls.close();
+            return Ok(Progress::Done);
+        }
+        Ok(Progress::Running)
+    }
+}
+
+fn credentials_hint(opts: &AccessOptions) {
+    if matches!(opts.credentials, Credentials::None) {
+        debug!(
+            "no service token given; the edge decides whether {} needs one",
+            opts.hostname
+        );
+    }
+}
+
+/// `postern access ssh`: splice stdin/stdout with a carrier (ssh's ProxyCommand).
+pub fn ssh(opts: AccessOptions) -> Result<(), AccessError> {
+    credentials_hint(&opts);
+    let cfg = client_config(opts.extra_ca.as_deref())?;
+    let tls = connect(&opts, &cfg)?;
+    let local = Local::stdio().map_err(|e| err(format!("stdio: {e}")))?;
+    let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
+    let mut s = Splice::new(tls, local);
+    poll.registry()
+        .register(
+            &mut s.tls.sock,
+            Token(0),
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .map_err(|e| err(e.to_string()))?;
+    s.local
+        .register(poll.registry(), Token(1), Token(2))
+        .map_err(|e| err(e.to_string()))?;
+    let mut events = Events::with_capacity(16);
+    let mut scratch = Vec::with_capacity(32 * 1024);
+    loop {
+        match s.pump(poll.registry(), &mut scratch) {
+            Ok(Progress::Running) => {}
+            Ok(Progress::Done) => {
+                s.local.finish();
+                return Ok(());
+            }
+            Err(e) => {
+                s.local.finish();
+                return Err(e);
+            }
+        }
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(err(e.to_string()));
+            }
+        }
+    }
+}
+
+/// `postern access tcp`: a local listener; each accepted connection gets its own carrier.
+pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
+    credentials_hint(&opts);
+    let cfg = client_config(opts.extra_ca.as_deref())?;
+    let mut listener =
+        TcpListener::bind(listen).map_err(|e| err(format!("cannot listen on {listen}: {e}")))?;
+    let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
+    let mut signals = Signals::new().map_err(|e| err(e.to_string()))?;
+    poll.registry()
+        .register(&mut listener, Token(0), Interest::READABLE)
+        .map_err(|e| err(e.to_string()))?;
+    poll.registry()
+        .register(&mut signals.rx, Token(1), Interest::READABLE)
+        .map_err(|e| err(e.to_string()))?;
+    info!(
+        "listening on {} for {} (via edge {})",
+        listener.local_addr().map_err(|e| err(e.to_string()))?,
+        opts.hostname,
+        opts.edge
+    );
+    let mut sessions: Vec<Option<Splice>> = Vec::new();
+    let mut events = Events::with_capacity(256);
+    let mut scratch = Vec::with_capacity(32 * 1024);
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(err(e.to_string()));
+            }
+        }
+        let mut touched = Vec::new();
+        for ev in events.iter() {
+            match ev.token() {
+                Token(0) => loop {
+                    match listener.accept() {
+                        Ok((sock, peer)) => {
+                            let _ = sock.set_nodelay(true);
+                            match connect(&opts, &cfg) {
+                                Ok(tls) => {
+                                    let slot = sessions
+                                        .iter()
+                                        .position(Option::is_none)
+                                        .unwrap_or_else(|| {
+                                            sessions.push(None);
+                                            sessions.len() - 1
+                                        });
+                                    let mut s = Splice::new(tls, Local::Tcp(sock));
+                                    let base = 2 + 2 * slot;
+                                    let reg = poll.registry();
+                                    let ok = reg
+                                        .register(
+                                            &mut s.tls.sock,
+                                            Token(base),
+                                            Interest::READABLE | Interest::WRITABLE,
+                                        )
+                                        .and_then(|_| {
+                                            s.local.register(reg, Token(base + 1), Token(base + 1))
+                                        });
+                                    if let Err(e) = ok {
+                                        warn!("{peer}: {e}");
+                                        continue;
+                                    }
+                                    sessions[slot] = Some(s);
+                                    touched.push(slot);
+                                }
+                                Err(e) => warn!("{peer}: {e}"),
+                            }
+                        }
+                        Err(e) if would_block(&e) => break,
+                        Err(e) => {
+                            warn!("accept: {e}");
+                            break;
+                        }
+                    }
+                },
+                Token(1) => {
+                    if signals.take() {
+                        return Ok(());
+                    }
+                }
+                Token(t) => touched.push((t - 2) / 2),
+            }
+        }
+        for slot in touched {
+            let Some(Some(s)) = sessions.get_mut(slot) else {
+                continue;
+            };
+            let done = match s.pump(poll.registry(), &mut scratch) {
+                Ok(Progress::Running) => false,
+                Ok(Progress::Done) => true,
+                Err(e) => {
+                    warn!("session ended: {e}");
+                    true
+                }
+            };
+            if done {
+                if let Some(mut s) = sessions[slot].take() {
+                    let _ = poll.registry().deregister(&mut s.tls.sock);
+                    s.local.deregister(poll.registry());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The audit log: one JSON object per line for each access decision (DESIGN.md §4).
+//!
+//! Contract: each line is `{"time": RFC 3339 UTC, "event": …, <fields>}`, written with one
+//! `write` on a file opened for append (created 0600), so concurrent writers never interleave
+//! within a line. `time` and `event` cannot be overridden by fields. Recording never fails the
+//! caller: a write error is logged (`log::warn!`) and the decision goes ahead.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+
+/// Where decisions are recorded; [`Audit::disabled`] records nothing.
+pub struct Audit {
+    file: Option<Mutex<File>>,
+}
+
+impl Audit {
+    /// Appends to `path`, creating it with mode 0600.
+    pub fn open(path: &Path) -> io::Result<Audit> {
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open audit log {}: {e}", path.display()),
+                )
+            })?;
+        Ok(Audit {
+            file: Some(Mutex::new(file)),
+        })
+    }
+
+    /// An audit log that drops every record.
+    pub fn disabled() -> Audit {
+        Audit { file: None }
+    }
+
+    /// Appends one line for `event` with `fields`.
+    pub fn record(&self, event: &str, fields: Map<String, Value>) {
+        let Some(file) = &self.file else { return };
+        let mut line = Map::new();
+        line.insert("time".into(), Value::String(rfc3339(SystemTime::now())));
+        line.insert("event".into(), Value::String(event.into()));
+        for (key, value) in fields {
+            line.entry(key).or_insert(value);
+        }
+        let mut text = Value::Object(line).to_string();
+        text.push('\n');
+        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Err(e) = file.write_all(text.as_bytes()) {
+            log::warn!("cannot write the audit log: {e}");
+        }
+    }
+}
+
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+fn rfc3339(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::{mode_of, TempDir};
+    use std::time::Duration;
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        let at = |secs, millis| {
+            rfc3339(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(at(1_709_251_199, 999), "2024-02-29T23:59:59.999Z");
+        assert_eq!(at(4_102_444_800, 0), "2100-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn appends_one_json_line_per_record() {
+        let tmp = TempDir::new("audit");
+        let path = tmp.0.join("audit.log");
+        let audit = Audit::open(&path).unwrap();
+        let mut fields = Map::new();
+        fields.insert("host".into(), "ssh.localhost".into());
+        fields.insert("event".into(), "spoofed".into());
+        audit.record("allow", fields);
+        drop(audit);
+        Audit::open(&path).unwrap().record("deny", Map::new());
+        Audit::disabled().record("ignored", Map::new());
+
+        assert_eq!(mode_of(&path), 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["event"], "allow");
+        assert_eq!(lines[0]["host"], "ssh.localhost");
+        assert_eq!(lines[1]["event"], "deny");
+        let time = lines[0]["time"].as_str().unwrap();
+        assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    }
+}

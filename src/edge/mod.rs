@@ -1,0 +1,1061 @@
+//! `postern edge`: the public side. One mio loop holds every connection:
+//!
+//! ```text
+//!  TCP accept ─▶ Accepting (read ClientHello; ALPN picks the role)
+//!                 ├─ "postern-tunnel/1" ─▶ Tunnel  (mutual TLS, mux Session, REGISTER)
+//!                 └─ otherwise          ─▶ Carrier (HTTP head ─▶ auth ─▶ 101 ─▶ WebSocket stream)
+//! ```
+//!
+//! A carrier's WebSocket payload goes into one mux stream of a tunnel connection that
+//! registered the carrier's hostname; the stream's bounded buffers and window are the
+//! backpressure: a full stream stops reading the carrier, an empty window stops the origin.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::CertificateDer;
+use rustls::server::{Acceptor, ServerConfig};
+
+use crate::audit::Audit;
+use crate::http::{self, HeadLimits, RequestHead};
+use crate::io::tls::TlsConn;
+use crate::io::{would_block, Signals};
+use crate::limits::{CONN_WRITE_BATCH, HANDSHAKE_TIMEOUT_SECS, MAX_EDGE_CONNECTIONS};
+use crate::mux::{self, Event, Session, Side};
+use crate::state::{ClaimError, Hostnames, ServiceTokens};
+use crate::ws::{self, Decoder, Item, Role};
+
+pub use config::{Application, EdgeSettings};
+
+const LISTENER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// A closing carrier that does not take its last bytes within this time is dropped.
+const CLOSE_GRACE_SECS: u64 = 10;
+
+/// ERROR codes sent to an origin whose registration is refused (the origin exits on these).
+pub mod refusal {
+    /// The certificate does not cover the hostname.
+    pub const NOT_COVERED: u16 = 403;
+    /// Another origin certificate owns the hostname.
+    pub const OWNED: u16 = 409;
+    /// The hostname is not valid.
+    pub const BAD_HOSTNAME: u16 = 400;
+}
+
+enum Conn {
+    Accepting {
+        sock: TcpStream,
+        acceptor: Box<Acceptor>,
+        deadline: Instant,
+        peer: SocketAddr,
+    },
+    Carrier(Box<Carrier>),
+    Tunnel(Box<Tunnel>),
+}
+
+struct Carrier {
+    tls: TlsConn,
+    peer: SocketAddr,
+    sni: String,
+    state: CarrierState,
+    /// Handshake/head deadline (slowloris bound); none once streaming.
+    deadline: Option<Instant>,
+}
+
+enum CarrierState {
+    Head,
+    Streaming {
+        tunnel: usize,
+        stream: u32,
+        dec: Decoder,
+        sent_close: bool,
+    },
+    /// A response or close frame is queued; close once it is flushed.
+    Closing,
+}
+
+struct Tunnel {
+    tls: TlsConn,
+    peer: SocketAddr,
+    mux: Session,
+    cert: CertificateDer<'static>,
+    cert_fp: String,
+    hostname: Option<String>,
+    connector: String,
+    ha_index: u8,
+    /// Stream id → carrier slot.
+    carriers: HashMap<u32, usize>,
+    /// Close once the queued output (e.g. an ERROR frame) is flushed.
+    closing: bool,
+    next_timeout: Instant,
+}
+
+pub struct Edge {
+    settings: EdgeSettings,
+    poll: Poll,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
+    /// Hostname → tunnel slots that registered it.
+    routes: HashMap<String, Vec<usize>>,
+    round_robin: usize,
+    tokens: ServiceTokens,
+    hostnames: Hostnames,
+    audit: Audit,
+    scratch: Vec<u8>,
+}
+
+impl Edge {
+    pub fn new(settings: EdgeSettings) -> io::Result<Edge> {
+        let tokens = ServiceTokens::load(&settings.state)?;
+        let hostnames = Hostnames::load(&settings.state)?;
+        let audit = Audit::open(&settings.audit_log)?;
+        Ok(Edge {
+            settings,
+            poll: Poll::new()?,
+            conns: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
+            routes: HashMap::new(),
+            round_robin: 0,
+            tokens,
+            hostnames,
+            audit,
+            scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+        })
+    }
+
+    /// Binds, prints where it listens, and serves until SIGTERM/SIGINT.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut listener = TcpListener::bind(self.settings.listen).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", self.settings.listen),
+            )
+        })?;
+        let addr = listener.local_addr()?;
+        self.poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new()?;
+        self.poll
+            .registry()
+            .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
+        info!("postern edge listening on {addr}");
+        (self.settings.on_ready)(addr);
+
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + Duration::from_secs(1);
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(&listener),
+                    SIGNALS => {
+                        if signals.take() {
+                            info!("edge shutting down");
+                            self.shutdown();
+                            return Ok(());
+                        }
+                    }
+                    Token(t) => self.mark(t - FIRST_CONN),
+                }
+            }
+            self.run_dirty();
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now);
+                self.run_dirty();
+                next_tick = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn accept(&mut self, listener: &TcpListener) {
+        loop {
+            match listener.accept() {
+                Ok((mut sock, peer)) => {
+                    if self.conns.len() - self.free.len() >= MAX_EDGE_CONNECTIONS {
+                        warn!("refusing {peer}: {MAX_EDGE_CONNECTIONS} connections open");
+                        continue;
+                    }
+                    let _ = sock.set_nodelay(true);
+                    let slot = self.alloc();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut sock,
+                        Token(slot + FIRST_CONN),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("register {peer}: {e}");
+                        self.free.push(slot);
+                        continue;
+                    }
+                    self.conns[slot] = Some(Conn::Accepting {
+                        sock,
+                        acceptor: Box::default(),
+                        deadline: Instant::now() + Duration::from_secs(HANDSHAKE_TIMEOUT_SECS),
+                        peer,
+                    });
+                    self.mark(slot);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and wait for the next readiness.
+                    warn!("accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn alloc(&mut self) -> usize {
+        if let Some(i) = self.free.pop() {
+            return i;
+        }
+        self.conns.push(None);
+        self.is_dirty.push(false);
+        self.conns.len() - 1
+    }
+
+    fn mark(&mut self, slot: usize) {
+        if slot < self.is_dirty.len() && !self.is_dirty[slot] {
+            self.is_dirty[slot] = true;
+            self.dirty.push(slot);
+        }
+    }
+
+    fn run_dirty(&mut self) {
+        while let Some(slot) = self.dirty.pop() {
+            self.is_dirty[slot] = false;
+            let Some(conn) = self.conns[slot].take() else {
+                continue;
+            };
+            let kept = match conn {
+                Conn::Accepting {
+                    sock,
+                    acceptor,
+                    deadline,
+                    peer,
+                } => self.pump_accepting(slot, sock, acceptor, deadline, peer),
+                Conn::Carrier(c) => self.pump_carrier(slot, c).map(Conn::Carrier),
+                Conn::Tunnel(t) => self.pump_tunnel(slot, t).map(Conn::Tunnel),
+            };
+            match kept {
+                Some(c) => self.conns[slot] = Some(c),
+                None => self.free.push(slot),
+            }
+        }
+    }
+
+    fn pump_accepting(
+        &mut self,
+        slot: usize,
+        mut sock: TcpStream,
+        mut acceptor: Box<Acceptor>,
+        deadline: Instant,
+        peer: SocketAddr,
+    ) -> Option<Conn> {
+        loop {
+            match acceptor.read_tls(&mut sock) {
+                Ok(0) => {
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    return None;
+                }
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("{peer}: {e}");
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    return None;
+                }
+            }
+            match acceptor.accept() {
+                Ok(None) => continue,
+                Ok(Some(accepted)) => {
+                    let hello = accepted.client_hello();
+                    let is_tunnel = hello
+                        .alpn()
+                        .is_some_and(|mut protos| protos.any(|p| p == mux::ALPN));
+                    let sni = hello.server_name().unwrap_or("").to_ascii_lowercase();
+                    let config: Arc<ServerConfig> = if is_tunnel {
+                        self.settings.tunnel_tls.clone()
+                    } else {
+                        self.settings.carrier_tls.clone()
+                    };
+                    return match accepted.into_connection(config) {
+                        Ok(conn) => {
+                            let tls = TlsConn::new(sock, conn);
+                            self.mark(slot);
+                            if is_tunnel {
+                                Some(Conn::Tunnel(Box::new(Tunnel {
+                                    tls,
+                                    peer,
+                                    mux: Session::new(Side::Edge, Instant::now()),
+                                    cert: CertificateDer::from(Vec::new()),
+                                    cert_fp: String::new(),
+                                    hostname: None,
+                                    connector: String::new(),
+                                    ha_index: 0,
+                                    carriers: HashMap::new(),
+                                    closing: false,
+                                    next_timeout: Instant::now(),
+                                })))
+                            } else {
+                                Some(Conn::Carrier(Box::new(Carrier {
+                                    tls,
+                                    peer,
+                                    sni,
+                                    state: CarrierState::Head,
+                                    deadline: Some(deadline),
+                                })))
+                            }
+                        }
+                        Err((e, mut alert)) => {
+                            info!("{peer}: TLS refused: {e}");
+                            let _ = alert.write_all(&mut sock);
+                            let _ = self.poll.registry().deregister(&mut sock);
+                            None
+                        }
+                    };
+                }
+                Err((e, mut alert)) => {
+                    info!("{peer}: TLS refused: {e}");
+                    let _ = alert.write_all(&mut sock);
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    return None;
+                }
+            }
+        }
+        Some(Conn::Accepting {
+            sock,
+            acceptor,
+            deadline,
+            peer,
+        })
+    }
+
+    // ---------------------------------------------------------------- carriers
+
+    fn pump_carrier(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
+        if let Err(e) = c.tls.read() {
+            info!("carrier {}: {e}", c.peer);
+            self.end_carrier(slot, c, "TLS error");
+            return None;
+        }
+        if c.deadline.is_some() && !c.tls.tls.is_handshaking() {
+            // Handshake done; the head must still arrive before the deadline.
+        }
+        loop {
+            match &mut c.state {
+                CarrierState::Head => {
+                    let limits = HeadLimits::default();
+                    match http::parse_request_head(c.tls.rx.data(), &limits) {
+                        Ok(None) => {
+                            if c.tls.peer_closed {
+                                self.end_carrier(slot, c, "closed before the request");
+                                return None;
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            info!("carrier {}: bad request head: {e}", c.peer);
+                            refuse(&mut c, 400, "Bad Request", &e.to_string());
+                        }
+                        Ok(Some((head, used))) => {
+                            c.tls.rx.consume(used);
+                            self.on_request(slot, &mut c, head);
+                            continue;
+                        }
+                    }
+                }
+                CarrierState::Streaming { .. } => {
+                    if !self.splice_carrier(&mut c) {
+                        // Both Closes exchanged: close_notify, then end once it is flushed.
+                        c.tls.tls.send_close_notify();
+                        c.state = CarrierState::Closing;
+                        c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                    }
+                }
+                CarrierState::Closing => {
+                    c.tls.rx.consume(c.tls.rx.len());
+                }
+            }
+            break;
+        }
+        if let Err(e) = c.tls.flush() {
+            debug!("carrier {}: {e}", c.peer);
+            self.end_carrier(slot, c, "write failed");
+            return None;
+        }
+        if matches!(c.state, CarrierState::Closing) && !c.tls.tls.wants_write() {
+            self.end_carrier(slot, c, "closed");
+            return None;
+        }
+        Some(c)
+    }
+
+    /// Moves bytes both ways between a carrier and its mux stream. False when finished.
+    fn splice_carrier(&mut self, c: &mut Carrier) -> bool {
+        let CarrierState::Streaming {
+            tunnel,
+            stream,
+            dec,
+            sent_close,
+        } = &mut c.state
+        else {
+            return true;
+        };
+        let (tunnel, stream) = (*tunnel, *stream);
+        let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) else {
+            // The tunnel went away while this carrier was queued.
+            ws::encode_close(
+                &mut self.scratch,
+                ws::close::TRY_AGAIN,
+                "tunnel went away",
+                None,
+            );
+            c.tls.send(&self.scratch);
+            self.scratch.clear();
+            c.state = CarrierState::Closing;
+            c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+            return true;
+        };
+        let mut moved = false;
+
+        // Client → origin: decode only as much as the stream can take.
+        loop {
+            let room = t.mux.writable(stream);
+            let rx = c.tls.rx.data_mut();
+            match dec.poll(rx, room) {
+                Ok(Some((Item::Data { start, len }, used))) => {
+                    if len > 0 {
+                        let n = t.mux.write(stream, &rx[start..start + len]);
+                        debug_assert_eq!(n, len);
+                        moved = true;
+                    }
+                    c.tls.rx.consume(used);
+                }
+                Ok(Some((Item::Ping { payload, len }, used))) => {
+                    c.tls.rx.consume(used);
+                    let mut pong = Vec::new();
+                    ws::encode_frame(&mut pong, ws::PONG, &payload[..len], None);
+                    c.tls.send(&pong);
+                }
+                Ok(Some((Item::Pong, used))) => c.tls.rx.consume(used),
+                Ok(Some((Item::Close { .. }, used))) => {
+                    c.tls.rx.consume(used);
+                    t.mux.close_write(stream);
+                    moved = true;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    info!("carrier {}: {e}", c.peer);
+                    t.mux
+                        .reset(stream, mux::rst::CANCEL, "client protocol error");
+                    t.carriers.remove(&stream);
+                    let mut out = Vec::new();
+                    ws::encode_close(&mut out, ws::close::PROTOCOL_ERROR, &e.to_string(), None);
+                    c.tls.send(&out);
+                    c.state = CarrierState::Closing;
+                    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                    self.mark(tunnel);
+                    return true;
+                }
+            }
+        }
+        if c.tls.peer_closed && !dec.is_closed() {
+            debug!("carrier {} went away without Close", c.peer);
+            t.mux.reset(stream, mux::rst::CANCEL, "client went away");
+            t.carriers.remove(&stream);
+            self.mark(tunnel);
+            return false;
+        }
+
+        // Origin → client, one bounded batch at a time.
+        while c.tls.can_send() {
+            let data = t.mux.readable(stream);
+            if data.is_empty() {
+                break;
+            }
+            let n = data.len().min(CONN_WRITE_BATCH);
+            let mut h = [0u8; 14];
+            let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
+            c.tls.send_vectored(&[&h[..hl], &data[..n]]);
+            t.mux.consume(stream, n);
+            moved = true;
+            if c.tls.flush().is_err() {
+                break;
+            }
+        }
+        if !*sent_close && t.mux.read_closed(stream) {
+            let mut out = Vec::new();
+            ws::encode_close(&mut out, ws::close::NORMAL, "", None);
+            c.tls.send(&out);
+            *sent_close = true;
+        }
+        let finished = *sent_close && dec.is_closed();
+        if finished {
+            t.carriers.remove(&stream);
+        }
+        if moved {
+            self.mark(tunnel);
+        }
+        !finished
+    }
+
+    fn on_request(&mut self, slot: usize, c: &mut Carrier, head: RequestHead) {
+        let host = head
+            .header("host")
+            .map(|h| strip_port(h).to_ascii_lowercase())
+            .unwrap_or_default();
+        let mut audit = serde_json::Map::new();
+        audit.insert("peer".into(), c.peer.to_string().into());
+        audit.insert("hostname".into(), host.clone().into());
+        if host.is_empty() || host != c.sni {
+            audit.insert("reason".into(), "host header does not match SNI".into());
+            self.deny(audit);
+            return refuse(
+                c,
+                421,
+                "Misdirected Request",
+                "Host header does not match the TLS server name",
+            );
+        }
+        let upgrade = head.header_has_token("connection", "upgrade")
+            && head.header_has_token("upgrade", "websocket")
+            && head.header("sec-websocket-version") == Some("13");
+        let key = head.header("sec-websocket-key").map(str::to_owned);
+        if head.method != "GET" || !upgrade || key.is_none() {
+            return refuse(
+                c,
+                400,
+                "Bad Request",
+                "this endpoint carries SSH over WebSocket: connect with `postern access ssh`",
+            );
+        }
+        let Some(app) = self.settings.application(&host) else {
+            audit.insert("reason".into(), "no application".into());
+            self.deny(audit);
+            return refuse(
+                c,
+                404,
+                "Not Found",
+                &format!("no application for {host} on this edge"),
+            );
+        };
+        // Authentication: a service token (SSO app tokens arrive with the identity issue).
+        let identity = match (
+            head.header("cf-access-client-id"),
+            head.header("cf-access-client-secret"),
+        ) {
+            (Some(id), Some(secret)) => {
+                let mut name = self.tokens.verify(id, secret).map(str::to_owned);
+                if name.is_none() {
+                    // Tokens minted after start-up live in the state dir: look again once.
+                    if let Ok(t) = ServiceTokens::load(&self.settings.state) {
+                        self.tokens = t;
+                        name = self.tokens.verify(id, secret).map(str::to_owned);
+                    }
+                }
+                match name {
+                    Some(name) if app.allows_service_token(&name) => name,
+                    Some(name) => {
+                        audit.insert("service_token".into(), name.into());
+                        audit.insert("reason".into(), "policy does not admit token".into());
+                        self.deny(audit);
+                        return refuse(
+                            c,
+                            403,
+                            "Forbidden",
+                            &format!("service token refused: not allowed for {host}"),
+                        );
+                    }
+                    None => {
+                        audit.insert(
+                            "reason".into(),
+                            "unknown service token or bad secret".into(),
+                        );
+                        self.deny(audit);
+                        return refuse(
+                            c,
+                            403,
+                            "Forbidden",
+                            "service token refused: unknown client id or wrong secret",
+                        );
+                    }
+                }
+            }
+            _ => {
+                audit.insert("reason".into(), "no credentials".into());
+                self.deny(audit);
+                return refuse(
+                    c,
+                    401,
+                    "Unauthorized",
+                    &format!(
+                        "authentication required for {host}: pass a service token \
+                         (POSTERN_SERVICE_TOKEN_ID / POSTERN_SERVICE_TOKEN_SECRET)"
+                    ),
+                );
+            }
+        };
+        audit.insert("service_token".into(), identity.clone().into());
+        let Some(tunnel) = self.pick_tunnel(&host) else {
+            audit.insert("reason".into(), "hostname not registered".into());
+            self.deny(audit);
+            return refuse(
+                c,
+                404,
+                "Not Found",
+                &format!("hostname {host} is not registered by any tunnel"),
+            );
+        };
+        let claims = serde_json::json!({ "service_token": identity }).to_string();
+        let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
+            unreachable!("bug: route to a non-tunnel slot");
+        };
+        let Some(stream) = t.mux.open_stream(&host, claims.as_bytes()) else {
+            return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
+        };
+        t.carriers.insert(stream, slot);
+        self.mark(tunnel);
+        audit.insert("decision".into(), "allow".into());
+        self.audit.record("access", audit);
+
+        let accept = http::websocket_accept_key(key.as_deref().unwrap_or_default());
+        let mut out = Vec::new();
+        http::write_response(
+            &mut out,
+            101,
+            "Switching Protocols",
+            &[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", &accept),
+            ],
+            b"",
+        );
+        c.tls.send(&out);
+        c.deadline = None;
+        c.state = CarrierState::Streaming {
+            tunnel,
+            stream,
+            dec: Decoder::new(Role::Server),
+            sent_close: false,
+        };
+    }
+
+    fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>) {
+        fields.insert("decision".into(), "deny".into());
+        info!(
+            "denied {}: {}",
+            fields
+                .get("hostname")
+                .and_then(|v| v.as_str())
+                .unwrap_or(""),
+            fields.get("reason").and_then(|v| v.as_str()).unwrap_or("")
+        );
+        self.audit.record("access", fields);
+    }
+
+    /// A live, non-draining tunnel slot for `host`, round-robin over its HA connections.
+    fn pick_tunnel(&mut self, host: &str) -> Option<usize> {
+        let slots = self.routes.get(host)?;
+        let live: Vec<usize> = slots
+            .iter()
+            .copied()
+            .filter(|&s| {
+                matches!(&self.conns[s], Some(Conn::Tunnel(t))
+                    if !t.closing && !t.mux.is_going_away() && t.mux.error().is_none())
+            })
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        self.round_robin = self.round_robin.wrapping_add(1);
+        Some(live[self.round_robin % live.len()])
+    }
+
+    fn end_carrier(&mut self, slot: usize, mut c: Box<Carrier>, why: &str) {
+        debug!("carrier {} closed: {why}", c.peer);
+        if let CarrierState::Streaming { tunnel, stream, .. } = c.state {
+            if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
+                if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
+                    t.mux.reset(stream, mux::rst::CANCEL, "client closed");
+                }
+                self.mark(tunnel);
+            }
+        }
+        c.tls.close();
+        let _ = self.poll.registry().deregister(&mut c.tls.sock);
+        let _ = slot;
+    }
+
+    // ---------------------------------------------------------------- tunnels
+
+    fn pump_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
+        let now = Instant::now();
+        if let Err(e) = t.tls.read() {
+            info!("tunnel {}: {e}", t.peer);
+            self.end_tunnel(slot, t, &e.to_string());
+            return None;
+        }
+        if t.cert_fp.is_empty() && !t.tls.tls.is_handshaking() {
+            match t.tls.tls.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => {
+                    t.cert = cert.clone().into_owned();
+                    t.cert_fp = crate::pki::fingerprint(&t.cert);
+                }
+                None => {
+                    self.end_tunnel(slot, t, "no client certificate");
+                    return None;
+                }
+            }
+        }
+        if !t.tls.rx.is_empty() {
+            match t.mux.handle_input(t.tls.rx.data(), now) {
+                Ok(n) => t.tls.rx.consume(n),
+                Err(e) => {
+                    warn!("tunnel {}: protocol error: {e}", t.peer);
+                    t.mux.send_error(500, &e.to_string());
+                    t.closing = true;
+                }
+            }
+        }
+        while let Some(ev) = t.mux.poll_event() {
+            self.on_tunnel_event(slot, &mut t, ev);
+        }
+        if t.tls.peer_closed {
+            self.end_tunnel(slot, t, "origin closed the connection");
+            return None;
+        }
+        // Frames out, one bounded batch at a time.
+        while t.tls.can_send() && t.mux.wants_transmit() {
+            self.scratch.clear();
+            t.mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
+            t.tls.send(&self.scratch);
+            if t.tls.flush().is_err() {
+                break;
+            }
+        }
+        self.scratch.clear();
+        if let Err(e) = t.tls.flush() {
+            self.end_tunnel(slot, t, &e.to_string());
+            return None;
+        }
+        if t.closing && !t.tls.tls.wants_write() {
+            self.end_tunnel(slot, t, "closed after error");
+            return None;
+        }
+        Some(t)
+    }
+
+    fn on_tunnel_event(&mut self, slot: usize, t: &mut Tunnel, ev: Event) {
+        match ev {
+            Event::Hello {
+                version,
+                connector_id,
+                ha_index,
+            } => {
+                t.connector = connector_id.iter().map(|b| format!("{b:02x}")).collect();
+                t.ha_index = ha_index;
+                if version != mux::PROTOCOL_VERSION {
+                    t.mux.send_error(400, "unsupported tunnel protocol version");
+                    t.closing = true;
+                }
+            }
+            Event::Register { hostname, service } => {
+                self.on_register(slot, t, &hostname.to_ascii_lowercase(), &service)
+            }
+            Event::Readable(stream) | Event::Writable(stream) | Event::Closed(stream) => {
+                if let Some(&c) = t.carriers.get(&stream) {
+                    self.mark(c);
+                }
+            }
+            Event::Reset {
+                stream,
+                code,
+                reason,
+            } => {
+                if let Some(c) = t.carriers.remove(&stream) {
+                    if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
+                        let why = if code == mux::rst::CONNECT_FAILED {
+                            format!("origin could not reach its service: {reason}")
+                        } else {
+                            format!("stream reset by origin: {reason}")
+                        };
+                        let mut out = Vec::new();
+                        ws::encode_close(&mut out, ws::close::TRY_AGAIN, &why, None);
+                        carrier.tls.send(&out);
+                        carrier.state = CarrierState::Closing;
+                        carrier.deadline =
+                            Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                        self.mark(c);
+                    }
+                }
+            }
+            Event::GoAway { reason, .. } => {
+                info!(
+                    "tunnel {} ({}) is draining: {reason}",
+                    t.peer,
+                    t.hostname.as_deref().unwrap_or("-")
+                );
+            }
+            Event::Error { code, message } => {
+                warn!("tunnel {} reported error {code}: {message}", t.peer);
+            }
+            Event::Registered { .. } | Event::Open { .. } => {
+                t.mux.send_error(400, "unexpected frame from origin");
+                t.closing = true;
+            }
+        }
+    }
+
+    fn on_register(&mut self, slot: usize, t: &mut Tunnel, hostname: &str, service: &str) {
+        let mut audit = serde_json::Map::new();
+        audit.insert("peer".into(), t.peer.to_string().into());
+        audit.insert("hostname".into(), hostname.into());
+        audit.insert("connector".into(), t.connector.clone().into());
+        audit.insert("certificate".into(), t.cert_fp.clone().into());
+        let refusal = if t.hostname.is_some() {
+            Some((
+                refusal::BAD_HOSTNAME,
+                "one hostname per tunnel connection".to_owned(),
+            ))
+        } else if !valid_hostname(hostname) {
+            Some((
+                refusal::BAD_HOSTNAME,
+                format!("invalid hostname {hostname:?}"),
+            ))
+        } else if self.settings.application(hostname).is_none() {
+            Some((
+                refusal::NOT_COVERED,
+                format!("hostname {hostname} is not in a zone served by this edge"),
+            ))
+        } else if !origin_cert_covers(&t.cert, hostname) {
+            Some((
+                refusal::NOT_COVERED,
+                format!("origin certificate does not cover hostname {hostname}: use a certificate for its zone"),
+            ))
+        } else {
+            let zone = hostname.split_once('.').map(|(_, z)| z).unwrap_or(hostname);
+            match self
+                .hostnames
+                .claim(&self.settings.state, hostname, &t.cert_fp, zone)
+            {
+                Ok(_) => None,
+                Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
+                    refusal::OWNED,
+                    format!("hostname {hostname} is already registered by another origin certificate (zone {zone_of_owner})"),
+                )),
+                Err(e) => Some((500, format!("edge could not record the registration: {e}"))),
+            }
+        };
+        if let Some((code, message)) = refusal {
+            warn!("tunnel {}: registration refused: {message}", t.peer);
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), message.clone().into());
+            self.audit.record("register", audit);
+            t.mux
+                .send_error(code, &format!("registration refused: {message}"));
+            t.closing = true;
+            return;
+        }
+        info!(
+            "tunnel registered {hostname} -> {service} (connector {}, connection {}, {})",
+            &t.connector[..t.connector.len().min(8)],
+            t.ha_index,
+            t.peer
+        );
+        audit.insert("decision".into(), "allow".into());
+        self.audit.record("register", audit);
+        t.hostname = Some(hostname.to_owned());
+        self.routes
+            .entry(hostname.to_owned())
+            .or_default()
+            .push(slot);
+        t.mux.send_registered(hostname);
+    }
+
+    fn end_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>, why: &str) {
+        info!(
+            "tunnel {} ({}) closed: {why}",
+            t.peer,
+            t.hostname.as_deref().unwrap_or("unregistered")
+        );
+        if let Some(h) = &t.hostname {
+            if let Some(v) = self.routes.get_mut(h) {
+                v.retain(|&s| s != slot);
+                if v.is_empty() {
+                    self.routes.remove(h);
+                }
+            }
+        }
+        for (_, c) in t.carriers.drain() {
+            if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
+                let mut out = Vec::new();
+                ws::encode_close(
+                    &mut out,
+                    ws::close::TRY_AGAIN,
+                    "tunnel connection lost",
+                    None,
+                );
+                carrier.tls.send(&out);
+                carrier.state = CarrierState::Closing;
+                carrier.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                self.mark(c);
+            }
+        }
+        t.tls.close();
+        let _ = self.poll.registry().deregister(&mut t.tls.sock);
+    }
+
+    // ---------------------------------------------------------------- time
+
+    fn tick(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let expired = match &mut self.conns[slot] {
+                Some(Conn::Accepting { deadline, .. }) => now >= *deadline,
+                Some(Conn::Carrier(c)) => c.deadline.is_some_and(|d| now >= d),
+                Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
+                    Ok(next) => {
+                        t.next_timeout = next;
+                        self.mark(slot);
+                        false
+                    }
+                    Err(e) => {
+                        warn!("tunnel {}: {e}", t.peer);
+                        true
+                    }
+                },
+                Some(Conn::Tunnel(_)) => false,
+                None => false,
+            };
+            if expired {
+                match self.conns[slot].take() {
+                    Some(Conn::Accepting { mut sock, peer, .. }) => {
+                        info!("{peer}: handshake timed out");
+                        let _ = self.poll.registry().deregister(&mut sock);
+                        self.free.push(slot);
+                    }
+                    Some(Conn::Carrier(c)) => {
+                        info!("carrier {}: no request before the deadline", c.peer);
+                        self.end_carrier(slot, c, "timeout");
+                        self.free.push(slot);
+                    }
+                    Some(Conn::Tunnel(t)) => {
+                        self.end_tunnel(slot, t, "keepalive timeout");
+                        self.free.push(slot);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for slot in 0..self.conns.len() {
+            match self.conns[slot].take() {
+                Some(Conn::Tunnel(mut t)) => {
+                    t.mux.send_goaway("edge shutting down");
+                    self.scratch.clear();
+                    t.mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
+                    t.tls.send(&self.scratch);
+                    t.tls.close();
+                }
+                Some(Conn::Carrier(mut c)) => c.tls.close(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Queues an HTTP refusal with a JSON body naming the cause; the carrier closes after it.
+fn refuse(c: &mut Carrier, status: u16, reason: &str, message: &str) {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let mut out = Vec::new();
+    http::write_response(
+        &mut out,
+        status,
+        reason,
+        &[
+            ("Content-Type", "application/json"),
+            ("Connection", "close"),
+        ],
+        body.as_bytes(),
+    );
+    c.tls.send(&out);
+    c.state = CarrierState::Closing;
+    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// An origin certificate for zone Z (SANs `Z` and `*.Z`) covers Z and every name under it.
+/// Checking each label-suffix against the SANs keeps webpki doing the matching, and also
+/// works for single-label zones like `localhost`, whose wildcard webpki refuses.
+fn origin_cert_covers(cert: &CertificateDer<'_>, hostname: &str) -> bool {
+    let mut name = hostname;
+    loop {
+        if crate::pki::cert_covers(cert, name) {
+            return true;
+        }
+        match name.split_once('.') {
+            Some((_, parent)) if !parent.is_empty() => name = parent,
+            _ => return false,
+        }
+    }
+}
+
+pub fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_and_ports() {
+        assert_eq!(strip_port("ssh.localhost:8443"), "ssh.localhost");
+        assert_eq!(strip_port("ssh.localhost"), "ssh.localhost");
+        assert!(valid_hostname("ssh.site.com"));
+        assert!(!valid_hostname("ssh..site.com"));
+        assert!(!valid_hostname("../etc"));
+        assert!(!valid_hostname("-a.b"));
+    }
+}

@@ -1,0 +1,143 @@
+//! rustls driven the sans-IO way over a non-blocking mio socket.
+//!
+//! `read` moves ciphertext from the socket through rustls into the bounded plaintext buffer
+//! `rx`, and stops when `rx` is full (backpressure: the peer's TCP window closes).
+//! `send` hands plaintext to rustls; callers only produce more when `can_send` says the
+//! previous batch reached the socket, so the outbound backlog stays bounded.
+
+use std::io::{self, Read, Write};
+
+use mio::net::TcpStream;
+
+use crate::buf::Buf;
+use crate::limits::CONN_READ_BUFFER;
+
+pub struct TlsConn {
+    pub sock: TcpStream,
+    pub tls: rustls::Connection,
+    /// Decrypted bytes waiting for the protocol on top.
+    pub rx: Buf,
+    /// The peer closed its side (close_notify or TCP EOF).
+    pub peer_closed: bool,
+    /// TCP EOF without close_notify (a truncation, unless the protocol above was done).
+    pub truncated: bool,
+    tcp_eof: bool,
+}
+
+impl TlsConn {
+    pub fn new(sock: TcpStream, tls: impl Into<rustls::Connection>) -> Self {
+        let mut tls: rustls::Connection = tls.into();
+        // Bounded by `can_send` instead: with a limit, rustls would take part of a frame.
+        tls.set_buffer_limit(None);
+        TlsConn {
+            sock,
+            tls,
+            rx: Buf::new(CONN_READ_BUFFER),
+            peer_closed: false,
+            truncated: false,
+            tcp_eof: false,
+        }
+    }
+
+    /// Reads and decrypts while `rx` has room. Errors are fatal for the connection.
+    pub fn read(&mut self) -> io::Result<()> {
+        loop {
+            // Plaintext rustls already holds goes first.
+            while self.rx.space() > 0 {
+                match self.tls.reader().read(self.rx.tail_mut()) {
+                    Ok(0) => {
+                        self.peer_closed = true;
+                        return Ok(());
+                    }
+                    Ok(n) => self.rx.commit(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                        self.peer_closed = true;
+                        self.truncated = true;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.rx.space() == 0 || self.peer_closed {
+                return Ok(());
+            }
+            if self.tcp_eof {
+                // rustls had nothing more to say: treat as truncated.
+                self.peer_closed = true;
+                self.truncated = true;
+                return Ok(());
+            }
+            match self.tls.read_tls(&mut self.sock) {
+                Ok(0) => {
+                    // TCP EOF: the next pass drains what is left, then rustls says whether
+                    // close_notify came first (Ok(0)) or not (UnexpectedEof).
+                    self.tcp_eof = true;
+                }
+                Ok(_) => {
+                    if let Err(e) = self.tls.process_new_packets() {
+                        // Send the alert rustls queued before giving up.
+                        let _ = self.flush();
+                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// True when the previous output reached the socket: produce the next batch.
+    pub fn can_send(&self) -> bool {
+        !self.tls.wants_write() && !self.tls.is_handshaking()
+    }
+
+    /// Queues plaintext; rustls encrypts it into records.
+    pub fn send(&mut self, data: &[u8]) {
+        if !data.is_empty() {
+            // Unlimited outbound buffer (see `new`): rustls takes everything or has failed,
+            // and a failed connection reports its error on the next read or flush.
+            let _ = self.tls.writer().write_all(data);
+        }
+    }
+
+    /// Queues several slices as one write (a frame header and its payload).
+    pub fn send_vectored(&mut self, parts: &[&[u8]]) {
+        let slices: [io::IoSlice<'_>; 4] =
+            std::array::from_fn(|i| io::IoSlice::new(parts.get(i).copied().unwrap_or(&[])));
+        let n = parts.len().min(4);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut written = self.tls.writer().write_vectored(&slices[..n]).unwrap_or(0);
+        // rustls takes everything when unlimited; fall back to plain writes if it did not.
+        if written < total {
+            for p in parts {
+                if written >= p.len() {
+                    written -= p.len();
+                    continue;
+                }
+                self.send(&p[written..]);
+                written = 0;
+            }
+        }
+    }
+
+    /// Writes queued ciphertext until the socket would block.
+    pub fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            match self.tls.write_tls(&mut self.sock) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn close(&mut self) {
+        self.tls.send_close_notify();
+        let _ = self.flush();
+    }
+}

@@ -1,0 +1,20 @@
+//! postern: zero-trust SSH access in one binary — edge, origin tunnel and client.
+//!
+//! Protocol modules are sans-IO (bytes and time in, events and bytes out); only `io` touches
+//! sockets, the clock and the OS. See `docs/design.md` for the why.
+#![forbid(unsafe_code, unused_must_use)]
+
+pub mod access;
+pub mod audit;
+pub mod base64;
+pub mod buf;
+pub mod edge;
+pub mod http;
+pub mod io;
+pub mod limits;
+pub mod mux;
+pub mod pki;
+pub mod reader;
+pub mod state;
+pub mod tunnel;
+pub mod ws;

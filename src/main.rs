@@ -1,0 +1,493 @@
+//! The `postern` command line: parse (lexopt), then call into the library.
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use lexopt::prelude::*;
+
+use postern::access::{self, AccessOptions, Credentials};
+use postern::edge::{self, Edge};
+use postern::pki::{Authority, OriginCredential};
+use postern::state::{Secret, ServiceTokens, StateDir};
+use postern::tunnel::{self, Exit, Origin, TunnelOptions};
+
+const USAGE: &str = "\
+postern: zero-trust SSH access — edge, origin tunnel and client in one binary
+
+USAGE:
+    postern edge --dev [--listen ADDR] [--state DIR]      run the edge on *.localhost
+    postern edge --config FILE                            run the edge from a JSON config
+    postern edge service-token create NAME [--state DIR]  mint a service token
+    postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
+    postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
+    postern access ssh --hostname H [OPTIONS]             ProxyCommand for ssh
+    postern access tcp --hostname H --url 127.0.0.1:2222  local listener
+    postern access ssh-config [--hostname H]              print an ssh config block
+
+Run `postern COMMAND --help` for the options of each command.
+Logs go to stderr; set RUST_LOG=debug for more.
+";
+
+type Res = Result<ExitCode, String>;
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let level = if matches!(args.first().and_then(|a| a.to_str()), Some("access")) {
+        // The client speaks only when something is wrong: ssh shows its stderr.
+        "warn"
+    } else {
+        "info"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+    let cmd = if args.is_empty() {
+        String::new()
+    } else {
+        args.remove(0).to_string_lossy().into_owned()
+    };
+    let result = match cmd.as_str() {
+        "edge" => cmd_edge(args),
+        "tunnel" => cmd_tunnel(args),
+        "access" => cmd_access(args),
+        "--version" | "-V" | "version" => {
+            println!("postern {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+        "" | "--help" | "-h" | "help" => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parser(args: Vec<OsString>) -> lexopt::Parser {
+    lexopt::Parser::from_args(args)
+}
+
+fn string(v: OsString, flag: &str) -> Result<String, String> {
+    v.into_string()
+        .map_err(|_| format!("{flag}: not valid UTF-8"))
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn default_state() -> PathBuf {
+    StateDir::default_path()
+}
+
+fn home_postern() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join(".postern")
+}
+
+// ------------------------------------------------------------------------------- edge
+
+const EDGE_HELP: &str = "\
+postern edge: the public side (TLS, Access policies, tunnels, routing)
+
+USAGE:
+    postern edge --dev [--listen ADDR] [--state DIR]
+    postern edge --config FILE
+    postern edge service-token create NAME [--state DIR]
+    postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
+
+OPTIONS:
+    --dev            embedded default: local CA, serves *.localhost, admits this edge's service tokens
+    --listen ADDR    listen address (dev default 127.0.0.1:8443)
+    --state DIR      state directory (default ~/.postern/edge)
+    --config FILE    JSON config for real deployments (see README)
+";
+
+fn cmd_edge(args: Vec<OsString>) -> Res {
+    if let Some(first) = args.first().and_then(|a| a.to_str()) {
+        match first {
+            "service-token" => return cmd_service_token(args[1..].to_vec()),
+            "origin-cert" => return cmd_origin_cert(args[1..].to_vec()),
+            _ => {}
+        }
+    }
+    let mut p = parser(args);
+    let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("dev") => dev = true,
+            Long("listen") => {
+                listen = Some(string(p.value().map_err(|e| e.to_string())?, "--listen")?)
+            }
+            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("config") => config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("help") | Short('h') => {
+                print!("{EDGE_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(format!("edge: {}\n\n{EDGE_HELP}", other.unexpected())),
+        }
+    }
+    let mut settings = match (dev, config) {
+        (true, Some(_)) => return Err("edge: --dev and --config exclude each other".into()),
+        (false, None) => {
+            return Err(format!(
+                "edge: pass --dev (try it locally) or --config FILE (a deployment)\n\n{EDGE_HELP}"
+            ))
+        }
+        (true, None) => {
+            let listen: SocketAddr = listen
+                .as_deref()
+                .unwrap_or("127.0.0.1:8443")
+                .parse()
+                .map_err(|e| format!("--listen: {e}"))?;
+            let state = state.unwrap_or_else(default_state);
+            let mut s = edge::config::dev(listen, &state).map_err(|e| e.to_string())?;
+            let exe = current_exe();
+            let state_shown = s.state.path().display().to_string();
+            s.on_ready = Box::new(move |addr| {
+                eprintln!(
+                    "\npostern edge (dev) is serving *.localhost on {addr}\n\
+                     CA for clients and origins: {state_shown}/ca.pem\n\n\
+                     Next steps:\n\
+                     1. a service token:   {exe} edge service-token create laptop --state {state_shown}\n\
+                     2. an origin cert:    {exe} edge origin-cert create --zone localhost --out {state_shown}/cert.pem --state {state_shown} --edge {addr}\n\
+                     3. on the server:     {exe} tunnel --hostname ssh.localhost --url ssh://localhost:22 --origincert {state_shown}/cert.pem\n\
+                     4. on the laptop:     POSTERN_SERVICE_TOKEN_ID=… POSTERN_SERVICE_TOKEN_SECRET=… \\\n\
+                     \x20                     ssh -o ProxyCommand='{exe} access ssh --hostname %h --edge {addr} --ca {state_shown}/ca.pem' ssh.localhost\n"
+                );
+            });
+            s
+        }
+        (false, Some(path)) => {
+            if listen.is_some() || state.is_some() {
+                return Err("edge: with --config, set listen and state_dir in the file".into());
+            }
+            edge::config::from_file(&path).map_err(|e| e.to_string())?
+        }
+    };
+    if settings.applications.is_empty() {
+        log::warn!("no applications configured: every request will be refused");
+    }
+    settings.applications.shrink_to_fit();
+    Edge::new(settings)
+        .and_then(Edge::run)
+        .map_err(|e| e.to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_service_token(args: Vec<OsString>) -> Res {
+    const HELP: &str = "USAGE: postern edge service-token create NAME [--state DIR]\n\
+        Prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n";
+    let mut p = parser(args);
+    let (mut verb, mut name, mut state) = (None, None, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) if verb.is_none() => verb = Some(string(v, "verb")?),
+            Value(v) if name.is_none() => name = Some(string(v, "NAME")?),
+            other => return Err(format!("{}\n{HELP}", other.unexpected())),
+        }
+    }
+    if verb.as_deref() != Some("create") {
+        return Err(format!("service-token: expected `create`\n{HELP}"));
+    }
+    let name = name.ok_or(format!("service-token create: NAME is missing\n{HELP}"))?;
+    let state = StateDir::open(&state.unwrap_or_else(default_state)).map_err(|e| e.to_string())?;
+    let (id, secret) = ServiceTokens::create(&state, &name).map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({ "client_id": id, "client_secret": secret.expose() })
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_origin_cert(args: Vec<OsString>) -> Res {
+    const HELP: &str = "USAGE: postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]\n\
+        Writes an origin credential (key, certificate for ZONE and *.ZONE, edge address, edge CA), mode 0600.\n";
+    let mut p = parser(args);
+    let (mut verb, mut zone, mut out, mut state, mut edge_addr) = (None, None, None, None, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("zone") => zone = Some(string(p.value().map_err(|e| e.to_string())?, "--zone")?),
+            Long("out") => out = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("edge") => {
+                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
+            }
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) if verb.is_none() => verb = Some(string(v, "verb")?),
+            other => return Err(format!("{}\n{HELP}", other.unexpected())),
+        }
+    }
+    if verb.as_deref() != Some("create") {
+        return Err(format!("origin-cert: expected `create`\n{HELP}"));
+    }
+    let zone = zone.ok_or(format!("origin-cert create: --zone is missing\n{HELP}"))?;
+    let out = out.ok_or(format!("origin-cert create: --out is missing\n{HELP}"))?;
+    let state = StateDir::open(&state.unwrap_or_else(default_state)).map_err(|e| e.to_string())?;
+    let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
+        .map_err(|e| e.to_string())?;
+    let (cert, key) = origin_ca.issue_origin(&zone).map_err(|e| e.to_string())?;
+    // Ship the dev TLS CA along, so the origin trusts a dev edge without --ca.
+    let ca = match std::fs::read_to_string(state.path().join("ca.pem")) {
+        Ok(pem) => postern::pki::pem_sections(&pem)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| der.into())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    let cred = OriginCredential {
+        key,
+        cert,
+        zone: zone.clone(),
+        edge: edge_addr,
+        ca,
+    };
+    cred.write(&out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "wrote origin credential for zone {zone} to {}",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ------------------------------------------------------------------------------- tunnel
+
+const TUNNEL_HELP: &str = "\
+postern tunnel: the origin connector (outbound only; holds N connections to the edge)
+
+USAGE:
+    postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
+
+OPTIONS:
+    --hostname H          the hostname to register (must be in the origin certificate's zone)
+    --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
+    --origincert FILE     origin credential (default ~/.postern/cert.pem; env POSTERN_ORIGIN_CERT)
+    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443; env POSTERN_EDGE)
+    --ca FILE             trust this CA for the edge's certificate too (env POSTERN_CA)
+    --ha-connections N    connections to hold (default 4)
+    --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
+";
+
+fn cmd_tunnel(args: Vec<OsString>) -> Res {
+    let mut p = parser(args);
+    let (mut hostname, mut url, mut cert, mut edge_addr, mut ca) = (None, None, None, None, None);
+    let (mut ha, mut grace) = (4usize, 30u64);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("hostname") => {
+                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
+            }
+            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
+            Long("origincert") => cert = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("edge") => {
+                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
+            }
+            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("ha-connections") => {
+                ha = p
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .parse()
+                    .map_err(|e| format!("--ha-connections: {e}"))?;
+                if !(1..=16).contains(&ha) {
+                    return Err("--ha-connections must be between 1 and 16".into());
+                }
+            }
+            Long("grace-period") => {
+                let v = string(p.value().map_err(|e| e.to_string())?, "--grace-period")?;
+                grace = v
+                    .trim_end_matches('s')
+                    .parse()
+                    .map_err(|e| format!("--grace-period: {e}"))?;
+            }
+            Long("help") | Short('h') => {
+                print!("{TUNNEL_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(format!("tunnel: {}\n\n{TUNNEL_HELP}", other.unexpected())),
+        }
+    }
+    let hostname = hostname
+        .ok_or(format!("tunnel: --hostname is missing\n\n{TUNNEL_HELP}"))?
+        .to_ascii_lowercase();
+    let url = url.ok_or(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}"))?;
+    let service = tunnel::service_address(&url)?;
+    let cert = cert
+        .or_else(|| env_var("POSTERN_ORIGIN_CERT").map(PathBuf::from))
+        .unwrap_or_else(|| home_postern().join("cert.pem"));
+    let credential = OriginCredential::read(&cert).map_err(|e| e.to_string())?;
+    let edge_addr = edge_addr
+        .or_else(|| env_var("POSTERN_EDGE"))
+        .or_else(|| credential.edge.clone())
+        .unwrap_or_else(|| format!("{hostname}:443"));
+    let ca = ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from));
+    let origin = Origin::new(TunnelOptions {
+        hostname,
+        service,
+        service_url: url,
+        credential,
+        edge: edge_addr,
+        extra_ca: ca,
+        ha_connections: ha,
+        grace: Duration::from_secs(grace),
+    })
+    .map_err(|e| e.to_string())?;
+    match origin.run().map_err(|e| e.to_string())? {
+        Exit::Signalled => Ok(ExitCode::SUCCESS),
+        Exit::Refused(why) => Err(format!("tunnel refused by the edge: {why}")),
+    }
+}
+
+// ------------------------------------------------------------------------------- access
+
+const ACCESS_HELP: &str = "\
+postern access: reach a hostname behind the edge
+
+USAGE:
+    postern access ssh --hostname H [OPTIONS]          (as ssh's ProxyCommand: --hostname %h)
+    postern access tcp --hostname H --url 127.0.0.1:2222 [OPTIONS]
+    postern access ssh-config [--hostname H] [OPTIONS]
+
+OPTIONS:
+    --hostname H       the application's hostname (SNI and Host)
+    --edge HOST:PORT   connect here instead of resolving H (env POSTERN_EDGE)
+    --ca FILE          trust this CA besides the system roots (env POSTERN_CA)
+    --id ID            service token client id (prefer env POSTERN_SERVICE_TOKEN_ID)
+    --secret SECRET    service token secret (prefer env POSTERN_SERVICE_TOKEN_SECRET:
+                       a flag is visible to other users in the process list)
+    --url ADDR         (tcp) local address to listen on
+";
+
+fn cmd_access(mut args: Vec<OsString>) -> Res {
+    if args.is_empty() {
+        return Err(format!("access: which subcommand?\n\n{ACCESS_HELP}"));
+    }
+    let sub = args.remove(0).to_string_lossy().into_owned();
+    if matches!(sub.as_str(), "--help" | "-h" | "help") {
+        print!("{ACCESS_HELP}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut p = parser(args);
+    let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
+        (None, None, None, None, None, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("hostname") => {
+                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
+            }
+            Long("edge") => {
+                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
+            }
+            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("id") | Long("service-token-id") => {
+                id = Some(string(p.value().map_err(|e| e.to_string())?, "--id")?)
+            }
+            Long("secret") | Long("service-token-secret") => {
+                secret = Some(string(p.value().map_err(|e| e.to_string())?, "--secret")?)
+            }
+            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
+            Long("help") | Short('h') => {
+                print!("{ACCESS_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(format!(
+                    "access {sub}: {}\n\n{ACCESS_HELP}",
+                    other.unexpected()
+                ))
+            }
+        }
+    }
+    if sub == "ssh-config" {
+        return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
+    }
+    let hostname = hostname
+        .ok_or(format!(
+            "access {sub}: --hostname is missing\n\n{ACCESS_HELP}"
+        ))?
+        .to_ascii_lowercase();
+    let id = id
+        .or_else(|| env_var("POSTERN_SERVICE_TOKEN_ID"))
+        .or_else(|| env_var("TUNNEL_SERVICE_TOKEN_ID"));
+    let secret = secret
+        .or_else(|| env_var("POSTERN_SERVICE_TOKEN_SECRET"))
+        .or_else(|| env_var("TUNNEL_SERVICE_TOKEN_SECRET"));
+    let credentials = match (id, secret) {
+        (Some(id), Some(secret)) => Credentials::ServiceToken {
+            id,
+            secret: Secret::from(secret),
+        },
+        (None, None) => Credentials::None,
+        _ => return Err("access: a service token needs both --id and --secret (or POSTERN_SERVICE_TOKEN_ID and POSTERN_SERVICE_TOKEN_SECRET)".into()),
+    };
+    let opts = AccessOptions {
+        edge: edge_addr
+            .or_else(|| env_var("POSTERN_EDGE"))
+            .unwrap_or_else(|| format!("{hostname}:443")),
+        hostname,
+        extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+        credentials,
+    };
+    match sub.as_str() {
+        "ssh" => access::ssh(opts).map_err(|e| e.to_string())?,
+        "tcp" => {
+            let url = url.ok_or("access tcp: --url (the local listen address) is missing")?;
+            let listen: SocketAddr = url
+                .trim_start_matches("tcp://")
+                .parse()
+                .map_err(|e| format!("--url {url}: {e}"))?;
+            access::tcp(opts, listen).map_err(|e| e.to_string())?
+        }
+        other => {
+            return Err(format!(
+                "access: unknown subcommand {other:?}\n\n{ACCESS_HELP}"
+            ))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn current_exe() -> String {
+    std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "postern".into())
+}
+
+fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>) -> Res {
+    let exe = current_exe();
+    let mut proxy = format!("{exe} access ssh --hostname %h");
+    if let Some(e) = edge_addr {
+        proxy.push_str(&format!(" --edge {e}"));
+    }
+    if let Some(c) = ca {
+        proxy.push_str(&format!(" --ca {}", c.display()));
+    }
+    println!("Add to your ~/.ssh/config:\n");
+    println!("Host {}", hostname.unwrap_or("*.example.com"));
+    println!("  ProxyCommand {proxy}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1250 @@
+//! The tunnel multiplexing protocol between origin and edge (DESIGN.md §3), sans-IO.
+//!
+//! ```text
+//! frame = type:u8 | flags:u8 | stream_id:u32 | length:u32 | payload[length]   (big endian)
+//! ```
+//!
+//! [`Session`] is one end of one tunnel connection. The driver feeds it decrypted bytes
+//! (`handle_input`), drains frames to send (`poll_transmit`), reads events (`poll_event`) and
+//! tells it the time (`handle_timeout`). It never touches a socket or a clock.
+//!
+//! Stream life cycle, per direction:
+//!
+//! ```text
+//!   OPEN ──▶ Open ──(FIN sent / FIN received)──▶ HalfClosed ──(other FIN)──▶ Closed
+//!              └────────────────(RST either way)───────────────────────────▶ Closed
+//! ```
+//!
+//! Flow control: each side may have at most the window its peer granted in flight per stream.
+//! WINDOW frames return credit as the application consumes and carry the cumulative offset
+//! consumed, so a stream could later be resumed at a known offset on another connection.
+//! A peer that overruns its window, names a stream it never opened, or sends a malformed
+//! frame gets a connection error ([`MuxError`]), which is sticky.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::buf::Buf;
+use crate::limits::{
+    INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_FRAME_PAYLOAD, MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL,
+    PING_DEAD_INTERVALS, PING_INTERVAL_SECS, STREAM_SEND_BUFFER, WINDOW_UPDATE_THRESHOLD,
+};
+use crate::reader::{put_str16, Reader};
+
+pub const HEADER_LEN: usize = 10;
+pub const PROTOCOL_VERSION: u16 = 1;
+/// ALPN protocol id that marks a TLS connection to the edge as a tunnel, not a carrier.
+pub const ALPN: &[u8] = b"postern-tunnel/1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameType {
+    Hello = 1,
+    Register = 2,
+    Registered = 3,
+    Error = 4,
+    Open = 5,
+    Data = 6,
+    Window = 7,
+    Fin = 8,
+    Rst = 9,
+    Ping = 10,
+    Pong = 11,
+    GoAway = 12,
+}
+
+impl FrameType {
+    fn from_u8(v: u8) -> Option<Self> {
+        use FrameType::*;
+        Some(match v {
+            1 => Hello,
+            2 => Register,
+            3 => Registered,
+            4 => Error,
+            5 => Open,
+            6 => Data,
+            7 => Window,
+            8 => Fin,
+            9 => Rst,
+            10 => Ping,
+            11 => Pong,
+            12 => GoAway,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    pub ty: FrameType,
+    pub flags: u8,
+    pub stream: u32,
+    pub len: u32,
+}
+
+/// Decodes one frame header. `Ok(None)`: fewer than [`HEADER_LEN`] bytes, nothing consumed.
+pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, MuxError> {
+    let Some(head) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut r = Reader::new(head);
+    let (ty, flags, stream, len) = (
+        r.u8().expect("bug: header length checked"),
+        r.u8().expect("bug: header length checked"),
+        r.u32().expect("bug: header length checked"),
+        r.u32().expect("bug: header length checked"),
+    );
+    let ty = FrameType::from_u8(ty).ok_or(MuxError::UnknownFrameType(ty))?;
+    if len as usize > MAX_FRAME_PAYLOAD {
+        return Err(MuxError::FrameTooLarge(len));
+    }
+    Ok(Some(FrameHeader {
+        ty,
+        flags,
+        stream,
+        len,
+    }))
+}
+
+/// Appends a frame header; the payload of `len` bytes must follow.
+pub fn encode_header(out: &mut Vec<u8>, ty: FrameType, stream: u32, len: usize) {
+    debug_assert!(len <= MAX_FRAME_PAYLOAD);
+    out.push(ty as u8);
+    out.push(0);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(&(len as u32).to_be_bytes());
+}
+
+/// Appends a whole frame whose payload is built by `body`.
+fn encode_frame(out: &mut Vec<u8>, ty: FrameType, stream: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    let at = out.len();
+    encode_header(out, ty, stream, 0);
+    body(out);
+    let len = out.len() - at - HEADER_LEN;
+    assert!(len <= MAX_FRAME_PAYLOAD, "bug: control frame too large");
+    out[at + 6..at + 10].copy_from_slice(&(len as u32).to_be_bytes());
+}
+
+/// One decoded frame whose payload borrows the input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Hello {
+        version: u16,
+        connector_id: [u8; 16],
+        ha_index: u8,
+    },
+    Register {
+        hostname: &'a str,
+        service: &'a str,
+    },
+    Registered {
+        hostname: &'a str,
+    },
+    Error {
+        code: u16,
+        message: &'a str,
+    },
+    Open {
+        stream: u32,
+        hostname: &'a str,
+        claims: &'a [u8],
+    },
+    Data {
+        stream: u32,
+        data: &'a [u8],
+    },
+    Window {
+        stream: u32,
+        credit: u32,
+        consumed: u64,
+    },
+    Fin {
+        stream: u32,
+    },
+    Rst {
+        stream: u32,
+        code: u32,
+        reason: &'a str,
+    },
+    Ping(u64),
+    Pong(u64),
+    GoAway {
+        last_stream: u32,
+        reason: &'a str,
+    },
+}
+
+/// Decodes one whole frame from the front of `buf`: `Ok(None)` needs more bytes.
+/// Returns the frame and the bytes it took.
+pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, MuxError> {
+    let Some(h) = decode_header(buf)? else {
+        return Ok(None);
+    };
+    let total = HEADER_LEN + h.len as usize;
+    let Some(payload) = buf.get(HEADER_LEN..total) else {
+        return Ok(None);
+    };
+    let bad = || MuxError::MalformedPayload(h.ty);
+    let mut r = Reader::new(payload);
+    let frame = match h.ty {
+        FrameType::Hello => {
+            let version = r.u16().ok_or_else(bad)?;
+            let mut connector_id = [0u8; 16];
+            connector_id.copy_from_slice(r.take(16).ok_or_else(bad)?);
+            let ha_index = r.u8().ok_or_else(bad)?;
+            Frame::Hello {
+                version,
+                connector_id,
+                ha_index,
+            }
+        }
+        FrameType::Register => Frame::Register {
+            hostname: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+            service: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+        },
+        FrameType::Registered => Frame::Registered {
+            hostname: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+        },
+        FrameType::Error => Frame::Error {
+            code: r.u16().ok_or_else(bad)?,
+            message: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+        },
+        FrameType::Open => {
+            let hostname = r.str16(MAX_NAME_LEN).ok_or_else(bad)?;
+            let claims = r.rest();
+            if claims.len() > MAX_CLAIMS_LEN {
+                return Err(bad());
+            }
+            Frame::Open {
+                stream: h.stream,
+                hostname,
+                claims,
+            }
+        }
+        FrameType::Data => Frame::Data {
+            stream: h.stream,
+            data: r.rest(),
+        },
+        FrameType::Window => Frame::Window {
+            stream: h.stream,
+            credit: r.u32().ok_or_else(bad)?,
+            consumed: r.u64().ok_or_else(bad)?,
+        },
+        FrameType::Fin => Frame::Fin { stream: h.stream },
+        FrameType::Rst => Frame::Rst {
+            stream: h.stream,
+            code: r.u32().ok_or_else(bad)?,
+            reason: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+        },
+        FrameType::Ping => Frame::Ping(r.u64().ok_or_else(bad)?),
+        FrameType::Pong => Frame::Pong(r.u64().ok_or_else(bad)?),
+        FrameType::GoAway => Frame::GoAway {
+            last_stream: r.u32().ok_or_else(bad)?,
+            reason: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
+        },
+    };
+    if !r.is_empty() {
+        return Err(bad());
+    }
+    Ok(Some((frame, total)))
+}
+
+/// Appends the encoding of `frame` (the inverse of [`decode_frame`]).
+pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>) {
+    match *frame {
+        Frame::Hello {
+            version,
+            connector_id,
+            ha_index,
+        } => encode_frame(out, FrameType::Hello, 0, |o| {
+            o.extend_from_slice(&version.to_be_bytes());
+            o.extend_from_slice(&connector_id);
+            o.push(ha_index);
+        }),
+        Frame::Register { hostname, service } => encode_frame(out, FrameType::Register, 0, |o| {
+            put_str16(o, clip(hostname));
+            put_str16(o, clip(service));
+        }),
+        Frame::Registered { hostname } => encode_frame(out, FrameType::Registered, 0, |o| {
+            put_str16(o, clip(hostname))
+        }),
+        Frame::Error { code, message } => encode_frame(out, FrameType::Error, 0, |o| {
+            o.extend_from_slice(&code.to_be_bytes());
+            put_str16(o, clip(message));
+        }),
+        Frame::Open {
+            stream,
+            hostname,
+            claims,
+        } => encode_frame(out, FrameType::Open, stream, |o| {
+            put_str16(o, clip(hostname));
+            o.extend_from_slice(&claims[..claims.len().min(MAX_CLAIMS_LEN)]);
+        }),
+        Frame::Data { stream, data } => {
+            encode_header(out, FrameType::Data, stream, data.len());
+            out.extend_from_slice(data);
+        }
+        Frame::Window {
+            stream,
+            credit,
+            consumed,
+        } => encode_frame(out, FrameType::Window, stream, |o| {
+            o.extend_from_slice(&credit.to_be_bytes());
+            o.extend_from_slice(&consumed.to_be_bytes());
+        }),
+        Frame::Fin { stream } => encode_header(out, FrameType::Fin, stream, 0),
+        Frame::Rst {
+            stream,
+            code,
+            reason,
+        } => encode_frame(out, FrameType::Rst, stream, |o| {
+            o.extend_from_slice(&code.to_be_bytes());
+            put_str16(o, clip(reason));
+        }),
+        Frame::Ping(v) => encode_frame(out, FrameType::Ping, 0, |o| {
+            o.extend_from_slice(&v.to_be_bytes())
+        }),
+        Frame::Pong(v) => encode_frame(out, FrameType::Pong, 0, |o| {
+            o.extend_from_slice(&v.to_be_bytes())
+        }),
+        Frame::GoAway {
+            last_stream,
+            reason,
+        } => encode_frame(out, FrameType::GoAway, 0, |o| {
+            o.extend_from_slice(&last_stream.to_be_bytes());
+            put_str16(o, clip(reason));
+        }),
+    }
+}
+
+/// Strings in frames are bounded; longer ones are cut at a char boundary.
+fn clip(s: &str) -> &str {
+    if s.len() <= MAX_NAME_LEN {
+        return s;
+    }
+    let mut end = MAX_NAME_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Connection errors. Each ends the tunnel connection (never the process) and is sticky.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MuxError {
+    /// The peer sent a frame type this version does not know.
+    UnknownFrameType(u8),
+    /// The peer announced a payload larger than the 64 KiB limit.
+    FrameTooLarge(u32),
+    /// The payload of a frame of this type did not parse.
+    MalformedPayload(FrameType),
+    /// The peer sent more DATA on a stream than the window it was granted.
+    WindowExceeded(u32),
+    /// The peer named a stream that was never opened.
+    UnknownStream(u32),
+    /// The peer opened a stream it may not open (wrong side, reused id, or over the limit).
+    BadOpen(u32),
+    /// The peer granted credit that overflows the window.
+    WindowOverflow(u32),
+    /// The peer stayed silent for three keepalive intervals.
+    KeepaliveTimeout,
+    /// The peer sent a frame that is not valid at this point of the session.
+    Unexpected(FrameType),
+}
+
+impl fmt::Display for MuxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MuxError::UnknownFrameType(t) => write!(
+                f,
+                "unknown frame type {t}: peer speaks another protocol version?"
+            ),
+            MuxError::FrameTooLarge(n) => write!(
+                f,
+                "frame of {n} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte limit"
+            ),
+            MuxError::MalformedPayload(t) => write!(f, "malformed {t:?} frame"),
+            MuxError::WindowExceeded(s) => {
+                write!(f, "peer overran the flow-control window of stream {s}")
+            }
+            MuxError::UnknownStream(s) => write!(f, "frame for stream {s}, which was never opened"),
+            MuxError::BadOpen(s) => write!(f, "invalid OPEN of stream {s}"),
+            MuxError::WindowOverflow(s) => write!(f, "window credit overflow on stream {s}"),
+            MuxError::KeepaliveTimeout => write!(
+                f,
+                "no traffic for {} keepalive intervals: connection presumed dead",
+                PING_DEAD_INTERVALS
+            ),
+            MuxError::Unexpected(t) => write!(f, "unexpected {t:?} frame"),
+        }
+    }
+}
+
+impl std::error::Error for MuxError {}
+
+/// Which end of the tunnel this session is. Only the edge opens streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Edge,
+    Origin,
+}
+
+/// What the session tells its driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    Hello {
+        version: u16,
+        connector_id: [u8; 16],
+        ha_index: u8,
+    },
+    Register {
+        hostname: String,
+        service: String,
+    },
+    Registered {
+        hostname: String,
+    },
+    /// The peer refused something at connection level (e.g. a registration); it will close.
+    Error {
+        code: u16,
+        message: String,
+    },
+    /// The edge opened a stream for `hostname` (origin side only).
+    Open {
+        stream: u32,
+        hostname: String,
+        claims: Vec<u8>,
+    },
+    /// New bytes are readable on `stream`, or its peer half-closed it.
+    Readable(u32),
+    /// The stream may accept more bytes from the application (window or buffer space returned).
+    Writable(u32),
+    /// Both directions finished cleanly; the stream is gone.
+    Closed(u32),
+    /// The peer reset the stream; it is gone.
+    Reset {
+        stream: u32,
+        code: u32,
+        reason: String,
+    },
+    GoAway {
+        last_stream: u32,
+        reason: String,
+    },
+}
+
+/// RST codes.
+pub mod rst {
+    /// The application on one side went away.
+    pub const CANCEL: u32 = 1;
+    /// The origin could not reach its local service.
+    pub const CONNECT_FAILED: u32 = 2;
+    /// No stream for this hostname on that origin.
+    pub const NO_SERVICE: u32 = 3;
+    /// The connection is draining and refuses new streams.
+    pub const REFUSED: u32 = 4;
+}
+
+struct Stream {
+    /// Bytes received from the peer, waiting for the application.
+    rx: Buf,
+    /// Bytes from the application, waiting to be framed.
+    tx: Buf,
+    /// How much more DATA we may send.
+    send_window: u32,
+    /// Consumed by the application but not yet credited back to the peer.
+    unacked: u32,
+    /// Total bytes consumed by the application (the resumable offset).
+    consumed: u64,
+    /// How much the peer may still send before we must have granted more.
+    recv_window: u32,
+    fin_received: bool,
+    /// The application closed its write side; FIN goes out once `tx` drains.
+    fin_wanted: bool,
+    fin_sent: bool,
+    /// Waiting in `ready` for `poll_transmit`.
+    queued: bool,
+    /// The application was told the stream is writable-blocked and wants to hear when it frees.
+    want_writable: bool,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            rx: Buf::new(INITIAL_STREAM_WINDOW as usize),
+            tx: Buf::new(STREAM_SEND_BUFFER),
+            send_window: INITIAL_STREAM_WINDOW,
+            unacked: 0,
+            consumed: 0,
+            recv_window: INITIAL_STREAM_WINDOW,
+            fin_received: false,
+            fin_wanted: false,
+            fin_sent: false,
+            queued: false,
+            want_writable: false,
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        (!self.tx.is_empty() && self.send_window > 0)
+            || (self.fin_wanted && !self.fin_sent && self.tx.is_empty())
+    }
+
+    fn finished(&self) -> bool {
+        self.fin_sent && self.fin_received && self.rx.is_empty()
+    }
+}
+
+/// One end of one tunnel connection.
+pub struct Session {
+    side: Side,
+    streams: HashMap<u32, Stream>,
+    /// Streams that may have frames to send, round-robin.
+    ready: VecDeque<u32>,
+    /// Control frames waiting to go out (small, bounded by the number of streams).
+    control: Vec<u8>,
+    events: VecDeque<Event>,
+    next_stream: u32,
+    /// Highest stream id the peer opened (origin side) or we opened (edge side).
+    highest_stream: u32,
+    error: Option<MuxError>,
+    last_received: Instant,
+    next_ping: Instant,
+    ping_counter: u64,
+    going_away: bool,
+}
+
+impl Session {
+    pub fn new(side: Side, now: Instant) -> Self {
+        Session {
+            side,
+            streams: HashMap::new(),
+            ready: VecDeque::new(),
+            control: Vec::new(),
+            events: VecDeque::new(),
+            next_stream: 1,
+            highest_stream: 0,
+            error: None,
+            last_received: now,
+            next_ping: now + Duration::from_secs(PING_INTERVAL_SECS),
+            ping_counter: 0,
+            going_away: false,
+        }
+    }
+
+    pub fn error(&self) -> Option<&MuxError> {
+        self.error.as_ref()
+    }
+
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_going_away(&self) -> bool {
+        self.going_away
+    }
+
+    /// Feeds decrypted bytes; returns how many were consumed (whole frames only).
+    pub fn handle_input(&mut self, buf: &[u8], now: Instant) -> Result<usize, MuxError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let mut used = 0;
+        loop {
+            match decode_frame(&buf[used..]) {
+                Ok(None) => break,
+                Ok(Some((frame, n))) => {
+                    self.last_received = now;
+                    if let Err(e) = self.on_frame(frame) {
+                        self.error = Some(e.clone());
+                        return Err(e);
+                    }
+                    used += n;
+                }
+                Err(e) => {
+                    self.error = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(used)
+    }
+
+    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), MuxError> {
+        match frame {
+            Frame::Hello {
+                version,
+                connector_id,
+                ha_index,
+            } => self.events.push_back(Event::Hello {
+                version,
+                connector_id,
+                ha_index,
+            }),
+            Frame::Register { hostname, service } => {
+                if self.side != Side::Edge {
+                    return Err(MuxError::Unexpected(FrameType::Register));
+                }
+                self.events.push_back(Event::Register {
+                    hostname: hostname.to_owned(),
+                    service: service.to_owned(),
+                })
+            }
+            Frame::Registered { hostname } => self.events.push_back(Event::Registered {
+                hostname: hostname.to_owned(),
+            }),
+            Frame::Error { code, message } => self.events.push_back(Event::Error {
+                code,
+                message: message.to_owned(),
+            }),
+            Frame::Open {
+                stream,
+                hostname,
+                claims,
+            } => {
+                // Streams are opened by the edge only, with increasing odd ids.
+                if self.side != Side::Origin
+                    || stream % 2 == 0
+                    || stream <= self.highest_stream
+                    || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
+                {
+                    return Err(MuxError::BadOpen(stream));
+                }
+                self.highest_stream = stream;
+                if self.going_away {
+                    self.queue_rst(stream, rst::REFUSED, "connection is draining");
+                    return Ok(());
+                }
+                self.streams.insert(stream, Stream::new());
+                self.events.push_back(Event::Open {
+                    stream,
+                    hostname: hostname.to_owned(),
+                    claims: claims.to_vec(),
+                });
+            }
+            Frame::Data { stream, data } => {
+                let Some(s) = self.live_stream(stream)? else {
+                    return Ok(());
+                };
+                let n = data.len() as u32;
+                if n > s.recv_window || s.fin_received {
+                    return Err(MuxError::WindowExceeded(stream));
+                }
+                s.recv_window -= n;
+                let pushed = s.rx.push(data);
+                assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
+                if n > 0 {
+                    self.events.push_back(Event::Readable(stream));
+                }
+            }
+            Frame::Window {
+                stream,
+                credit,
+                consumed: _,
+            } => {
+                let Some(s) = self.live_stream(stream)? else {
+                    return Ok(());
+                };
+                s.send_window = s
+                    .send_window
+                    .checked_add(credit)
+                    .filter(|w| *w <= 16 * INITIAL_STREAM_WINDOW)
+                    .ok_or(MuxError::WindowOverflow(stream))?;
+                if s.want_writable && s.tx.space() > 0 {
+                    s.want_writable = false;
+                    self.events.push_back(Event::Writable(stream));
+                }
+                self.mark_ready(stream);
+            }
+            Frame::Fin { stream } => {
+                let Some(s) = self.live_stream(stream)? else {
+                    return Ok(());
+                };
+                if s.fin_received {
+                    return Err(MuxError::Unexpected(FrameType::Fin));
+                }
+                s.fin_received = true;
+                self.events.push_back(Event::Readable(stream));
+            }
+            Frame::Rst {
+                stream,
+                code,
+                reason,
+            } => {
+                if self.live_stream(stream)?.is_some() {
+                    self.streams.remove(&stream);
+                    self.events.push_back(Event::Reset {
+                        stream,
+                        code,
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+            Frame::Ping(v) => {
+                encode(&mut self.control, &Frame::Pong(v));
+            }
+            Frame::Pong(_) => {}
+            Frame::GoAway {
+                last_stream,
+                reason,
+            } => {
+                self.going_away = true;
+                self.events.push_back(Event::GoAway {
+                    last_stream,
+                    reason: reason.to_owned(),
+                })
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream, `None` if it existed once and is closed (late frames are ignored),
+    /// or an error if it never existed.
+    fn live_stream(&mut self, id: u32) -> Result<Option<&mut Stream>, MuxError> {
+        let opened = match self.side {
+            Side::Edge => id < self.next_stream,
+            Side::Origin => id <= self.highest_stream,
+        };
+        match self.streams.get_mut(&id) {
+            Some(s) => Ok(Some(s)),
+            None if opened && id != 0 => Ok(None),
+            None => Err(MuxError::UnknownStream(id)),
+        }
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- control messages ----
+
+    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
+        encode(
+            &mut self.control,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                connector_id,
+                ha_index,
+            },
+        );
+    }
+
+    pub fn send_register(&mut self, hostname: &str, service: &str) {
+        encode(&mut self.control, &Frame::Register { hostname, service });
+    }
+
+    pub fn send_registered(&mut self, hostname: &str) {
+        encode(&mut self.control, &Frame::Registered { hostname });
+    }
+
+    pub fn send_error(&mut self, code: u16, message: &str) {
+        encode(&mut self.control, &Frame::Error { code, message });
+    }
+
+    /// Stops new streams; open ones go on until they finish.
+    pub fn send_goaway(&mut self, reason: &str) {
+        self.going_away = true;
+        let last_stream = self.highest_stream.max(self.next_stream.saturating_sub(2));
+        encode(
+            &mut self.control,
+            &Frame::GoAway {
+                last_stream,
+                reason,
+            },
+        );
+    }
+
+    // ---- streams ----
+
+    /// Opens a stream toward the origin (edge side only).
+    pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
+        if self.side != Side::Edge
+            || self.going_away
+            || self.error.is_some()
+            || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
+        {
+            return None;
+        }
+        let id = self.next_stream;
+        self.next_stream = self.next_stream.checked_add(2)?;
+        self.highest_stream = id;
+        self.streams.insert(id, Stream::new());
+        encode(
+            &mut self.control,
+            &Frame::Open {
+                stream: id,
+                hostname,
+                claims,
+            },
+        );
+        Some(id)
+    }
+
+    pub fn has_stream(&self, id: u32) -> bool {
+        self.streams.contains_key(&id)
+    }
+
+    /// Bytes received on `id` and not yet consumed.
+    pub fn readable(&self, id: u32) -> &[u8] {
+        self.streams.get(&id).map(|s| s.rx.data()).unwrap_or(&[])
+    }
+
+    /// True once the peer half-closed `id` and everything it sent was consumed.
+    pub fn read_closed(&self, id: u32) -> bool {
+        self.streams
+            .get(&id)
+            .is_none_or(|s| s.fin_received && s.rx.is_empty())
+    }
+
+    /// The application took `n` bytes from `readable(id)`; credit flows back to the peer.
+    pub fn consume(&mut self, id: u32, n: usize) {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return;
+        };
+        s.rx.consume(n);
+        s.rx.release_if_empty();
+        s.consumed += n as u64;
+        s.unacked += n as u32;
+        if s.unacked >= WINDOW_UPDATE_THRESHOLD && !s.fin_received {
+            let credit = s.unacked;
+            s.unacked = 0;
+            s.recv_window += credit;
+            let consumed = s.consumed;
+            encode(
+                &mut self.control,
+                &Frame::Window {
+                    stream: id,
+                    credit,
+                    consumed,
+                },
+            );
+        }
+        self.reap(id);
+    }
+
+    /// Room for more application bytes on `id` (0 also when the stream is gone).
+    pub fn writable(&self, id: u32) -> usize {
+        self.streams
+            .get(&id)
+            .filter(|s| !s.fin_wanted)
+            .map(|s| s.tx.space())
+            .unwrap_or(0)
+    }
+
+    /// A writable tail for reading straight from a socket into the stream; `commit` after.
+    pub fn write_tail(&mut self, id: u32) -> Option<&mut [u8]> {
+        let s = self.streams.get_mut(&id)?;
+        if s.fin_wanted || s.tx.space() == 0 {
+            s.want_writable = true;
+            return None;
+        }
+        Some(s.tx.tail_mut())
+    }
+
+    pub fn commit(&mut self, id: u32, n: usize) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.tx.commit(n);
+            self.mark_ready(id);
+        }
+    }
+
+    /// Copies as much of `data` as fits into the stream; returns the count taken.
+    pub fn write(&mut self, id: u32, data: &[u8]) -> usize {
+        let Some(s) = self.streams.get_mut(&id) else {
+            return 0;
+        };
+        if s.fin_wanted {
+            return 0;
+        }
+        let n = s.tx.push(data);
+        if n < data.len() {
+            s.want_writable = true;
+        }
+        self.mark_ready(id);
+        n
+    }
+
+    /// The application will write no more on `id`: FIN follows the buffered bytes.
+    pub fn close_write(&mut self, id: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.fin_wanted = true;
+            self.mark_ready(id);
+        }
+    }
+
+    /// Abandons `id` in both directions and tells the peer.
+    pub fn reset(&mut self, id: u32, code: u32, reason: &str) {
+        if self.streams.remove(&id).is_some() {
+            self.queue_rst(id, code, reason);
+        }
+    }
+
+    fn queue_rst(&mut self, id: u32, code: u32, reason: &str) {
+        encode(
+            &mut self.control,
+            &Frame::Rst {
+                stream: id,
+                code,
+                reason,
+            },
+        );
+    }
+
+    fn mark_ready(&mut self, id: u32) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            if !s.queued && s.has_work() {
+                s.queued = true;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    fn reap(&mut self, id: u32) {
+        if self.streams.get(&id).is_some_and(Stream::finished) {
+            self.streams.remove(&id);
+            self.events.push_back(Event::Closed(id));
+        }
+    }
+
+    /// True when `poll_transmit` would produce something.
+    pub fn wants_transmit(&self) -> bool {
+        !self.control.is_empty() || !self.ready.is_empty()
+    }
+
+    /// Appends frames to `out` until it holds at least `max` bytes or nothing is left.
+    /// Control frames first, then DATA round-robin over streams within their windows.
+    pub fn poll_transmit(&mut self, out: &mut Vec<u8>, max: usize) {
+        if !self.control.is_empty() {
+            out.extend_from_slice(&self.control);
+            self.control.clear();
+            if self.control.capacity() > 64 * 1024 {
+                self.control = Vec::new();
+            }
+        }
+        let mut budget = self.ready.len();
+        while out.len() < max && budget > 0 {
+            budget -= 1;
+            let Some(id) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(s) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            s.queued = false;
+            let room = max.saturating_sub(out.len() + HEADER_LEN).max(1024);
+            let n =
+                s.tx.len()
+                    .min(s.send_window as usize)
+                    .min(MAX_FRAME_PAYLOAD)
+                    .min(room);
+            if n > 0 {
+                encode_header(out, FrameType::Data, id, n);
+                out.extend_from_slice(&s.tx.data()[..n]);
+                s.tx.consume(n);
+                s.send_window -= n as u32;
+                if s.want_writable {
+                    s.want_writable = false;
+                    self.events.push_back(Event::Writable(id));
+                }
+                s.tx.release_if_empty();
+            }
+            if s.fin_wanted && !s.fin_sent && s.tx.is_empty() {
+                s.fin_sent = true;
+                encode_header(out, FrameType::Fin, id, 0);
+            }
+            if s.has_work() {
+                s.queued = true;
+                self.ready.push_back(id);
+                budget += 1;
+            }
+            self.reap(id);
+        }
+    }
+
+    /// Sends keepalives and detects a dead peer. Returns the next time to call it.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<Instant, MuxError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let interval = Duration::from_secs(PING_INTERVAL_SECS);
+        if now.saturating_duration_since(self.last_received) >= interval * PING_DEAD_INTERVALS {
+            self.error = Some(MuxError::KeepaliveTimeout);
+            return Err(MuxError::KeepaliveTimeout);
+        }
+        if now >= self.next_ping {
+            self.ping_counter += 1;
+            encode(&mut self.control, &Frame::Ping(self.ping_counter));
+            self.next_ping = now + interval;
+        }
+        Ok(self
+            .next_ping
+            .min(self.last_received + interval * PING_DEAD_INTERVALS))
+    }
+}
+
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_session(data: &[u8]) {
+    let now = Instant::now();
+    for side in [Side::Edge, Side::Origin] {
+        let mut s = Session::new(side, now);
+        if side == Side::Edge {
+            s.open_stream("a.example", b"{}");
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            match s.handle_input(rest, now) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest = &rest[n..],
+            }
+            while let Some(ev) = s.poll_event() {
+                if let Event::Readable(id) = ev {
+                    let n = s.readable(id).len();
+                    s.consume(id, n);
+                    s.write(id, b"echo");
+                }
+            }
+            let mut out = Vec::new();
+            s.poll_transmit(&mut out, 1 << 20);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe(a: &mut Session, b: &mut Session, now: Instant) {
+        loop {
+            let mut out = Vec::new();
+            a.poll_transmit(&mut out, 1 << 20);
+            let mut back = Vec::new();
+            b.poll_transmit(&mut back, 1 << 20);
+            if out.is_empty() && back.is_empty() {
+                break;
+            }
+            assert_eq!(b.handle_input(&out, now).unwrap(), out.len());
+            assert_eq!(a.handle_input(&back, now).unwrap(), back.len());
+        }
+    }
+
+    #[test]
+    fn every_frame_round_trips_and_every_prefix_needs_more() {
+        let frames = [
+            Frame::Hello {
+                version: 1,
+                connector_id: [7; 16],
+                ha_index: 3,
+            },
+            Frame::Register {
+                hostname: "ssh.site.com",
+                service: "ssh://localhost:22",
+            },
+            Frame::Registered { hostname: "h" },
+            Frame::Error {
+                code: 9,
+                message: "no",
+            },
+            Frame::Open {
+                stream: 5,
+                hostname: "h",
+                claims: b"{\"a\":1}",
+            },
+            Frame::Data {
+                stream: 5,
+                data: b"hello",
+            },
+            Frame::Window {
+                stream: 5,
+                credit: 10,
+                consumed: 1 << 40,
+            },
+            Frame::Fin { stream: 5 },
+            Frame::Rst {
+                stream: 5,
+                code: 2,
+                reason: "refused",
+            },
+            Frame::Ping(42),
+            Frame::Pong(43),
+            Frame::GoAway {
+                last_stream: 9,
+                reason: "bye",
+            },
+        ];
+        for f in &frames {
+            let mut out = Vec::new();
+            encode(&mut out, f);
+            for cut in 0..out.len() {
+                assert_eq!(decode_frame(&out[..cut]).unwrap(), None, "{f:?} at {cut}");
+            }
+            let (g, n) = decode_frame(&out).unwrap().unwrap();
+            assert_eq!((&g, n), (f, out.len()));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        assert_eq!(
+            decode_header(&[99, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Err(MuxError::UnknownFrameType(99))
+        );
+        let mut big = vec![6, 0, 0, 0, 0, 1];
+        big.extend_from_slice(&(MAX_FRAME_PAYLOAD as u32 + 1).to_be_bytes());
+        assert!(matches!(
+            decode_header(&big),
+            Err(MuxError::FrameTooLarge(_))
+        ));
+        // PING with a short payload.
+        let mut ping = Vec::new();
+        encode_header(&mut ping, FrameType::Ping, 0, 3);
+        ping.extend_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            decode_frame(&ping),
+            Err(MuxError::MalformedPayload(FrameType::Ping))
+        );
+    }
+
+    #[test]
+    fn data_flows_with_flow_control_and_half_close() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        let payload = vec![0xab; 1 << 20];
+        let mut sent = 0;
+        let mut received = 0;
+        let mut closed = false;
+        for _ in 0..10_000 {
+            sent += edge.write(id, &payload[sent..]);
+            if sent == payload.len() && !closed {
+                edge.close_write(id);
+                closed = true;
+            }
+            pipe(&mut edge, &mut origin, now);
+            while let Some(ev) = origin.poll_event() {
+                if let Event::Open { stream, .. } = ev {
+                    assert_eq!(stream, id);
+                }
+            }
+            let n = origin.readable(id).len();
+            received += n;
+            origin.consume(id, n);
+            if origin.read_closed(id) {
+                break;
+            }
+        }
+        assert_eq!(received, payload.len());
+        assert!(origin.read_closed(id));
+        // The origin answers and closes; the stream is gone on both sides afterwards.
+        assert_eq!(origin.write(id, b"bye"), 3);
+        origin.close_write(id);
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(edge.readable(id), b"bye");
+        edge.consume(id, 3);
+        assert!(edge.read_closed(id));
+        assert_eq!(edge.stream_count(), 0);
+        assert_eq!(origin.stream_count(), 0);
+    }
+
+    #[test]
+    fn window_violation_is_a_connection_error() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        let mut out = Vec::new();
+        let chunk = vec![0u8; MAX_FRAME_PAYLOAD];
+        for _ in 0..=(INITIAL_STREAM_WINDOW as usize / MAX_FRAME_PAYLOAD) {
+            encode(
+                &mut out,
+                &Frame::Data {
+                    stream: id,
+                    data: &chunk,
+                },
+            );
+        }
+        assert_eq!(
+            origin.handle_input(&out, now),
+            Err(MuxError::WindowExceeded(id))
+        );
+        // Sticky.
+        assert_eq!(
+            origin.handle_input(&[], now),
+            Err(MuxError::WindowExceeded(id))
+        );
+    }
+
+    #[test]
+    fn unknown_and_closed_streams() {
+        let now = Instant::now();
+        let mut origin = Session::new(Side::Origin, now);
+        let mut out = Vec::new();
+        encode(
+            &mut out,
+            &Frame::Data {
+                stream: 7,
+                data: b"x",
+            },
+        );
+        assert_eq!(
+            origin.handle_input(&out, now),
+            Err(MuxError::UnknownStream(7))
+        );
+
+        let mut edge = Session::new(Side::Edge, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        edge.reset(id, rst::CANCEL, "gone");
+        // A late frame for a stream we reset is ignored.
+        let mut late = Vec::new();
+        encode(
+            &mut late,
+            &Frame::Data {
+                stream: id,
+                data: b"x",
+            },
+        );
+        assert_eq!(edge.handle_input(&late, now), Ok(late.len()));
+        // The origin may not open streams.
+        let mut open = Vec::new();
+        encode(
+            &mut open,
+            &Frame::Open {
+                stream: 3,
+                hostname: "h",
+                claims: b"",
+            },
+        );
+        assert_eq!(edge.handle_input(&open, now), Err(MuxError::BadOpen(3)));
+    }
+
+    #[test]
+    fn keepalive_pings_then_declares_dead() {
+        let t0 = Instant::now();
+        let mut s = Session::new(Side::Origin, t0);
+        let next = s.handle_timeout(t0).unwrap();
+        assert!(next > t0);
+        let t1 = t0 + Duration::from_secs(PING_INTERVAL_SECS);
+        s.handle_timeout(t1).unwrap();
+        let mut out = Vec::new();
+        s.poll_transmit(&mut out, 1024);
+        assert!(matches!(decode_frame(&out), Ok(Some((Frame::Ping(1), _)))));
+        let dead = t0 + Duration::from_secs(PING_INTERVAL_SECS * PING_DEAD_INTERVALS as u64);
+        assert_eq!(s.handle_timeout(dead), Err(MuxError::KeepaliveTimeout));
+    }
+
+    #[test]
+    fn goaway_refuses_new_streams() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        origin.send_goaway("shutting down");
+        pipe(&mut edge, &mut origin, now);
+        assert!(matches!(edge.poll_event(), Some(Event::GoAway { .. })));
+        assert!(edge.is_going_away());
+        assert_eq!(edge.open_stream("h", b""), None);
+    }
+}

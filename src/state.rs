@@ -1,0 +1,635 @@
+//! The edge's state directory (DESIGN.md §4): service-token hashes and hostname ownership.
+//!
+//! Contract:
+//! - One directory (default `~/.postern/edge`), created `0700`. Files in it have fixed names
+//!   chosen by the code, never by input; [`StateDir`] refuses a name containing `/` or starting
+//!   with `.` (temp files start with `.`, so they can never be addressed by name).
+//! - Every write is atomic: a temp file in the same directory, created with its final mode
+//!   (`0600` for anything secret, never chmod-ed after), written, fsync-ed, renamed over the
+//!   target, then the directory is fsync-ed. A crash leaves the old file or the new one.
+//! - `service-tokens.json` keeps only SHA-256 of each secret; [`ServiceTokens::verify`] compares
+//!   digests in constant time. The secret itself is shown once, at creation, as a [`Secret`].
+//! - `hostnames.json` records which origin certificate (by fingerprint) first registered each
+//!   hostname; another certificate cannot take it over ([`Hostnames::claim`]).
+//!
+//! Writers in the same process are expected to go through one owner (the edge's state task);
+//! two `service-token create` processes racing may lose one record (the later rename wins).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+
+/// File holding service-token records (hashes only), mode 0600.
+const SERVICE_TOKENS_FILE: &str = "service-tokens.json";
+/// File holding hostname ownership, mode 0600.
+const HOSTNAMES_FILE: &str = "hostnames.json";
+/// Mode of files that hold secrets or access-control state.
+const SECRET_MODE: u32 = 0o600;
+/// Longest service-token name.
+const MAX_TOKEN_NAME: usize = 64;
+/// Suffix of a service token's client id, as Cloudflare Access prints them.
+const CLIENT_ID_SUFFIX: &str = ".access";
+
+/// The edge's state directory. See the module doc for the contract.
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    path: PathBuf,
+}
+
+impl StateDir {
+    /// Opens `path`, creating it (and missing parents) with mode 0700 if needed.
+    pub fn open(path: &Path) -> io::Result<StateDir> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| {
+                annotate(
+                    e,
+                    &format!("cannot create state directory {}", path.display()),
+                )
+            })?;
+        if let Ok(meta) = fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!(
+                    "state directory {} is accessible to other users; chmod 700 it",
+                    path.display()
+                );
+            }
+        }
+        Ok(StateDir {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `$HOME/.postern/edge` (or `./.postern/edge` when `HOME` is unset).
+    pub fn default_path() -> PathBuf {
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".postern").join("edge")
+    }
+
+    /// Replaces `name` atomically with `data`; a new file gets `mode`.
+    pub fn write_atomic(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
+        check_name(name)?;
+        write_file_atomic(&self.path.join(name), data, mode)
+    }
+
+    /// Reads `name`; `Ok(None)` if it does not exist.
+    pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        check_name(name)?;
+        let path = self.path.join(name);
+        match fs::read(&path) {
+            Ok(data) => Ok(Some(data)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(annotate(e, &format!("cannot read {}", path.display()))),
+        }
+    }
+
+    fn load_json<T: for<'de> Deserialize<'de> + Default>(&self, name: &str) -> io::Result<T> {
+        match self.read(name)? {
+            None => Ok(T::default()),
+            Some(data) => serde_json::from_slice(&data).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{} is corrupt ({e}); restore it from a backup or remove it",
+                        self.path.join(name).display()
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn store_json<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+        data.push(b'\n');
+        self.write_atomic(name, &data, SECRET_MODE)
+    }
+}
+
+/// State file names are constants of this crate; this is the guard that keeps it so.
+fn check_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.contains('/') || name.contains('\0') || name.starts_with('.') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("bug: invalid state file name {name:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces `path` atomically: temp file beside it created with `mode`, fsync, rename, fsync dir.
+pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| annotate(e, &format!("cannot write {}", path.display())))
+}
+
+fn annotate(e: io::Error, context: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{context}: {e}"))
+}
+
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// Equality that looks at every byte whatever the content (lengths are not secret).
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn random_hex(bytes: usize) -> io::Result<String> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| io::Error::other("the system random number generator failed"))?;
+    Ok(hex(&buf))
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// A secret shown to the operator once (a service-token secret). Never printed by accident:
+/// no `Debug`, no `Display`; call [`Secret::expose`] where it must leave the process.
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Secret {
+        Secret(s)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct TokenRecord {
+    name: String,
+    client_id: String,
+    /// Lowercase hex SHA-256 of the secret.
+    secret_sha256: String,
+    /// Unix seconds.
+    created: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct TokenFile {
+    tokens: Vec<TokenRecord>,
+}
+
+/// The service tokens of this edge (`service-tokens.json`): names, client ids, secret hashes.
+pub struct ServiceTokens {
+    tokens: Vec<TokenRecord>,
+}
+
+impl ServiceTokens {
+    /// Loads the token records; a missing file means no tokens.
+    pub fn load(state: &StateDir) -> io::Result<ServiceTokens> {
+        let mut file: TokenFile = state.load_json(SERVICE_TOKENS_FILE)?;
+        for t in &mut file.tokens {
+            t.secret_sha256.make_ascii_lowercase();
+        }
+        Ok(ServiceTokens {
+            tokens: file.tokens,
+        })
+    }
+
+    /// Creates and stores a token called `name`; returns its client id and its secret, which is
+    /// not stored anywhere and cannot be shown again.
+    pub fn create(state: &StateDir, name: &str) -> io::Result<(String, Secret)> {
+        if name.is_empty()
+            || name.len() > MAX_TOKEN_NAME
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "invalid service token name {name:?}: use 1 to {MAX_TOKEN_NAME} characters \
+                     among A-Z a-z 0-9 . _ -"
+                ),
+            ));
+        }
+        let mut tokens = ServiceTokens::load(state)?;
+        if tokens.tokens.iter().any(|t| t.name == name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("a service token named {name:?} already exists; choose another name"),
+            ));
+        }
+        let client_id = format!("{}{CLIENT_ID_SUFFIX}", random_hex(16)?);
+        let secret = random_hex(32)?;
+        tokens.tokens.push(TokenRecord {
+            name: name.to_owned(),
+            client_id: client_id.clone(),
+            secret_sha256: sha256_hex(secret.as_bytes()),
+            created: unix_now(),
+        });
+        state.store_json(
+            SERVICE_TOKENS_FILE,
+            &TokenFile {
+                tokens: tokens.tokens,
+            },
+        )?;
+        Ok((client_id, Secret(secret)))
+    }
+
+    /// The name of the token whose client id is `client_id` and whose secret is `secret`.
+    pub fn verify(&self, client_id: &str, secret: &str) -> Option<&str> {
+        let presented = sha256_hex(secret.as_bytes());
+        let mut found = None;
+        // Every record is looked at, so timing does not tell how far the search got.
+        for t in &self.tokens {
+            let id_ok = t.client_id == client_id;
+            let secret_ok = ct_eq(presented.as_bytes(), t.secret_sha256.as_bytes());
+            if id_ok & secret_ok && found.is_none() {
+                found = Some(t.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Token names, in creation order.
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.tokens.iter().map(|t| t.name.as_str())
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+struct HostnameRecord {
+    /// Lowercase hex SHA-256 of the owning origin certificate.
+    cert_sha256: String,
+    zone: String,
+    /// Unix seconds.
+    first_registered: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct HostnameFile {
+    hostnames: BTreeMap<String, HostnameRecord>,
+}
+
+/// Which origin certificate owns which hostname (`hostnames.json`).
+pub struct Hostnames {
+    hostnames: BTreeMap<String, HostnameRecord>,
+}
+
+/// A successful [`Hostnames::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The hostname was free; it now belongs to the certificate (persisted).
+    New,
+    /// The certificate already owned the hostname.
+    AlreadyOwned,
+}
+
+/// Why [`Hostnames::claim`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClaimError {
+    /// Another origin certificate registered this hostname first.
+    OwnedByOther {
+        /// Zone of the certificate that owns it.
+        zone_of_owner: String,
+    },
+    /// The new ownership could not be saved; nothing changed.
+    Io(io::Error),
+}
+
+impl fmt::Display for ClaimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClaimError::OwnedByOther { zone_of_owner } => write!(
+                f,
+                "hostname is already registered by another origin certificate (zone \
+                 {zone_of_owner}); use that certificate, or have the edge operator release the \
+                 hostname"
+            ),
+            ClaimError::Io(e) => write!(f, "cannot save hostname ownership: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClaimError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClaimError::Io(e) => Some(e),
+            ClaimError::OwnedByOther { .. } => None,
+        }
+    }
+}
+
+impl Hostnames {
+    /// Loads hostname ownership; a missing file means nothing is owned.
+    pub fn load(state: &StateDir) -> io::Result<Hostnames> {
+        let file: HostnameFile = state.load_json(HOSTNAMES_FILE)?;
+        let hostnames = file
+            .hostnames
+            .into_iter()
+            .map(|(mut host, mut rec)| {
+                host.make_ascii_lowercase();
+                rec.cert_sha256.make_ascii_lowercase();
+                (host, rec)
+            })
+            .collect();
+        Ok(Hostnames { hostnames })
+    }
+
+    /// Records that the certificate with fingerprint `cert_sha256` (of `zone`) owns `hostname`,
+    /// unless another certificate owns it already. Persists before returning [`Claim::New`].
+    pub fn claim(
+        &mut self,
+        state: &StateDir,
+        hostname: &str,
+        cert_sha256: &str,
+        zone: &str,
+    ) -> Result<Claim, ClaimError> {
+        let host = hostname.to_ascii_lowercase();
+        let fingerprint = cert_sha256.to_ascii_lowercase();
+        if let Some(owner) = self.hostnames.get(&host) {
+            return if owner.cert_sha256 == fingerprint {
+                Ok(Claim::AlreadyOwned)
+            } else {
+                Err(ClaimError::OwnedByOther {
+                    zone_of_owner: owner.zone.clone(),
+                })
+            };
+        }
+        self.hostnames.insert(
+            host.clone(),
+            HostnameRecord {
+                cert_sha256: fingerprint,
+                zone: zone.to_owned(),
+                first_registered: unix_now(),
+            },
+        );
+        let file = HostnameFile {
+            hostnames: self.hostnames.clone(),
+        };
+        if let Err(e) = state.store_json(HOSTNAMES_FILE, &file) {
+            self.hostnames.remove(&host);
+            return Err(ClaimError::Io(e));
+        }
+        Ok(Claim::New)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "postern-test-{tag}-{}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed),
+                random_hex(4).unwrap()
+            ));
+            fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    pub(crate) fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn open_creates_private_directory() {
+        let tmp = TempDir::new("state-open");
+        let dir = tmp.0.join("a").join("edge");
+        let state = StateDir::open(&dir).unwrap();
+        assert_eq!(state.path(), dir);
+        assert_eq!(mode_of(&dir), 0o700);
+        StateDir::open(&dir).unwrap();
+    }
+
+    #[test]
+    fn write_atomic_read_and_bad_names() {
+        let tmp = TempDir::new("state-write");
+        let state = StateDir::open(&tmp.0).unwrap();
+        assert!(state.read("x.json").unwrap().is_none());
+        state.write_atomic("x.json", b"one", 0o600).unwrap();
+        state.write_atomic("x.json", b"two", 0o600).unwrap();
+        assert_eq!(state.read("x.json").unwrap().unwrap(), b"two");
+        assert_eq!(mode_of(&tmp.0.join("x.json")), 0o600);
+        state.write_atomic("pub.pem", b"p", 0o644).unwrap();
+        assert_eq!(mode_of(&tmp.0.join("pub.pem")), 0o644);
+        for bad in ["", "../x", "a/b", ".hidden", ".."] {
+            assert!(state.write_atomic(bad, b"", 0o600).is_err(), "{bad:?}");
+            assert!(state.read(bad).is_err(), "{bad:?}");
+        }
+        // No temp files left behind.
+        let names: Vec<_> = fs::read_dir(&tmp.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+
+    #[test]
+    fn default_path_ends_in_postern_edge() {
+        assert!(StateDir::default_path().ends_with(".postern/edge"));
+    }
+
+    #[test]
+    fn service_token_create_and_verify() {
+        let tmp = TempDir::new("state-tokens");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let (id, secret) = ServiceTokens::create(&state, "ci-bot").unwrap();
+        let (id2, _secret2) = ServiceTokens::create(&state, "backup.job_2").unwrap();
+        assert_ne!(id, id2);
+
+        let hex_part = id.strip_suffix(".access").unwrap();
+        assert_eq!(hex_part.len(), 32);
+        assert!(hex_part
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert_eq!(secret.expose().len(), 64);
+
+        let path = tmp.0.join("service-tokens.json");
+        assert_eq!(mode_of(&path), 0o600);
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(secret.expose()), "secret stored in clear");
+
+        let tokens = ServiceTokens::load(&state).unwrap();
+        assert_eq!(tokens.verify(&id, secret.expose()), Some("ci-bot"));
+        assert_eq!(tokens.verify(&id, "0".repeat(64).as_str()), None);
+        assert_eq!(tokens.verify(&id, ""), None);
+        assert_eq!(tokens.verify(&id2, secret.expose()), None);
+        assert_eq!(tokens.verify("nope.access", secret.expose()), None);
+        assert_eq!(
+            tokens.names().collect::<Vec<_>>(),
+            ["ci-bot", "backup.job_2"]
+        );
+    }
+
+    #[test]
+    fn service_token_names_validated_and_unique() {
+        let tmp = TempDir::new("state-token-names");
+        let state = StateDir::open(&tmp.0).unwrap();
+        ServiceTokens::create(&state, "dup").unwrap();
+        let err = ServiceTokens::create(&state, "dup").err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(err.to_string().contains("already exists"), "{err}");
+        for bad in ["", "a b", "x/y", "é", &"n".repeat(65)] {
+            assert!(ServiceTokens::create(&state, bad).is_err(), "{bad:?}");
+        }
+        ServiceTokens::create(&state, &"n".repeat(64)).unwrap();
+        assert_eq!(ServiceTokens::load(&state).unwrap().names().count(), 2);
+    }
+
+    #[test]
+    fn missing_files_are_empty() {
+        let tmp = TempDir::new("state-empty");
+        let state = StateDir::open(&tmp.0).unwrap();
+        assert_eq!(ServiceTokens::load(&state).unwrap().names().count(), 0);
+        assert!(Hostnames::load(&state).unwrap().hostnames.is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let tmp = TempDir::new("state-corrupt");
+        let state = StateDir::open(&tmp.0).unwrap();
+        state.write_atomic("hostnames.json", b"{", 0o600).unwrap();
+        let err = Hostnames::load(&state).err().unwrap();
+        assert!(err.to_string().contains("hostnames.json"), "{err}");
+    }
+
+    #[test]
+    fn hostname_claims() {
+        let tmp = TempDir::new("state-hosts");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let owner = "ab".repeat(32);
+        let other = "cd".repeat(32);
+        let mut hosts = Hostnames::load(&state).unwrap();
+        assert_eq!(
+            hosts
+                .claim(&state, "SSH.example.com", &owner, "example.com")
+                .unwrap(),
+            Claim::New
+        );
+        assert_eq!(mode_of(&tmp.0.join("hostnames.json")), 0o600);
+        assert_eq!(
+            hosts
+                .claim(
+                    &state,
+                    "ssh.example.com",
+                    &owner.to_uppercase(),
+                    "example.com"
+                )
+                .unwrap(),
+            Claim::AlreadyOwned
+        );
+        match hosts.claim(&state, "ssh.EXAMPLE.com", &other, "evil.test") {
+            Err(ClaimError::OwnedByOther { zone_of_owner }) => {
+                assert_eq!(zone_of_owner, "example.com")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+
+        let mut reloaded = Hostnames::load(&state).unwrap();
+        assert_eq!(
+            reloaded
+                .claim(&state, "ssh.example.com", &owner, "example.com")
+                .unwrap(),
+            Claim::AlreadyOwned
+        );
+        assert!(matches!(
+            reloaded.claim(&state, "ssh.example.com", &other, "evil.test"),
+            Err(ClaimError::OwnedByOther { .. })
+        ));
+        assert_eq!(
+            reloaded
+                .claim(&state, "git.example.com", &other, "example.com")
+                .unwrap(),
+            Claim::New
+        );
+    }
+
+    #[test]
+    fn ct_eq_compares_whole_slices() {
+        assert!(ct_eq(b"", b""));
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"ab"));
+        assert_eq!(hex(&[0x00, 0x9f, 0xff]), "009fff");
+    }
+}

@@ -1,0 +1,740 @@
+//! `postern tunnel`: the origin connector. Holds N outbound TLS connections to the edge
+//! (mutual TLS with the origin certificate), registers one hostname on each, and splices each
+//! stream the edge opens to the local service.
+//!
+//! Each HA connection cycles through:
+//!
+//! ```text
+//!  Waiting(until) ──▶ Connecting(TCP) ──▶ Live(TLS + mux) ──(error/EOF/keepalive)──▶ Waiting
+//!                                                     └──(refused registration)──▶ exit 1
+//! ```
+//! Backoff is exponential with full jitter, capped at 60 s, and resets once registered.
+//! SIGTERM sends GOAWAY on every connection and waits for open streams up to the grace period.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::io::tls::TlsConn;
+use crate::io::{random_bytes, random_u64, would_block, Signals};
+use crate::limits::{CONN_WRITE_BATCH, RECONNECT_BACKOFF_CAP_SECS, SERVICE_CONNECT_TIMEOUT_SECS};
+use crate::mux::{self, Event, Session, Side};
+use crate::pki::{self, OriginCredential};
+
+const SIGNALS: Token = Token(0);
+const FIRST: usize = 1;
+
+pub struct TunnelOptions {
+    pub hostname: String,
+    /// The local service, `host:port`.
+    pub service: String,
+    pub service_url: String,
+    pub credential: OriginCredential,
+    pub edge: String,
+    pub extra_ca: Option<std::path::PathBuf>,
+    pub ha_connections: usize,
+    pub grace: Duration,
+}
+
+/// Why the tunnel stopped.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGTERM and drained.
+    Signalled,
+    /// The edge refused the registration; retrying cannot help.
+    Refused(String),
+}
+
+enum Link {
+    Waiting {
+        until: Instant,
+    },
+    Connecting {
+        sock: TcpStream,
+        deadline: Instant,
+    },
+    Live {
+        tls: Box<TlsConn>,
+        mux: Box<Session>,
+        registered: bool,
+        next_timeout: Instant,
+    },
+}
+
+struct Conn {
+    link: Link,
+    attempt: u32,
+    /// Stream id → local slot.
+    locals: HashMap<u32, usize>,
+}
+
+struct Local {
+    sock: TcpStream,
+    conn: usize,
+    stream: u32,
+    connected: bool,
+    deadline: Instant,
+    read_done: bool,
+    write_done: bool,
+}
+
+pub struct Origin {
+    opts: TunnelOptions,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    connector_id: [u8; 16],
+    poll: Poll,
+    conns: Vec<Conn>,
+    locals: Vec<Option<Local>>,
+    free: Vec<usize>,
+    dirty: Vec<Token>,
+    scratch: Vec<u8>,
+    draining: Option<Instant>,
+    exit: Option<Exit>,
+}
+
+impl Origin {
+    pub fn new(opts: TunnelOptions) -> io::Result<Origin> {
+        let roots = pki::root_store(opts.extra_ca.as_deref(), &opts.credential.ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![opts.credential.cert.clone()],
+                opts.credential.key.clone_key(),
+            )
+            .map_err(|e| io::Error::other(format!("origin certificate unusable: {e}")))?;
+        tls.alpn_protocols = vec![mux::ALPN.to_vec()];
+        let server_name = ServerName::try_from(opts.hostname.clone())
+            .map_err(|_| io::Error::other(format!("invalid hostname {}", opts.hostname)))?;
+        let n = opts.ha_connections.max(1);
+        let now = Instant::now();
+        Ok(Origin {
+            tls: Arc::new(tls),
+            server_name,
+            connector_id: random_bytes(),
+            poll: Poll::new()?,
+            conns: (0..n)
+                .map(|_| Conn {
+                    link: Link::Waiting { until: now },
+                    attempt: 0,
+                    locals: HashMap::new(),
+                })
+                .collect(),
+            locals: Vec::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+            draining: None,
+            exit: None,
+            opts,
+        })
+    }
+
+    fn local_token(&self, slot: usize) -> Token {
+        Token(FIRST + self.conns.len() + slot)
+    }
+
+    pub fn run(mut self) -> io::Result<Exit> {
+        let mut signals = Signals::new()?;
+        self.poll
+            .registry()
+            .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
+        info!(
+            "starting tunnel for {} -> {} via edge {} with {} connections",
+            self.opts.hostname,
+            self.opts.service_url,
+            self.opts.edge,
+            self.conns.len()
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let next = self.tick(now);
+            if let Some(exit) = self.exit.take() {
+                return Ok(exit);
+            }
+            let timeout = next.saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                if ev.token() == SIGNALS {
+                    if signals.take() && self.draining.is_none() {
+                        self.start_drain();
+                    }
+                } else {
+                    self.dirty.push(ev.token());
+                }
+            }
+            while let Some(tok) = self.dirty.pop() {
+                let i = tok.0 - FIRST;
+                if i < self.conns.len() {
+                    self.pump_conn(i);
+                } else {
+                    self.pump_local(i - self.conns.len());
+                }
+            }
+        }
+    }
+
+    fn start_drain(&mut self) {
+        info!(
+            "SIGTERM: draining open streams for up to {}s",
+            self.opts.grace.as_secs()
+        );
+        self.draining = Some(Instant::now() + self.opts.grace);
+        for i in 0..self.conns.len() {
+            if let Link::Live { mux, .. } = &mut self.conns[i].link {
+                mux.send_goaway("origin shutting down");
+            }
+            self.dirty.push(Token(FIRST + i));
+        }
+    }
+
+    /// Timers: reconnects, connect deadlines, keepalives, drain. Returns the next wake-up.
+    fn tick(&mut self, now: Instant) -> Instant {
+        let mut next = now + Duration::from_secs(1);
+        if let Some(deadline) = self.draining {
+            let open: usize = self.conns.iter().map(|c| c.locals.len()).sum();
+            if open == 0 || now >= deadline {
+                if open > 0 {
+                    warn!("grace period over: closing {open} open streams");
+                }
+                for i in 0..self.conns.len() {
+                    self.disconnect(i, None);
+                }
+                self.exit = Some(Exit::Signalled);
+                return now;
+            }
+        }
+        for i in 0..self.conns.len() {
+            match &mut self.conns[i].link {
+                Link::Waiting { until } => {
+                    if self.draining.is_none() {
+                        if now >= *until {
+                            self.connect(i);
+                        } else {
+                            next = next.min(*until);
+                        }
+                    }
+                }
+                Link::Connecting { deadline, .. } => {
+                    if now >= *deadline {
+                        warn!("connection {i}: connecting to the edge timed out");
+                        self.disconnect(i, Some("connect timeout"));
+                    }
+                }
+                Link::Live {
+                    mux, next_timeout, ..
+                } => {
+                    if now >= *next_timeout {
+                        match mux.handle_timeout(now) {
+                            Ok(t) => {
+                                *next_timeout = t;
+                                next = next.min(t);
+                                self.dirty.push(Token(FIRST + i));
+                            }
+                            Err(e) => {
+                                warn!("connection {i}: {e}");
+                                self.disconnect(i, Some("keepalive timeout"));
+                            }
+                        }
+                    } else {
+                        next = next.min(*next_timeout);
+                    }
+                }
+            }
+        }
+        for slot in 0..self.locals.len() {
+            if let Some(l) = &self.locals[slot] {
+                if !l.connected && now >= l.deadline {
+                    self.fail_local(slot, "connect to the service timed out");
+                }
+            }
+        }
+        while let Some(tok) = self.dirty.pop() {
+            let i = tok.0 - FIRST;
+            if i < self.conns.len() {
+                self.pump_conn(i);
+            } else {
+                self.pump_local(i - self.conns.len());
+            }
+        }
+        next
+    }
+
+    fn connect(&mut self, i: usize) {
+        let addr = match resolve(&self.opts.edge) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("connection {i}: {e}");
+                self.backoff(i);
+                return;
+            }
+        };
+        match TcpStream::connect(addr) {
+            Ok(mut sock) => {
+                let _ = sock.set_nodelay(true);
+                if let Err(e) = self.poll.registry().register(
+                    &mut sock,
+                    Token(FIRST + i),
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
+                    warn!("connection {i}: {e}");
+                    self.backoff(i);
+                    return;
+                }
+                debug!("connection {i}: connecting to {addr}");
+                self.conns[i].link = Link::Connecting {
+                    sock,
+                    deadline: Instant::now() + Duration::from_secs(10),
+                };
+            }
+            Err(e) => {
+                warn!("connection {i}: cannot reach the edge at {addr}: {e} (is egress to the edge's port allowed?)");
+                self.backoff(i);
+            }
+        }
+    }
+
+    fn backoff(&mut self, i: usize) {
+        let c = &mut self.conns[i];
+        c.attempt = c.attempt.saturating_add(1);
+        let cap = RECONNECT_BACKOFF_CAP_SECS * 1000;
+        let ceiling = (500u64 << c.attempt.min(10)).min(cap);
+        // Full jitter: anywhere in [0, ceiling).
+        let delay = Duration::from_millis(random_u64() % ceiling.max(1));
+        debug!("connection {i}: retrying in {delay:?}");
+        c.link = Link::Waiting {
+            until: Instant::now() + delay,
+        };
+    }
+
+    /// Drops a connection and its streams; reconnects later unless `why` is None (shutdown).
+    fn disconnect(&mut self, i: usize, why: Option<&str>) {
+        let link = std::mem::replace(
+            &mut self.conns[i].link,
+            Link::Waiting {
+                until: Instant::now(),
+            },
+        );
+        match link {
+            Link::Live { mut tls, .. } => {
+                tls.close();
+                let _ = self.poll.registry().deregister(&mut tls.sock);
+            }
+            Link::Connecting { mut sock, .. } => {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
+            Link::Waiting { .. } => {}
+        }
+        let locals: Vec<usize> = self.conns[i].locals.drain().map(|(_, s)| s).collect();
+        for slot in locals {
+            self.drop_local(slot);
+        }
+        if let Some(why) = why {
+            info!("connection {i} lost ({why}); reconnecting");
+            self.backoff(i);
+        }
+    }
+
+    fn pump_conn(&mut self, i: usize) {
+        // Finish a non-blocking connect: take_error, then peer_addr (mio's documented steps).
+        if let Link::Connecting { sock, .. } = &mut self.conns[i].link {
+            match sock.take_error() {
+                Ok(Some(e)) | Err(e) => {
+                    warn!(
+                        "connection {i}: cannot reach the edge at {}: {e} (is egress to the edge's port allowed?)",
+                        self.opts.edge
+                    );
+                    self.disconnect(i, Some("connect failed"));
+                    return;
+                }
+                Ok(None) => {}
+            }
+            match sock.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => {
+                    warn!("connection {i}: {e}");
+                    self.disconnect(i, Some("connect failed"));
+                    return;
+                }
+            }
+            let Link::Connecting { sock, .. } = std::mem::replace(
+                &mut self.conns[i].link,
+                Link::Waiting {
+                    until: Instant::now(),
+                },
+            ) else {
+                unreachable!()
+            };
+            let conn =
+                match rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        error!("connection {i}: TLS setup: {e}");
+                        self.backoff(i);
+                        return;
+                    }
+                };
+            let now = Instant::now();
+            let mut mux = Box::new(Session::new(Side::Origin, now));
+            mux.send_hello(self.connector_id, i as u8);
+            mux.send_register(&self.opts.hostname, &self.opts.service_url);
+            self.conns[i].link = Link::Live {
+                tls: Box::new(TlsConn::new(sock, conn)),
+                mux,
+                registered: false,
+                next_timeout: now,
+            };
+        }
+        let Link::Live { tls, mux, .. } = &mut self.conns[i].link else {
+            return;
+        };
+        if let Err(e) = tls.read() {
+            let msg = if e.to_string().contains("certificate") {
+                format!("{e}: the edge's certificate is not trusted: pass --ca with the edge's CA")
+            } else {
+                e.to_string()
+            };
+            warn!("connection {i}: {msg}");
+            self.disconnect(i, Some("TLS error"));
+            return;
+        }
+        if !tls.rx.is_empty() {
+            match mux.handle_input(tls.rx.data(), Instant::now()) {
+                Ok(n) => tls.rx.consume(n),
+                Err(e) => {
+                    warn!("connection {i}: protocol error from edge: {e}");
+                    self.disconnect(i, Some("protocol error"));
+                    return;
+                }
+            }
+        }
+        let mut events = Vec::new();
+        while let Some(ev) = mux.poll_event() {
+            events.push(ev);
+        }
+        let peer_closed = tls.peer_closed;
+        for ev in events {
+            self.on_event(i, ev);
+            if self.exit.is_some() {
+                return;
+            }
+        }
+        if peer_closed {
+            self.disconnect(i, Some("edge closed the connection"));
+            return;
+        }
+        self.transmit(i);
+    }
+
+    fn transmit(&mut self, i: usize) {
+        let Link::Live { tls, mux, .. } = &mut self.conns[i].link else {
+            return;
+        };
+        while tls.can_send() && mux.wants_transmit() {
+            self.scratch.clear();
+            mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
+            tls.send(&self.scratch);
+            if tls.flush().is_err() {
+                break;
+            }
+        }
+        self.scratch.clear();
+        if let Err(e) = tls.flush() {
+            warn!("connection {i}: {e}");
+            self.disconnect(i, Some("write failed"));
+        }
+    }
+
+    fn on_event(&mut self, i: usize, ev: Event) {
+        match ev {
+            Event::Registered { hostname } => {
+                info!("connection {i} registered {hostname}");
+                self.conns[i].attempt = 0;
+                if let Link::Live { registered, .. } = &mut self.conns[i].link {
+                    *registered = true;
+                }
+            }
+            Event::Error { code, message } => {
+                if matches!(code, 400 | 403 | 409) {
+                    error!("connection {i}: the edge refused: {message}");
+                    self.exit = Some(Exit::Refused(message));
+                } else {
+                    warn!("connection {i}: edge error {code}: {message}");
+                    self.disconnect(i, Some("edge error"));
+                }
+            }
+            Event::Open {
+                stream, hostname, ..
+            } => self.open_local(i, stream, &hostname),
+            Event::Readable(stream) | Event::Writable(stream) => {
+                if let Some(&slot) = self.conns[i].locals.get(&stream) {
+                    let tok = self.local_token(slot);
+                    self.dirty.push(tok);
+                }
+            }
+            Event::Closed(stream) => {
+                if let Some(slot) = self.conns[i].locals.remove(&stream) {
+                    self.drop_local(slot);
+                }
+            }
+            Event::Reset { stream, reason, .. } => {
+                debug!("connection {i}: stream {stream} reset by edge: {reason}");
+                if let Some(slot) = self.conns[i].locals.remove(&stream) {
+                    self.drop_local(slot);
+                }
+            }
+            Event::GoAway { reason, .. } => {
+                info!("connection {i}: edge is going away ({reason})");
+                // Let open streams finish; the edge closes the connection and we reconnect.
+            }
+            Event::Hello { .. } | Event::Register { .. } => {}
+        }
+    }
+
+    fn open_local(&mut self, i: usize, stream: u32, hostname: &str) {
+        let n_conns = self.conns.len();
+        let Link::Live { mux, .. } = &mut self.conns[i].link else {
+            return;
+        };
+        if !hostname.eq_ignore_ascii_case(&self.opts.hostname) {
+            mux.reset(stream, mux::rst::NO_SERVICE, "no service for this hostname");
+            return;
+        }
+        let addr = match resolve(&self.opts.service) {
+            Ok(a) => a,
+            Err(e) => {
+                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                return;
+            }
+        };
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("stream {stream}: cannot connect to {addr}: {e}");
+                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                return;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.locals.push(None);
+                self.locals.len() - 1
+            }
+        };
+        let tok = Token(FIRST + n_conns + slot);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)
+        {
+            mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+            self.free.push(slot);
+            return;
+        }
+        debug!("connection {i}: stream {stream} -> {addr}");
+        self.locals[slot] = Some(Local {
+            sock,
+            conn: i,
+            stream,
+            connected: false,
+            deadline: Instant::now() + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
+            read_done: false,
+            write_done: false,
+        });
+        self.conns[i].locals.insert(stream, slot);
+    }
+
+    fn pump_local(&mut self, slot: usize) {
+        let Some(Some(l)) = self.locals.get_mut(slot) else {
+            return;
+        };
+        let i = l.conn;
+        let Link::Live { mux, .. } = &mut self.conns[i].link else {
+            return;
+        };
+        if !mux.has_stream(l.stream) {
+            self.conns[i].locals.remove(&l.stream);
+            self.drop_local(slot);
+            return;
+        }
+        if !l.connected {
+            match l.sock.take_error() {
+                Ok(Some(e)) | Err(e) => return self.fail_local(slot, &e.to_string()),
+                Ok(None) => {}
+            }
+            match l.sock.peer_addr() {
+                Ok(_) => l.connected = true,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.fail_local(slot, &e.to_string()),
+            }
+        }
+        let stream = l.stream;
+        let mut moved = false;
+        // Service → edge: read straight into the stream's send buffer.
+        while !l.read_done {
+            let Some(tail) = mux.write_tail(stream) else {
+                break;
+            };
+            match l.sock.read(tail) {
+                Ok(0) => {
+                    l.read_done = true;
+                    mux.close_write(stream);
+                    moved = true;
+                }
+                Ok(n) => {
+                    mux.commit(stream, n);
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("stream {stream}: service read: {e}");
+                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    self.conns[i].locals.remove(&stream);
+                    self.drop_local(slot);
+                    self.dirty.push(Token(FIRST + i));
+                    return;
+                }
+            }
+        }
+        // Edge → service.
+        loop {
+            let data = mux.readable(stream);
+            if data.is_empty() {
+                break;
+            }
+            match l.sock.write(data) {
+                Ok(n) => {
+                    mux.consume(stream, n);
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("stream {stream}: service write: {e}");
+                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    self.conns[i].locals.remove(&stream);
+                    self.drop_local(slot);
+                    self.dirty.push(Token(FIRST + i));
+                    return;
+                }
+            }
+        }
+        if !l.write_done && mux.read_closed(stream) {
+            l.write_done = true;
+            let _ = l.sock.shutdown(Shutdown::Write);
+        }
+        let gone = !mux.has_stream(stream);
+        if moved {
+            self.dirty.push(Token(FIRST + i));
+        }
+        if gone {
+            self.conns[i].locals.remove(&stream);
+            self.drop_local(slot);
+        }
+    }
+
+    fn fail_local(&mut self, slot: usize, why: &str) {
+        let Some(Some(l)) = self.locals.get(slot) else {
+            return;
+        };
+        let (i, stream) = (l.conn, l.stream);
+        warn!(
+            "stream {stream}: cannot connect to the service {}: {why}",
+            self.opts.service
+        );
+        if let Link::Live { mux, .. } = &mut self.conns[i].link {
+            mux.reset(stream, mux::rst::CONNECT_FAILED, why);
+        }
+        self.conns[i].locals.remove(&stream);
+        self.drop_local(slot);
+        self.dirty.push(Token(FIRST + i));
+    }
+
+    fn drop_local(&mut self, slot: usize) {
+        if let Some(mut l) = self.locals[slot].take() {
+            let _ = self.poll.registry().deregister(&mut l.sock);
+            self.free.push(slot);
+        }
+    }
+}
+
+/// Resolves `host:port` (blocking; the edge address is usually an IP or cached by the OS).
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| io::Error::other(format!("{addr} resolves to no address")))
+}
+
+/// Maps `ssh://host:port`, `tcp://host:port` or `host:port` to `host:port`.
+pub fn service_address(url: &str) -> Result<String, String> {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((s, r)) => (s, r),
+        None => ("tcp", url),
+    };
+    let default_port = match scheme {
+        "ssh" => 22,
+        "tcp" => 0,
+        other => {
+            return Err(format!(
+                "--url scheme {other}:// is not supported (use ssh:// or tcp://)"
+            ))
+        }
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err("--url names no host".into());
+    }
+    if rest
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        Ok(rest.to_owned())
+    } else if default_port != 0 {
+        Ok(format!("{rest}:{default_port}"))
+    } else {
+        Err(format!("--url {url} needs a port"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_urls() {
+        assert_eq!(
+            service_address("ssh://localhost:22").unwrap(),
+            "localhost:22"
+        );
+        assert_eq!(service_address("ssh://localhost").unwrap(), "localhost:22");
+        assert_eq!(
+            service_address("tcp://127.0.0.1:5432").unwrap(),
+            "127.0.0.1:5432"
+        );
+        assert_eq!(service_address("127.0.0.1:2222").unwrap(), "127.0.0.1:2222");
+        assert!(service_address("http://x:1").is_err());
+        assert!(service_address("tcp://x").is_err());
+    }
+}

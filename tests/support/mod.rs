@@ -1,0 +1,1101 @@
+//! End-to-end harness: real `sshd`, `ssh`, `git` and the real `postern` binary.
+//!
+//! Used as `mod support;` by each test file in `tests/`. Every process a test starts is held by a
+//! [`Child`] guard that stops it on drop, every file lives in a [`TempDir`] removed on drop, every
+//! port is picked at random, and every wait is a condition polled against a deadline (never a bare
+//! sleep used as synchronisation).
+//!
+//! These tests never skip: a missing `sshd`, `ssh`, `git` or `ssh-keygen` is a failure with a
+//! message saying what to install (`scripts/test` installs them).
+//!
+//! The chain under test, as `Chain::start` assembles it:
+//!
+//! ```text
+//! ssh ──ProxyCommand── postern access ssh ══TLS+WS══▶ postern edge --dev ◀══TLS══ postern tunnel ── sshd
+//! ```
+//!
+//! Service-token secrets reach `postern access ssh` through the environment
+//! (`POSTERN_SERVICE_TOKEN_ID` / `POSTERN_SERVICE_TOKEN_SECRET`, set on the `ssh` command and
+//! inherited by its ProxyCommand), never through argv.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a started process gets to report that it is ready.
+pub const STARTUP: Duration = Duration::from_secs(20);
+/// How long one ordinary ssh round trip through the chain may take.
+pub const SSH_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a stopped process gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Polling period of every wait loop.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The `postern` binary under test: `$POSTERN_BIN` if set, else the one cargo built for this
+/// profile (`cargo test --release` tests `target/release/postern`).
+pub fn postern_bin() -> PathBuf {
+    match std::env::var_os("POSTERN_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_postern")),
+    }
+}
+
+/// Panics with an install hint if `binary` is not on PATH (or, for `sshd`, in /usr/sbin).
+/// These tests never skip, in CI or locally.
+pub fn require(binary: &str) -> PathBuf {
+    if let Some(p) = find_binary(binary) {
+        return p;
+    }
+    let package = match binary {
+        "sshd" => "openssh-server",
+        "ssh" | "ssh-keygen" => "openssh-client",
+        "git" => "git",
+        other => other,
+    };
+    panic!(
+        "required binary `{binary}` not found on PATH or in /usr/sbin: install it \
+         (`apt-get install -y {package}`, or run scripts/test which installs it); \
+         end-to-end tests do not skip"
+    );
+}
+
+fn find_binary(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(binary))
+        .find(|p| p.is_file())
+}
+
+/// Checks every external binary the end-to-end tests use.
+pub fn require_all() {
+    for b in ["sshd", "ssh", "ssh-keygen", "git", "sha256sum"] {
+        require(b);
+    }
+}
+
+/// A fresh port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Polls `f` every few milliseconds until it returns true; panics naming `what` after `deadline`.
+pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return;
+        }
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Quotes `s` for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:@%=+,".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The current user name (`id -un`).
+pub fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    assert!(out.status.success(), "id -un failed");
+    String::from_utf8(out.stdout)
+        .expect("utf-8 user name")
+        .trim()
+        .to_string()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temporary directories
+// ---------------------------------------------------------------------------------------------
+
+/// A directory under `std::env::temp_dir()`, removed (recursively) on drop.
+/// Set `POSTERN_KEEP_TEMP=1` to keep it for a post-mortem.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("POSTERN_KEEP_TEMP").is_some() {
+            eprintln!("keeping {}", self.path.display());
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Makes a fresh, empty directory named after `name`, the process id and a counter.
+pub fn temp_dir(name: &str) -> TempDir {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let path = std::env::temp_dir().join(format!(
+        "postern-e2e-{name}-{}-{n}-{nanos:x}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    TempDir { path }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// A running process whose stdout and stderr go to files; stopped (SIGTERM, then SIGKILL after a
+/// grace period) and reaped on drop.
+pub struct Child {
+    name: String,
+    child: Mutex<std::process::Child>,
+    stderr_path: PathBuf,
+    stdout_path: PathBuf,
+}
+
+impl Child {
+    /// Spawns `cmd` with stdin null and stdout/stderr captured to `DIR/NAME.stdout|stderr`
+    /// (appending, so a restarted process keeps one log per generation side by side).
+    pub fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Child {
+        static GENERATION: AtomicU64 = AtomicU64::new(0);
+        let g = GENERATION.fetch_add(1, Ordering::Relaxed);
+        let stderr_path = dir.join(format!("{name}.{g}.stderr"));
+        let stdout_path = dir.join(format!("{name}.{g}.stdout"));
+        let err = File::create(&stderr_path).expect("create stderr log");
+        let out = File::create(&stdout_path).expect("create stdout log");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name} ({cmd:?}): {e}"));
+        Child {
+            name: name.to_string(),
+            child: Mutex::new(child),
+            stderr_path,
+            stdout_path,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    pub fn stderr_text(&self) -> String {
+        fs::read(&self.stderr_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        fs::read(&self.stdout_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `Some(status)` once the process has exited.
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        self.child.lock().unwrap().try_wait().expect("try_wait")
+    }
+
+    /// Waits for the process to exit by itself; `Err` with its stderr on timeout.
+    pub fn wait_exit(&self, deadline: Duration) -> Result<ExitStatus, String> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait() {
+                return Ok(s);
+            }
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "{} still running after {deadline:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr_text()
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Polls the stderr log until it contains `needle`. `Ok(stderr)` when found; `Err` with an
+    /// explanation and the log if the deadline passes or the process exits first.
+    pub fn wait_for_stderr(&self, needle: &str, deadline: Duration) -> Result<String, String> {
+        self.wait_for_stderr_count(needle, 1, deadline)
+    }
+
+    /// Like [`Child::wait_for_stderr`], until `needle` occurs at least `count` times.
+    pub fn wait_for_stderr_count(
+        &self,
+        needle: &str,
+        count: usize,
+        deadline: Duration,
+    ) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            let text = self.stderr_text();
+            if text.matches(needle).count() >= count {
+                return Ok(text);
+            }
+            if let Some(status) = self.try_wait() {
+                // One last read: the line may have landed just before the exit.
+                let text = self.stderr_text();
+                if text.matches(needle).count() >= count {
+                    return Ok(text);
+                }
+                return Err(format!(
+                    "{} exited ({status}) before printing {needle:?} x{count}; stderr:\n{text}",
+                    self.name
+                ));
+            }
+            if start.elapsed() > deadline {
+                return Err(format!(
+                    "{} did not print {needle:?} x{count} within {deadline:?}; stderr:\n{text}",
+                    self.name
+                ));
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    /// Sends SIGTERM, waits up to the grace period, then SIGKILLs; reaps the process.
+    pub fn stop(&self) -> Option<ExitStatus> {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        signal(child.id(), "TERM");
+        let start = Instant::now();
+        while start.elapsed() < STOP_GRACE {
+            if let Ok(Some(s)) = child.try_wait() {
+                return Some(s);
+            }
+            thread::sleep(POLL);
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGKILLs and reaps the process at once (a crash, not a drain).
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.stop();
+        if thread::panicking() {
+            eprintln!(
+                "---- {} stderr ({}) ----\n{}",
+                self.name,
+                self.stderr_path.display(),
+                tail(&self.stderr_text(), 4000)
+            );
+        }
+    }
+}
+
+fn tail(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// Sends a signal to a whole process group with kill(1).
+fn signal_group(pgid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg("--")
+        .arg(format!("-{pgid}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Sends a signal with kill(1) (no libc, no unsafe).
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Collects a child's pipe on a thread; [`Capture::finish`] gives up waiting after a bound,
+/// because a grandchild (ssh's ProxyCommand) may hold the pipe open after the child is gone.
+struct Capture {
+    buf: Arc<Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+}
+
+impl Capture {
+    fn start(mut pipe: impl io::Read + Send + 'static) -> Capture {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let (b, d) = (buf.clone(), done.clone());
+        thread::spawn(move || {
+            let mut chunk = vec![0u8; 64 * 1024];
+            loop {
+                match pipe.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => b.lock().unwrap().extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            d.store(true, Ordering::Release);
+        });
+        Capture { buf, done }
+    }
+
+    fn finish(self, deadline: Duration) -> Vec<u8> {
+        let start = Instant::now();
+        while !self.done.load(Ordering::Acquire) && start.elapsed() < deadline {
+            thread::sleep(POLL);
+        }
+        std::mem::take(&mut *self.buf.lock().unwrap())
+    }
+}
+
+/// How long to keep reading a pipe after the process exited (its ProxyCommand may linger).
+const PIPE_LINGER: Duration = Duration::from_secs(5);
+
+/// Spawns `cmd` in its own process group, so that on a timeout the whole tree (ssh and its
+/// ProxyCommand, git and its ssh) is killed, not just the top process.
+fn spawn_group(cmd: &mut Command, what: &str) -> std::process::Child {
+    use std::os::unix::process::CommandExt as _;
+    cmd.process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: spawn {cmd:?}: {e}"))
+}
+
+/// Waits for `child` until `deadline`; on timeout kills its process group and panics naming
+/// `what`, with whatever stderr it printed.
+fn wait_group(
+    child: &mut std::process::Child,
+    deadline: Duration,
+    what: &str,
+    stderr: Option<Capture>,
+) -> (ExitStatus, Option<Capture>) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return (s, stderr);
+        }
+        if start.elapsed() > deadline {
+            signal_group(child.id(), "KILL");
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = stderr
+                .map(|c| c.finish(Duration::from_secs(1)))
+                .unwrap_or_default();
+            panic!(
+                "{what}: still running after {deadline:?}, killed; stderr:\n{}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Runs `cmd` to completion (stdin as set by the caller, else inherited: set it), capturing
+/// stdout and stderr; kills its process group and panics naming `what` after `deadline`.
+pub fn run_with_deadline(cmd: &mut Command, deadline: Duration, what: &str) -> Output {
+    let mut child = spawn_group(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), what);
+    let out = Capture::start(child.stdout.take().expect("stdout piped"));
+    let err = Capture::start(child.stderr.take().expect("stderr piped"));
+    let (status, err) = wait_group(&mut child, deadline, what, Some(err));
+    Output {
+        status,
+        stdout: out.finish(PIPE_LINGER),
+        stderr: err.expect("stderr capture").finish(PIPE_LINGER),
+    }
+}
+
+/// Like [`run_with_deadline`] for a command whose stdout the caller redirected (to a file);
+/// returns the exit status and stderr.
+pub fn run_status_with_deadline(
+    cmd: &mut Command,
+    deadline: Duration,
+    what: &str,
+) -> (ExitStatus, String) {
+    let mut child = spawn_group(cmd.stderr(Stdio::piped()), what);
+    let err = Capture::start(child.stderr.take().expect("stderr piped"));
+    let (status, err) = wait_group(&mut child, deadline, what, Some(err));
+    let text = err.expect("stderr capture").finish(PIPE_LINGER);
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// Runs a short command that must succeed; returns its stdout.
+pub fn run_ok(cmd: &mut Command, what: &str) -> String {
+    let out = run_with_deadline(cmd.stdin(Stdio::null()), Duration::from_secs(60), what);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {cmd:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// sshd
+// ---------------------------------------------------------------------------------------------
+
+/// A private sshd on a random loopback port, with its own host key, a fresh user key authorized
+/// for the current user, and a known_hosts file that pins its host key for every host name.
+pub struct Sshd {
+    pub port: u16,
+    pub user: String,
+    pub user_key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub host_public_key: String,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Sshd {
+    /// Generates keys and config under `dir` and starts `sshd -D -e -f CONFIG`; returns once the
+    /// port accepts TCP connections.
+    pub fn start(dir: &Path) -> Sshd {
+        let sshd_bin = require("sshd");
+        require("ssh-keygen");
+        let dir = dir.join("sshd");
+        fs::create_dir_all(&dir).expect("mkdir sshd dir");
+
+        let host_key = dir.join("ssh_host_ed25519_key");
+        let user_key = dir.join("id_ed25519");
+        for (key, comment) in [
+            (&host_key, "postern-test-host"),
+            (&user_key, "postern-test-user"),
+        ] {
+            run_ok(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                    .arg(key),
+                "ssh-keygen",
+            );
+        }
+        let user_pub = fs::read_to_string(dir.join("id_ed25519.pub")).expect("read user pub key");
+        let authorized_keys = dir.join("authorized_keys");
+        fs::write(&authorized_keys, &user_pub).expect("write authorized_keys");
+
+        let host_pub =
+            fs::read_to_string(dir.join("ssh_host_ed25519_key.pub")).expect("read host pub key");
+        // "ssh-ed25519 AAAA... comment" -> "ssh-ed25519 AAAA..."
+        let host_public_key = host_pub
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        // `*` matches every host name (an alias reached by ProxyCommand, or [127.0.0.1]:PORT),
+        // and StrictHostKeyChecking=yes still proves the peer holds *this* host key.
+        let known_hosts = dir.join("known_hosts");
+        fs::write(&known_hosts, format!("* {host_public_key}\n")).expect("write known_hosts");
+
+        if is_root() {
+            // sshd's privilege-separation directory.
+            fs::create_dir_all("/run/sshd").expect("mkdir -p /run/sshd");
+        }
+
+        let port = free_port();
+        let config = dir.join("sshd_config");
+        let pid_file = dir.join("sshd.pid");
+        let base = format!(
+            "Port {port}\n\
+             ListenAddress 127.0.0.1\n\
+             HostKey {host_key}\n\
+             AuthorizedKeysFile {authorized_keys}\n\
+             PidFile {pid_file}\n\
+             UsePAM no\n\
+             StrictModes no\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\n\
+             PermitRootLogin yes\n\
+             Subsystem sftp internal-sftp\n\
+             LogLevel VERBOSE\n\
+             AcceptEnv LANG LC_* GIT_PROTOCOL POSTERN_TEST_*\n\
+             UseDNS no\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             X11Forwarding no\n\
+             MaxStartups 200\n\
+             MaxSessions 64\n",
+            host_key = host_key.display(),
+            authorized_keys = authorized_keys.display(),
+            pid_file = pid_file.display(),
+        );
+        // OpenSSH >= 9.8 penalises sources that fail auth (the refusal tests cause some); older
+        // versions reject the keyword, so keep it only if `sshd -t` accepts it.
+        fs::write(&config, format!("{base}PerSourcePenalties no\n")).expect("write sshd_config");
+        let check = Command::new(&sshd_bin)
+            .arg("-t")
+            .arg("-f")
+            .arg(&config)
+            .output()
+            .expect("run sshd -t");
+        if !check.status.success() {
+            fs::write(&config, &base).expect("write sshd_config");
+            let check = Command::new(&sshd_bin)
+                .arg("-t")
+                .arg("-f")
+                .arg(&config)
+                .output()
+                .expect("run sshd -t");
+            assert!(
+                check.status.success(),
+                "sshd -t rejected the test config: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+
+        let mut cmd = Command::new(&sshd_bin);
+        cmd.arg("-D").arg("-e").arg("-f").arg(&config);
+        let child = Child::spawn("sshd", cmd, &dir);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let start = Instant::now();
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                break;
+            }
+            if let Some(status) = child.try_wait() {
+                panic!(
+                    "sshd exited ({status}) before listening on {addr}; stderr:\n{}",
+                    child.stderr_text()
+                );
+            }
+            if start.elapsed() > STARTUP {
+                panic!(
+                    "sshd not listening on {addr} after {STARTUP:?}; stderr:\n{}",
+                    child.stderr_text()
+                );
+            }
+            thread::sleep(POLL);
+        }
+        Sshd {
+            port,
+            user: current_user(),
+            user_key,
+            known_hosts,
+            host_public_key,
+            dir,
+            child,
+        }
+    }
+
+    /// The `ssh://127.0.0.1:PORT` URL a tunnel forwards to.
+    pub fn url(&self) -> String {
+        format!("ssh://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.child.stderr_text()
+    }
+
+    /// The ssh options shared by direct and proxied connections (without ProxyCommand).
+    pub fn ssh_options(&self) -> Vec<String> {
+        vec![
+            "-F".into(),
+            "/dev/null".into(),
+            "-i".into(),
+            self.user_key.display().to_string(),
+            "-o".into(),
+            "IdentitiesOnly=yes".into(),
+            "-o".into(),
+            "IdentityAgent=none".into(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            "StrictHostKeyChecking=yes".into(),
+            "-o".into(),
+            format!("UserKnownHostsFile={}", self.known_hosts.display()),
+            "-o".into(),
+            "GlobalKnownHostsFile=/dev/null".into(),
+            "-o".into(),
+            "UpdateHostKeys=no".into(),
+            "-o".into(),
+            "LogLevel=ERROR".into(),
+            "-o".into(),
+            "ConnectTimeout=20".into(),
+        ]
+    }
+
+    /// `ssh ... user@host_alias` through `proxy` (the token travels in the environment).
+    /// Append the remote command with `.arg(...)`.
+    pub fn ssh_command(&self, host_alias: &str, proxy: &Proxy) -> Command {
+        require("ssh");
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.ssh_options())
+            .arg("-o")
+            .arg(format!("ProxyCommand={}", proxy.command))
+            .arg(format!("{}@{host_alias}", self.user));
+        proxy.apply_env(&mut cmd);
+        cmd
+    }
+
+    /// A direct `ssh -p PORT user@127.0.0.1` (no postern): proves the harness itself.
+    pub fn direct_ssh_command(&self) -> Command {
+        require("ssh");
+        let mut cmd = Command::new("ssh");
+        cmd.args(self.ssh_options())
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg(format!("{}@127.0.0.1", self.user));
+        cmd
+    }
+
+    /// A `GIT_SSH_COMMAND` value equivalent to [`Sshd::ssh_command`] (without the destination).
+    pub fn git_ssh_command(&self, proxy: &Proxy) -> String {
+        let mut s = String::from("ssh");
+        for opt in self.ssh_options() {
+            let _ = write!(s, " {}", shell_quote(&opt));
+        }
+        let _ = write!(
+            s,
+            " -o {}",
+            shell_quote(&format!("ProxyCommand={}", proxy.command))
+        );
+        s
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// postern processes
+// ---------------------------------------------------------------------------------------------
+
+/// A `postern` command with a quiet, predictable environment: `RUST_LOG=info`, no colours, and
+/// `HOME` inside the test directory so nothing touches the real `~/.postern`.
+pub fn postern(home: &Path) -> Command {
+    let mut cmd = Command::new(postern_bin());
+    cmd.env("RUST_LOG", "info")
+        .env("RUST_LOG_STYLE", "never")
+        .env("HOME", home)
+        .env_remove("POSTERN_SERVICE_TOKEN_ID")
+        .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
+        .env_remove("POSTERN_EDGE")
+        .env_remove("POSTERN_CA")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy");
+    cmd
+}
+
+fn home_of(dir: &Path) -> PathBuf {
+    let home = dir.join("home");
+    fs::create_dir_all(&home).expect("mkdir home");
+    home
+}
+
+/// `postern edge --dev --listen 127.0.0.1:0 --state DIR`; knows its real address.
+pub struct Edge {
+    pub addr: SocketAddr,
+    pub state: PathBuf,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Edge {
+    pub fn start(dir: &Path) -> Edge {
+        let state = dir.join("edge-state");
+        let child = Self::spawn(dir, &state, "127.0.0.1:0");
+        let addr = Self::wait_listening(&child);
+        Edge {
+            addr,
+            state,
+            dir: dir.to_path_buf(),
+            child: Some(child),
+        }
+    }
+
+    fn spawn(dir: &Path, state: &Path, listen: &str) -> Child {
+        let mut cmd = postern(&home_of(dir));
+        cmd.args(["edge", "--dev", "--listen", listen, "--state"])
+            .arg(state);
+        Child::spawn("edge", cmd, dir)
+    }
+
+    fn wait_listening(child: &Child) -> SocketAddr {
+        const NEEDLE: &str = "postern edge listening on ";
+        let text = child
+            .wait_for_stderr(NEEDLE, STARTUP)
+            .unwrap_or_else(|e| panic!("edge did not start: {e}"));
+        parse_listen_addr(&text, NEEDLE)
+            .unwrap_or_else(|| panic!("no address after {NEEDLE:?} in edge stderr:\n{text}"))
+    }
+
+    /// The TLS CA users pass as `--ca`.
+    pub fn ca(&self) -> PathBuf {
+        self.state.join("ca.pem")
+    }
+
+    /// `HOST:PORT` for `--edge`.
+    pub fn edge_arg(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn child(&self) -> &Child {
+        self.child.as_ref().expect("edge running")
+    }
+
+    pub fn stderr_text(&self) -> String {
+        self.child
+            .as_ref()
+            .map(Child::stderr_text)
+            .unwrap_or_default()
+    }
+
+    /// Kills the edge (SIGKILL: a crash, no goodbye to the tunnels) and starts it again on the
+    /// same port with the same state directory.
+    pub fn restart(&mut self) {
+        if let Some(old) = self.child.take() {
+            old.kill();
+        }
+        let listen = self.addr.to_string();
+        // The port was ours a moment ago; retry briefly in case the kernel still holds it.
+        let start = Instant::now();
+        loop {
+            let child = Self::spawn(&self.dir, &self.state, &listen);
+            match child.wait_for_stderr("postern edge listening on ", STARTUP) {
+                Ok(text) => {
+                    let addr = parse_listen_addr(&text, "postern edge listening on ")
+                        .expect("edge address");
+                    assert_eq!(addr, self.addr, "restarted edge must keep its address");
+                    self.child = Some(child);
+                    return;
+                }
+                Err(e) if start.elapsed() < Duration::from_secs(10) => {
+                    eprintln!("edge restart attempt failed, retrying: {e}");
+                    drop(child);
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("edge did not restart on {listen}: {e}"),
+            }
+        }
+    }
+}
+
+/// Finds `needle` in `text` and parses the socket address that follows it.
+pub fn parse_listen_addr(text: &str, needle: &str) -> Option<SocketAddr> {
+    let at = text.find(needle)? + needle.len();
+    let token: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect();
+    token.parse().ok()
+}
+
+/// A service token minted by `postern edge service-token create`.
+pub struct ServiceToken {
+    pub id: String,
+    pub secret: String,
+}
+
+/// Runs `postern edge service-token create NAME --state DIR` and parses its JSON.
+pub fn service_token(state: &Path, name: &str) -> ServiceToken {
+    let home = state
+        .parent()
+        .map(home_of)
+        .unwrap_or_else(std::env::temp_dir);
+    let stdout = run_ok(
+        postern(&home)
+            .args(["edge", "service-token", "create", name, "--state"])
+            .arg(state),
+        "postern edge service-token create",
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("service-token create printed non-JSON ({e}): {stdout:?}"));
+    let field = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_str())
+            .unwrap_or_else(|| panic!("service-token create JSON lacks string {k:?}: {stdout}"))
+            .to_string()
+    };
+    ServiceToken {
+        id: field("client_id"),
+        secret: field("client_secret"),
+    }
+}
+
+/// Runs `postern edge origin-cert create --zone ZONE --out OUT --state DIR --edge ADDR`.
+pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
+    let home = state
+        .parent()
+        .map(home_of)
+        .unwrap_or_else(std::env::temp_dir);
+    run_ok(
+        postern(&home)
+            .args(["edge", "origin-cert", "create", "--zone", zone, "--out"])
+            .arg(out)
+            .arg("--state")
+            .arg(state)
+            .arg("--edge")
+            .arg(edge.to_string()),
+        "postern edge origin-cert create",
+    );
+    assert!(
+        out.is_file(),
+        "origin-cert create did not write {}",
+        out.display()
+    );
+}
+
+/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA`.
+pub struct Tunnel {
+    pub hostname: String,
+    child: Child,
+}
+
+impl Tunnel {
+    /// Spawns the tunnel without waiting for anything (for refusal tests).
+    pub fn spawn(
+        dir: &Path,
+        name: &str,
+        hostname: &str,
+        url: &str,
+        cert: &Path,
+        edge: &Edge,
+    ) -> Tunnel {
+        let mut cmd = postern(&home_of(dir));
+        cmd.args([
+            "tunnel",
+            "--hostname",
+            hostname,
+            "--url",
+            url,
+            "--origincert",
+        ])
+        .arg(cert)
+        .arg("--edge")
+        .arg(edge.edge_arg())
+        .arg("--ca")
+        .arg(edge.ca());
+        Tunnel {
+            hostname: hostname.to_string(),
+            child: Child::spawn(name, cmd, dir),
+        }
+    }
+
+    /// Spawns the tunnel and waits until a connection logs `registered HOSTNAME`.
+    pub fn start(dir: &Path, hostname: &str, url: &str, cert: &Path, edge: &Edge) -> Tunnel {
+        let t = Tunnel::spawn(dir, "tunnel", hostname, url, cert, edge);
+        t.wait_registered(1, STARTUP);
+        t
+    }
+
+    /// How many `registered HOSTNAME` lines the tunnel has logged so far.
+    pub fn registered_count(&self) -> usize {
+        self.child
+            .stderr_text()
+            .matches(&format!("registered {}", self.hostname))
+            .count()
+    }
+
+    /// Waits until `registered HOSTNAME` has been logged at least `count` times.
+    pub fn wait_registered(&self, count: usize, deadline: Duration) {
+        let needle = format!("registered {}", self.hostname);
+        if let Err(e) = self.child.wait_for_stderr_count(&needle, count, deadline) {
+            panic!("tunnel did not register: {e}");
+        }
+    }
+
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+}
+
+/// How `ssh` reaches the edge: the ProxyCommand line (no secrets) and the environment that
+/// carries the service token.
+#[derive(Clone)]
+pub struct Proxy {
+    /// `'/abs/postern' access ssh --hostname %h --edge ADDR --ca CA`
+    pub command: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Proxy {
+    /// Sets the token variables on `cmd`; ssh passes its environment to the ProxyCommand.
+    pub fn apply_env(&self, cmd: &mut Command) {
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "info").env("RUST_LOG_STYLE", "never");
+    }
+}
+
+/// The ProxyCommand for `ssh`, with the service token in `POSTERN_SERVICE_TOKEN_ID/SECRET`.
+pub fn proxy_command(edge: &SocketAddr, ca: &Path, token: &ServiceToken) -> Proxy {
+    let bin = postern_bin();
+    Proxy {
+        command: format!(
+            "{} access ssh --hostname %h --edge {} --ca {}",
+            shell_quote(&bin.display().to_string()),
+            edge,
+            shell_quote(&ca.display().to_string())
+        ),
+        env: vec![
+            ("POSTERN_SERVICE_TOKEN_ID".into(), token.id.clone()),
+            ("POSTERN_SERVICE_TOKEN_SECRET".into(), token.secret.clone()),
+        ],
+    }
+}
+
+/// The whole chain for one hostname: sshd, edge, service token, origin cert for zone
+/// `localhost`, and a registered tunnel. Fields drop in declaration order: tunnel first, then
+/// edge and sshd, the temp dir last.
+pub struct Chain {
+    pub hostname: String,
+    pub tunnel: Tunnel,
+    pub edge: Edge,
+    pub sshd: Sshd,
+    pub token: ServiceToken,
+    pub proxy: Proxy,
+    pub origin_cert: PathBuf,
+    pub dir: TempDir,
+}
+
+impl Chain {
+    /// Starts everything for `hostname` (which must be under `localhost`, the dev edge's zone).
+    pub fn start(name: &str, hostname: &str) -> Chain {
+        require_all();
+        let dir = temp_dir(name);
+        let sshd = Sshd::start(dir.path());
+        let edge = Edge::start(dir.path());
+        let token = service_token(&edge.state, "e2e");
+        let cert = dir.join("cert.pem");
+        origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+        let tunnel = Tunnel::start(dir.path(), hostname, &sshd.url(), &cert, &edge);
+        let proxy = proxy_command(&edge.addr, &edge.ca(), &token);
+        Chain {
+            hostname: hostname.to_string(),
+            tunnel,
+            edge,
+            sshd,
+            token,
+            proxy,
+            origin_cert: cert,
+            dir,
+        }
+    }
+
+    /// `ssh ... user@HOSTNAME` through the chain; append the remote command.
+    pub fn ssh(&self) -> Command {
+        let mut cmd = self.sshd.ssh_command(&self.hostname, &self.proxy);
+        cmd.env("HOME", home_of(self.dir.path()));
+        cmd
+    }
+
+    /// Runs `remote` over ssh through the chain with stdin null and [`SSH_DEADLINE`].
+    pub fn ssh_run(&self, remote: &str) -> Output {
+        run_with_deadline(
+            self.ssh().arg(remote).stdin(Stdio::null()),
+            SSH_DEADLINE,
+            &format!("ssh {} {remote:?}", self.hostname),
+        )
+    }
+
+    /// Asserts that `echo MARKER` through the chain prints MARKER and exits 0.
+    pub fn assert_ssh_works(&self, marker: &str) {
+        let out = self.ssh_run(&format!("echo {marker}"));
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == marker,
+            "ssh through the chain failed ({}): stdout {:?}\nstderr:\n{}\nedge:\n{}\ntunnel:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.edge.stderr_text(), 3000),
+            tail(&self.tunnel.child().stderr_text(), 3000),
+        );
+    }
+
+    /// Runs `postern access ssh` directly (as ssh would), with stdin held open, the given token
+    /// in the environment, and returns (exit status, stderr) once it exits by itself.
+    pub fn access_ssh_direct(
+        &self,
+        hostname: &str,
+        ca: &Path,
+        id: &str,
+        secret: &str,
+    ) -> (ExitStatus, String) {
+        let mut cmd = postern(&home_of(self.dir.path()));
+        cmd.args(["access", "ssh", "--hostname", hostname, "--edge"])
+            .arg(self.edge.edge_arg())
+            .arg("--ca")
+            .arg(ca)
+            .env("POSTERN_SERVICE_TOKEN_ID", id)
+            .env("POSTERN_SERVICE_TOKEN_SECRET", secret);
+        access_until_exit(cmd, Duration::from_secs(20))
+    }
+}
+
+/// Spawns `cmd` with stdin an open pipe that is never written (a refusal must end the process
+/// without waiting for stdin EOF), stdout discarded; waits for exit with a deadline.
+pub fn access_until_exit(mut cmd: Command, deadline: Duration) -> (ExitStatus, String) {
+    let what = "postern access ssh (a refusal was expected to end it)";
+    let mut child = spawn_group(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+        what,
+    );
+    let stdin = child.stdin.take();
+    let err = Capture::start(child.stderr.take().expect("stderr piped"));
+    let (status, err) = wait_group(&mut child, deadline, what, Some(err));
+    drop(stdin);
+    let text = err.expect("stderr capture").finish(PIPE_LINGER);
+    (status, String::from_utf8_lossy(&text).into_owned())
+}
+
+/// `sha256sum FILE` -> hex digest (coreutils; no hashing crate).
+pub fn sha256_file(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path), "sha256sum");
+    out.split_whitespace()
+        .next()
+        .unwrap_or_else(|| panic!("sha256sum printed nothing for {}", path.display()))
+        .to_string()
+}
