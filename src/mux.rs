@@ -825,12 +825,18 @@ impl Session {
     }
 
     /// Room for more application bytes on `id` (0 also when the stream is gone).
-    pub fn writable(&self, id: u32) -> usize {
-        self.streams
-            .get(&id)
-            .filter(|s| !s.fin_wanted)
-            .map(|s| s.tx.space())
-            .unwrap_or(0)
+    /// When there is none, a [`Event::Writable`] follows once there is.
+    pub fn writable(&mut self, id: u32) -> usize {
+        match self.streams.get_mut(&id) {
+            Some(s) if !s.fin_wanted => {
+                let room = s.tx.space();
+                if room == 0 {
+                    s.want_writable = true;
+                }
+                room
+            }
+            _ => 0,
+        }
     }
 
     /// A writable tail for reading straight from a socket into the stream; `commit` after.

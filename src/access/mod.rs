@@ -243,9 +243,23 @@ impl Splice {
         registry: &Registry,
         scratch: &mut Vec<u8>,
     ) -> Result<Progress, AccessError> {
-        self.tls
-            .read()
-            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        loop {
+            let full = self
+                .tls
+                .read()
+                .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+            let progress = self.step(registry, scratch)?;
+            if !(full && self.tls.rx.space() > 0) || matches!(progress, Progress::Done) {
+                return Ok(progress);
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        registry: &Registry,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Progress, AccessError> {
         // Edge → local.
         loop {
             while !self.out.is_empty() && !self.local_write_shut {
@@ -296,7 +310,11 @@ impl Splice {
         if self.tls.peer_closed && !self.dec.is_closed() {
             return Err(err("the edge closed the connection"));
         }
-        // Local → edge, one bounded batch at a time.
+        // Local → edge, one bounded batch at a time. Flush first: `can_send` must see what
+        // the socket took since the last pass, or no event would ever resume reading stdin.
+        self.tls
+            .flush()
+            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
         while self.tls.can_send() && !self.local_eof {
             let mut buf = [0u8; 16 * 1024];
             match self.local.read(&mut buf) {

@@ -69,6 +69,8 @@ struct Carrier {
     state: CarrierState,
     /// Handshake/head deadline (slowloris bound); none once streaming.
     deadline: Option<Instant>,
+    /// The client left before sending a request.
+    finished: bool,
 }
 
 enum CarrierState {
@@ -326,6 +328,7 @@ impl Edge {
                                     sni,
                                     state: CarrierState::Head,
                                     deadline: Some(deadline),
+                                    finished: false,
                                 })))
                             }
                         }
@@ -356,39 +359,61 @@ impl Edge {
     // ---------------------------------------------------------------- carriers
 
     fn pump_carrier(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
-        if let Err(e) = c.tls.read() {
-            info!("carrier {}: {e}", c.peer);
-            self.end_carrier(slot, c, "TLS error");
+        // Until no progress: a full `rx` stopped reading, and consuming it must resume it.
+        loop {
+            let full = match c.tls.read() {
+                Ok(full) => full,
+                Err(e) => {
+                    info!("carrier {}: {e}", c.peer);
+                    self.end_carrier(slot, c, "TLS error");
+                    return None;
+                }
+            };
+            self.carrier_step(slot, &mut c);
+            if c.finished {
+                self.end_carrier(slot, c, "closed before the request");
+                return None;
+            }
+            if !(full && c.tls.rx.space() > 0) {
+                break;
+            }
+        }
+        if let Err(e) = c.tls.flush() {
+            debug!("carrier {}: {e}", c.peer);
+            self.end_carrier(slot, c, "write failed");
             return None;
         }
-        if c.deadline.is_some() && !c.tls.tls.is_handshaking() {
-            // Handshake done; the head must still arrive before the deadline.
+        if matches!(c.state, CarrierState::Closing) && !c.tls.tls.wants_write() {
+            self.end_carrier(slot, c, "closed");
+            return None;
         }
+        Some(c)
+    }
+
+    /// One pass of the carrier state machine over what `rx` holds.
+    fn carrier_step(&mut self, slot: usize, c: &mut Carrier) {
         loop {
             match &mut c.state {
                 CarrierState::Head => {
                     let limits = HeadLimits::default();
                     match http::parse_request_head(c.tls.rx.data(), &limits) {
                         Ok(None) => {
-                            if c.tls.peer_closed {
-                                self.end_carrier(slot, c, "closed before the request");
-                                return None;
-                            }
+                            c.finished = c.tls.peer_closed;
                             break;
                         }
                         Err(e) => {
                             info!("carrier {}: bad request head: {e}", c.peer);
-                            refuse(&mut c, 400, "Bad Request", &e.to_string());
+                            refuse(c, 400, "Bad Request", &e.to_string());
                         }
                         Ok(Some((head, used))) => {
                             c.tls.rx.consume(used);
-                            self.on_request(slot, &mut c, head);
+                            self.on_request(slot, c, head);
                             continue;
                         }
                     }
                 }
                 CarrierState::Streaming { .. } => {
-                    if !self.splice_carrier(&mut c) {
+                    if !self.splice_carrier(c) {
                         // Both Closes exchanged: close_notify, then end once it is flushed.
                         c.tls.tls.send_close_notify();
                         c.state = CarrierState::Closing;
@@ -401,16 +426,6 @@ impl Edge {
             }
             break;
         }
-        if let Err(e) = c.tls.flush() {
-            debug!("carrier {}: {e}", c.peer);
-            self.end_carrier(slot, c, "write failed");
-            return None;
-        }
-        if matches!(c.state, CarrierState::Closing) && !c.tls.tls.wants_write() {
-            self.end_carrier(slot, c, "closed");
-            return None;
-        }
-        Some(c)
     }
 
     /// Moves bytes both ways between a carrier and its mux stream. False when finished.
@@ -490,7 +505,9 @@ impl Edge {
             return false;
         }
 
-        // Origin → client, one bounded batch at a time.
+        // Origin → client, one bounded batch at a time. Flush first: `can_send` must see
+        // what the socket took since the last pass, or no event would ever resume us.
+        let _ = c.tls.flush();
         while c.tls.can_send() {
             let data = t.mux.readable(stream);
             if data.is_empty() {
@@ -713,12 +730,34 @@ impl Edge {
     // ---------------------------------------------------------------- tunnels
 
     fn pump_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
-        let now = Instant::now();
-        if let Err(e) = t.tls.read() {
-            info!("tunnel {}: {e}", t.peer);
+        loop {
+            let full = match t.tls.read() {
+                Ok(full) => full,
+                Err(e) => {
+                    info!("tunnel {}: {e}", t.peer);
+                    self.end_tunnel(slot, t, &e.to_string());
+                    return None;
+                }
+            };
+            t = self.tunnel_step(slot, t)?;
+            if !(full && t.tls.rx.space() > 0) {
+                break;
+            }
+        }
+        if let Err(e) = t.tls.flush() {
             self.end_tunnel(slot, t, &e.to_string());
             return None;
         }
+        if t.closing && !t.tls.tls.wants_write() {
+            self.end_tunnel(slot, t, "closed after error");
+            return None;
+        }
+        Some(t)
+    }
+
+    /// One pass over a tunnel connection: frames in, events, frames out.
+    fn tunnel_step(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
+        let now = Instant::now();
         if t.cert_fp.is_empty() && !t.tls.tls.is_handshaking() {
             match t.tls.tls.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => {
@@ -748,7 +787,8 @@ impl Edge {
             self.end_tunnel(slot, t, "origin closed the connection");
             return None;
         }
-        // Frames out, one bounded batch at a time.
+        // Frames out, one bounded batch at a time (flush first, as for carriers).
+        let _ = t.tls.flush();
         while t.tls.can_send() && t.mux.wants_transmit() {
             self.scratch.clear();
             t.mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
@@ -758,14 +798,6 @@ impl Edge {
             }
         }
         self.scratch.clear();
-        if let Err(e) = t.tls.flush() {
-            self.end_tunnel(slot, t, &e.to_string());
-            return None;
-        }
-        if t.closing && !t.tls.tls.wants_write() {
-            self.end_tunnel(slot, t, "closed after error");
-            return None;
-        }
         Some(t)
     }
 

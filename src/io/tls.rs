@@ -40,33 +40,40 @@ impl TlsConn {
     }
 
     /// Reads and decrypts while `rx` has room. Errors are fatal for the connection.
-    pub fn read(&mut self) -> io::Result<()> {
+    ///
+    /// Returns true when it stopped because `rx` was full: the socket may hold more, and
+    /// no new readiness event will say so (edge-triggered), so the caller must call again
+    /// once it consumed from `rx`.
+    pub fn read(&mut self) -> io::Result<bool> {
         loop {
             // Plaintext rustls already holds goes first.
             while self.rx.space() > 0 {
                 match self.tls.reader().read(self.rx.tail_mut()) {
                     Ok(0) => {
                         self.peer_closed = true;
-                        return Ok(());
+                        return Ok(false);
                     }
                     Ok(n) => self.rx.commit(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         self.peer_closed = true;
                         self.truncated = true;
-                        return Ok(());
+                        return Ok(false);
                     }
                     Err(e) => return Err(e),
                 }
             }
-            if self.rx.space() == 0 || self.peer_closed {
-                return Ok(());
+            if self.peer_closed {
+                return Ok(false);
+            }
+            if self.rx.space() == 0 {
+                return Ok(true);
             }
             if self.tcp_eof {
                 // rustls had nothing more to say: treat as truncated.
                 self.peer_closed = true;
                 self.truncated = true;
-                return Ok(());
+                return Ok(false);
             }
             match self.tls.read_tls(&mut self.sock) {
                 Ok(0) => {
@@ -81,7 +88,7 @@ impl TlsConn {
                         return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }

@@ -403,10 +403,24 @@ impl Origin {
                 next_timeout: now,
             };
         }
+        loop {
+            match self.conn_step(i) {
+                Some(true) => continue,
+                Some(false) => break,
+                None => return,
+            }
+        }
+        self.transmit(i);
+    }
+
+    /// One pass: read, frames in, events. `Some(true)`: `rx` was full, go again;
+    /// `None`: the connection is gone.
+    fn conn_step(&mut self, i: usize) -> Option<bool> {
         let Link::Live { tls, mux, .. } = &mut self.conns[i].link else {
-            return;
+            return None;
         };
-        if let Err(e) = tls.read() {
+        let full = tls.read();
+        if let Err(e) = full {
             let msg = if e.to_string().contains("certificate") {
                 format!("{e}: the edge's certificate is not trusted: pass --ca with the edge's CA")
             } else {
@@ -414,15 +428,16 @@ impl Origin {
             };
             warn!("connection {i}: {msg}");
             self.disconnect(i, Some("TLS error"));
-            return;
+            return None;
         }
+        let full = full.unwrap_or(false);
         if !tls.rx.is_empty() {
             match mux.handle_input(tls.rx.data(), Instant::now()) {
                 Ok(n) => tls.rx.consume(n),
                 Err(e) => {
                     warn!("connection {i}: protocol error from edge: {e}");
                     self.disconnect(i, Some("protocol error"));
-                    return;
+                    return None;
                 }
             }
         }
@@ -434,20 +449,25 @@ impl Origin {
         for ev in events {
             self.on_event(i, ev);
             if self.exit.is_some() {
-                return;
+                return None;
             }
         }
         if peer_closed {
             self.disconnect(i, Some("edge closed the connection"));
-            return;
+            return None;
         }
-        self.transmit(i);
+        let Link::Live { tls, .. } = &self.conns[i].link else {
+            return None;
+        };
+        Some(full && tls.rx.space() > 0)
     }
 
     fn transmit(&mut self, i: usize) {
         let Link::Live { tls, mux, .. } = &mut self.conns[i].link else {
             return;
         };
+        // Flush first: `can_send` must see what the socket took since the last pass.
+        let _ = tls.flush();
         while tls.can_send() && mux.wants_transmit() {
             self.scratch.clear();
             mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
