@@ -99,6 +99,14 @@ pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, MuxError> {
     if len as usize > MAX_FRAME_PAYLOAD {
         return Err(MuxError::FrameTooLarge(len));
     }
+    // No flags are defined yet; connection-level frames name no stream, stream frames do.
+    let stream_frame = matches!(
+        ty,
+        FrameType::Open | FrameType::Data | FrameType::Window | FrameType::Fin | FrameType::Rst
+    );
+    if flags != 0 || stream_frame != (stream != 0) {
+        return Err(MuxError::MalformedHeader(ty));
+    }
     Ok(Some(FrameHeader {
         ty,
         flags,
@@ -338,6 +346,8 @@ pub enum MuxError {
     UnknownFrameType(u8),
     /// The peer announced a payload larger than the 64 KiB limit.
     FrameTooLarge(u32),
+    /// Unknown flags, or a stream id where none belongs (or none where one must be).
+    MalformedHeader(FrameType),
     /// The payload of a frame of this type did not parse.
     MalformedPayload(FrameType),
     /// The peer sent more DATA on a stream than the window it was granted.
@@ -365,6 +375,7 @@ impl fmt::Display for MuxError {
                 f,
                 "frame of {n} bytes exceeds the {MAX_FRAME_PAYLOAD}-byte limit"
             ),
+            MuxError::MalformedHeader(t) => write!(f, "malformed {t:?} frame header"),
             MuxError::MalformedPayload(t) => write!(f, "malformed {t:?} frame"),
             MuxError::WindowExceeded(s) => {
                 write!(f, "peer overran the flow-control window of stream {s}")

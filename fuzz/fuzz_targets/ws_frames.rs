@@ -1,0 +1,9 @@
+//! WebSocket frames from carrier peers, decoded on both sides with tiny consumer windows:
+//! never a panic, whatever the masking, lengths or control frames.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    postern::ws::fuzz_decode(data);
+});
