@@ -486,7 +486,8 @@ fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>
     if let Some(c) = ca {
         proxy.push_str(&format!(" --ca {}", c.display()));
     }
-    println!("Add to your ~/.ssh/config:\n");
+    // The hint goes to stderr so `postern access ssh-config >> ~/.ssh/config` just works.
+    eprintln!("Add to your ~/.ssh/config:\n");
     println!("Host {}", hostname.unwrap_or("*.example.com"));
     println!("  ProxyCommand {proxy}");
     Ok(ExitCode::SUCCESS)
