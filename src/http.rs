@@ -285,7 +285,9 @@ pub fn websocket_accept_key(client_key: &str) -> String {
     let mut input = Vec::with_capacity(client_key.len() + GUID.len());
     input.extend_from_slice(client_key.as_bytes());
     input.extend_from_slice(GUID.as_bytes());
-    base64::encode(&sha1(&input))
+    // SHA-1 only proves the peer read the handshake; collision resistance does not matter.
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &input);
+    base64::encode(digest.as_ref())
 }
 
 /// True when `key` is a valid `Sec-WebSocket-Key`: base64 of exactly 16 bytes (RFC 6455 §4.1).
@@ -588,70 +590,6 @@ fn is_target_char(b: u8) -> bool {
 /// further require to form UTF-8). No other control characters, so no CR, LF or NUL.
 fn is_value_byte(b: u8) -> bool {
     b == b'\t' || (b' '..=b'~').contains(&b) || b >= 0x80
-}
-
-/// SHA-1 (FIPS 180-4), here only for `Sec-WebSocket-Accept`, where collision resistance
-/// does not matter: the accept key proves the peer read the handshake, nothing more.
-fn sha1(data: &[u8]) -> [u8; 20] {
-    let mut h: [u32; 5] = [
-        0x6745_2301,
-        0xEFCD_AB89,
-        0x98BA_DCFE,
-        0x1032_5476,
-        0xC3D2_E1F0,
-    ];
-
-    // Padding: 0x80, zeros up to 56 mod 64, then the message length in bits, big-endian.
-    let bit_len = (data.len() as u64).wrapping_mul(8);
-    let full = data.len() - data.len() % 64;
-    let tail = &data[full..];
-    let mut last = [0u8; 128];
-    last[..tail.len()].copy_from_slice(tail);
-    last[tail.len()] = 0x80;
-    let last_len = if tail.len() < 56 { 64 } else { 128 };
-    last[last_len - 8..last_len].copy_from_slice(&bit_len.to_be_bytes());
-
-    for block in data[..full]
-        .chunks_exact(64)
-        .chain(last[..last_len].chunks_exact(64))
-    {
-        let mut w = [0u32; 80];
-        for (i, word) in block.chunks_exact(4).enumerate() {
-            w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
-        }
-        for i in 16..80 {
-            w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
-        }
-        let [mut a, mut b, mut c, mut d, mut e] = h;
-        for (i, &wi) in w.iter().enumerate() {
-            let (f, k) = match i {
-                0..=19 => ((b & c) | (!b & d), 0x5A82_7999),
-                20..=39 => (b ^ c ^ d, 0x6ED9_EBA1),
-                40..=59 => ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC),
-                _ => (b ^ c ^ d, 0xCA62_C1D6),
-            };
-            let temp = a
-                .rotate_left(5)
-                .wrapping_add(f)
-                .wrapping_add(e)
-                .wrapping_add(k)
-                .wrapping_add(wi);
-            e = d;
-            d = c;
-            c = b.rotate_left(30);
-            b = a;
-            a = temp;
-        }
-        for (hi, v) in h.iter_mut().zip([a, b, c, d, e]) {
-            *hi = hi.wrapping_add(v);
-        }
-    }
-
-    let mut out = [0u8; 20];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(h) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1134,50 +1072,6 @@ mod tests {
             let (head, _) = req(&out).unwrap().unwrap();
             assert_eq!(head.header("x"), Some("aInjected: 1"));
             assert_eq!(head.header("injected"), None);
-        }
-    }
-
-    #[test]
-    fn sha1_rfc3174_vectors() {
-        let hex = |d: [u8; 20]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
-        assert_eq!(
-            hex(sha1(b"abc")),
-            "a9993e364706816aba3e25717850c26c9cd0d89d"
-        );
-        assert_eq!(
-            hex(sha1(
-                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
-            )),
-            "84983e441c3bd26ebaae4aa1f95129e5e54670f1"
-        );
-        assert_eq!(
-            hex(sha1(&[b'a'; 1_000_000])),
-            "34aa973cd4c4daa4f61eeb2bdbad27316534016f"
-        );
-        assert_eq!(
-            hex(sha1(
-                &b"0123456701234567012345670123456701234567012345670123456701234567".repeat(10)
-            )),
-            "dea356a2cddd90c7a7ecedc5ebb563934f460452"
-        );
-        assert_eq!(hex(sha1(b"")), "da39a3ee5e6b4b0d3255bfef95601890afd80709");
-    }
-
-    #[test]
-    fn sha1_padding_boundaries() {
-        // Lengths around 55/56/64 bytes take the one- and two-block padding paths.
-        let expected = [
-            (55, "c1c8bbdc22796e28c0e15163d20899b65621d65a"),
-            (56, "c2db330f6083854c99d4b5bfb6e8f29f201be699"),
-            (63, "03f09f5b158a7a8cdad920bddc29b81c18a551f5"),
-            (64, "0098ba824b5c16427bd7a1122a5a442a25ec644d"),
-        ];
-        for (len, digest) in expected {
-            let hex: String = sha1(&vec![b'a'; len])
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            assert_eq!(hex, digest, "length {len}");
         }
     }
 

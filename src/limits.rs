@@ -38,3 +38,5 @@ pub const RECONNECT_BACKOFF_CAP_SECS: u64 = 60;
 pub const SERVICE_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Concurrent connections the edge accepts in total.
 pub const MAX_EDGE_CONNECTIONS: usize = 50_000;
+/// Control frames (PONG, WINDOW, RST…) queued for a tunnel peer before it is cut off.
+pub const MAX_CONTROL_BACKLOG: usize = 256 * 1024;

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use crate::buf::Buf;
 use crate::limits::{
-    INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_FRAME_PAYLOAD, MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL,
-    PING_DEAD_INTERVALS, PING_INTERVAL_SECS, STREAM_SEND_BUFFER, WINDOW_UPDATE_THRESHOLD,
+    INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
+    MAX_STREAMS_PER_TUNNEL, PING_DEAD_INTERVALS, PING_INTERVAL_SECS, STREAM_SEND_BUFFER,
+    WINDOW_UPDATE_THRESHOLD,
 };
 use crate::reader::{put_str16, Reader};
 
@@ -360,6 +361,8 @@ pub enum MuxError {
     WindowOverflow(u32),
     /// The peer stayed silent for three keepalive intervals.
     KeepaliveTimeout,
+    /// The peer kept asking for answers (PING) without reading them.
+    ControlBacklog,
     /// The peer sent a frame that is not valid at this point of the session.
     Unexpected(FrameType),
 }
@@ -388,6 +391,7 @@ impl fmt::Display for MuxError {
                 "no traffic for {} keepalive intervals: connection presumed dead",
                 PING_DEAD_INTERVALS
             ),
+            MuxError::ControlBacklog => write!(f, "peer sends PINGs but does not read the answers"),
             MuxError::Unexpected(t) => write!(f, "unexpected {t:?} frame"),
         }
     }
@@ -694,6 +698,10 @@ impl Session {
                 }
             }
             Frame::Ping(v) => {
+                // A peer that pings without reading our answers is cut off, not buffered for.
+                if self.control.len() > MAX_CONTROL_BACKLOG {
+                    return Err(MuxError::ControlBacklog);
+                }
                 encode(&mut self.control, &Frame::Pong(v));
             }
             Frame::Pong(_) => {}

@@ -141,6 +141,12 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
         ("User-Agent", concat!("postern/", env!("CARGO_PKG_VERSION"))),
     ];
     if let Credentials::ServiceToken { id, secret } = &opts.credentials {
+        let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+        if !printable(id) || !printable(secret.expose()) {
+            return Err(err(
+                "the service token id and secret must be printable ASCII without spaces",
+            ));
+        }
         headers.push(("CF-Access-Client-Id", id));
         headers.push(("CF-Access-Client-Secret", secret.expose()));
     }
@@ -174,10 +180,8 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
     if head.status != 101 {
         // Read the (bounded) JSON body naming the cause.
         let want = head
-            .header("content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0)
-            .min(MAX_REFUSAL_BODY);
+            .content_length()
+            .map_or(0, |n| n.min(MAX_REFUSAL_BODY as u64) as usize);
         while buf.len() - used < want {
             match stream.read(&mut chunk) {
                 Ok(0) | Err(_) => break,

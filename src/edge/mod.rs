@@ -99,6 +99,8 @@ struct Tunnel {
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
     closing: bool,
     next_timeout: Instant,
+    /// TLS and REGISTER must complete by then (slowloris bound); none once registered.
+    deadline: Option<Instant>,
 }
 
 pub struct Edge {
@@ -320,6 +322,7 @@ impl Edge {
                                     carriers: HashMap::new(),
                                     closing: false,
                                     next_timeout: Instant::now(),
+                                    deadline: Some(deadline),
                                 })))
                             } else {
                                 Some(Conn::Carrier(Box::new(Carrier {
@@ -471,9 +474,12 @@ impl Edge {
                 }
                 Ok(Some((Item::Ping { payload, len }, used))) => {
                     c.tls.rx.consume(used);
-                    let mut pong = Vec::new();
-                    ws::encode_frame(&mut pong, ws::PONG, &payload[..len], None);
-                    c.tls.send(&pong);
+                    // A peer that pings but does not read gets no more pongs queued.
+                    if c.tls.can_send() {
+                        let mut pong = Vec::new();
+                        ws::encode_frame(&mut pong, ws::PONG, &payload[..len], None);
+                        c.tls.send(&pong);
+                    }
                 }
                 Ok(Some((Item::Pong, used))) => c.tls.rx.consume(used),
                 Ok(Some((Item::Close { .. }, used))) => {
@@ -560,7 +566,10 @@ impl Edge {
         let upgrade = head.header_has_token("connection", "upgrade")
             && head.header_has_token("upgrade", "websocket")
             && head.header("sec-websocket-version") == Some("13");
-        let key = head.header("sec-websocket-key").map(str::to_owned);
+        let key = head
+            .header("sec-websocket-key")
+            .filter(|k| http::is_valid_websocket_key(k))
+            .map(str::to_owned);
         if head.method != "GET" || !upgrade || key.is_none() {
             return refuse(
                 c,
@@ -889,10 +898,10 @@ impl Edge {
                 format!("origin certificate does not cover hostname {hostname}: use a certificate for its zone"),
             ))
         } else {
-            let zone = hostname.split_once('.').map(|(_, z)| z).unwrap_or(hostname);
+            let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
             match self
                 .hostnames
-                .claim(&self.settings.state, hostname, &t.cert_fp, zone)
+                .claim(&self.settings.state, hostname, &t.cert_fp, &zone)
             {
                 Ok(_) => None,
                 Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
@@ -921,6 +930,7 @@ impl Edge {
         audit.insert("decision".into(), "allow".into());
         self.audit.record("register", audit);
         t.hostname = Some(hostname.to_owned());
+        t.deadline = None;
         self.routes
             .entry(hostname.to_owned())
             .or_default()
@@ -968,6 +978,10 @@ impl Edge {
             let expired = match &mut self.conns[slot] {
                 Some(Conn::Accepting { deadline, .. }) => now >= *deadline,
                 Some(Conn::Carrier(c)) => c.deadline.is_some_and(|d| now >= d),
+                Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => {
+                    info!("tunnel {}: no registration before the deadline", t.peer);
+                    true
+                }
                 Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
                     Ok(next) => {
                         t.next_timeout = next;
@@ -995,7 +1009,7 @@ impl Edge {
                         self.free.push(slot);
                     }
                     Some(Conn::Tunnel(t)) => {
-                        self.end_tunnel(slot, t, "keepalive timeout");
+                        self.end_tunnel(slot, t, "timed out");
                         self.free.push(slot);
                     }
                     None => {}
