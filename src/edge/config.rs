@@ -28,6 +28,7 @@ use serde::Deserialize;
 
 use crate::mux;
 use crate::pki::{self, Authority};
+use crate::policy::{self, Decision, Identity, Policy, Rule, Verdict};
 use crate::state::StateDir;
 
 /// Everything the edge loop needs, ready to use.
@@ -38,6 +39,15 @@ pub struct EdgeSettings {
     pub carrier_tls: Arc<ServerConfig>,
     pub tunnel_tls: Arc<ServerConfig>,
     pub applications: Vec<Application>,
+    pub identity: IdentityProvider,
+    /// Base URL of the login pages (`https://login.site.com[:port]`); in dev, made from the
+    /// bound port.
+    pub public_url: Option<String>,
+    pub tunnel_admins: Vec<Policy>,
+    /// Zones origins may choose at `tunnel login`.
+    pub zones: Vec<String>,
+    /// The edge's own TLS CA, shipped inside origin credentials (dev only).
+    pub tls_ca_pem: Option<String>,
     /// Called once the listener is bound (the CLI prints next steps).
     pub on_ready: Box<dyn Fn(SocketAddr)>,
 }
@@ -54,32 +64,41 @@ impl EdgeSettings {
 #[serde(deny_unknown_fields)]
 pub struct Application {
     pub hostname: String,
+    /// How long an app token (a login) lasts, e.g. `"24h"`, `"30m"`, `"3600s"`.
+    #[serde(default = "default_session", deserialize_with = "duration")]
+    pub session_duration: u64,
     #[serde(default)]
     pub policies: Vec<Policy>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    pub decision: Decision,
-    pub include: Vec<Rule>,
+fn default_session() -> u64 {
+    24 * 3600
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Decision {
-    Allow,
-    Deny,
+/// `"24h"`, `"30m"`, `"90s"` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Option<u64> {
+    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let mul = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
+    };
+    n.checked_mul(mul).filter(|&d| d > 0)
 }
 
-/// One include rule. Identity rules (emails, groups) arrive with SSO.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub enum Rule {
-    /// A service token by name.
-    ServiceToken(String),
-    /// Any service token minted by this edge.
-    AnyValidServiceToken(bool),
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "session_duration {text:?}: use a number with s, m, h or d, e.g. \"24h\""
+        ))
+    })
 }
 
 impl Application {
@@ -96,37 +115,88 @@ impl Application {
     }
 
     /// First matching policy wins; no match is a deny.
-    pub fn allows_service_token(&self, name: &str) -> bool {
-        for p in &self.policies {
-            let hit = p.include.iter().any(|r| match r {
-                Rule::ServiceToken(n) => n == name,
-                Rule::AnyValidServiceToken(b) => *b,
-            });
-            if hit {
-                return p.decision == Decision::Allow;
-            }
-        }
-        false
+    pub fn decide(&self, id: &Identity) -> Verdict {
+        policy::evaluate(&self.policies, id)
     }
+}
+
+/// Where users sign in.
+#[derive(Clone, Debug)]
+pub enum IdentityProvider {
+    /// No SSO: only service tokens (and bypass policies) get in.
+    None,
+    /// The embedded provider of `edge --dev`: an email and a one-time code printed by the edge.
+    Dev,
+    /// Any OpenID Connect provider.
+    Oidc(OidcSettings),
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// The issuer URL; `/.well-known/openid-configuration` is read from it at start-up.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret. Prefer `client_secret_file` (or env POSTERN_OIDC_CLIENT_SECRET).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Claim holding the user's email.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// Claim holding the user's groups (an array of strings).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Scopes to ask for besides `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["email".into(), "profile".into(), "groups".into()]
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
+pub(crate) struct FileConfig {
     listen: SocketAddr,
     state_dir: PathBuf,
     #[serde(default)]
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
     applications: Vec<Application>,
+    /// Where browsers come back after signing in, e.g. `https://login.site.com` (a name in
+    /// one of the zones). Register `<public_url>/cdn-cgi/access/callback` at the provider.
+    #[serde(default)]
+    public_url: Option<String>,
+    #[serde(default)]
+    identity: Option<OidcSettings>,
+    /// Who may mint origin certificates with `postern tunnel login`.
+    #[serde(default)]
+    tunnel_admins: Vec<Policy>,
 }
 
+/// A zone the edge terminates TLS for: with the operator's certificate and key, or with
+/// leaves the edge's own CA (`ca.pem` in the state dir) issues per name (private zones, dev).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Zone {
     name: String,
-    cert: PathBuf,
-    key: PathBuf,
+    #[serde(default)]
+    cert: Option<PathBuf>,
+    #[serde(default)]
+    key: Option<PathBuf>,
+    #[serde(default)]
+    local_ca: bool,
 }
 
 #[derive(Debug)]
@@ -165,59 +235,57 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Serves the certificate of the zone the SNI name falls in.
-#[derive(Debug)]
+/// How a zone's certificate is obtained.
+enum ZoneCert {
+    Fixed(Arc<CertifiedKey>),
+    /// The edge's CA signs a leaf for each name on first use (cached, at most 1024 names).
+    /// webpki refuses a wildcard over a single-label suffix such as `*.localhost`, and a
+    /// per-name leaf works for every zone.
+    LocalCa(Arc<Authority>, Mutex<HashMap<String, Arc<CertifiedKey>>>),
+}
+
+/// Serves the certificate of the (longest) zone the SNI name falls in.
 struct ZoneResolver {
-    zones: Vec<(String, Arc<CertifiedKey>)>,
+    zones: Vec<(String, ZoneCert)>,
+}
+
+impl fmt::Debug for ZoneResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.zones.iter().map(|(z, _)| z.as_str()).collect();
+        write!(f, "ZoneResolver({names:?})")
+    }
 }
 
 impl ResolvesServerCert for ZoneResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let Some(sni) = hello.server_name() else {
-            return self.zones.first().map(|(_, k)| k.clone());
+        let name = match hello.server_name() {
+            Some(n) => n.to_ascii_lowercase(),
+            None => self.zones.first()?.0.clone(),
         };
-        let sni = sni.to_ascii_lowercase();
-        self.zones
+        let (_, cert) = self
+            .zones
             .iter()
-            .filter(|(z, _)| sni == *z || sni.ends_with(&format!(".{z}")))
-            .max_by_key(|(z, _)| z.len())
-            .map(|(_, k)| k.clone())
-    }
-}
-
-/// The dev edge's resolver: the local CA signs a leaf for each `*.localhost` name on first
-/// use (webpki does not accept `*.localhost`, a wildcard over a single-label suffix).
-struct DevResolver {
-    ca: Authority,
-    cache: Mutex<HashMap<String, Arc<CertifiedKey>>>,
-}
-
-impl fmt::Debug for DevResolver {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("DevResolver")
-    }
-}
-
-impl ResolvesServerCert for DevResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello
-            .server_name()
-            .unwrap_or("localhost")
-            .to_ascii_lowercase();
-        if !(name == "localhost" || name.ends_with(".localhost")) || !super::valid_hostname(&name) {
-            return None;
+            .filter(|(z, _)| name == *z || name.ends_with(&format!(".{z}")))
+            .max_by_key(|(z, _)| z.len())?;
+        match cert {
+            ZoneCert::Fixed(k) => Some(k.clone()),
+            ZoneCert::LocalCa(ca, cache) => {
+                if !super::valid_hostname(&name) {
+                    return None;
+                }
+                let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(k) = cache.get(&name) {
+                    return Some(k.clone());
+                }
+                if cache.len() >= 1024 {
+                    cache.clear();
+                }
+                let (chain, key) = ca.issue_server(std::slice::from_ref(&name)).ok()?;
+                let k = certified_key(chain, key).ok()?;
+                cache.insert(name, k.clone());
+                Some(k)
+            }
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = cache.get(&name) {
-            return Some(k.clone());
-        }
-        if cache.len() >= 1024 {
-            cache.clear();
-        }
-        let (chain, key) = self.ca.issue_server(std::slice::from_ref(&name)).ok()?;
-        let k = certified_key(chain, key).ok()?;
-        cache.insert(name, k.clone());
-        Some(k)
     }
 }
 
@@ -259,32 +327,42 @@ fn tls_configs(
     Ok((Arc::new(carrier), Arc::new(tunnel)))
 }
 
-/// The embedded default: a local CA, `*.localhost`, any service token of this edge.
+/// The embedded default: zone `localhost` on the edge's own CA, the dev identity provider,
+/// one application `*.localhost` for any service token of this edge and any dev user, and
+/// every dev user may `tunnel login`.
 pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigError> {
-    let state = StateDir::open(state_dir)?;
-    let tls_ca = Authority::load_or_create(&state, "ca", "postern dev CA")?;
-    let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
-    let resolver = Arc::new(DevResolver {
-        ca: tls_ca,
-        cache: Mutex::new(HashMap::new()),
-    });
-    let (carrier_tls, tunnel_tls) = tls_configs(resolver, &origin_ca)?;
-    let applications = vec![Application {
-        hostname: "*.localhost".into(),
-        policies: vec![Policy {
-            decision: Decision::Allow,
-            include: vec![Rule::AnyValidServiceToken(true)],
-        }],
-    }];
-    Ok(EdgeSettings {
+    let cfg = FileConfig {
         listen,
-        audit_log: state.path().join("audit.log"),
-        state,
-        carrier_tls,
-        tunnel_tls,
-        applications,
-        on_ready: Box::new(|_| {}),
-    })
+        state_dir: state_dir.to_owned(),
+        audit_log: None,
+        zones: vec![Zone {
+            name: "localhost".into(),
+            cert: None,
+            key: None,
+            local_ca: true,
+        }],
+        applications: vec![Application {
+            hostname: "*.localhost".into(),
+            session_duration: default_session(),
+            policies: vec![Policy {
+                name: Some("dev: this edge's service tokens and dev users".into()),
+                decision: Decision::Allow,
+                include: vec![Rule::AnyValidServiceToken(true), Rule::Everyone(true)],
+                require: vec![],
+                exclude: vec![],
+            }],
+        }],
+        public_url: None,
+        identity: None,
+        tunnel_admins: vec![Policy {
+            name: Some("dev: every dev user".into()),
+            decision: Decision::Allow,
+            include: vec![Rule::Everyone(true)],
+            require: vec![],
+            exclude: vec![],
+        }],
+    };
+    build(cfg, IdentityProvider::Dev)
 }
 
 /// A deployment from a JSON config file.
@@ -294,8 +372,17 @@ pub fn from_file(path: &Path) -> Result<EdgeSettings, ConfigError> {
 }
 
 fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
-    let cfg: FileConfig = serde_json::from_str(text)
+    let mut cfg: FileConfig = serde_json::from_str(text)
         .map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))?;
+    // The dev provider is never reachable from a config file: only `--dev` enables it.
+    let identity = match cfg.identity.take() {
+        Some(o) => IdentityProvider::Oidc(o),
+        None => IdentityProvider::None,
+    };
+    build(cfg, identity)
+}
+
+fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
     if cfg.zones.is_empty() {
         return Err(ConfigError::Invalid(
             "`zones` must name at least one zone".into(),
@@ -310,13 +397,58 @@ fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
             )));
         }
     }
+    if let Some(url) = &cfg.public_url {
+        if !url.starts_with("https://") {
+            return Err(ConfigError::Invalid(format!(
+                "public_url {url:?} must start with https://"
+            )));
+        }
+    }
+    if let IdentityProvider::Oidc(o) = &identity {
+        if cfg.public_url.is_none() {
+            return Err(ConfigError::Invalid(
+                "identity needs public_url (where the provider sends browsers back)".into(),
+            ));
+        }
+        if o.client_secret.is_none() && o.client_secret_file.is_none() {
+            if std::env::var_os("POSTERN_OIDC_CLIENT_SECRET").is_none() {
+                return Err(ConfigError::Invalid(
+                    "identity.client_secret_file (or client_secret, or env POSTERN_OIDC_CLIENT_SECRET) is missing".into(),
+                ));
+            }
+        }
+    }
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
     let mut zones = Vec::new();
-    for z in cfg.zones {
-        let chain = pki::load_certs(&z.cert)?;
-        let key = pki::load_private_key(&z.key)?;
-        zones.push((z.name.to_ascii_lowercase(), certified_key(chain, key)?));
+    let mut names = Vec::new();
+    let mut tls_ca_pem = None;
+    for (i, z) in cfg.zones.into_iter().enumerate() {
+        let name = z.name.to_ascii_lowercase();
+        if !super::valid_hostname(&name) {
+            return Err(ConfigError::Invalid(format!(
+                "zones[{i}].name {name:?} is not a DNS name"
+            )));
+        }
+        let cert = match (z.cert, z.key, z.local_ca) {
+            (Some(c), Some(k), false) => {
+                let chain = pki::load_certs(&c)?;
+                let key = pki::load_private_key(&k)?;
+                ZoneCert::Fixed(certified_key(chain, key)?)
+            }
+            (None, None, true) => {
+                let ca = Authority::load_or_create(&state, "ca", "postern edge CA")?;
+                tls_ca_pem = Some(ca.cert_pem().to_owned());
+                ZoneCert::LocalCa(Arc::new(ca), Mutex::new(HashMap::new()))
+            }
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "zones[{i}] ({name}): give either cert and key, or local_ca: true"
+                )))
+            }
+        };
+        names.push(name.clone());
+        zones.push((name, cert));
     }
     let (carrier_tls, tunnel_tls) = tls_configs(Arc::new(ZoneResolver { zones }), &origin_ca)?;
     Ok(EdgeSettings {
@@ -328,6 +460,11 @@ fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
         carrier_tls,
         tunnel_tls,
         applications: cfg.applications,
+        identity,
+        public_url: cfg.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+        tunnel_admins: cfg.tunnel_admins,
+        zones: names,
+        tls_ca_pem,
         on_ready: Box::new(|_| {}),
     })
 }
@@ -350,24 +487,22 @@ mod tests {
 
     #[test]
     fn wildcard_matching_and_first_policy_wins() {
-        let app = Application {
-            hostname: "*.site.com".into(),
-            policies: vec![
-                Policy {
-                    decision: Decision::Deny,
-                    include: vec![Rule::ServiceToken("bad".into())],
-                },
-                Policy {
-                    decision: Decision::Allow,
-                    include: vec![Rule::AnyValidServiceToken(true)],
-                },
-            ],
+        let app: Application = serde_json::from_str(
+            r#"{"hostname":"*.site.com","session_duration":"8h","policies":[
+                {"decision":"deny","include":[{"service_token":"bad"}]},
+                {"decision":"allow","include":[{"any_valid_service_token":true}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(app.session_duration, 8 * 3600);
+        let token = |n: &str| Identity {
+            service_token: Some(n.into()),
+            ..Identity::default()
         };
         assert!(app.matches("ssh.site.com"));
         assert!(app.matches("site.com"));
         assert!(!app.matches("evilsite.com"));
         assert!(!app.matches(".site.com"));
-        assert!(app.allows_service_token("ci"));
-        assert!(!app.allows_service_token("bad"));
+        assert!(app.decide(&token("ci")).allow);
+        assert!(!app.decide(&token("bad")).allow);
     }
 }

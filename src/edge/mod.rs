@@ -30,6 +30,7 @@ use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::limits::{CONN_WRITE_BATCH, HANDSHAKE_TIMEOUT_SECS, MAX_EDGE_CONNECTIONS};
 use crate::mux::{self, Event, Session, Side};
+use crate::policy::Identity;
 use crate::state::{ClaimError, Hostnames, ServiceTokens};
 use crate::ws::{self, Decoder, Item, Role};
 
@@ -603,7 +604,16 @@ impl Edge {
                     }
                 }
                 match name {
-                    Some(name) if app.allows_service_token(&name) => name,
+                    Some(name)
+                        if app
+                            .decide(&Identity {
+                                service_token: Some(name.clone()),
+                                ..Identity::default()
+                            })
+                            .allow =>
+                    {
+                        name
+                    }
                     Some(name) => {
                         audit.insert("service_token".into(), name.into());
                         audit.insert("reason".into(), "policy does not admit token".into());

@@ -1,0 +1,210 @@
+//! Access policies: who may reach an application. Pure functions, no I/O.
+//!
+//! An application has ordered policies. A policy matches an identity when **any** `include`
+//! rule matches, **every** `require` rule matches, and **no** `exclude` rule matches. The
+//! first matching policy decides (`allow`, `deny`, or `bypass`: allow without credentials);
+//! when none matches, the answer is deny.
+
+use serde::Deserialize;
+
+/// Who is asking, as far as the edge has verified it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Verified email from the identity provider (lowercase).
+    pub email: Option<String>,
+    /// Groups from the identity provider.
+    pub groups: Vec<String>,
+    /// Name of the service token presented.
+    pub service_token: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Deny,
+    Bypass,
+}
+
+/// One rule. Written in the config as `{"email": "a@b.c"}`, `{"email_domain": "b.c"}`, ...
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum Rule {
+    /// Every signed-in user (as Cloudflare's "Everyone"); in a `bypass` policy, anyone at all.
+    Everyone(bool),
+    /// A verified email, compared case-insensitively.
+    Email(String),
+    /// Several emails.
+    Emails(Vec<String>),
+    /// Everyone whose verified email is in this domain.
+    EmailDomain(String),
+    /// A member of this identity-provider group.
+    Group(String),
+    /// A service token by name.
+    ServiceToken(String),
+    /// Any service token minted by this edge.
+    AnyValidServiceToken(bool),
+}
+
+impl Rule {
+    fn matches(&self, id: &Identity, bypass: bool) -> bool {
+        let email = id.email.as_deref();
+        match self {
+            Rule::Everyone(b) => *b && (bypass || email.is_some()),
+            Rule::Email(e) => email.is_some_and(|m| m.eq_ignore_ascii_case(e)),
+            Rule::Emails(list) => {
+                email.is_some_and(|m| list.iter().any(|e| m.eq_ignore_ascii_case(e)))
+            }
+            Rule::EmailDomain(d) => email
+                .and_then(|m| m.rsplit_once('@'))
+                .is_some_and(|(_, dom)| dom.eq_ignore_ascii_case(d.trim_start_matches('@'))),
+            Rule::Group(g) => id.groups.iter().any(|x| x == g),
+            Rule::ServiceToken(n) => id.service_token.as_deref() == Some(n.as_str()),
+            Rule::AnyValidServiceToken(b) => *b && id.service_token.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Shown in the audit log; defaults to the policy's position.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub decision: Decision,
+    pub include: Vec<Rule>,
+    #[serde(default)]
+    pub require: Vec<Rule>,
+    #[serde(default)]
+    pub exclude: Vec<Rule>,
+}
+
+impl Policy {
+    pub fn matches(&self, id: &Identity) -> bool {
+        let bypass = self.decision == Decision::Bypass;
+        self.include.iter().any(|r| r.matches(id, bypass))
+            && self.require.iter().all(|r| r.matches(id, bypass))
+            && !self.exclude.iter().any(|r| r.matches(id, bypass))
+    }
+}
+
+/// The outcome, with what to write in the audit log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub allow: bool,
+    /// Which policy decided (name or `#N`), or `default deny`.
+    pub policy: String,
+}
+
+/// First matching policy wins; no match is a deny.
+pub fn evaluate(policies: &[Policy], id: &Identity) -> Verdict {
+    for (i, p) in policies.iter().enumerate() {
+        if p.matches(id) {
+            return Verdict {
+                allow: p.decision != Decision::Deny,
+                policy: p.name.clone().unwrap_or_else(|| format!("#{}", i + 1)),
+            };
+        }
+    }
+    Verdict {
+        allow: false,
+        policy: "default deny".into(),
+    }
+}
+
+/// True when some policy lets a request in without any credential.
+pub fn bypasses(policies: &[Policy]) -> bool {
+    evaluate(policies, &Identity::default()).allow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(email: &str, groups: &[&str]) -> Identity {
+        Identity {
+            email: Some(email.into()),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+            service_token: None,
+        }
+    }
+
+    fn policies(json: &str) -> Vec<Policy> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn emails_domains_and_groups() {
+        let p = policies(
+            r#"[{"decision":"allow","include":[{"email":"Alice@Example.com"},{"email_domain":"ops.example"},{"group":"admins"}]}]"#,
+        );
+        assert!(evaluate(&p, &user("alice@example.com", &[])).allow);
+        assert!(evaluate(&p, &user("bob@ops.example", &[])).allow);
+        assert!(evaluate(&p, &user("carol@else.example", &["admins"])).allow);
+        assert!(!evaluate(&p, &user("mallory@example.com", &["users"])).allow);
+        // A domain rule is not a suffix match.
+        assert!(!evaluate(&p, &user("eve@evilops.example", &[])).allow);
+    }
+
+    #[test]
+    fn first_match_wins_so_an_earlier_deny_beats_a_later_allow() {
+        let p = policies(
+            r#"[{"name":"no-contractors","decision":"deny","include":[{"group":"contractors"}]},
+                {"decision":"allow","include":[{"email_domain":"example.com"}]}]"#,
+        );
+        let v = evaluate(&p, &user("dan@example.com", &["contractors"]));
+        assert_eq!(
+            v,
+            Verdict {
+                allow: false,
+                policy: "no-contractors".into()
+            }
+        );
+        assert!(evaluate(&p, &user("erin@example.com", &[])).allow);
+        assert_eq!(evaluate(&p, &user("x@y.z", &[])).policy, "default deny");
+    }
+
+    #[test]
+    fn require_and_exclude() {
+        let p = policies(
+            r#"[{"decision":"allow","include":[{"email_domain":"example.com"}],
+                 "require":[{"group":"ssh"}],"exclude":[{"email":"fired@example.com"}]}]"#,
+        );
+        assert!(evaluate(&p, &user("a@example.com", &["ssh"])).allow);
+        assert!(!evaluate(&p, &user("a@example.com", &[])).allow);
+        assert!(!evaluate(&p, &user("fired@example.com", &["ssh"])).allow);
+    }
+
+    #[test]
+    fn service_tokens_only_where_named() {
+        let p = policies(r#"[{"decision":"allow","include":[{"service_token":"ci"}]}]"#);
+        let ci = Identity {
+            service_token: Some("ci".into()),
+            ..Identity::default()
+        };
+        let other = Identity {
+            service_token: Some("laptop".into()),
+            ..Identity::default()
+        };
+        assert!(evaluate(&p, &ci).allow);
+        assert!(!evaluate(&p, &other).allow);
+        assert!(!bypasses(&p));
+        let open = policies(r#"[{"decision":"bypass","include":[{"everyone":true}]}]"#);
+        assert!(bypasses(&open));
+        // "everyone" in an allow policy means every signed-in user, not anonymous callers.
+        let users = policies(r#"[{"decision":"allow","include":[{"everyone":true}]}]"#);
+        assert!(!bypasses(&users));
+        assert!(evaluate(&users, &user("a@b.c", &[])).allow);
+        assert!(!evaluate(&users, &ci).allow);
+    }
+
+    #[test]
+    fn unknown_rule_is_an_error_naming_it() {
+        let e = serde_json::from_str::<Vec<Policy>>(
+            r#"[{"decision":"allow","include":[{"emial":"a@b.c"}]}]"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("emial"), "{e}");
+    }
+}

@@ -1,0 +1,246 @@
+// Signs a user in through a real browser, as a person would: Debian's Chromium driven by
+// playwright-core (never a downloaded browser).
+//
+//   node tests/js/login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE]
+//                           [--timeout SECONDS] [--screenshot FILE]
+//
+// 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
+// 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
+// 3. clicks the consent page's submit button if the provider asks (it may not);
+// 4. follows the redirects back (provider -> redirect_uri, wherever that leads);
+// 5. with --select-zone, if the page has <select name=zone> or radio inputs named zone, chooses
+//    ZONE and submits that form;
+// 6. waits until the page's text contains --expect (default "You can close this window").
+//
+// Success: exit 0, stdout is `URL: <final url>` then the page text. Failure (timeout, error
+// page, missing form): exit 1, stderr has the step that failed, the URL, the page text and the
+// path of a screenshot. Every step is logged to stderr as `login.mjs: ...`.
+//
+// Every request to a host other than loopback is aborted (the provider's pages @import a web
+// font; this machine has no network, and the tests must not reach out anyway). TLS errors are
+// ignored: the edge serves a certificate from a test CA that this fresh profile does not know.
+
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { chromium } from 'playwright-core';
+
+const CHROMIUM = process.env.POSTERN_CHROMIUM || '/usr/bin/chromium';
+const ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--no-first-run',
+];
+
+function usage(msg) {
+  if (msg) console.error(`login.mjs: ${msg}`);
+  console.error('usage: node login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE] [--timeout SECONDS] [--screenshot FILE]');
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const positional = [];
+  const opts = {
+    expect: 'You can close this window', selectZone: null, timeout: 60, screenshot: null,
+  };
+  for (let i = 0; i < argv.length; i += 1) {
+    const a = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) usage(`${a} needs a value`);
+      i += 1;
+      return argv[i];
+    };
+    if (a === '--expect') opts.expect = value();
+    else if (a === '--select-zone') opts.selectZone = value();
+    else if (a === '--timeout') opts.timeout = Number(value());
+    else if (a === '--screenshot') opts.screenshot = value();
+    else if (a.startsWith('--')) usage(`unknown option ${a}`);
+    else positional.push(a);
+  }
+  if (positional.length !== 3) usage('expected URL LOGIN PASSWORD');
+  if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) usage('--timeout must be a positive number of seconds');
+  const [url, login, password] = positional;
+  return { url, login, password, ...opts };
+}
+
+const args = parseArgs(process.argv.slice(2));
+const started = Date.now();
+const deadline = started + args.timeout * 1000;
+const remaining = () => Math.max(1, deadline - Date.now());
+const log = (msg) => console.error(`login.mjs: [${((Date.now() - started) / 1000).toFixed(2)}s] ${msg}`);
+
+class StepFailed extends Error {}
+
+function isLoopback(url) {
+  try {
+    const u = new URL(url);
+    if (!['http:', 'https:', 'ws:', 'wss:'].includes(u.protocol)) return true; // data:, about:, blob:
+    const h = u.hostname.replace(/^\[|\]$/g, '');
+    return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\./.test(h);
+  } catch {
+    return false;
+  }
+}
+
+async function pageText(page) {
+  try {
+    return await page.evaluate(() => (document.body ? document.body.innerText : document.documentElement?.innerText ?? ''));
+  } catch (e) {
+    return `(page text unavailable: ${e.message})`;
+  }
+}
+
+// What the page currently is, decided from its DOM (not its URL: the edge may host its own
+// pages under any path).
+async function classify(page) {
+  return page.evaluate((expect) => {
+    const text = document.body ? document.body.innerText : '';
+    if (text.includes(expect)) return 'done';
+    if (document.querySelector('input[name=login]') && document.querySelector('input[name=password]')) return 'login';
+    if (document.querySelector('form input[name=prompt][value=consent]')) return 'consent';
+    if (document.querySelector('select[name=zone], input[type=radio][name=zone]')) return 'zone';
+    if (document.title === 'oidc-provider error' || /\b(invalid_request|invalid_client|access_denied|server_error|invalid_grant|unauthorized_client|invalid_scope)\b/.test(text)) return 'error';
+    return 'other';
+  }, args.expect).catch(() => 'loading');
+}
+
+// Clicks `selector` and waits for the navigation it causes, both at once (a click followed by a
+// separate wait can miss a fast navigation).
+async function clickAndNavigate(page, selector, what) {
+  log(`${what}: clicking ${selector}`);
+  await Promise.all([
+    page.waitForNavigation({ timeout: remaining(), waitUntil: 'domcontentloaded' }),
+    page.click(selector, { timeout: remaining() }),
+  ]);
+  log(`${what}: now at ${page.url()}`);
+}
+
+async function main() {
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-chromium-'));
+  let browser;
+  let context;
+  let page;
+  const done = new Set();
+  try {
+    log(`launching ${CHROMIUM} (profile ${profile})`);
+    context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      args: ARGS,
+      headless: true,
+      ignoreHTTPSErrors: true,
+      timeout: remaining(),
+    });
+    browser = context;
+    await context.route((url) => !isLoopback(url.toString()), (route) => {
+      log(`blocked non-loopback request ${route.request().url()}`);
+      return route.abort('blockedbyclient');
+    });
+    page = context.pages()[0] ?? await context.newPage();
+    page.setDefaultTimeout(remaining());
+    page.on('response', (r) => {
+      if (r.request().isNavigationRequest()) log(`${r.request().method()} ${r.url()} -> ${r.status()}`);
+    });
+    page.on('requestfailed', (r) => {
+      if (r.isNavigationRequest()) log(`navigation failed ${r.url()}: ${r.failure()?.errorText}`);
+    });
+
+    log(`opening ${args.url}`);
+    await page.goto(args.url, { waitUntil: 'domcontentloaded', timeout: remaining() });
+
+    // A loop over what the page is, so the order (consent or not, zone page or not, extra
+    // redirects) does not matter; each kind of page is acted on at most once.
+    for (;;) {
+      if (Date.now() >= deadline) throw new StepFailed(`timed out after ${args.timeout}s waiting for ${JSON.stringify(args.expect)}`);
+      await page.waitForLoadState('domcontentloaded', { timeout: remaining() }).catch(() => {});
+      const kind = await classify(page);
+      if (kind === 'done') {
+        log(`found ${JSON.stringify(args.expect)} at ${page.url()}`);
+        break;
+      }
+      if (kind === 'error') throw new StepFailed('the page shows an OAuth/OIDC error');
+      if (kind === 'login' && !done.has('login')) {
+        done.add('login');
+        log(`login form at ${page.url()}: signing in as ${JSON.stringify(args.login)}`);
+        await page.fill('input[name=login]', args.login);
+        await page.fill('input[name=password]', args.password);
+        await clickAndNavigate(page, 'form:has(input[name=login]) [type=submit]', 'login');
+        continue;
+      }
+      if (kind === 'login') throw new StepFailed('the login form came back after signing in (login refused?)');
+      if (kind === 'consent' && !done.has('consent')) {
+        done.add('consent');
+        log(`consent page at ${page.url()}`);
+        await clickAndNavigate(page, 'form:has(input[name=prompt][value=consent]) [type=submit]', 'consent');
+        continue;
+      }
+      if (kind === 'consent') throw new StepFailed('the consent page came back after consenting');
+      if (kind === 'zone' && args.selectZone !== null && !done.has('zone')) {
+        done.add('zone');
+        log(`zone choice at ${page.url()}: choosing ${JSON.stringify(args.selectZone)}`);
+        const form = page.locator('form:has(select[name=zone]), form:has(input[type=radio][name=zone])').first();
+        if (await page.locator('select[name=zone]').count()) {
+          await page.selectOption('select[name=zone]', args.selectZone);
+        } else {
+          const radio = page.locator(`input[type=radio][name=zone][value="${args.selectZone.replace(/["\\]/g, '\\$&')}"]`);
+          if (!(await radio.count())) throw new StepFailed(`no radio input named zone with value ${JSON.stringify(args.selectZone)}`);
+          await radio.check();
+        }
+        const submit = form.locator('[type=submit]').first();
+        log('zone: submitting');
+        await Promise.all([
+          page.waitForNavigation({ timeout: remaining(), waitUntil: 'domcontentloaded' }),
+          (await submit.count()) ? submit.click() : form.evaluate((f) => f.requestSubmit()),
+        ]);
+        log(`zone: now at ${page.url()}`);
+        continue;
+      }
+      // Still redirecting, or a page we only wait on: poll, briefly, for the next state.
+      await page.waitForFunction(
+        ({ expect }) => !document.body || document.body.innerText.includes(expect)
+          || document.querySelector('input[name=login], input[name=prompt][value=consent], select[name=zone], input[type=radio][name=zone]'),
+        { expect: args.expect },
+        { timeout: Math.min(250, remaining()), polling: 50 },
+      ).catch(() => {});
+      // A page that holds still without the text we want, after the zone step was done or
+      // not asked for, only changes if something navigates it: keep polling until the deadline.
+    }
+
+    console.log(`URL: ${page.url()}`);
+    console.log(await pageText(page));
+    log('ok');
+    return 0;
+  } catch (e) {
+    const url = page ? page.url() : '(no page)';
+    const text = page ? await pageText(page) : '';
+    console.error(`login.mjs: FAILED: ${e instanceof StepFailed ? e.message : e.stack ?? e}`);
+    console.error(`login.mjs: steps done: ${[...done].join(', ') || 'none'}`);
+    console.error(`login.mjs: final URL: ${url}`);
+    console.error(`login.mjs: page text:\n${text}`);
+    if (page) {
+      const shot = args.screenshot ?? path.join(os.tmpdir(), `postern-login-${process.pid}-${Date.now()}.png`);
+      try {
+        await page.screenshot({ path: shot, fullPage: true, timeout: 5000 });
+        console.error(`login.mjs: screenshot: ${shot}`);
+      } catch (se) {
+        console.error(`login.mjs: screenshot failed: ${se.message}`);
+      }
+    }
+    return 1;
+  } finally {
+    if (browser) await browser.close().catch(() => {});
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+// A hard stop in case the browser itself hangs beyond the step deadlines.
+const hard = setTimeout(() => {
+  console.error(`login.mjs: FAILED: hard timeout after ${args.timeout + 15}s`);
+  process.exit(1);
+}, (args.timeout + 15) * 1000);
+hard.unref();
+
+process.exitCode = await main();
