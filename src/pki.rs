@@ -731,6 +731,19 @@ pub fn load_private_key(path: &Path) -> io::Result<PrivateKeyDer<'static>> {
 /// Trust roots: the system bundle (the first of `/etc/ssl/certs/ca-certificates.crt`,
 /// `/etc/pki/tls/certs/ca-bundle.crt`, `/etc/ssl/cert.pem` that exists), plus the
 /// certificates of `extra_ca` (`--ca FILE`), plus `inline_cas` (from the origin credential).
+/// The system bundle's certificates plus those in `extra_ca` (for clients that take a
+/// certificate list rather than a `RootCertStore`, such as ureq).
+pub fn root_certs(extra_ca: Option<&Path>) -> io::Result<Vec<CertificateDer<'static>>> {
+    let mut out = Vec::new();
+    if let Some(bundle) = SYSTEM_CA_BUNDLES.iter().map(Path::new).find(|p| p.exists()) {
+        out.extend(certs_from(bundle, MAX_BUNDLE_BYTES, MAX_BUNDLE_SECTIONS)?);
+    }
+    if let Some(path) = extra_ca {
+        out.extend(certs_from(path, MAX_BUNDLE_BYTES, MAX_BUNDLE_SECTIONS)?);
+    }
+    Ok(out)
+}
+
 pub fn root_store(
     extra_ca: Option<&Path>,
     inline_cas: &[CertificateDer<'static>],

@@ -200,6 +200,8 @@ struct Slot {
     purpose: Purpose,
     expires: Instant,
     sealed: Option<Sealed>,
+    /// The login ended without a token (e.g. the policy refused the user).
+    refused: Option<String>,
 }
 
 /// The edge's pending transfers: bounded, expiring, each handed over once.
@@ -212,6 +214,8 @@ pub struct Slots {
 pub enum Poll {
     Pending,
     Ready(Sealed),
+    /// The login finished without a token; the reason is safe to show the user.
+    Refused(String),
 }
 
 impl Slots {
@@ -243,6 +247,7 @@ impl Slots {
                 purpose,
                 expires: now + TRANSFER_TTL,
                 sealed: None,
+                refused: None,
             },
         );
         Ok(())
@@ -252,7 +257,7 @@ impl Slots {
     pub fn purpose(&self, id: &str, now: Instant) -> Option<&Purpose> {
         self.slots
             .get(id)
-            .filter(|s| s.expires > now && s.sealed.is_none())
+            .filter(|s| s.expires > now && s.sealed.is_none() && s.refused.is_none())
             .map(|s| &s.purpose)
     }
 
@@ -268,11 +273,20 @@ impl Slots {
             .get_mut(id)
             .filter(|s| s.expires > now)
             .ok_or(TransferError::Unknown)?;
-        if slot.sealed.is_some() {
+        if slot.sealed.is_some() || slot.refused.is_some() {
             return Err(TransferError::Replay);
         }
         slot.sealed = Some(seal(&slot.key, id, plaintext)?);
         Ok(())
+    }
+
+    /// Ends the transfer without a token, so the CLI stops waiting and says why.
+    pub fn refuse(&mut self, id: &str, reason: &str, now: Instant) {
+        if let Some(slot) = self.slots.get_mut(id).filter(|s| s.expires > now) {
+            if slot.sealed.is_none() {
+                slot.refused = Some(reason.to_owned());
+            }
+        }
     }
 
     /// The CLI polls: the sealed token once, then the slot is gone.
@@ -280,6 +294,10 @@ impl Slots {
         self.expire(now);
         match self.slots.get(id) {
             None => Err(TransferError::Unknown),
+            Some(s) if s.refused.is_some() => {
+                let slot = self.slots.remove(id).expect("bug: slot checked above");
+                Ok(Poll::Refused(slot.refused.unwrap_or_default()))
+            }
             Some(s) if s.sealed.is_none() => Ok(Poll::Pending),
             Some(_) => {
                 let slot = self.slots.remove(id).expect("bug: slot checked above");

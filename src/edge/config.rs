@@ -410,12 +410,13 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
                 "identity needs public_url (where the provider sends browsers back)".into(),
             ));
         }
-        if o.client_secret.is_none() && o.client_secret_file.is_none() {
-            if std::env::var_os("POSTERN_OIDC_CLIENT_SECRET").is_none() {
-                return Err(ConfigError::Invalid(
-                    "identity.client_secret_file (or client_secret, or env POSTERN_OIDC_CLIENT_SECRET) is missing".into(),
-                ));
-            }
+        if o.client_secret.is_none()
+            && o.client_secret_file.is_none()
+            && std::env::var_os("POSTERN_OIDC_CLIENT_SECRET").is_none()
+        {
+            return Err(ConfigError::Invalid(
+                "identity.client_secret_file (or client_secret, or env POSTERN_OIDC_CLIENT_SECRET) is missing".into(),
+            ));
         }
     }
     let state = StateDir::open(&cfg.state_dir)?;

@@ -11,6 +11,7 @@
 //! backpressure: a full stream stops reading the carrier, an empty window stops the origin.
 
 pub mod config;
+mod login;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,20 +26,25 @@ use rustls::pki_types::CertificateDer;
 use rustls::server::{Acceptor, ServerConfig};
 
 use crate::audit::Audit;
+use crate::edge::config::IdentityProvider;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
+use crate::jwt::KeyRing;
 use crate::limits::{CONN_WRITE_BATCH, HANDSHAKE_TIMEOUT_SECS, MAX_EDGE_CONNECTIONS};
 use crate::mux::{self, Event, Session, Side};
+use crate::oidc::Provider;
 use crate::policy::Identity;
 use crate::state::{ClaimError, Hostnames, ServiceTokens};
+use crate::token_transfer::Slots;
 use crate::ws::{self, Decoder, Item, Role};
 
 pub use config::{Application, EdgeSettings};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
-const FIRST_CONN: usize = 2;
+const WAKER: Token = Token(2);
+const FIRST_CONN: usize = 3;
 /// A closing carrier that does not take its last bytes within this time is dropped.
 const CLOSE_GRACE_SECS: u64 = 10;
 
@@ -82,6 +88,8 @@ enum CarrierState {
         dec: Decoder,
         sent_close: bool,
     },
+    /// Parked while a worker exchanges an OIDC code for this browser.
+    Waiting,
     /// A response or close frame is queued; close once it is flushed.
     Closing,
 }
@@ -118,6 +126,14 @@ pub struct Edge {
     hostnames: Hostnames,
     audit: Audit,
     scratch: Vec<u8>,
+    /// The edge's app-token signing keys (state dir `signing-keys.json`).
+    keys: KeyRing,
+    transfers: Slots,
+    logins: login::Logins,
+    oidc: Option<Arc<Provider>>,
+    worker: Option<login::Worker>,
+    /// Base URL of the login pages; known once the listener is bound.
+    public_url: String,
 }
 
 impl Edge {
@@ -125,8 +141,17 @@ impl Edge {
         let tokens = ServiceTokens::load(&settings.state)?;
         let hostnames = Hostnames::load(&settings.state)?;
         let audit = Audit::open(&settings.audit_log)?;
+        let keys = load_keys(&settings)?;
+        let oidc = match &settings.identity {
+            IdentityProvider::Oidc(o) => {
+                let secret = oidc_secret(o)?;
+                info!("identity provider: discovering {}", o.issuer);
+                let p = Provider::discover(o.clone(), secret, None).map_err(io::Error::other)?;
+                Some(Arc::new(p))
+            }
+            _ => None,
+        };
         Ok(Edge {
-            settings,
             poll: Poll::new()?,
             conns: Vec::new(),
             free: Vec::new(),
@@ -138,6 +163,13 @@ impl Edge {
             hostnames,
             audit,
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+            keys,
+            transfers: Slots::default(),
+            logins: login::Logins::default(),
+            oidc,
+            worker: None,
+            public_url: settings.public_url.clone().unwrap_or_default(),
+            settings,
         })
     }
 
@@ -157,6 +189,17 @@ impl Edge {
         self.poll
             .registry()
             .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
+        if self.public_url.is_empty() {
+            self.public_url = if addr.port() == 443 {
+                "https://login.localhost".to_owned()
+            } else {
+                format!("https://login.localhost:{}", addr.port())
+            };
+        }
+        let waker = Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?);
+        if let Some(p) = &self.oidc {
+            self.worker = Some(login::Worker::start(p.clone(), waker));
+        }
         info!("postern edge listening on {addr}");
         (self.settings.on_ready)(addr);
 
@@ -180,6 +223,7 @@ impl Edge {
                             return Ok(());
                         }
                     }
+                    WAKER => self.worker_results(),
                     Token(t) => self.mark(t - FIRST_CONN),
                 }
             }
@@ -424,6 +468,7 @@ impl Edge {
                         c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
                     }
                 }
+                CarrierState::Waiting => {}
                 CarrierState::Closing => {
                     c.tls.rx.consume(c.tls.rx.len());
                 }
@@ -572,6 +617,9 @@ impl Edge {
             .filter(|k| http::is_valid_websocket_key(k))
             .map(str::to_owned);
         if head.method != "GET" || !upgrade || key.is_none() {
+            if self.on_page(slot, c, &head, &host) {
+                return;
+            }
             return refuse(
                 c,
                 400,
@@ -589,12 +637,15 @@ impl Edge {
                 &format!("no application for {host} on this edge"),
             );
         };
-        // Authentication: a service token (SSO app tokens arrive with the identity issue).
+        // Who is asking: a service token, an app token from a browser login, or nobody.
+        let app_hostname = app.hostname.clone();
+        let policies_bypass = crate::policy::bypasses(&app.policies);
         let identity = match (
             head.header("cf-access-client-id"),
             head.header("cf-access-client-secret"),
+            head.header("cf-access-token"),
         ) {
-            (Some(id), Some(secret)) => {
+            (Some(id), Some(secret), _) => {
                 let mut name = self.tokens.verify(id, secret).map(str::to_owned);
                 if name.is_none() {
                     // Tokens minted after start-up live in the state dir: look again once.
@@ -604,27 +655,10 @@ impl Edge {
                     }
                 }
                 match name {
-                    Some(name)
-                        if app
-                            .decide(&Identity {
-                                service_token: Some(name.clone()),
-                                ..Identity::default()
-                            })
-                            .allow =>
-                    {
-                        name
-                    }
-                    Some(name) => {
-                        audit.insert("service_token".into(), name.into());
-                        audit.insert("reason".into(), "policy does not admit token".into());
-                        self.deny(audit);
-                        return refuse(
-                            c,
-                            403,
-                            "Forbidden",
-                            &format!("service token refused: not allowed for {host}"),
-                        );
-                    }
+                    Some(name) => Identity {
+                        service_token: Some(name),
+                        ..Identity::default()
+                    },
                     None => {
                         audit.insert(
                             "reason".into(),
@@ -640,6 +674,20 @@ impl Edge {
                     }
                 }
             }
+            (_, _, Some(token)) => match self.verify_app_token(token, &app_hostname) {
+                Ok(id) => id,
+                Err(why) => {
+                    audit.insert("reason".into(), format!("app token refused: {why}").into());
+                    self.deny(audit);
+                    return refuse(
+                        c,
+                        401,
+                        "Unauthorized",
+                        &format!("app token refused ({why}): log in again"),
+                    );
+                }
+            },
+            _ if policies_bypass => Identity::default(),
             _ => {
                 audit.insert("reason".into(), "no credentials".into());
                 self.deny(audit);
@@ -648,13 +696,43 @@ impl Edge {
                     401,
                     "Unauthorized",
                     &format!(
-                        "authentication required for {host}: pass a service token \
-                         (POSTERN_SERVICE_TOKEN_ID / POSTERN_SERVICE_TOKEN_SECRET)"
+                        "authentication required for {host}: log in (postern access login {host}) \
+                         or pass a service token"
                     ),
                 );
             }
         };
-        audit.insert("service_token".into(), identity.clone().into());
+        if let Some(e) = &identity.email {
+            audit.insert("email".into(), e.clone().into());
+        }
+        if let Some(t) = &identity.service_token {
+            audit.insert("service_token".into(), t.clone().into());
+        }
+        let verdict = app.decide(&identity);
+        audit.insert("policy".into(), verdict.policy.clone().into());
+        if !verdict.allow {
+            audit.insert("reason".into(), "policy".into());
+            self.deny(audit);
+            let who = identity
+                .email
+                .clone()
+                .or(identity
+                    .service_token
+                    .as_ref()
+                    .map(|t| format!("service token {t}")))
+                .unwrap_or_else(|| "anonymous".into());
+            let what = if identity.service_token.is_some() {
+                "service token refused"
+            } else {
+                "access denied"
+            };
+            return refuse(
+                c,
+                403,
+                "Forbidden",
+                &format!("{what}: {who} is not allowed to reach {host}"),
+            );
+        }
         let Some(tunnel) = self.pick_tunnel(&host) else {
             audit.insert("reason".into(), "hostname not registered".into());
             self.deny(audit);
@@ -665,7 +743,15 @@ impl Edge {
                 &format!("hostname {host} is not registered by any tunnel"),
             );
         };
-        let claims = serde_json::json!({ "service_token": identity }).to_string();
+        // The origin learns who it is serving; with an app token it can verify that itself
+        // against this edge's JWKS at /cdn-cgi/access/certs.
+        let claims = serde_json::json!({
+            "email": identity.email,
+            "groups": identity.groups,
+            "service_token": identity.service_token,
+            "app_token": head.header("cf-access-token"),
+        })
+        .to_string();
         let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
             unreachable!("bug: route to a non-tunnel slot");
         };
@@ -1043,6 +1129,71 @@ impl Edge {
             }
         }
     }
+}
+
+/// Loads the app-token signing keys, creating them on first start and rotating the active
+/// key once it is older than [`KEY_ROTATION_SECS`] (the old key keeps verifying until the
+/// longest session it may have signed has ended).
+fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
+    const FILE: &str = "signing-keys.json";
+    let longest = settings
+        .applications
+        .iter()
+        .map(|a| a.session_duration)
+        .max()
+        .unwrap_or(24 * 3600);
+    let state = &settings.state;
+    match state.read(FILE)? {
+        Some(bytes) => {
+            let mut ring =
+                KeyRing::from_json(&bytes).map_err(|e| io::Error::other(format!("{FILE}: {e}")))?;
+            let age = std::fs::metadata(state.path().join(FILE))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |d| d.as_secs());
+            if age > KEY_ROTATION_SECS {
+                let pkcs8 = ring.rotate(login::unix_now(), longest);
+                state.write_atomic(FILE, ring.to_json(&pkcs8).as_bytes(), 0o600)?;
+                info!(
+                    "rotated the app-token signing key (kid {})",
+                    ring.active().kid()
+                );
+            }
+            Ok(ring)
+        }
+        None => {
+            let (ring, pkcs8) = KeyRing::generate();
+            state.write_atomic(FILE, ring.to_json(&pkcs8).as_bytes(), 0o600)?;
+            info!(
+                "created the app-token signing key (kid {})",
+                ring.active().kid()
+            );
+            Ok(ring)
+        }
+    }
+}
+
+/// The active signing key is replaced after this long.
+const KEY_ROTATION_SECS: u64 = 30 * 24 * 3600;
+
+fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
+    if let Ok(s) = std::env::var("POSTERN_OIDC_CLIENT_SECRET") {
+        return Ok(s.into());
+    }
+    if let Some(path) = &o.client_secret_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("identity.client_secret_file {}: {e}", path.display()),
+            )
+        })?;
+        return Ok(text.trim().to_owned().into());
+    }
+    o.client_secret
+        .clone()
+        .map(Into::into)
+        .ok_or_else(|| io::Error::other("identity: no client secret configured"))
 }
 
 /// Queues an HTTP refusal with a JSON body naming the cause; the carrier closes after it.

@@ -87,11 +87,17 @@ function isLoopback(url) {
 }
 
 async function pageText(page) {
-  try {
-    return await page.evaluate(() => (document.body ? document.body.innerText : document.documentElement?.innerText ?? ''));
-  } catch (e) {
-    return `(page text unavailable: ${e.message})`;
+  let last;
+  // A navigation under way destroys the context mid-read: retry briefly on the next document.
+  for (let i = 0; i < 20; i += 1) {
+    try {
+      return await page.evaluate(() => (document.body ? document.body.innerText : document.documentElement?.innerText ?? ''));
+    } catch (e) {
+      last = e;
+      await new Promise((r) => { setTimeout(r, 100); });
+    }
   }
+  return `(page text unavailable: ${last.message})`;
 }
 
 // What the page currently is, decided from its DOM (not its URL: the edge may host its own
@@ -214,6 +220,8 @@ async function main() {
     log('ok');
     return 0;
   } catch (e) {
+    // Let a navigation that was under way (often Chromium's own error page) settle first.
+    if (page) await page.waitForLoadState('domcontentloaded', { timeout: 2000 }).catch(() => {});
     const url = page ? page.url() : '(no page)';
     const text = page ? await pageText(page) : '';
     console.error(`login.mjs: FAILED: ${e instanceof StepFailed ? e.message : e.stack ?? e}`);

@@ -5,7 +5,8 @@
 // Issuer: exactly `http://127.0.0.1:$PORT` (no trailing slash). One confidential client from the
 // environment: authorization_code only, response_type `code`, PKCE (S256) required,
 // token_endpoint_auth_method `client_secret_basic` unless TOKEN_ENDPOINT_AUTH_METHOD says
-// `client_secret_post`. Sign-in is the library's devInteractions: a plain form
+// `client_secret_post` (oidc-provider 9 takes the secret from a Basic header or the form body
+// whichever is registered: the setting changes registration, not what is accepted). Sign-in is the library's devInteractions: a plain form
 // (`input[name=login]`, `input[name=password]`, any password) whose login name is the account id,
 // then a consent page with one "Continue" button (SKIP_CONSENT=1 grants the requested scopes
 // without asking, to exercise a browser driver that must cope with either).
@@ -20,8 +21,9 @@
 // Prints `oidc-provider listening on http://127.0.0.1:PORT` on stdout once the socket is bound.
 // Logs one line per request and per notable event to stderr. Exits 0 on SIGTERM or SIGINT.
 //
-// Optional: ID_TOKEN_ALG (RS256 default, ES256, EdDSA), TTL_* overrides are not offered on
-// purpose: tests that need expiry should use their own clock, not a short real one.
+// Optional: ID_TOKEN_ALG (the client's id_token_signed_response_alg: RS256 default, ES256,
+// EdDSA). TTLs are fixed (code 60 s, tokens 10 min): a test of expiry should feed the edge its
+// own clock rather than wait for a short real one.
 
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';

@@ -14,12 +14,16 @@
 
 import { spawn } from 'node:child_process';
 import * as crypto from 'node:crypto';
+import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+// Browser profiles and failure screenshots of the children land here, removed at the end.
+const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-selftest-'));
 const STARTUP_MS = 20_000;
 const LOGIN_TIMEOUT_S = 60;
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -47,7 +51,7 @@ function freePort() {
 // Spawns a node script; collects stdout/stderr; `exited` resolves to the exit code.
 function run(script, args, env) {
   const child = spawn(process.execPath, [path.join(here, script), ...args], {
-    env: { ...process.env, ...env },
+    env: { ...process.env, TMPDIR: scratch, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(child);
@@ -319,5 +323,6 @@ for (const [name, fn] of cases) {
   }
 }
 for (const c of children) c.kill('SIGKILL');
+fs.rmSync(scratch, { recursive: true, force: true });
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = failed === 0 && passed > 0 ? 0 : 1;

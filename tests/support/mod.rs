@@ -31,6 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod oidc;
+
 /// How long a started process gets to report that it is ready.
 pub const STARTUP: Duration = Duration::from_secs(20);
 /// How long one ordinary ssh round trip through the chain may take.
@@ -885,6 +887,12 @@ pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
     );
 }
 
+/// Where an edge listens and the CA of its certificates (for edges started by a test itself).
+pub struct EdgeRef {
+    pub addr: SocketAddr,
+    pub ca: PathBuf,
+}
+
 /// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA`.
 pub struct Tunnel {
     pub hostname: String,
@@ -919,6 +927,37 @@ impl Tunnel {
             hostname: hostname.to_string(),
             child: Child::spawn(name, cmd, dir),
         }
+    }
+
+    /// Spawns a tunnel toward an edge not started by [`Edge`] and waits for registration.
+    pub fn start_with(
+        dir: &Path,
+        name: &str,
+        hostname: &str,
+        url: &str,
+        cert: &Path,
+        edge: &EdgeRef,
+    ) -> Tunnel {
+        let mut cmd = postern(&home_of(dir));
+        cmd.args([
+            "tunnel",
+            "--hostname",
+            hostname,
+            "--url",
+            url,
+            "--origincert",
+        ])
+        .arg(cert)
+        .arg("--edge")
+        .arg(edge.addr.to_string())
+        .arg("--ca")
+        .arg(&edge.ca);
+        let t = Tunnel {
+            hostname: hostname.to_string(),
+            child: Child::spawn(name, cmd, dir),
+        };
+        t.wait_registered(1, STARTUP);
+        t
     }
 
     /// Spawns the tunnel and waits until a connection logs `registered HOSTNAME`.

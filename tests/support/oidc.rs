@@ -9,8 +9,9 @@
 //! ```
 //!
 //! The provider's issuer is exactly `http://127.0.0.1:PORT`; it has one confidential client
-//! (`client_secret_basic` unless [`ProviderOptions::auth_method`] says otherwise; PKCE S256
-//! required; authorization_code only) and the accounts given to [`Provider::start`]. The
+//! (registered `client_secret_basic` unless [`ProviderOptions::auth_method`] says otherwise, the
+//! library taking the secret in a Basic header or the form body either way; PKCE S256 required;
+//! authorization_code only) and the accounts given to [`Provider::start`]. The
 //! devInteractions login form accepts any password; the login name is the account id. A login
 //! name that is not an account comes back to the redirect URI as `error=access_denied` with the
 //! state and no code. ID tokens carry `email`, `email_verified` and `groups` for the scopes
@@ -43,7 +44,9 @@ pub const DEFAULT_EXPECT: &str = "You can close this window";
 
 /// `tests/js` in this checkout (independent of the test's working directory).
 pub fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("js")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("js")
 }
 
 /// Panics with an install hint unless `node`, `tests/js/node_modules` (with `oidc-provider` and
@@ -51,9 +54,8 @@ pub fn js_dir() -> PathBuf {
 pub fn require_node_parts() {
     let mut missing = String::new();
     if find_binary("node").is_none() {
-        missing.push_str(
-            "\n  - `node` is not on PATH: `apt-get install -y nodejs npm` (Node >= 20)",
-        );
+        missing
+            .push_str("\n  - `node` is not on PATH: `apt-get install -y nodejs npm` (Node >= 20)");
     }
     let modules = js_dir().join("node_modules");
     for package in ["oidc-provider", "playwright-core"] {
@@ -100,7 +102,9 @@ impl AuthMethod {
 /// Knobs beyond [`Provider::start`]'s defaults.
 #[derive(Clone, Debug)]
 pub struct ProviderOptions {
-    /// The client's `token_endpoint_auth_method`; a request using the other one is refused.
+    /// The client's registered `token_endpoint_auth_method`. oidc-provider 9 accepts the client
+    /// secret either way (Basic header or form body) whichever is registered; a wrong secret is
+    /// `invalid_client` both ways.
     pub auth_method: AuthMethod,
     /// Grant every requested scope without showing the consent page.
     pub skip_consent: bool,
@@ -130,7 +134,11 @@ pub struct Provider {
 impl Provider {
     /// Starts the provider with one client allowed to redirect to `redirect_uris`, and the
     /// accounts `(id, email, groups)`; returns once it prints its listening line.
-    pub fn start(dir: &Path, redirect_uris: &[String], accounts: &[(&str, &str, &[&str])]) -> Provider {
+    pub fn start(
+        dir: &Path,
+        redirect_uris: &[String],
+        accounts: &[(&str, &str, &[&str])],
+    ) -> Provider {
         Provider::start_with(dir, redirect_uris, accounts, &ProviderOptions::default())
     }
 
@@ -142,9 +150,15 @@ impl Provider {
         options: &ProviderOptions,
     ) -> Provider {
         require_node_parts();
-        assert!(!redirect_uris.is_empty(), "the provider's client needs a redirect URI");
+        assert!(
+            !redirect_uris.is_empty(),
+            "the provider's client needs a redirect URI"
+        );
         for uri in redirect_uris {
-            assert!(!uri.contains(','), "REDIRECT_URIS is comma-separated: {uri:?}");
+            assert!(
+                !uri.contains(','),
+                "REDIRECT_URIS is comma-separated: {uri:?}"
+            );
         }
         let accounts_json = serde_json::Value::Array(
             accounts
@@ -303,8 +317,9 @@ fn random_hex(bytes: usize) -> String {
     fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
         .expect("read /dev/urandom");
-    buf.iter().fold(String::with_capacity(bytes * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    buf.iter()
+        .fold(String::with_capacity(bytes * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -1,0 +1,389 @@
+//! The edge as an OpenID Connect relying party: authorization code flow with PKCE (S256),
+//! `state` and `nonce`; the ID token's signature is checked against the provider's JWKS and
+//! its `iss`, `aud`, `exp` and `nonce` are checked; email and groups come from configurable
+//! claims of the ID token, or from the userinfo endpoint when the ID token lacks them.
+//!
+//! Every call here blocks (ureq): discovery runs before the event loop starts, the code
+//! exchange runs in the edge's worker pool, never on the loop.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::base64;
+use crate::edge::config::OidcSettings;
+use crate::jwt::{self, Alg, Jwks};
+use crate::policy::Identity;
+use crate::state::Secret;
+
+/// Largest discovery document, JWKS, token or userinfo response read from a provider.
+const MAX_RESPONSE: u64 = 256 * 1024;
+/// Clock skew tolerated between edge and provider.
+const LEEWAY_SECS: u64 = 120;
+
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OidcError {
+    /// The provider could not be reached or answered with an HTTP error.
+    Http(String),
+    /// A provider document did not parse.
+    Document(String),
+    /// The ID token failed verification.
+    Token(String),
+    /// The provider reported an error in the callback (e.g. the user cancelled).
+    Provider(String),
+}
+
+impl fmt::Display for OidcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OidcError::Http(e) => write!(f, "identity provider unreachable: {e}"),
+            OidcError::Document(e) => write!(f, "identity provider document: {e}"),
+            OidcError::Token(e) => write!(f, "ID token refused: {e}"),
+            OidcError::Provider(e) => write!(f, "identity provider said: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for OidcError {}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub authorization_endpoint: String,
+    pub token_endpoint: String,
+    pub jwks_uri: String,
+    #[serde(default)]
+    pub userinfo_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: String,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+/// A provider, discovered and ready. Shared with the worker threads.
+pub struct Provider {
+    pub settings: OidcSettings,
+    secret: Secret,
+    pub discovery: Discovery,
+    jwks: Mutex<Jwks>,
+    agent: ureq::Agent,
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub fn pkce() -> (String, String) {
+    let verifier = base64::encode_url(&crate::io::random_bytes::<32>());
+    let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+    (verifier, base64::encode_url(digest.as_ref()))
+}
+
+fn agent(extra_ca: Option<&std::path::Path>) -> Result<ureq::Agent, OidcError> {
+    let roots = crate::pki::root_certs(extra_ca).map_err(|e| OidcError::Http(e.to_string()))?;
+    let roots: Vec<ureq::tls::Certificate<'static>> = roots
+        .iter()
+        .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    let tls = ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    Ok(ureq::Agent::config_builder()
+        .tls_config(tls)
+        .timeout_global(Some(Duration::from_secs(15)))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .new_agent())
+}
+
+impl Provider {
+    /// Reads the discovery document and the JWKS (blocking; at start-up).
+    pub fn discover(
+        settings: OidcSettings,
+        secret: Secret,
+        extra_ca: Option<&std::path::Path>,
+    ) -> Result<Provider, OidcError> {
+        let agent = agent(extra_ca)?;
+        let issuer = settings.issuer.trim_end_matches('/').to_owned();
+        let url = format!("{issuer}/.well-known/openid-configuration");
+        let body = get(&agent, &url)?;
+        let discovery: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| OidcError::Document(format!("{url}: {e}")))?;
+        if discovery.issuer.trim_end_matches('/') != issuer {
+            return Err(OidcError::Document(format!(
+                "{url} names issuer {:?}, expected {issuer:?}",
+                discovery.issuer
+            )));
+        }
+        let jwks = fetch_jwks(&agent, &discovery.jwks_uri)?;
+        Ok(Provider {
+            settings,
+            secret,
+            discovery,
+            jwks: Mutex::new(jwks),
+            agent,
+        })
+    }
+
+    /// Where to send the browser.
+    pub fn authorize_url(
+        &self,
+        redirect_uri: &str,
+        state: &str,
+        nonce: &str,
+        challenge: &str,
+    ) -> String {
+        let mut scope = String::from("openid");
+        for s in &self.settings.scopes {
+            if s != "openid" {
+                scope.push(' ');
+                scope.push_str(s);
+            }
+        }
+        crate::url::with_query(
+            &self.discovery.authorization_endpoint,
+            &[
+                ("response_type", "code"),
+                ("client_id", &self.settings.client_id),
+                ("redirect_uri", redirect_uri),
+                ("scope", &scope),
+                ("state", state),
+                ("nonce", nonce),
+                ("code_challenge", challenge),
+                ("code_challenge_method", "S256"),
+            ],
+        )
+    }
+
+    /// Exchanges the code, verifies the ID token, and returns who signed in (blocking).
+    pub fn exchange(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+        now: u64,
+    ) -> Result<Identity, OidcError> {
+        let basic = base64::encode(
+            format!(
+                "{}:{}",
+                crate::url::encode(&self.settings.client_id),
+                crate::url::encode(self.secret.expose())
+            )
+            .as_bytes(),
+        );
+        let mut resp = self
+            .agent
+            .post(&self.discovery.token_endpoint)
+            .header("Authorization", &format!("Basic {basic}"))
+            .header("Accept", "application/json")
+            .send_form([
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect_uri),
+                ("code_verifier", verifier),
+            ])
+            .map_err(|e| OidcError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| OidcError::Http(e.to_string()))?;
+        if status != 200 {
+            let why = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.get("error_description")
+                        .or_else(|| v.get("error"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            return Err(OidcError::Provider(format!("token exchange failed: {why}")));
+        }
+        let tokens: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| OidcError::Document(format!("token response: {e}")))?;
+        let claims = self.verify_id_token(&tokens.id_token, nonce, now)?;
+        let mut id = self.identity_from(&claims);
+        if id.email.is_none() {
+            if let (Some(url), Some(at)) = (&self.discovery.userinfo_endpoint, &tokens.access_token)
+            {
+                let info = self.userinfo(url, at)?;
+                if info.get("sub") != claims.get("sub") {
+                    return Err(OidcError::Token(
+                        "userinfo is about another subject than the ID token".into(),
+                    ));
+                }
+                id = self.identity_from(&info);
+            }
+        }
+        if id.email.is_none() {
+            return Err(OidcError::Token(format!(
+                "no {:?} claim: ask for the email scope or set identity.email_claim",
+                self.settings.email_claim
+            )));
+        }
+        Ok(id)
+    }
+
+    fn verify_id_token(&self, token: &str, nonce: &str, now: u64) -> Result<Value, OidcError> {
+        let allowed = [Alg::RS256, Alg::ES256, Alg::EdDSA];
+        let verified = {
+            let jwks = self.jwks.lock().unwrap_or_else(|p| p.into_inner());
+            jwt::verify(token, &jwks, &allowed)
+        };
+        let verified = match verified {
+            Ok(v) => v,
+            Err(jwt::JwtError::UnknownKey { .. }) => {
+                // The provider rotated its keys: fetch the JWKS once more.
+                let fresh = fetch_jwks(&self.agent, &self.discovery.jwks_uri)?;
+                let v = jwt::verify(token, &fresh, &allowed)
+                    .map_err(|e| OidcError::Token(e.to_string()))?;
+                *self.jwks.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
+                v
+            }
+            Err(e) => return Err(OidcError::Token(e.to_string())),
+        };
+        let claims: Value = serde_json::from_slice(&verified.payload)
+            .map_err(|e| OidcError::Token(format!("payload: {e}")))?;
+        let iss = claims.get("iss").and_then(Value::as_str).unwrap_or("");
+        if iss.trim_end_matches('/') != self.discovery.issuer.trim_end_matches('/') {
+            return Err(OidcError::Token(format!(
+                "issued by {iss:?}, not our provider"
+            )));
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == self.settings.client_id,
+            Some(Value::Array(list)) => list
+                .iter()
+                .any(|a| a.as_str() == Some(self.settings.client_id.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(OidcError::Token("issued for another client".into()));
+        }
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        if exp + LEEWAY_SECS <= now {
+            return Err(OidcError::Token("expired".into()));
+        }
+        if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+            return Err(OidcError::Token("nonce does not match this login".into()));
+        }
+        Ok(claims)
+    }
+
+    fn userinfo(&self, url: &str, access_token: &str) -> Result<Value, OidcError> {
+        let mut resp = self
+            .agent
+            .get(url)
+            .header("Authorization", &format!("Bearer {access_token}"))
+            .call()
+            .map_err(|e| OidcError::Http(e.to_string()))?;
+        if resp.status().as_u16() != 200 {
+            return Err(OidcError::Http(format!("userinfo: HTTP {}", resp.status())));
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| OidcError::Http(e.to_string()))?;
+        serde_json::from_slice(&body).map_err(|e| OidcError::Document(format!("userinfo: {e}")))
+    }
+
+    fn identity_from(&self, claims: &Value) -> Identity {
+        let verified = claims
+            .get("email_verified")
+            .map(|v| v.as_bool() != Some(false))
+            .unwrap_or(true);
+        let email = claims
+            .get(&self.settings.email_claim)
+            .and_then(Value::as_str)
+            .filter(|e| verified && e.contains('@'))
+            .map(str::to_ascii_lowercase);
+        let groups = match claims.get(&self.settings.groups_claim) {
+            Some(Value::Array(list)) => list
+                .iter()
+                .filter_map(Value::as_str)
+                .take(256)
+                .map(str::to_owned)
+                .collect(),
+            Some(Value::String(g)) => vec![g.clone()],
+            _ => Vec::new(),
+        };
+        Identity {
+            email,
+            groups,
+            service_token: None,
+        }
+    }
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, OidcError> {
+    let mut resp = agent
+        .get(url)
+        .header("Accept", "application/json")
+        .call()
+        .map_err(|e| OidcError::Http(format!("{url}: {e}")))?;
+    if resp.status().as_u16() != 200 {
+        return Err(OidcError::Http(format!("{url}: HTTP {}", resp.status())));
+    }
+    resp.body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(|e| OidcError::Http(format!("{url}: {e}")))
+}
+
+fn fetch_jwks(agent: &ureq::Agent, url: &str) -> Result<Jwks, OidcError> {
+    let body = get(agent, url)?;
+    Jwks::parse(&body).map_err(|e| OidcError::Document(format!("{url}: {e}")))
+}
+
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_documents(data: &[u8]) {
+    let _ = serde_json::from_slice::<Discovery>(data);
+    let _ = Jwks::parse(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_challenge_is_s256_of_the_verifier() {
+        // RFC 7636 appendix B.
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let digest = ring::digest::digest(&ring::digest::SHA256, verifier.as_bytes());
+        assert_eq!(
+            base64::encode_url(digest.as_ref()),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+        let (v, c) = pkce();
+        assert_eq!(v.len(), 43);
+        let d = ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
+        assert_eq!(base64::encode_url(d.as_ref()), c);
+    }
+
+    #[test]
+    fn discovery_documents_parse_and_ignore_extras() {
+        let d: Discovery = serde_json::from_str(
+            r#"{"issuer":"http://127.0.0.1:1","authorization_endpoint":"http://127.0.0.1:1/auth",
+                "token_endpoint":"http://127.0.0.1:1/token","jwks_uri":"http://127.0.0.1:1/jwks",
+                "claims_supported":["sub","email"]}"#,
+        )
+        .unwrap();
+        assert_eq!(d.userinfo_endpoint, None);
+        assert!(serde_json::from_str::<Discovery>(r#"{"issuer":"x"}"#).is_err());
+    }
+}
