@@ -23,7 +23,7 @@ use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token};
 use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
+use rustls::{ClientConfig, ClientConnection};
 
 use crate::buf::Buf;
 use crate::http::{self, HeadLimits};
@@ -36,9 +36,15 @@ use crate::ws::{self, Decoder, Item, Role};
 
 /// How the client proves who it is.
 pub enum Credentials {
+    /// A service token (`CF-Access-Client-Id` + `CF-Access-Client-Secret`): never a browser.
     ServiceToken { id: String, secret: Secret },
+    /// An app token from a browser login (`cf-access-token`).
+    AppToken(Secret),
+    /// Nothing yet: use a cached app token, or log in when the edge asks for one.
     None,
 }
+
+const USER_AGENT: &str = concat!("postern/", env!("CARGO_PKG_VERSION"));
 
 pub struct AccessOptions {
     pub hostname: String,
@@ -76,8 +82,16 @@ fn client_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>
     Ok(Arc::new(cfg))
 }
 
-/// Connects, upgrades, and returns a carrier ready for the loop.
-pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
+/// Largest body [`https_get`] reads (the transfer endpoint's sealed token or origin
+/// credential, as JSON).
+pub const MAX_HTTPS_BODY: usize = 64 * 1024;
+
+/// Resolves the edge, connects over TCP and completes the TLS handshake (SNI = the
+/// application's hostname). The socket is blocking, with a 30 s read timeout.
+pub fn tls_connect(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+) -> Result<(StdTcpStream, ClientConnection), AccessError> {
     let addrs: Vec<SocketAddr> = opts
         .edge
         .to_socket_addrs()
@@ -108,8 +122,7 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let name = ServerName::try_from(opts.hostname.clone())
         .map_err(|_| err(format!("invalid hostname {:?}", opts.hostname)))?;
-    let mut tls =
-        rustls::ClientConnection::new(cfg.clone(), name).map_err(|e| err(e.to_string()))?;
+    let mut tls = ClientConnection::new(cfg.clone(), name).map_err(|e| err(e.to_string()))?;
     while tls.is_handshaking() {
         if let Err(e) = tls.complete_io(&mut sock) {
             let text = e.to_string();
@@ -129,6 +142,152 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
             ));
         }
     }
+    Ok((sock, tls))
+}
+
+/// Reads a response head from `stream`, returning it, the bytes read and where the body
+/// starts in them.
+fn read_response_head(
+    stream: &mut impl Read,
+    what: &str,
+) -> Result<(http::ResponseHead, Vec<u8>, usize), AccessError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let limits = HeadLimits::default();
+    loop {
+        if let Some((head, used)) = http::parse_response_head(&buf, &limits)
+            .map_err(|e| err(format!("bad answer from the edge: {e}")))?
+        {
+            return Ok((head, buf, used));
+        }
+        let n = stream
+            .read(&mut chunk)
+            .map_err(|e| err(format!("the edge closed the connection during {what}: {e}")))?;
+        if n == 0 {
+            return Err(err(format!("the edge closed the connection during {what}")));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The `error` field of a JSON body, if it has one.
+fn json_error(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+}
+
+/// One `GET path` to the edge over its own TLS connection (`Connection: close`), with the
+/// carrier's TLS setup (SNI and Host = the hostname, `--edge`, `--ca`). Returns the status
+/// and the body, which may be at most [`MAX_HTTPS_BODY`] bytes.
+pub fn https_get(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    path: &str,
+) -> Result<(u16, Vec<u8>), AccessError> {
+    let (mut sock, mut tls) = tls_connect(opts, cfg)?;
+    let mut req = Vec::new();
+    http::write_request(
+        &mut req,
+        "GET",
+        path,
+        &[
+            ("Host", &opts.hostname),
+            ("Accept", "application/json"),
+            ("Connection", "close"),
+            ("User-Agent", USER_AGENT),
+        ],
+    );
+    tls.writer()
+        .write_all(&req)
+        .map_err(|e| err(e.to_string()))?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    stream.flush().map_err(|e| err(e.to_string()))?;
+    let (head, buf, used) = read_response_head(&mut stream, "a request")?;
+    let mut body = buf[used..].to_vec();
+    let too_big = || {
+        err(format!(
+            "the edge's answer to {path} is larger than {MAX_HTTPS_BODY} bytes"
+        ))
+    };
+    let mut chunk = [0u8; 4096];
+    match head.content_length() {
+        Some(n) if n > MAX_HTTPS_BODY as u64 => return Err(too_big()),
+        Some(n) => {
+            let n = n as usize;
+            while body.len() < n {
+                let got = stream
+                    .read(&mut chunk)
+                    .map_err(|e| err(format!("the edge closed the connection mid-answer: {e}")))?;
+                if got == 0 {
+                    return Err(err("the edge closed the connection mid-answer"));
+                }
+                body.extend_from_slice(&chunk[..got]);
+            }
+            body.truncate(n);
+        }
+        // No length: the body ends with the connection (we asked for `Connection: close`).
+        None => loop {
+            if body.len() > MAX_HTTPS_BODY {
+                return Err(too_big());
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(got) => {
+                    body.extend_from_slice(&chunk[..got]);
+                    if body.len() > MAX_HTTPS_BODY {
+                        return Err(too_big());
+                    }
+                }
+                // A peer that closes without close_notify: the body has no length to
+                // check against anyway.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(err(format!("reading the edge's answer failed: {e}"))),
+            }
+        },
+    }
+    Ok((head.status, body))
+}
+
+/// Why a carrier was not opened: the edge said no (with its status), or something failed
+/// on the way.
+pub(crate) enum CarrierError {
+    /// The edge answered the upgrade with `status`; `cause` is its reason (the JSON
+    /// `error`, else the status line's reason) and `error` the whole message.
+    Refused {
+        status: u16,
+        cause: String,
+        error: AccessError,
+    },
+    /// Connecting, TLS or the upgrade itself failed.
+    Failed(AccessError),
+}
+
+impl From<AccessError> for CarrierError {
+    fn from(e: AccessError) -> Self {
+        CarrierError::Failed(e)
+    }
+}
+
+impl From<CarrierError> for AccessError {
+    fn from(e: CarrierError) -> Self {
+        match e {
+            CarrierError::Refused { error, .. } | CarrierError::Failed(error) => error,
+        }
+    }
+}
+
+/// Connects, upgrades, and returns a carrier ready for the loop.
+pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
+    open_carrier(opts, cfg).map_err(AccessError::from)
+}
+
+/// [`connect`], telling a refusal (401, 403, …) apart from other failures.
+pub(crate) fn open_carrier(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+) -> Result<TlsConn, CarrierError> {
+    let (mut sock, mut tls) = tls_connect(opts, cfg)?;
 
     // The upgrade request, with Cloudflare Access's header names.
     let key = crate::base64::encode(&random_bytes::<16>());
@@ -138,17 +297,27 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
         ("Connection", "Upgrade"),
         ("Sec-WebSocket-Key", &key),
         ("Sec-WebSocket-Version", "13"),
-        ("User-Agent", concat!("postern/", env!("CARGO_PKG_VERSION"))),
+        ("User-Agent", USER_AGENT),
     ];
-    if let Credentials::ServiceToken { id, secret } = &opts.credentials {
-        let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
-        if !printable(id) || !printable(secret.expose()) {
-            return Err(err(
-                "the service token id and secret must be printable ASCII without spaces",
-            ));
+    let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    match &opts.credentials {
+        Credentials::ServiceToken { id, secret } => {
+            if !printable(id) || !printable(secret.expose()) {
+                return Err(err(
+                    "the service token id and secret must be printable ASCII without spaces",
+                )
+                .into());
+            }
+            headers.push(("CF-Access-Client-Id", id));
+            headers.push(("CF-Access-Client-Secret", secret.expose()));
         }
-        headers.push(("CF-Access-Client-Id", id));
-        headers.push(("CF-Access-Client-Secret", secret.expose()));
+        Credentials::AppToken(token) => {
+            if !printable(token.expose()) {
+                return Err(err("the app token must be printable ASCII without spaces").into());
+            }
+            headers.push(("cf-access-token", token.expose()));
+        }
+        Credentials::None => {}
     }
     let mut req = Vec::new();
     http::write_request(&mut req, "GET", "/", &headers);
@@ -158,25 +327,8 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
     stream.flush().map_err(|e| err(e.to_string()))?;
 
-    let mut buf = Vec::new();
+    let (head, mut buf, used) = read_response_head(&mut stream, "the upgrade")?;
     let mut chunk = [0u8; 4096];
-    let limits = HeadLimits::default();
-    let (head, used) = loop {
-        if let Some(done) = http::parse_response_head(&buf, &limits)
-            .map_err(|e| err(format!("bad answer from the edge: {e}")))?
-        {
-            break done;
-        }
-        let n = stream.read(&mut chunk).map_err(|e| {
-            err(format!(
-                "the edge closed the connection during the upgrade: {e}"
-            ))
-        })?;
-        if n == 0 {
-            return Err(err("the edge closed the connection during the upgrade"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
     if head.status != 101 {
         // Read the (bounded) JSON body naming the cause.
         let want = head
@@ -189,20 +341,19 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
             }
         }
         let body = &buf[used..buf.len().min(used + want)];
-        let cause = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| head.reason.clone());
-        return Err(err(format!(
-            "the edge refused {} (HTTP {}): {cause}",
-            opts.hostname, head.status
-        )));
+        let cause = json_error(body).unwrap_or_else(|| head.reason.clone());
+        return Err(CarrierError::Refused {
+            status: head.status,
+            error: err(format!(
+                "the edge refused {} (HTTP {}): {cause}",
+                opts.hostname, head.status
+            )),
+            cause,
+        });
     }
     let expected = http::websocket_accept_key(&key);
     if head.header("sec-websocket-accept") != Some(expected.as_str()) {
-        return Err(err(
-            "the edge answered the upgrade with a wrong Sec-WebSocket-Accept",
-        ));
+        return Err(err("the edge answered the upgrade with a wrong Sec-WebSocket-Accept").into());
     }
     sock.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
     let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
