@@ -34,6 +34,11 @@ use crate::limits::{MAX_REFUSAL_BODY, STREAM_SEND_BUFFER};
 use crate::state::Secret;
 use crate::ws::{self, Decoder, Item, Role};
 
+mod login_lock;
+pub mod token_cache;
+
+pub use token_cache::TokenCache;
+
 /// How the client proves who it is.
 pub enum Credentials {
     /// A service token (`CF-Access-Client-Id` + `CF-Access-Client-Secret`): never a browser.

@@ -1,0 +1,412 @@
+//! App tokens cached on disk, one file per application hostname:
+//!
+//! ```text
+//!  ~/.postern/tokens/            0700
+//!  ~/.postern/tokens/<H>.jwt     0600, the compact JWT the edge signed for H
+//!  ~/.postern/tokens/<H>.lock    a login in progress for H (see `login_lock`)
+//! ```
+//!
+//! Files are created with their final mode (never chmod after) and replaced atomically
+//! (temp file, rename), so a reader sees the old token or the new one, never half of one.
+//! A token is handed out only while its `exp` is more than [`EXPIRY_MARGIN`] away. The
+//! signature is not checked here: the edge checks it on every connection, and a token it
+//! refuses is removed and replaced by a new login.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::state::Secret;
+
+/// A cached token is used only if it stays valid at least this long: the margin covers the
+/// connection setup and a small clock skew with the edge.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// Mode of the tokens directory.
+const DIR_MODE: u32 = 0o700;
+/// Mode of token files.
+const FILE_MODE: u32 = 0o600;
+/// Largest token file read back (a JWT with a few groups is well under this).
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// Why the cache could not do what was asked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The hostname is not a lowercase DNS name, so it cannot name a file.
+    BadHostname(String),
+    /// Reading or writing the cache failed.
+    Io { path: PathBuf, error: io::Error },
+}
+
+impl std::fmt::Display for CacheError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheError::BadHostname(h) => write!(
+                f,
+                "invalid application hostname {h:?}: expected a lowercase DNS name like ssh.example.com"
+            ),
+            CacheError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for CacheError {}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
+    move |error| CacheError::Io {
+        path: path.to_owned(),
+        error,
+    }
+}
+
+/// A hostname that can name a cache file: what the edge accepts as an application name,
+/// lowercase (so `SSH.example.com` and `ssh.example.com` share one file). No `/`, no `..`,
+/// no leading dot.
+pub fn valid_cache_hostname(h: &str) -> bool {
+    crate::edge::valid_hostname(h) && !h.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// The `exp` claim (Unix seconds) of a compact JWT, read without checking the signature.
+/// `None` for anything that is not three dot-separated base64url parts with a JSON payload
+/// holding a non-negative integer `exp`.
+pub fn jwt_expiry(token: &str) -> Option<u64> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let json = crate::base64::decode_url(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get("exp")?.as_u64()
+}
+
+/// True when `token` looks like a compact JWT: three non-empty base64url parts. Anything
+/// else (a stray newline, an HTML page) must not reach an HTTP header or the cache.
+pub fn is_compact_jwt(token: &str) -> bool {
+    let parts: Vec<&str> = token.split('.').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// True when a token expiring at `exp` may still be used at `now` (Unix seconds).
+pub fn fresh_enough(exp: u64, now: u64) -> bool {
+    exp > now.saturating_add(EXPIRY_MARGIN.as_secs())
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token directory (`~/.postern/tokens` by default).
+pub struct TokenCache {
+    dir: PathBuf,
+}
+
+impl TokenCache {
+    /// `$HOME/.postern/tokens`.
+    pub fn default_dir() -> PathBuf {
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".postern")
+            .join("tokens")
+    }
+
+    /// The cache in `$HOME/.postern/tokens`.
+    pub fn open_default() -> TokenCache {
+        TokenCache::new(TokenCache::default_dir())
+    }
+
+    /// The cache in `dir` (created on the first write).
+    pub fn new(dir: PathBuf) -> TokenCache {
+        TokenCache { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates the directory (0700) if needed.
+    pub(crate) fn ensure_dir(&self) -> Result<(), CacheError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&self.dir)
+            .map_err(io_err(&self.dir))
+    }
+
+    /// `<dir>/<hostname><suffix>`, for a valid hostname only.
+    pub(crate) fn path(&self, hostname: &str, suffix: &str) -> Result<PathBuf, CacheError> {
+        if !valid_cache_hostname(hostname) {
+            return Err(CacheError::BadHostname(hostname.to_owned()));
+        }
+        Ok(self.dir.join(format!("{hostname}{suffix}")))
+    }
+
+    /// The cached token for `hostname`, if there is one that stays valid past the margin.
+    pub fn load(&self, hostname: &str) -> Option<Secret> {
+        self.load_at(hostname, unix_now())
+    }
+
+    fn load_at(&self, hostname: &str, now: u64) -> Option<Secret> {
+        let path = self.path(hostname, ".jwt").ok()?;
+        let file = fs::File::open(&path).ok()?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(file, MAX_TOKEN_FILE), &mut text).ok()?;
+        let token = text.trim();
+        if !is_compact_jwt(token) || !fresh_enough(jwt_expiry(token)?, now) {
+            return None;
+        }
+        Some(Secret::from(token.to_owned()))
+    }
+
+    /// Stores `token` for `hostname`, replacing any older one atomically.
+    pub fn store(&self, hostname: &str, token: &Secret) -> Result<PathBuf, CacheError> {
+        let path = self.path(hostname, ".jwt")?;
+        self.ensure_dir()?;
+        let tmp = self.dir.join(format!(
+            ".{hostname}.jwt.{}.{}.tmp",
+            std::process::id(),
+            crate::base64::encode_url(&crate::io::random_bytes::<6>())
+        ));
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)?;
+            f.write_all(token.expose().as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err(&path)(e));
+        }
+        Ok(path)
+    }
+
+    /// Removes the token for `hostname`. A missing token is not an error.
+    pub fn remove(&self, hostname: &str) -> Result<(), CacheError> {
+        let path = self.path(hostname, ".jwt")?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the token for `hostname` only if it is still `token`: a parallel process may
+    /// already have replaced a refused token with a fresh one, which must stay.
+    pub fn remove_if(&self, hostname: &str, token: &Secret) -> Result<(), CacheError> {
+        let path = self.path(hostname, ".jwt")?;
+        match fs::read_to_string(&path) {
+            Ok(text) if text.trim() == token.expose() => self.remove(hostname),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every cached token; returns how many were removed. Lock files stay (their
+    /// owners remove them).
+    pub fn remove_all(&self) -> Result<usize, CacheError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some(host) = name.to_str().and_then(|n| n.strip_suffix(".jwt")) else {
+                continue;
+            };
+            if valid_cache_hostname(host) {
+                self.remove(host)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!(
+                "postern-{tag}-{}-{}",
+                std::process::id(),
+                crate::base64::encode_url(&crate::io::random_bytes::<6>())
+            ));
+            fs::create_dir_all(&dir).expect("create temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A compact JWT (unsigned: the cache never checks signatures) with these claims.
+    pub(crate) fn jwt(claims: &str) -> String {
+        format!(
+            "{}.{}.c2ln",
+            crate::base64::encode_url(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+            crate::base64::encode_url(claims.as_bytes())
+        )
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn stored_token_is_0600_in_a_0700_dir_and_loads_back() {
+        let tmp = TempDir::new("cache-mode");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let token = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
+        let path = cache
+            .store("ssh.example.com", &Secret::from(token.clone()))
+            .unwrap();
+        assert_eq!(path, tmp.0.join("tokens/ssh.example.com.jwt"));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(cache.dir()), 0o700);
+        assert_eq!(cache.load("ssh.example.com").unwrap().expose(), token);
+        // Replacing keeps the mode and leaves no temp file behind.
+        let newer = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 7200));
+        cache
+            .store("ssh.example.com", &Secret::from(newer.clone()))
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(cache.load("ssh.example.com").unwrap().expose(), newer);
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn expired_or_nearly_expired_tokens_are_not_loaded() {
+        let tmp = TempDir::new("cache-exp");
+        let cache = TokenCache::new(tmp.0.clone());
+        let now = 1_000_000;
+        for (exp, usable) in [
+            (now - 10, false),
+            (now, false),
+            (now + 30, false),
+            (now + 31, true),
+        ] {
+            let token = jwt(&format!(r#"{{"exp":{exp}}}"#));
+            cache.store("a.localhost", &Secret::from(token)).unwrap();
+            assert_eq!(
+                cache.load_at("a.localhost", now).is_some(),
+                usable,
+                "exp {exp}"
+            );
+        }
+        // No exp at all: not usable.
+        cache
+            .store("a.localhost", &Secret::from(jwt(r#"{"sub":"x"}"#)))
+            .unwrap();
+        assert!(cache.load_at("a.localhost", now).is_none());
+        assert!(cache.load("missing.localhost").is_none());
+    }
+
+    #[test]
+    fn bad_hostnames_are_refused() {
+        let tmp = TempDir::new("cache-names");
+        let cache = TokenCache::new(tmp.0.clone());
+        let token = Secret::from(jwt(r#"{"exp":99999999999}"#));
+        for bad in [
+            "",
+            "..",
+            "../etc",
+            "a/b",
+            "a..b",
+            ".hidden",
+            "SSH.example.com",
+            "a b",
+            "a.b\n",
+            "-a.b",
+        ] {
+            assert!(
+                matches!(cache.store(bad, &token), Err(CacheError::BadHostname(_))),
+                "{bad:?}"
+            );
+            assert!(cache.load(bad).is_none());
+            assert!(cache.remove(bad).is_err());
+        }
+        assert_eq!(fs::read_dir(&tmp.0).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn remove_and_remove_all_and_remove_if() {
+        let tmp = TempDir::new("cache-rm");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        assert_eq!(cache.remove_all().unwrap(), 0);
+        let t = |n: u64| Secret::from(jwt(&format!(r#"{{"exp":{n}}}"#)));
+        let far = unix_now() + 3600;
+        cache.store("a.localhost", &t(far)).unwrap();
+        cache.store("b.localhost", &t(far)).unwrap();
+        cache.store("c.localhost", &t(far)).unwrap();
+        cache.remove("a.localhost").unwrap();
+        cache.remove("a.localhost").unwrap();
+        assert!(cache.load("a.localhost").is_none());
+        // remove_if leaves a token that someone else already replaced.
+        cache.remove_if("b.localhost", &t(far + 1)).unwrap();
+        assert!(cache.load("b.localhost").is_some());
+        cache.remove_if("b.localhost", &t(far)).unwrap();
+        assert!(cache.load("b.localhost").is_none());
+        fs::write(cache.dir().join("c.localhost.lock"), "1").unwrap();
+        assert_eq!(cache.remove_all().unwrap(), 1);
+        assert!(cache.load("c.localhost").is_none());
+        assert!(cache.dir().join("c.localhost.lock").exists());
+    }
+
+    #[test]
+    fn jwt_expiry_of_malformed_tokens_is_none_without_panicking() {
+        assert_eq!(
+            jwt_expiry(&jwt(r#"{"exp":1700000000}"#)),
+            Some(1_700_000_000)
+        );
+        for bad in [
+            String::new(),
+            ".".into(),
+            "..".into(),
+            "a.b".into(),
+            "a.b.c.d".into(),
+            "x.!!!.y".into(),
+            "x.=.y".into(),
+            format!("x.{}.y", crate::base64::encode_url(b"not json")),
+            format!("x.{}.y", crate::base64::encode_url(b"[1,2]")),
+            jwt(r#"{"exp":"1700000000"}"#),
+            jwt(r#"{"exp":-5}"#),
+            jwt(r#"{"exp":1.5e300}"#),
+            jwt(r#"{"exp":null}"#),
+            format!("x.{}.y", crate::base64::encode_url(&[0xff, 0xfe, 0x00])),
+            "é.é.é".into(),
+        ] {
+            assert_eq!(jwt_expiry(&bad), None, "{bad:?}");
+        }
+        assert!(is_compact_jwt(&jwt("{}")));
+        assert!(!is_compact_jwt("a.b"));
+        assert!(!is_compact_jwt("a..c"));
+        assert!(!is_compact_jwt("a.b.c\r\nX-Injected: 1"));
+        assert!(!fresh_enough(u64::MAX, u64::MAX));
+    }
+}
