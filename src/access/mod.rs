@@ -34,9 +34,11 @@ use crate::limits::{MAX_REFUSAL_BODY, STREAM_SEND_BUFFER};
 use crate::state::Secret;
 use crate::ws::{self, Decoder, Item, Role};
 
+pub mod login;
 mod login_lock;
 pub mod token_cache;
 
+pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;
 
 /// How the client proves who it is.
