@@ -34,10 +34,12 @@ use crate::limits::{MAX_REFUSAL_BODY, STREAM_SEND_BUFFER};
 use crate::state::Secret;
 use crate::ws::{self, Decoder, Item, Role};
 
+mod authorize;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
 
+pub use authorize::login_and_cache;
 pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;
 
@@ -516,20 +518,12 @@ impl Splice {
     }
 }
 
-fn credentials_hint(opts: &AccessOptions) {
-    if matches!(opts.credentials, Credentials::None) {
-        debug!(
-            "no service token given; the edge decides whether {} needs one",
-            opts.hostname
-        );
-    }
-}
-
-/// `postern access ssh`: splice stdin/stdout with a carrier (ssh's ProxyCommand).
-pub fn ssh(opts: AccessOptions) -> Result<(), AccessError> {
-    credentials_hint(&opts);
+/// `postern access ssh`: splice stdin/stdout with a carrier (ssh's ProxyCommand). Without a
+/// service token, uses the cached app token or logs in through the browser (see
+/// `authorize`).
+pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
-    let tls = connect(&opts, &cfg)?;
+    let tls = authorize::open_authorized(&mut opts, &cfg, &TokenCache::open_default())?;
     let local = Local::stdio().map_err(|e| err(format!("stdio: {e}")))?;
     let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
     let mut s = Splice::new(tls, local);
@@ -566,9 +560,11 @@ pub fn ssh(opts: AccessOptions) -> Result<(), AccessError> {
 }
 
 /// `postern access tcp`: a local listener; each accepted connection gets its own carrier.
-pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
-    credentials_hint(&opts);
+/// Credentials as for [`ssh`]; a browser login, when one is needed, happens on the first
+/// connection and blocks the listener until it completes.
+pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
+    let cache = TokenCache::open_default();
     let mut listener =
         TcpListener::bind(listen).map_err(|e| err(format!("cannot listen on {listen}: {e}")))?;
     let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
@@ -601,7 +597,7 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
                     match listener.accept() {
                         Ok((sock, peer)) => {
                             let _ = sock.set_nodelay(true);
-                            match connect(&opts, &cfg) {
+                            match authorize::open_authorized(&mut opts, &cfg, &cache) {
                                 Ok(tls) => {
                                     let slot = sessions
                                         .iter()

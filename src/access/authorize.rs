@@ -1,0 +1,182 @@
+//! Which credentials a carrier carries, and what happens when the edge refuses them.
+//!
+//! ```text
+//!  service token (flags/env) ─────────────────────────────▶ connect; any refusal is final
+//!  app token in hand, or a cached one that is not expired ─▶ connect ─┐
+//!  nothing ──────────────────────────────────────────────▶ connect ─┤ (a bypass app needs nothing)
+//!                                                                   │
+//!        101 ◀──────────────────────────────────────────────────────┤
+//!        403 ◀── not allowed: final ────────────────────────────────┤
+//!        401 ── forget the refused token, log in (one browser login ┘
+//!               per hostname across processes), cache, connect once more:
+//!                 101 ─▶ done;  401/403 ─▶ "the edge refused the new token: …"
+//! ```
+//!
+//! Without a cached token the first connection goes out with no credentials: when the
+//! application does not need a login, nobody sees a browser, and when it does the edge says
+//! so with a 401. That costs one TLS handshake per login, never one per connection.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use log::{debug, warn};
+use rustls::ClientConfig;
+
+use super::login::{login, Purpose};
+use super::login_lock::{self, Acquired, LockError, LockTiming};
+use super::token_cache::{is_compact_jwt, TokenCache};
+use super::{err, open_carrier, AccessError, AccessOptions, CarrierError, Credentials};
+use crate::io::tls::TlsConn;
+use crate::state::Secret;
+
+/// Opens a carrier for `opts.hostname`, logging in through the browser when the edge asks
+/// for it (see the module doc). On success `opts.credentials` holds what worked, so the
+/// next carrier (`access tcp`) reuses it without another look at the cache.
+pub(crate) fn open_authorized(
+    opts: &mut AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    cache: &TokenCache,
+) -> Result<TlsConn, AccessError> {
+    match &opts.credentials {
+        Credentials::ServiceToken { .. } => return Ok(open_carrier(opts, cfg)?),
+        Credentials::AppToken(_) => {}
+        Credentials::None => {
+            if let Some(token) = cache.load(&opts.hostname) {
+                debug!("using the cached token for {}", opts.hostname);
+                opts.credentials = Credentials::AppToken(token);
+            }
+        }
+    }
+    match open_carrier(opts, cfg) {
+        Ok(conn) => return Ok(conn),
+        Err(CarrierError::Refused {
+            status: 401, cause, ..
+        }) => {
+            debug!("the edge asks for a login to {}: {cause}", opts.hostname)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let refused = match std::mem::replace(&mut opts.credentials, Credentials::None) {
+        Credentials::AppToken(t) => {
+            if let Err(e) = cache.remove_if(&opts.hostname, &t) {
+                warn!("could not remove the refused token: {e}");
+            }
+            Some(t)
+        }
+        _ => None,
+    };
+    let token = app_token(opts, cache, refused.as_ref())?;
+    opts.credentials = Credentials::AppToken(token);
+    match open_carrier(opts, cfg) {
+        Ok(conn) => Ok(conn),
+        Err(CarrierError::Refused { cause, status, .. }) => {
+            if let Credentials::AppToken(t) = &opts.credentials {
+                let _ = cache.remove_if(&opts.hostname, t);
+            }
+            opts.credentials = Credentials::None;
+            Err(err(format!(
+                "the edge refused the new token for {} (HTTP {status}): {cause}",
+                opts.hostname
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A usable app token for `opts.hostname`: a cached one (other than `refused`), the one a
+/// parallel process is fetching, or a new browser login, which is then cached.
+fn app_token(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    refused: Option<&Secret>,
+) -> Result<Secret, AccessError> {
+    let differs = |t: &Secret| refused.is_none_or(|r| r.expose() != t.expose());
+    if let Some(t) = cache.load(&opts.hostname).filter(differs) {
+        return Ok(t);
+    }
+    let guard = match login_lock::acquire(cache, &opts.hostname, &LockTiming::default(), refused) {
+        Ok(Acquired::Token(t)) => return Ok(t),
+        Ok(Acquired::Lock(guard)) => {
+            // Someone may have finished between our look at the cache and the lock.
+            if let Some(t) = cache.load(&opts.hostname).filter(differs) {
+                return Ok(t);
+            }
+            Some(guard)
+        }
+        Err(e @ LockError::Timeout { .. }) => return Err(err(e.to_string())),
+        Err(e) => {
+            warn!("{e}; logging in without sharing the login with other processes");
+            None
+        }
+    };
+    let token = app_token_from(login(opts, Purpose::App)?)?;
+    if let Err(e) = cache.store(&opts.hostname, &token) {
+        warn!("could not cache the token (the next connection logs in again): {e}");
+    }
+    drop(guard);
+    Ok(token)
+}
+
+/// The login's plaintext as an app token, checked to be a compact JWT (it goes into an HTTP
+/// header and a file).
+fn app_token_from(plain: Vec<u8>) -> Result<Secret, AccessError> {
+    let text = String::from_utf8(plain)
+        .map_err(|_| err("the edge handed over something that is not a token"))?;
+    let token = text.trim();
+    if !is_compact_jwt(token) {
+        return Err(err("the edge handed over something that is not a token"));
+    }
+    Ok(Secret::from(token.to_owned()))
+}
+
+/// `postern access login H`: always a new browser login (unless a parallel process is in the
+/// middle of one, whose token is then taken), cached for `opts.hostname`. Returns where the
+/// token was stored.
+pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathBuf, AccessError> {
+    let path = cache
+        .path(&opts.hostname, ".jwt")
+        .map_err(|e| err(e.to_string()))?;
+    let existing = cache.load(&opts.hostname);
+    let guard = match login_lock::acquire(
+        cache,
+        &opts.hostname,
+        &LockTiming::default(),
+        existing.as_ref(),
+    ) {
+        Ok(Acquired::Token(_)) => return Ok(path),
+        Ok(Acquired::Lock(guard)) => guard,
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let token = app_token_from(login(opts, Purpose::App)?)?;
+    let path = cache
+        .store(&opts.hostname, &token)
+        .map_err(|e| err(format!("could not store the token: {e}")))?;
+    drop(guard);
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::token_cache::tests::jwt;
+
+    #[test]
+    fn only_a_compact_jwt_is_accepted_from_a_login() {
+        let good = jwt(r#"{"exp":1}"#);
+        assert_eq!(
+            app_token_from(format!("{good}\n").into_bytes())
+                .unwrap()
+                .expose(),
+            good
+        );
+        for bad in [
+            &b""[..],
+            b"<html>hello</html>",
+            b"a.b",
+            b"a.b.c\r\nX-Injected: yes",
+            &[0xff, 0x2e, 0x61, 0x2e, 0x62],
+        ] {
+            assert!(app_token_from(bad.to_vec()).is_err(), "{bad:?}");
+        }
+    }
+}
