@@ -371,6 +371,16 @@ USAGE:
     postern access ssh --hostname H [OPTIONS]          (as ssh's ProxyCommand: --hostname %h)
     postern access tcp --hostname H --url 127.0.0.1:2222 [OPTIONS]
     postern access ssh-config [--hostname H] [OPTIONS]
+    postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
+    postern access token --app H                       print the cached token for H
+    postern access logout [H]                          forget the token for H (or all tokens)
+
+H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
+
+Without a service token, `ssh` and `tcp` use the token cached for H (~/.postern/tokens/H.jwt,
+mode 0600); when there is none, or the edge refuses it, they print a login URL on stderr,
+open a browser (env BROWSER, else xdg-open) and wait for the login. Parallel connections to
+the same H share one login.
 
 OPTIONS:
     --hostname H       the application's hostname (SNI and Host)
@@ -379,8 +389,38 @@ OPTIONS:
     --id ID            service token client id (prefer env POSTERN_SERVICE_TOKEN_ID)
     --secret SECRET    service token secret (prefer env POSTERN_SERVICE_TOKEN_SECRET:
                        a flag is visible to other users in the process list)
+                       With a service token, no browser is ever opened.
     --url ADDR         (tcp) local address to listen on
 ";
+
+/// cloudflared (urfave/cli) also takes long flags with one dash: `-app=H`, `-hostname H`.
+fn cloudflared_flags(args: Vec<OsString>) -> Vec<OsString> {
+    const LONG: &[&str] = &[
+        "app",
+        "hostname",
+        "edge",
+        "ca",
+        "id",
+        "secret",
+        "service-token-id",
+        "service-token-secret",
+        "url",
+    ];
+    args.into_iter()
+        .map(|a| {
+            let Some(s) = a.to_str() else { return a };
+            let Some(rest) = s.strip_prefix('-').filter(|r| !r.starts_with('-')) else {
+                return a;
+            };
+            let name = rest.split_once('=').map_or(rest, |(n, _)| n);
+            if LONG.contains(&name) {
+                OsString::from(format!("-{s}"))
+            } else {
+                a
+            }
+        })
+        .collect()
+}
 
 fn cmd_access(mut args: Vec<OsString>) -> Res {
     if args.is_empty() {
@@ -391,14 +431,25 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         print!("{ACCESS_HELP}");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut p = parser(args);
+    let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout");
+    let mut p = parser(cloudflared_flags(args));
     let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
         (None, None, None, None, None, None);
+    let named = |slot: &mut Option<String>, v: String| -> Result<(), String> {
+        if slot.replace(v).is_some() {
+            return Err(format!(
+                "access {sub}: give the hostname once (--hostname, --app or as an argument)"
+            ));
+        }
+        Ok(())
+    };
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("hostname") => {
-                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
-            }
+            Long("hostname") | Long("app") => named(
+                &mut hostname,
+                string(p.value().map_err(|e| e.to_string())?, "--hostname")?,
+            )?,
+            Value(v) if takes_positional => named(&mut hostname, string(v, "hostname")?)?,
             Long("edge") => {
                 edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
             }
@@ -425,11 +476,33 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
-    let hostname = hostname
-        .ok_or(format!(
-            "access {sub}: --hostname is missing\n\n{ACCESS_HELP}"
-        ))?
-        .to_ascii_lowercase();
+    let cache = access::TokenCache::open_default();
+    if sub == "logout" {
+        return access_logout(&cache, hostname.as_deref());
+    }
+    let (hostname, url_port) = match hostname {
+        Some(h) => access::application(&h).map_err(|e| format!("access {sub}: {e}"))?,
+        None if sub == "token" => {
+            return Err(format!("access token: --app is missing\n\n{ACCESS_HELP}"))
+        }
+        None if sub == "login" => {
+            return Err(format!(
+                "access login: which application? (postern access login H)\n\n{ACCESS_HELP}"
+            ))
+        }
+        None => {
+            return Err(format!(
+                "access {sub}: --hostname is missing\n\n{ACCESS_HELP}"
+            ))
+        }
+    };
+    if sub == "token" {
+        let token = cache.load(&hostname).ok_or(format!(
+            "no valid token for {hostname}: run `postern access login {hostname}`"
+        ))?;
+        println!("{}", token.expose());
+        return Ok(ExitCode::SUCCESS);
+    }
     let id = id
         .or_else(|| env_var("POSTERN_SERVICE_TOKEN_ID"))
         .or_else(|| env_var("TUNNEL_SERVICE_TOKEN_ID"));
@@ -447,7 +520,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     let opts = AccessOptions {
         edge: edge_addr
             .or_else(|| env_var("POSTERN_EDGE"))
-            .unwrap_or_else(|| format!("{hostname}:443")),
+            .unwrap_or_else(|| format!("{hostname}:{}", url_port.unwrap_or(443))),
         hostname,
         extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
         credentials,
@@ -462,10 +535,38 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 .map_err(|e| format!("--url {url}: {e}"))?;
             access::tcp(opts, listen).map_err(|e| e.to_string())?
         }
+        "login" => {
+            let path = access::login_and_cache(&opts, &cache).map_err(|e| e.to_string())?;
+            eprintln!(
+                "Successfully fetched your token for {} (cached in {})",
+                opts.hostname,
+                path.display()
+            );
+        }
         other => {
             return Err(format!(
                 "access: unknown subcommand {other:?}\n\n{ACCESS_HELP}"
             ))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern access logout [H]`: forget one application's token, or all of them.
+fn access_logout(cache: &access::TokenCache, hostname: Option<&str>) -> Res {
+    match hostname {
+        Some(h) => {
+            let (h, _) = access::application(h).map_err(|e| format!("access logout: {e}"))?;
+            cache.remove(&h).map_err(|e| e.to_string())?;
+            eprintln!("Removed the cached token for {h}");
+        }
+        None => {
+            let n = cache.remove_all().map_err(|e| e.to_string())?;
+            eprintln!(
+                "Removed {n} cached token{} from {}",
+                if n == 1 { "" } else { "s" },
+                cache.dir().display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -487,7 +588,10 @@ fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>
         proxy.push_str(&format!(" --ca {}", c.display()));
     }
     // The hint goes to stderr so `postern access ssh-config >> ~/.ssh/config` just works.
-    eprintln!("Add to your ~/.ssh/config:\n");
+    eprintln!(
+        "Add to your ~/.ssh/config (the first connection opens a browser to log in, unless \
+         POSTERN_SERVICE_TOKEN_ID/SECRET are set; `postern access login H` logs in ahead):\n"
+    );
     println!("Host {}", hostname.unwrap_or("*.example.com"));
     println!("  ProxyCommand {proxy}");
     Ok(ExitCode::SUCCESS)

@@ -79,6 +79,37 @@ fn err(msg: impl Into<String>) -> AccessError {
     AccessError(msg.into())
 }
 
+/// An application as the CLI takes it: `H`, `H:PORT` or `https://H[:PORT][/…]`
+/// (cloudflared's form). Returns the lowercase hostname and the port, if one was named.
+pub fn application(s: &str) -> Result<(String, Option<u16>), AccessError> {
+    let lower = s.trim().to_ascii_lowercase();
+    // A path is dropped only from a URL; a bare name must be just the name.
+    let authority = match lower
+        .strip_prefix("https://")
+        .or_else(|| lower.strip_prefix("http://"))
+    {
+        Some(rest) => rest.split(['/', '?', '#']).next().unwrap_or_default(),
+        None => &lower,
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| err(format!("invalid port in {s:?}")))?;
+            (h, Some(port))
+        }
+        None => (authority, None),
+    };
+    if !token_cache::valid_cache_hostname(host) {
+        return Err(err(format!(
+            "invalid hostname {s:?}: expected a DNS name like ssh.example.com or https://ssh.example.com"
+        )));
+    }
+    Ok((host.to_owned(), port))
+}
+
 fn client_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, AccessError> {
     let roots = crate::pki::root_store(extra_ca, &[]).map_err(|e| err(e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -95,17 +126,35 @@ fn client_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>
 /// credential, as JSON).
 pub const MAX_HTTPS_BODY: usize = 64 * 1024;
 
+/// The edge's addresses. `localhost` and `*.localhost` are loopback without asking DNS
+/// (RFC 6761 §6.3; browsers do the same, the system resolver often does not), so the dev
+/// edge works as `https://ssh.localhost:8443` without `--edge`.
+fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
+    if let Some((host, port)) = edge.rsplit_once(':') {
+        let host = host.to_ascii_lowercase();
+        if let (true, Ok(port)) = (
+            host == "localhost" || host.ends_with(".localhost"),
+            port.parse::<u16>(),
+        ) {
+            return Ok(vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            ]);
+        }
+    }
+    Ok(edge
+        .to_socket_addrs()
+        .map_err(|e| err(format!("cannot resolve the edge {edge}: {e}")))?
+        .collect())
+}
+
 /// Resolves the edge, connects over TCP and completes the TLS handshake (SNI = the
 /// application's hostname). The socket is blocking, with a 30 s read timeout.
 pub fn tls_connect(
     opts: &AccessOptions,
     cfg: &Arc<ClientConfig>,
 ) -> Result<(StdTcpStream, ClientConnection), AccessError> {
-    let addrs: Vec<SocketAddr> = opts
-        .edge
-        .to_socket_addrs()
-        .map_err(|e| err(format!("cannot resolve the edge {}: {e}", opts.edge)))?
-        .collect();
+    let addrs = resolve_edge(&opts.edge)?;
     let mut last = None;
     let mut sock = None;
     for a in &addrs {
@@ -661,6 +710,53 @@ pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessErro
                     s.local.deregister(poll.registry());
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_names_resolve_to_loopback_without_dns() {
+        let addrs = resolve_edge("ssh.LOCALHOST:8443").unwrap();
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8443));
+        assert_eq!(
+            resolve_edge("127.0.0.1:9").unwrap(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 9))]
+        );
+    }
+
+    #[test]
+    fn applications_are_taken_bare_or_as_https_urls() {
+        let ok = |s: &str| application(s).map_err(|e| e.to_string());
+        assert_eq!(ok("ssh.example.com"), Ok(("ssh.example.com".into(), None)));
+        assert_eq!(ok("SSH.Example.com"), Ok(("ssh.example.com".into(), None)));
+        assert_eq!(
+            ok("https://ssh.example.com/"),
+            Ok(("ssh.example.com".into(), None))
+        );
+        assert_eq!(
+            ok("https://ssh.localhost:8443/some/path?x=1"),
+            Ok(("ssh.localhost".into(), Some(8443)))
+        );
+        assert_eq!(ok("http://a.b:443"), Ok(("a.b".into(), Some(443))));
+        for bad in [
+            "",
+            "https://",
+            "../etc",
+            "a/../../b",
+            "ssh.example.com:0",
+            "ssh.example.com:99999",
+            "ssh.example.com:x",
+            "user@ssh.example.com",
+            "[::1]:22",
+            "ftp://a.b",
+        ] {
+            assert!(application(bad).is_err(), "{bad:?}");
         }
     }
 }
