@@ -23,7 +23,11 @@ USAGE:
     postern edge --config FILE                            run the edge from a JSON config
     postern edge service-token create NAME [--state DIR]  mint a service token
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
+    postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
+    postern access login H                                sign in through the browser
+    postern access token --app H                          print the cached app token
+    postern access logout [H]                             forget cached tokens
     postern access ssh --hostname H [OPTIONS]             ProxyCommand for ssh
     postern access tcp --hostname H --url 127.0.0.1:2222  local listener
     postern access ssh-config [--hostname H]              print an ssh config block
@@ -281,6 +285,7 @@ postern tunnel: the origin connector (outbound only; holds N connections to the 
 
 USAGE:
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
+    postern tunnel login --edge https://login.site.com [--ca FILE]
 
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
@@ -292,7 +297,82 @@ OPTIONS:
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
 ";
 
+const TUNNEL_LOGIN_HELP: &str = "\
+postern tunnel login: get an origin certificate by signing in through the browser
+
+USAGE:
+    postern tunnel login --edge https://login.site.com [--ca FILE] [--origincert FILE]
+
+OPTIONS:
+    --edge URL          the edge's login URL (its public_url); env POSTERN_EDGE_URL
+    --ca FILE           trust this CA for the edge's certificate too (env POSTERN_CA)
+    --origincert FILE   where to write the credential (default ~/.postern/cert.pem), mode 0600
+";
+
+fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
+    let mut p = parser(args);
+    let (mut edge_url, mut ca, mut out) = (None, None, None);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Long("edge") => {
+                edge_url = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
+            }
+            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("origincert") => out = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("help") | Short('h') => {
+                print!("{TUNNEL_LOGIN_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(format!(
+                    "tunnel login: {}\n\n{TUNNEL_LOGIN_HELP}",
+                    other.unexpected()
+                ))
+            }
+        }
+    }
+    let edge_url = edge_url
+        .or_else(|| env_var("POSTERN_EDGE_URL"))
+        .ok_or(format!(
+            "tunnel login: --edge URL is missing\n\n{TUNNEL_LOGIN_HELP}"
+        ))?;
+    let (host, port) = access::application(&edge_url).map_err(|e| e.to_string())?;
+    let out = out.unwrap_or_else(|| home_postern().join("cert.pem"));
+    if out.exists() {
+        return Err(format!(
+            "{} already exists: move it away first, or pass --origincert with another path",
+            out.display()
+        ));
+    }
+    let opts = AccessOptions {
+        edge: format!("{host}:{}", port.unwrap_or(443)),
+        hostname: host,
+        extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+        credentials: Credentials::None,
+    };
+    let pem = access::login(&opts, access::Purpose::Tunnel).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(pem).map_err(|_| "the edge sent a credential that is not text")?;
+    let cred = OriginCredential::parse(&text)
+        .map_err(|e| format!("the edge sent an unusable credential: {e}"))?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    cred.write(&out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    eprintln!(
+        "Wrote an origin certificate for zone {} to {} (mode 0600).\n\
+         Next: postern tunnel --hostname NAME.{} --url ssh://localhost:22",
+        cred.zone,
+        out.display(),
+        cred.zone
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_tunnel(args: Vec<OsString>) -> Res {
+    if args.first().and_then(|a| a.to_str()) == Some("login") {
+        return cmd_tunnel_login(args[1..].to_vec());
+    }
     let mut p = parser(args);
     let (mut hostname, mut url, mut cert, mut edge_addr, mut ca) = (None, None, None, None, None);
     let (mut ha, mut grace) = (4usize, 30u64);

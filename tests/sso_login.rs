@@ -61,7 +61,7 @@ impl Sso {
         let config = serde_json::json!({
             "listen": format!("127.0.0.1:{port}"),
             "state_dir": state,
-            "zones": [ { "name": "localhost", "local_ca": true } ],
+            "zones": [ { "name": "localhost", "local_ca": true }, { "name": "example.test", "local_ca": true } ],
             "public_url": public,
             "identity": {
                 "issuer": provider.issuer,
@@ -289,7 +289,7 @@ fn status_of(response: &str) -> &str {
 
 #[test]
 fn browser_login_then_ssh_and_policies_decide() {
-    let sso = Sso::start("sso-policies");
+    let sso = Sso::start("sso-pol");
 
     // Email-domain rule: alice@example.com signs in in the browser, then ssh just works.
     let (ok, stderr) = sso.login("alice", "ssh.localhost", DEFAULT_EXPECT);
@@ -338,7 +338,7 @@ fn browser_login_then_ssh_and_policies_decide() {
 
 #[test]
 fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
-    let sso = Sso::start("sso-tokens");
+    let sso = Sso::start("sso-tok");
     let (ok, stderr) = sso.login("alice", "ssh.localhost", DEFAULT_EXPECT);
     assert!(ok, "{stderr}");
     let good = sso.token("alice", "ssh.localhost");
@@ -445,14 +445,20 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
 
 #[test]
 fn an_expired_cached_token_makes_ssh_log_in_again() {
-    let sso = Sso::start("sso-expiry");
+    let sso = Sso::start("sso-exp");
     let (ok, stderr) = sso.login("alice", "short.localhost", DEFAULT_EXPECT);
     assert!(ok, "{stderr}");
-    let first = sso.token("alice", "short.localhost");
-    // The session lasts 3 s; wait for it to end (a condition, polled).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    // The client treats a token within 30 s of its end as stale already; read the cache file.
+    let first = std::fs::read_to_string(
+        sso.home("alice")
+            .join(".postern/tokens/short.localhost.jwt"),
+    )
+    .expect("cached token");
+    let first = first.trim();
+    // The session lasts 3 s (+5 s leeway); wait for it to end (a condition, polled).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while sso
-        .carrier_status("short.localhost", &first)
+        .carrier_status("short.localhost", first)
         .contains(" 101 ")
     {
         assert!(std::time::Instant::now() < deadline, "token never expired");
@@ -474,4 +480,97 @@ fn an_expired_cached_token_makes_ssh_log_in_again() {
         stderr.contains("/cdn-cgi/access/cli?"),
         "the login URL must be printed: {stderr}"
     );
+}
+
+#[test]
+fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
+    let sso = Sso::start("sso-tl");
+    let run = |user: &str, out: &Path, expect: &str, zone: Option<&str>| {
+        let mut cmd = postern(&sso.home(user));
+        cmd.args(["tunnel", "login", "--edge"])
+            .arg(format!(
+                "https://login.{}",
+                sso.edge_addr.replace("127.0.0.1", "localhost")
+            ))
+            .arg("--ca")
+            .arg(sso.ca())
+            .arg("--origincert")
+            .arg(out)
+            .env("BROWSER", "true");
+        let cli = Child::spawn(&format!("tunnel-login-{user}"), cmd, sso.dir.path());
+        let text = cli
+            .wait_for_stderr("/cdn-cgi/access/cli?", Duration::from_secs(20))
+            .expect("tunnel login must print the login URL");
+        let url = text
+            .split_whitespace()
+            .find(|w| w.contains("/cdn-cgi/access/cli?"))
+            .unwrap()
+            .to_owned();
+        assert!(url.contains("purpose=tunnel"), "{url}");
+        let page = browser_login(&url, user, expect, zone, sso.dir.path());
+        assert!(
+            page.is_ok(),
+            "browser: {page:?}\nedge:\n{}",
+            sso.edge.stderr_text()
+        );
+        let status = cli
+            .wait_exit(Duration::from_secs(30))
+            .expect("tunnel login must end");
+        (status.success(), cli.stderr_text())
+    };
+
+    // alice is a tunnel admin and picks example.test on the zone page.
+    let cert = sso.dir.join("alice-cert.pem");
+    let (ok, stderr) = run("alice", &cert, DEFAULT_EXPECT, Some("example.test"));
+    assert!(ok, "tunnel login failed: {stderr}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cert).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let edge = support::EdgeRef {
+        addr: sso.edge_addr.parse().unwrap(),
+        ca: sso.ca(),
+    };
+    // It registers a hostname in the chosen zone...
+    let _web = Tunnel::start_with(
+        sso.dir.path(),
+        "tunnel-web",
+        "web.example.test",
+        &sso.sshd.url(),
+        &cert,
+        &edge,
+    );
+    // ...and only there.
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args(["tunnel", "--hostname", "intruder.localhost", "--url"])
+        .arg(sso.sshd.url())
+        .arg("--origincert")
+        .arg(&cert)
+        .arg("--edge")
+        .arg(&sso.edge_addr)
+        .arg("--ca")
+        .arg(sso.ca());
+    let intruder = Child::spawn("tunnel-intruder", cmd, sso.dir.path());
+    let status = intruder
+        .wait_exit(Duration::from_secs(20))
+        .expect("must exit");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        intruder.stderr_text().contains("does not cover"),
+        "{}",
+        intruder.stderr_text()
+    );
+
+    // erin is not a tunnel admin.
+    let (ok, stderr) = run(
+        "erin",
+        &sso.dir.join("erin-cert.pem"),
+        "Access denied",
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("may not create origin certificates"),
+        "{stderr}"
+    );
+    assert!(!sso.dir.join("erin-cert.pem").exists());
 }

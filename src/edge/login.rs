@@ -29,6 +29,9 @@ use crate::policy::{self, Identity};
 use crate::token_transfer::{Poll, Purpose, TransferError, MAX_PENDING_TRANSFERS, TRANSFER_TTL};
 use crate::url::{self, html, param};
 
+/// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
+const APP_TOKEN_LEEWAY_SECS: u64 = 5;
+
 /// Wrong dev codes allowed per login.
 const MAX_DEV_CODE_ATTEMPTS: u32 = 5;
 
@@ -743,7 +746,13 @@ impl Edge {
     ) -> Result<Identity, String> {
         let claims = self
             .keys
-            .verify_claims(token, &self.public_url(), app_hostname, unix_now(), 30)
+            .verify_claims(
+                token,
+                &self.public_url(),
+                app_hostname,
+                unix_now(),
+                APP_TOKEN_LEEWAY_SECS,
+            )
             .map_err(|e| e.to_string())?;
         Ok(Identity {
             email: claims.email,

@@ -983,7 +983,12 @@ impl Edge {
                 refusal::BAD_HOSTNAME,
                 format!("invalid hostname {hostname:?}"),
             ))
-        } else if self.settings.application(hostname).is_none() {
+        } else if !self
+            .settings
+            .zones
+            .iter()
+            .any(|z| hostname == z || hostname.ends_with(&format!(".{z}")))
+        {
             Some((
                 refusal::NOT_COVERED,
                 format!("hostname {hostname} is not in a zone served by this edge"),
