@@ -165,6 +165,10 @@ impl Sso {
     }
 
     fn ssh(&self, user: &str, host: &str, remote: &str) -> std::process::Output {
+        self.ssh_command(user, host, remote).output_with_deadline()
+    }
+
+    fn ssh_command(&self, user: &str, host: &str, remote: &str) -> Command {
         let proxy = format!(
             "{} access ssh --hostname %h --edge {} --ca {}",
             support::postern_bin().display(),
@@ -182,8 +186,8 @@ impl Sso {
             .env_remove("POSTERN_SERVICE_TOKEN_ID")
             .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
             .stdin(Stdio::null());
-        cmd.env("BROWSER", browser_script(self.dir.path(), user))
-            .output_with_deadline()
+        cmd.env("BROWSER", browser_script(self.dir.path(), user));
+        cmd
     }
 
     /// The token `user` holds for `host` (`postern access token`).
@@ -431,6 +435,21 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
     );
     assert!(status_of(&unknown).contains(" 404 "), "{unknown}");
 
+    // A service token gets in only where a policy names it: ssh.localhost names none, while
+    // other.localhost admits "everyone" (signed-in users), which a service token is not.
+    let token = support::service_token(&sso.state, "ci");
+    let creds = [
+        ("CF-Access-Client-Id", token.id.as_str()),
+        ("CF-Access-Client-Secret", token.secret.as_str()),
+    ];
+    for host in ["ssh.localhost", "other.localhost"] {
+        let r = raw_get(&sso.edge_addr, &sso.ca(), host, "/", &creds, true);
+        assert!(
+            status_of(&r).contains(" 403 ") && r.contains("service token refused"),
+            "{host}: {r}"
+        );
+    }
+
     // JWKS is published and holds the key the edge signs with.
     let jwks = raw_get(
         &sso.edge_addr,
@@ -573,4 +592,35 @@ fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
         "{stderr}"
     );
     assert!(!sso.dir.join("erin-cert.pem").exists());
+}
+
+#[test]
+fn parallel_proxy_commands_share_one_browser_login() {
+    let sso = Sso::start("sso-par");
+    // Three ssh sessions start at once with no token: one of them logs in through the browser,
+    // the others wait on the lock and use the token it caches.
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let mut cmd = sso.ssh_command("alice", "ssh.localhost", &format!("echo parallel-{i}"));
+            std::thread::spawn(move || cmd.output_with_deadline())
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().unwrap();
+        assert!(
+            out.status.success(),
+            "ssh {i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("parallel-{i}")
+        );
+    }
+    let audit = std::fs::read_to_string(sso.state.join("audit.log")).unwrap();
+    let logins = audit
+        .lines()
+        .filter(|l| l.contains("\"event\":\"login\""))
+        .count();
+    assert_eq!(logins, 1, "one browser login for three sessions:\n{audit}");
 }
