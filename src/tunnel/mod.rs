@@ -502,8 +502,28 @@ impl Origin {
                 }
             }
             Event::Open {
-                stream, hostname, ..
-            } => self.open_local(i, stream, &hostname),
+                stream,
+                hostname,
+                claims,
+            } => {
+                // Who the edge says this is: an email (SSO) or a service token's name. The app
+                // token itself travels along and can be checked against the edge's JWKS.
+                let who = serde_json::from_slice::<serde_json::Value>(&claims)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("email")
+                            .and_then(|e| e.as_str())
+                            .map(str::to_owned)
+                            .or_else(|| {
+                                v.get("service_token")
+                                    .and_then(|t| t.as_str())
+                                    .map(|t| format!("service token {t}"))
+                            })
+                    })
+                    .unwrap_or_else(|| "anonymous".into());
+                info!("connection {i}: stream {stream} for {who}");
+                self.open_local(i, stream, &hostname)
+            }
             Event::Readable(stream) | Event::Writable(stream) => {
                 if let Some(&slot) = self.conns[i].locals.get(&stream) {
                     let tok = self.local_token(slot);
