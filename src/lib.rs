@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod pki;
 pub mod policy;
 pub mod reader;
+pub mod service;
 pub mod state;
 pub mod token_transfer;
 pub mod tunnel;

@@ -31,6 +31,9 @@ USAGE:
     postern access ssh --hostname H [OPTIONS]             ProxyCommand for ssh
     postern access tcp --hostname H --url 127.0.0.1:2222  local listener
     postern access ssh-config [--hostname H]              print an ssh config block
+    postern service install tunnel --hostname H --url URL [OPTIONS]   run the tunnel under systemd
+    postern service install edge --config FILE            run the edge under systemd
+    postern service uninstall [tunnel|edge] [--name NAME] stop and remove the unit
 
 Run `postern COMMAND --help` for the options of each command.
 Logs go to stderr; set RUST_LOG=debug for more.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         "edge" => cmd_edge(args),
         "tunnel" => cmd_tunnel(args),
         "access" => cmd_access(args),
+        "service" => cmd_service(args),
         "--version" | "-V" | "version" => {
             println!("postern {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -674,5 +678,183 @@ fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>
     );
     println!("Host {}", hostname.unwrap_or("*.example.com"));
     println!("  ProxyCommand {proxy}");
+    Ok(ExitCode::SUCCESS)
+}
+
+// ------------------------------------------------------------------------------- service
+
+const SERVICE_HELP: &str = "\
+postern service: run the tunnel or the edge as a hardened systemd service
+
+USAGE:
+    postern service install tunnel --hostname H --url ssh://localhost:22 [TUNNEL OPTIONS] [OPTIONS]
+    postern service install edge --config /etc/postern/edge.json [OPTIONS]
+    postern service uninstall [tunnel|edge] [--name NAME] [--unit-dir DIR] [--no-disable]
+
+install writes postern-tunnel.service (postern-tunnel-NAME.service with --name) or
+postern-edge.service, running this binary by its absolute path with the given arguments
+(paths made absolute). When systemd is running it then runs `systemctl daemon-reload` and
+`systemctl enable --now UNIT`; otherwise it prints those commands.
+
+TUNNEL OPTIONS (as for `postern tunnel`):
+    --hostname H          the hostname to register
+    --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
+    --origincert FILE     origin credential (default /etc/postern/cert.pem), readable by --user
+    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443)
+    --ca FILE             trust this CA for the edge's certificate too
+    --ha-connections N    connections to hold (default 4)
+    --grace-period SECS   drain time on stop (default 30; the unit allows 5 s more)
+    --name NAME           several tunnels on one host: postern-tunnel-NAME.service
+
+OPTIONS:
+    --config FILE         (edge) its JSON config; state_dir and audit_log are made writable
+    --unit-dir DIR        where the unit goes (default /etc/systemd/system)
+    --user NAME           run as this user (default postern; created as a system user without
+                          shell or home when missing, if run as root)
+    --no-enable           write the unit only: no useradd, no systemctl
+    --no-disable          (uninstall) remove the file only: no systemctl
+";
+
+fn cmd_service(mut args: Vec<OsString>) -> Res {
+    use postern::service::{self, EdgeArgs, InstallOptions, InstallWhat, Role, TunnelArgs};
+    if args.is_empty() {
+        return Err(format!("service: install or uninstall?\n\n{SERVICE_HELP}"));
+    }
+    let verb = args.remove(0).to_string_lossy().into_owned();
+    match verb.as_str() {
+        "--help" | "-h" | "help" => {
+            print!("{SERVICE_HELP}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        "install" | "uninstall" => {}
+        other => return Err(format!("service: unknown verb {other:?}\n\n{SERVICE_HELP}")),
+    }
+    let mut p = parser(args);
+    let mut role = None;
+    let mut t = TunnelArgs::default();
+    let (mut hostname, mut url, mut config) = (None, None, None);
+    let mut unit_dir = PathBuf::from(service::DEFAULT_UNIT_DIR);
+    let mut user = service::DEFAULT_USER.to_owned();
+    let (mut enable, mut disable) = (true, true);
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        match arg {
+            Value(v) if role.is_none() => {
+                role = Some(match string(v, "role")?.as_str() {
+                    "tunnel" => Role::Tunnel,
+                    "edge" => Role::Edge,
+                    other => {
+                        return Err(format!(
+                            "service {verb}: {other:?} is not tunnel or edge\n\n{SERVICE_HELP}"
+                        ))
+                    }
+                })
+            }
+            Long("hostname") => {
+                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
+            }
+            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
+            Long("origincert") => {
+                t.origincert = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?))
+            }
+            Long("edge") => t.edge = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?),
+            Long("ca") => t.ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("ha-connections") => {
+                t.ha_connections = Some(
+                    p.value()
+                        .map_err(|e| e.to_string())?
+                        .parse()
+                        .map_err(|e| format!("--ha-connections: {e}"))?,
+                )
+            }
+            Long("grace-period") => {
+                let v = string(p.value().map_err(|e| e.to_string())?, "--grace-period")?;
+                t.grace_secs = Some(
+                    v.trim_end_matches('s')
+                        .parse()
+                        .map_err(|e| format!("--grace-period: {e}"))?,
+                );
+            }
+            Long("name") => t.name = Some(string(p.value().map_err(|e| e.to_string())?, "--name")?),
+            Long("config") => config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("unit-dir") => unit_dir = PathBuf::from(p.value().map_err(|e| e.to_string())?),
+            Long("user") => user = string(p.value().map_err(|e| e.to_string())?, "--user")?,
+            Long("no-enable") => enable = false,
+            Long("no-disable") => disable = false,
+            Long("help") | Short('h') => {
+                print!("{SERVICE_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(format!(
+                    "service {verb}: {}\n\n{SERVICE_HELP}",
+                    other.unexpected()
+                ))
+            }
+        }
+    }
+    let mut say = |line: String| println!("{line}");
+    if verb == "uninstall" {
+        service::uninstall(
+            &service::UninstallOptions {
+                unit_dir,
+                role,
+                name: t.name,
+                disable,
+            },
+            &mut say,
+        )
+        .map_err(|e| format!("service uninstall: {e}"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let what = match role {
+        Some(Role::Tunnel) => {
+            if config.is_some() {
+                return Err("service install tunnel: --config is for the edge".into());
+            }
+            t.hostname = hostname.ok_or(format!(
+                "service install tunnel: --hostname is missing\n\n{SERVICE_HELP}"
+            ))?;
+            t.url = url.ok_or(format!(
+                "service install tunnel: --url is missing\n\n{SERVICE_HELP}"
+            ))?;
+            InstallWhat::Tunnel(t)
+        }
+        Some(Role::Edge) => {
+            let tunnel_flags = hostname.is_some()
+                || url.is_some()
+                || t.origincert.is_some()
+                || t.edge.is_some()
+                || t.ca.is_some()
+                || t.ha_connections.is_some()
+                || t.grace_secs.is_some()
+                || t.name.is_some();
+            if tunnel_flags {
+                return Err(
+                    "service install edge: only --config (and --unit-dir, --user, --no-enable) apply"
+                        .into(),
+                );
+            }
+            InstallWhat::Edge(EdgeArgs {
+                config: config.ok_or(format!(
+                    "service install edge: --config is missing\n\n{SERVICE_HELP}"
+                ))?,
+            })
+        }
+        None => {
+            return Err(format!(
+                "service install: tunnel or edge?\n\n{SERVICE_HELP}"
+            ))
+        }
+    };
+    service::install(
+        &what,
+        &InstallOptions {
+            unit_dir,
+            user,
+            enable,
+        },
+        &mut say,
+    )
+    .map_err(|e| format!("service install: {e}"))?;
     Ok(ExitCode::SUCCESS)
 }
