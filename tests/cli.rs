@@ -29,6 +29,8 @@ fn every_command_has_help() {
         &["access", "--help"],
         &["access", "ssh", "--help"],
         &["access", "tcp", "--help"],
+        &["tunnel", "login", "--help"],
+        &["service", "--help"],
     ] {
         let (ok, stdout, _) = run(args);
         assert!(ok, "{args:?} --help failed");
