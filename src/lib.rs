@@ -17,6 +17,7 @@ pub mod mux;
 pub mod oidc;
 pub mod pki;
 pub mod policy;
+pub mod proxy;
 pub mod reader;
 pub mod service;
 pub mod state;
