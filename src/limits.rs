@@ -40,3 +40,5 @@ pub const SERVICE_CONNECT_TIMEOUT_SECS: u64 = 10;
 pub const MAX_EDGE_CONNECTIONS: usize = 50_000;
 /// Control frames (PONG, WINDOW, RST…) queued for a tunnel peer before it is cut off.
 pub const MAX_CONTROL_BACKLOG: usize = 256 * 1024;
+/// Seconds an HTTP proxy gets to answer CONNECT (origin and client, through `HTTPS_PROXY`).
+pub const PROXY_ANSWER_TIMEOUT_SECS: u64 = 10;

@@ -17,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
@@ -30,7 +30,10 @@ use crate::http::{self, HeadLimits};
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, would_block, Signals};
-use crate::limits::{MAX_REFUSAL_BODY, STREAM_SEND_BUFFER};
+use crate::limits::{
+    MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER,
+};
+use crate::proxy::{self, ProxyConfig};
 use crate::state::Secret;
 use crate::ws::{self, Decoder, Item, Role};
 
@@ -148,39 +151,127 @@ fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
         .collect())
 }
 
-/// Resolves the edge, connects over TCP and completes the TLS handshake (SNI = the
-/// application's hostname). The socket is blocking, with a 30 s read timeout.
+/// The first of `addrs` that accepts a TCP connection (10 s each); else the last failure.
+fn connect_first(addrs: &[SocketAddr]) -> Result<StdTcpStream, Option<(SocketAddr, io::Error)>> {
+    let mut last = None;
+    for a in addrs {
+        match StdTcpStream::connect_timeout(a, Duration::from_secs(10)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some((*a, e)),
+        }
+    }
+    Err(last)
+}
+
+/// TCP to the edge itself.
+fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
+    connect_first(&resolve_edge(edge)?).map_err(|last| match last {
+        Some((a, e)) => err(format!(
+            "cannot reach the edge at {a}: {e} (is the edge running, and is egress to its port allowed? \
+             set --edge or POSTERN_EDGE to the edge's address)"
+        )),
+        None => err(format!("the edge {edge} resolves to no address")),
+    })
+}
+
+/// TCP to the proxy, then `CONNECT edge` and its answer, within
+/// [`PROXY_ANSWER_TIMEOUT_SECS`]. Returns the tunnel and any bytes that followed the
+/// proxy's answer (the edge's, for TLS).
+fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>), AccessError> {
+    if proxy::split_host_port(edge).is_none() {
+        return Err(err(format!(
+            "the edge address {edge:?} is not HOST:PORT, which a CONNECT through the proxy \
+             {} needs: set --edge or POSTERN_EDGE",
+            p.addr
+        )));
+    }
+    let addrs: Vec<SocketAddr> = p
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| {
+            err(format!(
+                "cannot resolve the proxy {} (from {}): {e}",
+                p.addr, p.source
+            ))
+        })?
+        .collect();
+    let mut sock = connect_first(&addrs).map_err(|last| match last {
+        Some((a, e)) => err(format!(
+            "cannot reach the proxy {} at {a} (from {}): {e} (is the proxy running? or name \
+             the edge in NO_PROXY to connect directly)",
+            p.addr, p.source
+        )),
+        None => err(format!(
+            "the proxy {} (from {}) resolves to no address",
+            p.addr, p.source
+        )),
+    })?;
+    debug!("connecting to the edge {edge} through the proxy {}", p.addr);
+    let deadline = Instant::now() + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS);
+    let timed_out = || err(p.timed_out(edge, PROXY_ANSWER_TIMEOUT_SECS).to_string());
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS)));
+    sock.write_all(&p.connect_request(edge)).map_err(|e| {
+        err(format!(
+            "sending CONNECT {edge} to the proxy {} failed: {e}",
+            p.addr
+        ))
+    })?;
+    let mut answer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(n) = proxy::read_answer(&answer, p, edge).map_err(|e| err(e.to_string()))? {
+            let early = answer.split_off(n);
+            return Ok((sock, early));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        // Never more than the head limit: `read_answer` refuses a full buffer without a head.
+        let room = MAX_HTTP_HEAD.saturating_sub(answer.len()).min(chunk.len());
+        match sock.read(&mut chunk[..room]) {
+            Ok(0) => return Err(err(p.closed(edge).to_string())),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
+                return Err(timed_out())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(err(format!(
+                    "reading the answer of the proxy {} to CONNECT {edge} failed: {e}",
+                    p.addr
+                )))
+            }
+        }
+    }
+}
+
+/// Resolves the edge, connects over TCP (through the proxy `HTTPS_PROXY` names, unless
+/// `NO_PROXY` names the edge) and completes the TLS handshake (SNI = the application's
+/// hostname). The socket is blocking, with a 30 s read timeout.
 pub fn tls_connect(
     opts: &AccessOptions,
     cfg: &Arc<ClientConfig>,
 ) -> Result<(StdTcpStream, ClientConnection), AccessError> {
-    let addrs = resolve_edge(&opts.edge)?;
-    let mut last = None;
-    let mut sock = None;
-    for a in &addrs {
-        match StdTcpStream::connect_timeout(a, Duration::from_secs(10)) {
-            Ok(s) => {
-                sock = Some(s);
-                break;
-            }
-            Err(e) => last = Some((a, e)),
-        }
-    }
-    let mut sock = match (sock, last) {
-        (Some(s), _) => s,
-        (None, Some((a, e))) => {
-            return Err(err(format!(
-                "cannot reach the edge at {a}: {e} (is the edge running, and is egress to its port allowed? \
-                 set --edge or POSTERN_EDGE to the edge's address)"
-            )))
-        }
-        (None, None) => return Err(err(format!("the edge {} resolves to no address", opts.edge))),
+    let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
+    let via =
+        proxy::proxy_for(edge_host, |k| std::env::var(k).ok()).map_err(|e| err(e.to_string()))?;
+    let (mut sock, early) = match &via {
+        None => (connect_direct(&opts.edge)?, Vec::new()),
+        Some(p) => connect_through(p, &opts.edge)?,
     };
     let _ = sock.set_nodelay(true);
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let name = ServerName::try_from(opts.hostname.clone())
         .map_err(|_| err(format!("invalid hostname {:?}", opts.hostname)))?;
     let mut tls = ClientConnection::new(cfg.clone(), name).map_err(|e| err(e.to_string()))?;
+    proxy::hand_to_tls(&mut tls, &early).map_err(|e| {
+        err(format!(
+            "TLS with the edge at {} through the proxy failed: {e}",
+            opts.edge
+        ))
+    })?;
     while tls.is_handshaking() {
         if let Err(e) = tls.complete_io(&mut sock) {
             let text = e.to_string();
