@@ -6,8 +6,12 @@
 //!
 //! ```text
 //!  Waiting(until) ──▶ Connecting(TCP) ──▶ Live(TLS + mux) ──(error/EOF/keepalive)──▶ Waiting
-//!                                                     └──(refused registration)──▶ exit 1
+//!                            │                  ▲    └──(refused registration)──▶ exit 1
+//!              (HTTPS_PROXY) └─▶ Proxying(CONNECT) ──(not 2xx/timeout)──▶ Waiting
 //! ```
+//! With a proxy (`HTTPS_PROXY`, unless `NO_PROXY` names the edge; see `proxy`), the TCP
+//! connection goes to the proxy, and `Proxying` writes `CONNECT edge` and reads the answer
+//! without blocking the loop, within `PROXY_ANSWER_TIMEOUT_SECS`; TLS then runs through it.
 //! Backoff is exponential with full jitter, capped at 60 s, and resets once registered.
 //! SIGTERM sends GOAWAY on every connection and waits for open streams up to the grace period.
 
@@ -25,9 +29,13 @@ use rustls::ClientConfig;
 
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, random_u64, would_block, Signals};
-use crate::limits::{CONN_WRITE_BATCH, RECONNECT_BACKOFF_CAP_SECS, SERVICE_CONNECT_TIMEOUT_SECS};
+use crate::limits::{
+    CONN_WRITE_BATCH, MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS, RECONNECT_BACKOFF_CAP_SECS,
+    SERVICE_CONNECT_TIMEOUT_SECS,
+};
 use crate::mux::{self, Event, Session, Side};
 use crate::pki::{self, OriginCredential};
+use crate::proxy::{self, ProxyConfig};
 
 const SIGNALS: Token = Token(0);
 const FIRST: usize = 1;
@@ -61,6 +69,15 @@ enum Link {
         sock: TcpStream,
         deadline: Instant,
     },
+    /// Connected to the proxy: `request[..sent]` (CONNECT) is written, `answer` is what the
+    /// proxy said so far (at most `MAX_HTTP_HEAD` bytes).
+    Proxying {
+        sock: TcpStream,
+        deadline: Instant,
+        sent: usize,
+        request: Vec<u8>,
+        answer: Vec<u8>,
+    },
     Live {
         tls: Box<TlsConn>,
         mux: Box<Session>,
@@ -90,6 +107,8 @@ pub struct Origin {
     opts: TunnelOptions,
     tls: Arc<ClientConfig>,
     server_name: ServerName<'static>,
+    /// The HTTP proxy every connection to the edge goes through, if any.
+    proxy: Option<ProxyConfig>,
     connector_id: [u8; 16],
     poll: Poll,
     conns: Vec<Conn>,
@@ -117,11 +136,22 @@ impl Origin {
         tls.alpn_protocols = vec![mux::ALPN.to_vec()];
         let server_name = ServerName::try_from(opts.hostname.clone())
             .map_err(|_| io::Error::other(format!("invalid hostname {}", opts.hostname)))?;
+        let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
+        let proxy = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let (Some(p), None) = (&proxy, proxy::split_host_port(&opts.edge)) {
+            return Err(io::Error::other(format!(
+                "the edge address {:?} is not HOST:PORT, which a CONNECT through the proxy {} \
+                 needs: set --edge",
+                opts.edge, p.addr
+            )));
+        }
         let n = opts.ha_connections.max(1);
         let now = Instant::now();
         Ok(Origin {
             tls: Arc::new(tls),
             server_name,
+            proxy,
             connector_id: random_bytes(),
             poll: Poll::new()?,
             conns: (0..n)
@@ -157,6 +187,12 @@ impl Origin {
             self.opts.edge,
             self.conns.len()
         );
+        if let Some(p) = &self.proxy {
+            info!(
+                "connecting to the edge through the HTTP proxy {} (from {})",
+                p.addr, p.source
+            );
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let now = Instant::now();
@@ -234,8 +270,23 @@ impl Origin {
                 }
                 Link::Connecting { deadline, .. } => {
                     if now >= *deadline {
-                        warn!("connection {i}: connecting to the edge timed out");
+                        match &self.proxy {
+                            Some(p) => warn!(
+                                "connection {i}: connecting to the proxy {} timed out",
+                                p.addr
+                            ),
+                            None => warn!("connection {i}: connecting to the edge timed out"),
+                        }
                         self.disconnect(i, Some("connect timeout"));
+                    }
+                }
+                Link::Proxying { deadline, .. } => {
+                    if now >= *deadline {
+                        if let Some(p) = &self.proxy {
+                            let e = p.timed_out(&self.opts.edge, PROXY_ANSWER_TIMEOUT_SECS);
+                            warn!("connection {i}: {e}");
+                        }
+                        self.disconnect(i, Some("proxy timeout"));
                     }
                 }
                 Link::Live {
@@ -278,7 +329,8 @@ impl Origin {
     }
 
     fn connect(&mut self, i: usize) {
-        let addr = match resolve(&self.opts.edge) {
+        let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
+        let addr = match resolve(first_hop) {
             Ok(a) => a,
             Err(e) => {
                 warn!("connection {i}: {e}");
@@ -305,9 +357,23 @@ impl Origin {
                 };
             }
             Err(e) => {
-                warn!("connection {i}: cannot reach the edge at {addr}: {e} (is egress to the edge's port allowed?)");
+                warn!("connection {i}: {}", self.cannot_reach(addr, &e));
                 self.backoff(i);
             }
+        }
+    }
+
+    /// A failed TCP connect to the first hop (the proxy or the edge), with what to check.
+    fn cannot_reach(&self, addr: impl std::fmt::Display, e: &io::Error) -> String {
+        match &self.proxy {
+            Some(p) => format!(
+                "cannot reach the proxy {} (from {}) at {addr}: {e} (is the proxy running? or \
+                 name the edge in NO_PROXY to connect directly)",
+                p.addr, p.source
+            ),
+            None => format!(
+                "cannot reach the edge at {addr}: {e} (is egress to the edge's port allowed?)"
+            ),
         }
     }
 
@@ -337,7 +403,7 @@ impl Origin {
                 tls.close();
                 let _ = self.poll.registry().deregister(&mut tls.sock);
             }
-            Link::Connecting { mut sock, .. } => {
+            Link::Connecting { mut sock, .. } | Link::Proxying { mut sock, .. } => {
                 let _ = self.poll.registry().deregister(&mut sock);
             }
             Link::Waiting { .. } => {}
@@ -353,55 +419,11 @@ impl Origin {
     }
 
     fn pump_conn(&mut self, i: usize) {
-        // Finish a non-blocking connect: take_error, then peer_addr (mio's documented steps).
-        if let Link::Connecting { sock, .. } = &mut self.conns[i].link {
-            match sock.take_error() {
-                Ok(Some(e)) | Err(e) => {
-                    warn!(
-                        "connection {i}: cannot reach the edge at {}: {e} (is egress to the edge's port allowed?)",
-                        self.opts.edge
-                    );
-                    self.disconnect(i, Some("connect failed"));
-                    return;
-                }
-                Ok(None) => {}
-            }
-            match sock.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(e) => {
-                    warn!("connection {i}: {e}");
-                    self.disconnect(i, Some("connect failed"));
-                    return;
-                }
-            }
-            let Link::Connecting { sock, .. } = std::mem::replace(
-                &mut self.conns[i].link,
-                Link::Waiting {
-                    until: Instant::now(),
-                },
-            ) else {
-                unreachable!()
-            };
-            let conn =
-                match rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone()) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        error!("connection {i}: TLS setup: {e}");
-                        self.backoff(i);
-                        return;
-                    }
-                };
-            let now = Instant::now();
-            let mut mux = Box::new(Session::new(Side::Origin, now));
-            mux.send_hello(self.connector_id, i as u8);
-            mux.send_register(&self.opts.hostname, &self.opts.service_url);
-            self.conns[i].link = Link::Live {
-                tls: Box::new(TlsConn::new(sock, conn)),
-                mux,
-                registered: false,
-                next_timeout: now,
-            };
+        if matches!(self.conns[i].link, Link::Connecting { .. }) && !self.finish_connect(i) {
+            return;
+        }
+        if matches!(self.conns[i].link, Link::Proxying { .. }) && !self.pump_proxy(i) {
+            return;
         }
         loop {
             match self.conn_step(i) {
@@ -411,6 +433,161 @@ impl Origin {
             }
         }
         self.transmit(i);
+    }
+
+    /// Finishes a non-blocking connect: take_error, then peer_addr (mio's documented steps).
+    /// True once the link moved on: to `Proxying` with a proxy, else to `Live`.
+    fn finish_connect(&mut self, i: usize) -> bool {
+        let Link::Connecting { sock, .. } = &mut self.conns[i].link else {
+            return false;
+        };
+        match sock.take_error() {
+            Ok(Some(e)) | Err(e) => {
+                let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
+                warn!("connection {i}: {}", self.cannot_reach(first_hop, &e));
+                self.disconnect(i, Some("connect failed"));
+                return false;
+            }
+            Ok(None) => {}
+        }
+        match sock.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return false,
+            Err(e) => {
+                warn!("connection {i}: {e}");
+                self.disconnect(i, Some("connect failed"));
+                return false;
+            }
+        }
+        let Link::Connecting { sock, .. } = std::mem::replace(
+            &mut self.conns[i].link,
+            Link::Waiting {
+                until: Instant::now(),
+            },
+        ) else {
+            unreachable!()
+        };
+        match &self.proxy {
+            Some(p) => {
+                debug!("connection {i}: asking the proxy {} for the edge", p.addr);
+                self.conns[i].link = Link::Proxying {
+                    sock,
+                    deadline: Instant::now() + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS),
+                    sent: 0,
+                    request: p.connect_request(&self.opts.edge),
+                    answer: Vec::new(),
+                };
+                true
+            }
+            None => self.start_tls(i, sock, &[]),
+        }
+    }
+
+    /// Writes `CONNECT edge` and reads the proxy's answer as far as the socket allows, never
+    /// blocking. True once the proxy opened the tunnel and the link is `Live`.
+    fn pump_proxy(&mut self, i: usize) -> bool {
+        let (
+            Some(p),
+            Link::Proxying {
+                sock,
+                sent,
+                request,
+                answer,
+                ..
+            },
+        ) = (&self.proxy, &mut self.conns[i].link)
+        else {
+            return false;
+        };
+        let edge = &self.opts.edge;
+        let outcome = loop {
+            if *sent < request.len() {
+                match sock.write(&request[*sent..]) {
+                    Ok(0) => break Err(p.closed(edge).to_string()),
+                    Ok(n) => *sent += n,
+                    Err(e) if would_block(&e) => return false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        break Err(format!(
+                            "sending CONNECT to the proxy {} failed: {e}",
+                            p.addr
+                        ))
+                    }
+                }
+                continue;
+            }
+            match proxy::read_answer(answer, p, edge) {
+                Ok(Some(n)) => break Ok(n),
+                Ok(None) => {}
+                Err(e) => break Err(e.to_string()),
+            }
+            // Never more than the head limit: `read_answer` refuses a full buffer without
+            // a head, so there is always room here.
+            let mut chunk = [0u8; 4096];
+            let room = MAX_HTTP_HEAD.saturating_sub(answer.len()).min(chunk.len());
+            match sock.read(&mut chunk[..room]) {
+                Ok(0) => break Err(p.closed(edge).to_string()),
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(e) if would_block(&e) => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    break Err(format!(
+                        "reading the answer of the proxy {} failed: {e}",
+                        p.addr
+                    ))
+                }
+            }
+        };
+        let head_len = match outcome {
+            Ok(n) => n,
+            Err(why) => {
+                warn!("connection {i}: {why}");
+                self.disconnect(i, Some("no tunnel through the proxy"));
+                return false;
+            }
+        };
+        let Link::Proxying { sock, answer, .. } = std::mem::replace(
+            &mut self.conns[i].link,
+            Link::Waiting {
+                until: Instant::now(),
+            },
+        ) else {
+            unreachable!()
+        };
+        debug!("connection {i}: the proxy opened a tunnel to {edge}");
+        self.start_tls(i, sock, &answer[head_len..])
+    }
+
+    /// Starts TLS and the mux on a connected socket; `early` holds bytes the edge sent
+    /// before (through a proxy, after its answer). True when the link is `Live`.
+    fn start_tls(&mut self, i: usize, mut sock: TcpStream, early: &[u8]) -> bool {
+        let mut conn =
+            match rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    error!("connection {i}: TLS setup: {e}");
+                    let _ = self.poll.registry().deregister(&mut sock);
+                    self.backoff(i);
+                    return false;
+                }
+            };
+        if let Err(e) = proxy::hand_to_tls(&mut conn, early) {
+            warn!("connection {i}: TLS with the edge through the proxy: {e}");
+            let _ = self.poll.registry().deregister(&mut sock);
+            self.backoff(i);
+            return false;
+        }
+        let now = Instant::now();
+        let mut mux = Box::new(Session::new(Side::Origin, now));
+        mux.send_hello(self.connector_id, i as u8);
+        mux.send_register(&self.opts.hostname, &self.opts.service_url);
+        self.conns[i].link = Link::Live {
+            tls: Box::new(TlsConn::new(sock, conn)),
+            mux,
+            registered: false,
+            next_timeout: now,
+        };
+        true
     }
 
     /// One pass: read, frames in, events. `Some(true)`: `rx` was full, go again;
