@@ -112,11 +112,14 @@ pub enum ProxyError {
         var: &'static str,
         why: &'static str,
     },
-    /// The proxy answered 407: it wants credentials, or refused the ones sent.
+    /// The proxy answered 407 (or 401, which tinyproxy sends for a wrong password): it wants
+    /// credentials, or refused the ones sent.
     AuthRequired {
         proxy: String,
         source: &'static str,
         target: String,
+        status: u16,
+        reason: String,
         sent_credentials: bool,
     },
     /// The proxy answered CONNECT with a status other than 2xx and 407.
@@ -154,23 +157,26 @@ impl fmt::Display for ProxyError {
                 proxy,
                 source,
                 target,
+                status,
+                reason,
                 sent_credentials: false,
             } => write!(
                 f,
                 "proxy {proxy} requires authentication for CONNECT to {target} \
-                 (HTTP 407 Proxy Authentication Required): set {source} to \
-                 http://USER:PASSWORD@{proxy}"
+                 (HTTP {status} {reason}): set {source} to http://USER:PASSWORD@{proxy}"
             ),
             ProxyError::AuthRequired {
                 proxy,
                 source,
                 target,
+                status,
+                reason,
                 sent_credentials: true,
             } => write!(
                 f,
                 "proxy {proxy} refused the user and password from {source} for CONNECT to \
-                 {target} (HTTP 407 Proxy Authentication Required): check them, with special \
-                 characters percent-encoded"
+                 {target} (HTTP {status} {reason}): check them, with special characters \
+                 percent-encoded"
             ),
             ProxyError::Refused {
                 proxy,
@@ -479,19 +485,28 @@ pub fn read_answer(
     match head.status {
         // Any 2xx opens the tunnel (RFC 9110 §9.3.6); its head frames no body.
         200..=299 => Ok(Some(n)),
-        407 => Err(ProxyError::AuthRequired {
+        // 407 is the standard answer; tinyproxy says 401 to a wrong password. Either way it
+        // is the proxy's: the edge has not been reached yet.
+        status @ (401 | 407) => Err(ProxyError::AuthRequired {
             proxy: proxy.addr.clone(),
             source: proxy.source,
             target: target.to_owned(),
+            status,
+            reason: shown(&head.reason),
             sent_credentials: proxy.auth.is_some(),
         }),
         status => Err(ProxyError::Refused {
             proxy: proxy.addr.clone(),
             target: target.to_owned(),
             status,
-            reason: head.reason.chars().take(MAX_REASON_SHOWN).collect(),
+            reason: shown(&head.reason),
         }),
     }
+}
+
+/// A reason phrase from the network, cut short for a message.
+fn shown(reason: &str) -> String {
+    reason.chars().take(MAX_REASON_SHOWN).collect()
 }
 
 /// `http::parse_response_head`, taking `HTTP/1.0` for `HTTP/1.1`. The two spellings have
@@ -930,7 +945,11 @@ mod tests {
             text.contains("proxy 127.0.0.1:8888 requires authentication"),
             "{text}"
         );
-        assert!(text.contains("407") && text.contains(TARGET), "{text}");
+        assert!(
+            text.contains("(HTTP 407 Proxy Authentication Required)"),
+            "{text}"
+        );
+        assert!(text.contains(TARGET), "{text}");
         assert!(text.contains("set HTTPS_PROXY to http://USER:PASSWORD@127.0.0.1:8888"));
 
         let text = read_answer(answer, &config(true), TARGET)
@@ -940,8 +959,25 @@ mod tests {
             text.contains("proxy 127.0.0.1:8888 refused the user and password from HTTPS_PROXY"),
             "{text}"
         );
-        assert!(text.contains("407"), "{text}");
+        assert!(
+            text.contains("(HTTP 407 Proxy Authentication Required)"),
+            "{text}"
+        );
         assert!(!text.contains(":p@"), "{text}");
+    }
+
+    #[test]
+    fn tinyproxys_401_for_a_wrong_password_is_an_authentication_error() {
+        let answer = b"HTTP/1.0 401 Unauthorized\r\nServer: tinyproxy/1.11.1\r\n\
+            Content-Type: text/html\r\nConnection: close\r\n\r\n<html>";
+        assert_prefixes_need_more(&answer[..answer.len() - 6]);
+        let e = read_answer(answer, &config(true), TARGET).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "proxy 127.0.0.1:8888 refused the user and password from HTTPS_PROXY for CONNECT \
+             to edge.example.com:443 (HTTP 401 Unauthorized): check them, with special \
+             characters percent-encoded"
+        );
     }
 
     #[test]
