@@ -1138,3 +1138,134 @@ pub fn sha256_file(path: &Path) -> String {
         .unwrap_or_else(|| panic!("sha256sum printed nothing for {}", path.display()))
         .to_string()
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP proxy (tinyproxy)
+// ---------------------------------------------------------------------------------------------
+
+/// A private tinyproxy (Debian's `tinyproxy` 1.11) in the foreground (`-d`) with its own config
+/// on a random loopback port: clients from 127.0.0.1 only, CONNECT to `connect_port` only
+/// (tinyproxy refuses other ports with 403 once a `ConnectPort` is listed), optional basic
+/// auth, and an Info-level log file in which every request appears as
+/// `Request (file descriptor N): CONNECT host:port HTTP/1.1`.
+pub struct Tinyproxy {
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Tinyproxy {
+    pub fn start(dir: &Path, connect_port: u16, basic_auth: Option<(&str, &str)>) -> Tinyproxy {
+        let bin = require("tinyproxy");
+        let dir = dir.join("tinyproxy");
+        fs::create_dir_all(&dir).expect("mkdir tinyproxy dir");
+        let port = free_port();
+        let log = dir.join("tinyproxy.log");
+        let mut config = format!(
+            "Port {port}\n\
+             Listen 127.0.0.1\n\
+             Allow 127.0.0.1\n\
+             ConnectPort {connect_port}\n\
+             LogLevel Info\n\
+             LogFile \"{log}\"\n\
+             PidFile \"{pid}\"\n\
+             MaxClients 100\n\
+             Timeout 600\n",
+            log = log.display(),
+            pid = dir.join("tinyproxy.pid").display(),
+        );
+        if let Some((user, password)) = basic_auth {
+            let _ = writeln!(config, "BasicAuth {user} {password}");
+        }
+        let conf = dir.join("tinyproxy.conf");
+        fs::write(&conf, config).expect("write tinyproxy.conf");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-d").arg("-c").arg(&conf);
+        let child = Child::spawn("tinyproxy", cmd, &dir);
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_until(STARTUP, "tinyproxy to listen", || {
+            if let Some(status) = child.try_wait() {
+                panic!(
+                    "tinyproxy exited ({status}) before listening on {addr}; stderr:\n{}\nlog:\n{}",
+                    child.stderr_text(),
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        Tinyproxy { addr, log, child }
+    }
+
+    /// `http://[USER:PASSWORD@]127.0.0.1:PORT`, for `HTTPS_PROXY`.
+    pub fn url(&self, credentials: Option<(&str, &str)>) -> String {
+        match credentials {
+            Some((user, password)) => format!("http://{user}:{password}@{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// How many `CONNECT target` requests the proxy has logged.
+    pub fn connects_to(&self, target: &str) -> usize {
+        self.log_text()
+            .matches(&format!(": CONNECT {target} HTTP/1.1"))
+            .count()
+    }
+
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl Tunnel {
+    /// Like [`Tunnel::spawn`] with extra environment variables (set after [`postern`] cleared
+    /// the proxy variables), e.g. `HTTPS_PROXY`; does not wait.
+    pub fn spawn_env(
+        dir: &Path,
+        name: &str,
+        hostname: &str,
+        url: &str,
+        cert: &Path,
+        edge: &Edge,
+        env: &[(&str, &str)],
+    ) -> Tunnel {
+        let mut cmd = postern(&home_of(dir));
+        cmd.args([
+            "tunnel",
+            "--hostname",
+            hostname,
+            "--url",
+            url,
+            "--origincert",
+        ])
+        .arg(cert)
+        .arg("--edge")
+        .arg(edge.edge_arg())
+        .arg("--ca")
+        .arg(edge.ca());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Tunnel {
+            hostname: hostname.to_string(),
+            child: Child::spawn(name, cmd, dir),
+        }
+    }
+
+    /// Like [`Tunnel::start`] with extra environment variables; waits for one registration.
+    pub fn start_env(
+        dir: &Path,
+        hostname: &str,
+        url: &str,
+        cert: &Path,
+        edge: &Edge,
+        env: &[(&str, &str)],
+    ) -> Tunnel {
+        let t = Tunnel::spawn_env(dir, "tunnel", hostname, url, cert, edge, env);
+        t.wait_registered(1, STARTUP);
+        t
+    }
+}
