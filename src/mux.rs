@@ -682,6 +682,8 @@ impl Session {
                 }
                 s.fin_received = true;
                 self.events.push_back(Event::Readable(stream));
+                // Our FIN may have gone first: then this one finishes the stream.
+                self.reap(stream);
             }
             Frame::Rst {
                 stream,
@@ -1172,6 +1174,31 @@ mod tests {
         assert!(edge.read_closed(id));
         assert_eq!(edge.stream_count(), 0);
         assert_eq!(origin.stream_count(), 0);
+    }
+
+    #[test]
+    fn a_stream_whose_fin_was_sent_first_is_reaped_when_the_peers_fin_arrives() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        while origin.poll_event().is_some() {}
+        // The origin's service closes first; its FIN goes out.
+        origin.close_write(id);
+        pipe(&mut edge, &mut origin, now);
+        assert!(origin.has_stream(id));
+        // Then the edge's FIN arrives with nothing left to read: the stream is done.
+        edge.close_write(id);
+        pipe(&mut edge, &mut origin, now);
+        assert!(!origin.has_stream(id), "origin kept a finished stream");
+        let mut closed = false;
+        while let Some(ev) = origin.poll_event() {
+            closed |= ev == Event::Closed(id);
+        }
+        assert!(closed, "the origin must be told the stream is gone");
+        assert!(!edge.has_stream(id), "edge kept a finished stream");
+        assert_eq!((edge.stream_count(), origin.stream_count()), (0, 0));
     }
 
     #[test]
