@@ -42,3 +42,92 @@ pub const MAX_EDGE_CONNECTIONS: usize = 50_000;
 pub const MAX_CONTROL_BACKLOG: usize = 256 * 1024;
 /// Seconds an HTTP proxy gets to answer CONNECT (origin and client, through `HTTPS_PROXY`).
 pub const PROXY_ANSWER_TIMEOUT_SECS: u64 = 10;
+/// Concurrent connections the edge accepts from one source IP address.
+pub const MAX_EDGE_CONNECTIONS_PER_IP: usize = 256;
+/// Pending token transfers (browser logins in progress) an edge holds at once.
+pub const MAX_PENDING_TRANSFERS: usize = 1024;
+/// Requests to the login entry points (`/cdn-cgi/access/cli`, `/cdn-cgi/access/dev-login`)
+/// per source IP address per minute; beyond that, 429.
+pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;
+/// A limit refusal is logged at most once per offender (and limit) per this many seconds;
+/// the rest are only counted.
+pub const LIMIT_LOG_INTERVAL_SECS: u64 = 60;
+/// Offenders remembered for log suppression; beyond that, refusals are only counted.
+pub const MAX_LOG_SUPPRESSION_ENTRIES: usize = 4096;
+
+/// The edge's resource limits: the `"limits"` object of its config file, every field optional
+/// (defaults above). Each one is enforced per offender: hitting it closes that connection or
+/// refuses that request, never anyone else's.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeLimits {
+    /// Concurrent connections in total ([`MAX_EDGE_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Concurrent connections from one source IP ([`MAX_EDGE_CONNECTIONS_PER_IP`]).
+    pub max_connections_per_ip: usize,
+    /// Seconds from accept to a complete TLS handshake and first request head (carriers) or
+    /// REGISTER (tunnels) ([`HANDSHAKE_TIMEOUT_SECS`]).
+    pub handshake_timeout_secs: u64,
+    /// Seconds a streaming carrier may move no byte in either direction before it is closed;
+    /// 0 (the default) never closes an idle session (ssh sessions may idle for hours).
+    pub idle_timeout_secs: u64,
+    /// Concurrent streams on one tunnel connection; one more gets 503
+    /// ([`MAX_STREAMS_PER_TUNNEL`]).
+    pub max_streams_per_tunnel: usize,
+    /// Browser logins in progress at once ([`MAX_PENDING_TRANSFERS`]).
+    pub max_pending_transfers: usize,
+    /// Login entry-point requests per source IP per minute ([`LOGIN_ATTEMPTS_PER_MINUTE`]).
+    pub login_attempts_per_minute: u32,
+}
+
+impl Default for EdgeLimits {
+    fn default() -> Self {
+        EdgeLimits {
+            max_connections: MAX_EDGE_CONNECTIONS,
+            max_connections_per_ip: MAX_EDGE_CONNECTIONS_PER_IP,
+            handshake_timeout_secs: HANDSHAKE_TIMEOUT_SECS,
+            idle_timeout_secs: 0,
+            max_streams_per_tunnel: MAX_STREAMS_PER_TUNNEL,
+            max_pending_transfers: MAX_PENDING_TRANSFERS,
+            login_attempts_per_minute: LOGIN_ATTEMPTS_PER_MINUTE,
+        }
+    }
+}
+
+impl EdgeLimits {
+    /// Names the first field out of range. Zero disables nothing but the idle timeout.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("max_streams_per_tunnel", self.max_streams_per_tunnel as u64),
+            ("max_pending_transfers", self.max_pending_transfers as u64),
+            (
+                "login_attempts_per_minute",
+                u64::from(self.login_attempts_per_minute),
+            ),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name} must be at least 1"));
+        }
+        if self.max_streams_per_tunnel > MAX_STREAMS_PER_TUNNEL {
+            return Err(format!(
+                "limits.max_streams_per_tunnel is at most {MAX_STREAMS_PER_TUNNEL} (the tunnel protocol's bound)"
+            ));
+        }
+        if self.max_connections_per_ip > self.max_connections {
+            return Err("limits.max_connections_per_ip exceeds limits.max_connections".into());
+        }
+        // A week: beyond that a typo, and `Instant + Duration` stays far from overflow.
+        for (name, v) in [
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if v > 7 * 24 * 3600 {
+                return Err(format!("limits.{name} is at most a week (604800)"));
+            }
+        }
+        Ok(())
+    }
+}

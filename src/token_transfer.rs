@@ -29,8 +29,8 @@ use crate::base64;
 const INFO: &[u8] = b"postern token transfer v1";
 /// How long a transfer id stays valid.
 pub const TRANSFER_TTL: Duration = Duration::from_secs(300);
-/// Pending transfers an edge holds at once; more are refused.
-pub const MAX_PENDING_TRANSFERS: usize = 1024;
+/// Pending transfers an edge holds at once by default; more are refused.
+pub const MAX_PENDING_TRANSFERS: usize = crate::limits::MAX_PENDING_TRANSFERS;
 /// Largest sealed payload (a token or an origin credential).
 pub const MAX_SEALED: usize = 64 * 1024;
 
@@ -205,9 +205,15 @@ struct Slot {
 }
 
 /// The edge's pending transfers: bounded, expiring, each handed over once.
-#[derive(Default)]
 pub struct Slots {
     slots: HashMap<String, Slot>,
+    cap: usize,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Slots::with_capacity(MAX_PENDING_TRANSFERS)
+    }
 }
 
 /// The answer to a CLI's poll.
@@ -219,6 +225,14 @@ pub enum Poll {
 }
 
 impl Slots {
+    /// At most `cap` pending transfers (the edge's `limits.max_pending_transfers`).
+    pub fn with_capacity(cap: usize) -> Slots {
+        Slots {
+            slots: HashMap::new(),
+            cap,
+        }
+    }
+
     /// A browser arrived with a fresh id and key. Replays and floods are refused.
     pub fn begin(
         &mut self,
@@ -237,7 +251,7 @@ impl Slots {
         if self.slots.contains_key(id) {
             return Err(TransferError::Replay);
         }
-        if self.slots.len() >= MAX_PENDING_TRANSFERS {
+        if self.slots.len() >= self.cap {
             return Err(TransferError::Full);
         }
         self.slots.insert(
@@ -316,6 +330,42 @@ impl Slots {
 
     fn expire(&mut self, now: Instant) {
         self.slots.retain(|_, s| s.expires > now);
+    }
+}
+
+/// Sealed JSON from the network opened with a fresh key, and the edge's transfer table driven
+/// by the bytes (begin, complete, refuse, take, time passing): never a panic, never more than
+/// the cap, and nothing handed over twice.
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_transfer(data: &[u8]) {
+    if let Ok(sealed) = serde_json::from_slice::<Sealed>(data) {
+        assert!(Opener::new().open(&sealed).is_err(), "garbage opened");
+    }
+    let key = base64::encode_url(&[9u8; 32]);
+    let start = Instant::now();
+    let mut now = start;
+    let mut slots = Slots::with_capacity(4);
+    for pair in data.chunks(2) {
+        let (op, arg) = (pair[0], pair.get(1).copied().unwrap_or(0));
+        // Eight ids, one of them malformed: ops collide on purpose.
+        let id = match arg % 8 {
+            7 => "short".to_owned(),
+            n => format!("transfer-id-{n:08}"),
+        };
+        match op % 6 {
+            0 => drop(slots.begin(&id, &key, Purpose::Tunnel, now)),
+            1 => drop(slots.begin(&id, "not a key", Purpose::App("h".into()), now)),
+            2 => drop(slots.complete(&id, b"token", now)),
+            3 => slots.refuse(&id, "no", now),
+            4 => {
+                if let Ok(Poll::Ready(_) | Poll::Refused(_)) = slots.take(&id, now) {
+                    assert!(slots.take(&id, now).is_err(), "handed over twice");
+                }
+            }
+            _ => now += Duration::from_secs(u64::from(arg) * 4),
+        }
+        assert!(slots.len() <= 4);
     }
 }
 

@@ -9,10 +9,12 @@
 //!   "applications": [
 //!     { "hostname": "ssh.site.com",
 //!       "policies": [ { "decision": "allow", "include": [ { "service_token": "ci" } ] } ] }
-//!   ]
+//!   ],
+//!   "limits": { "max_connections_per_ip": 256, "handshake_timeout_secs": 20 }
 //! }
 //! ```
-//! Unknown fields are errors that name the field.
+//! Unknown fields are errors that name the field. `limits` is optional, and so is each of its
+//! fields ([`EdgeLimits`] lists them with their defaults).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -26,6 +28,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClient
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
+use crate::limits::EdgeLimits;
 use crate::mux;
 use crate::pki::{self, Authority};
 use crate::policy::{self, Decision, Identity, Policy, Rule, Verdict};
@@ -48,6 +51,8 @@ pub struct EdgeSettings {
     pub zones: Vec<String>,
     /// The edge's own TLS CA, shipped inside origin credentials (dev only).
     pub tls_ca_pem: Option<String>,
+    /// Resource limits (the config's `limits`, or the defaults).
+    pub limits: EdgeLimits,
     /// Called once the listener is bound (the CLI prints next steps).
     pub on_ready: Box<dyn Fn(SocketAddr)>,
 }
@@ -183,6 +188,9 @@ pub(crate) struct FileConfig {
     /// Who may mint origin certificates with `postern tunnel login`.
     #[serde(default)]
     tunnel_admins: Vec<Policy>,
+    /// Resource limits; each field defaults to its value in `limits.rs`.
+    #[serde(default)]
+    limits: EdgeLimits,
 }
 
 /// A zone the edge terminates TLS for: with the operator's certificate and key, or with
@@ -361,6 +369,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
             require: vec![],
             exclude: vec![],
         }],
+        limits: EdgeLimits::default(),
     };
     build(cfg, IdentityProvider::Dev)
 }
@@ -374,6 +383,7 @@ pub fn from_file(path: &Path) -> Result<EdgeSettings, ConfigError> {
 fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
     let mut cfg: FileConfig = serde_json::from_str(text)
         .map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))?;
+    cfg.check()?;
     // The dev provider is never reachable from a config file: only `--dev` enables it.
     let identity = match cfg.identity.take() {
         Some(o) => IdentityProvider::Oidc(o),
@@ -382,28 +392,50 @@ fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
     build(cfg, identity)
 }
 
+/// Parses an edge config the way `--config` does, without touching the filesystem (no state
+/// directory, certificates or keys): never panics, whatever the bytes.
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_config(data: &[u8]) {
+    if let Ok(cfg) = serde_json::from_slice::<FileConfig>(data) {
+        let _ = cfg.check();
+        for app in &cfg.applications {
+            let _ = app.matches("ssh.site.com");
+            let _ = app.decide(&Identity::default());
+        }
+    }
+}
+
+impl FileConfig {
+    /// The checks that need no filesystem.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.zones.is_empty() {
+            return Err(ConfigError::Invalid(
+                "`zones` must name at least one zone".into(),
+            ));
+        }
+        for app in &self.applications {
+            let bare = app.hostname.strip_prefix("*.").unwrap_or(&app.hostname);
+            if !super::valid_hostname(bare) {
+                return Err(ConfigError::Invalid(format!(
+                    "applications[].hostname {:?} is not a hostname or *.zone",
+                    app.hostname
+                )));
+            }
+        }
+        if let Some(url) = &self.public_url {
+            if !url.starts_with("https://") {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url {url:?} must start with https://"
+                )));
+            }
+        }
+        self.limits.check().map_err(ConfigError::Invalid)
+    }
+}
+
 fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
-    if cfg.zones.is_empty() {
-        return Err(ConfigError::Invalid(
-            "`zones` must name at least one zone".into(),
-        ));
-    }
-    for app in &cfg.applications {
-        let bare = app.hostname.strip_prefix("*.").unwrap_or(&app.hostname);
-        if !super::valid_hostname(bare) {
-            return Err(ConfigError::Invalid(format!(
-                "applications[].hostname {:?} is not a hostname or *.zone",
-                app.hostname
-            )));
-        }
-    }
-    if let Some(url) = &cfg.public_url {
-        if !url.starts_with("https://") {
-            return Err(ConfigError::Invalid(format!(
-                "public_url {url:?} must start with https://"
-            )));
-        }
-    }
+    cfg.check()?;
     if let IdentityProvider::Oidc(o) = &identity {
         if cfg.public_url.is_none() {
             return Err(ConfigError::Invalid(
@@ -466,6 +498,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         tunnel_admins: cfg.tunnel_admins,
         zones: names,
         tls_ca_pem,
+        limits: cfg.limits,
         on_ready: Box::new(|_| {}),
     })
 }
@@ -484,6 +517,44 @@ mod tests {
             Ok(_) => panic!("accepted an unknown field"),
         };
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn limits_default_when_absent_and_unknown_limits_are_named() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let cfg: FileConfig = serde_json::from_str(&format!("{{{base}}}")).unwrap();
+        assert_eq!(cfg.limits, EdgeLimits::default());
+        let cfg: FileConfig = serde_json::from_str(&format!(
+            r#"{{{base},"limits":{{"max_connections_per_ip":10,"idle_timeout_secs":600}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(cfg.limits.max_connections_per_ip, 10);
+        assert_eq!(cfg.limits.idle_timeout_secs, 600);
+        assert_eq!(
+            cfg.limits.handshake_timeout_secs,
+            crate::limits::HANDSHAKE_TIMEOUT_SECS
+        );
+        for (bad, named) in [
+            (r#"{"max_conections":1}"#, "max_conections"),
+            (r#"{"handshake_timeout_secs":0}"#, "handshake_timeout_secs"),
+            (
+                r#"{"max_streams_per_tunnel":99999}"#,
+                "max_streams_per_tunnel",
+            ),
+            (
+                r#"{"max_connections":5,"max_connections_per_ip":6}"#,
+                "max_connections_per_ip",
+            ),
+        ] {
+            let err = match parse(
+                Path::new("edge.json"),
+                &format!(r#"{{{base},"limits":{bad}}}"#),
+            ) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted limits {bad}"),
+            };
+            assert!(err.contains(named), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::http::{self, RequestHead};
 use crate::oidc::{OidcError, Provider};
 use crate::pki::{Authority, OriginCredential};
 use crate::policy::{self, Identity};
-use crate::token_transfer::{Poll, Purpose, TransferError, MAX_PENDING_TRANSFERS, TRANSFER_TTL};
+use crate::token_transfer::{Poll, Purpose, TransferError, TRANSFER_TTL};
 use crate::url::{self, html, param};
 
 /// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
@@ -307,7 +307,11 @@ impl Edge {
                 "<p>This edge has no identity provider: use a service token.</p>",
             );
         }
-        if self.logins.map.len() >= MAX_PENDING_TRANSFERS {
+        let max = self.settings.limits.max_pending_transfers;
+        if self.logins.map.len() >= max || self.transfers.len() >= max {
+            self.limit_hit(super::Limit::PendingTransfers, c.peer.ip(), || {
+                format!("{max} logins in progress (limits.max_pending_transfers)")
+            });
             return page(
                 c,
                 503,

@@ -15,7 +15,7 @@ mod login;
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
-use crate::limits::{CONN_WRITE_BATCH, HANDSHAKE_TIMEOUT_SECS, MAX_EDGE_CONNECTIONS};
+use crate::limits::{CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES};
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
 use crate::policy::Identity;
@@ -78,6 +78,8 @@ struct Carrier {
     deadline: Option<Instant>,
     /// The client left before sending a request.
     finished: bool,
+    /// When a byte last moved either way while streaming (for `limits.idle_timeout_secs`).
+    last_active: Instant,
 }
 
 enum CarrierState {
@@ -134,6 +136,79 @@ pub struct Edge {
     worker: Option<login::Worker>,
     /// Base URL of the login pages; known once the listener is bound.
     public_url: String,
+    /// Source IP of each slot's connection, for `per_ip`.
+    slot_ip: Vec<Option<IpAddr>>,
+    /// Open connections per source IP (entries removed at zero).
+    per_ip: HashMap<IpAddr, usize>,
+    /// Login entry-point requests per source IP: (start of the current minute, count).
+    login_windows: HashMap<IpAddr, (Instant, u32)>,
+    /// When each (offender, limit) was last logged: one line per interval, the rest counted.
+    limit_log: HashMap<(IpAddr, Limit), Instant>,
+    /// How often each limit was hit since start.
+    pub counters: LimitCounters,
+}
+
+/// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Limit {
+    Connections,
+    ConnectionsPerIp,
+    Handshake,
+    Idle,
+    Streams,
+    PendingTransfers,
+    LoginRate,
+}
+
+/// How often each limit refused or closed something since the edge started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LimitCounters {
+    /// Connections closed at accept: `limits.max_connections` were open.
+    pub connections: u64,
+    /// Connections closed at accept: their source IP had `max_connections_per_ip` open.
+    pub connections_per_ip: u64,
+    /// Connections closed at the handshake deadline (TLS, request head or REGISTER).
+    pub handshake_timeouts: u64,
+    /// Streaming carriers closed after `idle_timeout_secs` without a byte.
+    pub idle_timeouts: u64,
+    /// Carriers refused with 503: their tunnel connection had `max_streams_per_tunnel`.
+    pub streams: u64,
+    /// Logins refused: `max_pending_transfers` were in progress.
+    pub pending_transfers: u64,
+    /// Login requests answered 429: over `login_attempts_per_minute` for their source IP.
+    pub login_rate: u64,
+}
+
+impl LimitCounters {
+    fn bump(&mut self, limit: Limit) {
+        let c = match limit {
+            Limit::Connections => &mut self.connections,
+            Limit::ConnectionsPerIp => &mut self.connections_per_ip,
+            Limit::Handshake => &mut self.handshake_timeouts,
+            Limit::Idle => &mut self.idle_timeouts,
+            Limit::Streams => &mut self.streams,
+            Limit::PendingTransfers => &mut self.pending_transfers,
+            Limit::LoginRate => &mut self.login_rate,
+        };
+        *c = c.saturating_add(1);
+    }
+}
+
+impl std::fmt::Display for LimitCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "connections {}, per-IP connections {}, handshake timeouts {}, idle timeouts {}, \
+             streams {}, pending logins {}, login rate {}",
+            self.connections,
+            self.connections_per_ip,
+            self.handshake_timeouts,
+            self.idle_timeouts,
+            self.streams,
+            self.pending_transfers,
+            self.login_rate
+        )
+    }
 }
 
 impl Edge {
@@ -164,12 +239,17 @@ impl Edge {
             audit,
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             keys,
-            transfers: Slots::default(),
+            transfers: Slots::with_capacity(settings.limits.max_pending_transfers),
             logins: login::Logins::default(),
             oidc,
             worker: None,
             public_url: settings.public_url.clone().unwrap_or_default(),
             settings,
+            slot_ip: Vec::new(),
+            per_ip: HashMap::new(),
+            login_windows: HashMap::new(),
+            limit_log: HashMap::new(),
+            counters: LimitCounters::default(),
         })
     }
 
@@ -241,8 +321,23 @@ impl Edge {
         loop {
             match listener.accept() {
                 Ok((mut sock, peer)) => {
-                    if self.conns.len() - self.free.len() >= MAX_EDGE_CONNECTIONS {
-                        warn!("refusing {peer}: {MAX_EDGE_CONNECTIONS} connections open");
+                    // Dropping `sock` closes it at once: the offender only, before any TLS.
+                    let ip = peer.ip();
+                    let limits = &self.settings.limits;
+                    let (total, per_ip) = (limits.max_connections, limits.max_connections_per_ip);
+                    if self.conns.len() - self.free.len() >= total {
+                        self.limit_hit(Limit::Connections, ip, || {
+                            format!("{total} connections open (limits.max_connections)")
+                        });
+                        continue;
+                    }
+                    if self.per_ip.get(&ip).is_some_and(|&n| n >= per_ip) {
+                        self.limit_hit(Limit::ConnectionsPerIp, ip, || {
+                            format!(
+                                "{per_ip} connections open from this address \
+                                 (limits.max_connections_per_ip)"
+                            )
+                        });
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
@@ -256,10 +351,14 @@ impl Edge {
                         self.free.push(slot);
                         continue;
                     }
+                    *self.per_ip.entry(ip).or_default() += 1;
+                    self.slot_ip[slot] = Some(ip);
+                    let handshake =
+                        Duration::from_secs(self.settings.limits.handshake_timeout_secs);
                     self.conns[slot] = Some(Conn::Accepting {
                         sock,
                         acceptor: Box::default(),
-                        deadline: Instant::now() + Duration::from_secs(HANDSHAKE_TIMEOUT_SECS),
+                        deadline: Instant::now() + handshake,
                         peer,
                     });
                     self.mark(slot);
@@ -281,7 +380,52 @@ impl Edge {
         }
         self.conns.push(None);
         self.is_dirty.push(false);
+        self.slot_ip.push(None);
         self.conns.len() - 1
+    }
+
+    /// Frees a slot whose connection has ended, and its source IP's share.
+    fn release(&mut self, slot: usize) {
+        if let Some(ip) = self.slot_ip[slot].take() {
+            if let Some(n) = self.per_ip.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&ip);
+                }
+            }
+        }
+        self.free.push(slot);
+    }
+
+    /// Counts a limit hit by `ip` and logs it, at most once per offender and limit per
+    /// [`LIMIT_LOG_INTERVAL_SECS`] (a flood of refusals is one line, not a flood of lines).
+    fn limit_hit(&mut self, limit: Limit, ip: IpAddr, what: impl FnOnce() -> String) {
+        self.counters.bump(limit);
+        let now = Instant::now();
+        let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
+        let fresh = match self.limit_log.get(&(ip, limit)) {
+            Some(&at) => now.duration_since(at) >= interval,
+            None => self.limit_log.len() < MAX_LOG_SUPPRESSION_ENTRIES,
+        };
+        if fresh {
+            self.limit_log.insert((ip, limit), now);
+            warn!(
+                "limit: {ip}: {} (further hits by {ip} are counted, not logged, for \
+                 {LIMIT_LOG_INTERVAL_SECS} s)",
+                what()
+            );
+        }
+    }
+
+    /// True if `ip` may make one more login request this minute (and counts it).
+    fn login_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let max = self.settings.limits.login_attempts_per_minute;
+        let w = self.login_windows.entry(ip).or_insert((now, 0));
+        if now.duration_since(w.0) >= Duration::from_secs(60) {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+        w.1 <= max
     }
 
     fn mark(&mut self, slot: usize) {
@@ -309,7 +453,7 @@ impl Edge {
             };
             match kept {
                 Some(c) => self.conns[slot] = Some(c),
-                None => self.free.push(slot),
+                None => self.release(slot),
             }
         }
     }
@@ -377,6 +521,7 @@ impl Edge {
                                     state: CarrierState::Head,
                                     deadline: Some(deadline),
                                     finished: false,
+                                    last_active: Instant::now(),
                                 })))
                             }
                         }
@@ -520,6 +665,7 @@ impl Edge {
                 }
                 Ok(Some((Item::Ping { payload, len }, used))) => {
                     c.tls.rx.consume(used);
+                    c.last_active = Instant::now();
                     // A peer that pings but does not read gets no more pongs queued.
                     if c.tls.can_send() {
                         let mut pong = Vec::new();
@@ -586,6 +732,7 @@ impl Edge {
             t.carriers.remove(&stream);
         }
         if moved {
+            c.last_active = Instant::now();
             self.mark(tunnel);
         }
         !finished
@@ -617,6 +764,16 @@ impl Edge {
             .filter(|k| http::is_valid_websocket_key(k))
             .map(str::to_owned);
         if head.method != "GET" || !upgrade || key.is_none() {
+            let path = head.target.split('?').next().unwrap_or_default();
+            if LOGIN_ENTRY_POINTS.contains(&path)
+                && !self.login_allowed(c.peer.ip(), Instant::now())
+            {
+                let max = self.settings.limits.login_attempts_per_minute;
+                self.limit_hit(Limit::LoginRate, c.peer.ip(), || {
+                    format!("over {max} login requests a minute (limits.login_attempts_per_minute)")
+                });
+                return too_many_requests(c);
+            }
             if self.on_page(slot, c, &head, &host) {
                 return;
             }
@@ -752,9 +909,22 @@ impl Edge {
             "app_token": head.header("cf-access-token"),
         })
         .to_string();
+        let max_streams = self.settings.limits.max_streams_per_tunnel;
         let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
             unreachable!("bug: route to a non-tunnel slot");
         };
+        if t.mux.stream_count() >= max_streams {
+            let origin = t.peer;
+            audit.insert("reason".into(), "tunnel stream limit".into());
+            self.deny(audit);
+            self.limit_hit(Limit::Streams, origin.ip(), || {
+                format!(
+                    "tunnel connection {origin} has {max_streams} streams open \
+                     (limits.max_streams_per_tunnel)"
+                )
+            });
+            return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
+        }
         let Some(stream) = t.mux.open_stream(&host, claims.as_bytes()) else {
             return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
         };
@@ -799,7 +969,8 @@ impl Edge {
         self.audit.record("access", fields);
     }
 
-    /// A live, non-draining tunnel slot for `host`, round-robin over its HA connections.
+    /// A live, non-draining tunnel slot for `host`, round-robin over its HA connections that
+    /// have room for another stream.
     fn pick_tunnel(&mut self, host: &str) -> Option<usize> {
         let slots = self.routes.get(host)?;
         let live: Vec<usize> = slots
@@ -813,8 +984,18 @@ impl Edge {
         if live.is_empty() {
             return None;
         }
+        // Connections with room for one more stream first; if all are full, any (it gets 503).
+        let max = self.settings.limits.max_streams_per_tunnel;
+        let roomy: Vec<usize> = live
+            .iter()
+            .copied()
+            .filter(
+                |&s| matches!(&self.conns[s], Some(Conn::Tunnel(t)) if t.mux.stream_count() < max),
+            )
+            .collect();
+        let pool = if roomy.is_empty() { &live } else { &roomy };
         self.round_robin = self.round_robin.wrapping_add(1);
-        Some(live[self.round_robin % live.len()])
+        Some(pool[self.round_robin % pool.len()])
     }
 
     fn end_carrier(&mut self, slot: usize, mut c: Box<Carrier>, why: &str) {
@@ -1075,14 +1256,23 @@ impl Edge {
     // ---------------------------------------------------------------- time
 
     fn tick(&mut self, now: Instant) {
+        let idle = match self.settings.limits.idle_timeout_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         for slot in 0..self.conns.len() {
             let expired = match &mut self.conns[slot] {
                 Some(Conn::Accepting { deadline, .. }) => now >= *deadline,
-                Some(Conn::Carrier(c)) => c.deadline.is_some_and(|d| now >= d),
-                Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => {
-                    info!("tunnel {}: no registration before the deadline", t.peer);
-                    true
+                Some(Conn::Carrier(c)) => {
+                    if let (Some(idle), CarrierState::Streaming { .. }) = (idle, &c.state) {
+                        if now.duration_since(c.last_active) >= idle {
+                            self.close_idle(slot, now);
+                            continue;
+                        }
+                    }
+                    c.deadline.is_some_and(|d| now >= d)
                 }
+                Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => true,
                 Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
                     Ok(next) => {
                         t.next_timeout = next;
@@ -1097,26 +1287,74 @@ impl Edge {
                 Some(Conn::Tunnel(_)) => false,
                 None => false,
             };
-            if expired {
-                match self.conns[slot].take() {
-                    Some(Conn::Accepting { mut sock, peer, .. }) => {
-                        info!("{peer}: handshake timed out");
-                        let _ = self.poll.registry().deregister(&mut sock);
-                        self.free.push(slot);
-                    }
-                    Some(Conn::Carrier(c)) => {
-                        info!("carrier {}: no request before the deadline", c.peer);
-                        self.end_carrier(slot, c, "timeout");
-                        self.free.push(slot);
-                    }
-                    Some(Conn::Tunnel(t)) => {
-                        self.end_tunnel(slot, t, "timed out");
-                        self.free.push(slot);
-                    }
-                    None => {}
-                }
+            if !expired {
+                continue;
             }
+            let handshake = self.settings.limits.handshake_timeout_secs;
+            let timed_out = |what: &'static str| {
+                move || format!("{what} within {handshake} s (limits.handshake_timeout_secs)")
+            };
+            match self.conns[slot].take() {
+                Some(Conn::Accepting { mut sock, peer, .. }) => {
+                    debug!("{peer}: handshake timed out");
+                    self.limit_hit(Limit::Handshake, peer.ip(), timed_out("no TLS handshake"));
+                    let _ = self.poll.registry().deregister(&mut sock);
+                }
+                Some(Conn::Carrier(c)) => {
+                    // A closing carrier's grace ran out: not a limit, just the end.
+                    if matches!(c.state, CarrierState::Head) {
+                        debug!("carrier {}: no request before the deadline", c.peer);
+                        self.limit_hit(Limit::Handshake, c.peer.ip(), timed_out("no request head"));
+                    }
+                    self.end_carrier(slot, c, "timeout");
+                }
+                Some(Conn::Tunnel(t)) => {
+                    if t.deadline.is_some_and(|d| now >= d) {
+                        debug!("tunnel {}: no registration before the deadline", t.peer);
+                        self.limit_hit(Limit::Handshake, t.peer.ip(), timed_out("no REGISTER"));
+                        self.end_tunnel(slot, t, "no registration before the deadline");
+                    } else {
+                        self.end_tunnel(slot, t, "timed out");
+                    }
+                }
+                None => {}
+            }
+            self.release(slot);
         }
+        // Forget offenders whose log interval or login minute is over (bounded maps).
+        let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
+        self.limit_log
+            .retain(|_, at| now.duration_since(*at) < interval);
+        self.login_windows
+            .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    }
+
+    /// Closes a streaming carrier that moved no byte for `limits.idle_timeout_secs`: its
+    /// stream is reset, the client gets Close 1008, and the connection ends after a grace.
+    fn close_idle(&mut self, slot: usize, now: Instant) {
+        let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
+            return;
+        };
+        let CarrierState::Streaming { tunnel, stream, .. } = c.state else {
+            return;
+        };
+        let peer = c.peer;
+        let mut out = Vec::new();
+        ws::encode_close(&mut out, ws::close::POLICY, "idle timeout", None);
+        c.tls.send(&out);
+        c.state = CarrierState::Closing;
+        c.deadline = Some(now + Duration::from_secs(CLOSE_GRACE_SECS));
+        if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
+            if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
+                t.mux.reset(stream, mux::rst::CANCEL, "idle timeout");
+            }
+            self.mark(tunnel);
+        }
+        self.mark(slot);
+        let secs = self.settings.limits.idle_timeout_secs;
+        self.limit_hit(Limit::Idle, peer.ip(), || {
+            format!("carrier {peer} moved no byte for {secs} s (limits.idle_timeout_secs)")
+        });
     }
 
     fn shutdown(&mut self) {
@@ -1133,6 +1371,7 @@ impl Edge {
                 _ => {}
             }
         }
+        info!("limits hit since start: {}", self.counters);
     }
 }
 
@@ -1199,6 +1438,36 @@ fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
         .clone()
         .map(Into::into)
         .ok_or_else(|| io::Error::other("identity: no client secret configured"))
+}
+
+/// Paths that start a browser login; each request is counted against
+/// `limits.login_attempts_per_minute` of its source IP.
+const LOGIN_ENTRY_POINTS: [&str; 2] = ["/cdn-cgi/access/cli", "/cdn-cgi/access/dev-login"];
+
+/// The 429 page for a source over its login rate; the carrier closes after it.
+fn too_many_requests(c: &mut Carrier) {
+    let body = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Too many requests\
+                </title></head><body><h1>Too many requests</h1><p>Too many sign-in attempts \
+                from your address: wait a minute and try again.</p></body></html>";
+    let mut out = Vec::new();
+    http::write_response(
+        &mut out,
+        429,
+        "Too Many Requests",
+        &[
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+            ("Retry-After", "60"),
+            ("X-Frame-Options", "DENY"),
+            ("Referrer-Policy", "no-referrer"),
+            ("Content-Security-Policy", "default-src 'none'"),
+        ],
+        body.as_bytes(),
+    );
+    c.tls.send(&out);
+    c.state = CarrierState::Closing;
+    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
 }
 
 /// Queues an HTTP refusal with a JSON body naming the cause; the carrier closes after it.
