@@ -32,6 +32,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod oidc;
+pub mod raw;
 
 /// How long a started process gets to report that it is ready.
 pub const STARTUP: Duration = Duration::from_secs(20);
@@ -739,26 +740,66 @@ pub struct Edge {
     pub addr: SocketAddr,
     pub state: PathBuf,
     dir: PathBuf,
+    /// The config file of an edge started with [`Edge::start_with_limits`].
+    config: Option<PathBuf>,
     child: Option<Child>,
 }
 
 impl Edge {
     pub fn start(dir: &Path) -> Edge {
         let state = dir.join("edge-state");
-        let child = Self::spawn(dir, &state, "127.0.0.1:0");
+        let child = Self::spawn(dir, &state, "127.0.0.1:0", None);
         let addr = Self::wait_listening(&child);
         Edge {
             addr,
             state,
             dir: dir.to_path_buf(),
+            config: None,
             child: Some(child),
         }
     }
 
-    fn spawn(dir: &Path, state: &Path, listen: &str) -> Child {
+    /// `postern edge --config DIR/edge.json`: what `--dev` serves (zone `localhost` on the
+    /// edge's own CA, application `*.localhost` for any service token of this edge), without
+    /// the dev sign-in, and with `limits` as the config's `"limits"` object.
+    pub fn start_with_limits(dir: &Path, limits: serde_json::Value) -> Edge {
+        let state = dir.join("edge-state");
+        let config = dir.join("edge.json");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let cfg = serde_json::json!({
+            "listen": listen,
+            "state_dir": state,
+            "zones": [ { "name": "localhost", "local_ca": true } ],
+            "applications": [ { "hostname": "*.localhost", "policies": [
+                { "decision": "allow", "include": [ { "any_valid_service_token": true } ] }
+            ] } ],
+            "limits": limits,
+        });
+        fs::write(
+            &config,
+            serde_json::to_vec_pretty(&cfg).expect("config JSON"),
+        )
+        .expect("write edge.json");
+        let child = Self::spawn(dir, &state, &listen, Some(&config));
+        let addr = Self::wait_listening(&child);
+        Edge {
+            addr,
+            state,
+            dir: dir.to_path_buf(),
+            config: Some(config),
+            child: Some(child),
+        }
+    }
+
+    fn spawn(dir: &Path, state: &Path, listen: &str, config: Option<&Path>) -> Child {
         let mut cmd = postern(&home_of(dir));
-        cmd.args(["edge", "--dev", "--listen", listen, "--state"])
-            .arg(state);
+        match config {
+            // The config names the listen address and state directory itself.
+            Some(config) => cmd.args(["edge", "--config"]).arg(config),
+            None => cmd
+                .args(["edge", "--dev", "--listen", listen, "--state"])
+                .arg(state),
+        };
         Child::spawn("edge", cmd, dir)
     }
 
@@ -802,7 +843,7 @@ impl Edge {
         // The port was ours a moment ago; retry briefly in case the kernel still holds it.
         let start = Instant::now();
         loop {
-            let child = Self::spawn(&self.dir, &self.state, &listen);
+            let child = Self::spawn(&self.dir, &self.state, &listen, self.config.as_deref());
             match child.wait_for_stderr("postern edge listening on ", STARTUP) {
                 Ok(text) => {
                     let addr = parse_listen_addr(&text, "postern edge listening on ")
@@ -1041,10 +1082,23 @@ pub struct Chain {
 impl Chain {
     /// Starts everything for `hostname` (which must be under `localhost`, the dev edge's zone).
     pub fn start(name: &str, hostname: &str) -> Chain {
+        Self::start_edge(name, hostname, None)
+    }
+
+    /// Like [`Chain::start`] with an edge from a config file whose `"limits"` is `limits`
+    /// (see [`Edge::start_with_limits`]).
+    pub fn start_with_limits(name: &str, hostname: &str, limits: serde_json::Value) -> Chain {
+        Self::start_edge(name, hostname, Some(limits))
+    }
+
+    fn start_edge(name: &str, hostname: &str, limits: Option<serde_json::Value>) -> Chain {
         require_all();
         let dir = temp_dir(name);
         let sshd = Sshd::start(dir.path());
-        let edge = Edge::start(dir.path());
+        let edge = match limits {
+            Some(limits) => Edge::start_with_limits(dir.path(), limits),
+            None => Edge::start(dir.path()),
+        };
         let token = service_token(&edge.state, "e2e");
         let cert = dir.join("cert.pem");
         origin_cert(&edge.state, "localhost", &cert, &edge.addr);
