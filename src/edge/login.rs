@@ -307,19 +307,13 @@ impl Edge {
                 "<p>This edge has no identity provider: use a service token.</p>",
             );
         }
-        let max = self.settings.limits.max_pending_transfers;
-        if self.logins.map.len() >= max || self.transfers.len() >= max {
-            self.limit_hit(super::Limit::PendingTransfers, c.peer.ip(), || {
-                format!("{max} logins in progress (limits.max_pending_transfers)")
-            });
-            return page(
-                c,
-                503,
-                "Busy",
-                "<p>Too many logins in progress: try again in a minute.</p>",
-            );
+        if self.logins.map.len() >= self.settings.limits.max_pending_transfers {
+            return self.logins_busy(c);
         }
         if let Err(e) = self.transfers.begin(id, key, purpose.clone(), now) {
+            if e == TransferError::Full {
+                return self.logins_busy(c);
+            }
             let status = if e == TransferError::Replay { 409 } else { 400 };
             return page(
                 c,
@@ -353,6 +347,20 @@ impl Edge {
             ),
         };
         redirect(c, &location);
+    }
+
+    /// 503 for a login beyond `limits.max_pending_transfers`, counted and logged.
+    fn logins_busy(&mut self, c: &mut Carrier) {
+        let max = self.settings.limits.max_pending_transfers;
+        self.limit_hit(super::Limit::PendingTransfers, c.peer.ip(), || {
+            format!("{max} logins in progress (limits.max_pending_transfers)")
+        });
+        page(
+            c,
+            503,
+            "Busy",
+            "<p>Too many logins in progress: try again in a minute.</p>",
+        );
     }
 
     fn callback_url(&self) -> String {
