@@ -9,6 +9,12 @@
 //! A carrier's WebSocket payload goes into one mux stream of a tunnel connection that
 //! registered the carrier's hostname; the stream's bounded buffers and window are the
 //! backpressure: a full stream stops reading the carrier, an empty window stops the origin.
+//!
+//! What one client may hold is bounded by [`crate::limits::EdgeLimits`] (the config's
+//! `"limits"`): connections per IP and in total at accept, the handshake deadline and the idle
+//! timeout in `tick`, streams per tunnel connection and the login rate in `on_request`. A hit
+//! closes or refuses that client only, is counted in [`LimitCounters`], and is logged once per
+//! source and interval.
 
 pub mod config;
 mod login;
