@@ -78,6 +78,13 @@ pub struct EdgeLimits {
     pub max_pending_transfers: usize,
     /// Login entry-point requests per source IP per minute ([`LOGIN_ATTEMPTS_PER_MINUTE`]).
     pub login_attempts_per_minute: u32,
+    /// Largest HTTP request head, bytes ([`MAX_HTTP_HEAD`]; 1 KiB to 64 KiB).
+    pub max_head_bytes: usize,
+    /// Most headers in one request head ([`MAX_HTTP_HEADERS`]; 1 to 256).
+    pub max_headers: usize,
+    /// Largest WebSocket frame a client may send, bytes ([`MAX_WS_FRAME_PAYLOAD`]; 1 KiB to
+    /// 16 MiB). Frames are streamed, never buffered whole, so this bounds abuse, not memory.
+    pub max_ws_frame_bytes: u64,
 }
 
 impl Default for EdgeLimits {
@@ -90,6 +97,9 @@ impl Default for EdgeLimits {
             max_streams_per_tunnel: MAX_STREAMS_PER_TUNNEL,
             max_pending_transfers: MAX_PENDING_TRANSFERS,
             login_attempts_per_minute: LOGIN_ATTEMPTS_PER_MINUTE,
+            max_head_bytes: MAX_HTTP_HEAD,
+            max_headers: MAX_HTTP_HEADERS,
+            max_ws_frame_bytes: MAX_WS_FRAME_PAYLOAD,
         }
     }
 }
@@ -116,6 +126,25 @@ impl EdgeLimits {
                 "limits.max_streams_per_tunnel is at most {MAX_STREAMS_PER_TUNNEL} (the tunnel protocol's bound)"
             ));
         }
+        for (name, v, lo, hi) in [
+            (
+                "max_head_bytes",
+                self.max_head_bytes as u64,
+                1024,
+                64 * 1024,
+            ),
+            ("max_headers", self.max_headers as u64, 1, 256),
+            (
+                "max_ws_frame_bytes",
+                self.max_ws_frame_bytes,
+                1024,
+                16 * 1024 * 1024,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("limits.{name} must be between {lo} and {hi}"));
+            }
+        }
         if self.max_connections_per_ip > self.max_connections {
             return Err("limits.max_connections_per_ip exceeds limits.max_connections".into());
         }
@@ -129,5 +158,26 @@ impl EdgeLimits {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_limits_are_named() {
+        let ok = EdgeLimits::default();
+        assert_eq!(ok.check(), Ok(()));
+        let tiny = EdgeLimits {
+            max_head_bytes: 100,
+            ..EdgeLimits::default()
+        };
+        assert!(tiny.check().unwrap_err().contains("max_head_bytes"));
+        let huge = EdgeLimits {
+            max_ws_frame_bytes: 1 << 30,
+            ..EdgeLimits::default()
+        };
+        assert!(huge.check().unwrap_err().contains("max_ws_frame_bytes"));
     }
 }

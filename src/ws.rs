@@ -68,8 +68,8 @@ pub enum WsError {
     Masking,
     /// A control frame was fragmented or longer than 125 bytes.
     BadControl,
-    /// A data frame longer than the limit.
-    TooLarge(u64),
+    /// A data frame longer than the limit (size, limit).
+    TooLarge(u64, u64),
     /// Data after the peer's Close.
     DataAfterClose,
 }
@@ -82,10 +82,12 @@ impl fmt::Display for WsError {
             WsError::ReservedBits => write!(f, "WebSocket frame with reserved bits set"),
             WsError::Masking => write!(f, "WebSocket frame masked the wrong way for its direction"),
             WsError::BadControl => write!(f, "fragmented or oversized WebSocket control frame"),
-            WsError::TooLarge(n) => write!(
-                f,
-                "WebSocket frame of {n} bytes exceeds the {MAX_WS_FRAME_PAYLOAD}-byte limit"
-            ),
+            WsError::TooLarge(n, max) => {
+                write!(
+                    f,
+                    "WebSocket frame of {n} bytes exceeds the {max}-byte limit"
+                )
+            }
             WsError::DataAfterClose => write!(f, "WebSocket data after Close"),
         }
     }
@@ -108,13 +110,20 @@ enum State {
 pub struct Decoder {
     role: Role,
     state: State,
+    max_frame: u64,
 }
 
 impl Decoder {
     pub fn new(role: Role) -> Self {
+        Decoder::with_max_frame(role, MAX_WS_FRAME_PAYLOAD)
+    }
+
+    /// A decoder refusing data frames longer than `max_frame` bytes.
+    pub fn with_max_frame(role: Role, max_frame: u64) -> Self {
         Decoder {
             role,
             state: State::Header,
+            max_frame,
         }
     }
 
@@ -179,8 +188,8 @@ impl Decoder {
                         Err(WsError::BadHeader("reserved opcode".into()))
                     }
                     OpCode::Data(_) => {
-                        if len > MAX_WS_FRAME_PAYLOAD {
-                            return Err(WsError::TooLarge(len));
+                        if len > self.max_frame {
+                            return Err(WsError::TooLarge(len, self.max_frame));
                         }
                         if len == 0 {
                             return Ok(Some((Item::Data { start: 0, len: 0 }, hlen)));
@@ -389,7 +398,7 @@ mod tests {
         big.extend_from_slice(&h[..n]);
         assert!(matches!(
             collect(Role::Client, &big, 64).unwrap_err(),
-            WsError::TooLarge(_)
+            WsError::TooLarge(..)
         ));
     }
 }

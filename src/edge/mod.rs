@@ -594,7 +594,10 @@ impl Edge {
         loop {
             match &mut c.state {
                 CarrierState::Head => {
-                    let limits = HeadLimits::default();
+                    let limits = HeadLimits {
+                        max_head_bytes: self.settings.limits.max_head_bytes,
+                        max_headers: self.settings.limits.max_headers,
+                    };
                     match http::parse_request_head(c.tls.rx.data(), &limits) {
                         Ok(None) => {
                             c.finished = c.tls.peer_closed;
@@ -692,7 +695,11 @@ impl Edge {
                         .reset(stream, mux::rst::CANCEL, "client protocol error");
                     t.carriers.remove(&stream);
                     let mut out = Vec::new();
-                    ws::encode_close(&mut out, ws::close::PROTOCOL_ERROR, &e.to_string(), None);
+                    let code = match e {
+                        ws::WsError::TooLarge(..) => ws::close::TOO_BIG,
+                        _ => ws::close::PROTOCOL_ERROR,
+                    };
+                    ws::encode_close(&mut out, code, &e.to_string(), None);
                     c.tls.send(&out);
                     c.state = CarrierState::Closing;
                     c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
@@ -957,7 +964,7 @@ impl Edge {
         c.state = CarrierState::Streaming {
             tunnel,
             stream,
-            dec: Decoder::new(Role::Server),
+            dec: Decoder::with_max_frame(Role::Server, self.settings.limits.max_ws_frame_bytes),
             sent_close: false,
         };
     }
