@@ -928,6 +928,30 @@ pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
     );
 }
 
+/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA` with the test env.
+fn tunnel_command(
+    dir: &Path,
+    hostname: &str,
+    url: &str,
+    cert: &Path,
+    edge: &str,
+    ca: &Path,
+) -> Command {
+    let mut cmd = postern(&home_of(dir));
+    cmd.args([
+        "tunnel",
+        "--hostname",
+        hostname,
+        "--url",
+        url,
+        "--origincert",
+    ])
+    .arg(cert)
+    .args(["--edge", edge, "--ca"])
+    .arg(ca);
+    cmd
+}
+
 /// Where an edge listens and the CA of its certificates (for edges started by a test itself).
 pub struct EdgeRef {
     pub addr: SocketAddr,
@@ -950,20 +974,7 @@ impl Tunnel {
         cert: &Path,
         edge: &Edge,
     ) -> Tunnel {
-        let mut cmd = postern(&home_of(dir));
-        cmd.args([
-            "tunnel",
-            "--hostname",
-            hostname,
-            "--url",
-            url,
-            "--origincert",
-        ])
-        .arg(cert)
-        .arg("--edge")
-        .arg(edge.edge_arg())
-        .arg("--ca")
-        .arg(edge.ca());
+        let cmd = tunnel_command(dir, hostname, url, cert, &edge.edge_arg(), &edge.ca());
         Tunnel {
             hostname: hostname.to_string(),
             child: Child::spawn(name, cmd, dir),
@@ -979,20 +990,7 @@ impl Tunnel {
         cert: &Path,
         edge: &EdgeRef,
     ) -> Tunnel {
-        let mut cmd = postern(&home_of(dir));
-        cmd.args([
-            "tunnel",
-            "--hostname",
-            hostname,
-            "--url",
-            url,
-            "--origincert",
-        ])
-        .arg(cert)
-        .arg("--edge")
-        .arg(edge.addr.to_string())
-        .arg("--ca")
-        .arg(&edge.ca);
+        let cmd = tunnel_command(dir, hostname, url, cert, &edge.addr.to_string(), &edge.ca);
         let t = Tunnel {
             hostname: hostname.to_string(),
             child: Child::spawn(name, cmd, dir),
@@ -1286,20 +1284,7 @@ impl Tunnel {
         edge: &Edge,
         env: &[(&str, &str)],
     ) -> Tunnel {
-        let mut cmd = postern(&home_of(dir));
-        cmd.args([
-            "tunnel",
-            "--hostname",
-            hostname,
-            "--url",
-            url,
-            "--origincert",
-        ])
-        .arg(cert)
-        .arg("--edge")
-        .arg(edge.edge_arg())
-        .arg("--ca")
-        .arg(edge.ca());
+        let mut cmd = tunnel_command(dir, hostname, url, cert, &edge.edge_arg(), &edge.ca());
         for (k, v) in env {
             cmd.env(k, v);
         }
