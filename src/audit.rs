@@ -62,7 +62,7 @@ impl Audit {
 }
 
 /// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

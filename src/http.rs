@@ -238,7 +238,7 @@ pub fn parse_response_head(
     Ok(Some((head, scan.len)))
 }
 
-/// Appends a request head (no body: postern only sends upgrade requests).
+/// Appends a request head. A body, if any, follows; the caller names its `Content-Length`.
 pub fn write_request(out: &mut Vec<u8>, method: &str, target: &str, headers: &[(&str, &str)]) {
     push_checked(out, method, is_tchar);
     out.push(b' ');

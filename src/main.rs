@@ -13,7 +13,9 @@ use postern::access::{self, AccessOptions, Credentials};
 use postern::edge::{self, Edge};
 use postern::pki::{Authority, OriginCredential};
 use postern::state::{Secret, ServiceTokens, StateDir};
-use postern::tunnel::{self, Exit, Origin, TunnelOptions};
+use postern::tunnel::admin::AdminClient;
+use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
+use postern::tunnel::{self, Exit, Origin, Registration, TunnelOptions};
 
 const USAGE: &str = "\
 postern: zero-trust SSH access — edge, origin tunnel and client in one binary
@@ -25,6 +27,7 @@ USAGE:
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
+    postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
     postern access login H                                sign in through the browser
     postern access token --app H                          print the cached app token
     postern access logout [H]                             forget cached tokens
@@ -288,17 +291,36 @@ const TUNNEL_HELP: &str = "\
 postern tunnel: the origin connector (outbound only; holds N connections to the edge)
 
 USAGE:
-    postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
-    postern tunnel login --edge https://login.site.com [--ca FILE]
+    postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]   quick tunnel for one hostname
+    postern tunnel login --edge https://login.site.com [--ca FILE]   get cert.pem through the browser
+    postern tunnel create NAME                  make a named tunnel, write ~/.postern/<ID>.json
+    postern tunnel route dns NAME HOST          route HOST to the tunnel [--overwrite-dns]
+    postern tunnel run [NAME] [--config FILE]   run a named tunnel with the config's ingress rules
+    postern tunnel run --url URL NAME           run a named tunnel sending every hostname to URL
+    postern tunnel list [--output json]         the zone's tunnels
+    postern tunnel info NAME [--output json]    a tunnel's routes and connections
+    postern tunnel delete NAME [-f]             delete it (-f: even while connected)
+    postern tunnel ingress validate [--config FILE]   check a config's ingress rules
+    postern tunnel ingress rule HOST [--config FILE]  which rule serves HOST
 
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
     --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
     --origincert FILE     origin credential (default ~/.postern/cert.pem; env POSTERN_ORIGIN_CERT)
+    --config FILE         named tunnel config, JSON (default ~/.postern/config.json, then
+                          /etc/postern/config.json; env POSTERN_TUNNEL_CONFIG)
+    --credentials-file F  a named tunnel's credentials (default ~/.postern/<ID>.json)
     --edge HOST:PORT      connect here (default: the edge in the credential, else H:443; env POSTERN_EDGE)
     --ca FILE             trust this CA for the edge's certificate too (env POSTERN_CA)
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
+
+CONFIG (tunnel run):
+    {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
+     \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
+                 {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
+                 {\"service\": \"http_status:404\"}]}
+    Optional: edge, ca, ha-connections, grace-period. The last rule must have no hostname.
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\
@@ -373,77 +395,427 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Subcommands of `tunnel`; anything else is the quick `--hostname --url` form.
+const TUNNEL_SUBCOMMANDS: &[&str] = &[
+    "login", "create", "route", "run", "list", "info", "delete", "ingress",
+];
+/// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
+/// (`tunnel --config FILE run`).
+const TUNNEL_VALUE_FLAGS: &[&str] = &[
+    "--config",
+    "--origincert",
+    "--credentials-file",
+    "--cred-file",
+    "--edge",
+    "--ca",
+    "--url",
+    "--hostname",
+    "--ha-connections",
+    "--grace-period",
+    "--output",
+    "-o",
+];
+
 fn cmd_tunnel(args: Vec<OsString>) -> Res {
-    if args.first().and_then(|a| a.to_str()) == Some("login") {
-        return cmd_tunnel_login(args[1..].to_vec());
-    }
-    let mut p = parser(args);
-    let (mut hostname, mut url, mut cert, mut edge_addr, mut ca) = (None, None, None, None, None);
-    let (mut ha, mut grace) = (4usize, 30u64);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
-        match arg {
-            Long("hostname") => {
-                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
-            }
-            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
-            Long("origincert") => cert = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("edge") => {
-                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
-            }
-            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("ha-connections") => {
-                ha = p
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .parse()
-                    .map_err(|e| format!("--ha-connections: {e}"))?;
-                if !(1..=16).contains(&ha) {
-                    return Err("--ha-connections must be between 1 and 16".into());
-                }
-            }
-            Long("grace-period") => {
-                let v = string(p.value().map_err(|e| e.to_string())?, "--grace-period")?;
-                grace = v
-                    .trim_end_matches('s')
-                    .parse()
-                    .map_err(|e| format!("--grace-period: {e}"))?;
-            }
-            Long("help") | Short('h') => {
-                print!("{TUNNEL_HELP}");
-                return Ok(ExitCode::SUCCESS);
-            }
-            other => return Err(format!("tunnel: {}\n\n{TUNNEL_HELP}", other.unexpected())),
+    let mut i = 0;
+    while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+        if !a.starts_with('-') {
+            break;
         }
+        i += if TUNNEL_VALUE_FLAGS.contains(&a) {
+            2
+        } else {
+            1
+        };
     }
-    let hostname = hostname
+    if let Some(sub) = args
+        .get(i)
+        .and_then(|a| a.to_str())
+        .filter(|a| TUNNEL_SUBCOMMANDS.contains(a))
+    {
+        let mut rest = args[..i].to_vec();
+        rest.extend_from_slice(&args[i + 1..]);
+        return match sub {
+            "login" => cmd_tunnel_login(rest),
+            sub => cmd_named_tunnel(sub, rest),
+        };
+    }
+    let Some(a) = TunnelArgs::parse(args, "tunnel")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if let Some(p) = a.positional.first() {
+        return Err(format!("tunnel: unknown command {p:?}\n\n{TUNNEL_HELP}"));
+    }
+    let hostname = a
+        .hostname
+        .clone()
         .ok_or(format!("tunnel: --hostname is missing\n\n{TUNNEL_HELP}"))?
         .to_ascii_lowercase();
-    let url = url.ok_or(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}"))?;
-    let service = tunnel::service_address(&url)?;
-    let cert = cert
-        .or_else(|| env_var("POSTERN_ORIGIN_CERT").map(PathBuf::from))
-        .unwrap_or_else(|| home_postern().join("cert.pem"));
-    let credential = OriginCredential::read(&cert).map_err(|e| e.to_string())?;
-    let edge_addr = edge_addr
+    let url = a
+        .url
+        .clone()
+        .ok_or(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}"))?;
+    let ingress = tunnel::Ingress::single(&hostname, &url)?;
+    let credential = OriginCredential::read(&a.origin_cert()).map_err(|e| e.to_string())?;
+    let edge_addr = a
+        .edge
+        .clone()
         .or_else(|| env_var("POSTERN_EDGE"))
         .or_else(|| credential.edge.clone())
         .unwrap_or_else(|| format!("{hostname}:443"));
-    let ca = ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from));
-    let origin = Origin::new(TunnelOptions {
-        hostname,
-        service,
-        service_url: url,
+    run_origin(TunnelOptions {
+        registration: Registration::Hostname(hostname.clone()),
+        ingress,
+        server_name: hostname,
         credential,
         edge: edge_addr,
-        extra_ca: ca,
-        ha_connections: ha,
-        grace: Duration::from_secs(grace),
+        extra_ca: a.ca(None),
+        ha_connections: a.ha.unwrap_or(4),
+        grace: Duration::from_secs(a.grace.unwrap_or(30)),
     })
-    .map_err(|e| e.to_string())?;
+}
+
+fn run_origin(opts: TunnelOptions) -> Res {
+    let origin = Origin::new(opts).map_err(|e| e.to_string())?;
     match origin.run().map_err(|e| e.to_string())? {
         Exit::Signalled => Ok(ExitCode::SUCCESS),
         Exit::Refused(why) => Err(format!("tunnel refused by the edge: {why}")),
     }
+}
+
+/// The flags every `tunnel` form takes, and its positional arguments.
+#[derive(Default)]
+struct TunnelArgs {
+    positional: Vec<String>,
+    hostname: Option<String>,
+    url: Option<String>,
+    config: Option<PathBuf>,
+    origincert: Option<PathBuf>,
+    cred_file: Option<PathBuf>,
+    edge: Option<String>,
+    ca: Option<PathBuf>,
+    ha: Option<usize>,
+    grace: Option<u64>,
+    force: bool,
+    json: bool,
+}
+
+impl TunnelArgs {
+    /// `None` when `--help` was printed.
+    fn parse(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, String> {
+        let mut a = TunnelArgs::default();
+        let mut p = parser(args);
+        let val = |p: &mut lexopt::Parser, flag: &str| -> Result<String, String> {
+            string(p.value().map_err(|e| e.to_string())?, flag)
+        };
+        while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+            match arg {
+                Long("hostname") => a.hostname = Some(val(&mut p, "--hostname")?),
+                Long("url") => a.url = Some(val(&mut p, "--url")?),
+                Long("config") => a.config = Some(val(&mut p, "--config")?.into()),
+                Long("origincert") => a.origincert = Some(val(&mut p, "--origincert")?.into()),
+                Long("credentials-file") | Long("cred-file") => {
+                    a.cred_file = Some(val(&mut p, "--credentials-file")?.into())
+                }
+                Long("edge") => a.edge = Some(val(&mut p, "--edge")?),
+                Long("ca") => a.ca = Some(val(&mut p, "--ca")?.into()),
+                Long("ha-connections") => {
+                    let n: usize = val(&mut p, "--ha-connections")?
+                        .parse()
+                        .map_err(|e| format!("--ha-connections: {e}"))?;
+                    if !(1..=16).contains(&n) {
+                        return Err("--ha-connections must be between 1 and 16".into());
+                    }
+                    a.ha = Some(n);
+                }
+                Long("grace-period") => {
+                    let v = val(&mut p, "--grace-period")?;
+                    a.grace = Some(
+                        tunnel::config::parse_seconds(&v)
+                            .map_err(|e| format!("--grace-period: {e}"))?,
+                    );
+                }
+                Long("force") | Short('f') | Long("overwrite-dns") => a.force = true,
+                Long("output") | Short('o') => {
+                    let v = val(&mut p, "--output")?;
+                    match v.as_str() {
+                        "json" => a.json = true,
+                        "table" | "text" => a.json = false,
+                        _ => return Err(format!("--output {v:?}: use json or table")),
+                    }
+                }
+                Long("help") | Short('h') => {
+                    print!("{TUNNEL_HELP}");
+                    return Ok(None);
+                }
+                Value(v) => a.positional.push(string(v, "argument")?),
+                other => return Err(format!("{cmd}: {}\n\n{TUNNEL_HELP}", other.unexpected())),
+            }
+        }
+        Ok(Some(a))
+    }
+
+    fn origin_cert(&self) -> PathBuf {
+        self.origincert
+            .clone()
+            .or_else(|| env_var("POSTERN_ORIGIN_CERT").map(PathBuf::from))
+            .unwrap_or_else(|| home_postern().join("cert.pem"))
+    }
+
+    fn ca(&self, config: Option<&Path>) -> Option<PathBuf> {
+        self.ca
+            .clone()
+            .or_else(|| env_var("POSTERN_CA").map(PathBuf::from))
+            .or_else(|| config.map(Path::to_path_buf))
+    }
+
+    /// The admin API client, as the zone's origin certificate.
+    fn admin(&self) -> Result<(AdminClient, OriginCredential), String> {
+        let path = self.origin_cert();
+        let cred = OriginCredential::read(&path).map_err(|e| e.to_string())?;
+        let edge = self
+            .edge
+            .clone()
+            .or_else(|| env_var("POSTERN_EDGE"))
+            .or_else(|| cred.edge.clone())
+            .ok_or_else(|| {
+                format!(
+                    "{} names no edge: pass --edge HOST:PORT (or set POSTERN_EDGE)",
+                    path.display()
+                )
+            })?;
+        let client = AdminClient::new(&cred, &edge, self.ca(None).as_deref())?;
+        Ok((client, cred))
+    }
+
+    /// The credentials file of tunnel `name` next to the origin certificate, else in
+    /// `~/.postern`.
+    fn find_credentials(&self, name: &str) -> Option<PathBuf> {
+        let cert = self.origin_cert();
+        let near_cert = cert.parent().filter(|d| !d.as_os_str().is_empty());
+        near_cert
+            .and_then(|d| TunnelCredentials::find(d, name))
+            .or_else(|| TunnelCredentials::find(&home_postern(), name))
+    }
+
+    /// Exactly `n` positional arguments.
+    fn args<const N: usize>(&self, usage: &str) -> Result<[&str; N], String> {
+        let v: Vec<&str> = self.positional.iter().map(String::as_str).collect();
+        v.try_into()
+            .map_err(|_| format!("usage: postern tunnel {usage}\n\n{TUNNEL_HELP}"))
+    }
+
+    /// The config file: `--config`, env, else the first default that exists.
+    fn config_path(&self) -> Option<PathBuf> {
+        self.config
+            .clone()
+            .or_else(|| env_var("POSTERN_TUNNEL_CONFIG").map(PathBuf::from))
+            .or_else(|| {
+                [
+                    home_postern().join("config.json"),
+                    PathBuf::from("/etc/postern/config.json"),
+                ]
+                .into_iter()
+                .find(|p| p.is_file())
+            })
+    }
+}
+
+fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
+    let mut args = args;
+    // `route dns NAME HOST`: `dns` is the only kind of route.
+    if sub == "route" {
+        match args
+            .iter()
+            .position(|a| !a.to_string_lossy().starts_with('-'))
+        {
+            Some(i) if args[i] == "dns" => {
+                args.remove(i);
+            }
+            _ => {
+                return Err(format!(
+                    "usage: postern tunnel route dns NAME HOST\n\n{TUNNEL_HELP}"
+                ))
+            }
+        }
+    }
+    let Some(a) = TunnelArgs::parse(args, &format!("tunnel {sub}"))? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let out = match sub {
+        "create" => {
+            let [name] = a.args("create NAME")?;
+            let (client, origin) = a.admin()?;
+            let dir = a
+                .origin_cert()
+                .parent()
+                .map(Path::to_path_buf)
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or_else(home_postern);
+            tunnel::admin::create(&client, &origin, name, a.cred_file.as_deref(), &dir)?
+        }
+        "route" => {
+            let [name, host] = a.args("route dns NAME HOST")?;
+            let (client, _) = a.admin()?;
+            tunnel::admin::route_dns(&client, name, &host.to_ascii_lowercase(), a.force)?
+        }
+        "list" => {
+            a.args::<0>("list")?;
+            tunnel::admin::list(&a.admin()?.0, a.json)?
+        }
+        "info" => {
+            let [name] = a.args("info NAME")?;
+            tunnel::admin::info(&a.admin()?.0, name, a.json)?
+        }
+        "delete" => {
+            if a.positional.is_empty() {
+                return Err(format!(
+                    "usage: postern tunnel delete NAME... [-f]\n\n{TUNNEL_HELP}"
+                ));
+            }
+            let (client, _) = a.admin()?;
+            let mut out = String::new();
+            for name in &a.positional {
+                let creds = a.cred_file.clone().or_else(|| a.find_credentials(name));
+                out.push_str(&tunnel::admin::delete(&client, name, a.force, creds)?);
+            }
+            out
+        }
+        "ingress" => return ingress_command(&a),
+        "run" => return tunnel_run(&a),
+        _ => unreachable!("bug: unknown tunnel subcommand {sub}"),
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tunnel ingress validate|rule HOST`.
+fn ingress_command(a: &TunnelArgs) -> Res {
+    let path = a
+        .config_path()
+        .ok_or("tunnel ingress: no config file: pass --config FILE")?;
+    let (_, ingress) = TunnelConfig::read(&path)?;
+    let ingress = ingress.ok_or(format!("{}: ingress: no rules", path.display()))?;
+    match a.positional.as_slice() {
+        [v] if v == "validate" => {
+            println!("Validating rules from {}", path.display());
+            for (i, r) in ingress.rules().iter().enumerate() {
+                println!(
+                    "  {i}: {} -> {}",
+                    r.hostname.as_deref().unwrap_or("*"),
+                    r.service
+                );
+            }
+            println!("OK");
+        }
+        [r, host] if r == "rule" => {
+            let host = access::application(host).map_err(|e| e.to_string())?.0;
+            let (i, rule) = ingress.find(&host);
+            println!(
+                "Matched rule #{i}: {} -> {}",
+                rule.hostname.as_deref().unwrap_or("*"),
+                rule.service
+            );
+        }
+        _ => {
+            return Err(format!(
+                "usage: postern tunnel ingress validate | rule HOST\n\n{TUNNEL_HELP}"
+            ))
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tunnel run [NAME]`: a named tunnel, from the config file and/or flags.
+fn tunnel_run(a: &TunnelArgs) -> Res {
+    let config_path = a.config_path();
+    let (cfg, ingress) = match &config_path {
+        Some(p) => TunnelConfig::read(p)?,
+        None => (TunnelConfig::default(), None),
+    };
+    let from = |what: &str| match &config_path {
+        Some(p) => format!("{what} (config {})", p.display()),
+        None => what.to_owned(),
+    };
+    let name = match a.positional.as_slice() {
+        [n] => n.clone(),
+        [] => cfg.tunnel.clone().ok_or_else(|| {
+            format!(
+                "tunnel run: which tunnel? Name it (postern tunnel run NAME) or set \"tunnel\" in {}",
+                from("the config file")
+            )
+        })?,
+        _ => return Err(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}")),
+    };
+    let ingress = match (ingress, &a.url) {
+        (_, Some(url)) => tunnel::Ingress::catch_all(url)?,
+        (Some(i), None) => i,
+        (None, None) => {
+            return Err(format!(
+                "tunnel run: no ingress rules and no --url: add \"ingress\" to {} or pass --url \
+                 ssh://localhost:22",
+                from("the config file")
+            ))
+        }
+    };
+    let creds_path = a
+        .cred_file
+        .clone()
+        .or(cfg.credentials_file.clone())
+        .or_else(|| a.find_credentials(&name))
+        .ok_or_else(|| {
+            format!(
+                "no credentials file for tunnel {name} in {}: pass --credentials-file, or set \
+                 \"credentials-file\" in the config; `postern tunnel create {name}` makes one",
+                home_postern().display()
+            )
+        })?;
+    let (creds, credential) = TunnelCredentials::read(&creds_path)?;
+    if name != creds.name && name != creds.id {
+        return Err(format!(
+            "{} is the credentials file of tunnel {} ({}), not of {name}",
+            creds_path.display(),
+            creds.name,
+            creds.id
+        ));
+    }
+    let edge = a
+        .edge
+        .clone()
+        .or_else(|| env_var("POSTERN_EDGE"))
+        .or(cfg.edge.clone())
+        .or_else(|| credential.edge.clone())
+        .ok_or_else(|| {
+            format!(
+                "{} names no edge: pass --edge HOST:PORT",
+                creds_path.display()
+            )
+        })?;
+    let sni_fallback = ingress
+        .rules()
+        .iter()
+        .filter_map(|r| r.hostname.as_deref())
+        .find(|h| !h.starts_with('*'))
+        .unwrap_or(&creds.zone)
+        .to_owned();
+    let grace = match (a.grace, &cfg.grace_period) {
+        (Some(g), _) => g,
+        (None, Some(g)) => tunnel::config::parse_seconds(g)?,
+        (None, None) => 30,
+    };
+    run_origin(TunnelOptions {
+        registration: Registration::Named {
+            id: creds.id.clone(),
+            name: creds.name.clone(),
+        },
+        ingress,
+        server_name: tunnel::config::edge_server_name(&edge, &sni_fallback),
+        credential,
+        edge,
+        extra_ca: a.ca(cfg.ca.as_deref()),
+        ha_connections: a.ha.or(cfg.ha_connections).unwrap_or(4),
+        grace: Duration::from_secs(grace),
+    })
 }
 
 // ------------------------------------------------------------------------------- access

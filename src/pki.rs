@@ -216,6 +216,25 @@ impl Authority {
         self.sign(params)
     }
 
+    /// A named tunnel's (client) certificate: its one SAN is `<id>.tunnel.invalid`, EKU
+    /// clientAuth. It covers no zone, so it can never register a hostname the ad-hoc way nor
+    /// administer tunnels; the edge accepts it only as the tunnel `id` it has on record.
+    pub fn issue_tunnel(
+        &self,
+        id: &str,
+    ) -> io::Result<(CertificateDer<'static>, PrivateKeyDer<'static>)> {
+        if !valid_tunnel_id(id) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid tunnel id {id:?}"),
+            ));
+        }
+        let name = format!("{id}{TUNNEL_SAN_SUFFIX}");
+        let mut params = leaf_params(vec![name.clone()], &name)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
     fn sign(
         &self,
         params: CertificateParams,
@@ -354,16 +373,62 @@ pub fn cert_covers(cert: &CertificateDer<'_>, hostname: &str) -> bool {
 }
 
 /// The zone an origin certificate from [`Authority::issue_origin`] is scoped to: its one DNS
-/// name without a wildcard. `None` for anything else. Only meaningful for a certificate that
-/// has already been verified against the origin CA.
+/// name without a wildcard. `None` for anything else (a named tunnel's certificate included).
+/// Only meaningful for a certificate that has already been verified against the origin CA.
 pub fn origin_zone(cert: &CertificateDer<'_>) -> Option<String> {
     let ee = webpki::EndEntityCert::try_from(cert).ok()?;
     let mut plain = ee.valid_dns_names().filter(|n| !n.starts_with('*'));
     let zone = plain.next()?;
-    if plain.next().is_some() || validate_zone(zone).is_err() {
+    if plain.next().is_some() || validate_zone(zone).is_err() || zone.ends_with(TUNNEL_SAN_SUFFIX) {
         return None;
     }
     Some(zone.to_owned())
+}
+
+/// What follows a named tunnel's id in its certificate's one SAN (`.invalid` is reserved by
+/// RFC 2606: no zone can ever be called that).
+pub const TUNNEL_SAN_SUFFIX: &str = ".tunnel.invalid";
+
+/// The named tunnel a certificate from [`Authority::issue_tunnel`] belongs to. `None` for
+/// anything else. Only meaningful for a certificate verified against the origin CA.
+pub fn tunnel_id(cert: &CertificateDer<'_>) -> Option<String> {
+    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut names = ee.valid_dns_names();
+    let name = names.next()?;
+    if names.next().is_some() {
+        return None;
+    }
+    let id = name.strip_suffix(TUNNEL_SAN_SUFFIX)?;
+    valid_tunnel_id(id).then(|| id.to_owned())
+}
+
+/// A tunnel id: a lowercase UUID, `8-4-4-4-12` hex digits.
+pub fn valid_tunnel_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, &c)| match i {
+            8 | 13 | 18 | 23 => c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(&c),
+        })
+}
+
+/// A new random (version 4) tunnel id.
+pub fn new_tunnel_id() -> io::Result<String> {
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| io::Error::other("the OS random source failed"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = state::hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// The origin credential, `cert.pem`: what a tunnel presents to the edge. No `Debug`.
@@ -430,7 +495,7 @@ impl OriginCredential {
         let info: EdgeInfo = serde_json::from_slice(&info)
             .map_err(|e| CredentialError::BadEdgeInfo(e.to_string()))?;
         validate_zone(&info.zone).map_err(CredentialError::BadEdgeInfo)?;
-        if !cert_covers(&cert, &info.zone) {
+        if !cert_covers(&cert, &info.zone) && tunnel_id(&cert).is_none() {
             return Err(CredentialError::ZoneNotCovered(info.zone));
         }
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key));
@@ -849,6 +914,45 @@ mod tests {
         assert_eq!(chain.len(), 2);
         assert_eq!(chain[1], original);
         verify_server_chain(&chain[0], &original, "ssh.localhost").unwrap();
+    }
+
+    #[test]
+    fn tunnel_certificate_names_its_tunnel_and_no_zone() {
+        let tmp = TempDir::new("pki-tunnel");
+        let (_state, ca) = dev_ca(&tmp);
+        let id = new_tunnel_id().unwrap();
+        assert!(valid_tunnel_id(&id), "{id}");
+        assert_eq!(&id[14..15], "4", "version 4: {id}");
+        assert_ne!(id, new_tunnel_id().unwrap());
+        let (cert, key) = ca.issue_tunnel(&id).unwrap();
+        assert_eq!(tunnel_id(&cert).as_deref(), Some(id.as_str()));
+        assert_eq!(
+            origin_zone(&cert),
+            None,
+            "a tunnel certificate administers nothing"
+        );
+        assert!(!cert_covers(&cert, "ssh.localhost"));
+        // It still makes a credential (the zone is the tunnel's account).
+        let cred = OriginCredential {
+            key,
+            cert,
+            zone: "localhost".into(),
+            edge: None,
+            ca: vec![],
+        };
+        assert!(OriginCredential::parse(&cred.to_pem()).is_ok());
+
+        let (origin, _) = ca.issue_origin("localhost").unwrap();
+        assert_eq!(tunnel_id(&origin), None);
+        for bad in [
+            "",
+            "x",
+            "0123456789abcdef0123456789abcdef0123",
+            &id.to_uppercase(),
+        ] {
+            assert!(!valid_tunnel_id(bad), "{bad}");
+            assert!(ca.issue_tunnel(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

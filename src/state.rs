@@ -323,8 +323,13 @@ impl ServiceTokens {
 
 #[derive(Serialize, Deserialize, Clone)]
 struct HostnameRecord {
-    /// Lowercase hex SHA-256 of the owning origin certificate.
+    /// Lowercase hex SHA-256 of the owning origin certificate (ad-hoc `tunnel --hostname`);
+    /// empty when a named tunnel owns the hostname.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     cert_sha256: String,
+    /// The named tunnel the hostname is routed to (`tunnel route dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tunnel: Option<String>,
     zone: String,
     /// Unix seconds.
     first_registered: u64,
@@ -413,7 +418,7 @@ impl Hostnames {
         let host = hostname.to_ascii_lowercase();
         let fingerprint = cert_sha256.to_ascii_lowercase();
         if let Some(owner) = self.hostnames.get(&host) {
-            return if owner.cert_sha256 == fingerprint {
+            return if owner.tunnel.is_none() && owner.cert_sha256 == fingerprint {
                 Ok(Claim::AlreadyOwned)
             } else {
                 Err(ClaimError::OwnedByOther {
@@ -425,19 +430,207 @@ impl Hostnames {
             host.clone(),
             HostnameRecord {
                 cert_sha256: fingerprint,
+                tunnel: None,
                 zone: zone.to_owned(),
                 first_registered: unix_now(),
             },
         );
-        let file = HostnameFile {
-            hostnames: self.hostnames.clone(),
-        };
-        if let Err(e) = state.store_json(HOSTNAMES_FILE, &file) {
+        if let Err(e) = self.save(state) {
             self.hostnames.remove(&host);
             return Err(ClaimError::Io(e));
         }
         Ok(Claim::New)
     }
+
+    fn save(&self, state: &StateDir) -> io::Result<()> {
+        let file = HostnameFile {
+            hostnames: self.hostnames.clone(),
+        };
+        state.store_json(HOSTNAMES_FILE, &file)
+    }
+
+    /// Who owns `hostname` now.
+    pub fn owner(&self, hostname: &str) -> Option<Owner<'_>> {
+        let rec = self.hostnames.get(hostname)?;
+        Some(match &rec.tunnel {
+            Some(id) => Owner::Tunnel {
+                id,
+                zone: &rec.zone,
+            },
+            None => Owner::Certificate { zone: &rec.zone },
+        })
+    }
+
+    /// The named tunnel `hostname` is routed to, if any.
+    pub fn tunnel_of(&self, hostname: &str) -> Option<&str> {
+        self.hostnames.get(hostname)?.tunnel.as_deref()
+    }
+
+    /// Every hostname routed to the named tunnel `id`, sorted.
+    pub fn routes_of(&self, id: &str) -> Vec<String> {
+        self.hostnames
+            .iter()
+            .filter(|(_, r)| r.tunnel.as_deref() == Some(id))
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    /// Routes `hostname` to the named tunnel `id` of `zone`, replacing any owner (the caller
+    /// decides whether that is allowed). Persists before returning; on error nothing changed.
+    pub fn route(
+        &mut self,
+        state: &StateDir,
+        hostname: &str,
+        id: &str,
+        zone: &str,
+    ) -> io::Result<()> {
+        let host = hostname.to_ascii_lowercase();
+        let old = self.hostnames.insert(
+            host.clone(),
+            HostnameRecord {
+                cert_sha256: String::new(),
+                tunnel: Some(id.to_owned()),
+                zone: zone.to_owned(),
+                first_registered: unix_now(),
+            },
+        );
+        if let Err(e) = self.save(state) {
+            match old {
+                Some(o) => self.hostnames.insert(host, o),
+                None => self.hostnames.remove(&host),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forgets every hostname routed to the named tunnel `id` (it is being deleted).
+    pub fn unroute_tunnel(&mut self, state: &StateDir, id: &str) -> io::Result<Vec<String>> {
+        let gone = self.routes_of(id);
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let before = self.hostnames.clone();
+        self.hostnames
+            .retain(|_, r| r.tunnel.as_deref() != Some(id));
+        if let Err(e) = self.save(state) {
+            self.hostnames = before;
+            return Err(e);
+        }
+        Ok(gone)
+    }
+}
+
+/// Who owns a hostname (see [`Hostnames::owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    /// The origin certificate that registered it first, of `zone`.
+    Certificate { zone: &'a str },
+    /// The named tunnel it is routed to.
+    Tunnel { id: &'a str, zone: &'a str },
+}
+
+/// File holding the named tunnels, mode 0600.
+const TUNNELS_FILE: &str = "tunnels.json";
+/// Longest tunnel name.
+pub const MAX_TUNNEL_NAME: usize = 64;
+
+/// A named tunnel (`tunnel create`), as the edge keeps it in `tunnels.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct TunnelRecord {
+    pub name: String,
+    /// The zone whose origin certificate created it: only that zone's certificates manage it,
+    /// and only hostnames of that zone can be routed to it.
+    pub zone: String,
+    /// Lowercase hex SHA-256 of the tunnel's certificate: the one credential it accepts.
+    pub cert_sha256: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct TunnelFile {
+    tunnels: BTreeMap<String, TunnelRecord>,
+}
+
+/// The named tunnels, by id (`tunnels.json`).
+pub struct Tunnels {
+    tunnels: BTreeMap<String, TunnelRecord>,
+}
+
+impl Tunnels {
+    /// Loads the named tunnels; a missing file means none.
+    pub fn load(state: &StateDir) -> io::Result<Tunnels> {
+        let file: TunnelFile = state.load_json(TUNNELS_FILE)?;
+        Ok(Tunnels {
+            tunnels: file.tunnels,
+        })
+    }
+
+    fn save(&self, state: &StateDir) -> io::Result<()> {
+        state.store_json(
+            TUNNELS_FILE,
+            &TunnelFile {
+                tunnels: self.tunnels.clone(),
+            },
+        )
+    }
+
+    pub fn get(&self, id: &str) -> Option<&TunnelRecord> {
+        self.tunnels.get(id)
+    }
+
+    /// The tunnel of `zone` called `name_or_id` (a name, or an id).
+    pub fn find(&self, zone: &str, name_or_id: &str) -> Option<(&str, &TunnelRecord)> {
+        self.tunnels
+            .iter()
+            .filter(|(_, r)| r.zone == zone)
+            .find(|(id, r)| *id == name_or_id || r.name == name_or_id)
+            .map(|(id, r)| (id.as_str(), r))
+    }
+
+    /// Every tunnel of `zone`, by id.
+    pub fn of_zone<'a>(
+        &'a self,
+        zone: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a TunnelRecord)> + 'a {
+        self.tunnels
+            .iter()
+            .filter(move |(_, r)| r.zone == zone)
+            .map(|(id, r)| (id.as_str(), r))
+    }
+
+    /// Records a new tunnel; persists before returning; on error nothing changed.
+    pub fn insert(&mut self, state: &StateDir, id: &str, rec: TunnelRecord) -> io::Result<()> {
+        self.tunnels.insert(id.to_owned(), rec);
+        if let Err(e) = self.save(state) {
+            self.tunnels.remove(id);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Forgets a tunnel: its certificate is refused from now on.
+    pub fn remove(&mut self, state: &StateDir, id: &str) -> io::Result<()> {
+        let Some(rec) = self.tunnels.remove(id) else {
+            return Ok(());
+        };
+        if let Err(e) = self.save(state) {
+            self.tunnels.insert(id.to_owned(), rec);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` may name a tunnel: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+pub fn valid_tunnel_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TUNNEL_NAME
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -622,6 +815,71 @@ pub(crate) mod tests {
                 .unwrap(),
             Claim::New
         );
+    }
+
+    #[test]
+    fn named_tunnels_and_routes_persist() {
+        let tmp = TempDir::new("state-tunnels");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        let mut tunnels = Tunnels::load(&state).unwrap();
+        let rec = TunnelRecord {
+            name: "web".into(),
+            zone: "example.com".into(),
+            cert_sha256: "ab".repeat(32),
+            created: 1,
+        };
+        tunnels.insert(&state, id, rec.clone()).unwrap();
+        assert_eq!(mode_of(&tmp.0.join("tunnels.json")), 0o600);
+        let reloaded = Tunnels::load(&state).unwrap();
+        assert_eq!(reloaded.get(id), Some(&rec));
+        assert_eq!(reloaded.find("example.com", "web").map(|t| t.0), Some(id));
+        assert_eq!(reloaded.find("example.com", id).map(|t| t.0), Some(id));
+        assert!(
+            reloaded.find("other.com", "web").is_none(),
+            "zones are apart"
+        );
+        assert_eq!(reloaded.of_zone("example.com").count(), 1);
+
+        let mut hosts = Hostnames::load(&state).unwrap();
+        hosts
+            .claim(&state, "old.example.com", &"cd".repeat(32), "example.com")
+            .unwrap();
+        hosts
+            .route(&state, "SSH.example.com", id, "example.com")
+            .unwrap();
+        hosts
+            .route(&state, "old.example.com", id, "example.com")
+            .unwrap();
+        let mut hosts = Hostnames::load(&state).unwrap();
+        assert_eq!(hosts.tunnel_of("ssh.example.com"), Some(id));
+        assert_eq!(
+            hosts.owner("old.example.com"),
+            Some(Owner::Tunnel {
+                id,
+                zone: "example.com"
+            })
+        );
+        // The certificate that had it cannot take it back the ad-hoc way.
+        assert!(hosts
+            .claim(&state, "old.example.com", &"cd".repeat(32), "example.com")
+            .is_err());
+        assert_eq!(
+            hosts.routes_of(id),
+            vec!["old.example.com".to_owned(), "ssh.example.com".to_owned()]
+        );
+        assert_eq!(hosts.unroute_tunnel(&state, id).unwrap().len(), 2);
+        assert_eq!(
+            Hostnames::load(&state).unwrap().owner("ssh.example.com"),
+            None
+        );
+
+        tunnels.remove(&state, id).unwrap();
+        assert!(Tunnels::load(&state).unwrap().get(id).is_none());
+        assert!(valid_tunnel_name("web-1.prod_a"));
+        for bad in ["", "-x", ".x", "a b", "x/y", &"a".repeat(65)] {
+            assert!(!valid_tunnel_name(bad), "{bad}");
+        }
     }
 
     #[test]

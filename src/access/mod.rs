@@ -334,19 +334,32 @@ pub fn https_get(
     cfg: &Arc<ClientConfig>,
     path: &str,
 ) -> Result<(u16, Vec<u8>), AccessError> {
+    https_request(opts, cfg, "GET", path, None)
+}
+
+/// [`https_get`] with any method, and a JSON body when `body` is given.
+pub fn https_request(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), AccessError> {
     let (mut sock, mut tls) = tls_connect(opts, cfg)?;
     let mut req = Vec::new();
-    http::write_request(
-        &mut req,
-        "GET",
-        path,
-        &[
-            ("Host", &opts.hostname),
-            ("Accept", "application/json"),
-            ("Connection", "close"),
-            ("User-Agent", USER_AGENT),
-        ],
-    );
+    let len = body.map(|b| b.len().to_string());
+    let mut headers = vec![
+        ("Host", opts.hostname.as_str()),
+        ("Accept", "application/json"),
+        ("Connection", "close"),
+        ("User-Agent", USER_AGENT),
+    ];
+    if let Some(len) = &len {
+        headers.push(("Content-Type", "application/json"));
+        headers.push(("Content-Length", len));
+    }
+    http::write_request(&mut req, method, path, &headers);
+    req.extend_from_slice(body.unwrap_or_default());
     tls.writer()
         .write_all(&req)
         .map_err(|e| err(e.to_string()))?;

@@ -331,7 +331,7 @@ fn tls_configs(
         .map_err(|e| ConfigError::Invalid(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
-    tunnel.alpn_protocols = vec![mux::ALPN.to_vec()];
+    tunnel.alpn_protocols = vec![mux::ALPN.to_vec(), super::admin::ALPN.to_vec()];
     Ok((Arc::new(carrier), Arc::new(tunnel)))
 }
 

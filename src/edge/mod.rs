@@ -3,6 +3,7 @@
 //! ```text
 //!  TCP accept ─▶ Accepting (read ClientHello; ALPN picks the role)
 //!                 ├─ "postern-tunnel/1" ─▶ Tunnel  (mutual TLS, mux Session, REGISTER)
+//!                 ├─ "postern-admin/1"  ─▶ Admin   (mutual TLS, one JSON request: admin.rs)
 //!                 └─ otherwise          ─▶ Carrier (HTTP head ─▶ auth ─▶ 101 ─▶ WebSocket stream)
 //! ```
 //!
@@ -16,6 +17,7 @@
 //! closes or refuses that client only, is counted in [`LimitCounters`], and is logged once per
 //! source and interval.
 
+pub mod admin;
 pub mod config;
 mod login;
 
@@ -41,7 +43,7 @@ use crate::limits::{CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSI
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
 use crate::policy::Identity;
-use crate::state::{ClaimError, Hostnames, ServiceTokens};
+use crate::state::{ClaimError, Hostnames, ServiceTokens, Tunnels};
 use crate::token_transfer::Slots;
 use crate::ws::{self, Decoder, Item, Role};
 
@@ -73,6 +75,7 @@ enum Conn {
     },
     Carrier(Box<Carrier>),
     Tunnel(Box<Tunnel>),
+    Admin(Box<admin::Admin>),
 }
 
 struct Carrier {
@@ -108,7 +111,12 @@ struct Tunnel {
     mux: Session,
     cert: CertificateDer<'static>,
     cert_fp: String,
+    /// The hostname an ad-hoc (`--hostname`) registration took.
     hostname: Option<String>,
+    /// The named tunnel (id) this connection serves.
+    named: Option<String>,
+    /// Unix seconds when the TLS connection was accepted.
+    opened: u64,
     connector: String,
     ha_index: u8,
     /// Stream id → carrier slot.
@@ -127,8 +135,13 @@ pub struct Edge {
     free: Vec<usize>,
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
-    /// Hostname → tunnel slots that registered it.
+    /// Hostname → tunnel slots that registered it (ad-hoc `--hostname`).
     routes: HashMap<String, Vec<usize>>,
+    /// Named tunnel id → its registered connection slots. Hostnames reach them through the
+    /// routes in `hostnames` (`tunnel route dns`).
+    named: HashMap<String, Vec<usize>>,
+    /// The named tunnels (`tunnels.json`).
+    tunnels: Tunnels,
     round_robin: usize,
     tokens: ServiceTokens,
     hostnames: Hostnames,
@@ -221,6 +234,7 @@ impl Edge {
     pub fn new(settings: EdgeSettings) -> io::Result<Edge> {
         let tokens = ServiceTokens::load(&settings.state)?;
         let hostnames = Hostnames::load(&settings.state)?;
+        let tunnels = Tunnels::load(&settings.state)?;
         let audit = Audit::open(&settings.audit_log)?;
         let keys = load_keys(&settings)?;
         let oidc = match &settings.identity {
@@ -239,6 +253,8 @@ impl Edge {
             dirty: Vec::new(),
             is_dirty: Vec::new(),
             routes: HashMap::new(),
+            named: HashMap::new(),
+            tunnels,
             round_robin: 0,
             tokens,
             hostnames,
@@ -456,6 +472,7 @@ impl Edge {
                 } => self.pump_accepting(slot, sock, acceptor, deadline, peer),
                 Conn::Carrier(c) => self.pump_carrier(slot, c).map(Conn::Carrier),
                 Conn::Tunnel(t) => self.pump_tunnel(slot, t).map(Conn::Tunnel),
+                Conn::Admin(a) => self.pump_admin(a).map(Conn::Admin),
             };
             match kept {
                 Some(c) => self.conns[slot] = Some(c),
@@ -494,8 +511,12 @@ impl Edge {
                     let is_tunnel = hello
                         .alpn()
                         .is_some_and(|mut protos| protos.any(|p| p == mux::ALPN));
+                    let is_admin = !is_tunnel
+                        && hello
+                            .alpn()
+                            .is_some_and(|mut protos| protos.any(|p| p == admin::ALPN));
                     let sni = hello.server_name().unwrap_or("").to_ascii_lowercase();
-                    let config: Arc<ServerConfig> = if is_tunnel {
+                    let config: Arc<ServerConfig> = if is_tunnel || is_admin {
                         self.settings.tunnel_tls.clone()
                     } else {
                         self.settings.carrier_tls.clone()
@@ -504,7 +525,11 @@ impl Edge {
                         Ok(conn) => {
                             let tls = TlsConn::new(sock, conn);
                             self.mark(slot);
-                            if is_tunnel {
+                            if is_admin {
+                                Some(Conn::Admin(Box::new(admin::Admin::new(
+                                    tls, peer, deadline,
+                                ))))
+                            } else if is_tunnel {
                                 Some(Conn::Tunnel(Box::new(Tunnel {
                                     tls,
                                     peer,
@@ -512,6 +537,8 @@ impl Edge {
                                     cert: CertificateDer::from(Vec::new()),
                                     cert_fp: String::new(),
                                     hostname: None,
+                                    named: None,
+                                    opened: login::unix_now(),
                                     connector: String::new(),
                                     ha_index: 0,
                                     carriers: HashMap::new(),
@@ -985,7 +1012,10 @@ impl Edge {
     /// A live, non-draining tunnel slot for `host`, round-robin over its HA connections that
     /// have room for another stream.
     fn pick_tunnel(&mut self, host: &str) -> Option<usize> {
-        let slots = self.routes.get(host)?;
+        let slots = match self.routes.get(host) {
+            Some(s) => s,
+            None => self.named.get(self.hostnames.tunnel_of(host)?)?,
+        };
         let live: Vec<usize> = slots
             .iter()
             .copied()
@@ -1162,15 +1192,18 @@ impl Edge {
     }
 
     fn on_register(&mut self, slot: usize, t: &mut Tunnel, hostname: &str, service: &str) {
+        if hostname.is_empty() {
+            return self.on_register_named(slot, t);
+        }
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), t.peer.to_string().into());
         audit.insert("hostname".into(), hostname.into());
         audit.insert("connector".into(), t.connector.clone().into());
         audit.insert("certificate".into(), t.cert_fp.clone().into());
-        let refusal = if t.hostname.is_some() {
+        let refusal = if t.hostname.is_some() || t.named.is_some() {
             Some((
                 refusal::BAD_HOSTNAME,
-                "one hostname per tunnel connection".to_owned(),
+                "one registration per tunnel connection".to_owned(),
             ))
         } else if !valid_hostname(hostname) {
             Some((
@@ -1233,12 +1266,94 @@ impl Edge {
         t.mux.send_registered(hostname);
     }
 
+    /// REGISTER with no hostname: the connection serves the named tunnel its certificate
+    /// was issued for, and so every hostname routed to that tunnel.
+    fn on_register_named(&mut self, slot: usize, t: &mut Tunnel) {
+        let id = crate::pki::tunnel_id(&t.cert);
+        let mut audit = serde_json::Map::new();
+        audit.insert("peer".into(), t.peer.to_string().into());
+        audit.insert("connector".into(), t.connector.clone().into());
+        audit.insert("certificate".into(), t.cert_fp.clone().into());
+        if let Some(id) = &id {
+            audit.insert("tunnel".into(), id.clone().into());
+        }
+        let record = id.as_deref().and_then(|id| self.tunnels.get(id));
+        let refusal = if t.hostname.is_some() || t.named.is_some() {
+            Some((
+                refusal::BAD_HOSTNAME,
+                "one registration per tunnel connection".to_owned(),
+            ))
+        } else if id.is_none() {
+            Some((
+                refusal::NOT_COVERED,
+                "a named tunnel needs its credentials file from `postern tunnel create`, not \
+                 an origin certificate"
+                    .to_owned(),
+            ))
+        } else if record.is_none_or(|r| r.cert_sha256 != t.cert_fp) {
+            Some((
+                refusal::NOT_COVERED,
+                format!(
+                    "tunnel {} does not exist on this edge (deleted?): create it again with \
+                     `postern tunnel create`",
+                    id.as_deref().unwrap_or_default()
+                ),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refusal {
+            warn!("tunnel {}: registration refused: {message}", t.peer);
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), message.clone().into());
+            self.audit.record("register", audit);
+            t.mux
+                .send_error(code, &format!("registration refused: {message}"));
+            t.closing = true;
+            return;
+        }
+        let (Some(id), Some(record)) = (id, record) else {
+            return;
+        };
+        let routes = self.hostnames.routes_of(&id);
+        let shown = if routes.is_empty() {
+            "none yet: add one with `postern tunnel route dns`".to_owned()
+        } else {
+            routes.join(", ")
+        };
+        info!(
+            "tunnel {} ({id}) registered connection {} (connector {}, {}); routes: {shown}",
+            record.name,
+            t.ha_index,
+            &t.connector[..t.connector.len().min(8)],
+            t.peer
+        );
+        audit.insert("name".into(), record.name.clone().into());
+        audit.insert("decision".into(), "allow".into());
+        self.audit.record("register", audit);
+        t.deadline = None;
+        t.named = Some(id.clone());
+        self.named.entry(id).or_default().push(slot);
+        t.mux.send_registered(&shown);
+    }
+
     fn end_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>, why: &str) {
         info!(
             "tunnel {} ({}) closed: {why}",
             t.peer,
-            t.hostname.as_deref().unwrap_or("unregistered")
+            t.hostname
+                .as_deref()
+                .or(t.named.as_deref())
+                .unwrap_or("unregistered")
         );
+        if let Some(id) = &t.named {
+            if let Some(v) = self.named.get_mut(id) {
+                v.retain(|&s| s != slot);
+                if v.is_empty() {
+                    self.named.remove(id);
+                }
+            }
+        }
         if let Some(h) = &t.hostname {
             if let Some(v) = self.routes.get_mut(h) {
                 v.retain(|&s| s != slot);
@@ -1298,6 +1413,7 @@ impl Edge {
                     }
                 },
                 Some(Conn::Tunnel(_)) => false,
+                Some(Conn::Admin(a)) => now >= a.deadline,
                 None => false,
             };
             if !expired {
@@ -1320,6 +1436,10 @@ impl Edge {
                         self.limit_hit(Limit::Handshake, c.peer.ip(), timed_out("no request head"));
                     }
                     self.end_carrier(slot, c, "timeout");
+                }
+                Some(Conn::Admin(a)) => {
+                    debug!("admin {}: no whole request before the deadline", a.peer);
+                    self.end_admin(a);
                 }
                 Some(Conn::Tunnel(t)) => {
                     if t.deadline.is_some_and(|d| now >= d) {

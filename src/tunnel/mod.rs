@@ -37,14 +37,29 @@ use crate::mux::{self, Event, Session, Side};
 use crate::pki::{self, OriginCredential};
 use crate::proxy::{self, ProxyConfig};
 
+pub mod admin;
+pub mod config;
+
+pub use config::{Ingress, Service};
+
 const SIGNALS: Token = Token(0);
 const FIRST: usize = 1;
 
+/// What the origin registers with the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// The guide's form, `--hostname H`: H, owned by the origin certificate.
+    Hostname(String),
+    /// A named tunnel (`tunnel run`): every hostname routed to it at the edge.
+    Named { id: String, name: String },
+}
+
 pub struct TunnelOptions {
-    pub hostname: String,
-    /// The local service, `host:port`.
-    pub service: String,
-    pub service_url: String,
+    pub registration: Registration,
+    /// Which service each hostname's streams go to.
+    pub ingress: Ingress,
+    /// SNI sent to the edge.
+    pub server_name: String,
     pub credential: OriginCredential,
     pub edge: String,
     pub extra_ca: Option<std::path::PathBuf>,
@@ -97,6 +112,8 @@ struct Local {
     sock: TcpStream,
     conn: usize,
     stream: u32,
+    /// The ingress rule it was opened by (to name its service in logs).
+    rule: usize,
     connected: bool,
     deadline: Instant,
     read_done: bool,
@@ -134,8 +151,9 @@ impl Origin {
             )
             .map_err(|e| io::Error::other(format!("origin certificate unusable: {e}")))?;
         tls.alpn_protocols = vec![mux::ALPN.to_vec()];
-        let server_name = ServerName::try_from(opts.hostname.clone())
-            .map_err(|_| io::Error::other(format!("invalid hostname {}", opts.hostname)))?;
+        let server_name = ServerName::try_from(opts.server_name.clone()).map_err(|_| {
+            io::Error::other(format!("invalid TLS server name {}", opts.server_name))
+        })?;
         let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
         let proxy = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())
             .map_err(|e| io::Error::other(e.to_string()))?;
@@ -180,13 +198,28 @@ impl Origin {
         self.poll
             .registry()
             .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
-        info!(
-            "starting tunnel for {} -> {} via edge {} with {} connections",
-            self.opts.hostname,
-            self.opts.service_url,
-            self.opts.edge,
-            self.conns.len()
-        );
+        match &self.opts.registration {
+            Registration::Hostname(h) => info!(
+                "starting tunnel for {h} -> {} via edge {} with {} connections",
+                self.opts.ingress.find(h).1.service,
+                self.opts.edge,
+                self.conns.len()
+            ),
+            Registration::Named { id, name } => {
+                info!(
+                    "starting tunnel {name} ({id}) via edge {} with {} connections",
+                    self.opts.edge,
+                    self.conns.len()
+                );
+                for r in self.opts.ingress.rules() {
+                    info!(
+                        "  ingress: {} -> {}",
+                        r.hostname.as_deref().unwrap_or("(every other hostname)"),
+                        r.service
+                    );
+                }
+            }
+        }
         if let Some(p) = &self.proxy {
             info!(
                 "connecting to the edge through the HTTP proxy {} (from {})",
@@ -580,7 +613,14 @@ impl Origin {
         let now = Instant::now();
         let mut mux = Box::new(Session::new(Side::Origin, now));
         mux.send_hello(self.connector_id, i as u8);
-        mux.send_register(&self.opts.hostname, &self.opts.service_url);
+        match &self.opts.registration {
+            Registration::Hostname(h) => {
+                let service = self.opts.ingress.find(h).1.service.to_string();
+                mux.send_register(h, &service)
+            }
+            // An empty hostname: "route to me what is routed to my certificate's tunnel".
+            Registration::Named { name, .. } => mux.send_register("", name),
+        }
         self.conns[i].link = Link::Live {
             tls: Box::new(TlsConn::new(sock, conn)),
             mux,
@@ -663,7 +703,12 @@ impl Origin {
     fn on_event(&mut self, i: usize, ev: Event) {
         match ev {
             Event::Registered { hostname } => {
-                info!("connection {i} registered {hostname}");
+                match &self.opts.registration {
+                    Registration::Hostname(_) => info!("connection {i} registered {hostname}"),
+                    Registration::Named { name, .. } => {
+                        info!("connection {i} registered tunnel {name} (routes: {hostname})")
+                    }
+                }
                 self.conns[i].attempt = 0;
                 if let Link::Live { registered, .. } = &mut self.conns[i].link {
                     *registered = true;
@@ -731,11 +776,21 @@ impl Origin {
         let Link::Live { mux, .. } = &mut self.conns[i].link else {
             return;
         };
-        if !hostname.eq_ignore_ascii_case(&self.opts.hostname) {
-            mux.reset(stream, mux::rst::NO_SERVICE, "no service for this hostname");
-            return;
-        }
-        let addr = match resolve(&self.opts.service) {
+        let host = hostname.to_ascii_lowercase();
+        let (rule, r) = self.opts.ingress.find(&host);
+        let service = match &r.service {
+            Service::Tcp { addr, .. } => addr,
+            Service::Status(code) => {
+                info!("stream {stream}: no ingress rule serves {host} (http_status:{code})");
+                mux.reset(
+                    stream,
+                    mux::rst::NO_SERVICE,
+                    &format!("the origin serves no service for {host} (status {code})"),
+                );
+                return;
+            }
+        };
+        let addr = match resolve(service) {
             Ok(a) => a,
             Err(e) => {
                 mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
@@ -773,6 +828,7 @@ impl Origin {
             sock,
             conn: i,
             stream,
+            rule,
             connected: false,
             deadline: Instant::now() + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
             read_done: false,
@@ -878,7 +934,7 @@ impl Origin {
         let (i, stream) = (l.conn, l.stream);
         warn!(
             "stream {stream}: cannot connect to the service {}: {why}",
-            self.opts.service
+            self.opts.ingress.rules()[l.rule].service
         );
         if let Link::Live { mux, .. } = &mut self.conns[i].link {
             mux.reset(stream, mux::rst::CONNECT_FAILED, why);

@@ -1,0 +1,471 @@
+//! The edge's tunnel administration API, for `postern tunnel create/list/info/delete/route`.
+//!
+//! Contract:
+//! - Reached with ALPN [`ALPN`] on the edge's port, over the tunnels' mutual TLS: the client
+//!   presents a zone's origin certificate (`tunnel login` or `edge origin-cert create`). A
+//!   named tunnel's own certificate administers nothing.
+//! - One HTTP/1.1 request per connection, body JSON of at most [`MAX_BODY`] bytes, answered
+//!   with JSON and closed. Errors are `{"error": "..."}`.
+//! - A zone's certificate sees and manages only that zone's tunnels, and routes only
+//!   hostnames under that zone. Routing a hostname someone else holds needs `overwrite`, and
+//!   is refused outright when the holder is another zone.
+//! - Every change is one `tunnel_admin` line in the audit log.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /v1/tunnels` | `{"tunnels": [TUNNEL…]}` |
+//! | `GET /v1/tunnels/REF` | TUNNEL (REF is a name or an id) |
+//! | `POST /v1/tunnels` `{"name"}` | 201, TUNNEL + `certificate`, `key` (PEM) |
+//! | `DELETE /v1/tunnels/REF[?force=true]` | `{"id", "routes", "closed"}`; 409 while connected |
+//! | `PUT /v1/routes/HOST` `{"tunnel", "overwrite"}` | `{"hostname", "tunnel", "replaced"}` |
+//!
+//! TUNNEL is `{"id", "name", "zone", "created", "routes": [HOST…], "connections": [{"connector",
+//! "ha_index", "origin", "opened", "streams"}…]}`.
+
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use rustls::pki_types::CertificateDer;
+use serde_json::{json, Value};
+
+use super::{refusal, Conn, Edge, Tunnel};
+use crate::http::{self, HeadLimits, RequestHead};
+use crate::io::tls::TlsConn;
+use crate::pki::{self, Authority, OriginCredential};
+use crate::state::{self, Owner, TunnelRecord};
+
+/// ALPN of the administration API.
+pub const ALPN: &[u8] = b"postern-admin/1";
+/// Largest request body.
+pub const MAX_BODY: usize = 16 * 1024;
+/// A request must have arrived whole this long after the connection was accepted.
+const REQUEST_SECS: u64 = 10;
+
+pub(super) struct Admin {
+    pub(super) tls: TlsConn,
+    pub(super) peer: std::net::SocketAddr,
+    pub(super) deadline: Instant,
+    /// The answer is queued: close once it is flushed.
+    answered: bool,
+}
+
+impl Admin {
+    pub(super) fn new(tls: TlsConn, peer: std::net::SocketAddr, deadline: Instant) -> Admin {
+        Admin {
+            tls,
+            peer,
+            deadline: deadline.max(Instant::now() + Duration::from_secs(REQUEST_SECS)),
+            answered: false,
+        }
+    }
+}
+
+/// An answer: status and JSON body.
+type Answer = (u16, Value);
+
+fn error(status: u16, message: impl Into<String>) -> Answer {
+    (status, json!({ "error": message.into() }))
+}
+
+impl Edge {
+    pub(super) fn pump_admin(&mut self, mut a: Box<Admin>) -> Option<Box<Admin>> {
+        if let Err(e) = a.tls.read() {
+            info!("admin {}: {e}", a.peer);
+            return self.end_admin(a);
+        }
+        if !a.answered && !a.tls.tls.is_handshaking() {
+            let limits = HeadLimits {
+                max_head_bytes: self.settings.limits.max_head_bytes,
+                max_headers: self.settings.limits.max_headers,
+            };
+            let answer = match http::parse_request_head(a.tls.rx.data(), &limits) {
+                Ok(None) if a.tls.peer_closed => return self.end_admin(a),
+                Ok(None) => None,
+                Err(e) => Some(error(400, format!("bad request head: {e}"))),
+                Ok(Some((head, used))) => match head.content_length() {
+                    Some(n) if n > MAX_BODY as u64 => {
+                        Some(error(413, format!("body over {MAX_BODY} bytes")))
+                    }
+                    n => {
+                        let n = n.unwrap_or(0) as usize;
+                        if a.tls.rx.len() >= used + n {
+                            let body = a.tls.rx.data()[used..used + n].to_vec();
+                            a.tls.rx.consume(used + n);
+                            let cert = a
+                                .tls
+                                .tls
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .map(|c| c.clone().into_owned());
+                            Some(self.admin_request(&a, cert, &head, &body))
+                        } else if a.tls.peer_closed {
+                            return self.end_admin(a);
+                        } else {
+                            None
+                        }
+                    }
+                },
+            };
+            if let Some((status, body)) = answer {
+                let body = body.to_string();
+                let mut out = Vec::new();
+                http::write_response(
+                    &mut out,
+                    status,
+                    reason(status),
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Cache-Control", "no-store"),
+                        ("Connection", "close"),
+                    ],
+                    body.as_bytes(),
+                );
+                a.tls.send(&out);
+                a.tls.tls.send_close_notify();
+                a.answered = true;
+            }
+        }
+        if a.tls.flush().is_err() || (a.answered && !a.tls.tls.wants_write()) {
+            return self.end_admin(a);
+        }
+        Some(a)
+    }
+
+    pub(super) fn end_admin(&mut self, mut a: Box<Admin>) -> Option<Box<Admin>> {
+        a.tls.close();
+        let _ = self.poll.registry().deregister(&mut a.tls.sock);
+        None
+    }
+
+    fn admin_request(
+        &mut self,
+        a: &Admin,
+        cert: Option<CertificateDer<'static>>,
+        head: &RequestHead,
+        body: &[u8],
+    ) -> Answer {
+        let Some(zone) = cert.as_ref().and_then(pki::origin_zone) else {
+            warn!("admin {}: refused: not a zone's origin certificate", a.peer);
+            return error(
+                403,
+                "this certificate cannot manage tunnels: use the origin certificate from \
+                 `postern tunnel login` (cert.pem)",
+            );
+        };
+        let path = head.target.split('?').next().unwrap_or_default();
+        let query = head.target.split_once('?').map_or("", |(_, q)| q);
+        let body: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => return error(400, format!("body is not JSON: {e}")),
+            }
+        };
+        let mut audit = serde_json::Map::new();
+        audit.insert("peer".into(), a.peer.to_string().into());
+        audit.insert("zone".into(), zone.clone().into());
+        let answer = match (head.method.as_str(), path) {
+            ("GET", "/v1/tunnels") => {
+                let list: Vec<Value> = self
+                    .tunnels
+                    .of_zone(&zone)
+                    .map(|(id, r)| self.describe(id, r))
+                    .collect();
+                return (200, json!({ "tunnels": list }));
+            }
+            ("POST", "/v1/tunnels") => self.create_tunnel(&zone, &body, &mut audit),
+            ("PUT", p) if p.starts_with("/v1/routes/") => {
+                self.route_hostname(&zone, &p["/v1/routes/".len()..], &body, &mut audit)
+            }
+            (m, p) if p.starts_with("/v1/tunnels/") => {
+                let r = &p["/v1/tunnels/".len()..];
+                let Some((id, rec)) = self.tunnels.find(&zone, r) else {
+                    return error(404, format!("no tunnel {r:?} in zone {zone}"));
+                };
+                let (id, rec) = (id.to_owned(), rec.clone());
+                match m {
+                    "GET" => return (200, self.describe(&id, &rec)),
+                    "DELETE" => {
+                        let force = query
+                            .split('&')
+                            .any(|kv| kv == "force=true" || kv == "force");
+                        self.delete_tunnel(&id, &rec, force, &mut audit)
+                    }
+                    _ => error(405, "method not allowed"),
+                }
+            }
+            _ => return error(404, format!("no such endpoint: {} {path}", head.method)),
+        };
+        let decision = if answer.0 < 300 { "allow" } else { "deny" };
+        audit.insert("decision".into(), decision.into());
+        if answer.0 >= 300 {
+            audit.insert("reason".into(), answer.1["error"].clone());
+        }
+        self.audit.record("tunnel_admin", audit);
+        answer
+    }
+
+    /// A tunnel as the API shows it, with its routes and live connections.
+    fn describe(&self, id: &str, r: &TunnelRecord) -> Value {
+        let conns: Vec<Value> = self
+            .named
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|&s| match &self.conns[s] {
+                Some(Conn::Tunnel(t)) => Some(connection(t)),
+                _ => None,
+            })
+            .collect();
+        json!({
+            "id": id,
+            "name": r.name,
+            "zone": r.zone,
+            "created": r.created,
+            "routes": self.hostnames.routes_of(id),
+            "connections": conns,
+        })
+    }
+
+    fn create_tunnel(
+        &mut self,
+        zone: &str,
+        body: &Value,
+        audit: &mut serde_json::Map<String, Value>,
+    ) -> Answer {
+        audit.insert("action".into(), "create".into());
+        let Some(name) = body.get("name").and_then(Value::as_str) else {
+            return error(400, "name: missing");
+        };
+        audit.insert("name".into(), name.into());
+        if !state::valid_tunnel_name(name) || pki::valid_tunnel_id(name) {
+            return error(
+                400,
+                format!(
+                    "name: {name:?} is not a tunnel name (1-64 of letters, digits, '.', '_', \
+                     '-'; not an id)"
+                ),
+            );
+        }
+        if self.tunnels.find(zone, name).is_some() {
+            return error(
+                409,
+                format!("a tunnel named {name} already exists in zone {zone}"),
+            );
+        }
+        let issued = pki::new_tunnel_id().and_then(|id| {
+            let ca =
+                Authority::load_or_create(&self.settings.state, "origin-ca", "postern origin CA")?;
+            let (cert, key) = ca.issue_tunnel(&id)?;
+            Ok((id, cert, key))
+        });
+        let (id, cert, key) = match issued {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("tunnel create: {e}");
+                return error(500, "the edge could not issue the tunnel's certificate");
+            }
+        };
+        let rec = TunnelRecord {
+            name: name.to_owned(),
+            zone: zone.to_owned(),
+            cert_sha256: pki::fingerprint(&cert),
+            created: super::login::unix_now(),
+        };
+        if let Err(e) = self.tunnels.insert(&self.settings.state, &id, rec.clone()) {
+            warn!("tunnel create: {e}");
+            return error(500, "the edge could not record the tunnel");
+        }
+        audit.insert("tunnel".into(), id.clone().into());
+        info!("created tunnel {name} ({id}) in zone {zone}");
+        // The edge's own CA (dev) travels along, as in `tunnel login`.
+        let ca = self
+            .settings
+            .tls_ca_pem
+            .as_deref()
+            .and_then(|pem| pki::pem_sections(pem).ok())
+            .map(|s| s.into_iter().map(|(_, der)| der.into()).collect())
+            .unwrap_or_default();
+        let credential = OriginCredential {
+            key,
+            cert,
+            zone: zone.to_owned(),
+            edge: None,
+            ca,
+        };
+        let mut v = self.describe(&id, &rec);
+        v["credential"] = credential.to_pem().into();
+        (201, v)
+    }
+
+    fn delete_tunnel(
+        &mut self,
+        id: &str,
+        rec: &TunnelRecord,
+        force: bool,
+        audit: &mut serde_json::Map<String, Value>,
+    ) -> Answer {
+        audit.insert("action".into(), "delete".into());
+        audit.insert("tunnel".into(), id.into());
+        audit.insert("name".into(), rec.name.clone().into());
+        let slots = self.named.get(id).cloned().unwrap_or_default();
+        if !slots.is_empty() && !force {
+            return error(
+                409,
+                format!(
+                    "tunnel {} has {} active connection(s): stop its origin first, or delete \
+                     with --force (-f) to cut them",
+                    rec.name,
+                    slots.len()
+                ),
+            );
+        }
+        if let Err(e) = self.tunnels.remove(&self.settings.state, id) {
+            warn!("tunnel delete: {e}");
+            return error(500, "the edge could not delete the tunnel");
+        }
+        let routes = match self.hostnames.unroute_tunnel(&self.settings.state, id) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("tunnel delete: routes of {id}: {e}");
+                Vec::new()
+            }
+        };
+        for &s in &slots {
+            if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
+                t.mux.send_error(
+                    refusal::NOT_COVERED,
+                    &format!("tunnel {} was deleted", rec.name),
+                );
+                t.closing = true;
+                self.mark(s);
+            }
+        }
+        info!(
+            "deleted tunnel {} ({id}); routes removed: {}; connections closed: {}",
+            rec.name,
+            routes.len(),
+            slots.len()
+        );
+        (
+            200,
+            json!({ "id": id, "name": rec.name, "routes": routes, "closed": slots.len() }),
+        )
+    }
+
+    fn route_hostname(
+        &mut self,
+        zone: &str,
+        hostname: &str,
+        body: &Value,
+        audit: &mut serde_json::Map<String, Value>,
+    ) -> Answer {
+        let host = hostname.to_ascii_lowercase();
+        audit.insert("action".into(), "route".into());
+        audit.insert("hostname".into(), host.clone().into());
+        let Some(r) = body.get("tunnel").and_then(Value::as_str) else {
+            return error(400, "tunnel: missing");
+        };
+        let overwrite = body
+            .get("overwrite")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let Some((id, rec)) = self.tunnels.find(zone, r) else {
+            return error(404, format!("no tunnel {r:?} in zone {zone}"));
+        };
+        let (id, name) = (id.to_owned(), rec.name.clone());
+        audit.insert("tunnel".into(), id.clone().into());
+        if !super::valid_hostname(&host) {
+            return error(400, format!("{host:?} is not a hostname"));
+        }
+        if !(host == zone || host.ends_with(&format!(".{zone}"))) {
+            return error(
+                403,
+                format!("{host} is not in zone {zone}, which your origin certificate is for"),
+            );
+        }
+        if !self
+            .settings
+            .zones
+            .iter()
+            .any(|z| host == *z || host.ends_with(&format!(".{z}")))
+        {
+            return error(403, format!("{host} is not in a zone served by this edge"));
+        }
+        let replaced = match self.hostnames.owner(&host) {
+            None => Value::Null,
+            Some(Owner::Tunnel { id: owner, .. }) if owner == id => {
+                return (
+                    200,
+                    json!({ "hostname": host, "tunnel": id, "name": name, "replaced": null,
+                            "unchanged": true }),
+                );
+            }
+            Some(Owner::Tunnel { zone: z, .. } | Owner::Certificate { zone: z }) if z != zone => {
+                return error(
+                    409,
+                    format!("{host} is held by an origin of another zone ({z})"),
+                );
+            }
+            Some(owner) if !overwrite => {
+                let holder = match owner {
+                    Owner::Tunnel { id, .. } => format!("tunnel {id}"),
+                    Owner::Certificate { .. } => "an origin certificate (tunnel --hostname)".into(),
+                };
+                return error(
+                    409,
+                    format!(
+                        "{host} is already routed to {holder}: pass --overwrite-dns to move it"
+                    ),
+                );
+            }
+            Some(Owner::Tunnel { id, .. }) => json!(format!("tunnel {id}")),
+            Some(Owner::Certificate { .. }) => json!("origin certificate"),
+        };
+        if let Err(e) = self.hostnames.route(&self.settings.state, &host, &id, zone) {
+            warn!("route {host}: {e}");
+            return error(500, "the edge could not record the route");
+        }
+        // Ad-hoc registrations of the hostname lose it now.
+        for s in self.routes.remove(&host).unwrap_or_default() {
+            if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
+                t.mux.send_error(
+                    refusal::OWNED,
+                    &format!("hostname {host} was routed to tunnel {name}"),
+                );
+                t.closing = true;
+                self.mark(s);
+            }
+        }
+        info!("routed {host} to tunnel {name} ({id})");
+        (
+            200,
+            json!({ "hostname": host, "tunnel": id, "name": name, "replaced": replaced }),
+        )
+    }
+}
+
+fn connection(t: &Tunnel) -> Value {
+    json!({
+        "connector": t.connector,
+        "ha_index": t.ha_index,
+        "origin": t.peer.ip().to_string(),
+        "opened": t.opened,
+        "streams": t.mux.stream_count(),
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        _ => "Error",
+    }
+}
