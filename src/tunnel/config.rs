@@ -364,6 +364,31 @@ pub fn grace(v: &str) -> Result<Duration, String> {
     parse_seconds(v).map(Duration::from_secs)
 }
 
+/// For the fuzz target: parse a config file's text and its ingress rules, and route a few
+/// hostnames through them. Must never panic, whatever `data` holds.
+pub fn fuzz_config(data: &[u8]) {
+    let Ok(cfg) = serde_json::from_slice::<TunnelConfig>(data) else {
+        return;
+    };
+    if let Some(g) = &cfg.grace_period {
+        let _ = parse_seconds(g);
+    }
+    if let Ok(ingress) = Ingress::from_raw(&cfg.ingress) {
+        assert!(ingress.rules().last().is_some_and(|r| r.hostname.is_none()));
+        for r in ingress.rules() {
+            let host = r.hostname.as_deref().unwrap_or("x.example.com");
+            let host = host
+                .strip_prefix("*.")
+                .map_or(host.to_owned(), |s| format!("a.{s}"));
+            let (i, _) = ingress.find(&host);
+            assert!(i < ingress.rules().len());
+        }
+    }
+    if let Ok(creds) = serde_json::from_slice::<TunnelCredentials>(data) {
+        let _ = OriginCredential::parse(&creds.credential);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
