@@ -1,7 +1,13 @@
 //! A bounded byte buffer: the one place data waits between a reader and a writer.
 //!
-//! Memory is taken on first use (an idle stream costs nothing) and never grows past the
-//! capacity fixed at creation: when `space()` is 0, the owner stops reading from its source.
+//! Memory is taken on first use and grows by doubling, from [`MIN_ALLOC`] up to the capacity
+//! fixed at creation, only as data actually waits: an idle stream costs nothing, one that saw
+//! only an ssh banner costs 4 KiB, a busy one reaches its capacity within a few reads. When
+//! `space()` is 0, the owner stops reading from its source. [`Buf::release_if_empty`] gives
+//! the memory back (owners call it on a slow timer, not per read, to avoid churn).
+
+/// The first allocation of a buffer.
+pub const MIN_ALLOC: usize = 4096;
 
 pub struct Buf {
     data: Vec<u8>,
@@ -54,22 +60,42 @@ impl Buf {
         }
     }
 
-    /// A writable tail of up to `space()` bytes; call `commit` with what was written.
+    /// A writable tail, empty only when `space()` is 0; call `commit` with what was written.
+    /// It is what the allocation has free: when that is nothing, the allocation slides its
+    /// live bytes to the front or doubles, so a reader that fills each tail grows the buffer
+    /// to its capacity in a few calls.
     pub fn tail_mut(&mut self) -> &mut [u8] {
-        self.make_room(self.space());
+        if self.end == self.data.len() {
+            let want = self.data.len().max(MIN_ALLOC).min(self.space());
+            self.make_room(want);
+        }
         &mut self.data[self.end..]
     }
 
-    /// Allocates on first use and slides live bytes to the front so `n <= space()` fit.
+    /// Makes `n <= space()` bytes fit after the live ones: slides them to the front, then
+    /// grows the allocation (doubling, at least [`MIN_ALLOC`], at most the capacity).
     fn make_room(&mut self, n: usize) {
-        if self.data.len() < self.cap {
-            self.data.resize(self.cap, 0);
+        debug_assert!(n <= self.space(), "bug: room beyond capacity");
+        if self.end + n <= self.data.len() {
+            return;
         }
-        if self.end + n > self.cap {
+        if self.start > 0 {
             self.data.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
         }
+        if self.end + n > self.data.len() {
+            let grown = (self.end + n)
+                .max(self.data.len() * 2)
+                .max(MIN_ALLOC)
+                .min(self.cap);
+            self.data.resize(grown, 0);
+        }
+    }
+
+    /// Bytes currently allocated (for tests and memory accounting).
+    pub fn allocated(&self) -> usize {
+        self.data.len()
     }
 
     pub fn commit(&mut self, n: usize) {
@@ -89,7 +115,7 @@ impl Buf {
         n
     }
 
-    /// Gives the memory back (used when a stream goes idle).
+    /// Gives the memory back if nothing waits (owners call it when a stream goes idle).
     pub fn release_if_empty(&mut self) {
         if self.is_empty() && !self.data.is_empty() {
             self.data = Vec::new();
@@ -118,14 +144,58 @@ mod tests {
     }
 
     #[test]
+    fn allocation_grows_with_use_and_never_past_capacity() {
+        let cap = 64 * 1024;
+        let mut b = Buf::new(cap);
+        assert_eq!(b.allocated(), 0, "nothing before first use");
+        assert_eq!(
+            b.tail_mut().len(),
+            MIN_ALLOC,
+            "a first read gets a small tail"
+        );
+        assert_eq!(b.allocated(), MIN_ALLOC);
+        // A reader that fills every tail: doubling until the capacity, never beyond.
+        let mut tails = Vec::new();
+        while b.space() > 0 {
+            let n = b.tail_mut().len();
+            assert!(n > 0);
+            tails.push(n);
+            b.commit(n);
+        }
+        assert_eq!(tails, vec![4096, 4096, 8192, 16384, 32768]);
+        assert_eq!(b.allocated(), cap);
+        assert!(b.tail_mut().is_empty());
+        // Consumed from the front: the next tail slides instead of growing.
+        b.consume(1000);
+        assert_eq!(b.tail_mut().len(), 1000);
+        assert_eq!(b.allocated(), cap);
+        // A push bigger than the allocation grows it at once.
+        let mut p = Buf::new(cap);
+        assert_eq!(p.push(&[7u8; 10_000]), 10_000);
+        assert_eq!(p.allocated(), 10_000.max(MIN_ALLOC));
+        p.consume(10_000);
+        p.release_if_empty();
+        assert_eq!(p.allocated(), 0);
+    }
+
+    #[test]
     fn tail_and_commit() {
         let mut b = Buf::new(4);
         b.push(b"ab");
         b.consume(1);
         let t = b.tail_mut();
-        assert_eq!(t.len(), 3);
+        assert_eq!(
+            t.len(),
+            2,
+            "what the allocation has free after the live bytes"
+        );
         t[0] = b'c';
         b.commit(1);
         assert_eq!(b.data(), b"bc");
+        b.tail_mut()[0] = b'd';
+        b.commit(1);
+        // The allocation's end is reached: the live bytes slide to make the last byte free.
+        assert_eq!(b.tail_mut().len(), 1);
+        assert_eq!(b.data(), b"bcd");
     }
 }

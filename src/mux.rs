@@ -825,7 +825,6 @@ impl Session {
             return;
         };
         s.rx.consume(n);
-        s.rx.release_if_empty();
         s.consumed += n as u64;
         s.unacked += n as u32;
         if s.unacked >= WINDOW_UPDATE_THRESHOLD && !s.fin_received {
@@ -975,7 +974,6 @@ impl Session {
                     s.want_writable = false;
                     self.events.push_back(Event::Writable(id));
                 }
-                s.tx.release_if_empty();
             }
             if s.fin_wanted && !s.fin_sent && s.tx.is_empty() {
                 s.fin_sent = true;
@@ -1004,6 +1002,12 @@ impl Session {
             self.ping_counter += 1;
             encode(&mut self.control, &Frame::Ping(self.ping_counter));
             self.next_ping = now + interval;
+            // Buffers of streams with nothing waiting go back: an idle stream costs little
+            // memory, and a busy one does not re-grow its buffers on every batch.
+            for st in self.streams.values_mut() {
+                st.rx.release_if_empty();
+                st.tx.release_if_empty();
+            }
         }
         Ok(self
             .next_ping
