@@ -1,0 +1,330 @@
+//! loadgen: the load generator and sink of `scripts/bench`. Sync, std only, one thread per
+//! sink connection (a benchmark tool, not part of postern).
+//!
+//! ```text
+//! loadgen sink ADDR                       serve: greet, then obey the client's header
+//! loadgen probe ADDR                      exit 0 once ADDR greets within 2 s (readiness)
+//! loadgen upload ADDR BYTES               send BYTES, wait for the sink's count
+//! loadgen download ADDR BYTES [--slow MBPS SECS]   receive BYTES (optionally throttled first)
+//! loadgen pingpong ADDR COUNT             COUNT 1-byte round trips: p50/p99 µs
+//! loadgen connect ADDR COUNT              COUNT fresh connections: time to the greeting byte
+//! loadgen idle ADDR[,ADDR..] COUNT        hold COUNT established connections until stdin closes
+//! ```
+//!
+//! The sink protocol: on accept the sink sends one greeting byte (so "established" means the
+//! whole chain is up, and time-to-first-byte needs no request). The client then sends a
+//! 9-byte header, a command byte and a big-endian u64:
+//!
+//! | cmd | sink does |
+//! |---|---|
+//! | `D` | discard until EOF, then answer the byte count (u64 BE) |
+//! | `S` | source N zero bytes, then close |
+//! | `E` | echo until EOF |
+//! | `H` | hold: read (and ignore) until EOF |
+//!
+//! Every client mode prints one JSON line on stdout; `scripts/bench` parses it.
+#![forbid(unsafe_code)]
+
+use std::io::{self, BufRead, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::ExitCode;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const CHUNK: usize = 256 * 1024;
+const GREETING: u8 = b'!';
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["sink", addr] => sink(addr),
+        ["probe", addr] => probe(addr),
+        ["upload", addr, n] => upload(addr, num(n)),
+        ["download", addr, n] => download(addr, num(n), None),
+        ["download", addr, n, "--slow", mbps, secs] => {
+            download(addr, num(n), Some((num(mbps), num(secs))))
+        }
+        ["pingpong", addr, n] => pingpong(addr, num(n)),
+        ["connect", addr, n] => connect(addr, num(n)),
+        ["idle", addrs, n] => idle(addrs, num(n)),
+        _ => Err(io::Error::other(
+            "usage: loadgen sink|probe|upload|download|pingpong|connect|idle ... (see source)",
+        )),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A size or count; accepts the suffixes K, M, G (powers of 1024).
+fn num(s: &str) -> u64 {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'K') => (&s[..s.len() - 1], 1 << 10),
+        Some(b'M') => (&s[..s.len() - 1], 1 << 20),
+        Some(b'G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("not a number: {s:?}"))
+        * mult
+}
+
+// ------------------------------------------------------------------------------- sink
+
+fn sink(addr: &str) -> io::Result<()> {
+    let listener = TcpListener::bind(addr)?;
+    eprintln!("loadgen sink listening on {}", listener.local_addr()?);
+    for conn in listener.incoming() {
+        let Ok(conn) = conn else { continue };
+        // Small stacks: the idle scenario holds 10 000 connections, one thread each.
+        let spawned = thread::Builder::new().stack_size(64 * 1024).spawn(move || {
+            let _ = serve(conn);
+        });
+        if let Err(e) = spawned {
+            eprintln!("loadgen sink: cannot spawn: {e}");
+        }
+    }
+    Ok(())
+}
+
+fn serve(mut s: TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    s.write_all(&[GREETING])?;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head)?;
+    let n = u64::from_be_bytes(head[1..].try_into().expect("bug: 8 bytes"));
+    match head[0] {
+        b'D' => {
+            let total = drain(&mut s)?;
+            s.write_all(&total.to_be_bytes())?;
+        }
+        b'S' => {
+            let buf = vec![0u8; CHUNK];
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(CHUNK as u64) as usize;
+                s.write_all(&buf[..k])?;
+                left -= k as u64;
+            }
+        }
+        b'E' => {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let k = s.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                s.write_all(&buf[..k])?;
+            }
+        }
+        b'H' => {
+            let mut buf = [0u8; 64];
+            while s.read(&mut buf)? > 0 {}
+        }
+        other => return Err(io::Error::other(format!("unknown command {other}"))),
+    }
+    s.shutdown(Shutdown::Write)
+}
+
+fn drain(s: &mut TcpStream) -> io::Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let k = s.read(&mut buf)?;
+        if k == 0 {
+            return Ok(total);
+        }
+        total += k as u64;
+    }
+}
+
+// ------------------------------------------------------------------------------- clients
+
+fn resolve(addr: &str) -> io::Result<SocketAddr> {
+    addr.parse()
+        .map_err(|e| io::Error::other(format!("{addr}: {e}")))
+}
+
+/// Connects, reads the greeting, sends the header.
+fn open(addr: &str, cmd: u8, n: u64) -> io::Result<TcpStream> {
+    let mut s = TcpStream::connect(resolve(addr)?)?;
+    s.set_nodelay(true)?;
+    greeting(&mut s)?;
+    let mut head = [cmd; 9];
+    head[1..].copy_from_slice(&n.to_be_bytes());
+    s.write_all(&head)?;
+    Ok(s)
+}
+
+fn greeting(s: &mut TcpStream) -> io::Result<()> {
+    let mut g = [0u8; 1];
+    s.read_exact(&mut g)?;
+    if g[0] != GREETING {
+        return Err(io::Error::other("wrong greeting byte"));
+    }
+    Ok(())
+}
+
+fn probe(addr: &str) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&resolve(addr)?, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    greeting(&mut s)
+}
+
+fn mb_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+fn upload(addr: &str, n: u64) -> io::Result<()> {
+    let start = Instant::now();
+    let mut s = open(addr, b'D', n)?;
+    let buf = vec![0u8; CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(CHUNK as u64) as usize;
+        s.write_all(&buf[..k])?;
+        left -= k as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut count = [0u8; 8];
+    s.read_exact(&mut count)?;
+    let secs = start.elapsed().as_secs_f64();
+    let got = u64::from_be_bytes(count);
+    if got != n {
+        return Err(io::Error::other(format!("sink counted {got} of {n} bytes")));
+    }
+    println!(
+        "{{\"mode\":\"upload\",\"bytes\":{n},\"secs\":{secs:.6},\"mbps\":{:.1}}}",
+        mb_per_s(n, secs)
+    );
+    Ok(())
+}
+
+/// `slow`: read at most MBPS megabytes per second for SECS seconds, then as fast as possible.
+fn download(addr: &str, n: u64, slow: Option<(u64, u64)>) -> io::Result<()> {
+    let start = Instant::now();
+    let mut s = open(addr, b'S', n)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    let slow_until = slow.map(|(_, secs)| start + Duration::from_secs(secs));
+    loop {
+        let want = match (slow, slow_until) {
+            (Some((mbps, _)), Some(until)) if Instant::now() < until => {
+                // Pace: never be ahead of MBPS since start.
+                let allowed = (start.elapsed().as_secs_f64() * mbps as f64 * 1e6) as u64;
+                if total >= allowed {
+                    thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                ((allowed - total) as usize).min(16 * 1024)
+            }
+            _ => CHUNK,
+        };
+        let k = s.read(&mut buf[..want])?;
+        if k == 0 {
+            break;
+        }
+        total += k as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if total != n {
+        return Err(io::Error::other(format!("received {total} of {n} bytes")));
+    }
+    println!(
+        "{{\"mode\":\"download\",\"bytes\":{n},\"secs\":{secs:.6},\"mbps\":{:.1}}}",
+        mb_per_s(n, secs)
+    );
+    Ok(())
+}
+
+/// The q-quantile (0..=1) of sorted microsecond samples, nearest rank.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+fn print_latency(mode: &str, mut us: Vec<f64>) {
+    us.sort_by(f64::total_cmp);
+    let mean = us.iter().sum::<f64>() / us.len().max(1) as f64;
+    println!(
+        "{{\"mode\":\"{mode}\",\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"mean_us\":{mean:.1},\"max_us\":{:.1}}}",
+        us.len(),
+        quantile(&us, 0.50),
+        quantile(&us, 0.99),
+        us.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+fn pingpong(addr: &str, n: u64) -> io::Result<()> {
+    let mut s = open(addr, b'E', 0)?;
+    let mut us = Vec::with_capacity(n as usize);
+    let mut b = [0u8; 1];
+    for i in 0..n {
+        let t = Instant::now();
+        s.write_all(&[i as u8])?;
+        s.read_exact(&mut b)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        if b[0] != i as u8 {
+            return Err(io::Error::other("echo returned a different byte"));
+        }
+    }
+    s.shutdown(Shutdown::Write)?;
+    print_latency("pingpong", us);
+    Ok(())
+}
+
+fn connect(addr: &str, n: u64) -> io::Result<()> {
+    let sa = resolve(addr)?;
+    let mut us = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(sa)?;
+        s.set_nodelay(true)?;
+        greeting(&mut s)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        // Tell the sink to hold, then close: the stream ends cleanly on both sides.
+        s.write_all(&[b'H', 0, 0, 0, 0, 0, 0, 0, 0])?;
+        s.shutdown(Shutdown::Write)?;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    print_latency("connect", us);
+    Ok(())
+}
+
+fn idle(addrs: &str, n: u64) -> io::Result<()> {
+    let addrs: Vec<&str> = addrs.split(',').collect();
+    let start = Instant::now();
+    let mut held = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        let addr = addrs[i % addrs.len()];
+        let s = open(addr, b'H', 0)
+            .map_err(|e| io::Error::other(format!("connection {i} to {addr}: {e}")))?;
+        held.push(s);
+    }
+    println!(
+        "{{\"mode\":\"idle\",\"established\":{},\"secs\":{:.3}}}",
+        held.len(),
+        start.elapsed().as_secs_f64()
+    );
+    io::stdout().flush()?;
+    // Hold until whoever started us closes our stdin.
+    let mut line = String::new();
+    while io::stdin().lock().read_line(&mut line)? > 0 {
+        line.clear();
+    }
+    Ok(())
+}
