@@ -1,0 +1,238 @@
+#!/usr/bin/env bash
+# bench/report.sh TSV OUT: turn the raw results of scripts/bench (scenario, contender, metric,
+# value per line) into OUT.md (tables, ratios, targets) and OUT.png (gnuplot chart). The run's
+# parameters arrive in BENCH_* environment variables (see the end of scripts/bench).
+set -euo pipefail
+TSV="$1"
+OUT="$2"
+MD="$OUT.md"
+PNG="$OUT.png"
+
+# stat SCENARIO CONTENDER METRIC -> "median min max" (nothing when there is no sample)
+stat() {
+    awk -F'\t' -v s="$1" -v c="$2" -v m="$3" '$1 == s && $2 == c && $3 == m {print $4}' "$TSV" |
+        sort -g | awk '{v[NR] = $1} END {
+            if (NR == 0) exit
+            med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%s %s %s\n", med, v[1], v[NR] }'
+}
+med() { stat "$@" | awk '{print $1}'; }
+# cell SCENARIO CONTENDER METRIC [DECIMALS] -> "median (min–max)", or "median" for one sample
+cell() {
+    stat "$1" "$2" "$3" | awk -v d="${4:-0}" '{
+        if ($2 == $3) printf "%.*f", d, $1
+        else printf "%.*f (%.*f–%.*f)", d, $1, d, $2, d, $3 }'
+}
+calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
+# ok CONDITION -> met / missed
+ok() { if awk "BEGIN { exit !($*) }"; then echo "**met**"; else echo "**missed**"; fi; }
+
+read -r -a CONTENDERS <<<"$BENCH_CONTENDERS"
+has() { local c; for c in "${CONTENDERS[@]}"; do [ "$c" = "$1" ] && return 0; done; return 1; }
+MIB=1048576
+
+{
+    echo "# postern benchmark, $BENCH_DATE"
+    echo
+    if [ "$BENCH_QUICK" = 1 ]; then
+        echo "**Quick run** (\`scripts/bench --quick\`): small sizes, one repetition. Not for comparison."
+        echo
+    fi
+    echo "Produced by \`scripts/bench\` in ${BENCH_RUN_SECS} s (peer builds: ${BENCH_PEER_BUILD_SECS} s; 0 when cached)."
+    echo "All contenders run on loopback on this one machine. Each number is the median of"
+    echo "$BENCH_REPS repetition(s), with min–max in brackets; contenders are interleaved within each repetition."
+    echo
+    echo "| machine | |"
+    echo "|---|---|"
+    echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') |"
+    echo "| nproc | $(nproc) |"
+    echo "| kernel | $(uname -r) |"
+    echo "| load average at the end | $(cut -d' ' -f1-3 /proc/loadavg) |"
+    echo "| postern | $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown) (release, \`lto = \"thin\"\`) |"
+    echo "| peers | $BENCH_WEBSOCAT; $BENCH_RATHOLE |"
+    echo
+    echo "The machine is shared with other engineers' builds (2 cores): absolute numbers are noisy;"
+    echo "the interleaving keeps the ratios fair, and min–max shows the spread."
+    echo
+    echo "Chains (loadgen = \`examples/loadgen.rs\`, sink = \`loadgen sink\`):"
+    echo
+    echo "- **raw**: loadgen → sink."
+    echo "- **postern**: loadgen → \`postern access tcp\` ═TLS+WebSocket═▶ \`postern edge\` ◀═TLS═ \`postern tunnel\` → sink (service token; 2 encrypted hops)."
+    echo "- **websocat-ws / -wss**: loadgen → \`websocat -b tcp-l: ws(s)://\` → \`websocat -b ws(s)-l: tcp:\` → sink (wss: 1 encrypted hop, pkcs12, \`-k\`)."
+    echo "- **rathole-tcp / -noise / -tls**: loadgen → rathole server (visitor port) ⇐ rathole client → sink (noise, tls: 1 encrypted hop)."
+    echo
+
+    # --- bulk -----------------------------------------------------------------------------
+    raw_up="$(med bulk raw upload_mbps)"; raw_down="$(med bulk raw download_mbps)"
+    p_up="$(med bulk postern upload_mbps)"; p_down="$(med bulk postern download_mbps)"
+    echo "## Bulk throughput, $BENCH_BULK per transfer (MB/s, 10^6 bytes)"
+    echo
+    echo "| contender | upload | download | upload × raw | download × raw | postern ÷ this (up / down) |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for c in "${CONTENDERS[@]}"; do
+        u="$(med bulk "$c" upload_mbps)"; d="$(med bulk "$c" download_mbps)"
+        echo "| $c | $(cell bulk "$c" upload_mbps) | $(cell bulk "$c" download_mbps) | $(calc "$u / $raw_up") | $(calc "$d / $raw_down") | $(calc "$p_up / $u") / $(calc "$p_down / $d") |"
+    done
+    echo
+
+    # --- CPU ------------------------------------------------------------------------------
+    aes_hop="$(calc "2 * 1073741824 / $BENCH_AES128")"
+    echo "## CPU seconds per GiB moved (utime+stime from /proc/PID/stat, upload and download together)"
+    echo
+    echo "Per encrypted hop = all of the chain's processes ÷ its encrypted hops. The AES-GCM limit for one"
+    echo "hop is one encryption plus one decryption of the GiB at \`openssl speed\`'s rate: ${aes_hop} s/GiB"
+    echo "(AES-128-GCM $(calc "$BENCH_AES128 / 1e6") MB/s; AES-256-GCM $(calc "$BENCH_AES256 / 1e6") MB/s;"
+    echo "ChaCha20-Poly1305 $(calc "$BENCH_CHACHA / 1e6") MB/s, 16 KiB blocks, one core)."
+    echo
+    echo "| contender | per process | total | per encrypted hop | hop ÷ AES-128-GCM limit |"
+    echo "|---|---|---:|---:|---:|"
+    for c in "${CONTENDERS[@]}"; do
+        [ "$c" = raw ] && continue
+        procs="$(awk -F'\t' -v c="$c" '$1 == "cpu" && $2 == c && $3 != "total" && $3 != "per_hop" {print $3}' "$TSV" | sort -u)"
+        per=""
+        for p in $procs; do per="$per${per:+, }$p $(cell cpu "$c" "$p" 2)"; done
+        hop="$(med cpu "$c" per_hop)"
+        if [ -n "$hop" ]; then
+            echo "| $c | $per | $(cell cpu "$c" total 2) | $(cell cpu "$c" per_hop 2) | $(calc "$hop / $aes_hop") |"
+        else
+            echo "| $c | $per | $(cell cpu "$c" total 2) | (no encryption) | |"
+        fi
+    done
+    echo
+
+    # --- latency --------------------------------------------------------------------------
+    raw50="$(med pingpong raw p50_us)"; raw99="$(med pingpong raw p99_us)"
+    c50="$(med connect raw p50_us)"; c99="$(med connect raw p99_us)"
+    echo "## Latency (µs)"
+    echo
+    echo "Ping-pong: $BENCH_PINGS one-byte round trips on one connection (loadgen's own clock)."
+    echo "Connect: $BENCH_CONNECTS fresh connections, each timed from \`connect()\` to the sink's greeting byte"
+    echo "(for postern: TCP + TLS + WebSocket upgrade with the service token + OPEN to the origin + origin's"
+    echo "connect to the sink; the token is sent with each request, nothing to fetch)."
+    echo
+    echo "| contender | ping-pong p50 | p99 | added p50 / p99 over raw | connect p50 | p99 | added p50 over raw |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for c in "${CONTENDERS[@]}"; do
+        echo "| $c | $(cell pingpong "$c" p50_us 1) | $(cell pingpong "$c" p99_us 1) | $(calc "$(med pingpong "$c" p50_us) - $raw50") / $(calc "$(med pingpong "$c" p99_us) - $raw99") | $(cell connect "$c" p50_us) | $(cell connect "$c" p99_us) | $(calc "$(med connect "$c" p50_us) - $c50") |"
+    done
+    echo
+
+    # --- ssh ------------------------------------------------------------------------------
+    echo "## Real ssh and git: through postern (ProxyCommand \`postern access ssh\`) vs direct to the same private sshd"
+    echo
+    echo "| measure | direct | postern | postern ÷ direct |"
+    echo "|---|---:|---:|---:|"
+    echo "| \`ssh host 'head -c $BENCH_SSH_BULK /dev/zero' > /dev/null\`, MB/s | $(cell ssh direct bulk_mbps 1) | $(cell ssh postern bulk_mbps 1) | $(calc "$(med ssh postern bulk_mbps) / $(med ssh direct bulk_mbps)") |"
+    echo "| \`ssh host true\`, ms (median of $BENCH_SSH_SETUPS) | $(cell ssh direct setup_ms 1) | $(cell ssh postern setup_ms 1) | $(calc "$(med ssh postern setup_ms) / $(med ssh direct setup_ms)") |"
+    echo "| \`git clone\` of a $BENCH_GIT_SIZE repository (random blob), s | $(cell ssh direct git_clone_s 2) | $(cell ssh postern git_clone_s 2) | $(calc "$(med ssh postern git_clone_s) / $(med ssh direct git_clone_s)") |"
+    echo
+
+    # --- memory ---------------------------------------------------------------------------
+    echo "## Memory"
+    echo
+    echo "Each on a freshly started edge + tunnel (+ access), so peaks are the scenario's own."
+    echo
+    echo "| measure | value |"
+    echo "|---|---:|"
+    for p in access edge tunnel; do
+        echo "| slow reader ($BENCH_SLOW): peak RSS (VmHWM) of $p | $(calc "$(med slow "$p" hwm_kb) / 1024") MiB |"
+    done
+    echo "| slow reader: overall throughput | $(cell slow postern download_mbps 1) MB/s |"
+    echo "| origin with 4 HA connections, no stream: RSS | $(calc "$(med idle postern origin_4conn_rss_kb) / 1024") MiB |"
+    echo "| edge with 4 tunnel connections, no stream: RSS | $(calc "$(med idle postern edge_base_rss_kb) / 1024") MiB |"
+    echo "| $BENCH_IDLE idle streams over one tunnel: edge RSS | $(calc "$(med idle postern edge_rss_kb) / 1024") MiB |"
+    echo "| $BENCH_IDLE idle streams: origin RSS | $(calc "$(med idle postern origin_rss_kb) / 1024") MiB |"
+    echo "| per idle stream: edge / origin | $(med idle postern edge_per_stream_b) B / $(med idle postern origin_per_stream_b) B |"
+    echo "| time to open the $BENCH_IDLE streams (sequentially, through 2 \`access tcp\` listeners) | $(med idle postern open_secs) s |"
+    echo "| release binary (\`strip = true\` in Cargo.toml) / after \`strip\` | $(calc "$BENCH_BIN_SIZE / $MIB") MiB / $(calc "$BENCH_STRIPPED_SIZE / $MIB") MiB |"
+    echo
+
+    # --- targets --------------------------------------------------------------------------
+    echo "## Targets (issue 5)"
+    echo
+    echo "| target | measured | |"
+    echo "|---|---|---|"
+    for peer in rathole-noise rathole-tls websocat-wss; do
+        has "$peer" || { echo "| bulk ≥ 1.5× $peer | $peer did not run | — |"; continue; }
+        u="$(calc "$p_up / $(med bulk "$peer" upload_mbps)")"; d="$(calc "$p_down / $(med bulk "$peer" download_mbps)")"
+        echo "| bulk through postern ≥ 1.5× $peer (up and down) | ${u}× / ${d}× | $(ok "$u >= 1.5 && $d >= 1.5") |"
+    done
+    p_hop="$(med cpu postern per_hop)"
+    for peer in rathole-noise rathole-tls; do
+        has "$peer" || continue
+        r="$(med cpu "$peer" per_hop)"
+        echo "| CPU per encrypted hop ≤ $peer's | $p_hop vs $r s/GiB | $(ok "$p_hop <= $r") |"
+    done
+    echo "| CPU per encrypted hop ≤ 1.5× AES-GCM limit | $p_hop vs $aes_hop s/GiB ($(calc "$p_hop / $aes_hop")×) | $(ok "$p_hop <= 1.5 * $aes_hop") |"
+    a50="$(calc "$(med pingpong postern p50_us) - $raw50")"; a99="$(calc "$(med pingpong postern p99_us) - $raw99")"
+    echo "| added 1-byte RTT over raw ≤ 100 µs p50 | $a50 µs | $(ok "$a50 <= 100") |"
+    echo "| added 1-byte RTT over raw ≤ 300 µs p99 | $a99 µs | $(ok "$a99 <= 300") |"
+    r="$(calc "$(med ssh postern bulk_mbps) / $(med ssh direct bulk_mbps)")"
+    echo "| ssh bulk through postern ≥ 90% of direct | $(calc "$r * 100")% | $(ok "$r >= 0.9") |"
+    r="$(calc "$(med ssh postern setup_ms) / $(med ssh direct setup_ms)")"
+    echo "| ssh session setup ≤ 1.2× direct | ${r}× | $(ok "$r <= 1.2") |"
+    worst="$(for p in access edge tunnel; do med slow "$p" hwm_kb; done | sort -g | tail -n 1)"
+    echo "| slow reader: every postern process < 32 MiB RSS | largest $(calc "$worst / 1024") MiB | $(ok "$worst < 32768") |"
+    both="$(calc "($(med idle postern edge_rss_kb) + $(med idle postern origin_rss_kb)) / 1024")"
+    echo "| $BENCH_IDLE idle streams: edge + origin ≤ 200 MiB | $both MiB | $(ok "$both <= 200")$([ "$BENCH_IDLE" -lt 10000 ] && echo " (only $BENCH_IDLE streams)") |"
+    o="$(calc "$(med idle postern origin_4conn_rss_kb) / 1024")"
+    echo "| idle origin (4 connections) ≤ 8 MiB | $o MiB | $(ok "$o <= 8") |"
+    s="$(calc "$BENCH_STRIPPED_SIZE / $MIB")"
+    echo "| stripped binary ≤ 5 MiB | $s MiB | $(ok "$s <= 5") |"
+    echo
+
+    # --- profile --------------------------------------------------------------------------
+    if [ -s "$BENCH_PROFILE" ]; then
+        echo "## Profile: postern during a $BENCH_BULK download"
+        echo
+        echo "\`perf record -F 999 -p ACCESS,EDGE,TUNNEL\` on a build with symbols (\`CARGO_PROFILE_RELEASE_STRIP=false\`,"
+        echo "otherwise the same release profile), \`perf report --no-children\`:"
+        echo
+        echo '```'
+        sed 's/[[:space:]]*$//' "$BENCH_PROFILE"
+        echo '```'
+        echo
+    fi
+
+    echo "## Notes"
+    echo
+    echo "- rathole 0.5 is installed with \`cargo install rathole --version '^0.5'\` **without** \`--locked\`: its"
+    echo "  Cargo.lock pins a \`time\` crate that no longer compiles on current rustc, so cargo resolves fresh"
+    echo "  semver-compatible versions. websocat is installed \`--locked\` with \`--features ssl\`."
+    echo "- rathole's noise transport uses ChaCha20-Poly1305 (Noise_NK_25519_ChaChaPoly_BLAKE2s), its tls transport"
+    echo "  native-tls (OpenSSL); websocat wss uses native-tls too; postern uses rustls with ring."
+    echo "- The slow reader reads at ${BENCH_SLOW}; postern's flow control must keep the backlog"
+    echo "  bounded in every process while it waits."
+    echo "- No sleep is a measurement: readiness is polled; times come from loadgen's \`Instant\` or bash's"
+    echo "  \`EPOCHREALTIME\`."
+    echo "- Raw data: \`$(basename "$OUT").tsv\` next to this file."
+} >"$MD"
+
+# --- chart -------------------------------------------------------------------------------
+DAT="$(mktemp)"
+for c in "${CONTENDERS[@]}"; do
+    printf '%s %s %s %s %s\n' "$c" "$(med bulk "$c" upload_mbps)" "$(med bulk "$c" download_mbps)" \
+        "$(med pingpong "$c" p50_us)" "$(med pingpong "$c" p99_us)" >>"$DAT"
+done
+if command -v gnuplot >/dev/null 2>&1; then
+    gnuplot <<GP
+set terminal pngcairo size 1100,800 font ",10"
+set output "$PNG"
+set multiplot layout 2,1 title "postern benchmark $BENCH_DATE ($(nproc) cores, loopback)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.9
+set grid ytics
+set xtics noenhanced
+set key top right
+set ylabel "MB/s"
+set title "bulk throughput ($BENCH_BULK, median)"
+plot "$DAT" using 2:xtic(1) title "upload", "" using 3 title "download"
+set ylabel "µs"
+set title "1-byte ping-pong round trip (median of runs)"
+plot "$DAT" using 4:xtic(1) title "p50", "" using 5 title "p99"
+unset multiplot
+GP
+fi
+rm -f "$DAT"
