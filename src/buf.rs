@@ -2,12 +2,14 @@
 //!
 //! Memory is taken on first use and grows by doubling, from [`MIN_ALLOC`] up to the capacity
 //! fixed at creation, only as data actually waits: an idle stream costs nothing, one that saw
-//! only an ssh banner costs 4 KiB, a busy one reaches its capacity within a few reads. When
+//! only an ssh banner costs 1 KiB, a busy one reaches its capacity within a few reads. When
 //! `space()` is 0, the owner stops reading from its source. [`Buf::release_if_empty`] gives
 //! the memory back (owners call it on a slow timer, not per read, to avoid churn).
 
+use std::io;
+
 /// The first allocation of a buffer.
-pub const MIN_ALLOC: usize = 4096;
+pub const MIN_ALLOC: usize = 1024;
 
 pub struct Buf {
     data: Vec<u8>,
@@ -93,6 +95,26 @@ impl Buf {
         }
     }
 
+    /// Reads once with `read` into the free tail and keeps what came (`Ok(0)`: end of input).
+    /// A buffer without memory reads through a small stack buffer first, so a read that finds
+    /// nothing (`WouldBlock`) allocates nothing, and one that finds a little allocates a little.
+    /// The caller makes sure `space() > 0`.
+    pub fn read_from(
+        &mut self,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        debug_assert!(self.space() > 0, "bug: read into a full buffer");
+        if self.data.is_empty() {
+            let mut first = [0u8; MIN_ALLOC];
+            let n = read(&mut first[..MIN_ALLOC.min(self.space())])?;
+            self.push(&first[..n]);
+            return Ok(n);
+        }
+        let n = read(self.tail_mut())?;
+        self.commit(n);
+        Ok(n)
+    }
+
     /// Bytes currently allocated (for tests and memory accounting).
     pub fn allocated(&self) -> usize {
         self.data.len()
@@ -148,6 +170,13 @@ mod tests {
         let cap = 64 * 1024;
         let mut b = Buf::new(cap);
         assert_eq!(b.allocated(), 0, "nothing before first use");
+        // A read that finds nothing allocates nothing; one that finds a byte, a little.
+        let would_block = b.read_from(|_| Err(io::ErrorKind::WouldBlock.into()));
+        assert!(would_block.is_err());
+        assert_eq!(b.allocated(), 0);
+        assert_eq!(b.read_from(|t| Ok(t.len().min(1))).unwrap(), 1);
+        assert_eq!(b.allocated(), MIN_ALLOC);
+        b.consume(1);
         assert_eq!(
             b.tail_mut().len(),
             MIN_ALLOC,
@@ -162,7 +191,7 @@ mod tests {
             tails.push(n);
             b.commit(n);
         }
-        assert_eq!(tails, vec![4096, 4096, 8192, 16384, 32768]);
+        assert_eq!(tails, vec![1024, 1024, 2048, 4096, 8192, 16384, 32768]);
         assert_eq!(b.allocated(), cap);
         assert!(b.tail_mut().is_empty());
         // Consumed from the front: the next tail slides instead of growing.

@@ -859,21 +859,24 @@ impl Session {
         }
     }
 
-    /// A writable tail for reading straight from a socket into the stream; `commit` after.
-    pub fn write_tail(&mut self, id: u32) -> Option<&mut [u8]> {
+    /// Reads once with `read` (a socket read) straight into the stream's send buffer, without
+    /// a copy. `None` when the stream cannot take bytes now (gone, FIN queued, or full: then
+    /// [`Event::Writable`] follows once it has room). `Some(Ok(0))` is the source's EOF.
+    pub fn fill(
+        &mut self,
+        id: u32,
+        read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+    ) -> Option<std::io::Result<usize>> {
         let s = self.streams.get_mut(&id)?;
         if s.fin_wanted || s.tx.space() == 0 {
             s.want_writable = true;
             return None;
         }
-        Some(s.tx.tail_mut())
-    }
-
-    pub fn commit(&mut self, id: u32, n: usize) {
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.tx.commit(n);
+        let got = s.tx.read_from(read);
+        if matches!(got, Ok(n) if n > 0) {
             self.mark_ready(id);
         }
+        Some(got)
     }
 
     /// Copies as much of `data` as fits into the stream; returns the count taken.

@@ -48,12 +48,13 @@ impl TlsConn {
         loop {
             // Plaintext rustls already holds goes first.
             while self.rx.space() > 0 {
-                match self.tls.reader().read(self.rx.tail_mut()) {
+                let tls = &mut self.tls;
+                match self.rx.read_from(|tail| tls.reader().read(tail)) {
                     Ok(0) => {
                         self.peer_closed = true;
                         return Ok(false);
                     }
-                    Ok(n) => self.rx.commit(n),
+                    Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                         self.peer_closed = true;

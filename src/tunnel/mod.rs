@@ -865,19 +865,17 @@ impl Origin {
         let mut moved = false;
         // Service → edge: read straight into the stream's send buffer.
         while !l.read_done {
-            let Some(tail) = mux.write_tail(stream) else {
+            let sock = &mut l.sock;
+            let Some(got) = mux.fill(stream, |tail| sock.read(tail)) else {
                 break;
             };
-            match l.sock.read(tail) {
+            match got {
                 Ok(0) => {
                     l.read_done = true;
                     mux.close_write(stream);
                     moved = true;
                 }
-                Ok(n) => {
-                    mux.commit(stream, n);
-                    moved = true;
-                }
+                Ok(_) => moved = true,
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
