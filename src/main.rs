@@ -123,7 +123,9 @@ OPTIONS:
     --dev            embedded default: local CA, serves *.localhost, admits this edge's service tokens
     --listen ADDR    listen address (dev default 127.0.0.1:8443)
     --state DIR      state directory (default ~/.postern/edge)
-    --config FILE    JSON config for real deployments (see README)
+    --config FILE    JSON config for real deployments (see README); SIGHUP re-reads it
+    --metrics ADDR   serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
+                     (env POSTERN_METRICS; or \"metrics\" in the config file)
 ";
 
 fn cmd_edge(args: Vec<OsString>) -> Res {
@@ -136,9 +138,13 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     }
     let mut p = parser(args);
     let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
+    let mut metrics = None;
     while let Some(arg) = p.next().map_err(|e| e.to_string())? {
         match arg {
             Long("dev") => dev = true,
+            Long("metrics") => {
+                metrics = Some(string(p.value().map_err(|e| e.to_string())?, "--metrics")?)
+            }
             Long("listen") => {
                 listen = Some(string(p.value().map_err(|e| e.to_string())?, "--listen")?)
             }
@@ -193,9 +199,15 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         log::warn!("no applications configured: every request will be refused");
     }
     settings.applications.shrink_to_fit();
-    Edge::new(settings)
-        .and_then(Edge::run)
-        .map_err(|e| e.to_string())?;
+    let metrics = metrics
+        .or_else(|| env_var("POSTERN_METRICS"))
+        .or_else(|| settings.metrics.clone());
+    let edge = Edge::new(settings).map_err(|e| e.to_string())?;
+    if let Some(addr) = metrics {
+        let bound = edge.serve_metrics(&addr).map_err(|e| e.to_string())?;
+        log::info!("metrics on {bound}");
+    }
+    edge.run().map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -314,13 +326,16 @@ OPTIONS:
     --ca FILE             trust this CA for the edge's certificate too (env POSTERN_CA)
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
+    --metrics ADDR        serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
+                          (env POSTERN_METRICS; default: none)
 
 CONFIG (tunnel run):
     {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
      \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
                  {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
                  {\"service\": \"http_status:404\"}]}
-    Optional: edge, ca, ha-connections, grace-period. The last rule must have no hostname.
+    Optional: edge, ca, ha-connections, grace-period, metrics. The last rule must have no
+    hostname.
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\
@@ -414,6 +429,9 @@ const TUNNEL_VALUE_FLAGS: &[&str] = &[
     "--grace-period",
     "--output",
     "-o",
+    "--metrics",
+    "--log-format",
+    "--loglevel",
 ];
 
 fn cmd_tunnel(args: Vec<OsString>) -> Res {
@@ -463,20 +481,27 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         .or_else(|| env_var("POSTERN_EDGE"))
         .or_else(|| credential.edge.clone())
         .unwrap_or_else(|| format!("{hostname}:443"));
-    run_origin(TunnelOptions {
-        registration: Registration::Hostname(hostname.clone()),
-        ingress,
-        server_name: hostname,
-        credential,
-        edge: edge_addr,
-        extra_ca: a.ca(None),
-        ha_connections: a.ha.unwrap_or(4),
-        grace: Duration::from_secs(a.grace.unwrap_or(30)),
-    })
+    run_origin(
+        TunnelOptions {
+            registration: Registration::Hostname(hostname.clone()),
+            ingress,
+            server_name: hostname,
+            credential,
+            edge: edge_addr,
+            extra_ca: a.ca(None),
+            ha_connections: a.ha.unwrap_or(4),
+            grace: Duration::from_secs(a.grace.unwrap_or(30)),
+        },
+        a.metrics.clone(),
+    )
 }
 
-fn run_origin(opts: TunnelOptions) -> Res {
+fn run_origin(opts: TunnelOptions, metrics: Option<String>) -> Res {
     let origin = Origin::new(opts).map_err(|e| e.to_string())?;
+    if let Some(addr) = metrics.or_else(|| env_var("POSTERN_METRICS")) {
+        let bound = origin.serve_metrics(&addr).map_err(|e| e.to_string())?;
+        log::info!("metrics on {bound}");
+    }
     match origin.run().map_err(|e| e.to_string())? {
         Exit::Signalled => Ok(ExitCode::SUCCESS),
         Exit::Refused(why) => Err(format!("tunnel refused by the edge: {why}")),
@@ -498,6 +523,7 @@ struct TunnelArgs {
     grace: Option<u64>,
     force: bool,
     json: bool,
+    metrics: Option<String>,
 }
 
 impl TunnelArgs {
@@ -511,6 +537,7 @@ impl TunnelArgs {
         while let Some(arg) = p.next().map_err(|e| e.to_string())? {
             match arg {
                 Long("hostname") => a.hostname = Some(val(&mut p, "--hostname")?),
+                Long("metrics") => a.metrics = Some(val(&mut p, "--metrics")?),
                 Long("url") => a.url = Some(val(&mut p, "--url")?),
                 Long("config") => a.config = Some(val(&mut p, "--config")?.into()),
                 Long("origincert") => a.origincert = Some(val(&mut p, "--origincert")?.into()),
@@ -803,19 +830,22 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         (None, Some(g)) => tunnel::config::parse_seconds(g)?,
         (None, None) => 30,
     };
-    run_origin(TunnelOptions {
-        registration: Registration::Named {
-            id: creds.id.clone(),
-            name: creds.name.clone(),
+    run_origin(
+        TunnelOptions {
+            registration: Registration::Named {
+                id: creds.id.clone(),
+                name: creds.name.clone(),
+            },
+            ingress,
+            server_name: tunnel::config::edge_server_name(&edge, &sni_fallback),
+            credential,
+            edge,
+            extra_ca: a.ca(cfg.ca.as_deref()),
+            ha_connections: a.ha.or(cfg.ha_connections).unwrap_or(4),
+            grace: Duration::from_secs(grace),
         },
-        ingress,
-        server_name: tunnel::config::edge_server_name(&edge, &sni_fallback),
-        credential,
-        edge,
-        extra_ca: a.ca(cfg.ca.as_deref()),
-        ha_connections: a.ha.or(cfg.ha_connections).unwrap_or(4),
-        grace: Duration::from_secs(grace),
-    })
+        a.metrics.clone().or(cfg.metrics.clone()),
+    )
 }
 
 // ------------------------------------------------------------------------------- access

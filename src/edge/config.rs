@@ -55,6 +55,8 @@ pub struct EdgeSettings {
     pub limits: EdgeLimits,
     /// Called once the listener is bound (the CLI prints next steps).
     pub on_ready: Box<dyn Fn(SocketAddr)>,
+    /// Where to serve `/metrics` and `/ready` (the config's `metrics`; `--metrics` wins).
+    pub metrics: Option<String>,
 }
 
 impl EdgeSettings {
@@ -191,6 +193,9 @@ pub(crate) struct FileConfig {
     /// Resource limits; each field defaults to its value in `limits.rs`.
     #[serde(default)]
     limits: EdgeLimits,
+    /// Address for `/metrics` and `/ready`, e.g. `"127.0.0.1:2000"` (none by default).
+    #[serde(default)]
+    metrics: Option<String>,
 }
 
 /// A zone the edge terminates TLS for: with the operator's certificate and key, or with
@@ -370,6 +375,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
             exclude: vec![],
         }],
         limits: EdgeLimits::default(),
+        metrics: None,
     };
     build(cfg, IdentityProvider::Dev)
 }
@@ -500,6 +506,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         tls_ca_pem,
         limits: cfg.limits,
         on_ready: Box::new(|_| {}),
+        metrics: cfg.metrics,
     })
 }
 

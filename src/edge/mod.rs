@@ -40,6 +40,7 @@ use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
 use crate::limits::{CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES};
+use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
 use crate::policy::Identity;
@@ -165,6 +166,10 @@ pub struct Edge {
     limit_log: HashMap<(IpAddr, Limit), Instant>,
     /// How often each limit was hit since start.
     pub counters: LimitCounters,
+    /// What `--metrics` serves.
+    metrics: Arc<Metrics>,
+    /// When each slot's connection was accepted, until its TLS handshake is done.
+    tls_started: Vec<Option<Instant>>,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -272,7 +277,14 @@ impl Edge {
             login_windows: HashMap::new(),
             limit_log: HashMap::new(),
             counters: LimitCounters::default(),
+            metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
+            tls_started: Vec::new(),
         })
+    }
+
+    /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
+    pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
+        metrics::serve(addr, self.metrics.clone())
     }
 
     /// Binds, prints where it listens, and serves until SIGTERM/SIGINT.
@@ -375,6 +387,7 @@ impl Edge {
                     }
                     *self.per_ip.entry(ip).or_default() += 1;
                     self.slot_ip[slot] = Some(ip);
+                    self.tls_started[slot] = Some(Instant::now());
                     let handshake =
                         Duration::from_secs(self.settings.limits.handshake_timeout_secs);
                     self.conns[slot] = Some(Conn::Accepting {
@@ -403,11 +416,13 @@ impl Edge {
         self.conns.push(None);
         self.is_dirty.push(false);
         self.slot_ip.push(None);
+        self.tls_started.push(None);
         self.conns.len() - 1
     }
 
     /// Frees a slot whose connection has ended, and its source IP's share.
     fn release(&mut self, slot: usize) {
+        self.tls_started[slot] = None;
         if let Some(ip) = self.slot_ip[slot].take() {
             if let Some(n) = self.per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -423,6 +438,13 @@ impl Edge {
     /// [`LIMIT_LOG_INTERVAL_SECS`] (a flood of refusals is one line, not a flood of lines).
     fn limit_hit(&mut self, limit: Limit, ip: IpAddr, what: impl FnOnce() -> String) {
         self.counters.bump(limit);
+        self.metrics.error(match limit {
+            Limit::Connections | Limit::ConnectionsPerIp => metrics::Error::ConnectionLimit,
+            Limit::Handshake => metrics::Error::HandshakeTimeout,
+            Limit::Idle => metrics::Error::IdleTimeout,
+            Limit::Streams => metrics::Error::ConnectionLimit,
+            Limit::PendingTransfers | Limit::LoginRate => metrics::Error::LoginLimit,
+        });
         let now = Instant::now();
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
         let fresh = match self.limit_log.get(&(ip, limit)) {
@@ -475,8 +497,26 @@ impl Edge {
                 Conn::Admin(a) => self.pump_admin(a).map(Conn::Admin),
             };
             match kept {
-                Some(c) => self.conns[slot] = Some(c),
+                Some(c) => {
+                    self.observe_handshake(slot, &c);
+                    self.conns[slot] = Some(c);
+                }
                 None => self.release(slot),
+            }
+        }
+    }
+
+    /// Records the TLS handshake time of `slot` once its handshake has finished.
+    fn observe_handshake(&mut self, slot: usize, c: &Conn) {
+        let done = match c {
+            Conn::Accepting { .. } => false,
+            Conn::Carrier(c) => !c.tls.tls.is_handshaking(),
+            Conn::Tunnel(t) => !t.tls.tls.is_handshaking(),
+            Conn::Admin(a) => !a.tls.tls.is_handshaking(),
+        };
+        if done {
+            if let Some(at) = self.tls_started[slot].take() {
+                self.metrics.handshake(at.elapsed());
             }
         }
     }
@@ -560,6 +600,7 @@ impl Edge {
                         }
                         Err((e, mut alert)) => {
                             info!("{peer}: TLS refused: {e}");
+                            self.metrics.error(metrics::Error::Tls);
                             let _ = alert.write_all(&mut sock);
                             let _ = self.poll.registry().deregister(&mut sock);
                             None
@@ -568,6 +609,7 @@ impl Edge {
                 }
                 Err((e, mut alert)) => {
                     info!("{peer}: TLS refused: {e}");
+                    self.metrics.error(metrics::Error::Tls);
                     let _ = alert.write_all(&mut sock);
                     let _ = self.poll.registry().deregister(&mut sock);
                     return None;
@@ -591,6 +633,7 @@ impl Edge {
                 Ok(full) => full,
                 Err(e) => {
                     info!("carrier {}: {e}", c.peer);
+                    self.metrics.error(metrics::Error::Tls);
                     self.end_carrier(slot, c, "TLS error");
                     return None;
                 }
@@ -632,6 +675,7 @@ impl Edge {
                         }
                         Err(e) => {
                             info!("carrier {}: bad request head: {e}", c.peer);
+                            self.metrics.error(metrics::Error::BadRequest);
                             refuse(c, 400, "Bad Request", &e.to_string());
                         }
                         Ok(Some((head, used))) => {
@@ -695,6 +739,7 @@ impl Edge {
                     if len > 0 {
                         let n = t.mux.write(stream, &rx[start..start + len]);
                         debug_assert_eq!(n, len);
+                        self.metrics.bytes(Direction::ClientToOrigin, n);
                         moved = true;
                     }
                     c.tls.rx.consume(used);
@@ -718,6 +763,7 @@ impl Edge {
                 Ok(None) => break,
                 Err(e) => {
                     info!("carrier {}: {e}", c.peer);
+                    self.metrics.error(metrics::Error::WebSocket);
                     t.mux
                         .reset(stream, mux::rst::CANCEL, "client protocol error");
                     t.carriers.remove(&stream);
@@ -756,6 +802,7 @@ impl Edge {
             let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
             t.mux.consume(stream, n);
+            self.metrics.bytes(Direction::OriginToClient, n);
             moved = true;
             if c.tls.flush().is_err() {
                 break;
@@ -788,7 +835,7 @@ impl Edge {
         audit.insert("hostname".into(), host.clone().into());
         if host.is_empty() || host != c.sni {
             audit.insert("reason".into(), "host header does not match SNI".into());
-            self.deny(audit);
+            self.deny(audit, Auth::HostMismatch);
             return refuse(
                 c,
                 421,
@@ -826,7 +873,7 @@ impl Edge {
         }
         let Some(app) = self.settings.application(&host) else {
             audit.insert("reason".into(), "no application".into());
-            self.deny(audit);
+            self.deny(audit, Auth::NoApplication);
             return refuse(
                 c,
                 404,
@@ -861,7 +908,7 @@ impl Edge {
                             "reason".into(),
                             "unknown service token or bad secret".into(),
                         );
-                        self.deny(audit);
+                        self.deny(audit, Auth::BadServiceToken);
                         return refuse(
                             c,
                             403,
@@ -875,7 +922,7 @@ impl Edge {
                 Ok(id) => id,
                 Err(why) => {
                     audit.insert("reason".into(), format!("app token refused: {why}").into());
-                    self.deny(audit);
+                    self.deny(audit, Auth::BadAppToken);
                     return refuse(
                         c,
                         401,
@@ -887,7 +934,7 @@ impl Edge {
             _ if policies_bypass => Identity::default(),
             _ => {
                 audit.insert("reason".into(), "no credentials".into());
-                self.deny(audit);
+                self.deny(audit, Auth::NoCredentials);
                 return refuse(
                     c,
                     401,
@@ -909,7 +956,7 @@ impl Edge {
         audit.insert("policy".into(), verdict.policy.clone().into());
         if !verdict.allow {
             audit.insert("reason".into(), "policy".into());
-            self.deny(audit);
+            self.deny(audit, Auth::Policy);
             let who = identity
                 .email
                 .clone()
@@ -932,7 +979,7 @@ impl Edge {
         }
         let Some(tunnel) = self.pick_tunnel(&host) else {
             audit.insert("reason".into(), "hostname not registered".into());
-            self.deny(audit);
+            self.deny(audit, Auth::NotRegistered);
             return refuse(
                 c,
                 404,
@@ -956,7 +1003,7 @@ impl Edge {
         if t.mux.stream_count() >= max_streams {
             let origin = t.peer;
             audit.insert("reason".into(), "tunnel stream limit".into());
-            self.deny(audit);
+            self.deny(audit, Auth::TunnelBusy);
             self.limit_hit(Limit::Streams, origin.ip(), || {
                 format!(
                     "tunnel connection {origin} has {max_streams} streams open \
@@ -972,6 +1019,14 @@ impl Edge {
         self.mark(tunnel);
         audit.insert("decision".into(), "allow".into());
         self.audit.record("access", audit);
+        self.metrics.auth(if identity.service_token.is_some() {
+            Auth::ServiceToken
+        } else if identity.email.is_some() {
+            Auth::AppToken
+        } else {
+            Auth::Bypass
+        });
+        self.metrics.stream_opened();
 
         let accept = http::websocket_accept_key(key.as_deref().unwrap_or_default());
         let mut out = Vec::new();
@@ -996,7 +1051,8 @@ impl Edge {
         };
     }
 
-    fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>) {
+    fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
+        self.metrics.auth(why);
         fields.insert("decision".into(), "deny".into());
         info!(
             "denied {}: {}",
@@ -1104,6 +1160,7 @@ impl Edge {
                 Ok(n) => t.tls.rx.consume(n),
                 Err(e) => {
                     warn!("tunnel {}: protocol error: {e}", t.peer);
+                    self.metrics.error(metrics::Error::TunnelProtocol);
                     t.mux.send_error(500, &e.to_string());
                     t.closing = true;
                 }
@@ -1241,6 +1298,7 @@ impl Edge {
         };
         if let Some((code, message)) = refusal {
             warn!("tunnel {}: registration refused: {message}", t.peer);
+            self.metrics.error(metrics::Error::RegistrationRefused);
             audit.insert("decision".into(), "deny".into());
             audit.insert("reason".into(), message.clone().into());
             self.audit.record("register", audit);
@@ -1409,6 +1467,7 @@ impl Edge {
                     }
                     Err(e) => {
                         warn!("tunnel {}: {e}", t.peer);
+                        self.metrics.error(metrics::Error::Keepalive);
                         true
                     }
                 },
@@ -1454,12 +1513,38 @@ impl Edge {
             }
             self.release(slot);
         }
+        self.count_connections();
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
         self.limit_log
             .retain(|_, at| now.duration_since(*at) < interval);
         self.login_windows
             .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+    }
+
+    /// Sets the connection and stream gauges from what the slots hold (once a second).
+    fn count_connections(&self) {
+        let (mut carriers, mut tunnels, mut ready, mut streams) = (0, 0, 0, 0);
+        for conn in self.conns.iter().flatten() {
+            match conn {
+                Conn::Carrier(c) => {
+                    carriers += 1;
+                    if matches!(c.state, CarrierState::Streaming { .. }) {
+                        streams += 1;
+                    }
+                }
+                Conn::Tunnel(t) => {
+                    tunnels += 1;
+                    // Registered: past its registration deadline, and not on its way out.
+                    if t.deadline.is_none() && !t.closing && !t.mux.is_going_away() {
+                        ready += 1;
+                    }
+                }
+                Conn::Accepting { .. } | Conn::Admin(_) => {}
+            }
+        }
+        self.metrics.set_connections(carriers, tunnels, ready);
+        self.metrics.set_streams_active(streams);
     }
 
     /// Closes a streaming carrier that moved no byte for `limits.idle_timeout_secs`: its

@@ -3,8 +3,8 @@
 //!
 //! Contract:
 //! - The config file is JSON with cloudflared's key names (`tunnel`, `credentials-file`,
-//!   `ingress` with `hostname` and `service`), plus `edge`, `ca`, `ha-connections`,
-//!   `grace-period`. Unknown keys are refused. Every error names the file and the field, e.g.
+//!   `ingress` with `hostname` and `service`, `metrics`), plus `edge`, `ca`,
+//!   `ha-connections`, `grace-period`. Unknown keys are refused. Every error names the file and the field, e.g.
 //!   `ingress[1].service`.
 //! - Ingress rules are tried in order. `hostname` is a name or `*.suffix` (any name under
 //!   suffix); a rule without one matches everything and must be the last rule; the last rule
@@ -211,6 +211,8 @@ pub struct TunnelConfig {
     pub grace_period: Option<String>,
     #[serde(default)]
     pub ingress: Vec<RawRule>,
+    /// Where to serve `/metrics` and `/ready` (`--metrics`).
+    pub metrics: Option<String>,
 }
 
 impl TunnelConfig {

@@ -33,6 +33,7 @@ use crate::limits::{
     CONN_WRITE_BATCH, MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS, RECONNECT_BACKOFF_CAP_SECS,
     SERVICE_CONNECT_TIMEOUT_SECS,
 };
+use crate::metrics::{self, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::pki::{self, OriginCredential};
 use crate::proxy::{self, ProxyConfig};
@@ -106,6 +107,8 @@ struct Conn {
     attempt: u32,
     /// Stream id → local slot.
     locals: HashMap<u32, usize>,
+    /// When TLS started on this connection, until the handshake is done (for metrics).
+    tls_started: Option<Instant>,
 }
 
 struct Local {
@@ -135,6 +138,8 @@ pub struct Origin {
     scratch: Vec<u8>,
     draining: Option<Instant>,
     exit: Option<Exit>,
+    /// What `--metrics` serves.
+    metrics: Arc<Metrics>,
 }
 
 impl Origin {
@@ -166,17 +171,20 @@ impl Origin {
         }
         let n = opts.ha_connections.max(1);
         let now = Instant::now();
+        let connector_id = random_bytes();
         Ok(Origin {
+            metrics: Metrics::new(metrics::Role::Tunnel, connector_id),
             tls: Arc::new(tls),
             server_name,
             proxy,
-            connector_id: random_bytes(),
+            connector_id,
             poll: Poll::new()?,
             conns: (0..n)
                 .map(|_| Conn {
                     link: Link::Waiting { until: now },
                     attempt: 0,
                     locals: HashMap::new(),
+                    tls_started: None,
                 })
                 .collect(),
             locals: Vec::new(),
@@ -187,6 +195,11 @@ impl Origin {
             exit: None,
             opts,
         })
+    }
+
+    /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
+    pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
+        metrics::serve(addr, self.metrics.clone())
     }
 
     fn local_token(&self, slot: usize) -> Token {
@@ -310,6 +323,7 @@ impl Origin {
                             ),
                             None => warn!("connection {i}: connecting to the edge timed out"),
                         }
+                        self.metrics.error(metrics::Error::Connect);
                         self.disconnect(i, Some("connect timeout"));
                     }
                 }
@@ -319,6 +333,7 @@ impl Origin {
                             let e = p.timed_out(&self.opts.edge, PROXY_ANSWER_TIMEOUT_SECS);
                             warn!("connection {i}: {e}");
                         }
+                        self.metrics.error(metrics::Error::Connect);
                         self.disconnect(i, Some("proxy timeout"));
                     }
                 }
@@ -334,6 +349,7 @@ impl Origin {
                             }
                             Err(e) => {
                                 warn!("connection {i}: {e}");
+                                self.metrics.error(metrics::Error::Keepalive);
                                 self.disconnect(i, Some("keepalive timeout"));
                             }
                         }
@@ -343,6 +359,7 @@ impl Origin {
                 }
             }
         }
+        self.count_connections();
         for slot in 0..self.locals.len() {
             if let Some(l) = &self.locals[slot] {
                 if !l.connected && now >= l.deadline {
@@ -361,7 +378,26 @@ impl Origin {
         next
     }
 
+    /// Sets the connection and stream gauges (a scan of at most 16 connections).
+    fn count_connections(&self) {
+        let (mut live, mut ready, mut streams) = (0, 0, 0);
+        for c in &self.conns {
+            if let Link::Live { registered, .. } = &c.link {
+                live += 1;
+                if *registered {
+                    ready += 1;
+                }
+            }
+            streams += c.locals.len();
+        }
+        self.metrics.set_connections(0, live, ready);
+        self.metrics.set_streams_active(streams);
+    }
+
     fn connect(&mut self, i: usize) {
+        if self.conns[i].attempt > 0 {
+            self.metrics.reconnect();
+        }
         let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
         let addr = match resolve(first_hop) {
             Ok(a) => a,
@@ -391,6 +427,7 @@ impl Origin {
             }
             Err(e) => {
                 warn!("connection {i}: {}", self.cannot_reach(addr, &e));
+                self.metrics.error(metrics::Error::Connect);
                 self.backoff(i);
             }
         }
@@ -478,6 +515,7 @@ impl Origin {
             Ok(Some(e)) | Err(e) => {
                 let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
                 warn!("connection {i}: {}", self.cannot_reach(first_hop, &e));
+                self.metrics.error(metrics::Error::Connect);
                 self.disconnect(i, Some("connect failed"));
                 return false;
             }
@@ -575,6 +613,7 @@ impl Origin {
             Ok(n) => n,
             Err(why) => {
                 warn!("connection {i}: {why}");
+                self.metrics.error(metrics::Error::Connect);
                 self.disconnect(i, Some("no tunnel through the proxy"));
                 return false;
             }
@@ -621,6 +660,7 @@ impl Origin {
             // An empty hostname: "route to me what is routed to my certificate's tunnel".
             Registration::Named { name, .. } => mux.send_register("", name),
         }
+        self.conns[i].tls_started = Some(now);
         self.conns[i].link = Link::Live {
             tls: Box::new(TlsConn::new(sock, conn)),
             mux,
@@ -633,10 +673,16 @@ impl Origin {
     /// One pass: read, frames in, events. `Some(true)`: `rx` was full, go again;
     /// `None`: the connection is gone.
     fn conn_step(&mut self, i: usize) -> Option<bool> {
-        let Link::Live { tls, mux, .. } = &mut self.conns[i].link else {
+        let conn = &mut self.conns[i];
+        let Link::Live { tls, mux, .. } = &mut conn.link else {
             return None;
         };
         let full = tls.read();
+        if !tls.tls.is_handshaking() {
+            if let Some(at) = conn.tls_started.take() {
+                self.metrics.handshake(at.elapsed());
+            }
+        }
         if let Err(e) = full {
             let msg = if e.to_string().contains("certificate") {
                 format!("{e}: the edge's certificate is not trusted: pass --ca with the edge's CA")
@@ -644,6 +690,7 @@ impl Origin {
                 e.to_string()
             };
             warn!("connection {i}: {msg}");
+            self.metrics.error(metrics::Error::Tls);
             self.disconnect(i, Some("TLS error"));
             return None;
         }
@@ -653,6 +700,7 @@ impl Origin {
                 Ok(n) => tls.rx.consume(n),
                 Err(e) => {
                     warn!("connection {i}: protocol error from edge: {e}");
+                    self.metrics.error(metrics::Error::TunnelProtocol);
                     self.disconnect(i, Some("protocol error"));
                     return None;
                 }
@@ -717,9 +765,11 @@ impl Origin {
             Event::Error { code, message } => {
                 if matches!(code, 400 | 403 | 409) {
                     error!("connection {i}: the edge refused: {message}");
+                    self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
                 } else {
                     warn!("connection {i}: edge error {code}: {message}");
+                    self.metrics.error(metrics::Error::EdgeError);
                     self.disconnect(i, Some("edge error"));
                 }
             }
@@ -801,6 +851,7 @@ impl Origin {
             Ok(s) => s,
             Err(e) => {
                 warn!("stream {stream}: cannot connect to {addr}: {e}");
+                self.metrics.error(metrics::Error::ServiceConnect);
                 mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
                 return;
             }
@@ -835,6 +886,7 @@ impl Origin {
             write_done: false,
         });
         self.conns[i].locals.insert(stream, slot);
+        self.metrics.stream_opened();
     }
 
     fn pump_local(&mut self, slot: usize) {
@@ -875,7 +927,10 @@ impl Origin {
                     mux.close_write(stream);
                     moved = true;
                 }
-                Ok(_) => moved = true,
+                Ok(n) => {
+                    self.metrics.bytes(Direction::OriginToClient, n);
+                    moved = true;
+                }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -897,6 +952,7 @@ impl Origin {
             match l.sock.write(data) {
                 Ok(n) => {
                     mux.consume(stream, n);
+                    self.metrics.bytes(Direction::ClientToOrigin, n);
                     moved = true;
                 }
                 Err(e) if would_block(&e) => break,
@@ -934,6 +990,7 @@ impl Origin {
             "stream {stream}: cannot connect to the service {}: {why}",
             self.opts.ingress.rules()[l.rule].service
         );
+        self.metrics.error(metrics::Error::ServiceConnect);
         if let Link::Live { mux, .. } = &mut self.conns[i].link {
             mux.reset(stream, mux::rst::CONNECT_FAILED, why);
         }

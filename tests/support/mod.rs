@@ -742,19 +742,43 @@ pub struct Edge {
     dir: PathBuf,
     /// The config file of an edge started with [`Edge::start_with_limits`].
     config: Option<PathBuf>,
+    /// Extra arguments after `postern edge ...` (kept across [`Edge::restart`]).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
 impl Edge {
     pub fn start(dir: &Path) -> Edge {
+        Self::start_args(dir, &[])
+    }
+
+    /// `postern edge --dev ... EXTRA` (e.g. `--metrics 127.0.0.1:0`).
+    pub fn start_args(dir: &Path, extra: &[&str]) -> Edge {
         let state = dir.join("edge-state");
-        let child = Self::spawn(dir, &state, "127.0.0.1:0", None);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir, &state, "127.0.0.1:0", None, &extra);
         let addr = Self::wait_listening(&child);
         Edge {
             addr,
             state,
             dir: dir.to_path_buf(),
             config: None,
+            extra,
+            child: Some(child),
+        }
+    }
+
+    /// `postern edge --config FILE EXTRA` for a config the test wrote itself.
+    pub fn start_config(dir: &Path, config: &Path, state: &Path, extra: &[&str]) -> Edge {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(dir, state, "", Some(config), &extra);
+        let addr = Self::wait_listening(&child);
+        Edge {
+            addr,
+            state: state.to_path_buf(),
+            dir: dir.to_path_buf(),
+            config: Some(config.to_path_buf()),
+            extra,
             child: Some(child),
         }
     }
@@ -780,18 +804,25 @@ impl Edge {
             serde_json::to_vec_pretty(&cfg).expect("config JSON"),
         )
         .expect("write edge.json");
-        let child = Self::spawn(dir, &state, &listen, Some(&config));
+        let child = Self::spawn(dir, &state, &listen, Some(&config), &[]);
         let addr = Self::wait_listening(&child);
         Edge {
             addr,
             state,
             dir: dir.to_path_buf(),
             config: Some(config),
+            extra: Vec::new(),
             child: Some(child),
         }
     }
 
-    fn spawn(dir: &Path, state: &Path, listen: &str, config: Option<&Path>) -> Child {
+    fn spawn(
+        dir: &Path,
+        state: &Path,
+        listen: &str,
+        config: Option<&Path>,
+        extra: &[String],
+    ) -> Child {
         let mut cmd = postern(&home_of(dir));
         match config {
             // The config names the listen address and state directory itself.
@@ -800,6 +831,7 @@ impl Edge {
                 .args(["edge", "--dev", "--listen", listen, "--state"])
                 .arg(state),
         };
+        cmd.args(extra);
         Child::spawn("edge", cmd, dir)
     }
 
@@ -843,7 +875,13 @@ impl Edge {
         // The port was ours a moment ago; retry briefly in case the kernel still holds it.
         let start = Instant::now();
         loop {
-            let child = Self::spawn(&self.dir, &self.state, &listen, self.config.as_deref());
+            let child = Self::spawn(
+                &self.dir,
+                &self.state,
+                &listen,
+                self.config.as_deref(),
+                &self.extra,
+            );
             match child.wait_for_stderr("postern edge listening on ", STARTUP) {
                 Ok(text) => {
                     let addr = parse_listen_addr(&text, "postern edge listening on ")
@@ -1307,4 +1345,47 @@ impl Tunnel {
         t.wait_registered(1, STARTUP);
         t
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain HTTP (metrics and readiness)
+// ---------------------------------------------------------------------------------------------
+
+/// `GET path` over plain HTTP/1.1 with a deadline; returns (status, body). The server closes
+/// the connection after its answer.
+pub fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .unwrap_or_else(|e| panic!("read answer to GET {path}: {e}"));
+    let text = String::from_utf8(raw).expect("utf-8 answer");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in answer: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    (status, body.to_string())
+}
+
+/// Waits for `metrics on ADDR` in `child`'s stderr (the last one, after a restart) and parses
+/// the address.
+pub fn metrics_addr(child: &Child) -> SocketAddr {
+    const NEEDLE: &str = "metrics on ";
+    let text = child
+        .wait_for_stderr(NEEDLE, STARTUP)
+        .unwrap_or_else(|e| panic!("no metrics listener: {e}"));
+    let at = text.rfind(NEEDLE).expect("needle");
+    parse_listen_addr(&text[at..], NEEDLE)
+        .unwrap_or_else(|| panic!("no address after {NEEDLE:?}:\n{text}"))
 }

@@ -1,0 +1,635 @@
+//! Counters for `--metrics ADDR`: a registry of atomics the event loop bumps, and one server
+//! thread that renders it as Prometheus text (format 0.0.4) at `GET /metrics` and answers
+//! readiness at `GET /ready` (cloudflared's shape).
+//!
+//! ```text
+//!  event loop ──(Relaxed atomic adds)──▶ Arc<Metrics> ◀──(loads)── metrics thread ◀── scraper
+//! ```
+//!
+//! Label values come from fixed enums ([`Auth`], [`Error`], [`Direction`]), never from what a
+//! peer sent: no hostnames of unauthenticated requests, no token names, no secrets, and the
+//! number of series is a constant.
+//!
+//! The server answers one request at a time, each within [`REQUEST_DEADLINE`] and at most
+//! [`MAX_REQUEST`] bytes of head; anything but `GET /metrics` and `GET /ready` is a 404 (405
+//! for another method). A slow scraper delays the next one by at most the deadline; it never
+//! touches the event loop.
+
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::http::{self, HeadLimits};
+
+/// Largest request head the metrics server reads.
+pub const MAX_REQUEST: usize = 4096;
+/// Time one request may take, from accept to the last byte of the answer.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Upper bounds (seconds) of the TLS handshake histogram.
+pub const HANDSHAKE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Which process this registry describes: it picks the metric prefix and which families exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Edge,
+    Tunnel,
+}
+
+impl Role {
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Edge => "postern_edge",
+            Role::Tunnel => "postern_tunnel",
+        }
+    }
+}
+
+/// Which way stream bytes moved. The same names on both sides: `client_to_origin` is what the
+/// ssh client sent toward sshd (the edge reads it from the carrier, the origin writes it to the
+/// service).
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    ClientToOrigin,
+    OriginToClient,
+}
+
+/// An access decision at the edge and its reason (a fixed set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// Allowed: a service token matched a policy.
+    ServiceToken,
+    /// Allowed: an app token (browser login) matched a policy.
+    AppToken,
+    /// Allowed: a bypass policy, no credentials.
+    Bypass,
+    /// Denied: the Host header does not match the TLS server name.
+    HostMismatch,
+    /// Denied: no application for the hostname.
+    NoApplication,
+    /// Denied: unknown service token id or wrong secret.
+    BadServiceToken,
+    /// Denied: app token invalid or expired.
+    BadAppToken,
+    /// Denied: no credentials and no bypass.
+    NoCredentials,
+    /// Denied: the policies refused this identity.
+    Policy,
+    /// Denied: no tunnel registered the hostname.
+    NotRegistered,
+    /// Denied: the tunnel connection had no room for another stream.
+    TunnelBusy,
+}
+
+impl Auth {
+    const ALL: [Auth; 11] = [
+        Auth::ServiceToken,
+        Auth::AppToken,
+        Auth::Bypass,
+        Auth::HostMismatch,
+        Auth::NoApplication,
+        Auth::BadServiceToken,
+        Auth::BadAppToken,
+        Auth::NoCredentials,
+        Auth::Policy,
+        Auth::NotRegistered,
+        Auth::TunnelBusy,
+    ];
+
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Auth::ServiceToken => ("allow", "service_token"),
+            Auth::AppToken => ("allow", "app_token"),
+            Auth::Bypass => ("allow", "bypass"),
+            Auth::HostMismatch => ("deny", "host_mismatch"),
+            Auth::NoApplication => ("deny", "no_application"),
+            Auth::BadServiceToken => ("deny", "bad_service_token"),
+            Auth::BadAppToken => ("deny", "bad_app_token"),
+            Auth::NoCredentials => ("deny", "no_credentials"),
+            Auth::Policy => ("deny", "policy"),
+            Auth::NotRegistered => ("deny", "not_registered"),
+            Auth::TunnelBusy => ("deny", "tunnel_busy"),
+        }
+    }
+}
+
+/// Why a connection or stream failed (a fixed set; each belongs to the edge, the origin or both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// TLS refused or failed (handshake, certificate, decryption).
+    Tls,
+    /// A client sent a malformed HTTP request head (edge).
+    BadRequest,
+    /// A client broke the WebSocket protocol (edge).
+    WebSocket,
+    /// A tunnel peer broke the mux protocol.
+    TunnelProtocol,
+    /// The edge refused a registration.
+    RegistrationRefused,
+    /// A connection did not finish its handshake in time (edge).
+    HandshakeTimeout,
+    /// A streaming carrier moved no byte for the idle timeout (edge).
+    IdleTimeout,
+    /// A connection was closed at accept by a connection limit (edge).
+    ConnectionLimit,
+    /// A login request was over the rate limit, or logins were full (edge).
+    LoginLimit,
+    /// The origin could not connect to the edge (or its proxy).
+    Connect,
+    /// The keepalive found a tunnel connection dead.
+    Keepalive,
+    /// The edge sent an error frame (origin).
+    EdgeError,
+    /// The origin could not reach its local service.
+    ServiceConnect,
+}
+
+impl Error {
+    const ALL: [Error; 13] = [
+        Error::Tls,
+        Error::BadRequest,
+        Error::WebSocket,
+        Error::TunnelProtocol,
+        Error::RegistrationRefused,
+        Error::HandshakeTimeout,
+        Error::IdleTimeout,
+        Error::ConnectionLimit,
+        Error::LoginLimit,
+        Error::Connect,
+        Error::Keepalive,
+        Error::EdgeError,
+        Error::ServiceConnect,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Error::Tls => "tls",
+            Error::BadRequest => "bad_request",
+            Error::WebSocket => "websocket",
+            Error::TunnelProtocol => "tunnel_protocol",
+            Error::RegistrationRefused => "registration_refused",
+            Error::HandshakeTimeout => "handshake_timeout",
+            Error::IdleTimeout => "idle_timeout",
+            Error::ConnectionLimit => "connection_limit",
+            Error::LoginLimit => "login_limit",
+            Error::Connect => "connect",
+            Error::Keepalive => "keepalive",
+            Error::EdgeError => "edge_error",
+            Error::ServiceConnect => "service_connect",
+        }
+    }
+
+    fn applies_to(self, role: Role) -> bool {
+        match self {
+            Error::Tls | Error::TunnelProtocol | Error::RegistrationRefused | Error::Keepalive => {
+                true
+            }
+            Error::BadRequest
+            | Error::WebSocket
+            | Error::HandshakeTimeout
+            | Error::IdleTimeout
+            | Error::ConnectionLimit
+            | Error::LoginLimit => role == Role::Edge,
+            Error::Connect | Error::EdgeError | Error::ServiceConnect => role == Role::Tunnel,
+        }
+    }
+}
+
+/// The registry. Every field is an atomic updated with `Relaxed` ordering: each value is
+/// independent, and a scrape that sees one counter a moment before another is still correct.
+pub struct Metrics {
+    role: Role,
+    /// The UUID `/ready` reports: the origin's connector id, or the edge's instance id.
+    connector_id: String,
+    /// Edge: open carrier connections. Origin: unused.
+    carriers: AtomicU64,
+    /// Edge: open tunnel connections. Origin: live connections to the edge.
+    tunnels: AtomicU64,
+    /// Tunnel connections that are registered (what `/ready` counts).
+    ready: AtomicU64,
+    streams_active: AtomicU64,
+    streams_total: AtomicU64,
+    bytes: [AtomicU64; 2],
+    auth: [AtomicU64; Auth::ALL.len()],
+    errors: [AtomicU64; Error::ALL.len()],
+    reconnects: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_error: AtomicU64,
+    handshake_buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
+    handshake_count: AtomicU64,
+    handshake_sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(role: Role, connector_id: [u8; 16]) -> Arc<Metrics> {
+        Arc::new(Metrics {
+            role,
+            connector_id: uuid(connector_id),
+            carriers: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+            streams_active: AtomicU64::new(0),
+            streams_total: AtomicU64::new(0),
+            bytes: Default::default(),
+            auth: Default::default(),
+            errors: Default::default(),
+            reconnects: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_error: AtomicU64::new(0),
+            handshake_buckets: Default::default(),
+            handshake_count: AtomicU64::new(0),
+            handshake_sum_micros: AtomicU64::new(0),
+        })
+    }
+
+    pub fn connector_id(&self) -> &str {
+        &self.connector_id
+    }
+
+    /// Sets the connection gauges (recounted by the loop: a gauge that is set cannot drift).
+    pub fn set_connections(&self, carriers: usize, tunnels: usize, ready: usize) {
+        self.carriers.store(carriers as u64, Relaxed);
+        self.tunnels.store(tunnels as u64, Relaxed);
+        self.ready.store(ready as u64, Relaxed);
+    }
+
+    pub fn set_streams_active(&self, n: usize) {
+        self.streams_active.store(n as u64, Relaxed);
+    }
+
+    pub fn stream_opened(&self) {
+        self.streams_total.fetch_add(1, Relaxed);
+    }
+
+    pub fn bytes(&self, direction: Direction, n: usize) {
+        self.bytes[direction as usize].fetch_add(n as u64, Relaxed);
+    }
+
+    pub fn auth(&self, decision: Auth) {
+        self.auth[decision as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn error(&self, reason: Error) {
+        self.errors[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn reconnect(&self) {
+        self.reconnects.fetch_add(1, Relaxed);
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let c = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_error
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    pub fn ready_connections(&self) -> u64 {
+        self.ready.load(Relaxed)
+    }
+
+    /// Records one completed TLS handshake that took `took`.
+    pub fn handshake(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        // Cumulative buckets are summed at render time; here each observation lands in one.
+        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|&b| secs <= b) {
+            self.handshake_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.handshake_count.fetch_add(1, Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.handshake_sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let p = self.role.prefix();
+        let mut out = String::with_capacity(4096);
+        let _ = writeln!(
+            out,
+            "# HELP {p}_build_info Build information; the value is always 1."
+        );
+        let _ = writeln!(out, "# TYPE {p}_build_info gauge");
+        let _ = writeln!(
+            out,
+            "{p}_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+
+        let load = |a: &AtomicU64| a.load(Relaxed);
+        let mut put = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+            let _ = writeln!(out, "# HELP {p}_{name} {help}");
+            let _ = writeln!(out, "# TYPE {p}_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "{p}_{name}{labels} {v}");
+            }
+        };
+        match self.role {
+            Role::Edge => put(
+                "connections",
+                "gauge",
+                "Open connections by kind.",
+                &[
+                    ("{kind=\"carrier\"}".into(), load(&self.carriers)),
+                    ("{kind=\"tunnel\"}".into(), load(&self.tunnels)),
+                ],
+            ),
+            Role::Tunnel => put(
+                "connections",
+                "gauge",
+                "Live connections to the edge.",
+                &[(String::new(), load(&self.tunnels))],
+            ),
+        }
+        put(
+            "ready_connections",
+            "gauge",
+            "Registered tunnel connections.",
+            &[(String::new(), load(&self.ready))],
+        );
+        put(
+            "streams_active",
+            "gauge",
+            "Streams open now.",
+            &[(String::new(), load(&self.streams_active))],
+        );
+        put(
+            "streams_total",
+            "counter",
+            "Streams opened since start.",
+            &[(String::new(), load(&self.streams_total))],
+        );
+        put(
+            "bytes_total",
+            "counter",
+            "Stream payload bytes by direction.",
+            &[
+                (
+                    "{direction=\"client_to_origin\"}".into(),
+                    load(&self.bytes[Direction::ClientToOrigin as usize]),
+                ),
+                (
+                    "{direction=\"origin_to_client\"}".into(),
+                    load(&self.bytes[Direction::OriginToClient as usize]),
+                ),
+            ],
+        );
+        if self.role == Role::Edge {
+            let samples: Vec<(String, u64)> = Auth::ALL
+                .iter()
+                .map(|&a| {
+                    let (decision, reason) = a.labels();
+                    (
+                        format!("{{decision=\"{decision}\",reason=\"{reason}\"}}"),
+                        load(&self.auth[a as usize]),
+                    )
+                })
+                .collect();
+            put(
+                "auth_decisions_total",
+                "counter",
+                "Access decisions on carrier requests.",
+                &samples,
+            );
+        }
+        let samples: Vec<(String, u64)> = Error::ALL
+            .iter()
+            .filter(|e| e.applies_to(self.role))
+            .map(|&e| {
+                (
+                    format!("{{reason=\"{}\"}}", e.label()),
+                    load(&self.errors[e as usize]),
+                )
+            })
+            .collect();
+        put("errors_total", "counter", "Errors by reason.", &samples);
+        match self.role {
+            Role::Tunnel => put(
+                "reconnects_total",
+                "counter",
+                "Connection attempts to the edge after a lost or failed one.",
+                &[(String::new(), load(&self.reconnects))],
+            ),
+            Role::Edge => put(
+                "config_reloads_total",
+                "counter",
+                "Config reloads on SIGHUP by result.",
+                &[
+                    ("{result=\"ok\"}".into(), load(&self.reloads_ok)),
+                    ("{result=\"error\"}".into(), load(&self.reloads_error)),
+                ],
+            ),
+        }
+        let _ = writeln!(
+            out,
+            "# HELP {p}_tls_handshake_seconds Time from TCP connect or accept to a finished TLS handshake."
+        );
+        let _ = writeln!(out, "# TYPE {p}_tls_handshake_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in HANDSHAKE_BUCKETS.iter().enumerate() {
+            cumulative += load(&self.handshake_buckets[i]);
+            let _ = writeln!(
+                out,
+                "{p}_tls_handshake_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = load(&self.handshake_count);
+        let _ = writeln!(
+            out,
+            "{p}_tls_handshake_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = load(&self.handshake_sum_micros) as f64 / 1e6;
+        let _ = writeln!(out, "{p}_tls_handshake_seconds_sum {sum}");
+        let _ = writeln!(out, "{p}_tls_handshake_seconds_count {count}");
+        out
+    }
+
+    /// `/ready`: (status, JSON body) as cloudflared answers it.
+    pub fn ready(&self) -> (u16, String) {
+        let n = self.ready_connections();
+        let status = if n > 0 { 200 } else { 503 };
+        let body = serde_json::json!({
+            "status": status,
+            "readyConnections": n,
+            "connectorId": self.connector_id,
+        });
+        (status, body.to_string())
+    }
+}
+
+/// Formats 16 bytes as a UUID (8-4-4-4-12 hex digits), setting the version-4 and variant bits.
+pub fn uuid(mut b: [u8; 16]) -> String {
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Binds `addr` and serves the registry on one thread. Returns the bound address.
+pub fn serve(addr: &str, metrics: Arc<Metrics>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("--metrics {addr}: cannot listen: {e}")))?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(sock) => {
+                        if let Err(e) = answer(sock, &metrics) {
+                            log::debug!("metrics: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: do not spin on a listener that keeps failing.
+                        log::warn!("metrics: accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(bound)
+}
+
+/// Reads one request head (bounded in size and time) and writes the answer; then closes.
+fn answer(mut sock: TcpStream, metrics: &Metrics) -> io::Result<()> {
+    let deadline = Instant::now() + REQUEST_DEADLINE;
+    let mut buf = [0u8; MAX_REQUEST];
+    let mut len = 0;
+    let limits = HeadLimits {
+        max_head_bytes: MAX_REQUEST,
+        max_headers: 32,
+    };
+    let head = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        sock.set_read_timeout(Some(left))?;
+        match http::parse_request_head(&buf[..len], &limits) {
+            Ok(Some((head, _))) => break head,
+            Ok(None) if len == buf.len() => {
+                return respond(&mut sock, 431, "text/plain", "request head too large\n")
+            }
+            Ok(None) => {}
+            Err(e) => return respond(&mut sock, 400, "text/plain", &format!("{e}\n")),
+        }
+        match sock.read(&mut buf[len..]) {
+            Ok(0) => return Ok(()),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    };
+    sock.set_write_timeout(Some(
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1)),
+    ))?;
+    let path = head.target.split('?').next().unwrap_or_default();
+    match (head.method.as_str(), path) {
+        ("GET", "/metrics") => respond(
+            &mut sock,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &metrics.render(),
+        ),
+        ("GET", "/ready") => {
+            let (status, body) = metrics.ready();
+            respond(&mut sock, status, "application/json", &body)
+        }
+        (_, "/metrics" | "/ready") => respond(&mut sock, 405, "text/plain", "use GET\n"),
+        _ => respond(
+            &mut sock,
+            404,
+            "text/plain",
+            "not found: try /metrics or /ready\n",
+        ),
+    }
+}
+
+fn respond(sock: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut out = Vec::with_capacity(body.len() + 128);
+    http::write_response(
+        &mut out,
+        status,
+        reason,
+        &[("Content-Type", content_type), ("Connection", "close")],
+        body.as_bytes(),
+    );
+    sock.write_all(&out)?;
+    sock.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_line_is_name_labels_value() {
+        for role in [Role::Edge, Role::Tunnel] {
+            let m = Metrics::new(role, [7; 16]);
+            m.auth(Auth::Policy);
+            m.error(Error::Tls);
+            m.bytes(Direction::OriginToClient, 42);
+            m.handshake(Duration::from_millis(30));
+            m.handshake(Duration::from_secs(60));
+            let text = m.render();
+            let prefix = role.prefix();
+            for line in text.lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                let (series, value) = line.rsplit_once(' ').expect(line);
+                assert!(series.starts_with(prefix), "{line}");
+                value.parse::<f64>().expect(line);
+            }
+            assert!(text.contains(&format!(
+                "{prefix}_bytes_total{{direction=\"origin_to_client\"}} 42"
+            )));
+            assert!(text.contains(&format!(
+                "{prefix}_tls_handshake_seconds_bucket{{le=\"0.05\"}} 1"
+            )));
+            assert!(text.contains(&format!(
+                "{prefix}_tls_handshake_seconds_bucket{{le=\"+Inf\"}} 2"
+            )));
+            assert_eq!(
+                text.contains("auth_decisions_total{decision=\"deny\",reason=\"policy\"} 1"),
+                role == Role::Edge
+            );
+        }
+    }
+
+    #[test]
+    fn ready_is_503_until_a_connection_registers() {
+        let m = Metrics::new(Role::Tunnel, [0; 16]);
+        let (status, body) = m.ready();
+        assert_eq!(status, 503);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["readyConnections"], 0);
+        assert_eq!(v["connectorId"], "00000000-0000-4000-8000-000000000000");
+        m.set_connections(0, 2, 1);
+        let (status, body) = m.ready();
+        assert_eq!(status, 200);
+        assert!(body.contains("\"readyConnections\":1"), "{body}");
+    }
+}
