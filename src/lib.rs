@@ -13,6 +13,7 @@ pub mod http;
 pub mod io;
 pub mod jwt;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod mux;
 pub mod oidc;

@@ -11,6 +11,7 @@ use lexopt::prelude::*;
 
 use postern::access::{self, AccessOptions, Credentials};
 use postern::edge::{self, Edge};
+use postern::logging::{self, LogFlags};
 use postern::pki::{Authority, OriginCredential};
 use postern::state::{Secret, ServiceTokens, StateDir};
 use postern::tunnel::admin::AdminClient;
@@ -39,22 +40,35 @@ USAGE:
     postern service uninstall [tunnel|edge] [--name NAME] stop and remove the unit
 
 Run `postern COMMAND --help` for the options of each command.
-Logs go to stderr; set RUST_LOG=debug for more.
+
+LOGGING (before the command, or among the options of edge, tunnel and access):
+    --log-format json|human   JSON lines (time, level, target, message) or plain text
+                              (default human; env POSTERN_LOG_FORMAT)
+    --loglevel LEVEL          debug, info, warn, error or fatal (overrides RUST_LOG)
+Logs go to stderr; RUST_LOG=debug (env_logger's syntax) gives more.
 ";
 
 type Res = Result<ExitCode, String>;
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let flags = match log_flags(&mut args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let level = if matches!(args.first().and_then(|a| a.to_str()), Some("access")) {
         // The client speaks only when something is wrong: ssh shows its stderr.
         "warn"
     } else {
         "info"
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_target(false)
-        .init();
+    if let Err(e) = logging::init(&flags, level) {
+        eprintln!("postern: {e}");
+        return ExitCode::FAILURE;
+    }
     let cmd = if args.is_empty() {
         String::new()
     } else {
@@ -82,6 +96,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--log-format` and `--loglevel`: before the command (global), and for `edge`, `tunnel` and
+/// `access` anywhere after it too (there they win). Both are taken out of `args`.
+fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
+    // The leading run of logging flags, with their separate values.
+    let mut end = 0;
+    while let Some(s) = args.get(end).and_then(|a| a.to_str()) {
+        match s.split_once('=').map_or(s, |(name, _)| name) {
+            "--log-format" | "--loglevel" if s.contains('=') => end += 1,
+            "--log-format" | "--loglevel" => end += 2,
+            _ => break,
+        }
+    }
+    let end = end.min(args.len());
+    let mut global: Vec<OsString> = args.drain(..end).collect();
+    let global = LogFlags::take(&mut global)?;
+    let per_command = match args.first().and_then(|a| a.to_str()) {
+        Some("edge" | "tunnel" | "access") => LogFlags::take(args)?,
+        _ => LogFlags::default(),
+    };
+    Ok(per_command.or(global))
 }
 
 fn parser(args: Vec<OsString>) -> lexopt::Parser {
@@ -126,6 +162,8 @@ OPTIONS:
     --config FILE    JSON config for real deployments (see README); SIGHUP re-reads it
     --metrics ADDR   serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                      (env POSTERN_METRICS; or \"metrics\" in the config file)
+    --log-format F   json or human (env POSTERN_LOG_FORMAT)
+    --loglevel L     debug, info, warn, error or fatal (overrides RUST_LOG)
 ";
 
 fn cmd_edge(args: Vec<OsString>) -> Res {
@@ -328,6 +366,8 @@ OPTIONS:
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
     --metrics ADDR        serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                           (env POSTERN_METRICS; default: none)
+    --log-format F        json or human (env POSTERN_LOG_FORMAT)
+    --loglevel L          debug, info, warn, error or fatal (overrides RUST_LOG)
 
 CONFIG (tunnel run):
     {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
@@ -877,6 +917,8 @@ OPTIONS:
                        a flag is visible to other users in the process list)
                        With a service token, no browser is ever opened.
     --url ADDR         (tcp) local address to listen on
+    --log-format F     json or human (env POSTERN_LOG_FORMAT)
+    --loglevel L       debug, info, warn, error or fatal (default warn; overrides RUST_LOG)
 ";
 
 /// cloudflared (urfave/cli) also takes long flags with one dash: `-app=H`, `-hostname H`.

@@ -1389,3 +1389,33 @@ pub fn metrics_addr(child: &Child) -> SocketAddr {
     parse_listen_addr(&text[at..], NEEDLE)
         .unwrap_or_else(|| panic!("no address after {NEEDLE:?}:\n{text}"))
 }
+
+/// Writes an edge config like the one [`Edge::start_with_limits`] writes (zone `localhost` on
+/// the edge's own CA, one application `*.localhost`) whose single allow policy includes
+/// `include` (e.g. `[{"service_token": "a"}]`), plus `extra` top-level fields.
+pub fn write_edge_config(
+    path: &Path,
+    listen: &str,
+    state: &Path,
+    include: serde_json::Value,
+    extra: serde_json::Value,
+) {
+    let mut cfg = serde_json::json!({
+        "listen": listen,
+        "state_dir": state,
+        "zones": [ { "name": "localhost", "local_ca": true } ],
+        "applications": [ { "hostname": "*.localhost", "policies": [
+            { "decision": "allow", "include": include }
+        ] } ],
+    });
+    if let (Some(c), Some(e)) = (cfg.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    // Written to a temporary name and renamed, as an operator's editor or config tool would:
+    // a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&cfg).expect("config JSON")).expect("write config");
+    fs::rename(&tmp, path).expect("rename config");
+}
