@@ -57,6 +57,102 @@ pub struct EdgeSettings {
     pub on_ready: Box<dyn Fn(SocketAddr)>,
     /// Where to serve `/metrics` and `/ready` (the config's `metrics`; `--metrics` wins).
     pub metrics: Option<String>,
+    /// The config file and what in it needs a restart, for SIGHUP; none with `--dev`.
+    pub source: Option<ConfigSource>,
+}
+
+/// The file an edge was started from, with the values of the fields a reload cannot change.
+pub struct ConfigSource {
+    pub path: PathBuf,
+    restart_only: RestartOnly,
+}
+
+/// Fields that keep their start-up value on reload: the listener, state, audit log and TLS
+/// zones are bound or opened once; the identity provider is discovered once and shared with
+/// the login worker; the transfer table is allocated once.
+#[derive(Clone, PartialEq)]
+struct RestartOnly {
+    listen: SocketAddr,
+    state_dir: PathBuf,
+    audit_log: Option<PathBuf>,
+    zones: Vec<Zone>,
+    public_url: Option<String>,
+    identity: Option<OidcSettings>,
+    max_pending_transfers: usize,
+    metrics: Option<String>,
+}
+
+impl RestartOnly {
+    fn of(cfg: &FileConfig) -> RestartOnly {
+        RestartOnly {
+            listen: cfg.listen,
+            state_dir: cfg.state_dir.clone(),
+            audit_log: cfg.audit_log.clone(),
+            zones: cfg.zones.clone(),
+            public_url: cfg.public_url.clone(),
+            identity: cfg.identity.clone(),
+            max_pending_transfers: cfg.limits.max_pending_transfers,
+            metrics: cfg.metrics.clone(),
+        }
+    }
+
+    /// The names of the fields that differ.
+    fn changed(&self, new: &RestartOnly) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut field = |name, differs: bool| {
+            if differs {
+                out.push(name);
+            }
+        };
+        field("listen", self.listen != new.listen);
+        field("state_dir", self.state_dir != new.state_dir);
+        field("audit_log", self.audit_log != new.audit_log);
+        field("zones", self.zones != new.zones);
+        field("public_url", self.public_url != new.public_url);
+        field("identity", self.identity != new.identity);
+        field(
+            "limits.max_pending_transfers",
+            self.max_pending_transfers != new.max_pending_transfers,
+        );
+        field("metrics", self.metrics != new.metrics);
+        out
+    }
+}
+
+/// What a reload changes: applications, tunnel admins and limits (except
+/// `max_pending_transfers`), ready to swap in.
+pub struct Reloaded {
+    pub applications: Vec<Application>,
+    pub tunnel_admins: Vec<Policy>,
+    pub limits: EdgeLimits,
+    /// Fields that changed in the file but keep their running value until a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// Re-reads `source`'s file for SIGHUP. Checks it as strictly as at start-up (unknown fields,
+/// invalid values); the caller keeps the running config when this fails.
+pub fn reload(source: &ConfigSource) -> Result<Reloaded, ConfigError> {
+    let path = &source.path;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.clone(), e))?;
+    let cfg: FileConfig =
+        serde_json::from_str(&text).map_err(|e| ConfigError::Parse(path.clone(), e.to_string()))?;
+    // An invalid value is reported with the file it is in, like a parse error.
+    let named = |e| match e {
+        ConfigError::Invalid(m) => ConfigError::Parse(path.clone(), m),
+        other => other,
+    };
+    cfg.check().map_err(named)?;
+    check_identity(&cfg, cfg.identity.as_ref()).map_err(named)?;
+    let new = RestartOnly::of(&cfg);
+    let needs_restart = source.restart_only.changed(&new);
+    let mut limits = cfg.limits;
+    limits.max_pending_transfers = source.restart_only.max_pending_transfers;
+    Ok(Reloaded {
+        applications: cfg.applications,
+        tunnel_admins: cfg.tunnel_admins,
+        limits,
+        needs_restart,
+    })
 }
 
 impl EdgeSettings {
@@ -138,7 +234,7 @@ pub enum IdentityProvider {
     Oidc(OidcSettings),
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcSettings {
     /// The issuer URL; `/.well-known/openid-configuration` is read from it at start-up.
@@ -200,7 +296,7 @@ pub(crate) struct FileConfig {
 
 /// A zone the edge terminates TLS for: with the operator's certificate and key, or with
 /// leaves the edge's own CA (`ca.pem` in the state dir) issues per name (private zones, dev).
-#[derive(Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Zone {
     name: String,
@@ -390,12 +486,18 @@ fn parse(path: &Path, text: &str) -> Result<EdgeSettings, ConfigError> {
     let mut cfg: FileConfig = serde_json::from_str(text)
         .map_err(|e| ConfigError::Parse(path.to_owned(), e.to_string()))?;
     cfg.check()?;
+    let source = ConfigSource {
+        path: path.to_owned(),
+        restart_only: RestartOnly::of(&cfg),
+    };
     // The dev provider is never reachable from a config file: only `--dev` enables it.
     let identity = match cfg.identity.take() {
         Some(o) => IdentityProvider::Oidc(o),
         None => IdentityProvider::None,
     };
-    build(cfg, identity)
+    let mut settings = build(cfg, identity)?;
+    settings.source = Some(source);
+    Ok(settings)
 }
 
 /// Parses an edge config the way `--config` does, without touching the filesystem (no state
@@ -440,9 +542,9 @@ impl FileConfig {
     }
 }
 
-fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
-    cfg.check()?;
-    if let IdentityProvider::Oidc(o) = &identity {
+/// The identity checks that need no network: a provider needs `public_url` and a secret.
+fn check_identity(cfg: &FileConfig, identity: Option<&OidcSettings>) -> Result<(), ConfigError> {
+    if let Some(o) = identity {
         if cfg.public_url.is_none() {
             return Err(ConfigError::Invalid(
                 "identity needs public_url (where the provider sends browsers back)".into(),
@@ -456,6 +558,14 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
                 "identity.client_secret_file (or client_secret, or env POSTERN_OIDC_CLIENT_SECRET) is missing".into(),
             ));
         }
+    }
+    Ok(())
+}
+
+fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
+    cfg.check()?;
+    if let IdentityProvider::Oidc(o) = &identity {
+        check_identity(&cfg, Some(o))?;
     }
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
@@ -507,6 +617,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         limits: cfg.limits,
         on_ready: Box::new(|_| {}),
         metrics: cfg.metrics,
+        source: None,
     })
 }
 
@@ -562,6 +673,47 @@ mod tests {
             };
             assert!(err.contains(named), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn reload_names_restart_only_fields_and_refuses_bad_values_by_file() {
+        let dir = std::env::temp_dir().join(format!("postern-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.json");
+        let base = r#""state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}]"#;
+        let write = |body: &str| std::fs::write(&path, format!("{{{base},{body}}}")).unwrap();
+        write(r#""listen":"127.0.0.1:1","applications":[]"#);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg: FileConfig = serde_json::from_str(&text).unwrap();
+        let source = ConfigSource {
+            path: path.clone(),
+            restart_only: RestartOnly::of(&cfg),
+        };
+        write(
+            r#""listen":"127.0.0.1:2","applications":[{"hostname":"ssh.a.test"}],
+               "limits":{"idle_timeout_secs":7,"max_pending_transfers":5}"#,
+        );
+        let new = reload(&source).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new.applications.len(), 1);
+        assert_eq!(new.limits.idle_timeout_secs, 7);
+        assert_eq!(
+            new.limits.max_pending_transfers,
+            EdgeLimits::default().max_pending_transfers
+        );
+        assert_eq!(
+            new.needs_restart,
+            ["listen", "limits.max_pending_transfers"]
+        );
+        write(r#""listen":"127.0.0.1:1","applications":[{"hostname":"bad host"}]"#);
+        let err = reload(&source)
+            .err()
+            .expect("an invalid hostname is refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("edge.json") && msg.contains("hostname"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

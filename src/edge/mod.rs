@@ -282,6 +282,39 @@ impl Edge {
         })
     }
 
+    /// SIGHUP: re-reads the config file and swaps in its applications, tunnel admins and
+    /// limits. Open connections and streams are kept; the new policies apply from the next
+    /// request. A file that does not pass the start-up checks changes nothing.
+    fn reload(&mut self) {
+        let Some(source) = &self.settings.source else {
+            info!("SIGHUP: nothing to reload (edge --dev has no config file)");
+            return;
+        };
+        let path = source.path.display().to_string();
+        match config::reload(source) {
+            Ok(new) => {
+                for field in &new.needs_restart {
+                    warn!(
+                        "config {path}: `{field}` changed; it keeps its running value until \
+                         the edge restarts"
+                    );
+                }
+                if new.applications.is_empty() {
+                    warn!("no applications configured: every request will be refused");
+                }
+                self.settings.applications = new.applications;
+                self.settings.tunnel_admins = new.tunnel_admins;
+                self.settings.limits = new.limits;
+                self.metrics.config_reload(true);
+                info!("config reloaded from {path}");
+            }
+            Err(e) => {
+                self.metrics.config_reload(false);
+                warn!("config reload refused, the running config stays in effect: {e}");
+            }
+        }
+    }
+
     /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
     pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
         metrics::serve(addr, self.metrics.clone())
@@ -299,7 +332,7 @@ impl Edge {
         self.poll
             .registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let mut signals = Signals::new()?;
+        let mut signals = Signals::with_reload()?;
         self.poll
             .registry()
             .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
@@ -331,7 +364,11 @@ impl Edge {
                 match ev.token() {
                     LISTENER => self.accept(&listener),
                     SIGNALS => {
-                        if signals.take() {
+                        let terminate = signals.take();
+                        if signals.take_reload() {
+                            self.reload();
+                        }
+                        if terminate {
                             info!("edge shutting down");
                             self.shutdown();
                             return Ok(());

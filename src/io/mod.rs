@@ -4,39 +4,78 @@ pub mod local;
 pub mod tls;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use mio::net::UnixStream;
 
-/// A pollable source that becomes readable when SIGTERM or SIGINT arrives.
+/// A pollable source that becomes readable when SIGTERM or SIGINT arrives, and with
+/// [`Signals::with_reload`] also SIGHUP. The handlers only set a flag and write a wake-up
+/// byte (async-signal-safe); the loop then asks which signal it was.
 pub struct Signals {
     pub rx: UnixStream,
+    terminate: Arc<AtomicBool>,
+    /// Set by SIGHUP; `None` when SIGHUP keeps its default action.
+    reload: Option<Arc<AtomicBool>>,
 }
 
 impl Signals {
+    /// SIGTERM and SIGINT.
     pub fn new() -> io::Result<Signals> {
+        Self::register(false)
+    }
+
+    /// SIGTERM and SIGINT, and SIGHUP (reload).
+    pub fn with_reload() -> io::Result<Signals> {
+        Self::register(true)
+    }
+
+    fn register(reload: bool) -> io::Result<Signals> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
         rx.set_nonblocking(true)?;
         tx.set_nonblocking(true)?;
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let terminate = Arc::new(AtomicBool::new(false));
+        // The flag first: actions run in registration order, so the loop that wakes on the
+        // byte always finds the flag set.
+        for sig in [SIGTERM, SIGINT] {
+            signal_hook::flag::register(sig, terminate.clone())?;
             signal_hook::low_level::pipe::register(sig, tx.try_clone()?)?;
         }
+        let reload = if reload {
+            let flag = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(SIGHUP, flag.clone())?;
+            signal_hook::low_level::pipe::register(SIGHUP, tx)?;
+            Some(flag)
+        } else {
+            None
+        };
         Ok(Signals {
             rx: UnixStream::from_std(rx),
+            terminate,
+            reload,
         })
     }
 
-    /// Drains the wake-up bytes; true if any signal arrived.
+    /// Drains the wake-up bytes; true if SIGTERM or SIGINT arrived since the last call.
     pub fn take(&mut self) -> bool {
-        let mut got = false;
         let mut buf = [0u8; 64];
         loop {
             match io::Read::read(&mut self.rx, &mut buf) {
-                Ok(0) => return got,
-                Ok(_) => got = true,
+                Ok(0) => break,
+                Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return got,
+                Err(_) => break,
             }
         }
+        self.terminate.swap(false, Ordering::SeqCst)
+    }
+
+    /// True if SIGHUP arrived since the last call (several SIGHUPs are one reload).
+    pub fn take_reload(&mut self) -> bool {
+        self.reload
+            .as_ref()
+            .is_some_and(|r| r.swap(false, Ordering::SeqCst))
     }
 }
 
