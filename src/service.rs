@@ -448,6 +448,10 @@ pub fn render_unit(spec: &UnitSpec) -> String {
     line("[Service]");
     line("Type=simple");
     line(&format!("ExecStart={exec}"));
+    if spec.role == Role::Edge {
+        // `systemctl reload postern-edge` re-reads the config (policies, applications, limits).
+        line("ExecReload=/bin/kill -HUP $MAINPID");
+    }
     line("Restart=always");
     line("RestartSec=5s");
     line(&format!("User={}", spec.user));
@@ -898,6 +902,8 @@ mod tests {
         }
         assert!(!unit.contains("AmbientCapabilities"));
         assert!(!unit.contains("StateDirectory"));
+        // The tunnel has nothing to reload; SIGHUP keeps its default action there.
+        assert!(!unit.contains("ExecReload"));
     }
 
     #[test]
@@ -1083,6 +1089,7 @@ mod tests {
             "LogsDirectory=postern",
             "ProtectHome=yes",
             "TimeoutStopSec=10s",
+            "ExecReload=/bin/kill -HUP $MAINPID",
         ] {
             assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
         }
