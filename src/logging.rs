@@ -8,6 +8,16 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by [`init`] when the logger writes JSON lines.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// True when logs are JSON lines: plain text printed to stderr (a banner) should then go
+/// through the logger instead.
+pub fn json() -> bool {
+    JSON.load(Ordering::Relaxed)
+}
 
 /// How log records are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -121,6 +131,7 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
             b.format_target(false);
         }
         LogFormat::Json => {
+            JSON.store(true, Ordering::Relaxed);
             b.format(|buf, record| {
                 let line = json_line(
                     &buf.timestamp_millis().to_string(),

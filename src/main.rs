@@ -213,7 +213,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
             let exe = current_exe();
             let state_shown = s.state.path().display().to_string();
             s.on_ready = Box::new(move |addr| {
-                eprintln!(
+                let banner = format!(
                     "\npostern edge (dev) is serving *.localhost on {addr}\n\
                      CA for clients and origins: {state_shown}/ca.pem\n\n\
                      Next steps:\n\
@@ -223,6 +223,12 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                      4. on the laptop:     POSTERN_SERVICE_TOKEN_ID=… POSTERN_SERVICE_TOKEN_SECRET=… \\\n\
                      \x20                     ssh -o ProxyCommand='{exe} access ssh --hostname %h --edge {addr} --ca {state_shown}/ca.pem' ssh.localhost\n"
                 );
+                // With JSON logs every stderr line must parse: the banner becomes one record.
+                if logging::json() {
+                    log::info!("{}", banner.trim());
+                } else {
+                    eprintln!("{banner}");
+                }
             });
             s
         }
