@@ -1138,6 +1138,7 @@ postern service: run the tunnel or the edge as a hardened systemd service
 
 USAGE:
     postern service install tunnel --hostname H --url ssh://localhost:22 [TUNNEL OPTIONS] [OPTIONS]
+    postern service install tunnel --config /etc/postern/config.json [OPTIONS]   (a named tunnel)
     postern service install edge --config /etc/postern/edge.json [OPTIONS]
     postern service uninstall [tunnel|edge] [--name NAME] [--unit-dir DIR] [--no-disable]
 
@@ -1158,6 +1159,7 @@ TUNNEL OPTIONS (as for `postern tunnel`):
 
 OPTIONS:
     --config FILE         (edge) its JSON config; state_dir and audit_log are made writable
+                          (tunnel) a named tunnel's config: the unit runs `tunnel --config FILE run`
     --unit-dir DIR        where the unit goes (default /etc/systemd/system)
     --user NAME           run as this user (default postern; created as a system user without
                           shell or home when missing, if run as root)
@@ -1257,10 +1259,18 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
         return Ok(ExitCode::SUCCESS);
     }
     let what = match role {
-        Some(Role::Tunnel) => {
-            if config.is_some() {
-                return Err("service install tunnel: --config is for the edge".into());
+        Some(Role::Tunnel) if config.is_some() => {
+            if hostname.is_some() || url.is_some() || t.origincert.is_some() {
+                return Err(
+                    "service install tunnel: --config runs a named tunnel from its config \
+                     file; --hostname, --url and --origincert are for the quick form"
+                        .into(),
+                );
             }
+            t.config = config;
+            InstallWhat::Tunnel(t)
+        }
+        Some(Role::Tunnel) => {
             t.hostname = hostname.ok_or(format!(
                 "service install tunnel: --hostname is missing\n\n{SERVICE_HELP}"
             ))?;

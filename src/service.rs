@@ -69,6 +69,11 @@ impl Role {
 pub struct TunnelArgs {
     pub hostname: String,
     pub url: String,
+    /// A named tunnel's config file: the unit runs `tunnel --config FILE run` instead of
+    /// `--hostname`/`--url`.
+    pub config: Option<PathBuf>,
+    /// Files the config names (credentials, CA): they must be readable, outside `/tmp`.
+    pub config_files: Vec<PathBuf>,
     pub origincert: Option<PathBuf>,
     pub edge: Option<String>,
     pub ca: Option<PathBuf>,
@@ -270,28 +275,48 @@ impl UnitSpec {
         check_path("the postern binary", exe)?;
         check_user(user, group)?;
         let unit_name = unit_name(Role::Tunnel, t.name.as_deref())?;
-        check_text("--hostname", &t.hostname)?;
-        check_text("--url", &t.url)?;
-        if t.hostname.is_empty() {
-            return Err(ServiceError::BadArgument("--hostname is missing".into()));
-        }
-        if t.url.is_empty() {
-            return Err(ServiceError::BadArgument("--url is missing".into()));
-        }
-        let origincert = t
-            .origincert
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_ORIGINCERT));
-        let mut args = vec![
-            "tunnel".to_owned(),
-            "--hostname".to_owned(),
-            t.hostname.clone(),
-            "--url".to_owned(),
-            t.url.clone(),
-            "--origincert".to_owned(),
-            check_path("--origincert", &origincert)?.to_owned(),
-        ];
-        let mut paths = vec![exe.to_owned(), origincert.clone()];
+        let (mut args, mut paths) = match &t.config {
+            // A named tunnel: everything else is in the config file.
+            Some(config) => {
+                let mut paths = vec![exe.to_owned(), config.clone()];
+                for p in &t.config_files {
+                    check_path("a file named in the config", p)?;
+                    paths.push(p.clone());
+                }
+                (
+                    vec![
+                        "tunnel".to_owned(),
+                        "--config".to_owned(),
+                        check_path("--config", config)?.to_owned(),
+                    ],
+                    paths,
+                )
+            }
+            None => {
+                check_text("--hostname", &t.hostname)?;
+                check_text("--url", &t.url)?;
+                if t.hostname.is_empty() {
+                    return Err(ServiceError::BadArgument("--hostname is missing".into()));
+                }
+                if t.url.is_empty() {
+                    return Err(ServiceError::BadArgument("--url is missing".into()));
+                }
+                let origincert = t
+                    .origincert
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_ORIGINCERT));
+                let args = vec![
+                    "tunnel".to_owned(),
+                    "--hostname".to_owned(),
+                    t.hostname.clone(),
+                    "--url".to_owned(),
+                    t.url.clone(),
+                    "--origincert".to_owned(),
+                    check_path("--origincert", &origincert)?.to_owned(),
+                ];
+                (args, vec![exe.to_owned(), origincert])
+            }
+        };
         if let Some(edge) = &t.edge {
             check_text("--edge", edge)?;
             args.extend(["--edge".to_owned(), edge.clone()]);
@@ -310,6 +335,9 @@ impl UnitSpec {
         }
         if let Some(g) = t.grace_secs {
             args.extend(["--grace-period".to_owned(), g.to_string()]);
+        }
+        if t.config.is_some() {
+            args.push("run".to_owned());
         }
         let grace = t.grace_secs.unwrap_or(TUNNEL_DEFAULT_GRACE_SECS);
         Ok(UnitSpec {
@@ -702,6 +730,21 @@ pub fn install(
     // Check what can be checked before anything changes on the host.
     let spec_for = |group: &str| -> Result<UnitSpec, ServiceError> {
         match what {
+            InstallWhat::Tunnel(t) if t.config.is_some() => {
+                let mut t = t.clone();
+                let config = absolute(t.config.as_deref().unwrap_or(Path::new("")))?;
+                // The same checks as `tunnel run`, now, rather than in a restart loop.
+                let (cfg, _) = crate::tunnel::config::TunnelConfig::read(&config)
+                    .map_err(ServiceError::BadArgument)?;
+                t.config_files = [cfg.credentials_file, cfg.ca]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| absolute(&p))
+                    .collect::<Result<_, _>>()?;
+                t.config = Some(config);
+                t.ca = t.ca.as_deref().map(absolute).transpose()?;
+                UnitSpec::tunnel(&exe, &t, &opts.user, group)
+            }
             InstallWhat::Tunnel(t) => {
                 let mut t = t.clone();
                 crate::tunnel::service_address(&t.url).map_err(ServiceError::BadArgument)?;
@@ -725,6 +768,18 @@ pub fn install(
     let group = service_group(&opts.user, opts.enable, say)?;
     let spec = spec_for(&group)?;
     match what {
+        InstallWhat::Tunnel(TunnelArgs {
+            config: Some(config),
+            ..
+        }) => {
+            let config = absolute(config)?;
+            check_readable("the tunnel config", &config, &opts.user);
+            if let Ok((cfg, _)) = crate::tunnel::config::TunnelConfig::read(&config) {
+                for p in [cfg.credentials_file, cfg.ca].into_iter().flatten() {
+                    check_readable("a file the tunnel config names", &p, &opts.user);
+                }
+            }
+        }
         InstallWhat::Tunnel(t) => {
             let cert = absolute(
                 t.origincert

@@ -235,6 +235,73 @@ fn tunnel_unit_passes_systemd_analyze_verify_and_uninstalls() {
 }
 
 #[test]
+fn named_tunnel_unit_runs_the_config_and_refuses_a_bad_one() {
+    let dir = temp_dir("service-named");
+    let units = dir.join("units");
+    let home = dir.join("home");
+    let etc = dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    let config = etc.join("config.json");
+    // Relative to the config's directory, as `tunnel run` reads it.
+    std::fs::write(
+        &config,
+        r#"{"tunnel": "web", "credentials-file": "web.json",
+            "ingress": [{"hostname": "ssh.site.com", "service": "ssh://localhost:22"},
+                        {"service": "http_status:404"}]}"#,
+    )
+    .unwrap();
+    let install = |extra: &[&str]| {
+        let mut args = vec!["service", "install", "tunnel", "--config"];
+        args.push(config.to_str().unwrap());
+        args.extend_from_slice(extra);
+        args.extend([
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--user",
+            "root",
+            "--no-enable",
+        ]);
+        run_postern(&home, &args)
+    };
+    let (ok, stdout, stderr) = install(&["--name", "web"]);
+    assert!(ok, "install failed:\n{stdout}\n{stderr}");
+    let unit_path = units.join("postern-tunnel-web.service");
+    assert_verifies(&unit_path);
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    assert_hardened(&unit);
+    assert_eq!(
+        directive(&unit, "ExecStart"),
+        [format!(
+            "\"{}\" \"tunnel\" \"--config\" \"{}\" \"run\"",
+            postern_bin().display(),
+            config.display()
+        )
+        .as_str()],
+        "{unit}"
+    );
+    // The credentials file it names does not exist: said now, not in a restart loop.
+    assert!(
+        stderr.contains("web.json"),
+        "a missing credentials file is named:\n{stderr}"
+    );
+
+    // A config `tunnel run` would refuse is refused at install, naming the field.
+    std::fs::write(
+        &config,
+        r#"{"tunnel": "web", "ingress": [{"service": "ftp://x"}]}"#,
+    )
+    .unwrap();
+    let (ok, _, stderr) = install(&["--name", "bad"]);
+    assert!(!ok);
+    assert!(stderr.contains("ingress[0].service"), "{stderr}");
+    assert!(!units.join("postern-tunnel-bad.service").exists());
+    // The quick form's flags do not mix with --config.
+    let (ok, _, stderr) = install(&["--hostname", "x.site.com"]);
+    assert!(!ok);
+    assert!(stderr.contains("quick form"), "{stderr}");
+}
+
+#[test]
 fn edge_unit_passes_systemd_analyze_verify_and_can_bind_443() {
     let dir = temp_dir("service-edge");
     let units = dir.join("units");
