@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 // Browser profiles and failure screenshots of the children land here, removed at the end.
 const scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-selftest-'));
-const STARTUP_MS = 20_000;
+const STARTUP_MS = 60_000;
 const LOGIN_TIMEOUT_S = 60;
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 const log = (msg) => console.error(`selftest: ${msg}`);
@@ -202,11 +202,17 @@ async function login(url, user, extra) {
 // One full flow. `method`: token endpoint auth; `zonePage`: none/select/radio; `skipConsent`.
 async function flow({ method, zonePage, skipConsent, alg }) {
   const rp = await startRedirectListener(zonePage);
-  const p = await startProvider(rp.uri, {
-    TOKEN_ENDPOINT_AUTH_METHOD: method,
-    SKIP_CONSENT: skipConsent ? '1' : '0',
-    ID_TOKEN_ALG: alg,
-  });
+  let p;
+  try {
+    p = await startProvider(rp.uri, {
+      TOKEN_ENDPOINT_AUTH_METHOD: method,
+      SKIP_CONSENT: skipConsent ? '1' : '0',
+      ID_TOKEN_ALG: alg,
+    });
+  } catch (e) {
+    rp.close();
+    throw e;
+  }
   try {
     const discovery = await (await fetch(`${p.issuer}/.well-known/openid-configuration`)).json();
     check(discovery.issuer === p.issuer, 'discovery issuer is exactly the URL', discovery.issuer);
@@ -261,7 +267,7 @@ async function flow({ method, zonePage, skipConsent, alg }) {
 // the state and no code; login.mjs, still waiting for its text, times out and exits 1.
 async function unknownUser() {
   const rp = await startRedirectListener('none');
-  const p = await startProvider(rp.uri);
+  const p = await startProvider(rp.uri).catch((e) => { rp.close(); throw e; });
   try {
     const discovery = await (await fetch(`${p.issuer}/.well-known/openid-configuration`)).json();
     const req = authRequest(discovery, p.clientId, rp.uri);
@@ -281,7 +287,7 @@ async function unknownUser() {
 // PKCE is required for this confidential client: an /auth request without it is refused.
 async function pkceRequired() {
   const rp = await startRedirectListener('none');
-  const p = await startProvider(rp.uri);
+  const p = await startProvider(rp.uri).catch((e) => { rp.close(); throw e; });
   try {
     const discovery = await (await fetch(`${p.issuer}/.well-known/openid-configuration`)).json();
     const url = new URL(authRequest(discovery, p.clientId, rp.uri).url);
@@ -325,4 +331,5 @@ for (const [name, fn] of cases) {
 for (const c of children) c.kill('SIGKILL');
 fs.rmSync(scratch, { recursive: true, force: true });
 console.log(`${passed} passed, ${failed} failed`);
-process.exitCode = failed === 0 && passed > 0 ? 0 : 1;
+// Exit now: a listener left open by a failed case must not keep the run (and CI) waiting.
+process.exit(failed === 0 && passed > 0 ? 0 : 1);
