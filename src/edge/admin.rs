@@ -40,6 +40,10 @@ pub const ALPN: &[u8] = b"postern-admin/1";
 pub const MAX_BODY: usize = 16 * 1024;
 /// A request must have arrived whole this long after the connection was accepted.
 const REQUEST_SECS: u64 = 10;
+/// Most named tunnels per zone (each create rewrites `tunnels.json`).
+pub const MAX_TUNNELS_PER_ZONE: usize = 1000;
+/// Most hostnames routed to one tunnel.
+pub const MAX_ROUTES_PER_TUNNEL: usize = 1000;
 
 pub(super) struct Admin {
     pub(super) tls: TlsConn,
@@ -248,6 +252,12 @@ impl Edge {
                 ),
             );
         }
+        if self.tunnels.of_zone(zone).count() >= MAX_TUNNELS_PER_ZONE {
+            return error(
+                409,
+                format!("zone {zone} has {MAX_TUNNELS_PER_ZONE} tunnels: delete one first"),
+            );
+        }
         if self.tunnels.find(zone, name).is_some() {
             return error(
                 409,
@@ -392,6 +402,12 @@ impl Edge {
             .any(|z| host == *z || host.ends_with(&format!(".{z}")))
         {
             return error(403, format!("{host} is not in a zone served by this edge"));
+        }
+        if self.hostnames.routes_of(&id).len() >= MAX_ROUTES_PER_TUNNEL {
+            return error(
+                409,
+                format!("tunnel {name} has {MAX_ROUTES_PER_TUNNEL} routes already"),
+            );
         }
         let replaced = match self.hostnames.owner(&host) {
             None => Value::Null,
