@@ -739,6 +739,13 @@ impl Session {
         self.events.pop_front()
     }
 
+    /// True when events wait for [`Session::poll_event`]. `poll_transmit` can add some (a
+    /// stream whose last FIN it sent is reaped: [`Event::Closed`]); the owner must look
+    /// again after transmitting, or they wait for the next frame from the peer.
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     // ---- control messages ----
 
     pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
@@ -1206,6 +1213,29 @@ mod tests {
         assert!(closed, "the origin must be told the stream is gone");
         assert!(!edge.has_stream(id), "edge kept a finished stream");
         assert_eq!((edge.stream_count(), origin.stream_count()), (0, 0));
+    }
+
+    #[test]
+    fn a_stream_reaped_by_sending_the_last_fin_leaves_an_event() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        while origin.poll_event().is_some() {}
+        // The edge's FIN arrives first; then the origin's own FIN is the last word.
+        edge.close_write(id);
+        pipe(&mut edge, &mut origin, now);
+        while origin.poll_event().is_some() {}
+        assert!(!origin.has_events());
+        origin.close_write(id);
+        let mut out = Vec::new();
+        origin.poll_transmit(&mut out, 64 * 1024);
+        assert!(!origin.has_stream(id));
+        // Nothing more will come from the edge for this stream: the owner must see the
+        // event now, from has_events after transmitting.
+        assert!(origin.has_events(), "reaped in poll_transmit but no event pending");
+        assert_eq!(origin.poll_event(), Some(Event::Closed(id)));
     }
 
     #[test]

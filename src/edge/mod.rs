@@ -1221,6 +1221,10 @@ impl Edge {
             }
         }
         self.scratch.clear();
+        // Streams reaped while transmitting left Closed events: another pass handles them.
+        if t.mux.has_events() {
+            self.mark(slot);
+        }
         Some(t)
     }
 

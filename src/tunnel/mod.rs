@@ -503,6 +503,13 @@ impl Origin {
             }
         }
         self.transmit(i);
+        // Transmitting may have reaped streams (Closed events): handle them now, not when the
+        // edge next sends something (during a drain, that could be a 15 s ping away).
+        if let Link::Live { mux, .. } = &self.conns[i].link {
+            if mux.has_events() {
+                self.dirty.push(Token(FIRST + i));
+            }
+        }
     }
 
     /// Finishes a non-blocking connect: take_error, then peer_addr (mio's documented steps).
