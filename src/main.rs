@@ -698,11 +698,20 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
     let mut args = args;
     // `route dns NAME HOST`: `dns` is the only kind of route.
     if sub == "route" {
-        match args
-            .iter()
-            .position(|a| !a.to_string_lossy().starts_with('-'))
-        {
-            Some(i) if args[i] == "dns" => {
+        // The first word that is neither a flag nor a flag's value.
+        let mut i = 0;
+        while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
+            if !a.starts_with('-') {
+                break;
+            }
+            i += if TUNNEL_VALUE_FLAGS.contains(&a) {
+                2
+            } else {
+                1
+            };
+        }
+        match args.get(i) {
+            Some(w) if w == "dns" => {
                 args.remove(i);
             }
             _ => {

@@ -1234,7 +1234,10 @@ mod tests {
         assert!(!origin.has_stream(id));
         // Nothing more will come from the edge for this stream: the owner must see the
         // event now, from has_events after transmitting.
-        assert!(origin.has_events(), "reaped in poll_transmit but no event pending");
+        assert!(
+            origin.has_events(),
+            "reaped in poll_transmit but no event pending"
+        );
         assert_eq!(origin.poll_event(), Some(Event::Closed(id)));
     }
 

@@ -466,6 +466,14 @@ impl Hostnames {
         self.hostnames.get(hostname)?.tunnel.as_deref()
     }
 
+    /// How many hostnames of `zone` are routed to named tunnels.
+    pub fn routed_in_zone(&self, zone: &str) -> usize {
+        self.hostnames
+            .values()
+            .filter(|r| r.tunnel.is_some() && r.zone == zone)
+            .count()
+    }
+
     /// Every hostname routed to the named tunnel `id`, sorted.
     pub fn routes_of(&self, id: &str) -> Vec<String> {
         self.hostnames
@@ -506,13 +514,27 @@ impl Hostnames {
 
     /// Forgets every hostname routed to the named tunnel `id` (it is being deleted).
     pub fn unroute_tunnel(&mut self, state: &StateDir, id: &str) -> io::Result<Vec<String>> {
-        let gone = self.routes_of(id);
+        self.unroute_unknown(state, |t| t != id)
+    }
+
+    /// Forgets every hostname routed to a tunnel for which `keep` is false; returns them.
+    pub fn unroute_unknown(
+        &mut self,
+        state: &StateDir,
+        keep: impl Fn(&str) -> bool,
+    ) -> io::Result<Vec<String>> {
+        let gone: Vec<String> = self
+            .hostnames
+            .iter()
+            .filter(|(_, r)| r.tunnel.as_deref().is_some_and(|t| !keep(t)))
+            .map(|(h, _)| h.clone())
+            .collect();
         if gone.is_empty() {
             return Ok(gone);
         }
         let before = self.hostnames.clone();
         self.hostnames
-            .retain(|_, r| r.tunnel.as_deref() != Some(id));
+            .retain(|_, r| r.tunnel.as_deref().is_none_or(&keep));
         if let Err(e) = self.save(state) {
             self.hostnames = before;
             return Err(e);
@@ -867,6 +889,15 @@ pub(crate) mod tests {
         assert_eq!(
             hosts.routes_of(id),
             vec!["old.example.com".to_owned(), "ssh.example.com".to_owned()]
+        );
+        // A route to a tunnel that is gone is released at load (a delete cut short).
+        hosts
+            .route(&state, "dead.example.com", "gone", "example.com")
+            .unwrap();
+        assert_eq!(hosts.routed_in_zone("example.com"), 3);
+        assert_eq!(
+            hosts.unroute_unknown(&state, |t| t == id).unwrap(),
+            vec!["dead.example.com".to_owned()]
         );
         assert_eq!(hosts.unroute_tunnel(&state, id).unwrap().len(), 2);
         assert_eq!(

@@ -96,13 +96,54 @@ fn create_route_run_info_delete() {
     assert_eq!(json.as_array().map(Vec::len), Some(1), "{json}");
 
     // route dns: names in this zone only.
-    for host in ["ssh.localhost", "git.localhost", "nothing.localhost"] {
+    for host in ["ssh.localhost", "git.localhost"] {
         let out = ok(&mut cli(&["route", "dns", "web", host]), "route dns");
         assert!(
             out.contains(&format!("{host} is routed to tunnel web")),
             "{out}"
         );
     }
+    // Flags may come before the subcommand and between `route` and `dns`, as with cloudflared.
+    let mut flags_first = postern(&home);
+    flags_first
+        .args(["tunnel", "--origincert"])
+        .arg(&cert)
+        .args(["route", "--edge", &edge.edge_arg(), "--ca"])
+        .arg(edge.ca())
+        .args(["dns", "web", "nothing.localhost"])
+        .stdin(Stdio::null());
+    let out = ok(&mut flags_first, "route dns, flags first");
+    assert!(
+        out.contains("nothing.localhost is routed to tunnel web"),
+        "{out}"
+    );
+
+    // Another zone's certificate sees none of this zone's tunnels and cannot touch them.
+    let other = postern_dir.join("other.pem");
+    support::origin_cert(&edge.state, "other.localhost", &other, &edge.addr);
+    let other_cli = |args: &[&str]| tunnel_cli(&home, &other, &edge, args);
+    assert!(ok(&mut other_cli(&["list"]), "other zone: list").contains("No tunnels"));
+    refused(
+        &mut other_cli(&["route", "dns", "web", "x.other.localhost"]),
+        "other zone: route",
+        "no tunnel \"web\" in zone other.localhost",
+    );
+    refused(
+        &mut other_cli(&["delete", "-f", "web"]),
+        "other zone: delete",
+        "no tunnel \"web\"",
+    );
+    // The tunnel's own credential administers nothing.
+    let creds_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&creds).unwrap()).unwrap();
+    let tunnel_pem = dir.join("tunnel-cred.pem");
+    fs::write(&tunnel_pem, creds_json["Credential"].as_str().unwrap()).unwrap();
+    fs::set_permissions(&tunnel_pem, fs::Permissions::from_mode(0o600)).unwrap();
+    refused(
+        &mut tunnel_cli(&home, &tunnel_pem, &edge, &["list"]),
+        "a tunnel's credential as admin",
+        "cannot manage tunnels",
+    );
     refused(
         &mut cli(&["route", "dns", "web", "ssh.example.com"]),
         "route outside the zone",

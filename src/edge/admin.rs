@@ -40,10 +40,12 @@ pub const ALPN: &[u8] = b"postern-admin/1";
 pub const MAX_BODY: usize = 16 * 1024;
 /// A request must have arrived whole this long after the connection was accepted.
 const REQUEST_SECS: u64 = 10;
-/// Most named tunnels per zone (each create rewrites `tunnels.json`).
-pub const MAX_TUNNELS_PER_ZONE: usize = 1000;
-/// Most hostnames routed to one tunnel.
-pub const MAX_ROUTES_PER_TUNNEL: usize = 1000;
+/// Most named tunnels per zone (each create rewrites `tunnels.json` on the event loop).
+pub const MAX_TUNNELS_PER_ZONE: usize = 256;
+/// Most hostnames of one zone routed to named tunnels (each route rewrites `hostnames.json`).
+pub const MAX_ROUTES_PER_ZONE: usize = 4096;
+/// Longest name or hostname copied into the audit log from a request.
+const MAX_AUDIT_FIELD: usize = 253;
 
 pub(super) struct Admin {
     pub(super) tls: TlsConn,
@@ -148,8 +150,16 @@ impl Edge {
         head: &RequestHead,
         body: &[u8],
     ) -> Answer {
+        let mut audit = serde_json::Map::new();
+        audit.insert("peer".into(), a.peer.to_string().into());
+        if let Some(c) = &cert {
+            audit.insert("certificate".into(), pki::fingerprint(c).into());
+        }
         let Some(zone) = cert.as_ref().and_then(pki::origin_zone) else {
             warn!("admin {}: refused: not a zone's origin certificate", a.peer);
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), "not a zone's origin certificate".into());
+            self.audit.record("tunnel_admin", audit);
             return error(
                 403,
                 "this certificate cannot manage tunnels: use the origin certificate from \
@@ -166,8 +176,6 @@ impl Edge {
                 Err(e) => return error(400, format!("body is not JSON: {e}")),
             }
         };
-        let mut audit = serde_json::Map::new();
-        audit.insert("peer".into(), a.peer.to_string().into());
         audit.insert("zone".into(), zone.clone().into());
         let answer = match (head.method.as_str(), path) {
             ("GET", "/v1/tunnels") => {
@@ -242,7 +250,7 @@ impl Edge {
         let Some(name) = body.get("name").and_then(Value::as_str) else {
             return error(400, "name: missing");
         };
-        audit.insert("name".into(), name.into());
+        audit.insert("name".into(), clip(name).into());
         if !state::valid_tunnel_name(name) || pki::valid_tunnel_id(name) {
             return error(
                 400,
@@ -331,17 +339,19 @@ impl Edge {
                 ),
             );
         }
-        if let Err(e) = self.tunnels.remove(&self.settings.state, id) {
-            warn!("tunnel delete: {e}");
-            return error(500, "the edge could not delete the tunnel");
-        }
+        // Routes first: a crash between the two writes leaves a tunnel without routes, not
+        // routes to a tunnel that is gone (those are also released at start-up).
         let routes = match self.hostnames.unroute_tunnel(&self.settings.state, id) {
             Ok(r) => r,
             Err(e) => {
                 warn!("tunnel delete: routes of {id}: {e}");
-                Vec::new()
+                return error(500, "the edge could not remove the tunnel's routes");
             }
         };
+        if let Err(e) = self.tunnels.remove(&self.settings.state, id) {
+            warn!("tunnel delete: {e}");
+            return error(500, "the edge could not delete the tunnel");
+        }
         for &s in &slots {
             if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
                 t.mux.send_error(
@@ -373,7 +383,7 @@ impl Edge {
     ) -> Answer {
         let host = hostname.to_ascii_lowercase();
         audit.insert("action".into(), "route".into());
-        audit.insert("hostname".into(), host.clone().into());
+        audit.insert("hostname".into(), clip(&host).into());
         let Some(r) = body.get("tunnel").and_then(Value::as_str) else {
             return error(400, "tunnel: missing");
         };
@@ -403,10 +413,10 @@ impl Edge {
         {
             return error(403, format!("{host} is not in a zone served by this edge"));
         }
-        if self.hostnames.routes_of(&id).len() >= MAX_ROUTES_PER_TUNNEL {
+        if self.hostnames.routed_in_zone(zone) >= MAX_ROUTES_PER_ZONE {
             return error(
                 409,
-                format!("tunnel {name} has {MAX_ROUTES_PER_TUNNEL} routes already"),
+                format!("zone {zone} has {MAX_ROUTES_PER_ZONE} routes already"),
             );
         }
         let replaced = match self.hostnames.owner(&host) {
@@ -470,6 +480,14 @@ fn connection(t: &Tunnel) -> Value {
         "opened": t.opened,
         "streams": t.mux.stream_count(),
     })
+}
+
+/// At most [`MAX_AUDIT_FIELD`] characters of a request's field, for the audit log.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(MAX_AUDIT_FIELD) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 fn reason(status: u16) -> &'static str {

@@ -238,8 +238,17 @@ impl std::fmt::Display for LimitCounters {
 impl Edge {
     pub fn new(settings: EdgeSettings) -> io::Result<Edge> {
         let tokens = ServiceTokens::load(&settings.state)?;
-        let hostnames = Hostnames::load(&settings.state)?;
+        let mut hostnames = Hostnames::load(&settings.state)?;
         let tunnels = Tunnels::load(&settings.state)?;
+        // Routes to tunnels that no longer exist (a delete cut short): free those hostnames.
+        let orphans = hostnames.unroute_unknown(&settings.state, |id| tunnels.get(id).is_some())?;
+        if !orphans.is_empty() {
+            warn!(
+                "released {} hostname(s) routed to deleted tunnels: {}",
+                orphans.len(),
+                orphans.join(", ")
+            );
+        }
         let audit = Audit::open(&settings.audit_log)?;
         let keys = load_keys(&settings)?;
         let oidc = match &settings.identity {
@@ -1332,7 +1341,14 @@ impl Edge {
                 Ok(_) => None,
                 Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
                     refusal::OWNED,
-                    format!("hostname {hostname} is already registered by another origin certificate (zone {zone_of_owner})"),
+                    match self.hostnames.tunnel_of(hostname) {
+                        Some(id) => format!(
+                            "hostname {hostname} is already registered: it is routed to the named tunnel {id} (zone {zone_of_owner})"
+                        ),
+                        None => format!(
+                            "hostname {hostname} is already registered by another origin certificate (zone {zone_of_owner})"
+                        ),
+                    },
                 )),
                 Err(e) => Some((500, format!("edge could not record the registration: {e}"))),
             }

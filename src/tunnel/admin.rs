@@ -88,6 +88,12 @@ pub fn create(
     out: Option<&Path>,
     default_dir: &Path,
 ) -> Result<String, String> {
+    if let Some(p) = out.filter(|p| p.exists()) {
+        return Err(format!(
+            "{} exists: pass --credentials-file with another path",
+            p.display()
+        ));
+    }
     let v = client.call("POST", "/v1/tunnels", Some(json!({ "name": name })))?;
     let id = v["id"].as_str().ok_or("the edge's answer has no id")?;
     let pem = v["credential"]
@@ -105,23 +111,36 @@ pub fn create(
         Some(p) => p.to_path_buf(),
         None => default_dir.join(format!("{id}.json")),
     };
-    if path.exists() {
+    let written = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| {
+            if path.exists() {
+                return Err(std::io::Error::other("the file exists"));
+            }
+            TunnelCredentials {
+                zone: cred.zone.clone(),
+                id: id.to_owned(),
+                name: name.to_owned(),
+                credential: cred.to_pem(),
+            }
+            .write(&path)
+        });
+    if let Err(e) = written {
+        // Without its credentials the tunnel is useless: take it back at the edge.
+        let undo = client.call("DELETE", &format!("/v1/tunnels/{id}"), None);
         return Err(format!(
-            "{} exists: pass --credentials-file with another path",
-            path.display()
+            "{}: {e}; {}",
+            path.display(),
+            match undo {
+                Ok(_) => format!("tunnel {name} was deleted again at the edge"),
+                Err(u) => format!(
+                    "tunnel {name} ({id}) stays at the edge without credentials ({u}): delete it"
+                ),
+            }
         ));
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    TunnelCredentials {
-        zone: cred.zone.clone(),
-        id: id.to_owned(),
-        name: name.to_owned(),
-        credential: cred.to_pem(),
-    }
-    .write(&path)
-    .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(format!(
         "Tunnel credentials written to {}. Keep this file secret: it is all `postern tunnel \
          run` needs. To revoke these credentials, delete the tunnel.\n\nCreated tunnel {name} \
@@ -256,7 +275,16 @@ pub fn delete(
         v["id"].as_str().unwrap_or(""),
         v["closed"]
     );
-    if let Some(p) = creds {
+    // Only the file of the tunnel just deleted: another zone's or an older tunnel's file of the
+    // same name keeps its key.
+    let id = v["id"].as_str().unwrap_or("");
+    let ours = creds.filter(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| serde_json::from_str::<TunnelCredentials>(&t).ok())
+            .is_some_and(|c| c.id == id)
+    });
+    if let Some(p) = ours {
         match std::fs::remove_file(&p) {
             Ok(()) => out.push_str(&format!("Removed the credentials file {}\n", p.display())),
             Err(e) => out.push_str(&format!(
@@ -271,7 +299,10 @@ pub fn delete(
 fn time(v: &Value) -> String {
     match v.as_u64() {
         Some(secs) => {
-            let t = crate::audit::rfc3339(UNIX_EPOCH + Duration::from_secs(secs));
+            let Some(at) = UNIX_EPOCH.checked_add(Duration::from_secs(secs)) else {
+                return "-".into();
+            };
+            let t = crate::audit::rfc3339(at);
             // Seconds are enough in a table.
             format!("{}Z", &t[..19])
         }

@@ -307,6 +307,15 @@ impl TunnelCredentials {
     pub fn read(path: &Path) -> Result<(TunnelCredentials, OriginCredential), String> {
         let at = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
         let text = read_small(path).map_err(|e| at(&e))?;
+        if let Ok(meta) = fs::metadata(path) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!(
+                    "{} holds the tunnel's private key but others may read it: chmod 600 {0}",
+                    path.display()
+                );
+            }
+        }
         let creds: TunnelCredentials = serde_json::from_str(&text).map_err(|e| at(&e))?;
         let cred = OriginCredential::parse(&creds.credential)
             .map_err(|e| at(&format!("Credential: {e}")))?;

@@ -724,6 +724,9 @@ pub fn postern(home: &Path) -> Command {
         .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
         .env_remove("POSTERN_EDGE")
         .env_remove("POSTERN_CA")
+        .env_remove("POSTERN_TUNNEL_CONFIG")
+        .env_remove("POSTERN_METRICS")
+        .env_remove("POSTERN_LOG_FORMAT")
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy");
     cmd
