@@ -16,6 +16,9 @@ pub const MAX_CLAIMS_LEN: usize = 16 * 1024;
 pub const MAX_STREAMS_PER_TUNNEL: usize = 16 * 1024;
 /// Plaintext bytes buffered per TLS connection before they are parsed.
 pub const CONN_READ_BUFFER: usize = 128 * 1024;
+/// Ciphertext read from a TLS socket in one syscall, into one buffer per event loop (not per
+/// connection). rustls alone would read at most 4 KiB per syscall.
+pub const TLS_READ_STAGE: usize = 64 * 1024;
 /// Plaintext produced per TLS connection per flush round (bounded outbound TLS backlog).
 pub const CONN_WRITE_BATCH: usize = 128 * 1024;
 /// Largest WebSocket message payload accepted from a carrier peer.

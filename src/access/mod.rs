@@ -31,7 +31,7 @@ use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, would_block, Signals};
 use crate::limits::{
-    MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER,
+    MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
 };
 use crate::proxy::{self, ProxyConfig};
 use crate::state::Secret;
@@ -537,6 +537,23 @@ struct Splice {
     sent_close: bool,
 }
 
+/// Buffers an event loop lends to each session in turn: an idle session holds none of them.
+struct LoopBufs {
+    /// Small frames (pongs, closes) on their way into rustls.
+    scratch: Vec<u8>,
+    /// Ciphertext staging for `TlsConn::read`.
+    stage: Vec<u8>,
+}
+
+impl LoopBufs {
+    fn new() -> Self {
+        LoopBufs {
+            scratch: Vec::with_capacity(1024),
+            stage: vec![0; TLS_READ_STAGE],
+        }
+    }
+}
+
 enum Progress {
     Running,
     Done,
@@ -555,17 +572,13 @@ impl Splice {
         }
     }
 
-    fn pump(
-        &mut self,
-        registry: &Registry,
-        scratch: &mut Vec<u8>,
-    ) -> Result<Progress, AccessError> {
+    fn pump(&mut self, registry: &Registry, bufs: &mut LoopBufs) -> Result<Progress, AccessError> {
         loop {
             let full = self
                 .tls
-                .read()
+                .read(&mut bufs.stage)
                 .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
-            let progress = self.step(registry, scratch)?;
+            let progress = self.step(registry, &mut bufs.scratch)?;
             if !(full && self.tls.rx.space() > 0) || matches!(progress, Progress::Done) {
                 return Ok(progress);
             }
@@ -691,9 +704,9 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
         .register(poll.registry(), Token(1), Token(2))
         .map_err(|e| err(e.to_string()))?;
     let mut events = Events::with_capacity(16);
-    let mut scratch = Vec::with_capacity(32 * 1024);
+    let mut bufs = LoopBufs::new();
     loop {
-        match s.pump(poll.registry(), &mut scratch) {
+        match s.pump(poll.registry(), &mut bufs) {
             Ok(Progress::Running) => {}
             Ok(Progress::Done) => {
                 s.local.finish();
@@ -736,7 +749,7 @@ pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessErro
     );
     let mut sessions: Vec<Option<Splice>> = Vec::new();
     let mut events = Events::with_capacity(256);
-    let mut scratch = Vec::with_capacity(32 * 1024);
+    let mut bufs = LoopBufs::new();
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() != io::ErrorKind::Interrupted {
@@ -800,7 +813,7 @@ pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessErro
             let Some(Some(s)) = sessions.get_mut(slot) else {
                 continue;
             };
-            let done = match s.pump(poll.registry(), &mut scratch) {
+            let done = match s.pump(poll.registry(), &mut bufs) {
                 Ok(Progress::Running) => false,
                 Ok(Progress::Done) => true,
                 Err(e) => {

@@ -75,7 +75,7 @@ fn error(status: u16, message: impl Into<String>) -> Answer {
 
 impl Edge {
     pub(super) fn pump_admin(&mut self, mut a: Box<Admin>) -> Option<Box<Admin>> {
-        if let Err(e) = a.tls.read() {
+        if let Err(e) = a.tls.read(&mut self.stage) {
             info!("admin {}: {e}", a.peer);
             return self.end_admin(a);
         }

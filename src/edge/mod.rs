@@ -39,7 +39,9 @@ use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
-use crate::limits::{CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES};
+use crate::limits::{
+    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
+};
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
@@ -148,6 +150,8 @@ pub struct Edge {
     hostnames: Hostnames,
     audit: Audit,
     scratch: Vec<u8>,
+    /// Ciphertext staging for `TlsConn::read`, shared by every connection.
+    stage: Vec<u8>,
     /// The edge's app-token signing keys (state dir `signing-keys.json`).
     keys: KeyRing,
     transfers: Slots,
@@ -274,6 +278,7 @@ impl Edge {
             hostnames,
             audit,
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+            stage: vec![0; TLS_READ_STAGE],
             keys,
             transfers: Slots::with_capacity(settings.limits.max_pending_transfers),
             logins: login::Logins::default(),
@@ -675,7 +680,7 @@ impl Edge {
     fn pump_carrier(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
         // Until no progress: a full `rx` stopped reading, and consuming it must resume it.
         loop {
-            let full = match c.tls.read() {
+            let full = match c.tls.read(&mut self.stage) {
                 Ok(full) => full,
                 Err(e) => {
                     info!("carrier {}: {e}", c.peer);
@@ -1162,7 +1167,7 @@ impl Edge {
 
     fn pump_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
         loop {
-            let full = match t.tls.read() {
+            let full = match t.tls.read(&mut self.stage) {
                 Ok(full) => full,
                 Err(e) => {
                     info!("tunnel {}: {e}", t.peer);

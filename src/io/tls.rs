@@ -41,29 +41,17 @@ impl TlsConn {
 
     /// Reads and decrypts while `rx` has room. Errors are fatal for the connection.
     ///
+    /// `stage` is the event loop's ciphertext buffer, shared by all its connections (so an
+    /// idle connection holds none): the socket is read into it in one syscall, at most as much
+    /// as `rx` can take now, and rustls is fed from it until it is consumed. (rustls' own
+    /// `read_tls` reads at most 4 KiB per syscall.) Nothing is left in `stage` on return.
+    ///
     /// Returns true when it stopped because `rx` was full: the socket may hold more, and
     /// no new readiness event will say so (edge-triggered), so the caller must call again
     /// once it consumed from `rx`.
-    pub fn read(&mut self) -> io::Result<bool> {
+    pub fn read(&mut self, stage: &mut [u8]) -> io::Result<bool> {
         loop {
-            // Plaintext rustls already holds goes first.
-            while self.rx.space() > 0 {
-                let tls = &mut self.tls;
-                match self.rx.read_from(|tail| tls.reader().read(tail)) {
-                    Ok(0) => {
-                        self.peer_closed = true;
-                        return Ok(false);
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        self.peer_closed = true;
-                        self.truncated = true;
-                        return Ok(false);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            self.drain_plaintext()?;
             if self.peer_closed {
                 return Ok(false);
             }
@@ -76,24 +64,58 @@ impl TlsConn {
                 self.truncated = true;
                 return Ok(false);
             }
-            match self.tls.read_tls(&mut self.sock) {
+            // rustls holds no plaintext now (drained above, `rx` has room). Ciphertext read
+            // here yields at most its own length in plaintext, plus at most one record's worth
+            // completed from what rustls already buffered: that record may overflow `rx` and
+            // waits inside rustls, which still accepts ciphertext while it holds one record.
+            let want = stage.len().min(self.rx.space());
+            let n = match self.sock.read(&mut stage[..want]) {
                 Ok(0) => {
                     // TCP EOF: the next pass drains what is left, then rustls says whether
                     // close_notify came first (Ok(0)) or not (UnexpectedEof).
                     self.tcp_eof = true;
+                    continue;
                 }
-                Ok(_) => {
-                    if let Err(e) = self.tls.process_new_packets() {
-                        // Send the alert rustls queued before giving up.
-                        let _ = self.flush();
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                    }
-                }
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            };
+            let mut cipher = &stage[..n];
+            while !cipher.is_empty() {
+                // Never with an empty slice: rustls would take that for EOF.
+                match self.tls.read_tls(&mut cipher) {
+                    // close_notify came: what follows it means nothing.
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+                if let Err(e) = self.tls.process_new_packets() {
+                    // Send the alert rustls queued before giving up.
+                    let _ = self.flush();
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                self.drain_plaintext()?;
             }
         }
+    }
+
+    /// Moves the plaintext rustls holds into `rx` while it has room; notes the peer's close.
+    fn drain_plaintext(&mut self) -> io::Result<()> {
+        while self.rx.space() > 0 && !self.peer_closed {
+            let tls = &mut self.tls;
+            match self.rx.read_from(|tail| tls.reader().read(tail)) {
+                Ok(0) => self.peer_closed = true,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    self.peer_closed = true;
+                    self.truncated = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// True when the previous output reached the socket: produce the next batch.

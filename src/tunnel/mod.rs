@@ -31,7 +31,7 @@ use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, random_u64, would_block, Signals};
 use crate::limits::{
     CONN_WRITE_BATCH, MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS, RECONNECT_BACKOFF_CAP_SECS,
-    SERVICE_CONNECT_TIMEOUT_SECS,
+    SERVICE_CONNECT_TIMEOUT_SECS, TLS_READ_STAGE,
 };
 use crate::metrics::{self, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
@@ -136,6 +136,8 @@ pub struct Origin {
     free: Vec<usize>,
     dirty: Vec<Token>,
     scratch: Vec<u8>,
+    /// Ciphertext staging for `TlsConn::read`, shared by every connection.
+    stage: Vec<u8>,
     draining: Option<Instant>,
     exit: Option<Exit>,
     /// What `--metrics` serves.
@@ -191,6 +193,7 @@ impl Origin {
             free: Vec::new(),
             dirty: Vec::new(),
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+            stage: vec![0; TLS_READ_STAGE],
             draining: None,
             exit: None,
             opts,
@@ -684,7 +687,7 @@ impl Origin {
         let Link::Live { tls, mux, .. } = &mut conn.link else {
             return None;
         };
-        let full = tls.read();
+        let full = tls.read(&mut self.stage);
         if !tls.tls.is_handshaking() {
             if let Some(at) = conn.tls_started.take() {
                 self.metrics.handshake(at.elapsed());
