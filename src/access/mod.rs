@@ -543,13 +543,21 @@ struct LoopBufs {
     scratch: Vec<u8>,
     /// Ciphertext staging for `TlsConn::read`.
     stage: Vec<u8>,
+    /// Bytes read from the local side, masked in place and framed without a copy.
+    local: Vec<u8>,
 }
+
+/// Largest payload of one client frame: with its 8-byte masked header it fills four TLS
+/// records of 16 KiB exactly (no small record trailing each frame), and it is read from the
+/// local side in one syscall.
+const LOCAL_READ: usize = 4 * 16 * 1024 - 8;
 
 impl LoopBufs {
     fn new() -> Self {
         LoopBufs {
             scratch: Vec::with_capacity(1024),
             stage: vec![0; TLS_READ_STAGE],
+            local: vec![0; LOCAL_READ],
         }
     }
 }
@@ -578,18 +586,15 @@ impl Splice {
                 .tls
                 .read(&mut bufs.stage)
                 .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
-            let progress = self.step(registry, &mut bufs.scratch)?;
+            let progress = self.step(registry, bufs)?;
             if !(full && self.tls.rx.space() > 0) || matches!(progress, Progress::Done) {
                 return Ok(progress);
             }
         }
     }
 
-    fn step(
-        &mut self,
-        registry: &Registry,
-        scratch: &mut Vec<u8>,
-    ) -> Result<Progress, AccessError> {
+    fn step(&mut self, registry: &Registry, bufs: &mut LoopBufs) -> Result<Progress, AccessError> {
+        let scratch = &mut bufs.scratch;
         // Edge → local.
         loop {
             while !self.out.is_empty() && !self.local_write_shut {
@@ -646,8 +651,8 @@ impl Splice {
             .flush()
             .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
         while self.tls.can_send() && !self.local_eof {
-            let mut buf = [0u8; 16 * 1024];
-            match self.local.read(&mut buf) {
+            let buf = &mut bufs.local;
+            match self.local.read(buf) {
                 Ok(0) => {
                     self.local_eof = true;
                     self.local.shutdown_read(registry);
@@ -660,10 +665,8 @@ impl Splice {
                     let mask = random_bytes();
                     let mut h = [0u8; 14];
                     let hl = ws::encode_header(&mut h, ws::BINARY, n, Some(mask));
-                    scratch.clear();
-                    scratch.extend_from_slice(&h[..hl]);
-                    ws::mask_into(scratch, &buf[..n], mask);
-                    self.tls.send(scratch);
+                    ws::unmask(&mut buf[..n], mask, 0);
+                    self.tls.send_vectored(&[&h[..hl], &buf[..n]]);
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
