@@ -587,7 +587,7 @@ impl Splice {
                 .read(&mut bufs.stage)
                 .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
             let progress = self.step(registry, bufs)?;
-            if !(full && self.tls.rx.space() > 0) || matches!(progress, Progress::Done) {
+            if !(full && self.tls.has_room()) || matches!(progress, Progress::Done) {
                 return Ok(progress);
             }
         }

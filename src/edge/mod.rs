@@ -694,7 +694,7 @@ impl Edge {
                 self.end_carrier(slot, c, "closed before the request");
                 return None;
             }
-            if !(full && c.tls.rx.space() > 0) {
+            if !(full && c.tls.has_room()) {
                 break;
             }
         }
@@ -1176,7 +1176,7 @@ impl Edge {
                 }
             };
             t = self.tunnel_step(slot, t)?;
-            if !(full && t.tls.rx.space() > 0) {
+            if !(full && t.tls.has_room()) {
                 break;
             }
         }

@@ -12,6 +12,9 @@ use mio::net::TcpStream;
 use crate::buf::Buf;
 use crate::limits::CONN_READ_BUFFER;
 
+/// Free plaintext room below which `read` waits instead of reading (one TLS record).
+const READ_MIN_ROOM: usize = 16 * 1024;
+
 pub struct TlsConn {
     pub sock: TcpStream,
     pub tls: rustls::Connection,
@@ -46,16 +49,16 @@ impl TlsConn {
     /// as `rx` can take now, and rustls is fed from it until it is consumed. (rustls' own
     /// `read_tls` reads at most 4 KiB per syscall.) Nothing is left in `stage` on return.
     ///
-    /// Returns true when it stopped because `rx` was full: the socket may hold more, and
-    /// no new readiness event will say so (edge-triggered), so the caller must call again
-    /// once it consumed from `rx`.
+    /// Returns true when it stopped because `rx` was full (see [`TlsConn::has_room`]): the
+    /// socket may hold more, and no new readiness event will say so (edge-triggered), so the
+    /// caller must call again once `has_room` says so again.
     pub fn read(&mut self, stage: &mut [u8]) -> io::Result<bool> {
         loop {
             self.drain_plaintext()?;
             if self.peer_closed {
                 return Ok(false);
             }
-            if self.rx.space() == 0 {
+            if !self.has_room() {
                 return Ok(true);
             }
             if self.tcp_eof {
@@ -98,6 +101,14 @@ impl TlsConn {
                 self.drain_plaintext()?;
             }
         }
+    }
+
+    /// True when `rx` has room enough to be worth a socket read: [`READ_MIN_ROOM`] (or all of
+    /// a smaller buffer). Below that, a consumer that frees a little at a time (a backpressured
+    /// stream) would cost a syscall per little; every consumer either empties `rx` down to
+    /// less than one protocol unit (frame, head) or waits for an event that resumes it.
+    pub fn has_room(&self) -> bool {
+        self.rx.space() >= READ_MIN_ROOM.min(self.rx.capacity())
     }
 
     /// Moves the plaintext rustls holds into `rx` while it has room; notes the peer's close.

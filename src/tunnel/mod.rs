@@ -734,7 +734,7 @@ impl Origin {
         let Link::Live { tls, .. } = &self.conns[i].link else {
             return None;
         };
-        Some(full && tls.rx.space() > 0)
+        Some(full && tls.has_room())
     }
 
     fn transmit(&mut self, i: usize) {
