@@ -1235,9 +1235,11 @@ impl Edge {
             }
         }
         self.scratch.clear();
-        // Streams reaped while transmitting left Closed events: another pass handles them.
-        if t.mux.has_events() {
-            self.mark(slot);
+        // Sending frees stream buffers: the `Writable` (and `Closed`) events that raises must
+        // reach their carriers now, not with the next frame from the origin (which may be a
+        // WINDOW that waits for those very carriers).
+        while let Some(ev) = t.mux.poll_event() {
+            self.on_tunnel_event(slot, &mut t, ev);
         }
         Some(t)
     }

@@ -505,14 +505,8 @@ impl Origin {
                 None => return,
             }
         }
+        // Events that sending raises (Writable, Closed) are handled inside `transmit`.
         self.transmit(i);
-        // Transmitting may have reaped streams (Closed events): handle them now, not when the
-        // edge next sends something (during a drain, that could be a 15 s ping away).
-        if let Link::Live { mux, .. } = &self.conns[i].link {
-            if mux.has_events() {
-                self.dirty.push(Token(FIRST + i));
-            }
-        }
     }
 
     /// Finishes a non-blocking connect: take_error, then peer_addr (mio's documented steps).
@@ -752,9 +746,23 @@ impl Origin {
             }
         }
         self.scratch.clear();
+        // Sending frees stream buffers: the `Writable` (and `Closed`) events that raises must
+        // reach their local sockets now, not with the next frame from the edge (which may be
+        // a WINDOW that waits for those very sockets).
+        let mut events = Vec::new();
+        while let Some(ev) = mux.poll_event() {
+            events.push(ev);
+        }
         if let Err(e) = tls.flush() {
             warn!("connection {i}: {e}");
             self.disconnect(i, Some("write failed"));
+            return;
+        }
+        for ev in events {
+            self.on_event(i, ev);
+            if self.exit.is_some() {
+                return;
+            }
         }
     }
 
