@@ -311,13 +311,6 @@ pub fn encode_close(out: &mut Vec<u8>, code: u16, reason: &str, mask: Option<[u8
     encode_frame(out, CLOSE, &body, mask);
 }
 
-/// Copies `payload` masked with `mask` into `out` (client→edge frames must be masked).
-pub fn mask_into(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
-    let at = out.len();
-    out.extend_from_slice(payload);
-    unmask(&mut out[at..], mask, 0);
-}
-
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_decode(data: &[u8]) {
