@@ -51,7 +51,7 @@ MIB=1048576
     echo "| postern | $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown) (release, \`lto = \"thin\"\`) |"
     echo "| peers | $BENCH_WEBSOCAT; $BENCH_RATHOLE |"
     echo
-    echo "The machine is shared with other engineers' builds (2 cores): absolute numbers are noisy;"
+    echo "Absolute numbers move with whatever else the machine runs (see the load average above);"
     echo "the interleaving keeps the ratios fair, and min–max shows the spread."
     echo
     echo "Chains (loadgen = \`examples/loadgen.rs\`, sink = \`loadgen sink\`):"
