@@ -1165,6 +1165,7 @@ TUNNEL OPTIONS (as for `postern tunnel`):
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   drain time on stop (default 30; the unit allows 5 s more)
     --name NAME           several tunnels on one host: postern-tunnel-NAME.service
+    --metrics ADDR        serve /metrics and /ready on ADDR (e.g. 127.0.0.1:2000)
 
 OPTIONS:
     --config FILE         (edge) its JSON config; state_dir and audit_log are made writable
@@ -1236,6 +1237,9 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 );
             }
             Long("name") => t.name = Some(string(p.value().map_err(|e| e.to_string())?, "--name")?),
+            Long("metrics") => {
+                t.metrics = Some(string(p.value().map_err(|e| e.to_string())?, "--metrics")?)
+            }
             Long("config") => config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
             Long("unit-dir") => unit_dir = PathBuf::from(p.value().map_err(|e| e.to_string())?),
             Long("user") => user = string(p.value().map_err(|e| e.to_string())?, "--user")?,
@@ -1277,7 +1281,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 );
             }
             t.config = config;
-            InstallWhat::Tunnel(t)
+            InstallWhat::Tunnel(Box::new(t))
         }
         Some(Role::Tunnel) => {
             t.hostname = hostname.ok_or(format!(
@@ -1286,7 +1290,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             t.url = url.ok_or(format!(
                 "service install tunnel: --url is missing\n\n{SERVICE_HELP}"
             ))?;
-            InstallWhat::Tunnel(t)
+            InstallWhat::Tunnel(Box::new(t))
         }
         Some(Role::Edge) => {
             let tunnel_flags = hostname.is_some()
@@ -1296,6 +1300,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 || t.ca.is_some()
                 || t.ha_connections.is_some()
                 || t.grace_secs.is_some()
+                || t.metrics.is_some()
                 || t.name.is_some();
             if tunnel_flags {
                 return Err(

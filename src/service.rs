@@ -79,6 +79,8 @@ pub struct TunnelArgs {
     pub ca: Option<PathBuf>,
     pub ha_connections: Option<usize>,
     pub grace_secs: Option<u64>,
+    /// `--metrics ADDR`, passed on to the tunnel.
+    pub metrics: Option<String>,
     /// `--name`: `postern-tunnel-NAME.service`, for several tunnels on one host.
     pub name: Option<String>,
 }
@@ -336,6 +338,10 @@ impl UnitSpec {
         if let Some(g) = t.grace_secs {
             args.extend(["--grace-period".to_owned(), g.to_string()]);
         }
+        if let Some(m) = &t.metrics {
+            check_text("--metrics", m)?;
+            args.extend(["--metrics".to_owned(), m.clone()]);
+        }
         if t.config.is_some() {
             args.push("run".to_owned());
         }
@@ -543,7 +549,7 @@ pub struct InstallOptions {
 /// What to install.
 #[derive(Clone, Debug)]
 pub enum InstallWhat {
-    Tunnel(TunnelArgs),
+    Tunnel(Box<TunnelArgs>),
     Edge(EdgeArgs),
 }
 
@@ -731,7 +737,7 @@ pub fn install(
     let spec_for = |group: &str| -> Result<UnitSpec, ServiceError> {
         match what {
             InstallWhat::Tunnel(t) if t.config.is_some() => {
-                let mut t = t.clone();
+                let mut t = (**t).clone();
                 let config = absolute(t.config.as_deref().unwrap_or(Path::new("")))?;
                 // The same checks as `tunnel run`, now, rather than in a restart loop.
                 let (cfg, _) = crate::tunnel::config::TunnelConfig::read(&config)
@@ -746,7 +752,7 @@ pub fn install(
                 UnitSpec::tunnel(&exe, &t, &opts.user, group)
             }
             InstallWhat::Tunnel(t) => {
-                let mut t = t.clone();
+                let mut t = (**t).clone();
                 crate::tunnel::service_address(&t.url).map_err(ServiceError::BadArgument)?;
                 t.origincert = Some(absolute(
                     t.origincert
@@ -768,11 +774,8 @@ pub fn install(
     let group = service_group(&opts.user, opts.enable, say)?;
     let spec = spec_for(&group)?;
     match what {
-        InstallWhat::Tunnel(TunnelArgs {
-            config: Some(config),
-            ..
-        }) => {
-            let config = absolute(config)?;
+        InstallWhat::Tunnel(t) if t.config.is_some() => {
+            let config = absolute(t.config.as_deref().unwrap_or(Path::new("")))?;
             check_readable("the tunnel config", &config, &opts.user);
             if let Ok((cfg, _)) = crate::tunnel::config::TunnelConfig::read(&config) {
                 for p in [cfg.credentials_file, cfg.ca].into_iter().flatten() {

@@ -263,7 +263,7 @@ fn named_tunnel_unit_runs_the_config_and_refuses_a_bad_one() {
         ]);
         run_postern(&home, &args)
     };
-    let (ok, stdout, stderr) = install(&["--name", "web"]);
+    let (ok, stdout, stderr) = install(&["--name", "web", "--metrics", "127.0.0.1:2000"]);
     assert!(ok, "install failed:\n{stdout}\n{stderr}");
     let unit_path = units.join("postern-tunnel-web.service");
     assert_verifies(&unit_path);
@@ -272,7 +272,7 @@ fn named_tunnel_unit_runs_the_config_and_refuses_a_bad_one() {
     assert_eq!(
         directive(&unit, "ExecStart"),
         [format!(
-            "\"{}\" \"tunnel\" \"--config\" \"{}\" \"run\"",
+            "\"{}\" \"tunnel\" \"--config\" \"{}\" \"--metrics\" \"127.0.0.1:2000\" \"run\"",
             postern_bin().display(),
             config.display()
         )
