@@ -480,7 +480,8 @@ const TUNNEL_VALUE_FLAGS: &[&str] = &[
     "--loglevel",
 ];
 
-fn cmd_tunnel(args: Vec<OsString>) -> Res {
+/// Where the first word that is neither a flag nor a flag's value is in `args`.
+fn first_word(args: &[OsString]) -> usize {
     let mut i = 0;
     while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
         if !a.starts_with('-') {
@@ -492,6 +493,11 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
             1
         };
     }
+    i
+}
+
+fn cmd_tunnel(args: Vec<OsString>) -> Res {
+    let i = first_word(&args);
     if let Some(sub) = args
         .get(i)
         .and_then(|a| a.to_str())
@@ -698,18 +704,7 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
     let mut args = args;
     // `route dns NAME HOST`: `dns` is the only kind of route.
     if sub == "route" {
-        // The first word that is neither a flag nor a flag's value.
-        let mut i = 0;
-        while let Some(a) = args.get(i).and_then(|a| a.to_str()) {
-            if !a.starts_with('-') {
-                break;
-            }
-            i += if TUNNEL_VALUE_FLAGS.contains(&a) {
-                2
-            } else {
-                1
-            };
-        }
+        let i = first_word(&args);
         match args.get(i) {
             Some(w) if w == "dns" => {
                 args.remove(i);
