@@ -298,13 +298,7 @@ impl Edge {
         audit.insert("tunnel".into(), id.clone().into());
         info!("created tunnel {name} ({id}) in zone {zone}");
         // The edge's own CA (dev) travels along, as in `tunnel login`.
-        let ca = self
-            .settings
-            .tls_ca_pem
-            .as_deref()
-            .and_then(|pem| pki::pem_sections(pem).ok())
-            .map(|s| s.into_iter().map(|(_, der)| der.into()).collect())
-            .unwrap_or_default();
+        let ca = self.settings.tls_ca_certs();
         let credential = OriginCredential {
             key,
             cert,

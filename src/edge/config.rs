@@ -156,6 +156,18 @@ pub fn reload(source: &ConfigSource) -> Result<Reloaded, ConfigError> {
 }
 
 impl EdgeSettings {
+    /// The edge's own TLS CA certificates (dev), as origin credentials carry them.
+    pub fn tls_ca_certs(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.tls_ca_pem
+            .as_deref()
+            .and_then(|pem| pki::pem_sections(pem).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| der.into())
+            .collect()
+    }
+
     /// The first application whose hostname pattern matches `host`.
     pub fn application(&self, host: &str) -> Option<&Application> {
         self.applications.iter().find(|a| a.matches(host))

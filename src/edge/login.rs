@@ -698,16 +698,7 @@ impl Edge {
                             }
                         },
                     ),
-                    ca: self
-                        .settings
-                        .tls_ca_pem
-                        .as_deref()
-                        .and_then(|pem| crate::pki::pem_sections(pem).ok())
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|(label, _)| label == "CERTIFICATE")
-                        .map(|(_, der)| der.into())
-                        .collect(),
+                    ca: self.settings.tls_ca_certs(),
                 });
         let credential = match credential {
             Ok(c) => c,
