@@ -48,8 +48,20 @@ pub const MAX_CONTROL_BACKLOG: usize = 256 * 1024;
 pub const PROXY_ANSWER_TIMEOUT_SECS: u64 = 10;
 /// Concurrent connections the edge accepts from one source IP address.
 pub const MAX_EDGE_CONNECTIONS_PER_IP: usize = 256;
-/// Pending token transfers (browser logins in progress) an edge holds at once.
+/// App-token logins in progress (CLI logins waiting for their browser) an edge holds at once.
 pub const MAX_PENDING_TRANSFERS: usize = 1024;
+/// Tunnel logins (`postern tunnel login`) in progress at once: a budget apart from app
+/// logins, so a flood of one never blocks the other.
+pub const MAX_PENDING_TUNNEL_LOGINS: usize = 64;
+/// Logins in progress started from one source address (an IPv6 /64 counts as one).
+pub const MAX_PENDING_LOGINS_PER_SOURCE: usize = 16;
+/// OIDC code exchanges queued for the worker threads; beyond that, the browser gets 503.
+pub const MAX_OIDC_JOBS: usize = 64;
+/// Characters of a peer-supplied name or reason kept when it is logged or shown (the rest is
+/// cut, see `logging::escape`).
+pub const MAX_LOGGED_NAME: usize = 256;
+/// Largest request body the edge reads (the login start and the browser's form posts).
+pub const MAX_REQUEST_BODY: usize = 4096;
 /// Requests to the login entry points (`/cdn-cgi/access/cli`, `/cdn-cgi/access/dev-login`)
 /// per source IP address per minute; beyond that, 429.
 pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;
@@ -78,8 +90,13 @@ pub struct EdgeLimits {
     /// Concurrent streams on one tunnel connection; one more gets 503
     /// ([`MAX_STREAMS_PER_TUNNEL`]).
     pub max_streams_per_tunnel: usize,
-    /// Browser logins in progress at once ([`MAX_PENDING_TRANSFERS`]).
+    /// App-token logins in progress at once ([`MAX_PENDING_TRANSFERS`]).
     pub max_pending_transfers: usize,
+    /// Tunnel logins in progress at once ([`MAX_PENDING_TUNNEL_LOGINS`]).
+    pub max_pending_tunnel_logins: usize,
+    /// Logins in progress from one source address or IPv6 /64
+    /// ([`MAX_PENDING_LOGINS_PER_SOURCE`]).
+    pub max_pending_logins_per_ip: usize,
     /// Login entry-point requests per source IP per minute ([`LOGIN_ATTEMPTS_PER_MINUTE`]).
     pub login_attempts_per_minute: u32,
     /// Largest HTTP request head, bytes ([`MAX_HTTP_HEAD`]; 1 KiB to 64 KiB).
@@ -100,6 +117,8 @@ impl Default for EdgeLimits {
             idle_timeout_secs: 0,
             max_streams_per_tunnel: MAX_STREAMS_PER_TUNNEL,
             max_pending_transfers: MAX_PENDING_TRANSFERS,
+            max_pending_tunnel_logins: MAX_PENDING_TUNNEL_LOGINS,
+            max_pending_logins_per_ip: MAX_PENDING_LOGINS_PER_SOURCE,
             login_attempts_per_minute: LOGIN_ATTEMPTS_PER_MINUTE,
             max_head_bytes: MAX_HTTP_HEAD,
             max_headers: MAX_HTTP_HEADERS,
@@ -109,6 +128,15 @@ impl Default for EdgeLimits {
 }
 
 impl EdgeLimits {
+    /// The login budgets of the transfer table.
+    pub fn logins(&self) -> crate::token_transfer::SlotLimits {
+        crate::token_transfer::SlotLimits {
+            app: self.max_pending_transfers,
+            tunnel: self.max_pending_tunnel_logins,
+            per_source: self.max_pending_logins_per_ip,
+        }
+    }
+
     /// Names the first field out of range. Zero disables nothing but the idle timeout.
     pub fn check(&self) -> Result<(), String> {
         let positive = [
@@ -117,6 +145,14 @@ impl EdgeLimits {
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("max_streams_per_tunnel", self.max_streams_per_tunnel as u64),
             ("max_pending_transfers", self.max_pending_transfers as u64),
+            (
+                "max_pending_tunnel_logins",
+                self.max_pending_tunnel_logins as u64,
+            ),
+            (
+                "max_pending_logins_per_ip",
+                self.max_pending_logins_per_ip as u64,
+            ),
             (
                 "login_attempts_per_minute",
                 u64::from(self.login_attempts_per_minute),

@@ -158,9 +158,43 @@ pub fn json_line(time: &str, level: log::Level, target: &str, message: &str) -> 
     .to_string()
 }
 
+/// Text that came from a peer, made safe for a terminal or a log line: control characters,
+/// and the Unicode ones that reorder or hide text, become `\u{..}` escapes (a backslash
+/// becomes `\\`), and anything past `max` characters is cut with a note of the full length.
+pub fn escape(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max) + 8);
+    for (n, ch) in text.chars().enumerate() {
+        if n == max {
+            out.push_str(&format!("…({} bytes)", text.len()));
+            break;
+        }
+        match ch {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() || is_format_char(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Invisible characters that change how a line reads (bidi overrides, zero widths).
+fn is_format_char(c: char) -> bool {
+    matches!(u32::from(c), 0x200b..=0x200f | 0x202a..=0x202e | 0x2066..=0x2069 | 0xfeff)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_text_is_escaped_and_clipped() {
+        assert_eq!(escape("plain text", 64), "plain text");
+        assert_eq!(escape("a\x1b[2Jb\nc\\", 64), "a\\u{1b}[2Jb\\u{a}c\\\\");
+        assert_eq!(escape("x\u{202e}y", 64), "x\\u{202e}y");
+        assert_eq!(escape("abcdef", 3), "abc…(6 bytes)");
+    }
 
     fn args(list: &[&str]) -> Vec<OsString> {
         list.iter().map(OsString::from).collect()

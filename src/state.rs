@@ -184,7 +184,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 /// Equality that looks at every byte whatever the content (lengths are not secret).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use ring::aead::{self, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -45,8 +46,12 @@ pub enum TransferError {
     Unseal,
     /// The id is already in use (a replay, or a second browser visit).
     Replay,
-    /// Too many transfers are pending.
+    /// Too many transfers of this kind are pending, edge-wide.
     Full,
+    /// Too many transfers are pending from this source (address or IPv6 /64).
+    SourceBusy,
+    /// A browser already opened this login link.
+    AlreadyOpened,
     /// No such transfer, or it expired.
     Unknown,
 }
@@ -59,6 +64,14 @@ impl fmt::Display for TransferError {
             TransferError::Unseal => "the sealed token does not open with this client's key",
             TransferError::Replay => "this login link was already used: start the login again",
             TransferError::Full => "too many logins in progress: try again in a minute",
+            TransferError::SourceBusy => {
+                "too many logins in progress from your address: finish or cancel one, or try \
+                 again in a minute"
+            }
+            TransferError::AlreadyOpened => {
+                "this login link was already opened in a browser: use that browser, or start \
+                 the login again"
+            }
             TransferError::Unknown => "unknown or expired login: start the login again",
         })
     }
@@ -195,24 +208,111 @@ pub enum Purpose {
     Tunnel,
 }
 
+/// The short code a login shows in the terminal and on the browser's confirmation page, so
+/// the person at the browser can tell that the login they confirm is the one their terminal
+/// started (RFC 8628 §6.1 style: 8 letters from 20 consonants, about 34.5 bits, `BCDF-GHJK`).
+///
+/// Derived from the transfer id and the key the token will be sealed to, so the CLI and the
+/// edge compute it independently, and a login started by anyone else (with another key)
+/// shows another code. The code is not a secret; comparing it is the point.
+pub fn confirmation_code(id: &str, key: &str) -> String {
+    const ALPHABET: &[u8; 20] = b"BCDFGHJKLMNPQRSTVWXZ";
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"postern login code v1\0");
+    ctx.update(id.as_bytes());
+    ctx.update(b"\0");
+    ctx.update(key.as_bytes());
+    let digest = ctx.finish();
+    let mut code = String::with_capacity(9);
+    for (i, b) in digest.as_ref()[..8].iter().enumerate() {
+        if i == 4 {
+            code.push('-');
+        }
+        // 256 = 12 * 20 + 16: a slight bias towards the first 16 letters, harmless for a
+        // code that is compared, not guessed.
+        code.push(ALPHABET[usize::from(*b) % ALPHABET.len()] as char);
+    }
+    code
+}
+
+/// Where a login request came from, for the per-source budget: an IPv4 address, or the /64
+/// an IPv6 address is in (one host usually holds a whole /64).
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// How many transfers may wait at once (the edge's `limits`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotLimits {
+    /// App-token logins in progress, edge-wide.
+    pub app: usize,
+    /// Tunnel logins (origin certificates) in progress, edge-wide: a budget of their own, so
+    /// a flood of one kind never blocks the other.
+    pub tunnel: usize,
+    /// Logins in progress started from one source ([`source_of`]).
+    pub per_source: usize,
+}
+
+impl Default for SlotLimits {
+    fn default() -> Self {
+        SlotLimits {
+            app: MAX_PENDING_TRANSFERS,
+            tunnel: crate::limits::MAX_PENDING_TUNNEL_LOGINS,
+            per_source: crate::limits::MAX_PENDING_LOGINS_PER_SOURCE,
+        }
+    }
+}
+
 struct Slot {
     key: String,
     purpose: Purpose,
+    /// Who asked for it: the CLI's address (shown on the confirmation page).
+    requester: IpAddr,
+    /// [`source_of`] the requester, for the per-source budget.
+    source: IpAddr,
+    created: Instant,
     expires: Instant,
+    /// When the CLI last polled: a slot whose CLI stopped polling is abandoned.
+    last_poll: Instant,
+    /// A browser opened the login link (a link opens in one browser only).
+    opened: bool,
     sealed: Option<Sealed>,
     /// The login ended without a token (e.g. the policy refused the user).
     refused: Option<String>,
 }
 
+impl Slot {
+    fn live(&self, now: Instant) -> bool {
+        self.expires > now && now.saturating_duration_since(self.last_poll) < POLL_GRACE
+    }
+
+    fn waiting(&self, now: Instant) -> bool {
+        self.live(now) && self.sealed.is_none() && self.refused.is_none()
+    }
+}
+
+/// A CLI polls every second; one silent for this long has given up (or never existed), and
+/// its slot is freed at once instead of holding a place for [`TRANSFER_TTL`].
+pub const POLL_GRACE: Duration = Duration::from_secs(30);
+
 /// The edge's pending transfers: bounded, expiring, each handed over once.
 pub struct Slots {
     slots: HashMap<String, Slot>,
-    cap: usize,
+    limits: SlotLimits,
 }
 
 impl Default for Slots {
     fn default() -> Self {
-        Slots::with_capacity(MAX_PENDING_TRANSFERS)
+        Slots::new(SlotLimits::default())
     }
 }
 
@@ -224,21 +324,39 @@ pub enum Poll {
     Refused(String),
 }
 
+/// What the browser's pages show about a waiting transfer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Waiting {
+    pub purpose: Purpose,
+    /// [`confirmation_code`] of the slot.
+    pub code: String,
+    /// The address the CLI asked from.
+    pub requester: IpAddr,
+    /// How long ago the CLI asked.
+    pub age: Duration,
+}
+
 impl Slots {
-    /// At most `cap` pending transfers (the edge's `limits.max_pending_transfers`).
-    pub fn with_capacity(cap: usize) -> Slots {
+    pub fn new(limits: SlotLimits) -> Slots {
         Slots {
             slots: HashMap::new(),
-            cap,
+            limits,
         }
     }
 
-    /// A browser arrived with a fresh id and key. Replays and floods are refused.
+    /// New budgets (a config reload); transfers already waiting keep their place.
+    pub fn set_limits(&mut self, limits: SlotLimits) {
+        self.limits = limits;
+    }
+
+    /// A CLI at `requester` starts a login with a fresh id and key. Replays, floods from one
+    /// source and floods of one purpose are refused.
     pub fn begin(
         &mut self,
         id: &str,
         key: &str,
         purpose: Purpose,
+        requester: IpAddr,
         now: Instant,
     ) -> Result<(), TransferError> {
         self.expire(now);
@@ -251,7 +369,23 @@ impl Slots {
         if self.slots.contains_key(id) {
             return Err(TransferError::Replay);
         }
-        if self.slots.len() >= self.cap {
+        let source = source_of(requester);
+        let tunnel = purpose == Purpose::Tunnel;
+        let (mut from_source, mut same_kind) = (0, 0);
+        for s in self.slots.values() {
+            from_source += usize::from(s.source == source);
+            same_kind += usize::from((s.purpose == Purpose::Tunnel) == tunnel);
+        }
+        if from_source >= self.limits.per_source {
+            return Err(TransferError::SourceBusy);
+        }
+        if same_kind
+            >= if tunnel {
+                self.limits.tunnel
+            } else {
+                self.limits.app
+            }
+        {
             return Err(TransferError::Full);
         }
         self.slots.insert(
@@ -259,7 +393,12 @@ impl Slots {
             Slot {
                 key: key.to_owned(),
                 purpose,
+                requester,
+                source,
+                created: now,
                 expires: now + TRANSFER_TTL,
+                last_poll: now,
+                opened: false,
                 sealed: None,
                 refused: None,
             },
@@ -267,12 +406,38 @@ impl Slots {
         Ok(())
     }
 
-    /// What the slot was opened for (to finish the login), if it is still waiting.
-    pub fn purpose(&self, id: &str, now: Instant) -> Option<&Purpose> {
+    /// A browser opened the login link: the slot is now that browser's (the caller binds
+    /// the browser). A second opening is refused, so a link cannot be taken over.
+    pub fn open(&mut self, id: &str, now: Instant) -> Result<Waiting, TransferError> {
+        self.expire(now);
+        let slot = self
+            .slots
+            .get_mut(id)
+            .filter(|s| s.waiting(now))
+            .ok_or(TransferError::Unknown)?;
+        if slot.opened {
+            return Err(TransferError::AlreadyOpened);
+        }
+        slot.opened = true;
+        Ok(Waiting {
+            purpose: slot.purpose.clone(),
+            code: confirmation_code(id, &slot.key),
+            requester: slot.requester,
+            age: now.saturating_duration_since(slot.created),
+        })
+    }
+
+    /// What a waiting slot is for, if it is still waiting.
+    pub fn waiting(&self, id: &str, now: Instant) -> Option<Waiting> {
         self.slots
             .get(id)
-            .filter(|s| s.expires > now && s.sealed.is_none() && s.refused.is_none())
-            .map(|s| &s.purpose)
+            .filter(|s| s.waiting(now))
+            .map(|s| Waiting {
+                purpose: s.purpose.clone(),
+                code: confirmation_code(id, &s.key),
+                requester: s.requester,
+                age: now.saturating_duration_since(s.created),
+            })
     }
 
     /// Seals `plaintext` into the slot. A slot is filled once.
@@ -285,7 +450,7 @@ impl Slots {
         let slot = self
             .slots
             .get_mut(id)
-            .filter(|s| s.expires > now)
+            .filter(|s| s.live(now))
             .ok_or(TransferError::Unknown)?;
         if slot.sealed.is_some() || slot.refused.is_some() {
             return Err(TransferError::Replay);
@@ -296,28 +461,30 @@ impl Slots {
 
     /// Ends the transfer without a token, so the CLI stops waiting and says why.
     pub fn refuse(&mut self, id: &str, reason: &str, now: Instant) {
-        if let Some(slot) = self.slots.get_mut(id).filter(|s| s.expires > now) {
+        if let Some(slot) = self.slots.get_mut(id).filter(|s| s.live(now)) {
             if slot.sealed.is_none() {
                 slot.refused = Some(reason.to_owned());
             }
         }
     }
 
-    /// The CLI polls: the sealed token once, then the slot is gone.
+    /// The CLI polls: the sealed token once, then the slot is gone. Each poll keeps a
+    /// waiting slot alive for another [`POLL_GRACE`].
     pub fn take(&mut self, id: &str, now: Instant) -> Result<Poll, TransferError> {
         self.expire(now);
-        match self.slots.get(id) {
-            None => Err(TransferError::Unknown),
-            Some(s) if s.refused.is_some() => {
-                let slot = self.slots.remove(id).expect("bug: slot checked above");
-                Ok(Poll::Refused(slot.refused.unwrap_or_default()))
-            }
-            Some(s) if s.sealed.is_none() => Ok(Poll::Pending),
-            Some(_) => {
-                let slot = self.slots.remove(id).expect("bug: slot checked above");
-                Ok(Poll::Ready(slot.sealed.expect("bug: sealed checked above")))
-            }
+        let Some(s) = self.slots.get_mut(id) else {
+            return Err(TransferError::Unknown);
+        };
+        s.last_poll = now;
+        if s.refused.is_some() {
+            let slot = self.slots.remove(id).expect("bug: slot checked above");
+            return Ok(Poll::Refused(slot.refused.unwrap_or_default()));
         }
+        if s.sealed.is_none() {
+            return Ok(Poll::Pending);
+        }
+        let slot = self.slots.remove(id).expect("bug: slot checked above");
+        Ok(Poll::Ready(slot.sealed.expect("bug: sealed checked above")))
     }
 
     pub fn len(&self) -> usize {
@@ -328,14 +495,15 @@ impl Slots {
         self.slots.is_empty()
     }
 
-    fn expire(&mut self, now: Instant) {
-        self.slots.retain(|_, s| s.expires > now);
+    /// Forgets expired and abandoned slots.
+    pub fn expire(&mut self, now: Instant) {
+        self.slots.retain(|_, s| s.live(now));
     }
 }
 
 /// Sealed JSON from the network opened with a fresh key, and the edge's transfer table driven
-/// by the bytes (begin, complete, refuse, take, time passing): never a panic, never more than
-/// the cap, and nothing handed over twice.
+/// by the bytes (begin from a few sources, open in a browser, complete, refuse, take, time
+/// passing): never a panic, never more than the budgets, and nothing handed over twice.
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_transfer(data: &[u8]) {
@@ -345,7 +513,12 @@ pub fn fuzz_transfer(data: &[u8]) {
     let key = base64::encode_url(&[9u8; 32]);
     let start = Instant::now();
     let mut now = start;
-    let mut slots = Slots::with_capacity(4);
+    let limits = SlotLimits {
+        app: 4,
+        tunnel: 2,
+        per_source: 3,
+    };
+    let mut slots = Slots::new(limits);
     for pair in data.chunks(2) {
         let (op, arg) = (pair[0], pair.get(1).copied().unwrap_or(0));
         // Eight ids, one of them malformed: ops collide on purpose.
@@ -353,25 +526,34 @@ pub fn fuzz_transfer(data: &[u8]) {
             7 => "short".to_owned(),
             n => format!("transfer-id-{n:08}"),
         };
-        match op % 6 {
-            0 => drop(slots.begin(&id, &key, Purpose::Tunnel, now)),
-            1 => drop(slots.begin(&id, "not a key", Purpose::App("h".into()), now)),
-            2 => drop(slots.complete(&id, b"token", now)),
-            3 => slots.refuse(&id, "no", now),
-            4 => {
+        let source = IpAddr::from([10, 0, 0, arg >> 6]);
+        match op % 8 {
+            0 => drop(slots.begin(&id, &key, Purpose::Tunnel, source, now)),
+            1 => drop(slots.begin(&id, &key, Purpose::App("h".into()), source, now)),
+            2 => drop(slots.begin(&id, "not a key", Purpose::App("h".into()), source, now)),
+            3 => drop(slots.complete(&id, b"token", now)),
+            4 => slots.refuse(&id, "no", now),
+            5 => {
                 if let Ok(Poll::Ready(_) | Poll::Refused(_)) = slots.take(&id, now) {
                     assert!(slots.take(&id, now).is_err(), "handed over twice");
                 }
             }
-            _ => now += Duration::from_secs(u64::from(arg) * 4),
+            6 => {
+                if slots.open(&id, now).is_ok() {
+                    assert!(slots.open(&id, now).is_err(), "opened twice");
+                }
+            }
+            _ => now += Duration::from_secs(u64::from(arg) / 4),
         }
-        assert!(slots.len() <= 4);
+        assert!(slots.len() <= limits.app + limits.tunnel);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CLI: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
 
     #[test]
     fn sealed_token_opens_once_for_the_right_client_only() {
@@ -383,6 +565,7 @@ mod tests {
                 &cli.id,
                 &cli.public,
                 Purpose::App("ssh.site.com".into()),
+                CLI,
                 now,
             )
             .unwrap();
@@ -413,20 +596,26 @@ mod tests {
         let cli = Opener::new();
         let mut slots = Slots::default();
         slots
-            .begin(&cli.id, &cli.public, Purpose::Tunnel, now)
+            .begin(&cli.id, &cli.public, Purpose::Tunnel, CLI, now)
             .unwrap();
         assert_eq!(
-            slots.begin(&cli.id, &cli.public, Purpose::Tunnel, now),
+            slots.begin(&cli.id, &cli.public, Purpose::Tunnel, CLI, now),
             Err(TransferError::Replay)
         );
         assert_eq!(
-            slots.begin("short", &cli.public, Purpose::Tunnel, now),
+            slots.begin("short", &cli.public, Purpose::Tunnel, CLI, now),
             Err(TransferError::BadId)
         );
         assert_eq!(
-            slots.begin(&"a".repeat(20), "AAAA", Purpose::Tunnel, now),
+            slots.begin(&"a".repeat(20), "AAAA", Purpose::Tunnel, CLI, now),
             Err(TransferError::BadKey)
         );
+        // Kept alive by polls up to the TTL, then gone.
+        let mut t = now;
+        while t + Duration::from_secs(10) < now + TRANSFER_TTL {
+            t += Duration::from_secs(10);
+            assert!(matches!(slots.take(&cli.id, t), Ok(Poll::Pending)));
+        }
         let later = now + TRANSFER_TTL + Duration::from_secs(1);
         assert_eq!(
             slots.take(&cli.id, later).err(),
@@ -436,18 +625,111 @@ mod tests {
     }
 
     #[test]
-    fn pending_transfers_are_bounded() {
+    fn a_slot_whose_cli_stops_polling_is_freed_early() {
         let now = Instant::now();
+        let cli = Opener::new();
         let mut slots = Slots::default();
+        slots
+            .begin(&cli.id, &cli.public, Purpose::Tunnel, CLI, now)
+            .unwrap();
+        let t = now + POLL_GRACE;
+        assert!(slots.waiting(&cli.id, t).is_none());
+        assert!(slots.open(&cli.id, t).is_err());
+        slots.expire(t);
+        assert!(slots.is_empty(), "abandoned long before TRANSFER_TTL");
+    }
+
+    #[test]
+    fn a_link_opens_in_one_browser_and_shows_the_clis_code_and_address() {
+        let now = Instant::now();
+        let cli = Opener::new();
+        let mut slots = Slots::default();
+        slots
+            .begin(&cli.id, &cli.public, Purpose::App("a.b".into()), CLI, now)
+            .unwrap();
+        let later = now + Duration::from_secs(3);
+        let w = slots.open(&cli.id, later).unwrap();
+        assert_eq!(w.code, confirmation_code(&cli.id, &cli.public));
+        assert_eq!(w.requester, CLI);
+        assert_eq!(w.age, Duration::from_secs(3));
+        assert_eq!(w.purpose, Purpose::App("a.b".into()));
+        assert_eq!(
+            slots.open(&cli.id, later).err(),
+            Some(TransferError::AlreadyOpened)
+        );
+        assert_eq!(
+            slots.open("nosuchtransferid0000", later).err(),
+            Some(TransferError::Unknown)
+        );
+    }
+
+    #[test]
+    fn codes_are_stable_distinct_and_readable() {
+        let (a, b) = (Opener::new(), Opener::new());
+        let code = confirmation_code(&a.id, &a.public);
+        assert_eq!(code, confirmation_code(&a.id, &a.public));
+        assert_ne!(
+            code,
+            confirmation_code(&a.id, &b.public),
+            "bound to the key"
+        );
+        assert_ne!(code, confirmation_code(&b.id, &a.public), "bound to the id");
+        assert_eq!(code.len(), 9);
+        assert_eq!(&code[4..5], "-");
+        assert!(code
+            .bytes()
+            .enumerate()
+            .all(|(i, c)| i == 4 || b"BCDFGHJKLMNPQRSTVWXZ".contains(&c)));
+    }
+
+    #[test]
+    fn budgets_per_kind_and_per_source() {
+        let now = Instant::now();
+        let limits = SlotLimits {
+            app: 6,
+            tunnel: 2,
+            per_source: 3,
+        };
+        let mut slots = Slots::new(limits);
         let key = Opener::new().public;
-        for i in 0..MAX_PENDING_TRANSFERS {
-            slots
-                .begin(&format!("id-{i:020}"), &key, Purpose::Tunnel, now)
-                .unwrap();
+        let id = |i: usize| format!("id-{i:020}");
+        let app = || Purpose::App("a.b".into());
+        // One source gets three, then is refused; others are not affected.
+        for i in 0..3 {
+            slots.begin(&id(i), &key, app(), CLI, now).unwrap();
         }
         assert_eq!(
-            slots.begin(&format!("id-{:020}", 999_999), &key, Purpose::Tunnel, now),
+            slots.begin(&id(3), &key, app(), CLI, now),
+            Err(TransferError::SourceBusy)
+        );
+        // IPv6: one /64 is one source; another /64 is another.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (i, a) in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::9"]
+            .iter()
+            .enumerate()
+        {
+            slots.begin(&id(10 + i), &key, app(), v6(a), now).unwrap();
+        }
+        assert_eq!(
+            slots.begin(&id(13), &key, app(), v6("2001:db8:0:1::77"), now),
+            Err(TransferError::SourceBusy)
+        );
+        // The app budget is spent (6): a flood of app logins leaves tunnel logins their own.
+        assert_eq!(
+            slots.begin(&id(20), &key, app(), v6("2001:db8:0:2::1"), now),
             Err(TransferError::Full)
         );
+        let other = IpAddr::from([198, 51, 100, 7]);
+        slots
+            .begin(&id(30), &key, Purpose::Tunnel, other, now)
+            .unwrap();
+        slots
+            .begin(&id(31), &key, Purpose::Tunnel, v6("2001:db8:0:3::1"), now)
+            .unwrap();
+        assert_eq!(
+            slots.begin(&id(32), &key, Purpose::Tunnel, v6("2001:db8:0:4::1"), now),
+            Err(TransferError::Full)
+        );
+        assert_eq!(source_of(v6("::ffff:192.0.2.1")), CLI);
     }
 }

@@ -61,6 +61,12 @@ fn decode(s: &str) -> Option<String> {
 /// `None` when the query is malformed or too long.
 pub fn split_target(target: &str) -> Option<(&str, Vec<(String, String)>)> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Some((path, parse_query(query)?))
+}
+
+/// Decodes a query string or an `application/x-www-form-urlencoded` body.
+/// `None` when it is malformed or has too many parameters.
+pub fn parse_query(query: &str) -> Option<Vec<(String, String)>> {
     let mut params = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         if params.len() == MAX_QUERY_PARAMS {
@@ -69,7 +75,7 @@ pub fn split_target(target: &str) -> Option<(&str, Vec<(String, String)>)> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         params.push((decode(k)?, decode(v)?));
     }
-    Some((path, params))
+    Some(params)
 }
 
 /// The first value of `name` in `params`.

@@ -12,284 +12,14 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use support::oidc::{browser_login, Provider, DEFAULT_EXPECT};
-use support::{
-    free_port, origin_cert, postern, run_with_deadline, temp_dir, Child, Sshd, TempDir, Tunnel,
+use support::oidc::{browser_login, DEFAULT_EXPECT};
+use support::sso::{
+    body_of, login_prompt, raw_get, raw_request, status_of, OutputWithDeadline as _, Sso,
 };
-
-const ACCOUNTS: &[(&str, &str, &[&str])] = &[
-    ("alice", "alice@example.com", &["ops"]),
-    ("carol", "carol@example.com", &["contractors"]),
-    ("dave", "dave@partner.org", &["ops"]),
-    ("erin", "erin@other.org", &[]),
-];
-
-/// An edge configured with the provider, two applications and a tunnel to sshd.
-struct Sso {
-    dir: TempDir,
-    provider: Provider,
-    edge: Child,
-    edge_addr: String,
-    state: PathBuf,
-    sshd: Sshd,
-    _tunnel: Tunnel,
-    _tunnel_short: Tunnel,
-}
-
-impl Sso {
-    fn start(name: &str) -> Sso {
-        let dir = temp_dir(name);
-        let port = free_port();
-        let public = format!("https://login.localhost:{port}");
-        let provider = Provider::start(
-            dir.path(),
-            &[format!("{public}/cdn-cgi/access/callback")],
-            ACCOUNTS,
-        );
-        let state = dir.join("edge-state");
-        let secret_file = dir.join("client-secret");
-        std::fs::write(&secret_file, &provider.client_secret).unwrap();
-        let config = serde_json::json!({
-            "listen": format!("127.0.0.1:{port}"),
-            "state_dir": state,
-            "zones": [ { "name": "localhost", "local_ca": true }, { "name": "example.test", "local_ca": true } ],
-            "public_url": public,
-            "identity": {
-                "issuer": provider.issuer,
-                "client_id": provider.client_id,
-                "client_secret_file": secret_file,
-            },
-            "applications": [
-                { "hostname": "ssh.localhost", "policies": [
-                    { "name": "no contractors", "decision": "deny", "include": [ { "group": "contractors" } ] },
-                    { "name": "staff", "decision": "allow", "include": [ { "email_domain": "example.com" } ] },
-                    { "name": "ops", "decision": "allow", "include": [ { "group": "ops" } ] }
-                ] },
-                { "hostname": "short.localhost", "session_duration": "3s", "policies": [
-                    { "decision": "allow", "include": [ { "email": "alice@example.com" } ] }
-                ] },
-                { "hostname": "other.localhost", "policies": [
-                    { "decision": "allow", "include": [ { "everyone": true } ] }
-                ] }
-            ],
-            "tunnel_admins": [ { "decision": "allow", "include": [ { "email": "alice@example.com" } ] } ]
-        });
-        let cfg = dir.join("edge.json");
-        std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
-        let mut cmd = postern(&dir.join("home"));
-        cmd.args(["edge", "--config"]).arg(&cfg);
-        let edge = Child::spawn("edge", cmd, dir.path());
-        edge.wait_for_stderr("postern edge listening on", Duration::from_secs(20))
-            .expect("edge did not start");
-        let edge_addr = format!("127.0.0.1:{port}");
-
-        let sshd = Sshd::start(dir.path());
-        let cert = dir.join("cert.pem");
-        origin_cert(&state, "localhost", &cert, &edge_addr.parse().unwrap());
-        let support_edge = support::EdgeRef {
-            addr: edge_addr.parse().unwrap(),
-            ca: state.join("ca.pem"),
-        };
-        let tunnel = Tunnel::start_with(
-            dir.path(),
-            "tunnel",
-            "ssh.localhost",
-            &sshd.url(),
-            &cert,
-            &support_edge,
-        );
-        let tunnel_short = Tunnel::start_with(
-            dir.path(),
-            "tunnel-short",
-            "short.localhost",
-            &sshd.url(),
-            &cert,
-            &support_edge,
-        );
-        Sso {
-            dir,
-            provider,
-            edge,
-            edge_addr,
-            state,
-            sshd,
-            _tunnel: tunnel,
-            _tunnel_short: tunnel_short,
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.state.join("ca.pem")
-    }
-
-    fn home(&self, user: &str) -> PathBuf {
-        let h = self.dir.join(format!("home-{user}"));
-        std::fs::create_dir_all(&h).unwrap();
-        h
-    }
-
-    /// `postern access login H` as `user`: the browser signs in; returns (success, stderr).
-    fn login(&self, user: &str, host: &str, expect: &str) -> (bool, String) {
-        let mut cmd = postern(&self.home(user));
-        cmd.args(["access", "login", host, "--edge", &self.edge_addr, "--ca"])
-            .arg(self.ca())
-            .env("BROWSER", "true");
-        let cli = Child::spawn(&format!("login-{user}"), cmd, self.dir.path());
-        let text = cli
-            .wait_for_stderr("/cdn-cgi/access/cli?", Duration::from_secs(20))
-            .expect("access login must print the login URL");
-        let url = text
-            .split_whitespace()
-            .find(|w| w.contains("/cdn-cgi/access/cli?"))
-            .expect("URL in stderr")
-            .to_owned();
-        let page = browser_login(&url, user, expect, None, self.dir.path());
-        assert!(
-            page.is_ok(),
-            "browser login as {user}: {page:?}\nedge:\n{}",
-            self.edge.stderr_text()
-        );
-        let status = cli
-            .wait_exit(Duration::from_secs(30))
-            .expect("access login must end after the browser login");
-        (status.success(), cli.stderr_text())
-    }
-
-    fn ssh(&self, user: &str, host: &str, remote: &str) -> std::process::Output {
-        self.ssh_command(user, host, remote).output_with_deadline()
-    }
-
-    fn ssh_command(&self, user: &str, host: &str, remote: &str) -> Command {
-        let proxy = format!(
-            "{} access ssh --hostname %h --edge {} --ca {}",
-            support::postern_bin().display(),
-            self.edge_addr,
-            self.ca().display()
-        );
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.sshd.ssh_options())
-            .arg("-o")
-            .arg(format!("ProxyCommand={proxy}"))
-            .arg(format!("{}@{host}", self.sshd.user))
-            .arg(remote)
-            .env("HOME", self.home(user))
-            .env("RUST_LOG", "warn")
-            .env_remove("POSTERN_SERVICE_TOKEN_ID")
-            .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
-            .stdin(Stdio::null());
-        cmd.env("BROWSER", browser_script(self.dir.path(), user));
-        cmd
-    }
-
-    /// The token `user` holds for `host` (`postern access token`).
-    fn token(&self, user: &str, host: &str) -> String {
-        let out = postern(&self.home(user))
-            .args(["access", "token", "--app", host])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "access token: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Sends an upgrade with `cf-access-token: token` for `host`; returns the status line.
-    fn carrier_status(&self, host: &str, token: &str) -> String {
-        raw_get(
-            &self.edge_addr,
-            &self.ca(),
-            host,
-            "/",
-            &[("cf-access-token", token)],
-            true,
-        )
-    }
-}
-
-/// A `BROWSER` for ProxyCommand logins: signs `user` in with login.mjs in the background.
-fn browser_script(dir: &Path, user: &str) -> PathBuf {
-    let script = dir.join(format!("browser-{user}.sh"));
-    let js = support::oidc::js_dir().join("login.mjs");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nnode {} \"$1\" {user} {} >>{} 2>&1 &\n",
-            js.display(),
-            support::oidc::TEST_PASSWORD,
-            dir.join(format!("browser-{user}.log")).display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
-trait OutputWithDeadline {
-    fn output_with_deadline(&mut self) -> std::process::Output;
-}
-
-impl OutputWithDeadline for Command {
-    fn output_with_deadline(&mut self) -> std::process::Output {
-        run_with_deadline(self, Duration::from_secs(120), "ssh through postern")
-    }
-}
-
-/// One HTTPS request over rustls to the edge with SNI = Host = `host`; the status line.
-fn raw_get(
-    edge: &str,
-    ca: &Path,
-    host: &str,
-    target: &str,
-    headers: &[(&str, &str)],
-    upgrade: bool,
-) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("open ca.pem") {
-        roots.add(cert.expect("parse ca.pem")).expect("add CA root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(
-        Arc::new(config),
-        ServerName::try_from(host.to_owned()).unwrap(),
-    )
-    .unwrap();
-    let tcp = TcpStream::connect(edge).expect("connect to edge");
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
-    if upgrade {
-        req.push_str("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    tls.write_all(req.as_bytes()).unwrap();
-    let mut response = Vec::new();
-    let _ = tls.read_to_end(&mut response);
-    String::from_utf8_lossy(&response).into_owned()
-}
-
-fn status_of(response: &str) -> &str {
-    response.lines().next().unwrap_or("")
-}
+use support::{postern, Child, Tunnel};
 
 #[test]
 fn browser_login_then_ssh_and_policies_decide() {
@@ -400,29 +130,49 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
         "{r}"
     );
 
-    // A transfer id works once: a second browser visit with the same id is refused.
+    // A login link opens in one browser only: a second visit with the same id is refused.
     let key = postern::token_transfer::Opener::new();
-    let target = format!(
-        "/cdn-cgi/access/cli?id={}&key={}&app=ssh.localhost",
-        key.id, key.public
-    );
-    assert!(status_of(&raw_get(
+    let start = serde_json::json!({ "id": key.id, "key": key.public, "app": "ssh.localhost" });
+    let started = raw_request(
         &sso.edge_addr,
         &sso.ca(),
         "ssh.localhost",
-        &target,
-        &[],
-        false
-    ))
-    .contains(" 302 "));
-    let again = raw_get(
+        "POST",
+        "/cdn-cgi/access/transfer",
+        &[("Content-Type", "application/json")],
+        Some(start.to_string().as_bytes()),
+    );
+    assert!(status_of(&started).contains(" 201 "), "{started}");
+    assert!(
+        body_of(&started).contains(&postern::token_transfer::confirmation_code(
+            &key.id,
+            &key.public
+        )),
+        "{started}"
+    );
+    // The same id cannot be started twice.
+    let again = raw_request(
         &sso.edge_addr,
         &sso.ca(),
         "ssh.localhost",
-        &target,
-        &[],
-        false,
+        "POST",
+        "/cdn-cgi/access/transfer",
+        &[("Content-Type", "application/json")],
+        Some(start.to_string().as_bytes()),
     );
+    assert!(status_of(&again).contains(" 409 "), "{again}");
+    let target = format!("/cdn-cgi/access/cli?id={}", key.id);
+    let open = |host: &str| raw_get(&sso.edge_addr, &sso.ca(), host, &target, &[], false);
+    // On the application's host the link moves to the login host first...
+    let first = open("ssh.localhost");
+    assert!(status_of(&first).contains(" 302 "), "{first}");
+    assert!(first.contains("https://login.localhost:"), "{first}");
+    // ...where the first visit binds the browser and goes on to the provider, and a second is
+    // refused.
+    let bound = open("login.localhost");
+    assert!(status_of(&bound).contains(" 302 "), "{bound}");
+    assert!(bound.contains("Set-Cookie: __Host-postern-"), "{bound}");
+    let again = open("login.localhost");
     assert!(status_of(&again).contains(" 409 "), "{again}");
     // Polling an unknown transfer says so.
     let unknown = raw_get(
@@ -517,16 +267,8 @@ fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
             .arg(out)
             .env("BROWSER", "true");
         let cli = Child::spawn(&format!("tunnel-login-{user}"), cmd, sso.dir.path());
-        let text = cli
-            .wait_for_stderr("/cdn-cgi/access/cli?", Duration::from_secs(20))
-            .expect("tunnel login must print the login URL");
-        let url = text
-            .split_whitespace()
-            .find(|w| w.contains("/cdn-cgi/access/cli?"))
-            .unwrap()
-            .to_owned();
-        assert!(url.contains("purpose=tunnel"), "{url}");
-        let page = browser_login(&url, user, expect, zone, sso.dir.path());
+        let (url, code) = login_prompt(&cli);
+        let page = browser_login(&url, user, expect, zone, Some(&code), sso.dir.path());
         assert!(
             page.is_ok(),
             "browser: {page:?}\nedge:\n{}",

@@ -1,22 +1,24 @@
-//! Browser login from the command line (DESIGN.md §3 Tokens, "CLI login").
+//! Browser login from the command line (DESIGN.md §3 Tokens, "CLI login"; docs/design.md
+//! "Login confirmation").
 //!
 //! ```text
-//!  Opener::new() (transfer id + one-use X25519 key)
+//!  Opener::new() (transfer id + one-use X25519 key); code = confirmation_code(id, key)
 //!    │
-//!    ├─ GET /cdn-cgi/access/transfer?id=ID   one poll first: the edge is reachable and trusted
-//!    ├─ print the URL on stderr (always), try to open a browser (never fails)
-//!    │      https://H[:PORT]/cdn-cgi/access/cli?id=ID&key=PUB&app=H | &purpose=tunnel
+//!    ├─ POST /cdn-cgi/access/transfer {id, key, app|purpose}
+//!    │      201 {code} ─────────────▶ the edge holds a slot for our key (and is reachable, trusted)
+//!    │      4xx/5xx ────────────────▶ fail with the edge's reason (busy, unknown application…)
+//!    ├─ print the URL and the code on stderr (always), try to open a browser (never fails)
+//!    │      https://H[:PORT]/cdn-cgi/access/cli?id=ID
 //!    └─ poll /cdn-cgi/access/transfer?id=ID every second, up to TRANSFER_TTL:
-//!         202 pending ─────────────▶ poll again (the browser opened the link)
-//!         404 before any 202 ──────▶ poll again (the browser has not opened it yet)
-//!         404 after a 202 ─────────▶ fail with the edge's reason (expired, taken)
+//!         202 pending ─────────────▶ poll again (each poll keeps the slot alive)
+//!         403 {error} ─────────────▶ fail with the edge's reason (denied, cancelled)
+//!         404 ─────────────────────▶ fail: expired or taken
 //!         200 {"epk","ct"} ────────▶ open with our key: the token (or cert.pem text)
 //! ```
 //!
-//! The edge creates the transfer slot when the browser opens the link, so until then it
-//! cannot tell our id from an expired one: a 404 only ends the login once we have seen the
-//! slot exist. Nothing here holds a token in a log line; the URL carries only the transfer id
-//! and our public key, which are useless without the private key.
+//! The browser shows a confirmation page with the same code and this machine's address; the
+//! person confirms there. Nothing here holds a token in a log line; the URL carries only the
+//! transfer id, which is useless without the private key (and opens in one browser only).
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -25,8 +27,9 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rustls::ClientConfig;
 
-use super::{client_config, err, https_get, json_error, AccessError, AccessOptions};
-use crate::token_transfer::{Opener, Sealed, TRANSFER_TTL};
+use super::{client_config, err, https_get, https_request, json_error, AccessError, AccessOptions};
+use crate::logging::escape;
+use crate::token_transfer::{confirmation_code, Opener, Sealed, TRANSFER_TTL};
 
 /// Pause between two polls of the transfer endpoint.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -49,17 +52,13 @@ fn edge_port(edge: &str) -> Option<u16> {
 
 /// The browser login URL. The port appears only when the edge listens elsewhere than 443
 /// (`--edge 127.0.0.1:8443` with `ssh.localhost` gives `https://ssh.localhost:8443/…`).
-/// `id` and `key` are base64url, so they need no escaping; `hostname` is a DNS name.
-pub fn login_url(hostname: &str, edge: &str, id: &str, key: &str, purpose: Purpose) -> String {
+/// `id` is base64url, so it needs no escaping; `hostname` is a DNS name.
+pub fn login_url(hostname: &str, edge: &str, id: &str) -> String {
     let authority = match edge_port(edge) {
         Some(port) if port != 443 => format!("{hostname}:{port}"),
         _ => hostname.to_owned(),
     };
-    let what = match purpose {
-        Purpose::App => format!("app={hostname}"),
-        Purpose::Tunnel => "purpose=tunnel".to_owned(),
-    };
-    format!("https://{authority}/cdn-cgi/access/cli?id={id}&key={key}&{what}")
+    format!("https://{authority}/cdn-cgi/access/cli?id={id}")
 }
 
 /// Logs in through the browser and returns what the edge handed over: for
@@ -67,31 +66,43 @@ pub fn login_url(hostname: &str, edge: &str, id: &str, key: &str, purpose: Purpo
 /// [`Purpose::Tunnel`] the text of an origin credential (`cert.pem`).
 ///
 /// Connects to `opts.edge` with SNI and Host `opts.hostname`, trusting `opts.extra_ca` too;
-/// `opts.credentials` is not used. Prints the URL on stderr (ssh shows a ProxyCommand's
-/// stderr, and a headless machine's user copies it to a browser elsewhere), tries to open a
-/// browser, then polls for up to [`TRANSFER_TTL`]. Blocks the calling thread throughout.
-/// Takes no lock and writes no file: callers cache or store the result.
+/// `opts.credentials` is not used. Starts the login at the edge, prints the URL and the
+/// confirmation code on stderr (ssh shows a ProxyCommand's stderr, and a headless machine's
+/// user copies the URL to a browser elsewhere), tries to open a browser, then polls for up to
+/// [`TRANSFER_TTL`]. Blocks the calling thread throughout. Takes no lock and writes no file:
+/// callers cache or store the result.
 pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
     let opener = Opener::new();
+    let code = confirmation_code(&opener.id, &opener.public);
     let poll_path = format!("/cdn-cgi/access/transfer?id={}", opener.id);
     let start = Instant::now();
     let mut transfer = Transfer::new();
 
-    // One poll before bothering the user: an unreachable or untrusted edge fails here,
-    // with its cause and fix, and no browser window.
-    if let Step::Done(sealed) = transfer.on_answer(poll(opts, &cfg, &poll_path)?)? {
-        return open(opener, &sealed);
-    }
-    let url = login_url(
-        &opts.hostname,
-        &opts.edge,
-        &opener.id,
-        &opener.public,
-        purpose,
+    // Start before bothering the user: an unreachable or untrusted edge, or one that will
+    // not take another login, fails here with its cause and no browser window.
+    let body = match purpose {
+        Purpose::App => serde_json::json!({
+            "id": opener.id, "key": opener.public, "app": opts.hostname,
+        }),
+        Purpose::Tunnel => serde_json::json!({
+            "id": opener.id, "key": opener.public, "purpose": "tunnel",
+        }),
+    };
+    let answer = https_request(
+        opts,
+        &cfg,
+        "POST",
+        "/cdn-cgi/access/transfer",
+        Some(body.to_string().as_bytes()),
+    )?;
+    started(answer, &code)?;
+    let url = login_url(&opts.hostname, &opts.edge, &opener.id);
+    eprintln!(
+        "Please open the following URL and log in with your identity provider:\n\n  {url}\n\n\
+         The page will ask you to confirm this code: {code}\n"
     );
-    eprintln!("Please open the following URL and log in with your identity provider:\n\n  {url}\n");
-    open_browser(&url);
+    open_browser(&url, &code);
 
     loop {
         if start.elapsed() + POLL_INTERVAL > TRANSFER_TTL {
@@ -108,6 +119,31 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
             return open(opener, &sealed);
         }
     }
+}
+
+/// The edge's answer to the login start: 201 with the same code we computed.
+fn started((status, body): (u16, Vec<u8>), code: &str) -> Result<(), AccessError> {
+    if status != 201 {
+        let why = edge_error(&body).map_or_else(String::new, |e| format!(": {e}"));
+        let hint = if status == 400 && why.contains("carries SSH over WebSocket") {
+            " (is the edge an older postern? update it)"
+        } else {
+            ""
+        };
+        return Err(err(format!(
+            "the edge refused to start a login (HTTP {status}){why}{hint}"
+        )));
+    }
+    let theirs = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned));
+    if theirs.as_deref() != Some(code) {
+        return Err(err(
+            "the edge answered the login start with another confirmation code: it does not \
+             speak this postern's login protocol",
+        ));
+    }
+    Ok(())
 }
 
 fn poll(
@@ -132,17 +168,12 @@ enum Step {
 
 /// The poll loop's decisions, apart from the IO (so they can be tested without an edge).
 struct Transfer {
-    /// The edge has answered 202 at least once: the browser opened the link.
-    seen_pending: bool,
     failures: u32,
 }
 
 impl Transfer {
     fn new() -> Transfer {
-        Transfer {
-            seen_pending: false,
-            failures: 0,
-        }
+        Transfer { failures: 0 }
     }
 
     fn on_answer(&mut self, (status, body): (u16, Vec<u8>)) -> Result<Step, AccessError> {
@@ -158,25 +189,21 @@ impl Transfer {
             }
             202 => {
                 self.failures = 0;
-                self.seen_pending = true;
                 Ok(Step::Wait)
             }
-            404 if !self.seen_pending => {
-                self.failures = 0;
-                Ok(Step::Wait)
-            }
+            // The slot exists from the start: gone means expired, abandoned or taken.
             404 => Err(err(format!(
                 "login failed: {}",
-                json_error(&body)
+                edge_error(&body)
                     .unwrap_or_else(|| "unknown or expired login: start the login again".into())
             ))),
             500..=599 | 429 => self.on_failure(err(format!(
                 "the edge answered HTTP {status}{}",
-                json_error(&body).map_or_else(String::new, |e| format!(": {e}"))
+                edge_error(&body).map_or_else(String::new, |e| format!(": {e}"))
             ))),
             _ => Err(err(format!(
                 "the edge refused the login (HTTP {status}){}",
-                json_error(&body).map_or_else(String::new, |e| format!(": {e}"))
+                edge_error(&body).map_or_else(String::new, |e| format!(": {e}"))
             ))),
         }
     }
@@ -194,9 +221,16 @@ impl Transfer {
     }
 }
 
+/// The edge's `error` text, escaped for the terminal.
+fn edge_error(body: &[u8]) -> Option<String> {
+    json_error(body).map(|e| escape(&e, 512))
+}
+
 /// Tries to show `url` in a browser: `$BROWSER` if set (run by `sh`, so it may carry
-/// arguments), else the desktop's opener. Never fails: the URL is on stderr anyway.
-fn open_browser(url: &str) {
+/// arguments), else the desktop's opener. Never fails: the URL is on stderr anyway. The
+/// browser command finds the confirmation code in `POSTERN_LOGIN_CODE` (not a secret: it is
+/// printed and shown, and only comparing it matters), for wrappers that automate the page.
+fn open_browser(url: &str, code: &str) {
     use std::os::unix::process::CommandExt;
     let mut cmd = match std::env::var_os("BROWSER").filter(|b| !b.is_empty()) {
         Some(_) => {
@@ -215,7 +249,8 @@ fn open_browser(url: &str) {
             c
         }
     };
-    cmd.stdin(Stdio::null())
+    cmd.env("POSTERN_LOGIN_CODE", code)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         // Its own process group: a Ctrl-C meant for ssh does not reach the browser.
@@ -236,54 +271,34 @@ mod tests {
     use super::*;
 
     const ID: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    const KEY: &str = "S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2U";
 
     #[test]
     fn login_url_names_the_port_only_when_it_is_not_443() {
         assert_eq!(
-            login_url("ssh.localhost", "127.0.0.1:8443", ID, KEY, Purpose::App),
-            format!(
-                "https://ssh.localhost:8443/cdn-cgi/access/cli?id={ID}&key={KEY}&app=ssh.localhost"
-            )
+            login_url("ssh.localhost", "127.0.0.1:8443", ID),
+            format!("https://ssh.localhost:8443/cdn-cgi/access/cli?id={ID}")
         );
         assert_eq!(
-            login_url(
-                "ssh.example.com",
-                "ssh.example.com:443",
-                ID,
-                KEY,
-                Purpose::App
-            ),
-            format!(
-                "https://ssh.example.com/cdn-cgi/access/cli?id={ID}&key={KEY}&app=ssh.example.com"
-            )
+            login_url("ssh.example.com", "ssh.example.com:443", ID),
+            format!("https://ssh.example.com/cdn-cgi/access/cli?id={ID}")
         );
         assert_eq!(
-            login_url("example.com", "[::1]:443", ID, KEY, Purpose::Tunnel),
-            format!("https://example.com/cdn-cgi/access/cli?id={ID}&key={KEY}&purpose=tunnel")
-        );
-        assert_eq!(
-            login_url("example.com", "[::1]:9443", ID, KEY, Purpose::Tunnel),
-            format!("https://example.com:9443/cdn-cgi/access/cli?id={ID}&key={KEY}&purpose=tunnel")
+            login_url("example.com", "[::1]:9443", ID),
+            format!("https://example.com:9443/cdn-cgi/access/cli?id={ID}")
         );
         // No parsable port: assume the default.
         assert_eq!(
-            login_url("a.localhost", "a.localhost", ID, KEY, Purpose::App),
-            format!("https://a.localhost/cdn-cgi/access/cli?id={ID}&key={KEY}&app=a.localhost")
+            login_url("a.localhost", "a.localhost", ID),
+            format!("https://a.localhost/cdn-cgi/access/cli?id={ID}")
         );
     }
 
     #[test]
-    fn login_url_carries_the_openers_id_and_key_unescaped() {
+    fn login_url_carries_the_id_but_never_the_key() {
         let o = Opener::new();
-        let url = login_url(
-            "a.localhost",
-            "a.localhost:443",
-            &o.id,
-            &o.public,
-            Purpose::App,
-        );
-        assert!(url.contains(&format!("id={}&key={}&", o.id, o.public)));
+        let url = login_url("a.localhost", "a.localhost:443", &o.id);
+        assert!(url.ends_with(&format!("?id={}", o.id)));
+        assert!(!url.contains(&o.public));
         assert!(url
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/?=&".contains(&b)));
@@ -294,16 +309,37 @@ mod tests {
     }
 
     #[test]
-    fn a_404_waits_until_the_slot_was_seen_then_fails_with_the_edges_reason() {
+    fn a_404_ends_the_login_with_the_edges_reason_escaped() {
         let mut t = Transfer::new();
-        let gone = json(serde_json::json!({"error": "unknown or expired login"}));
-        assert!(matches!(t.on_answer((404, gone.clone())), Ok(Step::Wait)));
         assert!(matches!(t.on_answer((202, Vec::new())), Ok(Step::Wait)));
-        let e = t
-            .on_answer((404, gone))
-            .err()
-            .expect("404 after 202 ends it");
-        assert!(e.to_string().contains("unknown or expired login"), "{e}");
+        let gone = json(serde_json::json!({"error": "unknown or expired login\u{1b}[2J"}));
+        let e = t.on_answer((404, gone)).err().expect("404 ends it");
+        let e = e.to_string();
+        assert!(e.contains("unknown or expired login"), "{e}");
+        assert!(
+            !e.contains('\u{1b}'),
+            "peer text reaches the terminal escaped: {e:?}"
+        );
+    }
+
+    #[test]
+    fn the_login_start_must_answer_201_with_our_code() {
+        let o = Opener::new();
+        let code = confirmation_code(&o.id, &o.public);
+        let ok = json(serde_json::json!({"status": "pending", "code": code}));
+        assert!(started((201, ok), &code).is_ok());
+        let other = json(serde_json::json!({"status": "pending", "code": "BBBB-BBBB"}));
+        assert!(started((201, other), &code).is_err());
+        let busy =
+            json(serde_json::json!({"error": "too many logins in progress from your address"}));
+        let e = started((429, busy), &code).err().unwrap().to_string();
+        assert!(
+            e.contains("HTTP 429") && e.contains("from your address"),
+            "{e}"
+        );
+        let old = json(serde_json::json!({"error": "this endpoint carries SSH over WebSocket"}));
+        let e = started((400, old), &code).err().unwrap().to_string();
+        assert!(e.contains("older postern"), "{e}");
     }
 
     #[test]

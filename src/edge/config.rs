@@ -69,7 +69,7 @@ pub struct ConfigSource {
 
 /// Fields that keep their start-up value on reload: the listener, state, audit log and TLS
 /// zones are bound or opened once; the identity provider is discovered once and shared with
-/// the login worker; the transfer table is allocated once.
+/// the login worker.
 #[derive(Clone, PartialEq)]
 struct RestartOnly {
     listen: SocketAddr,
@@ -78,7 +78,6 @@ struct RestartOnly {
     zones: Vec<Zone>,
     public_url: Option<String>,
     identity: Option<OidcSettings>,
-    max_pending_transfers: usize,
     metrics: Option<String>,
 }
 
@@ -91,7 +90,6 @@ impl RestartOnly {
             zones: cfg.zones.clone(),
             public_url: cfg.public_url.clone(),
             identity: cfg.identity.clone(),
-            max_pending_transfers: cfg.limits.max_pending_transfers,
             metrics: cfg.metrics.clone(),
         }
     }
@@ -110,17 +108,12 @@ impl RestartOnly {
         field("zones", self.zones != new.zones);
         field("public_url", self.public_url != new.public_url);
         field("identity", self.identity != new.identity);
-        field(
-            "limits.max_pending_transfers",
-            self.max_pending_transfers != new.max_pending_transfers,
-        );
         field("metrics", self.metrics != new.metrics);
         out
     }
 }
 
-/// What a reload changes: applications, tunnel admins and limits (except
-/// `max_pending_transfers`), ready to swap in.
+/// What a reload changes: applications, tunnel admins and limits, ready to swap in.
 pub struct Reloaded {
     pub applications: Vec<Application>,
     pub tunnel_admins: Vec<Policy>,
@@ -145,12 +138,10 @@ pub fn reload(source: &ConfigSource) -> Result<Reloaded, ConfigError> {
     check_identity(&cfg, cfg.identity.as_ref()).map_err(named)?;
     let new = RestartOnly::of(&cfg);
     let needs_restart = source.restart_only.changed(&new);
-    let mut limits = cfg.limits;
-    limits.max_pending_transfers = source.restart_only.max_pending_transfers;
     Ok(Reloaded {
         applications: cfg.applications,
         tunnel_admins: cfg.tunnel_admins,
-        limits,
+        limits: cfg.limits,
         needs_restart,
     })
 }
@@ -708,14 +699,9 @@ mod tests {
         let new = reload(&source).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(new.applications.len(), 1);
         assert_eq!(new.limits.idle_timeout_secs, 7);
-        assert_eq!(
-            new.limits.max_pending_transfers,
-            EdgeLimits::default().max_pending_transfers
-        );
-        assert_eq!(
-            new.needs_restart,
-            ["listen", "limits.max_pending_transfers"]
-        );
+        // Login budgets apply on reload too (logins already waiting keep their place).
+        assert_eq!(new.limits.max_pending_transfers, 5);
+        assert_eq!(new.needs_restart, ["listen"]);
         write(r#""listen":"127.0.0.1:1","applications":[{"hostname":"bad host"}]"#);
         let err = reload(&source)
             .err()

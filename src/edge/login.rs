@@ -1,16 +1,33 @@
-//! The edge's browser side: sign-in pages, the OIDC callback, app tokens and token transfer.
+//! The edge's browser side: the login start, sign-in pages, the OIDC callback, the
+//! confirmation step, app tokens and token transfer.
 //!
 //! ```text
-//!  CLI ──opens──▶ https://H/cdn-cgi/access/cli?id&key&app=H        (transfer slot opened)
-//!                   └─302─▶ provider /authorize (state, nonce, PKCE) or the dev login page
-//!  provider ──302──▶ {public_url}/cdn-cgi/access/callback?code&state
-//!                   └─ worker: code exchange + ID token check ─▶ identity ─▶ policy
-//!                   └─ allow: app token signed, sealed into the slot ─▶ "You can close this window"
-//!  CLI polls https://H/cdn-cgi/access/transfer?id ─▶ sealed token, once
+//!  CLI ── POST https://H/cdn-cgi/access/transfer {id, key, app|purpose}
+//!           └─ slot opened: requester address, code = confirmation_code(id, key)
+//!  CLI prints the URL and the code, and polls GET /cdn-cgi/access/transfer?id (keeps the slot alive)
+//!  browser ── GET https://H/cdn-cgi/access/cli?id ──302──▶ {public_url}/cdn-cgi/access/cli?id
+//!           └─ the slot opens in this browser only; Set-Cookie __Host-postern-<tag> (binder)
+//!           └─ 302 ─▶ provider /authorize (state, nonce, PKCE) or the dev sign-in page
+//!  provider ──302──▶ {public_url}/cdn-cgi/access/callback?code&state     (cookie checked)
+//!           └─ worker: code exchange + ID token check ─▶ identity ─▶ policy
+//!           └─ allow: "Confirm this login": code, requester address, [Confirm] (POST + page secret)
+//!  browser ── POST /cdn-cgi/access/confirm (state, secret, zone)           (cookie checked)
+//!           └─ app token signed (or origin certificate issued), sealed into the slot
+//!  CLI's next poll ─▶ the sealed token, once
 //! ```
 //!
-//! Pages are small server-rendered HTML without JavaScript. Every request here is answered
-//! and the connection closed; no cookies are set: the provider keeps the browser's session.
+//! Why the confirmation: a login link or a provider link can be sent to someone else. Without
+//! it, a victim whose browser holds a provider session would finish an attacker's login with
+//! zero clicks, and the token (sealed to the attacker's key) would be the attacker's. Now:
+//! - the browser that opened the link is bound to the login by a `__Host-` cookie, checked at
+//!   the callback, the dev sign-in and the confirmation: a provider link sent to a victim ends
+//!   at "started in another browser";
+//! - nothing is issued until the person at the browser presses Confirm on a page that shows
+//!   the code their terminal printed and the address the login was started from; the POST
+//!   carries a secret from that page (and must come from the edge's own origin), so no link,
+//!   redirect or cross-site form can press it for them.
+//!
+//! Pages are small server-rendered HTML without JavaScript.
 
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -20,13 +37,16 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use mio::Waker;
 
-use super::{Carrier, CarrierState, Edge, CLOSE_GRACE_SECS};
+use super::{Carrier, CarrierState, ConnId, Edge, CLOSE_GRACE_SECS};
 use crate::edge::config::IdentityProvider;
 use crate::http::{self, RequestHead};
+use crate::limits::MAX_OIDC_JOBS;
+use crate::logging::escape;
 use crate::oidc::{OidcError, Provider};
 use crate::pki::{Authority, OriginCredential};
 use crate::policy::{self, Identity};
-use crate::token_transfer::{Poll, Purpose, TransferError, TRANSFER_TTL};
+use crate::state::ct_eq;
+use crate::token_transfer::{Poll, Purpose, TransferError, Waiting};
 use crate::url::{self, html, param};
 
 /// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
@@ -35,6 +55,9 @@ const APP_TOKEN_LEEWAY_SECS: u64 = 5;
 /// Wrong dev codes allowed per login.
 const MAX_DEV_CODE_ATTEMPTS: u32 = 5;
 
+/// The browser-binding cookie lives this long (a login's whole life fits in it).
+const BINDER_COOKIE_SECS: u64 = 600;
+
 pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -42,16 +65,34 @@ pub(super) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A login between the CLI link and the callback.
+fn random_token() -> String {
+    crate::base64::encode_url(&crate::io::random_bytes::<24>())
+}
+
+/// A login between the browser opening the link and the confirmation.
 pub(super) struct PendingLogin {
     transfer: String,
     purpose: Purpose,
+    /// The value of the `__Host-` cookie that binds the browser to this login.
+    binder: String,
     verifier: String,
     nonce: String,
-    expires: Instant,
-    dev: Option<(String, String, u32)>,
-    /// Set once signed in (a tunnel login still has to pick a zone).
-    identity: Option<Identity>,
+    stage: Stage,
+}
+
+enum Stage {
+    /// Sent to the provider (or the dev sign-in page); waiting for the callback.
+    AtProvider,
+    /// Dev sign-in: the code for `email` is on the edge's terminal.
+    DevCode {
+        email: String,
+        code: String,
+        attempts: u32,
+    },
+    /// A code exchange for this login is with the worker (one at a time).
+    Exchanging,
+    /// Signed in and allowed: the confirmation page is shown, with this page secret.
+    Confirm { identity: Identity, secret: String },
 }
 
 #[derive(Default)]
@@ -59,15 +100,9 @@ pub(super) struct Logins {
     map: HashMap<String, PendingLogin>,
 }
 
-impl Logins {
-    fn expire(&mut self, now: Instant) {
-        self.map.retain(|_, l| l.expires > now);
-    }
-}
-
 /// A code exchange for the worker pool.
 pub(super) struct Job {
-    slot: usize,
+    conn: ConnId,
     state: String,
     code: String,
     verifier: String,
@@ -76,20 +111,21 @@ pub(super) struct Job {
 }
 
 pub(super) struct Done {
-    slot: usize,
+    conn: ConnId,
     state: String,
     result: Result<Identity, OidcError>,
 }
 
 /// Two threads that run the blocking OIDC calls, so the loop never waits on the provider.
+/// The queue is bounded ([`MAX_OIDC_JOBS`]): a full queue is a 503, not memory.
 pub(super) struct Worker {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Job>,
     pub(super) done: mpsc::Receiver<Done>,
 }
 
 impl Worker {
     pub(super) fn start(provider: Arc<Provider>, waker: Arc<Waker>) -> Worker {
-        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(MAX_OIDC_JOBS);
         let (done_tx, done) = mpsc::channel();
         let job_rx = Arc::new(Mutex::new(job_rx));
         for i in 0..2 {
@@ -117,7 +153,7 @@ impl Worker {
                         unix_now(),
                     );
                     let _ = tx.send(Done {
-                        slot: job.slot,
+                        conn: job.conn,
                         state: job.state,
                         result,
                     });
@@ -142,10 +178,13 @@ fn respond(
         ("Cache-Control", "no-store"),
         ("Connection", "close"),
         ("X-Frame-Options", "DENY"),
-        ("Referrer-Policy", "no-referrer"),
+        // Not `no-referrer`: under it a browser sends `Origin: null` with our own form posts,
+        // and the confirmation checks Origin. Other sites still get no referrer.
+        ("Referrer-Policy", "same-origin"),
         (
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:",
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:; \
+             frame-ancestors 'none'",
         ),
     ];
     headers.extend_from_slice(extra);
@@ -156,58 +195,112 @@ fn respond(
     c.deadline = Some(Instant::now() + std::time::Duration::from_secs(CLOSE_GRACE_SECS));
 }
 
-fn page(c: &mut Carrier, status: u16, title: &str, body_html: &str) {
+fn reason_of(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        302 => "Found",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        415 => "Unsupported Media Type",
+        429 => "Too Many Requests",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+fn page_with(c: &mut Carrier, status: u16, title: &str, body_html: &str, extra: &[(&str, &str)]) {
     let doc = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" \
          content=\"width=device-width\"><title>{t}</title><style>body{{font-family:sans-serif;\
          max-width:34em;margin:4em auto;padding:0 1em;line-height:1.5}}input,button{{font-size:1em;\
-         padding:.3em}}</style></head><body><h1>{t}</h1>{body_html}</body></html>",
+         padding:.3em}}.code{{font-family:monospace;font-size:2em;letter-spacing:.1em}}\
+         </style></head><body><h1>{t}</h1>{body_html}</body></html>",
         t = html(title)
     );
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        501 => "Not Implemented",
-        _ => "Error",
-    };
     respond(
         c,
         status,
-        reason,
+        reason_of(status),
         "text/html; charset=utf-8",
         doc.as_bytes(),
-        &[],
+        extra,
     );
 }
 
-fn redirect(c: &mut Carrier, location: &str) {
-    respond(
-        c,
-        302,
-        "Found",
-        "text/plain",
-        b"",
-        &[("Location", location)],
-    );
+fn page(c: &mut Carrier, status: u16, title: &str, body_html: &str) {
+    page_with(c, status, title, body_html, &[]);
+}
+
+fn redirect(c: &mut Carrier, location: &str, extra: &[(&str, &str)]) {
+    let mut headers = vec![("Location", location)];
+    headers.extend_from_slice(extra);
+    respond(c, 302, "Found", "text/plain", b"", &headers);
 }
 
 fn json(c: &mut Carrier, status: u16, value: &serde_json::Value) {
-    let reason = match status {
-        200 => "OK",
-        202 => "Accepted",
-        404 => "Not Found",
-        _ => "Error",
-    };
     respond(
         c,
         status,
-        reason,
+        reason_of(status),
         "application/json",
         value.to_string().as_bytes(),
         &[],
     );
+}
+
+fn expired(c: &mut Carrier) {
+    page(
+        c,
+        400,
+        "Login expired",
+        "<p>This login is unknown or expired. Run the postern command again.</p>",
+    );
+}
+
+/// The cookie that binds one login to the browser that opened its link. One name per login
+/// (two logins in one browser do not overwrite each other); `__Host-` makes the browser keep
+/// it to this exact origin, over HTTPS, for path `/`.
+fn binder_cookie_name(state: &str) -> String {
+    format!("__Host-postern-{}", &state[..state.len().min(12)])
+}
+
+/// The `name` cookie's value from the request's `Cookie` headers.
+fn cookie<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .flat_map(|(_, v)| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v)
+}
+
+/// How long ago, for the confirmation page.
+fn ago(secs: u64) -> String {
+    match secs {
+        0..=1 => "just now".to_owned(),
+        2..=119 => format!("{secs} seconds ago"),
+        _ => format!("{} minutes ago", secs / 60),
+    }
+}
+
+/// What the CLI sends to start a login.
+#[derive(serde::Deserialize)]
+struct StartLogin {
+    id: String,
+    key: String,
+    /// The application hostname (an app-token login); defaults to the request's Host.
+    #[serde(default)]
+    app: Option<String>,
+    /// `"tunnel"` for an origin certificate (`tunnel login`).
+    #[serde(default)]
+    purpose: Option<String>,
 }
 
 impl Edge {
@@ -216,25 +309,54 @@ impl Edge {
         self.public_url.clone()
     }
 
-    /// Serves every request that is not a carrier upgrade. Returns true if it answered.
+    /// The host name of [`Edge::public_url`], where the browser's part of a login happens.
+    fn public_host(&self) -> String {
+        let authority = self
+            .public_url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        super::strip_port(authority).to_ascii_lowercase()
+    }
+
+    /// True if `method path` starts a login (and so counts against the login rate).
+    pub(super) fn is_login_entry(method: &str, path: &str) -> bool {
+        matches!(
+            (method, path),
+            ("POST", "/cdn-cgi/access/transfer")
+                | ("GET", "/cdn-cgi/access/cli")
+                | (_, "/cdn-cgi/access/dev-login")
+        )
+    }
+
+    /// Serves every request that is not a carrier upgrade. `body` is a POST's body. Returns
+    /// true if it answered.
     pub(super) fn on_page(
         &mut self,
-        slot: usize,
+        conn: ConnId,
         c: &mut Carrier,
         head: &RequestHead,
         host: &str,
+        body: &[u8],
     ) -> bool {
-        let Some((path, params)) = url::split_target(&head.target) else {
+        let Some((path, query)) = url::split_target(&head.target) else {
             page(c, 400, "Bad request", "<p>The link is malformed.</p>");
             return true;
         };
-        if head.method != "GET" {
-            return false;
-        }
         let now = Instant::now();
-        self.logins.expire(now);
-        match path {
-            "/cdn-cgi/access/certs" => {
+        self.expire_logins(now);
+        let post = head.method == "POST";
+        // A browser form's fields come in the body; anything else in the query.
+        let form = |c: &mut Carrier| -> Option<Vec<(String, String)>> {
+            let fields = std::str::from_utf8(body).ok().and_then(url::parse_query);
+            if fields.is_none() {
+                page(c, 400, "Bad request", "<p>The form is malformed.</p>");
+            }
+            fields
+        };
+        match (head.method.as_str(), path) {
+            ("GET", "/cdn-cgi/access/certs") => {
                 let jwks = self.keys.jwks(unix_now());
                 respond(
                     c,
@@ -245,8 +367,8 @@ impl Edge {
                     &[],
                 );
             }
-            "/cdn-cgi/access/transfer" => {
-                let id = param(&params, "id").unwrap_or("");
+            ("GET", "/cdn-cgi/access/transfer") => {
+                let id = param(&query, "id").unwrap_or("");
                 match self.transfers.take(id, now) {
                     Ok(Poll::Ready(sealed)) => json(
                         c,
@@ -258,23 +380,142 @@ impl Edge {
                     Err(e) => json(c, 404, &serde_json::json!({ "error": e.to_string() })),
                 }
             }
-            "/cdn-cgi/access/cli" => self.begin_login(c, &params, host, now),
-            "/cdn-cgi/access/callback" => self.callback(slot, c, &params),
-            "/cdn-cgi/access/dev-login" => self.dev_login(c, &params),
-            "/cdn-cgi/access/tunnel-zone" => self.tunnel_zone(c, &params),
+            ("POST", "/cdn-cgi/access/transfer") => self.start_login(c, head, host, body, now),
+            ("GET", "/cdn-cgi/access/cli") => self.open_login(c, &query, host, now),
+            ("GET", "/cdn-cgi/access/callback") => self.callback(conn, c, head, &query),
+            ("GET", "/cdn-cgi/access/dev-login") => self.dev_login(c, head, &query),
+            ("POST", "/cdn-cgi/access/dev-login") => {
+                if let Some(fields) = form(c) {
+                    self.dev_login(c, head, &fields)
+                }
+            }
+            ("POST", "/cdn-cgi/access/confirm") => {
+                if let Some(fields) = form(c) {
+                    self.confirm(c, head, &fields)
+                }
+            }
+            (
+                _,
+                "/cdn-cgi/access/certs"
+                | "/cdn-cgi/access/transfer"
+                | "/cdn-cgi/access/cli"
+                | "/cdn-cgi/access/callback"
+                | "/cdn-cgi/access/confirm",
+            ) => page(
+                c,
+                405,
+                "Method not allowed",
+                if post {
+                    "<p>This page takes no form.</p>"
+                } else {
+                    "<p>Use the form on the confirmation page.</p>"
+                },
+            ),
             _ => return false,
         }
         true
     }
 
-    fn begin_login(
+    /// Forgets logins whose transfer ended (expired, abandoned by its CLI, finished).
+    fn expire_logins(&mut self, now: Instant) {
+        self.transfers.expire(now);
+        let transfers = &self.transfers;
+        self.logins
+            .map
+            .retain(|_, l| transfers.waiting(&l.transfer, now).is_some());
+    }
+
+    /// `POST /cdn-cgi/access/transfer` from the CLI: opens a transfer slot for its key,
+    /// counted against the budgets of its kind and of its source address.
+    fn start_login(
         &mut self,
         c: &mut Carrier,
-        params: &[(String, String)],
+        head: &RequestHead,
+        host: &str,
+        body: &[u8],
+        now: Instant,
+    ) {
+        let error = |c: &mut Carrier, status: u16, msg: &str| {
+            json(c, status, &serde_json::json!({ "error": msg }));
+        };
+        // A browser cannot send this content type across sites without a CORS preflight
+        // (which the edge never answers): no web page can start logins from a visitor's address.
+        let is_json = head
+            .header("content-type")
+            .and_then(|t| t.split(';').next())
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return error(c, 415, "the login start must be application/json");
+        }
+        let Ok(req) = serde_json::from_slice::<StartLogin>(body) else {
+            return error(c, 400, "malformed login start");
+        };
+        let purpose = match req.purpose.as_deref() {
+            Some("tunnel") => Purpose::Tunnel,
+            Some(_) => return error(c, 400, "unknown login purpose"),
+            None => {
+                let app = req.app.as_deref().unwrap_or(host).to_ascii_lowercase();
+                if self.settings.application(&app).is_none() {
+                    return error(
+                        c,
+                        404,
+                        &format!(
+                            "this edge has no application for {}",
+                            escape(&app, crate::limits::MAX_LOGGED_NAME)
+                        ),
+                    );
+                }
+                Purpose::App(app)
+            }
+        };
+        if matches!(self.settings.identity, IdentityProvider::None) {
+            return error(
+                c,
+                501,
+                "this edge has no identity provider: use a service token",
+            );
+        }
+        match self
+            .transfers
+            .begin(&req.id, &req.key, purpose, c.peer.ip(), now)
+        {
+            Ok(()) => json(
+                c,
+                201,
+                &serde_json::json!({
+                    "status": "pending",
+                    "code": crate::token_transfer::confirmation_code(&req.id, &req.key),
+                }),
+            ),
+            Err(e @ (TransferError::Full | TransferError::SourceBusy)) => {
+                let limit = if e == TransferError::Full {
+                    super::Limit::PendingTransfers
+                } else {
+                    super::Limit::PendingPerSource
+                };
+                let what = e.to_string();
+                self.limit_hit(limit, c.peer.ip(), || format!("login refused: {what}"));
+                let status = if e == TransferError::Full { 503 } else { 429 };
+                error(c, status, &e.to_string());
+            }
+            Err(e) => {
+                let status = if e == TransferError::Replay { 409 } else { 400 };
+                error(c, status, &e.to_string());
+            }
+        }
+    }
+
+    /// `GET /cdn-cgi/access/cli?id` from the browser: binds this browser to the login and
+    /// sends it to sign in. On an application's host name it first moves to the public
+    /// login host, where the binding cookie, the callback and the confirmation live.
+    fn open_login(
+        &mut self,
+        c: &mut Carrier,
+        query: &[(String, String)],
         host: &str,
         now: Instant,
     ) {
-        let (Some(id), Some(key)) = (param(params, "id"), param(params, "key")) else {
+        let Some(id) = param(query, "id") else {
             return page(
                 c,
                 400,
@@ -282,23 +523,13 @@ impl Edge {
                 "<p>This login link is incomplete. Run the postern command again.</p>",
             );
         };
-        let purpose = if param(params, "purpose") == Some("tunnel") {
-            Purpose::Tunnel
-        } else {
-            let app = param(params, "app").unwrap_or(host).to_ascii_lowercase();
-            if self.settings.application(&app).is_none() {
-                return page(
-                    c,
-                    404,
-                    "Unknown application",
-                    &format!(
-                        "<p>This edge has no application for <b>{}</b>.</p>",
-                        html(&app)
-                    ),
-                );
-            }
-            Purpose::App(app)
-        };
+        if host != self.public_host() {
+            let to = url::with_query(
+                &format!("{}/cdn-cgi/access/cli", self.public_url()),
+                &[("id", id)],
+            );
+            return redirect(c, &to, &[]);
+        }
         if matches!(self.settings.identity, IdentityProvider::None) {
             return page(
                 c,
@@ -307,34 +538,32 @@ impl Edge {
                 "<p>This edge has no identity provider: use a service token.</p>",
             );
         }
-        if self.logins.map.len() >= self.settings.limits.max_pending_transfers {
-            return self.logins_busy(c);
-        }
-        if let Err(e) = self.transfers.begin(id, key, purpose.clone(), now) {
-            if e == TransferError::Full {
-                return self.logins_busy(c);
+        let waiting = match self.transfers.open(id, now) {
+            Ok(w) => w,
+            Err(TransferError::AlreadyOpened) => {
+                return page(
+                    c,
+                    409,
+                    "Login link already used",
+                    "<p>This login link was already opened in a browser. Use that browser, \
+                     or run the postern command again.</p>",
+                )
             }
-            let status = if e == TransferError::Replay { 409 } else { 400 };
-            return page(
-                c,
-                status,
-                "Login link refused",
-                &format!("<p>{}</p>", html(&e.to_string())),
-            );
-        }
-        let state = crate::base64::encode_url(&crate::io::random_bytes::<24>());
-        let nonce = crate::base64::encode_url(&crate::io::random_bytes::<24>());
+            Err(_) => return expired(c),
+        };
+        let state = random_token();
+        let nonce = random_token();
+        let binder = random_token();
         let (verifier, challenge) = crate::oidc::pkce();
         self.logins.map.insert(
             state.clone(),
             PendingLogin {
                 transfer: id.to_owned(),
-                purpose,
+                purpose: waiting.purpose,
+                binder: binder.clone(),
                 verifier,
                 nonce: nonce.clone(),
-                expires: now + TRANSFER_TTL,
-                dev: None,
-                identity: None,
+                stage: Stage::AtProvider,
             },
         );
         let location = match (&self.settings.identity, &self.oidc) {
@@ -346,74 +575,155 @@ impl Edge {
                 &[("state", &state)],
             ),
         };
-        redirect(c, &location);
+        // Lax: the provider's redirect back is a top-level GET from another site, and must
+        // carry it; a cross-site POST or subrequest never does.
+        let set = format!(
+            "{}={binder}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={BINDER_COOKIE_SECS}",
+            binder_cookie_name(&state)
+        );
+        redirect(c, &location, &[("Set-Cookie", &set)]);
     }
 
-    /// 503 for a login beyond `limits.max_pending_transfers`, counted and logged.
-    fn logins_busy(&mut self, c: &mut Carrier) {
-        let max = self.settings.limits.max_pending_transfers;
-        self.limit_hit(super::Limit::PendingTransfers, c.peer.ip(), || {
-            format!("{max} logins in progress (limits.max_pending_transfers)")
-        });
+    /// True if this request comes from the browser that opened `state`'s login.
+    fn bound(&self, head: &RequestHead, state: &str) -> bool {
+        let Some(login) = self.logins.map.get(state) else {
+            return false;
+        };
+        cookie(head, &binder_cookie_name(state))
+            .is_some_and(|v| ct_eq(v.as_bytes(), login.binder.as_bytes()))
+    }
+
+    /// A request for `state`'s login from another browser: the login ends, its CLI learns
+    /// why, and the browser is told that the link was not started there.
+    fn not_bound(&mut self, c: &mut Carrier, state: &str, step: &str) {
+        if let Some(l) = self.logins.map.remove(state) {
+            warn!(
+                "login refused at the {step}: the browser is not the one that opened the login \
+                 link (a forwarded sign-in link?); peer {}",
+                c.peer
+            );
+            self.transfers.refuse(
+                &l.transfer,
+                "the sign-in was finished in a browser other than the one that opened the login \
+                 link",
+                Instant::now(),
+            );
+            let mut audit = serde_json::Map::new();
+            audit.insert("peer".into(), c.peer.to_string().into());
+            audit.insert("decision".into(), "deny".into());
+            audit.insert(
+                "reason".into(),
+                format!("browser not bound ({step})").into(),
+            );
+            self.audit.record(Self::audit_event(&l.purpose), audit);
+        }
         page(
             c,
-            503,
-            "Busy",
-            "<p>Too many logins in progress: try again in a minute.</p>",
+            403,
+            "Login started in another browser",
+            "<p>This sign-in link was not started in this browser, so it cannot finish here. \
+             If you did not run a postern command just now, someone may have sent you this \
+             link: close this window. Otherwise, run the command again and open its link in \
+             this browser.</p>",
         );
+    }
+
+    fn audit_event(purpose: &Purpose) -> &'static str {
+        match purpose {
+            Purpose::App(_) => "login",
+            Purpose::Tunnel => "tunnel_login",
+        }
     }
 
     fn callback_url(&self) -> String {
         format!("{}/cdn-cgi/access/callback", self.public_url())
     }
 
-    fn callback(&mut self, slot: usize, c: &mut Carrier, params: &[(String, String)]) {
-        let state = param(params, "state").unwrap_or("");
-        let Some(login) = self.logins.map.get(state) else {
-            return page(
-                c,
-                400,
-                "Login expired",
-                "<p>This login is unknown or expired. Run the postern command again.</p>",
-            );
-        };
-        if let Some(err) = param(params, "error") {
-            let why = param(params, "error_description").unwrap_or(err).to_owned();
-            if let Some(l) = self.logins.map.remove(state) {
+    fn callback(
+        &mut self,
+        conn: ConnId,
+        c: &mut Carrier,
+        head: &RequestHead,
+        query: &[(String, String)],
+    ) {
+        let state = param(query, "state").unwrap_or("").to_owned();
+        if !self.logins.map.contains_key(&state) {
+            return expired(c);
+        }
+        if !self.bound(head, &state) {
+            return self.not_bound(c, &state, "callback");
+        }
+        if let Some(err) = param(query, "error") {
+            // The provider's words are shown as a code and escaped text, never as markup,
+            // and only the code goes on to the terminal.
+            let code: String = err
+                .chars()
+                .filter(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+                .take(64)
+                .collect();
+            let text = param(query, "error_description").unwrap_or("");
+            let text = escape(text, 256);
+            if let Some(l) = self.logins.map.remove(&state) {
                 self.transfers.refuse(
                     &l.transfer,
-                    &format!("sign-in failed: {why}"),
+                    &format!("sign-in failed at the identity provider ({code})"),
                     Instant::now(),
                 );
             }
+            info!("sign-in failed at the identity provider: {code}: {text}");
             return page(
                 c,
                 403,
                 "Sign-in failed",
-                &format!("<p>The identity provider said: {}</p>", html(&why)),
+                &format!(
+                    "<p>The identity provider refused the sign-in: <code>{}</code></p><p>{}</p>",
+                    html(&code),
+                    html(&text)
+                ),
             );
         }
-        let (Some(code), Some(worker)) = (param(params, "code"), &self.worker) else {
+        let Some(code) = param(query, "code") else {
             return page(c, 400, "Bad request", "<p>The provider sent no code.</p>");
         };
+        let redirect_uri = self.callback_url();
+        let (Some(login), Some(worker)) = (self.logins.map.get_mut(&state), &self.worker) else {
+            return page(c, 400, "Bad request", "<p>No identity provider.</p>");
+        };
+        if !matches!(login.stage, Stage::AtProvider) {
+            return page(
+                c,
+                409,
+                "Sign-in in progress",
+                "<p>This sign-in is already being finished in another tab.</p>",
+            );
+        }
         let job = Job {
-            slot,
-            state: state.to_owned(),
+            conn,
+            state: state.clone(),
             code: code.to_owned(),
             verifier: login.verifier.clone(),
             nonce: login.nonce.clone(),
-            redirect: self.callback_url(),
+            redirect: redirect_uri,
         };
-        if worker.jobs.send(job).is_err() {
-            return page(
+        match worker.jobs.try_send(job) {
+            Ok(()) => {
+                login.stage = Stage::Exchanging;
+                // Parked until the worker answers (the handshake deadline still bounds it).
+                c.state = CarrierState::Waiting;
+            }
+            Err(mpsc::TrySendError::Full(_)) => page(
+                c,
+                503,
+                "Busy",
+                "<p>The edge is finishing many sign-ins: reload this page in a moment.</p>",
+            ),
+            Err(mpsc::TrySendError::Disconnected(_)) => page(
                 c,
                 500,
                 "Sign-in unavailable",
                 "<p>The edge cannot reach its identity provider right now.</p>",
-            );
+            ),
         }
-        // Parked until the worker answers (the handshake deadline still bounds it).
-        c.state = CarrierState::Waiting;
     }
 
     /// Answers every browser whose code exchange finished.
@@ -430,72 +740,76 @@ impl Edge {
         self.run_dirty();
     }
 
-    /// A worker finished a code exchange: answer the parked browser.
+    /// A worker finished a code exchange: answer the browser parked for it, if that very
+    /// connection is still there and waiting (the slot may hold another connection by now).
     pub(super) fn on_worker_done(&mut self, done: Done) {
-        let Some(Some(super::Conn::Carrier(mut c))) =
-            self.conns.get_mut(done.slot).map(Option::take)
-        else {
+        let Some(mut c) = self.take_waiting_carrier(done.conn) else {
+            // The browser left (or timed out) first: end the login, it cannot be confirmed.
+            if let Some(l) = self.logins.map.remove(&done.state) {
+                self.transfers.refuse(
+                    &l.transfer,
+                    "the browser went away before the sign-in finished",
+                    Instant::now(),
+                );
+            }
             return;
         };
-        if matches!(c.state, CarrierState::Waiting) {
-            match done.result {
-                Ok(id) => self.signed_in(&mut c, &done.state, id),
-                Err(e) => {
-                    warn!("sign-in failed: {e}");
-                    if let Some(l) = self.logins.map.remove(&done.state) {
-                        self.transfers.refuse(
-                            &l.transfer,
-                            "sign-in failed at the identity provider",
-                            Instant::now(),
-                        );
-                    }
-                    let mut audit = serde_json::Map::new();
-                    audit.insert("reason".into(), e.to_string().into());
-                    audit.insert("decision".into(), "deny".into());
-                    self.audit.record("login", audit);
-                    page(
-                        &mut c,
-                        403,
-                        "Sign-in failed",
-                        "<p>The sign-in could not be verified. Run the postern command again.</p>",
+        match done.result {
+            Ok(id) => self.signed_in(&mut c, &done.state, id),
+            Err(e) => {
+                warn!("sign-in failed: {e}");
+                if let Some(l) = self.logins.map.remove(&done.state) {
+                    self.transfers.refuse(
+                        &l.transfer,
+                        "sign-in failed at the identity provider",
+                        Instant::now(),
                     );
                 }
+                let mut audit = serde_json::Map::new();
+                audit.insert("peer".into(), c.peer.to_string().into());
+                audit.insert("reason".into(), e.to_string().into());
+                audit.insert("decision".into(), "deny".into());
+                self.audit.record("login", audit);
+                page(
+                    &mut c,
+                    403,
+                    "Sign-in failed",
+                    "<p>The sign-in could not be verified. Run the postern command again.</p>",
+                );
             }
         }
-        self.conns[done.slot] = Some(super::Conn::Carrier(c));
-        self.mark(done.slot);
+        self.put_back_carrier(done.conn, c);
     }
 
-    fn dev_login(&mut self, c: &mut Carrier, params: &[(String, String)]) {
+    fn dev_login(&mut self, c: &mut Carrier, head: &RequestHead, params: &[(String, String)]) {
         if !matches!(self.settings.identity, IdentityProvider::Dev) {
             return page(c, 404, "Not found", "<p>No such page.</p>");
         }
         let state = param(params, "state").unwrap_or("").to_owned();
-        let Some(login) = self.logins.map.get_mut(&state) else {
-            return page(
-                c,
-                400,
-                "Login expired",
-                "<p>This login is unknown or expired. Run the postern command again.</p>",
-            );
-        };
+        if !self.logins.map.contains_key(&state) {
+            return expired(c);
+        }
+        if !self.bound(head, &state) {
+            return self.not_bound(c, &state, "dev sign-in");
+        }
+        let login = self.logins.map.get_mut(&state).expect("bug: checked above");
         let hidden = format!(
             "<input type=\"hidden\" name=\"state\" value=\"{}\">",
             html(&state)
         );
         let email = param(params, "email").map(|e| e.trim().to_ascii_lowercase());
         let code = param(params, "code").map(str::trim);
-        match (&mut login.dev, email, code) {
-            (None, None, _) | (None, Some(_), Some(_)) => page(
+        match (&mut login.stage, email, code) {
+            (Stage::AtProvider, None, _) | (Stage::AtProvider, Some(_), Some(_)) => page(
                 c,
                 200,
                 "Sign in (dev)",
                 &format!("<p>This is the embedded development sign-in of <code>postern edge --dev</code>.</p>\
-                 <form method=\"get\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Email \
+                 <form method=\"post\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Email \
                  <input name=\"email\" type=\"email\" required autofocus></label> <button>Send code</button></form>"),
             ),
-            (None, Some(email), None) => {
-                if !email.contains('@') || email.len() > 254 {
+            (Stage::AtProvider, Some(email), None) => {
+                if !plausible_email(&email) {
                     return page(c, 400, "Invalid email", "<p>Enter an email address.</p>");
                 }
                 let n = u32::from_le_bytes(crate::io::random_bytes::<4>()) % 1_000_000;
@@ -503,26 +817,35 @@ impl Edge {
                 // The one-time code goes to the operator's terminal, never to the browser.
                 eprintln!("postern edge (dev): login code for {email}: {code}");
                 info!("dev login code issued for {email}");
-                login.dev = Some((email.clone(), code, 0));
+                let shown = html(&email);
+                login.stage = Stage::DevCode {
+                    email,
+                    code,
+                    attempts: 0,
+                };
                 page(
                     c,
                     200,
                     "Enter your code",
-                    &format!("<p>A one-time code for <b>{}</b> is printed on the edge's terminal.</p>\
-                     <form method=\"get\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Code \
+                    &format!("<p>A one-time code for <b>{shown}</b> is printed on the edge's terminal.</p>\
+                     <form method=\"post\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Code \
                      <input name=\"code\" inputmode=\"numeric\" autocomplete=\"one-time-code\" required autofocus></label> \
-                     <button>Sign in</button></form>", html(&email)),
+                     <button>Sign in</button></form>"),
                 )
             }
-            (Some(_), _, None) => page(c, 400, "Code missing", "<p>Enter the code from the edge's terminal.</p>"),
-            (Some((email, expected, attempts)), _, Some(code)) => {
-                let ok = code.len() == expected.len()
-                    && code
-                        .bytes()
-                        .zip(expected.bytes())
-                        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                        == 0;
-                if ok {
+            (Stage::DevCode { .. }, _, None) => {
+                page(c, 400, "Code missing", "<p>Enter the code from the edge's terminal.</p>")
+            }
+            (
+                Stage::DevCode {
+                    email,
+                    code: expected,
+                    attempts,
+                },
+                _,
+                Some(code),
+            ) => {
+                if ct_eq(code.as_bytes(), expected.as_bytes()) {
                     let id = Identity {
                         email: Some(email.clone()),
                         groups: Vec::new(),
@@ -532,113 +855,113 @@ impl Edge {
                 } else {
                     *attempts += 1;
                     if *attempts >= MAX_DEV_CODE_ATTEMPTS {
-                        self.logins.map.remove(&state);
+                        if let Some(l) = self.logins.map.remove(&state) {
+                            self.transfers.refuse(
+                                &l.transfer,
+                                "too many wrong sign-in codes",
+                                Instant::now(),
+                            );
+                        }
                         page(c, 403, "Too many attempts", "<p>Run the postern command again.</p>");
                     } else {
                         page(c, 403, "Wrong code", &format!("<p>That code is not right.</p>\
-                         <form method=\"get\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Code \
+                         <form method=\"post\" action=\"/cdn-cgi/access/dev-login\">{hidden}<label>Code \
                          <input name=\"code\" required autofocus></label> <button>Sign in</button></form>"));
                     }
                 }
             }
+            (Stage::Exchanging | Stage::Confirm { .. }, _, _) => page(
+                c,
+                409,
+                "Already signed in",
+                "<p>This login is past the sign-in. Run the postern command again.</p>",
+            ),
         }
     }
 
-    /// The user is who `id` says: apply the policy and finish the transfer.
+    /// The user is who `id` says: apply the policy, then ask the person to confirm.
     fn signed_in(&mut self, c: &mut Carrier, state: &str, id: Identity) {
-        let Some(login) = self.logins.map.get_mut(state) else {
-            return page(
-                c,
-                400,
-                "Login expired",
-                "<p>Run the postern command again.</p>",
-            );
+        let now = Instant::now();
+        let Some(login) = self.logins.map.get(state) else {
+            return expired(c);
+        };
+        let Some(waiting) = self.transfers.waiting(&login.transfer, now) else {
+            self.logins.map.remove(state);
+            return expired(c);
         };
         let email = id.email.clone().unwrap_or_default();
-        let mut audit = serde_json::Map::new();
-        audit.insert("email".into(), email.clone().into());
-        audit.insert("groups".into(), id.groups.clone().into());
-        match login.purpose.clone() {
-            Purpose::App(host) => {
-                let transfer = login.transfer.clone();
-                self.logins.map.remove(state);
-                audit.insert("hostname".into(), host.clone().into());
-                let Some(app) = self.settings.application(&host) else {
-                    return page(c, 404, "Unknown application", "<p>No such application.</p>");
-                };
-                let verdict = app.decide(&id);
-                audit.insert("policy".into(), verdict.policy.clone().into());
-                if !verdict.allow {
-                    audit.insert("decision".into(), "deny".into());
-                    audit.insert("reason".into(), "policy".into());
-                    self.audit.record("login", audit);
-                    info!("login denied: {email} for {host} ({})", verdict.policy);
-                    self.transfers.refuse(
-                        &transfer,
-                        &format!("access denied: {email} is not allowed to reach {host}"),
-                        Instant::now(),
-                    );
-                    return page(c, 403, "Access denied", &format!(
-                        "<p><b>{}</b> is not allowed to reach <b>{}</b>. Ask the administrator of this edge.</p>",
-                        html(&email), html(&host)));
-                }
-                let now = unix_now();
-                let claims = serde_json::json!({
-                    "iss": self.public_url(),
-                    "aud": [app.hostname],
-                    "sub": email,
-                    "email": email,
-                    "groups": id.groups,
-                    "iat": now,
-                    "nbf": now,
-                    "exp": now + app.session_duration,
-                    "jti": crate::base64::encode_url(&crate::io::random_bytes::<16>()),
-                });
-                let token = self.keys.sign(&claims);
-                match self
-                    .transfers
-                    .complete(&transfer, token.as_bytes(), Instant::now())
-                {
-                    Ok(()) => {
-                        audit.insert("decision".into(), "allow".into());
-                        self.audit.record("login", audit);
-                        info!("login: {email} for {host}");
-                        page(c, 200, "Signed in", &format!(
-                            "<p>Signed in as <b>{}</b> for <b>{}</b>.</p><p>You can close this window and return to your terminal.</p>",
-                            html(&email), html(&host)));
-                    }
-                    Err(e) => page(
-                        c,
-                        400,
-                        "Login expired",
-                        &format!("<p>{}</p>", html(&e.to_string())),
+        let (verdict, denied) = match &login.purpose {
+            Purpose::App(host) => match self.settings.application(host) {
+                Some(app) => (
+                    app.decide(&id),
+                    format!(
+                        "access denied: {} is not allowed to reach {host}",
+                        escape(&email, crate::limits::MAX_LOGGED_NAME)
                     ),
+                ),
+                None => {
+                    self.logins.map.remove(state);
+                    return page(c, 404, "Unknown application", "<p>No such application.</p>");
                 }
-            }
+            },
+            Purpose::Tunnel => (
+                policy::evaluate(&self.settings.tunnel_admins, &id),
+                format!(
+                    "access denied: {} may not create origin certificates",
+                    escape(&email, crate::limits::MAX_LOGGED_NAME)
+                ),
+            ),
+        };
+        if !verdict.allow {
+            let login = self.logins.map.remove(state).expect("bug: checked above");
+            let mut audit = self.login_audit(c, &login, &waiting, &id);
+            audit.insert("policy".into(), verdict.policy.clone().into());
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), "policy".into());
+            self.audit.record(Self::audit_event(&login.purpose), audit);
+            info!(
+                "login denied: {} ({})",
+                escape(&email, crate::limits::MAX_LOGGED_NAME),
+                escape(&verdict.policy, crate::limits::MAX_LOGGED_NAME)
+            );
+            self.transfers.refuse(&login.transfer, &denied, now);
+            let what = match &login.purpose {
+                Purpose::App(host) => format!("is not allowed to reach <b>{}</b>", html(host)),
+                Purpose::Tunnel => "may not create origin certificates on this edge".to_owned(),
+            };
+            return page(
+                c,
+                403,
+                "Access denied",
+                &format!(
+                    "<p><b>{}</b> {what}. Ask the administrator of this edge.</p>",
+                    html(&email)
+                ),
+            );
+        }
+        let secret = random_token();
+        let purpose = login.purpose.clone();
+        let asked = format!(
+            "<p>This login was started from <b>{}</b>, {}. Your terminal shows this code:</p>\
+             <p class=\"code\">{}</p><p>Confirm only if you started this login yourself and \
+             the code in your terminal is the same. If not, someone may have sent you this \
+             link: press Cancel.</p>",
+            html(&waiting.requester.to_string()),
+            ago(waiting.age.as_secs()),
+            html(&waiting.code),
+        );
+        // The zone choice of a tunnel login is part of the form it confirms.
+        let (what, zones) = match &purpose {
+            Purpose::App(host) => (
+                format!(
+                    "<p>Signed in as <b>{}</b>. A postern command asks for access to <b>{}</b> \
+                     in your name.</p>",
+                    html(&email),
+                    html(host)
+                ),
+                String::new(),
+            ),
             Purpose::Tunnel => {
-                let verdict = policy::evaluate(&self.settings.tunnel_admins, &id);
-                audit.insert("policy".into(), verdict.policy.clone().into());
-                if !verdict.allow {
-                    if let Some(l) = self.logins.map.remove(state) {
-                        self.transfers.refuse(
-                            &l.transfer,
-                            &format!("access denied: {email} may not create origin certificates"),
-                            Instant::now(),
-                        );
-                    }
-                    audit.insert("decision".into(), "deny".into());
-                    self.audit.record("tunnel_login", audit);
-                    return page(
-                        c,
-                        403,
-                        "Access denied",
-                        &format!(
-                            "<p><b>{}</b> may not create origin certificates on this edge.</p>",
-                            html(&email)
-                        ),
-                    );
-                }
-                login.identity = Some(id);
                 let mut options = String::new();
                 for (i, z) in self.settings.zones.iter().enumerate() {
                     options.push_str(&format!(
@@ -647,90 +970,183 @@ impl Edge {
                         z = html(z)
                     ));
                 }
-                page(c, 200, "Choose a zone", &format!(
-                    "<p>Signed in as <b>{}</b>. Which zone will this origin serve?</p>\
-                     <form method=\"get\" action=\"/cdn-cgi/access/tunnel-zone\">\
-                     <input type=\"hidden\" name=\"state\" value=\"{}\">{options}<button>Authorize</button></form>",
-                    html(&email), html(state)));
-            }
-        }
-    }
-
-    fn tunnel_zone(&mut self, c: &mut Carrier, params: &[(String, String)]) {
-        let state = param(params, "state").unwrap_or("");
-        let zone = param(params, "zone").unwrap_or("").to_ascii_lowercase();
-        let ready = self
-            .logins
-            .map
-            .get(state)
-            .is_some_and(|l| l.purpose == Purpose::Tunnel && l.identity.is_some());
-        if !ready {
-            return page(
-                c,
-                400,
-                "Login expired",
-                "<p>Run <code>postern tunnel login</code> again.</p>",
-            );
-        }
-        if !self.settings.zones.contains(&zone) {
-            return page(
-                c,
-                400,
-                "Unknown zone",
-                "<p>Choose one of the zones offered.</p>",
-            );
-        }
-        let login = self.logins.map.remove(state).expect("bug: checked above");
-        let email = login.identity.and_then(|i| i.email).unwrap_or_default();
-        let credential =
-            Authority::load_or_create(&self.settings.state, "origin-ca", "postern origin CA")
-                .and_then(|ca| ca.issue_origin(&zone))
-                .map(|(cert, key)| OriginCredential {
-                    key,
-                    cert,
-                    zone: zone.clone(),
-                    edge: Some(self.public_url().trim_start_matches("https://").to_owned()).map(
-                        |h| {
-                            if h.contains(':') {
-                                h
-                            } else {
-                                format!("{h}:443")
-                            }
-                        },
+                (
+                    format!(
+                        "<p>Signed in as <b>{}</b>. <code>postern tunnel login</code> asks for an \
+                         origin certificate: the server that holds it may serve every hostname \
+                         of the zone you choose.</p>",
+                        html(&email)
                     ),
-                    ca: self.settings.tls_ca_certs(),
-                });
-        let credential = match credential {
-            Ok(c) => c,
-            Err(e) => {
-                warn!("tunnel login: cannot issue a certificate: {e}");
-                return page(
-                    c,
-                    500,
-                    "Error",
-                    "<p>The edge could not issue a certificate.</p>",
-                );
+                    options,
+                )
             }
         };
-        let mut audit = serde_json::Map::new();
-        audit.insert("email".into(), email.clone().into());
-        audit.insert("zone".into(), zone.clone().into());
-        audit.insert(
-            "certificate".into(),
-            crate::pki::fingerprint(&credential.cert).into(),
+        let body = format!(
+            "{what}{asked}<form method=\"post\" action=\"/cdn-cgi/access/confirm\">{zones}\
+             <input type=\"hidden\" name=\"state\" value=\"{}\">\
+             <input type=\"hidden\" name=\"secret\" value=\"{}\">\
+             <button name=\"action\" value=\"confirm\">Confirm</button> \
+             <button name=\"action\" value=\"cancel\">Cancel</button></form>",
+            html(state),
+            html(&secret)
         );
-        match self.transfers.complete(
-            &login.transfer,
-            credential.to_pem().as_bytes(),
-            Instant::now(),
-        ) {
+        let login = self.logins.map.get_mut(state).expect("bug: checked above");
+        login.stage = Stage::Confirm {
+            identity: id,
+            secret,
+        };
+        page(c, 200, "Confirm this login", &body);
+    }
+
+    /// `POST /cdn-cgi/access/confirm`: the person pressed Confirm (or Cancel) on the page
+    /// [`Edge::signed_in`] showed, in the browser bound to the login, with that page's secret.
+    fn confirm(&mut self, c: &mut Carrier, head: &RequestHead, form: &[(String, String)]) {
+        let state = param(form, "state").unwrap_or("").to_owned();
+        if !self.logins.map.contains_key(&state) {
+            return expired(c);
+        }
+        // Browsers send Origin with every form POST: one from another site is refused even
+        // before the page secret is looked at.
+        let origin_ok = head
+            .header("origin")
+            .is_none_or(|o| o.eq_ignore_ascii_case(self.public_url.trim_end_matches('/')));
+        if !origin_ok || !self.bound(head, &state) {
+            return self.not_bound(c, &state, "confirmation");
+        }
+        let secret = param(form, "secret").unwrap_or("");
+        let login = self.logins.map.get(&state).expect("bug: checked above");
+        let Stage::Confirm {
+            secret: expected, ..
+        } = &login.stage
+        else {
+            return page(
+                c,
+                409,
+                "Not signed in",
+                "<p>This login has not been signed in yet.</p>",
+            );
+        };
+        if !ct_eq(secret.as_bytes(), expected.as_bytes()) {
+            return page(
+                c,
+                403,
+                "Confirmation refused",
+                "<p>This confirmation did not come from the confirmation page. Run the postern \
+                 command again.</p>",
+            );
+        }
+        let now = Instant::now();
+        let login = self.logins.map.remove(&state).expect("bug: checked above");
+        let clear = format!(
+            "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
+            binder_cookie_name(&state)
+        );
+        let clear = [("Set-Cookie", clear.as_str())];
+        let Some(waiting) = self.transfers.waiting(&login.transfer, now) else {
+            return expired(c);
+        };
+        let Stage::Confirm { identity, .. } = &login.stage else {
+            unreachable!("bug: stage checked above");
+        };
+        let identity = identity.clone();
+        let mut audit = self.login_audit(c, &login, &waiting, &identity);
+        let event = Self::audit_event(&login.purpose);
+        if param(form, "action") != Some("confirm") {
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), "cancelled in the browser".into());
+            self.audit.record(event, audit);
+            self.transfers.refuse(
+                &login.transfer,
+                "the login was cancelled in the browser",
+                now,
+            );
+            return page_with(
+                c,
+                200,
+                "Login cancelled",
+                "<p>Nothing was issued. You can close this window.</p>",
+                &clear,
+            );
+        }
+        let email = identity.email.clone().unwrap_or_default();
+        let (payload, done_html) = match &login.purpose {
+            Purpose::App(host) => {
+                let Some(app) = self.settings.application(host) else {
+                    return page(c, 404, "Unknown application", "<p>No such application.</p>");
+                };
+                let issued = unix_now();
+                let claims = serde_json::json!({
+                    "iss": self.public_url(),
+                    "aud": [app.hostname],
+                    "sub": email,
+                    "email": email,
+                    "groups": identity.groups,
+                    "iat": issued,
+                    "nbf": issued,
+                    "exp": issued + app.session_duration,
+                    "jti": random_token(),
+                });
+                (
+                    self.keys.sign(&claims).into_bytes(),
+                    format!(
+                        "<p>Signed in as <b>{}</b> for <b>{}</b>.</p><p>You can close this \
+                         window and return to your terminal.</p>",
+                        html(&email),
+                        html(host)
+                    ),
+                )
+            }
+            Purpose::Tunnel => {
+                let zone = param(form, "zone").unwrap_or("").to_ascii_lowercase();
+                if !self.settings.zones.contains(&zone) {
+                    return page(
+                        c,
+                        400,
+                        "Unknown zone",
+                        "<p>Choose one of the zones offered.</p>",
+                    );
+                }
+                let credential = match self.issue_origin_credential(&zone) {
+                    Ok(cred) => cred,
+                    Err(e) => {
+                        warn!("tunnel login: cannot issue a certificate: {e}");
+                        return page(
+                            c,
+                            500,
+                            "Error",
+                            "<p>The edge could not issue a certificate.</p>",
+                        );
+                    }
+                };
+                audit.insert("zone".into(), zone.clone().into());
+                audit.insert(
+                    "certificate".into(),
+                    crate::pki::fingerprint(&credential.cert).into(),
+                );
+                (
+                    credential.to_pem().into_bytes(),
+                    format!(
+                        "<p>An origin certificate for zone <b>{}</b> is on its way to your \
+                         terminal.</p><p>You can close this window.</p>",
+                        html(&zone)
+                    ),
+                )
+            }
+        };
+        match self.transfers.complete(&login.transfer, &payload, now) {
             Ok(()) => {
                 audit.insert("decision".into(), "allow".into());
-                self.audit.record("tunnel_login", audit);
-                info!("tunnel login: {email} got an origin certificate for zone {zone}");
-                page(c, 200, "Origin authorized", &format!(
-                    "<p>An origin certificate for zone <b>{}</b> is on its way to your terminal.</p>\
-                     <p>You can close this window.</p>", html(&zone)));
+                self.audit.record(event, audit);
+                info!(
+                    "{event}: {} confirmed a login started from {}",
+                    escape(&email, crate::limits::MAX_LOGGED_NAME),
+                    waiting.requester
+                );
+                let title = match login.purpose {
+                    Purpose::App(_) => "Signed in",
+                    Purpose::Tunnel => "Origin authorized",
+                };
+                page_with(c, 200, title, &done_html, &clear);
             }
             Err(e) => page(
                 c,
@@ -739,6 +1155,43 @@ impl Edge {
                 &format!("<p>{}</p>", html(&e.to_string())),
             ),
         }
+    }
+
+    /// The audit fields every login decision carries.
+    fn login_audit(
+        &self,
+        c: &Carrier,
+        login: &PendingLogin,
+        waiting: &Waiting,
+        id: &Identity,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut audit = serde_json::Map::new();
+        audit.insert("email".into(), id.email.clone().unwrap_or_default().into());
+        audit.insert("groups".into(), id.groups.clone().into());
+        if let Purpose::App(host) = &login.purpose {
+            audit.insert("hostname".into(), host.clone().into());
+        }
+        audit.insert("peer".into(), c.peer.to_string().into());
+        audit.insert("requester".into(), waiting.requester.to_string().into());
+        audit
+    }
+
+    /// A new origin credential for `zone`, signed by the edge's origin CA.
+    fn issue_origin_credential(&self, zone: &str) -> std::io::Result<OriginCredential> {
+        let ca = Authority::load_or_create(&self.settings.state, "origin-ca", "postern origin CA")?;
+        let (cert, key) = ca.issue_origin(zone)?;
+        let host = self.public_url().trim_start_matches("https://").to_owned();
+        Ok(OriginCredential {
+            key,
+            cert,
+            zone: zone.to_owned(),
+            edge: Some(if host.contains(':') {
+                host
+            } else {
+                format!("{host}:443")
+            }),
+            ca: self.settings.tls_ca_certs(),
+        })
     }
 
     /// Verifies an app token for `host`'s application; the identity it carries.
@@ -762,5 +1215,57 @@ impl Edge {
             groups: claims.groups,
             service_token: None,
         })
+    }
+}
+
+/// An address the dev sign-in will print: printable ASCII with one `@`, no spaces.
+fn plausible_email(e: &str) -> bool {
+    (3..=254).contains(&e.len())
+        && e.bytes().filter(|&b| b == b'@').count() == 1
+        && e.bytes().all(|b| b.is_ascii_graphic())
+        && !e.starts_with('@')
+        && !e.ends_with('@')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binder_cookies_are_found_by_name_among_others() {
+        let head = RequestHead {
+            method: "GET".into(),
+            target: "/".into(),
+            headers: vec![
+                (
+                    "Cookie".into(),
+                    "a=1; __Host-postern-abcdefghijkl=BIND".into(),
+                ),
+                ("cookie".into(), "b=2".into()),
+            ],
+        };
+        let name = binder_cookie_name("abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(name, "__Host-postern-abcdefghijkl");
+        assert_eq!(cookie(&head, &name), Some("BIND"));
+        assert_eq!(cookie(&head, "b"), Some("2"));
+        assert_eq!(cookie(&head, "__Host-postern-other"), None);
+    }
+
+    #[test]
+    fn dev_emails_that_would_garble_a_terminal_are_refused() {
+        assert!(plausible_email("alice@example.com"));
+        assert!(!plausible_email("al\u{1b}[2Jice@example.com"));
+        assert!(!plausible_email("alice@example.com\nroot@x"));
+        assert!(!plausible_email("a b@c"));
+        assert!(!plausible_email("@@"));
+    }
+
+    #[test]
+    fn login_entry_points() {
+        assert!(Edge::is_login_entry("POST", "/cdn-cgi/access/transfer"));
+        assert!(!Edge::is_login_entry("GET", "/cdn-cgi/access/transfer"));
+        assert!(Edge::is_login_entry("GET", "/cdn-cgi/access/cli"));
+        assert!(Edge::is_login_entry("POST", "/cdn-cgi/access/dev-login"));
+        assert!(!Edge::is_login_entry("POST", "/cdn-cgi/access/confirm"));
     }
 }

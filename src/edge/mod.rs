@@ -40,7 +40,8 @@ use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
+    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, MAX_REQUEST_BODY,
+    TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
@@ -94,8 +95,23 @@ struct Carrier {
     last_active: Instant,
 }
 
+/// A connection's name that outlives it: the slot and the slot's generation, which changes
+/// whenever the slot is freed. A late result (a worker's answer) for a connection that has
+/// gone finds another generation and is dropped, never acting on the slot's new tenant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ConnId {
+    slot: usize,
+    generation: u32,
+}
+
 enum CarrierState {
     Head,
+    /// A POST's head was read; waiting for its `len`-byte body.
+    Body {
+        head: Box<RequestHead>,
+        host: String,
+        len: usize,
+    },
     Streaming {
         tunnel: usize,
         stream: u32,
@@ -174,6 +190,8 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     /// When each slot's connection was accepted, until its TLS handshake is done.
     tls_started: Vec<Option<Instant>>,
+    /// Each slot's generation: bumped when the slot is freed (see [`ConnId`]).
+    generations: Vec<u32>,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -185,6 +203,7 @@ enum Limit {
     Idle,
     Streams,
     PendingTransfers,
+    PendingPerSource,
     LoginRate,
 }
 
@@ -201,8 +220,11 @@ pub struct LimitCounters {
     pub idle_timeouts: u64,
     /// Carriers refused with 503: their tunnel connection had `max_streams_per_tunnel`.
     pub streams: u64,
-    /// Logins refused: `max_pending_transfers` were in progress.
+    /// Logins refused: `max_pending_transfers` (or `max_pending_tunnel_logins`) were in
+    /// progress.
     pub pending_transfers: u64,
+    /// Logins refused: `max_pending_logins_per_ip` were in progress from one source.
+    pub pending_per_source: u64,
     /// Login requests answered 429: over `login_attempts_per_minute` for their source IP.
     pub login_rate: u64,
 }
@@ -216,6 +238,7 @@ impl LimitCounters {
             Limit::Idle => &mut self.idle_timeouts,
             Limit::Streams => &mut self.streams,
             Limit::PendingTransfers => &mut self.pending_transfers,
+            Limit::PendingPerSource => &mut self.pending_per_source,
             Limit::LoginRate => &mut self.login_rate,
         };
         *c = c.saturating_add(1);
@@ -227,13 +250,14 @@ impl std::fmt::Display for LimitCounters {
         write!(
             f,
             "connections {}, per-IP connections {}, handshake timeouts {}, idle timeouts {}, \
-             streams {}, pending logins {}, login rate {}",
+             streams {}, pending logins {}, pending logins per source {}, login rate {}",
             self.connections,
             self.connections_per_ip,
             self.handshake_timeouts,
             self.idle_timeouts,
             self.streams,
             self.pending_transfers,
+            self.pending_per_source,
             self.login_rate
         )
     }
@@ -280,7 +304,7 @@ impl Edge {
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             stage: vec![0; TLS_READ_STAGE],
             keys,
-            transfers: Slots::with_capacity(settings.limits.max_pending_transfers),
+            transfers: Slots::new(settings.limits.logins()),
             logins: login::Logins::default(),
             oidc,
             worker: None,
@@ -293,6 +317,7 @@ impl Edge {
             counters: LimitCounters::default(),
             metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
             tls_started: Vec::new(),
+            generations: Vec::new(),
         })
     }
 
@@ -319,6 +344,7 @@ impl Edge {
                 self.settings.applications = new.applications;
                 self.settings.tunnel_admins = new.tunnel_admins;
                 self.settings.limits = new.limits;
+                self.transfers.set_limits(self.settings.limits.logins());
                 self.metrics.config_reload(true);
                 info!("config reloaded from {path}");
             }
@@ -468,12 +494,41 @@ impl Edge {
         self.is_dirty.push(false);
         self.slot_ip.push(None);
         self.tls_started.push(None);
+        self.generations.push(0);
         self.conns.len() - 1
+    }
+
+    fn conn_id(&self, slot: usize) -> ConnId {
+        ConnId {
+            slot,
+            generation: self.generations[slot],
+        }
+    }
+
+    /// Takes the carrier `id` names out of its slot if it is still that connection and is
+    /// parked waiting for a worker; give it back with [`Edge::put_back_carrier`].
+    fn take_waiting_carrier(&mut self, id: ConnId) -> Option<Box<Carrier>> {
+        if self.generations.get(id.slot) != Some(&id.generation) {
+            return None;
+        }
+        match self.conns[id.slot].take() {
+            Some(Conn::Carrier(c)) if matches!(c.state, CarrierState::Waiting) => Some(c),
+            other => {
+                self.conns[id.slot] = other;
+                None
+            }
+        }
+    }
+
+    fn put_back_carrier(&mut self, id: ConnId, c: Box<Carrier>) {
+        self.conns[id.slot] = Some(Conn::Carrier(c));
+        self.mark(id.slot);
     }
 
     /// Frees a slot whose connection has ended, and its source IP's share.
     fn release(&mut self, slot: usize) {
         self.tls_started[slot] = None;
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
         if let Some(ip) = self.slot_ip[slot].take() {
             if let Some(n) = self.per_ip.get_mut(&ip) {
                 *n -= 1;
@@ -494,7 +549,9 @@ impl Edge {
             Limit::Handshake => metrics::Error::HandshakeTimeout,
             Limit::Idle => metrics::Error::IdleTimeout,
             Limit::Streams => metrics::Error::ConnectionLimit,
-            Limit::PendingTransfers | Limit::LoginRate => metrics::Error::LoginLimit,
+            Limit::PendingTransfers | Limit::PendingPerSource | Limit::LoginRate => {
+                metrics::Error::LoginLimit
+            }
         });
         let now = Instant::now();
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
@@ -744,6 +801,22 @@ impl Edge {
                         c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
                     }
                 }
+                CarrierState::Body { len, .. } => {
+                    let len = *len;
+                    if c.tls.rx.len() < len {
+                        c.finished = c.tls.peer_closed;
+                        break;
+                    }
+                    let CarrierState::Body { head, host, .. } =
+                        std::mem::replace(&mut c.state, CarrierState::Waiting)
+                    else {
+                        unreachable!("bug: state matched above");
+                    };
+                    let body = c.tls.rx.data()[..len].to_vec();
+                    c.tls.rx.consume(len);
+                    self.serve_page(slot, c, &head, &host, &body);
+                    continue;
+                }
                 CarrierState::Waiting => {}
                 CarrierState::Closing => {
                     c.tls.rx.consume(c.tls.rx.len());
@@ -903,7 +976,7 @@ impl Edge {
             .map(str::to_owned);
         if head.method != "GET" || !upgrade || key.is_none() {
             let path = head.target.split('?').next().unwrap_or_default();
-            if LOGIN_ENTRY_POINTS.contains(&path)
+            if Edge::is_login_entry(&head.method, path)
                 && !self.login_allowed(c.peer.ip(), Instant::now())
             {
                 let max = self.settings.limits.login_attempts_per_minute;
@@ -912,15 +985,43 @@ impl Edge {
                 });
                 return too_many_requests(c);
             }
-            if self.on_page(slot, c, &head, &host) {
-                return;
+            if head.method != "POST" {
+                return self.serve_page(slot, c, &head, &host, b"");
             }
-            return refuse(
-                c,
-                400,
-                "Bad Request",
-                "this endpoint carries SSH over WebSocket: connect with `postern access ssh`",
-            );
+            // A form or the login start: read its body first (bounded, length given).
+            if head.header("transfer-encoding").is_some() {
+                return refuse(
+                    c,
+                    411,
+                    "Length Required",
+                    "send the body with a Content-Length",
+                );
+            }
+            let len = match head.content_length() {
+                None => {
+                    return refuse(
+                        c,
+                        411,
+                        "Length Required",
+                        "send the body with a Content-Length",
+                    )
+                }
+                Some(n) if n > MAX_REQUEST_BODY as u64 => {
+                    return refuse(
+                        c,
+                        413,
+                        "Content Too Large",
+                        &format!("request bodies here are at most {MAX_REQUEST_BODY} bytes"),
+                    )
+                }
+                Some(n) => n as usize,
+            };
+            c.state = CarrierState::Body {
+                head: Box::new(head),
+                host,
+                len,
+            };
+            return;
         }
         let Some(app) = self.settings.application(&host) else {
             audit.insert("reason".into(), "no application".into());
@@ -1100,6 +1201,26 @@ impl Edge {
             dec: Decoder::with_max_frame(Role::Server, self.settings.limits.max_ws_frame_bytes),
             sent_close: false,
         };
+    }
+
+    /// A request for a page (not a carrier upgrade), with its body if it had one.
+    fn serve_page(
+        &mut self,
+        slot: usize,
+        c: &mut Carrier,
+        head: &RequestHead,
+        host: &str,
+        body: &[u8],
+    ) {
+        let conn = self.conn_id(slot);
+        if !self.on_page(conn, c, head, host, body) {
+            refuse(
+                c,
+                400,
+                "Bad Request",
+                "this endpoint carries SSH over WebSocket: connect with `postern access ssh`",
+            );
+        }
     }
 
     fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
@@ -1721,10 +1842,6 @@ fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
         .map(Into::into)
         .ok_or_else(|| io::Error::other("identity: no client secret configured"))
 }
-
-/// Paths that start a browser login; each request is counted against
-/// `limits.login_attempts_per_minute` of its source IP.
-const LOGIN_ENTRY_POINTS: [&str; 2] = ["/cdn-cgi/access/cli", "/cdn-cgi/access/dev-login"];
 
 /// The 429 page for a source over its login rate; the carrier closes after it.
 fn too_many_requests(c: &mut Carrier) {

@@ -2,15 +2,23 @@
 // playwright-core (never a downloaded browser).
 //
 //   node tests/js/login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE]
+//                           [--code CODE] [--then URL2 --then-expect TEXT2]
 //                           [--timeout SECONDS] [--screenshot FILE]
 //
 // 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
 // 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
 // 3. clicks the consent page's submit button if the provider asks (it may not);
 // 4. follows the redirects back (provider -> redirect_uri, wherever that leads);
-// 5. with --select-zone, if the page has <select name=zone> or radio inputs named zone, chooses
-//    ZONE and submits that form;
-// 6. waits until the page's text contains --expect (default "You can close this window").
+// 5. on postern's "Confirm this login" page, acts as a careful person: with --code (default:
+//    $POSTERN_LOGIN_CODE, which `postern access` gives its $BROWSER), checks that the page shows
+//    that code, chooses --select-zone's radio if asked, and presses Confirm; a page with another
+//    code fails the run (a person would press Cancel). Without a code it presses nothing;
+// 6. with --select-zone, if a page has <select name=zone> or radio inputs named zone outside the
+//    confirmation page, chooses ZONE and submits that form;
+// 7. waits until the page's text contains --expect (default "You can close this window");
+// 8. with --then, opens URL2 in the same browser (its provider session still signed in, as a
+//    victim's browser would be) and runs 1-7 again for --then-expect, pressing nothing on a
+//    confirmation page.
 //
 // Success: exit 0, stdout is `URL: <final url>` then the page text. Failure (timeout, error
 // page, missing form): exit 1, stderr has the step that failed, the URL, the page text and the
@@ -38,14 +46,20 @@ const ARGS = [
 
 function usage(msg) {
   if (msg) console.error(`login.mjs: ${msg}`);
-  console.error('usage: node login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE] [--timeout SECONDS] [--screenshot FILE]');
+  console.error('usage: node login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE] [--code CODE] [--then URL2 --then-expect TEXT2] [--timeout SECONDS] [--screenshot FILE]');
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const positional = [];
   const opts = {
-    expect: 'You can close this window', selectZone: null, timeout: 60, screenshot: null,
+    expect: 'You can close this window',
+    selectZone: null,
+    timeout: 60,
+    screenshot: null,
+    code: process.env.POSTERN_LOGIN_CODE || null,
+    then: null,
+    thenExpect: null,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
@@ -58,11 +72,15 @@ function parseArgs(argv) {
     else if (a === '--select-zone') opts.selectZone = value();
     else if (a === '--timeout') opts.timeout = Number(value());
     else if (a === '--screenshot') opts.screenshot = value();
+    else if (a === '--code') opts.code = value();
+    else if (a === '--then') opts.then = value();
+    else if (a === '--then-expect') opts.thenExpect = value();
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else positional.push(a);
   }
   if (positional.length !== 3) usage('expected URL LOGIN PASSWORD');
   if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) usage('--timeout must be a positive number of seconds');
+  if ((opts.then === null) !== (opts.thenExpect === null)) usage('--then and --then-expect go together');
   const [url, login, password] = positional;
   return { url, login, password, ...opts };
 }
@@ -102,16 +120,17 @@ async function pageText(page) {
 
 // What the page currently is, decided from its DOM (not its URL: the edge may host its own
 // pages under any path).
-async function classify(page) {
+async function classify(page, expect) {
   return page.evaluate((expect) => {
     const text = document.body ? document.body.innerText : '';
     if (text.includes(expect)) return 'done';
+    if (document.querySelector('form[action$="/cdn-cgi/access/confirm"] button[value=confirm]')) return 'confirm';
     if (document.querySelector('input[name=login]') && document.querySelector('input[name=password]')) return 'login';
     if (document.querySelector('form input[name=prompt][value=consent]')) return 'consent';
     if (document.querySelector('select[name=zone], input[type=radio][name=zone]')) return 'zone';
     if (document.title === 'oidc-provider error' || /\b(invalid_request|invalid_client|access_denied|server_error|invalid_grant|unauthorized_client|invalid_scope)\b/.test(text)) return 'error';
     return 'other';
-  }, args.expect).catch(() => 'loading');
+  }, expect).catch(() => 'loading');
 }
 
 // Clicks `selector` and waits for the navigation it causes, both at once (a click followed by a
@@ -123,6 +142,80 @@ async function clickAndNavigate(page, selector, what) {
     page.click(selector, { timeout: remaining() }),
   ]);
   log(`${what}: now at ${page.url()}`);
+}
+
+// Acts on each kind of page at most once until the page shows `run.expect`. A loop over
+// what the page is, so the order (consent or not, confirmation or not, extra redirects) does
+// not matter.
+async function follow(page, run, done) {
+  for (;;) {
+    if (Date.now() >= deadline) throw new StepFailed(`timed out after ${args.timeout}s waiting for ${JSON.stringify(run.expect)}`);
+    await page.waitForLoadState('domcontentloaded', { timeout: remaining() }).catch(() => {});
+    const kind = await classify(page, run.expect);
+    if (kind === 'done') {
+      log(`found ${JSON.stringify(run.expect)} at ${page.url()}`);
+      return;
+    }
+    if (kind === 'error') throw new StepFailed('the page shows an OAuth/OIDC error');
+    if (kind === 'login' && !done.has('login')) {
+      done.add('login');
+      log(`login form at ${page.url()}: signing in as ${JSON.stringify(args.login)}`);
+      await page.fill('input[name=login]', args.login);
+      await page.fill('input[name=password]', args.password);
+      await clickAndNavigate(page, 'form:has(input[name=login]) [type=submit]', 'login');
+      continue;
+    }
+    if (kind === 'login') throw new StepFailed('the login form came back after signing in (login refused?)');
+    if (kind === 'consent' && !done.has('consent')) {
+      done.add('consent');
+      log(`consent page at ${page.url()}`);
+      await clickAndNavigate(page, 'form:has(input[name=prompt][value=consent]) [type=submit]', 'consent');
+      continue;
+    }
+    if (kind === 'consent') throw new StepFailed('the consent page came back after consenting');
+    if (kind === 'confirm' && run.code !== null && !done.has('confirm')) {
+      done.add('confirm');
+      const text = await pageText(page);
+      log(`confirmation page at ${page.url()}`);
+      if (!text.includes(run.code)) throw new StepFailed(`the confirmation page does not show the terminal's code ${run.code} (a person would press Cancel)`);
+      if (args.selectZone !== null) await chooseZone(page);
+      await clickAndNavigate(page, 'form[action$="/cdn-cgi/access/confirm"] button[value=confirm]', 'confirm');
+      continue;
+    }
+    if (kind === 'zone' && args.selectZone !== null && !done.has('zone')) {
+      done.add('zone');
+      await chooseZone(page);
+      const form = page.locator('form:has(select[name=zone]), form:has(input[type=radio][name=zone])').first();
+      const submit = form.locator('[type=submit]').first();
+      log('zone: submitting');
+      await Promise.all([
+        page.waitForNavigation({ timeout: remaining(), waitUntil: 'domcontentloaded' }),
+        (await submit.count()) ? submit.click() : form.evaluate((f) => f.requestSubmit()),
+      ]);
+      log(`zone: now at ${page.url()}`);
+      continue;
+    }
+    // Still redirecting, or a page we only wait on: poll, briefly, for the next state.
+    await page.waitForFunction(
+      ({ expect }) => !document.body || document.body.innerText.includes(expect)
+        || document.querySelector('input[name=login], input[name=prompt][value=consent], select[name=zone], input[type=radio][name=zone], button[value=confirm]'),
+      { expect: run.expect },
+      { timeout: Math.min(250, remaining()), polling: 50 },
+    ).catch(() => {});
+    // A page that holds still without the text we want only changes if something navigates
+    // it: keep polling until the deadline.
+  }
+}
+
+async function chooseZone(page) {
+  log(`zone choice at ${page.url()}: choosing ${JSON.stringify(args.selectZone)}`);
+  if (await page.locator('select[name=zone]').count()) {
+    await page.selectOption('select[name=zone]', args.selectZone);
+    return;
+  }
+  const radio = page.locator(`input[type=radio][name=zone][value="${args.selectZone.replace(/["\\]/g, '\\$&')}"]`);
+  if (!(await radio.count())) throw new StepFailed(`no radio input named zone with value ${JSON.stringify(args.selectZone)}`);
+  await radio.check();
 }
 
 async function main() {
@@ -154,65 +247,15 @@ async function main() {
       if (r.isNavigationRequest()) log(`navigation failed ${r.url()}: ${r.failure()?.errorText}`);
     });
 
-    log(`opening ${args.url}`);
-    await page.goto(args.url, { waitUntil: 'domcontentloaded', timeout: remaining() });
-
-    // A loop over what the page is, so the order (consent or not, zone page or not, extra
-    // redirects) does not matter; each kind of page is acted on at most once.
-    for (;;) {
-      if (Date.now() >= deadline) throw new StepFailed(`timed out after ${args.timeout}s waiting for ${JSON.stringify(args.expect)}`);
-      await page.waitForLoadState('domcontentloaded', { timeout: remaining() }).catch(() => {});
-      const kind = await classify(page);
-      if (kind === 'done') {
-        log(`found ${JSON.stringify(args.expect)} at ${page.url()}`);
-        break;
-      }
-      if (kind === 'error') throw new StepFailed('the page shows an OAuth/OIDC error');
-      if (kind === 'login' && !done.has('login')) {
-        done.add('login');
-        log(`login form at ${page.url()}: signing in as ${JSON.stringify(args.login)}`);
-        await page.fill('input[name=login]', args.login);
-        await page.fill('input[name=password]', args.password);
-        await clickAndNavigate(page, 'form:has(input[name=login]) [type=submit]', 'login');
-        continue;
-      }
-      if (kind === 'login') throw new StepFailed('the login form came back after signing in (login refused?)');
-      if (kind === 'consent' && !done.has('consent')) {
-        done.add('consent');
-        log(`consent page at ${page.url()}`);
-        await clickAndNavigate(page, 'form:has(input[name=prompt][value=consent]) [type=submit]', 'consent');
-        continue;
-      }
-      if (kind === 'consent') throw new StepFailed('the consent page came back after consenting');
-      if (kind === 'zone' && args.selectZone !== null && !done.has('zone')) {
-        done.add('zone');
-        log(`zone choice at ${page.url()}: choosing ${JSON.stringify(args.selectZone)}`);
-        const form = page.locator('form:has(select[name=zone]), form:has(input[type=radio][name=zone])').first();
-        if (await page.locator('select[name=zone]').count()) {
-          await page.selectOption('select[name=zone]', args.selectZone);
-        } else {
-          const radio = page.locator(`input[type=radio][name=zone][value="${args.selectZone.replace(/["\\]/g, '\\$&')}"]`);
-          if (!(await radio.count())) throw new StepFailed(`no radio input named zone with value ${JSON.stringify(args.selectZone)}`);
-          await radio.check();
-        }
-        const submit = form.locator('[type=submit]').first();
-        log('zone: submitting');
-        await Promise.all([
-          page.waitForNavigation({ timeout: remaining(), waitUntil: 'domcontentloaded' }),
-          (await submit.count()) ? submit.click() : form.evaluate((f) => f.requestSubmit()),
-        ]);
-        log(`zone: now at ${page.url()}`);
-        continue;
-      }
-      // Still redirecting, or a page we only wait on: poll, briefly, for the next state.
-      await page.waitForFunction(
-        ({ expect }) => !document.body || document.body.innerText.includes(expect)
-          || document.querySelector('input[name=login], input[name=prompt][value=consent], select[name=zone], input[type=radio][name=zone]'),
-        { expect: args.expect },
-        { timeout: Math.min(250, remaining()), polling: 50 },
-      ).catch(() => {});
-      // A page that holds still without the text we want, after the zone step was done or
-      // not asked for, only changes if something navigates it: keep polling until the deadline.
+    // The first URL, then (with --then) the second in the same browser, whose provider
+    // session is still signed in: each acts on its pages once and waits for its own text.
+    const runs = [{ url: args.url, expect: args.expect, code: args.code }];
+    if (args.then !== null) runs.push({ url: args.then, expect: args.thenExpect, code: null });
+    for (const run of runs) {
+      done.clear();
+      log(`opening ${run.url}`);
+      await page.goto(run.url, { waitUntil: 'domcontentloaded', timeout: remaining() });
+      await follow(page, run, done);
     }
 
     console.log(`URL: ${page.url()}`);

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 pub mod oidc;
 pub mod raw;
+pub mod sso;
 
 /// How long a started process gets to report that it is ready.
 pub const STARTUP: Duration = Duration::from_secs(20);

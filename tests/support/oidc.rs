@@ -254,9 +254,11 @@ fn wait_for_stdout(child: &Child, needle: &str, deadline: Duration) -> Result<()
 }
 
 /// Signs `login` in through a real browser: opens `url` (usually the edge's sign-in URL), fills
-/// the provider's login form, consents if asked, follows the redirects back, picks
-/// `select_zone` on a zone-choice page if one shows, and waits until the page text contains
-/// `expect` (pass [`DEFAULT_EXPECT`] for the usual success page).
+/// the provider's login form, consents if asked, follows the redirects back, on postern's
+/// confirmation page checks that it shows `code` (the code the CLI printed) and presses
+/// Confirm (picking `select_zone` there or on a zone-choice page if asked), and waits until the
+/// page text contains `expect` (pass [`DEFAULT_EXPECT`] for the usual success page). With no
+/// `code`, nothing is pressed on a confirmation page.
 ///
 /// `Ok(stdout)`: `URL: <final url>` then the final page's text. `Err`: login.mjs's log (each
 /// step, the URL, the page text and a screenshot path under `dir`). Panics only if login.mjs
@@ -266,6 +268,46 @@ pub fn browser_login(
     login: &str,
     expect: &str,
     select_zone: Option<&str>,
+    code: Option<&str>,
+    dir: &Path,
+) -> Result<String, String> {
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(zone) = select_zone {
+        extra.extend(["--select-zone", zone]);
+    }
+    if let Some(code) = code {
+        extra.extend(["--code", code]);
+    }
+    run_login_js(url, login, expect, &extra, dir)
+}
+
+/// [`browser_login`] at `url` (confirming with `code`), then, in the same browser with its
+/// provider session still signed in, opens `then_url` and waits for `then_expect` without
+/// pressing anything: what a signed-in victim's browser does with a link it was sent.
+pub fn browser_login_then(
+    url: &str,
+    login: &str,
+    code: &str,
+    then_url: &str,
+    then_expect: &str,
+    dir: &Path,
+) -> Result<String, String> {
+    let extra = [
+        "--code",
+        code,
+        "--then",
+        then_url,
+        "--then-expect",
+        then_expect,
+    ];
+    run_login_js(url, login, DEFAULT_EXPECT, &extra, dir)
+}
+
+fn run_login_js(
+    url: &str,
+    login: &str,
+    expect: &str,
+    extra: &[&str],
     dir: &Path,
 ) -> Result<String, String> {
     require_node_parts();
@@ -288,10 +330,9 @@ pub fn browser_login(
         .arg(LOGIN_TIMEOUT.as_secs().to_string())
         .arg("--screenshot")
         .arg(&screenshot);
-    if let Some(zone) = select_zone {
-        cmd.arg("--select-zone").arg(zone);
-    }
-    cmd.current_dir(js_dir())
+    cmd.args(extra)
+        .current_dir(js_dir())
+        .env_remove("POSTERN_LOGIN_CODE")
         .env("HOME", &home)
         .env("TMPDIR", &tmp)
         .env("XDG_CONFIG_HOME", home.join(".config"))
