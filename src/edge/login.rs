@@ -745,6 +745,7 @@ impl Edge {
     pub(super) fn on_worker_done(&mut self, done: Done) {
         let Some(mut c) = self.take_waiting_carrier(done.conn) else {
             // The browser left (or timed out) first: end the login, it cannot be confirmed.
+            info!("a sign-in finished after its browser connection had gone: the login ends");
             if let Some(l) = self.logins.map.remove(&done.state) {
                 self.transfers.refuse(
                     &l.transfer,

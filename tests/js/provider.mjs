@@ -222,8 +222,17 @@ async function refuseUnknownLogin(req, res) {
   return true;
 }
 
+// TOKEN_DELAY_MS: a slow token endpoint, so a test can make the edge's code exchange outlast
+// the browser connection that waits for it.
+const tokenDelay = Number(process.env.TOKEN_DELAY_MS || 0);
+
 const server = http.createServer((req, res) => {
   res.on('finish', () => console.error(`provider.mjs: ${req.method} ${req.url.split('?')[0]} -> ${res.statusCode}`));
+  if (tokenDelay > 0 && req.method === 'POST' && req.url.split('?')[0] === '/token') {
+    console.error(`provider.mjs: holding a token request for ${tokenDelay} ms`);
+    setTimeout(() => callback(req, res), tokenDelay);
+    return;
+  }
   if (req.method === 'POST' && /^\/interaction\/[^/]+$/.test(req.url.split('?')[0])) {
     refuseUnknownLogin(req, res).then((handled) => {
       if (!handled) callback(req, res);

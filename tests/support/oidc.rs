@@ -110,6 +110,8 @@ pub struct ProviderOptions {
     pub skip_consent: bool,
     /// The client's `id_token_signed_response_alg`: `RS256`, `ES256` or `EdDSA`.
     pub id_token_alg: &'static str,
+    /// Milliseconds the token endpoint holds each request (0: none).
+    pub token_delay_ms: u64,
 }
 
 impl Default for ProviderOptions {
@@ -118,6 +120,7 @@ impl Default for ProviderOptions {
             auth_method: AuthMethod::ClientSecretBasic,
             skip_consent: false,
             id_token_alg: "RS256",
+            token_delay_ms: 0,
         }
     }
 }
@@ -188,6 +191,7 @@ impl Provider {
                 .env("TOKEN_ENDPOINT_AUTH_METHOD", options.auth_method.as_str())
                 .env("SKIP_CONSENT", if options.skip_consent { "1" } else { "0" })
                 .env("ID_TOKEN_ALG", options.id_token_alg)
+                .env("TOKEN_DELAY_MS", options.token_delay_ms.to_string())
                 .env("NO_COLOR", "1");
             let child = Child::spawn("oidc-provider", cmd, dir);
             let needle = format!("oidc-provider listening on {issuer}");

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-use super::oidc::{browser_login, Provider};
+use super::oidc::{browser_login, Provider, ProviderOptions};
 use super::{
     free_port, origin_cert, postern, run_with_deadline, temp_dir, Child, Sshd, TempDir, Tunnel,
 };
@@ -38,13 +38,19 @@ pub struct Sso {
 
 impl Sso {
     pub fn start(name: &str) -> Sso {
+        Sso::start_with(name, &ProviderOptions::default(), serde_json::json!({}))
+    }
+
+    /// [`Sso::start`] with provider options and the edge config's `"limits"`.
+    pub fn start_with(name: &str, options: &ProviderOptions, limits: serde_json::Value) -> Sso {
         let dir = temp_dir(name);
         let port = free_port();
         let public = format!("https://login.localhost:{port}");
-        let provider = Provider::start(
+        let provider = Provider::start_with(
             dir.path(),
             &[format!("{public}/cdn-cgi/access/callback")],
             ACCOUNTS,
+            options,
         );
         let state = dir.join("edge-state");
         let secret_file = dir.join("client-secret");
@@ -54,6 +60,7 @@ impl Sso {
             "state_dir": state,
             "zones": [ { "name": "localhost", "local_ca": true }, { "name": "example.test", "local_ca": true } ],
             "public_url": public,
+            "limits": limits,
             "identity": {
                 "issuer": provider.issuer,
                 "client_id": provider.client_id,
@@ -335,4 +342,145 @@ pub fn body_of(response: &str) -> &str {
 
 pub fn status_of(response: &str) -> &str {
     response.lines().next().unwrap_or("")
+}
+
+/// A command-line login as a raw client makes it: its key, its edge, and the requests of
+/// the CLI's side (start, poll) and of a browser's side (with the cookie it holds).
+pub struct RawLogin {
+    pub opener: postern::token_transfer::Opener,
+    pub edge: String,
+    pub ca: PathBuf,
+    /// The application host name the CLI talks to (SNI and Host).
+    pub host: String,
+}
+
+impl RawLogin {
+    pub fn new(edge: &str, ca: &Path, host: &str) -> RawLogin {
+        RawLogin {
+            opener: postern::token_transfer::Opener::new(),
+            edge: edge.to_owned(),
+            ca: ca.to_owned(),
+            host: host.to_owned(),
+        }
+    }
+
+    /// The code the CLI prints.
+    pub fn code(&self) -> String {
+        postern::token_transfer::confirmation_code(&self.opener.id, &self.opener.public)
+    }
+
+    /// `POST /cdn-cgi/access/transfer` for an app token (`tunnel: false`) or a tunnel login.
+    pub fn start(&self, tunnel: bool) -> String {
+        let body = if tunnel {
+            serde_json::json!({ "id": self.opener.id, "key": self.opener.public, "purpose": "tunnel" })
+        } else {
+            serde_json::json!({ "id": self.opener.id, "key": self.opener.public, "app": self.host })
+        };
+        raw_request(
+            &self.edge,
+            &self.ca,
+            &self.host,
+            "POST",
+            "/cdn-cgi/access/transfer",
+            &[("Content-Type", "application/json")],
+            Some(body.to_string().as_bytes()),
+        )
+    }
+
+    /// The CLI's poll: the status line's code (200 sealed, 202 pending, 403 refused, 404).
+    pub fn poll(&self) -> (u16, String) {
+        let r = raw_get(
+            &self.edge,
+            &self.ca,
+            &self.host,
+            &format!("/cdn-cgi/access/transfer?id={}", self.opener.id),
+            &[],
+            false,
+        );
+        (status_code(&r), r)
+    }
+
+    /// The login link as the CLI prints it (on the application's host).
+    pub fn link(&self) -> String {
+        let port = self.edge.rsplit(':').next().unwrap_or("443");
+        format!(
+            "https://{}:{port}/cdn-cgi/access/cli?id={}",
+            self.host, self.opener.id
+        )
+    }
+
+    /// A browser's GET on `host`: the response, and the binder cookie (`name=value`) it sets.
+    pub fn browser_get(&self, host: &str, target: &str, cookie: Option<&str>) -> String {
+        let mut headers = Vec::new();
+        if let Some(c) = cookie {
+            headers.push(("Cookie", c));
+        }
+        raw_get(&self.edge, &self.ca, host, target, &headers, false)
+    }
+
+    /// A browser's form POST on `host` (`Origin` set as a browser would, unless `origin` says
+    /// otherwise).
+    pub fn browser_post(
+        &self,
+        host: &str,
+        target: &str,
+        form: &str,
+        cookie: Option<&str>,
+        origin: Option<&str>,
+    ) -> String {
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        if let Some(c) = cookie {
+            headers.push(("Cookie", c));
+        }
+        if let Some(o) = origin {
+            headers.push(("Origin", o));
+        }
+        raw_request(
+            &self.edge,
+            &self.ca,
+            host,
+            "POST",
+            target,
+            &headers,
+            Some(form.as_bytes()),
+        )
+    }
+
+    /// Opens the sealed answer of a 200 poll with this login's key.
+    pub fn open(self, poll_response: &str) -> Vec<u8> {
+        let sealed: postern::token_transfer::Sealed =
+            serde_json::from_str(body_of(poll_response)).expect("a sealed answer");
+        self.opener
+            .open(&sealed)
+            .expect("the sealed answer opens with our key")
+    }
+}
+
+/// The numeric status of a raw response.
+pub fn status_code(response: &str) -> u16 {
+    status_of(response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `name=value` of the first `Set-Cookie` of a raw response.
+pub fn set_cookie(response: &str) -> Option<String> {
+    header_of(response, "set-cookie").map(|v| v.split(';').next().unwrap_or("").trim().to_owned())
+}
+
+/// The `value` of the hidden input `name` in an HTML page.
+pub fn hidden_input(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &html[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// The `state` query parameter of a URL.
+pub fn state_of(url: &str) -> Option<String> {
+    let q = url.split_once('?')?.1;
+    q.split('&')
+        .find_map(|p| p.strip_prefix("state="))
+        .map(str::to_owned)
 }
