@@ -11,6 +11,9 @@
 //!  local ◀──write── out (bounded) ◀── WS decoder ◀── TLS ◀── edge
 //! ```
 //! Local EOF sends a WebSocket Close (half-close); the edge's Close shuts our write side.
+//! Stdout cannot be half-closed (see `Local::shutdown_write`), so with stdio the edge's Close
+//! ends the session once its bytes are written: ssh sees EOF when we exit, and it would not
+//! close our stdin before it saw one.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -640,7 +643,12 @@ impl Splice {
         }
         if self.dec.is_closed() && self.out.is_empty() && !self.local_write_shut {
             self.local_write_shut = true;
-            self.local.shutdown_write(registry);
+            if !self.local.shutdown_write(registry) && !self.local_eof {
+                // The reader (ssh, on our stdout) sees the EOF only when we exit, and waits
+                // for it before it closes our stdin: the remote's end ends the session.
+                debug!("the edge closed the stream: ending the session");
+                self.end_local_input(registry, scratch);
+            }
         }
         if self.tls.peer_closed && !self.dec.is_closed() {
             return Err(err("the edge closed the connection"));
@@ -653,14 +661,7 @@ impl Splice {
         while self.tls.can_send() && !self.local_eof {
             let buf = &mut bufs.local;
             match self.local.read(buf) {
-                Ok(0) => {
-                    self.local_eof = true;
-                    self.local.shutdown_read(registry);
-                    scratch.clear();
-                    ws::encode_close(scratch, ws::close::NORMAL, "", Some(random_bytes()));
-                    self.tls.send(scratch);
-                    self.sent_close = true;
-                }
+                Ok(0) => self.end_local_input(registry, scratch),
                 Ok(n) => {
                     let mask = random_bytes();
                     let mut h = [0u8; 14];
@@ -684,6 +685,16 @@ impl Splice {
             return Ok(Progress::Done);
         }
         Ok(Progress::Running)
+    }
+
+    /// Reads no more from the local side and sends our Close (the half-close toward the edge).
+    fn end_local_input(&mut self, registry: &Registry, scratch: &mut Vec<u8>) {
+        self.local_eof = true;
+        self.local.shutdown_read(registry);
+        scratch.clear();
+        ws::encode_close(scratch, ws::close::NORMAL, "", Some(random_bytes()));
+        self.tls.send(scratch);
+        self.sent_close = true;
     }
 }
 

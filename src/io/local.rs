@@ -149,21 +149,30 @@ impl Local {
         }
     }
 
-    /// Half-close toward the local side.
-    pub fn shutdown_write(&mut self, registry: &Registry) {
+    /// Half-close toward the local side. Returns whether the local reader sees the EOF now;
+    /// when it does not, it sees it only when this process exits, so the caller must end the
+    /// session rather than wait for the local side to finish first.
+    ///
+    /// A TCP peer gets a FIN. Stdout cannot carry a half-close: std has no safe way to close
+    /// fd 1 itself, only our copy of it, so the pipe to ssh stays open while we run. (ssh,
+    /// waiting for that EOF, keeps its end of our stdin open: neither side would ever finish.)
+    #[must_use = "false: the local reader has not seen EOF; end the session"]
+    pub fn shutdown_write(&mut self, registry: &Registry) -> bool {
         match self {
-            // Drops our copy of fd 1 (std has no safe close of fd 1 itself, so a pipe reader
-            // sees EOF when this process exits, right after the carrier ends).
-            Local::Stdio { stdout, .. } => match stdout.take() {
-                Some(Output::Pipe(mut w)) => drop(registry.deregister(&mut w)),
-                Some(Output::Relay(mut w)) => {
-                    let _ = registry.deregister(&mut w);
-                    let _ = w.shutdown(Shutdown::Write);
+            Local::Stdio { stdout, .. } => {
+                match stdout.take() {
+                    Some(Output::Pipe(mut w)) => drop(registry.deregister(&mut w)),
+                    Some(Output::Relay(mut w)) => {
+                        let _ = registry.deregister(&mut w);
+                        let _ = w.shutdown(Shutdown::Write);
+                    }
+                    None => {}
                 }
-                None => {}
-            },
+                false
+            }
             Local::Tcp(s) => {
                 let _ = s.shutdown(Shutdown::Write);
+                true
             }
         }
     }

@@ -336,7 +336,7 @@ impl Drop for Child {
     }
 }
 
-fn tail(s: &str, max: usize) -> &str {
+pub fn tail(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -461,6 +461,40 @@ pub fn run_with_deadline(cmd: &mut Command, deadline: Duration, what: &str) -> O
     }
 }
 
+/// Like [`run_with_deadline`], but a command still running at `deadline` is an `Err` (its
+/// process group killed, its stderr in the message) instead of a panic, so a test can collect
+/// every hang of a batch before failing.
+pub fn try_run_with_deadline(
+    cmd: &mut Command,
+    deadline: Duration,
+    what: &str,
+) -> Result<Output, String> {
+    let mut child = spawn_group(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()), what);
+    let out = Capture::start(child.stdout.take().expect("stdout piped"));
+    let err = Capture::start(child.stderr.take().expect("stderr piped"));
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Ok(Output {
+                status,
+                stdout: out.finish(PIPE_LINGER),
+                stderr: err.finish(PIPE_LINGER),
+            });
+        }
+        if start.elapsed() > deadline {
+            signal_group(child.id(), "KILL");
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = err.finish(Duration::from_secs(1));
+            return Err(format!(
+                "{what}: still running after {deadline:?}, killed; stderr: {:?}",
+                String::from_utf8_lossy(&text)
+            ));
+        }
+        thread::sleep(POLL);
+    }
+}
+
 /// Like [`run_with_deadline`] for a command whose stdout the caller redirected (to a file);
 /// returns the exit status and stderr.
 pub fn run_status_with_deadline(
@@ -504,10 +538,33 @@ pub struct Sshd {
     child: Child,
 }
 
+/// How many simultaneous unauthenticated connections an [`Sshd`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startups {
+    /// `MaxStartups 200`: many sessions at once, none dropped (most tests).
+    Raised,
+    /// sshd's own default (`MaxStartups 10:30:100`): beyond 10 connections in the key
+    /// exchange it drops new ones at random, as a real server does under a burst.
+    Default,
+    /// `MaxStartups 1`: while one connection is in the key exchange, sshd drops every other
+    /// right after accepting it (it writes "Exceeded MaxStartups" and closes).
+    Single,
+}
+
 impl Sshd {
     /// Generates keys and config under `dir` and starts `sshd -D -e -f CONFIG`; returns once the
     /// port accepts TCP connections.
     pub fn start(dir: &Path) -> Sshd {
+        Self::start_with(dir, Startups::Raised)
+    }
+
+    /// Like [`Sshd::start`] with sshd's default `MaxStartups` (no such line in the config).
+    pub fn start_default(dir: &Path) -> Sshd {
+        Self::start_with(dir, Startups::Default)
+    }
+
+    /// Like [`Sshd::start`] with the given `MaxStartups` (see [`Startups`]).
+    pub fn start_with(dir: &Path, startups: Startups) -> Sshd {
         let sshd_bin = require("sshd");
         require("ssh-keygen");
         let dir = dir.join("sshd");
@@ -570,12 +627,16 @@ impl Sshd {
              PrintMotd no\n\
              PrintLastLog no\n\
              X11Forwarding no\n\
-             MaxStartups 200\n\
              MaxSessions 64\n",
             host_key = host_key.display(),
             authorized_keys = authorized_keys.display(),
             pid_file = pid_file.display(),
         );
+        let base = match startups {
+            Startups::Raised => format!("{base}MaxStartups 200\n"),
+            Startups::Default => base,
+            Startups::Single => format!("{base}MaxStartups 1\n"),
+        };
         // OpenSSH >= 9.8 penalises sources that fail auth (the refusal tests cause some); older
         // versions reject the keyword, so keep it only if `sshd -t` accepts it.
         fs::write(&config, format!("{base}PerSourcePenalties no\n")).expect("write sshd_config");
@@ -1122,19 +1183,30 @@ pub struct Chain {
 impl Chain {
     /// Starts everything for `hostname` (which must be under `localhost`, the dev edge's zone).
     pub fn start(name: &str, hostname: &str) -> Chain {
-        Self::start_edge(name, hostname, None)
+        Self::start_edge(name, hostname, None, Startups::Raised)
+    }
+
+    /// Like [`Chain::start`] with an sshd that takes `startups` connections in the key
+    /// exchange at once (see [`Startups`]).
+    pub fn start_with_startups(name: &str, hostname: &str, startups: Startups) -> Chain {
+        Self::start_edge(name, hostname, None, startups)
     }
 
     /// Like [`Chain::start`] with an edge from a config file whose `"limits"` is `limits`
     /// (see [`Edge::start_with_limits`]).
     pub fn start_with_limits(name: &str, hostname: &str, limits: serde_json::Value) -> Chain {
-        Self::start_edge(name, hostname, Some(limits))
+        Self::start_edge(name, hostname, Some(limits), Startups::Raised)
     }
 
-    fn start_edge(name: &str, hostname: &str, limits: Option<serde_json::Value>) -> Chain {
+    fn start_edge(
+        name: &str,
+        hostname: &str,
+        limits: Option<serde_json::Value>,
+        startups: Startups,
+    ) -> Chain {
         require_all();
         let dir = temp_dir(name);
-        let sshd = Sshd::start(dir.path());
+        let sshd = Sshd::start_with(dir.path(), startups);
         let edge = match limits {
             Some(limits) => Edge::start_with_limits(dir.path(), limits),
             None => Edge::start(dir.path()),
@@ -1186,6 +1258,19 @@ impl Chain {
         );
     }
 
+    /// `postern access ssh --hostname HOSTNAME` to this chain's edge with its service token,
+    /// as ssh would run it (without ssh).
+    pub fn access_ssh(&self) -> Command {
+        let mut cmd = postern(&home_of(self.dir.path()));
+        cmd.args(["access", "ssh", "--hostname", &self.hostname, "--edge"])
+            .arg(self.edge.edge_arg())
+            .arg("--ca")
+            .arg(self.edge.ca())
+            .env("POSTERN_SERVICE_TOKEN_ID", &self.token.id)
+            .env("POSTERN_SERVICE_TOKEN_SECRET", &self.token.secret);
+        cmd
+    }
+
     /// Runs `postern access ssh` directly (as ssh would), with stdin held open, the given token
     /// in the environment, and returns (exit status, stderr) once it exits by itself.
     pub fn access_ssh_direct(
@@ -1204,6 +1289,31 @@ impl Chain {
             .env("POSTERN_SERVICE_TOKEN_SECRET", secret);
         access_until_exit(cmd, Duration::from_secs(20))
     }
+}
+
+/// Spawns `cmd` with stdin an open pipe that is never written nor closed (as ssh holds a
+/// ProxyCommand's stdin while it waits for the server's banner); waits for it to exit by
+/// itself within `deadline` (else kills it and panics). Returns the exit status, all it wrote
+/// to stdout (read until EOF) and its stderr.
+pub fn run_holding_stdin(
+    mut cmd: Command,
+    deadline: Duration,
+    what: &str,
+) -> (ExitStatus, Vec<u8>, String) {
+    let mut child = spawn_group(
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        what,
+    );
+    let stdin = child.stdin.take();
+    let out = Capture::start(child.stdout.take().expect("stdout piped"));
+    let err = Capture::start(child.stderr.take().expect("stderr piped"));
+    let (status, err) = wait_group(&mut child, deadline, what, Some(err));
+    let stdout = out.finish(PIPE_LINGER);
+    drop(stdin);
+    let text = err.expect("stderr capture").finish(PIPE_LINGER);
+    (status, stdout, String::from_utf8_lossy(&text).into_owned())
 }
 
 /// Spawns `cmd` with stdin an open pipe that is never written (a refusal must end the process
