@@ -205,3 +205,31 @@ fn truncated_frame_then_eof_ends_only_that_tunnel_connection() {
         .expect("the edge logs the closed connection");
     assert_only_the_offender_was_closed(&chain, "after-truncated-frame");
 }
+
+#[test]
+fn an_origin_reset_after_its_fin_sends_the_client_no_second_close() {
+    let chain = Chain::start("bad-tunnel-rst-after-fin", REAL);
+    let mut t = raw_tunnel(&chain);
+    let (mut carrier, stream) = open_stream(&chain, &mut t);
+    t.send(&Frame::Data {
+        stream,
+        data: b"bye",
+    });
+    t.send(&Frame::Fin { stream });
+    let first = raw::read_close_code(&mut carrier, Vec::new(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("the origin's FIN becomes a Close: {e}"));
+    assert_eq!(first, 1000);
+    // The client has not sent its Close yet when the origin resets the stream: the carrier
+    // ends, but a second Close would be a protocol error at the client.
+    t.send(&Frame::Rst {
+        stream,
+        code: postern::mux::rst::CANCEL,
+        reason: "service write failed",
+    });
+    let second = raw::read_close_code(&mut carrier, Vec::new(), Duration::from_secs(10));
+    assert!(
+        matches!(&second, Err(e) if e.starts_with("EOF")),
+        "one Close per carrier, then the end: {second:?}"
+    );
+    assert_only_the_offender_was_closed(&chain, "after-rst-after-fin");
+}

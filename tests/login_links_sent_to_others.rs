@@ -18,11 +18,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::oidc::{browser_login, browser_login_then};
-use support::sso::{header_of, login_prompt, set_cookie, state_of, status_code, RawLogin, Sso};
-use support::{postern, Child};
+use support::sso::{header_of, set_cookie, state_of, status_code, RawLogin, Sso};
 
 #[test]
 fn a_forwarded_provider_link_cannot_finish_a_tunnel_login_in_another_browser() {
@@ -100,43 +97,22 @@ fn a_forwarded_provider_link_cannot_finish_a_tunnel_login_in_another_browser() {
 fn a_login_link_sent_to_a_signed_in_user_waits_for_their_confirmation() {
     let sso = Sso::start("phish-app");
     let attacker = RawLogin::new(&sso.edge_addr, &sso.ca(), "ssh.localhost");
-    let link = if status_code(&attacker.start(false)) == 201 {
-        attacker.link()
-    } else {
-        format!(
-            "{}&key={}&app=ssh.localhost",
-            attacker.link(),
-            attacker.opener.public
-        )
-    };
+    let link = app_link(&attacker);
 
     // alice logs in for herself (her browser now holds a provider session), then opens the
     // link she was sent, in the same browser.
-    let mut cmd = postern(&sso.home("alice"));
-    cmd.args([
-        "access",
-        "login",
-        "other.localhost",
-        "--edge",
-        &sso.edge_addr,
-        "--ca",
-    ])
-    .arg(sso.ca())
-    .env("BROWSER", "true");
-    let cli = Child::spawn("login-alice", cmd, sso.dir.path());
-    let (url, code) = login_prompt(&cli);
+    let own = RawLogin::new(&sso.edge_addr, &sso.ca(), "other.localhost");
+    let own_link = app_link(&own);
     let page = browser_login_then(
-        &url,
+        &own_link,
         "alice",
-        &code,
+        &own.code(),
         &link,
         "Confirm this login",
         sso.dir.path(),
     );
-    let status = cli
-        .wait_exit(Duration::from_secs(30))
-        .expect("alice's own login ends");
-    assert!(status.success(), "{}", cli.stderr_text());
+    let (status, answer) = own.poll();
+    assert_eq!(status, 200, "alice's own login: {answer}");
 
     // Her browser went through the provider without a click, but nothing was issued.
     let (status, answer) = attacker.poll();
@@ -149,11 +125,26 @@ fn a_login_link_sent_to_a_signed_in_user_waits_for_their_confirmation() {
     // The page shows the attacker's code (not the one in any terminal of alice's) and where
     // the login came from.
     assert!(page.contains(&attacker.code()), "{page}");
-    assert_ne!(attacker.code(), code);
+    assert_ne!(attacker.code(), own.code());
     assert!(
         page.contains("This login was started from 127.0.0.1"),
         "{page}"
     );
+}
+
+/// Starts an app login for `login`'s host and returns its link; an edge from before the
+/// login start took the key in the link instead.
+fn app_link(login: &RawLogin) -> String {
+    if status_code(&login.start(false)) == 201 {
+        login.link()
+    } else {
+        format!(
+            "{}&key={}&app={}",
+            login.link(),
+            login.opener.public,
+            login.host
+        )
+    }
 }
 
 /// The edge's own origin, as a browser on its login pages would send it.

@@ -124,6 +124,28 @@ enum CarrierState {
     Closing,
 }
 
+impl Carrier {
+    /// Ends the carrier: a WebSocket Close with `code` and `reason` if it is streaming and has
+    /// not sent its Close yet (a second Close would be a protocol error at the client), then
+    /// closing once that is flushed or after [`CLOSE_GRACE_SECS`].
+    fn close_with(&mut self, code: u16, reason: &str, now: Instant) {
+        let already = matches!(
+            self.state,
+            CarrierState::Streaming {
+                sent_close: true,
+                ..
+            }
+        );
+        if !already {
+            let mut out = Vec::new();
+            ws::encode_close(&mut out, code, reason, None);
+            self.tls.send(&out);
+        }
+        self.state = CarrierState::Closing;
+        self.deadline = Some(now + Duration::from_secs(CLOSE_GRACE_SECS));
+    }
+}
+
 struct Tunnel {
     tls: TlsConn,
     peer: SocketAddr,
@@ -840,16 +862,7 @@ impl Edge {
         let (tunnel, stream) = (*tunnel, *stream);
         let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) else {
             // The tunnel went away while this carrier was queued.
-            ws::encode_close(
-                &mut self.scratch,
-                ws::close::TRY_AGAIN,
-                "tunnel went away",
-                None,
-            );
-            c.tls.send(&self.scratch);
-            self.scratch.clear();
-            c.state = CarrierState::Closing;
-            c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+            c.close_with(ws::close::TRY_AGAIN, "tunnel went away", Instant::now());
             return true;
         };
         let mut moved = false;
@@ -891,15 +904,11 @@ impl Edge {
                     t.mux
                         .reset(stream, mux::rst::CANCEL, "client protocol error");
                     t.carriers.remove(&stream);
-                    let mut out = Vec::new();
                     let code = match e {
                         ws::WsError::TooLarge(..) => ws::close::TOO_BIG,
                         _ => ws::close::PROTOCOL_ERROR,
                     };
-                    ws::encode_close(&mut out, code, &e.to_string(), None);
-                    c.tls.send(&out);
-                    c.state = CarrierState::Closing;
-                    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                    c.close_with(code, &e.to_string(), Instant::now());
                     self.mark(tunnel);
                     return true;
                 }
@@ -1399,12 +1408,7 @@ impl Edge {
                         } else {
                             format!("stream reset by origin: {reason}")
                         };
-                        let mut out = Vec::new();
-                        ws::encode_close(&mut out, ws::close::TRY_AGAIN, &why, None);
-                        carrier.tls.send(&out);
-                        carrier.state = CarrierState::Closing;
-                        carrier.deadline =
-                            Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+                        carrier.close_with(ws::close::TRY_AGAIN, &why, Instant::now());
                         self.mark(c);
                     }
                 }
@@ -1607,16 +1611,11 @@ impl Edge {
         }
         for (_, c) in t.carriers.drain() {
             if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
-                let mut out = Vec::new();
-                ws::encode_close(
-                    &mut out,
+                carrier.close_with(
                     ws::close::TRY_AGAIN,
                     "tunnel connection lost",
-                    None,
+                    Instant::now(),
                 );
-                carrier.tls.send(&out);
-                carrier.state = CarrierState::Closing;
-                carrier.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
                 self.mark(c);
             }
         }
@@ -1742,11 +1741,7 @@ impl Edge {
             return;
         };
         let peer = c.peer;
-        let mut out = Vec::new();
-        ws::encode_close(&mut out, ws::close::POLICY, "idle timeout", None);
-        c.tls.send(&out);
-        c.state = CarrierState::Closing;
-        c.deadline = Some(now + Duration::from_secs(CLOSE_GRACE_SECS));
+        c.close_with(ws::close::POLICY, "idle timeout", now);
         if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
             if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
                 t.mux.reset(stream, mux::rst::CANCEL, "idle timeout");
