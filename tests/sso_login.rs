@@ -15,10 +15,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::oidc::{browser_login, DEFAULT_EXPECT};
-use support::sso::{
-    body_of, login_prompt, raw_get, raw_request, status_of, OutputWithDeadline as _, Sso,
-};
+use support::oidc::DEFAULT_EXPECT;
+use support::sso::{body_of, raw_get, raw_request, status_of, OutputWithDeadline as _, Sso};
 use support::{postern, Child, Tunnel};
 
 #[test]
@@ -264,20 +262,8 @@ fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
             .arg("--ca")
             .arg(sso.ca())
             .arg("--origincert")
-            .arg(out)
-            .env("BROWSER", "true");
-        let cli = Child::spawn(&format!("tunnel-login-{user}"), cmd, sso.dir.path());
-        let (url, code) = login_prompt(&cli);
-        let page = browser_login(&url, user, expect, zone, Some(&code), sso.dir.path());
-        assert!(
-            page.is_ok(),
-            "browser: {page:?}\nedge:\n{}",
-            sso.edge.stderr_text()
-        );
-        let status = cli
-            .wait_exit(Duration::from_secs(30))
-            .expect("tunnel login must end");
-        (status.success(), cli.stderr_text())
+            .arg(out);
+        sso.login_with(cmd, &format!("tunnel-login-{user}"), user, expect, zone)
     };
 
     // alice is a tunnel admin and picks example.test on the zone page.

@@ -140,11 +140,24 @@ impl Sso {
     pub fn login(&self, user: &str, host: &str, expect: &str) -> (bool, String) {
         let mut cmd = postern(&self.home(user));
         cmd.args(["access", "login", host, "--edge", &self.edge_addr, "--ca"])
-            .arg(self.ca())
-            .env("BROWSER", "true");
-        let cli = Child::spawn(&format!("login-{user}"), cmd, self.dir.path());
+            .arg(self.ca());
+        self.login_with(cmd, &format!("login-{user}"), user, expect, None)
+    }
+
+    /// Runs a login command (`access login`, `tunnel login`), signs `user` in where its URL
+    /// leads, confirming with the code it printed (choosing `zone` if asked); (success, stderr).
+    pub fn login_with(
+        &self,
+        mut cmd: Command,
+        name: &str,
+        user: &str,
+        expect: &str,
+        zone: Option<&str>,
+    ) -> (bool, String) {
+        cmd.env("BROWSER", "true");
+        let cli = Child::spawn(name, cmd, self.dir.path());
         let (url, code) = login_prompt(&cli);
-        let page = browser_login(&url, user, expect, None, Some(&code), self.dir.path());
+        let page = browser_login(&url, user, expect, zone, Some(&code), self.dir.path());
         assert!(
             page.is_ok(),
             "browser login as {user}: {page:?}\nedge:\n{}",
@@ -152,7 +165,7 @@ impl Sso {
         );
         let status = cli
             .wait_exit(Duration::from_secs(30))
-            .expect("access login must end after the browser login");
+            .expect("the login command must end after the browser login");
         (status.success(), cli.stderr_text())
     }
 
