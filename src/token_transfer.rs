@@ -379,14 +379,13 @@ impl Slots {
         if from_source >= self.limits.per_source {
             return Err(TransferError::SourceBusy);
         }
-        if same_kind
-            >= if tunnel {
-                self.limits.tunnel
-            } else {
-                self.limits.app
-            }
-        {
-            return Err(TransferError::Full);
+        let budget = if tunnel {
+            self.limits.tunnel
+        } else {
+            self.limits.app
+        };
+        if same_kind >= budget {
+            self.evict_for(source, tunnel)?;
         }
         self.slots.insert(
             id.to_owned(),
@@ -403,6 +402,36 @@ impl Slots {
                 refused: None,
             },
         );
+        Ok(())
+    }
+
+    /// The budget of a kind is spent: the source holding the most of it gives up its oldest
+    /// slot that no browser has opened yet, if it holds at least two more than `source`. So a
+    /// few sources cannot hold everyone else out; `Full` when the budget is fairly shared.
+    fn evict_for(&mut self, source: IpAddr, tunnel: bool) -> Result<(), TransferError> {
+        let mut held: HashMap<IpAddr, usize> = HashMap::new();
+        for s in self.slots.values() {
+            if (s.purpose == Purpose::Tunnel) == tunnel {
+                *held.entry(s.source).or_default() += 1;
+            }
+        }
+        let mine = held.get(&source).copied().unwrap_or(0);
+        let Some((&top, &most)) = held.iter().max_by_key(|(_, &n)| n) else {
+            return Err(TransferError::Full);
+        };
+        if most < mine + 2 {
+            return Err(TransferError::Full);
+        }
+        let victim = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.source == top && !s.opened && (s.purpose == Purpose::Tunnel) == tunnel
+            })
+            .min_by_key(|(_, s)| s.created)
+            .map(|(id, _)| id.clone())
+            .ok_or(TransferError::Full)?;
+        self.slots.remove(&victim);
         Ok(())
     }
 
@@ -714,11 +743,13 @@ mod tests {
             slots.begin(&id(13), &key, app(), v6("2001:db8:0:1::77"), now),
             Err(TransferError::SourceBusy)
         );
-        // The app budget is spent (6): a flood of app logins leaves tunnel logins their own.
-        assert_eq!(
-            slots.begin(&id(20), &key, app(), v6("2001:db8:0:2::1"), now),
-            Err(TransferError::Full)
-        );
+        // The app budget is spent (6) by two sources holding 3 each: a newcomer takes the
+        // place of one of theirs, the budget stays 6.
+        slots
+            .begin(&id(20), &key, app(), v6("2001:db8:0:2::1"), now)
+            .unwrap();
+        assert_eq!(slots.len(), 6);
+        // A flood of app logins leaves tunnel logins their own budget.
         let other = IpAddr::from([198, 51, 100, 7]);
         slots
             .begin(&id(30), &key, Purpose::Tunnel, other, now)
@@ -731,5 +762,52 @@ mod tests {
             Err(TransferError::Full)
         );
         assert_eq!(source_of(v6("::ffff:192.0.2.1")), CLI);
+    }
+
+    #[test]
+    fn a_full_budget_is_shared_fairly() {
+        let now = Instant::now();
+        let limits = SlotLimits {
+            app: 4,
+            tunnel: 4,
+            per_source: 3,
+        };
+        let mut slots = Slots::new(limits);
+        let key = Opener::new().public;
+        let id = |i: usize| format!("id-{i:020}");
+        let (a, b, c) = (
+            IpAddr::from([10, 0, 0, 1]),
+            IpAddr::from([10, 0, 0, 2]),
+            IpAddr::from([10, 0, 0, 3]),
+        );
+        // a and b take the whole tunnel budget (3 + 1).
+        for i in 0..3 {
+            let t = now + Duration::from_millis(i as u64);
+            slots.begin(&id(i), &key, Purpose::Tunnel, a, t).unwrap();
+        }
+        slots.begin(&id(3), &key, Purpose::Tunnel, b, now).unwrap();
+        // a's first slot was opened by a browser: it is kept; a's oldest unopened one goes.
+        slots.open(&id(0), now).unwrap();
+        slots.begin(&id(4), &key, Purpose::Tunnel, c, now).unwrap();
+        assert!(slots.waiting(&id(0), now).is_some());
+        assert!(slots.waiting(&id(1), now).is_none(), "evicted");
+        assert!(slots.waiting(&id(2), now).is_some());
+        // a still holds 2 (one opened): a newcomer takes a's unopened one...
+        let d = IpAddr::from([10, 0, 0, 4]);
+        slots.begin(&id(5), &key, Purpose::Tunnel, d, now).unwrap();
+        assert!(slots.waiting(&id(2), now).is_none(), "evicted");
+        assert!(slots.waiting(&id(0), now).is_some(), "opened: kept");
+        // ...and now each of a, b, c, d holds one: shared fairly, so one more is refused,
+        // from a newcomer or from a holder.
+        let e = IpAddr::from([10, 0, 0, 5]);
+        assert_eq!(
+            slots.begin(&id(6), &key, Purpose::Tunnel, e, now),
+            Err(TransferError::Full)
+        );
+        assert_eq!(
+            slots.begin(&id(7), &key, Purpose::Tunnel, b, now),
+            Err(TransferError::Full)
+        );
+        assert_eq!(slots.len(), 4);
     }
 }

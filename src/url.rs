@@ -40,8 +40,12 @@ fn decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Two hex digits exactly (`from_str_radix` alone would take `+5`).
+                let hex = b.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
                 i += 3;
             }
             b'+' => {
@@ -115,6 +119,7 @@ mod tests {
         assert_eq!(param(&params, "x"), Some("é/?"));
         assert_eq!(split_target("/a?x=%zz"), None);
         assert_eq!(split_target("/a?x=%4"), None);
+        assert_eq!(split_target("/a?x=%+5"), None);
         let many: String = (0..40).map(|i| format!("k{i}=v&")).collect();
         assert_eq!(split_target(&format!("/?{many}")), None);
         assert_eq!(

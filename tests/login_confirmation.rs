@@ -6,7 +6,8 @@
 //! - the confirmation is a POST from the bound browser (its `__Host-` cookie) carrying the
 //!   confirmation page's secret, from the edge's own origin: a GET, a wrong secret, a missing
 //!   cookie or another site's origin issues nothing, and the last two end the login;
-//! - the page shows the CLI's code and address; Cancel ends the login with a reason;
+//! - the page shows the CLI's address and asks for the code the CLI printed (without showing
+//!   it); wrong codes are asked again, three end the login; Cancel ends it with a reason;
 //! - a dev sign-in step from another browser ends the login.
 
 mod support;
@@ -117,10 +118,35 @@ impl Signed {
         origin: Option<&str>,
         action: &str,
     ) -> String {
+        self.post(secret, cookie, origin, action, &self.login.code())
+    }
+
+    /// A Confirm from the bound browser with the page's secret, typing `code`.
+    fn confirm_code(&self, code: &str) -> String {
+        self.post(
+            &self.secret(),
+            Some(&self.cookie),
+            Some(&self.origin),
+            "confirm",
+            code,
+        )
+    }
+
+    fn post(
+        &self,
+        secret: &str,
+        cookie: Option<&str>,
+        origin: Option<&str>,
+        action: &str,
+        code: &str,
+    ) -> String {
         self.login.browser_post(
             &self.public,
             "/cdn-cgi/access/confirm",
-            &format!("state={}&secret={secret}&action={action}", self.state),
+            &format!(
+                "state={}&secret={secret}&action={action}&code={code}",
+                self.state
+            ),
             cookie,
             origin,
         )
@@ -134,7 +160,14 @@ fn a_login_is_issued_only_on_a_confirmation_from_its_own_browser() {
 
     let s = sign_in(&edge, 0);
     // The page shows the code the CLI printed and where the login was started from.
-    assert!(s.page.contains(&s.login.code()), "{}", s.page);
+    // It asks for the code the terminal printed, and does not show it: whoever has only the
+    // page (someone sent a link) has nothing to type.
+    assert!(!s.page.contains(&s.login.code()), "{}", s.page);
+    assert!(
+        s.page.contains("Type the code your terminal printed"),
+        "{}",
+        s.page
+    );
     assert!(
         s.page.contains("started from <b>127.0.0.1</b>"),
         "{}",
@@ -163,6 +196,16 @@ fn a_login_is_issued_only_on_a_confirmation_from_its_own_browser() {
     );
     assert_eq!(status_code(&wrong), 403, "{wrong}");
     assert_eq!(s.login.poll().0, 202);
+    // The bound browser and the page's secret, but not the terminal's code: asked again.
+    for typo in ["BCDF-GHJK", ""] {
+        let again = s.confirm_code(typo);
+        assert_eq!(status_code(&again), 403, "{again}");
+        assert!(
+            again.contains("not the code your terminal printed"),
+            "{again}"
+        );
+        assert_eq!(s.login.poll().0, 202);
+    }
     // The page's secret without the browser's cookie: the login ends.
     let unbound = s.confirm(&s.secret(), None, Some(&s.origin), "confirm");
     assert_eq!(status_code(&unbound), 403, "{unbound}");
@@ -185,17 +228,29 @@ fn a_login_is_issued_only_on_a_confirmation_from_its_own_browser() {
     assert_eq!(status_code(&cross), 403, "{cross}");
     assert_eq!(s.login.poll().0, 403);
 
-    // Cancel: nothing issued, and the CLI learns why.
+    // Three wrong codes end the login.
     let s = sign_in(&edge, 2);
+    for _ in 0..2 {
+        assert_eq!(status_code(&s.confirm_code("ZZZZ-ZZZZ")), 403);
+    }
+    let third = s.confirm_code("ZZZZ-ZZZZ");
+    assert!(third.contains("Nothing was issued"), "{third}");
+    let (status, refused) = s.login.poll();
+    assert_eq!(status, 403, "{refused}");
+    assert!(body_of(&refused).contains("did not match"), "{refused}");
+
+    // Cancel: nothing issued, and the CLI learns why.
+    let s = sign_in(&edge, 3);
     let cancel = s.confirm(&s.secret(), Some(&s.cookie), Some(&s.origin), "cancel");
     assert!(cancel.contains("Login cancelled"), "{cancel}");
     let (status, refused) = s.login.poll();
     assert_eq!(status, 403, "{refused}");
     assert!(body_of(&refused).contains("cancelled"), "{refused}");
 
-    // The person confirms: the CLI gets an app token for its application, once.
-    let s = sign_in(&edge, 3);
-    let ok = s.confirm(&s.secret(), Some(&s.cookie), Some(&s.origin), "confirm");
+    // The person types the code (as printed, or lower case without the dash) and confirms:
+    // the CLI gets an app token for its application, once.
+    let s = sign_in(&edge, 4);
+    let ok = s.confirm_code(&s.login.code().to_lowercase().replace('-', ""));
     assert_eq!(status_code(&ok), 200, "{ok}");
     assert!(ok.contains("You can close this window"), "{ok}");
     assert!(

@@ -110,11 +110,32 @@ fn app_token(
         }
     };
     let token = app_token_from(login(opts, Purpose::App)?)?;
+    // Whose token this is: a login link opened by someone else would show their account here.
+    eprintln!("{}", signed_in_as(&token, &opts.hostname));
     if let Err(e) = cache.store(&opts.hostname, &token) {
         warn!("could not cache the token (the next connection logs in again): {e}");
     }
     drop(guard);
     Ok(token)
+}
+
+/// "Signed in as EMAIL for HOST", from the token's claims (read, not verified: the edge checks
+/// the token; this only tells the user whose it is). The email is escaped for the terminal.
+fn signed_in_as(token: &Secret, host: &str) -> String {
+    let email = token
+        .expose()
+        .split('.')
+        .nth(1)
+        .and_then(|p| crate::base64::decode_url(p).ok())
+        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+        .and_then(|c| c.get("email")?.as_str().map(str::to_owned));
+    match email {
+        Some(e) => format!(
+            "Signed in as {} for {host}.",
+            crate::logging::escape(&e, crate::limits::MAX_LOGGED_NAME)
+        ),
+        None => format!("Signed in for {host}."),
+    }
 }
 
 /// The login's plaintext as an app token, checked to be a compact JWT (it goes into an HTTP
@@ -148,6 +169,7 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
         Err(e) => return Err(err(e.to_string())),
     };
     let token = app_token_from(login(opts, Purpose::App)?)?;
+    eprintln!("{}", signed_in_as(&token, &opts.hostname));
     let path = cache
         .store(&opts.hostname, &token)
         .map_err(|e| err(format!("could not store the token: {e}")))?;
@@ -159,6 +181,20 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
 mod tests {
     use super::*;
     use crate::access::token_cache::tests::jwt;
+
+    #[test]
+    fn the_user_is_told_whose_token_arrived_escaped() {
+        let claims = serde_json::json!({"email": "mallory@x.test\u{1b}[2J", "exp": 9});
+        let payload = crate::base64::encode_url(claims.to_string().as_bytes());
+        let token = Secret::from(format!("e30.{payload}.c2ln"));
+        let line = signed_in_as(&token, "ssh.x.test");
+        assert!(line.starts_with("Signed in as mallory@x.test"), "{line}");
+        assert!(!line.contains('\u{1b}'), "{line:?}");
+        assert_eq!(
+            signed_in_as(&Secret::from("a.b.c".to_owned()), "h"),
+            "Signed in for h."
+        );
+    }
 
     #[test]
     fn only_a_compact_jwt_is_accepted_from_a_login() {

@@ -100,7 +100,7 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
     let url = login_url(&opts.hostname, &opts.edge, &opener.id);
     eprintln!(
         "Please open the following URL and log in with your identity provider:\n\n  {url}\n\n\
-         The page will ask you to confirm this code: {code}\n"
+         To confirm the login, the page will ask for this code: {code}\n"
     );
     open_browser(&url, &code);
 

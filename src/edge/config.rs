@@ -535,9 +535,23 @@ impl FileConfig {
             }
         }
         if let Some(url) = &self.public_url {
-            if !url.starts_with("https://") {
+            // Just scheme, host and port: the login pages' links, the cookie's origin and the
+            // Origin check of the confirmation are all derived from it.
+            let authority = url
+                .strip_prefix("https://")
+                .map(|a| a.trim_end_matches('/'));
+            let valid = authority.is_some_and(|a| {
+                let (host, port) = match a.rsplit_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (a, None),
+                };
+                super::valid_hostname(host)
+                    && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
+            });
+            if !valid {
                 return Err(ConfigError::Invalid(format!(
-                    "public_url {url:?} must start with https://"
+                    "public_url {url:?} must be https://HOST or https://HOST:PORT (a host name, \
+                     no path)"
                 )));
             }
         }
@@ -638,6 +652,34 @@ mod tests {
             Ok(_) => panic!("accepted an unknown field"),
         };
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn public_url_is_scheme_host_and_port_only() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let check = |url: &str| {
+            let cfg: FileConfig =
+                serde_json::from_str(&format!(r#"{{{base},"public_url":"{url}"}}"#)).unwrap();
+            cfg.check().map_err(|e| e.to_string())
+        };
+        for good in [
+            "https://login.a.test",
+            "https://login.a.test:8443",
+            "https://login.a.test/",
+        ] {
+            assert!(check(good).is_ok(), "{good}: {:?}", check(good));
+        }
+        for bad in [
+            "http://login.a.test",
+            "https://login.a.test/sso",
+            "https://[::1]:8443",
+            "https://login.a.test:0",
+            "https://login.a.test:x",
+            "https://",
+        ] {
+            let err = check(bad).expect_err(bad);
+            assert!(err.contains("public_url"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -55,6 +55,9 @@ const APP_TOKEN_LEEWAY_SECS: u64 = 5;
 /// Wrong dev codes allowed per login.
 const MAX_DEV_CODE_ATTEMPTS: u32 = 5;
 
+/// Wrong confirmation codes allowed per login (a typo or two; never enough to guess one).
+const MAX_CONFIRM_ATTEMPTS: u32 = 3;
+
 /// The browser-binding cookie lives this long (a login's whole life fits in it).
 const BINDER_COOKIE_SECS: u64 = 600;
 
@@ -91,8 +94,13 @@ enum Stage {
     },
     /// A code exchange for this login is with the worker (one at a time).
     Exchanging,
-    /// Signed in and allowed: the confirmation page is shown, with this page secret.
-    Confirm { identity: Identity, secret: String },
+    /// Signed in and allowed: the confirmation page is shown, with this page secret;
+    /// `attempts` wrong codes were typed so far.
+    Confirm {
+        identity: Identity,
+        secret: String,
+        attempts: u32,
+    },
 }
 
 #[derive(Default)]
@@ -183,7 +191,7 @@ fn respond(
         ("Referrer-Policy", "same-origin"),
         (
             "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:; \
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; \
              frame-ancestors 'none'",
         ),
     ];
@@ -307,6 +315,19 @@ impl Edge {
     /// The base URL of the login pages.
     pub(super) fn public_url(&self) -> String {
         self.public_url.clone()
+    }
+
+    /// The origin browsers send from the login pages: `https://host`, with the port only
+    /// when it is not 443 (config checks that `public_url` is just scheme, host and port).
+    fn public_origin(&self) -> String {
+        let authority = self
+            .public_url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let authority = authority.strip_suffix(":443").unwrap_or(authority);
+        format!("https://{authority}")
     }
 
     /// The host name of [`Edge::public_url`], where the browser's part of a login happens.
@@ -455,6 +476,11 @@ impl Edge {
             Some(_) => return error(c, 400, "unknown login purpose"),
             None => {
                 let app = req.app.as_deref().unwrap_or(host).to_ascii_lowercase();
+                // A host name, not text of the requester's choosing: it is shown on the
+                // confirmation page.
+                if !super::valid_hostname(&app) {
+                    return error(c, 400, "the application must be a host name");
+                }
                 if self.settings.application(&app).is_none() {
                     return error(
                         c,
@@ -541,13 +567,35 @@ impl Edge {
         let waiting = match self.transfers.open(id, now) {
             Ok(w) => w,
             Err(TransferError::AlreadyOpened) => {
+                // Two browsers have the link: someone else has seen it. Neither may finish.
+                warn!(
+                    "login link opened in a second browser ({}): the login ends",
+                    c.peer
+                );
+                self.transfers.refuse(
+                    id,
+                    "the login link was opened in two browsers: if you did not share it, \
+                     someone else has it; start the login again",
+                    now,
+                );
+                let ended: Vec<String> = self
+                    .logins
+                    .map
+                    .iter()
+                    .filter(|(_, l)| l.transfer == id)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for state in ended {
+                    self.logins.map.remove(&state);
+                }
                 return page(
                     c,
                     409,
                     "Login link already used",
-                    "<p>This login link was already opened in a browser. Use that browser, \
-                     or run the postern command again.</p>",
-                )
+                    "<p>This login link was already opened in another browser, so it has been \
+                     cancelled. Run the postern command again, and open its link in one \
+                     browser only.</p>",
+                );
             }
             Err(_) => return expired(c),
         };
@@ -759,18 +807,12 @@ impl Edge {
             Ok(id) => self.signed_in(&mut c, &done.state, id),
             Err(e) => {
                 warn!("sign-in failed: {e}");
-                if let Some(l) = self.logins.map.remove(&done.state) {
-                    self.transfers.refuse(
-                        &l.transfer,
-                        "sign-in failed at the identity provider",
-                        Instant::now(),
-                    );
-                }
-                let mut audit = serde_json::Map::new();
-                audit.insert("peer".into(), c.peer.to_string().into());
-                audit.insert("reason".into(), e.to_string().into());
-                audit.insert("decision".into(), "deny".into());
-                self.audit.record("login", audit);
+                self.end_login(
+                    &c,
+                    &done.state,
+                    "sign-in failed at the identity provider",
+                    &format!("sign-in failed: {e}"),
+                );
                 page(
                     &mut c,
                     403,
@@ -891,26 +933,32 @@ impl Edge {
             return expired(c);
         };
         let email = id.email.clone().unwrap_or_default();
+        // What the CLI is told names no one: whoever started the login learns nothing of who
+        // opened its link (the browser shows the account).
         let (verdict, denied) = match &login.purpose {
             Purpose::App(host) => match self.settings.application(host) {
                 Some(app) => (
                     app.decide(&id),
                     format!(
-                        "access denied: {} is not allowed to reach {host}",
-                        escape(&email, crate::limits::MAX_LOGGED_NAME)
+                        "access denied: the account signed in at the browser is not allowed to \
+                         reach {host} (the browser page names it)"
                     ),
                 ),
                 None => {
-                    self.logins.map.remove(state);
+                    self.end_login(
+                        c,
+                        state,
+                        "the application is no longer configured on this edge",
+                        "no application",
+                    );
                     return page(c, 404, "Unknown application", "<p>No such application.</p>");
                 }
             },
             Purpose::Tunnel => (
                 policy::evaluate(&self.settings.tunnel_admins, &id),
-                format!(
-                    "access denied: {} may not create origin certificates",
-                    escape(&email, crate::limits::MAX_LOGGED_NAME)
-                ),
+                "access denied: the account signed in at the browser may not create origin \
+                 certificates (the browser page names it)"
+                    .to_owned(),
             ),
         };
         if !verdict.allow {
@@ -940,63 +988,105 @@ impl Edge {
                 ),
             );
         }
-        let secret = random_token();
-        let purpose = login.purpose.clone();
-        let asked = format!(
-            "<p>This login was started from <b>{}</b>, {}. Your terminal shows this code:</p>\
-             <p class=\"code\">{}</p><p>Confirm only if you started this login yourself and \
-             the code in your terminal is the same. If not, someone may have sent you this \
-             link: press Cancel.</p>",
-            html(&waiting.requester.to_string()),
-            ago(waiting.age.as_secs()),
-            html(&waiting.code),
-        );
-        // The zone choice of a tunnel login is part of the form it confirms.
-        let (what, zones) = match &purpose {
+        let login = self.logins.map.get_mut(state).expect("bug: checked above");
+        login.stage = Stage::Confirm {
+            identity: id,
+            secret: random_token(),
+            attempts: 0,
+        };
+        let body = self.confirm_page(state, &waiting, None);
+        page(c, 200, "Confirm this login", &body);
+    }
+
+    /// The confirmation page of `state`'s login (in its Confirm stage): who signed in, what
+    /// is asked, where and when the login was started, and a form that takes the code the
+    /// terminal printed (and a tunnel login's zone), with the page secret.
+    fn confirm_page(&self, state: &str, waiting: &Waiting, error: Option<&str>) -> String {
+        let Some(PendingLogin {
+            purpose,
+            stage: Stage::Confirm {
+                identity, secret, ..
+            },
+            ..
+        }) = self.logins.map.get(state)
+        else {
+            return String::new();
+        };
+        let email = html(identity.email.as_deref().unwrap_or_default());
+        let (what, zones) = match purpose {
             Purpose::App(host) => (
                 format!(
-                    "<p>Signed in as <b>{}</b>. A postern command asks for access to <b>{}</b> \
-                     in your name.</p>",
-                    html(&email),
+                    "<p>Signed in as <b>{email}</b>. A postern command asks for access to \
+                     <b>{}</b> in your name.</p>",
                     html(host)
                 ),
                 String::new(),
             ),
             Purpose::Tunnel => {
-                let mut options = String::new();
-                for (i, z) in self.settings.zones.iter().enumerate() {
-                    options.push_str(&format!(
-                        "<p><label><input type=\"radio\" name=\"zone\" value=\"{z}\"{}> {z}</label></p>",
-                        if i == 0 { " checked" } else { "" },
-                        z = html(z)
-                    ));
-                }
+                // No zone is chosen in advance: the person picks one.
+                let options: String = self
+                    .settings
+                    .zones
+                    .iter()
+                    .map(|z| {
+                        format!(
+                            "<p><label><input type=\"radio\" name=\"zone\" value=\"{z}\" \
+                             required> {z}</label></p>",
+                            z = html(z)
+                        )
+                    })
+                    .collect();
                 (
                     format!(
-                        "<p>Signed in as <b>{}</b>. <code>postern tunnel login</code> asks for an \
-                         origin certificate: the server that holds it may serve every hostname \
-                         of the zone you choose.</p>",
-                        html(&email)
+                        "<p>Signed in as <b>{email}</b>. <code>postern tunnel login</code> asks \
+                         for an origin certificate: the server that holds it may serve every \
+                         hostname of the zone you choose.</p>"
                     ),
                     options,
                 )
             }
         };
-        let body = format!(
-            "{what}{asked}<form method=\"post\" action=\"/cdn-cgi/access/confirm\">{zones}\
+        let error = error
+            .map(|e| format!("<p><b>{}</b></p>", html(e)))
+            .unwrap_or_default();
+        format!(
+            "{what}<p>This login was started from <b>{}</b>, {}.</p>{error}\
+             <form method=\"post\" action=\"/cdn-cgi/access/confirm\">{zones}\
+             <p><label>Type the code your terminal printed: <input name=\"code\" \
+             autocomplete=\"off\" autocapitalize=\"characters\" spellcheck=\"false\" \
+             placeholder=\"XXXX-XXXX\" size=\"10\" required autofocus></label></p>\
+             <p>If you did not just run a postern command, or your terminal shows no code, \
+             someone may have sent you this link: press Cancel.</p>\
              <input type=\"hidden\" name=\"state\" value=\"{}\">\
              <input type=\"hidden\" name=\"secret\" value=\"{}\">\
              <button name=\"action\" value=\"confirm\">Confirm</button> \
-             <button name=\"action\" value=\"cancel\">Cancel</button></form>",
+             <button name=\"action\" value=\"cancel\" formnovalidate>Cancel</button></form>",
+            html(&waiting.requester.to_string()),
+            ago(waiting.age.as_secs()),
             html(state),
-            html(&secret)
-        );
-        let login = self.logins.map.get_mut(state).expect("bug: checked above");
-        login.stage = Stage::Confirm {
-            identity: id,
-            secret,
+            html(secret)
+        )
+    }
+
+    /// Ends `state`'s login before anything was issued: the CLI learns `why` at its next
+    /// poll (so it stops waiting), and the decision is audited with `reason`.
+    fn end_login(&mut self, c: &Carrier, state: &str, why: &str, reason: &str) {
+        let Some(login) = self.logins.map.remove(state) else {
+            return;
         };
-        page(c, 200, "Confirm this login", &body);
+        let now = Instant::now();
+        let mut audit = serde_json::Map::new();
+        if let Some(waiting) = self.transfers.waiting(&login.transfer, now) {
+            let identity = match &login.stage {
+                Stage::Confirm { identity, .. } => identity.clone(),
+                _ => Identity::default(),
+            };
+            audit = self.login_audit(c, &login, &waiting, &identity);
+        }
+        audit.insert("decision".into(), "deny".into());
+        audit.insert("reason".into(), reason.into());
+        self.audit.record(Self::audit_event(&login.purpose), audit);
+        self.transfers.refuse(&login.transfer, why, now);
     }
 
     /// `POST /cdn-cgi/access/confirm`: the person pressed Confirm (or Cancel) on the page
@@ -1010,14 +1100,15 @@ impl Edge {
         // before the page secret is looked at.
         let origin_ok = head
             .header("origin")
-            .is_none_or(|o| o.eq_ignore_ascii_case(self.public_url.trim_end_matches('/')));
+            .is_none_or(|o| o.eq_ignore_ascii_case(&self.public_origin()));
         if !origin_ok || !self.bound(head, &state) {
             return self.not_bound(c, &state, "confirmation");
         }
-        let secret = param(form, "secret").unwrap_or("");
         let login = self.logins.map.get(&state).expect("bug: checked above");
         let Stage::Confirm {
-            secret: expected, ..
+            secret: expected,
+            identity,
+            ..
         } = &login.stage
         else {
             return page(
@@ -1027,6 +1118,7 @@ impl Edge {
                 "<p>This login has not been signed in yet.</p>",
             );
         };
+        let secret = param(form, "secret").unwrap_or("");
         if !ct_eq(secret.as_bytes(), expected.as_bytes()) {
             return page(
                 c,
@@ -1036,30 +1128,23 @@ impl Edge {
                  command again.</p>",
             );
         }
+        let identity = identity.clone();
         let now = Instant::now();
-        let login = self.logins.map.remove(&state).expect("bug: checked above");
+        let Some(waiting) = self.transfers.waiting(&login.transfer, now) else {
+            self.logins.map.remove(&state);
+            return expired(c);
+        };
         let clear = format!(
             "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
             binder_cookie_name(&state)
         );
         let clear = [("Set-Cookie", clear.as_str())];
-        let Some(waiting) = self.transfers.waiting(&login.transfer, now) else {
-            return expired(c);
-        };
-        let Stage::Confirm { identity, .. } = &login.stage else {
-            unreachable!("bug: stage checked above");
-        };
-        let identity = identity.clone();
-        let mut audit = self.login_audit(c, &login, &waiting, &identity);
-        let event = Self::audit_event(&login.purpose);
         if param(form, "action") != Some("confirm") {
-            audit.insert("decision".into(), "deny".into());
-            audit.insert("reason".into(), "cancelled in the browser".into());
-            self.audit.record(event, audit);
-            self.transfers.refuse(
-                &login.transfer,
+            self.end_login(
+                c,
+                &state,
                 "the login was cancelled in the browser",
-                now,
+                "cancelled in the browser",
             );
             return page_with(
                 c,
@@ -1069,12 +1154,73 @@ impl Edge {
                 &clear,
             );
         }
+        // The code from the terminal, typed: whoever has only the page cannot confirm, and no
+        // click on a page prepared by someone else can.
+        let typed = normalize_code(param(form, "code").unwrap_or(""));
+        if !ct_eq(typed.as_bytes(), normalize_code(&waiting.code).as_bytes()) {
+            let login = self.logins.map.get_mut(&state).expect("bug: checked above");
+            let Stage::Confirm { attempts, .. } = &mut login.stage else {
+                unreachable!("bug: stage checked above");
+            };
+            *attempts += 1;
+            if *attempts >= MAX_CONFIRM_ATTEMPTS {
+                self.end_login(
+                    c,
+                    &state,
+                    "the code typed in the browser did not match this login's",
+                    "wrong confirmation code",
+                );
+                return page_with(
+                    c,
+                    403,
+                    "Wrong code",
+                    "<p>That is not the code of this login. Nothing was issued; run the postern \
+                     command again.</p>",
+                    &clear,
+                );
+            }
+            let body = self.confirm_page(
+                &state,
+                &waiting,
+                Some("That is not the code your terminal printed for this login."),
+            );
+            return page(c, 403, "Confirm this login", &body);
+        }
+        let zone = param(form, "zone").unwrap_or("").to_ascii_lowercase();
+        if Purpose::Tunnel == login.purpose && !self.settings.zones.contains(&zone) {
+            let body = self.confirm_page(&state, &waiting, Some("Choose one of the zones."));
+            return page(c, 400, "Confirm this login", &body);
+        }
+        // The policy again: a reload since the sign-in may have changed it.
+        let allowed = match &login.purpose {
+            Purpose::App(host) => self
+                .settings
+                .application(host)
+                .is_some_and(|app| app.decide(&identity).allow),
+            Purpose::Tunnel => policy::evaluate(&self.settings.tunnel_admins, &identity).allow,
+        };
+        if !allowed {
+            self.end_login(
+                c,
+                &state,
+                "access denied: the policy changed during the login",
+                "policy",
+            );
+            return page_with(
+                c,
+                403,
+                "Access denied",
+                "<p>This login is no longer allowed. Ask the administrator of this edge.</p>",
+                &clear,
+            );
+        }
+        let login = self.logins.map.remove(&state).expect("bug: checked above");
+        let mut audit = self.login_audit(c, &login, &waiting, &identity);
+        let event = Self::audit_event(&login.purpose);
         let email = identity.email.clone().unwrap_or_default();
         let (payload, done_html) = match &login.purpose {
             Purpose::App(host) => {
-                let Some(app) = self.settings.application(host) else {
-                    return page(c, 404, "Unknown application", "<p>No such application.</p>");
-                };
+                let app = self.settings.application(host).expect("bug: allowed above");
                 let issued = unix_now();
                 let claims = serde_json::json!({
                     "iss": self.public_url(),
@@ -1098,19 +1244,15 @@ impl Edge {
                 )
             }
             Purpose::Tunnel => {
-                let zone = param(form, "zone").unwrap_or("").to_ascii_lowercase();
-                if !self.settings.zones.contains(&zone) {
-                    return page(
-                        c,
-                        400,
-                        "Unknown zone",
-                        "<p>Choose one of the zones offered.</p>",
-                    );
-                }
                 let credential = match self.issue_origin_credential(&zone) {
                     Ok(cred) => cred,
                     Err(e) => {
                         warn!("tunnel login: cannot issue a certificate: {e}");
+                        self.transfers.refuse(
+                            &login.transfer,
+                            "the edge could not issue a certificate",
+                            now,
+                        );
                         return page(
                             c,
                             500,
@@ -1217,6 +1359,15 @@ impl Edge {
             service_token: None,
         })
     }
+}
+
+/// A typed confirmation code as compared: letters upper-cased, spaces and dashes dropped.
+fn normalize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .take(64)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
 }
 
 /// An address the dev sign-in will print: printable ASCII with one `@`, no spaces.

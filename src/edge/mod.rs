@@ -330,7 +330,11 @@ impl Edge {
             logins: login::Logins::default(),
             oidc,
             worker: None,
-            public_url: settings.public_url.clone().unwrap_or_default(),
+            public_url: settings
+                .public_url
+                .as_deref()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
             settings,
             slot_ip: Vec::new(),
             per_ip: HashMap::new(),
@@ -591,10 +595,12 @@ impl Edge {
         }
     }
 
-    /// True if `ip` may make one more login request this minute (and counts it).
+    /// True if `ip` may make one more login request this minute (and counts it). Counted
+    /// per source as the login budgets are: an address, or an IPv6 /64.
     fn login_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
         let max = self.settings.limits.login_attempts_per_minute;
-        let w = self.login_windows.entry(ip).or_insert((now, 0));
+        let source = crate::token_transfer::source_of(ip);
+        let w = self.login_windows.entry(source).or_insert((now, 0));
         if now.duration_since(w.0) >= Duration::from_secs(60) {
             *w = (now, 0);
         }

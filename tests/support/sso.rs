@@ -225,7 +225,7 @@ impl Sso {
 /// The login URL and the confirmation code a login command prints on stderr.
 pub fn login_prompt(cli: &Child) -> (String, String) {
     let text = cli
-        .wait_for_stderr("confirm this code: ", Duration::from_secs(20))
+        .wait_for_stderr("ask for this code: ", Duration::from_secs(20))
         .expect("the login command must print the login URL and its code");
     let url = text
         .split_whitespace()
@@ -233,7 +233,7 @@ pub fn login_prompt(cli: &Child) -> (String, String) {
         .expect("URL in stderr")
         .to_owned();
     let code = text
-        .split("confirm this code: ")
+        .split("ask for this code: ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .expect("code in stderr")
