@@ -179,6 +179,19 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
     assert!(bound.contains("Set-Cookie: __Host-postern-"), "{bound}");
     let again = open("login.localhost");
     assert!(status_of(&again).contains(" 409 "), "{again}");
+    // Two browsers had the link: the login is cancelled, and its CLI is told why.
+    let poll = raw_get(
+        &sso.edge_addr,
+        &sso.ca(),
+        "ssh.localhost",
+        &format!("/cdn-cgi/access/transfer?id={}", key.id),
+        &[],
+        false,
+    );
+    assert!(
+        status_of(&poll).contains(" 403 ") && body_of(&poll).contains("opened in two browsers"),
+        "{poll}"
+    );
     // Polling an unknown transfer says so.
     let unknown = raw_get(
         &sso.edge_addr,
