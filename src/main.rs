@@ -246,6 +246,8 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     let metrics = metrics
         .or_else(|| env_var("POSTERN_METRICS"))
         .or_else(|| settings.metrics.clone());
+    // One descriptor per connection: use all the hard limit allows (systemd starts us at 1024).
+    postern::io::fd_limit::raise_and_report("edge");
     let edge = Edge::new(settings).map_err(|e| e.to_string())?;
     if let Some(addr) = metrics {
         let bound = edge.serve_metrics(&addr).map_err(|e| e.to_string())?;
@@ -549,6 +551,8 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
 }
 
 fn run_origin(opts: TunnelOptions, metrics: Option<String>) -> Res {
+    // Two descriptors per stream (its tunnel share and the local service connection).
+    postern::io::fd_limit::raise_and_report("tunnel");
     let origin = Origin::new(opts).map_err(|e| e.to_string())?;
     if let Some(addr) = metrics.or_else(|| env_var("POSTERN_METRICS")) {
         let bound = origin.serve_metrics(&addr).map_err(|e| e.to_string())?;

@@ -40,7 +40,8 @@ use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
+    ACCEPT_RETRY_MILLIS, CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
+    TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
@@ -174,6 +175,51 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     /// When each slot's connection was accepted, until its TLS handshake is done.
     tls_started: Vec<Option<Instant>>,
+    /// The open-file soft limit at start, which caps `limits.max_connections`.
+    open_files: Option<u64>,
+    /// `accept` failed for want of descriptors: paused until then.
+    accept_pause: AcceptPause,
+}
+
+/// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then
+/// retries by itself (the listener is edge-triggered: the connections already waiting would
+/// raise no new event), and the failure is logged once per [`LIMIT_LOG_INTERVAL_SECS`].
+#[derive(Default)]
+struct AcceptPause {
+    retry_at: Option<Instant>,
+    logged_at: Option<Instant>,
+    /// Failures since the last line.
+    unlogged: u64,
+}
+
+impl AcceptPause {
+    fn failed(&mut self, e: &io::Error, now: Instant) {
+        self.retry_at = Some(now + Duration::from_millis(ACCEPT_RETRY_MILLIS));
+        let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
+            self.unlogged = self.unlogged.saturating_add(1);
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let since = if unlogged > 0 {
+            format!("; {unlogged} more since the last line")
+        } else {
+            String::new()
+        };
+        warn!(
+            "accept: {e}; accepting again every {ACCEPT_RETRY_MILLIS} ms (further failures are \
+             counted, not logged, for {LIMIT_LOG_INTERVAL_SECS} s{since})"
+        );
+        self.logged_at = Some(now);
+    }
+
+    /// True when accepting is paused at `now`.
+    fn paused(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| now < at)
+    }
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -240,7 +286,11 @@ impl std::fmt::Display for LimitCounters {
 }
 
 impl Edge {
-    pub fn new(settings: EdgeSettings) -> io::Result<Edge> {
+    pub fn new(mut settings: EdgeSettings) -> io::Result<Edge> {
+        let open_files = crate::io::fd_limit::get().ok().map(|l| l.soft);
+        if let Some(warning) = open_files.and_then(|n| settings.limits.fit_descriptors(n)) {
+            warn!("{warning}");
+        }
         let tokens = ServiceTokens::load(&settings.state)?;
         let mut hostnames = Hostnames::load(&settings.state)?;
         let tunnels = Tunnels::load(&settings.state)?;
@@ -293,6 +343,8 @@ impl Edge {
             counters: LimitCounters::default(),
             metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
             tls_started: Vec::new(),
+            open_files,
+            accept_pause: AcceptPause::default(),
         })
     }
 
@@ -319,6 +371,10 @@ impl Edge {
                 self.settings.applications = new.applications;
                 self.settings.tunnel_admins = new.tunnel_admins;
                 self.settings.limits = new.limits;
+                let open_files = self.open_files;
+                if let Some(w) = open_files.and_then(|n| self.settings.limits.fit_descriptors(n)) {
+                    warn!("{w}");
+                }
                 self.metrics.config_reload(true);
                 info!("config reloaded from {path}");
             }
@@ -367,7 +423,11 @@ impl Edge {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + Duration::from_secs(1);
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let wake = self
+                .accept_pause
+                .retry_at
+                .map_or(next_tick, |r| r.min(next_tick));
+            let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -376,6 +436,7 @@ impl Edge {
             }
             for ev in events.iter() {
                 match ev.token() {
+                    LISTENER if self.accept_pause.retry_at.is_some() => {}
                     LISTENER => self.accept(&listener),
                     SIGNALS => {
                         let terminate = signals.take();
@@ -391,6 +452,10 @@ impl Edge {
                     WAKER => self.worker_results(),
                     Token(t) => self.mark(t - FIRST_CONN),
                 }
+            }
+            if self.accept_pause.retry_at.is_some() && !self.accept_pause.paused(Instant::now()) {
+                self.accept_pause.retry_at = None;
+                self.accept(&listener);
             }
             self.run_dirty();
             let now = Instant::now();
@@ -451,9 +516,12 @@ impl Edge {
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // That one connection was reset while it waited: the next may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and wait for the next readiness.
-                    warn!("accept: {e}");
+                    // EMFILE and friends: pause, retry on a timer, log once per interval.
+                    self.metrics.error(metrics::Error::ConnectionLimit);
+                    self.accept_pause.failed(&e, Instant::now());
                     return;
                 }
             }
