@@ -5,6 +5,12 @@
 //! fatal level in `log`). A JSON line is one object with `time` (RFC 3339, UTC, milliseconds),
 //! `level`, `target` and `message`, built with serde_json, so quotes, newlines and control
 //! characters in a message are escaped and every line parses on its own.
+//!
+//! Third-party wire traces stay off unless asked for by name: a bare level (`RUST_LOG=trace`,
+//! `--loglevel debug`) reaches [`WIRE_TARGETS`] capped at `info`, because their debug and trace
+//! records show what goes over the wire (ureq-proto hexdumps the OIDC token request with the
+//! client secret, and the tokens that come back). `RUST_LOG=ureq_proto=trace` still turns them
+//! on, with a warning that the output may contain secrets.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -111,8 +117,70 @@ impl LogFlags {
     }
 }
 
+/// Crates whose debug and trace records carry wire data or secrets: `ureq_proto` hexdumps
+/// every request and response (the token request's `Authorization: Basic` header with the OIDC
+/// client secret, the authorization code, the tokens in the answer), `ureq` logs request URLs
+/// with their query at trace, `rustls` logs handshake messages.
+pub const WIRE_TARGETS: [&str; 3] = ["ureq", "ureq_proto", "rustls"];
+
+/// The env_logger filter to install for `spec` (RUST_LOG syntax): `spec` itself, plus a cap at
+/// `info` (or the spec's own level, if lower) for each of [`WIRE_TARGETS`] that the spec does
+/// not name. Also returns the wire targets it names, which then log as asked.
+///
+/// A directive names a target when it covers it (env_logger matches names as prefixes, so
+/// `ureq` covers `ureq_proto`) or one of its modules (`rustls::client`).
+pub fn cap_wire_traces(spec: &str) -> (String, Vec<&'static str>) {
+    let (mods, regex) = match spec.split_once('/') {
+        Some((m, f)) => (m, Some(f)),
+        None => (spec, None),
+    };
+    let mut global = None;
+    let mut names = Vec::new();
+    for d in mods.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (name, level) = match d.split_once('=') {
+            Some((n, l)) => (n.trim(), Some(l.trim())),
+            None => match d.parse::<log::LevelFilter>() {
+                Ok(l) => {
+                    global = Some(l);
+                    continue;
+                }
+                Err(_) => (d, None),
+            },
+        };
+        if name.is_empty() {
+            // `=debug`: a name that every target starts with, i.e. a bare level.
+            global = level.and_then(|l| l.parse().ok()).or(global);
+        } else {
+            names.push(name);
+        }
+    }
+    let named: Vec<&'static str> = WIRE_TARGETS
+        .into_iter()
+        .filter(|w| {
+            names
+                .iter()
+                .any(|n| w.starts_with(n) || n.starts_with(&format!("{w}::")))
+        })
+        .collect();
+    let mut out = mods.trim().to_owned();
+    if let Some(cap) = global.map(|g| g.min(log::LevelFilter::Info)) {
+        for w in WIRE_TARGETS.iter().filter(|w| !named.contains(w)) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&format!("{w}={}", cap.as_str().to_ascii_lowercase()));
+        }
+    }
+    if let Some(f) = regex {
+        out.push('/');
+        out.push_str(f);
+    }
+    (out, named)
+}
+
 /// Installs the logger. `flags.level` beats `RUST_LOG`, which beats `default_level`; the
-/// format is `flags.format`, else env `POSTERN_LOG_FORMAT`, else human.
+/// format is `flags.format`, else env `POSTERN_LOG_FORMAT`, else human. Wire traces are capped
+/// ([`cap_wire_traces`]).
 pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
     let format = match flags.format {
         Some(f) => f,
@@ -121,11 +189,23 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
             _ => LogFormat::Human,
         },
     };
-    let mut b =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level));
+    let mut spec = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() => v,
+        _ => default_level.to_owned(),
+    };
     if let Some(level) = flags.level {
-        b.parse_filters(level);
+        // After RUST_LOG's directives (and before its `/filter`): the later bare level wins.
+        spec = match spec.split_once('/') {
+            Some((mods, filter)) => format!("{mods},{level}/{filter}"),
+            None => format!("{spec},{level}"),
+        };
     }
+    let (filter, named) = cap_wire_traces(&spec);
+    let mut b = env_logger::Builder::new();
+    if let Ok(style) = std::env::var("RUST_LOG_STYLE") {
+        b.parse_write_style(&style);
+    }
+    b.parse_filters(&filter);
     match format {
         LogFormat::Human => {
             b.format_target(false);
@@ -144,6 +224,13 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
         }
     }
     b.init();
+    if !named.is_empty() {
+        log::warn!(
+            "RUST_LOG turns on wire traces of {}: they can contain secrets (the OIDC client \
+             secret, authorization codes, tokens); do not share these logs",
+            named.join(", ")
+        );
+    }
     Ok(())
 }
 
@@ -186,6 +273,62 @@ mod tests {
             level: Some("debug"),
         };
         assert_eq!(later.or(f).format, Some(LogFormat::Json));
+    }
+
+    #[test]
+    fn bare_levels_keep_wire_traces_at_info() {
+        let (f, named) = cap_wire_traces("trace");
+        assert_eq!(f, "trace,ureq=info,ureq_proto=info,rustls=info");
+        assert!(named.is_empty());
+        // A level below info is the cap itself; no bare level, nothing to cap.
+        assert_eq!(
+            cap_wire_traces("warn").0,
+            "warn,ureq=warn,ureq_proto=warn,rustls=warn"
+        );
+        assert_eq!(cap_wire_traces("postern=trace").0, "postern=trace");
+        // `--loglevel` appended after RUST_LOG: the last bare level counts; `/filter` stays last.
+        assert_eq!(
+            cap_wire_traces("info,postern=debug,DEBUG/edge").0,
+            "info,postern=debug,DEBUG,ureq=info,ureq_proto=info,rustls=info/edge"
+        );
+        assert_eq!(
+            cap_wire_traces("=trace").0,
+            "=trace,ureq=info,ureq_proto=info,rustls=info"
+        );
+    }
+
+    #[test]
+    fn wire_targets_named_explicitly_are_left_as_asked() {
+        // `ureq` covers `ureq_proto` (env_logger matches prefixes); `ureq_proto` only itself.
+        let (f, named) = cap_wire_traces("trace,ureq=trace");
+        assert_eq!(f, "trace,ureq=trace,rustls=info");
+        assert_eq!(named, ["ureq", "ureq_proto"]);
+        let (f, named) = cap_wire_traces("debug,ureq_proto");
+        assert_eq!(f, "debug,ureq_proto,ureq=info,rustls=info");
+        assert_eq!(named, ["ureq_proto"]);
+        let (_, named) = cap_wire_traces("rustls::client=trace");
+        assert_eq!(named, ["rustls"]);
+        // A longer name is not a module of ours: `rustlsx` does not name rustls.
+        assert!(cap_wire_traces("trace,rustlsx=trace").1.is_empty());
+    }
+
+    /// What env_logger makes of the capped filter: the test that matters.
+    #[test]
+    fn capped_filter_refuses_wire_trace_records() {
+        let enabled = |spec: &str, target: &str, level: log::Level| {
+            let (f, _) = cap_wire_traces(spec);
+            let logger = env_logger::Builder::new().parse_filters(&f).build();
+            let meta = log::Metadata::builder().target(target).level(level).build();
+            log::Log::enabled(&logger, &meta)
+        };
+        use log::Level::{Info, Trace};
+        assert!(enabled("trace", "postern::oidc", Trace));
+        assert!(!enabled("trace", "ureq_proto::util", Trace));
+        assert!(!enabled("trace", "ureq::run", Trace));
+        assert!(!enabled("trace", "rustls::client::hs", Trace));
+        assert!(enabled("trace", "ureq::run", Info));
+        assert!(enabled("trace,ureq_proto=trace", "ureq_proto::util", Trace));
+        assert!(!enabled("trace,ureq_proto=trace", "ureq::run", Trace));
     }
 
     #[test]
