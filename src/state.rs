@@ -517,6 +517,34 @@ impl Hostnames {
         self.unroute_unknown(state, |t| t != id)
     }
 
+    /// Forgets every hostname recorded for another zone than `zone_of` gives it now (a zone
+    /// configured since, e.g. `team.site.com` beside `site.com`, takes its names back from
+    /// the parent zone's certificates and tunnels); returns them. Hostnames in no configured
+    /// zone are kept.
+    pub fn release_other_zones<'z>(
+        &mut self,
+        state: &StateDir,
+        zone_of: impl Fn(&str) -> Option<&'z str>,
+    ) -> io::Result<Vec<String>> {
+        let misfiled = |host: &str, r: &HostnameRecord| zone_of(host).is_some_and(|z| z != r.zone);
+        let gone: Vec<String> = self
+            .hostnames
+            .iter()
+            .filter(|(h, r)| misfiled(h, r))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let before = self.hostnames.clone();
+        self.hostnames.retain(|h, r| !misfiled(h, r));
+        if let Err(e) = self.save(state) {
+            self.hostnames = before;
+            return Err(e);
+        }
+        Ok(gone)
+    }
+
     /// Forgets every hostname routed to a tunnel for which `keep` is false; returns them.
     pub fn unroute_unknown(
         &mut self,
@@ -837,6 +865,38 @@ pub(crate) mod tests {
                 .unwrap(),
             Claim::New
         );
+    }
+
+    #[test]
+    fn names_held_by_a_parent_zone_are_released_when_their_zone_is_configured() {
+        let tmp = TempDir::new("state-zones");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        let mut hosts = Hostnames::load(&state).unwrap();
+        let fp = "ab".repeat(32);
+        hosts.claim(&state, "a.site.com", &fp, "site.com").unwrap();
+        hosts
+            .claim(&state, "b.team.site.com", &fp, "site.com")
+            .unwrap();
+        hosts
+            .route(&state, "c.team.site.com", id, "site.com")
+            .unwrap();
+        hosts
+            .route(&state, "d.team.site.com", id, "team.site.com")
+            .unwrap();
+        hosts.claim(&state, "e.gone.com", &fp, "gone.com").unwrap();
+        let zones = ["site.com".to_owned(), "team.site.com".to_owned()];
+        let gone = hosts
+            .release_other_zones(&state, |h| crate::edge::config::zone_of(&zones, h))
+            .unwrap();
+        assert_eq!(gone, ["b.team.site.com", "c.team.site.com"]);
+        let hosts = Hostnames::load(&state).unwrap();
+        assert!(hosts.owner("b.team.site.com").is_none());
+        assert!(hosts.owner("c.team.site.com").is_none());
+        assert!(hosts.owner("a.site.com").is_some());
+        assert_eq!(hosts.tunnel_of("d.team.site.com"), Some(id));
+        // A name in no configured zone is kept (its zone may come back).
+        assert!(hosts.owner("e.gone.com").is_some());
     }
 
     #[test]

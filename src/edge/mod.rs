@@ -303,6 +303,17 @@ impl Edge {
                 orphans.join(", ")
             );
         }
+        // Names recorded for a parent zone before their own zone was configured.
+        let zones = settings.zones.clone();
+        let misfiled =
+            hostnames.release_other_zones(&settings.state, |h| config::zone_of(&zones, h))?;
+        if !misfiled.is_empty() {
+            warn!(
+                "released {} hostname(s) held by another zone than their own: {}",
+                misfiled.len(),
+                misfiled.join(", ")
+            );
+        }
         let audit = Audit::open(&settings.audit_log)?;
         let keys = load_keys(&settings)?;
         let oidc = match &settings.identity {
@@ -1407,6 +1418,11 @@ impl Edge {
                 refusal::NOT_COVERED,
                 format!("origin certificate does not cover hostname {hostname}: use a certificate for its zone"),
             ))
+        } else if let Some(zone) = self.zone_mismatch(&t.cert, hostname) {
+            Some((
+                refusal::NOT_COVERED,
+                format!("hostname {hostname} is in the zone {zone}: use a certificate for {zone}"),
+            ))
         } else {
             let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
             match self
@@ -1843,6 +1859,16 @@ fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
+    }
+}
+
+impl Edge {
+    /// `Some(zone of hostname)` when the origin certificate is for another zone: a certificate
+    /// for `site.com` covers `x.team.site.com` by its SANs, but when `team.site.com` is a zone
+    /// of its own, only that zone's certificates may claim names in it.
+    fn zone_mismatch(&self, cert: &CertificateDer<'_>, hostname: &str) -> Option<String> {
+        let zone = self.settings.zone_of(hostname)?;
+        (crate::pki::origin_zone(cert).as_deref() != Some(zone)).then(|| zone.to_owned())
     }
 }
 
