@@ -2,8 +2,8 @@
 //!
 //! Protocol modules are sans-IO (bytes and time in, events and bytes out); only `io` touches
 //! sockets, the clock and the OS. See `docs/design.md` for the why.
-// `deny`, not `forbid`: `io::fd_limit` alone allows `unsafe` (two libc calls that std lacks;
-// vendor-policy.md, "`unsafe`"). `io`'s test `unsafe_code_lives_only_in_fd_limit` keeps it so.
+// `deny`, not `forbid`: `io::sys` alone allows `unsafe` (the libc calls that std lacks;
+// vendor-policy.md, "`unsafe`"). `io`'s test `unsafe_code_lives_only_in_sys` keeps it so.
 #![deny(unsafe_code)]
 #![forbid(unused_must_use)]
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,7 +45,9 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens `path`, creating it (and missing parents) with mode 0700 if needed.
+    /// Opens `path`, creating it (and missing parents) with mode 0700 if needed. A directory
+    /// owned by another user than this process's is refused: its owner could replace the
+    /// signing keys, the origin CA or the hostname records under us.
     pub fn open(path: &Path) -> io::Result<StateDir> {
         DirBuilder::new()
             .recursive(true)
@@ -57,13 +59,29 @@ impl StateDir {
                     &format!("cannot create state directory {}", path.display()),
                 )
             })?;
-        if let Ok(meta) = fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                log::warn!(
-                    "state directory {} is accessible to other users; chmod 700 it",
+        let meta = fs::metadata(path).map_err(|e| {
+            annotate(
+                e,
+                &format!("cannot read state directory {}", path.display()),
+            )
+        })?;
+        let (owner, us) = (meta.uid(), crate::io::sys::euid());
+        if owner != us {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "state directory {} is owned by uid {owner}, not by this process's uid {us}: \
+                     another user could change the edge's keys and records in it. Run postern \
+                     as its owner (e.g. `sudo -u <owner> postern ...`), or chown it to uid {us}",
                     path.display()
-                );
-            }
+                ),
+            ));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "state directory {} is accessible to other users; chmod 700 it",
+                path.display()
+            );
         }
         Ok(StateDir {
             path: path.to_path_buf(),
@@ -75,10 +93,9 @@ impl StateDir {
         &self.path
     }
 
-    /// `$HOME/.postern/edge` (or `./.postern/edge` when `HOME` is unset).
-    pub fn default_path() -> PathBuf {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-        home.join(".postern").join("edge")
+    /// `$HOME/.postern/edge`; an error naming HOME and `--state` without a usable HOME.
+    pub fn default_path() -> Result<PathBuf, String> {
+        Ok(crate::io::postern_dir("pass --state DIR")?.join("edge"))
     }
 
     /// Replaces `name` atomically with `data`; a new file gets `mode`.
@@ -749,7 +766,9 @@ pub(crate) mod tests {
 
     #[test]
     fn default_path_ends_in_postern_edge() {
-        assert!(StateDir::default_path().ends_with(".postern/edge"));
+        if std::env::var_os("HOME").is_some_and(|h| Path::new(&h).is_absolute()) {
+            assert!(StateDir::default_path().unwrap().ends_with(".postern/edge"));
+        }
     }
 
     #[test]

@@ -734,6 +734,13 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
 pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
     let cache = TokenCache::open_default();
+    if let (Err(e), false) = (
+        &cache,
+        matches!(opts.credentials, Credentials::ServiceToken { .. }),
+    ) {
+        // Fail now, not at the first connection.
+        return Err(err(e.clone()));
+    }
     let mut listener =
         TcpListener::bind(listen).map_err(|e| err(format!("cannot listen on {listen}: {e}")))?;
     let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;

@@ -287,7 +287,7 @@ impl std::fmt::Display for LimitCounters {
 
 impl Edge {
     pub fn new(mut settings: EdgeSettings) -> io::Result<Edge> {
-        let open_files = crate::io::fd_limit::get().ok().map(|l| l.soft);
+        let open_files = crate::io::sys::open_files().ok().map(|l| l.soft);
         if let Some(warning) = open_files.and_then(|n| settings.limits.fit_descriptors(n)) {
             warn!("{warning}");
         }

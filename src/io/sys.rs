@@ -1,16 +1,18 @@
-//! The open-file limit (`RLIMIT_NOFILE`): read it, and raise the soft limit to the hard one.
+//! The system calls std lacks, through libc: the open-file limit (`RLIMIT_NOFILE`: read it,
+//! raise the soft limit to the hard one) and the effective user id.
 //!
-//! Why: systemd and most shells start a process with a soft limit of 1024 descriptors, far
-//! below what the edge needs (one per connection) and below the hard limit the process is
-//! allowed to raise it to. An edge stuck at 1024 can be filled by a few addresses' idle
-//! connections (SECURITY.md, "Descriptor exhaustion").
+//! Why the limit: systemd and most shells start a process with a soft limit of 1024
+//! descriptors, far below what the edge needs (one per connection) and below the hard limit the
+//! process may raise it to. An edge stuck at 1024 can be filled by a few addresses' idle
+//! connections (SECURITY.md, "Internet → edge"). Why the user id: the edge refuses a state
+//! directory that another user owns (`state::StateDir::open`).
 //!
-//! This is the only module of postern with `unsafe` code (vendor-policy.md, "`unsafe`"):
-//! std has no call for `getrlimit`/`setrlimit`, and the two calls here are the whole of it.
-//! Each passes a pointer to a live, initialised, properly aligned `libc::rlimit` on our own
-//! stack, which the kernel reads or writes once before the call returns; no pointer is kept.
-//! `src/io/mod.rs`'s test `unsafe_code_lives_only_in_fd_limit` fails if `unsafe` appears in any
-//! other source file.
+//! This is the only module of postern with `unsafe` code (vendor-policy.md, "`unsafe`"). The
+//! calls here are the whole of it: `getrlimit` and `setrlimit` each get a pointer to a live,
+//! initialised, properly aligned `libc::rlimit` on our own stack, which the kernel reads or
+//! writes once before the call returns (no pointer is kept); `geteuid` takes nothing and cannot
+//! fail. `src/io/mod.rs`'s test `unsafe_code_lives_only_in_sys` fails if `unsafe` appears in
+//! any other source file.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -25,8 +27,8 @@ pub struct OpenFiles {
     pub hard: u64,
 }
 
-/// The current limits.
-pub fn get() -> io::Result<OpenFiles> {
+/// The current open-file limits.
+pub fn open_files() -> io::Result<OpenFiles> {
     let mut r = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -45,10 +47,10 @@ pub fn get() -> io::Result<OpenFiles> {
     })
 }
 
-/// Raises the soft limit to the hard limit (never lowers anything) and returns the limits in
-/// force afterwards. The hard limit stays: only root could raise it.
-pub fn raise_soft_to_hard() -> io::Result<OpenFiles> {
-    let now = get()?;
+/// Raises the soft open-file limit to the hard limit (never lowers anything) and returns the
+/// limits in force afterwards. The hard limit stays: only root could raise it.
+pub fn raise_open_files() -> io::Result<OpenFiles> {
+    let now = open_files()?;
     if now.soft >= now.hard {
         return Ok(now);
     }
@@ -62,14 +64,14 @@ pub fn raise_soft_to_hard() -> io::Result<OpenFiles> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    get()
+    open_files()
 }
 
-/// [`raise_soft_to_hard`] for a long-running role (`edge`, `tunnel`): logs what it did and
+/// [`raise_open_files`] for a long-running role (`edge`, `tunnel`): logs what it did and
 /// returns the soft limit in force, if it could be read.
-pub fn raise_and_report(role: &str) -> Option<u64> {
-    let before = get().ok();
-    match raise_soft_to_hard() {
+pub fn raise_open_files_logged(role: &str) -> Option<u64> {
+    let before = open_files().ok();
+    match raise_open_files() {
         Ok(now) => {
             if let Some(b) = before.filter(|b| b.soft < now.soft) {
                 log::debug!(
@@ -91,17 +93,33 @@ pub fn raise_and_report(role: &str) -> Option<u64> {
     }
 }
 
+/// The effective user id of this process (whose files it creates, whose it may read).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn limits_read_and_raising_is_idempotent() {
-        let before = get().unwrap();
+        let before = open_files().unwrap();
         assert!(before.soft <= before.hard);
-        let after = raise_soft_to_hard().unwrap();
+        let after = raise_open_files().unwrap();
         assert_eq!(after.soft, before.hard);
         assert_eq!(after.hard, before.hard);
-        assert_eq!(raise_soft_to_hard().unwrap(), after);
+        assert_eq!(raise_open_files().unwrap(), after);
+    }
+
+    #[test]
+    fn euid_owns_what_we_create() {
+        let dir = std::env::temp_dir().join(format!("postern-euid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let owner = std::fs::metadata(&dir).unwrap().uid();
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(euid(), owner);
     }
 }
