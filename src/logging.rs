@@ -16,6 +16,73 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+/// How many characters of untrusted text [`untrusted`] shows before it clips.
+pub const UNTRUSTED_MAX_CHARS: usize = 256;
+
+/// Text that a peer chose (a reset reason, a hostname, an HTTP body, a dev-login email), made
+/// safe to print on a terminal or into a log line: see [`Untrusted`].
+pub fn untrusted(text: &str) -> Untrusted<'_> {
+    Untrusted {
+        text,
+        max: UNTRUSTED_MAX_CHARS,
+    }
+}
+
+/// [`untrusted`] as a `String`, clipped at `max` characters.
+pub fn escape(text: &str, max: usize) -> String {
+    untrusted(text).clip(max).to_string()
+}
+
+/// Displays peer text so that it cannot drive a terminal or forge log lines: control
+/// characters (C0 such as ESC and newline, DEL, C1), Unicode format characters (bidi overrides,
+/// zero-width characters, line and paragraph separators) and `\` itself are written as
+/// `\u{..}` escapes (`\\` for the backslash); everything else as is. At most `max` characters
+/// are shown, then `…(N bytes)` with the full length.
+#[derive(Clone, Copy)]
+pub struct Untrusted<'a> {
+    text: &'a str,
+    max: usize,
+}
+
+impl Untrusted<'_> {
+    /// Shows at most `max` characters.
+    pub fn clip(self, max: usize) -> Self {
+        Untrusted { max, ..self }
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c as u32,
+            0x00AD | 0x061C | 0x180E | 0x200B..=0x200F | 0x2028..=0x202E | 0x2060..=0x206F
+            | 0xFEFF | 0xFFF9..=0xFFFB)
+}
+
+impl std::fmt::Display for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for (n, c) in self.text.chars().enumerate() {
+            if n == self.max {
+                return write!(f, "…({} bytes)", self.text.len());
+            }
+            if c == '\\' {
+                f.write_str("\\\\")?;
+            } else if needs_escape(c) {
+                write!(f, "\\u{{{:x}}}", c as u32)?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Untrusted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
 /// Set by [`init`] when the logger writes JSON lines.
 static JSON: AtomicBool = AtomicBool::new(false);
 
@@ -329,6 +396,45 @@ mod tests {
         assert!(enabled("trace", "ureq::run", Info));
         assert!(enabled("trace,ureq_proto=trace", "ureq_proto::util", Trace));
         assert!(!enabled("trace,ureq_proto=trace", "ureq::run", Trace));
+    }
+
+    #[test]
+    fn untrusted_text_cannot_drive_a_terminal_or_forge_lines() {
+        let shown = untrusted("a\u{1b}[2J\nforged INFO line\r\u{7f}\u{9b}").to_string();
+        assert_eq!(
+            shown,
+            "a\\u{1b}[2J\\u{a}forged INFO line\\u{d}\\u{7f}\\u{9b}"
+        );
+        assert!(!shown.chars().any(char::is_control));
+        // Bidi overrides and zero-width characters are escaped too; the backslash as well, so
+        // an escape cannot be faked by the peer.
+        assert_eq!(
+            untrusted("\u{202e}gnp.exe\u{200b}").to_string(),
+            "\\u{202e}gnp.exe\\u{200b}"
+        );
+        assert_eq!(untrusted("\\u{1b}").to_string(), "\\\\u{1b}");
+        // Ordinary text, UTF-8 included, is kept.
+        assert_eq!(
+            untrusted("café ✓ ssh.site.com").to_string(),
+            "café ✓ ssh.site.com"
+        );
+        assert_eq!(format!("{:?}", untrusted("x\ny")), "\"x\\u{a}y\"");
+    }
+
+    #[test]
+    fn untrusted_text_is_clipped_with_its_length() {
+        let long = "h".repeat(10 * 1024);
+        assert_eq!(
+            escape(&long, 64),
+            format!("{}…(10240 bytes)", "h".repeat(64))
+        );
+        assert_eq!(
+            untrusted(&long).to_string().chars().count(),
+            UNTRUSTED_MAX_CHARS + 14
+        );
+        assert_eq!(escape("short", 64), "short");
+        assert_eq!(escape("exactly", 7), "exactly");
+        assert_eq!(escape("é\u{1b}é", 2), "é\\u{1b}…(5 bytes)");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{Acceptor, ServerConfig};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, Repeats};
 use crate::edge::config::IdentityProvider;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
@@ -179,6 +179,9 @@ pub struct Edge {
     open_files: Option<u64>,
     /// `accept` failed for want of descriptors: paused until then.
     accept_pause: AcceptPause,
+    /// Denials before authentication, per source and reason: one audit and log line per
+    /// interval, the rest counted.
+    denials: Repeats<(IpAddr, Auth)>,
 }
 
 /// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then
@@ -356,6 +359,10 @@ impl Edge {
             tls_started: Vec::new(),
             open_files,
             accept_pause: AcceptPause::default(),
+            denials: Repeats::new(
+                MAX_LOG_SUPPRESSION_ENTRIES,
+                Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
+            ),
         })
     }
 
@@ -962,7 +969,7 @@ impl Edge {
             .unwrap_or_default();
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), c.peer.to_string().into());
-        audit.insert("hostname".into(), host.clone().into());
+        audit.insert("hostname".into(), recorded_host(&host).into());
         if host.is_empty() || host != c.sni {
             audit.insert("reason".into(), "host header does not match SNI".into());
             self.deny(audit, Auth::HostMismatch);
@@ -1181,8 +1188,28 @@ impl Edge {
         };
     }
 
-    fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
+    fn deny(&mut self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
         self.metrics.auth(why);
+        // Anyone can repeat these without credentials: one line per source, reason and
+        // interval; the rest are counted and written when the interval ends.
+        let unauthenticated = matches!(
+            why,
+            Auth::HostMismatch
+                | Auth::NoApplication
+                | Auth::BadServiceToken
+                | Auth::BadAppToken
+                | Auth::NoCredentials
+        );
+        let source = fields
+            .get("peer")
+            .and_then(|v| v.as_str())
+            .and_then(|p| p.parse::<SocketAddr>().ok())
+            .map(|p| p.ip());
+        if let (true, Some(ip)) = (unauthenticated, source) {
+            if !self.denials.first(&(ip, why), Instant::now()) {
+                return;
+            }
+        }
         fields.insert("decision".into(), "deny".into());
         info!(
             "denied {}: {}",
@@ -1662,6 +1689,7 @@ impl Edge {
             self.release(slot);
         }
         self.count_connections();
+        self.record_repeated_denials(Some(now));
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
         self.limit_log
@@ -1737,7 +1765,33 @@ impl Edge {
                 _ => {}
             }
         }
+        self.record_repeated_denials(None);
         info!("limits hit since start: {}", self.counters);
+    }
+
+    /// Writes what [`Edge::deny`] counted instead of recording, for sources whose interval
+    /// is over (all of them at shutdown, `now = None`).
+    fn record_repeated_denials(&mut self, now: Option<Instant>) {
+        let (counted, overflow) = self.denials.expire(now);
+        let record = |peer: String, reason: &str, n: u64| {
+            info!("denied {n} more request(s) from {peer} ({reason}) in the last interval");
+            let mut fields = serde_json::Map::new();
+            fields.insert("peer".into(), peer.into());
+            fields.insert("decision".into(), "deny".into());
+            fields.insert("reason".into(), reason.into());
+            fields.insert("repeated".into(), n.into());
+            self.audit.record("access", fields);
+        };
+        for ((ip, why), n) in counted {
+            record(ip.to_string(), why.reason(), n);
+        }
+        if overflow > 0 {
+            record(
+                "many sources".into(),
+                "beyond the suppression table",
+                overflow,
+            );
+        }
     }
 }
 
@@ -1853,6 +1907,16 @@ fn refuse(c: &mut Carrier, status: u16, reason: &str, message: &str) {
     c.tls.send(&out);
     c.state = CarrierState::Closing;
     c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+}
+
+/// A Host header as the audit log and the log record it: as is when it is a valid hostname,
+/// else its first 64 characters escaped and its length (a peer may send 16 KiB of anything).
+fn recorded_host(host: &str) -> String {
+    if host.is_empty() || valid_hostname(host) {
+        host.to_owned()
+    } else {
+        crate::logging::escape(host, 64)
+    }
 }
 
 fn strip_port(host: &str) -> &str {
