@@ -43,6 +43,7 @@ use crate::limits::{
     ACCEPT_RETRY_MILLIS, CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
     TLS_READ_STAGE,
 };
+use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
@@ -1213,11 +1214,13 @@ impl Edge {
         fields.insert("decision".into(), "deny".into());
         info!(
             "denied {}: {}",
+            // Already a valid hostname, or clipped and escaped (`recorded_host`).
             fields
                 .get("hostname")
                 .and_then(|v| v.as_str())
                 .unwrap_or(""),
-            fields.get("reason").and_then(|v| v.as_str()).unwrap_or("")
+            // May quote the client's token header (alg, kid).
+            untrusted(fields.get("reason").and_then(|v| v.as_str()).unwrap_or(""))
         );
         self.audit.record("access", fields);
     }
@@ -1396,13 +1399,18 @@ impl Edge {
             }
             Event::GoAway { reason, .. } => {
                 info!(
-                    "tunnel {} ({}) is draining: {reason}",
+                    "tunnel {} ({}) is draining: {}",
                     t.peer,
-                    t.hostname.as_deref().unwrap_or("-")
+                    t.hostname.as_deref().unwrap_or("-"),
+                    untrusted(&reason)
                 );
             }
             Event::Error { code, message } => {
-                warn!("tunnel {} reported error {code}: {message}", t.peer);
+                warn!(
+                    "tunnel {} reported error {code}: {}",
+                    t.peer,
+                    untrusted(&message)
+                );
             }
             Event::Registered { .. } | Event::Open { .. } => {
                 t.mux.send_error(400, "unexpected frame from origin");
@@ -1483,7 +1491,8 @@ impl Edge {
             return;
         }
         info!(
-            "tunnel registered {hostname} -> {service} (connector {}, connection {}, {})",
+            "tunnel registered {hostname} -> {} (connector {}, connection {}, {})",
+            untrusted(service),
             &t.connector[..t.connector.len().min(8)],
             t.ha_index,
             t.peer
