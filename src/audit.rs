@@ -61,6 +61,63 @@ impl Audit {
     }
 }
 
+/// Repeats of one kind of record from one source (e.g. a denial, keyed by source IP and
+/// reason): the first in each interval is recorded, the rest only counted, so a client that
+/// repeats a refused request thousands of times a second writes one line a minute, not
+/// megabytes. Sans-IO: time is passed in. At most `capacity` keys are tracked; repeats from
+/// keys beyond that are counted together.
+pub struct Repeats<K> {
+    seen: std::collections::HashMap<K, (std::time::Instant, u64)>,
+    capacity: usize,
+    interval: std::time::Duration,
+    /// Occurrences not recorded because the table was full.
+    overflow: u64,
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Repeats<K> {
+    pub fn new(capacity: usize, interval: std::time::Duration) -> Repeats<K> {
+        Repeats {
+            seen: std::collections::HashMap::new(),
+            capacity,
+            interval,
+            overflow: 0,
+        }
+    }
+
+    /// True if this occurrence of `key` is to be recorded; false if it is counted instead.
+    pub fn first(&mut self, key: &K, now: std::time::Instant) -> bool {
+        if let Some((since, count)) = self.seen.get_mut(key) {
+            if now.duration_since(*since) < self.interval {
+                *count = count.saturating_add(1);
+                return false;
+            }
+        }
+        if !self.seen.contains_key(key) && self.seen.len() >= self.capacity {
+            self.overflow = self.overflow.saturating_add(1);
+            return false;
+        }
+        self.seen.insert(key.clone(), (now, 0));
+        true
+    }
+
+    /// Forgets keys whose interval is over at `now` (every key with `now = None`); returns
+    /// those that had repeats counted, with their counts, and the count of repeats from keys
+    /// the table had no room for.
+    pub fn expire(&mut self, now: Option<std::time::Instant>) -> (Vec<(K, u64)>, u64) {
+        let interval = self.interval;
+        let over =
+            |since: &std::time::Instant| now.is_none_or(|n| n.duration_since(*since) >= interval);
+        let counted = self
+            .seen
+            .iter()
+            .filter(|(_, (since, n))| *n > 0 && over(since))
+            .map(|(k, (_, n))| (k.clone(), *n))
+            .collect();
+        self.seen.retain(|_, (since, _)| !over(since));
+        (counted, std::mem::take(&mut self.overflow))
+    }
+}
+
 /// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub(crate) fn rfc3339(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
@@ -132,5 +189,27 @@ mod tests {
         assert_eq!(lines[1]["event"], "deny");
         let time = lines[0]["time"].as_str().unwrap();
         assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    }
+
+    #[test]
+    fn repeats_are_recorded_once_per_interval_and_counted() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut r = Repeats::new(2, minute);
+        assert!(r.first(&"a", t0));
+        for _ in 0..199 {
+            assert!(!r.first(&"a", t0 + Duration::from_secs(1)));
+        }
+        assert!(r.first(&"b", t0));
+        // Full: a third source is counted apart, not tracked.
+        assert!(!r.first(&"c", t0));
+        assert_eq!(r.expire(Some(t0 + Duration::from_secs(59))), (vec![], 1));
+        assert_eq!(r.expire(Some(t0 + minute)), (vec![("a", 199)], 0));
+        // After the interval the next one is recorded again.
+        assert!(r.first(&"a", t0 + minute));
+        assert!(!r.first(&"a", t0 + minute));
+        // Shutdown: everything pending, whatever its age.
+        assert_eq!(r.expire(None), (vec![("a", 1)], 0));
     }
 }

@@ -70,6 +70,15 @@ pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;
 pub const LIMIT_LOG_INTERVAL_SECS: u64 = 60;
 /// Offenders remembered for log suppression; beyond that, refusals are only counted.
 pub const MAX_LOG_SUPPRESSION_ENTRIES: usize = 4096;
+/// File descriptors the edge keeps back from `max_connections`: stdio, the poll, the listener,
+/// signal and waker descriptors, the audit log, state files being written, the metrics listener
+/// and its connection, and the OIDC workers' connections (about 20 in all, with room to spare).
+/// Connections are capped at the open-file soft limit minus this, so `accept` itself does not
+/// run out of descriptors.
+pub const FD_RESERVE: u64 = 32;
+/// After `accept` fails for want of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM), the edge
+/// stops accepting for this long, then tries again (the listener stays ready meanwhile).
+pub const ACCEPT_RETRY_MILLIS: u64 = 250;
 
 /// The edge's resource limits: the `"limits"` object of its config file, every field optional
 /// (defaults above). Each one is enforced per offender: hitting it closes that connection or
@@ -199,6 +208,23 @@ impl EdgeLimits {
         }
         Ok(())
     }
+
+    /// Caps `max_connections` to what `open_files` (the soft `RLIMIT_NOFILE`) can hold beside
+    /// [`FD_RESERVE`]; at least 1. Returns the warning to log when it had to.
+    pub fn fit_descriptors(&mut self, open_files: u64) -> Option<String> {
+        let room =
+            usize::try_from(open_files.saturating_sub(FD_RESERVE).max(1)).unwrap_or(usize::MAX);
+        if self.max_connections <= room {
+            return None;
+        }
+        let asked = self.max_connections;
+        self.max_connections = room;
+        Some(format!(
+            "limits.max_connections ({asked}) is more than the open-file limit allows: capped \
+             at {room} (RLIMIT_NOFILE {open_files} minus {FD_RESERVE} kept for the edge itself); \
+             raise the limit (LimitNOFILE= in the systemd unit, `ulimit -n`) to serve more"
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -219,5 +245,23 @@ mod tests {
             ..EdgeLimits::default()
         };
         assert!(huge.check().unwrap_err().contains("max_ws_frame_bytes"));
+    }
+
+    #[test]
+    fn max_connections_fits_the_open_file_limit() {
+        let mut l = EdgeLimits::default();
+        assert_eq!(l.fit_descriptors(1 << 20), None);
+        assert_eq!(l.max_connections, MAX_EDGE_CONNECTIONS);
+        let warning = l.fit_descriptors(1024).unwrap();
+        assert_eq!(l.max_connections, 1024 - FD_RESERVE as usize);
+        assert!(
+            warning.contains("limits.max_connections (50000)"),
+            "{warning}"
+        );
+        assert!(warning.contains("capped at 992"), "{warning}");
+        // Already below: untouched. Absurdly low: still one connection.
+        assert_eq!(l.fit_descriptors(1024), None);
+        l.fit_descriptors(3);
+        assert_eq!(l.max_connections, 1);
     }
 }

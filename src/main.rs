@@ -133,15 +133,14 @@ fn env_var(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn default_state() -> PathBuf {
-    StateDir::default_path()
+/// `--state DIR` if given, else `~/.postern/edge` (an error without HOME).
+fn state_or_default(state: Option<PathBuf>) -> Result<PathBuf, String> {
+    state.map_or_else(StateDir::default_path, Ok)
 }
 
-fn home_postern() -> PathBuf {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."))
-        .join(".postern")
+/// `~/.postern`; without HOME an error that names `instead` (the flag that gives the path).
+fn home_postern(instead: &str) -> Result<PathBuf, String> {
+    postern::io::postern_dir(instead)
 }
 
 // ------------------------------------------------------------------------------- edge
@@ -208,7 +207,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                 .unwrap_or("127.0.0.1:8443")
                 .parse()
                 .map_err(|e| format!("--listen: {e}"))?;
-            let state = state.unwrap_or_else(default_state);
+            let state = state_or_default(state)?;
             let mut s = edge::config::dev(listen, &state).map_err(|e| e.to_string())?;
             let exe = current_exe();
             let state_shown = s.state.path().display().to_string();
@@ -246,6 +245,8 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     let metrics = metrics
         .or_else(|| env_var("POSTERN_METRICS"))
         .or_else(|| settings.metrics.clone());
+    // One descriptor per connection: use all the hard limit allows (systemd starts us at 1024).
+    postern::io::sys::raise_open_files_logged("edge");
     let edge = Edge::new(settings).map_err(|e| e.to_string())?;
     if let Some(addr) = metrics {
         let bound = edge.serve_metrics(&addr).map_err(|e| e.to_string())?;
@@ -276,7 +277,7 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
         return Err(format!("service-token: expected `create`\n{HELP}"));
     }
     let name = name.ok_or(format!("service-token create: NAME is missing\n{HELP}"))?;
-    let state = StateDir::open(&state.unwrap_or_else(default_state)).map_err(|e| e.to_string())?;
+    let state = StateDir::open(&state_or_default(state)?).map_err(|e| e.to_string())?;
     let (id, secret) = ServiceTokens::create(&state, &name).map_err(|e| e.to_string())?;
     println!(
         "{}",
@@ -311,7 +312,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
     }
     let zone = zone.ok_or(format!("origin-cert create: --zone is missing\n{HELP}"))?;
     let out = out.ok_or(format!("origin-cert create: --out is missing\n{HELP}"))?;
-    let state = StateDir::open(&state.unwrap_or_else(default_state)).map_err(|e| e.to_string())?;
+    let state = StateDir::open(&state_or_default(state)?).map_err(|e| e.to_string())?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
         .map_err(|e| e.to_string())?;
     let (cert, key) = origin_ca.issue_origin(&zone).map_err(|e| e.to_string())?;
@@ -424,7 +425,10 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
             "tunnel login: --edge URL is missing\n\n{TUNNEL_LOGIN_HELP}"
         ))?;
     let (host, port) = access::application(&edge_url).map_err(|e| e.to_string())?;
-    let out = out.unwrap_or_else(|| home_postern().join("cert.pem"));
+    let out = match out {
+        Some(out) => out,
+        None => home_postern("pass --origincert FILE")?.join("cert.pem"),
+    };
     if out.exists() {
         return Err(format!(
             "{} already exists: move it away first, or pass --origincert with another path",
@@ -526,7 +530,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         .clone()
         .ok_or(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}"))?;
     let ingress = tunnel::Ingress::single(&hostname, &url)?;
-    let credential = OriginCredential::read(&a.origin_cert()).map_err(|e| e.to_string())?;
+    let credential = OriginCredential::read(&a.origin_cert()?).map_err(|e| e.to_string())?;
     let edge_addr = a
         .edge
         .clone()
@@ -549,6 +553,8 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
 }
 
 fn run_origin(opts: TunnelOptions, metrics: Option<String>) -> Res {
+    // Two descriptors per stream (its tunnel share and the local service connection).
+    postern::io::sys::raise_open_files_logged("tunnel");
     let origin = Origin::new(opts).map_err(|e| e.to_string())?;
     if let Some(addr) = metrics.or_else(|| env_var("POSTERN_METRICS")) {
         let bound = origin.serve_metrics(&addr).map_err(|e| e.to_string())?;
@@ -634,11 +640,18 @@ impl TunnelArgs {
         Ok(Some(a))
     }
 
-    fn origin_cert(&self) -> PathBuf {
-        self.origincert
+    fn origin_cert(&self) -> Result<PathBuf, String> {
+        match self
+            .origincert
             .clone()
             .or_else(|| env_var("POSTERN_ORIGIN_CERT").map(PathBuf::from))
-            .unwrap_or_else(|| home_postern().join("cert.pem"))
+        {
+            Some(p) => Ok(p),
+            None => Ok(
+                home_postern("pass --origincert FILE (or set POSTERN_ORIGIN_CERT)")?
+                    .join("cert.pem"),
+            ),
+        }
     }
 
     fn ca(&self, config: Option<&Path>) -> Option<PathBuf> {
@@ -650,7 +663,7 @@ impl TunnelArgs {
 
     /// The admin API client, as the zone's origin certificate.
     fn admin(&self) -> Result<(AdminClient, OriginCredential), String> {
-        let path = self.origin_cert();
+        let path = self.origin_cert()?;
         let cred = OriginCredential::read(&path).map_err(|e| e.to_string())?;
         let edge = self
             .edge
@@ -670,11 +683,14 @@ impl TunnelArgs {
     /// The credentials file of tunnel `name` next to the origin certificate, else in
     /// `~/.postern`.
     fn find_credentials(&self, name: &str) -> Option<PathBuf> {
-        let cert = self.origin_cert();
-        let near_cert = cert.parent().filter(|d| !d.as_os_str().is_empty());
+        let cert = self.origin_cert().ok();
+        let near_cert = cert
+            .as_deref()
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty());
         near_cert
             .and_then(|d| TunnelCredentials::find(d, name))
-            .or_else(|| TunnelCredentials::find(&home_postern(), name))
+            .or_else(|| TunnelCredentials::find(&home_postern("").ok()?, name))
     }
 
     /// Exactly `n` positional arguments.
@@ -691,10 +707,11 @@ impl TunnelArgs {
             .or_else(|| env_var("POSTERN_TUNNEL_CONFIG").map(PathBuf::from))
             .or_else(|| {
                 [
-                    home_postern().join("config.json"),
-                    PathBuf::from("/etc/postern/config.json"),
+                    home_postern("").ok().map(|d| d.join("config.json")),
+                    Some(PathBuf::from("/etc/postern/config.json")),
                 ]
                 .into_iter()
+                .flatten()
                 .find(|p| p.is_file())
             })
     }
@@ -723,12 +740,17 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
         "create" => {
             let [name] = a.args("create NAME")?;
             let (client, origin) = a.admin()?;
-            let dir = a
-                .origin_cert()
+            let near_cert = a
+                .origin_cert()?
                 .parent()
                 .map(Path::to_path_buf)
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or_else(home_postern);
+                .filter(|d| !d.as_os_str().is_empty());
+            // The default directory matters only without --credentials-file.
+            let dir = match (near_cert, &a.cred_file) {
+                (Some(d), _) => d,
+                (None, Some(_)) => PathBuf::from("."),
+                (None, None) => home_postern("pass --credentials-file FILE")?,
+            };
             tunnel::admin::create(&client, &origin, name, a.cred_file.as_deref(), &dir)?
         }
         "route" => {
@@ -841,10 +863,12 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         .or(cfg.credentials_file.clone())
         .or_else(|| a.find_credentials(&name))
         .ok_or_else(|| {
+            let place = home_postern("").map_or("next to the origin certificate".to_owned(), |d| {
+                format!("in {}", d.display())
+            });
             format!(
-                "no credentials file for tunnel {name} in {}: pass --credentials-file, or set \
-                 \"credentials-file\" in the config; `postern tunnel create {name}` makes one",
-                home_postern().display()
+                "no credentials file for tunnel {name} {place}: pass --credentials-file, or set \
+                 \"credentials-file\" in the config; `postern tunnel create {name}` makes one"
             )
         })?;
     let (creds, credential) = TunnelCredentials::read(&creds_path)?;
@@ -1014,9 +1038,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
-    let cache = access::TokenCache::open_default();
+    let cache = access::TokenCache::open_default;
     if sub == "logout" {
-        return access_logout(&cache, hostname.as_deref());
+        return access_logout(&cache()?, hostname.as_deref());
     }
     let (hostname, url_port) = match hostname {
         Some(h) => access::application(&h).map_err(|e| format!("access {sub}: {e}"))?,
@@ -1035,7 +1059,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         }
     };
     if sub == "token" {
-        let token = cache.load(&hostname).ok_or(format!(
+        let token = cache()?.load(&hostname).ok_or(format!(
             "no valid token for {hostname}: run `postern access login {hostname}`"
         ))?;
         println!("{}", token.expose());
@@ -1074,7 +1098,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             access::tcp(opts, listen).map_err(|e| e.to_string())?
         }
         "login" => {
-            let path = access::login_and_cache(&opts, &cache).map_err(|e| e.to_string())?;
+            let path = access::login_and_cache(&opts, &cache()?).map_err(|e| e.to_string())?;
             eprintln!(
                 "Successfully fetched your token for {} (cached in {})",
                 opts.hostname,

@@ -57,7 +57,7 @@ pub enum Direction {
 }
 
 /// An access decision at the edge and its reason (a fixed set).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Auth {
     /// Allowed: a service token matched a policy.
     ServiceToken,
@@ -97,6 +97,11 @@ impl Auth {
         Auth::NotRegistered,
         Auth::TunnelBusy,
     ];
+
+    /// The reason label (`host_mismatch`, `no_credentials`, …), as in `/metrics`.
+    pub fn reason(self) -> &'static str {
+        self.labels().1
+    }
 
     fn labels(self) -> (&'static str, &'static str) {
         match self {

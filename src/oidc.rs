@@ -213,26 +213,12 @@ impl Provider {
         let tokens: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| OidcError::Document(format!("token response: {e}")))?;
         let claims = self.verify_id_token(&tokens.id_token, nonce, now)?;
-        let mut id = self.identity_from(&claims);
-        if id.email.is_none() {
-            if let (Some(url), Some(at)) = (&self.discovery.userinfo_endpoint, &tokens.access_token)
-            {
-                let info = self.userinfo(url, at)?;
-                if info.get("sub") != claims.get("sub") {
-                    return Err(OidcError::Token(
-                        "userinfo is about another subject than the ID token".into(),
-                    ));
-                }
-                id = self.identity_from(&info);
+        signed_in(&self.settings, &claims, || {
+            match (&self.discovery.userinfo_endpoint, &tokens.access_token) {
+                (Some(url), Some(at)) => self.userinfo(url, at).map(Some),
+                _ => Ok(None),
             }
-        }
-        if id.email.is_none() {
-            return Err(OidcError::Token(format!(
-                "no {:?} claim: ask for the email scope or set identity.email_claim",
-                self.settings.email_claim
-            )));
-        }
-        Ok(id)
+        })
     }
 
     fn verify_id_token(&self, token: &str, nonce: &str, now: u64) -> Result<Value, OidcError> {
@@ -299,33 +285,87 @@ impl Provider {
             .map_err(|e| OidcError::Http(e.to_string()))?;
         serde_json::from_slice(&body).map_err(|e| OidcError::Document(format!("userinfo: {e}")))
     }
+}
 
-    fn identity_from(&self, claims: &Value) -> Identity {
-        let verified = claims
-            .get("email_verified")
-            .map(|v| v.as_bool() != Some(false))
-            .unwrap_or(true);
-        let email = claims
-            .get(&self.settings.email_claim)
-            .and_then(Value::as_str)
-            .filter(|e| verified && e.contains('@'))
-            .map(str::to_ascii_lowercase);
-        let groups = match claims.get(&self.settings.groups_claim) {
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .take(256)
-                .map(str::to_owned)
-                .collect(),
-            Some(Value::String(g)) => vec![g.clone()],
-            _ => Vec::new(),
-        };
-        Identity {
-            email,
-            groups,
-            service_token: None,
+/// What a claims object says of its email: `Some(false)` for `"email_verified": false` (or the
+/// string `"false"`, as some providers send it), `Some(true)` for true, `None` when the claim
+/// is absent or anything else.
+fn email_verified(claims: &Value) -> Option<bool> {
+    match claims.get("email_verified")? {
+        Value::Bool(b) => Some(*b),
+        Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+        Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+        _ => None,
+    }
+}
+
+/// The identity in one claims object (ID token or userinfo). The email is dropped when the
+/// same object says `email_verified: false`: policies then see no email, so no `email` or
+/// `email_domain` rule can match an address the provider has not verified. An absent claim
+/// is trusted (many providers omit it for addresses they manage themselves).
+fn identity_from(settings: &OidcSettings, claims: &Value) -> Identity {
+    let email = claims
+        .get(&settings.email_claim)
+        .and_then(Value::as_str)
+        .filter(|e| email_verified(claims) != Some(false) && e.contains('@'))
+        .map(str::to_ascii_lowercase);
+    let groups = match claims.get(&settings.groups_claim) {
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(256)
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::String(g)) => vec![g.clone()],
+        _ => Vec::new(),
+    };
+    Identity {
+        email,
+        groups,
+        service_token: None,
+    }
+}
+
+/// Who signed in, from the verified ID token's `claims`, and from the userinfo endpoint
+/// (`userinfo`, called only when the ID token has no email) otherwise. An explicit
+/// `email_verified: false` in either refuses the sign-in: a userinfo answer that merely omits
+/// the claim does not overrule an ID token that says the address is unverified.
+fn signed_in(
+    settings: &OidcSettings,
+    claims: &Value,
+    userinfo: impl FnOnce() -> Result<Option<Value>, OidcError>,
+) -> Result<Identity, OidcError> {
+    let unverified = || {
+        OidcError::Token(format!(
+            "the identity provider says the address in {:?} is not verified \
+             (email_verified: false): verify it at the provider, then sign in again",
+            settings.email_claim
+        ))
+    };
+    if email_verified(claims) == Some(false) {
+        return Err(unverified());
+    }
+    let mut id = identity_from(settings, claims);
+    if id.email.is_none() {
+        if let Some(info) = userinfo()? {
+            if info.get("sub") != claims.get("sub") {
+                return Err(OidcError::Token(
+                    "userinfo is about another subject than the ID token".into(),
+                ));
+            }
+            if email_verified(&info) == Some(false) {
+                return Err(unverified());
+            }
+            id = identity_from(settings, &info);
         }
     }
+    if id.email.is_none() {
+        return Err(OidcError::Token(format!(
+            "no {:?} claim: ask for the email scope or set identity.email_claim",
+            settings.email_claim
+        )));
+    }
+    Ok(id)
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, OidcError> {
@@ -373,6 +413,67 @@ mod tests {
         assert_eq!(v.len(), 43);
         let d = ring::digest::digest(&ring::digest::SHA256, v.as_bytes());
         assert_eq!(base64::encode_url(d.as_ref()), c);
+    }
+
+    fn settings() -> OidcSettings {
+        serde_json::from_value(serde_json::json!({
+            "issuer": "http://127.0.0.1:1", "client_id": "c"
+        }))
+        .unwrap()
+    }
+
+    fn no_userinfo() -> Result<Option<Value>, OidcError> {
+        Ok(None)
+    }
+
+    #[test]
+    fn an_unverified_email_is_never_an_identity() {
+        let s = settings();
+        let claims = |verified: Value| {
+            serde_json::json!({ "sub": "1", "email": "Mallory@Example.com",
+                                "email_verified": verified, "groups": ["ops"] })
+        };
+        // Explicitly false, as a boolean or as the string some providers send: no email.
+        for v in [serde_json::json!(false), serde_json::json!("false")] {
+            let c = claims(v);
+            assert_eq!(identity_from(&s, &c).email, None);
+            let err = signed_in(&s, &c, no_userinfo).unwrap_err().to_string();
+            assert!(err.contains("not verified"), "{err}");
+        }
+        // True, or absent (many providers omit it): trusted.
+        let id = signed_in(&s, &claims(serde_json::json!(true)), no_userinfo).unwrap();
+        assert_eq!(id.email.as_deref(), Some("mallory@example.com"));
+        assert_eq!(id.groups, ["ops"]);
+        let absent = serde_json::json!({ "sub": "1", "email": "a@example.com" });
+        assert!(signed_in(&s, &absent, no_userinfo).unwrap().email.is_some());
+    }
+
+    #[test]
+    fn userinfo_cannot_launder_an_email_the_id_token_calls_unverified() {
+        let s = settings();
+        let id_token = serde_json::json!({ "sub": "1", "email": "m@example.com",
+                                           "email_verified": false });
+        let silent = serde_json::json!({ "sub": "1", "email": "m@example.com" });
+        let err = signed_in(&s, &id_token, || Ok(Some(silent.clone())))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not verified"), "{err}");
+        // An ID token without email defers to userinfo, whose own `false` also refuses.
+        let bare = serde_json::json!({ "sub": "1" });
+        let unverified = serde_json::json!({ "sub": "1", "email": "m@example.com",
+                                             "email_verified": "false" });
+        assert!(signed_in(&s, &bare, || Ok(Some(unverified.clone()))).is_err());
+        let verified = serde_json::json!({ "sub": "1", "email": "m@example.com",
+                                           "email_verified": true });
+        assert_eq!(
+            signed_in(&s, &bare, || Ok(Some(verified.clone())))
+                .unwrap()
+                .email
+                .as_deref(),
+            Some("m@example.com")
+        );
+        let other = serde_json::json!({ "sub": "2", "email": "m@example.com" });
+        assert!(signed_in(&s, &bare, || Ok(Some(other.clone()))).is_err());
     }
 
     #[test]

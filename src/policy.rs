@@ -10,7 +10,8 @@ use serde::Deserialize;
 /// Who is asking, as far as the edge has verified it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identity {
-    /// Verified email from the identity provider (lowercase).
+    /// Verified email from the identity provider (lowercase); `None` when the provider said
+    /// `email_verified: false` (an absent claim counts as verified).
     pub email: Option<String>,
     /// Groups from the identity provider.
     pub groups: Vec<String>,
@@ -144,6 +145,22 @@ mod tests {
         assert!(!evaluate(&p, &user("mallory@example.com", &["users"])).allow);
         // A domain rule is not a suffix match.
         assert!(!evaluate(&p, &user("eve@evilops.example", &[])).allow);
+    }
+
+    /// `oidc` leaves the email out of an identity whose provider says `email_verified: false`;
+    /// such an identity matches no email, domain or everyone rule.
+    #[test]
+    fn an_identity_without_a_verified_email_matches_no_email_rule() {
+        let p = policies(
+            r#"[{"decision":"allow","include":[{"email":"m@example.com"},{"emails":["m@example.com"]},{"email_domain":"example.com"},{"everyone":true}]}]"#,
+        );
+        let unverified = Identity {
+            email: None,
+            groups: vec!["users".into()],
+            service_token: None,
+        };
+        assert!(!evaluate(&p, &unverified).allow);
+        assert!(evaluate(&p, &user("m@example.com", &[])).allow);
     }
 
     #[test]

@@ -506,7 +506,8 @@ pub fn read_answer(
 
 /// A reason phrase from the network, cut short for a message.
 fn shown(reason: &str) -> String {
-    reason.chars().take(MAX_REASON_SHOWN).collect()
+    let cut: String = reason.chars().take(MAX_REASON_SHOWN).collect();
+    crate::logging::untrusted(&cut).to_string()
 }
 
 /// `http::parse_response_head`, taking `HTTP/1.0` for `HTTP/1.1`. The two spellings have

@@ -456,6 +456,10 @@ fn directive_path(p: &Path) -> String {
     p.to_string_lossy().replace('%', "%%")
 }
 
+/// `LimitNOFILE=` of both units (soft and hard): the edge's default `limits.max_connections`
+/// (50000) plus its reserve, rounded up. More needs `systemctl edit` and a larger value.
+pub const UNIT_OPEN_FILES: u64 = 65536;
+
 /// The unit file's text. Pure: the same spec always gives the same bytes.
 pub fn render_unit(spec: &UnitSpec) -> String {
     let mut exec = exec_word(&spec.exe.to_string_lossy());
@@ -493,6 +497,10 @@ pub fn render_unit(spec: &UnitSpec) -> String {
     line("Environment=RUST_LOG=info");
     line("KillSignal=SIGTERM");
     line(&format!("TimeoutStopSec={}s", spec.stop_timeout_secs));
+    // One descriptor per connection (edge) or two per stream (tunnel): systemd's default soft
+    // limit of 1024 is filled by four addresses' idle connections. postern raises its soft
+    // limit to this hard one and caps limits.max_connections to fit.
+    line(&format!("LimitNOFILE={UNIT_OPEN_FILES}"));
     line("# Hardening: see systemd.exec(5). `systemd-analyze security UNIT` rates it.");
     line("NoNewPrivileges=yes");
     line("ProtectSystem=strict");
@@ -954,6 +962,7 @@ mod tests {
             "ProtectHome=yes",
             "CapabilityBoundingSet=",
             "TimeoutStopSec=35s",
+            "LimitNOFILE=65536",
             "WantedBy=multi-user.target",
         ] {
             assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
@@ -1148,6 +1157,7 @@ mod tests {
             "ProtectHome=yes",
             "TimeoutStopSec=10s",
             "ExecReload=/bin/kill -HUP $MAINPID",
+            "LimitNOFILE=65536",
         ] {
             assert!(unit.lines().any(|l| l == line), "{line} missing:\n{unit}");
         }

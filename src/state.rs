@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -45,7 +45,9 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    /// Opens `path`, creating it (and missing parents) with mode 0700 if needed.
+    /// Opens `path`, creating it (and missing parents) with mode 0700 if needed. A directory
+    /// owned by another user than this process's is refused: its owner could replace the
+    /// signing keys, the origin CA or the hostname records under us.
     pub fn open(path: &Path) -> io::Result<StateDir> {
         DirBuilder::new()
             .recursive(true)
@@ -57,13 +59,29 @@ impl StateDir {
                     &format!("cannot create state directory {}", path.display()),
                 )
             })?;
-        if let Ok(meta) = fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                log::warn!(
-                    "state directory {} is accessible to other users; chmod 700 it",
+        let meta = fs::metadata(path).map_err(|e| {
+            annotate(
+                e,
+                &format!("cannot read state directory {}", path.display()),
+            )
+        })?;
+        let (owner, us) = (meta.uid(), crate::io::sys::euid());
+        if owner != us {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "state directory {} is owned by uid {owner}, not by this process's uid {us}: \
+                     another user could change the edge's keys and records in it. Run postern \
+                     as its owner (e.g. `sudo -u <owner> postern ...`), or chown it to uid {us}",
                     path.display()
-                );
-            }
+                ),
+            ));
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!(
+                "state directory {} is accessible to other users; chmod 700 it",
+                path.display()
+            );
         }
         Ok(StateDir {
             path: path.to_path_buf(),
@@ -75,10 +93,9 @@ impl StateDir {
         &self.path
     }
 
-    /// `$HOME/.postern/edge` (or `./.postern/edge` when `HOME` is unset).
-    pub fn default_path() -> PathBuf {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
-        home.join(".postern").join("edge")
+    /// `$HOME/.postern/edge`; an error naming HOME and `--state` without a usable HOME.
+    pub fn default_path() -> Result<PathBuf, String> {
+        Ok(crate::io::postern_dir("pass --state DIR")?.join("edge"))
     }
 
     /// Replaces `name` atomically with `data`; a new file gets `mode`.
@@ -517,6 +534,34 @@ impl Hostnames {
         self.unroute_unknown(state, |t| t != id)
     }
 
+    /// Forgets every hostname recorded for another zone than `zone_of` gives it now (a zone
+    /// configured since, e.g. `team.site.com` beside `site.com`, takes its names back from
+    /// the parent zone's certificates and tunnels); returns them. Hostnames in no configured
+    /// zone are kept.
+    pub fn release_other_zones<'z>(
+        &mut self,
+        state: &StateDir,
+        zone_of: impl Fn(&str) -> Option<&'z str>,
+    ) -> io::Result<Vec<String>> {
+        let misfiled = |host: &str, r: &HostnameRecord| zone_of(host).is_some_and(|z| z != r.zone);
+        let gone: Vec<String> = self
+            .hostnames
+            .iter()
+            .filter(|(h, r)| misfiled(h, r))
+            .map(|(h, _)| h.clone())
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
+        }
+        let before = self.hostnames.clone();
+        self.hostnames.retain(|h, r| !misfiled(h, r));
+        if let Err(e) = self.save(state) {
+            self.hostnames = before;
+            return Err(e);
+        }
+        Ok(gone)
+    }
+
     /// Forgets every hostname routed to a tunnel for which `keep` is false; returns them.
     pub fn unroute_unknown(
         &mut self,
@@ -721,7 +766,9 @@ pub(crate) mod tests {
 
     #[test]
     fn default_path_ends_in_postern_edge() {
-        assert!(StateDir::default_path().ends_with(".postern/edge"));
+        if std::env::var_os("HOME").is_some_and(|h| Path::new(&h).is_absolute()) {
+            assert!(StateDir::default_path().unwrap().ends_with(".postern/edge"));
+        }
     }
 
     #[test]
@@ -837,6 +884,38 @@ pub(crate) mod tests {
                 .unwrap(),
             Claim::New
         );
+    }
+
+    #[test]
+    fn names_held_by_a_parent_zone_are_released_when_their_zone_is_configured() {
+        let tmp = TempDir::new("state-zones");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
+        let mut hosts = Hostnames::load(&state).unwrap();
+        let fp = "ab".repeat(32);
+        hosts.claim(&state, "a.site.com", &fp, "site.com").unwrap();
+        hosts
+            .claim(&state, "b.team.site.com", &fp, "site.com")
+            .unwrap();
+        hosts
+            .route(&state, "c.team.site.com", id, "site.com")
+            .unwrap();
+        hosts
+            .route(&state, "d.team.site.com", id, "team.site.com")
+            .unwrap();
+        hosts.claim(&state, "e.gone.com", &fp, "gone.com").unwrap();
+        let zones = ["site.com".to_owned(), "team.site.com".to_owned()];
+        let gone = hosts
+            .release_other_zones(&state, |h| crate::edge::config::zone_of(&zones, h))
+            .unwrap();
+        assert_eq!(gone, ["b.team.site.com", "c.team.site.com"]);
+        let hosts = Hostnames::load(&state).unwrap();
+        assert!(hosts.owner("b.team.site.com").is_none());
+        assert!(hosts.owner("c.team.site.com").is_none());
+        assert!(hosts.owner("a.site.com").is_some());
+        assert_eq!(hosts.tunnel_of("d.team.site.com"), Some(id));
+        // A name in no configured zone is kept (its zone may come back).
+        assert!(hosts.owner("e.gone.com").is_some());
     }
 
     #[test]

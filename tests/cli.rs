@@ -97,3 +97,152 @@ fn bad_input_names_the_problem() {
     assert!(!ok);
     assert!(stderr.contains("needs both"), "{stderr}");
 }
+
+/// Runs `postern ARGS` in `cwd` with no HOME at all.
+fn run_without_home(cwd: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = postern(&cwd.join("unused-home"))
+        .env_remove("HOME")
+        .current_dir(cwd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run postern");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn without_home_commands_fail_naming_home_instead_of_writing_here() {
+    let dir = temp_dir("no-home");
+    for (args, instead) in [
+        (&["edge", "service-token", "create", "x"][..], "--state"),
+        (&["edge", "--dev", "--listen", "127.0.0.1:0"], "--state"),
+        (
+            &[
+                "edge",
+                "origin-cert",
+                "create",
+                "--zone",
+                "localhost",
+                "--out",
+                "c.pem",
+            ],
+            "--state",
+        ),
+        (
+            &[
+                "tunnel",
+                "--hostname",
+                "ssh.localhost",
+                "--url",
+                "ssh://127.0.0.1:22",
+            ],
+            "--origincert",
+        ),
+        (
+            &["tunnel", "login", "--edge", "https://login.localhost:1"],
+            "--origincert",
+        ),
+        (&["tunnel", "create", "web"], "--origincert"),
+        (
+            &["access", "token", "--app", "ssh.localhost"],
+            "service token",
+        ),
+        (&["access", "logout"], "service token"),
+        (
+            &[
+                "access",
+                "ssh",
+                "--hostname",
+                "ssh.localhost",
+                "--edge",
+                "127.0.0.1:1",
+            ],
+            "service token",
+        ),
+    ] {
+        let (ok, stderr) = run_without_home(dir.path(), args);
+        assert!(!ok, "{args:?} must fail without HOME");
+        assert!(
+            stderr.contains("HOME is not set") && stderr.contains(instead),
+            "{args:?}: the error must name HOME and {instead}; stderr:\n{stderr}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !dir.join(".postern").exists(),
+        "nothing may be written under the working directory; it holds {left:?}"
+    );
+    // A service token needs no home: the same `access ssh` gets as far as the network.
+    let out = postern(&dir.join("unused-home"))
+        .env_remove("HOME")
+        .env("POSTERN_SERVICE_TOKEN_ID", "id.access")
+        .env("POSTERN_SERVICE_TOKEN_SECRET", "secret")
+        .current_dir(dir.path())
+        .args([
+            "access",
+            "ssh",
+            "--hostname",
+            "ssh.localhost",
+            "--edge",
+            "127.0.0.1:1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run postern");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("HOME"), "{stderr}");
+}
+
+#[test]
+fn state_directory_owned_by_another_user_is_refused() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = temp_dir("foreign-state");
+    let ours = std::fs::metadata(dir.path()).unwrap().uid();
+    // As root (CI): a directory given to `nobody`. Otherwise: `/`, which root owns.
+    let (state, owner) = if ours == 0 {
+        let state = dir.join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown to nobody");
+        (state, 65534)
+    } else {
+        (std::path::PathBuf::from("/"), 0)
+    };
+    let state_arg = state.to_str().unwrap();
+    for args in [
+        &["edge", "service-token", "create", "x", "--state", state_arg][..],
+        &[
+            "edge",
+            "--dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state_arg,
+        ],
+    ] {
+        let (ok, _, stderr) = run(args);
+        assert!(!ok, "{args:?} must refuse {state_arg}");
+        for needle in [
+            format!("state directory {state_arg}"),
+            format!("owned by uid {owner}"),
+            format!("uid {ours}"),
+        ] {
+            assert!(
+                stderr.contains(&needle),
+                "{args:?}: {needle:?} missing:\n{stderr}"
+            );
+        }
+    }
+    if ours == 0 {
+        assert_eq!(
+            std::fs::read_dir(&state).unwrap().count(),
+            0,
+            "nothing may be written into {state_arg}"
+        );
+    }
+}

@@ -89,6 +89,8 @@ fn assert_hardened(unit: &str) {
         ("PrivateTmp", "yes"),
         ("KillSignal", "SIGTERM"),
         ("User", "root"),
+        // Descriptor exhaustion: systemd's default soft limit is 1024.
+        ("LimitNOFILE", "65536"),
         ("WantedBy", "multi-user.target"),
     ] {
         assert_eq!(directive(unit, key), [value], "{key}= in:\n{unit}");

@@ -35,16 +35,17 @@ use crate::state::Secret;
 pub(crate) fn open_authorized(
     opts: &mut AccessOptions,
     cfg: &Arc<ClientConfig>,
-    cache: &TokenCache,
+    cache: &Result<TokenCache, String>,
 ) -> Result<TlsConn, AccessError> {
-    match &opts.credentials {
-        Credentials::ServiceToken { .. } => return Ok(open_carrier(opts, cfg)?),
-        Credentials::AppToken(_) => {}
-        Credentials::None => {
-            if let Some(token) = cache.load(&opts.hostname) {
-                debug!("using the cached token for {}", opts.hostname);
-                opts.credentials = Credentials::AppToken(token);
-            }
+    if let Credentials::ServiceToken { .. } = &opts.credentials {
+        return Ok(open_carrier(opts, cfg)?);
+    }
+    // Only app tokens need the cache (and so HOME).
+    let cache = cache.as_ref().map_err(|e| err(e.clone()))?;
+    if let Credentials::None = &opts.credentials {
+        if let Some(token) = cache.load(&opts.hostname) {
+            debug!("using the cached token for {}", opts.hostname);
+            opts.credentials = Credentials::AppToken(token);
         }
     }
     match open_carrier(opts, cfg) {

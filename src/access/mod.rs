@@ -36,6 +36,7 @@ use crate::io::{random_bytes, would_block, Signals};
 use crate::limits::{
     MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
 };
+use crate::logging::untrusted;
 use crate::proxy::{self, ProxyConfig};
 use crate::state::Secret;
 use crate::ws::{self, Decoder, Item, Role};
@@ -322,11 +323,16 @@ fn read_response_head(
     }
 }
 
-/// The `error` field of a JSON body, if it has one.
+/// The `error` field of a JSON body, if it has one, escaped for the terminal (the edge, or
+/// whatever answers at its address, chose that text).
 fn json_error(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .map(|e| untrusted(e).to_string())
+        })
 }
 
 /// One `GET path` to the edge over its own TLS connection (`Connection: close`), with the
@@ -506,7 +512,7 @@ pub(crate) fn open_carrier(
             }
         }
         let body = &buf[used..buf.len().min(used + want)];
-        let cause = json_error(body).unwrap_or_else(|| head.reason.clone());
+        let cause = json_error(body).unwrap_or_else(|| untrusted(&head.reason).to_string());
         return Err(CarrierError::Refused {
             status: head.status,
             error: err(format!(
@@ -634,7 +640,10 @@ impl Splice {
                 Ok(Some((Item::Close { code, reason }, used))) => {
                     self.tls.rx.consume(used);
                     if code != ws::close::NORMAL {
-                        return Err(err(format!("the edge closed the session: {reason}")));
+                        return Err(err(format!(
+                            "the edge closed the session: {}",
+                            untrusted(&reason)
+                        )));
                     }
                 }
                 Ok(None) => break,
@@ -745,6 +754,13 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
 pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
     let cache = TokenCache::open_default();
+    if let (Err(e), false) = (
+        &cache,
+        matches!(opts.credentials, Credentials::ServiceToken { .. }),
+    ) {
+        // Fail now, not at the first connection.
+        return Err(err(e.clone()));
+    }
     let mut listener =
         TcpListener::bind(listen).map_err(|e| err(format!("cannot listen on {listen}: {e}")))?;
     let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;

@@ -111,19 +111,17 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    /// `$HOME/.postern/tokens`.
-    pub fn default_dir() -> PathBuf {
-        std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".postern")
-            .join("tokens")
+    /// `$HOME/.postern/tokens`; an error naming HOME without a usable HOME.
+    pub fn default_dir() -> Result<PathBuf, String> {
+        let instead = "set HOME (app tokens are cached in ~/.postern/tokens), or use a service \
+                       token (--id and --secret, or POSTERN_SERVICE_TOKEN_ID and \
+                       POSTERN_SERVICE_TOKEN_SECRET)";
+        Ok(crate::io::postern_dir(instead)?.join("tokens"))
     }
 
     /// The cache in `$HOME/.postern/tokens`.
-    pub fn open_default() -> TokenCache {
-        TokenCache::new(TokenCache::default_dir())
+    pub fn open_default() -> Result<TokenCache, String> {
+        TokenCache::default_dir().map(TokenCache::new)
     }
 
     /// The cache in `dir` (created on the first write).

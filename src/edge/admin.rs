@@ -399,13 +399,15 @@ impl Edge {
                 format!("{host} is not in zone {zone}, which your origin certificate is for"),
             );
         }
-        if !self
-            .settings
-            .zones
-            .iter()
-            .any(|z| host == *z || host.ends_with(&format!(".{z}")))
-        {
-            return error(403, format!("{host} is not in a zone served by this edge"));
+        match self.settings.zone_of(&host) {
+            None => return error(403, format!("{host} is not in a zone served by this edge")),
+            Some(z) if z != zone => {
+                return error(
+                    403,
+                    format!("{host} is in the zone {z}: route it with a certificate for {z}"),
+                )
+            }
+            Some(_) => {}
         }
         if self.hostnames.routed_in_zone(zone) >= MAX_ROUTES_PER_ZONE {
             return error(

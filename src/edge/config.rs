@@ -163,6 +163,27 @@ impl EdgeSettings {
     pub fn application(&self, host: &str) -> Option<&Application> {
         self.applications.iter().find(|a| a.matches(host))
     }
+
+    /// The zone `host` belongs to: the longest configured zone that is `host` or a suffix of it
+    /// at a label boundary. With zones `site.com` and `team.site.com`, `x.team.site.com` is in
+    /// `team.site.com`, and only that zone's certificates may register or route it.
+    pub fn zone_of(&self, host: &str) -> Option<&str> {
+        zone_of(&self.zones, host)
+    }
+}
+
+/// [`EdgeSettings::zone_of`] over a list of zones.
+pub fn zone_of<'a>(zones: &'a [String], host: &str) -> Option<&'a str> {
+    zones
+        .iter()
+        .filter(|z| {
+            host == z.as_str()
+                || host
+                    .strip_suffix(z.as_str())
+                    .is_some_and(|rest| rest.ends_with('.'))
+        })
+        .max_by_key(|z| z.len())
+        .map(String::as_str)
 }
 
 /// An Access application: a hostname (or `*.zone`) and its ordered policies.
@@ -641,6 +662,22 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostname_is_in_the_longest_configured_zone_it_ends_in() {
+        let zones = ["site.com".to_owned(), "team.site.com".to_owned()];
+        assert_eq!(zone_of(&zones, "x.team.site.com"), Some("team.site.com"));
+        assert_eq!(zone_of(&zones, "team.site.com"), Some("team.site.com"));
+        assert_eq!(zone_of(&zones, "x.site.com"), Some("site.com"));
+        assert_eq!(zone_of(&zones, "site.com"), Some("site.com"));
+        // Label boundaries: `xteam.site.com` is in site.com, `othersite.com` in none.
+        assert_eq!(zone_of(&zones, "xteam.site.com"), Some("site.com"));
+        assert_eq!(zone_of(&zones, "othersite.com"), None);
+        assert_eq!(zone_of(&zones, "com"), None);
+        // Order in the config does not matter.
+        let reversed = ["team.site.com".to_owned(), "site.com".to_owned()];
+        assert_eq!(zone_of(&reversed, "x.team.site.com"), Some("team.site.com"));
+    }
 
     #[test]
     fn unknown_field_is_named() {

@@ -33,16 +33,18 @@ use mio::{Events, Interest, Poll, Token};
 use rustls::pki_types::CertificateDer;
 use rustls::server::{Acceptor, ServerConfig};
 
-use crate::audit::Audit;
+use crate::audit::{Audit, Repeats};
 use crate::edge::config::IdentityProvider;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::jwt::KeyRing;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, MAX_REQUEST_BODY,
+    ACCEPT_RETRY_MILLIS, CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
+    MAX_REQUEST_BODY,
     TLS_READ_STAGE,
 };
+use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
@@ -214,6 +216,54 @@ pub struct Edge {
     tls_started: Vec<Option<Instant>>,
     /// Each slot's generation: bumped when the slot is freed (see [`ConnId`]).
     generations: Vec<u32>,
+    /// The open-file soft limit at start, which caps `limits.max_connections`.
+    open_files: Option<u64>,
+    /// `accept` failed for want of descriptors: paused until then.
+    accept_pause: AcceptPause,
+    /// Denials before authentication, per source and reason: one audit and log line per
+    /// interval, the rest counted.
+    denials: Repeats<(IpAddr, Auth)>,
+}
+
+/// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then
+/// retries by itself (the listener is edge-triggered: the connections already waiting would
+/// raise no new event), and the failure is logged once per [`LIMIT_LOG_INTERVAL_SECS`].
+#[derive(Default)]
+struct AcceptPause {
+    retry_at: Option<Instant>,
+    logged_at: Option<Instant>,
+    /// Failures since the last line.
+    unlogged: u64,
+}
+
+impl AcceptPause {
+    fn failed(&mut self, e: &io::Error, now: Instant) {
+        self.retry_at = Some(now + Duration::from_millis(ACCEPT_RETRY_MILLIS));
+        let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < interval)
+        {
+            self.unlogged = self.unlogged.saturating_add(1);
+            return;
+        }
+        let unlogged = std::mem::take(&mut self.unlogged);
+        let since = if unlogged > 0 {
+            format!("; {unlogged} more since the last line")
+        } else {
+            String::new()
+        };
+        warn!(
+            "accept: {e}; accepting again every {ACCEPT_RETRY_MILLIS} ms (further failures are \
+             counted, not logged, for {LIMIT_LOG_INTERVAL_SECS} s{since})"
+        );
+        self.logged_at = Some(now);
+    }
+
+    /// True when accepting is paused at `now`.
+    fn paused(&self, now: Instant) -> bool {
+        self.retry_at.is_some_and(|at| now < at)
+    }
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -286,7 +336,11 @@ impl std::fmt::Display for LimitCounters {
 }
 
 impl Edge {
-    pub fn new(settings: EdgeSettings) -> io::Result<Edge> {
+    pub fn new(mut settings: EdgeSettings) -> io::Result<Edge> {
+        let open_files = crate::io::sys::open_files().ok().map(|l| l.soft);
+        if let Some(warning) = open_files.and_then(|n| settings.limits.fit_descriptors(n)) {
+            warn!("{warning}");
+        }
         let tokens = ServiceTokens::load(&settings.state)?;
         let mut hostnames = Hostnames::load(&settings.state)?;
         let tunnels = Tunnels::load(&settings.state)?;
@@ -297,6 +351,17 @@ impl Edge {
                 "released {} hostname(s) routed to deleted tunnels: {}",
                 orphans.len(),
                 orphans.join(", ")
+            );
+        }
+        // Names recorded for a parent zone before their own zone was configured.
+        let zones = settings.zones.clone();
+        let misfiled =
+            hostnames.release_other_zones(&settings.state, |h| config::zone_of(&zones, h))?;
+        if !misfiled.is_empty() {
+            warn!(
+                "released {} hostname(s) held by another zone than their own: {}",
+                misfiled.len(),
+                misfiled.join(", ")
             );
         }
         let audit = Audit::open(&settings.audit_log)?;
@@ -344,6 +409,12 @@ impl Edge {
             metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
             tls_started: Vec::new(),
             generations: Vec::new(),
+            open_files,
+            accept_pause: AcceptPause::default(),
+            denials: Repeats::new(
+                MAX_LOG_SUPPRESSION_ENTRIES,
+                Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
+            ),
         })
     }
 
@@ -371,6 +442,10 @@ impl Edge {
                 self.settings.tunnel_admins = new.tunnel_admins;
                 self.settings.limits = new.limits;
                 self.transfers.set_limits(self.settings.limits.logins());
+                let open_files = self.open_files;
+                if let Some(w) = open_files.and_then(|n| self.settings.limits.fit_descriptors(n)) {
+                    warn!("{w}");
+                }
                 self.metrics.config_reload(true);
                 info!("config reloaded from {path}");
             }
@@ -419,7 +494,11 @@ impl Edge {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + Duration::from_secs(1);
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let wake = self
+                .accept_pause
+                .retry_at
+                .map_or(next_tick, |r| r.min(next_tick));
+            let timeout = wake.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -428,6 +507,7 @@ impl Edge {
             }
             for ev in events.iter() {
                 match ev.token() {
+                    LISTENER if self.accept_pause.retry_at.is_some() => {}
                     LISTENER => self.accept(&listener),
                     SIGNALS => {
                         let terminate = signals.take();
@@ -443,6 +523,10 @@ impl Edge {
                     WAKER => self.worker_results(),
                     Token(t) => self.mark(t - FIRST_CONN),
                 }
+            }
+            if self.accept_pause.retry_at.is_some() && !self.accept_pause.paused(Instant::now()) {
+                self.accept_pause.retry_at = None;
+                self.accept(&listener);
             }
             self.run_dirty();
             let now = Instant::now();
@@ -503,9 +587,12 @@ impl Edge {
                 }
                 Err(e) if would_block(&e) => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // That one connection was reset while it waited: the next may be fine.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and wait for the next readiness.
-                    warn!("accept: {e}");
+                    // EMFILE and friends: pause, retry on a timer, log once per interval.
+                    self.metrics.error(metrics::Error::ConnectionLimit);
+                    self.accept_pause.failed(&e, Instant::now());
                     return;
                 }
             }
@@ -971,7 +1058,7 @@ impl Edge {
             .unwrap_or_default();
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), c.peer.to_string().into());
-        audit.insert("hostname".into(), host.clone().into());
+        audit.insert("hostname".into(), recorded_host(&host).into());
         if host.is_empty() || host != c.sni {
             audit.insert("reason".into(), "host header does not match SNI".into());
             self.deny(audit, Auth::HostMismatch);
@@ -1238,16 +1325,38 @@ impl Edge {
         }
     }
 
-    fn deny(&self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
+    fn deny(&mut self, mut fields: serde_json::Map<String, serde_json::Value>, why: Auth) {
         self.metrics.auth(why);
+        // Anyone can repeat these without credentials: one line per source, reason and
+        // interval; the rest are counted and written when the interval ends.
+        let unauthenticated = matches!(
+            why,
+            Auth::HostMismatch
+                | Auth::NoApplication
+                | Auth::BadServiceToken
+                | Auth::BadAppToken
+                | Auth::NoCredentials
+        );
+        let source = fields
+            .get("peer")
+            .and_then(|v| v.as_str())
+            .and_then(|p| p.parse::<SocketAddr>().ok())
+            .map(|p| p.ip());
+        if let (true, Some(ip)) = (unauthenticated, source) {
+            if !self.denials.first(&(ip, why), Instant::now()) {
+                return;
+            }
+        }
         fields.insert("decision".into(), "deny".into());
         info!(
             "denied {}: {}",
+            // Already a valid hostname, or clipped and escaped (`recorded_host`).
             fields
                 .get("hostname")
                 .and_then(|v| v.as_str())
                 .unwrap_or(""),
-            fields.get("reason").and_then(|v| v.as_str()).unwrap_or("")
+            // May quote the client's token header (alg, kid).
+            untrusted(fields.get("reason").and_then(|v| v.as_str()).unwrap_or(""))
         );
         self.audit.record("access", fields);
     }
@@ -1421,13 +1530,18 @@ impl Edge {
             }
             Event::GoAway { reason, .. } => {
                 info!(
-                    "tunnel {} ({}) is draining: {reason}",
+                    "tunnel {} ({}) is draining: {}",
                     t.peer,
-                    t.hostname.as_deref().unwrap_or("-")
+                    t.hostname.as_deref().unwrap_or("-"),
+                    untrusted(&reason)
                 );
             }
             Event::Error { code, message } => {
-                warn!("tunnel {} reported error {code}: {message}", t.peer);
+                warn!(
+                    "tunnel {} reported error {code}: {}",
+                    t.peer,
+                    untrusted(&message)
+                );
             }
             Event::Registered { .. } | Event::Open { .. } => {
                 t.mux.send_error(400, "unexpected frame from origin");
@@ -1470,6 +1584,11 @@ impl Edge {
                 refusal::NOT_COVERED,
                 format!("origin certificate does not cover hostname {hostname}: use a certificate for its zone"),
             ))
+        } else if let Some(zone) = self.zone_mismatch(&t.cert, hostname) {
+            Some((
+                refusal::NOT_COVERED,
+                format!("hostname {hostname} is in the zone {zone}: use a certificate for {zone}"),
+            ))
         } else {
             let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
             match self
@@ -1503,7 +1622,8 @@ impl Edge {
             return;
         }
         info!(
-            "tunnel registered {hostname} -> {service} (connector {}, connection {}, {})",
+            "tunnel registered {hostname} -> {} (connector {}, connection {}, {})",
+            untrusted(service),
             &t.connector[..t.connector.len().min(8)],
             t.ha_index,
             t.peer
@@ -1704,6 +1824,7 @@ impl Edge {
             self.release(slot);
         }
         self.count_connections();
+        self.record_repeated_denials(Some(now));
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
         self.limit_log
@@ -1775,7 +1896,33 @@ impl Edge {
                 _ => {}
             }
         }
+        self.record_repeated_denials(None);
         info!("limits hit since start: {}", self.counters);
+    }
+
+    /// Writes what [`Edge::deny`] counted instead of recording, for sources whose interval
+    /// is over (all of them at shutdown, `now = None`).
+    fn record_repeated_denials(&mut self, now: Option<Instant>) {
+        let (counted, overflow) = self.denials.expire(now);
+        let record = |peer: String, reason: &str, n: u64| {
+            info!("denied {n} more request(s) from {peer} ({reason}) in the last interval");
+            let mut fields = serde_json::Map::new();
+            fields.insert("peer".into(), peer.into());
+            fields.insert("decision".into(), "deny".into());
+            fields.insert("reason".into(), reason.into());
+            fields.insert("repeated".into(), n.into());
+            self.audit.record("access", fields);
+        };
+        for ((ip, why), n) in counted {
+            record(ip.to_string(), why.reason(), n);
+        }
+        if overflow > 0 {
+            record(
+                "many sources".into(),
+                "beyond the suppression table",
+                overflow,
+            );
+        }
     }
 }
 
@@ -1889,10 +2036,30 @@ fn refuse(c: &mut Carrier, status: u16, reason: &str, message: &str) {
     c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
 }
 
+/// A Host header as the audit log and the log record it: as is when it is a valid hostname,
+/// else its first 64 characters escaped and its length (a peer may send 16 KiB of anything).
+fn recorded_host(host: &str) -> String {
+    if host.is_empty() || valid_hostname(host) {
+        host.to_owned()
+    } else {
+        crate::logging::escape(host, 64)
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,
+    }
+}
+
+impl Edge {
+    /// `Some(zone of hostname)` when the origin certificate is for another zone: a certificate
+    /// for `site.com` covers `x.team.site.com` by its SANs, but when `team.site.com` is a zone
+    /// of its own, only that zone's certificates may claim names in it.
+    fn zone_mismatch(&self, cert: &CertificateDer<'_>, hostname: &str) -> Option<String> {
+        let zone = self.settings.zone_of(hostname)?;
+        (crate::pki::origin_zone(cert).as_deref() != Some(zone)).then(|| zone.to_owned())
     }
 }
 

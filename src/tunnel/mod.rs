@@ -33,6 +33,7 @@ use crate::limits::{
     CONN_WRITE_BATCH, MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS, RECONNECT_BACKOFF_CAP_SECS,
     SERVICE_CONNECT_TIMEOUT_SECS, TLS_READ_STAGE,
 };
+use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
 use crate::mux::{self, Event, Session, Side};
 use crate::pki::{self, OriginCredential};
@@ -769,6 +770,8 @@ impl Origin {
     fn on_event(&mut self, i: usize, ev: Event) {
         match ev {
             Event::Registered { hostname } => {
+                // Text from the edge: escaped before it reaches a terminal or the journal.
+                let hostname = untrusted(&hostname);
                 match &self.opts.registration {
                     Registration::Hostname(_) => info!("connection {i} registered {hostname}"),
                     Registration::Named { name, .. } => {
@@ -781,6 +784,7 @@ impl Origin {
                 }
             }
             Event::Error { code, message } => {
+                let message = untrusted(&message).to_string();
                 if matches!(code, 400 | 403 | 409) {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
@@ -811,7 +815,7 @@ impl Origin {
                             })
                     })
                     .unwrap_or_else(|| "anonymous".into());
-                info!("connection {i}: stream {stream} for {who}");
+                info!("connection {i}: stream {stream} for {}", untrusted(&who));
                 self.open_local(i, stream, &hostname)
             }
             Event::Readable(stream) | Event::Writable(stream) => {
@@ -826,13 +830,19 @@ impl Origin {
                 }
             }
             Event::Reset { stream, reason, .. } => {
-                debug!("connection {i}: stream {stream} reset by edge: {reason}");
+                debug!(
+                    "connection {i}: stream {stream} reset by edge: {}",
+                    untrusted(&reason)
+                );
                 if let Some(slot) = self.conns[i].locals.remove(&stream) {
                     self.drop_local(slot);
                 }
             }
             Event::GoAway { reason, .. } => {
-                info!("connection {i}: edge is going away ({reason})");
+                info!(
+                    "connection {i}: edge is going away ({})",
+                    untrusted(&reason)
+                );
                 // Let open streams finish; the edge closes the connection and we reconnect.
             }
             Event::Hello { .. } | Event::Register { .. } => {}
@@ -849,7 +859,10 @@ impl Origin {
         let service = match &r.service {
             Service::Tcp { addr, .. } => addr,
             Service::Status(code) => {
-                info!("stream {stream}: no ingress rule serves {host} (http_status:{code})");
+                info!(
+                    "stream {stream}: no ingress rule serves {} (http_status:{code})",
+                    untrusted(&host)
+                );
                 mux.reset(
                     stream,
                     mux::rst::NO_SERVICE,

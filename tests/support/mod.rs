@@ -63,6 +63,7 @@ pub fn require(binary: &str) -> PathBuf {
         "sshd" => "openssh-server",
         "ssh" | "ssh-keygen" => "openssh-client",
         "git" => "git",
+        "prlimit" => "util-linux",
         other => other,
     };
     panic!(
@@ -779,6 +780,21 @@ impl Sshd {
 /// `HOME` inside the test directory so nothing touches the real `~/.postern`.
 pub fn postern(home: &Path) -> Command {
     let mut cmd = Command::new(postern_bin());
+    quiet_env(&mut cmd, home);
+    cmd
+}
+
+/// [`postern`] started through `wrapper`, a command that execs what follows it (e.g.
+/// `["prlimit", "--nofile=64:64", "--"]`), so the process keeps the wrapper's pid.
+pub fn postern_via(home: &Path, wrapper: &[&str]) -> Command {
+    let (program, args) = wrapper.split_first().expect("a wrapper command");
+    let mut cmd = Command::new(require(program));
+    cmd.args(args).arg(postern_bin());
+    quiet_env(&mut cmd, home);
+    cmd
+}
+
+fn quiet_env(cmd: &mut Command, home: &Path) {
     cmd.env("RUST_LOG", "info")
         .env("RUST_LOG_STYLE", "never")
         .env("HOME", home)
@@ -791,7 +807,6 @@ pub fn postern(home: &Path) -> Command {
         .env_remove("POSTERN_LOG_FORMAT")
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy");
-    cmd
 }
 
 fn home_of(dir: &Path) -> PathBuf {

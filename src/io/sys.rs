@@ -1,0 +1,125 @@
+//! The system calls std lacks, through libc: the open-file limit (`RLIMIT_NOFILE`: read it,
+//! raise the soft limit to the hard one) and the effective user id.
+//!
+//! Why the limit: systemd and most shells start a process with a soft limit of 1024
+//! descriptors, far below what the edge needs (one per connection) and below the hard limit the
+//! process may raise it to. An edge stuck at 1024 can be filled by a few addresses' idle
+//! connections (SECURITY.md, "Internet → edge"). Why the user id: the edge refuses a state
+//! directory that another user owns (`state::StateDir::open`).
+//!
+//! This is the only module of postern with `unsafe` code (vendor-policy.md, "`unsafe`"). The
+//! calls here are the whole of it: `getrlimit` and `setrlimit` each get a pointer to a live,
+//! initialised, properly aligned `libc::rlimit` on our own stack, which the kernel reads or
+//! writes once before the call returns (no pointer is kept); `geteuid` takes nothing and cannot
+//! fail. `src/io/mod.rs`'s test `unsafe_code_lives_only_in_sys` fails if `unsafe` appears in
+//! any other source file.
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use std::io;
+
+/// The soft and hard limits on open files of this process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenFiles {
+    /// What is enforced now: `open`, `socket` and `accept` fail with EMFILE at this many.
+    pub soft: u64,
+    /// How far the process may raise `soft` without privileges.
+    pub hard: u64,
+}
+
+/// The current open-file limits.
+pub fn open_files() -> io::Result<OpenFiles> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a live, initialised `rlimit` owned by this frame; getrlimit writes one
+    // `rlimit` through the pointer and keeps no reference to it.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // `rlim_t` is u64 on 64-bit targets and narrower on some 32-bit ones.
+    #[allow(clippy::useless_conversion)]
+    Ok(OpenFiles {
+        soft: u64::from(r.rlim_cur),
+        hard: u64::from(r.rlim_max),
+    })
+}
+
+/// Raises the soft open-file limit to the hard limit (never lowers anything) and returns the
+/// limits in force afterwards. The hard limit stays: only root could raise it.
+pub fn raise_open_files() -> io::Result<OpenFiles> {
+    let now = open_files()?;
+    if now.soft >= now.hard {
+        return Ok(now);
+    }
+    let r = libc::rlimit {
+        rlim_cur: now.hard as libc::rlim_t,
+        rlim_max: now.hard as libc::rlim_t,
+    };
+    // SAFETY: `r` is a live, initialised `rlimit` owned by this frame; setrlimit reads it once
+    // and keeps no reference to it.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    open_files()
+}
+
+/// [`raise_open_files`] for a long-running role (`edge`, `tunnel`): logs what it did and
+/// returns the soft limit in force, if it could be read.
+pub fn raise_open_files_logged(role: &str) -> Option<u64> {
+    let before = open_files().ok();
+    match raise_open_files() {
+        Ok(now) => {
+            if let Some(b) = before.filter(|b| b.soft < now.soft) {
+                log::debug!(
+                    "{role}: open-file limit raised from {} to {} (the hard limit)",
+                    b.soft,
+                    now.soft
+                );
+            }
+            Some(now.soft)
+        }
+        Err(e) => {
+            log::warn!(
+                "{role}: cannot raise the open-file limit to the hard limit ({e}); \
+                 staying at {}",
+                before.map_or("an unknown value".to_owned(), |b| b.soft.to_string())
+            );
+            before.map(|b| b.soft)
+        }
+    }
+}
+
+/// The effective user id of this process (whose files it creates, whose it may read).
+pub fn euid() -> u32 {
+    // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn limits_read_and_raising_is_idempotent() {
+        let before = open_files().unwrap();
+        assert!(before.soft <= before.hard);
+        let after = raise_open_files().unwrap();
+        assert_eq!(after.soft, before.hard);
+        assert_eq!(after.hard, before.hard);
+        assert_eq!(raise_open_files().unwrap(), after);
+    }
+
+    #[test]
+    fn euid_owns_what_we_create() {
+        let dir = std::env::temp_dir().join(format!("postern-euid-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let owner = std::fs::metadata(&dir).unwrap().uid();
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(euid(), owner);
+    }
+}
