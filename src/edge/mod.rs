@@ -38,7 +38,7 @@ use crate::edge::config::IdentityProvider;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
-use crate::jwt::KeyRing;
+use crate::jwt::{KeyRing, OriginAssertion};
 use crate::limits::{
     CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
 };
@@ -1038,15 +1038,6 @@ impl Edge {
                 &format!("hostname {host} is not registered by any tunnel"),
             );
         };
-        // The origin learns who it is serving; with an app token it can verify that itself
-        // against this edge's JWKS at /cdn-cgi/access/certs.
-        let claims = serde_json::json!({
-            "email": identity.email,
-            "groups": identity.groups,
-            "service_token": identity.service_token,
-            "app_token": head.header("cf-access-token"),
-        })
-        .to_string();
         let max_streams = self.settings.limits.max_streams_per_tunnel;
         let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
             unreachable!("bug: route to a non-tunnel slot");
@@ -1063,9 +1054,25 @@ impl Edge {
             });
             return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
         }
-        let Some(stream) = t.mux.open_stream(&host, claims.as_bytes()) else {
+        // The origin learns who it is serving from an assertion signed for this stream only;
+        // no credential the client presented travels on (see `origin_claims`).
+        let next = t.mux.next_stream_id();
+        let Some(claims) = origin_claims(&self.keys, &self.public_url, &host, next, &identity)
+        else {
+            // Only an app token's groups can be this large.
+            audit.insert("reason".into(), "identity too large to forward".into());
+            self.deny(audit, Auth::BadAppToken);
+            return refuse(
+                c,
+                431,
+                "Request Header Fields Too Large",
+                "your identity (groups) is too large to forward to the origin",
+            );
+        };
+        let Some(stream) = t.mux.open_stream(&host, &claims) else {
             return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
         };
+        debug_assert_eq!(stream, next, "bug: the stream id the assertion names");
         t.carriers.insert(stream, slot);
         self.mark(tunnel);
         audit.insert("decision".into(), "allow".into());
@@ -1725,6 +1732,34 @@ fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
 /// Paths that start a browser login; each request is counted against
 /// `limits.login_attempts_per_minute` of its source IP.
 const LOGIN_ENTRY_POINTS: [&str; 2] = ["/cdn-cgi/access/cli", "/cdn-cgi/access/dev-login"];
+
+/// What OPEN tells the origin about a client: who (`email`, `service_token`) and an
+/// [`OriginAssertion`] for exactly this hostname and stream, signed with the app-token key,
+/// valid for 60 s, that an origin checks against `/cdn-cgi/access/certs`. Never a bearer
+/// credential: not the client's app token (valid on every hostname of a `*.zone`
+/// application) nor anything else it sent; the edge refuses the assertion as a token.
+/// `None` if it would not fit in OPEN (an identity with huge groups).
+fn origin_claims(
+    keys: &KeyRing,
+    iss: &str,
+    host: &str,
+    stream: u32,
+    identity: &Identity,
+) -> Option<Vec<u8>> {
+    let jti = crate::base64::encode_url(&crate::io::random_bytes::<16>());
+    let mut assertion = OriginAssertion::new(iss, host, stream, login::unix_now(), jti);
+    assertion.sub = identity.email.clone().unwrap_or_default();
+    assertion.email = identity.email.clone();
+    assertion.groups = identity.groups.clone();
+    assertion.service_token = identity.service_token.clone();
+    let claims = serde_json::json!({
+        "email": identity.email,
+        "service_token": identity.service_token,
+        "assertion": keys.sign_origin_assertion(&assertion),
+    });
+    let bytes = serde_json::to_vec(&claims).expect("bug: claims of strings serialize");
+    (bytes.len() <= crate::limits::MAX_CLAIMS_LEN).then_some(bytes)
+}
 
 /// The 429 page for a source over its login rate; the carrier closes after it.
 fn too_many_requests(c: &mut Carrier) {
