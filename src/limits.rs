@@ -58,6 +58,10 @@ pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;
 pub const LIMIT_LOG_INTERVAL_SECS: u64 = 60;
 /// Offenders remembered for log suppression; beyond that, refusals are only counted.
 pub const MAX_LOG_SUPPRESSION_ENTRIES: usize = 4096;
+/// Hostnames one origin certificate may claim by registering them (`tunnel --hostname`); each
+/// claim is a record in `hostnames.json` and a write of it. Named tunnels' routes are bounded
+/// per zone by the admin API instead.
+pub const MAX_HOSTNAMES_PER_CERTIFICATE: usize = 64;
 
 /// The edge's resource limits: the `"limits"` object of its config file, every field optional
 /// (defaults above). Each one is enforced per offender: hitting it closes that connection or

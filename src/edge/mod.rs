@@ -67,6 +67,10 @@ pub mod refusal {
     pub const OWNED: u16 = 409;
     /// The hostname is not valid.
     pub const BAD_HOSTNAME: u16 = 400;
+    /// No application of the edge serves the hostname.
+    pub const NO_APPLICATION: u16 = 404;
+    /// The certificate owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already.
+    pub const TOO_MANY_HOSTNAMES: u16 = 403;
 }
 
 enum Conn {
@@ -129,6 +133,18 @@ struct Tunnel {
     next_timeout: Instant,
     /// TLS and REGISTER must complete by then (slowloris bound); none once registered.
     deadline: Option<Instant>,
+    /// A REGISTER the edge admitted, waiting until its hostname claim is on disk.
+    registering: Option<Registering>,
+}
+
+/// An admitted REGISTER whose claim in `hostnames.json` is being written (`Edge::registering`).
+struct Registering {
+    hostname: String,
+    service: String,
+    /// The number of the write that makes the claim durable (`Hostnames::pending_write`).
+    write: u64,
+    /// The audit record, completed with the outcome.
+    audit: serde_json::Map<String, serde_json::Value>,
 }
 
 pub struct Edge {
@@ -174,6 +190,10 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     /// When each slot's connection was accepted, until its TLS handshake is done.
     tls_started: Vec<Option<Instant>>,
+    /// Wakes the loop for worker results and finished state-file writes.
+    waker: Arc<mio::Waker>,
+    /// Tunnel slots with a `Registering` (some may have closed since).
+    registering: Vec<usize>,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -245,7 +265,7 @@ impl Edge {
         let mut hostnames = Hostnames::load(&settings.state)?;
         let tunnels = Tunnels::load(&settings.state)?;
         // Routes to tunnels that no longer exist (a delete cut short): free those hostnames.
-        let orphans = hostnames.unroute_unknown(&settings.state, |id| tunnels.get(id).is_some())?;
+        let orphans = hostnames.unroute_unknown(|id| tunnels.get(id).is_some())?;
         if !orphans.is_empty() {
             warn!(
                 "released {} hostname(s) routed to deleted tunnels: {}",
@@ -264,8 +284,15 @@ impl Edge {
             }
             _ => None,
         };
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        // From here on, a hostname claim is written by a thread, never on the loop.
+        let wake = waker.clone();
+        hostnames.write_behind(move || {
+            let _ = wake.wake();
+        })?;
         Ok(Edge {
-            poll: Poll::new()?,
+            poll,
             conns: Vec::new(),
             free: Vec::new(),
             dirty: Vec::new(),
@@ -293,6 +320,8 @@ impl Edge {
             counters: LimitCounters::default(),
             metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
             tls_started: Vec::new(),
+            waker,
+            registering: Vec::new(),
         })
     }
 
@@ -357,9 +386,8 @@ impl Edge {
                 format!("https://login.localhost:{}", addr.port())
             };
         }
-        let waker = Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?);
         if let Some(p) = &self.oidc {
-            self.worker = Some(login::Worker::start(p.clone(), waker));
+            self.worker = Some(login::Worker::start(p.clone(), self.waker.clone()));
         }
         info!("postern edge listening on {addr}");
         (self.settings.on_ready)(addr);
@@ -388,7 +416,10 @@ impl Edge {
                             return Ok(());
                         }
                     }
-                    WAKER => self.worker_results(),
+                    WAKER => {
+                        self.hostname_writes();
+                        self.worker_results();
+                    }
                     Token(t) => self.mark(t - FIRST_CONN),
                 }
             }
@@ -636,6 +667,7 @@ impl Edge {
                                     closing: false,
                                     next_timeout: Instant::now(),
                                     deadline: Some(deadline),
+                                    registering: None,
                                 })))
                             } else {
                                 Some(Conn::Carrier(Box::new(Carrier {
@@ -1321,7 +1353,7 @@ impl Edge {
         audit.insert("hostname".into(), hostname.into());
         audit.insert("connector".into(), t.connector.clone().into());
         audit.insert("certificate".into(), t.cert_fp.clone().into());
-        let refusal = if t.hostname.is_some() || t.named.is_some() {
+        let refusal = if t.hostname.is_some() || t.named.is_some() || t.registering.is_some() {
             Some((
                 refusal::BAD_HOSTNAME,
                 "one registration per tunnel connection".to_owned(),
@@ -1346,13 +1378,21 @@ impl Edge {
                 refusal::NOT_COVERED,
                 format!("origin certificate does not cover hostname {hostname}: use a certificate for its zone"),
             ))
+        } else if self.settings.application(hostname).is_none() {
+            Some((
+                refusal::NO_APPLICATION,
+                format!(
+                    "no application on this edge serves hostname {hostname}: the edge's \
+                     operator adds one (applications[].hostname) before a tunnel can serve it"
+                ),
+            ))
         } else {
             let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
-            match self
-                .hostnames
-                .claim(&self.settings.state, hostname, &t.cert_fp, &zone)
-            {
+            match self.hostnames.claim(hostname, &t.cert_fp, &zone) {
                 Ok(_) => None,
+                Err(e @ ClaimError::TooMany) => {
+                    Some((refusal::TOO_MANY_HOSTNAMES, format!("hostname {hostname}: {e}")))
+                }
                 Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
                     refusal::OWNED,
                     match self.hostnames.tunnel_of(hostname) {
@@ -1368,15 +1408,67 @@ impl Edge {
             }
         };
         if let Some((code, message)) = refusal {
-            warn!("tunnel {}: registration refused: {message}", t.peer);
-            self.metrics.error(metrics::Error::RegistrationRefused);
-            audit.insert("decision".into(), "deny".into());
-            audit.insert("reason".into(), message.clone().into());
-            self.audit.record("register", audit);
-            t.mux
-                .send_error(code, &format!("registration refused: {message}"));
-            t.closing = true;
-            return;
+            return self.refuse_register(t, audit, code, &message);
+        }
+        let registering = Registering {
+            hostname: hostname.to_owned(),
+            service: service.to_owned(),
+            write: 0,
+            audit,
+        };
+        // REGISTERED only once the claim is on disk: a crash before that loses the claim, and
+        // the origin, never told it registered, registers again.
+        match self.hostnames.pending_write() {
+            None => self.registered(slot, t, registering),
+            Some(write) => {
+                t.registering = Some(Registering {
+                    write,
+                    ..registering
+                });
+                self.registering.push(slot);
+            }
+        }
+    }
+
+    fn refuse_register(
+        &mut self,
+        t: &mut Tunnel,
+        mut audit: serde_json::Map<String, serde_json::Value>,
+        code: u16,
+        message: &str,
+    ) {
+        warn!("tunnel {}: registration refused: {message}", t.peer);
+        self.metrics.error(metrics::Error::RegistrationRefused);
+        audit.insert("decision".into(), "deny".into());
+        audit.insert("reason".into(), message.into());
+        self.audit.record("register", audit);
+        t.mux
+            .send_error(code, &format!("registration refused: {message}"));
+        t.closing = true;
+    }
+
+    /// The claim behind `r` is on disk: route the hostname to this connection.
+    fn registered(&mut self, slot: usize, t: &mut Tunnel, r: Registering) {
+        let Registering {
+            hostname,
+            service,
+            mut audit,
+            ..
+        } = r;
+        // While the claim was written, a route to a named tunnel (admin API) may have taken the
+        // hostname, or a failed write released it (another connection's claim of it).
+        if !self.hostnames.owned_by(&hostname, &t.cert_fp) {
+            let (code, message) = match self.hostnames.tunnel_of(&hostname) {
+                Some(id) => (
+                    refusal::OWNED,
+                    format!("hostname {hostname} was routed to the named tunnel {id} meanwhile"),
+                ),
+                None => (
+                    500,
+                    format!("edge could not record the registration of {hostname}: try again"),
+                ),
+            };
+            return self.refuse_register(t, audit, code, &message);
         }
         info!(
             "tunnel registered {hostname} -> {service} (connector {}, connection {}, {})",
@@ -1386,13 +1478,43 @@ impl Edge {
         );
         audit.insert("decision".into(), "allow".into());
         self.audit.record("register", audit);
-        t.hostname = Some(hostname.to_owned());
         t.deadline = None;
-        self.routes
-            .entry(hostname.to_owned())
-            .or_default()
-            .push(slot);
-        t.mux.send_registered(hostname);
+        self.routes.entry(hostname.clone()).or_default().push(slot);
+        t.mux.send_registered(&hostname);
+        t.hostname = Some(hostname);
+    }
+
+    /// The state writer finished a write: registrations whose claim is now on disk get
+    /// REGISTERED; those whose write failed are refused and their claim is released.
+    fn hostname_writes(&mut self) {
+        for slot in std::mem::take(&mut self.registering) {
+            // The connection may have closed, and its slot gone to another.
+            let waiting = matches!(
+                self.conns.get(slot),
+                Some(Some(Conn::Tunnel(t))) if t.registering.is_some()
+            );
+            if !waiting {
+                continue;
+            }
+            let Some(Conn::Tunnel(mut t)) = self.conns[slot].take() else {
+                unreachable!("bug: checked just above");
+            };
+            let r = t.registering.take().expect("bug: checked just above");
+            match self.hostnames.write_outcome(r.write) {
+                None => {
+                    t.registering = Some(r);
+                    self.registering.push(slot);
+                }
+                Some(Ok(())) => self.registered(slot, &mut t, r),
+                Some(Err(why)) => {
+                    self.hostnames.release(&r.hostname, &t.cert_fp);
+                    let message = format!("edge could not record the registration: {why}");
+                    self.refuse_register(&mut t, r.audit, 500, &message);
+                }
+            }
+            self.conns[slot] = Some(Conn::Tunnel(t));
+            self.mark(slot);
+        }
     }
 
     /// REGISTER with no hostname: the connection serves the named tunnel its certificate

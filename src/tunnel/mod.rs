@@ -781,7 +781,7 @@ impl Origin {
                 }
             }
             Event::Error { code, message } => {
-                if matches!(code, 400 | 403 | 409) {
+                if matches!(code, 400 | 403 | 404 | 409) {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
