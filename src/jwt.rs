@@ -23,6 +23,13 @@
 //!
 //! The edge signs app tokens with Ed25519 ([`SigningKey`]). Its [`KeyRing`] rotates: the old
 //! key's public half stays in the published JWKS until every token it signed has expired.
+//!
+//! The same key signs [`OriginAssertion`]s: what the edge tells an origin about each stream it
+//! opens. Two kinds of token from one key must never stand in for each other, so each names its
+//! kind twice (RFC 8725 §3.11): the header `typ` ([`APP_TOKEN_TYP`] or
+//! [`ORIGIN_ASSERTION_TYP`]) and, in an assertion, the claim `postern_kind`.
+//! [`KeyRing::verify_app_token`] refuses an assertion and [`verify_origin_assertion`] refuses an
+//! app token, whatever their audiences.
 
 use std::fmt;
 
@@ -43,6 +50,17 @@ pub const MAX_JWKS_KEYS: usize = 32;
 const MAX_SHOWN: usize = 64;
 /// Version of the key-ring file written by [`KeyRing::to_json`].
 const KEY_RING_VERSION: u32 = 1;
+
+/// The header `typ` of the edge's app tokens (the bearer tokens clients present).
+pub const APP_TOKEN_TYP: &str = "JWT";
+/// The header `typ` of an [`OriginAssertion`]: explicit typing, so that no app-token check
+/// takes one for a token (RFC 8725 §3.11).
+pub const ORIGIN_ASSERTION_TYP: &str = "postern-origin-assertion+jwt";
+/// The `postern_kind` claim of an [`OriginAssertion`]; an app token never carries that claim.
+pub const ORIGIN_ASSERTION_KIND: &str = "origin_assertion";
+/// How long an [`OriginAssertion`] is valid, in seconds: time for the origin to check it when
+/// the stream opens, and little use to anyone who copies it.
+pub const ORIGIN_ASSERTION_LIFETIME_SECS: u64 = 60;
 
 /// A JWS signature algorithm postern implements, by its JOSE name.
 #[allow(clippy::upper_case_acronyms)] // the JOSE names, as they appear in tokens
@@ -482,6 +500,106 @@ pub fn verify_claims(
     Ok(claims)
 }
 
+/// Whether a payload has a `postern_kind` claim, whatever its value (or is not an object a
+/// probe can read, which [`Claims::parse`] refuses anyway).
+fn has_kind_claim(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "present")]
+        postern_kind: bool,
+    }
+    from_json_object::<Probe>(payload).is_ok_and(|p| p.postern_kind)
+}
+
+/// What the edge tells an origin about one stream it opens: who was admitted, to which
+/// hostname, on which stream. The edge signs it with its app-token key ([`KeyRing`]), typed
+/// [`ORIGIN_ASSERTION_TYP`] with `postern_kind` [`ORIGIN_ASSERTION_KIND`], valid for
+/// [`ORIGIN_ASSERTION_LIFETIME_SECS`]; an origin checks it with [`verify_origin_assertion`]
+/// against the edge's published JWKS (`/cdn-cgi/access/certs`).
+///
+/// It is not a credential: [`KeyRing::verify_app_token`] refuses it, so an origin that keeps
+/// one cannot present it anywhere.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OriginAssertion {
+    /// The edge's public URL.
+    pub iss: String,
+    /// The stream's exact hostname (never an application's `*.zone` pattern).
+    pub aud: String,
+    /// The email of a signed-in user; empty for a service token or a bypass policy.
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The name of the service token that was admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_token: Option<String>,
+    /// The mux stream the edge opened for this client.
+    pub stream: u32,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    /// Random, one per stream.
+    pub jti: String,
+    /// Always [`ORIGIN_ASSERTION_KIND`].
+    pub postern_kind: String,
+}
+
+impl OriginAssertion {
+    /// An assertion for `stream` to `hostname`, issued by `iss` at `now` with the random `jti`,
+    /// for nobody yet: the caller fills in `sub`, `email`, `groups` or `service_token`.
+    pub fn new(iss: &str, hostname: &str, stream: u32, now: u64, jti: String) -> OriginAssertion {
+        OriginAssertion {
+            iss: iss.to_owned(),
+            aud: hostname.to_owned(),
+            sub: String::new(),
+            email: None,
+            groups: Vec::new(),
+            service_token: None,
+            stream,
+            iat: now,
+            nbf: now,
+            exp: now.saturating_add(ORIGIN_ASSERTION_LIFETIME_SECS),
+            jti,
+            postern_kind: ORIGIN_ASSERTION_KIND.to_owned(),
+        }
+    }
+}
+
+/// Checks an origin assertion as an origin would: EdDSA signature against `jwks` (the edge's
+/// `/cdn-cgi/access/certs`), typed [`ORIGIN_ASSERTION_TYP`] with `postern_kind`
+/// [`ORIGIN_ASSERTION_KIND`], `iss`, `aud` exactly `hostname`, times, and a lifetime of at most
+/// [`ORIGIN_ASSERTION_LIFETIME_SECS`]. An app token is refused, whatever its audience.
+pub fn verify_origin_assertion(
+    token: &str,
+    jwks: &Jwks,
+    iss: &str,
+    hostname: &str,
+    now: u64,
+    leeway_secs: u64,
+) -> Result<OriginAssertion, JwtError> {
+    let verified = verify(token, jwks, &[Alg::EdDSA])?;
+    let wrong_kind = JwtError::WrongKind {
+        expected: "an origin assertion",
+    };
+    if verified.header.typ.as_deref() != Some(ORIGIN_ASSERTION_TYP) {
+        return Err(wrong_kind);
+    }
+    let claims = Claims::parse(&verified.payload)?;
+    claims.check(iss, hostname, now, leeway_secs)?;
+    let assertion: OriginAssertion =
+        serde_json::from_slice(&verified.payload).map_err(|e| claims_error(&e))?;
+    if assertion.postern_kind != ORIGIN_ASSERTION_KIND {
+        return Err(wrong_kind);
+    }
+    if assertion.exp.saturating_sub(assertion.iat) > ORIGIN_ASSERTION_LIFETIME_SECS {
+        return Err(JwtError::InvalidClaims(format!(
+            "an origin assertion is valid for at most {ORIGIN_ASSERTION_LIFETIME_SECS} s"
+        )));
+    }
+    Ok(assertion)
+}
+
 /// The key id postern gives an Ed25519 public key: base64url of the first 12 bytes of its
 /// SHA-256 (16 characters).
 pub fn key_id(public_key: &[u8]) -> String {
@@ -542,6 +660,11 @@ impl SigningKey {
     /// A compact JWS over `claims` with header `{"alg":"EdDSA","kid":…,"typ":"JWT"}`.
     /// The caller keeps claims small: verifiers refuse tokens over [`MAX_TOKEN_LEN`].
     pub fn sign(&self, claims: &serde_json::Value) -> String {
+        self.sign_typed(claims, APP_TOKEN_TYP)
+    }
+
+    /// A compact JWS over `claims` with header `{"alg":"EdDSA","kid":…,"typ":typ}`.
+    fn sign_typed(&self, claims: &impl Serialize, typ: &'static str) -> String {
         #[derive(Serialize)]
         struct SignedHeader<'a> {
             alg: &'static str,
@@ -551,10 +674,10 @@ impl SigningKey {
         let header = SignedHeader {
             alg: Alg::EdDSA.name(),
             kid: &self.kid,
-            typ: "JWT",
+            typ,
         };
         let header = serde_json::to_vec(&header).expect("bug: a header of strings serializes");
-        let payload = serde_json::to_vec(claims).expect("bug: a JSON value serializes");
+        let payload = serde_json::to_vec(claims).expect("bug: claims of strings serialize");
         let mut token = base64::encode_url(&header);
         token.push('.');
         token.push_str(&base64::encode_url(&payload));
@@ -653,13 +776,21 @@ impl KeyRing {
         }
     }
 
-    /// Signs with the active key.
+    /// Signs an app token with the active key.
     pub fn sign(&self, claims: &serde_json::Value) -> String {
         self.active.sign(claims)
     }
 
-    /// Checks an app token the edge signed: EdDSA only, against [`KeyRing::jwks`] at `now`.
-    pub fn verify_claims(
+    /// Signs an origin assertion with the active key, typed [`ORIGIN_ASSERTION_TYP`].
+    pub fn sign_origin_assertion(&self, assertion: &OriginAssertion) -> String {
+        self.active.sign_typed(assertion, ORIGIN_ASSERTION_TYP)
+    }
+
+    /// Checks an app token the edge signed: EdDSA only, against [`KeyRing::jwks`] at `now`,
+    /// typed [`APP_TOKEN_TYP`] and without a `postern_kind` claim, then `iss`, `aud` and times.
+    /// An origin assertion, signed by the same key, is refused whatever its audience: an origin
+    /// cannot present what the edge told it as a credential.
+    pub fn verify_app_token(
         &self,
         token: &str,
         iss: &str,
@@ -668,7 +799,17 @@ impl KeyRing {
         leeway_secs: u64,
     ) -> Result<Claims, JwtError> {
         let jwks = self.jwks(now);
-        verify_claims(token, &jwks, &[Alg::EdDSA], iss, aud, now, leeway_secs)
+        let verified = verify(token, &jwks, &[Alg::EdDSA])?;
+        if verified.header.typ.as_deref() != Some(APP_TOKEN_TYP)
+            || has_kind_claim(&verified.payload)
+        {
+            return Err(JwtError::WrongKind {
+                expected: "an app token",
+            });
+        }
+        let claims = Claims::parse(&verified.payload)?;
+        claims.check(iss, aud, now, leeway_secs)?;
+        Ok(claims)
     }
 
     /// The key-ring file. `active_pkcs8` is the document [`KeyRing::generate`] or
@@ -777,6 +918,9 @@ pub enum JwtError {
     InvalidSigningKey,
     /// A stored key-ring file cannot be read back.
     InvalidKeyRing(&'static str),
+    /// The token is another kind of token of the same issuer (its `typ` header or
+    /// `postern_kind` claim): an origin assertion presented as an app token, or the reverse.
+    WrongKind { expected: &'static str },
 }
 
 impl fmt::Display for JwtError {
@@ -849,6 +993,11 @@ impl fmt::Display for JwtError {
                 "stored signing key is not an Ed25519 PKCS#8 v2 key: restore it or rotate"
             ),
             JwtError::InvalidKeyRing(what) => write!(f, "signing key file is invalid: {what}"),
+            JwtError::WrongKind { expected } => write!(
+                f,
+                "token is not {expected} (its typ header or postern_kind claim says it is \
+                 another kind of token): refused"
+            ),
         }
     }
 }
@@ -900,6 +1049,7 @@ pub fn fuzz_verify(data: &[u8]) {
         FIXED_NOW,
         60,
     );
+    let _ = verify_origin_assertion(&token, jwks, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 60);
     let _ = Jwks::parse(data);
 }
 
@@ -2001,6 +2151,194 @@ mod tests {
         assert_eq!(Jwks::parse(jwks.to_json().as_bytes()).unwrap(), jwks);
     }
 
+    // ---- origin assertions ----
+
+    fn rfc8037_ring() -> KeyRing {
+        KeyRing::new(rfc8037_key())
+    }
+
+    fn assertion_at(now: u64) -> OriginAssertion {
+        let mut a = OriginAssertion::new(FIXED_ISSUER, FIXED_AUDIENCE, 7, now, "n1".into());
+        a.sub = "alice@example.com".into();
+        a.email = Some("alice@example.com".into());
+        a.groups = vec!["ops".into()];
+        a
+    }
+
+    fn origin_check(token: &str, hostname: &str, now: u64) -> Result<OriginAssertion, JwtError> {
+        verify_origin_assertion(token, &fixed_jwks(), FIXED_ISSUER, hostname, now, LEEWAY)
+    }
+
+    #[test]
+    fn origin_assertion_verifies_against_the_published_key_set_for_its_exact_hostname() {
+        let ring = rfc8037_ring();
+        let token = ring.sign_origin_assertion(&assertion_at(FIXED_NOW));
+        let header = b64(token.split('.').next().unwrap());
+        let expected =
+            format!(r#"{{"alg":"EdDSA","kid":"ed25519","typ":"{ORIGIN_ASSERTION_TYP}"}}"#);
+        assert_eq!(header, expected.as_bytes());
+        let got = origin_check(&token, FIXED_AUDIENCE, FIXED_NOW).unwrap();
+        assert_eq!(got, assertion_at(FIXED_NOW));
+        assert_eq!(got.postern_kind, ORIGIN_ASSERTION_KIND);
+        assert_eq!(got.exp - got.iat, ORIGIN_ASSERTION_LIFETIME_SECS);
+        assert_eq!(got.stream, 7);
+        // The key set the edge publishes verifies it too.
+        let published = verify_origin_assertion(
+            &token,
+            &ring.jwks(FIXED_NOW),
+            FIXED_ISSUER,
+            FIXED_AUDIENCE,
+            FIXED_NOW,
+            0,
+        );
+        assert_eq!(published, Ok(got));
+    }
+
+    #[test]
+    fn origin_assertion_is_refused_as_an_app_token_even_for_the_same_audience() {
+        let ring = rfc8037_ring();
+        let token = ring.sign_origin_assertion(&assertion_at(FIXED_NOW));
+        // Its signature, issuer, audience and times would all pass the app-token check.
+        assert!(edge_check(&ring.active, &token, FIXED_NOW).is_ok());
+        let refused = ring.verify_app_token(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0);
+        assert_eq!(
+            refused,
+            Err(JwtError::WrongKind {
+                expected: "an app token"
+            })
+        );
+        assert!(refused.unwrap_err().to_string().contains("refused"));
+    }
+
+    #[test]
+    fn app_token_typed_token_with_the_assertion_claim_is_refused_as_an_app_token() {
+        // Either mark alone is enough: a JWT-typed token carrying postern_kind is refused.
+        let ring = rfc8037_ring();
+        let mut claims = claims_at(FIXED_NOW);
+        claims["postern_kind"] = json!(ORIGIN_ASSERTION_KIND);
+        let token = ring.sign(&claims);
+        assert_eq!(
+            ring.verify_app_token(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0),
+            Err(JwtError::WrongKind {
+                expected: "an app token"
+            })
+        );
+        claims["postern_kind"] = json!(null);
+        let token = ring.sign(&claims);
+        assert!(ring
+            .verify_app_token(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
+            .is_err());
+        // And a token of another typ, without the claim, is refused too.
+        let untyped = jws(
+            &format!(r#"{{"alg":"EdDSA","kid":"{}"}}"#, ring.active().kid()),
+            &serde_json::to_vec(&claims_at(FIXED_NOW)).unwrap(),
+            ed_sign(ring.active()),
+        );
+        assert_eq!(
+            ring.verify_app_token(&untyped, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0),
+            Err(JwtError::WrongKind {
+                expected: "an app token"
+            })
+        );
+    }
+
+    #[test]
+    fn app_tokens_still_verify_as_app_tokens() {
+        let ring = rfc8037_ring();
+        let token = ring.sign(&claims_at(FIXED_NOW));
+        let claims = ring
+            .verify_app_token(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
+            .unwrap();
+        assert_eq!(claims.email.as_deref(), Some("alice@example.com"));
+    }
+
+    #[test]
+    fn app_token_is_refused_as_an_origin_assertion() {
+        let ring = rfc8037_ring();
+        let mut claims = claims_at(FIXED_NOW);
+        claims["stream"] = json!(7);
+        claims["postern_kind"] = json!(ORIGIN_ASSERTION_KIND);
+        claims["exp"] = json!(FIXED_NOW + 30);
+        let token = ring.sign(&claims);
+        assert_eq!(
+            origin_check(&token, FIXED_AUDIENCE, FIXED_NOW),
+            Err(JwtError::WrongKind {
+                expected: "an origin assertion"
+            })
+        );
+        // Typed as an assertion but without the kind claim: refused as well.
+        let mut unmarked = serde_json::to_value(assertion_at(FIXED_NOW)).unwrap();
+        unmarked["postern_kind"] = json!("app_token");
+        let token = ring.active().sign_typed(&unmarked, ORIGIN_ASSERTION_TYP);
+        assert_eq!(
+            origin_check(&token, FIXED_AUDIENCE, FIXED_NOW),
+            Err(JwtError::WrongKind {
+                expected: "an origin assertion"
+            })
+        );
+    }
+
+    #[test]
+    fn origin_assertion_for_another_hostname_or_issuer_is_refused() {
+        let token = rfc8037_ring().sign_origin_assertion(&assertion_at(FIXED_NOW));
+        assert!(matches!(
+            origin_check(&token, "git.example.com", FIXED_NOW),
+            Err(JwtError::WrongAudience { .. })
+        ));
+        assert!(matches!(
+            verify_origin_assertion(
+                &token,
+                &fixed_jwks(),
+                "https://other.example",
+                FIXED_AUDIENCE,
+                FIXED_NOW,
+                0
+            ),
+            Err(JwtError::WrongIssuer { .. })
+        ));
+        // An application pattern is not a hostname.
+        let mut wild = assertion_at(FIXED_NOW);
+        wild.aud = "*.example.com".into();
+        let token = rfc8037_ring().sign_origin_assertion(&wild);
+        assert!(matches!(
+            origin_check(&token, FIXED_AUDIENCE, FIXED_NOW),
+            Err(JwtError::WrongAudience { .. })
+        ));
+    }
+
+    #[test]
+    fn origin_assertion_expires_after_its_lifetime_and_may_not_live_longer() {
+        let token = rfc8037_ring().sign_origin_assertion(&assertion_at(FIXED_NOW));
+        let end = FIXED_NOW + ORIGIN_ASSERTION_LIFETIME_SECS;
+        assert!(verify_origin_assertion(
+            &token,
+            &fixed_jwks(),
+            FIXED_ISSUER,
+            FIXED_AUDIENCE,
+            end - 1,
+            0
+        )
+        .is_ok());
+        assert!(matches!(
+            verify_origin_assertion(&token, &fixed_jwks(), FIXED_ISSUER, FIXED_AUDIENCE, end, 0),
+            Err(JwtError::Expired { .. })
+        ));
+        let mut long = assertion_at(FIXED_NOW);
+        long.exp = FIXED_NOW + ORIGIN_ASSERTION_LIFETIME_SECS + 1;
+        let token = rfc8037_ring().sign_origin_assertion(&long);
+        assert!(matches!(
+            origin_check(&token, FIXED_AUDIENCE, FIXED_NOW),
+            Err(JwtError::InvalidClaims(_))
+        ));
+    }
+
+    #[test]
+    fn origin_assertion_signed_by_another_key_is_refused() {
+        let (stranger, _) = KeyRing::generate();
+        let token = stranger.sign_origin_assertion(&assertion_at(FIXED_NOW));
+        assert!(origin_check(&token, FIXED_AUDIENCE, FIXED_NOW).is_err());
+    }
+
     // ---- key ring ----
 
     #[test]
@@ -2017,7 +2355,7 @@ mod tests {
         assert_ne!(ring.active().kid(), old_kid);
         let new_token = ring.sign(&claims_at(t0 + 10));
         let check =
-            |token: &str, now| ring.verify_claims(token, FIXED_ISSUER, FIXED_AUDIENCE, now, 0);
+            |token: &str, now| ring.verify_app_token(token, FIXED_ISSUER, FIXED_AUDIENCE, now, 0);
 
         assert!(check(&old_token, t0 + 10).is_ok());
         assert!(check(&old_token, t0 + lifetime - 1).is_ok());
@@ -2063,11 +2401,11 @@ mod tests {
         assert_eq!(loaded.retired(), ring.retired());
         assert_eq!(loaded.jwks(FIXED_NOW), ring.jwks(FIXED_NOW));
         assert!(loaded
-            .verify_claims(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
+            .verify_app_token(&token, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
             .is_ok());
         let fresh = loaded.sign(&claims_at(FIXED_NOW));
         assert!(ring
-            .verify_claims(&fresh, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
+            .verify_app_token(&fresh, FIXED_ISSUER, FIXED_AUDIENCE, FIXED_NOW, 0)
             .is_ok());
     }
 

@@ -79,6 +79,10 @@ pub const FD_RESERVE: u64 = 32;
 /// After `accept` fails for want of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM), the edge
 /// stops accepting for this long, then tries again (the listener stays ready meanwhile).
 pub const ACCEPT_RETRY_MILLIS: u64 = 250;
+/// Hostnames one origin certificate may claim by registering them (`tunnel --hostname`); each
+/// claim is a record in `hostnames.json` and a write of it. Named tunnels' routes are bounded
+/// per zone by the admin API instead.
+pub const MAX_HOSTNAMES_PER_CERTIFICATE: usize = 64;
 
 /// The edge's resource limits: the `"limits"` object of its config file, every field optional
 /// (defaults above). Each one is enforced per offender: hitting it closes that connection or

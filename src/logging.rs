@@ -312,7 +312,6 @@ pub fn json_line(time: &str, level: log::Level, target: &str, message: &str) -> 
     .to_string()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -786,6 +786,12 @@ impl Session {
 
     // ---- streams ----
 
+    /// The id the next [`Session::open_stream`] takes, if it succeeds (so that what OPEN
+    /// carries can name its own stream).
+    pub fn next_stream_id(&self) -> u32 {
+        self.next_stream
+    }
+
     /// Opens a stream toward the origin (edge side only).
     pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
         if self.side != Side::Edge

@@ -10,7 +10,12 @@
 //! - `service-tokens.json` keeps only SHA-256 of each secret; [`ServiceTokens::verify`] compares
 //!   digests in constant time. The secret itself is shown once, at creation, as a [`Secret`].
 //! - `hostnames.json` records which origin certificate (by fingerprint) first registered each
-//!   hostname; another certificate cannot take it over ([`Hostnames::claim`]).
+//!   hostname; another certificate cannot take it over ([`Hostnames::claim`]), and one
+//!   certificate claims at most [`MAX_HOSTNAMES_PER_CERTIFICATE`].
+//! - The edge writes `hostnames.json` behind its event loop ([`Hostnames::write_behind`]): a
+//!   [`FileWriter`] thread writes the newest whole file, and the loop learns through a callback
+//!   (its `mio::Waker`) which change is on disk. A change is in memory at once, so nobody else
+//!   can claim the hostname meanwhile; the edge confirms a registration only once it is on disk.
 //!
 //! Writers in the same process are expected to go through one owner (the edge's state task);
 //! two `service-token create` processes racing may lose one record (the later rename wins).
@@ -22,10 +27,13 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
+
+use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
 
 /// File holding service-token records (hashes only), mode 0600.
 const SERVICE_TOKENS_FILE: &str = "service-tokens.json";
@@ -131,10 +139,156 @@ impl StateDir {
     }
 
     fn store_json<T: Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
-        let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
-        data.push(b'\n');
-        self.write_atomic(name, &data, SECRET_MODE)
+        self.write_atomic(name, &json_file(value)?, SECRET_MODE)
     }
+}
+
+/// The bytes of a JSON state file.
+fn json_file<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+    let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    data.push(b'\n');
+    Ok(data)
+}
+
+/// Writes one state file on a thread of its own, so that an event loop never waits for an
+/// fsync. Each [`FileWriter::submit`] hands over the whole file and gets a number; the thread
+/// writes the newest file it has (one submitted while another is written replaces any still
+/// waiting: writes coalesce), atomically, as [`StateDir::write_atomic`] does. At most two
+/// copies are held: the one being written and the next. Since every file is whole, number `n`
+/// is on disk once any file numbered `n` or later is.
+///
+/// Dropping the writer writes what is still waiting, then ends the thread.
+pub struct FileWriter {
+    shared: Arc<WriterShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct WriterShared {
+    state: Mutex<WriterState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct WriterState {
+    /// The newest file not yet being written, and its number.
+    next: Option<(u64, Vec<u8>)>,
+    /// Number of the latest submission.
+    submitted: u64,
+    /// Number of the newest file on disk.
+    durable: u64,
+    /// The newest failed write: its number and why.
+    failed: Option<(u64, String)>,
+    stop: bool,
+}
+
+impl WriterState {
+    fn outcome(&self, n: u64) -> Option<Result<(), String>> {
+        if self.durable >= n {
+            return Some(Ok(()));
+        }
+        match &self.failed {
+            Some((failed, why)) if *failed >= n => Some(Err(why.clone())),
+            _ => None,
+        }
+    }
+}
+
+impl FileWriter {
+    /// Starts the thread that writes `path` (mode 0600); `written` runs on that thread after
+    /// each write, successful or not (the edge wakes its loop with it).
+    pub fn start(path: PathBuf, written: impl Fn() + Send + 'static) -> io::Result<FileWriter> {
+        let shared = Arc::new(WriterShared {
+            state: Mutex::new(WriterState::default()),
+            changed: Condvar::new(),
+        });
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("postern-state-writer".into())
+            .spawn(move || loop {
+                let (n, data) = {
+                    let mut st = lock(&theirs.state);
+                    while st.next.is_none() && !st.stop {
+                        st = theirs
+                            .changed
+                            .wait(st)
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    }
+                    match st.next.take() {
+                        Some(next) => next,
+                        None => return,
+                    }
+                };
+                let result = write_file_atomic(&path, &data, SECRET_MODE);
+                {
+                    let mut st = lock(&theirs.state);
+                    match result {
+                        Ok(()) => st.durable = st.durable.max(n),
+                        Err(e) => st.failed = Some((n, e.to_string())),
+                    }
+                }
+                theirs.changed.notify_all();
+                written();
+            })?;
+        Ok(FileWriter {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands over the whole new file; its number, for [`FileWriter::outcome`].
+    pub fn submit(&self, data: Vec<u8>) -> u64 {
+        let n = {
+            let mut st = lock(&self.shared.state);
+            st.submitted += 1;
+            let n = st.submitted;
+            st.next = Some((n, data));
+            n
+        };
+        self.shared.changed.notify_all();
+        n
+    }
+
+    /// Whether submission `n` is on disk (`Ok`), failed (`Err` with why), or not written yet.
+    pub fn outcome(&self, n: u64) -> Option<Result<(), String>> {
+        lock(&self.shared.state).outcome(n)
+    }
+
+    /// The latest submission, unless it is on disk already.
+    pub fn pending(&self) -> Option<u64> {
+        let st = lock(&self.shared.state);
+        (st.submitted > st.durable).then_some(st.submitted)
+    }
+
+    /// Blocks until submission `n` is on disk or failed.
+    pub fn wait(&self, n: u64) -> io::Result<()> {
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let Some(outcome) = st.outcome(n) {
+                return outcome.map_err(io::Error::other);
+            }
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stop = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The writer's state stays consistent under any panic (plain assignments), so a poisoned
+/// lock is still usable.
+fn lock(m: &Mutex<WriterState>) -> MutexGuard<'_, WriterState> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// State file names are constants of this crate; this is the guard that keeps it so.
@@ -360,6 +514,10 @@ struct HostnameFile {
 /// Which origin certificate owns which hostname (`hostnames.json`).
 pub struct Hostnames {
     hostnames: BTreeMap<String, HostnameRecord>,
+    state: StateDir,
+    /// Set by [`Hostnames::write_behind`]; until then every change is written before it
+    /// returns.
+    writer: Option<FileWriter>,
 }
 
 /// A successful [`Hostnames::claim`].
@@ -380,6 +538,8 @@ pub enum ClaimError {
         /// Zone of the certificate that owns it.
         zone_of_owner: String,
     },
+    /// The certificate owns [`MAX_HOSTNAMES_PER_CERTIFICATE`] hostnames already.
+    TooMany,
     /// The new ownership could not be saved; nothing changed.
     Io(io::Error),
 }
@@ -393,6 +553,12 @@ impl fmt::Display for ClaimError {
                  {zone_of_owner}); use that certificate, or have the edge operator release the \
                  hostname"
             ),
+            ClaimError::TooMany => write!(
+                f,
+                "the origin certificate already owns {MAX_HOSTNAMES_PER_CERTIFICATE} hostnames, \
+                 the most one certificate may claim; serve more with a named tunnel \
+                 (`postern tunnel create`, `postern tunnel route dns`)"
+            ),
             ClaimError::Io(e) => write!(f, "cannot save hostname ownership: {e}"),
         }
     }
@@ -402,7 +568,7 @@ impl std::error::Error for ClaimError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClaimError::Io(e) => Some(e),
-            ClaimError::OwnedByOther { .. } => None,
+            ClaimError::OwnedByOther { .. } | ClaimError::TooMany => None,
         }
     }
 }
@@ -420,14 +586,42 @@ impl Hostnames {
                 (host, rec)
             })
             .collect();
-        Ok(Hostnames { hostnames })
+        Ok(Hostnames {
+            hostnames,
+            state: state.clone(),
+            writer: None,
+        })
+    }
+
+    /// From now on, writes `hostnames.json` on a [`FileWriter`] thread that calls `written`
+    /// after each write. [`Hostnames::claim`] then returns before its change is on disk (see
+    /// [`Hostnames::pending_write`]); the other changes still wait for theirs.
+    pub fn write_behind(&mut self, written: impl Fn() + Send + 'static) -> io::Result<()> {
+        let path = self.state.path().join(HOSTNAMES_FILE);
+        self.writer = Some(FileWriter::start(path, written)?);
+        Ok(())
+    }
+
+    /// With [`Hostnames::write_behind`]: the number of the newest change not yet on disk.
+    /// Every change so far is on disk once [`Hostnames::write_outcome`] of it is `Ok`.
+    pub fn pending_write(&self) -> Option<u64> {
+        self.writer.as_ref()?.pending()
+    }
+
+    /// Whether change `n` (from [`Hostnames::pending_write`]) is on disk, failed, or waits.
+    pub fn write_outcome(&self, n: u64) -> Option<Result<(), String>> {
+        match &self.writer {
+            Some(w) => w.outcome(n),
+            None => Some(Ok(())),
+        }
     }
 
     /// Records that the certificate with fingerprint `cert_sha256` (of `zone`) owns `hostname`,
-    /// unless another certificate owns it already. Persists before returning [`Claim::New`].
+    /// unless another certificate owns it already or it owns [`MAX_HOSTNAMES_PER_CERTIFICATE`].
+    /// Persists before returning [`Claim::New`], or with [`Hostnames::write_behind`] hands the
+    /// file to the writer and returns (see [`Hostnames::pending_write`]).
     pub fn claim(
         &mut self,
-        state: &StateDir,
         hostname: &str,
         cert_sha256: &str,
         zone: &str,
@@ -443,6 +637,14 @@ impl Hostnames {
                 })
             };
         }
+        let owned = self
+            .hostnames
+            .values()
+            .filter(|r| r.tunnel.is_none() && r.cert_sha256 == fingerprint)
+            .count();
+        if owned >= MAX_HOSTNAMES_PER_CERTIFICATE {
+            return Err(ClaimError::TooMany);
+        }
         self.hostnames.insert(
             host.clone(),
             HostnameRecord {
@@ -452,18 +654,56 @@ impl Hostnames {
                 first_registered: unix_now(),
             },
         );
-        if let Err(e) = self.save(state) {
+        if let Err(e) = self.save_behind() {
             self.hostnames.remove(&host);
             return Err(ClaimError::Io(e));
         }
         Ok(Claim::New)
     }
 
-    fn save(&self, state: &StateDir) -> io::Result<()> {
-        let file = HostnameFile {
+    /// Undoes a [`Claim::New`] of `hostname` by `cert_sha256` whose write failed (the
+    /// registration it was for was refused). Anything else is left alone.
+    pub fn release(&mut self, hostname: &str, cert_sha256: &str) {
+        let fingerprint = cert_sha256.to_ascii_lowercase();
+        let host = hostname.to_ascii_lowercase();
+        let theirs = self
+            .hostnames
+            .get(&host)
+            .is_some_and(|r| r.tunnel.is_none() && r.cert_sha256 == fingerprint);
+        if theirs {
+            self.hostnames.remove(&host);
+            if let Err(e) = self.save_behind() {
+                log::warn!("{e}");
+            }
+        }
+    }
+
+    fn file(&self) -> io::Result<Vec<u8>> {
+        json_file(&HostnameFile {
             hostnames: self.hostnames.clone(),
-        };
-        state.store_json(HOSTNAMES_FILE, &file)
+        })
+    }
+
+    /// Writes the file, and returns once it is on disk (through the writer, if there is one,
+    /// so that writes keep their order).
+    fn save(&self) -> io::Result<()> {
+        match &self.writer {
+            Some(w) => w.wait(w.submit(self.file()?)),
+            None => self
+                .state
+                .write_atomic(HOSTNAMES_FILE, &self.file()?, SECRET_MODE),
+        }
+    }
+
+    /// Hands the file to the writer if there is one; else writes it as [`Hostnames::save`].
+    fn save_behind(&self) -> io::Result<()> {
+        match &self.writer {
+            Some(w) => {
+                w.submit(self.file()?);
+                Ok(())
+            }
+            None => self.save(),
+        }
     }
 
     /// Who owns `hostname` now.
@@ -476,6 +716,13 @@ impl Hostnames {
             },
             None => Owner::Certificate { zone: &rec.zone },
         })
+    }
+
+    /// Whether the certificate with fingerprint `cert_sha256` owns `hostname` (not a route).
+    pub fn owned_by(&self, hostname: &str, cert_sha256: &str) -> bool {
+        self.hostnames
+            .get(hostname)
+            .is_some_and(|r| r.tunnel.is_none() && r.cert_sha256.eq_ignore_ascii_case(cert_sha256))
     }
 
     /// The named tunnel `hostname` is routed to, if any.
@@ -502,13 +749,7 @@ impl Hostnames {
 
     /// Routes `hostname` to the named tunnel `id` of `zone`, replacing any owner (the caller
     /// decides whether that is allowed). Persists before returning; on error nothing changed.
-    pub fn route(
-        &mut self,
-        state: &StateDir,
-        hostname: &str,
-        id: &str,
-        zone: &str,
-    ) -> io::Result<()> {
+    pub fn route(&mut self, hostname: &str, id: &str, zone: &str) -> io::Result<()> {
         let host = hostname.to_ascii_lowercase();
         let old = self.hostnames.insert(
             host.clone(),
@@ -519,7 +760,7 @@ impl Hostnames {
                 first_registered: unix_now(),
             },
         );
-        if let Err(e) = self.save(state) {
+        if let Err(e) = self.save() {
             match old {
                 Some(o) => self.hostnames.insert(host, o),
                 None => self.hostnames.remove(&host),
@@ -530,8 +771,8 @@ impl Hostnames {
     }
 
     /// Forgets every hostname routed to the named tunnel `id` (it is being deleted).
-    pub fn unroute_tunnel(&mut self, state: &StateDir, id: &str) -> io::Result<Vec<String>> {
-        self.unroute_unknown(state, |t| t != id)
+    pub fn unroute_tunnel(&mut self, id: &str) -> io::Result<Vec<String>> {
+        self.unroute_unknown(|t| t != id)
     }
 
     /// Forgets every hostname recorded for another zone than `zone_of` gives it now (a zone
@@ -540,7 +781,6 @@ impl Hostnames {
     /// zone are kept.
     pub fn release_other_zones<'z>(
         &mut self,
-        state: &StateDir,
         zone_of: impl Fn(&str) -> Option<&'z str>,
     ) -> io::Result<Vec<String>> {
         let misfiled = |host: &str, r: &HostnameRecord| zone_of(host).is_some_and(|z| z != r.zone);
@@ -555,7 +795,7 @@ impl Hostnames {
         }
         let before = self.hostnames.clone();
         self.hostnames.retain(|h, r| !misfiled(h, r));
-        if let Err(e) = self.save(state) {
+        if let Err(e) = self.save() {
             self.hostnames = before;
             return Err(e);
         }
@@ -563,11 +803,7 @@ impl Hostnames {
     }
 
     /// Forgets every hostname routed to a tunnel for which `keep` is false; returns them.
-    pub fn unroute_unknown(
-        &mut self,
-        state: &StateDir,
-        keep: impl Fn(&str) -> bool,
-    ) -> io::Result<Vec<String>> {
+    pub fn unroute_unknown(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
         let gone: Vec<String> = self
             .hostnames
             .iter()
@@ -580,7 +816,7 @@ impl Hostnames {
         let before = self.hostnames.clone();
         self.hostnames
             .retain(|_, r| r.tunnel.as_deref().is_none_or(&keep));
-        if let Err(e) = self.save(state) {
+        if let Err(e) = self.save() {
             self.hostnames = before;
             return Err(e);
         }
@@ -844,23 +1080,18 @@ pub(crate) mod tests {
         let mut hosts = Hostnames::load(&state).unwrap();
         assert_eq!(
             hosts
-                .claim(&state, "SSH.example.com", &owner, "example.com")
+                .claim("SSH.example.com", &owner, "example.com")
                 .unwrap(),
             Claim::New
         );
         assert_eq!(mode_of(&tmp.0.join("hostnames.json")), 0o600);
         assert_eq!(
             hosts
-                .claim(
-                    &state,
-                    "ssh.example.com",
-                    &owner.to_uppercase(),
-                    "example.com"
-                )
+                .claim("ssh.example.com", &owner.to_uppercase(), "example.com")
                 .unwrap(),
             Claim::AlreadyOwned
         );
-        match hosts.claim(&state, "ssh.EXAMPLE.com", &other, "evil.test") {
+        match hosts.claim("ssh.EXAMPLE.com", &other, "evil.test") {
             Err(ClaimError::OwnedByOther { zone_of_owner }) => {
                 assert_eq!(zone_of_owner, "example.com")
             }
@@ -870,17 +1101,17 @@ pub(crate) mod tests {
         let mut reloaded = Hostnames::load(&state).unwrap();
         assert_eq!(
             reloaded
-                .claim(&state, "ssh.example.com", &owner, "example.com")
+                .claim("ssh.example.com", &owner, "example.com")
                 .unwrap(),
             Claim::AlreadyOwned
         );
         assert!(matches!(
-            reloaded.claim(&state, "ssh.example.com", &other, "evil.test"),
+            reloaded.claim("ssh.example.com", &other, "evil.test"),
             Err(ClaimError::OwnedByOther { .. })
         ));
         assert_eq!(
             reloaded
-                .claim(&state, "git.example.com", &other, "example.com")
+                .claim("git.example.com", &other, "example.com")
                 .unwrap(),
             Claim::New
         );
@@ -893,20 +1124,14 @@ pub(crate) mod tests {
         let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
         let mut hosts = Hostnames::load(&state).unwrap();
         let fp = "ab".repeat(32);
-        hosts.claim(&state, "a.site.com", &fp, "site.com").unwrap();
-        hosts
-            .claim(&state, "b.team.site.com", &fp, "site.com")
-            .unwrap();
-        hosts
-            .route(&state, "c.team.site.com", id, "site.com")
-            .unwrap();
-        hosts
-            .route(&state, "d.team.site.com", id, "team.site.com")
-            .unwrap();
-        hosts.claim(&state, "e.gone.com", &fp, "gone.com").unwrap();
+        hosts.claim("a.site.com", &fp, "site.com").unwrap();
+        hosts.claim("b.team.site.com", &fp, "site.com").unwrap();
+        hosts.route("c.team.site.com", id, "site.com").unwrap();
+        hosts.route("d.team.site.com", id, "team.site.com").unwrap();
+        hosts.claim("e.gone.com", &fp, "gone.com").unwrap();
         let zones = ["site.com".to_owned(), "team.site.com".to_owned()];
         let gone = hosts
-            .release_other_zones(&state, |h| crate::edge::config::zone_of(&zones, h))
+            .release_other_zones(|h| crate::edge::config::zone_of(&zones, h))
             .unwrap();
         assert_eq!(gone, ["b.team.site.com", "c.team.site.com"]);
         let hosts = Hostnames::load(&state).unwrap();
@@ -916,6 +1141,164 @@ pub(crate) mod tests {
         assert_eq!(hosts.tunnel_of("d.team.site.com"), Some(id));
         // A name in no configured zone is kept (its zone may come back).
         assert!(hosts.owner("e.gone.com").is_some());
+    }
+
+    #[test]
+    fn one_certificate_claims_at_most_the_cap_and_keeps_what_it_owns() {
+        let tmp = TempDir::new("state-hosts-cap");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let owner = "ab".repeat(32);
+        let mut hosts = Hostnames::load(&state).unwrap();
+        for i in 0..MAX_HOSTNAMES_PER_CERTIFICATE {
+            let host = format!("h{i}.example.com");
+            assert_eq!(
+                hosts.claim(&host, &owner, "example.com").unwrap(),
+                Claim::New
+            );
+        }
+        assert!(matches!(
+            hosts.claim("one-more.example.com", &owner, "example.com"),
+            Err(ClaimError::TooMany)
+        ));
+        let refused = ClaimError::TooMany.to_string();
+        assert!(refused.contains(&MAX_HOSTNAMES_PER_CERTIFICATE.to_string()));
+        assert!(refused.contains("named tunnel"), "{refused}");
+        // What it owns stays its own, and another certificate is not limited by it.
+        assert_eq!(
+            hosts
+                .claim("h0.example.com", &owner, "example.com")
+                .unwrap(),
+            Claim::AlreadyOwned
+        );
+        assert_eq!(
+            hosts
+                .claim("one-more.example.com", &"cd".repeat(32), "example.com")
+                .unwrap(),
+            Claim::New
+        );
+        // Routes to named tunnels do not count against a certificate.
+        let mut reloaded = Hostnames::load(&state).unwrap();
+        reloaded
+            .route("h1.example.com", "t1", "example.com")
+            .unwrap();
+        assert_eq!(
+            reloaded
+                .claim("again.example.com", &owner, "example.com")
+                .unwrap(),
+            Claim::New
+        );
+    }
+
+    /// A `write_behind` hostname table whose writer reports each write on the channel.
+    fn behind(state: &StateDir) -> (Hostnames, std::sync::mpsc::Receiver<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut hosts = Hostnames::load(state).unwrap();
+        hosts
+            .write_behind(move || {
+                let _ = tx.send(());
+            })
+            .unwrap();
+        (hosts, rx)
+    }
+
+    /// Waits (with a deadline) until change `n` has an outcome.
+    fn outcome(
+        hosts: &Hostnames,
+        rx: &std::sync::mpsc::Receiver<()>,
+        n: u64,
+    ) -> Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(done) = hosts.write_outcome(n) {
+                return done;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            rx.recv_timeout(left)
+                .expect("the writer reports each write within 10 s");
+        }
+    }
+
+    #[test]
+    fn written_behind_claims_hold_at_once_and_reach_the_disk() {
+        let tmp = TempDir::new("state-hosts-behind");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let (owner, other) = ("ab".repeat(32), "cd".repeat(32));
+        let (mut hosts, rx) = behind(&state);
+        assert_eq!(hosts.pending_write(), None);
+        assert_eq!(
+            hosts
+                .claim("ssh.example.com", &owner, "example.com")
+                .unwrap(),
+            Claim::New
+        );
+        // Taken in memory before the write: nobody else gets it meanwhile.
+        assert!(matches!(
+            hosts.claim("ssh.example.com", &other, "example.com"),
+            Err(ClaimError::OwnedByOther { .. })
+        ));
+        let n = hosts.pending_write().unwrap_or(1);
+        assert_eq!(outcome(&hosts, &rx, n), Ok(()));
+        assert_eq!(hosts.pending_write(), None);
+        assert_eq!(mode_of(&tmp.0.join("hostnames.json")), 0o600);
+        let on_disk = Hostnames::load(&state).unwrap();
+        assert!(matches!(
+            on_disk.owner("ssh.example.com"),
+            Some(Owner::Certificate { .. })
+        ));
+        // A route (written through the same writer, and waited for) keeps the order: the file
+        // holds both changes, whatever the writer coalesced.
+        for i in 0..20 {
+            hosts
+                .claim(&format!("h{i}.example.com"), &owner, "example.com")
+                .unwrap();
+        }
+        hosts.route("git.example.com", "t1", "example.com").unwrap();
+        assert_eq!(hosts.pending_write(), None, "route returns once on disk");
+        let on_disk = Hostnames::load(&state).unwrap();
+        assert_eq!(on_disk.routes_of("t1"), ["git.example.com"]);
+        assert!(on_disk.owner("h19.example.com").is_some());
+        // Dropping the table writes what is still waiting.
+        hosts
+            .claim("last.example.com", &owner, "example.com")
+            .unwrap();
+        drop(hosts);
+        assert!(Hostnames::load(&state)
+            .unwrap()
+            .owner("last.example.com")
+            .is_some());
+    }
+
+    #[test]
+    fn failed_write_behind_is_reported_and_the_claim_can_be_released() {
+        let tmp = TempDir::new("state-hosts-fail");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let owner = "ab".repeat(32);
+        let (mut hosts, rx) = behind(&state);
+        // A non-empty directory where the file goes: the rename fails, even for root.
+        fs::create_dir_all(tmp.0.join("hostnames.json").join("x")).unwrap();
+        hosts
+            .claim("ssh.example.com", &owner, "example.com")
+            .unwrap();
+        let n = hosts
+            .pending_write()
+            .expect("the claim waits for its write");
+        let failed = outcome(&hosts, &rx, n).unwrap_err();
+        assert!(failed.contains("hostnames.json"), "{failed}");
+        hosts.release("ssh.example.com", &owner);
+        assert!(hosts.owner("ssh.example.com").is_none());
+        assert_eq!(
+            hosts
+                .claim("ssh.example.com", &"cd".repeat(32), "example.com")
+                .unwrap(),
+            Claim::New,
+            "a released hostname is free again"
+        );
+        // Releasing what another certificate owns does nothing.
+        hosts.release("ssh.example.com", &owner);
+        assert!(hosts.owner("ssh.example.com").is_some());
+        // A change that waits for its write reports the failure.
+        assert!(hosts.route("git.example.com", "t1", "example.com").is_err());
+        assert!(hosts.tunnel_of("git.example.com").is_none());
     }
 
     #[test]
@@ -944,14 +1327,10 @@ pub(crate) mod tests {
 
         let mut hosts = Hostnames::load(&state).unwrap();
         hosts
-            .claim(&state, "old.example.com", &"cd".repeat(32), "example.com")
+            .claim("old.example.com", &"cd".repeat(32), "example.com")
             .unwrap();
-        hosts
-            .route(&state, "SSH.example.com", id, "example.com")
-            .unwrap();
-        hosts
-            .route(&state, "old.example.com", id, "example.com")
-            .unwrap();
+        hosts.route("SSH.example.com", id, "example.com").unwrap();
+        hosts.route("old.example.com", id, "example.com").unwrap();
         let mut hosts = Hostnames::load(&state).unwrap();
         assert_eq!(hosts.tunnel_of("ssh.example.com"), Some(id));
         assert_eq!(
@@ -963,7 +1342,7 @@ pub(crate) mod tests {
         );
         // The certificate that had it cannot take it back the ad-hoc way.
         assert!(hosts
-            .claim(&state, "old.example.com", &"cd".repeat(32), "example.com")
+            .claim("old.example.com", &"cd".repeat(32), "example.com")
             .is_err());
         assert_eq!(
             hosts.routes_of(id),
@@ -971,14 +1350,14 @@ pub(crate) mod tests {
         );
         // A route to a tunnel that is gone is released at load (a delete cut short).
         hosts
-            .route(&state, "dead.example.com", "gone", "example.com")
+            .route("dead.example.com", "gone", "example.com")
             .unwrap();
         assert_eq!(hosts.routed_in_zone("example.com"), 3);
         assert_eq!(
-            hosts.unroute_unknown(&state, |t| t == id).unwrap(),
+            hosts.unroute_unknown(|t| t == id).unwrap(),
             vec!["dead.example.com".to_owned()]
         );
-        assert_eq!(hosts.unroute_tunnel(&state, id).unwrap().len(), 2);
+        assert_eq!(hosts.unroute_tunnel(id).unwrap().len(), 2);
         assert_eq!(
             Hostnames::load(&state).unwrap().owner("ssh.example.com"),
             None

@@ -335,7 +335,7 @@ impl Edge {
         }
         // Routes first: a crash between the two writes leaves a tunnel without routes, not
         // routes to a tunnel that is gone (those are also released at start-up).
-        let routes = match self.hostnames.unroute_tunnel(&self.settings.state, id) {
+        let routes = match self.hostnames.unroute_tunnel(id) {
             Ok(r) => r,
             Err(e) => {
                 warn!("tunnel delete: routes of {id}: {e}");
@@ -445,7 +445,7 @@ impl Edge {
             Some(Owner::Tunnel { id, .. }) => json!(format!("tunnel {id}")),
             Some(Owner::Certificate { .. }) => json!("origin certificate"),
         };
-        if let Err(e) = self.hostnames.route(&self.settings.state, &host, &id, zone) {
+        if let Err(e) = self.hostnames.route(&host, &id, zone) {
             warn!("route {host}: {e}");
             return error(500, "the edge could not record the route");
         }

@@ -1345,7 +1345,7 @@ impl Edge {
     ) -> Result<Identity, String> {
         let claims = self
             .keys
-            .verify_claims(
+            .verify_app_token(
                 token,
                 &self.public_url(),
                 app_hostname,

@@ -38,11 +38,10 @@ use crate::edge::config::IdentityProvider;
 use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
-use crate::jwt::KeyRing;
+use crate::jwt::{KeyRing, OriginAssertion};
 use crate::limits::{
     ACCEPT_RETRY_MILLIS, CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
-    MAX_REQUEST_BODY,
-    TLS_READ_STAGE,
+    MAX_REQUEST_BODY, TLS_READ_STAGE,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction, Metrics};
@@ -70,6 +69,10 @@ pub mod refusal {
     pub const OWNED: u16 = 409;
     /// The hostname is not valid.
     pub const BAD_HOSTNAME: u16 = 400;
+    /// No application of the edge serves the hostname.
+    pub const NO_APPLICATION: u16 = 404;
+    /// The certificate owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already.
+    pub const TOO_MANY_HOSTNAMES: u16 = 403;
 }
 
 enum Conn {
@@ -169,6 +172,18 @@ struct Tunnel {
     next_timeout: Instant,
     /// TLS and REGISTER must complete by then (slowloris bound); none once registered.
     deadline: Option<Instant>,
+    /// A REGISTER the edge admitted, waiting until its hostname claim is on disk.
+    registering: Option<Registering>,
+}
+
+/// An admitted REGISTER whose claim in `hostnames.json` is being written (`Edge::registering`).
+struct Registering {
+    hostname: String,
+    service: String,
+    /// The number of the write that makes the claim durable (`Hostnames::pending_write`).
+    write: u64,
+    /// The audit record, completed with the outcome.
+    audit: serde_json::Map<String, serde_json::Value>,
 }
 
 pub struct Edge {
@@ -223,6 +238,10 @@ pub struct Edge {
     /// Denials before authentication, per source and reason: one audit and log line per
     /// interval, the rest counted.
     denials: Repeats<(IpAddr, Auth)>,
+    /// Wakes the loop for worker results and finished state-file writes.
+    waker: Arc<mio::Waker>,
+    /// Tunnel slots with a `Registering` (some may have closed since).
+    registering: Vec<usize>,
 }
 
 /// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then
@@ -345,7 +364,7 @@ impl Edge {
         let mut hostnames = Hostnames::load(&settings.state)?;
         let tunnels = Tunnels::load(&settings.state)?;
         // Routes to tunnels that no longer exist (a delete cut short): free those hostnames.
-        let orphans = hostnames.unroute_unknown(&settings.state, |id| tunnels.get(id).is_some())?;
+        let orphans = hostnames.unroute_unknown(|id| tunnels.get(id).is_some())?;
         if !orphans.is_empty() {
             warn!(
                 "released {} hostname(s) routed to deleted tunnels: {}",
@@ -355,8 +374,7 @@ impl Edge {
         }
         // Names recorded for a parent zone before their own zone was configured.
         let zones = settings.zones.clone();
-        let misfiled =
-            hostnames.release_other_zones(&settings.state, |h| config::zone_of(&zones, h))?;
+        let misfiled = hostnames.release_other_zones(|h| config::zone_of(&zones, h))?;
         if !misfiled.is_empty() {
             warn!(
                 "released {} hostname(s) held by another zone than their own: {}",
@@ -375,8 +393,15 @@ impl Edge {
             }
             _ => None,
         };
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        // From here on, a hostname claim is written by a thread, never on the loop.
+        let wake = waker.clone();
+        hostnames.write_behind(move || {
+            let _ = wake.wake();
+        })?;
         Ok(Edge {
-            poll: Poll::new()?,
+            poll,
             conns: Vec::new(),
             free: Vec::new(),
             dirty: Vec::new(),
@@ -415,6 +440,8 @@ impl Edge {
                 MAX_LOG_SUPPRESSION_ENTRIES,
                 Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
             ),
+            waker,
+            registering: Vec::new(),
         })
     }
 
@@ -484,9 +511,8 @@ impl Edge {
                 format!("https://login.localhost:{}", addr.port())
             };
         }
-        let waker = Arc::new(mio::Waker::new(self.poll.registry(), WAKER)?);
         if let Some(p) = &self.oidc {
-            self.worker = Some(login::Worker::start(p.clone(), waker));
+            self.worker = Some(login::Worker::start(p.clone(), self.waker.clone()));
         }
         info!("postern edge listening on {addr}");
         (self.settings.on_ready)(addr);
@@ -520,7 +546,10 @@ impl Edge {
                             return Ok(());
                         }
                     }
-                    WAKER => self.worker_results(),
+                    WAKER => {
+                        self.hostname_writes();
+                        self.worker_results();
+                    }
                     Token(t) => self.mark(t - FIRST_CONN),
                 }
             }
@@ -808,6 +837,7 @@ impl Edge {
                                     closing: false,
                                     next_timeout: Instant::now(),
                                     deadline: Some(deadline),
+                                    registering: None,
                                 })))
                             } else {
                                 Some(Conn::Carrier(Box::new(Carrier {
@@ -1241,15 +1271,6 @@ impl Edge {
                 &format!("hostname {host} is not registered by any tunnel"),
             );
         };
-        // The origin learns who it is serving; with an app token it can verify that itself
-        // against this edge's JWKS at /cdn-cgi/access/certs.
-        let claims = serde_json::json!({
-            "email": identity.email,
-            "groups": identity.groups,
-            "service_token": identity.service_token,
-            "app_token": head.header("cf-access-token"),
-        })
-        .to_string();
         let max_streams = self.settings.limits.max_streams_per_tunnel;
         let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
             unreachable!("bug: route to a non-tunnel slot");
@@ -1266,9 +1287,25 @@ impl Edge {
             });
             return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
         }
-        let Some(stream) = t.mux.open_stream(&host, claims.as_bytes()) else {
+        // The origin learns who it is serving from an assertion signed for this stream only;
+        // no credential the client presented travels on (see `origin_claims`).
+        let next = t.mux.next_stream_id();
+        let Some(claims) = origin_claims(&self.keys, &self.public_url, &host, next, &identity)
+        else {
+            // Only an app token's groups can be this large.
+            audit.insert("reason".into(), "identity too large to forward".into());
+            self.deny(audit, Auth::BadAppToken);
+            return refuse(
+                c,
+                431,
+                "Request Header Fields Too Large",
+                "your identity (groups) is too large to forward to the origin",
+            );
+        };
+        let Some(stream) = t.mux.open_stream(&host, &claims) else {
             return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
         };
+        debug_assert_eq!(stream, next, "bug: the stream id the assertion names");
         t.carriers.insert(stream, slot);
         self.mark(tunnel);
         audit.insert("decision".into(), "allow".into());
@@ -1559,7 +1596,7 @@ impl Edge {
         audit.insert("hostname".into(), hostname.into());
         audit.insert("connector".into(), t.connector.clone().into());
         audit.insert("certificate".into(), t.cert_fp.clone().into());
-        let refusal = if t.hostname.is_some() || t.named.is_some() {
+        let refusal = if t.hostname.is_some() || t.named.is_some() || t.registering.is_some() {
             Some((
                 refusal::BAD_HOSTNAME,
                 "one registration per tunnel connection".to_owned(),
@@ -1589,13 +1626,21 @@ impl Edge {
                 refusal::NOT_COVERED,
                 format!("hostname {hostname} is in the zone {zone}: use a certificate for {zone}"),
             ))
+        } else if self.settings.application(hostname).is_none() {
+            Some((
+                refusal::NO_APPLICATION,
+                format!(
+                    "no application on this edge serves hostname {hostname}: the edge's \
+                     operator adds one (applications[].hostname) before a tunnel can serve it"
+                ),
+            ))
         } else {
             let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
-            match self
-                .hostnames
-                .claim(&self.settings.state, hostname, &t.cert_fp, &zone)
-            {
+            match self.hostnames.claim(hostname, &t.cert_fp, &zone) {
                 Ok(_) => None,
+                Err(e @ ClaimError::TooMany) => {
+                    Some((refusal::TOO_MANY_HOSTNAMES, format!("hostname {hostname}: {e}")))
+                }
                 Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
                     refusal::OWNED,
                     match self.hostnames.tunnel_of(hostname) {
@@ -1611,32 +1656,114 @@ impl Edge {
             }
         };
         if let Some((code, message)) = refusal {
-            warn!("tunnel {}: registration refused: {message}", t.peer);
-            self.metrics.error(metrics::Error::RegistrationRefused);
-            audit.insert("decision".into(), "deny".into());
-            audit.insert("reason".into(), message.clone().into());
-            self.audit.record("register", audit);
-            t.mux
-                .send_error(code, &format!("registration refused: {message}"));
-            t.closing = true;
-            return;
+            return self.refuse_register(t, audit, code, &message);
+        }
+        let registering = Registering {
+            hostname: hostname.to_owned(),
+            service: service.to_owned(),
+            write: 0,
+            audit,
+        };
+        // REGISTERED only once the claim is on disk: a crash before that loses the claim, and
+        // the origin, never told it registered, registers again.
+        match self.hostnames.pending_write() {
+            None => self.registered(slot, t, registering),
+            Some(write) => {
+                t.registering = Some(Registering {
+                    write,
+                    ..registering
+                });
+                self.registering.push(slot);
+            }
+        }
+    }
+
+    fn refuse_register(
+        &mut self,
+        t: &mut Tunnel,
+        mut audit: serde_json::Map<String, serde_json::Value>,
+        code: u16,
+        message: &str,
+    ) {
+        warn!("tunnel {}: registration refused: {message}", t.peer);
+        self.metrics.error(metrics::Error::RegistrationRefused);
+        audit.insert("decision".into(), "deny".into());
+        audit.insert("reason".into(), message.into());
+        self.audit.record("register", audit);
+        t.mux
+            .send_error(code, &format!("registration refused: {message}"));
+        t.closing = true;
+    }
+
+    /// The claim behind `r` is on disk: route the hostname to this connection.
+    fn registered(&mut self, slot: usize, t: &mut Tunnel, r: Registering) {
+        let Registering {
+            hostname,
+            service,
+            mut audit,
+            ..
+        } = r;
+        // While the claim was written, a route to a named tunnel (admin API) may have taken the
+        // hostname, or a failed write released it (another connection's claim of it).
+        if !self.hostnames.owned_by(&hostname, &t.cert_fp) {
+            let (code, message) = match self.hostnames.tunnel_of(&hostname) {
+                Some(id) => (
+                    refusal::OWNED,
+                    format!("hostname {hostname} was routed to the named tunnel {id} meanwhile"),
+                ),
+                None => (
+                    500,
+                    format!("edge could not record the registration of {hostname}: try again"),
+                ),
+            };
+            return self.refuse_register(t, audit, code, &message);
         }
         info!(
             "tunnel registered {hostname} -> {} (connector {}, connection {}, {})",
-            untrusted(service),
+            untrusted(&service),
             &t.connector[..t.connector.len().min(8)],
             t.ha_index,
             t.peer
         );
         audit.insert("decision".into(), "allow".into());
         self.audit.record("register", audit);
-        t.hostname = Some(hostname.to_owned());
         t.deadline = None;
-        self.routes
-            .entry(hostname.to_owned())
-            .or_default()
-            .push(slot);
-        t.mux.send_registered(hostname);
+        self.routes.entry(hostname.clone()).or_default().push(slot);
+        t.mux.send_registered(&hostname);
+        t.hostname = Some(hostname);
+    }
+
+    /// The state writer finished a write: registrations whose claim is now on disk get
+    /// REGISTERED; those whose write failed are refused and their claim is released.
+    fn hostname_writes(&mut self) {
+        for slot in std::mem::take(&mut self.registering) {
+            // The connection may have closed, and its slot gone to another.
+            let waiting = matches!(
+                self.conns.get(slot),
+                Some(Some(Conn::Tunnel(t))) if t.registering.is_some()
+            );
+            if !waiting {
+                continue;
+            }
+            let Some(Conn::Tunnel(mut t)) = self.conns[slot].take() else {
+                unreachable!("bug: checked just above");
+            };
+            let r = t.registering.take().expect("bug: checked just above");
+            match self.hostnames.write_outcome(r.write) {
+                None => {
+                    t.registering = Some(r);
+                    self.registering.push(slot);
+                }
+                Some(Ok(())) => self.registered(slot, &mut t, r),
+                Some(Err(why)) => {
+                    self.hostnames.release(&r.hostname, &t.cert_fp);
+                    let message = format!("edge could not record the registration: {why}");
+                    self.refuse_register(&mut t, r.audit, 500, &message);
+                }
+            }
+            self.conns[slot] = Some(Conn::Tunnel(t));
+            self.mark(slot);
+        }
     }
 
     /// REGISTER with no hostname: the connection serves the named tunnel its certificate
@@ -1989,6 +2116,34 @@ fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
         .clone()
         .map(Into::into)
         .ok_or_else(|| io::Error::other("identity: no client secret configured"))
+}
+
+/// What OPEN tells the origin about a client: who (`email`, `service_token`) and an
+/// [`OriginAssertion`] for exactly this hostname and stream, signed with the app-token key,
+/// valid for 60 s, that an origin checks against `/cdn-cgi/access/certs`. Never a bearer
+/// credential: not the client's app token (valid on every hostname of a `*.zone`
+/// application) nor anything else it sent; the edge refuses the assertion as a token.
+/// `None` if it would not fit in OPEN (an identity with huge groups).
+fn origin_claims(
+    keys: &KeyRing,
+    iss: &str,
+    host: &str,
+    stream: u32,
+    identity: &Identity,
+) -> Option<Vec<u8>> {
+    let jti = crate::base64::encode_url(&crate::io::random_bytes::<16>());
+    let mut assertion = OriginAssertion::new(iss, host, stream, login::unix_now(), jti);
+    assertion.sub = identity.email.clone().unwrap_or_default();
+    assertion.email = identity.email.clone();
+    assertion.groups = identity.groups.clone();
+    assertion.service_token = identity.service_token.clone();
+    let claims = serde_json::json!({
+        "email": identity.email,
+        "service_token": identity.service_token,
+        "assertion": keys.sign_origin_assertion(&assertion),
+    });
+    let bytes = serde_json::to_vec(&claims).expect("bug: claims of strings serialize");
+    (bytes.len() <= crate::limits::MAX_CLAIMS_LEN).then_some(bytes)
 }
 
 /// The 429 page for a source over its login rate; the carrier closes after it.

@@ -785,7 +785,7 @@ impl Origin {
             }
             Event::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                if matches!(code, 400 | 403 | 409) {
+                if matches!(code, 400 | 403 | 404 | 409) {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
@@ -800,22 +800,7 @@ impl Origin {
                 hostname,
                 claims,
             } => {
-                // Who the edge says this is: an email (SSO) or a service token's name. The app
-                // token itself travels along and can be checked against the edge's JWKS.
-                let who = serde_json::from_slice::<serde_json::Value>(&claims)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("email")
-                            .and_then(|e| e.as_str())
-                            .map(str::to_owned)
-                            .or_else(|| {
-                                v.get("service_token")
-                                    .and_then(|t| t.as_str())
-                                    .map(|t| format!("service token {t}"))
-                            })
-                    })
-                    .unwrap_or_else(|| "anonymous".into());
-                info!("connection {i}: stream {stream} for {}", untrusted(&who));
+                info!("connection {i}: stream {stream} for {}", who(&claims));
                 self.open_local(i, stream, &hostname)
             }
             Event::Readable(stream) | Event::Writable(stream) => {
@@ -1038,6 +1023,32 @@ impl Origin {
     }
 }
 
+/// Longest part of a peer's identity a log line shows, in characters.
+const MAX_WHO_SHOWN: usize = 128;
+
+/// Who the edge says a stream is for, from OPEN's claims, fit for a log line: an email (SSO),
+/// a service token's name, or `anonymous` (a bypass policy); shortened, control characters
+/// and quotes escaped. The claims' `assertion` (the same, signed by the edge for this stream)
+/// is for whoever wants to check it; it is not logged.
+fn who(claims: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Who {
+        email: Option<String>,
+        service_token: Option<String>,
+    }
+    let shown = |s: &str| crate::logging::escape(s, MAX_WHO_SHOWN);
+    match serde_json::from_slice::<Who>(claims) {
+        Ok(Who {
+            email: Some(email), ..
+        }) => shown(&email),
+        Ok(Who {
+            service_token: Some(token),
+            ..
+        }) => format!("service token {}", shown(&token)),
+        _ => "anonymous".into(),
+    }
+}
+
 /// Resolves `host:port` (blocking; the edge address is usually an IP or cached by the OS).
 fn resolve(addr: &str) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()
@@ -1095,5 +1106,25 @@ mod tests {
         assert_eq!(service_address("127.0.0.1:2222").unwrap(), "127.0.0.1:2222");
         assert!(service_address("http://x:1").is_err());
         assert!(service_address("tcp://x").is_err());
+    }
+
+    #[test]
+    fn who_a_stream_is_for_is_escaped_and_never_shows_the_assertion() {
+        assert_eq!(
+            who(br#"{"email":"alice@example.com","service_token":null,"assertion":"e.y.j"}"#),
+            "alice@example.com"
+        );
+        assert_eq!(
+            who(br#"{"email":null,"service_token":"ci","assertion":"e.y.j"}"#),
+            "service token ci"
+        );
+        assert_eq!(who(br#"{"assertion":"e.y.j"}"#), "anonymous");
+        assert_eq!(who(b"not json"), "anonymous");
+        assert_eq!(who(br#"{"email":5}"#), "anonymous");
+        let evil = who(b"{\"email\":\"a\\u001b[31m\\nINFO forged\\\"\"}");
+        assert_eq!(evil, "a\\u{1b}[31m\\nINFO forged\\\"");
+        assert!(!evil.chars().any(char::is_control));
+        let long = who(format!(r#"{{"email":"{}"}}"#, "x".repeat(1000)).as_bytes());
+        assert_eq!(long.chars().count(), MAX_WHO_SHOWN + 1);
     }
 }

@@ -236,6 +236,17 @@ pub struct RawTunnel {
 impl RawTunnel {
     /// Connects, sends HELLO and REGISTER for `hostname`, and waits for REGISTERED.
     pub fn register(edge: SocketAddr, ca: &Path, credential: &Path, hostname: &str) -> RawTunnel {
+        Self::try_register(edge, ca, credential, hostname)
+            .unwrap_or_else(|(code, message)| panic!("REGISTER refused: {code} {message}"))
+    }
+
+    /// Like [`RawTunnel::register`], but a refusal is `Err` with the ERROR's code and message.
+    pub fn try_register(
+        edge: SocketAddr,
+        ca: &Path,
+        credential: &Path,
+        hostname: &str,
+    ) -> Result<RawTunnel, (u16, String)> {
         let tls = tunnel_tls(edge, ca, Some(credential))
             .unwrap_or_else(|e| panic!("tunnel TLS with an origin certificate: {e}"));
         let mut t = RawTunnel {
@@ -252,12 +263,12 @@ impl RawTunnel {
             service: "ssh://127.0.0.1:1",
         });
         t.wait_for(Duration::from_secs(10), |f| match f {
-            Frame::Registered { hostname: h } if *h == hostname => Some(()),
-            Frame::Error { code, message } => panic!("REGISTER refused: {code} {message}"),
+            Frame::Registered { hostname: h } if *h == hostname => Some(Ok(())),
+            Frame::Error { code, message } => Some(Err((*code, message.to_string()))),
             _ => None,
         })
-        .unwrap_or_else(|e| panic!("no REGISTERED for {hostname}: {e}"));
-        t
+        .unwrap_or_else(|e| panic!("no REGISTERED or ERROR for {hostname}: {e}"))?;
+        Ok(t)
     }
 
     pub fn send(&mut self, frame: &Frame<'_>) {

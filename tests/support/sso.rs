@@ -77,6 +77,10 @@ impl Sso {
                 ] },
                 { "hostname": "other.localhost", "policies": [
                     { "decision": "allow", "include": [ { "everyone": true } ] }
+                ] },
+                // Served by the tunnel of an origin certificate from `tunnel login`.
+                { "hostname": "web.example.test", "policies": [
+                    { "decision": "allow", "include": [ { "everyone": true } ] }
                 ] }
             ],
             "tunnel_admins": [ { "decision": "allow", "include": [ { "email": "alice@example.com" } ] } ]
