@@ -141,15 +141,6 @@ impl Default for EdgeLimits {
 }
 
 impl EdgeLimits {
-    /// The login budgets of the transfer table.
-    pub fn logins(&self) -> crate::token_transfer::SlotLimits {
-        crate::token_transfer::SlotLimits {
-            app: self.max_pending_transfers,
-            tunnel: self.max_pending_tunnel_logins,
-            per_source: self.max_pending_logins_per_ip,
-        }
-    }
-
     /// Names the first field out of range. Zero disables nothing but the idle timeout.
     pub fn check(&self) -> Result<(), String> {
         let positive = [

@@ -262,6 +262,17 @@ pub struct SlotLimits {
     pub per_source: usize,
 }
 
+impl SlotLimits {
+    /// The login budgets of the edge's `limits`.
+    pub fn of(limits: &crate::limits::EdgeLimits) -> SlotLimits {
+        SlotLimits {
+            app: limits.max_pending_transfers,
+            tunnel: limits.max_pending_tunnel_logins,
+            per_source: limits.max_pending_logins_per_ip,
+        }
+    }
+}
+
 impl Default for SlotLimits {
     fn default() -> Self {
         SlotLimits {

@@ -49,7 +49,7 @@ use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
 use crate::policy::Identity;
 use crate::state::{ClaimError, Hostnames, ServiceTokens, Tunnels};
-use crate::token_transfer::Slots;
+use crate::token_transfer::{SlotLimits, Slots};
 use crate::ws::{self, Decoder, Item, Role};
 
 pub use config::{Application, EdgeSettings};
@@ -416,7 +416,7 @@ impl Edge {
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             stage: vec![0; TLS_READ_STAGE],
             keys,
-            transfers: Slots::new(settings.limits.logins()),
+            transfers: Slots::new(SlotLimits::of(&settings.limits)),
             logins: login::Logins::default(),
             oidc,
             worker: None,
@@ -468,7 +468,8 @@ impl Edge {
                 self.settings.applications = new.applications;
                 self.settings.tunnel_admins = new.tunnel_admins;
                 self.settings.limits = new.limits;
-                self.transfers.set_limits(self.settings.limits.logins());
+                self.transfers
+                    .set_limits(SlotLimits::of(&self.settings.limits));
                 let open_files = self.open_files;
                 if let Some(w) = open_files.and_then(|n| self.settings.limits.fit_descriptors(n)) {
                     warn!("{w}");
