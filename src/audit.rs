@@ -150,7 +150,7 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::{mode_of, TempDir};
+    use crate::store::tests::{mode_of, TempDir};
     use std::time::Duration;
 
     #[test]

@@ -13,7 +13,7 @@ use postern::access::{self, AccessOptions, Credentials};
 use postern::edge::{self, Edge};
 use postern::logging::{self, LogFlags};
 use postern::pki::{Authority, OriginCredential};
-use postern::state::{Secret, ServiceTokens, StateDir};
+use postern::store::{Secret, ServiceTokens, StateDir};
 use postern::tunnel::admin::AdminClient;
 use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
 use postern::tunnel::{self, Exit, Origin, Registration, TunnelOptions};

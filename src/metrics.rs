@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::http::{self, HeadLimits};
+use crate::proto::http::{self, HeadLimits};
 
 /// Largest request head the metrics server reads.
 pub const MAX_REQUEST: usize = 4096;

@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::base64;
 use crate::edge::config::OidcSettings;
-use crate::jwt::{self, Alg, Jwks};
-use crate::policy::Identity;
-use crate::state::Secret;
+use crate::proto::base64;
+use crate::proto::jwt::{self, Alg, Jwks};
+use crate::proto::policy::Identity;
+use crate::store::Secret;
 
 /// Largest discovery document, JWKS, token or userinfo response read from a provider.
 const MAX_RESPONSE: u64 = 256 * 1024;
@@ -147,7 +147,7 @@ impl Provider {
                 scope.push_str(s);
             }
         }
-        crate::url::with_query(
+        crate::proto::url::with_query(
             &self.discovery.authorization_endpoint,
             &[
                 ("response_type", "code"),
@@ -174,8 +174,8 @@ impl Provider {
         let basic = base64::encode(
             format!(
                 "{}:{}",
-                crate::url::encode(&self.settings.client_id),
-                crate::url::encode(self.secret.expose())
+                crate::proto::url::encode(&self.settings.client_id),
+                crate::proto::url::encode(self.secret.expose())
             )
             .as_bytes(),
         );

@@ -38,7 +38,7 @@ use rustls_pki_types::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::state::{self, StateDir};
+use crate::store::{self, StateDir};
 
 /// Largest PEM file read as a credential or operator-supplied certificate/key.
 pub const MAX_PEM_BYTES: usize = 1024 * 1024;
@@ -358,7 +358,7 @@ fn validate_zone(zone: &str) -> Result<(), String> {
 
 /// Lowercase hex SHA-256 of the certificate's DER: how the edge names an origin certificate.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
-    state::hex(ring::digest::digest(&ring::digest::SHA256, cert.as_ref()).as_ref())
+    store::hex(ring::digest::digest(&ring::digest::SHA256, cert.as_ref()).as_ref())
 }
 
 /// Whether `cert`'s subject alternative names cover `hostname` (wildcards cover one label).
@@ -420,7 +420,7 @@ pub fn new_tunnel_id() -> io::Result<String> {
         .map_err(|_| io::Error::other("the OS random source failed"))?;
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = state::hex(&b);
+    let h = store::hex(&b);
     Ok(format!(
         "{}-{}-{}-{}-{}",
         &h[..8],
@@ -515,7 +515,7 @@ impl OriginCredential {
 
     /// Writes the credential to `path` (mode 0600 from creation), replacing it atomically.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        state::write_file_atomic(path, self.to_pem().as_bytes(), 0o600)
+        store::write_file_atomic(path, self.to_pem().as_bytes(), 0o600)
     }
 
     /// Reads and checks the credential at `path`.
@@ -864,12 +864,12 @@ pub fn root_store(
     Ok(roots)
 }
 
-use crate::base64 as b64;
+use crate::proto::base64 as b64;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests::{mode_of, TempDir};
+    use crate::store::tests::{mode_of, TempDir};
     use rustls::pki_types::ServerName as RustlsName;
     use std::sync::Arc;
 

@@ -5,14 +5,14 @@
 //!
 //! The misbehaving origin is written here by hand: mutual TLS with an origin certificate from
 //! `postern edge origin-cert create`, ALPN `postern-tunnel/1`, HELLO and REGISTER for
-//! `raw.localhost`, then frames built with `postern::mux::encode`.
+//! `raw.localhost`, then frames built with `postern::proto::mux::encode`.
 
 mod support;
 
 use std::io::Write;
 use std::time::Duration;
 
-use postern::mux::{encode_header, Frame, FrameType};
+use postern::proto::mux::{encode_header, Frame, FrameType};
 use support::raw::{self, RawTunnel};
 use support::Chain;
 
@@ -126,7 +126,7 @@ fn data_beyond_the_window_ends_that_tunnel_connection() {
     let (_carrier, stream) = open_stream(&chain, &mut t);
     let chunk = vec![0u8; postern::limits::MAX_FRAME_PAYLOAD];
     let mut frame = Vec::new();
-    postern::mux::encode(
+    postern::proto::mux::encode(
         &mut frame,
         &Frame::Data {
             stream,
@@ -223,7 +223,7 @@ fn an_origin_reset_after_its_fin_sends_the_client_no_second_close() {
     // ends, but a second Close would be a protocol error at the client.
     t.send(&Frame::Rst {
         stream,
-        code: postern::mux::rst::CANCEL,
+        code: postern::proto::mux::rst::CANCEL,
         reason: "service write failed",
     });
     let second = raw::read_close_code(&mut carrier, Vec::new(), Duration::from_secs(10));

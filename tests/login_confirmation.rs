@@ -263,7 +263,7 @@ fn a_login_is_issued_only_on_a_confirmation_from_its_own_browser() {
     assert_eq!(status_code(&again), 400, "confirmed once: {again}");
     let token = String::from_utf8(s.login.open(&sealed)).unwrap();
     let claims = token.split('.').nth(1).unwrap();
-    let claims = String::from_utf8(postern::base64::decode_url(claims).unwrap()).unwrap();
+    let claims = String::from_utf8(postern::proto::base64::decode_url(claims).unwrap()).unwrap();
     assert!(
         claims.contains(EMAIL) && claims.contains(r#""aud":["*.localhost"]"#),
         "{claims}"

@@ -17,8 +17,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postern::jwt::{self, Jwks, KeyRing, OriginAssertion};
-use postern::mux::Frame;
+use postern::proto::jwt::{self, Jwks, KeyRing, OriginAssertion};
+use postern::proto::mux::Frame;
 use support::raw::{self, RawTunnel};
 use support::{free_port, origin_cert, service_token, temp_dir, Edge, ServiceToken, TempDir};
 

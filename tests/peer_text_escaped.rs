@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use postern::mux::{rst, Frame};
+use postern::proto::mux::{rst, Frame};
 use support::raw::RawTunnel;
 use support::{access_until_exit, origin_cert, postern, service_token, temp_dir, Edge};
 

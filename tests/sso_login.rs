@@ -92,20 +92,20 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
 
     // Tampered payload: alice becomes mallory.
     let parts: Vec<&str> = good.split('.').collect();
-    let payload = postern::base64::decode_url(parts[1]).unwrap();
+    let payload = postern::proto::base64::decode_url(parts[1]).unwrap();
     let forged = String::from_utf8(payload)
         .unwrap()
         .replace("alice@example.com", "mallory@example.com");
     let tampered = format!(
         "{}.{}.{}",
         parts[0],
-        postern::base64::encode_url(forged.as_bytes()),
+        postern::proto::base64::encode_url(forged.as_bytes()),
         parts[2]
     );
     assert!(status_of(&sso.carrier_status("ssh.localhost", &tampered)).contains(" 401 "));
 
     // alg: none, with and without a signature part.
-    let none = postern::base64::encode_url(br#"{"alg":"none","typ":"JWT"}"#);
+    let none = postern::proto::base64::encode_url(br#"{"alg":"none","typ":"JWT"}"#);
     for t in [
         format!("{none}.{}.", parts[1]),
         format!("{none}.{}", parts[1]),
@@ -115,13 +115,13 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
 
     // Signed by another key (same claims).
     let claims: serde_json::Value =
-        serde_json::from_slice(&postern::base64::decode_url(parts[1]).unwrap()).unwrap();
-    let (stranger, _) = postern::jwt::SigningKey::generate();
+        serde_json::from_slice(&postern::proto::base64::decode_url(parts[1]).unwrap()).unwrap();
+    let (stranger, _) = postern::proto::jwt::SigningKey::generate();
     let foreign = stranger.sign(&claims);
     assert!(status_of(&sso.carrier_status("ssh.localhost", &foreign)).contains(" 401 "));
 
     // Expired, though signed by the edge's own key.
-    let ring = postern::jwt::KeyRing::from_json(
+    let ring = postern::proto::jwt::KeyRing::from_json(
         &std::fs::read(sso.state.join("signing-keys.json")).unwrap(),
     )
     .unwrap();
@@ -136,7 +136,7 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
     );
 
     // A login link opens in one browser only: a second visit with the same id is refused.
-    let key = postern::token_transfer::Opener::new();
+    let key = postern::proto::token_transfer::Opener::new();
     let start = serde_json::json!({ "id": key.id, "key": key.public, "app": "ssh.localhost" });
     let started = raw_request(
         &sso.edge_addr,
@@ -149,7 +149,7 @@ fn forged_foreign_tampered_none_and_expired_tokens_are_refused() {
     );
     assert!(status_of(&started).contains(" 201 "), "{started}");
     assert!(
-        body_of(&started).contains(&postern::token_transfer::confirmation_code(
+        body_of(&started).contains(&postern::proto::token_transfer::confirmation_code(
             &key.id,
             &key.public
         )),

@@ -242,5 +242,5 @@ fn child_exchanges_a_code_under_trace() {
 
 /// Standard base64 with padding, as in an `Authorization: Basic` header.
 fn support_base64(text: &str) -> String {
-    postern::base64::encode(text.as_bytes())
+    postern::proto::base64::encode(text.as_bytes())
 }

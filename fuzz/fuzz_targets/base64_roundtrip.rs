@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::base64;
+use postern::proto::base64;
 
 fuzz_target!(|data: &[u8]| {
     assert_eq!(base64::decode(&base64::encode(data)).as_deref(), Ok(data));

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::http::{parse_request_head, write_request, HeadLimits};
+use postern::proto::http::{parse_request_head, write_request, HeadLimits};
 
 fuzz_target!(|data: &[u8]| {
     let limits = HeadLimits::default();

@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    postern::jwt::fuzz_verify(data);
+    postern::proto::jwt::fuzz_verify(data);
 });

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::mux::{decode_frame, encode};
+use postern::proto::mux::{decode_frame, encode};
 
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    postern::mux::fuzz_session(data);
+    postern::proto::mux::fuzz_session(data);
 });

@@ -7,5 +7,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    postern::proxy::fuzz_proxy(data);
+    postern::proto::proxy::fuzz_proxy(data);
 });

@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    postern::token_transfer::fuzz_transfer(data);
+    postern::proto::token_transfer::fuzz_transfer(data);
 });

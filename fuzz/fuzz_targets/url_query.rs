@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use postern::url::{parse_query, with_query, MAX_QUERY_PARAMS};
+use postern::proto::url::{parse_query, with_query, MAX_QUERY_PARAMS};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -5,5 +5,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    postern::ws::fuzz_decode(data);
+    postern::proto::ws::fuzz_decode(data);
 });

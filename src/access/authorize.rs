@@ -27,7 +27,7 @@ use super::login_lock::{self, Acquired, LockError, LockTiming};
 use super::token_cache::{is_compact_jwt, TokenCache};
 use super::{err, open_carrier, AccessError, AccessOptions, CarrierError, Credentials};
 use crate::io::tls::TlsConn;
-use crate::state::Secret;
+use crate::store::Secret;
 
 /// Opens a carrier for `opts.hostname`, logging in through the browser when the edge asks
 /// for it (see the module doc). On success `opts.credentials` holds what worked, so the
@@ -127,7 +127,7 @@ fn signed_in_as(token: &Secret, host: &str) -> String {
         .expose()
         .split('.')
         .nth(1)
-        .and_then(|p| crate::base64::decode_url(p).ok())
+        .and_then(|p| crate::proto::base64::decode_url(p).ok())
         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
         .and_then(|c| c.get("email")?.as_str().map(str::to_owned));
     match email {
@@ -186,7 +186,7 @@ mod tests {
     #[test]
     fn the_user_is_told_whose_token_arrived_escaped() {
         let claims = serde_json::json!({"email": "mallory@x.test\u{1b}[2J", "exp": 9});
-        let payload = crate::base64::encode_url(claims.to_string().as_bytes());
+        let payload = crate::proto::base64::encode_url(claims.to_string().as_bytes());
         let token = Secret::from(format!("e30.{payload}.c2ln"));
         let line = signed_in_as(&token, "ssh.x.test");
         assert!(line.starts_with("Signed in as mallory@x.test"), "{line}");

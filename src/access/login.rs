@@ -29,7 +29,7 @@ use rustls::ClientConfig;
 
 use super::{client_config, err, https_get, https_request, json_error, AccessError, AccessOptions};
 use crate::logging::escape;
-use crate::token_transfer::{confirmation_code, Opener, Sealed, TRANSFER_TTL};
+use crate::proto::token_transfer::{confirmation_code, Opener, Sealed, TRANSFER_TTL};
 
 /// Pause between two polls of the transfer endpoint.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn a_sealed_answer_opens_with_the_openers_key() {
         let o = Opener::new();
-        let sealed = crate::token_transfer::seal(&o.public, &o.id, b"a.b.c").unwrap();
+        let sealed = crate::proto::token_transfer::seal(&o.public, &o.id, b"a.b.c").unwrap();
         let mut t = Transfer::new();
         let Ok(Step::Done(s)) = t.on_answer((200, serde_json::to_vec(&sealed).unwrap())) else {
             panic!("200 with a sealed body is done");

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 
 use super::token_cache::{CacheError, TokenCache};
-use crate::state::Secret;
-use crate::token_transfer::TRANSFER_TTL;
+use crate::proto::token_transfer::TRANSFER_TTL;
+use crate::store::Secret;
 
 /// Timing of [`acquire`]; [`LockTiming::default`] is what the CLI uses.
 #[derive(Clone, Copy, Debug)]
@@ -189,7 +189,7 @@ fn try_create(
     hostname: &str,
     path: &Path,
 ) -> Result<Option<LockGuard>, LockError> {
-    let nonce = crate::base64::encode_url(&crate::io::random_bytes::<9>());
+    let nonce = crate::proto::base64::encode_url(&crate::io::random_bytes::<9>());
     let content = format!("{} {nonce}\n", std::process::id());
     let tmp = cache.dir().join(format!(".{hostname}.lock.{nonce}.tmp"));
     let io_err = |error| {

@@ -28,8 +28,6 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-use crate::buf::Buf;
-use crate::http::{self, HeadLimits};
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, would_block, Signals};
@@ -37,9 +35,11 @@ use crate::limits::{
     MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
 };
 use crate::logging::untrusted;
-use crate::proxy::{self, ProxyConfig};
-use crate::state::Secret;
-use crate::ws::{self, Decoder, Item, Role};
+use crate::proto::buf::Buf;
+use crate::proto::http::{self, HeadLimits};
+use crate::proto::proxy::{self, ProxyConfig};
+use crate::proto::ws::{self, Decoder, Item, Role};
+use crate::store::Secret;
 
 mod authorize;
 pub mod login;
@@ -461,7 +461,7 @@ pub(crate) fn open_carrier(
     let (mut sock, mut tls) = tls_connect(opts, cfg)?;
 
     // The upgrade request, with Cloudflare Access's header names.
-    let key = crate::base64::encode(&random_bytes::<16>());
+    let key = crate::proto::base64::encode(&random_bytes::<16>());
     let mut headers: Vec<(&str, &str)> = vec![
         ("Host", &opts.hostname),
         ("Upgrade", "websocket"),

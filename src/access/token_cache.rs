@@ -18,7 +18,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::state::Secret;
+use crate::store::Secret;
 
 /// A cached token is used only if it stays valid at least this long: the margin covers the
 /// connection setup and a small clock skew with the edge.
@@ -77,7 +77,7 @@ pub fn jwt_expiry(token: &str) -> Option<u64> {
     if parts.next().is_some() {
         return None;
     }
-    let json = crate::base64::decode_url(payload).ok()?;
+    let json = crate::proto::base64::decode_url(payload).ok()?;
     let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
     claims.get("exp")?.as_u64()
 }
@@ -174,7 +174,7 @@ impl TokenCache {
         let tmp = self.dir.join(format!(
             ".{hostname}.jwt.{}.{}.tmp",
             std::process::id(),
-            crate::base64::encode_url(&crate::io::random_bytes::<6>())
+            crate::proto::base64::encode_url(&crate::io::random_bytes::<6>())
         ));
         let written = (|| {
             let mut f = OpenOptions::new()
@@ -250,7 +250,7 @@ pub(crate) mod tests {
             let dir = std::env::temp_dir().join(format!(
                 "postern-{tag}-{}-{}",
                 std::process::id(),
-                crate::base64::encode_url(&crate::io::random_bytes::<6>())
+                crate::proto::base64::encode_url(&crate::io::random_bytes::<6>())
             ));
             fs::create_dir_all(&dir).expect("create temp dir");
             TempDir(dir)
@@ -267,8 +267,8 @@ pub(crate) mod tests {
     pub(crate) fn jwt(claims: &str) -> String {
         format!(
             "{}.{}.c2ln",
-            crate::base64::encode_url(br#"{"alg":"EdDSA","typ":"JWT"}"#),
-            crate::base64::encode_url(claims.as_bytes())
+            crate::proto::base64::encode_url(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+            crate::proto::base64::encode_url(claims.as_bytes())
         )
     }
 
@@ -390,13 +390,16 @@ pub(crate) mod tests {
             "a.b.c.d".into(),
             "x.!!!.y".into(),
             "x.=.y".into(),
-            format!("x.{}.y", crate::base64::encode_url(b"not json")),
-            format!("x.{}.y", crate::base64::encode_url(b"[1,2]")),
+            format!("x.{}.y", crate::proto::base64::encode_url(b"not json")),
+            format!("x.{}.y", crate::proto::base64::encode_url(b"[1,2]")),
             jwt(r#"{"exp":"1700000000"}"#),
             jwt(r#"{"exp":-5}"#),
             jwt(r#"{"exp":1.5e300}"#),
             jwt(r#"{"exp":null}"#),
-            format!("x.{}.y", crate::base64::encode_url(&[0xff, 0xfe, 0x00])),
+            format!(
+                "x.{}.y",
+                crate::proto::base64::encode_url(&[0xff, 0xfe, 0x00])
+            ),
             "é.é.é".into(),
         ] {
             assert_eq!(jwt_expiry(&bad), None, "{bad:?}");

@@ -29,10 +29,10 @@ use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 use super::{refusal, Conn, Edge, Tunnel};
-use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::pki::{self, Authority, OriginCredential};
-use crate::state::{self, Owner, TunnelRecord};
+use crate::proto::http::{self, HeadLimits, RequestHead};
+use crate::store::{self, Owner, TunnelRecord};
 
 /// ALPN of the administration API.
 pub const ALPN: &[u8] = b"postern-admin/1";
@@ -251,7 +251,7 @@ impl Edge {
             return error(400, "name: missing");
         };
         audit.insert("name".into(), clip(name).into());
-        if !state::valid_tunnel_name(name) || pki::valid_tunnel_id(name) {
+        if !store::valid_tunnel_name(name) || pki::valid_tunnel_id(name) {
             return error(
                 400,
                 format!(

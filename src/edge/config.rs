@@ -29,10 +29,10 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
 use crate::limits::EdgeLimits;
-use crate::mux;
 use crate::pki::{self, Authority};
-use crate::policy::{self, Decision, Identity, Policy, Rule, Verdict};
-use crate::state::StateDir;
+use crate::proto::mux;
+use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
+use crate::store::StateDir;
 
 /// Everything the edge loop needs, ready to use.
 pub struct EdgeSettings {

@@ -39,15 +39,15 @@ use mio::Waker;
 
 use super::{Carrier, CarrierState, ConnId, Edge, CLOSE_GRACE_SECS};
 use crate::edge::config::IdentityProvider;
-use crate::http::{self, RequestHead};
 use crate::limits::MAX_OIDC_JOBS;
 use crate::logging::escape;
 use crate::oidc::{OidcError, Provider};
 use crate::pki::{Authority, OriginCredential};
-use crate::policy::{self, Identity};
-use crate::state::ct_eq;
-use crate::token_transfer::{Poll, Purpose, TransferError, Waiting};
-use crate::url::{self, html, param};
+use crate::proto::http::{self, RequestHead};
+use crate::proto::policy::{self, Identity};
+use crate::proto::token_transfer::{Poll, Purpose, TransferError, Waiting};
+use crate::proto::url::{self, html, param};
+use crate::store::ct_eq;
 
 /// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
 const APP_TOKEN_LEEWAY_SECS: u64 = 5;
@@ -69,7 +69,7 @@ pub(super) fn unix_now() -> u64 {
 }
 
 fn random_token() -> String {
-    crate::base64::encode_url(&crate::io::random_bytes::<24>())
+    crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
 }
 
 /// A login between the browser opening the link and the confirmation.
@@ -510,7 +510,7 @@ impl Edge {
                 201,
                 &serde_json::json!({
                     "status": "pending",
-                    "code": crate::token_transfer::confirmation_code(&req.id, &req.key),
+                    "code": crate::proto::token_transfer::confirmation_code(&req.id, &req.key),
                 }),
             ),
             Err(e @ (TransferError::Full | TransferError::SourceBusy)) => {

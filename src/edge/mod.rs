@@ -35,22 +35,22 @@ use rustls::server::{Acceptor, ServerConfig};
 
 use crate::audit::{Audit, Repeats};
 use crate::edge::config::IdentityProvider;
-use crate::http::{self, HeadLimits, RequestHead};
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
-use crate::jwt::{KeyRing, OriginAssertion};
 use crate::limits::{
     ACCEPT_RETRY_MILLIS, CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
     MAX_REQUEST_BODY, TLS_READ_STAGE,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction, Metrics};
-use crate::mux::{self, Event, Session, Side};
 use crate::oidc::Provider;
-use crate::policy::Identity;
-use crate::state::{ClaimError, Hostnames, ServiceTokens, Tunnels};
-use crate::token_transfer::{SlotLimits, Slots};
-use crate::ws::{self, Decoder, Item, Role};
+use crate::proto::http::{self, HeadLimits, RequestHead};
+use crate::proto::jwt::{KeyRing, OriginAssertion};
+use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::policy::Identity;
+use crate::proto::token_transfer::{SlotLimits, Slots};
+use crate::proto::ws::{self, Decoder, Item, Role};
+use crate::store::{ClaimError, Hostnames, ServiceTokens, Tunnels};
 
 pub use config::{Application, EdgeSettings};
 
@@ -716,7 +716,7 @@ impl Edge {
     /// per source as the login budgets are: an address, or an IPv6 /64.
     fn login_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
         let max = self.settings.limits.login_attempts_per_minute;
-        let source = crate::token_transfer::source_of(ip);
+        let source = crate::proto::token_transfer::source_of(ip);
         let w = self.login_windows.entry(source).or_insert((now, 0));
         if now.duration_since(w.0) >= Duration::from_secs(60) {
             *w = (now, 0);
@@ -1168,7 +1168,7 @@ impl Edge {
         };
         // Who is asking: a service token, an app token from a browser login, or nobody.
         let app_hostname = app.hostname.clone();
-        let policies_bypass = crate::policy::bypasses(&app.policies);
+        let policies_bypass = crate::proto::policy::bypasses(&app.policies);
         let identity = match (
             head.header("cf-access-client-id"),
             head.header("cf-access-client-secret"),
@@ -2100,7 +2100,7 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
 /// The active signing key is replaced after this long.
 const KEY_ROTATION_SECS: u64 = 30 * 24 * 3600;
 
-fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::state::Secret> {
+fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::store::Secret> {
     if let Ok(s) = std::env::var("POSTERN_OIDC_CLIENT_SECRET") {
         return Ok(s.into());
     }
@@ -2132,7 +2132,7 @@ fn origin_claims(
     stream: u32,
     identity: &Identity,
 ) -> Option<Vec<u8>> {
-    let jti = crate::base64::encode_url(&crate::io::random_bytes::<16>());
+    let jti = crate::proto::base64::encode_url(&crate::io::random_bytes::<16>());
     let mut assertion = OriginAssertion::new(iss, host, stream, login::unix_now(), jti);
     assertion.sub = identity.email.clone().unwrap_or_default();
     assertion.email = identity.email.clone();

@@ -5,7 +5,7 @@
 //! descriptors, far below what the edge needs (one per connection) and below the hard limit the
 //! process may raise it to. An edge stuck at 1024 can be filled by a few addresses' idle
 //! connections (SECURITY.md, "Internet → edge"). Why the user id: the edge refuses a state
-//! directory that another user owns (`state::StateDir::open`).
+//! directory that another user owns (`store::StateDir::open`).
 //!
 //! This is the only module of postern with `unsafe` code (vendor-policy.md, "`unsafe`"). The
 //! calls here are the whole of it: `getrlimit` and `setrlimit` each get a pointer to a live,

@@ -9,8 +9,8 @@ use std::io::{self, Read, Write};
 
 use mio::net::TcpStream;
 
-use crate::buf::Buf;
 use crate::limits::CONN_READ_BUFFER;
+use crate::proto::buf::Buf;
 
 /// Free plaintext room below which `read` waits instead of reading (one TLS record).
 const READ_MIN_ROOM: usize = 16 * 1024;

@@ -76,7 +76,7 @@ impl AdminClient {
 }
 
 fn path_segment(s: &str) -> String {
-    crate::url::encode(s)
+    crate::proto::url::encode(s)
 }
 
 /// `tunnel create NAME`: makes the tunnel at the edge and writes its credentials file

@@ -223,7 +223,7 @@ impl TunnelConfig {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let at = |e: String| format!("{}: {e}", path.display());
         if let Some(t) = &cfg.tunnel {
-            if !crate::state::valid_tunnel_name(t) {
+            if !crate::store::valid_tunnel_name(t) {
                 return Err(at(format!("tunnel: {t:?} is not a tunnel name or id")));
             }
         }
@@ -300,7 +300,7 @@ impl TunnelCredentials {
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let mut data = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         data.push(b'\n');
-        crate::state::write_file_atomic(path, &data, 0o600)
+        crate::store::write_file_atomic(path, &data, 0o600)
     }
 
     /// Reads and checks a credentials file: the PEM parses and its certificate is for `id`.
@@ -492,7 +492,7 @@ mod tests {
 
     #[test]
     fn config_file_errors_name_file_and_field() {
-        let dir = crate::state::tests::TempDir::new("tunnel-config");
+        let dir = crate::store::tests::TempDir::new("tunnel-config");
         let path = dir.0.join("tunnel.json");
         let check = |text: &str, want: &str| {
             fs::write(&path, text).unwrap();

@@ -35,9 +35,9 @@ use crate::limits::{
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
-use crate::mux::{self, Event, Session, Side};
 use crate::pki::{self, OriginCredential};
-use crate::proxy::{self, ProxyConfig};
+use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::proxy::{self, ProxyConfig};
 
 pub mod admin;
 pub mod config;

@@ -13,8 +13,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
-use postern::mux::{decode_frame, encode, Frame};
 use postern::pki::OriginCredential;
+use postern::proto::mux::{decode_frame, encode, Frame};
 
 use super::ServiceToken;
 
@@ -74,7 +74,7 @@ pub fn carrier(edge: SocketAddr, ca: &Path, host: &str) -> Tls {
 pub fn tunnel_tls(edge: SocketAddr, ca: &Path, credential: Option<&Path>) -> io::Result<Tls> {
     connect(
         edge,
-        client_config(ca, postern::mux::ALPN, credential),
+        client_config(ca, postern::proto::mux::ALPN, credential),
         "tunnel.localhost",
     )
 }
@@ -254,7 +254,7 @@ impl RawTunnel {
             buf: Vec::new(),
         };
         t.send(&Frame::Hello {
-            version: postern::mux::PROTOCOL_VERSION,
+            version: postern::proto::mux::PROTOCOL_VERSION,
             connector_id: [7; 16],
             ha_index: 0,
         });

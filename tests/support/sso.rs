@@ -364,7 +364,7 @@ pub fn status_of(response: &str) -> &str {
 /// A command-line login as a raw client makes it: its key, its edge, and the requests of
 /// the CLI's side (start, poll) and of a browser's side (with the cookie it holds).
 pub struct RawLogin {
-    pub opener: postern::token_transfer::Opener,
+    pub opener: postern::proto::token_transfer::Opener,
     pub edge: String,
     pub ca: PathBuf,
     /// The application host name the CLI talks to (SNI and Host).
@@ -374,7 +374,7 @@ pub struct RawLogin {
 impl RawLogin {
     pub fn new(edge: &str, ca: &Path, host: &str) -> RawLogin {
         RawLogin {
-            opener: postern::token_transfer::Opener::new(),
+            opener: postern::proto::token_transfer::Opener::new(),
             edge: edge.to_owned(),
             ca: ca.to_owned(),
             host: host.to_owned(),
@@ -383,7 +383,7 @@ impl RawLogin {
 
     /// The code the CLI prints.
     pub fn code(&self) -> String {
-        postern::token_transfer::confirmation_code(&self.opener.id, &self.opener.public)
+        postern::proto::token_transfer::confirmation_code(&self.opener.id, &self.opener.public)
     }
 
     /// `POST /cdn-cgi/access/transfer` for an app token (`tunnel: false`) or a tunnel login.
@@ -465,7 +465,7 @@ impl RawLogin {
 
     /// Opens the sealed answer of a 200 poll with this login's key.
     pub fn open(self, poll_response: &str) -> Vec<u8> {
-        let sealed: postern::token_transfer::Sealed =
+        let sealed: postern::proto::token_transfer::Sealed =
             serde_json::from_str(body_of(poll_response)).expect("a sealed answer");
         self.opener
             .open(&sealed)

@@ -25,13 +25,13 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::buf::Buf;
 use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
     MAX_STREAMS_PER_TUNNEL, PING_DEAD_INTERVALS, PING_INTERVAL_SECS, STREAM_SEND_BUFFER,
     WINDOW_UPDATE_THRESHOLD,
 };
-use crate::reader::{put_str16, Reader};
+use crate::proto::buf::Buf;
+use crate::proto::reader::{put_str16, Reader};
 
 pub const HEADER_LEN: usize = 10;
 pub const PROTOCOL_VERSION: u16 = 1;

@@ -33,8 +33,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
 
-use crate::base64;
-use crate::http::{self, HeadError, HeadLimits};
+use crate::proto::base64;
+use crate::proto::http::{self, HeadError, HeadLimits};
 
 /// Proxy variables, in the order they are looked up (curl's, for an `https://` URL).
 pub const PROXY_VARS: [&str; 4] = ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"];

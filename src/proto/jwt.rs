@@ -37,7 +37,7 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
 use serde::de::{Deserializer, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use crate::base64;
+use crate::proto::base64;
 
 /// Longest token accepted, in bytes (a whole HTTP head is at most 16 KiB anyway).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;

@@ -34,8 +34,8 @@
 
 use std::fmt;
 
-use crate::base64;
 use crate::limits::{MAX_HTTP_HEAD, MAX_HTTP_HEADERS};
+use crate::proto::base64;
 
 /// Bounds on one head. `Default` takes them from `limits.rs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use ring::hkdf::{KeyType, Salt, HKDF_SHA256};
 use ring::rand::SystemRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::base64;
+use crate::proto::base64;
 
 const INFO: &[u8] = b"postern token transfer v1";
 /// How long a transfer id stays valid.

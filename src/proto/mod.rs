@@ -1,0 +1,105 @@
+//! The protocols, sans-IO: each module turns bytes (and the time, passed in) into events,
+//! decisions and bytes to send, and never touches a file, a socket, the clock or a thread.
+//! That is what lets each parser be fuzzed on its own and each state machine be tested in
+//! memory; the drivers in `edge`, `tunnel`, `access` and `io` do the IO.
+
+pub mod base64;
+pub mod buf;
+pub mod http;
+pub mod jwt;
+pub mod mux;
+pub mod policy;
+pub mod proxy;
+pub mod reader;
+pub mod token_transfer;
+pub mod url;
+pub mod ws;
+
+#[cfg(test)]
+mod tests {
+    /// What a sans-IO module must not name outside its tests and fuzz entry points.
+    const FORBIDDEN: &[&str] = &[
+        "std::fs",
+        "std::net::Tcp",
+        "std::net::Udp",
+        "mio::",
+        "Instant::now",
+        "SystemTime::now",
+        "std::thread",
+        "std::process",
+        "std::env",
+        "ureq::",
+    ];
+
+    /// The code of `text` that ships: everything before its `#[cfg(test)]` module, without
+    /// comment lines and the items gated on the `fuzzing` feature (fuzz harnesses may start a
+    /// clock).
+    fn shipped(text: &str) -> String {
+        let text = text.split("#[cfg(test)]").next().unwrap_or(text);
+        let mut out = String::new();
+        let mut skip_depth: Option<i32> = None;
+        let mut depth = 0i32;
+        let mut gated = false;
+        for line in text.lines() {
+            let opens = line.matches('{').count() as i32;
+            let closes = line.matches('}').count() as i32;
+            if line
+                .trim_start()
+                .starts_with("#[cfg(feature = \"fuzzing\")]")
+            {
+                gated = true;
+            } else if gated && opens > 0 && skip_depth.is_none() {
+                skip_depth = Some(depth);
+                gated = false;
+            }
+            depth += opens - closes;
+            let comment = line.trim_start().starts_with("//");
+            match skip_depth {
+                Some(d) if depth <= d => skip_depth = None,
+                Some(_) => {}
+                None if !gated && !comment => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn proto_modules_touch_no_files_sockets_clock_or_threads() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proto");
+        let mut offences = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = if path.ends_with("mod.rs") {
+                text.split("#[cfg(test)]")
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            } else {
+                shipped(&text)
+            };
+            for word in FORBIDDEN {
+                if code.contains(word) {
+                    offences.push(format!("{} names {word}", path.display()));
+                }
+            }
+        }
+        assert!(
+            offences.is_empty(),
+            "sans-IO broken:\n{}",
+            offences.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_check_sees_through_fuzz_gates_but_not_around_them() {
+        let text = "fn a() {}\n#[cfg(feature = \"fuzzing\")]\npub fn f() {\n    let t = Instant::now();\n    if x {\n    }\n}\nfn b() { Instant::now(); }\n";
+        let code = shipped(text);
+        assert!(!code.contains("let t = Instant::now"), "{code}");
+        assert!(code.contains("fn b() { Instant::now(); }"), "{code}");
+    }
+}
