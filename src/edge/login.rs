@@ -37,13 +37,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use log::{info, warn};
 use mio::Waker;
 
-use super::{Carrier, CarrierState, ConnId, Edge, CLOSE_GRACE_SECS};
+use super::{Carrier, ConnId, Edge};
 use crate::edge::config::IdentityProvider;
 use crate::limits::MAX_OIDC_JOBS;
 use crate::logging::escape;
 use crate::oidc::{OidcError, Provider};
 use crate::pki::{Authority, OriginCredential};
-use crate::proto::http::{self, RequestHead};
+use crate::proto::http::RequestHead;
 use crate::proto::policy::{self, Identity};
 use crate::proto::token_transfer::{Poll, Purpose, TransferError, Waiting};
 use crate::proto::url::{self, html, param};
@@ -196,11 +196,8 @@ fn respond(
         ),
     ];
     headers.extend_from_slice(extra);
-    let mut out = Vec::new();
-    http::write_response(&mut out, status, reason, &headers, body);
-    c.tls.send(&out);
-    c.state = CarrierState::Closing;
-    c.deadline = Some(Instant::now() + std::time::Duration::from_secs(CLOSE_GRACE_SECS));
+    c.core
+        .respond(status, reason, &headers, body, Instant::now());
 }
 
 fn reason_of(status: u16) -> &'static str {
@@ -757,7 +754,7 @@ impl Edge {
             Ok(()) => {
                 login.stage = Stage::Exchanging;
                 // Parked until the worker answers (the handshake deadline still bounds it).
-                c.state = CarrierState::Waiting;
+                c.core.park();
             }
             Err(mpsc::TrySendError::Full(_)) => page(
                 c,

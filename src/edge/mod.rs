@@ -44,12 +44,13 @@ use crate::limits::{
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
-use crate::proto::http::{self, HeadLimits, RequestHead};
+use crate::proto::carrier;
+use crate::proto::http::{HeadLimits, RequestHead};
 use crate::proto::jwt::{KeyRing, OriginAssertion};
 use crate::proto::mux::{self, Event, Session, Side};
 use crate::proto::policy::Identity;
 use crate::proto::token_transfer::{SlotLimits, Slots};
-use crate::proto::ws::{self, Decoder, Item, Role};
+use crate::proto::ws::{self, Item};
 use crate::store::{ClaimError, Hostnames, ServiceTokens, Tunnels};
 
 pub use config::{Application, EdgeSettings};
@@ -58,8 +59,6 @@ const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
-/// A closing carrier that does not take its last bytes within this time is dropped.
-const CLOSE_GRACE_SECS: u64 = 10;
 
 /// ERROR codes sent to an origin whose registration is refused (the origin exits on these).
 pub mod refusal {
@@ -91,9 +90,9 @@ struct Carrier {
     tls: TlsConn,
     peer: SocketAddr,
     sni: String,
-    state: CarrierState,
-    /// Handshake/head deadline (slowloris bound); none once streaming.
-    deadline: Option<Instant>,
+    /// The request, the stream and the close (`proto::carrier`); its stream link is the
+    /// tunnel slot and the stream id.
+    core: carrier::Carrier<Link>,
     /// The client left before sending a request.
     finished: bool,
     /// When a byte last moved either way while streaming (for `limits.idle_timeout_secs`).
@@ -109,45 +108,21 @@ struct ConnId {
     generation: u32,
 }
 
-enum CarrierState {
-    Head,
-    /// A POST's head was read; waiting for its `len`-byte body.
-    Body {
-        head: Box<RequestHead>,
-        host: String,
-        len: usize,
-    },
-    Streaming {
-        tunnel: usize,
-        stream: u32,
-        dec: Decoder,
-        sent_close: bool,
-    },
-    /// Parked while a worker exchanges an OIDC code for this browser.
-    Waiting,
-    /// A response or close frame is queued; close once it is flushed.
-    Closing,
-}
+/// Where a streaming carrier's bytes go: a tunnel connection's slot and a stream on it.
+type Link = (usize, u32);
 
 impl Carrier {
-    /// Ends the carrier: a WebSocket Close with `code` and `reason` if it is streaming and has
-    /// not sent its Close yet (a second Close would be a protocol error at the client), then
-    /// closing once that is flushed or after [`CLOSE_GRACE_SECS`].
+    /// Ends the carrier with a WebSocket Close (none if its Close went out already); the
+    /// stream is the caller's to let go of.
     fn close_with(&mut self, code: u16, reason: &str, now: Instant) {
-        let already = matches!(
-            self.state,
-            CarrierState::Streaming {
-                sent_close: true,
-                ..
-            }
-        );
-        if !already {
-            let mut out = Vec::new();
-            ws::encode_close(&mut out, code, reason, None);
-            self.tls.send(&out);
+        let _ = self.core.close_with(code, reason, now);
+    }
+
+    /// Hands what the core queued to TLS.
+    fn transmit(&mut self) {
+        if let Some(bytes) = self.core.take_transmit() {
+            self.tls.send(&bytes);
         }
-        self.state = CarrierState::Closing;
-        self.deadline = Some(now + Duration::from_secs(CLOSE_GRACE_SECS));
     }
 }
 
@@ -655,7 +630,7 @@ impl Edge {
             return None;
         }
         match self.conns[id.slot].take() {
-            Some(Conn::Carrier(c)) if matches!(c.state, CarrierState::Waiting) => Some(c),
+            Some(Conn::Carrier(c)) if c.core.is_parked() => Some(c),
             other => {
                 self.conns[id.slot] = other;
                 None
@@ -845,8 +820,7 @@ impl Edge {
                                     tls,
                                     peer,
                                     sni,
-                                    state: CarrierState::Head,
-                                    deadline: Some(deadline),
+                                    core: carrier::Carrier::new(deadline),
                                     finished: false,
                                     last_active: Instant::now(),
                                 })))
@@ -893,6 +867,7 @@ impl Edge {
                 }
             };
             self.carrier_step(slot, &mut c);
+            c.transmit();
             if c.finished {
                 self.end_carrier(slot, c, "closed before the request");
                 return None;
@@ -906,7 +881,7 @@ impl Edge {
             self.end_carrier(slot, c, "write failed");
             return None;
         }
-        if matches!(c.state, CarrierState::Closing) && !c.tls.tls.wants_write() {
+        if c.core.is_closing() && !c.tls.tls.wants_write() {
             self.end_carrier(slot, c, "closed");
             return None;
         }
@@ -915,80 +890,58 @@ impl Edge {
 
     /// One pass of the carrier state machine over what `rx` holds.
     fn carrier_step(&mut self, slot: usize, c: &mut Carrier) {
+        let now = Instant::now();
+        let limits = carrier::Limits {
+            head: HeadLimits {
+                max_head_bytes: self.settings.limits.max_head_bytes,
+                max_headers: self.settings.limits.max_headers,
+            },
+            max_body: MAX_REQUEST_BODY,
+            max_ws_frame: self.settings.limits.max_ws_frame_bytes,
+        };
         loop {
-            match &mut c.state {
-                CarrierState::Head => {
-                    let limits = HeadLimits {
-                        max_head_bytes: self.settings.limits.max_head_bytes,
-                        max_headers: self.settings.limits.max_headers,
-                    };
-                    match http::parse_request_head(c.tls.rx.data(), &limits) {
-                        Ok(None) => {
-                            c.finished = c.tls.peer_closed;
-                            break;
-                        }
-                        Err(e) => {
-                            info!("carrier {}: bad request head: {e}", c.peer);
-                            self.metrics.error(metrics::Error::BadRequest);
-                            refuse(c, 400, "Bad Request", &e.to_string());
-                        }
-                        Ok(Some((head, used))) => {
-                            c.tls.rx.consume(used);
-                            self.on_request(slot, c, head);
-                            continue;
-                        }
-                    }
+            if c.core.streaming().is_some() {
+                if !self.splice_carrier(c) {
+                    // Both Closes exchanged: close_notify, then end once it is flushed.
+                    c.tls.tls.send_close_notify();
+                    let _ = c.core.finished_streaming(now);
                 }
-                CarrierState::Streaming { .. } => {
-                    if !self.splice_carrier(c) {
-                        // Both Closes exchanged: close_notify, then end once it is flushed.
-                        c.tls.tls.send_close_notify();
-                        c.state = CarrierState::Closing;
-                        c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
-                    }
-                }
-                CarrierState::Body { len, .. } => {
-                    let len = *len;
-                    if c.tls.rx.len() < len {
-                        c.finished = c.tls.peer_closed;
-                        break;
-                    }
-                    let CarrierState::Body { head, host, .. } =
-                        std::mem::replace(&mut c.state, CarrierState::Waiting)
-                    else {
-                        unreachable!("bug: state matched above");
-                    };
-                    let body = c.tls.rx.data()[..len].to_vec();
-                    c.tls.rx.consume(len);
-                    self.serve_page(slot, c, &head, &host, &body);
-                    continue;
-                }
-                CarrierState::Waiting => {}
-                CarrierState::Closing => {
-                    c.tls.rx.consume(c.tls.rx.len());
-                }
+                return;
             }
-            break;
+            match c
+                .core
+                .poll_request(&mut c.tls.rx, c.tls.peer_closed, &limits, now)
+            {
+                None => return,
+                Some(carrier::Event::Left) => {
+                    c.finished = true;
+                    return;
+                }
+                Some(carrier::Event::Refused { status, part, why }) => {
+                    info!("carrier {}: bad request {part} ({status}): {why}", c.peer);
+                    self.metrics.error(metrics::Error::BadRequest);
+                    return;
+                }
+                Some(carrier::Event::Request(request)) => self.on_request(slot, c, request, now),
+            }
         }
     }
 
     /// Moves bytes both ways between a carrier and its mux stream. False when finished.
     fn splice_carrier(&mut self, c: &mut Carrier) -> bool {
-        let CarrierState::Streaming {
-            tunnel,
-            stream,
-            dec,
-            sent_close,
-        } = &mut c.state
-        else {
+        // What the core queued (the 101, a Close) goes before any stream bytes.
+        c.transmit();
+        let Some(&(tunnel, stream)) = c.core.link() else {
             return true;
         };
-        let (tunnel, stream) = (*tunnel, *stream);
         let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) else {
             // The tunnel went away while this carrier was queued.
             c.close_with(ws::close::TRY_AGAIN, "tunnel went away", Instant::now());
             return true;
         };
+        let carrier::Streaming {
+            dec, sent_close, ..
+        } = c.core.streaming().expect("bug: link checked above");
         let mut moved = false;
 
         // Client → origin: decode only as much as the stream can take.
@@ -1065,13 +1018,14 @@ impl Edge {
                 break;
             }
         }
-        if !*sent_close && t.mux.read_closed(stream) {
-            let mut out = Vec::new();
-            ws::encode_close(&mut out, ws::close::NORMAL, "", None);
-            c.tls.send(&out);
-            *sent_close = true;
+        let client_closed = dec.is_closed();
+        let mut sent = *sent_close;
+        if !sent && t.mux.read_closed(stream) {
+            c.core.send_normal_close();
+            c.transmit();
+            sent = true;
         }
-        let finished = *sent_close && dec.is_closed();
+        let finished = sent && client_closed;
         if finished {
             t.carriers.remove(&stream);
         }
@@ -1082,80 +1036,43 @@ impl Edge {
         !finished
     }
 
-    fn on_request(&mut self, slot: usize, c: &mut Carrier, head: RequestHead) {
-        let host = head
-            .header("host")
-            .map(|h| strip_port(h).to_ascii_lowercase())
-            .unwrap_or_default();
+    fn on_request(
+        &mut self,
+        slot: usize,
+        c: &mut Carrier,
+        request: carrier::Request,
+        now: Instant,
+    ) {
+        let carrier::Request {
+            head,
+            host,
+            path,
+            body,
+            upgrade_key,
+        } = request;
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), c.peer.to_string().into());
         audit.insert("hostname".into(), recorded_host(&host).into());
         if host.is_empty() || host != c.sni {
             audit.insert("reason".into(), "host header does not match SNI".into());
             self.deny(audit, Auth::HostMismatch);
-            return refuse(
-                c,
+            return c.core.refuse(
                 421,
                 "Misdirected Request",
                 "Host header does not match the TLS server name",
+                now,
             );
         }
-        let upgrade = head.header_has_token("connection", "upgrade")
-            && head.header_has_token("upgrade", "websocket")
-            && head.header("sec-websocket-version") == Some("13");
-        let key = head
-            .header("sec-websocket-key")
-            .filter(|k| http::is_valid_websocket_key(k))
-            .map(str::to_owned);
-        if head.method != "GET" || !upgrade || key.is_none() {
-            let path = head.target.split('?').next().unwrap_or_default();
-            if Edge::is_login_entry(&head.method, path)
-                && !self.login_allowed(c.peer.ip(), Instant::now())
-            {
+        let Some(key) = upgrade_key else {
+            if Edge::is_login_entry(&head.method, &path) && !self.login_allowed(c.peer.ip(), now) {
                 let max = self.settings.limits.login_attempts_per_minute;
                 self.limit_hit(Limit::LoginRate, c.peer.ip(), || {
                     format!("over {max} login requests a minute (limits.login_attempts_per_minute)")
                 });
-                return too_many_requests(c);
+                return too_many_requests(c, now);
             }
-            if head.method != "POST" {
-                return self.serve_page(slot, c, &head, &host, b"");
-            }
-            // A form or the login start: read its body first (bounded, length given).
-            if head.header("transfer-encoding").is_some() {
-                return refuse(
-                    c,
-                    411,
-                    "Length Required",
-                    "send the body with a Content-Length",
-                );
-            }
-            let len = match head.content_length() {
-                None => {
-                    return refuse(
-                        c,
-                        411,
-                        "Length Required",
-                        "send the body with a Content-Length",
-                    )
-                }
-                Some(n) if n > MAX_REQUEST_BODY as u64 => {
-                    return refuse(
-                        c,
-                        413,
-                        "Content Too Large",
-                        &format!("request bodies here are at most {MAX_REQUEST_BODY} bytes"),
-                    )
-                }
-                Some(n) => n as usize,
-            };
-            c.state = CarrierState::Body {
-                head: Box::new(head),
-                host,
-                len,
-            };
-            return;
-        }
+            return self.serve_page(slot, c, &head, &host, &body);
+        };
         let Some(app) = self.settings.application(&host) else {
             audit.insert("reason".into(), "no application".into());
             self.deny(audit, Auth::NoApplication);
@@ -1320,27 +1237,11 @@ impl Edge {
         });
         self.metrics.stream_opened();
 
-        let accept = http::websocket_accept_key(key.as_deref().unwrap_or_default());
-        let mut out = Vec::new();
-        http::write_response(
-            &mut out,
-            101,
-            "Switching Protocols",
-            &[
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", &accept),
-            ],
-            b"",
+        c.core.accept(
+            &key,
+            (tunnel, stream),
+            self.settings.limits.max_ws_frame_bytes,
         );
-        c.tls.send(&out);
-        c.deadline = None;
-        c.state = CarrierState::Streaming {
-            tunnel,
-            stream,
-            dec: Decoder::with_max_frame(Role::Server, self.settings.limits.max_ws_frame_bytes),
-            sent_close: false,
-        };
     }
 
     /// A request for a page (not a carrier upgrade), with its body if it had one.
@@ -1433,7 +1334,7 @@ impl Edge {
 
     fn end_carrier(&mut self, slot: usize, mut c: Box<Carrier>, why: &str) {
         debug!("carrier {} closed: {why}", c.peer);
-        if let CarrierState::Streaming { tunnel, stream, .. } = c.state {
+        if let Some(&(tunnel, stream)) = c.core.link() {
             if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
                 if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
                     t.mux.reset(stream, mux::rst::CANCEL, "client closed");
@@ -1888,13 +1789,13 @@ impl Edge {
             let expired = match &mut self.conns[slot] {
                 Some(Conn::Accepting { deadline, .. }) => now >= *deadline,
                 Some(Conn::Carrier(c)) => {
-                    if let (Some(idle), CarrierState::Streaming { .. }) = (idle, &c.state) {
+                    if let (Some(idle), Some(_)) = (idle, c.core.link()) {
                         if now.duration_since(c.last_active) >= idle {
                             self.close_idle(slot, now);
                             continue;
                         }
                     }
-                    c.deadline.is_some_and(|d| now >= d)
+                    c.core.deadline().is_some_and(|d| now >= d)
                 }
                 Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => true,
                 Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
@@ -1928,7 +1829,7 @@ impl Edge {
                 }
                 Some(Conn::Carrier(c)) => {
                     // A closing carrier's grace ran out: not a limit, just the end.
-                    if matches!(c.state, CarrierState::Head) {
+                    if c.core.awaiting_request() {
                         debug!("carrier {}: no request before the deadline", c.peer);
                         self.limit_hit(Limit::Handshake, c.peer.ip(), timed_out("no request head"));
                     }
@@ -1968,7 +1869,7 @@ impl Edge {
             match conn {
                 Conn::Carrier(c) => {
                     carriers += 1;
-                    if matches!(c.state, CarrierState::Streaming { .. }) {
+                    if c.core.link().is_some() {
                         streams += 1;
                     }
                 }
@@ -1992,7 +1893,7 @@ impl Edge {
         let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
             return;
         };
-        let CarrierState::Streaming { tunnel, stream, .. } = c.state else {
+        let Some(&(tunnel, stream)) = c.core.link() else {
             return;
         };
         let peer = c.peer;
@@ -2148,13 +2049,11 @@ fn origin_claims(
 }
 
 /// The 429 page for a source over its login rate; the carrier closes after it.
-fn too_many_requests(c: &mut Carrier) {
+fn too_many_requests(c: &mut Carrier, now: Instant) {
     let body = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Too many requests\
                 </title></head><body><h1>Too many requests</h1><p>Too many sign-in attempts \
                 from your address: wait a minute and try again.</p></body></html>";
-    let mut out = Vec::new();
-    http::write_response(
-        &mut out,
+    c.core.respond(
         429,
         "Too Many Requests",
         &[
@@ -2167,29 +2066,13 @@ fn too_many_requests(c: &mut Carrier) {
             ("Content-Security-Policy", "default-src 'none'"),
         ],
         body.as_bytes(),
+        now,
     );
-    c.tls.send(&out);
-    c.state = CarrierState::Closing;
-    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
 }
 
 /// Queues an HTTP refusal with a JSON body naming the cause; the carrier closes after it.
 fn refuse(c: &mut Carrier, status: u16, reason: &str, message: &str) {
-    let body = serde_json::json!({ "error": message }).to_string();
-    let mut out = Vec::new();
-    http::write_response(
-        &mut out,
-        status,
-        reason,
-        &[
-            ("Content-Type", "application/json"),
-            ("Connection", "close"),
-        ],
-        body.as_bytes(),
-    );
-    c.tls.send(&out);
-    c.state = CarrierState::Closing;
-    c.deadline = Some(Instant::now() + Duration::from_secs(CLOSE_GRACE_SECS));
+    c.core.refuse(status, reason, message, Instant::now());
 }
 
 /// A Host header as the audit log and the log record it: as is when it is a valid hostname,
