@@ -151,7 +151,7 @@ pub enum Frame<'a> {
         hostname: &'a str,
     },
     Error {
-        code: u16,
+        code: ErrorCode,
         message: &'a str,
     },
     Open {
@@ -173,7 +173,7 @@ pub enum Frame<'a> {
     },
     Rst {
         stream: u32,
-        code: u32,
+        code: ResetCode,
         reason: &'a str,
     },
     Ping(u64),
@@ -216,7 +216,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, MuxError> 
             hostname: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Error => Frame::Error {
-            code: r.u16().ok_or_else(bad)?,
+            code: ErrorCode::from_u16(r.u16().ok_or_else(bad)?),
             message: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Open => {
@@ -243,7 +243,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, MuxError> 
         FrameType::Fin => Frame::Fin { stream: h.stream },
         FrameType::Rst => Frame::Rst {
             stream: h.stream,
-            code: r.u32().ok_or_else(bad)?,
+            code: ResetCode::from_u32(r.u32().ok_or_else(bad)?),
             reason: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Ping => Frame::Ping(r.u64().ok_or_else(bad)?),
@@ -279,7 +279,7 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>) {
             put_str16(o, clip(hostname))
         }),
         Frame::Error { code, message } => encode_frame(out, FrameType::Error, 0, |o| {
-            o.extend_from_slice(&code.to_be_bytes());
+            o.extend_from_slice(&code.to_u16().to_be_bytes());
             put_str16(o, clip(message));
         }),
         Frame::Open {
@@ -308,7 +308,7 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>) {
             code,
             reason,
         } => encode_frame(out, FrameType::Rst, stream, |o| {
-            o.extend_from_slice(&code.to_be_bytes());
+            o.extend_from_slice(&code.to_u32().to_be_bytes());
             put_str16(o, clip(reason));
         }),
         Frame::Ping(v) => encode_frame(out, FrameType::Ping, 0, |o| {
@@ -423,7 +423,7 @@ pub enum Event {
     },
     /// The peer refused something at connection level (e.g. a registration); it will close.
     Error {
-        code: u16,
+        code: ErrorCode,
         message: String,
     },
     /// The edge opened a stream for `hostname` (origin side only).
@@ -441,7 +441,7 @@ pub enum Event {
     /// The peer reset the stream; it is gone.
     Reset {
         stream: u32,
-        code: u32,
+        code: ResetCode,
         reason: String,
     },
     GoAway {
@@ -450,16 +450,138 @@ pub enum Event {
     },
 }
 
-/// RST codes.
-pub mod rst {
-    /// The application on one side went away.
-    pub const CANCEL: u32 = 1;
-    /// The origin could not reach its local service.
-    pub const CONNECT_FAILED: u32 = 2;
-    /// No stream for this hostname on that origin.
-    pub const NO_SERVICE: u32 = 3;
-    /// The connection is draining and refuses new streams.
-    pub const REFUSED: u32 = 4;
+/// The code of an ERROR frame: why the edge refuses a registration or ends a tunnel
+/// connection. The edge chooses it; the origin decides by it whether reconnecting can help
+/// ([`ErrorCode::is_final`]). The numbers are HTTP's, and are what operators see in logs.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: malformed or out of place: an invalid hostname, a second registration on one
+    /// connection, an unsupported protocol version.
+    BadRequest,
+    /// 403: the credential does not allow it: the certificate does not cover the hostname
+    /// (or its zone), owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already, or
+    /// belongs to a named tunnel this edge does not have (deleted).
+    Forbidden,
+    /// 404: no application of the edge serves the hostname.
+    NotFound,
+    /// 409: another origin certificate, or a named tunnel, owns the hostname.
+    Conflict,
+    /// 500: the edge failed (it could not record a registration) or the connection broke the
+    /// protocol: transient, the origin reconnects.
+    Internal,
+    /// Any other code, kept as sent. Not final.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code on the wire. [`ErrorCode::from_u16`] maps it back to the same variant.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Internal => 500,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code a frame carried; a number this version does not know is kept as `Other`.
+    pub fn from_u16(n: u16) -> Self {
+        match n {
+            400 => ErrorCode::BadRequest,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            409 => ErrorCode::Conflict,
+            500 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+
+    /// True when retrying cannot help: the origin reports the refusal and exits instead of
+    /// reconnecting.
+    pub fn is_final(self) -> bool {
+        matches!(
+            ErrorCode::from_u16(self.to_u16()),
+            ErrorCode::BadRequest
+                | ErrorCode::Forbidden
+                | ErrorCode::NotFound
+                | ErrorCode::Conflict
+        )
+    }
+}
+
+/// Codes compare by number: `Other(409)` is `Conflict`.
+impl PartialEq for ErrorCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u16() == other.to_u16()
+    }
+}
+
+impl Eq for ErrorCode {}
+
+/// The number, as logs and refusal messages show it.
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_u16())
+    }
+}
+
+/// The code of an RST frame: why one side abandoned a stream.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum ResetCode {
+    /// 1: the application on one side went away (the client closed, the service connection
+    /// failed, the stream was idle too long).
+    Cancel,
+    /// 2: the origin could not reach its local service; the reason says why.
+    ConnectFailed,
+    /// 3: no ingress rule of the origin serves the stream's hostname.
+    NoService,
+    /// 4: the connection is draining and refuses new streams.
+    Refused,
+    /// Any other code, kept as sent.
+    Other(u32),
+}
+
+impl ResetCode {
+    /// The code on the wire. [`ResetCode::from_u32`] maps it back to the same variant.
+    pub fn to_u32(self) -> u32 {
+        match self {
+            ResetCode::Cancel => 1,
+            ResetCode::ConnectFailed => 2,
+            ResetCode::NoService => 3,
+            ResetCode::Refused => 4,
+            ResetCode::Other(n) => n,
+        }
+    }
+
+    /// The code a frame carried; a number this version does not know is kept as `Other`.
+    pub fn from_u32(n: u32) -> Self {
+        match n {
+            1 => ResetCode::Cancel,
+            2 => ResetCode::ConnectFailed,
+            3 => ResetCode::NoService,
+            4 => ResetCode::Refused,
+            n => ResetCode::Other(n),
+        }
+    }
+}
+
+/// Codes compare by number: `Other(2)` is `ConnectFailed`.
+impl PartialEq for ResetCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u32() == other.to_u32()
+    }
+}
+
+impl Eq for ResetCode {}
+
+impl fmt::Display for ResetCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_u32())
+    }
 }
 
 struct Stream {
@@ -629,7 +751,7 @@ impl Session {
                 }
                 self.highest_stream = stream;
                 if self.going_away {
-                    self.queue_rst(stream, rst::REFUSED, "connection is draining");
+                    self.queue_rst(stream, ResetCode::Refused, "connection is draining");
                     return Ok(());
                 }
                 self.streams.insert(stream, Stream::new());
@@ -767,7 +889,7 @@ impl Session {
         encode(&mut self.control, &Frame::Registered { hostname });
     }
 
-    pub fn send_error(&mut self, code: u16, message: &str) {
+    pub fn send_error(&mut self, code: ErrorCode, message: &str) {
         encode(&mut self.control, &Frame::Error { code, message });
     }
 
@@ -917,13 +1039,13 @@ impl Session {
     }
 
     /// Abandons `id` in both directions and tells the peer.
-    pub fn reset(&mut self, id: u32, code: u32, reason: &str) {
+    pub fn reset(&mut self, id: u32, code: ResetCode, reason: &str) {
         if self.streams.remove(&id).is_some() {
             self.queue_rst(id, code, reason);
         }
     }
 
-    fn queue_rst(&mut self, id: u32, code: u32, reason: &str) {
+    fn queue_rst(&mut self, id: u32, code: ResetCode, reason: &str) {
         encode(
             &mut self.control,
             &Frame::Rst {
@@ -1091,8 +1213,12 @@ mod tests {
             },
             Frame::Registered { hostname: "h" },
             Frame::Error {
-                code: 9,
+                code: ErrorCode::Other(9),
                 message: "no",
+            },
+            Frame::Error {
+                code: ErrorCode::Conflict,
+                message: "owned",
             },
             Frame::Open {
                 stream: 5,
@@ -1111,8 +1237,13 @@ mod tests {
             Frame::Fin { stream: 5 },
             Frame::Rst {
                 stream: 5,
-                code: 2,
+                code: ResetCode::ConnectFailed,
                 reason: "refused",
+            },
+            Frame::Rst {
+                stream: 5,
+                code: ResetCode::Other(77),
+                reason: "",
             },
             Frame::Ping(42),
             Frame::Pong(43),
@@ -1130,6 +1261,27 @@ mod tests {
             let (g, n) = decode_frame(&out).unwrap().unwrap();
             assert_eq!((&g, n), (f, out.len()));
         }
+    }
+
+    #[test]
+    fn codes_keep_every_number_and_only_refusals_are_final() {
+        for n in 0..=u16::MAX {
+            let code = ErrorCode::from_u16(n);
+            assert_eq!(code.to_u16(), n);
+            assert_eq!(code, ErrorCode::Other(n), "compared by number");
+            assert_eq!(code.is_final(), matches!(n, 400 | 403 | 404 | 409), "{n}");
+            assert_eq!(code.to_string(), n.to_string());
+        }
+        assert!(matches!(ErrorCode::from_u16(409), ErrorCode::Conflict));
+        assert!(matches!(ErrorCode::from_u16(500), ErrorCode::Internal));
+        assert!(!ErrorCode::Internal.is_final());
+        for n in (0..=1000).chain([u32::MAX - 1, u32::MAX]) {
+            let code = ResetCode::from_u32(n);
+            assert_eq!(code.to_u32(), n);
+            assert_eq!(code, ResetCode::Other(n));
+        }
+        assert!(matches!(ResetCode::from_u32(2), ResetCode::ConnectFailed));
+        assert_ne!(ResetCode::Cancel, ResetCode::Refused);
     }
 
     #[test]
@@ -1295,7 +1447,7 @@ mod tests {
 
         let mut edge = Session::new(Side::Edge, now);
         let id = edge.open_stream("h", b"").unwrap();
-        edge.reset(id, rst::CANCEL, "gone");
+        edge.reset(id, ResetCode::Cancel, "gone");
         // A late frame for a stream we reset is ignored.
         let mut late = Vec::new();
         encode(

@@ -785,7 +785,7 @@ impl Origin {
             }
             Event::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                if matches!(code, 400 | 403 | 404 | 409) {
+                if code.is_final() {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
@@ -850,7 +850,7 @@ impl Origin {
                 );
                 mux.reset(
                     stream,
-                    mux::rst::NO_SERVICE,
+                    mux::ResetCode::NoService,
                     &format!("the origin serves no service for {host} (status {code})"),
                 );
                 return;
@@ -859,7 +859,7 @@ impl Origin {
         let addr = match resolve(service) {
             Ok(a) => a,
             Err(e) => {
-                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
                 return;
             }
         };
@@ -868,7 +868,7 @@ impl Origin {
             Err(e) => {
                 warn!("stream {stream}: cannot connect to {addr}: {e}");
                 self.metrics.error(metrics::Error::ServiceConnect);
-                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
                 return;
             }
         };
@@ -886,7 +886,7 @@ impl Origin {
                 .registry()
                 .register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)
         {
-            mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+            mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
             self.free.push(slot);
             return;
         }
@@ -951,7 +951,7 @@ impl Origin {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("stream {stream}: service read: {e}");
-                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    mux.reset(stream, mux::ResetCode::Cancel, "service connection failed");
                     self.conns[i].locals.remove(&stream);
                     self.drop_local(slot);
                     self.dirty.push(Token(FIRST + i));
@@ -975,7 +975,7 @@ impl Origin {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("stream {stream}: service write: {e}");
-                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    mux.reset(stream, mux::ResetCode::Cancel, "service connection failed");
                     self.conns[i].locals.remove(&stream);
                     self.drop_local(slot);
                     self.dirty.push(Token(FIRST + i));
@@ -1008,7 +1008,7 @@ impl Origin {
         );
         self.metrics.error(metrics::Error::ServiceConnect);
         if let Link::Live { mux, .. } = &mut self.conns[i].link {
-            mux.reset(stream, mux::rst::CONNECT_FAILED, why);
+            mux.reset(stream, mux::ResetCode::ConnectFailed, why);
         }
         self.conns[i].locals.remove(&stream);
         self.drop_local(slot);
