@@ -8,11 +8,13 @@
 //! (`handle_input`), drains frames to send (`poll_transmit`), reads events (`poll_event`) and
 //! tells it the time (`handle_timeout`). It never touches a socket or a clock.
 //!
-//! Stream life cycle, per direction:
+//! Stream life cycle: each direction is its own state (`SendHalf`, `RecvHalf`), and the
+//! stream is gone once both ended and everything received was read, or at once on RST:
 //!
 //! ```text
-//!   OPEN ──▶ Open ──(FIN sent / FIN received)──▶ HalfClosed ──(other FIN)──▶ Closed
-//!              └────────────────(RST either way)───────────────────────────▶ Closed
+//!   send:  Open ──close_write──▶ FinQueued ──(buffer framed)──▶ FinSent ─┐
+//!   recv:  Open ──FIN──────────▶ FinReceived ──(all consumed)───────────┴─▶ Closed
+//!   either ──RST sent or received──▶ Closed     (late frames for it are ignored)
 //! ```
 //!
 //! Flow control: each side may have at most the window its peer granted in flight per stream.
@@ -584,7 +586,84 @@ impl fmt::Display for ResetCode {
     }
 }
 
+/// Our direction of a stream: application → peer.
+///
+/// ```text
+///   Open ──close()──▶ FinQueued ──fin_framed() once the buffer drained──▶ FinSent
+/// ```
+///
+/// There is no `Reset` state: a stream reset either way leaves the session at once (its
+/// buffers freed), and frames that still arrive for it are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendHalf {
+    /// The application may write.
+    Open,
+    /// The application will write no more; FIN follows the bytes still buffered.
+    FinQueued,
+    /// FIN is framed: nothing more goes out on this stream.
+    FinSent,
+}
+
+impl SendHalf {
+    /// The application closes its side (again: nothing changes).
+    fn close(self) -> SendHalf {
+        match self {
+            SendHalf::Open => SendHalf::FinQueued,
+            done => done,
+        }
+    }
+
+    /// FIN was framed. Only [`SendHalf::fin_due`] says when.
+    fn fin_framed(self) -> SendHalf {
+        debug_assert_eq!(self, SendHalf::FinQueued, "bug: FIN framed out of turn");
+        SendHalf::FinSent
+    }
+
+    /// The application may hand over bytes.
+    fn accepts_bytes(self) -> bool {
+        self == SendHalf::Open
+    }
+
+    /// FIN is to be framed now: it was queued and every byte before it is framed.
+    fn fin_due(self, drained: bool) -> bool {
+        self == SendHalf::FinQueued && drained
+    }
+}
+
+/// The peer's direction of a stream: peer → application.
+///
+/// ```text
+///   Open ──FIN──▶ FinReceived          (DATA or FIN after FIN: connection error)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecvHalf {
+    /// DATA may arrive.
+    Open,
+    /// The peer's FIN arrived; what it sent before may still wait for the application.
+    FinReceived,
+}
+
+impl RecvHalf {
+    /// DATA arrived: allowed only before FIN (after it, the peer's window is closed).
+    fn on_data(self, stream: u32) -> Result<RecvHalf, MuxError> {
+        match self {
+            RecvHalf::Open => Ok(RecvHalf::Open),
+            RecvHalf::FinReceived => Err(MuxError::WindowExceeded(stream)),
+        }
+    }
+
+    /// FIN arrived: allowed once.
+    fn on_fin(self) -> Result<RecvHalf, MuxError> {
+        match self {
+            RecvHalf::Open => Ok(RecvHalf::FinReceived),
+            RecvHalf::FinReceived => Err(MuxError::Unexpected(FrameType::Fin)),
+        }
+    }
+}
+
 struct Stream {
+    send: SendHalf,
+    recv: RecvHalf,
     /// Bytes received from the peer, waiting for the application.
     rx: Buf,
     /// Bytes from the application, waiting to be framed.
@@ -597,40 +676,41 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
-    fin_received: bool,
-    /// The application closed its write side; FIN goes out once `tx` drains.
-    fin_wanted: bool,
-    fin_sent: bool,
-    /// Waiting in `ready` for `poll_transmit`.
+    /// Scheduling, not protocol state: waiting in `ready` for `poll_transmit`.
     queued: bool,
-    /// The application was told the stream is writable-blocked and wants to hear when it frees.
+    /// Scheduling: the application was told the stream is writable-blocked and wants to
+    /// hear when it frees.
     want_writable: bool,
 }
 
 impl Stream {
     fn new() -> Self {
         Stream {
+            send: SendHalf::Open,
+            recv: RecvHalf::Open,
             rx: Buf::new(INITIAL_STREAM_WINDOW as usize),
             tx: Buf::new(STREAM_SEND_BUFFER),
             send_window: INITIAL_STREAM_WINDOW,
             unacked: 0,
             consumed: 0,
             recv_window: INITIAL_STREAM_WINDOW,
-            fin_received: false,
-            fin_wanted: false,
-            fin_sent: false,
             queued: false,
             want_writable: false,
         }
     }
 
     fn has_work(&self) -> bool {
-        (!self.tx.is_empty() && self.send_window > 0)
-            || (self.fin_wanted && !self.fin_sent && self.tx.is_empty())
+        (!self.tx.is_empty() && self.send_window > 0) || self.send.fin_due(self.tx.is_empty())
     }
 
+    /// Both directions ended cleanly and the application read everything: the stream goes.
     fn finished(&self) -> bool {
-        self.fin_sent && self.fin_received && self.rx.is_empty()
+        self.send == SendHalf::FinSent && self.read_closed()
+    }
+
+    /// The peer's FIN arrived and every byte before it was consumed.
+    fn read_closed(&self) -> bool {
+        self.recv == RecvHalf::FinReceived && self.rx.is_empty()
     }
 }
 
@@ -766,7 +846,8 @@ impl Session {
                     return Ok(());
                 };
                 let n = data.len() as u32;
-                if n > s.recv_window || s.fin_received {
+                s.recv = s.recv.on_data(stream)?;
+                if n > s.recv_window {
                     return Err(MuxError::WindowExceeded(stream));
                 }
                 s.recv_window -= n;
@@ -799,10 +880,7 @@ impl Session {
                 let Some(s) = self.live_stream(stream)? else {
                     return Ok(());
                 };
-                if s.fin_received {
-                    return Err(MuxError::Unexpected(FrameType::Fin));
-                }
-                s.fin_received = true;
+                s.recv = s.recv.on_fin()?;
                 self.events.push_back(Event::Readable(stream));
                 // Our FIN may have gone first: then this one finishes the stream.
                 self.reap(stream);
@@ -938,6 +1016,11 @@ impl Session {
         Some(id)
     }
 
+    #[cfg(test)]
+    fn halves(&self, id: u32) -> Option<(SendHalf, RecvHalf)> {
+        self.streams.get(&id).map(|s| (s.send, s.recv))
+    }
+
     pub fn has_stream(&self, id: u32) -> bool {
         self.streams.contains_key(&id)
     }
@@ -949,9 +1032,7 @@ impl Session {
 
     /// True once the peer half-closed `id` and everything it sent was consumed.
     pub fn read_closed(&self, id: u32) -> bool {
-        self.streams
-            .get(&id)
-            .is_none_or(|s| s.fin_received && s.rx.is_empty())
+        self.streams.get(&id).is_none_or(Stream::read_closed)
     }
 
     /// The application took `n` bytes from `readable(id)`; credit flows back to the peer.
@@ -962,7 +1043,7 @@ impl Session {
         s.rx.consume(n);
         s.consumed += n as u64;
         s.unacked += n as u32;
-        if s.unacked >= WINDOW_UPDATE_THRESHOLD && !s.fin_received {
+        if s.unacked >= WINDOW_UPDATE_THRESHOLD && s.recv == RecvHalf::Open {
             let credit = s.unacked;
             s.unacked = 0;
             s.recv_window += credit;
@@ -983,7 +1064,7 @@ impl Session {
     /// When there is none, a [`Event::Writable`] follows once there is.
     pub fn writable(&mut self, id: u32) -> usize {
         match self.streams.get_mut(&id) {
-            Some(s) if !s.fin_wanted => {
+            Some(s) if s.send.accepts_bytes() => {
                 let room = s.tx.space();
                 if room == 0 {
                     s.want_writable = true;
@@ -1003,7 +1084,7 @@ impl Session {
         read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> Option<std::io::Result<usize>> {
         let s = self.streams.get_mut(&id)?;
-        if s.fin_wanted || s.tx.space() == 0 {
+        if !s.send.accepts_bytes() || s.tx.space() == 0 {
             s.want_writable = true;
             return None;
         }
@@ -1019,7 +1100,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return 0;
         };
-        if s.fin_wanted {
+        if !s.send.accepts_bytes() {
             return 0;
         }
         let n = s.tx.push(data);
@@ -1033,7 +1114,7 @@ impl Session {
     /// The application will write no more on `id`: FIN follows the buffered bytes.
     pub fn close_write(&mut self, id: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.fin_wanted = true;
+            s.send = s.send.close();
             self.mark_ready(id);
         }
     }
@@ -1113,8 +1194,8 @@ impl Session {
                     self.events.push_back(Event::Writable(id));
                 }
             }
-            if s.fin_wanted && !s.fin_sent && s.tx.is_empty() {
-                s.fin_sent = true;
+            if s.send.fin_due(s.tx.is_empty()) {
+                s.send = s.send.fin_framed();
                 encode_header(out, FrameType::Fin, id, 0);
             }
             if s.has_work() {
@@ -1397,6 +1478,172 @@ mod tests {
             "reaped in poll_transmit but no event pending"
         );
         assert_eq!(origin.poll_event(), Some(Event::Closed(id)));
+    }
+
+    #[test]
+    fn stream_halves_move_only_forward() {
+        use RecvHalf as R;
+        use SendHalf as S;
+        assert_eq!(S::Open.close(), S::FinQueued);
+        assert_eq!(S::FinQueued.close(), S::FinQueued);
+        assert_eq!(S::FinSent.close(), S::FinSent);
+        assert_eq!(S::FinQueued.fin_framed(), S::FinSent);
+        for (state, accepts, due_when_drained) in [
+            (S::Open, true, false),
+            (S::FinQueued, false, true),
+            (S::FinSent, false, false),
+        ] {
+            assert_eq!(state.accepts_bytes(), accepts, "{state:?}");
+            assert_eq!(state.fin_due(true), due_when_drained, "{state:?}");
+            assert!(
+                !state.fin_due(false),
+                "{state:?}: FIN before buffered bytes"
+            );
+        }
+        assert_eq!(R::Open.on_data(1), Ok(R::Open));
+        assert_eq!(R::Open.on_fin(), Ok(R::FinReceived));
+        assert_eq!(R::FinReceived.on_data(1), Err(MuxError::WindowExceeded(1)));
+        assert_eq!(
+            R::FinReceived.on_fin(),
+            Err(MuxError::Unexpected(FrameType::Fin))
+        );
+    }
+
+    #[test]
+    fn a_closed_send_half_takes_no_more_bytes_and_fin_waits_for_the_buffer() {
+        let now = Instant::now();
+        let mut edge = Session::new(Side::Edge, now);
+        let mut origin = Session::new(Side::Origin, now);
+        let id = edge.open_stream("h", b"").unwrap();
+        assert_eq!(edge.halves(id), Some((SendHalf::Open, RecvHalf::Open)));
+        assert_eq!(edge.write(id, b"abc"), 3);
+        edge.close_write(id);
+        assert_eq!(edge.halves(id), Some((SendHalf::FinQueued, RecvHalf::Open)));
+        assert_eq!(edge.write(id, b"more"), 0);
+        assert_eq!(edge.writable(id), 0);
+        assert!(edge.fill(id, |_| Ok(1)).is_none());
+        // Nothing framed yet: FIN goes out after the three bytes, in the same batch.
+        let mut out = Vec::new();
+        edge.poll_transmit(&mut out, 1 << 20);
+        assert_eq!(edge.halves(id), Some((SendHalf::FinSent, RecvHalf::Open)));
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while let Some((f, n)) = decode_frame(rest).unwrap() {
+            frames.push(format!("{f:?}"));
+            rest = &rest[n..];
+        }
+        let tail: Vec<_> = frames.iter().rev().take(2).rev().cloned().collect();
+        assert_eq!(
+            tail,
+            [
+                format!(
+                    "{:?}",
+                    Frame::Data {
+                        stream: id,
+                        data: b"abc"
+                    }
+                ),
+                format!("{:?}", Frame::Fin { stream: id }),
+            ]
+        );
+        assert_eq!(origin.handle_input(&out, now), Ok(out.len()));
+        assert_eq!(
+            origin.halves(id),
+            Some((SendHalf::Open, RecvHalf::FinReceived))
+        );
+        // Received but unread bytes keep the stream readable after the FIN.
+        assert!(!origin.read_closed(id));
+        origin.consume(id, 3);
+        assert!(origin.read_closed(id));
+    }
+
+    #[test]
+    fn data_or_fin_after_fin_is_a_connection_error() {
+        let now = Instant::now();
+        for late in [
+            Frame::Data {
+                stream: 1,
+                data: b"x",
+            },
+            Frame::Fin { stream: 1 },
+        ] {
+            let mut edge = Session::new(Side::Edge, now);
+            let mut origin = Session::new(Side::Origin, now);
+            let id = edge.open_stream("h", b"").unwrap();
+            edge.close_write(id);
+            pipe(&mut edge, &mut origin, now);
+            let mut out = Vec::new();
+            encode(&mut out, &late);
+            let want = match late {
+                Frame::Fin { .. } => MuxError::Unexpected(FrameType::Fin),
+                _ => MuxError::WindowExceeded(id),
+            };
+            assert_eq!(origin.handle_input(&out, now), Err(want));
+        }
+    }
+
+    /// The frames of one stream's whole life, as the origin receives them.
+    fn one_stream_life(id: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in [
+            Frame::Open {
+                stream: id,
+                hostname: "h",
+                claims: b"{}",
+            },
+            Frame::Data {
+                stream: id,
+                data: b"hello",
+            },
+            Frame::Window {
+                stream: id,
+                credit: 10,
+                consumed: 0,
+            },
+            Frame::Data {
+                stream: id,
+                data: b"",
+            },
+            Frame::Fin { stream: id },
+            Frame::Ping(7),
+        ] {
+            encode(&mut out, &f);
+        }
+        out
+    }
+
+    /// What an origin session shows after `input` went in, in pieces that end at `cuts`,
+    /// each piece after what the previous calls left unconsumed (as a driver does).
+    fn origin_after(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<(SendHalf, RecvHalf)>) {
+        let now = Instant::now();
+        let mut s = Session::new(Side::Origin, now);
+        let mut pending = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&input.len()]) {
+            pending.extend_from_slice(&input[from..cut]);
+            from = cut;
+            let n = s.handle_input(&pending, now).unwrap();
+            pending.drain(..n);
+        }
+        assert!(pending.is_empty());
+        let mut events = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            events.push(ev);
+        }
+        (events, s.halves(1))
+    }
+
+    #[test]
+    fn stream_states_do_not_depend_on_how_the_input_is_split() {
+        let input = one_stream_life(1);
+        let whole = origin_after(&input, &[]);
+        assert_eq!(whole.1, Some((SendHalf::Open, RecvHalf::FinReceived)));
+        assert!(whole.0.contains(&Event::Readable(1)));
+        for cut in 0..=input.len() {
+            assert_eq!(origin_after(&input, &[cut]), whole, "split at {cut}");
+        }
+        let every_byte: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(origin_after(&input, &every_byte), whole, "byte by byte");
     }
 
     #[test]
