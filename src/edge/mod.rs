@@ -46,7 +46,7 @@ use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
 use crate::proto::http::{self, HeadLimits, RequestHead};
 use crate::proto::jwt::{KeyRing, OriginAssertion};
-use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::mux::{self, EdgeEvent, EdgeSession, StreamEvent};
 use crate::proto::policy::Identity;
 use crate::proto::token_transfer::{SlotLimits, Slots};
 use crate::proto::ws::{self, Decoder, Item, Role};
@@ -159,7 +159,7 @@ impl Carrier {
 struct Tunnel {
     tls: TlsConn,
     peer: SocketAddr,
-    mux: Session,
+    mux: EdgeSession,
     cert: CertificateDer<'static>,
     cert_fp: String,
     /// The hostname an ad-hoc (`--hostname`) registration took.
@@ -831,7 +831,7 @@ impl Edge {
                                 Some(Conn::Tunnel(Box::new(Tunnel {
                                     tls,
                                     peer,
-                                    mux: Session::new(Side::Edge, Instant::now()),
+                                    mux: EdgeSession::new(Instant::now()),
                                     cert: CertificateDer::from(Vec::new()),
                                     cert_fp: String::new(),
                                     hostname: None,
@@ -1533,9 +1533,9 @@ impl Edge {
         Some(t)
     }
 
-    fn on_tunnel_event(&mut self, slot: usize, t: &mut Tunnel, ev: Event) {
+    fn on_tunnel_event(&mut self, slot: usize, t: &mut Tunnel, ev: EdgeEvent) {
         match ev {
-            Event::Hello {
+            EdgeEvent::Hello {
                 version,
                 connector_id,
                 ha_index,
@@ -1550,19 +1550,23 @@ impl Edge {
                     t.closing = true;
                 }
             }
-            Event::Register { hostname, service } => {
+            EdgeEvent::Register { hostname, service } => {
                 self.on_register(slot, t, &hostname.to_ascii_lowercase(), &service)
             }
-            Event::Readable(stream) | Event::Writable(stream) | Event::Closed(stream) => {
+            EdgeEvent::Stream(
+                StreamEvent::Readable(stream)
+                | StreamEvent::Writable(stream)
+                | StreamEvent::Closed(stream),
+            ) => {
                 if let Some(&c) = t.carriers.get(&stream) {
                     self.mark(c);
                 }
             }
-            Event::Reset {
+            EdgeEvent::Stream(StreamEvent::Reset {
                 stream,
                 code,
                 reason,
-            } => {
+            }) => {
                 if let Some(c) = t.carriers.remove(&stream) {
                     if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
                         let why = if code == mux::ResetCode::ConnectFailed {
@@ -1575,25 +1579,13 @@ impl Edge {
                     }
                 }
             }
-            Event::GoAway { reason, .. } => {
+            EdgeEvent::GoAway { reason, .. } => {
                 info!(
                     "tunnel {} ({}) is draining: {}",
                     t.peer,
                     t.hostname.as_deref().unwrap_or("-"),
                     untrusted(&reason)
                 );
-            }
-            Event::Error { code, message } => {
-                warn!(
-                    "tunnel {} reported error {code}: {}",
-                    t.peer,
-                    untrusted(&message)
-                );
-            }
-            Event::Registered { .. } | Event::Open { .. } => {
-                t.mux
-                    .send_error(mux::ErrorCode::BadRequest, "unexpected frame from origin");
-                t.closing = true;
             }
         }
     }

@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::limits::{
@@ -184,6 +185,26 @@ pub enum Frame<'a> {
         last_stream: u32,
         reason: &'a str,
     },
+}
+
+impl Frame<'_> {
+    /// The frame's type on the wire.
+    pub fn ty(&self) -> FrameType {
+        match self {
+            Frame::Hello { .. } => FrameType::Hello,
+            Frame::Register { .. } => FrameType::Register,
+            Frame::Registered { .. } => FrameType::Registered,
+            Frame::Error { .. } => FrameType::Error,
+            Frame::Open { .. } => FrameType::Open,
+            Frame::Data { .. } => FrameType::Data,
+            Frame::Window { .. } => FrameType::Window,
+            Frame::Fin { .. } => FrameType::Fin,
+            Frame::Rst { .. } => FrameType::Rst,
+            Frame::Ping(_) => FrameType::Ping,
+            Frame::Pong(_) => FrameType::Pong,
+            Frame::GoAway { .. } => FrameType::GoAway,
+        }
+    }
 }
 
 /// Decodes one whole frame from the front of `buf`: `Ok(None)` needs more bytes.
@@ -401,40 +422,55 @@ impl fmt::Display for MuxError {
 
 impl std::error::Error for MuxError {}
 
-/// Which end of the tunnel this session is. Only the edge opens streams.
+/// Which end of the tunnel a session is. Only the edge opens streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Edge,
     Origin,
 }
 
-/// What the session tells its driver.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Edge {}
+    impl Sealed for super::Origin {}
+}
+
+/// The side a [`Session`] plays: [`Edge`] or [`Origin`]. Each side has its own event type,
+/// holding only what its peer may send:
+///
+/// ```text
+///   origin ──▶ edge:    HELLO  REGISTER                 GOAWAY  (stream frames)
+///   edge ──▶ origin:    REGISTERED  ERROR  OPEN         GOAWAY  (stream frames)
+/// ```
+///
+/// A frame only the other side receives (REGISTERED at the edge, OPEN or HELLO at the
+/// origin, …) is a connection error inside the session ([`MuxError::Unexpected`],
+/// [`MuxError::BadOpen`]) and never reaches the driver.
+pub trait Role: sealed::Sealed {
+    const SIDE: Side;
+    /// What the session tells its driver.
+    type Event: fmt::Debug + From<StreamEvent>;
+    /// The event for a connection-level frame (or OPEN) from the peer, or the error for a
+    /// frame this side never receives. The session has checked stream ids already.
+    #[doc(hidden)]
+    fn control(frame: Frame<'_>) -> Result<Self::Event, MuxError>;
+}
+
+/// The edge's side of a tunnel connection.
+#[derive(Debug)]
+pub enum Edge {}
+
+/// The origin's side of a tunnel connection.
+#[derive(Debug)]
+pub enum Origin {}
+
+pub type EdgeSession = Session<Edge>;
+pub type OriginSession = Session<Origin>;
+
+/// What happens to one stream, on either side.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    Hello {
-        version: u16,
-        connector_id: [u8; 16],
-        ha_index: u8,
-    },
-    Register {
-        hostname: String,
-        service: String,
-    },
-    Registered {
-        hostname: String,
-    },
-    /// The peer refused something at connection level (e.g. a registration); it will close.
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-    /// The edge opened a stream for `hostname` (origin side only).
-    Open {
-        stream: u32,
-        hostname: String,
-        claims: Vec<u8>,
-    },
-    /// New bytes are readable on `stream`, or its peer half-closed it.
+pub enum StreamEvent {
+    /// New bytes are readable on the stream, or its peer half-closed it.
     Readable(u32),
     /// The stream may accept more bytes from the application (window or buffer space returned).
     Writable(u32),
@@ -446,10 +482,132 @@ pub enum Event {
         code: ResetCode,
         reason: String,
     },
+}
+
+/// What an edge's session tells its driver: what an origin may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EdgeEvent {
+    /// The origin introduced itself.
+    Hello {
+        version: u16,
+        connector_id: [u8; 16],
+        ha_index: u8,
+    },
+    /// The origin asks to serve `hostname` (empty: what is routed to its named tunnel).
+    Register {
+        hostname: String,
+        service: String,
+    },
+    /// The origin is draining: no new streams; open ones go on until they finish.
     GoAway {
         last_stream: u32,
         reason: String,
     },
+    Stream(StreamEvent),
+}
+
+impl From<StreamEvent> for EdgeEvent {
+    fn from(e: StreamEvent) -> Self {
+        EdgeEvent::Stream(e)
+    }
+}
+
+/// What an origin's session tells its driver: what an edge may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OriginEvent {
+    /// The edge routes `hostname` (a named tunnel: its routes) to this connection.
+    Registered {
+        hostname: String,
+    },
+    /// The edge refused something at connection level (e.g. a registration); it will close.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The edge opened a stream for `hostname`, for the client `claims` describe.
+    Open {
+        stream: u32,
+        hostname: String,
+        claims: Vec<u8>,
+    },
+    /// The edge is draining: no new streams on this connection.
+    GoAway {
+        last_stream: u32,
+        reason: String,
+    },
+    Stream(StreamEvent),
+}
+
+impl From<StreamEvent> for OriginEvent {
+    fn from(e: StreamEvent) -> Self {
+        OriginEvent::Stream(e)
+    }
+}
+
+impl Role for Edge {
+    const SIDE: Side = Side::Edge;
+    type Event = EdgeEvent;
+
+    fn control(frame: Frame<'_>) -> Result<EdgeEvent, MuxError> {
+        Ok(match frame {
+            Frame::Hello {
+                version,
+                connector_id,
+                ha_index,
+            } => EdgeEvent::Hello {
+                version,
+                connector_id,
+                ha_index,
+            },
+            Frame::Register { hostname, service } => EdgeEvent::Register {
+                hostname: hostname.to_owned(),
+                service: service.to_owned(),
+            },
+            Frame::GoAway {
+                last_stream,
+                reason,
+            } => EdgeEvent::GoAway {
+                last_stream,
+                reason: reason.to_owned(),
+            },
+            Frame::Open { stream, .. } => return Err(MuxError::BadOpen(stream)),
+            other => return Err(MuxError::Unexpected(other.ty())),
+        })
+    }
+}
+
+impl Role for Origin {
+    const SIDE: Side = Side::Origin;
+    type Event = OriginEvent;
+
+    fn control(frame: Frame<'_>) -> Result<OriginEvent, MuxError> {
+        Ok(match frame {
+            Frame::Registered { hostname } => OriginEvent::Registered {
+                hostname: hostname.to_owned(),
+            },
+            Frame::Error { code, message } => OriginEvent::Error {
+                code,
+                message: message.to_owned(),
+            },
+            Frame::Open {
+                stream,
+                hostname,
+                claims,
+            } => OriginEvent::Open {
+                stream,
+                hostname: hostname.to_owned(),
+                claims: claims.to_vec(),
+            },
+            Frame::GoAway {
+                last_stream,
+                reason,
+            } => OriginEvent::GoAway {
+                last_stream,
+                reason: reason.to_owned(),
+            },
+            other => return Err(MuxError::Unexpected(other.ty())),
+        })
+    }
 }
 
 /// The code of an ERROR frame: why the edge refuses a registration or ends a tunnel
@@ -714,15 +872,15 @@ impl Stream {
     }
 }
 
-/// One end of one tunnel connection.
-pub struct Session {
-    side: Side,
+/// One end of one tunnel connection; `R` says which ([`EdgeSession`], [`OriginSession`]).
+pub struct Session<R: Role> {
+    side: PhantomData<R>,
     streams: HashMap<u32, Stream>,
     /// Streams that may have frames to send, round-robin.
     ready: VecDeque<u32>,
     /// Control frames waiting to go out (small, bounded by the number of streams).
     control: Vec<u8>,
-    events: VecDeque<Event>,
+    events: VecDeque<R::Event>,
     next_stream: u32,
     /// Highest stream id the peer opened (origin side) or we opened (edge side).
     highest_stream: u32,
@@ -733,10 +891,10 @@ pub struct Session {
     going_away: bool,
 }
 
-impl Session {
-    pub fn new(side: Side, now: Instant) -> Self {
+impl<R: Role> Session<R> {
+    pub fn new(now: Instant) -> Self {
         Session {
-            side,
+            side: PhantomData,
             streams: HashMap::new(),
             ready: VecDeque::new(),
             control: Vec::new(),
@@ -791,38 +949,16 @@ impl Session {
 
     fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), MuxError> {
         match frame {
-            Frame::Hello {
-                version,
-                connector_id,
-                ha_index,
-            } => self.events.push_back(Event::Hello {
-                version,
-                connector_id,
-                ha_index,
-            }),
-            Frame::Register { hostname, service } => {
-                if self.side != Side::Edge {
-                    return Err(MuxError::Unexpected(FrameType::Register));
-                }
-                self.events.push_back(Event::Register {
-                    hostname: hostname.to_owned(),
-                    service: service.to_owned(),
-                })
+            Frame::Hello { .. }
+            | Frame::Register { .. }
+            | Frame::Registered { .. }
+            | Frame::Error { .. } => {
+                let ev = R::control(frame)?;
+                self.events.push_back(ev);
             }
-            Frame::Registered { hostname } => self.events.push_back(Event::Registered {
-                hostname: hostname.to_owned(),
-            }),
-            Frame::Error { code, message } => self.events.push_back(Event::Error {
-                code,
-                message: message.to_owned(),
-            }),
-            Frame::Open {
-                stream,
-                hostname,
-                claims,
-            } => {
+            Frame::Open { stream, .. } => {
                 // Streams are opened by the edge only, with increasing odd ids.
-                if self.side != Side::Origin
+                if R::SIDE != Side::Origin
                     || stream % 2 == 0
                     || stream <= self.highest_stream
                     || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
@@ -834,12 +970,9 @@ impl Session {
                     self.queue_rst(stream, ResetCode::Refused, "connection is draining");
                     return Ok(());
                 }
+                let ev = R::control(frame)?;
                 self.streams.insert(stream, Stream::new());
-                self.events.push_back(Event::Open {
-                    stream,
-                    hostname: hostname.to_owned(),
-                    claims: claims.to_vec(),
-                });
+                self.events.push_back(ev);
             }
             Frame::Data { stream, data } => {
                 let Some(s) = self.live_stream(stream)? else {
@@ -854,7 +987,7 @@ impl Session {
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
                 if n > 0 {
-                    self.events.push_back(Event::Readable(stream));
+                    self.events.push_back(StreamEvent::Readable(stream).into());
                 }
             }
             Frame::Window {
@@ -872,7 +1005,7 @@ impl Session {
                     .ok_or(MuxError::WindowOverflow(stream))?;
                 if s.want_writable && s.tx.space() > 0 {
                     s.want_writable = false;
-                    self.events.push_back(Event::Writable(stream));
+                    self.events.push_back(StreamEvent::Writable(stream).into());
                 }
                 self.mark_ready(stream);
             }
@@ -881,7 +1014,7 @@ impl Session {
                     return Ok(());
                 };
                 s.recv = s.recv.on_fin()?;
-                self.events.push_back(Event::Readable(stream));
+                self.events.push_back(StreamEvent::Readable(stream).into());
                 // Our FIN may have gone first: then this one finishes the stream.
                 self.reap(stream);
             }
@@ -892,11 +1025,14 @@ impl Session {
             } => {
                 if self.live_stream(stream)?.is_some() {
                     self.streams.remove(&stream);
-                    self.events.push_back(Event::Reset {
-                        stream,
-                        code,
-                        reason: reason.to_owned(),
-                    });
+                    self.events.push_back(
+                        StreamEvent::Reset {
+                            stream,
+                            code,
+                            reason: reason.to_owned(),
+                        }
+                        .into(),
+                    );
                 }
             }
             Frame::Ping(v) => {
@@ -907,15 +1043,10 @@ impl Session {
                 encode(&mut self.control, &Frame::Pong(v));
             }
             Frame::Pong(_) => {}
-            Frame::GoAway {
-                last_stream,
-                reason,
-            } => {
+            Frame::GoAway { .. } => {
                 self.going_away = true;
-                self.events.push_back(Event::GoAway {
-                    last_stream,
-                    reason: reason.to_owned(),
-                })
+                let ev = R::control(frame)?;
+                self.events.push_back(ev);
             }
         }
         Ok(())
@@ -924,7 +1055,7 @@ impl Session {
     /// The stream, `None` if it existed once and is closed (late frames are ignored),
     /// or an error if it never existed.
     fn live_stream(&mut self, id: u32) -> Result<Option<&mut Stream>, MuxError> {
-        let opened = match self.side {
+        let opened = match R::SIDE {
             Side::Edge => id < self.next_stream,
             Side::Origin => id <= self.highest_stream,
         };
@@ -935,41 +1066,18 @@ impl Session {
         }
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<R::Event> {
         self.events.pop_front()
     }
 
     /// True when events wait for [`Session::poll_event`]. `poll_transmit` can add some (a
-    /// stream whose last FIN it sent is reaped: [`Event::Closed`]); the owner must look
+    /// stream whose last FIN it sent is reaped: [`StreamEvent::Closed`]); the owner must look
     /// again after transmitting, or they wait for the next frame from the peer.
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
 
     // ---- control messages ----
-
-    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
-        encode(
-            &mut self.control,
-            &Frame::Hello {
-                version: PROTOCOL_VERSION,
-                connector_id,
-                ha_index,
-            },
-        );
-    }
-
-    pub fn send_register(&mut self, hostname: &str, service: &str) {
-        encode(&mut self.control, &Frame::Register { hostname, service });
-    }
-
-    pub fn send_registered(&mut self, hostname: &str) {
-        encode(&mut self.control, &Frame::Registered { hostname });
-    }
-
-    pub fn send_error(&mut self, code: ErrorCode, message: &str) {
-        encode(&mut self.control, &Frame::Error { code, message });
-    }
 
     /// Stops new streams; open ones go on until they finish.
     pub fn send_goaway(&mut self, reason: &str) {
@@ -985,36 +1093,6 @@ impl Session {
     }
 
     // ---- streams ----
-
-    /// The id the next [`Session::open_stream`] takes, if it succeeds (so that what OPEN
-    /// carries can name its own stream).
-    pub fn next_stream_id(&self) -> u32 {
-        self.next_stream
-    }
-
-    /// Opens a stream toward the origin (edge side only).
-    pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
-        if self.side != Side::Edge
-            || self.going_away
-            || self.error.is_some()
-            || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
-        {
-            return None;
-        }
-        let id = self.next_stream;
-        self.next_stream = self.next_stream.checked_add(2)?;
-        self.highest_stream = id;
-        self.streams.insert(id, Stream::new());
-        encode(
-            &mut self.control,
-            &Frame::Open {
-                stream: id,
-                hostname,
-                claims,
-            },
-        );
-        Some(id)
-    }
 
     #[cfg(test)]
     fn halves(&self, id: u32) -> Option<(SendHalf, RecvHalf)> {
@@ -1061,7 +1139,7 @@ impl Session {
     }
 
     /// Room for more application bytes on `id` (0 also when the stream is gone).
-    /// When there is none, a [`Event::Writable`] follows once there is.
+    /// When there is none, a [`StreamEvent::Writable`] follows once there is.
     pub fn writable(&mut self, id: u32) -> usize {
         match self.streams.get_mut(&id) {
             Some(s) if s.send.accepts_bytes() => {
@@ -1077,7 +1155,7 @@ impl Session {
 
     /// Reads once with `read` (a socket read) straight into the stream's send buffer, without
     /// a copy. `None` when the stream cannot take bytes now (gone, FIN queued, or full: then
-    /// [`Event::Writable`] follows once it has room). `Some(Ok(0))` is the source's EOF.
+    /// [`StreamEvent::Writable`] follows once it has room). `Some(Ok(0))` is the source's EOF.
     pub fn fill(
         &mut self,
         id: u32,
@@ -1149,7 +1227,7 @@ impl Session {
     fn reap(&mut self, id: u32) {
         if self.streams.get(&id).is_some_and(Stream::finished) {
             self.streams.remove(&id);
-            self.events.push_back(Event::Closed(id));
+            self.events.push_back(StreamEvent::Closed(id).into());
         }
     }
 
@@ -1191,7 +1269,7 @@ impl Session {
                 s.send_window -= n as u32;
                 if s.want_writable {
                     s.want_writable = false;
-                    self.events.push_back(Event::Writable(id));
+                    self.events.push_back(StreamEvent::Writable(id).into());
                 }
             }
             if s.send.fin_due(s.tx.is_empty()) {
@@ -1234,31 +1312,100 @@ impl Session {
     }
 }
 
+/// What only the edge does: answer registrations and open streams.
+impl Session<Edge> {
+    pub fn send_registered(&mut self, hostname: &str) {
+        encode(&mut self.control, &Frame::Registered { hostname });
+    }
+
+    pub fn send_error(&mut self, code: ErrorCode, message: &str) {
+        encode(&mut self.control, &Frame::Error { code, message });
+    }
+
+    /// The id the next [`Session::open_stream`] takes, if it succeeds (so that what OPEN
+    /// carries can name its own stream).
+    pub fn next_stream_id(&self) -> u32 {
+        self.next_stream
+    }
+
+    /// Opens a stream toward the origin.
+    pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
+        if self.going_away || self.error.is_some() || self.streams.len() >= MAX_STREAMS_PER_TUNNEL {
+            return None;
+        }
+        let id = self.next_stream;
+        self.next_stream = self.next_stream.checked_add(2)?;
+        self.highest_stream = id;
+        self.streams.insert(id, Stream::new());
+        encode(
+            &mut self.control,
+            &Frame::Open {
+                stream: id,
+                hostname,
+                claims,
+            },
+        );
+        Some(id)
+    }
+}
+
+/// What only the origin does: introduce itself and register.
+impl Session<Origin> {
+    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
+        encode(
+            &mut self.control,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                connector_id,
+                ha_index,
+            },
+        );
+    }
+
+    pub fn send_register(&mut self, hostname: &str, service: &str) {
+        encode(&mut self.control, &Frame::Register { hostname, service });
+    }
+}
+
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_session(data: &[u8]) {
     let now = Instant::now();
-    for side in [Side::Edge, Side::Origin] {
-        let mut s = Session::new(side, now);
-        if side == Side::Edge {
-            s.open_stream("a.example", b"{}");
+    let mut edge = EdgeSession::new(now);
+    edge.open_stream("a.example", b"{}");
+    fuzz_feed(&mut edge, data, now, |ev| match ev {
+        EdgeEvent::Stream(StreamEvent::Readable(id)) => Some(*id),
+        _ => None,
+    });
+    fuzz_feed(&mut OriginSession::new(now), data, now, |ev| match ev {
+        OriginEvent::Stream(StreamEvent::Readable(id)) => Some(*id),
+        _ => None,
+    });
+}
+
+/// Feeds `data` to `s` as a driver would, echoing on every readable stream.
+#[cfg(feature = "fuzzing")]
+fn fuzz_feed<R: Role>(
+    s: &mut Session<R>,
+    data: &[u8],
+    now: Instant,
+    readable: impl Fn(&R::Event) -> Option<u32>,
+) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match s.handle_input(rest, now) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest = &rest[n..],
         }
-        let mut rest = data;
-        while !rest.is_empty() {
-            match s.handle_input(rest, now) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => rest = &rest[n..],
+        while let Some(ev) = s.poll_event() {
+            if let Some(id) = readable(&ev) {
+                let n = s.readable(id).len();
+                s.consume(id, n);
+                s.write(id, b"echo");
             }
-            while let Some(ev) = s.poll_event() {
-                if let Event::Readable(id) = ev {
-                    let n = s.readable(id).len();
-                    s.consume(id, n);
-                    s.write(id, b"echo");
-                }
-            }
-            let mut out = Vec::new();
-            s.poll_transmit(&mut out, 1 << 20);
         }
+        let mut out = Vec::new();
+        s.poll_transmit(&mut out, 1 << 20);
     }
 }
 
@@ -1266,7 +1413,7 @@ pub fn fuzz_session(data: &[u8]) {
 mod tests {
     use super::*;
 
-    fn pipe(a: &mut Session, b: &mut Session, now: Instant) {
+    fn pipe(a: &mut EdgeSession, b: &mut OriginSession, now: Instant) {
         loop {
             let mut out = Vec::new();
             a.poll_transmit(&mut out, 1 << 20);
@@ -1390,8 +1537,8 @@ mod tests {
     #[test]
     fn data_flows_with_flow_control_and_half_close() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         let payload = vec![0xab; 1 << 20];
         let mut sent = 0;
@@ -1405,7 +1552,7 @@ mod tests {
             }
             pipe(&mut edge, &mut origin, now);
             while let Some(ev) = origin.poll_event() {
-                if let Event::Open { stream, .. } = ev {
+                if let OriginEvent::Open { stream, .. } = ev {
                     assert_eq!(stream, id);
                 }
             }
@@ -1432,8 +1579,8 @@ mod tests {
     #[test]
     fn a_stream_whose_fin_was_sent_first_is_reaped_when_the_peers_fin_arrives() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         while origin.poll_event().is_some() {}
@@ -1447,7 +1594,7 @@ mod tests {
         assert!(!origin.has_stream(id), "origin kept a finished stream");
         let mut closed = false;
         while let Some(ev) = origin.poll_event() {
-            closed |= ev == Event::Closed(id);
+            closed |= ev == OriginEvent::Stream(StreamEvent::Closed(id));
         }
         assert!(closed, "the origin must be told the stream is gone");
         assert!(!edge.has_stream(id), "edge kept a finished stream");
@@ -1457,8 +1604,8 @@ mod tests {
     #[test]
     fn a_stream_reaped_by_sending_the_last_fin_leaves_an_event() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         while origin.poll_event().is_some() {}
@@ -1477,7 +1624,10 @@ mod tests {
             origin.has_events(),
             "reaped in poll_transmit but no event pending"
         );
-        assert_eq!(origin.poll_event(), Some(Event::Closed(id)));
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Stream(StreamEvent::Closed(id)))
+        );
     }
 
     #[test]
@@ -1512,8 +1662,8 @@ mod tests {
     #[test]
     fn a_closed_send_half_takes_no_more_bytes_and_fin_waits_for_the_buffer() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         assert_eq!(edge.halves(id), Some((SendHalf::Open, RecvHalf::Open)));
         assert_eq!(edge.write(id, b"abc"), 3);
@@ -1567,8 +1717,8 @@ mod tests {
             },
             Frame::Fin { stream: 1 },
         ] {
-            let mut edge = Session::new(Side::Edge, now);
-            let mut origin = Session::new(Side::Origin, now);
+            let mut edge = EdgeSession::new(now);
+            let mut origin = OriginSession::new(now);
             let id = edge.open_stream("h", b"").unwrap();
             edge.close_write(id);
             pipe(&mut edge, &mut origin, now);
@@ -1614,9 +1764,12 @@ mod tests {
 
     /// What an origin session shows after `input` went in, in pieces that end at `cuts`,
     /// each piece after what the previous calls left unconsumed (as a driver does).
-    fn origin_after(input: &[u8], cuts: &[usize]) -> (Vec<Event>, Option<(SendHalf, RecvHalf)>) {
+    fn origin_after(
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<OriginEvent>, Option<(SendHalf, RecvHalf)>) {
         let now = Instant::now();
-        let mut s = Session::new(Side::Origin, now);
+        let mut s = OriginSession::new(now);
         let mut pending = Vec::new();
         let mut from = 0;
         for &cut in cuts.iter().chain([&input.len()]) {
@@ -1638,7 +1791,9 @@ mod tests {
         let input = one_stream_life(1);
         let whole = origin_after(&input, &[]);
         assert_eq!(whole.1, Some((SendHalf::Open, RecvHalf::FinReceived)));
-        assert!(whole.0.contains(&Event::Readable(1)));
+        assert!(whole
+            .0
+            .contains(&OriginEvent::Stream(StreamEvent::Readable(1))));
         for cut in 0..=input.len() {
             assert_eq!(origin_after(&input, &[cut]), whole, "split at {cut}");
         }
@@ -1649,8 +1804,8 @@ mod tests {
     #[test]
     fn window_violation_is_a_connection_error() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         let mut out = Vec::new();
@@ -1678,7 +1833,7 @@ mod tests {
     #[test]
     fn unknown_and_closed_streams() {
         let now = Instant::now();
-        let mut origin = Session::new(Side::Origin, now);
+        let mut origin = OriginSession::new(now);
         let mut out = Vec::new();
         encode(
             &mut out,
@@ -1692,7 +1847,7 @@ mod tests {
             Err(MuxError::UnknownStream(7))
         );
 
-        let mut edge = Session::new(Side::Edge, now);
+        let mut edge = EdgeSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         edge.reset(id, ResetCode::Cancel, "gone");
         // A late frame for a stream we reset is ignored.
@@ -1718,10 +1873,132 @@ mod tests {
         assert_eq!(edge.handle_input(&open, now), Err(MuxError::BadOpen(3)));
     }
 
+    fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, frame);
+        out
+    }
+
+    #[test]
+    fn frames_only_the_other_side_receives_are_connection_errors_not_events() {
+        let now = Instant::now();
+        let registered = Frame::Registered { hostname: "h" };
+        let error = Frame::Error {
+            code: ErrorCode::Forbidden,
+            message: "no",
+        };
+        let open = Frame::Open {
+            stream: 1,
+            hostname: "h",
+            claims: b"",
+        };
+        for (frame, want) in [
+            (&registered, MuxError::Unexpected(FrameType::Registered)),
+            (&error, MuxError::Unexpected(FrameType::Error)),
+            (&open, MuxError::BadOpen(1)),
+        ] {
+            let mut edge = EdgeSession::new(now);
+            let bytes = encoded(frame);
+            assert_eq!(
+                edge.handle_input(&bytes, now),
+                Err(want.clone()),
+                "{frame:?}"
+            );
+            assert_eq!(
+                edge.poll_event(),
+                None,
+                "{frame:?} reached the edge's driver"
+            );
+            assert_eq!(edge.handle_input(&[], now), Err(want), "sticky");
+        }
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            connector_id: [1; 16],
+            ha_index: 0,
+        };
+        let register = Frame::Register {
+            hostname: "h",
+            service: "ssh://localhost:22",
+        };
+        for (frame, want) in [
+            (&hello, MuxError::Unexpected(FrameType::Hello)),
+            (&register, MuxError::Unexpected(FrameType::Register)),
+        ] {
+            let mut origin = OriginSession::new(now);
+            let bytes = encoded(frame);
+            assert_eq!(origin.handle_input(&bytes, now), Err(want), "{frame:?}");
+            assert_eq!(
+                origin.poll_event(),
+                None,
+                "{frame:?} reached the origin's driver"
+            );
+        }
+    }
+
+    #[test]
+    fn each_side_hears_what_its_peer_may_send() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        origin.send_hello([3; 16], 2);
+        origin.send_register("h", "ssh://localhost:22");
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Hello {
+                version: PROTOCOL_VERSION,
+                connector_id: [3; 16],
+                ha_index: 2
+            })
+        );
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Register {
+                hostname: "h".into(),
+                service: "ssh://localhost:22".into()
+            })
+        );
+        edge.send_registered("h");
+        edge.send_error(ErrorCode::Conflict, "taken");
+        let id = edge.open_stream("h", b"{}").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Registered {
+                hostname: "h".into()
+            })
+        );
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Error {
+                code: ErrorCode::Conflict,
+                message: "taken".into()
+            })
+        );
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Open {
+                stream: id,
+                hostname: "h".into(),
+                claims: b"{}".to_vec()
+            })
+        );
+        origin.reset(id, ResetCode::ConnectFailed, "refused");
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Stream(StreamEvent::Reset {
+                stream: id,
+                code: ResetCode::ConnectFailed,
+                reason: "refused".into()
+            }))
+        );
+    }
+
     #[test]
     fn keepalive_pings_then_declares_dead() {
         let t0 = Instant::now();
-        let mut s = Session::new(Side::Origin, t0);
+        let mut s = OriginSession::new(t0);
         let next = s.handle_timeout(t0).unwrap();
         assert!(next > t0);
         let t1 = t0 + Duration::from_secs(PING_INTERVAL_SECS);
@@ -1736,11 +2013,11 @@ mod tests {
     #[test]
     fn goaway_refuses_new_streams() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         origin.send_goaway("shutting down");
         pipe(&mut edge, &mut origin, now);
-        assert!(matches!(edge.poll_event(), Some(Event::GoAway { .. })));
+        assert!(matches!(edge.poll_event(), Some(EdgeEvent::GoAway { .. })));
         assert!(edge.is_going_away());
         assert_eq!(edge.open_stream("h", b""), None);
     }

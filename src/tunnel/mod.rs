@@ -36,7 +36,7 @@ use crate::limits::{
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
 use crate::pki::{self, OriginCredential};
-use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::mux::{self, OriginEvent, OriginSession, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
 
 pub mod admin;
@@ -97,7 +97,7 @@ enum Link {
     },
     Live {
         tls: Box<TlsConn>,
-        mux: Box<Session>,
+        mux: Box<OriginSession>,
         registered: bool,
         next_timeout: Instant,
     },
@@ -655,7 +655,7 @@ impl Origin {
             return false;
         }
         let now = Instant::now();
-        let mut mux = Box::new(Session::new(Side::Origin, now));
+        let mut mux = Box::new(OriginSession::new(now));
         mux.send_hello(self.connector_id, i as u8);
         match &self.opts.registration {
             Registration::Hostname(h) => {
@@ -767,9 +767,9 @@ impl Origin {
         }
     }
 
-    fn on_event(&mut self, i: usize, ev: Event) {
+    fn on_event(&mut self, i: usize, ev: OriginEvent) {
         match ev {
-            Event::Registered { hostname } => {
+            OriginEvent::Registered { hostname } => {
                 // Text from the edge: escaped before it reaches a terminal or the journal.
                 let hostname = untrusted(&hostname);
                 match &self.opts.registration {
@@ -783,7 +783,7 @@ impl Origin {
                     *registered = true;
                 }
             }
-            Event::Error { code, message } => {
+            OriginEvent::Error { code, message } => {
                 let message = untrusted(&message).to_string();
                 if code.is_final() {
                     error!("connection {i}: the edge refused: {message}");
@@ -795,7 +795,7 @@ impl Origin {
                     self.disconnect(i, Some("edge error"));
                 }
             }
-            Event::Open {
+            OriginEvent::Open {
                 stream,
                 hostname,
                 claims,
@@ -803,18 +803,18 @@ impl Origin {
                 info!("connection {i}: stream {stream} for {}", who(&claims));
                 self.open_local(i, stream, &hostname)
             }
-            Event::Readable(stream) | Event::Writable(stream) => {
+            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
                 if let Some(&slot) = self.conns[i].locals.get(&stream) {
                     let tok = self.local_token(slot);
                     self.dirty.push(tok);
                 }
             }
-            Event::Closed(stream) => {
+            OriginEvent::Stream(StreamEvent::Closed(stream)) => {
                 if let Some(slot) = self.conns[i].locals.remove(&stream) {
                     self.drop_local(slot);
                 }
             }
-            Event::Reset { stream, reason, .. } => {
+            OriginEvent::Stream(StreamEvent::Reset { stream, reason, .. }) => {
                 debug!(
                     "connection {i}: stream {stream} reset by edge: {}",
                     untrusted(&reason)
@@ -823,14 +823,13 @@ impl Origin {
                     self.drop_local(slot);
                 }
             }
-            Event::GoAway { reason, .. } => {
+            OriginEvent::GoAway { reason, .. } => {
                 info!(
                     "connection {i}: edge is going away ({})",
                     untrusted(&reason)
                 );
                 // Let open streams finish; the edge closes the connection and we reconnect.
             }
-            Event::Hello { .. } | Event::Register { .. } => {}
         }
     }
 
