@@ -689,10 +689,9 @@ impl Origin {
             }
         }
         if let Err(e) = full {
-            let msg = if e.to_string().contains("certificate") {
-                format!("{e}: the edge's certificate is not trusted: pass --ca with the edge's CA")
-            } else {
-                e.to_string()
+            let msg = match tls_advice(&e) {
+                Some(advice) => format!("{e}: {advice}"),
+                None => e.to_string(),
             };
             warn!("connection {i}: {msg}");
             self.metrics.error(metrics::Error::Tls);
@@ -1087,9 +1086,59 @@ pub fn service_address(url: &str) -> Result<String, String> {
     }
 }
 
+/// What to do about a failed TLS connection to the edge, chosen by the rustls error's
+/// variant (its text also says "certificate" when the edge refused ours).
+fn tls_advice(e: &io::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    match crate::io::tls::rustls_error(e)? {
+        rustls::Error::InvalidCertificate(_) => {
+            Some("the edge's certificate is not trusted: pass --ca with the edge's CA")
+        }
+        rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired,
+        ) => Some(
+            "the edge refused this origin's certificate: is the credential from this edge, and \
+             still valid? (`postern tunnel login`, or a new credentials file)",
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_advice_follows_the_rustls_error_not_its_text() {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let theirs = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(tls_advice(&theirs).unwrap().contains("pass --ca"));
+        let ours = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        let advice = tls_advice(&ours).unwrap();
+        assert!(
+            advice.contains("refused this origin's certificate"),
+            "{advice}"
+        );
+        assert!(!advice.contains("--ca"), "{advice}");
+        // Words alone choose nothing.
+        assert_eq!(tls_advice(&io::Error::other("certificate")), None);
+        assert_eq!(
+            tls_advice(&tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            ))),
+            None
+        );
+    }
 
     #[test]
     fn service_urls() {
