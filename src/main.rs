@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
+use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,10 +11,12 @@ use std::time::Duration;
 
 use lexopt::prelude::*;
 
-use postern::access::{self, AccessOptions, Credentials};
+use postern::access::{self, AccessError, AccessOptions, Credentials};
+use postern::edge::config::ConfigError;
 use postern::edge::{self, Edge};
 use postern::logging::{self, LogFlags};
-use postern::pki::{Authority, OriginCredential};
+use postern::pki::{Authority, CredentialError, OriginCredential};
+use postern::service::ServiceError;
 use postern::store::{Secret, ServiceTokens, StateDir};
 use postern::tunnel::admin::AdminClient;
 use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
@@ -48,7 +52,83 @@ LOGGING (before the command, or among the options of edge, tunnel and access):
 Logs go to stderr; RUST_LOG=debug (env_logger's syntax) gives more.
 ";
 
-type Res = Result<ExitCode, String>;
+type Res = Result<ExitCode, CliError>;
+
+/// Why a command failed. `main` prints `postern: ` and the message on stderr and exits 1,
+/// whatever the kind; each kind's message says what to do.
+#[derive(Debug)]
+#[non_exhaustive]
+enum CliError {
+    /// The command line is wrong: an unknown command or flag, a missing or invalid value.
+    /// The message says which, often followed by the command's usage.
+    Usage(String),
+    /// There is no usable HOME for a default path; the message names the flag or variable
+    /// that gives the path instead.
+    Home(String),
+    /// `postern access …`, or the browser login of `tunnel login`, failed.
+    Access(AccessError),
+    /// The edge's configuration (its file, or the dev defaults) is unusable.
+    EdgeConfig(ConfigError),
+    /// The edge could not start, or stopped with an error.
+    Edge(io::Error),
+    /// The tunnel could not start, or stopped with an error.
+    Tunnel(io::Error),
+    /// The edge refused the tunnel's registration: retrying cannot help.
+    Refused(String),
+    /// The state directory or an origin credential could not be read or written (the
+    /// message names the file).
+    Io(io::Error),
+    /// A file this command writes could not be written.
+    File { path: PathBuf, error: io::Error },
+    /// A PEM file (the dev CA shipped with an origin credential) is unusable.
+    Credential(CredentialError),
+    /// `service install` or `service uninstall` failed.
+    Service {
+        verb: &'static str,
+        error: ServiceError,
+    },
+    /// A step whose library reports a whole sentence (a named tunnel's config or
+    /// credentials file, the edge's tunnel admin API, a missing token).
+    Failed(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Home(m) | CliError::Failed(m) => f.write_str(m),
+            CliError::Access(e) => write!(f, "{e}"),
+            CliError::EdgeConfig(e) => write!(f, "{e}"),
+            CliError::Edge(e) | CliError::Tunnel(e) | CliError::Io(e) => write!(f, "{e}"),
+            CliError::Refused(why) => write!(f, "tunnel refused by the edge: {why}"),
+            CliError::File { path, error } => write!(f, "{}: {error}", path.display()),
+            CliError::Credential(e) => write!(f, "{e}"),
+            CliError::Service { verb, error } => write!(f, "service {verb}: {error}"),
+        }
+    }
+}
+
+/// A command-line mistake; the message says which.
+fn usage(message: impl Into<String>) -> CliError {
+    CliError::Usage(message.into())
+}
+
+impl From<lexopt::Error> for CliError {
+    fn from(e: lexopt::Error) -> Self {
+        CliError::Usage(e.to_string())
+    }
+}
+
+impl From<AccessError> for CliError {
+    fn from(e: AccessError) -> Self {
+        CliError::Access(e)
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::EdgeConfig(e)
+    }
+}
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
@@ -87,7 +167,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(format!("unknown command {other:?}\n\n{USAGE}")),
+        other => Err(usage(format!("unknown command {other:?}\n\n{USAGE}"))),
     };
     match result {
         Ok(code) => code,
@@ -124,9 +204,9 @@ fn parser(args: Vec<OsString>) -> lexopt::Parser {
     lexopt::Parser::from_args(args)
 }
 
-fn string(v: OsString, flag: &str) -> Result<String, String> {
+fn string(v: OsString, flag: &str) -> Result<String, CliError> {
     v.into_string()
-        .map_err(|_| format!("{flag}: not valid UTF-8"))
+        .map_err(|_| usage(format!("{flag}: not valid UTF-8")))
 }
 
 fn env_var(name: &str) -> Option<String> {
@@ -134,13 +214,13 @@ fn env_var(name: &str) -> Option<String> {
 }
 
 /// `--state DIR` if given, else `~/.postern/edge` (an error without HOME).
-fn state_or_default(state: Option<PathBuf>) -> Result<PathBuf, String> {
-    state.map_or_else(StateDir::default_path, Ok)
+fn state_or_default(state: Option<PathBuf>) -> Result<PathBuf, CliError> {
+    state.map_or_else(|| StateDir::default_path().map_err(CliError::Home), Ok)
 }
 
 /// `~/.postern`; without HOME an error that names `instead` (the flag that gives the path).
-fn home_postern(instead: &str) -> Result<PathBuf, String> {
-    postern::io::postern_dir(instead)
+fn home_postern(instead: &str) -> Result<PathBuf, CliError> {
+    postern::io::postern_dir(instead).map_err(CliError::Home)
 }
 
 // ------------------------------------------------------------------------------- edge
@@ -176,39 +256,40 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     let mut p = parser(args);
     let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
     let mut metrics = None;
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
             Long("dev") => dev = true,
-            Long("metrics") => {
-                metrics = Some(string(p.value().map_err(|e| e.to_string())?, "--metrics")?)
-            }
-            Long("listen") => {
-                listen = Some(string(p.value().map_err(|e| e.to_string())?, "--listen")?)
-            }
-            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("config") => config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("metrics") => metrics = Some(string(p.value()?, "--metrics")?),
+            Long("listen") => listen = Some(string(p.value()?, "--listen")?),
+            Long("state") => state = Some(PathBuf::from(p.value()?)),
+            Long("config") => config = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
                 print!("{EDGE_HELP}");
                 return Ok(ExitCode::SUCCESS);
             }
-            other => return Err(format!("edge: {}\n\n{EDGE_HELP}", other.unexpected())),
+            other => {
+                return Err(usage(format!(
+                    "edge: {}\n\n{EDGE_HELP}",
+                    other.unexpected()
+                )))
+            }
         }
     }
     let mut settings = match (dev, config) {
-        (true, Some(_)) => return Err("edge: --dev and --config exclude each other".into()),
+        (true, Some(_)) => return Err(usage("edge: --dev and --config exclude each other")),
         (false, None) => {
-            return Err(format!(
+            return Err(usage(format!(
                 "edge: pass --dev (try it locally) or --config FILE (a deployment)\n\n{EDGE_HELP}"
-            ))
+            )))
         }
         (true, None) => {
             let listen: SocketAddr = listen
                 .as_deref()
                 .unwrap_or("127.0.0.1:8443")
                 .parse()
-                .map_err(|e| format!("--listen: {e}"))?;
+                .map_err(|e| usage(format!("--listen: {e}")))?;
             let state = state_or_default(state)?;
-            let mut s = edge::config::dev(listen, &state).map_err(|e| e.to_string())?;
+            let mut s = edge::config::dev(listen, &state)?;
             let exe = current_exe();
             let state_shown = s.state.path().display().to_string();
             s.on_ready = Box::new(move |addr| {
@@ -233,9 +314,11 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         }
         (false, Some(path)) => {
             if listen.is_some() || state.is_some() {
-                return Err("edge: with --config, set listen and state_dir in the file".into());
+                return Err(usage(
+                    "edge: with --config, set listen and state_dir in the file",
+                ));
             }
-            edge::config::from_file(&path).map_err(|e| e.to_string())?
+            edge::config::from_file(&path)?
         }
     };
     if settings.applications.is_empty() {
@@ -247,12 +330,12 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         .or_else(|| settings.metrics.clone());
     // One descriptor per connection: use all the hard limit allows (systemd starts us at 1024).
     postern::io::sys::raise_open_files_logged("edge");
-    let edge = Edge::new(settings).map_err(|e| e.to_string())?;
+    let edge = Edge::new(settings).map_err(CliError::Edge)?;
     if let Some(addr) = metrics {
-        let bound = edge.serve_metrics(&addr).map_err(|e| e.to_string())?;
+        let bound = edge.serve_metrics(&addr).map_err(CliError::Edge)?;
         log::info!("metrics on {bound}");
     }
-    edge.run().map_err(|e| e.to_string())?;
+    edge.run().map_err(CliError::Edge)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -261,24 +344,25 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
         Prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n";
     let mut p = parser(args);
     let (mut verb, mut name, mut state) = (None, None, None);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
-            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("state") => state = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(ExitCode::SUCCESS);
             }
             Value(v) if verb.is_none() => verb = Some(string(v, "verb")?),
             Value(v) if name.is_none() => name = Some(string(v, "NAME")?),
-            other => return Err(format!("{}\n{HELP}", other.unexpected())),
+            other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
         }
     }
     if verb.as_deref() != Some("create") {
-        return Err(format!("service-token: expected `create`\n{HELP}"));
+        return Err(usage(format!("service-token: expected `create`\n{HELP}")));
     }
-    let name = name.ok_or(format!("service-token create: NAME is missing\n{HELP}"))?;
-    let state = StateDir::open(&state_or_default(state)?).map_err(|e| e.to_string())?;
-    let (id, secret) = ServiceTokens::create(&state, &name).map_err(|e| e.to_string())?;
+    let name =
+        name.ok_or_else(|| usage(format!("service-token create: NAME is missing\n{HELP}")))?;
+    let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
+    let (id, secret) = ServiceTokens::create(&state, &name).map_err(CliError::Io)?;
     println!(
         "{}",
         serde_json::json!({ "client_id": id, "client_secret": secret.expose() })
@@ -291,35 +375,34 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
         Writes an origin credential (key, certificate for ZONE and *.ZONE, edge address, edge CA), mode 0600.\n";
     let mut p = parser(args);
     let (mut verb, mut zone, mut out, mut state, mut edge_addr) = (None, None, None, None, None);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
-            Long("zone") => zone = Some(string(p.value().map_err(|e| e.to_string())?, "--zone")?),
-            Long("out") => out = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("state") => state = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("edge") => {
-                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
-            }
+            Long("zone") => zone = Some(string(p.value()?, "--zone")?),
+            Long("out") => out = Some(PathBuf::from(p.value()?)),
+            Long("state") => state = Some(PathBuf::from(p.value()?)),
+            Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(ExitCode::SUCCESS);
             }
             Value(v) if verb.is_none() => verb = Some(string(v, "verb")?),
-            other => return Err(format!("{}\n{HELP}", other.unexpected())),
+            other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
         }
     }
     if verb.as_deref() != Some("create") {
-        return Err(format!("origin-cert: expected `create`\n{HELP}"));
+        return Err(usage(format!("origin-cert: expected `create`\n{HELP}")));
     }
-    let zone = zone.ok_or(format!("origin-cert create: --zone is missing\n{HELP}"))?;
-    let out = out.ok_or(format!("origin-cert create: --out is missing\n{HELP}"))?;
-    let state = StateDir::open(&state_or_default(state)?).map_err(|e| e.to_string())?;
+    let zone =
+        zone.ok_or_else(|| usage(format!("origin-cert create: --zone is missing\n{HELP}")))?;
+    let out = out.ok_or_else(|| usage(format!("origin-cert create: --out is missing\n{HELP}")))?;
+    let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
-        .map_err(|e| e.to_string())?;
-    let (cert, key) = origin_ca.issue_origin(&zone).map_err(|e| e.to_string())?;
+        .map_err(CliError::Io)?;
+    let (cert, key) = origin_ca.issue_origin(&zone).map_err(CliError::Io)?;
     // Ship the dev TLS CA along, so the origin trusts a dev edge without --ca.
     let ca = match std::fs::read_to_string(state.path().join("ca.pem")) {
         Ok(pem) => postern::pki::pem_sections(&pem)
-            .map_err(|e| e.to_string())?
+            .map_err(CliError::Credential)?
             .into_iter()
             .filter(|(label, _)| label == "CERTIFICATE")
             .map(|(_, der)| der.into())
@@ -333,8 +416,10 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
         edge: edge_addr,
         ca,
     };
-    cred.write(&out)
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    cred.write(&out).map_err(|error| CliError::File {
+        path: out.clone(),
+        error,
+    })?;
     eprintln!(
         "wrote origin credential for zone {zone} to {}",
         out.display()
@@ -400,40 +485,40 @@ OPTIONS:
 fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
     let mut p = parser(args);
     let (mut edge_url, mut ca, mut out) = (None, None, None);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
-            Long("edge") => {
-                edge_url = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
-            }
-            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("origincert") => out = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("edge") => edge_url = Some(string(p.value()?, "--edge")?),
+            Long("ca") => ca = Some(PathBuf::from(p.value()?)),
+            Long("origincert") => out = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
                 print!("{TUNNEL_LOGIN_HELP}");
                 return Ok(ExitCode::SUCCESS);
             }
             other => {
-                return Err(format!(
+                return Err(usage(format!(
                     "tunnel login: {}\n\n{TUNNEL_LOGIN_HELP}",
                     other.unexpected()
-                ))
+                )))
             }
         }
     }
     let edge_url = edge_url
         .or_else(|| env_var("POSTERN_EDGE_URL"))
-        .ok_or(format!(
-            "tunnel login: --edge URL is missing\n\n{TUNNEL_LOGIN_HELP}"
-        ))?;
-    let (host, port) = access::application(&edge_url).map_err(|e| e.to_string())?;
+        .ok_or_else(|| {
+            usage(format!(
+                "tunnel login: --edge URL is missing\n\n{TUNNEL_LOGIN_HELP}"
+            ))
+        })?;
+    let (host, port) = access::application(&edge_url)?;
     let out = match out {
         Some(out) => out,
         None => home_postern("pass --origincert FILE")?.join("cert.pem"),
     };
     if out.exists() {
-        return Err(format!(
+        return Err(usage(format!(
             "{} already exists: move it away first, or pass --origincert with another path",
             out.display()
-        ));
+        )));
     }
     let opts = AccessOptions {
         edge: format!("{host}:{}", port.unwrap_or(443)),
@@ -441,15 +526,21 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
         extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
         credentials: Credentials::None,
     };
-    let pem = access::login(&opts, access::Purpose::Tunnel).map_err(|e| e.to_string())?;
-    let text = String::from_utf8(pem).map_err(|_| "the edge sent a credential that is not text")?;
+    let pem = access::login(&opts, access::Purpose::Tunnel)?;
+    let text = String::from_utf8(pem)
+        .map_err(|_| CliError::Failed("the edge sent a credential that is not text".into()))?;
     let cred = OriginCredential::parse(&text)
-        .map_err(|e| format!("the edge sent an unusable credential: {e}"))?;
+        .map_err(|e| CliError::Failed(format!("the edge sent an unusable credential: {e}")))?;
     if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|error| CliError::File {
+            path: dir.to_owned(),
+            error,
+        })?;
     }
-    cred.write(&out)
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+    cred.write(&out).map_err(|error| CliError::File {
+        path: out.clone(),
+        error,
+    })?;
     eprintln!(
         "Wrote an origin certificate for zone {} to {} (mode 0600).\n\
          Next: postern tunnel --hostname NAME.{} --url ssh://localhost:22",
@@ -518,19 +609,21 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         return Ok(ExitCode::SUCCESS);
     };
     if let Some(p) = a.positional.first() {
-        return Err(format!("tunnel: unknown command {p:?}\n\n{TUNNEL_HELP}"));
+        return Err(usage(format!(
+            "tunnel: unknown command {p:?}\n\n{TUNNEL_HELP}"
+        )));
     }
     let hostname = a
         .hostname
         .clone()
-        .ok_or(format!("tunnel: --hostname is missing\n\n{TUNNEL_HELP}"))?
+        .ok_or_else(|| usage(format!("tunnel: --hostname is missing\n\n{TUNNEL_HELP}")))?
         .to_ascii_lowercase();
     let url = a
         .url
         .clone()
-        .ok_or(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}"))?;
-    let ingress = tunnel::Ingress::single(&hostname, &url)?;
-    let credential = OriginCredential::read(&a.origin_cert()?).map_err(|e| e.to_string())?;
+        .ok_or_else(|| usage(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}")))?;
+    let ingress = tunnel::Ingress::single(&hostname, &url).map_err(CliError::Failed)?;
+    let credential = OriginCredential::read(&a.origin_cert()?).map_err(CliError::Io)?;
     let edge_addr = a
         .edge
         .clone()
@@ -555,14 +648,14 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
 fn run_origin(opts: TunnelOptions, metrics: Option<String>) -> Res {
     // Two descriptors per stream (its tunnel share and the local service connection).
     postern::io::sys::raise_open_files_logged("tunnel");
-    let origin = Origin::new(opts).map_err(|e| e.to_string())?;
+    let origin = Origin::new(opts).map_err(CliError::Tunnel)?;
     if let Some(addr) = metrics.or_else(|| env_var("POSTERN_METRICS")) {
-        let bound = origin.serve_metrics(&addr).map_err(|e| e.to_string())?;
+        let bound = origin.serve_metrics(&addr).map_err(CliError::Tunnel)?;
         log::info!("metrics on {bound}");
     }
-    match origin.run().map_err(|e| e.to_string())? {
+    match origin.run().map_err(CliError::Tunnel)? {
         Exit::Signalled => Ok(ExitCode::SUCCESS),
-        Exit::Refused(why) => Err(format!("tunnel refused by the edge: {why}")),
+        Exit::Refused(why) => Err(CliError::Refused(why)),
     }
 }
 
@@ -586,13 +679,13 @@ struct TunnelArgs {
 
 impl TunnelArgs {
     /// `None` when `--help` was printed.
-    fn parse(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, String> {
+    fn parse(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
         let mut a = TunnelArgs::default();
         let mut p = parser(args);
-        let val = |p: &mut lexopt::Parser, flag: &str| -> Result<String, String> {
-            string(p.value().map_err(|e| e.to_string())?, flag)
+        let val = |p: &mut lexopt::Parser, flag: &str| -> Result<String, CliError> {
+            string(p.value()?, flag)
         };
-        while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        while let Some(arg) = p.next()? {
             match arg {
                 Long("hostname") => a.hostname = Some(val(&mut p, "--hostname")?),
                 Long("metrics") => a.metrics = Some(val(&mut p, "--metrics")?),
@@ -607,9 +700,9 @@ impl TunnelArgs {
                 Long("ha-connections") => {
                     let n: usize = val(&mut p, "--ha-connections")?
                         .parse()
-                        .map_err(|e| format!("--ha-connections: {e}"))?;
+                        .map_err(|e| usage(format!("--ha-connections: {e}")))?;
                     if !(1..=16).contains(&n) {
-                        return Err("--ha-connections must be between 1 and 16".into());
+                        return Err(usage("--ha-connections must be between 1 and 16"));
                     }
                     a.ha = Some(n);
                 }
@@ -617,7 +710,7 @@ impl TunnelArgs {
                     let v = val(&mut p, "--grace-period")?;
                     a.grace = Some(
                         tunnel::config::parse_seconds(&v)
-                            .map_err(|e| format!("--grace-period: {e}"))?,
+                            .map_err(|e| usage(format!("--grace-period: {e}")))?,
                     );
                 }
                 Long("force") | Short('f') | Long("overwrite-dns") => a.force = true,
@@ -626,7 +719,7 @@ impl TunnelArgs {
                     match v.as_str() {
                         "json" => a.json = true,
                         "table" | "text" => a.json = false,
-                        _ => return Err(format!("--output {v:?}: use json or table")),
+                        _ => return Err(usage(format!("--output {v:?}: use json or table"))),
                     }
                 }
                 Long("help") | Short('h') => {
@@ -634,13 +727,18 @@ impl TunnelArgs {
                     return Ok(None);
                 }
                 Value(v) => a.positional.push(string(v, "argument")?),
-                other => return Err(format!("{cmd}: {}\n\n{TUNNEL_HELP}", other.unexpected())),
+                other => {
+                    return Err(usage(format!(
+                        "{cmd}: {}\n\n{TUNNEL_HELP}",
+                        other.unexpected()
+                    )))
+                }
             }
         }
         Ok(Some(a))
     }
 
-    fn origin_cert(&self) -> Result<PathBuf, String> {
+    fn origin_cert(&self) -> Result<PathBuf, CliError> {
         match self
             .origincert
             .clone()
@@ -662,21 +760,22 @@ impl TunnelArgs {
     }
 
     /// The admin API client, as the zone's origin certificate.
-    fn admin(&self) -> Result<(AdminClient, OriginCredential), String> {
+    fn admin(&self) -> Result<(AdminClient, OriginCredential), CliError> {
         let path = self.origin_cert()?;
-        let cred = OriginCredential::read(&path).map_err(|e| e.to_string())?;
+        let cred = OriginCredential::read(&path).map_err(CliError::Io)?;
         let edge = self
             .edge
             .clone()
             .or_else(|| env_var("POSTERN_EDGE"))
             .or_else(|| cred.edge.clone())
             .ok_or_else(|| {
-                format!(
+                usage(format!(
                     "{} names no edge: pass --edge HOST:PORT (or set POSTERN_EDGE)",
                     path.display()
-                )
+                ))
             })?;
-        let client = AdminClient::new(&cred, &edge, self.ca(None).as_deref())?;
+        let client =
+            AdminClient::new(&cred, &edge, self.ca(None).as_deref()).map_err(CliError::Failed)?;
         Ok((client, cred))
     }
 
@@ -694,10 +793,10 @@ impl TunnelArgs {
     }
 
     /// Exactly `n` positional arguments.
-    fn args<const N: usize>(&self, usage: &str) -> Result<[&str; N], String> {
+    fn args<const N: usize>(&self, form: &str) -> Result<[&str; N], CliError> {
         let v: Vec<&str> = self.positional.iter().map(String::as_str).collect();
         v.try_into()
-            .map_err(|_| format!("usage: postern tunnel {usage}\n\n{TUNNEL_HELP}"))
+            .map_err(|_| usage(format!("usage: postern tunnel {form}\n\n{TUNNEL_HELP}")))
     }
 
     /// The config file: `--config`, env, else the first default that exists.
@@ -727,9 +826,9 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
                 args.remove(i);
             }
             _ => {
-                return Err(format!(
+                return Err(usage(format!(
                     "usage: postern tunnel route dns NAME HOST\n\n{TUNNEL_HELP}"
-                ))
+                )))
             }
         }
     }
@@ -751,32 +850,37 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
                 (None, Some(_)) => PathBuf::from("."),
                 (None, None) => home_postern("pass --credentials-file FILE")?,
             };
-            tunnel::admin::create(&client, &origin, name, a.cred_file.as_deref(), &dir)?
+            tunnel::admin::create(&client, &origin, name, a.cred_file.as_deref(), &dir)
+                .map_err(CliError::Failed)?
         }
         "route" => {
             let [name, host] = a.args("route dns NAME HOST")?;
             let (client, _) = a.admin()?;
-            tunnel::admin::route_dns(&client, name, &host.to_ascii_lowercase(), a.force)?
+            tunnel::admin::route_dns(&client, name, &host.to_ascii_lowercase(), a.force)
+                .map_err(CliError::Failed)?
         }
         "list" => {
             a.args::<0>("list")?;
-            tunnel::admin::list(&a.admin()?.0, a.json)?
+            tunnel::admin::list(&a.admin()?.0, a.json).map_err(CliError::Failed)?
         }
         "info" => {
             let [name] = a.args("info NAME")?;
-            tunnel::admin::info(&a.admin()?.0, name, a.json)?
+            tunnel::admin::info(&a.admin()?.0, name, a.json).map_err(CliError::Failed)?
         }
         "delete" => {
             if a.positional.is_empty() {
-                return Err(format!(
+                return Err(usage(format!(
                     "usage: postern tunnel delete NAME... [-f]\n\n{TUNNEL_HELP}"
-                ));
+                )));
             }
             let (client, _) = a.admin()?;
             let mut out = String::new();
             for name in &a.positional {
                 let creds = a.cred_file.clone().or_else(|| a.find_credentials(name));
-                out.push_str(&tunnel::admin::delete(&client, name, a.force, creds)?);
+                out.push_str(
+                    &tunnel::admin::delete(&client, name, a.force, creds)
+                        .map_err(CliError::Failed)?,
+                );
             }
             out
         }
@@ -792,9 +896,10 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
 fn ingress_command(a: &TunnelArgs) -> Res {
     let path = a
         .config_path()
-        .ok_or("tunnel ingress: no config file: pass --config FILE")?;
-    let (_, ingress) = TunnelConfig::read(&path)?;
-    let ingress = ingress.ok_or(format!("{}: ingress: no rules", path.display()))?;
+        .ok_or_else(|| usage("tunnel ingress: no config file: pass --config FILE"))?;
+    let (_, ingress) = TunnelConfig::read(&path).map_err(CliError::Failed)?;
+    let ingress = ingress
+        .ok_or_else(|| CliError::Failed(format!("{}: ingress: no rules", path.display())))?;
     match a.positional.as_slice() {
         [v] if v == "validate" => {
             println!("Validating rules from {}", path.display());
@@ -808,7 +913,7 @@ fn ingress_command(a: &TunnelArgs) -> Res {
             println!("OK");
         }
         [r, host] if r == "rule" => {
-            let host = access::application(host).map_err(|e| e.to_string())?.0;
+            let host = access::application(host)?.0;
             let (i, rule) = ingress.find(&host);
             println!(
                 "Matched rule #{i}: {} -> {}",
@@ -817,9 +922,9 @@ fn ingress_command(a: &TunnelArgs) -> Res {
             );
         }
         _ => {
-            return Err(format!(
+            return Err(usage(format!(
                 "usage: postern tunnel ingress validate | rule HOST\n\n{TUNNEL_HELP}"
-            ))
+            )))
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -829,7 +934,7 @@ fn ingress_command(a: &TunnelArgs) -> Res {
 fn tunnel_run(a: &TunnelArgs) -> Res {
     let config_path = a.config_path();
     let (cfg, ingress) = match &config_path {
-        Some(p) => TunnelConfig::read(p)?,
+        Some(p) => TunnelConfig::read(p).map_err(CliError::Failed)?,
         None => (TunnelConfig::default(), None),
     };
     let from = |what: &str| match &config_path {
@@ -839,22 +944,22 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
     let name = match a.positional.as_slice() {
         [n] => n.clone(),
         [] => cfg.tunnel.clone().ok_or_else(|| {
-            format!(
+            usage(format!(
                 "tunnel run: which tunnel? Name it (postern tunnel run NAME) or set \"tunnel\" in {}",
                 from("the config file")
-            )
+            ))
         })?,
-        _ => return Err(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}")),
+        _ => return Err(usage(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}"))),
     };
     let ingress = match (ingress, &a.url) {
-        (_, Some(url)) => tunnel::Ingress::catch_all(url)?,
+        (_, Some(url)) => tunnel::Ingress::catch_all(url).map_err(CliError::Failed)?,
         (Some(i), None) => i,
         (None, None) => {
-            return Err(format!(
+            return Err(usage(format!(
                 "tunnel run: no ingress rules and no --url: add \"ingress\" to {} or pass --url \
                  ssh://localhost:22",
                 from("the config file")
-            ))
+            )))
         }
     };
     let creds_path = a
@@ -866,19 +971,19 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             let place = home_postern("").map_or("next to the origin certificate".to_owned(), |d| {
                 format!("in {}", d.display())
             });
-            format!(
+            usage(format!(
                 "no credentials file for tunnel {name} {place}: pass --credentials-file, or set \
                  \"credentials-file\" in the config; `postern tunnel create {name}` makes one"
-            )
+            ))
         })?;
-    let (creds, credential) = TunnelCredentials::read(&creds_path)?;
+    let (creds, credential) = TunnelCredentials::read(&creds_path).map_err(CliError::Failed)?;
     if name != creds.name && name != creds.id {
-        return Err(format!(
+        return Err(usage(format!(
             "{} is the credentials file of tunnel {} ({}), not of {name}",
             creds_path.display(),
             creds.name,
             creds.id
-        ));
+        )));
     }
     let edge = a
         .edge
@@ -887,10 +992,10 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         .or(cfg.edge.clone())
         .or_else(|| credential.edge.clone())
         .ok_or_else(|| {
-            format!(
+            usage(format!(
                 "{} names no edge: pass --edge HOST:PORT",
                 creds_path.display()
-            )
+            ))
         })?;
     let sni_fallback = ingress
         .rules()
@@ -901,7 +1006,7 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         .to_owned();
     let grace = match (a.grace, &cfg.grace_period) {
         (Some(g), _) => g,
-        (None, Some(g)) => tunnel::config::parse_seconds(g)?,
+        (None, Some(g)) => tunnel::config::parse_seconds(g).map_err(CliError::Failed)?,
         (None, None) => 30,
     };
     run_origin(
@@ -986,7 +1091,7 @@ fn cloudflared_flags(args: Vec<OsString>) -> Vec<OsString> {
 
 fn cmd_access(mut args: Vec<OsString>) -> Res {
     if args.is_empty() {
-        return Err(format!("access: which subcommand?\n\n{ACCESS_HELP}"));
+        return Err(usage(format!("access: which subcommand?\n\n{ACCESS_HELP}")));
     }
     let sub = args.remove(0).to_string_lossy().into_owned();
     if matches!(sub.as_str(), "--help" | "-h" | "help") {
@@ -997,71 +1102,70 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     let mut p = parser(cloudflared_flags(args));
     let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
         (None, None, None, None, None, None);
-    let named = |slot: &mut Option<String>, v: String| -> Result<(), String> {
+    let named = |slot: &mut Option<String>, v: String| -> Result<(), CliError> {
         if slot.replace(v).is_some() {
-            return Err(format!(
+            return Err(usage(format!(
                 "access {sub}: give the hostname once (--hostname, --app or as an argument)"
-            ));
+            )));
         }
         Ok(())
     };
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
-            Long("hostname") | Long("app") => named(
-                &mut hostname,
-                string(p.value().map_err(|e| e.to_string())?, "--hostname")?,
-            )?,
+            Long("hostname") | Long("app") => {
+                named(&mut hostname, string(p.value()?, "--hostname")?)?
+            }
             Value(v) if takes_positional => named(&mut hostname, string(v, "hostname")?)?,
-            Long("edge") => {
-                edge_addr = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?)
-            }
-            Long("ca") => ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("id") | Long("service-token-id") => {
-                id = Some(string(p.value().map_err(|e| e.to_string())?, "--id")?)
-            }
+            Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
+            Long("ca") => ca = Some(PathBuf::from(p.value()?)),
+            Long("id") | Long("service-token-id") => id = Some(string(p.value()?, "--id")?),
             Long("secret") | Long("service-token-secret") => {
-                secret = Some(string(p.value().map_err(|e| e.to_string())?, "--secret")?)
+                secret = Some(string(p.value()?, "--secret")?)
             }
-            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
+            Long("url") => url = Some(string(p.value()?, "--url")?),
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);
             }
             other => {
-                return Err(format!(
+                return Err(usage(format!(
                     "access {sub}: {}\n\n{ACCESS_HELP}",
                     other.unexpected()
-                ))
+                )))
             }
         }
     }
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
-    let cache = access::TokenCache::open_default;
+    let cache = || access::TokenCache::open_default().map_err(CliError::Home);
     if sub == "logout" {
         return access_logout(&cache()?, hostname.as_deref());
     }
     let (hostname, url_port) = match hostname {
-        Some(h) => access::application(&h).map_err(|e| format!("access {sub}: {e}"))?,
+        Some(h) => access::application(&h).map_err(|e| usage(format!("access {sub}: {e}")))?,
         None if sub == "token" => {
-            return Err(format!("access token: --app is missing\n\n{ACCESS_HELP}"))
+            return Err(usage(format!(
+                "access token: --app is missing\n\n{ACCESS_HELP}"
+            )))
         }
         None if sub == "login" => {
-            return Err(format!(
+            return Err(usage(format!(
                 "access login: which application? (postern access login H)\n\n{ACCESS_HELP}"
-            ))
+            )))
         }
         None => {
-            return Err(format!(
+            return Err(usage(format!(
                 "access {sub}: --hostname is missing\n\n{ACCESS_HELP}"
-            ))
+            )))
         }
     };
     if sub == "token" {
-        let token = cache()?.load(&hostname).ok_or(format!(
-            "no valid token for {hostname}: run `postern access login {hostname}`"
-        ))?;
+        let token = cache()?.load(&hostname).ok_or_else(|| {
+            CliError::Failed(format!(
+                "no valid token for {hostname}: run `postern access login {hostname}`"
+            ))
+        })?;
         println!("{}", token.expose());
         return Ok(ExitCode::SUCCESS);
     }
@@ -1077,7 +1181,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             secret: Secret::from(secret),
         },
         (None, None) => Credentials::None,
-        _ => return Err("access: a service token needs both --id and --secret (or POSTERN_SERVICE_TOKEN_ID and POSTERN_SERVICE_TOKEN_SECRET)".into()),
+        _ => return Err(usage("access: a service token needs both --id and --secret (or POSTERN_SERVICE_TOKEN_ID and POSTERN_SERVICE_TOKEN_SECRET)")),
     };
     let opts = AccessOptions {
         edge: edge_addr
@@ -1088,17 +1192,18 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         credentials,
     };
     match sub.as_str() {
-        "ssh" => access::ssh(opts).map_err(|e| e.to_string())?,
+        "ssh" => access::ssh(opts)?,
         "tcp" => {
-            let url = url.ok_or("access tcp: --url (the local listen address) is missing")?;
+            let url = url
+                .ok_or_else(|| usage("access tcp: --url (the local listen address) is missing"))?;
             let listen: SocketAddr = url
                 .trim_start_matches("tcp://")
                 .parse()
-                .map_err(|e| format!("--url {url}: {e}"))?;
-            access::tcp(opts, listen).map_err(|e| e.to_string())?
+                .map_err(|e| usage(format!("--url {url}: {e}")))?;
+            access::tcp(opts, listen)?
         }
         "login" => {
-            let path = access::login_and_cache(&opts, &cache()?).map_err(|e| e.to_string())?;
+            let path = access::login_and_cache(&opts, &cache()?)?;
             eprintln!(
                 "Successfully fetched your token for {} (cached in {})",
                 opts.hostname,
@@ -1106,9 +1211,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             );
         }
         other => {
-            return Err(format!(
+            return Err(usage(format!(
                 "access: unknown subcommand {other:?}\n\n{ACCESS_HELP}"
-            ))
+            )))
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -1118,12 +1223,13 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
 fn access_logout(cache: &access::TokenCache, hostname: Option<&str>) -> Res {
     match hostname {
         Some(h) => {
-            let (h, _) = access::application(h).map_err(|e| format!("access logout: {e}"))?;
-            cache.remove(&h).map_err(|e| e.to_string())?;
+            let (h, _) =
+                access::application(h).map_err(|e| usage(format!("access logout: {e}")))?;
+            cache.remove(&h).map_err(AccessError::from)?;
             eprintln!("Removed the cached token for {h}");
         }
         None => {
-            let n = cache.remove_all().map_err(|e| e.to_string())?;
+            let n = cache.remove_all().map_err(AccessError::from)?;
             eprintln!(
                 "Removed {n} cached token{} from {}",
                 if n == 1 { "" } else { "s" },
@@ -1199,7 +1305,9 @@ OPTIONS:
 fn cmd_service(mut args: Vec<OsString>) -> Res {
     use postern::service::{self, EdgeArgs, InstallOptions, InstallWhat, Role, TunnelArgs};
     if args.is_empty() {
-        return Err(format!("service: install or uninstall?\n\n{SERVICE_HELP}"));
+        return Err(usage(format!(
+            "service: install or uninstall?\n\n{SERVICE_HELP}"
+        )));
     }
     let verb = args.remove(0).to_string_lossy().into_owned();
     match verb.as_str() {
@@ -1208,7 +1316,11 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             return Ok(ExitCode::SUCCESS);
         }
         "install" | "uninstall" => {}
-        other => return Err(format!("service: unknown verb {other:?}\n\n{SERVICE_HELP}")),
+        other => {
+            return Err(usage(format!(
+                "service: unknown verb {other:?}\n\n{SERVICE_HELP}"
+            )))
+        }
     }
     let mut p = parser(args);
     let mut role = None;
@@ -1217,51 +1329,44 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
     let mut unit_dir = PathBuf::from(service::DEFAULT_UNIT_DIR);
     let mut user = service::DEFAULT_USER.to_owned();
     let (mut enable, mut disable) = (true, true);
-    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+    while let Some(arg) = p.next()? {
         match arg {
             Value(v) if role.is_none() => {
                 role = Some(match string(v, "role")?.as_str() {
                     "tunnel" => Role::Tunnel,
                     "edge" => Role::Edge,
                     other => {
-                        return Err(format!(
+                        return Err(usage(format!(
                             "service {verb}: {other:?} is not tunnel or edge\n\n{SERVICE_HELP}"
-                        ))
+                        )))
                     }
                 })
             }
-            Long("hostname") => {
-                hostname = Some(string(p.value().map_err(|e| e.to_string())?, "--hostname")?)
-            }
-            Long("url") => url = Some(string(p.value().map_err(|e| e.to_string())?, "--url")?),
-            Long("origincert") => {
-                t.origincert = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?))
-            }
-            Long("edge") => t.edge = Some(string(p.value().map_err(|e| e.to_string())?, "--edge")?),
-            Long("ca") => t.ca = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
+            Long("hostname") => hostname = Some(string(p.value()?, "--hostname")?),
+            Long("url") => url = Some(string(p.value()?, "--url")?),
+            Long("origincert") => t.origincert = Some(PathBuf::from(p.value()?)),
+            Long("edge") => t.edge = Some(string(p.value()?, "--edge")?),
+            Long("ca") => t.ca = Some(PathBuf::from(p.value()?)),
             Long("ha-connections") => {
                 t.ha_connections = Some(
-                    p.value()
-                        .map_err(|e| e.to_string())?
+                    p.value()?
                         .parse()
-                        .map_err(|e| format!("--ha-connections: {e}"))?,
+                        .map_err(|e| usage(format!("--ha-connections: {e}")))?,
                 )
             }
             Long("grace-period") => {
-                let v = string(p.value().map_err(|e| e.to_string())?, "--grace-period")?;
+                let v = string(p.value()?, "--grace-period")?;
                 t.grace_secs = Some(
                     v.trim_end_matches('s')
                         .parse()
-                        .map_err(|e| format!("--grace-period: {e}"))?,
+                        .map_err(|e| usage(format!("--grace-period: {e}")))?,
                 );
             }
-            Long("name") => t.name = Some(string(p.value().map_err(|e| e.to_string())?, "--name")?),
-            Long("metrics") => {
-                t.metrics = Some(string(p.value().map_err(|e| e.to_string())?, "--metrics")?)
-            }
-            Long("config") => config = Some(PathBuf::from(p.value().map_err(|e| e.to_string())?)),
-            Long("unit-dir") => unit_dir = PathBuf::from(p.value().map_err(|e| e.to_string())?),
-            Long("user") => user = string(p.value().map_err(|e| e.to_string())?, "--user")?,
+            Long("name") => t.name = Some(string(p.value()?, "--name")?),
+            Long("metrics") => t.metrics = Some(string(p.value()?, "--metrics")?),
+            Long("config") => config = Some(PathBuf::from(p.value()?)),
+            Long("unit-dir") => unit_dir = PathBuf::from(p.value()?),
+            Long("user") => user = string(p.value()?, "--user")?,
             Long("no-enable") => enable = false,
             Long("no-disable") => disable = false,
             Long("help") | Short('h') => {
@@ -1269,10 +1374,10 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 return Ok(ExitCode::SUCCESS);
             }
             other => {
-                return Err(format!(
+                return Err(usage(format!(
                     "service {verb}: {}\n\n{SERVICE_HELP}",
                     other.unexpected()
-                ))
+                )))
             }
         }
     }
@@ -1287,28 +1392,34 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             },
             &mut say,
         )
-        .map_err(|e| format!("service uninstall: {e}"))?;
+        .map_err(|error| CliError::Service {
+            verb: "uninstall",
+            error,
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let what = match role {
         Some(Role::Tunnel) if config.is_some() => {
             if hostname.is_some() || url.is_some() || t.origincert.is_some() {
-                return Err(
+                return Err(usage(
                     "service install tunnel: --config runs a named tunnel from its config \
-                     file; --hostname, --url and --origincert are for the quick form"
-                        .into(),
-                );
+                     file; --hostname, --url and --origincert are for the quick form",
+                ));
             }
             t.config = config;
             InstallWhat::Tunnel(Box::new(t))
         }
         Some(Role::Tunnel) => {
-            t.hostname = hostname.ok_or(format!(
-                "service install tunnel: --hostname is missing\n\n{SERVICE_HELP}"
-            ))?;
-            t.url = url.ok_or(format!(
-                "service install tunnel: --url is missing\n\n{SERVICE_HELP}"
-            ))?;
+            t.hostname = hostname.ok_or_else(|| {
+                usage(format!(
+                    "service install tunnel: --hostname is missing\n\n{SERVICE_HELP}"
+                ))
+            })?;
+            t.url = url.ok_or_else(|| {
+                usage(format!(
+                    "service install tunnel: --url is missing\n\n{SERVICE_HELP}"
+                ))
+            })?;
             InstallWhat::Tunnel(Box::new(t))
         }
         Some(Role::Edge) => {
@@ -1322,21 +1433,22 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 || t.metrics.is_some()
                 || t.name.is_some();
             if tunnel_flags {
-                return Err(
-                    "service install edge: only --config (and --unit-dir, --user, --no-enable) apply"
-                        .into(),
-                );
+                return Err(usage(
+                    "service install edge: only --config (and --unit-dir, --user, --no-enable) apply",
+                ));
             }
             InstallWhat::Edge(EdgeArgs {
-                config: config.ok_or(format!(
-                    "service install edge: --config is missing\n\n{SERVICE_HELP}"
-                ))?,
+                config: config.ok_or_else(|| {
+                    usage(format!(
+                        "service install edge: --config is missing\n\n{SERVICE_HELP}"
+                    ))
+                })?,
             })
         }
         None => {
-            return Err(format!(
+            return Err(usage(format!(
                 "service install: tunnel or edge?\n\n{SERVICE_HELP}"
-            ))
+            )))
         }
     };
     service::install(
@@ -1348,6 +1460,53 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
         },
         &mut say,
     )
-    .map_err(|e| format!("service install: {e}"))?;
+    .map_err(|error| CliError::Service {
+        verb: "install",
+        error,
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_kind_prints_its_own_message() {
+        assert_eq!(
+            CliError::Refused("hostname a.b is already registered".into()).to_string(),
+            "tunnel refused by the edge: hostname a.b is already registered"
+        );
+        assert_eq!(
+            CliError::File {
+                path: PathBuf::from("/x/cert.pem"),
+                error: io::Error::from(io::ErrorKind::PermissionDenied),
+            }
+            .to_string(),
+            format!(
+                "/x/cert.pem: {}",
+                io::Error::from(io::ErrorKind::PermissionDenied)
+            )
+        );
+        assert_eq!(
+            usage("edge: --dev and --config").to_string(),
+            "edge: --dev and --config"
+        );
+        let access: CliError = AccessError::InvalidPort("h:x".into()).into();
+        assert!(matches!(access, CliError::Access(_)));
+        assert_eq!(access.to_string(), "invalid port in \"h:x\"");
+    }
+
+    #[test]
+    fn command_line_mistakes_are_usage_errors() {
+        let mut p = parser(vec!["--nope".into()]);
+        let e: CliError = match p.next() {
+            Ok(Some(arg)) => arg.unexpected().into(),
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(e, CliError::Usage(_)), "{e:?}");
+        assert!(e.to_string().contains("--nope"), "{e}");
+        let e = string(OsString::from("ok"), "--flag").unwrap();
+        assert_eq!(e, "ok");
+    }
 }

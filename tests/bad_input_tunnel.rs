@@ -223,7 +223,7 @@ fn an_origin_reset_after_its_fin_sends_the_client_no_second_close() {
     // ends, but a second Close would be a protocol error at the client.
     t.send(&Frame::Rst {
         stream,
-        code: postern::proto::mux::rst::CANCEL,
+        code: postern::proto::mux::ResetCode::Cancel,
         reason: "service write failed",
     });
     let second = raw::read_close_code(&mut carrier, Vec::new(), Duration::from_secs(10));

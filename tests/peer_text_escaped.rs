@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use postern::proto::mux::{rst, Frame};
+use postern::proto::mux::{Frame, ResetCode};
 use support::raw::RawTunnel;
 use support::{access_until_exit, origin_cert, postern, service_token, temp_dir, Edge};
 
@@ -33,7 +33,7 @@ fn an_origins_reset_reason_reaches_the_users_terminal_escaped() {
             .expect("an OPEN from the edge");
         origin.send(&Frame::Rst {
             stream,
-            code: rst::CONNECT_FAILED,
+            code: ResetCode::ConnectFailed,
             reason: EVIL,
         });
         origin.send(&Frame::GoAway {

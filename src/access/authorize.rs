@@ -25,7 +25,7 @@ use rustls::ClientConfig;
 use super::login::{login, Purpose};
 use super::login_lock::{self, Acquired, LockError, LockTiming};
 use super::token_cache::{is_compact_jwt, TokenCache};
-use super::{err, open_carrier, AccessError, AccessOptions, CarrierError, Credentials};
+use super::{connect, AccessError, AccessOptions, Credentials};
 use crate::io::tls::TlsConn;
 use crate::store::Secret;
 
@@ -38,24 +38,26 @@ pub(crate) fn open_authorized(
     cache: &Result<TokenCache, String>,
 ) -> Result<TlsConn, AccessError> {
     if let Credentials::ServiceToken { .. } = &opts.credentials {
-        return Ok(open_carrier(opts, cfg)?);
+        return connect(opts, cfg);
     }
     // Only app tokens need the cache (and so HOME).
-    let cache = cache.as_ref().map_err(|e| err(e.clone()))?;
+    let cache = cache
+        .as_ref()
+        .map_err(|e| AccessError::TokenCache(e.clone()))?;
     if let Credentials::None = &opts.credentials {
         if let Some(token) = cache.load(&opts.hostname) {
             debug!("using the cached token for {}", opts.hostname);
             opts.credentials = Credentials::AppToken(token);
         }
     }
-    match open_carrier(opts, cfg) {
+    match connect(opts, cfg) {
         Ok(conn) => return Ok(conn),
-        Err(CarrierError::Refused {
+        Err(AccessError::Refused {
             status: 401, cause, ..
         }) => {
             debug!("the edge asks for a login to {}: {cause}", opts.hostname)
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     let refused = match std::mem::replace(&mut opts.credentials, Credentials::None) {
         Credentials::AppToken(t) => {
@@ -68,19 +70,24 @@ pub(crate) fn open_authorized(
     };
     let token = app_token(opts, cache, refused.as_ref())?;
     opts.credentials = Credentials::AppToken(token);
-    match open_carrier(opts, cfg) {
+    match connect(opts, cfg) {
         Ok(conn) => Ok(conn),
-        Err(CarrierError::Refused { cause, status, .. }) => {
+        Err(AccessError::Refused {
+            hostname,
+            status,
+            cause,
+        }) => {
             if let Credentials::AppToken(t) = &opts.credentials {
                 let _ = cache.remove_if(&opts.hostname, t);
             }
             opts.credentials = Credentials::None;
-            Err(err(format!(
-                "the edge refused the new token for {} (HTTP {status}): {cause}",
-                opts.hostname
-            )))
+            Err(AccessError::NewTokenRefused {
+                hostname,
+                status,
+                cause,
+            })
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(e),
     }
 }
 
@@ -104,7 +111,7 @@ fn app_token(
             }
             Some(guard)
         }
-        Err(e @ LockError::Timeout { .. }) => return Err(err(e.to_string())),
+        Err(e @ LockError::Timeout { .. }) => return Err(e.into()),
         Err(e) => {
             warn!("{e}; logging in without sharing the login with other processes");
             None
@@ -142,22 +149,23 @@ fn signed_in_as(token: &Secret, host: &str) -> String {
 /// The login's plaintext as an app token, checked to be a compact JWT (it goes into an HTTP
 /// header and a file).
 fn app_token_from(plain: Vec<u8>) -> Result<Secret, AccessError> {
-    let text = String::from_utf8(plain)
-        .map_err(|_| err("the edge handed over something that is not a token"))?;
+    let text = String::from_utf8(plain).map_err(|_| not_a_token())?;
     let token = text.trim();
     if !is_compact_jwt(token) {
-        return Err(err("the edge handed over something that is not a token"));
+        return Err(not_a_token());
     }
     Ok(Secret::from(token.to_owned()))
+}
+
+fn not_a_token() -> AccessError {
+    AccessError::BadAnswer("the edge handed over something that is not a token".into())
 }
 
 /// `postern access login H`: always a new browser login (unless a parallel process is in the
 /// middle of one, whose token is then taken), cached for `opts.hostname`. Returns where the
 /// token was stored.
 pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathBuf, AccessError> {
-    let path = cache
-        .path(&opts.hostname, ".jwt")
-        .map_err(|e| err(e.to_string()))?;
+    let path = cache.path(&opts.hostname, ".jwt")?;
     let existing = cache.load(&opts.hostname);
     let guard = match login_lock::acquire(
         cache,
@@ -167,13 +175,13 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
     ) {
         Ok(Acquired::Token(_)) => return Ok(path),
         Ok(Acquired::Lock(guard)) => guard,
-        Err(e) => return Err(err(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     let token = app_token_from(login(opts, Purpose::App)?)?;
     eprintln!("{}", signed_in_as(&token, &opts.hostname));
     let path = cache
         .store(&opts.hostname, &token)
-        .map_err(|e| err(format!("could not store the token: {e}")))?;
+        .map_err(AccessError::StoreToken)?;
     drop(guard);
     Ok(path)
 }

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rustls::ClientConfig;
 
-use super::{client_config, err, https_get, https_request, json_error, AccessError, AccessOptions};
+use super::{client_config, https_get, https_request, json_error, AccessError, AccessOptions};
 use crate::logging::escape;
 use crate::proto::token_transfer::{confirmation_code, Opener, Sealed, TRANSFER_TTL};
 
@@ -106,9 +106,7 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
 
     loop {
         if start.elapsed() + POLL_INTERVAL > TRANSFER_TTL {
-            return Err(err(
-                "login timed out: nobody completed the login in the browser",
-            ));
+            return Err(AccessError::LoginTimedOut);
         }
         std::thread::sleep(POLL_INTERVAL);
         let step = match poll(opts, &cfg, &poll_path) {
@@ -125,22 +123,23 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
 fn started((status, body): (u16, Vec<u8>), code: &str) -> Result<(), AccessError> {
     if status != 201 {
         let why = edge_error(&body).map_or_else(String::new, |e| format!(": {e}"));
-        let hint = if status == 400 && why.contains("carries SSH over WebSocket") {
-            " (is the edge an older postern? update it)"
-        } else {
-            ""
-        };
-        return Err(err(format!(
-            "the edge refused to start a login (HTTP {status}){why}{hint}"
-        )));
+        // An edge from before browser logins answers the transfer endpoint as it answers any
+        // path: as a carrier that wants a WebSocket upgrade. Its words are the only sign.
+        let older_edge = status == 400 && why.contains("carries SSH over WebSocket");
+        return Err(AccessError::LoginNotStarted {
+            status,
+            why,
+            older_edge,
+        });
     }
     let theirs = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("code").and_then(|c| c.as_str()).map(str::to_owned));
     if theirs.as_deref() != Some(code) {
-        return Err(err(
+        return Err(AccessError::BadAnswer(
             "the edge answered the login start with another confirmation code: it does not \
-             speak this postern's login protocol",
+             speak this postern's login protocol"
+                .into(),
         ));
     }
     Ok(())
@@ -157,7 +156,7 @@ fn poll(
 fn open(opener: Opener, sealed: &Sealed) -> Result<Vec<u8>, AccessError> {
     opener
         .open(sealed)
-        .map_err(|e| err(format!("the login could not be completed: {e}")))
+        .map_err(|e| AccessError::Login(format!("the login could not be completed: {e}")))
 }
 
 /// What to do after one poll.
@@ -181,7 +180,7 @@ impl Transfer {
             200 => {
                 self.failures = 0;
                 let sealed: Sealed = serde_json::from_slice(&body).map_err(|e| {
-                    err(format!(
+                    AccessError::BadAnswer(format!(
                         "the edge's transfer answer is not a sealed token: {e}"
                     ))
                 })?;
@@ -192,16 +191,16 @@ impl Transfer {
                 Ok(Step::Wait)
             }
             // The slot exists from the start: gone means expired, abandoned or taken.
-            404 => Err(err(format!(
+            404 => Err(AccessError::Login(format!(
                 "login failed: {}",
                 edge_error(&body)
                     .unwrap_or_else(|| "unknown or expired login: start the login again".into())
             ))),
-            500..=599 | 429 => self.on_failure(err(format!(
+            500..=599 | 429 => self.on_failure(AccessError::BadAnswer(format!(
                 "the edge answered HTTP {status}{}",
                 edge_error(&body).map_or_else(String::new, |e| format!(": {e}"))
             ))),
-            _ => Err(err(format!(
+            _ => Err(AccessError::Login(format!(
                 "the edge refused the login (HTTP {status}){}",
                 edge_error(&body).map_or_else(String::new, |e| format!(": {e}"))
             ))),
@@ -212,7 +211,7 @@ impl Transfer {
     fn on_failure(&mut self, e: AccessError) -> Result<Step, AccessError> {
         self.failures += 1;
         if self.failures >= MAX_POLL_FAILURES {
-            return Err(err(format!(
+            return Err(AccessError::Login(format!(
                 "login failed: {MAX_POLL_FAILURES} polls of the edge in a row failed, the last with: {e}"
             )));
         }
@@ -362,14 +361,17 @@ mod tests {
             assert!(matches!(t.on_answer((503, Vec::new())), Ok(Step::Wait)));
         }
         let e = t
-            .on_failure(err("connection reset"))
+            .on_failure(AccessError::BadAnswer("connection reset".into()))
             .err()
             .expect("too many failures");
         assert!(e.to_string().contains("connection reset"), "{e}");
         // A success in between resets the count.
         let mut t = Transfer::new();
         for _ in 0..3 * MAX_POLL_FAILURES {
-            assert!(matches!(t.on_failure(err("x")), Ok(Step::Wait)));
+            assert!(matches!(
+                t.on_failure(AccessError::BadAnswer("x".into())),
+                Ok(Step::Wait)
+            ));
             assert!(matches!(t.on_answer((202, Vec::new())), Ok(Step::Wait)));
         }
         // Other statuses end the login at once.

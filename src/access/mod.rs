@@ -15,7 +15,6 @@
 //! ends the session once its bytes are written: ssh sees EOF when we exit, and it would not
 //! close our stdin before it saw one.
 
-use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -42,11 +41,13 @@ use crate::proto::ws::{self, Decoder, Item, Role};
 use crate::store::Secret;
 
 mod authorize;
+mod error;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
 
 pub use authorize::login_and_cache;
+pub use error::AccessError;
 pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;
 
@@ -70,20 +71,20 @@ pub struct AccessOptions {
     pub credentials: Credentials,
 }
 
-/// A failure with its cause and what to do about it.
-#[derive(Debug)]
-pub struct AccessError(pub String);
-
-impl fmt::Display for AccessError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+/// A failure of the connection to the edge once it is up.
+fn edge_failed(error: io::Error) -> AccessError {
+    AccessError::Connection {
+        doing: "connection to the edge",
+        error,
     }
 }
 
-impl std::error::Error for AccessError {}
-
-fn err(msg: impl Into<String>) -> AccessError {
-    AccessError(msg.into())
+/// A failure of the local event loop (poll, registration, signals).
+fn event_loop(error: io::Error) -> AccessError {
+    AccessError::Local {
+        what: "event loop",
+        error,
+    }
 }
 
 /// An application as the CLI takes it: `H`, `H:PORT` or `https://H[:PORT][/…]`
@@ -104,25 +105,23 @@ pub fn application(s: &str) -> Result<(String, Option<u16>), AccessError> {
                 .parse::<u16>()
                 .ok()
                 .filter(|&p| p != 0)
-                .ok_or_else(|| err(format!("invalid port in {s:?}")))?;
+                .ok_or_else(|| AccessError::InvalidPort(s.to_owned()))?;
             (h, Some(port))
         }
         None => (authority, None),
     };
     if !token_cache::valid_cache_hostname(host) {
-        return Err(err(format!(
-            "invalid hostname {s:?}: expected a DNS name like ssh.example.com or https://ssh.example.com"
-        )));
+        return Err(AccessError::InvalidHostname(s.to_owned()));
     }
     Ok((host.to_owned(), port))
 }
 
 fn client_config(extra_ca: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, AccessError> {
-    let roots = crate::pki::root_store(extra_ca, &[]).map_err(|e| err(e.to_string()))?;
+    let roots = crate::pki::root_store(extra_ca, &[]).map_err(AccessError::TrustStore)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| err(e.to_string()))?
+        .map_err(AccessError::TlsSetup)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -151,7 +150,10 @@ fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
     }
     Ok(edge
         .to_socket_addrs()
-        .map_err(|e| err(format!("cannot resolve the edge {edge}: {e}")))?
+        .map_err(|e| AccessError::Resolve {
+            edge: edge.to_owned(),
+            error: Some(e),
+        })?
         .collect())
 }
 
@@ -170,11 +172,11 @@ fn connect_first(addrs: &[SocketAddr]) -> Result<StdTcpStream, Option<(SocketAdd
 /// TCP to the edge itself.
 fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
     connect_first(&resolve_edge(edge)?).map_err(|last| match last {
-        Some((a, e)) => err(format!(
-            "cannot reach the edge at {a}: {e} (is the edge running, and is egress to its port allowed? \
-             set --edge or POSTERN_EDGE to the edge's address)"
-        )),
-        None => err(format!("the edge {edge} resolves to no address")),
+        Some((addr, error)) => AccessError::Unreachable { addr, error },
+        None => AccessError::Resolve {
+            edge: edge.to_owned(),
+            error: None,
+        },
     })
 }
 
@@ -183,47 +185,49 @@ fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
 /// proxy's answer (the edge's, for TLS).
 fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>), AccessError> {
     if proxy::split_host_port(edge).is_none() {
-        return Err(err(format!(
-            "the edge address {edge:?} is not HOST:PORT, which a CONNECT through the proxy \
-             {} needs: set --edge or POSTERN_EDGE",
-            p.addr
-        )));
+        return Err(AccessError::EdgeNotHostPort {
+            edge: edge.to_owned(),
+            proxy: p.addr.clone(),
+        });
     }
     let addrs: Vec<SocketAddr> = p
         .addr
         .to_socket_addrs()
-        .map_err(|e| {
-            err(format!(
-                "cannot resolve the proxy {} (from {}): {e}",
-                p.addr, p.source
-            ))
+        .map_err(|e| AccessError::ProxyResolve {
+            proxy: p.addr.clone(),
+            source: p.source,
+            error: Some(e),
         })?
         .collect();
     let mut sock = connect_first(&addrs).map_err(|last| match last {
-        Some((a, e)) => err(format!(
-            "cannot reach the proxy {} at {a} (from {}): {e} (is the proxy running? or name \
-             the edge in NO_PROXY to connect directly)",
-            p.addr, p.source
-        )),
-        None => err(format!(
-            "the proxy {} (from {}) resolves to no address",
-            p.addr, p.source
-        )),
+        Some((addr, error)) => AccessError::ProxyUnreachable {
+            proxy: p.addr.clone(),
+            source: p.source,
+            addr,
+            error,
+        },
+        None => AccessError::ProxyResolve {
+            proxy: p.addr.clone(),
+            source: p.source,
+            error: None,
+        },
     })?;
     debug!("connecting to the edge {edge} through the proxy {}", p.addr);
     let deadline = Instant::now() + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS);
-    let timed_out = || err(p.timed_out(edge, PROXY_ANSWER_TIMEOUT_SECS).to_string());
+    let timed_out = || AccessError::Proxy(p.timed_out(edge, PROXY_ANSWER_TIMEOUT_SECS));
+    let proxy_io = |writing, error| AccessError::ProxyIo {
+        proxy: p.addr.clone(),
+        edge: edge.to_owned(),
+        writing,
+        error,
+    };
     let _ = sock.set_write_timeout(Some(Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS)));
-    sock.write_all(&p.connect_request(edge)).map_err(|e| {
-        err(format!(
-            "sending CONNECT {edge} to the proxy {} failed: {e}",
-            p.addr
-        ))
-    })?;
+    sock.write_all(&p.connect_request(edge))
+        .map_err(|e| proxy_io(true, e))?;
     let mut answer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(n) = proxy::read_answer(&answer, p, edge).map_err(|e| err(e.to_string()))? {
+        if let Some(n) = proxy::read_answer(&answer, p, edge)? {
             let early = answer.split_off(n);
             return Ok((sock, early));
         }
@@ -235,18 +239,13 @@ fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>
         // Never more than the head limit: `read_answer` refuses a full buffer without a head.
         let room = MAX_HTTP_HEAD.saturating_sub(answer.len()).min(chunk.len());
         match sock.read(&mut chunk[..room]) {
-            Ok(0) => return Err(err(p.closed(edge).to_string())),
+            Ok(0) => return Err(p.closed(edge).into()),
             Ok(n) => answer.extend_from_slice(&chunk[..n]),
             Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
                 return Err(timed_out())
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(err(format!(
-                    "reading the answer of the proxy {} to CONNECT {edge} failed: {e}",
-                    p.addr
-                )))
-            }
+            Err(e) => return Err(proxy_io(false, e)),
         }
     }
 }
@@ -259,8 +258,7 @@ pub fn tls_connect(
     cfg: &Arc<ClientConfig>,
 ) -> Result<(StdTcpStream, ClientConnection), AccessError> {
     let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
-    let via =
-        proxy::proxy_for(edge_host, |k| std::env::var(k).ok()).map_err(|e| err(e.to_string()))?;
+    let via = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())?;
     let (mut sock, early) = match &via {
         None => (connect_direct(&opts.edge)?, Vec::new()),
         Some(p) => connect_through(p, &opts.edge)?,
@@ -268,32 +266,25 @@ pub fn tls_connect(
     let _ = sock.set_nodelay(true);
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let name = ServerName::try_from(opts.hostname.clone())
-        .map_err(|_| err(format!("invalid hostname {:?}", opts.hostname)))?;
-    let mut tls = ClientConnection::new(cfg.clone(), name).map_err(|e| err(e.to_string()))?;
-    proxy::hand_to_tls(&mut tls, &early).map_err(|e| {
-        err(format!(
-            "TLS with the edge at {} through the proxy failed: {e}",
-            opts.edge
-        ))
-    })?;
+        .map_err(|_| AccessError::InvalidHostname(opts.hostname.clone()))?;
+    let mut tls = ClientConnection::new(cfg.clone(), name).map_err(AccessError::TlsSetup)?;
+    // Advice by the rustls error's variant (see `AccessError::UntrustedCertificate`).
+    let tls_failed = |error, through_proxy| match crate::io::tls::rustls_error(&error) {
+        Some(e @ rustls::Error::InvalidCertificate(_)) => AccessError::UntrustedCertificate {
+            edge: opts.edge.clone(),
+            hostname: opts.hostname.clone(),
+            error: e.clone(),
+        },
+        _ => AccessError::Tls {
+            edge: opts.edge.clone(),
+            through_proxy,
+            error,
+        },
+    };
+    proxy::hand_to_tls(&mut tls, &early).map_err(|e| tls_failed(e, true))?;
     while tls.is_handshaking() {
-        if let Err(e) = tls.complete_io(&mut sock) {
-            let text = e.to_string();
-            return Err(err(
-                if text.contains("certificate") || text.contains("UnknownIssuer") {
-                    format!(
-                    "certificate not trusted: the edge at {} presented a certificate for {} that no \
-                     trusted CA signed ({text}); pass --ca FILE (or POSTERN_CA) with the edge's CA",
-                    opts.edge, opts.hostname
-                )
-                } else {
-                    format!(
-                        "TLS handshake with the edge at {} failed: {text}",
-                        opts.edge
-                    )
-                },
-            ));
-        }
+        tls.complete_io(&mut sock)
+            .map_err(|e| tls_failed(e, false))?;
     }
     Ok((sock, tls))
 }
@@ -308,16 +299,18 @@ fn read_response_head(
     let mut chunk = [0u8; 4096];
     let limits = HeadLimits::default();
     loop {
-        if let Some((head, used)) = http::parse_response_head(&buf, &limits)
-            .map_err(|e| err(format!("bad answer from the edge: {e}")))?
+        if let Some((head, used)) =
+            http::parse_response_head(&buf, &limits).map_err(AccessError::BadHead)?
         {
             return Ok((head, buf, used));
         }
-        let n = stream
-            .read(&mut chunk)
-            .map_err(|e| err(format!("the edge closed the connection during {what}: {e}")))?;
+        let closed = |error| AccessError::EdgeClosed {
+            during: format!(" during {what}"),
+            error,
+        };
+        let n = stream.read(&mut chunk).map_err(|e| closed(Some(e)))?;
         if n == 0 {
-            return Err(err(format!("the edge closed the connection during {what}")));
+            return Err(closed(None));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -369,17 +362,14 @@ pub fn https_request(
     }
     http::write_request(&mut req, method, path, &headers);
     req.extend_from_slice(body.unwrap_or_default());
-    tls.writer()
-        .write_all(&req)
-        .map_err(|e| err(e.to_string()))?;
+    tls.writer().write_all(&req).map_err(edge_failed)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
-    stream.flush().map_err(|e| err(e.to_string()))?;
+    stream.flush().map_err(edge_failed)?;
     let (head, buf, used) = read_response_head(&mut stream, "a request")?;
     let mut body = buf[used..].to_vec();
-    let too_big = || {
-        err(format!(
-            "the edge's answer to {path} is larger than {MAX_HTTPS_BODY} bytes"
-        ))
+    let too_big = || AccessError::AnswerTooLarge {
+        path: path.to_owned(),
+        limit: MAX_HTTPS_BODY,
     };
     let mut chunk = [0u8; 4096];
     match head.content_length() {
@@ -387,11 +377,13 @@ pub fn https_request(
         Some(n) => {
             let n = n as usize;
             while body.len() < n {
-                let got = stream
-                    .read(&mut chunk)
-                    .map_err(|e| err(format!("the edge closed the connection mid-answer: {e}")))?;
+                let closed = |error| AccessError::EdgeClosed {
+                    during: " mid-answer".into(),
+                    error,
+                };
+                let got = stream.read(&mut chunk).map_err(|e| closed(Some(e)))?;
                 if got == 0 {
-                    return Err(err("the edge closed the connection mid-answer"));
+                    return Err(closed(None));
                 }
                 body.extend_from_slice(&chunk[..got]);
             }
@@ -413,51 +405,21 @@ pub fn https_request(
                 // A peer that closes without close_notify: the body has no length to
                 // check against anyway.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(err(format!("reading the edge's answer failed: {e}"))),
+                Err(error) => {
+                    return Err(AccessError::Connection {
+                        doing: "reading the edge's answer",
+                        error,
+                    })
+                }
             }
         },
     }
     Ok((head.status, body))
 }
 
-/// Why a carrier was not opened: the edge said no (with its status), or something failed
-/// on the way.
-pub(crate) enum CarrierError {
-    /// The edge answered the upgrade with `status`; `cause` is its reason (the JSON
-    /// `error`, else the status line's reason) and `error` the whole message.
-    Refused {
-        status: u16,
-        cause: String,
-        error: AccessError,
-    },
-    /// Connecting, TLS or the upgrade itself failed.
-    Failed(AccessError),
-}
-
-impl From<AccessError> for CarrierError {
-    fn from(e: AccessError) -> Self {
-        CarrierError::Failed(e)
-    }
-}
-
-impl From<CarrierError> for AccessError {
-    fn from(e: CarrierError) -> Self {
-        match e {
-            CarrierError::Refused { error, .. } | CarrierError::Failed(error) => error,
-        }
-    }
-}
-
-/// Connects, upgrades, and returns a carrier ready for the loop.
+/// Connects, upgrades, and returns a carrier ready for the loop. The edge's refusal (401,
+/// 403, …) is [`AccessError::Refused`].
 pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
-    open_carrier(opts, cfg).map_err(AccessError::from)
-}
-
-/// [`connect`], telling a refusal (401, 403, …) apart from other failures.
-pub(crate) fn open_carrier(
-    opts: &AccessOptions,
-    cfg: &Arc<ClientConfig>,
-) -> Result<TlsConn, CarrierError> {
     let (mut sock, mut tls) = tls_connect(opts, cfg)?;
 
     // The upgrade request, with Cloudflare Access's header names.
@@ -474,17 +436,18 @@ pub(crate) fn open_carrier(
     match &opts.credentials {
         Credentials::ServiceToken { id, secret } => {
             if !printable(id) || !printable(secret.expose()) {
-                return Err(err(
+                return Err(AccessError::BadCredentials(
                     "the service token id and secret must be printable ASCII without spaces",
-                )
-                .into());
+                ));
             }
             headers.push(("CF-Access-Client-Id", id));
             headers.push(("CF-Access-Client-Secret", secret.expose()));
         }
         Credentials::AppToken(token) => {
             if !printable(token.expose()) {
-                return Err(err("the app token must be printable ASCII without spaces").into());
+                return Err(AccessError::BadCredentials(
+                    "the app token must be printable ASCII without spaces",
+                ));
             }
             headers.push(("cf-access-token", token.expose()));
         }
@@ -492,11 +455,9 @@ pub(crate) fn open_carrier(
     }
     let mut req = Vec::new();
     http::write_request(&mut req, "GET", "/", &headers);
-    tls.writer()
-        .write_all(&req)
-        .map_err(|e| err(e.to_string()))?;
+    tls.writer().write_all(&req).map_err(edge_failed)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
-    stream.flush().map_err(|e| err(e.to_string()))?;
+    stream.flush().map_err(edge_failed)?;
 
     let (head, mut buf, used) = read_response_head(&mut stream, "the upgrade")?;
     let mut chunk = [0u8; 4096];
@@ -513,20 +474,19 @@ pub(crate) fn open_carrier(
         }
         let body = &buf[used..buf.len().min(used + want)];
         let cause = json_error(body).unwrap_or_else(|| untrusted(&head.reason).to_string());
-        return Err(CarrierError::Refused {
+        return Err(AccessError::Refused {
+            hostname: opts.hostname.clone(),
             status: head.status,
-            error: err(format!(
-                "the edge refused {} (HTTP {}): {cause}",
-                opts.hostname, head.status
-            )),
             cause,
         });
     }
     let expected = http::websocket_accept_key(&key);
     if head.header("sec-websocket-accept") != Some(expected.as_str()) {
-        return Err(err("the edge answered the upgrade with a wrong Sec-WebSocket-Accept").into());
+        return Err(AccessError::BadAnswer(
+            "the edge answered the upgrade with a wrong Sec-WebSocket-Accept".into(),
+        ));
     }
-    sock.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    sock.set_nonblocking(true).map_err(event_loop)?;
     let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
     let leftover = &buf[used..];
     let pushed = conn.rx.push(leftover);
@@ -591,10 +551,7 @@ impl Splice {
 
     fn pump(&mut self, registry: &Registry, bufs: &mut LoopBufs) -> Result<Progress, AccessError> {
         loop {
-            let full = self
-                .tls
-                .read(&mut bufs.stage)
-                .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+            let full = self.tls.read(&mut bufs.stage).map_err(edge_failed)?;
             let progress = self.step(registry, bufs)?;
             if !(full && self.tls.has_room()) || matches!(progress, Progress::Done) {
                 return Ok(progress);
@@ -640,14 +597,17 @@ impl Splice {
                 Ok(Some((Item::Close { code, reason }, used))) => {
                     self.tls.rx.consume(used);
                     if code != ws::close::NORMAL {
-                        return Err(err(format!(
-                            "the edge closed the session: {}",
-                            untrusted(&reason)
-                        )));
+                        return Err(AccessError::SessionClosed {
+                            reason: untrusted(&reason).to_string(),
+                        });
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(err(format!("bad frame from the edge: {e}"))),
+                Err(e) => {
+                    return Err(AccessError::BadAnswer(format!(
+                        "bad frame from the edge: {e}"
+                    )))
+                }
             }
         }
         if self.dec.is_closed() && self.out.is_empty() && !self.local_write_shut {
@@ -660,13 +620,14 @@ impl Splice {
             }
         }
         if self.tls.peer_closed && !self.dec.is_closed() {
-            return Err(err("the edge closed the connection"));
+            return Err(AccessError::EdgeClosed {
+                during: String::new(),
+                error: None,
+            });
         }
         // Local → edge, one bounded batch at a time. Flush first: `can_send` must see what
         // the socket took since the last pass, or no event would ever resume reading stdin.
-        self.tls
-            .flush()
-            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        self.tls.flush().map_err(edge_failed)?;
         while self.tls.can_send() && !self.local_eof {
             let buf = &mut bufs.local;
             match self.local.read(buf) {
@@ -680,15 +641,16 @@ impl Splice {
                 }
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(err(format!("local read failed: {e}"))),
+                Err(error) => {
+                    return Err(AccessError::Local {
+                        what: "local read failed",
+                        error,
+                    })
+                }
             }
-            self.tls
-                .flush()
-                .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+            self.tls.flush().map_err(edge_failed)?;
         }
-        self.tls
-            .flush()
-            .map_err(|e| err(format!("connection to the edge failed: {e}")))?;
+        self.tls.flush().map_err(edge_failed)?;
         if self.sent_close && self.dec.is_closed() && self.out.is_empty() {
             self.tls.close();
             return Ok(Progress::Done);
@@ -713,8 +675,11 @@ impl Splice {
 pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
     let tls = authorize::open_authorized(&mut opts, &cfg, &TokenCache::open_default())?;
-    let local = Local::stdio().map_err(|e| err(format!("stdio: {e}")))?;
-    let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
+    let local = Local::stdio().map_err(|error| AccessError::Local {
+        what: "stdio",
+        error,
+    })?;
+    let mut poll = Poll::new().map_err(event_loop)?;
     let mut s = Splice::new(tls, local);
     poll.registry()
         .register(
@@ -722,10 +687,10 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
             Token(0),
             Interest::READABLE | Interest::WRITABLE,
         )
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(event_loop)?;
     s.local
         .register(poll.registry(), Token(1), Token(2))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(event_loop)?;
     let mut events = Events::with_capacity(16);
     let mut bufs = LoopBufs::new();
     loop {
@@ -742,7 +707,7 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
         }
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(err(e.to_string()));
+                return Err(event_loop(e));
             }
         }
     }
@@ -759,21 +724,23 @@ pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessErro
         matches!(opts.credentials, Credentials::ServiceToken { .. }),
     ) {
         // Fail now, not at the first connection.
-        return Err(err(e.clone()));
+        return Err(AccessError::TokenCache(e.clone()));
     }
-    let mut listener =
-        TcpListener::bind(listen).map_err(|e| err(format!("cannot listen on {listen}: {e}")))?;
-    let mut poll = Poll::new().map_err(|e| err(e.to_string()))?;
-    let mut signals = Signals::new().map_err(|e| err(e.to_string()))?;
+    let mut listener = TcpListener::bind(listen).map_err(|error| AccessError::Listen {
+        addr: listen,
+        error,
+    })?;
+    let mut poll = Poll::new().map_err(event_loop)?;
+    let mut signals = Signals::new().map_err(event_loop)?;
     poll.registry()
         .register(&mut listener, Token(0), Interest::READABLE)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(event_loop)?;
     poll.registry()
         .register(&mut signals.rx, Token(1), Interest::READABLE)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(event_loop)?;
     info!(
         "listening on {} for {} (via edge {})",
-        listener.local_addr().map_err(|e| err(e.to_string()))?,
+        listener.local_addr().map_err(event_loop)?,
         opts.hostname,
         opts.edge
     );
@@ -783,7 +750,7 @@ pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessErro
     loop {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(err(e.to_string()));
+                return Err(event_loop(e));
             }
         }
         let mut touched = Vec::new();

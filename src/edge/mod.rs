@@ -47,7 +47,7 @@ use crate::oidc::Provider;
 use crate::proto::carrier;
 use crate::proto::http::{HeadLimits, RequestHead};
 use crate::proto::jwt::{KeyRing, OriginAssertion};
-use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::mux::{self, EdgeEvent, EdgeSession, StreamEvent};
 use crate::proto::policy::Identity;
 use crate::proto::token_transfer::{SlotLimits, Slots};
 use crate::proto::ws::{self, Item};
@@ -60,18 +60,23 @@ const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
 
-/// ERROR codes sent to an origin whose registration is refused (the origin exits on these).
+/// ERROR codes sent to an origin whose registration is refused, by reason. The origin exits
+/// on all but `NOT_RECORDED` ([`mux::ErrorCode::is_final`]).
 pub mod refusal {
+    use crate::proto::mux::ErrorCode;
+
     /// The certificate does not cover the hostname.
-    pub const NOT_COVERED: u16 = 403;
+    pub const NOT_COVERED: ErrorCode = ErrorCode::Forbidden;
     /// Another origin certificate owns the hostname.
-    pub const OWNED: u16 = 409;
+    pub const OWNED: ErrorCode = ErrorCode::Conflict;
     /// The hostname is not valid.
-    pub const BAD_HOSTNAME: u16 = 400;
+    pub const BAD_HOSTNAME: ErrorCode = ErrorCode::BadRequest;
     /// No application of the edge serves the hostname.
-    pub const NO_APPLICATION: u16 = 404;
+    pub const NO_APPLICATION: ErrorCode = ErrorCode::NotFound;
     /// The certificate owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already.
-    pub const TOO_MANY_HOSTNAMES: u16 = 403;
+    pub const TOO_MANY_HOSTNAMES: ErrorCode = ErrorCode::Forbidden;
+    /// The edge could not record the claim: transient, the origin tries again.
+    pub const NOT_RECORDED: ErrorCode = ErrorCode::Internal;
 }
 
 enum Conn {
@@ -129,7 +134,7 @@ impl Carrier {
 struct Tunnel {
     tls: TlsConn,
     peer: SocketAddr,
-    mux: Session,
+    mux: EdgeSession,
     cert: CertificateDer<'static>,
     cert_fp: String,
     /// The hostname an ad-hoc (`--hostname`) registration took.
@@ -801,7 +806,7 @@ impl Edge {
                                 Some(Conn::Tunnel(Box::new(Tunnel {
                                     tls,
                                     peer,
-                                    mux: Session::new(Side::Edge, Instant::now()),
+                                    mux: EdgeSession::new(Instant::now()),
                                     cert: CertificateDer::from(Vec::new()),
                                     cert_fp: String::new(),
                                     hostname: None,
@@ -979,7 +984,7 @@ impl Edge {
                     info!("carrier {}: {e}", c.peer);
                     self.metrics.error(metrics::Error::WebSocket);
                     t.mux
-                        .reset(stream, mux::rst::CANCEL, "client protocol error");
+                        .reset(stream, mux::ResetCode::Cancel, "client protocol error");
                     t.carriers.remove(&stream);
                     let code = match e {
                         ws::WsError::TooLarge(..) => ws::close::TOO_BIG,
@@ -993,7 +998,8 @@ impl Edge {
         }
         if c.tls.peer_closed && !dec.is_closed() {
             debug!("carrier {} went away without Close", c.peer);
-            t.mux.reset(stream, mux::rst::CANCEL, "client went away");
+            t.mux
+                .reset(stream, mux::ResetCode::Cancel, "client went away");
             t.carriers.remove(&stream);
             self.mark(tunnel);
             return false;
@@ -1337,7 +1343,7 @@ impl Edge {
         if let Some(&(tunnel, stream)) = c.core.link() {
             if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
                 if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                    t.mux.reset(stream, mux::rst::CANCEL, "client closed");
+                    t.mux.reset(stream, mux::ResetCode::Cancel, "client closed");
                 }
                 self.mark(tunnel);
             }
@@ -1396,7 +1402,7 @@ impl Edge {
                 Err(e) => {
                     warn!("tunnel {}: protocol error: {e}", t.peer);
                     self.metrics.error(metrics::Error::TunnelProtocol);
-                    t.mux.send_error(500, &e.to_string());
+                    t.mux.send_error(mux::ErrorCode::Internal, &e.to_string());
                     t.closing = true;
                 }
             }
@@ -1428,9 +1434,9 @@ impl Edge {
         Some(t)
     }
 
-    fn on_tunnel_event(&mut self, slot: usize, t: &mut Tunnel, ev: Event) {
+    fn on_tunnel_event(&mut self, slot: usize, t: &mut Tunnel, ev: EdgeEvent) {
         match ev {
-            Event::Hello {
+            EdgeEvent::Hello {
                 version,
                 connector_id,
                 ha_index,
@@ -1438,26 +1444,33 @@ impl Edge {
                 t.connector = connector_id.iter().map(|b| format!("{b:02x}")).collect();
                 t.ha_index = ha_index;
                 if version != mux::PROTOCOL_VERSION {
-                    t.mux.send_error(400, "unsupported tunnel protocol version");
+                    t.mux.send_error(
+                        mux::ErrorCode::BadRequest,
+                        "unsupported tunnel protocol version",
+                    );
                     t.closing = true;
                 }
             }
-            Event::Register { hostname, service } => {
+            EdgeEvent::Register { hostname, service } => {
                 self.on_register(slot, t, &hostname.to_ascii_lowercase(), &service)
             }
-            Event::Readable(stream) | Event::Writable(stream) | Event::Closed(stream) => {
+            EdgeEvent::Stream(
+                StreamEvent::Readable(stream)
+                | StreamEvent::Writable(stream)
+                | StreamEvent::Closed(stream),
+            ) => {
                 if let Some(&c) = t.carriers.get(&stream) {
                     self.mark(c);
                 }
             }
-            Event::Reset {
+            EdgeEvent::Stream(StreamEvent::Reset {
                 stream,
                 code,
                 reason,
-            } => {
+            }) => {
                 if let Some(c) = t.carriers.remove(&stream) {
                     if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
-                        let why = if code == mux::rst::CONNECT_FAILED {
+                        let why = if code == mux::ResetCode::ConnectFailed {
                             format!("origin could not reach its service: {reason}")
                         } else {
                             format!("stream reset by origin: {reason}")
@@ -1467,24 +1480,13 @@ impl Edge {
                     }
                 }
             }
-            Event::GoAway { reason, .. } => {
+            EdgeEvent::GoAway { reason, .. } => {
                 info!(
                     "tunnel {} ({}) is draining: {}",
                     t.peer,
                     t.hostname.as_deref().unwrap_or("-"),
                     untrusted(&reason)
                 );
-            }
-            Event::Error { code, message } => {
-                warn!(
-                    "tunnel {} reported error {code}: {}",
-                    t.peer,
-                    untrusted(&message)
-                );
-            }
-            Event::Registered { .. } | Event::Open { .. } => {
-                t.mux.send_error(400, "unexpected frame from origin");
-                t.closing = true;
             }
         }
     }
@@ -1554,7 +1556,7 @@ impl Edge {
                         ),
                     },
                 )),
-                Err(e) => Some((500, format!("edge could not record the registration: {e}"))),
+                Err(e) => Some((refusal::NOT_RECORDED, format!("edge could not record the registration: {e}"))),
             }
         };
         if let Some((code, message)) = refusal {
@@ -1584,7 +1586,7 @@ impl Edge {
         &mut self,
         t: &mut Tunnel,
         mut audit: serde_json::Map<String, serde_json::Value>,
-        code: u16,
+        code: mux::ErrorCode,
         message: &str,
     ) {
         warn!("tunnel {}: registration refused: {message}", t.peer);
@@ -1614,7 +1616,7 @@ impl Edge {
                     format!("hostname {hostname} was routed to the named tunnel {id} meanwhile"),
                 ),
                 None => (
-                    500,
+                    refusal::NOT_RECORDED,
                     format!("edge could not record the registration of {hostname}: try again"),
                 ),
             };
@@ -1660,7 +1662,7 @@ impl Edge {
                 Some(Err(why)) => {
                     self.hostnames.release(&r.hostname, &t.cert_fp);
                     let message = format!("edge could not record the registration: {why}");
-                    self.refuse_register(&mut t, r.audit, 500, &message);
+                    self.refuse_register(&mut t, r.audit, refusal::NOT_RECORDED, &message);
                 }
             }
             self.conns[slot] = Some(Conn::Tunnel(t));
@@ -1900,7 +1902,7 @@ impl Edge {
         c.close_with(ws::close::POLICY, "idle timeout", now);
         if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
             if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                t.mux.reset(stream, mux::rst::CANCEL, "idle timeout");
+                t.mux.reset(stream, mux::ResetCode::Cancel, "idle timeout");
             }
             self.mark(tunnel);
         }

@@ -12,6 +12,12 @@ use mio::net::TcpStream;
 use crate::limits::CONN_READ_BUFFER;
 use crate::proto::buf::Buf;
 
+/// The rustls error inside an IO error of a TLS connection (rustls and [`TlsConn`] wrap
+/// them as `InvalidData`), so that advice can be chosen by its variant, not by its text.
+pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
 /// Free plaintext room below which `read` waits instead of reading (one TLS record).
 const READ_MIN_ROOM: usize = 16 * 1024;
 

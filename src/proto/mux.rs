@@ -8,11 +8,13 @@
 //! (`handle_input`), drains frames to send (`poll_transmit`), reads events (`poll_event`) and
 //! tells it the time (`handle_timeout`). It never touches a socket or a clock.
 //!
-//! Stream life cycle, per direction:
+//! Stream life cycle: each direction is its own state (`SendHalf`, `RecvHalf`), and the
+//! stream is gone once both ended and everything received was read, or at once on RST:
 //!
 //! ```text
-//!   OPEN ──▶ Open ──(FIN sent / FIN received)──▶ HalfClosed ──(other FIN)──▶ Closed
-//!              └────────────────(RST either way)───────────────────────────▶ Closed
+//!   send:  Open ──close_write──▶ FinQueued ──(buffer framed)──▶ FinSent ─┐
+//!   recv:  Open ──FIN──────────▶ FinReceived ──(all consumed)───────────┴─▶ Closed
+//!   either ──RST sent or received──▶ Closed     (late frames for it are ignored)
 //! ```
 //!
 //! Flow control: each side may have at most the window its peer granted in flight per stream.
@@ -23,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::limits::{
@@ -151,7 +154,7 @@ pub enum Frame<'a> {
         hostname: &'a str,
     },
     Error {
-        code: u16,
+        code: ErrorCode,
         message: &'a str,
     },
     Open {
@@ -173,7 +176,7 @@ pub enum Frame<'a> {
     },
     Rst {
         stream: u32,
-        code: u32,
+        code: ResetCode,
         reason: &'a str,
     },
     Ping(u64),
@@ -182,6 +185,26 @@ pub enum Frame<'a> {
         last_stream: u32,
         reason: &'a str,
     },
+}
+
+impl Frame<'_> {
+    /// The frame's type on the wire.
+    pub fn ty(&self) -> FrameType {
+        match self {
+            Frame::Hello { .. } => FrameType::Hello,
+            Frame::Register { .. } => FrameType::Register,
+            Frame::Registered { .. } => FrameType::Registered,
+            Frame::Error { .. } => FrameType::Error,
+            Frame::Open { .. } => FrameType::Open,
+            Frame::Data { .. } => FrameType::Data,
+            Frame::Window { .. } => FrameType::Window,
+            Frame::Fin { .. } => FrameType::Fin,
+            Frame::Rst { .. } => FrameType::Rst,
+            Frame::Ping(_) => FrameType::Ping,
+            Frame::Pong(_) => FrameType::Pong,
+            Frame::GoAway { .. } => FrameType::GoAway,
+        }
+    }
 }
 
 /// Decodes one whole frame from the front of `buf`: `Ok(None)` needs more bytes.
@@ -216,7 +239,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, MuxError> 
             hostname: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Error => Frame::Error {
-            code: r.u16().ok_or_else(bad)?,
+            code: ErrorCode::from_u16(r.u16().ok_or_else(bad)?),
             message: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Open => {
@@ -243,7 +266,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, MuxError> 
         FrameType::Fin => Frame::Fin { stream: h.stream },
         FrameType::Rst => Frame::Rst {
             stream: h.stream,
-            code: r.u32().ok_or_else(bad)?,
+            code: ResetCode::from_u32(r.u32().ok_or_else(bad)?),
             reason: r.str16(MAX_NAME_LEN).ok_or_else(bad)?,
         },
         FrameType::Ping => Frame::Ping(r.u64().ok_or_else(bad)?),
@@ -279,7 +302,7 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>) {
             put_str16(o, clip(hostname))
         }),
         Frame::Error { code, message } => encode_frame(out, FrameType::Error, 0, |o| {
-            o.extend_from_slice(&code.to_be_bytes());
+            o.extend_from_slice(&code.to_u16().to_be_bytes());
             put_str16(o, clip(message));
         }),
         Frame::Open {
@@ -308,7 +331,7 @@ pub fn encode(out: &mut Vec<u8>, frame: &Frame<'_>) {
             code,
             reason,
         } => encode_frame(out, FrameType::Rst, stream, |o| {
-            o.extend_from_slice(&code.to_be_bytes());
+            o.extend_from_slice(&code.to_u32().to_be_bytes());
             put_str16(o, clip(reason));
         }),
         Frame::Ping(v) => encode_frame(out, FrameType::Ping, 0, |o| {
@@ -399,40 +422,55 @@ impl fmt::Display for MuxError {
 
 impl std::error::Error for MuxError {}
 
-/// Which end of the tunnel this session is. Only the edge opens streams.
+/// Which end of the tunnel a session is. Only the edge opens streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
     Edge,
     Origin,
 }
 
-/// What the session tells its driver.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Edge {}
+    impl Sealed for super::Origin {}
+}
+
+/// The side a [`Session`] plays: [`Edge`] or [`Origin`]. Each side has its own event type,
+/// holding only what its peer may send:
+///
+/// ```text
+///   origin ──▶ edge:    HELLO  REGISTER                 GOAWAY  (stream frames)
+///   edge ──▶ origin:    REGISTERED  ERROR  OPEN         GOAWAY  (stream frames)
+/// ```
+///
+/// A frame only the other side receives (REGISTERED at the edge, OPEN or HELLO at the
+/// origin, …) is a connection error inside the session ([`MuxError::Unexpected`],
+/// [`MuxError::BadOpen`]) and never reaches the driver.
+pub trait Role: sealed::Sealed {
+    const SIDE: Side;
+    /// What the session tells its driver.
+    type Event: fmt::Debug + From<StreamEvent>;
+    /// The event for a connection-level frame (or OPEN) from the peer, or the error for a
+    /// frame this side never receives. The session has checked stream ids already.
+    #[doc(hidden)]
+    fn control(frame: Frame<'_>) -> Result<Self::Event, MuxError>;
+}
+
+/// The edge's side of a tunnel connection.
+#[derive(Debug)]
+pub enum Edge {}
+
+/// The origin's side of a tunnel connection.
+#[derive(Debug)]
+pub enum Origin {}
+
+pub type EdgeSession = Session<Edge>;
+pub type OriginSession = Session<Origin>;
+
+/// What happens to one stream, on either side.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event {
-    Hello {
-        version: u16,
-        connector_id: [u8; 16],
-        ha_index: u8,
-    },
-    Register {
-        hostname: String,
-        service: String,
-    },
-    Registered {
-        hostname: String,
-    },
-    /// The peer refused something at connection level (e.g. a registration); it will close.
-    Error {
-        code: u16,
-        message: String,
-    },
-    /// The edge opened a stream for `hostname` (origin side only).
-    Open {
-        stream: u32,
-        hostname: String,
-        claims: Vec<u8>,
-    },
-    /// New bytes are readable on `stream`, or its peer half-closed it.
+pub enum StreamEvent {
+    /// New bytes are readable on the stream, or its peer half-closed it.
     Readable(u32),
     /// The stream may accept more bytes from the application (window or buffer space returned).
     Writable(u32),
@@ -441,28 +479,349 @@ pub enum Event {
     /// The peer reset the stream; it is gone.
     Reset {
         stream: u32,
-        code: u32,
+        code: ResetCode,
         reason: String,
     },
+}
+
+/// What an edge's session tells its driver: what an origin may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum EdgeEvent {
+    /// The origin introduced itself.
+    Hello {
+        version: u16,
+        connector_id: [u8; 16],
+        ha_index: u8,
+    },
+    /// The origin asks to serve `hostname` (empty: what is routed to its named tunnel).
+    Register {
+        hostname: String,
+        service: String,
+    },
+    /// The origin is draining: no new streams; open ones go on until they finish.
     GoAway {
         last_stream: u32,
         reason: String,
     },
+    Stream(StreamEvent),
 }
 
-/// RST codes.
-pub mod rst {
-    /// The application on one side went away.
-    pub const CANCEL: u32 = 1;
-    /// The origin could not reach its local service.
-    pub const CONNECT_FAILED: u32 = 2;
-    /// No stream for this hostname on that origin.
-    pub const NO_SERVICE: u32 = 3;
-    /// The connection is draining and refuses new streams.
-    pub const REFUSED: u32 = 4;
+impl From<StreamEvent> for EdgeEvent {
+    fn from(e: StreamEvent) -> Self {
+        EdgeEvent::Stream(e)
+    }
+}
+
+/// What an origin's session tells its driver: what an edge may send.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OriginEvent {
+    /// The edge routes `hostname` (a named tunnel: its routes) to this connection.
+    Registered {
+        hostname: String,
+    },
+    /// The edge refused something at connection level (e.g. a registration); it will close.
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// The edge opened a stream for `hostname`, for the client `claims` describe.
+    Open {
+        stream: u32,
+        hostname: String,
+        claims: Vec<u8>,
+    },
+    /// The edge is draining: no new streams on this connection.
+    GoAway {
+        last_stream: u32,
+        reason: String,
+    },
+    Stream(StreamEvent),
+}
+
+impl From<StreamEvent> for OriginEvent {
+    fn from(e: StreamEvent) -> Self {
+        OriginEvent::Stream(e)
+    }
+}
+
+impl Role for Edge {
+    const SIDE: Side = Side::Edge;
+    type Event = EdgeEvent;
+
+    fn control(frame: Frame<'_>) -> Result<EdgeEvent, MuxError> {
+        Ok(match frame {
+            Frame::Hello {
+                version,
+                connector_id,
+                ha_index,
+            } => EdgeEvent::Hello {
+                version,
+                connector_id,
+                ha_index,
+            },
+            Frame::Register { hostname, service } => EdgeEvent::Register {
+                hostname: hostname.to_owned(),
+                service: service.to_owned(),
+            },
+            Frame::GoAway {
+                last_stream,
+                reason,
+            } => EdgeEvent::GoAway {
+                last_stream,
+                reason: reason.to_owned(),
+            },
+            Frame::Open { stream, .. } => return Err(MuxError::BadOpen(stream)),
+            other => return Err(MuxError::Unexpected(other.ty())),
+        })
+    }
+}
+
+impl Role for Origin {
+    const SIDE: Side = Side::Origin;
+    type Event = OriginEvent;
+
+    fn control(frame: Frame<'_>) -> Result<OriginEvent, MuxError> {
+        Ok(match frame {
+            Frame::Registered { hostname } => OriginEvent::Registered {
+                hostname: hostname.to_owned(),
+            },
+            Frame::Error { code, message } => OriginEvent::Error {
+                code,
+                message: message.to_owned(),
+            },
+            Frame::Open {
+                stream,
+                hostname,
+                claims,
+            } => OriginEvent::Open {
+                stream,
+                hostname: hostname.to_owned(),
+                claims: claims.to_vec(),
+            },
+            Frame::GoAway {
+                last_stream,
+                reason,
+            } => OriginEvent::GoAway {
+                last_stream,
+                reason: reason.to_owned(),
+            },
+            other => return Err(MuxError::Unexpected(other.ty())),
+        })
+    }
+}
+
+/// The code of an ERROR frame: why the edge refuses a registration or ends a tunnel
+/// connection. The edge chooses it; the origin decides by it whether reconnecting can help
+/// ([`ErrorCode::is_final`]). The numbers are HTTP's, and are what operators see in logs.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// 400: malformed or out of place: an invalid hostname, a second registration on one
+    /// connection, an unsupported protocol version.
+    BadRequest,
+    /// 403: the credential does not allow it: the certificate does not cover the hostname
+    /// (or its zone), owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already, or
+    /// belongs to a named tunnel this edge does not have (deleted).
+    Forbidden,
+    /// 404: no application of the edge serves the hostname.
+    NotFound,
+    /// 409: another origin certificate, or a named tunnel, owns the hostname.
+    Conflict,
+    /// 500: the edge failed (it could not record a registration) or the connection broke the
+    /// protocol: transient, the origin reconnects.
+    Internal,
+    /// Any other code, kept as sent. Not final.
+    Other(u16),
+}
+
+impl ErrorCode {
+    /// The code on the wire. [`ErrorCode::from_u16`] maps it back to the same variant.
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Internal => 500,
+            ErrorCode::Other(n) => n,
+        }
+    }
+
+    /// The code a frame carried; a number this version does not know is kept as `Other`.
+    pub fn from_u16(n: u16) -> Self {
+        match n {
+            400 => ErrorCode::BadRequest,
+            403 => ErrorCode::Forbidden,
+            404 => ErrorCode::NotFound,
+            409 => ErrorCode::Conflict,
+            500 => ErrorCode::Internal,
+            n => ErrorCode::Other(n),
+        }
+    }
+
+    /// True when retrying cannot help: the origin reports the refusal and exits instead of
+    /// reconnecting.
+    pub fn is_final(self) -> bool {
+        matches!(
+            ErrorCode::from_u16(self.to_u16()),
+            ErrorCode::BadRequest
+                | ErrorCode::Forbidden
+                | ErrorCode::NotFound
+                | ErrorCode::Conflict
+        )
+    }
+}
+
+/// Codes compare by number: `Other(409)` is `Conflict`.
+impl PartialEq for ErrorCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u16() == other.to_u16()
+    }
+}
+
+impl Eq for ErrorCode {}
+
+/// The number, as logs and refusal messages show it.
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_u16())
+    }
+}
+
+/// The code of an RST frame: why one side abandoned a stream.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub enum ResetCode {
+    /// 1: the application on one side went away (the client closed, the service connection
+    /// failed, the stream was idle too long).
+    Cancel,
+    /// 2: the origin could not reach its local service; the reason says why.
+    ConnectFailed,
+    /// 3: no ingress rule of the origin serves the stream's hostname.
+    NoService,
+    /// 4: the connection is draining and refuses new streams.
+    Refused,
+    /// Any other code, kept as sent.
+    Other(u32),
+}
+
+impl ResetCode {
+    /// The code on the wire. [`ResetCode::from_u32`] maps it back to the same variant.
+    pub fn to_u32(self) -> u32 {
+        match self {
+            ResetCode::Cancel => 1,
+            ResetCode::ConnectFailed => 2,
+            ResetCode::NoService => 3,
+            ResetCode::Refused => 4,
+            ResetCode::Other(n) => n,
+        }
+    }
+
+    /// The code a frame carried; a number this version does not know is kept as `Other`.
+    pub fn from_u32(n: u32) -> Self {
+        match n {
+            1 => ResetCode::Cancel,
+            2 => ResetCode::ConnectFailed,
+            3 => ResetCode::NoService,
+            4 => ResetCode::Refused,
+            n => ResetCode::Other(n),
+        }
+    }
+}
+
+/// Codes compare by number: `Other(2)` is `ConnectFailed`.
+impl PartialEq for ResetCode {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_u32() == other.to_u32()
+    }
+}
+
+impl Eq for ResetCode {}
+
+impl fmt::Display for ResetCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.to_u32())
+    }
+}
+
+/// Our direction of a stream: application → peer.
+///
+/// ```text
+///   Open ──close()──▶ FinQueued ──fin_framed() once the buffer drained──▶ FinSent
+/// ```
+///
+/// There is no `Reset` state: a stream reset either way leaves the session at once (its
+/// buffers freed), and frames that still arrive for it are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendHalf {
+    /// The application may write.
+    Open,
+    /// The application will write no more; FIN follows the bytes still buffered.
+    FinQueued,
+    /// FIN is framed: nothing more goes out on this stream.
+    FinSent,
+}
+
+impl SendHalf {
+    /// The application closes its side (again: nothing changes).
+    fn close(self) -> SendHalf {
+        match self {
+            SendHalf::Open => SendHalf::FinQueued,
+            done => done,
+        }
+    }
+
+    /// FIN was framed. Only [`SendHalf::fin_due`] says when.
+    fn fin_framed(self) -> SendHalf {
+        debug_assert_eq!(self, SendHalf::FinQueued, "bug: FIN framed out of turn");
+        SendHalf::FinSent
+    }
+
+    /// The application may hand over bytes.
+    fn accepts_bytes(self) -> bool {
+        self == SendHalf::Open
+    }
+
+    /// FIN is to be framed now: it was queued and every byte before it is framed.
+    fn fin_due(self, drained: bool) -> bool {
+        self == SendHalf::FinQueued && drained
+    }
+}
+
+/// The peer's direction of a stream: peer → application.
+///
+/// ```text
+///   Open ──FIN──▶ FinReceived          (DATA or FIN after FIN: connection error)
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecvHalf {
+    /// DATA may arrive.
+    Open,
+    /// The peer's FIN arrived; what it sent before may still wait for the application.
+    FinReceived,
+}
+
+impl RecvHalf {
+    /// DATA arrived: allowed only before FIN (after it, the peer's window is closed).
+    fn on_data(self, stream: u32) -> Result<RecvHalf, MuxError> {
+        match self {
+            RecvHalf::Open => Ok(RecvHalf::Open),
+            RecvHalf::FinReceived => Err(MuxError::WindowExceeded(stream)),
+        }
+    }
+
+    /// FIN arrived: allowed once.
+    fn on_fin(self) -> Result<RecvHalf, MuxError> {
+        match self {
+            RecvHalf::Open => Ok(RecvHalf::FinReceived),
+            RecvHalf::FinReceived => Err(MuxError::Unexpected(FrameType::Fin)),
+        }
+    }
 }
 
 struct Stream {
+    send: SendHalf,
+    recv: RecvHalf,
     /// Bytes received from the peer, waiting for the application.
     rx: Buf,
     /// Bytes from the application, waiting to be framed.
@@ -475,52 +834,53 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
-    fin_received: bool,
-    /// The application closed its write side; FIN goes out once `tx` drains.
-    fin_wanted: bool,
-    fin_sent: bool,
-    /// Waiting in `ready` for `poll_transmit`.
+    /// Scheduling, not protocol state: waiting in `ready` for `poll_transmit`.
     queued: bool,
-    /// The application was told the stream is writable-blocked and wants to hear when it frees.
+    /// Scheduling: the application was told the stream is writable-blocked and wants to
+    /// hear when it frees.
     want_writable: bool,
 }
 
 impl Stream {
     fn new() -> Self {
         Stream {
+            send: SendHalf::Open,
+            recv: RecvHalf::Open,
             rx: Buf::new(INITIAL_STREAM_WINDOW as usize),
             tx: Buf::new(STREAM_SEND_BUFFER),
             send_window: INITIAL_STREAM_WINDOW,
             unacked: 0,
             consumed: 0,
             recv_window: INITIAL_STREAM_WINDOW,
-            fin_received: false,
-            fin_wanted: false,
-            fin_sent: false,
             queued: false,
             want_writable: false,
         }
     }
 
     fn has_work(&self) -> bool {
-        (!self.tx.is_empty() && self.send_window > 0)
-            || (self.fin_wanted && !self.fin_sent && self.tx.is_empty())
+        (!self.tx.is_empty() && self.send_window > 0) || self.send.fin_due(self.tx.is_empty())
     }
 
+    /// Both directions ended cleanly and the application read everything: the stream goes.
     fn finished(&self) -> bool {
-        self.fin_sent && self.fin_received && self.rx.is_empty()
+        self.send == SendHalf::FinSent && self.read_closed()
+    }
+
+    /// The peer's FIN arrived and every byte before it was consumed.
+    fn read_closed(&self) -> bool {
+        self.recv == RecvHalf::FinReceived && self.rx.is_empty()
     }
 }
 
-/// One end of one tunnel connection.
-pub struct Session {
-    side: Side,
+/// One end of one tunnel connection; `R` says which ([`EdgeSession`], [`OriginSession`]).
+pub struct Session<R: Role> {
+    side: PhantomData<R>,
     streams: HashMap<u32, Stream>,
     /// Streams that may have frames to send, round-robin.
     ready: VecDeque<u32>,
     /// Control frames waiting to go out (small, bounded by the number of streams).
     control: Vec<u8>,
-    events: VecDeque<Event>,
+    events: VecDeque<R::Event>,
     next_stream: u32,
     /// Highest stream id the peer opened (origin side) or we opened (edge side).
     highest_stream: u32,
@@ -531,10 +891,10 @@ pub struct Session {
     going_away: bool,
 }
 
-impl Session {
-    pub fn new(side: Side, now: Instant) -> Self {
+impl<R: Role> Session<R> {
+    pub fn new(now: Instant) -> Self {
         Session {
-            side,
+            side: PhantomData,
             streams: HashMap::new(),
             ready: VecDeque::new(),
             control: Vec::new(),
@@ -589,38 +949,16 @@ impl Session {
 
     fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), MuxError> {
         match frame {
-            Frame::Hello {
-                version,
-                connector_id,
-                ha_index,
-            } => self.events.push_back(Event::Hello {
-                version,
-                connector_id,
-                ha_index,
-            }),
-            Frame::Register { hostname, service } => {
-                if self.side != Side::Edge {
-                    return Err(MuxError::Unexpected(FrameType::Register));
-                }
-                self.events.push_back(Event::Register {
-                    hostname: hostname.to_owned(),
-                    service: service.to_owned(),
-                })
+            Frame::Hello { .. }
+            | Frame::Register { .. }
+            | Frame::Registered { .. }
+            | Frame::Error { .. } => {
+                let ev = R::control(frame)?;
+                self.events.push_back(ev);
             }
-            Frame::Registered { hostname } => self.events.push_back(Event::Registered {
-                hostname: hostname.to_owned(),
-            }),
-            Frame::Error { code, message } => self.events.push_back(Event::Error {
-                code,
-                message: message.to_owned(),
-            }),
-            Frame::Open {
-                stream,
-                hostname,
-                claims,
-            } => {
+            Frame::Open { stream, .. } => {
                 // Streams are opened by the edge only, with increasing odd ids.
-                if self.side != Side::Origin
+                if R::SIDE != Side::Origin
                     || stream % 2 == 0
                     || stream <= self.highest_stream
                     || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
@@ -629,29 +967,27 @@ impl Session {
                 }
                 self.highest_stream = stream;
                 if self.going_away {
-                    self.queue_rst(stream, rst::REFUSED, "connection is draining");
+                    self.queue_rst(stream, ResetCode::Refused, "connection is draining");
                     return Ok(());
                 }
+                let ev = R::control(frame)?;
                 self.streams.insert(stream, Stream::new());
-                self.events.push_back(Event::Open {
-                    stream,
-                    hostname: hostname.to_owned(),
-                    claims: claims.to_vec(),
-                });
+                self.events.push_back(ev);
             }
             Frame::Data { stream, data } => {
                 let Some(s) = self.live_stream(stream)? else {
                     return Ok(());
                 };
                 let n = data.len() as u32;
-                if n > s.recv_window || s.fin_received {
+                s.recv = s.recv.on_data(stream)?;
+                if n > s.recv_window {
                     return Err(MuxError::WindowExceeded(stream));
                 }
                 s.recv_window -= n;
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
                 if n > 0 {
-                    self.events.push_back(Event::Readable(stream));
+                    self.events.push_back(StreamEvent::Readable(stream).into());
                 }
             }
             Frame::Window {
@@ -669,7 +1005,7 @@ impl Session {
                     .ok_or(MuxError::WindowOverflow(stream))?;
                 if s.want_writable && s.tx.space() > 0 {
                     s.want_writable = false;
-                    self.events.push_back(Event::Writable(stream));
+                    self.events.push_back(StreamEvent::Writable(stream).into());
                 }
                 self.mark_ready(stream);
             }
@@ -677,11 +1013,8 @@ impl Session {
                 let Some(s) = self.live_stream(stream)? else {
                     return Ok(());
                 };
-                if s.fin_received {
-                    return Err(MuxError::Unexpected(FrameType::Fin));
-                }
-                s.fin_received = true;
-                self.events.push_back(Event::Readable(stream));
+                s.recv = s.recv.on_fin()?;
+                self.events.push_back(StreamEvent::Readable(stream).into());
                 // Our FIN may have gone first: then this one finishes the stream.
                 self.reap(stream);
             }
@@ -692,11 +1025,14 @@ impl Session {
             } => {
                 if self.live_stream(stream)?.is_some() {
                     self.streams.remove(&stream);
-                    self.events.push_back(Event::Reset {
-                        stream,
-                        code,
-                        reason: reason.to_owned(),
-                    });
+                    self.events.push_back(
+                        StreamEvent::Reset {
+                            stream,
+                            code,
+                            reason: reason.to_owned(),
+                        }
+                        .into(),
+                    );
                 }
             }
             Frame::Ping(v) => {
@@ -707,15 +1043,10 @@ impl Session {
                 encode(&mut self.control, &Frame::Pong(v));
             }
             Frame::Pong(_) => {}
-            Frame::GoAway {
-                last_stream,
-                reason,
-            } => {
+            Frame::GoAway { .. } => {
                 self.going_away = true;
-                self.events.push_back(Event::GoAway {
-                    last_stream,
-                    reason: reason.to_owned(),
-                })
+                let ev = R::control(frame)?;
+                self.events.push_back(ev);
             }
         }
         Ok(())
@@ -724,7 +1055,7 @@ impl Session {
     /// The stream, `None` if it existed once and is closed (late frames are ignored),
     /// or an error if it never existed.
     fn live_stream(&mut self, id: u32) -> Result<Option<&mut Stream>, MuxError> {
-        let opened = match self.side {
+        let opened = match R::SIDE {
             Side::Edge => id < self.next_stream,
             Side::Origin => id <= self.highest_stream,
         };
@@ -735,41 +1066,18 @@ impl Session {
         }
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<R::Event> {
         self.events.pop_front()
     }
 
     /// True when events wait for [`Session::poll_event`]. `poll_transmit` can add some (a
-    /// stream whose last FIN it sent is reaped: [`Event::Closed`]); the owner must look
+    /// stream whose last FIN it sent is reaped: [`StreamEvent::Closed`]); the owner must look
     /// again after transmitting, or they wait for the next frame from the peer.
     pub fn has_events(&self) -> bool {
         !self.events.is_empty()
     }
 
     // ---- control messages ----
-
-    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
-        encode(
-            &mut self.control,
-            &Frame::Hello {
-                version: PROTOCOL_VERSION,
-                connector_id,
-                ha_index,
-            },
-        );
-    }
-
-    pub fn send_register(&mut self, hostname: &str, service: &str) {
-        encode(&mut self.control, &Frame::Register { hostname, service });
-    }
-
-    pub fn send_registered(&mut self, hostname: &str) {
-        encode(&mut self.control, &Frame::Registered { hostname });
-    }
-
-    pub fn send_error(&mut self, code: u16, message: &str) {
-        encode(&mut self.control, &Frame::Error { code, message });
-    }
 
     /// Stops new streams; open ones go on until they finish.
     pub fn send_goaway(&mut self, reason: &str) {
@@ -786,34 +1094,9 @@ impl Session {
 
     // ---- streams ----
 
-    /// The id the next [`Session::open_stream`] takes, if it succeeds (so that what OPEN
-    /// carries can name its own stream).
-    pub fn next_stream_id(&self) -> u32 {
-        self.next_stream
-    }
-
-    /// Opens a stream toward the origin (edge side only).
-    pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
-        if self.side != Side::Edge
-            || self.going_away
-            || self.error.is_some()
-            || self.streams.len() >= MAX_STREAMS_PER_TUNNEL
-        {
-            return None;
-        }
-        let id = self.next_stream;
-        self.next_stream = self.next_stream.checked_add(2)?;
-        self.highest_stream = id;
-        self.streams.insert(id, Stream::new());
-        encode(
-            &mut self.control,
-            &Frame::Open {
-                stream: id,
-                hostname,
-                claims,
-            },
-        );
-        Some(id)
+    #[cfg(test)]
+    fn halves(&self, id: u32) -> Option<(SendHalf, RecvHalf)> {
+        self.streams.get(&id).map(|s| (s.send, s.recv))
     }
 
     pub fn has_stream(&self, id: u32) -> bool {
@@ -827,9 +1110,7 @@ impl Session {
 
     /// True once the peer half-closed `id` and everything it sent was consumed.
     pub fn read_closed(&self, id: u32) -> bool {
-        self.streams
-            .get(&id)
-            .is_none_or(|s| s.fin_received && s.rx.is_empty())
+        self.streams.get(&id).is_none_or(Stream::read_closed)
     }
 
     /// The application took `n` bytes from `readable(id)`; credit flows back to the peer.
@@ -840,7 +1121,7 @@ impl Session {
         s.rx.consume(n);
         s.consumed += n as u64;
         s.unacked += n as u32;
-        if s.unacked >= WINDOW_UPDATE_THRESHOLD && !s.fin_received {
+        if s.unacked >= WINDOW_UPDATE_THRESHOLD && s.recv == RecvHalf::Open {
             let credit = s.unacked;
             s.unacked = 0;
             s.recv_window += credit;
@@ -858,10 +1139,10 @@ impl Session {
     }
 
     /// Room for more application bytes on `id` (0 also when the stream is gone).
-    /// When there is none, a [`Event::Writable`] follows once there is.
+    /// When there is none, a [`StreamEvent::Writable`] follows once there is.
     pub fn writable(&mut self, id: u32) -> usize {
         match self.streams.get_mut(&id) {
-            Some(s) if !s.fin_wanted => {
+            Some(s) if s.send.accepts_bytes() => {
                 let room = s.tx.space();
                 if room == 0 {
                     s.want_writable = true;
@@ -874,14 +1155,14 @@ impl Session {
 
     /// Reads once with `read` (a socket read) straight into the stream's send buffer, without
     /// a copy. `None` when the stream cannot take bytes now (gone, FIN queued, or full: then
-    /// [`Event::Writable`] follows once it has room). `Some(Ok(0))` is the source's EOF.
+    /// [`StreamEvent::Writable`] follows once it has room). `Some(Ok(0))` is the source's EOF.
     pub fn fill(
         &mut self,
         id: u32,
         read: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
     ) -> Option<std::io::Result<usize>> {
         let s = self.streams.get_mut(&id)?;
-        if s.fin_wanted || s.tx.space() == 0 {
+        if !s.send.accepts_bytes() || s.tx.space() == 0 {
             s.want_writable = true;
             return None;
         }
@@ -897,7 +1178,7 @@ impl Session {
         let Some(s) = self.streams.get_mut(&id) else {
             return 0;
         };
-        if s.fin_wanted {
+        if !s.send.accepts_bytes() {
             return 0;
         }
         let n = s.tx.push(data);
@@ -911,19 +1192,19 @@ impl Session {
     /// The application will write no more on `id`: FIN follows the buffered bytes.
     pub fn close_write(&mut self, id: u32) {
         if let Some(s) = self.streams.get_mut(&id) {
-            s.fin_wanted = true;
+            s.send = s.send.close();
             self.mark_ready(id);
         }
     }
 
     /// Abandons `id` in both directions and tells the peer.
-    pub fn reset(&mut self, id: u32, code: u32, reason: &str) {
+    pub fn reset(&mut self, id: u32, code: ResetCode, reason: &str) {
         if self.streams.remove(&id).is_some() {
             self.queue_rst(id, code, reason);
         }
     }
 
-    fn queue_rst(&mut self, id: u32, code: u32, reason: &str) {
+    fn queue_rst(&mut self, id: u32, code: ResetCode, reason: &str) {
         encode(
             &mut self.control,
             &Frame::Rst {
@@ -946,7 +1227,7 @@ impl Session {
     fn reap(&mut self, id: u32) {
         if self.streams.get(&id).is_some_and(Stream::finished) {
             self.streams.remove(&id);
-            self.events.push_back(Event::Closed(id));
+            self.events.push_back(StreamEvent::Closed(id).into());
         }
     }
 
@@ -988,11 +1269,11 @@ impl Session {
                 s.send_window -= n as u32;
                 if s.want_writable {
                     s.want_writable = false;
-                    self.events.push_back(Event::Writable(id));
+                    self.events.push_back(StreamEvent::Writable(id).into());
                 }
             }
-            if s.fin_wanted && !s.fin_sent && s.tx.is_empty() {
-                s.fin_sent = true;
+            if s.send.fin_due(s.tx.is_empty()) {
+                s.send = s.send.fin_framed();
                 encode_header(out, FrameType::Fin, id, 0);
             }
             if s.has_work() {
@@ -1031,31 +1312,100 @@ impl Session {
     }
 }
 
+/// What only the edge does: answer registrations and open streams.
+impl Session<Edge> {
+    pub fn send_registered(&mut self, hostname: &str) {
+        encode(&mut self.control, &Frame::Registered { hostname });
+    }
+
+    pub fn send_error(&mut self, code: ErrorCode, message: &str) {
+        encode(&mut self.control, &Frame::Error { code, message });
+    }
+
+    /// The id the next [`Session::open_stream`] takes, if it succeeds (so that what OPEN
+    /// carries can name its own stream).
+    pub fn next_stream_id(&self) -> u32 {
+        self.next_stream
+    }
+
+    /// Opens a stream toward the origin.
+    pub fn open_stream(&mut self, hostname: &str, claims: &[u8]) -> Option<u32> {
+        if self.going_away || self.error.is_some() || self.streams.len() >= MAX_STREAMS_PER_TUNNEL {
+            return None;
+        }
+        let id = self.next_stream;
+        self.next_stream = self.next_stream.checked_add(2)?;
+        self.highest_stream = id;
+        self.streams.insert(id, Stream::new());
+        encode(
+            &mut self.control,
+            &Frame::Open {
+                stream: id,
+                hostname,
+                claims,
+            },
+        );
+        Some(id)
+    }
+}
+
+/// What only the origin does: introduce itself and register.
+impl Session<Origin> {
+    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
+        encode(
+            &mut self.control,
+            &Frame::Hello {
+                version: PROTOCOL_VERSION,
+                connector_id,
+                ha_index,
+            },
+        );
+    }
+
+    pub fn send_register(&mut self, hostname: &str, service: &str) {
+        encode(&mut self.control, &Frame::Register { hostname, service });
+    }
+}
+
 #[doc(hidden)]
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_session(data: &[u8]) {
     let now = Instant::now();
-    for side in [Side::Edge, Side::Origin] {
-        let mut s = Session::new(side, now);
-        if side == Side::Edge {
-            s.open_stream("a.example", b"{}");
+    let mut edge = EdgeSession::new(now);
+    edge.open_stream("a.example", b"{}");
+    fuzz_feed(&mut edge, data, now, |ev| match ev {
+        EdgeEvent::Stream(StreamEvent::Readable(id)) => Some(*id),
+        _ => None,
+    });
+    fuzz_feed(&mut OriginSession::new(now), data, now, |ev| match ev {
+        OriginEvent::Stream(StreamEvent::Readable(id)) => Some(*id),
+        _ => None,
+    });
+}
+
+/// Feeds `data` to `s` as a driver would, echoing on every readable stream.
+#[cfg(feature = "fuzzing")]
+fn fuzz_feed<R: Role>(
+    s: &mut Session<R>,
+    data: &[u8],
+    now: Instant,
+    readable: impl Fn(&R::Event) -> Option<u32>,
+) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        match s.handle_input(rest, now) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => rest = &rest[n..],
         }
-        let mut rest = data;
-        while !rest.is_empty() {
-            match s.handle_input(rest, now) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => rest = &rest[n..],
+        while let Some(ev) = s.poll_event() {
+            if let Some(id) = readable(&ev) {
+                let n = s.readable(id).len();
+                s.consume(id, n);
+                s.write(id, b"echo");
             }
-            while let Some(ev) = s.poll_event() {
-                if let Event::Readable(id) = ev {
-                    let n = s.readable(id).len();
-                    s.consume(id, n);
-                    s.write(id, b"echo");
-                }
-            }
-            let mut out = Vec::new();
-            s.poll_transmit(&mut out, 1 << 20);
         }
+        let mut out = Vec::new();
+        s.poll_transmit(&mut out, 1 << 20);
     }
 }
 
@@ -1063,7 +1413,7 @@ pub fn fuzz_session(data: &[u8]) {
 mod tests {
     use super::*;
 
-    fn pipe(a: &mut Session, b: &mut Session, now: Instant) {
+    fn pipe(a: &mut EdgeSession, b: &mut OriginSession, now: Instant) {
         loop {
             let mut out = Vec::new();
             a.poll_transmit(&mut out, 1 << 20);
@@ -1091,8 +1441,12 @@ mod tests {
             },
             Frame::Registered { hostname: "h" },
             Frame::Error {
-                code: 9,
+                code: ErrorCode::Other(9),
                 message: "no",
+            },
+            Frame::Error {
+                code: ErrorCode::Conflict,
+                message: "owned",
             },
             Frame::Open {
                 stream: 5,
@@ -1111,8 +1465,13 @@ mod tests {
             Frame::Fin { stream: 5 },
             Frame::Rst {
                 stream: 5,
-                code: 2,
+                code: ResetCode::ConnectFailed,
                 reason: "refused",
+            },
+            Frame::Rst {
+                stream: 5,
+                code: ResetCode::Other(77),
+                reason: "",
             },
             Frame::Ping(42),
             Frame::Pong(43),
@@ -1130,6 +1489,27 @@ mod tests {
             let (g, n) = decode_frame(&out).unwrap().unwrap();
             assert_eq!((&g, n), (f, out.len()));
         }
+    }
+
+    #[test]
+    fn codes_keep_every_number_and_only_refusals_are_final() {
+        for n in 0..=u16::MAX {
+            let code = ErrorCode::from_u16(n);
+            assert_eq!(code.to_u16(), n);
+            assert_eq!(code, ErrorCode::Other(n), "compared by number");
+            assert_eq!(code.is_final(), matches!(n, 400 | 403 | 404 | 409), "{n}");
+            assert_eq!(code.to_string(), n.to_string());
+        }
+        assert!(matches!(ErrorCode::from_u16(409), ErrorCode::Conflict));
+        assert!(matches!(ErrorCode::from_u16(500), ErrorCode::Internal));
+        assert!(!ErrorCode::Internal.is_final());
+        for n in (0..=1000).chain([u32::MAX - 1, u32::MAX]) {
+            let code = ResetCode::from_u32(n);
+            assert_eq!(code.to_u32(), n);
+            assert_eq!(code, ResetCode::Other(n));
+        }
+        assert!(matches!(ResetCode::from_u32(2), ResetCode::ConnectFailed));
+        assert_ne!(ResetCode::Cancel, ResetCode::Refused);
     }
 
     #[test]
@@ -1157,8 +1537,8 @@ mod tests {
     #[test]
     fn data_flows_with_flow_control_and_half_close() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         let payload = vec![0xab; 1 << 20];
         let mut sent = 0;
@@ -1172,7 +1552,7 @@ mod tests {
             }
             pipe(&mut edge, &mut origin, now);
             while let Some(ev) = origin.poll_event() {
-                if let Event::Open { stream, .. } = ev {
+                if let OriginEvent::Open { stream, .. } = ev {
                     assert_eq!(stream, id);
                 }
             }
@@ -1199,8 +1579,8 @@ mod tests {
     #[test]
     fn a_stream_whose_fin_was_sent_first_is_reaped_when_the_peers_fin_arrives() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         while origin.poll_event().is_some() {}
@@ -1214,7 +1594,7 @@ mod tests {
         assert!(!origin.has_stream(id), "origin kept a finished stream");
         let mut closed = false;
         while let Some(ev) = origin.poll_event() {
-            closed |= ev == Event::Closed(id);
+            closed |= ev == OriginEvent::Stream(StreamEvent::Closed(id));
         }
         assert!(closed, "the origin must be told the stream is gone");
         assert!(!edge.has_stream(id), "edge kept a finished stream");
@@ -1224,8 +1604,8 @@ mod tests {
     #[test]
     fn a_stream_reaped_by_sending_the_last_fin_leaves_an_event() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         while origin.poll_event().is_some() {}
@@ -1244,14 +1624,188 @@ mod tests {
             origin.has_events(),
             "reaped in poll_transmit but no event pending"
         );
-        assert_eq!(origin.poll_event(), Some(Event::Closed(id)));
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Stream(StreamEvent::Closed(id)))
+        );
+    }
+
+    #[test]
+    fn stream_halves_move_only_forward() {
+        use RecvHalf as R;
+        use SendHalf as S;
+        assert_eq!(S::Open.close(), S::FinQueued);
+        assert_eq!(S::FinQueued.close(), S::FinQueued);
+        assert_eq!(S::FinSent.close(), S::FinSent);
+        assert_eq!(S::FinQueued.fin_framed(), S::FinSent);
+        for (state, accepts, due_when_drained) in [
+            (S::Open, true, false),
+            (S::FinQueued, false, true),
+            (S::FinSent, false, false),
+        ] {
+            assert_eq!(state.accepts_bytes(), accepts, "{state:?}");
+            assert_eq!(state.fin_due(true), due_when_drained, "{state:?}");
+            assert!(
+                !state.fin_due(false),
+                "{state:?}: FIN before buffered bytes"
+            );
+        }
+        assert_eq!(R::Open.on_data(1), Ok(R::Open));
+        assert_eq!(R::Open.on_fin(), Ok(R::FinReceived));
+        assert_eq!(R::FinReceived.on_data(1), Err(MuxError::WindowExceeded(1)));
+        assert_eq!(
+            R::FinReceived.on_fin(),
+            Err(MuxError::Unexpected(FrameType::Fin))
+        );
+    }
+
+    #[test]
+    fn a_closed_send_half_takes_no_more_bytes_and_fin_waits_for_the_buffer() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        let id = edge.open_stream("h", b"").unwrap();
+        assert_eq!(edge.halves(id), Some((SendHalf::Open, RecvHalf::Open)));
+        assert_eq!(edge.write(id, b"abc"), 3);
+        edge.close_write(id);
+        assert_eq!(edge.halves(id), Some((SendHalf::FinQueued, RecvHalf::Open)));
+        assert_eq!(edge.write(id, b"more"), 0);
+        assert_eq!(edge.writable(id), 0);
+        assert!(edge.fill(id, |_| Ok(1)).is_none());
+        // Nothing framed yet: FIN goes out after the three bytes, in the same batch.
+        let mut out = Vec::new();
+        edge.poll_transmit(&mut out, 1 << 20);
+        assert_eq!(edge.halves(id), Some((SendHalf::FinSent, RecvHalf::Open)));
+        let mut frames = Vec::new();
+        let mut rest = &out[..];
+        while let Some((f, n)) = decode_frame(rest).unwrap() {
+            frames.push(format!("{f:?}"));
+            rest = &rest[n..];
+        }
+        let tail: Vec<_> = frames.iter().rev().take(2).rev().cloned().collect();
+        assert_eq!(
+            tail,
+            [
+                format!(
+                    "{:?}",
+                    Frame::Data {
+                        stream: id,
+                        data: b"abc"
+                    }
+                ),
+                format!("{:?}", Frame::Fin { stream: id }),
+            ]
+        );
+        assert_eq!(origin.handle_input(&out, now), Ok(out.len()));
+        assert_eq!(
+            origin.halves(id),
+            Some((SendHalf::Open, RecvHalf::FinReceived))
+        );
+        // Received but unread bytes keep the stream readable after the FIN.
+        assert!(!origin.read_closed(id));
+        origin.consume(id, 3);
+        assert!(origin.read_closed(id));
+    }
+
+    #[test]
+    fn data_or_fin_after_fin_is_a_connection_error() {
+        let now = Instant::now();
+        for late in [
+            Frame::Data {
+                stream: 1,
+                data: b"x",
+            },
+            Frame::Fin { stream: 1 },
+        ] {
+            let mut edge = EdgeSession::new(now);
+            let mut origin = OriginSession::new(now);
+            let id = edge.open_stream("h", b"").unwrap();
+            edge.close_write(id);
+            pipe(&mut edge, &mut origin, now);
+            let mut out = Vec::new();
+            encode(&mut out, &late);
+            let want = match late {
+                Frame::Fin { .. } => MuxError::Unexpected(FrameType::Fin),
+                _ => MuxError::WindowExceeded(id),
+            };
+            assert_eq!(origin.handle_input(&out, now), Err(want));
+        }
+    }
+
+    /// The frames of one stream's whole life, as the origin receives them.
+    fn one_stream_life(id: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in [
+            Frame::Open {
+                stream: id,
+                hostname: "h",
+                claims: b"{}",
+            },
+            Frame::Data {
+                stream: id,
+                data: b"hello",
+            },
+            Frame::Window {
+                stream: id,
+                credit: 10,
+                consumed: 0,
+            },
+            Frame::Data {
+                stream: id,
+                data: b"",
+            },
+            Frame::Fin { stream: id },
+            Frame::Ping(7),
+        ] {
+            encode(&mut out, &f);
+        }
+        out
+    }
+
+    /// What an origin session shows after `input` went in, in pieces that end at `cuts`,
+    /// each piece after what the previous calls left unconsumed (as a driver does).
+    fn origin_after(
+        input: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<OriginEvent>, Option<(SendHalf, RecvHalf)>) {
+        let now = Instant::now();
+        let mut s = OriginSession::new(now);
+        let mut pending = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&input.len()]) {
+            pending.extend_from_slice(&input[from..cut]);
+            from = cut;
+            let n = s.handle_input(&pending, now).unwrap();
+            pending.drain(..n);
+        }
+        assert!(pending.is_empty());
+        let mut events = Vec::new();
+        while let Some(ev) = s.poll_event() {
+            events.push(ev);
+        }
+        (events, s.halves(1))
+    }
+
+    #[test]
+    fn stream_states_do_not_depend_on_how_the_input_is_split() {
+        let input = one_stream_life(1);
+        let whole = origin_after(&input, &[]);
+        assert_eq!(whole.1, Some((SendHalf::Open, RecvHalf::FinReceived)));
+        assert!(whole
+            .0
+            .contains(&OriginEvent::Stream(StreamEvent::Readable(1))));
+        for cut in 0..=input.len() {
+            assert_eq!(origin_after(&input, &[cut]), whole, "split at {cut}");
+        }
+        let every_byte: Vec<usize> = (1..input.len()).collect();
+        assert_eq!(origin_after(&input, &every_byte), whole, "byte by byte");
     }
 
     #[test]
     fn window_violation_is_a_connection_error() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         let mut out = Vec::new();
@@ -1279,7 +1833,7 @@ mod tests {
     #[test]
     fn unknown_and_closed_streams() {
         let now = Instant::now();
-        let mut origin = Session::new(Side::Origin, now);
+        let mut origin = OriginSession::new(now);
         let mut out = Vec::new();
         encode(
             &mut out,
@@ -1293,9 +1847,9 @@ mod tests {
             Err(MuxError::UnknownStream(7))
         );
 
-        let mut edge = Session::new(Side::Edge, now);
+        let mut edge = EdgeSession::new(now);
         let id = edge.open_stream("h", b"").unwrap();
-        edge.reset(id, rst::CANCEL, "gone");
+        edge.reset(id, ResetCode::Cancel, "gone");
         // A late frame for a stream we reset is ignored.
         let mut late = Vec::new();
         encode(
@@ -1319,10 +1873,132 @@ mod tests {
         assert_eq!(edge.handle_input(&open, now), Err(MuxError::BadOpen(3)));
     }
 
+    fn encoded(frame: &Frame<'_>) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(&mut out, frame);
+        out
+    }
+
+    #[test]
+    fn frames_only_the_other_side_receives_are_connection_errors_not_events() {
+        let now = Instant::now();
+        let registered = Frame::Registered { hostname: "h" };
+        let error = Frame::Error {
+            code: ErrorCode::Forbidden,
+            message: "no",
+        };
+        let open = Frame::Open {
+            stream: 1,
+            hostname: "h",
+            claims: b"",
+        };
+        for (frame, want) in [
+            (&registered, MuxError::Unexpected(FrameType::Registered)),
+            (&error, MuxError::Unexpected(FrameType::Error)),
+            (&open, MuxError::BadOpen(1)),
+        ] {
+            let mut edge = EdgeSession::new(now);
+            let bytes = encoded(frame);
+            assert_eq!(
+                edge.handle_input(&bytes, now),
+                Err(want.clone()),
+                "{frame:?}"
+            );
+            assert_eq!(
+                edge.poll_event(),
+                None,
+                "{frame:?} reached the edge's driver"
+            );
+            assert_eq!(edge.handle_input(&[], now), Err(want), "sticky");
+        }
+        let hello = Frame::Hello {
+            version: PROTOCOL_VERSION,
+            connector_id: [1; 16],
+            ha_index: 0,
+        };
+        let register = Frame::Register {
+            hostname: "h",
+            service: "ssh://localhost:22",
+        };
+        for (frame, want) in [
+            (&hello, MuxError::Unexpected(FrameType::Hello)),
+            (&register, MuxError::Unexpected(FrameType::Register)),
+        ] {
+            let mut origin = OriginSession::new(now);
+            let bytes = encoded(frame);
+            assert_eq!(origin.handle_input(&bytes, now), Err(want), "{frame:?}");
+            assert_eq!(
+                origin.poll_event(),
+                None,
+                "{frame:?} reached the origin's driver"
+            );
+        }
+    }
+
+    #[test]
+    fn each_side_hears_what_its_peer_may_send() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        origin.send_hello([3; 16], 2);
+        origin.send_register("h", "ssh://localhost:22");
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Hello {
+                version: PROTOCOL_VERSION,
+                connector_id: [3; 16],
+                ha_index: 2
+            })
+        );
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Register {
+                hostname: "h".into(),
+                service: "ssh://localhost:22".into()
+            })
+        );
+        edge.send_registered("h");
+        edge.send_error(ErrorCode::Conflict, "taken");
+        let id = edge.open_stream("h", b"{}").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Registered {
+                hostname: "h".into()
+            })
+        );
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Error {
+                code: ErrorCode::Conflict,
+                message: "taken".into()
+            })
+        );
+        assert_eq!(
+            origin.poll_event(),
+            Some(OriginEvent::Open {
+                stream: id,
+                hostname: "h".into(),
+                claims: b"{}".to_vec()
+            })
+        );
+        origin.reset(id, ResetCode::ConnectFailed, "refused");
+        pipe(&mut edge, &mut origin, now);
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Stream(StreamEvent::Reset {
+                stream: id,
+                code: ResetCode::ConnectFailed,
+                reason: "refused".into()
+            }))
+        );
+    }
+
     #[test]
     fn keepalive_pings_then_declares_dead() {
         let t0 = Instant::now();
-        let mut s = Session::new(Side::Origin, t0);
+        let mut s = OriginSession::new(t0);
         let next = s.handle_timeout(t0).unwrap();
         assert!(next > t0);
         let t1 = t0 + Duration::from_secs(PING_INTERVAL_SECS);
@@ -1337,11 +2013,11 @@ mod tests {
     #[test]
     fn goaway_refuses_new_streams() {
         let now = Instant::now();
-        let mut edge = Session::new(Side::Edge, now);
-        let mut origin = Session::new(Side::Origin, now);
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
         origin.send_goaway("shutting down");
         pipe(&mut edge, &mut origin, now);
-        assert!(matches!(edge.poll_event(), Some(Event::GoAway { .. })));
+        assert!(matches!(edge.poll_event(), Some(EdgeEvent::GoAway { .. })));
         assert!(edge.is_going_away());
         assert_eq!(edge.open_stream("h", b""), None);
     }

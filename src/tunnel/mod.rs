@@ -36,7 +36,7 @@ use crate::limits::{
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
 use crate::pki::{self, OriginCredential};
-use crate::proto::mux::{self, Event, Session, Side};
+use crate::proto::mux::{self, OriginEvent, OriginSession, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
 
 pub mod admin;
@@ -97,7 +97,7 @@ enum Link {
     },
     Live {
         tls: Box<TlsConn>,
-        mux: Box<Session>,
+        mux: Box<OriginSession>,
         registered: bool,
         next_timeout: Instant,
     },
@@ -655,7 +655,7 @@ impl Origin {
             return false;
         }
         let now = Instant::now();
-        let mut mux = Box::new(Session::new(Side::Origin, now));
+        let mut mux = Box::new(OriginSession::new(now));
         mux.send_hello(self.connector_id, i as u8);
         match &self.opts.registration {
             Registration::Hostname(h) => {
@@ -689,10 +689,9 @@ impl Origin {
             }
         }
         if let Err(e) = full {
-            let msg = if e.to_string().contains("certificate") {
-                format!("{e}: the edge's certificate is not trusted: pass --ca with the edge's CA")
-            } else {
-                e.to_string()
+            let msg = match tls_advice(&e) {
+                Some(advice) => format!("{e}: {advice}"),
+                None => e.to_string(),
             };
             warn!("connection {i}: {msg}");
             self.metrics.error(metrics::Error::Tls);
@@ -767,9 +766,9 @@ impl Origin {
         }
     }
 
-    fn on_event(&mut self, i: usize, ev: Event) {
+    fn on_event(&mut self, i: usize, ev: OriginEvent) {
         match ev {
-            Event::Registered { hostname } => {
+            OriginEvent::Registered { hostname } => {
                 // Text from the edge: escaped before it reaches a terminal or the journal.
                 let hostname = untrusted(&hostname);
                 match &self.opts.registration {
@@ -783,9 +782,9 @@ impl Origin {
                     *registered = true;
                 }
             }
-            Event::Error { code, message } => {
+            OriginEvent::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                if matches!(code, 400 | 403 | 404 | 409) {
+                if code.is_final() {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
@@ -795,7 +794,7 @@ impl Origin {
                     self.disconnect(i, Some("edge error"));
                 }
             }
-            Event::Open {
+            OriginEvent::Open {
                 stream,
                 hostname,
                 claims,
@@ -803,18 +802,18 @@ impl Origin {
                 info!("connection {i}: stream {stream} for {}", who(&claims));
                 self.open_local(i, stream, &hostname)
             }
-            Event::Readable(stream) | Event::Writable(stream) => {
+            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
                 if let Some(&slot) = self.conns[i].locals.get(&stream) {
                     let tok = self.local_token(slot);
                     self.dirty.push(tok);
                 }
             }
-            Event::Closed(stream) => {
+            OriginEvent::Stream(StreamEvent::Closed(stream)) => {
                 if let Some(slot) = self.conns[i].locals.remove(&stream) {
                     self.drop_local(slot);
                 }
             }
-            Event::Reset { stream, reason, .. } => {
+            OriginEvent::Stream(StreamEvent::Reset { stream, reason, .. }) => {
                 debug!(
                     "connection {i}: stream {stream} reset by edge: {}",
                     untrusted(&reason)
@@ -823,14 +822,13 @@ impl Origin {
                     self.drop_local(slot);
                 }
             }
-            Event::GoAway { reason, .. } => {
+            OriginEvent::GoAway { reason, .. } => {
                 info!(
                     "connection {i}: edge is going away ({})",
                     untrusted(&reason)
                 );
                 // Let open streams finish; the edge closes the connection and we reconnect.
             }
-            Event::Hello { .. } | Event::Register { .. } => {}
         }
     }
 
@@ -850,7 +848,7 @@ impl Origin {
                 );
                 mux.reset(
                     stream,
-                    mux::rst::NO_SERVICE,
+                    mux::ResetCode::NoService,
                     &format!("the origin serves no service for {host} (status {code})"),
                 );
                 return;
@@ -859,7 +857,7 @@ impl Origin {
         let addr = match resolve(service) {
             Ok(a) => a,
             Err(e) => {
-                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
                 return;
             }
         };
@@ -868,7 +866,7 @@ impl Origin {
             Err(e) => {
                 warn!("stream {stream}: cannot connect to {addr}: {e}");
                 self.metrics.error(metrics::Error::ServiceConnect);
-                mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+                mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
                 return;
             }
         };
@@ -886,7 +884,7 @@ impl Origin {
                 .registry()
                 .register(&mut sock, tok, Interest::READABLE | Interest::WRITABLE)
         {
-            mux.reset(stream, mux::rst::CONNECT_FAILED, &e.to_string());
+            mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
             self.free.push(slot);
             return;
         }
@@ -951,7 +949,7 @@ impl Origin {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("stream {stream}: service read: {e}");
-                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    mux.reset(stream, mux::ResetCode::Cancel, "service connection failed");
                     self.conns[i].locals.remove(&stream);
                     self.drop_local(slot);
                     self.dirty.push(Token(FIRST + i));
@@ -975,7 +973,7 @@ impl Origin {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     debug!("stream {stream}: service write: {e}");
-                    mux.reset(stream, mux::rst::CANCEL, "service connection failed");
+                    mux.reset(stream, mux::ResetCode::Cancel, "service connection failed");
                     self.conns[i].locals.remove(&stream);
                     self.drop_local(slot);
                     self.dirty.push(Token(FIRST + i));
@@ -1008,7 +1006,7 @@ impl Origin {
         );
         self.metrics.error(metrics::Error::ServiceConnect);
         if let Link::Live { mux, .. } = &mut self.conns[i].link {
-            mux.reset(stream, mux::rst::CONNECT_FAILED, why);
+            mux.reset(stream, mux::ResetCode::ConnectFailed, why);
         }
         self.conns[i].locals.remove(&stream);
         self.drop_local(slot);
@@ -1088,9 +1086,59 @@ pub fn service_address(url: &str) -> Result<String, String> {
     }
 }
 
+/// What to do about a failed TLS connection to the edge, chosen by the rustls error's
+/// variant (its text also says "certificate" when the edge refused ours).
+fn tls_advice(e: &io::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    match crate::io::tls::rustls_error(e)? {
+        rustls::Error::InvalidCertificate(_) => {
+            Some("the edge's certificate is not trusted: pass --ca with the edge's CA")
+        }
+        rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired,
+        ) => Some(
+            "the edge refused this origin's certificate: is the credential from this edge, and \
+             still valid? (`postern tunnel login`, or a new credentials file)",
+        ),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_advice_follows_the_rustls_error_not_its_text() {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let theirs = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(tls_advice(&theirs).unwrap().contains("pass --ca"));
+        let ours = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        let advice = tls_advice(&ours).unwrap();
+        assert!(
+            advice.contains("refused this origin's certificate"),
+            "{advice}"
+        );
+        assert!(!advice.contains("--ca"), "{advice}");
+        // Words alone choose nothing.
+        assert_eq!(tls_advice(&io::Error::other("certificate")), None);
+        assert_eq!(
+            tls_advice(&tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            ))),
+            None
+        );
+    }
 
     #[test]
     fn service_urls() {

@@ -264,7 +264,7 @@ impl RawTunnel {
         });
         t.wait_for(Duration::from_secs(10), |f| match f {
             Frame::Registered { hostname: h } if *h == hostname => Some(Ok(())),
-            Frame::Error { code, message } => Some(Err((*code, message.to_string()))),
+            Frame::Error { code, message } => Some(Err((code.to_u16(), message.to_string()))),
             _ => None,
         })
         .unwrap_or_else(|e| panic!("no REGISTERED or ERROR for {hostname}: {e}"))?;
