@@ -65,7 +65,10 @@ impl AdminClient {
             return Ok(v);
         }
         Err(match v.get("error").and_then(Value::as_str) {
-            Some(e) => format!("the edge refused ({status}): {e}"),
+            Some(e) => format!(
+                "the edge refused ({status}): {}",
+                crate::logging::untrusted(e)
+            ),
             None if status == 400 && answer.is_empty() => format!(
                 "the edge at {} has no tunnel admin API (an older postern?)",
                 self.opts.edge
