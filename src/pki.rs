@@ -53,10 +53,6 @@ pub const MAX_PEM_SECTIONS: usize = 64;
 const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
 /// Most certificates read from a system CA bundle or a `--ca` file.
 const MAX_BUNDLE_SECTIONS: usize = 8192;
-/// Longest DNS name (RFC 1035).
-const MAX_DNS_NAME: usize = 253;
-/// Longest DNS label (RFC 1035).
-const MAX_DNS_LABEL: usize = 63;
 
 /// Lifetime of a CA certificate.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -338,27 +334,10 @@ fn verify_server_chain(
     ee.verify_is_valid_for_subject_name(&name)
 }
 
-/// Checks that `zone` is a lowercase DNS name: labels of `a-z 0-9 -`, no empty label.
+/// Checks that `zone` is a host name written in lowercase (`proto::dns`).
 fn validate_zone(zone: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("invalid zone {zone:?}: {why}"));
-    if zone.is_empty() || zone.len() > MAX_DNS_NAME {
-        return bad("expected a DNS name like example.com");
-    }
-    for label in zone.split('.') {
-        if label.is_empty() || label.len() > MAX_DNS_LABEL {
-            return bad("empty or over-long label");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return bad("use lowercase letters, digits, '-' and '.'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return bad("a label cannot start or end with '-'");
-        }
-    }
-    Ok(())
+    crate::proto::dns::check_lowercase_hostname(zone)
+        .map_err(|why| format!("invalid zone {zone:?}: {why}"))
 }
 
 /// Lowercase hex SHA-256 of the certificate's DER: how the edge names an origin certificate.
@@ -1040,9 +1019,14 @@ mod tests {
             "-a.com",
             "a_b.com",
             "a b",
+            // Not host names (proto::dns), so webpki could never match a host to them.
+            "10.0.0.1",
+            "example.123",
         ] {
             assert!(ca.issue_origin(bad).is_err(), "{bad:?}");
         }
+        let err = ca.issue_origin("Example.com").err().unwrap().to_string();
+        assert_eq!(err, "invalid zone \"Example.com\": use lowercase letters");
         ca.issue_origin("localhost").unwrap();
     }
 

@@ -2235,19 +2235,8 @@ fn origin_cert_covers(cert: &CertificateDer<'_>, hostname: &str) -> bool {
     }
 }
 
-pub fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+/// The one host-name rule (`proto::dns`), named here for the edge's modules.
+pub(crate) use crate::proto::dns::valid_hostname;
 
 #[cfg(test)]
 mod tests {

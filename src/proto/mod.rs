@@ -5,6 +5,7 @@
 
 pub mod base64;
 pub mod buf;
+pub mod dns;
 pub mod http;
 pub mod jwt;
 pub mod mux;
