@@ -118,33 +118,16 @@ impl<K: std::hash::Hash + Eq + Clone> Repeats<K> {
     }
 }
 
-/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// `t` as `YYYY-MM-DDTHH:MM:SS.mmmZ`: the timestamp the logger writes (env_logger formats
+/// it with jiff, so log lines and audit lines read alike). Clamped to jiff's range (years
+/// -9999 to 9999).
 pub(crate) fn rfc3339(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+    let at = jiff::Timestamp::try_from(t).unwrap_or(if t < UNIX_EPOCH {
+        jiff::Timestamp::MIN
+    } else {
+        jiff::Timestamp::MAX
+    });
+    format!("{at:.3}")
 }
 
 #[cfg(test)]
@@ -162,6 +145,8 @@ mod tests {
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_709_251_199, 999), "2024-02-29T23:59:59.999Z");
         assert_eq!(at(4_102_444_800, 0), "2100-01-01T00:00:00.000Z");
+        // Beyond jiff's range: its last instant (which leaves room for time-zone offsets).
+        assert_eq!(at(u64::MAX / 2, 0), "9999-12-30T22:00:00.999Z");
     }
 
     #[test]

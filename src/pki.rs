@@ -15,7 +15,11 @@
 //!   roots). [`OriginCredential::parse`] refuses anything else: unknown or repeated sections,
 //!   a key that does not match the certificate, a certificate that does not cover the zone.
 //! - [`pem_sections`] is the one PEM reader: bounded ([`MAX_PEM_BYTES`], [`MAX_PEM_SECTIONS`]),
-//!   BEGIN/END labels must match, text outside sections is ignored (comments in bundles).
+//!   BEGIN/END labels must match, text outside sections is ignored (comments in bundles). It
+//!   only finds the sections: the body of every section `rustls-pki-types` knows (`CERTIFICATE`,
+//!   `PRIVATE KEY`, `EC PRIVATE KEY`, ...) is decoded by its `PemObject` reader, which decodes
+//!   private keys in constant time; only postern's own sections (`POSTERN EDGE`,
+//!   `POSTERN EDGE CA`) and other labels it does not know go through `proto::base64`.
 //!
 //! Keys are written only through files created with their final mode; [`OriginCredential`] and
 //! [`Authority`] hold keys and have no `Debug`.
@@ -32,6 +36,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::rand::SecureRandom;
+use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::{
     CertificateDer, PrivateKeyDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer, PrivateSec1KeyDer,
     ServerName, UnixTime,
@@ -48,10 +53,6 @@ pub const MAX_PEM_SECTIONS: usize = 64;
 const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
 /// Most certificates read from a system CA bundle or a `--ca` file.
 const MAX_BUNDLE_SECTIONS: usize = 8192;
-/// Longest DNS name (RFC 1035).
-const MAX_DNS_NAME: usize = 253;
-/// Longest DNS label (RFC 1035).
-const MAX_DNS_LABEL: usize = 63;
 
 /// Lifetime of a CA certificate.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
@@ -333,27 +334,10 @@ fn verify_server_chain(
     ee.verify_is_valid_for_subject_name(&name)
 }
 
-/// Checks that `zone` is a lowercase DNS name: labels of `a-z 0-9 -`, no empty label.
+/// Checks that `zone` is a host name written in lowercase (`proto::dns`).
 fn validate_zone(zone: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("invalid zone {zone:?}: {why}"));
-    if zone.is_empty() || zone.len() > MAX_DNS_NAME {
-        return bad("expected a DNS name like example.com");
-    }
-    for label in zone.split('.') {
-        if label.is_empty() || label.len() > MAX_DNS_LABEL {
-            return bad("empty or over-long label");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return bad("use lowercase letters, digits, '-' and '.'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return bad("a label cannot start or end with '-'");
-        }
-    }
-    Ok(())
+    crate::proto::dns::check_lowercase_hostname(zone)
+        .map_err(|why| format!("invalid zone {zone:?}: {why}"))
 }
 
 /// Lowercase hex SHA-256 of the certificate's DER: how the edge names an origin certificate.
@@ -668,14 +652,18 @@ fn parse_pem(
                     if end.strip_suffix("-----") != Some(*label) {
                         return Err(malformed("END label does not match BEGIN"));
                     }
-                    let der = b64::decode_lenient_ws(body)
-                        .map_err(|_| malformed("invalid base64 in section"))?;
+                    let der = decode_section(label, body)
+                        .ok_or(malformed("invalid base64 in section"))?;
                     sections.push(((*label).to_owned(), der));
                     open = None;
                 } else if line.starts_with("-----") {
                     return Err(malformed("BEGIN inside a section"));
                 } else if line.contains(':') {
                     return Err(malformed("PEM headers (encrypted PEM?) are not supported"));
+                } else if line.contains('\r') {
+                    // rustls-pki-types ends a line at a lone CR too: refusing it keeps both
+                    // readers agreeing on where a section ends.
+                    return Err(malformed("carriage return inside a line"));
                 } else {
                     body.push_str(line);
                 }
@@ -689,6 +677,21 @@ fn parse_pem(
         });
     }
     Ok(sections)
+}
+
+/// The bytes of one section, from its body (its lines, trimmed and joined). A label
+/// `rustls-pki-types` knows is decoded by its PEM reader: constant-time for private keys (its
+/// `decode_secret`), so key material never meets a table-driven decoder. Postern's own labels
+/// (and any other) are public data, decoded by the strict [`b64::decode_lenient_ws`].
+fn decode_section(label: &str, body: &str) -> Option<Vec<u8>> {
+    if SectionKind::try_from(label.as_bytes()).is_err() {
+        return b64::decode_lenient_ws(body).ok();
+    }
+    // The block rebuilt in the one shape both readers agree on: the body is one line
+    // without CR, LF, `:` or a leading `-----` (parse_pem refused those).
+    let block = format!("-----BEGIN {label}-----\n{body}\n-----END {label}-----\n");
+    let (_, der) = <(SectionKind, Vec<u8>)>::from_pem_slice(block.as_bytes()).ok()?;
+    Some(der)
 }
 
 fn valid_label(label: &str) -> bool {
@@ -1016,9 +1019,14 @@ mod tests {
             "-a.com",
             "a_b.com",
             "a b",
+            // Not host names (proto::dns), so webpki could never match a host to them.
+            "10.0.0.1",
+            "example.123",
         ] {
             assert!(ca.issue_origin(bad).is_err(), "{bad:?}");
         }
+        let err = ca.issue_origin("Example.com").err().unwrap().to_string();
+        assert_eq!(err, "invalid zone \"Example.com\": use lowercase letters");
         ca.issue_origin("localhost").unwrap();
     }
 
@@ -1200,6 +1208,20 @@ mod tests {
             malformed("-----BEGIN A-----\nProc-Type: 4\n-----END A-----\n"),
             2
         );
+        // Sections rustls-pki-types decodes fail the same way, at their END line.
+        for label in ["CERTIFICATE", "PRIVATE KEY", "EC PRIVATE KEY"] {
+            let text = format!("-----BEGIN {label}-----\nA*AA\n-----END {label}-----\n");
+            assert_eq!(malformed(&text), 3, "{label}");
+        }
+        // A lone CR would end the line for rustls-pki-types but not for us: refused, so the
+        // two never disagree about where a section ends.
+        assert_eq!(
+            malformed(
+                "-----BEGIN CERTIFICATE-----\nAAAA\r-----END CERTIFICATE-----AAAA\n\
+                 -----END CERTIFICATE-----\n"
+            ),
+            2
+        );
 
         let one = "-----BEGIN A-----\n-----END A-----\n";
         assert_eq!(
@@ -1214,6 +1236,38 @@ mod tests {
             pem_sections(&" ".repeat(MAX_PEM_BYTES + 1)),
             Err(CredentialError::TooLarge)
         ));
+    }
+
+    /// Private keys are decoded by rustls-pki-types' constant-time decoder, never by the
+    /// table-driven `proto::base64`. Observable through one difference between the two: the
+    /// pki-types decoder accepts a body without its `=` padding, the strict one does not.
+    #[test]
+    fn private_key_sections_are_decoded_by_the_constant_time_reader() {
+        let section =
+            |label: &str| format!("-----BEGIN {label}-----\nZm9vYg\n-----END {label}-----\n");
+        for label in [
+            "PRIVATE KEY",
+            "EC PRIVATE KEY",
+            "RSA PRIVATE KEY",
+            "CERTIFICATE",
+        ] {
+            assert_eq!(
+                pem_sections(&section(label)).unwrap(),
+                [(label.to_owned(), b"foob".to_vec())],
+                "{label}"
+            );
+        }
+        // Postern's own sections hold public data and keep the strict decoder.
+        assert!(matches!(
+            pem_sections(&section(LABEL_EDGE)),
+            Err(CredentialError::Malformed { line: 3, .. })
+        ));
+        // The whole path: a credential's key comes out of the same reader.
+        let tmp = TempDir::new("pki-ct");
+        let (_state, ca) = dev_ca(&tmp);
+        let cred = credential(&ca, "example.com");
+        let parsed = OriginCredential::parse(&cred.to_pem()).unwrap();
+        assert_eq!(parsed.key.secret_der(), cred.key.secret_der());
     }
 
     #[test]

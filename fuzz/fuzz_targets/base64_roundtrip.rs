@@ -1,5 +1,6 @@
-//! decode(encode(x)) == x for both alphabets, and the strict decoders accept one spelling
-//! only: whatever they accept re-encodes to the same text.
+//! decode(encode(x)) == x for both alphabets, and the strict decoders (the `base64` crate's
+//! engines behind `postern::proto::base64`) accept one spelling only: whatever they accept
+//! re-encodes to the same text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

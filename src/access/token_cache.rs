@@ -65,7 +65,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
 /// lowercase (so `SSH.example.com` and `ssh.example.com` share one file). No `/`, no `..`,
 /// no leading dot.
 pub fn valid_cache_hostname(h: &str) -> bool {
-    crate::edge::valid_hostname(h) && !h.bytes().any(|b| b.is_ascii_uppercase())
+    crate::proto::dns::valid_lowercase_hostname(h)
 }
 
 /// The `exp` claim (Unix seconds) of a compact JWT, read without checking the signature.
@@ -341,6 +341,9 @@ pub(crate) mod tests {
             "a b",
             "a.b\n",
             "-a.b",
+            "a.b.",
+            "a_b.example.com",
+            "127.0.0.1",
         ] {
             assert!(
                 matches!(cache.store(bad, &token), Err(CacheError::BadHostname(_))),

@@ -403,7 +403,7 @@ impl ResolvesServerCert for ZoneResolver {
         match cert {
             ZoneCert::Fixed(k) => Some(k.clone()),
             ZoneCert::LocalCa(ca, cache) => {
-                if !super::valid_hostname(&name) {
+                if !crate::proto::dns::valid_hostname(&name) {
                     return None;
                 }
                 let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -548,7 +548,7 @@ impl FileConfig {
         }
         for app in &self.applications {
             let bare = app.hostname.strip_prefix("*.").unwrap_or(&app.hostname);
-            if !super::valid_hostname(bare) {
+            if !crate::proto::dns::valid_hostname(bare) {
                 return Err(ConfigError::Invalid(format!(
                     "applications[].hostname {:?} is not a hostname or *.zone",
                     app.hostname
@@ -566,7 +566,7 @@ impl FileConfig {
                     Some((h, p)) => (h, Some(p)),
                     None => (a, None),
                 };
-                super::valid_hostname(host)
+                crate::proto::dns::valid_hostname(host)
                     && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0))
             });
             if !valid {
@@ -612,7 +612,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     let mut tls_ca_pem = None;
     for (i, z) in cfg.zones.into_iter().enumerate() {
         let name = z.name.to_ascii_lowercase();
-        if !super::valid_hostname(&name) {
+        if !crate::proto::dns::valid_hostname(&name) {
             return Err(ConfigError::Invalid(format!(
                 "zones[{i}].name {name:?} is not a DNS name"
             )));
@@ -713,9 +713,41 @@ mod tests {
             "https://login.a.test:0",
             "https://login.a.test:x",
             "https://",
+            // An IP address is not a host name (proto::dns): a browser's cookie and the
+            // Origin check are for a name.
+            "https://10.0.0.1",
+            "https://login.a.test.",
         ] {
             let err = check(bad).expect_err(bad);
             assert!(err.contains("public_url"), "{bad}: {err}");
+        }
+    }
+
+    /// Application hostnames follow the one host-name rule (`proto::dns`), with `*.` allowed
+    /// in front.
+    #[test]
+    fn application_hostnames_follow_the_host_name_rule() {
+        let check = |hostname: &str| {
+            let text = format!(
+                r#"{{"listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{{"name":"a.test","local_ca":true}}],"applications":[{{"hostname":"{hostname}","policies":[]}}]}}"#
+            );
+            let cfg: FileConfig = serde_json::from_str(&text).unwrap();
+            cfg.check().map_err(|e| e.to_string())
+        };
+        for good in ["ssh.a.test", "SSH.a.test", "*.a.test", "a.test"] {
+            assert!(check(good).is_ok(), "{good}: {:?}", check(good));
+        }
+        for bad in [
+            "ssh..a.test",
+            "ssh.a.test.",
+            "ssh_1.a.test",
+            "10.0.0.1",
+            "*.10.0.0",
+            "*.*.a.test",
+            "ssh.a.test:22",
+        ] {
+            let err = check(bad).expect_err(bad);
+            assert!(err.contains("applications[].hostname"), "{bad}: {err}");
         }
     }
 

@@ -335,7 +335,7 @@ impl Edge {
             .split('/')
             .next()
             .unwrap_or_default();
-        super::strip_port(authority).to_ascii_lowercase()
+        crate::proto::carrier::strip_port(authority).to_ascii_lowercase()
     }
 
     /// True if `method path` starts a login (and so counts against the login rate).

@@ -2087,13 +2087,6 @@ fn recorded_host(host: &str) -> String {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
-    }
-}
-
 impl Edge {
     /// `Some(zone of hostname)` when the origin certificate is for another zone: a certificate
     /// for `site.com` covers `x.team.site.com` by its SANs, but when `team.site.com` is a zone
@@ -2120,19 +2113,8 @@ fn origin_cert_covers(cert: &CertificateDer<'_>, hostname: &str) -> bool {
     }
 }
 
-pub fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 253
-        && h.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
+/// The one host-name rule (`proto::dns`), named here for the edge's modules.
+pub(crate) use crate::proto::dns::valid_hostname;
 
 #[cfg(test)]
 mod tests {
@@ -2140,8 +2122,6 @@ mod tests {
 
     #[test]
     fn hostnames_and_ports() {
-        assert_eq!(strip_port("ssh.localhost:8443"), "ssh.localhost");
-        assert_eq!(strip_port("ssh.localhost"), "ssh.localhost");
         assert!(valid_hostname("ssh.site.com"));
         assert!(!valid_hostname("ssh..site.com"));
         assert!(!valid_hostname("../etc"));

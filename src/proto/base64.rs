@@ -1,38 +1,26 @@
-//! Base64 (RFC 4648), written here because postern needs only four small, strict functions.
+//! Base64 (RFC 4648) through the `base64` crate, with the four strict spellings postern uses.
 //!
 //! Contract:
 //! - `encode` / `decode`: standard alphabet (`+/`), padded with `=`. Used for the WebSocket
-//!   accept key and for PEM bodies.
+//!   accept key, proxy credentials and PEM bodies that postern writes.
 //! - `encode_url` / `decode_url`: URL-safe alphabet (`-_`), no padding. Used for tokens that
 //!   travel in headers and URLs.
-//! - `decode_lenient_ws`: `decode` after skipping ASCII whitespace, for PEM bodies split
-//!   into lines. Nothing else is ever skipped.
+//! - `decode_lenient_ws`: `decode` after skipping ASCII whitespace, for the bodies of
+//!   postern's own PEM sections (`pki`), which are split into lines. Nothing else is skipped.
 //!
 //! Decoders are strict: wrong alphabet, wrong length, misplaced or missing padding and
 //! non-zero trailing bits are all errors, so every byte string has exactly one accepted
 //! encoding. That keeps two parties from disagreeing about whether two tokens are "the same".
-//! Decoding never panics; output is at most three quarters of the input length.
+//! Decoding never panics.
+//!
+//! Not constant-time: like any table-driven decoder, the time it takes depends on the input.
+//! Secret key material in PEM (`PRIVATE KEY` sections) is therefore never decoded here but by
+//! `rustls-pki-types`' PEM reader, which decodes secret sections in constant time (`pki`).
 
 use std::fmt;
 
-const STANDARD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-/// Marks a byte that is not in the alphabet in a reverse table.
-const INVALID: u8 = 0xff;
-
-const STANDARD_REVERSE: [u8; 256] = reverse(STANDARD);
-const URL_SAFE_REVERSE: [u8; 256] = reverse(URL_SAFE);
-
-const fn reverse(alphabet: &[u8; 64]) -> [u8; 256] {
-    let mut table = [INVALID; 256];
-    let mut i = 0;
-    while i < 64 {
-        table[alphabet[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-}
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::{DecodeError, Engine as _};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -64,31 +52,45 @@ impl fmt::Display for Base64Error {
 
 impl std::error::Error for Base64Error {}
 
+impl From<DecodeError> for Base64Error {
+    fn from(e: DecodeError) -> Base64Error {
+        match e {
+            // The crate reports a misplaced '=' as an invalid byte.
+            DecodeError::InvalidByte(_, b'=') | DecodeError::InvalidPadding => {
+                Base64Error::InvalidPadding
+            }
+            DecodeError::InvalidByte(offset, _) => Base64Error::InvalidByte { offset },
+            DecodeError::InvalidLength(_) => Base64Error::InvalidLength,
+            DecodeError::InvalidLastSymbol { .. } => Base64Error::NonCanonical,
+        }
+    }
+}
+
 /// Standard alphabet, padded.
 pub fn encode(data: &[u8]) -> String {
-    encode_with(data, STANDARD, true)
+    STANDARD.encode(data)
 }
 
 /// URL-safe alphabet, unpadded.
 pub fn encode_url(data: &[u8]) -> String {
-    encode_with(data, URL_SAFE, false)
+    URL_SAFE_NO_PAD.encode(data)
 }
 
 /// Standard alphabet, padding required, nothing skipped.
 pub fn decode(s: &str) -> Result<Vec<u8>, Base64Error> {
-    decode_padded(s.as_bytes())
+    Ok(STANDARD.decode(s)?)
 }
 
 /// URL-safe alphabet, no padding allowed.
 pub fn decode_url(s: &str) -> Result<Vec<u8>, Base64Error> {
-    decode_unpadded(s.as_bytes(), &URL_SAFE_REVERSE)
+    Ok(URL_SAFE_NO_PAD.decode(s)?)
 }
 
 /// Like [`decode`], after skipping ASCII whitespace (PEM bodies are split into lines).
 /// Error offsets refer to `s`, whitespace included.
 pub fn decode_lenient_ws(s: &str) -> Result<Vec<u8>, Base64Error> {
     let significant: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    decode_padded(&significant).map_err(|e| match e {
+    STANDARD.decode(&significant).map_err(|e| match e.into() {
         Base64Error::InvalidByte { offset } => Base64Error::InvalidByte {
             offset: s
                 .bytes()
@@ -99,72 +101,6 @@ pub fn decode_lenient_ws(s: &str) -> Result<Vec<u8>, Base64Error> {
         },
         other => other,
     })
-}
-
-fn encode_with(data: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    let sextet = |n: u32, shift: u32| char::from(alphabet[((n >> shift) & 0x3f) as usize]);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | (u32::from(b) << (16 - 8 * i)));
-        // A chunk of k bytes needs k + 1 characters; the rest is padding.
-        let chars = chunk.len() + 1;
-        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
-            if i < chars {
-                out.push(sextet(n, shift));
-            } else if pad {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-fn decode_padded(input: &[u8]) -> Result<Vec<u8>, Base64Error> {
-    if input.len() % 4 != 0 {
-        return Err(Base64Error::InvalidLength);
-    }
-    let pad = input.iter().rev().take_while(|&&b| b == b'=').count();
-    if pad > 2 {
-        return Err(Base64Error::InvalidPadding);
-    }
-    // With len % 4 == 0 and at most two '=', the body is a valid unpadded length, and the
-    // padding is exactly what that length calls for.
-    decode_unpadded(&input[..input.len() - pad], &STANDARD_REVERSE)
-}
-
-fn decode_unpadded(input: &[u8], table: &[u8; 256]) -> Result<Vec<u8>, Base64Error> {
-    // One leftover character would carry only 6 bits: never a whole byte.
-    if input.len() % 4 == 1 {
-        return Err(Base64Error::InvalidLength);
-    }
-    let mut out = Vec::with_capacity(input.len() / 4 * 3 + 2);
-    for (chunk_index, chunk) in input.chunks(4).enumerate() {
-        let mut n = 0u32;
-        for (i, &b) in chunk.iter().enumerate() {
-            let v = table[usize::from(b)];
-            if v == INVALID {
-                return Err(if b == b'=' {
-                    Base64Error::InvalidPadding
-                } else {
-                    Base64Error::InvalidByte {
-                        offset: chunk_index * 4 + i,
-                    }
-                });
-            }
-            n |= u32::from(v) << (18 - 6 * i);
-        }
-        // k characters carry k * 6 bits: k - 1 whole bytes plus bits that must be zero.
-        let bytes = chunk.len() - 1;
-        let unused_bits = 24 - 8 * bytes;
-        if n & ((1 << unused_bits) - 1) != 0 {
-            return Err(Base64Error::NonCanonical);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..=bytes]);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -224,13 +160,19 @@ mod tests {
 
     #[test]
     fn strict_decode_rejects_sloppy_input() {
-        assert_eq!(decode("Zg"), Err(Base64Error::InvalidLength));
-        assert_eq!(decode("Zg="), Err(Base64Error::InvalidLength));
+        // Missing or short padding is a padding error (a length error only without padding).
+        assert_eq!(decode("Zg"), Err(Base64Error::InvalidPadding));
+        assert_eq!(decode("Zg="), Err(Base64Error::InvalidPadding));
+        assert_eq!(decode("Zg==="), Err(Base64Error::InvalidPadding));
+        assert_eq!(decode("Zm9v="), Err(Base64Error::InvalidPadding));
         assert_eq!(decode("Z==="), Err(Base64Error::InvalidPadding));
         assert_eq!(decode("===="), Err(Base64Error::InvalidPadding));
         assert_eq!(decode("Zg==Zg=="), Err(Base64Error::InvalidPadding));
         assert_eq!(decode("Z=g="), Err(Base64Error::InvalidPadding));
-        assert_eq!(decode("Zm9v\n"), Err(Base64Error::InvalidLength));
+        assert_eq!(
+            decode("Zm9v\n"),
+            Err(Base64Error::InvalidByte { offset: 4 })
+        );
         assert_eq!(decode("Zm 9"), Err(Base64Error::InvalidByte { offset: 2 }));
         // 'h' leaves low bits set in the second character: "Zh==" is not canonical for "f".
         assert_eq!(decode("Zh=="), Err(Base64Error::NonCanonical));
@@ -258,7 +200,11 @@ mod tests {
         );
         assert_eq!(
             decode_lenient_ws("Zm9v\nYg"),
-            Err(Base64Error::InvalidLength)
+            Err(Base64Error::InvalidPadding)
+        );
+        assert_eq!(
+            decode_lenient_ws("Zm9v\nYmFy\u{a0}"),
+            Err(Base64Error::InvalidByte { offset: 9 })
         );
     }
 

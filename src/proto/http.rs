@@ -537,14 +537,9 @@ fn header_line(line: &[u8]) -> Result<(&str, &str), HeadError> {
 
 /// `/` followed by RFC 3986 path and query characters, with well-formed percent escapes.
 fn is_origin_form(target: &[u8]) -> bool {
-    if target.first() != Some(&b'/') || !target.iter().all(|&b| is_target_char(b)) {
-        return false;
-    }
-    target.iter().enumerate().all(|(i, &b)| {
-        b != b'%'
-            || matches!(target.get(i + 1..i + 3), Some([h, l])
-                if h.is_ascii_hexdigit() && l.is_ascii_hexdigit())
-    })
+    target.first() == Some(&b'/')
+        && target.iter().all(|&b| is_target_char(b))
+        && crate::proto::url::escapes_well_formed(target)
 }
 
 /// A string from bytes already checked to be ASCII.

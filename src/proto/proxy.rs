@@ -35,6 +35,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crate::proto::base64;
 use crate::proto::http::{self, HeadError, HeadLimits};
+use crate::proto::url;
 
 /// Proxy variables, in the order they are looked up (curl's, for an `https://` URL).
 pub const PROXY_VARS: [&str; 4] = ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"];
@@ -280,8 +281,8 @@ fn parse_proxy_url(url: &str) -> Result<(String, Option<BasicAuth>), &'static st
         Some(u) => {
             let (user, password) = u.split_once(':').unwrap_or((u, ""));
             let bad_escape = "a %-escape in the user or password is not two hex digits";
-            let user = percent_decode(user).ok_or(bad_escape)?;
-            let password = percent_decode(password).ok_or(bad_escape)?;
+            let user = url::percent_decode(user).ok_or(bad_escape)?;
+            let password = url::percent_decode(password).ok_or(bad_escape)?;
             if user.is_empty() {
                 return Err("a password without a user name");
             }
@@ -335,23 +336,6 @@ fn parse_port(p: &str) -> Option<u16> {
         return None;
     }
     p.parse::<u16>().ok().filter(|&p| p != 0)
-}
-
-/// `%XX` escapes to bytes; `None` if a `%` is not followed by two hex digits.
-fn percent_decode(s: &str) -> Option<Vec<u8>> {
-    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hi = hex(bytes.next()?)?;
-            let lo = hex(bytes.next()?)?;
-            out.push(hi << 4 | lo);
-        } else {
-            out.push(b);
-        }
-    }
-    Some(out)
 }
 
 /// Splits `host:port` or `[v6]:port`; the host comes back without brackets. `None` unless
@@ -661,6 +645,9 @@ mod tests {
         assert_eq!(authorization(&p).as_deref(), Some("alice:s3cret"));
         let p = proxy(&[("HTTPS_PROXY", "http://a%40b.c:p%3Aw%2F%25d@proxy:1")]).unwrap();
         assert_eq!(authorization(&p).as_deref(), Some("a@b.c:p:w/%d"));
+        // Userinfo is not form-encoded: `+` is a plus, not a space.
+        let p = proxy(&[("HTTPS_PROXY", "http://a+b:c%2Bd@proxy:1")]).unwrap();
+        assert_eq!(authorization(&p).as_deref(), Some("a+b:c+d"));
         // The last `@` ends the user information; a colon may follow in the password.
         let p = proxy(&[("HTTPS_PROXY", "http://u:p@ss:w@proxy:1")]).unwrap();
         assert_eq!(p.addr, "proxy:1");
@@ -699,6 +686,8 @@ mod tests {
             "http://proxy\r\nX-Injected: 1:1",
             "http://u:hunter2%zz@proxy:1",
             "http://u:hunter2%4@proxy:1",
+            "http://u:hunter2%+1@proxy:1",
+            "http://u%-1:hunter2@proxy:1",
             "http://:hunter2@proxy:1",
             "http://a%3Ab:hunter2@proxy:1",
         ] {

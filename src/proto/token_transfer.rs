@@ -7,9 +7,12 @@
 //! ```
 //!
 //! Sealing: the edge makes an ephemeral X25519 key, agrees with the CLI's public key, derives
-//! an AES-256-GCM key with HKDF-SHA256 (salt = transfer id, info = [`INFO`]) and encrypts with
-//! a zero nonce (every key is used once). Only the CLI that made the key can open it, so a
-//! leaked transfer id or a logged URL gives nothing away.
+//! an AES-256-GCM key with HKDF-SHA256 (salt = transfer id, info = [`INFO`] ‖ ephemeral public
+//! key ‖ CLI public key) and encrypts with a zero nonce (every key is used once). Only the CLI
+//! that made the key can open it, so a leaked transfer id or a logged URL gives nothing away.
+//! Both public keys are in the info, as HPKE binds them (RFC 9180 §4.1, `kem_context`):
+//! X25519 gives the same secret for more than one spelling of a key (its top bit is ignored),
+//! so without them a sealed message could be altered in transit and still open.
 //!
 //! [`Slots`] is the edge's bounded, expiring table of pending transfers (sans-IO: time is
 //! passed in).
@@ -27,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::base64;
 
-const INFO: &[u8] = b"postern token transfer v1";
+/// The first part of the HKDF info; v2 added the two public keys after it. Edge and CLI are one
+/// binary, so they always agree on the version.
+const INFO: &[u8] = b"postern token transfer v2";
 /// How long a transfer id stays valid.
 pub const TRANSFER_TTL: Duration = Duration::from_secs(300);
 /// Pending transfers an edge holds at once by default; more are refused.
@@ -103,10 +108,14 @@ impl KeyType for AesKey {
     }
 }
 
-fn cipher(shared: &[u8], id: &str) -> LessSafeKey {
+/// The one-use AEAD key: HKDF-SHA256 of the X25519 secret, salt = the transfer id, info =
+/// [`INFO`] ‖ `epk` (the edge's ephemeral public key) ‖ `recipient` (the CLI's public key).
+/// Both keys are 32 bytes, so the concatenation is unambiguous.
+fn cipher(shared: &[u8], id: &str, epk: &[u8], recipient: &[u8]) -> LessSafeKey {
     let prk = Salt::new(HKDF_SHA256, id.as_bytes()).extract(shared);
+    let info = [INFO, epk, recipient];
     let okm = prk
-        .expand(&[INFO], AesKey)
+        .expand(&info, AesKey)
         .expect("bug: 32 bytes is a valid HKDF length");
     let mut key = [0u8; 32];
     okm.fill(&mut key).expect("bug: HKDF fill of 32 bytes");
@@ -125,9 +134,17 @@ pub fn seal(client_key: &str, id: &str, plaintext: &[u8]) -> Result<Sealed, Tran
         .compute_public_key()
         .map_err(|_| TransferError::BadKey)?;
     let key = agreement::agree_ephemeral(ours, &UnparsedPublicKey::new(&X25519, &peer), |s| {
-        cipher(s, id)
+        cipher(s, id, epk.as_ref(), &peer)
     })
     .map_err(|_| TransferError::BadKey)?;
+    Ok(Sealed {
+        epk: base64::encode_url(epk.as_ref()),
+        ct: base64::encode_url(&seal_with(&key, plaintext)?),
+    })
+}
+
+/// `plaintext` encrypted under a one-use key (zero nonce), with its tag appended.
+fn seal_with(key: &LessSafeKey, plaintext: &[u8]) -> Result<Vec<u8>, TransferError> {
     let mut buf = plaintext.to_vec();
     key.seal_in_place_append_tag(
         Nonce::assume_unique_for_key([0; 12]),
@@ -135,10 +152,21 @@ pub fn seal(client_key: &str, id: &str, plaintext: &[u8]) -> Result<Sealed, Tran
         &mut buf,
     )
     .map_err(|_| TransferError::Unseal)?;
-    Ok(Sealed {
-        epk: base64::encode_url(epk.as_ref()),
-        ct: base64::encode_url(&buf),
-    })
+    Ok(buf)
+}
+
+/// The plaintext of `ct` (ciphertext and tag) under a one-use key.
+fn open_with(key: &LessSafeKey, mut ct: Vec<u8>) -> Result<Vec<u8>, TransferError> {
+    let len = key
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            aead::Aad::empty(),
+            &mut ct,
+        )
+        .map_err(|_| TransferError::Unseal)?
+        .len();
+    ct.truncate(len);
+    Ok(ct)
 }
 
 /// The CLI's side: a one-use key pair and the id it goes with.
@@ -172,24 +200,21 @@ impl Opener {
     /// Opens what the edge sealed for this transfer. Consumes the key: one use only.
     pub fn open(self, sealed: &Sealed) -> Result<Vec<u8>, TransferError> {
         let epk = base64::decode_url(&sealed.epk).map_err(|_| TransferError::Unseal)?;
-        let mut ct = base64::decode_url(&sealed.ct).map_err(|_| TransferError::Unseal)?;
+        let ct = base64::decode_url(&sealed.ct).map_err(|_| TransferError::Unseal)?;
         if ct.len() > MAX_SEALED + 16 {
             return Err(TransferError::Unseal);
         }
+        let recipient = self
+            .private
+            .compute_public_key()
+            .map_err(|_| TransferError::Unseal)?;
         let id = self.id;
         let key =
             agreement::agree_ephemeral(self.private, &UnparsedPublicKey::new(&X25519, &epk), |s| {
-                cipher(s, &id)
+                cipher(s, &id, &epk, recipient.as_ref())
             })
             .map_err(|_| TransferError::Unseal)?;
-        let plain = key
-            .open_in_place(
-                Nonce::assume_unique_for_key([0; 12]),
-                aead::Aad::empty(),
-                &mut ct,
-            )
-            .map_err(|_| TransferError::Unseal)?;
-        Ok(plain.to_vec())
+        open_with(&key, ct)
     }
 }
 
@@ -628,6 +653,73 @@ mod tests {
         };
         assert_eq!(other.open(&stolen), Err(TransferError::Unseal));
         assert_eq!(cli.open(&sealed).unwrap(), b"the.app.token");
+    }
+
+    /// RFC 7748 §6.1's X25519 keys: the edge's ephemeral key is Alice's, the CLI's is Bob's.
+    const RFC7748_A: &str = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a";
+    const RFC7748_B: &str = "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f";
+    const RFC7748_K: &str = "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742";
+    /// base64url of the bytes 0..24.
+    const VECTOR_ID: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYX";
+    /// AES-256-GCM of "postern test token" under the key derived from the values above,
+    /// computed independently with Python's `cryptography` (X25519 from RFC 7748's private
+    /// keys, which also gives K; HKDF-SHA256; AESGCM with a zero nonce).
+    const VECTOR_CT: &str = "cf70c70a17f3933e42976a684e6937c34675ea2ab45300cce68de00522d334c8810b";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// ring cannot make an X25519 key from fixed bytes, so the vector starts from RFC 7748's
+    /// shared secret: everything after the agreement (HKDF salt and info, AES-GCM) is pinned.
+    #[test]
+    fn key_schedule_matches_the_known_answer() {
+        let (a, b, k) = (unhex(RFC7748_A), unhex(RFC7748_B), unhex(RFC7748_K));
+        let key = cipher(&k, VECTOR_ID, &a, &b);
+        let ct = seal_with(&key, b"postern test token").unwrap();
+        assert_eq!(crate::store::hex(&ct), VECTOR_CT);
+        assert_eq!(
+            open_with(&key, unhex(VECTOR_CT)).unwrap(),
+            b"postern test token"
+        );
+    }
+
+    /// The same shared secret and id with either public key changed gives another key: a
+    /// message sealed for one pair of keys opens for no other.
+    #[test]
+    fn both_public_keys_are_bound_into_the_key() {
+        let (a, b, k) = (unhex(RFC7748_A), unhex(RFC7748_B), unhex(RFC7748_K));
+        let sealed = unhex(VECTOR_CT);
+        let mut a2 = a.clone();
+        a2[31] ^= 0x80;
+        let mut b2 = b.clone();
+        b2[31] ^= 0x80;
+        for (epk, recipient) in [(&a2, &b), (&a, &b2), (&b, &a)] {
+            let key = cipher(&k, VECTOR_ID, epk, recipient);
+            assert_eq!(open_with(&key, sealed.clone()), Err(TransferError::Unseal));
+        }
+        let other_id = cipher(&k, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYY", &a, &b);
+        assert_eq!(open_with(&other_id, sealed), Err(TransferError::Unseal));
+    }
+
+    /// X25519 ignores the top bit of a public key (RFC 7748 §5), so a second spelling of the
+    /// edge's ephemeral key agrees on the same secret. With both keys bound into the key
+    /// derivation (as HPKE does), a sealed token whose key was re-spelt in transit no longer
+    /// opens: what is opened is exactly what the edge sealed.
+    #[test]
+    fn a_respelt_ephemeral_key_does_not_open() {
+        let cli = Opener::new();
+        let sealed = seal(&cli.public, &cli.id, b"the.app.token").unwrap();
+        let mut epk = base64::decode_url(&sealed.epk).unwrap();
+        epk[31] ^= 0x80;
+        let respelt = Sealed {
+            epk: base64::encode_url(&epk),
+            ct: sealed.ct.clone(),
+        };
+        assert_eq!(cli.open(&respelt), Err(TransferError::Unseal));
     }
 
     #[test]

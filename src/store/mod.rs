@@ -354,13 +354,9 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Equality that looks at every byte whatever the content (lengths are not secret).
+/// Equality in constant time for equal lengths (`subtle`; lengths are not secret).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 fn unix_now() -> u64 {
@@ -1377,6 +1373,16 @@ pub(crate) mod tests {
         assert!(ct_eq(b"abc", b"abc"));
         assert!(!ct_eq(b"abc", b"abd"));
         assert!(!ct_eq(b"abc", b"ab"));
+        assert!(!ct_eq(b"", b"a"));
+        // Any one bit anywhere makes a difference.
+        let secret = [0x5au8; 32];
+        for i in 0..secret.len() {
+            for bit in 0..8 {
+                let mut other = secret;
+                other[i] ^= 1 << bit;
+                assert!(!ct_eq(&secret, &other), "byte {i} bit {bit}");
+            }
+        }
         assert_eq!(hex(&[0x00, 0x9f, 0xff]), "009fff");
     }
 }

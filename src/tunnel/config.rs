@@ -137,7 +137,7 @@ impl Ingress {
                 Some(h) => {
                     let h = h.to_ascii_lowercase();
                     let name = h.strip_prefix("*.").unwrap_or(&h);
-                    if name.contains('*') || !crate::edge::valid_hostname(name) {
+                    if name.contains('*') || !crate::proto::dns::valid_hostname(name) {
                         return Err(format!(
                             "ingress[{i}].hostname: {h:?} is not a hostname (a wildcard is \
                              allowed only as the first label: *.example.com)"
@@ -363,7 +363,7 @@ impl TunnelCredentials {
 pub fn edge_server_name(edge: &str, fallback: &str) -> String {
     let host = edge.rsplit_once(':').map_or(edge, |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<std::net::IpAddr>().is_err() && crate::edge::valid_hostname(host) {
+    if host.parse::<std::net::IpAddr>().is_err() && crate::proto::dns::valid_hostname(host) {
         host.to_ascii_lowercase()
     } else {
         fallback.to_ascii_lowercase()
@@ -463,6 +463,14 @@ mod tests {
             ),
             (
                 &[(Some("a.*.com"), "ssh://x"), (None, "ssh://x")],
+                "ingress[0].hostname",
+            ),
+            (
+                &[(Some("10.0.0.1"), "ssh://x"), (None, "ssh://x")],
+                "ingress[0].hostname",
+            ),
+            (
+                &[(Some("a.example.com."), "ssh://x"), (None, "ssh://x")],
                 "ingress[0].hostname",
             ),
             (
