@@ -307,7 +307,9 @@ impl Edge {
         let response = match (then, answer) {
             (
                 Then::Create { id, credential },
-                store::Answer::TunnelCreated { result: Ok(rec), .. },
+                store::Answer::TunnelCreated {
+                    result: Ok(rec), ..
+                },
             ) => {
                 info!("created tunnel {} ({id}) in zone {}", rec.name, rec.zone);
                 let mut v = self.describe(&id, &rec);
@@ -321,7 +323,12 @@ impl Edge {
                     ..
                 },
             ) => error(409, format!("{what} already exists")),
-            (Then::Unroute { id, rec }, store::Answer::Unrouted { result: Ok(routes), .. }) => {
+            (
+                Then::Unroute { id, rec },
+                store::Answer::Unrouted {
+                    result: Ok(routes), ..
+                },
+            ) => {
                 // Routes are gone; now the tunnel itself.
                 let request = Request::DeleteTunnel { id: id.clone() };
                 let then = Then::Delete { id, rec, routes };
@@ -337,9 +344,10 @@ impl Edge {
                     }
                 }
             }
-            (Then::Delete { id, rec, routes }, store::Answer::TunnelDeleted { result: Ok(()), .. }) => {
-                self.tunnel_deleted(&id, &rec, routes)
-            }
+            (
+                Then::Delete { id, rec, routes },
+                store::Answer::TunnelDeleted { result: Ok(()), .. },
+            ) => self.tunnel_deleted(&id, &rec, routes),
             (
                 Then::Route {
                     host,

@@ -398,8 +398,7 @@ impl Edge {
         };
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        let (tokens, hostnames, tunnels) =
-            view::views(store.snapshot().map_err(io::Error::other)?);
+        let (tokens, hostnames, tunnels) = view::views(store.snapshot().map_err(io::Error::other)?);
         // From here on, the store is called by its worker thread only, never on the loop.
         let wake = waker.clone();
         let worker = crate::store::worker::StoreWorker::start(Box::new(store), move || {

@@ -318,7 +318,10 @@ impl Edge {
             conn,
             head: Box::new(head),
         };
-        match self.store.submit(Request::ServiceToken { client_id }, waiter) {
+        match self
+            .store
+            .submit(Request::ServiceToken { client_id }, waiter)
+        {
             // Parked (the handshake deadline still bounds it).
             Ok(_) => c.state = CarrierState::Waiting,
             Err(_busy) => super::refuse(
@@ -438,7 +441,7 @@ impl Edge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{RevokedToken, Revocations};
+    use crate::store::{Revocations, RevokedToken};
 
     fn token(name: &str, id: &str, secret: &str) -> ServiceTokenRecord {
         ServiceTokenRecord {
@@ -462,13 +465,23 @@ mod tests {
             },
         );
         let (tokens, _, _) = views(Snapshot {
-            service_tokens: vec![token("ci", "a.access", "s1"), token("old", "r.access", "s2")],
+            service_tokens: vec![
+                token("ci", "a.access", "s1"),
+                token("old", "r.access", "s2"),
+            ],
             revocations,
             ..Snapshot::default()
         });
-        assert_eq!(tokens.verify("a.access", "s1"), Verified::Token("ci".into()));
+        assert_eq!(
+            tokens.verify("a.access", "s1"),
+            Verified::Token("ci".into())
+        );
         assert_eq!(tokens.verify("a.access", "s2"), Verified::Refused);
-        assert_eq!(tokens.verify("r.access", "s2"), Verified::Refused, "revoked");
+        assert_eq!(
+            tokens.verify("r.access", "s2"),
+            Verified::Refused,
+            "revoked"
+        );
         assert_eq!(tokens.verify("b.access", "s1"), Verified::Unknown);
     }
 
@@ -489,7 +502,10 @@ mod tests {
         assert!(m.contains("named tunnel t1"), "{m}");
         let (code, m) = claim_refusal("h.example.com", &cur(HostOwner::Certificate("ab".into())));
         assert_eq!(code, refusal::OWNED);
-        assert!(m.contains("another origin certificate (zone example.com)"), "{m}");
+        assert!(
+            m.contains("another origin certificate (zone example.com)"),
+            "{m}"
+        );
         assert_eq!(
             claim_refusal("h", &StoreError::TooMany).0,
             refusal::TOO_MANY_HOSTNAMES

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     random_hex, sha256_hex, unix_now, Answer, Claimed, Expect, HostOwner, HostnameRecord,
-    PendingLoginRecord, Request, Revocation, RevokedCertificate, RevokedToken, Revocations,
-    Secret, ServiceTokenRecord, Snapshot, StateDir, Store, StoreError, TunnelRecord, Versioned,
+    PendingLoginRecord, Request, Revocation, Revocations, RevokedCertificate, RevokedToken, Secret,
+    ServiceTokenRecord, Snapshot, StateDir, Store, StoreError, TunnelRecord, Versioned,
 };
 use crate::limits::{MAX_HOSTNAMES_PER_CERTIFICATE, MAX_STORED_LOGINS};
 
@@ -231,9 +231,7 @@ fn file_of(r: &Request) -> Option<StateFile> {
         | Request::UnrouteTunnel { .. } => Some(StateFile::Hostnames),
         Request::CreateTunnel { .. } | Request::DeleteTunnel { .. } => Some(StateFile::Tunnels),
         Request::Revoke(_) => Some(StateFile::Revocations),
-        Request::ServiceToken { .. } | Request::PutLogin { .. } | Request::TakeLogin { .. } => {
-            None
-        }
+        Request::ServiceToken { .. } | Request::PutLogin { .. } | Request::TakeLogin { .. } => None,
     }
 }
 
@@ -310,9 +308,7 @@ impl FileStore {
             host.make_ascii_lowercase();
             let value = HostnameRecord::from(rec);
             let revision = store.next_revision();
-            store
-                .hostnames
-                .insert(host, Versioned { value, revision });
+            store.hostnames.insert(host, Versioned { value, revision });
         }
         store.read_tokens()?;
         Ok(store)
@@ -428,11 +424,14 @@ impl Store for FileStore {
         &mut self,
         name: &str,
     ) -> Result<(ServiceTokenRecord, Secret), StoreError> {
-        let created = ServiceTokens::create_record(&self.state, name).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidInput => StoreError::Invalid(e.to_string()),
-            io::ErrorKind::AlreadyExists => StoreError::Exists(format!("service token {name:?}")),
-            _ => StoreError::from(e),
-        })?;
+        let created =
+            ServiceTokens::create_record(&self.state, name).map_err(|e| match e.kind() {
+                io::ErrorKind::InvalidInput => StoreError::Invalid(e.to_string()),
+                io::ErrorKind::AlreadyExists => {
+                    StoreError::Exists(format!("service token {name:?}"))
+                }
+                _ => StoreError::from(e),
+            })?;
         self.read_tokens()?;
         Ok(created)
     }
@@ -691,12 +690,12 @@ impl Store for FileStore {
         }
         answers
             .into_iter()
-            .map(|(answer, file)| {
-                match file.and_then(|f| failed.iter().find(|(g, _)| *g == f)) {
+            .map(
+                |(answer, file)| match file.and_then(|f| failed.iter().find(|(g, _)| *g == f)) {
                     Some((_, why)) => answer.failed(StoreError::Unavailable(why.clone())),
                     None => answer,
-                }
-            })
+                },
+            )
             .collect()
     }
 }

@@ -272,7 +272,6 @@ impl From<String> for Secret {
     }
 }
 
-
 // ------------------------------------------------------------------------------ the model
 
 /// A service token as a store keeps it: its name, client id and the SHA-256 of its secret
@@ -738,8 +737,14 @@ impl Answer {
             Answer::TunnelCreated { id, .. } => Answer::TunnelCreated { id, result: Err(e) },
             Answer::TunnelDeleted { id, .. } => Answer::TunnelDeleted { id, result: Err(e) },
             Answer::Revoked { .. } => Answer::Revoked { result: Err(e) },
-            Answer::LoginPut { key, .. } => Answer::LoginPut { key, result: Err(e) },
-            Answer::LoginTaken { key, .. } => Answer::LoginTaken { key, result: Err(e) },
+            Answer::LoginPut { key, .. } => Answer::LoginPut {
+                key,
+                result: Err(e),
+            },
+            Answer::LoginTaken { key, .. } => Answer::LoginTaken {
+                key,
+                result: Err(e),
+            },
         }
     }
 }

@@ -137,7 +137,11 @@ mod tests {
         let (a, b) = ("ab".repeat(32), "cd".repeat(32));
         let mut tickets = Vec::new();
         for i in 0..20 {
-            tickets.push(worker.submit(claim(&format!("h{i}.example.com"), &a)).unwrap());
+            tickets.push(
+                worker
+                    .submit(claim(&format!("h{i}.example.com"), &a))
+                    .unwrap(),
+            );
         }
         // Two writers for one hostname: the first in wins, the second learns who owns it.
         tickets.push(worker.submit(claim("x.example.com", &a)).unwrap());

@@ -65,7 +65,10 @@ fn files_written_before_the_trait_read_back_whole() {
     let bot = &snap.service_tokens[0];
     assert_eq!(bot.name, "ci-bot");
     assert_eq!(bot.created, 1_700_000_000);
-    assert!(bot.matches("fixture-secret"), "upper-case hashes still verify");
+    assert!(
+        bot.matches("fixture-secret"),
+        "upper-case hashes still verify"
+    );
     assert!(!bot.matches("fixture-secreT"));
     assert_eq!(
         ServiceTokens::load(&state)
@@ -186,7 +189,10 @@ fn a_token_created_by_another_process_is_found_by_its_id() {
     assert_eq!(store.service_token("x.access").unwrap(), None);
     // `postern edge service-token create` while the edge runs.
     let (id, secret) = ServiceTokens::create(&state, "later").unwrap();
-    let found = store.service_token(&id).unwrap().expect("found after a re-read");
+    let found = store
+        .service_token(&id)
+        .unwrap()
+        .expect("found after a re-read");
     assert_eq!(found.name, "later");
     assert!(found.matches(secret.expose()));
     // Unchanged file: still answered (from memory).
@@ -204,10 +210,7 @@ fn service_token_names_validated_and_unique() {
     ));
     for bad in ["", "a b", "x/y", "é", &"n".repeat(65)] {
         assert!(
-            matches!(
-                store.create_service_token(bad),
-                Err(StoreError::Invalid(_))
-            ),
+            matches!(store.create_service_token(bad), Err(StoreError::Invalid(_))),
             "{bad:?}"
         );
     }
@@ -296,7 +299,12 @@ fn one_certificate_claims_at_most_the_cap_and_keeps_what_it_owns() {
     let (_tmp, _state, mut store) = store("store-cap");
     for i in 0..MAX_HOSTNAMES_PER_CERTIFICATE {
         let host = format!("h{i}.example.com");
-        assert!(store.claim_hostname(&host, cert(A), Expect::Absent).unwrap().new);
+        assert!(
+            store
+                .claim_hostname(&host, cert(A), Expect::Absent)
+                .unwrap()
+                .new
+        );
     }
     assert_eq!(
         store.claim_hostname("one-more.example.com", cert(A), Expect::Absent),
@@ -306,23 +314,29 @@ fn one_certificate_claims_at_most_the_cap_and_keeps_what_it_owns() {
     assert!(refused.contains(&MAX_HOSTNAMES_PER_CERTIFICATE.to_string()));
     assert!(refused.contains("named tunnel"), "{refused}");
     // What it owns stays its own, and another certificate is not limited by it.
-    assert!(!store
-        .claim_hostname("h0.example.com", cert(A), Expect::Absent)
-        .unwrap()
-        .new);
-    assert!(store
-        .claim_hostname("one-more.example.com", cert(B), Expect::Absent)
-        .unwrap()
-        .new);
+    assert!(
+        !store
+            .claim_hostname("h0.example.com", cert(A), Expect::Absent)
+            .unwrap()
+            .new
+    );
+    assert!(
+        store
+            .claim_hostname("one-more.example.com", cert(B), Expect::Absent)
+            .unwrap()
+            .new
+    );
     // A hostname it lost to a route no longer counts.
     let h1 = store.snapshot().unwrap().hostnames["h1.example.com"].revision;
     store
         .claim_hostname("h1.example.com", route("t1"), Expect::Revision(h1))
         .unwrap();
-    assert!(store
-        .claim_hostname("again.example.com", cert(A), Expect::Absent)
-        .unwrap()
-        .new);
+    assert!(
+        store
+            .claim_hostname("again.example.com", cert(A), Expect::Absent)
+            .unwrap()
+            .new
+    );
 }
 
 #[test]
@@ -351,7 +365,11 @@ fn names_held_by_a_parent_zone_are_released_when_their_zone_is_configured() {
         .release_misfiled(&|h| crate::edge::config::zone_of(&zones, h).map(str::to_owned))
         .unwrap();
     assert_eq!(gone, ["b.team.site.com", "c.team.site.com"]);
-    let hosts = FileStore::open(&state).unwrap().snapshot().unwrap().hostnames;
+    let hosts = FileStore::open(&state)
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .hostnames;
     let left: Vec<_> = hosts.keys().map(String::as_str).collect();
     // A name in no configured zone is kept (its zone may come back).
     assert_eq!(left, ["a.site.com", "d.team.site.com", "e.gone.com"]);
@@ -376,7 +394,9 @@ fn named_tunnels_and_their_routes() {
         .create_tunnel("t3", tunnel("web", "other.com"))
         .unwrap();
     for h in ["ssh.example.com", "old.example.com"] {
-        store.claim_hostname(h, route(TUNNEL), Expect::Absent).unwrap();
+        store
+            .claim_hostname(h, route(TUNNEL), Expect::Absent)
+            .unwrap();
     }
     store
         .claim_hostname("keep.example.com", route("t3"), Expect::Absent)
@@ -432,7 +452,13 @@ fn a_batch_runs_in_order_and_writes_each_file_once() {
     assert_eq!(answers.len(), 12);
     assert!(answers[..10].iter().all(Answer::is_ok));
     assert!(
-        matches!(&answers[10], Answer::Hostname { result: Err(StoreError::Owned(_)), .. }),
+        matches!(
+            &answers[10],
+            Answer::Hostname {
+                result: Err(StoreError::Owned(_)),
+                ..
+            }
+        ),
         "the later claim sees the earlier one of the same batch: {:?}",
         answers[10]
     );
@@ -476,7 +502,11 @@ fn a_failed_group_write_fails_its_changes_and_keeps_the_others() {
         } => assert!(why.contains("hostnames.json"), "{why}"),
         other => panic!("{other:?}"),
     }
-    assert!(answers[1].is_ok(), "tunnels.json was written: {:?}", answers[1]);
+    assert!(
+        answers[1].is_ok(),
+        "tunnels.json was written: {:?}",
+        answers[1]
+    );
     assert!(answers[2].is_ok(), "a claim that changed nothing stands");
     assert!(!answers[3].is_ok());
     // In memory, the failed claims are undone: a.example.com is free for anyone.
@@ -489,10 +519,12 @@ fn a_failed_group_write_fails_its_changes_and_keeps_the_others() {
         Err(StoreError::Unavailable(_))
     ));
     fs::remove_dir_all(tmp.0.join("hostnames.json")).unwrap();
-    assert!(store
-        .claim_hostname("a.example.com", cert(B), Expect::Absent)
-        .unwrap()
-        .new);
+    assert!(
+        store
+            .claim_hostname("a.example.com", cert(B), Expect::Absent)
+            .unwrap()
+            .new
+    );
     let on_disk = FileStore::open(&state).unwrap().snapshot().unwrap();
     assert_eq!(
         on_disk.hostnames["a.example.com"].value.owner,
@@ -525,7 +557,11 @@ fn revocations_are_kept_for_good() {
         })
         .unwrap();
     assert_eq!(mode_of(&tmp.0.join("revocations.json")), 0o600);
-    let r = FileStore::open(&state).unwrap().snapshot().unwrap().revocations;
+    let r = FileStore::open(&state)
+        .unwrap()
+        .snapshot()
+        .unwrap()
+        .revocations;
     assert_eq!(r.certificates[A].serial.as_deref(), Some("01ab"));
     assert_eq!(r.certificates[A].reason, "key lost");
     assert_eq!(r.service_tokens["x.access"].reason, "leaked");
@@ -545,7 +581,9 @@ fn pending_logins_are_taken_once_and_expire() {
     store.put_login("k2", login.clone(), 0).unwrap();
     assert_eq!(store.take_login("k2").unwrap(), None, "expired");
     for i in 0..MAX_STORED_LOGINS {
-        store.put_login(&format!("f{i}"), login.clone(), 600).unwrap();
+        store
+            .put_login(&format!("f{i}"), login.clone(), 600)
+            .unwrap();
     }
     assert_eq!(
         store.put_login("one-more", login, 600),
