@@ -105,6 +105,9 @@ pub const MAX_CONCURRENT_SETUPS: usize = 8;
 pub const RESOLVER_THREADS: usize = 2;
 /// Names queued for the resolver threads; beyond that a lookup fails at once as busy.
 pub const MAX_RESOLVE_JOBS: usize = 64;
+/// A name the origin resolves must be answered within this time (the edge's, at each connect;
+/// a service's, per stream), or that connection attempt or stream fails.
+pub const RESOLVE_TIMEOUT_SECS: u64 = 10;
 /// How long the origin reuses a resolved address (the system resolver gives no TTL).
 pub const RESOLVE_CACHE_SECS: u64 = 30;
 
