@@ -273,7 +273,7 @@ impl Edge {
         let answer = match reply {
             Reply::Now(answer) => answer,
             Reply::Store(request, then) => {
-                let step = Step { audit, then };
+                let step = Box::new(Step { audit, then });
                 match self.store.submit(request, Waiter::Admin { conn, step }) {
                     Ok(_) => return None,
                     Err(waiter) => {
@@ -332,7 +332,7 @@ impl Edge {
                 // Routes are gone; now the tunnel itself.
                 let request = Request::DeleteTunnel { id: id.clone() };
                 let then = Then::Delete { id, rec, routes };
-                let step = Step { audit, then };
+                let step = Box::new(Step { audit, then });
                 match self.store.submit(request, Waiter::Admin { conn, step }) {
                     Ok(_) => return,
                     Err(waiter) => {

@@ -203,7 +203,10 @@ pub(super) enum Waiter {
     /// A tunnel connection whose claim is being stored (`Tunnel::registering`).
     Register { conn: ConnId },
     /// An admin request (`admin::Step` says what comes next).
-    Admin { conn: ConnId, step: admin::Step },
+    Admin {
+        conn: ConnId,
+        step: Box<admin::Step>,
+    },
 }
 
 /// The store worker and who waits for it. At most [`MAX_STORE_REQUESTS`] wait.
@@ -341,7 +344,7 @@ impl Edge {
             match self.store.waiting.remove(&ticket) {
                 Some(Waiter::Carrier { conn, head }) => self.token_looked_up(conn, *head),
                 Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
-                Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, step, answer),
+                Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
                 None => {}
             }
         }
