@@ -145,3 +145,52 @@ fn a_busy_state_store_does_not_slow_down_other_clients() {
         "the new token is accepted (then no tunnel serves {HOST}):\n{head}{body}"
     );
 }
+
+/// Sends an upgrade with `token`; returns the status line and body.
+fn answer_to(edge: &Edge, token: &ServiceToken) -> String {
+    let mut tls = raw::carrier(edge.addr, &edge.ca(), HOST);
+    tls.write_all(&raw::upgrade_request(HOST, token)).unwrap();
+    let (head, body) = raw::read_head(&mut tls);
+    let text = head + &String::from_utf8_lossy(&body);
+    let mut rest = String::new();
+    let _ = tls.read_to_string(&mut rest);
+    text + &rest
+}
+
+#[test]
+fn a_token_deleted_from_the_file_is_refused_once_the_file_is_read_again() {
+    let dir = temp_dir("store-token-deleted");
+    let edge = Edge::start(dir.path());
+    let kept = service_token(&edge.state, "kept");
+    let deleted = service_token(&edge.state, "deleted");
+    for t in [&kept, &deleted] {
+        let a = answer_to(&edge, t);
+        assert!(a.starts_with("HTTP/1.1 404"), "accepted (no tunnel): {a}");
+    }
+    // The operator deletes the token from the file while the edge runs.
+    let path = edge.state.join("service-tokens.json");
+    let mut file: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    file["tokens"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|t| t["name"] != "deleted");
+    let tmp = edge.state.join(".service-tokens.json.test-tmp");
+    fs::write(&tmp, file.to_string()).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    // Any unknown id makes the edge read the file again.
+    let unknown = ServiceToken {
+        id: "0123456789abcdef0123456789abcdef.access".into(),
+        secret: "0".repeat(64),
+    };
+    assert!(answer_to(&edge, &unknown).starts_with("HTTP/1.1 403"));
+    let a = answer_to(&edge, &deleted);
+    assert!(
+        a.starts_with("HTTP/1.1 403"),
+        "the deleted token is refused: {a}"
+    );
+    let a = answer_to(&edge, &kept);
+    assert!(
+        a.starts_with("HTTP/1.1 404"),
+        "the other one still works: {a}"
+    );
+}

@@ -27,10 +27,10 @@ use log::warn;
 use super::{admin, refusal, CarrierState, Conn, ConnId, Edge, Registering, Tunnel};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::http::RequestHead;
-use crate::store::worker::{Busy, StoreWorker, Ticket};
+use crate::store::worker::{Busy, Report, StoreWorker, Ticket};
 use crate::store::{
-    Answer, Expect, HostOwner, HostnameRecord, Request, Revocation, ServiceTokenRecord, Snapshot,
-    StoreError, TunnelRecord, Versioned,
+    Answer, Change, Expect, HostOwner, HostnameRecord, Request, Revocation, ServiceTokenRecord,
+    Snapshot, StoreError, TunnelRecord, Versioned,
 };
 
 /// The service tokens the edge knows, by client id, and the revoked ones.
@@ -336,10 +336,17 @@ impl Edge {
         }
     }
 
-    /// Everything the store worker answered: views first, then whoever waits.
+    /// Everything the store worker reported: views first, then whoever waits.
     pub(super) fn store_answers(&mut self) {
-        let answers: Vec<(Ticket, Answer)> = self.store.worker.answers().collect();
-        for (ticket, answer) in answers {
+        let reports: Vec<Report> = self.store.worker.reports().collect();
+        for report in reports {
+            let (ticket, answer) = match report {
+                Report::Answer(ticket, answer) => (ticket, answer),
+                Report::Change(change) => {
+                    self.apply_change(change);
+                    continue;
+                }
+            };
             self.apply_to_views(&answer);
             match self.store.waiting.remove(&ticket) {
                 Some(Waiter::Carrier { conn, head }) => self.token_looked_up(conn, *head),
@@ -349,6 +356,24 @@ impl Edge {
             }
         }
         self.run_dirty();
+    }
+
+    /// A change someone else made (a token added to or removed from the file).
+    fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::ServiceToken {
+                client_id,
+                record: Some(r),
+            } => {
+                self.tokens.tokens.insert(client_id, r);
+            }
+            Change::ServiceToken {
+                client_id,
+                record: None,
+            } => {
+                self.tokens.tokens.remove(&client_id);
+            }
+        }
     }
 
     fn apply_to_views(&mut self, answer: &Answer) {

@@ -14,6 +14,8 @@
 //! `service-tokens.json` is also written by `postern edge service-token create`, from another
 //! process: a lookup reads the file again when its inode, size, ctime or mtime changed since it
 //! was last read (one `stat` otherwise), so a flood of unknown client ids costs a `stat` each.
+//! What a new read finds added, changed or removed is reported by [`Store::changes`], so a
+//! token deleted from the file stops working at the edge once the file is read again.
 //!
 //! Pending logins are kept in memory only (as the edge's login table is today): they do not
 //! outlive the process.
@@ -25,7 +27,7 @@ use std::os::unix::fs::MetadataExt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    random_hex, sha256_hex, unix_now, Answer, Claimed, Expect, HostOwner, HostnameRecord,
+    random_hex, sha256_hex, unix_now, Answer, Change, Claimed, Expect, HostOwner, HostnameRecord,
     PendingLoginRecord, Request, Revocation, Revocations, RevokedCertificate, RevokedToken, Secret,
     ServiceTokenRecord, Snapshot, StateDir, Store, StoreError, TunnelRecord, Versioned,
 };
@@ -284,6 +286,8 @@ pub struct FileStore {
     changes: u64,
     /// Inside [`Store::execute`]: the files changed and not yet written.
     batch: Option<Vec<StateFile>>,
+    /// What reading `service-tokens.json` again found changed, until [`Store::changes`].
+    token_changes: Vec<Change>,
 }
 
 impl FileStore {
@@ -303,6 +307,7 @@ impl FileStore {
             revision: 0,
             changes: 0,
             batch: None,
+            token_changes: Vec::new(),
         };
         for (mut host, rec) in hostnames.hostnames {
             host.make_ascii_lowercase();
@@ -311,6 +316,7 @@ impl FileStore {
             store.hostnames.insert(host, Versioned { value, revision });
         }
         store.read_tokens()?;
+        store.token_changes.clear();
         Ok(store)
     }
 
@@ -322,7 +328,33 @@ impl FileStore {
     fn read_tokens(&mut self) -> io::Result<()> {
         // The stamp first: a file replaced between the two is read again next time.
         let seen = stamp(&self.state, SERVICE_TOKENS_FILE)?;
-        self.tokens = ServiceTokens::load(&self.state)?.tokens;
+        let tokens = ServiceTokens::load(&self.state)?.tokens;
+        let old: HashMap<&str, &ServiceTokenRecord> = self
+            .tokens
+            .iter()
+            .map(|t| (t.client_id.as_str(), t))
+            .collect();
+        let new: HashMap<&str, &ServiceTokenRecord> =
+            tokens.iter().map(|t| (t.client_id.as_str(), t)).collect();
+        let mut changes: Vec<Change> = tokens
+            .iter()
+            .filter(|t| old.get(t.client_id.as_str()) != Some(t))
+            .map(|t| Change::ServiceToken {
+                client_id: t.client_id.clone(),
+                record: Some(t.clone()),
+            })
+            .collect();
+        changes.extend(
+            self.tokens
+                .iter()
+                .filter(|t| !new.contains_key(t.client_id.as_str()))
+                .map(|t| Change::ServiceToken {
+                    client_id: t.client_id.clone(),
+                    record: None,
+                }),
+        );
+        self.token_changes.extend(changes);
+        self.tokens = tokens;
         self.tokens_read = seen;
         Ok(())
     }
@@ -627,6 +659,10 @@ impl Store for FileStore {
             .remove(key)
             .filter(|(_, until)| *until > now)
             .map(|(login, _)| login))
+    }
+
+    fn changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.token_changes)
     }
 
     fn execute(&mut self, batch: Vec<Request>) -> Vec<Answer> {

@@ -407,6 +407,18 @@ pub enum Revocation {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingLoginRecord(pub Vec<u8>);
 
+/// A change someone else made (another process, another edge), as [`Store::changes`]
+/// reports it; the edge applies it to its view as it applies answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The service token with this client id is now `record` (`None`: it is gone).
+    ServiceToken {
+        client_id: String,
+        record: Option<ServiceTokenRecord>,
+    },
+}
+
 /// Everything the edge's view starts from.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -496,8 +508,8 @@ impl From<io::Error> for StoreError {
 /// | [`Store::revoke`] | `put revoked/cert/<fp>` or `revoked/token/<id>` |
 /// | [`Store::put_login`] / [`Store::take_login`] | `lease/grant` (TTL) + `txn` put-if-absent with the lease; `txn` delete with `prev_kv` |
 ///
-/// Changes made by other edges reach this edge's view through `watch`, as the same kind of
-/// answers its own requests get ([`Answer`]): the view applies both the same way.
+/// Changes made by other edges reach this edge's view through `watch` ([`Store::changes`]),
+/// applied the same way as answers to its own requests.
 pub trait Store: Send {
     /// Every record, for the edge's view.
     fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
@@ -567,6 +579,13 @@ pub trait Store: Send {
 
     /// Takes the pending login `key` (it is gone afterwards), if it has not expired.
     fn take_login(&mut self, key: &str) -> Result<Option<PendingLoginRecord>, StoreError>;
+
+    /// Changes made by others that the store noticed since the last call (the state
+    /// directory: `service-tokens.json` edited by the CLI or an operator, seen when it reads
+    /// the file again; etcd: the watch stream). The worker calls it after each batch.
+    fn changes(&mut self) -> Vec<Change> {
+        Vec::new()
+    }
 
     /// Runs one request.
     fn execute_one(&mut self, request: Request) -> Answer {

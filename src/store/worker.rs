@@ -4,20 +4,21 @@
 //!  edge loop ── submit(Request) ──▶ bounded queue (MAX_STORE_REQUESTS) ──▶ worker thread
 //!      ▲            │ full: Busy (the caller refuses, never waits)          │ up to MAX_STORE_BATCH
 //!      │            ▼                                                       ▼ at once: Store::execute
-//!   Waker ◀── answered() ◀── (Ticket, Answer), in request order ◀──────────┘
+//!   Waker ◀── answered() ◀── Report::Change…, then Report::Answer(Ticket, Answer) in request order
 //! ```
 //!
 //! A [`Ticket`] names each request; the loop keeps what it needs to resume (a parked
 //! connection's generation-checked id) under it, and finds it again when the answer comes.
-//! Answers come in the order the requests went in. Dropping the worker runs what is still
-//! queued, then ends the thread: changes already accepted reach the store before the edge
-//! exits.
+//! Answers come in the order the requests went in; changes made by others that the batch
+//! brought to light ([`Store::changes`]) come just before them. Dropping the worker runs what
+//! is still queued, then ends the thread: changes already accepted reach the store before the
+//! edge exits.
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 
-use super::{Answer, Request, Store};
+use super::{Answer, Change, Request, Store};
 use crate::limits::{MAX_STORE_BATCH, MAX_STORE_REQUESTS};
 
 /// Names one submitted request; answers carry it back.
@@ -28,10 +29,19 @@ pub struct Ticket(u64);
 #[derive(Debug, PartialEq, Eq)]
 pub struct Busy;
 
+/// What the worker sends back.
+#[derive(Debug)]
+pub enum Report {
+    /// The answer to the request with this ticket.
+    Answer(Ticket, Answer),
+    /// A change someone else made.
+    Change(Change),
+}
+
 /// A [`Store`] on a thread of its own. See the module doc.
 pub struct StoreWorker {
     requests: Option<SyncSender<(Ticket, Request)>>,
-    answers: Receiver<(Ticket, Answer)>,
+    answers: Receiver<Report>,
     next: u64,
     thread: Option<JoinHandle<()>>,
 }
@@ -60,9 +70,12 @@ impl StoreWorker {
                         batch.into_iter().unzip();
                     let answers = store.execute(requests);
                     debug_assert_eq!(answers.len(), tickets.len(), "bug: one answer each");
-                    for answer in tickets.into_iter().zip(answers) {
-                        // The loop is gone (shutting down): the changes are made all the same.
-                        let _ = done.send(answer);
+                    // When the loop is gone (shutting down), the changes are made all the same.
+                    for change in store.changes() {
+                        let _ = done.send(Report::Change(change));
+                    }
+                    for (ticket, answer) in tickets.into_iter().zip(answers) {
+                        let _ = done.send(Report::Answer(ticket, answer));
                     }
                     answered();
                 }
@@ -90,8 +103,8 @@ impl StoreWorker {
         }
     }
 
-    /// The answers that have come in, in request order; never waits.
-    pub fn answers(&self) -> mpsc::TryIter<'_, (Ticket, Answer)> {
+    /// The reports that have come in, answers in request order; never waits.
+    pub fn reports(&self) -> mpsc::TryIter<'_, Report> {
         self.answers.try_iter()
     }
 }
@@ -151,7 +164,10 @@ mod tests {
             woken
                 .recv_timeout(std::time::Duration::from_secs(10))
                 .expect("the worker wakes the loop after each batch");
-            got.extend(worker.answers());
+            got.extend(worker.reports().map(|r| match r {
+                Report::Answer(t, a) => (t, a),
+                Report::Change(c) => panic!("nobody else changed anything: {c:?}"),
+            }));
         }
         assert_eq!(got.iter().map(|(t, _)| *t).collect::<Vec<_>>(), tickets);
         match &got[20].1 {
@@ -170,5 +186,57 @@ mod tests {
         drop(worker);
         let text = std::fs::read_to_string(tmp.0.join("hostnames.json")).unwrap();
         assert!(text.contains("last.example.com") && text.contains("h19.example.com"));
+    }
+
+    #[test]
+    fn a_token_removed_from_the_file_is_reported_before_the_answer_that_noticed() {
+        let tmp = TempDir::new("store-worker-changes");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let (kept, _) = crate::store::ServiceTokens::create(&state, "kept").unwrap();
+        let (gone, _) = crate::store::ServiceTokens::create(&state, "gone").unwrap();
+        let store = FileStore::open(&state).unwrap();
+        let (tx, woken) = mpsc::channel();
+        let mut worker = StoreWorker::start(Box::new(store), move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        // An operator deletes "gone" and the CLI adds "new", while the edge runs.
+        let path = tmp.0.join("service-tokens.json");
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        file["tokens"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|t| t["name"] != "gone");
+        state
+            .write_atomic("service-tokens.json", file.to_string().as_bytes(), 0o600)
+            .unwrap();
+        let (new, _) = crate::store::ServiceTokens::create(&state, "new").unwrap();
+        let ticket = worker
+            .submit(Request::ServiceToken {
+                client_id: "unknown.access".into(),
+            })
+            .unwrap();
+        woken
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("answered");
+        let reports: Vec<Report> = worker.reports().collect();
+        let mut changed: Vec<(String, bool)> = Vec::new();
+        for r in &reports[..reports.len() - 1] {
+            match r {
+                Report::Change(Change::ServiceToken { client_id, record }) => {
+                    changed.push((client_id.clone(), record.is_some()))
+                }
+                other => panic!("changes come first: {other:?}"),
+            }
+        }
+        changed.sort();
+        let mut want = vec![(gone, false), (new, true)];
+        want.sort();
+        assert_eq!(changed, want, "{kept} did not change");
+        assert!(matches!(
+            reports.last(),
+            Some(Report::Answer(t, Answer::ServiceToken { result: Ok(None), .. })) if *t == ticket
+        ));
     }
 }
