@@ -1,26 +1,56 @@
 //! The audit log: one JSON object per line for each access decision (DESIGN.md §4).
 //!
-//! Contract: each line is `{"time": RFC 3339 UTC, "event": …, <fields>}`, written with one
-//! `write` on a file opened for append (created 0600), so concurrent writers never interleave
-//! within a line. `time` and `event` cannot be overridden by fields. Recording never fails the
-//! caller: a write error is logged (`log::warn!`) and the decision goes ahead.
+//! Contract: each line is `{"time": RFC 3339 UTC, "event": …, <fields>}`. `time` and `event`
+//! cannot be overridden by fields. Recording never fails the caller and never waits: the
+//! event loop formats the line and hands it to a writer thread through a bounded queue
+//! ([`AUDIT_QUEUE_RECORDS`]). The writer appends what it holds in whole lines to a file opened
+//! for append (created 0600), one `write` per batch, so lines never interleave with another
+//! writer's; it writes as soon as records wait (at the latest every [`AUDIT_FLUSH_MILLIS`]),
+//! and what is queued is written when the [`Audit`] is dropped (the edge's shutdown).
+//!
+//! A full queue drops the record and counts it: the first drop is logged (`log::warn!`), and
+//! the writer then records an `audit_dropped` line with the count, so the audit log itself says
+//! that records are missing. A write error is logged and the decision goes ahead.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
+use crate::limits::{AUDIT_FLUSH_MILLIS, AUDIT_QUEUE_RECORDS};
+
+/// Bytes of whole lines the writer gathers into one `write`.
+const WRITE_BATCH: usize = 64 * 1024;
+
 /// Where decisions are recorded; [`Audit::disabled`] records nothing.
 pub struct Audit {
-    file: Option<Mutex<File>>,
+    writer: Option<Writer>,
+}
+
+struct Writer {
+    lines: Option<SyncSender<String>>,
+    shared: Arc<Dropped>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Records the queue had no room for.
+#[derive(Default)]
+struct Dropped {
+    /// Dropped since the writer last recorded a count.
+    count: AtomicU64,
+    /// The drop was logged; cleared once the writer recorded the count.
+    logged: AtomicBool,
 }
 
 impl Audit {
-    /// Appends to `path`, creating it with mode 0600.
+    /// Appends to `path`, creating it with mode 0600, through a writer thread.
     pub fn open(path: &Path) -> io::Result<Audit> {
         let file = OpenOptions::new()
             .append(true)
@@ -33,31 +63,109 @@ impl Audit {
                     format!("cannot open audit log {}: {e}", path.display()),
                 )
             })?;
+        let (lines, queue) = mpsc::sync_channel(AUDIT_QUEUE_RECORDS);
+        let shared = Arc::new(Dropped::default());
+        let theirs = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("postern-audit".into())
+            .spawn(move || write_lines(file, &queue, &theirs))?;
         Ok(Audit {
-            file: Some(Mutex::new(file)),
+            writer: Some(Writer {
+                lines: Some(lines),
+                shared,
+                thread: Some(thread),
+            }),
         })
     }
 
     /// An audit log that drops every record.
     pub fn disabled() -> Audit {
-        Audit { file: None }
+        Audit { writer: None }
     }
 
-    /// Appends one line for `event` with `fields`.
+    /// Queues one line for `event` with `fields`; never waits.
     pub fn record(&self, event: &str, fields: Map<String, Value>) {
-        let Some(file) = &self.file else { return };
-        let mut line = Map::new();
-        line.insert("time".into(), Value::String(rfc3339(SystemTime::now())));
-        line.insert("event".into(), Value::String(event.into()));
-        for (key, value) in fields {
-            line.entry(key).or_insert(value);
+        let Some(writer) = &self.writer else { return };
+        let Some(lines) = &writer.lines else { return };
+        match lines.try_send(line(event, fields)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                writer.shared.count.fetch_add(1, Ordering::Relaxed);
+                if !writer.shared.logged.swap(true, Ordering::Relaxed) {
+                    log::warn!(
+                        "the audit log's queue is full ({AUDIT_QUEUE_RECORDS} records): records \
+                         are dropped and counted until its writer catches up (the disk is slow \
+                         or full?)"
+                    );
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                log::warn!("the audit log's writer has stopped: a record was not written");
+            }
         }
-        let mut text = Value::Object(line).to_string();
-        text.push('\n');
-        let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Err(e) = file.write_all(text.as_bytes()) {
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        if let Some(w) = &mut self.writer {
+            // The writer drains the queue, writes, and ends.
+            w.lines = None;
+            if let Some(t) = w.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// One audit line, newline included.
+fn line(event: &str, fields: Map<String, Value>) -> String {
+    let mut line = Map::new();
+    line.insert("time".into(), Value::String(rfc3339(SystemTime::now())));
+    line.insert("event".into(), Value::String(event.into()));
+    for (key, value) in fields {
+        line.entry(key).or_insert(value);
+    }
+    let mut text = Value::Object(line).to_string();
+    text.push('\n');
+    text
+}
+
+/// The writer thread: waits for lines, gathers what is queued, appends it in one write.
+fn write_lines(mut file: File, queue: &Receiver<String>, dropped: &Dropped) {
+    let tick = Duration::from_millis(AUDIT_FLUSH_MILLIS);
+    let mut batch = String::new();
+    let mut open = true;
+    while open {
+        match queue.recv_timeout(tick) {
+            Ok(l) => batch.push_str(&l),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => open = false,
+        }
+        while batch.len() < WRITE_BATCH {
+            match queue.try_recv() {
+                Ok(l) => batch.push_str(&l),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let lost = dropped.count.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            let mut fields = Map::new();
+            fields.insert("dropped".into(), lost.into());
+            batch.push_str(&line("audit_dropped", fields));
+            dropped.logged.store(false, Ordering::Relaxed);
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Err(e) = file.write_all(batch.as_bytes()) {
             log::warn!("cannot write the audit log: {e}");
         }
+        batch.clear();
     }
 }
 
@@ -174,6 +282,42 @@ mod tests {
         assert_eq!(lines[1]["event"], "deny");
         let time = lines[0]["time"].as_str().unwrap();
         assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    }
+
+    #[test]
+    fn records_are_written_by_the_writer_soon_and_all_at_drop() {
+        let tmp = TempDir::new("audit-writer");
+        let path = tmp.0.join("audit.log");
+        let audit = Audit::open(&path).unwrap();
+        audit.record("first", Map::new());
+        // Written while the edge runs, not only at the end (someone may be reading it).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&path).unwrap().contains("first") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not written within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for i in 0..1000 {
+            let mut fields = Map::new();
+            fields.insert("i".into(), i.into());
+            audit.record("many", fields);
+        }
+        drop(audit);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let many = text.lines().filter(|l| l.contains("\"many\"")).count();
+        let dropped: u64 = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|v| v["event"] == "audit_dropped")
+            .map(|v| v["dropped"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            many as u64 + dropped,
+            1000,
+            "each record written or counted"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!  proto/   codecs and protocol state machines: bytes and time in, events and bytes out.
 //!           No files, sockets, clock or threads (`proto::tests` checks it).
 //!  io/      sockets, TLS records, stdio, signals, resource limits: the OS.
-//!  store/   what the edge persists (state directory).
+//!  store/   what the edge persists or shares: the `Store` trait, the state directory behind
+//!           it, and the worker thread that runs it off the edge's loop.
 //!  edge/ tunnel/ access/   the three roles, each driving its own mio loop.
 //!  audit, logging, metrics, oidc, pki, service, limits: shared services of the roles.
 //! ```

@@ -83,6 +83,33 @@ pub const ACCEPT_RETRY_MILLIS: u64 = 250;
 /// claim is a record in `hostnames.json` and a write of it. Named tunnels' routes are bounded
 /// per zone by the admin API instead.
 pub const MAX_HOSTNAMES_PER_CERTIFICATE: usize = 64;
+/// Requests queued for the edge's state-store worker, and store answers the edge waits for at
+/// once; beyond that a request that needs the store is refused as busy (503, or ERROR 503 to
+/// an origin), never queued in memory.
+pub const MAX_STORE_REQUESTS: usize = 256;
+/// Requests the state-directory store runs as one group: their changes are written with one
+/// write per file.
+pub const MAX_STORE_BATCH: usize = 64;
+/// Pending logins a store keeps at once (app and tunnel logins together).
+pub const MAX_STORED_LOGINS: usize = MAX_PENDING_TRANSFERS + MAX_PENDING_TUNNEL_LOGINS;
+/// Audit records queued for the audit writer thread. A full queue drops the record, counts it,
+/// and says so once in the log and in the audit log itself (`audit_dropped`).
+pub const AUDIT_QUEUE_RECORDS: usize = 4096;
+/// The audit writer writes what it holds at least this often (it writes at once when idle).
+pub const AUDIT_FLUSH_MILLIS: u64 = 1000;
+/// `access tcp`: carriers being set up at once (connect, TLS, upgrade, maybe a browser login),
+/// each on a thread of its own. Beyond that, new local connections wait in the kernel's accept
+/// queue.
+pub const MAX_CONCURRENT_SETUPS: usize = 8;
+/// The origin's resolver threads (DNS off the event loop).
+pub const RESOLVER_THREADS: usize = 2;
+/// Names queued for the resolver threads; beyond that a lookup fails at once as busy.
+pub const MAX_RESOLVE_JOBS: usize = 64;
+/// A name the origin resolves must be answered within this time (the edge's, at each connect;
+/// a service's, per stream), or that connection attempt or stream fails.
+pub const RESOLVE_TIMEOUT_SECS: u64 = 10;
+/// How long the origin reuses a resolved address (the system resolver gives no TTL).
+pub const RESOLVE_CACHE_SECS: u64 = 30;
 
 /// The edge's resource limits: the `"limits"` object of its config file, every field optional
 /// (defaults above). Each one is enforced per offender: hitting it closes that connection or

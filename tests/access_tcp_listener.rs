@@ -1,10 +1,14 @@
 //! `postern access tcp` for tools that cannot use a ProxyCommand: a local listener where each
 //! accepted connection gets its own carrier. Plain `ssh -p PORT 127.0.0.1` reaches the origin's
-//! sshd through it, more than once, and concurrently.
+//! sshd through it, more than once, and concurrently; and a connection whose carrier cannot
+//! be set up (an edge that never answers) holds up no other.
 
 mod support;
 
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use support::{free_port, postern, run_with_deadline, Chain, Child};
@@ -63,5 +67,95 @@ fn local_listener_carries_plain_ssh() {
             String::from_utf8_lossy(&out.stdout).trim(),
             format!("parallel-{i}")
         );
+    }
+}
+
+/// A TCP front for the edge whose first connection is accepted and then left silent (an edge
+/// that never answers the TLS ClientHello); every later connection is relayed to `edge`.
+/// Sends on the channel once the silent connection is in.
+fn stall_first_connection(edge: SocketAddr) -> (SocketAddr, mpsc::Receiver<()>) {
+    let front = TcpListener::bind("127.0.0.1:0").expect("bind the front");
+    let addr = front.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for (n, conn) in front.incoming().enumerate() {
+            let Ok(client) = conn else { continue };
+            if n == 0 {
+                held.push(client);
+                let _ = tx.send(());
+                continue;
+            }
+            let Ok(upstream) = TcpStream::connect(edge) else {
+                continue;
+            };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn a_silent_edge_for_one_connection_does_not_hold_up_the_next() {
+    let chain = Chain::start("access-tcp-stall", "tcp.localhost");
+    let (front, stalled) = stall_first_connection(chain.edge.addr);
+    let port = free_port();
+    let home = chain.dir.join("home");
+    let mut cmd = postern(&home);
+    cmd.args(["access", "tcp", "--hostname", "tcp.localhost", "--url"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--edge")
+        .arg(front.to_string())
+        .arg("--ca")
+        .arg(chain.edge.ca());
+    chain.proxy.apply_env(&mut cmd);
+    let listener = Child::spawn("access-tcp", cmd, chain.dir.path());
+    listener
+        .wait_for_stderr("listening on", Duration::from_secs(10))
+        .expect("access tcp did not start listening");
+
+    // The first local connection: its carrier's TLS handshake never gets an answer (the
+    // client gives up after 30 s).
+    let mut first = TcpStream::connect(("127.0.0.1", port)).expect("connect to access tcp");
+    stalled
+        .recv_timeout(Duration::from_secs(10))
+        .expect("access tcp connects to the edge for the first connection");
+
+    // Meanwhile a second connection is set up and carries a whole ssh session.
+    let mut ssh = Command::new("ssh");
+    ssh.args(chain.sshd.ssh_options())
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{}@127.0.0.1", chain.sshd.user))
+        .arg("echo not-held-up")
+        .stdin(Stdio::null());
+    let out = run_with_deadline(&mut ssh, Duration::from_secs(15), "ssh -p while one stalls");
+    assert!(
+        out.status.success(),
+        "the second connection waited for the first one's setup: {out:?}\nlistener:\n{}",
+        listener.stderr_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "not-held-up");
+
+    // The first is still being set up (nothing was sent to it, nothing closed it).
+    first
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match first.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the stalled connection should still wait, got {other:?}"),
     }
 }

@@ -87,10 +87,11 @@ fn a_forwarded_provider_link_cannot_finish_a_tunnel_login_in_another_browser() {
         "{page}"
     );
     assert_eq!(status, 403, "the attacker's login ended: {answer}");
-    let audit = std::fs::read_to_string(sso.state.join("audit.log")).unwrap();
-    assert!(
-        audit.contains("browser not bound (callback)"),
-        "the refusal is audited: {audit}"
+    support::audit_when(
+        &sso.state.join("audit.log"),
+        std::time::Duration::from_secs(10),
+        "the refusal in the audit log",
+        |a| a.contains("browser not bound (callback)"),
     );
 }
 

@@ -66,8 +66,12 @@ fn browser_login_then_ssh_and_policies_decide() {
     assert!(!ok, "erin must be refused");
     assert!(stderr.contains("not allowed"), "{stderr}");
 
-    let audit = std::fs::read_to_string(sso.state.join("audit.log")).unwrap();
-    assert!(audit.contains("\"policy\":\"no contractors\""), "{audit}");
+    let audit = support::audit_when(
+        &sso.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the policy's denial in the audit log",
+        |a| a.contains("\"policy\":\"no contractors\""),
+    );
     assert!(
         !audit.contains(&sso.provider.client_secret),
         "client secret in the audit log"
@@ -365,7 +369,12 @@ fn parallel_proxy_commands_share_one_browser_login() {
             format!("parallel-{i}")
         );
     }
-    let audit = std::fs::read_to_string(sso.state.join("audit.log")).unwrap();
+    let audit = support::audit_when(
+        &sso.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the login in the audit log",
+        |a| a.contains("\"event\":\"login\""),
+    );
     let logins = audit
         .lines()
         .filter(|l| l.contains("\"event\":\"login\""))

@@ -3,8 +3,9 @@
 //! connections accepted on a local port (`access tcp`).
 //!
 //! The carrier is set up blocking, before the loop (DNS, TCP connect, TLS handshake, HTTP
-//! upgrade), so every failure can be reported with its cause and fix. Then one mio loop
-//! moves bytes both ways through bounded buffers:
+//! upgrade), so every failure can be reported with its cause and fix; `access tcp` does that
+//! on a thread per setup (`listener.rs`), never on its loop. Then one mio loop moves bytes
+//! both ways through bounded buffers:
 //!
 //! ```text
 //!  local ──read──▶ masked WS frames ──▶ TLS ──▶ edge
@@ -21,15 +22,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
-use mio::net::{TcpListener, TcpStream};
+use log::debug;
+use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
-use crate::io::{random_bytes, would_block, Signals};
+use crate::io::{random_bytes, would_block};
 use crate::limits::{
     MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
 };
@@ -42,12 +43,14 @@ use crate::store::Secret;
 
 mod authorize;
 mod error;
+mod listener;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
 
 pub use authorize::login_and_cache;
 pub use error::AccessError;
+pub use listener::tcp;
 pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;
 
@@ -708,121 +711,6 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(event_loop(e));
-            }
-        }
-    }
-}
-
-/// `postern access tcp`: a local listener; each accepted connection gets its own carrier.
-/// Credentials as for [`ssh`]; a browser login, when one is needed, happens on the first
-/// connection and blocks the listener until it completes.
-pub fn tcp(mut opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
-    let cfg = client_config(opts.extra_ca.as_deref())?;
-    let cache = TokenCache::open_default();
-    if let (Err(e), false) = (
-        &cache,
-        matches!(opts.credentials, Credentials::ServiceToken { .. }),
-    ) {
-        // Fail now, not at the first connection.
-        return Err(AccessError::TokenCache(e.clone()));
-    }
-    let mut listener = TcpListener::bind(listen).map_err(|error| AccessError::Listen {
-        addr: listen,
-        error,
-    })?;
-    let mut poll = Poll::new().map_err(event_loop)?;
-    let mut signals = Signals::new().map_err(event_loop)?;
-    poll.registry()
-        .register(&mut listener, Token(0), Interest::READABLE)
-        .map_err(event_loop)?;
-    poll.registry()
-        .register(&mut signals.rx, Token(1), Interest::READABLE)
-        .map_err(event_loop)?;
-    info!(
-        "listening on {} for {} (via edge {})",
-        listener.local_addr().map_err(event_loop)?,
-        opts.hostname,
-        opts.edge
-    );
-    let mut sessions: Vec<Option<Splice>> = Vec::new();
-    let mut events = Events::with_capacity(256);
-    let mut bufs = LoopBufs::new();
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(event_loop(e));
-            }
-        }
-        let mut touched = Vec::new();
-        for ev in events.iter() {
-            match ev.token() {
-                Token(0) => loop {
-                    match listener.accept() {
-                        Ok((sock, peer)) => {
-                            let _ = sock.set_nodelay(true);
-                            match authorize::open_authorized(&mut opts, &cfg, &cache) {
-                                Ok(tls) => {
-                                    let slot = sessions
-                                        .iter()
-                                        .position(Option::is_none)
-                                        .unwrap_or_else(|| {
-                                            sessions.push(None);
-                                            sessions.len() - 1
-                                        });
-                                    let mut s = Splice::new(tls, Local::Tcp(sock));
-                                    let base = 2 + 2 * slot;
-                                    let reg = poll.registry();
-                                    let ok = reg
-                                        .register(
-                                            &mut s.tls.sock,
-                                            Token(base),
-                                            Interest::READABLE | Interest::WRITABLE,
-                                        )
-                                        .and_then(|_| {
-                                            s.local.register(reg, Token(base + 1), Token(base + 1))
-                                        });
-                                    if let Err(e) = ok {
-                                        warn!("{peer}: {e}");
-                                        continue;
-                                    }
-                                    sessions[slot] = Some(s);
-                                    touched.push(slot);
-                                }
-                                Err(e) => warn!("{peer}: {e}"),
-                            }
-                        }
-                        Err(e) if would_block(&e) => break,
-                        Err(e) => {
-                            warn!("accept: {e}");
-                            break;
-                        }
-                    }
-                },
-                Token(1) => {
-                    if signals.take() {
-                        return Ok(());
-                    }
-                }
-                Token(t) => touched.push((t - 2) / 2),
-            }
-        }
-        for slot in touched {
-            let Some(Some(s)) = sessions.get_mut(slot) else {
-                continue;
-            };
-            let done = match s.pump(poll.registry(), &mut bufs) {
-                Ok(Progress::Running) => false,
-                Ok(Progress::Done) => true,
-                Err(e) => {
-                    warn!("session ended: {e}");
-                    true
-                }
-            };
-            if done {
-                if let Some(mut s) = sessions[slot].take() {
-                    let _ = poll.registry().deregister(&mut s.tls.sock);
-                    s.local.deregister(poll.registry());
-                }
             }
         }
     }

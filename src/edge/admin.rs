@@ -10,6 +10,10 @@
 //!   hostnames under that zone. Routing a hostname someone else holds needs `overwrite`, and
 //!   is refused outright when the holder is another zone.
 //! - Every change is one `tunnel_admin` line in the audit log.
+//! - A change is checked against the edge's view of its store, then made by the store worker
+//!   (compare-and-swap: a route expects the hostname as the view saw it); the connection waits
+//!   for the answer off the loop, bounded by its request deadline. A change the store made
+//!   stands even if the client left meanwhile.
 //!
 //! | request | answer |
 //! |---|---|
@@ -28,11 +32,12 @@ use log::{info, warn};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
-use super::{refusal, Conn, Edge, Tunnel};
+use super::view::{Owner, Waiter};
+use super::{refusal, Conn, ConnId, Edge, Tunnel};
 use crate::io::tls::TlsConn;
-use crate::pki::{self, Authority, OriginCredential};
+use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};
-use crate::store::{self, Owner, TunnelRecord};
+use crate::store::{self, Expect, HostOwner, HostnameRecord, Request, StoreError, TunnelRecord};
 
 /// ALPN of the administration API.
 pub const ALPN: &[u8] = b"postern-admin/1";
@@ -40,7 +45,7 @@ pub const ALPN: &[u8] = b"postern-admin/1";
 pub const MAX_BODY: usize = 16 * 1024;
 /// A request must have arrived whole this long after the connection was accepted.
 const REQUEST_SECS: u64 = 10;
-/// Most named tunnels per zone (each create rewrites `tunnels.json` on the event loop).
+/// Most named tunnels per zone (each create rewrites `tunnels.json`).
 pub const MAX_TUNNELS_PER_ZONE: usize = 256;
 /// Most hostnames of one zone routed to named tunnels (each route rewrites `hostnames.json`).
 pub const MAX_ROUTES_PER_ZONE: usize = 4096;
@@ -53,6 +58,8 @@ pub(super) struct Admin {
     pub(super) deadline: Instant,
     /// The answer is queued: close once it is flushed.
     answered: bool,
+    /// The request is with the store worker: parked until its answer.
+    waiting: bool,
 }
 
 impl Admin {
@@ -62,6 +69,7 @@ impl Admin {
             peer,
             deadline: deadline.max(Instant::now() + Duration::from_secs(REQUEST_SECS)),
             answered: false,
+            waiting: false,
         }
     }
 }
@@ -73,13 +81,70 @@ fn error(status: u16, message: impl Into<String>) -> Answer {
     (status, json!({ "error": message.into() }))
 }
 
+/// What a request needs: an answer now, or a store change first.
+enum Reply {
+    Now(Answer),
+    Store(Request, Then),
+}
+
+/// An admin request waiting for the store, and what it does with the answer.
+pub(super) struct Step {
+    /// The `tunnel_admin` audit record, completed with the outcome.
+    audit: serde_json::Map<String, Value>,
+    then: Then,
+}
+
+enum Then {
+    /// The tunnel's record is being stored; its credential goes to the client after.
+    Create {
+        id: String,
+        credential: Box<OriginCredential>,
+    },
+    /// The tunnel's routes are being released; the tunnel itself next.
+    Unroute { id: String, rec: TunnelRecord },
+    /// The tunnel is being forgotten; its routes are gone.
+    Delete {
+        id: String,
+        rec: TunnelRecord,
+        routes: Vec<String>,
+    },
+    /// The hostname is being routed to the tunnel.
+    Route {
+        host: String,
+        id: String,
+        name: String,
+        replaced: Value,
+    },
+}
+
+/// Queues the response on the admin connection; it closes once it is flushed.
+fn respond(a: &mut Admin, (status, body): Answer) {
+    let body = body.to_string();
+    let mut out = Vec::new();
+    http::write_response(
+        &mut out,
+        status,
+        reason(status),
+        &[
+            ("Content-Type", "application/json"),
+            ("Cache-Control", "no-store"),
+            ("Connection", "close"),
+        ],
+        body.as_bytes(),
+    );
+    a.tls.send(&out);
+    a.tls.tls.send_close_notify();
+    a.answered = true;
+    a.waiting = false;
+}
+
 impl Edge {
-    pub(super) fn pump_admin(&mut self, mut a: Box<Admin>) -> Option<Box<Admin>> {
+    pub(super) fn pump_admin(&mut self, slot: usize, mut a: Box<Admin>) -> Option<Box<Admin>> {
         if let Err(e) = a.tls.read(&mut self.stage) {
             info!("admin {}: {e}", a.peer);
             return self.end_admin(a);
         }
-        if !a.answered && !a.tls.tls.is_handshaking() {
+        if !a.answered && !a.waiting && !a.tls.tls.is_handshaking() {
             let limits = HeadLimits {
                 max_head_bytes: self.settings.limits.max_head_bytes,
                 max_headers: self.settings.limits.max_headers,
@@ -103,7 +168,10 @@ impl Edge {
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .map(|c| c.clone().into_owned());
-                            Some(self.admin_request(&a, cert, &head, &body))
+                            let conn = self.conn_id(slot);
+                            let answer = self.admin_request(conn, &a, cert, &head, &body);
+                            a.waiting = answer.is_none();
+                            answer
                         } else if a.tls.peer_closed {
                             return self.end_admin(a);
                         } else {
@@ -112,23 +180,8 @@ impl Edge {
                     }
                 },
             };
-            if let Some((status, body)) = answer {
-                let body = body.to_string();
-                let mut out = Vec::new();
-                http::write_response(
-                    &mut out,
-                    status,
-                    reason(status),
-                    &[
-                        ("Content-Type", "application/json"),
-                        ("Cache-Control", "no-store"),
-                        ("Connection", "close"),
-                    ],
-                    body.as_bytes(),
-                );
-                a.tls.send(&out);
-                a.tls.tls.send_close_notify();
-                a.answered = true;
+            if let Some(answer) = answer {
+                respond(&mut a, answer);
             }
         }
         if a.tls.flush().is_err() || (a.answered && !a.tls.tls.wants_write()) {
@@ -143,13 +196,16 @@ impl Edge {
         None
     }
 
+    /// The answer to one request, or `None` when it waits for the store (see
+    /// [`Edge::admin_answered`]).
     fn admin_request(
         &mut self,
+        conn: ConnId,
         a: &Admin,
         cert: Option<CertificateDer<'static>>,
         head: &RequestHead,
         body: &[u8],
-    ) -> Answer {
+    ) -> Option<Answer> {
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), a.peer.to_string().into());
         if let Some(c) = &cert {
@@ -160,11 +216,11 @@ impl Edge {
             audit.insert("decision".into(), "deny".into());
             audit.insert("reason".into(), "not a zone's origin certificate".into());
             self.audit.record("tunnel_admin", audit);
-            return error(
+            return Some(error(
                 403,
                 "this certificate cannot manage tunnels: use the origin certificate from \
                  `postern tunnel login` (cert.pem)",
-            );
+            ));
         };
         let path = head.target.split('?').next().unwrap_or_default();
         let query = head.target.split_once('?').map_or("", |(_, q)| q);
@@ -173,18 +229,18 @@ impl Edge {
         } else {
             match serde_json::from_slice(body) {
                 Ok(v) => v,
-                Err(e) => return error(400, format!("body is not JSON: {e}")),
+                Err(e) => return Some(error(400, format!("body is not JSON: {e}"))),
             }
         };
         audit.insert("zone".into(), zone.clone().into());
-        let answer = match (head.method.as_str(), path) {
+        let reply = match (head.method.as_str(), path) {
             ("GET", "/v1/tunnels") => {
                 let list: Vec<Value> = self
                     .tunnels
                     .of_zone(&zone)
                     .map(|(id, r)| self.describe(id, r))
                     .collect();
-                return (200, json!({ "tunnels": list }));
+                return Some((200, json!({ "tunnels": list })));
             }
             ("POST", "/v1/tunnels") => self.create_tunnel(&zone, &body, &mut audit),
             ("PUT", p) if p.starts_with("/v1/routes/") => {
@@ -193,29 +249,150 @@ impl Edge {
             (m, p) if p.starts_with("/v1/tunnels/") => {
                 let r = &p["/v1/tunnels/".len()..];
                 let Some((id, rec)) = self.tunnels.find(&zone, r) else {
-                    return error(404, format!("no tunnel {r:?} in zone {zone}"));
+                    return Some(error(404, format!("no tunnel {r:?} in zone {zone}")));
                 };
                 let (id, rec) = (id.to_owned(), rec.clone());
                 match m {
-                    "GET" => return (200, self.describe(&id, &rec)),
+                    "GET" => return Some((200, self.describe(&id, &rec))),
                     "DELETE" => {
                         let force = query
                             .split('&')
                             .any(|kv| kv == "force=true" || kv == "force");
                         self.delete_tunnel(&id, &rec, force, &mut audit)
                     }
-                    _ => error(405, "method not allowed"),
+                    _ => Reply::Now(error(405, "method not allowed")),
                 }
             }
-            _ => return error(404, format!("no such endpoint: {} {path}", head.method)),
+            _ => {
+                return Some(error(
+                    404,
+                    format!("no such endpoint: {} {path}", head.method),
+                ))
+            }
         };
+        let answer = match reply {
+            Reply::Now(answer) => answer,
+            Reply::Store(request, then) => {
+                let step = Box::new(Step { audit, then });
+                match self.store.submit(request, Waiter::Admin { conn, step }) {
+                    Ok(_) => return None,
+                    Err(waiter) => {
+                        let answer = error(503, "the edge is busy; try again in a moment");
+                        if let Waiter::Admin { step, .. } = waiter {
+                            self.admin_audit(step.audit, &answer);
+                        }
+                        return Some(answer);
+                    }
+                }
+            }
+        };
+        self.admin_audit(audit, &answer);
+        Some(answer)
+    }
+
+    /// Completes a `tunnel_admin` audit record with the outcome, and writes it.
+    fn admin_audit(&mut self, mut audit: serde_json::Map<String, Value>, answer: &Answer) {
         let decision = if answer.0 < 300 { "allow" } else { "deny" };
         audit.insert("decision".into(), decision.into());
         if answer.0 >= 300 {
             audit.insert("reason".into(), answer.1["error"].clone());
         }
         self.audit.record("tunnel_admin", audit);
-        answer
+    }
+
+    /// The store answered an admin request's change: the next change, or the answer. The
+    /// change's effects (connections closed) happen whether or not the client is still there.
+    pub(super) fn admin_answered(&mut self, conn: ConnId, step: Step, answer: store::Answer) {
+        let Step { audit, then } = step;
+        let response = match (then, answer) {
+            (
+                Then::Create { id, credential },
+                store::Answer::TunnelCreated {
+                    result: Ok(rec), ..
+                },
+            ) => {
+                info!("created tunnel {} ({id}) in zone {}", rec.name, rec.zone);
+                let mut v = self.describe(&id, &rec);
+                v["credential"] = credential.to_pem().into();
+                (201, v)
+            }
+            (
+                Then::Create { .. },
+                store::Answer::TunnelCreated {
+                    result: Err(StoreError::Exists(what)),
+                    ..
+                },
+            ) => error(409, format!("{what} already exists")),
+            (
+                Then::Unroute { id, rec },
+                store::Answer::Unrouted {
+                    result: Ok(routes), ..
+                },
+            ) => {
+                // Routes are gone; now the tunnel itself.
+                let request = Request::DeleteTunnel { id: id.clone() };
+                let then = Then::Delete { id, rec, routes };
+                let step = Box::new(Step { audit, then });
+                match self.store.submit(request, Waiter::Admin { conn, step }) {
+                    Ok(_) => return,
+                    Err(waiter) => {
+                        let answer = error(503, "the edge is busy; try again in a moment");
+                        if let Waiter::Admin { step, .. } = waiter {
+                            self.admin_audit(step.audit, &answer);
+                        }
+                        return self.admin_respond(conn, answer);
+                    }
+                }
+            }
+            (
+                Then::Delete { id, rec, routes },
+                store::Answer::TunnelDeleted { result: Ok(()), .. },
+            ) => self.tunnel_deleted(&id, &rec, routes),
+            (
+                Then::Route {
+                    host,
+                    id,
+                    name,
+                    replaced,
+                },
+                store::Answer::Hostname { result: Ok(_), .. },
+            ) => self.routed(&host, &id, &name, replaced),
+            (
+                Then::Route { host, .. },
+                store::Answer::Hostname {
+                    result: Err(StoreError::Owned(_) | StoreError::Changed(_)),
+                    ..
+                },
+            ) => error(
+                409,
+                format!("{host} changed hands meanwhile: look at it again, then retry"),
+            ),
+            (then, answer) => {
+                let what = match then {
+                    Then::Create { .. } => "the edge could not record the tunnel",
+                    Then::Unroute { .. } => "the edge could not remove the tunnel's routes",
+                    Then::Delete { .. } => "the edge could not delete the tunnel",
+                    Then::Route { .. } => "the edge could not record the route",
+                };
+                warn!("tunnel admin: {what}: {answer:?}");
+                error(500, what)
+            }
+        };
+        self.admin_audit(audit, &response);
+        self.admin_respond(conn, response);
+    }
+
+    /// Answers the admin connection `conn` names, if it is still there and waiting.
+    fn admin_respond(&mut self, conn: ConnId, answer: Answer) {
+        if self.generations.get(conn.slot) != Some(&conn.generation) {
+            return;
+        }
+        if let Some(Conn::Admin(a)) = self.conns[conn.slot].as_mut() {
+            if a.waiting {
+                respond(a, answer);
+                self.mark(conn.slot);
+            }
+        }
     }
 
     /// A tunnel as the API shows it, with its routes and live connections.
@@ -245,70 +422,71 @@ impl Edge {
         zone: &str,
         body: &Value,
         audit: &mut serde_json::Map<String, Value>,
-    ) -> Answer {
+    ) -> Reply {
         audit.insert("action".into(), "create".into());
         let Some(name) = body.get("name").and_then(Value::as_str) else {
-            return error(400, "name: missing");
+            return Reply::Now(error(400, "name: missing"));
         };
         audit.insert("name".into(), clip(name).into());
         if !store::valid_tunnel_name(name) || pki::valid_tunnel_id(name) {
-            return error(
+            return Reply::Now(error(
                 400,
                 format!(
                     "name: {name:?} is not a tunnel name (1-64 of letters, digits, '.', '_', \
                      '-'; not an id)"
                 ),
-            );
+            ));
         }
         if self.tunnels.of_zone(zone).count() >= MAX_TUNNELS_PER_ZONE {
-            return error(
+            return Reply::Now(error(
                 409,
                 format!("zone {zone} has {MAX_TUNNELS_PER_ZONE} tunnels: delete one first"),
-            );
+            ));
         }
         if self.tunnels.find(zone, name).is_some() {
-            return error(
+            return Reply::Now(error(
                 409,
                 format!("a tunnel named {name} already exists in zone {zone}"),
-            );
+            ));
         }
         let issued = pki::new_tunnel_id().and_then(|id| {
-            let ca =
-                Authority::load_or_create(&self.settings.state, "origin-ca", "postern origin CA")?;
-            let (cert, key) = ca.issue_tunnel(&id)?;
+            let (cert, key) = self.settings.origin_ca.issue_tunnel(&id)?;
             Ok((id, cert, key))
         });
         let (id, cert, key) = match issued {
             Ok(x) => x,
             Err(e) => {
                 warn!("tunnel create: {e}");
-                return error(500, "the edge could not issue the tunnel's certificate");
+                return Reply::Now(error(
+                    500,
+                    "the edge could not issue the tunnel's certificate",
+                ));
             }
         };
-        let rec = TunnelRecord {
+        let record = TunnelRecord {
             name: name.to_owned(),
             zone: zone.to_owned(),
             cert_sha256: pki::fingerprint(&cert),
             created: super::login::unix_now(),
         };
-        if let Err(e) = self.tunnels.insert(&self.settings.state, &id, rec.clone()) {
-            warn!("tunnel create: {e}");
-            return error(500, "the edge could not record the tunnel");
-        }
         audit.insert("tunnel".into(), id.clone().into());
-        info!("created tunnel {name} ({id}) in zone {zone}");
         // The edge's own CA (dev) travels along, as in `tunnel login`.
         let ca = self.settings.tls_ca_certs();
-        let credential = OriginCredential {
+        let credential = Box::new(OriginCredential {
             key,
             cert,
             zone: zone.to_owned(),
             edge: None,
             ca,
-        };
-        let mut v = self.describe(&id, &rec);
-        v["credential"] = credential.to_pem().into();
-        (201, v)
+        });
+        // The store checks again that id and name are new (another edge may have taken them).
+        Reply::Store(
+            Request::CreateTunnel {
+                id: id.clone(),
+                record,
+            },
+            Then::Create { id, credential },
+        )
     }
 
     fn delete_tunnel(
@@ -317,35 +495,35 @@ impl Edge {
         rec: &TunnelRecord,
         force: bool,
         audit: &mut serde_json::Map<String, Value>,
-    ) -> Answer {
+    ) -> Reply {
         audit.insert("action".into(), "delete".into());
         audit.insert("tunnel".into(), id.into());
         audit.insert("name".into(), rec.name.clone().into());
-        let slots = self.named.get(id).cloned().unwrap_or_default();
-        if !slots.is_empty() && !force {
-            return error(
+        let connected = self.named.get(id).map_or(0, Vec::len);
+        if connected > 0 && !force {
+            return Reply::Now(error(
                 409,
                 format!(
-                    "tunnel {} has {} active connection(s): stop its origin first, or delete \
-                     with --force (-f) to cut them",
+                    "tunnel {} has {connected} active connection(s): stop its origin first, or \
+                     delete with --force (-f) to cut them",
                     rec.name,
-                    slots.len()
                 ),
-            );
+            ));
         }
-        // Routes first: a crash between the two writes leaves a tunnel without routes, not
+        // Routes first: a crash between the two changes leaves a tunnel without routes, not
         // routes to a tunnel that is gone (those are also released at start-up).
-        let routes = match self.hostnames.unroute_tunnel(id) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("tunnel delete: routes of {id}: {e}");
-                return error(500, "the edge could not remove the tunnel's routes");
-            }
-        };
-        if let Err(e) = self.tunnels.remove(&self.settings.state, id) {
-            warn!("tunnel delete: {e}");
-            return error(500, "the edge could not delete the tunnel");
-        }
+        Reply::Store(
+            Request::UnrouteTunnel { id: id.to_owned() },
+            Then::Unroute {
+                id: id.to_owned(),
+                rec: rec.clone(),
+            },
+        )
+    }
+
+    /// The store forgot tunnel `id`: its connections are cut.
+    fn tunnel_deleted(&mut self, id: &str, rec: &TunnelRecord, routes: Vec<String>) -> Answer {
+        let slots = self.named.get(id).cloned().unwrap_or_default();
         for &s in &slots {
             if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
                 t.mux.send_error(
@@ -374,83 +552,110 @@ impl Edge {
         hostname: &str,
         body: &Value,
         audit: &mut serde_json::Map<String, Value>,
-    ) -> Answer {
+    ) -> Reply {
         let host = hostname.to_ascii_lowercase();
         audit.insert("action".into(), "route".into());
         audit.insert("hostname".into(), clip(&host).into());
         let Some(r) = body.get("tunnel").and_then(Value::as_str) else {
-            return error(400, "tunnel: missing");
+            return Reply::Now(error(400, "tunnel: missing"));
         };
         let overwrite = body
             .get("overwrite")
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let Some((id, rec)) = self.tunnels.find(zone, r) else {
-            return error(404, format!("no tunnel {r:?} in zone {zone}"));
+            return Reply::Now(error(404, format!("no tunnel {r:?} in zone {zone}")));
         };
         let (id, name) = (id.to_owned(), rec.name.clone());
         audit.insert("tunnel".into(), id.clone().into());
         if !super::valid_hostname(&host) {
-            return error(400, format!("{host:?} is not a hostname"));
+            return Reply::Now(error(400, format!("{host:?} is not a hostname")));
         }
         if !(host == zone || host.ends_with(&format!(".{zone}"))) {
-            return error(
+            return Reply::Now(error(
                 403,
                 format!("{host} is not in zone {zone}, which your origin certificate is for"),
-            );
+            ));
         }
         match self.settings.zone_of(&host) {
-            None => return error(403, format!("{host} is not in a zone served by this edge")),
+            None => {
+                return Reply::Now(error(
+                    403,
+                    format!("{host} is not in a zone served by this edge"),
+                ))
+            }
             Some(z) if z != zone => {
-                return error(
+                return Reply::Now(error(
                     403,
                     format!("{host} is in the zone {z}: route it with a certificate for {z}"),
-                )
+                ))
             }
             Some(_) => {}
         }
         if self.hostnames.routed_in_zone(zone) >= MAX_ROUTES_PER_ZONE {
-            return error(
+            return Reply::Now(error(
                 409,
                 format!("zone {zone} has {MAX_ROUTES_PER_ZONE} routes already"),
-            );
+            ));
         }
         let replaced = match self.hostnames.owner(&host) {
             None => Value::Null,
             Some(Owner::Tunnel { id: owner, .. }) if owner == id => {
-                return (
+                return Reply::Now((
                     200,
                     json!({ "hostname": host, "tunnel": id, "name": name, "replaced": null,
                             "unchanged": true }),
-                );
+                ));
             }
             Some(Owner::Tunnel { zone: z, .. } | Owner::Certificate { zone: z }) if z != zone => {
-                return error(
+                return Reply::Now(error(
                     409,
                     format!("{host} is held by an origin of another zone ({z})"),
-                );
+                ));
             }
             Some(owner) if !overwrite => {
                 let holder = match owner {
                     Owner::Tunnel { id, .. } => format!("tunnel {id}"),
                     Owner::Certificate { .. } => "an origin certificate (tunnel --hostname)".into(),
                 };
-                return error(
+                return Reply::Now(error(
                     409,
                     format!(
                         "{host} is already routed to {holder}: pass --overwrite-dns to move it"
                     ),
-                );
+                ));
             }
             Some(Owner::Tunnel { id, .. }) => json!(format!("tunnel {id}")),
             Some(Owner::Certificate { .. }) => json!("origin certificate"),
         };
-        if let Err(e) = self.hostnames.route(&host, &id, zone) {
-            warn!("route {host}: {e}");
-            return error(500, "the edge could not record the route");
-        }
-        // Ad-hoc registrations of the hostname lose it now.
-        for s in self.routes.remove(&host).unwrap_or_default() {
+        // The store moves the hostname only if it is still as the view shows it.
+        let expect = match self.hostnames.get(&host) {
+            None => Expect::Absent,
+            Some(cur) => Expect::Revision(cur.revision),
+        };
+        let request = Request::ClaimHostname {
+            hostname: host.clone(),
+            record: HostnameRecord {
+                owner: HostOwner::Tunnel(id.clone()),
+                zone: zone.to_owned(),
+                first_registered: super::login::unix_now(),
+            },
+            expect,
+        };
+        Reply::Store(
+            request,
+            Then::Route {
+                host,
+                id,
+                name,
+                replaced,
+            },
+        )
+    }
+
+    /// The store routed `host` to the tunnel: ad-hoc registrations of it lose it now.
+    fn routed(&mut self, host: &str, id: &str, name: &str, replaced: Value) -> Answer {
+        for s in self.routes.remove(host).unwrap_or_default() {
             if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
                 t.mux.send_error(
                     refusal::OWNED,

@@ -51,6 +51,9 @@ pub struct EdgeSettings {
     pub zones: Vec<String>,
     /// The edge's own TLS CA, shipped inside origin credentials (dev only).
     pub tls_ca_pem: Option<String>,
+    /// The origin CA (`origin-ca.pem`/`.key`), loaded once: it signs origin and tunnel
+    /// certificates without a file read on the event loop.
+    pub origin_ca: Arc<Authority>,
     /// Resource limits (the config's `limits`, or the defaults).
     pub limits: EdgeLimits,
     /// Called once the listener is bound (the CLI prints next steps).
@@ -652,6 +655,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         tunnel_admins: cfg.tunnel_admins,
         zones: names,
         tls_ca_pem,
+        origin_ca: Arc::new(origin_ca),
         limits: cfg.limits,
         on_ready: Box::new(|_| {}),
         metrics: cfg.metrics,

@@ -42,7 +42,7 @@ use crate::edge::config::IdentityProvider;
 use crate::limits::MAX_OIDC_JOBS;
 use crate::logging::escape;
 use crate::oidc::{OidcError, Provider};
-use crate::pki::{Authority, OriginCredential};
+use crate::pki::OriginCredential;
 use crate::proto::http::RequestHead;
 use crate::proto::policy::{self, Identity};
 use crate::proto::token_transfer::{Poll, Purpose, TransferError, Waiting};
@@ -1318,8 +1318,7 @@ impl Edge {
 
     /// A new origin credential for `zone`, signed by the edge's origin CA.
     fn issue_origin_credential(&self, zone: &str) -> std::io::Result<OriginCredential> {
-        let ca = Authority::load_or_create(&self.settings.state, "origin-ca", "postern origin CA")?;
-        let (cert, key) = ca.issue_origin(zone)?;
+        let (cert, key) = self.settings.origin_ca.issue_origin(zone)?;
         let host = self.public_url().trim_start_matches("https://").to_owned();
         Ok(OriginCredential {
             key,

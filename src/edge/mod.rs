@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod config;
 mod login;
+mod view;
 
 use std::collections::HashMap;
 use std::io;
@@ -51,7 +52,8 @@ use crate::proto::mux::{self, EdgeEvent, EdgeSession, StreamEvent};
 use crate::proto::policy::Identity;
 use crate::proto::token_transfer::{SlotLimits, Slots};
 use crate::proto::ws::{self, Item};
-use crate::store::{ClaimError, Hostnames, ServiceTokens, Tunnels};
+use crate::store::{FileStore, Store};
+use view::{HostnameView, StoreLink, TokenView, TunnelView, Verified};
 
 pub use config::{Application, EdgeSettings};
 
@@ -156,12 +158,12 @@ struct Tunnel {
     registering: Option<Registering>,
 }
 
-/// An admitted REGISTER whose claim in `hostnames.json` is being written (`Edge::registering`).
+/// An admitted REGISTER whose hostname claim the store is recording (`view::Waiter::Register`).
 struct Registering {
     hostname: String,
     service: String,
-    /// The number of the write that makes the claim durable (`Hostnames::pending_write`).
-    write: u64,
+    /// The store request that records the claim.
+    ticket: Option<crate::store::worker::Ticket>,
     /// The audit record, completed with the outcome.
     audit: serde_json::Map<String, serde_json::Value>,
 }
@@ -178,11 +180,13 @@ pub struct Edge {
     /// Named tunnel id → its registered connection slots. Hostnames reach them through the
     /// routes in `hostnames` (`tunnel route dns`).
     named: HashMap<String, Vec<usize>>,
-    /// The named tunnels (`tunnels.json`).
-    tunnels: Tunnels,
+    /// The named tunnels, as the store last said (`view.rs`).
+    tunnels: TunnelView,
     round_robin: usize,
-    tokens: ServiceTokens,
-    hostnames: Hostnames,
+    tokens: TokenView,
+    hostnames: HostnameView,
+    /// The state store's worker thread, and who waits for its answers.
+    store: StoreLink,
     audit: Audit,
     scratch: Vec<u8>,
     /// Ciphertext staging for `TlsConn::read`, shared by every connection.
@@ -218,10 +222,8 @@ pub struct Edge {
     /// Denials before authentication, per source and reason: one audit and log line per
     /// interval, the rest counted.
     denials: Repeats<(IpAddr, Auth)>,
-    /// Wakes the loop for worker results and finished state-file writes.
+    /// Wakes the loop for worker results and store answers.
     waker: Arc<mio::Waker>,
-    /// Tunnel slots with a `Registering` (some may have closed since).
-    registering: Vec<usize>,
 }
 
 /// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then
@@ -340,11 +342,10 @@ impl Edge {
         if let Some(warning) = open_files.and_then(|n| settings.limits.fit_descriptors(n)) {
             warn!("{warning}");
         }
-        let tokens = ServiceTokens::load(&settings.state)?;
-        let mut hostnames = Hostnames::load(&settings.state)?;
-        let tunnels = Tunnels::load(&settings.state)?;
+        // Before the loop, the store may block; from then on only its worker calls it.
+        let mut store = FileStore::open(&settings.state)?;
         // Routes to tunnels that no longer exist (a delete cut short): free those hostnames.
-        let orphans = hostnames.unroute_unknown(|id| tunnels.get(id).is_some())?;
+        let orphans = store.release_orphaned_routes().map_err(io::Error::other)?;
         if !orphans.is_empty() {
             warn!(
                 "released {} hostname(s) routed to deleted tunnels: {}",
@@ -354,7 +355,9 @@ impl Edge {
         }
         // Names recorded for a parent zone before their own zone was configured.
         let zones = settings.zones.clone();
-        let misfiled = hostnames.release_other_zones(|h| config::zone_of(&zones, h))?;
+        let misfiled = store
+            .release_misfiled(&|h| config::zone_of(&zones, h).map(str::to_owned))
+            .map_err(io::Error::other)?;
         if !misfiled.is_empty() {
             warn!(
                 "released {} hostname(s) held by another zone than their own: {}",
@@ -375,9 +378,10 @@ impl Edge {
         };
         let poll = Poll::new()?;
         let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
-        // From here on, a hostname claim is written by a thread, never on the loop.
+        let (tokens, hostnames, tunnels) = view::views(store.snapshot().map_err(io::Error::other)?);
+        // From here on, the store is called by its worker thread only, never on the loop.
         let wake = waker.clone();
-        hostnames.write_behind(move || {
+        let worker = crate::store::worker::StoreWorker::start(Box::new(store), move || {
             let _ = wake.wake();
         })?;
         Ok(Edge {
@@ -392,6 +396,7 @@ impl Edge {
             round_robin: 0,
             tokens,
             hostnames,
+            store: StoreLink::new(worker),
             audit,
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             stage: vec![0; TLS_READ_STAGE],
@@ -421,7 +426,6 @@ impl Edge {
                 Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
             ),
             waker,
-            registering: Vec::new(),
         })
     }
 
@@ -528,7 +532,7 @@ impl Edge {
                         }
                     }
                     WAKER => {
-                        self.hostname_writes();
+                        self.store_answers();
                         self.worker_results();
                     }
                     Token(t) => self.mark(t - FIRST_CONN),
@@ -727,7 +731,7 @@ impl Edge {
                 } => self.pump_accepting(slot, sock, acceptor, deadline, peer),
                 Conn::Carrier(c) => self.pump_carrier(slot, c).map(Conn::Carrier),
                 Conn::Tunnel(t) => self.pump_tunnel(slot, t).map(Conn::Tunnel),
-                Conn::Admin(a) => self.pump_admin(a).map(Conn::Admin),
+                Conn::Admin(a) => self.pump_admin(slot, a).map(Conn::Admin),
             };
             match kept {
                 Some(c) => {
@@ -927,7 +931,9 @@ impl Edge {
                     self.metrics.error(metrics::Error::BadRequest);
                     return;
                 }
-                Some(carrier::Event::Request(request)) => self.on_request(slot, c, request, now),
+                Some(carrier::Event::Request(request)) => {
+                    self.on_request(slot, c, request, now, false)
+                }
             }
         }
     }
@@ -1042,12 +1048,15 @@ impl Edge {
         !finished
     }
 
+    /// A whole request on a carrier. `looked_up`: the store was asked about its service
+    /// token already (an id the view does not hold is then refused, not looked up again).
     fn on_request(
         &mut self,
         slot: usize,
         c: &mut Carrier,
         request: carrier::Request,
         now: Instant,
+        looked_up: bool,
     ) {
         let carrier::Request {
             head,
@@ -1092,20 +1101,34 @@ impl Edge {
         // Who is asking: a service token, an app token from a browser login, or nobody.
         let app_hostname = app.hostname.clone();
         let policies_bypass = crate::proto::policy::bypasses(&app.policies);
+        if let (Some(id), Some(secret)) = (
+            head.header("cf-access-client-id"),
+            head.header("cf-access-client-secret"),
+        ) {
+            // Tokens created since the edge started are in the store, not the view: ask it
+            // (off the loop), then run this request again.
+            if !looked_up && self.tokens.verify(id, secret) == Verified::Unknown {
+                let id = id.to_owned();
+                let request = carrier::Request {
+                    head,
+                    host,
+                    path,
+                    body,
+                    upgrade_key: Some(key),
+                };
+                return self.look_up_token(slot, c, request, id);
+            }
+        }
         let identity = match (
             head.header("cf-access-client-id"),
             head.header("cf-access-client-secret"),
             head.header("cf-access-token"),
         ) {
             (Some(id), Some(secret), _) => {
-                let mut name = self.tokens.verify(id, secret).map(str::to_owned);
-                if name.is_none() {
-                    // Tokens minted after start-up live in the state dir: look again once.
-                    if let Ok(t) = ServiceTokens::load(&self.settings.state) {
-                        self.tokens = t;
-                        name = self.tokens.verify(id, secret).map(str::to_owned);
-                    }
-                }
+                let name = match self.tokens.verify(id, secret) {
+                    Verified::Token(name) => Some(name),
+                    Verified::Refused | Verified::Unknown => None,
+                };
                 match name {
                     Some(name) => Identity {
                         service_token: Some(name),
@@ -1539,25 +1562,7 @@ impl Edge {
                 ),
             ))
         } else {
-            let zone = crate::pki::origin_zone(&t.cert).unwrap_or_default();
-            match self.hostnames.claim(hostname, &t.cert_fp, &zone) {
-                Ok(_) => None,
-                Err(e @ ClaimError::TooMany) => {
-                    Some((refusal::TOO_MANY_HOSTNAMES, format!("hostname {hostname}: {e}")))
-                }
-                Err(ClaimError::OwnedByOther { zone_of_owner }) => Some((
-                    refusal::OWNED,
-                    match self.hostnames.tunnel_of(hostname) {
-                        Some(id) => format!(
-                            "hostname {hostname} is already registered: it is routed to the named tunnel {id} (zone {zone_of_owner})"
-                        ),
-                        None => format!(
-                            "hostname {hostname} is already registered by another origin certificate (zone {zone_of_owner})"
-                        ),
-                    },
-                )),
-                Err(e) => Some((refusal::NOT_RECORDED, format!("edge could not record the registration: {e}"))),
-            }
+            None
         };
         if let Some((code, message)) = refusal {
             return self.refuse_register(t, audit, code, &message);
@@ -1565,21 +1570,12 @@ impl Edge {
         let registering = Registering {
             hostname: hostname.to_owned(),
             service: service.to_owned(),
-            write: 0,
+            ticket: None,
             audit,
         };
-        // REGISTERED only once the claim is on disk: a crash before that loses the claim, and
+        // REGISTERED only once the claim is stored: a crash before that loses the claim, and
         // the origin, never told it registered, registers again.
-        match self.hostnames.pending_write() {
-            None => self.registered(slot, t, registering),
-            Some(write) => {
-                t.registering = Some(Registering {
-                    write,
-                    ..registering
-                });
-                self.registering.push(slot);
-            }
-        }
+        self.claim_hostname(slot, t, registering);
     }
 
     fn refuse_register(
@@ -1607,8 +1603,8 @@ impl Edge {
             mut audit,
             ..
         } = r;
-        // While the claim was written, a route to a named tunnel (admin API) may have taken the
-        // hostname, or a failed write released it (another connection's claim of it).
+        // The view holds what the store answered last: a route to a named tunnel (admin API)
+        // may have taken the hostname since.
         if !self.hostnames.owned_by(&hostname, &t.cert_fp) {
             let (code, message) = match self.hostnames.tunnel_of(&hostname) {
                 Some(id) => (
@@ -1635,39 +1631,6 @@ impl Edge {
         self.routes.entry(hostname.clone()).or_default().push(slot);
         t.mux.send_registered(&hostname);
         t.hostname = Some(hostname);
-    }
-
-    /// The state writer finished a write: registrations whose claim is now on disk get
-    /// REGISTERED; those whose write failed are refused and their claim is released.
-    fn hostname_writes(&mut self) {
-        for slot in std::mem::take(&mut self.registering) {
-            // The connection may have closed, and its slot gone to another.
-            let waiting = matches!(
-                self.conns.get(slot),
-                Some(Some(Conn::Tunnel(t))) if t.registering.is_some()
-            );
-            if !waiting {
-                continue;
-            }
-            let Some(Conn::Tunnel(mut t)) = self.conns[slot].take() else {
-                unreachable!("bug: checked just above");
-            };
-            let r = t.registering.take().expect("bug: checked just above");
-            match self.hostnames.write_outcome(r.write) {
-                None => {
-                    t.registering = Some(r);
-                    self.registering.push(slot);
-                }
-                Some(Ok(())) => self.registered(slot, &mut t, r),
-                Some(Err(why)) => {
-                    self.hostnames.release(&r.hostname, &t.cert_fp);
-                    let message = format!("edge could not record the registration: {why}");
-                    self.refuse_register(&mut t, r.audit, refusal::NOT_RECORDED, &message);
-                }
-            }
-            self.conns[slot] = Some(Conn::Tunnel(t));
-            self.mark(slot);
-        }
     }
 
     /// REGISTER with no hostname: the connection serves the named tunnel its certificate

@@ -1,6 +1,28 @@
-//! The edge's state directory (DESIGN.md §4): service-token hashes and hostname ownership.
+//! The edge's state: what it persists, and what edges of a pool must agree on (DESIGN.md §4–§6).
 //!
-//! Contract:
+//! One trait, [`Store`], names every operation on that state: service-token hashes, hostname
+//! ownership (claims and routes), named tunnels, revocations and pending logins. Two backends
+//! are meant to implement it: the state directory ([`file::FileStore`], the default, one edge)
+//! and etcd (an edge pool; next). The edge never calls a store on its event loop: a
+//! [`worker::StoreWorker`] thread owns the store, takes [`Request`]s from a bounded queue and
+//! sends back [`Answer`]s, waking the loop through its `mio::Waker`. The edge keeps a read-only
+//! view of the records (loaded from [`Store::snapshot`] before its loop starts) for the checks
+//! it makes on every request, and updates it from the answers.
+//!
+//! Contract of every backend:
+//! - **Compare-and-swap where two writers could race.** A hostname has at most one owner:
+//!   [`Store::claim_hostname`] takes an [`Expect`] (the record absent, or at the revision the
+//!   caller saw) and fails with the current record when it does not hold. The check and the
+//!   change are one step in the backend (one thread for the state directory, one transaction
+//!   for etcd), never a read on the edge followed by a write.
+//! - **Revisions** ([`Versioned::revision`]) grow with every change. etcd's `mod_revision`
+//!   maps onto them directly; the state directory numbers changes in memory (they start again
+//!   at each start, which is fine: every edge that compares them got them from this store).
+//! - **Durable before answered.** An `Ok` means the change is stored (fsync-ed, or committed by
+//!   the etcd cluster); an error means it did not happen.
+//! - **No secrets.** Service tokens are stored as SHA-256 of their secret.
+//!
+//! The state directory, as [`file::FileStore`] keeps it:
 //! - One directory (default `~/.postern/edge`), created `0700`. Files in it have fixed names
 //!   chosen by the code, never by input; [`StateDir`] refuses a name containing `/` or starting
 //!   with `.` (temp files start with `.`, so they can never be addressed by name).
@@ -10,15 +32,15 @@
 //! - `service-tokens.json` keeps only SHA-256 of each secret; [`ServiceTokens::verify`] compares
 //!   digests in constant time. The secret itself is shown once, at creation, as a [`Secret`].
 //! - `hostnames.json` records which origin certificate (by fingerprint) first registered each
-//!   hostname; another certificate cannot take it over ([`Hostnames::claim`]), and one
-//!   certificate claims at most [`MAX_HOSTNAMES_PER_CERTIFICATE`].
-//! - The edge writes `hostnames.json` behind its event loop ([`Hostnames::write_behind`]): a
-//!   [`FileWriter`] thread writes the newest whole file, and the loop learns through a callback
-//!   (its `mio::Waker`) which change is on disk. A change is in memory at once, so nobody else
-//!   can claim the hostname meanwhile; the edge confirms a registration only once it is on disk.
+//!   hostname, or which named tunnel it is routed to; one certificate claims at most
+//!   [`crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE`]. `tunnels.json` holds the named tunnels,
+//!   `revocations.json` revoked certificates and service tokens.
 //!
-//! Writers in the same process are expected to go through one owner (the edge's state task);
-//! two `service-token create` processes racing may lose one record (the later rename wins).
+//! Writers in the same process go through one owner (the edge's store worker); two
+//! `service-token create` processes racing may lose one record (the later rename wins).
+
+pub mod file;
+pub mod worker;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,7 +49,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::SecureRandom;
@@ -35,16 +56,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
 
-/// File holding service-token records (hashes only), mode 0600.
-const SERVICE_TOKENS_FILE: &str = "service-tokens.json";
-/// File holding hostname ownership, mode 0600.
-const HOSTNAMES_FILE: &str = "hostnames.json";
+pub use file::{valid_tunnel_name, FileStore, ServiceTokens, MAX_TUNNEL_NAME};
+
 /// Mode of files that hold secrets or access-control state.
 const SECRET_MODE: u32 = 0o600;
-/// Longest service-token name.
-const MAX_TOKEN_NAME: usize = 64;
-/// Suffix of a service token's client id, as Cloudflare Access prints them.
-const CLIENT_ID_SUFFIX: &str = ".access";
 
 /// The edge's state directory. See the module doc for the contract.
 #[derive(Debug, Clone)]
@@ -150,147 +165,6 @@ fn json_file<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Writes one state file on a thread of its own, so that an event loop never waits for an
-/// fsync. Each [`FileWriter::submit`] hands over the whole file and gets a number; the thread
-/// writes the newest file it has (one submitted while another is written replaces any still
-/// waiting: writes coalesce), atomically, as [`StateDir::write_atomic`] does. At most two
-/// copies are held: the one being written and the next. Since every file is whole, number `n`
-/// is on disk once any file numbered `n` or later is.
-///
-/// Dropping the writer writes what is still waiting, then ends the thread.
-pub struct FileWriter {
-    shared: Arc<WriterShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-struct WriterShared {
-    state: Mutex<WriterState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct WriterState {
-    /// The newest file not yet being written, and its number.
-    next: Option<(u64, Vec<u8>)>,
-    /// Number of the latest submission.
-    submitted: u64,
-    /// Number of the newest file on disk.
-    durable: u64,
-    /// The newest failed write: its number and why.
-    failed: Option<(u64, String)>,
-    stop: bool,
-}
-
-impl WriterState {
-    fn outcome(&self, n: u64) -> Option<Result<(), String>> {
-        if self.durable >= n {
-            return Some(Ok(()));
-        }
-        match &self.failed {
-            Some((failed, why)) if *failed >= n => Some(Err(why.clone())),
-            _ => None,
-        }
-    }
-}
-
-impl FileWriter {
-    /// Starts the thread that writes `path` (mode 0600); `written` runs on that thread after
-    /// each write, successful or not (the edge wakes its loop with it).
-    pub fn start(path: PathBuf, written: impl Fn() + Send + 'static) -> io::Result<FileWriter> {
-        let shared = Arc::new(WriterShared {
-            state: Mutex::new(WriterState::default()),
-            changed: Condvar::new(),
-        });
-        let theirs = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("postern-state-writer".into())
-            .spawn(move || loop {
-                let (n, data) = {
-                    let mut st = lock(&theirs.state);
-                    while st.next.is_none() && !st.stop {
-                        st = theirs
-                            .changed
-                            .wait(st)
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    }
-                    match st.next.take() {
-                        Some(next) => next,
-                        None => return,
-                    }
-                };
-                let result = write_file_atomic(&path, &data, SECRET_MODE);
-                {
-                    let mut st = lock(&theirs.state);
-                    match result {
-                        Ok(()) => st.durable = st.durable.max(n),
-                        Err(e) => st.failed = Some((n, e.to_string())),
-                    }
-                }
-                theirs.changed.notify_all();
-                written();
-            })?;
-        Ok(FileWriter {
-            shared,
-            thread: Some(thread),
-        })
-    }
-
-    /// Hands over the whole new file; its number, for [`FileWriter::outcome`].
-    pub fn submit(&self, data: Vec<u8>) -> u64 {
-        let n = {
-            let mut st = lock(&self.shared.state);
-            st.submitted += 1;
-            let n = st.submitted;
-            st.next = Some((n, data));
-            n
-        };
-        self.shared.changed.notify_all();
-        n
-    }
-
-    /// Whether submission `n` is on disk (`Ok`), failed (`Err` with why), or not written yet.
-    pub fn outcome(&self, n: u64) -> Option<Result<(), String>> {
-        lock(&self.shared.state).outcome(n)
-    }
-
-    /// The latest submission, unless it is on disk already.
-    pub fn pending(&self) -> Option<u64> {
-        let st = lock(&self.shared.state);
-        (st.submitted > st.durable).then_some(st.submitted)
-    }
-
-    /// Blocks until submission `n` is on disk or failed.
-    pub fn wait(&self, n: u64) -> io::Result<()> {
-        let mut st = lock(&self.shared.state);
-        loop {
-            if let Some(outcome) = st.outcome(n) {
-                return outcome.map_err(io::Error::other);
-            }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-    }
-}
-
-impl Drop for FileWriter {
-    fn drop(&mut self) {
-        lock(&self.shared.state).stop = true;
-        self.shared.changed.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The writer's state stays consistent under any panic (plain assignments), so a poisoned
-/// lock is still usable.
-fn lock(m: &Mutex<WriterState>) -> MutexGuard<'_, WriterState> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// State file names are constants of this crate; this is the guard that keeps it so.
 fn check_name(name: &str) -> io::Result<()> {
     if name.is_empty() || name.contains('/') || name.contains('\0') || name.starts_with('.') {
@@ -394,445 +268,74 @@ impl From<String> for Secret {
     }
 }
 
-#[derive(Serialize, Deserialize, Clone)]
-struct TokenRecord {
-    name: String,
-    client_id: String,
+// ------------------------------------------------------------------------------ the model
+
+/// A service token as a store keeps it: its name, client id and the SHA-256 of its secret
+/// (never the secret). The field names are those of `service-tokens.json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ServiceTokenRecord {
+    pub name: String,
+    pub client_id: String,
     /// Lowercase hex SHA-256 of the secret.
-    secret_sha256: String,
+    pub secret_sha256: String,
     /// Unix seconds.
-    created: u64,
+    pub created: u64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct TokenFile {
-    tokens: Vec<TokenRecord>,
-}
-
-/// The service tokens of this edge (`service-tokens.json`): names, client ids, secret hashes.
-pub struct ServiceTokens {
-    tokens: Vec<TokenRecord>,
-}
-
-impl ServiceTokens {
-    /// Loads the token records; a missing file means no tokens.
-    pub fn load(state: &StateDir) -> io::Result<ServiceTokens> {
-        let mut file: TokenFile = state.load_json(SERVICE_TOKENS_FILE)?;
-        for t in &mut file.tokens {
-            t.secret_sha256.make_ascii_lowercase();
-        }
-        Ok(ServiceTokens {
-            tokens: file.tokens,
-        })
-    }
-
-    /// Creates and stores a token called `name`; returns its client id and its secret, which is
-    /// not stored anywhere and cannot be shown again.
-    pub fn create(state: &StateDir, name: &str) -> io::Result<(String, Secret)> {
-        if name.is_empty()
-            || name.len() > MAX_TOKEN_NAME
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "invalid service token name {name:?}: use 1 to {MAX_TOKEN_NAME} characters \
-                     among A-Z a-z 0-9 . _ -"
-                ),
-            ));
-        }
-        let mut tokens = ServiceTokens::load(state)?;
-        if tokens.tokens.iter().any(|t| t.name == name) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("a service token named {name:?} already exists; choose another name"),
-            ));
-        }
-        let client_id = format!("{}{CLIENT_ID_SUFFIX}", random_hex(16)?);
-        let secret = random_hex(32)?;
-        tokens.tokens.push(TokenRecord {
-            name: name.to_owned(),
-            client_id: client_id.clone(),
-            secret_sha256: sha256_hex(secret.as_bytes()),
-            created: unix_now(),
-        });
-        state.store_json(
-            SERVICE_TOKENS_FILE,
-            &TokenFile {
-                tokens: tokens.tokens,
-            },
-        )?;
-        Ok((client_id, Secret(secret)))
-    }
-
-    /// The name of the token whose client id is `client_id` and whose secret is `secret`.
-    pub fn verify(&self, client_id: &str, secret: &str) -> Option<&str> {
-        let presented = sha256_hex(secret.as_bytes());
-        let mut found = None;
-        // Every record is looked at, so timing does not tell how far the search got.
-        for t in &self.tokens {
-            let id_ok = t.client_id == client_id;
-            let secret_ok = ct_eq(presented.as_bytes(), t.secret_sha256.as_bytes());
-            if id_ok & secret_ok && found.is_none() {
-                found = Some(t.name.as_str());
-            }
-        }
-        found
-    }
-
-    /// Token names, in creation order.
-    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.tokens.iter().map(|t| t.name.as_str())
+impl ServiceTokenRecord {
+    /// Whether `secret` is this token's secret: its SHA-256 compared in constant time.
+    pub fn matches(&self, secret: &str) -> bool {
+        ct_eq(
+            sha256_hex(secret.as_bytes()).as_bytes(),
+            self.secret_sha256.as_bytes(),
+        )
     }
 }
 
-#[derive(Serialize, Deserialize, Clone)]
-struct HostnameRecord {
-    /// Lowercase hex SHA-256 of the owning origin certificate (ad-hoc `tunnel --hostname`);
-    /// empty when a named tunnel owns the hostname.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    cert_sha256: String,
-    /// The named tunnel the hostname is routed to (`tunnel route dns`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tunnel: Option<String>,
-    zone: String,
+/// Who a hostname belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostOwner {
+    /// The origin certificate (lowercase hex SHA-256) that registered it first
+    /// (`tunnel --hostname`).
+    Certificate(String),
+    /// The named tunnel (id) it is routed to (`tunnel route dns`).
+    Tunnel(String),
+}
+
+/// One hostname's record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostnameRecord {
+    pub owner: HostOwner,
+    /// The zone of the certificate or tunnel that holds it.
+    pub zone: String,
     /// Unix seconds.
-    first_registered: u64,
+    pub first_registered: u64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct HostnameFile {
-    hostnames: BTreeMap<String, HostnameRecord>,
+/// A record and the revision of its last change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    pub value: T,
+    /// Grows with every change in the store (etcd: the key's `mod_revision`).
+    pub revision: u64,
 }
 
-/// Which origin certificate owns which hostname (`hostnames.json`).
-pub struct Hostnames {
-    hostnames: BTreeMap<String, HostnameRecord>,
-    state: StateDir,
-    /// Set by [`Hostnames::write_behind`]; until then every change is written before it
-    /// returns.
-    writer: Option<FileWriter>,
+/// What a compare-and-swap expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No record (etcd: `create_revision == 0`).
+    Absent,
+    /// The record as of this revision (etcd: `mod_revision == r`).
+    Revision(u64),
 }
 
-/// A successful [`Hostnames::claim`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    /// The hostname was free; it now belongs to the certificate (persisted).
-    New,
-    /// The certificate already owned the hostname.
-    AlreadyOwned,
+/// A successful [`Store::claim_hostname`]: the record now stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    pub record: Versioned<HostnameRecord>,
+    /// False when the claimant held the hostname already (nothing was written).
+    pub new: bool,
 }
-
-/// Why [`Hostnames::claim`] failed.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum ClaimError {
-    /// Another origin certificate registered this hostname first.
-    OwnedByOther {
-        /// Zone of the certificate that owns it.
-        zone_of_owner: String,
-    },
-    /// The certificate owns [`MAX_HOSTNAMES_PER_CERTIFICATE`] hostnames already.
-    TooMany,
-    /// The new ownership could not be saved; nothing changed.
-    Io(io::Error),
-}
-
-impl fmt::Display for ClaimError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClaimError::OwnedByOther { zone_of_owner } => write!(
-                f,
-                "hostname is already registered by another origin certificate (zone \
-                 {zone_of_owner}); use that certificate, or have the edge operator release the \
-                 hostname"
-            ),
-            ClaimError::TooMany => write!(
-                f,
-                "the origin certificate already owns {MAX_HOSTNAMES_PER_CERTIFICATE} hostnames, \
-                 the most one certificate may claim; serve more with a named tunnel \
-                 (`postern tunnel create`, `postern tunnel route dns`)"
-            ),
-            ClaimError::Io(e) => write!(f, "cannot save hostname ownership: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ClaimError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClaimError::Io(e) => Some(e),
-            ClaimError::OwnedByOther { .. } | ClaimError::TooMany => None,
-        }
-    }
-}
-
-impl Hostnames {
-    /// Loads hostname ownership; a missing file means nothing is owned.
-    pub fn load(state: &StateDir) -> io::Result<Hostnames> {
-        let file: HostnameFile = state.load_json(HOSTNAMES_FILE)?;
-        let hostnames = file
-            .hostnames
-            .into_iter()
-            .map(|(mut host, mut rec)| {
-                host.make_ascii_lowercase();
-                rec.cert_sha256.make_ascii_lowercase();
-                (host, rec)
-            })
-            .collect();
-        Ok(Hostnames {
-            hostnames,
-            state: state.clone(),
-            writer: None,
-        })
-    }
-
-    /// From now on, writes `hostnames.json` on a [`FileWriter`] thread that calls `written`
-    /// after each write. [`Hostnames::claim`] then returns before its change is on disk (see
-    /// [`Hostnames::pending_write`]); the other changes still wait for theirs.
-    pub fn write_behind(&mut self, written: impl Fn() + Send + 'static) -> io::Result<()> {
-        let path = self.state.path().join(HOSTNAMES_FILE);
-        self.writer = Some(FileWriter::start(path, written)?);
-        Ok(())
-    }
-
-    /// With [`Hostnames::write_behind`]: the number of the newest change not yet on disk.
-    /// Every change so far is on disk once [`Hostnames::write_outcome`] of it is `Ok`.
-    pub fn pending_write(&self) -> Option<u64> {
-        self.writer.as_ref()?.pending()
-    }
-
-    /// Whether change `n` (from [`Hostnames::pending_write`]) is on disk, failed, or waits.
-    pub fn write_outcome(&self, n: u64) -> Option<Result<(), String>> {
-        match &self.writer {
-            Some(w) => w.outcome(n),
-            None => Some(Ok(())),
-        }
-    }
-
-    /// Records that the certificate with fingerprint `cert_sha256` (of `zone`) owns `hostname`,
-    /// unless another certificate owns it already or it owns [`MAX_HOSTNAMES_PER_CERTIFICATE`].
-    /// Persists before returning [`Claim::New`], or with [`Hostnames::write_behind`] hands the
-    /// file to the writer and returns (see [`Hostnames::pending_write`]).
-    pub fn claim(
-        &mut self,
-        hostname: &str,
-        cert_sha256: &str,
-        zone: &str,
-    ) -> Result<Claim, ClaimError> {
-        let host = hostname.to_ascii_lowercase();
-        let fingerprint = cert_sha256.to_ascii_lowercase();
-        if let Some(owner) = self.hostnames.get(&host) {
-            return if owner.tunnel.is_none() && owner.cert_sha256 == fingerprint {
-                Ok(Claim::AlreadyOwned)
-            } else {
-                Err(ClaimError::OwnedByOther {
-                    zone_of_owner: owner.zone.clone(),
-                })
-            };
-        }
-        let owned = self
-            .hostnames
-            .values()
-            .filter(|r| r.tunnel.is_none() && r.cert_sha256 == fingerprint)
-            .count();
-        if owned >= MAX_HOSTNAMES_PER_CERTIFICATE {
-            return Err(ClaimError::TooMany);
-        }
-        self.hostnames.insert(
-            host.clone(),
-            HostnameRecord {
-                cert_sha256: fingerprint,
-                tunnel: None,
-                zone: zone.to_owned(),
-                first_registered: unix_now(),
-            },
-        );
-        if let Err(e) = self.save_behind() {
-            self.hostnames.remove(&host);
-            return Err(ClaimError::Io(e));
-        }
-        Ok(Claim::New)
-    }
-
-    /// Undoes a [`Claim::New`] of `hostname` by `cert_sha256` whose write failed (the
-    /// registration it was for was refused). Anything else is left alone.
-    pub fn release(&mut self, hostname: &str, cert_sha256: &str) {
-        let fingerprint = cert_sha256.to_ascii_lowercase();
-        let host = hostname.to_ascii_lowercase();
-        let theirs = self
-            .hostnames
-            .get(&host)
-            .is_some_and(|r| r.tunnel.is_none() && r.cert_sha256 == fingerprint);
-        if theirs {
-            self.hostnames.remove(&host);
-            if let Err(e) = self.save_behind() {
-                log::warn!("{e}");
-            }
-        }
-    }
-
-    fn file(&self) -> io::Result<Vec<u8>> {
-        json_file(&HostnameFile {
-            hostnames: self.hostnames.clone(),
-        })
-    }
-
-    /// Writes the file, and returns once it is on disk (through the writer, if there is one,
-    /// so that writes keep their order).
-    fn save(&self) -> io::Result<()> {
-        match &self.writer {
-            Some(w) => w.wait(w.submit(self.file()?)),
-            None => self
-                .state
-                .write_atomic(HOSTNAMES_FILE, &self.file()?, SECRET_MODE),
-        }
-    }
-
-    /// Hands the file to the writer if there is one; else writes it as [`Hostnames::save`].
-    fn save_behind(&self) -> io::Result<()> {
-        match &self.writer {
-            Some(w) => {
-                w.submit(self.file()?);
-                Ok(())
-            }
-            None => self.save(),
-        }
-    }
-
-    /// Who owns `hostname` now.
-    pub fn owner(&self, hostname: &str) -> Option<Owner<'_>> {
-        let rec = self.hostnames.get(hostname)?;
-        Some(match &rec.tunnel {
-            Some(id) => Owner::Tunnel {
-                id,
-                zone: &rec.zone,
-            },
-            None => Owner::Certificate { zone: &rec.zone },
-        })
-    }
-
-    /// Whether the certificate with fingerprint `cert_sha256` owns `hostname` (not a route).
-    pub fn owned_by(&self, hostname: &str, cert_sha256: &str) -> bool {
-        self.hostnames
-            .get(hostname)
-            .is_some_and(|r| r.tunnel.is_none() && r.cert_sha256.eq_ignore_ascii_case(cert_sha256))
-    }
-
-    /// The named tunnel `hostname` is routed to, if any.
-    pub fn tunnel_of(&self, hostname: &str) -> Option<&str> {
-        self.hostnames.get(hostname)?.tunnel.as_deref()
-    }
-
-    /// How many hostnames of `zone` are routed to named tunnels.
-    pub fn routed_in_zone(&self, zone: &str) -> usize {
-        self.hostnames
-            .values()
-            .filter(|r| r.tunnel.is_some() && r.zone == zone)
-            .count()
-    }
-
-    /// Every hostname routed to the named tunnel `id`, sorted.
-    pub fn routes_of(&self, id: &str) -> Vec<String> {
-        self.hostnames
-            .iter()
-            .filter(|(_, r)| r.tunnel.as_deref() == Some(id))
-            .map(|(h, _)| h.clone())
-            .collect()
-    }
-
-    /// Routes `hostname` to the named tunnel `id` of `zone`, replacing any owner (the caller
-    /// decides whether that is allowed). Persists before returning; on error nothing changed.
-    pub fn route(&mut self, hostname: &str, id: &str, zone: &str) -> io::Result<()> {
-        let host = hostname.to_ascii_lowercase();
-        let old = self.hostnames.insert(
-            host.clone(),
-            HostnameRecord {
-                cert_sha256: String::new(),
-                tunnel: Some(id.to_owned()),
-                zone: zone.to_owned(),
-                first_registered: unix_now(),
-            },
-        );
-        if let Err(e) = self.save() {
-            match old {
-                Some(o) => self.hostnames.insert(host, o),
-                None => self.hostnames.remove(&host),
-            };
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Forgets every hostname routed to the named tunnel `id` (it is being deleted).
-    pub fn unroute_tunnel(&mut self, id: &str) -> io::Result<Vec<String>> {
-        self.unroute_unknown(|t| t != id)
-    }
-
-    /// Forgets every hostname recorded for another zone than `zone_of` gives it now (a zone
-    /// configured since, e.g. `team.site.com` beside `site.com`, takes its names back from
-    /// the parent zone's certificates and tunnels); returns them. Hostnames in no configured
-    /// zone are kept.
-    pub fn release_other_zones<'z>(
-        &mut self,
-        zone_of: impl Fn(&str) -> Option<&'z str>,
-    ) -> io::Result<Vec<String>> {
-        let misfiled = |host: &str, r: &HostnameRecord| zone_of(host).is_some_and(|z| z != r.zone);
-        let gone: Vec<String> = self
-            .hostnames
-            .iter()
-            .filter(|(h, r)| misfiled(h, r))
-            .map(|(h, _)| h.clone())
-            .collect();
-        if gone.is_empty() {
-            return Ok(gone);
-        }
-        let before = self.hostnames.clone();
-        self.hostnames.retain(|h, r| !misfiled(h, r));
-        if let Err(e) = self.save() {
-            self.hostnames = before;
-            return Err(e);
-        }
-        Ok(gone)
-    }
-
-    /// Forgets every hostname routed to a tunnel for which `keep` is false; returns them.
-    pub fn unroute_unknown(&mut self, keep: impl Fn(&str) -> bool) -> io::Result<Vec<String>> {
-        let gone: Vec<String> = self
-            .hostnames
-            .iter()
-            .filter(|(_, r)| r.tunnel.as_deref().is_some_and(|t| !keep(t)))
-            .map(|(h, _)| h.clone())
-            .collect();
-        if gone.is_empty() {
-            return Ok(gone);
-        }
-        let before = self.hostnames.clone();
-        self.hostnames
-            .retain(|_, r| r.tunnel.as_deref().is_none_or(&keep));
-        if let Err(e) = self.save() {
-            self.hostnames = before;
-            return Err(e);
-        }
-        Ok(gone)
-    }
-}
-
-/// Who owns a hostname (see [`Hostnames::owner`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Owner<'a> {
-    /// The origin certificate that registered it first, of `zone`.
-    Certificate { zone: &'a str },
-    /// The named tunnel it is routed to.
-    Tunnel { id: &'a str, zone: &'a str },
-}
-
-/// File holding the named tunnels, mode 0600.
-const TUNNELS_FILE: &str = "tunnels.json";
-/// Longest tunnel name.
-pub const MAX_TUNNEL_NAME: usize = 64;
 
 /// A named tunnel (`tunnel create`), as the edge keeps it in `tunnels.json`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -847,91 +350,419 @@ pub struct TunnelRecord {
     pub created: u64,
 }
 
-#[derive(Serialize, Deserialize, Default)]
-struct TunnelFile {
-    tunnels: BTreeMap<String, TunnelRecord>,
+/// A revoked origin certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevokedCertificate {
+    /// The certificate's serial number, lowercase hex, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Unix seconds.
+    pub revoked: u64,
+    #[serde(default)]
+    pub reason: String,
 }
 
-/// The named tunnels, by id (`tunnels.json`).
-pub struct Tunnels {
-    tunnels: BTreeMap<String, TunnelRecord>,
+/// A revoked service token.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// Unix seconds.
+    pub revoked: u64,
+    #[serde(default)]
+    pub reason: String,
 }
 
-impl Tunnels {
-    /// Loads the named tunnels; a missing file means none.
-    pub fn load(state: &StateDir) -> io::Result<Tunnels> {
-        let file: TunnelFile = state.load_json(TUNNELS_FILE)?;
-        Ok(Tunnels {
-            tunnels: file.tunnels,
-        })
-    }
+/// What is revoked (`revocations.json`). Revoking is for good: nothing is ever removed.
+/// The commands that add to it come later; the edge already refuses a revoked service token.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// By certificate fingerprint (lowercase hex SHA-256).
+    #[serde(default)]
+    pub certificates: BTreeMap<String, RevokedCertificate>,
+    /// By client id.
+    #[serde(default)]
+    pub service_tokens: BTreeMap<String, RevokedToken>,
+}
 
-    fn save(&self, state: &StateDir) -> io::Result<()> {
-        state.store_json(
-            TUNNELS_FILE,
-            &TunnelFile {
-                tunnels: self.tunnels.clone(),
+/// One revocation to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revocation {
+    Certificate {
+        sha256: String,
+        serial: Option<String>,
+        reason: String,
+    },
+    ServiceToken {
+        client_id: String,
+        reason: String,
+    },
+}
+
+/// A pending CLI login as a store shares it between the edges of a pool: opaque to the store,
+/// kept until it is taken or its time to live ends (etcd: a key under a lease). The edge keeps
+/// its login table in memory today; this is the shape it will move into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingLoginRecord(pub Vec<u8>);
+
+/// A change someone else made (another process, another edge), as [`Store::changes`]
+/// reports it; the edge applies it to its view as it applies answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// The service token with this client id is now `record` (`None`: it is gone).
+    ServiceToken {
+        client_id: String,
+        record: Option<ServiceTokenRecord>,
+    },
+}
+
+/// Everything the edge's view starts from.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub service_tokens: Vec<ServiceTokenRecord>,
+    pub hostnames: BTreeMap<String, Versioned<HostnameRecord>>,
+    pub tunnels: BTreeMap<String, TunnelRecord>,
+    pub revocations: Revocations,
+}
+
+/// Why a store operation did not happen. Every variant means nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not read or write (a disk error, an unreachable cluster); why.
+    Unavailable(String),
+    /// The hostname belongs to someone else; its current record.
+    Owned(Versioned<HostnameRecord>),
+    /// The record is not as the caller expected (it changed since it was read); the current
+    /// one, if any.
+    Changed(Option<Versioned<HostnameRecord>>),
+    /// The certificate holds [`MAX_HOSTNAMES_PER_CERTIFICATE`] hostnames already.
+    TooMany,
+    /// A record with this name or id exists already.
+    Exists(String),
+    /// The input is not acceptable (a name); why.
+    Invalid(String),
+    /// The store holds as many records of this kind as it may ([`crate::limits`]).
+    Full,
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "the edge's state store failed: {why}"),
+            StoreError::Owned(current) => match &current.value.owner {
+                HostOwner::Certificate(_) => write!(
+                    f,
+                    "hostname is already registered by another origin certificate (zone {}); \
+                     use that certificate, or have the edge operator release the hostname",
+                    current.value.zone
+                ),
+                HostOwner::Tunnel(id) => write!(
+                    f,
+                    "hostname is already routed to the named tunnel {id} (zone {})",
+                    current.value.zone
+                ),
             },
-        )
-    }
-
-    pub fn get(&self, id: &str) -> Option<&TunnelRecord> {
-        self.tunnels.get(id)
-    }
-
-    /// The tunnel of `zone` called `name_or_id` (a name, or an id).
-    pub fn find(&self, zone: &str, name_or_id: &str) -> Option<(&str, &TunnelRecord)> {
-        self.tunnels
-            .iter()
-            .filter(|(_, r)| r.zone == zone)
-            .find(|(id, r)| *id == name_or_id || r.name == name_or_id)
-            .map(|(id, r)| (id.as_str(), r))
-    }
-
-    /// Every tunnel of `zone`, by id.
-    pub fn of_zone<'a>(
-        &'a self,
-        zone: &'a str,
-    ) -> impl Iterator<Item = (&'a str, &'a TunnelRecord)> + 'a {
-        self.tunnels
-            .iter()
-            .filter(move |(_, r)| r.zone == zone)
-            .map(|(id, r)| (id.as_str(), r))
-    }
-
-    /// Records a new tunnel; persists before returning; on error nothing changed.
-    pub fn insert(&mut self, state: &StateDir, id: &str, rec: TunnelRecord) -> io::Result<()> {
-        self.tunnels.insert(id.to_owned(), rec);
-        if let Err(e) = self.save(state) {
-            self.tunnels.remove(id);
-            return Err(e);
+            StoreError::Changed(_) => {
+                write!(f, "the record changed meanwhile; look again and retry")
+            }
+            StoreError::TooMany => write!(
+                f,
+                "the origin certificate already owns {MAX_HOSTNAMES_PER_CERTIFICATE} hostnames, \
+                 the most one certificate may claim; serve more with a named tunnel \
+                 (`postern tunnel create`, `postern tunnel route dns`)"
+            ),
+            StoreError::Exists(what) => write!(f, "{what} already exists"),
+            StoreError::Invalid(why) => f.write_str(why),
+            StoreError::Full => write!(f, "the edge's state store is full; try again later"),
         }
-        Ok(())
-    }
-
-    /// Forgets a tunnel: its certificate is refused from now on.
-    pub fn remove(&mut self, state: &StateDir, id: &str) -> io::Result<()> {
-        let Some(rec) = self.tunnels.remove(id) else {
-            return Ok(());
-        };
-        if let Err(e) = self.save(state) {
-            self.tunnels.insert(id.to_owned(), rec);
-            return Err(e);
-        }
-        Ok(())
     }
 }
 
-/// Whether `name` may name a tunnel: 1–64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
-pub fn valid_tunnel_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TUNNEL_NAME
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+impl std::error::Error for StoreError {}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> StoreError {
+        StoreError::Unavailable(e.to_string())
+    }
 }
 
+/// The edge's state, whatever keeps it. Calls block (disk, network): only a
+/// [`worker::StoreWorker`] thread, or code that runs before an event loop starts, calls them.
+///
+/// How the etcd backend (DESIGN.md §5: the v3 JSON gateway through ureq) maps onto it; keys
+/// live under one prefix, values are the JSON of the records:
+///
+/// | operation | etcd |
+/// |---|---|
+/// | [`Store::snapshot`] | `range` over the prefix; the edge then follows `watch` from that revision |
+/// | [`Store::service_token`] | `range tokens/<client id>` |
+/// | [`Store::create_service_token`] | `txn`: `tokens/<id>` and `token-names/<name>` both absent → put both |
+/// | [`Store::claim_hostname`] | `txn`: compare `hostnames/<h>` (`create_revision == 0`, or `mod_revision == r`) and the certificate's counter key → put both; else the current record |
+/// | [`Store::release_hostname`] | `txn`: compare `mod_revision` → delete |
+/// | [`Store::unroute_tunnel`] | `range hostnames/`, then one `txn` deleting each route at its `mod_revision` (retried on a conflict) |
+/// | [`Store::create_tunnel`] / [`Store::delete_tunnel`] | `txn` on `tunnels/<id>` and `tunnel-names/<zone>/<name>` |
+/// | [`Store::revoke`] | `put revoked/cert/<fp>` or `revoked/token/<id>` |
+/// | [`Store::put_login`] / [`Store::take_login`] | `lease/grant` (TTL) + `txn` put-if-absent with the lease; `txn` delete with `prev_kv` |
+///
+/// Changes made by other edges reach this edge's view through `watch` ([`Store::changes`]),
+/// applied the same way as answers to its own requests.
+pub trait Store: Send {
+    /// Every record, for the edge's view.
+    fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
+
+    /// The service token with this client id, looked up in the store itself (a token created
+    /// since the snapshot, e.g. by `postern edge service-token create`).
+    fn service_token(&mut self, client_id: &str) -> Result<Option<ServiceTokenRecord>, StoreError>;
+
+    /// Every service token, in creation order.
+    fn service_tokens(&mut self) -> Result<Vec<ServiceTokenRecord>, StoreError>;
+
+    /// Creates a service token called `name` (unique); returns its record and its secret, which
+    /// is stored nowhere and cannot be shown again.
+    fn create_service_token(
+        &mut self,
+        name: &str,
+    ) -> Result<(ServiceTokenRecord, Secret), StoreError>;
+
+    /// Gives `hostname` to `record.owner` if the current record is as `expect` says. A
+    /// certificate (or tunnel) that holds the hostname already gets it back unchanged,
+    /// whatever `expect`. A certificate is refused beyond
+    /// [`MAX_HOSTNAMES_PER_CERTIFICATE`] hostnames; routes to named tunnels are not counted.
+    fn claim_hostname(
+        &mut self,
+        hostname: &str,
+        record: HostnameRecord,
+        expect: Expect,
+    ) -> Result<Claimed, StoreError>;
+
+    /// Forgets `hostname` if its record is at the revision `expect` names (absent: nothing to
+    /// do).
+    fn release_hostname(&mut self, hostname: &str, expect: Expect) -> Result<(), StoreError>;
+
+    /// Forgets every hostname routed to the named tunnel `id`; returns them, sorted.
+    fn unroute_tunnel(&mut self, id: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Records a new named tunnel; its id, and its name within its zone, must be new.
+    fn create_tunnel(&mut self, id: &str, record: TunnelRecord) -> Result<(), StoreError>;
+
+    /// Forgets a named tunnel: its certificate is refused from then on. Its routes are
+    /// released first with [`Store::unroute_tunnel`] (a crash in between leaves a tunnel
+    /// without routes, never routes to a tunnel that is gone).
+    fn delete_tunnel(&mut self, id: &str) -> Result<(), StoreError>;
+
+    /// Routes to tunnels that no longer exist (a delete cut short): released, and returned.
+    fn release_orphaned_routes(&mut self) -> Result<Vec<String>, StoreError>;
+
+    /// Hostnames recorded for another zone than `zone_of` gives them now (a zone configured
+    /// since, e.g. `team.site.com` beside `site.com`, takes its names back from the parent
+    /// zone's certificates and tunnels): released, and returned. Hostnames in no configured
+    /// zone are kept.
+    fn release_misfiled(
+        &mut self,
+        zone_of: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Records a revocation (for good).
+    fn revoke(&mut self, revocation: Revocation) -> Result<(), StoreError>;
+
+    /// Keeps a pending login under `key` (new keys only) for `ttl_secs`.
+    fn put_login(
+        &mut self,
+        key: &str,
+        login: PendingLoginRecord,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the pending login `key` (it is gone afterwards), if it has not expired.
+    fn take_login(&mut self, key: &str) -> Result<Option<PendingLoginRecord>, StoreError>;
+
+    /// Changes made by others that the store noticed since the last call (the state
+    /// directory: `service-tokens.json` edited by the CLI or an operator, seen when it reads
+    /// the file again; etcd: the watch stream). The worker calls it after each batch.
+    fn changes(&mut self) -> Vec<Change> {
+        Vec::new()
+    }
+
+    /// Runs one request.
+    fn execute_one(&mut self, request: Request) -> Answer {
+        match request {
+            Request::ServiceToken { client_id } => Answer::ServiceToken {
+                result: self.service_token(&client_id),
+                client_id,
+            },
+            Request::ClaimHostname {
+                hostname,
+                record,
+                expect,
+            } => Answer::Hostname {
+                result: self.claim_hostname(&hostname, record, expect),
+                hostname,
+            },
+            Request::ReleaseHostname { hostname, expect } => Answer::Released {
+                result: self.release_hostname(&hostname, expect),
+                hostname,
+            },
+            Request::UnrouteTunnel { id } => Answer::Unrouted {
+                result: self.unroute_tunnel(&id),
+                id,
+            },
+            Request::CreateTunnel { id, record } => Answer::TunnelCreated {
+                result: self.create_tunnel(&id, record.clone()).map(|()| record),
+                id,
+            },
+            Request::DeleteTunnel { id } => Answer::TunnelDeleted {
+                result: self.delete_tunnel(&id),
+                id,
+            },
+            Request::Revoke(r) => Answer::Revoked {
+                result: self.revoke(r.clone()).map(|()| r),
+            },
+            Request::PutLogin {
+                key,
+                login,
+                ttl_secs,
+            } => Answer::LoginPut {
+                result: self.put_login(&key, login, ttl_secs),
+                key,
+            },
+            Request::TakeLogin { key } => Answer::LoginTaken {
+                result: self.take_login(&key),
+                key,
+            },
+        }
+    }
+
+    /// Runs requests in order and answers each, in order. A backend may make the batch's
+    /// changes durable together (the state directory writes each file once per batch); each
+    /// answer still says whether its own change is stored.
+    fn execute(&mut self, batch: Vec<Request>) -> Vec<Answer> {
+        batch.into_iter().map(|r| self.execute_one(r)).collect()
+    }
+}
+
+/// A [`Store`] operation, as the edge's loop hands it to the [`worker::StoreWorker`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    ServiceToken {
+        client_id: String,
+    },
+    ClaimHostname {
+        hostname: String,
+        record: HostnameRecord,
+        expect: Expect,
+    },
+    ReleaseHostname {
+        hostname: String,
+        expect: Expect,
+    },
+    UnrouteTunnel {
+        id: String,
+    },
+    CreateTunnel {
+        id: String,
+        record: TunnelRecord,
+    },
+    DeleteTunnel {
+        id: String,
+    },
+    Revoke(Revocation),
+    PutLogin {
+        key: String,
+        login: PendingLoginRecord,
+        ttl_secs: u64,
+    },
+    TakeLogin {
+        key: String,
+    },
+}
+
+/// The outcome of one [`Request`]. Each names what it is about, so that the edge can update
+/// its view from it whether or not whoever asked is still there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    ServiceToken {
+        client_id: String,
+        result: Result<Option<ServiceTokenRecord>, StoreError>,
+    },
+    Hostname {
+        hostname: String,
+        result: Result<Claimed, StoreError>,
+    },
+    Released {
+        hostname: String,
+        result: Result<(), StoreError>,
+    },
+    Unrouted {
+        id: String,
+        result: Result<Vec<String>, StoreError>,
+    },
+    TunnelCreated {
+        id: String,
+        result: Result<TunnelRecord, StoreError>,
+    },
+    TunnelDeleted {
+        id: String,
+        result: Result<(), StoreError>,
+    },
+    Revoked {
+        result: Result<Revocation, StoreError>,
+    },
+    LoginPut {
+        key: String,
+        result: Result<(), StoreError>,
+    },
+    LoginTaken {
+        key: String,
+        result: Result<Option<PendingLoginRecord>, StoreError>,
+    },
+}
+
+impl Answer {
+    /// Whether the operation succeeded.
+    pub fn is_ok(&self) -> bool {
+        match self {
+            Answer::ServiceToken { result, .. } => result.is_ok(),
+            Answer::Hostname { result, .. } => result.is_ok(),
+            Answer::Released { result, .. }
+            | Answer::TunnelDeleted { result, .. }
+            | Answer::LoginPut { result, .. } => result.is_ok(),
+            Answer::Unrouted { result, .. } => result.is_ok(),
+            Answer::TunnelCreated { result, .. } => result.is_ok(),
+            Answer::Revoked { result } => result.is_ok(),
+            Answer::LoginTaken { result, .. } => result.is_ok(),
+        }
+    }
+
+    /// The same answer, failed with `e` (a group write that did not reach the disk).
+    pub fn failed(self, e: StoreError) -> Answer {
+        match self {
+            Answer::ServiceToken { client_id, .. } => Answer::ServiceToken {
+                client_id,
+                result: Err(e),
+            },
+            Answer::Hostname { hostname, .. } => Answer::Hostname {
+                hostname,
+                result: Err(e),
+            },
+            Answer::Released { hostname, .. } => Answer::Released {
+                hostname,
+                result: Err(e),
+            },
+            Answer::Unrouted { id, .. } => Answer::Unrouted { id, result: Err(e) },
+            Answer::TunnelCreated { id, .. } => Answer::TunnelCreated { id, result: Err(e) },
+            Answer::TunnelDeleted { id, .. } => Answer::TunnelDeleted { id, result: Err(e) },
+            Answer::Revoked { .. } => Answer::Revoked { result: Err(e) },
+            Answer::LoginPut { key, .. } => Answer::LoginPut {
+                key,
+                result: Err(e),
+            },
+            Answer::LoginTaken { key, .. } => Answer::LoginTaken {
+                key,
+                result: Err(e),
+            },
+        }
+    }
+}
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -1000,370 +831,6 @@ pub(crate) mod tests {
     fn default_path_ends_in_postern_edge() {
         if std::env::var_os("HOME").is_some_and(|h| Path::new(&h).is_absolute()) {
             assert!(StateDir::default_path().unwrap().ends_with(".postern/edge"));
-        }
-    }
-
-    #[test]
-    fn service_token_create_and_verify() {
-        let tmp = TempDir::new("state-tokens");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let (id, secret) = ServiceTokens::create(&state, "ci-bot").unwrap();
-        let (id2, _secret2) = ServiceTokens::create(&state, "backup.job_2").unwrap();
-        assert_ne!(id, id2);
-
-        let hex_part = id.strip_suffix(".access").unwrap();
-        assert_eq!(hex_part.len(), 32);
-        assert!(hex_part
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
-        assert_eq!(secret.expose().len(), 64);
-
-        let path = tmp.0.join("service-tokens.json");
-        assert_eq!(mode_of(&path), 0o600);
-        let text = fs::read_to_string(&path).unwrap();
-        assert!(!text.contains(secret.expose()), "secret stored in clear");
-
-        let tokens = ServiceTokens::load(&state).unwrap();
-        assert_eq!(tokens.verify(&id, secret.expose()), Some("ci-bot"));
-        assert_eq!(tokens.verify(&id, "0".repeat(64).as_str()), None);
-        assert_eq!(tokens.verify(&id, ""), None);
-        assert_eq!(tokens.verify(&id2, secret.expose()), None);
-        assert_eq!(tokens.verify("nope.access", secret.expose()), None);
-        assert_eq!(
-            tokens.names().collect::<Vec<_>>(),
-            ["ci-bot", "backup.job_2"]
-        );
-    }
-
-    #[test]
-    fn service_token_names_validated_and_unique() {
-        let tmp = TempDir::new("state-token-names");
-        let state = StateDir::open(&tmp.0).unwrap();
-        ServiceTokens::create(&state, "dup").unwrap();
-        let err = ServiceTokens::create(&state, "dup").err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
-        assert!(err.to_string().contains("already exists"), "{err}");
-        for bad in ["", "a b", "x/y", "é", &"n".repeat(65)] {
-            assert!(ServiceTokens::create(&state, bad).is_err(), "{bad:?}");
-        }
-        ServiceTokens::create(&state, &"n".repeat(64)).unwrap();
-        assert_eq!(ServiceTokens::load(&state).unwrap().names().count(), 2);
-    }
-
-    #[test]
-    fn missing_files_are_empty() {
-        let tmp = TempDir::new("state-empty");
-        let state = StateDir::open(&tmp.0).unwrap();
-        assert_eq!(ServiceTokens::load(&state).unwrap().names().count(), 0);
-        assert!(Hostnames::load(&state).unwrap().hostnames.is_empty());
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_naming_it() {
-        let tmp = TempDir::new("state-corrupt");
-        let state = StateDir::open(&tmp.0).unwrap();
-        state.write_atomic("hostnames.json", b"{", 0o600).unwrap();
-        let err = Hostnames::load(&state).err().unwrap();
-        assert!(err.to_string().contains("hostnames.json"), "{err}");
-    }
-
-    #[test]
-    fn hostname_claims() {
-        let tmp = TempDir::new("state-hosts");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let owner = "ab".repeat(32);
-        let other = "cd".repeat(32);
-        let mut hosts = Hostnames::load(&state).unwrap();
-        assert_eq!(
-            hosts
-                .claim("SSH.example.com", &owner, "example.com")
-                .unwrap(),
-            Claim::New
-        );
-        assert_eq!(mode_of(&tmp.0.join("hostnames.json")), 0o600);
-        assert_eq!(
-            hosts
-                .claim("ssh.example.com", &owner.to_uppercase(), "example.com")
-                .unwrap(),
-            Claim::AlreadyOwned
-        );
-        match hosts.claim("ssh.EXAMPLE.com", &other, "evil.test") {
-            Err(ClaimError::OwnedByOther { zone_of_owner }) => {
-                assert_eq!(zone_of_owner, "example.com")
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-
-        let mut reloaded = Hostnames::load(&state).unwrap();
-        assert_eq!(
-            reloaded
-                .claim("ssh.example.com", &owner, "example.com")
-                .unwrap(),
-            Claim::AlreadyOwned
-        );
-        assert!(matches!(
-            reloaded.claim("ssh.example.com", &other, "evil.test"),
-            Err(ClaimError::OwnedByOther { .. })
-        ));
-        assert_eq!(
-            reloaded
-                .claim("git.example.com", &other, "example.com")
-                .unwrap(),
-            Claim::New
-        );
-    }
-
-    #[test]
-    fn names_held_by_a_parent_zone_are_released_when_their_zone_is_configured() {
-        let tmp = TempDir::new("state-zones");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
-        let mut hosts = Hostnames::load(&state).unwrap();
-        let fp = "ab".repeat(32);
-        hosts.claim("a.site.com", &fp, "site.com").unwrap();
-        hosts.claim("b.team.site.com", &fp, "site.com").unwrap();
-        hosts.route("c.team.site.com", id, "site.com").unwrap();
-        hosts.route("d.team.site.com", id, "team.site.com").unwrap();
-        hosts.claim("e.gone.com", &fp, "gone.com").unwrap();
-        let zones = ["site.com".to_owned(), "team.site.com".to_owned()];
-        let gone = hosts
-            .release_other_zones(|h| crate::edge::config::zone_of(&zones, h))
-            .unwrap();
-        assert_eq!(gone, ["b.team.site.com", "c.team.site.com"]);
-        let hosts = Hostnames::load(&state).unwrap();
-        assert!(hosts.owner("b.team.site.com").is_none());
-        assert!(hosts.owner("c.team.site.com").is_none());
-        assert!(hosts.owner("a.site.com").is_some());
-        assert_eq!(hosts.tunnel_of("d.team.site.com"), Some(id));
-        // A name in no configured zone is kept (its zone may come back).
-        assert!(hosts.owner("e.gone.com").is_some());
-    }
-
-    #[test]
-    fn one_certificate_claims_at_most_the_cap_and_keeps_what_it_owns() {
-        let tmp = TempDir::new("state-hosts-cap");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let owner = "ab".repeat(32);
-        let mut hosts = Hostnames::load(&state).unwrap();
-        for i in 0..MAX_HOSTNAMES_PER_CERTIFICATE {
-            let host = format!("h{i}.example.com");
-            assert_eq!(
-                hosts.claim(&host, &owner, "example.com").unwrap(),
-                Claim::New
-            );
-        }
-        assert!(matches!(
-            hosts.claim("one-more.example.com", &owner, "example.com"),
-            Err(ClaimError::TooMany)
-        ));
-        let refused = ClaimError::TooMany.to_string();
-        assert!(refused.contains(&MAX_HOSTNAMES_PER_CERTIFICATE.to_string()));
-        assert!(refused.contains("named tunnel"), "{refused}");
-        // What it owns stays its own, and another certificate is not limited by it.
-        assert_eq!(
-            hosts
-                .claim("h0.example.com", &owner, "example.com")
-                .unwrap(),
-            Claim::AlreadyOwned
-        );
-        assert_eq!(
-            hosts
-                .claim("one-more.example.com", &"cd".repeat(32), "example.com")
-                .unwrap(),
-            Claim::New
-        );
-        // Routes to named tunnels do not count against a certificate.
-        let mut reloaded = Hostnames::load(&state).unwrap();
-        reloaded
-            .route("h1.example.com", "t1", "example.com")
-            .unwrap();
-        assert_eq!(
-            reloaded
-                .claim("again.example.com", &owner, "example.com")
-                .unwrap(),
-            Claim::New
-        );
-    }
-
-    /// A `write_behind` hostname table whose writer reports each write on the channel.
-    fn behind(state: &StateDir) -> (Hostnames, std::sync::mpsc::Receiver<()>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut hosts = Hostnames::load(state).unwrap();
-        hosts
-            .write_behind(move || {
-                let _ = tx.send(());
-            })
-            .unwrap();
-        (hosts, rx)
-    }
-
-    /// Waits (with a deadline) until change `n` has an outcome.
-    fn outcome(
-        hosts: &Hostnames,
-        rx: &std::sync::mpsc::Receiver<()>,
-        n: u64,
-    ) -> Result<(), String> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            if let Some(done) = hosts.write_outcome(n) {
-                return done;
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            rx.recv_timeout(left)
-                .expect("the writer reports each write within 10 s");
-        }
-    }
-
-    #[test]
-    fn written_behind_claims_hold_at_once_and_reach_the_disk() {
-        let tmp = TempDir::new("state-hosts-behind");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let (owner, other) = ("ab".repeat(32), "cd".repeat(32));
-        let (mut hosts, rx) = behind(&state);
-        assert_eq!(hosts.pending_write(), None);
-        assert_eq!(
-            hosts
-                .claim("ssh.example.com", &owner, "example.com")
-                .unwrap(),
-            Claim::New
-        );
-        // Taken in memory before the write: nobody else gets it meanwhile.
-        assert!(matches!(
-            hosts.claim("ssh.example.com", &other, "example.com"),
-            Err(ClaimError::OwnedByOther { .. })
-        ));
-        let n = hosts.pending_write().unwrap_or(1);
-        assert_eq!(outcome(&hosts, &rx, n), Ok(()));
-        assert_eq!(hosts.pending_write(), None);
-        assert_eq!(mode_of(&tmp.0.join("hostnames.json")), 0o600);
-        let on_disk = Hostnames::load(&state).unwrap();
-        assert!(matches!(
-            on_disk.owner("ssh.example.com"),
-            Some(Owner::Certificate { .. })
-        ));
-        // A route (written through the same writer, and waited for) keeps the order: the file
-        // holds both changes, whatever the writer coalesced.
-        for i in 0..20 {
-            hosts
-                .claim(&format!("h{i}.example.com"), &owner, "example.com")
-                .unwrap();
-        }
-        hosts.route("git.example.com", "t1", "example.com").unwrap();
-        assert_eq!(hosts.pending_write(), None, "route returns once on disk");
-        let on_disk = Hostnames::load(&state).unwrap();
-        assert_eq!(on_disk.routes_of("t1"), ["git.example.com"]);
-        assert!(on_disk.owner("h19.example.com").is_some());
-        // Dropping the table writes what is still waiting.
-        hosts
-            .claim("last.example.com", &owner, "example.com")
-            .unwrap();
-        drop(hosts);
-        assert!(Hostnames::load(&state)
-            .unwrap()
-            .owner("last.example.com")
-            .is_some());
-    }
-
-    #[test]
-    fn failed_write_behind_is_reported_and_the_claim_can_be_released() {
-        let tmp = TempDir::new("state-hosts-fail");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let owner = "ab".repeat(32);
-        let (mut hosts, rx) = behind(&state);
-        // A non-empty directory where the file goes: the rename fails, even for root.
-        fs::create_dir_all(tmp.0.join("hostnames.json").join("x")).unwrap();
-        hosts
-            .claim("ssh.example.com", &owner, "example.com")
-            .unwrap();
-        let n = hosts
-            .pending_write()
-            .expect("the claim waits for its write");
-        let failed = outcome(&hosts, &rx, n).unwrap_err();
-        assert!(failed.contains("hostnames.json"), "{failed}");
-        hosts.release("ssh.example.com", &owner);
-        assert!(hosts.owner("ssh.example.com").is_none());
-        assert_eq!(
-            hosts
-                .claim("ssh.example.com", &"cd".repeat(32), "example.com")
-                .unwrap(),
-            Claim::New,
-            "a released hostname is free again"
-        );
-        // Releasing what another certificate owns does nothing.
-        hosts.release("ssh.example.com", &owner);
-        assert!(hosts.owner("ssh.example.com").is_some());
-        // A change that waits for its write reports the failure.
-        assert!(hosts.route("git.example.com", "t1", "example.com").is_err());
-        assert!(hosts.tunnel_of("git.example.com").is_none());
-    }
-
-    #[test]
-    fn named_tunnels_and_routes_persist() {
-        let tmp = TempDir::new("state-tunnels");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let id = "0f0e0d0c-0b0a-4908-8706-050403020100";
-        let mut tunnels = Tunnels::load(&state).unwrap();
-        let rec = TunnelRecord {
-            name: "web".into(),
-            zone: "example.com".into(),
-            cert_sha256: "ab".repeat(32),
-            created: 1,
-        };
-        tunnels.insert(&state, id, rec.clone()).unwrap();
-        assert_eq!(mode_of(&tmp.0.join("tunnels.json")), 0o600);
-        let reloaded = Tunnels::load(&state).unwrap();
-        assert_eq!(reloaded.get(id), Some(&rec));
-        assert_eq!(reloaded.find("example.com", "web").map(|t| t.0), Some(id));
-        assert_eq!(reloaded.find("example.com", id).map(|t| t.0), Some(id));
-        assert!(
-            reloaded.find("other.com", "web").is_none(),
-            "zones are apart"
-        );
-        assert_eq!(reloaded.of_zone("example.com").count(), 1);
-
-        let mut hosts = Hostnames::load(&state).unwrap();
-        hosts
-            .claim("old.example.com", &"cd".repeat(32), "example.com")
-            .unwrap();
-        hosts.route("SSH.example.com", id, "example.com").unwrap();
-        hosts.route("old.example.com", id, "example.com").unwrap();
-        let mut hosts = Hostnames::load(&state).unwrap();
-        assert_eq!(hosts.tunnel_of("ssh.example.com"), Some(id));
-        assert_eq!(
-            hosts.owner("old.example.com"),
-            Some(Owner::Tunnel {
-                id,
-                zone: "example.com"
-            })
-        );
-        // The certificate that had it cannot take it back the ad-hoc way.
-        assert!(hosts
-            .claim("old.example.com", &"cd".repeat(32), "example.com")
-            .is_err());
-        assert_eq!(
-            hosts.routes_of(id),
-            vec!["old.example.com".to_owned(), "ssh.example.com".to_owned()]
-        );
-        // A route to a tunnel that is gone is released at load (a delete cut short).
-        hosts
-            .route("dead.example.com", "gone", "example.com")
-            .unwrap();
-        assert_eq!(hosts.routed_in_zone("example.com"), 3);
-        assert_eq!(
-            hosts.unroute_unknown(|t| t == id).unwrap(),
-            vec!["dead.example.com".to_owned()]
-        );
-        assert_eq!(hosts.unroute_tunnel(id).unwrap().len(), 2);
-        assert_eq!(
-            Hostnames::load(&state).unwrap().owner("ssh.example.com"),
-            None
-        );
-
-        tunnels.remove(&state, id).unwrap();
-        assert!(Tunnels::load(&state).unwrap().get(id).is_none());
-        assert!(valid_tunnel_name("web-1.prod_a"));
-        for bad in ["", "-x", ".x", "a b", "x/y", &"a".repeat(65)] {
-            assert!(!valid_tunnel_name(bad), "{bad}");
         }
     }
 

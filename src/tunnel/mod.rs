@@ -14,10 +14,12 @@
 //! without blocking the loop, within `PROXY_ANSWER_TIMEOUT_SECS`; TLS then runs through it.
 //! Backoff is exponential with full jitter, capped at 60 s, and resets once registered.
 //! SIGTERM sends GOAWAY on every connection and waits for open streams up to the grace period.
+//! Names (the edge's, each service's) are resolved by `resolve.rs` off the loop: a connection
+//! waits in `Resolving`, a stream in `opening`, until the answer wakes the loop.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,7 @@ use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, random_u64, would_block, Signals};
 use crate::limits::{
     CONN_WRITE_BATCH, MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS, RECONNECT_BACKOFF_CAP_SECS,
-    SERVICE_CONNECT_TIMEOUT_SECS, TLS_READ_STAGE,
+    RESOLVE_TIMEOUT_SECS, SERVICE_CONNECT_TIMEOUT_SECS, TLS_READ_STAGE,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -41,11 +43,35 @@ use crate::proto::proxy::{self, ProxyConfig};
 
 pub mod admin;
 pub mod config;
+mod resolve;
 
 pub use config::{Ingress, Service};
+use resolve::{Lookup, Resolver};
 
 const SIGNALS: Token = Token(0);
-const FIRST: usize = 1;
+const WAKER: Token = Token(1);
+const FIRST: usize = 2;
+
+/// Who waits for a name (`resolve.rs`): a connection attempt to the edge, or a stream's
+/// connection to its service. `epoch` is the connection's ([`Conn::epoch`]): an answer for an
+/// attempt or a session that has ended since is dropped.
+enum Waiter {
+    Edge {
+        conn: usize,
+        epoch: u64,
+    },
+    Stream {
+        conn: usize,
+        epoch: u64,
+        stream: u32,
+    },
+}
+
+/// A stream whose service's name is being resolved.
+struct Opening {
+    rule: usize,
+    deadline: Instant,
+}
 
 /// What the origin registers with the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +108,10 @@ enum Link {
     Waiting {
         until: Instant,
     },
+    /// The first hop's name is with the resolver.
+    Resolving {
+        deadline: Instant,
+    },
     Connecting {
         sock: TcpStream,
         deadline: Instant,
@@ -105,6 +135,8 @@ enum Link {
 
 struct Conn {
     link: Link,
+    /// Bumped at each connect attempt: names this attempt and the session it becomes.
+    epoch: u64,
     attempt: u32,
     /// Stream id → local slot.
     locals: HashMap<u32, usize>,
@@ -143,6 +175,10 @@ pub struct Origin {
     exit: Option<Exit>,
     /// What `--metrics` serves.
     metrics: Arc<Metrics>,
+    /// DNS off the loop.
+    resolver: Resolver<Waiter>,
+    /// Streams waiting for their service's address, by (connection, epoch, stream).
+    opening: HashMap<(usize, u64, u32), Opening>,
 }
 
 impl Origin {
@@ -175,16 +211,22 @@ impl Origin {
         let n = opts.ha_connections.max(1);
         let now = Instant::now();
         let connector_id = random_bytes();
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::start(Arc::new(resolve::system_lookup), move || {
+            let _ = waker.wake();
+        })?;
         Ok(Origin {
             metrics: Metrics::new(metrics::Role::Tunnel, connector_id),
             tls: Arc::new(tls),
             server_name,
             proxy,
             connector_id,
-            poll: Poll::new()?,
+            poll,
             conns: (0..n)
                 .map(|_| Conn {
                     link: Link::Waiting { until: now },
+                    epoch: 0,
                     attempt: 0,
                     locals: HashMap::new(),
                     tls_started: None,
@@ -197,6 +239,8 @@ impl Origin {
             stage: vec![0; TLS_READ_STAGE],
             draining: None,
             exit: None,
+            resolver,
+            opening: HashMap::new(),
             opts,
         })
     }
@@ -262,6 +306,8 @@ impl Origin {
                     if signals.take() && self.draining.is_none() {
                         self.start_drain();
                     }
+                } else if ev.token() == WAKER {
+                    self.resolved();
                 } else {
                     self.dirty.push(ev.token());
                 }
@@ -295,7 +341,8 @@ impl Origin {
     fn tick(&mut self, now: Instant) -> Instant {
         let mut next = now + Duration::from_secs(1);
         if let Some(deadline) = self.draining {
-            let open: usize = self.conns.iter().map(|c| c.locals.len()).sum();
+            let open =
+                self.opening.len() + self.conns.iter().map(|c| c.locals.len()).sum::<usize>();
             if open == 0 || now >= deadline {
                 if open > 0 {
                     warn!("grace period over: closing {open} open streams");
@@ -316,6 +363,16 @@ impl Origin {
                         } else {
                             next = next.min(*until);
                         }
+                    }
+                }
+                Link::Resolving { deadline } => {
+                    if now >= *deadline {
+                        let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
+                        warn!("connection {i}: resolving {first_hop} timed out");
+                        self.metrics.error(metrics::Error::Connect);
+                        self.disconnect(i, Some("resolve timeout"));
+                    } else {
+                        next = next.min(*deadline);
                     }
                 }
                 Link::Connecting { deadline, .. } => {
@@ -364,6 +421,19 @@ impl Origin {
             }
         }
         self.count_connections();
+        let unresolved: Vec<(usize, u64, u32)> = self
+            .opening
+            .iter()
+            .filter(|(_, o)| now >= o.deadline)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in unresolved {
+            self.opening.remove(&key);
+            self.fail_opening(key, "resolving the service timed out");
+        }
+        if let Some(soonest) = self.opening.values().map(|o| o.deadline).min() {
+            next = next.min(soonest);
+        }
         for slot in 0..self.locals.len() {
             if let Some(l) = &self.locals[slot] {
                 if !l.connected && now >= l.deadline {
@@ -402,15 +472,72 @@ impl Origin {
         if self.conns[i].attempt > 0 {
             self.metrics.reconnect();
         }
+        self.conns[i].epoch += 1;
+        let epoch = self.conns[i].epoch;
         let first_hop = self.proxy.as_ref().map_or(&self.opts.edge, |p| &p.addr);
-        let addr = match resolve(first_hop) {
-            Ok(a) => a,
-            Err(e) => {
-                warn!("connection {i}: {e}");
-                self.backoff(i);
-                return;
+        let now = Instant::now();
+        match self
+            .resolver
+            .lookup(first_hop, Waiter::Edge { conn: i, epoch }, now)
+        {
+            Lookup::Ready(addr) => self.connect_to(i, addr),
+            Lookup::Pending => {
+                self.conns[i].link = Link::Resolving {
+                    deadline: now + Duration::from_secs(RESOLVE_TIMEOUT_SECS),
+                }
             }
-        };
+            Lookup::Failed(e) => {
+                warn!("connection {i}: {e}");
+                self.metrics.error(metrics::Error::Connect);
+                self.backoff(i);
+            }
+        }
+    }
+
+    /// The resolver answered: connections and streams waiting for a name go on (or fail).
+    fn resolved(&mut self) {
+        for (waiter, result) in self.resolver.answers(Instant::now()) {
+            match waiter {
+                Waiter::Edge { conn: i, epoch } => {
+                    let current = self.conns[i].epoch == epoch
+                        && matches!(self.conns[i].link, Link::Resolving { .. });
+                    match (current, result) {
+                        (false, _) => {}
+                        (true, Ok(addr)) => self.connect_to(i, addr),
+                        (true, Err(e)) => {
+                            warn!("connection {i}: {e}");
+                            self.metrics.error(metrics::Error::Connect);
+                            self.backoff(i);
+                        }
+                    }
+                }
+                Waiter::Stream {
+                    conn,
+                    epoch,
+                    stream,
+                } => {
+                    let Some(o) = self.opening.remove(&(conn, epoch, stream)) else {
+                        continue; // Timed out, reset, or its connection is gone.
+                    };
+                    match result {
+                        Ok(addr) => self.connect_local(conn, stream, o.rule, addr),
+                        Err(e) => self.fail_opening((conn, epoch, stream), &e),
+                    }
+                }
+            }
+        }
+        while let Some(tok) = self.dirty.pop() {
+            let i = tok.0 - FIRST;
+            if i < self.conns.len() {
+                self.pump_conn(i);
+            } else {
+                self.pump_local(i - self.conns.len());
+            }
+        }
+    }
+
+    /// A TCP connect to the first hop (the proxy or the edge), without waiting.
+    fn connect_to(&mut self, i: usize, addr: SocketAddr) {
         match TcpStream::connect(addr) {
             Ok(mut sock) => {
                 let _ = sock.set_nodelay(true);
@@ -480,8 +607,9 @@ impl Origin {
             Link::Connecting { mut sock, .. } | Link::Proxying { mut sock, .. } => {
                 let _ = self.poll.registry().deregister(&mut sock);
             }
-            Link::Waiting { .. } => {}
+            Link::Waiting { .. } | Link::Resolving { .. } => {}
         }
+        self.opening.retain(|&(c, _, _), _| c != i);
         let locals: Vec<usize> = self.conns[i].locals.drain().map(|(_, s)| s).collect();
         for slot in locals {
             self.drop_local(slot);
@@ -809,6 +937,7 @@ impl Origin {
                 }
             }
             OriginEvent::Stream(StreamEvent::Closed(stream)) => {
+                self.opening.remove(&(i, self.conns[i].epoch, stream));
                 if let Some(slot) = self.conns[i].locals.remove(&stream) {
                     self.drop_local(slot);
                 }
@@ -818,6 +947,7 @@ impl Origin {
                     "connection {i}: stream {stream} reset by edge: {}",
                     untrusted(&reason)
                 );
+                self.opening.remove(&(i, self.conns[i].epoch, stream));
                 if let Some(slot) = self.conns[i].locals.remove(&stream) {
                     self.drop_local(slot);
                 }
@@ -833,7 +963,7 @@ impl Origin {
     }
 
     fn open_local(&mut self, i: usize, stream: u32, hostname: &str) {
-        let n_conns = self.conns.len();
+        let epoch = self.conns[i].epoch;
         let Link::Live { mux, .. } = &mut self.conns[i].link else {
             return;
         };
@@ -854,13 +984,51 @@ impl Origin {
                 return;
             }
         };
-        let addr = match resolve(service) {
-            Ok(a) => a,
-            Err(e) => {
-                mux.reset(stream, mux::ResetCode::ConnectFailed, &e.to_string());
-                return;
-            }
+        let waiter = Waiter::Stream {
+            conn: i,
+            epoch,
+            stream,
         };
+        let now = Instant::now();
+        match self.resolver.lookup(service, waiter, now) {
+            Lookup::Ready(addr) => self.connect_local(i, stream, rule, addr),
+            Lookup::Pending => {
+                let deadline = now + Duration::from_secs(RESOLVE_TIMEOUT_SECS);
+                self.opening
+                    .insert((i, epoch, stream), Opening { rule, deadline });
+            }
+            Lookup::Failed(e) => {
+                warn!("stream {stream}: {e}");
+                self.metrics.error(metrics::Error::ServiceConnect);
+                mux.reset(stream, mux::ResetCode::ConnectFailed, &e);
+            }
+        }
+    }
+
+    /// A stream waiting for its service's address cannot have it: reset, with why.
+    fn fail_opening(&mut self, (i, epoch, stream): (usize, u64, u32), why: &str) {
+        if self.conns[i].epoch != epoch {
+            return;
+        }
+        if let Link::Live { mux, .. } = &mut self.conns[i].link {
+            if mux.has_stream(stream) {
+                warn!("stream {stream}: {why}");
+                self.metrics.error(metrics::Error::ServiceConnect);
+                mux.reset(stream, mux::ResetCode::ConnectFailed, why);
+                self.dirty.push(Token(FIRST + i));
+            }
+        }
+    }
+
+    /// Connects a stream to its service at `addr` (without waiting) and splices them.
+    fn connect_local(&mut self, i: usize, stream: u32, rule: usize, addr: SocketAddr) {
+        let n_conns = self.conns.len();
+        let Link::Live { mux, .. } = &mut self.conns[i].link else {
+            return;
+        };
+        if !mux.has_stream(stream) {
+            return; // Reset or closed by the edge while its service's name was resolved.
+        }
         let mut sock = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => {
@@ -1045,14 +1213,6 @@ fn who(claims: &[u8]) -> String {
         }) => format!("service token {}", shown(&token)),
         _ => "anonymous".into(),
     }
-}
-
-/// Resolves `host:port` (blocking; the edge address is usually an IP or cached by the OS).
-fn resolve(addr: &str) -> io::Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot resolve {addr}: {e}")))?
-        .next()
-        .ok_or_else(|| io::Error::other(format!("{addr} resolves to no address")))
 }
 
 /// Maps `ssh://host:port`, `tcp://host:port` or `host:port` to `host:port`.

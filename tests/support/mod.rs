@@ -108,6 +108,17 @@ pub fn wait_until(deadline: Duration, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The text of the audit log at `path` once `f` holds for it (the edge writes its audit log
+/// from a thread, shortly after the decision); panics naming `what` after `deadline`.
+pub fn audit_when(path: &Path, deadline: Duration, what: &str, f: impl Fn(&str) -> bool) -> String {
+    let mut text = String::new();
+    wait_until(deadline, what, || {
+        text = fs::read_to_string(path).unwrap_or_default();
+        f(&text)
+    });
+    text
+}
+
 /// Quotes `s` for a POSIX shell.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()

@@ -69,6 +69,11 @@ pub fn carrier(edge: SocketAddr, ca: &Path, host: &str) -> Tls {
         .unwrap_or_else(|e| panic!("TLS to the edge as {host}: {e}"))
 }
 
+/// [`carrier`], with the failure returned instead of a panic (for load from helper threads).
+pub fn try_carrier(edge: SocketAddr, ca: &Path, host: &str) -> io::Result<Tls> {
+    connect(edge, client_config(ca, b"http/1.1", None), host)
+}
+
 /// A tunnel-ALPN connection presenting `credential` (an origin `cert.pem`) or no certificate.
 /// With TLS 1.3 the client finishes first: a refused certificate shows up on the first read.
 pub fn tunnel_tls(edge: SocketAddr, ca: &Path, credential: Option<&Path>) -> io::Result<Tls> {

@@ -1,0 +1,553 @@
+//! The edge's side of its state store (`crate::store`): a view of the records for the checks
+//! made on every request, and the connections parked while the store worker answers.
+//!
+//! ```text
+//!  Edge::new: store.snapshot() ─▶ views (tokens, hostnames, tunnels, revocations)
+//!  loop:  need the store ─▶ StoreLink::submit(Request, Waiter) ─▶ connection parked
+//!                                 │ busy: refused at once (503), never queued here
+//!         Waker ─▶ store_answers(): each Answer updates the views, then resumes its Waiter
+//!                  if that very connection (ConnId: slot + generation) is still there
+//! ```
+//!
+//! The views are caches: the store decides (compare-and-swap), and an answer always carries
+//! the record as the store has it, so a stale view costs one refused request, never a wrong
+//! owner. A view changes only through answers (and, with etcd, through the watch stream's
+//! changes made by other edges, applied the same way).
+//!
+//! Who waits:
+//! - a carrier whose service-token id is not in the view: its request head is kept and run
+//!   again once the store has looked the id up (a token created since the edge started);
+//! - a tunnel connection whose REGISTER claims a hostname: REGISTERED once the claim is stored;
+//! - an admin request that changes tunnels or routes (see `admin.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use log::warn;
+
+use std::time::Instant;
+
+use super::{admin, refusal, Conn, ConnId, Edge, Registering, Tunnel};
+use crate::limits::MAX_STORE_REQUESTS;
+use crate::proto::carrier;
+use crate::proto::mux::ErrorCode;
+use crate::store::worker::{Busy, Report, StoreWorker, Ticket};
+use crate::store::{
+    Answer, Change, Expect, HostOwner, HostnameRecord, Request, Revocation, ServiceTokenRecord,
+    Snapshot, StoreError, TunnelRecord, Versioned,
+};
+
+/// The service tokens the edge knows, by client id, and the revoked ones.
+#[derive(Default)]
+pub(super) struct TokenView {
+    tokens: HashMap<String, ServiceTokenRecord>,
+    revoked: BTreeSet<String>,
+}
+
+/// What a service token's id and secret are worth.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Verified {
+    /// A token of this edge: its name.
+    Token(String),
+    /// A wrong secret, or a revoked token.
+    Refused,
+    /// An id the view does not hold: the store may (a token created since).
+    Unknown,
+}
+
+impl TokenView {
+    pub(super) fn verify(&self, client_id: &str, secret: &str) -> Verified {
+        if self.revoked.contains(client_id) {
+            return Verified::Refused;
+        }
+        match self.tokens.get(client_id) {
+            // The digests are compared in constant time.
+            Some(t) if t.matches(secret) => Verified::Token(t.name.clone()),
+            Some(_) => Verified::Refused,
+            None => Verified::Unknown,
+        }
+    }
+}
+
+/// Who holds a hostname (see [`HostnameView::owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Owner<'a> {
+    /// The origin certificate that registered it first, of `zone`.
+    Certificate { zone: &'a str },
+    /// The named tunnel it is routed to.
+    Tunnel { id: &'a str, zone: &'a str },
+}
+
+/// Hostname ownership as the store last said.
+#[derive(Default)]
+pub(super) struct HostnameView {
+    hostnames: BTreeMap<String, Versioned<HostnameRecord>>,
+}
+
+impl HostnameView {
+    pub(super) fn get(&self, hostname: &str) -> Option<&Versioned<HostnameRecord>> {
+        self.hostnames.get(hostname)
+    }
+
+    pub(super) fn owner(&self, hostname: &str) -> Option<Owner<'_>> {
+        let rec = &self.hostnames.get(hostname)?.value;
+        Some(match &rec.owner {
+            HostOwner::Tunnel(id) => Owner::Tunnel {
+                id,
+                zone: &rec.zone,
+            },
+            HostOwner::Certificate(_) => Owner::Certificate { zone: &rec.zone },
+        })
+    }
+
+    /// Whether the certificate with fingerprint `cert_sha256` owns `hostname` (not a route).
+    pub(super) fn owned_by(&self, hostname: &str, cert_sha256: &str) -> bool {
+        self.hostnames.get(hostname).is_some_and(
+            |r| matches!(&r.value.owner, HostOwner::Certificate(fp) if fp.eq_ignore_ascii_case(cert_sha256)),
+        )
+    }
+
+    /// The named tunnel `hostname` is routed to, if any.
+    pub(super) fn tunnel_of(&self, hostname: &str) -> Option<&str> {
+        match &self.hostnames.get(hostname)?.value.owner {
+            HostOwner::Tunnel(id) => Some(id),
+            HostOwner::Certificate(_) => None,
+        }
+    }
+
+    /// How many hostnames of `zone` are routed to named tunnels.
+    pub(super) fn routed_in_zone(&self, zone: &str) -> usize {
+        self.hostnames
+            .values()
+            .filter(|r| matches!(r.value.owner, HostOwner::Tunnel(_)) && r.value.zone == zone)
+            .count()
+    }
+
+    /// Every hostname routed to the named tunnel `id`, sorted.
+    pub(super) fn routes_of(&self, id: &str) -> Vec<String> {
+        self.hostnames
+            .iter()
+            .filter(|(_, r)| matches!(&r.value.owner, HostOwner::Tunnel(t) if t == id))
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
+    fn set(&mut self, hostname: &str, record: Option<Versioned<HostnameRecord>>) {
+        match record {
+            Some(r) => {
+                self.hostnames.insert(hostname.to_owned(), r);
+            }
+            None => {
+                self.hostnames.remove(hostname);
+            }
+        }
+    }
+}
+
+/// The named tunnels, by id.
+#[derive(Default)]
+pub(super) struct TunnelView {
+    tunnels: BTreeMap<String, TunnelRecord>,
+}
+
+impl TunnelView {
+    pub(super) fn get(&self, id: &str) -> Option<&TunnelRecord> {
+        self.tunnels.get(id)
+    }
+
+    /// The tunnel of `zone` called `name_or_id` (a name, or an id).
+    pub(super) fn find(&self, zone: &str, name_or_id: &str) -> Option<(&str, &TunnelRecord)> {
+        self.tunnels
+            .iter()
+            .filter(|(_, r)| r.zone == zone)
+            .find(|(id, r)| *id == name_or_id || r.name == name_or_id)
+            .map(|(id, r)| (id.as_str(), r))
+    }
+
+    /// Every tunnel of `zone`, by id.
+    pub(super) fn of_zone<'a>(
+        &'a self,
+        zone: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a TunnelRecord)> + 'a {
+        self.tunnels
+            .iter()
+            .filter(move |(_, r)| r.zone == zone)
+            .map(|(id, r)| (id.as_str(), r))
+    }
+}
+
+/// The views, from a store's snapshot.
+pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView) {
+    let tokens = TokenView {
+        tokens: snapshot
+            .service_tokens
+            .into_iter()
+            .map(|t| (t.client_id.clone(), t))
+            .collect(),
+        revoked: snapshot.revocations.service_tokens.into_keys().collect(),
+    };
+    (
+        tokens,
+        HostnameView {
+            hostnames: snapshot.hostnames,
+        },
+        TunnelView {
+            tunnels: snapshot.tunnels,
+        },
+    )
+}
+
+/// Who waits for an answer.
+pub(super) enum Waiter {
+    /// A carrier parked (`carrier::Carrier::park`); its request is run again.
+    Carrier {
+        conn: ConnId,
+        request: Box<carrier::Request>,
+    },
+    /// A tunnel connection whose claim is being stored (`Tunnel::registering`).
+    Register { conn: ConnId },
+    /// An admin request (`admin::Step` says what comes next).
+    Admin {
+        conn: ConnId,
+        step: Box<admin::Step>,
+    },
+}
+
+/// The store worker and who waits for it. At most [`MAX_STORE_REQUESTS`] wait.
+pub(super) struct StoreLink {
+    worker: StoreWorker,
+    waiting: HashMap<Ticket, Waiter>,
+}
+
+impl StoreLink {
+    pub(super) fn new(worker: StoreWorker) -> StoreLink {
+        StoreLink {
+            worker,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Hands `request` to the worker; `waiter` is resumed with its answer. Never waits: when
+    /// the queue, or the table of waiters, is full, the waiter comes back (busy).
+    pub(super) fn submit(&mut self, request: Request, waiter: Waiter) -> Result<Ticket, Waiter> {
+        if self.waiting.len() >= MAX_STORE_REQUESTS {
+            return Err(waiter);
+        }
+        match self.worker.submit(request) {
+            Ok(ticket) => {
+                self.waiting.insert(ticket, waiter);
+                Ok(ticket)
+            }
+            Err(Busy) => Err(waiter),
+        }
+    }
+}
+
+/// The ERROR code and message for a REGISTER whose claim the store refused.
+pub(super) fn claim_refusal(hostname: &str, e: &StoreError) -> (ErrorCode, String) {
+    match e {
+        StoreError::Owned(cur) | StoreError::Changed(Some(cur)) => {
+            let zone = &cur.value.zone;
+            let message = match &cur.value.owner {
+                HostOwner::Tunnel(id) => format!(
+                    "hostname {hostname} is already registered: it is routed to the named tunnel \
+                     {id} (zone {zone})"
+                ),
+                HostOwner::Certificate(_) => format!(
+                    "hostname {hostname} is already registered by another origin certificate \
+                     (zone {zone})"
+                ),
+            };
+            (refusal::OWNED, message)
+        }
+        StoreError::TooMany => (
+            refusal::TOO_MANY_HOSTNAMES,
+            format!("hostname {hostname}: {e}"),
+        ),
+        _ => (
+            refusal::NOT_RECORDED,
+            format!("edge could not record the registration of {hostname}: {e}; try again"),
+        ),
+    }
+}
+
+impl Edge {
+    /// Claims `r.hostname` for the tunnel connection `t`: at once when the view says it holds
+    /// it already, refused at once when the view says someone else does, else through the
+    /// store (REGISTERED once the claim is stored).
+    pub(super) fn claim_hostname(&mut self, slot: usize, t: &mut Tunnel, mut r: Registering) {
+        let fingerprint = t.cert_fp.to_ascii_lowercase();
+        let expect = match self.hostnames.get(&r.hostname) {
+            None => Expect::Absent,
+            Some(cur) if cur.value.owner == HostOwner::Certificate(fingerprint.clone()) => {
+                return self.registered(slot, t, r);
+            }
+            Some(cur) => {
+                let (code, message) = claim_refusal(&r.hostname, &StoreError::Owned(cur.clone()));
+                return self.refuse_register(t, r.audit, code, &message);
+            }
+        };
+        let request = Request::ClaimHostname {
+            hostname: r.hostname.clone(),
+            record: HostnameRecord {
+                owner: HostOwner::Certificate(fingerprint),
+                zone: crate::pki::origin_zone(&t.cert).unwrap_or_default(),
+                first_registered: super::login::unix_now(),
+            },
+            expect,
+        };
+        let conn = self.conn_id(slot);
+        match self.store.submit(request, Waiter::Register { conn }) {
+            Ok(ticket) => {
+                r.ticket = Some(ticket);
+                t.registering = Some(r);
+            }
+            Err(_busy) => self.refuse_register(
+                t,
+                r.audit,
+                ErrorCode::from_u16(503),
+                "the edge is busy recording registrations; try again",
+            ),
+        }
+    }
+
+    /// Parks carrier `c` until the store has looked up the service token `client_id`; its
+    /// request `head` then runs again ([`Edge::on_request`] with `looked_up`).
+    pub(super) fn look_up_token(
+        &mut self,
+        slot: usize,
+        c: &mut super::Carrier,
+        request: carrier::Request,
+        client_id: String,
+    ) {
+        let conn = self.conn_id(slot);
+        let waiter = Waiter::Carrier {
+            conn,
+            request: Box::new(request),
+        };
+        match self
+            .store
+            .submit(Request::ServiceToken { client_id }, waiter)
+        {
+            // Parked (the handshake deadline still bounds it).
+            Ok(_) => c.core.park(),
+            Err(_busy) => super::refuse(
+                c,
+                503,
+                "Service Unavailable",
+                "the edge is busy checking service tokens; try again",
+            ),
+        }
+    }
+
+    /// Everything the store worker reported: views first, then whoever waits.
+    pub(super) fn store_answers(&mut self) {
+        let reports: Vec<Report> = self.store.worker.reports().collect();
+        for report in reports {
+            let (ticket, answer) = match report {
+                Report::Answer(ticket, answer) => (ticket, answer),
+                Report::Change(change) => {
+                    self.apply_change(change);
+                    continue;
+                }
+            };
+            self.apply_to_views(&answer);
+            match self.store.waiting.remove(&ticket) {
+                Some(Waiter::Carrier { conn, request }) => self.token_looked_up(conn, *request),
+                Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
+                Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
+                None => {}
+            }
+        }
+        self.run_dirty();
+    }
+
+    /// A change someone else made (a token added to or removed from the file).
+    fn apply_change(&mut self, change: Change) {
+        match change {
+            Change::ServiceToken {
+                client_id,
+                record: Some(r),
+            } => {
+                self.tokens.tokens.insert(client_id, r);
+            }
+            Change::ServiceToken {
+                client_id,
+                record: None,
+            } => {
+                self.tokens.tokens.remove(&client_id);
+            }
+        }
+    }
+
+    fn apply_to_views(&mut self, answer: &Answer) {
+        match answer {
+            Answer::ServiceToken { client_id, result } => match result {
+                Ok(Some(t)) => {
+                    self.tokens.tokens.insert(client_id.clone(), t.clone());
+                }
+                Ok(None) => {
+                    self.tokens.tokens.remove(client_id);
+                }
+                Err(e) => warn!("service token lookup: {e}"),
+            },
+            Answer::Hostname { hostname, result } => match result {
+                Ok(claimed) => self.hostnames.set(hostname, Some(claimed.record.clone())),
+                Err(StoreError::Owned(cur) | StoreError::Changed(Some(cur))) => {
+                    self.hostnames.set(hostname, Some(cur.clone()))
+                }
+                Err(StoreError::Changed(None)) => self.hostnames.set(hostname, None),
+                Err(_) => {}
+            },
+            Answer::Released {
+                hostname,
+                result: Ok(()),
+            } => self.hostnames.set(hostname, None),
+            Answer::Unrouted {
+                result: Ok(gone), ..
+            } => {
+                for h in gone {
+                    self.hostnames.set(h, None);
+                }
+            }
+            Answer::TunnelCreated {
+                id,
+                result: Ok(record),
+            } => {
+                self.tunnels.tunnels.insert(id.clone(), record.clone());
+            }
+            Answer::TunnelDeleted { id, result: Ok(()) } => {
+                self.tunnels.tunnels.remove(id);
+            }
+            Answer::Revoked {
+                result: Ok(Revocation::ServiceToken { client_id, .. }),
+            } => {
+                self.tokens.revoked.insert(client_id.clone());
+            }
+            _ => {}
+        }
+    }
+
+    /// The store looked a service token up: the parked carrier's request runs again, now
+    /// against a view that holds the token if the store does.
+    fn token_looked_up(&mut self, conn: ConnId, request: carrier::Request) {
+        let Some(mut c) = self.take_waiting_carrier(conn) else {
+            return;
+        };
+        self.on_request(conn.slot, &mut c, request, Instant::now(), true);
+        self.put_back_carrier(conn, c);
+    }
+
+    /// The store answered a REGISTER's claim: REGISTERED, or the refusal.
+    fn claim_answered(&mut self, conn: ConnId, ticket: Ticket, answer: Answer) {
+        if self.generations.get(conn.slot) != Some(&conn.generation) {
+            return; // The connection went away; the claim stands, as if it had registered.
+        }
+        let slot = conn.slot;
+        let Some(Conn::Tunnel(mut t)) = self.conns[slot].take() else {
+            return;
+        };
+        let waiting = t.registering.as_ref().and_then(|r| r.ticket) == Some(ticket);
+        if let (true, Some(r)) = (waiting, t.registering.take()) {
+            match answer {
+                Answer::Hostname { result: Ok(_), .. } => self.registered(slot, &mut t, r),
+                Answer::Hostname {
+                    result: Err(e),
+                    hostname,
+                } => {
+                    let (code, message) = claim_refusal(&hostname, &e);
+                    self.refuse_register(&mut t, r.audit, code, &message);
+                }
+                other => {
+                    warn!("bug: a claim answered with {other:?}");
+                    self.refuse_register(
+                        &mut t,
+                        r.audit,
+                        refusal::NOT_RECORDED,
+                        "edge error; try again",
+                    );
+                }
+            }
+        }
+        self.conns[slot] = Some(Conn::Tunnel(t));
+        self.mark(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Revocations, RevokedToken};
+
+    fn token(name: &str, id: &str, secret: &str) -> ServiceTokenRecord {
+        ServiceTokenRecord {
+            name: name.into(),
+            client_id: id.into(),
+            secret_sha256: crate::store::hex(
+                ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref(),
+            ),
+            created: 0,
+        }
+    }
+
+    #[test]
+    fn tokens_verify_refuse_or_are_unknown() {
+        let mut revocations = Revocations::default();
+        revocations.service_tokens.insert(
+            "r.access".into(),
+            RevokedToken {
+                revoked: 1,
+                reason: String::new(),
+            },
+        );
+        let (tokens, _, _) = views(Snapshot {
+            service_tokens: vec![
+                token("ci", "a.access", "s1"),
+                token("old", "r.access", "s2"),
+            ],
+            revocations,
+            ..Snapshot::default()
+        });
+        assert_eq!(
+            tokens.verify("a.access", "s1"),
+            Verified::Token("ci".into())
+        );
+        assert_eq!(tokens.verify("a.access", "s2"), Verified::Refused);
+        assert_eq!(
+            tokens.verify("r.access", "s2"),
+            Verified::Refused,
+            "revoked"
+        );
+        assert_eq!(tokens.verify("b.access", "s1"), Verified::Unknown);
+    }
+
+    #[test]
+    fn refusals_name_the_holder() {
+        let cur = |owner| {
+            StoreError::Owned(Versioned {
+                value: HostnameRecord {
+                    owner,
+                    zone: "example.com".into(),
+                    first_registered: 0,
+                },
+                revision: 1,
+            })
+        };
+        let (code, m) = claim_refusal("h.example.com", &cur(HostOwner::Tunnel("t1".into())));
+        assert_eq!(code, refusal::OWNED);
+        assert!(m.contains("named tunnel t1"), "{m}");
+        let (code, m) = claim_refusal("h.example.com", &cur(HostOwner::Certificate("ab".into())));
+        assert_eq!(code, refusal::OWNED);
+        assert!(
+            m.contains("another origin certificate (zone example.com)"),
+            "{m}"
+        );
+        assert_eq!(
+            claim_refusal("h", &StoreError::TooMany).0,
+            refusal::TOO_MANY_HOSTNAMES
+        );
+        assert_eq!(
+            claim_refusal("h", &StoreError::Unavailable("disk".into())).0,
+            refusal::NOT_RECORDED
+        );
+    }
+}
