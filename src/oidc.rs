@@ -7,17 +7,52 @@
 //! exchange runs in the edge's worker pool, never on the loop.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::edge::config::OidcSettings;
 use crate::proto::base64;
 use crate::proto::jwt::{self, Alg, Jwks};
 use crate::proto::policy::Identity;
 use crate::store::Secret;
+
+/// The `identity` section of the edge's config for an OpenID Connect provider.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// The issuer URL; `/.well-known/openid-configuration` is read from it at start-up.
+    pub issuer: String,
+    pub client_id: String,
+    /// The client secret. Prefer `client_secret_file` (or env POSTERN_OIDC_CLIENT_SECRET).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// Claim holding the user's email.
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    /// Claim holding the user's groups (an array of strings).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Scopes to ask for besides `openid`.
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_email_claim() -> String {
+    "email".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["email".into(), "profile".into(), "groups".into()]
+}
 
 /// Largest discovery document, JWKS, token or userinfo response read from a provider.
 const MAX_RESPONSE: u64 = 256 * 1024;

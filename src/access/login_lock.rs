@@ -261,7 +261,7 @@ fn process_alive(pid: u32) -> bool {
 mod tests {
     use super::*;
     use crate::access::token_cache::tests::{jwt, TempDir};
-    use crate::access::token_cache::unix_now;
+    use crate::io::unix_now;
 
     fn fast() -> LockTiming {
         LockTiming {

@@ -16,8 +16,9 @@ use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use crate::io::unix_now;
 use crate::store::Secret;
 
 /// A cached token is used only if it stays valid at least this long: the margin covers the
@@ -97,12 +98,6 @@ pub fn is_compact_jwt(token: &str) -> bool {
 /// True when a token expiring at `exp` may still be used at `now` (Unix seconds).
 pub fn fresh_enough(exp: u64, now: u64) -> bool {
     exp > now.saturating_add(EXPIRY_MARGIN.as_secs())
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The token directory (`~/.postern/tokens` by default).

@@ -40,7 +40,7 @@ use crate::proto::http::{self, HeadLimits, RequestHead};
 use crate::store::{self, Expect, HostOwner, HostnameRecord, Request, StoreError, TunnelRecord};
 
 /// ALPN of the administration API.
-pub const ALPN: &[u8] = b"postern-admin/1";
+pub use crate::proto::ADMIN_ALPN as ALPN;
 /// Largest request body.
 pub const MAX_BODY: usize = 16 * 1024;
 /// A request must have arrived whole this long after the connection was accepted.
@@ -467,7 +467,7 @@ impl Edge {
             name: name.to_owned(),
             zone: zone.to_owned(),
             cert_sha256: pki::fingerprint(&cert),
-            created: super::login::unix_now(),
+            created: crate::io::unix_now(),
         };
         audit.insert("tunnel".into(), id.clone().into());
         // The edge's own CA (dev) travels along, as in `tunnel login`.
@@ -638,7 +638,7 @@ impl Edge {
             record: HostnameRecord {
                 owner: HostOwner::Tunnel(id.clone()),
                 zone: zone.to_owned(),
-                first_registered: super::login::unix_now(),
+                first_registered: crate::io::unix_now(),
             },
             expect,
         };

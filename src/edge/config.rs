@@ -29,6 +29,7 @@ use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 
 use crate::limits::EdgeLimits;
+pub use crate::oidc::OidcSettings;
 use crate::pki::{self, Authority};
 use crate::proto::mux;
 use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
@@ -261,40 +262,6 @@ pub enum IdentityProvider {
     Oidc(OidcSettings),
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OidcSettings {
-    /// The issuer URL; `/.well-known/openid-configuration` is read from it at start-up.
-    pub issuer: String,
-    pub client_id: String,
-    /// The client secret. Prefer `client_secret_file` (or env POSTERN_OIDC_CLIENT_SECRET).
-    #[serde(default)]
-    pub client_secret: Option<String>,
-    #[serde(default)]
-    pub client_secret_file: Option<PathBuf>,
-    /// Claim holding the user's email.
-    #[serde(default = "default_email_claim")]
-    pub email_claim: String,
-    /// Claim holding the user's groups (an array of strings).
-    #[serde(default = "default_groups_claim")]
-    pub groups_claim: String,
-    /// Scopes to ask for besides `openid`.
-    #[serde(default = "default_scopes")]
-    pub scopes: Vec<String>,
-}
-
-fn default_email_claim() -> String {
-    "email".into()
-}
-
-fn default_groups_claim() -> String {
-    "groups".into()
-}
-
-fn default_scopes() -> Vec<String> {
-    vec!["email".into(), "profile".into(), "groups".into()]
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
@@ -459,7 +426,7 @@ fn tls_configs(
         .map_err(|e| ConfigError::Invalid(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
-    tunnel.alpn_protocols = vec![mux::ALPN.to_vec(), super::admin::ALPN.to_vec()];
+    tunnel.alpn_protocols = vec![mux::ALPN.to_vec(), crate::proto::ADMIN_ALPN.to_vec()];
     Ok((Arc::new(carrier), Arc::new(tunnel)))
 }
 

@@ -32,7 +32,9 @@
 use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
+
+use crate::io::unix_now;
 
 use log::{info, warn};
 use mio::Waker;
@@ -60,13 +62,6 @@ const MAX_CONFIRM_ATTEMPTS: u32 = 3;
 
 /// The browser-binding cookie lives this long (a login's whole life fits in it).
 const BINDER_COOKIE_SECS: u64 = 600;
-
-pub(super) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())

@@ -815,7 +815,7 @@ impl Edge {
                                     cert_fp: String::new(),
                                     hostname: None,
                                     named: None,
-                                    opened: login::unix_now(),
+                                    opened: crate::io::unix_now(),
                                     connector: String::new(),
                                     ha_index: 0,
                                     carriers: HashMap::new(),
@@ -1942,7 +1942,7 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
                 .and_then(|t| t.elapsed().ok())
                 .map_or(0, |d| d.as_secs());
             if age > KEY_ROTATION_SECS {
-                let pkcs8 = ring.rotate(login::unix_now(), longest);
+                let pkcs8 = ring.rotate(crate::io::unix_now(), longest);
                 state.write_atomic(FILE, ring.to_json(&pkcs8).as_bytes(), 0o600)?;
                 info!(
                     "rotated the app-token signing key (kid {})",
@@ -1999,7 +1999,7 @@ fn origin_claims(
     identity: &Identity,
 ) -> Option<Vec<u8>> {
     let jti = crate::proto::base64::encode_url(&crate::io::random_bytes::<16>());
-    let mut assertion = OriginAssertion::new(iss, host, stream, login::unix_now(), jti);
+    let mut assertion = OriginAssertion::new(iss, host, stream, crate::io::unix_now(), jti);
     assertion.sub = identity.email.clone().unwrap_or_default();
     assertion.email = identity.email.clone();
     assertion.groups = identity.groups.clone();

@@ -291,7 +291,7 @@ impl Edge {
             record: HostnameRecord {
                 owner: HostOwner::Certificate(fingerprint),
                 zone: crate::pki::origin_zone(&t.cert).unwrap_or_default(),
-                first_registered: super::login::unix_now(),
+                first_registered: crate::io::unix_now(),
             },
             expect,
         };

@@ -10,6 +10,14 @@ use std::sync::Arc;
 
 use mio::net::UnixStream;
 
+/// The wall clock in Unix seconds (0 before 1970): the one place the roles read it, for
+/// token lifetimes and records; drivers pass it on to the cores that need it.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A pollable source that becomes readable when SIGTERM or SIGINT arrives, and with
 /// [`Signals::with_reload`] also SIGHUP. The handlers only set a flag and write a wake-up
 /// byte (async-signal-safe); the loop then asks which signal it was.

@@ -17,6 +17,10 @@ pub mod token_transfer;
 pub mod url;
 pub mod ws;
 
+/// ALPN of the edge's administration API (`edge::admin`), offered on the tunnels' port and
+/// spoken by `tunnel::admin`: named here so neither role imports the other for it.
+pub const ADMIN_ALPN: &[u8] = b"postern-admin/1";
+
 #[cfg(test)]
 mod tests {
     /// What a sans-IO module must not name outside its tests and fuzz entry points.

@@ -27,10 +27,11 @@ use std::os::unix::fs::MetadataExt;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    random_hex, sha256_hex, unix_now, Answer, Change, Claimed, Expect, HostOwner, HostnameRecord,
+    random_hex, sha256_hex, Answer, Change, Claimed, Expect, HostOwner, HostnameRecord,
     PendingLoginRecord, Request, Revocation, Revocations, RevokedCertificate, RevokedToken, Secret,
     ServiceTokenRecord, Snapshot, StateDir, Store, StoreError, TunnelRecord, Versioned,
 };
+use crate::io::unix_now;
 use crate::limits::{MAX_HOSTNAMES_PER_CERTIFICATE, MAX_STORED_LOGINS};
 
 /// File holding service-token records (hashes only), mode 0600.

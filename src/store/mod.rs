@@ -49,7 +49,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
@@ -231,12 +230,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 /// Equality in constant time for equal lengths (`subtle`; lengths are not secret).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     subtle::ConstantTimeEq::ct_eq(a, b).into()
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn random_hex(bytes: usize) -> io::Result<String> {

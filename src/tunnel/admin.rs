@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use super::config::{edge_server_name, TunnelCredentials};
 use crate::access::{self, AccessOptions, Credentials};
-use crate::edge::admin::ALPN;
 use crate::pki::{self, OriginCredential};
+use crate::proto::ADMIN_ALPN as ALPN;
 
 /// Where and as whom to reach the edge's admin API.
 pub struct AdminClient {
