@@ -29,3 +29,6 @@ pub mod proto;
 pub mod service;
 pub mod store;
 pub mod tunnel;
+
+#[cfg(test)]
+mod layout_tests;

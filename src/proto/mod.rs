@@ -37,41 +37,7 @@ mod tests {
         "ureq::",
     ];
 
-    /// The code of `text` that ships: everything before its `#[cfg(test)]` module, without
-    /// comment lines and the items gated on the `fuzzing` feature (fuzz harnesses may start a
-    /// clock).
-    fn shipped(text: &str) -> String {
-        let text = text.split("#[cfg(test)]").next().unwrap_or(text);
-        let mut out = String::new();
-        let mut skip_depth: Option<i32> = None;
-        let mut depth = 0i32;
-        let mut gated = false;
-        for line in text.lines() {
-            let opens = line.matches('{').count() as i32;
-            let closes = line.matches('}').count() as i32;
-            if line
-                .trim_start()
-                .starts_with("#[cfg(feature = \"fuzzing\")]")
-            {
-                gated = true;
-            } else if gated && opens > 0 && skip_depth.is_none() {
-                skip_depth = Some(depth);
-                gated = false;
-            }
-            depth += opens - closes;
-            let comment = line.trim_start().starts_with("//");
-            match skip_depth {
-                Some(d) if depth <= d => skip_depth = None,
-                Some(_) => {}
-                None if !gated && !comment => {
-                    out.push_str(line);
-                    out.push('\n');
-                }
-                None => {}
-            }
-        }
-        out
-    }
+    use crate::layout_tests::shipped;
 
     #[test]
     fn proto_modules_touch_no_files_sockets_clock_or_threads() {
@@ -99,13 +65,5 @@ mod tests {
             "sans-IO broken:\n{}",
             offences.join("\n")
         );
-    }
-
-    #[test]
-    fn the_check_sees_through_fuzz_gates_but_not_around_them() {
-        let text = "fn a() {}\n#[cfg(feature = \"fuzzing\")]\npub fn f() {\n    let t = Instant::now();\n    if x {\n    }\n}\nfn b() { Instant::now(); }\n";
-        let code = shipped(text);
-        assert!(!code.contains("let t = Instant::now"), "{code}");
-        assert!(code.contains("fn b() { Instant::now(); }"), "{code}");
     }
 }
