@@ -39,7 +39,6 @@ const DRIVERS: &[(&str, &str)] = &[
         "the provider's HTTP client, run on the edge's login workers",
     ),
     ("audit.rs", "the audit log's writer thread and file"),
-    ("metrics.rs", "the metrics endpoint's listener thread"),
     ("pki.rs", "writes and reads key and certificate files"),
     (
         "store/mod.rs",

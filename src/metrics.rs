@@ -1,5 +1,5 @@
-//! Counters for `--metrics ADDR`: a registry of atomics the event loop bumps, and one server
-//! thread that renders it as Prometheus text (format 0.0.4) at `GET /metrics` and answers
+//! Counters for `--metrics ADDR`: a registry of atomics the event loop bumps, and what the
+//! server thread (`io::metrics_server`) answers: it renders it as Prometheus text (format 0.0.4) at `GET /metrics` and answers
 //! readiness at `GET /ready` (cloudflared's shape).
 //!
 //! ```text
@@ -16,13 +16,9 @@
 //! touches the event loop.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use crate::proto::http::{self, HeadLimits};
+use std::time::Duration;
 
 /// Largest request head the metrics server reads.
 pub const MAX_REQUEST: usize = 4096;
@@ -480,108 +476,27 @@ pub fn uuid(mut b: [u8; 16]) -> String {
     )
 }
 
-/// Binds `addr` and serves the registry on one thread. Returns the bound address.
-pub fn serve(addr: &str, metrics: Arc<Metrics>) -> io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("--metrics {addr}: cannot listen: {e}")))?;
-    let bound = listener.local_addr()?;
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(sock) => {
-                        if let Err(e) = answer(sock, &metrics) {
-                            log::debug!("metrics: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        // EMFILE and friends: do not spin on a listener that keeps failing.
-                        log::warn!("metrics: accept: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })?;
-    Ok(bound)
-}
-
-/// Reads one request head (bounded in size and time) and writes the answer; then closes.
-fn answer(mut sock: TcpStream, metrics: &Metrics) -> io::Result<()> {
-    let deadline = Instant::now() + REQUEST_DEADLINE;
-    let mut buf = [0u8; MAX_REQUEST];
-    let mut len = 0;
-    let limits = HeadLimits {
-        max_head_bytes: MAX_REQUEST,
-        max_headers: 32,
-    };
-    let head = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        sock.set_read_timeout(Some(left))?;
-        match http::parse_request_head(&buf[..len], &limits) {
-            Ok(Some((head, _))) => break head,
-            Ok(None) if len == buf.len() => {
-                return respond(&mut sock, 431, "text/plain", "request head too large\n")
-            }
-            Ok(None) => {}
-            Err(e) => return respond(&mut sock, 400, "text/plain", &format!("{e}\n")),
-        }
-        match sock.read(&mut buf[len..]) {
-            Ok(0) => return Ok(()),
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    };
-    sock.set_write_timeout(Some(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1)),
-    ))?;
-    let path = head.target.split('?').next().unwrap_or_default();
-    match (head.method.as_str(), path) {
-        ("GET", "/metrics") => respond(
-            &mut sock,
+/// The answer to a request for `method` `target`: status, content type and body. The
+/// server in `io::metrics_server` reads the request and writes this back.
+pub fn answer(metrics: &Metrics, method: &str, target: &str) -> (u16, &'static str, String) {
+    let path = target.split('?').next().unwrap_or_default();
+    match (method, path) {
+        ("GET", "/metrics") => (
             200,
             "text/plain; version=0.0.4; charset=utf-8",
-            &metrics.render(),
+            metrics.render(),
         ),
         ("GET", "/ready") => {
             let (status, body) = metrics.ready();
-            respond(&mut sock, status, "application/json", &body)
+            (status, "application/json", body)
         }
-        (_, "/metrics" | "/ready") => respond(&mut sock, 405, "text/plain", "use GET\n"),
-        _ => respond(
-            &mut sock,
+        (_, "/metrics" | "/ready") => (405, "text/plain", "use GET\n".into()),
+        _ => (
             404,
             "text/plain",
-            "not found: try /metrics or /ready\n",
+            "not found: try /metrics or /ready\n".into(),
         ),
     }
-}
-
-fn respond(sock: &mut TcpStream, status: u16, content_type: &str, body: &str) -> io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    let mut out = Vec::with_capacity(body.len() + 128);
-    http::write_response(
-        &mut out,
-        status,
-        reason,
-        &[("Content-Type", content_type), ("Connection", "close")],
-        body.as_bytes(),
-    );
-    sock.write_all(&out)?;
-    sock.flush()
 }
 
 #[cfg(test)]
@@ -621,6 +536,20 @@ mod tests {
                 role == Role::Edge
             );
         }
+    }
+
+    #[test]
+    fn answers_get_metrics_and_ready_and_nothing_else() {
+        let m = Metrics::new(Role::Tunnel, [7; 16]);
+        let (status, ctype, body) = answer(&m, "GET", "/metrics?x=1");
+        assert_eq!(
+            (status, ctype),
+            (200, "text/plain; version=0.0.4; charset=utf-8")
+        );
+        assert!(body.contains("# TYPE"), "{body}");
+        assert_eq!(answer(&m, "GET", "/ready").0, 503);
+        assert_eq!(answer(&m, "POST", "/ready").0, 405);
+        assert_eq!(answer(&m, "GET", "/etc/passwd").0, 404);
     }
 
     #[test]

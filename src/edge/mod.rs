@@ -470,7 +470,7 @@ impl Edge {
 
     /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
     pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
-        metrics::serve(addr, self.metrics.clone())
+        crate::io::metrics_server::serve(addr, self.metrics.clone())
     }
 
     /// Binds, prints where it listens, and serves until SIGTERM/SIGINT.

@@ -1,6 +1,7 @@
 //! The only place that touches the OS: sockets, TLS glue, stdio, signals, the clock.
 
 pub mod local;
+pub mod metrics_server;
 pub mod sys;
 pub mod tls;
 

@@ -247,7 +247,7 @@ impl Origin {
 
     /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
     pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
-        metrics::serve(addr, self.metrics.clone())
+        crate::io::metrics_server::serve(addr, self.metrics.clone())
     }
 
     fn local_token(&self, slot: usize) -> Token {
