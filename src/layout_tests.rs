@@ -61,6 +61,10 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "tunnel/driver.rs",
+        "the origin's mio loop: sockets, TLS record IO, signals, the clock",
+    ),
+    (
         "access/listener.rs",
         "`access tcp`'s accept loop and its setup threads",
     ),
@@ -82,7 +86,6 @@ const PENDING: &[&str] = &[
     "edge/login.rs",
     "edge/admin.rs",
     "edge/view.rs",
-    "tunnel/mod.rs",
     "access/mod.rs",
 ];
 
