@@ -700,12 +700,13 @@ impl Core {
         self.out.push_back(Output::StartTls { conn, early });
     }
 
-    /// The driver could not start TLS on the connection (it dropped the socket).
+    /// The driver could not start TLS on the connection (it dropped the socket); `why` is
+    /// for the log.
     pub fn tls_setup_failed(&mut self, conn: ConnId, why: &str, now: Instant) {
         if self.live(conn).is_none() {
             return;
         }
-        warn!("connection {}: TLS with the edge: {why}", conn.slot);
+        warn!("connection {}: {why}", conn.slot);
         self.backoff(conn.slot, now);
     }
 
@@ -788,13 +789,12 @@ impl Core {
         self.drain_events(conn, now);
     }
 
-    /// True once the connection's socket has been handed back (a pump may stop).
+    /// True while `conn` is its slot's current attempt (a pump of an older one may stop).
     pub fn is_current(&self, conn: ConnId) -> bool {
         self.current(conn)
     }
 
     fn drain_events(&mut self, conn: ConnId, now: Instant) {
-        self.conns[conn.slot].moved = false;
         while self.exit.is_none() {
             let Some(ev) = self.live(conn).and_then(|l| l.mux.poll_event()) else {
                 break;
@@ -1223,12 +1223,18 @@ mod tests {
         reachable: bool,
         /// The edge's socket is up but nothing comes through, either way.
         silent: bool,
+        /// Names the resolver never answers.
+        unanswered: Vec<&'static str>,
     }
 
     fn pipe_with(ha: usize, proxy: Option<ProxyConfig>) -> Pipe {
+        pipe_serving(ha, proxy, &format!("tcp://{SERVICE}"))
+    }
+
+    fn pipe_serving(ha: usize, proxy: Option<ProxyConfig>, service: &str) -> Pipe {
         let cfg = Config {
             registration: Registration::Hostname(HOST.into()),
-            ingress: Ingress::single(HOST, &format!("tcp://{SERVICE}")).unwrap(),
+            ingress: Ingress::single(HOST, service).unwrap(),
             edge: EDGE.into(),
             proxy,
             connector_id: [7; 16],
@@ -1245,6 +1251,7 @@ mod tests {
             edge_events: (0..ha).map(|_| Vec::new()).collect(),
             reachable: true,
             silent: false,
+            unanswered: Vec::new(),
         }
     }
 
@@ -1274,6 +1281,7 @@ mod tests {
         fn carry_out(&mut self, out: &Output) {
             let now = self.now;
             match *out {
+                Output::Resolve { ref name, .. } if self.unanswered.contains(&name.as_str()) => {}
                 Output::Resolve { waiter, ref name } => {
                     // Addresses stand for themselves; names (the edge, the proxy) resolve.
                     let addr = name.parse().unwrap_or(([192, 0, 2, 1], 443).into());
@@ -1596,6 +1604,53 @@ mod tests {
             .iter()
             .any(|o| matches!(o, Output::ConnectService { stream, .. } if *stream == none)));
         // The connection itself is fine.
+        assert_eq!(p.closed_edges(), 0);
+    }
+
+    #[test]
+    fn names_that_never_resolve_time_out_for_the_edge_and_for_a_service() {
+        // The edge's name: the attempt is given up at the deadline, and retried.
+        let mut p = pipe(1);
+        p.unanswered.push(EDGE);
+        p.advance(Duration::ZERO);
+        let timeout = Duration::from_secs(RESOLVE_TIMEOUT_SECS);
+        p.advance(timeout - Duration::from_millis(1));
+        assert_eq!(p.core.poll_timeout(), p.now + Duration::from_millis(1));
+        assert!(p.core.take_exit().is_none());
+        p.advance(Duration::from_millis(1));
+        let resolves = |p: &Pipe| {
+            let seen = p.seen.iter();
+            seen.filter(|o| matches!(o, Output::Resolve { .. })).count()
+        };
+        assert_eq!(resolves(&p), 1);
+        p.advance(Duration::from_millis(999));
+        assert_eq!(resolves(&p), 2, "retried after the backoff");
+
+        // A service's name: only its stream waits, and is reset at the deadline.
+        let mut p = pipe_serving(1, None, "tcp://sshd.internal:22");
+        p.unanswered.push("sshd.internal:22");
+        p.register_all();
+        let id = p.open(0, HOST);
+        p.advance(timeout - Duration::from_millis(1));
+        assert!(p.resets(0).is_empty());
+        p.advance(Duration::from_millis(1));
+        assert_eq!(
+            p.resets(0),
+            [(
+                id.stream,
+                ResetCode::ConnectFailed,
+                "resolving the service timed out".to_owned()
+            )]
+        );
+        // No socket was ever asked for, so none is closed; the connection stays.
+        assert!(!p
+            .seen
+            .iter()
+            .any(|o| matches!(o, Output::ConnectService { .. })));
+        assert!(!p
+            .seen
+            .iter()
+            .any(|o| matches!(o, Output::CloseService { .. })));
         assert_eq!(p.closed_edges(), 0);
     }
 

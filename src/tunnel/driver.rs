@@ -301,11 +301,11 @@ impl Origin {
             }
         };
         let started = rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone())
-            .map_err(|e| format!("setup: {e}"))
+            .map_err(|e| format!("TLS setup: {e}"))
             .and_then(|mut tls| {
                 proxy::hand_to_tls(&mut tls, early)
                     .map(|()| tls)
-                    .map_err(|e| format!("through the proxy: {e}"))
+                    .map_err(|e| format!("TLS with the edge through the proxy: {e}"))
             });
         match started {
             Ok(tls) => edge.sock = Sock::Tls(Box::new(TlsConn::new(sock, tls))),
