@@ -731,11 +731,35 @@ pub fn fuzz_proxy(data: &[u8]) {
     assert!(request.ends_with(b"\r\n\r\n"));
     assert_eq!(request.windows(4).filter(|w| w == b"\r\n\r\n").count(), 1);
     let target = "edge.example.com:443";
-    if let Ok(Some(n)) = read_answer(answer, &config, target) {
+    let whole = read_answer(answer, &config, target);
+    if let Ok(Some(n)) = whole {
         assert!(n <= answer.len());
         for k in 0..n {
             assert_eq!(read_answer(&answer[..k], &config, target), Ok(None));
         }
+    }
+    // The exchange decides as `read_answer` does, however the answer is split, and keeps
+    // every byte after the head.
+    let mut exchange = Connect::new(&config, target, std::time::Instant::now());
+    let split = answer
+        .first()
+        .map_or(0, |&b| usize::from(b) % (answer.len() + 1));
+    let progress = match exchange.handle_input(&answer[..split]) {
+        Progress::Exchanging => exchange.handle_input(&answer[split..]),
+        Progress::Established(mut early) => {
+            // Sticky: what comes after is the target's too.
+            let Progress::Established(rest) = exchange.handle_input(&answer[split..]) else {
+                panic!("an established exchange changed its mind")
+            };
+            early.extend_from_slice(&rest);
+            Progress::Established(early)
+        }
+        refused => refused,
+    };
+    match (whole, progress) {
+        (Ok(Some(n)), Progress::Established(early)) => assert_eq!(early, &answer[n..]),
+        (Ok(None), Progress::Exchanging) | (Err(_), Progress::Refused(_)) => {}
+        (whole, progress) => panic!("read_answer {whole:?} but Connect {progress:?}"),
     }
 }
 
