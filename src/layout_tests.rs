@@ -60,6 +60,10 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "tunnel/driver.rs",
+        "the origin's mio loop: sockets, TLS record IO, signals, the clock",
+    ),
+    (
         "access/listener.rs",
         "`access tcp`'s accept loop and its setup threads",
     ),
@@ -81,7 +85,6 @@ const PENDING: &[&str] = &[
     "edge/login.rs",
     "edge/admin.rs",
     "edge/view.rs",
-    "tunnel/mod.rs",
     "access/mod.rs",
 ];
 

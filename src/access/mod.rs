@@ -32,7 +32,7 @@ use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, would_block};
 use crate::limits::{
-    MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
+    MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS, STREAM_SEND_BUFFER, TLS_READ_STAGE,
 };
 use crate::logging::untrusted;
 use crate::proto::buf::Buf;
@@ -216,8 +216,9 @@ fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>
         },
     })?;
     debug!("connecting to the edge {edge} through the proxy {}", p.addr);
-    let deadline = Instant::now() + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS);
-    let timed_out = || AccessError::Proxy(p.timed_out(edge, PROXY_ANSWER_TIMEOUT_SECS));
+    // The exchange itself is `proxy::Connect`'s (the tunnel drives the same one); here it is
+    // only fed, blocking, with the socket's timeouts set to its deadline.
+    let mut connect = proxy::Connect::new(p, edge, Instant::now());
     let proxy_io = |writing, error| AccessError::ProxyIo {
         proxy: p.addr.clone(),
         edge: edge.to_owned(),
@@ -225,30 +226,34 @@ fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>
         error,
     };
     let _ = sock.set_write_timeout(Some(Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS)));
-    sock.write_all(&p.connect_request(edge))
+    sock.write_all(connect.transmit())
         .map_err(|e| proxy_io(true, e))?;
-    let mut answer = Vec::with_capacity(1024);
+    connect.sent(connect.transmit().len());
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(n) = proxy::read_answer(&answer, p, edge)? {
-            let early = answer.split_off(n);
-            return Ok((sock, early));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(timed_out());
-        }
-        let _ = sock.set_read_timeout(Some(left));
-        // Never more than the head limit: `read_answer` refuses a full buffer without a head.
-        let room = MAX_HTTP_HEAD.saturating_sub(answer.len()).min(chunk.len());
-        match sock.read(&mut chunk[..room]) {
-            Ok(0) => return Err(p.closed(edge).into()),
-            Ok(n) => answer.extend_from_slice(&chunk[..n]),
-            Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
-                return Err(timed_out())
+        let now = Instant::now();
+        let left = connect
+            .deadline()
+            .map_or(Duration::ZERO, |d| d.saturating_duration_since(now));
+        let progress = if left.is_zero() {
+            connect.handle_timeout(now)
+        } else {
+            let _ = sock.set_read_timeout(Some(left));
+            let room = connect.room().min(chunk.len());
+            match sock.read(&mut chunk[..room]) {
+                Ok(0) => connect.handle_eof(),
+                Ok(n) => connect.handle_input(&chunk[..n]),
+                Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
+                    connect.handle_timeout(Instant::now())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => proxy::Progress::Exchanging,
+                Err(e) => return Err(proxy_io(false, e)),
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(proxy_io(false, e)),
+        };
+        match progress {
+            proxy::Progress::Exchanging => {}
+            proxy::Progress::Established(early) => return Ok((sock, early)),
+            proxy::Progress::Refused(e) => return Err(e.into()),
         }
     }
 }

@@ -21,6 +21,17 @@
 //!   `:port` after an entry is ignored. Names are not resolved: an IP entry never matches a
 //!   name, and a domain entry never matches an IP address.
 //!
+//! [`Connect`] is the exchange as one state machine, driven alike by the origin's link core
+//! (non-blocking, in its event loop) and by `access` (blocking, on a setup thread): request
+//! bytes out, answer bytes in, the time passed in:
+//!
+//! ```text
+//!  Exchanging ──2xx head──────────────────────────▶ Established(bytes after the head)
+//!      ├──other status, not HTTP, head too large──▶ Refused(ProxyError)
+//!      ├──EOF before a whole head─────────────────▶ Refused(Closed)
+//!      └──now ≥ deadline──────────────────────────▶ Refused(TimedOut)
+//! ```
+//!
 //! Contract of [`read_answer`], after `http`'s: `Ok(None)` means "need more bytes" and
 //! consumes nothing; every prefix of an answer returns `Ok(None)`; a buffer of
 //! `MAX_HTTP_HEAD` bytes without a complete head is an error. Proxies answer CONNECT in
@@ -32,7 +43,9 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr};
+use std::time::{Duration, Instant};
 
+use crate::limits::{MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS};
 use crate::proto::base64;
 use crate::proto::http::{self, HeadError, HeadLimits};
 use crate::proto::url;
@@ -466,21 +479,191 @@ pub fn read_answer(
     let Some((head, n)) = parse_answer_head(buf).map_err(bad)? else {
         return Ok(None);
     };
+    answer_status(
+        &head,
+        &proxy.addr,
+        proxy.source,
+        proxy.auth.is_some(),
+        target,
+    )?;
+    Ok(Some(n))
+}
+
+/// Where a [`Connect`] stands; what each of its inputs returns. Sticky: once the exchange is
+/// decided, every later input returns the same decision (bytes given after `Established`
+/// are the target's, and come back as such).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// The answer is not complete yet: write [`Connect::transmit`], read at most
+    /// [`Connect::room`] bytes, wake up at [`Connect::deadline`].
+    Exchanging,
+    /// The proxy opened the tunnel. The bytes are what followed its answer: the target's
+    /// already (for TLS, see [`hand_to_tls`]); normally none.
+    Established(Vec<u8>),
+    /// No tunnel: why, for the operator.
+    Refused(ProxyError),
+}
+
+enum ConnectState {
+    Exchanging,
+    Established,
+    Refused(ProxyError),
+}
+
+/// One `CONNECT target` exchange with a proxy, sans-IO (see the module doc): the caller has
+/// connected to the proxy, writes [`Connect::transmit`], feeds what it reads to
+/// [`Connect::handle_input`] (or [`Connect::handle_eof`]) and calls
+/// [`Connect::handle_timeout`] when the deadline passes. The answer is held in at most
+/// `MAX_HTTP_HEAD` bytes.
+pub struct Connect {
+    proxy: String,
+    source: &'static str,
+    sent_credentials: bool,
+    target: String,
+    request: Vec<u8>,
+    sent: usize,
+    answer: Vec<u8>,
+    deadline: Instant,
+    state: ConnectState,
+}
+
+impl Connect {
+    /// The exchange for `CONNECT target` through `proxy`, started at `now`: the proxy has
+    /// `PROXY_ANSWER_TIMEOUT_SECS` from then to answer.
+    pub fn new(proxy: &ProxyConfig, target: &str, now: Instant) -> Connect {
+        Connect {
+            proxy: proxy.addr.clone(),
+            source: proxy.source,
+            sent_credentials: proxy.auth.is_some(),
+            target: target.to_owned(),
+            request: proxy.connect_request(target),
+            sent: 0,
+            answer: Vec::new(),
+            deadline: now + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS),
+            state: ConnectState::Exchanging,
+        }
+    }
+
+    /// Request bytes not yet written (empty once all are, or once the exchange is decided).
+    pub fn transmit(&self) -> &[u8] {
+        match self.state {
+            ConnectState::Exchanging => &self.request[self.sent..],
+            _ => &[],
+        }
+    }
+
+    /// The caller wrote `n` bytes of [`Connect::transmit`].
+    pub fn sent(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.request.len());
+    }
+
+    /// How many bytes the next read may take: the head limit's remainder (0 once decided).
+    /// It is never 0 while exchanging: a full buffer without a head is refused.
+    pub fn room(&self) -> usize {
+        match self.state {
+            ConnectState::Exchanging => MAX_HTTP_HEAD.saturating_sub(self.answer.len()),
+            _ => 0,
+        }
+    }
+
+    /// When the proxy must have answered by; `None` once decided.
+    pub fn deadline(&self) -> Option<Instant> {
+        matches!(self.state, ConnectState::Exchanging).then_some(self.deadline)
+    }
+
+    /// Bytes read from the proxy (at most [`Connect::room`]).
+    pub fn handle_input(&mut self, data: &[u8]) -> Progress {
+        match &self.state {
+            ConnectState::Exchanging => {}
+            ConnectState::Established => return Progress::Established(data.to_vec()),
+            ConnectState::Refused(e) => return Progress::Refused(e.clone()),
+        }
+        self.answer.extend_from_slice(data);
+        let outcome = parse_answer_head(&self.answer)
+            .map_err(|error| ProxyError::BadAnswer {
+                proxy: self.proxy.clone(),
+                target: self.target.clone(),
+                error,
+            })
+            .and_then(|head| match head {
+                None => Ok(None),
+                Some((head, n)) => answer_status(
+                    &head,
+                    &self.proxy,
+                    self.source,
+                    self.sent_credentials,
+                    &self.target,
+                )
+                .map(|()| Some(n)),
+            });
+        match outcome {
+            Ok(None) => Progress::Exchanging,
+            Ok(Some(n)) => {
+                self.state = ConnectState::Established;
+                let early = self.answer.split_off(n);
+                self.answer = Vec::new();
+                Progress::Established(early)
+            }
+            Err(e) => self.refuse(e),
+        }
+    }
+
+    /// The proxy closed the connection (or took no more bytes) before a whole answer.
+    pub fn handle_eof(&mut self) -> Progress {
+        match &self.state {
+            ConnectState::Exchanging => self.refuse(ProxyError::Closed {
+                proxy: self.proxy.clone(),
+                target: self.target.clone(),
+            }),
+            ConnectState::Established => Progress::Established(Vec::new()),
+            ConnectState::Refused(e) => Progress::Refused(e.clone()),
+        }
+    }
+
+    /// The time is `now`: past the deadline without an answer, the exchange is refused.
+    pub fn handle_timeout(&mut self, now: Instant) -> Progress {
+        match &self.state {
+            ConnectState::Exchanging if now >= self.deadline => self.refuse(ProxyError::TimedOut {
+                proxy: self.proxy.clone(),
+                target: self.target.clone(),
+                secs: PROXY_ANSWER_TIMEOUT_SECS,
+            }),
+            ConnectState::Exchanging => Progress::Exchanging,
+            ConnectState::Established => Progress::Established(Vec::new()),
+            ConnectState::Refused(e) => Progress::Refused(e.clone()),
+        }
+    }
+
+    fn refuse(&mut self, e: ProxyError) -> Progress {
+        self.state = ConnectState::Refused(e.clone());
+        self.answer = Vec::new();
+        Progress::Refused(e)
+    }
+}
+
+/// The decision on a whole answer head: a 2xx opens the tunnel, anything else says why not.
+fn answer_status(
+    head: &http::ResponseHead,
+    proxy: &str,
+    source: &'static str,
+    sent_credentials: bool,
+    target: &str,
+) -> Result<(), ProxyError> {
     match head.status {
         // Any 2xx opens the tunnel (RFC 9110 §9.3.6); its head frames no body.
-        200..=299 => Ok(Some(n)),
+        200..=299 => Ok(()),
         // 407 is the standard answer; tinyproxy says 401 to a wrong password. Either way it
         // is the proxy's: the edge has not been reached yet.
         status @ (401 | 407) => Err(ProxyError::AuthRequired {
-            proxy: proxy.addr.clone(),
-            source: proxy.source,
+            proxy: proxy.to_owned(),
+            source,
             target: target.to_owned(),
             status,
             reason: shown(&head.reason),
-            sent_credentials: proxy.auth.is_some(),
+            sent_credentials,
         }),
         status => Err(ProxyError::Refused {
-            proxy: proxy.addr.clone(),
+            proxy: proxy.to_owned(),
             target: target.to_owned(),
             status,
             reason: shown(&head.reason),
@@ -548,11 +731,35 @@ pub fn fuzz_proxy(data: &[u8]) {
     assert!(request.ends_with(b"\r\n\r\n"));
     assert_eq!(request.windows(4).filter(|w| w == b"\r\n\r\n").count(), 1);
     let target = "edge.example.com:443";
-    if let Ok(Some(n)) = read_answer(answer, &config, target) {
+    let whole = read_answer(answer, &config, target);
+    if let Ok(Some(n)) = whole {
         assert!(n <= answer.len());
         for k in 0..n {
             assert_eq!(read_answer(&answer[..k], &config, target), Ok(None));
         }
+    }
+    // The exchange decides as `read_answer` does, however the answer is split, and keeps
+    // every byte after the head.
+    let mut exchange = Connect::new(&config, target, std::time::Instant::now());
+    let split = answer
+        .first()
+        .map_or(0, |&b| usize::from(b) % (answer.len() + 1));
+    let progress = match exchange.handle_input(&answer[..split]) {
+        Progress::Exchanging => exchange.handle_input(&answer[split..]),
+        Progress::Established(mut early) => {
+            // Sticky: what comes after is the target's too.
+            let Progress::Established(rest) = exchange.handle_input(&answer[split..]) else {
+                panic!("an established exchange changed its mind")
+            };
+            early.extend_from_slice(&rest);
+            Progress::Established(early)
+        }
+        refused => refused,
+    };
+    match (whole, progress) {
+        (Ok(Some(n)), Progress::Established(early)) => assert_eq!(early, &answer[n..]),
+        (Ok(None), Progress::Exchanging) | (Err(_), Progress::Refused(_)) => {}
+        (whole, progress) => panic!("read_answer {whole:?} but Connect {progress:?}"),
     }
 }
 
@@ -1073,5 +1280,118 @@ mod tests {
         hand_to_tls(&mut tls, b"").unwrap();
         // Not a TLS record: TLS sees it and fails, rather than the bytes vanishing.
         assert!(hand_to_tls(&mut tls, b"garbage that is not TLS").is_err());
+    }
+
+    fn exchange(url: &str) -> (Connect, Instant) {
+        let p = proxy(&[("HTTPS_PROXY", url)]).unwrap();
+        let t0 = Instant::now();
+        (Connect::new(&p, "edge.example.com:443", t0), t0)
+    }
+
+    #[test]
+    fn connect_sends_its_request_in_pieces_and_takes_the_answer_at_any_split() {
+        let answer = b"HTTP/1.0 200 Connection established\r\nProxy-Agent: x\r\n\r\n\x16\x03";
+        let head = answer.len() - 2;
+        for split in 0..=answer.len() {
+            let (mut c, _) = exchange("http://proxy:3128");
+            let want = c.transmit().to_vec();
+            assert!(want.starts_with(b"CONNECT edge.example.com:443 HTTP/1.1\r\n"));
+            c.sent(5);
+            assert_eq!(c.transmit(), &want[5..]);
+            c.sent(want.len());
+            assert!(c.transmit().is_empty());
+            let first = c.handle_input(&answer[..split]);
+            if split >= head {
+                let early = answer[head..split].to_vec();
+                assert_eq!(first, Progress::Established(early), "split {split}");
+            } else {
+                assert_eq!(first, Progress::Exchanging, "split {split}");
+                assert_eq!(c.room(), MAX_HTTP_HEAD - split);
+                // What followed the head is the edge's, for TLS: never lost.
+                let rest = c.handle_input(&answer[split..]);
+                assert_eq!(rest, Progress::Established(b"\x16\x03".to_vec()));
+            }
+            assert_eq!(c.deadline(), None);
+            assert_eq!(c.room(), 0);
+            // Later bytes are the edge's too.
+            assert_eq!(
+                c.handle_input(b"tls"),
+                Progress::Established(b"tls".to_vec())
+            );
+        }
+    }
+
+    #[test]
+    fn connect_refusals_are_sticky_and_say_why() {
+        let (mut c, t0) = exchange("http://u:pw@proxy:3128");
+        let refused = c.handle_input(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+        let Progress::Refused(e @ ProxyError::AuthRequired { .. }) = refused else {
+            panic!("{refused:?}")
+        };
+        assert!(
+            e.to_string().contains("refused the user and password"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("pw"), "{e}");
+        assert!(c.transmit().is_empty());
+        assert_eq!(
+            c.handle_input(b"HTTP/1.1 200 OK\r\n\r\n"),
+            Progress::Refused(e.clone())
+        );
+        assert_eq!(c.handle_eof(), Progress::Refused(e.clone()));
+        assert_eq!(
+            c.handle_timeout(t0 + Duration::from_secs(99)),
+            Progress::Refused(e)
+        );
+
+        let (mut c, _) = exchange("http://proxy:3128");
+        let Progress::Refused(ProxyError::Refused { status: 403, .. }) =
+            c.handle_input(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+        else {
+            panic!()
+        };
+        let (mut c, _) = exchange("http://proxy:3128");
+        let Progress::Refused(ProxyError::BadAnswer { .. }) = c.handle_input(b"SSH-2.0-x\r\n\r\n")
+        else {
+            panic!()
+        };
+        // A head that never ends stops at the limit, not at memory's.
+        let (mut c, _) = exchange("http://proxy:3128");
+        assert_eq!(
+            c.handle_input(b"HTTP/1.1 200 OK\r\nX: "),
+            Progress::Exchanging
+        );
+        let mut last = Progress::Exchanging;
+        while last == Progress::Exchanging {
+            let room = c.room();
+            assert!(room > 0);
+            last = c.handle_input(&vec![b'a'; room.min(4096)]);
+        }
+        assert!(matches!(
+            last,
+            Progress::Refused(ProxyError::BadAnswer { .. })
+        ));
+    }
+
+    #[test]
+    fn connect_times_out_at_its_deadline_and_fails_on_early_eof() {
+        let (mut c, t0) = exchange("http://proxy:3128");
+        let deadline = t0 + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS);
+        assert_eq!(c.deadline(), Some(deadline));
+        assert_eq!(c.handle_input(b"HTTP/1.1 200"), Progress::Exchanging);
+        assert_eq!(
+            c.handle_timeout(deadline - Duration::from_millis(1)),
+            Progress::Exchanging
+        );
+        let Progress::Refused(e @ ProxyError::TimedOut { .. }) = c.handle_timeout(deadline) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("did not answer CONNECT"), "{e}");
+
+        let (mut c, _) = exchange("http://proxy:3128");
+        assert_eq!(c.handle_input(b"HTTP/1.1 20"), Progress::Exchanging);
+        let Progress::Refused(ProxyError::Closed { .. }) = c.handle_eof() else {
+            panic!()
+        };
     }
 }

@@ -1,0 +1,1829 @@
+//! The origin's link core: every decision of `postern tunnel`, with the time passed in. The
+//! driver (`driver.rs`) owns the sockets, TLS record IO, the resolver thread and the clock;
+//! it turns readiness into the inputs below and carries out the [`Output`]s this core queues.
+//!
+//! Each HA connection (a *slot*) cycles through:
+//!
+//! ```text
+//!  Waiting(until) ─▶ Resolving(first hop) ─▶ Connecting(TCP) ─────────────▶ Live(TLS + mux)
+//!        ▲                                        │                     │   │
+//!        │                          (HTTPS_PROXY) └─▶ Proxying(CONNECT) ─┘   │
+//!        └──── backoff ◀── failure, timeout, refusal by the proxy, TLS or ◀──┘
+//!                          protocol error, keepalive, EOF, non-final ERROR
+//!  Live ──final ERROR (a refused REGISTER)──▶ exit: Refused
+//!  shutdown ─▶ GOAWAY on every Live; no reconnects; exit once no stream is open, or at grace
+//! ```
+//!
+//! Each attempt bumps the slot's *epoch*: a [`ConnId`] is (slot, epoch), and inputs naming an
+//! attempt that has ended are ignored. Backoff is exponential with full jitter
+//! (`500 ms << attempt`, capped at `RECONNECT_BACKOFF_CAP_SECS`), and resets once registered.
+//!
+//! Each stream the edge opens goes to the service of the first ingress rule matching its
+//! hostname: `Resolving` (the service's name) ─▶ `Connecting` (TCP, driver's) ─▶ `Spliced`;
+//! a name or connect that fails or times out resets the stream (`ConnectFailed`), a hostname
+//! with no service resets it at once (`NoService`). The splice's bytes move between the
+//! service socket and the stream's buffers through [`Core::service_fill`] and
+//! [`Core::service_pending`] without copies; the core says when a side is done.
+//!
+//! Shape (str0m's): inputs are method calls carrying `now`; [`Core::poll_output`] yields
+//! what to do; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`] next.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+
+use crate::limits::{
+    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, SERVICE_CONNECT_TIMEOUT_SECS,
+};
+use crate::logging::untrusted;
+use crate::metrics::{self, Direction, Metrics};
+use crate::proto::mux::{self, OriginEvent, OriginSession, StreamEvent};
+use crate::proto::proxy::{self, ProxyConfig};
+
+use super::config::{Ingress, Service};
+
+/// How long a TCP connect to the first hop (the proxy or the edge) may take.
+const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the core sleeps: the gauges are refreshed at least this often.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the origin registers with the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// The guide's form, `--hostname H`: H, owned by the origin certificate.
+    Hostname(String),
+    /// A named tunnel (`tunnel run`): every hostname routed to it at the edge.
+    Named { id: String, name: String },
+}
+
+/// Why the tunnel stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM and drained.
+    Signalled,
+    /// The edge refused the registration; retrying cannot help.
+    Refused(String),
+}
+
+/// What the core decides with: the tunnel's options without the files and the TLS setup.
+pub struct Config {
+    pub registration: Registration,
+    pub ingress: Ingress,
+    /// `host:port` of the edge.
+    pub edge: String,
+    /// The HTTP proxy every connection to the edge goes through, if any.
+    pub proxy: Option<ProxyConfig>,
+    pub connector_id: [u8; 16],
+    /// How long open streams may take to finish after [`Core::shutdown`].
+    pub grace: Duration,
+    /// HA connections (at least one).
+    pub connections: usize,
+}
+
+/// One attempt of one HA connection: its slot and the attempt's generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub slot: usize,
+    pub epoch: u64,
+}
+
+/// One stream of one connection's session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamId {
+    pub conn: ConnId,
+    pub stream: u32,
+}
+
+/// Who waits for a name: a connection attempt (its first hop) or a stream (its service).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Waiter {
+    Edge(ConnId),
+    Stream(StreamId),
+}
+
+/// What the driver does for the core, in the order queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Look `name` (`host:port`) up; answer with [`Core::resolved`].
+    Resolve { waiter: Waiter, name: String },
+    /// Start a TCP connect to `addr` (the proxy or the edge); then [`Core::edge_connected`]
+    /// or [`Core::edge_connect_failed`].
+    ConnectEdge { conn: ConnId, addr: SocketAddr },
+    /// TLS with the edge starts on the connection's socket, first given `early` (what the
+    /// proxy passed on after its answer). [`Core::tls_setup_failed`] if it cannot.
+    StartTls { conn: ConnId, early: Vec<u8> },
+    /// The connection is over: close TLS if it runs, drop the socket.
+    CloseEdge { conn: ConnId },
+    /// Connect the stream to its service at `addr`; then [`Core::service_connected`] or
+    /// [`Core::service_connect_failed`].
+    ConnectService { stream: StreamId, addr: SocketAddr },
+    /// The service gets no more bytes: shut its socket's write side.
+    ShutdownService { stream: StreamId },
+    /// The stream is over: drop its service socket.
+    CloseService { stream: StreamId },
+    /// The connection has something to send, or more to read: pump it.
+    PumpEdge(ConnId),
+    /// The stream has bytes for its service, or room for more from it: pump it.
+    PumpService(StreamId),
+}
+
+struct Live {
+    mux: OriginSession,
+    registered: bool,
+    next_timeout: Instant,
+    /// When TLS started, until the driver says the handshake is done (for metrics).
+    tls_started: Option<Instant>,
+}
+
+enum Link {
+    Waiting {
+        until: Instant,
+    },
+    /// The first hop's name is with the resolver.
+    Resolving {
+        deadline: Instant,
+    },
+    Connecting {
+        deadline: Instant,
+    },
+    Proxying(Box<proxy::Connect>),
+    Live(Box<Live>),
+}
+
+enum Splice {
+    /// The service's name is with the resolver.
+    Resolving {
+        deadline: Instant,
+    },
+    Connecting {
+        deadline: Instant,
+    },
+    Spliced {
+        read_done: bool,
+        write_done: bool,
+    },
+}
+
+struct Local {
+    /// The ingress rule it was opened by (to name its service in logs).
+    rule: usize,
+    splice: Splice,
+}
+
+impl Local {
+    fn has_socket(&self) -> bool {
+        !matches!(self.splice, Splice::Resolving { .. })
+    }
+}
+
+struct Conn {
+    link: Link,
+    /// Bumped at each connect attempt: names this attempt and the session it becomes.
+    epoch: u64,
+    attempt: u32,
+    /// The session's streams that have (or wait for) a service connection.
+    locals: HashMap<u32, Local>,
+    /// A service moved bytes since the edge connection was last pumped.
+    moved: bool,
+}
+
+/// What a connection's timer asks for.
+enum Due {
+    Connect,
+    Pump,
+    Lost {
+        log: String,
+        metric: metrics::Error,
+        why: &'static str,
+    },
+}
+
+/// See the module doc.
+pub struct Core {
+    cfg: Config,
+    conns: Vec<Conn>,
+    out: VecDeque<Output>,
+    draining: Option<Instant>,
+    exit: Option<Exit>,
+    metrics: Arc<Metrics>,
+    /// Jitter for the backoff (the driver's randomness).
+    random: Box<dyn FnMut() -> u64 + Send>,
+    next_tick: Instant,
+}
+
+impl Core {
+    /// Every connection starts at once (at the first [`Core::handle_timeout`]).
+    pub fn new(
+        cfg: Config,
+        metrics: Arc<Metrics>,
+        random: Box<dyn FnMut() -> u64 + Send>,
+        now: Instant,
+    ) -> Core {
+        let conns = (0..cfg.connections.max(1))
+            .map(|_| Conn {
+                link: Link::Waiting { until: now },
+                epoch: 0,
+                attempt: 0,
+                locals: HashMap::new(),
+                moved: false,
+            })
+            .collect();
+        Core {
+            cfg,
+            conns,
+            out: VecDeque::new(),
+            draining: None,
+            exit: None,
+            metrics,
+            random,
+            next_tick: now,
+        }
+    }
+
+    /// The slots (HA connections).
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Logs what this tunnel serves and how it reaches the edge.
+    pub fn announce(&self) {
+        let cfg = &self.cfg;
+        match &cfg.registration {
+            Registration::Hostname(h) => info!(
+                "starting tunnel for {h} -> {} via edge {} with {} connections",
+                cfg.ingress.find(h).1.service,
+                cfg.edge,
+                self.conns.len()
+            ),
+            Registration::Named { id, name } => {
+                info!(
+                    "starting tunnel {name} ({id}) via edge {} with {} connections",
+                    cfg.edge,
+                    self.conns.len()
+                );
+                for r in cfg.ingress.rules() {
+                    info!(
+                        "  ingress: {} -> {}",
+                        r.hostname.as_deref().unwrap_or("(every other hostname)"),
+                        r.service
+                    );
+                }
+            }
+        }
+        if let Some(p) = &cfg.proxy {
+            info!(
+                "connecting to the edge through the HTTP proxy {} (from {})",
+                p.addr, p.source
+            );
+        }
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Why the tunnel stopped, once it has.
+    pub fn take_exit(&mut self) -> Option<Exit> {
+        self.exit.take()
+    }
+
+    /// True once the tunnel has decided to stop (a pump may stop).
+    pub fn exiting(&self) -> bool {
+        self.exit.is_some()
+    }
+
+    /// When [`Core::handle_timeout`] is due next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_tick;
+        if let Some(d) = self.draining {
+            next = next.min(d);
+        }
+        for c in &self.conns {
+            let t = match &c.link {
+                Link::Waiting { .. } if self.draining.is_some() => None,
+                Link::Waiting { until } => Some(*until),
+                Link::Resolving { deadline } | Link::Connecting { deadline } => Some(*deadline),
+                Link::Proxying(p) => p.deadline(),
+                Link::Live(l) => Some(l.next_timeout),
+            };
+            next = t.map_or(next, |t| next.min(t));
+            for l in c.locals.values() {
+                match l.splice {
+                    Splice::Resolving { deadline } | Splice::Connecting { deadline } => {
+                        next = next.min(deadline)
+                    }
+                    Splice::Spliced { .. } => {}
+                }
+            }
+        }
+        next
+    }
+
+    /// Timers: reconnects, connect and answer deadlines, keepalives, drain.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.next_tick = now + TICK;
+        if let Some(deadline) = self.draining {
+            let open: usize = self.conns.iter().map(|c| c.locals.len()).sum();
+            if open == 0 || now >= deadline {
+                if open > 0 {
+                    warn!("grace period over: closing {open} open streams");
+                }
+                for i in 0..self.conns.len() {
+                    self.disconnect(i, None, now);
+                }
+                self.exit = Some(Exit::Signalled);
+                return;
+            }
+        }
+        let hop = self.first_hop().to_owned();
+        let connect_timed_out = match &self.cfg.proxy {
+            Some(p) => format!("connecting to the proxy {} timed out", p.addr),
+            None => "connecting to the edge timed out".to_owned(),
+        };
+        for i in 0..self.conns.len() {
+            let lost = |log: String, metric, why| Due::Lost { log, metric, why };
+            let due = match &mut self.conns[i].link {
+                Link::Waiting { until } => {
+                    (self.draining.is_none() && now >= *until).then_some(Due::Connect)
+                }
+                Link::Resolving { deadline } => (now >= *deadline).then(|| {
+                    let log = format!("resolving {hop} timed out");
+                    lost(log, metrics::Error::Connect, "resolve timeout")
+                }),
+                Link::Connecting { deadline } => (now >= *deadline).then(|| {
+                    let log = connect_timed_out.clone();
+                    lost(log, metrics::Error::Connect, "connect timeout")
+                }),
+                Link::Proxying(p) => match p.handle_timeout(now) {
+                    proxy::Progress::Refused(e) => Some(lost(
+                        e.to_string(),
+                        metrics::Error::Connect,
+                        "proxy timeout",
+                    )),
+                    _ => None,
+                },
+                Link::Live(l) if now >= l.next_timeout => match l.mux.handle_timeout(now) {
+                    Ok(t) => {
+                        l.next_timeout = t;
+                        Some(Due::Pump)
+                    }
+                    Err(e) => Some(lost(
+                        e.to_string(),
+                        metrics::Error::Keepalive,
+                        "keepalive timeout",
+                    )),
+                },
+                Link::Live(_) => None,
+            };
+            match due {
+                None => {}
+                Some(Due::Connect) => self.connect(i, now),
+                Some(Due::Pump) => self.pump_edge(i),
+                Some(Due::Lost { log, metric, why }) => {
+                    warn!("connection {i}: {log}");
+                    self.metrics.error(metric);
+                    self.disconnect(i, Some(why), now);
+                }
+            }
+        }
+        self.count_connections();
+        for i in 0..self.conns.len() {
+            let due: Vec<(u32, bool)> = self.conns[i]
+                .locals
+                .iter()
+                .filter_map(|(&s, l)| match l.splice {
+                    Splice::Resolving { deadline } if now >= deadline => Some((s, false)),
+                    Splice::Connecting { deadline } if now >= deadline => Some((s, true)),
+                    _ => None,
+                })
+                .collect();
+            for (stream, connecting) in due {
+                if connecting {
+                    self.fail_local(i, stream, "connect to the service timed out");
+                } else {
+                    self.fail_opening(i, stream, "resolving the service timed out");
+                }
+            }
+        }
+    }
+
+    /// SIGTERM: GOAWAY on every connection (the edge opens no new streams on it, and the
+    /// session refuses any that cross), no reconnects, and an exit once the open streams are
+    /// done or the grace period is over.
+    pub fn shutdown(&mut self, now: Instant) {
+        if self.draining.is_some() {
+            return;
+        }
+        info!(
+            "SIGTERM: draining open streams for up to {}s",
+            self.cfg.grace.as_secs()
+        );
+        self.draining = Some(now + self.cfg.grace);
+        for i in 0..self.conns.len() {
+            if let Link::Live(l) = &mut self.conns[i].link {
+                l.mux.send_goaway("origin shutting down");
+            }
+            self.pump_edge(i);
+        }
+    }
+
+    /// Sets the connection and stream gauges (a scan of at most 16 connections).
+    fn count_connections(&self) {
+        let (mut live, mut ready, mut streams) = (0, 0, 0);
+        for c in &self.conns {
+            if let Link::Live(l) = &c.link {
+                live += 1;
+                if l.registered {
+                    ready += 1;
+                }
+            }
+            streams += c.locals.values().filter(|l| l.has_socket()).count();
+        }
+        self.metrics.set_connections(0, live, ready);
+        self.metrics.set_streams_active(streams);
+    }
+
+    // ---- the connection to the edge ----
+
+    fn first_hop(&self) -> &str {
+        self.cfg.proxy.as_ref().map_or(&self.cfg.edge, |p| &p.addr)
+    }
+
+    fn id(&self, slot: usize) -> ConnId {
+        ConnId {
+            slot,
+            epoch: self.conns[slot].epoch,
+        }
+    }
+
+    /// True when `conn` is the slot's current attempt.
+    fn current(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn.slot)
+            .is_some_and(|c| c.epoch == conn.epoch)
+    }
+
+    fn live(&mut self, conn: ConnId) -> Option<&mut Live> {
+        if !self.current(conn) {
+            return None;
+        }
+        match &mut self.conns[conn.slot].link {
+            Link::Live(l) => Some(l),
+            _ => None,
+        }
+    }
+
+    fn pump_edge(&mut self, i: usize) {
+        let id = self.id(i);
+        self.out.push_back(Output::PumpEdge(id));
+    }
+
+    fn connect(&mut self, i: usize, now: Instant) {
+        if self.conns[i].attempt > 0 {
+            self.metrics.reconnect();
+        }
+        self.conns[i].epoch += 1;
+        self.conns[i].link = Link::Resolving {
+            deadline: now + Duration::from_secs(RESOLVE_TIMEOUT_SECS),
+        };
+        let name = self.first_hop().to_owned();
+        let waiter = Waiter::Edge(self.id(i));
+        self.out.push_back(Output::Resolve { waiter, name });
+    }
+
+    /// The resolver's answer for `waiter` (at once from its cache, or later from its thread).
+    pub fn resolved(&mut self, waiter: Waiter, result: Result<SocketAddr, String>, now: Instant) {
+        match waiter {
+            Waiter::Edge(conn) => {
+                if !self.current(conn)
+                    || !matches!(self.conns[conn.slot].link, Link::Resolving { .. })
+                {
+                    return;
+                }
+                let i = conn.slot;
+                match result {
+                    Ok(addr) => {
+                        debug!("connection {i}: connecting to {addr}");
+                        self.conns[i].link = Link::Connecting {
+                            deadline: now + EDGE_CONNECT_TIMEOUT,
+                        };
+                        self.out.push_back(Output::ConnectEdge { conn, addr });
+                    }
+                    Err(e) => {
+                        warn!("connection {i}: {e}");
+                        self.metrics.error(metrics::Error::Connect);
+                        self.backoff(i, now);
+                    }
+                }
+            }
+            Waiter::Stream(id) => {
+                let StreamId { conn, stream } = id;
+                if !self.current(conn) {
+                    return; // Its connection is gone.
+                }
+                let i = conn.slot;
+                let Some(local) = self.conns[i].locals.get(&stream) else {
+                    return; // Timed out, reset, or closed.
+                };
+                if !matches!(local.splice, Splice::Resolving { .. }) {
+                    return;
+                }
+                match result {
+                    Ok(addr) => self.connect_local(i, stream, addr, now),
+                    Err(e) => self.fail_opening(i, stream, &e),
+                }
+            }
+        }
+    }
+
+    /// A failed TCP connect to the first hop (the proxy or the edge), with what to check.
+    fn cannot_reach(&self, addr: impl std::fmt::Display, e: &io::Error) -> String {
+        match &self.cfg.proxy {
+            Some(p) => format!(
+                "cannot reach the proxy {} (from {}) at {addr}: {e} (is the proxy running? or \
+                 name the edge in NO_PROXY to connect directly)",
+                p.addr, p.source
+            ),
+            None => format!(
+                "cannot reach the edge at {addr}: {e} (is egress to the edge's port allowed?)"
+            ),
+        }
+    }
+
+    /// The TCP connect to the first hop failed: at once (`addr` given: `connect` itself
+    /// failed) or later (the socket's error).
+    pub fn edge_connect_failed(
+        &mut self,
+        conn: ConnId,
+        addr: Option<SocketAddr>,
+        e: &io::Error,
+        now: Instant,
+    ) {
+        if !self.current(conn) || !matches!(self.conns[conn.slot].link, Link::Connecting { .. }) {
+            return;
+        }
+        let i = conn.slot;
+        self.metrics.error(metrics::Error::Connect);
+        match addr {
+            Some(addr) => {
+                warn!("connection {i}: {}", self.cannot_reach(addr, e));
+                self.conns[i].link = Link::Waiting { until: now };
+                self.backoff(i, now);
+            }
+            None => {
+                warn!("connection {i}: {}", self.cannot_reach(self.first_hop(), e));
+                self.disconnect(i, Some("connect failed"), now);
+            }
+        }
+    }
+
+    /// The TCP connection to the first hop is up: ask the proxy for the edge, or start TLS.
+    pub fn edge_connected(&mut self, conn: ConnId, now: Instant) {
+        if !self.current(conn) || !matches!(self.conns[conn.slot].link, Link::Connecting { .. }) {
+            return;
+        }
+        let i = conn.slot;
+        match &self.cfg.proxy {
+            Some(p) => {
+                debug!("connection {i}: asking the proxy {} for the edge", p.addr);
+                let exchange = proxy::Connect::new(p, &self.cfg.edge, now);
+                self.conns[i].link = Link::Proxying(Box::new(exchange));
+            }
+            None => self.start_tls(i, Vec::new(), now),
+        }
+    }
+
+    fn proxying(&mut self, conn: ConnId) -> Option<&mut proxy::Connect> {
+        if !self.current(conn) {
+            return None;
+        }
+        match &mut self.conns[conn.slot].link {
+            Link::Proxying(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// While asking the proxy: the request bytes still to write (empty: none, or not asking).
+    pub fn proxy_transmit(&mut self, conn: ConnId) -> &[u8] {
+        match self.proxying(conn) {
+            Some(p) => p.transmit(),
+            None => &[],
+        }
+    }
+
+    /// The driver wrote `n` bytes of [`Core::proxy_transmit`].
+    pub fn proxy_sent(&mut self, conn: ConnId, n: usize) {
+        if let Some(p) = self.proxying(conn) {
+            p.sent(n);
+        }
+    }
+
+    /// How much the next read from the proxy may take (0: not asking the proxy).
+    pub fn proxy_room(&mut self, conn: ConnId) -> usize {
+        self.proxying(conn).map_or(0, |p| p.room())
+    }
+
+    /// Bytes the proxy sent (at most [`Core::proxy_room`]).
+    pub fn proxy_input(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        if let Some(p) = self.proxying(conn) {
+            let progress = p.handle_input(data);
+            self.proxy_progress(conn.slot, progress, now);
+        }
+    }
+
+    /// The proxy closed the connection (or a write to it took nothing).
+    pub fn proxy_eof(&mut self, conn: ConnId, now: Instant) {
+        if let Some(p) = self.proxying(conn) {
+            let progress = p.handle_eof();
+            self.proxy_progress(conn.slot, progress, now);
+        }
+    }
+
+    /// Writing the request to the proxy (`writing`) or reading its answer failed.
+    pub fn proxy_io_failed(&mut self, conn: ConnId, writing: bool, e: &io::Error, now: Instant) {
+        if self.proxying(conn).is_none() {
+            return;
+        }
+        let i = conn.slot;
+        let proxy = self.first_hop();
+        let why = if writing {
+            format!("sending CONNECT to the proxy {proxy} failed: {e}")
+        } else {
+            format!("reading the answer of the proxy {proxy} failed: {e}")
+        };
+        warn!("connection {i}: {why}");
+        self.metrics.error(metrics::Error::Connect);
+        self.disconnect(i, Some("no tunnel through the proxy"), now);
+    }
+
+    fn proxy_progress(&mut self, i: usize, progress: proxy::Progress, now: Instant) {
+        match progress {
+            proxy::Progress::Exchanging => {}
+            proxy::Progress::Established(early) => {
+                debug!(
+                    "connection {i}: the proxy opened a tunnel to {}",
+                    self.cfg.edge
+                );
+                self.start_tls(i, early, now);
+            }
+            proxy::Progress::Refused(e) => {
+                warn!("connection {i}: {e}");
+                self.metrics.error(metrics::Error::Connect);
+                self.disconnect(i, Some("no tunnel through the proxy"), now);
+            }
+        }
+    }
+
+    /// TLS and the mux start: HELLO and REGISTER are queued behind the handshake.
+    fn start_tls(&mut self, i: usize, early: Vec<u8>, now: Instant) {
+        let mut mux = OriginSession::new(now);
+        mux.send_hello(self.cfg.connector_id, i as u8);
+        match &self.cfg.registration {
+            Registration::Hostname(h) => {
+                let service = self.cfg.ingress.find(h).1.service.to_string();
+                mux.send_register(h, &service)
+            }
+            // An empty hostname: "route to me what is routed to my certificate's tunnel".
+            Registration::Named { name, .. } => mux.send_register("", name),
+        }
+        self.conns[i].link = Link::Live(Box::new(Live {
+            mux,
+            registered: false,
+            next_timeout: now,
+            tls_started: Some(now),
+        }));
+        let conn = self.id(i);
+        self.out.push_back(Output::StartTls { conn, early });
+    }
+
+    /// The driver could not start TLS on the connection (it dropped the socket); `why` is
+    /// for the log.
+    pub fn tls_setup_failed(&mut self, conn: ConnId, why: &str, now: Instant) {
+        if self.live(conn).is_none() {
+            return;
+        }
+        warn!("connection {}: {why}", conn.slot);
+        self.backoff(conn.slot, now);
+    }
+
+    /// The TLS handshake with the edge is done (for the handshake-time metric).
+    pub fn tls_handshake_done(&mut self, conn: ConnId, now: Instant) {
+        let metrics = self.metrics.clone();
+        if let Some(at) = self.live(conn).and_then(|l| l.tls_started.take()) {
+            metrics.handshake(now.saturating_duration_since(at));
+        }
+    }
+
+    /// TLS with the edge failed (rustls' error, or the socket's under it).
+    pub fn tls_failed(&mut self, conn: ConnId, e: &io::Error, now: Instant) {
+        if self.live(conn).is_none() {
+            return;
+        }
+        let msg = match tls_advice(e) {
+            Some(advice) => format!("{e}: {advice}"),
+            None => e.to_string(),
+        };
+        warn!("connection {}: {msg}", conn.slot);
+        self.metrics.error(metrics::Error::Tls);
+        self.disconnect(conn.slot, Some("TLS error"), now);
+    }
+
+    /// Plaintext from the edge; returns how much was taken (whole frames). Also delivers the
+    /// session's pending events, so call it after anything that may raise some.
+    pub fn edge_input(&mut self, conn: ConnId, data: &[u8], now: Instant) -> usize {
+        let Some(l) = self.live(conn) else {
+            return 0;
+        };
+        let mut used = 0;
+        if !data.is_empty() {
+            match l.mux.handle_input(data, now) {
+                Ok(n) => used = n,
+                Err(e) => {
+                    warn!("connection {}: protocol error from edge: {e}", conn.slot);
+                    self.metrics.error(metrics::Error::TunnelProtocol);
+                    self.disconnect(conn.slot, Some("protocol error"), now);
+                    return 0;
+                }
+            }
+        }
+        self.drain_events(conn, now);
+        used
+    }
+
+    /// The edge closed the connection (close_notify or EOF).
+    pub fn edge_closed(&mut self, conn: ConnId, now: Instant) {
+        if self.live(conn).is_some() {
+            self.disconnect(conn.slot, Some("edge closed the connection"), now);
+        }
+    }
+
+    /// Writing to the edge failed.
+    pub fn edge_write_failed(&mut self, conn: ConnId, e: &io::Error, now: Instant) {
+        if self.live(conn).is_some() {
+            warn!("connection {}: {e}", conn.slot);
+            self.disconnect(conn.slot, Some("write failed"), now);
+        }
+    }
+
+    /// True when [`Core::poll_transmit`] has frames for the edge.
+    pub fn wants_transmit(&mut self, conn: ConnId) -> bool {
+        self.live(conn).is_some_and(|l| l.mux.wants_transmit())
+    }
+
+    /// Appends frames for the edge to `out`, up to about `max` bytes. Sending frees stream
+    /// buffers: call [`Core::transmitted`] after, so that the `Writable` (and `Closed`)
+    /// events that raises reach the services now, not with the next frame from the edge
+    /// (which may be a WINDOW that waits for those very services).
+    pub fn poll_transmit(&mut self, conn: ConnId, out: &mut Vec<u8>, max: usize) {
+        if let Some(l) = self.live(conn) {
+            l.mux.poll_transmit(out, max);
+        }
+    }
+
+    /// What [`Core::poll_transmit`] produced went to TLS: deliver the events it raised.
+    pub fn transmitted(&mut self, conn: ConnId, now: Instant) {
+        self.drain_events(conn, now);
+    }
+
+    /// True while `conn` is its slot's current attempt (a pump of an older one may stop).
+    pub fn is_current(&self, conn: ConnId) -> bool {
+        self.current(conn)
+    }
+
+    fn drain_events(&mut self, conn: ConnId, now: Instant) {
+        while self.exit.is_none() {
+            let Some(ev) = self.live(conn).and_then(|l| l.mux.poll_event()) else {
+                break;
+            };
+            self.on_event(conn.slot, ev, now);
+        }
+    }
+
+    fn on_event(&mut self, i: usize, ev: OriginEvent, now: Instant) {
+        let conn = self.id(i);
+        match ev {
+            OriginEvent::Registered { hostname } => {
+                // Text from the edge: escaped before it reaches a terminal or the journal.
+                let hostname = untrusted(&hostname);
+                match &self.cfg.registration {
+                    Registration::Hostname(_) => info!("connection {i} registered {hostname}"),
+                    Registration::Named { name, .. } => {
+                        info!("connection {i} registered tunnel {name} (routes: {hostname})")
+                    }
+                }
+                self.conns[i].attempt = 0;
+                if let Link::Live(l) = &mut self.conns[i].link {
+                    l.registered = true;
+                }
+            }
+            OriginEvent::Error { code, message } => {
+                let message = untrusted(&message).to_string();
+                if code.is_final() {
+                    error!("connection {i}: the edge refused: {message}");
+                    self.metrics.error(metrics::Error::RegistrationRefused);
+                    self.exit = Some(Exit::Refused(message));
+                } else {
+                    warn!("connection {i}: edge error {code}: {message}");
+                    self.metrics.error(metrics::Error::EdgeError);
+                    self.disconnect(i, Some("edge error"), now);
+                }
+            }
+            OriginEvent::Open {
+                stream,
+                hostname,
+                claims,
+            } => {
+                info!("connection {i}: stream {stream} for {}", who(&claims));
+                self.open_local(i, stream, &hostname, now)
+            }
+            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
+                if self.conns[i]
+                    .locals
+                    .get(&stream)
+                    .is_some_and(Local::has_socket)
+                {
+                    self.out
+                        .push_back(Output::PumpService(StreamId { conn, stream }));
+                }
+            }
+            OriginEvent::Stream(StreamEvent::Closed(stream)) => self.forget_local(i, stream),
+            OriginEvent::Stream(StreamEvent::Reset { stream, reason, .. }) => {
+                debug!(
+                    "connection {i}: stream {stream} reset by edge: {}",
+                    untrusted(&reason)
+                );
+                self.forget_local(i, stream);
+            }
+            OriginEvent::GoAway { reason, .. } => {
+                info!(
+                    "connection {i}: edge is going away ({})",
+                    untrusted(&reason)
+                );
+                // Let open streams finish; the edge closes the connection and we reconnect.
+            }
+        }
+    }
+
+    fn backoff(&mut self, i: usize, now: Instant) {
+        let attempt = self.conns[i].attempt.saturating_add(1);
+        let ceiling = backoff_ceiling(attempt).as_millis().max(1) as u64;
+        // Full jitter: anywhere in [0, ceiling).
+        let delay = Duration::from_millis((self.random)() % ceiling);
+        let c = &mut self.conns[i];
+        c.attempt = attempt;
+        debug!("connection {i}: retrying in {delay:?}");
+        c.link = Link::Waiting { until: now + delay };
+    }
+
+    /// Drops a connection and its streams; reconnects later unless `why` is None (shutdown).
+    fn disconnect(&mut self, i: usize, why: Option<&str>, now: Instant) {
+        let conn = self.id(i);
+        let link = std::mem::replace(&mut self.conns[i].link, Link::Waiting { until: now });
+        match link {
+            Link::Live(_) | Link::Connecting { .. } | Link::Proxying(_) => {
+                self.out.push_back(Output::CloseEdge { conn })
+            }
+            Link::Waiting { .. } | Link::Resolving { .. } => {}
+        }
+        let locals: Vec<(u32, Local)> = self.conns[i].locals.drain().collect();
+        for (stream, l) in locals {
+            if l.has_socket() {
+                let stream = StreamId { conn, stream };
+                self.out.push_back(Output::CloseService { stream });
+            }
+        }
+        if let Some(why) = why {
+            info!("connection {i} lost ({why}); reconnecting");
+            self.backoff(i, now);
+        }
+    }
+
+    // ---- streams and their services ----
+
+    fn open_local(&mut self, i: usize, stream: u32, hostname: &str, now: Instant) {
+        let conn = self.id(i);
+        let host = hostname.to_ascii_lowercase();
+        let (rule, r) = self.cfg.ingress.find(&host);
+        let name = match &r.service {
+            Service::Tcp { addr, .. } => addr.clone(),
+            Service::Status(code) => {
+                info!(
+                    "stream {stream}: no ingress rule serves {} (http_status:{code})",
+                    untrusted(&host)
+                );
+                let reason = format!("the origin serves no service for {host} (status {code})");
+                if let Some(l) = self.live(conn) {
+                    l.mux.reset(stream, mux::ResetCode::NoService, &reason);
+                }
+                return;
+            }
+        };
+        let deadline = now + Duration::from_secs(RESOLVE_TIMEOUT_SECS);
+        self.conns[i].locals.insert(
+            stream,
+            Local {
+                rule,
+                splice: Splice::Resolving { deadline },
+            },
+        );
+        let waiter = Waiter::Stream(StreamId { conn, stream });
+        self.out.push_back(Output::Resolve { waiter, name });
+    }
+
+    /// A stream waiting for its service's address cannot have it: reset, with why.
+    fn fail_opening(&mut self, i: usize, stream: u32, why: &str) {
+        self.conns[i].locals.remove(&stream);
+        let conn = self.id(i);
+        let metrics = self.metrics.clone();
+        if let Some(l) = self.live(conn) {
+            if l.mux.has_stream(stream) {
+                warn!("stream {stream}: {why}");
+                metrics.error(metrics::Error::ServiceConnect);
+                l.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
+                self.pump_edge(i);
+            }
+        }
+    }
+
+    /// The stream's service is at `addr`: connect to it (the driver does, without waiting).
+    fn connect_local(&mut self, i: usize, stream: u32, addr: SocketAddr, now: Instant) {
+        let conn = self.id(i);
+        if !self.live(conn).is_some_and(|l| l.mux.has_stream(stream)) {
+            // Reset or closed by the edge while its service's name was resolved.
+            self.conns[i].locals.remove(&stream);
+            return;
+        }
+        if let Some(l) = self.conns[i].locals.get_mut(&stream) {
+            l.splice = Splice::Connecting {
+                deadline: now + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
+            };
+        }
+        debug!("connection {i}: stream {stream} -> {addr}");
+        self.metrics.stream_opened();
+        let stream = StreamId { conn, stream };
+        self.out.push_back(Output::ConnectService { stream, addr });
+    }
+
+    /// The stream is gone at the edge's word (closed or reset): drop its service side.
+    fn forget_local(&mut self, i: usize, stream: u32) {
+        if let Some(l) = self.conns[i].locals.remove(&stream) {
+            if l.has_socket() {
+                let stream = StreamId {
+                    conn: self.id(i),
+                    stream,
+                };
+                self.out.push_back(Output::CloseService { stream });
+            }
+        }
+    }
+
+    /// The service cannot be reached: reset the stream with why.
+    fn fail_local(&mut self, i: usize, stream: u32, why: &str) {
+        let Some(l) = self.conns[i].locals.remove(&stream) else {
+            return;
+        };
+        warn!(
+            "stream {stream}: cannot connect to the service {}: {why}",
+            self.cfg.ingress.rules()[l.rule].service
+        );
+        self.metrics.error(metrics::Error::ServiceConnect);
+        let conn = self.id(i);
+        if let Some(live) = self.live(conn) {
+            live.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
+        }
+        if l.has_socket() {
+            let stream = StreamId { conn, stream };
+            self.out.push_back(Output::CloseService { stream });
+        }
+        self.pump_edge(i);
+    }
+
+    fn local(&mut self, id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
+        local_in(&mut self.conns, id)
+    }
+
+    /// True while the stream is open; when the edge has finished with it, its service
+    /// side is dropped ([`Output::CloseService`]) and this is false.
+    pub fn service_open(&mut self, id: StreamId) -> bool {
+        match self.local(id) {
+            Some((_, mux)) if mux.has_stream(id.stream) => true,
+            Some(_) => {
+                self.forget_local(id.conn.slot, id.stream);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The TCP connection to the stream's service is up: the splice starts.
+    pub fn service_connected(&mut self, id: StreamId) {
+        if let Some((l, _)) = self.local(id) {
+            if matches!(l.splice, Splice::Connecting { .. }) {
+                l.splice = Splice::Spliced {
+                    read_done: false,
+                    write_done: false,
+                };
+            }
+        }
+    }
+
+    /// The TCP connection to the stream's service failed: the stream is reset with why.
+    pub fn service_connect_failed(&mut self, id: StreamId, why: &str) {
+        if self.local(id).is_some() {
+            self.fail_local(id.conn.slot, id.stream, why);
+        }
+    }
+
+    /// Reads once from the service with `read`, straight into the stream's send buffer.
+    /// `None` when the stream takes no bytes now (gone, finished reading, or full: it is
+    /// pumped again once it has room). `Some(Ok(0))` is the service's EOF: FIN follows.
+    /// A read error other than "would block" and "interrupted" goes to
+    /// [`Core::service_failed`].
+    pub fn service_fill(
+        &mut self,
+        id: StreamId,
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> Option<io::Result<usize>> {
+        let (l, mux) = local_in(&mut self.conns, id)?;
+        let Splice::Spliced { read_done, .. } = &mut l.splice else {
+            return None;
+        };
+        if *read_done {
+            return None;
+        }
+        let got = mux.fill(id.stream, read)?;
+        match got {
+            Ok(0) => {
+                *read_done = true;
+                mux.close_write(id.stream);
+            }
+            Ok(n) => self.metrics.bytes(Direction::OriginToClient, n),
+            Err(_) => return Some(got),
+        }
+        self.conns[id.conn.slot].moved = true;
+        Some(got)
+    }
+
+    /// Bytes from the edge waiting for the service.
+    pub fn service_pending(&mut self, id: StreamId) -> &[u8] {
+        match self.local(id) {
+            Some((l, mux)) if matches!(l.splice, Splice::Spliced { .. }) => mux.readable(id.stream),
+            _ => &[],
+        }
+    }
+
+    /// The service took `n` bytes of [`Core::service_pending`].
+    pub fn service_written(&mut self, id: StreamId, n: usize) {
+        if let Some((_, mux)) = local_in(&mut self.conns, id) {
+            mux.consume(id.stream, n);
+            self.metrics.bytes(Direction::ClientToOrigin, n);
+            self.conns[id.conn.slot].moved = true;
+        }
+    }
+
+    /// Reading from or writing to the service failed: the stream is reset.
+    pub fn service_failed(&mut self, id: StreamId, e: &io::Error) {
+        let Some((_, mux)) = self.local(id) else {
+            return;
+        };
+        debug!("stream {}: service connection: {e}", id.stream);
+        mux.reset(
+            id.stream,
+            mux::ResetCode::Cancel,
+            "service connection failed",
+        );
+        self.forget_local(id.conn.slot, id.stream);
+        self.pump_edge(id.conn.slot);
+    }
+
+    /// The driver moved what it could for the stream: the service's write side is shut once
+    /// the edge's half is done, the edge connection is pumped if bytes moved, and the stream
+    /// is dropped once finished.
+    pub fn service_pumped(&mut self, id: StreamId) {
+        let Some((l, mux)) = local_in(&mut self.conns, id) else {
+            return;
+        };
+        if let Splice::Spliced { write_done, .. } = &mut l.splice {
+            if !*write_done && mux.read_closed(id.stream) {
+                *write_done = true;
+                self.out.push_back(Output::ShutdownService { stream: id });
+            }
+        }
+        let gone = !mux.has_stream(id.stream);
+        if std::mem::take(&mut self.conns[id.conn.slot].moved) {
+            self.pump_edge(id.conn.slot);
+        }
+        if gone {
+            self.forget_local(id.conn.slot, id.stream);
+        }
+    }
+}
+
+/// The stream's service side and its session, while the stream's connection is the current
+/// attempt and live.
+fn local_in(conns: &mut [Conn], id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
+    let c = conns.get_mut(id.conn.slot)?;
+    if c.epoch != id.conn.epoch {
+        return None;
+    }
+    let Link::Live(live) = &mut c.link else {
+        return None;
+    };
+    let l = c.locals.get_mut(&id.stream)?;
+    Some((l, &mut live.mux))
+}
+
+/// The backoff's ceiling after `attempt` failures in a row: 500 ms doubled per attempt
+/// (from the first: 1 s), capped at `RECONNECT_BACKOFF_CAP_SECS`.
+pub fn backoff_ceiling(attempt: u32) -> Duration {
+    let cap = RECONNECT_BACKOFF_CAP_SECS * 1000;
+    Duration::from_millis((500u64 << attempt.min(10)).min(cap))
+}
+
+/// Longest part of a peer's identity a log line shows, in characters.
+const MAX_WHO_SHOWN: usize = 128;
+
+/// Who the edge says a stream is for, from OPEN's claims, fit for a log line: an email (SSO),
+/// a service token's name, or `anonymous` (a bypass policy); shortened, control characters
+/// and quotes escaped. The claims' `assertion` (the same, signed by the edge for this stream)
+/// is for whoever wants to check it; it is not logged.
+fn who(claims: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Who {
+        email: Option<String>,
+        service_token: Option<String>,
+    }
+    let shown = |s: &str| crate::logging::escape(s, MAX_WHO_SHOWN);
+    match serde_json::from_slice::<Who>(claims) {
+        Ok(Who {
+            email: Some(email), ..
+        }) => shown(&email),
+        Ok(Who {
+            service_token: Some(token),
+            ..
+        }) => format!("service token {}", shown(&token)),
+        _ => "anonymous".into(),
+    }
+}
+
+/// What to do about a failed TLS connection to the edge, chosen by the rustls error's
+/// variant (its text also says "certificate" when the edge refused ours).
+fn tls_advice(e: &io::Error) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
+    match crate::io::tls::rustls_error(e)? {
+        rustls::Error::InvalidCertificate(_) => {
+            Some("the edge's certificate is not trusted: pass --ca with the edge's CA")
+        }
+        rustls::Error::AlertReceived(
+            A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::CertificateUnknown
+            | A::UnknownCA
+            | A::CertificateRequired,
+        ) => Some(
+            "the edge refused this origin's certificate: is the credential from this edge, and \
+             still valid? (`postern tunnel login`, or a new credentials file)",
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL_SECS, PROXY_ANSWER_TIMEOUT_SECS};
+    use crate::proto::mux::{EdgeEvent, EdgeSession, ErrorCode, ResetCode};
+
+    /// ≡ -1 modulo every backoff ceiling (500 ms · 2^k up to 2^10, and the 60 s cap): with
+    /// it as the "random" jitter, each delay is its ceiling less 1 ms.
+    const JITTER: u64 = 7_679_999;
+    const HOST: &str = "ssh.example.com";
+    const EDGE: &str = "edge.example.com:443";
+    const SERVICE: &str = "127.0.0.1:2222";
+    const GRACE: Duration = Duration::from_secs(30);
+
+    /// A simulated driver and edge: the core's outputs are carried out in memory, each
+    /// connection's TLS is a plaintext pipe to an `EdgeSession`, and the clock is `now`.
+    struct Pipe {
+        core: Core,
+        now: Instant,
+        /// The edge's end of each slot's connection, once TLS started on it.
+        edges: Vec<Option<(ConnId, EdgeSession)>>,
+        /// Every output, in order (the test inspects and clears it).
+        seen: Vec<Output>,
+        /// What each slot's edge received.
+        edge_events: Vec<Vec<EdgeEvent>>,
+        /// Whether a TCP connect to the first hop succeeds.
+        reachable: bool,
+        /// The edge's socket is up but nothing comes through, either way.
+        silent: bool,
+        /// Names the resolver never answers.
+        unanswered: Vec<&'static str>,
+    }
+
+    fn pipe_with(ha: usize, proxy: Option<ProxyConfig>) -> Pipe {
+        pipe_serving(ha, proxy, &format!("tcp://{SERVICE}"))
+    }
+
+    fn pipe_serving(ha: usize, proxy: Option<ProxyConfig>, service: &str) -> Pipe {
+        let cfg = Config {
+            registration: Registration::Hostname(HOST.into()),
+            ingress: Ingress::single(HOST, service).unwrap(),
+            edge: EDGE.into(),
+            proxy,
+            connector_id: [7; 16],
+            grace: GRACE,
+            connections: ha,
+        };
+        let metrics = Metrics::new(metrics::Role::Tunnel, [7; 16]);
+        let now = Instant::now();
+        Pipe {
+            core: Core::new(cfg, metrics, Box::new(|| JITTER), now),
+            now,
+            edges: (0..ha).map(|_| None).collect(),
+            seen: Vec::new(),
+            edge_events: (0..ha).map(|_| Vec::new()).collect(),
+            reachable: true,
+            silent: false,
+            unanswered: Vec::new(),
+        }
+    }
+
+    fn pipe(ha: usize) -> Pipe {
+        pipe_with(ha, None)
+    }
+
+    impl Pipe {
+        /// Carries out outputs and moves bytes until nothing moves.
+        fn run(&mut self) {
+            loop {
+                let mut moved = false;
+                while let Some(out) = self.core.poll_output() {
+                    moved = true;
+                    self.carry_out(&out);
+                    self.seen.push(out);
+                }
+                for slot in 0..self.edges.len() {
+                    moved |= self.exchange(slot);
+                }
+                if !moved {
+                    return;
+                }
+            }
+        }
+
+        fn carry_out(&mut self, out: &Output) {
+            let now = self.now;
+            match *out {
+                Output::Resolve { ref name, .. } if self.unanswered.contains(&name.as_str()) => {}
+                Output::Resolve { waiter, ref name } => {
+                    // Addresses stand for themselves; names (the edge, the proxy) resolve.
+                    let addr = name.parse().unwrap_or(([192, 0, 2, 1], 443).into());
+                    self.core.resolved(waiter, Ok(addr), now);
+                }
+                Output::ConnectEdge { conn, .. } => {
+                    if self.reachable {
+                        self.core.edge_connected(conn, now);
+                    } else {
+                        let e = io::Error::from(io::ErrorKind::ConnectionRefused);
+                        self.core.edge_connect_failed(conn, None, &e, now);
+                    }
+                }
+                Output::StartTls { conn, .. } => {
+                    self.edges[conn.slot] = Some((conn, EdgeSession::new(now)));
+                }
+                Output::CloseEdge { conn }
+                    if self.edges[conn.slot]
+                        .as_ref()
+                        .is_some_and(|(c, _)| *c == conn) =>
+                {
+                    self.edges[conn.slot] = None;
+                }
+                // A service with nothing to say: the pump only reports back.
+                Output::PumpService(stream) => self.core.service_pumped(stream),
+                _ => {}
+            }
+        }
+
+        /// Moves bytes both ways on one connection; true if any moved.
+        fn exchange(&mut self, slot: usize) -> bool {
+            let now = self.now;
+            let Some((conn, edge)) = &mut self.edges[slot] else {
+                return false;
+            };
+            let conn = *conn;
+            let mut up = Vec::new();
+            while self.core.wants_transmit(conn) {
+                self.core.poll_transmit(conn, &mut up, 64 * 1024);
+            }
+            self.core.transmitted(conn, now);
+            if self.silent {
+                return false;
+            }
+            let mut moved = !up.is_empty();
+            if !up.is_empty() {
+                assert_eq!(edge.handle_input(&up, now), Ok(up.len()));
+            }
+            while let Some(ev) = edge.poll_event() {
+                self.edge_events[slot].push(ev);
+            }
+            let mut down = Vec::new();
+            while edge.wants_transmit() {
+                edge.poll_transmit(&mut down, 64 * 1024);
+            }
+            if !down.is_empty() {
+                moved = true;
+                assert_eq!(self.core.edge_input(conn, &down, now), down.len());
+            }
+            moved
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.core.handle_timeout(self.now);
+            self.run();
+        }
+
+        fn edge(&mut self, slot: usize) -> &mut EdgeSession {
+            &mut self.edges[slot].as_mut().expect("connection is up").1
+        }
+
+        fn conn(&self, slot: usize) -> ConnId {
+            self.edges[slot].as_ref().expect("connection is up").0
+        }
+
+        /// Starts every connection and has the edge accept each registration.
+        fn register_all(&mut self) {
+            self.advance(Duration::ZERO);
+            for slot in 0..self.edges.len() {
+                assert!(self.edge_events[slot].iter().any(
+                    |e| matches!(e, EdgeEvent::Register { hostname, .. } if hostname == HOST)
+                ));
+                self.edge(slot).send_registered(HOST);
+            }
+            self.run();
+        }
+
+        fn connect_attempts(&self) -> usize {
+            let attempts = self.seen.iter();
+            attempts
+                .filter(|o| matches!(o, Output::ConnectEdge { .. }))
+                .count()
+        }
+
+        fn closed_edges(&self) -> usize {
+            let closes = self.seen.iter();
+            closes
+                .filter(|o| matches!(o, Output::CloseEdge { .. }))
+                .count()
+        }
+
+        /// The edge opens a stream on `slot` for `host`; the stream's id at the core.
+        fn open(&mut self, slot: usize, host: &str) -> StreamId {
+            let stream = self
+                .edge(slot)
+                .open_stream(host, br#"{"email":"alice@example.com"}"#)
+                .expect("the edge may open a stream");
+            self.run();
+            StreamId {
+                conn: self.conn(slot),
+                stream,
+            }
+        }
+
+        fn resets(&self, slot: usize) -> Vec<(u32, ResetCode, String)> {
+            let events = self.edge_events[slot].iter();
+            events
+                .filter_map(|e| match e {
+                    EdgeEvent::Stream(StreamEvent::Reset {
+                        stream,
+                        code,
+                        reason,
+                    }) => Some((*stream, *code, reason.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    /// Advances to just before `delay` from now (no attempt), then to it (one attempt).
+    fn next_attempt_is_after(p: &mut Pipe, delay: Duration) {
+        let before = p.connect_attempts();
+        p.advance(delay - Duration::from_millis(1));
+        assert_eq!(p.connect_attempts(), before, "too early after {delay:?}");
+        p.advance(Duration::from_millis(1));
+        assert_eq!(p.connect_attempts(), before + 1, "no attempt at {delay:?}");
+    }
+
+    #[test]
+    fn reconnect_backoff_grows_with_each_failure_and_resets_once_registered() {
+        let mut p = pipe(1);
+        p.reachable = false;
+        p.advance(Duration::ZERO);
+        assert_eq!(p.connect_attempts(), 1);
+        // 1 s, 2 s, 4 s … doubling per failure, then the 60 s cap (less the 1 ms jitter).
+        for ms in [1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000] {
+            next_attempt_is_after(&mut p, Duration::from_millis(ms - 1));
+        }
+        // The edge comes back: the next attempt registers, and a loss after that starts
+        // over at the shortest delay.
+        p.reachable = true;
+        next_attempt_is_after(&mut p, Duration::from_millis(59_999));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        assert!(p.edges[0].is_none(), "the lost connection is closed");
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+    }
+
+    #[test]
+    fn a_refused_registration_ends_the_tunnel() {
+        let mut p = pipe(2);
+        p.advance(Duration::ZERO);
+        p.edge(1).send_error(
+            ErrorCode::Conflict,
+            "ssh.example.com is owned by \x1b[31manother",
+        );
+        p.run();
+        // Retrying cannot help: the tunnel stops with the edge's reason, escaped.
+        assert_eq!(
+            p.core.take_exit(),
+            Some(Exit::Refused(
+                "ssh.example.com is owned by \\u{1b}[31manother".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_transient_edge_error_or_bad_frames_drop_the_connection_and_reconnect() {
+        let mut p = pipe(1);
+        p.register_all();
+        p.edge(0)
+            .send_error(ErrorCode::Internal, "could not record it");
+        p.run();
+        assert!(p.core.take_exit().is_none());
+        assert_eq!(p.closed_edges(), 1);
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        // Bytes that are no mux frame: a protocol error, not a panic; the connection goes.
+        let conn = p.conn(0);
+        assert_eq!(p.core.edge_input(conn, &[0xff; 64], p.now), 0);
+        p.run();
+        assert_eq!(p.closed_edges(), 2);
+        assert!(p.edges[0].is_none());
+        next_attempt_is_after(&mut p, Duration::from_millis(1999));
+    }
+
+    fn proxied() -> Pipe {
+        let env = |k: &str| (k == "HTTPS_PROXY").then(|| "http://proxy.corp:3128".to_owned());
+        let proxy = proxy::proxy_for("edge.example.com", env).unwrap();
+        assert!(proxy.is_some());
+        pipe_with(1, proxy)
+    }
+
+    /// The connection of the latest attempt, asked of the proxy.
+    fn asking(p: &mut Pipe) -> ConnId {
+        let conn = p
+            .seen
+            .iter()
+            .rev()
+            .find_map(|o| match o {
+                Output::ConnectEdge { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .expect("a connect");
+        let request = p.core.proxy_transmit(conn).to_vec();
+        assert!(request.starts_with(b"CONNECT edge.example.com:443 HTTP/1.1\r\n"));
+        p.core.proxy_sent(conn, request.len());
+        assert!(p.core.proxy_transmit(conn).is_empty());
+        conn
+    }
+
+    #[test]
+    fn a_proxy_that_refuses_or_stays_silent_means_backoff_and_an_answer_means_tls() {
+        let mut p = proxied();
+        p.advance(Duration::ZERO);
+        let resolved: Vec<&String> = p
+            .seen
+            .iter()
+            .filter_map(|o| match o {
+                Output::Resolve { name, .. } => Some(name),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(resolved, ["proxy.corp:3128"], "the first hop is the proxy");
+        // Refused: the connection goes and comes back after the backoff.
+        let conn = asking(&mut p);
+        p.core
+            .proxy_input(conn, b"HTTP/1.1 403 Forbidden\r\n\r\n", p.now);
+        p.run();
+        assert_eq!(p.closed_edges(), 1);
+        assert!(!p.seen.iter().any(|o| matches!(o, Output::StartTls { .. })));
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        // Silent: given up at the answer's deadline.
+        asking(&mut p);
+        p.advance(Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS) - Duration::from_millis(1));
+        assert_eq!(p.closed_edges(), 1);
+        p.advance(Duration::from_millis(1));
+        assert_eq!(p.closed_edges(), 2);
+        next_attempt_is_after(&mut p, Duration::from_millis(1999));
+        // Closed before answering: the same.
+        let conn = asking(&mut p);
+        p.core.proxy_input(conn, b"HTTP/1.1 2", p.now);
+        p.core.proxy_eof(conn, p.now);
+        p.run();
+        assert_eq!(p.closed_edges(), 3);
+        next_attempt_is_after(&mut p, Duration::from_millis(3999));
+        // Answered: TLS starts, given the edge's bytes that came with the answer.
+        let conn = asking(&mut p);
+        p.core.proxy_input(
+            conn,
+            b"HTTP/1.0 200 Connection established\r\n\r\n\x16\x03",
+            p.now,
+        );
+        p.run();
+        assert!(p.seen.contains(&Output::StartTls {
+            conn,
+            early: b"\x16\x03".to_vec()
+        }));
+        assert!(p.edge_events[0]
+            .iter()
+            .any(|e| matches!(e, EdgeEvent::Register { .. })));
+    }
+
+    #[test]
+    fn a_stream_to_a_dead_or_silent_service_is_reset_with_why() {
+        let mut p = pipe(1);
+        p.register_all();
+        // Refused at once.
+        let dead = p.open(0, HOST);
+        assert!(p.seen.contains(&Output::ConnectService {
+            stream: dead,
+            addr: SERVICE.parse().unwrap()
+        }));
+        p.core
+            .service_connect_failed(dead, "Connection refused (os error 111)");
+        p.run();
+        assert!(p.seen.contains(&Output::CloseService { stream: dead }));
+        assert_eq!(
+            p.resets(0),
+            [(
+                dead.stream,
+                ResetCode::ConnectFailed,
+                "Connection refused (os error 111)".to_owned()
+            )]
+        );
+        // Never answers: reset at the connect deadline, not before.
+        let silent = p.open(0, HOST);
+        p.advance(Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS) - Duration::from_millis(1));
+        assert_eq!(p.resets(0).len(), 1);
+        p.advance(Duration::from_millis(1));
+        assert_eq!(
+            p.resets(0)[1],
+            (
+                silent.stream,
+                ResetCode::ConnectFailed,
+                "connect to the service timed out".to_owned()
+            )
+        );
+        assert!(p.seen.contains(&Output::CloseService { stream: silent }));
+        // A hostname no ingress rule serves: reset at once, no connect.
+        let none = p.open(0, "other.example.com");
+        let (stream, code, reason) = p.resets(0)[2].clone();
+        assert_eq!((stream, code), (none.stream, ResetCode::NoService));
+        assert!(reason.contains("no service"), "{reason}");
+        assert!(!p
+            .seen
+            .iter()
+            .any(|o| matches!(o, Output::ConnectService { stream, .. } if *stream == none)));
+        // The connection itself is fine.
+        assert_eq!(p.closed_edges(), 0);
+    }
+
+    #[test]
+    fn names_that_never_resolve_time_out_for_the_edge_and_for_a_service() {
+        // The edge's name: the attempt is given up at the deadline, and retried.
+        let mut p = pipe(1);
+        p.unanswered.push(EDGE);
+        p.advance(Duration::ZERO);
+        let timeout = Duration::from_secs(RESOLVE_TIMEOUT_SECS);
+        p.advance(timeout - Duration::from_millis(1));
+        assert_eq!(p.core.poll_timeout(), p.now + Duration::from_millis(1));
+        assert!(p.core.take_exit().is_none());
+        p.advance(Duration::from_millis(1));
+        let resolves = |p: &Pipe| {
+            let seen = p.seen.iter();
+            seen.filter(|o| matches!(o, Output::Resolve { .. })).count()
+        };
+        assert_eq!(resolves(&p), 1);
+        p.advance(Duration::from_millis(999));
+        assert_eq!(resolves(&p), 2, "retried after the backoff");
+
+        // A service's name: only its stream waits, and is reset at the deadline.
+        let mut p = pipe_serving(1, None, "tcp://sshd.internal:22");
+        p.unanswered.push("sshd.internal:22");
+        p.register_all();
+        let id = p.open(0, HOST);
+        p.advance(timeout - Duration::from_millis(1));
+        assert!(p.resets(0).is_empty());
+        p.advance(Duration::from_millis(1));
+        assert_eq!(
+            p.resets(0),
+            [(
+                id.stream,
+                ResetCode::ConnectFailed,
+                "resolving the service timed out".to_owned()
+            )]
+        );
+        // No socket was ever asked for, so none is closed; the connection stays.
+        assert!(!p
+            .seen
+            .iter()
+            .any(|o| matches!(o, Output::ConnectService { .. })));
+        assert!(!p
+            .seen
+            .iter()
+            .any(|o| matches!(o, Output::CloseService { .. })));
+        assert_eq!(p.closed_edges(), 0);
+    }
+
+    #[test]
+    fn keepalive_pings_an_idle_edge_and_drops_a_silent_one() {
+        let mut p = pipe(1);
+        p.register_all();
+        let interval = Duration::from_secs(PING_INTERVAL_SECS);
+        // An answering edge: pings go out and the connection stays, however long it idles.
+        for _ in 0..10 {
+            p.advance(interval);
+        }
+        assert_eq!(p.closed_edges(), 0);
+        // A silent one is dropped once `PING_DEAD_INTERVALS` pass without a byte from it.
+        p.silent = true;
+        for _ in 1..PING_DEAD_INTERVALS {
+            p.advance(interval);
+        }
+        assert_eq!(p.closed_edges(), 0);
+        p.advance(interval);
+        assert_eq!(p.closed_edges(), 1);
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+    }
+
+    /// A stream on `slot` to a service that answered.
+    fn spliced(p: &mut Pipe, slot: usize) -> StreamId {
+        let id = p.open(slot, HOST);
+        p.core.service_connected(id);
+        assert!(p.core.service_open(id));
+        id
+    }
+
+    #[test]
+    fn shutdown_lets_open_streams_finish_refuses_new_ones_and_then_exits() {
+        let mut p = pipe(2);
+        p.register_all();
+        let id = spliced(&mut p, 0);
+        // Bytes flow both ways through the splice.
+        p.edge(0).write(id.stream, b"ping");
+        p.run();
+        assert_eq!(p.core.service_pending(id), b"ping");
+        p.core.service_written(id, 4);
+        let got = p.core.service_fill(id, |buf| {
+            buf[..4].copy_from_slice(b"pong");
+            Ok(4)
+        });
+        assert_eq!(got.map(|r| r.unwrap()), Some(4));
+        p.core.service_pumped(id);
+        p.run();
+        assert_eq!(p.edge(0).readable(id.stream), b"pong");
+
+        p.core.shutdown(p.now);
+        // An OPEN that crosses the GOAWAY is refused by the origin.
+        let crossing = p.edge(0).open_stream(HOST, b"{}").unwrap();
+        p.run();
+        assert!(p
+            .resets(0)
+            .iter()
+            .any(|(s, code, _)| *s == crossing && *code == ResetCode::Refused));
+        for slot in 0..2 {
+            assert!(p.edge_events[slot]
+                .iter()
+                .any(|e| matches!(e, EdgeEvent::GoAway { .. })));
+            // After it, the edge opens none.
+            assert_eq!(p.edge(slot).open_stream(HOST, b"{}"), None);
+        }
+        // A connection lost while draining is not replaced.
+        let conn1 = p.conn(1);
+        p.core.edge_closed(conn1, p.now);
+        p.run();
+        let attempts = p.connect_attempts();
+        p.advance(Duration::from_secs(10));
+        assert_eq!(p.connect_attempts(), attempts);
+        assert_eq!(p.core.take_exit(), None, "a stream is still open");
+        // The stream finishes: the client's side first (the service's write side is shut),
+        // then the service's. The tunnel exits at once.
+        p.edge(0).close_write(id.stream);
+        p.run();
+        assert!(p.seen.contains(&Output::ShutdownService { stream: id }));
+        assert!(!p.seen.contains(&Output::CloseService { stream: id }));
+        assert_eq!(
+            p.core.service_fill(id, |_| Ok(0)).map(|r| r.unwrap()),
+            Some(0)
+        );
+        p.core.service_pumped(id);
+        p.run();
+        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        p.advance(Duration::ZERO);
+        assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
+        assert!(
+            p.edges.iter().all(Option::is_none),
+            "every connection closed"
+        );
+    }
+
+    #[test]
+    fn shutdown_ends_streams_still_open_at_the_grace_period() {
+        let mut p = pipe(1);
+        p.register_all();
+        let id = spliced(&mut p, 0);
+        p.core.shutdown(p.now);
+        p.run();
+        p.advance(GRACE - Duration::from_millis(1));
+        assert_eq!(p.core.take_exit(), None);
+        p.advance(Duration::from_millis(1));
+        assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
+        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.edges[0].is_none());
+    }
+
+    #[test]
+    fn inputs_for_an_attempt_that_ended_are_ignored() {
+        let mut p = pipe(1);
+        p.register_all();
+        let old = p.conn(0);
+        p.core.edge_closed(old, p.now);
+        p.run();
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        let new = p.conn(0);
+        assert_ne!(old, new);
+        // Late news about the old attempt changes nothing about the new one.
+        let e = io::Error::from(io::ErrorKind::ConnectionReset);
+        p.core.tls_failed(old, &e, p.now);
+        p.core.edge_closed(old, p.now);
+        assert_eq!(p.core.edge_input(old, b"\xff\xff\xff", p.now), 0);
+        p.run();
+        assert_eq!(p.conn(0), new);
+        assert_eq!(p.closed_edges(), 1);
+    }
+
+    #[test]
+    fn tls_advice_follows_the_rustls_error_not_its_text() {
+        let tls = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        let theirs = tls(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
+        assert!(tls_advice(&theirs).unwrap().contains("pass --ca"));
+        let ours = tls(rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate,
+        ));
+        let advice = tls_advice(&ours).unwrap();
+        assert!(
+            advice.contains("refused this origin's certificate"),
+            "{advice}"
+        );
+        assert!(!advice.contains("--ca"), "{advice}");
+        // Words alone choose nothing.
+        assert_eq!(tls_advice(&io::Error::other("certificate")), None);
+        assert_eq!(
+            tls_advice(&tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::HandshakeFailure
+            ))),
+            None
+        );
+    }
+
+    #[test]
+    fn who_a_stream_is_for_is_escaped_and_never_shows_the_assertion() {
+        assert_eq!(
+            who(br#"{"email":"alice@example.com","service_token":null,"assertion":"e.y.j"}"#),
+            "alice@example.com"
+        );
+        assert_eq!(
+            who(br#"{"email":null,"service_token":"ci","assertion":"e.y.j"}"#),
+            "service token ci"
+        );
+        assert_eq!(who(br#"{"assertion":"e.y.j"}"#), "anonymous");
+        assert_eq!(who(b"not json"), "anonymous");
+        assert_eq!(who(br#"{"email":5}"#), "anonymous");
+        let evil = who(b"{\"email\":\"a\\u001b[31m\\nINFO forged\\\"\"}");
+        assert_eq!(evil, "a\\u{1b}[31m\\u{a}INFO forged\"");
+        assert!(!evil.chars().any(char::is_control));
+        let long = who(format!(r#"{{"email":"{}"}}"#, "x".repeat(1000)).as_bytes());
+        assert_eq!(long, format!("{}…(1000 bytes)", "x".repeat(MAX_WHO_SHOWN)));
+    }
+}

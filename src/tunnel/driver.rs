@@ -1,0 +1,571 @@
+//! The origin's driver: the mio loop around the link core (`core.rs`). It owns what touches
+//! the OS: the sockets to the edge (or the proxy) and to the services, TLS record IO
+//! (`io::tls::TlsConn`), the resolver thread (`resolve.rs`), signals, randomness and the
+//! clock. It makes no protocol decision: readiness and results become core inputs, and
+//! core outputs become connects, writes, closes and pumps.
+//!
+//! ```text
+//!  poll ──readiness──▶ pump_edge / pump_service ──bytes, results, now──▶ Core
+//!  Core::poll_output ──▶ connect, start TLS, close, resolve, pump ──▶ sockets, resolver
+//!  Core::poll_timeout ──▶ the poll's timeout;  SIGTERM ──▶ Core::shutdown
+//! ```
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use log::debug;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+
+use crate::io::tls::TlsConn;
+use crate::io::{random_bytes, random_u64, would_block, Signals};
+use crate::limits::{CONN_WRITE_BATCH, TLS_READ_STAGE};
+use crate::metrics::{self, Metrics};
+use crate::pki;
+use crate::proto::mux;
+use crate::proto::proxy;
+
+use super::core::{self, ConnId, Core, Exit, Output, StreamId, Waiter};
+use super::resolve::{self, Lookup, Resolver};
+use super::TunnelOptions;
+
+const SIGNALS: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST: usize = 2;
+
+/// The socket of one HA connection, as far as it got.
+enum Sock {
+    None,
+    /// A TCP connect in progress.
+    Connecting(TcpStream),
+    /// Connected, talking to the proxy in the clear.
+    Plain(TcpStream),
+    Tls(Box<TlsConn>),
+}
+
+struct Edge {
+    conn: ConnId,
+    sock: Sock,
+}
+
+struct Local {
+    sock: TcpStream,
+    id: StreamId,
+    connected: bool,
+}
+
+/// `postern tunnel`: builds the core from the options and runs the loop.
+pub struct Origin {
+    core: Core,
+    tls: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+    poll: Poll,
+    edges: Vec<Edge>,
+    locals: Vec<Option<Local>>,
+    by_stream: HashMap<StreamId, usize>,
+    free: Vec<usize>,
+    dirty: Vec<Token>,
+    scratch: Vec<u8>,
+    /// Ciphertext staging for `TlsConn::read`, shared by every connection.
+    stage: Vec<u8>,
+    /// What `--metrics` serves.
+    metrics: Arc<Metrics>,
+    /// DNS off the loop.
+    resolver: Resolver<Waiter>,
+}
+
+impl Origin {
+    pub fn new(opts: TunnelOptions) -> io::Result<Origin> {
+        let roots = pki::root_store(opts.extra_ca.as_deref(), &opts.credential.ca)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![opts.credential.cert.clone()],
+                opts.credential.key.clone_key(),
+            )
+            .map_err(|e| io::Error::other(format!("origin certificate unusable: {e}")))?;
+        tls.alpn_protocols = vec![mux::ALPN.to_vec()];
+        let server_name = ServerName::try_from(opts.server_name.clone()).map_err(|_| {
+            io::Error::other(format!("invalid TLS server name {}", opts.server_name))
+        })?;
+        let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
+        let proxy = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        if let (Some(p), None) = (&proxy, proxy::split_host_port(&opts.edge)) {
+            return Err(io::Error::other(format!(
+                "the edge address {:?} is not HOST:PORT, which a CONNECT through the proxy {} \
+                 needs: set --edge",
+                opts.edge, p.addr
+            )));
+        }
+        let connector_id = random_bytes();
+        let metrics = Metrics::new(metrics::Role::Tunnel, connector_id);
+        let poll = Poll::new()?;
+        let waker = Arc::new(mio::Waker::new(poll.registry(), WAKER)?);
+        let resolver = Resolver::start(Arc::new(resolve::system_lookup), move || {
+            let _ = waker.wake();
+        })?;
+        let cfg = core::Config {
+            registration: opts.registration,
+            ingress: opts.ingress,
+            edge: opts.edge,
+            proxy,
+            connector_id,
+            grace: opts.grace,
+            connections: opts.ha_connections,
+        };
+        let core = Core::new(cfg, metrics.clone(), Box::new(random_u64), Instant::now());
+        let edges = (0..core.connections())
+            .map(|slot| Edge {
+                conn: ConnId { slot, epoch: 0 },
+                sock: Sock::None,
+            })
+            .collect();
+        Ok(Origin {
+            core,
+            tls: Arc::new(tls),
+            server_name,
+            poll,
+            edges,
+            locals: Vec::new(),
+            by_stream: HashMap::new(),
+            free: Vec::new(),
+            dirty: Vec::new(),
+            scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
+            stage: vec![0; TLS_READ_STAGE],
+            metrics,
+            resolver,
+        })
+    }
+
+    /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
+    pub fn serve_metrics(&self, addr: &str) -> io::Result<SocketAddr> {
+        crate::io::metrics_server::serve(addr, self.metrics.clone())
+    }
+
+    pub fn run(mut self) -> io::Result<Exit> {
+        let mut signals = Signals::new()?;
+        self.poll
+            .registry()
+            .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
+        self.core.announce();
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            self.core.handle_timeout(now);
+            self.settle();
+            if let Some(exit) = self.core.take_exit() {
+                return Ok(exit);
+            }
+            let timeout = self.core.poll_timeout().saturating_duration_since(now);
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for ev in events.iter() {
+                if ev.token() == SIGNALS {
+                    if signals.take() {
+                        self.core.shutdown(Instant::now());
+                    }
+                } else if ev.token() == WAKER {
+                    let now = Instant::now();
+                    for (waiter, result) in self.resolver.answers(now) {
+                        self.core.resolved(waiter, result, now);
+                        self.apply();
+                    }
+                } else {
+                    self.dirty.push(ev.token());
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Carries out the core's outputs and pumps what they and readiness made dirty.
+    fn settle(&mut self) {
+        self.apply();
+        while let Some(tok) = self.dirty.pop() {
+            let i = tok.0 - FIRST;
+            if i < self.edges.len() {
+                self.pump_edge(i);
+            } else {
+                self.pump_service(i - self.edges.len());
+            }
+            self.apply();
+        }
+    }
+
+    fn apply(&mut self) {
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Resolve { waiter, name } => {
+                    let now = Instant::now();
+                    match self.resolver.lookup(&name, waiter, now) {
+                        Lookup::Ready(addr) => self.core.resolved(waiter, Ok(addr), now),
+                        Lookup::Failed(e) => self.core.resolved(waiter, Err(e), now),
+                        Lookup::Pending => {}
+                    }
+                }
+                Output::ConnectEdge { conn, addr } => self.connect_edge(conn, addr),
+                Output::StartTls { conn, early } => self.start_tls(conn, &early),
+                Output::CloseEdge { conn } => self.close_edge(conn),
+                Output::ConnectService { stream, addr } => self.connect_service(stream, addr),
+                Output::ShutdownService { stream } => {
+                    if let Some(l) = self.local_of(stream) {
+                        let _ = l.sock.shutdown(Shutdown::Write);
+                    }
+                }
+                Output::CloseService { stream } => {
+                    if let Some(slot) = self.by_stream.remove(&stream) {
+                        self.drop_local(slot);
+                    }
+                }
+                Output::PumpEdge(conn) => {
+                    if self.edges[conn.slot].conn == conn {
+                        self.dirty.push(Token(FIRST + conn.slot));
+                    }
+                }
+                Output::PumpService(stream) => {
+                    if let Some(&slot) = self.by_stream.get(&stream) {
+                        self.dirty.push(Token(FIRST + self.edges.len() + slot));
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_of(&mut self, stream: StreamId) -> Option<&mut Local> {
+        let slot = *self.by_stream.get(&stream)?;
+        self.locals[slot].as_mut()
+    }
+
+    // ---- the connection to the edge ----
+
+    /// A TCP connect to the first hop (the proxy or the edge), without waiting.
+    fn connect_edge(&mut self, conn: ConnId, addr: SocketAddr) {
+        let i = conn.slot;
+        self.close_edge(self.edges[i].conn);
+        self.edges[i].conn = conn;
+        let registered = TcpStream::connect(addr).and_then(|mut sock| {
+            let _ = sock.set_nodelay(true);
+            self.poll.registry().register(
+                &mut sock,
+                Token(FIRST + i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        match registered {
+            Ok(sock) => self.edges[i].sock = Sock::Connecting(sock),
+            Err(e) => self
+                .core
+                .edge_connect_failed(conn, Some(addr), &e, Instant::now()),
+        }
+    }
+
+    fn close_edge(&mut self, conn: ConnId) {
+        let edge = &mut self.edges[conn.slot];
+        if edge.conn != conn {
+            return;
+        }
+        match std::mem::replace(&mut edge.sock, Sock::None) {
+            Sock::None => {}
+            Sock::Connecting(mut sock) | Sock::Plain(mut sock) => {
+                let _ = self.poll.registry().deregister(&mut sock);
+            }
+            Sock::Tls(mut tls) => {
+                tls.close();
+                let _ = self.poll.registry().deregister(&mut tls.sock);
+            }
+        }
+    }
+
+    /// TLS on the connected socket, first given what followed the proxy's answer.
+    fn start_tls(&mut self, conn: ConnId, early: &[u8]) {
+        let edge = &mut self.edges[conn.slot];
+        let sock = match std::mem::replace(&mut edge.sock, Sock::None) {
+            Sock::Plain(sock) | Sock::Connecting(sock) => sock,
+            other => {
+                edge.sock = other;
+                return;
+            }
+        };
+        let started = rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone())
+            .map_err(|e| format!("TLS setup: {e}"))
+            .and_then(|mut tls| {
+                proxy::hand_to_tls(&mut tls, early)
+                    .map(|()| tls)
+                    .map_err(|e| format!("TLS with the edge through the proxy: {e}"))
+            });
+        match started {
+            Ok(tls) => edge.sock = Sock::Tls(Box::new(TlsConn::new(sock, tls))),
+            Err(why) => {
+                let mut sock = sock;
+                let _ = self.poll.registry().deregister(&mut sock);
+                self.core.tls_setup_failed(conn, &why, Instant::now());
+            }
+        }
+    }
+
+    fn pump_edge(&mut self, i: usize) {
+        let conn = self.edges[i].conn;
+        if matches!(self.edges[i].sock, Sock::Connecting(_)) {
+            self.finish_connect(i);
+            self.apply();
+        }
+        if matches!(self.edges[i].sock, Sock::Plain(_)) {
+            self.pump_proxy(i);
+            self.apply();
+        }
+        if !matches!(self.edges[i].sock, Sock::Tls(_)) || self.edges[i].conn != conn {
+            return;
+        }
+        loop {
+            match self.tls_step(i) {
+                Some(true) => continue,
+                Some(false) => break,
+                None => return,
+            }
+        }
+        self.transmit(i);
+    }
+
+    /// Finishes a non-blocking connect: take_error, then peer_addr (mio's documented steps).
+    fn finish_connect(&mut self, i: usize) {
+        let conn = self.edges[i].conn;
+        let Sock::Connecting(sock) = &mut self.edges[i].sock else {
+            return;
+        };
+        let failed = match sock.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
+            Ok(None) => match sock.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Some(e),
+            },
+        };
+        let now = Instant::now();
+        match failed {
+            Some(e) => self.core.edge_connect_failed(conn, None, &e, now),
+            None => {
+                let Sock::Connecting(sock) = std::mem::replace(&mut self.edges[i].sock, Sock::None)
+                else {
+                    unreachable!()
+                };
+                self.edges[i].sock = Sock::Plain(sock);
+                self.core.edge_connected(conn, now);
+            }
+        }
+    }
+
+    /// Writes the core's `CONNECT` and reads the proxy's answer as far as the socket allows,
+    /// never blocking.
+    fn pump_proxy(&mut self, i: usize) {
+        let conn = self.edges[i].conn;
+        loop {
+            let Sock::Plain(sock) = &mut self.edges[i].sock else {
+                return;
+            };
+            let request = self.core.proxy_transmit(conn);
+            if !request.is_empty() {
+                match sock.write(request) {
+                    Ok(0) => self.core.proxy_eof(conn, Instant::now()),
+                    Ok(n) => self.core.proxy_sent(conn, n),
+                    Err(e) if would_block(&e) => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => self.core.proxy_io_failed(conn, true, &e, Instant::now()),
+                }
+                continue;
+            }
+            let room = self.core.proxy_room(conn);
+            if room == 0 {
+                return; // Answered (the core has moved on) or refused.
+            }
+            let mut chunk = [0u8; 4096];
+            let room = room.min(chunk.len());
+            match sock.read(&mut chunk[..room]) {
+                Ok(0) => self.core.proxy_eof(conn, Instant::now()),
+                Ok(n) => self.core.proxy_input(conn, &chunk[..n], Instant::now()),
+                Err(e) if would_block(&e) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.core.proxy_io_failed(conn, false, &e, Instant::now()),
+            }
+            // The core may have started TLS or given up: its outputs say which.
+            self.apply();
+        }
+    }
+
+    /// One pass: read, frames in, events. `Some(true)`: `rx` was full, go again;
+    /// `None`: the connection is gone.
+    fn tls_step(&mut self, i: usize) -> Option<bool> {
+        let conn = self.edges[i].conn;
+        let Sock::Tls(tls) = &mut self.edges[i].sock else {
+            return None;
+        };
+        let full = tls.read(&mut self.stage);
+        let now = Instant::now();
+        if !tls.tls.is_handshaking() {
+            self.core.tls_handshake_done(conn, now);
+        }
+        let full = match full {
+            Ok(full) => full,
+            Err(e) => {
+                self.core.tls_failed(conn, &e, now);
+                self.apply();
+                return None;
+            }
+        };
+        let used = self.core.edge_input(conn, tls.rx.data(), now);
+        tls.rx.consume(used);
+        let peer_closed = tls.peer_closed;
+        self.apply();
+        if !self.core.is_current(conn) || !matches!(self.edges[i].sock, Sock::Tls(_)) {
+            return None;
+        }
+        if self.core.exiting() {
+            return None;
+        }
+        if peer_closed {
+            self.core.edge_closed(conn, now);
+            self.apply();
+            return None;
+        }
+        let Sock::Tls(tls) = &self.edges[i].sock else {
+            return None;
+        };
+        Some(full && tls.has_room())
+    }
+
+    fn transmit(&mut self, i: usize) {
+        let conn = self.edges[i].conn;
+        let Sock::Tls(tls) = &mut self.edges[i].sock else {
+            return;
+        };
+        // Flush first: `can_send` must see what the socket took since the last pass.
+        let _ = tls.flush();
+        while tls.can_send() && self.core.wants_transmit(conn) {
+            self.scratch.clear();
+            self.core
+                .poll_transmit(conn, &mut self.scratch, CONN_WRITE_BATCH);
+            tls.send(&self.scratch);
+            if tls.flush().is_err() {
+                break;
+            }
+        }
+        self.scratch.clear();
+        let flushed = tls.flush();
+        let now = Instant::now();
+        if let Err(e) = flushed {
+            self.core.edge_write_failed(conn, &e, now);
+            return;
+        }
+        self.core.transmitted(conn, now);
+    }
+
+    // ---- the services ----
+
+    /// Connects a stream to its service at `addr` (without waiting).
+    fn connect_service(&mut self, id: StreamId, addr: SocketAddr) {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.locals.push(None);
+                self.locals.len() - 1
+            }
+        };
+        let tok = Token(FIRST + self.edges.len() + slot);
+        let registered = TcpStream::connect(addr).and_then(|mut sock| {
+            let _ = sock.set_nodelay(true);
+            self.poll.registry().register(
+                &mut sock,
+                tok,
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(sock)
+        });
+        match registered {
+            Ok(sock) => {
+                self.locals[slot] = Some(Local {
+                    sock,
+                    id,
+                    connected: false,
+                });
+                self.by_stream.insert(id, slot);
+            }
+            Err(e) => {
+                self.free.push(slot);
+                debug!("stream {}: cannot connect to {addr}: {e}", id.stream);
+                self.core.service_connect_failed(id, &e.to_string());
+            }
+        }
+    }
+
+    fn pump_service(&mut self, slot: usize) {
+        let Some(Some(l)) = self.locals.get_mut(slot) else {
+            return;
+        };
+        let id = l.id;
+        if !self.core.service_open(id) {
+            return; // The core closes it (`CloseService`).
+        }
+        if !l.connected {
+            let failed = match l.sock.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match l.sock.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                    Err(e) => Some(e),
+                },
+            };
+            if let Some(e) = failed {
+                return self.core.service_connect_failed(id, &e.to_string());
+            }
+            l.connected = true;
+            self.core.service_connected(id);
+        }
+        // Service → edge: read straight into the stream's send buffer.
+        loop {
+            let sock = &mut l.sock;
+            let Some(got) = self.core.service_fill(id, |tail| sock.read(tail)) else {
+                break;
+            };
+            match got {
+                Ok(_) => {}
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.core.service_failed(id, &e),
+            }
+        }
+        // Edge → service.
+        loop {
+            let data = self.core.service_pending(id);
+            if data.is_empty() {
+                break;
+            }
+            match l.sock.write(data) {
+                Ok(n) => self.core.service_written(id, n),
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return self.core.service_failed(id, &e),
+            }
+        }
+        self.core.service_pumped(id);
+    }
+
+    fn drop_local(&mut self, slot: usize) {
+        if let Some(mut l) = self.locals[slot].take() {
+            let _ = self.poll.registry().deregister(&mut l.sock);
+            self.free.push(slot);
+        }
+    }
+}
