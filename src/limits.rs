@@ -5,7 +5,7 @@ pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Initial per-stream flow-control window, each direction.
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
 /// Credit is returned to the peer once this much has been consumed: half the window
-/// (docs/design.md §19).
+/// (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;
 /// Bytes read from a local socket or carrier that wait to be framed for one stream.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;

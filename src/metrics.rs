@@ -17,7 +17,8 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Largest request head the metrics server reads.
@@ -210,6 +211,9 @@ pub struct Metrics {
     tunnels: AtomicU64,
     /// Tunnel connections that are registered (what `/ready` counts).
     ready: AtomicU64,
+    /// Edge: where its listener is bound, once it is (`/ready` says so; tests and operators
+    /// wait on it instead of a log line).
+    listening: OnceLock<SocketAddr>,
     streams_active: AtomicU64,
     streams_total: AtomicU64,
     bytes: [AtomicU64; 2],
@@ -231,6 +235,7 @@ impl Metrics {
             carriers: AtomicU64::new(0),
             tunnels: AtomicU64::new(0),
             ready: AtomicU64::new(0),
+            listening: OnceLock::new(),
             streams_active: AtomicU64::new(0),
             streams_total: AtomicU64::new(0),
             bytes: Default::default(),
@@ -254,6 +259,11 @@ impl Metrics {
         self.carriers.store(carriers as u64, Relaxed);
         self.tunnels.store(tunnels as u64, Relaxed);
         self.ready.store(ready as u64, Relaxed);
+    }
+
+    /// Edge: records the listener's bound address (once; a second call changes nothing).
+    pub fn set_listening(&self, addr: SocketAddr) {
+        let _ = self.listening.set(addr);
     }
 
     pub fn set_streams_active(&self, n: usize) {
@@ -448,15 +458,22 @@ impl Metrics {
         out
     }
 
-    /// `/ready`: (status, JSON body) as cloudflared answers it.
+    /// `/ready`: (status, JSON body) as cloudflared answers it. The edge adds `listening`: its
+    /// bound address, `null` until the listener is bound.
     pub fn ready(&self) -> (u16, String) {
         let n = self.ready_connections();
         let status = if n > 0 { 200 } else { 503 };
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "status": status,
             "readyConnections": n,
             "connectorId": self.connector_id,
         });
+        if self.role == Role::Edge {
+            body["listening"] = match self.listening.get() {
+                Some(addr) => serde_json::Value::String(addr.to_string()),
+                None => serde_json::Value::Null,
+            };
+        }
         (status, body.to_string())
     }
 }
@@ -565,5 +582,25 @@ mod tests {
         let (status, body) = m.ready();
         assert_eq!(status, 200);
         assert!(body.contains("\"readyConnections\":1"), "{body}");
+        assert!(
+            !body.contains("listening"),
+            "an origin listens nowhere: {body}"
+        );
+    }
+
+    #[test]
+    fn edge_ready_says_where_it_listens_once_bound() {
+        let m = Metrics::new(Role::Edge, [0; 16]);
+        let v: serde_json::Value = serde_json::from_str(&m.ready().1).unwrap();
+        assert!(v["listening"].is_null(), "not bound yet: {v}");
+        m.set_listening("127.0.0.1:8443".parse().unwrap());
+        m.set_listening("127.0.0.1:9".parse().unwrap());
+        let (status, body) = m.ready();
+        assert_eq!(status, 503, "listening is not ready: no tunnel yet");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            v["listening"], "127.0.0.1:8443",
+            "the first bind stays: {v}"
+        );
     }
 }

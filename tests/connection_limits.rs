@@ -14,7 +14,7 @@ use support::Chain;
 
 const HOST: &str = "ssh.localhost";
 /// Connections `postern tunnel` holds by default (`--ha-connections`).
-const HA_CONNECTIONS: usize = 4;
+const HA_CONNECTIONS: u64 = 4;
 
 fn assert_edge_alive_and_serving(chain: &Chain, marker: &str) {
     assert!(
@@ -36,7 +36,7 @@ fn connections_beyond_the_per_ip_limit_are_closed_at_once() {
     chain
         .tunnel
         .wait_registered(HA_CONNECTIONS, Duration::from_secs(20));
-    let room = 10 - HA_CONNECTIONS;
+    let room = 10 - HA_CONNECTIONS as usize;
     let mut idle: Vec<TcpStream> = (0..20)
         .map(|_| TcpStream::connect(chain.edge.addr).expect("connect"))
         .collect();

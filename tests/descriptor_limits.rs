@@ -14,9 +14,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{parse_listen_addr, postern_via, raw, temp_dir, wait_until, Child, STARTUP};
-
-const LISTENING: &str = "postern edge listening on ";
+use support::ready::{metrics_listen, wait_edge_listening};
+use support::{postern_via, raw, temp_dir, wait_until, Child, STARTUP};
 
 /// `(soft, hard)` "Max open files" of a process, from /proc.
 fn open_file_limits(pid: &str) -> (u64, u64) {
@@ -76,13 +75,15 @@ fn start_edge(dir: &Path, soft: u64, hard: u64) -> (Child, std::net::SocketAddr)
     std::fs::create_dir_all(&home).unwrap();
     let nofile = format!("--nofile={soft}:{hard}");
     let mut cmd = postern_via(&home, &["prlimit", &nofile, "--"]);
+    // The metrics listener and its connection are within the edge's FD_RESERVE.
+    let metrics = metrics_listen();
     cmd.args(["edge", "--dev", "--listen", "127.0.0.1:0", "--state"])
-        .arg(dir.join("edge-state"));
+        .arg(dir.join("edge-state"))
+        .arg("--metrics")
+        .arg(metrics.to_string());
     let edge = Child::spawn("edge", cmd, dir);
-    let text = edge
-        .wait_for_stderr(LISTENING, STARTUP)
+    let addr = wait_edge_listening(&edge, &metrics, STARTUP)
         .unwrap_or_else(|e| panic!("edge did not start: {e}"));
-    let addr = parse_listen_addr(&text, LISTENING).expect("edge address");
     (edge, addr)
 }
 

@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{
-    access_until_exit, free_port, http_get, metrics_addr, origin_cert, postern, proxy_command,
-    run_with_deadline, service_token, temp_dir, write_edge_config, Edge, ServiceToken, Sshd,
-    Tunnel, SSH_DEADLINE, STARTUP,
+    access_until_exit, free_port, http_get, origin_cert, postern, proxy_command, run_with_deadline,
+    service_token, temp_dir, write_edge_config, Edge, ServiceToken, Sshd, Tunnel, SSH_DEADLINE,
+    STARTUP,
 };
 
 fn hup(edge: &Edge) {
@@ -57,8 +57,8 @@ fn sighup_swaps_policies_and_keeps_sessions() {
         serde_json::json!([{ "service_token": "token-a" }]),
         serde_json::json!({}),
     );
-    let edge = Edge::start_config(dir.path(), &config, &state, &["--metrics", "127.0.0.1:0"]);
-    let metrics = metrics_addr(edge.child());
+    let edge = Edge::start_config(dir.path(), &config, &state, &[]);
+    let metrics = edge.metrics;
     let cert = dir.join("cert.pem");
     origin_cert(&state, "localhost", &cert, &edge.addr);
     let _tunnel = Tunnel::start(dir.path(), "reload.localhost", &sshd.url(), &cert, &edge);

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use support::ready::{metrics_listen, wait_ready};
 use support::{
-    access_until_exit, http_get, metrics_addr, origin_cert, postern, proxy_command,
-    run_with_deadline, service_token, temp_dir, wait_until, Edge, Sshd, Tunnel, SSH_DEADLINE,
-    STARTUP,
+    access_until_exit, http_get, origin_cert, postern, proxy_command, run_with_deadline,
+    service_token, temp_dir, wait_until, Edge, Sshd, Tunnel, SSH_DEADLINE, STARTUP,
 };
 
 /// Parses Prometheus text: every line is a comment or `name{labels} value`; returns the
@@ -90,17 +90,24 @@ fn ready_follows_registration_and_metrics_follow_traffic() {
     support::require_all();
     let dir = temp_dir("metrics-ready");
     let sshd = Sshd::start(dir.path());
-    let mut edge = Edge::start_args(dir.path(), &["--metrics", "127.0.0.1:0"]);
-    let edge_metrics = metrics_addr(edge.child());
+    // The harness serves the edge's metrics with `--metrics IP:PORT` (and waits on `/ready`).
+    let mut edge = Edge::start(dir.path());
+    let edge_metrics = edge.metrics;
     let (status, v) = ready(&edge_metrics);
     assert_eq!(status, 503, "no tunnel yet: {v}");
     assert_eq!(v["readyConnections"], 0);
+    assert_eq!(
+        v["listening"],
+        edge.addr.to_string(),
+        "the edge says where it listens"
+    );
     let token = service_token(&edge.state, "metrics");
     let cert = dir.join("cert.pem");
     origin_cert(&edge.state, "localhost", &cert, &edge.addr);
 
     // The origin starts while the edge is down: not ready.
     edge.child().stop();
+    let origin_metrics = metrics_listen();
     let tunnel = Tunnel::spawn_env(
         dir.path(),
         "tunnel",
@@ -108,9 +115,17 @@ fn ready_follows_registration_and_metrics_follow_traffic() {
         &sshd.url(),
         &cert,
         &edge,
-        &[("POSTERN_METRICS", "127.0.0.1:0")],
+        &[("POSTERN_METRICS", &origin_metrics.to_string())],
     );
-    let origin_metrics = metrics_addr(tunnel.child());
+    assert_eq!(tunnel.metrics, origin_metrics);
+    wait_ready(
+        tunnel.child(),
+        &origin_metrics,
+        STARTUP,
+        "origin /ready answers",
+        |_| true,
+    )
+    .unwrap_or_else(|e| panic!("POSTERN_METRICS serves nothing: {e}"));
     let (status, v) = ready(&origin_metrics);
     assert_eq!(status, 503, "edge is down: {v}");
     assert_eq!(v["readyConnections"], 0);
@@ -118,7 +133,6 @@ fn ready_follows_registration_and_metrics_follow_traffic() {
 
     // The edge comes back: the origin registers and both say ready.
     edge.restart();
-    let edge_metrics = metrics_addr(edge.child());
     tunnel.wait_registered(1, STARTUP);
     wait_until(STARTUP, "origin /ready 200", || {
         ready(&origin_metrics).0 == 200

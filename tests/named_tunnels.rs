@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use support::ready::{metrics_listen, wait_registered_connections};
 use support::{
     postern, proxy_command, require_all, run_with_deadline, service_token, temp_dir, Child, Edge,
     Sshd,
@@ -195,10 +196,14 @@ fn create_route_run_info_delete() {
     );
     assert!(validate.contains("OK"), "{validate}");
     let mut run_cmd = postern(&home);
-    run_cmd.args(["tunnel", "--config"]).arg(&config).arg("run");
+    let metrics = metrics_listen();
+    run_cmd
+        .env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "--config"])
+        .arg(&config)
+        .arg("run");
     let origin = Child::spawn("named-origin", run_cmd, dir.path());
-    origin
-        .wait_for_stderr_count("registered tunnel web", 2, Duration::from_secs(20))
+    wait_registered_connections(&origin, &metrics, 2, Duration::from_secs(20))
         .expect("both connections register");
 
     for host in ["ssh.localhost", "git.localhost"] {

@@ -101,6 +101,7 @@ fn oidc_edge(dir: &std::path::Path, provider: &Provider, rust_log: &str) -> Chil
     let secret_file = dir.join("client-secret");
     std::fs::write(&secret_file, &provider.client_secret).unwrap();
     let port = support::free_port();
+    let metrics = support::ready::metrics_listen();
     let config = serde_json::json!({
         "listen": format!("127.0.0.1:{port}"),
         "public_url": format!("https://login.localhost:{port}"),
@@ -121,10 +122,10 @@ fn oidc_edge(dir: &std::path::Path, provider: &Provider, rust_log: &str) -> Chil
     cmd.env("RUST_LOG", rust_log)
         .env("POSTERN_LOG_FORMAT", "json")
         .args(["edge", "--config"])
-        .arg(&cfg);
+        .arg(&cfg)
+        .env("POSTERN_METRICS", metrics.to_string());
     let edge = Child::spawn("edge", cmd, dir);
-    edge.wait_for_stderr("postern edge listening on", STARTUP)
-        .expect("edge did not start");
+    support::ready::wait_edge_listening(&edge, &metrics, STARTUP).expect("edge did not start");
     edge
 }
 

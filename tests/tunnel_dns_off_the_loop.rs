@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use support::ready::{metrics_listen, wait_registered_connections};
 use support::{
     postern, postern_via, proxy_command, require, require_all, run_with_deadline, service_token,
     temp_dir, Child, Edge, Sshd,
@@ -102,10 +103,13 @@ fn a_service_whose_name_never_resolves_holds_up_no_other_service() {
             &resolv.display().to_string(),
         ],
     );
-    run.args(["tunnel", "--config"]).arg(&config).arg("run");
+    let metrics = metrics_listen();
+    run.env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "--config"])
+        .arg(&config)
+        .arg("run");
     let origin = Child::spawn("dns-origin", run, dir.path());
-    origin
-        .wait_for_stderr("registered tunnel dns", Duration::from_secs(20))
+    wait_registered_connections(&origin, &metrics, 1, Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("the tunnel did not register: {e}"));
 
     // A session for the service whose name cannot be resolved: its stream waits for DNS.

@@ -1,5 +1,5 @@
 //! Browser login from the command line (DESIGN.md §3 Tokens, "CLI login"; docs/design.md
-//! "Login confirmation").
+//! §3.6, "Sign-in").
 //!
 //! ```text
 //!  Opener::new() (transfer id + one-use X25519 key); code = confirmation_code(id, key)

@@ -500,6 +500,7 @@ impl Edge {
             self.worker = Some(login::Worker::start(p.clone(), self.waker.clone()));
         }
         info!("postern edge listening on {addr}");
+        self.metrics.set_listening(addr);
         (self.settings.on_ready)(addr);
 
         let mut events = Events::with_capacity(1024);

@@ -3,7 +3,8 @@
 //! Used as `mod support;` by each test file in `tests/`. Every process a test starts is held by a
 //! [`Child`] guard that stops it on drop, every file lives in a [`TempDir`] removed on drop, every
 //! port is picked at random, and every wait is a condition polled against a deadline (never a bare
-//! sleep used as synchronisation).
+//! sleep used as synchronisation). Edges and origins are waited on through their state (`/ready`,
+//! see [`ready`]), not their log lines; log text is for assertions.
 //!
 //! These tests never skip: a missing `sshd`, `ssh`, `git` or `ssh-keygen` is a failure with a
 //! message saying what to install (`scripts/test` installs them).
@@ -33,7 +34,10 @@ use std::time::{Duration, Instant};
 
 pub mod oidc;
 pub mod raw;
+pub mod ready;
 pub mod sso;
+
+use ready::{lost_metrics_port, metrics_listen, wait_edge_listening, wait_registered_connections};
 
 /// How long a started process gets to report that it is ready.
 pub const STARTUP: Duration = Duration::from_secs(20);
@@ -231,6 +235,11 @@ impl Child {
 
     pub fn id(&self) -> u32 {
         self.child.lock().unwrap().id()
+    }
+
+    /// The name its logs and messages carry.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn stderr_text(&self) -> String {
@@ -826,9 +835,12 @@ fn home_of(dir: &Path) -> PathBuf {
     home
 }
 
-/// `postern edge --dev --listen 127.0.0.1:0 --state DIR`; knows its real address.
+/// `postern edge --dev --listen 127.0.0.1:0 --state DIR --metrics ADDR`; knows its real address
+/// from its `/ready` (see [`ready`]).
 pub struct Edge {
     pub addr: SocketAddr,
+    /// Where it serves `/metrics` and `/ready` (kept across [`Edge::restart`]).
+    pub metrics: SocketAddr,
     pub state: PathBuf,
     dir: PathBuf,
     /// The config file of an edge started with [`Edge::start_with_limits`].
@@ -847,10 +859,10 @@ impl Edge {
     pub fn start_args(dir: &Path, extra: &[&str]) -> Edge {
         let state = dir.join("edge-state");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(dir, &state, "127.0.0.1:0", None, &extra);
-        let addr = Self::wait_listening(&child);
+        let (child, addr, metrics) = Self::launch(dir, &state, "127.0.0.1:0", None, &extra);
         Edge {
             addr,
+            metrics,
             state,
             dir: dir.to_path_buf(),
             config: None,
@@ -862,10 +874,10 @@ impl Edge {
     /// `postern edge --config FILE EXTRA` for a config the test wrote itself.
     pub fn start_config(dir: &Path, config: &Path, state: &Path, extra: &[&str]) -> Edge {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(dir, state, "", Some(config), &extra);
-        let addr = Self::wait_listening(&child);
+        let (child, addr, metrics) = Self::launch(dir, state, "", Some(config), &extra);
         Edge {
             addr,
+            metrics,
             state: state.to_path_buf(),
             dir: dir.to_path_buf(),
             config: Some(config.to_path_buf()),
@@ -895,10 +907,10 @@ impl Edge {
             serde_json::to_vec_pretty(&cfg).expect("config JSON"),
         )
         .expect("write edge.json");
-        let child = Self::spawn(dir, &state, &listen, Some(&config), &[]);
-        let addr = Self::wait_listening(&child);
+        let (child, addr, metrics) = Self::launch(dir, &state, &listen, Some(&config), &[]);
         Edge {
             addr,
+            metrics,
             state,
             dir: dir.to_path_buf(),
             config: Some(config),
@@ -907,12 +919,38 @@ impl Edge {
         }
     }
 
+    /// Spawns the edge on a fresh `--metrics` port (another one if that port was taken
+    /// meanwhile) and waits until it listens: (process, listen address, metrics address).
+    fn launch(
+        dir: &Path,
+        state: &Path,
+        listen: &str,
+        config: Option<&Path>,
+        extra: &[String],
+    ) -> (Child, SocketAddr, SocketAddr) {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let metrics = metrics_listen();
+            let child = Self::spawn(dir, state, listen, config, extra, &metrics);
+            match wait_edge_listening(&child, &metrics, STARTUP) {
+                Ok(addr) => return (child, addr, metrics),
+                Err(e) if attempts < 3 && lost_metrics_port(&child) => {
+                    eprintln!("edge lost its metrics port, starting it again: {e}");
+                }
+                Err(e) => panic!("edge did not start: {e}"),
+            }
+        }
+    }
+
+    /// `postern edge ... EXTRA --metrics METRICS` (the harness's `--metrics` comes last: it wins).
     fn spawn(
         dir: &Path,
         state: &Path,
         listen: &str,
         config: Option<&Path>,
         extra: &[String],
+        metrics: &SocketAddr,
     ) -> Child {
         let mut cmd = postern(&home_of(dir));
         match config {
@@ -922,17 +960,16 @@ impl Edge {
                 .args(["edge", "--dev", "--listen", listen, "--state"])
                 .arg(state),
         };
-        cmd.args(extra);
+        cmd.args(extra).arg("--metrics").arg(metrics.to_string());
         Child::spawn("edge", cmd, dir)
     }
 
-    fn wait_listening(child: &Child) -> SocketAddr {
-        const NEEDLE: &str = "postern edge listening on ";
-        let text = child
-            .wait_for_stderr(NEEDLE, STARTUP)
-            .unwrap_or_else(|e| panic!("edge did not start: {e}"));
-        parse_listen_addr(&text, NEEDLE)
-            .unwrap_or_else(|| panic!("no address after {NEEDLE:?} in edge stderr:\n{text}"))
+    /// Waits until at least `n` tunnel connections are registered with this edge (its
+    /// `/ready`; e.g. after [`Edge::restart`], when every registration is a new one).
+    pub fn wait_registered(&self, n: u64, deadline: Duration) {
+        if let Err(e) = wait_registered_connections(self.child(), &self.metrics, n, deadline) {
+            panic!("no tunnel registered with the edge: {e}");
+        }
     }
 
     /// The TLS CA users pass as `--ca`.
@@ -972,11 +1009,10 @@ impl Edge {
                 &listen,
                 self.config.as_deref(),
                 &self.extra,
+                &self.metrics,
             );
-            match child.wait_for_stderr("postern edge listening on ", STARTUP) {
-                Ok(text) => {
-                    let addr = parse_listen_addr(&text, "postern edge listening on ")
-                        .expect("edge address");
+            match wait_edge_listening(&child, &self.metrics, STARTUP) {
+                Ok(addr) => {
                     assert_eq!(addr, self.addr, "restarted edge must keep its address");
                     self.child = Some(child);
                     return;
@@ -1057,7 +1093,8 @@ pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
     );
 }
 
-/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA` with the test env.
+/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA` with the test env
+/// and `POSTERN_METRICS=METRICS` (an environment variable, so a test can still name its own).
 fn tunnel_command(
     dir: &Path,
     hostname: &str,
@@ -1065,8 +1102,10 @@ fn tunnel_command(
     cert: &Path,
     edge: &str,
     ca: &Path,
+    metrics: &SocketAddr,
 ) -> Command {
     let mut cmd = postern(&home_of(dir));
+    cmd.env("POSTERN_METRICS", metrics.to_string());
     cmd.args([
         "tunnel",
         "--hostname",
@@ -1087,9 +1126,12 @@ pub struct EdgeRef {
     pub ca: PathBuf,
 }
 
-/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA`.
+/// `postern tunnel --hostname H --url URL --origincert F --edge ADDR --ca CA`, serving
+/// `/ready` on `metrics`.
 pub struct Tunnel {
     pub hostname: String,
+    /// Where it serves `/metrics` and `/ready`.
+    pub metrics: SocketAddr,
     child: Child,
 }
 
@@ -1103,9 +1145,19 @@ impl Tunnel {
         cert: &Path,
         edge: &Edge,
     ) -> Tunnel {
-        let cmd = tunnel_command(dir, hostname, url, cert, &edge.edge_arg(), &edge.ca());
+        let metrics = metrics_listen();
+        let cmd = tunnel_command(
+            dir,
+            hostname,
+            url,
+            cert,
+            &edge.edge_arg(),
+            &edge.ca(),
+            &metrics,
+        );
         Tunnel {
             hostname: hostname.to_string(),
+            metrics,
             child: Child::spawn(name, cmd, dir),
         }
     }
@@ -1119,23 +1171,35 @@ impl Tunnel {
         cert: &Path,
         edge: &EdgeRef,
     ) -> Tunnel {
-        let cmd = tunnel_command(dir, hostname, url, cert, &edge.addr.to_string(), &edge.ca);
+        let metrics = metrics_listen();
+        let cmd = tunnel_command(
+            dir,
+            hostname,
+            url,
+            cert,
+            &edge.addr.to_string(),
+            &edge.ca,
+            &metrics,
+        );
         let t = Tunnel {
             hostname: hostname.to_string(),
+            metrics,
             child: Child::spawn(name, cmd, dir),
         };
         t.wait_registered(1, STARTUP);
         t
     }
 
-    /// Spawns the tunnel and waits until a connection logs `registered HOSTNAME`.
+    /// Spawns the tunnel and waits until its `/ready` counts a registered connection.
     pub fn start(dir: &Path, hostname: &str, url: &str, cert: &Path, edge: &Edge) -> Tunnel {
         let t = Tunnel::spawn(dir, "tunnel", hostname, url, cert, edge);
         t.wait_registered(1, STARTUP);
         t
     }
 
-    /// How many `registered HOSTNAME` lines the tunnel has logged so far.
+    /// How many `registered HOSTNAME` lines the tunnel has logged so far: every registration
+    /// since it started, for assertions that none was lost and made again (to *wait* for
+    /// registration, use [`Tunnel::wait_registered`]).
     pub fn registered_count(&self) -> usize {
         self.child
             .stderr_text()
@@ -1143,11 +1207,10 @@ impl Tunnel {
             .count()
     }
 
-    /// Waits until `registered HOSTNAME` has been logged at least `count` times.
-    pub fn wait_registered(&self, count: usize, deadline: Duration) {
-        let needle = format!("registered {}", self.hostname);
-        if let Err(e) = self.child.wait_for_stderr_count(&needle, count, deadline) {
-            panic!("tunnel did not register: {e}");
+    /// Waits until at least `count` of its connections are registered (its `/ready`).
+    pub fn wait_registered(&self, count: u64, deadline: Duration) {
+        if let Err(e) = wait_registered_connections(&self.child, &self.metrics, count, deadline) {
+            panic!("tunnel {} did not register: {e}", self.hostname);
         }
     }
 
@@ -1462,12 +1525,28 @@ impl Tunnel {
         edge: &Edge,
         env: &[(&str, &str)],
     ) -> Tunnel {
-        let mut cmd = tunnel_command(dir, hostname, url, cert, &edge.edge_arg(), &edge.ca());
+        // A test that names its own `POSTERN_METRICS` (a fixed port) is the one served.
+        let metrics = match env.iter().find(|(k, _)| *k == "POSTERN_METRICS") {
+            Some((_, v)) => v
+                .parse()
+                .unwrap_or_else(|e| panic!("POSTERN_METRICS {v:?} must be IP:PORT: {e}")),
+            None => metrics_listen(),
+        };
+        let mut cmd = tunnel_command(
+            dir,
+            hostname,
+            url,
+            cert,
+            &edge.edge_arg(),
+            &edge.ca(),
+            &metrics,
+        );
         for (k, v) in env {
             cmd.env(k, v);
         }
         Tunnel {
             hostname: hostname.to_string(),
+            metrics,
             child: Child::spawn(name, cmd, dir),
         }
     }
@@ -1494,18 +1573,21 @@ impl Tunnel {
 /// `GET path` over plain HTTP/1.1 with a deadline; returns (status, body). The server closes
 /// the connection after its answer.
 pub fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+}
+
+/// Like [`http_get`]; `Err` when nothing answers on `addr` (a server still starting). An answer
+/// that is not HTTP still panics: that is a bug, not a wait.
+pub fn try_http_get(addr: &SocketAddr, path: &str) -> io::Result<(u16, String)> {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write request");
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
-        .unwrap_or_else(|e| panic!("read answer to GET {path}: {e}"));
+    s.read_to_end(&mut raw)?;
     let text = String::from_utf8(raw).expect("utf-8 answer");
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -1515,19 +1597,7 @@ pub fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_string())
-}
-
-/// Waits for `metrics on ADDR` in `child`'s stderr (the last one, after a restart) and parses
-/// the address.
-pub fn metrics_addr(child: &Child) -> SocketAddr {
-    const NEEDLE: &str = "metrics on ";
-    let text = child
-        .wait_for_stderr(NEEDLE, STARTUP)
-        .unwrap_or_else(|e| panic!("no metrics listener: {e}"));
-    let at = text.rfind(NEEDLE).expect("needle");
-    parse_listen_addr(&text[at..], NEEDLE)
-        .unwrap_or_else(|| panic!("no address after {NEEDLE:?}:\n{text}"))
+    Ok((status, body.to_string()))
 }
 
 /// Writes an edge config like the one [`Edge::start_with_limits`] writes (zone `localhost` on

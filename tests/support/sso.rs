@@ -88,11 +88,16 @@ impl Sso {
         let cfg = dir.join("edge.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut cmd = postern(&dir.join("home"));
-        cmd.args(["edge", "--config"]).arg(&cfg);
+        let metrics = super::ready::metrics_listen();
+        cmd.args(["edge", "--config"])
+            .arg(&cfg)
+            .arg("--metrics")
+            .arg(metrics.to_string());
         let edge = Child::spawn("edge", cmd, dir.path());
-        edge.wait_for_stderr("postern edge listening on", Duration::from_secs(20))
+        let listening = super::ready::wait_edge_listening(&edge, &metrics, Duration::from_secs(20))
             .expect("edge did not start");
         let edge_addr = format!("127.0.0.1:{port}");
+        assert_eq!(listening.to_string(), edge_addr);
 
         let sshd = Sshd::start(dir.path());
         let cert = dir.join("cert.pem");
