@@ -61,6 +61,14 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "access/driver.rs",
+        "the splice's mio loop: sockets, stdio, TLS records, the clock",
+    ),
+    (
+        "access/connect.rs",
+        "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
+    ),
+    (
         "access/listener.rs",
         "`access tcp`'s accept loop and its setup threads",
     ),
@@ -83,7 +91,6 @@ const PENDING: &[&str] = &[
     "edge/admin.rs",
     "edge/view.rs",
     "tunnel/mod.rs",
-    "access/mod.rs",
 ];
 
 /// The code of `text` that ships: before its `#[cfg(test)]` module, without comment lines and

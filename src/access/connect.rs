@@ -1,0 +1,395 @@
+//! The carrier's setup, blocking, before the splice's loop (or on a setup thread of
+//! `access tcp`): DNS, the TCP connection (directly or through the `HTTPS_PROXY`'s CONNECT),
+//! the TLS handshake and the WebSocket upgrade, each failure reported with its cause and fix.
+//! Also the one-shot HTTPS requests of the browser login and the tunnel admin commands, over
+//! the same setup.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::debug;
+use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
+
+use super::{
+    edge_failed, event_loop, json_error, AccessError, AccessOptions, Credentials, USER_AGENT,
+};
+use crate::io::tls::TlsConn;
+use crate::io::{random_bytes, would_block};
+use crate::limits::{MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS};
+use crate::logging::untrusted;
+use crate::proto::http::{self, HeadLimits};
+use crate::proto::proxy::{self, ProxyConfig};
+
+/// Largest body [`https_get`] reads (the transfer endpoint's sealed token or origin
+/// credential, as JSON).
+pub const MAX_HTTPS_BODY: usize = 64 * 1024;
+
+/// The edge's addresses. `localhost` and `*.localhost` are loopback without asking DNS
+/// (RFC 6761 §6.3; browsers do the same, the system resolver often does not), so the dev
+/// edge works as `https://ssh.localhost:8443` without `--edge`.
+fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
+    if let Some((host, port)) = edge.rsplit_once(':') {
+        let host = host.to_ascii_lowercase();
+        if let (true, Ok(port)) = (
+            host == "localhost" || host.ends_with(".localhost"),
+            port.parse::<u16>(),
+        ) {
+            return Ok(vec![
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+            ]);
+        }
+    }
+    Ok(edge
+        .to_socket_addrs()
+        .map_err(|e| AccessError::Resolve {
+            edge: edge.to_owned(),
+            error: Some(e),
+        })?
+        .collect())
+}
+
+/// The first of `addrs` that accepts a TCP connection (10 s each); else the last failure.
+fn connect_first(addrs: &[SocketAddr]) -> Result<StdTcpStream, Option<(SocketAddr, io::Error)>> {
+    let mut last = None;
+    for a in addrs {
+        match StdTcpStream::connect_timeout(a, Duration::from_secs(10)) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some((*a, e)),
+        }
+    }
+    Err(last)
+}
+
+/// TCP to the edge itself.
+fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
+    connect_first(&resolve_edge(edge)?).map_err(|last| match last {
+        Some((addr, error)) => AccessError::Unreachable { addr, error },
+        None => AccessError::Resolve {
+            edge: edge.to_owned(),
+            error: None,
+        },
+    })
+}
+
+/// TCP to the proxy, then `CONNECT edge` and its answer, within
+/// [`PROXY_ANSWER_TIMEOUT_SECS`]. Returns the tunnel and any bytes that followed the
+/// proxy's answer (the edge's, for TLS).
+fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>), AccessError> {
+    if proxy::split_host_port(edge).is_none() {
+        return Err(AccessError::EdgeNotHostPort {
+            edge: edge.to_owned(),
+            proxy: p.addr.clone(),
+        });
+    }
+    let addrs: Vec<SocketAddr> = p
+        .addr
+        .to_socket_addrs()
+        .map_err(|e| AccessError::ProxyResolve {
+            proxy: p.addr.clone(),
+            source: p.source,
+            error: Some(e),
+        })?
+        .collect();
+    let mut sock = connect_first(&addrs).map_err(|last| match last {
+        Some((addr, error)) => AccessError::ProxyUnreachable {
+            proxy: p.addr.clone(),
+            source: p.source,
+            addr,
+            error,
+        },
+        None => AccessError::ProxyResolve {
+            proxy: p.addr.clone(),
+            source: p.source,
+            error: None,
+        },
+    })?;
+    debug!("connecting to the edge {edge} through the proxy {}", p.addr);
+    let deadline = Instant::now() + Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS);
+    let timed_out = || AccessError::Proxy(p.timed_out(edge, PROXY_ANSWER_TIMEOUT_SECS));
+    let proxy_io = |writing, error| AccessError::ProxyIo {
+        proxy: p.addr.clone(),
+        edge: edge.to_owned(),
+        writing,
+        error,
+    };
+    let _ = sock.set_write_timeout(Some(Duration::from_secs(PROXY_ANSWER_TIMEOUT_SECS)));
+    sock.write_all(&p.connect_request(edge))
+        .map_err(|e| proxy_io(true, e))?;
+    let mut answer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(n) = proxy::read_answer(&answer, p, edge)? {
+            let early = answer.split_off(n);
+            return Ok((sock, early));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        // Never more than the head limit: `read_answer` refuses a full buffer without a head.
+        let room = MAX_HTTP_HEAD.saturating_sub(answer.len()).min(chunk.len());
+        match sock.read(&mut chunk[..room]) {
+            Ok(0) => return Err(p.closed(edge).into()),
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if would_block(&e) || e.kind() == io::ErrorKind::TimedOut => {
+                return Err(timed_out())
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(proxy_io(false, e)),
+        }
+    }
+}
+
+/// Resolves the edge, connects over TCP (through the proxy `HTTPS_PROXY` names, unless
+/// `NO_PROXY` names the edge) and completes the TLS handshake (SNI = the application's
+/// hostname). The socket is blocking, with a 30 s read timeout.
+pub fn tls_connect(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+) -> Result<(StdTcpStream, ClientConnection), AccessError> {
+    let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
+    let via = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())?;
+    let (mut sock, early) = match &via {
+        None => (connect_direct(&opts.edge)?, Vec::new()),
+        Some(p) => connect_through(p, &opts.edge)?,
+    };
+    let _ = sock.set_nodelay(true);
+    let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
+    let name = ServerName::try_from(opts.hostname.clone())
+        .map_err(|_| AccessError::InvalidHostname(opts.hostname.clone()))?;
+    let mut tls = ClientConnection::new(cfg.clone(), name).map_err(AccessError::TlsSetup)?;
+    // Advice by the rustls error's variant (see `AccessError::UntrustedCertificate`).
+    let tls_failed = |error, through_proxy| match crate::io::tls::rustls_error(&error) {
+        Some(e @ rustls::Error::InvalidCertificate(_)) => AccessError::UntrustedCertificate {
+            edge: opts.edge.clone(),
+            hostname: opts.hostname.clone(),
+            error: e.clone(),
+        },
+        _ => AccessError::Tls {
+            edge: opts.edge.clone(),
+            through_proxy,
+            error,
+        },
+    };
+    proxy::hand_to_tls(&mut tls, &early).map_err(|e| tls_failed(e, true))?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut sock)
+            .map_err(|e| tls_failed(e, false))?;
+    }
+    Ok((sock, tls))
+}
+
+/// Reads a response head from `stream`, returning it, the bytes read and where the body
+/// starts in them.
+fn read_response_head(
+    stream: &mut impl Read,
+    what: &str,
+) -> Result<(http::ResponseHead, Vec<u8>, usize), AccessError> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let limits = HeadLimits::default();
+    loop {
+        if let Some((head, used)) =
+            http::parse_response_head(&buf, &limits).map_err(AccessError::BadHead)?
+        {
+            return Ok((head, buf, used));
+        }
+        let closed = |error| AccessError::EdgeClosed {
+            during: format!(" during {what}"),
+            error,
+        };
+        let n = stream.read(&mut chunk).map_err(|e| closed(Some(e)))?;
+        if n == 0 {
+            return Err(closed(None));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+/// One `GET path` to the edge over its own TLS connection (`Connection: close`), with the
+/// carrier's TLS setup (SNI and Host = the hostname, `--edge`, `--ca`). Returns the status
+/// and the body, which may be at most [`MAX_HTTPS_BODY`] bytes.
+pub fn https_get(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    path: &str,
+) -> Result<(u16, Vec<u8>), AccessError> {
+    https_request(opts, cfg, "GET", path, None)
+}
+
+/// [`https_get`] with any method, and a JSON body when `body` is given.
+pub fn https_request(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Result<(u16, Vec<u8>), AccessError> {
+    let (mut sock, mut tls) = tls_connect(opts, cfg)?;
+    let mut req = Vec::new();
+    let len = body.map(|b| b.len().to_string());
+    let mut headers = vec![
+        ("Host", opts.hostname.as_str()),
+        ("Accept", "application/json"),
+        ("Connection", "close"),
+        ("User-Agent", USER_AGENT),
+    ];
+    if let Some(len) = &len {
+        headers.push(("Content-Type", "application/json"));
+        headers.push(("Content-Length", len));
+    }
+    http::write_request(&mut req, method, path, &headers);
+    req.extend_from_slice(body.unwrap_or_default());
+    tls.writer().write_all(&req).map_err(edge_failed)?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    stream.flush().map_err(edge_failed)?;
+    let (head, buf, used) = read_response_head(&mut stream, "a request")?;
+    let mut body = buf[used..].to_vec();
+    let too_big = || AccessError::AnswerTooLarge {
+        path: path.to_owned(),
+        limit: MAX_HTTPS_BODY,
+    };
+    let mut chunk = [0u8; 4096];
+    match head.content_length() {
+        Some(n) if n > MAX_HTTPS_BODY as u64 => return Err(too_big()),
+        Some(n) => {
+            let n = n as usize;
+            while body.len() < n {
+                let closed = |error| AccessError::EdgeClosed {
+                    during: " mid-answer".into(),
+                    error,
+                };
+                let got = stream.read(&mut chunk).map_err(|e| closed(Some(e)))?;
+                if got == 0 {
+                    return Err(closed(None));
+                }
+                body.extend_from_slice(&chunk[..got]);
+            }
+            body.truncate(n);
+        }
+        // No length: the body ends with the connection (we asked for `Connection: close`).
+        None => loop {
+            if body.len() > MAX_HTTPS_BODY {
+                return Err(too_big());
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(got) => {
+                    body.extend_from_slice(&chunk[..got]);
+                    if body.len() > MAX_HTTPS_BODY {
+                        return Err(too_big());
+                    }
+                }
+                // A peer that closes without close_notify: the body has no length to
+                // check against anyway.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                Err(error) => {
+                    return Err(AccessError::Connection {
+                        doing: "reading the edge's answer",
+                        error,
+                    })
+                }
+            }
+        },
+    }
+    Ok((head.status, body))
+}
+
+/// Connects, upgrades, and returns a carrier ready for the loop. The edge's refusal (401,
+/// 403, …) is [`AccessError::Refused`].
+pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
+    let (mut sock, mut tls) = tls_connect(opts, cfg)?;
+
+    // The upgrade request, with Cloudflare Access's header names.
+    let key = crate::proto::base64::encode(&random_bytes::<16>());
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("Host", &opts.hostname),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", &key),
+        ("Sec-WebSocket-Version", "13"),
+        ("User-Agent", USER_AGENT),
+    ];
+    let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
+    match &opts.credentials {
+        Credentials::ServiceToken { id, secret } => {
+            if !printable(id) || !printable(secret.expose()) {
+                return Err(AccessError::BadCredentials(
+                    "the service token id and secret must be printable ASCII without spaces",
+                ));
+            }
+            headers.push(("CF-Access-Client-Id", id));
+            headers.push(("CF-Access-Client-Secret", secret.expose()));
+        }
+        Credentials::AppToken(token) => {
+            if !printable(token.expose()) {
+                return Err(AccessError::BadCredentials(
+                    "the app token must be printable ASCII without spaces",
+                ));
+            }
+            headers.push(("cf-access-token", token.expose()));
+        }
+        Credentials::None => {}
+    }
+    let mut req = Vec::new();
+    http::write_request(&mut req, "GET", "/", &headers);
+    tls.writer().write_all(&req).map_err(edge_failed)?;
+    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
+    stream.flush().map_err(edge_failed)?;
+
+    let (head, mut buf, used) = read_response_head(&mut stream, "the upgrade")?;
+    let mut chunk = [0u8; 4096];
+    if head.status != 101 {
+        // Read the (bounded) JSON body naming the cause.
+        let want = head
+            .content_length()
+            .map_or(0, |n| n.min(MAX_REFUSAL_BODY as u64) as usize);
+        while buf.len() - used < want {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = &buf[used..buf.len().min(used + want)];
+        let cause = json_error(body).unwrap_or_else(|| untrusted(&head.reason).to_string());
+        return Err(AccessError::Refused {
+            hostname: opts.hostname.clone(),
+            status: head.status,
+            cause,
+        });
+    }
+    let expected = http::websocket_accept_key(&key);
+    if head.header("sec-websocket-accept") != Some(expected.as_str()) {
+        return Err(AccessError::BadAnswer(
+            "the edge answered the upgrade with a wrong Sec-WebSocket-Accept".into(),
+        ));
+    }
+    sock.set_nonblocking(true).map_err(event_loop)?;
+    let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
+    let leftover = &buf[used..];
+    let pushed = conn.rx.push(leftover);
+    debug_assert_eq!(pushed, leftover.len());
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn localhost_names_resolve_to_loopback_without_dns() {
+        let addrs = resolve_edge("ssh.LOCALHOST:8443").unwrap();
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 8443));
+        assert_eq!(
+            resolve_edge("127.0.0.1:9").unwrap(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 9))]
+        );
+    }
+}
