@@ -242,6 +242,11 @@ impl Splice {
         self.outputs.pop_front()
     }
 
+    /// True when [`Splice::poll_output`] has something.
+    pub fn has_output(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
     /// When [`Splice::handle_timeout`] wants to run: never (see the module doc, "Time").
     pub fn poll_timeout(&self) -> Option<Instant> {
         None

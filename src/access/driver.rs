@@ -131,8 +131,13 @@ impl Session {
             self.flush()?;
         }
         self.flush()?;
-        if self.do_outputs(registry) {
-            return Ok(Progress::Done);
+        // A flush that drained the socket may release a pong: send it now, or it would wait
+        // for the next event.
+        while self.core.has_output() {
+            if self.do_outputs(registry) {
+                return Ok(Progress::Done);
+            }
+            self.flush()?;
         }
         Ok(Progress::Running)
     }
