@@ -69,6 +69,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
     ),
     (
+        "access/https.rs",
+        "the login's and the admin commands' HTTPS requests (ureq over the carrier's setup)",
+    ),
+    (
         "access/listener.rs",
         "`access tcp`'s accept loop and its setup threads",
     ),

@@ -1,8 +1,8 @@
 //! The carrier's setup, blocking, before the splice's loop (or on a setup thread of
 //! `access tcp`): DNS, the TCP connection (directly or through the `HTTPS_PROXY`'s CONNECT),
 //! the TLS handshake and the WebSocket upgrade, each failure reported with its cause and fix.
-//! Also the one-shot HTTPS requests of the browser login and the tunnel admin commands, over
-//! the same setup.
+//! The one-shot HTTPS requests of the browser login and the tunnel admin commands use the
+//! same setup, under ureq (`https.rs`).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream, ToSocketAddrs};
@@ -23,10 +23,6 @@ use crate::limits::{MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS};
 use crate::logging::untrusted;
 use crate::proto::http::{self, HeadLimits};
 use crate::proto::proxy::{self, ProxyConfig};
-
-/// Largest body [`https_get`] reads (the transfer endpoint's sealed token or origin
-/// credential, as JSON).
-pub const MAX_HTTPS_BODY: usize = 64 * 1024;
 
 /// The edge's addresses. `localhost` and `*.localhost` are loopback without asking DNS
 /// (RFC 6761 §6.3; browsers do the same, the system resolver often does not), so the dev
@@ -211,95 +207,6 @@ fn read_response_head(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
-/// One `GET path` to the edge over its own TLS connection (`Connection: close`), with the
-/// carrier's TLS setup (SNI and Host = the hostname, `--edge`, `--ca`). Returns the status
-/// and the body, which may be at most [`MAX_HTTPS_BODY`] bytes.
-pub fn https_get(
-    opts: &AccessOptions,
-    cfg: &Arc<ClientConfig>,
-    path: &str,
-) -> Result<(u16, Vec<u8>), AccessError> {
-    https_request(opts, cfg, "GET", path, None)
-}
-
-/// [`https_get`] with any method, and a JSON body when `body` is given.
-pub fn https_request(
-    opts: &AccessOptions,
-    cfg: &Arc<ClientConfig>,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Result<(u16, Vec<u8>), AccessError> {
-    let (mut sock, mut tls) = tls_connect(opts, cfg)?;
-    let mut req = Vec::new();
-    let len = body.map(|b| b.len().to_string());
-    let mut headers = vec![
-        ("Host", opts.hostname.as_str()),
-        ("Accept", "application/json"),
-        ("Connection", "close"),
-        ("User-Agent", USER_AGENT),
-    ];
-    if let Some(len) = &len {
-        headers.push(("Content-Type", "application/json"));
-        headers.push(("Content-Length", len));
-    }
-    http::write_request(&mut req, method, path, &headers);
-    req.extend_from_slice(body.unwrap_or_default());
-    tls.writer().write_all(&req).map_err(edge_failed)?;
-    let mut stream = rustls::Stream::new(&mut tls, &mut sock);
-    stream.flush().map_err(edge_failed)?;
-    let (head, buf, used) = read_response_head(&mut stream, "a request")?;
-    let mut body = buf[used..].to_vec();
-    let too_big = || AccessError::AnswerTooLarge {
-        path: path.to_owned(),
-        limit: MAX_HTTPS_BODY,
-    };
-    let mut chunk = [0u8; 4096];
-    match head.content_length() {
-        Some(n) if n > MAX_HTTPS_BODY as u64 => return Err(too_big()),
-        Some(n) => {
-            let n = n as usize;
-            while body.len() < n {
-                let closed = |error| AccessError::EdgeClosed {
-                    during: " mid-answer".into(),
-                    error,
-                };
-                let got = stream.read(&mut chunk).map_err(|e| closed(Some(e)))?;
-                if got == 0 {
-                    return Err(closed(None));
-                }
-                body.extend_from_slice(&chunk[..got]);
-            }
-            body.truncate(n);
-        }
-        // No length: the body ends with the connection (we asked for `Connection: close`).
-        None => loop {
-            if body.len() > MAX_HTTPS_BODY {
-                return Err(too_big());
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(got) => {
-                    body.extend_from_slice(&chunk[..got]);
-                    if body.len() > MAX_HTTPS_BODY {
-                        return Err(too_big());
-                    }
-                }
-                // A peer that closes without close_notify: the body has no length to
-                // check against anyway.
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                Err(error) => {
-                    return Err(AccessError::Connection {
-                        doing: "reading the edge's answer",
-                        error,
-                    })
-                }
-            }
-        },
-    }
-    Ok((head.status, body))
-}
-
 /// Connects, upgrades, and returns a carrier ready for the loop. The edge's refusal (401,
 /// 403, …) is [`AccessError::Refused`].
 pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {

@@ -19,7 +19,8 @@
 //! | `core` | the splice's state machine: no IO, no clock |
 //! | `driver` | the splice's mio loop (`access ssh`) and per-session pump |
 //! | `listener` | `access tcp`: accept loop, setup threads |
-//! | `connect` | the carrier's blocking setup; one-shot HTTPS requests |
+//! | `connect` | the carrier's blocking setup: TCP, proxy CONNECT, TLS, WebSocket upgrade |
+//! | `https` | one-shot HTTPS requests (login transfer, tunnel admin): ureq over that setup |
 //! | `authorize`, `login`, `login_lock`, `token_cache` | credentials and browser login |
 
 use std::io;
@@ -36,15 +37,17 @@ mod connect;
 mod core;
 mod driver;
 mod error;
+mod https;
 mod listener;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
 
 pub use authorize::login_and_cache;
-pub use connect::{connect, https_get, https_request, tls_connect, MAX_HTTPS_BODY};
+pub use connect::{connect, tls_connect};
 pub use driver::ssh;
 pub use error::AccessError;
+pub use https::{https_get, https_request, MAX_HTTPS_BODY};
 pub use listener::tcp;
 pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;
