@@ -14,13 +14,10 @@ use mio::net::TcpStream;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection};
 
-use super::{
-    edge_failed, event_loop, json_error, AccessError, AccessOptions, Credentials, USER_AGENT,
-};
+use super::{edge_failed, event_loop, upgrade, AccessError, AccessOptions};
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, would_block};
-use crate::limits::{MAX_HTTP_HEAD, MAX_REFUSAL_BODY, PROXY_ANSWER_TIMEOUT_SECS};
-use crate::logging::untrusted;
+use crate::limits::{MAX_HTTP_HEAD, PROXY_ANSWER_TIMEOUT_SECS};
 use crate::proto::http::{self, HeadLimits};
 use crate::proto::proxy::{self, ProxyConfig};
 
@@ -212,70 +209,24 @@ fn read_response_head(
 pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
     let (mut sock, mut tls) = tls_connect(opts, cfg)?;
 
-    // The upgrade request, with Cloudflare Access's header names.
     let key = crate::proto::base64::encode(&random_bytes::<16>());
-    let mut headers: Vec<(&str, &str)> = vec![
-        ("Host", &opts.hostname),
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Key", &key),
-        ("Sec-WebSocket-Version", "13"),
-        ("User-Agent", USER_AGENT),
-    ];
-    let printable = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_graphic());
-    match &opts.credentials {
-        Credentials::ServiceToken { id, secret } => {
-            if !printable(id) || !printable(secret.expose()) {
-                return Err(AccessError::BadCredentials(
-                    "the service token id and secret must be printable ASCII without spaces",
-                ));
-            }
-            headers.push(("CF-Access-Client-Id", id));
-            headers.push(("CF-Access-Client-Secret", secret.expose()));
-        }
-        Credentials::AppToken(token) => {
-            if !printable(token.expose()) {
-                return Err(AccessError::BadCredentials(
-                    "the app token must be printable ASCII without spaces",
-                ));
-            }
-            headers.push(("cf-access-token", token.expose()));
-        }
-        Credentials::None => {}
-    }
-    let mut req = Vec::new();
-    http::write_request(&mut req, "GET", "/", &headers);
+    let req = upgrade::request(&opts.hostname, &opts.credentials, &key)?;
     tls.writer().write_all(&req).map_err(edge_failed)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
     stream.flush().map_err(edge_failed)?;
 
     let (head, mut buf, used) = read_response_head(&mut stream, "the upgrade")?;
+    let want = upgrade::refusal_body_len(&head);
     let mut chunk = [0u8; 4096];
-    if head.status != 101 {
-        // Read the (bounded) JSON body naming the cause.
-        let want = head
-            .content_length()
-            .map_or(0, |n| n.min(MAX_REFUSAL_BODY as u64) as usize);
-        while buf.len() - used < want {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+    while buf.len() - used < want {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-        let body = &buf[used..buf.len().min(used + want)];
-        let cause = json_error(body).unwrap_or_else(|| untrusted(&head.reason).to_string());
-        return Err(AccessError::Refused {
-            hostname: opts.hostname.clone(),
-            status: head.status,
-            cause,
-        });
     }
-    let expected = http::websocket_accept_key(&key);
-    if head.header("sec-websocket-accept") != Some(expected.as_str()) {
-        return Err(AccessError::BadAnswer(
-            "the edge answered the upgrade with a wrong Sec-WebSocket-Accept".into(),
-        ));
-    }
+    // A refusal's (bounded) body names its cause; a 101 has none to read.
+    let body = &buf[used..buf.len().min(used + want)];
+    upgrade::check_answer(&opts.hostname, &key, &head, body)?;
     sock.set_nonblocking(true).map_err(event_loop)?;
     let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
     let leftover = &buf[used..];

@@ -20,6 +20,7 @@
 //! | `driver` | the splice's mio loop (`access ssh`) and per-session pump |
 //! | `listener` | `access tcp`: accept loop, setup threads |
 //! | `connect` | the carrier's blocking setup: TCP, proxy CONNECT, TLS, WebSocket upgrade |
+//! | `upgrade` | the WebSocket upgrade's request and answer checks: no IO |
 //! | `https` | one-shot HTTPS requests (login transfer, tunnel admin): ureq over that setup |
 //! | `authorize`, `login`, `login_lock`, `token_cache` | credentials and browser login |
 
@@ -42,6 +43,7 @@ mod listener;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
+mod upgrade;
 
 pub use authorize::login_and_cache;
 pub use connect::{connect, tls_connect};
