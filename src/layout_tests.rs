@@ -64,6 +64,18 @@ const DRIVERS: &[(&str, &str)] = &[
         "the origin's mio loop: sockets, TLS record IO, signals, the clock",
     ),
     (
+        "access/driver.rs",
+        "the splice's mio loop: sockets, stdio, TLS records, the clock",
+    ),
+    (
+        "access/connect.rs",
+        "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
+    ),
+    (
+        "access/https.rs",
+        "the login's and the admin commands' HTTPS requests (ureq over the carrier's setup)",
+    ),
+    (
         "access/listener.rs",
         "`access tcp`'s accept loop and its setup threads",
     ),
@@ -85,7 +97,6 @@ const PENDING: &[&str] = &[
     "edge/login.rs",
     "edge/admin.rs",
     "edge/view.rs",
-    "access/mod.rs",
 ];
 
 /// The code of `text` that ships: before its `#[cfg(test)]` module, without comment lines and

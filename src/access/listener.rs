@@ -4,7 +4,8 @@
 //!  loop: accept ──▶ setup thread: connect, TLS, upgrade (and a browser login if the edge asks)
 //!          │ MAX_CONCURRENT_SETUPS running: stop accepting (the kernel's backlog holds the rest)
 //!          ◀── Waker ◀── (local connection, carrier or why not) ◀── channel
-//!  loop: register both, splice them (`Splice`, as `access ssh` does)
+//!  loop: register both, splice them (a driver `Session` around the core's `Splice`, as
+//!        `access ssh` does)
 //! ```
 //!
 //! Setting a carrier up blocks (DNS, connect, TLS, the upgrade, maybe minutes of a browser
@@ -23,9 +24,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use rustls::ClientConfig;
 
+use super::driver::{LoopBufs, Progress, Session};
 use super::{
-    authorize, client_config, event_loop, AccessError, AccessOptions, Credentials, LoopBufs,
-    Progress, Splice, TokenCache,
+    authorize, client_config, event_loop, AccessError, AccessOptions, Credentials, TokenCache,
 };
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
@@ -141,7 +142,7 @@ impl Setups {
 /// Puts a set-up carrier and its local connection in a free session slot, registered.
 fn start_session(
     registry: &Registry,
-    sessions: &mut Vec<Option<Splice>>,
+    sessions: &mut Vec<Option<Session>>,
     tls: TlsConn,
     local: TcpStream,
     peer: SocketAddr,
@@ -153,7 +154,7 @@ fn start_session(
             sessions.push(None);
             sessions.len() - 1
         });
-    let mut s = Splice::new(tls, Local::Tcp(local));
+    let mut s = Session::new(tls, Local::Tcp(local));
     let base = FIRST_SESSION + 2 * slot;
     let ok = registry
         .register(
@@ -216,10 +217,12 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
         done,
         running: 0,
     };
-    let mut sessions: Vec<Option<Splice>> = Vec::new();
+    let mut sessions: Vec<Option<Session>> = Vec::new();
     let mut events = Events::with_capacity(256);
     let mut bufs = LoopBufs::new();
     loop {
+        // The splice's core keeps no timers (`core::Splice::poll_timeout` is always None), so
+        // this loop waits for readiness only.
         if let Err(e) = poll.poll(&mut events, None) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(event_loop(e));

@@ -149,30 +149,23 @@ impl Local {
         }
     }
 
-    /// Half-close toward the local side. Returns whether the local reader sees the EOF now;
-    /// when it does not, it sees it only when this process exits, so the caller must end the
-    /// session rather than wait for the local side to finish first.
-    ///
-    /// A TCP peer gets a FIN. Stdout cannot carry a half-close: std has no safe way to close
-    /// fd 1 itself, only our copy of it, so the pipe to ssh stays open while we run. (ssh,
-    /// waiting for that EOF, keeps its end of our stdin open: neither side would ever finish.)
-    #[must_use = "false: the local reader has not seen EOF; end the session"]
-    pub fn shutdown_write(&mut self, registry: &Registry) -> bool {
+    /// Half-close toward the local side. A TCP peer gets a FIN. Stdout cannot carry a
+    /// half-close: std has no safe way to close fd 1 itself, only our copy of it, so the pipe
+    /// to ssh stays open while we run and its reader sees the EOF only when this process
+    /// exits. (ssh, waiting for that EOF, keeps its end of our stdin open: the splice's core
+    /// ends an `access ssh` session when the edge's end arrives, for that reason.)
+    pub fn shutdown_write(&mut self, registry: &Registry) {
         match self {
-            Local::Stdio { stdout, .. } => {
-                match stdout.take() {
-                    Some(Output::Pipe(mut w)) => drop(registry.deregister(&mut w)),
-                    Some(Output::Relay(mut w)) => {
-                        let _ = registry.deregister(&mut w);
-                        let _ = w.shutdown(Shutdown::Write);
-                    }
-                    None => {}
+            Local::Stdio { stdout, .. } => match stdout.take() {
+                Some(Output::Pipe(mut w)) => drop(registry.deregister(&mut w)),
+                Some(Output::Relay(mut w)) => {
+                    let _ = registry.deregister(&mut w);
+                    let _ = w.shutdown(Shutdown::Write);
                 }
-                false
-            }
+                None => {}
+            },
             Local::Tcp(s) => {
                 let _ = s.shutdown(Shutdown::Write);
-                true
             }
         }
     }
