@@ -177,9 +177,8 @@ impl Edge {
     /// Binds, prints where it listens, and serves until SIGTERM/SIGINT.
     pub fn run(mut self) -> io::Result<()> {
         let listen = self.core.settings.listen;
-        let mut listener = TcpListener::bind(listen).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}"))
-        })?;
+        let mut listener = TcpListener::bind(listen)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {listen}: {e}")))?;
         let addr = listener.local_addr()?;
         self.poll
             .registry()
@@ -430,4 +429,3 @@ fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::store::Secret> {
         .map(Into::into)
         .ok_or_else(|| io::Error::other("identity: no client secret configured"))
 }
-

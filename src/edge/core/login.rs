@@ -147,8 +147,7 @@ fn respond(
         ),
     ];
     headers.extend_from_slice(extra);
-    c.core
-        .respond(status, reason, &headers, body, c.now);
+    c.core.respond(status, reason, &headers, body, c.now);
 }
 
 fn reason_of(status: u16) -> &'static str {
@@ -1364,7 +1363,10 @@ mod tests {
         assert!(EdgeCore::is_login_entry("POST", "/cdn-cgi/access/transfer"));
         assert!(!EdgeCore::is_login_entry("GET", "/cdn-cgi/access/transfer"));
         assert!(EdgeCore::is_login_entry("GET", "/cdn-cgi/access/cli"));
-        assert!(EdgeCore::is_login_entry("POST", "/cdn-cgi/access/dev-login"));
+        assert!(EdgeCore::is_login_entry(
+            "POST",
+            "/cdn-cgi/access/dev-login"
+        ));
         assert!(!EdgeCore::is_login_entry("POST", "/cdn-cgi/access/confirm"));
     }
 }

@@ -684,7 +684,8 @@ impl EdgeCore {
         };
         if done {
             if let Some(at) = self.tls_started[slot].take() {
-                self.metrics.handshake(self.now.saturating_duration_since(at));
+                self.metrics
+                    .handshake(self.now.saturating_duration_since(at));
             }
         }
     }
@@ -1007,7 +1008,9 @@ impl EdgeCore {
             );
         }
         let Some(key) = upgrade_key else {
-            if EdgeCore::is_login_entry(&head.method, &path) && !self.login_allowed(c.peer.ip(), now) {
+            if EdgeCore::is_login_entry(&head.method, &path)
+                && !self.login_allowed(c.peer.ip(), now)
+            {
                 let max = self.settings.limits.login_attempts_per_minute;
                 self.limit_hit(Limit::LoginRate, c.peer.ip(), || {
                     format!("over {max} login requests a minute (limits.login_attempts_per_minute)")
@@ -1664,11 +1667,7 @@ impl EdgeCore {
         }
         for (_, c) in t.carriers.drain() {
             if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
-                carrier.close_with(
-                    ws::close::TRY_AGAIN,
-                    "tunnel connection lost",
-                    self.now,
-                );
+                carrier.close_with(ws::close::TRY_AGAIN, "tunnel connection lost", self.now);
                 self.mark(c);
             }
         }
