@@ -105,16 +105,19 @@ struct Pipe {
     now: Instant,
     unix: u64,
     settings_ca: Vec<CertificateDer<'static>>,
-    origin_cert: (
-        CertificateDer<'static>,
-        rustls::pki_types::PrivateKeyDer<'static>,
-    ),
+    origin_cert: OriginCert,
     /// The store worker's wake-ups (the driver's waker).
     woken: mpsc::Receiver<()>,
     /// The service token the store holds: (client id, secret).
     token: (String, String),
     _dir: TempDir,
 }
+
+/// An origin certificate and its key.
+type OriginCert = (
+    CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
 
 const APP: &str = "ssh.localhost";
 /// An application whose policy lets in one email only (no service token).
@@ -216,18 +219,15 @@ impl Pipe {
         Some((slot, wire))
     }
 
-    fn client_config(&self, alpn: Option<&[u8]>, origin: bool) -> Arc<ClientConfig> {
+    fn client_config(&self, alpn: Option<&[u8]>, cert: Option<&OriginCert>) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         for ca in &self.settings_ca {
             roots.add(ca.clone()).expect("CA");
         }
         let builder = ClientConfig::builder().with_root_certificates(roots);
-        let mut config = if origin {
+        let mut config = if let Some((cert, key)) = cert {
             builder
-                .with_client_auth_cert(
-                    vec![self.origin_cert.0.clone()],
-                    self.origin_cert.1.clone_key(),
-                )
+                .with_client_auth_cert(vec![cert.clone()], key.clone_key())
                 .expect("client auth")
         } else {
             builder.with_no_client_auth()
@@ -240,9 +240,20 @@ impl Pipe {
 
     /// A client that has finished its TLS handshake with the edge.
     fn peer(&mut self, from: SocketAddr, sni: &str, alpn: Option<&[u8]>, origin: bool) -> Peer {
+        let cert = origin.then(|| (self.origin_cert.0.clone(), self.origin_cert.1.clone_key()));
+        self.peer_with(from, sni, alpn, cert.as_ref())
+    }
+
+    fn peer_with(
+        &mut self,
+        from: SocketAddr,
+        sni: &str,
+        alpn: Option<&[u8]>,
+        cert: Option<&OriginCert>,
+    ) -> Peer {
         let (slot, wire) = self.connect(from).expect("admitted");
         let name = ServerName::try_from(sni.to_owned()).expect("name");
-        let tls = ClientConnection::new(self.client_config(alpn, origin), name).expect("client");
+        let tls = ClientConnection::new(self.client_config(alpn, cert), name).expect("client");
         let mut p = Peer {
             slot,
             wire,
@@ -319,12 +330,8 @@ impl Pipe {
 
     /// A tunnel connection from the test's origin that has registered [`APP`].
     fn tunnel(&mut self, from: SocketAddr) -> (Peer, OriginSession) {
-        let mut p = self.peer(from, APP, Some(mux::ALPN), true);
-        let mut origin = OriginSession::new(self.now);
-        origin.send_hello([9; 16], 0);
-        origin.send_register(APP, "ssh://localhost:22");
-        self.origin_send(&mut p, &mut origin);
-        let events = self.origin_events(&mut p, &mut origin);
+        let p = self.peer(from, APP, Some(mux::ALPN), true);
+        let (p, origin, events) = self.register(p, APP);
         assert!(
             events
                 .iter()
@@ -332,6 +339,16 @@ impl Pipe {
             "registered: {events:?}"
         );
         (p, origin)
+    }
+
+    /// HELLO and REGISTER `hostname` on the tunnel connection `p`: what the edge answered.
+    fn register(&mut self, mut p: Peer, hostname: &str) -> (Peer, OriginSession, Vec<OriginEvent>) {
+        let mut origin = OriginSession::new(self.now);
+        origin.send_hello([9; 16], 0);
+        origin.send_register(hostname, "ssh://localhost:22");
+        self.origin_send(&mut p, &mut origin);
+        let events = self.origin_events(&mut p, &mut origin);
+        (p, origin, events)
     }
 
     fn origin_send(&mut self, p: &mut Peer, origin: &mut OriginSession) {
@@ -515,6 +532,83 @@ fn a_refused_carrier_is_closed_once_the_refusal_is_sent() {
     c.tls.send_close_notify();
     pipe.exchange(&mut c);
     assert!(c.wire.dropped(), "the connection is over");
+}
+
+// ------------------------------------------------------------------------- registration
+
+/// The ERROR code the edge answered a REGISTER with, if it did.
+fn refused_with(events: &[OriginEvent]) -> Option<mux::ErrorCode> {
+    events.iter().find_map(|e| match e {
+        OriginEvent::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_register_outside_the_edges_zones_is_refused() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (p, _, events) = pipe.register(p, "ssh.example.com");
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::NOT_COVERED),
+        "{events:?}"
+    );
+    assert!(p.wire.dropped(), "closed after the ERROR");
+}
+
+#[test]
+fn a_register_for_a_hostname_another_certificate_holds_is_refused() {
+    let mut pipe = Pipe::new();
+    let other = pipe
+        .core
+        .settings
+        .origin_ca
+        .issue_origin("localhost")
+        .expect("certificate");
+    let p = pipe.peer_with(peer_addr(50, 1), APP, Some(mux::ALPN), Some(&other));
+    let (_, _, events) = pipe.register(p, APP);
+    assert_eq!(refused_with(&events), Some(refusal::OWNED), "{events:?}");
+}
+
+#[test]
+fn a_register_without_an_application_is_refused() {
+    let mut pipe = Pipe::with(|s| s.applications.retain(|a| a.hostname == APP));
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (_, _, events) = pipe.register(p, "other.localhost");
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::NO_APPLICATION),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_new_hostname_is_registered_once_the_store_recorded_the_claim() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (mut p, mut origin, events) = pipe.register(p, "new.localhost");
+    assert!(
+        events.is_empty(),
+        "nothing before the claim is stored: {events:?}"
+    );
+    pipe.store_answer();
+    let events = pipe.origin_events(&mut p, &mut origin);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, OriginEvent::Registered { hostname } if hostname == "new.localhost")
+        ),
+        "{events:?}"
+    );
+    // A second REGISTER on the same connection is refused.
+    origin.send_register(APP, "ssh://localhost:22");
+    pipe.origin_send(&mut p, &mut origin);
+    let events = pipe.origin_events(&mut p, &mut origin);
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::BAD_HOSTNAME),
+        "{events:?}"
+    );
 }
 
 // ------------------------------------------------------------------------- limits
