@@ -3,8 +3,9 @@
 //! ```text
 //!  edge/
 //!    core/         the decisions, with the time passed in (no socket, clock, file or thread)
-//!      mod.rs      connections by slot: accept limits, ALPN roles, carriers (request ─▶ auth
-//!                  ─▶ policy ─▶ route ─▶ splice), tunnels (HELLO, REGISTER, events), deadlines
+//!      mod.rs      EdgeCore: connections by slot, accept limits, ALPN roles, deadlines, shutdown
+//!      carrier.rs  a carrier's request ─▶ auth ─▶ policy ─▶ route ─▶ 101 ─▶ splice to a stream
+//!      tunnel.rs   a tunnel connection's frames, HELLO, REGISTER, stream events, its end
 //!      login.rs    the login pages, OIDC callback, confirmation, token transfer
 //!      admin.rs    the tunnel administration API
 //!      view.rs     the store's records as the checks see them; who waits for the store

@@ -18,7 +18,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use super::*;
 use crate::edge::config::Application;
-use crate::proto::mux::{OriginEvent, OriginSession};
+use crate::proto::mux::{OriginEvent, OriginSession, StreamEvent};
 use crate::proto::policy::{Decision, Policy, Rule};
 use crate::store::tests::TempDir;
 use crate::store::{Expect, FileStore, HostOwner, HostnameRecord, Store};
