@@ -21,8 +21,10 @@ pub fn rustls_error(e: &io::Error) -> Option<&rustls::Error> {
 /// Free plaintext room below which `read` waits instead of reading (one TLS record).
 const READ_MIN_ROOM: usize = 16 * 1024;
 
-pub struct TlsConn {
-    pub sock: TcpStream,
+/// `S` is the transport: a mio socket for the roles' drivers, or any `Read + Write` (the
+/// edge's core is handed its sockets as `io::Read + io::Write`, and its tests an in-memory pipe).
+pub struct TlsConn<S = TcpStream> {
+    pub sock: S,
     pub tls: rustls::Connection,
     /// Decrypted bytes waiting for the protocol on top.
     pub rx: Buf,
@@ -33,8 +35,8 @@ pub struct TlsConn {
     tcp_eof: bool,
 }
 
-impl TlsConn {
-    pub fn new(sock: TcpStream, tls: impl Into<rustls::Connection>) -> Self {
+impl<S: Read + Write> TlsConn<S> {
+    pub fn new(sock: S, tls: impl Into<rustls::Connection>) -> Self {
         let mut tls: rustls::Connection = tls.into();
         // Bounded by `can_send` instead: with a limit, rustls would take part of a frame.
         tls.set_buffer_limit(None);

@@ -33,7 +33,7 @@ use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
 use super::view::{Owner, Waiter};
-use super::{refusal, Conn, ConnId, Edge, Tunnel};
+use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel};
 use crate::io::tls::TlsConn;
 use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};
@@ -53,7 +53,7 @@ pub const MAX_ROUTES_PER_ZONE: usize = 4096;
 const MAX_AUDIT_FIELD: usize = 253;
 
 pub(super) struct Admin {
-    pub(super) tls: TlsConn,
+    pub(super) tls: TlsConn<Sock>,
     pub(super) peer: std::net::SocketAddr,
     pub(super) deadline: Instant,
     /// The answer is queued: close once it is flushed.
@@ -63,11 +63,16 @@ pub(super) struct Admin {
 }
 
 impl Admin {
-    pub(super) fn new(tls: TlsConn, peer: std::net::SocketAddr, deadline: Instant) -> Admin {
+    pub(super) fn new(
+        tls: TlsConn<Sock>,
+        peer: std::net::SocketAddr,
+        deadline: Instant,
+        now: Instant,
+    ) -> Admin {
         Admin {
             tls,
             peer,
-            deadline: deadline.max(Instant::now() + Duration::from_secs(REQUEST_SECS)),
+            deadline: deadline.max(now + Duration::from_secs(REQUEST_SECS)),
             answered: false,
             waiting: false,
         }
@@ -138,7 +143,7 @@ fn respond(a: &mut Admin, (status, body): Answer) {
     a.waiting = false;
 }
 
-impl Edge {
+impl EdgeCore {
     pub(super) fn pump_admin(&mut self, slot: usize, mut a: Box<Admin>) -> Option<Box<Admin>> {
         if let Err(e) = a.tls.read(&mut self.stage) {
             info!("admin {}: {e}", a.peer);
@@ -192,12 +197,11 @@ impl Edge {
 
     pub(super) fn end_admin(&mut self, mut a: Box<Admin>) -> Option<Box<Admin>> {
         a.tls.close();
-        let _ = self.poll.registry().deregister(&mut a.tls.sock);
         None
     }
 
     /// The answer to one request, or `None` when it waits for the store (see
-    /// [`Edge::admin_answered`]).
+    /// [`EdgeCore::admin_answered`]).
     fn admin_request(
         &mut self,
         conn: ConnId,
@@ -467,7 +471,7 @@ impl Edge {
             name: name.to_owned(),
             zone: zone.to_owned(),
             cert_sha256: pki::fingerprint(&cert),
-            created: crate::io::unix_now(),
+            created: self.unix,
         };
         audit.insert("tunnel".into(), id.clone().into());
         // The edge's own CA (dev) travels along, as in `tunnel login`.
@@ -638,7 +642,7 @@ impl Edge {
             record: HostnameRecord {
                 owner: HostOwner::Tunnel(id.clone()),
                 zone: zone.to_owned(),
-                first_registered: crate::io::unix_now(),
+                first_registered: self.unix,
             },
             expect,
         };

@@ -31,19 +31,14 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::io::unix_now;
-
 use log::{info, warn};
-use mio::Waker;
 
-use super::{Carrier, ConnId, Edge};
+use super::{Carrier, ConnId, EdgeCore};
 use crate::edge::config::IdentityProvider;
-use crate::limits::MAX_OIDC_JOBS;
 use crate::logging::escape;
-use crate::oidc::{OidcError, Provider};
+use crate::oidc::OidcError;
 use crate::pki::OriginCredential;
 use crate::proto::http::RequestHead;
 use crate::proto::policy::{self, Identity};
@@ -104,67 +99,28 @@ pub(super) struct Logins {
 }
 
 /// A code exchange for the worker pool.
-pub(super) struct Job {
-    conn: ConnId,
-    state: String,
-    code: String,
-    verifier: String,
-    nonce: String,
-    redirect: String,
+pub(crate) struct Job {
+    pub(crate) conn: ConnId,
+    pub(crate) state: String,
+    pub(crate) code: String,
+    pub(crate) verifier: String,
+    pub(crate) nonce: String,
+    pub(crate) redirect: String,
 }
 
-pub(super) struct Done {
-    conn: ConnId,
-    state: String,
-    result: Result<Identity, OidcError>,
+/// A worker's answer to a [`Job`].
+pub(crate) struct Done {
+    pub(crate) conn: ConnId,
+    pub(crate) state: String,
+    pub(crate) result: Result<Identity, OidcError>,
 }
 
-/// Two threads that run the blocking OIDC calls, so the loop never waits on the provider.
-/// The queue is bounded ([`MAX_OIDC_JOBS`]): a full queue is a 503, not memory.
-pub(super) struct Worker {
-    jobs: mpsc::SyncSender<Job>,
-    pub(super) done: mpsc::Receiver<Done>,
-}
-
-impl Worker {
-    pub(super) fn start(provider: Arc<Provider>, waker: Arc<Waker>) -> Worker {
-        let (jobs, job_rx) = mpsc::sync_channel::<Job>(MAX_OIDC_JOBS);
-        let (done_tx, done) = mpsc::channel();
-        let job_rx = Arc::new(Mutex::new(job_rx));
-        for i in 0..2 {
-            let (rx, tx, p, w) = (
-                job_rx.clone(),
-                done_tx.clone(),
-                provider.clone(),
-                waker.clone(),
-            );
-            let _ = std::thread::Builder::new()
-                .name(format!("oidc-{i}"))
-                .spawn(move || loop {
-                    let job = {
-                        let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                        match rx.recv() {
-                            Ok(j) => j,
-                            Err(_) => return,
-                        }
-                    };
-                    let result = p.exchange(
-                        &job.code,
-                        &job.verifier,
-                        &job.redirect,
-                        &job.nonce,
-                        unix_now(),
-                    );
-                    let _ = tx.send(Done {
-                        conn: job.conn,
-                        state: job.state,
-                        result,
-                    });
-                    let _ = w.wake();
-                });
-        }
-        Worker { jobs, done }
-    }
+/// The queues to the threads that run the blocking OIDC calls (started by the driver), so the
+/// loop never waits on the provider. The queue is bounded ([`crate::limits::MAX_OIDC_JOBS`]):
+/// a full queue is a 503, not memory.
+pub(crate) struct Worker {
+    pub(crate) jobs: mpsc::SyncSender<Job>,
+    pub(crate) done: mpsc::Receiver<Done>,
 }
 
 /// A finished page for the browser (or JSON for the CLI).
@@ -191,8 +147,7 @@ fn respond(
         ),
     ];
     headers.extend_from_slice(extra);
-    c.core
-        .respond(status, reason, &headers, body, Instant::now());
+    c.core.respond(status, reason, &headers, body, c.now);
 }
 
 fn reason_of(status: u16) -> &'static str {
@@ -303,7 +258,7 @@ struct StartLogin {
     purpose: Option<String>,
 }
 
-impl Edge {
+impl EdgeCore {
     /// The base URL of the login pages.
     pub(super) fn public_url(&self) -> String {
         self.public_url.clone()
@@ -322,7 +277,7 @@ impl Edge {
         format!("https://{authority}")
     }
 
-    /// The host name of [`Edge::public_url`], where the browser's part of a login happens.
+    /// The host name of [`EdgeCore::public_url`], where the browser's part of a login happens.
     fn public_host(&self) -> String {
         let authority = self
             .public_url
@@ -357,7 +312,7 @@ impl Edge {
             page(c, 400, "Bad request", "<p>The link is malformed.</p>");
             return true;
         };
-        let now = Instant::now();
+        let now = self.now;
         self.expire_logins(now);
         let post = head.method == "POST";
         // A browser form's fields come in the body; anything else in the query.
@@ -370,7 +325,7 @@ impl Edge {
         };
         match (head.method.as_str(), path) {
             ("GET", "/cdn-cgi/access/certs") => {
-                let jwks = self.keys.jwks(unix_now());
+                let jwks = self.keys.jwks(self.unix);
                 respond(
                     c,
                     200,
@@ -646,7 +601,7 @@ impl Edge {
                 &l.transfer,
                 "the sign-in was finished in a browser other than the one that opened the login \
                  link",
-                Instant::now(),
+                self.now,
             );
             let mut audit = serde_json::Map::new();
             audit.insert("peer".into(), c.peer.to_string().into());
@@ -707,7 +662,7 @@ impl Edge {
                 self.transfers.refuse(
                     &l.transfer,
                     &format!("sign-in failed at the identity provider ({code})"),
-                    Instant::now(),
+                    self.now,
                 );
             }
             info!("sign-in failed at the identity provider: {code}: {text}");
@@ -790,7 +745,7 @@ impl Edge {
                 self.transfers.refuse(
                     &l.transfer,
                     "the browser went away before the sign-in finished",
-                    Instant::now(),
+                    self.now,
                 );
             }
             return;
@@ -894,7 +849,7 @@ impl Edge {
                             self.transfers.refuse(
                                 &l.transfer,
                                 "too many wrong sign-in codes",
-                                Instant::now(),
+                                self.now,
                             );
                         }
                         page(c, 403, "Too many attempts", "<p>Run the postern command again.</p>");
@@ -916,7 +871,7 @@ impl Edge {
 
     /// The user is who `id` says: apply the policy, then ask the person to confirm.
     fn signed_in(&mut self, c: &mut Carrier, state: &str, id: Identity) {
-        let now = Instant::now();
+        let now = self.now;
         let Some(login) = self.logins.map.get(state) else {
             return expired(c);
         };
@@ -1066,7 +1021,7 @@ impl Edge {
         let Some(login) = self.logins.map.remove(state) else {
             return;
         };
-        let now = Instant::now();
+        let now = self.now;
         let mut audit = serde_json::Map::new();
         if let Some(waiting) = self.transfers.waiting(&login.transfer, now) {
             let identity = match &login.stage {
@@ -1082,7 +1037,7 @@ impl Edge {
     }
 
     /// `POST /cdn-cgi/access/confirm`: the person pressed Confirm (or Cancel) on the page
-    /// [`Edge::signed_in`] showed, in the browser bound to the login, with that page's secret.
+    /// [`EdgeCore::signed_in`] showed, in the browser bound to the login, with that page's secret.
     fn confirm(&mut self, c: &mut Carrier, head: &RequestHead, form: &[(String, String)]) {
         let state = param(form, "state").unwrap_or("").to_owned();
         if !self.logins.map.contains_key(&state) {
@@ -1121,7 +1076,7 @@ impl Edge {
             );
         }
         let identity = identity.clone();
-        let now = Instant::now();
+        let now = self.now;
         let Some(waiting) = self.transfers.waiting(&login.transfer, now) else {
             self.logins.map.remove(&state);
             return expired(c);
@@ -1213,7 +1168,7 @@ impl Edge {
         let (payload, done_html) = match &login.purpose {
             Purpose::App(host) => {
                 let app = self.settings.application(host).expect("bug: allowed above");
-                let issued = unix_now();
+                let issued = self.unix;
                 let claims = serde_json::json!({
                     "iss": self.public_url(),
                     "aud": [app.hostname],
@@ -1340,7 +1295,7 @@ impl Edge {
                 token,
                 &self.public_url(),
                 app_hostname,
-                unix_now(),
+                self.unix,
                 APP_TOKEN_LEEWAY_SECS,
             )
             .map_err(|e| e.to_string())?;
@@ -1405,10 +1360,13 @@ mod tests {
 
     #[test]
     fn login_entry_points() {
-        assert!(Edge::is_login_entry("POST", "/cdn-cgi/access/transfer"));
-        assert!(!Edge::is_login_entry("GET", "/cdn-cgi/access/transfer"));
-        assert!(Edge::is_login_entry("GET", "/cdn-cgi/access/cli"));
-        assert!(Edge::is_login_entry("POST", "/cdn-cgi/access/dev-login"));
-        assert!(!Edge::is_login_entry("POST", "/cdn-cgi/access/confirm"));
+        assert!(EdgeCore::is_login_entry("POST", "/cdn-cgi/access/transfer"));
+        assert!(!EdgeCore::is_login_entry("GET", "/cdn-cgi/access/transfer"));
+        assert!(EdgeCore::is_login_entry("GET", "/cdn-cgi/access/cli"));
+        assert!(EdgeCore::is_login_entry(
+            "POST",
+            "/cdn-cgi/access/dev-login"
+        ));
+        assert!(!EdgeCore::is_login_entry("POST", "/cdn-cgi/access/confirm"));
     }
 }

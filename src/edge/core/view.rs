@@ -2,7 +2,7 @@
 //! made on every request, and the connections parked while the store worker answers.
 //!
 //! ```text
-//!  Edge::new: store.snapshot() ─▶ views (tokens, hostnames, tunnels, revocations)
+//!  driver: store.snapshot() ─▶ views (tokens, hostnames, tunnels, revocations)
 //!  loop:  need the store ─▶ StoreLink::submit(Request, Waiter) ─▶ connection parked
 //!                                 │ busy: refused at once (503), never queued here
 //!         Waker ─▶ store_answers(): each Answer updates the views, then resumes its Waiter
@@ -24,9 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log::warn;
 
-use std::time::Instant;
-
-use super::{admin, refusal, Conn, ConnId, Edge, Registering, Tunnel};
+use super::{admin, refusal, Conn, ConnId, EdgeCore, Registering, Tunnel};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::carrier;
 use crate::proto::mux::ErrorCode;
@@ -270,7 +268,7 @@ pub(super) fn claim_refusal(hostname: &str, e: &StoreError) -> (ErrorCode, Strin
     }
 }
 
-impl Edge {
+impl EdgeCore {
     /// Claims `r.hostname` for the tunnel connection `t`: at once when the view says it holds
     /// it already, refused at once when the view says someone else does, else through the
     /// store (REGISTERED once the claim is stored).
@@ -291,7 +289,7 @@ impl Edge {
             record: HostnameRecord {
                 owner: HostOwner::Certificate(fingerprint),
                 zone: crate::pki::origin_zone(&t.cert).unwrap_or_default(),
-                first_registered: crate::io::unix_now(),
+                first_registered: self.unix,
             },
             expect,
         };
@@ -311,7 +309,7 @@ impl Edge {
     }
 
     /// Parks carrier `c` until the store has looked up the service token `client_id`; its
-    /// request `head` then runs again ([`Edge::on_request`] with `looked_up`).
+    /// request `head` then runs again ([`EdgeCore::on_request`] with `looked_up`).
     pub(super) fn look_up_token(
         &mut self,
         slot: usize,
@@ -433,7 +431,8 @@ impl Edge {
         let Some(mut c) = self.take_waiting_carrier(conn) else {
             return;
         };
-        self.on_request(conn.slot, &mut c, request, Instant::now(), true);
+        let now = self.now;
+        self.on_request(conn.slot, &mut c, request, now, true);
         self.put_back_carrier(conn, c);
     }
 

@@ -1,0 +1,874 @@
+//! The edge's core driven in memory, quiche-style: every connection is a pair of byte queues
+//! (no socket), the client and the origin are real rustls clients (and a real mux session on
+//! the origin's side), and the clock is an `Instant` the test moves forward. Refusals,
+//! limits, bad input, keepalive, idle timeouts and the drain at shutdown run in milliseconds.
+//!
+//! The store runs on its real worker thread (a file store in a temporary directory): a test
+//! that needs one of its answers waits for the worker's wake-up with a deadline, as the
+//! driver's waker would.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::sync::mpsc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use super::*;
+use crate::edge::config::Application;
+use crate::proto::mux::{OriginEvent, OriginSession, StreamEvent};
+use crate::proto::policy::{Decision, Policy, Rule};
+use crate::store::tests::TempDir;
+use crate::store::{Expect, FileStore, HostOwner, HostnameRecord, Store};
+
+#[test]
+fn hostnames_and_ports() {
+    assert!(valid_hostname("ssh.site.com"));
+    assert!(!valid_hostname("ssh..site.com"));
+    assert!(!valid_hostname("../etc"));
+    assert!(!valid_hostname("-a.b"));
+}
+
+// ------------------------------------------------------------------------- the harness
+
+/// One connection's bytes, both ways, and whether the edge has let go of its end.
+#[derive(Default)]
+struct WireState {
+    to_edge: VecDeque<u8>,
+    from_edge: Vec<u8>,
+    /// The peer closed its side (TCP FIN).
+    peer_eof: bool,
+    /// The core dropped its end: the connection is over.
+    dropped: bool,
+}
+
+#[derive(Clone, Default)]
+struct Wire(Rc<RefCell<WireState>>);
+
+impl Wire {
+    fn dropped(&self) -> bool {
+        self.0.borrow().dropped
+    }
+}
+
+/// The edge's end of a [`Wire`], handed to the core as its socket.
+struct EdgeEnd(Wire);
+
+impl Read for EdgeEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut w = self.0 .0.borrow_mut();
+        if w.to_edge.is_empty() {
+            return if w.peer_eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(w.to_edge.len());
+        for (dst, src) in buf.iter_mut().zip(w.to_edge.drain(..n)) {
+            *dst = src;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for EdgeEnd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 .0.borrow_mut().from_edge.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for EdgeEnd {
+    fn drop(&mut self) {
+        self.0 .0.borrow_mut().dropped = true;
+    }
+}
+
+/// A TLS client on a [`Wire`]: a browser or `postern access` (carrier), or an origin (tunnel).
+struct Peer {
+    slot: usize,
+    wire: Wire,
+    tls: ClientConnection,
+    /// Plaintext the edge sent, not yet taken by the test.
+    received: Vec<u8>,
+}
+
+struct Pipe {
+    core: EdgeCore,
+    now: Instant,
+    unix: u64,
+    settings_ca: Vec<CertificateDer<'static>>,
+    origin_cert: OriginCert,
+    /// The store worker's wake-ups (the driver's waker).
+    woken: mpsc::Receiver<()>,
+    /// The service token the store holds: (client id, secret).
+    token: (String, String),
+    _dir: TempDir,
+}
+
+/// An origin certificate and its key.
+type OriginCert = (
+    CertificateDer<'static>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+const APP: &str = "ssh.localhost";
+/// An application whose policy lets in one email only (no service token).
+const LOCKED: &str = "locked.localhost";
+
+fn peer_addr(ip: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, ip], port))
+}
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe::with(|_| {})
+    }
+
+    /// An edge as `postern edge --dev` sets it up, with `tweak` applied to its settings;
+    /// the store holds one service token and, claimed by the test's origin certificate,
+    /// the hostname [`APP`].
+    fn with(tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
+        let dir = TempDir::new("edge-core");
+        let mut settings =
+            config::dev(peer_addr(1, 443), &dir.0.join("state")).expect("dev settings");
+        settings.applications.insert(
+            0,
+            Application {
+                hostname: LOCKED.into(),
+                session_duration: 3600,
+                policies: vec![Policy {
+                    name: Some("alice only".into()),
+                    decision: Decision::Allow,
+                    include: vec![Rule::Email("alice@example.com".into())],
+                    require: vec![],
+                    exclude: vec![],
+                }],
+            },
+        );
+        tweak(&mut settings);
+        let origin_cert = settings
+            .origin_ca
+            .issue_origin("localhost")
+            .expect("origin certificate");
+        let mut store = FileStore::open(&settings.state).expect("store");
+        let (record, secret) = store.create_service_token("ci").expect("token");
+        let token = (record.client_id.clone(), secret.expose().to_owned());
+        store
+            .claim_hostname(
+                APP,
+                HostnameRecord {
+                    owner: HostOwner::Certificate(crate::pki::fingerprint(&origin_cert.0)),
+                    zone: "localhost".into(),
+                    first_registered: 1,
+                },
+                Expect::Absent,
+            )
+            .expect("claim");
+        let snapshot = store.snapshot().expect("snapshot");
+        let (wake, woken) = mpsc::channel();
+        let worker = StoreWorker::start(Box::new(store), move || {
+            let _ = wake.send(());
+        })
+        .expect("store worker");
+        let (keys, _) = KeyRing::generate();
+        let parts = Parts {
+            snapshot,
+            store: worker,
+            audit: Audit::disabled(),
+            keys,
+            oidc: None,
+            open_files: None,
+            metrics: Metrics::new(metrics::Role::Edge, [7; 16]),
+        };
+        let settings_ca = settings.tls_ca_certs();
+        let now = Instant::now();
+        let unix = 1_700_000_000;
+        let mut core = EdgeCore::new(settings, parts, now, unix);
+        core.listening(443);
+        Pipe {
+            core,
+            now,
+            unix,
+            settings_ca,
+            origin_cert,
+            woken,
+            token,
+            _dir: dir,
+        }
+    }
+
+    fn limits(&mut self) -> &mut crate::limits::EdgeLimits {
+        &mut self.core.settings.limits
+    }
+
+    /// A TCP connection from `peer`: its slot, or `None` if a limit refused it.
+    fn connect(&mut self, peer: SocketAddr) -> Option<(usize, Wire)> {
+        let slot = self.core.admit(peer, self.now, self.unix)?;
+        let wire = Wire::default();
+        self.core
+            .accepted(slot, Box::new(EdgeEnd(wire.clone())), peer);
+        self.core.process(self.now, self.unix);
+        Some((slot, wire))
+    }
+
+    fn client_config(&self, alpn: Option<&[u8]>, cert: Option<&OriginCert>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for ca in &self.settings_ca {
+            roots.add(ca.clone()).expect("CA");
+        }
+        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let mut config = if let Some((cert, key)) = cert {
+            builder
+                .with_client_auth_cert(vec![cert.clone()], key.clone_key())
+                .expect("client auth")
+        } else {
+            builder.with_no_client_auth()
+        };
+        if let Some(alpn) = alpn {
+            config.alpn_protocols = vec![alpn.to_vec()];
+        }
+        Arc::new(config)
+    }
+
+    /// A client that has finished its TLS handshake with the edge.
+    fn peer(&mut self, from: SocketAddr, sni: &str, alpn: Option<&[u8]>, origin: bool) -> Peer {
+        let cert = origin.then(|| (self.origin_cert.0.clone(), self.origin_cert.1.clone_key()));
+        self.peer_with(from, sni, alpn, cert.as_ref())
+    }
+
+    fn peer_with(
+        &mut self,
+        from: SocketAddr,
+        sni: &str,
+        alpn: Option<&[u8]>,
+        cert: Option<&OriginCert>,
+    ) -> Peer {
+        let (slot, wire) = self.connect(from).expect("admitted");
+        let name = ServerName::try_from(sni.to_owned()).expect("name");
+        let tls = ClientConnection::new(self.client_config(alpn, cert), name).expect("client");
+        let mut p = Peer {
+            slot,
+            wire,
+            tls,
+            received: Vec::new(),
+        };
+        self.exchange(&mut p);
+        assert!(!p.tls.is_handshaking(), "TLS handshake with the edge");
+        p
+    }
+
+    fn carrier(&mut self, from: SocketAddr, host: &str) -> Peer {
+        self.peer(from, host, None, false)
+    }
+
+    /// Moves bytes both ways until neither side has more to say.
+    fn exchange(&mut self, p: &mut Peer) {
+        for _ in 0..64 {
+            let mut moved = false;
+            while p.tls.wants_write() {
+                let mut out = Vec::new();
+                p.tls.write_tls(&mut out).expect("client write_tls");
+                p.wire.0.borrow_mut().to_edge.extend(out);
+                moved = true;
+            }
+            self.core.handle_ready(p.slot);
+            self.core.process(self.now, self.unix);
+            let inbound = std::mem::take(&mut p.wire.0.borrow_mut().from_edge);
+            if !inbound.is_empty() {
+                moved = true;
+                let mut rd = &inbound[..];
+                while !rd.is_empty() {
+                    if p.tls.read_tls(&mut rd).expect("client read_tls") == 0 {
+                        break;
+                    }
+                    if p.tls.process_new_packets().is_err() {
+                        return;
+                    }
+                }
+            }
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match p.tls.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => p.received.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn send(&mut self, p: &mut Peer, bytes: &[u8]) {
+        p.tls.writer().write_all(bytes).expect("client write");
+        self.exchange(p);
+    }
+
+    /// Moves the clock on by `secs` and runs the deadlines, as the driver's timer would.
+    fn advance(&mut self, secs: u64) {
+        self.now += Duration::from_secs(secs);
+        self.unix += secs;
+        self.core.handle_timeout(self.now, self.unix);
+    }
+
+    /// Waits (with a deadline) for the store worker's answer and hands it to the core.
+    fn store_answer(&mut self) {
+        self.woken
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the store worker answers within 10 s");
+        self.core.handle_wake(self.now, self.unix);
+    }
+
+    /// A tunnel connection from the test's origin that has registered [`APP`].
+    fn tunnel(&mut self, from: SocketAddr) -> (Peer, OriginSession) {
+        let p = self.peer(from, APP, Some(mux::ALPN), true);
+        let (p, origin, events) = self.register(p, APP);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, OriginEvent::Registered { hostname } if hostname == APP)),
+            "registered: {events:?}"
+        );
+        (p, origin)
+    }
+
+    /// HELLO and REGISTER `hostname` on the tunnel connection `p`: what the edge answered.
+    fn register(&mut self, mut p: Peer, hostname: &str) -> (Peer, OriginSession, Vec<OriginEvent>) {
+        let mut origin = OriginSession::new(self.now);
+        origin.send_hello([9; 16], 0);
+        origin.send_register(hostname, "ssh://localhost:22");
+        self.origin_send(&mut p, &mut origin);
+        let events = self.origin_events(&mut p, &mut origin);
+        (p, origin, events)
+    }
+
+    fn origin_send(&mut self, p: &mut Peer, origin: &mut OriginSession) {
+        let mut out = Vec::new();
+        while origin.wants_transmit() {
+            origin.poll_transmit(&mut out, 64 * 1024);
+        }
+        self.send(p, &out);
+    }
+
+    /// What the edge told the origin so far.
+    fn origin_events(&mut self, p: &mut Peer, origin: &mut OriginSession) -> Vec<OriginEvent> {
+        self.exchange(p);
+        let n = origin
+            .handle_input(&p.received, self.now)
+            .expect("the edge's frames parse");
+        p.received.drain(..n);
+        let mut events = Vec::new();
+        while let Some(e) = origin.poll_event() {
+            events.push(e);
+        }
+        events
+    }
+}
+
+/// A WebSocket upgrade for `host` with `headers` (credentials).
+fn upgrade(host: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut r = format!(
+        "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (n, v) in headers {
+        r.push_str(&format!("{n}: {v}\r\n"));
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+/// The status code of the HTTP response in `received`.
+fn status(received: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(received);
+    text.strip_prefix("HTTP/1.1 ")
+        .and_then(|t| t.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"))
+}
+
+fn body_of(received: &[u8]) -> String {
+    let text = String::from_utf8_lossy(received);
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+impl Pipe {
+    fn token_headers(&self) -> [(&'static str, String); 2] {
+        [
+            ("cf-access-client-id", self.token.0.clone()),
+            ("cf-access-client-secret", self.token.1.clone()),
+        ]
+    }
+
+    /// A carrier to [`APP`] with the service token, streaming through a tunnel.
+    fn streaming_carrier(&mut self, from: SocketAddr) -> Peer {
+        let mut c = self.carrier(from, APP);
+        let [(a, x), (b, y)] = self.token_headers();
+        self.send(&mut c, &upgrade(APP, &[(a, &x), (b, &y)]));
+        assert_eq!(status(&c.received), 101, "{}", body_of(&c.received));
+        c.received.clear();
+        c
+    }
+}
+
+// ------------------------------------------------------------------------- refusals
+
+#[test]
+fn a_carrier_without_credentials_is_refused_401() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(&mut c, &upgrade(APP, &[]));
+    assert_eq!(status(&c.received), 401);
+    assert!(body_of(&c.received).contains("authentication required"));
+}
+
+#[test]
+fn a_carrier_with_a_wrong_service_token_secret_is_refused_403() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    let id = pipe.token.0.clone();
+    pipe.send(
+        &mut c,
+        &upgrade(
+            APP,
+            &[
+                ("cf-access-client-id", &id),
+                ("cf-access-client-secret", "not-the-secret"),
+            ],
+        ),
+    );
+    assert_eq!(status(&c.received), 403);
+    assert!(body_of(&c.received).contains("service token refused"));
+}
+
+#[test]
+fn a_carrier_with_an_unknown_service_token_is_refused_after_the_store_looked() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(
+        &mut c,
+        &upgrade(
+            APP,
+            &[
+                ("cf-access-client-id", "no-such-id.access"),
+                ("cf-access-client-secret", "whatever"),
+            ],
+        ),
+    );
+    assert!(c.received.is_empty(), "parked until the store answers");
+    pipe.store_answer();
+    pipe.exchange(&mut c);
+    assert_eq!(status(&c.received), 403);
+}
+
+#[test]
+fn a_carrier_with_a_bad_app_token_is_refused_401() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(
+        &mut c,
+        &upgrade(APP, &[("cf-access-token", "eyJhbGciOiJub25lIn0.e30.")]),
+    );
+    assert_eq!(status(&c.received), 401);
+    assert!(body_of(&c.received).contains("app token refused"));
+}
+
+#[test]
+fn a_carrier_the_policy_denies_is_refused_403() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), LOCKED);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut c, &upgrade(LOCKED, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&c.received), 403);
+    let body = body_of(&c.received);
+    assert!(body.contains("service token ci is not allowed"), "{body}");
+}
+
+#[test]
+fn a_host_header_other_than_the_tls_name_is_refused_421() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(&mut c, &upgrade("other.localhost", &[]));
+    assert_eq!(status(&c.received), 421);
+}
+
+#[test]
+fn a_hostname_without_an_application_is_refused_404() {
+    let mut pipe = Pipe::with(|s| s.applications.retain(|a| a.hostname == APP));
+    let mut c = pipe.carrier(peer_addr(10, 1000), "other.localhost");
+    pipe.send(&mut c, &upgrade("other.localhost", &[]));
+    assert_eq!(status(&c.received), 404);
+    assert!(body_of(&c.received).contains("no application for other.localhost"));
+}
+
+#[test]
+fn a_hostname_no_tunnel_registered_is_refused_404() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut c, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&c.received), 404);
+    assert!(body_of(&c.received).contains("not registered by any tunnel"));
+}
+
+#[test]
+fn a_refused_carrier_is_closed_once_the_refusal_is_sent() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(&mut c, &upgrade(APP, &[]));
+    assert_eq!(status(&c.received), 401);
+    // The client's close_notify after reading the answer ends it, with no timer.
+    c.tls.send_close_notify();
+    pipe.exchange(&mut c);
+    assert!(c.wire.dropped(), "the connection is over");
+}
+
+// ------------------------------------------------------------------------- registration
+
+/// The ERROR code the edge answered a REGISTER with, if it did.
+fn refused_with(events: &[OriginEvent]) -> Option<mux::ErrorCode> {
+    events.iter().find_map(|e| match e {
+        OriginEvent::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_register_outside_the_edges_zones_is_refused() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (p, _, events) = pipe.register(p, "ssh.example.com");
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::NOT_COVERED),
+        "{events:?}"
+    );
+    assert!(p.wire.dropped(), "closed after the ERROR");
+}
+
+#[test]
+fn a_register_for_a_hostname_another_certificate_holds_is_refused() {
+    let mut pipe = Pipe::new();
+    let other = pipe
+        .core
+        .settings
+        .origin_ca
+        .issue_origin("localhost")
+        .expect("certificate");
+    let p = pipe.peer_with(peer_addr(50, 1), APP, Some(mux::ALPN), Some(&other));
+    let (_, _, events) = pipe.register(p, APP);
+    assert_eq!(refused_with(&events), Some(refusal::OWNED), "{events:?}");
+}
+
+#[test]
+fn a_register_without_an_application_is_refused() {
+    let mut pipe = Pipe::with(|s| s.applications.retain(|a| a.hostname == APP));
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (_, _, events) = pipe.register(p, "other.localhost");
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::NO_APPLICATION),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_new_hostname_is_registered_once_the_store_recorded_the_claim() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (mut p, mut origin, events) = pipe.register(p, "new.localhost");
+    assert!(
+        events.is_empty(),
+        "nothing before the claim is stored: {events:?}"
+    );
+    pipe.store_answer();
+    let events = pipe.origin_events(&mut p, &mut origin);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, OriginEvent::Registered { hostname } if hostname == "new.localhost")
+        ),
+        "{events:?}"
+    );
+    // A second REGISTER on the same connection is refused.
+    origin.send_register(APP, "ssh://localhost:22");
+    pipe.origin_send(&mut p, &mut origin);
+    let events = pipe.origin_events(&mut p, &mut origin);
+    assert_eq!(
+        refused_with(&events),
+        Some(refusal::BAD_HOSTNAME),
+        "{events:?}"
+    );
+}
+
+// ------------------------------------------------------------------------- limits
+
+#[test]
+fn connections_per_source_are_capped_at_accept() {
+    let mut pipe = Pipe::new();
+    pipe.limits().max_connections_per_ip = 2;
+    let a = pipe.connect(peer_addr(20, 1)).expect("first");
+    let _b = pipe.connect(peer_addr(20, 2)).expect("second");
+    assert!(
+        pipe.connect(peer_addr(20, 3)).is_none(),
+        "third from one IP"
+    );
+    assert!(
+        pipe.connect(peer_addr(21, 1)).is_some(),
+        "another IP is not affected"
+    );
+    assert_eq!(pipe.core.counters.connections_per_ip, 1);
+    // A connection that ends gives its share back.
+    drop(a);
+    pipe.advance(crate::limits::EdgeLimits::default().handshake_timeout_secs + 1);
+    assert!(pipe.connect(peer_addr(20, 4)).is_some());
+}
+
+#[test]
+fn connections_in_total_are_capped_at_accept() {
+    let mut pipe = Pipe::new();
+    pipe.limits().max_connections = 3;
+    for i in 0..3 {
+        assert!(pipe.connect(peer_addr(30 + i, 1)).is_some());
+    }
+    assert!(pipe.connect(peer_addr(40, 1)).is_none());
+    assert_eq!(pipe.core.counters.connections, 1);
+    assert_eq!(pipe.core.counters.connections_per_ip, 0);
+}
+
+#[test]
+fn streams_per_tunnel_are_capped_with_503() {
+    let mut pipe = Pipe::new();
+    pipe.limits().max_streams_per_tunnel = 1;
+    let (_t, _origin) = pipe.tunnel(peer_addr(50, 1));
+    let _first = pipe.streaming_carrier(peer_addr(10, 1));
+    let mut second = pipe.carrier(peer_addr(10, 2), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut second, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&second.received), 503);
+    assert_eq!(pipe.core.counters.streams, 1);
+}
+
+#[test]
+fn login_requests_over_the_rate_get_429() {
+    let mut pipe = Pipe::new();
+    pipe.limits().login_attempts_per_minute = 2;
+    let get = format!("GET /cdn-cgi/access/cli?id=x HTTP/1.1\r\nHost: {APP}\r\n\r\n");
+    let mut statuses = Vec::new();
+    for port in 0..3 {
+        let mut c = pipe.carrier(peer_addr(60, port), APP);
+        pipe.send(&mut c, get.as_bytes());
+        statuses.push(status(&c.received));
+    }
+    assert_ne!(statuses[0], 429);
+    assert_ne!(statuses[1], 429);
+    assert_eq!(statuses[2], 429);
+    assert_eq!(pipe.core.counters.login_rate, 1);
+    // A minute later the source may try again.
+    pipe.advance(61);
+    let mut c = pipe.carrier(peer_addr(60, 9), APP);
+    pipe.send(&mut c, get.as_bytes());
+    assert_ne!(status(&c.received), 429);
+}
+
+// ------------------------------------------------------------------------- bad input
+
+#[test]
+fn a_bad_frame_from_a_tunnel_ends_that_tunnel_only() {
+    let mut pipe = Pipe::new();
+    let (mut bad, _) = pipe.tunnel(peer_addr(50, 1));
+    let (good, _good_origin) = pipe.tunnel(peer_addr(51, 1));
+    // A frame header of an unknown type, with a payload length over the limit.
+    pipe.send(&mut bad, &[0xee, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+    assert!(
+        bad.wire.dropped(),
+        "the offending tunnel connection is closed"
+    );
+    assert!(!good.wire.dropped(), "the other one is not");
+    // Carriers still reach the hostname, through the other connection.
+    let _c = pipe.streaming_carrier(peer_addr(10, 1));
+}
+
+#[test]
+fn garbage_instead_of_a_request_head_is_refused_400() {
+    let mut pipe = Pipe::new();
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(&mut c, b"\x00\x01\x02 not http\r\n\r\n");
+    assert_eq!(status(&c.received), 400);
+}
+
+#[test]
+fn a_masked_frame_error_from_the_client_closes_its_carrier_and_resets_its_stream() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    let events = pipe.origin_events(&mut t, &mut origin);
+    let stream = events
+        .iter()
+        .find_map(|e| match e {
+            OriginEvent::Open { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .expect("OPEN");
+    // Client frames must be masked: an unmasked one is a protocol error.
+    pipe.send(&mut c, &[0x82, 0x03, b'a', b'b', b'c']);
+    assert_eq!(c.received.first(), Some(&0x88), "a Close frame");
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, OriginEvent::Stream(StreamEvent::Reset { stream: s, .. }) if *s == stream)
+        ),
+        "{events:?}"
+    );
+    assert!(!t.wire.dropped(), "the tunnel goes on");
+}
+
+// ------------------------------------------------------------------------- timers
+
+#[test]
+fn a_connection_without_a_tls_handshake_is_closed_at_the_deadline() {
+    let mut pipe = Pipe::new();
+    let secs = pipe.limits().handshake_timeout_secs;
+    let (_, wire) = pipe.connect(peer_addr(10, 1)).expect("admitted");
+    pipe.advance(secs - 1);
+    assert!(!wire.dropped());
+    pipe.advance(1);
+    assert!(wire.dropped());
+    assert_eq!(pipe.core.counters.handshake_timeouts, 1);
+}
+
+#[test]
+fn a_carrier_without_a_request_is_closed_at_the_deadline() {
+    let mut pipe = Pipe::new();
+    let secs = pipe.limits().handshake_timeout_secs;
+    let c = pipe.carrier(peer_addr(10, 1), APP);
+    pipe.advance(secs);
+    assert!(c.wire.dropped());
+    assert_eq!(pipe.core.counters.handshake_timeouts, 1);
+}
+
+#[test]
+fn a_tunnel_that_never_registers_is_closed_at_the_deadline() {
+    let mut pipe = Pipe::new();
+    let secs = pipe.limits().handshake_timeout_secs;
+    let t = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    pipe.advance(secs);
+    assert!(t.wire.dropped());
+    assert_eq!(pipe.core.counters.handshake_timeouts, 1);
+}
+
+#[test]
+fn an_idle_carrier_is_closed_with_1008_and_its_stream_reset() {
+    let mut pipe = Pipe::new();
+    pipe.limits().idle_timeout_secs = 30;
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    pipe.origin_events(&mut t, &mut origin);
+    pipe.advance(29);
+    pipe.exchange(&mut c);
+    assert!(c.received.is_empty(), "not idle yet");
+    pipe.advance(1);
+    pipe.exchange(&mut c);
+    assert_eq!(c.received.first(), Some(&0x88), "a Close frame");
+    assert_eq!(&c.received[2..4], &ws::close::POLICY.to_be_bytes());
+    assert_eq!(pipe.core.counters.idle_timeouts, 1);
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, OriginEvent::Stream(StreamEvent::Reset { .. }))),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn a_tunnel_that_stops_answering_keepalives_is_closed() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let interval = crate::limits::PING_INTERVAL_SECS;
+    let dead = interval * u64::from(crate::limits::PING_DEAD_INTERVALS);
+    // The edge pings once an interval; an origin that answers stays.
+    for _ in 0..4 {
+        pipe.advance(interval);
+        pipe.origin_events(&mut t, &mut origin);
+        pipe.origin_send(&mut t, &mut origin);
+    }
+    assert!(!t.wire.dropped());
+    // One that goes silent is dead after the dead intervals.
+    pipe.advance(dead - 1);
+    assert!(!t.wire.dropped());
+    pipe.advance(1);
+    assert!(t.wire.dropped());
+}
+
+#[test]
+fn a_carrier_parked_for_the_store_still_meets_its_deadline() {
+    let mut pipe = Pipe::new();
+    let secs = pipe.limits().handshake_timeout_secs;
+    let mut c = pipe.carrier(peer_addr(10, 1000), APP);
+    pipe.send(
+        &mut c,
+        &upgrade(
+            APP,
+            &[
+                ("cf-access-client-id", "no-such-id.access"),
+                ("cf-access-client-secret", "whatever"),
+            ],
+        ),
+    );
+    pipe.advance(secs);
+    assert!(c.wire.dropped());
+    // The store's late answer finds the slot's generation changed and is dropped.
+    pipe.store_answer();
+}
+
+// ------------------------------------------------------------------------- shutdown
+
+#[test]
+fn shutdown_sends_goaway_to_tunnels_and_close_notify_to_carriers() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    pipe.origin_events(&mut t, &mut origin);
+    pipe.core.shutdown(pipe.now, pipe.unix);
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, OriginEvent::GoAway { .. })),
+        "{events:?}"
+    );
+    pipe.exchange(&mut c);
+    let mut rest = Vec::new();
+    assert_eq!(
+        c.tls
+            .reader()
+            .read_to_end(&mut rest)
+            .map_err(|e| e.kind())
+            .ok(),
+        Some(0),
+        "close_notify"
+    );
+}
+
+#[test]
+fn a_draining_tunnel_gets_no_new_streams() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    origin.send_goaway("origin shutting down");
+    pipe.origin_send(&mut t, &mut origin);
+    let mut c = pipe.carrier(peer_addr(10, 1), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut c, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&c.received), 404);
+}
