@@ -3,14 +3,17 @@
 //! ```text
 //!  proto/   codecs and protocol state machines: bytes and time in, events and bytes out.
 //!           No files, sockets, clock or threads (`proto::tests` checks it).
-//!  io/      sockets, TLS records, stdio, signals, resource limits: the OS.
+//!  edge/ tunnel/ access/   the three roles, each a core that decides (edge/core/,
+//!           tunnel/core.rs, access/core.rs: time passed in, tested in memory) and a
+//!           driver.rs that runs its mio loop.
+//!  io/      sockets, TLS records, stdio, signals, resource limits, the clock: the OS.
 //!  store/   what the edge persists or shares: the `Store` trait, the state directory behind
 //!           it, and the worker thread that runs it off the edge's loop.
-//!  edge/ tunnel/ access/   the three roles, each driving its own mio loop.
 //!  audit, logging, metrics, oidc, pki, service, limits: shared services of the roles.
 //! ```
 //!
-//! See `docs/design.md` for the why.
+//! Only `io/` and the drivers named in `layout_tests.rs` (each with its reason) touch the OS
+//! or the clock; a unit test checks it. See `docs/design.md` for the why.
 // `deny`, not `forbid`: `io::sys` alone allows `unsafe` (the libc calls that std lacks;
 // vendor-policy.md, "`unsafe`"). `io`'s test `unsafe_code_lives_only_in_sys` keeps it so.
 #![deny(unsafe_code)]
