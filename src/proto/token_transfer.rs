@@ -189,7 +189,9 @@ impl Opener {
                 .expect("bug: X25519 public key")
                 .as_ref(),
         );
-        let id = base64::encode_url(&crate::io::random_bytes::<24>());
+        let mut id = [0u8; 24];
+        ring::rand::SecureRandom::fill(&rng, &mut id).expect("bug: the OS random source failed");
+        let id = base64::encode_url(&id);
         Opener {
             private,
             public,

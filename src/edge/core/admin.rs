@@ -32,8 +32,8 @@ use log::{info, warn};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
-use super::view::{Owner, Waiter};
-use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel};
+use super::view::Owner;
+use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel, Waiter};
 use crate::io::tls::TlsConn;
 use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};

@@ -59,6 +59,24 @@ use crate::store::Snapshot;
 use carrier::refuse;
 use view::{HostnameView, StoreLink, TokenView, TunnelView};
 
+/// Who waits for an answer from the store (`view::StoreLink`). Defined here, beside the
+/// connections it names, so that `view` and `admin` each depend on the core and not on
+/// each other.
+enum Waiter {
+    /// A carrier parked (`carrier::Carrier::park`); its request is run again.
+    Carrier {
+        conn: ConnId,
+        request: Box<crate::proto::carrier::Request>,
+    },
+    /// A tunnel connection whose claim is being stored (`Tunnel::registering`).
+    Register { conn: ConnId },
+    /// An admin request (`admin::Step` says what comes next).
+    Admin {
+        conn: ConnId,
+        step: Box<admin::Step>,
+    },
+}
+
 /// A connection's byte stream as the driver hands it over: a registered mio socket (which
 /// leaves the poll when dropped), or an in-memory pipe in the tests. The core reads and writes
 /// it only through [`TlsConn`], and only when the driver says it is ready.

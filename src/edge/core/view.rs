@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log::warn;
 
-use super::{admin, refusal, Conn, ConnId, EdgeCore, Registering, Tunnel};
+use super::{refusal, Conn, ConnId, EdgeCore, Registering, Tunnel, Waiter};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::carrier;
 use crate::proto::mux::ErrorCode;
@@ -192,22 +192,6 @@ pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView)
             tunnels: snapshot.tunnels,
         },
     )
-}
-
-/// Who waits for an answer.
-pub(super) enum Waiter {
-    /// A carrier parked (`carrier::Carrier::park`); its request is run again.
-    Carrier {
-        conn: ConnId,
-        request: Box<carrier::Request>,
-    },
-    /// A tunnel connection whose claim is being stored (`Tunnel::registering`).
-    Register { conn: ConnId },
-    /// An admin request (`admin::Step` says what comes next).
-    Admin {
-        conn: ConnId,
-        step: Box<admin::Step>,
-    },
 }
 
 /// The store worker and who waits for it. At most [`MAX_STORE_REQUESTS`] wait.
