@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod pki;
 pub mod proto;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod tunnel;

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::proto::base64;
 use crate::proto::jwt::{self, Alg, Jwks};
 use crate::proto::policy::Identity;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 /// The `identity` section of the edge's config for an OpenID Connect provider.
 #[derive(Clone, Debug, PartialEq, Deserialize)]

@@ -499,7 +499,7 @@ impl OriginCredential {
 
     /// Writes the credential to `path` (mode 0600 from creation), replacing it atomically.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        store::write_file_atomic(path, self.to_pem().as_bytes(), 0o600)
+        crate::io::files::write_file_atomic(path, self.to_pem().as_bytes(), 0o600)
     }
 
     /// Reads and checks the credential at `path`.

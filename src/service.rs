@@ -819,7 +819,7 @@ pub fn install(
     })?;
     let path = opts.unit_dir.join(spec.unit_name());
     let existed = path.exists();
-    crate::store::write_file_atomic(&path, text.as_bytes(), 0o644).map_err(|err| {
+    crate::io::files::write_file_atomic(&path, text.as_bytes(), 0o644).map_err(|err| {
         ServiceError::Io {
             what: format!(
                 "cannot write {} (run as root: sudo postern service install ...)",

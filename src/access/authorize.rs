@@ -27,7 +27,7 @@ use super::login_lock::{self, Acquired, LockError, LockTiming};
 use super::token_cache::{is_compact_jwt, TokenCache};
 use super::{connect, AccessError, AccessOptions, Credentials};
 use crate::io::tls::TlsConn;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 /// Opens a carrier for `opts.hostname`, logging in through the browser when the edge asks
 /// for it (see the module doc). On success `opts.credentials` holds what worked, so the

@@ -32,7 +32,7 @@ use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::{would_block, Signals};
 use crate::limits::MAX_CONCURRENT_SETUPS;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);

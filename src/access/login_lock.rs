@@ -28,7 +28,7 @@ use log::{debug, warn};
 
 use super::token_cache::{CacheError, TokenCache};
 use crate::proto::token_transfer::TRANSFER_TTL;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 /// Timing of [`acquire`]; [`LockTiming::default`] is what the CLI uses.
 #[derive(Clone, Copy, Debug)]

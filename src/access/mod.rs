@@ -31,7 +31,7 @@ use std::sync::Arc;
 use rustls::ClientConfig;
 
 use crate::logging::untrusted;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 mod authorize;
 mod connect;

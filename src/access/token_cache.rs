@@ -12,14 +12,14 @@
 //! signature is not checked here: the edge checks it on every connection, and a token it
 //! refuses is removed and replaced by a new login.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::io::unix_now;
-use crate::store::Secret;
+use crate::secret::Secret;
 
 /// A cached token is used only if it stays valid at least this long: the margin covers the
 /// connection setup and a small clock skew with the edge.
@@ -39,6 +39,8 @@ pub enum CacheError {
     BadHostname(String),
     /// Reading or writing the cache failed.
     Io { path: PathBuf, error: io::Error },
+    /// Writing the token failed (the error names the file).
+    Write(io::Error),
 }
 
 impl std::fmt::Display for CacheError {
@@ -49,6 +51,7 @@ impl std::fmt::Display for CacheError {
                 "invalid application hostname {h:?}: expected a lowercase DNS name like ssh.example.com"
             ),
             CacheError::Io { path, error } => write!(f, "{}: {error}", path.display()),
+            CacheError::Write(error) => write!(f, "{error}"),
         }
     }
 }
@@ -166,26 +169,10 @@ impl TokenCache {
     pub fn store(&self, hostname: &str, token: &Secret) -> Result<PathBuf, CacheError> {
         let path = self.path(hostname, ".jwt")?;
         self.ensure_dir()?;
-        let tmp = self.dir.join(format!(
-            ".{hostname}.jwt.{}.{}.tmp",
-            std::process::id(),
-            crate::proto::base64::encode_url(&crate::io::random_bytes::<6>())
-        ));
-        let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&tmp)?;
-            f.write_all(token.expose().as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err(&path)(e));
-        }
+        let mut data = Vec::with_capacity(token.expose().len() + 1);
+        data.extend_from_slice(token.expose().as_bytes());
+        data.push(b'\n');
+        crate::io::files::write_file_atomic(&path, &data, FILE_MODE).map_err(CacheError::Write)?;
         Ok(path)
     }
 

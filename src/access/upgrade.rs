@@ -96,7 +96,7 @@ pub fn check_answer(
 mod tests {
     use super::*;
     use crate::proto::http::{parse_response_head, HeadLimits};
-    use crate::store::Secret;
+    use crate::secret::Secret;
 
     const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 

@@ -412,7 +412,7 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
 /// The active signing key is replaced after this long.
 const KEY_ROTATION_SECS: u64 = 30 * 24 * 3600;
 
-fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::store::Secret> {
+fn oidc_secret(o: &config::OidcSettings) -> io::Result<crate::secret::Secret> {
     if let Ok(s) = std::env::var("POSTERN_OIDC_CLIENT_SECRET") {
         return Ok(s.into());
     }

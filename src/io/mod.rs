@@ -1,5 +1,6 @@
 //! The only place that touches the OS: sockets, TLS glue, stdio, signals, the clock.
 
+pub mod files;
 pub mod local;
 pub mod metrics_server;
 pub mod sys;

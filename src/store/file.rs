@@ -28,11 +28,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     random_hex, sha256_hex, Answer, Change, Claimed, Expect, HostOwner, HostnameRecord,
-    PendingLoginRecord, Request, Revocation, Revocations, RevokedCertificate, RevokedToken, Secret,
+    PendingLoginRecord, Request, Revocation, Revocations, RevokedCertificate, RevokedToken,
     ServiceTokenRecord, Snapshot, StateDir, Store, StoreError, TunnelRecord, Versioned,
 };
 use crate::io::unix_now;
 use crate::limits::{MAX_HOSTNAMES_PER_CERTIFICATE, MAX_STORED_LOGINS};
+use crate::secret::Secret;
 
 /// File holding service-token records (hashes only), mode 0600.
 pub(crate) const SERVICE_TOKENS_FILE: &str = "service-tokens.json";
@@ -115,7 +116,7 @@ impl ServiceTokens {
                 tokens: tokens.tokens,
             },
         )?;
-        Ok((record, Secret(secret)))
+        Ok((record, Secret::from(secret)))
     }
 
     /// The name of the token whose client id is `client_id` and whose secret is `secret`.

@@ -44,16 +44,16 @@ pub mod worker;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
+use crate::secret::Secret;
 
 pub use file::{valid_tunnel_name, FileStore, ServiceTokens, MAX_TUNNEL_NAME};
 
@@ -123,7 +123,7 @@ impl StateDir {
     /// Replaces `name` atomically with `data`; a new file gets `mode`.
     pub fn write_atomic(&self, name: &str, data: &[u8], mode: u32) -> io::Result<()> {
         check_name(name)?;
-        write_file_atomic(&self.path.join(name), data, mode)
+        crate::io::files::write_file_atomic(&self.path.join(name), data, mode)
     }
 
     /// Reads `name`; `Ok(None)` if it does not exist.
@@ -175,43 +175,6 @@ fn check_name(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces `path` atomically: temp file beside it created with `mode`, fsync, rename, fsync dir.
-pub(crate) fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a file path", path.display()),
-        )
-    })?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| annotate(e, &format!("cannot write {}", path.display())))
-}
-
 fn annotate(e: io::Error, context: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{context}: {e}"))
 }
@@ -242,23 +205,6 @@ fn random_hex(bytes: usize) -> io::Result<String> {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
-}
-
-/// A secret shown to the operator once (a service-token secret). Never printed by accident:
-/// no `Debug`, no `Display`; call [`Secret::expose`] where it must leave the process.
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret text.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<String> for Secret {
-    fn from(s: String) -> Secret {
-        Secret(s)
-    }
 }
 
 // ------------------------------------------------------------------------------ the model
@@ -759,6 +705,7 @@ impl Answer {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A fresh directory under the system temp dir, removed on drop.
     pub(crate) struct TempDir(pub(crate) PathBuf);

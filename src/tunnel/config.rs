@@ -300,7 +300,7 @@ impl TunnelCredentials {
     pub fn write(&self, path: &Path) -> io::Result<()> {
         let mut data = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         data.push(b'\n');
-        crate::store::write_file_atomic(path, &data, 0o600)
+        crate::io::files::write_file_atomic(path, &data, 0o600)
     }
 
     /// Reads and checks a credentials file: the PEM parses and its certificate is for `id`.

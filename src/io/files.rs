@@ -1,0 +1,50 @@
+//! Files as the roles write them: the one atomic writer (temp file beside the target, created
+//! with its mode, fsync, rename, fsync of the directory). Keys, tokens, state files, units
+//! and config files all go through it, so none is ever seen half-written or with a wide mode.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Replaces `path` atomically: temp file beside it created with `mode`, fsync, rename, fsync dir.
+pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a file path", path.display()),
+        )
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{}",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| annotate(e, &format!("cannot write {}", path.display())))
+}
+
+fn annotate(e: io::Error, context: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{context}: {e}"))
+}
