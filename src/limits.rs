@@ -1,5 +1,7 @@
 //! Every bound postern enforces, in one place. Full means stop reading, never grow.
 
+use std::time::Duration;
+
 /// Largest mux frame payload (DESIGN.md §3). A frame announcing more is a connection error.
 pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Initial per-stream flow-control window, each direction.
@@ -248,6 +250,70 @@ impl EdgeLimits {
         ))
     }
 }
+
+// Used by src/edge/core/login.rs.
+/// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
+pub const APP_TOKEN_LEEWAY_SECS: u64 = 5;
+/// Wrong dev codes allowed per login.
+pub const MAX_DEV_CODE_ATTEMPTS: u32 = 5;
+/// Wrong confirmation codes allowed per login (a typo or two; never enough to guess one).
+pub const MAX_CONFIRM_ATTEMPTS: u32 = 3;
+/// The browser-binding cookie lives this long (a login's whole life fits in it).
+pub const BINDER_COOKIE_SECS: u64 = 600;
+
+// Used by src/edge/core/admin.rs.
+/// Largest request body.
+pub const MAX_ADMIN_BODY: usize = 16 * 1024;
+/// A request must have arrived whole this long after the connection was accepted.
+pub const ADMIN_REQUEST_SECS: u64 = 10;
+/// Most named tunnels per zone (each create rewrites `tunnels.json`).
+pub const MAX_TUNNELS_PER_ZONE: usize = 256;
+/// Most hostnames of one zone routed to named tunnels (each route rewrites `hostnames.json`).
+pub const MAX_ROUTES_PER_ZONE: usize = 4096;
+/// Longest name or hostname copied into the audit log from a request.
+pub const MAX_ADMIN_AUDIT_FIELD: usize = 253;
+
+// Used by src/pki.rs.
+/// Largest PEM file read as a credential or operator-supplied certificate/key.
+pub const MAX_PEM_BYTES: usize = 1024 * 1024;
+/// Most sections in such a PEM file.
+pub const MAX_PEM_SECTIONS: usize = 64;
+/// Largest system CA bundle read (distributions ship ~200 KiB with ~150 certificates).
+pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+/// Most certificates read from a system CA bundle or a `--ca` file.
+pub const MAX_BUNDLE_SECTIONS: usize = 8192;
+
+// Used by src/proto/url.rs.
+/// Most parameters a query may carry.
+pub const MAX_QUERY_PARAMS: usize = 32;
+
+// Used by src/proto/jwt.rs.
+/// Longest token accepted, in bytes (a whole HTTP head is at most 16 KiB anyway).
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Largest JWKS document accepted from an identity provider, in bytes.
+pub const MAX_JWKS_LEN: usize = 64 * 1024;
+/// Most keys accepted in one JWKS document (also the most keys a [`crate::proto::jwt::KeyRing`] publishes).
+pub const MAX_JWKS_KEYS: usize = 32;
+/// How long an [`crate::proto::jwt::OriginAssertion`] is valid, in seconds: time for the origin to check it when
+/// the stream opens, and little use to anyone who copies it.
+pub const ORIGIN_ASSERTION_LIFETIME_SECS: u64 = 60;
+
+// Used by src/proto/carrier.rs.
+/// A carrier that is closing gets this long to take its last bytes.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+// Used by src/proto/token_transfer.rs.
+/// How long a transfer id stays valid.
+pub const TRANSFER_TTL: Duration = Duration::from_secs(300);
+/// Largest sealed payload (a token or an origin credential).
+pub const MAX_SEALED: usize = 64 * 1024;
+/// A CLI polls every second; one silent for this long has given up (or never existed), and
+/// its slot is freed at once instead of holding a place for [`TRANSFER_TTL`].
+pub const POLL_GRACE: Duration = Duration::from_secs(30);
+
+// Used by src/tunnel/core.rs.
+/// How long a TCP connect to the first hop (the proxy or the edge) may take.
+pub const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

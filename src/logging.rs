@@ -17,7 +17,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many characters of untrusted text [`untrusted`] shows before it clips.
-pub const UNTRUSTED_MAX_CHARS: usize = 256;
+pub use crate::limits::MAX_LOGGED_NAME as UNTRUSTED_MAX_CHARS;
 
 /// Text that a peer chose (a reset reason, a hostname, an HTTP body, a dev-login email), made
 /// safe to print on a terminal or into a log line: see [`Untrusted`].

@@ -45,14 +45,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{self, StateDir};
 
-/// Largest PEM file read as a credential or operator-supplied certificate/key.
-pub const MAX_PEM_BYTES: usize = 1024 * 1024;
-/// Most sections in such a PEM file.
-pub const MAX_PEM_SECTIONS: usize = 64;
-/// Largest system CA bundle read (distributions ship ~200 KiB with ~150 certificates).
-const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
-/// Most certificates read from a system CA bundle or a `--ca` file.
-const MAX_BUNDLE_SECTIONS: usize = 8192;
+use crate::limits::MAX_BUNDLE_BYTES;
+use crate::limits::MAX_BUNDLE_SECTIONS;
+pub use crate::limits::MAX_PEM_BYTES;
+pub use crate::limits::MAX_PEM_SECTIONS;
 
 /// Lifetime of a CA certificate.
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);

@@ -22,14 +22,13 @@
 //! `L` is what the driver needs to find the stream again (the edge: a tunnel slot and a
 //! stream id).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::proto::buf::Buf;
 use crate::proto::http::{self, HeadError, HeadLimits, RequestHead};
 use crate::proto::ws::{self, Decoder, Role};
 
-/// A carrier that is closing gets this long to take its last bytes.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+pub use crate::limits::CLOSE_GRACE;
 
 /// A whole request, as the driver decides on it.
 #[derive(Debug, PartialEq, Eq)]
@@ -431,6 +430,7 @@ pub fn fuzz_carrier(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const UPGRADE: &[u8] = b"GET / HTTP/1.1\r\nHost: ssh.localhost:8443\r\nConnection: Upgrade\r\n\
         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\

@@ -39,12 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::proto::base64;
 
-/// Longest token accepted, in bytes (a whole HTTP head is at most 16 KiB anyway).
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
-/// Largest JWKS document accepted from an identity provider, in bytes.
-pub const MAX_JWKS_LEN: usize = 64 * 1024;
-/// Most keys accepted in one JWKS document (also the most keys a [`KeyRing`] publishes).
-pub const MAX_JWKS_KEYS: usize = 32;
+pub use crate::limits::MAX_JWKS_KEYS;
+pub use crate::limits::MAX_JWKS_LEN;
+pub use crate::limits::MAX_TOKEN_LEN;
 
 /// Longest string taken from a token or key set that an error message shows, in characters.
 const MAX_SHOWN: usize = 64;
@@ -58,9 +55,7 @@ pub const APP_TOKEN_TYP: &str = "JWT";
 pub const ORIGIN_ASSERTION_TYP: &str = "postern-origin-assertion+jwt";
 /// The `postern_kind` claim of an [`OriginAssertion`]; an app token never carries that claim.
 pub const ORIGIN_ASSERTION_KIND: &str = "origin_assertion";
-/// How long an [`OriginAssertion`] is valid, in seconds: time for the origin to check it when
-/// the stream opens, and little use to anyone who copies it.
-pub const ORIGIN_ASSERTION_LIFETIME_SECS: u64 = 60;
+pub use crate::limits::ORIGIN_ASSERTION_LIFETIME_SECS;
 
 /// A JWS signature algorithm postern implements, by its JOSE name.
 #[allow(clippy::upper_case_acronyms)] // the JOSE names, as they appear in tokens

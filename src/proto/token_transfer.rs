@@ -33,12 +33,10 @@ use crate::proto::base64;
 /// The first part of the HKDF info; v2 added the two public keys after it. Edge and CLI are one
 /// binary, so they always agree on the version.
 const INFO: &[u8] = b"postern token transfer v2";
-/// How long a transfer id stays valid.
-pub const TRANSFER_TTL: Duration = Duration::from_secs(300);
+pub use crate::limits::TRANSFER_TTL;
 /// Pending transfers an edge holds at once by default; more are refused.
 pub const MAX_PENDING_TRANSFERS: usize = crate::limits::MAX_PENDING_TRANSFERS;
-/// Largest sealed payload (a token or an origin credential).
-pub const MAX_SEALED: usize = 64 * 1024;
+pub use crate::limits::MAX_SEALED;
 
 #[derive(Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -338,9 +336,7 @@ impl Slot {
     }
 }
 
-/// A CLI polls every second; one silent for this long has given up (or never existed), and
-/// its slot is freed at once instead of holding a place for [`TRANSFER_TTL`].
-pub const POLL_GRACE: Duration = Duration::from_secs(30);
+pub use crate::limits::POLL_GRACE;
 
 /// The edge's pending transfers: bounded, expiring, each handed over once.
 pub struct Slots {

@@ -8,8 +8,7 @@
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-/// Most parameters a query may carry.
-pub const MAX_QUERY_PARAMS: usize = 32;
+pub use crate::limits::MAX_QUERY_PARAMS;
 
 /// What [`encode`] escapes: everything but the RFC 3986 unreserved characters.
 const QUERY_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC

@@ -46,8 +46,7 @@ use crate::proto::proxy::{self, ProxyConfig};
 
 use super::config::{Ingress, Service};
 
-/// How long a TCP connect to the first hop (the proxy or the edge) may take.
-const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::limits::EDGE_CONNECT_TIMEOUT;
 /// The longest the core sleeps: the gauges are refreshed at least this often.
 const TICK: Duration = Duration::from_secs(1);
 

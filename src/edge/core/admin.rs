@@ -39,18 +39,13 @@ use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};
 use crate::store::{self, Expect, HostOwner, HostnameRecord, Request, StoreError, TunnelRecord};
 
+use crate::limits::ADMIN_REQUEST_SECS as REQUEST_SECS;
+use crate::limits::MAX_ADMIN_AUDIT_FIELD as MAX_AUDIT_FIELD;
+pub use crate::limits::MAX_ADMIN_BODY as MAX_BODY;
+pub use crate::limits::MAX_ROUTES_PER_ZONE;
+pub use crate::limits::MAX_TUNNELS_PER_ZONE;
 /// ALPN of the administration API.
 pub use crate::proto::ADMIN_ALPN as ALPN;
-/// Largest request body.
-pub const MAX_BODY: usize = 16 * 1024;
-/// A request must have arrived whole this long after the connection was accepted.
-const REQUEST_SECS: u64 = 10;
-/// Most named tunnels per zone (each create rewrites `tunnels.json`).
-pub const MAX_TUNNELS_PER_ZONE: usize = 256;
-/// Most hostnames of one zone routed to named tunnels (each route rewrites `hostnames.json`).
-pub const MAX_ROUTES_PER_ZONE: usize = 4096;
-/// Longest name or hostname copied into the audit log from a request.
-const MAX_AUDIT_FIELD: usize = 253;
 
 pub(super) struct Admin {
     pub(super) tls: TlsConn<Sock>,

@@ -46,17 +46,13 @@ use crate::proto::token_transfer::{Poll, Purpose, TransferError, Waiting};
 use crate::proto::url::{self, html, param};
 use crate::store::ct_eq;
 
-/// Clock skew tolerated on our own app tokens (edges of a pool keep their clocks in sync).
-const APP_TOKEN_LEEWAY_SECS: u64 = 5;
+use crate::limits::APP_TOKEN_LEEWAY_SECS;
 
-/// Wrong dev codes allowed per login.
-const MAX_DEV_CODE_ATTEMPTS: u32 = 5;
+use crate::limits::MAX_DEV_CODE_ATTEMPTS;
 
-/// Wrong confirmation codes allowed per login (a typo or two; never enough to guess one).
-const MAX_CONFIRM_ATTEMPTS: u32 = 3;
+use crate::limits::MAX_CONFIRM_ATTEMPTS;
 
-/// The browser-binding cookie lives this long (a login's whole life fits in it).
-const BINDER_COOKIE_SECS: u64 = 600;
+use crate::limits::BINDER_COOKIE_SECS;
 
 fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
