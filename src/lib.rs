@@ -32,3 +32,5 @@ pub mod tunnel;
 
 #[cfg(test)]
 mod layout_tests;
+#[cfg(test)]
+mod pipe_tests;
