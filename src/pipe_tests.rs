@@ -274,6 +274,7 @@ impl Pipe {
     fn advance(&mut self, d: Duration) {
         let target = self.clock.now + d;
         let start = (self.clock.now, self.clock.unix);
+        let mut stuck = 0;
         loop {
             let due = self
                 .edge
@@ -282,6 +283,8 @@ impl Pipe {
                 .poll_timeout()
                 .min(self.origin.core.poll_timeout());
             let at = due.max(self.clock.now).min(target);
+            stuck = if at == self.clock.now { stuck + 1 } else { 0 };
+            assert!(stuck < 100, "a core's timeout does not move on from {at:?}");
             self.clock.now = at;
             self.clock.unix = start.1 + at.duration_since(start.0).as_secs();
             let (now, unix) = (self.clock.now, self.clock.unix);
