@@ -548,10 +548,15 @@ impl Pipe {
     fn client_with(&mut self, from: SocketAddr, credentials: &Credentials) -> usize {
         let (now, unix) = (self.clock.now, self.clock.unix);
         let core = &mut self.edge.bench.core;
-        let slot = core.admit(from, now, unix).expect("admitted");
         let wire = Wire::default();
-        core.accepted(slot, Box::new(EdgeEnd(wire.clone())), from);
-        self.edge.wires.push((slot, wire.clone()));
+        match core.admit(from, now, unix) {
+            Some(slot) => {
+                core.accepted(slot, Box::new(EdgeEnd(wire.clone())), from);
+                self.edge.wires.push((slot, wire.clone()));
+            }
+            // A limit refused it: the edge's driver closes the socket before any TLS.
+            None => wire.0.borrow_mut().dropped = true,
+        }
         let mut config = (*self.edge.bench.client_config(None, None)).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = ServerName::try_from(APP.to_owned()).expect("name");
@@ -860,6 +865,32 @@ fn a_client_over_the_streams_per_tunnel_cap_is_refused_and_the_first_keeps_worki
     assert_eq!(p.edge.bench.core.counters.streams, 1);
     assert_eq!(p.service.opened, 1, "the refused client opened no stream");
     p.round_trip(first, b"still here");
+}
+
+#[test]
+fn a_client_over_the_per_source_cap_is_closed_at_accept_and_the_first_keeps_working() {
+    let mut p = Pipe::started_with(|s| s.limits.max_connections_per_ip = 1);
+    let first = p.spliced_client(1);
+    p.round_trip(first, b"first");
+    let creds = p.service_token();
+    let second = p.client_with(peer_addr(10, 2), &creds);
+    p.run_until(|p| !p.upgrading(second), 200);
+    // Its socket is closed under it: the client's first write fails.
+    assert!(
+        matches!(
+            p.failure(second),
+            Some(AccessError::Connection { .. } | AccessError::EdgeClosed { .. })
+        ),
+        "{:?}",
+        p.failure(second)
+    );
+    assert_eq!(p.edge.bench.core.counters.connections_per_ip, 1);
+    // The first goes on, and another source is not affected.
+    p.round_trip(first, b"still here");
+    let other = p.client_with(peer_addr(11, 1), &creds);
+    p.run_until(|p| !p.upgrading(other), 200);
+    assert!(p.spliced(other), "{:?}", p.failure(other));
+    p.round_trip(other, b"other source");
 }
 
 // ------------------------------------------------------------------------- bad input
