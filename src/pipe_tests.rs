@@ -148,7 +148,8 @@ struct Service {
 struct ServiceConn {
     to_stream: VecDeque<u8>,
     received: Vec<u8>,
-    /// The client's half is over (the origin shut our write side... its read of us).
+    /// The client's direction is over (`ShutdownService`): once it has echoed all, the
+    /// service ends its own.
     eof: bool,
 }
 
@@ -164,6 +165,8 @@ struct Client {
     local_eof: bool,
     /// What reached the local program.
     local_out: Vec<u8>,
+    /// The client's loop is not running (a busy client): nothing is read or sent.
+    paused: bool,
 }
 
 enum State {
@@ -576,6 +579,7 @@ impl Pipe {
             local_in: VecDeque::new(),
             local_eof: false,
             local_out: Vec::new(),
+            paused: false,
         });
         self.clients.len() - 1
     }
@@ -632,6 +636,9 @@ impl Pipe {
 
     fn pump_client(&mut self, i: usize) {
         let c = &mut self.clients[i];
+        if c.paused {
+            return;
+        }
         let before = c.fingerprint();
         let result = match c.tls.read(&mut self.stage) {
             Err(error) => Err(AccessError::Connection {
@@ -993,11 +1000,24 @@ fn edge_shutdown_sends_goaway_to_the_origin_and_close_notify_to_the_client() {
     let mut p = Pipe::started();
     let c = p.spliced_client(1);
     p.round_trip(c, b"before");
+    // The service's last words reach the edge and wait in the carrier's socket.
+    p.clients[c].paused = true;
+    let stream = *p.service.conns.keys().next().expect("the stream");
+    p.service
+        .conns
+        .get_mut(&stream)
+        .unwrap()
+        .to_stream
+        .extend(b"last words");
+    p.settle();
+    assert!(!p.clients[c].wire.0.borrow().from_edge.is_empty());
     let (now, unix) = (p.clock.now, p.clock.unix);
     p.edge.bench.core.shutdown(now, unix);
     p.edge.down = true;
+    p.clients[c].paused = false;
     p.settle();
     assert!(p.origin.frames.contains(&FrameType::GoAway), "GOAWAY");
+    assert!(p.clients[c].local_out.ends_with(b"last words"));
     // The edge ends carriers at once (its driver exits): a clean TLS close, before the
     // WebSocket Close, which the client reports as the edge closing the connection.
     assert!(p.clients[c].tls.peer_closed && !p.clients[c].tls.truncated);
