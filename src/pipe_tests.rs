@@ -184,7 +184,7 @@ struct Pipe {
     clock: Clock,
     stage: Vec<u8>,
     /// Bytes moved and outputs carried out: unchanged over a step means quiet.
-    progress: Rc<Cell<u64>>,
+    progress: Cell<u64>,
 }
 
 impl Pipe {
@@ -226,7 +226,7 @@ impl Pipe {
             service: Service::default(),
             clock,
             stage: vec![0; TLS_READ_STAGE],
-            progress: Rc::new(Cell::new(0)),
+            progress: Cell::new(0),
         }
     }
 
@@ -236,9 +236,14 @@ impl Pipe {
     }
 
     fn started_with(tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
-        let mut p = Pipe::with(1, tweak);
+        Pipe::started_ha(1, tweak)
+    }
+
+    /// `ha` origin connections, each registered.
+    fn started_ha(ha: usize, tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
+        let mut p = Pipe::with(ha, tweak);
         p.advance(Duration::ZERO);
-        p.run_until(|p| p.registrations() == 1, 200);
+        p.run_until(|p| p.registrations() == ha, 200);
         p
     }
 
@@ -953,6 +958,26 @@ fn a_bad_mux_frame_from_the_origin_ends_that_connection_and_the_origin_reconnect
     p.run_until(|p| p.registrations() == 2, 200);
     let again = p.spliced_client(2);
     p.round_trip(again, b"after");
+}
+
+#[test]
+fn a_bad_mux_frame_on_one_ha_connection_leaves_the_other_serving() {
+    let mut p = Pipe::started_ha(2, |_| {});
+    let tls = p.origin.conns[0].as_mut().and_then(|c| c.tls.as_mut());
+    tls.expect("TLS")
+        .send(&[0xee, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+    p.settle();
+    assert!(p.origin.wires[0].dropped(), "that connection closed");
+    assert!(!p.origin.wires[1].dropped(), "the other one stays");
+    assert!(p.origin.conns[1].is_some());
+    // Before connection 0 is back, clients get through on connection 1.
+    let c = p.spliced_client(1);
+    p.round_trip(c, b"through the other connection");
+    assert_eq!(p.origin.wires.len(), 2, "no reconnect yet");
+    p.advance(Duration::from_secs(1));
+    p.run_until(|p| p.registrations() == 3, 200);
+    assert_eq!(p.origin.wires.len(), 3, "connection 0 came back");
+    p.round_trip(c, b"unaffected");
 }
 
 // ------------------------------------------------------------------------- keepalive
