@@ -121,6 +121,8 @@ struct Origin {
     conns: Vec<Option<OriginConn>>,
     /// The mux frames the origin received from the edge, by type, in order.
     frames: Vec<FrameType>,
+    /// The claims of each OPEN: who the edge let in.
+    claims: Vec<serde_json::Value>,
     /// The wire of every connection to the edge, in order (a TCP connect each).
     wires: Vec<Wire>,
     exit: Option<Exit>,
@@ -220,6 +222,7 @@ impl Pipe {
                 core,
                 conns: (0..ha).map(|_| None).collect(),
                 frames: Vec::new(),
+                claims: Vec::new(),
                 wires: Vec::new(),
                 exit: None,
             },
@@ -476,6 +479,10 @@ impl Pipe {
             let mut frames = &tls.rx.data()[..used];
             while let Ok(Some((frame, n))) = mux::decode_frame(frames) {
                 o.frames.push(frame.ty());
+                if let mux::Frame::Open { claims, .. } = frame {
+                    o.claims
+                        .push(serde_json::from_slice(claims).expect("JSON claims"));
+                }
                 frames = &frames[n..];
             }
             tls.rx.consume(used);
@@ -806,6 +813,11 @@ fn bytes_round_trip_from_client_to_service_and_back_through_all_three_cores() {
     assert_eq!(
         p.service.opened, 1,
         "one stream reached the origin's service"
+    );
+    assert_eq!(
+        p.origin.claims[0]["service_token"], "ci",
+        "the edge let it in by its service token: {:?}",
+        p.origin.claims
     );
     p.round_trip(c, b"SSH-2.0-OpenSSH_9.2\r\n");
     let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
