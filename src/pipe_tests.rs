@@ -98,8 +98,9 @@ impl Drop for PeerEnd {
 
 // ------------------------------------------------------------------------- the roles
 
-/// The simulated clock every core is handed.
+/// The simulated clock every core is handed: `now`, and the same moment in Unix seconds.
 struct Clock {
+    start: (Instant, u64),
     now: Instant,
     unix: u64,
 }
@@ -196,6 +197,7 @@ impl Pipe {
     fn with(ha: usize, tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
         let bench = EdgeBench::with(tweak);
         let clock = Clock {
+            start: (bench.now, bench.unix),
             now: bench.now,
             unix: bench.unix,
         };
@@ -284,7 +286,7 @@ impl Pipe {
     /// the pipe after each.
     fn advance(&mut self, d: Duration) {
         let target = self.clock.now + d;
-        let start = (self.clock.now, self.clock.unix);
+        let start = self.clock.start;
         let mut stuck = 0;
         loop {
             let due = self

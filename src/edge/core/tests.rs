@@ -6,6 +6,9 @@
 //! The store runs on its real worker thread (a file store in a temporary directory): a test
 //! that needs one of its answers waits for the worker's wake-up with a deadline, as the
 //! driver's waker would.
+//!
+//! The harness (the wires, [`Pipe::with`]) is `pub(crate)`: `crate::pipe_tests` builds its
+//! edge with it, between a real client core and a real origin core.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
