@@ -36,3 +36,5 @@ pub mod tunnel;
 
 #[cfg(test)]
 mod layout_tests;
+#[cfg(test)]
+mod pipe_tests;

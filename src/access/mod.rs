@@ -35,7 +35,7 @@ use crate::secret::Secret;
 
 mod authorize;
 mod connect;
-mod core;
+pub(crate) mod core;
 mod driver;
 mod error;
 mod https;
@@ -43,7 +43,7 @@ mod listener;
 pub mod login;
 mod login_lock;
 pub mod token_cache;
-mod upgrade;
+pub(crate) mod upgrade;
 
 pub use authorize::login_and_cache;
 pub use connect::{connect, tls_connect};

@@ -24,7 +24,7 @@
 //! ```
 
 pub mod config;
-mod core;
+pub(crate) mod core;
 mod driver;
 
 pub use self::core::{admin, refusal, LimitCounters};

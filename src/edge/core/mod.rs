@@ -27,7 +27,7 @@ pub mod admin;
 mod carrier;
 pub(super) mod login;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod tunnel;
 mod view;
 

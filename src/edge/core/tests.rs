@@ -6,6 +6,9 @@
 //! The store runs on its real worker thread (a file store in a temporary directory): a test
 //! that needs one of its answers waits for the worker's wake-up with a deadline, as the
 //! driver's waker would.
+//!
+//! The harness (the wires, [`Pipe::with`]) is `pub(crate)`: `crate::pipe_tests` builds its
+//! edge with it, between a real client core and a real origin core.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -35,26 +38,26 @@ fn hostnames_and_ports() {
 
 /// One connection's bytes, both ways, and whether the edge has let go of its end.
 #[derive(Default)]
-struct WireState {
-    to_edge: VecDeque<u8>,
-    from_edge: Vec<u8>,
+pub(crate) struct WireState {
+    pub(crate) to_edge: VecDeque<u8>,
+    pub(crate) from_edge: Vec<u8>,
     /// The peer closed its side (TCP FIN).
-    peer_eof: bool,
+    pub(crate) peer_eof: bool,
     /// The core dropped its end: the connection is over.
-    dropped: bool,
+    pub(crate) dropped: bool,
 }
 
 #[derive(Clone, Default)]
-struct Wire(Rc<RefCell<WireState>>);
+pub(crate) struct Wire(pub(crate) Rc<RefCell<WireState>>);
 
 impl Wire {
-    fn dropped(&self) -> bool {
+    pub(crate) fn dropped(&self) -> bool {
         self.0.borrow().dropped
     }
 }
 
 /// The edge's end of a [`Wire`], handed to the core as its socket.
-struct EdgeEnd(Wire);
+pub(crate) struct EdgeEnd(pub(crate) Wire);
 
 impl Read for EdgeEnd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -100,30 +103,30 @@ struct Peer {
     received: Vec<u8>,
 }
 
-struct Pipe {
-    core: EdgeCore,
-    now: Instant,
-    unix: u64,
+pub(crate) struct Pipe {
+    pub(crate) core: EdgeCore,
+    pub(crate) now: Instant,
+    pub(crate) unix: u64,
     settings_ca: Vec<CertificateDer<'static>>,
-    origin_cert: OriginCert,
+    pub(crate) origin_cert: OriginCert,
     /// The store worker's wake-ups (the driver's waker).
-    woken: mpsc::Receiver<()>,
+    pub(crate) woken: mpsc::Receiver<()>,
     /// The service token the store holds: (client id, secret).
-    token: (String, String),
+    pub(crate) token: (String, String),
     _dir: TempDir,
 }
 
 /// An origin certificate and its key.
-type OriginCert = (
+pub(crate) type OriginCert = (
     CertificateDer<'static>,
     rustls::pki_types::PrivateKeyDer<'static>,
 );
 
-const APP: &str = "ssh.localhost";
+pub(crate) const APP: &str = "ssh.localhost";
 /// An application whose policy lets in one email only (no service token).
 const LOCKED: &str = "locked.localhost";
 
-fn peer_addr(ip: u8, port: u16) -> SocketAddr {
+pub(crate) fn peer_addr(ip: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([192, 0, 2, ip], port))
 }
 
@@ -135,7 +138,7 @@ impl Pipe {
     /// An edge as `postern edge --dev` sets it up, with `tweak` applied to its settings;
     /// the store holds one service token and, claimed by the test's origin certificate,
     /// the hostname [`APP`].
-    fn with(tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
+    pub(crate) fn with(tweak: impl FnOnce(&mut EdgeSettings)) -> Pipe {
         let dir = TempDir::new("edge-core");
         let mut settings =
             config::dev(peer_addr(1, 443), &dir.0.join("state")).expect("dev settings");
@@ -219,7 +222,11 @@ impl Pipe {
         Some((slot, wire))
     }
 
-    fn client_config(&self, alpn: Option<&[u8]>, cert: Option<&OriginCert>) -> Arc<ClientConfig> {
+    pub(crate) fn client_config(
+        &self,
+        alpn: Option<&[u8]>,
+        cert: Option<&OriginCert>,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         for ca in &self.settings_ca {
             roots.add(ca.clone()).expect("CA");
