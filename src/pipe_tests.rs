@@ -31,7 +31,7 @@ use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL_SECS, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::proto::http::{parse_response_head, HeadLimits};
 use crate::proto::mux::{self, FrameType};
-use crate::store::Secret;
+use crate::secret::Secret;
 use crate::tunnel::core::{self as tunnel, ConnId, Exit, Output, Registration, StreamId};
 use crate::tunnel::Ingress;
 
