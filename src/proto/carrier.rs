@@ -397,7 +397,7 @@ pub fn fuzz_carrier(data: &[u8]) {
         max_ws_frame: 1 << 20,
     };
     let start = Instant::now();
-    let mut c: Carrier<()> = Carrier::new(start + Duration::from_secs(20));
+    let mut c: Carrier<()> = Carrier::new(start + std::time::Duration::from_secs(20));
     let mut rx = Buf::new(64 * 1024);
     let mut requests = 0;
     let split = data.first().map_or(1, |b| usize::from(*b) + 1);
