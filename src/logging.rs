@@ -9,7 +9,8 @@
 //! Third-party wire traces stay off unless asked for by name: a bare level (`RUST_LOG=trace`,
 //! `--loglevel debug`) reaches [`WIRE_TARGETS`] capped at `info`, because their debug and trace
 //! records show what goes over the wire (ureq-proto hexdumps the OIDC token request with the
-//! client secret, and the tokens that come back). `RUST_LOG=ureq_proto=trace` still turns them
+//! client secret, and the tokens that come back; the client's login poll and admin commands
+//! answer with sealed tokens and, for `tunnel create`, a private key). `RUST_LOG=ureq_proto=trace` still turns them
 //! on, with a warning that the output may contain secrets.
 
 use std::ffi::OsString;
@@ -294,7 +295,8 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
     if !named.is_empty() {
         log::warn!(
             "RUST_LOG turns on wire traces of {}: they can contain secrets (the OIDC client \
-             secret, authorization codes, tokens); do not share these logs",
+             secret, authorization codes, tokens, a new tunnel's private key); do not share \
+             these logs",
             named.join(", ")
         );
     }

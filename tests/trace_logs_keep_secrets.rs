@@ -245,3 +245,86 @@ fn child_exchanges_a_code_under_trace() {
 fn support_base64(text: &str) -> String {
     postern::proto::base64::encode(text.as_bytes())
 }
+
+/// `tunnel create`'s answer carries the new tunnel's private key, through the client's HTTP
+/// client (ureq): under a bare `RUST_LOG=trace` neither the text nor any hexdump of the log
+/// holds it; naming ureq_proto turns the hexdumps on, with a warning that names private keys.
+#[test]
+fn tunnel_create_under_rust_log_trace_keeps_the_private_key_out_of_the_log() {
+    support::require_all();
+    let dir = temp_dir("trace-tunnel-create");
+    let edge = support::Edge::start(dir.path());
+    let home = dir.join("home");
+    let postern_dir = home.join(".postern");
+    std::fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    let create = |name: &str, rust_log: &str| {
+        let mut cmd = postern(&home);
+        cmd.env("RUST_LOG", rust_log)
+            .env("POSTERN_LOG_FORMAT", "json")
+            .args(["tunnel", "create", name, "--origincert"])
+            .arg(&cert)
+            .args(["--edge", &edge.edge_arg(), "--ca"])
+            .arg(edge.ca())
+            .stdin(std::process::Stdio::null());
+        let out = run_with_deadline(&mut cmd, Duration::from_secs(30), "tunnel create");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "tunnel create failed: {stdout}{stderr}"
+        );
+        let id = stdout
+            .split(&format!("Created tunnel {name} with id "))
+            .nth(1)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|| panic!("no id in: {stdout}"));
+        let creds: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(postern_dir.join(format!("{id}.json"))).unwrap())
+                .unwrap();
+        let pem = creds["Credential"].as_str().expect("Credential").to_owned();
+        (stderr, pem)
+    };
+    // The key's base64 lines, each long enough to be unmistakable.
+    let key_lines = |pem: &str| -> Vec<String> {
+        let lines: Vec<String> = pem
+            .split("-----BEGIN PRIVATE KEY-----")
+            .nth(1)
+            .and_then(|k| k.split("-----END PRIVATE KEY-----").next())
+            .expect("a private key in the credential")
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| l.len() >= 16)
+            .collect();
+        assert!(!lines.is_empty(), "{pem}");
+        lines
+    };
+
+    let (log, pem) = create("traced", "trace");
+    assert!(
+        records(&log).iter().any(|(level, _, _)| level == "debug"),
+        "RUST_LOG=trace must reach the client's own records:\n{log}"
+    );
+    assert!(wire_traces(&log).is_empty(), "wire traces on:\n{log}");
+    let lines = key_lines(&pem);
+    let secrets: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| ("the private key", l.as_str()))
+        .collect();
+    assert_no_secrets(&log, &secrets);
+
+    // Named: the hexdumps are on (and would show the key), so the warning must say so.
+    let (log, pem) = create("traced-named", "trace,ureq_proto=trace");
+    assert!(
+        records(&log).iter().any(|(level, _, m)| level == "warn"
+            && m.contains("wire traces of ureq_proto")
+            && m.contains("private key")),
+        "naming ureq_proto must warn that wire traces may hold a private key:\n{log}"
+    );
+    let wire = hexdump_bytes(&log);
+    assert!(
+        key_lines(&pem).iter().any(|l| contains(&wire, l)),
+        "with ureq_proto named, the hexdumps carry the answer (this is what the cap prevents)"
+    );
+}

@@ -90,6 +90,12 @@ pub fn https_request(
         .map_err(|e| AccessError::BadAnswer(format!("cannot make the request {path}: {e}")))?
         .map_err(|e| from_ureq(e, path))?;
     let status = answer.status().as_u16();
+    if !delimited(answer.headers(), status) {
+        return Err(AccessError::BadAnswer(format!(
+            "bad answer from the edge to {path}: it has no length (neither Content-Length nor \
+             chunked)"
+        )));
+    }
     let body = answer
         .body_mut()
         .with_config()
@@ -97,6 +103,17 @@ pub fn https_request(
         .read_to_vec()
         .map_err(|e| from_ureq(e, path))?;
     Ok((status, body))
+}
+
+/// Whether an answer says how long it is. The edge always does; an answer delimited only by
+/// the close could be cut short by anyone on the path (a reset or a missing close_notify ends
+/// it like a close), so it is refused rather than read.
+fn delimited(headers: &ureq::http::HeaderMap, status: u16) -> bool {
+    matches!(status, 204 | 304)
+        || headers.contains_key("content-length")
+        || headers
+            .get("transfer-encoding")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// Our own errors from the connector come back as they were; ureq's own say which step.
@@ -246,6 +263,21 @@ mod tests {
         let back = from_ureq(ureq::Error::Other(Box::new(ours)), "/p");
         assert!(matches!(back, AccessError::Resolve { .. }));
         assert_eq!(back.to_string(), text);
+    }
+
+    #[test]
+    fn an_answer_without_a_length_is_not_read() {
+        use ureq::http::{HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        assert!(!delimited(&h, 200));
+        assert!(delimited(&h, 204));
+        h.insert("transfer-encoding", HeaderValue::from_static("gzip"));
+        assert!(!delimited(&h, 200));
+        h.insert("transfer-encoding", HeaderValue::from_static("Chunked"));
+        assert!(delimited(&h, 200));
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("12"));
+        assert!(delimited(&h, 403));
     }
 
     #[test]

@@ -21,11 +21,14 @@ pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
             format!("{} is not a file path", path.display()),
         )
     })?;
+    // Random as well as unique: someone who may write to the directory cannot create the
+    // name first and so block the write (`create_new` already stops them reading it).
     let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
+        ".{}.tmp-{}-{}-{}",
         file_name.to_string_lossy(),
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        crate::proto::base64::encode_url(&super::random_bytes::<6>())
     ));
     let result = (|| {
         let mut file = OpenOptions::new()

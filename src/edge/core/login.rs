@@ -260,28 +260,27 @@ impl EdgeCore {
         self.public_url.clone()
     }
 
-    /// The origin browsers send from the login pages: `https://host`, with the port only
-    /// when it is not 443 (config checks that `public_url` is just scheme, host and port).
-    fn public_origin(&self) -> String {
-        let authority = self
-            .public_url
+    /// `host[:port]` of [`EdgeCore::public_url`] (config checks that it is just scheme, host
+    /// and port).
+    fn public_authority(&self) -> &str {
+        self.public_url
             .trim_start_matches("https://")
             .split('/')
             .next()
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    /// The origin browsers send from the login pages: `https://host`, with the port only
+    /// when it is not 443.
+    fn public_origin(&self) -> String {
+        let authority = self.public_authority();
         let authority = authority.strip_suffix(":443").unwrap_or(authority);
         format!("https://{authority}")
     }
 
     /// The host name of [`EdgeCore::public_url`], where the browser's part of a login happens.
     fn public_host(&self) -> String {
-        let authority = self
-            .public_url
-            .trim_start_matches("https://")
-            .split('/')
-            .next()
-            .unwrap_or_default();
-        crate::proto::carrier::strip_port(authority).to_ascii_lowercase()
+        crate::proto::carrier::strip_port(self.public_authority()).to_ascii_lowercase()
     }
 
     /// True if `method path` starts a login (and so counts against the login rate).
