@@ -311,6 +311,11 @@ pub const MAX_SEALED: usize = 64 * 1024;
 /// its slot is freed at once instead of holding a place for [`TRANSFER_TTL`].
 pub const POLL_GRACE: Duration = Duration::from_secs(30);
 
+// Used by src/store/worker.rs.
+/// How often the store worker looks for changes made by others (revocations written by the
+/// CLI): a revoked credential stops working within this and the edge's next wake-up.
+pub const STORE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 // Used by src/tunnel/core.rs.
 /// How long a TCP connect to the first hop (the proxy or the edge) may take.
 pub const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

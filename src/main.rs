@@ -18,7 +18,7 @@ use postern::logging::{self, LogFlags};
 use postern::pki::{Authority, CredentialError, OriginCredential};
 use postern::secret::Secret;
 use postern::service::ServiceError;
-use postern::store::{ServiceTokens, StateDir};
+use postern::store::{FileStore, Revocation, ServiceTokens, StateDir, Store, StoreError};
 use postern::tunnel::admin::AdminClient;
 use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
 use postern::tunnel::{self, Exit, Origin, Registration, TunnelOptions};
@@ -30,7 +30,9 @@ USAGE:
     postern edge --dev [--listen ADDR] [--state DIR]      run the edge on *.localhost
     postern edge --config FILE                            run the edge from a JSON config
     postern edge service-token create NAME [--state DIR]  mint a service token
+    postern edge service-token revoke NAME [--state DIR]  revoke it: edges refuse it within 2 s
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
+    postern edge origin-cert revoke SERIAL|FILE [--state DIR]  revoke an origin certificate
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
     postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
@@ -233,7 +235,9 @@ USAGE:
     postern edge --dev [--listen ADDR] [--state DIR]
     postern edge --config FILE
     postern edge service-token create NAME [--state DIR]
+    postern edge service-token revoke NAME [--state DIR]
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
+    postern edge origin-cert revoke SERIAL|FILE [--state DIR]
 
 OPTIONS:
     --dev            embedded default: local CA, serves *.localhost, admits this edge's service tokens
@@ -342,7 +346,10 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
 
 fn cmd_service_token(args: Vec<OsString>) -> Res {
     const HELP: &str = "USAGE: postern edge service-token create NAME [--state DIR]\n\
-        Prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n";
+        \x20      postern edge service-token revoke NAME [--state DIR]\n\
+        create prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n\
+        revoke records the token as revoked for good (revocations.json): edges using DIR refuse it\n\
+        within 2 s and close the connections open with it.\n";
     let mut p = parser(args);
     let (mut verb, mut name, mut state) = (None, None, None);
     while let Some(arg) = p.next()? {
@@ -357,12 +364,25 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
         }
     }
-    if verb.as_deref() != Some("create") {
-        return Err(usage(format!("service-token: expected `create`\n{HELP}")));
-    }
-    let name =
-        name.ok_or_else(|| usage(format!("service-token create: NAME is missing\n{HELP}")))?;
+    let revoke = match verb.as_deref() {
+        Some("create") => false,
+        Some("revoke") => true,
+        _ => {
+            return Err(usage(format!(
+                "service-token: expected `create` or `revoke`\n{HELP}"
+            )))
+        }
+    };
+    let Some(name) = name else {
+        let verb = if revoke { "revoke" } else { "create" };
+        return Err(usage(format!(
+            "service-token {verb}: NAME is missing\n{HELP}"
+        )));
+    };
     let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
+    if revoke {
+        return revoke_service_token(&state, &name);
+    }
     let (id, secret) = ServiceTokens::create(&state, &name).map_err(CliError::Io)?;
     println!(
         "{}",
@@ -371,11 +391,140 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `service-token revoke NAME`: records the revocation in the state directory, where the
+/// edges' store workers find it within a second.
+fn revoke_service_token(state: &StateDir, name: &str) -> Res {
+    let mut store = FileStore::open(state).map_err(CliError::Io)?;
+    let snapshot = store.snapshot().map_err(store_failed)?;
+    let Some(token) = snapshot.service_tokens.iter().find(|t| t.name == name) else {
+        let mut known: Vec<&str> = snapshot
+            .service_tokens
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        known.sort_unstable();
+        return Err(CliError::Failed(format!(
+            "no service token named {name:?} in {} (known: {})",
+            state.path().display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    let id = token.client_id.clone();
+    if snapshot.revocations.service_tokens.contains_key(&id) {
+        println!("Service token {name} (client id {id}) was already revoked.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    store
+        .revoke(Revocation::ServiceToken {
+            client_id: id.clone(),
+            reason: format!("service-token revoke {name}"),
+        })
+        .map_err(store_failed)?;
+    println!("Revoked service token {name} (client id {id}). Edges refuse it within 2 s.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn store_failed(e: StoreError) -> CliError {
+    CliError::Failed(format!("state store: {e}"))
+}
+
+/// `origin-cert revoke SERIAL|FILE`: a FILE (an origin credential, a tunnel's credentials,
+/// a PEM certificate) revokes its certificate by fingerprint and serial; a SERIAL (hex, as
+/// `openssl x509 -serial` prints it) revokes any certificate of the origin CA with it.
+fn revoke_origin_cert(state: &StateDir, what: &str) -> Res {
+    let path = Path::new(what);
+    let revocation = if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|error| CliError::File {
+            path: path.to_owned(),
+            error,
+        })?;
+        let cert = postern::pki::certificate_in(&text)
+            .map_err(|why| CliError::Failed(format!("{}: {why}", path.display())))?;
+        Revocation::Certificate {
+            sha256: postern::pki::fingerprint(&cert),
+            serial: postern::pki::serial_hex(&cert),
+            reason: format!("origin-cert revoke {}", path.display()),
+        }
+    } else {
+        let hex: String = what
+            .chars()
+            .filter(|c| *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        let hex = hex.trim_start_matches("0x");
+        if hex.is_empty() || hex.len() > 40 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CliError::Failed(format!(
+                "{what:?} is neither a file nor a certificate serial (hex, e.g. as \
+                 `openssl x509 -noout -serial -in cert.pem` prints it)"
+            )));
+        }
+        // As `pki::serial_hex` writes it: whole bytes, no leading zero byte.
+        let mut hex = if hex.len() % 2 == 1 {
+            format!("0{hex}")
+        } else {
+            hex.to_owned()
+        };
+        while hex.len() > 2 && hex.starts_with("00") {
+            hex.drain(..2);
+        }
+        Revocation::Serial {
+            reason: format!("origin-cert revoke {hex}"),
+            serial: hex,
+        }
+    };
+    let mut store = FileStore::open(state).map_err(CliError::Io)?;
+    let revoked = store.snapshot().map_err(store_failed)?.revocations;
+    let (already, shown) = match &revocation {
+        Revocation::Certificate { sha256, serial, .. } => (
+            revoked.certificates.contains_key(sha256),
+            format!(
+                "origin certificate {sha256} (serial {})",
+                serial.as_deref().unwrap_or("unknown")
+            ),
+        ),
+        Revocation::Serial { serial, .. } => (
+            revoked.serials.contains_key(serial),
+            format!("origin certificate serial {serial}"),
+        ),
+        Revocation::ServiceToken { .. } => unreachable!("built above"),
+    };
+    if already {
+        println!("{} was already revoked.", capitalized(&shown));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let by_serial = matches!(revocation, Revocation::Serial { .. });
+    store.revoke(revocation).map_err(store_failed)?;
+    if by_serial {
+        eprintln!(
+            "note: the edge keeps no list of the certificates it issued, so this serial was not \
+             checked against one; revoking by FILE names the certificate exactly"
+        );
+    }
+    println!("Revoked {shown}. Edges refuse it within 2 s and close its tunnel connections.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
+}
+
 fn cmd_origin_cert(args: Vec<OsString>) -> Res {
     const HELP: &str = "USAGE: postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]\n\
-        Writes an origin credential (key, certificate for ZONE and *.ZONE, edge address, edge CA), mode 0600.\n";
+        \x20      postern edge origin-cert revoke SERIAL|FILE [--state DIR]\n\
+        create writes an origin credential (key, certificate for ZONE and *.ZONE, edge address, edge CA), mode 0600.\n\
+        revoke records a certificate as revoked for good (revocations.json): FILE is a cert.pem, a named\n\
+        tunnel's credentials file or a PEM certificate; SERIAL is its serial in hex (openssl x509 -serial).\n\
+        Edges using DIR refuse it within 2 s and close the tunnel connections open with it.\n";
     let mut p = parser(args);
     let (mut verb, mut zone, mut out, mut state, mut edge_addr) = (None, None, None, None, None);
+    let mut target = None;
     while let Some(arg) = p.next()? {
         match arg {
             Long("zone") => zone = Some(string(p.value()?, "--zone")?),
@@ -387,11 +536,25 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
                 return Ok(ExitCode::SUCCESS);
             }
             Value(v) if verb.is_none() => verb = Some(string(v, "verb")?),
+            Value(v) if verb.as_deref() == Some("revoke") && target.is_none() => {
+                target = Some(string(v, "SERIAL|FILE")?)
+            }
             other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
         }
     }
+    if verb.as_deref() == Some("revoke") {
+        let target = target.ok_or_else(|| {
+            usage(format!(
+                "origin-cert revoke: SERIAL or FILE is missing\n{HELP}"
+            ))
+        })?;
+        let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
+        return revoke_origin_cert(&state, &target);
+    }
     if verb.as_deref() != Some("create") {
-        return Err(usage(format!("origin-cert: expected `create`\n{HELP}")));
+        return Err(usage(format!(
+            "origin-cert: expected `create` or `revoke`\n{HELP}"
+        )));
     }
     let zone =
         zone.ok_or_else(|| usage(format!("origin-cert create: --zone is missing\n{HELP}")))?;

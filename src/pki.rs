@@ -341,6 +341,62 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     store::hex(ring::digest::digest(&ring::digest::SHA256, cert.as_ref()).as_ref())
 }
 
+/// The certificate's serial number as lowercase hex, without leading zero bytes (how
+/// `postern edge origin-cert revoke SERIAL` names it); `None` when the DER is not a
+/// certificate. Reads only the outer SEQUENCEs, the optional version and the INTEGER.
+pub fn serial_hex(cert: &CertificateDer<'_>) -> Option<String> {
+    /// One DER element at the start of `der`: its tag, its contents and what follows it.
+    fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = der.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (0x30, certificate, _) = element(cert.as_ref())? else {
+        return None;
+    };
+    let (0x30, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let (mut tag, mut value, rest) = element(tbs)?;
+    if tag == 0xa0 {
+        (tag, value, _) = element(rest)?;
+    }
+    if tag != 0x02 || value.is_empty() {
+        return None;
+    }
+    while value.len() > 1 && value[0] == 0 {
+        value = &value[1..];
+    }
+    Some(store::hex(value))
+}
+
+/// The certificate a file holds, for revoking it: an origin credential (`cert.pem`), a named
+/// tunnel's credentials file (JSON with `Credential`), or a PEM whose first CERTIFICATE is it.
+pub fn certificate_in(text: &str) -> Result<CertificateDer<'static>, String> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        return match v.get("Credential").and_then(|c| c.as_str()) {
+            Some(pem) => certificate_in(pem),
+            None => Err("a JSON file without a \"Credential\" (not a tunnel's credentials)".into()),
+        };
+    }
+    let sections = pem_sections(text).map_err(|e| e.to_string())?;
+    sections
+        .into_iter()
+        .find(|(label, _)| label == LABEL_CERT)
+        .map(|(_, der)| CertificateDer::from(der))
+        .ok_or_else(|| "no CERTIFICATE in it".into())
+}
+
 /// Whether `cert`'s subject alternative names cover `hostname` (wildcards cover one label).
 pub fn cert_covers(cert: &CertificateDer<'_>, hostname: &str) -> bool {
     let Ok(ee) = webpki::EndEntityCert::try_from(cert) else {

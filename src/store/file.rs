@@ -280,6 +280,8 @@ pub struct FileStore {
     hostnames: BTreeMap<String, Versioned<HostnameRecord>>,
     tunnels: BTreeMap<String, TunnelRecord>,
     revocations: Revocations,
+    /// The stamp of `revocations.json` when it was read last.
+    revocations_read: Option<FileStamp>,
     /// Pending logins and when they expire (unix seconds).
     logins: HashMap<String, (PendingLoginRecord, u64)>,
     /// The latest revision handed out.
@@ -297,6 +299,7 @@ impl FileStore {
     pub fn open(state: &StateDir) -> io::Result<FileStore> {
         let hostnames: HostnameFile = state.load_json(HOSTNAMES_FILE)?;
         let tunnels: TunnelFile = state.load_json(TUNNELS_FILE)?;
+        let revocations_read = stamp(state, REVOCATIONS_FILE)?;
         let revocations: Revocations = state.load_json(REVOCATIONS_FILE)?;
         let mut store = FileStore {
             state: state.clone(),
@@ -305,6 +308,7 @@ impl FileStore {
             hostnames: BTreeMap::new(),
             tunnels: tunnels.tunnels,
             revocations,
+            revocations_read,
             logins: HashMap::new(),
             revision: 0,
             changes: 0,
@@ -366,6 +370,48 @@ impl FileStore {
         if stamp(&self.state, SERVICE_TOKENS_FILE)? != self.tokens_read {
             self.read_tokens()?;
         }
+        Ok(())
+    }
+
+    /// Reads `revocations.json` again if it changed since it was read, and reports what it
+    /// revokes that this store did not know (revoking is for good: entries are only added).
+    fn refresh_revocations(&mut self) -> io::Result<()> {
+        let seen = stamp(&self.state, REVOCATIONS_FILE)?;
+        if seen == self.revocations_read {
+            return Ok(());
+        }
+        let file: Revocations = self.state.load_json(REVOCATIONS_FILE)?;
+        for (fp, c) in file.certificates {
+            if !self.revocations.certificates.contains_key(&fp) {
+                self.token_changes
+                    .push(Change::Revoked(Revocation::Certificate {
+                        sha256: fp.clone(),
+                        serial: c.serial.clone(),
+                        reason: c.reason.clone(),
+                    }));
+                self.revocations.certificates.insert(fp, c);
+            }
+        }
+        for (id, t) in file.service_tokens {
+            if !self.revocations.service_tokens.contains_key(&id) {
+                self.token_changes
+                    .push(Change::Revoked(Revocation::ServiceToken {
+                        client_id: id.clone(),
+                        reason: t.reason.clone(),
+                    }));
+                self.revocations.service_tokens.insert(id, t);
+            }
+        }
+        for (serial, t) in file.serials {
+            if !self.revocations.serials.contains_key(&serial) {
+                self.token_changes.push(Change::Revoked(Revocation::Serial {
+                    serial: serial.clone(),
+                    reason: t.reason.clone(),
+                }));
+                self.revocations.serials.insert(serial, t);
+            }
+        }
+        self.revocations_read = seen;
         Ok(())
     }
 
@@ -624,6 +670,15 @@ impl Store for FileStore {
                         reason,
                     });
             }
+            Revocation::Serial { serial, reason } => {
+                self.revocations
+                    .serials
+                    .entry(serial.to_ascii_lowercase())
+                    .or_insert(RevokedToken {
+                        revoked: now,
+                        reason,
+                    });
+            }
         }
         if self.revocations == before {
             return Ok(());
@@ -665,6 +720,12 @@ impl Store for FileStore {
 
     fn changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.token_changes)
+    }
+
+    fn poll(&mut self) -> Result<(), StoreError> {
+        self.refresh_revocations()?;
+        self.refresh_tokens()?;
+        Ok(())
     }
 
     fn execute(&mut self, batch: Vec<Request>) -> Vec<Answer> {

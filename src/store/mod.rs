@@ -311,7 +311,8 @@ pub struct RevokedToken {
 }
 
 /// What is revoked (`revocations.json`). Revoking is for good: nothing is ever removed.
-/// The commands that add to it come later; the edge already refuses a revoked service token.
+/// `postern edge service-token revoke` and `origin-cert revoke` add to it; a running edge
+/// learns of it within [`crate::limits::STORE_POLL_INTERVAL`] and a second.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct Revocations {
     /// By certificate fingerprint (lowercase hex SHA-256).
@@ -320,6 +321,11 @@ pub struct Revocations {
     /// By client id.
     #[serde(default)]
     pub service_tokens: BTreeMap<String, RevokedToken>,
+    /// Origin certificates revoked by serial number alone (lowercase hex, no leading zero
+    /// bytes; `origin-cert revoke SERIAL`): the edge refuses any certificate of its origin CA
+    /// with this serial.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub serials: BTreeMap<String, RevokedToken>,
 }
 
 /// One revocation to record.
@@ -332,6 +338,11 @@ pub enum Revocation {
     },
     ServiceToken {
         client_id: String,
+        reason: String,
+    },
+    /// An origin certificate known only by its serial (lowercase hex).
+    Serial {
+        serial: String,
         reason: String,
     },
 }
@@ -352,6 +363,8 @@ pub enum Change {
         client_id: String,
         record: Option<ServiceTokenRecord>,
     },
+    /// Something was revoked (the CLI wrote `revocations.json`; with etcd, another edge).
+    Revoked(Revocation),
 }
 
 /// Everything the edge's view starts from.
@@ -520,6 +533,13 @@ pub trait Store: Send {
     /// the file again; etcd: the watch stream). The worker calls it after each batch.
     fn changes(&mut self) -> Vec<Change> {
         Vec::new()
+    }
+
+    /// Looks for changes made by others without being asked (the state directory: a `stat`
+    /// of the files others write; etcd: nothing, the watch stream brings them). The worker
+    /// calls it every [`crate::limits::STORE_POLL_INTERVAL`], then [`Store::changes`].
+    fn poll(&mut self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Runs one request.

@@ -15,11 +15,12 @@
 //! edge exits.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::{Answer, Change, Request, Store};
-use crate::limits::{MAX_STORE_BATCH, MAX_STORE_REQUESTS};
+use crate::limits::{MAX_STORE_BATCH, MAX_STORE_REQUESTS, STORE_POLL_INTERVAL};
 
 /// Names one submitted request; answers carry it back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +59,36 @@ impl StoreWorker {
         let thread = std::thread::Builder::new()
             .name("postern-store".into())
             .spawn(move || {
-                while let Ok(first) = queue.recv() {
+                let mut polled = Instant::now();
+                let poll = |store: &mut Box<dyn Store>, polled: &mut Instant| {
+                    if polled.elapsed() < STORE_POLL_INTERVAL {
+                        return false;
+                    }
+                    *polled = Instant::now();
+                    if let Err(e) = store.poll() {
+                        log::warn!("state store: looking for changes: {e}");
+                    }
+                    true
+                };
+                loop {
+                    let first = match queue.recv_timeout(STORE_POLL_INTERVAL) {
+                        Ok(first) => first,
+                        Err(RecvTimeoutError::Timeout) => {
+                            if poll(&mut store, &mut polled) {
+                                let changes = store.changes();
+                                if !changes.is_empty() {
+                                    for change in changes {
+                                        let _ = done.send(Report::Change(change));
+                                    }
+                                    answered();
+                                }
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    // A busy worker looks all the same: its changes go out with this batch.
+                    poll(&mut store, &mut polled);
                     let mut batch = vec![first];
                     while batch.len() < MAX_STORE_BATCH {
                         match queue.try_recv() {

@@ -210,6 +210,16 @@ impl EdgeCore {
         if let Some(c) = &cert {
             audit.insert("certificate".into(), pki::fingerprint(c).into());
         }
+        if cert
+            .as_ref()
+            .is_some_and(|c| self.certs.is_revoked(c, &pki::fingerprint(c)))
+        {
+            warn!("admin {}: refused: origin certificate revoked", a.peer);
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), "origin certificate revoked".into());
+            self.audit.record("tunnel_admin", audit);
+            return Some(error(403, "origin certificate revoked"));
+        }
         let Some(zone) = cert.as_ref().and_then(pki::origin_zone) else {
             warn!("admin {}: refused: not a zone's origin certificate", a.peer);
             audit.insert("decision".into(), "deny".into());

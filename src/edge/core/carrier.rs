@@ -290,13 +290,27 @@ impl EdgeCore {
             (Some(id), Some(secret), _) => {
                 let name = match self.tokens.verify(id, secret) {
                     Verified::Token(name) => Some(name),
+                    Verified::Revoked => {
+                        audit.insert("client_id".into(), id.into());
+                        audit.insert("reason".into(), "service token revoked".into());
+                        self.deny(audit, Auth::BadServiceToken);
+                        return refuse(
+                            c,
+                            403,
+                            "Forbidden",
+                            "service token revoked: ask the edge's operator for a new one",
+                        );
+                    }
                     Verified::Refused | Verified::Unknown => None,
                 };
                 match name {
-                    Some(name) => Identity {
-                        service_token: Some(name),
-                        ..Identity::default()
-                    },
+                    Some(name) => {
+                        c.service_token = Some(id.to_owned());
+                        Identity {
+                            service_token: Some(name),
+                            ..Identity::default()
+                        }
+                    }
                     None => {
                         audit.insert(
                             "reason".into(),

@@ -57,7 +57,7 @@ use crate::proto::ws;
 use crate::store::worker::StoreWorker;
 use crate::store::Snapshot;
 use carrier::refuse;
-use view::{HostnameView, StoreLink, TokenView, TunnelView};
+use view::{CertView, HostnameView, StoreLink, TokenView, TunnelView};
 
 /// Who waits for an answer from the store (`view::StoreLink`). Defined here, beside the
 /// connections it names, so that `view` and `admin` each depend on the core and not on
@@ -103,6 +103,8 @@ pub mod refusal {
     pub const BAD_HOSTNAME: ErrorCode = ErrorCode::BadRequest;
     /// No application of the edge serves the hostname.
     pub const NO_APPLICATION: ErrorCode = ErrorCode::NotFound;
+    /// The origin certificate is revoked (`postern edge origin-cert revoke`).
+    pub const REVOKED: ErrorCode = ErrorCode::Forbidden;
     /// The certificate owns `limits::MAX_HOSTNAMES_PER_CERTIFICATE` hostnames already.
     pub const TOO_MANY_HOSTNAMES: ErrorCode = ErrorCode::Forbidden;
     /// The edge could not record the claim: transient, the origin tries again.
@@ -130,6 +132,8 @@ struct Carrier {
     core: crate::proto::carrier::Carrier<Link>,
     /// The client left before sending a request.
     finished: bool,
+    /// The client id of the service token it was let in with (closed if that is revoked).
+    service_token: Option<String>,
     /// When a byte last moved either way while streaming (for `limits.idle_timeout_secs`).
     last_active: Instant,
     /// The time of the input being handled (set by the core before it hands the carrier to
@@ -223,6 +227,8 @@ pub(crate) struct EdgeCore {
     tunnels: TunnelView,
     round_robin: usize,
     tokens: TokenView,
+    /// The revoked origin certificates.
+    certs: CertView,
     hostnames: HostnameView,
     /// The state store's worker thread, and who waits for its answers.
     store: StoreLink,
@@ -357,7 +363,7 @@ impl EdgeCore {
             open_files,
             metrics,
         } = parts;
-        let (tokens, hostnames, tunnels) = view::views(snapshot);
+        let (tokens, hostnames, tunnels, certs) = view::views(snapshot);
         EdgeCore {
             now,
             unix,
@@ -371,6 +377,7 @@ impl EdgeCore {
             tunnels,
             round_robin: 0,
             tokens,
+            certs,
             hostnames,
             store: StoreLink::new(store),
             audit,
@@ -777,6 +784,7 @@ impl EdgeCore {
                                     sni,
                                     core: crate::proto::carrier::Carrier::new(deadline),
                                     finished: false,
+                                    service_token: None,
                                     last_active: self.now,
                                     now: self.now,
                                 })))

@@ -47,6 +47,17 @@ impl EdgeCore {
                 Some(cert) => {
                     t.cert = cert.clone().into_owned();
                     t.cert_fp = crate::pki::fingerprint(&t.cert);
+                    if self.certs.is_revoked(&t.cert, &t.cert_fp) {
+                        let mut audit = serde_json::Map::new();
+                        audit.insert("peer".into(), t.peer.to_string().into());
+                        audit.insert("certificate".into(), t.cert_fp.clone().into());
+                        self.refuse_register(
+                            &mut t,
+                            audit,
+                            refusal::REVOKED,
+                            "origin certificate revoked",
+                        );
+                    }
                 }
                 None => {
                     self.end_tunnel(slot, t, "no client certificate");
@@ -54,7 +65,7 @@ impl EdgeCore {
                 }
             }
         }
-        if !t.tls.rx.is_empty() {
+        if !t.tls.rx.is_empty() && !t.closing {
             match t.mux.handle_input(t.tls.rx.data(), now) {
                 Ok(n) => t.tls.rx.consume(n),
                 Err(e) => {

@@ -22,17 +22,19 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use log::warn;
+use log::{info, warn};
 
 use super::{refusal, Conn, ConnId, EdgeCore, Registering, Tunnel, Waiter};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::carrier;
 use crate::proto::mux::ErrorCode;
+use crate::proto::{mux, ws};
 use crate::store::worker::{Busy, Report, StoreWorker, Ticket};
 use crate::store::{
     Answer, Change, Expect, HostOwner, HostnameRecord, Request, Revocation, ServiceTokenRecord,
     Snapshot, StoreError, TunnelRecord, Versioned,
 };
+use rustls::pki_types::CertificateDer;
 
 /// The service tokens the edge knows, by client id, and the revoked ones.
 #[derive(Default)]
@@ -46,8 +48,10 @@ pub(super) struct TokenView {
 pub(super) enum Verified {
     /// A token of this edge: its name.
     Token(String),
-    /// A wrong secret, or a revoked token.
+    /// A wrong secret.
     Refused,
+    /// A revoked token.
+    Revoked,
     /// An id the view does not hold: the store may (a token created since).
     Unknown,
 }
@@ -55,7 +59,7 @@ pub(super) enum Verified {
 impl TokenView {
     pub(super) fn verify(&self, client_id: &str, secret: &str) -> Verified {
         if self.revoked.contains(client_id) {
-            return Verified::Refused;
+            return Verified::Revoked;
         }
         match self.tokens.get(client_id) {
             // The digests are compared in constant time.
@@ -174,7 +178,25 @@ impl TunnelView {
 }
 
 /// The views, from a store's snapshot.
-pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView) {
+/// The revoked origin certificates, by fingerprint.
+#[derive(Default)]
+pub(super) struct CertView {
+    revoked: BTreeSet<String>,
+    /// Revoked by serial (lowercase hex).
+    serials: BTreeSet<String>,
+}
+
+impl CertView {
+    /// Whether the certificate (`fingerprint` its SHA-256) is revoked, by fingerprint or
+    /// by serial.
+    pub(super) fn is_revoked(&self, cert: &CertificateDer<'_>, fingerprint: &str) -> bool {
+        self.revoked.contains(fingerprint)
+            || (!self.serials.is_empty()
+                && crate::pki::serial_hex(cert).is_some_and(|s| self.serials.contains(&s)))
+    }
+}
+
+pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView, CertView) {
     let tokens = TokenView {
         tokens: snapshot
             .service_tokens
@@ -182,6 +204,10 @@ pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView)
             .map(|t| (t.client_id.clone(), t))
             .collect(),
         revoked: snapshot.revocations.service_tokens.into_keys().collect(),
+    };
+    let certs = CertView {
+        revoked: snapshot.revocations.certificates.into_keys().collect(),
+        serials: snapshot.revocations.serials.into_keys().collect(),
     };
     (
         tokens,
@@ -191,6 +217,7 @@ pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView)
         TunnelView {
             tunnels: snapshot.tunnels,
         },
+        certs,
     )
 }
 
@@ -358,6 +385,90 @@ impl EdgeCore {
             } => {
                 self.tokens.tokens.remove(&client_id);
             }
+            Change::Revoked(r) => self.revoked(&r),
+        }
+    }
+
+    /// Something is revoked: the view refuses it from now on, and the connections that use
+    /// it end (a carrier with a WebSocket Close, a tunnel connection with ERROR), each with
+    /// an audit line.
+    fn revoked(&mut self, r: &Revocation) {
+        let now = self.now;
+        match r {
+            Revocation::ServiceToken { client_id, .. } => {
+                if !self.tokens.revoked.insert(client_id.clone()) {
+                    return;
+                }
+                for slot in 0..self.conns.len() {
+                    let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
+                        continue;
+                    };
+                    if c.service_token.as_deref() != Some(client_id.as_str()) {
+                        continue;
+                    }
+                    let peer = c.peer;
+                    let sni = c.sni.clone();
+                    c.service_token = None;
+                    c.close_with(ws::close::POLICY, "service token revoked", now);
+                    if let Some(&(tunnel, stream)) = c.core.link() {
+                        if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
+                            if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
+                                t.mux.reset(
+                                    stream,
+                                    mux::ResetCode::Cancel,
+                                    "service token revoked",
+                                );
+                            }
+                            self.mark(tunnel);
+                        }
+                    }
+                    self.mark(slot);
+                    info!("carrier {peer} ({sni}) closed: service token {client_id} revoked");
+                    let mut fields = serde_json::Map::new();
+                    fields.insert("peer".into(), peer.to_string().into());
+                    fields.insert("hostname".into(), sni.into());
+                    fields.insert("client_id".into(), client_id.clone().into());
+                    fields.insert("decision".into(), "close".into());
+                    fields.insert("reason".into(), "service token revoked".into());
+                    self.audit.record("access", fields);
+                }
+            }
+            Revocation::Certificate { sha256, .. } => {
+                if self.certs.revoked.insert(sha256.clone()) {
+                    self.close_revoked_tunnels(sha256);
+                }
+            }
+            Revocation::Serial { serial, .. } => {
+                if self.certs.serials.insert(serial.clone()) {
+                    self.close_revoked_tunnels(&format!("serial {serial}"));
+                }
+            }
+        }
+    }
+
+    /// Ends the tunnel connections whose certificate is now revoked (`named`: how the
+    /// revocation named it), each with ERROR and an audit line.
+    fn close_revoked_tunnels(&mut self, named: &str) {
+        for slot in 0..self.conns.len() {
+            let Some(Conn::Tunnel(t)) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if t.closing || t.cert_fp.is_empty() || !self.certs.is_revoked(&t.cert, &t.cert_fp) {
+                continue;
+            }
+            let sha256 = t.cert_fp.clone();
+            let peer = t.peer;
+            t.mux
+                .send_error(refusal::REVOKED, "origin certificate revoked");
+            t.closing = true;
+            self.mark(slot);
+            info!("tunnel {peer} closed: origin certificate {sha256} ({named}) revoked");
+            let mut fields = serde_json::Map::new();
+            fields.insert("peer".into(), peer.to_string().into());
+            fields.insert("certificate".into(), sha256.clone().into());
+            fields.insert("decision".into(), "close".into());
+            fields.insert("reason".into(), "origin certificate revoked".into());
+            self.audit.record("register", fields);
         }
     }
 
@@ -400,12 +511,10 @@ impl EdgeCore {
             Answer::TunnelDeleted { id, result: Ok(()) } => {
                 self.tunnels.tunnels.remove(id);
             }
-            Answer::Revoked {
-                result: Ok(Revocation::ServiceToken { client_id, .. }),
-            } => {
-                self.tokens.revoked.insert(client_id.clone());
-            }
             _ => {}
+        }
+        if let Answer::Revoked { result: Ok(r) } = answer {
+            self.revoked(r);
         }
     }
 
