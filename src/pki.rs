@@ -1537,4 +1537,32 @@ mod tests {
         stranger.ca = vec![edge_ca.cert_der()];
         assert!(connect(client_with(&stranger), server).2.is_err());
     }
+
+    #[test]
+    fn serial_hex_reads_the_serial_the_certificate_was_issued_with() {
+        let tmp = TempDir::new("pki-serial");
+        let (_, ca) = dev_ca(&tmp);
+        let (a, _) = ca.issue_origin("localhost").unwrap();
+        let (b, _) = ca.issue_origin("localhost").unwrap();
+        let (sa, sb) = (serial_hex(&a).unwrap(), serial_hex(&b).unwrap());
+        // 16 random bytes, the first in 0x40..0x7f (random_serial).
+        assert_eq!(sa.len(), 32, "{sa}");
+        assert!(matches!(&sa[..1], "4" | "5" | "6" | "7"), "{sa}");
+        assert_ne!(sa, sb);
+        // The same DER again, read by hand: the serial's bytes are in it right after the
+        // INTEGER tag and its length 16.
+        let needle: Vec<u8> = [0x02, 0x10]
+            .into_iter()
+            .chain((0..16).map(|i| u8::from_str_radix(&sa[2 * i..2 * i + 2], 16).unwrap()))
+            .collect();
+        assert!(a.as_ref().windows(18).any(|w| w == needle.as_slice()));
+        assert_eq!(
+            serial_hex(&CertificateDer::from(vec![0x30, 0x03, 0x02])),
+            None
+        );
+        assert_eq!(serial_hex(&CertificateDer::from(Vec::new())), None);
+        let pem = pem_encode(LABEL_CERT, &a);
+        assert_eq!(fingerprint(&certificate_in(&pem).unwrap()), fingerprint(&a));
+        assert!(certificate_in("{}").is_err());
+    }
 }

@@ -269,4 +269,39 @@ mod tests {
             Some(Report::Answer(t, Answer::ServiceToken { result: Ok(None), .. })) if *t == ticket
         ));
     }
+
+    #[test]
+    fn an_idle_worker_reports_a_revocation_written_by_another_process_within_two_seconds() {
+        let tmp = TempDir::new("store-worker-revocations");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let store = FileStore::open(&state).unwrap();
+        let (tx, woken) = mpsc::channel();
+        let worker = StoreWorker::start(Box::new(store), move || {
+            let _ = tx.send(());
+        })
+        .unwrap();
+        let start = Instant::now();
+        let revoked = crate::store::Revocation::ServiceToken {
+            client_id: "laptop.access".into(),
+            reason: String::new(),
+        };
+        // As `postern edge service-token revoke` does, with no request to the worker.
+        FileStore::open(&state)
+            .unwrap()
+            .revoke(revoked.clone())
+            .unwrap();
+        woken
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the worker wakes the loop when it finds a revocation");
+        assert!(
+            start.elapsed() < 2 * STORE_POLL_INTERVAL,
+            "{:?}",
+            start.elapsed()
+        );
+        let reports: Vec<Report> = worker.reports().collect();
+        assert!(
+            matches!(&reports[..], [Report::Change(Change::Revoked(r))] if *r == revoked),
+            "{reports:?}"
+        );
+    }
 }

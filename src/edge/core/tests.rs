@@ -24,7 +24,7 @@ use crate::edge::config::Application;
 use crate::proto::mux::{OriginEvent, OriginSession, StreamEvent};
 use crate::proto::policy::{Decision, Policy, Rule};
 use crate::store::tests::TempDir;
-use crate::store::{Expect, FileStore, HostOwner, HostnameRecord, Store};
+use crate::store::{Expect, FileStore, HostOwner, HostnameRecord, Revocation, Store};
 
 #[test]
 fn hostnames_and_ports() {
@@ -878,4 +878,144 @@ fn a_draining_tunnel_gets_no_new_streams() {
     let [(a, x), (b, y)] = pipe.token_headers();
     pipe.send(&mut c, &upgrade(APP, &[(a, &x), (b, &y)]));
     assert_eq!(status(&c.received), 404);
+}
+
+// ------------------------------------------------------------------------- revocation
+
+/// What a Close frame from the edge says: its code and reason.
+fn close_of(received: &[u8]) -> (u16, String) {
+    assert_eq!(received.first(), Some(&0x88), "a Close frame: {received:?}");
+    let len = (received[1] & 0x7f) as usize;
+    let payload = &received[2..2 + len];
+    (
+        u16::from_be_bytes([payload[0], payload[1]]),
+        String::from_utf8_lossy(&payload[2..]).into_owned(),
+    )
+}
+
+fn error_of(events: &[OriginEvent]) -> Option<(mux::ErrorCode, String)> {
+    events.iter().find_map(|e| match e {
+        OriginEvent::Error { code, message } => Some((*code, message.clone())),
+        _ => None,
+    })
+}
+
+impl Pipe {
+    /// Records `r` as `postern edge … revoke` does (another process writing the state
+    /// directory), then waits for the store worker to find it and hands it to the core.
+    fn revoke_from_the_cli(&mut self, r: Revocation) {
+        FileStore::open(&self.core.settings.state)
+            .expect("store")
+            .revoke(r)
+            .expect("revoke");
+        self.store_answer();
+    }
+}
+
+#[test]
+fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut revoked = pipe.streaming_carrier(peer_addr(10, 1));
+    // Another token, created while the edge runs: its carrier must stay open.
+    let (other_id, other_secret) =
+        crate::store::ServiceTokens::create(&pipe.core.settings.state, "other").unwrap();
+    let mut other = pipe.carrier(peer_addr(11, 1), APP);
+    pipe.send(
+        &mut other,
+        &upgrade(
+            APP,
+            &[
+                ("cf-access-client-id", &other_id),
+                ("cf-access-client-secret", other_secret.expose()),
+            ],
+        ),
+    );
+    pipe.store_answer();
+    pipe.exchange(&mut other);
+    assert_eq!(status(&other.received), 101);
+    other.received.clear();
+    pipe.origin_events(&mut t, &mut origin);
+
+    pipe.revoke_from_the_cli(Revocation::ServiceToken {
+        client_id: pipe.token.0.clone(),
+        reason: "test".into(),
+    });
+    pipe.exchange(&mut revoked);
+    assert_eq!(
+        close_of(&revoked.received),
+        (ws::close::POLICY, "service token revoked".into())
+    );
+    let events = pipe.origin_events(&mut t, &mut origin);
+    let resets = events
+        .iter()
+        .filter(|e| matches!(e, OriginEvent::Stream(StreamEvent::Reset { .. })))
+        .count();
+    assert_eq!(resets, 1, "only the revoked token's stream: {events:?}");
+    pipe.exchange(&mut other);
+    assert!(
+        other.received.is_empty(),
+        "the other token's carrier goes on"
+    );
+    assert!(!other.wire.dropped() && !t.wire.dropped());
+
+    let mut again = pipe.carrier(peer_addr(10, 2), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut again, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&again.received), 403);
+    assert!(
+        body_of(&again.received).contains("service token revoked"),
+        "{}",
+        body_of(&again.received)
+    );
+}
+
+#[test]
+fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let fp = crate::pki::fingerprint(&pipe.origin_cert.0);
+    pipe.revoke_from_the_cli(Revocation::Certificate {
+        sha256: fp,
+        serial: None,
+        reason: "test".into(),
+    });
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(
+        error_of(&events),
+        Some((refusal::REVOKED, "origin certificate revoked".into())),
+        "{events:?}"
+    );
+    pipe.exchange(&mut t);
+    assert!(t.wire.dropped(), "the tunnel connection is closed");
+    // Its reconnect: refused as soon as the certificate is seen.
+    let p = pipe.peer(peer_addr(50, 2), APP, Some(mux::ALPN), true);
+    let (p, _, events) = pipe.register(p, APP);
+    let (code, message) = error_of(&events).expect("refused");
+    assert_eq!(code, refusal::REVOKED);
+    assert!(message.contains("origin certificate revoked"), "{message}");
+    assert!(p.wire.dropped());
+}
+
+#[test]
+fn revoking_a_serial_closes_the_tunnels_of_the_certificate_with_it() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let serial = crate::pki::serial_hex(&pipe.origin_cert.0).expect("serial");
+    // Another serial first: nothing happens.
+    pipe.revoke_from_the_cli(Revocation::Serial {
+        serial: "4242".into(),
+        reason: "test".into(),
+    });
+    assert_eq!(error_of(&pipe.origin_events(&mut t, &mut origin)), None);
+    pipe.revoke_from_the_cli(Revocation::Serial {
+        serial,
+        reason: "test".into(),
+    });
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(
+        error_of(&events).map(|(c, _)| c),
+        Some(refusal::REVOKED),
+        "{events:?}"
+    );
 }

@@ -409,8 +409,9 @@ impl EdgeCore {
                     let peer = c.peer;
                     let sni = c.sni.clone();
                     c.service_token = None;
+                    let link = c.core.link().copied();
                     c.close_with(ws::close::POLICY, "service token revoked", now);
-                    if let Some(&(tunnel, stream)) = c.core.link() {
+                    if let Some((tunnel, stream)) = link {
                         if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
                             if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
                                 t.mux.reset(
@@ -591,7 +592,7 @@ mod tests {
                 reason: String::new(),
             },
         );
-        let (tokens, _, _) = views(Snapshot {
+        let (tokens, _, _, _) = views(Snapshot {
             service_tokens: vec![
                 token("ci", "a.access", "s1"),
                 token("old", "r.access", "s2"),
@@ -606,7 +607,7 @@ mod tests {
         assert_eq!(tokens.verify("a.access", "s2"), Verified::Refused);
         assert_eq!(
             tokens.verify("r.access", "s2"),
-            Verified::Refused,
+            Verified::Revoked,
             "revoked"
         );
         assert_eq!(tokens.verify("b.access", "s1"), Verified::Unknown);

@@ -590,3 +590,70 @@ fn pending_logins_are_taken_once_and_expire() {
         Err(StoreError::Full)
     );
 }
+
+#[test]
+fn revocations_written_by_another_process_are_reported_once_when_polled() {
+    let (_tmp, state, mut edge) = store("revocations-poll");
+    // The edge's own revocation is no change made by someone else.
+    edge.revoke(Revocation::ServiceToken {
+        client_id: "own.access".into(),
+        reason: String::new(),
+    })
+    .unwrap();
+    edge.poll().unwrap();
+    assert_eq!(edge.changes(), vec![]);
+    // The CLI: another FileStore on the same directory.
+    let mut cli = FileStore::open(&state).unwrap();
+    let revoked = [
+        Revocation::ServiceToken {
+            client_id: "laptop.access".into(),
+            reason: "service-token revoke laptop".into(),
+        },
+        Revocation::Certificate {
+            sha256: "ab".repeat(32),
+            serial: Some("4f01".into()),
+            reason: "origin-cert revoke cert.pem".into(),
+        },
+        Revocation::Serial {
+            serial: "4e02".into(),
+            reason: "origin-cert revoke 4e02".into(),
+        },
+    ];
+    for r in &revoked {
+        cli.revoke(r.clone()).unwrap();
+        // Again: revoking is idempotent, nothing is written twice.
+        cli.revoke(r.clone()).unwrap();
+    }
+    assert_eq!(mode_of(&state.path().join(REVOCATIONS_FILE)), 0o600);
+    let file: Revocations = state.load_json(REVOCATIONS_FILE).unwrap();
+    assert!(file.service_tokens.contains_key("own.access"), "kept");
+    assert!(file.service_tokens.contains_key("laptop.access"));
+    assert_eq!(
+        file.certificates[&"ab".repeat(32)].serial.as_deref(),
+        Some("4f01")
+    );
+    assert!(file.serials.contains_key("4e02"));
+    // No temporary file left behind: the write was a rename.
+    let names: Vec<String> = fs::read_dir(state.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+
+    assert_eq!(edge.changes(), vec![], "nothing until the edge looks");
+    edge.poll().unwrap();
+    let mut got = edge.changes();
+    let mut want: Vec<Change> = revoked.iter().cloned().map(Change::Revoked).collect();
+    let key = |c: &Change| format!("{c:?}");
+    got.sort_by_key(key);
+    want.sort_by_key(key);
+    assert_eq!(got, want);
+    edge.poll().unwrap();
+    assert_eq!(edge.changes(), vec![], "each is reported once");
+    assert!(edge
+        .snapshot()
+        .unwrap()
+        .revocations
+        .service_tokens
+        .contains_key("laptop.access"));
+}
