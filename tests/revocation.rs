@@ -96,6 +96,20 @@ fn a_revoked_service_token_ends_its_open_session_and_is_refused_after() {
         support::tail(&edge, 3000)
     );
 
+    // The audit log has the close and the refusal, each with its reason.
+    support::audit_when(
+        &chain.edge.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the revocation's close and refusal in the audit log",
+        |text| {
+            text.lines().any(|l| {
+                l.contains("\"decision\":\"close\"") && l.contains("service token revoked")
+            }) && text
+                .lines()
+                .any(|l| l.contains("\"decision\":\"deny\"") && l.contains("service token revoked"))
+        },
+    );
+
     // Revoking again is no error, and says so; an unknown name is an error.
     let again = revoke(&chain, &["service-token", "revoke", "e2e"]);
     assert!(again.contains("already revoked"), "{again}");
@@ -175,6 +189,18 @@ fn a_revoked_origin_certificate_ends_its_tunnel_and_its_reconnects_are_refused()
         log.contains("origin certificate revoked"),
         "{}",
         support::tail(&log, 3000)
+    );
+    support::audit_when(
+        &edge.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the tunnel's close and its reconnect's refusal in the audit log",
+        |text| {
+            text.lines().any(|l| {
+                l.contains("\"decision\":\"close\"") && l.contains("origin certificate revoked")
+            }) && text.lines().any(|l| {
+                l.contains("\"decision\":\"deny\"") && l.contains("origin certificate revoked")
+            })
+        },
     );
     let again = revoke(&chain, &["origin-cert", "revoke", cert]);
     assert!(again.contains("already revoked"), "{again}");

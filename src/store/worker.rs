@@ -247,10 +247,15 @@ mod tests {
                 client_id: "unknown.access".into(),
             })
             .unwrap();
-        woken
-            .recv_timeout(std::time::Duration::from_secs(10))
-            .expect("answered");
-        let reports: Vec<Report> = worker.reports().collect();
+        // (The worker's once-a-second poll may have found the changes first, in a report
+        // of their own: either way they come before the answer.)
+        let mut reports: Vec<Report> = Vec::new();
+        while !matches!(reports.last(), Some(Report::Answer(..))) {
+            woken
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("answered");
+            reports.extend(worker.reports());
+        }
         let mut changed: Vec<(String, bool)> = Vec::new();
         for r in &reports[..reports.len() - 1] {
             match r {
