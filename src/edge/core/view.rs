@@ -177,7 +177,6 @@ impl TunnelView {
     }
 }
 
-/// The views, from a store's snapshot.
 /// The revoked origin certificates, by fingerprint.
 #[derive(Default)]
 pub(super) struct CertView {
@@ -196,6 +195,7 @@ impl CertView {
     }
 }
 
+/// The views, from a store's snapshot.
 pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView, CertView) {
     let tokens = TokenView {
         tokens: snapshot
