@@ -188,13 +188,33 @@ fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
     let mut end = 0;
     while let Some(s) = args.get(end).and_then(|a| a.to_str()) {
         match s.split_once('=').map_or(s, |(name, _)| name) {
-            "--log-format" | "--loglevel" if s.contains('=') => end += 1,
-            "--log-format" | "--loglevel" => end += 2,
+            "--log-format" | "--loglevel" | "--autoupdate-freq" if s.contains('=') => end += 1,
+            "--log-format" | "--loglevel" | "--autoupdate-freq" => end += 2,
+            // cloudflared's own unit runs `cloudflared --no-autoupdate tunnel run`.
+            "--no-autoupdate" => end += 1,
             _ => break,
         }
     }
     let end = end.min(args.len());
     let mut global: Vec<OsString> = args.drain(..end).collect();
+    // cloudflared's global flags with no meaning here: noticed and dropped.
+    let mut i = 0;
+    while i < global.len() {
+        let name = global[i].to_str().unwrap_or_default();
+        let name = name.split_once('=').map_or(name, |(n, _)| n).to_owned();
+        match name.as_str() {
+            "--no-autoupdate" => {
+                ignored_flag(&name);
+                global.remove(i);
+            }
+            "--autoupdate-freq" => {
+                ignored_flag(&name);
+                let with_value = global[i].to_str().is_some_and(|a| a.contains('='));
+                global.drain(i..(i + if with_value { 1 } else { 2 }).min(global.len()));
+            }
+            _ => i += 1,
+        }
+    }
     let global = LogFlags::take(&mut global)?;
     let per_command = match args.first().and_then(|a| a.to_str()) {
         Some("edge" | "tunnel" | "access") => LogFlags::take(args)?,
@@ -624,6 +644,10 @@ OPTIONS:
                           (env POSTERN_METRICS; default: none)
     --log-format F        json or human (env POSTERN_LOG_FORMAT)
     --loglevel L          debug, info, warn, error or fatal (overrides RUST_LOG)
+    --no-autoupdate, --autoupdate-freq D, --protocol P, --edge-ip-version V, --region R
+                          cloudflared's; they mean nothing here and are ignored with a notice
+                          (postern updates with your package manager, speaks one protocol
+                          over TLS on 443, and connects to the addresses --edge resolves to)
 
 CONFIG (tunnel run):
     {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
@@ -841,6 +865,11 @@ struct TunnelArgs {
     metrics: Option<String>,
 }
 
+/// Says on stderr that a cloudflared flag is accepted and ignored.
+fn ignored_flag(flag: &str) {
+    eprintln!("postern: {flag} is a cloudflared flag with no meaning here; ignored");
+}
+
 impl TunnelArgs {
     /// `None` when `--help` was printed.
     fn parse(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
@@ -878,6 +907,14 @@ impl TunnelArgs {
                     );
                 }
                 Long("force") | Short('f') | Long("overwrite-dns") => a.force = true,
+                // cloudflared's flags with no meaning here (its own systemd unit passes
+                // --no-autoupdate): accepted, with a notice, so its command lines just work.
+                Long("no-autoupdate") => ignored_flag("--no-autoupdate"),
+                Long(flag @ ("autoupdate-freq" | "protocol" | "edge-ip-version" | "region")) => {
+                    let flag = format!("--{flag}");
+                    val(&mut p, &flag)?;
+                    ignored_flag(&flag);
+                }
                 Long("output") | Short('o') => {
                     let v = val(&mut p, "--output")?;
                     match v.as_str() {

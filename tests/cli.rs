@@ -246,3 +246,60 @@ fn state_directory_owned_by_another_user_is_refused() {
         );
     }
 }
+
+/// cloudflared's command lines work: its flags that mean nothing here (`--no-autoupdate`,
+/// which its own systemd unit passes before `tunnel`, `--protocol`, `--edge-ip-version`…)
+/// are accepted with a one-line notice, and the command goes on to do its own work (here it
+/// stops at the missing origin certificate, not at the flags). Unknown flags are still refused.
+#[test]
+fn cloudflared_flags_without_meaning_here_are_accepted_with_a_notice() {
+    for args in [
+        &["--no-autoupdate", "tunnel", "list"][..],
+        &[
+            "--no-autoupdate",
+            "--autoupdate-freq",
+            "24h",
+            "tunnel",
+            "list",
+        ],
+        &[
+            "tunnel",
+            "--no-autoupdate",
+            "--protocol",
+            "http2",
+            "--edge-ip-version",
+            "auto",
+            "--region=us",
+            "list",
+        ],
+        &["tunnel", "list", "--protocol", "quic", "--no-autoupdate"],
+    ] {
+        let (ok, _, err) = run(args);
+        assert!(
+            !ok,
+            "{args:?}: there is no origin certificate, so it must still fail"
+        );
+        assert!(
+            err.contains("is a cloudflared flag with no meaning here; ignored"),
+            "{args:?}: no notice in:\n{err}"
+        );
+        assert!(
+            !err.contains("invalid option") && !err.contains("unexpected"),
+            "{args:?}: a cloudflared flag was refused:\n{err}"
+        );
+        assert!(
+            err.contains("cert.pem") || err.contains("origin certificate"),
+            "{args:?}: expected the missing certificate to be the error:\n{err}"
+        );
+    }
+    let (ok, _, err) = run(&["tunnel", "--protocol"]);
+    assert!(
+        !ok && err.contains("--protocol"),
+        "a missing value names the flag: {err}"
+    );
+    let (ok, _, err) = run(&["tunnel", "--no-such-flag", "list"]);
+    assert!(
+        !ok && err.contains("--no-such-flag"),
+        "unknown flags are refused: {err}"
+    );
+}
