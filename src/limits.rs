@@ -59,6 +59,8 @@ pub const MAX_PENDING_TUNNEL_LOGINS: usize = 64;
 pub const MAX_PENDING_LOGINS_PER_SOURCE: usize = 16;
 /// OIDC code exchanges queued for the worker threads; beyond that, the browser gets 503.
 pub const MAX_OIDC_JOBS: usize = 64;
+/// Threads that run OIDC code exchanges (a slow provider delays at most this many at once).
+pub const OIDC_WORKERS: usize = 2;
 /// Characters of a peer-supplied name or reason kept when it is logged or shown (the rest is
 /// cut, see `logging::escape`).
 pub const MAX_LOGGED_NAME: usize = 256;

@@ -17,7 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -29,7 +29,7 @@ use super::core::login::{Done, Job, Worker};
 use super::core::{EdgeCore, LimitCounters, Parts};
 use crate::audit::Audit;
 use crate::io::{unix_now, would_block, Signals};
-use crate::limits::{ACCEPT_RETRY_MILLIS, LIMIT_LOG_INTERVAL_SECS, MAX_OIDC_JOBS};
+use crate::limits::{ACCEPT_RETRY_MILLIS, LIMIT_LOG_INTERVAL_SECS, MAX_OIDC_JOBS, OIDC_WORKERS};
 use crate::metrics::{self, Metrics};
 use crate::oidc::Provider;
 use crate::proto::jwt::KeyRing;
@@ -190,7 +190,7 @@ impl Edge {
         let registry = Rc::new(self.poll.registry().try_clone()?);
         self.core.listening(addr.port());
         if let Some(p) = self.core.oidc() {
-            let worker = start_login_workers(p, self.waker.clone());
+            let worker = start_login_workers(p, self.waker.clone())?;
             self.core.set_login_worker(worker);
         }
         info!("postern edge listening on {addr}");
@@ -284,45 +284,32 @@ impl Edge {
     }
 }
 
-/// Two threads that run the blocking OIDC calls, so the loop never waits on the provider;
+/// The threads that run the blocking OIDC calls, so the loop never waits on the provider;
 /// each answer wakes the loop.
-fn start_login_workers(provider: Arc<Provider>, waker: Arc<Waker>) -> Worker {
-    let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(MAX_OIDC_JOBS);
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    for i in 0..2 {
-        let (rx, tx, p, w) = (
-            job_rx.clone(),
-            done_tx.clone(),
-            provider.clone(),
-            waker.clone(),
-        );
-        let _ = std::thread::Builder::new()
-            .name(format!("oidc-{i}"))
-            .spawn(move || loop {
-                let job = {
-                    let rx = rx.lock().unwrap_or_else(|e| e.into_inner());
-                    match rx.recv() {
-                        Ok(j) => j,
-                        Err(_) => return,
-                    }
-                };
-                let result = p.exchange(
-                    &job.code,
-                    &job.verifier,
-                    &job.redirect,
-                    &job.nonce,
-                    unix_now(),
-                );
-                let _ = tx.send(Done {
-                    conn: job.conn,
-                    state: job.state,
-                    result,
-                });
-                let _ = w.wake();
-            });
-    }
-    Worker { jobs, done }
+fn start_login_workers(provider: Arc<Provider>, waker: Arc<Waker>) -> io::Result<Worker> {
+    let (jobs, done) = crate::io::workers::start(
+        OIDC_WORKERS,
+        "oidc",
+        MAX_OIDC_JOBS,
+        move |job: Job| {
+            let result = provider.exchange(
+                &job.code,
+                &job.verifier,
+                &job.redirect,
+                &job.nonce,
+                unix_now(),
+            );
+            Done {
+                conn: job.conn,
+                state: job.state,
+                result,
+            }
+        },
+        move || {
+            let _ = waker.wake();
+        },
+    )?;
+    Ok(Worker { jobs, done })
 }
 
 /// `accept` failures (EMFILE and friends): accepting pauses for [`ACCEPT_RETRY_MILLIS`], then

@@ -5,6 +5,7 @@ pub mod local;
 pub mod metrics_server;
 pub mod sys;
 pub mod tls;
+pub mod workers;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -18,8 +18,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::limits::{MAX_RESOLVE_JOBS, RESOLVER_THREADS, RESOLVE_CACHE_SECS};
@@ -61,30 +61,16 @@ impl<W> Resolver<W> {
         lookup: Arc<LookupFn>,
         wake: impl Fn() + Send + Sync + 'static,
     ) -> io::Result<Resolver<W>> {
-        let (jobs, queue) = mpsc::sync_channel::<String>(MAX_RESOLVE_JOBS);
-        let (answer, done) = mpsc::channel();
-        let queue = Arc::new(Mutex::new(queue));
-        let wake = Arc::new(wake);
-        for i in 0..RESOLVER_THREADS {
-            let (queue, answer, lookup, wake) =
-                (queue.clone(), answer.clone(), lookup.clone(), wake.clone());
-            std::thread::Builder::new()
-                .name(format!("postern-resolve-{i}"))
-                .spawn(move || loop {
-                    let name = {
-                        let q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                        match q.recv() {
-                            Ok(n) => n,
-                            Err(_) => return,
-                        }
-                    };
-                    let result = lookup(&name);
-                    if answer.send((name, result)).is_err() {
-                        return;
-                    }
-                    wake();
-                })?;
-        }
+        let (jobs, done) = crate::io::workers::start(
+            RESOLVER_THREADS,
+            "postern-resolve",
+            MAX_RESOLVE_JOBS,
+            move |name: String| {
+                let result = lookup(&name);
+                (name, result)
+            },
+            wake,
+        )?;
         Ok(Resolver {
             jobs,
             done,
@@ -142,6 +128,7 @@ impl<W> Resolver<W> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{mpsc, Mutex};
 
     /// A resolver whose lookups of `slow…` names wait for the test to let them go (one each),
     /// and whose other names answer at once (127.0.0.N for `nN.test`, an error for the rest).
