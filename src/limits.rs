@@ -36,6 +36,14 @@ pub const MAX_REFUSAL_BODY: usize = 4096;
 pub const PING_INTERVAL_SECS: u64 = 15;
 /// A tunnel connection silent for this many ping intervals is dead.
 pub const PING_DEAD_INTERVALS: u32 = 3;
+/// Bytes a side of a resumable stream keeps until its peer acknowledges them (its replay
+/// buffer, docs/design.md §2.6). Full, the side stops reading its application.
+pub const REPLAY_BUFFER: usize = 1024 * 1024;
+/// A resumable stream acknowledges what it took at least every this many bytes (and on a
+/// timer, `RESUME_ACK_INTERVAL`), so the peer's replay buffer drains while bulk flows.
+pub const RESUME_ACK_EVERY: u64 = 256 * 1024;
+/// How often a side acknowledges what it took when nothing else is sent.
+pub const RESUME_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// Seconds a new connection may take to finish TLS and its first head (slowloris bound).
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 20;
 /// Cap of the origin's reconnect backoff.

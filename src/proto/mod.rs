@@ -13,6 +13,7 @@ pub mod mux;
 pub mod policy;
 pub mod proxy;
 pub mod reader;
+pub mod resume;
 pub mod token_transfer;
 pub mod url;
 pub mod ws;
