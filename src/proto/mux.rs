@@ -37,7 +37,10 @@ use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
 
 pub const HEADER_LEN: usize = 10;
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest version an edge still serves: version 1 origins know no resumable streams
+/// (docs/design.md §2.6), so the edge offers resumption only through version 2 ones.
+pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// ALPN protocol id that marks a TLS connection to the edge as a tunnel, not a carrier.
 pub const ALPN: &[u8] = b"postern-tunnel/1";
 
@@ -701,6 +704,10 @@ pub enum ResetCode {
     NoService,
     /// 4: the connection is draining and refuses new streams.
     Refused,
+    /// 5: the client's path died (its carrier ended without closing the stream): a
+    /// resumable stream waits for the client to come back (docs/design.md §2.6); any other
+    /// stream ends as with `Cancel`.
+    Lost,
     /// Any other code, kept as sent.
     Other(u32),
 }
@@ -713,6 +720,7 @@ impl ResetCode {
             ResetCode::ConnectFailed => 2,
             ResetCode::NoService => 3,
             ResetCode::Refused => 4,
+            ResetCode::Lost => 5,
             ResetCode::Other(n) => n,
         }
     }
@@ -724,6 +732,7 @@ impl ResetCode {
             2 => ResetCode::ConnectFailed,
             3 => ResetCode::NoService,
             4 => ResetCode::Refused,
+            5 => ResetCode::Lost,
             n => ResetCode::Other(n),
         }
     }

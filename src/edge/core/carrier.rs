@@ -166,7 +166,7 @@ impl EdgeCore {
         if c.tls.peer_closed && !dec.is_closed() {
             debug!("carrier {} went away without Close", c.peer);
             t.mux
-                .reset(stream, mux::ResetCode::Cancel, "client went away");
+                .reset(stream, mux::ResetCode::Lost, "client went away");
             t.carriers.remove(&stream);
             self.mark(tunnel);
             return false;
@@ -553,7 +553,7 @@ impl EdgeCore {
         if let Some(&(tunnel, stream)) = c.core.link() {
             if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
                 if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                    t.mux.reset(stream, mux::ResetCode::Cancel, "client closed");
+                    t.mux.reset(stream, mux::ResetCode::Lost, "client's connection ended");
                 }
                 self.mark(tunnel);
             }

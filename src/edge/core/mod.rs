@@ -182,6 +182,8 @@ struct Tunnel {
     opened: u64,
     connector: String,
     ha_index: u8,
+    /// The origin speaks mux version 2: its streams may be resumable (docs/design.md §2.6).
+    resumable: bool,
     /// Stream id → carrier slot.
     carriers: HashMap<u32, usize>,
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
@@ -771,6 +773,7 @@ impl EdgeCore {
                                     opened: self.unix,
                                     connector: String::new(),
                                     ha_index: 0,
+                                    resumable: false,
                                     carriers: HashMap::new(),
                                     closing: false,
                                     next_timeout: self.now,

@@ -112,7 +112,8 @@ impl EdgeCore {
             } => {
                 t.connector = connector_id.iter().map(|b| format!("{b:02x}")).collect();
                 t.ha_index = ha_index;
-                if version != mux::PROTOCOL_VERSION {
+                t.resumable = version >= 2;
+                if !(mux::OLDEST_PROTOCOL_VERSION..=mux::PROTOCOL_VERSION).contains(&version) {
                     t.mux.send_error(
                         mux::ErrorCode::BadRequest,
                         "unsupported tunnel protocol version",
