@@ -44,6 +44,10 @@ pub const REPLAY_BUFFER: usize = 1024 * 1024;
 pub const RESUME_ACK_EVERY: u64 = 256 * 1024;
 /// How often a side acknowledges what it took when nothing else is sent.
 pub const RESUME_ACK_INTERVAL: Duration = Duration::from_millis(500);
+/// Stream resumptions the edge routes per source IP address per minute; beyond that, 429.
+/// A client retries a resumption with backoff for its resume window (about 40 tries in 60 s
+/// when the origin is slow to come back).
+pub const RESUME_ATTEMPTS_PER_MINUTE: u32 = 120;
 /// Seconds a new connection may take to finish TLS and its first head (slowloris bound).
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 20;
 /// Cap of the origin's reconnect backoff.

@@ -78,10 +78,13 @@ pub enum Auth {
     NotRegistered,
     /// Denied: the tunnel connection had no room for another stream.
     TunnelBusy,
+    /// Denied: a stream resumption the edge cannot route (bad header, its origin connector
+    /// not connected here, or over the per-source rate).
+    Resume,
 }
 
 impl Auth {
-    const ALL: [Auth; 11] = [
+    const ALL: [Auth; 12] = [
         Auth::ServiceToken,
         Auth::AppToken,
         Auth::Bypass,
@@ -93,6 +96,7 @@ impl Auth {
         Auth::Policy,
         Auth::NotRegistered,
         Auth::TunnelBusy,
+        Auth::Resume,
     ];
 
     /// The reason label (`host_mismatch`, `no_credentials`, …), as in `/metrics`.
@@ -113,6 +117,7 @@ impl Auth {
             Auth::Policy => ("deny", "policy"),
             Auth::NotRegistered => ("deny", "not_registered"),
             Auth::TunnelBusy => ("deny", "tunnel_busy"),
+            Auth::Resume => ("deny", "resume"),
         }
     }
 }

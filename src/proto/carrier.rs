@@ -249,19 +249,15 @@ impl<L> Carrier<L> {
 
     /// Answers the upgrade with 101 and starts streaming to `link`. The handshake deadline
     /// no longer applies.
-    pub fn accept(&mut self, key: &str, link: L, max_ws_frame: u64) {
+    pub fn accept(&mut self, key: &str, link: L, max_ws_frame: u64, extra: &[(&str, &str)]) {
         let accept = http::websocket_accept_key(key);
-        http::write_response(
-            &mut self.tx,
-            101,
-            "Switching Protocols",
-            &[
-                ("Upgrade", "websocket"),
-                ("Connection", "Upgrade"),
-                ("Sec-WebSocket-Accept", &accept),
-            ],
-            b"",
-        );
+        let mut headers = vec![
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", &accept),
+        ];
+        headers.extend_from_slice(extra);
+        http::write_response(&mut self.tx, 101, "Switching Protocols", &headers, b"");
         self.deadline = None;
         self.state = State::Streaming(Streaming {
             link,
@@ -415,7 +411,7 @@ pub fn fuzz_carrier(data: &[u8]) {
                 requests += 1;
                 assert!(r.body.len() <= limits.max_body);
                 if let Some(key) = r.upgrade_key {
-                    c.accept(&key, (), limits.max_ws_frame);
+                    c.accept(&key, (), limits.max_ws_frame, &[]);
                     let _ = c.close_with(1000, "", start);
                 } else {
                     c.respond(200, "OK", &[], b"ok", start);
@@ -589,7 +585,7 @@ mod tests {
         let Some(Event::Request(r)) = c.poll_request(&mut rx, false, &limits(), now) else {
             panic!()
         };
-        c.accept(r.upgrade_key.as_deref().unwrap(), (7, 3), 1024);
+        c.accept(r.upgrade_key.as_deref().unwrap(), (7, 3), 1024, &[]);
         let out = text(&c.take_transmit().unwrap());
         assert!(out.starts_with("HTTP/1.1 101 "), "{out}");
         assert!(

@@ -164,6 +164,74 @@ fn u64_at(b: &[u8]) -> u64 {
     u64::from_be_bytes(array(b))
 }
 
+/// The upgrade request's header that asks for a resumable stream, and the 101 answer's header
+/// that grants one (naming the origin connector that holds it).
+pub const HEADER: &str = "Postern-Resume";
+
+/// What a client's `Postern-Resume` header asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// `start`: a new resumable stream.
+    Start,
+    /// `resume connector=<32 hex> stream=<32 hex>`: a later carrier of an existing stream, to
+    /// the origin connector that holds it.
+    Resume {
+        connector: String,
+        stream: [u8; ID_LEN],
+    },
+}
+
+impl Ask {
+    /// Parses the header's value; `None` if it is not one of the two forms.
+    pub fn parse(value: &str) -> Option<Ask> {
+        let mut words = value.split_ascii_whitespace();
+        match words.next()? {
+            "start" => words.next().is_none().then_some(Ask::Start),
+            "resume" => {
+                let connector = words.next()?.strip_prefix("connector=")?;
+                let stream = words.next()?.strip_prefix("stream=")?;
+                if words.next().is_some() || connector.len() != 2 * ID_LEN {
+                    return None;
+                }
+                let stream = unhex::<ID_LEN>(stream)?;
+                unhex::<ID_LEN>(connector)?;
+                Some(Ask::Resume {
+                    connector: connector.to_ascii_lowercase(),
+                    stream,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The header's value.
+    pub fn value(&self) -> String {
+        match self {
+            Ask::Start => "start".into(),
+            Ask::Resume { connector, stream } => {
+                format!("resume connector={connector} stream={}", hex(stream))
+            }
+        }
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from exactly `2 * N` hex digits.
+pub fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
 /// What the origin keeps to recognise a stream's owner: the identity and a hash of the secret.
 #[derive(Clone)]
 pub struct Key {
@@ -706,6 +774,27 @@ mod tests {
         let mut after = vec![FIN, DATA];
         after.extend_from_slice(&1u32.to_be_bytes());
         assert_eq!(Endpoint::new().parse(&after), Err(ResumeError::AfterFin));
+    }
+
+    #[test]
+    fn the_header_has_two_forms_and_nothing_else() {
+        assert_eq!(Ask::parse("start"), Some(Ask::Start));
+        let ask = Ask::Resume {
+            connector: "ab".repeat(16),
+            stream: [0xcd; 16],
+        };
+        assert_eq!(Ask::parse(&ask.value()), Some(ask));
+        for bad in [
+            "",
+            "start now",
+            "resume",
+            "resume connector=ab stream=cd",
+            &format!("resume stream={} connector={}", "cd".repeat(16), "ab".repeat(16)),
+            &format!("resume connector={} stream={}", "zz".repeat(16), "cd".repeat(16)),
+            &format!("resume connector={} stream={} x", "ab".repeat(16), "cd".repeat(16)),
+        ] {
+            assert_eq!(Ask::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

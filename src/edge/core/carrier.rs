@@ -17,6 +17,7 @@ use crate::proto::http::{HeadLimits, RequestHead};
 use crate::proto::jwt::{KeyRing, OriginAssertion};
 use crate::proto::mux;
 use crate::proto::policy::Identity;
+use crate::proto::resume;
 use crate::proto::ws::{self, Item};
 
 impl EdgeCore {
@@ -385,7 +386,47 @@ impl EdgeCore {
                 &format!("{what}: {who} is not allowed to reach {host}"),
             );
         }
-        let Some(tunnel) = self.pick_tunnel(&host) else {
+        // A resumable stream (docs/design.md §2.6): `start` asks for one, `resume` brings a
+        // stream back to the origin connector that holds it.
+        let ask = match head.header(resume::HEADER) {
+            None => None,
+            Some(v) => match resume::Ask::parse(v) {
+                Some(ask) => Some(ask),
+                None => {
+                    audit.insert("reason".into(), "bad Postern-Resume header".into());
+                    self.deny(audit, Auth::Resume);
+                    return refuse(c, 400, "Bad Request", "bad Postern-Resume header");
+                }
+            },
+        };
+        if let Some(resume::Ask::Resume { stream, .. }) = &ask {
+            audit.insert("resume".into(), resume::hex(&stream[..6]).into());
+            if !self.resume_allowed(c.peer.ip(), now) {
+                audit.insert("reason".into(), "too many resumptions".into());
+                self.deny(audit, Auth::Resume);
+                return refuse(
+                    c,
+                    429,
+                    "Too Many Requests",
+                    "too many stream resumptions from your address; wait a minute",
+                );
+            }
+        }
+        let connector = match &ask {
+            Some(resume::Ask::Resume { connector, .. }) => Some(connector.as_str()),
+            _ => None,
+        };
+        let Some(tunnel) = self.pick_tunnel(&host, connector) else {
+            if connector.is_some() {
+                audit.insert("reason".into(), "resume: origin not connected".into());
+                self.deny(audit, Auth::Resume);
+                return refuse(
+                    c,
+                    503,
+                    "Service Unavailable",
+                    "the origin that holds this stream is not connected to this edge; try again",
+                );
+            }
             audit.insert("reason".into(), "hostname not registered".into());
             self.deny(audit, Auth::NotRegistered);
             return refuse(
@@ -414,12 +455,19 @@ impl EdgeCore {
         // The origin learns who it is serving from an assertion signed for this stream only;
         // no credential the client presented travels on (see `origin_claims`).
         let next = t.mux.next_stream_id();
+        let resume_claim = match (&ask, t.resumable) {
+            (Some(resume::Ask::Start), true) => Some("start"),
+            (Some(resume::Ask::Resume { .. }), _) => Some("resume"),
+            _ => None,
+        };
+        let granted = resume_claim.map(|_| t.connector.clone());
         let Some(claims) = origin_claims(
             &self.keys,
             &self.public_url,
             &host,
             next,
             &identity,
+            resume_claim,
             self.unix,
         ) else {
             // Only an app token's groups can be this large.
@@ -449,10 +497,16 @@ impl EdgeCore {
         });
         self.metrics.stream_opened();
 
+        let extra: Vec<(&str, &str)> = granted
+            .as_deref()
+            .map(|connector| (resume::HEADER, connector))
+            .into_iter()
+            .collect();
         c.core.accept(
             &key,
             (tunnel, stream),
             self.settings.limits.max_ws_frame_bytes,
+            &extra,
         );
     }
 
@@ -518,7 +572,9 @@ impl EdgeCore {
 
     /// A live, non-draining tunnel slot for `host`, round-robin over its HA connections that
     /// have room for another stream.
-    pub(super) fn pick_tunnel(&mut self, host: &str) -> Option<usize> {
+    ///
+    /// With a `connector`, only that origin's connections that can resume streams.
+    pub(super) fn pick_tunnel(&mut self, host: &str, connector: Option<&str>) -> Option<usize> {
         let slots = match self.routes.get(host) {
             Some(s) => s,
             None => self.named.get(self.hostnames.tunnel_of(host)?)?,
@@ -528,7 +584,8 @@ impl EdgeCore {
             .copied()
             .filter(|&s| {
                 matches!(&self.conns[s], Some(Conn::Tunnel(t))
-                    if !t.closing && !t.mux.is_going_away() && t.mux.error().is_none())
+                    if !t.closing && !t.mux.is_going_away() && t.mux.error().is_none()
+                        && connector.is_none_or(|c| t.resumable && t.connector == c))
             })
             .collect();
         if live.is_empty() {
@@ -575,6 +632,7 @@ pub(super) fn origin_claims(
     host: &str,
     stream: u32,
     identity: &Identity,
+    resume: Option<&str>,
     unix: u64,
 ) -> Option<Vec<u8>> {
     let jti = crate::proto::base64::encode_url(&crate::io::random_bytes::<16>());
@@ -583,11 +641,14 @@ pub(super) fn origin_claims(
     assertion.email = identity.email.clone();
     assertion.groups = identity.groups.clone();
     assertion.service_token = identity.service_token.clone();
-    let claims = serde_json::json!({
+    let mut claims = serde_json::json!({
         "email": identity.email,
         "service_token": identity.service_token,
         "assertion": keys.sign_origin_assertion(&assertion),
     });
+    if let Some(resume) = resume {
+        claims["resume"] = resume.into();
+    }
     let bytes = serde_json::to_vec(&claims).expect("bug: claims of strings serialize");
     (bytes.len() <= crate::limits::MAX_CLAIMS_LEN).then_some(bytes)
 }

@@ -252,6 +252,8 @@ pub(crate) struct EdgeCore {
     per_ip: HashMap<IpAddr, usize>,
     /// Login entry-point requests per source IP: (start of the current minute, count).
     login_windows: HashMap<IpAddr, (Instant, u32)>,
+    /// Stream resumptions per source IP, the same way (`RESUME_ATTEMPTS_PER_MINUTE`).
+    resume_windows: HashMap<IpAddr, (Instant, u32)>,
     /// When each (offender, limit) was last logged: one line per interval, the rest counted.
     limit_log: HashMap<(IpAddr, Limit), Instant>,
     /// How often each limit was hit since start.
@@ -399,6 +401,7 @@ impl EdgeCore {
             slot_ip: Vec::new(),
             per_ip: HashMap::new(),
             login_windows: HashMap::new(),
+            resume_windows: HashMap::new(),
             limit_log: HashMap::new(),
             counters: LimitCounters::default(),
             metrics,
@@ -653,13 +656,14 @@ impl EdgeCore {
     /// per source as the login budgets are: an address, or an IPv6 /64.
     fn login_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
         let max = self.settings.limits.login_attempts_per_minute;
-        let source = crate::proto::token_transfer::source_of(ip);
-        let w = self.login_windows.entry(source).or_insert((now, 0));
-        if now.duration_since(w.0) >= Duration::from_secs(60) {
-            *w = (now, 0);
-        }
-        w.1 = w.1.saturating_add(1);
-        w.1 <= max
+        per_minute(&mut self.login_windows, ip, max, now)
+    }
+
+    /// Counts one stream resumption from `ip`; false beyond
+    /// `limits::RESUME_ATTEMPTS_PER_MINUTE` this minute.
+    fn resume_allowed(&mut self, ip: IpAddr, now: Instant) -> bool {
+        let max = crate::limits::RESUME_ATTEMPTS_PER_MINUTE;
+        per_minute(&mut self.resume_windows, ip, max, now)
     }
 
     fn mark(&mut self, slot: usize) {
@@ -898,6 +902,8 @@ impl EdgeCore {
             .retain(|_, at| now.duration_since(*at) < interval);
         self.login_windows
             .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        self.resume_windows
+            .retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
     }
 
     /// Sets the connection and stream gauges from what the slots hold (once a second).
@@ -997,3 +1003,20 @@ impl EdgeCore {
 }
 
 use crate::edge::valid_hostname;
+
+/// Counts one request from `ip` (an IPv6 /64 as one source) in its current minute; false once
+/// the minute has seen more than `max`.
+fn per_minute(
+    windows: &mut HashMap<IpAddr, (Instant, u32)>,
+    ip: IpAddr,
+    max: u32,
+    now: Instant,
+) -> bool {
+    let source = crate::proto::token_transfer::source_of(ip);
+    let w = windows.entry(source).or_insert((now, 0));
+    if now.duration_since(w.0) >= Duration::from_secs(60) {
+        *w = (now, 0);
+    }
+    w.1 = w.1.saturating_add(1);
+    w.1 <= max
+}
