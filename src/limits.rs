@@ -48,6 +48,15 @@ pub const RESUME_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// A client retries a resumption with backoff for its resume window (about 40 tries in 60 s
 /// when the origin is slow to come back).
 pub const RESUME_ATTEMPTS_PER_MINUTE: u32 = 120;
+/// How long a resumable stream waits for its other end after its path died: the client
+/// retries for this long, the origin keeps the service connection this long by default
+/// (`postern tunnel --resume-window`).
+pub const RESUME_WINDOW: Duration = Duration::from_secs(60);
+/// `access ssh` pings the edge this often on a resumable session.
+pub const CARRIER_PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A carrier that delivers nothing (not even a pong) for this long is dead: a laptop that
+/// changed networks sees no EOF, only silence.
+pub const CARRIER_DEAD_AFTER: Duration = Duration::from_secs(6);
 /// Seconds a new connection may take to finish TLS and its first head (slowloris bound).
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 20;
 /// Cap of the origin's reconnect backoff.

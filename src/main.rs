@@ -713,6 +713,8 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
         hostname: host,
         extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
         credentials: Credentials::None,
+        resume: None,
+        resume_granted: None,
     };
     let pem = access::login(&opts, access::Purpose::Tunnel)?;
     let text = String::from_utf8(pem)
@@ -1391,6 +1393,8 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         hostname,
         extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
         credentials,
+        resume: None,
+        resume_granted: None,
     };
     match sub.as_str() {
         "ssh" => access::ssh(opts)?,

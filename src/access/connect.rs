@@ -211,11 +211,16 @@ fn read_response_head(
 }
 /// Connects, upgrades, and returns a carrier ready for the loop. The edge's refusal (401,
 /// 403, …) is [`AccessError::Refused`].
-pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
+pub fn connect(opts: &mut AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
     let (mut sock, mut tls) = tls_connect(opts, cfg)?;
 
     let key = crate::proto::base64::encode(&random_bytes::<16>());
-    let req = upgrade::request(&opts.hostname, &opts.credentials, &key)?;
+    let req = upgrade::request(
+        &opts.hostname,
+        &opts.credentials,
+        &key,
+        opts.resume.as_deref(),
+    )?;
     tls.writer().write_all(&req).map_err(edge_failed)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
     stream.flush().map_err(edge_failed)?;
@@ -232,6 +237,10 @@ pub fn connect(opts: &AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn,
     // A refusal's (bounded) body names its cause; a 101 has none to read.
     let body = &buf[used..buf.len().min(used + want)];
     upgrade::check_answer(&opts.hostname, &key, &head, body)?;
+    opts.resume_granted = head
+        .header(crate::proto::resume::HEADER)
+        .filter(|c| opts.resume.is_some() && crate::proto::resume::unhex::<16>(c).is_some())
+        .map(str::to_ascii_lowercase);
     sock.set_nonblocking(true).map_err(event_loop)?;
     let mut conn = TlsConn::new(TcpStream::from_std(sock), tls);
     let leftover = &buf[used..];

@@ -8,17 +8,21 @@
 //! the listener's loop (`listener.rs`), each a [`Session`].
 
 use std::io;
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use log::debug;
-use mio::{Events, Interest, Poll, Registry, Token};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use rustls::ClientConfig;
 
 use super::core::{LocalKind, Output, Splice, LOCAL_READ};
+use super::resumable::{Output as ResumableOutput, Resumable};
 use super::{authorize, client_config, event_loop, AccessError, AccessOptions, TokenCache};
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
 use crate::limits::TLS_READ_STAGE;
+use crate::proto::resume;
 
 /// A failure of the connection to the edge once it is up.
 fn edge_failed(error: io::Error) -> AccessError {
@@ -191,14 +195,35 @@ impl Session {
 
 /// `postern access ssh`: splice stdin/stdout with a carrier (ssh's ProxyCommand). Without a
 /// service token, uses the cached app token or logs in through the browser (see
-/// `authorize`).
+/// `authorize`). The stream is resumable when the edge grants it (docs/design.md §2.6): a
+/// lost carrier is replaced and the stream goes on where it stopped.
 pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
     let cfg = client_config(opts.extra_ca.as_deref())?;
+    if opts.resume.is_none() && resume_wanted() {
+        opts.resume = Some(resume::Ask::Start.value());
+    }
     let tls = authorize::open_authorized(&mut opts, &cfg, &TokenCache::open_default())?;
     let local = Local::stdio().map_err(|error| AccessError::Local {
         what: "stdio",
         error,
     })?;
+    match opts.resume_granted.take() {
+        Some(connector) => ssh_resumable(opts, cfg, tls, local, connector),
+        None => ssh_plain(tls, local),
+    }
+}
+
+/// `POSTERN_RESUME=0` turns resumable streams off (for comparison and for edges in front of
+/// which something strips unknown headers).
+fn resume_wanted() -> bool {
+    !matches!(
+        std::env::var("POSTERN_RESUME").as_deref(),
+        Ok("0" | "off" | "false" | "no")
+    )
+}
+
+/// One carrier, one stream: its end is the session's end.
+fn ssh_plain(tls: TlsConn, local: Local) -> Result<(), AccessError> {
     let mut poll = Poll::new().map_err(event_loop)?;
     let mut s = Session::new(tls, local);
     poll.registry()
@@ -235,5 +260,221 @@ pub fn ssh(mut opts: AccessOptions) -> Result<(), AccessError> {
             }
         }
         s.core.handle_timeout(Instant::now());
+    }
+}
+
+const CARRIER: Token = Token(0);
+const WAKER: Token = Token(3);
+
+/// A carrier set up on a thread: the options come back with it.
+type SetUp = (AccessOptions, Result<TlsConn, AccessError>);
+
+/// The resumable session's loop: ssh's stdio, the current carrier (if any), and a thread
+/// that sets up the next one when a path is lost.
+fn ssh_resumable(
+    opts: AccessOptions,
+    cfg: Arc<ClientConfig>,
+    tls: TlsConn,
+    mut local: Local,
+    connector: String,
+) -> Result<(), AccessError> {
+    let mut poll = Poll::new().map_err(event_loop)?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(event_loop)?);
+    let (done_tx, done_rx) = mpsc::channel::<SetUp>();
+    local
+        .register(poll.registry(), Token(1), Token(2))
+        .map_err(event_loop)?;
+    let mut core = Resumable::new(connector, Instant::now());
+    debug!("stream {}: resumable", core.label());
+    let mut carrier = Some(tls);
+    attach(poll.registry(), carrier.as_mut())?;
+    let mut opts = Some(opts);
+    let mut events = Events::with_capacity(16);
+    let mut stage = vec![0u8; TLS_READ_STAGE];
+    let result = loop {
+        let step = pump_resumable(&mut core, &mut carrier, &mut local, &mut stage);
+        if let Err(e) = step {
+            break Err(e);
+        }
+        let mut finished = false;
+        while let Some(out) = core.poll_output() {
+            match out {
+                ResumableOutput::DropCarrier => carrier = None,
+                ResumableOutput::Connect { ask } => {
+                    let mut o = opts.take().expect("bug: one carrier setup at a time");
+                    o.resume = Some(ask);
+                    o.resume_granted = None;
+                    let (cfg, done, waker) = (cfg.clone(), done_tx.clone(), waker.clone());
+                    std::thread::Builder::new()
+                        .name("carrier setup".into())
+                        .spawn(move || {
+                            let r = authorize::open_authorized(
+                                &mut o,
+                                &cfg,
+                                &TokenCache::open_default(),
+                            );
+                            let _ = done.send((o, r));
+                            let _ = waker.wake();
+                        })
+                        .map_err(event_loop)?;
+                }
+                ResumableOutput::Finished => finished = true,
+            }
+        }
+        if finished {
+            if let Some(c) = carrier.as_mut() {
+                c.send(core.farewell());
+                c.close();
+            }
+            break Ok(());
+        }
+        let timeout = core
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(Instant::now()));
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                break Err(event_loop(e));
+            }
+        }
+        let now = Instant::now();
+        while let Ok((o, r)) = done_rx.try_recv() {
+            let granted = o.resume_granted.clone();
+            opts = Some(o);
+            let outcome = match r {
+                Ok(tls) => {
+                    carrier = Some(tls);
+                    attach(poll.registry(), carrier.as_mut())?;
+                    core.connected(granted.as_deref(), now)
+                }
+                Err(e) => core.connect_failed(e, now),
+            };
+            if let Err(e) = outcome {
+                local.finish();
+                return Err(e);
+            }
+        }
+        if let Err(e) = core.handle_timeout(now) {
+            break Err(e);
+        }
+    };
+    local.finish();
+    result
+}
+
+fn attach(registry: &Registry, carrier: Option<&mut TlsConn>) -> Result<(), AccessError> {
+    if let Some(c) = carrier {
+        registry
+            .register(
+                &mut c.sock,
+                CARRIER,
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(event_loop)?;
+    }
+    Ok(())
+}
+
+/// Moves what can move now: the carrier's bytes to ssh, ssh's bytes into the replay buffer,
+/// frames to the carrier. A carrier that fails is reported to the core as a lost path.
+fn pump_resumable(
+    core: &mut Resumable,
+    carrier: &mut Option<TlsConn>,
+    local: &mut Local,
+    stage: &mut [u8],
+) -> Result<(), AccessError> {
+    let now = Instant::now();
+    loop {
+        let mut moved = false;
+        if let Some(c) = carrier.as_mut() {
+            match c.read(stage) {
+                Ok(_) => {}
+                Err(e) => {
+                    core.handle_edge_closed(&format!("{e}"), now);
+                    *carrier = None;
+                }
+            }
+        }
+        if let Some(c) = carrier.as_mut() {
+            while core.wants_edge_input() && !c.rx.is_empty() {
+                let before = c.rx.len();
+                core.handle_edge_input(&mut c.rx, now)?;
+                if c.rx.len() == before {
+                    break;
+                }
+                moved = true;
+            }
+        }
+        // Carrier → ssh.
+        loop {
+            let data = core.to_local();
+            if data.is_empty() {
+                break;
+            }
+            match local.write(data) {
+                Ok(n) => {
+                    core.local_written(n)?;
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    return Err(AccessError::Local {
+                        what: "local write failed",
+                        error,
+                    })
+                }
+            }
+        }
+        if !core.attached() {
+            *carrier = None;
+        }
+        if let Some(c) = carrier.as_ref() {
+            if c.peer_closed && c.rx.is_empty() {
+                core.handle_edge_closed("the edge closed the connection", now);
+                *carrier = None;
+            }
+        }
+        // ssh → replay buffer.
+        while core.wants_local_input() {
+            match core.local_fill(|b| local.read(b)) {
+                None => break,
+                Some(Ok(0)) => {
+                    moved = true;
+                    break;
+                }
+                Some(Ok(_)) => moved = true,
+                Some(Err(e)) if would_block(&e) => break,
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Some(Err(error)) => {
+                    return Err(AccessError::Local {
+                        what: "local read failed",
+                        error,
+                    })
+                }
+            }
+        }
+        // Replay buffer → carrier, a frame at a time as the socket takes them.
+        if let Some(c) = carrier.as_mut() {
+            loop {
+                if let Err(e) = c.flush() {
+                    core.handle_edge_closed(&format!("{e}"), now);
+                    *carrier = None;
+                    break;
+                }
+                if c.can_send() {
+                    core.handle_edge_drained();
+                }
+                match core.poll_transmit() {
+                    Some(frame) => {
+                        c.send(frame);
+                        moved = true;
+                    }
+                    None => break,
+                }
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
     }
 }

@@ -104,6 +104,9 @@ pub enum AccessError {
     /// The edge ended the session with a WebSocket Close other than normal; `reason`
     /// (escaped) says why, e.g. the origin could not reach its service.
     SessionClosed { reason: String },
+    /// The path to the edge died and no new one resumed the stream within `window` seconds;
+    /// `last` is the last attempt's failure.
+    NotResumed { window: u64, last: String },
     /// The credentials cannot go into an HTTP header (the message says which).
     BadCredentials(&'static str),
     /// The edge would not start a browser login (`why`: its reason, escaped, with `: `).
@@ -280,6 +283,11 @@ impl fmt::Display for AccessError {
             } => write!(f, "the edge closed the connection{during}: {e}"),
             Connection { doing, error } => write!(f, "{doing} failed: {error}"),
             SessionClosed { reason } => write!(f, "the edge closed the session: {reason}"),
+            NotResumed { window, last } => write!(
+                f,
+                "the connection to the edge was lost and the session could not be resumed \
+                 within {window}s (last attempt: {last})"
+            ),
             BadCredentials(m) => f.write_str(m),
             LoginNotStarted {
                 status,

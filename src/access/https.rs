@@ -189,6 +189,8 @@ impl Connector for EdgeConnector {
             edge: self.edge.clone(),
             extra_ca: None,
             credentials: Credentials::None,
+            resume: None,
+            resume_granted: None,
         };
         let (sock, tls) =
             tls_connect(&opts, &self.cfg).map_err(|e| ureq::Error::Other(Box::new(e)))?;

@@ -70,6 +70,8 @@ impl Shared {
                 }
                 Credentials::None => Credentials::None,
             },
+            resume: None,
+            resume_granted: None,
         }
     }
 

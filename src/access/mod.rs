@@ -42,6 +42,7 @@ mod https;
 mod listener;
 pub mod login;
 mod login_lock;
+pub(crate) mod resumable;
 pub mod token_cache;
 pub(crate) mod upgrade;
 
@@ -72,6 +73,10 @@ pub struct AccessOptions {
     pub edge: String,
     pub extra_ca: Option<PathBuf>,
     pub credentials: Credentials,
+    /// `Postern-Resume` to ask for in the upgrade (`access ssh`; docs/design.md §2.6).
+    pub resume: Option<String>,
+    /// What the edge's 101 granted in its `Postern-Resume` (the origin connector).
+    pub resume_granted: Option<String>,
 }
 
 /// A failure of the connection to the edge once it is up.

@@ -21,6 +21,7 @@ pub fn request(
     hostname: &str,
     credentials: &Credentials,
     key: &str,
+    resume: Option<&str>,
 ) -> Result<Vec<u8>, AccessError> {
     let mut headers: Vec<(&str, &str)> = vec![
         ("Host", hostname),
@@ -50,6 +51,9 @@ pub fn request(
             headers.push(("cf-access-token", token.expose()));
         }
         Credentials::None => {}
+    }
+    if let Some(resume) = resume {
+        headers.push((crate::proto::resume::HEADER, resume));
     }
     let mut req = Vec::new();
     http::write_request(&mut req, "GET", "/", &headers);
@@ -113,7 +117,8 @@ mod tests {
             id: "id.access".into(),
             secret: Secret::from("s3cret".to_owned()),
         };
-        let req = String::from_utf8(request("ssh.example.com", &creds, KEY).unwrap()).unwrap();
+        let req =
+            String::from_utf8(request("ssh.example.com", &creds, KEY, None).unwrap()).unwrap();
         assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
         for line in [
             "Host: ssh.example.com\r\n",
@@ -125,7 +130,7 @@ mod tests {
             assert!(req.contains(line), "{line:?} in {req}");
         }
         let app = Credentials::AppToken(Secret::from("a.b.c".to_owned()));
-        let req = String::from_utf8(request("h.example", &app, KEY).unwrap()).unwrap();
+        let req = String::from_utf8(request("h.example", &app, KEY, None).unwrap()).unwrap();
         assert!(req.contains("cf-access-token: a.b.c\r\n"), "{req}");
     }
 
@@ -139,7 +144,7 @@ mod tests {
                 secret: Secret::from("s".to_owned()),
             },
         ] {
-            let e = request("h.example", &creds, KEY).expect_err("refused");
+            let e = request("h.example", &creds, KEY, None).expect_err("refused");
             assert!(e.to_string().contains("printable ASCII"), "{e}");
         }
     }

@@ -286,6 +286,7 @@ pub fn encode_header(
 pub const BINARY: OpCode = OpCode::Data(Data::Binary);
 pub const CLOSE: OpCode = OpCode::Control(Control::Close);
 pub const PONG: OpCode = OpCode::Control(Control::Pong);
+pub const PING: OpCode = OpCode::Control(Control::Ping);
 
 /// Appends a whole frame (control frames, refusals) to `out`, masking it with `mask` if given.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], mask: Option<[u8; 4]>) {

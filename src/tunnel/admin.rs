@@ -44,6 +44,8 @@ impl AdminClient {
                 edge: edge.to_owned(),
                 extra_ca: None,
                 credentials: Credentials::None,
+                resume: None,
+                resume_granted: None,
             },
             cfg: Arc::new(cfg),
         })
