@@ -16,7 +16,8 @@
 //! or several. The interfaces are created inside them (never in the initial namespace), so
 //! their names and the addresses repeat from one set to the next without clashing. [`Hosts`]'s
 //! `Drop` SIGKILLs every process in its namespaces and deletes them, whatever part of the set-up
-//! succeeded. The harness needs root and the `ip` and `nft` binaries; without them the tests
+//! succeeded; namespaces left by a test process that was killed are removed by the next
+//! [`Hosts::create`]. The harness needs root and the `ip` and `nft` binaries; without them the tests
 //! fail with a message saying so (they never skip).
 //!
 //! [`NetChain`] is the chain of `Chain` placed on these hosts: sshd and `postern tunnel` on the
@@ -88,6 +89,7 @@ impl Hosts {
         );
         require("ip");
         require("nft");
+        remove_leftovers();
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let base = format!("pst{}n{n}", std::process::id());
@@ -263,6 +265,27 @@ impl Drop for Hosts {
     fn drop(&mut self) {
         for ns in self.created.drain(..) {
             remove_namespace(&ns);
+        }
+    }
+}
+
+/// Removes the namespaces of test processes that died without their `Drop` (a SIGKILLed test
+/// binary): `pst{PID}n…` whose PID no longer runs.
+fn remove_leftovers() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("pst") else {
+            continue;
+        };
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if !pid.is_empty()
+            && rest[pid.len()..].starts_with('n')
+            && !Path::new("/proc").join(&pid).exists()
+        {
+            remove_namespace(&name);
         }
     }
 }
