@@ -108,7 +108,7 @@ impl Hosts {
             if Path::new("/run/netns").join(&ns).exists() {
                 remove_namespace(&ns);
             }
-            ip(&["netns", "add", &ns]);
+            ip(&format!("netns add {ns}"));
             hosts.created.push(ns);
         }
         let (l, e, s) = (
@@ -116,28 +116,19 @@ impl Hosts {
             hosts.edge.clone(),
             hosts.server.clone(),
         );
-        // The veth ends are created inside the namespaces: no name in the initial namespace.
-        ip(&[
-            "link", "add", "name", "edge0", "netns", &l, "type", "veth", "peer", "name", "laptop0",
-            "netns", &e,
-        ]);
-        ip(&[
-            "link", "add", "name", "server0", "netns", &e, "type", "veth", "peer", "name", "edge0",
-            "netns", &s,
-        ]);
-        let cidr = |a: Ipv4Addr| format!("{a}/{PREFIX}");
-        ip(&["-n", &l, "addr", "add", &cidr(LAPTOP_IP), "dev", "edge0"]);
-        ip(&["-n", &e, "addr", "add", &cidr(EDGE_IP), "dev", "laptop0"]);
-        ip(&[
-            "-n",
-            &e,
-            "addr",
-            "add",
-            &cidr(EDGE_SERVER_SIDE_IP),
-            "dev",
-            "server0",
-        ]);
-        ip(&["-n", &s, "addr", "add", &cidr(SERVER_IP), "dev", "edge0"]);
+        // The veth ends are made inside the namespaces: no name in the initial namespace.
+        ip(&format!(
+            "link add name edge0 netns {l} type veth peer name laptop0 netns {e}"
+        ));
+        ip(&format!(
+            "link add name server0 netns {e} type veth peer name edge0 netns {s}"
+        ));
+        ip(&format!("-n {l} addr add {LAPTOP_IP}/{PREFIX} dev edge0"));
+        ip(&format!("-n {e} addr add {EDGE_IP}/{PREFIX} dev laptop0"));
+        ip(&format!(
+            "-n {e} addr add {EDGE_SERVER_SIDE_IP}/{PREFIX} dev server0"
+        ));
+        ip(&format!("-n {s} addr add {SERVER_IP}/{PREFIX} dev edge0"));
         for (ns, dev) in [
             (&l, "lo"),
             (&l, "edge0"),
@@ -147,28 +138,31 @@ impl Hosts {
             (&s, "lo"),
             (&s, "edge0"),
         ] {
-            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&format!("-n {ns} link set {dev} up"));
         }
         // Default routes, as hosts have: the laptop's and the server's go to the edge, which
         // drops what is not for itself.
-        ip(&[
-            "-n",
-            &l,
-            "route",
-            "add",
-            "default",
-            "via",
-            &EDGE_IP.to_string(),
+        ip(&format!("-n {l} route add default via {EDGE_IP}"));
+        ip(&format!(
+            "-n {s} route add default via {EDGE_SERVER_SIDE_IP}"
+        ));
+        // net.ipv4.ip_forward=0 in the edge's namespace (/proc/sys/net is the writer's
+        // namespace's; no procps needed), read back to be sure.
+        let mut forward = Command::new("sh");
+        forward.args([
+            "-c",
+            "echo 0 > /proc/sys/net/ipv4/ip_forward && cat /proc/sys/net/ipv4/ip_forward",
         ]);
-        let gw = EDGE_SERVER_SIDE_IP.to_string();
-        ip(&["-n", &s, "route", "add", "default", "via", &gw]);
-        run_checked(
-            hosts.command(Host::Edge, Command::new("sysctl")).args([
-                "-q",
-                "-w",
-                "net.ipv4.ip_forward=0",
-            ]),
-            "sysctl net.ipv4.ip_forward=0 in the edge's namespace",
+        let out = hosts
+            .command(Host::Edge, forward)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sh in the edge's namespace");
+        assert!(
+            out.status.success() && out.stdout == b"0\n",
+            "could not set net.ipv4.ip_forward=0 in the edge's namespace ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
         );
         hosts.firewall_server();
         hosts
@@ -239,25 +233,23 @@ impl Hosts {
 
     /// Removes the laptop's address (its link stays up): the laptop has left its network.
     pub fn remove_laptop_address(&self, addr: Ipv4Addr) {
-        let cidr = format!("{addr}/{PREFIX}");
-        ip(&["-n", &self.laptop, "addr", "del", &cidr, "dev", "edge0"]);
+        ip(&format!(
+            "-n {} addr del {addr}/{PREFIX} dev edge0",
+            self.laptop
+        ));
     }
 
     /// Gives the laptop `addr` (in the edge's subnet) and its default route back: the laptop
     /// has joined a network again, with a new address.
     pub fn add_laptop_address(&self, addr: Ipv4Addr) {
-        let cidr = format!("{addr}/{PREFIX}");
-        ip(&["-n", &self.laptop, "addr", "add", &cidr, "dev", "edge0"]);
-        let gw = EDGE_IP.to_string();
-        ip(&[
-            "-n",
-            &self.laptop,
-            "route",
-            "replace",
-            "default",
-            "via",
-            &gw,
-        ]);
+        ip(&format!(
+            "-n {} addr add {addr}/{PREFIX} dev edge0",
+            self.laptop
+        ));
+        ip(&format!(
+            "-n {} route replace default via {EDGE_IP}",
+            self.laptop
+        ));
     }
 }
 
@@ -327,11 +319,11 @@ fn remove_namespace(ns: &str) {
     }
 }
 
-/// `ip ARGS`, which must succeed.
-fn ip(args: &[&str]) {
+/// `ip ARGS` (split at whitespace), which must succeed.
+fn ip(line: &str) {
     run_checked(
-        Command::new("ip").args(args),
-        &format!("ip {}", args.join(" ")),
+        Command::new("ip").args(line.split_whitespace()),
+        &format!("ip {line}"),
     );
 }
 
