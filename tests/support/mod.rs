@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod netns;
 pub mod oidc;
 pub mod raw;
 pub mod ready;
@@ -68,6 +69,8 @@ pub fn require(binary: &str) -> PathBuf {
         "ssh" | "ssh-keygen" => "openssh-client",
         "git" => "git",
         "prlimit" => "util-linux",
+        "ip" => "iproute2",
+        "nft" => "nftables",
         other => other,
     };
     panic!(
@@ -586,6 +589,26 @@ impl Sshd {
 
     /// Like [`Sshd::start`] with the given `MaxStartups` (see [`Startups`]).
     pub fn start_with(dir: &Path, startups: Startups) -> Sshd {
+        Self::start_via(
+            dir,
+            startups,
+            "127.0.0.1",
+            free_port(),
+            &|cmd| cmd,
+            &|addr| TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok(),
+        )
+    }
+
+    /// Like [`Sshd::start_with`] on `listen:port`, its command passed through `wrap` (e.g. to
+    /// run it in a network namespace), waiting until `accepting(127.0.0.1:port)` holds.
+    fn start_via(
+        dir: &Path,
+        startups: Startups,
+        listen: &str,
+        port: u16,
+        wrap: &dyn Fn(Command) -> Command,
+        accepting: &dyn Fn(&SocketAddr) -> bool,
+    ) -> Sshd {
         let sshd_bin = require("sshd");
         require("ssh-keygen");
         let dir = dir.join("sshd");
@@ -626,12 +649,11 @@ impl Sshd {
             fs::create_dir_all("/run/sshd").expect("mkdir -p /run/sshd");
         }
 
-        let port = free_port();
         let config = dir.join("sshd_config");
         let pid_file = dir.join("sshd.pid");
         let base = format!(
             "Port {port}\n\
-             ListenAddress 127.0.0.1\n\
+             ListenAddress {listen}\n\
              HostKey {host_key}\n\
              AuthorizedKeysFile {authorized_keys}\n\
              PidFile {pid_file}\n\
@@ -684,11 +706,11 @@ impl Sshd {
 
         let mut cmd = Command::new(&sshd_bin);
         cmd.arg("-D").arg("-e").arg("-f").arg(&config);
-        let child = Child::spawn("sshd", cmd, &dir);
+        let child = Child::spawn("sshd", wrap(cmd), &dir);
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let start = Instant::now();
         loop {
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if accepting(&addr) {
                 break;
             }
             if let Some(status) = child.try_wait() {
