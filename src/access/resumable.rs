@@ -57,7 +57,7 @@ enum Path {
     /// A carrier is being set up (by the driver, off the loop).
     Connecting,
     /// A carrier is up.
-    Attached(Attached),
+    Attached(Box<Attached>),
     /// Waiting to try again.
     Lost { next_try: Instant },
 }
@@ -132,7 +132,7 @@ impl Resumable {
     }
 
     fn attach(&mut self, opening: Vec<u8>, may_send: bool, now: Instant) {
-        self.path = Path::Attached(Attached {
+        self.path = Path::Attached(Box::new(Attached {
             dec: Decoder::new(Role::Client),
             opening: Some(opening),
             accepted: false,
@@ -142,7 +142,7 @@ impl Resumable {
             ping_wanted: false,
             last_heard: now,
             next_ping: now + CARRIER_PING_INTERVAL,
-        });
+        }));
     }
 
     /// The stream's identity, short, for logs.
