@@ -1019,3 +1019,113 @@ fn revoking_a_serial_closes_the_tunnels_of_the_certificate_with_it() {
         "{events:?}"
     );
 }
+
+// ------------------------------------------------------------------------- resumable streams
+
+/// The `"resume"` field of the OPEN claims in `events`.
+fn resume_claim(events: &[OriginEvent]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        OriginEvent::Open { claims, .. } => Some(
+            serde_json::from_slice::<serde_json::Value>(claims).unwrap()["resume"]
+                .as_str()
+                .unwrap_or("none")
+                .to_owned(),
+        ),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_resumable_stream_is_granted_and_a_resumption_routed_to_its_connector_only() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let connector = "09".repeat(16);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    let creds = [(a, x.as_str()), (b, y.as_str())];
+    let ask = |extra: &str| {
+        let mut h = creds.to_vec();
+        h.push(("Postern-Resume", extra));
+        upgrade(APP, &h)
+    };
+
+    let mut c = pipe.carrier(peer_addr(10, 1), APP);
+    pipe.send(&mut c, &ask("start"));
+    let answer = String::from_utf8_lossy(&c.received).into_owned();
+    assert_eq!(status(&c.received), 101, "{answer}");
+    assert!(
+        answer.contains(&format!("Postern-Resume: {connector}\r\n")),
+        "{answer}"
+    );
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(resume_claim(&events).as_deref(), Some("start"));
+
+    // Without the header: a plain stream, nothing granted.
+    let mut plain = pipe.carrier(peer_addr(10, 2), APP);
+    pipe.send(&mut plain, &upgrade(APP, &creds));
+    assert!(!String::from_utf8_lossy(&plain.received).contains("Postern-Resume"));
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(resume_claim(&events).as_deref(), Some("none"));
+
+    let stream = "ab".repeat(16);
+    let mut r = pipe.carrier(peer_addr(10, 3), APP);
+    pipe.send(
+        &mut r,
+        &ask(&format!("resume connector={connector} stream={stream}")),
+    );
+    assert_eq!(status(&r.received), 101, "{}", body_of(&r.received));
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(resume_claim(&events).as_deref(), Some("resume"));
+
+    // Another connector is not connected here: 503, the client tries again later.
+    let mut other = pipe.carrier(peer_addr(10, 4), APP);
+    let elsewhere = "07".repeat(16);
+    pipe.send(
+        &mut other,
+        &ask(&format!("resume connector={elsewhere} stream={stream}")),
+    );
+    assert_eq!(status(&other.received), 503, "{}", body_of(&other.received));
+
+    let mut bad = pipe.carrier(peer_addr(10, 5), APP);
+    pipe.send(&mut bad, &ask("resume please"));
+    assert_eq!(status(&bad.received), 400);
+}
+
+#[test]
+fn resumptions_over_the_rate_from_one_source_get_429() {
+    let mut pipe = Pipe::new();
+    let (_t, _origin) = pipe.tunnel(peer_addr(50, 1));
+    let [(a, x), (b, y)] = pipe.token_headers();
+    let value = format!(
+        "resume connector={} stream={}",
+        "09".repeat(16),
+        "ab".repeat(16)
+    );
+    let req = upgrade(APP, &[(a, &x), (b, &y), ("Postern-Resume", &value)]);
+    let mut statuses = Vec::new();
+    for i in 0..=crate::limits::RESUME_ATTEMPTS_PER_MINUTE {
+        let mut c = pipe.carrier(peer_addr(10, (i % 200) as u16 + 1), APP);
+        pipe.send(&mut c, &req);
+        statuses.push(status(&c.received));
+    }
+    assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 101));
+    assert_eq!(statuses.last(), Some(&429));
+}
+
+#[test]
+fn a_carrier_that_dies_without_closing_resets_its_stream_as_lost() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    pipe.origin_events(&mut t, &mut origin);
+    // A TCP FIN with no Close frame and no close_notify: the laptop's process was killed.
+    c.wire.0.borrow_mut().peer_eof = true;
+    pipe.exchange(&mut c);
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            OriginEvent::Stream(StreamEvent::Reset { code, .. }) if *code == mux::ResetCode::Lost
+        )),
+        "{events:?}"
+    );
+}
