@@ -39,6 +39,7 @@
 //! Writers in the same process go through one owner (the edge's store worker); two
 //! `service-token create` processes racing may lose one record (the later rename wins).
 
+pub mod etcd;
 pub mod file;
 pub mod worker;
 
@@ -55,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
 use crate::secret::Secret;
 
+pub use etcd::{EtcdStore, EtcdUrl};
 pub use file::{valid_tunnel_name, FileStore, ServiceTokens, MAX_TUNNEL_NAME};
 
 /// Mode of files that hold secrets or access-control state.
