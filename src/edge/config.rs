@@ -33,12 +33,16 @@ pub use crate::oidc::OidcSettings;
 use crate::pki::{self, Authority};
 use crate::proto::mux;
 use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
-use crate::store::StateDir;
+use crate::store::{EtcdUrl, StateDir};
 
 /// Everything the edge loop needs, ready to use.
 pub struct EdgeSettings {
     pub listen: SocketAddr,
+    /// The local state directory: the whole state, or (with [`EdgeSettings::etcd`]) the
+    /// signing keys, the CAs and the audit log.
     pub state: StateDir,
+    /// The records an edge pool shares, in etcd (`"state": "etcd://…"`, `--state etcd://…`).
+    pub etcd: Option<EtcdUrl>,
     pub audit_log: PathBuf,
     pub carrier_tls: Arc<ServerConfig>,
     pub tunnel_tls: Arc<ServerConfig>,
@@ -78,6 +82,7 @@ pub struct ConfigSource {
 struct RestartOnly {
     listen: SocketAddr,
     state_dir: PathBuf,
+    state: Option<String>,
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
     public_url: Option<String>,
@@ -90,6 +95,7 @@ impl RestartOnly {
         RestartOnly {
             listen: cfg.listen,
             state_dir: cfg.state_dir.clone(),
+            state: cfg.state.clone(),
             audit_log: cfg.audit_log.clone(),
             zones: cfg.zones.clone(),
             public_url: cfg.public_url.clone(),
@@ -108,6 +114,7 @@ impl RestartOnly {
         };
         field("listen", self.listen != new.listen);
         field("state_dir", self.state_dir != new.state_dir);
+        field("state", self.state != new.state);
         field("audit_log", self.audit_log != new.audit_log);
         field("zones", self.zones != new.zones);
         field("public_url", self.public_url != new.public_url);
@@ -267,6 +274,10 @@ pub enum IdentityProvider {
 pub(crate) struct FileConfig {
     listen: SocketAddr,
     state_dir: PathBuf,
+    /// The records an edge pool shares: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`. With it,
+    /// `state_dir` keeps only the keys, the CAs and the audit log (docs/scaling.md).
+    #[serde(default)]
+    state: Option<String>,
     #[serde(default)]
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
@@ -437,6 +448,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
     let cfg = FileConfig {
         listen,
         state_dir: state_dir.to_owned(),
+        state: None,
         audit_log: None,
         zones: vec![Zone {
             name: "localhost".into(),
@@ -575,6 +587,12 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     if let IdentityProvider::Oidc(o) = &identity {
         check_identity(&cfg, Some(o))?;
     }
+    let etcd = match &cfg.state {
+        None => None,
+        Some(url) => Some(
+            EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?,
+        ),
+    };
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
     let mut zones = Vec::new();
@@ -614,6 +632,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
             .audit_log
             .unwrap_or_else(|| state.path().join("audit.log")),
         state,
+        etcd,
         carrier_tls,
         tunnel_tls,
         applications: cfg.applications,
