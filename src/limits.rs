@@ -331,7 +331,7 @@ pub const MAX_ETCD_ENDPOINTS: usize = 16;
 pub const MAX_ETCD_TXN_OPS: usize = 64;
 /// How often a compare-and-swap that lost to another writer is tried again before the
 /// caller is told to retry.
-pub const ETCD_CAS_ATTEMPTS: usize = 5;
+pub const ETCD_CAS_ATTEMPTS: usize = 8;
 
 // Used by src/tunnel/core.rs.
 /// How long a TCP connect to the first hop (the proxy or the edge) may take.

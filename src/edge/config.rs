@@ -589,9 +589,9 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     }
     let etcd = match &cfg.state {
         None => None,
-        Some(url) => Some(
-            EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?,
-        ),
+        Some(url) => {
+            Some(EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?)
+        }
     };
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;

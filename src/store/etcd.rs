@@ -7,7 +7,7 @@
 //!    PREFIX/tokens/<client id>          ServiceTokenRecord (JSON)
 //!    PREFIX/token-names/<name>          the client id (a name is unique)
 //!    PREFIX/hostnames/<hostname>        the hostname's owner (the JSON of hostnames.json's records)
-//!    PREFIX/cert-hostnames/<fp>/<host>  "" — the index that counts a certificate's hostnames
+//!    PREFIX/cert-slots/<fp>/<n>         a hostname the certificate holds, n < the cap
 //!    PREFIX/tunnels/<id>                TunnelRecord
 //!    PREFIX/tunnel-names/<zone>/<name>  the tunnel id (a name is unique in its zone)
 //!    PREFIX/revoked/cert/<fp>           RevokedCertificate
@@ -19,8 +19,10 @@
 //! Every change that could race is one transaction whose compares say what the caller saw:
 //! a hostname is claimed only if its key is absent (`create_revision == 0`) or at the
 //! `mod_revision` the caller read, so two edges can never give one hostname to two owners. A
-//! certificate's hostname count is checked against the index range with a range compare
-//! (no key in `cert-hostnames/<fp>/` changed since it was counted). `take_login` is one
+//! certificate holds at most [`MAX_HOSTNAMES_PER_CERTIFICATE`] hostnames because a claim also
+//! takes one of that many slot keys (`cert-slots/<fp>/<n>`, created only if absent, in the
+//! same transaction); claims racing for one certificate pick free slots at random, so they
+//! rarely collide. `take_login` is one
 //! delete with `prev_kv`: exactly one caller gets the record. A revision of a record is its
 //! key's `mod_revision`.
 //!
@@ -419,6 +421,17 @@ impl EtcdStore {
         Ok((r.count, r.header.revision))
     }
 
+    /// The slot key by which certificate `fp` holds `host`.
+    fn slot_of(&mut self, fp: &str, host: &str) -> Result<Option<String>, StoreError> {
+        let slots = self.key(&format!("cert-slots/{fp}/"));
+        for kv in &self.list(&slots, 0, 0)?.kvs {
+            if kv.value()? == host.as_bytes() {
+                return Ok(Some(kv.key()?));
+            }
+        }
+        Ok(None)
+    }
+
     fn txn(&mut self, compare: Vec<Value>, success: Vec<Value>) -> Result<TxnResponse, StoreError> {
         self.call(
             "/v3/kv/txn",
@@ -538,7 +551,9 @@ impl EtcdStore {
                     compare.push(compare_revision(&key, r.revision));
                     ops.push(delete(&key));
                     if let HostOwner::Certificate(fp) = &r.value.owner {
-                        ops.push(delete(&self.key(&format!("cert-hostnames/{fp}/{h}"))));
+                        if let Some(slot) = self.slot_of(fp, h)? {
+                            ops.push(delete(&slot));
+                        }
                     }
                 }
                 if self.txn(compare, ops)?.succeeded {
@@ -700,20 +715,28 @@ impl Store for EtcdStore {
             let mut compare = vec![compare_expect(&key, expect)];
             let mut ops = vec![put(&key, &to_json(&HostnameFileRecord::from(&record)))];
             if let HostOwner::Certificate(fp) = &record.owner {
-                let index = self.key(&format!("cert-hostnames/{fp}/"));
-                let (owned, at) = self.count(&index)?;
-                if usize::try_from(owned).unwrap_or(usize::MAX) >= MAX_HOSTNAMES_PER_CERTIFICATE {
+                let slots = self.key(&format!("cert-slots/{fp}/"));
+                let used: Vec<String> = self
+                    .list(&slots, 0, 0)?
+                    .kvs
+                    .iter()
+                    .map(Kv::key)
+                    .collect::<Result<_, _>>()?;
+                let free: Vec<usize> = (0..MAX_HOSTNAMES_PER_CERTIFICATE)
+                    .filter(|n| !used.contains(&format!("{slots}{n}")))
+                    .collect();
+                if free.is_empty() {
                     return Err(StoreError::TooMany);
                 }
-                // No hostname added to this certificate since it was counted.
-                compare.push(json!({
-                    "key": b64(&index), "range_end": range_end(&index),
-                    "target": "MOD", "result": "LESS", "mod_revision": (at + 1).to_string()
-                }));
-                ops.push(put(&format!("{index}{host}"), b""));
+                let pick = usize::from_str_radix(&random_hex(4)?, 16).unwrap_or(0) % free.len();
+                let slot = format!("{slots}{}", free[pick]);
+                compare.push(compare_absent(&slot));
+                ops.push(put(&slot, host.as_bytes()));
             }
             if let Some(HostOwner::Certificate(old)) = current.as_ref().map(|c| &c.value.owner) {
-                ops.push(delete(&self.key(&format!("cert-hostnames/{old}/{host}"))));
+                if let Some(slot) = self.slot_of(old, &host)? {
+                    ops.push(delete(&slot));
+                }
             }
             let done = self.txn(compare, ops)?;
             if done.succeeded {
@@ -744,7 +767,9 @@ impl Store for EtcdStore {
         let key = self.key(&format!("hostnames/{host}"));
         let mut ops = vec![delete(&key)];
         if let HostOwner::Certificate(fp) = &cur.value.owner {
-            ops.push(delete(&self.key(&format!("cert-hostnames/{fp}/{host}"))));
+            if let Some(slot) = self.slot_of(fp, &host)? {
+                ops.push(delete(&slot));
+            }
         }
         if self
             .txn(vec![compare_revision(&key, cur.revision)], ops)?

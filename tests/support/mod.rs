@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod etcd;
 pub mod oidc;
 pub mod raw;
 pub mod ready;
@@ -68,6 +69,7 @@ pub fn require(binary: &str) -> PathBuf {
         "ssh" | "ssh-keygen" => "openssh-client",
         "git" => "git",
         "prlimit" => "util-linux",
+        "etcd" => "etcd-server",
         other => other,
     };
     panic!(
