@@ -246,6 +246,7 @@ fn state_or_default(state: Option<PathBuf>) -> Result<PathBuf, CliError> {
 /// Where the shared records and the keys live, from `--state DIR|etcd://…` and `--keys DIR`.
 struct StateArgs {
     /// The local directory: the whole state, or (with etcd) the signing keys and CAs.
+    /// With etcd it is opened only by the commands that need a key.
     dir: PathBuf,
     /// `--state etcd://…`: the records an edge pool shares.
     etcd: Option<EtcdUrl>,
@@ -256,7 +257,8 @@ struct StateArgs {
 fn state_args(state: Option<OsString>, keys: Option<PathBuf>) -> Result<StateArgs, CliError> {
     match state.as_ref().and_then(|s| s.to_str()) {
         Some(s) if EtcdUrl::is_etcd(s) => Ok(StateArgs {
-            dir: state_or_default(keys)?,
+            // No HOME is no error until a command needs the key directory.
+            dir: state_or_default(keys).unwrap_or_default(),
             etcd: Some(EtcdUrl::parse(s).map_err(usage)?),
         }),
         _ if keys.is_some() => Err(usage(
@@ -271,18 +273,31 @@ fn state_args(state: Option<OsString>, keys: Option<PathBuf>) -> Result<StateArg
 
 impl StateArgs {
     /// The store that holds the records: etcd, or the state directory.
-    fn store(&self, dir: &StateDir) -> Result<Box<dyn Store>, CliError> {
+    fn store(&self) -> Result<Box<dyn Store>, CliError> {
         match &self.etcd {
             Some(url) => Ok(Box::new(EtcdStore::connect(url).map_err(store_failed)?)),
-            None => Ok(Box::new(FileStore::open(dir).map_err(CliError::Io)?)),
+            None => {
+                let dir = StateDir::open(&self.dir).map_err(CliError::Io)?;
+                Ok(Box::new(FileStore::open(&dir).map_err(CliError::Io)?))
+            }
         }
     }
 
+    /// The local directory (keys, CAs; without etcd the records too).
+    fn keys(&self) -> Result<StateDir, CliError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(CliError::Home(
+                "HOME is not set: pass --keys DIR for the key directory".into(),
+            ));
+        }
+        StateDir::open(&self.dir).map_err(CliError::Io)
+    }
+
     /// Where the records are, for messages.
-    fn shown(&self, dir: &StateDir) -> String {
+    fn shown(&self) -> String {
         match &self.etcd {
             Some(url) => url.to_string(),
-            None => dir.path().display().to_string(),
+            None => self.dir.display().to_string(),
         }
     }
 }
@@ -366,6 +381,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                 .parse()
                 .map_err(|e| usage(format!("--listen: {e}")))?;
             let state = state_args(state, keys)?;
+            state.keys()?;
             let mut s = edge::config::dev(listen, &state.dir)?;
             s.etcd = state.etcd.clone();
             let exe = current_exe();
@@ -458,16 +474,15 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
         )));
     };
     let args = state_args(state, keys)?;
-    let dir = StateDir::open(&args.dir).map_err(CliError::Io)?;
     if revoke {
-        let mut store = args.store(&dir)?;
-        return revoke_service_token(store.as_mut(), &args.shown(&dir), &name);
+        let mut store = args.store()?;
+        return revoke_service_token(store.as_mut(), &args.shown(), &name);
     }
     let (id, secret) = match &args.etcd {
-        None => ServiceTokens::create(&dir, &name).map_err(CliError::Io)?,
+        None => ServiceTokens::create(&args.keys()?, &name).map_err(CliError::Io)?,
         Some(_) => {
             let (record, secret) = args
-                .store(&dir)?
+                .store()?
                 .create_service_token(&name)
                 .map_err(store_failed)?;
             (record.client_id, secret)
@@ -635,9 +650,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
                 "origin-cert revoke: SERIAL or FILE is missing\n{HELP}"
             ))
         })?;
-        let args = state_args(state, keys)?;
-        let dir = StateDir::open(&args.dir).map_err(CliError::Io)?;
-        return revoke_origin_cert(args.store(&dir)?.as_mut(), &target);
+        return revoke_origin_cert(state_args(state, keys)?.store()?.as_mut(), &target);
     }
     if verb.as_deref() != Some("create") {
         return Err(usage(format!(
@@ -648,7 +661,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
         zone.ok_or_else(|| usage(format!("origin-cert create: --zone is missing\n{HELP}")))?;
     let out = out.ok_or_else(|| usage(format!("origin-cert create: --out is missing\n{HELP}")))?;
     // The origin CA is a key: in the local directory, also with an etcd state.
-    let state = StateDir::open(&state_args(state, keys)?.dir).map_err(CliError::Io)?;
+    let state = state_args(state, keys)?.keys()?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
         .map_err(CliError::Io)?;
     let (cert, key) = origin_ca.issue_origin(&zone).map_err(CliError::Io)?;

@@ -523,6 +523,9 @@ pub fn fuzz_config(data: &[u8]) {
 impl FileConfig {
     /// The checks that need no filesystem.
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(state) = &self.state {
+            EtcdUrl::parse(state).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?;
+        }
         if self.zones.is_empty() {
             return Err(ConfigError::Invalid(
                 "`zones` must name at least one zone".into(),
@@ -776,6 +779,37 @@ mod tests {
                 Ok(_) => panic!("accepted limits {bad}"),
             };
             assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn state_in_etcd_is_a_checked_url() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let cfg = parse(
+            Path::new("edge.json"),
+            &format!(r#"{{{base},"state":"etcd://10.0.0.5:2379,10.0.0.6:2379/postern"}}"#),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.etcd.map(|u| u.to_string()).as_deref(),
+            Some("etcd://10.0.0.5:2379,10.0.0.6:2379/postern")
+        );
+        for bad in [
+            "/var/lib/postern",
+            "etcd://10.0.0.5/postern",
+            "etcd://h:2379",
+        ] {
+            let err = match parse(
+                Path::new("edge.json"),
+                &format!(r#"{{{base},"state":"{bad}"}}"#),
+            ) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted state {bad}"),
+            };
+            assert!(
+                err.contains("state:") && err.contains("etcd://HOST:PORT"),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -103,12 +103,12 @@ impl EtcdUrl {
             return Err(bad(&format!("at most {MAX_ETCD_ENDPOINTS} endpoints")));
         }
         for e in &endpoints {
-            let port = e.rsplit_once(':').map(|(_, p)| p);
-            let host_ok = !e.is_empty()
-                && e.bytes().all(|b| {
+            let (host, port) = e.rsplit_once(':').unwrap_or(("", ""));
+            let host_ok = !host.is_empty()
+                && host.bytes().all(|b| {
                     b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
                 });
-            if !host_ok || !port.is_some_and(|p| p.parse::<u16>().is_ok_and(|p| p != 0)) {
+            if !host_ok || !port.parse::<u16>().is_ok_and(|p| p != 0) {
                 return Err(bad(&format!("endpoint {e:?} is not HOST:PORT")));
             }
         }
