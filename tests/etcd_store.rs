@@ -326,3 +326,70 @@ fn a_dead_endpoint_is_skipped_and_an_unreachable_cluster_is_named() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn routes_and_tunnels_changed_through_one_edge_reach_another_by_its_poll() {
+    let dir = temp_dir("etcd-route-changes");
+    let etcd = Etcd::start(dir.path());
+    let url = etcd.url("pool");
+    let (mut a, mut b) = (store(&url), store(&url));
+    let tunnel = TunnelRecord {
+        name: "web".into(),
+        zone: "example.com".into(),
+        cert_sha256: "c".repeat(64),
+        created: 1,
+    };
+    a.create_tunnel(
+        "kept",
+        TunnelRecord {
+            name: "kept".into(),
+            ..tunnel.clone()
+        },
+    )
+    .unwrap();
+    a.claim_hostname(
+        "kept.example.com",
+        cert_owner(&"d".repeat(64)),
+        Expect::Absent,
+    )
+    .unwrap();
+    b.snapshot().unwrap();
+
+    a.create_tunnel("t1", tunnel.clone()).unwrap();
+    let route = HostnameRecord {
+        owner: HostOwner::Tunnel("t1".into()),
+        zone: "example.com".into(),
+        first_registered: 1,
+    };
+    let routed = a
+        .claim_hostname("www.example.com", route, Expect::Absent)
+        .unwrap();
+    b.poll().unwrap();
+    let changes = b.changes();
+    assert!(changes.contains(&Change::Tunnel {
+        id: "t1".into(),
+        record: Some(tunnel.clone()),
+    }));
+    assert!(changes.contains(&Change::Hostname {
+        hostname: "www.example.com".into(),
+        record: Some(routed.record.clone()),
+    }));
+    assert_eq!(changes.len(), 2, "only what changed: {changes:?}");
+
+    // Deletes are seen too (a range past a revision does not show them).
+    assert_eq!(a.unroute_tunnel("t1").unwrap(), ["www.example.com"]);
+    a.delete_tunnel("t1").unwrap();
+    b.poll().unwrap();
+    let changes = b.changes();
+    assert!(changes.contains(&Change::Tunnel {
+        id: "t1".into(),
+        record: None,
+    }));
+    assert!(changes.contains(&Change::Hostname {
+        hostname: "www.example.com".into(),
+        record: None,
+    }));
+    assert_eq!(changes.len(), 2, "only what changed: {changes:?}");
+    b.poll().unwrap();
+    assert!(b.changes().is_empty());
+}

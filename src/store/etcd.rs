@@ -28,16 +28,19 @@
 //!
 //! Changes made by other edges and by the CLI ([`Store::poll`]): once per
 //! [`crate::limits::STORE_POLL_INTERVAL`], one `range` of a single key reads the cluster's
-//! revision; when it moved, `tokens/` and `revoked/` are read with `min_mod_revision` just
-//! past the last revision seen, and what is new is reported by [`Store::changes`]. A token or
-//! revocation is thus seen by every edge within about a second.
+//! revision; when it moved, `tokens/`, `revoked/`, `hostnames/` and `tunnels/` are read with
+//! `min_mod_revision` just past the last revision seen, and what is new is reported by
+//! [`Store::changes`]. Such a range shows puts, not deletes: a `count_only` of `hostnames/` and
+//! `tunnels/` that finds fewer keys than known lists their names to find which are gone. A
+//! token, a revocation, a route or a deleted tunnel is thus seen by every edge within about a
+//! second.
 //!
 //! Endpoints: each request goes to the endpoint that answered last; when it cannot be reached
 //! (connect, timeout, 5xx) the next one is tried, each once. A transaction retried on another
 //! endpoint after a lost answer is safe: its compares fail if the first try was applied, and
 //! the callers read the record again and see their own change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -291,7 +294,10 @@ pub struct EtcdStore {
     /// Client ids of the tokens and keys of the revocations reported (or snapshotted)
     /// already: a record put again is not news.
     known_tokens: BTreeMap<String, ServiceTokenRecord>,
-    known_revoked: std::collections::BTreeSet<String>,
+    known_revoked: BTreeSet<String>,
+    /// The hostnames and tunnels as last seen, to report what another edge changed.
+    known_hosts: BTreeMap<String, Versioned<HostnameRecord>>,
+    known_tunnels: BTreeMap<String, TunnelRecord>,
 }
 
 impl EtcdStore {
@@ -312,7 +318,9 @@ impl EtcdStore {
             seen: 0,
             found: Vec::new(),
             known_tokens: BTreeMap::new(),
-            known_revoked: Default::default(),
+            known_revoked: BTreeSet::new(),
+            known_hosts: BTreeMap::new(),
+            known_tunnels: BTreeMap::new(),
         };
         store.cluster_revision()?;
         Ok(store)
@@ -416,7 +424,16 @@ impl EtcdStore {
     }
 
     fn count(&mut self, prefix: &str) -> Result<(i64, i64), StoreError> {
-        let body = json!({"key": b64(prefix), "range_end": range_end(prefix), "count_only": true});
+        self.count_at(prefix, 0)
+    }
+
+    /// How many keys are under `prefix` at revision `at` (0: now), and the revision.
+    fn count_at(&mut self, prefix: &str, at: i64) -> Result<(i64, i64), StoreError> {
+        let mut body =
+            json!({"key": b64(prefix), "range_end": range_end(prefix), "count_only": true});
+        if at > 0 {
+            body["revision"] = json!(at.to_string());
+        }
         let r: RangeResponse = self.call("/v3/kv/range", &body)?;
         Ok((r.count, r.header.revision))
     }
@@ -448,8 +465,17 @@ impl EtcdStore {
         &mut self,
         at: i64,
     ) -> Result<BTreeMap<String, Versioned<HostnameRecord>>, StoreError> {
+        self.hostnames_since(at, 0)
+    }
+
+    /// The hostnames changed at `min_mod` or later, at revision `at`.
+    fn hostnames_since(
+        &mut self,
+        at: i64,
+        min_mod: i64,
+    ) -> Result<BTreeMap<String, Versioned<HostnameRecord>>, StoreError> {
         let prefix = self.key("hostnames/");
-        let r = self.list(&prefix, at, 0)?;
+        let r = self.list(&prefix, at, min_mod)?;
         let mut out = BTreeMap::new();
         for kv in &r.kvs {
             let host = kv.key()?[prefix.len()..].to_owned();
@@ -459,8 +485,17 @@ impl EtcdStore {
     }
 
     fn tunnels(&mut self, at: i64) -> Result<BTreeMap<String, TunnelRecord>, StoreError> {
+        self.tunnels_since(at, 0)
+    }
+
+    /// The tunnels changed at `min_mod` or later, at revision `at`.
+    fn tunnels_since(
+        &mut self,
+        at: i64,
+        min_mod: i64,
+    ) -> Result<BTreeMap<String, TunnelRecord>, StoreError> {
         let prefix = self.key("tunnels/");
-        let r = self.list(&prefix, at, 0)?;
+        let r = self.list(&prefix, at, min_mod)?;
         let mut out = BTreeMap::new();
         for kv in &r.kvs {
             out.insert(kv.key()?[prefix.len()..].to_owned(), kv.json()?);
@@ -523,7 +558,7 @@ impl EtcdStore {
     /// changed meanwhile is looked at again on the next pass); returns them, sorted.
     fn remove_hostnames(
         &mut self,
-        gone: &dyn Fn(&str, &HostnameRecord, &BTreeMap<String, TunnelRecord>) -> bool,
+        gone: &Picks<'_>,
         with_tunnels: bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut removed = Vec::new();
@@ -571,6 +606,9 @@ impl EtcdStore {
         Ok(removed)
     }
 }
+
+/// Which hostnames [`EtcdStore::remove_hostnames`] removes: by name, record and the tunnels.
+type Picks<'a> = dyn Fn(&str, &HostnameRecord, &BTreeMap<String, TunnelRecord>) -> bool + 'a;
 
 /// How a call failed.
 enum Failure {
@@ -632,6 +670,8 @@ impl Store for EtcdStore {
         for t in &service_tokens {
             self.known_tokens.insert(t.client_id.clone(), t.clone());
         }
+        self.known_hosts = hostnames.clone();
+        self.known_tunnels = tunnels.clone();
         self.seen = self.seen.max(at);
         Ok(Snapshot {
             service_tokens,
@@ -937,6 +977,57 @@ impl Store for EtcdStore {
         for (key, r, _) in self.revocations(at, since)? {
             if self.known_revoked.insert(key) {
                 self.found.push(Change::Revoked(r));
+            }
+        }
+        for (hostname, record) in self.hostnames_since(at, since)? {
+            if self.known_hosts.get(&hostname) != Some(&record) {
+                self.known_hosts.insert(hostname.clone(), record.clone());
+                self.found.push(Change::Hostname {
+                    hostname,
+                    record: Some(record),
+                });
+            }
+        }
+        for (id, record) in self.tunnels_since(at, since)? {
+            if self.known_tunnels.get(&id) != Some(&record) {
+                self.known_tunnels.insert(id.clone(), record.clone());
+                self.found.push(Change::Tunnel {
+                    id,
+                    record: Some(record),
+                });
+            }
+        }
+        // A range past a revision shows what was put, not what was deleted: fewer keys than
+        // known means some are gone, and only then are the names listed to find which.
+        let hosts = self.key("hostnames/");
+        if usize::try_from(self.count_at(&hosts, at)?.0).unwrap_or(0) < self.known_hosts.len() {
+            let now = self.hostnames(at)?;
+            let gone: Vec<String> = self
+                .known_hosts
+                .keys()
+                .filter(|h| !now.contains_key(*h))
+                .cloned()
+                .collect();
+            for hostname in gone {
+                self.known_hosts.remove(&hostname);
+                self.found.push(Change::Hostname {
+                    hostname,
+                    record: None,
+                });
+            }
+        }
+        let tunnels = self.key("tunnels/");
+        if usize::try_from(self.count_at(&tunnels, at)?.0).unwrap_or(0) < self.known_tunnels.len() {
+            let now = self.tunnels(at)?;
+            let gone: Vec<String> = self
+                .known_tunnels
+                .keys()
+                .filter(|id| !now.contains_key(*id))
+                .cloned()
+                .collect();
+            for id in gone {
+                self.known_tunnels.remove(&id);
+                self.found.push(Change::Tunnel { id, record: None });
             }
         }
         self.seen = at;

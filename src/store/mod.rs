@@ -367,6 +367,17 @@ pub enum Change {
     },
     /// Something was revoked (the CLI wrote `revocations.json`; with etcd, another edge).
     Revoked(Revocation),
+    /// Another edge of the pool claimed, routed or released `hostname` (etcd only).
+    Hostname {
+        hostname: String,
+        record: Option<Versioned<HostnameRecord>>,
+    },
+    /// Another edge of the pool created (`Some`) or deleted (`None`) the named tunnel `id`
+    /// (etcd only).
+    Tunnel {
+        id: String,
+        record: Option<TunnelRecord>,
+    },
 }
 
 /// Everything the edge's view starts from.
