@@ -278,3 +278,99 @@ fn two_origins_racing_for_one_hostname_through_different_edges_one_wins_everywhe
         .contains("already registered by another origin certificate"));
     let _also = Tunnel::start(dir, host, &sshd.url(), winner_cert, loser_edge);
 }
+
+/// `postern tunnel ARGS --origincert CERT --edge EDGE --ca CA`, the admin commands.
+fn tunnel_admin(pool: &Pool, cert: &Path, edge: &Edge, args: &[&str]) -> String {
+    run_ok(
+        postern(&pool.dir.join("home"))
+            .arg("tunnel")
+            .args(args)
+            .arg("--origincert")
+            .arg(cert)
+            .args(["--edge", &edge.edge_arg(), "--ca"])
+            .arg(edge.ca())
+            .stdin(Stdio::null()),
+        &format!("postern tunnel {}", args.join(" ")),
+    )
+}
+
+#[test]
+fn a_tunnel_created_and_routed_through_one_edge_runs_at_another_and_its_delete_closes_it_there() {
+    let pool = Pool::start("pool-named");
+    let dir = pool.dir.path();
+    let sshd = Sshd::start(dir);
+    let home = dir.join("home");
+    let postern_dir = home.join(".postern");
+    fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+    let token = pool.token("named");
+
+    // Created and routed through edge A.
+    let out = tunnel_admin(&pool, &cert, &pool.a, &["create", "web"]);
+    let id = out
+        .split("Created tunnel web with id ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no id in: {out}"));
+    tunnel_admin(
+        &pool,
+        &cert,
+        &pool.a,
+        &["route", "dns", "web", "web.localhost"],
+    );
+    let routed = Instant::now();
+    // Edge B knows the tunnel and its route by its poll.
+    wait_until(
+        SEEN_WITHIN,
+        "edge B to know the tunnel and its route",
+        || {
+            let mut info = postern(&home);
+            info.args(["tunnel", "info", "web", "--origincert"])
+                .arg(&cert)
+                .args(["--edge", &pool.b.edge_arg(), "--ca"])
+                .arg(pool.b.ca())
+                .stdin(Stdio::null());
+            let out = run_with_deadline(&mut info, SSH_DEADLINE, "tunnel info at B");
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("web.localhost")
+        },
+    );
+    eprintln!(
+        "tunnel and route made through edge A known at edge B {:?} after",
+        routed.elapsed()
+    );
+
+    // Run at edge B; ssh through B reaches sshd.
+    let creds = postern_dir.join(format!("{id}.json"));
+    let mut run = postern(&home);
+    let metrics = support::ready::metrics_listen();
+    run.env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "run", "--credentials-file"])
+        .arg(&creds)
+        .args(["--url", &sshd.url(), "--edge", &pool.b.edge_arg(), "--ca"])
+        .arg(pool.b.ca())
+        .arg("web");
+    let origin = Child::spawn("named-at-b", run, dir);
+    support::ready::wait_registered_connections(&origin, &metrics, 1, Duration::from_secs(20))
+        .expect("the named tunnel registers at edge B");
+    assert!(ssh_works(dir, &sshd, "web.localhost", &pool.b, &token));
+
+    // Deleted through edge A: edge B closes its connection.
+    let out = tunnel_admin(&pool, &cert, &pool.a, &["delete", "-f", "web"]);
+    let deleted = Instant::now();
+    assert!(out.contains("1 route(s) removed"), "{out}");
+    let status = origin
+        .wait_exit(SEEN_WITHIN)
+        .unwrap_or_else(|e| panic!("the deleted tunnel runs on at edge B: {e}"));
+    assert!(!status.success());
+    assert!(
+        origin.stderr_text().contains("was deleted"),
+        "{}",
+        origin.stderr_text()
+    );
+    eprintln!(
+        "tunnel deleted through edge A closed at edge B {:?} after",
+        deleted.elapsed()
+    );
+    assert!(!ssh_works(dir, &sshd, "web.localhost", &pool.b, &token));
+}
