@@ -383,7 +383,16 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .map_or(0, |d| d.as_secs());
-            if age > KEY_ROTATION_SECS {
+            if age > KEY_ROTATION_SECS && settings.etcd.is_some() {
+                // Each edge of a pool rotating its own copy would sign with keys the others
+                // do not know: a pool rotates by hand, one file copied to every edge.
+                warn!(
+                    "the app-token signing key in {} is {} days old; an edge pool does not \
+                     rotate it by itself (docs/scaling.md, Keys)",
+                    state.path().join(FILE).display(),
+                    age / (24 * 3600)
+                );
+            } else if age > KEY_ROTATION_SECS {
                 let pkcs8 = ring.rotate(unix_now(), longest);
                 state.write_atomic(FILE, ring.to_json(&pkcs8).as_bytes(), 0o600)?;
                 info!(
