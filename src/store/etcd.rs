@@ -224,6 +224,18 @@ impl Kv {
         String::from_utf8(raw).map_err(|_| malformed("a key"))
     }
 
+    /// The key without `prefix` (the range asked for keys under it; anything else is an error,
+    /// not a panic).
+    fn key_under(&self, prefix: &str) -> Result<String, StoreError> {
+        let key = self.key()?;
+        key.strip_prefix(prefix).map(str::to_owned).ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "etcd answered a range of {prefix} with the key {}",
+                crate::logging::untrusted(&key)
+            ))
+        })
+    }
+
     fn value(&self) -> Result<Vec<u8>, StoreError> {
         base64::decode(&self.value).map_err(|_| malformed("a value"))
     }
@@ -339,7 +351,7 @@ impl EtcdStore {
             let at = (self.current + i) % n;
             let endpoint = self.url.endpoints[at].clone();
             match self.call_one(&endpoint, path, &body) {
-                Ok(Some(data)) => {
+                Ok(data) => {
                     self.current = at;
                     return serde_json::from_slice(&data).map_err(|e| {
                         StoreError::Unavailable(format!(
@@ -347,7 +359,6 @@ impl EtcdStore {
                         ))
                     });
                 }
-                Ok(None) => unreachable!("bug: call_one answers or fails"),
                 Err(Failure::Answer(why)) => {
                     self.current = at;
                     return Err(StoreError::Unavailable(format!(
@@ -362,7 +373,7 @@ impl EtcdStore {
         Err(StoreError::Unavailable(failures.join("; ")))
     }
 
-    fn call_one(&self, endpoint: &str, path: &str, body: &str) -> Result<Option<Vec<u8>>, Failure> {
+    fn call_one(&self, endpoint: &str, path: &str, body: &str) -> Result<Vec<u8>, Failure> {
         let url = format!("http://{endpoint}{path}");
         let mut resp = self
             .agent
@@ -378,7 +389,7 @@ impl EtcdStore {
             .read_to_vec()
             .map_err(|e| Failure::Unreachable(e.to_string()))?;
         if status == 200 {
-            return Ok(Some(data));
+            return Ok(data);
         }
         // The gateway's errors: {"error": "...", "code": N, "message": "..."}.
         let message = serde_json::from_slice::<Value>(&data)
@@ -478,7 +489,7 @@ impl EtcdStore {
         let r = self.list(&prefix, at, min_mod)?;
         let mut out = BTreeMap::new();
         for kv in &r.kvs {
-            let host = kv.key()?[prefix.len()..].to_owned();
+            let host = kv.key_under(&prefix)?;
             out.insert(host, versioned_host(kv)?);
         }
         Ok(out)
@@ -498,7 +509,7 @@ impl EtcdStore {
         let r = self.list(&prefix, at, min_mod)?;
         let mut out = BTreeMap::new();
         for kv in &r.kvs {
-            out.insert(kv.key()?[prefix.len()..].to_owned(), kv.json()?);
+            out.insert(kv.key_under(&prefix)?, kv.json()?);
         }
         Ok(out)
     }
@@ -523,14 +534,14 @@ impl EtcdStore {
         let mut out = Vec::new();
         for kv in &r.kvs {
             let key = kv.key()?;
-            let rest = &key[prefix.len()..];
+            let rest = kv.key_under(&prefix)?;
             let value: Value = kv.json()?;
             let reason = value
                 .get("reason")
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_owned();
-            let revocation = match rest.split_once('/') {
+            let revocation = match rest.as_str().split_once('/') {
                 Some(("cert", fp)) => Revocation::Certificate {
                     sha256: fp.to_owned(),
                     serial: value
@@ -1032,6 +1043,34 @@ impl Store for EtcdStore {
         }
         self.seen = at;
         Ok(())
+    }
+}
+
+/// Parses `data` as each answer of the gateway and reads the records in it, as the store
+/// does: never panics, whatever the bytes; and parses it as an `etcd://` URL.
+#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_answers(data: &[u8]) {
+    if let Ok(r) = serde_json::from_slice::<RangeResponse>(data) {
+        for kv in &r.kvs {
+            let _ = kv.key_under("p/");
+            let _ = kv.json::<ServiceTokenRecord>();
+            let _ = versioned_host(kv);
+        }
+    }
+    if let Ok(t) = serde_json::from_slice::<TxnResponse>(data) {
+        for kv in t
+            .responses
+            .iter()
+            .filter_map(|r| r.response_delete_range.as_ref())
+            .flat_map(|d| &d.prev_kvs)
+        {
+            let _ = kv.value();
+        }
+    }
+    let _ = serde_json::from_slice::<LeaseGrant>(data);
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = EtcdUrl::parse(text);
     }
 }
 
