@@ -374,3 +374,43 @@ fn a_tunnel_created_and_routed_through_one_edge_runs_at_another_and_its_delete_c
     );
     assert!(!ssh_works(dir, &sshd, "web.localhost", &pool.b, &token));
 }
+
+#[test]
+fn an_edge_started_from_a_config_file_with_state_in_etcd_serves_the_pool() {
+    let pool = Pool::start("pool-config");
+    let dir = pool.dir.path();
+    let c_dir = dir.join("c");
+    let keys = c_dir.join("keys");
+    copy_keys(&pool.a.state, &keys);
+    let config = c_dir.join("edge.json");
+    support::write_edge_config(
+        &config,
+        &format!("127.0.0.1:{}", support::free_port()),
+        &keys,
+        serde_json::json!([{ "any_valid_service_token": true }]),
+        serde_json::json!({ "state": pool.url }),
+    );
+    let c = Edge::start_config(&c_dir, &config, &keys, &[]);
+    let host = "config.localhost";
+    let sshd = Sshd::start(dir);
+    let cert = dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+    let _tc = Tunnel::start(dir, host, &sshd.url(), &cert, &c);
+
+    let token = pool.token("for-c");
+    assert!(ssh_works(dir, &sshd, host, &c, &token));
+    pool.cli(&["service-token", "revoke", "for-c"]);
+    let revoked = Instant::now();
+    wait_until(SEEN_WITHIN, "edge C to refuse the revoked token", || {
+        !ssh_works(dir, &sshd, host, &c, &token)
+    });
+    eprintln!(
+        "edge C refused the revoked token {:?} after",
+        revoked.elapsed()
+    );
+    assert!(
+        c.stderr_text().contains("state: shared records in etcd://"),
+        "{}",
+        support::tail(&c.stderr_text(), 2000)
+    );
+}
