@@ -244,8 +244,9 @@ impl Kv {
         let key = self.key()?;
         serde_json::from_slice(&self.value()?).map_err(|e| {
             StoreError::Unavailable(format!(
-                "etcd record {} is not what postern writes ({e}); remove or restore it",
-                crate::logging::untrusted(&key)
+                "etcd record {} is not what postern writes ({}); remove or restore it",
+                crate::logging::untrusted(&key),
+                crate::logging::escape(&e.to_string(), 200)
             ))
         })
     }
@@ -355,7 +356,8 @@ impl EtcdStore {
                     self.current = at;
                     return serde_json::from_slice(&data).map_err(|e| {
                         StoreError::Unavailable(format!(
-                            "etcd at {endpoint} answered {path} with unexpected JSON: {e}"
+                            "etcd at {endpoint} answered {path} with unexpected JSON: {}",
+                            crate::logging::escape(&e.to_string(), 200)
                         ))
                     });
                 }
@@ -1105,6 +1107,21 @@ mod tests {
             let e = EtcdUrl::parse(bad).unwrap_err();
             assert!(e.contains("etcd://HOST:PORT"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn a_record_postern_did_not_write_is_an_error_with_etcd_text_escaped() {
+        let kv = Kv {
+            key: base64::encode(b"p/tokens/\x1b[2Jx"),
+            value: base64::encode(b"{\"name\": 7, \"client_id\": \"\x1b[31m\"}"),
+            create_revision: 1,
+            mod_revision: 1,
+        };
+        let e = kv.json::<ServiceTokenRecord>().unwrap_err().to_string();
+        assert!(e.contains("is not what postern writes"), "{e}");
+        assert!(!e.contains('\x1b'), "{e:?}");
+        let outside = kv.key_under("q/").unwrap_err().to_string();
+        assert!(!outside.contains('\x1b'), "{outside:?}");
     }
 
     #[test]
