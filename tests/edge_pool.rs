@@ -34,7 +34,7 @@ struct Pool {
     a: Edge,
     b: Edge,
     url: String,
-    _etcd: Etcd,
+    etcd: Etcd,
     dir: TempDir,
 }
 
@@ -56,7 +56,7 @@ impl Pool {
             a,
             b,
             url,
-            _etcd: etcd,
+            etcd,
             dir,
         }
     }
@@ -412,5 +412,61 @@ fn an_edge_started_from_a_config_file_with_state_in_etcd_serves_the_pool() {
         c.stderr_text().contains("state: shared records in etcd://"),
         "{}",
         support::tail(&c.stderr_text(), 2000)
+    );
+}
+
+#[test]
+fn with_etcd_stopped_known_tokens_and_open_sessions_go_on_and_the_pool_recovers_when_it_returns() {
+    let mut pool = Pool::start("pool-etcd-down");
+    let dir = pool.dir.path().to_path_buf();
+    let host = "down.localhost";
+    let sshd = Sshd::start(&dir);
+    let cert = dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+    let _ta = Tunnel::start(&dir, host, &sshd.url(), &cert, &pool.a);
+    let _tb = Tunnel::start(&dir, host, &sshd.url(), &cert, &pool.b);
+    let token = pool.token("known");
+    assert!(ssh_works(&dir, &sshd, host, &pool.a, &token));
+    assert!(ssh_works(&dir, &sshd, host, &pool.b, &token));
+    let open = open_session(&dir, &sshd, host, &pool.b, &token, "open-through-outage");
+
+    pool.etcd.stop();
+    // The edges know the token: new sessions with it work at both; the open one goes on.
+    assert!(ssh_works(&dir, &sshd, host, &pool.a, &token));
+    assert!(ssh_works(&dir, &sshd, host, &pool.b, &token));
+    assert!(open.try_wait().is_none(), "{}", open.stderr_text());
+    // What needs etcd fails, saying so.
+    let out = postern(&dir.join("home"))
+        .args(["edge", "service-token", "create", "during", "--state"])
+        .arg(&pool.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains(&format!("etcd at {} unreachable", pool.etcd.addr)),
+        "{text}"
+    );
+    pool.b
+        .child()
+        .wait_for_stderr("unreachable", SEEN_WITHIN)
+        .expect("edge B's poll warns that etcd is unreachable");
+
+    // Back: without restarting the edges, a new token works and a revocation closes the open
+    // session.
+    pool.etcd.restart();
+    let after = pool.token("after");
+    let back = Instant::now();
+    wait_until(
+        SEEN_WITHIN,
+        "a token made after the outage to work at B",
+        || ssh_works(&dir, &sshd, host, &pool.b, &after),
+    );
+    pool.cli(&["service-token", "revoke", "known"]);
+    open.wait_exit(SEEN_WITHIN)
+        .unwrap_or_else(|e| panic!("a revocation after the outage did not reach edge B: {e}"));
+    eprintln!(
+        "the pool worked again {:?} after etcd returned",
+        back.elapsed()
     );
 }
