@@ -45,6 +45,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the state directory's files and their owner checks",
     ),
     ("store/file.rs", "the file-backed Store"),
+    (
+        "store/etcd.rs",
+        "the etcd-backed Store: HTTP to etcd's JSON gateway (ureq), run on the store worker",
+    ),
     ("store/worker.rs", "the thread the Store runs on"),
     (
         "edge/driver.rs",

@@ -339,6 +339,21 @@ pub const POLL_GRACE: Duration = Duration::from_secs(30);
 /// CLI): a revoked credential stops working within this and the edge's next wake-up.
 pub const STORE_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+// Used by src/store/etcd.rs.
+/// How long a TCP connect to one etcd endpoint may take before the next one is tried.
+pub const ETCD_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one request to etcd may take in all (connect, send, answer).
+pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest answer read from etcd (a snapshot of every record under the prefix).
+pub const MAX_ETCD_RESPONSE: u64 = 64 * 1024 * 1024;
+/// Most endpoints in an `etcd://` state.
+pub const MAX_ETCD_ENDPOINTS: usize = 16;
+/// Operations in one etcd transaction (etcd refuses more than its `--max-txn-ops`, 128).
+pub const MAX_ETCD_TXN_OPS: usize = 64;
+/// How often a compare-and-swap that lost to another writer is tried again before the
+/// caller is told to retry.
+pub const ETCD_CAS_ATTEMPTS: usize = 8;
+
 // Used by src/tunnel/core.rs.
 /// How long a TCP connect to the first hop (the proxy or the edge) may take.
 pub const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -18,7 +18,9 @@ use postern::logging::{self, LogFlags};
 use postern::pki::{Authority, CredentialError, OriginCredential};
 use postern::secret::Secret;
 use postern::service::ServiceError;
-use postern::store::{FileStore, Revocation, ServiceTokens, StateDir, Store, StoreError};
+use postern::store::{
+    EtcdStore, EtcdUrl, FileStore, Revocation, ServiceTokens, StateDir, Store, StoreError,
+};
 use postern::tunnel::admin::AdminClient;
 use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
 use postern::tunnel::{self, Exit, Origin, Registration, TunnelOptions};
@@ -241,6 +243,65 @@ fn state_or_default(state: Option<PathBuf>) -> Result<PathBuf, CliError> {
     state.map_or_else(|| StateDir::default_path().map_err(CliError::Home), Ok)
 }
 
+/// Where the shared records and the keys live, from `--state DIR|etcd://…` and `--keys DIR`.
+struct StateArgs {
+    /// The local directory: the whole state, or (with etcd) the signing keys and CAs.
+    /// With etcd it is opened only by the commands that need a key.
+    dir: PathBuf,
+    /// `--state etcd://…`: the records an edge pool shares.
+    etcd: Option<EtcdUrl>,
+}
+
+/// `--state` is a directory (default `~/.postern/edge`) or `etcd://HOST:PORT[,…]/PREFIX`;
+/// with etcd, `--keys DIR` (default `~/.postern/edge`) holds the keys and CAs.
+fn state_args(state: Option<OsString>, keys: Option<PathBuf>) -> Result<StateArgs, CliError> {
+    match state.as_ref().and_then(|s| s.to_str()) {
+        Some(s) if EtcdUrl::is_etcd(s) => Ok(StateArgs {
+            // No HOME is no error until a command needs the key directory.
+            dir: state_or_default(keys).unwrap_or_default(),
+            etcd: Some(EtcdUrl::parse(s).map_err(usage)?),
+        }),
+        _ if keys.is_some() => Err(usage(
+            "--keys DIR goes with --state etcd://…; with a state directory the keys are in it",
+        )),
+        _ => Ok(StateArgs {
+            dir: state_or_default(state.map(PathBuf::from))?,
+            etcd: None,
+        }),
+    }
+}
+
+impl StateArgs {
+    /// The store that holds the records: etcd, or the state directory.
+    fn store(&self) -> Result<Box<dyn Store>, CliError> {
+        match &self.etcd {
+            Some(url) => Ok(Box::new(EtcdStore::connect(url).map_err(store_failed)?)),
+            None => {
+                let dir = StateDir::open(&self.dir).map_err(CliError::Io)?;
+                Ok(Box::new(FileStore::open(&dir).map_err(CliError::Io)?))
+            }
+        }
+    }
+
+    /// The local directory (keys, CAs; without etcd the records too).
+    fn keys(&self) -> Result<StateDir, CliError> {
+        if self.dir.as_os_str().is_empty() {
+            return Err(CliError::Home(
+                "HOME is not set: pass --keys DIR for the key directory".into(),
+            ));
+        }
+        StateDir::open(&self.dir).map_err(CliError::Io)
+    }
+
+    /// Where the records are, for messages.
+    fn shown(&self) -> String {
+        match &self.etcd {
+            Some(url) => url.to_string(),
+            None => self.dir.display().to_string(),
+        }
+    }
+}
+
 /// `~/.postern`; without HOME an error that names `instead` (the flag that gives the path).
 fn home_postern(instead: &str) -> Result<PathBuf, CliError> {
     postern::io::postern_dir(instead).map_err(CliError::Home)
@@ -252,17 +313,22 @@ const EDGE_HELP: &str = "\
 postern edge: the public side (TLS, Access policies, tunnels, routing)
 
 USAGE:
-    postern edge --dev [--listen ADDR] [--state DIR]
+    postern edge --dev [--listen ADDR] [--state DIR | --state etcd://HOST:PORT[,…]/PREFIX [--keys DIR]]
     postern edge --config FILE
-    postern edge service-token create NAME [--state DIR]
-    postern edge service-token revoke NAME [--state DIR]
-    postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
-    postern edge origin-cert revoke SERIAL|FILE [--state DIR]
+    postern edge service-token create NAME [--state DIR|etcd://…]
+    postern edge service-token revoke NAME [--state DIR|etcd://…]
+    postern edge origin-cert create --zone ZONE --out FILE [--state DIR | --keys DIR] [--edge HOST:PORT]
+    postern edge origin-cert revoke SERIAL|FILE [--state DIR|etcd://…]
 
 OPTIONS:
     --dev            embedded default: local CA, serves *.localhost, admits this edge's service tokens
     --listen ADDR    listen address (dev default 127.0.0.1:8443)
     --state DIR      state directory (default ~/.postern/edge)
+    --state etcd://HOST:PORT[,HOST:PORT…]/PREFIX
+                     an edge pool's shared records in etcd (tokens, hostnames, tunnels,
+                     revocations, logins); the keys and CAs stay in --keys DIR
+    --keys DIR       with an etcd state: the local key directory (default ~/.postern/edge);
+                     copy one to every edge of the pool (docs/scaling.md)
     --config FILE    JSON config for real deployments (see README); SIGHUP re-reads it
     --metrics ADDR   serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                      (env POSTERN_METRICS; or \"metrics\" in the config file)
@@ -280,13 +346,14 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     }
     let mut p = parser(args);
     let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
-    let mut metrics = None;
+    let (mut metrics, mut keys) = (None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Long("dev") => dev = true,
             Long("metrics") => metrics = Some(string(p.value()?, "--metrics")?),
             Long("listen") => listen = Some(string(p.value()?, "--listen")?),
-            Long("state") => state = Some(PathBuf::from(p.value()?)),
+            Long("state") => state = Some(p.value()?),
+            Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("config") => config = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
                 print!("{EDGE_HELP}");
@@ -313,16 +380,22 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                 .unwrap_or("127.0.0.1:8443")
                 .parse()
                 .map_err(|e| usage(format!("--listen: {e}")))?;
-            let state = state_or_default(state)?;
-            let mut s = edge::config::dev(listen, &state)?;
+            let state = state_args(state, keys)?;
+            state.keys()?;
+            let mut s = edge::config::dev(listen, &state.dir)?;
+            s.etcd = state.etcd.clone();
             let exe = current_exe();
             let state_shown = s.state.path().display().to_string();
+            let records_shown = match &state.etcd {
+                Some(url) => format!("{url} --keys {state_shown}"),
+                None => state_shown.clone(),
+            };
             s.on_ready = Box::new(move |addr| {
                 let banner = format!(
                     "\npostern edge (dev) is serving *.localhost on {addr}\n\
                      CA for clients and origins: {state_shown}/ca.pem\n\n\
                      Next steps:\n\
-                     1. a service token:   {exe} edge service-token create laptop --state {state_shown}\n\
+                     1. a service token:   {exe} edge service-token create laptop --state {records_shown}\n\
                      2. an origin cert:    {exe} edge origin-cert create --zone localhost --out {state_shown}/cert.pem --state {state_shown} --edge {addr}\n\
                      3. on the server:     {exe} tunnel --hostname ssh.localhost --url ssh://localhost:22 --origincert {state_shown}/cert.pem\n\
                      4. on the laptop:     POSTERN_SERVICE_TOKEN_ID=… POSTERN_SERVICE_TOKEN_SECRET=… \\\n\
@@ -338,9 +411,9 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
             s
         }
         (false, Some(path)) => {
-            if listen.is_some() || state.is_some() {
+            if listen.is_some() || state.is_some() || keys.is_some() {
                 return Err(usage(
-                    "edge: with --config, set listen and state_dir in the file",
+                    "edge: with --config, set listen, state_dir (and state) in the file",
                 ));
             }
             edge::config::from_file(&path)?
@@ -365,16 +438,17 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
 }
 
 fn cmd_service_token(args: Vec<OsString>) -> Res {
-    const HELP: &str = "USAGE: postern edge service-token create NAME [--state DIR]\n\
-        \x20      postern edge service-token revoke NAME [--state DIR]\n\
+    const HELP: &str = "USAGE: postern edge service-token create NAME [--state DIR|etcd://HOST:PORT[,…]/PREFIX]\n\
+        \x20      postern edge service-token revoke NAME [--state DIR|etcd://…]\n\
         create prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n\
         revoke records the token as revoked for good (revocations.json): edges using DIR refuse it\n\
         within 2 s and close the connections open with it.\n";
     let mut p = parser(args);
-    let (mut verb, mut name, mut state) = (None, None, None);
+    let (mut verb, mut name, mut state, mut keys) = (None, None, None, None);
     while let Some(arg) = p.next()? {
         match arg {
-            Long("state") => state = Some(PathBuf::from(p.value()?)),
+            Long("state") => state = Some(p.value()?),
+            Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -399,11 +473,21 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             "service-token {verb}: NAME is missing\n{HELP}"
         )));
     };
-    let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
+    let args = state_args(state, keys)?;
     if revoke {
-        return revoke_service_token(&state, &name);
+        let mut store = args.store()?;
+        return revoke_service_token(store.as_mut(), &args.shown(), &name);
     }
-    let (id, secret) = ServiceTokens::create(&state, &name).map_err(CliError::Io)?;
+    let (id, secret) = match &args.etcd {
+        None => ServiceTokens::create(&args.keys()?, &name).map_err(CliError::Io)?,
+        Some(_) => {
+            let (record, secret) = args
+                .store()?
+                .create_service_token(&name)
+                .map_err(store_failed)?;
+            (record.client_id, secret)
+        }
+    };
     println!(
         "{}",
         serde_json::json!({ "client_id": id, "client_secret": secret.expose() })
@@ -413,8 +497,7 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
 
 /// `service-token revoke NAME`: records the revocation in the state directory, where the
 /// edges' store workers find it within a second.
-fn revoke_service_token(state: &StateDir, name: &str) -> Res {
-    let mut store = FileStore::open(state).map_err(CliError::Io)?;
+fn revoke_service_token(store: &mut dyn Store, shown: &str, name: &str) -> Res {
     let snapshot = store.snapshot().map_err(store_failed)?;
     let Some(token) = snapshot.service_tokens.iter().find(|t| t.name == name) else {
         let mut known: Vec<&str> = snapshot
@@ -424,8 +507,7 @@ fn revoke_service_token(state: &StateDir, name: &str) -> Res {
             .collect();
         known.sort_unstable();
         return Err(CliError::Failed(format!(
-            "no service token named {name:?} in {} (known: {})",
-            state.path().display(),
+            "no service token named {name:?} in {shown} (known: {})",
             if known.is_empty() {
                 "none".to_owned()
             } else {
@@ -455,7 +537,7 @@ fn store_failed(e: StoreError) -> CliError {
 /// `origin-cert revoke SERIAL|FILE`: a FILE (an origin credential, a tunnel's credentials,
 /// a PEM certificate) revokes its certificate by fingerprint and serial; a SERIAL (hex, as
 /// `openssl x509 -serial` prints it) revokes any certificate of the origin CA with it.
-fn revoke_origin_cert(state: &StateDir, what: &str) -> Res {
+fn revoke_origin_cert(store: &mut dyn Store, what: &str) -> Res {
     let path = Path::new(what);
     let revocation = if path.exists() {
         let text = std::fs::read_to_string(path).map_err(|error| CliError::File {
@@ -496,7 +578,6 @@ fn revoke_origin_cert(state: &StateDir, what: &str) -> Res {
             serial: hex,
         }
     };
-    let mut store = FileStore::open(state).map_err(CliError::Io)?;
     let revoked = store.snapshot().map_err(store_failed)?.revocations;
     let (already, shown) = match &revocation {
         Revocation::Certificate { sha256, serial, .. } => (
@@ -536,20 +617,21 @@ fn capitalized(s: &str) -> String {
 }
 
 fn cmd_origin_cert(args: Vec<OsString>) -> Res {
-    const HELP: &str = "USAGE: postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]\n\
-        \x20      postern edge origin-cert revoke SERIAL|FILE [--state DIR]\n\
+    const HELP: &str = "USAGE: postern edge origin-cert create --zone ZONE --out FILE [--state DIR|etcd://… [--keys DIR]] [--edge HOST:PORT]\n\
+        \x20      postern edge origin-cert revoke SERIAL|FILE [--state DIR|etcd://…]\n\
         create writes an origin credential (key, certificate for ZONE and *.ZONE, edge address, edge CA), mode 0600.\n\
         revoke records a certificate as revoked for good (revocations.json): FILE is a cert.pem, a named\n\
         tunnel's credentials file or a PEM certificate; SERIAL is its serial in hex (openssl x509 -serial).\n\
         Edges using DIR refuse it within 2 s and close the tunnel connections open with it.\n";
     let mut p = parser(args);
     let (mut verb, mut zone, mut out, mut state, mut edge_addr) = (None, None, None, None, None);
-    let mut target = None;
+    let (mut target, mut keys) = (None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Long("zone") => zone = Some(string(p.value()?, "--zone")?),
             Long("out") => out = Some(PathBuf::from(p.value()?)),
-            Long("state") => state = Some(PathBuf::from(p.value()?)),
+            Long("state") => state = Some(p.value()?),
+            Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
             Long("help") | Short('h') => {
                 print!("{HELP}");
@@ -568,8 +650,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
                 "origin-cert revoke: SERIAL or FILE is missing\n{HELP}"
             ))
         })?;
-        let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
-        return revoke_origin_cert(&state, &target);
+        return revoke_origin_cert(state_args(state, keys)?.store()?.as_mut(), &target);
     }
     if verb.as_deref() != Some("create") {
         return Err(usage(format!(
@@ -579,7 +660,8 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
     let zone =
         zone.ok_or_else(|| usage(format!("origin-cert create: --zone is missing\n{HELP}")))?;
     let out = out.ok_or_else(|| usage(format!("origin-cert create: --out is missing\n{HELP}")))?;
-    let state = StateDir::open(&state_or_default(state)?).map_err(CliError::Io)?;
+    // The origin CA is a key: in the local directory, also with an etcd state.
+    let state = state_args(state, keys)?.keys()?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
         .map_err(CliError::Io)?;
     let (cert, key) = origin_ca.issue_origin(&zone).map_err(CliError::Io)?;

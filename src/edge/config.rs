@@ -33,12 +33,16 @@ pub use crate::oidc::OidcSettings;
 use crate::pki::{self, Authority};
 use crate::proto::mux;
 use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
-use crate::store::StateDir;
+use crate::store::{EtcdUrl, StateDir};
 
 /// Everything the edge loop needs, ready to use.
 pub struct EdgeSettings {
     pub listen: SocketAddr,
+    /// The local state directory: the whole state, or (with [`EdgeSettings::etcd`]) the
+    /// signing keys, the CAs and the audit log.
     pub state: StateDir,
+    /// The records an edge pool shares, in etcd (`"state": "etcd://…"`, `--state etcd://…`).
+    pub etcd: Option<EtcdUrl>,
     pub audit_log: PathBuf,
     pub carrier_tls: Arc<ServerConfig>,
     pub tunnel_tls: Arc<ServerConfig>,
@@ -78,6 +82,7 @@ pub struct ConfigSource {
 struct RestartOnly {
     listen: SocketAddr,
     state_dir: PathBuf,
+    state: Option<String>,
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
     public_url: Option<String>,
@@ -90,6 +95,7 @@ impl RestartOnly {
         RestartOnly {
             listen: cfg.listen,
             state_dir: cfg.state_dir.clone(),
+            state: cfg.state.clone(),
             audit_log: cfg.audit_log.clone(),
             zones: cfg.zones.clone(),
             public_url: cfg.public_url.clone(),
@@ -108,6 +114,7 @@ impl RestartOnly {
         };
         field("listen", self.listen != new.listen);
         field("state_dir", self.state_dir != new.state_dir);
+        field("state", self.state != new.state);
         field("audit_log", self.audit_log != new.audit_log);
         field("zones", self.zones != new.zones);
         field("public_url", self.public_url != new.public_url);
@@ -267,6 +274,10 @@ pub enum IdentityProvider {
 pub(crate) struct FileConfig {
     listen: SocketAddr,
     state_dir: PathBuf,
+    /// The records an edge pool shares: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`. With it,
+    /// `state_dir` keeps only the keys, the CAs and the audit log (docs/scaling.md).
+    #[serde(default)]
+    state: Option<String>,
     #[serde(default)]
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
@@ -437,6 +448,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
     let cfg = FileConfig {
         listen,
         state_dir: state_dir.to_owned(),
+        state: None,
         audit_log: None,
         zones: vec![Zone {
             name: "localhost".into(),
@@ -511,6 +523,9 @@ pub fn fuzz_config(data: &[u8]) {
 impl FileConfig {
     /// The checks that need no filesystem.
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(state) = &self.state {
+            EtcdUrl::parse(state).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?;
+        }
         if self.zones.is_empty() {
             return Err(ConfigError::Invalid(
                 "`zones` must name at least one zone".into(),
@@ -575,6 +590,12 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     if let IdentityProvider::Oidc(o) = &identity {
         check_identity(&cfg, Some(o))?;
     }
+    let etcd = match &cfg.state {
+        None => None,
+        Some(url) => {
+            Some(EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?)
+        }
+    };
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
     let mut zones = Vec::new();
@@ -614,6 +635,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
             .audit_log
             .unwrap_or_else(|| state.path().join("audit.log")),
         state,
+        etcd,
         carrier_tls,
         tunnel_tls,
         applications: cfg.applications,
@@ -757,6 +779,37 @@ mod tests {
                 Ok(_) => panic!("accepted limits {bad}"),
             };
             assert!(err.contains(named), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn state_in_etcd_is_a_checked_url() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let cfg = parse(
+            Path::new("edge.json"),
+            &format!(r#"{{{base},"state":"etcd://10.0.0.5:2379,10.0.0.6:2379/postern"}}"#),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            cfg.etcd.map(|u| u.to_string()).as_deref(),
+            Some("etcd://10.0.0.5:2379,10.0.0.6:2379/postern")
+        );
+        for bad in [
+            "/var/lib/postern",
+            "etcd://10.0.0.5/postern",
+            "etcd://h:2379",
+        ] {
+            let err = match parse(
+                Path::new("edge.json"),
+                &format!(r#"{{{base},"state":"{bad}"}}"#),
+            ) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("accepted state {bad}"),
+            };
+            assert!(
+                err.contains("state:") && err.contains("etcd://HOST:PORT"),
+                "{bad}: {err}"
+            );
         }
     }
 

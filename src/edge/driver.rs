@@ -33,7 +33,7 @@ use crate::limits::{ACCEPT_RETRY_MILLIS, LIMIT_LOG_INTERVAL_SECS, MAX_OIDC_JOBS,
 use crate::metrics::{self, Metrics};
 use crate::oidc::Provider;
 use crate::proto::jwt::KeyRing;
-use crate::store::{FileStore, Store};
+use crate::store::{EtcdStore, FileStore, Store};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -94,7 +94,16 @@ impl Edge {
             warn!("{warning}");
         }
         // Before the loop, the store may block; from then on only its worker calls it.
-        let mut store = FileStore::open(&settings.state)?;
+        let mut store: Box<dyn Store> = match &settings.etcd {
+            Some(url) => {
+                info!(
+                    "state: shared records in {url}, keys in {}",
+                    settings.state.path().display()
+                );
+                Box::new(EtcdStore::connect(url).map_err(io::Error::other)?)
+            }
+            None => Box::new(FileStore::open(&settings.state)?),
+        };
         // Routes to tunnels that no longer exist (a delete cut short): free those hostnames.
         let orphans = store.release_orphaned_routes().map_err(io::Error::other)?;
         if !orphans.is_empty() {
@@ -132,7 +141,7 @@ impl Edge {
         let snapshot = store.snapshot().map_err(io::Error::other)?;
         // From here on, the store is called by its worker thread only, never on the loop.
         let wake = waker.clone();
-        let worker = crate::store::worker::StoreWorker::start(Box::new(store), move || {
+        let worker = crate::store::worker::StoreWorker::start(store, move || {
             let _ = wake.wake();
         })?;
         let parts = Parts {
@@ -374,7 +383,16 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
                 .ok()
                 .and_then(|t| t.elapsed().ok())
                 .map_or(0, |d| d.as_secs());
-            if age > KEY_ROTATION_SECS {
+            if age > KEY_ROTATION_SECS && settings.etcd.is_some() {
+                // Each edge of a pool rotating its own copy would sign with keys the others
+                // do not know: a pool rotates by hand, one file copied to every edge.
+                warn!(
+                    "the app-token signing key in {} is {} days old; an edge pool does not \
+                     rotate it by itself (docs/scaling.md, Keys)",
+                    state.path().join(FILE).display(),
+                    age / (24 * 3600)
+                );
+            } else if age > KEY_ROTATION_SECS {
                 let pkcs8 = ring.rotate(unix_now(), longest);
                 state.write_atomic(FILE, ring.to_json(&pkcs8).as_bytes(), 0o600)?;
                 info!(

@@ -44,9 +44,9 @@ pub(crate) const TUNNELS_FILE: &str = "tunnels.json";
 /// File holding revoked certificates and service tokens, mode 0600.
 pub(crate) const REVOCATIONS_FILE: &str = "revocations.json";
 /// Longest service-token name.
-const MAX_TOKEN_NAME: usize = 64;
+pub(super) const MAX_TOKEN_NAME: usize = 64;
 /// Suffix of a service token's client id, as Cloudflare Access prints them.
-const CLIENT_ID_SUFFIX: &str = ".access";
+pub(super) const CLIENT_ID_SUFFIX: &str = ".access";
 /// Longest tunnel name.
 pub const MAX_TUNNEL_NAME: usize = 64;
 
@@ -80,12 +80,7 @@ impl ServiceTokens {
     }
 
     fn create_record(state: &StateDir, name: &str) -> io::Result<(ServiceTokenRecord, Secret)> {
-        if name.is_empty()
-            || name.len() > MAX_TOKEN_NAME
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !valid_token_name(name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
@@ -130,6 +125,15 @@ impl ServiceTokens {
     }
 }
 
+/// Whether `name` may name a service token: 1–64 of `A-Z a-z 0-9 . _ -`.
+pub(super) fn valid_token_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_TOKEN_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// The token among `tokens` whose client id is `client_id` and whose secret is `secret`.
 /// Every record is looked at, and every digest compared in constant time, so timing does not
 /// tell how far the search got.
@@ -152,7 +156,7 @@ pub(crate) fn verify<'a>(
 
 /// One hostname in `hostnames.json`.
 #[derive(Serialize, Deserialize, Clone)]
-struct HostnameFileRecord {
+pub(super) struct HostnameFileRecord {
     /// Lowercase hex SHA-256 of the owning origin certificate (ad-hoc `tunnel --hostname`);
     /// empty when a named tunnel owns the hostname.
     #[serde(default, skip_serializing_if = "String::is_empty")]

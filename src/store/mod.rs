@@ -2,8 +2,8 @@
 //!
 //! One trait, [`Store`], names every operation on that state: service-token hashes, hostname
 //! ownership (claims and routes), named tunnels, revocations and pending logins. Two backends
-//! are meant to implement it: the state directory ([`file::FileStore`], the default, one edge)
-//! and etcd (an edge pool; next). The edge never calls a store on its event loop: a
+//! implement it: the state directory ([`file::FileStore`], the default, one edge) and etcd
+//! ([`etcd::EtcdStore`], an edge pool; docs/scaling.md). The edge never calls a store on its event loop: a
 //! [`worker::StoreWorker`] thread owns the store, takes [`Request`]s from a bounded queue and
 //! sends back [`Answer`]s, waking the loop through its `mio::Waker`. The edge keeps a read-only
 //! view of the records (loaded from [`Store::snapshot`] before its loop starts) for the checks
@@ -39,6 +39,7 @@
 //! Writers in the same process go through one owner (the edge's store worker); two
 //! `service-token create` processes racing may lose one record (the later rename wins).
 
+pub mod etcd;
 pub mod file;
 pub mod worker;
 
@@ -55,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
 use crate::secret::Secret;
 
+pub use etcd::{EtcdStore, EtcdUrl};
 pub use file::{valid_tunnel_name, FileStore, ServiceTokens, MAX_TUNNEL_NAME};
 
 /// Mode of files that hold secrets or access-control state.
@@ -365,6 +367,17 @@ pub enum Change {
     },
     /// Something was revoked (the CLI wrote `revocations.json`; with etcd, another edge).
     Revoked(Revocation),
+    /// Another edge of the pool claimed, routed or released `hostname` (etcd only).
+    Hostname {
+        hostname: String,
+        record: Option<Versioned<HostnameRecord>>,
+    },
+    /// Another edge of the pool created (`Some`) or deleted (`None`) the named tunnel `id`
+    /// (etcd only).
+    Tunnel {
+        id: String,
+        record: Option<TunnelRecord>,
+    },
 }
 
 /// Everything the edge's view starts from.
@@ -441,23 +454,24 @@ impl From<io::Error> for StoreError {
 /// The edge's state, whatever keeps it. Calls block (disk, network): only a
 /// [`worker::StoreWorker`] thread, or code that runs before an event loop starts, calls them.
 ///
-/// How the etcd backend (DESIGN.md §5: the v3 JSON gateway through ureq) maps onto it; keys
-/// live under one prefix, values are the JSON of the records:
+/// How the etcd backend ([`etcd::EtcdStore`]: the v3 JSON gateway through ureq) maps onto it;
+/// keys live under one prefix, values are the JSON of the records:
 ///
 /// | operation | etcd |
 /// |---|---|
-/// | [`Store::snapshot`] | `range` over the prefix; the edge then follows `watch` from that revision |
+/// | [`Store::snapshot`] | `range` of each kind of record at one revision; [`Store::poll`] continues from it |
 /// | [`Store::service_token`] | `range tokens/<client id>` |
 /// | [`Store::create_service_token`] | `txn`: `tokens/<id>` and `token-names/<name>` both absent → put both |
-/// | [`Store::claim_hostname`] | `txn`: compare `hostnames/<h>` (`create_revision == 0`, or `mod_revision == r`) and the certificate's counter key → put both; else the current record |
+/// | [`Store::claim_hostname`] | `txn`: compare `hostnames/<h>` (`create_revision == 0`, or `mod_revision == r`) and, for a certificate, one of its free slot keys `cert-slots/<fp>/<n>` absent → put both; else the current record |
 /// | [`Store::release_hostname`] | `txn`: compare `mod_revision` → delete |
 /// | [`Store::unroute_tunnel`] | `range hostnames/`, then one `txn` deleting each route at its `mod_revision` (retried on a conflict) |
 /// | [`Store::create_tunnel`] / [`Store::delete_tunnel`] | `txn` on `tunnels/<id>` and `tunnel-names/<zone>/<name>` |
-/// | [`Store::revoke`] | `put revoked/cert/<fp>` or `revoked/token/<id>` |
+/// | [`Store::revoke`] | `txn` put-if-absent `revoked/cert/<fp>`, `revoked/token/<id>` or `revoked/serial/<s>` |
 /// | [`Store::put_login`] / [`Store::take_login`] | `lease/grant` (TTL) + `txn` put-if-absent with the lease; `txn` delete with `prev_kv` |
 ///
-/// Changes made by other edges reach this edge's view through `watch` ([`Store::changes`]),
-/// applied the same way as answers to its own requests.
+/// Changes made by other edges reach this edge's view through [`Store::poll`] (a range past
+/// the last revision seen) and [`Store::changes`], applied the same way as answers to its own
+/// requests.
 pub trait Store: Send {
     /// Every record, for the edge's view.
     fn snapshot(&mut self) -> Result<Snapshot, StoreError>;
@@ -530,13 +544,13 @@ pub trait Store: Send {
 
     /// Changes made by others that the store noticed since the last call (the state
     /// directory: `service-tokens.json` edited by the CLI or an operator, seen when it reads
-    /// the file again; etcd: the watch stream). The worker calls it after each batch.
+    /// the file again; etcd: what [`Store::poll`] found). The worker calls it after each batch.
     fn changes(&mut self) -> Vec<Change> {
         Vec::new()
     }
 
     /// Looks for changes made by others without being asked (the state directory: a `stat`
-    /// of the files others write; etcd: nothing, the watch stream brings them). The worker
+    /// of the files others write; etcd: a range of what changed past the last revision seen). The worker
     /// calls it every [`crate::limits::STORE_POLL_INTERVAL`], then [`Store::changes`].
     fn poll(&mut self) -> Result<(), StoreError> {
         Ok(())

@@ -33,6 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod etcd;
 pub mod oidc;
 pub mod raw;
 pub mod ready;
@@ -71,6 +72,7 @@ pub fn require(binary: &str) -> PathBuf {
         "prlimit" => "util-linux",
         "ip" => "iproute2",
         "nft" => "nftables",
+        "etcd" => "etcd-server",
         other => other,
     };
     panic!(

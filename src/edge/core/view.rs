@@ -386,6 +386,31 @@ impl EdgeCore {
                 self.tokens.tokens.remove(&client_id);
             }
             Change::Revoked(r) => self.revoked(&r),
+            Change::Hostname { hostname, record } => self.hostnames.set(&hostname, record),
+            Change::Tunnel {
+                id,
+                record: Some(r),
+            } => {
+                self.tunnels.tunnels.insert(id, r);
+            }
+            Change::Tunnel { id, record: None } => {
+                // Deleted through another edge: its certificate is refused from now on, and
+                // its connections here end as they would after a delete here.
+                let Some(rec) = self.tunnels.tunnels.remove(&id) else {
+                    return;
+                };
+                for s in self.named.get(&id).cloned().unwrap_or_default() {
+                    if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
+                        t.mux.send_error(
+                            refusal::NOT_COVERED,
+                            &format!("tunnel {} was deleted", rec.name),
+                        );
+                        t.closing = true;
+                        self.mark(s);
+                    }
+                }
+                info!("tunnel {} ({id}) deleted through another edge", rec.name);
+            }
         }
     }
 
