@@ -32,8 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-pub mod netns;
 pub mod etcd;
+pub mod netns;
 pub mod oidc;
 pub mod raw;
 pub mod ready;
