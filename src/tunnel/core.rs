@@ -25,6 +25,26 @@
 //! service socket and the stream's buffers through [`Core::service_fill`] and
 //! [`Core::service_pending`] without copies; the core says when a side is done.
 //!
+//! Service connections are named by a [`ServiceId`] for the whole process, not by the mux
+//! stream that opened them: a *resumable* stream (OPEN's claims say `"resume":"start"`)
+//! outlives its mux stream. Its bytes go through the record layer (`proto::resume`): the
+//! service's reads fill the replay buffer, records go to the mux stream, the client's
+//! records are parsed and their payload written to the service. Each service is:
+//!
+//! ```text
+//!  attached(conn, stream) ──connection lost, RST Lost──▶ detached(until) ──window over──▶ closed
+//!        ▲    │                                               │
+//!        │    └──RESUME on another stream (the old one: RST)──┤
+//!        └──────────── RESUME: key, identity and offset ok ◀──┘
+//!  attached ──finished (FIN both ways, all acked), other RST, service error──▶ closed
+//! ```
+//!
+//! A plain stream is always attached: it closes with its mux stream or its connection.
+//! A RESUME (`"resume":"resume"`, no service connect) names the stream by id and secret;
+//! a wrong secret, an unknown id, another identity or an offset outside the replay buffer
+//! resets the new mux stream only. A detached stream reads and writes nothing: the service's
+//! output waits in its socket (backpressure) until the client is back.
+//!
 //! Shape (str0m's): inputs are method calls carrying `now`; [`Core::poll_output`] yields
 //! what to do; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`] next.
 
@@ -37,16 +57,18 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::limits::{
-    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, SERVICE_CONNECT_TIMEOUT_SECS,
+    EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
+    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
+    SERVICE_CONNECT_TIMEOUT_SECS,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
-use crate::proto::mux::{self, OriginEvent, OriginSession, StreamEvent};
+use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
+use crate::proto::resume::{Endpoint, Key, Opening, DATA_HEADER, MAX_DATA};
 
 use super::config::{Ingress, Service};
 
-use crate::limits::EDGE_CONNECT_TIMEOUT;
 /// The longest the core sleeps: the gauges are refreshed at least this often.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -81,6 +103,8 @@ pub struct Config {
     pub grace: Duration,
     /// HA connections (at least one).
     pub connections: usize,
+    /// How long a resumable stream whose client is gone keeps its service connection.
+    pub resume_window: Duration,
 }
 
 /// One attempt of one HA connection: its slot and the attempt's generation.
@@ -97,11 +121,22 @@ pub struct StreamId {
     pub stream: u32,
 }
 
-/// Who waits for a name: a connection attempt (its first hop) or a stream (its service).
+/// One service connection, named for the life of the process (never reused): a resumable
+/// stream's service outlives the mux stream, and the tunnel connection, that opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u64);
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "service {}", self.0)
+    }
+}
+
+/// Who waits for a name: a connection attempt (its first hop) or a stream's service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waiter {
     Edge(ConnId),
-    Stream(StreamId),
+    Service(ServiceId),
 }
 
 /// What the driver does for the core, in the order queued.
@@ -117,22 +152,23 @@ pub enum Output {
     StartTls { conn: ConnId, early: Vec<u8> },
     /// The connection is over: close TLS if it runs, drop the socket.
     CloseEdge { conn: ConnId },
-    /// Connect the stream to its service at `addr`; then [`Core::service_connected`] or
+    /// Connect a new service connection to `addr`; then [`Core::service_connected`] or
     /// [`Core::service_connect_failed`].
-    ConnectService { stream: StreamId, addr: SocketAddr },
+    ConnectService { service: ServiceId, addr: SocketAddr },
     /// The service gets no more bytes: shut its socket's write side.
-    ShutdownService { stream: StreamId },
-    /// The stream is over: drop its service socket.
-    CloseService { stream: StreamId },
+    ShutdownService { service: ServiceId },
+    /// The service connection is over: drop its socket.
+    CloseService { service: ServiceId },
     /// The connection has something to send, or more to read: pump it.
     PumpEdge(ConnId),
-    /// The stream has bytes for its service, or room for more from it: pump it.
-    PumpService(StreamId),
+    /// The service's stream has bytes for it, or room for more from it: pump it.
+    PumpService(ServiceId),
 }
 
 struct Live {
     mux: OriginSession,
-    registered: bool,
+    /// Since when the edge accepted the registration.
+    registered: Option<Instant>,
     next_timeout: Instant,
     /// When TLS started, until the driver says the handshake is done (for metrics).
     tls_started: Option<Instant>,
@@ -167,10 +203,62 @@ enum Splice {
     },
 }
 
+/// Who the edge says a stream is for (OPEN's claims): a resume must come from the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+struct Identity {
+    email: Option<String>,
+    service_token: Option<String>,
+}
+
+/// What the origin reads of OPEN's claims.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Claims {
+    #[serde(flatten)]
+    identity: Identity,
+    /// `"start"`: a new resumable stream; `"resume"`: a later carrier of one.
+    resume: Option<String>,
+}
+
+impl Claims {
+    /// Claims that do not parse are an anonymous plain stream (what the edge sends is JSON).
+    fn parse(claims: &[u8]) -> Claims {
+        serde_json::from_slice(claims).unwrap_or_default()
+    }
+}
+
+/// The record layer of a resumable stream, and what a resume is checked against.
+struct Resumable {
+    ep: Endpoint,
+    /// From the START record; until it has come the stream cannot be resumed.
+    key: Option<Key>,
+    identity: Identity,
+    /// For logs: who, escaped.
+    who: String,
+    /// Records made for the current mux stream that it had no room for yet (at most one
+    /// transmit's worth: `transmit` is asked for no more than the mux stream can take).
+    pending: Vec<u8>,
+    /// Detached: closed at this time unless resumed.
+    expires: Option<Instant>,
+    /// The replay buffer was full: pump the service again once an ACK makes room.
+    starved: bool,
+}
+
+impl Resumable {
+    /// The stream's name in logs: its id's first bytes (never the secret).
+    fn label(&self) -> String {
+        self.key.as_ref().map_or_else(|| "(no START yet)".into(), Key::label)
+    }
+}
+
+/// A service connection and the stream it serves.
 struct Local {
     /// The ingress rule it was opened by (to name its service in logs).
     rule: usize,
     splice: Splice,
+    /// The mux stream carrying it; `None`: detached (resumable, its client gone).
+    at: Option<StreamId>,
+    /// `Some` for a resumable stream.
+    resume: Option<Box<Resumable>>,
 }
 
 impl Local {
@@ -179,13 +267,21 @@ impl Local {
     }
 }
 
+/// What a mux stream of a connection is to the origin.
+enum Carried {
+    /// It carries this service's stream.
+    Service(ServiceId),
+    /// A later carrier of a resumable stream, waiting for its RESUME record.
+    Resuming(Box<Identity>),
+}
+
 struct Conn {
     link: Link,
     /// Bumped at each connect attempt: names this attempt and the session it becomes.
     epoch: u64,
     attempt: u32,
-    /// The session's streams that have (or wait for) a service connection.
-    locals: HashMap<u32, Local>,
+    /// The session's streams the origin serves, by mux stream id.
+    streams: HashMap<u32, Carried>,
     /// A service moved bytes since the edge connection was last pumped.
     moved: bool,
 }
@@ -205,6 +301,9 @@ enum Due {
 pub struct Core {
     cfg: Config,
     conns: Vec<Conn>,
+    /// Every service connection, attached or detached.
+    locals: HashMap<ServiceId, Local>,
+    next_service: u64,
     out: VecDeque<Output>,
     draining: Option<Instant>,
     exit: Option<Exit>,
@@ -212,6 +311,8 @@ pub struct Core {
     /// Jitter for the backoff (the driver's randomness).
     random: Box<dyn FnMut() -> u64 + Send>,
     next_tick: Instant,
+    /// When resumable streams next acknowledge what they took.
+    next_ack: Instant,
 }
 
 impl Core {
@@ -227,19 +328,22 @@ impl Core {
                 link: Link::Waiting { until: now },
                 epoch: 0,
                 attempt: 0,
-                locals: HashMap::new(),
+                streams: HashMap::new(),
                 moved: false,
             })
             .collect();
         Core {
             cfg,
             conns,
+            locals: HashMap::new(),
+            next_service: 0,
             out: VecDeque::new(),
             draining: None,
             exit: None,
             metrics,
             random,
             next_tick: now,
+            next_ack: now,
         }
     }
 
@@ -310,12 +414,18 @@ impl Core {
                 Link::Live(l) => Some(l.next_timeout),
             };
             next = t.map_or(next, |t| next.min(t));
-            for l in c.locals.values() {
-                match l.splice {
-                    Splice::Resolving { deadline } | Splice::Connecting { deadline } => {
-                        next = next.min(deadline)
-                    }
-                    Splice::Spliced { .. } => {}
+        }
+        for l in self.locals.values() {
+            match l.splice {
+                Splice::Resolving { deadline } | Splice::Connecting { deadline } => {
+                    next = next.min(deadline)
+                }
+                Splice::Spliced { .. } => {}
+            }
+            if let Some(r) = &l.resume {
+                match r.expires {
+                    Some(t) => next = next.min(t),
+                    None => next = next.min(self.next_ack),
                 }
             }
         }
@@ -326,7 +436,7 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.next_tick = now + TICK;
         if let Some(deadline) = self.draining {
-            let open: usize = self.conns.iter().map(|c| c.locals.len()).sum();
+            let open = self.locals.len();
             if open == 0 || now >= deadline {
                 if open > 0 {
                     warn!("grace period over: closing {open} open streams");
@@ -389,25 +499,28 @@ impl Core {
                 }
             }
         }
-        self.count_connections();
-        for i in 0..self.conns.len() {
-            let due: Vec<(u32, bool)> = self.conns[i]
-                .locals
-                .iter()
-                .filter_map(|(&s, l)| match l.splice {
-                    Splice::Resolving { deadline } if now >= deadline => Some((s, false)),
-                    Splice::Connecting { deadline } if now >= deadline => Some((s, true)),
-                    _ => None,
-                })
-                .collect();
-            for (stream, connecting) in due {
-                if connecting {
-                    self.fail_local(i, stream, "connect to the service timed out");
-                } else {
-                    self.fail_opening(i, stream, "resolving the service timed out");
-                }
+        let due: Vec<(ServiceId, bool)> = self
+            .locals
+            .iter()
+            .filter_map(|(&s, l)| match l.splice {
+                Splice::Resolving { deadline } if now >= deadline => Some((s, false)),
+                Splice::Connecting { deadline } if now >= deadline => Some((s, true)),
+                _ => None,
+            })
+            .collect();
+        for (service, connecting) in due {
+            if connecting {
+                self.fail_local(service, "connect to the service timed out");
+            } else {
+                self.fail_opening(service, "resolving the service timed out");
             }
         }
+        self.expire_detached(now);
+        if now >= self.next_ack {
+            self.next_ack = now + RESUME_ACK_INTERVAL;
+            self.acknowledge();
+        }
+        self.count_connections();
     }
 
     /// SIGTERM: GOAWAY on every connection (the edge opens no new streams on it, and the
@@ -422,6 +535,16 @@ impl Core {
             self.cfg.grace.as_secs()
         );
         self.draining = Some(now + self.cfg.grace);
+        let detached: Vec<ServiceId> = self.detached().collect();
+        if !detached.is_empty() {
+            info!(
+                "closing {} detached streams: no resume while shutting down",
+                detached.len()
+            );
+        }
+        for service in detached {
+            self.close_service(service);
+        }
         for i in 0..self.conns.len() {
             if let Link::Live(l) = &mut self.conns[i].link {
                 l.mux.send_goaway("origin shutting down");
@@ -432,18 +555,25 @@ impl Core {
 
     /// Sets the connection and stream gauges (a scan of at most 16 connections).
     fn count_connections(&self) {
-        let (mut live, mut ready, mut streams) = (0, 0, 0);
+        let (mut live, mut ready) = (0, 0);
         for c in &self.conns {
             if let Link::Live(l) = &c.link {
                 live += 1;
-                if l.registered {
+                if l.registered.is_some() {
                     ready += 1;
                 }
             }
-            streams += c.locals.values().filter(|l| l.has_socket()).count();
         }
         self.metrics.set_connections(0, live, ready);
+        let (mut streams, mut detached) = (0, 0);
+        for l in self.locals.values().filter(|l| l.has_socket()) {
+            streams += 1;
+            if l.at.is_none() {
+                detached += 1;
+            }
+        }
         self.metrics.set_streams_active(streams);
+        self.metrics.set_streams_detached(detached);
     }
 
     // ---- the connection to the edge ----
@@ -519,21 +649,16 @@ impl Core {
                     }
                 }
             }
-            Waiter::Stream(id) => {
-                let StreamId { conn, stream } = id;
-                if !self.current(conn) {
-                    return; // Its connection is gone.
-                }
-                let i = conn.slot;
-                let Some(local) = self.conns[i].locals.get(&stream) else {
+            Waiter::Service(service) => {
+                let Some(local) = self.locals.get(&service) else {
                     return; // Timed out, reset, or closed.
                 };
                 if !matches!(local.splice, Splice::Resolving { .. }) {
                     return;
                 }
                 match result {
-                    Ok(addr) => self.connect_local(i, stream, addr, now),
-                    Err(e) => self.fail_opening(i, stream, &e),
+                    Ok(addr) => self.connect_local(service, addr, now),
+                    Err(e) => self.fail_opening(service, &e),
                 }
             }
         }
@@ -691,7 +816,7 @@ impl Core {
         }
         self.conns[i].link = Link::Live(Box::new(Live {
             mux,
-            registered: false,
+            registered: None,
             next_timeout: now,
             tls_started: Some(now),
         }));
@@ -816,7 +941,7 @@ impl Core {
                 }
                 self.conns[i].attempt = 0;
                 if let Link::Live(l) = &mut self.conns[i].link {
-                    l.registered = true;
+                    l.registered = Some(now);
                 }
             }
             OriginEvent::Error { code, message } => {
@@ -836,26 +961,76 @@ impl Core {
                 hostname,
                 claims,
             } => {
-                info!("connection {i}: stream {stream} for {}", who(&claims));
-                self.open_local(i, stream, &hostname, now)
-            }
-            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
-                if self.conns[i]
-                    .locals
-                    .get(&stream)
-                    .is_some_and(Local::has_socket)
-                {
-                    self.out
-                        .push_back(Output::PumpService(StreamId { conn, stream }));
+                let claims = Claims::parse(&claims);
+                let who = who_of(&claims.identity);
+                match claims.resume.as_deref() {
+                    None => {
+                        info!("connection {i}: stream {stream} for {who}");
+                        self.open_local(i, stream, &hostname, None, now)
+                    }
+                    Some("start") => {
+                        info!("connection {i}: stream {stream} (resumable) for {who}");
+                        let resume = Resumable {
+                            ep: Endpoint::new(),
+                            key: None,
+                            identity: claims.identity,
+                            who,
+                            pending: Vec::new(),
+                            expires: None,
+                            starved: false,
+                        };
+                        self.open_local(i, stream, &hostname, Some(Box::new(resume)), now)
+                    }
+                    Some("resume") => {
+                        debug!("connection {i}: stream {stream} resumes a stream for {who}");
+                        let identity = Box::new(claims.identity);
+                        self.conns[i]
+                            .streams
+                            .insert(stream, Carried::Resuming(identity));
+                        self.try_resume(i, stream);
+                    }
+                    Some(other) => {
+                        let other = untrusted(other);
+                        warn!("connection {i}: stream {stream}: unknown resume mode {other}");
+                        if let Some(l) = self.live(conn) {
+                            let why = "unsupported resume mode";
+                            l.mux.reset(stream, ResetCode::Cancel, why);
+                        }
+                        self.pump_edge(i);
+                    }
                 }
             }
-            OriginEvent::Stream(StreamEvent::Closed(stream)) => self.forget_local(i, stream),
-            OriginEvent::Stream(StreamEvent::Reset { stream, reason, .. }) => {
-                debug!(
-                    "connection {i}: stream {stream} reset by edge: {}",
-                    untrusted(&reason)
-                );
-                self.forget_local(i, stream);
+            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
+                match self.conns[i].streams.get(&stream) {
+                    Some(Carried::Service(service)) => {
+                        let service = *service;
+                        let Some(l) = self.locals.get(&service) else {
+                            return;
+                        };
+                        if l.resume.as_ref().is_some_and(|r| r.key.is_none()) {
+                            self.read_start(service);
+                        }
+                        if self.locals.get(&service).is_some_and(Local::has_socket) {
+                            self.out.push_back(Output::PumpService(service));
+                        }
+                    }
+                    Some(Carried::Resuming(_)) => self.try_resume(i, stream),
+                    None => {}
+                }
+            }
+            OriginEvent::Stream(StreamEvent::Closed(stream)) => self.forget_stream(i, stream),
+            OriginEvent::Stream(StreamEvent::Reset {
+                stream,
+                code,
+                reason,
+            }) => {
+                let reason = untrusted(&reason);
+                debug!("connection {i}: stream {stream} reset by edge ({code}): {reason}");
+                if code == ResetCode::Lost {
+                    self.lose_stream(i, stream, "the client's connection was lost", now);
+                } else {
+                    self.forget_stream(i, stream);
+                }
             }
             OriginEvent::GoAway { reason, .. } => {
                 info!(
@@ -878,32 +1053,54 @@ impl Core {
         c.link = Link::Waiting { until: now + delay };
     }
 
-    /// Drops a connection and its streams; reconnects later unless `why` is None (shutdown).
+    /// Drops a connection; its plain streams close, its resumable ones detach (unless the
+    /// tunnel is draining). Reconnects later unless `why` is None (shutdown): at once if
+    /// the connection had served for a while, else after the backoff.
     fn disconnect(&mut self, i: usize, why: Option<&str>, now: Instant) {
         let conn = self.id(i);
         let link = std::mem::replace(&mut self.conns[i].link, Link::Waiting { until: now });
+        let mut served = false;
         match link {
-            Link::Live(_) | Link::Connecting { .. } | Link::Proxying(_) => {
+            Link::Live(l) => {
+                served = l
+                    .registered
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RECONNECT_AT_ONCE_UPTIME);
+                self.out.push_back(Output::CloseEdge { conn })
+            }
+            Link::Connecting { .. } | Link::Proxying(_) => {
                 self.out.push_back(Output::CloseEdge { conn })
             }
             Link::Waiting { .. } | Link::Resolving { .. } => {}
         }
-        let locals: Vec<(u32, Local)> = self.conns[i].locals.drain().collect();
-        for (stream, l) in locals {
-            if l.has_socket() {
-                let stream = StreamId { conn, stream };
-                self.out.push_back(Output::CloseService { stream });
-            }
+        let mut streams: Vec<u32> = self.conns[i].streams.keys().copied().collect();
+        streams.sort_unstable();
+        for stream in streams {
+            self.lose_stream(i, stream, "the tunnel connection was lost", now);
         }
         if let Some(why) = why {
-            info!("connection {i} lost ({why}); reconnecting");
-            self.backoff(i, now);
+            if served {
+                let jitter = RECONNECT_AT_ONCE_JITTER.as_millis().max(1) as u64;
+                let delay = Duration::from_millis((self.random)() % jitter);
+                info!("connection {i} lost ({why}); reconnecting in {delay:?}");
+                self.conns[i].attempt = 0;
+                self.conns[i].link = Link::Waiting { until: now + delay };
+            } else {
+                info!("connection {i} lost ({why}); reconnecting");
+                self.backoff(i, now);
+            }
         }
     }
 
     // ---- streams and their services ----
 
-    fn open_local(&mut self, i: usize, stream: u32, hostname: &str, now: Instant) {
+    fn open_local(
+        &mut self,
+        i: usize,
+        stream: u32,
+        hostname: &str,
+        resume: Option<Box<Resumable>>,
+        now: Instant,
+    ) {
         let conn = self.id(i);
         let host = hostname.to_ascii_lowercase();
         let (rule, r) = self.cfg.ingress.find(&host);
@@ -921,106 +1118,385 @@ impl Core {
                 return;
             }
         };
+        let service = ServiceId(self.next_service);
+        self.next_service += 1;
+        let resumable = resume.is_some();
         let deadline = now + Duration::from_secs(RESOLVE_TIMEOUT_SECS);
-        self.conns[i].locals.insert(
-            stream,
+        self.locals.insert(
+            service,
             Local {
                 rule,
                 splice: Splice::Resolving { deadline },
+                at: Some(StreamId { conn, stream }),
+                resume,
             },
         );
-        let waiter = Waiter::Stream(StreamId { conn, stream });
+        self.conns[i].streams.insert(stream, Carried::Service(service));
+        if resumable {
+            // Our first record goes before any byte of the service; the client's START is
+            // read when it comes, while the service connects.
+            let mut accept = Vec::new();
+            Opening::Accept { received: 0 }.encode(&mut accept);
+            if let Some(l) = self.live(conn) {
+                l.mux.write(stream, &accept);
+            }
+            self.pump_edge(i);
+            self.read_start(service);
+        }
+        let waiter = Waiter::Service(service);
         self.out.push_back(Output::Resolve { waiter, name });
     }
 
-    /// A stream waiting for its service's address cannot have it: reset, with why.
-    fn fail_opening(&mut self, i: usize, stream: u32, why: &str) {
-        self.conns[i].locals.remove(&stream);
-        let conn = self.id(i);
+    /// A service waiting for its address cannot have it: its stream is reset, with why.
+    fn fail_opening(&mut self, service: ServiceId, why: &str) {
+        let Some(l) = self.locals.remove(&service) else {
+            return;
+        };
+        let Some(at) = l.at else {
+            return;
+        };
+        if self.current(at.conn) {
+            self.conns[at.conn.slot].streams.remove(&at.stream);
+        }
         let metrics = self.metrics.clone();
-        if let Some(l) = self.live(conn) {
-            if l.mux.has_stream(stream) {
-                warn!("stream {stream}: {why}");
+        if let Some(live) = self.live(at.conn) {
+            if live.mux.has_stream(at.stream) {
+                warn!("stream {}: {why}", at.stream);
                 metrics.error(metrics::Error::ServiceConnect);
-                l.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
-                self.pump_edge(i);
+                live.mux.reset(at.stream, mux::ResetCode::ConnectFailed, why);
+                self.pump_edge(at.conn.slot);
             }
         }
     }
 
-    /// The stream's service is at `addr`: connect to it (the driver does, without waiting).
-    fn connect_local(&mut self, i: usize, stream: u32, addr: SocketAddr, now: Instant) {
-        let conn = self.id(i);
-        if !self.live(conn).is_some_and(|l| l.mux.has_stream(stream)) {
-            // Reset or closed by the edge while its service's name was resolved.
-            self.conns[i].locals.remove(&stream);
+    /// The service is at `addr`: connect to it (the driver does, without waiting).
+    fn connect_local(&mut self, service: ServiceId, addr: SocketAddr, now: Instant) {
+        let Some(l) = self.locals.get(&service) else {
             return;
+        };
+        if let Some(at) = l.at {
+            if !self.live(at.conn).is_some_and(|l| l.mux.has_stream(at.stream)) {
+                // Reset or closed by the edge while its service's name was resolved.
+                self.close_service(service);
+                return;
+            }
         }
-        if let Some(l) = self.conns[i].locals.get_mut(&stream) {
+        if let Some(l) = self.locals.get_mut(&service) {
             l.splice = Splice::Connecting {
                 deadline: now + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
             };
         }
-        debug!("connection {i}: stream {stream} -> {addr}");
+        debug!("{service} -> {addr}");
         self.metrics.stream_opened();
-        let stream = StreamId { conn, stream };
-        self.out.push_back(Output::ConnectService { stream, addr });
+        self.out.push_back(Output::ConnectService { service, addr });
     }
 
-    /// The stream is gone at the edge's word (closed or reset): drop its service side.
-    fn forget_local(&mut self, i: usize, stream: u32) {
-        if let Some(l) = self.conns[i].locals.remove(&stream) {
-            if l.has_socket() {
-                let stream = StreamId {
-                    conn: self.id(i),
-                    stream,
-                };
-                self.out.push_back(Output::CloseService { stream });
+    /// Drops a service connection: it leaves its mux stream, if any, and its socket closes.
+    fn close_service(&mut self, service: ServiceId) {
+        let Some(l) = self.locals.remove(&service) else {
+            return;
+        };
+        if let Some(at) = l.at {
+            if self.current(at.conn) {
+                let streams = &mut self.conns[at.conn.slot].streams;
+                if matches!(streams.get(&at.stream), Some(Carried::Service(s)) if *s == service) {
+                    streams.remove(&at.stream);
+                }
+            }
+        }
+        if l.has_socket() {
+            self.out.push_back(Output::CloseService { service });
+        }
+    }
+
+    /// The mux stream is gone at the edge's word (closed, or reset other than `Lost`): its
+    /// service goes too.
+    fn forget_stream(&mut self, i: usize, stream: u32) {
+        if let Some(Carried::Service(service)) = self.conns[i].streams.remove(&stream) {
+            self.close_service(service);
+        }
+    }
+
+    /// The mux stream died with its path (the tunnel connection, or the client's carrier:
+    /// RST `Lost`): a resumable stream detaches and waits for its client, others close.
+    fn lose_stream(&mut self, i: usize, stream: u32, why: &str, now: Instant) {
+        let Some(Carried::Service(service)) = self.conns[i].streams.remove(&stream) else {
+            return;
+        };
+        let window = self.cfg.resume_window;
+        let keep = self.draining.is_none();
+        let Some(l) = self.locals.get_mut(&service) else {
+            return;
+        };
+        match l.resume.as_deref_mut() {
+            Some(r) if keep && r.key.is_some() => {
+                l.at = None;
+                r.ep.detach();
+                r.pending = Vec::new();
+                r.starved = false;
+                r.expires = Some(now + window);
+                info!(
+                    "stream {}: detached ({why}); keeping {service} for {} s for {}",
+                    r.label(),
+                    window.as_secs(),
+                    r.who
+                );
+            }
+            _ => self.close_service(service),
+        }
+    }
+
+    /// Detached streams whose window is over: their services close.
+    fn expire_detached(&mut self, now: Instant) {
+        let expired: Vec<ServiceId> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| {
+                let expires = l.resume.as_ref().and_then(|r| r.expires);
+                l.at.is_none() && expires.is_some_and(|t| now >= t)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for service in expired {
+            if let Some(r) = self.locals.get(&service).and_then(|l| l.resume.as_ref()) {
+                info!(
+                    "stream {}: not resumed within {} s; closing {service}",
+                    r.label(),
+                    self.cfg.resume_window.as_secs()
+                );
+            }
+            self.close_service(service);
+        }
+    }
+
+    fn detached(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        let detached = self.locals.iter().filter(|(_, l)| l.at.is_none());
+        detached.map(|(s, _)| *s)
+    }
+
+    /// The ACK timer: every attached resumable stream tells its client what it took.
+    fn acknowledge(&mut self) {
+        let resumable: Vec<ServiceId> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| l.at.is_some() && l.resume.is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        for service in resumable {
+            let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
+                continue;
+            };
+            let Some(r) = l.resume.as_deref_mut() else {
+                continue;
+            };
+            r.ep.request_ack();
+            if flush(r, mux, at.stream) {
+                self.pump_edge(at.conn.slot);
             }
         }
     }
 
-    /// The service cannot be reached: reset the stream with why.
-    fn fail_local(&mut self, i: usize, stream: u32, why: &str) {
-        let Some(l) = self.conns[i].locals.remove(&stream) else {
+    /// Reads a resumable stream's START record once it is whole; a stream that begins
+    /// otherwise is reset.
+    fn read_start(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
-        warn!(
-            "stream {stream}: cannot connect to the service {}: {why}",
-            self.cfg.ingress.rules()[l.rule].service
-        );
-        self.metrics.error(metrics::Error::ServiceConnect);
-        let conn = self.id(i);
-        if let Some(live) = self.live(conn) {
-            live.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
+        let Some(r) = l.resume.as_deref_mut().filter(|r| r.key.is_none()) else {
+            return;
+        };
+        match Opening::decode(mux.readable(at.stream)) {
+            Ok(None) => {}
+            Ok(Some((Opening::Start { id, secret }, n))) => {
+                mux.consume(at.stream, n);
+                r.key = Some(Key::new(id, &secret));
+                debug!("stream {}: {service} is resumable as {}", at.stream, r.label());
+            }
+            Ok(Some(_)) | Err(_) => {
+                let why = "resume protocol error: the first record is not START";
+                debug!("stream {}: {why}", at.stream);
+                self.end_stream(service, why);
+            }
         }
-        if l.has_socket() {
-            let stream = StreamId { conn, stream };
-            self.out.push_back(Output::CloseService { stream });
+    }
+
+    /// Eats the client's records up to the next payload byte (ACKs trim the replay buffer,
+    /// FIN ends the client's side). A record that breaks the protocol ends the stream.
+    fn parse_records(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
+            return;
+        };
+        let Some(r) = l.resume.as_deref_mut().filter(|r| r.key.is_some()) else {
+            return;
+        };
+        let failed = loop {
+            match r.ep.parse(mux.readable(at.stream)) {
+                Ok(0) => break None,
+                Ok(n) => mux.consume(at.stream, n),
+                Err(e) => break Some(e),
+            }
+        };
+        if r.starved && r.ep.room() > 0 {
+            // An ACK made room: the service is read again (its readiness was not lost: the
+            // last read stopped for want of room, not at "would block").
+            r.starved = false;
+            self.out.push_back(Output::PumpService(service));
+        }
+        if let Some(e) = failed {
+            debug!("stream {}: resume protocol error: {e}", at.stream);
+            self.end_stream(service, &format!("resume protocol error: {e}"));
+        }
+    }
+
+    /// A later carrier's first record: RESUME, checked against the stream it names (by
+    /// id, secret, the OPEN's identity and the offset), or the new mux stream is reset.
+    fn try_resume(&mut self, i: usize, stream: u32) {
+        let conn = self.id(i);
+        let Some(live) = self.live(conn) else {
+            return;
+        };
+        let opening = match Opening::decode(live.mux.readable(stream)) {
+            Ok(None) => return,
+            Ok(Some((o, n))) => {
+                live.mux.consume(stream, n);
+                Some(o)
+            }
+            Err(_) => None,
+        };
+        let Some(Carried::Resuming(identity)) = self.conns[i].streams.remove(&stream) else {
+            return;
+        };
+        let Some(Opening::Resume {
+            id,
+            secret,
+            received,
+        }) = opening
+        else {
+            let why = "the first record is not RESUME";
+            return self.refuse_resume(i, stream, &identity, why);
+        };
+        // The id is not secret (it travels in the carrier's request); the secret is compared
+        // in constant time.
+        let found = self.locals.iter().find(|(_, l)| {
+            let key = l.resume.as_ref().and_then(|r| r.key.as_ref());
+            key.is_some_and(|k| k.id == id && k.matches(&id, &secret))
+        });
+        let Some((&service, _)) = found else {
+            let why = "unknown stream or wrong secret";
+            return self.refuse_resume(i, stream, &identity, why);
+        };
+        let l = self.locals.get_mut(&service).expect("bug: found above");
+        let r = l.resume.as_deref_mut().expect("bug: found above");
+        if r.identity != *identity {
+            let why = "not the identity that opened the stream";
+            return self.refuse_resume(i, stream, &identity, why);
+        }
+        if let Err(e) = r.ep.resume_from(received) {
+            return self.refuse_resume(i, stream, &identity, &e.to_string());
+        }
+        let replay = r.ep.sent_total() - received;
+        r.pending.clear();
+        Opening::Accept {
+            received: r.ep.received(),
+        }
+        .encode(&mut r.pending);
+        r.expires = None;
+        r.starved = false;
+        info!(
+            "stream {}: resumed at client offset {received}, origin offset {} (replaying \
+             {replay} bytes) for {} (connection {i} stream {stream})",
+            r.label(),
+            r.ep.received(),
+            r.who
+        );
+        let old = l.at.replace(StreamId { conn, stream });
+        let has_socket = l.has_socket();
+        self.conns[i].streams.insert(stream, Carried::Service(service));
+        self.metrics.resumed(replay);
+        if let Some(old) = old {
+            // The client came back while its old path still looked alive: that path is
+            // dead to it; what was in flight on it is replayed on the new one.
+            if self.current(old.conn) {
+                self.conns[old.conn.slot].streams.remove(&old.stream);
+            }
+            if let Some(live) = self.live(old.conn) {
+                let why = "resumed on another connection";
+                live.mux.reset(old.stream, ResetCode::Cancel, why);
+                self.pump_edge(old.conn.slot);
+            }
+        }
+        if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            if let Some(r) = l.resume.as_deref_mut() {
+                flush(r, mux, at.stream);
+            }
+        }
+        if has_socket {
+            self.out.push_back(Output::PumpService(service));
         }
         self.pump_edge(i);
     }
 
-    fn local(&mut self, id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
-        local_in(&mut self.conns, id)
+    fn refuse_resume(&mut self, i: usize, stream: u32, identity: &Identity, why: &str) {
+        warn!(
+            "connection {i}: stream {stream}: resume refused for {}: {why}",
+            who_of(identity)
+        );
+        self.metrics.resume_refused();
+        let conn = self.id(i);
+        if let Some(l) = self.live(conn) {
+            let reason = format!("resume refused: {why}");
+            l.mux.reset(stream, ResetCode::Cancel, &reason);
+        }
+        self.pump_edge(i);
     }
 
-    /// True while the stream is open; when the edge has finished with it, its service
-    /// side is dropped ([`Output::CloseService`]) and this is false.
-    pub fn service_open(&mut self, id: StreamId) -> bool {
-        match self.local(id) {
-            Some((_, mux)) if mux.has_stream(id.stream) => true,
+    /// Ends a stream from the origin's side: its mux stream is reset with why (if attached),
+    /// its service closed.
+    fn end_stream(&mut self, service: ServiceId, why: &str) {
+        if let Some((_, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.reset(at.stream, ResetCode::Cancel, why);
+            self.pump_edge(at.conn.slot);
+        }
+        self.close_service(service);
+    }
+
+    /// The service cannot be reached: reset the stream with why.
+    fn fail_local(&mut self, service: ServiceId, why: &str) {
+        let Some(l) = self.locals.get(&service) else {
+            return;
+        };
+        let name = l
+            .at
+            .map_or_else(|| service.to_string(), |at| format!("stream {}", at.stream));
+        warn!(
+            "{name}: cannot connect to the service {}: {why}",
+            self.cfg.ingress.rules()[l.rule].service
+        );
+        self.metrics.error(metrics::Error::ServiceConnect);
+        if let Some((_, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.reset(at.stream, mux::ResetCode::ConnectFailed, why);
+            self.pump_edge(at.conn.slot);
+        }
+        self.close_service(service);
+    }
+
+    /// True while the service's stream is attached and open. When the edge has finished
+    /// with it, the service is dropped ([`Output::CloseService`]) and this is false; a
+    /// detached service is not pumped either (false) but stays until resumed or expired.
+    pub fn service_open(&mut self, service: ServiceId) -> bool {
+        match attached(&mut self.conns, &mut self.locals, service) {
+            Some((_, mux, at)) if mux.has_stream(at.stream) => true,
             Some(_) => {
-                self.forget_local(id.conn.slot, id.stream);
+                self.close_service(service);
                 false
             }
             None => false,
         }
     }
 
-    /// The TCP connection to the stream's service is up: the splice starts.
-    pub fn service_connected(&mut self, id: StreamId) {
-        if let Some((l, _)) = self.local(id) {
+    /// The TCP connection to the service is up: the splice starts.
+    pub fn service_connected(&mut self, service: ServiceId) {
+        if let Some(l) = self.locals.get_mut(&service) {
             if matches!(l.splice, Splice::Connecting { .. }) {
                 l.splice = Splice::Spliced {
                     read_done: false,
@@ -1030,110 +1506,203 @@ impl Core {
         }
     }
 
-    /// The TCP connection to the stream's service failed: the stream is reset with why.
-    pub fn service_connect_failed(&mut self, id: StreamId, why: &str) {
-        if self.local(id).is_some() {
-            self.fail_local(id.conn.slot, id.stream, why);
-        }
+    /// The TCP connection to the service failed: the stream is reset with why.
+    pub fn service_connect_failed(&mut self, service: ServiceId, why: &str) {
+        self.fail_local(service, why);
     }
 
-    /// Reads once from the service with `read`, straight into the stream's send buffer.
-    /// `None` when the stream takes no bytes now (gone, finished reading, or full: it is
-    /// pumped again once it has room). `Some(Ok(0))` is the service's EOF: FIN follows.
-    /// A read error other than "would block" and "interrupted" goes to
-    /// [`Core::service_failed`].
+    /// Reads once from the service with `read`: for a plain stream straight into the mux
+    /// stream's send buffer, for a resumable one into its replay buffer (records then go
+    /// to the mux stream). `None` when the stream takes no bytes now (gone, detached,
+    /// finished reading, or full: it is pumped again once it has room). `Some(Ok(0))` is
+    /// the service's EOF: FIN follows. A read error other than "would block" and
+    /// "interrupted" goes to [`Core::service_failed`].
     pub fn service_fill(
         &mut self,
-        id: StreamId,
+        service: ServiceId,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> Option<io::Result<usize>> {
-        let (l, mux) = local_in(&mut self.conns, id)?;
+        let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
         let Splice::Spliced { read_done, .. } = &mut l.splice else {
             return None;
         };
         if *read_done {
             return None;
         }
-        let got = mux.fill(id.stream, read)?;
-        match got {
-            Ok(0) => {
-                *read_done = true;
-                mux.close_write(id.stream);
+        let got = match l.resume.as_deref_mut() {
+            None => {
+                let got = mux.fill(at.stream, read)?;
+                if matches!(got, Ok(0)) {
+                    mux.close_write(at.stream);
+                }
+                got
             }
+            Some(r) => {
+                // Only as fast as the mux stream takes records: the replay buffer is not a
+                // second send buffer.
+                flush(r, mux, at.stream);
+                if !r.pending.is_empty() || r.ep.wants_transmit() {
+                    return None; // `Writable` follows.
+                }
+                let Some(got) = r.ep.fill(read) else {
+                    r.starved = true; // Unacknowledged bytes fill it: an ACK pumps again.
+                    return None;
+                };
+                flush(r, mux, at.stream);
+                got
+            }
+        };
+        match got {
+            Ok(0) => *read_done = true,
             Ok(n) => self.metrics.bytes(Direction::OriginToClient, n),
             Err(_) => return Some(got),
         }
-        self.conns[id.conn.slot].moved = true;
+        self.conns[at.conn.slot].moved = true;
         Some(got)
     }
 
-    /// Bytes from the edge waiting for the service.
-    pub fn service_pending(&mut self, id: StreamId) -> &[u8] {
-        match self.local(id) {
-            Some((l, mux)) if matches!(l.splice, Splice::Spliced { .. }) => mux.readable(id.stream),
+    /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
+    /// the client's current DATA record).
+    pub fn service_pending(&mut self, service: ServiceId) -> &[u8] {
+        if self.locals.get(&service).is_some_and(|l| l.resume.is_some()) {
+            self.read_start(service);
+            self.parse_records(service);
+        }
+        match attached(&mut self.conns, &mut self.locals, service) {
+            Some((l, mux, at)) if matches!(l.splice, Splice::Spliced { .. }) => {
+                let data = mux.readable(at.stream);
+                match &l.resume {
+                    None => data,
+                    Some(r) => &data[..r.ep.payload_len(data.len())],
+                }
+            }
             _ => &[],
         }
     }
 
     /// The service took `n` bytes of [`Core::service_pending`].
-    pub fn service_written(&mut self, id: StreamId, n: usize) {
-        if let Some((_, mux)) = local_in(&mut self.conns, id) {
-            mux.consume(id.stream, n);
+    pub fn service_written(&mut self, service: ServiceId, n: usize) {
+        if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.consume(at.stream, n);
+            if let Some(r) = l.resume.as_deref_mut() {
+                r.ep.delivered(n);
+            }
             self.metrics.bytes(Direction::ClientToOrigin, n);
-            self.conns[id.conn.slot].moved = true;
+            self.conns[at.conn.slot].moved = true;
         }
     }
 
     /// Reading from or writing to the service failed: the stream is reset.
-    pub fn service_failed(&mut self, id: StreamId, e: &io::Error) {
-        let Some((_, mux)) = self.local(id) else {
+    pub fn service_failed(&mut self, service: ServiceId, e: &io::Error) {
+        if !self.locals.contains_key(&service) {
             return;
-        };
-        debug!("stream {}: service connection: {e}", id.stream);
-        mux.reset(
-            id.stream,
-            mux::ResetCode::Cancel,
-            "service connection failed",
-        );
-        self.forget_local(id.conn.slot, id.stream);
-        self.pump_edge(id.conn.slot);
+        }
+        debug!("{service}: service connection: {e}");
+        self.end_stream(service, "service connection failed");
     }
 
-    /// The driver moved what it could for the stream: the service's write side is shut once
-    /// the edge's half is done, the edge connection is pumped if bytes moved, and the stream
-    /// is dropped once finished.
-    pub fn service_pumped(&mut self, id: StreamId) {
-        let Some((l, mux)) = local_in(&mut self.conns, id) else {
+    /// The driver moved what it could for the service: its write side is shut once the
+    /// client's half is done, records due (ACKs, FIN) go out, the edge connection is pumped
+    /// if bytes moved, and the service is dropped once the stream is finished.
+    pub fn service_pumped(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
+        let (mut finished, mut moved) = (false, false);
+        let read_closed = match l.resume.as_deref_mut() {
+            None => mux.read_closed(at.stream),
+            Some(r) => {
+                moved = flush(r, mux, at.stream);
+                // Done: all acknowledged both ways, or the edge closed its half (the client
+                // ended its carrier) and our FIN record went out.
+                let edge_done = mux.read_closed(at.stream);
+                finished = r.ep.finished()
+                    || (edge_done && r.ep.write_closed() && r.pending.is_empty());
+                r.ep.read_closed() || edge_done
+            }
+        };
         if let Splice::Spliced { write_done, .. } = &mut l.splice {
-            if !*write_done && mux.read_closed(id.stream) {
+            if !*write_done && read_closed {
                 *write_done = true;
-                self.out.push_back(Output::ShutdownService { stream: id });
+                self.out.push_back(Output::ShutdownService { service });
             }
         }
-        let gone = !mux.has_stream(id.stream);
-        if std::mem::take(&mut self.conns[id.conn.slot].moved) {
-            self.pump_edge(id.conn.slot);
+        let gone = !mux.has_stream(at.stream);
+        if finished && !gone {
+            mux.close_write(at.stream);
+            moved = true;
         }
-        if gone {
-            self.forget_local(id.conn.slot, id.stream);
+        if std::mem::take(&mut self.conns[at.conn.slot].moved) || moved {
+            self.pump_edge(at.conn.slot);
+        }
+        if gone || finished {
+            self.close_service(service);
+        }
+    }
+
+    /// The service a mux stream carries, if any (tests and logs).
+    pub fn service_of(&self, stream: StreamId) -> Option<ServiceId> {
+        if !self.current(stream.conn) {
+            return None;
+        }
+        match self.conns[stream.conn.slot].streams.get(&stream.stream)? {
+            Carried::Service(s) => Some(*s),
+            Carried::Resuming(_) => None,
         }
     }
 }
 
-/// The stream's service side and its session, while the stream's connection is the current
-/// attempt and live.
-fn local_in(conns: &mut [Conn], id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
-    let c = conns.get_mut(id.conn.slot)?;
-    if c.epoch != id.conn.epoch {
+/// The service's local side and its mux session and stream, while it is attached to a
+/// stream of a live connection's current attempt.
+fn attached<'a>(
+    conns: &'a mut [Conn],
+    locals: &'a mut HashMap<ServiceId, Local>,
+    service: ServiceId,
+) -> Option<(&'a mut Local, &'a mut OriginSession, StreamId)> {
+    let l = locals.get_mut(&service)?;
+    let at = l.at?;
+    let c = conns.get_mut(at.conn.slot)?;
+    if c.epoch != at.conn.epoch {
         return None;
     }
     let Link::Live(live) = &mut c.link else {
         return None;
     };
-    let l = c.locals.get_mut(&id.stream)?;
-    Some((l, &mut live.mux))
+    Some((l, &mut live.mux, at))
+}
+
+/// Bytes of an ACK record (type and offset).
+const ACK_LEN: usize = 9;
+
+/// Moves a resumable stream's records into its mux stream as far as that has room; true if
+/// any moved. When it has none, the mux raises `Writable` later (it promises one after a
+/// `writable()` of 0 or a short `write()`).
+fn flush(r: &mut Resumable, mux: &mut OriginSession, stream: u32) -> bool {
+    let mut moved = false;
+    loop {
+        if r.pending.is_empty() {
+            if !r.ep.wants_transmit() {
+                break;
+            }
+            let room = mux.writable(stream);
+            if room == 0 {
+                break;
+            }
+            // Payload that fits with an ACK, one DATA header and a FIN around it.
+            let budget = room.saturating_sub(ACK_LEN + DATA_HEADER + 1);
+            r.ep.transmit(&mut r.pending, budget.clamp(1, MAX_DATA));
+        }
+        let n = mux.write(stream, &r.pending);
+        if n == 0 {
+            break;
+        }
+        moved = true;
+        r.pending.drain(..n);
+        if !r.pending.is_empty() {
+            break;
+        }
+    }
+    moved
 }
 
 /// The backoff's ceiling after `attempt` failures in a row: 500 ms doubled per attempt
@@ -1150,21 +1719,21 @@ const MAX_WHO_SHOWN: usize = 128;
 /// a service token's name, or `anonymous` (a bypass policy); shortened, control characters
 /// and quotes escaped. The claims' `assertion` (the same, signed by the edge for this stream)
 /// is for whoever wants to check it; it is not logged.
+#[cfg(test)]
 fn who(claims: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Who {
-        email: Option<String>,
-        service_token: Option<String>,
-    }
+    who_of(&Claims::parse(claims).identity)
+}
+
+fn who_of(identity: &Identity) -> String {
     let shown = |s: &str| crate::logging::escape(s, MAX_WHO_SHOWN);
-    match serde_json::from_slice::<Who>(claims) {
-        Ok(Who {
+    match identity {
+        Identity {
             email: Some(email), ..
-        }) => shown(&email),
-        Ok(Who {
+        } => shown(email),
+        Identity {
             service_token: Some(token),
             ..
-        }) => format!("service token {}", shown(&token)),
+        } => format!("service token {}", shown(token)),
         _ => "anonymous".into(),
     }
 }

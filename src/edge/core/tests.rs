@@ -802,7 +802,7 @@ fn an_idle_carrier_is_closed_with_1008_and_its_stream_reset() {
 fn a_tunnel_that_stops_answering_keepalives_is_closed() {
     let mut pipe = Pipe::new();
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
-    let interval = crate::limits::PING_INTERVAL_SECS;
+    let interval = crate::limits::PING_INTERVAL.as_secs();
     let dead = interval * u64::from(crate::limits::PING_DEAD_INTERVALS);
     // The edge pings once an interval; an origin that answers stays.
     for _ in 0..4 {
