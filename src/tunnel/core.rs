@@ -154,7 +154,10 @@ pub enum Output {
     CloseEdge { conn: ConnId },
     /// Connect a new service connection to `addr`; then [`Core::service_connected`] or
     /// [`Core::service_connect_failed`].
-    ConnectService { service: ServiceId, addr: SocketAddr },
+    ConnectService {
+        service: ServiceId,
+        addr: SocketAddr,
+    },
     /// The service gets no more bytes: shut its socket's write side.
     ShutdownService { service: ServiceId },
     /// The service connection is over: drop its socket.
@@ -246,7 +249,9 @@ struct Resumable {
 impl Resumable {
     /// The stream's name in logs: its id's first bytes (never the secret).
     fn label(&self) -> String {
-        self.key.as_ref().map_or_else(|| "(no START yet)".into(), Key::label)
+        self.key
+            .as_ref()
+            .map_or_else(|| "(no START yet)".into(), Key::label)
     }
 }
 
@@ -1131,7 +1136,9 @@ impl Core {
                 resume,
             },
         );
-        self.conns[i].streams.insert(stream, Carried::Service(service));
+        self.conns[i]
+            .streams
+            .insert(stream, Carried::Service(service));
         if resumable {
             // Our first record goes before any byte of the service; the client's START is
             // read when it comes, while the service connects.
@@ -1163,7 +1170,8 @@ impl Core {
             if live.mux.has_stream(at.stream) {
                 warn!("stream {}: {why}", at.stream);
                 metrics.error(metrics::Error::ServiceConnect);
-                live.mux.reset(at.stream, mux::ResetCode::ConnectFailed, why);
+                live.mux
+                    .reset(at.stream, mux::ResetCode::ConnectFailed, why);
                 self.pump_edge(at.conn.slot);
             }
         }
@@ -1175,7 +1183,10 @@ impl Core {
             return;
         };
         if let Some(at) = l.at {
-            if !self.live(at.conn).is_some_and(|l| l.mux.has_stream(at.stream)) {
+            if !self
+                .live(at.conn)
+                .is_some_and(|l| l.mux.has_stream(at.stream))
+            {
                 // Reset or closed by the edge while its service's name was resolved.
                 self.close_service(service);
                 return;
@@ -1310,7 +1321,11 @@ impl Core {
             Ok(Some((Opening::Start { id, secret }, n))) => {
                 mux.consume(at.stream, n);
                 r.key = Some(Key::new(id, &secret));
-                debug!("stream {}: {service} is resumable as {}", at.stream, r.label());
+                debug!(
+                    "stream {}: {service} is resumable as {}",
+                    at.stream,
+                    r.label()
+                );
             }
             Ok(Some(_)) | Err(_) => {
                 let why = "resume protocol error: the first record is not START";
@@ -1411,7 +1426,9 @@ impl Core {
         );
         let old = l.at.replace(StreamId { conn, stream });
         let has_socket = l.has_socket();
-        self.conns[i].streams.insert(stream, Carried::Service(service));
+        self.conns[i]
+            .streams
+            .insert(stream, Carried::Service(service));
         self.metrics.resumed(replay);
         if let Some(old) = old {
             // The client came back while its old path still looked alive: that path is
@@ -1465,9 +1482,8 @@ impl Core {
         let Some(l) = self.locals.get(&service) else {
             return;
         };
-        let name = l
-            .at
-            .map_or_else(|| service.to_string(), |at| format!("stream {}", at.stream));
+        let name =
+            l.at.map_or_else(|| service.to_string(), |at| format!("stream {}", at.stream));
         warn!(
             "{name}: cannot connect to the service {}: {why}",
             self.cfg.ingress.rules()[l.rule].service
@@ -1564,7 +1580,11 @@ impl Core {
     /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
     /// the client's current DATA record).
     pub fn service_pending(&mut self, service: ServiceId) -> &[u8] {
-        if self.locals.get(&service).is_some_and(|l| l.resume.is_some()) {
+        if self
+            .locals
+            .get(&service)
+            .is_some_and(|l| l.resume.is_some())
+        {
             self.read_start(service);
             self.parse_records(service);
         }
@@ -1616,8 +1636,8 @@ impl Core {
                 // Done: all acknowledged both ways, or the edge closed its half (the client
                 // ended its carrier) and our FIN record went out.
                 let edge_done = mux.read_closed(at.stream);
-                finished = r.ep.finished()
-                    || (edge_done && r.ep.write_closed() && r.pending.is_empty());
+                finished =
+                    r.ep.finished() || (edge_done && r.ep.write_closed() && r.pending.is_empty());
                 r.ep.read_closed() || edge_done
             }
         };
@@ -1765,8 +1785,12 @@ fn tls_advice(e: &io::Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL_SECS, PROXY_ANSWER_TIMEOUT_SECS};
+    use crate::limits::{
+        PING_DEAD_INTERVALS, PING_INTERVAL, PROXY_ANSWER_TIMEOUT_SECS, REPLAY_BUFFER,
+        RESUME_ACK_INTERVAL,
+    };
     use crate::proto::mux::{EdgeEvent, EdgeSession, ErrorCode, ResetCode};
+    use crate::proto::resume::{Endpoint, Opening};
 
     /// ≡ -1 modulo every backoff ceiling (500 ms · 2^k up to 2^10, and the 60 s cap): with
     /// it as the "random" jitter, each delay is its ceiling less 1 ms.
@@ -1775,6 +1799,7 @@ mod tests {
     const EDGE: &str = "edge.example.com:443";
     const SERVICE: &str = "127.0.0.1:2222";
     const GRACE: Duration = Duration::from_secs(30);
+    const WINDOW: Duration = Duration::from_secs(60);
 
     /// A simulated driver and edge: the core's outputs are carried out in memory, each
     /// connection's TLS is a plaintext pipe to an `EdgeSession`, and the clock is `now`.
@@ -1793,6 +1818,23 @@ mod tests {
         silent: bool,
         /// Names the resolver never answers.
         unanswered: Vec<&'static str>,
+        /// Services connect at once and are pumped like the driver pumps a socket.
+        auto_connect: bool,
+        services: HashMap<ServiceId, Svc>,
+    }
+
+    /// An in-memory service connection (with `auto_connect`).
+    #[derive(Default)]
+    struct Svc {
+        /// What it will send, as fast as the stream takes it.
+        says: Vec<u8>,
+        /// What it received.
+        heard: Vec<u8>,
+        /// It has said everything: EOF after `says`.
+        done: bool,
+        /// Its write side was shut.
+        shut: bool,
+        closed: bool,
     }
 
     fn pipe_with(ha: usize, proxy: Option<ProxyConfig>) -> Pipe {
@@ -1808,6 +1850,7 @@ mod tests {
             connector_id: [7; 16],
             grace: GRACE,
             connections: ha,
+            resume_window: WINDOW,
         };
         let metrics = Metrics::new(metrics::Role::Tunnel, [7; 16]);
         let now = Instant::now();
@@ -1820,6 +1863,8 @@ mod tests {
             reachable: true,
             silent: false,
             unanswered: Vec::new(),
+            auto_connect: false,
+            services: HashMap::new(),
         }
     }
 
@@ -1830,7 +1875,8 @@ mod tests {
     impl Pipe {
         /// Carries out outputs and moves bytes until nothing moves.
         fn run(&mut self) {
-            loop {
+            for round in 0.. {
+                assert!(round < 100_000, "the pipe does not settle");
                 let mut moved = false;
                 while let Some(out) = self.core.poll_output() {
                     moved = true;
@@ -1874,9 +1920,77 @@ mod tests {
                     self.edges[conn.slot] = None;
                 }
                 // A service with nothing to say: the pump only reports back.
-                Output::PumpService(stream) => self.core.service_pumped(stream),
+                Output::ConnectService { service, .. } if self.auto_connect => {
+                    self.services.insert(service, Svc::default());
+                    self.core.service_connected(service);
+                    self.pump_service(service);
+                }
+                Output::ShutdownService { service } => {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.shut = true;
+                    }
+                }
+                Output::CloseService { service } => {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.closed = true;
+                    }
+                }
+                Output::PumpService(service) => self.pump_service(service),
                 _ => {}
             }
+        }
+
+        /// What the driver does for a service: read it into the stream, write the stream's
+        /// bytes to it. A service the test plays itself only reports back.
+        fn pump_service(&mut self, service: ServiceId) {
+            let core = &mut self.core;
+            let Some(s) = self.services.get_mut(&service).filter(|s| !s.closed) else {
+                core.service_pumped(service);
+                return;
+            };
+            if !core.service_open(service) {
+                return;
+            }
+            let mut reads = 0;
+            while let Some(Ok(n)) = core.service_fill(service, |buf| {
+                reads += 1;
+                assert!(reads < 100_000, "the service is read forever");
+                if s.says.is_empty() {
+                    return match s.done {
+                        true => Ok(0),
+                        false => Err(io::ErrorKind::WouldBlock.into()),
+                    };
+                }
+                let n = buf.len().min(s.says.len());
+                buf[..n].copy_from_slice(&s.says[..n]);
+                s.says.drain(..n);
+                Ok(n)
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            loop {
+                let data = core.service_pending(service).to_vec();
+                if data.is_empty() {
+                    break;
+                }
+                s.heard.extend_from_slice(&data);
+                core.service_written(service, data.len());
+            }
+            core.service_pumped(service);
+        }
+
+        /// The service says `bytes` (and is pumped).
+        fn say(&mut self, service: ServiceId, bytes: &[u8]) {
+            let s = self.services.get_mut(&service).expect("a service");
+            s.says.extend_from_slice(bytes);
+            self.pump_service(service);
+            self.run();
+        }
+
+        fn svc(&self, service: ServiceId) -> &Svc {
+            self.services.get(&service).expect("a service")
         }
 
         /// Moves bytes both ways on one connection; true if any moved.
@@ -1888,7 +2002,9 @@ mod tests {
             let conn = *conn;
             let mut up = Vec::new();
             while self.core.wants_transmit(conn) {
-                self.core.poll_transmit(conn, &mut up, 64 * 1024);
+                // `max` bounds what `out` holds in all: a batch more each time.
+                let max = up.len() + 64 * 1024;
+                self.core.poll_transmit(conn, &mut up, max);
             }
             self.core.transmitted(conn, now);
             if self.silent {
@@ -1903,7 +2019,8 @@ mod tests {
             }
             let mut down = Vec::new();
             while edge.wants_transmit() {
-                edge.poll_transmit(&mut down, 64 * 1024);
+                let max = down.len() + 64 * 1024;
+                edge.poll_transmit(&mut down, max);
             }
             if !down.is_empty() {
                 moved = true;
@@ -1912,8 +2029,20 @@ mod tests {
             moved
         }
 
+        /// Moves the clock by `d` as a driver would: waking at each time the core asks for
+        /// on the way (keepalives answered, timers fired in order), then at the end.
         fn advance(&mut self, d: Duration) {
-            self.now += d;
+            let end = self.now + d;
+            for _ in 0..1_000_000 {
+                let next = self.core.poll_timeout();
+                if next >= end {
+                    break;
+                }
+                self.now = self.now.max(next);
+                self.core.handle_timeout(self.now);
+                self.run();
+            }
+            self.now = end;
             self.core.handle_timeout(self.now);
             self.run();
         }
@@ -1963,6 +2092,11 @@ mod tests {
                 conn: self.conn(slot),
                 stream,
             }
+        }
+
+        /// The service connection serving a stream.
+        fn service(&self, id: StreamId) -> ServiceId {
+            self.core.service_of(id).expect("the stream has a service")
         }
 
         fn resets(&self, slot: usize) -> Vec<(u32, ResetCode, String)> {
@@ -2132,14 +2266,15 @@ mod tests {
         p.register_all();
         // Refused at once.
         let dead = p.open(0, HOST);
+        let service = p.service(dead);
         assert!(p.seen.contains(&Output::ConnectService {
-            stream: dead,
+            service,
             addr: SERVICE.parse().unwrap()
         }));
         p.core
-            .service_connect_failed(dead, "Connection refused (os error 111)");
+            .service_connect_failed(service, "Connection refused (os error 111)");
         p.run();
-        assert!(p.seen.contains(&Output::CloseService { stream: dead }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         assert_eq!(
             p.resets(0),
             [(
@@ -2150,6 +2285,7 @@ mod tests {
         );
         // Never answers: reset at the connect deadline, not before.
         let silent = p.open(0, HOST);
+        let service = p.service(silent);
         p.advance(Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS) - Duration::from_millis(1));
         assert_eq!(p.resets(0).len(), 1);
         p.advance(Duration::from_millis(1));
@@ -2161,16 +2297,19 @@ mod tests {
                 "connect to the service timed out".to_owned()
             )
         );
-        assert!(p.seen.contains(&Output::CloseService { stream: silent }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         // A hostname no ingress rule serves: reset at once, no connect.
+        let connects = |p: &Pipe| {
+            let seen = p.seen.iter();
+            seen.filter(|o| matches!(o, Output::ConnectService { .. }))
+                .count()
+        };
+        let before = connects(&p);
         let none = p.open(0, "other.example.com");
         let (stream, code, reason) = p.resets(0)[2].clone();
         assert_eq!((stream, code), (none.stream, ResetCode::NoService));
         assert!(reason.contains("no service"), "{reason}");
-        assert!(!p
-            .seen
-            .iter()
-            .any(|o| matches!(o, Output::ConnectService { stream, .. } if *stream == none)));
+        assert_eq!(connects(&p), before);
         // The connection itself is fine.
         assert_eq!(p.closed_edges(), 0);
     }
@@ -2226,7 +2365,7 @@ mod tests {
     fn keepalive_pings_an_idle_edge_and_drops_a_silent_one() {
         let mut p = pipe(1);
         p.register_all();
-        let interval = Duration::from_secs(PING_INTERVAL_SECS);
+        let interval = PING_INTERVAL;
         // An answering edge: pings go out and the connection stays, however long it idles.
         for _ in 0..10 {
             p.advance(interval);
@@ -2240,33 +2379,64 @@ mod tests {
         assert_eq!(p.closed_edges(), 0);
         p.advance(interval);
         assert_eq!(p.closed_edges(), 1);
-        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        // It had served: replaced at once (the jitter less 1 ms).
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
     }
 
-    /// A stream on `slot` to a service that answered.
-    fn spliced(p: &mut Pipe, slot: usize) -> StreamId {
+    #[test]
+    fn a_connection_that_served_is_replaced_at_once_then_backoff_as_usual() {
+        let mut p = pipe(1);
+        p.register_all();
+        // Lost right after registering: a flapping edge is not hammered, the backoff holds.
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        // Up for a while, then lost (an edge restart): the next attempt comes at once.
+        p.advance(RECONNECT_AT_ONCE_UPTIME);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        p.reachable = false;
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
+        // That attempt failed (the edge is still down): the usual backoff from there on.
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        next_attempt_is_after(&mut p, Duration::from_millis(1999));
+        p.reachable = true;
+        next_attempt_is_after(&mut p, Duration::from_millis(3999));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        p.advance(Duration::ZERO);
+        assert_eq!(p.core.metrics.ready_connections(), 1);
+    }
+
+    /// A stream on `slot` to a service that answered: the stream and its service.
+    fn spliced(p: &mut Pipe, slot: usize) -> (StreamId, ServiceId) {
         let id = p.open(slot, HOST);
-        p.core.service_connected(id);
-        assert!(p.core.service_open(id));
-        id
+        let service = p.service(id);
+        p.core.service_connected(service);
+        assert!(p.core.service_open(service));
+        (id, service)
     }
 
     #[test]
     fn shutdown_lets_open_streams_finish_refuses_new_ones_and_then_exits() {
         let mut p = pipe(2);
         p.register_all();
-        let id = spliced(&mut p, 0);
+        let (id, service) = spliced(&mut p, 0);
         // Bytes flow both ways through the splice.
         p.edge(0).write(id.stream, b"ping");
         p.run();
-        assert_eq!(p.core.service_pending(id), b"ping");
-        p.core.service_written(id, 4);
-        let got = p.core.service_fill(id, |buf| {
+        assert_eq!(p.core.service_pending(service), b"ping");
+        p.core.service_written(service, 4);
+        let got = p.core.service_fill(service, |buf| {
             buf[..4].copy_from_slice(b"pong");
             Ok(4)
         });
         assert_eq!(got.map(|r| r.unwrap()), Some(4));
-        p.core.service_pumped(id);
+        p.core.service_pumped(service);
         p.run();
         assert_eq!(p.edge(0).readable(id.stream), b"pong");
 
@@ -2297,15 +2467,15 @@ mod tests {
         // then the service's. The tunnel exits at once.
         p.edge(0).close_write(id.stream);
         p.run();
-        assert!(p.seen.contains(&Output::ShutdownService { stream: id }));
-        assert!(!p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::ShutdownService { service }));
+        assert!(!p.seen.contains(&Output::CloseService { service }));
         assert_eq!(
-            p.core.service_fill(id, |_| Ok(0)).map(|r| r.unwrap()),
+            p.core.service_fill(service, |_| Ok(0)).map(|r| r.unwrap()),
             Some(0)
         );
-        p.core.service_pumped(id);
+        p.core.service_pumped(service);
         p.run();
-        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         p.advance(Duration::ZERO);
         assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
         assert!(
@@ -2318,14 +2488,14 @@ mod tests {
     fn shutdown_ends_streams_still_open_at_the_grace_period() {
         let mut p = pipe(1);
         p.register_all();
-        let id = spliced(&mut p, 0);
+        let (_, service) = spliced(&mut p, 0);
         p.core.shutdown(p.now);
         p.run();
         p.advance(GRACE - Duration::from_millis(1));
         assert_eq!(p.core.take_exit(), None);
         p.advance(Duration::from_millis(1));
         assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
-        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         assert!(p.edges[0].is_none());
     }
 
@@ -2393,5 +2563,499 @@ mod tests {
         assert!(!evil.chars().any(char::is_control));
         let long = who(format!(r#"{{"email":"{}"}}"#, "x".repeat(1000)).as_bytes());
         assert_eq!(long, format!("{}…(1000 bytes)", "x".repeat(MAX_WHO_SHOWN)));
+    }
+
+    // ---- resumable streams ----
+
+    const ALICE: &[u8] = br#"{"email":"alice@example.com","resume":"start"}"#;
+    const ALICE_AGAIN: &[u8] = br#"{"email":"alice@example.com","resume":"resume"}"#;
+
+    /// The client's end of a resumable stream: its record layer and what it got.
+    struct Client {
+        id: [u8; 16],
+        secret: [u8; 32],
+        ep: Endpoint,
+        got: Vec<u8>,
+        /// The origin's ACCEPT on the current path, once read.
+        accepted: Option<u64>,
+        /// The current path is a resume: replay from the ACCEPT's offset.
+        resuming: bool,
+    }
+
+    impl Client {
+        fn new(n: u8) -> Client {
+            Client {
+                id: [n; 16],
+                secret: [n.wrapping_add(100); 32],
+                ep: Endpoint::new(),
+                got: Vec::new(),
+                accepted: None,
+                resuming: false,
+            }
+        }
+
+        /// The client typed `bytes` (into its replay buffer).
+        fn types(&mut self, bytes: &[u8]) {
+            assert_eq!(self.ep.push(bytes), bytes.len());
+        }
+
+        /// Its path died: it keeps its replay buffer and comes back.
+        fn lost(&mut self) {
+            self.ep.detach();
+            self.accepted = None;
+        }
+    }
+
+    fn opening(o: Opening) -> Vec<u8> {
+        let mut w = Vec::new();
+        o.encode(&mut w);
+        w
+    }
+
+    impl Pipe {
+        /// The edge opens a resumable stream for the client on `slot`; the client's START
+        /// follows.
+        fn open_resumable(&mut self, slot: usize, c: &mut Client) -> StreamId {
+            let stream = self.edge(slot).open_stream(HOST, ALICE).expect("open");
+            let start = opening(Opening::Start {
+                id: c.id,
+                secret: c.secret,
+            });
+            assert_eq!(self.edge(slot).write(stream, &start), start.len());
+            c.accepted = None;
+            c.resuming = false;
+            self.run();
+            StreamId {
+                conn: self.conn(slot),
+                stream,
+            }
+        }
+
+        /// The client comes back on `slot` with `claims`, naming `id` and `secret`; returns
+        /// the new stream.
+        fn resume_as(
+            &mut self,
+            slot: usize,
+            c: &mut Client,
+            claims: &[u8],
+            secret: [u8; 32],
+            received: u64,
+        ) -> StreamId {
+            let stream = self.edge(slot).open_stream(HOST, claims).expect("open");
+            let resume = opening(Opening::Resume {
+                id: c.id,
+                secret,
+                received,
+            });
+            assert_eq!(self.edge(slot).write(stream, &resume), resume.len());
+            c.accepted = None;
+            c.resuming = true;
+            self.run();
+            StreamId {
+                conn: self.conn(slot),
+                stream,
+            }
+        }
+
+        fn resume(&mut self, slot: usize, c: &mut Client) -> StreamId {
+            let (secret, received) = (c.secret, c.ep.received());
+            self.resume_as(slot, c, ALICE_AGAIN, secret, received)
+        }
+
+        /// The client sends what its record layer has for the path `at`.
+        fn client_send(&mut self, at: StreamId, c: &mut Client) {
+            let mut w = Vec::new();
+            c.ep.transmit(&mut w, usize::MAX);
+            assert_eq!(self.edge(at.conn.slot).write(at.stream, &w), w.len());
+            self.run();
+        }
+
+        /// The client reads what came on the path `at`.
+        fn client_recv(&mut self, at: StreamId, c: &mut Client) {
+            let edge = self.edge(at.conn.slot);
+            let data = edge.readable(at.stream).to_vec();
+            let mut used = 0;
+            if c.accepted.is_none() {
+                match Opening::decode(&data) {
+                    Ok(None) => return,
+                    Ok(Some((Opening::Accept { received }, n))) => {
+                        c.accepted = Some(received);
+                        if c.resuming {
+                            c.ep.resume_from(received).expect("the origin's offset");
+                        }
+                        used = n;
+                    }
+                    other => panic!("not an ACCEPT first: {other:?}"),
+                }
+            }
+            used +=
+                c.ep.receive(&data[used..], |p| {
+                    c.got.extend_from_slice(p);
+                    p.len()
+                })
+                .expect("records from the origin");
+            edge.consume(at.stream, used);
+            self.run();
+        }
+
+        fn closed(&self, service: ServiceId) -> bool {
+            self.seen.contains(&Output::CloseService { service })
+        }
+    }
+
+    fn resumable_pipe(ha: usize) -> Pipe {
+        let mut p = pipe(ha);
+        p.auto_connect = true;
+        p.register_all();
+        // The connections have served long enough to be replaced at once when lost.
+        p.advance(RECONNECT_AT_ONCE_UPTIME);
+        p
+    }
+
+    #[test]
+    fn a_resumable_stream_is_spliced_through_the_record_layer_and_finishes() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        // The service's bytes reach the client as records, after the ACCEPT.
+        p.say(service, b"SSH-2.0-OpenSSH_9.2\r\n");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.accepted, Some(0));
+        assert_eq!(c.got, b"SSH-2.0-OpenSSH_9.2\r\n");
+        // The client's bytes reach the service, exactly.
+        c.types(b"SSH-2.0-OpenSSH_9.6\r\n");
+        p.client_send(at, &mut c);
+        assert_eq!(p.svc(service).heard, b"SSH-2.0-OpenSSH_9.6\r\n");
+        // Each side acknowledges on the timer: the origin's ACK trims the client's buffer.
+        assert_eq!(c.ep.buffered(), 21);
+        p.advance(RESUME_ACK_INTERVAL);
+        p.client_recv(at, &mut c);
+        assert_eq!(c.ep.buffered(), 0, "acknowledged by the origin");
+        // The client ends its side: FIN record, the service's write side is shut.
+        c.ep.close_write();
+        p.client_send(at, &mut c);
+        assert!(p.svc(service).shut);
+        assert!(!p.closed(service));
+        // The service ends too; once the client acknowledged everything, the stream is
+        // finished: the service closes and the mux stream gets its FIN.
+        p.services.get_mut(&service).unwrap().done = true;
+        p.say(service, b"bye");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"SSH-2.0-OpenSSH_9.2\r\nbye");
+        assert!(c.ep.read_closed());
+        assert!(!p.closed(service), "waits for the client's ACK");
+        c.ep.request_ack();
+        p.client_send(at, &mut c);
+        assert!(p.closed(service));
+        assert!(p.edge(0).read_closed(at.stream), "the mux stream ended too");
+    }
+
+    #[test]
+    fn connection_loss_detaches_and_a_resume_on_another_connection_replays_both_ways() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"first ");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"first ");
+        // Bytes both ways are in flight when the connection dies: the service's are in
+        // the origin's buffers, the client's in the edge's.
+        let s = p.services.get_mut(&service).unwrap();
+        s.says.extend_from_slice(b"second");
+        p.pump_service(service);
+        c.types(b"typed");
+        let mut w = Vec::new();
+        c.ep.transmit(&mut w, usize::MAX);
+        p.edge(0).write(at.stream, &w);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        c.lost();
+        p.run();
+        // Detached, not closed; nothing was delivered.
+        assert!(!p.closed(service));
+        assert!(p.svc(service).heard.is_empty());
+        assert_eq!(
+            p.core
+                .metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with("postern_tunnel_streams_detached ")),
+            Some("postern_tunnel_streams_detached 0"),
+            "gauges are set at the tick"
+        );
+        p.advance(Duration::ZERO);
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_streams_detached 1"));
+        // The client comes back on the other connection: each side replays from the
+        // other's offset; the same service connection goes on.
+        let connects = p
+            .seen
+            .iter()
+            .filter(|o| matches!(o, Output::ConnectService { .. }))
+            .count();
+        let again = p.resume(1, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(
+            c.accepted,
+            Some(0),
+            "the origin had taken none of \"typed\""
+        );
+        assert_eq!(c.got, b"first second");
+        p.client_send(again, &mut c);
+        assert_eq!(p.svc(service).heard, b"typed");
+        assert_eq!(p.service(again), service);
+        assert_eq!(
+            p.seen
+                .iter()
+                .filter(|o| matches!(o, Output::ConnectService { .. }))
+                .count(),
+            connects
+        );
+        // And on.
+        p.say(service, b" third");
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"first second third");
+        let text = p.core.metrics.render();
+        assert!(text.contains("postern_tunnel_resumes_total 1"), "{text}");
+        assert!(
+            text.contains("postern_tunnel_replayed_bytes_total 6"),
+            "{text}"
+        );
+        p.advance(Duration::ZERO);
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_streams_detached 0"));
+    }
+
+    #[test]
+    fn a_stream_detached_by_connection_loss_resumes_on_the_reconnected_connection() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"before");
+        p.client_recv(at, &mut c);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        c.lost();
+        p.run();
+        assert!(p.edges[0].is_none());
+        // The service keeps talking; its bytes wait in its socket (nothing reads it).
+        p.services
+            .get_mut(&service)
+            .unwrap()
+            .says
+            .extend_from_slice(b" during");
+        p.pump_service(service);
+        assert_eq!(p.svc(service).says, b" during");
+        // The connection that served is replaced at once and registers again.
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        let again = p.resume(0, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"before during");
+        assert!(!p.closed(service));
+    }
+
+    #[test]
+    fn rst_lost_detaches_and_rst_cancel_closes() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"hi");
+        // The client's carrier died: the edge says Lost. The stream waits for it.
+        p.edge(0)
+            .reset(at.stream, ResetCode::Lost, "client's connection ended");
+        c.lost();
+        p.run();
+        assert!(!p.closed(service));
+        let again = p.resume(0, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"hi");
+        // The client went away on purpose (or was cut off): Cancel ends it.
+        p.edge(0).reset(again.stream, ResetCode::Cancel, "idle");
+        p.run();
+        assert!(p.closed(service));
+        // There is nothing left to resume.
+        let third = p.resume(0, &mut c);
+        assert_eq!(
+            p.resets(0).last().unwrap(),
+            &(
+                third.stream,
+                ResetCode::Cancel,
+                "resume refused: unknown stream or wrong secret".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn bad_resumes_are_refused_and_leave_the_stream_alone() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"0123456789");
+        p.client_recv(at, &mut c);
+        let refused = |p: &mut Pipe, why: &str| {
+            let (stream, code, reason) = p.resets(1).last().cloned().expect("a reset");
+            assert_eq!(code, ResetCode::Cancel);
+            assert_eq!(reason, format!("resume refused: {why}"));
+            stream
+        };
+        // A wrong secret and an unknown id read the same.
+        let secret = c.secret;
+        let mut wrong = secret;
+        wrong[0] ^= 1;
+        let accepted = c.accepted;
+        let s1 = p.resume_as(1, &mut c, ALICE_AGAIN, wrong, 10);
+        assert_eq!(refused(&mut p, "unknown stream or wrong secret"), s1.stream);
+        let mut stranger = Client::new(9);
+        p.resume_as(1, &mut stranger, ALICE_AGAIN, [109; 32], 0);
+        refused(&mut p, "unknown stream or wrong secret");
+        // The right secret from someone else the edge let in.
+        let bob = br#"{"email":"bob@example.com","resume":"resume"}"#;
+        p.resume_as(1, &mut c, bob, secret, 10);
+        refused(&mut p, "not the identity that opened the stream");
+        // An offset beyond what the origin sent (or below what was acknowledged).
+        p.resume_as(1, &mut c, ALICE_AGAIN, secret, 11);
+        refused(
+            &mut p,
+            "resume offset 11 outside what can be replayed (0..=10)",
+        );
+        // Not a RESUME at all.
+        let s5 = p.edge(1).open_stream(HOST, ALICE_AGAIN).unwrap();
+        p.edge(1)
+            .write(s5, &opening(Opening::Accept { received: 0 }));
+        p.run();
+        refused(&mut p, "the first record is not RESUME");
+        assert_eq!(p.resets(0), [], "the original stream is untouched");
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_resume_refusals_total 5"));
+        // It goes on where it was.
+        (c.accepted, c.resuming) = (accepted, false);
+        p.say(service, b"more");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"0123456789more");
+        c.types(b"up");
+        p.client_send(at, &mut c);
+        assert_eq!(p.svc(service).heard, b"up");
+    }
+
+    #[test]
+    fn a_detached_stream_is_closed_at_the_end_of_the_resume_window() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.edge(0).reset(at.stream, ResetCode::Lost, "gone");
+        p.run();
+        p.advance(WINDOW - Duration::from_millis(1));
+        assert!(!p.closed(service));
+        p.advance(Duration::from_millis(1));
+        assert!(p.closed(service));
+        p.resume(0, &mut c);
+        let why = p.resets(0).last().unwrap().2.clone();
+        assert_eq!(why, "resume refused: unknown stream or wrong secret");
+    }
+
+    #[test]
+    fn a_second_resume_moves_the_stream_and_resets_the_older_carrier() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"one ");
+        p.client_recv(at, &mut c);
+        // The client gave up on a path the origin still thinks alive (a silent drop).
+        c.lost();
+        let again = p.resume(1, &mut c);
+        assert_eq!(
+            p.resets(0),
+            [(
+                at.stream,
+                ResetCode::Cancel,
+                "resumed on another connection".to_owned()
+            )]
+        );
+        p.say(service, b"two");
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"one two");
+        assert_eq!(p.service(again), service);
+        assert_eq!(p.core.service_of(at), None);
+        assert!(!p.closed(service));
+    }
+
+    #[test]
+    fn a_full_replay_buffer_stops_reading_the_service_until_the_client_acknowledges() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        let big = vec![7u8; REPLAY_BUFFER + 100_000];
+        p.services.get_mut(&service).unwrap().says = big.clone();
+        // The client reads everything but acknowledges nothing.
+        for _ in 0..100 {
+            p.pump_service(service);
+            p.run();
+            p.client_recv(at, &mut c);
+        }
+        assert_eq!(
+            c.got.len(),
+            REPLAY_BUFFER,
+            "no more than the replay buffer unacknowledged"
+        );
+        assert_eq!(p.svc(service).says.len(), 100_000);
+        c.ep.request_ack();
+        p.client_send(at, &mut c);
+        for _ in 0..10 {
+            p.client_recv(at, &mut c);
+        }
+        assert_eq!(c.got, big);
+    }
+
+    #[test]
+    fn a_plain_stream_still_closes_with_its_connection_and_shutdown_closes_detached_ones() {
+        let mut p = resumable_pipe(1);
+        let plain = p.open(0, HOST);
+        let plain_service = p.service(plain);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        // A plain stream's bytes go as they are, no record layer.
+        p.say(plain_service, b"raw");
+        assert_eq!(p.edge(0).readable(plain.stream), b"raw");
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        assert!(p.closed(plain_service));
+        assert!(!p.closed(service));
+        // SIGTERM: no resume while draining; the detached stream closes at once.
+        p.core.shutdown(p.now);
+        p.run();
+        assert!(p.closed(service));
+    }
+
+    #[test]
+    fn a_resumable_stream_that_does_not_begin_with_start_is_reset() {
+        let mut p = resumable_pipe(1);
+        let stream = p.edge(0).open_stream(HOST, ALICE).unwrap();
+        p.edge(0).write(stream, b"SSH-2.0-client\r\n");
+        p.run();
+        let (s, code, why) = p.resets(0).last().cloned().unwrap();
+        assert_eq!((s, code), (stream, ResetCode::Cancel));
+        assert!(why.contains("not START"), "{why}");
+        assert!(p.services.values().all(|s| s.closed));
     }
 }
