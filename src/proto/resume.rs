@@ -65,9 +65,7 @@ impl std::fmt::Display for ResumeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ResumeError::Unexpected(t) => write!(f, "unexpected resume record type {t}"),
-            ResumeError::TooLong(n) => {
-                write!(f, "resume DATA record of {n} bytes (limit {MAX_DATA})")
-            }
+            ResumeError::TooLong(n) => write!(f, "resume DATA record of {n} bytes (limit {MAX_DATA})"),
             ResumeError::AfterFin => f.write_str("resume DATA after FIN"),
             ResumeError::Offset { got, low, high } => write!(
                 f,
@@ -596,10 +594,7 @@ mod tests {
             }
             assert_eq!(Opening::decode(&wire), Ok(Some((o, wire.len() - 4))));
         }
-        assert_eq!(
-            Opening::decode(&[DATA, 0]),
-            Err(ResumeError::Unexpected(DATA))
-        );
+        assert_eq!(Opening::decode(&[DATA, 0]), Err(ResumeError::Unexpected(DATA)));
     }
 
     #[test]
@@ -611,10 +606,7 @@ mod tests {
         carry(&mut a, &mut b, &mut got).unwrap();
         assert_eq!(got, b"hello world");
         assert_eq!(a.buffered(), 11, "kept until acknowledged");
-        assert!(
-            !b.wants_transmit(),
-            "a small one-way stream acks on the timer only"
-        );
+        assert!(!b.wants_transmit(), "a small one-way stream acks on the timer only");
         b.request_ack();
         carry(&mut b, &mut a, &mut Vec::new()).unwrap();
         assert_eq!(a.buffered(), 0);
@@ -690,11 +682,7 @@ mod tests {
         a.transmit(&mut w, usize::MAX);
         assert!(matches!(
             a.resume_from(9),
-            Err(ResumeError::Offset {
-                got: 9,
-                low: 10,
-                high: 13
-            })
+            Err(ResumeError::Offset { got: 9, low: 10, high: 13 })
         ));
         assert!(matches!(a.resume_from(14), Err(ResumeError::Offset { .. })));
         assert_eq!(a.resume_from(11), Ok(()));

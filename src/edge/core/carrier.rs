@@ -553,8 +553,7 @@ impl EdgeCore {
         if let Some(&(tunnel, stream)) = c.core.link() {
             if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
                 if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                    t.mux
-                        .reset(stream, mux::ResetCode::Lost, "client's connection ended");
+                    t.mux.reset(stream, mux::ResetCode::Lost, "client's connection ended");
                 }
                 self.mark(tunnel);
             }
