@@ -1634,10 +1634,11 @@ impl Core {
             Some(r) => {
                 moved = flush(r, mux, at.stream);
                 // Done: all acknowledged both ways, or the edge closed its half (the client
-                // ended its carrier) and our FIN record went out.
+                // ended its carrier) and our FIN record went out. (`finished` counts our FIN
+                // once framed: it must also have left `pending` for the mux stream.)
                 let edge_done = mux.read_closed(at.stream);
                 finished =
-                    r.ep.finished() || (edge_done && r.ep.write_closed() && r.pending.is_empty());
+                    (r.ep.finished() || (edge_done && r.ep.write_closed())) && r.pending.is_empty();
                 r.ep.read_closed() || edge_done
             }
         };
@@ -1649,6 +1650,10 @@ impl Core {
         }
         let gone = !mux.has_stream(at.stream);
         if finished && !gone {
+            // Nothing more is read from it: what the client still sends is dropped, so the
+            // mux stream can end once the edge closes its half.
+            let left = mux.readable(at.stream).len();
+            mux.consume(at.stream, left);
             mux.close_write(at.stream);
             moved = true;
         }
@@ -3057,5 +3062,16 @@ mod tests {
         assert_eq!((s, code), (stream, ResetCode::Cancel));
         assert!(why.contains("not START"), "{why}");
         assert!(p.services.values().all(|s| s.closed));
+        // A resume mode this origin does not know: reset, no service.
+        let services = p.services.len();
+        let odd = br#"{"email":"alice@example.com","resume":"later"}"#;
+        let stream = p.edge(0).open_stream(HOST, odd).unwrap();
+        p.run();
+        let (s, code, why) = p.resets(0).last().cloned().unwrap();
+        assert_eq!(
+            (s, code, why.as_str()),
+            (stream, ResetCode::Cancel, "unsupported resume mode")
+        );
+        assert_eq!(p.services.len(), services);
     }
 }
