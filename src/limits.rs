@@ -32,9 +32,11 @@ pub const MAX_HTTP_HEAD: usize = 16 * 1024;
 pub const MAX_HTTP_HEADERS: usize = 64;
 /// Largest body of a refusal response the client will read.
 pub const MAX_REFUSAL_BODY: usize = 4096;
-/// Seconds between keepalive PINGs on a tunnel connection.
-pub const PING_INTERVAL_SECS: u64 = 15;
-/// A tunnel connection silent for this many ping intervals is dead.
+/// Time between keepalive PINGs on a tunnel connection: short, so that a dead path (an edge
+/// gone without a FIN, a silent drop) is noticed in seconds and resumable streams move on.
+/// A PING is 18 bytes each way.
+pub const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A tunnel connection silent for this many ping intervals is dead (6 s).
 pub const PING_DEAD_INTERVALS: u32 = 3;
 /// Bytes a side of a resumable stream keeps until its peer acknowledges them (its replay
 /// buffer, docs/design.md §2.6). Full, the side stops reading its application.
@@ -61,6 +63,14 @@ pub const CARRIER_DEAD_AFTER: Duration = Duration::from_secs(6);
 pub const HANDSHAKE_TIMEOUT_SECS: u64 = 20;
 /// Cap of the origin's reconnect backoff.
 pub const RECONNECT_BACKOFF_CAP_SECS: u64 = 60;
+/// A registered tunnel connection that dies after being up this long is replaced at once
+/// (within `RECONNECT_AT_ONCE_JITTER`), not after the backoff: an edge restart then costs
+/// about its own downtime. One that dies sooner backs off, so a flapping edge is not
+/// hammered.
+pub const RECONNECT_AT_ONCE_UPTIME: Duration = Duration::from_secs(1);
+/// Spread of the immediate reconnect (full jitter), so HA connections and origins do not
+/// arrive together.
+pub const RECONNECT_AT_ONCE_JITTER: Duration = Duration::from_millis(250);
 /// Local connection attempts to the origin service.
 pub const SERVICE_CONNECT_TIMEOUT_SECS: u64 = 10;
 /// Concurrent connections the edge accepts in total.

@@ -14,6 +14,7 @@ use lexopt::prelude::*;
 use postern::access::{self, AccessError, AccessOptions, Credentials};
 use postern::edge::config::ConfigError;
 use postern::edge::{self, Edge};
+use postern::limits::RESUME_WINDOW;
 use postern::logging::{self, LogFlags};
 use postern::pki::{Authority, CredentialError, OriginCredential};
 use postern::secret::Secret;
@@ -722,6 +723,8 @@ OPTIONS:
     --ca FILE             trust this CA for the edge's certificate too (env POSTERN_CA)
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
+    --resume-window SECS  keep the service connection of a resumable stream whose client is
+                          gone this long, for the client to come back (default 60)
     --metrics ADDR        serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                           (env POSTERN_METRICS; default: none)
     --log-format F        json or human (env POSTERN_LOG_FORMAT)
@@ -736,8 +739,8 @@ CONFIG (tunnel run):
      \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
                  {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
                  {\"service\": \"http_status:404\"}]}
-    Optional: edge, ca, ha-connections, grace-period, metrics. The last rule must have no
-    hostname.
+    Optional: edge, ca, ha-connections, grace-period, resume-window, metrics. The last rule
+    must have no hostname.
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\
@@ -840,6 +843,7 @@ const TUNNEL_VALUE_FLAGS: &[&str] = &[
     "--hostname",
     "--ha-connections",
     "--grace-period",
+    "--resume-window",
     "--output",
     "-o",
     "--metrics",
@@ -912,6 +916,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
             extra_ca: a.ca(None),
             ha_connections: a.ha.unwrap_or(4),
             grace: Duration::from_secs(a.grace.unwrap_or(30)),
+            resume_window: a.resume_window.map_or(RESUME_WINDOW, Duration::from_secs),
         },
         a.metrics.clone(),
     )
@@ -944,6 +949,7 @@ struct TunnelArgs {
     ca: Option<PathBuf>,
     ha: Option<usize>,
     grace: Option<u64>,
+    resume_window: Option<u64>,
     force: bool,
     json: bool,
     metrics: Option<String>,
@@ -988,6 +994,13 @@ impl TunnelArgs {
                     a.grace = Some(
                         tunnel::config::parse_seconds(&v)
                             .map_err(|e| usage(format!("--grace-period: {e}")))?,
+                    );
+                }
+                Long("resume-window") => {
+                    let v = val(&mut p, "--resume-window")?;
+                    a.resume_window = Some(
+                        tunnel::config::resume_window(&v)
+                            .map_err(|e| usage(format!("--resume-window: {e}")))?,
                     );
                 }
                 Long("force") | Short('f') | Long("overwrite-dns") => a.force = true,
@@ -1294,6 +1307,11 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         (None, Some(g)) => tunnel::config::parse_seconds(g).map_err(CliError::Failed)?,
         (None, None) => 30,
     };
+    let resume_window = match (a.resume_window, &cfg.resume_window) {
+        (Some(w), _) => w,
+        (None, Some(w)) => tunnel::config::resume_window(w).map_err(CliError::Failed)?,
+        (None, None) => RESUME_WINDOW.as_secs(),
+    };
     run_origin(
         TunnelOptions {
             registration: Registration::Named {
@@ -1307,6 +1325,7 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             extra_ca: a.ca(cfg.ca.as_deref()),
             ha_connections: a.ha.or(cfg.ha_connections).unwrap_or(4),
             grace: Duration::from_secs(grace),
+            resume_window: Duration::from_secs(resume_window),
         },
         a.metrics.clone().or(cfg.metrics.clone()),
     )

@@ -225,6 +225,12 @@ pub struct Metrics {
     auth: [AtomicU64; Auth::ALL.len()],
     errors: [AtomicU64; Error::ALL.len()],
     reconnects: AtomicU64,
+    /// Origin: resumable streams whose client is gone, waiting for it (gauge).
+    streams_detached: AtomicU64,
+    /// Origin: streams resumed on a new path, refused resumes, and bytes replayed.
+    resumes: AtomicU64,
+    resume_refusals: AtomicU64,
+    replayed_bytes: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
     handshake_buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
@@ -247,6 +253,10 @@ impl Metrics {
             auth: Default::default(),
             errors: Default::default(),
             reconnects: AtomicU64::new(0),
+            streams_detached: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resume_refusals: AtomicU64::new(0),
+            replayed_bytes: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
             handshake_buckets: Default::default(),
@@ -273,6 +283,22 @@ impl Metrics {
 
     pub fn set_streams_active(&self, n: usize) {
         self.streams_active.store(n as u64, Relaxed);
+    }
+
+    /// Origin: resumable streams detached now.
+    pub fn set_streams_detached(&self, n: usize) {
+        self.streams_detached.store(n as u64, Relaxed);
+    }
+
+    /// Origin: a stream was resumed, replaying `replayed` bytes.
+    pub fn resumed(&self, replayed: u64) {
+        self.resumes.fetch_add(1, Relaxed);
+        self.replayed_bytes.fetch_add(replayed, Relaxed);
+    }
+
+    /// Origin: a resume was refused (unknown stream, wrong secret, identity, offset).
+    pub fn resume_refused(&self) {
+        self.resume_refusals.fetch_add(1, Relaxed);
     }
 
     pub fn stream_opened(&self) {
@@ -423,12 +449,38 @@ impl Metrics {
             .collect();
         put("errors_total", "counter", "Errors by reason.", &samples);
         match self.role {
-            Role::Tunnel => put(
-                "reconnects_total",
-                "counter",
-                "Connection attempts to the edge after a lost or failed one.",
-                &[(String::new(), load(&self.reconnects))],
-            ),
+            Role::Tunnel => {
+                put(
+                    "reconnects_total",
+                    "counter",
+                    "Connection attempts to the edge after a lost or failed one.",
+                    &[(String::new(), load(&self.reconnects))],
+                );
+                put(
+                    "streams_detached",
+                    "gauge",
+                    "Resumable streams whose client is gone, kept for the resume window.",
+                    &[(String::new(), load(&self.streams_detached))],
+                );
+                put(
+                    "resumes_total",
+                    "counter",
+                    "Streams resumed by their client on a new path.",
+                    &[(String::new(), load(&self.resumes))],
+                );
+                put(
+                    "resume_refusals_total",
+                    "counter",
+                    "Resumes refused (unknown stream or wrong secret, other identity, offset).",
+                    &[(String::new(), load(&self.resume_refusals))],
+                );
+                put(
+                    "replayed_bytes_total",
+                    "counter",
+                    "Bytes sent again to clients after a resume.",
+                    &[(String::new(), load(&self.replayed_bytes))],
+                );
+            }
             Role::Edge => put(
                 "config_reloads_total",
                 "counter",

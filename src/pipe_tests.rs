@@ -27,12 +27,12 @@ use crate::access::{upgrade, AccessError, Credentials};
 use crate::edge::core::tests::{peer_addr, EdgeEnd, Pipe as EdgeBench, Wire, APP};
 use crate::edge::EdgeSettings;
 use crate::io::tls::TlsConn;
-use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL_SECS, TLS_READ_STAGE};
+use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL, RESUME_WINDOW, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::proto::http::{parse_response_head, HeadLimits};
 use crate::proto::mux::{self, FrameType};
 use crate::secret::Secret;
-use crate::tunnel::core::{self as tunnel, ConnId, Exit, Output, Registration, StreamId};
+use crate::tunnel::core::{self as tunnel, ConnId, Exit, Output, Registration, ServiceId};
 use crate::tunnel::Ingress;
 
 /// ≡ -1 modulo every backoff ceiling: each reconnect waits its ceiling less 1 ms (1 s less
@@ -141,9 +141,9 @@ struct OriginConn {
 /// say. It ends its side once the stream's other side has ended.
 #[derive(Default)]
 struct Service {
-    conns: HashMap<StreamId, ServiceConn>,
-    /// Streams whose service connection the origin closed.
-    closed: Vec<StreamId>,
+    conns: HashMap<ServiceId, ServiceConn>,
+    /// The service connections the origin closed.
+    closed: Vec<ServiceId>,
     opened: usize,
 }
 
@@ -209,6 +209,7 @@ impl Pipe {
             connector_id: [9; 16],
             grace: GRACE,
             connections: ha,
+            resume_window: RESUME_WINDOW,
         };
         let metrics = Metrics::new(metrics::Role::Tunnel, [9; 16]);
         let core = tunnel::Core::new(cfg, metrics, Box::new(|| JITTER), clock.now);
@@ -337,7 +338,7 @@ impl Pipe {
             self.pump_origin(slot);
         }
         self.origin_outputs();
-        let streams: Vec<StreamId> = self.service.conns.keys().copied().collect();
+        let streams: Vec<ServiceId> = self.service.conns.keys().copied().collect();
         for id in streams {
             self.pump_service(id);
         }
@@ -396,19 +397,19 @@ impl Pipe {
                         }
                     }
                 }
-                Output::ConnectService { stream, .. } => {
-                    self.service.conns.insert(stream, ServiceConn::default());
+                Output::ConnectService { service, .. } => {
+                    self.service.conns.insert(service, ServiceConn::default());
                     self.service.opened += 1;
-                    self.origin.core.service_connected(stream);
+                    self.origin.core.service_connected(service);
                 }
-                Output::ShutdownService { stream } => {
-                    if let Some(s) = self.service.conns.get_mut(&stream) {
+                Output::ShutdownService { service } => {
+                    if let Some(s) = self.service.conns.get_mut(&service) {
                         s.eof = true;
                     }
                 }
-                Output::CloseService { stream } => {
-                    if self.service.conns.remove(&stream).is_some() {
-                        self.service.closed.push(stream);
+                Output::CloseService { service } => {
+                    if self.service.conns.remove(&service).is_some() {
+                        self.service.closed.push(service);
                     }
                 }
                 // Every connection and stream is pumped at each step.
@@ -517,7 +518,7 @@ impl Pipe {
     }
 
     /// The tunnel driver's service pump, with the echo service in place of a socket.
-    fn pump_service(&mut self, id: StreamId) {
+    fn pump_service(&mut self, id: ServiceId) {
         let core = &mut self.origin.core;
         if !core.service_open(id) {
             return;
@@ -1004,7 +1005,7 @@ fn a_silent_tunnel_is_noticed_by_both_ends_within_the_keepalive_and_the_origin_r
     // The network drops every packet of the tunnel connection, both ways; no FIN either.
     p.origin.conns[0].as_ref().expect("connected").cut.set(true);
     let (mut edge_noticed, mut origin_noticed) = (None, None);
-    let limit = PING_INTERVAL_SECS * u64::from(PING_DEAD_INTERVALS + 1);
+    let limit = PING_INTERVAL.as_secs() * u64::from(PING_DEAD_INTERVALS + 1);
     for s in 1..=limit {
         p.advance(Duration::from_secs(1));
         if edge_noticed.is_none() && p.origin.wires[0].dropped() {
@@ -1016,7 +1017,7 @@ fn a_silent_tunnel_is_noticed_by_both_ends_within_the_keepalive_and_the_origin_r
     }
     // Silent for the dead intervals: closed at the edge then, and (its own keepalive, the
     // same intervals) at the origin, which reconnects after its 1 s backoff.
-    let dead = PING_INTERVAL_SECS * u64::from(PING_DEAD_INTERVALS);
+    let dead = PING_INTERVAL.as_secs() * u64::from(PING_DEAD_INTERVALS);
     let edge_noticed = edge_noticed.expect("the edge closed the silent tunnel");
     let origin_noticed = origin_noticed.expect("the origin reconnected");
     assert!(

@@ -26,11 +26,11 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
-    MAX_STREAMS_PER_TUNNEL, PING_DEAD_INTERVALS, PING_INTERVAL_SECS, STREAM_SEND_BUFFER,
+    MAX_STREAMS_PER_TUNNEL, PING_DEAD_INTERVALS, PING_INTERVAL, STREAM_SEND_BUFFER,
     WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
@@ -912,7 +912,7 @@ impl<R: Role> Session<R> {
             highest_stream: 0,
             error: None,
             last_received: now,
-            next_ping: now + Duration::from_secs(PING_INTERVAL_SECS),
+            next_ping: now + PING_INTERVAL,
             ping_counter: 0,
             going_away: false,
         }
@@ -1299,7 +1299,7 @@ impl<R: Role> Session<R> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
-        let interval = Duration::from_secs(PING_INTERVAL_SECS);
+        let interval = PING_INTERVAL;
         if now.saturating_duration_since(self.last_received) >= interval * PING_DEAD_INTERVALS {
             self.error = Some(MuxError::KeepaliveTimeout);
             return Err(MuxError::KeepaliveTimeout);
@@ -2010,12 +2010,12 @@ mod tests {
         let mut s = OriginSession::new(t0);
         let next = s.handle_timeout(t0).unwrap();
         assert!(next > t0);
-        let t1 = t0 + Duration::from_secs(PING_INTERVAL_SECS);
+        let t1 = t0 + PING_INTERVAL;
         s.handle_timeout(t1).unwrap();
         let mut out = Vec::new();
         s.poll_transmit(&mut out, 1024);
         assert!(matches!(decode_frame(&out), Ok(Some((Frame::Ping(1), _)))));
-        let dead = t0 + Duration::from_secs(PING_INTERVAL_SECS * PING_DEAD_INTERVALS as u64);
+        let dead = t0 + PING_INTERVAL * PING_DEAD_INTERVALS;
         assert_eq!(s.handle_timeout(dead), Err(MuxError::KeepaliveTimeout));
     }
 

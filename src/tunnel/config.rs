@@ -4,7 +4,7 @@
 //! Contract:
 //! - The config file is JSON with cloudflared's key names (`tunnel`, `credentials-file`,
 //!   `ingress` with `hostname` and `service`, `metrics`), plus `edge`, `ca`,
-//!   `ha-connections`, `grace-period`. Unknown keys are refused. Every error names the file and the field, e.g.
+//!   `ha-connections`, `grace-period`, `resume-window`. Unknown keys are refused. Every error names the file and the field, e.g.
 //!   `ingress[1].service`.
 //! - Ingress rules are tried in order. `hostname` is a name or `*.suffix` (any name under
 //!   suffix); a rule without one matches everything and must be the last rule; the last rule
@@ -209,6 +209,9 @@ pub struct TunnelConfig {
     /// How long SIGTERM waits for open streams, e.g. `"30s"`.
     #[serde(rename = "grace-period")]
     pub grace_period: Option<String>,
+    /// How long a resumable stream whose client is gone keeps its service, e.g. `"60s"`.
+    #[serde(rename = "resume-window")]
+    pub resume_window: Option<String>,
     #[serde(default)]
     pub ingress: Vec<RawRule>,
     /// Where to serve `/metrics` and `/ready` (`--metrics`).
@@ -234,6 +237,9 @@ impl TunnelConfig {
         }
         if let Some(g) = &cfg.grace_period {
             parse_seconds(g).map_err(|e| at(format!("grace-period: {e}")))?;
+        }
+        if let Some(w) = &cfg.resume_window {
+            resume_window(w).map_err(|e| at(format!("resume-window: {e}")))?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.credentials_file, &mut cfg.ca]
@@ -266,6 +272,19 @@ pub fn parse_seconds(v: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("{v:?} is not a duration like 30s"))
+}
+
+/// Longest resume window: a day (a detached stream holds a service connection and up to
+/// a replay buffer of memory).
+const MAX_RESUME_WINDOW_SECS: u64 = 24 * 3600;
+
+/// A resume window in seconds (`--resume-window`, `resume-window`), at most a day.
+pub fn resume_window(v: &str) -> Result<u64, String> {
+    let secs = parse_seconds(v)?;
+    if secs > MAX_RESUME_WINDOW_SECS {
+        return Err(format!("{v:?} is longer than a day"));
+    }
+    Ok(secs)
 }
 
 /// Reads a text file of at most [`MAX_FILE_BYTES`].
@@ -514,6 +533,8 @@ mod tests {
         );
         check(r#"{"ha-connections": 0}"#, "ha-connections");
         check(r#"{"grace-period": "soon"}"#, "grace-period");
+        check(r#"{"resume-window": "soon"}"#, "resume-window");
+        check(r#"{"resume-window": "100000s"}"#, "resume-window");
         check(r#"{"tunnel": "a/b"}"#, "tunnel:");
         check(
             r#"{"ingress": [{"hostname": "a.example.com", "service": "htp://x"}, {"service": "http_status:404"}]}"#,

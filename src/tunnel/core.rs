@@ -25,6 +25,26 @@
 //! service socket and the stream's buffers through [`Core::service_fill`] and
 //! [`Core::service_pending`] without copies; the core says when a side is done.
 //!
+//! Service connections are named by a [`ServiceId`] for the whole process, not by the mux
+//! stream that opened them: a *resumable* stream (OPEN's claims say `"resume":"start"`)
+//! outlives its mux stream. Its bytes go through the record layer (`proto::resume`): the
+//! service's reads fill the replay buffer, records go to the mux stream, the client's
+//! records are parsed and their payload written to the service. Each service is:
+//!
+//! ```text
+//!  attached(conn, stream) ──connection lost, RST Lost──▶ detached(until) ──window over──▶ closed
+//!        ▲    │                                               │
+//!        │    └──RESUME on another stream (the old one: RST)──┤
+//!        └──────────── RESUME: key, identity and offset ok ◀──┘
+//!  attached ──finished (FIN both ways, all acked), other RST, service error──▶ closed
+//! ```
+//!
+//! A plain stream is always attached: it closes with its mux stream or its connection.
+//! A RESUME (`"resume":"resume"`, no service connect) names the stream by id and secret;
+//! a wrong secret, an unknown id, another identity or an offset outside the replay buffer
+//! resets the new mux stream only. A detached stream reads and writes nothing: the service's
+//! output waits in its socket (backpressure) until the client is back.
+//!
 //! Shape (str0m's): inputs are method calls carrying `now`; [`Core::poll_output`] yields
 //! what to do; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`] next.
 
@@ -37,16 +57,18 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::limits::{
-    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, SERVICE_CONNECT_TIMEOUT_SECS,
+    EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
+    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
+    SERVICE_CONNECT_TIMEOUT_SECS,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
-use crate::proto::mux::{self, OriginEvent, OriginSession, StreamEvent};
+use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
+use crate::proto::resume::{Endpoint, Key, Opening, DATA_HEADER, MAX_DATA};
 
 use super::config::{Ingress, Service};
 
-use crate::limits::EDGE_CONNECT_TIMEOUT;
 /// The longest the core sleeps: the gauges are refreshed at least this often.
 const TICK: Duration = Duration::from_secs(1);
 
@@ -81,6 +103,8 @@ pub struct Config {
     pub grace: Duration,
     /// HA connections (at least one).
     pub connections: usize,
+    /// How long a resumable stream whose client is gone keeps its service connection.
+    pub resume_window: Duration,
 }
 
 /// One attempt of one HA connection: its slot and the attempt's generation.
@@ -97,11 +121,22 @@ pub struct StreamId {
     pub stream: u32,
 }
 
-/// Who waits for a name: a connection attempt (its first hop) or a stream (its service).
+/// One service connection, named for the life of the process (never reused): a resumable
+/// stream's service outlives the mux stream, and the tunnel connection, that opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u64);
+
+impl std::fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "service {}", self.0)
+    }
+}
+
+/// Who waits for a name: a connection attempt (its first hop) or a stream's service.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waiter {
     Edge(ConnId),
-    Stream(StreamId),
+    Service(ServiceId),
 }
 
 /// What the driver does for the core, in the order queued.
@@ -117,22 +152,26 @@ pub enum Output {
     StartTls { conn: ConnId, early: Vec<u8> },
     /// The connection is over: close TLS if it runs, drop the socket.
     CloseEdge { conn: ConnId },
-    /// Connect the stream to its service at `addr`; then [`Core::service_connected`] or
+    /// Connect a new service connection to `addr`; then [`Core::service_connected`] or
     /// [`Core::service_connect_failed`].
-    ConnectService { stream: StreamId, addr: SocketAddr },
+    ConnectService {
+        service: ServiceId,
+        addr: SocketAddr,
+    },
     /// The service gets no more bytes: shut its socket's write side.
-    ShutdownService { stream: StreamId },
-    /// The stream is over: drop its service socket.
-    CloseService { stream: StreamId },
+    ShutdownService { service: ServiceId },
+    /// The service connection is over: drop its socket.
+    CloseService { service: ServiceId },
     /// The connection has something to send, or more to read: pump it.
     PumpEdge(ConnId),
-    /// The stream has bytes for its service, or room for more from it: pump it.
-    PumpService(StreamId),
+    /// The service's stream has bytes for it, or room for more from it: pump it.
+    PumpService(ServiceId),
 }
 
 struct Live {
     mux: OriginSession,
-    registered: bool,
+    /// Since when the edge accepted the registration.
+    registered: Option<Instant>,
     next_timeout: Instant,
     /// When TLS started, until the driver says the handshake is done (for metrics).
     tls_started: Option<Instant>,
@@ -167,10 +206,64 @@ enum Splice {
     },
 }
 
+/// Who the edge says a stream is for (OPEN's claims): a resume must come from the same.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+struct Identity {
+    email: Option<String>,
+    service_token: Option<String>,
+}
+
+/// What the origin reads of OPEN's claims.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Claims {
+    #[serde(flatten)]
+    identity: Identity,
+    /// `"start"`: a new resumable stream; `"resume"`: a later carrier of one.
+    resume: Option<String>,
+}
+
+impl Claims {
+    /// Claims that do not parse are an anonymous plain stream (what the edge sends is JSON).
+    fn parse(claims: &[u8]) -> Claims {
+        serde_json::from_slice(claims).unwrap_or_default()
+    }
+}
+
+/// The record layer of a resumable stream, and what a resume is checked against.
+struct Resumable {
+    ep: Endpoint,
+    /// From the START record; until it has come the stream cannot be resumed.
+    key: Option<Key>,
+    identity: Identity,
+    /// For logs: who, escaped.
+    who: String,
+    /// Records made for the current mux stream that it had no room for yet (at most one
+    /// transmit's worth: `transmit` is asked for no more than the mux stream can take).
+    pending: Vec<u8>,
+    /// Detached: closed at this time unless resumed.
+    expires: Option<Instant>,
+    /// The replay buffer was full: pump the service again once an ACK makes room.
+    starved: bool,
+}
+
+impl Resumable {
+    /// The stream's name in logs: its id's first bytes (never the secret).
+    fn label(&self) -> String {
+        self.key
+            .as_ref()
+            .map_or_else(|| "(no START yet)".into(), Key::label)
+    }
+}
+
+/// A service connection and the stream it serves.
 struct Local {
     /// The ingress rule it was opened by (to name its service in logs).
     rule: usize,
     splice: Splice,
+    /// The mux stream carrying it; `None`: detached (resumable, its client gone).
+    at: Option<StreamId>,
+    /// `Some` for a resumable stream.
+    resume: Option<Box<Resumable>>,
 }
 
 impl Local {
@@ -179,13 +272,21 @@ impl Local {
     }
 }
 
+/// What a mux stream of a connection is to the origin.
+enum Carried {
+    /// It carries this service's stream.
+    Service(ServiceId),
+    /// A later carrier of a resumable stream, waiting for its RESUME record.
+    Resuming(Box<Identity>),
+}
+
 struct Conn {
     link: Link,
     /// Bumped at each connect attempt: names this attempt and the session it becomes.
     epoch: u64,
     attempt: u32,
-    /// The session's streams that have (or wait for) a service connection.
-    locals: HashMap<u32, Local>,
+    /// The session's streams the origin serves, by mux stream id.
+    streams: HashMap<u32, Carried>,
     /// A service moved bytes since the edge connection was last pumped.
     moved: bool,
 }
@@ -205,6 +306,9 @@ enum Due {
 pub struct Core {
     cfg: Config,
     conns: Vec<Conn>,
+    /// Every service connection, attached or detached.
+    locals: HashMap<ServiceId, Local>,
+    next_service: u64,
     out: VecDeque<Output>,
     draining: Option<Instant>,
     exit: Option<Exit>,
@@ -212,6 +316,8 @@ pub struct Core {
     /// Jitter for the backoff (the driver's randomness).
     random: Box<dyn FnMut() -> u64 + Send>,
     next_tick: Instant,
+    /// When resumable streams next acknowledge what they took.
+    next_ack: Instant,
 }
 
 impl Core {
@@ -227,19 +333,22 @@ impl Core {
                 link: Link::Waiting { until: now },
                 epoch: 0,
                 attempt: 0,
-                locals: HashMap::new(),
+                streams: HashMap::new(),
                 moved: false,
             })
             .collect();
         Core {
             cfg,
             conns,
+            locals: HashMap::new(),
+            next_service: 0,
             out: VecDeque::new(),
             draining: None,
             exit: None,
             metrics,
             random,
             next_tick: now,
+            next_ack: now,
         }
     }
 
@@ -310,12 +419,18 @@ impl Core {
                 Link::Live(l) => Some(l.next_timeout),
             };
             next = t.map_or(next, |t| next.min(t));
-            for l in c.locals.values() {
-                match l.splice {
-                    Splice::Resolving { deadline } | Splice::Connecting { deadline } => {
-                        next = next.min(deadline)
-                    }
-                    Splice::Spliced { .. } => {}
+        }
+        for l in self.locals.values() {
+            match l.splice {
+                Splice::Resolving { deadline } | Splice::Connecting { deadline } => {
+                    next = next.min(deadline)
+                }
+                Splice::Spliced { .. } => {}
+            }
+            if let Some(r) = &l.resume {
+                match r.expires {
+                    Some(t) => next = next.min(t),
+                    None => next = next.min(self.next_ack),
                 }
             }
         }
@@ -326,7 +441,7 @@ impl Core {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.next_tick = now + TICK;
         if let Some(deadline) = self.draining {
-            let open: usize = self.conns.iter().map(|c| c.locals.len()).sum();
+            let open = self.locals.len();
             if open == 0 || now >= deadline {
                 if open > 0 {
                     warn!("grace period over: closing {open} open streams");
@@ -389,25 +504,28 @@ impl Core {
                 }
             }
         }
-        self.count_connections();
-        for i in 0..self.conns.len() {
-            let due: Vec<(u32, bool)> = self.conns[i]
-                .locals
-                .iter()
-                .filter_map(|(&s, l)| match l.splice {
-                    Splice::Resolving { deadline } if now >= deadline => Some((s, false)),
-                    Splice::Connecting { deadline } if now >= deadline => Some((s, true)),
-                    _ => None,
-                })
-                .collect();
-            for (stream, connecting) in due {
-                if connecting {
-                    self.fail_local(i, stream, "connect to the service timed out");
-                } else {
-                    self.fail_opening(i, stream, "resolving the service timed out");
-                }
+        let due: Vec<(ServiceId, bool)> = self
+            .locals
+            .iter()
+            .filter_map(|(&s, l)| match l.splice {
+                Splice::Resolving { deadline } if now >= deadline => Some((s, false)),
+                Splice::Connecting { deadline } if now >= deadline => Some((s, true)),
+                _ => None,
+            })
+            .collect();
+        for (service, connecting) in due {
+            if connecting {
+                self.fail_local(service, "connect to the service timed out");
+            } else {
+                self.fail_opening(service, "resolving the service timed out");
             }
         }
+        self.expire_detached(now);
+        if now >= self.next_ack {
+            self.next_ack = now + RESUME_ACK_INTERVAL;
+            self.acknowledge();
+        }
+        self.count_connections();
     }
 
     /// SIGTERM: GOAWAY on every connection (the edge opens no new streams on it, and the
@@ -422,6 +540,16 @@ impl Core {
             self.cfg.grace.as_secs()
         );
         self.draining = Some(now + self.cfg.grace);
+        let detached: Vec<ServiceId> = self.detached().collect();
+        if !detached.is_empty() {
+            info!(
+                "closing {} detached streams: no resume while shutting down",
+                detached.len()
+            );
+        }
+        for service in detached {
+            self.close_service(service);
+        }
         for i in 0..self.conns.len() {
             if let Link::Live(l) = &mut self.conns[i].link {
                 l.mux.send_goaway("origin shutting down");
@@ -432,18 +560,25 @@ impl Core {
 
     /// Sets the connection and stream gauges (a scan of at most 16 connections).
     fn count_connections(&self) {
-        let (mut live, mut ready, mut streams) = (0, 0, 0);
+        let (mut live, mut ready) = (0, 0);
         for c in &self.conns {
             if let Link::Live(l) = &c.link {
                 live += 1;
-                if l.registered {
+                if l.registered.is_some() {
                     ready += 1;
                 }
             }
-            streams += c.locals.values().filter(|l| l.has_socket()).count();
         }
         self.metrics.set_connections(0, live, ready);
+        let (mut streams, mut detached) = (0, 0);
+        for l in self.locals.values().filter(|l| l.has_socket()) {
+            streams += 1;
+            if l.at.is_none() {
+                detached += 1;
+            }
+        }
         self.metrics.set_streams_active(streams);
+        self.metrics.set_streams_detached(detached);
     }
 
     // ---- the connection to the edge ----
@@ -519,21 +654,16 @@ impl Core {
                     }
                 }
             }
-            Waiter::Stream(id) => {
-                let StreamId { conn, stream } = id;
-                if !self.current(conn) {
-                    return; // Its connection is gone.
-                }
-                let i = conn.slot;
-                let Some(local) = self.conns[i].locals.get(&stream) else {
+            Waiter::Service(service) => {
+                let Some(local) = self.locals.get(&service) else {
                     return; // Timed out, reset, or closed.
                 };
                 if !matches!(local.splice, Splice::Resolving { .. }) {
                     return;
                 }
                 match result {
-                    Ok(addr) => self.connect_local(i, stream, addr, now),
-                    Err(e) => self.fail_opening(i, stream, &e),
+                    Ok(addr) => self.connect_local(service, addr, now),
+                    Err(e) => self.fail_opening(service, &e),
                 }
             }
         }
@@ -691,7 +821,7 @@ impl Core {
         }
         self.conns[i].link = Link::Live(Box::new(Live {
             mux,
-            registered: false,
+            registered: None,
             next_timeout: now,
             tls_started: Some(now),
         }));
@@ -816,7 +946,7 @@ impl Core {
                 }
                 self.conns[i].attempt = 0;
                 if let Link::Live(l) = &mut self.conns[i].link {
-                    l.registered = true;
+                    l.registered = Some(now);
                 }
             }
             OriginEvent::Error { code, message } => {
@@ -836,26 +966,76 @@ impl Core {
                 hostname,
                 claims,
             } => {
-                info!("connection {i}: stream {stream} for {}", who(&claims));
-                self.open_local(i, stream, &hostname, now)
-            }
-            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
-                if self.conns[i]
-                    .locals
-                    .get(&stream)
-                    .is_some_and(Local::has_socket)
-                {
-                    self.out
-                        .push_back(Output::PumpService(StreamId { conn, stream }));
+                let claims = Claims::parse(&claims);
+                let who = who_of(&claims.identity);
+                match claims.resume.as_deref() {
+                    None => {
+                        info!("connection {i}: stream {stream} for {who}");
+                        self.open_local(i, stream, &hostname, None, now)
+                    }
+                    Some("start") => {
+                        info!("connection {i}: stream {stream} (resumable) for {who}");
+                        let resume = Resumable {
+                            ep: Endpoint::new(),
+                            key: None,
+                            identity: claims.identity,
+                            who,
+                            pending: Vec::new(),
+                            expires: None,
+                            starved: false,
+                        };
+                        self.open_local(i, stream, &hostname, Some(Box::new(resume)), now)
+                    }
+                    Some("resume") => {
+                        debug!("connection {i}: stream {stream} resumes a stream for {who}");
+                        let identity = Box::new(claims.identity);
+                        self.conns[i]
+                            .streams
+                            .insert(stream, Carried::Resuming(identity));
+                        self.try_resume(i, stream);
+                    }
+                    Some(other) => {
+                        let other = untrusted(other);
+                        warn!("connection {i}: stream {stream}: unknown resume mode {other}");
+                        if let Some(l) = self.live(conn) {
+                            let why = "unsupported resume mode";
+                            l.mux.reset(stream, ResetCode::Cancel, why);
+                        }
+                        self.pump_edge(i);
+                    }
                 }
             }
-            OriginEvent::Stream(StreamEvent::Closed(stream)) => self.forget_local(i, stream),
-            OriginEvent::Stream(StreamEvent::Reset { stream, reason, .. }) => {
-                debug!(
-                    "connection {i}: stream {stream} reset by edge: {}",
-                    untrusted(&reason)
-                );
-                self.forget_local(i, stream);
+            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
+                match self.conns[i].streams.get(&stream) {
+                    Some(Carried::Service(service)) => {
+                        let service = *service;
+                        let Some(l) = self.locals.get(&service) else {
+                            return;
+                        };
+                        if l.resume.as_ref().is_some_and(|r| r.key.is_none()) {
+                            self.read_start(service);
+                        }
+                        if self.locals.get(&service).is_some_and(Local::has_socket) {
+                            self.out.push_back(Output::PumpService(service));
+                        }
+                    }
+                    Some(Carried::Resuming(_)) => self.try_resume(i, stream),
+                    None => {}
+                }
+            }
+            OriginEvent::Stream(StreamEvent::Closed(stream)) => self.forget_stream(i, stream),
+            OriginEvent::Stream(StreamEvent::Reset {
+                stream,
+                code,
+                reason,
+            }) => {
+                let reason = untrusted(&reason);
+                debug!("connection {i}: stream {stream} reset by edge ({code}): {reason}");
+                if code == ResetCode::Lost {
+                    self.lose_stream(i, stream, "the client's connection was lost", now);
+                } else {
+                    self.forget_stream(i, stream);
+                }
             }
             OriginEvent::GoAway { reason, .. } => {
                 info!(
@@ -878,32 +1058,54 @@ impl Core {
         c.link = Link::Waiting { until: now + delay };
     }
 
-    /// Drops a connection and its streams; reconnects later unless `why` is None (shutdown).
+    /// Drops a connection; its plain streams close, its resumable ones detach (unless the
+    /// tunnel is draining). Reconnects later unless `why` is None (shutdown): at once if
+    /// the connection had served for a while, else after the backoff.
     fn disconnect(&mut self, i: usize, why: Option<&str>, now: Instant) {
         let conn = self.id(i);
         let link = std::mem::replace(&mut self.conns[i].link, Link::Waiting { until: now });
+        let mut served = false;
         match link {
-            Link::Live(_) | Link::Connecting { .. } | Link::Proxying(_) => {
+            Link::Live(l) => {
+                served = l
+                    .registered
+                    .is_some_and(|t| now.saturating_duration_since(t) >= RECONNECT_AT_ONCE_UPTIME);
+                self.out.push_back(Output::CloseEdge { conn })
+            }
+            Link::Connecting { .. } | Link::Proxying(_) => {
                 self.out.push_back(Output::CloseEdge { conn })
             }
             Link::Waiting { .. } | Link::Resolving { .. } => {}
         }
-        let locals: Vec<(u32, Local)> = self.conns[i].locals.drain().collect();
-        for (stream, l) in locals {
-            if l.has_socket() {
-                let stream = StreamId { conn, stream };
-                self.out.push_back(Output::CloseService { stream });
-            }
+        let mut streams: Vec<u32> = self.conns[i].streams.keys().copied().collect();
+        streams.sort_unstable();
+        for stream in streams {
+            self.lose_stream(i, stream, "the tunnel connection was lost", now);
         }
         if let Some(why) = why {
-            info!("connection {i} lost ({why}); reconnecting");
-            self.backoff(i, now);
+            if served {
+                let jitter = RECONNECT_AT_ONCE_JITTER.as_millis().max(1) as u64;
+                let delay = Duration::from_millis((self.random)() % jitter);
+                info!("connection {i} lost ({why}); reconnecting in {delay:?}");
+                self.conns[i].attempt = 0;
+                self.conns[i].link = Link::Waiting { until: now + delay };
+            } else {
+                info!("connection {i} lost ({why}); reconnecting");
+                self.backoff(i, now);
+            }
         }
     }
 
     // ---- streams and their services ----
 
-    fn open_local(&mut self, i: usize, stream: u32, hostname: &str, now: Instant) {
+    fn open_local(
+        &mut self,
+        i: usize,
+        stream: u32,
+        hostname: &str,
+        resume: Option<Box<Resumable>>,
+        now: Instant,
+    ) {
         let conn = self.id(i);
         let host = hostname.to_ascii_lowercase();
         let (rule, r) = self.cfg.ingress.find(&host);
@@ -921,106 +1123,396 @@ impl Core {
                 return;
             }
         };
+        let service = ServiceId(self.next_service);
+        self.next_service += 1;
+        let resumable = resume.is_some();
         let deadline = now + Duration::from_secs(RESOLVE_TIMEOUT_SECS);
-        self.conns[i].locals.insert(
-            stream,
+        self.locals.insert(
+            service,
             Local {
                 rule,
                 splice: Splice::Resolving { deadline },
+                at: Some(StreamId { conn, stream }),
+                resume,
             },
         );
-        let waiter = Waiter::Stream(StreamId { conn, stream });
+        self.conns[i]
+            .streams
+            .insert(stream, Carried::Service(service));
+        if resumable {
+            // Our first record goes before any byte of the service; the client's START is
+            // read when it comes, while the service connects.
+            let mut accept = Vec::new();
+            Opening::Accept { received: 0 }.encode(&mut accept);
+            if let Some(l) = self.live(conn) {
+                l.mux.write(stream, &accept);
+            }
+            self.pump_edge(i);
+            self.read_start(service);
+        }
+        let waiter = Waiter::Service(service);
         self.out.push_back(Output::Resolve { waiter, name });
     }
 
-    /// A stream waiting for its service's address cannot have it: reset, with why.
-    fn fail_opening(&mut self, i: usize, stream: u32, why: &str) {
-        self.conns[i].locals.remove(&stream);
-        let conn = self.id(i);
+    /// A service waiting for its address cannot have it: its stream is reset, with why.
+    fn fail_opening(&mut self, service: ServiceId, why: &str) {
+        let Some(l) = self.locals.remove(&service) else {
+            return;
+        };
+        let Some(at) = l.at else {
+            return;
+        };
+        if self.current(at.conn) {
+            self.conns[at.conn.slot].streams.remove(&at.stream);
+        }
         let metrics = self.metrics.clone();
-        if let Some(l) = self.live(conn) {
-            if l.mux.has_stream(stream) {
-                warn!("stream {stream}: {why}");
+        if let Some(live) = self.live(at.conn) {
+            if live.mux.has_stream(at.stream) {
+                warn!("stream {}: {why}", at.stream);
                 metrics.error(metrics::Error::ServiceConnect);
-                l.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
-                self.pump_edge(i);
+                live.mux
+                    .reset(at.stream, mux::ResetCode::ConnectFailed, why);
+                self.pump_edge(at.conn.slot);
             }
         }
     }
 
-    /// The stream's service is at `addr`: connect to it (the driver does, without waiting).
-    fn connect_local(&mut self, i: usize, stream: u32, addr: SocketAddr, now: Instant) {
-        let conn = self.id(i);
-        if !self.live(conn).is_some_and(|l| l.mux.has_stream(stream)) {
-            // Reset or closed by the edge while its service's name was resolved.
-            self.conns[i].locals.remove(&stream);
+    /// The service is at `addr`: connect to it (the driver does, without waiting).
+    fn connect_local(&mut self, service: ServiceId, addr: SocketAddr, now: Instant) {
+        let Some(l) = self.locals.get(&service) else {
             return;
+        };
+        if let Some(at) = l.at {
+            if !self
+                .live(at.conn)
+                .is_some_and(|l| l.mux.has_stream(at.stream))
+            {
+                // Reset or closed by the edge while its service's name was resolved.
+                self.close_service(service);
+                return;
+            }
         }
-        if let Some(l) = self.conns[i].locals.get_mut(&stream) {
+        if let Some(l) = self.locals.get_mut(&service) {
             l.splice = Splice::Connecting {
                 deadline: now + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
             };
         }
-        debug!("connection {i}: stream {stream} -> {addr}");
+        debug!("{service} -> {addr}");
         self.metrics.stream_opened();
-        let stream = StreamId { conn, stream };
-        self.out.push_back(Output::ConnectService { stream, addr });
+        self.out.push_back(Output::ConnectService { service, addr });
     }
 
-    /// The stream is gone at the edge's word (closed or reset): drop its service side.
-    fn forget_local(&mut self, i: usize, stream: u32) {
-        if let Some(l) = self.conns[i].locals.remove(&stream) {
-            if l.has_socket() {
-                let stream = StreamId {
-                    conn: self.id(i),
-                    stream,
-                };
-                self.out.push_back(Output::CloseService { stream });
+    /// Drops a service connection: it leaves its mux stream, if any, and its socket closes.
+    fn close_service(&mut self, service: ServiceId) {
+        let Some(l) = self.locals.remove(&service) else {
+            return;
+        };
+        if let Some(at) = l.at {
+            if self.current(at.conn) {
+                let streams = &mut self.conns[at.conn.slot].streams;
+                if matches!(streams.get(&at.stream), Some(Carried::Service(s)) if *s == service) {
+                    streams.remove(&at.stream);
+                }
+            }
+        }
+        if l.has_socket() {
+            self.out.push_back(Output::CloseService { service });
+        }
+    }
+
+    /// The mux stream is gone at the edge's word (closed, or reset other than `Lost`): its
+    /// service goes too.
+    fn forget_stream(&mut self, i: usize, stream: u32) {
+        if let Some(Carried::Service(service)) = self.conns[i].streams.remove(&stream) {
+            self.close_service(service);
+        }
+    }
+
+    /// The mux stream died with its path (the tunnel connection, or the client's carrier:
+    /// RST `Lost`): a resumable stream detaches and waits for its client, others close.
+    fn lose_stream(&mut self, i: usize, stream: u32, why: &str, now: Instant) {
+        let Some(Carried::Service(service)) = self.conns[i].streams.remove(&stream) else {
+            return;
+        };
+        let window = self.cfg.resume_window;
+        let keep = self.draining.is_none();
+        let Some(l) = self.locals.get_mut(&service) else {
+            return;
+        };
+        match l.resume.as_deref_mut() {
+            Some(r) if keep && r.key.is_some() => {
+                l.at = None;
+                r.ep.detach();
+                r.pending = Vec::new();
+                r.starved = false;
+                r.expires = Some(now + window);
+                info!(
+                    "stream {}: detached ({why}); keeping {service} for {} s for {}",
+                    r.label(),
+                    window.as_secs(),
+                    r.who
+                );
+            }
+            _ => self.close_service(service),
+        }
+    }
+
+    /// Detached streams whose window is over: their services close.
+    fn expire_detached(&mut self, now: Instant) {
+        let expired: Vec<ServiceId> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| {
+                let expires = l.resume.as_ref().and_then(|r| r.expires);
+                l.at.is_none() && expires.is_some_and(|t| now >= t)
+            })
+            .map(|(s, _)| *s)
+            .collect();
+        for service in expired {
+            if let Some(r) = self.locals.get(&service).and_then(|l| l.resume.as_ref()) {
+                info!(
+                    "stream {}: not resumed within {} s; closing {service}",
+                    r.label(),
+                    self.cfg.resume_window.as_secs()
+                );
+            }
+            self.close_service(service);
+        }
+    }
+
+    fn detached(&self) -> impl Iterator<Item = ServiceId> + '_ {
+        let detached = self.locals.iter().filter(|(_, l)| l.at.is_none());
+        detached.map(|(s, _)| *s)
+    }
+
+    /// The ACK timer: every attached resumable stream tells its client what it took.
+    fn acknowledge(&mut self) {
+        let resumable: Vec<ServiceId> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| l.at.is_some() && l.resume.is_some())
+            .map(|(s, _)| *s)
+            .collect();
+        for service in resumable {
+            let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
+                continue;
+            };
+            let Some(r) = l.resume.as_deref_mut() else {
+                continue;
+            };
+            r.ep.request_ack();
+            if flush(r, mux, at.stream) {
+                self.pump_edge(at.conn.slot);
             }
         }
     }
 
-    /// The service cannot be reached: reset the stream with why.
-    fn fail_local(&mut self, i: usize, stream: u32, why: &str) {
-        let Some(l) = self.conns[i].locals.remove(&stream) else {
+    /// Reads a resumable stream's START record once it is whole; a stream that begins
+    /// otherwise is reset.
+    fn read_start(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
-        warn!(
-            "stream {stream}: cannot connect to the service {}: {why}",
-            self.cfg.ingress.rules()[l.rule].service
-        );
-        self.metrics.error(metrics::Error::ServiceConnect);
-        let conn = self.id(i);
-        if let Some(live) = self.live(conn) {
-            live.mux.reset(stream, mux::ResetCode::ConnectFailed, why);
+        let Some(r) = l.resume.as_deref_mut().filter(|r| r.key.is_none()) else {
+            return;
+        };
+        match Opening::decode(mux.readable(at.stream)) {
+            Ok(None) => {}
+            Ok(Some((Opening::Start { id, secret }, n))) => {
+                mux.consume(at.stream, n);
+                r.key = Some(Key::new(id, &secret));
+                debug!(
+                    "stream {}: {service} is resumable as {}",
+                    at.stream,
+                    r.label()
+                );
+            }
+            Ok(Some(_)) | Err(_) => {
+                let why = "resume protocol error: the first record is not START";
+                debug!("stream {}: {why}", at.stream);
+                self.end_stream(service, why);
+            }
         }
-        if l.has_socket() {
-            let stream = StreamId { conn, stream };
-            self.out.push_back(Output::CloseService { stream });
+    }
+
+    /// Eats the client's records up to the next payload byte (ACKs trim the replay buffer,
+    /// FIN ends the client's side). A record that breaks the protocol ends the stream.
+    fn parse_records(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
+            return;
+        };
+        let Some(r) = l.resume.as_deref_mut().filter(|r| r.key.is_some()) else {
+            return;
+        };
+        let failed = loop {
+            match r.ep.parse(mux.readable(at.stream)) {
+                Ok(0) => break None,
+                Ok(n) => mux.consume(at.stream, n),
+                Err(e) => break Some(e),
+            }
+        };
+        if r.starved && r.ep.room() > 0 {
+            // An ACK made room: the service is read again (its readiness was not lost: the
+            // last read stopped for want of room, not at "would block").
+            r.starved = false;
+            self.out.push_back(Output::PumpService(service));
+        }
+        if let Some(e) = failed {
+            debug!("stream {}: resume protocol error: {e}", at.stream);
+            self.end_stream(service, &format!("resume protocol error: {e}"));
+        }
+    }
+
+    /// A later carrier's first record: RESUME, checked against the stream it names (by
+    /// id, secret, the OPEN's identity and the offset), or the new mux stream is reset.
+    fn try_resume(&mut self, i: usize, stream: u32) {
+        let conn = self.id(i);
+        let Some(live) = self.live(conn) else {
+            return;
+        };
+        let opening = match Opening::decode(live.mux.readable(stream)) {
+            Ok(None) => return,
+            Ok(Some((o, n))) => {
+                live.mux.consume(stream, n);
+                Some(o)
+            }
+            Err(_) => None,
+        };
+        let Some(Carried::Resuming(identity)) = self.conns[i].streams.remove(&stream) else {
+            return;
+        };
+        let Some(Opening::Resume {
+            id,
+            secret,
+            received,
+        }) = opening
+        else {
+            let why = "the first record is not RESUME";
+            return self.refuse_resume(i, stream, &identity, why);
+        };
+        // The id is not secret (it travels in the carrier's request); the secret is compared
+        // in constant time.
+        let found = self.locals.iter().find(|(_, l)| {
+            let key = l.resume.as_ref().and_then(|r| r.key.as_ref());
+            key.is_some_and(|k| k.id == id && k.matches(&id, &secret))
+        });
+        let Some((&service, _)) = found else {
+            let why = "unknown stream or wrong secret";
+            return self.refuse_resume(i, stream, &identity, why);
+        };
+        let l = self.locals.get_mut(&service).expect("bug: found above");
+        let r = l.resume.as_deref_mut().expect("bug: found above");
+        if r.identity != *identity {
+            let why = "not the identity that opened the stream";
+            return self.refuse_resume(i, stream, &identity, why);
+        }
+        if let Err(e) = r.ep.resume_from(received) {
+            return self.refuse_resume(i, stream, &identity, &e.to_string());
+        }
+        let replay = r.ep.sent_total() - received;
+        r.pending.clear();
+        Opening::Accept {
+            received: r.ep.received(),
+        }
+        .encode(&mut r.pending);
+        r.expires = None;
+        r.starved = false;
+        info!(
+            "stream {}: resumed at client offset {received}, origin offset {} (replaying \
+             {replay} bytes) for {} (connection {i} stream {stream})",
+            r.label(),
+            r.ep.received(),
+            r.who
+        );
+        let old = l.at.replace(StreamId { conn, stream });
+        let has_socket = l.has_socket();
+        self.conns[i]
+            .streams
+            .insert(stream, Carried::Service(service));
+        self.metrics.resumed(replay);
+        if let Some(old) = old {
+            // The client came back while its old path still looked alive: that path is
+            // dead to it; what was in flight on it is replayed on the new one.
+            if self.current(old.conn) {
+                self.conns[old.conn.slot].streams.remove(&old.stream);
+            }
+            if let Some(live) = self.live(old.conn) {
+                let why = "resumed on another connection";
+                live.mux.reset(old.stream, ResetCode::Cancel, why);
+                self.pump_edge(old.conn.slot);
+            }
+        }
+        if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            if let Some(r) = l.resume.as_deref_mut() {
+                flush(r, mux, at.stream);
+            }
+        }
+        if has_socket {
+            self.out.push_back(Output::PumpService(service));
         }
         self.pump_edge(i);
     }
 
-    fn local(&mut self, id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
-        local_in(&mut self.conns, id)
+    fn refuse_resume(&mut self, i: usize, stream: u32, identity: &Identity, why: &str) {
+        warn!(
+            "connection {i}: stream {stream}: resume refused for {}: {why}",
+            who_of(identity)
+        );
+        self.metrics.resume_refused();
+        let conn = self.id(i);
+        if let Some(l) = self.live(conn) {
+            let reason = format!("resume refused: {why}");
+            l.mux.reset(stream, ResetCode::Cancel, &reason);
+        }
+        self.pump_edge(i);
     }
 
-    /// True while the stream is open; when the edge has finished with it, its service
-    /// side is dropped ([`Output::CloseService`]) and this is false.
-    pub fn service_open(&mut self, id: StreamId) -> bool {
-        match self.local(id) {
-            Some((_, mux)) if mux.has_stream(id.stream) => true,
+    /// Ends a stream from the origin's side: its mux stream is reset with why (if attached),
+    /// its service closed.
+    fn end_stream(&mut self, service: ServiceId, why: &str) {
+        if let Some((_, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.reset(at.stream, ResetCode::Cancel, why);
+            self.pump_edge(at.conn.slot);
+        }
+        self.close_service(service);
+    }
+
+    /// The service cannot be reached: reset the stream with why.
+    fn fail_local(&mut self, service: ServiceId, why: &str) {
+        let Some(l) = self.locals.get(&service) else {
+            return;
+        };
+        let name =
+            l.at.map_or_else(|| service.to_string(), |at| format!("stream {}", at.stream));
+        warn!(
+            "{name}: cannot connect to the service {}: {why}",
+            self.cfg.ingress.rules()[l.rule].service
+        );
+        self.metrics.error(metrics::Error::ServiceConnect);
+        if let Some((_, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.reset(at.stream, mux::ResetCode::ConnectFailed, why);
+            self.pump_edge(at.conn.slot);
+        }
+        self.close_service(service);
+    }
+
+    /// True while the service's stream is attached and open. When the edge has finished
+    /// with it, the service is dropped ([`Output::CloseService`]) and this is false; a
+    /// detached service is not pumped either (false) but stays until resumed or expired.
+    pub fn service_open(&mut self, service: ServiceId) -> bool {
+        match attached(&mut self.conns, &mut self.locals, service) {
+            Some((_, mux, at)) if mux.has_stream(at.stream) => true,
             Some(_) => {
-                self.forget_local(id.conn.slot, id.stream);
+                self.close_service(service);
                 false
             }
             None => false,
         }
     }
 
-    /// The TCP connection to the stream's service is up: the splice starts.
-    pub fn service_connected(&mut self, id: StreamId) {
-        if let Some((l, _)) = self.local(id) {
+    /// The TCP connection to the service is up: the splice starts.
+    pub fn service_connected(&mut self, service: ServiceId) {
+        if let Some(l) = self.locals.get_mut(&service) {
             if matches!(l.splice, Splice::Connecting { .. }) {
                 l.splice = Splice::Spliced {
                     read_done: false,
@@ -1030,110 +1522,212 @@ impl Core {
         }
     }
 
-    /// The TCP connection to the stream's service failed: the stream is reset with why.
-    pub fn service_connect_failed(&mut self, id: StreamId, why: &str) {
-        if self.local(id).is_some() {
-            self.fail_local(id.conn.slot, id.stream, why);
-        }
+    /// The TCP connection to the service failed: the stream is reset with why.
+    pub fn service_connect_failed(&mut self, service: ServiceId, why: &str) {
+        self.fail_local(service, why);
     }
 
-    /// Reads once from the service with `read`, straight into the stream's send buffer.
-    /// `None` when the stream takes no bytes now (gone, finished reading, or full: it is
-    /// pumped again once it has room). `Some(Ok(0))` is the service's EOF: FIN follows.
-    /// A read error other than "would block" and "interrupted" goes to
-    /// [`Core::service_failed`].
+    /// Reads once from the service with `read`: for a plain stream straight into the mux
+    /// stream's send buffer, for a resumable one into its replay buffer (records then go
+    /// to the mux stream). `None` when the stream takes no bytes now (gone, detached,
+    /// finished reading, or full: it is pumped again once it has room). `Some(Ok(0))` is
+    /// the service's EOF: FIN follows. A read error other than "would block" and
+    /// "interrupted" goes to [`Core::service_failed`].
     pub fn service_fill(
         &mut self,
-        id: StreamId,
+        service: ServiceId,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> Option<io::Result<usize>> {
-        let (l, mux) = local_in(&mut self.conns, id)?;
+        let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
         let Splice::Spliced { read_done, .. } = &mut l.splice else {
             return None;
         };
         if *read_done {
             return None;
         }
-        let got = mux.fill(id.stream, read)?;
-        match got {
-            Ok(0) => {
-                *read_done = true;
-                mux.close_write(id.stream);
+        let got = match l.resume.as_deref_mut() {
+            None => {
+                let got = mux.fill(at.stream, read)?;
+                if matches!(got, Ok(0)) {
+                    mux.close_write(at.stream);
+                }
+                got
             }
+            Some(r) => {
+                // Only as fast as the mux stream takes records: the replay buffer is not a
+                // second send buffer.
+                flush(r, mux, at.stream);
+                if !r.pending.is_empty() || r.ep.wants_transmit() {
+                    return None; // `Writable` follows.
+                }
+                let Some(got) = r.ep.fill(read) else {
+                    r.starved = true; // Unacknowledged bytes fill it: an ACK pumps again.
+                    return None;
+                };
+                flush(r, mux, at.stream);
+                got
+            }
+        };
+        match got {
+            Ok(0) => *read_done = true,
             Ok(n) => self.metrics.bytes(Direction::OriginToClient, n),
             Err(_) => return Some(got),
         }
-        self.conns[id.conn.slot].moved = true;
+        self.conns[at.conn.slot].moved = true;
         Some(got)
     }
 
-    /// Bytes from the edge waiting for the service.
-    pub fn service_pending(&mut self, id: StreamId) -> &[u8] {
-        match self.local(id) {
-            Some((l, mux)) if matches!(l.splice, Splice::Spliced { .. }) => mux.readable(id.stream),
+    /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
+    /// the client's current DATA record).
+    pub fn service_pending(&mut self, service: ServiceId) -> &[u8] {
+        if self
+            .locals
+            .get(&service)
+            .is_some_and(|l| l.resume.is_some())
+        {
+            self.read_start(service);
+            self.parse_records(service);
+        }
+        match attached(&mut self.conns, &mut self.locals, service) {
+            Some((l, mux, at)) if matches!(l.splice, Splice::Spliced { .. }) => {
+                let data = mux.readable(at.stream);
+                match &l.resume {
+                    None => data,
+                    Some(r) => &data[..r.ep.payload_len(data.len())],
+                }
+            }
             _ => &[],
         }
     }
 
     /// The service took `n` bytes of [`Core::service_pending`].
-    pub fn service_written(&mut self, id: StreamId, n: usize) {
-        if let Some((_, mux)) = local_in(&mut self.conns, id) {
-            mux.consume(id.stream, n);
+    pub fn service_written(&mut self, service: ServiceId, n: usize) {
+        if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
+            mux.consume(at.stream, n);
+            if let Some(r) = l.resume.as_deref_mut() {
+                r.ep.delivered(n);
+            }
             self.metrics.bytes(Direction::ClientToOrigin, n);
-            self.conns[id.conn.slot].moved = true;
+            self.conns[at.conn.slot].moved = true;
         }
     }
 
     /// Reading from or writing to the service failed: the stream is reset.
-    pub fn service_failed(&mut self, id: StreamId, e: &io::Error) {
-        let Some((_, mux)) = self.local(id) else {
+    pub fn service_failed(&mut self, service: ServiceId, e: &io::Error) {
+        if !self.locals.contains_key(&service) {
             return;
-        };
-        debug!("stream {}: service connection: {e}", id.stream);
-        mux.reset(
-            id.stream,
-            mux::ResetCode::Cancel,
-            "service connection failed",
-        );
-        self.forget_local(id.conn.slot, id.stream);
-        self.pump_edge(id.conn.slot);
+        }
+        debug!("{service}: service connection: {e}");
+        self.end_stream(service, "service connection failed");
     }
 
-    /// The driver moved what it could for the stream: the service's write side is shut once
-    /// the edge's half is done, the edge connection is pumped if bytes moved, and the stream
-    /// is dropped once finished.
-    pub fn service_pumped(&mut self, id: StreamId) {
-        let Some((l, mux)) = local_in(&mut self.conns, id) else {
+    /// The driver moved what it could for the service: its write side is shut once the
+    /// client's half is done, records due (ACKs, FIN) go out, the edge connection is pumped
+    /// if bytes moved, and the service is dropped once the stream is finished.
+    pub fn service_pumped(&mut self, service: ServiceId) {
+        let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
+        let (mut finished, mut moved) = (false, false);
+        let read_closed = match l.resume.as_deref_mut() {
+            None => mux.read_closed(at.stream),
+            Some(r) => {
+                moved = flush(r, mux, at.stream);
+                // Done: all acknowledged both ways, or the edge closed its half (the client
+                // ended its carrier) and our FIN record went out. (`finished` counts our FIN
+                // once framed: it must also have left `pending` for the mux stream.)
+                let edge_done = mux.read_closed(at.stream);
+                finished =
+                    (r.ep.finished() || (edge_done && r.ep.write_closed())) && r.pending.is_empty();
+                r.ep.read_closed() || edge_done
+            }
+        };
         if let Splice::Spliced { write_done, .. } = &mut l.splice {
-            if !*write_done && mux.read_closed(id.stream) {
+            if !*write_done && read_closed {
                 *write_done = true;
-                self.out.push_back(Output::ShutdownService { stream: id });
+                self.out.push_back(Output::ShutdownService { service });
             }
         }
-        let gone = !mux.has_stream(id.stream);
-        if std::mem::take(&mut self.conns[id.conn.slot].moved) {
-            self.pump_edge(id.conn.slot);
+        let gone = !mux.has_stream(at.stream);
+        if finished && !gone {
+            // Nothing more is read from it: what the client still sends is dropped, so the
+            // mux stream can end once the edge closes its half.
+            let left = mux.readable(at.stream).len();
+            mux.consume(at.stream, left);
+            mux.close_write(at.stream);
+            moved = true;
         }
-        if gone {
-            self.forget_local(id.conn.slot, id.stream);
+        if std::mem::take(&mut self.conns[at.conn.slot].moved) || moved {
+            self.pump_edge(at.conn.slot);
+        }
+        if gone || finished {
+            self.close_service(service);
+        }
+    }
+
+    /// The service a mux stream carries, if any (tests and logs).
+    pub fn service_of(&self, stream: StreamId) -> Option<ServiceId> {
+        if !self.current(stream.conn) {
+            return None;
+        }
+        match self.conns[stream.conn.slot].streams.get(&stream.stream)? {
+            Carried::Service(s) => Some(*s),
+            Carried::Resuming(_) => None,
         }
     }
 }
 
-/// The stream's service side and its session, while the stream's connection is the current
-/// attempt and live.
-fn local_in(conns: &mut [Conn], id: StreamId) -> Option<(&mut Local, &mut OriginSession)> {
-    let c = conns.get_mut(id.conn.slot)?;
-    if c.epoch != id.conn.epoch {
+/// The service's local side and its mux session and stream, while it is attached to a
+/// stream of a live connection's current attempt.
+fn attached<'a>(
+    conns: &'a mut [Conn],
+    locals: &'a mut HashMap<ServiceId, Local>,
+    service: ServiceId,
+) -> Option<(&'a mut Local, &'a mut OriginSession, StreamId)> {
+    let l = locals.get_mut(&service)?;
+    let at = l.at?;
+    let c = conns.get_mut(at.conn.slot)?;
+    if c.epoch != at.conn.epoch {
         return None;
     }
     let Link::Live(live) = &mut c.link else {
         return None;
     };
-    let l = c.locals.get_mut(&id.stream)?;
-    Some((l, &mut live.mux))
+    Some((l, &mut live.mux, at))
+}
+
+/// Bytes of an ACK record (type and offset).
+const ACK_LEN: usize = 9;
+
+/// Moves a resumable stream's records into its mux stream as far as that has room; true if
+/// any moved. When it has none, the mux raises `Writable` later (it promises one after a
+/// `writable()` of 0 or a short `write()`).
+fn flush(r: &mut Resumable, mux: &mut OriginSession, stream: u32) -> bool {
+    let mut moved = false;
+    loop {
+        if r.pending.is_empty() {
+            if !r.ep.wants_transmit() {
+                break;
+            }
+            let room = mux.writable(stream);
+            if room == 0 {
+                break;
+            }
+            // Payload that fits with an ACK, one DATA header and a FIN around it.
+            let budget = room.saturating_sub(ACK_LEN + DATA_HEADER + 1);
+            r.ep.transmit(&mut r.pending, budget.clamp(1, MAX_DATA));
+        }
+        let n = mux.write(stream, &r.pending);
+        if n == 0 {
+            break;
+        }
+        moved = true;
+        r.pending.drain(..n);
+        if !r.pending.is_empty() {
+            break;
+        }
+    }
+    moved
 }
 
 /// The backoff's ceiling after `attempt` failures in a row: 500 ms doubled per attempt
@@ -1150,21 +1744,21 @@ const MAX_WHO_SHOWN: usize = 128;
 /// a service token's name, or `anonymous` (a bypass policy); shortened, control characters
 /// and quotes escaped. The claims' `assertion` (the same, signed by the edge for this stream)
 /// is for whoever wants to check it; it is not logged.
+#[cfg(test)]
 fn who(claims: &[u8]) -> String {
-    #[derive(serde::Deserialize)]
-    struct Who {
-        email: Option<String>,
-        service_token: Option<String>,
-    }
+    who_of(&Claims::parse(claims).identity)
+}
+
+fn who_of(identity: &Identity) -> String {
     let shown = |s: &str| crate::logging::escape(s, MAX_WHO_SHOWN);
-    match serde_json::from_slice::<Who>(claims) {
-        Ok(Who {
+    match identity {
+        Identity {
             email: Some(email), ..
-        }) => shown(&email),
-        Ok(Who {
+        } => shown(email),
+        Identity {
             service_token: Some(token),
             ..
-        }) => format!("service token {}", shown(&token)),
+        } => format!("service token {}", shown(token)),
         _ => "anonymous".into(),
     }
 }
@@ -1196,8 +1790,12 @@ fn tls_advice(e: &io::Error) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::{PING_DEAD_INTERVALS, PING_INTERVAL_SECS, PROXY_ANSWER_TIMEOUT_SECS};
+    use crate::limits::{
+        PING_DEAD_INTERVALS, PING_INTERVAL, PROXY_ANSWER_TIMEOUT_SECS, REPLAY_BUFFER,
+        RESUME_ACK_INTERVAL,
+    };
     use crate::proto::mux::{EdgeEvent, EdgeSession, ErrorCode, ResetCode};
+    use crate::proto::resume::{Endpoint, Opening};
 
     /// ≡ -1 modulo every backoff ceiling (500 ms · 2^k up to 2^10, and the 60 s cap): with
     /// it as the "random" jitter, each delay is its ceiling less 1 ms.
@@ -1206,6 +1804,7 @@ mod tests {
     const EDGE: &str = "edge.example.com:443";
     const SERVICE: &str = "127.0.0.1:2222";
     const GRACE: Duration = Duration::from_secs(30);
+    const WINDOW: Duration = Duration::from_secs(60);
 
     /// A simulated driver and edge: the core's outputs are carried out in memory, each
     /// connection's TLS is a plaintext pipe to an `EdgeSession`, and the clock is `now`.
@@ -1224,6 +1823,23 @@ mod tests {
         silent: bool,
         /// Names the resolver never answers.
         unanswered: Vec<&'static str>,
+        /// Services connect at once and are pumped like the driver pumps a socket.
+        auto_connect: bool,
+        services: HashMap<ServiceId, Svc>,
+    }
+
+    /// An in-memory service connection (with `auto_connect`).
+    #[derive(Default)]
+    struct Svc {
+        /// What it will send, as fast as the stream takes it.
+        says: Vec<u8>,
+        /// What it received.
+        heard: Vec<u8>,
+        /// It has said everything: EOF after `says`.
+        done: bool,
+        /// Its write side was shut.
+        shut: bool,
+        closed: bool,
     }
 
     fn pipe_with(ha: usize, proxy: Option<ProxyConfig>) -> Pipe {
@@ -1239,6 +1855,7 @@ mod tests {
             connector_id: [7; 16],
             grace: GRACE,
             connections: ha,
+            resume_window: WINDOW,
         };
         let metrics = Metrics::new(metrics::Role::Tunnel, [7; 16]);
         let now = Instant::now();
@@ -1251,6 +1868,8 @@ mod tests {
             reachable: true,
             silent: false,
             unanswered: Vec::new(),
+            auto_connect: false,
+            services: HashMap::new(),
         }
     }
 
@@ -1261,7 +1880,8 @@ mod tests {
     impl Pipe {
         /// Carries out outputs and moves bytes until nothing moves.
         fn run(&mut self) {
-            loop {
+            for round in 0.. {
+                assert!(round < 100_000, "the pipe does not settle");
                 let mut moved = false;
                 while let Some(out) = self.core.poll_output() {
                     moved = true;
@@ -1305,9 +1925,77 @@ mod tests {
                     self.edges[conn.slot] = None;
                 }
                 // A service with nothing to say: the pump only reports back.
-                Output::PumpService(stream) => self.core.service_pumped(stream),
+                Output::ConnectService { service, .. } if self.auto_connect => {
+                    self.services.insert(service, Svc::default());
+                    self.core.service_connected(service);
+                    self.pump_service(service);
+                }
+                Output::ShutdownService { service } => {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.shut = true;
+                    }
+                }
+                Output::CloseService { service } => {
+                    if let Some(s) = self.services.get_mut(&service) {
+                        s.closed = true;
+                    }
+                }
+                Output::PumpService(service) => self.pump_service(service),
                 _ => {}
             }
+        }
+
+        /// What the driver does for a service: read it into the stream, write the stream's
+        /// bytes to it. A service the test plays itself only reports back.
+        fn pump_service(&mut self, service: ServiceId) {
+            let core = &mut self.core;
+            let Some(s) = self.services.get_mut(&service).filter(|s| !s.closed) else {
+                core.service_pumped(service);
+                return;
+            };
+            if !core.service_open(service) {
+                return;
+            }
+            let mut reads = 0;
+            while let Some(Ok(n)) = core.service_fill(service, |buf| {
+                reads += 1;
+                assert!(reads < 100_000, "the service is read forever");
+                if s.says.is_empty() {
+                    return match s.done {
+                        true => Ok(0),
+                        false => Err(io::ErrorKind::WouldBlock.into()),
+                    };
+                }
+                let n = buf.len().min(s.says.len());
+                buf[..n].copy_from_slice(&s.says[..n]);
+                s.says.drain(..n);
+                Ok(n)
+            }) {
+                if n == 0 {
+                    break;
+                }
+            }
+            loop {
+                let data = core.service_pending(service).to_vec();
+                if data.is_empty() {
+                    break;
+                }
+                s.heard.extend_from_slice(&data);
+                core.service_written(service, data.len());
+            }
+            core.service_pumped(service);
+        }
+
+        /// The service says `bytes` (and is pumped).
+        fn say(&mut self, service: ServiceId, bytes: &[u8]) {
+            let s = self.services.get_mut(&service).expect("a service");
+            s.says.extend_from_slice(bytes);
+            self.pump_service(service);
+            self.run();
+        }
+
+        fn svc(&self, service: ServiceId) -> &Svc {
+            self.services.get(&service).expect("a service")
         }
 
         /// Moves bytes both ways on one connection; true if any moved.
@@ -1319,7 +2007,9 @@ mod tests {
             let conn = *conn;
             let mut up = Vec::new();
             while self.core.wants_transmit(conn) {
-                self.core.poll_transmit(conn, &mut up, 64 * 1024);
+                // `max` bounds what `out` holds in all: a batch more each time.
+                let max = up.len() + 64 * 1024;
+                self.core.poll_transmit(conn, &mut up, max);
             }
             self.core.transmitted(conn, now);
             if self.silent {
@@ -1334,7 +2024,8 @@ mod tests {
             }
             let mut down = Vec::new();
             while edge.wants_transmit() {
-                edge.poll_transmit(&mut down, 64 * 1024);
+                let max = down.len() + 64 * 1024;
+                edge.poll_transmit(&mut down, max);
             }
             if !down.is_empty() {
                 moved = true;
@@ -1343,8 +2034,20 @@ mod tests {
             moved
         }
 
+        /// Moves the clock by `d` as a driver would: waking at each time the core asks for
+        /// on the way (keepalives answered, timers fired in order), then at the end.
         fn advance(&mut self, d: Duration) {
-            self.now += d;
+            let end = self.now + d;
+            for _ in 0..1_000_000 {
+                let next = self.core.poll_timeout();
+                if next >= end {
+                    break;
+                }
+                self.now = self.now.max(next);
+                self.core.handle_timeout(self.now);
+                self.run();
+            }
+            self.now = end;
             self.core.handle_timeout(self.now);
             self.run();
         }
@@ -1394,6 +2097,11 @@ mod tests {
                 conn: self.conn(slot),
                 stream,
             }
+        }
+
+        /// The service connection serving a stream.
+        fn service(&self, id: StreamId) -> ServiceId {
+            self.core.service_of(id).expect("the stream has a service")
         }
 
         fn resets(&self, slot: usize) -> Vec<(u32, ResetCode, String)> {
@@ -1563,14 +2271,15 @@ mod tests {
         p.register_all();
         // Refused at once.
         let dead = p.open(0, HOST);
+        let service = p.service(dead);
         assert!(p.seen.contains(&Output::ConnectService {
-            stream: dead,
+            service,
             addr: SERVICE.parse().unwrap()
         }));
         p.core
-            .service_connect_failed(dead, "Connection refused (os error 111)");
+            .service_connect_failed(service, "Connection refused (os error 111)");
         p.run();
-        assert!(p.seen.contains(&Output::CloseService { stream: dead }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         assert_eq!(
             p.resets(0),
             [(
@@ -1581,6 +2290,7 @@ mod tests {
         );
         // Never answers: reset at the connect deadline, not before.
         let silent = p.open(0, HOST);
+        let service = p.service(silent);
         p.advance(Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS) - Duration::from_millis(1));
         assert_eq!(p.resets(0).len(), 1);
         p.advance(Duration::from_millis(1));
@@ -1592,16 +2302,19 @@ mod tests {
                 "connect to the service timed out".to_owned()
             )
         );
-        assert!(p.seen.contains(&Output::CloseService { stream: silent }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         // A hostname no ingress rule serves: reset at once, no connect.
+        let connects = |p: &Pipe| {
+            let seen = p.seen.iter();
+            seen.filter(|o| matches!(o, Output::ConnectService { .. }))
+                .count()
+        };
+        let before = connects(&p);
         let none = p.open(0, "other.example.com");
         let (stream, code, reason) = p.resets(0)[2].clone();
         assert_eq!((stream, code), (none.stream, ResetCode::NoService));
         assert!(reason.contains("no service"), "{reason}");
-        assert!(!p
-            .seen
-            .iter()
-            .any(|o| matches!(o, Output::ConnectService { stream, .. } if *stream == none)));
+        assert_eq!(connects(&p), before);
         // The connection itself is fine.
         assert_eq!(p.closed_edges(), 0);
     }
@@ -1657,7 +2370,7 @@ mod tests {
     fn keepalive_pings_an_idle_edge_and_drops_a_silent_one() {
         let mut p = pipe(1);
         p.register_all();
-        let interval = Duration::from_secs(PING_INTERVAL_SECS);
+        let interval = PING_INTERVAL;
         // An answering edge: pings go out and the connection stays, however long it idles.
         for _ in 0..10 {
             p.advance(interval);
@@ -1671,33 +2384,64 @@ mod tests {
         assert_eq!(p.closed_edges(), 0);
         p.advance(interval);
         assert_eq!(p.closed_edges(), 1);
-        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        // It had served: replaced at once (the jitter less 1 ms).
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
     }
 
-    /// A stream on `slot` to a service that answered.
-    fn spliced(p: &mut Pipe, slot: usize) -> StreamId {
+    #[test]
+    fn a_connection_that_served_is_replaced_at_once_then_backoff_as_usual() {
+        let mut p = pipe(1);
+        p.register_all();
+        // Lost right after registering: a flapping edge is not hammered, the backoff holds.
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        // Up for a while, then lost (an edge restart): the next attempt comes at once.
+        p.advance(RECONNECT_AT_ONCE_UPTIME);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        p.reachable = false;
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
+        // That attempt failed (the edge is still down): the usual backoff from there on.
+        next_attempt_is_after(&mut p, Duration::from_millis(999));
+        next_attempt_is_after(&mut p, Duration::from_millis(1999));
+        p.reachable = true;
+        next_attempt_is_after(&mut p, Duration::from_millis(3999));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        p.advance(Duration::ZERO);
+        assert_eq!(p.core.metrics.ready_connections(), 1);
+    }
+
+    /// A stream on `slot` to a service that answered: the stream and its service.
+    fn spliced(p: &mut Pipe, slot: usize) -> (StreamId, ServiceId) {
         let id = p.open(slot, HOST);
-        p.core.service_connected(id);
-        assert!(p.core.service_open(id));
-        id
+        let service = p.service(id);
+        p.core.service_connected(service);
+        assert!(p.core.service_open(service));
+        (id, service)
     }
 
     #[test]
     fn shutdown_lets_open_streams_finish_refuses_new_ones_and_then_exits() {
         let mut p = pipe(2);
         p.register_all();
-        let id = spliced(&mut p, 0);
+        let (id, service) = spliced(&mut p, 0);
         // Bytes flow both ways through the splice.
         p.edge(0).write(id.stream, b"ping");
         p.run();
-        assert_eq!(p.core.service_pending(id), b"ping");
-        p.core.service_written(id, 4);
-        let got = p.core.service_fill(id, |buf| {
+        assert_eq!(p.core.service_pending(service), b"ping");
+        p.core.service_written(service, 4);
+        let got = p.core.service_fill(service, |buf| {
             buf[..4].copy_from_slice(b"pong");
             Ok(4)
         });
         assert_eq!(got.map(|r| r.unwrap()), Some(4));
-        p.core.service_pumped(id);
+        p.core.service_pumped(service);
         p.run();
         assert_eq!(p.edge(0).readable(id.stream), b"pong");
 
@@ -1728,15 +2472,15 @@ mod tests {
         // then the service's. The tunnel exits at once.
         p.edge(0).close_write(id.stream);
         p.run();
-        assert!(p.seen.contains(&Output::ShutdownService { stream: id }));
-        assert!(!p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::ShutdownService { service }));
+        assert!(!p.seen.contains(&Output::CloseService { service }));
         assert_eq!(
-            p.core.service_fill(id, |_| Ok(0)).map(|r| r.unwrap()),
+            p.core.service_fill(service, |_| Ok(0)).map(|r| r.unwrap()),
             Some(0)
         );
-        p.core.service_pumped(id);
+        p.core.service_pumped(service);
         p.run();
-        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         p.advance(Duration::ZERO);
         assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
         assert!(
@@ -1749,14 +2493,14 @@ mod tests {
     fn shutdown_ends_streams_still_open_at_the_grace_period() {
         let mut p = pipe(1);
         p.register_all();
-        let id = spliced(&mut p, 0);
+        let (_, service) = spliced(&mut p, 0);
         p.core.shutdown(p.now);
         p.run();
         p.advance(GRACE - Duration::from_millis(1));
         assert_eq!(p.core.take_exit(), None);
         p.advance(Duration::from_millis(1));
         assert_eq!(p.core.take_exit(), Some(Exit::Signalled));
-        assert!(p.seen.contains(&Output::CloseService { stream: id }));
+        assert!(p.seen.contains(&Output::CloseService { service }));
         assert!(p.edges[0].is_none());
     }
 
@@ -1824,5 +2568,510 @@ mod tests {
         assert!(!evil.chars().any(char::is_control));
         let long = who(format!(r#"{{"email":"{}"}}"#, "x".repeat(1000)).as_bytes());
         assert_eq!(long, format!("{}…(1000 bytes)", "x".repeat(MAX_WHO_SHOWN)));
+    }
+
+    // ---- resumable streams ----
+
+    const ALICE: &[u8] = br#"{"email":"alice@example.com","resume":"start"}"#;
+    const ALICE_AGAIN: &[u8] = br#"{"email":"alice@example.com","resume":"resume"}"#;
+
+    /// The client's end of a resumable stream: its record layer and what it got.
+    struct Client {
+        id: [u8; 16],
+        secret: [u8; 32],
+        ep: Endpoint,
+        got: Vec<u8>,
+        /// The origin's ACCEPT on the current path, once read.
+        accepted: Option<u64>,
+        /// The current path is a resume: replay from the ACCEPT's offset.
+        resuming: bool,
+    }
+
+    impl Client {
+        fn new(n: u8) -> Client {
+            Client {
+                id: [n; 16],
+                secret: [n.wrapping_add(100); 32],
+                ep: Endpoint::new(),
+                got: Vec::new(),
+                accepted: None,
+                resuming: false,
+            }
+        }
+
+        /// The client typed `bytes` (into its replay buffer).
+        fn types(&mut self, bytes: &[u8]) {
+            assert_eq!(self.ep.push(bytes), bytes.len());
+        }
+
+        /// Its path died: it keeps its replay buffer and comes back.
+        fn lost(&mut self) {
+            self.ep.detach();
+            self.accepted = None;
+        }
+    }
+
+    fn opening(o: Opening) -> Vec<u8> {
+        let mut w = Vec::new();
+        o.encode(&mut w);
+        w
+    }
+
+    impl Pipe {
+        /// The edge opens a resumable stream for the client on `slot`; the client's START
+        /// follows.
+        fn open_resumable(&mut self, slot: usize, c: &mut Client) -> StreamId {
+            let stream = self.edge(slot).open_stream(HOST, ALICE).expect("open");
+            let start = opening(Opening::Start {
+                id: c.id,
+                secret: c.secret,
+            });
+            assert_eq!(self.edge(slot).write(stream, &start), start.len());
+            c.accepted = None;
+            c.resuming = false;
+            self.run();
+            StreamId {
+                conn: self.conn(slot),
+                stream,
+            }
+        }
+
+        /// The client comes back on `slot` with `claims`, naming `id` and `secret`; returns
+        /// the new stream.
+        fn resume_as(
+            &mut self,
+            slot: usize,
+            c: &mut Client,
+            claims: &[u8],
+            secret: [u8; 32],
+            received: u64,
+        ) -> StreamId {
+            let stream = self.edge(slot).open_stream(HOST, claims).expect("open");
+            let resume = opening(Opening::Resume {
+                id: c.id,
+                secret,
+                received,
+            });
+            assert_eq!(self.edge(slot).write(stream, &resume), resume.len());
+            c.accepted = None;
+            c.resuming = true;
+            self.run();
+            StreamId {
+                conn: self.conn(slot),
+                stream,
+            }
+        }
+
+        fn resume(&mut self, slot: usize, c: &mut Client) -> StreamId {
+            let (secret, received) = (c.secret, c.ep.received());
+            self.resume_as(slot, c, ALICE_AGAIN, secret, received)
+        }
+
+        /// The client sends what its record layer has for the path `at`.
+        fn client_send(&mut self, at: StreamId, c: &mut Client) {
+            let mut w = Vec::new();
+            c.ep.transmit(&mut w, usize::MAX);
+            assert_eq!(self.edge(at.conn.slot).write(at.stream, &w), w.len());
+            self.run();
+        }
+
+        /// The client reads what came on the path `at`.
+        fn client_recv(&mut self, at: StreamId, c: &mut Client) {
+            let edge = self.edge(at.conn.slot);
+            let data = edge.readable(at.stream).to_vec();
+            let mut used = 0;
+            if c.accepted.is_none() {
+                match Opening::decode(&data) {
+                    Ok(None) => return,
+                    Ok(Some((Opening::Accept { received }, n))) => {
+                        c.accepted = Some(received);
+                        if c.resuming {
+                            c.ep.resume_from(received).expect("the origin's offset");
+                        }
+                        used = n;
+                    }
+                    other => panic!("not an ACCEPT first: {other:?}"),
+                }
+            }
+            used +=
+                c.ep.receive(&data[used..], |p| {
+                    c.got.extend_from_slice(p);
+                    p.len()
+                })
+                .expect("records from the origin");
+            edge.consume(at.stream, used);
+            self.run();
+        }
+
+        fn closed(&self, service: ServiceId) -> bool {
+            self.seen.contains(&Output::CloseService { service })
+        }
+    }
+
+    fn resumable_pipe(ha: usize) -> Pipe {
+        let mut p = pipe(ha);
+        p.auto_connect = true;
+        p.register_all();
+        // The connections have served long enough to be replaced at once when lost.
+        p.advance(RECONNECT_AT_ONCE_UPTIME);
+        p
+    }
+
+    #[test]
+    fn a_resumable_stream_is_spliced_through_the_record_layer_and_finishes() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        // The service's bytes reach the client as records, after the ACCEPT.
+        p.say(service, b"SSH-2.0-OpenSSH_9.2\r\n");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.accepted, Some(0));
+        assert_eq!(c.got, b"SSH-2.0-OpenSSH_9.2\r\n");
+        // The client's bytes reach the service, exactly.
+        c.types(b"SSH-2.0-OpenSSH_9.6\r\n");
+        p.client_send(at, &mut c);
+        assert_eq!(p.svc(service).heard, b"SSH-2.0-OpenSSH_9.6\r\n");
+        // Each side acknowledges on the timer: the origin's ACK trims the client's buffer.
+        assert_eq!(c.ep.buffered(), 21);
+        p.advance(RESUME_ACK_INTERVAL);
+        p.client_recv(at, &mut c);
+        assert_eq!(c.ep.buffered(), 0, "acknowledged by the origin");
+        // The client ends its side: FIN record, the service's write side is shut.
+        c.ep.close_write();
+        p.client_send(at, &mut c);
+        assert!(p.svc(service).shut);
+        assert!(!p.closed(service));
+        // The service ends too; once the client acknowledged everything, the stream is
+        // finished: the service closes and the mux stream gets its FIN.
+        p.services.get_mut(&service).unwrap().done = true;
+        p.say(service, b"bye");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"SSH-2.0-OpenSSH_9.2\r\nbye");
+        assert!(c.ep.read_closed());
+        assert!(!p.closed(service), "waits for the client's ACK");
+        c.ep.request_ack();
+        p.client_send(at, &mut c);
+        assert!(p.closed(service));
+        assert!(p.edge(0).read_closed(at.stream), "the mux stream ended too");
+    }
+
+    #[test]
+    fn connection_loss_detaches_and_a_resume_on_another_connection_replays_both_ways() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"first ");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"first ");
+        // Bytes both ways are in flight when the connection dies: the service's are in
+        // the origin's buffers, the client's in the edge's.
+        let s = p.services.get_mut(&service).unwrap();
+        s.says.extend_from_slice(b"second");
+        p.pump_service(service);
+        c.types(b"typed");
+        let mut w = Vec::new();
+        c.ep.transmit(&mut w, usize::MAX);
+        p.edge(0).write(at.stream, &w);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        c.lost();
+        p.run();
+        // Detached, not closed; nothing was delivered.
+        assert!(!p.closed(service));
+        assert!(p.svc(service).heard.is_empty());
+        assert_eq!(
+            p.core
+                .metrics
+                .render()
+                .lines()
+                .find(|l| l.starts_with("postern_tunnel_streams_detached ")),
+            Some("postern_tunnel_streams_detached 0"),
+            "gauges are set at the tick"
+        );
+        p.advance(Duration::ZERO);
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_streams_detached 1"));
+        // The client comes back on the other connection: each side replays from the
+        // other's offset; the same service connection goes on.
+        let connects = p
+            .seen
+            .iter()
+            .filter(|o| matches!(o, Output::ConnectService { .. }))
+            .count();
+        let again = p.resume(1, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(
+            c.accepted,
+            Some(0),
+            "the origin had taken none of \"typed\""
+        );
+        assert_eq!(c.got, b"first second");
+        p.client_send(again, &mut c);
+        assert_eq!(p.svc(service).heard, b"typed");
+        assert_eq!(p.service(again), service);
+        assert_eq!(
+            p.seen
+                .iter()
+                .filter(|o| matches!(o, Output::ConnectService { .. }))
+                .count(),
+            connects
+        );
+        // And on.
+        p.say(service, b" third");
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"first second third");
+        let text = p.core.metrics.render();
+        assert!(text.contains("postern_tunnel_resumes_total 1"), "{text}");
+        assert!(
+            text.contains("postern_tunnel_replayed_bytes_total 6"),
+            "{text}"
+        );
+        p.advance(Duration::ZERO);
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_streams_detached 0"));
+    }
+
+    #[test]
+    fn a_stream_detached_by_connection_loss_resumes_on_the_reconnected_connection() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"before");
+        p.client_recv(at, &mut c);
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        c.lost();
+        p.run();
+        assert!(p.edges[0].is_none());
+        // The service keeps talking; its bytes wait in its socket (nothing reads it).
+        p.services
+            .get_mut(&service)
+            .unwrap()
+            .says
+            .extend_from_slice(b" during");
+        p.pump_service(service);
+        assert_eq!(p.svc(service).says, b" during");
+        // The connection that served is replaced at once and registers again.
+        next_attempt_is_after(&mut p, Duration::from_millis(249));
+        p.edge(0).send_registered(HOST);
+        p.run();
+        let again = p.resume(0, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"before during");
+        assert!(!p.closed(service));
+    }
+
+    #[test]
+    fn rst_lost_detaches_and_rst_cancel_closes() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"hi");
+        // The client's carrier died: the edge says Lost. The stream waits for it.
+        p.edge(0)
+            .reset(at.stream, ResetCode::Lost, "client's connection ended");
+        c.lost();
+        p.run();
+        assert!(!p.closed(service));
+        let again = p.resume(0, &mut c);
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"hi");
+        // The client went away on purpose (or was cut off): Cancel ends it.
+        p.edge(0).reset(again.stream, ResetCode::Cancel, "idle");
+        p.run();
+        assert!(p.closed(service));
+        // There is nothing left to resume.
+        let third = p.resume(0, &mut c);
+        assert_eq!(
+            p.resets(0).last().unwrap(),
+            &(
+                third.stream,
+                ResetCode::Cancel,
+                "resume refused: unknown stream or wrong secret".to_owned()
+            )
+        );
+    }
+
+    #[test]
+    fn bad_resumes_are_refused_and_leave_the_stream_alone() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"0123456789");
+        p.client_recv(at, &mut c);
+        let refused = |p: &mut Pipe, why: &str| {
+            let (stream, code, reason) = p.resets(1).last().cloned().expect("a reset");
+            assert_eq!(code, ResetCode::Cancel);
+            assert_eq!(reason, format!("resume refused: {why}"));
+            stream
+        };
+        // A wrong secret and an unknown id read the same.
+        let secret = c.secret;
+        let mut wrong = secret;
+        wrong[0] ^= 1;
+        let accepted = c.accepted;
+        let s1 = p.resume_as(1, &mut c, ALICE_AGAIN, wrong, 10);
+        assert_eq!(refused(&mut p, "unknown stream or wrong secret"), s1.stream);
+        let mut stranger = Client::new(9);
+        p.resume_as(1, &mut stranger, ALICE_AGAIN, [109; 32], 0);
+        refused(&mut p, "unknown stream or wrong secret");
+        // The right secret from someone else the edge let in.
+        let bob = br#"{"email":"bob@example.com","resume":"resume"}"#;
+        p.resume_as(1, &mut c, bob, secret, 10);
+        refused(&mut p, "not the identity that opened the stream");
+        // An offset beyond what the origin sent (or below what was acknowledged).
+        p.resume_as(1, &mut c, ALICE_AGAIN, secret, 11);
+        refused(
+            &mut p,
+            "resume offset 11 outside what can be replayed (0..=10)",
+        );
+        // Not a RESUME at all.
+        let s5 = p.edge(1).open_stream(HOST, ALICE_AGAIN).unwrap();
+        p.edge(1)
+            .write(s5, &opening(Opening::Accept { received: 0 }));
+        p.run();
+        refused(&mut p, "the first record is not RESUME");
+        assert_eq!(p.resets(0), [], "the original stream is untouched");
+        assert!(p
+            .core
+            .metrics
+            .render()
+            .contains("postern_tunnel_resume_refusals_total 5"));
+        // It goes on where it was.
+        (c.accepted, c.resuming) = (accepted, false);
+        p.say(service, b"more");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, b"0123456789more");
+        c.types(b"up");
+        p.client_send(at, &mut c);
+        assert_eq!(p.svc(service).heard, b"up");
+    }
+
+    #[test]
+    fn a_detached_stream_is_closed_at_the_end_of_the_resume_window() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.edge(0).reset(at.stream, ResetCode::Lost, "gone");
+        p.run();
+        p.advance(WINDOW - Duration::from_millis(1));
+        assert!(!p.closed(service));
+        p.advance(Duration::from_millis(1));
+        assert!(p.closed(service));
+        p.resume(0, &mut c);
+        let why = p.resets(0).last().unwrap().2.clone();
+        assert_eq!(why, "resume refused: unknown stream or wrong secret");
+    }
+
+    #[test]
+    fn a_second_resume_moves_the_stream_and_resets_the_older_carrier() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"one ");
+        p.client_recv(at, &mut c);
+        // The client gave up on a path the origin still thinks alive (a silent drop).
+        c.lost();
+        let again = p.resume(1, &mut c);
+        assert_eq!(
+            p.resets(0),
+            [(
+                at.stream,
+                ResetCode::Cancel,
+                "resumed on another connection".to_owned()
+            )]
+        );
+        p.say(service, b"two");
+        p.client_recv(again, &mut c);
+        assert_eq!(c.got, b"one two");
+        assert_eq!(p.service(again), service);
+        assert_eq!(p.core.service_of(at), None);
+        assert!(!p.closed(service));
+    }
+
+    #[test]
+    fn a_full_replay_buffer_stops_reading_the_service_until_the_client_acknowledges() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        let big = vec![7u8; REPLAY_BUFFER + 100_000];
+        p.services.get_mut(&service).unwrap().says = big.clone();
+        // The client reads everything but acknowledges nothing.
+        for _ in 0..100 {
+            p.pump_service(service);
+            p.run();
+            p.client_recv(at, &mut c);
+        }
+        assert_eq!(
+            c.got.len(),
+            REPLAY_BUFFER,
+            "no more than the replay buffer unacknowledged"
+        );
+        assert_eq!(p.svc(service).says.len(), 100_000);
+        c.ep.request_ack();
+        p.client_send(at, &mut c);
+        for _ in 0..10 {
+            p.client_recv(at, &mut c);
+        }
+        assert_eq!(c.got, big);
+    }
+
+    #[test]
+    fn a_plain_stream_still_closes_with_its_connection_and_shutdown_closes_detached_ones() {
+        let mut p = resumable_pipe(1);
+        let plain = p.open(0, HOST);
+        let plain_service = p.service(plain);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        // A plain stream's bytes go as they are, no record layer.
+        p.say(plain_service, b"raw");
+        assert_eq!(p.edge(0).readable(plain.stream), b"raw");
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        assert!(p.closed(plain_service));
+        assert!(!p.closed(service));
+        // SIGTERM: no resume while draining; the detached stream closes at once.
+        p.core.shutdown(p.now);
+        p.run();
+        assert!(p.closed(service));
+    }
+
+    #[test]
+    fn a_resumable_stream_that_does_not_begin_with_start_is_reset() {
+        let mut p = resumable_pipe(1);
+        let stream = p.edge(0).open_stream(HOST, ALICE).unwrap();
+        p.edge(0).write(stream, b"SSH-2.0-client\r\n");
+        p.run();
+        let (s, code, why) = p.resets(0).last().cloned().unwrap();
+        assert_eq!((s, code), (stream, ResetCode::Cancel));
+        assert!(why.contains("not START"), "{why}");
+        assert!(p.services.values().all(|s| s.closed));
+        // A resume mode this origin does not know: reset, no service.
+        let services = p.services.len();
+        let odd = br#"{"email":"alice@example.com","resume":"later"}"#;
+        let stream = p.edge(0).open_stream(HOST, odd).unwrap();
+        p.run();
+        let (s, code, why) = p.resets(0).last().cloned().unwrap();
+        assert_eq!(
+            (s, code, why.as_str()),
+            (stream, ResetCode::Cancel, "unsupported resume mode")
+        );
+        assert_eq!(p.services.len(), services);
     }
 }

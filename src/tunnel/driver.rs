@@ -30,7 +30,7 @@ use crate::pki;
 use crate::proto::mux;
 use crate::proto::proxy;
 
-use super::core::{self, ConnId, Core, Exit, Output, StreamId, Waiter};
+use super::core::{self, ConnId, Core, Exit, Output, ServiceId, Waiter};
 use super::resolve::{self, Lookup, Resolver};
 use super::TunnelOptions;
 
@@ -55,7 +55,7 @@ struct Edge {
 
 struct Local {
     sock: TcpStream,
-    id: StreamId,
+    id: ServiceId,
     connected: bool,
 }
 
@@ -67,7 +67,8 @@ pub struct Origin {
     poll: Poll,
     edges: Vec<Edge>,
     locals: Vec<Option<Local>>,
-    by_stream: HashMap<StreamId, usize>,
+    /// Where each service's socket is in `locals` (its token's index).
+    by_service: HashMap<ServiceId, usize>,
     free: Vec<usize>,
     dirty: Vec<Token>,
     scratch: Vec<u8>,
@@ -121,6 +122,7 @@ impl Origin {
             connector_id,
             grace: opts.grace,
             connections: opts.ha_connections,
+            resume_window: opts.resume_window,
         };
         let core = Core::new(cfg, metrics.clone(), Box::new(random_u64), Instant::now());
         let edges = (0..core.connections())
@@ -136,7 +138,7 @@ impl Origin {
             poll,
             edges,
             locals: Vec::new(),
-            by_stream: HashMap::new(),
+            by_service: HashMap::new(),
             free: Vec::new(),
             dirty: Vec::new(),
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
@@ -219,14 +221,14 @@ impl Origin {
                 Output::ConnectEdge { conn, addr } => self.connect_edge(conn, addr),
                 Output::StartTls { conn, early } => self.start_tls(conn, &early),
                 Output::CloseEdge { conn } => self.close_edge(conn),
-                Output::ConnectService { stream, addr } => self.connect_service(stream, addr),
-                Output::ShutdownService { stream } => {
-                    if let Some(l) = self.local_of(stream) {
+                Output::ConnectService { service, addr } => self.connect_service(service, addr),
+                Output::ShutdownService { service } => {
+                    if let Some(l) = self.local_of(service) {
                         let _ = l.sock.shutdown(Shutdown::Write);
                     }
                 }
-                Output::CloseService { stream } => {
-                    if let Some(slot) = self.by_stream.remove(&stream) {
+                Output::CloseService { service } => {
+                    if let Some(slot) = self.by_service.remove(&service) {
                         self.drop_local(slot);
                     }
                 }
@@ -235,8 +237,8 @@ impl Origin {
                         self.dirty.push(Token(FIRST + conn.slot));
                     }
                 }
-                Output::PumpService(stream) => {
-                    if let Some(&slot) = self.by_stream.get(&stream) {
+                Output::PumpService(service) => {
+                    if let Some(&slot) = self.by_service.get(&service) {
                         self.dirty.push(Token(FIRST + self.edges.len() + slot));
                     }
                 }
@@ -244,8 +246,8 @@ impl Origin {
         }
     }
 
-    fn local_of(&mut self, stream: StreamId) -> Option<&mut Local> {
-        let slot = *self.by_stream.get(&stream)?;
+    fn local_of(&mut self, service: ServiceId) -> Option<&mut Local> {
+        let slot = *self.by_service.get(&service)?;
         self.locals[slot].as_mut()
     }
 
@@ -474,8 +476,8 @@ impl Origin {
 
     // ---- the services ----
 
-    /// Connects a stream to its service at `addr` (without waiting).
-    fn connect_service(&mut self, id: StreamId, addr: SocketAddr) {
+    /// Connects a service connection to `addr` (without waiting).
+    fn connect_service(&mut self, id: ServiceId, addr: SocketAddr) {
         let slot = match self.free.pop() {
             Some(s) => s,
             None => {
@@ -500,11 +502,11 @@ impl Origin {
                     id,
                     connected: false,
                 });
-                self.by_stream.insert(id, slot);
+                self.by_service.insert(id, slot);
             }
             Err(e) => {
                 self.free.push(slot);
-                debug!("stream {}: cannot connect to {addr}: {e}", id.stream);
+                debug!("{id}: cannot connect to {addr}: {e}");
                 self.core.service_connect_failed(id, &e.to_string());
             }
         }
@@ -516,7 +518,9 @@ impl Origin {
         };
         let id = l.id;
         if !self.core.service_open(id) {
-            return; // The core closes it (`CloseService`).
+            // Closed (the core says `CloseService`), or detached: its client is gone and
+            // the socket waits unread until a resume pumps it again.
+            return;
         }
         if !l.connected {
             let failed = match l.sock.take_error() {

@@ -38,6 +38,8 @@ pub struct TunnelOptions {
     pub extra_ca: Option<std::path::PathBuf>,
     pub ha_connections: usize,
     pub grace: Duration,
+    /// How long a resumable stream whose client is gone keeps its service connection.
+    pub resume_window: Duration,
 }
 
 /// Maps `ssh://host:port`, `tcp://host:port` or `host:port` to `host:port`.
