@@ -459,6 +459,11 @@ impl Resumable {
         }
         match &mut self.path {
             Path::Attached(a) => {
+                if self.records.space() == 0 {
+                    // We stopped reading (ssh is not taking its output): the edge's silence
+                    // is ours, not a dead path.
+                    a.last_heard = now;
+                }
                 if now >= a.last_heard + CARRIER_DEAD_AFTER {
                     let silent = now - a.last_heard;
                     self.lose(&format!("nothing heard for {}s", silent.as_secs()), now);
@@ -633,7 +638,7 @@ mod tests {
         /// The edge's bytes into the client, the client's payload to stdout.
         fn client_reads(&mut self) -> Result<(), AccessError> {
             loop {
-                let before = self.rx.len();
+                let before = (self.rx.len(), self.stdout.len());
                 self.client.handle_edge_input(&mut self.rx, self.now)?;
                 loop {
                     let data = self.client.to_local().to_vec();
@@ -644,7 +649,7 @@ mod tests {
                     self.client.local_written(data.len())?;
                 }
                 self.collect();
-                if self.rx.len() == before {
+                if (self.rx.len(), self.stdout.len()) == before {
                     return Ok(());
                 }
             }
@@ -757,6 +762,30 @@ mod tests {
         assert_eq!(frame[0] & 0x0f, 0x9, "a Ping frame");
         p.advance(CARRIER_DEAD_AFTER).unwrap();
         assert_eq!(p.outputs.first(), Some(&Output::DropCarrier));
+    }
+
+    #[test]
+    fn a_slow_reader_of_the_output_is_not_a_dead_path() {
+        let mut p = Pipe::new();
+        p.client_sends();
+        // More than the records buffer holds, and ssh takes none of it.
+        p.origin_sends(&vec![7u8; 2 * STREAM_SEND_BUFFER]);
+        loop {
+            let before = p.rx.len();
+            p.client.handle_edge_input(&mut p.rx, p.now).unwrap();
+            if p.rx.len() == before {
+                break;
+            }
+        }
+        assert!(!p.client.wants_edge_input(), "backpressure");
+        for _ in 0..10 {
+            p.advance(CARRIER_DEAD_AFTER).unwrap();
+            p.client_sends();
+        }
+        assert!(p.client.attached(), "still attached: {:?}", p.outputs);
+        assert!(!p.outputs.contains(&Output::DropCarrier));
+        p.client_reads().unwrap();
+        assert_eq!(p.stdout.len(), 2 * STREAM_SEND_BUFFER);
     }
 
     #[test]
