@@ -132,8 +132,8 @@ impl EdgeCore {
                     c.tls.rx.consume(used);
                 }
                 Ok(Some((Item::Ping { payload, len }, used))) => {
+                    // A keepalive moves no stream byte: it does not hold off the idle timeout.
                     c.tls.rx.consume(used);
-                    c.last_active = self.now;
                     // A peer that pings but does not read gets no more pongs queued.
                     if c.tls.can_send() {
                         let mut pong = Vec::new();

@@ -781,11 +781,19 @@ fn an_idle_carrier_is_closed_with_1008_and_its_stream_reset() {
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
     let mut c = pipe.streaming_carrier(peer_addr(10, 1));
     pipe.origin_events(&mut t, &mut origin);
-    // The tunnel answers its keepalives meanwhile (they are not the carrier's traffic).
-    for _ in 0..29 {
+    // The tunnel answers its keepalives meanwhile (they are not the carrier's traffic), and
+    // the client pings every 2 s as `access ssh` does: pings are not bytes moved.
+    for i in 0..29 {
         pipe.advance(1);
         pipe.origin_events(&mut t, &mut origin);
         pipe.origin_send(&mut t, &mut origin);
+        if i % 2 == 0 {
+            let mut ping = Vec::new();
+            ws::encode_frame(&mut ping, ws::PING, b"", Some([1, 2, 3, 4]));
+            pipe.send(&mut c, &ping);
+            assert_eq!(c.received.first(), Some(&0x8a), "a Pong");
+            c.received.clear();
+        }
     }
     pipe.exchange(&mut c);
     assert!(c.received.is_empty(), "not idle yet");
