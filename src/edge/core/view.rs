@@ -235,6 +235,11 @@ impl StoreLink {
         }
     }
 
+    /// Whether the store answers (false while the worker's breaker holds it down).
+    pub(super) fn up(&self) -> bool {
+        self.worker.up()
+    }
+
     /// Hands `request` to the worker; `waiter` is resumed with its answer. Never waits: when
     /// the queue, or the table of waiters, is full, the waiter comes back (busy).
     pub(super) fn submit(&mut self, request: Request, waiter: Waiter) -> Result<Ticket, Waiter> {
@@ -364,6 +369,7 @@ impl EdgeCore {
                 Some(Waiter::Carrier { conn, request }) => self.token_looked_up(conn, *request),
                 Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
                 Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
+                Some(Waiter::Login { conn, step }) => self.login_answered(conn, *step, answer),
                 None => {}
             }
         }
