@@ -988,4 +988,64 @@ mod tests {
         );
         assert_eq!(slots.len(), 4);
     }
+
+    #[test]
+    fn an_adopted_slot_is_opened_outlives_the_poll_grace_and_takes_no_budget() {
+        let now = Instant::now();
+        let cli = Opener::new();
+        let limits = SlotLimits {
+            app: 1,
+            tunnel: 1,
+            per_source: 1,
+        };
+        let mut slots = Slots::new(limits);
+        let age = Duration::from_secs(100);
+        let w = slots
+            .adopt(
+                &cli.id,
+                &cli.public,
+                Purpose::App("ssh.site.com".into()),
+                CLI,
+                age,
+                now,
+            )
+            .unwrap();
+        assert_eq!(w.code, confirmation_code(&cli.id, &cli.public));
+        assert_eq!((w.requester, w.age), (CLI, age));
+        // Opened already: a second browser here is refused, and so is a second adoption.
+        assert_eq!(slots.open(&cli.id, now), Err(TransferError::AlreadyOpened));
+        assert_eq!(
+            slots
+                .adopt(&cli.id, &cli.public, Purpose::Tunnel, CLI, age, now)
+                .unwrap_err(),
+            TransferError::Replay
+        );
+        // Its CLI polls another edge: it lives past the poll grace, until the transfer's TTL
+        // counted from when the CLI began it.
+        let later = now + POLL_GRACE * 2;
+        assert!(slots.waiting(&cli.id, later).is_some());
+        assert!(slots.waiting(&cli.id, now + (TRANSFER_TTL - age)).is_none());
+        // The source's and the kind's budgets here are untouched.
+        let other = Opener::new();
+        slots
+            .begin(&other.id, &other.public, Purpose::App("h".into()), CLI, now)
+            .unwrap();
+        // A transfer too old to finish is not adopted.
+        let old = Opener::new();
+        assert_eq!(
+            slots
+                .adopt(
+                    &old.id,
+                    &old.public,
+                    Purpose::Tunnel,
+                    CLI,
+                    TRANSFER_TTL,
+                    now
+                )
+                .unwrap_err(),
+            TransferError::Unknown
+        );
+        slots.complete(&cli.id, b"token", later).unwrap();
+        assert!(matches!(slots.take(&cli.id, later), Ok(Poll::Ready(_))));
+    }
 }
