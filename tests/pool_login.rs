@@ -31,7 +31,8 @@ struct Pool {
     a: Edge,
     b: Edge,
     etcd: Etcd,
-    _dir: TempDir,
+    url: String,
+    dir: TempDir,
 }
 
 impl Pool {
@@ -50,9 +51,41 @@ impl Pool {
             a,
             b,
             etcd,
-            _dir: dir,
+            url,
+            dir,
         }
     }
+
+    /// `postern edge service-token create NAME --state etcd://…`: (client id, secret).
+    fn token(&self, name: &str) -> (String, String) {
+        let out = support::run_ok(
+            support::postern(&self.dir.join("home"))
+                .args(["edge", "service-token", "create", name, "--state"])
+                .arg(&self.url),
+            "service-token create --state etcd://…",
+        );
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        (
+            v["client_id"].as_str().unwrap().to_owned(),
+            v["client_secret"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+/// A carrier request (WebSocket upgrade) for `ssh.localhost` at `edge` with a service token;
+/// the response.
+fn carrier_with(edge: &Edge, (id, secret): &(String, String)) -> String {
+    support::sso::raw_get(
+        &edge.addr.to_string(),
+        &edge.ca(),
+        "ssh.localhost",
+        "/",
+        &[
+            ("cf-access-client-id", id.as_str()),
+            ("cf-access-client-secret", secret.as_str()),
+        ],
+        true,
+    )
 }
 
 fn pooled_edge(dir: &Path, url: &str) -> Edge {
@@ -298,6 +331,15 @@ fn store_up(edge: &Edge) -> Option<u64> {
 fn with_etcd_down_logins_fail_fast_saying_so_ready_says_degraded_and_all_recovers_without_restart()
 {
     let mut pool = Pool::start("pool-login-degraded");
+    let known = pool.token("known");
+    // The edge learns the token (a lookup); no origin is registered, so it gets as far as
+    // the route: 404 "not registered", past the token check.
+    let r = carrier_with(&pool.a, &known);
+    assert!(r.contains("not registered by any tunnel"), "{r}");
+    let unknown = (
+        format!("{}x", known.0),
+        "not-a-secret-of-any-token".to_owned(),
+    );
     assert_eq!(store_up(&pool.a), Some(1));
     let (_, ready) = try_ready(&pool.a.metrics).expect("/ready");
     assert_eq!(ready["store"], "up", "{ready}");
@@ -337,6 +379,18 @@ fn with_etcd_down_logins_fail_fast_saying_so_ready_says_degraded_and_all_recover
     assert_eq!(ready["degraded"], true, "{ready}");
     assert_eq!(u64::from(status), ready["status"].as_u64().unwrap());
     assert_eq!(ready["readyConnections"], 0, "{ready}");
+    // A token the edge knows goes on; one it does not know cannot be looked up: 503 saying
+    // why (it may be a new token), not "unknown token", and at once.
+    let r = carrier_with(&pool.a, &known);
+    assert!(r.contains("not registered by any tunnel"), "{r}");
+    let t = Instant::now();
+    let r = carrier_with(&pool.a, &unknown);
+    assert_eq!(status_code(&r), 503, "{r}");
+    assert!(
+        r.contains("the edge's state store is unreachable; try again"),
+        "{r}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
 
     pool.etcd.restart();
     wait_until(

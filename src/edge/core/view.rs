@@ -366,6 +366,10 @@ impl EdgeCore {
             };
             self.apply_to_views(&answer);
             match self.store.waiting.remove(&ticket) {
+                // The store could not say: the token may be a new one, so not "unknown".
+                Some(Waiter::Carrier { conn, .. }) if answer.unavailable() => {
+                    self.store_unreachable(conn)
+                }
                 Some(Waiter::Carrier { conn, request }) => self.token_looked_up(conn, *request),
                 Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
                 Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
@@ -558,6 +562,21 @@ impl EdgeCore {
         };
         let now = self.now;
         self.on_request(conn.slot, &mut c, request, now, true);
+        self.put_back_carrier(conn, c);
+    }
+
+    /// A service token the view does not know could not be looked up (etcd unreachable):
+    /// 503, saying so; tokens the edge knows go on meanwhile.
+    fn store_unreachable(&mut self, conn: ConnId) {
+        let Some(mut c) = self.take_waiting_carrier(conn) else {
+            return;
+        };
+        super::refuse(
+            &mut c,
+            503,
+            "Service Unavailable",
+            super::login::pool::STORE_DOWN,
+        );
         self.put_back_carrier(conn, c);
     }
 
