@@ -15,7 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::raw::vm_rss_kib;
-use support::{origin_cert, postern, require_all, service_token, tail, temp_dir, Edge, Tunnel};
+use support::{
+    origin_cert, postern, require_all, service_token, temp_dir, tail, Edge, Tunnel,
+};
 
 const SESSIONS: usize = 100;
 /// Per stream: the replay buffer, the mux receive window and send buffer, with slack for the
