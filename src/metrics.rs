@@ -219,6 +219,9 @@ pub struct Metrics {
     /// Edge: where its listener is bound, once it is (`/ready` says so; tests and operators
     /// wait on it instead of a log line).
     listening: OnceLock<SocketAddr>,
+    /// Edge: 1 while its state store answers, 0 while the store worker holds it down (an
+    /// unreachable etcd): `/ready` then says `"store": "unreachable"`.
+    store_up: AtomicU64,
     streams_active: AtomicU64,
     streams_total: AtomicU64,
     bytes: [AtomicU64; 2],
@@ -247,6 +250,7 @@ impl Metrics {
             tunnels: AtomicU64::new(0),
             ready: AtomicU64::new(0),
             listening: OnceLock::new(),
+            store_up: AtomicU64::new(1),
             streams_active: AtomicU64::new(0),
             streams_total: AtomicU64::new(0),
             bytes: Default::default(),
@@ -279,6 +283,11 @@ impl Metrics {
     /// Edge: records the listener's bound address (once; a second call changes nothing).
     pub fn set_listening(&self, addr: SocketAddr) {
         let _ = self.listening.set(addr);
+    }
+
+    /// Edge: whether its state store answers (the store worker's circuit breaker).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.store(u64::from(up), Relaxed);
     }
 
     pub fn set_streams_active(&self, n: usize) {
@@ -392,6 +401,14 @@ impl Metrics {
             "Registered tunnel connections.",
             &[(String::new(), load(&self.ready))],
         );
+        if self.role == Role::Edge {
+            put(
+                "store_up",
+                "gauge",
+                "1 while the edge's state store answers, 0 while it is unreachable.",
+                &[(String::new(), load(&self.store_up))],
+            );
+        }
         put(
             "streams_active",
             "gauge",
@@ -530,6 +547,12 @@ impl Metrics {
                 Some(addr) => serde_json::Value::String(addr.to_string()),
                 None => serde_json::Value::Null,
             };
+            // Degraded, not down: live sessions, known tokens and routes still work, so a
+            // balancer keeps the edge in rotation (the status stays as the tunnels make it);
+            // new logins and what needs the store fail with a clear message meanwhile.
+            let up = self.store_up.load(Relaxed) == 1;
+            body["store"] = (if up { "up" } else { "unreachable" }).into();
+            body["degraded"] = (!up).into();
         }
         (status, body.to_string())
     }

@@ -324,11 +324,15 @@ struct Slot {
     sealed: Option<Sealed>,
     /// The login ended without a token (e.g. the policy refused the user).
     refused: Option<String>,
+    /// Begun at another edge of a pool and opened here by a browser ([`Slots::adopt`]): its
+    /// CLI polls elsewhere, so it lives until it expires, and counts in no budget here.
+    adopted: bool,
 }
 
 impl Slot {
     fn live(&self, now: Instant) -> bool {
-        self.expires > now && now.saturating_duration_since(self.last_poll) < POLL_GRACE
+        self.expires > now
+            && (self.adopted || now.saturating_duration_since(self.last_poll) < POLL_GRACE)
     }
 
     fn waiting(&self, now: Instant) -> bool {
@@ -406,7 +410,7 @@ impl Slots {
         let source = source_of(requester);
         let tunnel = purpose == Purpose::Tunnel;
         let (mut from_source, mut same_kind) = (0, 0);
-        for s in self.slots.values() {
+        for s in self.slots.values().filter(|s| !s.adopted) {
             from_source += usize::from(s.source == source);
             same_kind += usize::from((s.purpose == Purpose::Tunnel) == tunnel);
         }
@@ -434,9 +438,79 @@ impl Slots {
                 opened: false,
                 sealed: None,
                 refused: None,
+                adopted: false,
             },
         );
         Ok(())
+    }
+
+    /// A login begun at another edge of a pool, whose link a browser opened here: the slot
+    /// is made here, already opened, from what the pool's store shared (the CLI's key, what
+    /// it asks for, its address, and how long ago it began). At most as many adopted slots as
+    /// the budgets allow in all ([`TransferError::Full`]); a known id is a
+    /// [`TransferError::Replay`].
+    pub fn adopt(
+        &mut self,
+        id: &str,
+        key: &str,
+        purpose: Purpose,
+        requester: IpAddr,
+        age: Duration,
+        now: Instant,
+    ) -> Result<Waiting, TransferError> {
+        self.expire(now);
+        if !valid_id(id) {
+            return Err(TransferError::BadId);
+        }
+        if base64::decode_url(key).map(|k| k.len()) != Ok(32) {
+            return Err(TransferError::BadKey);
+        }
+        if age >= TRANSFER_TTL {
+            return Err(TransferError::Unknown);
+        }
+        if self.slots.get(id).is_some_and(|s| s.opened || s.adopted) {
+            return Err(TransferError::Replay);
+        }
+        let adopted = self.slots.values().filter(|s| s.adopted).count();
+        if adopted >= self.limits.app + self.limits.tunnel {
+            return Err(TransferError::Full);
+        }
+        let created = now.checked_sub(age).unwrap_or(now);
+        self.slots.insert(
+            id.to_owned(),
+            Slot {
+                key: key.to_owned(),
+                purpose: purpose.clone(),
+                requester,
+                source: source_of(requester),
+                created,
+                expires: now + (TRANSFER_TTL - age),
+                last_poll: now,
+                opened: true,
+                sealed: None,
+                refused: None,
+                adopted: true,
+            },
+        );
+        Ok(Waiting {
+            purpose,
+            code: confirmation_code(id, key),
+            requester,
+            age,
+        })
+    }
+
+    /// The CLI's public key of a waiting slot (an edge of a pool shares it with the others).
+    pub fn key_of(&self, id: &str, now: Instant) -> Option<&str> {
+        self.slots
+            .get(id)
+            .filter(|s| s.waiting(now))
+            .map(|s| s.key.as_str())
+    }
+
+    /// Forgets the slot `id` (its outcome went to the pool's store).
+    pub fn forget(&mut self, id: &str) {
+        self.slots.remove(id);
     }
 
     /// The budget of a kind is spent: the source holding the most of it gives up its oldest
@@ -444,7 +518,7 @@ impl Slots {
     /// few sources cannot hold everyone else out; `Full` when the budget is fairly shared.
     fn evict_for(&mut self, source: IpAddr, tunnel: bool) -> Result<(), TransferError> {
         let mut held: HashMap<IpAddr, usize> = HashMap::new();
-        for s in self.slots.values() {
+        for s in self.slots.values().filter(|s| !s.adopted) {
             if (s.purpose == Purpose::Tunnel) == tunnel {
                 *held.entry(s.source).or_default() += 1;
             }
@@ -460,7 +534,10 @@ impl Slots {
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.source == top && !s.opened && (s.purpose == Purpose::Tunnel) == tunnel
+                s.source == top
+                    && !s.opened
+                    && !s.adopted
+                    && (s.purpose == Purpose::Tunnel) == tunnel
             })
             .min_by_key(|(_, s)| s.created)
             .map(|(id, _)| id.clone())
@@ -910,5 +987,65 @@ mod tests {
             Err(TransferError::Full)
         );
         assert_eq!(slots.len(), 4);
+    }
+
+    #[test]
+    fn an_adopted_slot_is_opened_outlives_the_poll_grace_and_takes_no_budget() {
+        let now = Instant::now();
+        let cli = Opener::new();
+        let limits = SlotLimits {
+            app: 1,
+            tunnel: 1,
+            per_source: 1,
+        };
+        let mut slots = Slots::new(limits);
+        let age = Duration::from_secs(100);
+        let w = slots
+            .adopt(
+                &cli.id,
+                &cli.public,
+                Purpose::App("ssh.site.com".into()),
+                CLI,
+                age,
+                now,
+            )
+            .unwrap();
+        assert_eq!(w.code, confirmation_code(&cli.id, &cli.public));
+        assert_eq!((w.requester, w.age), (CLI, age));
+        // Opened already: a second browser here is refused, and so is a second adoption.
+        assert_eq!(slots.open(&cli.id, now), Err(TransferError::AlreadyOpened));
+        assert_eq!(
+            slots
+                .adopt(&cli.id, &cli.public, Purpose::Tunnel, CLI, age, now)
+                .unwrap_err(),
+            TransferError::Replay
+        );
+        // Its CLI polls another edge: it lives past the poll grace, until the transfer's TTL
+        // counted from when the CLI began it.
+        let later = now + POLL_GRACE * 2;
+        assert!(slots.waiting(&cli.id, later).is_some());
+        assert!(slots.waiting(&cli.id, now + (TRANSFER_TTL - age)).is_none());
+        // The source's and the kind's budgets here are untouched.
+        let other = Opener::new();
+        slots
+            .begin(&other.id, &other.public, Purpose::App("h".into()), CLI, now)
+            .unwrap();
+        // A transfer too old to finish is not adopted.
+        let old = Opener::new();
+        assert_eq!(
+            slots
+                .adopt(
+                    &old.id,
+                    &old.public,
+                    Purpose::Tunnel,
+                    CLI,
+                    TRANSFER_TTL,
+                    now
+                )
+                .unwrap_err(),
+            TransferError::Unknown
+        );
+        slots.complete(&cli.id, b"token", later).unwrap();
+        assert!(matches!(slots.take(&cli.id, later), Ok(Poll::Ready(_))));
     }
 }

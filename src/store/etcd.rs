@@ -644,6 +644,10 @@ fn versioned_host(kv: &Kv) -> Result<Versioned<HostnameRecord>, StoreError> {
 }
 
 impl Store for EtcdStore {
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn snapshot(&mut self) -> Result<Snapshot, StoreError> {
         let at = self.cluster_revision()?;
         let service_tokens = self.tokens(at, 0)?;

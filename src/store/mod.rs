@@ -556,6 +556,13 @@ pub trait Store: Send {
         Ok(())
     }
 
+    /// Whether the store is across a network (etcd): the worker then stops calling it for a
+    /// while after it was unreachable ([`worker::StoreWorker`]'s breaker), instead of making
+    /// every request wait for the timeouts. A local directory is always tried.
+    fn remote(&self) -> bool {
+        false
+    }
+
     /// Runs one request.
     fn execute_one(&mut self, request: Request) -> Answer {
         match request {
@@ -649,6 +656,38 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The answer that says this request did not happen, because of `e`.
+    pub fn failed(self, e: StoreError) -> Answer {
+        match self {
+            Request::ServiceToken { client_id } => Answer::ServiceToken {
+                client_id,
+                result: Err(e),
+            },
+            Request::ClaimHostname { hostname, .. } => Answer::Hostname {
+                hostname,
+                result: Err(e),
+            },
+            Request::ReleaseHostname { hostname, .. } => Answer::Released {
+                hostname,
+                result: Err(e),
+            },
+            Request::UnrouteTunnel { id } => Answer::Unrouted { id, result: Err(e) },
+            Request::CreateTunnel { id, .. } => Answer::TunnelCreated { id, result: Err(e) },
+            Request::DeleteTunnel { id } => Answer::TunnelDeleted { id, result: Err(e) },
+            Request::Revoke(_) => Answer::Revoked { result: Err(e) },
+            Request::PutLogin { key, .. } => Answer::LoginPut {
+                key,
+                result: Err(e),
+            },
+            Request::TakeLogin { key } => Answer::LoginTaken {
+                key,
+                result: Err(e),
+            },
+        }
+    }
+}
+
 /// The outcome of one [`Request`]. Each names what it is about, so that the edge can update
 /// its view from it whether or not whoever asked is still there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -691,6 +730,37 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The error, if the operation failed.
+    pub fn error(self) -> Option<StoreError> {
+        match self {
+            Answer::ServiceToken { result, .. } => result.err(),
+            Answer::Hostname { result, .. } => result.err(),
+            Answer::Released { result, .. }
+            | Answer::TunnelDeleted { result, .. }
+            | Answer::LoginPut { result, .. } => result.err(),
+            Answer::Unrouted { result, .. } => result.err(),
+            Answer::TunnelCreated { result, .. } => result.err(),
+            Answer::Revoked { result } => result.err(),
+            Answer::LoginTaken { result, .. } => result.err(),
+        }
+    }
+
+    /// Whether the operation failed because the store could not be reached.
+    pub fn unavailable(&self) -> bool {
+        let e = match self {
+            Answer::ServiceToken { result, .. } => result.as_ref().err(),
+            Answer::Hostname { result, .. } => result.as_ref().err(),
+            Answer::Released { result, .. }
+            | Answer::TunnelDeleted { result, .. }
+            | Answer::LoginPut { result, .. } => result.as_ref().err(),
+            Answer::Unrouted { result, .. } => result.as_ref().err(),
+            Answer::TunnelCreated { result, .. } => result.as_ref().err(),
+            Answer::Revoked { result } => result.as_ref().err(),
+            Answer::LoginTaken { result, .. } => result.as_ref().err(),
+        };
+        matches!(e, Some(StoreError::Unavailable(_)))
+    }
+
     /// Whether the operation succeeded.
     pub fn is_ok(&self) -> bool {
         match self {

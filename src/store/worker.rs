@@ -15,11 +15,13 @@
 //! edge exits.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::{Answer, Change, Request, Store};
+use super::{Answer, Change, Request, Store, StoreError};
 use crate::limits::{MAX_STORE_BATCH, MAX_STORE_REQUESTS, STORE_POLL_INTERVAL};
 
 /// Names one submitted request; answers carry it back.
@@ -45,6 +47,41 @@ pub struct StoreWorker {
     answers: Receiver<Report>,
     next: u64,
     thread: Option<JoinHandle<()>>,
+    up: Arc<AtomicBool>,
+}
+
+/// What every request gets while the breaker holds a remote store down.
+pub const UNREACHABLE: &str = "unreachable at the last try (tried again every second)";
+
+/// The worker's circuit breaker: after a remote store could not be reached, requests fail at
+/// once (no wait for the connect and request timeouts, per endpoint) until the once-a-second
+/// poll reaches it again.
+struct Breaker {
+    remote: bool,
+    down: bool,
+    up: Arc<AtomicBool>,
+}
+
+impl Breaker {
+    fn failed(&mut self, e: &StoreError) {
+        if self.remote && matches!(e, StoreError::Unavailable(_)) && !self.down {
+            log::warn!(
+                "state store unreachable ({e}): requests fail at once until it answers again \
+                 (tried every {}s); live sessions and known tokens go on",
+                STORE_POLL_INTERVAL.as_secs()
+            );
+            self.down = true;
+            self.up.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn answered(&mut self) {
+        if self.down {
+            log::warn!("state store reachable again");
+        }
+        self.down = false;
+        self.up.store(true, Ordering::Relaxed);
+    }
 }
 
 impl StoreWorker {
@@ -56,27 +93,44 @@ impl StoreWorker {
     ) -> io::Result<StoreWorker> {
         let (requests, queue) = mpsc::sync_channel::<(Ticket, Request)>(MAX_STORE_REQUESTS);
         let (done, answers) = mpsc::channel();
+        let up = Arc::new(AtomicBool::new(true));
+        let health = up.clone();
         let thread = std::thread::Builder::new()
             .name("postern-store".into())
             .spawn(move || {
-                let mut polled = Instant::now();
-                let poll = |store: &mut Box<dyn Store>, polled: &mut Instant| {
-                    if polled.elapsed() < STORE_POLL_INTERVAL {
-                        return false;
-                    }
-                    *polled = Instant::now();
-                    if let Err(e) = store.poll() {
-                        log::warn!("state store: looking for changes: {e}");
-                    }
-                    true
+                let mut breaker = Breaker {
+                    remote: store.remote(),
+                    down: false,
+                    up: health,
                 };
+                let mut polled = Instant::now();
+                // Every STORE_POLL_INTERVAL: changes made by others, and, while the breaker
+                // holds the store down, the one call that tries it again.
+                let poll =
+                    |store: &mut Box<dyn Store>, polled: &mut Instant, breaker: &mut Breaker| {
+                        if polled.elapsed() < STORE_POLL_INTERVAL {
+                            return false;
+                        }
+                        *polled = Instant::now();
+                        match store.poll() {
+                            Ok(()) => breaker.answered(),
+                            Err(e) => {
+                                if !breaker.down {
+                                    log::warn!("state store: looking for changes: {e}");
+                                }
+                                breaker.failed(&e);
+                            }
+                        }
+                        true
+                    };
                 loop {
                     let first = match queue.recv_timeout(STORE_POLL_INTERVAL) {
                         Ok(first) => first,
                         Err(RecvTimeoutError::Timeout) => {
-                            if poll(&mut store, &mut polled) {
+                            let was_down = breaker.down;
+                            if poll(&mut store, &mut polled, &mut breaker) {
                                 let changes = store.changes();
-                                if !changes.is_empty() {
+                                if !changes.is_empty() || was_down != breaker.down {
                                     for change in changes {
                                         let _ = done.send(Report::Change(change));
                                     }
@@ -88,7 +142,7 @@ impl StoreWorker {
                         Err(RecvTimeoutError::Disconnected) => break,
                     };
                     // A busy worker looks all the same: its changes go out with this batch.
-                    poll(&mut store, &mut polled);
+                    poll(&mut store, &mut polled, &mut breaker);
                     let mut batch = vec![first];
                     while batch.len() < MAX_STORE_BATCH {
                         match queue.try_recv() {
@@ -98,7 +152,28 @@ impl StoreWorker {
                     }
                     let (tickets, requests): (Vec<Ticket>, Vec<Request>) =
                         batch.into_iter().unzip();
-                    let answers = store.execute(requests);
+                    let answers = if breaker.remote {
+                        // One at a time: once one finds the store unreachable, the rest fail
+                        // at once, not each after the timeouts; the poll above tries the
+                        // store again once a second.
+                        let mut answers = Vec::with_capacity(requests.len());
+                        for r in requests {
+                            if breaker.down {
+                                answers.push(r.failed(StoreError::Unavailable(UNREACHABLE.into())));
+                                continue;
+                            }
+                            let answer = store.execute(vec![r]).pop().expect("bug: one answer");
+                            if answer.unavailable() {
+                                if let Some(e) = answer.clone().error() {
+                                    breaker.failed(&e);
+                                }
+                            }
+                            answers.push(answer);
+                        }
+                        answers
+                    } else {
+                        store.execute(requests)
+                    };
                     debug_assert_eq!(answers.len(), tickets.len(), "bug: one answer each");
                     // When the loop is gone (shutting down), the changes are made all the same.
                     for change in store.changes() {
@@ -115,7 +190,14 @@ impl StoreWorker {
             answers,
             next: 0,
             thread: Some(thread),
+            up,
         })
+    }
+
+    /// Whether the store answers: false from a failure to reach a remote store (etcd) until
+    /// a call succeeds again (tried every [`STORE_POLL_INTERVAL`]).
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
     }
 
     /// Queues `request`, never waiting: [`Busy`] when [`MAX_STORE_REQUESTS`] are queued.

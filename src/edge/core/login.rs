@@ -54,6 +54,8 @@ use crate::limits::MAX_CONFIRM_ATTEMPTS;
 
 use crate::limits::BINDER_COOKIE_SECS;
 
+pub(super) mod pool;
+
 fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
 }
@@ -92,6 +94,19 @@ enum Stage {
 #[derive(Default)]
 pub(super) struct Logins {
     map: HashMap<String, PendingLogin>,
+}
+
+/// A confirmed login whose token is sealed for its CLI: what the browser is shown and the
+/// audit records once the token is on its way.
+pub(super) struct Confirmed {
+    event: &'static str,
+    audit: serde_json::Map<String, serde_json::Value>,
+    email: String,
+    requester: std::net::IpAddr,
+    title: &'static str,
+    html: String,
+    /// The `Set-Cookie` value that clears the binding cookie.
+    clear: String,
 }
 
 /// A code exchange for the worker pool.
@@ -333,6 +348,14 @@ impl EdgeCore {
             ("GET", "/cdn-cgi/access/transfer") => {
                 let id = param(&query, "id").unwrap_or("");
                 match self.transfers.take(id, now) {
+                    // In a pool, a login whose slot is here (or elsewhere) may have been
+                    // finished at any edge: the store has its outcome.
+                    Ok(Poll::Pending) | Err(TransferError::Unknown)
+                        if self.shared_logins() && crate::proto::token_transfer::valid_id(id) =>
+                    {
+                        let id = id.to_owned();
+                        self.poll_shared(conn, c, &id)
+                    }
                     Ok(Poll::Ready(sealed)) => json(
                         c,
                         200,
@@ -343,8 +366,10 @@ impl EdgeCore {
                     Err(e) => json(c, 404, &serde_json::json!({ "error": e.to_string() })),
                 }
             }
-            ("POST", "/cdn-cgi/access/transfer") => self.start_login(c, head, host, body, now),
-            ("GET", "/cdn-cgi/access/cli") => self.open_login(c, &query, host, now),
+            ("POST", "/cdn-cgi/access/transfer") => {
+                self.start_login(conn, c, head, host, body, now)
+            }
+            ("GET", "/cdn-cgi/access/cli") => self.open_login(conn, c, &query, host, now),
             ("GET", "/cdn-cgi/access/callback") => self.callback(conn, c, head, &query),
             ("GET", "/cdn-cgi/access/dev-login") => self.dev_login(c, head, &query),
             ("POST", "/cdn-cgi/access/dev-login") => {
@@ -354,7 +379,7 @@ impl EdgeCore {
             }
             ("POST", "/cdn-cgi/access/confirm") => {
                 if let Some(fields) = form(c) {
-                    self.confirm(c, head, &fields)
+                    self.confirm(conn, c, head, &fields)
                 }
             }
             (
@@ -392,6 +417,7 @@ impl EdgeCore {
     /// counted against the budgets of its kind and of its source address.
     fn start_login(
         &mut self,
+        conn: ConnId,
         c: &mut Carrier,
         head: &RequestHead,
         host: &str,
@@ -445,8 +471,12 @@ impl EdgeCore {
         }
         match self
             .transfers
-            .begin(&req.id, &req.key, purpose, c.peer.ip(), now)
+            .begin(&req.id, &req.key, purpose.clone(), c.peer.ip(), now)
         {
+            Ok(()) if self.shared_logins() => {
+                let code = crate::proto::token_transfer::confirmation_code(&req.id, &req.key);
+                self.share_transfer(conn, c, &req.id, &purpose, code)
+            }
             Ok(()) => json(
                 c,
                 201,
@@ -478,6 +508,7 @@ impl EdgeCore {
     /// login host, where the binding cookie, the callback and the confirmation live.
     fn open_login(
         &mut self,
+        conn: ConnId,
         c: &mut Carrier,
         query: &[(String, String)],
         host: &str,
@@ -506,6 +537,10 @@ impl EdgeCore {
                 "<p>This edge has no identity provider: use a service token.</p>",
             );
         }
+        if self.shared_logins() {
+            // The store says whether this is the first browser, across the pool.
+            return self.open_shared(conn, c, id);
+        }
         let waiting = match self.transfers.open(id, now) {
             Ok(w) => w,
             Err(TransferError::AlreadyOpened) => {
@@ -514,11 +549,10 @@ impl EdgeCore {
                     "login link opened in a second browser ({}): the login ends",
                     c.peer
                 );
-                self.transfers.refuse(
+                self.refuse_transfer(
                     id,
                     "the login link was opened in two browsers: if you did not share it, \
                      someone else has it; start the login again",
-                    now,
                 );
                 let ended: Vec<String> = self
                     .logins
@@ -541,6 +575,12 @@ impl EdgeCore {
             }
             Err(_) => return expired(c),
         };
+        self.bind_browser(c, id, waiting);
+    }
+
+    /// The login link of transfer `id` opened in this browser (its first): a login state,
+    /// the binding cookie, and off to sign in.
+    fn bind_browser(&mut self, c: &mut Carrier, id: &str, waiting: Waiting) {
         let state = random_token();
         let nonce = random_token();
         let binder = random_token();
@@ -592,11 +632,10 @@ impl EdgeCore {
                  link (a forwarded sign-in link?); peer {}",
                 c.peer
             );
-            self.transfers.refuse(
+            self.refuse_transfer(
                 &l.transfer,
                 "the sign-in was finished in a browser other than the one that opened the login \
                  link",
-                self.now,
             );
             let mut audit = serde_json::Map::new();
             audit.insert("peer".into(), c.peer.to_string().into());
@@ -654,10 +693,9 @@ impl EdgeCore {
             let text = param(query, "error_description").unwrap_or("");
             let text = escape(text, 256);
             if let Some(l) = self.logins.map.remove(&state) {
-                self.transfers.refuse(
+                self.refuse_transfer(
                     &l.transfer,
                     &format!("sign-in failed at the identity provider ({code})"),
-                    self.now,
                 );
             }
             info!("sign-in failed at the identity provider: {code}: {text}");
@@ -737,10 +775,9 @@ impl EdgeCore {
             // The browser left (or timed out) first: end the login, it cannot be confirmed.
             info!("a sign-in finished after its browser connection had gone: the login ends");
             if let Some(l) = self.logins.map.remove(&done.state) {
-                self.transfers.refuse(
+                self.refuse_transfer(
                     &l.transfer,
                     "the browser went away before the sign-in finished",
-                    self.now,
                 );
             }
             return;
@@ -841,10 +878,9 @@ impl EdgeCore {
                     *attempts += 1;
                     if *attempts >= MAX_DEV_CODE_ATTEMPTS {
                         if let Some(l) = self.logins.map.remove(&state) {
-                            self.transfers.refuse(
+                            self.refuse_transfer(
                                 &l.transfer,
                                 "too many wrong sign-in codes",
-                                self.now,
                             );
                         }
                         page(c, 403, "Too many attempts", "<p>Run the postern command again.</p>");
@@ -915,7 +951,7 @@ impl EdgeCore {
                 escape(&email, crate::limits::MAX_LOGGED_NAME),
                 escape(&verdict.policy, crate::limits::MAX_LOGGED_NAME)
             );
-            self.transfers.refuse(&login.transfer, &denied, now);
+            self.refuse_transfer(&login.transfer, &denied);
             let what = match &login.purpose {
                 Purpose::App(host) => format!("is not allowed to reach <b>{}</b>", html(host)),
                 Purpose::Tunnel => "may not create origin certificates on this edge".to_owned(),
@@ -1028,12 +1064,18 @@ impl EdgeCore {
         audit.insert("decision".into(), "deny".into());
         audit.insert("reason".into(), reason.into());
         self.audit.record(Self::audit_event(&login.purpose), audit);
-        self.transfers.refuse(&login.transfer, why, now);
+        self.refuse_transfer(&login.transfer, why);
     }
 
     /// `POST /cdn-cgi/access/confirm`: the person pressed Confirm (or Cancel) on the page
     /// [`EdgeCore::signed_in`] showed, in the browser bound to the login, with that page's secret.
-    fn confirm(&mut self, c: &mut Carrier, head: &RequestHead, form: &[(String, String)]) {
+    fn confirm(
+        &mut self,
+        conn: ConnId,
+        c: &mut Carrier,
+        head: &RequestHead,
+        form: &[(String, String)],
+    ) {
         let state = param(form, "state").unwrap_or("").to_owned();
         if !self.logins.map.contains_key(&state) {
             return expired(c);
@@ -1190,10 +1232,9 @@ impl EdgeCore {
                     Ok(cred) => cred,
                     Err(e) => {
                         warn!("tunnel login: cannot issue a certificate: {e}");
-                        self.transfers.refuse(
+                        self.refuse_transfer(
                             &login.transfer,
                             "the edge could not issue a certificate",
-                            now,
                         );
                         return page(
                             c,
@@ -1218,21 +1259,24 @@ impl EdgeCore {
                 )
             }
         };
+        let title = match login.purpose {
+            Purpose::App(_) => "Signed in",
+            Purpose::Tunnel => "Origin authorized",
+        };
+        let done = Confirmed {
+            event,
+            audit,
+            email,
+            requester: waiting.requester,
+            title,
+            html: done_html,
+            clear: clear[0].1.to_owned(),
+        };
         match self.transfers.complete(&login.transfer, &payload, now) {
-            Ok(()) => {
-                audit.insert("decision".into(), "allow".into());
-                self.audit.record(event, audit);
-                info!(
-                    "{event}: {} confirmed a login started from {}",
-                    escape(&email, crate::limits::MAX_LOGGED_NAME),
-                    waiting.requester
-                );
-                let title = match login.purpose {
-                    Purpose::App(_) => "Signed in",
-                    Purpose::Tunnel => "Origin authorized",
-                };
-                page_with(c, 200, title, &done_html, &clear);
-            }
+            // In a pool, the CLI may poll another edge: the sealed token goes to the store,
+            // and the page says "signed in" once it is there.
+            Ok(()) if self.shared_logins() => self.publish_sealed(conn, c, &login.transfer, done),
+            Ok(()) => self.confirmed(c, done),
             Err(e) => page(
                 c,
                 400,
@@ -1240,6 +1284,26 @@ impl EdgeCore {
                 &format!("<p>{}</p>", html(&e.to_string())),
             ),
         }
+    }
+
+    /// The token of a confirmed login is on its way to the CLI: audit, log, and the page.
+    fn confirmed(&mut self, c: &mut Carrier, done: Confirmed) {
+        let Confirmed {
+            event,
+            mut audit,
+            email,
+            requester,
+            title,
+            html: done_html,
+            clear,
+        } = done;
+        audit.insert("decision".into(), "allow".into());
+        self.audit.record(event, audit);
+        info!(
+            "{event}: {} confirmed a login started from {requester}",
+            escape(&email, crate::limits::MAX_LOGGED_NAME),
+        );
+        page_with(c, 200, title, &done_html, &[("Set-Cookie", clear.as_str())]);
     }
 
     /// The audit fields every login decision carries.

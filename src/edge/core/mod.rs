@@ -75,6 +75,11 @@ enum Waiter {
         conn: ConnId,
         step: Box<admin::Step>,
     },
+    /// A login step of an edge pool (`login::pool::Step`); `None`: nobody waits.
+    Login {
+        conn: Option<ConnId>,
+        step: Box<login::pool::Step>,
+    },
 }
 
 /// A connection's byte stream as the driver hands it over: a registered mio socket (which
@@ -928,6 +933,7 @@ impl EdgeCore {
             }
         }
         self.metrics.set_connections(carriers, tunnels, ready);
+        self.metrics.set_store_up(self.store.up());
         self.metrics.set_streams_active(streams);
     }
 

@@ -235,6 +235,11 @@ impl StoreLink {
         }
     }
 
+    /// Whether the store answers (false while the worker's breaker holds it down).
+    pub(super) fn up(&self) -> bool {
+        self.worker.up()
+    }
+
     /// Hands `request` to the worker; `waiter` is resumed with its answer. Never waits: when
     /// the queue, or the table of waiters, is full, the waiter comes back (busy).
     pub(super) fn submit(&mut self, request: Request, waiter: Waiter) -> Result<Ticket, Waiter> {
@@ -361,9 +366,14 @@ impl EdgeCore {
             };
             self.apply_to_views(&answer);
             match self.store.waiting.remove(&ticket) {
+                // The store could not say: the token may be a new one, so not "unknown".
+                Some(Waiter::Carrier { conn, .. }) if answer.unavailable() => {
+                    self.store_unreachable(conn)
+                }
                 Some(Waiter::Carrier { conn, request }) => self.token_looked_up(conn, *request),
                 Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
                 Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
+                Some(Waiter::Login { conn, step }) => self.login_answered(conn, *step, answer),
                 None => {}
             }
         }
@@ -552,6 +562,21 @@ impl EdgeCore {
         };
         let now = self.now;
         self.on_request(conn.slot, &mut c, request, now, true);
+        self.put_back_carrier(conn, c);
+    }
+
+    /// A service token the view does not know could not be looked up (etcd unreachable):
+    /// 503, saying so; tokens the edge knows go on meanwhile.
+    fn store_unreachable(&mut self, conn: ConnId) {
+        let Some(mut c) = self.take_waiting_carrier(conn) else {
+            return;
+        };
+        super::refuse(
+            &mut c,
+            503,
+            "Service Unavailable",
+            super::login::pool::STORE_DOWN,
+        );
         self.put_back_carrier(conn, c);
     }
 
