@@ -200,8 +200,9 @@ pub struct TunnelConfig {
     pub tunnel: Option<String>,
     #[serde(rename = "credentials-file")]
     pub credentials_file: Option<PathBuf>,
-    /// The edge's `host:port`, when it is not the one in the credentials.
-    pub edge: Option<String>,
+    /// The edge's `host:port`, when it is not the one in the credentials; a list for an
+    /// edge pool (cloudflared's `edge` is a list too).
+    pub edge: Option<Edges>,
     /// A CA to trust for the edge's TLS, besides the system roots.
     pub ca: Option<PathBuf>,
     #[serde(rename = "ha-connections")]
@@ -216,6 +217,23 @@ pub struct TunnelConfig {
     pub ingress: Vec<RawRule>,
     /// Where to serve `/metrics` and `/ready` (`--metrics`).
     pub metrics: Option<String>,
+}
+
+/// The config's `edge`: one `host:port`, or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Edges {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Edges {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Edges::One(e) => vec![e.clone()],
+            Edges::Many(v) => v.clone(),
+        }
+    }
 }
 
 impl TunnelConfig {
@@ -233,6 +251,12 @@ impl TunnelConfig {
         if let Some(n) = cfg.ha_connections {
             if !(1..=16).contains(&n) {
                 return Err(at("ha-connections: must be between 1 and 16".into()));
+            }
+        }
+        if let Some(e) = &cfg.edge {
+            let edges = super::edge_list(&e.list()).map_err(|e| at(format!("edge: {e}")))?;
+            if edges.is_empty() {
+                return Err(at("edge: names no edge".into()));
             }
         }
         if let Some(g) = &cfg.grace_period {
