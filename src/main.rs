@@ -741,8 +741,8 @@ CONFIG (tunnel run):
      \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
                  {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
                  {\"service\": \"http_status:404\"}]}
-    Optional: edge, ca, ha-connections, grace-period, resume-window, metrics. The last rule
-    must have no hostname.
+    Optional: edge (one HOST:PORT or a list), ca, ha-connections, grace-period, resume-window,
+    metrics. The last rule must have no hostname.
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\

@@ -221,7 +221,10 @@ pub struct TunnelConfig {
 
 /// The config's `edge`: one `host:port`, or a list of them.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "edge: a \"HOST:PORT\" or a list of them, [\"HOST:PORT\", …]"
+)]
 pub enum Edges {
     One(String),
     Many(Vec<String>),
@@ -560,6 +563,20 @@ mod tests {
         check(r#"{"resume-window": "soon"}"#, "resume-window");
         check(r#"{"resume-window": "100000s"}"#, "resume-window");
         check(r#"{"tunnel": "a/b"}"#, "tunnel:");
+        check(r#"{"edge": 443}"#, "edge: a \"HOST:PORT\" or a list");
+        check(r#"{"edge": []}"#, "edge: names no edge");
+        check(r#"{"edge": [" ", ","]}"#, "edge: names no edge");
+        for (edge, want) in [
+            (r#""a.example.com:443""#, vec!["a.example.com:443"]),
+            (
+                r#"["a:443", "b:443", "a:443"]"#,
+                vec!["a:443", "b:443", "a:443"],
+            ),
+        ] {
+            fs::write(&path, format!(r#"{{"edge": {edge}}}"#)).unwrap();
+            let (cfg, _) = TunnelConfig::read(&path).unwrap();
+            assert_eq!(cfg.edge.unwrap().list(), want, "a string or a list");
+        }
         check(
             r#"{"ingress": [{"hostname": "a.example.com", "service": "htp://x"}, {"service": "http_status:404"}]}"#,
             "ingress[0].service",
