@@ -574,3 +574,66 @@ fn one_origin_on_every_edge_survives_an_edge_crash_and_reconnects_to_it_by_itsel
     assert!(origin.try_wait().is_none(), "{}", origin.stderr_text());
     through_b.kill();
 }
+
+#[test]
+fn a_named_tunnel_whose_config_lists_both_edges_registers_at_each_and_serves_through_each() {
+    let pool = Pool::start("pool-named-list");
+    let dir = pool.dir.path();
+    let sshd = Sshd::start(dir);
+    let home = dir.join("home");
+    let postern_dir = home.join(".postern");
+    fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+    let token = pool.token("listed");
+    let out = tunnel_admin(&pool, &cert, &pool.a, &["create", "app"]);
+    let id = out
+        .split("Created tunnel app with id ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no id in: {out}"));
+    tunnel_admin(
+        &pool,
+        &cert,
+        &pool.a,
+        &["route", "dns", "app", "app.localhost"],
+    );
+
+    // The config's edge is a list (cloudflared's form); two connections, one per edge. Edge B
+    // may not know the tunnel yet (its poll, within 2 s) and refuse it: while A accepts it,
+    // the origin asks B again instead of stopping.
+    let config = dir.join("tunnel.json");
+    let cfg = serde_json::json!({
+        "tunnel": "app",
+        "credentials-file": postern_dir.join(format!("{id}.json")),
+        "edge": [pool.a.edge_arg(), pool.b.edge_arg()],
+        "ca": pool.a.ca(),
+        "ha-connections": 1,
+        "ingress": [ { "service": sshd.url() } ]
+    });
+    fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let metrics = support::ready::metrics_listen();
+    let mut run = postern(&home);
+    run.env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "--config"])
+        .arg(&config)
+        .arg("run");
+    let origin = Child::spawn("named-on-both", run, dir);
+    wait_until(
+        Duration::from_secs(30),
+        "one connection at each edge",
+        || ready_at(&metrics, &pool.a) == 1 && ready_at(&metrics, &pool.b) == 1,
+    );
+    assert!(
+        origin
+            .stderr_text()
+            .contains("2 edges and --ha-connections 1: 2 connections"),
+        "the raised count is logged: {}",
+        support::tail(&origin.stderr_text(), 3000)
+    );
+    for edge in [&pool.a, &pool.b] {
+        wait_until(SEEN_WITHIN, "ssh through each edge", || {
+            ssh_works(dir, &sshd, "app.localhost", edge, &token)
+        });
+    }
+}

@@ -432,6 +432,14 @@ impl Core {
         }
     }
 
+    /// True when a slot to another edge than slot `i`'s is registered.
+    fn registered_at_another_edge(&self, i: usize) -> bool {
+        let edge = self.edge_index(i);
+        self.conns.iter().enumerate().any(|(j, c)| {
+            self.edge_index(j) != edge && matches!(&c.link, Link::Live(l) if l.registered.is_some())
+        })
+    }
+
     /// The edge slot `i` connects to.
     pub fn edge(&self, i: usize) -> &EdgeTarget {
         &self.cfg.edges[spread(i, self.cfg.edges.len()).0]
@@ -1035,7 +1043,20 @@ impl Core {
             }
             OriginEvent::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                if code.is_final() {
+                let accepted_elsewhere = self.registered_at_another_edge(i);
+                if code.is_final() && accepted_elsewhere {
+                    // An edge of a pool that has not yet seen what another one has (a tunnel
+                    // created a moment ago, within the pool's 2 s): the other edge's word
+                    // stands, this one is asked again. A refusal for good reaches the other
+                    // edges too, and the last one ends the tunnel.
+                    warn!(
+                        "connection {i}: the edge {} refused ({message}) while another edge \
+                         accepts this tunnel: retrying",
+                        self.edge(i).addr
+                    );
+                    self.metrics.error(metrics::Error::EdgeError);
+                    self.disconnect(i, Some("refused by this edge"), now);
+                } else if code.is_final() {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
@@ -2277,6 +2298,32 @@ mod tests {
                 "ssh.example.com is owned by \\u{1b}[31manother".into()
             ))
         );
+    }
+
+    #[test]
+    fn a_pool_edge_that_refuses_what_another_accepted_is_retried_and_the_last_refusal_ends_it() {
+        let (a, b) = ("127.0.0.1:1001", "127.0.0.2:1002");
+        let mut p = pipe_pool(2, &[a, b]);
+        p.advance(Duration::ZERO);
+        p.edge(0).send_registered(HOST);
+        p.run();
+        p.seen.clear();
+        // B has not seen the tunnel yet: its slot retries instead of ending the tunnel.
+        p.edge(1)
+            .send_error(ErrorCode::Conflict, "no such tunnel on this edge");
+        p.run();
+        assert_eq!(p.core.take_exit(), None, "A accepted the tunnel");
+        assert!(p.edges[1].is_none(), "B's connection is closed");
+        p.advance(Duration::from_secs(RECONNECT_BACKOFF_CAP_SECS));
+        p.edge(1).send_registered(HOST);
+        p.run();
+        // Refused for good everywhere: A's refusal, with B's slot not registered, ends it.
+        p.edge(1).send_error(ErrorCode::Conflict, "revoked");
+        p.run();
+        assert_eq!(p.core.take_exit(), None, "A still accepts it");
+        p.edge(0).send_error(ErrorCode::Conflict, "revoked");
+        p.run();
+        assert_eq!(p.core.take_exit(), Some(Exit::Refused("revoked".into())));
     }
 
     #[test]
