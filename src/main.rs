@@ -1615,7 +1615,7 @@ TUNNEL OPTIONS (as for `postern tunnel`):
     --hostname H          the hostname to register
     --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
     --origincert FILE     origin credential (default /etc/postern/cert.pem), readable by --user
-    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443)
+    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443); repeat for a pool
     --ca FILE             trust this CA for the edge's certificate too
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   drain time on stop (default 30; the unit allows 5 s more)
@@ -1675,7 +1675,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             Long("hostname") => hostname = Some(string(p.value()?, "--hostname")?),
             Long("url") => url = Some(string(p.value()?, "--url")?),
             Long("origincert") => t.origincert = Some(PathBuf::from(p.value()?)),
-            Long("edge") => t.edge = Some(string(p.value()?, "--edge")?),
+            Long("edge") => t.edge.push(string(p.value()?, "--edge")?),
             Long("ca") => t.ca = Some(PathBuf::from(p.value()?)),
             Long("ha-connections") => {
                 t.ha_connections = Some(
@@ -1756,7 +1756,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             let tunnel_flags = hostname.is_some()
                 || url.is_some()
                 || t.origincert.is_some()
-                || t.edge.is_some()
+                || !t.edge.is_empty()
                 || t.ca.is_some()
                 || t.ha_connections.is_some()
                 || t.grace_secs.is_some()
