@@ -9,8 +9,9 @@
 //!                 etcd (tokens, hostnames, revocations)
 //! ```
 //!
-//! `postern tunnel` takes one `--edge`, so each edge gets its own tunnel process (same origin
-//! certificate, same hostname). The propagation times measured are printed (`--nocapture`).
+//! Most tests give each edge its own tunnel process (same origin certificate, same hostname);
+//! the origin-on-every-edge tests run ONE tunnel with `--edge A --edge B` (or a config's
+//! `edge` list). The propagation times measured are printed (`--nocapture`).
 
 mod support;
 
