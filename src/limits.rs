@@ -145,6 +145,11 @@ pub const MAX_RESOLVE_JOBS: usize = 64;
 pub const RESOLVE_TIMEOUT_SECS: u64 = 10;
 /// How long the origin reuses a resolved address (the system resolver gives no TTL).
 pub const RESOLVE_CACHE_SECS: u64 = 30;
+/// The most addresses kept of one name's answer (an edge's slots spread over them).
+pub const MAX_RESOLVED_ADDRESSES: usize = 16;
+/// The most edges one origin connects to (`--edge` repeated): each gets at least one of
+/// the origin's connections, and `--ha-connections` is at most 16 too.
+pub const MAX_EDGES: usize = 16;
 
 /// The edge's resource limits: the `"limits"` object of its config file, every field optional
 /// (defaults above). Each one is enforced per offender: hitting it closes that connection or

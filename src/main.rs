@@ -719,9 +719,11 @@ OPTIONS:
     --config FILE         named tunnel config, JSON (default ~/.postern/config.json, then
                           /etc/postern/config.json; env POSTERN_TUNNEL_CONFIG)
     --credentials-file F  a named tunnel's credentials (default ~/.postern/<ID>.json)
-    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443; env POSTERN_EDGE)
+    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443; env POSTERN_EDGE,
+                          comma-separated). Repeat it for an edge pool: the connections go round
+                          the edges, at least one each (docs/scaling.md)
     --ca FILE             trust this CA for the edge's certificate too (env POSTERN_CA)
-    --ha-connections N    connections to hold (default 4)
+    --ha-connections N    connections to hold (default 4; raised to the number of edges)
     --grace-period SECS   on SIGTERM, wait this long for open streams (default 30)
     --resume-window SECS  keep the service connection of a resumable stream whose client is
                           gone this long, for the client to come back (default 60)
@@ -739,8 +741,8 @@ CONFIG (tunnel run):
      \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
                  {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
                  {\"service\": \"http_status:404\"}]}
-    Optional: edge, ca, ha-connections, grace-period, resume-window, metrics. The last rule
-    must have no hostname.
+    Optional: edge (one HOST:PORT or a list), ca, ha-connections, grace-period, resume-window,
+    metrics. The last rule must have no hostname.
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\
@@ -900,19 +902,23 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         .ok_or_else(|| usage(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}")))?;
     let ingress = tunnel::Ingress::single(&hostname, &url).map_err(CliError::Failed)?;
     let credential = OriginCredential::read(&a.origin_cert()?).map_err(CliError::Io)?;
-    let edge_addr = a
-        .edge
-        .clone()
-        .or_else(|| env_var("POSTERN_EDGE"))
-        .or_else(|| credential.edge.clone())
-        .unwrap_or_else(|| format!("{hostname}:443"));
+    let mut edges = a.edges(&[], credential.edge.as_deref())?;
+    if edges.is_empty() {
+        edges.push(format!("{hostname}:443"));
+    }
+    let edges = edges
+        .into_iter()
+        .map(|addr| tunnel::EdgeAddr {
+            addr,
+            server_name: hostname.clone(),
+        })
+        .collect();
     run_origin(
         TunnelOptions {
             registration: Registration::Hostname(hostname.clone()),
             ingress,
-            server_name: hostname,
             credential,
-            edge: edge_addr,
+            edges,
             extra_ca: a.ca(None),
             ha_connections: a.ha.unwrap_or(4),
             grace: Duration::from_secs(a.grace.unwrap_or(30)),
@@ -945,7 +951,8 @@ struct TunnelArgs {
     config: Option<PathBuf>,
     origincert: Option<PathBuf>,
     cred_file: Option<PathBuf>,
-    edge: Option<String>,
+    /// `--edge`, as often as given.
+    edge: Vec<String>,
     ca: Option<PathBuf>,
     ha: Option<usize>,
     grace: Option<u64>,
@@ -978,7 +985,7 @@ impl TunnelArgs {
                 Long("credentials-file") | Long("cred-file") => {
                     a.cred_file = Some(val(&mut p, "--credentials-file")?.into())
                 }
-                Long("edge") => a.edge = Some(val(&mut p, "--edge")?),
+                Long("edge") => a.edge.push(val(&mut p, "--edge")?),
                 Long("ca") => a.ca = Some(val(&mut p, "--ca")?.into()),
                 Long("ha-connections") => {
                     let n: usize = val(&mut p, "--ha-connections")?
@@ -1057,15 +1064,31 @@ impl TunnelArgs {
             .or_else(|| config.map(Path::to_path_buf))
     }
 
-    /// The admin API client, as the zone's origin certificate.
+    /// The edges to connect to: every `--edge`, else `POSTERN_EDGE` (comma-separated), else
+    /// the config file's `edge` (one or a list), else the credential's edge. May be empty.
+    fn edges(&self, config: &[String], credential: Option<&str>) -> Result<Vec<String>, CliError> {
+        let env: Vec<String> = env_var("POSTERN_EDGE").into_iter().collect();
+        let cred: Vec<&str> = credential.into_iter().collect();
+        let given = if !self.edge.is_empty() {
+            tunnel::edge_list(&self.edge)
+        } else if !env.is_empty() {
+            tunnel::edge_list(&env)
+        } else if !config.is_empty() {
+            tunnel::edge_list(config)
+        } else {
+            tunnel::edge_list(&cred)
+        };
+        given.map_err(usage)
+    }
+
+    /// The admin API client, as the zone's origin certificate (through the first edge).
     fn admin(&self) -> Result<(AdminClient, OriginCredential), CliError> {
         let path = self.origin_cert()?;
         let cred = OriginCredential::read(&path).map_err(CliError::Io)?;
         let edge = self
-            .edge
-            .clone()
-            .or_else(|| env_var("POSTERN_EDGE"))
-            .or_else(|| cred.edge.clone())
+            .edges(&[], cred.edge.as_deref())?
+            .into_iter()
+            .next()
             .ok_or_else(|| {
                 usage(format!(
                     "{} names no edge: pass --edge HOST:PORT (or set POSTERN_EDGE)",
@@ -1283,18 +1306,14 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             creds.id
         )));
     }
-    let edge = a
-        .edge
-        .clone()
-        .or_else(|| env_var("POSTERN_EDGE"))
-        .or(cfg.edge.clone())
-        .or_else(|| credential.edge.clone())
-        .ok_or_else(|| {
-            usage(format!(
-                "{} names no edge: pass --edge HOST:PORT",
-                creds_path.display()
-            ))
-        })?;
+    let config_edges = cfg.edge.as_ref().map(|e| e.list()).unwrap_or_default();
+    let edges = a.edges(&config_edges, credential.edge.as_deref())?;
+    if edges.is_empty() {
+        return Err(usage(format!(
+            "{} names no edge: pass --edge HOST:PORT",
+            creds_path.display()
+        )));
+    }
     let sni_fallback = ingress
         .rules()
         .iter()
@@ -1319,9 +1338,14 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
                 name: creds.name.clone(),
             },
             ingress,
-            server_name: tunnel::config::edge_server_name(&edge, &sni_fallback),
             credential,
-            edge,
+            edges: edges
+                .into_iter()
+                .map(|addr| tunnel::EdgeAddr {
+                    server_name: tunnel::config::edge_server_name(&addr, &sni_fallback),
+                    addr,
+                })
+                .collect(),
             extra_ca: a.ca(cfg.ca.as_deref()),
             ha_connections: a.ha.or(cfg.ha_connections).unwrap_or(4),
             grace: Duration::from_secs(grace),
@@ -1591,7 +1615,7 @@ TUNNEL OPTIONS (as for `postern tunnel`):
     --hostname H          the hostname to register
     --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
     --origincert FILE     origin credential (default /etc/postern/cert.pem), readable by --user
-    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443)
+    --edge HOST:PORT      connect here (default: the edge in the credential, else H:443); repeat for a pool
     --ca FILE             trust this CA for the edge's certificate too
     --ha-connections N    connections to hold (default 4)
     --grace-period SECS   drain time on stop (default 30; the unit allows 5 s more)
@@ -1651,7 +1675,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             Long("hostname") => hostname = Some(string(p.value()?, "--hostname")?),
             Long("url") => url = Some(string(p.value()?, "--url")?),
             Long("origincert") => t.origincert = Some(PathBuf::from(p.value()?)),
-            Long("edge") => t.edge = Some(string(p.value()?, "--edge")?),
+            Long("edge") => t.edge.push(string(p.value()?, "--edge")?),
             Long("ca") => t.ca = Some(PathBuf::from(p.value()?)),
             Long("ha-connections") => {
                 t.ha_connections = Some(
@@ -1732,7 +1756,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             let tunnel_flags = hostname.is_some()
                 || url.is_some()
                 || t.origincert.is_some()
-                || t.edge.is_some()
+                || !t.edge.is_empty()
                 || t.ca.is_some()
                 || t.ha_connections.is_some()
                 || t.grace_secs.is_some()

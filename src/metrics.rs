@@ -239,6 +239,22 @@ pub struct Metrics {
     handshake_buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
     handshake_count: AtomicU64,
     handshake_sum_micros: AtomicU64,
+    /// Origin: its edges (`--edge`), each with its live and registered connections.
+    edges: OnceLock<Vec<EdgeGauge>>,
+}
+
+/// One edge of an origin's pool: its connections, live and registered.
+struct EdgeGauge {
+    addr: String,
+    live: AtomicU64,
+    ready: AtomicU64,
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 impl Metrics {
@@ -266,6 +282,7 @@ impl Metrics {
             handshake_buckets: Default::default(),
             handshake_count: AtomicU64::new(0),
             handshake_sum_micros: AtomicU64::new(0),
+            edges: OnceLock::new(),
         })
     }
 
@@ -278,6 +295,24 @@ impl Metrics {
         self.carriers.store(carriers as u64, Relaxed);
         self.tunnels.store(tunnels as u64, Relaxed);
         self.ready.store(ready as u64, Relaxed);
+    }
+
+    /// Origin: names its edges (once; a second call changes nothing).
+    pub fn set_edges(&self, addrs: &[String]) {
+        let gauges = addrs.iter().map(|a| EdgeGauge {
+            addr: a.clone(),
+            live: AtomicU64::new(0),
+            ready: AtomicU64::new(0),
+        });
+        let _ = self.edges.set(gauges.collect());
+    }
+
+    /// Origin: edge `i`'s live and registered connections (recounted by the loop).
+    pub fn set_edge_connections(&self, i: usize, live: usize, ready: usize) {
+        if let Some(g) = self.edges.get().and_then(|e| e.get(i)) {
+            g.live.store(live as u64, Relaxed);
+            g.ready.store(ready as u64, Relaxed);
+        }
     }
 
     /// Edge: records the listener's bound address (once; a second call changes nothing).
@@ -407,6 +442,24 @@ impl Metrics {
                 "gauge",
                 "1 while the edge's state store answers, 0 while it is unreachable.",
                 &[(String::new(), load(&self.store_up))],
+            );
+        }
+        if let Some(edges) = self.edges.get() {
+            let by_edge = |f: fn(&EdgeGauge) -> &AtomicU64| -> Vec<(String, u64)> {
+                let label = |g: &EdgeGauge| format!("{{edge=\"{}\"}}", label_value(&g.addr));
+                edges.iter().map(|g| (label(g), load(f(g)))).collect()
+            };
+            put(
+                "edge_connections",
+                "gauge",
+                "Live connections to each edge of the pool.",
+                &by_edge(|g| &g.live),
+            );
+            put(
+                "edge_ready_connections",
+                "gauge",
+                "Registered connections to each edge of the pool.",
+                &by_edge(|g| &g.ready),
             );
         }
         put(
@@ -542,6 +595,16 @@ impl Metrics {
             "readyConnections": n,
             "connectorId": self.connector_id,
         });
+        if let Some(edges) = self.edges.get() {
+            let each = |g: &EdgeGauge| {
+                serde_json::json!({
+                    "edge": g.addr,
+                    "connections": g.live.load(Relaxed),
+                    "readyConnections": g.ready.load(Relaxed),
+                })
+            };
+            body["edges"] = edges.iter().map(each).collect();
+        }
         if self.role == Role::Edge {
             body["listening"] = match self.listening.get() {
                 Some(addr) => serde_json::Value::String(addr.to_string()),
@@ -665,6 +728,29 @@ mod tests {
         assert!(
             !body.contains("listening"),
             "an origin listens nowhere: {body}"
+        );
+    }
+
+    #[test]
+    fn an_origin_names_each_edge_and_its_connections() {
+        let m = Metrics::new(Role::Tunnel, [0; 16]);
+        m.set_edges(&["a.test:443".into(), "b\"x:443".into()]);
+        m.set_edge_connections(0, 2, 2);
+        m.set_edge_connections(1, 1, 0);
+        m.set_edge_connections(7, 1, 1); // no such edge: ignored
+        let v: serde_json::Value = serde_json::from_str(&m.ready().1).unwrap();
+        assert_eq!(v["edges"][0]["edge"], "a.test:443");
+        assert_eq!(v["edges"][0]["readyConnections"], 2);
+        assert_eq!(v["edges"][1]["connections"], 1);
+        assert_eq!(v["edges"][1]["readyConnections"], 0);
+        let text = m.render();
+        assert!(
+            text.contains("postern_tunnel_edge_ready_connections{edge=\"a.test:443\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("postern_tunnel_edge_connections{edge=\"b\\\"x:443\"} 1"),
+            "the label is escaped: {text}"
         );
     }
 

@@ -204,8 +204,10 @@ impl Pipe {
         let cfg = tunnel::Config {
             registration: Registration::Hostname(APP.into()),
             ingress: Ingress::single(APP, "tcp://127.0.0.1:2222").expect("ingress"),
-            edge: "edge.localhost:443".into(),
-            proxy: None,
+            edges: vec![tunnel::EdgeTarget {
+                addr: "edge.localhost:443".into(),
+                proxy: None,
+            }],
             connector_id: [9; 16],
             grace: GRACE,
             connections: ha,
@@ -374,7 +376,7 @@ impl Pipe {
                     // DNS in memory: the service's address stands for itself, the edge's
                     // name is a documentation address.
                     let addr = name.parse().unwrap_or(([192, 0, 2, 1], 443).into());
-                    self.origin.core.resolved(waiter, Ok(addr), now);
+                    self.origin.core.resolved(waiter, Ok(vec![addr]), now);
                 }
                 Output::ConnectEdge { conn, .. } => self.connect_edge(conn),
                 Output::StartTls { conn, .. } => {

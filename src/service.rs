@@ -75,7 +75,8 @@ pub struct TunnelArgs {
     /// Files the config names (credentials, CA): they must be readable, outside `/tmp`.
     pub config_files: Vec<PathBuf>,
     pub origincert: Option<PathBuf>,
-    pub edge: Option<String>,
+    /// `--edge`, as often as given (an edge pool).
+    pub edge: Vec<String>,
     pub ca: Option<PathBuf>,
     pub ha_connections: Option<usize>,
     pub grace_secs: Option<u64>,
@@ -319,7 +320,7 @@ impl UnitSpec {
                 (args, vec![exe.to_owned(), origincert])
             }
         };
-        if let Some(edge) = &t.edge {
+        for edge in &t.edge {
             check_text("--edge", edge)?;
             args.extend(["--edge".to_owned(), edge.clone()]);
         }
@@ -976,7 +977,7 @@ mod tests {
     #[test]
     fn tunnel_options_and_grace() {
         let t = TunnelArgs {
-            edge: Some("edge.site.com:443".into()),
+            edge: vec!["edge.site.com:443".into(), "edge-b.site.com:443".into()],
             ca: Some("/etc/postern/ca.pem".into()),
             ha_connections: Some(2),
             grace_secs: Some(60),
@@ -987,7 +988,7 @@ mod tests {
         assert_eq!(spec.unit_name(), "postern-tunnel-git.service");
         let unit = render_unit(&spec);
         assert!(exec_start(&unit).ends_with(
-            r#""--edge" "edge.site.com:443" "--ca" "/etc/postern/ca.pem" "--ha-connections" "2" "--grace-period" "60""#
+            r#""--edge" "edge.site.com:443" "--edge" "edge-b.site.com:443" "--ca" "/etc/postern/ca.pem" "--ha-connections" "2" "--grace-period" "60""#
         ));
         assert!(unit.contains("\nTimeoutStopSec=65s\n"));
     }
@@ -1027,7 +1028,7 @@ mod tests {
                 ..tunnel_args()
             },
             TunnelArgs {
-                edge: Some("a\tb".into()),
+                edge: vec!["a\tb".into()],
                 ..tunnel_args()
             },
             TunnelArgs {

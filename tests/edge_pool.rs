@@ -9,12 +9,14 @@
 //!                 etcd (tokens, hostnames, revocations)
 //! ```
 //!
-//! `postern tunnel` takes one `--edge`, so each edge gets its own tunnel process (same origin
-//! certificate, same hostname). The propagation times measured are printed (`--nocapture`).
+//! Most tests give each edge its own tunnel process (same origin certificate, same hostname);
+//! the origin-on-every-edge tests run ONE tunnel with `--edge A --edge B` (or a config's
+//! `edge` list). The propagation times measured are printed (`--nocapture`).
 
 mod support;
 
 use std::fs;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -469,4 +471,170 @@ fn with_etcd_stopped_known_tokens_and_open_sessions_go_on_and_the_pool_recovers_
         "the pool worked again {:?} after etcd returned",
         back.elapsed()
     );
+}
+
+/// `/ready`'s `edges` entry for `edge` on an origin's metrics address: its registered
+/// connections (0 while unreachable or not listed).
+fn ready_at(metrics: &SocketAddr, edge: &Edge) -> u64 {
+    let Some((_, v)) = support::ready::try_ready(metrics) else {
+        return 0;
+    };
+    let edges = v["edges"].as_array().cloned().unwrap_or_default();
+    edges
+        .iter()
+        .find(|e| e["edge"] == edge.edge_arg())
+        .and_then(|e| e["readyConnections"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn one_origin_on_every_edge_survives_an_edge_crash_and_reconnects_to_it_by_itself() {
+    let mut pool = Pool::start("pool-origin");
+    let dir = pool.dir.path().to_path_buf();
+    let host = "everywhere.localhost";
+    let sshd = Sshd::start(&dir);
+    let cert = dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+
+    // ONE origin, both edges: its four connections go A, B, A, B.
+    let metrics = support::ready::metrics_listen();
+    let mut cmd = postern(&dir.join("home"));
+    cmd.env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "--hostname", host, "--url", &sshd.url()])
+        .arg("--origincert")
+        .arg(&cert)
+        .args(["--edge", &pool.a.edge_arg(), "--edge", &pool.b.edge_arg()])
+        .args(["--ha-connections", "4", "--ca"])
+        .arg(pool.a.ca());
+    let origin = Child::spawn("origin-on-both", cmd, &dir);
+    wait_until(
+        Duration::from_secs(30),
+        "two connections at each edge",
+        || ready_at(&metrics, &pool.a) == 2 && ready_at(&metrics, &pool.b) == 2,
+    );
+    pool.a.wait_registered(2, Duration::from_secs(10));
+    pool.b.wait_registered(2, Duration::from_secs(10));
+    let log = origin.stderr_text();
+    for edge in [&pool.a, &pool.b] {
+        assert!(
+            log.contains(&format!("to edge {} registered {host}", edge.edge_arg())),
+            "the log names each connection's edge: {}",
+            support::tail(&log, 3000)
+        );
+    }
+
+    let token = pool.token("everywhere");
+    wait_until(SEEN_WITHIN, "ssh through edge A", || {
+        ssh_works(&dir, &sshd, host, &pool.a, &token)
+    });
+    assert!(ssh_works(&dir, &sshd, host, &pool.b, &token));
+    let through_b = open_session(&dir, &sshd, host, &pool.b, &token, "through-b");
+
+    // Edge A crashes: the session through B goes on, new ones through B work.
+    pool.a.child().kill();
+    wait_until(
+        Duration::from_secs(15),
+        "the origin to see edge A gone",
+        || ready_at(&metrics, &pool.a) == 0,
+    );
+    assert_eq!(
+        ready_at(&metrics, &pool.b),
+        2,
+        "B's connections are untouched"
+    );
+    assert!(
+        through_b.try_wait().is_none(),
+        "the session through B ended with A: {}",
+        through_b.stderr_text()
+    );
+    assert!(ssh_works(&dir, &sshd, host, &pool.b, &token));
+    assert!(
+        through_b.try_wait().is_none(),
+        "{}",
+        through_b.stderr_text()
+    );
+
+    // Edge A back on its address with its key dir: the origin reconnects without being told.
+    let back = Instant::now();
+    pool.a.restart();
+    wait_until(
+        Duration::from_secs(40),
+        "the origin to reconnect to edge A",
+        || ready_at(&metrics, &pool.a) == 2,
+    );
+    eprintln!(
+        "the origin registered again at the restarted edge A {:?} after its restart",
+        back.elapsed()
+    );
+    assert!(ssh_works(&dir, &sshd, host, &pool.a, &token));
+    assert!(
+        through_b.try_wait().is_none(),
+        "{}",
+        through_b.stderr_text()
+    );
+    assert!(origin.try_wait().is_none(), "{}", origin.stderr_text());
+    through_b.kill();
+}
+
+#[test]
+fn a_named_tunnel_whose_config_lists_both_edges_registers_at_each_and_serves_through_each() {
+    let pool = Pool::start("pool-named-list");
+    let dir = pool.dir.path();
+    let sshd = Sshd::start(dir);
+    let home = dir.join("home");
+    let postern_dir = home.join(".postern");
+    fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    origin_cert(&pool.a.state, "localhost", &cert, &pool.a.addr);
+    let token = pool.token("listed");
+    let out = tunnel_admin(&pool, &cert, &pool.a, &["create", "app"]);
+    let id = out
+        .split("Created tunnel app with id ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no id in: {out}"));
+    tunnel_admin(
+        &pool,
+        &cert,
+        &pool.a,
+        &["route", "dns", "app", "app.localhost"],
+    );
+
+    // The config's edge is a list (cloudflared's form); two connections, one per edge. Edge B
+    // may not know the tunnel yet (its poll, within 2 s) and refuse it: while A accepts it,
+    // the origin asks B again instead of stopping.
+    let config = dir.join("tunnel.json");
+    let cfg = serde_json::json!({
+        "tunnel": "app",
+        "credentials-file": postern_dir.join(format!("{id}.json")),
+        "edge": [pool.a.edge_arg(), pool.b.edge_arg()],
+        "ca": pool.a.ca(),
+        "ha-connections": 1,
+        "ingress": [ { "service": sshd.url() } ]
+    });
+    fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let metrics = support::ready::metrics_listen();
+    let mut run = postern(&home);
+    run.env("POSTERN_METRICS", metrics.to_string())
+        .args(["tunnel", "--config"])
+        .arg(&config)
+        .arg("run");
+    let origin = Child::spawn("named-on-both", run, dir);
+    wait_until(
+        Duration::from_secs(30),
+        "one connection at each edge",
+        || ready_at(&metrics, &pool.a) == 1 && ready_at(&metrics, &pool.b) == 1,
+    );
+    assert!(
+        origin
+            .stderr_text()
+            .contains("2 edges and --ha-connections 1: 2 connections"),
+        "the raised count is logged: {}",
+        support::tail(&origin.stderr_text(), 3000)
+    );
+    for edge in [&pool.a, &pool.b] {
+        wait_until(SEEN_WITHIN, "ssh through each edge", || {
+            ssh_works(dir, &sshd, "app.localhost", edge, &token)
+        });
+    }
 }

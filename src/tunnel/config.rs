@@ -200,8 +200,9 @@ pub struct TunnelConfig {
     pub tunnel: Option<String>,
     #[serde(rename = "credentials-file")]
     pub credentials_file: Option<PathBuf>,
-    /// The edge's `host:port`, when it is not the one in the credentials.
-    pub edge: Option<String>,
+    /// The edge's `host:port`, when it is not the one in the credentials; a list for an
+    /// edge pool (cloudflared's `edge` is a list too).
+    pub edge: Option<Edges>,
     /// A CA to trust for the edge's TLS, besides the system roots.
     pub ca: Option<PathBuf>,
     #[serde(rename = "ha-connections")]
@@ -216,6 +217,26 @@ pub struct TunnelConfig {
     pub ingress: Vec<RawRule>,
     /// Where to serve `/metrics` and `/ready` (`--metrics`).
     pub metrics: Option<String>,
+}
+
+/// The config's `edge`: one `host:port`, or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "edge: a \"HOST:PORT\" or a list of them, [\"HOST:PORT\", …]"
+)]
+pub enum Edges {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Edges {
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Edges::One(e) => vec![e.clone()],
+            Edges::Many(v) => v.clone(),
+        }
+    }
 }
 
 impl TunnelConfig {
@@ -233,6 +254,12 @@ impl TunnelConfig {
         if let Some(n) = cfg.ha_connections {
             if !(1..=16).contains(&n) {
                 return Err(at("ha-connections: must be between 1 and 16".into()));
+            }
+        }
+        if let Some(e) = &cfg.edge {
+            let edges = super::edge_list(&e.list()).map_err(|e| at(format!("edge: {e}")))?;
+            if edges.is_empty() {
+                return Err(at("edge: names no edge".into()));
             }
         }
         if let Some(g) = &cfg.grace_period {
@@ -536,6 +563,20 @@ mod tests {
         check(r#"{"resume-window": "soon"}"#, "resume-window");
         check(r#"{"resume-window": "100000s"}"#, "resume-window");
         check(r#"{"tunnel": "a/b"}"#, "tunnel:");
+        check(r#"{"edge": 443}"#, "edge: a \"HOST:PORT\" or a list");
+        check(r#"{"edge": []}"#, "edge: names no edge");
+        check(r#"{"edge": [" ", ","]}"#, "edge: names no edge");
+        for (edge, want) in [
+            (r#""a.example.com:443""#, vec!["a.example.com:443"]),
+            (
+                r#"["a:443", "b:443", "a:443"]"#,
+                vec!["a:443", "b:443", "a:443"],
+            ),
+        ] {
+            fs::write(&path, format!(r#"{{"edge": {edge}}}"#)).unwrap();
+            let (cfg, _) = TunnelConfig::read(&path).unwrap();
+            assert_eq!(cfg.edge.unwrap().list(), want, "a string or a list");
+        }
         check(
             r#"{"ingress": [{"hostname": "a.example.com", "service": "htp://x"}, {"service": "http_status:404"}]}"#,
             "ingress[0].service",

@@ -90,21 +90,42 @@ pub enum Exit {
     Refused(String),
 }
 
+/// One edge of the pool, as `--edge` names it.
+pub struct EdgeTarget {
+    /// `host:port`.
+    pub addr: String,
+    /// The HTTP proxy the connections to this edge go through, if any (`NO_PROXY` may
+    /// exempt some edges and not others).
+    pub proxy: Option<ProxyConfig>,
+}
+
 /// What the core decides with: the tunnel's options without the files and the TLS setup.
 pub struct Config {
     pub registration: Registration,
     pub ingress: Ingress,
-    /// `host:port` of the edge.
-    pub edge: String,
-    /// The HTTP proxy every connection to the edge goes through, if any.
-    pub proxy: Option<ProxyConfig>,
+    /// The edges (at least one): slot `i` connects to edge `i mod N` (see [`spread`]).
+    pub edges: Vec<EdgeTarget>,
     pub connector_id: [u8; 16],
     /// How long open streams may take to finish after [`Core::shutdown`].
     pub grace: Duration,
-    /// HA connections (at least one).
+    /// HA connections (at least one); raised to the number of edges (see [`slot_count`]).
     pub connections: usize,
     /// How long a resumable stream whose client is gone keeps its service connection.
     pub resume_window: Duration,
+}
+
+/// How many slots (HA connections) a tunnel holds: `ha`, raised to the number of edges so
+/// that every edge gets one (an edge routes a hostname only to origins connected to it).
+pub fn slot_count(ha: usize, edges: usize) -> usize {
+    ha.max(edges).max(1)
+}
+
+/// Slot `slot`'s edge among `edges`, and its rank among that edge's slots: slots go round
+/// the edges (0 → A, 1 → B, 2 → A, …), and the rank picks among the addresses the edge's
+/// name resolves to in the same way (`rank mod addresses`).
+pub fn spread(slot: usize, edges: usize) -> (usize, usize) {
+    let edges = edges.max(1);
+    (slot % edges, slot / edges)
 }
 
 /// One attempt of one HA connection: its slot and the attempt's generation.
@@ -328,7 +349,9 @@ impl Core {
         random: Box<dyn FnMut() -> u64 + Send>,
         now: Instant,
     ) -> Core {
-        let conns = (0..cfg.connections.max(1))
+        let addrs: Vec<String> = cfg.edges.iter().map(|e| e.addr.clone()).collect();
+        metrics.set_edges(&addrs);
+        let conns = (0..slot_count(cfg.connections, cfg.edges.len()))
             .map(|_| Conn {
                 link: Link::Waiting { until: now },
                 epoch: 0,
@@ -357,20 +380,26 @@ impl Core {
         self.conns.len()
     }
 
-    /// Logs what this tunnel serves and how it reaches the edge.
+    /// The edges, for a log line: `a:443` or `a:443, b:443`.
+    fn edge_list(&self) -> String {
+        let addrs: Vec<&str> = self.cfg.edges.iter().map(|e| e.addr.as_str()).collect();
+        addrs.join(", ")
+    }
+
+    /// Logs what this tunnel serves and how it reaches the edges.
     pub fn announce(&self) {
         let cfg = &self.cfg;
+        let plural = if cfg.edges.len() > 1 { "s" } else { "" };
+        let edges = self.edge_list();
         match &cfg.registration {
             Registration::Hostname(h) => info!(
-                "starting tunnel for {h} -> {} via edge {} with {} connections",
+                "starting tunnel for {h} -> {} via edge{plural} {edges} with {} connections",
                 cfg.ingress.find(h).1.service,
-                cfg.edge,
                 self.conns.len()
             ),
             Registration::Named { id, name } => {
                 info!(
-                    "starting tunnel {name} ({id}) via edge {} with {} connections",
-                    cfg.edge,
+                    "starting tunnel {name} ({id}) via edge{plural} {edges} with {} connections",
                     self.conns.len()
                 );
                 for r in cfg.ingress.rules() {
@@ -382,12 +411,43 @@ impl Core {
                 }
             }
         }
-        if let Some(p) = &cfg.proxy {
+        if cfg.edges.len() > cfg.connections.max(1) {
             info!(
-                "connecting to the edge through the HTTP proxy {} (from {})",
-                p.addr, p.source
+                "{} edges and --ha-connections {}: {} connections, so that every edge has one",
+                cfg.edges.len(),
+                cfg.connections,
+                self.conns.len()
             );
         }
+        for (i, _) in self.conns.iter().enumerate() {
+            debug!("connection {i} goes to edge {}", self.edge(i).addr);
+        }
+        for e in &cfg.edges {
+            if let Some(p) = &e.proxy {
+                info!(
+                    "connecting to the edge {} through the HTTP proxy {} (from {})",
+                    e.addr, p.addr, p.source
+                );
+            }
+        }
+    }
+
+    /// True when a slot to another edge than slot `i`'s is registered.
+    fn registered_at_another_edge(&self, i: usize) -> bool {
+        let edge = self.edge_index(i);
+        self.conns.iter().enumerate().any(|(j, c)| {
+            self.edge_index(j) != edge && matches!(&c.link, Link::Live(l) if l.registered.is_some())
+        })
+    }
+
+    /// The edge slot `i` connects to.
+    pub fn edge(&self, i: usize) -> &EdgeTarget {
+        &self.cfg.edges[spread(i, self.cfg.edges.len()).0]
+    }
+
+    /// Slot `i`'s edge's index (the driver's per-edge TLS name, the gauges).
+    pub fn edge_index(&self, i: usize) -> usize {
+        spread(i, self.cfg.edges.len()).0
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -453,12 +513,12 @@ impl Core {
                 return;
             }
         }
-        let hop = self.first_hop().to_owned();
-        let connect_timed_out = match &self.cfg.proxy {
-            Some(p) => format!("connecting to the proxy {} timed out", p.addr),
-            None => "connecting to the edge timed out".to_owned(),
-        };
         for i in 0..self.conns.len() {
+            let hop = self.first_hop(i).to_owned();
+            let connect_timed_out = match &self.edge(i).proxy {
+                Some(p) => format!("connecting to the proxy {} timed out", p.addr),
+                None => format!("connecting to the edge {hop} timed out"),
+            };
             let lost = |log: String, metric, why| Due::Lost { log, metric, why };
             let due = match &mut self.conns[i].link {
                 Link::Waiting { until } => {
@@ -561,15 +621,22 @@ impl Core {
     /// Sets the connection and stream gauges (a scan of at most 16 connections).
     fn count_connections(&self) {
         let (mut live, mut ready) = (0, 0);
-        for c in &self.conns {
+        let mut by_edge = vec![(0, 0); self.cfg.edges.len()];
+        for (i, c) in self.conns.iter().enumerate() {
             if let Link::Live(l) = &c.link {
+                let edge = &mut by_edge[self.edge_index(i)];
                 live += 1;
+                edge.0 += 1;
                 if l.registered.is_some() {
                     ready += 1;
+                    edge.1 += 1;
                 }
             }
         }
         self.metrics.set_connections(0, live, ready);
+        for (e, (live, ready)) in by_edge.into_iter().enumerate() {
+            self.metrics.set_edge_connections(e, live, ready);
+        }
         let (mut streams, mut detached) = (0, 0);
         for l in self.locals.values().filter(|l| l.has_socket()) {
             streams += 1;
@@ -583,8 +650,10 @@ impl Core {
 
     // ---- the connection to the edge ----
 
-    fn first_hop(&self) -> &str {
-        self.cfg.proxy.as_ref().map_or(&self.cfg.edge, |p| &p.addr)
+    /// Where slot `i` connects first: its edge's proxy, or its edge.
+    fn first_hop(&self, i: usize) -> &str {
+        let e = self.edge(i);
+        e.proxy.as_ref().map_or(&e.addr, |p| &p.addr)
     }
 
     fn id(&self, slot: usize) -> ConnId {
@@ -624,13 +693,24 @@ impl Core {
         self.conns[i].link = Link::Resolving {
             deadline: now + Duration::from_secs(RESOLVE_TIMEOUT_SECS),
         };
-        let name = self.first_hop().to_owned();
+        let name = self.first_hop(i).to_owned();
         let waiter = Waiter::Edge(self.id(i));
         self.out.push_back(Output::Resolve { waiter, name });
     }
 
     /// The resolver's answer for `waiter` (at once from its cache, or later from its thread).
-    pub fn resolved(&mut self, waiter: Waiter, result: Result<SocketAddr, String>, now: Instant) {
+    /// An edge's name may give several addresses: slots spread over them (see [`spread`]);
+    /// a service connects to the first.
+    pub fn resolved(
+        &mut self,
+        waiter: Waiter,
+        result: Result<Vec<SocketAddr>, String>,
+        now: Instant,
+    ) {
+        let result = result.and_then(|addrs| match addrs.is_empty() {
+            true => Err("the name resolves to no address".to_owned()),
+            false => Ok(addrs),
+        });
         match waiter {
             Waiter::Edge(conn) => {
                 if !self.current(conn)
@@ -640,8 +720,13 @@ impl Core {
                 }
                 let i = conn.slot;
                 match result {
-                    Ok(addr) => {
-                        debug!("connection {i}: connecting to {addr}");
+                    Ok(addrs) => {
+                        let rank = spread(i, self.cfg.edges.len()).1;
+                        let addr = addrs[rank % addrs.len()];
+                        debug!(
+                            "connection {i}: connecting to {addr} (edge {})",
+                            self.edge(i).addr
+                        );
                         self.conns[i].link = Link::Connecting {
                             deadline: now + EDGE_CONNECT_TIMEOUT,
                         };
@@ -662,7 +747,7 @@ impl Core {
                     return;
                 }
                 match result {
-                    Ok(addr) => self.connect_local(service, addr, now),
+                    Ok(addrs) => self.connect_local(service, addrs[0], now),
                     Err(e) => self.fail_opening(service, &e),
                 }
             }
@@ -670,8 +755,8 @@ impl Core {
     }
 
     /// A failed TCP connect to the first hop (the proxy or the edge), with what to check.
-    fn cannot_reach(&self, addr: impl std::fmt::Display, e: &io::Error) -> String {
-        match &self.cfg.proxy {
+    fn cannot_reach(&self, i: usize, addr: impl std::fmt::Display, e: &io::Error) -> String {
+        match &self.edge(i).proxy {
             Some(p) => format!(
                 "cannot reach the proxy {} (from {}) at {addr}: {e} (is the proxy running? or \
                  name the edge in NO_PROXY to connect directly)",
@@ -699,12 +784,15 @@ impl Core {
         self.metrics.error(metrics::Error::Connect);
         match addr {
             Some(addr) => {
-                warn!("connection {i}: {}", self.cannot_reach(addr, e));
+                warn!("connection {i}: {}", self.cannot_reach(i, addr, e));
                 self.conns[i].link = Link::Waiting { until: now };
                 self.backoff(i, now);
             }
             None => {
-                warn!("connection {i}: {}", self.cannot_reach(self.first_hop(), e));
+                warn!(
+                    "connection {i}: {}",
+                    self.cannot_reach(i, self.first_hop(i), e)
+                );
                 self.disconnect(i, Some("connect failed"), now);
             }
         }
@@ -716,10 +804,11 @@ impl Core {
             return;
         }
         let i = conn.slot;
-        match &self.cfg.proxy {
+        let edge = self.edge(i);
+        match &edge.proxy {
             Some(p) => {
                 debug!("connection {i}: asking the proxy {} for the edge", p.addr);
-                let exchange = proxy::Connect::new(p, &self.cfg.edge, now);
+                let exchange = proxy::Connect::new(p, &edge.addr, now);
                 self.conns[i].link = Link::Proxying(Box::new(exchange));
             }
             None => self.start_tls(i, Vec::new(), now),
@@ -778,7 +867,7 @@ impl Core {
             return;
         }
         let i = conn.slot;
-        let proxy = self.first_hop();
+        let proxy = self.first_hop(i);
         let why = if writing {
             format!("sending CONNECT to the proxy {proxy} failed: {e}")
         } else {
@@ -795,7 +884,7 @@ impl Core {
             proxy::Progress::Established(early) => {
                 debug!(
                     "connection {i}: the proxy opened a tunnel to {}",
-                    self.cfg.edge
+                    self.edge(i).addr
                 );
                 self.start_tls(i, early, now);
             }
@@ -938,11 +1027,14 @@ impl Core {
             OriginEvent::Registered { hostname } => {
                 // Text from the edge: escaped before it reaches a terminal or the journal.
                 let hostname = untrusted(&hostname);
+                let edge = &self.edge(i).addr;
                 match &self.cfg.registration {
-                    Registration::Hostname(_) => info!("connection {i} registered {hostname}"),
-                    Registration::Named { name, .. } => {
-                        info!("connection {i} registered tunnel {name} (routes: {hostname})")
+                    Registration::Hostname(_) => {
+                        info!("connection {i} to edge {edge} registered {hostname}")
                     }
+                    Registration::Named { name, .. } => info!(
+                        "connection {i} to edge {edge} registered tunnel {name} (routes: {hostname})"
+                    ),
                 }
                 self.conns[i].attempt = 0;
                 if let Link::Live(l) = &mut self.conns[i].link {
@@ -951,7 +1043,20 @@ impl Core {
             }
             OriginEvent::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                if code.is_final() {
+                let accepted_elsewhere = self.registered_at_another_edge(i);
+                if code.is_final() && accepted_elsewhere {
+                    // An edge of a pool that has not yet seen what another one has (a tunnel
+                    // created a moment ago, within the pool's 2 s): the other edge's word
+                    // stands, this one is asked again. A refusal for good reaches the other
+                    // edges too, and the last one ends the tunnel.
+                    warn!(
+                        "connection {i}: the edge {} refused ({message}) while another edge \
+                         accepts this tunnel: retrying",
+                        self.edge(i).addr
+                    );
+                    self.metrics.error(metrics::Error::EdgeError);
+                    self.disconnect(i, Some("refused by this edge"), now);
+                } else if code.is_final() {
                     error!("connection {i}: the edge refused: {message}");
                     self.metrics.error(metrics::Error::RegistrationRefused);
                     self.exit = Some(Exit::Refused(message));
@@ -1086,11 +1191,13 @@ impl Core {
             if served {
                 let jitter = RECONNECT_AT_ONCE_JITTER.as_millis().max(1) as u64;
                 let delay = Duration::from_millis((self.random)() % jitter);
-                info!("connection {i} lost ({why}); reconnecting in {delay:?}");
+                let edge = &self.edge(i).addr;
+                info!("connection {i} to edge {edge} lost ({why}); reconnecting in {delay:?}");
                 self.conns[i].attempt = 0;
                 self.conns[i].link = Link::Waiting { until: now + delay };
             } else {
-                info!("connection {i} lost ({why}); reconnecting");
+                let edge = &self.edge(i).addr;
+                info!("connection {i} to edge {edge} lost ({why}); reconnecting");
                 self.backoff(i, now);
             }
         }
@@ -1847,11 +1954,28 @@ mod tests {
     }
 
     fn pipe_serving(ha: usize, proxy: Option<ProxyConfig>, service: &str) -> Pipe {
+        let edges = vec![EdgeTarget {
+            addr: EDGE.into(),
+            proxy,
+        }];
+        pipe_to(ha, edges, service)
+    }
+
+    /// A tunnel to a pool of edges (no proxy).
+    fn pipe_pool(ha: usize, edges: &[&str]) -> Pipe {
+        let edges = edges.iter().map(|&addr| EdgeTarget {
+            addr: addr.into(),
+            proxy: None,
+        });
+        pipe_to(ha, edges.collect(), &format!("tcp://{SERVICE}"))
+    }
+
+    fn pipe_to(ha: usize, edges: Vec<EdgeTarget>, service: &str) -> Pipe {
+        let slots = slot_count(ha, edges.len());
         let cfg = Config {
             registration: Registration::Hostname(HOST.into()),
             ingress: Ingress::single(HOST, service).unwrap(),
-            edge: EDGE.into(),
-            proxy,
+            edges,
             connector_id: [7; 16],
             grace: GRACE,
             connections: ha,
@@ -1862,9 +1986,9 @@ mod tests {
         Pipe {
             core: Core::new(cfg, metrics, Box::new(|| JITTER), now),
             now,
-            edges: (0..ha).map(|_| None).collect(),
+            edges: (0..slots).map(|_| None).collect(),
             seen: Vec::new(),
-            edge_events: (0..ha).map(|_| Vec::new()).collect(),
+            edge_events: (0..slots).map(|_| Vec::new()).collect(),
             reachable: true,
             silent: false,
             unanswered: Vec::new(),
@@ -1902,9 +2026,16 @@ mod tests {
             match *out {
                 Output::Resolve { ref name, .. } if self.unanswered.contains(&name.as_str()) => {}
                 Output::Resolve { waiter, ref name } => {
-                    // Addresses stand for themselves; names (the edge, the proxy) resolve.
-                    let addr = name.parse().unwrap_or(([192, 0, 2, 1], 443).into());
-                    self.core.resolved(waiter, Ok(addr), now);
+                    // Addresses stand for themselves; names (the edge, the proxy) resolve,
+                    // `three.test` to three addresses.
+                    let addrs = match name.parse() {
+                        Ok(addr) => vec![addr],
+                        Err(_) if name == "three.test:443" => {
+                            (10..13).map(|n| ([192, 0, 2, n], 443).into()).collect()
+                        }
+                        Err(_) => vec![([192, 0, 2, 1], 443).into()],
+                    };
+                    self.core.resolved(waiter, Ok(addrs), now);
                 }
                 Output::ConnectEdge { conn, .. } => {
                     if self.reachable {
@@ -2170,6 +2301,32 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_edge_that_refuses_what_another_accepted_is_retried_and_the_last_refusal_ends_it() {
+        let (a, b) = ("127.0.0.1:1001", "127.0.0.2:1002");
+        let mut p = pipe_pool(2, &[a, b]);
+        p.advance(Duration::ZERO);
+        p.edge(0).send_registered(HOST);
+        p.run();
+        p.seen.clear();
+        // B has not seen the tunnel yet: its slot retries instead of ending the tunnel.
+        p.edge(1)
+            .send_error(ErrorCode::Conflict, "no such tunnel on this edge");
+        p.run();
+        assert_eq!(p.core.take_exit(), None, "A accepted the tunnel");
+        assert!(p.edges[1].is_none(), "B's connection is closed");
+        p.advance(Duration::from_secs(RECONNECT_BACKOFF_CAP_SECS));
+        p.edge(1).send_registered(HOST);
+        p.run();
+        // Refused for good everywhere: A's refusal, with B's slot not registered, ends it.
+        p.edge(1).send_error(ErrorCode::Conflict, "revoked");
+        p.run();
+        assert_eq!(p.core.take_exit(), None, "A still accepts it");
+        p.edge(0).send_error(ErrorCode::Conflict, "revoked");
+        p.run();
+        assert_eq!(p.core.take_exit(), Some(Exit::Refused("revoked".into())));
+    }
+
+    #[test]
     fn a_transient_edge_error_or_bad_frames_drop_the_connection_and_reconnect() {
         let mut p = pipe(1);
         p.register_all();
@@ -2186,6 +2343,86 @@ mod tests {
         assert_eq!(p.closed_edges(), 2);
         assert!(p.edges[0].is_none());
         next_attempt_is_after(&mut p, Duration::from_millis(1999));
+    }
+
+    /// Where each slot's latest attempt connected, by slot.
+    fn connected_to(p: &Pipe) -> Vec<SocketAddr> {
+        let mut to = vec![None; p.edges.len()];
+        for o in &p.seen {
+            if let Output::ConnectEdge { conn, addr } = o {
+                to[conn.slot] = Some(*addr);
+            }
+        }
+        to.into_iter()
+            .map(|a| a.expect("every slot connected"))
+            .collect()
+    }
+
+    #[test]
+    fn slots_go_round_the_edges_and_every_edge_gets_at_least_one() {
+        assert_eq!(slot_count(4, 1), 4);
+        assert_eq!(slot_count(4, 2), 4);
+        assert_eq!(
+            slot_count(2, 3),
+            3,
+            "more edges than slots: one slot per edge"
+        );
+        assert_eq!(slot_count(0, 0), 1);
+        assert_eq!(spread(0, 2), (0, 0));
+        assert_eq!(spread(1, 2), (1, 0));
+        assert_eq!(spread(2, 2), (0, 1));
+        assert_eq!(spread(3, 2), (1, 1));
+
+        let (a, b, c) = ("127.0.0.1:1001", "127.0.0.2:1002", "127.0.0.3:1003");
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let mut p = pipe_pool(4, &[a, b]);
+        assert_eq!(p.core.connections(), 4);
+        p.register_all();
+        assert_eq!(connected_to(&p), [a, b, a, b].map(addr));
+        p.advance(TICK); // the gauges are recounted each tick
+        let v: serde_json::Value = serde_json::from_str(&p.core.metrics.ready().1).unwrap();
+        assert_eq!(v["edges"][0]["edge"], a);
+        assert_eq!(v["edges"][0]["readyConnections"], 2);
+        assert_eq!(v["edges"][1]["edge"], b);
+        assert_eq!(v["edges"][1]["readyConnections"], 2);
+
+        // Two connections asked of three edges: three, one per edge.
+        let mut p = pipe_pool(2, &[a, b, c]);
+        assert_eq!(p.core.connections(), 3);
+        p.register_all();
+        assert_eq!(connected_to(&p), [a, b, c].map(addr));
+
+        // A connection lost reconnects to its own edge, not to another one.
+        let mut p = pipe_pool(4, &[a, b]);
+        p.register_all();
+        p.seen.clear();
+        let conn = p.conn(1);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        p.advance(Duration::from_secs(RECONNECT_BACKOFF_CAP_SECS));
+        let again = p.seen.iter().filter_map(|o| match o {
+            Output::ConnectEdge { conn, addr } => Some((conn.slot, *addr)),
+            _ => None,
+        });
+        let again: Vec<_> = again.collect();
+        assert_eq!(again, vec![(1, addr(b))]);
+    }
+
+    #[test]
+    fn an_edge_name_with_several_addresses_spreads_its_slots_over_them() {
+        let mut p = pipe_pool(4, &["three.test:443", "127.0.0.9:9"]);
+        p.register_all();
+        let at = |n: u8| SocketAddr::from(([192, 0, 2, n], 443));
+        // Slots 0 and 2 go to three.test: its first and second address.
+        let to = connected_to(&p);
+        assert_eq!(to[0], at(10));
+        assert_eq!(to[2], at(11));
+        assert_eq!(to[1], "127.0.0.9:9".parse().unwrap());
+        assert_eq!(to[3], to[1]);
+        // Six slots over one name of three addresses: two on each.
+        let mut p = pipe_pool(6, &["three.test:443"]);
+        p.register_all();
+        assert_eq!(connected_to(&p), [10, 11, 12, 10, 11, 12].map(at));
     }
 
     fn proxied() -> Pipe {

@@ -63,7 +63,8 @@ struct Local {
 pub struct Origin {
     core: Core,
     tls: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
+    /// The SNI for each edge (by the core's edge index).
+    server_names: Vec<ServerName<'static>>,
     poll: Poll,
     edges: Vec<Edge>,
     locals: Vec<Option<Local>>,
@@ -94,18 +95,30 @@ impl Origin {
             )
             .map_err(|e| io::Error::other(format!("origin certificate unusable: {e}")))?;
         tls.alpn_protocols = vec![mux::ALPN.to_vec()];
-        let server_name = ServerName::try_from(opts.server_name.clone()).map_err(|_| {
-            io::Error::other(format!("invalid TLS server name {}", opts.server_name))
-        })?;
-        let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
-        let proxy = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        if let (Some(p), None) = (&proxy, proxy::split_host_port(&opts.edge)) {
-            return Err(io::Error::other(format!(
-                "the edge address {:?} is not HOST:PORT, which a CONNECT through the proxy {} \
-                 needs: set --edge",
-                opts.edge, p.addr
-            )));
+        if opts.edges.is_empty() {
+            return Err(io::Error::other("no edge to connect to: set --edge"));
+        }
+        let mut server_names = Vec::new();
+        let mut edges = Vec::new();
+        for e in opts.edges {
+            let name = ServerName::try_from(e.server_name.clone()).map_err(|_| {
+                io::Error::other(format!("invalid TLS server name {}", e.server_name))
+            })?;
+            server_names.push(name);
+            let edge_host = e.addr.rsplit_once(':').map_or(&*e.addr, |(h, _)| h);
+            let proxy = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            if let (Some(p), None) = (&proxy, proxy::split_host_port(&e.addr)) {
+                return Err(io::Error::other(format!(
+                    "the edge address {:?} is not HOST:PORT, which a CONNECT through the proxy \
+                     {} needs: set --edge",
+                    e.addr, p.addr
+                )));
+            }
+            edges.push(core::EdgeTarget {
+                addr: e.addr,
+                proxy,
+            });
         }
         let connector_id = random_bytes();
         let metrics = Metrics::new(metrics::Role::Tunnel, connector_id);
@@ -117,8 +130,7 @@ impl Origin {
         let cfg = core::Config {
             registration: opts.registration,
             ingress: opts.ingress,
-            edge: opts.edge,
-            proxy,
+            edges,
             connector_id,
             grace: opts.grace,
             connections: opts.ha_connections,
@@ -134,7 +146,7 @@ impl Origin {
         Ok(Origin {
             core,
             tls: Arc::new(tls),
-            server_name,
+            server_names,
             poll,
             edges,
             locals: Vec::new(),
@@ -213,7 +225,7 @@ impl Origin {
                 Output::Resolve { waiter, name } => {
                     let now = Instant::now();
                     match self.resolver.lookup(&name, waiter, now) {
-                        Lookup::Ready(addr) => self.core.resolved(waiter, Ok(addr), now),
+                        Lookup::Ready(addrs) => self.core.resolved(waiter, Ok(addrs), now),
                         Lookup::Failed(e) => self.core.resolved(waiter, Err(e), now),
                         Lookup::Pending => {}
                     }
@@ -302,7 +314,8 @@ impl Origin {
                 return;
             }
         };
-        let started = rustls::ClientConnection::new(self.tls.clone(), self.server_name.clone())
+        let server_name = self.server_names[self.core.edge_index(conn.slot)].clone();
+        let started = rustls::ClientConnection::new(self.tls.clone(), server_name)
             .map_err(|e| format!("TLS setup: {e}"))
             .and_then(|mut tls| {
                 proxy::hand_to_tls(&mut tls, early)

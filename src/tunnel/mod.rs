@@ -1,6 +1,7 @@
 //! `postern tunnel`: the origin connector. Holds N outbound TLS connections to the edge
 //! (mutual TLS with the origin certificate), registers one hostname on each, and splices each
-//! stream the edge opens to the local service.
+//! stream the edge opens to the local service. With several edges (`--edge` repeated: a pool),
+//! the connections go round the edges, at least one each (`core::spread`).
 //!
 //! - `core.rs`: the link core, every decision (per connection: resolve, connect, CONNECT
 //!   through a proxy, TLS, REGISTER, serve, backoff; per stream: its service; drain), with
@@ -31,15 +32,45 @@ pub struct TunnelOptions {
     pub registration: Registration,
     /// Which service each hostname's streams go to.
     pub ingress: Ingress,
-    /// SNI sent to the edge.
-    pub server_name: String,
     pub credential: OriginCredential,
-    pub edge: String,
+    /// The edges (at least one, at most `MAX_EDGES`), each with the SNI sent to it.
+    pub edges: Vec<EdgeAddr>,
     pub extra_ca: Option<std::path::PathBuf>,
     pub ha_connections: usize,
     pub grace: Duration,
     /// How long a resumable stream whose client is gone keeps its service connection.
     pub resume_window: Duration,
+}
+
+/// One edge an origin connects to.
+pub struct EdgeAddr {
+    /// `host:port`.
+    pub addr: String,
+    /// The TLS server name (SNI) sent to it.
+    pub server_name: String,
+}
+
+/// The edges from `--edge` (repeatable), `POSTERN_EDGE` (comma-separated) or the config's
+/// `edge` (a string or a list): trimmed, duplicates dropped, at most `MAX_EDGES`.
+pub fn edge_list<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, String> {
+    let mut edges: Vec<String> = Vec::new();
+    for e in given.iter().flat_map(|g| g.as_ref().split(',')) {
+        let e = e.trim();
+        if e.is_empty() {
+            continue;
+        }
+        if !edges.iter().any(|x| x == e) {
+            edges.push(e.to_owned());
+        }
+    }
+    if edges.len() > crate::limits::MAX_EDGES {
+        return Err(format!(
+            "{} edges given: an origin connects to at most {}",
+            edges.len(),
+            crate::limits::MAX_EDGES
+        ));
+    }
+    Ok(edges)
 }
 
 /// Maps `ssh://host:port`, `tcp://host:port` or `host:port` to `host:port`.
@@ -76,6 +107,17 @@ pub fn service_address(url: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn edges_come_from_repeats_and_commas_without_duplicates() {
+        assert_eq!(
+            edge_list(&["a:1", "b:2, c:3", "a:1", " "]).unwrap(),
+            vec!["a:1", "b:2", "c:3"]
+        );
+        assert_eq!(edge_list::<&str>(&[]).unwrap(), Vec::<String>::new());
+        let many: Vec<String> = (0..17).map(|i| format!("e{i}:443")).collect();
+        assert!(edge_list(&many).unwrap_err().contains("at most 16"));
+    }
 
     #[test]
     fn service_urls() {

@@ -1,8 +1,9 @@
-//! Name resolution off the origin's event loop: the edge's address at each connect, and each
-//! ingress service's address per stream.
+//! Name resolution off the origin's event loop: the edges' addresses at each connect, and
+//! each ingress service's address per stream. A name's answer is all its addresses (sorted,
+//! at most `MAX_RESOLVED_ADDRESSES`): the core spreads an edge's slots over them.
 //!
 //! ```text
-//!  loop: lookup(name, waiter) ─┬─ an IP address, or a cached one ──────────▶ Ready(addr)
+//!  loop: lookup(name, waiter) ─┬─ an IP address, or cached ones ───────────▶ Ready(addrs)
 //!                              ├─ the name is being looked up: waiter joins ─▶ Pending
 //!                              └─ queued (MAX_RESOLVE_JOBS) ─▶ RESOLVER_THREADS ─▶ Pending
 //!                                   full: Failed (busy), at once
@@ -22,15 +23,20 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::limits::{MAX_RESOLVE_JOBS, RESOLVER_THREADS, RESOLVE_CACHE_SECS};
+use crate::limits::{
+    MAX_RESOLVED_ADDRESSES, MAX_RESOLVE_JOBS, RESOLVER_THREADS, RESOLVE_CACHE_SECS,
+};
 
-/// A blocking lookup of `host:port`: the first address.
-pub(super) type LookupFn = dyn Fn(&str) -> Result<SocketAddr, String> + Send + Sync;
+/// A name's addresses: sorted, no duplicates, at least one.
+pub(super) type Addrs = Vec<SocketAddr>;
+
+/// A blocking lookup of `host:port`: its addresses.
+pub(super) type LookupFn = dyn Fn(&str) -> Result<Addrs, String> + Send + Sync;
 
 /// What [`Resolver::lookup`] can tell at once.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Lookup {
-    Ready(SocketAddr),
+    Ready(Addrs),
     /// The answer comes through [`Resolver::answers`].
     Pending,
     /// Why not (the queue is full).
@@ -40,19 +46,28 @@ pub(super) enum Lookup {
 /// See the module doc. `W` names who waits for an answer.
 pub(super) struct Resolver<W> {
     jobs: SyncSender<String>,
-    done: Receiver<(String, Result<SocketAddr, String>)>,
-    /// Address and until when it is used.
-    cache: HashMap<String, (SocketAddr, Instant)>,
+    done: Receiver<(String, Result<Addrs, String>)>,
+    /// Addresses and until when they are used.
+    cache: HashMap<String, (Addrs, Instant)>,
     /// Names being looked up, and who waits for each.
     waiting: HashMap<String, Vec<W>>,
 }
 
-/// The system resolver (`getaddrinfo`).
-pub(super) fn system_lookup(name: &str) -> Result<SocketAddr, String> {
-    name.to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {name}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{name} resolves to no address"))
+/// The system resolver (`getaddrinfo`): every address, sorted so that a slot's pick stays
+/// put when the answer comes back reordered (round-robin DNS).
+pub(super) fn system_lookup(name: &str) -> Result<Addrs, String> {
+    let addrs = name
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {name}: {e}"))?;
+    tidy(addrs.collect()).ok_or_else(|| format!("{name} resolves to no address"))
+}
+
+/// Sorted, without duplicates, at most [`MAX_RESOLVED_ADDRESSES`]; `None` if empty.
+fn tidy(mut addrs: Addrs) -> Option<Addrs> {
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs.truncate(MAX_RESOLVED_ADDRESSES);
+    (!addrs.is_empty()).then_some(addrs)
 }
 
 impl<W> Resolver<W> {
@@ -82,11 +97,11 @@ impl<W> Resolver<W> {
     /// The address of `name` (`host:port`) now, or later for `waiter`; never waits.
     pub(super) fn lookup(&mut self, name: &str, waiter: W, now: Instant) -> Lookup {
         if let Ok(addr) = name.parse::<SocketAddr>() {
-            return Lookup::Ready(addr);
+            return Lookup::Ready(vec![addr]);
         }
-        if let Some(&(addr, until)) = self.cache.get(name) {
-            if now < until {
-                return Lookup::Ready(addr);
+        if let Some((addrs, until)) = self.cache.get(name) {
+            if now < *until {
+                return Lookup::Ready(addrs.clone());
             }
             self.cache.remove(name);
         }
@@ -109,12 +124,12 @@ impl<W> Resolver<W> {
     }
 
     /// The lookups that finished: each waiter with the result of its name.
-    pub(super) fn answers(&mut self, now: Instant) -> Vec<(W, Result<SocketAddr, String>)> {
+    pub(super) fn answers(&mut self, now: Instant) -> Vec<(W, Result<Addrs, String>)> {
         let mut out = Vec::new();
         while let Ok((name, result)) = self.done.try_recv() {
-            if let Ok(addr) = result {
+            if let Ok(addrs) = &result {
                 let until = now + Duration::from_secs(RESOLVE_CACHE_SECS);
-                self.cache.insert(name.clone(), (addr, until));
+                self.cache.insert(name.clone(), (addrs.clone(), until));
             }
             for w in self.waiting.remove(&name).unwrap_or_default() {
                 out.push((w, result.clone()));
@@ -146,13 +161,13 @@ mod tests {
             counted.fetch_add(1, Ordering::SeqCst);
             if name.starts_with("slow") {
                 let _ = gate.lock().unwrap().recv();
-                return Ok(SocketAddr::from(([10, 0, 0, 1], 1)));
+                return Ok(vec![SocketAddr::from(([10, 0, 0, 1], 1))]);
             }
             match name
                 .strip_prefix('n')
                 .and_then(|r| r.strip_suffix(".test:1"))
             {
-                Some(n) => Ok(SocketAddr::from(([127, 0, 0, n.parse().unwrap()], 1))),
+                Some(n) => Ok(vec![SocketAddr::from(([127, 0, 0, n.parse().unwrap()], 1))]),
                 None => Err(format!("cannot resolve {name}: no such name")),
             }
         };
@@ -168,7 +183,7 @@ mod tests {
         r: &mut Resolver<u32>,
         woken: &mpsc::Receiver<()>,
         now: Instant,
-    ) -> Vec<(u32, Result<SocketAddr, String>)> {
+    ) -> Vec<(u32, Result<Addrs, String>)> {
         woken
             .recv_timeout(Duration::from_secs(10))
             .expect("a resolver thread answers");
@@ -181,7 +196,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(
             r.lookup("127.0.0.1:22", 0, t0),
-            Lookup::Ready(SocketAddr::from(([127, 0, 0, 1], 22))),
+            Lookup::Ready(vec![SocketAddr::from(([127, 0, 0, 1], 22))]),
             "addresses need no lookup"
         );
         assert_eq!(r.lookup("slow.test:1", 1, t0), Lookup::Pending);
@@ -189,11 +204,14 @@ mod tests {
         // While slow.test hangs in one thread, another name is answered.
         assert_eq!(r.lookup("n5.test:1", 3, t0), Lookup::Pending);
         let got = next_answers(&mut r, &woken, t0);
-        assert_eq!(got, vec![(3, Ok(SocketAddr::from(([127, 0, 0, 5], 1))))]);
+        assert_eq!(
+            got,
+            vec![(3, Ok(vec![SocketAddr::from(([127, 0, 0, 5], 1))]))]
+        );
         release.send(()).unwrap();
         let mut got = next_answers(&mut r, &woken, t0);
         got.sort();
-        let slow = Ok(SocketAddr::from(([10, 0, 0, 1], 1)));
+        let slow = Ok(vec![SocketAddr::from(([10, 0, 0, 1], 1))]);
         assert_eq!(got, vec![(1, slow.clone()), (2, slow)]);
         assert_eq!(calls.load(Ordering::SeqCst), 2, "one lookup per name");
     }
@@ -204,9 +222,12 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(r.lookup("n7.test:1", 1, t0), Lookup::Pending);
         next_answers(&mut r, &woken, t0);
-        let seven = SocketAddr::from(([127, 0, 0, 7], 1));
+        let seven = vec![SocketAddr::from(([127, 0, 0, 7], 1))];
         let later = t0 + Duration::from_secs(RESOLVE_CACHE_SECS - 1);
-        assert_eq!(r.lookup("n7.test:1", 2, later), Lookup::Ready(seven));
+        assert_eq!(
+            r.lookup("n7.test:1", 2, later),
+            Lookup::Ready(seven.clone())
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let expired = t0 + Duration::from_secs(RESOLVE_CACHE_SECS);
         assert_eq!(r.lookup("n7.test:1", 3, expired), Lookup::Pending);
@@ -225,6 +246,20 @@ mod tests {
     }
 
     #[test]
+    fn a_names_addresses_are_sorted_without_duplicates_and_bounded() {
+        let a = |n: u8| SocketAddr::from(([192, 0, 2, n], 443));
+        assert_eq!(
+            tidy(vec![a(3), a(1), a(3), a(2)]),
+            Some(vec![a(1), a(2), a(3)])
+        );
+        assert_eq!(tidy(Vec::new()), None);
+        let many = (0..=255).map(a).rev().collect();
+        assert_eq!(tidy(many).unwrap().len(), MAX_RESOLVED_ADDRESSES);
+        let local = system_lookup("localhost:1").expect("localhost resolves");
+        assert!(local.windows(2).all(|w| w[0] < w[1]), "{local:?}");
+    }
+
+    #[test]
     fn a_full_queue_fails_at_once() {
         let (mut r, _woken, release, _calls) = resolver();
         let t0 = Instant::now();
@@ -239,7 +274,7 @@ mod tests {
             match r.lookup(&format!("q{n}.test:1"), n, t0) {
                 Lookup::Pending => {}
                 Lookup::Failed(e) => break e,
-                Lookup::Ready(a) => panic!("{a}"),
+                Lookup::Ready(a) => panic!("{a:?}"),
             }
         };
         assert!(failed.contains("being resolved already"), "{failed}");
