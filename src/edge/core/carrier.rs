@@ -521,6 +521,14 @@ impl EdgeCore {
     ) {
         let conn = self.conn_id(slot);
         if !self.on_page(conn, c, head, host, body) {
+            let browser = head.method == "GET"
+                && head
+                    .header("accept")
+                    .is_some_and(|a| a.contains("text/html"));
+            if browser {
+                let served = self.settings.application(host).is_some();
+                return super::login::host_page(c, host, served);
+            }
             refuse(
                 c,
                 400,

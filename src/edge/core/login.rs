@@ -203,6 +203,37 @@ fn page(c: &mut Carrier, status: u16, title: &str, body_html: &str) {
     page_with(c, status, title, body_html, &[]);
 }
 
+/// What a web browser that opens an SSH hostname gets: a page saying what the host is and the
+/// exact `~/.ssh/config` block (the guide warns that a browser request to it "will fail"; it
+/// should at least say why and what to do). `served` is false when no application of this
+/// edge covers `host`.
+pub(super) fn host_page(c: &mut Carrier, host: &str, served: bool) {
+    let h = html(host);
+    if !served {
+        return page(
+            c,
+            404,
+            "Not found",
+            &format!("<p>No application is served at <b>{h}</b> on this edge.</p>"),
+        );
+    }
+    let body = format!(
+        "<p><b>{h}</b> carries SSH through <b>postern</b>, a zero-trust access gateway: every \
+         connection is checked against your sign-in. A web browser cannot open it; connect with \
+         <code>ssh</code> instead.</p>\
+         <p>Add this block to <code>~/.ssh/config</code> on your computer (with the \
+         <code>postern</code> binary installed there):</p>\
+         <pre>Host {h}\n  ProxyCommand postern access ssh --hostname %h</pre>\
+         <p>then run <code>ssh {h}</code>. The first connection opens a browser to sign in; \
+         later ones reuse the sign-in until it expires.</p>\
+         <p>postern can write the block for you: \
+         <code>postern access ssh-config --hostname {h} &gt;&gt; ~/.ssh/config</code>. \
+         An existing <code>cloudflared access ssh</code> block works with <code>cloudflared</code> \
+         replaced by <code>postern</code>.</p>"
+    );
+    page(c, 200, &format!("{host}: an SSH host"), &body);
+}
+
 fn redirect(c: &mut Carrier, location: &str, extra: &[(&str, &str)]) {
     let mut headers = vec![("Location", location)];
     headers.extend_from_slice(extra);

@@ -1142,3 +1142,40 @@ fn a_carrier_that_dies_without_closing_resets_its_stream_as_lost() {
         "{events:?}"
     );
 }
+
+// ------------------------------------------------------------------------- browsers
+
+#[test]
+fn a_browser_that_opens_an_ssh_hostname_gets_a_page_with_the_ssh_config_block() {
+    let mut pipe = Pipe::new();
+    let get = |host: &str, accept: &str| {
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\nAccept: {accept}\r\n\r\n").into_bytes()
+    };
+    let browser = "text/html,application/xhtml+xml,*/*;q=0.8";
+
+    let mut c = pipe.carrier(peer_addr(10, 1), APP);
+    pipe.send(&mut c, &get(APP, browser));
+    let answer = String::from_utf8_lossy(&c.received).into_owned();
+    assert_eq!(status(&c.received), 200, "{answer}");
+    assert!(answer.contains("Content-Type: text/html"), "{answer}");
+    assert!(
+        answer.contains("Content-Security-Policy: default-src 'none'"),
+        "the login pages' CSP: {answer}"
+    );
+    let block = format!("Host {APP}\n  ProxyCommand postern access ssh --hostname %h");
+    assert!(answer.contains(&block), "the ~/.ssh/config block: {answer}");
+    assert!(answer.contains(&format!("ssh {APP}")), "{answer}");
+
+    // A program that does not ask for HTML keeps the short JSON refusal.
+    let mut p = pipe.carrier(peer_addr(10, 2), APP);
+    pipe.send(&mut p, &get(APP, "*/*"));
+    assert_eq!(status(&p.received), 400);
+    assert!(body_of(&p.received).contains("postern access ssh"));
+
+    // A hostname this edge serves no application for says so, in HTML too.
+    let mut pipe = Pipe::with(|s| s.applications.retain(|a| a.hostname == APP));
+    let mut o = pipe.carrier(peer_addr(10, 3), "other.localhost");
+    pipe.send(&mut o, &get("other.localhost", browser));
+    assert_eq!(status(&o.received), 404);
+    assert!(body_of(&o.received).contains("No application is served at"));
+}
