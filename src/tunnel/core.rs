@@ -310,6 +310,8 @@ struct Conn {
     streams: HashMap<u32, Carried>,
     /// A service moved bytes since the edge connection was last pumped.
     moved: bool,
+    /// The slot's edge last answered with a final refusal (cleared when it registers).
+    refused: bool,
 }
 
 /// What a connection's timer asks for.
@@ -358,6 +360,7 @@ impl Core {
                 attempt: 0,
                 streams: HashMap::new(),
                 moved: false,
+                refused: false,
             })
             .collect();
         Core {
@@ -433,10 +436,14 @@ impl Core {
     }
 
     /// True when a slot to another edge than slot `i`'s is registered.
-    fn registered_at_another_edge(&self, i: usize) -> bool {
+    /// True while another edge of the pool accepts this tunnel, or has not refused it for
+    /// good yet (its connection is still on its way, or it is down): one edge's final refusal
+    /// then waits for the others' word.
+    fn another_edge_may_accept(&self, i: usize) -> bool {
         let edge = self.edge_index(i);
         self.conns.iter().enumerate().any(|(j, c)| {
-            self.edge_index(j) != edge && matches!(&c.link, Link::Live(l) if l.registered.is_some())
+            self.edge_index(j) != edge
+                && (!c.refused || matches!(&c.link, Link::Live(l) if l.registered.is_some()))
         })
     }
 
@@ -1037,21 +1044,25 @@ impl Core {
                     ),
                 }
                 self.conns[i].attempt = 0;
+                self.conns[i].refused = false;
                 if let Link::Live(l) = &mut self.conns[i].link {
                     l.registered = Some(now);
                 }
             }
             OriginEvent::Error { code, message } => {
                 let message = untrusted(&message).to_string();
-                let accepted_elsewhere = self.registered_at_another_edge(i);
-                if code.is_final() && accepted_elsewhere {
+                if code.is_final() {
+                    self.conns[i].refused = true;
+                }
+                let elsewhere = self.another_edge_may_accept(i);
+                if code.is_final() && elsewhere {
                     // An edge of a pool that has not yet seen what another one has (a tunnel
-                    // created a moment ago, within the pool's 2 s): the other edge's word
-                    // stands, this one is asked again. A refusal for good reaches the other
-                    // edges too, and the last one ends the tunnel.
+                    // created a moment ago, within the pool's 2 s), while another edge accepts
+                    // the tunnel or has not answered yet: this one is asked again. A refusal
+                    // for good reaches the other edges too, and the last one ends the tunnel.
                     warn!(
                         "connection {i}: the edge {} refused ({message}) while another edge \
-                         accepts this tunnel: retrying",
+                         may accept this tunnel: retrying",
                         self.edge(i).addr
                     );
                     self.metrics.error(metrics::Error::EdgeError);
@@ -2324,6 +2335,29 @@ mod tests {
         p.edge(0).send_error(ErrorCode::Conflict, "revoked");
         p.run();
         assert_eq!(p.core.take_exit(), Some(Exit::Refused("revoked".into())));
+    }
+
+    #[test]
+    fn a_pool_edge_that_refuses_before_another_has_answered_does_not_end_the_tunnel() {
+        let (a, b) = ("127.0.0.1:1001", "127.0.0.2:1002");
+        let mut p = pipe_pool(2, &[a, b]);
+        p.advance(Duration::ZERO);
+        // B answers first, and has not seen the tunnel yet; A has not answered.
+        p.edge(1)
+            .send_error(ErrorCode::Conflict, "no such tunnel on this edge");
+        p.run();
+        assert_eq!(p.core.take_exit(), None, "A may still accept it");
+        assert!(
+            p.edges[1].is_none(),
+            "B's connection is closed, to be retried"
+        );
+        p.edge(0).send_registered(HOST);
+        p.run();
+        assert_eq!(p.core.take_exit(), None);
+        p.advance(Duration::from_secs(RECONNECT_BACKOFF_CAP_SECS));
+        p.edge(1).send_registered(HOST);
+        p.run();
+        assert_eq!(p.core.take_exit(), None);
     }
 
     #[test]
