@@ -386,12 +386,10 @@ fn pump_resumable(
     loop {
         let mut moved = false;
         if let Some(c) = carrier.as_mut() {
-            match c.read(stage) {
-                Ok(_) => {}
-                Err(e) => {
-                    core.handle_edge_closed(&format!("{e}"), now);
-                    *carrier = None;
-                }
+            if let Err(e) = c.read(stage) {
+                last_words(core, c, None, now)?;
+                core.handle_edge_closed(&format!("{e}"), now);
+                *carrier = None;
             }
         }
         if let Some(c) = carrier.as_mut() {
@@ -457,6 +455,7 @@ fn pump_resumable(
         if let Some(c) = carrier.as_mut() {
             loop {
                 if let Err(e) = c.flush() {
+                    last_words(core, c, Some(&mut *stage), now)?;
                     core.handle_edge_closed(&format!("{e}"), now);
                     *carrier = None;
                     break;
@@ -477,4 +476,27 @@ fn pump_resumable(
             return Ok(());
         }
     }
+}
+
+/// Before a broken carrier counts as a lost path: what the edge said before it broke. An edge
+/// that ends a stream on purpose sends a Close with the reason and then closes; a write of ours
+/// that crossed it gets a reset, and the Close may still wait in the socket (`stage`: read it
+/// once more). A Close with an error ends the session with its reason instead of a resume.
+fn last_words(
+    core: &mut Resumable,
+    c: &mut TlsConn,
+    stage: Option<&mut [u8]>,
+    now: Instant,
+) -> Result<(), AccessError> {
+    if let Some(stage) = stage {
+        let _ = c.read(stage);
+    }
+    while core.wants_edge_input() && !c.rx.is_empty() {
+        let before = c.rx.len();
+        core.handle_edge_input(&mut c.rx, now)?;
+        if c.rx.len() == before {
+            break;
+        }
+    }
+    Ok(())
 }
