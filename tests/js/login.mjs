@@ -3,7 +3,7 @@
 //
 //   node tests/js/login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE]
 //                           [--code CODE] [--then URL2 --then-expect TEXT2]
-//                           [--timeout SECONDS] [--screenshot FILE]
+//                           [--timeout SECONDS] [--screenshot FILE] [--map HOST=IP]...
 //
 // 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
 // 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
@@ -19,6 +19,10 @@
 // 8. with --then, opens URL2 in the same browser (its provider session still signed in, as a
 //    victim's browser would be) and runs 1-7 again for --then-expect, pressing nothing on a
 //    confirmation page.
+//
+// --map HOST=IP makes Chromium resolve HOST to the loopback address IP (its
+// --host-resolver-rules): an edge pool's edges listen on 127.0.0.1, 127.0.0.2, … with one public
+// URL, and the map sends this browser to one of them, as a load balancer would.
 //
 // Success: exit 0, stdout is `URL: <final url>` then the page text. Failure (timeout, error
 // page, missing form): exit 1, stderr has the step that failed, the URL, the page text and the
@@ -46,7 +50,7 @@ const ARGS = [
 
 function usage(msg) {
   if (msg) console.error(`login.mjs: ${msg}`);
-  console.error('usage: node login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE] [--code CODE] [--then URL2 --then-expect TEXT2] [--timeout SECONDS] [--screenshot FILE]');
+  console.error('usage: node login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE] [--code CODE] [--then URL2 --then-expect TEXT2] [--timeout SECONDS] [--screenshot FILE] [--map HOST=IP]');
   process.exit(2);
 }
 
@@ -60,6 +64,7 @@ function parseArgs(argv) {
     code: process.env.POSTERN_LOGIN_CODE || null,
     then: null,
     thenExpect: null,
+    map: [],
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
@@ -75,6 +80,11 @@ function parseArgs(argv) {
     else if (a === '--code') opts.code = value();
     else if (a === '--then') opts.then = value();
     else if (a === '--then-expect') opts.thenExpect = value();
+    else if (a === '--map') {
+      const m = /^([a-z0-9.-]+)=(127\.\d+\.\d+\.\d+)$/.exec(value());
+      if (!m) usage('--map takes HOST=IP with a 127.x.y.z address');
+      opts.map.push(`MAP ${m[1]} ${m[2]}`);
+    }
     else if (a.startsWith('--')) usage(`unknown option ${a}`);
     else positional.push(a);
   }
@@ -227,7 +237,7 @@ async function main() {
     log(`launching ${CHROMIUM} (profile ${profile})`);
     context = await chromium.launchPersistentContext(profile, {
       executablePath: CHROMIUM,
-      args: ARGS,
+      args: args.map.length ? [...ARGS, `--host-resolver-rules=${args.map.join(',')}`] : ARGS,
       headless: true,
       ignoreHTTPSErrors: true,
       timeout: remaining(),

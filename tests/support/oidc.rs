@@ -285,6 +285,25 @@ pub fn browser_login(
     run_login_js(url, login, expect, &extra, dir)
 }
 
+/// [`browser_login`] (confirming with `code`) in a browser that resolves each of `hosts` to the
+/// loopback address `ip`: one edge of a pool that shares one public URL, as a load balancer
+/// would choose it.
+pub fn browser_login_via(
+    url: &str,
+    login: &str,
+    code: &str,
+    hosts: &[&str],
+    ip: &str,
+    dir: &Path,
+) -> Result<String, String> {
+    let maps: Vec<String> = hosts.iter().map(|h| format!("{h}={ip}")).collect();
+    let mut extra = vec!["--code", code];
+    for map in &maps {
+        extra.extend(["--map", map.as_str()]);
+    }
+    run_login_js(url, login, DEFAULT_EXPECT, &extra, dir)
+}
+
 /// [`browser_login`] at `url` (confirming with `code`), then, in the same browser with its
 /// provider session still signed in, opens `then_url` and waits for `then_expect` without
 /// pressing anything: what a signed-in victim's browser does with a link it was sent.
