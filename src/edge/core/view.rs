@@ -57,14 +57,17 @@ pub(super) enum Verified {
 }
 
 impl TokenView {
+    /// "Revoked" only to the holder of the secret: a client id alone (it is not secret: it
+    /// sits in configs and logs) learns nothing about the token's state.
     pub(super) fn verify(&self, client_id: &str, secret: &str) -> Verified {
-        if self.revoked.contains(client_id) {
-            return Verified::Revoked;
-        }
+        let revoked = self.revoked.contains(client_id);
         match self.tokens.get(client_id) {
             // The digests are compared in constant time.
+            Some(t) if t.matches(secret) && revoked => Verified::Revoked,
             Some(t) if t.matches(secret) => Verified::Token(t.name.clone()),
             Some(_) => Verified::Refused,
+            // A revoked id is refused without asking the store again.
+            None if revoked => Verified::Refused,
             None => Verified::Unknown,
         }
     }
@@ -661,6 +664,12 @@ mod tests {
             "revoked"
         );
         assert_eq!(tokens.verify("b.access", "s1"), Verified::Unknown);
+        // "Revoked" only to the holder of the secret: the client id alone gets the answer any
+        // wrong secret gets, and a revoked id with no record is refused without a lookup.
+        assert_eq!(tokens.verify("r.access", "guess"), Verified::Refused);
+        let (mut tokens, _, _, _) = views(Snapshot::default());
+        tokens.revoked.insert("gone.access".into());
+        assert_eq!(tokens.verify("gone.access", "s1"), Verified::Refused);
     }
 
     #[test]
