@@ -181,7 +181,7 @@ pub struct EdgeLimits {
     pub login_attempts_per_minute: u32,
     /// Largest HTTP request head, bytes ([`MAX_HTTP_HEAD`]; 1 KiB to 64 KiB).
     pub max_head_bytes: usize,
-    /// Most headers in one request head ([`MAX_HTTP_HEADERS`]; 1 to 256).
+    /// Most headers in one request head ([`MAX_HTTP_HEADERS`]; 10 to 256).
     pub max_headers: usize,
     /// Largest WebSocket frame a client may send, bytes ([`MAX_WS_FRAME_PAYLOAD`]; 1 KiB to
     /// 16 MiB). Frames are streamed, never buffered whole, so this bounds abuse, not memory.
@@ -244,7 +244,9 @@ impl EdgeLimits {
                 1024,
                 64 * 1024,
             ),
-            ("max_headers", self.max_headers as u64, 1, 256),
+            // 10: `postern access ssh`'s own upgrade has 9 header fields (a service token
+            // and Postern-Resume); fewer would refuse the project's own client.
+            ("max_headers", self.max_headers as u64, 10, 256),
             (
                 "max_ws_frame_bytes",
                 self.max_ws_frame_bytes,
@@ -391,6 +393,15 @@ mod tests {
             ..EdgeLimits::default()
         };
         assert!(huge.check().unwrap_err().contains("max_ws_frame_bytes"));
+        // Fewer headers than `access ssh`'s own upgrade sends would refuse every ssh.
+        let few = EdgeLimits {
+            max_headers: 8,
+            ..EdgeLimits::default()
+        };
+        assert!(few
+            .check()
+            .unwrap_err()
+            .contains("max_headers must be between 10"));
     }
 
     #[test]
