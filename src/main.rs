@@ -320,6 +320,11 @@ USAGE:
     postern edge service-token revoke NAME [--state DIR|etcd://…]
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR | --keys DIR] [--edge HOST:PORT]
     postern edge origin-cert revoke SERIAL|FILE [--state DIR|etcd://…]
+    postern edge sessions list [--output json] [--origincert FILE] [--edge HOST:PORT] [--ca FILE]
+    postern edge sessions kill ID | --email E | --token NAME | --hostname H [--origincert …]
+                     live sessions at one edge, over its admin API, as a zone's origin
+                     certificate sees them (the zone's hostnames only); kill ends them with
+                     a message to the client and a session_end audit line
 
 OPTIONS:
     --dev            embedded default: local CA, serves *.localhost, admits this edge's service tokens
@@ -342,6 +347,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         match first {
             "service-token" => return cmd_service_token(args[1..].to_vec()),
             "origin-cert" => return cmd_origin_cert(args[1..].to_vec()),
+            "sessions" => return cmd_sessions(args[1..].to_vec()),
             _ => {}
         }
     }
@@ -435,6 +441,63 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         log::info!("metrics on {bound}");
     }
     edge.run().map_err(CliError::Edge)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `edge sessions list|kill`: the admin API's sessions, reached as `tunnel list` reaches it
+/// (the zone's origin certificate, its edge or `--edge`).
+fn cmd_sessions(mut args: Vec<OsString>) -> Res {
+    const FORM: &str =
+        "usage: postern edge sessions list [--output json] | kill ID | kill --email E | \
+                        kill --token NAME | kill --hostname H";
+    // `--email` and `--token` are kill's own; the rest are the tunnel admin commands' flags.
+    let mut own: Vec<(&str, String)> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].to_string_lossy().into_owned();
+        let Some((flag, inline)) = ["--email", "--token"].iter().find_map(|f| {
+            let rest = arg.strip_prefix(f)?;
+            match rest.strip_prefix('=') {
+                Some(v) => Some((*f, Some(v.to_owned()))),
+                None if rest.is_empty() => Some((*f, None)),
+                None => None,
+            }
+        }) else {
+            i += 1;
+            continue;
+        };
+        args.remove(i);
+        let value = match inline {
+            Some(v) => v,
+            None if i < args.len() => args.remove(i).to_string_lossy().into_owned(),
+            None => return Err(usage(format!("{flag} needs a value\n{FORM}"))),
+        };
+        own.push((flag, value));
+    }
+    let Some(a) = TunnelArgs::parse(args, "edge sessions")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let words: Vec<&str> = a.positional.iter().map(String::as_str).collect();
+    let out = match (words.as_slice(), own.as_slice(), &a.hostname) {
+        (["list"], [], None) => tunnel::admin::sessions(&a.admin()?.0, a.json),
+        (["kill", id], [], None) => {
+            tunnel::admin::kill_sessions(&a.admin()?.0, serde_json::json!({ "id": id }))
+        }
+        (["kill"], [(flag, v)], None) => {
+            let key = if *flag == "--email" {
+                "email"
+            } else {
+                "service_token"
+            };
+            tunnel::admin::kill_sessions(&a.admin()?.0, serde_json::json!({ key: v }))
+        }
+        (["kill"], [], Some(h)) => {
+            tunnel::admin::kill_sessions(&a.admin()?.0, serde_json::json!({ "hostname": h }))
+        }
+        _ => return Err(usage(FORM.to_owned())),
+    }
+    .map_err(CliError::Failed)?;
+    print!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -314,3 +314,57 @@ fn time(v: &Value) -> String {
         None => "-".into(),
     }
 }
+
+/// `edge sessions list`: the zone's live sessions at the edge, oldest first.
+pub fn sessions(client: &AdminClient, as_json: bool) -> Result<String, String> {
+    let v = client.call("GET", "/v1/sessions", None)?;
+    if as_json {
+        return Ok(format!("{:#}\n", v["sessions"]));
+    }
+    let list = v["sessions"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return Ok("No open sessions in this zone at this edge.\n".into());
+    }
+    let field = |s: &Value, k: &str| crate::logging::escape(s[k].as_str().unwrap_or("-"), 48);
+    let mut out = format!(
+        "{:<16}  {:<32}  {:<28}  {:<21}  {:>8}  {:>12}  {:>12}\n",
+        "ID", "WHO", "HOSTNAME", "SOURCE", "SECONDS", "BYTES UP", "BYTES DOWN"
+    );
+    for s in &list {
+        let who = match (s["email"].as_str(), s["service_token"].as_str()) {
+            (Some(e), _) => crate::logging::escape(e, 48),
+            (None, Some(t)) => format!("token {}", crate::logging::escape(t, 42)),
+            (None, None) => "anonymous".into(),
+        };
+        out.push_str(&format!(
+            "{:<16}  {:<32}  {:<28}  {:<21}  {:>8}  {:>12}  {:>12}\n",
+            field(s, "id"),
+            who,
+            field(s, "hostname"),
+            field(s, "source"),
+            s["seconds"].as_u64().unwrap_or(0),
+            s["bytes_up"].as_u64().unwrap_or(0),
+            s["bytes_down"].as_u64().unwrap_or(0),
+        ));
+    }
+    Ok(out)
+}
+
+/// `edge sessions kill`: ends the sessions `selector` names (`{"id"}`, `{"email"}`,
+/// `{"service_token"}` or `{"hostname"}`); says which.
+pub fn kill_sessions(client: &AdminClient, selector: Value) -> Result<String, String> {
+    let v = client.call("POST", "/v1/sessions/kill", Some(selector))?;
+    let killed: Vec<String> = v["killed"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(|id| crate::logging::escape(id, 32))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(match killed.len() {
+        0 => "No open session matched.\n".into(),
+        n => format!("Ended {n} session(s): {}\n", killed.join(" ")),
+    })
+}

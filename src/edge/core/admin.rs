@@ -22,9 +22,12 @@
 //! | `POST /v1/tunnels` `{"name"}` | 201, TUNNEL + `certificate`, `key` (PEM) |
 //! | `DELETE /v1/tunnels/REF[?force=true]` | `{"id", "routes", "closed"}`; 409 while connected |
 //! | `PUT /v1/routes/HOST` `{"tunnel", "overwrite"}` | `{"hostname", "tunnel", "replaced"}` |
+//! | `GET /v1/sessions` | `{"sessions": [SESSION…]}`: the zone's live sessions on this edge |
+//! | `POST /v1/sessions/kill` `{"id"}`, `{"email"}`, `{"service_token"}` or `{"hostname"}` | `{"killed": [ID…]}` (a `session_kill` audit line) |
 //!
 //! TUNNEL is `{"id", "name", "zone", "created", "routes": [HOST…], "connections": [{"connector",
-//! "ha_index", "origin", "opened", "streams"}…]}`.
+//! "ha_index", "origin", "opened", "streams"}…]}`. SESSION is `{"id", "email", "service_token",
+//! "hostname", "source", "started", "seconds", "bytes_up", "bytes_down"}` (`sessions.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -32,6 +35,7 @@ use log::{info, warn};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
+use super::sessions::Selector;
 use super::view::Owner;
 use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel, Waiter};
 use crate::io::tls::TlsConn;
@@ -252,6 +256,22 @@ impl EdgeCore {
                 return Some((200, json!({ "tunnels": list })));
             }
             ("POST", "/v1/tunnels") => self.create_tunnel(&zone, &body, &mut audit),
+            ("GET", "/v1/sessions") => {
+                let list = self.list_sessions(Some(&zone));
+                return Some((200, json!({ "sessions": list })));
+            }
+            ("POST", "/v1/sessions/kill") => {
+                let selector = match Selector::from_json(&body) {
+                    Ok(s) => s,
+                    Err(e) => return Some(error(400, e)),
+                };
+                let killed = self.kill_sessions(&selector, Some(&zone));
+                audit.insert("selector".into(), clip(&format!("{selector:?}")).into());
+                audit.insert("killed".into(), json!(killed));
+                audit.insert("decision".into(), "allow".into());
+                self.audit.record("session_kill", audit);
+                return Some((200, json!({ "killed": killed })));
+            }
             ("PUT", p) if p.starts_with("/v1/routes/") => {
                 self.route_hostname(&zone, &p["/v1/routes/".len()..], &body, &mut audit)
             }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use super::sessions::Session;
 use super::view::Verified;
 use super::{Carrier, Conn, EdgeCore, Limit};
 use crate::edge::valid_hostname;
@@ -126,6 +127,9 @@ impl EdgeCore {
                     if len > 0 {
                         let n = t.mux.write(stream, &rx[start..start + len]);
                         debug_assert_eq!(n, len);
+                        if let Some(s) = c.session.as_mut() {
+                            s.up += n as u64;
+                        }
                         self.metrics.bytes(Direction::ClientToOrigin, n);
                         moved = true;
                     }
@@ -186,6 +190,9 @@ impl EdgeCore {
             let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
             t.mux.consume(stream, n);
+            if let Some(s) = c.session.as_mut() {
+                s.down += n as u64;
+            }
             self.metrics.bytes(Direction::OriginToClient, n);
             moved = true;
             if c.tls.flush().is_err() {
@@ -486,6 +493,9 @@ impl EdgeCore {
         debug_assert_eq!(stream, next, "bug: the stream id the assertion names");
         t.carriers.insert(stream, slot);
         self.mark(tunnel);
+        let session = Session::new(&identity, &host, c.peer, now, self.unix);
+        audit.insert("session".into(), session.id.clone().into());
+        c.session = Some(session);
         audit.insert("decision".into(), "allow".into());
         self.audit.record("access", audit);
         self.metrics.auth(if identity.service_token.is_some() {
@@ -624,6 +634,7 @@ impl EdgeCore {
                 self.mark(tunnel);
             }
         }
+        self.session_ended(&mut c, why);
         c.tls.close();
         let _ = slot;
     }

@@ -26,6 +26,7 @@
 pub mod admin;
 mod carrier;
 pub(super) mod login;
+mod sessions;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tunnel;
@@ -141,6 +142,8 @@ struct Carrier {
     service_token: Option<String>,
     /// When a byte last moved either way while streaming (for `limits.idle_timeout_secs`).
     last_active: Instant,
+    /// Once streaming: who, where, since when, how much (`sessions.rs`).
+    session: Option<sessions::Session>,
     /// The time of the input being handled (set by the core before it hands the carrier to
     /// a handler), for the close deadlines that responses start.
     now: Instant,
@@ -453,8 +456,8 @@ impl EdgeCore {
     }
 
     /// SIGHUP: the driver re-read the config file (`config::reload`); swap in its
-    /// applications, tunnel admins and limits. Open connections and streams are kept; the new
-    /// policies apply from the next request. A file that did not pass the start-up checks
+    /// applications, tunnel admins and limits. Open sessions the new policies no longer allow
+    /// end (Close 1008 with the reason, an audit line); the others go on. A file that did not pass the start-up checks
     /// changes nothing.
     pub(crate) fn reloaded(&mut self, path: &str, result: Result<Reloaded, config::ConfigError>) {
         match result {
@@ -479,6 +482,11 @@ impl EdgeCore {
                 }
                 self.metrics.config_reload(true);
                 info!("config reloaded from {path}");
+                // Policy that bites: open sessions are held to the new policies too.
+                let ended = self.recheck_sessions();
+                if ended > 0 {
+                    info!("{ended} open session(s) ended: the new policies no longer allow them");
+                }
             }
             Err(e) => {
                 self.metrics.config_reload(false);
@@ -798,6 +806,7 @@ impl EdgeCore {
                                     finished: false,
                                     service_token: None,
                                     last_active: self.now,
+                                    session: None,
                                     now: self.now,
                                 })))
                             }
@@ -839,7 +848,7 @@ impl EdgeCore {
                 Some(Conn::Carrier(c)) => {
                     if let (Some(idle), Some(_)) = (idle, c.core.link()) {
                         if now.duration_since(c.last_active) >= idle {
-                            self.close_idle(slot, now);
+                            self.close_idle(slot);
                             continue;
                         }
                     }
@@ -939,22 +948,14 @@ impl EdgeCore {
 
     /// Closes a streaming carrier that moved no byte for `limits.idle_timeout_secs`: its
     /// stream is reset, the client gets Close 1008, and the connection ends after a grace.
-    fn close_idle(&mut self, slot: usize, now: Instant) {
-        let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
-            return;
-        };
-        let Some(&(tunnel, stream)) = c.core.link() else {
+    fn close_idle(&mut self, slot: usize) {
+        let Some(Conn::Carrier(c)) = self.conns[slot].as_ref() else {
             return;
         };
         let peer = c.peer;
-        c.close_with(ws::close::POLICY, "idle timeout", now);
-        if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
-            if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                t.mux.reset(stream, mux::ResetCode::Cancel, "idle timeout");
-            }
-            self.mark(tunnel);
+        if !self.end_session(slot, ws::close::POLICY, "idle timeout") {
+            return;
         }
-        self.mark(slot);
         let secs = self.settings.limits.idle_timeout_secs;
         self.limit_hit(Limit::Idle, peer.ip(), || {
             format!("carrier {peer} moved no byte for {secs} s (limits.idle_timeout_secs)")
@@ -974,7 +975,10 @@ impl EdgeCore {
                     t.tls.send(&self.scratch);
                     t.tls.close();
                 }
-                Some(Conn::Carrier(mut c)) => c.tls.close(),
+                Some(Conn::Carrier(mut c)) => {
+                    self.session_ended(&mut c, "edge shutting down");
+                    c.tls.close();
+                }
                 _ => {}
             }
         }

@@ -28,7 +28,7 @@ use super::{refusal, Conn, ConnId, EdgeCore, Registering, Tunnel, Waiter};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::carrier;
 use crate::proto::mux::ErrorCode;
-use crate::proto::{mux, ws};
+use crate::proto::ws;
 use crate::store::worker::{Busy, Report, StoreWorker, Ticket};
 use crate::store::{
     Answer, Change, Expect, HostOwner, HostnameRecord, Request, Revocation, ServiceTokenRecord,
@@ -431,37 +431,22 @@ impl EdgeCore {
     /// it end (a carrier with a WebSocket Close, a tunnel connection with ERROR), each with
     /// an audit line.
     fn revoked(&mut self, r: &Revocation) {
-        let now = self.now;
         match r {
             Revocation::ServiceToken { client_id, .. } => {
                 if !self.tokens.revoked.insert(client_id.clone()) {
                     return;
                 }
                 for slot in 0..self.conns.len() {
-                    let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
+                    let Some(Conn::Carrier(c)) = self.conns[slot].as_ref() else {
                         continue;
                     };
                     if c.service_token.as_deref() != Some(client_id.as_str()) {
                         continue;
                     }
-                    let peer = c.peer;
-                    let sni = c.sni.clone();
-                    c.service_token = None;
-                    let link = c.core.link().copied();
-                    c.close_with(ws::close::POLICY, "service token revoked", now);
-                    if let Some((tunnel, stream)) = link {
-                        if let Some(Some(Conn::Tunnel(t))) = self.conns.get_mut(tunnel) {
-                            if t.carriers.remove(&stream).is_some() && t.mux.has_stream(stream) {
-                                t.mux.reset(
-                                    stream,
-                                    mux::ResetCode::Cancel,
-                                    "service token revoked",
-                                );
-                            }
-                            self.mark(tunnel);
-                        }
+                    let (peer, sni) = (c.peer, c.sni.clone());
+                    if !self.end_session(slot, ws::close::POLICY, "service token revoked") {
+                        continue;
                     }
-                    self.mark(slot);
                     info!("carrier {peer} ({sni}) closed: service token {client_id} revoked");
                     let mut fields = serde_json::Map::new();
                     fields.insert("peer".into(), peer.to_string().into());
