@@ -21,6 +21,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cloudflared;
 pub mod edge;
 pub mod io;
 pub mod limits;
