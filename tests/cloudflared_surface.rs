@@ -264,6 +264,55 @@ fn a_tunnel_runs_from_its_token_alone() {
     );
     tunnel.stop();
 
+    // `service install TOKEN`, as cloudflared's: the token in a 0600 EnvironmentFile, not on
+    // the unit's command line (which `ps` and `systemctl status` show).
+    let units = dir.join("units");
+    let env_file = dir.join("etc/postern-tunnel.env");
+    ok(
+        postern(&server_home)
+            .args(["service", "install", &tunnel_token, "--url", &sshd.url()])
+            .arg("--token-file")
+            .arg(&env_file)
+            .arg("--unit-dir")
+            .arg(&units)
+            .args(["--user", "root", "--no-enable"])
+            .stdin(Stdio::null()),
+        "service install TOKEN",
+    );
+    assert_eq!(mode(&env_file), 0o600, "the token file's mode");
+    assert_eq!(
+        fs::read_to_string(&env_file).unwrap(),
+        format!("TUNNEL_TOKEN={tunnel_token}\n")
+    );
+    let unit_path = units.join("postern-tunnel.service");
+    let unit = fs::read_to_string(&unit_path).unwrap();
+    assert!(!unit.contains(&tunnel_token[..40]), "the token is in the unit:\n{unit}");
+    assert!(
+        unit.contains(&format!("EnvironmentFile={}", env_file.display())),
+        "{unit}"
+    );
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_default();
+    assert!(
+        exec.ends_with(&format!("\"tunnel\" \"--url\" \"{}\" \"run\"", sshd.url())),
+        "{exec}"
+    );
+    let verify = run_with_deadline(
+        Command::new(support::require("systemd-analyze"))
+            .args(["verify", "--man=no"])
+            .arg(&unit_path)
+            .stdin(Stdio::null()),
+        STARTUP,
+        "systemd-analyze verify",
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
     // A cloudflared token is refused saying what it is, without echoing it.
     let cf = "eyJhIjoiYWJjIiwidCI6IjEyMyIsInMiOiJzZWNyZXQifQ==";
     let out = run_with_deadline(
