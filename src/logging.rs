@@ -402,6 +402,11 @@ mod tests {
         assert_eq!(a, args(&["--hostname", "h"]));
         assert_eq!(f.format, Some(LogFormat::Json));
         assert_eq!(f.level, Some("error"));
+        let mut a = args(&["tunnel", "--logfile", "/var/log/p.log", "run"]);
+        let g = LogFlags::take(&mut a).unwrap();
+        assert_eq!(a, args(&["tunnel", "run"]));
+        assert_eq!(g.file.as_deref(), Some(Path::new("/var/log/p.log")));
+        assert!(LogFlags::take(&mut args(&["--logfile="])).is_err());
         assert!(LogFlags::take(&mut args(&["--log-format", "xml"])).is_err());
         assert!(LogFlags::take(&mut args(&["--loglevel"])).is_err());
         let later = LogFlags {

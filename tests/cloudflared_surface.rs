@@ -286,7 +286,10 @@ fn a_tunnel_runs_from_its_token_alone() {
     );
     let unit_path = units.join("postern-tunnel.service");
     let unit = fs::read_to_string(&unit_path).unwrap();
-    assert!(!unit.contains(&tunnel_token[..40]), "the token is in the unit:\n{unit}");
+    assert!(
+        !unit.contains(&tunnel_token[..40]),
+        "the token is in the unit:\n{unit}"
+    );
     assert!(
         unit.contains(&format!("EnvironmentFile={}", env_file.display())),
         "{unit}"
