@@ -79,6 +79,9 @@ pub const IGNORED_VALUE_FLAGS: &[&str] = &[
     "tag",
     "compression-quality",
     "edge-bind-address",
+    "transport-loglevel",
+    "proto-loglevel",
+    "metrics-update-freq",
 ];
 
 /// One flag taken from the environment.

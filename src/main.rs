@@ -776,7 +776,8 @@ OPTIONS:
     --loglevel L          debug, info, warn, error or fatal (overrides RUST_LOG)
     --logfile FILE        append the log to FILE too (created 0600)
     --no-autoupdate, --autoupdate-freq D, --protocol P, --edge-ip-version V, --region R,
-    --retries N, --tag T, --compression-quality N, --edge-bind-address A
+    --retries N, --tag T, --compression-quality N, --edge-bind-address A,
+    --transport-loglevel L, --metrics-update-freq D
                           cloudflared's; they mean nothing here and are ignored with a notice
                           (postern updates with your package manager, speaks one protocol
                           over TLS on 443, retries forever with backoff, and connects to the
