@@ -10,6 +10,7 @@
 //!  store/   what the edge persists or shares: the `Store` trait, the state directory behind
 //!           it, and the worker thread that runs it off the edge's loop.
 //!  audit, logging, metrics, oidc, pki, service, limits: shared services of the roles.
+//!  cloudflared: cloudflared's flags and `TUNNEL_*` variables mapped onto postern's (data).
 //! ```
 //!
 //! Only `io/` and the drivers named in `layout_tests.rs` (each with its reason) touch the OS
@@ -21,6 +22,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cloudflared;
 pub mod edge;
 pub mod io;
 pub mod limits;

@@ -1,4 +1,6 @@
-//! Log output: human lines (the default) or JSON lines (`--log-format json`), on stderr.
+//! Log output: human lines (the default) or JSON lines (`--log-format json`), on stderr, and
+//! with cloudflared's `--logfile FILE` appended to FILE as well (created 0600: a log names
+//! users, hosts and addresses).
 //!
 //! Levels come from `RUST_LOG` (env_logger's filter syntax); cloudflared's
 //! `--loglevel debug|info|warn|error|fatal` overrides it (`fatal` is `error`: there is no
@@ -15,6 +17,7 @@
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How many characters of untrusted text [`untrusted`] shows before it clips.
@@ -135,11 +138,14 @@ pub struct LogFlags {
     pub format: Option<LogFormat>,
     /// An env_logger filter from `--loglevel`.
     pub level: Option<&'static str>,
+    /// `--logfile FILE`: every record is appended to FILE too.
+    pub file: Option<PathBuf>,
 }
 
 impl LogFlags {
-    /// Removes `--log-format F`, `--log-format=F`, `--loglevel L` and `--loglevel=L` from
-    /// `args` and returns what they said (the last one wins). No other flag of postern takes
+    /// Removes `--log-format F`, `--loglevel L` and `--logfile FILE` (each also as
+    /// `--flag=VALUE`) from `args` and returns what they said (the last one wins). No other
+    /// flag of postern takes
     /// a value that starts with `--`, so taking them out before the command's own parser runs
     /// cannot steal another flag's value.
     pub fn take(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
@@ -155,7 +161,7 @@ impl LogFlags {
                 Some((n, v)) => (n, Some(v.to_owned())),
                 None => (s, None),
             };
-            if name != "--log-format" && name != "--loglevel" {
+            if !matches!(name, "--log-format" | "--loglevel" | "--logfile") {
                 kept.push(a);
                 continue;
             }
@@ -166,10 +172,11 @@ impl LogFlags {
                     .and_then(|v| v.into_string().ok())
                     .ok_or_else(|| format!("{name} needs a value"))?,
             };
-            if name == "--log-format" {
-                flags.format = Some(LogFormat::parse(&value)?);
-            } else {
-                flags.level = Some(loglevel_filter(&value)?);
+            match name {
+                "--log-format" => flags.format = Some(LogFormat::parse(&value)?),
+                "--logfile" if value.is_empty() => return Err("--logfile needs a file".into()),
+                "--logfile" => flags.file = Some(PathBuf::from(value)),
+                _ => flags.level = Some(loglevel_filter(&value)?),
             }
         }
         *args = kept;
@@ -181,6 +188,7 @@ impl LogFlags {
         LogFlags {
             format: self.format.or(earlier.format),
             level: self.level.or(earlier.level),
+            file: self.file.or(earlier.file),
         }
     }
 }
@@ -274,6 +282,14 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
         b.parse_write_style(&style);
     }
     b.parse_filters(&filter);
+    if let Some(path) = &flags.file {
+        let file = open_log_file(path)?;
+        b.target(env_logger::Target::Pipe(Box::new(Tee {
+            file,
+            path: path.clone(),
+            failed: false,
+        })));
+    }
     match format {
         LogFormat::Human => {
             b.format_target(false);
@@ -301,6 +317,49 @@ pub fn init(flags: &LogFlags, default_level: &str) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// Opens `--logfile FILE` for appending, creating it with mode 0600 (an existing file keeps
+/// its mode).
+fn open_log_file(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("--logfile {}: {e}", path.display()))
+}
+
+/// Writes each log record to stderr and appends it to the `--logfile` (cloudflared writes
+/// both too, so `journalctl` keeps working). A failing file write is reported once on stderr
+/// and then skipped: losing the file must not stop the tunnel.
+struct Tee {
+    file: std::fs::File,
+    path: PathBuf,
+    failed: bool,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        if !self.failed {
+            if let Err(e) = self.file.write_all(buf) {
+                self.failed = true;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "postern: --logfile {}: {e}; logging to stderr only",
+                    self.path.display()
+                );
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// One JSON log line (without the newline).
@@ -343,11 +402,16 @@ mod tests {
         assert_eq!(a, args(&["--hostname", "h"]));
         assert_eq!(f.format, Some(LogFormat::Json));
         assert_eq!(f.level, Some("error"));
+        let mut a = args(&["tunnel", "--logfile", "/var/log/p.log", "run"]);
+        let g = LogFlags::take(&mut a).unwrap();
+        assert_eq!(a, args(&["tunnel", "run"]));
+        assert_eq!(g.file.as_deref(), Some(Path::new("/var/log/p.log")));
+        assert!(LogFlags::take(&mut args(&["--logfile="])).is_err());
         assert!(LogFlags::take(&mut args(&["--log-format", "xml"])).is_err());
         assert!(LogFlags::take(&mut args(&["--loglevel"])).is_err());
         let later = LogFlags {
-            format: None,
             level: Some("debug"),
+            ..LogFlags::default()
         };
         assert_eq!(later.or(f).format, Some(LogFormat::Json));
     }

@@ -12,6 +12,7 @@ use std::time::Duration;
 use lexopt::prelude::*;
 
 use postern::access::{self, AccessError, AccessOptions, Credentials};
+use postern::cloudflared;
 use postern::edge::config::ConfigError;
 use postern::edge::{self, Edge};
 use postern::limits::RESUME_WINDOW;
@@ -184,16 +185,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--log-format` and `--loglevel`: before the command (global), and for `edge`, `tunnel` and
-/// `access` anywhere after it too (there they win). Both are taken out of `args`.
+/// `--log-format`, `--loglevel` and `--logfile`: before the command (global), and for
+/// `edge`, `tunnel` and `access` anywhere after it too (there they win). All are taken out
+/// of `args`. For `tunnel`, `TUNNEL_LOGLEVEL` and `TUNNEL_LOGFILE` stand for the flags.
+///
+/// cloudflared's `tunnel` flags may come before the command too (`cloudflared --pidfile F
+/// --config C tunnel run`; its own unit runs `cloudflared --no-autoupdate tunnel run`): those
+/// are moved after `tunnel`, and are an error before any other command.
 fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
-    // The leading run of logging flags, with their separate values.
+    // The leading run of flags before the command, with their separate values.
     let mut end = 0;
     while let Some(s) = args.get(end).and_then(|a| a.to_str()) {
-        match s.split_once('=').map_or(s, |(name, _)| name) {
-            "--log-format" | "--loglevel" | "--autoupdate-freq" if s.contains('=') => end += 1,
-            "--log-format" | "--loglevel" | "--autoupdate-freq" => end += 2,
-            // cloudflared's own unit runs `cloudflared --no-autoupdate tunnel run`.
+        let name = s.split_once('=').map_or(s, |(name, _)| name);
+        let takes_value = matches!(name, "--log-format" | "--loglevel" | "--logfile")
+            || TUNNEL_VALUE_FLAGS.contains(&name)
+            || name
+                .strip_prefix("--")
+                .is_some_and(|n| cloudflared::IGNORED_VALUE_FLAGS.contains(&n));
+        match name {
+            _ if takes_value && s.contains('=') => end += 1,
+            _ if takes_value => end += 2,
             "--no-autoupdate" => end += 1,
             _ => break,
         }
@@ -205,25 +216,50 @@ fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
     while i < global.len() {
         let name = global[i].to_str().unwrap_or_default();
         let name = name.split_once('=').map_or(name, |(n, _)| n).to_owned();
-        match name.as_str() {
-            "--no-autoupdate" => {
-                ignored_flag(&name);
-                global.remove(i);
-            }
-            "--autoupdate-freq" => {
-                ignored_flag(&name);
-                let with_value = global[i].to_str().is_some_and(|a| a.contains('='));
-                global.drain(i..(i + if with_value { 1 } else { 2 }).min(global.len()));
-            }
-            _ => i += 1,
+        let ignored_value = name
+            .strip_prefix("--")
+            .is_some_and(|n| cloudflared::IGNORED_VALUE_FLAGS.contains(&n));
+        if name == "--no-autoupdate" {
+            ignored_flag(&name);
+            global.remove(i);
+        } else if ignored_value {
+            ignored_flag(&name);
+            let with_value = global[i].to_str().is_some_and(|a| a.contains('='));
+            global.drain(i..(i + if with_value { 1 } else { 2 }).min(global.len()));
+        } else {
+            i += 1;
         }
     }
-    let global = LogFlags::take(&mut global)?;
-    let per_command = match args.first().and_then(|a| a.to_str()) {
+    let global_log = LogFlags::take(&mut global)?;
+    let command = args.first().and_then(|a| a.to_str()).map(str::to_owned);
+    if let Some(flag) = global.first() {
+        if command.as_deref() != Some("tunnel") {
+            return Err(format!(
+                "{} before the command is a `tunnel` flag: put it after the command",
+                flag.to_string_lossy()
+            ));
+        }
+        // After `tunnel`, where its parser finds them (before its subcommand, as cloudflared
+        // users write `tunnel --config F run`).
+        let at = 1.min(args.len());
+        args.splice(at..at, global);
+    }
+    let mut per_command = match command.as_deref() {
         Some("edge" | "tunnel" | "access") => LogFlags::take(args)?,
         _ => LogFlags::default(),
     };
-    Ok(per_command.or(global))
+    if command.as_deref() == Some("tunnel") && global_log.level.is_none() {
+        if let Some(v) = env_var("TUNNEL_LOGLEVEL").filter(|_| per_command.level.is_none()) {
+            per_command.level =
+                Some(logging::loglevel_filter(&v).map_err(|e| format!("TUNNEL_LOGLEVEL: {e}"))?);
+        }
+    }
+    if command.as_deref() == Some("tunnel") && global_log.file.is_none() {
+        if let Some(v) = env_var("TUNNEL_LOGFILE").filter(|_| per_command.file.is_none()) {
+            per_command.file = Some(PathBuf::from(v));
+        }
+    }
+    Ok(per_command.or(global_log))
 }
 
 fn parser(args: Vec<OsString>) -> lexopt::Parser {
@@ -772,6 +808,10 @@ USAGE:
     postern tunnel list [--output json]         the zone's tunnels
     postern tunnel info NAME [--output json]    a tunnel's routes and connections
     postern tunnel delete NAME [-f]             delete it (-f: even while connected)
+    postern tunnel token NAME                   print a token that `tunnel run --token T` runs from
+    postern tunnel run --token T --url URL      run a tunnel from its token alone (env TUNNEL_TOKEN)
+    postern tunnel cleanup NAME                 cloudflared's; nothing to do (the edge drops
+                                                a connector's connections when they end)
     postern tunnel ingress validate [--config FILE]   check a config's ingress rules
     postern tunnel ingress rule HOST [--config FILE]  which rule serves HOST
 
@@ -792,12 +832,25 @@ OPTIONS:
                           gone this long, for the client to come back (default 60)
     --metrics ADDR        serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                           (env POSTERN_METRICS; default: none)
+    --token T             (run) the tunnel's credentials, from `tunnel token NAME`
+                          (prefer env TUNNEL_TOKEN: a flag is visible in the process list)
+    --pidfile FILE        write the pid to FILE once connected; removed on exit
     --log-format F        json or human (env POSTERN_LOG_FORMAT)
     --loglevel L          debug, info, warn, error or fatal (overrides RUST_LOG)
-    --no-autoupdate, --autoupdate-freq D, --protocol P, --edge-ip-version V, --region R
+    --logfile FILE        append the log to FILE too (created 0600)
+    --no-autoupdate, --autoupdate-freq D, --protocol P, --edge-ip-version V, --region R,
+    --retries N, --tag T, --compression-quality N, --edge-bind-address A,
+    --transport-loglevel L, --metrics-update-freq D
                           cloudflared's; they mean nothing here and are ignored with a notice
                           (postern updates with your package manager, speaks one protocol
-                          over TLS on 443, and connects to the addresses --edge resolves to)
+                          over TLS on 443, retries forever with backoff, and connects to the
+                          addresses --edge resolves to)
+
+ENVIRONMENT (cloudflared's names; a flag on the command line wins):
+    TUNNEL_HOSTNAME, TUNNEL_URL, TUNNEL_ORIGIN_CERT, TUNNEL_CRED_FILE, TUNNEL_EDGE,
+    TUNNEL_CACERT (--ca), TUNNEL_METRICS, TUNNEL_GRACE_PERIOD, TUNNEL_PIDFILE, TUNNEL_TOKEN,
+    TUNNEL_LOGLEVEL, TUNNEL_LOGFILE; NO_AUTOUPDATE, TUNNEL_TRANSPORT_PROTOCOL,
+    TUNNEL_EDGE_IP_VERSION, TUNNEL_REGION, TUNNEL_RETRIES are ignored with a notice
 
 CONFIG (tunnel run):
     {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
@@ -893,7 +946,7 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
 
 /// Subcommands of `tunnel`; anything else is the quick `--hostname --url` form.
 const TUNNEL_SUBCOMMANDS: &[&str] = &[
-    "login", "create", "route", "run", "list", "info", "delete", "ingress",
+    "login", "create", "route", "run", "list", "info", "delete", "ingress", "token", "cleanup",
 ];
 /// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
 /// (`tunnel --config FILE run`).
@@ -914,6 +967,9 @@ const TUNNEL_VALUE_FLAGS: &[&str] = &[
     "--metrics",
     "--log-format",
     "--loglevel",
+    "--pidfile",
+    "--token",
+    "--cacert",
 ];
 
 /// Where the first word that is neither a flag nor a flag's value is in `args`.
@@ -988,20 +1044,60 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
             resume_window: a.resume_window.map_or(RESUME_WINDOW, Duration::from_secs),
         },
         a.metrics.clone(),
+        a.pidfile.clone(),
     )
 }
 
-fn run_origin(opts: TunnelOptions, metrics: Option<String>) -> Res {
+fn run_origin(opts: TunnelOptions, metrics: Option<String>, pidfile: Option<PathBuf>) -> Res {
     // Two descriptors per stream (its tunnel share and the local service connection).
     postern::io::sys::raise_open_files_logged("tunnel");
-    let origin = Origin::new(opts).map_err(CliError::Tunnel)?;
+    let mut origin = Origin::new(opts).map_err(CliError::Tunnel)?;
     if let Some(addr) = metrics.or_else(|| env_var("POSTERN_METRICS")) {
         let bound = origin.serve_metrics(&addr).map_err(CliError::Tunnel)?;
         log::info!("metrics on {bound}");
     }
+    // Removes the pid file on every way out of this function (a clean exit after SIGTERM,
+    // a refusal, an error); a SIGKILL leaves it, as it leaves cloudflared's.
+    let _pidfile = pidfile.map(|path| {
+        let guard = PidFile::new(path);
+        let (path, written) = (guard.path.clone(), guard.written.clone());
+        origin.on_connected(Box::new(move || {
+            // As cloudflared: after the first connection is registered. A few bytes to a
+            // local file, once.
+            let pid = format!("{}\n", std::process::id());
+            match postern::io::files::write_file_atomic(&path, pid.as_bytes(), 0o644) {
+                Ok(()) => written.set(true),
+                Err(e) => log::error!("--pidfile {}: {e}", path.display()),
+            }
+        }));
+        guard
+    });
     match origin.run().map_err(CliError::Tunnel)? {
         Exit::Signalled => Ok(ExitCode::SUCCESS),
         Exit::Refused(why) => Err(CliError::Refused(why)),
+    }
+}
+
+/// `--pidfile FILE`: removed when dropped, if this process wrote it.
+struct PidFile {
+    path: PathBuf,
+    written: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl PidFile {
+    fn new(path: PathBuf) -> PidFile {
+        PidFile {
+            path,
+            written: Default::default(),
+        }
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if self.written.get() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -1023,6 +1119,10 @@ struct TunnelArgs {
     force: bool,
     json: bool,
     metrics: Option<String>,
+    /// `--pidfile FILE`: written once a connection is registered, removed on exit.
+    pidfile: Option<PathBuf>,
+    /// `--token T` (`tunnel run`): the tunnel's credentials in one string.
+    token: Option<Secret>,
 }
 
 /// Says on stderr that a cloudflared flag is accepted and ignored.
@@ -1031,8 +1131,26 @@ fn ignored_flag(flag: &str) {
 }
 
 impl TunnelArgs {
-    /// `None` when `--help` was printed.
-    fn parse(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
+    /// `None` when `--help` was printed. cloudflared's `TUNNEL_*` variables stand for the
+    /// flags that `args` do not give (`cloudflared::TUNNEL_ENV`).
+    fn parse(mut args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
+        for (var, flag) in cloudflared::ignored_env(env_var) {
+            eprintln!("postern: {var} (cloudflared's {flag}) has no meaning here; ignored");
+        }
+        let mut from_env = Vec::new();
+        for e in cloudflared::from_env(cloudflared::TUNNEL_ENV, &args, env_var) {
+            let pair = vec![OsString::from(e.flag), OsString::from(&e.value)];
+            // Checked alone first, so that a bad value names the variable.
+            TunnelArgs::parse_args(pair.clone(), cmd)
+                .map_err(|err| usage(format!("{}: {err}", e.shown())))?;
+            from_env.extend(pair);
+        }
+        // Before the command line's: where a flag is given twice, the later one wins.
+        from_env.append(&mut args);
+        TunnelArgs::parse_args(from_env, cmd)
+    }
+
+    fn parse_args(args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
         let mut a = TunnelArgs::default();
         let mut p = parser(args);
         let val = |p: &mut lexopt::Parser, flag: &str| -> Result<String, CliError> {
@@ -1049,7 +1167,9 @@ impl TunnelArgs {
                     a.cred_file = Some(val(&mut p, "--credentials-file")?.into())
                 }
                 Long("edge") => a.edge.push(val(&mut p, "--edge")?),
-                Long("ca") => a.ca = Some(val(&mut p, "--ca")?.into()),
+                Long("ca") | Long("cacert") => a.ca = Some(val(&mut p, "--ca")?.into()),
+                Long("pidfile") => a.pidfile = Some(val(&mut p, "--pidfile")?.into()),
+                Long("token") => a.token = Some(Secret::from(val(&mut p, "--token")?)),
                 Long("ha-connections") => {
                     let n: usize = val(&mut p, "--ha-connections")?
                         .parse()
@@ -1077,7 +1197,7 @@ impl TunnelArgs {
                 // cloudflared's flags with no meaning here (its own systemd unit passes
                 // --no-autoupdate): accepted, with a notice, so its command lines just work.
                 Long("no-autoupdate") => ignored_flag("--no-autoupdate"),
-                Long(flag @ ("autoupdate-freq" | "protocol" | "edge-ip-version" | "region")) => {
+                Long(flag) if cloudflared::IGNORED_VALUE_FLAGS.contains(&flag) => {
                     let flag = format!("--{flag}");
                     val(&mut p, &flag)?;
                     ignored_flag(&flag);
@@ -1270,6 +1390,52 @@ fn cmd_named_tunnel(sub: &str, args: Vec<OsString>) -> Res {
         }
         "ingress" => return ingress_command(&a),
         "run" => return tunnel_run(&a),
+        "token" => {
+            let [name] = a.args("token NAME")?;
+            let path = a
+                .cred_file
+                .clone()
+                .or_else(|| a.find_credentials(name))
+                .ok_or_else(|| {
+                    usage(format!(
+                        "no credentials file for tunnel {name}: pass --credentials-file FILE \
+                         (`postern tunnel create {name}` wrote it)"
+                    ))
+                })?;
+            let (creds, _) = TunnelCredentials::read(&path).map_err(CliError::Failed)?;
+            if name != creds.name && name != creds.id {
+                return Err(usage(format!(
+                    "{} holds the credentials of tunnel {} ({}), not of {name}",
+                    path.display(),
+                    creds.name,
+                    creds.id
+                )));
+            }
+            eprintln!(
+                "The token below carries tunnel {}'s private key: keep it as secret as {}.",
+                creds.name,
+                path.display()
+            );
+            format!("{}\n", creds.to_token())
+        }
+        "cleanup" => {
+            if a.positional.is_empty() {
+                return Err(usage(format!(
+                    "usage: postern tunnel cleanup NAME...\n\n{TUNNEL_HELP}"
+                )));
+            }
+            // cloudflared asks its API to drop a dead connector's connections; a postern edge
+            // drops them itself when the TLS connection ends or misses 3 keepalives (45 s).
+            a.positional
+                .iter()
+                .map(|n| {
+                    format!(
+                        "Nothing to clean up for {n}: the edge drops a connector's connections \
+                         as soon as they end (or miss 45 s of keepalives).\n"
+                    )
+                })
+                .collect()
+        }
         _ => unreachable!("bug: unknown tunnel subcommand {sub}"),
     };
     print!("{out}");
@@ -1314,6 +1480,9 @@ fn ingress_command(a: &TunnelArgs) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a tunnel run from a token alone serves.
+const TOKEN_DEFAULT_URL: &str = "ssh://localhost:22";
+
 /// `tunnel run [NAME]`: a named tunnel, from the config file and/or flags.
 fn tunnel_run(a: &TunnelArgs) -> Res {
     let config_path = a.config_path();
@@ -1325,11 +1494,20 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         Some(p) => format!("{what} (config {})", p.display()),
         None => what.to_owned(),
     };
-    let name = match a.positional.as_slice() {
-        [n] => n.clone(),
-        [] => cfg.tunnel.clone().ok_or_else(|| {
+    // `--token T` / `TUNNEL_TOKEN`: the credentials themselves (`tunnel token NAME`).
+    let from_token = match &a.token {
+        Some(t) => Some(
+            TunnelCredentials::from_token(t.expose())
+                .map_err(|e| usage(format!("tunnel run --token: {e}")))?,
+        ),
+        None => None,
+    };
+    let name = match (a.positional.as_slice(), &from_token) {
+        ([n], _) => n.clone(),
+        ([], Some((creds, _))) => creds.id.clone(),
+        ([], None) => cfg.tunnel.clone().ok_or_else(|| {
             usage(format!(
-                "tunnel run: which tunnel? Name it (postern tunnel run NAME) or set \"tunnel\" in {}",
+                "tunnel run: which tunnel? Name it (postern tunnel run NAME), pass --token, or set \"tunnel\" in {}",
                 from("the config file")
             ))
         })?,
@@ -1338,6 +1516,12 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
     let ingress = match (ingress, &a.url) {
         (_, Some(url)) => tunnel::Ingress::catch_all(url).map_err(CliError::Failed)?,
         (Some(i), None) => i,
+        // cloudflared's token tunnels take their ingress from the dashboard; a postern token
+        // tunnel without one serves the local sshd (what `service install TOKEN` runs).
+        (None, None) if from_token.is_some() => {
+            log::info!("no --url and no ingress rules: serving {TOKEN_DEFAULT_URL}");
+            tunnel::Ingress::catch_all(TOKEN_DEFAULT_URL).map_err(CliError::Failed)?
+        }
         (None, None) => {
             return Err(usage(format!(
                 "tunnel run: no ingress rules and no --url: add \"ingress\" to {} or pass --url \
@@ -1346,35 +1530,41 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             )))
         }
     };
-    let creds_path = a
-        .cred_file
-        .clone()
-        .or(cfg.credentials_file.clone())
-        .or_else(|| a.find_credentials(&name))
-        .ok_or_else(|| {
-            let place = home_postern("").map_or("next to the origin certificate".to_owned(), |d| {
-                format!("in {}", d.display())
-            });
-            usage(format!(
-                "no credentials file for tunnel {name} {place}: pass --credentials-file, or set \
-                 \"credentials-file\" in the config; `postern tunnel create {name}` makes one"
-            ))
-        })?;
-    let (creds, credential) = TunnelCredentials::read(&creds_path).map_err(CliError::Failed)?;
+    let (creds, credential, shown) = match from_token {
+        Some((creds, credential)) => (creds, credential, "the token".to_owned()),
+        None => {
+            let creds_path = a
+                .cred_file
+                .clone()
+                .or(cfg.credentials_file.clone())
+                .or_else(|| a.find_credentials(&name))
+                .ok_or_else(|| {
+                    let place = home_postern("")
+                        .map_or("next to the origin certificate".to_owned(), |d| {
+                            format!("in {}", d.display())
+                        });
+                    usage(format!(
+                        "no credentials file for tunnel {name} {place}: pass --credentials-file \
+                         or --token, or set \"credentials-file\" in the config; `postern tunnel \
+                         create {name}` makes one"
+                    ))
+                })?;
+            let (creds, credential) =
+                TunnelCredentials::read(&creds_path).map_err(CliError::Failed)?;
+            (creds, credential, creds_path.display().to_string())
+        }
+    };
     if name != creds.name && name != creds.id {
         return Err(usage(format!(
-            "{} is the credentials file of tunnel {} ({}), not of {name}",
-            creds_path.display(),
-            creds.name,
-            creds.id
+            "{shown} holds the credentials of tunnel {} ({}), not of {name}",
+            creds.name, creds.id
         )));
     }
     let config_edges = cfg.edge.as_ref().map(|e| e.list()).unwrap_or_default();
     let edges = a.edges(&config_edges, credential.edge.as_deref())?;
     if edges.is_empty() {
         return Err(usage(format!(
-            "{} names no edge: pass --edge HOST:PORT",
-            creds_path.display()
+            "{shown} names no edge: pass --edge HOST:PORT"
         )));
     }
     let sni_fallback = ingress
@@ -1415,6 +1605,7 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             resume_window: Duration::from_secs(resume_window),
         },
         a.metrics.clone().or(cfg.metrics.clone()),
+        a.pidfile.clone(),
     )
 }
 
@@ -1446,7 +1637,11 @@ OPTIONS:
     --secret SECRET    service token secret (prefer env POSTERN_SERVICE_TOKEN_SECRET:
                        a flag is visible to other users in the process list)
                        With a service token, no browser is ever opened.
-    --url ADDR         (tcp) local address to listen on
+    --url ADDR         (tcp; ssh too, as in cloudflared) local address to listen on;
+                       also -L/--listener (env TUNNEL_SERVICE_URL)
+    -T, --tunnel-host  cloudflared's names for --hostname (env TUNNEL_SERVICE_HOSTNAME)
+    --destination      cloudflared's bastion mode: not supported yet (a clear error)
+    --logfile FILE     append the log to FILE too (created 0600)
     --log-format F     json or human (env POSTERN_LOG_FORMAT)
     --loglevel L       debug, info, warn, error or fatal (default warn; overrides RUST_LOG)
 ";
@@ -1463,6 +1658,9 @@ fn cloudflared_flags(args: Vec<OsString>) -> Vec<OsString> {
         "service-token-id",
         "service-token-secret",
         "url",
+        "listener",
+        "tunnel-host",
+        "destination",
     ];
     args.into_iter()
         .map(|a| {
@@ -1490,9 +1688,20 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         return Ok(ExitCode::SUCCESS);
     }
     let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout");
-    let mut p = parser(cloudflared_flags(args));
+    let mut args = cloudflared_flags(args);
+    if matches!(sub.as_str(), "ssh" | "tcp") {
+        // cloudflared's TUNNEL_SERVICE_HOSTNAME, _URL, _DESTINATION stand for their flags.
+        let mut from_env = Vec::new();
+        for e in cloudflared::from_env(cloudflared::ACCESS_ENV, &args, env_var) {
+            from_env.extend([OsString::from(e.flag), OsString::from(e.value)]);
+        }
+        from_env.append(&mut args);
+        args = from_env;
+    }
+    let mut p = parser(args);
     let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
         (None, None, None, None, None, None);
+    let mut destination: Option<String> = None;
     let named = |slot: &mut Option<String>, v: String| -> Result<(), CliError> {
         if slot.replace(v).is_some() {
             return Err(usage(format!(
@@ -1503,9 +1712,11 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     };
     while let Some(arg) = p.next()? {
         match arg {
-            Long("hostname") | Long("app") => {
+            // cloudflared: `-T`/`--tunnel-host` are `--hostname`; `-L`/`--listener` are `--url`.
+            Long("hostname") | Long("app") | Long("tunnel-host") | Short('T') => {
                 named(&mut hostname, string(p.value()?, "--hostname")?)?
             }
+            Long("destination") => destination = Some(string(p.value()?, "--destination")?),
             Value(v) if takes_positional => named(&mut hostname, string(v, "hostname")?)?,
             Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
             Long("ca") => ca = Some(PathBuf::from(p.value()?)),
@@ -1513,7 +1724,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             Long("secret") | Long("service-token-secret") => {
                 secret = Some(string(p.value()?, "--secret")?)
             }
-            Long("url") => url = Some(string(p.value()?, "--url")?),
+            Long("url") | Long("listener") | Short('L') => url = Some(string(p.value()?, "--url")?),
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -1526,6 +1737,21 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             }
         }
     }
+    if let Some(d) = destination {
+        // Bastion mode (one origin reaching several private hosts) is not built yet: going on
+        // without it would reach the hostname's own service, not the one asked for.
+        return Err(usage(format!(
+            "access {sub}: --destination {}: postern has no bastion (jump host) mode yet; \
+             run a tunnel for that host and give its hostname instead",
+            logging::untrusted(&d)
+        )));
+    }
+    // cloudflared's `access ssh` is its `access tcp`: with --url it listens.
+    let sub = if sub == "ssh" && url.is_some() {
+        "tcp".to_owned()
+    } else {
+        sub
+    };
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
@@ -1667,6 +1893,11 @@ USAGE:
     postern service install tunnel --hostname H --url ssh://localhost:22 [TUNNEL OPTIONS] [OPTIONS]
     postern service install tunnel --config /etc/postern/config.json [OPTIONS]   (a named tunnel)
     postern service install edge --config /etc/postern/edge.json [OPTIONS]
+    postern service install TOKEN [--url URL] [--token-file FILE] [OPTIONS]
+                          a tunnel from its token (`postern tunnel token NAME`): the token goes
+                          to FILE (default /etc/postern/postern-tunnel.env, mode 0600) and the
+                          unit runs `tunnel run` with it as EnvironmentFile (not in `ps`);
+                          --url defaults to ssh://localhost:22
     postern service uninstall [tunnel|edge] [--name NAME] [--unit-dir DIR] [--no-disable]
 
 install writes postern-tunnel.service (postern-tunnel-NAME.service with --name) or
@@ -1718,6 +1949,8 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
     let mut p = parser(args);
     let mut role = None;
     let mut t = TunnelArgs::default();
+    // `service install TOKEN` (cloudflared's form for a tunnel run from its token).
+    let (mut token, mut token_file): (Option<Secret>, Option<PathBuf>) = (None, None);
     let (mut hostname, mut url, mut config) = (None, None, None);
     let mut unit_dir = PathBuf::from(service::DEFAULT_UNIT_DIR);
     let mut user = service::DEFAULT_USER.to_owned();
@@ -1728,6 +1961,11 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
                 role = Some(match string(v, "role")?.as_str() {
                     "tunnel" => Role::Tunnel,
                     "edge" => Role::Edge,
+                    // No role is that long: a token (checked below, without echoing it).
+                    other if verb == "install" && other.len() > 64 => {
+                        token = Some(Secret::from(other.to_owned()));
+                        Role::Tunnel
+                    }
                     other => {
                         return Err(usage(format!(
                             "service {verb}: {other:?} is not tunnel or edge\n\n{SERVICE_HELP}"
@@ -1759,6 +1997,7 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
             Long("metrics") => t.metrics = Some(string(p.value()?, "--metrics")?),
             Long("config") => config = Some(PathBuf::from(p.value()?)),
             Long("unit-dir") => unit_dir = PathBuf::from(p.value()?),
+            Long("token-file") => token_file = Some(PathBuf::from(p.value()?)),
             Long("user") => user = string(p.value()?, "--user")?,
             Long("no-enable") => enable = false,
             Long("no-disable") => disable = false,
@@ -1792,6 +2031,35 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
         return Ok(ExitCode::SUCCESS);
     }
     let what = match role {
+        Some(Role::Tunnel) if token.is_some() => {
+            if hostname.is_some() || config.is_some() || t.origincert.is_some() {
+                return Err(usage(
+                    "service install TOKEN: the token holds the tunnel's credentials; \
+                     --hostname, --config and --origincert do not apply",
+                ));
+            }
+            let token = token.expect("bug: checked above");
+            let (creds, _) = TunnelCredentials::from_token(token.expose())
+                .map_err(|e| usage(format!("service install TOKEN: {e}")))?;
+            let stem = service::unit_name(Role::Tunnel, t.name.as_deref())
+                .map_err(|error| CliError::Service {
+                    verb: "install",
+                    error,
+                })?
+                .trim_end_matches(".service")
+                .to_owned();
+            let file =
+                token_file.unwrap_or_else(|| PathBuf::from(format!("/etc/postern/{stem}.env")));
+            write_token_file(&file, &token)?;
+            println!(
+                "wrote the token of tunnel {} to {} (mode 0600, read by systemd only)",
+                creds.name,
+                file.display()
+            );
+            t.token_file = Some(file);
+            t.url = url.unwrap_or_default();
+            InstallWhat::Tunnel(Box::new(t))
+        }
         Some(Role::Tunnel) if config.is_some() => {
             if hostname.is_some() || url.is_some() || t.origincert.is_some() {
                 return Err(usage(
@@ -1858,6 +2126,20 @@ fn cmd_service(mut args: Vec<OsString>) -> Res {
         error,
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `EnvironmentFile=` of a unit that runs a tunnel from its token: `TUNNEL_TOKEN=…`,
+/// mode 0600 from creation.
+fn write_token_file(path: &Path, token: &Secret) -> Result<(), CliError> {
+    let failed = |error| CliError::File {
+        path: path.to_owned(),
+        error,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(failed)?;
+    }
+    let line = format!("TUNNEL_TOKEN={}\n", token.expose());
+    postern::io::files::write_file_atomic(path, line.as_bytes(), 0o600).map_err(failed)
 }
 
 #[cfg(test)]

@@ -84,6 +84,10 @@ pub struct TunnelArgs {
     pub metrics: Option<String>,
     /// `--name`: `postern-tunnel-NAME.service`, for several tunnels on one host.
     pub name: Option<String>,
+    /// `service install TOKEN`: the file (0600) holding `TUNNEL_TOKEN=…`; the unit runs
+    /// `tunnel run` with it as its `EnvironmentFile=`, so the token is not on the command
+    /// line where `ps` shows it. `url`, when not empty, is passed as `--url`.
+    pub token_file: Option<PathBuf>,
 }
 
 /// What `postern service install edge` was given.
@@ -120,6 +124,8 @@ pub struct UnitSpec {
     logs_directory: bool,
     /// Some path the service uses is under /home, /root or /run/user.
     uses_home: bool,
+    /// `EnvironmentFile=` (the tunnel token).
+    environment_file: Option<PathBuf>,
 }
 
 /// Why a unit was not written or removed. Each message says what to change.
@@ -279,6 +285,17 @@ impl UnitSpec {
         check_user(user, group)?;
         let unit_name = unit_name(Role::Tunnel, t.name.as_deref())?;
         let (mut args, mut paths) = match &t.config {
+            // A tunnel from its token: the token comes from the environment file.
+            None if t.token_file.is_some() => {
+                let file = t.token_file.as_deref().unwrap_or(Path::new(""));
+                check_path("the token file", file)?;
+                check_text("--url", &t.url)?;
+                let mut args = vec!["tunnel".to_owned()];
+                if !t.url.is_empty() {
+                    args.extend(["--url".to_owned(), t.url.clone()]);
+                }
+                (args, vec![exe.to_owned(), file.to_owned()])
+            }
             // A named tunnel: everything else is in the config file.
             Some(config) => {
                 let mut paths = vec![exe.to_owned(), config.clone()];
@@ -343,7 +360,7 @@ impl UnitSpec {
             check_text("--metrics", m)?;
             args.extend(["--metrics".to_owned(), m.clone()]);
         }
-        if t.config.is_some() {
+        if t.config.is_some() || t.token_file.is_some() {
             args.push("run".to_owned());
         }
         let grace = t.grace_secs.unwrap_or(TUNNEL_DEFAULT_GRACE_SECS);
@@ -358,6 +375,7 @@ impl UnitSpec {
             read_write: Vec::new(),
             logs_directory: false,
             uses_home: paths.iter().any(|p| under_home(p)),
+            environment_file: t.token_file.clone(),
         })
     }
 
@@ -416,6 +434,7 @@ impl UnitSpec {
             read_write,
             logs_directory,
             uses_home: all.iter().any(|p| under_home(p)),
+            environment_file: None,
         })
     }
 
@@ -496,6 +515,10 @@ pub fn render_unit(spec: &UnitSpec) -> String {
     line(&format!("User={}", spec.user));
     line(&format!("Group={}", spec.group));
     line("Environment=RUST_LOG=info");
+    if let Some(f) = &spec.environment_file {
+        // Read by systemd before it drops to User=: the file stays root's, mode 0600.
+        line(&format!("EnvironmentFile={}", directive_path(f)));
+    }
     line("KillSignal=SIGTERM");
     line(&format!("TimeoutStopSec={}s", spec.stop_timeout_secs));
     // One descriptor per connection (edge) or two per stream (tunnel): systemd's default soft
@@ -745,6 +768,15 @@ pub fn install(
     // Check what can be checked before anything changes on the host.
     let spec_for = |group: &str| -> Result<UnitSpec, ServiceError> {
         match what {
+            InstallWhat::Tunnel(t) if t.token_file.is_some() => {
+                let mut t = (**t).clone();
+                if !t.url.is_empty() {
+                    crate::tunnel::service_address(&t.url).map_err(ServiceError::BadArgument)?;
+                }
+                t.token_file = t.token_file.as_deref().map(absolute).transpose()?;
+                t.ca = t.ca.as_deref().map(absolute).transpose()?;
+                UnitSpec::tunnel(&exe, &t, &opts.user, group)
+            }
             InstallWhat::Tunnel(t) if t.config.is_some() => {
                 let mut t = (**t).clone();
                 let config = absolute(t.config.as_deref().unwrap_or(Path::new("")))?;
@@ -783,6 +815,7 @@ pub fn install(
     let group = service_group(&opts.user, opts.enable, say)?;
     let spec = spec_for(&group)?;
     match what {
+        InstallWhat::Tunnel(t) if t.token_file.is_some() => {}
         InstallWhat::Tunnel(t) if t.config.is_some() => {
             let config = absolute(t.config.as_deref().unwrap_or(Path::new("")))?;
             check_readable("the tunnel config", &config, &opts.user);

@@ -303,3 +303,37 @@ fn cloudflared_flags_without_meaning_here_are_accepted_with_a_notice() {
         "unknown flags are refused: {err}"
     );
 }
+
+/// cloudflared's access flags: `-T`/`--tunnel-host` name the hostname, `-L`/`--listener` the
+/// local address; `--destination` (bastion mode) is refused clearly, not silently ignored.
+#[test]
+fn cloudflared_access_aliases_are_understood() {
+    let (ok, _, stderr) = run(&["access", "tcp", "-T", "ssh.example.com"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--url (the local listen address) is missing"),
+        "-T names the hostname: {stderr}"
+    );
+    let (ok, _, stderr) = run(&["access", "tcp", "--tunnel-host", "h.example.com", "-L"]);
+    assert!(!ok);
+    assert!(stderr.contains("missing argument"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "access",
+        "ssh",
+        "--hostname",
+        "bastion.example.com",
+        "--destination",
+        "10.0.0.5:22",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no bastion"), "{stderr}");
+}
+
+/// cloudflared's global flags go before the command; before anything but `tunnel` the
+/// tunnel's flags are a mistake that is named.
+#[test]
+fn cloudflared_global_tunnel_flags_need_the_tunnel_command() {
+    let (ok, _, stderr) = run(&["--pidfile", "/tmp/x.pid", "access", "ssh"]);
+    assert!(!ok);
+    assert!(stderr.contains("--pidfile before the command"), "{stderr}");
+}

@@ -363,15 +363,71 @@ impl TunnelCredentials {
             }
         }
         let creds: TunnelCredentials = serde_json::from_str(&text).map_err(|e| at(&e))?;
-        let cred = OriginCredential::parse(&creds.credential)
-            .map_err(|e| at(&format!("Credential: {e}")))?;
-        if pki::tunnel_id(&cred.cert).as_deref() != Some(creds.id.as_str()) {
-            return Err(at(&format!(
+        creds.check().map_err(|e| at(&e))
+    }
+
+    /// The PEM parses and its certificate is tunnel `id`'s.
+    fn check(self) -> Result<(TunnelCredentials, OriginCredential), String> {
+        let cred =
+            OriginCredential::parse(&self.credential).map_err(|e| format!("Credential: {e}"))?;
+        if pki::tunnel_id(&cred.cert).as_deref() != Some(self.id.as_str()) {
+            return Err(format!(
                 "Credential: the certificate is not tunnel {}'s",
-                creds.id
-            )));
+                self.id
+            ));
         }
-        Ok((creds, cred))
+        Ok((self, cred))
+    }
+
+    /// `tunnel token NAME`: the whole credentials in one string that `tunnel run --token`
+    /// (or `TUNNEL_TOKEN`) runs from, shaped as cloudflared's (base64 of a JSON object with
+    /// `a` the account, here the zone, and `t` the tunnel id), with `s` the credential PEM
+    /// (key, certificate, edge, edge CA) where cloudflared has a shared secret, and `n` the
+    /// name. As secret as the credentials file.
+    pub fn to_token(&self) -> String {
+        let v = serde_json::json!({
+            "a": self.zone,
+            "t": self.id,
+            "n": self.name,
+            "s": self.credential,
+        });
+        crate::proto::base64::encode(v.to_string().as_bytes())
+    }
+
+    /// Reads a token made by [`TunnelCredentials::to_token`]. Errors never quote the token.
+    pub fn from_token(token: &str) -> Result<(TunnelCredentials, OriginCredential), String> {
+        #[derive(Deserialize)]
+        struct Token {
+            a: String,
+            t: String,
+            #[serde(default)]
+            n: Option<String>,
+            s: String,
+        }
+        let token = token.trim();
+        if token.len() > MAX_FILE_BYTES as usize {
+            return Err(format!("the token is longer than {MAX_FILE_BYTES} bytes"));
+        }
+        let json = crate::proto::base64::decode(token)
+            .or_else(|_| crate::proto::base64::decode_url(token.trim_end_matches('=')))
+            .map_err(|_| {
+                "the token is not base64 (copy it whole from `postern tunnel token NAME`)"
+            })?;
+        let t: Token = serde_json::from_slice(&json).map_err(|_| {
+            "the token is not a tunnel token (`postern tunnel token NAME` makes one)"
+        })?;
+        if !t.s.contains("-----BEGIN") {
+            return Err("this is a Cloudflare tunnel token: its secret is not a postern                         credential; make one with `postern tunnel token NAME` against your                         postern edge"
+                .into());
+        }
+        TunnelCredentials {
+            zone: t.a,
+            name: t.n.unwrap_or_else(|| t.t.clone()),
+            id: t.t,
+            credential: t.s,
+        }
+        .check()
+        .map_err(|e| format!("the token's {e}"))
     }
 
     /// The credentials file of the tunnel called (or with id) `name_or_id` in `dir`: first
@@ -449,6 +505,25 @@ pub fn fuzz_config(data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_tunnel_token_says_what_it_is_without_quoting_it() {
+        let err = |t: &str| match TunnelCredentials::from_token(t) {
+            Err(e) => e,
+            Ok(_) => panic!("{t} was accepted"),
+        };
+        assert!(err("not base64!").contains("not base64"));
+        let not_json = crate::proto::base64::encode(b"[1,2]");
+        assert!(err(&not_json).contains("not a tunnel token"));
+        // cloudflared's shape: a shared secret where postern has the credential PEM.
+        let cf = crate::proto::base64::encode(br#"{"a":"acct","t":"id","s":"c2VjcmV0"}"#);
+        let e = err(&cf);
+        assert!(e.contains("Cloudflare tunnel token"), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        let bad_pem =
+            crate::proto::base64::encode(br#"{"a":"z","t":"id","s":"-----BEGIN NOTHING-----"}"#);
+        assert!(err(&bad_pem).starts_with("the token's Credential"));
+    }
 
     fn raw(rules: &[(Option<&str>, &str)]) -> Vec<RawRule> {
         rules

@@ -79,6 +79,8 @@ pub struct Origin {
     metrics: Arc<Metrics>,
     /// DNS off the loop.
     resolver: Resolver<Waiter>,
+    /// Called once, when the first connection is registered (`--pidfile`).
+    on_connected: Option<Box<dyn FnOnce()>>,
 }
 
 impl Origin {
@@ -157,7 +159,14 @@ impl Origin {
             stage: vec![0; TLS_READ_STAGE],
             metrics,
             resolver,
+            on_connected: None,
         })
+    }
+
+    /// Runs `f` once, on the loop, when the first connection is registered at an edge
+    /// (cloudflared writes its `--pidfile` then).
+    pub fn on_connected(&mut self, f: Box<dyn FnOnce()>) {
+        self.on_connected = Some(f);
     }
 
     /// Serves `/metrics` and `/ready` on `addr` (one thread); returns the bound address.
@@ -202,6 +211,11 @@ impl Origin {
                 }
             }
             self.settle();
+            if self.metrics.ready_connections() > 0 {
+                if let Some(f) = self.on_connected.take() {
+                    f();
+                }
+            }
         }
     }
 

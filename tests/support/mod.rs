@@ -851,6 +851,12 @@ fn quiet_env(cmd: &mut Command, home: &Path) {
         .env_remove("POSTERN_LOG_FORMAT")
         .env_remove("HTTPS_PROXY")
         .env_remove("https_proxy");
+    // cloudflared's variables stand for flags (src/cloudflared.rs): none leak in from outside.
+    for (var, _) in std::env::vars() {
+        if var.starts_with("TUNNEL_") || var == "NO_AUTOUPDATE" {
+            cmd.env_remove(var);
+        }
+    }
 }
 
 fn home_of(dir: &Path) -> PathBuf {

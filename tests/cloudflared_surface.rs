@@ -1,0 +1,332 @@
+//! A cloudflared user's command lines, environment variables and units run with `cloudflared`
+//! replaced by `postern`: `--logfile` and `--pidfile`, the `TUNNEL_*` variables, `tunnel
+//! token` + `tunnel run --token`, against a real edge with real sshd and ssh behind it.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::ready::{metrics_listen, wait_registered_connections};
+use support::{
+    postern, proxy_command, require_all, run_with_deadline, service_token, temp_dir, wait_until,
+    Child, Edge, Sshd,
+};
+
+const STARTUP: Duration = Duration::from_secs(30);
+
+fn ssh_echo(sshd: &Sshd, host: &str, proxy: &support::Proxy, home: &Path, marker: &str) {
+    let out = run_with_deadline(
+        sshd.ssh_command(host, proxy)
+            .env("HOME", home)
+            .arg(format!("echo {marker}"))
+            .stdin(Stdio::null()),
+        Duration::from_secs(60),
+        "ssh through the tunnel",
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == marker,
+        "ssh failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn logfile_and_pidfile_follow_the_tunnel_as_in_cloudflared() {
+    require_all();
+    let dir = temp_dir("cf-logfile");
+    let sshd = Sshd::start(dir.path());
+    let edge = Edge::start(dir.path());
+    let cert = dir.join("cert.pem");
+    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    let (logfile, pidfile) = (dir.join("log/postern.log"), dir.join("postern.pid"));
+    fs::create_dir_all(logfile.parent().unwrap()).unwrap();
+    let metrics = metrics_listen();
+    // cloudflared's own spelling: global flags before `tunnel`, ignored ones among them.
+    let mut cmd = postern(&dir.join("home"));
+    cmd.arg("--pidfile")
+        .arg(&pidfile)
+        .arg("--logfile")
+        .arg(&logfile)
+        .args(["--no-autoupdate", "tunnel", "--protocol", "quic"])
+        .args(["--hostname", "ssh.localhost", "--url", &sshd.url()])
+        .arg("--origincert")
+        .arg(&cert)
+        .args(["--edge", &edge.edge_arg(), "--ca"])
+        .arg(edge.ca())
+        .args(["--metrics", &metrics.to_string()]);
+    let tunnel = Child::spawn("tunnel", cmd, dir.path());
+    wait_registered_connections(&tunnel, &metrics, 1, STARTUP).expect("registered");
+
+    wait_until(STARTUP, "the pid file", || pidfile.is_file());
+    let pid = fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(pid.trim(), tunnel.id().to_string(), "the pid file's pid");
+    assert_eq!(mode(&logfile), 0o600, "a new log file is 0600");
+    wait_until(STARTUP, "the registration in the log file", || {
+        fs::read_to_string(&logfile)
+            .unwrap_or_default()
+            .contains("registered ssh.localhost")
+    });
+    // stderr keeps its lines too (journald, supervisors).
+    assert!(tunnel.stderr_text().contains("registered ssh.localhost"));
+    assert!(tunnel
+        .stderr_text()
+        .contains("--protocol is a cloudflared flag"));
+
+    let status = tunnel.stop().expect("tunnel exits on SIGTERM");
+    assert!(status.success(), "{status}: {}", tunnel.stderr_text());
+    assert!(!pidfile.exists(), "the pid file is removed on a clean exit");
+    // Appended to, not truncated, by the next run.
+    let before = fs::read_to_string(&logfile).unwrap();
+    let out = run_with_deadline(
+        postern(&dir.join("home"))
+            .arg("tunnel")
+            .arg("--logfile")
+            .arg(&logfile)
+            .args(["--hostname", "ssh.localhost", "--url", "ftp://x"])
+            .stdin(Stdio::null()),
+        STARTUP,
+        "a second run",
+    );
+    assert!(!out.status.success());
+    let after = fs::read_to_string(&logfile).unwrap();
+    assert!(after.starts_with(&before), "the log file was truncated");
+}
+
+#[test]
+fn a_tunnel_started_from_tunnel_env_vars_alone_serves_ssh() {
+    require_all();
+    let dir = temp_dir("cf-env");
+    let sshd = Sshd::start(dir.path());
+    let edge = Edge::start(dir.path());
+    let token = service_token(&edge.state, "e2e");
+    let cert = dir.join("cert.pem");
+    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    let metrics = metrics_listen();
+    let logfile = dir.join("env.log");
+    let mut cmd = postern(&dir.join("home"));
+    cmd.arg("tunnel")
+        .env("TUNNEL_HOSTNAME", "ssh.localhost")
+        .env("TUNNEL_URL", sshd.url())
+        .env("TUNNEL_ORIGIN_CERT", &cert)
+        .env("TUNNEL_EDGE", edge.edge_arg())
+        .env("TUNNEL_CACERT", edge.ca())
+        .env("TUNNEL_METRICS", metrics.to_string())
+        .env("TUNNEL_LOGFILE", &logfile)
+        .env("TUNNEL_LOGLEVEL", "debug")
+        .env("NO_AUTOUPDATE", "true")
+        .env("TUNNEL_TRANSPORT_PROTOCOL", "quic");
+    let tunnel = Child::spawn("tunnel", cmd, dir.path());
+    wait_registered_connections(&tunnel, &metrics, 1, STARTUP).expect("registered");
+    let stderr = tunnel.stderr_text();
+    assert!(stderr.contains("NO_AUTOUPDATE"), "{stderr}");
+    assert!(stderr.contains("TUNNEL_TRANSPORT_PROTOCOL"), "{stderr}");
+    assert!(stderr.contains("DEBUG"), "TUNNEL_LOGLEVEL=debug: {stderr}");
+    assert!(logfile.is_file(), "TUNNEL_LOGFILE");
+
+    // The client side: cloudflared's TUNNEL_SERVICE_TOKEN_ID/SECRET instead of POSTERN_'s.
+    let mut proxy = proxy_command(&edge.addr, &edge.ca(), &token);
+    proxy.env = vec![
+        ("TUNNEL_SERVICE_TOKEN_ID".into(), token.id.clone()),
+        ("TUNNEL_SERVICE_TOKEN_SECRET".into(), token.secret.clone()),
+    ];
+    ssh_echo(
+        &sshd,
+        "ssh.localhost",
+        &proxy,
+        &dir.join("home"),
+        "from-env",
+    );
+}
+
+#[test]
+fn a_bad_tunnel_env_value_is_named_and_a_flag_beats_it() {
+    let dir = temp_dir("cf-env-bad");
+    let config = dir.join("config.json");
+    fs::write(
+        &config,
+        r#"{"tunnel": "web", "ingress": [{"service": "ssh://localhost:22"}]}"#,
+    )
+    .unwrap();
+    let validate = |extra: &[&str]| {
+        let mut cmd = postern(&dir.join("home"));
+        cmd.args(["tunnel", "ingress", "validate", "--config"])
+            .arg(&config)
+            .args(extra)
+            .env("TUNNEL_GRACE_PERIOD", "soon")
+            .env("TUNNEL_TOKEN", "c2VjcmV0")
+            .stdin(Stdio::null());
+        run_with_deadline(&mut cmd, STARTUP, "ingress validate")
+    };
+    let out = validate(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("TUNNEL_GRACE_PERIOD=\"soon\""),
+        "the variable is named: {stderr}"
+    );
+    let out = validate(&["--grace-period", "5s"]);
+    assert!(
+        out.status.success(),
+        "the flag wins over the variable: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `postern tunnel ARGS --origincert CERT --edge ADDR --ca CA` in `home`.
+fn tunnel_cli(home: &Path, cert: &Path, edge: &Edge, args: &[&str]) -> Command {
+    let mut cmd = postern(home);
+    cmd.arg("tunnel")
+        .args(args)
+        .arg("--origincert")
+        .arg(cert)
+        .args(["--edge", &edge.edge_arg(), "--ca"])
+        .arg(edge.ca())
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn a_tunnel_runs_from_its_token_alone() {
+    require_all();
+    let dir = temp_dir("cf-token");
+    let sshd = Sshd::start(dir.path());
+    let edge = Edge::start(dir.path());
+    let token = service_token(&edge.state, "e2e");
+    let admin_home = dir.join("admin");
+    let postern_dir = admin_home.join(".postern");
+    fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    let ok = |cmd: &mut Command, what: &str| {
+        let out = run_with_deadline(cmd, STARTUP, what);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(
+        &mut tunnel_cli(&admin_home, &cert, &edge, &["create", "web"]),
+        "create",
+    );
+    ok(
+        &mut tunnel_cli(
+            &admin_home,
+            &cert,
+            &edge,
+            &["route", "dns", "web", "ssh.localhost"],
+        ),
+        "route dns",
+    );
+    let tunnel_token = ok(
+        postern(&admin_home)
+            .args(["tunnel", "token", "web"])
+            .arg("--origincert")
+            .arg(&cert),
+        "tunnel token",
+    );
+    let tunnel_token = tunnel_token.trim().to_owned();
+    assert!(tunnel_token.len() > 100, "{tunnel_token}");
+    let cleanup = ok(
+        postern(&admin_home).args(["tunnel", "cleanup", "web"]),
+        "tunnel cleanup",
+    );
+    assert!(cleanup.contains("Nothing to clean up for web"), "{cleanup}");
+
+    // Another machine: an empty HOME, no cert.pem, no credentials file; the token in the
+    // environment (as `service install TOKEN` runs it), the edge and its CA from the token.
+    let server_home = dir.join("server");
+    let metrics = metrics_listen();
+    let mut cmd = postern(&server_home);
+    cmd.args(["tunnel", "--no-autoupdate", "run", "--url", &sshd.url()])
+        .args(["--metrics", &metrics.to_string()])
+        .env("TUNNEL_TOKEN", &tunnel_token);
+    let tunnel = Child::spawn("tunnel", cmd, dir.path());
+    wait_registered_connections(&tunnel, &metrics, 1, STARTUP).expect("registered");
+    let proxy = proxy_command(&edge.addr, &edge.ca(), &token);
+    ssh_echo(&sshd, "ssh.localhost", &proxy, &server_home, "from-token");
+    let stderr = tunnel.stderr_text();
+    assert!(!stderr.contains(&tunnel_token[..40]), "the token is logged");
+    assert!(
+        !server_home.join(".postern").exists(),
+        "nothing written to the server's HOME"
+    );
+    tunnel.stop();
+
+    // `service install TOKEN`, as cloudflared's: the token in a 0600 EnvironmentFile, not on
+    // the unit's command line (which `ps` and `systemctl status` show).
+    let units = dir.join("units");
+    let env_file = dir.join("etc/postern-tunnel.env");
+    ok(
+        postern(&server_home)
+            .args(["service", "install", &tunnel_token, "--url", &sshd.url()])
+            .arg("--token-file")
+            .arg(&env_file)
+            .arg("--unit-dir")
+            .arg(&units)
+            .args(["--user", "root", "--no-enable"])
+            .stdin(Stdio::null()),
+        "service install TOKEN",
+    );
+    assert_eq!(mode(&env_file), 0o600, "the token file's mode");
+    assert_eq!(
+        fs::read_to_string(&env_file).unwrap(),
+        format!("TUNNEL_TOKEN={tunnel_token}\n")
+    );
+    let unit_path = units.join("postern-tunnel.service");
+    let unit = fs::read_to_string(&unit_path).unwrap();
+    assert!(
+        !unit.contains(&tunnel_token[..40]),
+        "the token is in the unit:\n{unit}"
+    );
+    assert!(
+        unit.contains(&format!("EnvironmentFile={}", env_file.display())),
+        "{unit}"
+    );
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_default();
+    assert!(
+        exec.ends_with(&format!("\"tunnel\" \"--url\" \"{}\" \"run\"", sshd.url())),
+        "{exec}"
+    );
+    let verify = run_with_deadline(
+        Command::new(support::require("systemd-analyze"))
+            .args(["verify", "--man=no"])
+            .arg(&unit_path)
+            .stdin(Stdio::null()),
+        STARTUP,
+        "systemd-analyze verify",
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // A cloudflared token is refused saying what it is, without echoing it.
+    let cf = "eyJhIjoiYWJjIiwidCI6IjEyMyIsInMiOiJzZWNyZXQifQ==";
+    let out = run_with_deadline(
+        postern(&server_home)
+            .args(["tunnel", "run", "--token", cf])
+            .stdin(Stdio::null()),
+        STARTUP,
+        "run with a cloudflared token",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("Cloudflare tunnel token"), "{stderr}");
+    assert!(!stderr.contains(cf), "{stderr}");
+}
