@@ -267,3 +267,69 @@ fn a_reload_whose_policy_drops_a_token_ends_that_tokens_session_within_2_s_and_n
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The SSO edge (real provider, Chromium): alice is admitted by her email's domain, dave only
+/// by his group `ops`. A reload whose policy no longer admits the group ends dave's open ssh
+/// session within 2 s, and alice's goes on.
+#[test]
+fn a_reload_that_drops_a_group_from_the_policy_ends_that_users_session_and_no_one_elses() {
+    use support::sso::Sso;
+    let sso = Sso::start("live-sso-reload");
+    for user in ["alice", "dave"] {
+        let (ok, stderr) = sso.login(user, "ssh.localhost", "You can close this window");
+        assert!(ok, "{user} signs in: {stderr}");
+    }
+    let open = |user: &str| {
+        let mut cmd = sso.ssh_command(
+            user,
+            "ssh.localhost",
+            &format!("echo open-{user}; exec sleep 120"),
+        );
+        cmd.env("BROWSER", "false");
+        let child = Child::spawn(&format!("ssh-{user}"), cmd, sso.dir.path());
+        let marker = format!("open-{user}");
+        wait_until(Duration::from_secs(30), &marker, || {
+            child.stdout_text().contains(&marker) || child.try_wait().is_some()
+        });
+        assert!(child.try_wait().is_none(), "{}", child.stderr_text());
+        child
+    };
+    let alice = open("alice");
+    let dave = open("dave");
+
+    let path = sso.dir.join("edge.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    let policies = config["applications"][0]["policies"]
+        .as_array_mut()
+        .expect("ssh.localhost's policies");
+    let before = policies.len();
+    policies.retain(|p| p["name"] != "ops");
+    assert_eq!(policies.len(), before - 1);
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+    fs::rename(&tmp, &path).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &sso.edge.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(status.success());
+    let hup = Instant::now();
+    dave.wait_exit(ENDED_WITHIN)
+        .expect("dave's session ends after the reload");
+    eprintln!("dave's session ended {:?} after SIGHUP", hup.elapsed());
+    assert!(
+        dave.stderr_text().contains("the edge's policy changed"),
+        "{}",
+        dave.stderr_text()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alice.try_wait().is_none(), "{}", alice.stderr_text());
+    let audit = audit_lines(&sso.state);
+    assert!(audit.iter().any(|l| l["event"] == "session_end"
+        && l["email"] == "dave@partner.org"
+        && l["reason"] == "access revoked: the edge's policy changed"));
+    assert!(!audit
+        .iter()
+        .any(|l| l["event"] == "session_end" && l["email"] == "alice@example.com"));
+}
