@@ -375,6 +375,9 @@ pub const ETCD_CAS_ATTEMPTS: usize = 8;
 /// How long a TCP connect to the first hop (the proxy or the edge) may take.
 pub const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long before a service token's expiry the edge starts warning (daily, in its log).
+pub const SERVICE_TOKEN_EXPIRY_WARNING_SECS: u64 = 7 * 24 * 3600;
+
 #[cfg(test)]
 mod tests {
     use super::*;

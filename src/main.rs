@@ -538,17 +538,32 @@ fn cmd_sessions(mut args: Vec<OsString>) -> Res {
 }
 
 fn cmd_service_token(args: Vec<OsString>) -> Res {
-    const HELP: &str = "USAGE: postern edge service-token create NAME [--state DIR|etcd://HOST:PORT[,…]/PREFIX]\n\
+    const HELP: &str = "USAGE: postern edge service-token create NAME [--expires D] [--state DIR|etcd://HOST:PORT[,…]/PREFIX]\n\
+        \x20      postern edge service-token rotate NAME [--overlap D] [--state DIR|etcd://…]\n\
         \x20      postern edge service-token revoke NAME [--state DIR|etcd://…]\n\
         create prints {\"client_id\",\"client_secret\"} as JSON; only a hash of the secret is stored.\n\
+        With --expires D (e.g. 90d) edges refuse it from then on and warn a week before.\n\
+        rotate prints the same with a new secret; the old one keeps working for --overlap D\n\
+        (default 24h; 0: at once) while clients move to the new one.\n\
         revoke records the token as revoked for good (revocations.json): edges using DIR refuse it\n\
         within 2 s and close the connections open with it.\n";
     let mut p = parser(args);
     let (mut verb, mut name, mut state, mut keys) = (None, None, None, None);
+    let (mut expires, mut overlap) = (None, None);
+    let duration = |v: OsString, flag: &str| -> Result<u64, CliError> {
+        let text = string(v, flag)?;
+        postern::edge::config::parse_duration(&text).ok_or_else(|| {
+            usage(format!(
+                "{flag} {text:?}: use a number with s, m, h or d, e.g. \"90d\""
+            ))
+        })
+    };
     while let Some(arg) = p.next()? {
         match arg {
             Long("state") => state = Some(p.value()?),
             Long("keys") => keys = Some(PathBuf::from(p.value()?)),
+            Long("expires") => expires = Some(duration(p.value()?, "--expires")?),
+            Long("overlap") => overlap = Some(duration(p.value()?, "--overlap")?),
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -558,32 +573,51 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
         }
     }
-    let revoke = match verb.as_deref() {
-        Some("create") => false,
-        Some("revoke") => true,
+    let verb = match verb.as_deref() {
+        Some(v @ ("create" | "revoke" | "rotate")) => v,
         _ => {
             return Err(usage(format!(
-                "service-token: expected `create` or `revoke`\n{HELP}"
+                "service-token: expected `create`, `rotate` or `revoke`\n{HELP}"
             )))
         }
     };
     let Some(name) = name else {
-        let verb = if revoke { "revoke" } else { "create" };
         return Err(usage(format!(
             "service-token {verb}: NAME is missing\n{HELP}"
         )));
     };
+    if expires.is_some() && verb != "create" || overlap.is_some() && verb != "rotate" {
+        return Err(usage(format!(
+            "service-token {verb}: --expires goes with create, --overlap with rotate\n{HELP}"
+        )));
+    }
     let args = state_args(state, keys)?;
-    if revoke {
+    if verb == "revoke" {
         let mut store = args.store()?;
         return revoke_service_token(store.as_mut(), &args.shown(), &name);
     }
+    if verb == "rotate" {
+        let overlap = overlap.unwrap_or(24 * 3600);
+        let (record, secret) = args
+            .store()?
+            .rotate_service_token(&name, overlap)
+            .map_err(store_failed)?;
+        println!(
+            "{}",
+            serde_json::json!({ "client_id": record.client_id, "client_secret": secret.expose() })
+        );
+        eprintln!(
+            "service token {name}: new secret above; the old one keeps working for {overlap} s"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let expires = expires.map(|d| postern::io::unix_now().saturating_add(d));
     let (id, secret) = match &args.etcd {
-        None => ServiceTokens::create(&args.keys()?, &name).map_err(CliError::Io)?,
+        None => ServiceTokens::create(&args.keys()?, &name, expires).map_err(CliError::Io)?,
         Some(_) => {
             let (record, secret) = args
                 .store()?
-                .create_service_token(&name)
+                .create_service_token(&name, expires)
                 .map_err(store_failed)?;
             (record.client_id, secret)
         }

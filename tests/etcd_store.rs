@@ -192,20 +192,20 @@ fn tokens_and_revocations_made_through_one_edge_reach_another_by_its_poll() {
     let etcd = Etcd::start(dir.path());
     let url = etcd.url("pool");
     let (mut a, mut b) = (store(&url), store(&url));
-    let (old, _) = a.create_service_token("old").unwrap();
+    let (old, _) = a.create_service_token("old", None).unwrap();
     b.snapshot().unwrap();
     b.poll().unwrap();
     assert!(b.changes().is_empty(), "nothing new since the snapshot");
 
     let start = Instant::now();
-    let (new, secret) = a.create_service_token("new").unwrap();
+    let (new, secret) = a.create_service_token("new", None).unwrap();
     assert!(matches!(
-        b.create_service_token("new"),
+        b.create_service_token("new", None),
         Err(StoreError::Exists(_))
     ));
     // A lookup finds a token created elsewhere at once; the poll reports it too.
     let found = b.service_token(&new.client_id).unwrap().unwrap();
-    assert!(found.matches(secret.expose()));
+    assert!(found.matches(secret.expose(), 0));
     a.revoke(Revocation::ServiceToken {
         client_id: old.client_id.clone(),
         reason: "test".into(),
@@ -250,6 +250,36 @@ fn tokens_and_revocations_made_through_one_edge_reach_another_by_its_poll() {
     );
     assert_eq!(snapshot.service_tokens.len(), 2);
     assert_eq!(snapshot.service_tokens[0].name, "old", "creation order");
+}
+
+#[test]
+fn a_rotation_through_one_edge_reaches_another_with_both_secrets_for_the_overlap() {
+    let dir = temp_dir("etcd-rotate");
+    let etcd = Etcd::start(dir.path());
+    let url = etcd.url("pool");
+    let (mut a, mut b) = (store(&url), store(&url));
+    let (token, old) = a.create_service_token("ci", Some(u64::MAX)).unwrap();
+    b.snapshot().unwrap();
+    let (rotated, new) = a.rotate_service_token("ci", 60).unwrap();
+    assert_eq!(rotated.client_id, token.client_id);
+    assert_eq!(
+        rotated.expires,
+        Some(u64::MAX),
+        "a rotation keeps the expiry"
+    );
+    b.poll().unwrap();
+    let seen = b.changes().into_iter().find_map(|c| match c {
+        Change::ServiceToken { client_id, record } if client_id == token.client_id => record,
+        _ => None,
+    });
+    let seen = seen.expect("the other store sees the rotation");
+    let now = rotated.previous.as_ref().unwrap().until - 60;
+    assert!(seen.matches(new.expose(), now) && seen.matches(old.expose(), now));
+    assert!(!seen.matches(old.expose(), now + 60));
+    assert!(matches!(
+        a.rotate_service_token("nobody", 60),
+        Err(StoreError::Invalid(m)) if m.contains("no service token named")
+    ));
 }
 
 #[test]
@@ -311,7 +341,7 @@ fn a_dead_endpoint_is_skipped_and_an_unreachable_cluster_is_named() {
     let etcd = Etcd::start(dir.path());
     let dead = format!("127.0.0.1:{}", support::free_port());
     let mut s = store(&format!("etcd://{dead},{}/pool", etcd.addr));
-    s.create_service_token("via-second").unwrap();
+    s.create_service_token("via-second", None).unwrap();
     let err = EtcdStore::connect(&EtcdUrl::parse(&format!("etcd://{dead}/pool")).unwrap())
         .err()
         .expect("nothing listens there");

@@ -48,9 +48,9 @@ use serde_json::{json, Value};
 
 use super::file::{valid_token_name, HostnameFileRecord, CLIENT_ID_SUFFIX, MAX_TOKEN_NAME};
 use super::{
-    random_hex, sha256_hex, Change, Claimed, Expect, HostOwner, HostnameRecord, PendingLoginRecord,
-    Revocation, Revocations, RevokedCertificate, RevokedToken, ServiceTokenRecord, Snapshot, Store,
-    StoreError, TunnelRecord, Versioned,
+    random_hex, Change, Claimed, Expect, HostOwner, HostnameRecord, PendingLoginRecord, Revocation,
+    Revocations, RevokedCertificate, RevokedToken, ServiceTokenRecord, Snapshot, Store, StoreError,
+    TunnelRecord, Versioned,
 };
 use crate::io::unix_now;
 use crate::limits::{
@@ -710,6 +710,7 @@ impl Store for EtcdStore {
     fn create_service_token(
         &mut self,
         name: &str,
+        expires: Option<u64>,
     ) -> Result<(ServiceTokenRecord, Secret), StoreError> {
         if !valid_token_name(name) {
             return Err(StoreError::Invalid(format!(
@@ -719,12 +720,7 @@ impl Store for EtcdStore {
         }
         let client_id = format!("{}{CLIENT_ID_SUFFIX}", random_hex(16)?);
         let secret = random_hex(32)?;
-        let record = ServiceTokenRecord {
-            name: name.to_owned(),
-            client_id: client_id.clone(),
-            secret_sha256: sha256_hex(secret.as_bytes()),
-            created: unix_now(),
-        };
+        let record = ServiceTokenRecord::new(name, &client_id, &secret, unix_now(), expires);
         let name_key = self.key(&format!("token-names/{name}"));
         let id_key = self.key(&format!("tokens/{client_id}"));
         let done = self.txn(
@@ -736,6 +732,34 @@ impl Store for EtcdStore {
         )?;
         if !done.succeeded {
             return Err(StoreError::Exists(format!("service token {name:?}")));
+        }
+        Ok((record, Secret::from(secret)))
+    }
+
+    fn rotate_service_token(
+        &mut self,
+        name: &str,
+        overlap_secs: u64,
+    ) -> Result<(ServiceTokenRecord, Secret), StoreError> {
+        let missing = || StoreError::Invalid(format!("no service token named {name:?}"));
+        let name_key = self.key(&format!("token-names/{name}"));
+        let client_id = self.get(&name_key)?.ok_or_else(missing)?.value()?;
+        let client_id = String::from_utf8(client_id).map_err(|_| malformed("token name"))?;
+        let id_key = self.key(&format!("tokens/{client_id}"));
+        let kv = self.get(&id_key)?.ok_or_else(missing)?;
+        let current: ServiceTokenRecord = kv.json()?;
+        let secret = random_hex(32)?;
+        let record = current.rotated(&secret, unix_now(), overlap_secs);
+        // Only over the record as read: a rotation through another edge meanwhile wins, and
+        // this one says so rather than undo it.
+        let done = self.txn(
+            vec![compare_revision(&id_key, revision(kv.mod_revision))],
+            vec![put(&id_key, &to_json(&record))],
+        )?;
+        if !done.succeeded {
+            return Err(StoreError::Unavailable(format!(
+                "service token {name:?} changed while it was rotated; run the command again"
+            )));
         }
         Ok((record, Secret::from(secret)))
     }

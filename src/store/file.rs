@@ -74,12 +74,20 @@ impl ServiceTokens {
 
     /// Creates and stores a token called `name`; returns its client id and its secret, which is
     /// not stored anywhere and cannot be shown again.
-    pub fn create(state: &StateDir, name: &str) -> io::Result<(String, Secret)> {
-        let (record, secret) = ServiceTokens::create_record(state, name)?;
+    pub fn create(
+        state: &StateDir,
+        name: &str,
+        expires: Option<u64>,
+    ) -> io::Result<(String, Secret)> {
+        let (record, secret) = ServiceTokens::create_record(state, name, expires)?;
         Ok((record.client_id, secret))
     }
 
-    fn create_record(state: &StateDir, name: &str) -> io::Result<(ServiceTokenRecord, Secret)> {
+    fn create_record(
+        state: &StateDir,
+        name: &str,
+        expires: Option<u64>,
+    ) -> io::Result<(ServiceTokenRecord, Secret)> {
         if !valid_token_name(name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -98,13 +106,34 @@ impl ServiceTokens {
         }
         let client_id = format!("{}{CLIENT_ID_SUFFIX}", random_hex(16)?);
         let secret = random_hex(32)?;
-        let record = ServiceTokenRecord {
-            name: name.to_owned(),
-            client_id,
-            secret_sha256: sha256_hex(secret.as_bytes()),
-            created: unix_now(),
-        };
+        let record = ServiceTokenRecord::new(name, &client_id, &secret, unix_now(), expires);
         tokens.tokens.push(record.clone());
+        state.store_json(
+            SERVICE_TOKENS_FILE,
+            &TokenFile {
+                tokens: tokens.tokens,
+            },
+        )?;
+        Ok((record, Secret::from(secret)))
+    }
+
+    /// Replaces the secret of the token called `name` with a new one (returned); the old one
+    /// stays valid for `overlap_secs`.
+    fn rotate_record(
+        state: &StateDir,
+        name: &str,
+        overlap_secs: u64,
+    ) -> io::Result<(ServiceTokenRecord, Secret)> {
+        let mut tokens = ServiceTokens::load(state)?;
+        let Some(t) = tokens.tokens.iter_mut().find(|t| t.name == name) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no service token named {name:?}"),
+            ));
+        };
+        let secret = random_hex(32)?;
+        *t = t.rotated(&secret, unix_now(), overlap_secs);
+        let record = t.clone();
         state.store_json(
             SERVICE_TOKENS_FILE,
             &TokenFile {
@@ -507,17 +536,36 @@ impl Store for FileStore {
     fn create_service_token(
         &mut self,
         name: &str,
+        expires: Option<u64>,
     ) -> Result<(ServiceTokenRecord, Secret), StoreError> {
         let created =
-            ServiceTokens::create_record(&self.state, name).map_err(|e| match e.kind() {
-                io::ErrorKind::InvalidInput => StoreError::Invalid(e.to_string()),
-                io::ErrorKind::AlreadyExists => {
-                    StoreError::Exists(format!("service token {name:?}"))
+            ServiceTokens::create_record(&self.state, name, expires).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::InvalidInput => StoreError::Invalid(e.to_string()),
+                    io::ErrorKind::AlreadyExists => {
+                        StoreError::Exists(format!("service token {name:?}"))
+                    }
+                    _ => StoreError::from(e),
                 }
-                _ => StoreError::from(e),
             })?;
         self.read_tokens()?;
         Ok(created)
+    }
+
+    fn rotate_service_token(
+        &mut self,
+        name: &str,
+        overlap_secs: u64,
+    ) -> Result<(ServiceTokenRecord, Secret), StoreError> {
+        let rotated =
+            ServiceTokens::rotate_record(&self.state, name, overlap_secs).map_err(|e| {
+                match e.kind() {
+                    io::ErrorKind::NotFound => StoreError::Invalid(e.to_string()),
+                    _ => StoreError::from(e),
+                }
+            })?;
+        self.read_tokens()?;
+        Ok(rotated)
     }
 
     fn claim_hostname(

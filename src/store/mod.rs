@@ -221,15 +221,70 @@ pub struct ServiceTokenRecord {
     pub secret_sha256: String,
     /// Unix seconds.
     pub created: u64,
+    /// The secret a rotation replaced, still accepted until its `until` (the overlap that lets
+    /// clients move to the new secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousSecret>,
+    /// Unix seconds from which the token is refused (`service-token create --expires`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// A rotated-out secret of a service token and until when it still counts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PreviousSecret {
+    pub secret_sha256: String,
+    /// Unix seconds.
+    pub until: u64,
 }
 
 impl ServiceTokenRecord {
-    /// Whether `secret` is this token's secret: its SHA-256 compared in constant time.
-    pub fn matches(&self, secret: &str) -> bool {
-        ct_eq(
-            sha256_hex(secret.as_bytes()).as_bytes(),
-            self.secret_sha256.as_bytes(),
-        )
+    /// A new token's record (no previous secret); times in unix seconds.
+    pub fn new(
+        name: &str,
+        client_id: &str,
+        secret: &str,
+        created: u64,
+        expires: Option<u64>,
+    ) -> Self {
+        ServiceTokenRecord {
+            name: name.to_owned(),
+            client_id: client_id.to_owned(),
+            secret_sha256: sha256_hex(secret.as_bytes()),
+            created,
+            previous: None,
+            expires,
+        }
+    }
+
+    /// Whether `secret` is this token's secret at `unix`: the current one, or the previous
+    /// one before its overlap ends; SHA-256 digests compared in constant time. Expiry is
+    /// [`ServiceTokenRecord::expired`]'s business.
+    pub fn matches(&self, secret: &str, unix: u64) -> bool {
+        let presented = sha256_hex(secret.as_bytes());
+        let current = ct_eq(presented.as_bytes(), self.secret_sha256.as_bytes());
+        let previous = self.previous.as_ref().is_some_and(|p| {
+            ct_eq(presented.as_bytes(), p.secret_sha256.as_bytes()) & (unix < p.until)
+        });
+        current | previous
+    }
+
+    /// Whether the token is past its expiry at `unix`.
+    pub fn expired(&self, unix: u64) -> bool {
+        self.expires.is_some_and(|e| unix >= e)
+    }
+
+    /// The record after a rotation at `unix`: `secret` is the new one, the current one stays
+    /// valid for `overlap_secs`.
+    pub fn rotated(&self, secret: &str, unix: u64, overlap_secs: u64) -> Self {
+        ServiceTokenRecord {
+            secret_sha256: sha256_hex(secret.as_bytes()),
+            previous: (overlap_secs > 0).then(|| PreviousSecret {
+                secret_sha256: self.secret_sha256.clone(),
+                until: unix.saturating_add(overlap_secs),
+            }),
+            ..self.clone()
+        }
     }
 }
 
@@ -488,6 +543,15 @@ pub trait Store: Send {
     fn create_service_token(
         &mut self,
         name: &str,
+        expires: Option<u64>,
+    ) -> Result<(ServiceTokenRecord, Secret), StoreError>;
+
+    /// Gives the service token called `name` a new secret (returned, stored nowhere); the old
+    /// one stays valid for `overlap_secs`. `NotFound` if there is no such token.
+    fn rotate_service_token(
+        &mut self,
+        name: &str,
+        overlap_secs: u64,
     ) -> Result<(ServiceTokenRecord, Secret), StoreError>;
 
     /// Gives `hostname` to `record.owner` if the current record is as `expect` says. A
@@ -876,6 +940,27 @@ pub(crate) mod tests {
         if std::env::var_os("HOME").is_some_and(|h| Path::new(&h).is_absolute()) {
             assert!(StateDir::default_path().unwrap().ends_with(".postern/edge"));
         }
+    }
+
+    #[test]
+    fn a_rotated_secret_counts_until_its_overlap_ends_and_expiry_is_separate() {
+        let t = ServiceTokenRecord::new("ci", "a.access", "old", 100, Some(1000));
+        assert!(t.matches("old", 100) && !t.matches("new", 100));
+        let r = t.rotated("new", 200, 50);
+        assert_eq!((r.client_id.as_str(), r.created), ("a.access", 100));
+        assert!(r.matches("new", 200) && r.matches("old", 249));
+        assert!(!r.matches("old", 250), "the overlap ends at 200 + 50");
+        assert!(r.matches("new", 10_000));
+        // A second rotation drops the first secret at once.
+        let r2 = r.rotated("newer", 210, 50);
+        assert!(!r2.matches("old", 210) && r2.matches("new", 210) && r2.matches("newer", 210));
+        // No overlap: the old secret is gone at once.
+        assert!(!t.rotated("new", 200, 0).matches("old", 200));
+        assert!(!t.expired(999) && t.expired(1000));
+        // The JSON of a token without these fields is as before (old files read the same).
+        let plain = ServiceTokenRecord::new("ci", "a.access", "s", 1, None);
+        let json = serde_json::to_value(&plain).unwrap();
+        assert!(json.get("previous").is_none() && json.get("expires").is_none());
     }
 
     #[test]

@@ -304,8 +304,8 @@ mod tests {
     fn a_token_removed_from_the_file_is_reported_before_the_answer_that_noticed() {
         let tmp = TempDir::new("store-worker-changes");
         let state = StateDir::open(&tmp.0).unwrap();
-        let (kept, _) = crate::store::ServiceTokens::create(&state, "kept").unwrap();
-        let (gone, _) = crate::store::ServiceTokens::create(&state, "gone").unwrap();
+        let (kept, _) = crate::store::ServiceTokens::create(&state, "kept", None).unwrap();
+        let (gone, _) = crate::store::ServiceTokens::create(&state, "gone", None).unwrap();
         let store = FileStore::open(&state).unwrap();
         let (tx, woken) = mpsc::channel();
         let mut worker = StoreWorker::start(Box::new(store), move || {
@@ -323,7 +323,7 @@ mod tests {
         state
             .write_atomic("service-tokens.json", file.to_string().as_bytes(), 0o600)
             .unwrap();
-        let (new, _) = crate::store::ServiceTokens::create(&state, "new").unwrap();
+        let (new, _) = crate::store::ServiceTokens::create(&state, "new", None).unwrap();
         let ticket = worker
             .submit(Request::ServiceToken {
                 client_id: "unknown.access".into(),

@@ -278,7 +278,7 @@ impl EdgeCore {
         ) {
             // Tokens created since the edge started are in the store, not the view: ask it
             // (off the loop), then run this request again.
-            if !looked_up && self.tokens.verify(id, secret) == Verified::Unknown {
+            if !looked_up && self.tokens.verify(id, secret, self.unix) == Verified::Unknown {
                 let id = id.to_owned();
                 let request = carrier::Request {
                     head,
@@ -296,7 +296,7 @@ impl EdgeCore {
             head.header("cf-access-token"),
         ) {
             (Some(id), Some(secret), _) => {
-                let name = match self.tokens.verify(id, secret) {
+                let name = match self.tokens.verify(id, secret, self.unix) {
                     Verified::Token(name) => Some(name),
                     Verified::Revoked => {
                         audit.insert("client_id".into(), id.into());
@@ -307,6 +307,17 @@ impl EdgeCore {
                             403,
                             "Forbidden",
                             "service token revoked: ask the edge's operator for a new one",
+                        );
+                    }
+                    Verified::Expired => {
+                        audit.insert("client_id".into(), id.into());
+                        audit.insert("reason".into(), "service token expired".into());
+                        self.deny(audit, Auth::BadServiceToken);
+                        return refuse(
+                            c,
+                            403,
+                            "Forbidden",
+                            "service token expired: ask the edge's operator for a new one",
                         );
                     }
                     Verified::Refused | Verified::Unknown => None,

@@ -47,7 +47,8 @@ use crate::edge::config::{self, EdgeSettings, Reloaded};
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
+    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
+    SERVICE_TOKEN_EXPIRY_WARNING_SECS as EXPIRY_WARNING_SECS, TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Metrics};
 use crate::oidc::Provider;
@@ -277,6 +278,8 @@ pub(crate) struct EdgeCore {
     /// Denials before authentication, per source and reason: one audit and log line per
     /// interval, the rest counted.
     denials: Repeats<(IpAddr, Auth)>,
+    /// Unix second of the next look for service tokens about to expire (daily).
+    next_expiry_check: u64,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -420,6 +423,7 @@ impl EdgeCore {
                 MAX_LOG_SUPPRESSION_ENTRIES,
                 Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
             ),
+            next_expiry_check: 0,
         }
     }
 
@@ -838,6 +842,12 @@ impl EdgeCore {
     // ---------------------------------------------------------------- time
 
     fn tick(&mut self, now: Instant) {
+        if self.unix >= self.next_expiry_check {
+            self.next_expiry_check = self.unix + 24 * 3600;
+            for warning in self.tokens.expiring(self.unix, EXPIRY_WARNING_SECS) {
+                warn!("{warning}");
+            }
+        }
         let idle = match self.settings.limits.idle_timeout_secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),

@@ -162,7 +162,7 @@ impl Pipe {
             .issue_origin("localhost")
             .expect("origin certificate");
         let mut store = FileStore::open(&settings.state).expect("store");
-        let (record, secret) = store.create_service_token("ci").expect("token");
+        let (record, secret) = store.create_service_token("ci", None).expect("token");
         let token = (record.client_id.clone(), secret.expose().to_owned());
         store
             .claim_hostname(
@@ -932,7 +932,7 @@ fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after()
     let mut revoked = pipe.streaming_carrier(peer_addr(10, 1));
     // Another token, created while the edge runs: its carrier must stay open.
     let (other_id, other_secret) =
-        crate::store::ServiceTokens::create(&pipe.core.settings.state, "other").unwrap();
+        crate::store::ServiceTokens::create(&pipe.core.settings.state, "other", None).unwrap();
     let mut other = pipe.carrier(peer_addr(11, 1), APP);
     pipe.send(
         &mut other,

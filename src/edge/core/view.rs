@@ -52,24 +52,57 @@ pub(super) enum Verified {
     Refused,
     /// A revoked token.
     Revoked,
+    /// A token past its expiry.
+    Expired,
     /// An id the view does not hold: the store may (a token created since).
     Unknown,
 }
 
 impl TokenView {
-    /// "Revoked" only to the holder of the secret: a client id alone (it is not secret: it
-    /// sits in configs and logs) learns nothing about the token's state.
-    pub(super) fn verify(&self, client_id: &str, secret: &str) -> Verified {
+    /// "Revoked" and "expired" only to the holder of the secret: a client id alone (it is not
+    /// secret: it sits in configs and logs) learns nothing about the token's state. `unix`:
+    /// now, for expiry and a rotated-out secret's overlap.
+    pub(super) fn verify(&self, client_id: &str, secret: &str, unix: u64) -> Verified {
         let revoked = self.revoked.contains(client_id);
         match self.tokens.get(client_id) {
             // The digests are compared in constant time.
-            Some(t) if t.matches(secret) && revoked => Verified::Revoked,
-            Some(t) if t.matches(secret) => Verified::Token(t.name.clone()),
+            Some(t) if t.matches(secret, unix) && revoked => Verified::Revoked,
+            Some(t) if t.matches(secret, unix) && t.expired(unix) => Verified::Expired,
+            Some(t) if t.matches(secret, unix) => Verified::Token(t.name.clone()),
             Some(_) => Verified::Refused,
             // A revoked id is refused without asking the store again.
             None if revoked => Verified::Refused,
             None => Verified::Unknown,
         }
+    }
+}
+
+impl TokenView {
+    /// A warning for each token that expires within `ahead` seconds of `unix` (or has), not
+    /// revoked: the operator's cue to create its successor.
+    pub(super) fn expiring(&self, unix: u64, ahead: u64) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tokens
+            .values()
+            .filter(|t| !self.revoked.contains(&t.client_id))
+            .filter_map(|t| {
+                let at = t.expires?;
+                Some(if at <= unix {
+                    format!("service token {} has expired: the edge refuses it", t.name)
+                } else if at - unix <= ahead {
+                    format!(
+                        "service token {} expires in {} h: create its successor \
+                         (postern edge service-token create)",
+                        t.name,
+                        (at - unix) / 3600
+                    )
+                } else {
+                    return None;
+                })
+            })
+            .collect();
+        out.sort();
+        out
     }
 }
 
@@ -610,14 +643,7 @@ mod tests {
     use crate::store::{Revocations, RevokedToken};
 
     fn token(name: &str, id: &str, secret: &str) -> ServiceTokenRecord {
-        ServiceTokenRecord {
-            name: name.into(),
-            client_id: id.into(),
-            secret_sha256: crate::store::hex(
-                ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()).as_ref(),
-            ),
-            created: 0,
-        }
+        ServiceTokenRecord::new(name, id, secret, 0, None)
     }
 
     #[test]
@@ -639,22 +665,50 @@ mod tests {
             ..Snapshot::default()
         });
         assert_eq!(
-            tokens.verify("a.access", "s1"),
+            tokens.verify("a.access", "s1", 0),
             Verified::Token("ci".into())
         );
-        assert_eq!(tokens.verify("a.access", "s2"), Verified::Refused);
+        assert_eq!(tokens.verify("a.access", "s2", 0), Verified::Refused);
         assert_eq!(
-            tokens.verify("r.access", "s2"),
+            tokens.verify("r.access", "s2", 0),
             Verified::Revoked,
             "revoked"
         );
-        assert_eq!(tokens.verify("b.access", "s1"), Verified::Unknown);
+        assert_eq!(tokens.verify("b.access", "s1", 0), Verified::Unknown);
         // "Revoked" only to the holder of the secret: the client id alone gets the answer any
         // wrong secret gets, and a revoked id with no record is refused without a lookup.
-        assert_eq!(tokens.verify("r.access", "guess"), Verified::Refused);
+        assert_eq!(tokens.verify("r.access", "guess", 0), Verified::Refused);
         let (mut tokens, _, _, _) = views(Snapshot::default());
         tokens.revoked.insert("gone.access".into());
-        assert_eq!(tokens.verify("gone.access", "s1"), Verified::Refused);
+        assert_eq!(tokens.verify("gone.access", "s1", 0), Verified::Refused);
+    }
+
+    #[test]
+    fn an_expired_token_is_called_expired_to_its_holder_and_warned_of_before() {
+        let day = 24 * 3600;
+        let (tokens, _, _, _) = views(Snapshot {
+            service_tokens: vec![
+                ServiceTokenRecord::new("soon", "s.access", "s1", 0, Some(10 * day)),
+                ServiceTokenRecord::new("later", "l.access", "s2", 0, Some(30 * day)),
+                ServiceTokenRecord::new("never", "n.access", "s3", 0, None),
+            ],
+            ..Snapshot::default()
+        });
+        assert_eq!(
+            tokens.verify("s.access", "s1", 10 * day - 1),
+            Verified::Token("soon".into())
+        );
+        assert_eq!(tokens.verify("s.access", "s1", 10 * day), Verified::Expired);
+        assert_eq!(tokens.verify("s.access", "x", 10 * day), Verified::Refused);
+        let ahead = crate::limits::SERVICE_TOKEN_EXPIRY_WARNING_SECS;
+        assert!(tokens.expiring(day, ahead).is_empty());
+        let w = tokens.expiring(4 * day, ahead);
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("service token soon expires in 144 h"),
+            "{w:?}"
+        );
+        assert!(tokens.expiring(11 * day, ahead)[0].contains("soon has expired"));
     }
 
     #[test]

@@ -66,10 +66,10 @@ fn files_written_before_the_trait_read_back_whole() {
     assert_eq!(bot.name, "ci-bot");
     assert_eq!(bot.created, 1_700_000_000);
     assert!(
-        bot.matches("fixture-secret"),
+        bot.matches("fixture-secret", 0),
         "upper-case hashes still verify"
     );
-    assert!(!bot.matches("fixture-secreT"));
+    assert!(!bot.matches("fixture-secreT", 0));
     assert_eq!(
         ServiceTokens::load(&state)
             .unwrap()
@@ -148,8 +148,8 @@ fn files_written_by_the_store_keep_the_old_field_names() {
 #[test]
 fn service_token_create_and_verify() {
     let (tmp, state, mut store) = store("store-tokens");
-    let (id, secret) = ServiceTokens::create(&state, "ci-bot").unwrap();
-    let (rec2, _secret2) = store.create_service_token("backup.job_2").unwrap();
+    let (id, secret) = ServiceTokens::create(&state, "ci-bot", None).unwrap();
+    let (rec2, _secret2) = store.create_service_token("backup.job_2", None).unwrap();
     assert_ne!(id, rec2.client_id);
 
     let hex_part = id.strip_suffix(".access").unwrap();
@@ -188,13 +188,13 @@ fn a_token_created_by_another_process_is_found_by_its_id() {
     let (_tmp, state, mut store) = store("store-token-lookup");
     assert_eq!(store.service_token("x.access").unwrap(), None);
     // `postern edge service-token create` while the edge runs.
-    let (id, secret) = ServiceTokens::create(&state, "later").unwrap();
+    let (id, secret) = ServiceTokens::create(&state, "later", None).unwrap();
     let found = store
         .service_token(&id)
         .unwrap()
         .expect("found after a re-read");
     assert_eq!(found.name, "later");
-    assert!(found.matches(secret.expose()));
+    assert!(found.matches(secret.expose(), 0));
     // Unchanged file: still answered (from memory).
     assert!(store.service_token(&id).unwrap().is_some());
     assert_eq!(store.service_token("x.access").unwrap(), None);
@@ -203,18 +203,21 @@ fn a_token_created_by_another_process_is_found_by_its_id() {
 #[test]
 fn service_token_names_validated_and_unique() {
     let (_tmp, _state, mut store) = store("store-token-names");
-    store.create_service_token("dup").unwrap();
+    store.create_service_token("dup", None).unwrap();
     assert!(matches!(
-        store.create_service_token("dup"),
+        store.create_service_token("dup", None),
         Err(StoreError::Exists(_))
     ));
     for bad in ["", "a b", "x/y", "é", &"n".repeat(65)] {
         assert!(
-            matches!(store.create_service_token(bad), Err(StoreError::Invalid(_))),
+            matches!(
+                store.create_service_token(bad, None),
+                Err(StoreError::Invalid(_))
+            ),
             "{bad:?}"
         );
     }
-    store.create_service_token(&"n".repeat(64)).unwrap();
+    store.create_service_token(&"n".repeat(64), None).unwrap();
     assert_eq!(store.service_tokens().unwrap().len(), 2);
 }
 
