@@ -49,7 +49,9 @@ fn keep_writing(
         cipher.clear();
         {
             let mut c = conn.lock().expect("lock");
-            c.writer().write_all(&frame).expect("rustls takes plaintext");
+            c.writer()
+                .write_all(&frame)
+                .expect("rustls takes plaintext");
             while c.wants_write() {
                 c.write_tls(&mut cipher).expect("rustls writes to a Vec");
             }
@@ -93,7 +95,12 @@ fn read_to_the_end(
         let n = match sock.read(&mut buf) {
             Ok(0) => return Ok(end),
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 continue
             }
             Err(e) => return Err(format!("{e} (after {end:?})")),
@@ -213,7 +220,10 @@ fn a_close_with_its_reason_reaches_a_client_that_keeps_writing() {
             reason.contains(REASON),
             "round {round}: the Close names why: {reason:?}"
         );
-        assert!(end.close_notify, "round {round}: TLS close_notify before the FIN");
+        assert!(
+            end.close_notify,
+            "round {round}: TLS close_notify before the FIN"
+        );
     }
     assert!(
         edge.child().try_wait().is_none(),

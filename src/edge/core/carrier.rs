@@ -1,6 +1,7 @@
 //! Carriers: the request (host, credentials, policy, route), the 101 and the splice between
 //! the WebSocket and a tunnel's mux stream, and the end of either.
 
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -9,7 +10,8 @@ use log::{debug, info};
 use super::view::Verified;
 use super::{Carrier, Conn, EdgeCore, Limit};
 use crate::edge::valid_hostname;
-use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
+use crate::io::would_block;
+use crate::limits::{CONN_WRITE_BATCH, LINGER_DISCARD_PER_TURN, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction};
 use crate::proto::carrier;
@@ -26,6 +28,9 @@ impl EdgeCore {
         slot: usize,
         mut c: Box<Carrier>,
     ) -> Option<Box<Carrier>> {
+        if c.core.is_lingering() {
+            return self.discard_lingering(slot, c);
+        }
         // Until no progress: a full `rx` stopped reading, and consuming it must resume it.
         loop {
             let full = match c.tls.read(&mut self.stage) {
@@ -53,9 +58,52 @@ impl EdgeCore {
             return None;
         }
         if c.core.is_closing() && !c.tls.tls.wants_write() {
-            self.end_carrier(slot, c, "closed");
-            return None;
+            // The answer or the Close is out: close_notify, then a lingering close
+            // (`proto::carrier`): closing now, with the client's bytes unread, would send a
+            // reset that destroys what is still on its way to the client.
+            c.tls.tls.send_close_notify();
+            if let Err(e) = c.tls.flush() {
+                debug!("carrier {}: {e}", c.peer);
+                self.end_carrier(slot, c, "write failed");
+                return None;
+            }
+            if c.tls.tls.wants_write() {
+                return Some(c);
+            }
+            if let Err(e) = c.tls.sock.shutdown_write() {
+                debug!("carrier {}: shutdown: {e}", c.peer);
+                self.end_carrier(slot, c, "closed");
+                return None;
+            }
+            c.core.linger(self.now);
+            return self.discard_lingering(slot, c);
         }
+        Some(c)
+    }
+
+    /// A lingering carrier (its write side shut): reads and discards what the client still
+    /// sends, without TLS, at most [`LINGER_DISCARD_PER_TURN`] bytes per pass, and ends at
+    /// the client's EOF (the deadline is `tick`'s).
+    fn discard_lingering(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
+        let mut discarded = 0;
+        while discarded < LINGER_DISCARD_PER_TURN {
+            match c.tls.sock.read(&mut self.stage) {
+                Ok(0) => {
+                    self.end_carrier(slot, c, "closed");
+                    return None;
+                }
+                Ok(n) => discarded += n,
+                Err(e) if would_block(&e) => return Some(c),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("carrier {}: while lingering: {e}", c.peer);
+                    self.end_carrier(slot, c, "closed");
+                    return None;
+                }
+            }
+        }
+        // More may be waiting, and no new readiness event would say so: the next pass.
+        self.again.push(slot);
         Some(c)
     }
 

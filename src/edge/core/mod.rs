@@ -85,9 +85,11 @@ enum Waiter {
 /// A connection's byte stream as the driver hands it over: a registered mio socket (which
 /// leaves the poll when dropped), or an in-memory pipe in the tests. The core reads and writes
 /// it only through [`TlsConn`], and only when the driver says it is ready.
-pub(crate) trait Transport: io::Read + io::Write {}
-
-impl<T: io::Read + io::Write> Transport for T {}
+pub(crate) trait Transport: io::Read + io::Write {
+    /// Ends the edge's direction (a TCP FIN) and keeps reading possible: the lingering
+    /// close of a carrier (`proto::carrier`, `Lingering`).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
 
 /// The transport of one connection.
 pub(crate) type Sock = Box<dyn Transport>;
@@ -225,6 +227,10 @@ pub(crate) struct EdgeCore {
     free: Vec<usize>,
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
+    /// Connections that stopped at a per-pass bound with input left (a lingering carrier):
+    /// run again on the next pass of the loop, which then does not wait. A slot freed
+    /// meanwhile just gets a spurious run.
+    again: Vec<usize>,
     /// Hostname → tunnel slots that registered it (ad-hoc `--hostname`).
     routes: HashMap<String, Vec<usize>>,
     /// Named tunnel id → its registered connection slots. Hostnames reach them through the
@@ -381,6 +387,7 @@ impl EdgeCore {
             free: Vec::new(),
             dirty: Vec::new(),
             is_dirty: Vec::new(),
+            again: Vec::new(),
             routes: HashMap::new(),
             named: HashMap::new(),
             tunnels,
@@ -544,6 +551,9 @@ impl EdgeCore {
     /// Runs every connection that is ready or was touched by another one.
     pub(crate) fn process(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
+        for slot in std::mem::take(&mut self.again) {
+            self.mark(slot);
+        }
         self.run_dirty();
     }
 
@@ -554,9 +564,13 @@ impl EdgeCore {
         self.worker_results();
     }
 
-    /// When the deadlines are due next.
+    /// When the deadlines are due next; at once if a connection waits for its next pass.
     pub(crate) fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        if self.again.is_empty() {
+            self.next_tick
+        } else {
+            self.now
+        }
     }
 
     /// Runs the deadlines once they are due: handshake and request deadlines, idle carriers,
