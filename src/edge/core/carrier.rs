@@ -1,17 +1,15 @@
 //! Carriers: the request (host, credentials, policy, route), the 101 and the splice between
 //! the WebSocket and a tunnel's mux stream, and the end of either.
 
-use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use log::{debug, info};
 
 use super::view::Verified;
-use super::{Carrier, Conn, EdgeCore, Limit};
+use super::{discard_input, Carrier, Conn, Discarded, EdgeCore, Limit};
 use crate::edge::valid_hostname;
-use crate::io::would_block;
-use crate::limits::{CONN_WRITE_BATCH, LINGER_DISCARD_PER_TURN, MAX_REQUEST_BODY};
+use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction};
 use crate::proto::carrier;
@@ -82,28 +80,17 @@ impl EdgeCore {
     }
 
     /// A lingering carrier (its write side shut): reads and discards what the client still
-    /// sends, without TLS, at most [`LINGER_DISCARD_PER_TURN`] bytes per pass, and ends at
-    /// the client's EOF (the deadline is `tick`'s).
+    /// sends ([`discard_input`]) and ends at the client's EOF (the deadline is `tick`'s).
     fn discard_lingering(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
-        let mut discarded = 0;
-        while discarded < LINGER_DISCARD_PER_TURN {
-            match c.tls.sock.read(&mut self.stage) {
-                Ok(0) => {
-                    self.end_carrier(slot, c, "closed");
-                    return None;
-                }
-                Ok(n) => discarded += n,
-                Err(e) if would_block(&e) => return Some(c),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("carrier {}: while lingering: {e}", c.peer);
-                    self.end_carrier(slot, c, "closed");
-                    return None;
-                }
+        match discard_input(&mut c.tls.sock, &mut self.stage) {
+            Discarded::Ended => {
+                self.end_carrier(slot, c, "closed");
+                return None;
             }
+            Discarded::Drained => {}
+            // More may be waiting, and no new readiness event would say so: the next pass.
+            Discarded::Bounded => self.again.push(slot),
         }
-        // More may be waiting, and no new readiness event would say so: the next pass.
-        self.again.push(slot);
         Some(c)
     }
 

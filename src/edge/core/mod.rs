@@ -46,7 +46,8 @@ use crate::edge::config::{self, EdgeSettings, Reloaded};
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
+    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, LINGER_DISCARD_PER_TURN,
+    MAX_LOG_SUPPRESSION_ENTRIES, TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Metrics};
 use crate::oidc::Provider;
@@ -93,6 +94,37 @@ pub(crate) trait Transport: io::Read + io::Write {
 
 /// The transport of one connection.
 pub(crate) type Sock = Box<dyn Transport>;
+
+/// What one pass of a lingering close's reads found ([`discard_input`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Discarded {
+    /// The peer's EOF (or a read error): close now.
+    Ended,
+    /// Nothing more to read now: wait for readiness (or the deadline).
+    Drained,
+    /// [`LINGER_DISCARD_PER_TURN`] read with more maybe waiting: run again on the next pass.
+    Bounded,
+}
+
+/// The reads of a lingering close, on a connection whose write side is shut: reads what the
+/// peer still sends into `stage` and throws it away (no TLS, no buffer of its own), at most
+/// [`LINGER_DISCARD_PER_TURN`] bytes per pass.
+fn discard_input(sock: &mut Sock, stage: &mut [u8]) -> Discarded {
+    let mut discarded = 0;
+    while discarded < LINGER_DISCARD_PER_TURN {
+        match sock.read(stage) {
+            Ok(0) => return Discarded::Ended,
+            Ok(n) => discarded += n,
+            Err(e) if would_block(&e) => return Discarded::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("while lingering: {e}");
+                return Discarded::Ended;
+            }
+        }
+    }
+    Discarded::Bounded
+}
 
 /// How often [`EdgeCore::handle_timeout`] runs the deadlines (handshake, idle, keepalive).
 const TICK: Duration = Duration::from_secs(1);
@@ -195,6 +227,10 @@ struct Tunnel {
     carriers: HashMap<u32, usize>,
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
     closing: bool,
+    /// The ERROR and close_notify went out and the write side is shut: what the origin still
+    /// sends is read and discarded until its EOF or then (a lingering close, as carriers do:
+    /// `proto::carrier`), so that its unread frames do not turn the ERROR into a reset.
+    linger_until: Option<Instant>,
     next_timeout: Instant,
     /// TLS and REGISTER must complete by then (slowloris bound); none once registered.
     deadline: Option<Instant>,
@@ -799,6 +835,7 @@ impl EdgeCore {
                                     resumable: false,
                                     carriers: HashMap::new(),
                                     closing: false,
+                                    linger_until: None,
                                     next_timeout: self.now,
                                     deadline: Some(deadline),
                                     registering: None,
@@ -860,6 +897,7 @@ impl EdgeCore {
                     c.core.deadline().is_some_and(|d| now >= d)
                 }
                 Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => true,
+                Some(Conn::Tunnel(t)) if t.linger_until.is_some_and(|d| now >= d) => true,
                 Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
                     Ok(next) => {
                         t.next_timeout = next;
@@ -906,7 +944,12 @@ impl EdgeCore {
                         self.limit_hit(Limit::Handshake, t.peer.ip(), timed_out("no REGISTER"));
                         self.end_tunnel(slot, t, "no registration before the deadline");
                     } else {
-                        self.end_tunnel(slot, t, "timed out");
+                        let why = if t.linger_until.is_some() {
+                            "closed after error"
+                        } else {
+                            "timed out"
+                        };
+                        self.end_tunnel(slot, t, why);
                     }
                 }
                 None => {}

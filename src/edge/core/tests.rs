@@ -645,7 +645,31 @@ fn a_register_outside_the_edges_zones_is_refused() {
         Some(refusal::NOT_COVERED),
         "{events:?}"
     );
-    assert!(p.wire.dropped(), "closed after the ERROR");
+    // The ERROR, close_notify, then the FIN: the edge reads on until the origin's EOF, so
+    // frames the origin sent meanwhile cannot turn the close into a reset.
+    assert!(p.wire.edge_finished(), "closed after the ERROR");
+    assert!(!p.wire.dropped(), "lingering");
+    p.wire.0.borrow_mut().to_edge.extend([0x17; 4096]);
+    pipe.core.handle_ready(p.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(p.wire.0.borrow().to_edge.is_empty(), "read and discarded");
+    p.wire.0.borrow_mut().peer_eof = true;
+    pipe.core.handle_ready(p.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(p.wire.dropped(), "ended at the origin's EOF");
+}
+
+#[test]
+fn a_refused_tunnel_that_never_closes_is_cut_at_the_linger_deadline() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (p, _, events) = pipe.register(p, "ssh.example.com");
+    assert!(refused_with(&events).is_some(), "{events:?}");
+    assert!(p.wire.edge_finished() && !p.wire.dropped());
+    pipe.advance(crate::limits::LINGER.as_secs() - 1);
+    assert!(!p.wire.dropped());
+    pipe.advance(1);
+    assert!(p.wire.dropped());
 }
 
 #[test]
@@ -782,10 +806,10 @@ fn a_bad_frame_from_a_tunnel_ends_that_tunnel_only() {
     // A frame header of an unknown type, with a payload length over the limit.
     pipe.send(&mut bad, &[0xee, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
     assert!(
-        bad.wire.dropped(),
+        bad.wire.edge_finished(),
         "the offending tunnel connection is closed"
     );
-    assert!(!good.wire.dropped(), "the other one is not");
+    assert!(!good.wire.edge_finished(), "the other one is not");
     // Carriers still reach the hostname, through the other connection.
     let _c = pipe.streaming_carrier(peer_addr(10, 1));
 }
@@ -1084,14 +1108,14 @@ fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after() {
         "{events:?}"
     );
     pipe.exchange(&mut t);
-    assert!(t.wire.dropped(), "the tunnel connection is closed");
+    assert!(t.wire.edge_finished(), "the tunnel connection is closed");
     // Its reconnect: refused as soon as the certificate is seen.
     let p = pipe.peer(peer_addr(50, 2), APP, Some(mux::ALPN), true);
     let (p, _, events) = pipe.register(p, APP);
     let (code, message) = error_of(&events).expect("refused");
     assert_eq!(code, refusal::REVOKED);
     assert!(message.contains("origin certificate revoked"), "{message}");
-    assert!(p.wire.dropped());
+    assert!(p.wire.edge_finished());
 }
 
 #[test]
