@@ -49,6 +49,11 @@ impl EdgeCore {
             if !(full && c.tls.has_room()) {
                 break;
             }
+            if c.core.is_closing() {
+                // Closing drops what it reads: one buffer per pass, the rest on the next.
+                self.again.push(slot);
+                break;
+            }
         }
         if let Err(e) = c.tls.flush() {
             debug!("carrier {}: {e}", c.peer);
