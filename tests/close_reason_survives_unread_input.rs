@@ -203,8 +203,8 @@ fn a_close_with_its_reason_reaches_a_client_that_keeps_writing() {
         let unread = written.load(Ordering::SeqCst);
         let end = seen.unwrap_or_else(|e| {
             panic!(
-                "round {round}: the edge's deliberate close must end with a FIN, the client \
-                 having written {unread} bytes the edge did not read; the client saw: {e}; \
+                "round {round}: the edge's deliberate close must end with a FIN while the \
+                 client keeps writing ({unread} bytes written); the client saw: {e}; \
                  its writes: {write_error:?}"
             )
         });
