@@ -341,6 +341,16 @@ pub const ORIGIN_ASSERTION_LIFETIME_SECS: u64 = 60;
 // Used by src/proto/carrier.rs.
 /// A carrier that is closing gets this long to take its last bytes.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// Lingering close: once a closing carrier's last bytes are flushed and its write side is
+/// shut (FIN), the edge reads and discards what the client still sends for at most this
+/// long (never past [`CLOSE_GRACE`]), so that unread input does not turn the close into a
+/// reset that destroys the Close on its way. The client needs one round trip to see the FIN
+/// and close its side; 2 s covers slow links (Apache's lingering close waits 2 s per read
+/// too) while a client that never stops sending holds its connection slot no longer.
+pub const LINGER: Duration = Duration::from_secs(2);
+/// Bytes a lingering connection may read and discard per pass of the event loop; it comes
+/// back on the next pass for more, so a client that never stops sending cannot hold the loop.
+pub const LINGER_DISCARD_PER_TURN: usize = CONN_READ_BUFFER;
 
 // Used by src/proto/token_transfer.rs.
 /// How long a transfer id stays valid.

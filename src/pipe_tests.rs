@@ -56,7 +56,8 @@ impl Read for PeerEnd {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         if w.from_edge.is_empty() {
-            return if w.dropped {
+            // The edge's FIN: it dropped its end, or shut its write side (a lingering close).
+            return if w.dropped || w.write_shut {
                 Ok(0)
             } else {
                 Err(io::ErrorKind::WouldBlock.into())

@@ -66,6 +66,12 @@ impl io::Write for Registered {
     }
 }
 
+impl super::core::Transport for Registered {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.sock.shutdown(std::net::Shutdown::Write)
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         let _ = self.registry.deregister(&mut self.sock);

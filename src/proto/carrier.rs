@@ -8,9 +8,18 @@
 //!           ──park─▶ Parked ──respond──────▶ Closing{until}   (a worker answers: OIDC, store)
 //!           ──accept(key, link)─▶ Streaming{link, decoder, sent_close}
 //!  Streaming ──close_with / both Closes──▶ Closing{until}
+//!  Closing ──all of it flushed (the driver: close_notify, then shutdown(Write))──▶
+//!      Lingering{until min(until, now + LINGER)} ──client's EOF or until──▶ (closed)
 //!  a head that does not parse, a POST without a length or with a body too large: refused
 //!  here (400, 411, 413) and Closing; the peer leaving before a whole request: `Event::Left`.
 //! ```
+//!
+//! Lingering is HTTP servers' "lingering close": a socket closed while the client's bytes
+//! wait unread in it ends with a TCP reset, not a FIN, and the reset destroys what was still
+//! on its way to the client (the response, the Close and its reason) and fails the client's
+//! next write. So once everything is flushed, the driver shuts down only its write side (the
+//! client sees the FIN after the Close), reads and discards what still comes, and closes at
+//! the client's EOF or at the deadline, whichever is first.
 //!
 //! Sans-IO (the contract of `proto`): the driver hands in the plaintext TLS produced (a
 //! [`Buf`]), takes out what to send ([`Carrier::take_transmit`]) and passes the time in. Who is
@@ -28,7 +37,7 @@ use crate::proto::buf::Buf;
 use crate::proto::http::{self, HeadError, HeadLimits, RequestHead};
 use crate::proto::ws::{self, Decoder, Role};
 
-pub use crate::limits::CLOSE_GRACE;
+pub use crate::limits::{CLOSE_GRACE, LINGER};
 
 /// A whole request, as the driver decides on it.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,11 +80,17 @@ pub struct Streaming<L> {
 
 enum State<L> {
     Head,
-    Body { head: Box<RequestHead>, len: usize },
+    Body {
+        head: Box<RequestHead>,
+        len: usize,
+    },
     Deciding,
     Parked,
     Streaming(Streaming<L>),
     Closing,
+    /// Everything went out and the driver shut its write side: what the client still sends
+    /// is read and discarded until its EOF or the deadline (see the module docs).
+    Lingering,
 }
 
 /// Limits of what a carrier accepts before it streams.
@@ -173,7 +188,7 @@ impl<L> Carrier<L> {
                     rx.consume(len);
                     return Some(Event::Request(request(*head, body)));
                 }
-                State::Closing => {
+                State::Closing | State::Lingering => {
                     // Whatever else the client sends is not read.
                     rx.consume(rx.len());
                     return None;
@@ -281,7 +296,11 @@ impl<L> Carrier<L> {
     /// not sent its Close yet (a second Close would be a protocol error at the client), then
     /// closing once that is flushed or after [`CLOSE_GRACE`]. Returns the stream's link, if
     /// it was streaming, so the driver can let go of the stream.
+    /// A carrier that is closing already is left as it is (its deadline is not pushed back).
     pub fn close_with(&mut self, code: u16, reason: &str, now: Instant) -> Option<L> {
+        if self.is_closing() {
+            return None;
+        }
         let link = match std::mem::replace(&mut self.state, State::Closing) {
             State::Streaming(s) => {
                 if !s.sent_close {
@@ -297,6 +316,9 @@ impl<L> Carrier<L> {
 
     /// Both Closes were exchanged: nothing more to say (the driver sends TLS close_notify).
     pub fn finished_streaming(&mut self, now: Instant) -> Option<L> {
+        if self.is_closing() {
+            return None;
+        }
         let link = match std::mem::replace(&mut self.state, State::Closing) {
             State::Streaming(s) => Some(s.link),
             _ => None,
@@ -310,13 +332,27 @@ impl<L> Carrier<L> {
         self.deadline = Some(now + CLOSE_GRACE);
     }
 
+    /// Everything queued (the answer or the Close, and TLS close_notify) has reached the
+    /// socket and the driver shut down its write side: from now on the carrier only reads
+    /// to discard, until the client's EOF or [`LINGER`] from now (never past the close
+    /// grace). True if it was closing (a carrier in any other state is left alone).
+    pub fn linger(&mut self, now: Instant) -> bool {
+        if !matches!(self.state, State::Closing) {
+            return false;
+        }
+        self.state = State::Lingering;
+        let until = now + LINGER;
+        self.deadline = Some(self.deadline.map_or(until, |d| d.min(until)));
+        true
+    }
+
     /// Bytes to hand to TLS, if any are queued.
     pub fn take_transmit(&mut self) -> Option<Vec<u8>> {
         (!self.tx.is_empty()).then(|| std::mem::take(&mut self.tx))
     }
 
     /// When the connection must end unless it has moved on: the handshake deadline, or the
-    /// end of the close grace. `None` while streaming.
+    /// end of the close grace (or of the linger). `None` while streaming.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
@@ -330,8 +366,14 @@ impl<L> Carrier<L> {
         matches!(self.state, State::Parked)
     }
 
+    /// Closing or lingering: nothing more is answered or streamed.
     pub fn is_closing(&self) -> bool {
-        matches!(self.state, State::Closing)
+        matches!(self.state, State::Closing | State::Lingering)
+    }
+
+    /// Write side shut, reading only to discard (see [`Carrier::linger`]).
+    pub fn is_lingering(&self) -> bool {
+        matches!(self.state, State::Lingering)
     }
 
     /// The stream half, while streaming.
@@ -608,6 +650,52 @@ mod tests {
         assert!(c.is_closing());
         assert_eq!(c.deadline(), Some(now + CLOSE_GRACE));
         assert_eq!(c.close_with(ws::close::TRY_AGAIN, "again", now), None);
+    }
+
+    #[test]
+    fn a_closing_carrier_lingers_after_the_flush_for_at_most_linger() {
+        let now = Instant::now();
+        let mut c: Carrier<u32> = Carrier::new(now + Duration::from_secs(20));
+        let mut rx = Buf::new(4096);
+        feed(&mut rx, UPGRADE);
+        let Some(Event::Request(r)) = c.poll_request(&mut rx, false, &limits(), now) else {
+            panic!()
+        };
+        assert!(
+            !c.linger(now),
+            "a carrier that is not closing does not linger"
+        );
+        c.accept(r.upgrade_key.as_deref().unwrap(), 3, 1024, &[]);
+        assert!(!c.linger(now), "nor does a streaming one");
+        assert!(c.take_transmit().is_some(), "the 101");
+        assert_eq!(
+            c.close_with(ws::close::TRY_AGAIN, "no service", now),
+            Some(3)
+        );
+        assert!(c.is_closing() && !c.is_lingering());
+        assert!(c.take_transmit().is_some_and(|t| t.starts_with(&[0x88])));
+        // Flushed one second later: the write side is shut, LINGER from then on.
+        let flushed = now + Duration::from_secs(1);
+        assert!(c.linger(flushed));
+        assert!(c.is_lingering() && c.is_closing());
+        assert_eq!(c.deadline(), Some(flushed + LINGER));
+        // What the client still sends is dropped, unparsed; nothing more goes out.
+        feed(&mut rx, b"\x82\x7e\xff\xff whatever the client was writing");
+        assert_eq!(c.poll_request(&mut rx, false, &limits(), flushed), None);
+        assert!(rx.is_empty());
+        assert_eq!(c.take_transmit(), None);
+        // A later close (the tunnel went away meanwhile) changes nothing.
+        assert_eq!(c.close_with(ws::close::TRY_AGAIN, "again", flushed), None);
+        assert!(!c.linger(flushed));
+        assert!(c.is_lingering());
+        assert_eq!(c.deadline(), Some(flushed + LINGER));
+
+        // A flush that took almost all of the close grace: the linger ends with the grace.
+        let mut c: Carrier<u32> = Carrier::new(now);
+        c.refuse(404, "Not Found", "no application", now);
+        let late = now + CLOSE_GRACE - Duration::from_millis(100);
+        assert!(c.linger(late));
+        assert_eq!(c.deadline(), Some(now + CLOSE_GRACE));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use log::{debug, info};
 
 use super::sessions::Session;
 use super::view::Verified;
-use super::{Carrier, Conn, EdgeCore, Limit};
+use super::{discard_input, Carrier, Conn, Discarded, EdgeCore, Limit};
 use crate::edge::valid_hostname;
 use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
@@ -27,6 +27,9 @@ impl EdgeCore {
         slot: usize,
         mut c: Box<Carrier>,
     ) -> Option<Box<Carrier>> {
+        if c.core.is_lingering() {
+            return self.discard_lingering(slot, c);
+        }
         // Until no progress: a full `rx` stopped reading, and consuming it must resume it.
         loop {
             let full = match c.tls.read(&mut self.stage) {
@@ -47,6 +50,11 @@ impl EdgeCore {
             if !(full && c.tls.has_room()) {
                 break;
             }
+            if c.core.is_closing() {
+                // Closing drops what it reads: one buffer per pass, the rest on the next.
+                self.again.push(slot);
+                break;
+            }
         }
         if let Err(e) = c.tls.flush() {
             debug!("carrier {}: {e}", c.peer);
@@ -54,8 +62,40 @@ impl EdgeCore {
             return None;
         }
         if c.core.is_closing() && !c.tls.tls.wants_write() {
-            self.end_carrier(slot, c, "closed");
-            return None;
+            // The answer or the Close is out: close_notify, then a lingering close
+            // (`proto::carrier`): closing now, with the client's bytes unread, would send a
+            // reset that destroys what is still on its way to the client.
+            c.tls.tls.send_close_notify();
+            if let Err(e) = c.tls.flush() {
+                debug!("carrier {}: {e}", c.peer);
+                self.end_carrier(slot, c, "write failed");
+                return None;
+            }
+            if c.tls.tls.wants_write() {
+                return Some(c);
+            }
+            if let Err(e) = c.tls.sock.shutdown_write() {
+                debug!("carrier {}: shutdown: {e}", c.peer);
+                self.end_carrier(slot, c, "closed");
+                return None;
+            }
+            c.core.linger(self.now);
+            return self.discard_lingering(slot, c);
+        }
+        Some(c)
+    }
+
+    /// A lingering carrier (its write side shut): reads and discards what the client still
+    /// sends ([`discard_input`]) and ends at the client's EOF (the deadline is `tick`'s).
+    fn discard_lingering(&mut self, slot: usize, mut c: Box<Carrier>) -> Option<Box<Carrier>> {
+        match discard_input(&mut c.tls.sock, &mut self.stage) {
+            Discarded::Ended => {
+                self.end_carrier(slot, c, "closed");
+                return None;
+            }
+            Discarded::Drained => {}
+            // More may be waiting, and no new readiness event would say so: the next pass.
+            Discarded::Bounded => self.again.push(slot),
         }
         Some(c)
     }

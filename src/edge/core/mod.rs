@@ -47,8 +47,9 @@ use crate::edge::config::{self, EdgeSettings, Reloaded};
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, MAX_LOG_SUPPRESSION_ENTRIES,
-    SERVICE_TOKEN_EXPIRY_WARNING_SECS as EXPIRY_WARNING_SECS, TLS_READ_STAGE,
+    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, LINGER_DISCARD_PER_TURN,
+    MAX_LOG_SUPPRESSION_ENTRIES, SERVICE_TOKEN_EXPIRY_WARNING_SECS as EXPIRY_WARNING_SECS,
+    TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Metrics};
 use crate::oidc::Provider;
@@ -87,12 +88,45 @@ enum Waiter {
 /// A connection's byte stream as the driver hands it over: a registered mio socket (which
 /// leaves the poll when dropped), or an in-memory pipe in the tests. The core reads and writes
 /// it only through [`TlsConn`], and only when the driver says it is ready.
-pub(crate) trait Transport: io::Read + io::Write {}
-
-impl<T: io::Read + io::Write> Transport for T {}
+pub(crate) trait Transport: io::Read + io::Write {
+    /// Ends the edge's direction (a TCP FIN) and keeps reading possible: the lingering
+    /// close of a carrier (`proto::carrier`, `Lingering`).
+    fn shutdown_write(&mut self) -> io::Result<()>;
+}
 
 /// The transport of one connection.
 pub(crate) type Sock = Box<dyn Transport>;
+
+/// What one pass of a lingering close's reads found ([`discard_input`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Discarded {
+    /// The peer's EOF (or a read error): close now.
+    Ended,
+    /// Nothing more to read now: wait for readiness (or the deadline).
+    Drained,
+    /// [`LINGER_DISCARD_PER_TURN`] read with more maybe waiting: run again on the next pass.
+    Bounded,
+}
+
+/// The reads of a lingering close, on a connection whose write side is shut: reads what the
+/// peer still sends into `stage` and throws it away (no TLS, no buffer of its own), at most
+/// [`LINGER_DISCARD_PER_TURN`] bytes per pass.
+fn discard_input(sock: &mut Sock, stage: &mut [u8]) -> Discarded {
+    let mut discarded = 0;
+    while discarded < LINGER_DISCARD_PER_TURN {
+        match sock.read(stage) {
+            Ok(0) => return Discarded::Ended,
+            Ok(n) => discarded += n,
+            Err(e) if would_block(&e) => return Discarded::Drained,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                debug!("while lingering: {e}");
+                return Discarded::Ended;
+            }
+        }
+    }
+    Discarded::Bounded
+}
 
 /// How often [`EdgeCore::handle_timeout`] runs the deadlines (handshake, idle, keepalive).
 const TICK: Duration = Duration::from_secs(1);
@@ -197,6 +231,10 @@ struct Tunnel {
     carriers: HashMap<u32, usize>,
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
     closing: bool,
+    /// The ERROR and close_notify went out and the write side is shut: what the origin still
+    /// sends is read and discarded until its EOF or then (a lingering close, as carriers do:
+    /// `proto::carrier`), so that its unread frames do not turn the ERROR into a reset.
+    linger_until: Option<Instant>,
     next_timeout: Instant,
     /// TLS and REGISTER must complete by then (slowloris bound); none once registered.
     deadline: Option<Instant>,
@@ -229,6 +267,10 @@ pub(crate) struct EdgeCore {
     free: Vec<usize>,
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
+    /// Connections that stopped at a per-pass bound with input left (a lingering carrier):
+    /// run again on the next pass of the loop, which then does not wait. A slot freed
+    /// meanwhile just gets a spurious run.
+    again: Vec<usize>,
     /// Hostname → tunnel slots that registered it (ad-hoc `--hostname`).
     routes: HashMap<String, Vec<usize>>,
     /// Named tunnel id → its registered connection slots. Hostnames reach them through the
@@ -387,6 +429,7 @@ impl EdgeCore {
             free: Vec::new(),
             dirty: Vec::new(),
             is_dirty: Vec::new(),
+            again: Vec::new(),
             routes: HashMap::new(),
             named: HashMap::new(),
             tunnels,
@@ -556,6 +599,9 @@ impl EdgeCore {
     /// Runs every connection that is ready or was touched by another one.
     pub(crate) fn process(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
+        for slot in std::mem::take(&mut self.again) {
+            self.mark(slot);
+        }
         self.run_dirty();
     }
 
@@ -566,9 +612,13 @@ impl EdgeCore {
         self.worker_results();
     }
 
-    /// When the deadlines are due next.
+    /// When the deadlines are due next; at once if a connection waits for its next pass.
     pub(crate) fn poll_timeout(&self) -> Instant {
-        self.next_tick
+        if self.again.is_empty() {
+            self.next_tick
+        } else {
+            self.now
+        }
     }
 
     /// Runs the deadlines once they are due: handshake and request deadlines, idle carriers,
@@ -797,6 +847,7 @@ impl EdgeCore {
                                     resumable: false,
                                     carriers: HashMap::new(),
                                     closing: false,
+                                    linger_until: None,
                                     next_timeout: self.now,
                                     deadline: Some(deadline),
                                     registering: None,
@@ -865,6 +916,7 @@ impl EdgeCore {
                     c.core.deadline().is_some_and(|d| now >= d)
                 }
                 Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => true,
+                Some(Conn::Tunnel(t)) if t.linger_until.is_some_and(|d| now >= d) => true,
                 Some(Conn::Tunnel(t)) if now >= t.next_timeout => match t.mux.handle_timeout(now) {
                     Ok(next) => {
                         t.next_timeout = next;
@@ -911,7 +963,12 @@ impl EdgeCore {
                         self.limit_hit(Limit::Handshake, t.peer.ip(), timed_out("no REGISTER"));
                         self.end_tunnel(slot, t, "no registration before the deadline");
                     } else {
-                        self.end_tunnel(slot, t, "timed out");
+                        let why = if t.linger_until.is_some() {
+                            "closed after error"
+                        } else {
+                            "timed out"
+                        };
+                        self.end_tunnel(slot, t, why);
                     }
                 }
                 None => {}

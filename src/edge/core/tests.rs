@@ -45,6 +45,8 @@ pub(crate) struct WireState {
     pub(crate) peer_eof: bool,
     /// The core dropped its end: the connection is over.
     pub(crate) dropped: bool,
+    /// The core shut down its write side (a FIN; it may still read: a lingering close).
+    pub(crate) write_shut: bool,
 }
 
 #[derive(Clone, Default)]
@@ -53,6 +55,12 @@ pub(crate) struct Wire(pub(crate) Rc<RefCell<WireState>>);
 impl Wire {
     pub(crate) fn dropped(&self) -> bool {
         self.0.borrow().dropped
+    }
+
+    /// The edge sent its FIN: it shut its write side or dropped its end.
+    pub(crate) fn edge_finished(&self) -> bool {
+        let w = self.0.borrow();
+        w.write_shut || w.dropped
     }
 }
 
@@ -79,11 +87,22 @@ impl Read for EdgeEnd {
 
 impl Write for EdgeEnd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0 .0.borrow_mut().from_edge.extend_from_slice(buf);
+        let mut w = self.0 .0.borrow_mut();
+        if w.write_shut {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        w.from_edge.extend_from_slice(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for EdgeEnd {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        self.0 .0.borrow_mut().write_shut = true;
         Ok(())
     }
 }
@@ -535,10 +554,75 @@ fn a_refused_carrier_is_closed_once_the_refusal_is_sent() {
     let mut c = pipe.carrier(peer_addr(10, 1000), APP);
     pipe.send(&mut c, &upgrade(APP, &[]));
     assert_eq!(status(&c.received), 401);
-    // The client's close_notify after reading the answer ends it, with no timer.
+    // Sent, then the edge's FIN; it reads on (lingers) until the client's.
+    assert!(c.wire.edge_finished() && !c.wire.dropped());
+    // The client's close_notify and FIN after reading the answer end it, with no timer.
     c.tls.send_close_notify();
     pipe.exchange(&mut c);
+    c.wire.0.borrow_mut().peer_eof = true;
+    pipe.exchange(&mut c);
     assert!(c.wire.dropped(), "the connection is over");
+}
+
+/// Bytes a client that keeps writing sends after the edge's Close (no frame: never parsed).
+fn keep_writing(c: &Peer, n: usize) {
+    c.wire
+        .0
+        .borrow_mut()
+        .to_edge
+        .extend(std::iter::repeat_n(0x17, n));
+}
+
+#[test]
+fn a_closed_carrier_lingers_reading_what_the_client_still_sends_in_bounded_passes() {
+    use crate::limits::{LINGER, LINGER_DISCARD_PER_TURN};
+    let mut pipe = Pipe::new();
+    pipe.limits().idle_timeout_secs = 5;
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    pipe.origin_events(&mut t, &mut origin);
+    // The edge ends the carrier on purpose (idle: a trigger the test controls).
+    pipe.advance(5);
+    pipe.exchange(&mut c);
+    assert_eq!(close_of(&c.received).0, ws::close::POLICY);
+    // The Close and close_notify went out, then the FIN: the connection is still open,
+    // and it counts against the limits as any other.
+    assert!(c.wire.edge_finished() && !c.wire.dropped());
+    assert!(c.tls.process_new_packets().unwrap().peer_has_closed());
+    assert_eq!(pipe.core.per_ip.get(&peer_addr(10, 1).ip()), Some(&1));
+
+    // What the client sends is read and discarded, one bounded batch per pass; a pass
+    // that stopped at the bound asks for the next one at once.
+    keep_writing(&c, 3 * LINGER_DISCARD_PER_TURN);
+    let before = c.wire.0.borrow().to_edge.len();
+    pipe.core.handle_ready(c.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    let after = c.wire.0.borrow().to_edge.len();
+    assert!(
+        before - after <= LINGER_DISCARD_PER_TURN + TLS_READ_STAGE,
+        "one pass read {} bytes",
+        before - after
+    );
+    assert_eq!(pipe.core.poll_timeout(), pipe.now, "the next pass at once");
+    for _ in 0..8 {
+        pipe.core.process(pipe.now, pipe.unix);
+    }
+    assert!(c.wire.0.borrow().to_edge.is_empty(), "all of it read");
+    assert!(
+        pipe.core.poll_timeout() > pipe.now,
+        "then it waits for readiness"
+    );
+    assert!(!c.wire.dropped());
+
+    // A client that never stops sending (nor closes) is cut at the linger deadline.
+    let secs = LINGER.as_secs();
+    pipe.advance(secs - 1);
+    keep_writing(&c, 1000);
+    pipe.exchange(&mut c);
+    assert!(!c.wire.dropped());
+    pipe.advance(1);
+    assert!(c.wire.dropped(), "closed {secs} s after the FIN");
+    assert_eq!(pipe.core.per_ip.get(&peer_addr(10, 1).ip()), None);
 }
 
 // ------------------------------------------------------------------------- registration
@@ -561,7 +645,31 @@ fn a_register_outside_the_edges_zones_is_refused() {
         Some(refusal::NOT_COVERED),
         "{events:?}"
     );
-    assert!(p.wire.dropped(), "closed after the ERROR");
+    // The ERROR, close_notify, then the FIN: the edge reads on until the origin's EOF, so
+    // frames the origin sent meanwhile cannot turn the close into a reset.
+    assert!(p.wire.edge_finished(), "closed after the ERROR");
+    assert!(!p.wire.dropped(), "lingering");
+    p.wire.0.borrow_mut().to_edge.extend([0x17; 4096]);
+    pipe.core.handle_ready(p.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(p.wire.0.borrow().to_edge.is_empty(), "read and discarded");
+    p.wire.0.borrow_mut().peer_eof = true;
+    pipe.core.handle_ready(p.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(p.wire.dropped(), "ended at the origin's EOF");
+}
+
+#[test]
+fn a_refused_tunnel_that_never_closes_is_cut_at_the_linger_deadline() {
+    let mut pipe = Pipe::new();
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (p, _, events) = pipe.register(p, "ssh.example.com");
+    assert!(refused_with(&events).is_some(), "{events:?}");
+    assert!(p.wire.edge_finished() && !p.wire.dropped());
+    pipe.advance(crate::limits::LINGER.as_secs() - 1);
+    assert!(!p.wire.dropped());
+    pipe.advance(1);
+    assert!(p.wire.dropped());
 }
 
 #[test]
@@ -698,10 +806,10 @@ fn a_bad_frame_from_a_tunnel_ends_that_tunnel_only() {
     // A frame header of an unknown type, with a payload length over the limit.
     pipe.send(&mut bad, &[0xee, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
     assert!(
-        bad.wire.dropped(),
+        bad.wire.edge_finished(),
         "the offending tunnel connection is closed"
     );
-    assert!(!good.wire.dropped(), "the other one is not");
+    assert!(!good.wire.edge_finished(), "the other one is not");
     // Carriers still reach the hostname, through the other connection.
     let _c = pipe.streaming_carrier(peer_addr(10, 1));
 }
@@ -1000,14 +1108,14 @@ fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after() {
         "{events:?}"
     );
     pipe.exchange(&mut t);
-    assert!(t.wire.dropped(), "the tunnel connection is closed");
+    assert!(t.wire.edge_finished(), "the tunnel connection is closed");
     // Its reconnect: refused as soon as the certificate is seen.
     let p = pipe.peer(peer_addr(50, 2), APP, Some(mux::ALPN), true);
     let (p, _, events) = pipe.register(p, APP);
     let (code, message) = error_of(&events).expect("refused");
     assert_eq!(code, refusal::REVOKED);
     assert!(message.contains("origin certificate revoked"), "{message}");
-    assert!(p.wire.dropped());
+    assert!(p.wire.edge_finished());
 }
 
 #[test]

@@ -4,9 +4,9 @@
 use log::{info, warn};
 use rustls::pki_types::CertificateDer;
 
-use super::{refusal, Conn, EdgeCore, Registering, Tunnel};
+use super::{discard_input, refusal, Conn, Discarded, EdgeCore, Registering, Tunnel};
 use crate::edge::valid_hostname;
-use crate::limits::CONN_WRITE_BATCH;
+use crate::limits::{CONN_WRITE_BATCH, LINGER};
 use crate::logging::untrusted;
 use crate::metrics;
 use crate::proto::mux::{self, EdgeEvent, StreamEvent};
@@ -14,6 +14,9 @@ use crate::proto::ws;
 
 impl EdgeCore {
     pub(super) fn pump_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
+        if t.linger_until.is_some() {
+            return self.discard_lingering_tunnel(slot, t);
+        }
         loop {
             let full = match t.tls.read(&mut self.stage) {
                 Ok(full) => full,
@@ -33,8 +36,35 @@ impl EdgeCore {
             return None;
         }
         if t.closing && !t.tls.tls.wants_write() {
-            self.end_tunnel(slot, t, "closed after error");
-            return None;
+            // The ERROR is out: close_notify, then FIN and a lingering close, as for carriers.
+            t.tls.tls.send_close_notify();
+            if let Err(e) = t.tls.flush() {
+                self.end_tunnel(slot, t, &e.to_string());
+                return None;
+            }
+            if t.tls.tls.wants_write() {
+                return Some(t);
+            }
+            if t.tls.sock.shutdown_write().is_err() {
+                self.end_tunnel(slot, t, "closed after error");
+                return None;
+            }
+            t.linger_until = Some(self.now + LINGER);
+            return self.discard_lingering_tunnel(slot, t);
+        }
+        Some(t)
+    }
+
+    /// A tunnel connection lingering after its ERROR: reads and discards what the origin
+    /// still sends ([`discard_input`]) and ends at its EOF (the deadline is `tick`'s).
+    fn discard_lingering_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>) -> Option<Box<Tunnel>> {
+        match discard_input(&mut t.tls.sock, &mut self.stage) {
+            Discarded::Ended => {
+                self.end_tunnel(slot, t, "closed after error");
+                return None;
+            }
+            Discarded::Drained => {}
+            Discarded::Bounded => self.again.push(slot),
         }
         Some(t)
     }
