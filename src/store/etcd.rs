@@ -68,7 +68,8 @@ use super::{
 use crate::io::unix_now;
 use crate::limits::{
     ETCD_CAS_ATTEMPTS, ETCD_CONNECT_TIMEOUT, ETCD_REQUEST_TIMEOUT, MAX_ETCD_ENDPOINTS,
-    MAX_ETCD_PASSWORD, MAX_ETCD_RESPONSE, MAX_ETCD_TXN_OPS, MAX_HOSTNAMES_PER_CERTIFICATE, MAX_STORED_LOGINS,
+    MAX_ETCD_PASSWORD, MAX_ETCD_RESPONSE, MAX_ETCD_TXN_OPS, MAX_HOSTNAMES_PER_CERTIFICATE,
+    MAX_STORED_LOGINS,
 };
 use crate::proto::base64;
 use crate::secret::Secret;
@@ -215,9 +216,8 @@ fn resolve(
              state, not {url}: write etcds:// for TLS"
         ));
     }
-    let from_env = |given: &Option<PathBuf>, var: &str| {
-        given.clone().or_else(|| env(var).map(PathBuf::from))
-    };
+    let from_env =
+        |given: &Option<PathBuf>, var: &str| given.clone().or_else(|| env(var).map(PathBuf::from));
     let (ca, client) = if url.tls {
         let ca = from_env(&access.ca, "ETCDCTL_CACERT").ok_or_else(|| {
             format!(
@@ -290,8 +290,8 @@ fn resolve(
 
 /// Refuses a file that holds a secret (a key, a password) when others may read it.
 fn private_file(path: &Path, what: &str, names: &str) -> Result<(), String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("{what} {} ({names}): {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{what} {} ({names}): {e}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
             "{what} {} ({names}) may be read or written by other users; chmod 600 it (postern \
@@ -346,7 +346,8 @@ fn tls_config(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Result<TlsConfi
                 .iter()
                 .map(|c| Certificate::from_der(c.as_ref()).to_owned())
                 .collect::<Vec<_>>();
-            let bad_key = |e: &dyn std::fmt::Display| format!("the etcd client key ({KEY_NAMES}): {e}");
+            let bad_key =
+                |e: &dyn std::fmt::Display| format!("the etcd client key ({KEY_NAMES}): {e}");
             // Checked (one key, a kind rustls takes, bounded size) with postern's reader, then
             // handed to ureq as PEM (ureq takes DER only with a key kind it does not export).
             crate::pki::load_private_key(key).map_err(|e| bad_key(&e))?;
@@ -717,9 +718,9 @@ impl EtcdStore {
         let user = crate::logging::untrusted(&auth.user);
         let (endpoint, data) = match self.send_with("/v3/auth/authenticate", &body, false) {
             Ok(answer) => answer,
-            Err(Failure::Answer { endpoint, message, .. })
-                if message.contains("authentication is not enabled") =>
-            {
+            Err(Failure::Answer {
+                endpoint, message, ..
+            }) if message.contains("authentication is not enabled") => {
                 log::warn!(
                     "etcd at {endpoint} has authentication off: anyone who reaches it may change \
                      the pool's records; enable it (docs/scaling.md)"
@@ -728,7 +729,7 @@ impl EtcdStore {
             }
             Err(Failure::Answer {
                 endpoint, message, ..
-            }) => {
+            }) if message.contains("authentication failed") => {
                 return Err(StoreError::Unavailable(format!(
                     "etcd at {endpoint} refused the credentials of user {user} (etcd auth: {}); \
                      check the user ({USER_NAMES}) and its password ({PASSWORD_NAMES})",
@@ -803,7 +804,7 @@ impl EtcdStore {
         let unreachable = |e: ureq::Error| {
             Failure::Unreachable(format!(
                 "etcd at {endpoint}{}",
-                describe(&e, self.ca.as_deref())
+                describe(&e, self.url.tls, self.ca.as_deref())
             ))
         };
         let mut resp = request.send(body).map_err(unreachable)?;
@@ -1090,6 +1091,10 @@ impl Failure {
                     ": it speaks TLS, write etcds:// (docs/scaling.md)"
                 } else if message.contains("user name is empty") {
                     ": etcd's auth is on; give a user and password (docs/scaling.md)"
+                } else if message.contains("CommonName of client") {
+                    ": with its auth on, etcd 3.4's JSON gateway refuses client certificates \
+                     that have a CommonName; issue the edge's etcd client certificate without \
+                     one (docs/scaling.md)"
                 } else if message.contains("permission denied") {
                     ": the etcd user needs a role with readwrite on the prefix (docs/scaling.md)"
                 } else {
@@ -1102,7 +1107,7 @@ impl Failure {
 }
 
 /// A request that got no answer, in words: a TLS failure says what to check.
-fn describe(e: &ureq::Error, ca: Option<&Path>) -> String {
+fn describe(e: &ureq::Error, tls_url: bool, ca: Option<&Path>) -> String {
     let tls = match e {
         ureq::Error::Rustls(r) => Some(r),
         ureq::Error::Io(io) => io
@@ -1121,8 +1126,29 @@ fn describe(e: &ureq::Error, ca: Option<&Path>) -> String {
              ({CERT_NAMES}, {KEY_NAMES}) signed by a CA it trusts?"
         ),
         Some(other) => format!(" unreachable: TLS: {other}"),
+        // With TLS 1.3 the client's handshake ends before etcd checks the client
+        // certificate: a refusal shows as the connection closing under the request.
+        None if closed(e) && tls_url => format!(
+            " unreachable: {e} (etcd closes the connection this way when it wants a client \
+             certificate signed by a CA it trusts: {CERT_NAMES}, {KEY_NAMES})"
+        ),
+        None if closed(e) => format!(
+            " unreachable: {e} (an etcd that speaks TLS closes plain HTTP connections this way: \
+             write etcds://)"
+        ),
         None => format!(" unreachable: {e}"),
     }
+}
+
+/// Whether the connection closed under the request (not: refused, timed out).
+fn closed(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    ))
 }
 
 fn versioned_host(kv: &Kv) -> Result<Versioned<HostnameRecord>, StoreError> {
@@ -1672,12 +1698,20 @@ mod tests {
         // TLS variables are ignored for a plain etcd:// state, as etcdctl ignores them for
         // http:// endpoints; nothing at all means no TLS and no auth.
         let plain = EtcdUrl::parse("etcd://h:2379/p").unwrap();
-        let r = resolve(&plain, &EtcdAccess::default(), &env_of(&[("ETCDCTL_CACERT", "/x")]))
-            .unwrap();
+        let r = resolve(
+            &plain,
+            &EtcdAccess::default(),
+            &env_of(&[("ETCDCTL_CACERT", "/x")]),
+        )
+        .unwrap();
         assert!(r.ca.is_none() && r.client.is_none() && r.auth.is_none());
         // A lone ETCDCTL_PASSWORD may be another tool's.
-        let r = resolve(&plain, &EtcdAccess::default(), &env_of(&[("ETCDCTL_PASSWORD", "x")]))
-            .unwrap();
+        let r = resolve(
+            &plain,
+            &EtcdAccess::default(),
+            &env_of(&[("ETCDCTL_PASSWORD", "x")]),
+        )
+        .unwrap();
         assert!(r.auth.is_none());
     }
 
@@ -1685,7 +1719,10 @@ mod tests {
     fn incomplete_or_misplaced_etcd_settings_are_named() {
         let none = EtcdAccess::default();
         let e = resolve_err("etcds://h:2379/p", &none, &[]);
-        assert!(e.contains("--etcd-ca") && e.contains("ETCDCTL_CACERT"), "{e}");
+        assert!(
+            e.contains("--etcd-ca") && e.contains("ETCDCTL_CACERT"),
+            "{e}"
+        );
         let ca = EtcdAccess {
             ca: Some("/ca".into()),
             ..none.clone()
@@ -1705,7 +1742,10 @@ mod tests {
             ..none.clone()
         };
         let e = resolve_err("etcd://h:2379/p", &user, &[]);
-        assert!(e.contains("needs a password") && e.contains("--etcd-password-file"), "{e}");
+        assert!(
+            e.contains("needs a password") && e.contains("--etcd-password-file"),
+            "{e}"
+        );
         let inline = EtcdAccess {
             user: Some("edge:secret".into()),
             ..none.clone()
@@ -1746,8 +1786,13 @@ mod tests {
         assert!(read_password(&empty).err().unwrap().contains("empty"));
 
         let key = write("client.key", 0o644, b"not even a key");
-        let e = tls_config(&shared, Some(&(shared.clone(), key))).err().unwrap();
-        assert!(e.contains("etcd client key") && e.contains("chmod 600"), "{e}");
+        let e = tls_config(&shared, Some(&(shared.clone(), key)))
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("etcd client key") && e.contains("chmod 600"),
+            "{e}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
