@@ -867,6 +867,37 @@ mod tests {
     }
 
     #[test]
+    fn etcd_tls_and_auth_keys_are_checked_and_named() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let err = |extra: &str| match parse(Path::new("edge.json"), &format!("{{{base},{extra}}}"))
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {extra}"),
+        };
+        // Without an etcd state the keys mean nothing: an error, not silence.
+        let e = err(r#""etcd_ca":"/etc/postern/etcd-ca.pem""#);
+        assert!(e.contains("etcd_ca") && e.contains("etcds://"), "{e}");
+        // etcds:// needs the CA; the message names the key (and the flag and variable).
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern""#);
+        assert!(e.contains("\"etcd_ca\""), "{e}");
+        // TLS files with a plain etcd:// state.
+        let e = err(r#""state":"etcd://10.0.0.5:2379/postern","etcd_ca":"/ca.pem""#);
+        assert!(e.contains("etcds://"), "{e}");
+        // A user without a password; a CA file that is not there.
+        let e = err(
+            r#""state":"etcd://10.0.0.5:2379/postern","etcd_user":"postern","etcd_password_file":"/nonexistent/pw""#,
+        );
+        assert!(e.contains("\"etcd_password_file\""), "{e}");
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern","etcd_ca":"/nonexistent/ca.pem""#);
+        assert!(
+            e.contains("\"etcd_ca\"") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern","etcd_bogus":1"#);
+        assert!(e.contains("etcd_bogus"), "{e}");
+    }
+
+    #[test]
     fn reload_names_restart_only_fields_and_refuses_bad_values_by_file() {
         let dir = std::env::temp_dir().join(format!("postern-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -1595,6 +1595,7 @@ pub fn fuzz_answers(data: &[u8]) {
         }
     }
     let _ = serde_json::from_slice::<LeaseGrant>(data);
+    let _ = serde_json::from_slice::<AuthAnswer>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = EtcdUrl::parse(text);
     }
