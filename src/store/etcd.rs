@@ -58,6 +58,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use ureq::tls::TlsConfig;
 
 use super::file::{valid_token_name, HostnameFileRecord, CLIENT_ID_SUFFIX, MAX_TOKEN_NAME};
 use super::{
@@ -363,8 +364,6 @@ fn tls_config(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Result<TlsConfi
         .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .build())
 }
-
-use ureq::tls::TlsConfig;
 
 /// An etcd user and its password. No `Debug`.
 struct Credentials {
