@@ -375,6 +375,8 @@ pub const ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_ETCD_RESPONSE: u64 = 64 * 1024 * 1024;
 /// Most endpoints in an `etcd://` state.
 pub const MAX_ETCD_ENDPOINTS: usize = 16;
+/// Longest etcd password read from a password file.
+pub const MAX_ETCD_PASSWORD: usize = 1024;
 /// Operations in one etcd transaction (etcd refuses more than its `--max-txn-ops`, 128).
 pub const MAX_ETCD_TXN_OPS: usize = 64;
 /// How often a compare-and-swap that lost to another writer is tried again before the

@@ -21,7 +21,8 @@ use postern::pki::{Authority, CredentialError, OriginCredential};
 use postern::secret::Secret;
 use postern::service::ServiceError;
 use postern::store::{
-    EtcdStore, EtcdUrl, FileStore, Revocation, ServiceTokens, StateDir, Store, StoreError,
+    EtcdAccess, EtcdConfig, EtcdStore, EtcdUrl, FileStore, Revocation, ServiceTokens, StateDir,
+    Store, StoreError,
 };
 use postern::tunnel::admin::AdminClient;
 use postern::tunnel::config::{TunnelConfig, TunnelCredentials};
@@ -285,21 +286,48 @@ struct StateArgs {
     /// The local directory: the whole state, or (with etcd) the signing keys and CAs.
     /// With etcd it is opened only by the commands that need a key.
     dir: PathBuf,
-    /// `--state etcd://…`: the records an edge pool shares.
-    etcd: Option<EtcdUrl>,
+    /// `--state etcd://…` (or `etcds://…`): the records an edge pool shares.
+    etcd: Option<EtcdConfig>,
 }
 
-/// `--state` is a directory (default `~/.postern/edge`) or `etcd://HOST:PORT[,…]/PREFIX`;
-/// with etcd, `--keys DIR` (default `~/.postern/edge`) holds the keys and CAs.
-fn state_args(state: Option<OsString>, keys: Option<PathBuf>) -> Result<StateArgs, CliError> {
+/// `--etcd-ca`, `--etcd-cert`, `--etcd-key`, `--etcd-user`, `--etcd-password-file`: how to
+/// reach an etcd state (ETCDCTL_* variables fill in the rest).
+fn etcd_flag(name: &str, value: OsString, access: &mut EtcdAccess) -> Result<(), CliError> {
+    match name {
+        "etcd-ca" => access.ca = Some(value.into()),
+        "etcd-cert" => access.cert = Some(value.into()),
+        "etcd-key" => access.key = Some(value.into()),
+        "etcd-user" => access.user = Some(string(value, "--etcd-user")?),
+        "etcd-password-file" => access.password_file = Some(value.into()),
+        _ => {
+            return Err(usage(format!(
+                "unknown flag --{name} (the etcd flags: --etcd-ca, --etcd-cert, --etcd-key, \
+                 --etcd-user, --etcd-password-file)"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// `--state` is a directory (default `~/.postern/edge`) or `etcd[s]://HOST:PORT[,…]/PREFIX`;
+/// with etcd, `--keys DIR` (default `~/.postern/edge`) holds the keys and CAs, and `etcd`
+/// says how to reach it.
+fn state_args(
+    state: Option<OsString>,
+    keys: Option<PathBuf>,
+    etcd: EtcdAccess,
+) -> Result<StateArgs, CliError> {
     match state.as_ref().and_then(|s| s.to_str()) {
         Some(s) if EtcdUrl::is_etcd(s) => Ok(StateArgs {
             // No HOME is no error until a command needs the key directory.
             dir: state_or_default(keys).unwrap_or_default(),
-            etcd: Some(EtcdUrl::parse(s).map_err(usage)?),
+            etcd: Some(EtcdConfig::new(EtcdUrl::parse(s).map_err(usage)?, &etcd).map_err(usage)?),
         }),
         _ if keys.is_some() => Err(usage(
             "--keys DIR goes with --state etcd://…; with a state directory the keys are in it",
+        )),
+        _ if !etcd.is_empty() => Err(usage(
+            "the --etcd-* flags go with --state etcds://… (or etcd://…)",
         )),
         _ => Ok(StateArgs {
             dir: state_or_default(state.map(PathBuf::from))?,
@@ -350,7 +378,7 @@ const EDGE_HELP: &str = "\
 postern edge: the public side (TLS, Access policies, tunnels, routing)
 
 USAGE:
-    postern edge --dev [--listen ADDR] [--state DIR | --state etcd://HOST:PORT[,…]/PREFIX [--keys DIR]]
+    postern edge --dev [--listen ADDR] [--state DIR | --state etcd[s]://HOST:PORT[,…]/PREFIX [--keys DIR] [--etcd-*]]
     postern edge --config FILE
     postern edge service-token create NAME [--state DIR|etcd://…]
     postern edge service-token revoke NAME [--state DIR|etcd://…]
@@ -371,6 +399,15 @@ OPTIONS:
                      revocations, logins); the keys and CAs stay in --keys DIR
     --keys DIR       with an etcd state: the local key directory (default ~/.postern/edge);
                      copy one to every edge of the pool (docs/scaling.md)
+    --state etcds://HOST:PORT[,…]/PREFIX
+                     the same over TLS, trusting only --etcd-ca (recommended)
+    --etcd-ca FILE   the CA that signed etcd's certificates (env ETCDCTL_CACERT)
+    --etcd-cert FILE, --etcd-key FILE
+                     a client certificate and its key (mode 0600) for etcd's --client-cert-auth
+                     (env ETCDCTL_CERT, ETCDCTL_KEY)
+    --etcd-user NAME, --etcd-password-file FILE
+                     etcd user and a file holding its password, mode 0600 (etcd's auth enable;
+                     env ETCDCTL_USER, ETCDCTL_PASSWORD). The admin commands take the same flags.
     --config FILE    JSON config for real deployments (see README); SIGHUP re-reads it
     --metrics ADDR   serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                      (env POSTERN_METRICS; or \"metrics\" in the config file)
@@ -389,9 +426,13 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     }
     let mut p = parser(args);
     let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
-    let (mut metrics, mut keys) = (None, None);
+    let (mut metrics, mut keys, mut etcd) = (None, None, EtcdAccess::default());
     while let Some(arg) = p.next()? {
         match arg {
+            Long(f) if f.starts_with("etcd-") => {
+                let f = f.to_owned();
+                etcd_flag(&f, p.value()?, &mut etcd)?
+            }
             Long("dev") => dev = true,
             Long("metrics") => metrics = Some(string(p.value()?, "--metrics")?),
             Long("listen") => listen = Some(string(p.value()?, "--listen")?),
@@ -423,7 +464,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                 .unwrap_or("127.0.0.1:8443")
                 .parse()
                 .map_err(|e| usage(format!("--listen: {e}")))?;
-            let state = state_args(state, keys)?;
+            let state = state_args(state, keys, etcd)?;
             state.keys()?;
             let mut s = edge::config::dev(listen, &state.dir)?;
             s.etcd = state.etcd.clone();
@@ -454,9 +495,9 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
             s
         }
         (false, Some(path)) => {
-            if listen.is_some() || state.is_some() || keys.is_some() {
+            if listen.is_some() || state.is_some() || keys.is_some() || !etcd.is_empty() {
                 return Err(usage(
-                    "edge: with --config, set listen, state_dir (and state) in the file",
+                    "edge: with --config, set listen, state_dir (and state, etcd_*) in the file",
                 ));
             }
             edge::config::from_file(&path)?
@@ -558,8 +599,13 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             ))
         })
     };
+    let mut etcd = EtcdAccess::default();
     while let Some(arg) = p.next()? {
         match arg {
+            Long(f) if f.starts_with("etcd-") => {
+                let f = f.to_owned();
+                etcd_flag(&f, p.value()?, &mut etcd)?
+            }
             Long("state") => state = Some(p.value()?),
             Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("expires") => expires = Some(duration(p.value()?, "--expires")?),
@@ -591,7 +637,7 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             "service-token {verb}: --expires goes with create, --overlap with rotate\n{HELP}"
         )));
     }
-    let args = state_args(state, keys)?;
+    let args = state_args(state, keys, etcd)?;
     if verb == "revoke" {
         let mut store = args.store()?;
         return revoke_service_token(store.as_mut(), &args.shown(), &name);
@@ -759,9 +805,13 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
         Edges using DIR refuse it within 2 s and close the tunnel connections open with it.\n";
     let mut p = parser(args);
     let (mut verb, mut zone, mut out, mut state, mut edge_addr) = (None, None, None, None, None);
-    let (mut target, mut keys) = (None, None);
+    let (mut target, mut keys, mut etcd) = (None, None, EtcdAccess::default());
     while let Some(arg) = p.next()? {
         match arg {
+            Long(f) if f.starts_with("etcd-") => {
+                let f = f.to_owned();
+                etcd_flag(&f, p.value()?, &mut etcd)?
+            }
             Long("zone") => zone = Some(string(p.value()?, "--zone")?),
             Long("out") => out = Some(PathBuf::from(p.value()?)),
             Long("state") => state = Some(p.value()?),
@@ -784,7 +834,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
                 "origin-cert revoke: SERIAL or FILE is missing\n{HELP}"
             ))
         })?;
-        return revoke_origin_cert(state_args(state, keys)?.store()?.as_mut(), &target);
+        return revoke_origin_cert(state_args(state, keys, etcd)?.store()?.as_mut(), &target);
     }
     if verb.as_deref() != Some("create") {
         return Err(usage(format!(
@@ -795,7 +845,7 @@ fn cmd_origin_cert(args: Vec<OsString>) -> Res {
         zone.ok_or_else(|| usage(format!("origin-cert create: --zone is missing\n{HELP}")))?;
     let out = out.ok_or_else(|| usage(format!("origin-cert create: --out is missing\n{HELP}")))?;
     // The origin CA is a key: in the local directory, also with an etcd state.
-    let state = state_args(state, keys)?.keys()?;
+    let state = state_args(state, keys, etcd)?.keys()?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")
         .map_err(CliError::Io)?;
     let (cert, key) = origin_ca.issue_origin(&zone).map_err(CliError::Io)?;

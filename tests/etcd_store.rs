@@ -19,7 +19,8 @@ use support::etcd::Etcd;
 use support::{temp_dir, wait_until};
 
 fn store(url: &str) -> EtcdStore {
-    EtcdStore::connect(&EtcdUrl::parse(url).unwrap()).unwrap_or_else(|e| panic!("{url}: {e}"))
+    EtcdStore::connect(&EtcdUrl::parse(url).unwrap().into())
+        .unwrap_or_else(|e| panic!("{url}: {e}"))
 }
 
 fn cert_owner(fp: &str) -> HostnameRecord {
@@ -342,9 +343,13 @@ fn a_dead_endpoint_is_skipped_and_an_unreachable_cluster_is_named() {
     let dead = format!("127.0.0.1:{}", support::free_port());
     let mut s = store(&format!("etcd://{dead},{}/pool", etcd.addr));
     s.create_service_token("via-second", None).unwrap();
-    let err = EtcdStore::connect(&EtcdUrl::parse(&format!("etcd://{dead}/pool")).unwrap())
-        .err()
-        .expect("nothing listens there");
+    let err = EtcdStore::connect(
+        &EtcdUrl::parse(&format!("etcd://{dead}/pool"))
+            .unwrap()
+            .into(),
+    )
+    .err()
+    .expect("nothing listens there");
     let text = err.to_string();
     assert!(
         text.contains(&format!("etcd at {dead} unreachable")),

@@ -33,7 +33,7 @@ pub use crate::oidc::OidcSettings;
 use crate::pki::{self, Authority};
 use crate::proto::mux;
 use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
-use crate::store::{EtcdUrl, StateDir};
+use crate::store::{EtcdAccess, EtcdConfig, EtcdUrl, StateDir};
 
 /// Everything the edge loop needs, ready to use.
 pub struct EdgeSettings {
@@ -41,8 +41,9 @@ pub struct EdgeSettings {
     /// The local state directory: the whole state, or (with [`EdgeSettings::etcd`]) the
     /// signing keys, the CAs and the audit log.
     pub state: StateDir,
-    /// The records an edge pool shares, in etcd (`"state": "etcd://…"`, `--state etcd://…`).
-    pub etcd: Option<EtcdUrl>,
+    /// The records an edge pool shares, in etcd (`"state": "etcd://…"` or `"etcds://…"`,
+    /// `--state etcd://…`), with the TLS files and credentials to reach it.
+    pub etcd: Option<EtcdConfig>,
     pub audit_log: PathBuf,
     pub carrier_tls: Arc<ServerConfig>,
     pub tunnel_tls: Arc<ServerConfig>,
@@ -83,6 +84,7 @@ struct RestartOnly {
     listen: SocketAddr,
     state_dir: PathBuf,
     state: Option<String>,
+    etcd: EtcdAccess,
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
     public_url: Option<String>,
@@ -96,6 +98,7 @@ impl RestartOnly {
             listen: cfg.listen,
             state_dir: cfg.state_dir.clone(),
             state: cfg.state.clone(),
+            etcd: cfg.etcd_access(),
             audit_log: cfg.audit_log.clone(),
             zones: cfg.zones.clone(),
             public_url: cfg.public_url.clone(),
@@ -115,6 +118,14 @@ impl RestartOnly {
         field("listen", self.listen != new.listen);
         field("state_dir", self.state_dir != new.state_dir);
         field("state", self.state != new.state);
+        field("etcd_ca", self.etcd.ca != new.etcd.ca);
+        field("etcd_cert", self.etcd.cert != new.etcd.cert);
+        field("etcd_key", self.etcd.key != new.etcd.key);
+        field("etcd_user", self.etcd.user != new.etcd.user);
+        field(
+            "etcd_password_file",
+            self.etcd.password_file != new.etcd.password_file,
+        );
         field("audit_log", self.audit_log != new.audit_log);
         field("zones", self.zones != new.zones);
         field("public_url", self.public_url != new.public_url);
@@ -278,6 +289,20 @@ pub(crate) struct FileConfig {
     /// `state_dir` keeps only the keys, the CAs and the audit log (docs/scaling.md).
     #[serde(default)]
     state: Option<String>,
+    /// With an `etcds://` state: the CA that signed etcd's certificates (the only one
+    /// trusted for etcd; env ETCDCTL_CACERT otherwise).
+    #[serde(default)]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate for etcd's `--client-cert-auth`, and its key (mode 0600).
+    #[serde(default)]
+    etcd_cert: Option<PathBuf>,
+    #[serde(default)]
+    etcd_key: Option<PathBuf>,
+    /// An etcd user (etcd's `auth enable`) and a file with its password (mode 0600).
+    #[serde(default)]
+    etcd_user: Option<String>,
+    #[serde(default)]
+    etcd_password_file: Option<PathBuf>,
     #[serde(default)]
     audit_log: Option<PathBuf>,
     zones: Vec<Zone>,
@@ -449,6 +474,11 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
         listen,
         state_dir: state_dir.to_owned(),
         state: None,
+        etcd_ca: None,
+        etcd_cert: None,
+        etcd_key: None,
+        etcd_user: None,
+        etcd_password_file: None,
         audit_log: None,
         zones: vec![Zone {
             name: "localhost".into(),
@@ -521,10 +551,31 @@ pub fn fuzz_config(data: &[u8]) {
 }
 
 impl FileConfig {
+    /// The `etcd_*` keys.
+    fn etcd_access(&self) -> EtcdAccess {
+        EtcdAccess {
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        }
+    }
+
     /// The checks that need no filesystem.
     fn check(&self) -> Result<(), ConfigError> {
-        if let Some(state) = &self.state {
-            EtcdUrl::parse(state).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?;
+        match &self.state {
+            Some(state) => {
+                EtcdUrl::parse(state).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?;
+            }
+            None if !self.etcd_access().is_empty() => {
+                return Err(ConfigError::Invalid(
+                    "etcd_ca, etcd_cert, etcd_key, etcd_user and etcd_password_file go with \
+                     \"state\": \"etcds://…\" (or etcd://…)"
+                        .into(),
+                ))
+            }
+            None => {}
         }
         if self.zones.is_empty() {
             return Err(ConfigError::Invalid(
@@ -593,7 +644,9 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     let etcd = match &cfg.state {
         None => None,
         Some(url) => {
-            Some(EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?)
+            let url =
+                EtcdUrl::parse(url).map_err(|e| ConfigError::Invalid(format!("state: {e}")))?;
+            Some(EtcdConfig::new(url, &cfg.etcd_access()).map_err(ConfigError::Invalid)?)
         }
     };
     let state = StateDir::open(&cfg.state_dir)?;
@@ -811,6 +864,37 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_keys_are_checked_and_named() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let err = |extra: &str| match parse(Path::new("edge.json"), &format!("{{{base},{extra}}}"))
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted {extra}"),
+        };
+        // Without an etcd state the keys mean nothing: an error, not silence.
+        let e = err(r#""etcd_ca":"/etc/postern/etcd-ca.pem""#);
+        assert!(e.contains("etcd_ca") && e.contains("etcds://"), "{e}");
+        // etcds:// needs the CA; the message names the key (and the flag and variable).
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern""#);
+        assert!(e.contains("\"etcd_ca\""), "{e}");
+        // TLS files with a plain etcd:// state.
+        let e = err(r#""state":"etcd://10.0.0.5:2379/postern","etcd_ca":"/ca.pem""#);
+        assert!(e.contains("etcds://"), "{e}");
+        // A user without a password; a CA file that is not there.
+        let e = err(
+            r#""state":"etcd://10.0.0.5:2379/postern","etcd_user":"postern","etcd_password_file":"/nonexistent/pw""#,
+        );
+        assert!(e.contains("\"etcd_password_file\""), "{e}");
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern","etcd_ca":"/nonexistent/ca.pem""#);
+        assert!(
+            e.contains("\"etcd_ca\"") && e.contains("/nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = err(r#""state":"etcds://10.0.0.5:2379/postern","etcd_bogus":1"#);
+        assert!(e.contains("etcd_bogus"), "{e}");
     }
 
     #[test]

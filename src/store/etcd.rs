@@ -1,9 +1,18 @@
 //! etcd as a [`Store`]: the records an edge pool shares, spoken through etcd's v3 JSON
-//! gateway (`POST /v3/kv/range`, `/v3/kv/txn`, `/v3/lease/grant`) with ureq, plain HTTP,
-//! blocking (only the store worker, or a CLI command, calls it).
+//! gateway (`POST /v3/kv/range`, `/v3/kv/txn`, `/v3/lease/grant`) with ureq, blocking (only
+//! the store worker, or a CLI command, calls it).
+//!
+//! Transport and identity ([`EtcdConfig`]): `etcd://` is plain HTTP; `etcds://` is TLS
+//! (rustls) that trusts only the operator's CA (`--etcd-ca`; never the system roots), checks
+//! the endpoint's host name or address, and presents a client certificate when one is given
+//! (etcd's `--client-cert-auth`). With a user and password (etcd's `auth enable`), the store
+//! gets a token from `/v3/auth/authenticate` and sends it as `Authorization`; when etcd
+//! rejects it (a simple token lives `--auth-token-ttl`, 5 min by default, and an etcd restart
+//! forgets it) the store authenticates again once and retries the request. The password
+//! leaves the process only in that request's body.
 //!
 //! ```text
-//!  etcd://h1:2379,h2:2379/PREFIX
+//!  etcd://h1:2379,h2:2379/PREFIX    (or etcds://…: TLS)
 //!    PREFIX/tokens/<client id>          ServiceTokenRecord (JSON)
 //!    PREFIX/token-names/<name>          the client id (a name is unique)
 //!    PREFIX/hostnames/<hostname>        the hostname's owner (the JSON of hostnames.json's records)
@@ -41,10 +50,15 @@
 //! the callers read the record again and see their own change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
+use ureq::tls::TlsConfig;
 
 use super::file::{valid_token_name, HostnameFileRecord, CLIENT_ID_SUFFIX, MAX_TOKEN_NAME};
 use super::{
@@ -55,40 +69,49 @@ use super::{
 use crate::io::unix_now;
 use crate::limits::{
     ETCD_CAS_ATTEMPTS, ETCD_CONNECT_TIMEOUT, ETCD_REQUEST_TIMEOUT, MAX_ETCD_ENDPOINTS,
-    MAX_ETCD_RESPONSE, MAX_ETCD_TXN_OPS, MAX_HOSTNAMES_PER_CERTIFICATE, MAX_STORED_LOGINS,
+    MAX_ETCD_PASSWORD, MAX_ETCD_RESPONSE, MAX_ETCD_TXN_OPS, MAX_HOSTNAMES_PER_CERTIFICATE,
+    MAX_STORED_LOGINS,
 };
 use crate::proto::base64;
 use crate::secret::Secret;
 
-/// The URL scheme of an etcd state.
+/// The URL scheme of an etcd state over plain HTTP.
 pub const SCHEME: &str = "etcd://";
+/// The URL scheme of an etcd state over TLS.
+pub const SCHEME_TLS: &str = "etcds://";
 /// Longest key prefix.
 const MAX_PREFIX: usize = 128;
 
-/// Where an etcd state lives: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`.
+/// Where an etcd state lives: `etcd://HOST:PORT[,HOST:PORT…]/PREFIX`, or `etcds://…` for TLS.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdUrl {
     /// `host:port`, checked: letters, digits, `.`, `-`, `:`, `[`, `]`, and a port.
     pub endpoints: Vec<String>,
     /// Without slashes at either end.
     pub prefix: String,
+    /// `etcds://`: every endpoint speaks TLS.
+    pub tls: bool,
 }
 
 impl EtcdUrl {
     /// Whether `s` names an etcd state (and not a directory).
     pub fn is_etcd(s: &str) -> bool {
-        s.starts_with(SCHEME)
+        s.starts_with(SCHEME) || s.starts_with(SCHEME_TLS)
     }
 
-    /// Parses `etcd://h1:2379,h2:2379/PREFIX`; an error says what is wrong with it.
+    /// Parses `etcd://h1:2379,h2:2379/PREFIX` (or `etcds://…`); an error says what is wrong.
     pub fn parse(s: &str) -> Result<EtcdUrl, String> {
         let bad = |why: &str| {
             format!(
                 "{s:?} is not an etcd state: {why} (expected etcd://HOST:PORT[,HOST:PORT…]/PREFIX, \
-                 e.g. etcd://10.0.0.5:2379,10.0.0.6:2379/postern)"
+                 or etcds://… for TLS, e.g. etcds://10.0.0.5:2379,10.0.0.6:2379/postern)"
             )
         };
-        let rest = s.strip_prefix(SCHEME).ok_or_else(|| bad("no etcd://"))?;
+        let (rest, tls) = match (s.strip_prefix(SCHEME), s.strip_prefix(SCHEME_TLS)) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => return Err(bad("no etcd:// or etcds://")),
+        };
         let (hosts, prefix) = rest.split_once('/').ok_or_else(|| bad("no /PREFIX"))?;
         let prefix = prefix.trim_matches('/');
         if prefix.is_empty() || prefix.len() > MAX_PREFIX {
@@ -118,13 +141,306 @@ impl EtcdUrl {
         Ok(EtcdUrl {
             endpoints,
             prefix: prefix.to_owned(),
+            tls,
         })
     }
 }
 
 impl std::fmt::Display for EtcdUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{SCHEME}{}/{}", self.endpoints.join(","), self.prefix)
+        let scheme = if self.tls { SCHEME_TLS } else { SCHEME };
+        write!(f, "{scheme}{}/{}", self.endpoints.join(","), self.prefix)
+    }
+}
+
+// ------------------------------------------------------------------ TLS files and credentials
+
+/// How each setting is spelled on the command line, in the edge config and in etcdctl's
+/// environment (the fallback): every message names all three.
+const CA_NAMES: &str = "--etcd-ca, \"etcd_ca\" or ETCDCTL_CACERT";
+const CERT_NAMES: &str = "--etcd-cert, \"etcd_cert\" or ETCDCTL_CERT";
+const KEY_NAMES: &str = "--etcd-key, \"etcd_key\" or ETCDCTL_KEY";
+const USER_NAMES: &str = "--etcd-user, \"etcd_user\" or ETCDCTL_USER";
+const PASSWORD_NAMES: &str = "--etcd-password-file, \"etcd_password_file\" or ETCDCTL_PASSWORD";
+
+/// TLS files and etcd credentials as the operator gave them (flags of `postern edge` and the
+/// admin commands, or the keys next to `"state"` in the edge config). What is not given is
+/// taken from etcdctl's variables (`ETCDCTL_CACERT`, `ETCDCTL_CERT`, `ETCDCTL_KEY`,
+/// `ETCDCTL_USER`, `ETCDCTL_PASSWORD`) by [`EtcdConfig::new`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdAccess {
+    /// The CA that signed etcd's server certificates (`etcds://` only).
+    pub ca: Option<PathBuf>,
+    /// A client certificate (chain) for etcd's `--client-cert-auth`.
+    pub cert: Option<PathBuf>,
+    /// Its private key: a file only its owner may read.
+    pub key: Option<PathBuf>,
+    /// An etcd user (etcd's `auth enable`).
+    pub user: Option<String>,
+    /// A file holding the user's password (its first line), only its owner may read it.
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdAccess {
+    /// Whether nothing was given.
+    pub fn is_empty(&self) -> bool {
+        *self == EtcdAccess::default()
+    }
+}
+
+/// Where the password comes from.
+enum PasswordFrom {
+    File(PathBuf),
+    Env(Secret),
+}
+
+/// [`EtcdAccess`] with etcdctl's variables filled in and the combinations checked; no file
+/// read yet.
+struct Resolved {
+    ca: Option<PathBuf>,
+    client: Option<(PathBuf, PathBuf)>,
+    auth: Option<(String, PasswordFrom)>,
+}
+
+/// Fills in what `access` leaves out from `env` (etcdctl's variables) and checks what goes
+/// together. Given explicitly, TLS files on an `etcd://` state are an error; from the
+/// environment they are ignored there, as etcdctl ignores them for an `http://` endpoint.
+fn resolve(
+    url: &EtcdUrl,
+    access: &EtcdAccess,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Resolved, String> {
+    let explicit_tls = access.ca.is_some() || access.cert.is_some() || access.key.is_some();
+    if !url.tls && explicit_tls {
+        return Err(format!(
+            "the etcd TLS files ({CA_NAMES}; client certificate and key) go with an etcds:// \
+             state, not {url}: write etcds:// for TLS"
+        ));
+    }
+    let from_env =
+        |given: &Option<PathBuf>, var: &str| given.clone().or_else(|| env(var).map(PathBuf::from));
+    let (ca, client) = if url.tls {
+        let ca = from_env(&access.ca, "ETCDCTL_CACERT").ok_or_else(|| {
+            format!(
+                "{url} is TLS: give the CA that signed etcd's certificate ({CA_NAMES}); the \
+                 system roots are not used for etcd"
+            )
+        })?;
+        let client = match (
+            from_env(&access.cert, "ETCDCTL_CERT"),
+            from_env(&access.key, "ETCDCTL_KEY"),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(format!(
+                    "an etcd client certificate needs its key ({KEY_NAMES})"
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(format!(
+                    "an etcd client key needs its certificate ({CERT_NAMES})"
+                ))
+            }
+        };
+        (Some(ca), client)
+    } else {
+        (None, None)
+    };
+    if access.user.as_deref().is_some_and(|u| u.contains(':')) {
+        return Err(format!(
+            "the etcd user ({USER_NAMES}) is a name without `:`; give the password in a file \
+             ({PASSWORD_NAMES}), never on the command line"
+        ));
+    }
+    // etcdctl's ETCDCTL_USER may be `name:password`.
+    let (user, env_password) = match (&access.user, env("ETCDCTL_USER")) {
+        (Some(user), _) => (Some(user.clone()), None),
+        (None, Some(v)) => match v.split_once(':') {
+            Some((user, password)) => (Some(user.to_owned()), Some(password.to_owned())),
+            None => (Some(v), None),
+        },
+        (None, None) => (None, None),
+    };
+    let password = match (&access.password_file, env("ETCDCTL_PASSWORD")) {
+        (Some(file), _) => Some(PasswordFrom::File(file.clone())),
+        (None, Some(p)) => Some(PasswordFrom::Env(p.into())),
+        (None, None) => env_password.map(|p| PasswordFrom::Env(p.into())),
+    };
+    let auth = match (user, password) {
+        (Some(user), _) if user.is_empty() => {
+            return Err(format!("the etcd user ({USER_NAMES}) is empty"))
+        }
+        (Some(user), Some(password)) => Some((user, password)),
+        (Some(user), None) => {
+            return Err(format!(
+                "etcd user {} needs a password ({PASSWORD_NAMES})",
+                crate::logging::untrusted(&user)
+            ))
+        }
+        (None, Some(PasswordFrom::File(_))) => {
+            return Err(format!(
+                "an etcd password file needs its user ({USER_NAMES})"
+            ))
+        }
+        // A lone ETCDCTL_PASSWORD may be meant for another tool.
+        (None, _) => None,
+    };
+    Ok(Resolved { ca, client, auth })
+}
+
+/// Refuses a file that holds a secret (a key, a password) when others may read it.
+fn private_file(path: &Path, what: &str, names: &str) -> Result<(), String> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{what} {} ({names}): {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "{what} {} ({names}) may be read or written by other users; chmod 600 it (postern \
+             refuses to use it until then)",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The first line of a password file.
+fn read_password(path: &Path) -> Result<Secret, String> {
+    private_file(path, "the etcd password file", PASSWORD_NAMES)?;
+    let at = |e: &dyn std::fmt::Display| {
+        format!(
+            "the etcd password file {} ({PASSWORD_NAMES}): {e}",
+            path.display()
+        )
+    };
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_ETCD_PASSWORD as u64 + 1).read_to_end(&mut data))
+        .map_err(|e| at(&e))?;
+    if data.len() > MAX_ETCD_PASSWORD {
+        return Err(at(&format!("longer than {MAX_ETCD_PASSWORD} bytes")));
+    }
+    let text = String::from_utf8(data).map_err(|_| at(&"not UTF-8"))?;
+    let line = text.lines().next().unwrap_or_default();
+    if line.is_empty() {
+        return Err(at(&"empty"));
+    }
+    Ok(line.to_owned().into())
+}
+
+/// ureq's TLS settings: only `ca`'s certificates as roots, and the client certificate.
+fn tls_config(ca: &Path, client: Option<&(PathBuf, PathBuf)>) -> Result<TlsConfig, String> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsProvider};
+    // The key's mode first: a key others may read is refused whatever else is wrong.
+    if let Some((_, key)) = client {
+        private_file(key, "the etcd client key", KEY_NAMES)?;
+    }
+    let roots = crate::pki::load_certs(ca)
+        .map_err(|e| format!("the etcd CA ({CA_NAMES}): {e}"))?
+        .iter()
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect::<Vec<_>>();
+    let client_cert = match client {
+        None => None,
+        Some((cert, key)) => {
+            let chain = crate::pki::load_certs(cert)
+                .map_err(|e| format!("the etcd client certificate ({CERT_NAMES}): {e}"))?
+                .iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect::<Vec<_>>();
+            let bad_key =
+                |e: &dyn std::fmt::Display| format!("the etcd client key ({KEY_NAMES}): {e}");
+            // Checked (one key, a kind rustls takes, bounded size) with postern's reader, then
+            // handed to ureq as PEM (ureq takes DER only with a key kind it does not export).
+            crate::pki::load_private_key(key).map_err(|e| bad_key(&e))?;
+            let pem = std::fs::read(key).map_err(|e| bad_key(&e))?;
+            let key = PrivateKey::from_pem(&pem).map_err(|e| bad_key(&e))?;
+            Some(ClientCert::new_with_certs(&chain, key))
+        }
+    };
+    Ok(TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .client_cert(client_cert)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build())
+}
+
+/// An etcd user and its password. No `Debug`.
+struct Credentials {
+    user: String,
+    password: Secret,
+}
+
+/// Everything needed to reach an etcd state: its URL, the TLS settings (files read and
+/// checked) and the credentials. Shown as its URL; no `Debug` (it holds the password).
+#[derive(Clone)]
+pub struct EtcdConfig {
+    pub url: EtcdUrl,
+    tls: Option<TlsConfig>,
+    /// The CA file, for messages.
+    ca: Option<PathBuf>,
+    auth: Option<Arc<Credentials>>,
+}
+
+impl EtcdConfig {
+    /// Reads and checks what `access` names, with etcdctl's variables as fallbacks: the CA
+    /// and client certificate parse, the client key and the password file are readable by
+    /// their owner only. An error names the setting (flag, config key and variable).
+    pub fn new(url: EtcdUrl, access: &EtcdAccess) -> Result<EtcdConfig, String> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        EtcdConfig::with_env(url, access, &env)
+    }
+
+    fn with_env(
+        url: EtcdUrl,
+        access: &EtcdAccess,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<EtcdConfig, String> {
+        let r = resolve(&url, access, env)?;
+        let tls = match &r.ca {
+            Some(ca) => Some(tls_config(ca, r.client.as_ref())?),
+            None => None,
+        };
+        let auth = match r.auth {
+            None => None,
+            Some((user, from)) => {
+                let password = match from {
+                    PasswordFrom::File(path) => read_password(&path)?,
+                    PasswordFrom::Env(p) => p,
+                };
+                if !url.tls {
+                    log::warn!(
+                        "the etcd password goes to {url} over plain HTTP: anyone on the path can \
+                         read it; use etcds:// (docs/scaling.md)"
+                    );
+                }
+                Some(Arc::new(Credentials { user, password }))
+            }
+        };
+        Ok(EtcdConfig {
+            url,
+            tls,
+            ca: r.ca,
+            auth,
+        })
+    }
+}
+
+/// Plain HTTP, no credentials (tests, a loopback etcd).
+impl From<EtcdUrl> for EtcdConfig {
+    fn from(url: EtcdUrl) -> EtcdConfig {
+        EtcdConfig {
+            url,
+            tls: None,
+            ca: None,
+            auth: None,
+        }
+    }
+}
+
+impl std::fmt::Display for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.url.fmt(f)
     }
 }
 
@@ -296,6 +612,12 @@ fn revision(r: i64) -> u64 {
 pub struct EtcdStore {
     url: EtcdUrl,
     agent: ureq::Agent,
+    /// The CA file of an `etcds://` state, for messages.
+    ca: Option<PathBuf>,
+    /// The user and password, with etcd's auth.
+    auth: Option<Arc<Credentials>>,
+    /// The token `/v3/auth/authenticate` gave (none yet, or etcd's auth is off).
+    token: Option<Secret>,
     /// The endpoint that answered last.
     current: usize,
     /// `PREFIX/`.
@@ -313,20 +635,39 @@ pub struct EtcdStore {
     known_tunnels: BTreeMap<String, TunnelRecord>,
 }
 
+/// The token etcd's gateway answers `/v3/auth/authenticate` with.
+#[derive(Deserialize)]
+struct AuthAnswer {
+    #[serde(default)]
+    token: String,
+}
+
 impl EtcdStore {
-    /// A store on `url`; checks that an endpoint answers (an error names each one tried).
-    pub fn connect(url: &EtcdUrl) -> Result<EtcdStore, StoreError> {
-        let agent = ureq::Agent::config_builder()
+    /// A store on `config`'s URL; authenticates (with a user) and checks that an endpoint
+    /// answers. An error names each endpoint tried, and says so when etcd refused the
+    /// credentials or its certificate was not trusted.
+    pub fn connect(config: &EtcdConfig) -> Result<EtcdStore, StoreError> {
+        let url = &config.url;
+        if url.tls && config.tls.is_none() {
+            return Err(StoreError::Unavailable(format!(
+                "{url} is TLS: give the CA that signed etcd's certificate ({CA_NAMES})"
+            )));
+        }
+        let mut agent = ureq::Agent::config_builder()
             .timeout_connect(Some(ETCD_CONNECT_TIMEOUT))
             .timeout_global(Some(ETCD_REQUEST_TIMEOUT))
             .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .new_agent();
+            .max_redirects(0);
+        if let Some(tls) = &config.tls {
+            agent = agent.tls_config(tls.clone());
+        }
         let mut store = EtcdStore {
             root: format!("{}/", url.prefix),
             url: url.clone(),
-            agent,
+            agent: agent.build().new_agent(),
+            ca: config.ca.clone(),
+            auth: config.auth.clone(),
+            token: None,
             current: 0,
             seen: 0,
             found: Vec::new(),
@@ -335,6 +676,7 @@ impl EtcdStore {
             known_hosts: BTreeMap::new(),
             known_tunnels: BTreeMap::new(),
         };
+        store.authenticate()?;
         store.cluster_revision()?;
         Ok(store)
     }
@@ -343,53 +685,135 @@ impl EtcdStore {
         format!("{}{rest}", self.root)
     }
 
-    /// POSTs `body` to `path`, trying each endpoint from the one that answered last.
+    /// POSTs `body` to `path` with the token, trying each endpoint from the one that answered
+    /// last. A rejected token (expired, or forgotten by a restarted etcd) is replaced once.
     fn call<T: DeserializeOwned>(&mut self, path: &str, body: &Value) -> Result<T, StoreError> {
         let body = body.to_string();
+        let (endpoint, data) = match self.send(path, &body) {
+            Err(Failure::TokenRejected(why)) if self.auth.is_some() => {
+                log::debug!("etcd rejected the auth token ({why}); authenticating again");
+                self.token = None;
+                self.authenticate()?;
+                self.send(path, &body)
+            }
+            other => other,
+        }
+        .map_err(|f| f.into_store_error())?;
+        serde_json::from_slice(&data).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "etcd at {endpoint} answered {path} with unexpected JSON: {}",
+                crate::logging::escape(&e.to_string(), 200)
+            ))
+        })
+    }
+
+    /// Gets a token for the user, if there is one. etcd with its auth off answers that it is
+    /// off: the store then goes on without a token (until etcd asks for one).
+    fn authenticate(&mut self) -> Result<(), StoreError> {
+        let Some(auth) = self.auth.clone() else {
+            return Ok(());
+        };
+        let body = json!({"name": auth.user, "password": auth.password.expose()}).to_string();
+        let user = crate::logging::untrusted(&auth.user);
+        let (endpoint, data) = match self.send_with("/v3/auth/authenticate", &body, false) {
+            Ok(answer) => answer,
+            Err(Failure::Answer {
+                endpoint, message, ..
+            }) if message.contains("authentication is not enabled") => {
+                log::warn!(
+                    "etcd at {endpoint} has authentication off: anyone who reaches it may change \
+                     the pool's records; enable it (docs/scaling.md)"
+                );
+                return Ok(());
+            }
+            Err(Failure::Answer {
+                endpoint, message, ..
+            }) if message.contains("authentication failed") => {
+                return Err(StoreError::Unavailable(format!(
+                    "etcd at {endpoint} refused the credentials of user {user} (etcd auth: {}); \
+                     check the user ({USER_NAMES}) and its password ({PASSWORD_NAMES})",
+                    crate::logging::escape(&message, 200)
+                )))
+            }
+            Err(other) => return Err(other.into_store_error()),
+        };
+        let answer: AuthAnswer = serde_json::from_slice(&data).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "etcd at {endpoint} answered /v3/auth/authenticate with unexpected JSON: {}",
+                crate::logging::escape(&e.to_string(), 200)
+            ))
+        })?;
+        if answer.token.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "etcd at {endpoint} authenticated user {user} without giving a token"
+            )));
+        }
+        self.token = Some(answer.token.into());
+        Ok(())
+    }
+
+    /// POSTs `body` to `path` with the token, from the endpoint that answered last.
+    fn send(&mut self, path: &str, body: &str) -> Result<(String, Vec<u8>), Failure> {
+        self.send_with(path, body, true)
+    }
+
+    fn send_with(
+        &mut self,
+        path: &str,
+        body: &str,
+        with_token: bool,
+    ) -> Result<(String, Vec<u8>), Failure> {
         let n = self.url.endpoints.len();
         let mut failures = Vec::new();
         for i in 0..n {
             let at = (self.current + i) % n;
             let endpoint = self.url.endpoints[at].clone();
-            match self.call_one(&endpoint, path, &body) {
+            let token = self.token.as_ref().filter(|_| with_token);
+            match self.call_one(&endpoint, path, body, token) {
                 Ok(data) => {
                     self.current = at;
-                    return serde_json::from_slice(&data).map_err(|e| {
-                        StoreError::Unavailable(format!(
-                            "etcd at {endpoint} answered {path} with unexpected JSON: {}",
-                            crate::logging::escape(&e.to_string(), 200)
-                        ))
-                    });
+                    return Ok((endpoint, data));
                 }
-                Err(Failure::Answer(why)) => {
+                Err(Failure::Unreachable(why)) => failures.push(why),
+                Err(answer) => {
                     self.current = at;
-                    return Err(StoreError::Unavailable(format!(
-                        "etcd at {endpoint}: {why}"
-                    )));
-                }
-                Err(Failure::Unreachable(why)) => {
-                    failures.push(format!("etcd at {endpoint} unreachable: {why}"))
+                    return Err(answer);
                 }
             }
         }
-        Err(StoreError::Unavailable(failures.join("; ")))
+        Err(Failure::Unreachable(failures.join("; ")))
     }
 
-    fn call_one(&self, endpoint: &str, path: &str, body: &str) -> Result<Vec<u8>, Failure> {
-        let url = format!("http://{endpoint}{path}");
-        let mut resp = self
+    fn call_one(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &str,
+        token: Option<&Secret>,
+    ) -> Result<Vec<u8>, Failure> {
+        let scheme = if self.url.tls { "https" } else { "http" };
+        let url = format!("{scheme}://{endpoint}{path}");
+        let mut request = self
             .agent
             .post(&url)
-            .header("Content-Type", "application/json")
-            .send(body)
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            .header("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.header("Authorization", token.expose());
+        }
+        let unreachable = |e: ureq::Error| {
+            Failure::Unreachable(format!(
+                "etcd at {endpoint}{}",
+                describe(&e, self.url.tls, self.ca.as_deref())
+            ))
+        };
+        let mut resp = request.send(body).map_err(unreachable)?;
         let status = resp.status().as_u16();
         let data = resp
             .body_mut()
             .with_config()
             .limit(MAX_ETCD_RESPONSE)
             .read_to_vec()
-            .map_err(|e| Failure::Unreachable(e.to_string()))?;
+            .map_err(unreachable)?;
         if status == 200 {
             return Ok(data);
         }
@@ -397,13 +821,23 @@ impl EtcdStore {
         let message = serde_json::from_slice::<Value>(&data)
             .ok()
             .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_default();
+            .unwrap_or_else(|| String::from_utf8_lossy(&data).into_owned());
         let why = format!("HTTP {status} {}", crate::logging::escape(&message, 200));
         if status >= 500 {
-            Err(Failure::Unreachable(why))
-        } else {
-            Err(Failure::Answer(why))
+            return Err(Failure::Unreachable(format!(
+                "etcd at {endpoint} unreachable: {why}"
+            )));
         }
+        // A token etcd no longer knows, or none where etcd wants one (auth was enabled after
+        // this store started): both mean authenticate (again).
+        if message.contains("invalid auth token") || message.contains("user name is empty") {
+            return Err(Failure::TokenRejected(format!("etcd at {endpoint}: {why}")));
+        }
+        Err(Failure::Answer {
+            endpoint: endpoint.to_owned(),
+            message,
+            why,
+        })
     }
 
     /// The cluster's current revision (a range of one key: cheap).
@@ -625,10 +1059,95 @@ type Picks<'a> = dyn Fn(&str, &HostnameRecord, &BTreeMap<String, TunnelRecord>) 
 
 /// How a call failed.
 enum Failure {
-    /// No answer (connect, timeout, a 5xx): the next endpoint may do better.
+    /// No answer (connect, TLS, timeout, a 5xx): the next endpoint may do better. The whole
+    /// message, naming the endpoint.
     Unreachable(String),
+    /// etcd rejected the auth token (or wants one): authenticate and retry.
+    TokenRejected(String),
     /// An answer that refuses the request: another endpoint would say the same.
-    Answer(String),
+    Answer {
+        endpoint: String,
+        /// etcd's own message (not escaped).
+        message: String,
+        /// `HTTP <status> <message>`, escaped.
+        why: String,
+    },
+}
+
+impl Failure {
+    fn into_store_error(self) -> StoreError {
+        StoreError::Unavailable(match self {
+            Failure::Unreachable(why) => why,
+            Failure::TokenRejected(why) => {
+                format!("{why} (etcd's auth is on: give a user and password, docs/scaling.md)")
+            }
+            Failure::Answer {
+                endpoint,
+                message,
+                why,
+            } => {
+                let hint = if message.contains("HTTPS server") {
+                    ": it speaks TLS, write etcds:// (docs/scaling.md)"
+                } else if message.contains("user name is empty") {
+                    ": etcd's auth is on; give a user and password (docs/scaling.md)"
+                } else if message.contains("CommonName of client") {
+                    ": with its auth on, etcd 3.4's JSON gateway refuses client certificates \
+                     that have a CommonName; issue the edge's etcd client certificate without \
+                     one (docs/scaling.md)"
+                } else if message.contains("permission denied") {
+                    ": the etcd user needs a role with readwrite on the prefix (docs/scaling.md)"
+                } else {
+                    ""
+                };
+                format!("etcd at {endpoint}: {why}{hint}")
+            }
+        })
+    }
+}
+
+/// A request that got no answer, in words: a TLS failure says what to check.
+fn describe(e: &ureq::Error, tls_url: bool, ca: Option<&Path>) -> String {
+    let tls = match e {
+        ureq::Error::Rustls(r) => Some(r),
+        ureq::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    let ca = ca.map_or_else(String::new, |p| format!(" in {}", p.display()));
+    match tls {
+        Some(rustls::Error::InvalidCertificate(why)) => format!(
+            ": TLS handshake failed, its certificate was not trusted ({why}); it must be \
+             signed by the CA{ca} ({CA_NAMES}) and name this host or address"
+        ),
+        Some(rustls::Error::AlertReceived(alert)) => format!(
+            " refused the TLS handshake (alert {alert:?}): does it want a client certificate \
+             ({CERT_NAMES}, {KEY_NAMES}) signed by a CA it trusts?"
+        ),
+        Some(other) => format!(" unreachable: TLS: {other}"),
+        // With TLS 1.3 the client's handshake ends before etcd checks the client
+        // certificate: a refusal shows as the connection closing under the request.
+        None if closed(e) && tls_url => format!(
+            " unreachable: {e} (etcd closes the connection this way when it wants a client \
+             certificate signed by a CA it trusts: {CERT_NAMES}, {KEY_NAMES})"
+        ),
+        None if closed(e) => format!(
+            " unreachable: {e} (an etcd that speaks TLS closes plain HTTP connections this way: \
+             write etcds://)"
+        ),
+        None => format!(" unreachable: {e}"),
+    }
+}
+
+/// Whether the connection closed under the request (not: refused, timed out).
+fn closed(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::UnexpectedEof
+    ))
 }
 
 fn versioned_host(kv: &Kv) -> Result<Versioned<HostnameRecord>, StoreError> {
@@ -1099,6 +1618,7 @@ pub fn fuzz_answers(data: &[u8]) {
         }
     }
     let _ = serde_json::from_slice::<LeaseGrant>(data);
+    let _ = serde_json::from_slice::<AuthAnswer>(data);
     if let Ok(text) = std::str::from_utf8(data) {
         let _ = EtcdUrl::parse(text);
     }
@@ -1135,6 +1655,169 @@ mod tests {
             let e = EtcdUrl::parse(bad).unwrap_err();
             assert!(e.contains("etcd://HOST:PORT"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn etcds_urls_say_tls_and_show_their_scheme() {
+        let u = EtcdUrl::parse("etcds://h1:2379,10.0.0.6:2379/postern").unwrap();
+        assert!(u.tls);
+        assert_eq!(u.endpoints, ["h1:2379", "10.0.0.6:2379"]);
+        assert_eq!(u.to_string(), "etcds://h1:2379,10.0.0.6:2379/postern");
+        assert!(!EtcdUrl::parse("etcd://h1:2379/p").unwrap().tls);
+        assert!(EtcdUrl::is_etcd("etcds://h1:2379/p"));
+        for bad in ["etcds://h1:2379", "etcds:/h1:2379/p", "https://h1:2379/p"] {
+            let e = EtcdUrl::parse(bad).unwrap_err();
+            assert!(e.contains("etcds://"), "{bad}: {e}");
+        }
+    }
+
+    fn env_of(vars: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn resolve_err(url: &str, access: &EtcdAccess, env: &[(&'static str, &'static str)]) -> String {
+        let env: &'static [(&str, &str)] = Vec::leak(env.to_vec());
+        match resolve(&EtcdUrl::parse(url).unwrap(), access, &env_of(env)) {
+            Ok(_) => panic!("{url}: accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn tls_files_and_credentials_come_from_flags_then_etcdctl_variables() {
+        let tls = EtcdUrl::parse("etcds://h:2379/p").unwrap();
+        let given = EtcdAccess {
+            ca: Some("/flag/ca.pem".into()),
+            user: Some("edge".into()),
+            password_file: Some("/flag/pw".into()),
+            ..EtcdAccess::default()
+        };
+        let env = env_of(&[
+            ("ETCDCTL_CACERT", "/env/ca.pem"),
+            ("ETCDCTL_CERT", "/env/c.pem"),
+            ("ETCDCTL_KEY", "/env/c.key"),
+            ("ETCDCTL_USER", "root:envpw"),
+        ]);
+        let r = resolve(&tls, &given, &env).unwrap();
+        assert_eq!(r.ca.as_deref(), Some(Path::new("/flag/ca.pem")));
+        assert_eq!(
+            r.client,
+            Some(("/env/c.pem".into(), "/env/c.key".into())),
+            "the client pair from the environment"
+        );
+        let (user, password) = r.auth.unwrap();
+        assert_eq!(user, "edge");
+        assert!(matches!(password, PasswordFrom::File(p) if p == Path::new("/flag/pw")));
+
+        // Only the environment: etcdctl's `user:password` form.
+        let r = resolve(&tls, &EtcdAccess::default(), &env).unwrap();
+        let (user, password) = r.auth.unwrap();
+        assert_eq!(user, "root");
+        assert!(matches!(password, PasswordFrom::Env(p) if p.expose() == "envpw"));
+
+        // TLS variables are ignored for a plain etcd:// state, as etcdctl ignores them for
+        // http:// endpoints; nothing at all means no TLS and no auth.
+        let plain = EtcdUrl::parse("etcd://h:2379/p").unwrap();
+        let r = resolve(
+            &plain,
+            &EtcdAccess::default(),
+            &env_of(&[("ETCDCTL_CACERT", "/x")]),
+        )
+        .unwrap();
+        assert!(r.ca.is_none() && r.client.is_none() && r.auth.is_none());
+        // A lone ETCDCTL_PASSWORD may be another tool's.
+        let r = resolve(
+            &plain,
+            &EtcdAccess::default(),
+            &env_of(&[("ETCDCTL_PASSWORD", "x")]),
+        )
+        .unwrap();
+        assert!(r.auth.is_none());
+    }
+
+    #[test]
+    fn incomplete_or_misplaced_etcd_settings_are_named() {
+        let none = EtcdAccess::default();
+        let e = resolve_err("etcds://h:2379/p", &none, &[]);
+        assert!(
+            e.contains("--etcd-ca") && e.contains("ETCDCTL_CACERT"),
+            "{e}"
+        );
+        let ca = EtcdAccess {
+            ca: Some("/ca".into()),
+            ..none.clone()
+        };
+        let e = resolve_err("etcd://h:2379/p", &ca, &[]);
+        assert!(e.contains("etcds://"), "{e}");
+        let cert_only = EtcdAccess {
+            cert: Some("/c".into()),
+            ..ca.clone()
+        };
+        let e = resolve_err("etcds://h:2379/p", &cert_only, &[]);
+        assert!(e.contains("--etcd-key"), "{e}");
+        let e = resolve_err("etcds://h:2379/p", &ca, &[("ETCDCTL_KEY", "/k")]);
+        assert!(e.contains("--etcd-cert"), "{e}");
+        let user = EtcdAccess {
+            user: Some("edge".into()),
+            ..none.clone()
+        };
+        let e = resolve_err("etcd://h:2379/p", &user, &[]);
+        assert!(
+            e.contains("needs a password") && e.contains("--etcd-password-file"),
+            "{e}"
+        );
+        let inline = EtcdAccess {
+            user: Some("edge:secret".into()),
+            ..none.clone()
+        };
+        let e = resolve_err("etcd://h:2379/p", &inline, &[]);
+        assert!(e.contains("without `:`") && !e.contains("secret"), "{e}");
+        let file_only = EtcdAccess {
+            password_file: Some("/pw".into()),
+            ..none.clone()
+        };
+        let e = resolve_err("etcd://h:2379/p", &file_only, &[]);
+        assert!(e.contains("--etcd-user"), "{e}");
+    }
+
+    #[test]
+    fn a_client_key_or_password_file_others_may_read_is_refused() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("postern-etcd-modes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, mode: u32, data: &[u8]| {
+            let path = dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut f, data).unwrap();
+            path
+        };
+        let shared = write("pw-shared", 0o640, b"hunter2\n");
+        let e = read_password(&shared).err().unwrap();
+        assert!(e.contains("chmod 600") && !e.contains("hunter2"), "{e}");
+        let private = write("pw", 0o600, b"hunter2\nignored\n");
+        assert_eq!(read_password(&private).ok().unwrap().expose(), "hunter2");
+        let empty = write("pw-empty", 0o600, b"\n");
+        assert!(read_password(&empty).err().unwrap().contains("empty"));
+
+        let key = write("client.key", 0o644, b"not even a key");
+        let e = tls_config(&shared, Some(&(shared.clone(), key)))
+            .err()
+            .unwrap();
+        assert!(
+            e.contains("etcd client key") && e.contains("chmod 600"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

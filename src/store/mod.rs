@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 use crate::limits::MAX_HOSTNAMES_PER_CERTIFICATE;
 use crate::secret::Secret;
 
-pub use etcd::{EtcdStore, EtcdUrl};
+pub use etcd::{EtcdAccess, EtcdConfig, EtcdStore, EtcdUrl};
 pub use file::{valid_tunnel_name, FileStore, ServiceTokens, MAX_TUNNEL_NAME};
 
 /// Mode of files that hold secrets or access-control state.
