@@ -40,6 +40,7 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("audit.rs", "the audit log's writer thread and file"),
     ("pki.rs", "writes and reads key and certificate files"),
+    ("sshca.rs", "reads and creates the SSH CA key file"),
     (
         "store/mod.rs",
         "the state directory's files and their owner checks",

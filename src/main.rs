@@ -36,6 +36,7 @@ USAGE:
     postern edge service-token revoke NAME [--state DIR]  revoke it: edges refuse it within 2 s
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
     postern edge origin-cert revoke SERIAL|FILE [--state DIR]  revoke an origin certificate
+    postern edge ssh-ca [--state DIR]                     print the SSH CA (TrustedUserCAKeys)
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
     postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
@@ -342,6 +343,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         match first {
             "service-token" => return cmd_service_token(args[1..].to_vec()),
             "origin-cert" => return cmd_origin_cert(args[1..].to_vec()),
+            "ssh-ca" => return cmd_ssh_ca(args[1..].to_vec()),
             _ => {}
         }
     }
@@ -435,6 +437,31 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
         log::info!("metrics on {bound}");
     }
     edge.run().map_err(CliError::Edge)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern edge ssh-ca [--state DIR | --keys DIR]`: prints the SSH CA's public line(s), the
+/// content of the servers' `TrustedUserCAKeys` file (creates the CA if it is not there yet).
+fn cmd_ssh_ca(args: Vec<OsString>) -> Res {
+    const HELP: &str = "USAGE: postern edge ssh-ca [--state DIR] [--keys DIR]\n\
+        Prints the edge's SSH certificate authority (TrustedUserCAKeys lines for sshd);\n\
+        creates ssh-ca.key in the state (or --keys) directory if it is not there yet.\n";
+    let mut p = parser(args);
+    let (mut state, mut keys) = (None, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("state") => state = Some(p.value()?),
+            Long("keys") => keys = Some(PathBuf::from(p.value()?)),
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
+        }
+    }
+    let dir = state_args(state, keys)?.keys()?;
+    let ca = postern::sshca::SshCa::load_or_create(&dir).map_err(CliError::Io)?;
+    print!("{}", ca.lines());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -26,6 +26,7 @@
 pub mod admin;
 mod carrier;
 pub(super) mod login;
+mod sshcert;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tunnel;
