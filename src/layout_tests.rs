@@ -97,6 +97,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the per-host lock file that makes one login at a time",
     ),
     ("access/token_cache.rs", "the token files under ~/.postern"),
+    (
+        "access/sshgen.rs",
+        "`access ssh-gen`: the key and certificate files under ~/.postern, the clock",
+    ),
 ];
 
 /// The code of `text` that ships: before its `#[cfg(test)]` module, without comment lines and

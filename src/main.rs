@@ -1390,7 +1390,8 @@ postern access: reach a hostname behind the edge
 USAGE:
     postern access ssh --hostname H [OPTIONS]          (as ssh's ProxyCommand: --hostname %h)
     postern access tcp --hostname H --url 127.0.0.1:2222 [OPTIONS]
-    postern access ssh-config [--hostname H] [OPTIONS]
+    postern access ssh-config [--hostname H] [--short-lived-cert] [OPTIONS]
+    postern access ssh-gen --hostname H [OPTIONS]      key + short-lived certificate in ~/.postern
     postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
@@ -1457,6 +1458,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     let mut p = parser(cloudflared_flags(args));
     let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
         (None, None, None, None, None, None);
+    let mut short_lived_cert = false;
     let named = |slot: &mut Option<String>, v: String| -> Result<(), CliError> {
         if slot.replace(v).is_some() {
             return Err(usage(format!(
@@ -1478,6 +1480,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 secret = Some(string(p.value()?, "--secret")?)
             }
             Long("url") => url = Some(string(p.value()?, "--url")?),
+            Long("short-lived-cert") if sub == "ssh-config" => short_lived_cert = true,
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -1489,6 +1492,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 )))
             }
         }
+    }
+    if sub == "ssh-config" && short_lived_cert {
+        return ssh_config_short_lived(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
@@ -1559,6 +1565,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 .map_err(|e| usage(format!("--url {url}: {e}")))?;
             access::tcp(opts, listen)?
         }
+        "ssh-gen" => ssh_gen(&opts)?,
         "login" => {
             let path = access::login_and_cache(&opts, &cache()?)?;
             eprintln!(
@@ -1619,6 +1626,57 @@ fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>
     );
     println!("Host {}", hostname.unwrap_or("*.example.com"));
     println!("  ProxyCommand {proxy}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern access ssh-gen --hostname H`: a key and a short-lived certificate in ~/.postern.
+fn ssh_gen(opts: &AccessOptions) -> Result<(), CliError> {
+    let dir = postern::io::postern_dir("set HOME: ssh-gen writes its files to ~/.postern")
+        .map_err(CliError::Home)?;
+    let cache = match opts.credentials {
+        Credentials::None => Some(access::TokenCache::open_default().map_err(CliError::Home)?),
+        _ => None,
+    };
+    let files = access::sshgen::ssh_gen(opts, cache.as_ref(), &dir)?;
+    if files.fetched {
+        eprintln!(
+            "Wrote {} and its certificate {} (valid for {} s)",
+            files.key.display(),
+            files.certificate.display(),
+            files.valid_before.saturating_sub(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            )
+        );
+    }
+    Ok(())
+}
+
+/// `ssh-config --short-lived-cert`: cloudflared's block, with a certificate made before each
+/// connection by `access ssh-gen` (Match exec) and offered by ssh from ~/.postern.
+fn ssh_config_short_lived(
+    hostname: Option<&str>,
+    edge_addr: Option<&str>,
+    ca: Option<&Path>,
+) -> Res {
+    let exe = current_exe();
+    let mut flags = String::new();
+    if let Some(e) = edge_addr {
+        flags.push_str(&format!(" --edge {e}"));
+    }
+    if let Some(c) = ca {
+        flags.push_str(&format!(" --ca {}", c.display()));
+    }
+    eprintln!(
+        "Add to your ~/.ssh/config (each connection first refreshes a short-lived certificate \
+         in ~/.postern; the first one may open a browser to log in):\n"
+    );
+    let host = hostname.unwrap_or("*.example.com");
+    println!("Match host {host} exec \"{exe} access ssh-gen --hostname %h{flags}\"");
+    println!("  ProxyCommand {exe} access ssh --hostname %h{flags}");
+    println!("  IdentityFile ~/.postern/%h-key");
+    println!("  CertificateFile ~/.postern/%h-key-cert.pub");
     Ok(ExitCode::SUCCESS)
 }
 
