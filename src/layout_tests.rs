@@ -69,6 +69,10 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "tunnel/sshd_setup.rs",
+        "`tunnel sshd-setup --write`: the CA file, sshd_config and its backup, `sshd -t`",
+    ),
+    (
         "tunnel/driver.rs",
         "the origin's mio loop: sockets, TLS record IO, signals, the clock",
     ),

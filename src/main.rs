@@ -38,6 +38,7 @@ USAGE:
     postern edge origin-cert revoke SERIAL|FILE [--state DIR]  revoke an origin certificate
     postern edge ssh-ca [--state DIR]                     print the SSH CA (TrustedUserCAKeys)
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
+    postern tunnel sshd-setup --ca-from https://H [--write]   make sshd trust the edge's SSH CA
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
     postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
     postern access login H                                sign in through the browser
@@ -857,7 +858,15 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
 
 /// Subcommands of `tunnel`; anything else is the quick `--hostname --url` form.
 const TUNNEL_SUBCOMMANDS: &[&str] = &[
-    "login", "create", "route", "run", "list", "info", "delete", "ingress",
+    "login",
+    "create",
+    "route",
+    "run",
+    "list",
+    "info",
+    "delete",
+    "ingress",
+    "sshd-setup",
 ];
 /// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
 /// (`tunnel --config FILE run`).
@@ -896,6 +905,116 @@ fn first_word(args: &[OsString]) -> usize {
     i
 }
 
+const SSHD_SETUP_HELP: &str = "\
+USAGE: postern tunnel sshd-setup (--ca-from https://H | --ca-file FILE) [OPTIONS]
+
+Makes sshd trust the edge's short-lived SSH certificates (postern access ssh-gen): prints
+the CA file and the sshd_config lines, or installs them with --write.
+
+OPTIONS:
+    --ca-from URL         fetch the CA from the edge (https://H/cdn-cgi/access/ssh-ca; H is
+                          any hostname the edge serves)
+    --edge HOST:PORT      with --ca-from: connect here instead of resolving H
+    --ca FILE             with --ca-from: trust this TLS CA for the edge's certificate too
+    --ca-file FILE        the CA line(s) from a file (`postern edge ssh-ca` printed them)
+    --ca-out FILE         where sshd reads the CA (default /etc/ssh/postern_ca.pub)
+    --principals-dir DIR  add `AuthorizedPrincipalsFile DIR/%u`: DIR/USER lists who may log
+                          in as USER (without it, a certificate's principal is the user name)
+    --sshd-config FILE    the file --write changes (default /etc/ssh/sshd_config)
+    --write               write the CA file, back up sshd_config, put the lines at its top,
+                          check it with `sshd -t` (put back if refused); reload sshd yourself
+";
+
+/// `postern tunnel sshd-setup`: see [`SSHD_SETUP_HELP`].
+fn cmd_sshd_setup(args: Vec<OsString>) -> Res {
+    use postern::tunnel::sshd_setup::{check_ca_lines, SshdSetup};
+    let mut p = parser(args);
+    let (mut from, mut edge_addr, mut tls_ca, mut ca_file) = (None, None, None, None);
+    let (mut ca_out, mut principals_dir, mut config, mut write) = (None, None, None, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("ca-from") => from = Some(string(p.value()?, "--ca-from")?),
+            Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
+            Long("ca") => tls_ca = Some(PathBuf::from(p.value()?)),
+            Long("ca-file") => ca_file = Some(PathBuf::from(p.value()?)),
+            Long("ca-out") => ca_out = Some(PathBuf::from(p.value()?)),
+            Long("principals-dir") => principals_dir = Some(PathBuf::from(p.value()?)),
+            Long("sshd-config") => config = Some(PathBuf::from(p.value()?)),
+            Long("write") => write = true,
+            Long("help") | Short('h') => {
+                print!("{SSHD_SETUP_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(usage(format!(
+                    "tunnel sshd-setup: {}\n\n{SSHD_SETUP_HELP}",
+                    other.unexpected()
+                )))
+            }
+        }
+    }
+    let (text, source) = match (from, ca_file) {
+        (Some(url), None) => {
+            let (host, port) = access::application(&url)?;
+            let opts = AccessOptions {
+                edge: edge_addr.unwrap_or_else(|| format!("{host}:{}", port.unwrap_or(443))),
+                hostname: host.clone(),
+                extra_ca: tls_ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+                credentials: Credentials::None,
+                resume: None,
+                resume_granted: None,
+            };
+            let text = access::sshgen::fetch_ssh_ca(&opts)?;
+            (text, format!("https://{host}/cdn-cgi/access/ssh-ca"))
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(&file).map_err(|error| CliError::File {
+                path: file.clone(),
+                error,
+            })?;
+            (text, file.display().to_string())
+        }
+        _ => {
+            return Err(usage(format!(
+            "tunnel sshd-setup: give one of --ca-from URL or --ca-file FILE\n\n{SSHD_SETUP_HELP}"
+        )))
+        }
+    };
+    let ca_lines = check_ca_lines(&text)
+        .map_err(|e| CliError::Failed(format!("the SSH CA from {source}: {e}")))?;
+    let setup = SshdSetup {
+        ca_lines,
+        ca_file: ca_out.unwrap_or_else(|| PathBuf::from("/etc/ssh/postern_ca.pub")),
+        principals_dir,
+    };
+    if !write {
+        println!("# {} (from {source}):", setup.ca_file.display());
+        print!("{}", setup.ca_lines);
+        println!("# at the top of /etc/ssh/sshd_config:");
+        print!("{}", setup.block());
+        eprintln!("Run again with --write to install them (sshd_config is backed up first).");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config.unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
+    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("sshd"));
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = setup.write(&config, &sshd, unix).map_err(CliError::Io)?;
+    eprintln!(
+        "Wrote {} and the lines at the top of {} (backup: {}); `sshd -t` accepts it.\n\
+         Reload sshd to apply: systemctl reload ssh (or sshd)",
+        setup.ca_file.display(),
+        config.display(),
+        backup.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_tunnel(args: Vec<OsString>) -> Res {
     let i = first_word(&args);
     if let Some(sub) = args
@@ -907,6 +1026,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         rest.extend_from_slice(&args[i + 1..]);
         return match sub {
             "login" => cmd_tunnel_login(rest),
+            "sshd-setup" => cmd_sshd_setup(rest),
             sub => cmd_named_tunnel(sub, rest),
         };
     }

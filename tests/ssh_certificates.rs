@@ -514,3 +514,345 @@ fn a_user_signed_in_through_the_browser_gets_a_certificate_for_their_email_local
     assert!(out.status.success());
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), line);
 }
+
+#[test]
+fn sshd_setup_installs_the_edge_ca_in_a_config_that_sshd_runs_with() {
+    let s = Setup::start("ssh-cert-sshd-setup");
+    let etc = s.dir.join("etc-ssh");
+    std::fs::create_dir_all(&etc).unwrap();
+    // A server's own config: the harness's (its host key), on another port, without the
+    // CA line the harness put there, and with a Match block at the end.
+    let port = support::free_port();
+    let original: String = std::fs::read_to_string(s.sshd.dir.join("sshd_config"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("TrustedUserCAKeys") && !l.starts_with("Port "))
+        .map(|l| {
+            if l.starts_with("PidFile ") {
+                format!("PidFile {}\n", etc.join("sshd.pid").display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect::<String>()
+        + &format!("Port {port}\nMatch User nobody\n  X11Forwarding no\n");
+    let config = etc.join("sshd_config");
+    std::fs::write(&config, &original).unwrap();
+    let ca_out = etc.join("postern_ca.pub");
+    let setup = |extra: &[&str]| {
+        let mut cmd = postern(&s.home);
+        cmd.args([
+            "tunnel",
+            "sshd-setup",
+            "--ca-from",
+            "https://ssh.localhost",
+            "--edge",
+        ])
+        .arg(s.edge.edge_arg())
+        .arg("--ca")
+        .arg(s.edge.ca())
+        .arg("--sshd-config")
+        .arg(&config)
+        .arg("--ca-out")
+        .arg(&ca_out)
+        .args(extra);
+        run_with_deadline(&mut cmd, SSH_DEADLINE, "tunnel sshd-setup")
+    };
+    let effective = || {
+        run_ok(
+            Command::new(require("sshd"))
+                .arg("-T")
+                .arg("-f")
+                .arg(&config),
+            "sshd -T",
+        )
+    };
+
+    // Printed first: the CA and the lines, nothing written.
+    let out = setup(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(&s.ca_line), "{printed}");
+    assert!(
+        printed.contains(&format!("TrustedUserCAKeys {}", ca_out.display())),
+        "{printed}"
+    );
+    assert!(!ca_out.exists());
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), original);
+
+    // Written with a principals directory, then again without: one block, the last one.
+    let principals = etc.join("principals");
+    let out = setup(&["--write", "--principals-dir", principals.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), s.ca_line);
+    let backups: Vec<_> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.display()
+                .to_string()
+                .contains("sshd_config.postern-backup-")
+        })
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(std::fs::read_to_string(&backups[0]).unwrap(), original);
+    let t = effective();
+    assert!(
+        t.contains(&format!("trustedusercakeys {}", ca_out.display())),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "authorizedprincipalsfile {}/%u",
+            principals.display()
+        )),
+        "{t}"
+    );
+    let out = setup(&["--write"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each run keeps its own backup: the original is never overwritten.
+    let mut backups: Vec<String> = std::fs::read_dir(&etc)
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .filter(|p| p.contains("sshd_config.postern-backup-"))
+        .collect();
+    backups.sort_by_key(|p| p.len());
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    assert!(backups
+        .iter()
+        .any(|b| std::fs::read_to_string(b).unwrap() == original));
+    let written = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(written.matches("# BEGIN postern sshd-setup").count(), 1);
+    assert!(written.ends_with(&original), "{written}");
+    assert!(!effective().contains("authorizedprincipalsfile /"));
+
+    // The real sshd runs with it and lets the edge's certificate in (directly, no tunnel).
+    let sshd = support::Child::spawn(
+        "sshd-setup-sshd",
+        {
+            let mut c = Command::new(require("sshd"));
+            c.arg("-D").arg("-e").arg("-f").arg(&config);
+            c
+        },
+        s.dir.path(),
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "sshd on the written config",
+        || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+    );
+    let out = s.ssh_gen("ssh.localhost");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, cert) = s.key_files("ssh.localhost");
+    let mut ssh = Command::new(require("ssh"));
+    ssh.args(["-F", "/dev/null", "-p", &port.to_string(), "-i"])
+        .arg(&key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.display()))
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            s.sshd.known_hosts.display()
+        ))
+        .arg(format!("{}@127.0.0.1", s.sshd.user))
+        .arg("echo setup-ok")
+        .stdin(Stdio::null());
+    let out = run_with_deadline(&mut ssh, SSH_DEADLINE, "ssh to the sshd-setup sshd");
+    assert!(
+        out.status.success(),
+        "{}\nsshd:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.stderr_text()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "setup-ok");
+    drop(sshd);
+
+    // A config sshd refuses after the change is put back as it was.
+    let broken = "NotAnSshdKeyword yes\n";
+    std::fs::write(&config, broken).unwrap();
+    let out = setup(&["--write"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("put back as it was"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), broken);
+}
+
+/// The block `access ssh-config --short-lived-cert` prints, as written, with stock OpenSSH:
+/// each connection runs `access ssh-gen` first (Match exec), then offers the key and its
+/// certificate to an sshd that has no authorized_keys: ssh, scp, sftp and git.
+#[test]
+fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
+    let s = Setup::start("ssh-cert-block");
+    require("git");
+    require("scp");
+    require("sftp");
+    let mut cmd = postern(&s.home);
+    cmd.args([
+        "access",
+        "ssh-config",
+        "--hostname",
+        "ssh.localhost",
+        "--short-lived-cert",
+        "--edge",
+    ])
+    .arg(s.edge.edge_arg())
+    .arg("--ca")
+    .arg(s.edge.ca());
+    let block = run_ok(&mut cmd, "access ssh-config --short-lived-cert");
+    assert!(
+        block.starts_with("Match host ssh.localhost exec \""),
+        "{block}"
+    );
+    assert!(
+        block.contains("  IdentityFile ~/.postern/%h-key\n"),
+        "{block}"
+    );
+    assert!(
+        block.contains("  CertificateFile ~/.postern/%h-key-cert.pub\n"),
+        "{block}"
+    );
+    // ssh expands `~` from the password database, not $HOME: point it at this test's home.
+    let block = block.replace("~/.postern", &s.home.join(".postern").display().to_string());
+    let config = s.dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "{block}  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n  IdentitiesOnly yes\n  \
+             IdentityAgent none\n  LogLevel ERROR\n",
+            s.sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let dest = format!("{}@ssh.localhost", s.sshd.user);
+    let env = |cmd: &mut Command| {
+        cmd.env("HOME", &s.home)
+            .env("POSTERN_SERVICE_TOKEN_ID", &s.token.id)
+            .env("POSTERN_SERVICE_TOKEN_SECRET", &s.token.secret)
+            .stdin(Stdio::null());
+    };
+    let check = |out: Output, what: &str| {
+        assert!(
+            out.status.success(),
+            "{what}: {}\nsshd:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            support::tail(&s.sshd.stderr_text(), 2000)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-F").arg(&config).arg(&dest).arg("echo block-ok");
+    env(&mut ssh);
+    let out = check(run_with_deadline(&mut ssh, SSH_DEADLINE, "ssh"), "ssh");
+    assert_eq!(out.trim(), "block-ok");
+    assert!(s.home.join(".postern/ssh.localhost-key-cert.pub").exists());
+
+    let local = s.dir.join("to-copy.txt");
+    std::fs::write(&local, "copied by scp\n").unwrap();
+    let remote = s.dir.join("copied.txt");
+    let mut scp = Command::new("scp");
+    scp.arg("-F")
+        .arg(&config)
+        .arg(&local)
+        .arg(format!("{dest}:{}", remote.display()));
+    env(&mut scp);
+    check(run_with_deadline(&mut scp, SSH_DEADLINE, "scp"), "scp");
+    assert_eq!(std::fs::read_to_string(&remote).unwrap(), "copied by scp\n");
+
+    let batch = s.dir.join("sftp-batch");
+    let fetched = s.dir.join("fetched.txt");
+    std::fs::write(
+        &batch,
+        format!("get {} {}\n", remote.display(), fetched.display()),
+    )
+    .unwrap();
+    let mut sftp = Command::new("sftp");
+    sftp.arg("-F").arg(&config).arg("-b").arg(&batch).arg(&dest);
+    env(&mut sftp);
+    check(run_with_deadline(&mut sftp, SSH_DEADLINE, "sftp"), "sftp");
+    assert_eq!(
+        std::fs::read_to_string(&fetched).unwrap(),
+        "copied by scp\n"
+    );
+
+    let bare = s.dir.join("repo.git");
+    run_ok(
+        Command::new("git")
+            .arg("init")
+            .arg("-q")
+            .arg("--bare")
+            .arg(&bare),
+        "git init --bare",
+    );
+    let work = s.dir.join("work");
+    run_ok(
+        Command::new("git").arg("init").arg("-q").arg(&work),
+        "git init",
+    );
+    std::fs::write(work.join("README"), "pushed with a certificate\n").unwrap();
+    let git = |args: &[&str]| {
+        let mut c = Command::new("git");
+        c.arg("-C")
+            .arg(&work)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .env(
+                "GIT_SSH_COMMAND",
+                format!("ssh -F {}", shell_quote(&config.display().to_string())),
+            );
+        env(&mut c);
+        c
+    };
+    run_ok(&mut git(&["add", "README"]), "git add");
+    run_ok(&mut git(&["commit", "-q", "-m", "one"]), "git commit");
+    let url = format!("{dest}:{}", bare.display());
+    check(
+        run_with_deadline(
+            &mut git(&["push", "-q", &url, "HEAD:refs/heads/main"]),
+            SSH_DEADLINE,
+            "git push",
+        ),
+        "git push",
+    );
+    let listed = check(
+        run_with_deadline(
+            &mut git(&["ls-remote", &url]),
+            SSH_DEADLINE,
+            "git ls-remote",
+        ),
+        "git ls-remote",
+    );
+    assert!(listed.contains("refs/heads/main"), "{listed}");
+}

@@ -183,3 +183,19 @@ pub fn fingerprint(files: &SshGenFiles) -> Option<String> {
     let line = std::fs::read_to_string(&files.public).ok()?;
     PublicKey::parse_line(&line).ok().map(|k| k.fingerprint())
 }
+
+/// `GET /cdn-cgi/access/ssh-ca` from the edge at `opts` (public: no credential): the CA
+/// lines for `TrustedUserCAKeys`, as the edge sent them (the caller checks them).
+pub fn fetch_ssh_ca(opts: &AccessOptions) -> Result<String, AccessError> {
+    let cfg = client_config(opts.extra_ca.as_deref())?;
+    let (status, body) = super::https_get(opts, &cfg, "/cdn-cgi/access/ssh-ca")?;
+    if status != 200 {
+        return Err(AccessError::Refused {
+            hostname: opts.hostname.clone(),
+            status,
+            cause: json_error(&body).unwrap_or_else(|| "no SSH CA at this edge".into()),
+        });
+    }
+    String::from_utf8(body)
+        .map_err(|_| AccessError::BadAnswer("/cdn-cgi/access/ssh-ca: not text".into()))
+}
