@@ -513,6 +513,35 @@ fn a_user_signed_in_through_the_browser_gets_a_certificate_for_their_email_local
     let out = run_with_deadline(&mut cmd, SSH_DEADLINE, "ssh-gen again");
     assert!(out.status.success());
     assert_eq!(std::fs::read_to_string(&cert).unwrap(), line);
+
+    // cloudflared's ssh-gen body: the app token as `jwt`, an `issuer`; its answer fields.
+    let public = std::fs::read_to_string(home.join(".postern/ssh.localhost-key.pub")).unwrap();
+    let body = serde_json::json!({
+        "public_key": public.trim(),
+        "jwt": sso.token("alice", "ssh.localhost"),
+        "issuer": "https://login.localhost",
+    })
+    .to_string();
+    let answer = raw_request(
+        &sso.edge_addr,
+        &sso.ca(),
+        "ssh.localhost",
+        "POST",
+        "/cdn-cgi/access/cert_sign",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    );
+    assert!(status_of(&answer).contains(" 200 "), "{answer}");
+    let v: serde_json::Value = serde_json::from_str(body_of(&answer)).unwrap();
+    assert!(v["certificate"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519-cert-v01@openssh.com AAAA"));
+    assert!(v["id"].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    assert!(
+        v["expires_at"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{v}"
+    );
 }
 
 #[test]

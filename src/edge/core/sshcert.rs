@@ -26,7 +26,8 @@ pub(super) const CERT_SIGN: &str = "/cdn-cgi/access/cert_sign";
 /// The CA's public line(s).
 pub(super) const SSH_CA: &str = "/cdn-cgi/access/ssh-ca";
 
-/// What a client sends.
+/// What a client sends. `jwt` and `issuer` are the fields of cloudflared's `ssh-gen` body
+/// (its app token travels there, not in a header); `issuer` is not used.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignRequest {
@@ -34,6 +35,12 @@ struct SignRequest {
     /// The application; must be the request's Host when given (a token is checked for it).
     #[serde(default)]
     hostname: Option<String>,
+    /// An app token, when no `cf-access-token` header carries one.
+    #[serde(default)]
+    jwt: Option<String>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    issuer: Option<String>,
 }
 
 fn answer(c: &mut Carrier, status: u16, reason: &str, value: &serde_json::Value) {
@@ -91,11 +98,21 @@ impl EdgeCore {
             return super::refuse(c, 404, "Not Found", &why);
         };
         let app_hostname = app.hostname.clone();
+        let body: SignRequest = match serde_json::from_slice(&request.body) {
+            Ok(b) => b,
+            Err(e) => {
+                let why = format!(
+                    "the body must be JSON {{\"public_key\": \"ssh-ed25519 AAAA…\"}}: {}",
+                    crate::logging::escape(&e.to_string(), 120)
+                );
+                return super::refuse(c, 400, "Bad Request", &why);
+            }
+        };
         let head = &request.head;
         let identity = match (
             head.header("cf-access-client-id"),
             head.header("cf-access-client-secret"),
-            head.header("cf-access-token"),
+            head.header("cf-access-token").or(body.jwt.as_deref()),
         ) {
             (Some(id), Some(secret), _) => match self.tokens.verify(id, secret) {
                 Verified::Unknown if !looked_up => {
@@ -175,16 +192,6 @@ impl EdgeCore {
             return super::refuse(c, 403, "Forbidden", &why);
         }
         let ssh = app.ssh_certificates.clone();
-        let body: SignRequest = match serde_json::from_slice(&request.body) {
-            Ok(b) => b,
-            Err(e) => {
-                let why = format!(
-                    "the body must be JSON {{\"public_key\": \"ssh-ed25519 AAAA…\"}}: {}",
-                    crate::logging::escape(&e.to_string(), 120)
-                );
-                return super::refuse(c, 400, "Bad Request", &why);
-            }
-        };
         if body
             .hostname
             .as_deref()
@@ -264,11 +271,19 @@ impl EdgeCore {
             valid_before - self.unix
         );
         self.audit.record("ssh_certificate", audit);
+        // `id` and `expires_at` are the fields cloudflared's ssh-gen reads.
+        let expires_at = i64::try_from(valid_before)
+            .ok()
+            .and_then(|t| jiff::Timestamp::from_second(t).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_default();
         answer(
             c,
             200,
             "OK",
             &serde_json::json!({
+                "id": serial.to_string(),
+                "expires_at": expires_at,
                 "certificate": line,
                 "principals": principals,
                 "serial": serial.to_string(),
