@@ -444,13 +444,16 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
 /// `postern edge ssh-ca [--state DIR | --keys DIR]`: prints the SSH CA's public line(s), the
 /// content of the servers' `TrustedUserCAKeys` file (creates the CA if it is not there yet).
 fn cmd_ssh_ca(args: Vec<OsString>) -> Res {
-    const HELP: &str = "USAGE: postern edge ssh-ca [--state DIR] [--keys DIR]\n\
+    const HELP: &str = "USAGE: postern edge ssh-ca [--state DIR] [--keys DIR] [--rotate]\n\
         Prints the edge's SSH certificate authority (TrustedUserCAKeys lines for sshd);\n\
-        creates ssh-ca.key in the state (or --keys) directory if it is not there yet.\n";
+        creates ssh-ca.key in the state (or --keys) directory if it is not there yet.\n\
+        --rotate makes a new key and keeps the old line listed (ssh-ca-previous.pub);\n\
+        restart the edge(s) to sign with it; copy both files to every edge of a pool.\n";
     let mut p = parser(args);
-    let (mut state, mut keys) = (None, None);
+    let (mut state, mut keys, mut rotate) = (None, None, false);
     while let Some(arg) = p.next()? {
         match arg {
+            Long("rotate") => rotate = true,
             Long("state") => state = Some(p.value()?),
             Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("help") | Short('h') => {
@@ -461,7 +464,12 @@ fn cmd_ssh_ca(args: Vec<OsString>) -> Res {
         }
     }
     let dir = state_args(state, keys)?.keys()?;
-    let ca = postern::sshca::SshCa::load_or_create(&dir).map_err(CliError::Io)?;
+    let ca = if rotate {
+        postern::sshca::SshCa::rotate(&dir)
+    } else {
+        postern::sshca::SshCa::load_or_create(&dir)
+    }
+    .map_err(CliError::Io)?;
     print!("{}", ca.lines());
     Ok(ExitCode::SUCCESS)
 }

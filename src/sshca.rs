@@ -5,10 +5,10 @@
 //! (`TrustedUserCAKeys`), served at `/cdn-cgi/access/ssh-ca` and printed by
 //! `postern edge ssh-ca`.
 //!
-//! Rotation is a manual step (docs/design.md, "SSH certificates"): move `ssh-ca.key` aside,
-//! append its public line to `ssh-ca-previous.pub`, restart. The edge then signs with a new
-//! key and keeps listing the old line(s) so servers that fetch the list trust both; remove
-//! the old line once every server has the new one (certificates last minutes).
+//! Rotation (`postern edge ssh-ca --rotate`, or by hand): the old public line goes to
+//! `ssh-ca-previous.pub`, a new `ssh-ca.key` is made; after a restart the edge signs with the
+//! new key and keeps listing the old line(s), so servers that fetch the list trust both;
+//! remove the old line once every server has the new one (certificates last minutes).
 //! An edge pool shares the key like the app-token keys: one file copied to every edge.
 
 use std::io;
@@ -78,6 +78,30 @@ impl SshCa {
         })
     }
 
+    /// Replaces the signing key with a new one and keeps the old public line listed in
+    /// `ssh-ca-previous.pub` (written first: a crash in between leaves the old key signing,
+    /// listed once). Running edges sign with the new key after a restart.
+    pub fn rotate(state: &StateDir) -> io::Result<SshCa> {
+        let old = SshCa::load_or_create(state)?;
+        let mut previous = match state.read(PREVIOUS_FILE)? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => String::new(),
+        };
+        if !previous.is_empty() && !previous.ends_with('\n') {
+            previous.push('\n');
+        }
+        previous.push_str(&format!("{}\n", old.public.to_line(COMMENT)));
+        state.write_atomic(PREVIOUS_FILE, previous.as_bytes(), 0o644)?;
+        let seed = crate::io::random_bytes::<32>();
+        let check = u32::from_be_bytes(crate::io::random_bytes::<4>());
+        let text = sshkey::encode_private_ed25519(&seed, COMMENT, check);
+        state.write_atomic(KEY_FILE, text.as_bytes(), 0o600)?;
+        log::info!(
+            "rotated the SSH certificate authority; the old key stays listed in {PREVIOUS_FILE}"
+        );
+        SshCa::load_or_create(state)
+    }
+
     /// The key that signs.
     pub fn pair(&self) -> &Ed25519KeyPair {
         &self.pair
@@ -120,6 +144,18 @@ mod tests {
         assert_eq!(
             rotated.lines(),
             format!("{}\n{old}", rotated.public().to_line(COMMENT))
+        );
+        // `rotate` does the same in one step, keeping every earlier line.
+        let again = SshCa::rotate(&state).unwrap();
+        assert_ne!(again.public(), rotated.public());
+        assert_eq!(mode_of(&tmp.0.join(KEY_FILE)), 0o600);
+        assert_eq!(
+            again.lines(),
+            format!(
+                "{}\n{old}{}\n",
+                again.public().to_line(COMMENT),
+                rotated.public().to_line(COMMENT)
+            )
         );
         std::fs::write(tmp.0.join(PREVIOUS_FILE), "ssh-ed25519 nonsense\n").unwrap();
         let e = SshCa::load_or_create(&state).err().unwrap();

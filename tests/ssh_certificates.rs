@@ -65,7 +65,7 @@ struct Setup {
     dir: support::TempDir,
     edge: Edge,
     sshd: Sshd,
-    _tunnel: Tunnel,
+    tunnel: Tunnel,
     token: ServiceToken,
     ca_line: String,
     home: PathBuf,
@@ -109,7 +109,7 @@ impl Setup {
             dir,
             edge,
             sshd,
-            _tunnel: tunnel,
+            tunnel,
             token,
             ca_line,
             home,
@@ -884,4 +884,72 @@ fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
         "git ls-remote",
     );
     assert!(listed.contains("refs/heads/main"), "{listed}");
+}
+
+/// `edge ssh-ca --rotate`: after a restart the edge signs with the new key and lists both;
+/// a server that took the new list accepts certificates of either key.
+#[test]
+fn a_rotated_ca_signs_with_the_new_key_and_keeps_the_old_one_listed() {
+    let mut s = Setup::start("ssh-cert-rotate");
+    let out = s.ssh_gen("ssh.localhost");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (key, cert) = s.key_files("ssh.localhost");
+    let (old_key, old_cert) = (s.dir.join("old-key"), s.dir.join("old-key-cert.pub"));
+    std::fs::copy(&key, &old_key).unwrap();
+    std::fs::copy(&cert, &old_cert).unwrap();
+
+    let lines = run_ok(
+        postern(&s.home)
+            .args(["edge", "ssh-ca", "--rotate", "--state"])
+            .arg(&s.edge.state),
+        "postern edge ssh-ca --rotate",
+    );
+    assert_eq!(lines.lines().count(), 2, "{lines}");
+    assert_eq!(lines.lines().nth(1).unwrap(), s.ca_line.trim());
+    s.edge.restart();
+    s.tunnel.wait_registered(1, Duration::from_secs(20));
+    // The server takes the new list (what `tunnel sshd-setup --write` does).
+    std::fs::write(s.dir.join("trusted_user_ca.pub"), &lines).unwrap();
+    let answer = support::sso::raw_get(
+        &s.edge.edge_arg(),
+        &s.edge.ca(),
+        "ssh.localhost",
+        "/cdn-cgi/access/ssh-ca",
+        &[],
+        false,
+    );
+    assert_eq!(body_of(&answer), lines);
+
+    std::fs::remove_file(&cert).unwrap();
+    let out = s.ssh_gen("ssh.localhost");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = s.dir.join("new-ca.pub");
+    std::fs::write(&first, lines.lines().next().unwrap()).unwrap();
+    let new_fp = run_ok(
+        Command::new("ssh-keygen")
+            .args(["-l", "-E", "sha256", "-f"])
+            .arg(&first),
+        "ssh-keygen -l",
+    );
+    let new_fp = new_fp.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(keygen_list(&cert).contains(&format!("Signing CA: ED25519 {new_fp}")));
+    for (k, c, what) in [
+        (&key, &cert, "a certificate from the new key"),
+        (&old_key, &old_cert, "a certificate from the old key"),
+    ] {
+        let out = s.ssh(k, Some(c), "echo rotated-ok");
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
