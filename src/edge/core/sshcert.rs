@@ -86,7 +86,10 @@ impl EdgeCore {
     ) {
         let mut audit = serde_json::Map::new();
         audit.insert("peer".into(), c.peer.to_string().into());
-        audit.insert("hostname".into(), request.host.clone().into());
+        audit.insert(
+            "hostname".into(),
+            super::carrier::recorded_host(&request.host).into(),
+        );
         audit.insert("what".into(), "ssh certificate".into());
         if request.head.method != "POST" {
             return super::refuse(c, 405, "Method Not Allowed", "POST a public key here");
