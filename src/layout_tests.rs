@@ -40,6 +40,7 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("audit.rs", "the audit log's writer thread and file"),
     ("pki.rs", "writes and reads key and certificate files"),
+    ("sshca.rs", "reads and creates the SSH CA key file"),
     (
         "store/mod.rs",
         "the state directory's files and their owner checks",
@@ -67,6 +68,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the admin commands' client (reads cert.pem, writes credentials)",
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
+    (
+        "tunnel/sshd_setup.rs",
+        "`tunnel sshd-setup --write`: the CA file, sshd_config and its backup, `sshd -t`",
+    ),
     (
         "tunnel/driver.rs",
         "the origin's mio loop: sockets, TLS record IO, signals, the clock",
@@ -96,6 +101,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the per-host lock file that makes one login at a time",
     ),
     ("access/token_cache.rs", "the token files under ~/.postern"),
+    (
+        "access/sshgen.rs",
+        "`access ssh-gen`: the key and certificate files under ~/.postern, the clock",
+    ),
 ];
 
 /// The code of `text` that ships: before its `#[cfg(test)]` module, without comment lines and

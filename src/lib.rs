@@ -33,6 +33,7 @@ pub mod pki;
 pub mod proto;
 pub mod secret;
 pub mod service;
+pub mod sshca;
 pub mod store;
 pub mod tunnel;
 

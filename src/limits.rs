@@ -97,6 +97,28 @@ pub const OIDC_WORKERS: usize = 2;
 pub const MAX_LOGGED_NAME: usize = 256;
 /// Largest request body the edge reads (the login start and the browser's form posts).
 pub const MAX_REQUEST_BODY: usize = 4096;
+/// Longest OpenSSH public key line (`ssh-ed25519 AAAA… comment`) the edge or the client
+/// parses: an 8192-bit RSA key with a comment fits; the signing request's body is bounded by
+/// [`MAX_REQUEST_BODY`] anyway.
+pub const MAX_SSH_KEY_LINE: usize = 2048;
+/// Longest comment kept from a public key line (never put into a certificate).
+pub const MAX_SSH_KEY_COMMENT: usize = 256;
+/// Most principals (user names) in one SSH certificate, configured or parsed.
+pub const MAX_SSH_PRINCIPALS: usize = 32;
+/// Longest principal: a user name (Linux allows 32 bytes; room for `user@realm` forms).
+pub const MAX_SSH_PRINCIPAL_LEN: usize = 64;
+/// Longest key id written into a certificate (`postern:<email or service token>`).
+pub const MAX_SSH_KEY_ID: usize = 320;
+/// Longest SSH certificate blob the parser reads (ours are about 300 bytes with an Ed25519
+/// subject key, about 800 with an 8192-bit RSA one).
+pub const MAX_SSH_CERT_BLOB: usize = 8 * 1024;
+/// Default lifetime of an SSH certificate: long enough to log in (as cloudflared's).
+pub const SSH_CERT_LIFETIME_SECS: u64 = 3 * 60;
+/// Longest lifetime an application may configure for its SSH certificates.
+pub const MAX_SSH_CERT_LIFETIME_SECS: u64 = 24 * 3600;
+/// A certificate is valid from this long before it was signed, for clocks of servers that
+/// run a little behind the edge's.
+pub const SSH_CERT_BACKDATE_SECS: u64 = 60;
 /// Requests to the login entry points (`/cdn-cgi/access/cli`, `/cdn-cgi/access/dev-login`)
 /// per source IP address per minute; beyond that, 429.
 pub const LOGIN_ATTEMPTS_PER_MINUTE: u32 = 30;

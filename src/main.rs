@@ -38,7 +38,9 @@ USAGE:
     postern edge service-token revoke NAME [--state DIR]  revoke it: edges refuse it within 2 s
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR] [--edge HOST:PORT]
     postern edge origin-cert revoke SERIAL|FILE [--state DIR]  revoke an origin certificate
+    postern edge ssh-ca [--state DIR]                     print the SSH CA (TrustedUserCAKeys)
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
+    postern tunnel sshd-setup --ca-from https://H [--write]   make sshd trust the edge's SSH CA
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
     postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
     postern access login H                                sign in through the browser
@@ -421,6 +423,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
             "service-token" => return cmd_service_token(args[1..].to_vec()),
             "origin-cert" => return cmd_origin_cert(args[1..].to_vec()),
             "sessions" => return cmd_sessions(args[1..].to_vec()),
+            "ssh-ca" => return cmd_ssh_ca(args[1..].to_vec()),
             _ => {}
         }
     }
@@ -575,6 +578,39 @@ fn cmd_sessions(mut args: Vec<OsString>) -> Res {
     }
     .map_err(CliError::Failed)?;
     print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern edge ssh-ca [--state DIR | --keys DIR]`: prints the SSH CA's public line(s), the
+/// content of the servers' `TrustedUserCAKeys` file (creates the CA if it is not there yet).
+fn cmd_ssh_ca(args: Vec<OsString>) -> Res {
+    const HELP: &str = "USAGE: postern edge ssh-ca [--state DIR] [--keys DIR] [--rotate]\n\
+        Prints the edge's SSH certificate authority (TrustedUserCAKeys lines for sshd);\n\
+        creates ssh-ca.key in the state (or --keys) directory if it is not there yet.\n\
+        --rotate makes a new key and keeps the old line listed (ssh-ca-previous.pub);\n\
+        restart the edge(s) to sign with it; copy both files to every edge of a pool.\n";
+    let mut p = parser(args);
+    let (mut state, mut keys, mut rotate) = (None, None, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("rotate") => rotate = true,
+            Long("state") => state = Some(p.value()?),
+            Long("keys") => keys = Some(PathBuf::from(p.value()?)),
+            Long("help") | Short('h') => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(usage(format!("{}\n{HELP}", other.unexpected()))),
+        }
+    }
+    let dir = state_args(state, keys, EtcdAccess::default())?.keys()?;
+    let ca = if rotate {
+        postern::sshca::SshCa::rotate(&dir)
+    } else {
+        postern::sshca::SshCa::load_or_create(&dir)
+    }
+    .map_err(CliError::Io)?;
+    print!("{}", ca.lines());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1030,7 +1066,17 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
 
 /// Subcommands of `tunnel`; anything else is the quick `--hostname --url` form.
 const TUNNEL_SUBCOMMANDS: &[&str] = &[
-    "login", "create", "route", "run", "list", "info", "delete", "ingress", "token", "cleanup",
+    "login",
+    "create",
+    "route",
+    "run",
+    "list",
+    "info",
+    "delete",
+    "ingress",
+    "token",
+    "cleanup",
+    "sshd-setup",
 ];
 /// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
 /// (`tunnel --config FILE run`).
@@ -1072,6 +1118,116 @@ fn first_word(args: &[OsString]) -> usize {
     i
 }
 
+const SSHD_SETUP_HELP: &str = "\
+USAGE: postern tunnel sshd-setup (--ca-from https://H | --ca-file FILE) [OPTIONS]
+
+Makes sshd trust the edge's short-lived SSH certificates (postern access ssh-gen): prints
+the CA file and the sshd_config lines, or installs them with --write.
+
+OPTIONS:
+    --ca-from URL         fetch the CA from the edge (https://H/cdn-cgi/access/ssh-ca; H is
+                          any hostname the edge serves)
+    --edge HOST:PORT      with --ca-from: connect here instead of resolving H
+    --ca FILE             with --ca-from: trust this TLS CA for the edge's certificate too
+    --ca-file FILE        the CA line(s) from a file (`postern edge ssh-ca` printed them)
+    --ca-out FILE         where sshd reads the CA (default /etc/ssh/postern_ca.pub)
+    --principals-dir DIR  add `AuthorizedPrincipalsFile DIR/%u`: DIR/USER lists who may log
+                          in as USER (without it, a certificate's principal is the user name)
+    --sshd-config FILE    the file --write changes (default /etc/ssh/sshd_config)
+    --write               write the CA file, back up sshd_config, put the lines at its top,
+                          check it with `sshd -t` (put back if refused); reload sshd yourself
+";
+
+/// `postern tunnel sshd-setup`: see [`SSHD_SETUP_HELP`].
+fn cmd_sshd_setup(args: Vec<OsString>) -> Res {
+    use postern::tunnel::sshd_setup::{check_ca_lines, SshdSetup};
+    let mut p = parser(args);
+    let (mut from, mut edge_addr, mut tls_ca, mut ca_file) = (None, None, None, None);
+    let (mut ca_out, mut principals_dir, mut config, mut write) = (None, None, None, false);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("ca-from") => from = Some(string(p.value()?, "--ca-from")?),
+            Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
+            Long("ca") => tls_ca = Some(PathBuf::from(p.value()?)),
+            Long("ca-file") => ca_file = Some(PathBuf::from(p.value()?)),
+            Long("ca-out") => ca_out = Some(PathBuf::from(p.value()?)),
+            Long("principals-dir") => principals_dir = Some(PathBuf::from(p.value()?)),
+            Long("sshd-config") => config = Some(PathBuf::from(p.value()?)),
+            Long("write") => write = true,
+            Long("help") | Short('h') => {
+                print!("{SSHD_SETUP_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => {
+                return Err(usage(format!(
+                    "tunnel sshd-setup: {}\n\n{SSHD_SETUP_HELP}",
+                    other.unexpected()
+                )))
+            }
+        }
+    }
+    let (text, source) = match (from, ca_file) {
+        (Some(url), None) => {
+            let (host, port) = access::application(&url)?;
+            let opts = AccessOptions {
+                edge: edge_addr.unwrap_or_else(|| format!("{host}:{}", port.unwrap_or(443))),
+                hostname: host.clone(),
+                extra_ca: tls_ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+                credentials: Credentials::None,
+                resume: None,
+                resume_granted: None,
+            };
+            let text = access::sshgen::fetch_ssh_ca(&opts)?;
+            (text, format!("https://{host}/cdn-cgi/access/ssh-ca"))
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(&file).map_err(|error| CliError::File {
+                path: file.clone(),
+                error,
+            })?;
+            (text, file.display().to_string())
+        }
+        _ => {
+            return Err(usage(format!(
+            "tunnel sshd-setup: give one of --ca-from URL or --ca-file FILE\n\n{SSHD_SETUP_HELP}"
+        )))
+        }
+    };
+    let ca_lines = check_ca_lines(&text)
+        .map_err(|e| CliError::Failed(format!("the SSH CA from {source}: {e}")))?;
+    let setup = SshdSetup {
+        ca_lines,
+        ca_file: ca_out.unwrap_or_else(|| PathBuf::from("/etc/ssh/postern_ca.pub")),
+        principals_dir,
+    };
+    if !write {
+        println!("# {} (from {source}):", setup.ca_file.display());
+        print!("{}", setup.ca_lines);
+        println!("# at the top of /etc/ssh/sshd_config:");
+        print!("{}", setup.block());
+        eprintln!("Run again with --write to install them (sshd_config is backed up first).");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = config.unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
+    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("sshd"));
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let backup = setup.write(&config, &sshd, unix).map_err(CliError::Io)?;
+    eprintln!(
+        "Wrote {} and the lines at the top of {} (backup: {}); `sshd -t` accepts it.\n\
+         Reload sshd to apply: systemctl reload ssh (or sshd)",
+        setup.ca_file.display(),
+        config.display(),
+        backup.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cmd_tunnel(args: Vec<OsString>) -> Res {
     let i = first_word(&args);
     if let Some(sub) = args
@@ -1083,6 +1239,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         rest.extend_from_slice(&args[i + 1..]);
         return match sub {
             "login" => cmd_tunnel_login(rest),
+            "sshd-setup" => cmd_sshd_setup(rest),
             sub => cmd_named_tunnel(sub, rest),
         };
     }
@@ -1701,7 +1858,8 @@ postern access: reach a hostname behind the edge
 USAGE:
     postern access ssh --hostname H [OPTIONS]          (as ssh's ProxyCommand: --hostname %h)
     postern access tcp --hostname H --url 127.0.0.1:2222 [OPTIONS]
-    postern access ssh-config [--hostname H] [OPTIONS]
+    postern access ssh-config [--hostname H] [--short-lived-cert] [OPTIONS]
+    postern access ssh-gen --hostname H [OPTIONS]      key + short-lived certificate in ~/.postern
     postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
@@ -1786,6 +1944,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     let (mut hostname, mut edge_addr, mut ca, mut id, mut secret, mut url) =
         (None, None, None, None, None, None);
     let mut destination: Option<String> = None;
+    let mut short_lived_cert = false;
     let named = |slot: &mut Option<String>, v: String| -> Result<(), CliError> {
         if slot.replace(v).is_some() {
             return Err(usage(format!(
@@ -1809,6 +1968,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 secret = Some(string(p.value()?, "--secret")?)
             }
             Long("url") | Long("listener") | Short('L') => url = Some(string(p.value()?, "--url")?),
+            Long("short-lived-cert") if sub == "ssh-config" => short_lived_cert = true,
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -1836,6 +1996,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     } else {
         sub
     };
+    if sub == "ssh-config" && short_lived_cert {
+        return ssh_config_short_lived(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
+    }
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
     }
@@ -1905,6 +2068,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 .map_err(|e| usage(format!("--url {url}: {e}")))?;
             access::tcp(opts, listen)?
         }
+        "ssh-gen" => ssh_gen(&opts)?,
         "login" => {
             let path = access::login_and_cache(&opts, &cache()?)?;
             eprintln!(
@@ -1965,6 +2129,57 @@ fn ssh_config(hostname: Option<&str>, edge_addr: Option<&str>, ca: Option<&Path>
     );
     println!("Host {}", hostname.unwrap_or("*.example.com"));
     println!("  ProxyCommand {proxy}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `postern access ssh-gen --hostname H`: a key and a short-lived certificate in ~/.postern.
+fn ssh_gen(opts: &AccessOptions) -> Result<(), CliError> {
+    let dir = postern::io::postern_dir("set HOME: ssh-gen writes its files to ~/.postern")
+        .map_err(CliError::Home)?;
+    let cache = match opts.credentials {
+        Credentials::None => Some(access::TokenCache::open_default().map_err(CliError::Home)?),
+        _ => None,
+    };
+    let files = access::sshgen::ssh_gen(opts, cache.as_ref(), &dir)?;
+    if files.fetched {
+        eprintln!(
+            "Wrote {} and its certificate {} (valid for {} s)",
+            files.key.display(),
+            files.certificate.display(),
+            files.valid_before.saturating_sub(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            )
+        );
+    }
+    Ok(())
+}
+
+/// `ssh-config --short-lived-cert`: cloudflared's block, with a certificate made before each
+/// connection by `access ssh-gen` (Match exec) and offered by ssh from ~/.postern.
+fn ssh_config_short_lived(
+    hostname: Option<&str>,
+    edge_addr: Option<&str>,
+    ca: Option<&Path>,
+) -> Res {
+    let exe = current_exe();
+    let mut flags = String::new();
+    if let Some(e) = edge_addr {
+        flags.push_str(&format!(" --edge {e}"));
+    }
+    if let Some(c) = ca {
+        flags.push_str(&format!(" --ca {}", c.display()));
+    }
+    eprintln!(
+        "Add to your ~/.ssh/config (each connection first refreshes a short-lived certificate \
+         in ~/.postern; the first one may open a browser to log in):\n"
+    );
+    let host = hostname.unwrap_or("*.example.com");
+    println!("Match host {host} exec \"{exe} access ssh-gen --hostname %h{flags}\"");
+    println!("  ProxyCommand {exe} access ssh --hostname %h{flags}");
+    println!("  IdentityFile ~/.postern/%h-key");
+    println!("  CertificateFile ~/.postern/%h-key-cert.pub");
     Ok(ExitCode::SUCCESS)
 }
 

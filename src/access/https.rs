@@ -58,6 +58,18 @@ pub fn https_request(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<(u16, Vec<u8>), AccessError> {
+    https_request_with(opts, cfg, method, path, body, &[])
+}
+
+/// [`https_request`] with extra request headers (the credentials of `access ssh-gen`).
+pub fn https_request_with(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>), AccessError> {
     let connector = EdgeConnector {
         hostname: opts.hostname.clone(),
         edge: opts.edge.clone(),
@@ -75,10 +87,13 @@ pub fn https_request(
         .build();
     let agent = ureq::Agent::with_parts(config, connector, EdgeResolver);
     let url = format!("https://{}{path}", opts.hostname);
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(&url)
         .header("Connection", "close");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
     let sent = match body {
         Some(b) => request
             .header("Content-Type", "application/json")

@@ -43,6 +43,7 @@ mod listener;
 pub mod login;
 mod login_lock;
 pub(crate) mod resumable;
+pub mod sshgen;
 pub mod token_cache;
 pub(crate) mod upgrade;
 
@@ -50,7 +51,7 @@ pub use authorize::login_and_cache;
 pub use connect::{connect, tls_connect};
 pub use driver::ssh;
 pub use error::AccessError;
-pub use https::{https_get, https_request, MAX_HTTPS_BODY};
+pub use https::{https_get, https_request, https_request_with, MAX_HTTPS_BODY};
 pub use listener::tcp;
 pub use login::{login, login_url, Purpose};
 pub use token_cache::TokenCache;

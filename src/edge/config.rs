@@ -62,6 +62,8 @@ pub struct EdgeSettings {
     pub origin_ca: Arc<Authority>,
     /// Resource limits (the config's `limits`, or the defaults).
     pub limits: EdgeLimits,
+    /// The SSH certificate authority (`ssh-ca.key`), loaded once.
+    pub ssh_ca: Arc<crate::sshca::SshCa>,
     /// Called once the listener is bound (the CLI prints next steps).
     pub on_ready: Box<dyn Fn(SocketAddr)>,
     /// Where to serve `/metrics` and `/ready` (the config's `metrics`; `--metrics` wins).
@@ -218,6 +220,9 @@ pub struct Application {
     pub session_duration: u64,
     #[serde(default)]
     pub policies: Vec<Policy>,
+    /// Short-lived SSH certificates for this application (`edge::sshcerts`).
+    #[serde(default)]
+    pub ssh_certificates: crate::edge::sshcerts::SshCertificates,
 }
 
 fn default_session() -> u64 {
@@ -496,6 +501,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
                 require: vec![],
                 exclude: vec![],
             }],
+            ssh_certificates: Default::default(),
         }],
         public_url: None,
         identity: None,
@@ -583,6 +589,9 @@ impl FileConfig {
             ));
         }
         for app in &self.applications {
+            app.ssh_certificates.check().map_err(|e| {
+                ConfigError::Invalid(format!("applications[] {}: {e}", app.hostname))
+            })?;
             let bare = app.hostname.strip_prefix("*.").unwrap_or(&app.hostname);
             if !crate::proto::dns::valid_hostname(bare) {
                 return Err(ConfigError::Invalid(format!(
@@ -651,6 +660,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     };
     let state = StateDir::open(&cfg.state_dir)?;
     let origin_ca = Authority::load_or_create(&state, "origin-ca", "postern origin CA")?;
+    let ssh_ca = crate::sshca::SshCa::load_or_create(&state)?;
     let mut zones = Vec::new();
     let mut names = Vec::new();
     let mut tls_ca_pem = None;
@@ -698,6 +708,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         zones: names,
         tls_ca_pem,
         origin_ca: Arc::new(origin_ca),
+        ssh_ca: Arc::new(ssh_ca),
         limits: cfg.limits,
         on_ready: Box::new(|_| {}),
         metrics: cfg.metrics,

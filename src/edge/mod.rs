@@ -8,10 +8,12 @@
 //!      tunnel.rs   a tunnel connection's frames, HELLO, REGISTER, stream events, its end
 //!      login.rs    the login pages, OIDC callback, confirmation, token transfer
 //!      admin.rs    the tunnel administration API
+//!      sshcert.rs  /cdn-cgi/access/cert_sign (short-lived SSH certificates) and /ssh-ca
 //!      view.rs     the store's records as the checks see them; who waits for the store
 //!      tests.rs    the core driven in memory with a simulated clock
 //!    driver.rs     the mio loop, accept, signals, config reload, the clock, worker threads
 //!    config.rs     the config file and the secrets it names
+//!    sshcerts.rs   an application's `ssh_certificates`: principals, lifetime, extensions
 //! ```
 //!
 //! One mio loop holds every connection:
@@ -26,6 +28,7 @@
 pub mod config;
 pub(crate) mod core;
 mod driver;
+pub mod sshcerts;
 
 pub use self::core::{admin, refusal, LimitCounters};
 pub use config::{Application, EdgeSettings};

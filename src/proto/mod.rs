@@ -14,6 +14,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reader;
 pub mod resume;
+pub mod sshkey;
 pub mod token_transfer;
 pub mod url;
 pub mod ws;

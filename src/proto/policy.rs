@@ -48,7 +48,8 @@ pub enum Rule {
 }
 
 impl Rule {
-    fn matches(&self, id: &Identity, bypass: bool) -> bool {
+    /// True if the rule matches `id` (`bypass`: in a bypass policy, `everyone` is anyone).
+    pub fn matches(&self, id: &Identity, bypass: bool) -> bool {
         let email = id.email.as_deref();
         match self {
             Rule::Everyone(b) => *b && (bypass || email.is_some()),

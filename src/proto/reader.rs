@@ -54,6 +54,11 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     /// True when every byte was consumed.
     pub fn is_empty(&self) -> bool {
         self.pos == self.buf.len()

@@ -23,6 +23,7 @@ pub mod config;
 pub mod core;
 mod driver;
 mod resolve;
+pub mod sshd_setup;
 
 pub use self::core::{Exit, Registration};
 pub use config::{Ingress, Service};

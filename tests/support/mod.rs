@@ -601,6 +601,21 @@ impl Sshd {
         )
     }
 
+    /// Like [`Sshd::start`] with `auth` (sshd_config lines) in place of the
+    /// `AuthorizedKeysFile` line: e.g. `TrustedUserCAKeys FILE` and `AuthorizedKeysFile none`
+    /// for a server that trusts a certificate authority only.
+    pub fn start_with_auth(dir: &Path, auth: &str) -> Sshd {
+        Self::start_via_auth(
+            dir,
+            Startups::Raised,
+            "127.0.0.1",
+            free_port(),
+            &|cmd| cmd,
+            &|addr| TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok(),
+            Some(auth),
+        )
+    }
+
     /// Like [`Sshd::start_with`] on `listen:port`, its command passed through `wrap` (e.g. to
     /// run it in a network namespace), waiting until `accepting(127.0.0.1:port)` holds.
     fn start_via(
@@ -610,6 +625,18 @@ impl Sshd {
         port: u16,
         wrap: &dyn Fn(Command) -> Command,
         accepting: &dyn Fn(&SocketAddr) -> bool,
+    ) -> Sshd {
+        Self::start_via_auth(dir, startups, listen, port, wrap, accepting, None)
+    }
+
+    fn start_via_auth(
+        dir: &Path,
+        startups: Startups,
+        listen: &str,
+        port: u16,
+        wrap: &dyn Fn(Command) -> Command,
+        accepting: &dyn Fn(&SocketAddr) -> bool,
+        auth: Option<&str>,
     ) -> Sshd {
         let sshd_bin = require("sshd");
         require("ssh-keygen");
@@ -653,11 +680,15 @@ impl Sshd {
 
         let config = dir.join("sshd_config");
         let pid_file = dir.join("sshd.pid");
+        let auth = match auth {
+            Some(lines) => format!("{}\n", lines.trim_end()),
+            None => format!("AuthorizedKeysFile {}\n", authorized_keys.display()),
+        };
         let base = format!(
             "Port {port}\n\
              ListenAddress {listen}\n\
              HostKey {host_key}\n\
-             AuthorizedKeysFile {authorized_keys}\n\
+             {auth}\
              PidFile {pid_file}\n\
              UsePAM no\n\
              StrictModes no\n\
@@ -674,7 +705,6 @@ impl Sshd {
              X11Forwarding no\n\
              MaxSessions 64\n",
             host_key = host_key.display(),
-            authorized_keys = authorized_keys.display(),
             pid_file = pid_file.display(),
         );
         let base = match startups {

@@ -288,6 +288,16 @@ impl EdgeCore {
             );
         }
         let Some(key) = upgrade_key else {
+            if path == super::sshcert::CERT_SIGN {
+                let request = carrier::Request {
+                    head,
+                    host,
+                    path,
+                    body,
+                    upgrade_key: None,
+                };
+                return self.cert_sign(slot, c, request, looked_up);
+            }
             if EdgeCore::is_login_entry(&head.method, &path)
                 && !self.login_allowed(c.peer.ip(), now)
             {

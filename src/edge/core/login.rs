@@ -365,6 +365,7 @@ impl EdgeCore {
             fields
         };
         match (head.method.as_str(), path) {
+            ("GET", super::sshcert::SSH_CA) => self.ssh_ca_page(c),
             ("GET", "/cdn-cgi/access/certs") => {
                 let jwks = self.keys.jwks(self.unix);
                 respond(

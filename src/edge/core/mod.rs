@@ -27,6 +27,7 @@ pub mod admin;
 mod carrier;
 pub(super) mod login;
 mod sessions;
+mod sshcert;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tunnel;

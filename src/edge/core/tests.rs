@@ -173,6 +173,7 @@ impl Pipe {
                     require: vec![],
                     exclude: vec![],
                 }],
+                ssh_certificates: Default::default(),
             },
         );
         tweak(&mut settings);
