@@ -52,6 +52,9 @@ pub struct EdgeSettings {
     /// bound port.
     pub public_url: Option<String>,
     pub tunnel_admins: Vec<Policy>,
+    /// Who may use the admin console at `<public_url>/cdn-cgi/access/admin`; `None` (the
+    /// config has no `admins`): the console is off.
+    pub admins: Option<Vec<Policy>>,
     /// Zones origins may choose at `tunnel login`.
     pub zones: Vec<String>,
     /// The edge's own TLS CA, shipped inside origin credentials (dev only).
@@ -128,6 +131,7 @@ impl RestartOnly {
 pub struct Reloaded {
     pub applications: Vec<Application>,
     pub tunnel_admins: Vec<Policy>,
+    pub admins: Option<Vec<Policy>>,
     pub limits: EdgeLimits,
     /// Fields that changed in the file but keep their running value until a restart.
     pub needs_restart: Vec<&'static str>,
@@ -152,6 +156,7 @@ pub fn reload(source: &ConfigSource) -> Result<Reloaded, ConfigError> {
     Ok(Reloaded {
         applications: cfg.applications,
         tunnel_admins: cfg.tunnel_admins,
+        admins: cfg.admins,
         limits: cfg.limits,
         needs_restart,
     })
@@ -291,6 +296,9 @@ pub(crate) struct FileConfig {
     /// Who may mint origin certificates with `postern tunnel login`.
     #[serde(default)]
     tunnel_admins: Vec<Policy>,
+    /// Who may use the admin console (`/cdn-cgi/access/admin`); absent: the console is off.
+    #[serde(default)]
+    admins: Option<Vec<Policy>>,
     /// Resource limits; each field defaults to its value in `limits.rs`.
     #[serde(default)]
     limits: EdgeLimits,
@@ -476,6 +484,8 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
             require: vec![],
             exclude: vec![],
         }],
+        // Off in dev: anyone at the dev sign-in can claim any email.
+        admins: None,
         limits: EdgeLimits::default(),
         metrics: None,
     };
@@ -567,6 +577,11 @@ impl FileConfig {
 
 /// The identity checks that need no network: a provider needs `public_url` and a secret.
 fn check_identity(cfg: &FileConfig, identity: Option<&OidcSettings>) -> Result<(), ConfigError> {
+    if cfg.admins.is_some() && identity.is_none() {
+        return Err(ConfigError::Invalid(
+            "admins needs identity: the admin console signs admins in at the provider".into(),
+        ));
+    }
     if let Some(o) = identity {
         if cfg.public_url.is_none() {
             return Err(ConfigError::Invalid(
@@ -587,8 +602,9 @@ fn check_identity(cfg: &FileConfig, identity: Option<&OidcSettings>) -> Result<(
 
 fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
     cfg.check()?;
-    if let IdentityProvider::Oidc(o) = &identity {
-        check_identity(&cfg, Some(o))?;
+    match &identity {
+        IdentityProvider::Oidc(o) => check_identity(&cfg, Some(o))?,
+        _ => check_identity(&cfg, None)?,
     }
     let etcd = match &cfg.state {
         None => None,
@@ -642,6 +658,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         identity,
         public_url: cfg.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         tunnel_admins: cfg.tunnel_admins,
+        admins: cfg.admins,
         zones: names,
         tls_ca_pem,
         origin_ca: Arc::new(origin_ca),
