@@ -326,7 +326,9 @@ pub fn browser_login_then(
     run_login_js(url, login, DEFAULT_EXPECT, &extra, dir)
 }
 
-fn run_login_js(
+/// Runs login.mjs at `url` as `login`, waiting for `expect`, with more of its options in
+/// `extra` (see its header: `--then`, `--click`, `--shots`, `--print-cookies`).
+pub fn run_login_js(
     url: &str,
     login: &str,
     expect: &str,

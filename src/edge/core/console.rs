@@ -85,6 +85,8 @@ struct SignIn {
     started: Instant,
     /// The code exchange is with the worker.
     exchanging: bool,
+    /// The console page to open once signed in.
+    next: String,
 }
 
 /// A signed-in admin.
@@ -116,6 +118,16 @@ impl Console {
             .retain(|_, s| s.exchanging || now.saturating_duration_since(s.started) < max);
         self.sessions.retain(|_, s| now < s.expires);
     }
+}
+
+/// Whether `next` may be where a sign-in leads: a console page (a path of ours, no query, no
+/// other site).
+fn valid_next(next: &str) -> bool {
+    is_console_path(next)
+        && next != SIGN_IN
+        && next
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'/' || b == b'-')
 }
 
 /// The hex SHA-256 of a cookie value: what the session map is keyed by.
@@ -180,12 +192,12 @@ impl EdgeCore {
             return pages::plain(c, 404, "Not found", "<p>No such page.</p>");
         }
         if (head.method.as_str(), path) == ("GET", SIGN_IN) {
-            return self.console_sign_in(c);
+            return self.console_sign_in(c, query);
         }
         let key = cookie(head, COOKIE).map(digest).unwrap_or_default();
         let Some(session) = self.console.sessions.get(&key) else {
             if head.method == "GET" {
-                return redirect(c, SIGN_IN, &[]);
+                return redirect(c, &url::with_query(SIGN_IN, &[("next", path)]), &[]);
             }
             return pages::plain(
                 c,
@@ -306,7 +318,7 @@ impl EdgeCore {
 
     /// `GET /cdn-cgi/access/admin/sign-in`: a sign-in state, the binder cookie, and off to
     /// the provider.
-    fn console_sign_in(&mut self, c: &mut Carrier) {
+    fn console_sign_in(&mut self, c: &mut Carrier, query: &[(String, String)]) {
         let provider = match (&self.settings.identity, &self.oidc) {
             (IdentityProvider::Oidc(_), Some(p)) => p.clone(),
             _ => {
@@ -357,6 +369,10 @@ impl EdgeCore {
                 nonce,
                 started: self.now,
                 exchanging: false,
+                next: param(query, "next")
+                    .filter(|p| valid_next(p))
+                    .unwrap_or(BASE)
+                    .to_owned(),
             },
         );
         redirect(c, &location, &[("Set-Cookie", &set)]);
@@ -456,7 +472,6 @@ impl EdgeCore {
             "{}=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
             binder_name(&done.state)
         );
-        drop(signin);
         match done.result {
             Err(e) => {
                 warn!("console sign-in failed: {e}");
@@ -517,6 +532,7 @@ impl EdgeCore {
                         pages::signed_in(
                             &mut c,
                             &who(&admin.identity),
+                            &signin.next,
                             &[("Set-Cookie", &set), ("Set-Cookie", &clear_binder)],
                         );
                     }
@@ -820,13 +836,14 @@ impl EdgeCore {
             .routes
             .iter()
             .map(|(host, slots)| {
-                let conns = slots
+                let mut conns: Vec<Value> = slots
                     .iter()
                     .filter_map(|&s| match &self.conns[s] {
                         Some(Conn::Tunnel(t)) => Some(super::admin::connection(t)),
                         _ => None,
                     })
                     .collect();
+                conns.sort_by_key(|c| c["ha_index"].as_u64());
                 (host.clone(), conns)
             })
             .collect();
@@ -847,5 +864,31 @@ impl EdgeCore {
 
     fn console_tokens(&self, admin: &Admin, notice: Option<&str>) -> String {
         pages::tokens(&self.tokens.list(), &admin.csrf, notice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_paths_and_where_a_sign_in_may_lead() {
+        assert!(is_console_path(BASE));
+        assert!(is_console_path("/cdn-cgi/access/admin/sessions"));
+        assert!(!is_console_path("/cdn-cgi/access/administrator"));
+        assert!(!is_console_path("/cdn-cgi/access/callback"));
+        assert!(valid_next("/cdn-cgi/access/admin/audit"));
+        assert!(!valid_next(SIGN_IN));
+        assert!(!valid_next("https://evil.example/cdn-cgi/access/admin"));
+        assert!(!valid_next("/cdn-cgi/access/admin/\"><script>"));
+        assert!(!valid_next("//evil.example/cdn-cgi/access/admin"));
+    }
+
+    #[test]
+    fn the_session_map_keeps_a_hash_never_the_cookie() {
+        let value = "abc";
+        let key = digest(value);
+        assert_eq!(key.len(), 64);
+        assert!(!key.contains(value));
     }
 }

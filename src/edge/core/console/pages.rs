@@ -25,7 +25,8 @@ const STYLE: &str = "body{font-family:sans-serif;margin:0;line-height:1.4;color:
     background:#eef;padding:.3em .5em;word-break:break-all}.muted{color:#777}\
     form.filters{display:flex;gap:.6em;flex-wrap:wrap;align-items:end}\
     form.filters label{display:flex;flex-direction:column;font-size:.85em}\
-    button{cursor:pointer}button.kill{color:#a00}";
+    button{cursor:pointer}button.kill{color:#a00}td.details{word-break:break-all;\
+    font-size:.8em}";
 
 /// A page outside the console's frame (errors, sign-in outcomes).
 pub(super) fn plain(c: &mut Carrier, status: u16, title: &str, body_html: &str) {
@@ -90,14 +91,15 @@ pub(super) fn not_admin(c: &mut Carrier, who: &str) {
 /// The page that sets the console cookie after the provider's redirect. The cookie is
 /// `SameSite=Strict`, so it would not go with a redirect that ends a cross-site chain: this
 /// page moves on by itself (a same-site navigation), or with its link.
-pub(super) fn signed_in(c: &mut Carrier, who: &str, extra: &[(&str, &str)]) {
+pub(super) fn signed_in(c: &mut Carrier, who: &str, next: &str, extra: &[(&str, &str)]) {
     let doc = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" \
-         content=\"0;url={BASE}\"><title>Signed in</title></head><body \
+         content=\"0;url={next}\"><title>Signed in</title></head><body \
          style=\"font-family:sans-serif;margin:4em auto;max-width:34em\"><h1>Signed in</h1>\
-         <p>Signed in to the console as <b>{}</b>. <a href=\"{BASE}\">Open the console</a>.\
+         <p>Signed in to the console as <b>{}</b>. <a href=\"{next}\">Open the console</a>.\
          </p></body></html>",
-        html(who)
+        html(who),
+        next = html(next)
     );
     send(c, 200, &doc, extra);
 }
@@ -445,7 +447,7 @@ pub(super) fn audit(recent: &Recent, query: &[(String, String)]) -> String {
             }
             format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td><code>{}</code></td></tr>",
+                 <td class=\"details\"><code>{}</code></td></tr>",
                 html(s(v, "time")),
                 html(s(v, "event")),
                 html(who),
