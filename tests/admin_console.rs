@@ -304,3 +304,98 @@ fn the_kill_form_posted_without_its_csrf_token_is_refused_and_the_session_goes_o
     ssh.wait_exit(Duration::from_secs(10))
         .expect("the session ends once the form carries its token");
 }
+
+#[test]
+fn a_service_token_created_in_the_console_shows_its_secret_once_and_can_be_revoked_there() {
+    let sso = start("console-tok");
+    let base = console_url(&sso);
+    let out = browser(
+        &sso,
+        &format!("{base}/tokens"),
+        "alice",
+        "Create a service token",
+        &["--print-cookies"],
+    );
+    let cookie = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("COOKIE: "))
+        .find(|c| c.starts_with("__Host-postern-console="))
+        .unwrap_or_else(|| panic!("the console cookie: {out}"))
+        .to_owned();
+    let ca = sso.ca();
+    let request = |method: &str, path: &str, form: Option<&str>| {
+        raw_request(
+            &sso.edge_addr,
+            &ca,
+            "login.localhost",
+            method,
+            path,
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Cookie", &cookie),
+            ],
+            form.map(str::as_bytes),
+        )
+    };
+    let page = request("GET", "/cdn-cgi/access/admin/tokens", None);
+    let csrf = hidden_input(body_of(&page), "csrf").expect("the page's CSRF token");
+
+    let created = request(
+        "POST",
+        "/cdn-cgi/access/admin/tokens/create",
+        Some(&format!("csrf={csrf}&name=ci-runner")),
+    );
+    assert_eq!(status_code(&created), 201, "{created}");
+    let secret_of = |page: &str, label: &str| -> String {
+        let at = page
+            .find(label)
+            .unwrap_or_else(|| panic!("{label}: {page}"));
+        let rest = &page[at..];
+        let start = rest.find("<span class=\"secret\">").unwrap() + 21;
+        rest[start..start + rest[start..].find("</span>").unwrap()].to_owned()
+    };
+    let body = body_of(&created);
+    let client_id = secret_of(body, "CF-Access-Client-Id");
+    let secret = secret_of(body, "CF-Access-Client-Secret");
+    assert!(client_id.ends_with(".access"), "{client_id}");
+    assert!(secret.len() >= 32, "{secret}");
+    // Stored as its hash only; shown that once.
+    let stored = std::fs::read_to_string(sso.state.join("service-tokens.json")).unwrap();
+    assert!(stored.contains(&client_id) && !stored.contains(&secret));
+    let listed = request("GET", "/cdn-cgi/access/admin/tokens", None);
+    assert!(body_of(&listed).contains("ci-runner"), "{listed}");
+    assert!(!body_of(&listed).contains(&secret));
+    assert!(
+        !sso.edge.stderr_text().contains(&secret),
+        "the secret is never logged"
+    );
+    // A second token of the same name is refused, saying why.
+    let again = request(
+        "POST",
+        "/cdn-cgi/access/admin/tokens/create",
+        Some(&format!("csrf={csrf}&name=ci-runner")),
+    );
+    assert_eq!(status_code(&again), 400, "{again}");
+    assert!(body_of(&again).contains("already exists"), "{again}");
+
+    let revoked = request(
+        "POST",
+        "/cdn-cgi/access/admin/tokens/revoke",
+        Some(&format!("csrf={csrf}&client_id={client_id}")),
+    );
+    assert_eq!(status_code(&revoked), 200, "{revoked}");
+    assert!(body_of(&revoked).contains("revoked"), "{revoked}");
+    let revocations = std::fs::read_to_string(sso.state.join("revocations.json")).unwrap();
+    assert!(revocations.contains(&client_id), "{revocations}");
+    let lines = audit(&sso);
+    for action in ["create", "revoke"] {
+        assert!(
+            lines.iter().any(|l| l["event"] == "service_token"
+                && l["action"] == action
+                && l["decision"] == "allow"
+                && l["admin"] == "alice@example.com"
+                && l["name"] == "ci-runner"),
+            "{action}: {lines:?}"
+        );
+    }
+}
