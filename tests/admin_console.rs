@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use support::oidc::{run_login_js, ProviderOptions};
 use support::sso::{body_of, header_of, hidden_input, raw_request, status_code, Sso};
-use support::{postern, run_ok, wait_until, Child};
+use support::{postern, run_ok, temp_dir, wait_until, Child, Edge};
 
 const HOST: &str = "ssh.localhost";
 
@@ -273,18 +273,18 @@ fn the_kill_form_posted_without_its_csrf_token_is_refused_and_the_session_goes_o
         assert!(body_of(&r).contains("CSRF token"), "{r}");
     }
     assert!(ssh.try_wait().is_none(), "{}", ssh.stderr_text());
-    let lines = audit(&sso);
-    assert!(
-        lines
+    wait_until(Duration::from_secs(5), "two refused-form lines", || {
+        audit(&sso)
             .iter()
-            .filter(|l| l["event"] == "console"
-                && l["action"] == "post"
-                && l["decision"] == "deny"
-                && l["admin"] == "alice@example.com")
+            .filter(|l| {
+                l["event"] == "console"
+                    && l["action"] == "post"
+                    && l["decision"] == "deny"
+                    && l["admin"] == "alice@example.com"
+            })
             .count()
-            >= 2,
-        "{lines:?}"
-    );
+            >= 2
+    });
 
     // The same request with the token of the page the console served does end it: the token
     // was the only thing missing.
@@ -387,15 +387,44 @@ fn a_service_token_created_in_the_console_shows_its_secret_once_and_can_be_revok
     assert!(body_of(&revoked).contains("revoked"), "{revoked}");
     let revocations = std::fs::read_to_string(sso.state.join("revocations.json")).unwrap();
     assert!(revocations.contains(&client_id), "{revocations}");
-    let lines = audit(&sso);
+    // The audit writer appends within a second.
     for action in ["create", "revoke"] {
-        assert!(
-            lines.iter().any(|l| l["event"] == "service_token"
-                && l["action"] == action
-                && l["decision"] == "allow"
-                && l["admin"] == "alice@example.com"
-                && l["name"] == "ci-runner"),
-            "{action}: {lines:?}"
+        wait_until(
+            Duration::from_secs(5),
+            &format!("the {action} line"),
+            || {
+                audit(&sso).iter().any(|l| {
+                    l["event"] == "service_token"
+                        && l["action"] == action
+                        && l["decision"] == "allow"
+                        && l["admin"] == "alice@example.com"
+                        && l["name"] == "ci-runner"
+                })
+            },
         );
+    }
+}
+
+#[test]
+fn the_console_is_off_on_a_dev_edge() {
+    // `--dev` has no `admins`: its sign-in believes any email, so there is no console at all.
+    let dir = temp_dir("console-dev");
+    let edge = Edge::start(dir.path());
+    let addr = edge.addr.to_string();
+    for (method, path) in [
+        ("GET", "/cdn-cgi/access/admin"),
+        ("GET", "/cdn-cgi/access/admin/sign-in"),
+        ("POST", "/cdn-cgi/access/admin/sessions/kill"),
+    ] {
+        let r = raw_request(
+            &addr,
+            &edge.ca(),
+            "login.localhost",
+            method,
+            path,
+            &[],
+            Some(b""),
+        );
+        assert_eq!(status_code(&r), 404, "{method} {path}: {r}");
     }
 }

@@ -867,6 +867,37 @@ mod tests {
     }
 
     #[test]
+    fn admins_is_optional_reloadable_and_needs_an_identity_provider() {
+        let dir = std::env::temp_dir().join(format!("postern-admins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.json");
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x",
+            "zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let write = |body: &str| std::fs::write(&path, format!("{{{base}{body}}}")).unwrap();
+        write("");
+        let cfg: FileConfig =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(cfg.admins.is_none(), "absent: the console is off");
+        let source = ConfigSource {
+            path: path.clone(),
+            restart_only: RestartOnly::of(&cfg),
+        };
+        let admins = r#","admins":[{"decision":"allow","include":[{"group":"ops"}]}]"#;
+        write(admins);
+        let err = reload(&source).err().expect("admins without a provider");
+        assert!(err.to_string().contains("admins needs identity"), "{err}");
+        write(&format!(
+            r#"{admins},"public_url":"https://login.a.test","identity":{{"issuer":"https://idp.a.test","client_id":"c","client_secret":"s"}}"#
+        ));
+        let new = reload(&source).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new.admins.map(|a| a.len()), Some(1));
+        // `--dev` never opens a console: its sign-in takes any email on trust.
+        let dev = dev("127.0.0.1:1".parse().unwrap(), &dir.join("dev-state")).unwrap();
+        assert!(dev.admins.is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn wildcard_matching_and_first_policy_wins() {
         let app: Application = serde_json::from_str(
             r#"{"hostname":"*.site.com","session_duration":"8h","policies":[

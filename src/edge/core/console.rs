@@ -475,6 +475,21 @@ impl EdgeCore {
         match done.result {
             Err(e) => {
                 warn!("console sign-in failed: {e}");
+                let failed = Admin {
+                    identity: Identity::default(),
+                    csrf: String::new(),
+                    key: String::new(),
+                };
+                let mut f = Map::new();
+                f.insert("peer".into(), c.peer.to_string().into());
+                self.console_audit(
+                    "console",
+                    &failed,
+                    "sign_in",
+                    "deny",
+                    Some("sign-in failed at the identity provider"),
+                    f,
+                );
                 pages::plain(
                     &mut c,
                     403,

@@ -1468,5 +1468,11 @@ mod tests {
             "/cdn-cgi/access/dev-login"
         ));
         assert!(!EdgeCore::is_login_entry("POST", "/cdn-cgi/access/confirm"));
+        // A console sign-in start is a login entry too (its pages are not).
+        assert!(EdgeCore::is_login_entry(
+            "GET",
+            "/cdn-cgi/access/admin/sign-in"
+        ));
+        assert!(!EdgeCore::is_login_entry("GET", "/cdn-cgi/access/admin"));
     }
 }
