@@ -517,6 +517,31 @@ mod tests {
     }
 
     #[test]
+    fn peer_text_in_the_sessions_and_tokens_pages_is_escaped() {
+        let list = [serde_json::json!({
+            "id": "\"><b>id", "email": "<img src=x>@example.com", "hostname": "<i>h</i>",
+            "source": "127.0.0.1:1", "started": 0, "seconds": 5, "bytes_up": 1, "bytes_down": 2
+        })];
+        let page = sessions(&list, "tok\"en", None);
+        for raw in ["<img", "<i>", "\"><b>", "tok\"en"] {
+            assert!(!page.contains(raw), "{raw} unescaped: {page}");
+        }
+        let record = ServiceTokenRecord {
+            name: "<script>".into(),
+            client_id: "\"onclick=x".into(),
+            secret_sha256: String::new(),
+            created: 0,
+        };
+        let page = tokens(&[(&record, false)], "t", None);
+        assert!(
+            !page.contains("<script>") && !page.contains("\"onclick"),
+            "{page}"
+        );
+        let shown = token_created("<n>", "<id>", "<secret>");
+        assert!(!shown.contains("<secret>") && shown.contains("&lt;secret&gt;"));
+    }
+
+    #[test]
     fn byte_counts_read_as_people_say_them() {
         assert_eq!(bytes(0), "0 B");
         assert_eq!(bytes(1023), "1023 B");
