@@ -239,13 +239,20 @@ impl EdgeCore {
             let token = param(&form, "csrf").unwrap_or("");
             if !origin_ok || !ct_eq(token.as_bytes(), admin.csrf.as_bytes()) {
                 warn!(
-                    "console: a POST to {path} by {} without the console's CSRF token (or from \
+                    "console: a POST to {} by {} without the console's CSRF token (or from \
                      another origin) was refused; peer {}",
+                    escape(path, MAX_LOGGED_NAME),
                     escape(&who(&admin.identity), MAX_LOGGED_NAME),
                     c.peer
                 );
                 let mut f = Map::new();
-                f.insert("path".into(), path.into());
+                f.insert(
+                    "path".into(),
+                    path.chars()
+                        .take(MAX_LOGGED_NAME)
+                        .collect::<String>()
+                        .into(),
+                );
                 f.insert("peer".into(), c.peer.to_string().into());
                 self.console_audit(
                     "console",
