@@ -11,9 +11,16 @@
 //! A full queue drops the record and counts it: the first drop is logged (`log::warn!`), and
 //! the writer then records an `audit_dropped` line with the count, so the audit log itself says
 //! that records are missing. A write error is logged and the decision goes ahead.
+//!
+//! The admin console reads the log from memory, never from the file on the event loop: the
+//! [`Audit`] keeps the last lines it knows ([`Recent`], bounded by
+//! [`CONSOLE_AUDIT_LINES`] and [`CONSOLE_AUDIT_BYTES`]): the tail of the file, read once
+//! when it is opened (before the loop starts), then each line as it is recorded.
 
+use std::cell::{Ref, RefCell};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,7 +31,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
-use crate::limits::{AUDIT_FLUSH_MILLIS, AUDIT_QUEUE_RECORDS};
+use crate::limits::{
+    AUDIT_FLUSH_MILLIS, AUDIT_QUEUE_RECORDS, CONSOLE_AUDIT_BYTES, CONSOLE_AUDIT_LINES,
+};
 
 /// Bytes of whole lines the writer gathers into one `write`.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -32,6 +41,63 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Where decisions are recorded; [`Audit::disabled`] records nothing.
 pub struct Audit {
     writer: Option<Writer>,
+    recent: RefCell<Recent>,
+}
+
+/// The last audit lines, oldest first, at most [`CONSOLE_AUDIT_LINES`] of them and
+/// [`CONSOLE_AUDIT_BYTES`] in all (the oldest go first).
+#[derive(Default)]
+pub struct Recent {
+    lines: VecDeque<String>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, line: &str) {
+        let line = line.trim_end_matches('\n');
+        if line.is_empty() || line.len() > CONSOLE_AUDIT_BYTES {
+            return;
+        }
+        self.bytes += line.len();
+        self.lines.push_back(line.to_owned());
+        while self.lines.len() > CONSOLE_AUDIT_LINES || self.bytes > CONSOLE_AUDIT_BYTES {
+            match self.lines.pop_front() {
+                Some(old) => self.bytes -= old.len(),
+                None => break,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn push_for_tests(&mut self, line: &str) {
+        self.push(line);
+    }
+
+    /// The lines, oldest first.
+    pub fn lines(&self) -> impl DoubleEndedIterator<Item = &str> {
+        self.lines.iter().map(String::as_str)
+    }
+
+    /// The whole lines in the last [`CONSOLE_AUDIT_BYTES`] of `file` (a line cut by where
+    /// the read starts is dropped).
+    fn tail_of(file: &mut File) -> io::Result<Recent> {
+        let len = file.metadata()?.len();
+        let start = len.saturating_sub(CONSOLE_AUDIT_BYTES as u64);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::new();
+        file.take(CONSOLE_AUDIT_BYTES as u64)
+            .read_to_end(&mut bytes)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let mut lines = text.split('\n');
+        if start > 0 {
+            lines.next();
+        }
+        let mut recent = Recent::default();
+        for line in lines {
+            recent.push(line);
+        }
+        Ok(recent)
+    }
 }
 
 struct Writer {
@@ -52,7 +118,8 @@ struct Dropped {
 impl Audit {
     /// Appends to `path`, creating it with mode 0600, through a writer thread.
     pub fn open(path: &Path) -> io::Result<Audit> {
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o600)
@@ -63,6 +130,13 @@ impl Audit {
                     format!("cannot open audit log {}: {e}", path.display()),
                 )
             })?;
+        let recent = Recent::tail_of(&mut file).unwrap_or_else(|e| {
+            log::warn!(
+                "cannot read the audit log {} back for the console: {e}",
+                path.display()
+            );
+            Recent::default()
+        });
         let (lines, queue) = mpsc::sync_channel(AUDIT_QUEUE_RECORDS);
         let shared = Arc::new(Dropped::default());
         let theirs = shared.clone();
@@ -75,19 +149,30 @@ impl Audit {
                 shared,
                 thread: Some(thread),
             }),
+            recent: RefCell::new(recent),
         })
     }
 
     /// An audit log that drops every record.
     pub fn disabled() -> Audit {
-        Audit { writer: None }
+        Audit {
+            writer: None,
+            recent: RefCell::default(),
+        }
+    }
+
+    /// The last lines recorded (see [`Recent`]), for the admin console.
+    pub fn recent(&self) -> Ref<'_, Recent> {
+        self.recent.borrow()
     }
 
     /// Queues one line for `event` with `fields`; never waits.
     pub fn record(&self, event: &str, fields: Map<String, Value>) {
         let Some(writer) = &self.writer else { return };
         let Some(lines) = &writer.lines else { return };
-        match lines.try_send(line(event, fields)) {
+        let line = line(event, fields);
+        self.recent.borrow_mut().push(&line);
+        match lines.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 writer.shared.count.fetch_add(1, Ordering::Relaxed);
@@ -282,6 +367,41 @@ mod tests {
         assert_eq!(lines[1]["event"], "deny");
         let time = lines[0]["time"].as_str().unwrap();
         assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    }
+
+    #[test]
+    fn the_console_sees_the_files_tail_at_open_then_each_record_within_its_bounds() {
+        let tmp = TempDir::new("audit-recent");
+        let path = tmp.0.join("audit.log");
+        // More than the byte bound: only whole lines of the tail come back.
+        let old = format!("{}\n", "x".repeat(100));
+        let mut text = String::new();
+        while text.len() <= CONSOLE_AUDIT_BYTES + 1000 {
+            text.push_str(&old);
+        }
+        text.push_str("{\"event\":\"last-before\"}\n");
+        std::fs::write(&path, &text).unwrap();
+        let audit = Audit::open(&path).unwrap();
+        {
+            let recent = audit.recent();
+            let lines: Vec<&str> = recent.lines().collect();
+            assert_eq!(lines.last(), Some(&"{\"event\":\"last-before\"}"));
+            assert!(lines.len() <= CONSOLE_AUDIT_LINES);
+            assert!(lines[..lines.len() - 1].iter().all(|l| *l == &old[..100]));
+        }
+        for i in 0..CONSOLE_AUDIT_LINES + 10 {
+            let mut fields = Map::new();
+            fields.insert("i".into(), i.into());
+            audit.record("new", fields);
+        }
+        let recent = audit.recent();
+        assert_eq!(recent.lines().count(), CONSOLE_AUDIT_LINES);
+        assert!(recent
+            .lines()
+            .last()
+            .unwrap()
+            .contains(&format!("\"i\":{}", CONSOLE_AUDIT_LINES + 9)));
+        assert!(recent.bytes <= CONSOLE_AUDIT_BYTES);
     }
 
     #[test]

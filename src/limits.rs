@@ -335,6 +335,26 @@ pub const MAX_ROUTES_PER_ZONE: usize = 4096;
 /// Longest name or hostname copied into the audit log from a request.
 pub const MAX_ADMIN_AUDIT_FIELD: usize = 253;
 
+// Used by src/edge/core/console.rs (the admin console) and src/audit.rs.
+/// A console session (its `__Host-` cookie) lasts this long after the sign-in.
+pub const CONSOLE_SESSION_SECS: u64 = 3600;
+/// Most console sessions held in memory; a new sign-in beyond it ends the oldest.
+pub const MAX_CONSOLE_SESSIONS: usize = 64;
+/// Most console sign-ins between the redirect to the provider and the callback; a new one
+/// beyond it forgets the oldest (sign-in starts also count against the login rate).
+pub const MAX_CONSOLE_SIGNINS: usize = 64;
+/// A console sign-in must come back from the provider within this.
+pub const CONSOLE_SIGNIN_SECS: u64 = 300;
+/// Audit lines the edge keeps in memory for the console (the tail of the file at start, then
+/// every line it records); the oldest go first.
+pub const CONSOLE_AUDIT_LINES: usize = 5000;
+/// Bytes of audit lines kept in memory for the console, at most.
+pub const CONSOLE_AUDIT_BYTES: usize = 2 * 1024 * 1024;
+/// Matching audit lines one console page shows (newest first).
+pub const CONSOLE_AUDIT_SHOWN: usize = 200;
+/// Minutes of sessions and bytes the console's chart keeps (a fixed ring, one per minute).
+pub const CONSOLE_CHART_MINUTES: usize = 60;
+
 // Used by src/pki.rs.
 /// Largest PEM file read as a credential or operator-supplied certificate/key.
 pub const MAX_PEM_BYTES: usize = 1024 * 1024;

@@ -53,6 +53,9 @@ pub struct EdgeSettings {
     /// bound port.
     pub public_url: Option<String>,
     pub tunnel_admins: Vec<Policy>,
+    /// Who may use the admin console at `<public_url>/cdn-cgi/access/admin`; `None` (the
+    /// config has no `admins`): the console is off.
+    pub admins: Option<Vec<Policy>>,
     /// Zones origins may choose at `tunnel login`.
     pub zones: Vec<String>,
     /// The edge's own TLS CA, shipped inside origin credentials (dev only).
@@ -141,6 +144,7 @@ impl RestartOnly {
 pub struct Reloaded {
     pub applications: Vec<Application>,
     pub tunnel_admins: Vec<Policy>,
+    pub admins: Option<Vec<Policy>>,
     pub limits: EdgeLimits,
     /// Fields that changed in the file but keep their running value until a restart.
     pub needs_restart: Vec<&'static str>,
@@ -165,6 +169,7 @@ pub fn reload(source: &ConfigSource) -> Result<Reloaded, ConfigError> {
     Ok(Reloaded {
         applications: cfg.applications,
         tunnel_admins: cfg.tunnel_admins,
+        admins: cfg.admins,
         limits: cfg.limits,
         needs_restart,
     })
@@ -321,6 +326,9 @@ pub(crate) struct FileConfig {
     /// Who may mint origin certificates with `postern tunnel login`.
     #[serde(default)]
     tunnel_admins: Vec<Policy>,
+    /// Who may use the admin console (`/cdn-cgi/access/admin`); absent: the console is off.
+    #[serde(default)]
+    admins: Option<Vec<Policy>>,
     /// Resource limits; each field defaults to its value in `limits.rs`.
     #[serde(default)]
     limits: EdgeLimits,
@@ -512,6 +520,8 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
             require: vec![],
             exclude: vec![],
         }],
+        // Off in dev: anyone at the dev sign-in can claim any email.
+        admins: None,
         limits: EdgeLimits::default(),
         metrics: None,
     };
@@ -627,6 +637,11 @@ impl FileConfig {
 
 /// The identity checks that need no network: a provider needs `public_url` and a secret.
 fn check_identity(cfg: &FileConfig, identity: Option<&OidcSettings>) -> Result<(), ConfigError> {
+    if cfg.admins.is_some() && identity.is_none() {
+        return Err(ConfigError::Invalid(
+            "admins needs identity: the admin console signs admins in at the provider".into(),
+        ));
+    }
     if let Some(o) = identity {
         if cfg.public_url.is_none() {
             return Err(ConfigError::Invalid(
@@ -647,8 +662,9 @@ fn check_identity(cfg: &FileConfig, identity: Option<&OidcSettings>) -> Result<(
 
 fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, ConfigError> {
     cfg.check()?;
-    if let IdentityProvider::Oidc(o) = &identity {
-        check_identity(&cfg, Some(o))?;
+    match &identity {
+        IdentityProvider::Oidc(o) => check_identity(&cfg, Some(o))?,
+        _ => check_identity(&cfg, None)?,
     }
     let etcd = match &cfg.state {
         None => None,
@@ -705,6 +721,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         identity,
         public_url: cfg.public_url.map(|u| u.trim_end_matches('/').to_owned()),
         tunnel_admins: cfg.tunnel_admins,
+        admins: cfg.admins,
         zones: names,
         tls_ca_pem,
         origin_ca: Arc::new(origin_ca),
@@ -941,6 +958,37 @@ mod tests {
             msg.contains("edge.json") && msg.contains("hostname"),
             "{msg}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn admins_is_optional_reloadable_and_needs_an_identity_provider() {
+        let dir = std::env::temp_dir().join(format!("postern-admins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("edge.json");
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x",
+            "zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        let write = |body: &str| std::fs::write(&path, format!("{{{base}{body}}}")).unwrap();
+        write("");
+        let cfg: FileConfig =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert!(cfg.admins.is_none(), "absent: the console is off");
+        let source = ConfigSource {
+            path: path.clone(),
+            restart_only: RestartOnly::of(&cfg),
+        };
+        let admins = r#","admins":[{"decision":"allow","include":[{"group":"ops"}]}]"#;
+        write(admins);
+        let err = reload(&source).err().expect("admins without a provider");
+        assert!(err.to_string().contains("admins needs identity"), "{err}");
+        write(&format!(
+            r#"{admins},"public_url":"https://login.a.test","identity":{{"issuer":"https://idp.a.test","client_id":"c","client_secret":"s"}}"#
+        ));
+        let new = reload(&source).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(new.admins.map(|a| a.len()), Some(1));
+        // `--dev` never opens a console: its sign-in takes any email on trust.
+        let dev = dev("127.0.0.1:1".parse().unwrap(), &dir.join("dev-state")).unwrap();
+        assert!(dev.admins.is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

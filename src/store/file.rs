@@ -268,7 +268,10 @@ fn file_of(r: &Request) -> Option<StateFile> {
         | Request::UnrouteTunnel { .. } => Some(StateFile::Hostnames),
         Request::CreateTunnel { .. } | Request::DeleteTunnel { .. } => Some(StateFile::Tunnels),
         Request::Revoke(_) => Some(StateFile::Revocations),
-        Request::ServiceToken { .. } | Request::PutLogin { .. } | Request::TakeLogin { .. } => None,
+        Request::ServiceToken { .. }
+        | Request::CreateServiceToken { .. }
+        | Request::PutLogin { .. }
+        | Request::TakeLogin { .. } => None,
     }
 }
 

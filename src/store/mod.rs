@@ -673,6 +673,12 @@ pub trait Store: Send {
                 result: self.take_login(&key),
                 key,
             },
+            Request::CreateServiceToken { name } => Answer::ServiceTokenCreated {
+                result: self
+                    .create_service_token(&name, None)
+                    .map(|(record, secret)| (record, NewSecret(secret.expose().to_owned()))),
+                name,
+            },
         }
     }
 
@@ -718,6 +724,10 @@ pub enum Request {
     TakeLogin {
         key: String,
     },
+    /// [`Store::create_service_token`] (the admin console).
+    CreateServiceToken {
+        name: String,
+    },
 }
 
 impl Request {
@@ -746,6 +756,10 @@ impl Request {
             },
             Request::TakeLogin { key } => Answer::LoginTaken {
                 key,
+                result: Err(e),
+            },
+            Request::CreateServiceToken { name } => Answer::ServiceTokenCreated {
+                name,
                 result: Err(e),
             },
         }
@@ -791,6 +805,29 @@ pub enum Answer {
         key: String,
         result: Result<Option<PendingLoginRecord>, StoreError>,
     },
+    /// A service token was created: its record, and its secret (shown once, then dropped).
+    ServiceTokenCreated {
+        name: String,
+        result: Result<(ServiceTokenRecord, NewSecret), StoreError>,
+    },
+}
+
+/// A service token's secret on its way from the store to the one page that shows it once.
+/// Its `Debug` prints no secret (answers are logged with `{:?}`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewSecret(String);
+
+impl NewSecret {
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewSecret(..)")
+    }
 }
 
 impl Answer {
@@ -806,6 +843,7 @@ impl Answer {
             Answer::TunnelCreated { result, .. } => result.err(),
             Answer::Revoked { result } => result.err(),
             Answer::LoginTaken { result, .. } => result.err(),
+            Answer::ServiceTokenCreated { result, .. } => result.err(),
         }
     }
 
@@ -821,6 +859,7 @@ impl Answer {
             Answer::TunnelCreated { result, .. } => result.as_ref().err(),
             Answer::Revoked { result } => result.as_ref().err(),
             Answer::LoginTaken { result, .. } => result.as_ref().err(),
+            Answer::ServiceTokenCreated { result, .. } => result.as_ref().err(),
         };
         matches!(e, Some(StoreError::Unavailable(_)))
     }
@@ -837,6 +876,7 @@ impl Answer {
             Answer::TunnelCreated { result, .. } => result.is_ok(),
             Answer::Revoked { result } => result.is_ok(),
             Answer::LoginTaken { result, .. } => result.is_ok(),
+            Answer::ServiceTokenCreated { result, .. } => result.is_ok(),
         }
     }
 
@@ -865,6 +905,10 @@ impl Answer {
             },
             Answer::LoginTaken { key, .. } => Answer::LoginTaken {
                 key,
+                result: Err(e),
+            },
+            Answer::ServiceTokenCreated { name, .. } => Answer::ServiceTokenCreated {
+                name,
                 result: Err(e),
             },
         }

@@ -2,8 +2,10 @@
 // playwright-core (never a downloaded browser).
 //
 //   node tests/js/login.mjs URL LOGIN PASSWORD [--expect TEXT] [--select-zone ZONE]
-//                           [--code CODE] [--then URL2 --then-expect TEXT2]
-//                           [--timeout SECONDS] [--screenshot FILE] [--map HOST=IP]...
+//                           [--code CODE] [--then URL2 --then-expect TEXT2]...
+//                           [--click SELECTOR --click-expect TEXT] [--shots PREFIX]
+//                           [--print-cookies] [--timeout SECONDS] [--screenshot FILE]
+//                           [--map HOST=IP]...
 //
 // 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
 // 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
@@ -18,7 +20,12 @@
 // 7. waits until the page's text contains --expect (default "You can close this window");
 // 8. with --then, opens URL2 in the same browser (its provider session still signed in, as a
 //    victim's browser would be) and runs 1-7 again for --then-expect, pressing nothing on a
-//    confirmation page.
+//    confirmation page. --then may be given more than once: each URL in turn.
+// 9. with --click (between 7 and 8): clicks SELECTOR on the first URL's final page (a form's
+//    button), waits for the navigation, then for --click-expect's text.
+// 10. with --shots PREFIX: a full-page screenshot after each of 7, 9 and 8 (PREFIX-1.png, …);
+//    with --print-cookies, stdout ends with one `COOKIE: name=value` line per cookie the
+//    browser holds (for a test that goes on with raw requests in the same session).
 //
 // --map HOST=IP makes Chromium resolve HOST to the loopback address IP (its
 // --host-resolver-rules): an edge pool's edges listen on 127.0.0.1, 127.0.0.2, … with one public
@@ -62,8 +69,12 @@ function parseArgs(argv) {
     timeout: 60,
     screenshot: null,
     code: process.env.POSTERN_LOGIN_CODE || null,
-    then: null,
-    thenExpect: null,
+    then: [],
+    thenExpect: [],
+    click: null,
+    clickExpect: null,
+    shots: null,
+    printCookies: false,
     map: [],
   };
   for (let i = 0; i < argv.length; i += 1) {
@@ -78,8 +89,12 @@ function parseArgs(argv) {
     else if (a === '--timeout') opts.timeout = Number(value());
     else if (a === '--screenshot') opts.screenshot = value();
     else if (a === '--code') opts.code = value();
-    else if (a === '--then') opts.then = value();
-    else if (a === '--then-expect') opts.thenExpect = value();
+    else if (a === '--then') opts.then.push(value());
+    else if (a === '--then-expect') opts.thenExpect.push(value());
+    else if (a === '--click') opts.click = value();
+    else if (a === '--click-expect') opts.clickExpect = value();
+    else if (a === '--shots') opts.shots = value();
+    else if (a === '--print-cookies') opts.printCookies = true;
     else if (a === '--map') {
       const m = /^([a-z0-9.-]+)=(127\.\d+\.\d+\.\d+)$/.exec(value());
       if (!m) usage('--map takes HOST=IP with a 127.x.y.z address');
@@ -90,7 +105,8 @@ function parseArgs(argv) {
   }
   if (positional.length !== 3) usage('expected URL LOGIN PASSWORD');
   if (!Number.isFinite(opts.timeout) || opts.timeout <= 0) usage('--timeout must be a positive number of seconds');
-  if ((opts.then === null) !== (opts.thenExpect === null)) usage('--then and --then-expect go together');
+  if (opts.then.length !== opts.thenExpect.length) usage('--then and --then-expect go together');
+  if ((opts.click === null) !== (opts.clickExpect === null)) usage('--click and --click-expect go together');
   const [url, login, password] = positional;
   return { url, login, password, ...opts };
 }
@@ -259,16 +275,38 @@ async function main() {
     // The first URL, then (with --then) the second in the same browser, whose provider
     // session is still signed in: each acts on its pages once and waits for its own text.
     const runs = [{ url: args.url, expect: args.expect, code: args.code }];
-    if (args.then !== null) runs.push({ url: args.then, expect: args.thenExpect, code: null });
-    for (const run of runs) {
+    args.then.forEach((url, i) => runs.push({ url, expect: args.thenExpect[i], code: null }));
+    let shot = 0;
+    const snap = async () => {
+      if (args.shots === null) return;
+      shot += 1;
+      const file = `${args.shots}-${shot}.png`;
+      await page.screenshot({ path: file, fullPage: true, timeout: 10000 });
+      log(`screenshot ${file}`);
+    };
+    for (const [i, run] of runs.entries()) {
       done.clear();
       log(`opening ${run.url}`);
       await page.goto(run.url, { waitUntil: 'domcontentloaded', timeout: remaining() });
       await follow(page, run, done);
+      await snap();
+      if (i === 0 && args.click !== null) {
+        await clickAndNavigate(page, args.click, 'click');
+        await page.waitForFunction(
+          (expect) => document.body && document.body.innerText.includes(expect),
+          args.clickExpect,
+          { timeout: remaining(), polling: 50 },
+        ).catch(() => { throw new StepFailed(`after the click, no ${JSON.stringify(args.clickExpect)}`); });
+        log(`found ${JSON.stringify(args.clickExpect)} after the click`);
+        await snap();
+      }
     }
 
     console.log(`URL: ${page.url()}`);
     console.log(await pageText(page));
+    if (args.printCookies) {
+      for (const c of await context.cookies()) console.log(`COOKIE: ${c.name}=${c.value}`);
+    }
     log('ok');
     return 0;
   } catch (e) {

@@ -326,7 +326,9 @@ pub fn browser_login_then(
     run_login_js(url, login, DEFAULT_EXPECT, &extra, dir)
 }
 
-fn run_login_js(
+/// Runs login.mjs at `url` as `login`, waiting for `expect`, with more of its options in
+/// `extra` (see its header: `--then`, `--click`, `--shots`, `--print-cookies`).
+pub fn run_login_js(
     url: &str,
     login: &str,
     expect: &str,
@@ -336,9 +338,11 @@ fn run_login_js(
     require_node_parts();
     static RUN: AtomicU64 = AtomicU64::new(0);
     let n = RUN.fetch_add(1, Ordering::Relaxed);
-    // Chromium's profile, crash dumps and caches stay inside the test directory.
-    let home = dir.join(format!("browser-{n}"));
-    let tmp = home.join("tmp");
+    // Chromium's profile, crash dumps and caches stay inside the test directory. Short names:
+    // Chromium puts its singleton socket under TMPDIR, and a Unix socket path longer than 107
+    // bytes makes it abort at launch (SIGTRAP), which a long test name used to reach.
+    let home = dir.join(format!("b{n}"));
+    let tmp = home.join("t");
     fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("mkdir {}: {e}", tmp.display()));
     let screenshot = dir.join(format!("login-{n}.png"));
 

@@ -43,6 +43,16 @@ impl Sso {
 
     /// [`Sso::start`] with provider options and the edge config's `"limits"`.
     pub fn start_with(name: &str, options: &ProviderOptions, limits: serde_json::Value) -> Sso {
+        Sso::start_extra(name, options, limits, serde_json::json!({}))
+    }
+
+    /// [`Sso::start_with`] with more top-level config fields (`extra`'s, e.g. `"admins"`).
+    pub fn start_extra(
+        name: &str,
+        options: &ProviderOptions,
+        limits: serde_json::Value,
+        extra: serde_json::Value,
+    ) -> Sso {
         let dir = temp_dir(name);
         let port = free_port();
         let public = format!("https://login.localhost:{port}");
@@ -85,6 +95,12 @@ impl Sso {
             ],
             "tunnel_admins": [ { "decision": "allow", "include": [ { "email": "alice@example.com" } ] } ]
         });
+        let mut config = config;
+        if let (Some(cfg), Some(extra)) = (config.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                cfg.insert(k.clone(), v.clone());
+            }
+        }
         let cfg = dir.join("edge.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
         let mut cmd = postern(&dir.join("home"));

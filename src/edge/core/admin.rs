@@ -425,7 +425,7 @@ impl EdgeCore {
     }
 
     /// A tunnel as the API shows it, with its routes and live connections.
-    fn describe(&self, id: &str, r: &TunnelRecord) -> Value {
+    pub(super) fn describe(&self, id: &str, r: &TunnelRecord) -> Value {
         let conns: Vec<Value> = self
             .named
             .get(id)
@@ -702,7 +702,7 @@ impl EdgeCore {
     }
 }
 
-fn connection(t: &Tunnel) -> Value {
+pub(super) fn connection(t: &Tunnel) -> Value {
     json!({
         "connector": t.connector,
         "ha_index": t.ha_index,

@@ -56,7 +56,7 @@ use crate::limits::BINDER_COOKIE_SECS;
 
 pub(super) mod pool;
 
-fn random_token() -> String {
+pub(super) fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
 }
 
@@ -135,7 +135,7 @@ pub(crate) struct Worker {
 }
 
 /// A finished page for the browser (or JSON for the CLI).
-fn respond(
+pub(super) fn respond(
     c: &mut Carrier,
     status: u16,
     reason: &str,
@@ -234,7 +234,7 @@ pub(super) fn host_page(c: &mut Carrier, host: &str, served: bool) {
     page(c, 200, &format!("{host}: an SSH host"), &body);
 }
 
-fn redirect(c: &mut Carrier, location: &str, extra: &[(&str, &str)]) {
+pub(super) fn redirect(c: &mut Carrier, location: &str, extra: &[(&str, &str)]) {
     let mut headers = vec![("Location", location)];
     headers.extend_from_slice(extra);
     respond(c, 302, "Found", "text/plain", b"", &headers);
@@ -268,7 +268,7 @@ fn binder_cookie_name(state: &str) -> String {
 }
 
 /// The `name` cookie's value from the request's `Cookie` headers.
-fn cookie<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
+pub(super) fn cookie<'a>(head: &'a RequestHead, name: &str) -> Option<&'a str> {
     head.headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
@@ -318,14 +318,14 @@ impl EdgeCore {
 
     /// The origin browsers send from the login pages: `https://host`, with the port only
     /// when it is not 443.
-    fn public_origin(&self) -> String {
+    pub(super) fn public_origin(&self) -> String {
         let authority = self.public_authority();
         let authority = authority.strip_suffix(":443").unwrap_or(authority);
         format!("https://{authority}")
     }
 
     /// The host name of [`EdgeCore::public_url`], where the browser's part of a login happens.
-    fn public_host(&self) -> String {
+    pub(super) fn public_host(&self) -> String {
         crate::proto::carrier::strip_port(self.public_authority()).to_ascii_lowercase()
     }
 
@@ -336,6 +336,7 @@ impl EdgeCore {
             ("POST", "/cdn-cgi/access/transfer")
                 | ("GET", "/cdn-cgi/access/cli")
                 | (_, "/cdn-cgi/access/dev-login")
+                | ("GET", super::console::SIGN_IN)
         )
     }
 
@@ -431,6 +432,9 @@ impl EdgeCore {
                     "<p>Use the form on the confirmation page.</p>"
                 },
             ),
+            (_, p) if super::console::is_console_path(p) => {
+                self.on_console(conn, c, head, host, path, &query, body)
+            }
             _ => return false,
         }
         true
@@ -696,7 +700,7 @@ impl EdgeCore {
         }
     }
 
-    fn callback_url(&self) -> String {
+    pub(super) fn callback_url(&self) -> String {
         format!("{}/cdn-cgi/access/callback", self.public_url())
     }
 
@@ -708,6 +712,9 @@ impl EdgeCore {
         query: &[(String, String)],
     ) {
         let state = param(query, "state").unwrap_or("").to_owned();
+        if self.console.signing_in(&state) {
+            return self.console_callback(conn, c, head, &state, query);
+        }
         if !self.logins.map.contains_key(&state) {
             return expired(c);
         }
@@ -803,6 +810,9 @@ impl EdgeCore {
     /// A worker finished a code exchange: answer the browser parked for it, if that very
     /// connection is still there and waiting (the slot may hold another connection by now).
     pub(super) fn on_worker_done(&mut self, done: Done) {
+        if self.console.signing_in(&done.state) {
+            return self.console_signed_in(done);
+        }
         let Some(mut c) = self.take_waiting_carrier(done.conn) else {
             // The browser left (or timed out) first: end the login, it cannot be confirmed.
             info!("a sign-in finished after its browser connection had gone: the login ends");
@@ -1459,5 +1469,11 @@ mod tests {
             "/cdn-cgi/access/dev-login"
         ));
         assert!(!EdgeCore::is_login_entry("POST", "/cdn-cgi/access/confirm"));
+        // A console sign-in start is a login entry too (its pages are not).
+        assert!(EdgeCore::is_login_entry(
+            "GET",
+            "/cdn-cgi/access/admin/sign-in"
+        ));
+        assert!(!EdgeCore::is_login_entry("GET", "/cdn-cgi/access/admin"));
     }
 }

@@ -25,6 +25,7 @@
 
 pub mod admin;
 mod carrier;
+mod console;
 pub(super) mod login;
 mod sessions;
 mod sshcert;
@@ -83,6 +84,11 @@ enum Waiter {
     Login {
         conn: Option<ConnId>,
         step: Box<login::pool::Step>,
+    },
+    /// An admin console action (`console::Step`): a parked browser.
+    Console {
+        conn: ConnId,
+        step: Box<console::Step>,
     },
 }
 
@@ -294,6 +300,8 @@ pub(crate) struct EdgeCore {
     keys: KeyRing,
     transfers: Slots,
     logins: login::Logins,
+    /// The admin console's sign-ins, sessions and chart (`console.rs`).
+    console: console::Console,
     oidc: Option<Arc<Provider>>,
     worker: Option<login::Worker>,
     /// Base URL of the login pages; known once the listener is bound.
@@ -445,6 +453,7 @@ impl EdgeCore {
             keys,
             transfers: Slots::new(SlotLimits::of(&settings.limits)),
             logins: login::Logins::default(),
+            console: console::Console::default(),
             oidc,
             worker: None,
             public_url: settings
@@ -521,6 +530,7 @@ impl EdgeCore {
                 }
                 self.settings.applications = new.applications;
                 self.settings.tunnel_admins = new.tunnel_admins;
+                self.settings.admins = new.admins;
                 self.settings.limits = new.limits;
                 self.transfers
                     .set_limits(SlotLimits::of(&self.settings.limits));
@@ -977,6 +987,7 @@ impl EdgeCore {
             self.release(slot);
         }
         self.count_connections();
+        self.console_tick();
         self.record_repeated_denials(Some(now));
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);

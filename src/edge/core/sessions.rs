@@ -235,6 +235,7 @@ impl EdgeCore {
     /// The carrier ended: its session's end line (if it had a session).
     pub(super) fn session_ended(&mut self, c: &mut Carrier, why: &str) {
         if let Some(s) = c.session.take() {
+            self.console.chart.ended(s.up.saturating_add(s.down));
             let reason = s.ended_by.as_deref().unwrap_or(why);
             self.audit
                 .record("session_end", s.end_fields(self.now, reason));

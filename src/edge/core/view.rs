@@ -59,6 +59,17 @@ pub(super) enum Verified {
 }
 
 impl TokenView {
+    /// Every service token the edge knows, oldest first, each with whether it is revoked.
+    pub(super) fn list(&self) -> Vec<(&ServiceTokenRecord, bool)> {
+        let mut all: Vec<_> = self
+            .tokens
+            .values()
+            .map(|t| (t, self.revoked.contains(&t.client_id)))
+            .collect();
+        all.sort_by(|a, b| (a.0.created, &a.0.name).cmp(&(b.0.created, &b.0.name)));
+        all
+    }
+
     /// "Revoked" and "expired" only to the holder of the secret: a client id alone (it is not
     /// secret: it sits in configs and logs) learns nothing about the token's state. `unix`:
     /// now, for expiry and a rotated-out secret's overlap.
@@ -410,6 +421,7 @@ impl EdgeCore {
                 Some(Waiter::Register { conn }) => self.claim_answered(conn, ticket, answer),
                 Some(Waiter::Admin { conn, step }) => self.admin_answered(conn, *step, answer),
                 Some(Waiter::Login { conn, step }) => self.login_answered(conn, *step, answer),
+                Some(Waiter::Console { conn, step }) => self.console_answered(conn, *step, answer),
                 None => {}
             }
         }
@@ -567,6 +579,11 @@ impl EdgeCore {
             }
             Answer::TunnelDeleted { id, result: Ok(()) } => {
                 self.tunnels.tunnels.remove(id);
+            }
+            Answer::ServiceTokenCreated {
+                result: Ok((t, _)), ..
+            } => {
+                self.tokens.tokens.insert(t.client_id.clone(), t.clone());
             }
             _ => {}
         }
