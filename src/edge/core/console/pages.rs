@@ -526,12 +526,7 @@ mod tests {
         for raw in ["<img", "<i>", "\"><b>", "tok\"en"] {
             assert!(!page.contains(raw), "{raw} unescaped: {page}");
         }
-        let record = ServiceTokenRecord {
-            name: "<script>".into(),
-            client_id: "\"onclick=x".into(),
-            secret_sha256: String::new(),
-            created: 0,
-        };
+        let record = ServiceTokenRecord::new("<script>", "\"onclick=x", "s", 0, None);
         let page = tokens(&[(&record, false)], "t", None);
         assert!(
             !page.contains("<script>") && !page.contains("\"onclick"),
