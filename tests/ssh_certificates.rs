@@ -953,3 +953,152 @@ fn a_rotated_ca_signs_with_the_new_key_and_keeps_the_old_one_listed() {
         );
     }
 }
+
+/// The issue's headline, end to end: alice signs in with Chromium at the real provider, and her
+/// certificate (principal: this machine's user, mapped from her email by the application's
+/// `ssh_certificates`) gets her into an sshd that trusts only the edge's CA, through the
+/// tunnel, with ssh, scp and git, from the printed `--short-lived-cert` block with no service
+/// token anywhere.
+#[test]
+fn a_user_signed_in_with_chromium_gets_into_a_ca_only_sshd_with_ssh_scp_and_git() {
+    require("git");
+    require("scp");
+    let user = current_user();
+    let staff = serde_json::json!([{ "decision": "allow", "include": [ { "email_domain": "example.com" } ] }]);
+    let sso = Sso::start_extra(
+        "ssh-cert-browser",
+        &Default::default(),
+        serde_json::json!({}),
+        serde_json::json!({ "applications": [
+            // The harness's own tunnels serve these two.
+            { "hostname": "ssh.localhost", "policies": staff },
+            { "hostname": "short.localhost", "policies": staff },
+            { "hostname": "ca.localhost", "policies": staff, "ssh_certificates": {
+                "principals": [ { "include": [ { "email": "alice@example.com" } ], "principals": [user] } ]
+            } }
+        ] }),
+    );
+    // The server trusts the CA the edge publishes, and nothing else.
+    let ca = raw_request(
+        &sso.edge_addr,
+        &sso.ca(),
+        "ca.localhost",
+        "GET",
+        "/cdn-cgi/access/ssh-ca",
+        &[],
+        None,
+    );
+    assert!(status_of(&ca).contains("200"), "{ca}");
+    let trusted = sso.dir.join("trusted-ca.pub");
+    std::fs::write(&trusted, body_of(&ca)).unwrap();
+    // Its own directory: the harness's sshd has one in the test directory already.
+    let server = sso.dir.join("ca-server");
+    std::fs::create_dir_all(&server).unwrap();
+    let sshd = Sshd::start_with_auth(
+        &server,
+        &format!(
+            "TrustedUserCAKeys {}\nAuthorizedKeysFile none",
+            trusted.display()
+        ),
+    );
+    let edge = support::EdgeRef {
+        addr: sso.edge_addr.parse().unwrap(),
+        ca: sso.ca(),
+    };
+    let _tunnel = Tunnel::start_with(
+        sso.dir.path(),
+        "tunnel-ca",
+        "ca.localhost",
+        &sshd.url(),
+        &sso.dir.join("cert.pem"),
+        &edge,
+    );
+
+    let (ok, stderr) = sso.login("alice", "ca.localhost", DEFAULT_EXPECT);
+    assert!(ok, "alice's login failed: {stderr}");
+    let home = sso.home("alice");
+    let mut cmd = postern(&home);
+    cmd.args(["access", "ssh-config", "--hostname", "ca.localhost"])
+        .args(["--short-lived-cert", "--edge", &sso.edge_addr, "--ca"])
+        .arg(sso.ca());
+    let block = run_ok(&mut cmd, "access ssh-config --short-lived-cert")
+        .replace("~/.postern", &home.join(".postern").display().to_string());
+    let config = sso.dir.join("ssh_config");
+    std::fs::write(
+        &config,
+        format!(
+            "{block}  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n  IdentitiesOnly yes\n  \
+             IdentityAgent none\n  LogLevel ERROR\n",
+            sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    let dest = format!("{}@ca.localhost", sshd.user);
+    let run = |cmd: &mut Command, what: &str| -> String {
+        cmd.env("HOME", &home)
+            .env("BROWSER", "false")
+            .env_remove("POSTERN_SERVICE_TOKEN_ID")
+            .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
+            .stdin(Stdio::null());
+        let out = run_with_deadline(cmd, SSH_DEADLINE, what);
+        assert!(
+            out.status.success(),
+            "{what}: {}\nsshd:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            support::tail(&sshd.stderr_text(), 2000)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let out = run(
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .arg(&dest)
+            .arg("echo alice-in"),
+        "ssh",
+    );
+    assert_eq!(out.trim(), "alice-in");
+    let listed = keygen_list(&home.join(".postern/ca.localhost-key-cert.pub"));
+    let principals: Vec<&str> = listed
+        .split("Principals:")
+        .nth(1)
+        .and_then(|rest| rest.split("Critical Options:").next())
+        .map(|p| p.split_whitespace().collect())
+        .unwrap_or_default();
+    // The mapped user, and the email's local part (on by default).
+    assert!(
+        principals.contains(&user.as_str()) && principals.contains(&"alice"),
+        "the principals: {listed}"
+    );
+
+    let local = sso.dir.join("alice.txt");
+    std::fs::write(&local, "from alice\n").unwrap();
+    let remote = sso.dir.join("alice-copied.txt");
+    run(
+        Command::new("scp")
+            .arg("-F")
+            .arg(&config)
+            .arg(&local)
+            .arg(format!("{dest}:{}", remote.display())),
+        "scp",
+    );
+    assert_eq!(std::fs::read_to_string(&remote).unwrap(), "from alice\n");
+
+    let bare = sso.dir.join("alice.git");
+    run_ok(
+        Command::new("git")
+            .args(["init", "-q", "--bare"])
+            .arg(&bare),
+        "git init --bare",
+    );
+    let url = format!("{dest}:{}", bare.display());
+    let listed = run(
+        Command::new("git").args(["ls-remote", &url]).env(
+            "GIT_SSH_COMMAND",
+            format!("ssh -F {}", shell_quote(&config.display().to_string())),
+        ),
+        "git ls-remote",
+    );
+    assert!(listed.is_empty(), "an empty repository: {listed}");
+}
