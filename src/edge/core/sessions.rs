@@ -173,10 +173,11 @@ impl EdgeCore {
             return false;
         };
         session.ended_by = Some(reason.to_owned());
+        // The email is the provider's text: escaped before it reaches the log.
         info!(
             "session {} of {} to {} from {} ended: {reason}",
             session.id,
-            session.who(),
+            crate::logging::untrusted(&session.who()),
             session.hostname,
             c.peer
         );
