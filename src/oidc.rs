@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::proto::base64;
 use crate::proto::jwt::{self, Alg, Jwks};
-use crate::proto::policy::Identity;
+use crate::proto::policy::{Authentication, Identity};
 use crate::secret::Secret;
 
 /// The `identity` section of the edge's config for an OpenID Connect provider.
@@ -134,6 +134,11 @@ fn agent(extra_ca: Option<&std::path::Path>) -> Result<ureq::Agent, OidcError> {
         .timeout_global(Some(Duration::from_secs(15)))
         .http_status_as_error(false)
         .max_redirects(0)
+        // A pooled connection is reused only right away (the token call's userinfo call).
+        // Servers close idle keep-alive connections (Node's after 5 s), and a code exchange
+        // sent on one that the provider just closed fails with a reset: the POST is not
+        // retried (the code may be spent), so the person's login would fail.
+        .max_idle_age(Duration::from_secs(1))
         .build()
         .new_agent())
 }
@@ -167,13 +172,14 @@ impl Provider {
         })
     }
 
-    /// Where to send the browser.
+    /// Where to send the browser; `extra` adds parameters such as `max_age` and `acr_values`.
     pub fn authorize_url(
         &self,
         redirect_uri: &str,
         state: &str,
         nonce: &str,
         challenge: &str,
+        extra: &[(&str, &str)],
     ) -> String {
         let mut scope = String::from("openid");
         for s in &self.settings.scopes {
@@ -182,19 +188,18 @@ impl Provider {
                 scope.push_str(s);
             }
         }
-        crate::proto::url::with_query(
-            &self.discovery.authorization_endpoint,
-            &[
-                ("response_type", "code"),
-                ("client_id", &self.settings.client_id),
-                ("redirect_uri", redirect_uri),
-                ("scope", &scope),
-                ("state", state),
-                ("nonce", nonce),
-                ("code_challenge", challenge),
-                ("code_challenge_method", "S256"),
-            ],
-        )
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", &self.settings.client_id),
+            ("redirect_uri", redirect_uri),
+            ("scope", &scope),
+            ("state", state),
+            ("nonce", nonce),
+            ("code_challenge", challenge),
+            ("code_challenge_method", "S256"),
+        ];
+        params.extend_from_slice(extra);
+        crate::proto::url::with_query(&self.discovery.authorization_endpoint, &params)
     }
 
     /// Exchanges the code, verifies the ID token, and returns who signed in (blocking).
@@ -322,6 +327,21 @@ impl Provider {
     }
 }
 
+/// Clock skew allowed between the edge and the provider when `auth_time` is checked.
+pub const AUTH_TIME_LEEWAY_SECS: u64 = 30;
+
+/// Whether a sign-in at `auth_time` is recent enough for an application's `max_age` at `now`
+/// (all Unix seconds). A provider that states no `auth_time` has not shown that it asked
+/// again: not fresh.
+pub fn fresh_enough(auth_time: Option<u64>, max_age: u64, now: u64) -> bool {
+    auth_time.is_some_and(|t| {
+        t <= now.saturating_add(AUTH_TIME_LEEWAY_SECS)
+            && now
+                <= t.saturating_add(max_age)
+                    .saturating_add(AUTH_TIME_LEEWAY_SECS)
+    })
+}
+
 /// What a claims object says of its email: `Some(false)` for `"email_verified": false` (or the
 /// string `"false"`, as some providers send it), `Some(true)` for true, `None` when the claim
 /// is absent or anything else.
@@ -358,6 +378,29 @@ fn identity_from(settings: &OidcSettings, claims: &Value) -> Identity {
         email,
         groups,
         service_token: None,
+        authn: authentication(claims),
+    }
+}
+
+/// `amr`, `acr` and `auth_time` as the ID token states them; ill-typed values are left out
+/// (a policy that requires them then refuses, as if they were absent).
+fn authentication(claims: &Value) -> Authentication {
+    let amr = match claims.get("amr") {
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .take(16)
+            .map(|m| m.chars().take(64).collect())
+            .collect(),
+        _ => Vec::new(),
+    };
+    Authentication {
+        amr,
+        acr: claims
+            .get("acr")
+            .and_then(Value::as_str)
+            .map(|a| a.chars().take(256).collect()),
+        auth_time: claims.get("auth_time").and_then(Value::as_u64),
     }
 }
 
@@ -391,7 +434,11 @@ fn signed_in(
             if email_verified(&info) == Some(false) {
                 return Err(unverified());
             }
-            id = identity_from(settings, &info);
+            // How the person signed in is the ID token's word only.
+            id = Identity {
+                authn: id.authn,
+                ..identity_from(settings, &info)
+            };
         }
     }
     if id.email.is_none() {
@@ -509,6 +556,53 @@ mod tests {
         );
         let other = serde_json::json!({ "sub": "2", "email": "m@example.com" });
         assert!(signed_in(&s, &bare, || Ok(Some(other.clone()))).is_err());
+    }
+
+    #[test]
+    fn max_age_wants_a_stated_recent_auth_time() {
+        let now = 1_700_000_000;
+        assert!(fresh_enough(Some(now - 10), 60, now));
+        assert!(fresh_enough(
+            Some(now - 60 - AUTH_TIME_LEEWAY_SECS),
+            60,
+            now
+        ));
+        assert!(!fresh_enough(
+            Some(now - 61 - AUTH_TIME_LEEWAY_SECS),
+            60,
+            now
+        ));
+        assert!(!fresh_enough(None, 3600, now), "no auth_time is not fresh");
+        assert!(
+            !fresh_enough(Some(now + 3600), 60, now),
+            "a sign-in in the future"
+        );
+        assert!(
+            fresh_enough(Some(now), 0, now),
+            "max_age 0: this very sign-in"
+        );
+        assert!(!fresh_enough(Some(u64::MAX), u64::MAX, now));
+    }
+
+    #[test]
+    fn how_the_person_signed_in_is_the_id_tokens_word_only() {
+        let s = settings();
+        let id_token = serde_json::json!({ "sub": "1", "amr": ["pwd", "otp", 7],
+                                           "acr": "silver", "auth_time": 1_700_000_000u64 });
+        let info = serde_json::json!({ "sub": "1", "email": "m@example.com",
+                                       "amr": ["mfa"], "acr": "gold", "auth_time": 1 });
+        let id = signed_in(&s, &id_token, || Ok(Some(info.clone()))).unwrap();
+        assert_eq!(id.email.as_deref(), Some("m@example.com"));
+        assert_eq!(id.authn.amr, ["pwd", "otp"]);
+        assert_eq!(id.authn.acr.as_deref(), Some("silver"));
+        assert_eq!(id.authn.auth_time, Some(1_700_000_000));
+        // A string where a list belongs is no method at all.
+        let odd = serde_json::json!({ "sub": "1", "email": "m@example.com", "amr": "mfa" });
+        assert!(signed_in(&s, &odd, no_userinfo)
+            .unwrap()
+            .authn
+            .amr
+            .is_empty());
     }
 
     #[test]

@@ -228,6 +228,18 @@ pub struct Application {
     /// Short-lived SSH certificates for this application (`edge::sshcerts`).
     #[serde(default)]
     pub ssh_certificates: crate::edge::sshcerts::SshCertificates,
+    /// Step-up: the provider's sign-in may be at most this old when a token for this
+    /// application is issued (`"0s"`: every login signs in again). Sent as OIDC `max_age`, and
+    /// the ID token's `auth_time` is checked.
+    #[serde(default, deserialize_with = "optional_age")]
+    pub max_age: Option<u64>,
+    /// Step-up: `acr_values` to ask the provider for (e.g. a class that means MFA).
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+    /// A session (one connection) to this application ends after this long, whatever it does;
+    /// the client may connect again if its token and the policy still allow.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub max_session_duration: Option<u64>,
 }
 
 fn default_session() -> u64 {
@@ -256,6 +268,29 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     parse_duration(&text).ok_or_else(|| {
         serde::de::Error::custom(format!(
             "session_duration {text:?}: use a number with s, m, h or d, e.g. \"24h\""
+        ))
+    })
+}
+
+fn optional_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "max_session_duration {text:?}: use a number with s, m, h or d, e.g. \"8h\""
+        ))
+    })
+}
+
+/// `max_age` also takes zero: OIDC's "authenticate again now".
+fn optional_age<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    let zero = text.trim_end_matches(['s', 'm', 'h', 'd']);
+    if !zero.is_empty() && zero.bytes().all(|b| b == b'0') && text.len() - zero.len() <= 1 {
+        return Ok(Some(0));
+    }
+    parse_duration(&text).map(Some).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "max_age {text:?}: use a number with s, m, h or d, e.g. \"15m\" (\"0s\": always)"
         ))
     })
 }
@@ -510,6 +545,9 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
                 exclude: vec![],
             }],
             ssh_certificates: Default::default(),
+            max_age: None,
+            acr_values: Vec::new(),
+            max_session_duration: None,
         }],
         public_url: None,
         identity: None,

@@ -174,7 +174,7 @@ mod tests {
         Identity {
             email: Some(email.into()),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            service_token: None,
+            ..Identity::default()
         }
     }
 

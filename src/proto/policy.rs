@@ -4,6 +4,11 @@
 //! rule matches, **every** `require` rule matches, and **no** `exclude` rule matches. The
 //! first matching policy decides (`allow`, `deny`, or `bypass`: allow without credentials);
 //! when none matches, the answer is deny.
+//!
+//! Step-up rules (`amr`, `acr`) look at how the person signed in at the identity provider, as
+//! its ID token said (RFC 8176 method references, the provider's assurance class): a `require`
+//! of `{"amr": "mfa"}` lets in only logins the provider vouches were multi-factor. A service
+//! token never matches them.
 
 use serde::Deserialize;
 
@@ -17,6 +22,20 @@ pub struct Identity {
     pub groups: Vec<String>,
     /// Name of the service token presented.
     pub service_token: Option<String>,
+    /// How the person signed in at the provider (empty for service tokens and dev sign-ins).
+    pub authn: Authentication,
+}
+
+/// What the provider's ID token said about the sign-in itself; carried on in the app token so
+/// that every later decision (each connection, a reload, a zone-session exchange) sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Authentication {
+    /// `amr`: the methods used (`pwd`, `otp`, `mfa`, `hwk`, … RFC 8176), as the provider lists them.
+    pub amr: Vec<String>,
+    /// `acr`: the authentication context class the provider reached.
+    pub acr: Option<String>,
+    /// `auth_time`: when the person last authenticated at the provider (Unix seconds).
+    pub auth_time: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -45,9 +64,20 @@ pub enum Rule {
     ServiceToken(String),
     /// Any service token minted by this edge.
     AnyValidServiceToken(bool),
+    /// A sign-in whose `amr` lists this method, e.g. `"mfa"` (Cloudflare calls the rule
+    /// "authentication method").
+    #[serde(alias = "auth_method")]
+    Amr(String),
+    /// A sign-in whose `acr` is this class.
+    Acr(String),
 }
 
 impl Rule {
+    /// A rule about how the person signed in rather than who they are.
+    pub fn is_step_up(&self) -> bool {
+        matches!(self, Rule::Amr(_) | Rule::Acr(_))
+    }
+
     /// True if the rule matches `id` (`bypass`: in a bypass policy, `everyone` is anyone).
     pub fn matches(&self, id: &Identity, bypass: bool) -> bool {
         let email = id.email.as_deref();
@@ -63,6 +93,10 @@ impl Rule {
             Rule::Group(g) => id.groups.iter().any(|x| x == g),
             Rule::ServiceToken(n) => id.service_token.as_deref() == Some(n.as_str()),
             Rule::AnyValidServiceToken(b) => *b && id.service_token.is_some(),
+            Rule::Amr(m) => id.service_token.is_none() && id.authn.amr.iter().any(|a| a == m),
+            Rule::Acr(c) => {
+                id.service_token.is_none() && id.authn.acr.as_deref() == Some(c.as_str())
+            }
         }
     }
 }
@@ -83,9 +117,16 @@ pub struct Policy {
 
 impl Policy {
     pub fn matches(&self, id: &Identity) -> bool {
+        self.matches_assuming(id, false)
+    }
+
+    /// [`Policy::matches`]; with `step_up`, as if every `amr`/`acr` rule in `include` and
+    /// `require` held (what a stronger sign-in by the same person would get).
+    fn matches_assuming(&self, id: &Identity, step_up: bool) -> bool {
         let bypass = self.decision == Decision::Bypass;
-        self.include.iter().any(|r| r.matches(id, bypass))
-            && self.require.iter().all(|r| r.matches(id, bypass))
+        let holds = |r: &Rule| (step_up && r.is_step_up()) || r.matches(id, bypass);
+        self.include.iter().any(holds)
+            && self.require.iter().all(holds)
             && !self.exclude.iter().any(|r| r.matches(id, bypass))
     }
 }
@@ -100,8 +141,12 @@ pub struct Verdict {
 
 /// First matching policy wins; no match is a deny.
 pub fn evaluate(policies: &[Policy], id: &Identity) -> Verdict {
+    evaluate_assuming(policies, id, false)
+}
+
+fn evaluate_assuming(policies: &[Policy], id: &Identity, step_up: bool) -> Verdict {
     for (i, p) in policies.iter().enumerate() {
-        if p.matches(id) {
+        if p.matches_assuming(id, step_up) {
             return Verdict {
                 allow: p.decision != Decision::Deny,
                 policy: p.name.clone().unwrap_or_else(|| format!("#{}", i + 1)),
@@ -112,6 +157,14 @@ pub fn evaluate(policies: &[Policy], id: &Identity) -> Verdict {
         allow: false,
         policy: "default deny".into(),
     }
+}
+
+/// Whether a person `evaluate` refuses would be let in by a stronger sign-in (the `amr`/`acr`
+/// rules met): then the refusal can say "sign in with MFA" rather than "not allowed".
+pub fn needs_step_up(policies: &[Policy], id: &Identity) -> bool {
+    id.service_token.is_none()
+        && !evaluate(policies, id).allow
+        && evaluate_assuming(policies, id, true).allow
 }
 
 /// True when some policy lets a request in without any credential.
@@ -127,7 +180,7 @@ mod tests {
         Identity {
             email: Some(email.into()),
             groups: groups.iter().map(|s| s.to_string()).collect(),
-            service_token: None,
+            ..Identity::default()
         }
     }
 
@@ -158,7 +211,7 @@ mod tests {
         let unverified = Identity {
             email: None,
             groups: vec!["users".into()],
-            service_token: None,
+            ..Identity::default()
         };
         assert!(!evaluate(&p, &unverified).allow);
         assert!(evaluate(&p, &user("m@example.com", &[])).allow);
@@ -214,6 +267,45 @@ mod tests {
         assert!(!bypasses(&users));
         assert!(evaluate(&users, &user("a@b.c", &[])).allow);
         assert!(!evaluate(&users, &ci).allow);
+    }
+
+    #[test]
+    fn step_up_rules_look_at_how_the_person_signed_in() {
+        let p = policies(
+            r#"[{"name":"prod","decision":"allow","include":[{"group":"ops"}],
+                 "require":[{"amr":"mfa"}]},
+                {"name":"gold","decision":"allow","include":[{"acr":"gold"}]}]"#,
+        );
+        let mut pwd = user("a@example.com", &["ops"]);
+        pwd.authn.amr = vec!["pwd".into()];
+        let mut mfa = pwd.clone();
+        mfa.authn.amr.push("mfa".into());
+        assert!(!evaluate(&p, &pwd).allow);
+        assert!(needs_step_up(&p, &pwd), "a stronger sign-in would do");
+        assert_eq!(evaluate(&p, &mfa).policy, "prod");
+        assert!(!needs_step_up(&p, &mfa));
+        // Someone outside the group is refused whatever the sign-in: no step-up helps.
+        let mut outsider = user("b@example.com", &[]);
+        outsider.authn.amr = vec!["mfa".into()];
+        assert!(!evaluate(&p, &outsider).allow);
+        let mut gold = user("c@example.com", &[]);
+        gold.authn.acr = Some("gold".into());
+        assert_eq!(evaluate(&p, &gold).policy, "gold");
+        // A service token never matches a step-up rule, whatever it claims.
+        let token = Identity {
+            service_token: Some("ci".into()),
+            authn: Authentication {
+                amr: vec!["mfa".into()],
+                acr: Some("gold".into()),
+                auth_time: None,
+            },
+            ..Identity::default()
+        };
+        assert!(!evaluate(&p, &token).allow);
+        assert!(!needs_step_up(&p, &token));
+        // Cloudflare's name for the rule reads the same.
+        let cf = policies(r#"[{"decision":"allow","include":[{"auth_method":"mfa"}]}]"#);
+        assert!(evaluate(&cf, &mfa).allow && !evaluate(&cf, &pwd).allow);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //                           [--code CODE] [--then URL2 --then-expect TEXT2]...
 //                           [--click SELECTOR --click-expect TEXT] [--shots PREFIX]
 //                           [--print-cookies] [--timeout SECONDS] [--screenshot FILE]
-//                           [--map HOST=IP]...
+//                           [--map HOST=IP]... [--profile DIR]
 //
 // 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
 // 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
@@ -31,7 +31,12 @@
 // --host-resolver-rules): an edge pool's edges listen on 127.0.0.1, 127.0.0.2, … with one public
 // URL, and the map sends this browser to one of them, as a load balancer would.
 //
-// Success: exit 0, stdout is `URL: <final url>` then the page text. Failure (timeout, error
+// --profile DIR keeps Chromium's profile in DIR (created if missing, never deleted): a later run
+// with the same DIR is the same person's browser, still signed in at the provider.
+//
+// Success: exit 0, stdout is `URL: <final url>` then the page text, then one line per URL
+// opened, `PROVIDER-LOGIN N: form` when the provider's login form was filled for it or
+// `PROVIDER-LOGIN N: session` when the provider's session let it through. Failure (timeout, error
 // page, missing form): exit 1, stderr has the step that failed, the URL, the page text and the
 // path of a screenshot. Every step is logged to stderr as `login.mjs: ...`.
 //
@@ -76,6 +81,7 @@ function parseArgs(argv) {
     shots: null,
     printCookies: false,
     map: [],
+    profile: null,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
@@ -95,6 +101,7 @@ function parseArgs(argv) {
     else if (a === '--click-expect') opts.clickExpect = value();
     else if (a === '--shots') opts.shots = value();
     else if (a === '--print-cookies') opts.printCookies = true;
+    else if (a === '--profile') opts.profile = value();
     else if (a === '--map') {
       const m = /^([a-z0-9.-]+)=(127\.\d+\.\d+\.\d+)$/.exec(value());
       if (!m) usage('--map takes HOST=IP with a 127.x.y.z address');
@@ -244,7 +251,8 @@ async function chooseZone(page) {
 }
 
 async function main() {
-  const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'postern-chromium-'));
+  // --profile: the person's own browser, kept between runs (its provider session too).
+  const profile = args.profile ?? fs.mkdtempSync(path.join(os.tmpdir(), 'postern-chromium-'));
   let browser;
   let context;
   let page;
@@ -276,6 +284,7 @@ async function main() {
     // session is still signed in: each acts on its pages once and waits for its own text.
     const runs = [{ url: args.url, expect: args.expect, code: args.code }];
     args.then.forEach((url, i) => runs.push({ url, expect: args.thenExpect[i], code: null }));
+    const formShown = [];
     let shot = 0;
     const snap = async () => {
       if (args.shots === null) return;
@@ -289,6 +298,7 @@ async function main() {
       log(`opening ${run.url}`);
       await page.goto(run.url, { waitUntil: 'domcontentloaded', timeout: remaining() });
       await follow(page, run, done);
+      formShown.push(done.has('login'));
       await snap();
       if (i === 0 && args.click !== null) {
         await clickAndNavigate(page, args.click, 'click');
@@ -304,6 +314,7 @@ async function main() {
 
     console.log(`URL: ${page.url()}`);
     console.log(await pageText(page));
+    formShown.forEach((shown, i) => console.log(`PROVIDER-LOGIN ${i + 1}: ${shown ? 'form' : 'session'}`));
     if (args.printCookies) {
       for (const c of await context.cookies()) console.log(`COOKIE: ${c.name}=${c.value}`);
     }
@@ -330,7 +341,7 @@ async function main() {
     return 1;
   } finally {
     if (browser) await browser.close().catch(() => {});
-    fs.rmSync(profile, { recursive: true, force: true });
+    if (args.profile === null) fs.rmSync(profile, { recursive: true, force: true });
   }
 }
 

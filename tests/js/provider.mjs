@@ -11,12 +11,18 @@
 // then a consent page with one "Continue" button (SKIP_CONSENT=1 grants the requested scopes
 // without asking, to exercise a browser driver that must cope with either).
 //
-// ACCOUNTS is JSON: [{"id":"alice","email":"alice@example.com","groups":["ops"]}, ...]. A login
+// ACCOUNTS is JSON: [{"id":"alice","email":"alice@example.com","groups":["ops"]}, ...]; an
+// account may list `"amr": ["pwd","mfa"]` and `"acr": "…"`, which its sign-ins then report in
+// the ID token (as if the provider had asked for a second factor). A login
 // name that is not listed is refused: the browser goes back to the redirect_uri with
 // `error=access_denied&error_description=unknown+account&state=...&iss=...` and no code.
 //
 // ID tokens carry email, email_verified and groups when those scopes are requested
 // (`conformIdTokenClaims: false`); the userinfo endpoint serves them too.
+//
+// Sessions: a second authorization request in the same browser reuses the provider's session
+// (no login form) unless it carries `max_age` and the session's sign-in is older, or
+// `prompt=login`; the ID token then carries `auth_time`.
 //
 // Prints `oidc-provider listening on http://127.0.0.1:PORT` on stdout once the socket is bound.
 // Logs one line per request and per notable event to stderr. Exits 0 on SIGTERM or SIGINT.
@@ -105,7 +111,9 @@ const configuration = {
   // Put the scope-granted claims (email, groups) into the ID token itself, not only userinfo.
   conformIdTokenClaims: false,
   claims: {
-    openid: ['sub'],
+    // amr and acr, when the sign-in set them (an account with `amr`/`acr`), as a provider that
+    // reports its authentication methods does.
+    openid: ['sub', 'amr', 'acr'],
     email: ['email', 'email_verified'],
     groups: ['groups'],
     profile: ['name', 'preferred_username'],
@@ -196,9 +204,10 @@ const callback = provider.callback();
 // devInteractions accepts any login name; one that is not in ACCOUNTS would end in a 500 when
 // the provider looks the account up. Answer it the way an identity provider that refuses a user
 // does instead: back to the client's redirect_uri with error=access_denied (and the state), so a
-// test can prove the edge turns that into a refusal. The body read here is handed on as
-// `req.body`, which the library's parser accepts (it logs a one-time notice about it).
-async function refuseUnknownLogin(req, res) {
+// test can prove the edge turns that into a refusal. An account with `amr`/`acr` is signed in
+// here with those (devInteractions knows no methods). Otherwise the body read here is handed
+// on as `req.body`, which the library's parser accepts (it logs a one-time notice about it).
+async function finishLoginHere(req, res) {
   const chunks = [];
   let size = 0;
   for await (const chunk of req) {
@@ -213,7 +222,18 @@ async function refuseUnknownLogin(req, res) {
   const body = Buffer.concat(chunks).toString('utf8');
   req.body = body;
   const form = new URLSearchParams(body);
-  if (form.get('prompt') !== 'login' || accountsById.has(form.get('login') ?? '')) return false;
+  if (form.get('prompt') !== 'login') return false;
+  const account = accountsById.get(form.get('login') ?? '');
+  if (account && (account.amr || account.acr)) {
+    // An account that stands for a stronger sign-in: the login ends with the methods and
+    // class it lists, as a provider's own MFA step would report them.
+    console.error(`provider.mjs: signing ${JSON.stringify(account.id)} in with amr ${JSON.stringify(account.amr ?? [])} acr ${JSON.stringify(account.acr ?? null)}`);
+    await provider.interactionFinished(req, res, {
+      login: { accountId: String(account.id), amr: account.amr, acr: account.acr },
+    }, { mergeWithLastSubmission: false });
+    return true;
+  }
+  if (account) return false;
   console.error(`provider.mjs: refusing unknown login ${JSON.stringify(form.get('login'))} with access_denied`);
   await provider.interactionFinished(req, res, {
     error: 'access_denied',
@@ -234,7 +254,7 @@ const server = http.createServer((req, res) => {
     return;
   }
   if (req.method === 'POST' && /^\/interaction\/[^/]+$/.test(req.url.split('?')[0])) {
-    refuseUnknownLogin(req, res).then((handled) => {
+    finishLoginHere(req, res).then((handled) => {
       if (!handled) callback(req, res);
     }, (e) => {
       console.error(`provider.mjs: interaction submit failed: ${e?.stack ?? e}`);

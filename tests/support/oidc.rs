@@ -112,6 +112,9 @@ pub struct ProviderOptions {
     pub id_token_alg: &'static str,
     /// Milliseconds the token endpoint holds each request (0: none).
     pub token_delay_ms: u64,
+    /// Accounts whose sign-ins report these `amr` methods (as if the provider had asked for
+    /// them); other accounts' ID tokens carry no `amr`.
+    pub amr: &'static [(&'static str, &'static [&'static str])],
 }
 
 impl Default for ProviderOptions {
@@ -121,6 +124,7 @@ impl Default for ProviderOptions {
             skip_consent: false,
             id_token_alg: "RS256",
             token_delay_ms: 0,
+            amr: &[],
         }
     }
 }
@@ -167,7 +171,11 @@ impl Provider {
             accounts
                 .iter()
                 .map(|(id, email, groups)| {
-                    serde_json::json!({ "id": id, "email": email, "groups": groups })
+                    let mut a = serde_json::json!({ "id": id, "email": email, "groups": groups });
+                    if let Some((_, amr)) = options.amr.iter().find(|(who, _)| who == id) {
+                        a["amr"] = serde_json::json!(amr);
+                    }
+                    a
                 })
                 .collect(),
         )

@@ -363,7 +363,8 @@ impl EdgeCore {
         let nonce = random_token();
         let binder = random_token();
         let (verifier, challenge) = crate::oidc::pkce();
-        let location = provider.authorize_url(&self.callback_url(), &state, &nonce, &challenge);
+        let location =
+            provider.authorize_url(&self.callback_url(), &state, &nonce, &challenge, &[]);
         let set = format!(
             "{}={binder}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={CONSOLE_SIGNIN_SECS}",
             binder_name(&state)

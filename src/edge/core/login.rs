@@ -621,6 +621,24 @@ impl EdgeCore {
         let nonce = random_token();
         let binder = random_token();
         let (verifier, challenge) = crate::oidc::pkce();
+        // An application's step-up settings go to the provider with the request: `max_age`
+        // makes it ask for the password (and second factor) again when its own session is
+        // older; `acr_values` asks for that assurance class.
+        let app = match &waiting.purpose {
+            Purpose::App(host) => self.settings.application(host),
+            Purpose::Tunnel => None,
+        };
+        let max_age = app.and_then(|a| a.max_age).map(|m| m.to_string());
+        let acr = app
+            .filter(|a| !a.acr_values.is_empty())
+            .map(|a| a.acr_values.join(" "));
+        let mut extra: Vec<(&str, &str)> = Vec::new();
+        if let Some(m) = &max_age {
+            extra.push(("max_age", m));
+        }
+        if let Some(a) = &acr {
+            extra.push(("acr_values", a));
+        }
         self.logins.map.insert(
             state.clone(),
             PendingLogin {
@@ -634,7 +652,7 @@ impl EdgeCore {
         );
         let location = match (&self.settings.identity, &self.oidc) {
             (IdentityProvider::Oidc(_), Some(p)) => {
-                p.authorize_url(&self.callback_url(), &state, &nonce, &challenge)
+                p.authorize_url(&self.callback_url(), &state, &nonce, &challenge, &extra)
             }
             _ => url::with_query(
                 &format!("{}/cdn-cgi/access/dev-login", self.public_url()),
@@ -910,10 +928,14 @@ impl EdgeCore {
                 Some(code),
             ) => {
                 if ct_eq(code.as_bytes(), expected.as_bytes()) {
+                    // The dev sign-in is fresh each time; it knows no methods or classes.
                     let id = Identity {
                         email: Some(email.clone()),
-                        groups: Vec::new(),
-                        service_token: None,
+                        authn: policy::Authentication {
+                            auth_time: Some(self.unix),
+                            ..Default::default()
+                        },
+                        ..Identity::default()
                     };
                     self.signed_in(c, &state, id);
                 } else {
@@ -981,20 +1003,79 @@ impl EdgeCore {
                     .to_owned(),
             ),
         };
+        // Step-up: a refusal a stronger sign-in would turn round says so, and an application
+        // with `max_age` takes only a sign-in the provider says is that recent.
+        let app = match &login.purpose {
+            Purpose::App(host) => self.settings.application(host),
+            Purpose::Tunnel => None,
+        };
+        let step_up =
+            !verdict.allow && app.is_some_and(|a| policy::needs_step_up(&a.policies, &id));
+        let stale = verdict.allow
+            && app
+                .and_then(|a| a.max_age)
+                .is_some_and(|m| !crate::oidc::fresh_enough(id.authn.auth_time, m, self.unix));
+        if stale {
+            let login = self.logins.map.remove(state).expect("bug: checked above");
+            let mut audit = self.login_audit(c, &login, &waiting, &id);
+            audit.insert("decision".into(), "deny".into());
+            audit.insert("reason".into(), "max_age".into());
+            if let Some(t) = id.authn.auth_time {
+                audit.insert("auth_time".into(), t.into());
+            }
+            self.audit.record(Self::audit_event(&login.purpose), audit);
+            info!(
+                "login denied: {}: the provider's sign-in is older than the application's \
+                 max_age (auth_time {:?})",
+                escape(&email, crate::limits::MAX_LOGGED_NAME),
+                id.authn.auth_time
+            );
+            self.refuse_transfer(
+                &login.transfer,
+                "access denied: this application needs a fresh sign-in, and the identity \
+                 provider did not ask for one (its max_age was not honoured)",
+            );
+            return page(
+                c,
+                403,
+                "Fresh sign-in needed",
+                "<p>This application needs a recent sign-in at the identity provider, and the \
+                 provider reported an older one. Run the postern command again; if this page \
+                 comes back, the provider does not honour <code>max_age</code>: tell the \
+                 administrator of this edge.</p>",
+            );
+        }
         if !verdict.allow {
             let login = self.logins.map.remove(state).expect("bug: checked above");
             let mut audit = self.login_audit(c, &login, &waiting, &id);
             audit.insert("policy".into(), verdict.policy.clone().into());
             audit.insert("decision".into(), "deny".into());
-            audit.insert("reason".into(), "policy".into());
+            audit.insert(
+                "reason".into(),
+                if step_up { "step-up" } else { "policy" }.into(),
+            );
             self.audit.record(Self::audit_event(&login.purpose), audit);
             info!(
                 "login denied: {} ({})",
                 escape(&email, crate::limits::MAX_LOGGED_NAME),
                 escape(&verdict.policy, crate::limits::MAX_LOGGED_NAME)
             );
+            let denied = if step_up {
+                "access denied: this application needs a stronger sign-in (such as multi-factor) \
+                 than the identity provider reported"
+                    .to_owned()
+            } else {
+                denied
+            };
             self.refuse_transfer(&login.transfer, &denied);
             let what = match &login.purpose {
+                Purpose::App(host) if step_up => format!(
+                    "signed in without the method or assurance level <b>{}</b> requires \
+                     (such as multi-factor authentication). Sign in at the identity provider \
+                     with it, then run the postern command again. If you did, the provider did \
+                     not report it",
+                    html(host)
+                ),
                 Purpose::App(host) => format!("is not allowed to reach <b>{}</b>", html(host)),
                 Purpose::Tunnel => "may not create origin certificates on this edge".to_owned(),
             };
@@ -1248,7 +1329,7 @@ impl EdgeCore {
             Purpose::App(host) => {
                 let app = self.settings.application(host).expect("bug: allowed above");
                 let issued = self.unix;
-                let claims = serde_json::json!({
+                let mut claims = serde_json::json!({
                     "iss": self.public_url(),
                     "aud": [app.hostname],
                     "sub": email,
@@ -1259,6 +1340,17 @@ impl EdgeCore {
                     "exp": issued + app.session_duration,
                     "jti": random_token(),
                 });
+                // How the person signed in, so every later decision can apply step-up rules.
+                let authn = &identity.authn;
+                if !authn.amr.is_empty() {
+                    claims["amr"] = authn.amr.clone().into();
+                }
+                if let Some(acr) = &authn.acr {
+                    claims["acr"] = acr.clone().into();
+                }
+                if let Some(t) = authn.auth_time {
+                    claims["auth_time"] = t.into();
+                }
                 (
                     self.keys.sign(&claims).into_bytes(),
                     format!(
@@ -1359,6 +1451,12 @@ impl EdgeCore {
         let mut audit = serde_json::Map::new();
         audit.insert("email".into(), id.email.clone().unwrap_or_default().into());
         audit.insert("groups".into(), id.groups.clone().into());
+        if !id.authn.amr.is_empty() {
+            audit.insert("amr".into(), id.authn.amr.clone().into());
+        }
+        if let Some(acr) = &id.authn.acr {
+            audit.insert("acr".into(), acr.clone().into());
+        }
         if let Purpose::App(host) = &login.purpose {
             audit.insert("hostname".into(), host.clone().into());
         }
@@ -1404,6 +1502,11 @@ impl EdgeCore {
             email: claims.email,
             groups: claims.groups,
             service_token: None,
+            authn: policy::Authentication {
+                amr: claims.amr,
+                acr: claims.acr,
+                auth_time: claims.auth_time,
+            },
         })
     }
 }

@@ -924,6 +924,25 @@ impl EdgeCore {
                             continue;
                         }
                     }
+                    let over = c.session.as_ref().is_some_and(|s| {
+                        s.ended_by.is_none()
+                            && self
+                                .settings
+                                .application(&s.hostname)
+                                .and_then(|a| a.max_session_duration)
+                                .is_some_and(|max| {
+                                    now.saturating_duration_since(s.started)
+                                        >= Duration::from_secs(max)
+                                })
+                    });
+                    if over {
+                        self.end_session(
+                            slot,
+                            ws::close::POLICY,
+                            "the session reached its application's max_session_duration",
+                        );
+                        continue;
+                    }
                     c.core.deadline().is_some_and(|d| now >= d)
                 }
                 Some(Conn::Tunnel(t)) if t.deadline.is_some_and(|d| now >= d) => true,

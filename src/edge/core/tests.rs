@@ -174,6 +174,9 @@ impl Pipe {
                     exclude: vec![],
                 }],
                 ssh_certificates: Default::default(),
+                max_age: None,
+                acr_values: Vec::new(),
+                max_session_duration: None,
             },
         );
         tweak(&mut settings);
