@@ -886,7 +886,7 @@ impl EdgeCore {
     }
 
     fn console_tokens(&self, admin: &Admin, notice: Option<&str>) -> String {
-        pages::tokens(&self.tokens.list(), &admin.csrf, notice)
+        pages::tokens(&self.tokens.list(), &admin.csrf, notice, self.unix)
     }
 }
 

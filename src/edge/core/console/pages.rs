@@ -285,6 +285,7 @@ pub(super) fn tokens(
     list: &[(&ServiceTokenRecord, bool)],
     csrf: &str,
     notice: Option<&str>,
+    now: u64,
 ) -> String {
     let csrf = html(csrf);
     let mut out = notice.unwrap_or_default().to_owned();
@@ -303,10 +304,12 @@ pub(super) fn tokens(
                 )
             };
             format!(
-                "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{}</td><td>{action}</td></tr>",
+                "<tr><td><b>{}</b></td><td><code>{}</code></td><td>{}</td><td>{}</td>\
+                 <td>{action}</td></tr>",
                 html(&t.name),
                 html(&t.client_id),
                 html(&time(t.created)),
+                validity(t, *revoked, now),
             )
         })
         .collect();
@@ -314,8 +317,8 @@ pub(super) fn tokens(
         out.push_str("<p class=\"muted\">No service token.</p>");
     } else {
         out.push_str(&format!(
-            "<table><tr><th>name</th><th>client id</th><th>created</th><th></th></tr>{rows}\
-             </table>"
+            "<table><tr><th>name</th><th>client id</th><th>created</th><th>valid</th><th></th>\
+             </tr>{rows}</table>"
         ));
     }
     out.push_str(&format!(
@@ -325,6 +328,31 @@ pub(super) fn tokens(
          </form><p class=\"muted\">The secret is shown once, on the next page; the edge keeps \
          only its hash.</p>"
     ));
+    out
+}
+
+/// A token's expiry and rotation overlap, flagged when the expiry is less than
+/// [`crate::limits::SERVICE_TOKEN_EXPIRY_WARNING_SECS`] away (as the log warns).
+fn validity(t: &ServiceTokenRecord, revoked: bool, now: u64) -> String {
+    if revoked {
+        return String::new();
+    }
+    let mut out = match t.expires {
+        None => "<span class=\"muted\">no expiry</span>".to_owned(),
+        Some(at) if at <= now => format!("<b class=\"kill\">expired</b> {}", html(&time(at))),
+        Some(at) if at - now < crate::limits::SERVICE_TOKEN_EXPIRY_WARNING_SECS => format!(
+            "<span class=\"notice\">expires in {} h</span> {}",
+            (at - now).div_ceil(3600),
+            html(&time(at))
+        ),
+        Some(at) => format!("until {}", html(&time(at))),
+    };
+    if let Some(prev) = t.previous.as_ref().filter(|p| p.until > now) {
+        out.push_str(&format!(
+            "<br><span class=\"muted\">rotated: the old secret works until {}</span>",
+            html(&time(prev.until))
+        ));
+    }
     out
 }
 
@@ -527,13 +555,37 @@ mod tests {
             assert!(!page.contains(raw), "{raw} unescaped: {page}");
         }
         let record = ServiceTokenRecord::new("<script>", "\"onclick=x", "s", 0, None);
-        let page = tokens(&[(&record, false)], "t", None);
+        let page = tokens(&[(&record, false)], "t", None, 0);
         assert!(
             !page.contains("<script>") && !page.contains("\"onclick"),
             "{page}"
         );
         let shown = token_created("<n>", "<id>", "<secret>");
         assert!(!shown.contains("<secret>") && shown.contains("&lt;secret&gt;"));
+    }
+
+    #[test]
+    fn tokens_near_their_expiry_are_flagged_and_rotations_shown() {
+        let now = 1_800_000_000;
+        let day = 86_400;
+        let soon = ServiceTokenRecord::new("soon", "a", "s", 0, Some(now + 2 * day));
+        let later = ServiceTokenRecord::new("later", "b", "s", 0, Some(now + 60 * day));
+        let gone = ServiceTokenRecord::new("gone", "c", "s", 0, Some(now - 1));
+        let mut rotated = ServiceTokenRecord::new("rotated", "d", "s", 0, None);
+        rotated.previous = Some(crate::store::PreviousSecret {
+            secret_sha256: "x".into(),
+            until: now + 3600,
+        });
+        let row = |r: &ServiceTokenRecord| {
+            let page = tokens(&[(r, false)], "t", None, now);
+            page.split("<tr>").nth(2).unwrap_or_default().to_owned()
+        };
+        assert!(row(&soon).contains("expires in 48 h"), "{}", row(&soon));
+        assert!(!row(&later).contains("expires in"), "{}", row(&later));
+        assert!(row(&later).contains("until "), "{}", row(&later));
+        assert!(row(&gone).contains("expired"), "{}", row(&gone));
+        assert!(row(&rotated).contains("old secret works until"));
+        assert!(row(&rotated).contains("no expiry"));
     }
 
     #[test]
