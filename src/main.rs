@@ -384,6 +384,8 @@ USAGE:
     postern edge --config FILE
     postern edge service-token create NAME [--state DIR|etcd://…]
     postern edge service-token revoke NAME [--state DIR|etcd://…]
+    postern edge service-token rotate NAME [--overlap D] | create NAME --expires D
+    postern edge ssh-ca [--state DIR] [--rotate]   the SSH CA line for sshd's TrustedUserCAKeys
     postern edge origin-cert create --zone ZONE --out FILE [--state DIR | --keys DIR] [--edge HOST:PORT]
     postern edge origin-cert revoke SERIAL|FILE [--state DIR|etcd://…]
     postern edge sessions list [--output json] [--origincert FILE] [--edge HOST:PORT] [--ca FILE]
@@ -1200,15 +1202,15 @@ fn cmd_sshd_setup(args: Vec<OsString>) -> Res {
         ca_file: ca_out.unwrap_or_else(|| PathBuf::from("/etc/ssh/postern_ca.pub")),
         principals_dir,
     };
+    let config = config.unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
     if !write {
         println!("# {} (from {source}):", setup.ca_file.display());
         print!("{}", setup.ca_lines);
-        println!("# at the top of /etc/ssh/sshd_config:");
+        println!("# at the top of {}:", config.display());
         print!("{}", setup.block());
         eprintln!("Run again with --write to install them (sshd_config is backed up first).");
         return Ok(ExitCode::SUCCESS);
     }
-    let config = config.unwrap_or_else(|| PathBuf::from("/etc/ssh/sshd_config"));
     let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"]
         .iter()
         .map(PathBuf::from)
@@ -1856,9 +1858,9 @@ const ACCESS_HELP: &str = "\
 postern access: reach a hostname behind the edge
 
 USAGE:
-    postern access ssh --hostname H [OPTIONS]          (as ssh's ProxyCommand: --hostname %h)
+    postern access ssh --hostname H [--short-lived-cert] [OPTIONS]  (ssh's ProxyCommand: --hostname %h)
     postern access tcp --hostname H --url 127.0.0.1:2222 [OPTIONS]
-    postern access ssh-config [--hostname H] [--short-lived-cert] [OPTIONS]
+    postern access ssh-config [--hostname H] [--short-lived-cert [--agent]] [OPTIONS]
     postern access ssh-gen --hostname H [OPTIONS]      key + short-lived certificate in ~/.postern
     postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
     postern access token --app H                       print the cached token for H
@@ -1883,6 +1885,11 @@ OPTIONS:
                        also -L/--listener (env TUNNEL_SERVICE_URL)
     -T, --tunnel-host  cloudflared's names for --hostname (env TUNNEL_SERVICE_HOSTNAME)
     --destination      cloudflared's bastion mode: not supported yet (a clear error)
+    --short-lived-cert (ssh) first put a short-lived SSH certificate for H (as ssh-gen makes
+                       it) into the ssh-agent at SSH_AUTH_SOCK, where ssh finds it;
+                       (ssh-config) print the block that gets one before each connection:
+                       cloudflared's Match exec block, or with --agent the plain block
+                       whose ProxyCommand uses the agent
     --logfile FILE     append the log to FILE too (created 0600)
     --log-format F     json or human (env POSTERN_LOG_FORMAT)
     --loglevel L       debug, info, warn, error or fatal (default warn; overrides RUST_LOG)
@@ -1945,6 +1952,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         (None, None, None, None, None, None);
     let mut destination: Option<String> = None;
     let mut short_lived_cert = false;
+    let mut agent_block = false;
     let named = |slot: &mut Option<String>, v: String| -> Result<(), CliError> {
         if slot.replace(v).is_some() {
             return Err(usage(format!(
@@ -1968,7 +1976,10 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 secret = Some(string(p.value()?, "--secret")?)
             }
             Long("url") | Long("listener") | Short('L') => url = Some(string(p.value()?, "--url")?),
-            Long("short-lived-cert") if sub == "ssh-config" => short_lived_cert = true,
+            Long("short-lived-cert") if sub == "ssh-config" || sub == "ssh" => {
+                short_lived_cert = true
+            }
+            Long("agent") if sub == "ssh-config" => agent_block = true,
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -1997,7 +2008,17 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         sub
     };
     if sub == "ssh-config" && short_lived_cert {
-        return ssh_config_short_lived(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
+        return ssh_config_short_lived(
+            hostname.as_deref(),
+            edge_addr.as_deref(),
+            ca.as_deref(),
+            agent_block,
+        );
+    }
+    if sub == "ssh-config" && agent_block {
+        return Err(usage(
+            "access ssh-config: --agent goes with --short-lived-cert",
+        ));
     }
     if sub == "ssh-config" {
         return ssh_config(hostname.as_deref(), edge_addr.as_deref(), ca.as_deref());
@@ -2058,7 +2079,12 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         resume_granted: None,
     };
     match sub.as_str() {
-        "ssh" => access::ssh(opts)?,
+        "ssh" => {
+            if short_lived_cert {
+                offer_certificate(&opts)?;
+            }
+            access::ssh(opts)?
+        }
         "tcp" => {
             let url = url
                 .ok_or_else(|| usage("access tcp: --url (the local listen address) is missing"))?;
@@ -2156,12 +2182,40 @@ fn ssh_gen(opts: &AccessOptions) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `access ssh --short-lived-cert`: before relaying, a certificate (kept or fetched as
+/// `ssh-gen` does) goes to the user's ssh-agent, where ssh finds it at authentication.
+fn offer_certificate(opts: &AccessOptions) -> Result<(), CliError> {
+    let socket = env_var("SSH_AUTH_SOCK").ok_or_else(|| {
+        CliError::Failed(
+            "--short-lived-cert offers the certificate through an ssh-agent, and SSH_AUTH_SOCK \
+             is not set: start one (eval \"$(ssh-agent)\"), or use the Match block of \
+             `postern access ssh-config --short-lived-cert` (without --agent)"
+                .into(),
+        )
+    })?;
+    let dir = postern::io::postern_dir("set HOME: the certificate's files go to ~/.postern")
+        .map_err(CliError::Home)?;
+    let cache = match opts.credentials {
+        Credentials::None => Some(access::TokenCache::open_default().map_err(CliError::Home)?),
+        _ => None,
+    };
+    let files = access::sshgen::ssh_gen(opts, cache.as_ref(), &dir)?;
+    access::sshgen::offer_to_agent(&files, Path::new(&socket)).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot offer the short-lived certificate to the ssh-agent: {e}; or use the Match \
+             block of `postern access ssh-config --short-lived-cert` (without --agent)"
+        ))
+    })
+}
+
 /// `ssh-config --short-lived-cert`: cloudflared's block, with a certificate made before each
-/// connection by `access ssh-gen` (Match exec) and offered by ssh from ~/.postern.
+/// connection by `access ssh-gen` (Match exec) and offered by ssh from ~/.postern; with
+/// `--agent`, the plain block whose ProxyCommand puts the certificate in the ssh-agent.
 fn ssh_config_short_lived(
     hostname: Option<&str>,
     edge_addr: Option<&str>,
     ca: Option<&Path>,
+    agent: bool,
 ) -> Res {
     let exe = current_exe();
     let mut flags = String::new();
@@ -2171,11 +2225,20 @@ fn ssh_config_short_lived(
     if let Some(c) = ca {
         flags.push_str(&format!(" --ca {}", c.display()));
     }
+    let host = hostname.unwrap_or("*.example.com");
+    if agent {
+        eprintln!(
+            "Add to your ~/.ssh/config (each connection first puts a short-lived certificate in \
+             your ssh-agent, SSH_AUTH_SOCK; the first one may open a browser to log in):\n"
+        );
+        println!("Host {host}");
+        println!("  ProxyCommand {exe} access ssh --hostname %h --short-lived-cert{flags}");
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "Add to your ~/.ssh/config (each connection first refreshes a short-lived certificate \
          in ~/.postern; the first one may open a browser to log in):\n"
     );
-    let host = hostname.unwrap_or("*.example.com");
     println!("Match host {host} exec \"{exe} access ssh-gen --hostname %h{flags}\"");
     println!("  ProxyCommand {exe} access ssh --hostname %h{flags}");
     println!("  IdentityFile ~/.postern/%h-key");

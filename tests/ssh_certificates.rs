@@ -20,7 +20,7 @@ use support::oidc::DEFAULT_EXPECT;
 use support::sso::{body_of, raw_request, status_of, Sso};
 use support::{
     current_user, origin_cert, postern, require, run_ok, run_with_deadline, service_token,
-    shell_quote, temp_dir, wait_until, Edge, ServiceToken, Sshd, Tunnel, SSH_DEADLINE,
+    shell_quote, temp_dir, wait_until, Child, Edge, ServiceToken, Sshd, Tunnel, SSH_DEADLINE,
 };
 
 fn unix_now() -> u64 {
@@ -784,12 +784,99 @@ fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
         ),
     )
     .unwrap();
+    ssh_scp_sftp_and_git(&s, &config, &[]);
+    assert!(s.home.join(".postern/ssh.localhost-key-cert.pub").exists());
+}
+
+#[test]
+fn the_agent_block_works_for_ssh_scp_sftp_and_git() {
+    let s = Setup::start("ssh-cert-agent");
+    require("ssh-agent");
+    require("ssh-add");
+    let mut cmd = postern(&s.home);
+    cmd.args([
+        "access",
+        "ssh-config",
+        "--hostname",
+        "ssh.localhost",
+        "--short-lived-cert",
+        "--agent",
+        "--edge",
+    ])
+    .arg(s.edge.edge_arg())
+    .arg("--ca")
+    .arg(s.edge.ca());
+    let block = run_ok(&mut cmd, "access ssh-config --short-lived-cert --agent");
+    assert!(
+        block.starts_with("Host ssh.localhost\n  ProxyCommand "),
+        "{block}"
+    );
+    assert!(block.contains(" --short-lived-cert"), "{block}");
+    assert!(
+        !block.contains("Match") && !block.contains("IdentityFile"),
+        "{block}"
+    );
+    // A real agent of the user's own, as a desktop session runs one.
+    let sock = s.dir.join("agent.sock");
+    let mut agent = Command::new("ssh-agent");
+    agent.arg("-D").arg("-a").arg(&sock);
+    let _agent = Child::spawn("ssh-agent", agent, s.dir.path());
+    wait_until(Duration::from_secs(10), "ssh-agent's socket", || {
+        sock.exists()
+    });
+    let sock_text = sock.display().to_string();
+    let config = s.dir.join("ssh_config_agent");
+    std::fs::write(
+        &config,
+        format!(
+            "{block}  UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n",
+            s.sshd.known_hosts.display()
+        ),
+    )
+    .unwrap();
+    ssh_scp_sftp_and_git(&s, &config, &[("SSH_AUTH_SOCK", &sock_text)]);
+    // The agent holds the certificate, to be forgotten when it expires.
+    let listed = run_ok(
+        Command::new("ssh-add")
+            .arg("-l")
+            .env("SSH_AUTH_SOCK", &sock),
+        "ssh-add -l",
+    );
+    assert!(listed.contains("ED25519-CERT"), "{listed}");
+
+    // Without an agent the ProxyCommand says what is missing instead of a bare refusal.
+    let mut ssh = Command::new("ssh");
+    ssh.arg("-F")
+        .arg(&config)
+        .arg(format!("{}@ssh.localhost", s.sshd.user))
+        .arg("true")
+        .env("HOME", &s.home)
+        .env_remove("SSH_AUTH_SOCK")
+        .env("POSTERN_SERVICE_TOKEN_ID", &s.token.id)
+        .env("POSTERN_SERVICE_TOKEN_SECRET", &s.token.secret)
+        .stdin(Stdio::null());
+    let out = run_with_deadline(&mut ssh, SSH_DEADLINE, "ssh without an agent");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SSH_AUTH_SOCK is not set"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// ssh, scp, sftp and a git push and ls-remote to `s`'s sshd with the ssh `config`, as the
+/// service token `ci`, with `extra` in the environment; each must succeed.
+fn ssh_scp_sftp_and_git(s: &Setup, config: &Path, extra: &[(&str, &str)]) {
     let dest = format!("{}@ssh.localhost", s.sshd.user);
     let env = |cmd: &mut Command| {
         cmd.env("HOME", &s.home)
             .env("POSTERN_SERVICE_TOKEN_ID", &s.token.id)
             .env("POSTERN_SERVICE_TOKEN_SECRET", &s.token.secret)
             .stdin(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
     };
     let check = |out: Output, what: &str| {
         assert!(
@@ -802,18 +889,17 @@ fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
     };
 
     let mut ssh = Command::new("ssh");
-    ssh.arg("-F").arg(&config).arg(&dest).arg("echo block-ok");
+    ssh.arg("-F").arg(config).arg(&dest).arg("echo block-ok");
     env(&mut ssh);
     let out = check(run_with_deadline(&mut ssh, SSH_DEADLINE, "ssh"), "ssh");
     assert_eq!(out.trim(), "block-ok");
-    assert!(s.home.join(".postern/ssh.localhost-key-cert.pub").exists());
 
     let local = s.dir.join("to-copy.txt");
     std::fs::write(&local, "copied by scp\n").unwrap();
     let remote = s.dir.join("copied.txt");
     let mut scp = Command::new("scp");
     scp.arg("-F")
-        .arg(&config)
+        .arg(config)
         .arg(&local)
         .arg(format!("{dest}:{}", remote.display()));
     env(&mut scp);
@@ -828,7 +914,7 @@ fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
     )
     .unwrap();
     let mut sftp = Command::new("sftp");
-    sftp.arg("-F").arg(&config).arg("-b").arg(&batch).arg(&dest);
+    sftp.arg("-F").arg(config).arg("-b").arg(&batch).arg(&dest);
     env(&mut sftp);
     check(run_with_deadline(&mut sftp, SSH_DEADLINE, "sftp"), "sftp");
     assert_eq!(

@@ -33,6 +33,7 @@ use rustls::ClientConfig;
 use crate::logging::untrusted;
 use crate::secret::Secret;
 
+pub mod agent;
 mod authorize;
 mod connect;
 pub(crate) mod core;

@@ -164,6 +164,41 @@ pub fn ssh_gen(
     Ok(files)
 }
 
+/// Offers the key and certificate in `files` to the ssh-agent at `socket`, to be forgotten when
+/// the certificate expires (`access ssh --short-lived-cert`).
+pub fn offer_to_agent(files: &SshGenFiles, socket: &Path) -> Result<(), String> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    let line = read(&files.certificate)?;
+    let blob = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|b| crate::proto::base64::decode(b).ok())
+        .ok_or_else(|| format!("{}: not a certificate line", files.certificate.display()))?;
+    let (cert, _) = Certificate::parse(&blob).map_err(|e| e.to_string())?;
+    let seed = sshkey::decode_private_ed25519(&read(&files.key)?).map_err(|e| e.to_string())?;
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|_| "the key file holds no Ed25519 key".to_owned())?;
+    let public: [u8; 32] = ring::signature::KeyPair::public_key(&pair)
+        .as_ref()
+        .try_into()
+        .map_err(|_| "bug: an Ed25519 public key is 32 bytes".to_owned())?;
+    if cert.key != sshkey::ed25519_public(&pair) {
+        return Err("the certificate is for another key".into());
+    }
+    let lifetime = cert
+        .valid_before
+        .saturating_sub(unix_now())
+        .clamp(1, u64::from(u32::MAX));
+    super::agent::add_certificate(
+        socket,
+        &blob,
+        &seed,
+        &public,
+        &format!("postern@{}", files.key.display()),
+        lifetime as u32,
+    )
+}
+
 /// The cached app token for the hostname, after a browser login if there is none.
 fn app_token(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
     if let Some(t) = cache.load(&opts.hostname) {

@@ -91,10 +91,19 @@ impl SshdSetup {
         if !check.status.success() {
             crate::io::files::write_file_atomic(config, original.as_bytes(), mode)
                 .map_err(|e| named(config, e))?;
+            // sshd's own lines, each escaped, one per line as sshd wrote them.
+            let said: Vec<String> = String::from_utf8_lossy(&check.stderr)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(10)
+                .map(|l| crate::logging::escape(l.trim(), 300))
+                .collect();
             return Err(io::Error::other(format!(
-                "sshd -t refused the new {} (put back as it was): {}",
+                "sshd -t refused the new {} (put back as it was; {} stays written, \
+                 and alone changes nothing):\n  {}",
                 config.display(),
-                crate::logging::escape(String::from_utf8_lossy(&check.stderr).trim(), 500)
+                self.ca_file.display(),
+                said.join("\n  ")
             )));
         }
         Ok(backup)
