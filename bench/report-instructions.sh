@@ -67,6 +67,23 @@ echo
 echo "Per encrypted hop (chain ÷ 2): $(gi "$(calc "$total / 2")"), $(calc "$total / (4 * $aes)")× its AES-GCM floor"
 echo "(issue 17's target: ≤ 1.5×, in CPU time; instructions are the noise-free stand-in)."
 echo
+echo "## Where a native transfer's CPU time goes: user vs kernel"
+echo
+echo "256M up and 256M down natively through the same kind of chain, CPU seconds per GiB moved from"
+echo "/proc/PID/stat (utime, stime). callgrind counts only user-mode instructions; the kernel's share"
+echo "(syscalls, loopback TCP copies, wake-ups) is the part the counts above do not see. Seconds move"
+echo "with the machine's load; the split much less."
+echo
+echo "| process | user s/GiB | system s/GiB | system share | syscalls per GiB | context switches per GiB |"
+echo "|---|---:|---:|---:|---:|---:|"
+for p in access edge tunnel; do
+    u="$(med cpu_split "$p" user_s_per_gib)"; k="$(med cpu_split "$p" sys_s_per_gib)"
+    echo "| $p | $u | $k | $(awk -v u="$u" -v k="$k" 'BEGIN {printf "%.0f %%", (u + k > 0) ? 100 * k / (u + k) : 0}') | $(med cpu_split "$p" syscalls_per_gib) | $(med cpu_split "$p" cswitch_per_gib) |"
+done
+echo
+echo "Syscalls and context switches: perf's software events over the same transfer (counts, not"
+echo "time; how many bytes each read finds still depends a little on timing)."
+echo
 echo "## Interactive under load: 1-byte ping-pong beside a bulk stream on the same tunnel connection"
 echo
 echo "$BENCH_PINGS one-byte round trips (loadgen's clock) through \`access tcp\` → edge → a tunnel"
