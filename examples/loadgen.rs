@@ -7,6 +7,9 @@
 //! loadgen upload ADDR BYTES               send BYTES, wait for the sink's count
 //! loadgen download ADDR BYTES [--slow MBPS SECS]   receive BYTES (optionally throttled first)
 //! loadgen pingpong ADDR COUNT             COUNT 1-byte round trips: p50/p99 µs
+//! loadgen pingpong-under ADDR COUNT up|down [MBPS]
+//!                                         the same while a second connection to ADDR moves
+//!                                         bulk data (paced to MBPS, else as fast as it can)
 //! loadgen connect ADDR COUNT              COUNT fresh connections: time to the greeting byte
 //! loadgen idle ADDR[,ADDR..] COUNT        hold COUNT established connections until stdin closes
 //! ```
@@ -50,6 +53,10 @@ fn main() -> ExitCode {
             download(addr, num(n), Some((num(mbps), num(secs))))
         }
         ["pingpong", addr, n] => pingpong(addr, num(n)),
+        ["pingpong-under", addr, n, dir] => pingpong_under(addr, num(n), dir, None),
+        ["pingpong-under", addr, n, dir, mbps] => {
+            pingpong_under(addr, num(n), dir, Some(num(mbps)))
+        }
         ["connect", addr, n] => connect(addr, num(n)),
         ["idle", addrs, n] => idle(addrs, num(n)),
         _ => Err(io::Error::other(
@@ -283,6 +290,106 @@ fn pingpong(addr: &str, n: u64) -> io::Result<()> {
     }
     s.shutdown(Shutdown::Write)?;
     print_latency("pingpong", us);
+    Ok(())
+}
+
+/// `pingpong` on one connection while another connection to the same address moves bulk
+/// data (`up`: to the sink, `down`: from it) for the whole run, paced to `mbps` if given.
+/// Through one `postern access tcp` and a tunnel with one connection, both streams share the
+/// carrier-side edge loop and the one tunnel connection: what the interactive stream waits
+/// for is the bulk stream's frames queued ahead of its own. Prints the pingpong line with the
+/// bulk stream's rate added.
+fn pingpong_under(addr: &str, n: u64, dir: &str, mbps: Option<u64>) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let up = match dir {
+        "up" => true,
+        "down" => false,
+        _ => return Err(io::Error::other("pingpong-under: direction is up or down")),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut bulk = open(addr, if up { b'D' } else { b'S' }, u64::MAX)?;
+    let bulk_ctl = bulk.try_clone()?;
+    let stop_bulk = stop.clone();
+    let moved_so_far = Arc::new(AtomicU64::new(0));
+    let moved_bulk = moved_so_far.clone();
+    let mover = thread::spawn(move || -> (u64, f64) {
+        let mut buf = vec![0u8; CHUNK];
+        let mut total = 0u64;
+        let start = Instant::now();
+        while !stop_bulk.load(Ordering::Relaxed) {
+            // 64 KiB at a time: the byte count below is read at this granularity.
+            let mut want = 64 * 1024;
+            if let Some(mbps) = mbps {
+                let allowed = (start.elapsed().as_secs_f64() * mbps as f64 * 1e6) as u64;
+                if total >= allowed {
+                    thread::sleep(Duration::from_micros(500));
+                    continue;
+                }
+                want = ((allowed - total) as usize).min(16 * 1024);
+            }
+            let r = if up {
+                bulk.write(&buf[..want])
+            } else {
+                bulk.read(&mut buf[..want])
+            };
+            match r {
+                Ok(0) | Err(_) => break,
+                Ok(k) => {
+                    total += k as u64;
+                    moved_bulk.store(total, Ordering::Relaxed);
+                }
+            }
+        }
+        (total, start.elapsed().as_secs_f64())
+    });
+    // Let the bulk stream reach its pace before the first round trip.
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(300) && !mover.is_finished() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut s = open(addr, b'E', 0)?;
+    let mut us = Vec::with_capacity(n as usize);
+    // Bulk bytes moved during each round trip: what passed the shared connection while the
+    // interactive byte went there and back: a measure of the queue ahead of it that, unlike
+    // time, does not grow because the machine is slower or busier (for `down`; for `up` it
+    // also counts what the local socket buffers took).
+    let mut ahead = Vec::with_capacity(n as usize);
+    let mut b = [0u8; 1];
+    for i in 0..n {
+        if mover.is_finished() {
+            return Err(io::Error::other(
+                "the bulk stream ended during the round trips",
+            ));
+        }
+        let t = Instant::now();
+        let before = moved_so_far.load(Ordering::Relaxed);
+        s.write_all(&[i as u8])?;
+        s.read_exact(&mut b)?;
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+        ahead.push((moved_so_far.load(Ordering::Relaxed) - before) as f64 / 1024.0);
+        if b[0] != i as u8 {
+            return Err(io::Error::other("echo returned a different byte"));
+        }
+    }
+    s.shutdown(Shutdown::Write)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = bulk_ctl.shutdown(Shutdown::Both);
+    let (moved, secs) = mover
+        .join()
+        .map_err(|_| io::Error::other("bulk thread panicked"))?;
+    us.sort_by(f64::total_cmp);
+    ahead.sort_by(f64::total_cmp);
+    println!(
+        "{{\"mode\":\"pingpong-under\",\"dir\":\"{dir}\",\"count\":{},\"p50_us\":{:.1},\"p99_us\":{:.1},\"max_us\":{:.1},\"bulk_mbps\":{:.1},\"ahead_p50_kib\":{:.0},\"ahead_p99_kib\":{:.0}}}",
+        us.len(),
+        quantile(&us, 0.50),
+        quantile(&us, 0.99),
+        us.last().copied().unwrap_or(f64::NAN),
+        mb_per_s(moved, secs),
+        quantile(&ahead, 0.50),
+        quantile(&ahead, 0.99)
+    );
     Ok(())
 }
 

@@ -1543,6 +1543,85 @@ mod tests {
         );
     }
 
+    /// Issue 17, interactive under load: a bulk stream that always has data and window must
+    /// not hold back another stream's byte by more than one of its frames. The interactive
+    /// byte goes out in the first batch framed after it was written, behind at most one bulk
+    /// DATA frame, whatever the batch size and wherever the round-robin stood.
+    #[test]
+    fn an_interactive_byte_goes_out_behind_at_most_one_bulk_frame() {
+        use crate::limits::CONN_WRITE_BATCH;
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        let bulk = edge.open_stream("h", b"").unwrap();
+        let interactive = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        while origin.poll_event().is_some() {}
+        let chunk = vec![0u8; STREAM_SEND_BUFFER];
+        for (round, batch) in [
+            CONN_WRITE_BATCH,
+            HEADER_LEN + MAX_FRAME_PAYLOAD + 1,
+            1 << 20,
+        ]
+        .into_iter()
+        .cycle()
+        .take(40)
+        .enumerate()
+        {
+            // The bulk stream's buffer is full; the interactive byte arrives, before or after
+            // the bulk stream last became ready.
+            if round % 2 == 0 {
+                edge.write(bulk, &chunk);
+                assert_eq!(edge.write(interactive, &[round as u8]), 1);
+            } else {
+                assert_eq!(edge.write(interactive, &[round as u8]), 1);
+                edge.write(bulk, &chunk);
+            }
+            let mut out = Vec::new();
+            edge.poll_transmit(&mut out, batch);
+            // Where the interactive DATA frame starts in the batch.
+            let mut at = 0;
+            let mut found = None;
+            while let Some((frame, n)) = decode_frame(&out[at..]).unwrap() {
+                if let Frame::Data { stream, data } = frame {
+                    if stream == interactive {
+                        assert_eq!(data, &[round as u8]);
+                        found = Some(at);
+                        break;
+                    }
+                }
+                at += n;
+            }
+            let found = found.unwrap_or_else(|| {
+                panic!("round {round}: the interactive byte is not in a {batch}-byte batch")
+            });
+            assert!(
+                found <= HEADER_LEN + MAX_FRAME_PAYLOAD,
+                "round {round}: {found} bytes of bulk ahead of the interactive byte"
+            );
+            // The origin reads everything: credit flows back, the bulk stream stays busy.
+            assert_eq!(origin.handle_input(&out, now).unwrap(), out.len());
+            for id in [bulk, interactive] {
+                let n = origin.readable(id).len();
+                origin.consume(id, n);
+            }
+            let mut back = Vec::new();
+            origin.poll_transmit(&mut back, 1 << 20);
+            assert_eq!(edge.handle_input(&back, now).unwrap(), back.len());
+            // The rest of the bulk stream's buffer goes before the next round.
+            while edge.wants_transmit() {
+                let mut rest = Vec::new();
+                edge.poll_transmit(&mut rest, batch);
+                assert_eq!(origin.handle_input(&rest, now).unwrap(), rest.len());
+                let n = origin.readable(bulk).len();
+                origin.consume(bulk, n);
+                let mut back = Vec::new();
+                origin.poll_transmit(&mut back, 1 << 20);
+                assert_eq!(edge.handle_input(&back, now).unwrap(), back.len());
+            }
+        }
+    }
+
     #[test]
     fn data_flows_with_flow_control_and_half_close() {
         let now = Instant::now();

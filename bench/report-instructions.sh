@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# bench/report-instructions.sh TSV: the Markdown report of `scripts/bench --instructions` on
+# stdout, from its results (scenario, contender, metric, value per line) and BENCH_* variables.
+set -euo pipefail
+TSV="$1"
+
+# stat SCENARIO CONTENDER METRIC -> "median min max" (nothing when there is no sample)
+stat() {
+    awk -F'\t' -v s="$1" -v c="$2" -v m="$3" '$1 == s && $2 == c && $3 == m {print $4}' "$TSV" |
+        sort -g | awk '{v[NR] = $1} END {
+            if (NR == 0) exit
+            med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%s %s %s\n", med, v[1], v[NR] }'
+}
+med() { stat "$@" | awk '{print $1}'; }
+cell() {
+    stat "$1" "$2" "$3" | awk -v d="${4:-0}" '{
+        if ($2 == $3) printf "%.*f", d, $1
+        else printf "%.*f (%.*f–%.*f)", d, $1, d, $2, d, $3 }'
+}
+calc() { awk "BEGIN { printf \"%.2f\", $* }"; }
+ok() { if awk "BEGIN { exit !($*) }"; then echo "**met**"; else echo "**missed**"; fi; }
+gi() { awk -v n="$1" 'BEGIN { printf "%.2f G", n / 1e9 }'; } # instructions, in 10^9
+
+aes="$(med instr aes128gcm per_gib)"
+echo "# postern instruction counts and interactive latency, $BENCH_DATE"
+echo
+echo "Produced by \`scripts/bench --instructions\` in ${BENCH_RUN_SECS} s."
+echo
+echo "| machine | |"
+echo "|---|---|"
+echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//') |"
+echo "| nproc | $(nproc) |"
+echo "| kernel | $(uname -r) |"
+echo "| load average at the end | $(cut -d' ' -f1-3 /proc/loadavg) |"
+echo "| postern | $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown) (release) |"
+echo "| valgrind | $(valgrind --version) |"
+echo
+echo "The instruction counts are the robust figures: they do not move with whatever else the"
+echo "machine runs. The seconds and microseconds below do (see the load average above; on a shared"
+echo "2-core machine other people's builds may have run throughout)."
+echo
+echo "## Instructions per GiB moved (callgrind; upload and download together)"
+echo
+echo "Counted by valgrind's callgrind in each process, from just before the first transfer to"
+echo "just after the last ($BENCH_INSTR_SIZE up, then $BENCH_INSTR_SIZE down, through one \`access tcp\`"
+echo "and a tunnel with one connection), scaled to one GiB. These counts do not move with the"
+echo "machine's load; wall-clock figures do. They count instructions, not cycles: an AES-NI"
+echo "instruction is one, like an add, so the ratios say how much work besides the cipher remains."
+echo
+echo "AES-128-GCM reference: \`openssl speed -evp aes-128-gcm -bytes 16384\` under callgrind, the"
+echo "difference between a 1 s and a 3 s run (start-up left out): **$(gi "$aes") instructions per"
+echo "GiB** for one pass (encryption or decryption). Natively here: ${BENCH_AES_MBPS} MB/s. postern uses"
+echo "ring's AES-GCM through rustls, whose instruction count may differ from OpenSSL's."
+echo
+echo "Per GiB moved through the chain, the access client and the tunnel each run one AES pass"
+echo "(decrypt or encrypt on their one TLS connection), the edge two (decrypt one side, encrypt"
+echo "the other)."
+echo
+echo "| process | instructions per GiB | AES passes | AES-GCM floor | ÷ floor | in memcpy | in malloc/free |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+total=0
+for p in access edge tunnel; do
+    n="$(med instr postern "$p")"
+    passes=1; [ "$p" = edge ] && passes=2
+    total="$(awk -v a="$total" -v b="$n" 'BEGIN {printf "%.0f", a + b}')"
+    echo "| $p | $(gi "$n") | $passes | $(gi "$((passes * aes))") | $(calc "$n / ($passes * $aes)") | $(med instr_share "$p" memcpy) % | $(med instr_share "$p" malloc) % |"
+done
+echo "| **chain** | $(gi "$total") | 4 | $(gi "$((4 * aes))") | $(calc "$total / (4 * $aes)") | | |"
+echo
+echo "Per encrypted hop (chain ÷ 2): $(gi "$(calc "$total / 2")"), $(calc "$total / (4 * $aes)")× its AES-GCM floor"
+echo "(issue 17's target: ≤ 1.5×, in CPU time; instructions are the noise-free stand-in)."
+echo
+echo "## Where a native transfer's CPU time goes: user vs kernel"
+echo
+echo "256M up and 256M down natively through the same kind of chain, CPU seconds per GiB moved from"
+echo "/proc/PID/stat (utime, stime). callgrind counts only user-mode instructions; the kernel's share"
+echo "(syscalls, loopback TCP copies, wake-ups) is the part the counts above do not see. Seconds move"
+echo "with the machine's load; the split much less."
+echo
+echo "| process | user s/GiB | system s/GiB | system share | syscalls per GiB | context switches per GiB |"
+echo "|---|---:|---:|---:|---:|---:|"
+for p in access edge tunnel; do
+    u="$(med cpu_split "$p" user_s_per_gib)"; k="$(med cpu_split "$p" sys_s_per_gib)"
+    echo "| $p | $u | $k | $(awk -v u="$u" -v k="$k" 'BEGIN {printf "%.0f %%", (u + k > 0) ? 100 * k / (u + k) : 0}') | $(med cpu_split "$p" syscalls_per_gib) | $(med cpu_split "$p" cswitch_per_gib) |"
+done
+echo
+echo "Syscalls and context switches: perf's software events over the same transfer (counts, not"
+echo "time; how many bytes each read finds still depends a little on timing)."
+echo
+echo "## Interactive under load: 1-byte ping-pong beside a bulk stream on the same tunnel connection"
+echo
+echo "$BENCH_PINGS one-byte round trips (loadgen's clock) through \`access tcp\` → edge → a tunnel"
+echo "with **one** connection → sink's echo, 3 repetitions (median, min–max). *Beside bulk*: a"
+echo "second connection through the same \`access tcp\` moves data as fast as it can the whole"
+echo "time (down: sink → loadgen, up: loadgen → sink), so its DATA frames share the tunnel"
+echo "connection with the ping-pong's. Wall-clock figures: on this 2-core machine the bulk"
+echo "stream keeps both cores busy, so part of any increase is waiting for a core, not for a queue."
+echo
+idle99="$(med latency idle p99_us)"
+# Repetitions whose idle p99 differ more than 3x say the machine moved, not postern: no verdict.
+verdict() {
+    if stat latency idle p99_us | awk '{exit !($3 > 3 * $2)}'; then
+        echo "inconclusive (idle p99 moved $(stat latency idle p99_us | awk '{printf "%.0f", $3 / $2}')× between repetitions)"
+    else
+        ok "$1"
+    fi
+}
+echo "| | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile | bulk KiB per round trip p50 / p99 | target p99 ≤ 2× idle |"
+echo "|---|---:|---:|---:|---:|---:|---|"
+echo "| idle | $(cell latency idle p50_us 1) | $(cell latency idle p99_us 1) | 1.00 | | | |"
+for d in down up; do
+    p99="$(med latency "bulk_$d" p99_us)"
+    echo "| beside bulk $d | $(cell latency "bulk_$d" p50_us 1) | $(cell latency "bulk_$d" p99_us 1) | $(calc "$p99 / $idle99") | $(cell latency "bulk_$d" bulk_mbps 0) | $(med latency "bulk_$d" ahead_p50_kib) / $(med latency "bulk_$d" ahead_p99_kib) | $(verdict "$p99 <= 2 * $idle99") |"
+done
+echo
+echo "*Bulk KiB per round trip*: how much the bulk stream moved while one interactive byte went"
+echo "there and back (loadgen counts its bulk bytes in 64 KiB reads): the queue of bulk data the"
+echo "interactive byte waited behind, plus whatever moved while a process of the interactive path"
+echo "alone (loadgen's pinger, the sink's echo thread) waited for a core. The bulk stream's mux window"
+echo "(\`INITIAL_STREAM_WINDOW\`, 256 KiB) bounds what of it can be in flight on the tunnel connection;"
+echo "beyond that it is the machine's load. For *up* it also counts what the local socket buffers took."
