@@ -85,6 +85,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
     ),
     (
+        "access/doctor.rs",
+        "`access doctor`: the carrier's blocking setup step by step, the banner's deadline",
+    ),
+    (
         "access/https.rs",
         "the login's and the admin commands' HTTPS requests (ureq over the carrier's setup)",
     ),

@@ -1863,6 +1863,7 @@ USAGE:
     postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
+    postern access doctor H [OPTIONS]                  check each hop to H, name the one that fails
 
 H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
 
@@ -1929,7 +1930,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         print!("{ACCESS_HELP}");
         return Ok(ExitCode::SUCCESS);
     }
-    let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout");
+    let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout" | "doctor");
     let mut args = cloudflared_flags(args);
     if matches!(sub.as_str(), "ssh" | "tcp") {
         // cloudflared's TUNNEL_SERVICE_HOSTNAME, _URL, _DESTINATION stand for their flags.
@@ -2069,6 +2070,13 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             access::tcp(opts, listen)?
         }
         "ssh-gen" => ssh_gen(&opts)?,
+        "doctor" => {
+            // One line per hop on stdout; the exit status says whether all were ok.
+            let cache = access::TokenCache::open_default();
+            if !access::doctor(opts, &cache) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         "login" => {
             let path = access::login_and_cache(&opts, &cache()?)?;
             eprintln!(
