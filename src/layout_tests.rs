@@ -69,6 +69,10 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "tunnel/doctor.rs",
+        "`tunnel doctor`: the credential file's mode, the local service's TCP connect",
+    ),
+    (
         "tunnel/sshd_setup.rs",
         "`tunnel sshd-setup --write`: the CA file, sshd_config and its backup, `sshd -t`",
     ),

@@ -934,6 +934,8 @@ USAGE:
                                                 a connector's connections when they end)
     postern tunnel ingress validate [--config FILE]   check a config's ingress rules
     postern tunnel ingress rule HOST [--config FILE]  which rule serves HOST
+    postern tunnel doctor --hostname H --url URL [OPTIONS]   check the certificate, the edge (without
+                                                registering) and the local service; name what fails
 
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
@@ -1076,6 +1078,7 @@ const TUNNEL_SUBCOMMANDS: &[&str] = &[
     "ingress",
     "token",
     "cleanup",
+    "doctor",
     "sshd-setup",
 ];
 /// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
@@ -1240,6 +1243,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         return match sub {
             "login" => cmd_tunnel_login(rest),
             "sshd-setup" => cmd_sshd_setup(rest),
+            "doctor" => cmd_tunnel_doctor(rest),
             sub => cmd_named_tunnel(sub, rest),
         };
     }
@@ -1287,6 +1291,37 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         a.metrics.clone(),
         a.pidfile.clone(),
     )
+}
+
+/// `postern tunnel doctor --hostname H --url URL [--origincert F] [--edge E] [--ca C]`: the
+/// quick form's flags; one line per check on stdout, the exit status says whether all passed.
+fn cmd_tunnel_doctor(args: Vec<OsString>) -> Res {
+    let Some(a) = TunnelArgs::parse(args, "tunnel doctor")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if a.config.is_some() || a.cred_file.is_some() || a.token.is_some() {
+        return Err(usage(
+            "tunnel doctor checks the quick form (--hostname, --url, --origincert); a named \
+             tunnel's --config, --credentials-file or --token is not checked yet",
+        ));
+    }
+    let (Some(hostname), Some(url)) = (a.hostname.clone(), a.url.clone()) else {
+        return Err(usage(format!(
+            "tunnel doctor: --hostname and --url are needed (the tunnel's own)\n\n{TUNNEL_HELP}"
+        )));
+    };
+    let opts = tunnel::doctor::DoctorOptions {
+        hostname: hostname.to_ascii_lowercase(),
+        url,
+        origin_cert: a.origin_cert()?,
+        edges: a.edges(&[], None)?,
+        extra_ca: a.ca(None),
+    };
+    Ok(if tunnel::doctor::doctor(&opts) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_origin(opts: TunnelOptions, metrics: Option<String>, pidfile: Option<PathBuf>) -> Res {

@@ -213,3 +213,112 @@ fn wrong_ca_pem(chain: &Chain) -> String {
     }
     panic!("no other CA certificate in {}", chain.edge.state.display());
 }
+
+/// `postern tunnel doctor` with the running tunnel's own flags, adjusted by `adjust`.
+fn tunnel_doctor(chain: &Chain, edge: &str, adjust: impl FnOnce(&mut Command)) -> Run {
+    let mut cmd = postern(&chain.dir.join("home"));
+    cmd.args(["tunnel", "doctor", "--hostname", &chain.hostname, "--url"])
+        .arg(chain.sshd.url())
+        .arg("--origincert")
+        .arg(&chain.origin_cert)
+        .args(["--edge", edge, "--ca"])
+        .arg(chain.edge.ca());
+    adjust(&mut cmd);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "postern tunnel doctor");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    eprintln!("tunnel doctor ({:?}):\n{}", run.code, run.stdout);
+    run
+}
+
+const TUNNEL_STEPS: [&str; 9] = [
+    "config",
+    "credentials",
+    "dns",
+    "proxy",
+    "tcp",
+    "tls",
+    "auth",
+    "service",
+    "ssh",
+];
+
+fn assert_tunnel_fails_at(run: &Run, step: &str, needle: &str) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("FAIL {step}: ")) && last.contains(needle),
+        "want FAIL {step} with {needle:?}:\n{}",
+        run.stdout
+    );
+    let at = TUNNEL_STEPS
+        .iter()
+        .position(|s| *s == step)
+        .expect("a step");
+    assert_eq!(lines.len(), at + 1, "{}", run.stdout);
+    for (line, s) in lines.iter().zip(&TUNNEL_STEPS[..at]) {
+        assert!(line.starts_with(&format!("ok  {s}: ")), "{}", run.stdout);
+    }
+    assert!(matches!(run.code, Some(c) if c != 0), "{:?}", run.code);
+}
+
+#[test]
+fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_running_tunnel() {
+    let chain = Chain::start("tunnel-doctor", "tdoc.localhost");
+    let registered = chain.tunnel.registered_count();
+    let edge = chain.edge.edge_arg();
+
+    let run = tunnel_doctor(&chain, &edge, |_| {});
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), TUNNEL_STEPS.len(), "{}", run.stdout);
+    for (line, step) in lines.iter().zip(TUNNEL_STEPS) {
+        assert!(line.starts_with(&format!("ok  {step}: ")), "{}", run.stdout);
+    }
+    assert!(lines[8].contains("banner SSH-2.0-"), "{}", run.stdout);
+    // The running tunnel was not disturbed: no registration came and went, ssh still works.
+    assert_eq!(chain.tunnel.registered_count(), registered);
+    chain.assert_ssh_works("still-served");
+
+    // The credentials file readable by others.
+    let loose = chain.dir.join("loose.pem");
+    fs::copy(&chain.origin_cert, &loose).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--origincert").arg(&loose);
+    });
+    assert_tunnel_fails_at(&run, "credentials", "chmod 600");
+
+    // A hostname outside the certificate's zone.
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.args(["--hostname", "ssh.example.com"]);
+    });
+    assert_tunnel_fails_at(&run, "credentials", "does not cover ssh.example.com");
+
+    // An origin certificate from another edge: the edge refuses it.
+    let other = support::Edge::start(&chain.dir.join("other"));
+    let foreign = chain.dir.join("foreign.pem");
+    support::origin_cert(&other.state, "localhost", &foreign, &chain.edge.addr);
+    drop(other);
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--origincert").arg(&foreign);
+    });
+    assert_tunnel_fails_at(&run, "auth", "refused the origin certificate");
+
+    // The service is down.
+    let closed = format!("ssh://127.0.0.1:{}", free_port());
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--url").arg(&closed);
+    });
+    assert_tunnel_fails_at(&run, "service", "refuses connections");
+
+    // The edge is down (unreachable).
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let run = tunnel_doctor(&chain, &nowhere, |_| {});
+    assert_tunnel_fails_at(&run, "tcp", &nowhere);
+}

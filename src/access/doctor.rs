@@ -18,14 +18,14 @@
 
 use std::fmt::Display;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
 use super::connect::{
     connect_direct, connect_through, edge_proxy, read_response_head, resolve_edge, tls_handshake,
@@ -37,13 +37,13 @@ use crate::logging::untrusted;
 use crate::proto::ws::{self, Item, Role};
 
 /// A hop failed; its line is printed.
-struct Failed;
+pub(crate) struct Failed;
 
-fn ok(step: &str, detail: impl Display) {
+pub(crate) fn ok(step: &str, detail: impl Display) {
     println!("ok  {step}: {detail}");
 }
 
-fn fail(step: &str, cause: impl Display, fix: impl Display) -> Failed {
+pub(crate) fn fail(step: &str, cause: impl Display, fix: impl Display) -> Failed {
     println!("FAIL {step}: {cause} — {fix}");
     Failed
 }
@@ -56,155 +56,14 @@ pub fn doctor(mut opts: AccessOptions, cache: &Result<TokenCache, String>) -> bo
 fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(), Failed> {
     let host = opts.hostname.clone();
     let edge = opts.edge.clone();
-
-    // dns and proxy: the proxy is read first (a CONNECT leaves the name to the proxy).
-    let via = edge_proxy(opts).map_err(|e| {
-        fail(
-            "proxy",
-            e,
-            "fix or unset HTTPS_PROXY / https_proxy (NO_PROXY=EDGE connects directly)",
-        )
-    })?;
-    let dns_fix = "check the hostname; for a self-hosted edge give its address with --edge \
-                   HOST:PORT (or POSTERN_EDGE)";
-    match resolve_edge(&edge) {
-        Ok(addrs) if !addrs.is_empty() => ok("dns", format!("{edge} is {}", list(&addrs))),
-        Ok(_) | Err(_) if via.is_some() => ok(
-            "dns",
-            format!("{edge} does not resolve here; the proxy resolves it"),
-        ),
-        Ok(_) => {
-            return Err(fail(
-                "dns",
-                format!("{edge} resolves to no address"),
-                dns_fix,
-            ))
-        }
-        Err(e) => return Err(fail("dns", e, dns_fix)),
-    }
-
-    let port = edge.rsplit_once(':').map_or("443", |(_, p)| p).to_owned();
-    let (sock, early) = match &via {
-        None => {
-            ok(
-                "proxy",
-                "none (no HTTPS_PROXY or https_proxy, or NO_PROXY names the edge): direct",
-            );
-            match connect_direct(&edge) {
-                Ok(s) => {
-                    let peer = s.peer_addr().map_or(edge.clone(), |a| a.to_string());
-                    ok("tcp", format!("connected to the edge at {peer}"));
-                    (s, Vec::new())
-                }
-                Err(e) => {
-                    return Err(fail(
-                        "tcp",
-                        e,
-                        format!(
-                            "start the edge, or allow egress to port {port} (a firewall); the \
-                             address is --edge / POSTERN_EDGE, else {host}:443"
-                        ),
-                    ))
-                }
-            }
-        }
-        Some(p) => match connect_through(p, &edge) {
-            Ok(x) => {
-                ok(
-                    "proxy",
-                    format!(
-                        "{} (from {}) accepted CONNECT {edge}",
-                        untrusted(&p.addr),
-                        p.source
-                    ),
-                );
-                ok("tcp", format!("to the edge {edge} through the proxy"));
-                x
-            }
-            Err(e) => {
-                return Err(fail(
-                    "proxy",
-                    e,
-                    format!(
-                        "the proxy from {} must allow CONNECT to {edge} (port {port}); or name \
-                         the edge in NO_PROXY to connect directly",
-                        p.source
-                    ),
-                ))
-            }
-        },
-    };
-
     // tls: the client's roots, through a verifier that remembers what the edge presented.
     let trust = match &opts.extra_ca {
         Some(p) => format!("the CA file {} and the system roots", p.display()),
         None => "the system roots (no --ca / POSTERN_CA)".to_owned(),
     };
     let seen = Arc::new(Mutex::new(None));
-    let cfg = recording_config(opts.extra_ca.as_deref(), seen.clone()).map_err(|e| {
-        fail(
-            "tls",
-            e,
-            "fix the --ca file (PEM CA certificates), or install the system CA bundle \
-             (ca-certificates)",
-        )
-    })?;
-    let presented = || {
-        seen.lock()
-            .ok()
-            .and_then(|s| s.clone())
-            .and_then(|c| crate::pki::describe_certificate(&c))
-            .unwrap_or_else(|| "no certificate".into())
-    };
-    let (mut sock, mut tls) = match tls_handshake(opts, &cfg, sock, &early) {
-        Ok(x) => x,
-        Err(AccessError::UntrustedCertificate { error, .. }) => {
-            use rustls::CertificateError as C;
-            let fix = match &error {
-                rustls::Error::InvalidCertificate(
-                    C::NotValidForName | C::NotValidForNameContext { .. },
-                ) => {
-                    format!("the edge at {edge} does not serve {host}: check --edge / POSTERN_EDGE")
-                }
-                rustls::Error::InvalidCertificate(
-                    C::Expired
-                    | C::ExpiredContext { .. }
-                    | C::NotValidYet
-                    | C::NotValidYetContext { .. },
-                ) => "check this machine's clock, or ask the edge's operator to renew the \
-                      certificate"
-                    .to_owned(),
-                _ => "pass --ca FILE (or POSTERN_CA) with the CA that signed the edge's \
-                      certificate (a dev edge writes it to its state directory as ca.pem)"
-                    .to_owned(),
-            };
-            return Err(fail(
-                "tls",
-                format!(
-                    "the edge's certificate ({}) does not verify with {trust}: {error}",
-                    presented()
-                ),
-                fix,
-            ));
-        }
-        Err(e) => {
-            return Err(fail(
-                "tls",
-                e,
-                format!(
-                    "is {edge} a postern edge (its TLS port), and is nothing on the way \
-                     intercepting TLS?"
-                ),
-            ))
-        }
-    };
-    ok(
-        "tls",
-        format!(
-            "the certificate for {host} ({}) verifies with {trust}",
-            presented()
-        ),
-    );
+    let cfg = recording_config(opts.extra_ca.as_deref(), seen.clone());
+    let (mut sock, mut tls) = reach_edge(opts, cfg, &trust, Some(&seen))?;
 
     // token: what ssh would send, without a browser.
     let (token, have) = match &opts.credentials {
@@ -387,6 +246,162 @@ fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(
             "point the tunnel's --url at sshd (ssh://localhost:22)",
         ))
     }
+}
+
+/// The hops to the edge, as the carrier takes them (`connect.rs`): dns, proxy, tcp, then
+/// tls with `cfg` (`trust` names its roots for the lines; `seen`, when the config records
+/// the presented certificate, describes it on a failure). Returns the TLS connection.
+pub(crate) fn reach_edge(
+    opts: &AccessOptions,
+    cfg: Result<Arc<ClientConfig>, AccessError>,
+    trust: &str,
+    seen: Option<&Mutex<Option<CertificateDer<'static>>>>,
+) -> Result<(StdTcpStream, ClientConnection), Failed> {
+    let host = opts.hostname.clone();
+    let edge = opts.edge.clone();
+    // dns and proxy: the proxy is read first (a CONNECT leaves the name to the proxy).
+    let via = edge_proxy(opts).map_err(|e| {
+        fail(
+            "proxy",
+            e,
+            "fix or unset HTTPS_PROXY / https_proxy (NO_PROXY=EDGE connects directly)",
+        )
+    })?;
+    let dns_fix = "check the hostname; for a self-hosted edge give its address with --edge \
+                   HOST:PORT (or POSTERN_EDGE)";
+    match resolve_edge(&edge) {
+        Ok(addrs) if !addrs.is_empty() => ok("dns", format!("{edge} is {}", list(&addrs))),
+        Ok(_) | Err(_) if via.is_some() => ok(
+            "dns",
+            format!("{edge} does not resolve here; the proxy resolves it"),
+        ),
+        Ok(_) => {
+            return Err(fail(
+                "dns",
+                format!("{edge} resolves to no address"),
+                dns_fix,
+            ))
+        }
+        Err(e) => return Err(fail("dns", e, dns_fix)),
+    }
+
+    let port = edge.rsplit_once(':').map_or("443", |(_, p)| p).to_owned();
+    let (sock, early) = match &via {
+        None => {
+            ok(
+                "proxy",
+                "none (no HTTPS_PROXY or https_proxy, or NO_PROXY names the edge): direct",
+            );
+            match connect_direct(&edge) {
+                Ok(s) => {
+                    let peer = s.peer_addr().map_or(edge.clone(), |a| a.to_string());
+                    ok("tcp", format!("connected to the edge at {peer}"));
+                    (s, Vec::new())
+                }
+                Err(e) => {
+                    return Err(fail(
+                        "tcp",
+                        e,
+                        format!(
+                            "start the edge, or allow egress to port {port} (a firewall); the \
+                             address is --edge / POSTERN_EDGE, else {host}:443"
+                        ),
+                    ))
+                }
+            }
+        }
+        Some(p) => match connect_through(p, &edge) {
+            Ok(x) => {
+                ok(
+                    "proxy",
+                    format!(
+                        "{} (from {}) accepted CONNECT {edge}",
+                        untrusted(&p.addr),
+                        p.source
+                    ),
+                );
+                ok("tcp", format!("to the edge {edge} through the proxy"));
+                x
+            }
+            Err(e) => {
+                return Err(fail(
+                    "proxy",
+                    e,
+                    format!(
+                        "the proxy from {} must allow CONNECT to {edge} (port {port}); or name \
+                         the edge in NO_PROXY to connect directly",
+                        p.source
+                    ),
+                ))
+            }
+        },
+    };
+
+    let cfg = cfg.map_err(|e| {
+        fail(
+            "tls",
+            e,
+            "fix the --ca file (PEM CA certificates), or install the system CA bundle \
+             (ca-certificates)",
+        )
+    })?;
+    let presented = || {
+        seen.and_then(|s| s.lock().ok()?.clone())
+            .and_then(|c| crate::pki::describe_certificate(&c))
+            .unwrap_or_else(|| "not recorded".into())
+    };
+    let (sock, tls) = match tls_handshake(opts, &cfg, sock, &early) {
+        Ok(x) => x,
+        Err(AccessError::UntrustedCertificate { error, .. }) => {
+            use rustls::CertificateError as C;
+            let fix = match &error {
+                rustls::Error::InvalidCertificate(
+                    C::NotValidForName | C::NotValidForNameContext { .. },
+                ) => {
+                    format!("the edge at {edge} does not serve {host}: check --edge / POSTERN_EDGE")
+                }
+                rustls::Error::InvalidCertificate(
+                    C::Expired
+                    | C::ExpiredContext { .. }
+                    | C::NotValidYet
+                    | C::NotValidYetContext { .. },
+                ) => "check this machine's clock, or ask the edge's operator to renew the \
+                      certificate"
+                    .to_owned(),
+                _ => "pass --ca FILE (or POSTERN_CA) with the CA that signed the edge's \
+                      certificate (a dev edge writes it to its state directory as ca.pem)"
+                    .to_owned(),
+            };
+            return Err(fail(
+                "tls",
+                format!(
+                    "the edge's certificate ({}) does not verify with {trust}: {error}",
+                    presented()
+                ),
+                fix,
+            ));
+        }
+        Err(e) => {
+            return Err(fail(
+                "tls",
+                e,
+                format!(
+                    "is {edge} a postern edge (its TLS port), and is nothing on the way \
+                     intercepting TLS?"
+                ),
+            ))
+        }
+    };
+    let shown = tls
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(crate::pki::describe_certificate)
+        .unwrap_or_else(|| "not shown".into());
+    ok(
+        "tls",
+        format!("the certificate for {host} ({shown}) verifies with {trust}"),
+    );
+    Ok((sock, tls))
 }
 
 /// What the stream brought first.

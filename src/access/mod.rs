@@ -37,7 +37,7 @@ use crate::secret::Secret;
 mod authorize;
 mod connect;
 pub(crate) mod core;
-mod doctor;
+pub(crate) mod doctor;
 mod driver;
 mod error;
 mod https;
