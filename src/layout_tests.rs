@@ -69,6 +69,10 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
     ("tunnel/resolve.rs", "the DNS resolver thread"),
     (
+        "tunnel/doctor.rs",
+        "`tunnel doctor`: the credential file's mode, the local service's TCP connect",
+    ),
+    (
         "tunnel/sshd_setup.rs",
         "`tunnel sshd-setup --write`: the CA file, sshd_config and its backup, `sshd -t`",
     ),
@@ -83,6 +87,10 @@ const DRIVERS: &[(&str, &str)] = &[
     (
         "access/connect.rs",
         "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
+    ),
+    (
+        "access/doctor.rs",
+        "`access doctor`: the carrier's blocking setup step by step, the banner's deadline",
     ),
     (
         "access/https.rs",

@@ -32,6 +32,13 @@ pub const MAX_HTTP_HEAD: usize = 16 * 1024;
 pub const MAX_HTTP_HEADERS: usize = 64;
 /// Largest body of a refusal response the client will read.
 pub const MAX_REFUSAL_BODY: usize = 4096;
+/// How long `postern access doctor` waits for the service's first bytes (the SSH banner)
+/// once the edge has opened the stream; the tunnel's own connect gives up after
+/// [`SERVICE_CONNECT_TIMEOUT_SECS`], so this is a little longer.
+pub const DOCTOR_BANNER_TIMEOUT_SECS: u64 = SERVICE_CONNECT_TIMEOUT_SECS + 5;
+/// Most bytes of the service's first line `postern access doctor` keeps (RFC 4253 §4.2: an
+/// SSH identification line is at most 255 bytes with its CR LF).
+pub const MAX_DOCTOR_BANNER: usize = 255;
 /// Time between keepalive PINGs on a tunnel connection: short, so that a dead path (an edge
 /// gone without a FIN, a silent drop) is noticed in seconds and resumable streams move on.
 /// A PING is 18 bytes each way.

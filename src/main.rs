@@ -936,6 +936,8 @@ USAGE:
                                                 a connector's connections when they end)
     postern tunnel ingress validate [--config FILE]   check a config's ingress rules
     postern tunnel ingress rule HOST [--config FILE]  which rule serves HOST
+    postern tunnel doctor --hostname H --url URL [OPTIONS]   check the certificate, the edge (without
+                                                registering) and the local service; name what fails
 
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
@@ -1078,6 +1080,7 @@ const TUNNEL_SUBCOMMANDS: &[&str] = &[
     "ingress",
     "token",
     "cleanup",
+    "doctor",
     "sshd-setup",
 ];
 /// Flags of `tunnel` that take a value: cloudflared users put some before the subcommand
@@ -1242,6 +1245,7 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         return match sub {
             "login" => cmd_tunnel_login(rest),
             "sshd-setup" => cmd_sshd_setup(rest),
+            "doctor" => cmd_tunnel_doctor(rest),
             sub => cmd_named_tunnel(sub, rest),
         };
     }
@@ -1289,6 +1293,37 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         a.metrics.clone(),
         a.pidfile.clone(),
     )
+}
+
+/// `postern tunnel doctor --hostname H --url URL [--origincert F] [--edge E] [--ca C]`: the
+/// quick form's flags; one line per check on stdout, the exit status says whether all passed.
+fn cmd_tunnel_doctor(args: Vec<OsString>) -> Res {
+    let Some(a) = TunnelArgs::parse(args, "tunnel doctor")? else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    if a.config.is_some() || a.cred_file.is_some() || a.token.is_some() {
+        return Err(usage(
+            "tunnel doctor checks the quick form (--hostname, --url, --origincert); a named \
+             tunnel's --config, --credentials-file or --token is not checked yet",
+        ));
+    }
+    let (Some(hostname), Some(url)) = (a.hostname.clone(), a.url.clone()) else {
+        return Err(usage(format!(
+            "tunnel doctor: --hostname and --url are needed (the tunnel's own)\n\n{TUNNEL_HELP}"
+        )));
+    };
+    let opts = tunnel::doctor::DoctorOptions {
+        hostname: hostname.to_ascii_lowercase(),
+        url,
+        origin_cert: a.origin_cert()?,
+        edges: a.edges(&[], None)?,
+        extra_ca: a.ca(None),
+    };
+    Ok(if tunnel::doctor::doctor(&opts) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn run_origin(opts: TunnelOptions, metrics: Option<String>, pidfile: Option<PathBuf>) -> Res {
@@ -1865,6 +1900,7 @@ USAGE:
     postern access login H [--edge HOST:PORT] [--ca FILE]   log in through the browser, cache the token
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
+    postern access doctor H [OPTIONS]                  check each hop to H, name the one that fails
 
 H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
 
@@ -1936,7 +1972,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         print!("{ACCESS_HELP}");
         return Ok(ExitCode::SUCCESS);
     }
-    let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout");
+    let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout" | "doctor");
     let mut args = cloudflared_flags(args);
     if matches!(sub.as_str(), "ssh" | "tcp") {
         // cloudflared's TUNNEL_SERVICE_HOSTNAME, _URL, _DESTINATION stand for their flags.
@@ -2095,6 +2131,13 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             access::tcp(opts, listen)?
         }
         "ssh-gen" => ssh_gen(&opts)?,
+        "doctor" => {
+            // One line per hop on stdout; the exit status says whether all were ok.
+            let cache = access::TokenCache::open_default();
+            if !access::doctor(opts, &cache) {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
         "login" => {
             let path = access::login_and_cache(&opts, &cache()?)?;
             eprintln!(

@@ -380,6 +380,129 @@ pub fn serial_hex(cert: &CertificateDer<'_>) -> Option<String> {
     Some(store::hex(value))
 }
 
+/// One DER element at the start of `der`: its tag, its contents and what follows it.
+fn der_element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = der.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// A certificate as a person checks it: `subject CN=…, issuer CN=…, valid until …, names …`,
+/// read from its DER (no verification: this only describes what a peer presented, so every
+/// text in it is escaped). `None` when the DER is not a certificate.
+pub fn describe_certificate(cert: &CertificateDer<'_>) -> Option<String> {
+    /// The common name (else the organization) of a `Name`.
+    fn name(der: &[u8]) -> String {
+        const CN: &[u8] = &[0x55, 0x04, 0x03];
+        const O: &[u8] = &[0x55, 0x04, 0x0a];
+        let (mut cn, mut o) = (None, None);
+        let mut rdns = der;
+        while let Some((0x31, set, rest)) = der_element(rdns) {
+            rdns = rest;
+            let mut atvs = set;
+            while let Some((0x30, atv, rest)) = der_element(atvs) {
+                atvs = rest;
+                let Some((0x06, oid, value)) = der_element(atv) else {
+                    continue;
+                };
+                let Some((_, text, _)) = der_element(value) else {
+                    continue;
+                };
+                let text = String::from_utf8_lossy(text).into_owned();
+                if oid == CN {
+                    cn = Some(text);
+                } else if oid == O {
+                    o = Some(text);
+                }
+            }
+        }
+        match (cn, o) {
+            (Some(cn), _) => format!("CN={}", crate::logging::escape(&cn, 128)),
+            (None, Some(o)) => format!("O={}", crate::logging::escape(&o, 128)),
+            (None, None) => "(no CN)".into(),
+        }
+    }
+    /// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` as `YYYY-MM-DD HH:MM:SS UTC`.
+    fn time(tag: u8, der: &[u8]) -> Option<String> {
+        let t = std::str::from_utf8(der).ok()?;
+        let t = t.strip_suffix('Z')?;
+        let full = match (tag, t.len()) {
+            (0x17, 12) => {
+                let yy: u32 = t[..2].parse().ok()?;
+                format!("{}{t}", if yy >= 50 { "19" } else { "20" })
+            }
+            (0x18, 14) => t.to_owned(),
+            _ => return None,
+        };
+        if !full.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(format!(
+            "{}-{}-{} {}:{}:{} UTC",
+            &full[..4],
+            &full[4..6],
+            &full[6..8],
+            &full[8..10],
+            &full[10..12],
+            &full[12..14]
+        ))
+    }
+    let (0x30, certificate, _) = der_element(cert.as_ref())? else {
+        return None;
+    };
+    let (0x30, tbs, _) = der_element(certificate)? else {
+        return None;
+    };
+    let (mut tag, _, mut rest) = der_element(tbs)?;
+    if tag == 0xa0 {
+        (tag, _, rest) = der_element(rest)?; // the serial
+    }
+    if tag != 0x02 {
+        return None;
+    }
+    let (_, _, rest) = der_element(rest)?; // the signature algorithm
+    let (0x30, issuer, rest) = der_element(rest)? else {
+        return None;
+    };
+    let (0x30, validity, rest) = der_element(rest)? else {
+        return None;
+    };
+    let (0x30, subject, _) = der_element(rest)? else {
+        return None;
+    };
+    let (_, _, after) = der_element(validity)?;
+    let (t, until, _) = der_element(after)?;
+    let names: Vec<String> = webpki::EndEntityCert::try_from(cert)
+        .map(|ee| {
+            ee.valid_dns_names()
+                .take(8)
+                .map(|n| crate::logging::escape(n, 128))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(format!(
+        "subject {}, issuer {}, valid until {}, names {}",
+        name(subject),
+        name(issuer),
+        time(t, until).unwrap_or_else(|| "(unreadable)".into()),
+        if names.is_empty() {
+            "(none)".into()
+        } else {
+            names.join(" ")
+        }
+    ))
+}
+
 /// The certificate a file holds, for revoking it: an origin credential (`cert.pem`), a named
 /// tunnel's credentials file (JSON with `Credential`), or a PEM whose first CERTIFICATE is it.
 pub fn certificate_in(text: &str) -> Result<CertificateDer<'static>, String> {
@@ -923,6 +1046,25 @@ use crate::proto::base64 as b64;
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_certificate_is_described_by_subject_issuer_expiry_and_names_escaped() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["ssh.example.com".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "edge \u{1b}[2J");
+        params.not_after = rcgen::date_time_ymd(2031, 2, 3);
+        let cert = params.self_signed(&key).unwrap();
+        let d = super::describe_certificate(cert.der()).unwrap();
+        assert!(d.starts_with("subject CN=edge "), "{d}");
+        assert!(d.contains("issuer CN=edge "), "{d}");
+        assert!(d.contains("valid until 2031-02-03 00:00:00 UTC"), "{d}");
+        assert!(d.ends_with("names ssh.example.com"), "{d}");
+        assert!(!d.contains('\u{1b}'), "{d:?}");
+        let garbage = rustls::pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01]);
+        assert_eq!(super::describe_certificate(&garbage), None);
+    }
+
     use super::*;
     use crate::store::tests::{mode_of, TempDir};
     use rustls::pki_types::ServerName as RustlsName;

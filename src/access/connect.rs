@@ -24,7 +24,7 @@ use crate::proto::proxy::{self, ProxyConfig};
 /// The edge's addresses. `localhost` and `*.localhost` are loopback without asking DNS
 /// (RFC 6761 §6.3; browsers do the same, the system resolver often does not), so the dev
 /// edge works as `https://ssh.localhost:8443` without `--edge`.
-fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
+pub(super) fn resolve_edge(edge: &str) -> Result<Vec<SocketAddr>, AccessError> {
     if let Some((host, port)) = edge.rsplit_once(':') {
         let host = host.to_ascii_lowercase();
         if let (true, Ok(port)) = (
@@ -59,7 +59,7 @@ fn connect_first(addrs: &[SocketAddr]) -> Result<StdTcpStream, Option<(SocketAdd
 }
 
 /// TCP to the edge itself.
-fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
+pub(super) fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
     connect_first(&resolve_edge(edge)?).map_err(|last| match last {
         Some((addr, error)) => AccessError::Unreachable { addr, error },
         None => AccessError::Resolve {
@@ -72,7 +72,10 @@ fn connect_direct(edge: &str) -> Result<StdTcpStream, AccessError> {
 /// TCP to the proxy, then `CONNECT edge` and its answer, within
 /// [`PROXY_ANSWER_TIMEOUT_SECS`]. Returns the tunnel and any bytes that followed the
 /// proxy's answer (the edge's, for TLS).
-fn connect_through(p: &ProxyConfig, edge: &str) -> Result<(StdTcpStream, Vec<u8>), AccessError> {
+pub(super) fn connect_through(
+    p: &ProxyConfig,
+    edge: &str,
+) -> Result<(StdTcpStream, Vec<u8>), AccessError> {
     if proxy::split_host_port(edge).is_none() {
         return Err(AccessError::EdgeNotHostPort {
             edge: edge.to_owned(),
@@ -151,12 +154,28 @@ pub fn tls_connect(
     opts: &AccessOptions,
     cfg: &Arc<ClientConfig>,
 ) -> Result<(StdTcpStream, ClientConnection), AccessError> {
-    let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
-    let via = proxy::proxy_for(edge_host, |k| std::env::var(k).ok())?;
-    let (mut sock, early) = match &via {
+    let (sock, early) = match edge_proxy(opts)? {
         None => (connect_direct(&opts.edge)?, Vec::new()),
-        Some(p) => connect_through(p, &opts.edge)?,
+        Some(p) => connect_through(&p, &opts.edge)?,
     };
+    tls_handshake(opts, cfg, sock, &early)
+}
+
+/// The proxy the carrier to `opts.edge` goes through: the one `HTTPS_PROXY` (or the like)
+/// names, unless `NO_PROXY` names the edge.
+pub(super) fn edge_proxy(opts: &AccessOptions) -> Result<Option<ProxyConfig>, AccessError> {
+    let edge_host = opts.edge.rsplit_once(':').map_or(&*opts.edge, |(h, _)| h);
+    Ok(proxy::proxy_for(edge_host, |k| std::env::var(k).ok())?)
+}
+
+/// The TLS handshake over `sock` (after `early`, the edge's bytes that came with the
+/// proxy's answer), SNI = the application's hostname; sets the socket's timeouts.
+pub(super) fn tls_handshake(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    mut sock: StdTcpStream,
+    early: &[u8],
+) -> Result<(StdTcpStream, ClientConnection), AccessError> {
     let _ = sock.set_nodelay(true);
     let _ = sock.set_read_timeout(Some(Duration::from_secs(30)));
     let name = ServerName::try_from(opts.hostname.clone())
@@ -175,7 +194,7 @@ pub fn tls_connect(
             error,
         },
     };
-    proxy::hand_to_tls(&mut tls, &early).map_err(|e| tls_failed(e, true))?;
+    proxy::hand_to_tls(&mut tls, early).map_err(|e| tls_failed(e, true))?;
     while tls.is_handshaking() {
         tls.complete_io(&mut sock)
             .map_err(|e| tls_failed(e, false))?;
@@ -185,7 +204,7 @@ pub fn tls_connect(
 
 /// Reads a response head from `stream`, returning it, the bytes read and where the body
 /// starts in them.
-fn read_response_head(
+pub(super) fn read_response_head(
     stream: &mut impl Read,
     what: &str,
 ) -> Result<(http::ResponseHead, Vec<u8>, usize), AccessError> {

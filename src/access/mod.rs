@@ -21,6 +21,7 @@
 //! | `listener` | `access tcp`: accept loop, setup threads |
 //! | `connect` | the carrier's blocking setup: TCP, proxy CONNECT, TLS, WebSocket upgrade |
 //! | `upgrade` | the WebSocket upgrade's request and answer checks: no IO |
+//! | `doctor` | `access doctor`: each hop of the path checked in turn, the failing one named |
 //! | `https` | one-shot HTTPS requests (login transfer, tunnel admin): ureq over that setup |
 //! | `authorize`, `login`, `login_lock`, `token_cache` | credentials and browser login |
 
@@ -37,6 +38,7 @@ pub mod agent;
 mod authorize;
 mod connect;
 pub(crate) mod core;
+pub(crate) mod doctor;
 mod driver;
 mod error;
 mod https;
@@ -50,6 +52,7 @@ pub(crate) mod upgrade;
 
 pub use authorize::login_and_cache;
 pub use connect::{connect, tls_connect};
+pub use doctor::doctor;
 pub use driver::ssh;
 pub use error::AccessError;
 pub use https::{https_get, https_request, https_request_with, MAX_HTTPS_BODY};

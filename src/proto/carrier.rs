@@ -227,7 +227,25 @@ impl<L> Carrier<L> {
     /// Answers the request with an error whose JSON body names the cause; the carrier then
     /// closes. (A browser navigation gets pages through [`Carrier::respond`] instead.)
     pub fn refuse(&mut self, status: u16, reason: &str, message: &str, now: Instant) {
-        let body = serde_json::json!({ "error": message }).to_string();
+        self.refuse_step(status, reason, message, None, now)
+    }
+
+    /// [`Carrier::refuse`] with a `step` in the JSON body too: which hop of the path refused
+    /// (`token`, `policy`, `application`, `tunnel`), for programs (`postern access doctor`)
+    /// that must not guess from the message's words.
+    pub fn refuse_step(
+        &mut self,
+        status: u16,
+        reason: &str,
+        message: &str,
+        step: Option<&str>,
+        now: Instant,
+    ) {
+        let mut body = serde_json::json!({ "error": message });
+        if let Some(step) = step {
+            body["step"] = step.into();
+        }
+        let body = body.to_string();
         http::write_response(
             &mut self.tx,
             status,

@@ -51,6 +51,11 @@ impl AdminClient {
         })
     }
 
+    /// Where and how it connects: the setup `tunnel doctor` walks hop by hop.
+    pub(crate) fn edge_setup(&self) -> (&AccessOptions, &Arc<ClientConfig>) {
+        (&self.opts, &self.cfg)
+    }
+
     /// One request; a non-2xx answer is an error with the edge's reason.
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let body = body.map(|b| b.to_string());

@@ -21,6 +21,7 @@ use crate::pki::OriginCredential;
 pub mod admin;
 pub mod config;
 pub mod core;
+pub mod doctor;
 mod driver;
 mod resolve;
 pub mod sshd_setup;

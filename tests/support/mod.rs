@@ -779,6 +779,11 @@ impl Sshd {
         self.child.stderr_text()
     }
 
+    /// Stops sshd (SIGTERM): its port then refuses connections (the origin's service is down).
+    pub fn stop(&self) {
+        self.child.stop();
+    }
+
     /// The ssh options shared by direct and proxied connections (without ProxyCommand).
     pub fn ssh_options(&self) -> Vec<String> {
         vec![

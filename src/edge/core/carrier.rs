@@ -312,8 +312,9 @@ impl EdgeCore {
         let Some(app) = self.settings.application(&host) else {
             audit.insert("reason".into(), "no application".into());
             self.deny(audit, Auth::NoApplication);
-            return refuse(
+            return refuse_at(
                 c,
+                "application",
                 404,
                 "Not Found",
                 &format!("no application for {host} on this edge"),
@@ -352,8 +353,9 @@ impl EdgeCore {
                         audit.insert("client_id".into(), id.into());
                         audit.insert("reason".into(), "service token revoked".into());
                         self.deny(audit, Auth::BadServiceToken);
-                        return refuse(
+                        return refuse_at(
                             c,
+                            "token",
                             403,
                             "Forbidden",
                             "service token revoked: ask the edge's operator for a new one",
@@ -363,8 +365,9 @@ impl EdgeCore {
                         audit.insert("client_id".into(), id.into());
                         audit.insert("reason".into(), "service token expired".into());
                         self.deny(audit, Auth::BadServiceToken);
-                        return refuse(
+                        return refuse_at(
                             c,
+                            "token",
                             403,
                             "Forbidden",
                             "service token expired: ask the edge's operator for a new one",
@@ -386,8 +389,9 @@ impl EdgeCore {
                             "unknown service token or bad secret".into(),
                         );
                         self.deny(audit, Auth::BadServiceToken);
-                        return refuse(
+                        return refuse_at(
                             c,
+                            "token",
                             403,
                             "Forbidden",
                             "service token refused: unknown client id or wrong secret",
@@ -400,8 +404,9 @@ impl EdgeCore {
                 Err(why) => {
                     audit.insert("reason".into(), format!("app token refused: {why}").into());
                     self.deny(audit, Auth::BadAppToken);
-                    return refuse(
+                    return refuse_at(
                         c,
+                        "token",
                         401,
                         "Unauthorized",
                         &format!("app token refused ({why}): log in again"),
@@ -412,8 +417,9 @@ impl EdgeCore {
             _ => {
                 audit.insert("reason".into(), "no credentials".into());
                 self.deny(audit, Auth::NoCredentials);
-                return refuse(
+                return refuse_at(
                     c,
+                    "token",
                     401,
                     "Unauthorized",
                     &format!(
@@ -447,8 +453,9 @@ impl EdgeCore {
             } else {
                 "access denied"
             };
-            return refuse(
+            return refuse_at(
                 c,
+                "policy",
                 403,
                 "Forbidden",
                 &format!("{what}: {who} is not allowed to reach {host}"),
@@ -497,8 +504,9 @@ impl EdgeCore {
             }
             audit.insert("reason".into(), "hostname not registered".into());
             self.deny(audit, Auth::NotRegistered);
-            return refuse(
+            return refuse_at(
                 c,
+                "tunnel",
                 404,
                 "Not Found",
                 &format!("hostname {host} is not registered by any tunnel"),
@@ -518,7 +526,13 @@ impl EdgeCore {
                      (limits.max_streams_per_tunnel)"
                 )
             });
-            return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
+            return refuse_at(
+                c,
+                "tunnel",
+                503,
+                "Service Unavailable",
+                "tunnel is busy; try again",
+            );
         }
         // The origin learns who it is serving from an assertion signed for this stream only;
         // no credential the client presented travels on (see `origin_claims`).
@@ -549,7 +563,13 @@ impl EdgeCore {
             );
         };
         let Some(stream) = t.mux.open_stream(&host, &claims) else {
-            return refuse(c, 503, "Service Unavailable", "tunnel is busy; try again");
+            return refuse_at(
+                c,
+                "tunnel",
+                503,
+                "Service Unavailable",
+                "tunnel is busy; try again",
+            );
         };
         debug_assert_eq!(stream, next, "bug: the stream id the assertion names");
         t.carriers.insert(stream, slot);
@@ -759,6 +779,12 @@ pub(super) fn too_many_requests(c: &mut Carrier, now: Instant) {
 /// Queues an HTTP refusal with a JSON body naming the cause; the carrier closes after it.
 pub(super) fn refuse(c: &mut Carrier, status: u16, reason: &str, message: &str) {
     c.core.refuse(status, reason, message, c.now);
+}
+
+/// [`refuse`] naming the refusing `step` for programs (`proto::carrier::Carrier::refuse_step`).
+fn refuse_at(c: &mut Carrier, step: &str, status: u16, reason: &str, message: &str) {
+    c.core
+        .refuse_step(status, reason, message, Some(step), c.now);
 }
 
 /// A Host header as the audit log and the log record it: as is when it is a valid hostname,

@@ -540,6 +540,42 @@ fn a_hostname_without_an_application_is_refused_404() {
     pipe.send(&mut c, &upgrade("other.localhost", &[]));
     assert_eq!(status(&c.received), 404);
     assert!(body_of(&c.received).contains("no application for other.localhost"));
+    assert_eq!(step_of(&c.received), "application");
+}
+
+/// The `step` of a JSON refusal: which hop refused, for `postern access doctor`.
+fn step_of(received: &[u8]) -> String {
+    let body = body_of(received);
+    let v: serde_json::Value = serde_json::from_str(&body).expect("a JSON refusal");
+    v["step"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn a_refusal_names_the_hop_that_refused_for_programs() {
+    let mut pipe = Pipe::new();
+    // No credentials: the token hop.
+    let mut c = pipe.carrier(peer_addr(10, 1001), APP);
+    pipe.send(&mut c, &upgrade(APP, &[]));
+    assert_eq!(
+        (status(&c.received), step_of(&c.received).as_str()),
+        (401, "token")
+    );
+    // A wrong service token secret: the token hop too, though it is a 403.
+    let mut c = pipe.carrier(peer_addr(10, 1002), APP);
+    let [(a, x), (b, _)] = pipe.token_headers();
+    pipe.send(&mut c, &upgrade(APP, &[(a, &x), (b, "wrong-secret")]));
+    assert_eq!(
+        (status(&c.received), step_of(&c.received).as_str()),
+        (403, "token")
+    );
+    // Allowed, but no tunnel: the tunnel hop.
+    let mut c = pipe.carrier(peer_addr(10, 1003), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut c, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(
+        (status(&c.received), step_of(&c.received).as_str()),
+        (404, "tunnel")
+    );
 }
 
 #[test]

@@ -1,0 +1,324 @@
+//! `postern access doctor H` names the failing hop: with a working chain (real sshd, edge,
+//! tunnel) every hop is ok and the exit status is 0; then each fault is injected in turn
+//! (missing and bad token, wrong CA, no tunnel, egress blocked by a real tinyproxy, service
+//! down, edge down) and the doctor's first FAIL line names that hop, nothing after it runs,
+//! and it exits non-zero.
+
+mod support;
+
+use std::fs;
+use std::process::Command;
+use std::time::Duration;
+
+use support::{free_port, postern, run_with_deadline, Chain, Tinyproxy};
+
+const HOST: &str = "doctor.localhost";
+const STEPS: [&str; 9] = [
+    "dns", "proxy", "tcp", "tls", "token", "policy", "tunnel", "service", "ssh",
+];
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+}
+
+/// `postern access doctor HOSTNAME --edge EDGE --ca CA` with the chain's service token,
+/// adjusted by `adjust`.
+fn doctor(chain: &Chain, hostname: &str, adjust: impl FnOnce(&mut Command)) -> Run {
+    let mut cmd = postern(&chain.dir.join("home"));
+    cmd.args(["access", "doctor", hostname, "--edge"])
+        .arg(chain.edge.edge_arg())
+        .arg("--ca")
+        .arg(chain.edge.ca())
+        .env("POSTERN_SERVICE_TOKEN_ID", &chain.token.id)
+        .env("POSTERN_SERVICE_TOKEN_SECRET", &chain.token.secret);
+    adjust(&mut cmd);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "postern access doctor");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    eprintln!("doctor {hostname} ({:?}):\n{}", run.code, run.stdout);
+    run
+}
+
+/// The run failed at `step`: every earlier hop ok, `FAIL step: …` containing `needle`, no
+/// later hop, and a non-zero exit.
+fn assert_fails_at(run: &Run, step: &str, needle: &str) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let at = STEPS.iter().position(|s| *s == step).expect("a step");
+    let fail = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL "))
+        .unwrap_or_else(|| panic!("no FAIL line (want {step}):\n{}", run.stdout));
+    assert!(
+        lines[fail].starts_with(&format!("FAIL {step}: ")),
+        "want FAIL {step}:\n{}",
+        run.stdout
+    );
+    assert!(
+        lines[fail].contains(needle),
+        "want {needle:?} in the FAIL line:\n{}",
+        run.stdout
+    );
+    assert!(
+        lines[fail].contains(" — "),
+        "a cause and a fix: {}",
+        lines[fail]
+    );
+    assert_eq!(
+        fail,
+        lines.len() - 1,
+        "nothing after the failure:\n{}",
+        run.stdout
+    );
+    for (i, s) in STEPS[..at].iter().enumerate() {
+        // A refusal at the upgrade names the hops it proves (token, policy) before its own.
+        if i < fail {
+            assert!(
+                lines[i].starts_with(&format!("ok  {s}: ")),
+                "want ok {s} on line {i}:\n{}",
+                run.stdout
+            );
+        }
+    }
+    assert!(
+        matches!(run.code, Some(c) if c != 0),
+        "a failure exits non-zero: {:?}\n{}",
+        run.code,
+        run.stdout
+    );
+}
+
+#[test]
+fn the_doctor_passes_a_working_chain_and_names_each_injected_fault() {
+    let chain = Chain::start("doctor", HOST);
+
+    // All ok: every hop, in order, and the SSH banner shown.
+    let run = doctor(&chain, HOST, |_| {});
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), STEPS.len(), "{}", run.stdout);
+    for (line, step) in lines.iter().zip(STEPS) {
+        assert!(line.starts_with(&format!("ok  {step}: ")), "{}", run.stdout);
+    }
+    assert!(
+        lines[8].contains("banner SSH-2.0-OpenSSH"),
+        "{}",
+        run.stdout
+    );
+    assert!(lines[3].contains("issuer CN="), "{}", run.stdout);
+    // The service token's secret is never printed.
+    assert!(!run.stdout.contains(&chain.token.secret));
+
+    // No token, and none cached: never a browser; the fix is a login.
+    let run = doctor(&chain, HOST, |c| {
+        c.env_remove("POSTERN_SERVICE_TOKEN_ID")
+            .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
+            .env("BROWSER", "/bin/false");
+    });
+    assert_fails_at(&run, "token", &format!("postern access login {HOST}"));
+
+    // A bad token: a wrong service token secret; a cached app token the edge did not sign.
+    let run = doctor(&chain, HOST, |c| {
+        c.env("POSTERN_SERVICE_TOKEN_SECRET", "not-the-secret");
+    });
+    assert_fails_at(&run, "token", "service token refused");
+    let tokens = chain.dir.join("home/.postern/tokens");
+    fs::create_dir_all(&tokens).unwrap();
+    // {"alg":"EdDSA","kid":"x"} . {"exp":4102444800} . signature
+    let forged = "eyJhbGciOiJFZERTQSIsImtpZCI6IngifQ.eyJleHAiOjQxMDI0NDQ4MDB9.c2ln";
+    fs::write(tokens.join(format!("{HOST}.jwt")), format!("{forged}\n")).unwrap();
+    let run = doctor(&chain, HOST, |c| {
+        c.env_remove("POSTERN_SERVICE_TOKEN_ID")
+            .env_remove("POSTERN_SERVICE_TOKEN_SECRET");
+    });
+    assert_fails_at(&run, "token", "the cached app token");
+    assert!(run.stdout.contains(&format!("postern access login {HOST}")));
+
+    // The wrong CA: the system roots only, then a CA file that did not sign the edge's
+    // certificate. The line names the CA used and the certificate presented.
+    let run = doctor(&chain, HOST, |c| {
+        c.env_remove("POSTERN_CA");
+        // --ca comes from `doctor`; a second, empty-handed run without it:
+    });
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let mut cmd = postern(&chain.dir.join("home"));
+    cmd.args(["access", "doctor", HOST, "--edge"])
+        .arg(chain.edge.edge_arg())
+        .env("POSTERN_SERVICE_TOKEN_ID", &chain.token.id)
+        .env("POSTERN_SERVICE_TOKEN_SECRET", &chain.token.secret);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "doctor without --ca");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    assert_fails_at(&run, "tls", "the system roots");
+    assert!(run.stdout.contains("--ca"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("issuer CN=") && run.stdout.contains("valid until"),
+        "the presented certificate: {}",
+        run.stdout
+    );
+    let wrong_ca = chain.dir.join("wrong-ca.pem");
+    fs::write(&wrong_ca, wrong_ca_pem(&chain)).unwrap();
+    let run = doctor(&chain, HOST, |c| {
+        c.arg("--ca").arg(&wrong_ca);
+    });
+    assert_fails_at(&run, "tls", &wrong_ca.display().to_string());
+
+    // No tunnel serves the hostname (the application covers it: *.localhost).
+    let run = doctor(&chain, "nothing-here.localhost", |_| {});
+    assert_fails_at(&run, "tunnel", "not registered by any tunnel");
+
+    // Egress blocked: a real proxy that refuses CONNECT to the edge's port.
+    let blocking = Tinyproxy::start(chain.dir.path(), 443, None);
+    let run = doctor(&chain, HOST, |c| {
+        c.env("HTTPS_PROXY", blocking.url(None));
+    });
+    assert_fails_at(&run, "proxy", "CONNECT");
+    // ... or no route to the edge's port at all.
+    let closed = format!("127.0.0.1:{}", free_port());
+    let run = doctor(&chain, HOST, |c| {
+        c.arg("--edge").arg(&closed);
+    });
+    assert_fails_at(&run, "tcp", &closed);
+
+    // The service is down: sshd stopped; the edge and the tunnel are fine.
+    chain.sshd.stop();
+    let run = doctor(&chain, HOST, |_| {});
+    assert_fails_at(&run, "service", "could not reach its service");
+
+    // The edge is down.
+    chain.edge.child().kill();
+    let run = doctor(&chain, HOST, |_| {});
+    assert_fails_at(&run, "tcp", &chain.edge.edge_arg());
+}
+
+/// A CA certificate that did not sign the edge's: the edge's origin CA (its other CA), else
+/// any certificate in its state directory other than the TLS CA.
+fn wrong_ca_pem(chain: &Chain) -> String {
+    let tls_ca = fs::read_to_string(chain.edge.ca()).unwrap();
+    for entry in fs::read_dir(&chain.edge.state).unwrap().flatten() {
+        let path = entry.path();
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        if path != chain.edge.ca()
+            && text.starts_with("-----BEGIN CERTIFICATE-----")
+            && text != tls_ca
+        {
+            return text;
+        }
+    }
+    panic!("no other CA certificate in {}", chain.edge.state.display());
+}
+
+/// `postern tunnel doctor` with the running tunnel's own flags, adjusted by `adjust`.
+fn tunnel_doctor(chain: &Chain, edge: &str, adjust: impl FnOnce(&mut Command)) -> Run {
+    let mut cmd = postern(&chain.dir.join("home"));
+    cmd.args(["tunnel", "doctor", "--hostname", &chain.hostname, "--url"])
+        .arg(chain.sshd.url())
+        .arg("--origincert")
+        .arg(&chain.origin_cert)
+        .args(["--edge", edge, "--ca"])
+        .arg(chain.edge.ca());
+    adjust(&mut cmd);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "postern tunnel doctor");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    eprintln!("tunnel doctor ({:?}):\n{}", run.code, run.stdout);
+    run
+}
+
+const TUNNEL_STEPS: [&str; 9] = [
+    "config",
+    "credentials",
+    "dns",
+    "proxy",
+    "tcp",
+    "tls",
+    "auth",
+    "service",
+    "ssh",
+];
+
+fn assert_tunnel_fails_at(run: &Run, step: &str, needle: &str) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("FAIL {step}: ")) && last.contains(needle),
+        "want FAIL {step} with {needle:?}:\n{}",
+        run.stdout
+    );
+    let at = TUNNEL_STEPS
+        .iter()
+        .position(|s| *s == step)
+        .expect("a step");
+    assert_eq!(lines.len(), at + 1, "{}", run.stdout);
+    for (line, s) in lines.iter().zip(&TUNNEL_STEPS[..at]) {
+        assert!(line.starts_with(&format!("ok  {s}: ")), "{}", run.stdout);
+    }
+    assert!(matches!(run.code, Some(c) if c != 0), "{:?}", run.code);
+}
+
+#[test]
+fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_running_tunnel() {
+    let chain = Chain::start("tunnel-doctor", "tdoc.localhost");
+    let registered = chain.tunnel.registered_count();
+    let edge = chain.edge.edge_arg();
+
+    let run = tunnel_doctor(&chain, &edge, |_| {});
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), TUNNEL_STEPS.len(), "{}", run.stdout);
+    for (line, step) in lines.iter().zip(TUNNEL_STEPS) {
+        assert!(line.starts_with(&format!("ok  {step}: ")), "{}", run.stdout);
+    }
+    assert!(lines[8].contains("banner SSH-2.0-"), "{}", run.stdout);
+    // The running tunnel was not disturbed: no registration came and went, ssh still works.
+    assert_eq!(chain.tunnel.registered_count(), registered);
+    chain.assert_ssh_works("still-served");
+
+    // The credentials file readable by others.
+    let loose = chain.dir.join("loose.pem");
+    fs::copy(&chain.origin_cert, &loose).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--origincert").arg(&loose);
+    });
+    assert_tunnel_fails_at(&run, "credentials", "chmod 600");
+
+    // A hostname outside the certificate's zone.
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.args(["--hostname", "ssh.example.com"]);
+    });
+    assert_tunnel_fails_at(&run, "credentials", "does not cover ssh.example.com");
+
+    // An origin certificate from another edge: the edge refuses it.
+    let other = support::Edge::start(&chain.dir.join("other"));
+    let foreign = chain.dir.join("foreign.pem");
+    support::origin_cert(&other.state, "localhost", &foreign, &chain.edge.addr);
+    drop(other);
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--origincert").arg(&foreign);
+    });
+    assert_tunnel_fails_at(&run, "auth", "refused the origin certificate");
+
+    // The service is down.
+    let closed = format!("ssh://127.0.0.1:{}", free_port());
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.arg("--url").arg(&closed);
+    });
+    assert_tunnel_fails_at(&run, "service", "refuses connections");
+
+    // The edge is down (unreachable).
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let run = tunnel_doctor(&chain, &nowhere, |_| {});
+    assert_tunnel_fails_at(&run, "tcp", &nowhere);
+}
