@@ -345,22 +345,7 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 /// `postern edge origin-cert revoke SERIAL` names it); `None` when the DER is not a
 /// certificate. Reads only the outer SEQUENCEs, the optional version and the INTEGER.
 pub fn serial_hex(cert: &CertificateDer<'_>) -> Option<String> {
-    /// One DER element at the start of `der`: its tag, its contents and what follows it.
-    fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-        let (&tag, rest) = der.split_first()?;
-        let (&first, rest) = rest.split_first()?;
-        let (len, rest) = if first < 0x80 {
-            (first as usize, rest)
-        } else {
-            let n = (first & 0x7f) as usize;
-            if n == 0 || n > 4 || rest.len() < n {
-                return None;
-            }
-            let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
-            (len, &rest[n..])
-        };
-        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-    }
+    let element = der_element;
     let (0x30, certificate, _) = element(cert.as_ref())? else {
         return None;
     };

@@ -128,6 +128,24 @@ impl Setup {
         run_with_deadline(&mut cmd, SSH_DEADLINE, "postern access ssh-gen")
     }
 
+    /// `access ssh-config --hostname ssh.localhost --short-lived-cert` with `extra` flags.
+    fn ssh_config(&self, extra: &[&str]) -> String {
+        let mut cmd = postern(&self.home);
+        cmd.args([
+            "access",
+            "ssh-config",
+            "--hostname",
+            "ssh.localhost",
+            "--short-lived-cert",
+        ])
+        .args(extra)
+        .arg("--edge")
+        .arg(self.edge.edge_arg())
+        .arg("--ca")
+        .arg(self.edge.ca());
+        run_ok(&mut cmd, "access ssh-config --short-lived-cert")
+    }
+
     fn key_files(&self, host: &str) -> (PathBuf, PathBuf) {
         let dir = self.home.join(".postern");
         (
@@ -746,19 +764,7 @@ fn the_short_lived_cert_block_works_for_ssh_scp_sftp_and_git() {
     require("git");
     require("scp");
     require("sftp");
-    let mut cmd = postern(&s.home);
-    cmd.args([
-        "access",
-        "ssh-config",
-        "--hostname",
-        "ssh.localhost",
-        "--short-lived-cert",
-        "--edge",
-    ])
-    .arg(s.edge.edge_arg())
-    .arg("--ca")
-    .arg(s.edge.ca());
-    let block = run_ok(&mut cmd, "access ssh-config --short-lived-cert");
+    let block = s.ssh_config(&[]);
     assert!(
         block.starts_with("Match host ssh.localhost exec \""),
         "{block}"
@@ -793,20 +799,7 @@ fn the_agent_block_works_for_ssh_scp_sftp_and_git() {
     let s = Setup::start("ssh-cert-agent");
     require("ssh-agent");
     require("ssh-add");
-    let mut cmd = postern(&s.home);
-    cmd.args([
-        "access",
-        "ssh-config",
-        "--hostname",
-        "ssh.localhost",
-        "--short-lived-cert",
-        "--agent",
-        "--edge",
-    ])
-    .arg(s.edge.edge_arg())
-    .arg("--ca")
-    .arg(s.edge.ca());
-    let block = run_ok(&mut cmd, "access ssh-config --short-lived-cert --agent");
+    let block = s.ssh_config(&["--agent"]);
     assert!(
         block.starts_with("Host ssh.localhost\n  ProxyCommand "),
         "{block}"

@@ -228,6 +228,25 @@ pub(super) fn read_response_head(
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+/// The body of a refused upgrade (bounded by [`upgrade::refusal_body_len`]), read on after
+/// the head that `read_response_head` left at `used` in `buf`; empty for a 101.
+pub(super) fn refusal_body<'a>(
+    stream: &mut impl Read,
+    head: &http::ResponseHead,
+    buf: &'a mut Vec<u8>,
+    used: usize,
+) -> &'a [u8] {
+    let want = upgrade::refusal_body_len(head);
+    let mut chunk = [0u8; 4096];
+    while buf.len() - used < want {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    &buf[used..buf.len().min(used + want)]
+}
+
 /// Connects, upgrades, and returns a carrier ready for the loop. The edge's refusal (401,
 /// 403, …) is [`AccessError::Refused`].
 pub fn connect(opts: &mut AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsConn, AccessError> {
@@ -245,16 +264,8 @@ pub fn connect(opts: &mut AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsC
     stream.flush().map_err(edge_failed)?;
 
     let (head, mut buf, used) = read_response_head(&mut stream, "the upgrade")?;
-    let want = upgrade::refusal_body_len(&head);
-    let mut chunk = [0u8; 4096];
-    while buf.len() - used < want {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
     // A refusal's (bounded) body names its cause; a 101 has none to read.
-    let body = &buf[used..buf.len().min(used + want)];
+    let body = refusal_body(&mut stream, &head, &mut buf, used);
     upgrade::check_answer(&opts.hostname, &key, &head, body)?;
     opts.resume_granted = head
         .header(crate::proto::resume::HEADER)

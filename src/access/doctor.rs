@@ -28,7 +28,8 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
 use super::connect::{
-    connect_direct, connect_through, edge_proxy, read_response_head, resolve_edge, tls_handshake,
+    connect_direct, connect_through, edge_proxy, read_response_head, refusal_body, resolve_edge,
+    tls_handshake,
 };
 use super::token_cache::{jwt_expiry, TokenCache};
 use super::{json_error, upgrade, AccessError, AccessOptions, Credentials};
@@ -118,15 +119,7 @@ fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(
         )
     })?;
     if head.status != 101 {
-        let want = upgrade::refusal_body_len(&head);
-        let mut chunk = [0u8; 4096];
-        while buf.len() - used < want {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = &buf[used..buf.len().min(used + want)];
+        let body = refusal_body(&mut stream, &head, &mut buf, used);
         let cause = json_error(body).unwrap_or_else(|| untrusted(&head.reason).to_string());
         let cause = format!("HTTP {}: {cause}", head.status);
         let step = serde_json::from_slice::<serde_json::Value>(body)
