@@ -1310,9 +1310,15 @@ impl Core {
                 return;
             }
         }
+        let rules = self.cfg.ingress.rules();
         if let Some(l) = self.locals.get_mut(&service) {
+            // The rule's `originRequest.connectTimeout`, else the default.
+            let timeout = rules
+                .get(l.rule)
+                .and_then(|r| r.connect_timeout)
+                .unwrap_or(Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS));
             l.splice = Splice::Connecting {
-                deadline: now + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
+                deadline: now + timeout,
             };
         }
         debug!("{service} -> {addr}");
