@@ -2543,6 +2543,33 @@ mod tests {
     }
 
     #[test]
+    fn a_rules_connect_timeout_bounds_the_connect_to_its_service() {
+        let mut p = pipe(1);
+        // config.yml's `originRequest: {connectTimeout: 3s}` on the rule.
+        let raw: Vec<crate::tunnel::config::RawRule> = serde_json::from_str(&format!(
+            r#"[{{"hostname": "{HOST}", "service": "tcp://{SERVICE}",
+                 "originRequest": {{"connectTimeout": "3s"}}}},
+                {{"service": "http_status:404"}}]"#
+        ))
+        .unwrap();
+        p.core.cfg.ingress = Ingress::from_raw(&raw, None, &mut Vec::new()).unwrap();
+        p.register_all();
+        let silent = p.open(0, HOST);
+        p.service(silent);
+        p.advance(Duration::from_secs(3) - Duration::from_millis(1));
+        assert!(p.resets(0).is_empty(), "not before the rule's timeout");
+        p.advance(Duration::from_millis(1));
+        assert_eq!(
+            p.resets(0),
+            [(
+                silent.stream,
+                ResetCode::ConnectFailed,
+                "connect to the service timed out".to_owned()
+            )]
+        );
+    }
+
+    #[test]
     fn a_stream_to_a_dead_or_silent_service_is_reset_with_why() {
         let mut p = pipe(1);
         p.register_all();
