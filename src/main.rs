@@ -142,13 +142,14 @@ impl From<ConfigError> for CliError {
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let flags = match log_flags(&mut args) {
+    let mut flags = match log_flags(&mut args) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("postern: {e}");
             return ExitCode::FAILURE;
         }
     };
+    config_log_flags(&args, &mut flags);
     let level = if matches!(args.first().and_then(|a| a.to_str()), Some("access")) {
         // The client speaks only when something is wrong: ssh shows its stderr.
         "warn"
@@ -943,8 +944,11 @@ OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
     --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
     --origincert FILE     origin credential (default ~/.postern/cert.pem; env POSTERN_ORIGIN_CERT)
-    --config FILE         named tunnel config, JSON (default ~/.postern/config.json, then
-                          /etc/postern/config.json; env POSTERN_TUNNEL_CONFIG)
+    --config FILE         named tunnel config: cloudflared's config.yml, or JSON (default: the
+                          first of ~/.postern/config.{json,yml}, /etc/postern/config.{json,yml},
+                          then cloudflared's ~/.cloudflared, ~/.cloudflare-warp,
+                          ~/cloudflare-warp, /etc/cloudflared, /usr/local/etc/cloudflared
+                          config.{yml,yaml}; env POSTERN_TUNNEL_CONFIG)
     --credentials-file F  a named tunnel's credentials (default ~/.postern/<ID>.json)
     --edge HOST:PORT      connect here (default: the edge in the credential, else H:443; env POSTERN_EDGE,
                           comma-separated). Repeat it for an edge pool: the connections go round
@@ -976,13 +980,21 @@ ENVIRONMENT (cloudflared's names; a flag on the command line wins):
     TUNNEL_LOGLEVEL, TUNNEL_LOGFILE; NO_AUTOUPDATE, TUNNEL_TRANSPORT_PROTOCOL,
     TUNNEL_EDGE_IP_VERSION, TUNNEL_REGION, TUNNEL_RETRIES are ignored with a notice
 
-CONFIG (tunnel run):
-    {\"tunnel\": \"web\", \"credentials-file\": \"/root/.postern/<ID>.json\",
-     \"ingress\": [{\"hostname\": \"ssh.site.com\", \"service\": \"ssh://localhost:22\"},
-                 {\"hostname\": \"*.git.site.com\", \"service\": \"tcp://localhost:2222\"},
-                 {\"service\": \"http_status:404\"}]}
+CONFIG (tunnel run; cloudflared's config.yml, or the same keys in JSON):
+    tunnel: web
+    credentials-file: /root/.postern/<ID>.json
+    originRequest:
+      connectTimeout: 10s
+    ingress:
+      - hostname: ssh.site.com
+        service: ssh://localhost:22
+      - hostname: \"*.git.site.com\"
+        service: tcp://localhost:2222
+      - service: http_status:404
     Optional: edge (one HOST:PORT or a list), ca, ha-connections, grace-period, resume-window,
-    metrics. The last rule must have no hostname.
+    metrics, logfile, loglevel, pidfile, origincert. The last rule must have no hostname.
+    cloudflared's keys that mean nothing here are accepted with a notice; others are errors
+    naming the key and line (docs/tunnel-config.md).
 ";
 
 const TUNNEL_LOGIN_HELP: &str = "\
@@ -1583,18 +1595,66 @@ impl TunnelArgs {
 
     /// The config file: `--config`, env, else the first default that exists.
     fn config_path(&self) -> Option<PathBuf> {
-        self.config
-            .clone()
-            .or_else(|| env_var("POSTERN_TUNNEL_CONFIG").map(PathBuf::from))
-            .or_else(|| {
-                [
-                    home_postern("").ok().map(|d| d.join("config.json")),
-                    Some(PathBuf::from("/etc/postern/config.json")),
-                ]
+        tunnel_config_path(self.config.clone())
+    }
+}
+
+/// A tunnel's config file: `explicit` (`--config`), else `POSTERN_TUNNEL_CONFIG`, else the
+/// first of postern's and cloudflared's default places that exists
+/// (`tunnel::config::default_config_paths`).
+fn tunnel_config_path(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit
+        .or_else(|| env_var("POSTERN_TUNNEL_CONFIG").map(PathBuf::from))
+        .or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            tunnel::config::default_config_paths(home.as_deref())
                 .into_iter()
-                .flatten()
                 .find(|p| p.is_file())
-            })
+        })
+}
+
+/// Reads a tunnel's config file and says each notice (a cloudflared key accepted that means
+/// nothing here) on stderr, one line each.
+fn read_tunnel_config(path: &Path) -> Result<(TunnelConfig, Option<tunnel::Ingress>), CliError> {
+    let (cfg, ingress) = TunnelConfig::read(path).map_err(CliError::Failed)?;
+    for n in &cfg.notices {
+        eprintln!("postern: {n}");
+    }
+    Ok((cfg, ingress))
+}
+
+/// `logfile` and `loglevel` of a `tunnel` command's config file, for the logging flags that
+/// neither the command line nor `TUNNEL_LOG*` give (the log starts before the command
+/// runs). A config that does not read is left for the command to report.
+fn config_log_flags(args: &[OsString], flags: &mut LogFlags) {
+    if args.first().and_then(|a| a.to_str()) != Some("tunnel")
+        || (flags.level.is_some() && flags.file.is_some())
+    {
+        return;
+    }
+    let mut explicit = None;
+    let mut it = args.iter().filter_map(|a| a.to_str());
+    while let Some(a) = it.next() {
+        if let Some(v) = a.strip_prefix("--config=") {
+            explicit = Some(PathBuf::from(v));
+        } else if a == "--config" {
+            explicit = it.next().map(PathBuf::from);
+        }
+    }
+    let Some(path) = tunnel_config_path(explicit) else {
+        return;
+    };
+    let Ok((cfg, _)) = TunnelConfig::read(&path) else {
+        return;
+    };
+    if flags.level.is_none() {
+        flags.level = cfg
+            .loglevel
+            .as_deref()
+            .and_then(|l| logging::loglevel_filter(l).ok());
+    }
+    if flags.file.is_none() {
+        flags.file = cfg.logfile;
     }
 }
 
@@ -1725,7 +1785,7 @@ fn ingress_command(a: &TunnelArgs) -> Res {
     let path = a
         .config_path()
         .ok_or_else(|| usage("tunnel ingress: no config file: pass --config FILE"))?;
-    let (_, ingress) = TunnelConfig::read(&path).map_err(CliError::Failed)?;
+    let (_, ingress) = read_tunnel_config(&path)?;
     let ingress = ingress
         .ok_or_else(|| CliError::Failed(format!("{}: ingress: no rules", path.display())))?;
     match a.positional.as_slice() {
@@ -1765,7 +1825,7 @@ const TOKEN_DEFAULT_URL: &str = "ssh://localhost:22";
 fn tunnel_run(a: &TunnelArgs) -> Res {
     let config_path = a.config_path();
     let (cfg, ingress) = match &config_path {
-        Some(p) => TunnelConfig::read(p).map_err(CliError::Failed)?,
+        Some(p) => read_tunnel_config(p)?,
         None => (TunnelConfig::default(), None),
     };
     let from = |what: &str| match &config_path {
@@ -1815,6 +1875,10 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
                 .cred_file
                 .clone()
                 .or(cfg.credentials_file.clone())
+                .or_else(|| {
+                    let dir = cfg.origincert.as_deref()?.parent()?;
+                    TunnelCredentials::find(dir, &name)
+                })
                 .or_else(|| a.find_credentials(&name))
                 .ok_or_else(|| {
                     let place = home_postern("")
@@ -1883,7 +1947,7 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             resume_window: Duration::from_secs(resume_window),
         },
         a.metrics.clone().or(cfg.metrics.clone()),
-        a.pidfile.clone(),
+        a.pidfile.clone().or(cfg.pidfile.clone()),
     )
 }
 

@@ -18,6 +18,7 @@ pub mod sshkey;
 pub mod token_transfer;
 pub mod url;
 pub mod ws;
+pub mod yaml;
 
 /// ALPN of the edge's administration API (`edge::admin`), offered on the tunnels' port and
 /// spoken by `tunnel::admin`: named here so neither role imports the other for it.

@@ -2,10 +2,20 @@
 //! credentials file `tunnel create` writes.
 //!
 //! Contract:
-//! - The config file is JSON with cloudflared's key names (`tunnel`, `credentials-file`,
-//!   `ingress` with `hostname` and `service`, `metrics`), plus `edge`, `ca`,
-//!   `ha-connections`, `grace-period`, `resume-window`. Unknown keys are refused. Every error names the file and the field, e.g.
-//!   `ingress[1].service`.
+//! - The config file is cloudflared's `config.yml` (YAML, read by [`crate::proto::yaml`]) or
+//!   the same keys in JSON (a file ending in `.json`, or whose text starts with `{`): one
+//!   model, [`TunnelConfig`], for both. Keys: cloudflared's (`tunnel`, `credentials-file`,
+//!   `origincert`, `ingress` with `hostname`, `service`, `path`, `originRequest`, top-level
+//!   `originRequest`, `metrics`, `logfile`, `loglevel`, `pidfile`), plus `edge`, `ca`,
+//!   `ha-connections`, `grace-period`, `resume-window`. cloudflared's keys that mean nothing
+//!   here ([`IGNORED_KEYS`], the HTTP-only `originRequest` keys) are accepted, each with a
+//!   one-line notice ([`TunnelConfig::notices`]); any other key is refused. Every error names
+//!   the file and the key, e.g. `ingress[1].service`, and for YAML the line and column.
+//! - `originRequest.connectTimeout` bounds the connect to the service (default
+//!   [`crate::limits::SERVICE_CONNECT_TIMEOUT_SECS`]); a rule's own `originRequest` wins over
+//!   the top-level one. A rule for a web service (`http://`, `https://`, `unix:`,
+//!   `hello_world`...) or with a `path` keeps its place but refuses its streams, with a
+//!   notice: postern carries TCP streams only, which have no path.
 //! - Ingress rules are tried in order. `hostname` is a name or `*.suffix` (any name under
 //!   suffix); a rule without one matches everything and must be the last rule; the last rule
 //!   must be such a catch-all. A service is `ssh://host[:port]`, `tcp://host:port`,
@@ -71,6 +81,8 @@ pub struct Rule {
     /// Lowercase name or `*.suffix`; `None` matches every hostname.
     pub hostname: Option<String>,
     pub service: Service,
+    /// `originRequest.connectTimeout`; `None`: the default.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Rule {
@@ -101,10 +113,12 @@ impl Ingress {
                 Rule {
                     hostname: Some(hostname.to_ascii_lowercase()),
                     service: Service::parse(url).map_err(|e| format!("--url {e}"))?,
+                    connect_timeout: None,
                 },
                 Rule {
                     hostname: None,
                     service: Service::Status(404),
+                    connect_timeout: None,
                 },
             ],
         })
@@ -117,12 +131,19 @@ impl Ingress {
             rules: vec![Rule {
                 hostname: None,
                 service: Service::parse(url).map_err(|e| format!("--url {e}"))?,
+                connect_timeout: None,
             }],
         })
     }
 
-    /// Checks raw rules from a config file; errors name `ingress[i].field`.
-    pub fn from_raw(raw: &[RawRule]) -> Result<Ingress, String> {
+    /// Checks raw rules from a config file; errors name `ingress[i].field`. `defaults` is the
+    /// top-level `originRequest`; what is accepted but means nothing here goes to `notices`
+    /// (each starting with the key path).
+    pub fn from_raw(
+        raw: &[RawRule],
+        defaults: Option<&OriginRequest>,
+        notices: &mut Vec<String>,
+    ) -> Result<Ingress, String> {
         if raw.is_empty() {
             return Err("ingress: no rules (add at least a catch-all: {\"service\": ...})".into());
         }
@@ -152,9 +173,42 @@ impl Ingress {
                      rule, so the rules after it can never match"
                 ));
             }
-            let service =
-                Service::parse(&r.service).map_err(|e| format!("ingress[{i}].service: {e}"))?;
-            rules.push(Rule { hostname, service });
+            let web = WEB_SERVICES
+                .iter()
+                .any(|p| r.service.to_ascii_lowercase().starts_with(p));
+            let service = if web {
+                notices.push(format!(
+                    "ingress[{i}].service: {:?} is a web service; postern carries SSH and TCP \
+                     only, so this rule refuses its streams",
+                    r.service
+                ));
+                Service::Status(502)
+            } else {
+                Service::parse(&r.service).map_err(|e| format!("ingress[{i}].service: {e}"))?
+            };
+            let service = match (&r.path, service) {
+                (Some(path), Service::Tcp { .. }) => {
+                    notices.push(format!(
+                        "ingress[{i}].path: {path:?}: postern's streams are TCP and have no \
+                         path, so this rule refuses its streams"
+                    ));
+                    Service::Status(404)
+                }
+                (_, s) => s,
+            };
+            let own = match &r.origin_request {
+                Some(o) => o.check(&format!("ingress[{i}].originRequest"), notices)?,
+                None => None,
+            };
+            let default = match defaults {
+                Some(o) => o.connect_timeout()?,
+                None => None,
+            };
+            rules.push(Rule {
+                hostname,
+                service,
+                connect_timeout: own.or(default),
+            });
         }
         if rules.last().is_some_and(|r| r.hostname.is_some()) {
             return Err(format!(
@@ -183,6 +237,18 @@ impl Ingress {
     }
 }
 
+/// Services of cloudflared's that are web (HTTP) services: postern does not proxy them.
+const WEB_SERVICES: &[&str] = &[
+    "http://",
+    "https://",
+    "unix:",
+    "unix+tls:",
+    "hello_world",
+    "hello-world",
+    "socks5",
+    "bastion",
+];
+
 /// An ingress rule as written.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -190,7 +256,228 @@ pub struct RawRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     pub service: String,
+    /// cloudflared's path regex (HTTP only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(
+        default,
+        rename = "originRequest",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub origin_request: Option<OriginRequest>,
 }
+
+/// A duration as cloudflared writes it: `"30s"`, `"1m30s"`, `"500ms"`, or a number of
+/// seconds.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(
+    untagged,
+    expecting = "a duration such as \"30s\" or a number of seconds"
+)]
+pub enum GoDuration {
+    Seconds(u64),
+    Text(String),
+}
+
+impl GoDuration {
+    pub fn get(&self) -> Result<Duration, String> {
+        match self {
+            GoDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
+            GoDuration::Text(t) => parse_go_duration(t),
+        }
+    }
+}
+
+/// Go's `time.ParseDuration` for what configs write: numbers with `h`, `m`, `s`, `ms`
+/// units (`1m30s`), or a bare number of seconds. At most a day.
+pub fn parse_go_duration(v: &str) -> Result<Duration, String> {
+    let bad = || format!("{v:?} is not a duration like 30s or 1m30s");
+    if let Ok(secs) = v.parse::<u64>() {
+        return (secs <= 86_400)
+            .then(|| Duration::from_secs(secs))
+            .ok_or_else(bad);
+    }
+    let mut rest = v;
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let ms_per = match &rest[..unit] {
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit..];
+        total_ms = n
+            .checked_mul(ms_per)
+            .and_then(|x| total_ms.checked_add(x))
+            .ok_or_else(bad)?;
+    }
+    if v.is_empty() || total_ms > 86_400_000 {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// cloudflared's `originRequest` (top level, or in a rule). Only `connectTimeout` acts here;
+/// `noHappyEyeballs: true` is what postern does anyway (it connects to the addresses in
+/// turn); the rest are for HTTP origins or cloudflared's own network and are noticed and
+/// ignored. Unknown keys are refused.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OriginRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<GoDuration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_happy_eyeballs: Option<bool>,
+    #[serde(default, skip_serializing)]
+    tcp_keep_alive: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    tls_timeout: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    keep_alive_connections: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    keep_alive_timeout: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    http_host_header: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    origin_server_name: Option<IgnoredValue>,
+    #[serde(default, skip_serializing, rename = "matchSNItoHost")]
+    match_sni_to_host: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    ca_pool: Option<IgnoredValue>,
+    #[serde(default, skip_serializing, rename = "noTLSVerify")]
+    no_tls_verify: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    disable_chunked_encoding: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    http2_origin: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    bastion_mode: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    proxy_address: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    proxy_port: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    proxy_type: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    ip_rules: Option<IgnoredValue>,
+    #[serde(default, skip_serializing)]
+    access: Option<IgnoredValue>,
+}
+
+/// A value of a key accepted and ignored: anything.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct IgnoredValue(serde::de::IgnoredAny);
+
+impl OriginRequest {
+    fn connect_timeout(&self) -> Result<Option<Duration>, String> {
+        self.connect_timeout
+            .as_ref()
+            .map(GoDuration::get)
+            .transpose()
+    }
+
+    /// The connect timeout; notices for the keys that mean nothing here (named under
+    /// `at`).
+    fn check(&self, at: &str, notices: &mut Vec<String>) -> Result<Option<Duration>, String> {
+        let ignored = [
+            (
+                "tcpKeepAlive",
+                &self.tcp_keep_alive,
+                "the service connection uses the system's TCP keepalive settings",
+            ),
+            ("tlsTimeout", &self.tls_timeout, HTTP_ONLY),
+            (
+                "keepAliveConnections",
+                &self.keep_alive_connections,
+                HTTP_ONLY,
+            ),
+            ("keepAliveTimeout", &self.keep_alive_timeout, HTTP_ONLY),
+            ("httpHostHeader", &self.http_host_header, HTTP_ONLY),
+            ("originServerName", &self.origin_server_name, HTTP_ONLY),
+            ("matchSNItoHost", &self.match_sni_to_host, HTTP_ONLY),
+            ("caPool", &self.ca_pool, HTTP_ONLY),
+            ("noTLSVerify", &self.no_tls_verify, HTTP_ONLY),
+            (
+                "disableChunkedEncoding",
+                &self.disable_chunked_encoding,
+                HTTP_ONLY,
+            ),
+            ("http2Origin", &self.http2_origin, HTTP_ONLY),
+            (
+                "access",
+                &self.access,
+                "the edge enforces Access for every stream",
+            ),
+            (
+                "bastionMode",
+                &self.bastion_mode,
+                "bastion mode is not supported yet",
+            ),
+            ("proxyAddress", &self.proxy_address, SOCKS_ONLY),
+            ("proxyPort", &self.proxy_port, SOCKS_ONLY),
+            ("proxyType", &self.proxy_type, SOCKS_ONLY),
+            ("ipRules", &self.ip_rules, SOCKS_ONLY),
+        ];
+        for (key, v, why) in ignored {
+            if v.is_some() {
+                notices.push(format!("{at}.{key}: {why}; ignored"));
+            }
+        }
+        if self.no_happy_eyeballs == Some(false) {
+            notices.push(format!(
+                "{at}.noHappyEyeballs: postern connects to a service's addresses in turn \
+                 (no happy eyeballs); ignored"
+            ));
+        }
+        self.connect_timeout()
+            .map_err(|e| format!("{at}.connectTimeout: {e}"))
+    }
+}
+
+const HTTP_ONLY: &str = "an HTTP origin setting, and postern carries SSH and TCP only";
+const SOCKS_ONLY: &str = "cloudflared's SOCKS proxy setting, which postern does not have";
+
+/// Top-level keys of cloudflared's config that mean nothing here, each with why: accepted
+/// with a notice.
+pub const IGNORED_KEYS: &[(&str, &str)] = &[
+    ("no-autoupdate", "postern updates with your package manager"),
+    (
+        "autoupdate-freq",
+        "postern updates with your package manager",
+    ),
+    ("protocol", "postern speaks one protocol, over TLS on 443"),
+    (
+        "edge-ip-version",
+        "postern connects to the addresses the edge resolves to",
+    ),
+    (
+        "edge-bind-address",
+        "postern connects from the system's default address",
+    ),
+    ("region", "a postern edge is where `edge` says"),
+    ("retries", "postern retries forever, with backoff"),
+    ("tag", "the edge knows a connector by its tunnel id"),
+    ("transport-loglevel", "use loglevel"),
+    ("proto-loglevel", "use loglevel"),
+    (
+        "metrics-update-freq",
+        "postern's metrics are always current",
+    ),
+    ("compression-quality", "postern does not compress"),
+    (
+        "warp-routing",
+        "postern routes hostnames, not private networks",
+    ),
+    ("post-quantum", "the TLS settings are the edge's"),
+    ("heartbeat-interval", "postern's keepalive is fixed (15 s)"),
+    ("heartbeat-count", "postern's keepalive is fixed (3 misses)"),
+];
 
 /// The config file of `postern tunnel run` (see the module doc).
 #[derive(Debug, Default, Deserialize)]
@@ -217,6 +504,49 @@ pub struct TunnelConfig {
     pub ingress: Vec<RawRule>,
     /// Where to serve `/metrics` and `/ready` (`--metrics`).
     pub metrics: Option<String>,
+    /// Defaults for every rule's `originRequest`.
+    #[serde(rename = "originRequest")]
+    pub origin_request: Option<OriginRequest>,
+    /// The origin certificate, for finding the credentials file next to it.
+    pub origincert: Option<PathBuf>,
+    /// `--logfile`: append the log here too.
+    pub logfile: Option<PathBuf>,
+    /// `--loglevel`.
+    pub loglevel: Option<String>,
+    /// `--pidfile`.
+    pub pidfile: Option<PathBuf>,
+    // cloudflared's keys with no meaning here (IGNORED_KEYS), accepted with a notice.
+    #[serde(rename = "no-autoupdate")]
+    no_autoupdate: Option<IgnoredValue>,
+    #[serde(rename = "autoupdate-freq")]
+    autoupdate_freq: Option<IgnoredValue>,
+    protocol: Option<IgnoredValue>,
+    #[serde(rename = "edge-ip-version")]
+    edge_ip_version: Option<IgnoredValue>,
+    #[serde(rename = "edge-bind-address")]
+    edge_bind_address: Option<IgnoredValue>,
+    region: Option<IgnoredValue>,
+    retries: Option<IgnoredValue>,
+    tag: Option<IgnoredValue>,
+    #[serde(rename = "transport-loglevel")]
+    transport_loglevel: Option<IgnoredValue>,
+    #[serde(rename = "proto-loglevel")]
+    proto_loglevel: Option<IgnoredValue>,
+    #[serde(rename = "metrics-update-freq")]
+    metrics_update_freq: Option<IgnoredValue>,
+    #[serde(rename = "compression-quality")]
+    compression_quality: Option<IgnoredValue>,
+    #[serde(rename = "warp-routing")]
+    warp_routing: Option<IgnoredValue>,
+    #[serde(rename = "post-quantum")]
+    post_quantum: Option<IgnoredValue>,
+    #[serde(rename = "heartbeat-interval")]
+    heartbeat_interval: Option<IgnoredValue>,
+    #[serde(rename = "heartbeat-count")]
+    heartbeat_count: Option<IgnoredValue>,
+    /// One line for each key accepted that means nothing here, with the file and line.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 /// The config's `edge`: one `host:port`, or a list of them.
@@ -240,50 +570,158 @@ impl Edges {
 }
 
 impl TunnelConfig {
-    /// Reads and checks a config file. Paths in it are relative to the file's directory.
+    /// Reads and checks a config file (YAML or JSON, see the module doc). Paths in it are
+    /// relative to the file's directory. Errors name the file, the key and, for YAML, the
+    /// line and column.
     pub fn read(path: &Path) -> Result<(TunnelConfig, Option<Ingress>), String> {
         let text = read_small(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cfg: TunnelConfig =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let at = |e: String| format!("{}: {e}", path.display());
-        if let Some(t) = &cfg.tunnel {
+        let shown = path.display().to_string();
+        let (cfg, doc) = if is_json(path, &text) {
+            let cfg: TunnelConfig =
+                serde_json::from_str(&text).map_err(|e| format!("{shown}: {e}"))?;
+            (cfg, None)
+        } else {
+            let doc =
+                crate::proto::yaml::Document::parse(&text).map_err(|e| format!("{shown}: {e}"))?;
+            let cfg: TunnelConfig = doc.deserialize().map_err(|e| format!("{shown}: {e}"))?;
+            (cfg, Some(doc))
+        };
+        // "KEY.PATH: message" → "FILE: line L column C: KEY.PATH: message".
+        let at = |e: String| {
+            let key = e.split_once(": ").map_or("", |(k, _)| k);
+            let key = key.split_once(' ').map_or(key, |(k, _)| k);
+            match doc.as_ref().and_then(|d| d.position(key)) {
+                Some(p) => format!("{shown}: line {} column {}: {e}", p.line, p.col),
+                None => format!("{shown}: {e}"),
+            }
+        };
+        cfg.check(path).map_err(at).map(|(mut cfg, ingress)| {
+            cfg.notices = std::mem::take(&mut cfg.notices)
+                .into_iter()
+                .map(at)
+                .collect();
+            (cfg, ingress)
+        })
+    }
+
+    /// Checks the values; errors and notices start with the key path.
+    fn check(mut self, path: &Path) -> Result<(TunnelConfig, Option<Ingress>), String> {
+        if let Some(t) = &self.tunnel {
             if !crate::store::valid_tunnel_name(t) {
-                return Err(at(format!("tunnel: {t:?} is not a tunnel name or id")));
+                return Err(format!("tunnel: {t:?} is not a tunnel name or id"));
             }
         }
-        if let Some(n) = cfg.ha_connections {
+        if let Some(n) = self.ha_connections {
             if !(1..=16).contains(&n) {
-                return Err(at("ha-connections: must be between 1 and 16".into()));
+                return Err("ha-connections: must be between 1 and 16".into());
             }
         }
-        if let Some(e) = &cfg.edge {
-            let edges = super::edge_list(&e.list()).map_err(|e| at(format!("edge: {e}")))?;
+        if let Some(e) = &self.edge {
+            let edges = super::edge_list(&e.list()).map_err(|e| format!("edge: {e}"))?;
             if edges.is_empty() {
-                return Err(at("edge: names no edge".into()));
+                return Err("edge: names no edge".into());
             }
         }
-        if let Some(g) = &cfg.grace_period {
-            parse_seconds(g).map_err(|e| at(format!("grace-period: {e}")))?;
+        if let Some(g) = &self.grace_period {
+            parse_seconds(g).map_err(|e| format!("grace-period: {e}"))?;
         }
-        if let Some(w) = &cfg.resume_window {
-            resume_window(w).map_err(|e| at(format!("resume-window: {e}")))?;
+        if let Some(w) = &self.resume_window {
+            resume_window(w).map_err(|e| format!("resume-window: {e}"))?;
+        }
+        if let Some(l) = &self.loglevel {
+            crate::logging::loglevel_filter(l).map_err(|e| format!("loglevel: {e}"))?;
+        }
+        let mut notices = Vec::new();
+        for (key, why) in self.ignored_keys() {
+            notices.push(format!("{key}: cloudflared's; {why}; ignored"));
+        }
+        if let Some(o) = &self.origin_request {
+            o.check("originRequest", &mut notices)?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.credentials_file, &mut cfg.ca]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut self.credentials_file,
+            &mut self.ca,
+            &mut self.origincert,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        let ingress = if cfg.ingress.is_empty() {
+        let ingress = if self.ingress.is_empty() {
             None
         } else {
-            Some(Ingress::from_raw(&cfg.ingress).map_err(at)?)
+            Some(Ingress::from_raw(
+                &self.ingress,
+                self.origin_request.as_ref(),
+                &mut notices,
+            )?)
         };
-        Ok((cfg, ingress))
+        self.notices = notices;
+        Ok((self, ingress))
     }
+
+    /// The [`IGNORED_KEYS`] this config sets, each with why it means nothing here.
+    fn ignored_keys(&self) -> Vec<(&'static str, &'static str)> {
+        let set = [
+            self.no_autoupdate.is_some(),
+            self.autoupdate_freq.is_some(),
+            self.protocol.is_some(),
+            self.edge_ip_version.is_some(),
+            self.edge_bind_address.is_some(),
+            self.region.is_some(),
+            self.retries.is_some(),
+            self.tag.is_some(),
+            self.transport_loglevel.is_some(),
+            self.proto_loglevel.is_some(),
+            self.metrics_update_freq.is_some(),
+            self.compression_quality.is_some(),
+            self.warp_routing.is_some(),
+            self.post_quantum.is_some(),
+            self.heartbeat_interval.is_some(),
+            self.heartbeat_count.is_some(),
+        ];
+        IGNORED_KEYS
+            .iter()
+            .zip(set)
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+/// JSON when the file is named `*.json` or its text starts with `{`; YAML otherwise.
+fn is_json(path: &Path, text: &str) -> bool {
+    path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{')
+}
+
+/// Where `tunnel run` looks for its config without `--config` (or `POSTERN_TUNNEL_CONFIG`):
+/// postern's own places, then cloudflared's (its `DefaultConfigSearchDirectories`, each
+/// with `config.yml` and `config.yaml`). `home` is the user's home directory.
+pub fn default_config_paths(home: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(h) = home {
+        out.push(h.join(".postern/config.json"));
+        out.push(h.join(".postern/config.yml"));
+    }
+    out.push(PathBuf::from("/etc/postern/config.json"));
+    out.push(PathBuf::from("/etc/postern/config.yml"));
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    if let Some(h) = home {
+        for d in [".cloudflared", ".cloudflare-warp", "cloudflare-warp"] {
+            dirs.push(h.join(d));
+        }
+    }
+    dirs.push(PathBuf::from("/etc/cloudflared"));
+    dirs.push(PathBuf::from("/usr/local/etc/cloudflared"));
+    for d in dirs {
+        out.push(d.join("config.yml"));
+        out.push(d.join("config.yaml"));
+    }
+    out
 }
 
 /// `"30s"`, `"30"`, `"2m"` → seconds.
@@ -483,10 +921,41 @@ pub fn fuzz_config(data: &[u8]) {
     let Ok(cfg) = serde_json::from_slice::<TunnelConfig>(data) else {
         return;
     };
+    fuzz_checks(cfg);
+    if let Ok(creds) = serde_json::from_slice::<TunnelCredentials>(data) {
+        let _ = OriginCredential::parse(&creds.credential);
+    }
+}
+
+/// For the fuzz target: the same as [`fuzz_config`] for a config in YAML, and the line
+/// lookup of every error path. Must never panic.
+pub fn fuzz_config_yaml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(doc) = crate::proto::yaml::Document::parse(text) else {
+        return;
+    };
+    match doc.deserialize::<TunnelConfig>() {
+        Ok(cfg) => {
+            if let Err(e) = cfg.check(Path::new("/nonexistent/config.yml")) {
+                let key = e.split_once(": ").map_or("", |(k, _)| k);
+                let _ = doc.position(key);
+            }
+        }
+        Err(e) => {
+            let _ = doc.position(&e.path());
+        }
+    }
+}
+
+fn fuzz_checks(cfg: TunnelConfig) {
     if let Some(g) = &cfg.grace_period {
         let _ = parse_seconds(g);
     }
-    if let Ok(ingress) = Ingress::from_raw(&cfg.ingress) {
+    let mut notices = Vec::new();
+    if let Ok(ingress) = Ingress::from_raw(&cfg.ingress, cfg.origin_request.as_ref(), &mut notices)
+    {
         assert!(ingress.rules().last().is_some_and(|r| r.hostname.is_none()));
         for r in ingress.rules() {
             let host = r.hostname.as_deref().unwrap_or("x.example.com");
@@ -496,9 +965,6 @@ pub fn fuzz_config(data: &[u8]) {
             let (i, _) = ingress.find(&host);
             assert!(i < ingress.rules().len());
         }
-    }
-    if let Ok(creds) = serde_json::from_slice::<TunnelCredentials>(data) {
-        let _ = OriginCredential::parse(&creds.credential);
     }
 }
 
@@ -531,13 +997,24 @@ mod tests {
             .map(|(h, s)| RawRule {
                 hostname: h.map(str::to_owned),
                 service: (*s).to_owned(),
+                path: None,
+                origin_request: None,
             })
             .collect()
     }
 
+    impl Ingress {
+        fn from_raw_plain(raw: &[RawRule]) -> Result<Ingress, String> {
+            let mut notices = Vec::new();
+            let i = Ingress::from_raw(raw, None, &mut notices)?;
+            assert!(notices.is_empty(), "{notices:?}");
+            Ok(i)
+        }
+    }
+
     #[test]
     fn ingress_matches_in_order_with_wildcards_and_catch_all() {
-        let ing = Ingress::from_raw(&raw(&[
+        let ing = Ingress::from_raw_plain(&raw(&[
             (Some("SSH.example.com"), "ssh://localhost:22"),
             (Some("*.git.example.com"), "tcp://127.0.0.1:2222"),
             (None, "http_status:404"),
@@ -563,6 +1040,7 @@ mod tests {
                 url: "ssh://localhost:22".into()
             }
         );
+        assert_eq!(ing.rules()[0].connect_timeout, None);
     }
 
     #[test]
@@ -595,14 +1073,14 @@ mod tests {
                 "ingress[0].hostname",
             ),
             (
-                &[(Some("a.com"), "http://x:80"), (None, "ssh://x")],
+                &[(Some("a.com"), "ftp://x:21"), (None, "ssh://x")],
                 "ingress[0].service",
             ),
             (&[(None, "tcp://nohost")], "ingress[0].service"),
             (&[(None, "http_status:99")], "ingress[0].service"),
         ];
         for (rules, want) in cases {
-            let e = Ingress::from_raw(&raw(rules)).unwrap_err();
+            let e = Ingress::from_raw_plain(&raw(rules)).unwrap_err();
             assert!(e.starts_with(want), "{rules:?}: {e}");
         }
     }
@@ -666,6 +1144,95 @@ mod tests {
         let (cfg, ingress) = TunnelConfig::read(&path).unwrap();
         assert_eq!(cfg.credentials_file.unwrap(), dir.0.join("web.json"));
         assert_eq!(ingress.unwrap().rules().len(), 2);
+    }
+
+    #[test]
+    fn a_config_yml_fills_the_same_model_as_json() {
+        let dir = crate::store::tests::TempDir::new("tunnel-config-yml");
+        let yml = dir.0.join("config.yml");
+        fs::write(
+            &yml,
+            "# cloudflared's shape\n\
+             tunnel: web\n\
+             credentials-file: web.json\n\
+             no-autoupdate: true\n\
+             loglevel: debug\n\
+             originRequest: &o\n  connectTimeout: 1m30s\n  tcpKeepAlive: 30s\n\
+             ingress:\n\
+             \x20 - hostname: ssh.example.com\n    service: ssh://localhost:22\n\
+             \x20 - hostname: git.example.com\n    service: tcp://localhost:2222\n\
+             \x20   originRequest:\n      <<: *o\n      connectTimeout: 5\n\
+             \x20 - hostname: web.example.com\n    service: https://localhost:8443\n\
+             \x20 - service: http_status:404\n",
+        )
+        .unwrap();
+        let (cfg, ingress) = TunnelConfig::read(&yml).unwrap();
+        let ingress = ingress.unwrap();
+        assert_eq!(cfg.tunnel.as_deref(), Some("web"));
+        assert_eq!(cfg.credentials_file.unwrap(), dir.0.join("web.json"));
+        assert_eq!(cfg.loglevel.as_deref(), Some("debug"));
+        let timeouts: Vec<Option<u64>> = ingress
+            .rules()
+            .iter()
+            .map(|r| r.connect_timeout.map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(timeouts, [Some(90), Some(5), Some(90), Some(90)]);
+        assert_eq!(ingress.rules()[2].service, Service::Status(502));
+        let notices = cfg.notices.join("\n");
+        for want in [
+            "config.yml: line 4 column 16: no-autoupdate: cloudflared's",
+            "line 8 column 17: originRequest.tcpKeepAlive:",
+            "line 18 column 14: ingress[2].service: \"https://localhost:8443\" is a web service",
+        ] {
+            assert!(notices.contains(want), "{want:?} not in\n{notices}");
+        }
+        // The merged `tcpKeepAlive` is noticed for the rule too, at the line it is written on.
+        assert!(notices.contains("line 8 column 17: ingress[1].originRequest.tcpKeepAlive"));
+        assert_eq!(cfg.notices.len(), 4, "{notices}");
+        // The same keys in JSON: the same model.
+        let json = dir.0.join("config.json");
+        fs::write(
+            &json,
+            r#"{"tunnel": "web", "originRequest": {"connectTimeout": 7},
+                "ingress": [{"service": "ssh://localhost", "path": "/x"}]}"#,
+        )
+        .unwrap();
+        let (cfg, ingress) = TunnelConfig::read(&json).unwrap();
+        let ingress = ingress.unwrap();
+        let rule = &ingress.rules()[0];
+        assert_eq!(rule.connect_timeout, Some(Duration::from_secs(7)));
+        assert_eq!(rule.service, Service::Status(404), "a path rule refuses");
+        assert!(
+            cfg.notices[0].contains("ingress[0].path"),
+            "{:?}",
+            cfg.notices
+        );
+    }
+
+    #[test]
+    fn go_durations_and_default_places() {
+        let d = |v: &str| parse_go_duration(v).map(|d| d.as_millis());
+        assert_eq!(d("30s"), Ok(30_000));
+        assert_eq!(d("1m30s"), Ok(90_000));
+        assert_eq!(d("500ms"), Ok(500));
+        assert_eq!(d("2h"), Ok(7_200_000));
+        assert_eq!(d("10"), Ok(10_000));
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "-1s",
+            "25h",
+            "1.5s",
+            "99999999999999999999s",
+        ] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
+        let paths = default_config_paths(Some(Path::new("/home/u")));
+        let at = |p: &str| paths.iter().position(|x| x == Path::new(p)).unwrap();
+        assert!(at("/home/u/.postern/config.json") < at("/home/u/.cloudflared/config.yml"));
+        assert!(at("/home/u/.cloudflared/config.yml") < at("/etc/cloudflared/config.yml"));
+        assert!(at("/etc/cloudflared/config.yaml") < at("/usr/local/etc/cloudflared/config.yml"));
     }
 
     #[test]

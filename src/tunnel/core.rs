@@ -1310,9 +1310,15 @@ impl Core {
                 return;
             }
         }
+        let rules = self.cfg.ingress.rules();
         if let Some(l) = self.locals.get_mut(&service) {
+            // The rule's `originRequest.connectTimeout`, else the default.
+            let timeout = rules
+                .get(l.rule)
+                .and_then(|r| r.connect_timeout)
+                .unwrap_or(Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS));
             l.splice = Splice::Connecting {
-                deadline: now + Duration::from_secs(SERVICE_CONNECT_TIMEOUT_SECS),
+                deadline: now + timeout,
             };
         }
         debug!("{service} -> {addr}");
@@ -2534,6 +2540,33 @@ mod tests {
         assert!(p.edge_events[0]
             .iter()
             .any(|e| matches!(e, EdgeEvent::Register { .. })));
+    }
+
+    #[test]
+    fn a_rules_connect_timeout_bounds_the_connect_to_its_service() {
+        let mut p = pipe(1);
+        // config.yml's `originRequest: {connectTimeout: 3s}` on the rule.
+        let raw: Vec<crate::tunnel::config::RawRule> = serde_json::from_str(&format!(
+            r#"[{{"hostname": "{HOST}", "service": "tcp://{SERVICE}",
+                 "originRequest": {{"connectTimeout": "3s"}}}},
+                {{"service": "http_status:404"}}]"#
+        ))
+        .unwrap();
+        p.core.cfg.ingress = Ingress::from_raw(&raw, None, &mut Vec::new()).unwrap();
+        p.register_all();
+        let silent = p.open(0, HOST);
+        p.service(silent);
+        p.advance(Duration::from_secs(3) - Duration::from_millis(1));
+        assert!(p.resets(0).is_empty(), "not before the rule's timeout");
+        p.advance(Duration::from_millis(1));
+        assert_eq!(
+            p.resets(0),
+            [(
+                silent.stream,
+                ResetCode::ConnectFailed,
+                "connect to the service timed out".to_owned()
+            )]
+        );
     }
 
     #[test]
