@@ -807,7 +807,9 @@ fn revoke_origin_cert(store: &mut dyn Store, what: &str) -> Res {
             revoked.serials.contains_key(serial),
             format!("origin certificate serial {serial}"),
         ),
-        Revocation::ServiceToken { .. } => unreachable!("built above"),
+        Revocation::ServiceToken { .. } | Revocation::ZoneSessions { .. } => {
+            unreachable!("built above")
+        }
     };
     if already {
         println!("{} was already revoked.", capitalized(&shown));

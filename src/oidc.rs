@@ -206,6 +206,20 @@ impl Provider {
         nonce: &str,
         now: u64,
     ) -> Result<Identity, OidcError> {
+        self.exchange_signed_in(code, verifier, redirect_uri, nonce, now)
+            .map(|(id, _)| id)
+    }
+
+    /// [`Provider::exchange`], with how the person authenticated ([`SignIn`], from the
+    /// verified ID token) for the zone session.
+    pub fn exchange_signed_in(
+        &self,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+        now: u64,
+    ) -> Result<(Identity, SignIn), OidcError> {
         let basic = base64::encode(
             format!(
                 "{}:{}",
@@ -248,12 +262,13 @@ impl Provider {
         let tokens: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| OidcError::Document(format!("token response: {e}")))?;
         let claims = self.verify_id_token(&tokens.id_token, nonce, now)?;
-        signed_in(&self.settings, &claims, || {
+        let id = signed_in(&self.settings, &claims, || {
             match (&self.discovery.userinfo_endpoint, &tokens.access_token) {
                 (Some(url), Some(at)) => self.userinfo(url, at).map(Some),
                 _ => Ok(None),
             }
-        })
+        })?;
+        Ok((id, SignIn::from_claims(&claims)))
     }
 
     fn verify_id_token(&self, token: &str, nonce: &str, now: u64) -> Result<Value, OidcError> {
@@ -331,6 +346,43 @@ fn email_verified(claims: &Value) -> Option<bool> {
         Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
         _ => None,
+    }
+}
+
+/// How the person authenticated at the provider, from the verified ID token: what a zone
+/// session records so that an application's `max_age` or `amr`/`acr` rule can be checked
+/// when a token for it is exchanged. Provider text, bounded here; never shown unescaped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SignIn {
+    /// The ID token's `auth_time` (Unix seconds), if it has one.
+    pub auth_time: Option<u64>,
+    /// The ID token's `amr` (at most 16 values of at most 64 characters).
+    pub amr: Vec<String>,
+    /// The ID token's `acr` (at most 256 characters).
+    pub acr: Option<String>,
+}
+
+impl SignIn {
+    /// Reads `auth_time`, `amr` and `acr` from verified ID-token claims; anything of the
+    /// wrong type is left out.
+    pub fn from_claims(claims: &Value) -> SignIn {
+        let short = |s: &str, max: usize| s.chars().take(max).collect::<String>();
+        SignIn {
+            auth_time: claims.get("auth_time").and_then(Value::as_u64),
+            amr: match claims.get("amr") {
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .take(16)
+                    .map(|m| short(m, 64))
+                    .collect(),
+                _ => Vec::new(),
+            },
+            acr: claims
+                .get("acr")
+                .and_then(Value::as_str)
+                .map(|a| short(a, 256)),
+        }
     }
 }
 

@@ -82,8 +82,9 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
     // Start before bothering the user: an unreachable or untrusted edge, or one that will
     // not take another login, fails here with its cause and no browser window.
     let body = match purpose {
+        // A zone session too (one login per zone): older edges ignore the field.
         Purpose::App => serde_json::json!({
-            "id": opener.id, "key": opener.public, "app": opts.hostname,
+            "id": opener.id, "key": opener.public, "app": opts.hostname, "zone_session": true,
         }),
         Purpose::Tunnel => serde_json::json!({
             "id": opener.id, "key": opener.public, "purpose": "tunnel",

@@ -307,17 +307,22 @@ fn start_login_workers(provider: Arc<Provider>, waker: Arc<Waker>) -> io::Result
         "oidc",
         MAX_OIDC_JOBS,
         move |job: Job| {
-            let result = provider.exchange(
+            let result = provider.exchange_signed_in(
                 &job.code,
                 &job.verifier,
                 &job.redirect,
                 &job.nonce,
                 unix_now(),
             );
+            let (result, sign_in) = match result {
+                Ok((id, sign_in)) => (Ok(id), sign_in),
+                Err(e) => (Err(e), Default::default()),
+            };
             Done {
                 conn: job.conn,
                 state: job.state,
                 result,
+                sign_in,
             }
         },
         move || {

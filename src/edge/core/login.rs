@@ -55,6 +55,7 @@ use crate::limits::MAX_CONFIRM_ATTEMPTS;
 use crate::limits::BINDER_COOKIE_SECS;
 
 pub(super) mod pool;
+pub(super) mod zone;
 
 pub(super) fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
@@ -69,6 +70,8 @@ pub(super) struct PendingLogin {
     verifier: String,
     nonce: String,
     stage: Stage,
+    /// How the person authenticated (set at sign-in): recorded in a zone session.
+    sign_in: crate::oidc::SignIn,
 }
 
 enum Stage {
@@ -94,6 +97,9 @@ enum Stage {
 #[derive(Default)]
 pub(super) struct Logins {
     map: HashMap<String, PendingLogin>,
+    /// Transfer ids whose CLI asked for a zone session too (`zone_session`); forgotten with
+    /// their transfer.
+    pub(super) zone_wanted: std::collections::HashSet<String>,
 }
 
 /// A confirmed login whose token is sealed for its CLI: what the browser is shown and the
@@ -124,6 +130,8 @@ pub(crate) struct Done {
     pub(crate) conn: ConnId,
     pub(crate) state: String,
     pub(crate) result: Result<Identity, OidcError>,
+    /// How the person authenticated (default when the exchange failed).
+    pub(crate) sign_in: crate::oidc::SignIn,
 }
 
 /// The queues to the threads that run the blocking OIDC calls (started by the driver), so the
@@ -298,6 +306,9 @@ struct StartLogin {
     /// `"tunnel"` for an origin certificate (`tunnel login`).
     #[serde(default)]
     purpose: Option<String>,
+    /// An app login that also wants a zone session (one login per zone; `zone_session`).
+    #[serde(default)]
+    zone_session: bool,
 }
 
 impl EdgeCore {
@@ -403,6 +414,7 @@ impl EdgeCore {
                 self.start_login(conn, c, head, host, body, now)
             }
             ("GET", "/cdn-cgi/access/cli") => self.open_login(conn, c, &query, host, now),
+            ("POST", zone::EXCHANGE) => self.exchange_zone_session(c, head, host, body),
             ("GET", "/cdn-cgi/access/callback") => self.callback(conn, c, head, &query),
             ("GET", "/cdn-cgi/access/dev-login") => self.dev_login(c, head, &query),
             ("POST", "/cdn-cgi/access/dev-login") => {
@@ -447,6 +459,9 @@ impl EdgeCore {
         self.logins
             .map
             .retain(|_, l| transfers.waiting(&l.transfer, now).is_some());
+        self.logins
+            .zone_wanted
+            .retain(|id| transfers.waiting(id, now).is_some());
     }
 
     /// `POST /cdn-cgi/access/transfer` from the CLI: opens a transfer slot for its key,
@@ -505,10 +520,13 @@ impl EdgeCore {
                 "this edge has no identity provider: use a service token",
             );
         }
-        match self
+        let begun = self
             .transfers
-            .begin(&req.id, &req.key, purpose.clone(), c.peer.ip(), now)
-        {
+            .begin(&req.id, &req.key, purpose.clone(), c.peer.ip(), now);
+        if begun.is_ok() && req.zone_session && matches!(purpose, Purpose::App(_)) {
+            self.logins.zone_wanted.insert(req.id.clone());
+        }
+        match begun {
             Ok(()) if self.shared_logins() => {
                 let code = crate::proto::token_transfer::confirmation_code(&req.id, &req.key);
                 self.share_transfer(conn, c, &req.id, &purpose, code)
@@ -630,6 +648,7 @@ impl EdgeCore {
                 verifier,
                 nonce: nonce.clone(),
                 stage: Stage::AtProvider,
+                sign_in: Default::default(),
             },
         );
         let location = match (&self.settings.identity, &self.oidc) {
@@ -825,7 +844,10 @@ impl EdgeCore {
             return;
         };
         match done.result {
-            Ok(id) => self.signed_in(&mut c, &done.state, id),
+            Ok(id) => {
+                self.record_sign_in(&done.state, done.sign_in);
+                self.signed_in(&mut c, &done.state, id)
+            }
             Err(e) => {
                 warn!("sign-in failed: {e}");
                 self.end_login(
@@ -910,6 +932,7 @@ impl EdgeCore {
                 Some(code),
             ) => {
                 if ct_eq(code.as_bytes(), expected.as_bytes()) {
+                    login.sign_in.auth_time = Some(self.unix);
                     let id = Identity {
                         email: Some(email.clone()),
                         groups: Vec::new(),
@@ -1259,8 +1282,16 @@ impl EdgeCore {
                     "exp": issued + app.session_duration,
                     "jti": random_token(),
                 });
+                let mut payload = self.keys.sign(&claims);
+                // One login per zone: the zone session rides in the same sealed transfer.
+                if self.logins.zone_wanted.remove(&login.transfer) {
+                    if let Some(zone) = self.issue_zone_session(host, &identity, &login.sign_in) {
+                        payload.push('\n');
+                        payload.push_str(&zone);
+                    }
+                }
                 (
-                    self.keys.sign(&claims).into_bytes(),
+                    payload.into_bytes(),
                     format!(
                         "<p>Signed in as <b>{}</b> for <b>{}</b>.</p><p>You can close this \
                          window and return to your terminal.</p>",
