@@ -332,6 +332,39 @@ mod tests {
     }
 
     #[test]
+    fn a_logins_zone_session_is_cached_only_for_the_hosts_own_zone() {
+        let tmp = crate::access::token_cache::tests::TempDir::new("payload-zone");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let opts = |host: &str| AccessOptions {
+            hostname: host.into(),
+            edge: "127.0.0.1:443".into(),
+            extra_ca: None,
+            credentials: Credentials::None,
+            resume: None,
+            resume_granted: None,
+        };
+        let far = crate::io::unix_now() + 3600;
+        let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
+        let session = jwt(&format!(r#"{{"exp":{far},"aud":"zone:example.com"}}"#));
+        let payload = format!("{token}\n{session}\n").into_bytes();
+        let got = login_payload(&opts("ssh.example.com"), &cache, payload.clone()).unwrap();
+        assert_eq!(got.expose(), token);
+        let (zone, cached) = cache.load_zone_session("db.example.com").unwrap();
+        assert_eq!(
+            (zone.as_str(), cached.expose()),
+            ("example.com", session.as_str())
+        );
+        // A session for a zone the host is not in is not kept (an edge cannot plant one for
+        // another zone); an app token alone (an older edge) is fine.
+        let cache = TokenCache::new(tmp.0.join("other"));
+        login_payload(&opts("ssh.other.org"), &cache, payload).unwrap();
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+        assert!(cache.load_zone_session("ssh.other.org").is_none());
+        let alone = login_payload(&opts("ssh.other.org"), &cache, token.clone().into_bytes());
+        assert_eq!(alone.unwrap().expose(), token);
+    }
+
+    #[test]
     fn only_a_compact_jwt_is_accepted_from_a_login() {
         let good = jwt(r#"{"exp":1}"#);
         assert_eq!(

@@ -438,6 +438,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_zone_session_is_0600_found_from_any_host_of_its_zone_and_removed_by_logout() {
+        let tmp = TempDir::new("cache-zone");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let session = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
+        let path = cache
+            .store_zone_session("example.com", &Secret::from(session.clone()))
+            .unwrap();
+        assert_eq!(path, tmp.0.join("tokens/example.com.zone"));
+        assert_eq!(mode(&path), 0o600);
+        for host in ["ssh.example.com", "a.b.example.com", "example.com"] {
+            let (zone, got) = cache.load_zone_session(host).expect(host);
+            assert_eq!(
+                (zone.as_str(), got.expose()),
+                ("example.com", session.as_str())
+            );
+        }
+        assert!(cache.load_zone_session("example.org").is_none());
+        assert!(cache.load_zone_session("xexample.com").is_none());
+        // Only the session it was: a newer one from a parallel login stays.
+        cache
+            .remove_if_zone_session("example.com", &Secret::from("x.y.z".to_owned()))
+            .unwrap();
+        assert!(cache.load_zone_session("ssh.example.com").is_some());
+        // An expired one is not used.
+        let old = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() - 1));
+        cache
+            .store_zone_session("old.test", &Secret::from(old))
+            .unwrap();
+        assert!(cache.load_zone_session("ssh.old.test").is_none());
+        // `access logout` (all) forgets zone sessions too.
+        cache
+            .store("ssh.example.com", &Secret::from(session))
+            .unwrap();
+        assert_eq!(cache.remove_all().unwrap(), 1);
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn jwt_expiry_of_malformed_tokens_is_none_without_panicking() {
         assert_eq!(
             jwt_expiry(&jwt(r#"{"exp":1700000000}"#)),

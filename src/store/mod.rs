@@ -1045,6 +1045,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn zone_session_revocation_keys_round_trip_and_garbage_is_none() {
+        for email in ["alice@site.com", "a/b@x", "é@x\u{1b}[2J"] {
+            let key = zone_sessions_key("site.com", email, 42);
+            assert!(
+                !key[9..].contains(email),
+                "the email is hex in the key: {key}"
+            );
+            assert_eq!(
+                parse_zone_sessions_key(&key),
+                Some(("site.com".into(), email.into(), 42))
+            );
+        }
+        for bad in [
+            "",
+            "site.com",
+            "site.com/61",
+            "site.com/6/1",
+            "site.com/zz/1",
+            "site.com/61/x",
+            "site.com/61/1/2",
+            "../x/61/1",
+            "site.com/ff/1",
+        ] {
+            assert_eq!(parse_zone_sessions_key(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn ct_eq_compares_whole_slices() {
         assert!(ct_eq(b"", b""));
         assert!(ct_eq(b"abc", b"abc"));

@@ -697,6 +697,34 @@ mod tests {
     }
 
     #[test]
+    fn zone_sessions_up_to_the_latest_kill_of_their_email_in_their_zone_are_revoked() {
+        let (mut zones, _, _, _) = views(Snapshot::default());
+        assert!(!zones.zone_session_revoked("z.com", "a@z.com", 10));
+        zones.revoke_zone_sessions("z.com", "a@z.com", 10);
+        zones.revoke_zone_sessions("z.com", "a@z.com", 5);
+        assert!(zones.zone_session_revoked("z.com", "a@z.com", 10));
+        assert!(zones.zone_session_revoked("z.com", "a@z.com", 7));
+        assert!(!zones.zone_session_revoked("z.com", "a@z.com", 11));
+        assert!(!zones.zone_session_revoked("z.com", "b@z.com", 1));
+        assert!(!zones.zone_session_revoked("y.com", "a@z.com", 1));
+        // From a store's snapshot too (an edge started after the kill).
+        let mut revocations = Revocations::default();
+        revocations.zone_sessions.insert(
+            crate::store::zone_sessions_key("z.com", "a@z.com", 10),
+            RevokedToken {
+                revoked: 10,
+                reason: String::new(),
+            },
+        );
+        let (started, _, _, _) = views(Snapshot {
+            revocations,
+            ..Snapshot::default()
+        });
+        assert!(started.zone_session_revoked("z.com", "a@z.com", 9));
+        assert!(!started.zone_session_revoked("z.com", "a@z.com", 11));
+    }
+
+    #[test]
     fn tokens_verify_refuse_or_are_unknown() {
         let mut revocations = Revocations::default();
         revocations.service_tokens.insert(
