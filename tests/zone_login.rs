@@ -7,16 +7,18 @@
 //! - an application whose policy excludes the identity is refused at the exchange, and the CLI
 //!   opens no browser for it;
 //! - `postern edge sessions kill --email E` revokes E's zone sessions: exchanges stop;
-//! - a zone session is no app token: the carrier refuses it; the cache file is 0600.
+//! - a zone session is no app token: the carrier refuses it; the cache file is 0600;
+//! - `--no-browser` prints the login URL and starts no browser.
 
 mod support;
 
 use std::path::Path;
 use std::time::Duration;
 
+use support::oidc::browser_login;
 use support::oidc::DEFAULT_EXPECT;
-use support::sso::{body_of, raw_request, status_of, Sso};
-use support::{postern, run_ok};
+use support::sso::{body_of, login_prompt, raw_request, status_of, Sso};
+use support::{postern, run_ok, Child};
 
 /// What a ProxyCommand prints when it starts a browser login.
 const BROWSER_PROMPT: &str = "/cdn-cgi/access/cli?";
@@ -173,4 +175,41 @@ fn a_killed_zone_session_stops_exchanges() {
         "a killed zone session must not be exchanged: {r}"
     );
     assert!(body_of(&r).contains("\"login_required\""), "{r}");
+}
+
+#[test]
+fn no_browser_prints_the_login_url_and_starts_no_browser() {
+    let sso = Sso::start("zone-nobrowser");
+    // A BROWSER that leaves a mark if it is ever started.
+    let marker = sso.dir.join("browser-started");
+    let script = sso.dir.join("marking-browser.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args(["access", "login", "ssh.localhost", "--no-browser"])
+        .args(["--edge", &sso.edge_addr, "--ca"])
+        .arg(sso.ca())
+        .env("BROWSER", &script);
+    let cli = Child::spawn("login-no-browser", cmd, sso.dir.path());
+    let (url, code) = login_prompt(&cli);
+    // The person opens the printed URL in a browser of their own.
+    let page = browser_login(
+        &url,
+        "alice",
+        DEFAULT_EXPECT,
+        None,
+        Some(&code),
+        sso.dir.path(),
+    );
+    assert!(page.is_ok(), "browser login: {page:?}");
+    let status = cli
+        .wait_exit(Duration::from_secs(30))
+        .expect("the login ends after the browser login");
+    assert!(status.success(), "{}", cli.stderr_text());
+    assert!(
+        !marker.exists(),
+        "--no-browser must not start a browser: {}",
+        cli.stderr_text()
+    );
+    zone_session(&sso, "alice");
 }
