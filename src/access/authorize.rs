@@ -56,10 +56,12 @@ pub(crate) fn open_authorized(
         let fresh = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN);
         let token = match fresh {
             Some(token) => Some(token),
-            // Missing or about to expire: the zone session brings a new one, silently.
-            None => match zone_token(opts, cfg, cache)? {
-                Some(token) => Some(token),
-                None => cache.load(&opts.hostname),
+            // Missing or about to expire: the zone session brings a new one, silently. A
+            // refusal here is not final yet: a bypass policy may admit the carrier without
+            // credentials; after the edge's 401 it is (`app_token`).
+            None => match zone_token(opts, cfg, cache) {
+                Ok(Some(token)) => Some(token),
+                Ok(None) | Err(_) => cache.load(&opts.hostname),
             },
         };
         if let Some(token) = token {
