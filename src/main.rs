@@ -810,7 +810,9 @@ fn revoke_origin_cert(store: &mut dyn Store, what: &str) -> Res {
             revoked.serials.contains_key(serial),
             format!("origin certificate serial {serial}"),
         ),
-        Revocation::ServiceToken { .. } => unreachable!("built above"),
+        Revocation::ServiceToken { .. } | Revocation::ZoneSessions { .. } => {
+            unreachable!("built above")
+        }
     };
     if already {
         println!("{} was already revoked.", capitalized(&shown));
@@ -1971,12 +1973,16 @@ H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
 Without a service token, `ssh` and `tcp` use the token cached for H (~/.postern/tokens/H.jwt,
 mode 0600); when there is none, or the edge refuses it, they print a login URL on stderr,
 open a browser (env BROWSER, else xdg-open) and wait for the login. Parallel connections to
-the same H share one login.
+the same H share one login. One login per zone: the login also caches a zone session
+(~/.postern/tokens/ZONE.zone, 0600), from which tokens for the zone's other applications are
+had without a browser while it lasts and their policy admits you; tokens about to expire are
+renewed through it silently.
 
 OPTIONS:
     --hostname H       the application's hostname (SNI and Host)
     --edge HOST:PORT   connect here instead of resolving H (env POSTERN_EDGE)
     --ca FILE          trust this CA besides the system roots (env POSTERN_CA)
+    --no-browser       never open a browser for a login: only print its URL
     --id ID            service token client id (prefer env POSTERN_SERVICE_TOKEN_ID)
     --secret SECRET    service token secret (prefer env POSTERN_SERVICE_TOKEN_SECRET:
                        a flag is visible to other users in the process list)
@@ -2080,6 +2086,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
                 short_lived_cert = true
             }
             Long("agent") if sub == "ssh-config" => agent_block = true,
+            Long("no-browser") => access::login::set_no_browser(),
             Long("help") | Short('h') => {
                 print!("{ACCESS_HELP}");
                 return Ok(ExitCode::SUCCESS);

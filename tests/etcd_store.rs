@@ -218,6 +218,14 @@ fn tokens_and_revocations_made_through_one_edge_reach_another_by_its_poll() {
         reason: "test".into(),
     })
     .unwrap();
+    // A kill by email at one edge: that email's zone sessions, for every edge.
+    let zone_kill = Revocation::ZoneSessions {
+        zone: "site.com".into(),
+        email: "alice@site.com".into(),
+        before: 1_700_000_000,
+        reason: "test".into(),
+    };
+    a.revoke(zone_kill.clone()).unwrap();
     b.poll().unwrap();
     let changes = b.changes();
     eprintln!(
@@ -235,6 +243,7 @@ fn tokens_and_revocations_made_through_one_edge_reach_another_by_its_poll() {
     assert!(changes.iter().any(|c| matches!(c,
         Change::Revoked(Revocation::Certificate { sha256, serial, .. })
             if *sha256 == "b".repeat(64) && serial.as_deref() == Some("0a"))));
+    assert!(changes.contains(&Change::Revoked(zone_kill)), "{changes:?}");
     b.poll().unwrap();
     assert!(b.changes().is_empty(), "each change is reported once");
 
@@ -251,6 +260,14 @@ fn tokens_and_revocations_made_through_one_edge_reach_another_by_its_poll() {
     );
     assert_eq!(snapshot.service_tokens.len(), 2);
     assert_eq!(snapshot.service_tokens[0].name, "old", "creation order");
+    assert!(snapshot
+        .revocations
+        .zone_sessions
+        .contains_key(&postern::store::zone_sessions_key(
+            "site.com",
+            "alice@site.com",
+            1_700_000_000
+        )));
 }
 
 #[test]

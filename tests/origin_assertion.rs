@@ -268,3 +268,82 @@ fn origins_get_a_signed_per_stream_assertion_and_never_the_clients_credentials()
         "the edge logged a token"
     );
 }
+
+/// A zone session as the edge issues it at a browser login (one login per zone), signed with
+/// the edge's own key for zone `localhost`.
+fn zone_session(keys: &KeyRing, iss: &str, email: &str) -> String {
+    let now = unix_now();
+    keys.sign_zone_session(&jwt::ZoneSession {
+        iss: iss.to_owned(),
+        aud: format!("{}localhost", jwt::ZONE_SESSION_AUD_PREFIX),
+        sub: email.to_owned(),
+        email: Some(email.to_owned()),
+        groups: vec!["ops".into()],
+        iat: now,
+        nbf: now,
+        exp: now + 3600,
+        jti: "test-zone".into(),
+        auth_time: Some(now),
+        amr: Vec::new(),
+        acr: None,
+        postern_kind: jwt::ZONE_SESSION_KIND.into(),
+    })
+}
+
+#[test]
+fn a_zone_session_opens_no_carrier_and_never_reaches_the_origin() {
+    let mut s = start("origin-zone-session");
+    let keys = edge_keys(&s.edge.state);
+    let session = zone_session(&keys, &s.public_url, "alice@example.com");
+
+    // Presented as an app token: refused, though signed by the edge for this zone.
+    let refused = request(
+        s.edge.addr,
+        &s.edge.ca(),
+        HOST,
+        &upgrade(&[("cf-access-token", &session)]),
+    );
+    assert!(
+        refused
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 401"),
+        "a zone session must not open a stream: {refused}"
+    );
+    assert!(refused.contains("not an app token"), "{refused}");
+
+    // Exchanged for an app token (what the CLI does), which then opens a stream: the origin
+    // sees the edge's assertion, neither the app token nor the zone session.
+    let body = serde_json::json!({ "zone_session": session }).to_string();
+    let answer = request(
+        s.edge.addr,
+        &s.edge.ca(),
+        HOST,
+        &format!(
+            "POST /cdn-cgi/access/exchange HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: \
+             application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let token: serde_json::Value = serde_json::from_str(json).unwrap();
+    let token = token["token"].as_str().expect("an app token").to_owned();
+    let (stream, claims, text) = open_with(
+        &mut s,
+        &[
+            ("cf-access-token", &token),
+            ("Cookie", &format!("z={session}")),
+        ],
+    );
+    assert_no_secret(&text, &[&token, &session]);
+    let jwks = published_jwks(&s);
+    let (assertion, a) = check_assertion(&s, &jwks, stream, &claims);
+    assert_eq!(a.email.as_deref(), Some("alice@example.com"));
+    assert!(!assertion.contains(&session));
+    assert!(
+        !s.edge.stderr_text().contains(&session),
+        "the edge logged a zone session"
+    );
+}

@@ -7,10 +7,18 @@
 //!                                                                   │
 //!        101 ◀──────────────────────────────────────────────────────┤
 //!        403 ◀── not allowed: final ────────────────────────────────┤
-//!        401 ── forget the refused token, log in (one browser login ┘
-//!               per hostname across processes), cache, connect once more:
+//!        401 ── forget the refused token; the zone session, if any,┘
+//!               is exchanged for a token (no browser); else (or when the edge says
+//!               "needs fresh login") log in (one browser login per hostname across
+//!               processes), cache, connect once more:
 //!                 101 ─▶ done;  401/403 ─▶ "the edge refused the new token: …"
 //! ```
+//!
+//! One login per zone: a browser login also brings a zone session (`<zone>.zone` in the
+//! cache). Without a usable cached token, or with one that has less than
+//! [`REFRESH_MARGIN`] left, the CLI asks the edge to exchange the zone session for a new app
+//! token (`POST /cdn-cgi/access/exchange` on the application's host). "Not allowed" is final
+//! (no browser); "needs fresh login" falls back to a browser login for that application.
 //!
 //! Without a cached token the first connection goes out with no credentials: when the
 //! application does not need a login, nobody sees a browser, and when it does the edge says
@@ -24,7 +32,7 @@ use rustls::ClientConfig;
 
 use super::login::{login, Purpose};
 use super::login_lock::{self, Acquired, LockError, LockTiming};
-use super::token_cache::{is_compact_jwt, TokenCache};
+use super::token_cache::{is_compact_jwt, TokenCache, REFRESH_MARGIN};
 use super::{connect, AccessError, AccessOptions, Credentials};
 use crate::io::tls::TlsConn;
 use crate::secret::Secret;
@@ -45,7 +53,18 @@ pub(crate) fn open_authorized(
         .as_ref()
         .map_err(|e| AccessError::TokenCache(e.clone()))?;
     if let Credentials::None = &opts.credentials {
-        if let Some(token) = cache.load(&opts.hostname) {
+        let fresh = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN);
+        let token = match fresh {
+            Some(token) => Some(token),
+            // Missing or about to expire: the zone session brings a new one, silently. A
+            // refusal here is not final yet: a bypass policy may admit the carrier without
+            // credentials; after the edge's 401 it is (`app_token`).
+            None => match zone_token(opts, cfg, cache) {
+                Ok(Some(token)) => Some(token),
+                Ok(None) | Err(_) => cache.load(&opts.hostname),
+            },
+        };
+        if let Some(token) = token {
             debug!("using the cached token for {}", opts.hostname);
             opts.credentials = Credentials::AppToken(token);
         }
@@ -68,7 +87,7 @@ pub(crate) fn open_authorized(
         }
         _ => None,
     };
-    let token = app_token(opts, cache, refused.as_ref())?;
+    let token = app_token(opts, cfg, cache, refused.as_ref())?;
     opts.credentials = Credentials::AppToken(token);
     match connect(opts, cfg) {
         Ok(conn) => Ok(conn),
@@ -95,11 +114,15 @@ pub(crate) fn open_authorized(
 /// parallel process is fetching, or a new browser login, which is then cached.
 fn app_token(
     opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
     cache: &TokenCache,
     refused: Option<&Secret>,
 ) -> Result<Secret, AccessError> {
     let differs = |t: &Secret| refused.is_none_or(|r| r.expose() != t.expose());
     if let Some(t) = cache.load(&opts.hostname).filter(differs) {
+        return Ok(t);
+    }
+    if let Some(t) = zone_token(opts, cfg, cache)?.filter(differs) {
         return Ok(t);
     }
     let guard = match login_lock::acquire(cache, &opts.hostname, &LockTiming::default(), refused) {
@@ -117,7 +140,7 @@ fn app_token(
             None
         }
     };
-    let token = app_token_from(login(opts, Purpose::App)?)?;
+    let token = login_payload(opts, cache, login(opts, Purpose::App)?)?;
     // Whose token this is: a login link opened by someone else would show their account here.
     eprintln!("{}", signed_in_as(&token, &opts.hostname));
     if let Err(e) = cache.store(&opts.hostname, &token) {
@@ -125,6 +148,111 @@ fn app_token(
     }
     drop(guard);
     Ok(token)
+}
+
+/// A browser login's plaintext: the app token, then (from an edge that gives one) a line with
+/// the zone session, which is cached for its zone when `opts.hostname` is in that zone.
+fn login_payload(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    plain: Vec<u8>,
+) -> Result<Secret, AccessError> {
+    let text = String::from_utf8(plain).map_err(|_| not_a_token())?;
+    let mut lines = text.trim().splitn(2, '\n');
+    let token = app_token_from(lines.next().unwrap_or_default().as_bytes().to_vec())?;
+    if let Some(session) = lines.next().map(str::trim) {
+        let zone = claim(session, "aud")
+            .and_then(|aud| aud.strip_prefix("zone:").map(str::to_owned))
+            .filter(|z| {
+                super::token_cache::valid_cache_hostname(z)
+                    && (opts.hostname == *z || opts.hostname.ends_with(&format!(".{z}")))
+            });
+        match zone {
+            Some(zone) if is_compact_jwt(session) => {
+                if let Err(e) = cache.store_zone_session(&zone, &Secret::from(session.to_owned())) {
+                    warn!("could not cache the zone session: {e}");
+                }
+            }
+            _ => warn!("the edge handed over a zone session that is not for this host's zone"),
+        }
+    }
+    Ok(token)
+}
+
+/// A string claim of a compact JWT, read without checking it (the edge checks).
+fn claim(token: &str, name: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    let json = crate::proto::base64::decode_url(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    claims.get(name)?.as_str().map(str::to_owned)
+}
+
+/// An app token for `opts.hostname` from the cached zone session, without a browser, cached
+/// on success. `Ok(None)`: no zone session, or the edge wants a browser login ("needs fresh
+/// login"), or the exchange failed on the way; `Err`: the edge says the identity is not
+/// allowed (final: no browser login would change that).
+fn zone_token(
+    opts: &AccessOptions,
+    cfg: &Arc<ClientConfig>,
+    cache: &TokenCache,
+) -> Result<Option<Secret>, AccessError> {
+    let Some((zone, session)) = cache.load_zone_session(&opts.hostname) else {
+        return Ok(None);
+    };
+    let body = serde_json::json!({ "zone_session": session.expose() }).to_string();
+    let (status, answer) = match super::https_request(
+        opts,
+        cfg,
+        "POST",
+        "/cdn-cgi/access/exchange",
+        Some(body.as_bytes()),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            debug!("zone session exchange for {} failed: {e}", opts.hostname);
+            return Ok(None);
+        }
+    };
+    let value: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    let why = super::json_error(&answer).unwrap_or_else(|| format!("HTTP {status}"));
+    match (status, value.get("reason").and_then(|r| r.as_str())) {
+        (200, _) => {
+            let token = value
+                .get("token")
+                .and_then(|t| t.as_str())
+                .filter(|t| is_compact_jwt(t))
+                .ok_or_else(not_a_token)?;
+            let token = Secret::from(token.to_owned());
+            eprintln!(
+                "{} (from the zone session of {zone}, no browser)",
+                signed_in_as(&token, &opts.hostname).trim_end_matches('.')
+            );
+            if let Err(e) = cache.store(&opts.hostname, &token) {
+                warn!("could not cache the token: {e}");
+            }
+            Ok(Some(token))
+        }
+        (403, Some("not_allowed")) => Err(AccessError::Refused {
+            hostname: opts.hostname.clone(),
+            status: 403,
+            cause: why,
+        }),
+        (401, _) => {
+            // Expired, revoked or refused: the next browser login brings a new one.
+            debug!(
+                "zone session of {zone} not usable for {}: {why}",
+                opts.hostname
+            );
+            if let Err(e) = cache.remove_if_zone_session(&zone, &session) {
+                warn!("could not remove the zone session: {e}");
+            }
+            Ok(None)
+        }
+        _ => {
+            debug!("zone session exchange for {}: {why}", opts.hostname);
+            Ok(None)
+        }
+    }
 }
 
 /// "Signed in as EMAIL for HOST", from the token's claims (read, not verified: the edge checks
@@ -177,7 +305,7 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
         Ok(Acquired::Lock(guard)) => guard,
         Err(e) => return Err(e.into()),
     };
-    let token = app_token_from(login(opts, Purpose::App)?)?;
+    let token = login_payload(opts, cache, login(opts, Purpose::App)?)?;
     eprintln!("{}", signed_in_as(&token, &opts.hostname));
     let path = cache
         .store(&opts.hostname, &token)
@@ -203,6 +331,39 @@ mod tests {
             signed_in_as(&Secret::from("a.b.c".to_owned()), "h"),
             "Signed in for h."
         );
+    }
+
+    #[test]
+    fn a_logins_zone_session_is_cached_only_for_the_hosts_own_zone() {
+        let tmp = crate::access::token_cache::tests::TempDir::new("payload-zone");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let opts = |host: &str| AccessOptions {
+            hostname: host.into(),
+            edge: "127.0.0.1:443".into(),
+            extra_ca: None,
+            credentials: Credentials::None,
+            resume: None,
+            resume_granted: None,
+        };
+        let far = crate::io::unix_now() + 3600;
+        let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
+        let session = jwt(&format!(r#"{{"exp":{far},"aud":"zone:example.com"}}"#));
+        let payload = format!("{token}\n{session}\n").into_bytes();
+        let got = login_payload(&opts("ssh.example.com"), &cache, payload.clone()).unwrap();
+        assert_eq!(got.expose(), token);
+        let (zone, cached) = cache.load_zone_session("db.example.com").unwrap();
+        assert_eq!(
+            (zone.as_str(), cached.expose()),
+            ("example.com", session.as_str())
+        );
+        // A session for a zone the host is not in is not kept (an edge cannot plant one for
+        // another zone); an app token alone (an older edge) is fine.
+        let cache = TokenCache::new(tmp.0.join("other"));
+        login_payload(&opts("ssh.other.org"), &cache, payload).unwrap();
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+        assert!(cache.load_zone_session("ssh.other.org").is_none());
+        let alone = login_payload(&opts("ssh.other.org"), &cache, token.clone().into_bytes());
+        assert_eq!(alone.unwrap().expose(), token);
     }
 
     #[test]

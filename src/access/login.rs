@@ -21,6 +21,7 @@
 //! transfer id, which is useless without the private key (and opens in one browser only).
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,8 +83,9 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
     // Start before bothering the user: an unreachable or untrusted edge, or one that will
     // not take another login, fails here with its cause and no browser window.
     let body = match purpose {
+        // A zone session too (one login per zone): older edges ignore the field.
         Purpose::App => serde_json::json!({
-            "id": opener.id, "key": opener.public, "app": opts.hostname,
+            "id": opener.id, "key": opener.public, "app": opts.hostname, "zone_session": true,
         }),
         Purpose::Tunnel => serde_json::json!({
             "id": opener.id, "key": opener.public, "purpose": "tunnel",
@@ -225,12 +227,24 @@ fn edge_error(body: &[u8]) -> Option<String> {
     json_error(body).map(|e| escape(&e, 512))
 }
 
-/// Tries to show `url` in a browser: `$BROWSER` if set (run by `sh`, so it may carry
+/// `--no-browser`: logins print their URL only (a headless machine, or a user who opens the
+/// URL in a browser elsewhere). Set once from the command line, before any login.
+static NO_BROWSER: AtomicBool = AtomicBool::new(false);
+
+/// From now on, logins never start a browser; they print the URL (and code) only.
+pub fn set_no_browser() {
+    NO_BROWSER.store(true, Ordering::Relaxed);
+}
+
+/// Tries to show `url` in a browser (unless [`set_no_browser`] was called): `$BROWSER` if set (run by `sh`, so it may carry
 /// arguments), else the desktop's opener. Never fails: the URL is on stderr anyway. The
 /// browser command finds the confirmation code in `POSTERN_LOGIN_CODE` (not a secret: it is
 /// printed and shown, and only comparing it matters), for wrappers that automate the page.
 fn open_browser(url: &str, code: &str) {
     use std::os::unix::process::CommandExt;
+    if NO_BROWSER.load(Ordering::Relaxed) {
+        return;
+    }
     let mut cmd = match std::env::var_os("BROWSER").filter(|b| !b.is_empty()) {
         Some(_) => {
             // The URL goes in as $0, never into the script text: no quoting issues.

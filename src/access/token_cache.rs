@@ -4,6 +4,8 @@
 //!  ~/.postern/tokens/            0700
 //!  ~/.postern/tokens/<H>.jwt     0600, the compact JWT the edge signed for H
 //!  ~/.postern/tokens/<H>.lock    a login in progress for H (see `login_lock`)
+//!  ~/.postern/tokens/<Z>.zone    0600, the zone session for zone Z (one login per zone):
+//!                                exchanged at the edge for app tokens of Z's applications
 //! ```
 //!
 //! Files are created with their final mode (never chmod after) and replaced atomically
@@ -24,6 +26,9 @@ use crate::secret::Secret;
 /// A cached token is used only if it stays valid at least this long: the margin covers the
 /// connection setup and a small clock skew with the edge.
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// A cached app token with less than this left is replaced through the zone session (no
+/// browser) before it is used, when there is one.
+pub const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 /// Mode of the tokens directory.
 const DIR_MODE: u32 = 0o700;
 /// Mode of token files.
@@ -195,8 +200,73 @@ impl TokenCache {
         }
     }
 
-    /// Removes every cached token; returns how many were removed. Lock files stay (their
-    /// owners remove them).
+    /// The cached zone session of the zone `hostname` is in: the first of `hostname` and its
+    /// parent domains with a session file that stays valid past the margin; (zone, session).
+    pub fn load_zone_session(&self, hostname: &str) -> Option<(String, Secret)> {
+        let now = unix_now();
+        let mut zone = hostname;
+        loop {
+            if let Some(s) = self.load_file_at(zone, ".zone", now) {
+                return Some((zone.to_owned(), s));
+            }
+            zone = zone.split_once('.')?.1;
+        }
+    }
+
+    /// Stores the zone session for `zone` (0600, atomically).
+    pub fn store_zone_session(&self, zone: &str, session: &Secret) -> Result<PathBuf, CacheError> {
+        self.store_file(zone, ".zone", session)
+    }
+
+    /// Removes the zone session of `zone`. A missing one is not an error.
+    pub fn remove_zone_session(&self, zone: &str) -> Result<(), CacheError> {
+        let path = self.path(zone, ".zone")?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the zone session of `zone` only if it is still `session` (a parallel login may
+    /// have brought a new one).
+    pub fn remove_if_zone_session(&self, zone: &str, session: &Secret) -> Result<(), CacheError> {
+        let path = self.path(zone, ".zone")?;
+        match fs::read_to_string(&path) {
+            Ok(text) if text.trim() == session.expose() => self.remove_zone_session(zone),
+            _ => Ok(()),
+        }
+    }
+
+    /// A cached app token for `hostname` that has more than `margin` left.
+    pub fn load_with_margin(&self, hostname: &str, margin: Duration) -> Option<Secret> {
+        let now = unix_now().saturating_add(margin.as_secs());
+        self.load_at(hostname, now)
+    }
+
+    fn load_file_at(&self, name: &str, suffix: &str, now: u64) -> Option<Secret> {
+        let path = self.path(name, suffix).ok()?;
+        let file = fs::File::open(&path).ok()?;
+        let mut text = String::new();
+        io::Read::read_to_string(&mut io::Read::take(file, MAX_TOKEN_FILE), &mut text).ok()?;
+        let token = text.trim();
+        if !is_compact_jwt(token) || !fresh_enough(jwt_expiry(token)?, now) {
+            return None;
+        }
+        Some(Secret::from(token.to_owned()))
+    }
+
+    fn store_file(&self, name: &str, suffix: &str, token: &Secret) -> Result<PathBuf, CacheError> {
+        let path = self.path(name, suffix)?;
+        self.ensure_dir()?;
+        let mut data = Vec::with_capacity(token.expose().len() + 1);
+        data.extend_from_slice(token.expose().as_bytes());
+        data.push(b'\n');
+        crate::io::files::write_file_atomic(&path, &data, FILE_MODE).map_err(CacheError::Write)?;
+        Ok(path)
+    }
+
+    /// Removes every cached token and zone session; returns how many tokens were removed.
+    /// Lock files stay (their owners remove them).
     pub fn remove_all(&self) -> Result<usize, CacheError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -207,6 +277,12 @@ impl TokenCache {
         for entry in entries {
             let entry = entry.map_err(io_err(&self.dir))?;
             let name = entry.file_name();
+            if let Some(zone) = name.to_str().and_then(|n| n.strip_suffix(".zone")) {
+                if valid_cache_hostname(zone) {
+                    self.remove_zone_session(zone)?;
+                }
+                continue;
+            }
             let Some(host) = name.to_str().and_then(|n| n.strip_suffix(".jwt")) else {
                 continue;
             };
@@ -359,6 +435,45 @@ pub(crate) mod tests {
         assert_eq!(cache.remove_all().unwrap(), 1);
         assert!(cache.load("c.localhost").is_none());
         assert!(cache.dir().join("c.localhost.lock").exists());
+    }
+
+    #[test]
+    fn a_zone_session_is_0600_found_from_any_host_of_its_zone_and_removed_by_logout() {
+        let tmp = TempDir::new("cache-zone");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let session = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
+        let path = cache
+            .store_zone_session("example.com", &Secret::from(session.clone()))
+            .unwrap();
+        assert_eq!(path, tmp.0.join("tokens/example.com.zone"));
+        assert_eq!(mode(&path), 0o600);
+        for host in ["ssh.example.com", "a.b.example.com", "example.com"] {
+            let (zone, got) = cache.load_zone_session(host).expect(host);
+            assert_eq!(
+                (zone.as_str(), got.expose()),
+                ("example.com", session.as_str())
+            );
+        }
+        assert!(cache.load_zone_session("example.org").is_none());
+        assert!(cache.load_zone_session("xexample.com").is_none());
+        // Only the session it was: a newer one from a parallel login stays.
+        cache
+            .remove_if_zone_session("example.com", &Secret::from("x.y.z".to_owned()))
+            .unwrap();
+        assert!(cache.load_zone_session("ssh.example.com").is_some());
+        // An expired one is not used.
+        let old = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() - 1));
+        cache
+            .store_zone_session("old.test", &Secret::from(old))
+            .unwrap();
+        assert!(cache.load_zone_session("ssh.old.test").is_none());
+        // `access logout` (all) forgets zone sessions too.
+        cache
+            .store("ssh.example.com", &Secret::from(session))
+            .unwrap();
+        assert_eq!(cache.remove_all().unwrap(), 1);
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+        assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 0);
     }
 
     #[test]

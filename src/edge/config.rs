@@ -58,6 +58,9 @@ pub struct EdgeSettings {
     pub admins: Option<Vec<Policy>>,
     /// Zones origins may choose at `tunnel login`.
     pub zones: Vec<String>,
+    /// How long a zone session (one login per zone) lasts, in seconds (`zone_session_lifetime`,
+    /// default 24h); the edge never makes one outlive its longest app-token lifetime.
+    pub zone_session_lifetime: u64,
     /// The edge's own TLS CA, shipped inside origin credentials (dev only).
     pub tls_ca_pem: Option<String>,
     /// The origin CA (`origin-ca.pem`/`.key`), loaded once: it signs origin and tunnel
@@ -95,6 +98,7 @@ struct RestartOnly {
     public_url: Option<String>,
     identity: Option<OidcSettings>,
     metrics: Option<String>,
+    zone_session_lifetime: u64,
 }
 
 impl RestartOnly {
@@ -109,6 +113,7 @@ impl RestartOnly {
             public_url: cfg.public_url.clone(),
             identity: cfg.identity.clone(),
             metrics: cfg.metrics.clone(),
+            zone_session_lifetime: cfg.zone_session_lifetime,
         }
     }
 
@@ -136,6 +141,10 @@ impl RestartOnly {
         field("public_url", self.public_url != new.public_url);
         field("identity", self.identity != new.identity);
         field("metrics", self.metrics != new.metrics);
+        field(
+            "zone_session_lifetime",
+            self.zone_session_lifetime != new.zone_session_lifetime,
+        );
         out
     }
 }
@@ -370,6 +379,19 @@ pub(crate) struct FileConfig {
     /// Address for `/metrics` and `/ready`, e.g. `"127.0.0.1:2000"` (none by default).
     #[serde(default)]
     metrics: Option<String>,
+    /// How long a zone session lasts (one browser login per zone), e.g. `"24h"`: the CLI gets
+    /// tokens for the zone's other applications without a browser until it ends.
+    #[serde(default = "default_session", deserialize_with = "zone_duration")]
+    zone_session_lifetime: u64,
+}
+
+fn zone_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "zone_session_lifetime {text:?}: use a number with s, m, h or d, e.g. \"24h\""
+        ))
+    })
 }
 
 /// A zone the edge terminates TLS for: with the operator's certificate and key, or with
@@ -562,6 +584,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
         admins: None,
         limits: EdgeLimits::default(),
         metrics: None,
+        zone_session_lifetime: default_session(),
     };
     build(cfg, IdentityProvider::Dev)
 }
@@ -761,6 +784,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         tunnel_admins: cfg.tunnel_admins,
         admins: cfg.admins,
         zones: names,
+        zone_session_lifetime: cfg.zone_session_lifetime,
         tls_ca_pem,
         origin_ca: Arc::new(origin_ca),
         ssh_ca: Arc::new(ssh_ca),

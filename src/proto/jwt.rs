@@ -56,6 +56,14 @@ pub const ORIGIN_ASSERTION_TYP: &str = "postern-origin-assertion+jwt";
 /// The `postern_kind` claim of an [`OriginAssertion`]; an app token never carries that claim.
 pub const ORIGIN_ASSERTION_KIND: &str = "origin_assertion";
 pub use crate::limits::ORIGIN_ASSERTION_LIFETIME_SECS;
+/// The header `typ` of a [`ZoneSession`]: explicit typing, so that no app-token check takes
+/// one for a token (RFC 8725 §3.11).
+pub const ZONE_SESSION_TYP: &str = "postern-zone-session+jwt";
+/// The `postern_kind` claim of a [`ZoneSession`].
+pub const ZONE_SESSION_KIND: &str = "zone_session";
+/// The prefix of a zone session's `aud`: `zone:<zone>`. A colon is never in a hostname, so
+/// no application's audience can equal it.
+pub const ZONE_SESSION_AUD_PREFIX: &str = "zone:";
 
 /// A JWS signature algorithm postern implements, by its JOSE name.
 #[allow(clippy::upper_case_acronyms)] // the JOSE names, as they appear in tokens
@@ -568,6 +576,54 @@ impl OriginAssertion {
     }
 }
 
+/// A zone session (issue 15, "one login per zone"): what a browser login gives the CLI besides
+/// the app token, so that tokens for the zone's other applications can be had without another
+/// browser login, at the edge's exchange endpoint only (`/cdn-cgi/access/exchange`).
+///
+/// Signed by the edge's app-token key ([`KeyRing`]), so every edge of a pool can check it;
+/// typed [`ZONE_SESSION_TYP`] with `postern_kind` [`ZONE_SESSION_KIND`] and an audience of
+/// [`ZONE_SESSION_AUD_PREFIX`]`<zone>`, so [`KeyRing::verify_app_token`] refuses it: it opens no
+/// carrier and the edge never forwards it (an origin only ever sees an [`OriginAssertion`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ZoneSession {
+    /// The edge's public URL.
+    pub iss: String,
+    /// `zone:<zone>`.
+    pub aud: String,
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The groups at login: an exchange evaluates the target application's policy with them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    /// Random; names the session in audit lines.
+    pub jti: String,
+    /// When the person authenticated at the provider (its ID token's `auth_time`; absent when
+    /// the provider did not say): an application's `max_age` is checked against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
+    /// The ID token's `amr`, if it had one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The ID token's `acr`, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acr: Option<String>,
+    /// Always [`ZONE_SESSION_KIND`].
+    pub postern_kind: String,
+}
+
+impl ZoneSession {
+    /// The zone this session is bound to (its audience without the prefix).
+    pub fn zone(&self) -> &str {
+        self.aud
+            .strip_prefix(ZONE_SESSION_AUD_PREFIX)
+            .unwrap_or_default()
+    }
+}
+
 /// Checks an origin assertion as an origin would: EdDSA signature against `jwks` (the edge's
 /// `/cdn-cgi/access/certs`), typed [`ORIGIN_ASSERTION_TYP`] with `postern_kind`
 /// [`ORIGIN_ASSERTION_KIND`], `iss`, `aud` exactly `hostname`, times, and a lifetime of at most
@@ -814,6 +870,41 @@ impl KeyRing {
         Ok(claims)
     }
 
+    /// Signs a zone session with the active key, typed [`ZONE_SESSION_TYP`].
+    pub fn sign_zone_session(&self, session: &ZoneSession) -> String {
+        self.active.sign_typed(session, ZONE_SESSION_TYP)
+    }
+
+    /// Checks a zone session the edge signed: EdDSA against [`KeyRing::jwks`] at `now`, typed
+    /// [`ZONE_SESSION_TYP`] with `postern_kind` [`ZONE_SESSION_KIND`], `iss`, an audience of
+    /// exactly `zone:<zone>`, and times. An app token or origin assertion is refused.
+    pub fn verify_zone_session(
+        &self,
+        token: &str,
+        iss: &str,
+        zone: &str,
+        now: u64,
+        leeway_secs: u64,
+    ) -> Result<ZoneSession, JwtError> {
+        let jwks = self.jwks(now);
+        let verified = verify(token, &jwks, &[Alg::EdDSA])?;
+        let wrong_kind = JwtError::WrongKind {
+            expected: "a zone session",
+        };
+        if verified.header.typ.as_deref() != Some(ZONE_SESSION_TYP) {
+            return Err(wrong_kind);
+        }
+        let claims = Claims::parse(&verified.payload)?;
+        let aud = format!("{ZONE_SESSION_AUD_PREFIX}{zone}");
+        claims.check(iss, &aud, now, leeway_secs)?;
+        let session: ZoneSession =
+            serde_json::from_slice(&verified.payload).map_err(|e| claims_error(&e))?;
+        if session.postern_kind != ZONE_SESSION_KIND || session.aud != aud {
+            return Err(wrong_kind);
+        }
+        Ok(session)
+    }
+
     /// The key-ring file. `active_pkcs8` is the document [`KeyRing::generate`] or
     /// [`KeyRing::rotate`] returned for the active key (ring cannot export it again). The text
     /// holds the private key: write it 0600.
@@ -921,7 +1012,8 @@ pub enum JwtError {
     /// A stored key-ring file cannot be read back.
     InvalidKeyRing(&'static str),
     /// The token is another kind of token of the same issuer (its `typ` header or
-    /// `postern_kind` claim): an origin assertion presented as an app token, or the reverse.
+    /// `postern_kind` claim): an origin assertion or a zone session presented as an app
+    /// token, or the reverse.
     WrongKind { expected: &'static str },
 }
 
@@ -2194,6 +2286,73 @@ mod tests {
             0,
         );
         assert_eq!(published, Ok(got));
+    }
+
+    fn zone_session_at(now: u64) -> ZoneSession {
+        ZoneSession {
+            iss: FIXED_ISSUER.into(),
+            aud: format!("{ZONE_SESSION_AUD_PREFIX}example.com"),
+            sub: "alice@example.com".into(),
+            email: Some("alice@example.com".into()),
+            groups: vec!["ops".into()],
+            iat: now,
+            nbf: now,
+            exp: now + 3600,
+            jti: "z1".into(),
+            auth_time: Some(now - 5),
+            amr: vec!["pwd".into()],
+            acr: None,
+            postern_kind: ZONE_SESSION_KIND.into(),
+        }
+    }
+
+    #[test]
+    fn zone_session_verifies_only_as_a_zone_session_of_its_zone() {
+        let ring = rfc8037_ring();
+        let token = ring.sign_zone_session(&zone_session_at(FIXED_NOW));
+        let got = ring
+            .verify_zone_session(&token, FIXED_ISSUER, "example.com", FIXED_NOW, 0)
+            .unwrap();
+        assert_eq!(got, zone_session_at(FIXED_NOW));
+        assert_eq!(got.zone(), "example.com");
+        // Never an app token, whatever audience is asked for: it opens no carrier.
+        for aud in ["example.com", "zone:example.com", "ssh.example.com"] {
+            assert_eq!(
+                ring.verify_app_token(&token, FIXED_ISSUER, aud, FIXED_NOW, 0),
+                Err(JwtError::WrongKind {
+                    expected: "an app token"
+                }),
+                "{aud}"
+            );
+        }
+        // Bound to its zone, its issuer and its lifetime.
+        assert!(matches!(
+            ring.verify_zone_session(&token, FIXED_ISSUER, "other.com", FIXED_NOW, 0),
+            Err(JwtError::WrongAudience { .. })
+        ));
+        assert!(ring
+            .verify_zone_session(&token, "https://evil.test", "example.com", FIXED_NOW, 0)
+            .is_err());
+        assert!(matches!(
+            ring.verify_zone_session(&token, FIXED_ISSUER, "example.com", FIXED_NOW + 3600, 0),
+            Err(JwtError::Expired { .. })
+        ));
+        // An app token (or an origin assertion) is not a zone session, even with its audience.
+        let app = ring.sign(&serde_json::json!({
+            "iss": FIXED_ISSUER, "aud": ["zone:example.com"], "sub": "a", "iat": FIXED_NOW,
+            "exp": FIXED_NOW + 60, "postern_kind": ZONE_SESSION_KIND, "jti": "j",
+            "nbf": FIXED_NOW, "auth_time": FIXED_NOW,
+        }));
+        assert_eq!(
+            ring.verify_zone_session(&app, FIXED_ISSUER, "example.com", FIXED_NOW, 0),
+            Err(JwtError::WrongKind {
+                expected: "a zone session"
+            })
+        );
+        let assertion = ring.sign_origin_assertion(&assertion_at(FIXED_NOW));
+        assert!(ring
+            .verify_zone_session(&assertion, FIXED_ISSUER, "example.com", FIXED_NOW, 0)
+            .is_err());
     }
 
     #[test]

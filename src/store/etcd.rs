@@ -994,6 +994,15 @@ impl EtcdStore {
                     serial: s.to_owned(),
                     reason,
                 },
+                Some(("zone", k)) => match super::parse_zone_sessions_key(k) {
+                    Some((zone, email, before)) => Revocation::ZoneSessions {
+                        zone,
+                        email,
+                        before,
+                        reason,
+                    },
+                    None => continue,
+                },
                 _ => continue,
             };
             out.push((key, revocation, value));
@@ -1199,6 +1208,17 @@ impl Store for EtcdStore {
                     revocations
                         .serials
                         .insert(serial, RevokedToken { revoked, reason });
+                }
+                Revocation::ZoneSessions {
+                    zone,
+                    email,
+                    before,
+                    reason,
+                } => {
+                    revocations.zone_sessions.insert(
+                        super::zone_sessions_key(&zone, &email, before),
+                        RevokedToken { revoked, reason },
+                    );
                 }
             }
             self.known_revoked.insert(key);
@@ -1465,6 +1485,21 @@ impl Store for EtcdStore {
             ),
             Revocation::Serial { serial, reason } => (
                 format!("revoked/serial/{}", serial.to_ascii_lowercase()),
+                to_json(&RevokedToken {
+                    revoked: now,
+                    reason,
+                }),
+            ),
+            Revocation::ZoneSessions {
+                zone,
+                email,
+                before,
+                reason,
+            } => (
+                format!(
+                    "revoked/zone/{}",
+                    super::zone_sessions_key(&zone, &email, before)
+                ),
                 to_json(&RevokedToken {
                     revoked: now,
                     reason,

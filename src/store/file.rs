@@ -438,6 +438,21 @@ impl FileStore {
                 self.revocations.service_tokens.insert(id, t);
             }
         }
+        for (key, t) in file.zone_sessions {
+            if self.revocations.zone_sessions.contains_key(&key) {
+                continue;
+            }
+            if let Some((zone, email, before)) = super::parse_zone_sessions_key(&key) {
+                self.token_changes
+                    .push(Change::Revoked(Revocation::ZoneSessions {
+                        zone,
+                        email,
+                        before,
+                        reason: t.reason.clone(),
+                    }));
+            }
+            self.revocations.zone_sessions.insert(key, t);
+        }
         for (serial, t) in file.serials {
             if !self.revocations.serials.contains_key(&serial) {
                 self.token_changes.push(Change::Revoked(Revocation::Serial {
@@ -729,6 +744,20 @@ impl Store for FileStore {
                 self.revocations
                     .serials
                     .entry(serial.to_ascii_lowercase())
+                    .or_insert(RevokedToken {
+                        revoked: now,
+                        reason,
+                    });
+            }
+            Revocation::ZoneSessions {
+                zone,
+                email,
+                before,
+                reason,
+            } => {
+                self.revocations
+                    .zone_sessions
+                    .entry(super::zone_sessions_key(&zone, &email, before))
                     .or_insert(RevokedToken {
                         revoked: now,
                         reason,

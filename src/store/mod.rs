@@ -383,6 +383,35 @@ pub struct Revocations {
     /// with this serial.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub serials: BTreeMap<String, RevokedToken>,
+    /// Zone sessions (one login per zone) of one email in one zone issued at or before a
+    /// time, by [`zone_sessions_key`]: `postern edge sessions kill --email E` adds one. Each
+    /// kill is its own entry, so a later kill reaches sessions issued after an earlier one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zone_sessions: BTreeMap<String, RevokedToken>,
+}
+
+/// The key of a zone-session revocation: `<zone>/<hex of the email>/<before>` (the email is
+/// provider text: hex keeps it out of key syntax).
+pub fn zone_sessions_key(zone: &str, email: &str, before: u64) -> String {
+    format!("{zone}/{}/{before}", hex(email.as_bytes()))
+}
+
+/// The zone, email and time of a [`zone_sessions_key`]; `None` for anything else.
+pub fn parse_zone_sessions_key(key: &str) -> Option<(String, String, u64)> {
+    let mut parts = key.split('/');
+    let (zone, email, before) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || email.len() % 2 != 0 || !crate::proto::dns::valid_hostname(zone) {
+        return None;
+    }
+    let bytes = (0..email.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(email.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some((
+        zone.to_owned(),
+        String::from_utf8(bytes).ok()?,
+        before.parse().ok()?,
+    ))
 }
 
 /// One revocation to record.
@@ -400,6 +429,14 @@ pub enum Revocation {
     /// An origin certificate known only by its serial (lowercase hex).
     Serial {
         serial: String,
+        reason: String,
+    },
+    /// Every zone session of `email` in `zone` issued at or before `before` (Unix seconds):
+    /// no edge of the pool exchanges them for app tokens any more.
+    ZoneSessions {
+        zone: String,
+        email: String,
+        before: u64,
         reason: String,
     },
 }
@@ -1005,6 +1042,34 @@ pub(crate) mod tests {
         let plain = ServiceTokenRecord::new("ci", "a.access", "s", 1, None);
         let json = serde_json::to_value(&plain).unwrap();
         assert!(json.get("previous").is_none() && json.get("expires").is_none());
+    }
+
+    #[test]
+    fn zone_session_revocation_keys_round_trip_and_garbage_is_none() {
+        for email in ["alice@site.com", "a/b@x", "é@x\u{1b}[2J"] {
+            let key = zone_sessions_key("site.com", email, 42);
+            assert!(
+                !key[9..].contains(email),
+                "the email is hex in the key: {key}"
+            );
+            assert_eq!(
+                parse_zone_sessions_key(&key),
+                Some(("site.com".into(), email.into(), 42))
+            );
+        }
+        for bad in [
+            "",
+            "site.com",
+            "site.com/61",
+            "site.com/6/1",
+            "site.com/zz/1",
+            "site.com/61/x",
+            "site.com/61/1/2",
+            "../x/61/1",
+            "site.com/ff/1",
+        ] {
+            assert_eq!(parse_zone_sessions_key(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -41,7 +41,9 @@ use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel, Waiter};
 use crate::io::tls::TlsConn;
 use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};
-use crate::store::{self, Expect, HostOwner, HostnameRecord, Request, StoreError, TunnelRecord};
+use crate::store::{
+    self, Expect, HostOwner, HostnameRecord, Request, Revocation, StoreError, TunnelRecord,
+};
 
 use crate::limits::ADMIN_REQUEST_SECS as REQUEST_SECS;
 use crate::limits::MAX_ADMIN_AUDIT_FIELD as MAX_AUDIT_FIELD;
@@ -119,6 +121,9 @@ enum Then {
         name: String,
         replaced: Value,
     },
+    /// A kill by email: the email's zone sessions in the zone are being revoked (every edge
+    /// of the pool then refuses to exchange them); `killed` ended here already.
+    ZoneSessions { killed: Vec<String> },
 }
 
 /// Queues the response on the admin connection; it closes once it is flushed.
@@ -269,8 +274,22 @@ impl EdgeCore {
                 audit.insert("selector".into(), clip(&format!("{selector:?}")).into());
                 audit.insert("killed".into(), json!(killed));
                 audit.insert("decision".into(), "allow".into());
-                self.audit.record("session_kill", audit);
-                return Some((200, json!({ "killed": killed })));
+                let Selector::Email(email) = selector else {
+                    self.audit.record("session_kill", audit);
+                    return Some((200, json!({ "killed": killed })));
+                };
+                // The email's zone sessions too: or its CLI would get new app tokens at once.
+                self.audit.record("session_kill", audit.clone());
+                audit.insert("action".into(), "revoke zone sessions".into());
+                Reply::Store(
+                    Request::Revoke(Revocation::ZoneSessions {
+                        zone: zone.clone(),
+                        email,
+                        before: self.unix,
+                        reason: "postern edge sessions kill --email".into(),
+                    }),
+                    Then::ZoneSessions { killed },
+                )
             }
             ("PUT", p) if p.starts_with("/v1/routes/") => {
                 self.route_hostname(&zone, &p["/v1/routes/".len()..], &body, &mut audit)
@@ -396,8 +415,13 @@ impl EdgeCore {
                 409,
                 format!("{host} changed hands meanwhile: look at it again, then retry"),
             ),
+            (Then::ZoneSessions { killed }, store::Answer::Revoked { result: Ok(_) }) => (
+                200,
+                json!({ "killed": killed, "zone_sessions_revoked": true }),
+            ),
             (then, answer) => {
                 let what = match then {
+                    Then::ZoneSessions { .. } => "the edge could not revoke the zone sessions",
                     Then::Create { .. } => "the edge could not record the tunnel",
                     Then::Unroute { .. } => "the edge could not remove the tunnel's routes",
                     Then::Delete { .. } => "the edge could not delete the tunnel",

@@ -55,6 +55,7 @@ use crate::limits::MAX_CONFIRM_ATTEMPTS;
 use crate::limits::BINDER_COOKIE_SECS;
 
 pub(super) mod pool;
+pub(super) mod zone;
 
 pub(super) fn random_token() -> String {
     crate::proto::base64::encode_url(&crate::io::random_bytes::<24>())
@@ -94,6 +95,9 @@ enum Stage {
 #[derive(Default)]
 pub(super) struct Logins {
     map: HashMap<String, PendingLogin>,
+    /// Transfer ids whose CLI asked for a zone session too (`zone_session`); forgotten with
+    /// their transfer.
+    pub(super) zone_wanted: std::collections::HashSet<String>,
 }
 
 /// A confirmed login whose token is sealed for its CLI: what the browser is shown and the
@@ -298,6 +302,9 @@ struct StartLogin {
     /// `"tunnel"` for an origin certificate (`tunnel login`).
     #[serde(default)]
     purpose: Option<String>,
+    /// An app login that also wants a zone session (one login per zone; `zone_session`).
+    #[serde(default)]
+    zone_session: bool,
 }
 
 impl EdgeCore {
@@ -403,6 +410,7 @@ impl EdgeCore {
                 self.start_login(conn, c, head, host, body, now)
             }
             ("GET", "/cdn-cgi/access/cli") => self.open_login(conn, c, &query, host, now),
+            ("POST", zone::EXCHANGE) => self.exchange_zone_session(c, head, host, body),
             ("GET", "/cdn-cgi/access/callback") => self.callback(conn, c, head, &query),
             ("GET", "/cdn-cgi/access/dev-login") => self.dev_login(c, head, &query),
             ("POST", "/cdn-cgi/access/dev-login") => {
@@ -447,6 +455,9 @@ impl EdgeCore {
         self.logins
             .map
             .retain(|_, l| transfers.waiting(&l.transfer, now).is_some());
+        self.logins
+            .zone_wanted
+            .retain(|id| transfers.waiting(id, now).is_some());
     }
 
     /// `POST /cdn-cgi/access/transfer` from the CLI: opens a transfer slot for its key,
@@ -505,10 +516,13 @@ impl EdgeCore {
                 "this edge has no identity provider: use a service token",
             );
         }
-        match self
+        let begun = self
             .transfers
-            .begin(&req.id, &req.key, purpose.clone(), c.peer.ip(), now)
-        {
+            .begin(&req.id, &req.key, purpose.clone(), c.peer.ip(), now);
+        if begun.is_ok() && req.zone_session && matches!(purpose, Purpose::App(_)) {
+            self.logins.zone_wanted.insert(req.id.clone());
+        }
+        match begun {
             Ok(()) if self.shared_logins() => {
                 let code = crate::proto::token_transfer::confirmation_code(&req.id, &req.key);
                 self.share_transfer(conn, c, &req.id, &purpose, code)
@@ -1328,31 +1342,17 @@ impl EdgeCore {
         let (payload, done_html) = match &login.purpose {
             Purpose::App(host) => {
                 let app = self.settings.application(host).expect("bug: allowed above");
-                let issued = self.unix;
-                let mut claims = serde_json::json!({
-                    "iss": self.public_url(),
-                    "aud": [app.hostname],
-                    "sub": email,
-                    "email": email,
-                    "groups": identity.groups,
-                    "iat": issued,
-                    "nbf": issued,
-                    "exp": issued + app.session_duration,
-                    "jti": random_token(),
-                });
-                // How the person signed in, so every later decision can apply step-up rules.
-                let authn = &identity.authn;
-                if !authn.amr.is_empty() {
-                    claims["amr"] = authn.amr.clone().into();
-                }
-                if let Some(acr) = &authn.acr {
-                    claims["acr"] = acr.clone().into();
-                }
-                if let Some(t) = authn.auth_time {
-                    claims["auth_time"] = t.into();
+                let exp = self.unix.saturating_add(app.session_duration);
+                let mut payload = self.app_token(app, &identity, exp);
+                // One login per zone: the zone session rides in the same sealed transfer.
+                if self.logins.zone_wanted.remove(&login.transfer) {
+                    if let Some(zone) = self.issue_zone_session(host, &identity) {
+                        payload.push('\n');
+                        payload.push_str(&zone);
+                    }
                 }
                 (
-                    self.keys.sign(&claims).into_bytes(),
+                    payload.into_bytes(),
                     format!(
                         "<p>Signed in as <b>{}</b> for <b>{}</b>.</p><p>You can close this \
                          window and return to your terminal.</p>",
@@ -1480,6 +1480,41 @@ impl EdgeCore {
             }),
             ca: self.settings.tls_ca_certs(),
         })
+    }
+
+    /// A signed app token for `app`, for `identity`, issued now and valid until `exp`: who,
+    /// and how they signed in (`amr`, `acr`, `auth_time`) so that every later decision (each
+    /// connection, a reload) can apply step-up rules as the login did.
+    pub(super) fn app_token(
+        &self,
+        app: &crate::edge::config::Application,
+        identity: &Identity,
+        exp: u64,
+    ) -> String {
+        let email = identity.email.clone().unwrap_or_default();
+        let issued = self.unix;
+        let mut claims = serde_json::json!({
+            "iss": self.public_url(),
+            "aud": [app.hostname],
+            "sub": email,
+            "email": email,
+            "groups": identity.groups,
+            "iat": issued,
+            "nbf": issued,
+            "exp": exp,
+            "jti": random_token(),
+        });
+        let authn = &identity.authn;
+        if !authn.amr.is_empty() {
+            claims["amr"] = authn.amr.clone().into();
+        }
+        if let Some(acr) = &authn.acr {
+            claims["acr"] = acr.clone().into();
+        }
+        if let Some(t) = authn.auth_time {
+            claims["auth_time"] = t.into();
+        }
+        self.keys.sign(&claims)
     }
 
     /// Verifies an app token for `host`'s application; the identity it carries.

@@ -41,6 +41,26 @@ use rustls::pki_types::CertificateDer;
 pub(super) struct TokenView {
     tokens: HashMap<String, ServiceTokenRecord>,
     revoked: BTreeSet<String>,
+    /// Zone sessions revoked: (zone, email) ─▶ those issued at or before this Unix second.
+    zone_sessions: HashMap<(String, String), u64>,
+}
+
+impl TokenView {
+    /// Zone sessions of `email` in `zone` issued at or before `before` are refused from now on.
+    pub(super) fn revoke_zone_sessions(&mut self, zone: &str, email: &str, before: u64) {
+        let at = self
+            .zone_sessions
+            .entry((zone.to_owned(), email.to_owned()))
+            .or_insert(before);
+        *at = (*at).max(before);
+    }
+
+    /// Whether a zone session of `email` in `zone` issued at `iat` is revoked.
+    pub(super) fn zone_session_revoked(&self, zone: &str, email: &str, iat: u64) -> bool {
+        self.zone_sessions
+            .get(&(zone.to_owned(), email.to_owned()))
+            .is_some_and(|&before| iat <= before)
+    }
 }
 
 /// What a service token's id and secret are worth.
@@ -251,7 +271,14 @@ pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView,
             .map(|t| (t.client_id.clone(), t))
             .collect(),
         revoked: snapshot.revocations.service_tokens.into_keys().collect(),
+        zone_sessions: Default::default(),
     };
+    let mut tokens = tokens;
+    for key in snapshot.revocations.zone_sessions.keys() {
+        if let Some((zone, email, before)) = crate::store::parse_zone_sessions_key(key) {
+            tokens.revoke_zone_sessions(&zone, &email, before);
+        }
+    }
     let certs = CertView {
         revoked: snapshot.revocations.certificates.into_keys().collect(),
         serials: snapshot.revocations.serials.into_keys().collect(),
@@ -512,6 +539,12 @@ impl EdgeCore {
                     self.close_revoked_tunnels(&format!("serial {serial}"));
                 }
             }
+            Revocation::ZoneSessions {
+                zone,
+                email,
+                before,
+                ..
+            } => self.tokens.revoke_zone_sessions(zone, email, *before),
         }
     }
 
@@ -661,6 +694,34 @@ mod tests {
 
     fn token(name: &str, id: &str, secret: &str) -> ServiceTokenRecord {
         ServiceTokenRecord::new(name, id, secret, 0, None)
+    }
+
+    #[test]
+    fn zone_sessions_up_to_the_latest_kill_of_their_email_in_their_zone_are_revoked() {
+        let (mut zones, _, _, _) = views(Snapshot::default());
+        assert!(!zones.zone_session_revoked("z.com", "a@z.com", 10));
+        zones.revoke_zone_sessions("z.com", "a@z.com", 10);
+        zones.revoke_zone_sessions("z.com", "a@z.com", 5);
+        assert!(zones.zone_session_revoked("z.com", "a@z.com", 10));
+        assert!(zones.zone_session_revoked("z.com", "a@z.com", 7));
+        assert!(!zones.zone_session_revoked("z.com", "a@z.com", 11));
+        assert!(!zones.zone_session_revoked("z.com", "b@z.com", 1));
+        assert!(!zones.zone_session_revoked("y.com", "a@z.com", 1));
+        // From a store's snapshot too (an edge started after the kill).
+        let mut revocations = Revocations::default();
+        revocations.zone_sessions.insert(
+            crate::store::zone_sessions_key("z.com", "a@z.com", 10),
+            RevokedToken {
+                revoked: 10,
+                reason: String::new(),
+            },
+        );
+        let (started, _, _, _) = views(Snapshot {
+            revocations,
+            ..Snapshot::default()
+        });
+        assert!(started.zone_session_revoked("z.com", "a@z.com", 9));
+        assert!(!started.zone_session_revoked("z.com", "a@z.com", 11));
     }
 
     #[test]

@@ -621,6 +621,13 @@ fn revocations_written_by_another_process_are_reported_once_when_polled() {
             serial: "4e02".into(),
             reason: "origin-cert revoke 4e02".into(),
         },
+        // A kill by email through another edge: that email's zone sessions in the zone.
+        Revocation::ZoneSessions {
+            zone: "site.com".into(),
+            email: "alice@site.com".into(),
+            before: 1_700_000_000,
+            reason: "sessions kill --email".into(),
+        },
     ];
     for r in &revoked {
         cli.revoke(r.clone()).unwrap();

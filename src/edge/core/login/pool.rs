@@ -46,6 +46,9 @@ struct SharedTransfer {
     requester: IpAddr,
     /// Unix seconds.
     began: u64,
+    /// The CLI asked for a zone session too.
+    #[serde(default)]
+    zone_session: bool,
 }
 
 /// How a login ended, for its CLI, wherever it polls.
@@ -130,6 +133,7 @@ impl EdgeCore {
             },
             requester: c.peer.ip(),
             began: self.unix,
+            zone_session: self.logins.zone_wanted.contains(id),
         };
         let record = PendingLoginRecord(serde_json::to_vec(&shared).unwrap_or_default());
         let request = Request::PutLogin {
@@ -449,6 +453,9 @@ impl EdgeCore {
         let Ok(shared) = serde_json::from_slice::<SharedTransfer>(&record.0) else {
             return expired(c);
         };
+        if shared.zone_session && shared.app.is_some() {
+            self.logins.zone_wanted.insert(id.to_owned());
+        }
         let purpose = match shared.app {
             Some(h) => Purpose::App(h),
             None => Purpose::Tunnel,

@@ -1,0 +1,215 @@
+//! One login per zone (issue 15), with real parts only: a real OpenID Connect provider, real
+//! headless Chromium through the real login pages, the edge from a JSON config, tunnels in
+//! front of a real sshd, and real ssh.
+//!
+//! - one browser login for `ssh.localhost`, then `ssh short.localhost` (another application of
+//!   zone `localhost`) works with no second browser: the CLI exchanges its zone session;
+//! - an application whose policy excludes the identity is refused at the exchange, and the CLI
+//!   opens no browser for it;
+//! - `postern edge sessions kill --email E` revokes E's zone sessions: exchanges stop;
+//! - a zone session is no app token: the carrier refuses it; the cache file is 0600;
+//! - `--no-browser` prints the login URL and starts no browser.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use support::oidc::browser_login;
+use support::oidc::DEFAULT_EXPECT;
+use support::sso::{body_of, login_prompt, raw_request, status_of, Sso};
+use support::{postern, run_ok, Child};
+
+/// What a ProxyCommand prints when it starts a browser login.
+const BROWSER_PROMPT: &str = "/cdn-cgi/access/cli?";
+
+fn mode(path: &Path) -> u32 {
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
+}
+
+fn zone_session(sso: &Sso, user: &str) -> String {
+    let path = sso.home(user).join(".postern/tokens/localhost.zone");
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the zone session must be cached at {}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
+/// `POST /cdn-cgi/access/exchange` on `host` with `session`; the whole response.
+fn exchange(sso: &Sso, host: &str, session: &str) -> String {
+    let body = serde_json::json!({ "zone_session": session }).to_string();
+    raw_request(
+        &sso.edge_addr,
+        &sso.ca(),
+        host,
+        "POST",
+        "/cdn-cgi/access/exchange",
+        &[("Content-Type", "application/json")],
+        Some(body.as_bytes()),
+    )
+}
+
+/// The BROWSER script of `user` ran (a ProxyCommand tried to open a browser) if its log exists.
+fn browser_ran(sso: &Sso, user: &str) -> bool {
+    sso.dir.join(format!("browser-{user}.log")).exists()
+}
+
+#[test]
+fn one_browser_login_then_ssh_to_another_application_of_the_zone_needs_no_browser() {
+    let sso = Sso::start("zone-one");
+    // The one browser login (Chromium driven once, by the harness).
+    let (ok, stderr) = sso.login("alice", "ssh.localhost", DEFAULT_EXPECT);
+    assert!(ok, "alice's login failed: {stderr}");
+    let tokens = sso.home("alice").join(".postern/tokens");
+    assert_eq!(mode(&tokens.join("ssh.localhost.jwt")), 0o600);
+    assert_eq!(
+        mode(&tokens.join("localhost.zone")),
+        0o600,
+        "the zone session is a credential: 0600"
+    );
+
+    // ssh to another application of the zone: no browser, within the deadline.
+    let out = sso.ssh("alice", "short.localhost", "echo zone-ok");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ssh short.localhost: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "zone-ok");
+    assert!(
+        !stderr.contains(BROWSER_PROMPT) && !browser_ran(&sso, "alice"),
+        "no second browser login may be needed: {stderr}"
+    );
+    assert!(
+        stderr.contains("from the zone session of localhost"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&tokens.join("short.localhost.jwt")), 0o600);
+
+    // short.localhost's tokens last 3 s: the next ssh, after the cached one has ended, gets a
+    // fresh one through the zone session again, silently.
+    let cached = std::fs::read_to_string(tokens.join("short.localhost.jwt")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while sso
+        .carrier_status("short.localhost", cached.trim())
+        .contains(" 101 ")
+    {
+        assert!(std::time::Instant::now() < deadline, "token never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = sso.ssh("alice", "short.localhost", "echo refreshed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ssh after expiry: {stderr}");
+    assert!(
+        !stderr.contains(BROWSER_PROMPT) && !browser_ran(&sso, "alice"),
+        "refresh needs no browser: {stderr}"
+    );
+
+    // Each exchange is an audit line.
+    support::audit_when(
+        &sso.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the exchanges in the audit log",
+        |a| {
+            a.lines()
+                .filter(|l| {
+                    l.contains("\"exchange\"")
+                        && l.contains("short.localhost")
+                        && l.contains("\"allow\"")
+                })
+                .count()
+                >= 2
+        },
+    );
+
+    // The zone session itself opens no carrier, on any application.
+    let session = zone_session(&sso, "alice");
+    for host in ["ssh.localhost", "short.localhost"] {
+        let r = sso.carrier_status(host, &session);
+        assert!(status_of(&r).contains(" 401 "), "{host}: {r}");
+    }
+}
+
+#[test]
+fn an_application_whose_policy_excludes_the_identity_is_refused_without_a_browser() {
+    let sso = Sso::start("zone-deny");
+    // dave (group ops) may reach ssh.localhost; short.localhost admits alice only.
+    let (ok, stderr) = sso.login("dave", "ssh.localhost", DEFAULT_EXPECT);
+    assert!(ok, "dave's login failed: {stderr}");
+    let out = sso.ssh("dave", "short.localhost", "echo must-not-run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "dave must be refused: {stderr}");
+    assert!(stderr.contains("not allowed"), "a clear reason: {stderr}");
+    assert!(
+        !stderr.contains(BROWSER_PROMPT) && !browser_ran(&sso, "dave"),
+        "\"not allowed\" is final: no browser login: {stderr}"
+    );
+    let r = exchange(&sso, "short.localhost", &zone_session(&sso, "dave"));
+    assert!(status_of(&r).contains(" 403 "), "{r}");
+    assert!(body_of(&r).contains("\"not_allowed\""), "{r}");
+}
+
+#[test]
+fn a_killed_zone_session_stops_exchanges() {
+    let sso = Sso::start("zone-kill");
+    let (ok, stderr) = sso.login("alice", "ssh.localhost", DEFAULT_EXPECT);
+    assert!(ok, "alice's login failed: {stderr}");
+    let session = zone_session(&sso, "alice");
+    let r = exchange(&sso, "other.localhost", &session);
+    assert!(status_of(&r).contains(" 200 "), "{r}");
+    // Not for another zone's application, whatever the policy there.
+    let r = exchange(&sso, "web.example.test", &session);
+    assert!(status_of(&r).contains(" 401 "), "{r}");
+
+    let out = run_ok(
+        postern(&sso.home("admin"))
+            .args(["edge", "sessions", "kill", "--email", "alice@example.com"])
+            .arg("--origincert")
+            .arg(sso.dir.join("cert.pem"))
+            .args(["--edge", &sso.edge_addr, "--ca"])
+            .arg(sso.ca()),
+        "postern edge sessions kill --email",
+    );
+    let _ = out;
+    let r = exchange(&sso, "other.localhost", &session);
+    assert!(
+        status_of(&r).contains(" 401 ") && body_of(&r).contains("revoked"),
+        "a killed zone session must not be exchanged: {r}"
+    );
+    assert!(body_of(&r).contains("\"login_required\""), "{r}");
+}
+
+#[test]
+fn no_browser_prints_the_login_url_and_starts_no_browser() {
+    let sso = Sso::start("zone-nobrowser");
+    // A BROWSER that leaves a mark if it is ever started.
+    let marker = sso.dir.join("browser-started");
+    let script = sso.dir.join("marking-browser.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args(["access", "login", "ssh.localhost", "--no-browser"])
+        .args(["--edge", &sso.edge_addr, "--ca"])
+        .arg(sso.ca())
+        .env("BROWSER", &script);
+    let cli = Child::spawn("login-no-browser", cmd, sso.dir.path());
+    let (url, code) = login_prompt(&cli);
+    // The person opens the printed URL in a browser of their own.
+    let page = browser_login(
+        &url,
+        "alice",
+        DEFAULT_EXPECT,
+        None,
+        Some(&code),
+        sso.dir.path(),
+    );
+    assert!(page.is_ok(), "browser login: {page:?}");
+    let status = cli
+        .wait_exit(Duration::from_secs(30))
+        .expect("the login ends after the browser login");
+    assert!(status.success(), "{}", cli.stderr_text());
+    assert!(
+        !marker.exists(),
+        "--no-browser must not start a browser: {}",
+        cli.stderr_text()
+    );
+    zone_session(&sso, "alice");
+}
