@@ -228,6 +228,26 @@ pub struct Application {
     /// Short-lived SSH certificates for this application (`edge::sshcerts`).
     #[serde(default)]
     pub ssh_certificates: crate::edge::sshcerts::SshCertificates,
+    /// Jump-host mode: the `--destination`s clients may name (`proto::destination`). None:
+    /// every destination is refused.
+    #[serde(default)]
+    pub bastion: Option<Bastion>,
+}
+
+/// `"bastion": {"allow": ["10.0.0.0/8:22", "db.internal:5432", "*.corp.internal:22"]}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bastion {
+    #[serde(deserialize_with = "allow_list")]
+    pub allow: crate::proto::destination::AllowList,
+}
+
+fn allow_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::proto::destination::AllowList, D::Error> {
+    let entries = Vec::<String>::deserialize(d)?;
+    crate::proto::destination::AllowList::parse(&entries)
+        .map_err(|e| serde::de::Error::custom(format!("bastion.allow{e}")))
 }
 
 fn default_session() -> u64 {
@@ -510,6 +530,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
                 exclude: vec![],
             }],
             ssh_certificates: Default::default(),
+            bastion: None,
         }],
         public_url: None,
         identity: None,

@@ -221,7 +221,11 @@ fn in_net(ip: IpAddr, net: IpAddr, len: u8) -> bool {
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -252,7 +256,9 @@ impl fmt::Display for Pattern {
 
 impl Pattern {
     pub fn parse(text: &str) -> Result<Pattern, String> {
-        let bad = |why: &str| format!("{text:?}: {why} (e.g. \"10.0.0.0/8:22\", \"db.internal:5432\", \"*.corp.internal:22\", \"[fd00::/8]:*\")");
+        let bad = |why: &str| {
+            format!("{text:?}: {why} (e.g. \"10.0.0.0/8:22\", \"db.internal:5432\", \"*.corp.internal:22\", \"[fd00::/8]:*\")")
+        };
         if text.len() > MAX_LEN || !text.is_ascii() || text.bytes().any(|b| b <= b' ') {
             return Err(bad("not a pattern"));
         }
@@ -283,7 +289,10 @@ impl Pattern {
             let (a, len) = net_parts(inner, 128).map_err(bad)?;
             let a: Ipv6Addr = a.parse().map_err(|_| bad("not an IPv6 address"))?;
             HostPattern::Net(IpAddr::V6(a), len)
-        } else if host.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'/') {
+        } else if host
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
+        {
             let (a, len) = net_parts(host, 32).map_err(bad)?;
             let a: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
             HostPattern::Net(IpAddr::V4(a), len)

@@ -174,6 +174,7 @@ impl Pipe {
                     exclude: vec![],
                 }],
                 ssh_certificates: Default::default(),
+                bastion: None,
             },
         );
         tweak(&mut settings);
@@ -371,7 +372,7 @@ impl Pipe {
     /// HELLO and REGISTER `hostname` on the tunnel connection `p`: what the edge answered.
     fn register(&mut self, mut p: Peer, hostname: &str) -> (Peer, OriginSession, Vec<OriginEvent>) {
         let mut origin = OriginSession::new(self.now);
-        origin.send_hello([9; 16], 0);
+        origin.send_hello([9; 16], 0, false);
         origin.send_register(hostname, "ssh://localhost:22");
         self.origin_send(&mut p, &mut origin);
         let events = self.origin_events(&mut p, &mut origin);
