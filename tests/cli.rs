@@ -342,6 +342,35 @@ fn cloudflared_access_aliases_are_understood() {
     );
 }
 
+/// `tunnel --bastion` (cloudflared's) stands for `--url`; the tunnel's own allow-list is
+/// checked before anything connects, its errors naming the entry.
+#[test]
+fn tunnel_bastion_flags_are_checked_before_connecting() {
+    let (ok, _, stderr) = run(&[
+        "tunnel",
+        "--hostname",
+        "jump.example.com",
+        "--bastion",
+        "--url",
+        "ssh://localhost:22",
+    ]);
+    assert!(
+        !ok && stderr.contains("give --url or --bastion, not both"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&[
+        "tunnel",
+        "--hostname",
+        "jump.example.com",
+        "--bastion",
+        "--bastion-allow",
+        "10.0.0.0/8:22",
+        "--bastion-allow",
+        "10.0.0.0/33:22",
+    ]);
+    assert!(!ok && stderr.contains("bastion-allow[1]"), "{stderr}");
+}
+
 /// cloudflared's global flags go before the command; before anything but `tunnel` the
 /// tunnel's flags are a mistake that is named.
 #[test]
