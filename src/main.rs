@@ -945,6 +945,10 @@ USAGE:
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
     --url URL             the local service: ssh://host[:port], tcp://host:port or host:port
+    --bastion             a jump host: each stream goes to the client's --destination, if the
+                          edge's allow-list for the application admits it (no --url then)
+    --bastion-allow P     the tunnel's own allow-list too, e.g. 10.0.0.0/8:22 (repeatable);
+                          loopback and link-local (169.254.169.254) need an explicit pattern
     --origincert FILE     origin credential (default ~/.postern/cert.pem; env POSTERN_ORIGIN_CERT)
     --config FILE         named tunnel config: cloudflared's config.yml, or JSON (default: the
                           first of ~/.postern/config.{json,yml}, /etc/postern/config.{json,yml},
@@ -1056,6 +1060,7 @@ fn cmd_tunnel_login(args: Vec<OsString>) -> Res {
         credentials: Credentials::None,
         resume: None,
         resume_granted: None,
+        destination: None,
     };
     let pem = access::login(&opts, access::Purpose::Tunnel)?;
     let text = String::from_utf8(pem)
@@ -1195,6 +1200,7 @@ fn cmd_sshd_setup(args: Vec<OsString>) -> Res {
                 credentials: Credentials::None,
                 resume: None,
                 resume_granted: None,
+                destination: None,
             };
             let text = access::sshgen::fetch_ssh_ca(&opts)?;
             (text, format!("https://{host}/cdn-cgi/access/ssh-ca"))
@@ -1276,11 +1282,17 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         .clone()
         .ok_or_else(|| usage(format!("tunnel: --hostname is missing\n\n{TUNNEL_HELP}")))?
         .to_ascii_lowercase();
-    let url = a
-        .url
-        .clone()
-        .ok_or_else(|| usage(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}")))?;
-    let ingress = tunnel::Ingress::single(&hostname, &url).map_err(CliError::Failed)?;
+    let url = match (&a.url, a.bastion) {
+        (Some(_), true) => return Err(usage("tunnel: give --url or --bastion, not both")),
+        (None, true) => "bastion".to_owned(),
+        (url, false) => url
+            .clone()
+            .ok_or_else(|| usage(format!("tunnel: --url is missing\n\n{TUNNEL_HELP}")))?,
+    };
+    let mut ingress = tunnel::Ingress::single(&hostname, &url).map_err(CliError::Failed)?;
+    ingress
+        .set_bastion_allow(&a.bastion_allow)
+        .map_err(|e| usage(format!("tunnel: --{e}")))?;
     let credential = OriginCredential::read(&a.origin_cert()?).map_err(CliError::Io)?;
     let mut edges = a.edges(&[], credential.edge.as_deref())?;
     if edges.is_empty() {
@@ -1415,6 +1427,10 @@ struct TunnelArgs {
     pidfile: Option<PathBuf>,
     /// `--token T` (`tunnel run`): the tunnel's credentials in one string.
     token: Option<Secret>,
+    /// `--bastion` (cloudflared's): serve as a jump host, as an ingress rule `bastion` does.
+    bastion: bool,
+    /// `--bastion-allow PATTERN`, as often as given: the tunnel's own destination allow-list.
+    bastion_allow: Vec<String>,
 }
 
 /// Says on stderr that a cloudflared flag is accepted and ignored.
@@ -1453,6 +1469,8 @@ impl TunnelArgs {
                 Long("hostname") => a.hostname = Some(val(&mut p, "--hostname")?),
                 Long("metrics") => a.metrics = Some(val(&mut p, "--metrics")?),
                 Long("url") => a.url = Some(val(&mut p, "--url")?),
+                Long("bastion") => a.bastion = true,
+                Long("bastion-allow") => a.bastion_allow.push(val(&mut p, "--bastion-allow")?),
                 Long("config") => a.config = Some(val(&mut p, "--config")?.into()),
                 Long("origincert") => a.origincert = Some(val(&mut p, "--origincert")?.into()),
                 Long("credentials-file") | Long("cred-file") => {
@@ -1853,7 +1871,8 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
         })?,
         _ => return Err(usage(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}"))),
     };
-    let ingress = match (ingress, &a.url) {
+    let bastion = a.bastion.then(|| "bastion".to_owned());
+    let mut ingress = match (ingress, a.url.as_ref().or(bastion.as_ref())) {
         (_, Some(url)) => tunnel::Ingress::catch_all(url).map_err(CliError::Failed)?,
         (Some(i), None) => i,
         // cloudflared's token tunnels take their ingress from the dashboard; a postern token
@@ -1904,6 +1923,10 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
             creds.name, creds.id
         )));
     }
+    let allow = [a.bastion_allow.clone(), cfg.bastion_allow.clone()].concat();
+    ingress
+        .set_bastion_allow(&allow)
+        .map_err(|e| usage(format!("tunnel run: {e}")))?;
     let config_edges = cfg.edge.as_ref().map(|e| e.list()).unwrap_or_default();
     let edges = a.edges(&config_edges, credential.edge.as_deref())?;
     if edges.is_empty() {
@@ -1990,7 +2013,9 @@ OPTIONS:
     --url ADDR         (tcp; ssh too, as in cloudflared) local address to listen on;
                        also -L/--listener (env TUNNEL_SERVICE_URL)
     -T, --tunnel-host  cloudflared's names for --hostname (env TUNNEL_SERVICE_HOSTNAME)
-    --destination      cloudflared's bastion mode: not supported yet (a clear error)
+    --destination D    bastion (jump host) mode: the origin connects to D (host:port, e.g.
+                       10.0.0.5:22 or db.internal:5432) if the application's allow-list
+                       admits it (env TUNNEL_SERVICE_DESTINATION)
     --short-lived-cert (ssh) first put a short-lived SSH certificate for H (as ssh-gen makes
                        it) into the ssh-agent at SSH_AUTH_SOCK, where ssh finds it;
                        (ssh-config) print the block that gets one before each connection:
@@ -2099,15 +2124,26 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
             }
         }
     }
-    if let Some(d) = destination {
-        // Bastion mode (one origin reaching several private hosts) is not built yet: going on
-        // without it would reach the hostname's own service, not the one asked for.
-        return Err(usage(format!(
-            "access {sub}: --destination {}: postern has no bastion (jump host) mode yet; \
-             run a tunnel for that host and give its hostname instead",
-            logging::untrusted(&d)
-        )));
-    }
+    // Bastion mode: the edge checks the destination against the application's allow-list
+    // and the origin connects to it; parsed here so a typo fails before any connection.
+    let destination = match destination {
+        Some(_) if !matches!(sub.as_str(), "ssh" | "tcp") => {
+            return Err(usage(format!(
+                "access {sub}: --destination is for `access ssh` and `access tcp`"
+            )))
+        }
+        Some(d) => Some(
+            postern::proto::destination::Destination::parse(&d)
+                .map_err(|why| {
+                    usage(format!(
+                        "access {sub}: --destination {}: {why}",
+                        logging::untrusted(&d)
+                    ))
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
     // cloudflared's `access ssh` is its `access tcp`: with --url it listens.
     let sub = if sub == "ssh" && url.is_some() {
         "tcp".to_owned()
@@ -2184,6 +2220,7 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         credentials,
         resume: None,
         resume_granted: None,
+        destination,
     };
     match sub.as_str() {
         "ssh" => {

@@ -81,10 +81,13 @@ pub enum Auth {
     /// Denied: a stream resumption the edge cannot route (bad header, its origin connector
     /// not connected here, or over the per-source rate).
     Resume,
+    /// Denied: a jump-host destination the application's allow-list does not admit, or one
+    /// the tunnel cannot take (not in bastion mode).
+    Destination,
 }
 
 impl Auth {
-    const ALL: [Auth; 12] = [
+    const ALL: [Auth; 13] = [
         Auth::ServiceToken,
         Auth::AppToken,
         Auth::Bypass,
@@ -97,6 +100,7 @@ impl Auth {
         Auth::NotRegistered,
         Auth::TunnelBusy,
         Auth::Resume,
+        Auth::Destination,
     ];
 
     /// The reason label (`host_mismatch`, `no_credentials`, …), as in `/metrics`.
@@ -118,6 +122,7 @@ impl Auth {
             Auth::NotRegistered => ("deny", "not_registered"),
             Auth::TunnelBusy => ("deny", "tunnel_busy"),
             Auth::Resume => ("deny", "resume"),
+            Auth::Destination => ("deny", "destination"),
         }
     }
 }

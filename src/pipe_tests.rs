@@ -588,7 +588,7 @@ impl Pipe {
         };
         let mut tls = TlsConn::new(sock, tls);
         let key = crate::proto::base64::encode(&crate::io::random_bytes::<16>());
-        tls.send(&upgrade::request(APP, credentials, &key, None).expect("request"));
+        tls.send(&upgrade::request(APP, credentials, &key, None, None).expect("request"));
         self.clients.push(Client {
             wire,
             tls,

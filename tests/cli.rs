@@ -305,7 +305,7 @@ fn cloudflared_flags_without_meaning_here_are_accepted_with_a_notice() {
 }
 
 /// cloudflared's access flags: `-T`/`--tunnel-host` name the hostname, `-L`/`--listener` the
-/// local address; `--destination` (bastion mode) is refused clearly, not silently ignored.
+/// local address; a malformed `--destination` (bastion mode) is refused before any connection.
 #[test]
 fn cloudflared_access_aliases_are_understood() {
     let (ok, _, stderr) = run(&["access", "tcp", "-T", "ssh.example.com"]);
@@ -323,10 +323,52 @@ fn cloudflared_access_aliases_are_understood() {
         "--hostname",
         "bastion.example.com",
         "--destination",
+        "root@10.0.0.5:22",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("must not have a user@ part"), "{stderr}");
+    let (ok, _, stderr) = run(&[
+        "access",
+        "ssh-config",
+        "--hostname",
+        "bastion.example.com",
+        "--destination",
         "10.0.0.5:22",
     ]);
     assert!(!ok);
-    assert!(stderr.contains("no bastion"), "{stderr}");
+    assert!(
+        stderr.contains("is for `access ssh` and `access tcp`"),
+        "{stderr}"
+    );
+}
+
+/// `tunnel --bastion` (cloudflared's) stands for `--url`; the tunnel's own allow-list is
+/// checked before anything connects, its errors naming the entry.
+#[test]
+fn tunnel_bastion_flags_are_checked_before_connecting() {
+    let (ok, _, stderr) = run(&[
+        "tunnel",
+        "--hostname",
+        "jump.example.com",
+        "--bastion",
+        "--url",
+        "ssh://localhost:22",
+    ]);
+    assert!(
+        !ok && stderr.contains("give --url or --bastion, not both"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(&[
+        "tunnel",
+        "--hostname",
+        "jump.example.com",
+        "--bastion",
+        "--bastion-allow",
+        "10.0.0.0/8:22",
+        "--bastion-allow",
+        "10.0.0.0/33:22",
+    ]);
+    assert!(!ok && stderr.contains("bastion-allow[1]"), "{stderr}");
 }
 
 /// cloudflared's global flags go before the command; before anything but `tunnel` the

@@ -344,6 +344,7 @@ mod tests {
             credentials: Credentials::None,
             resume: None,
             resume_granted: None,
+            destination: None,
         };
         let far = crate::io::unix_now() + 3600;
         let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));

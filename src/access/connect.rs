@@ -258,6 +258,7 @@ pub fn connect(opts: &mut AccessOptions, cfg: &Arc<ClientConfig>) -> Result<TlsC
         &opts.credentials,
         &key,
         opts.resume.as_deref(),
+        opts.destination.as_deref(),
     )?;
     tls.writer().write_all(&req).map_err(edge_failed)?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);

@@ -101,8 +101,14 @@ fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(
     };
 
     let key = crate::proto::base64::encode(&crate::io::random_bytes::<16>());
-    let req = upgrade::request(&host, &opts.credentials, &key, None)
-        .map_err(|e| fail("token", e, &login_fix))?;
+    let req = upgrade::request(
+        &host,
+        &opts.credentials,
+        &key,
+        None,
+        opts.destination.as_deref(),
+    )
+    .map_err(|e| fail("token", e, &login_fix))?;
     let mut stream = rustls::Stream::new(&mut tls, &mut sock);
     if let Err(e) = stream.write_all(&req).and_then(|()| stream.flush()) {
         return Err(fail(

@@ -206,6 +206,7 @@ impl Connector for EdgeConnector {
             credentials: Credentials::None,
             resume: None,
             resume_granted: None,
+            destination: None,
         };
         let (sock, tls) =
             tls_connect(&opts, &self.cfg).map_err(|e| ureq::Error::Other(Box::new(e)))?;

@@ -72,6 +72,7 @@ impl Shared {
             },
             resume: None,
             resume_granted: None,
+            destination: o.destination.clone(),
         }
     }
 

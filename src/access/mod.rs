@@ -82,6 +82,9 @@ pub struct AccessOptions {
     pub resume: Option<String>,
     /// What the edge's 101 granted in its `Postern-Resume` (the origin connector).
     pub resume_granted: Option<String>,
+    /// Bastion mode: where the origin should connect (`--destination`), in its canonical
+    /// form (`proto::destination`), sent as `Cf-Access-Jump-Destination`.
+    pub destination: Option<String>,
 }
 
 /// A failure of the connection to the edge once it is up.

@@ -22,6 +22,7 @@ pub fn request(
     credentials: &Credentials,
     key: &str,
     resume: Option<&str>,
+    destination: Option<&str>,
 ) -> Result<Vec<u8>, AccessError> {
     let mut headers: Vec<(&str, &str)> = vec![
         ("Host", hostname),
@@ -54,6 +55,10 @@ pub fn request(
     }
     if let Some(resume) = resume {
         headers.push((crate::proto::resume::HEADER, resume));
+    }
+    if let Some(d) = destination {
+        // Canonical (parsed by `proto::destination`): no CR, LF or spaces can be in it.
+        headers.push(("Cf-Access-Jump-Destination", d));
     }
     let mut req = Vec::new();
     http::write_request(&mut req, "GET", "/", &headers);
@@ -117,8 +122,8 @@ mod tests {
             id: "id.access".into(),
             secret: Secret::from("s3cret".to_owned()),
         };
-        let req =
-            String::from_utf8(request("ssh.example.com", &creds, KEY, None).unwrap()).unwrap();
+        let req = String::from_utf8(request("ssh.example.com", &creds, KEY, None, None).unwrap())
+            .unwrap();
         assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
         for line in [
             "Host: ssh.example.com\r\n",
@@ -130,7 +135,7 @@ mod tests {
             assert!(req.contains(line), "{line:?} in {req}");
         }
         let app = Credentials::AppToken(Secret::from("a.b.c".to_owned()));
-        let req = String::from_utf8(request("h.example", &app, KEY, None).unwrap()).unwrap();
+        let req = String::from_utf8(request("h.example", &app, KEY, None, None).unwrap()).unwrap();
         assert!(req.contains("cf-access-token: a.b.c\r\n"), "{req}");
     }
 
@@ -144,7 +149,7 @@ mod tests {
                 secret: Secret::from("s".to_owned()),
             },
         ] {
-            let e = request("h.example", &creds, KEY, None).expect_err("refused");
+            let e = request("h.example", &creds, KEY, None, None).expect_err("refused");
             assert!(e.to_string().contains("printable ASCII"), "{e}");
         }
     }

@@ -249,6 +249,26 @@ pub struct Application {
     /// the client may connect again if its token and the policy still allow.
     #[serde(default, deserialize_with = "optional_duration")]
     pub max_session_duration: Option<u64>,
+    /// Jump-host mode: the `--destination`s clients may name (`proto::destination`). None:
+    /// every destination is refused.
+    #[serde(default)]
+    pub bastion: Option<Bastion>,
+}
+
+/// `"bastion": {"allow": ["10.0.0.0/8:22", "db.internal:5432", "*.corp.internal:22"]}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bastion {
+    #[serde(deserialize_with = "allow_list")]
+    pub allow: crate::proto::destination::AllowList,
+}
+
+fn allow_list<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<crate::proto::destination::AllowList, D::Error> {
+    let entries = Vec::<String>::deserialize(d)?;
+    crate::proto::destination::AllowList::parse(&entries)
+        .map_err(|e| serde::de::Error::custom(format!("bastion.allow{e}")))
 }
 
 fn default_session() -> u64 {
@@ -570,6 +590,7 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
             max_age: None,
             acr_values: Vec::new(),
             max_session_duration: None,
+            bastion: None,
         }],
         public_url: None,
         identity: None,

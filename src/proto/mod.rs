@@ -6,6 +6,7 @@
 pub mod base64;
 pub mod buf;
 pub mod carrier;
+pub mod destination;
 pub mod dns;
 pub mod http;
 pub mod jwt;

@@ -37,7 +37,13 @@ use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
 
 pub const HEADER_LEN: usize = 10;
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The newest version an edge serves. An origin sends [`PLAIN_PROTOCOL_VERSION`] unless it
+/// has a `bastion` ingress rule, so it keeps working with edges older than bastion mode.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Resumable streams (docs/design.md §2.6), no bastion mode.
+pub const PLAIN_PROTOCOL_VERSION: u16 = 2;
+/// OPEN's claims may carry a `destination` (bastion mode) and the origin honours it.
+pub const BASTION_PROTOCOL_VERSION: u16 = 3;
 /// The oldest version an edge still serves: version 1 origins know no resumable streams
 /// (docs/design.md §2.6), so the edge offers resumption only through version 2 ones.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
@@ -1360,11 +1366,17 @@ impl Session<Edge> {
 
 /// What only the origin does: introduce itself and register.
 impl Session<Origin> {
-    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8) {
+    /// `bastion`: the origin has a `bastion` rule and reads OPEN's `destination` (version 3);
+    /// otherwise version 2, which edges older than bastion mode accept.
+    pub fn send_hello(&mut self, connector_id: [u8; 16], ha_index: u8, bastion: bool) {
         encode(
             &mut self.control,
             &Frame::Hello {
-                version: PROTOCOL_VERSION,
+                version: if bastion {
+                    BASTION_PROTOCOL_VERSION
+                } else {
+                    PLAIN_PROTOCOL_VERSION
+                },
                 connector_id,
                 ha_index,
             },
@@ -2028,13 +2040,13 @@ mod tests {
         let now = Instant::now();
         let mut edge = EdgeSession::new(now);
         let mut origin = OriginSession::new(now);
-        origin.send_hello([3; 16], 2);
+        origin.send_hello([3; 16], 2, false);
         origin.send_register("h", "ssh://localhost:22");
         pipe(&mut edge, &mut origin, now);
         assert_eq!(
             edge.poll_event(),
             Some(EdgeEvent::Hello {
-                version: PROTOCOL_VERSION,
+                version: PLAIN_PROTOCOL_VERSION,
                 connector_id: [3; 16],
                 ha_index: 2
             })

@@ -46,6 +46,7 @@ impl AdminClient {
                 credentials: Credentials::None,
                 resume: None,
                 resume_granted: None,
+                destination: None,
             },
             cfg: Arc::new(cfg),
         })

@@ -19,7 +19,9 @@
 //! - Ingress rules are tried in order. `hostname` is a name or `*.suffix` (any name under
 //!   suffix); a rule without one matches everything and must be the last rule; the last rule
 //!   must be such a catch-all. A service is `ssh://host[:port]`, `tcp://host:port`,
-//!   `host:port`, or `http_status:CODE` (refuse the stream: nothing listens for it).
+//!   `host:port`, `http_status:CODE` (refuse the stream: nothing listens for it), or
+//!   `bastion` (a jump host: the client's `--destination`, checked by the edge and by the
+//!   tunnel's own `bastion-allow`).
 //! - The credentials file `<TUNNEL-ID>.json` (mode 0600) holds the tunnel's id, name, zone
 //!   (`AccountTag`) and its origin credential (PEM, see [`crate::pki`]): key, certificate for
 //!   the tunnel, edge address, edge CA. It is all `tunnel run` needs.
@@ -45,11 +47,18 @@ pub enum Service {
     Tcp { addr: String, url: String },
     /// No service: the stream is refused, and the client told this status.
     Status(u16),
+    /// cloudflared's `bastion`: a jump host. Each stream connects to the destination the
+    /// client named and the edge checked (OPEN's `destination`), if the tunnel's own
+    /// `bastion-allow` and special-address rules admit it too.
+    Bastion,
 }
 
 impl Service {
     /// Parses a service as written in `--url` or an ingress rule.
     pub fn parse(url: &str) -> Result<Service, String> {
+        if url == "bastion" {
+            return Ok(Service::Bastion);
+        }
         if let Some(code) = url.strip_prefix("http_status:") {
             return match code.parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => Ok(Service::Status(c)),
@@ -71,6 +80,7 @@ impl std::fmt::Display for Service {
         match self {
             Service::Tcp { url, .. } => f.write_str(url),
             Service::Status(c) => write!(f, "http_status:{c}"),
+            Service::Bastion => f.write_str("bastion"),
         }
     }
 }
@@ -103,6 +113,9 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingress {
     rules: Vec<Rule>,
+    /// The tunnel's own allow-list for `bastion` rules (`bastion-allow`); empty: any
+    /// destination the edge vouched for that is not a special address (`proto::destination`).
+    bastion_allow: crate::proto::destination::AllowList,
 }
 
 impl Ingress {
@@ -121,6 +134,7 @@ impl Ingress {
                     connect_timeout: None,
                 },
             ],
+            bastion_allow: Default::default(),
         })
     }
 
@@ -133,6 +147,7 @@ impl Ingress {
                 service: Service::parse(url).map_err(|e| format!("--url {e}"))?,
                 connect_timeout: None,
             }],
+            bastion_allow: Default::default(),
         })
     }
 
@@ -217,7 +232,10 @@ impl Ingress {
                 rules.len() - 1
             ));
         }
-        Ok(Ingress { rules })
+        Ok(Ingress {
+            rules,
+            bastion_allow: Default::default(),
+        })
     }
 
     /// The index and rule for `host` (the last rule matches everything).
@@ -234,6 +252,22 @@ impl Ingress {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// Whether a rule is `bastion` (the origin then says so in HELLO: mux version 3).
+    pub fn has_bastion(&self) -> bool {
+        self.rules.iter().any(|r| r.service == Service::Bastion)
+    }
+
+    /// Sets the tunnel's own bastion allow-list from `--bastion-allow` / `bastion-allow`.
+    pub fn set_bastion_allow(&mut self, entries: &[String]) -> Result<(), String> {
+        self.bastion_allow = crate::proto::destination::AllowList::parse(entries)
+            .map_err(|e| format!("bastion-allow{e}"))?;
+        Ok(())
+    }
+
+    pub fn bastion_allow(&self) -> &crate::proto::destination::AllowList {
+        &self.bastion_allow
     }
 }
 
@@ -502,6 +536,9 @@ pub struct TunnelConfig {
     pub resume_window: Option<String>,
     #[serde(default)]
     pub ingress: Vec<RawRule>,
+    /// The tunnel's own allow-list for `bastion` rules (`proto::destination` patterns).
+    #[serde(default, rename = "bastion-allow")]
+    pub bastion_allow: Vec<String>,
     /// Where to serve `/metrics` and `/ready` (`--metrics`).
     pub metrics: Option<String>,
     /// Defaults for every rule's `originRequest`.

@@ -63,6 +63,7 @@ use crate::limits::{
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
+use crate::proto::destination::{self, Destination, Host as DestHost};
 use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
 use crate::proto::resume::{Endpoint, Key, Opening, DATA_HEADER, MAX_DATA};
@@ -241,6 +242,8 @@ struct Claims {
     identity: Identity,
     /// `"start"`: a new resumable stream; `"resume"`: a later carrier of one.
     resume: Option<String>,
+    /// Bastion mode: where the client asked to go, as the edge checked it.
+    destination: Option<String>,
 }
 
 impl Claims {
@@ -285,6 +288,15 @@ struct Local {
     at: Option<StreamId>,
     /// `Some` for a resumable stream.
     resume: Option<Box<Resumable>>,
+    /// A jump-host stream: the destination, whose addresses are checked once resolved.
+    bastion: Option<Bastion>,
+}
+
+/// What a jump-host stream's resolved addresses are checked against (`proto::destination`).
+struct Bastion {
+    dest: Destination,
+    /// The tunnel's own allow-list admitted the destination as written (a name or address).
+    by_name: bool,
 }
 
 impl Local {
@@ -753,8 +765,13 @@ impl Core {
                 if !matches!(local.splice, Splice::Resolving { .. }) {
                     return;
                 }
+                let result = match (&local.bastion, result) {
+                    (Some(b), Ok(addrs)) => self.bastion_address(b, &addrs),
+                    (None, Ok(addrs)) => Ok(addrs[0]),
+                    (_, Err(e)) => Err(e),
+                };
                 match result {
-                    Ok(addrs) => self.connect_local(service, addrs[0], now),
+                    Ok(addr) => self.connect_local(service, addr, now),
                     Err(e) => self.fail_opening(service, &e),
                 }
             }
@@ -906,7 +923,11 @@ impl Core {
     /// TLS and the mux start: HELLO and REGISTER are queued behind the handshake.
     fn start_tls(&mut self, i: usize, early: Vec<u8>, now: Instant) {
         let mut mux = OriginSession::new(now);
-        mux.send_hello(self.cfg.connector_id, i as u8);
+        mux.send_hello(
+            self.cfg.connector_id,
+            i as u8,
+            self.cfg.ingress.has_bastion(),
+        );
         match &self.cfg.registration {
             Registration::Hostname(h) => {
                 let service = self.cfg.ingress.find(h).1.service.to_string();
@@ -1087,7 +1108,8 @@ impl Core {
                 match claims.resume.as_deref() {
                     None => {
                         info!("connection {i}: stream {stream} for {who}");
-                        self.open_local(i, stream, &hostname, None, now)
+                        let dest = claims.destination.as_deref();
+                        self.open_local(i, stream, &hostname, dest, None, now)
                     }
                     Some("start") => {
                         info!("connection {i}: stream {stream} (resumable) for {who}");
@@ -1100,7 +1122,9 @@ impl Core {
                             expires: None,
                             starved: false,
                         };
-                        self.open_local(i, stream, &hostname, Some(Box::new(resume)), now)
+                        let dest = claims.destination.as_deref();
+                        let resume = Some(Box::new(resume));
+                        self.open_local(i, stream, &hostname, dest, resume, now)
                     }
                     Some("resume") => {
                         debug!("connection {i}: stream {stream} resumes a stream for {who}");
@@ -1221,15 +1245,46 @@ impl Core {
         i: usize,
         stream: u32,
         hostname: &str,
+        destination: Option<&str>,
         resume: Option<Box<Resumable>>,
         now: Instant,
     ) {
         let conn = self.id(i);
         let host = hostname.to_ascii_lowercase();
         let (rule, r) = self.cfg.ingress.find(&host);
-        let name = match &r.service {
-            Service::Tcp { addr, .. } => addr.clone(),
-            Service::Status(code) => {
+        let mut bastion = None;
+        let name = match (&r.service, destination) {
+            (Service::Bastion, d) => match self.bastion_check(&host, d) {
+                Ok(b) => {
+                    let name = b.dest.to_string();
+                    info!("stream {stream}: jump host to {name}");
+                    bastion = Some(b);
+                    name
+                }
+                Err(reason) => {
+                    warn!("stream {stream}: {reason}");
+                    self.metrics.error(metrics::Error::ServiceConnect);
+                    if let Some(l) = self.live(conn) {
+                        l.mux.reset(stream, mux::ResetCode::NoService, &reason);
+                    }
+                    return;
+                }
+            },
+            (_, Some(_)) => {
+                // Defence in depth: the edge refuses this already for tunnels without a
+                // bastion rule, but this tunnel may have one for another hostname.
+                let reason = format!(
+                    "the origin is not a jump host for {host} (its ingress rule is not \
+                     `bastion`): it takes no --destination"
+                );
+                warn!("stream {stream}: {reason}");
+                if let Some(l) = self.live(conn) {
+                    l.mux.reset(stream, mux::ResetCode::NoService, &reason);
+                }
+                return;
+            }
+            (Service::Tcp { addr, .. }, None) => addr.clone(),
+            (Service::Status(code), None) => {
                 info!(
                     "stream {stream}: no ingress rule serves {} (http_status:{code})",
                     untrusted(&host)
@@ -1252,6 +1307,7 @@ impl Core {
                 splice: Splice::Resolving { deadline },
                 at: Some(StreamId { conn, stream }),
                 resume,
+                bastion,
             },
         );
         self.conns[i]
@@ -1270,6 +1326,57 @@ impl Core {
         }
         let waiter = Waiter::Service(service);
         self.out.push_back(Output::Resolve { waiter, name });
+    }
+
+    /// A jump-host stream's destination, checked again here: it must parse, and if the
+    /// tunnel has its own `bastion-allow`, admit it as written or (checked once resolved) by
+    /// its address. The error is the reason the client reads.
+    fn bastion_check(&self, host: &str, destination: Option<&str>) -> Result<Bastion, String> {
+        let Some(text) = destination else {
+            return Err(format!(
+                "{host} is a jump host: name where to go (postern access ssh --hostname {host} \
+                 --destination HOST:PORT)"
+            ));
+        };
+        let dest = Destination::parse(text).map_err(|why| format!("bad destination: {why}"))?;
+        let allow = self.cfg.ingress.bastion_allow();
+        let by_name = allow.admits(&dest).is_some();
+        let by_address_later = matches!(dest.host, DestHost::Name(_));
+        if !allow.is_empty() && !by_name && !by_address_later {
+            return Err(format!(
+                "destination {dest} is not in the tunnel's bastion-allow"
+            ));
+        }
+        Ok(Bastion { dest, by_name })
+    }
+
+    /// The first of a jump-host destination's addresses the tunnel may connect to: a special
+    /// address (loopback, link-local, the metadata service…) only when the tunnel's own
+    /// allow-list names its range; with an allow-list, only what it admits.
+    fn bastion_address(&self, b: &Bastion, addrs: &[SocketAddr]) -> Result<SocketAddr, String> {
+        let allow = self.cfg.ingress.bastion_allow();
+        let port = b.dest.port;
+        let ok = |a: &SocketAddr| {
+            let ip = a.ip();
+            allow.admits_addr(ip, port).is_some()
+                || (!destination::is_special(ip) && (allow.is_empty() || b.by_name))
+        };
+        if let Some(a) = addrs.iter().find(|a| ok(a)) {
+            return Ok(SocketAddr::new(a.ip(), port));
+        }
+        let first = addrs[0].ip();
+        Err(if destination::is_special(first) {
+            format!(
+                "destination {} is {first}, a loopback, link-local or other special address: \
+                 the tunnel reaches one only if its bastion-allow names it (e.g. {first}:{port})",
+                b.dest
+            )
+        } else {
+            format!(
+                "destination {} ({first}) is not in the tunnel's bastion-allow",
+                b.dest
+            )
+        })
     }
 
     /// A service waiting for its address cannot have it: its stream is reset, with why.
@@ -2050,6 +2157,10 @@ mod tests {
                         Err(_) if name == "three.test:443" => {
                             (10..13).map(|n| ([192, 0, 2, n], 443).into()).collect()
                         }
+                        // A name whose owner points it at the origin's own loopback.
+                        Err(_) if name.starts_with("rebound.test:") => {
+                            vec![([127, 0, 0, 1], 443).into()]
+                        }
                         Err(_) => vec![([192, 0, 2, 1], 443).into()],
                     };
                     self.core.resolved(waiter, Ok(addrs), now);
@@ -2236,9 +2347,13 @@ mod tests {
 
         /// The edge opens a stream on `slot` for `host`; the stream's id at the core.
         fn open(&mut self, slot: usize, host: &str) -> StreamId {
+            self.open_claims(slot, host, br#"{"email":"alice@example.com"}"#)
+        }
+
+        fn open_claims(&mut self, slot: usize, host: &str, claims: &[u8]) -> StreamId {
             let stream = self
                 .edge(slot)
-                .open_stream(host, br#"{"email":"alice@example.com"}"#)
+                .open_stream(host, claims)
                 .expect("the edge may open a stream");
             self.run();
             StreamId {
@@ -3377,5 +3492,111 @@ mod tests {
             (stream, ResetCode::Cancel, "unsupported resume mode")
         );
         assert_eq!(p.services.len(), services);
+    }
+
+    // ------------------------------------------------------------------------- jump host
+
+    /// Opens a stream to `destination` and says where it went: `Ok(addr)` connected, or
+    /// `Err(reason)` of its reset.
+    fn jump(p: &mut Pipe, destination: Option<&str>) -> Result<SocketAddr, String> {
+        let claims = match destination {
+            Some(d) => serde_json::json!({ "destination": d }),
+            None => serde_json::json!({}),
+        };
+        let before = p.seen.len();
+        let id = p.open_claims(0, HOST, &serde_json::to_vec(&claims).unwrap());
+        let connected = p.seen[before..].iter().find_map(|o| match o {
+            Output::ConnectService { addr, .. } => Some(*addr),
+            _ => None,
+        });
+        if let Some(addr) = connected {
+            return Ok(addr);
+        }
+        let reset = p.resets(0).into_iter().find(|r| r.0 == id.stream);
+        let (_, code, reason) = reset.expect("neither connected nor reset");
+        // Refused before its name is looked up: NoService; after (by address): ConnectFailed.
+        assert!(matches!(
+            code,
+            ResetCode::NoService | ResetCode::ConnectFailed
+        ));
+        Err(reason)
+    }
+
+    #[test]
+    fn a_plain_rule_refuses_a_destination_rather_than_reach_its_own_service() {
+        let mut p = pipe(1);
+        p.register_all();
+        let e = jump(&mut p, Some("10.0.0.5:22")).expect_err("refused");
+        assert!(e.contains("not a jump host"), "{e}");
+        assert_eq!(
+            jump(&mut p, None),
+            Ok(SERVICE.parse().unwrap()),
+            "without a destination the stream goes to the service as before"
+        );
+    }
+
+    #[test]
+    fn a_bastion_rule_connects_to_the_destination_but_not_to_loopback_or_metadata() {
+        let mut p = pipe_serving(1, None, "bastion");
+        p.register_all();
+        assert_eq!(
+            jump(&mut p, Some("10.0.0.5:22")),
+            Ok("10.0.0.5:22".parse().unwrap())
+        );
+        assert_eq!(
+            jump(&mut p, Some("[fd00::5]:2222")),
+            Ok("[fd00::5]:2222".parse().unwrap())
+        );
+        // A name connects to what it resolves to, on the destination's port.
+        assert_eq!(
+            jump(&mut p, Some("db.internal:5432")),
+            Ok("192.0.2.1:5432".parse().unwrap())
+        );
+        for special in [
+            "127.0.0.1:22",
+            "169.254.169.254:80",
+            "[::ffff:169.254.169.254]:80",
+            "[::1]:22",
+            "0.0.0.0:22",
+            "rebound.test:22",
+        ] {
+            let e = jump(&mut p, Some(special)).expect_err(special);
+            assert!(e.contains("special address"), "{special}: {e}");
+        }
+        let e = jump(&mut p, Some("evil:22\r\nX: y")).expect_err("bad");
+        assert!(e.contains("bad destination"), "{e}");
+        let e = jump(&mut p, None).expect_err("no destination");
+        assert!(e.contains("is a jump host: name where to go"), "{e}");
+    }
+
+    #[test]
+    fn the_tunnels_own_allow_list_narrows_what_the_edge_vouched_for() {
+        let mut p = pipe_serving(1, None, "bastion");
+        p.core
+            .cfg
+            .ingress
+            .set_bastion_allow(&["127.0.0.0/8:22".into(), "db.internal:5432".into()])
+            .unwrap();
+        p.register_all();
+        assert_eq!(
+            jump(&mut p, Some("127.0.0.2:22")),
+            Ok("127.0.0.2:22".parse().unwrap())
+        );
+        assert_eq!(
+            jump(&mut p, Some("rebound.test:22")),
+            Ok("127.0.0.1:22".parse().unwrap()),
+            "a name whose address the list names"
+        );
+        assert_eq!(
+            jump(&mut p, Some("db.internal:5432")),
+            Ok("192.0.2.1:5432".parse().unwrap()),
+            "a name the list names"
+        );
+        for no in ["10.0.0.5:22", "127.0.0.1:23", "other.internal:22"] {
+            let e = jump(&mut p, Some(no)).expect_err(no);
+            assert!(e.contains("not in the tunnel's bastion-allow"), "{no}: {e}");
+        }
+        let e = jump(&mut p, Some("169.254.169.254:80")).expect_err("metadata");
+        assert!(e.contains("bastion-allow"), "{e}");
     }
 }

@@ -1255,6 +1255,36 @@ impl Tunnel {
         t
     }
 
+    /// Like [`Tunnel::start`] (named `name`) with `extra` arguments after the usual ones
+    /// (e.g. `--bastion-allow 127.0.0.0/8:*`).
+    pub fn start_extra(
+        dir: &Path,
+        name: &str,
+        (hostname, url): (&str, &str),
+        cert: &Path,
+        edge: &Edge,
+        extra: &[&str],
+    ) -> Tunnel {
+        let metrics = metrics_listen();
+        let mut cmd = tunnel_command(
+            dir,
+            hostname,
+            url,
+            cert,
+            &edge.edge_arg(),
+            &edge.ca(),
+            &metrics,
+        );
+        cmd.args(extra);
+        let t = Tunnel {
+            hostname: hostname.to_string(),
+            metrics,
+            child: Child::spawn(name, cmd, dir),
+        };
+        t.wait_registered(1, STARTUP);
+        t
+    }
+
     /// Spawns the tunnel and waits until its `/ready` counts a registered connection.
     pub fn start(dir: &Path, hostname: &str, url: &str, cert: &Path, edge: &Edge) -> Tunnel {
         let t = Tunnel::spawn(dir, "tunnel", hostname, url, cert, edge);

@@ -14,6 +14,7 @@ use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction};
 use crate::proto::carrier;
+use crate::proto::destination;
 use crate::proto::http::{HeadLimits, RequestHead};
 use crate::proto::jwt::{KeyRing, OriginAssertion};
 use crate::proto::mux;
@@ -436,6 +437,7 @@ impl EdgeCore {
             audit.insert("service_token".into(), t.clone().into());
         }
         let verdict = app.decide(&identity);
+        let destination = super::bastion::check(head.header(destination::HEADER), app);
         audit.insert("policy".into(), verdict.policy.clone().into());
         if !verdict.allow {
             audit.insert("reason".into(), "policy".into());
@@ -460,6 +462,14 @@ impl EdgeCore {
                 "Forbidden",
                 &format!("{what}: {who} is not allowed to reach {host}"),
             );
+        }
+        // Bastion mode: checked against the application's allow-list before any tunnel.
+        let destination = match destination {
+            Ok(d) => d,
+            Err(why) => return self.refuse_destination(c, audit, &head, 403, &why),
+        };
+        if let Some(d) = &destination {
+            audit.insert("destination".into(), d.to_string().into());
         }
         // A resumable stream (docs/design.md §2.6): `start` asks for one, `resume` brings a
         // stream back to the origin connector that holds it.
@@ -534,6 +544,13 @@ impl EdgeCore {
                 "tunnel is busy; try again",
             );
         }
+        if destination.is_some() && !t.bastion {
+            let why = format!(
+                "the tunnel serving {host} is not a jump host (no `service: bastion` rule, \
+                 or a postern older than bastion mode): it cannot take a --destination"
+            );
+            return self.refuse_destination(c, audit, &head, 502, &why);
+        }
         // The origin learns who it is serving from an assertion signed for this stream only;
         // no credential the client presented travels on (see `origin_claims`).
         let next = t.mux.next_stream_id();
@@ -543,13 +560,17 @@ impl EdgeCore {
             _ => None,
         };
         let granted = resume_claim.map(|_| t.connector.clone());
+        let destination = destination.map(|d| d.to_string());
+        let extra: Vec<(&str, &str)> = (resume_claim.map(|r| ("resume", r)).into_iter())
+            .chain(destination.as_deref().map(|d| ("destination", d)))
+            .collect();
         let Some(claims) = origin_claims(
             &self.keys,
             &self.public_url,
             &host,
             next,
             &identity,
-            resume_claim,
+            &extra,
             self.unix,
         ) else {
             // Only an app token's groups can be this large.
@@ -733,7 +754,7 @@ pub(super) fn origin_claims(
     host: &str,
     stream: u32,
     identity: &Identity,
-    resume: Option<&str>,
+    extra: &[(&str, &str)],
     unix: u64,
 ) -> Option<Vec<u8>> {
     let jti = crate::proto::base64::encode_url(&crate::io::random_bytes::<16>());
@@ -747,8 +768,9 @@ pub(super) fn origin_claims(
         "service_token": identity.service_token,
         "assertion": keys.sign_origin_assertion(&assertion),
     });
-    if let Some(resume) = resume {
-        claims["resume"] = resume.into();
+    // `resume` (a resumable stream), `destination` (a jump host's, canonical).
+    for (k, v) in extra {
+        claims[*k] = (*v).into();
     }
     let bytes = serde_json::to_vec(&claims).expect("bug: claims of strings serialize");
     (bytes.len() <= crate::limits::MAX_CLAIMS_LEN).then_some(bytes)

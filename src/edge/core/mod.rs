@@ -24,6 +24,7 @@
 //! source and interval.
 
 pub mod admin;
+mod bastion;
 mod carrier;
 mod console;
 pub(super) mod login;
@@ -234,6 +235,9 @@ struct Tunnel {
     ha_index: u8,
     /// The origin speaks mux version 2: its streams may be resumable (docs/design.md §2.6).
     resumable: bool,
+    /// The origin speaks mux version 3, which only a tunnel with a `bastion` rule sends: it
+    /// reads OPEN's `destination` (a jump host). Older ones would ignore it.
+    bastion: bool,
     /// Stream id → carrier slot.
     carriers: HashMap<u32, usize>,
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
@@ -856,6 +860,7 @@ impl EdgeCore {
                                     connector: String::new(),
                                     ha_index: 0,
                                     resumable: false,
+                                    bastion: false,
                                     carriers: HashMap::new(),
                                     closing: false,
                                     linger_until: None,

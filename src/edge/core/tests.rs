@@ -177,6 +177,7 @@ impl Pipe {
                 max_age: None,
                 acr_values: Vec::new(),
                 max_session_duration: None,
+                bastion: None,
             },
         );
         tweak(&mut settings);
@@ -374,7 +375,7 @@ impl Pipe {
     /// HELLO and REGISTER `hostname` on the tunnel connection `p`: what the edge answered.
     fn register(&mut self, mut p: Peer, hostname: &str) -> (Peer, OriginSession, Vec<OriginEvent>) {
         let mut origin = OriginSession::new(self.now);
-        origin.send_hello([9; 16], 0);
+        origin.send_hello([9; 16], 0, false);
         origin.send_register(hostname, "ssh://localhost:22");
         self.origin_send(&mut p, &mut origin);
         let events = self.origin_events(&mut p, &mut origin);

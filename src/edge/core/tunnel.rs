@@ -143,6 +143,7 @@ impl EdgeCore {
                 t.connector = connector_id.iter().map(|b| format!("{b:02x}")).collect();
                 t.ha_index = ha_index;
                 t.resumable = version >= 2;
+                t.bastion = version >= mux::BASTION_PROTOCOL_VERSION;
                 if !(mux::OLDEST_PROTOCOL_VERSION..=mux::PROTOCOL_VERSION).contains(&version) {
                     t.mux.send_error(
                         mux::ErrorCode::BadRequest,
