@@ -225,6 +225,7 @@ fn resume_wanted() -> bool {
 /// One carrier, one stream: its end is the session's end.
 fn ssh_plain(tls: TlsConn, local: Local) -> Result<(), AccessError> {
     let mut poll = Poll::new().map_err(event_loop)?;
+    let mut signals = ssh_signals(poll.registry())?;
     let mut s = Session::new(tls, local);
     poll.registry()
         .register(
@@ -259,8 +260,45 @@ fn ssh_plain(tls: TlsConn, local: Local) -> Result<(), AccessError> {
                 return Err(event_loop(e));
             }
         }
+        if ended_by_ssh(&mut signals) {
+            let mut close = Vec::new();
+            crate::proto::ws::encode_close(
+                &mut close,
+                crate::proto::ws::close::NORMAL,
+                "",
+                Some(crate::io::random_bytes()),
+            );
+            s.tls.send(&close);
+            s.tls.close();
+            s.local.finish();
+            return Ok(());
+        }
         s.core.handle_timeout(Instant::now());
     }
+}
+
+const SIGNALS: Token = Token(4);
+
+/// ssh ends its ProxyCommand with SIGHUP when it exits (and a user may send SIGTERM or
+/// SIGINT): caught, so that the session ends with a WebSocket Close rather than a dropped
+/// connection, which the edge and the origin would take for a lost path and keep the
+/// service connection for resumption.
+fn ssh_signals(registry: &Registry) -> Result<crate::io::Signals, AccessError> {
+    let mut signals = crate::io::Signals::with_reload().map_err(event_loop)?;
+    registry
+        .register(&mut signals.rx, SIGNALS, Interest::READABLE)
+        .map_err(event_loop)?;
+    Ok(signals)
+}
+
+/// True when ssh (or the user) asked this process to end.
+fn ended_by_ssh(signals: &mut crate::io::Signals) -> bool {
+    let terminate = signals.take();
+    let hangup = signals.take_reload();
+    if terminate || hangup {
+        debug!("ended by a signal: closing the session");
+    }
+    terminate || hangup
 }
 
 const CARRIER: Token = Token(0);
@@ -279,6 +317,7 @@ fn ssh_resumable(
     connector: String,
 ) -> Result<(), AccessError> {
     let mut poll = Poll::new().map_err(event_loop)?;
+    let mut signals = ssh_signals(poll.registry())?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(event_loop)?);
     let (done_tx, done_rx) = mpsc::channel::<SetUp>();
     local
@@ -335,6 +374,14 @@ fn ssh_resumable(
             if e.kind() != io::ErrorKind::Interrupted {
                 break Err(event_loop(e));
             }
+        }
+        if ended_by_ssh(&mut signals) {
+            // ssh is gone: nothing to resume. Said so to the edge, if a path is up.
+            if let Some(c) = carrier.as_mut() {
+                c.send(core.farewell());
+                c.close();
+            }
+            break Ok(());
         }
         let now = Instant::now();
         while let Ok((o, r)) = done_rx.try_recv() {

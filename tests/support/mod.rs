@@ -784,6 +784,24 @@ impl Sshd {
         self.child.stop();
     }
 
+    /// How many connections sshd serves now: its child processes (one per connection).
+    pub fn connections(&self) -> usize {
+        let me = self.child.id().to_string();
+        fs::read_dir("/proc")
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+                    // `pid (comm) state ppid …`: the fields after the last ')'.
+                    .filter(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                            == Some(me.as_str())
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     /// The ssh options shared by direct and proxied connections (without ProxyCommand).
     pub fn ssh_options(&self) -> Vec<String> {
         vec![
