@@ -648,7 +648,15 @@ fn cmd_service_token(args: Vec<OsString>) -> Res {
             Long("state") => state = Some(p.value()?),
             Long("keys") => keys = Some(PathBuf::from(p.value()?)),
             Long("expires") => expires = Some(duration(p.value()?, "--expires")?),
-            Long("overlap") => overlap = Some(duration(p.value()?, "--overlap")?),
+            // "0" (any unit): the old secret stops at once, as the help says.
+            Long("overlap") => {
+                let v = p.value()?;
+                let zero = v
+                    .to_str()
+                    .map(|t| t.trim_end_matches(['s', 'm', 'h', 'd']))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'));
+                overlap = Some(if zero { 0 } else { duration(v, "--overlap")? })
+            }
             Long("help") | Short('h') => {
                 print!("{HELP}");
                 return Ok(ExitCode::SUCCESS);
@@ -1174,8 +1182,19 @@ fn cmd_sshd_setup(args: Vec<OsString>) -> Res {
             Long("edge") => edge_addr = Some(string(p.value()?, "--edge")?),
             Long("ca") => tls_ca = Some(PathBuf::from(p.value()?)),
             Long("ca-file") => ca_file = Some(PathBuf::from(p.value()?)),
-            Long("ca-out") => ca_out = Some(PathBuf::from(p.value()?)),
-            Long("principals-dir") => principals_dir = Some(PathBuf::from(p.value()?)),
+            // sshd reads it from its own working directory: the path it is told must be whole.
+            Long("ca-out") => {
+                ca_out = Some(
+                    std::path::absolute(PathBuf::from(p.value()?))
+                        .map_err(|e| usage(format!("--ca-out: {e}")))?,
+                )
+            }
+            Long("principals-dir") => {
+                principals_dir = Some(
+                    std::path::absolute(PathBuf::from(p.value()?))
+                        .map_err(|e| usage(format!("--principals-dir: {e}")))?,
+                )
+            }
             Long("sshd-config") => config = Some(PathBuf::from(p.value()?)),
             Long("write") => write = true,
             Long("help") | Short('h') => {

@@ -379,3 +379,49 @@ fn cloudflared_global_tunnel_flags_need_the_tunnel_command() {
     assert!(!ok);
     assert!(stderr.contains("--pidfile before the command"), "{stderr}");
 }
+
+/// sshd reads `TrustedUserCAKeys` and `AuthorizedPrincipalsFile` from its own working
+/// directory: relative paths given to sshd-setup are written whole.
+#[test]
+fn sshd_setup_writes_whole_paths_into_sshd_config() {
+    let dir = temp_dir("cli-sshd-setup-paths");
+    let state = dir.join("edge");
+    let out = postern(&dir.join("home"))
+        .args(["edge", "ssh-ca", "--state"])
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ca = dir.join("ca.pub");
+    std::fs::write(&ca, &out.stdout).unwrap();
+    let out = postern(&dir.join("home"))
+        .current_dir(dir.path())
+        .args(["tunnel", "sshd-setup", "--ca-file"])
+        .arg(&ca)
+        .args([
+            "--ca-out",
+            "rel/ca.pub",
+            "--principals-dir",
+            "rel/principals",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let whole = dir.path().join("rel");
+    assert!(
+        text.contains(&format!("TrustedUserCAKeys {}/ca.pub", whole.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "AuthorizedPrincipalsFile {}/principals/%u",
+            whole.display()
+        )),
+        "{text}"
+    );
+}

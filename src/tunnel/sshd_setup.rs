@@ -100,9 +100,11 @@ impl SshdSetup {
                 .collect();
             return Err(io::Error::other(format!(
                 "sshd -t refused the new {} (put back as it was; {} stays written, \
-                 and alone changes nothing):\n  {}",
+                 and alone changes nothing; sshd's line numbers count the {} lines added at \
+                 the top):\n  {}",
                 config.display(),
                 self.ca_file.display(),
+                self.block().lines().count(),
                 said.join("\n  ")
             )));
         }
