@@ -159,43 +159,42 @@ impl TokenCache {
     }
 
     fn load_at(&self, hostname: &str, now: u64) -> Option<Secret> {
-        let path = self.path(hostname, ".jwt").ok()?;
-        let file = fs::File::open(&path).ok()?;
-        let mut text = String::new();
-        io::Read::read_to_string(&mut io::Read::take(file, MAX_TOKEN_FILE), &mut text).ok()?;
-        let token = text.trim();
-        if !is_compact_jwt(token) || !fresh_enough(jwt_expiry(token)?, now) {
-            return None;
-        }
-        Some(Secret::from(token.to_owned()))
+        self.load_file_at(hostname, ".jwt", now)
     }
 
     /// Stores `token` for `hostname`, replacing any older one atomically.
     pub fn store(&self, hostname: &str, token: &Secret) -> Result<PathBuf, CacheError> {
-        let path = self.path(hostname, ".jwt")?;
-        self.ensure_dir()?;
-        let mut data = Vec::with_capacity(token.expose().len() + 1);
-        data.extend_from_slice(token.expose().as_bytes());
-        data.push(b'\n');
-        crate::io::files::write_file_atomic(&path, &data, FILE_MODE).map_err(CacheError::Write)?;
-        Ok(path)
+        self.store_file(hostname, ".jwt", token)
     }
 
     /// Removes the token for `hostname`. A missing token is not an error.
     pub fn remove(&self, hostname: &str) -> Result<(), CacheError> {
-        let path = self.path(hostname, ".jwt")?;
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-            _ => Ok(()),
-        }
+        self.remove_file(hostname, ".jwt", None)
     }
 
     /// Removes the token for `hostname` only if it is still `token`: a parallel process may
     /// already have replaced a refused token with a fresh one, which must stay.
     pub fn remove_if(&self, hostname: &str, token: &Secret) -> Result<(), CacheError> {
-        let path = self.path(hostname, ".jwt")?;
-        match fs::read_to_string(&path) {
-            Ok(text) if text.trim() == token.expose() => self.remove(hostname),
+        self.remove_file(hostname, ".jwt", Some(token))
+    }
+
+    /// Removes `name` + `suffix`; with `only`, only while it still holds that secret. A
+    /// missing file is not an error.
+    fn remove_file(
+        &self,
+        name: &str,
+        suffix: &str,
+        only: Option<&Secret>,
+    ) -> Result<(), CacheError> {
+        let path = self.path(name, suffix)?;
+        if let Some(secret) = only {
+            match fs::read_to_string(&path) {
+                Ok(text) if text.trim() == secret.expose() => {}
+                _ => return Ok(()),
+            }
+        }
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
             _ => Ok(()),
         }
     }
@@ -220,21 +219,13 @@ impl TokenCache {
 
     /// Removes the zone session of `zone`. A missing one is not an error.
     pub fn remove_zone_session(&self, zone: &str) -> Result<(), CacheError> {
-        let path = self.path(zone, ".zone")?;
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
-            _ => Ok(()),
-        }
+        self.remove_file(zone, ".zone", None)
     }
 
     /// Removes the zone session of `zone` only if it is still `session` (a parallel login may
     /// have brought a new one).
     pub fn remove_if_zone_session(&self, zone: &str, session: &Secret) -> Result<(), CacheError> {
-        let path = self.path(zone, ".zone")?;
-        match fs::read_to_string(&path) {
-            Ok(text) if text.trim() == session.expose() => self.remove_zone_session(zone),
-            _ => Ok(()),
-        }
+        self.remove_file(zone, ".zone", Some(session))
     }
 
     /// A cached app token for `hostname` that has more than `margin` left.

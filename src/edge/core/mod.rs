@@ -919,6 +919,12 @@ impl EdgeCore {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
+        // Most configs bound no session: then no carrier's application is looked up each tick.
+        let bounded = self
+            .settings
+            .applications
+            .iter()
+            .any(|a| a.max_session_duration.is_some());
         for slot in 0..self.conns.len() {
             let expired = match &mut self.conns[slot] {
                 Some(Conn::Accepting { deadline, .. }) => now >= *deadline,
@@ -929,17 +935,18 @@ impl EdgeCore {
                             continue;
                         }
                     }
-                    let over = c.session.as_ref().is_some_and(|s| {
-                        s.ended_by.is_none()
-                            && self
-                                .settings
-                                .application(&s.hostname)
-                                .and_then(|a| a.max_session_duration)
-                                .is_some_and(|max| {
-                                    now.saturating_duration_since(s.started)
-                                        >= Duration::from_secs(max)
-                                })
-                    });
+                    let over = bounded
+                        && c.session.as_ref().is_some_and(|s| {
+                            s.ended_by.is_none()
+                                && self
+                                    .settings
+                                    .application(&s.hostname)
+                                    .and_then(|a| a.max_session_duration)
+                                    .is_some_and(|max| {
+                                        now.saturating_duration_since(s.started)
+                                            >= Duration::from_secs(max)
+                                    })
+                        });
                     if over {
                         self.end_session(
                             slot,
