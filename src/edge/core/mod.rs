@@ -276,11 +276,18 @@ pub(crate) struct EdgeCore {
     next_tick: Instant,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
+    /// Connections to run in this round of [`EdgeCore::run_dirty`].
     dirty: Vec<usize>,
+    /// The slot is in `dirty`, or deferred to `again` (a mark then changes nothing).
     is_dirty: Vec<bool>,
-    /// Connections that stopped at a per-pass bound with input left (a lingering carrier):
-    /// run again on the next pass of the loop, which then does not wait. A slot freed
-    /// meanwhile just gets a spurious run.
+    /// The slot ran in the current round: a mark now defers it to the next pass of the loop.
+    has_run: Vec<bool>,
+    /// The slots that ran in the current round (to clear `has_run` at its end).
+    ran: Vec<usize>,
+    /// Connections for the next pass of the loop, which then does not wait: those that
+    /// stopped at a per-pass bound with input left (a lingering carrier), and those marked
+    /// again after they ran in this round (a bulk stream: its carrier and its tunnel mark
+    /// each other for as long as data flows). A slot freed meanwhile gets a spurious run.
     again: Vec<usize>,
     /// Hostname → tunnel slots that registered it (ad-hoc `--hostname`).
     routes: HashMap<String, Vec<usize>>,
@@ -442,6 +449,8 @@ impl EdgeCore {
             free: Vec::new(),
             dirty: Vec::new(),
             is_dirty: Vec::new(),
+            has_run: Vec::new(),
+            ran: Vec::new(),
             again: Vec::new(),
             routes: HashMap::new(),
             named: HashMap::new(),
@@ -615,6 +624,7 @@ impl EdgeCore {
     pub(crate) fn process(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
         for slot in std::mem::take(&mut self.again) {
+            self.is_dirty[slot] = false;
             self.mark(slot);
         }
         self.run_dirty();
@@ -654,6 +664,7 @@ impl EdgeCore {
         }
         self.conns.push(None);
         self.is_dirty.push(false);
+        self.has_run.push(false);
         self.slot_ip.push(None);
         self.tls_started.push(None);
         self.generations.push(0);
@@ -751,13 +762,27 @@ impl EdgeCore {
     fn mark(&mut self, slot: usize) {
         if slot < self.is_dirty.len() && !self.is_dirty[slot] {
             self.is_dirty[slot] = true;
-            self.dirty.push(slot);
+            if self.has_run[slot] {
+                self.again.push(slot);
+            } else {
+                self.dirty.push(slot);
+            }
         }
     }
 
+    /// Runs the marked connections, each at most once: what a run marks that has run already
+    /// waits for the next pass of the loop. Without that bound a bulk stream's carrier and
+    /// tunnel, marking each other, kept one call going for as long as data flowed: the loop
+    /// polled no other socket, ran no deadline, and judged the tunnel's keepalive by the
+    /// clock of the call's start (a tunnel that sent frames throughout was "presumed dead").
     fn run_dirty(&mut self) {
         while let Some(slot) = self.dirty.pop() {
+            if self.has_run[slot] {
+                continue; // listed twice (deferred by a pump and marked): it ran already
+            }
             self.is_dirty[slot] = false;
+            self.has_run[slot] = true;
+            self.ran.push(slot);
             let Some(conn) = self.conns[slot].take() else {
                 continue;
             };
@@ -782,6 +807,9 @@ impl EdgeCore {
                 }
                 None => self.release(slot),
             }
+        }
+        for slot in self.ran.drain(..) {
+            self.has_run[slot] = false;
         }
     }
 

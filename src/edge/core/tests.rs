@@ -889,6 +889,73 @@ fn a_masked_frame_error_from_the_client_closes_its_carrier_and_resets_its_stream
     assert!(!t.wire.dropped(), "the tunnel goes on");
 }
 
+/// A bulk upload whose carrier and tunnel both always have more to do (the client's bytes
+/// queued, the origin's credit granted) gets one run of each per pass of the loop, not the
+/// whole transfer: the loop polls its other sockets and runs its deadlines in between, and
+/// the tunnel's keepalive is judged by a clock that moves.
+#[test]
+fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    let events = pipe.origin_events(&mut t, &mut origin);
+    let stream = events
+        .iter()
+        .find_map(|e| match e {
+            OriginEvent::Open { stream, .. } => Some(*stream),
+            _ => None,
+        })
+        .expect("OPEN");
+    // The origin grants the most credit a stream may hold: 16 windows.
+    let mut credit = Vec::new();
+    mux::encode(
+        &mut credit,
+        &mux::Frame::Window {
+            stream,
+            credit: 15 * crate::limits::INITIAL_STREAM_WINDOW,
+            consumed: 0,
+        },
+    );
+    pipe.send(&mut t, &credit);
+    // The client has 4 MiB of frames on their way to the edge, all in its socket.
+    let chunk = vec![0x5a; 64 * 1024];
+    c.tls.set_buffer_limit(None);
+    for _ in 0..64 {
+        let mut frame = Vec::new();
+        ws::encode_frame(&mut frame, ws::BINARY, &chunk, Some([1, 2, 3, 4]));
+        c.tls.writer().write_all(&frame).expect("client write");
+        while c.tls.wants_write() {
+            let mut out = Vec::new();
+            c.tls.write_tls(&mut out).expect("client write_tls");
+            c.wire.0.borrow_mut().to_edge.extend(out);
+        }
+    }
+    let queued = c.wire.0.borrow().to_edge.len();
+    pipe.core.handle_ready(c.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    let taken = queued - c.wire.0.borrow().to_edge.len();
+    let sent = t.wire.0.borrow().from_edge.len();
+    assert!(
+        taken <= 1024 * 1024 && sent <= 1024 * 1024,
+        "one pass took {taken} bytes from the client and sent {sent} to the origin"
+    );
+    assert_eq!(pipe.core.poll_timeout(), pipe.now, "the next pass at once");
+    // Pass after pass, all of it arrives.
+    for _ in 0..200 {
+        if pipe.core.poll_timeout() > pipe.now {
+            break;
+        }
+        pipe.core.process(pipe.now, pipe.unix);
+    }
+    assert!(
+        c.wire.0.borrow().to_edge.is_empty(),
+        "the client's bytes all read"
+    );
+    // (The test's origin session holds one window; count the edge's ciphertext instead.)
+    let sent = t.wire.0.borrow().from_edge.len();
+    assert!(sent >= 64 * chunk.len(), "{sent} bytes went to the origin");
+}
+
 // ------------------------------------------------------------------------- timers
 
 #[test]
