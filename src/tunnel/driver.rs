@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::debug;
 use mio::net::TcpStream;
@@ -71,7 +71,17 @@ pub struct Origin {
     /// Where each service's socket is in `locals` (its token's index).
     by_service: HashMap<ServiceId, usize>,
     free: Vec<usize>,
+    /// Sockets to pump in this round of [`Origin::settle`].
     dirty: Vec<Token>,
+    /// Per socket (token minus `FIRST`): in `dirty` or `next` (asking again changes nothing).
+    queued: Vec<bool>,
+    /// Per socket: pumped in the current round.
+    has_run: Vec<bool>,
+    /// Sockets pumped in the current round (to clear `has_run` at its end).
+    ran: Vec<usize>,
+    /// Sockets asked for after they were pumped in this round: the next pass of the loop,
+    /// which then does not wait.
+    next: Vec<Token>,
     scratch: Vec<u8>,
     /// Ciphertext staging for `TlsConn::read`, shared by every connection.
     stage: Vec<u8>,
@@ -155,6 +165,10 @@ impl Origin {
             by_service: HashMap::new(),
             free: Vec::new(),
             dirty: Vec::new(),
+            queued: Vec::new(),
+            has_run: Vec::new(),
+            ran: Vec::new(),
+            next: Vec::new(),
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             stage: vec![0; TLS_READ_STAGE],
             metrics,
@@ -188,7 +202,11 @@ impl Origin {
             if let Some(exit) = self.core.take_exit() {
                 return Ok(exit);
             }
-            let timeout = self.core.poll_timeout().saturating_duration_since(now);
+            let timeout = if self.next.is_empty() {
+                self.core.poll_timeout().saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -207,7 +225,7 @@ impl Origin {
                         self.apply();
                     }
                 } else {
-                    self.dirty.push(ev.token());
+                    self.want(ev.token());
                 }
             }
             self.settle();
@@ -219,17 +237,45 @@ impl Origin {
         }
     }
 
-    /// Carries out the core's outputs and pumps what they and readiness made dirty.
+    /// Carries out the core's outputs and pumps what they and readiness made dirty, each
+    /// socket at most once: one asked for again after its pump waits for the next pass of
+    /// the loop. Without that bound a bulk stream's service socket and edge connection,
+    /// asking for each other, kept one call going for the whole transfer: no other socket
+    /// was polled and no keepalive sent meanwhile (the edge then drops the idle connections).
     fn settle(&mut self) {
+        self.dirty.append(&mut self.next);
         self.apply();
         while let Some(tok) = self.dirty.pop() {
             let i = tok.0 - FIRST;
+            self.queued[i] = false;
+            self.has_run[i] = true;
+            self.ran.push(i);
             if i < self.edges.len() {
                 self.pump_edge(i);
             } else {
                 self.pump_service(i - self.edges.len());
             }
             self.apply();
+        }
+        for i in self.ran.drain(..) {
+            self.has_run[i] = false;
+        }
+    }
+
+    /// Asks for a pump of `tok` in this round, or in the next if it has had one in this.
+    fn want(&mut self, tok: Token) {
+        let i = tok.0 - FIRST;
+        if self.queued.len() <= i {
+            self.queued.resize(i + 1, false);
+            self.has_run.resize(i + 1, false);
+        }
+        if !self.queued[i] {
+            self.queued[i] = true;
+            if self.has_run[i] {
+                self.next.push(tok);
+            } else {
+                self.dirty.push(tok);
+            }
         }
     }
 
@@ -260,12 +306,12 @@ impl Origin {
                 }
                 Output::PumpEdge(conn) => {
                     if self.edges[conn.slot].conn == conn {
-                        self.dirty.push(Token(FIRST + conn.slot));
+                        self.want(Token(FIRST + conn.slot));
                     }
                 }
                 Output::PumpService(service) => {
                     if let Some(&slot) = self.by_service.get(&service) {
-                        self.dirty.push(Token(FIRST + self.edges.len() + slot));
+                        self.want(Token(FIRST + self.edges.len() + slot));
                     }
                 }
             }
