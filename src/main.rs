@@ -141,6 +141,7 @@ impl From<ConfigError> for CliError {
 }
 
 fn main() -> ExitCode {
+    postern::io::sys::keep_freed_heap();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut flags = match log_flags(&mut args) {
         Ok(f) => f,
