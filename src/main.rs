@@ -2138,6 +2138,8 @@ USAGE:
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
     postern access doctor H [OPTIONS]                  check each hop to H, name the one that fails
+    postern access curl URL [CURL ARGS]                curl URL with the token for its host
+                                                       (cf-access-token header; see access curl --help)
 
 H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
 
@@ -2214,6 +2216,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     if matches!(sub.as_str(), "--help" | "-h" | "help") {
         print!("{ACCESS_HELP}");
         return Ok(ExitCode::SUCCESS);
+    }
+    if sub == "curl" {
+        return access_curl(args);
     }
     let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout" | "doctor");
     let mut args = cloudflared_flags(args);
@@ -2409,6 +2414,64 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+const ACCESS_CURL_HELP: &str = "\
+USAGE: postern access curl [--edge HOST:PORT] [--ca FILE] [--no-browser] URL [CURL ARGS...]
+
+Runs `curl URL CURL ARGS...` with the app token for URL's host in a cf-access-token header
+(as cloudflared's access curl), for an HTTP service that checks it. The token comes as
+`access ssh` gets one: cached, from the zone session, or through the browser. curl reads
+the header from a 0600 file beside the cached token, never from its command line; the exit
+status is curl's. The edge is --edge (env POSTERN_EDGE), else URL's host on port 443.
+";
+
+/// `postern access curl`: see [`ACCESS_CURL_HELP`]. postern's flags come before URL;
+/// everything after it is curl's.
+fn access_curl(args: Vec<OsString>) -> Res {
+    let mut p = parser(args);
+    let (mut edge, mut ca, mut url) = (None, None, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("edge") => edge = Some(string(p.value()?, "--edge")?),
+            Long("ca") => ca = Some(PathBuf::from(p.value()?)),
+            Long("no-browser") => access::login::set_no_browser(),
+            Long("help") | Short('h') => {
+                print!("{ACCESS_CURL_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) => {
+                url = Some(string(v, "URL")?);
+                break;
+            }
+            other => {
+                return Err(usage(format!(
+                    "access curl: {} (postern's flags go before URL, curl's after it)\n\n{ACCESS_CURL_HELP}",
+                    other.unexpected()
+                )))
+            }
+        }
+    }
+    let url =
+        url.ok_or_else(|| usage(format!("access curl: URL is missing\n\n{ACCESS_CURL_HELP}")))?;
+    let (hostname, _) =
+        access::application(&url).map_err(|e| usage(format!("access curl: {e}")))?;
+    let curl_args: Vec<OsString> = p.raw_args()?.collect();
+    let cache = access::TokenCache::open_default().map_err(CliError::Home)?;
+    let opts = AccessOptions {
+        // URL's port is the HTTP service's, not the edge's.
+        edge: edge
+            .or_else(|| env_var("POSTERN_EDGE"))
+            .unwrap_or_else(|| format!("{hostname}:443")),
+        hostname,
+        extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+        credentials: Credentials::None,
+        resume: None,
+        resume_granted: None,
+        destination: None,
+    };
+    let code = access::curl::curl(&opts, &cache, &url, &curl_args)?;
+    Ok(ExitCode::from(code))
 }
 
 /// `postern access logout [H]`: forget one application's token, or all of them.
