@@ -1957,10 +1957,12 @@ fn named_setup(a: &TunnelArgs) -> Result<NamedSetup, (SetupStep, CliError)> {
     };
     // `--token T` / `TUNNEL_TOKEN`: the credentials themselves (`tunnel token NAME`).
     let from_token = match &a.token {
-        Some(t) => Some(
-            TunnelCredentials::from_token(t.expose())
-                .map_err(|e| (Credentials, usage(format!("tunnel run --token: {e}"))))?,
-        ),
+        Some(t) => Some(TunnelCredentials::from_token(t.expose()).map_err(|e| {
+            (
+                Credentials,
+                usage(format!("--token (or TUNNEL_TOKEN): {e}")),
+            )
+        })?),
         None => None,
     };
     let name = match (a.positional.as_slice(), &from_token) {

@@ -16,7 +16,7 @@
 //! curl reads the header from the file, which sits beside the cached token itself. While
 //! curl runs, SIGINT, SIGTERM and SIGHUP only mark the time to leave, so that the file is
 //! removed once curl ends (a terminal's Ctrl-C reaches curl too). A SIGKILL leaves it, mode
-//! 0600 in the token directory; the next `access curl` removes leftovers.
+//! 0600 in the token directory; a later `access curl` removes it (once a minute old).
 
 use std::ffi::OsString;
 use std::fs;
@@ -34,6 +34,8 @@ use super::{AccessError, AccessOptions};
 
 /// The header files' prefix in the token directory.
 const HEADER_PREFIX: &str = ".curl-header-";
+/// How old a header file must be for another `access curl` to remove it as a leftover.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs curl (see the module doc); returns the exit code for postern to exit with.
 pub fn curl(
@@ -85,16 +87,24 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
-/// Header files an earlier `access curl` could not remove (it was killed).
+/// Header files an earlier `access curl` could not remove (it was killed). Only files older
+/// than [`LEFTOVER_AGE`]: a parallel `access curl` may have just written its own, and curl
+/// reads it when it starts.
 fn remove_leftovers(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let now = std::time::SystemTime::now();
     for e in entries.flatten() {
-        if e.file_name()
+        let ours = e
+            .file_name()
             .to_str()
-            .is_some_and(|n| n.starts_with(HEADER_PREFIX))
-        {
+            .is_some_and(|n| n.starts_with(HEADER_PREFIX));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE));
+        if ours && old {
             let _ = fs::remove_file(e.path());
         }
     }
