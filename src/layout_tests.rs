@@ -89,6 +89,10 @@ const DRIVERS: &[(&str, &str)] = &[
         "the carrier's blocking setup: DNS, TCP, proxy CONNECT, TLS handshake, upgrade",
     ),
     (
+        "access/curl.rs",
+        "`access curl`: finds and runs curl, the header file beside the cached token",
+    ),
+    (
         "access/doctor.rs",
         "`access doctor`: the carrier's blocking setup step by step, the banner's deadline",
     ),

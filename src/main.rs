@@ -950,6 +950,9 @@ USAGE:
     postern tunnel ingress rule HOST [--config FILE]  which rule serves HOST
     postern tunnel doctor --hostname H --url URL [OPTIONS]   check the certificate, the edge (without
                                                 registering) and the local service; name what fails
+    postern tunnel doctor [NAME] [--config FILE] [--credentials-file F | --token T]
+                                                the same for a named tunnel, as `tunnel run` would
+                                                run it: its credentials, routes and each service
 
 OPTIONS:
     --hostname H          the hostname to register (must be in the origin certificate's zone)
@@ -1341,17 +1344,27 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
     )
 }
 
-/// `postern tunnel doctor --hostname H --url URL [--origincert F] [--edge E] [--ca C]`: the
-/// quick form's flags; one line per check on stdout, the exit status says whether all passed.
+/// `postern tunnel doctor`: the quick form (`--hostname H --url URL [--origincert F]`) or a
+/// named tunnel's (`[NAME] [--config F] [--credentials-file F | --token T]`, resolved as
+/// `tunnel run` does); `--edge`, `--ca` for both. One line per check on stdout, the exit
+/// status says whether all passed.
 fn cmd_tunnel_doctor(args: Vec<OsString>) -> Res {
     let Some(a) = TunnelArgs::parse(args, "tunnel doctor")? else {
         return Ok(ExitCode::SUCCESS);
     };
-    if a.config.is_some() || a.cred_file.is_some() || a.token.is_some() {
-        return Err(usage(
-            "tunnel doctor checks the quick form (--hostname, --url, --origincert); a named \
-             tunnel's --config, --credentials-file or --token is not checked yet",
-        ));
+    let named = a.config.is_some()
+        || a.cred_file.is_some()
+        || a.token.is_some()
+        || !a.positional.is_empty()
+        || a.hostname.is_none();
+    if named {
+        if a.hostname.is_some() {
+            return Err(usage(
+                "tunnel doctor: --hostname is the quick form's; a named tunnel's hostnames are \
+                 its ingress rules (and its routes)",
+            ));
+        }
+        return tunnel_doctor_named(&a);
     }
     let (Some(hostname), Some(url)) = (a.hostname.clone(), a.url.clone()) else {
         return Err(usage(format!(
@@ -1366,6 +1379,51 @@ fn cmd_tunnel_doctor(args: Vec<OsString>) -> Res {
         extra_ca: a.ca(None),
     };
     Ok(if tunnel::doctor::doctor(&opts) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `tunnel doctor [NAME]` for a named tunnel: what `tunnel run` would run with.
+fn tunnel_doctor_named(a: &TunnelArgs) -> Res {
+    let setup = match named_setup(a) {
+        Ok(s) => s,
+        Err((step, e)) => {
+            let (step, fix) = match step {
+                SetupStep::Config => (
+                    "config",
+                    "fix the config file (postern tunnel ingress validate --config FILE checks \
+                     its rules) or the flags",
+                ),
+                SetupStep::Credentials => (
+                    "credentials",
+                    "give the tunnel's credentials: --credentials-file FILE, or --token T / \
+                     TUNNEL_TOKEN (postern tunnel token NAME prints it)",
+                ),
+            };
+            tunnel::doctor::setup_failed(step, e, fix);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let sni_fallback = named_sni_fallback(&setup);
+    let config = match (&setup.config_path, &a.url, a.bastion) {
+        (_, Some(_), _) | (_, _, true) => "--url".to_owned(),
+        (Some(p), None, false) => format!("config {}", p.display()),
+        (None, None, false) => "no config and no --url: the token's default".to_owned(),
+    };
+    let opts = tunnel::doctor::NamedDoctorOptions {
+        config,
+        extra_ca: a.ca(setup.cfg.ca.as_deref()),
+        ingress: setup.ingress,
+        creds: setup.creds,
+        credential: setup.credential,
+        creds_path: setup.creds_path,
+        shown: setup.shown,
+        edges: setup.edges,
+        sni_fallback,
+    };
+    Ok(if tunnel::doctor::doctor_named(&opts) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -1861,11 +1919,37 @@ fn ingress_command(a: &TunnelArgs) -> Res {
 /// What a tunnel run from a token alone serves.
 const TOKEN_DEFAULT_URL: &str = "ssh://localhost:22";
 
-/// `tunnel run [NAME]`: a named tunnel, from the config file and/or flags.
-fn tunnel_run(a: &TunnelArgs) -> Res {
+/// Which part of a named tunnel's setup is wrong (`tunnel doctor` names it).
+#[derive(Clone, Copy)]
+enum SetupStep {
+    /// The config file, or the flags that stand for it.
+    Config,
+    /// The credentials file or the token.
+    Credentials,
+}
+
+/// What `tunnel run [NAME]` runs, and `tunnel doctor` checks: from the config file, the
+/// flags and the tunnel's credentials.
+struct NamedSetup {
+    config_path: Option<PathBuf>,
+    cfg: TunnelConfig,
+    ingress: tunnel::Ingress,
+    creds: TunnelCredentials,
+    credential: OriginCredential,
+    /// The credentials file; `None` when they came from the token.
+    creds_path: Option<PathBuf>,
+    /// The credentials as messages name them: the file, or "the token".
+    shown: String,
+    /// The edges to connect to (at least one).
+    edges: Vec<String>,
+}
+
+/// Resolves a named tunnel's setup (see [`NamedSetup`]); an error names its step.
+fn named_setup(a: &TunnelArgs) -> Result<NamedSetup, (SetupStep, CliError)> {
+    use SetupStep::{Config, Credentials};
     let config_path = a.config_path();
     let (cfg, ingress) = match &config_path {
-        Some(p) => read_tunnel_config(p)?,
+        Some(p) => read_tunnel_config(p).map_err(|e| (Config, e))?,
         None => (TunnelConfig::default(), None),
     };
     let from = |what: &str| match &config_path {
@@ -1874,43 +1958,51 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
     };
     // `--token T` / `TUNNEL_TOKEN`: the credentials themselves (`tunnel token NAME`).
     let from_token = match &a.token {
-        Some(t) => Some(
-            TunnelCredentials::from_token(t.expose())
-                .map_err(|e| usage(format!("tunnel run --token: {e}")))?,
-        ),
+        Some(t) => Some(TunnelCredentials::from_token(t.expose()).map_err(|e| {
+            (
+                Credentials,
+                usage(format!("--token (or TUNNEL_TOKEN): {e}")),
+            )
+        })?),
         None => None,
     };
     let name = match (a.positional.as_slice(), &from_token) {
         ([n], _) => n.clone(),
         ([], Some((creds, _))) => creds.id.clone(),
         ([], None) => cfg.tunnel.clone().ok_or_else(|| {
-            usage(format!(
+            (Config, usage(format!(
                 "tunnel run: which tunnel? Name it (postern tunnel run NAME), pass --token, or set \"tunnel\" in {}",
                 from("the config file")
-            ))
+            )))
         })?,
-        _ => return Err(usage(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}"))),
+        _ => return Err((Config, usage(format!("usage: postern tunnel run [NAME]\n\n{TUNNEL_HELP}")))),
     };
     let bastion = a.bastion.then(|| "bastion".to_owned());
     let mut ingress = match (ingress, a.url.as_ref().or(bastion.as_ref())) {
-        (_, Some(url)) => tunnel::Ingress::catch_all(url).map_err(CliError::Failed)?,
+        (_, Some(url)) => {
+            tunnel::Ingress::catch_all(url).map_err(|e| (Config, CliError::Failed(e)))?
+        }
         (Some(i), None) => i,
         // cloudflared's token tunnels take their ingress from the dashboard; a postern token
         // tunnel without one serves the local sshd (what `service install TOKEN` runs).
         (None, None) if from_token.is_some() => {
             log::info!("no --url and no ingress rules: serving {TOKEN_DEFAULT_URL}");
-            tunnel::Ingress::catch_all(TOKEN_DEFAULT_URL).map_err(CliError::Failed)?
+            tunnel::Ingress::catch_all(TOKEN_DEFAULT_URL)
+                .map_err(|e| (Config, CliError::Failed(e)))?
         }
         (None, None) => {
-            return Err(usage(format!(
+            return Err((
+                Config,
+                usage(format!(
                 "tunnel run: no ingress rules and no --url: add \"ingress\" to {} or pass --url \
                  ssh://localhost:22",
                 from("the config file")
-            )))
+            )),
+            ))
         }
     };
-    let (creds, credential, shown) = match from_token {
-        Some((creds, credential)) => (creds, credential, "the token".to_owned()),
+    let (creds, credential, creds_path, shown) = match from_token {
+        Some((creds, credential)) => (creds, credential, None, "the token".to_owned()),
         None => {
             let creds_path = a
                 .cred_file
@@ -1926,41 +2018,80 @@ fn tunnel_run(a: &TunnelArgs) -> Res {
                         .map_or("next to the origin certificate".to_owned(), |d| {
                             format!("in {}", d.display())
                         });
-                    usage(format!(
+                    (
+                        Credentials,
+                        usage(format!(
                         "no credentials file for tunnel {name} {place}: pass --credentials-file \
                          or --token, or set \"credentials-file\" in the config; `postern tunnel \
                          create {name}` makes one"
-                    ))
+                    )),
+                    )
                 })?;
-            let (creds, credential) =
-                TunnelCredentials::read(&creds_path).map_err(CliError::Failed)?;
-            (creds, credential, creds_path.display().to_string())
+            let (creds, credential) = TunnelCredentials::read(&creds_path)
+                .map_err(|e| (Credentials, CliError::Failed(e)))?;
+            let shown = creds_path.display().to_string();
+            (creds, credential, Some(creds_path), shown)
         }
     };
     if name != creds.name && name != creds.id {
-        return Err(usage(format!(
-            "{shown} holds the credentials of tunnel {} ({}), not of {name}",
-            creds.name, creds.id
-        )));
+        return Err((
+            Credentials,
+            usage(format!(
+                "{shown} holds the credentials of tunnel {} ({}), not of {name}",
+                creds.name, creds.id
+            )),
+        ));
     }
     let allow = [a.bastion_allow.clone(), cfg.bastion_allow.clone()].concat();
     ingress
         .set_bastion_allow(&allow)
-        .map_err(|e| usage(format!("tunnel run: {e}")))?;
+        .map_err(|e| (Config, usage(format!("tunnel run: {e}"))))?;
     let config_edges = cfg.edge.as_ref().map(|e| e.list()).unwrap_or_default();
-    let edges = a.edges(&config_edges, credential.edge.as_deref())?;
+    let edges = a
+        .edges(&config_edges, credential.edge.as_deref())
+        .map_err(|e| (Config, e))?;
     if edges.is_empty() {
-        return Err(usage(format!(
-            "{shown} names no edge: pass --edge HOST:PORT"
-        )));
+        return Err((
+            Config,
+            usage(format!("{shown} names no edge: pass --edge HOST:PORT")),
+        ));
     }
-    let sni_fallback = ingress
+    Ok(NamedSetup {
+        config_path,
+        cfg,
+        ingress,
+        creds,
+        credential,
+        creds_path,
+        shown,
+        edges,
+    })
+}
+
+/// The TLS name sent to each edge when its address is no name: the first plain hostname of
+/// the ingress rules, else the zone.
+fn named_sni_fallback(s: &NamedSetup) -> String {
+    s.ingress
         .rules()
         .iter()
         .filter_map(|r| r.hostname.as_deref())
         .find(|h| !h.starts_with('*'))
-        .unwrap_or(&creds.zone)
-        .to_owned();
+        .unwrap_or(&s.creds.zone)
+        .to_owned()
+}
+
+/// `tunnel run [NAME]`: a named tunnel, from the config file and/or flags.
+fn tunnel_run(a: &TunnelArgs) -> Res {
+    let setup = named_setup(a).map_err(|(_, e)| e)?;
+    let sni_fallback = named_sni_fallback(&setup);
+    let NamedSetup {
+        cfg,
+        ingress,
+        creds,
+        credential,
+        edges,
+        ..
+    } = setup;
     let grace = match (a.grace, &cfg.grace_period) {
         (Some(g), _) => g,
         (None, Some(g)) => tunnel::config::parse_seconds(g).map_err(CliError::Failed)?,
@@ -2010,6 +2141,8 @@ USAGE:
     postern access token --app H                       print the cached token for H
     postern access logout [H]                          forget the token for H (or all tokens)
     postern access doctor H [OPTIONS]                  check each hop to H, name the one that fails
+    postern access curl URL [CURL ARGS]                curl URL with the token for its host
+                                                       (cf-access-token header; see access curl --help)
 
 H may also be given as https://H (cloudflared's form); `-app=H` is accepted too.
 
@@ -2086,6 +2219,9 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
     if matches!(sub.as_str(), "--help" | "-h" | "help") {
         print!("{ACCESS_HELP}");
         return Ok(ExitCode::SUCCESS);
+    }
+    if sub == "curl" {
+        return access_curl(args);
     }
     let takes_positional = matches!(sub.as_str(), "login" | "token" | "logout" | "doctor");
     let mut args = cloudflared_flags(args);
@@ -2281,6 +2417,64 @@ fn cmd_access(mut args: Vec<OsString>) -> Res {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+const ACCESS_CURL_HELP: &str = "\
+USAGE: postern access curl [--edge HOST:PORT] [--ca FILE] [--no-browser] URL [CURL ARGS...]
+
+Runs `curl URL CURL ARGS...` with the app token for URL's host in a cf-access-token header
+(as cloudflared's access curl), for an HTTP service that checks it. The token comes as
+`access ssh` gets one: cached, from the zone session, or through the browser. curl reads
+the header from a 0600 file beside the cached token, never from its command line; the exit
+status is curl's. The edge is --edge (env POSTERN_EDGE), else URL's host on port 443.
+";
+
+/// `postern access curl`: see [`ACCESS_CURL_HELP`]. postern's flags come before URL;
+/// everything after it is curl's.
+fn access_curl(args: Vec<OsString>) -> Res {
+    let mut p = parser(args);
+    let (mut edge, mut ca, mut url) = (None, None, None);
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("edge") => edge = Some(string(p.value()?, "--edge")?),
+            Long("ca") => ca = Some(PathBuf::from(p.value()?)),
+            Long("no-browser") => access::login::set_no_browser(),
+            Long("help") | Short('h') => {
+                print!("{ACCESS_CURL_HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Value(v) => {
+                url = Some(string(v, "URL")?);
+                break;
+            }
+            other => {
+                return Err(usage(format!(
+                    "access curl: {} (postern's flags go before URL, curl's after it)\n\n{ACCESS_CURL_HELP}",
+                    other.unexpected()
+                )))
+            }
+        }
+    }
+    let url =
+        url.ok_or_else(|| usage(format!("access curl: URL is missing\n\n{ACCESS_CURL_HELP}")))?;
+    let (hostname, _) =
+        access::application(&url).map_err(|e| usage(format!("access curl: {e}")))?;
+    let curl_args: Vec<OsString> = p.raw_args()?.collect();
+    let cache = access::TokenCache::open_default().map_err(CliError::Home)?;
+    let opts = AccessOptions {
+        // URL's port is the HTTP service's, not the edge's.
+        edge: edge
+            .or_else(|| env_var("POSTERN_EDGE"))
+            .unwrap_or_else(|| format!("{hostname}:443")),
+        hostname,
+        extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
+        credentials: Credentials::None,
+        resume: None,
+        resume_granted: None,
+        destination: None,
+    };
+    let code = access::curl::curl(&opts, &cache, &url, &curl_args)?;
+    Ok(ExitCode::from(code))
 }
 
 /// `postern access logout [H]`: forget one application's token, or all of them.

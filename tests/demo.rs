@@ -2,6 +2,11 @@
 //! start ends with ssh working through it (the demo runs `echo it works` through the edge
 //! and tunnel itself), a stop leaves none of its processes running, and a start that fails
 //! half way stops what it had started. Real parts: the demo's own edge, sshd, tunnel and ssh.
+//!
+//! `scripts/demo --sso` runs the guide's headline: ssh with no service token opens the
+//! browser at the dev edge's embedded sign-in; here the browser is headless Chromium
+//! (tests/js/login.mjs as $BROWSER) typing an email, the one-time code from the edge's log and
+//! the terminal's confirmation code, and the ssh command runs.
 
 mod support;
 
@@ -20,6 +25,10 @@ struct Demo {
 
 impl Demo {
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, |_| {})
+    }
+
+    fn run_with(&self, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Output {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo");
         let mut cmd = Command::new("bash");
         cmd.arg(script)
@@ -31,6 +40,7 @@ impl Demo {
             .env_remove("POSTERN_SERVICE_TOKEN_ID")
             .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
             .stdin(Stdio::null());
+        adjust(&mut cmd);
         run_with_deadline(&mut cmd, Duration::from_secs(60), "scripts/demo")
     }
 
@@ -148,4 +158,66 @@ fn the_demo_starts_twice_stops_and_starts_again_leaving_no_process_behind() {
     let pids = demo.pids();
     demo.run(&["stop"]);
     assert_gone(&pids, "after the last stop");
+}
+
+#[test]
+fn the_demo_sso_line_signs_in_through_the_dev_edge_in_a_browser_and_runs_the_command() {
+    require_all();
+    support::oidc::require_node_parts();
+    let tmp = temp_dir("demo-sso");
+    let demo = Demo {
+        dir: tmp.join("demo"),
+        home: tmp.join("home"),
+        listen: format!("127.0.0.1:{}", free_port()),
+    };
+    fs::create_dir_all(&demo.home).unwrap();
+    // $BROWSER for the ProxyCommand's login: headless Chromium through the dev sign-in.
+    let browser = tmp.join("browser.sh");
+    let browser_log = tmp.join("browser.log");
+    fs::write(
+        &browser,
+        format!(
+            "#!/bin/sh\nexec node {} \"$1\" demo@example.com unused --dev-code-log {} >>{} 2>&1\n",
+            support::oidc::js_dir().join("login.mjs").display(),
+            demo.dir.join("logs/edge.log").display(),
+            browser_log.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&browser, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    let out = demo.run_with(&["--sso"], |c| {
+        c.env("BROWSER", &browser);
+    });
+    let t = text(&out);
+    let log = fs::read_to_string(&browser_log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "scripts/demo --sso failed:\n{t}\nbrowser:\n{log}"
+    );
+    assert!(t.contains("\nit works\n"), "the service token's line:\n{t}");
+    assert!(
+        t.contains("\nsigned in through the browser: it works\n"),
+        "the sign-in line ran the command:\n{t}\nbrowser:\n{log}"
+    );
+    assert!(
+        log.contains("dev sign-in") && log.contains("confirmation page"),
+        "the browser went through the dev sign-in and the confirmation:\n{log}"
+    );
+    // The token is cached for the next ssh (0600), as the guide says.
+    let token = demo.home.join(".postern/tokens/ssh.localhost.jwt");
+    let mode = fs::metadata(&token)
+        .unwrap_or_else(|e| panic!("{}: {e}", token.display()))
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let pids = demo.pids();
+    let out = demo.run(&["stop"]);
+    assert!(out.status.success(), "stop: {}", text(&out));
+    assert_gone(&pids, "after scripts/demo stop");
 }

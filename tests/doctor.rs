@@ -7,6 +7,7 @@
 mod support;
 
 use std::fs;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -321,4 +322,229 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
     let nowhere = format!("127.0.0.1:{}", free_port());
     let run = tunnel_doctor(&chain, &nowhere, |_| {});
     assert_tunnel_fails_at(&run, "tcp", &nowhere);
+}
+
+const NAMED_STEPS: [&str; 10] = [
+    "config",
+    "credentials",
+    "dns",
+    "proxy",
+    "tcp",
+    "tls",
+    "auth",
+    "routes",
+    "service",
+    "ssh",
+];
+
+/// `postern tunnel doctor ARGS` in `home` (the credentials carry the edge and its CA, as a
+/// user's do), with stdout and stderr.
+fn named_doctor(home: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> (Run, String) {
+    let mut cmd = postern(home);
+    cmd.args(["tunnel", "doctor"]).args(args);
+    adjust(&mut cmd);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "postern tunnel doctor");
+    let run = Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "tunnel doctor {args:?} ({:?}):\n{}{stderr}",
+        run.code, run.stdout
+    );
+    (run, stderr)
+}
+
+fn assert_named_ok(run: &Run) {
+    assert_eq!(run.code, Some(0), "{}", run.stdout);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), NAMED_STEPS.len(), "{}", run.stdout);
+    for (line, step) in lines.iter().zip(NAMED_STEPS) {
+        assert!(line.starts_with(&format!("ok  {step}: ")), "{}", run.stdout);
+    }
+    assert!(lines[9].contains("banner SSH-2.0-"), "{}", run.stdout);
+}
+
+/// The run failed at `step`: each earlier step ok (a setup the CLI could not resolve prints
+/// its failure alone), the FAIL line last with a cause and a fix, and a non-zero exit.
+fn assert_named_fails_at(run: &Run, step: &str, needle: &str) {
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("FAIL {step}: ")) && last.contains(needle),
+        "want FAIL {step} with {needle:?}:\n{}",
+        run.stdout
+    );
+    assert!(last.contains(" — "), "a cause and a fix: {last}");
+    let at = NAMED_STEPS.iter().position(|s| *s == step).expect("a step");
+    assert!(
+        lines.len() == at + 1 || lines.len() == 1,
+        "every step before {step}, or none:\n{}",
+        run.stdout
+    );
+    for (line, s) in lines[..lines.len() - 1].iter().zip(NAMED_STEPS) {
+        assert!(line.starts_with(&format!("ok  {s}: ")), "{}", run.stdout);
+    }
+    assert!(matches!(run.code, Some(c) if c != 0), "{:?}", run.code);
+}
+
+#[test]
+fn the_tunnel_doctor_checks_a_named_tunnel_from_its_config_credentials_file_or_token() {
+    support::require_all();
+    let dir = support::temp_dir("named-doctor");
+    let sshd = support::Sshd::start(dir.path());
+    let mut edge = Some(support::Edge::start(dir.path()));
+    let e = edge.as_ref().unwrap();
+    let home = dir.join("home");
+    let postern_dir = home.join(".postern");
+    fs::create_dir_all(&postern_dir).unwrap();
+    let cert = postern_dir.join("cert.pem");
+    support::origin_cert(&e.state, "localhost", &cert, &e.addr);
+    let admin = |args: &[&str]| {
+        let mut cmd = postern(&home);
+        cmd.arg("tunnel")
+            .args(args)
+            .arg("--origincert")
+            .arg(&cert)
+            .args(["--edge", &e.edge_arg(), "--ca"])
+            .arg(e.ca());
+        support::run_ok(&mut cmd, &format!("postern tunnel {args:?}"))
+    };
+    let created = admin(&["create", "web"]);
+    let id = created
+        .split("Created tunnel web with id ")
+        .nth(1)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| panic!("no id in: {created}"));
+    let creds = postern_dir.join(format!("{id}.json"));
+    admin(&["route", "dns", "web", "ndoc.localhost"]);
+    let creds_s = creds.display().to_string();
+    let url = sshd.url();
+
+    // The config form, in cloudflared's YAML, as `tunnel run --config` reads it.
+    let config = dir.join("config.yml");
+    let write_config = |path: &Path, host: &str, service: &str| {
+        fs::write(
+            path,
+            format!(
+                "# as cloudflared's\ntunnel: web\ncredentials-file: {creds_s}\ningress:\n  \
+                 - hostname: {host}\n    service: {service}\n  - service: http_status:404\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_config(&config, "ndoc.localhost", &url);
+    let config_s = config.display().to_string();
+    let (run, _) = named_doctor(&home, &["--config", &config_s], |_| {});
+    assert_named_ok(&run);
+    assert!(
+        run.stdout.contains("ndoc.localhost → ssh://"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("tunnel web serves ndoc.localhost"),
+        "{}",
+        run.stdout
+    );
+
+    // NAME with its credentials file (and the flag's cloudflared spelling).
+    let (run, _) = named_doctor(
+        &home,
+        &["web", "--cred-file", &creds_s, "--url", &url],
+        |_| {},
+    );
+    assert_named_ok(&run);
+
+    // The token, from TUNNEL_TOKEN: never printed.
+    let token = admin(&["token", "web", "--credentials-file", &creds_s])
+        .trim()
+        .to_owned();
+    let (run, stderr) = named_doctor(&home, &["--url", &url], |c| {
+        c.env("TUNNEL_TOKEN", &token);
+    });
+    assert_named_ok(&run);
+    assert!(!run.stdout.contains(&token) && !stderr.contains(&token));
+
+    // None of this registered anything at the edge.
+    let info = admin(&["info", "web"]);
+    assert!(info.contains("has no active connection"), "{info}");
+
+    // A bad token: not a tunnel token at all; the token of a tunnel since deleted.
+    let (run, stderr) = named_doctor(&home, &["--url", &url], |c| {
+        c.env("TUNNEL_TOKEN", "bm90LWEtdG9rZW4K-secret-part");
+    });
+    assert_named_fails_at(&run, "credentials", "not a tunnel token");
+    assert!(!run.stdout.contains("secret-part") && !stderr.contains("secret-part"));
+    admin(&["create", "gone"]);
+    let gone_creds = postern_dir
+        .read_dir()
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && fs::read_to_string(p).is_ok_and(|t| t.contains("\"gone\""))
+        })
+        .expect("gone's credentials");
+    let gone_token = admin(&[
+        "token",
+        "gone",
+        "--credentials-file",
+        &gone_creds.display().to_string(),
+    ])
+    .trim()
+    .to_owned();
+    admin(&["route", "dns", "gone", "gone.localhost"]);
+    admin(&["delete", "gone"]);
+    let (run, _) = named_doctor(&home, &["--url", &url], |c| {
+        c.env("TUNNEL_TOKEN", &gone_token);
+    });
+    assert_named_fails_at(&run, "auth", "does not exist on this edge");
+
+    // The credentials file readable by others.
+    let loose = dir.join("loose.json");
+    fs::copy(&creds, &loose).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&loose, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let loose_s = loose.display().to_string();
+    let (run, _) = named_doctor(
+        &home,
+        &["web", "--credentials-file", &loose_s, "--url", &url],
+        |_| {},
+    );
+    assert_named_fails_at(&run, "credentials", "chmod 600");
+
+    // A rule for a hostname not routed to the tunnel.
+    let unrouted = dir.join("unrouted.yml");
+    write_config(&unrouted, "elsewhere.localhost", &url);
+    let (run, _) = named_doctor(
+        &home,
+        &["--config", &unrouted.display().to_string()],
+        |_| {},
+    );
+    assert_named_fails_at(
+        &run,
+        "routes",
+        "postern tunnel route dns web elsewhere.localhost",
+    );
+
+    // The service is down.
+    let down = dir.join("down.yml");
+    write_config(
+        &down,
+        "ndoc.localhost",
+        &format!("ssh://127.0.0.1:{}", free_port()),
+    );
+    let (run, _) = named_doctor(&home, &["--config", &down.display().to_string()], |_| {});
+    assert_named_fails_at(&run, "service", "refuses connections");
+
+    // The edge is down: the address in the credentials no longer answers.
+    let edge_addr = e.edge_arg();
+    drop(edge.take());
+    let (run, _) = named_doctor(&home, &["--config", &config_s], |_| {});
+    assert_named_fails_at(&run, "tcp", &edge_addr);
 }

@@ -110,6 +110,20 @@ pub(crate) fn open_authorized(
     }
 }
 
+/// `access curl`: an app token for `opts.hostname` as `access ssh` gets one when the edge
+/// asks: a cached token with [`REFRESH_MARGIN`] left, else the zone session's (no browser),
+/// else [`app_token`]'s (a browser login, unless a parallel process brings one), cached.
+pub(crate) fn token_for(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
+    if let Some(t) = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN) {
+        return Ok(t);
+    }
+    let cfg = super::client_config(opts.extra_ca.as_deref())?;
+    if let Some(t) = zone_token(opts, &cfg, cache)? {
+        return Ok(t);
+    }
+    app_token(opts, &cfg, cache, None)
+}
+
 /// A usable app token for `opts.hostname`: a cached one (other than `refused`), the one a
 /// parallel process is fetching, or a new browser login, which is then cached.
 fn app_token(

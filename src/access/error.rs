@@ -129,6 +129,8 @@ pub enum AccessError {
     StoreToken(CacheError),
     /// `access tcp` cannot listen on its `--url` address (in use, or not this machine's).
     Listen { addr: SocketAddr, error: io::Error },
+    /// `access curl`: no `curl` on PATH.
+    CurlMissing,
     /// The local side failed: stdio, the event loop.
     Local {
         what: &'static str,
@@ -311,6 +313,11 @@ impl fmt::Display for AccessError {
             Cache(e) => write!(f, "{e}"),
             StoreToken(e) => write!(f, "could not store the token: {e}"),
             Listen { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            CurlMissing => f.write_str(
+                "access curl runs curl, and there is no curl on PATH: install it (apt-get \
+                 install curl), or send the header yourself: curl -H \"cf-access-token: \
+                 $(postern access token --app H)\" URL",
+            ),
             Local { what, error } => write!(f, "{what}: {error}"),
         }
     }

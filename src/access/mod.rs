@@ -38,6 +38,7 @@ pub mod agent;
 mod authorize;
 mod connect;
 pub(crate) mod core;
+pub mod curl;
 pub(crate) mod doctor;
 mod driver;
 mod error;

@@ -52,6 +52,13 @@ impl AdminClient {
         })
     }
 
+    /// Sends `fallback` as the TLS name when the edge's address is no name (a named tunnel
+    /// sends the first hostname of its ingress rules, as `tunnel run` does).
+    pub fn with_fallback_name(mut self, fallback: &str) -> AdminClient {
+        self.opts.hostname = edge_server_name(&self.opts.edge, fallback);
+        self
+    }
+
     /// Where and how it connects: the setup `tunnel doctor` walks hop by hop.
     pub(crate) fn edge_setup(&self) -> (&AccessOptions, &Arc<ClientConfig>) {
         (&self.opts, &self.cfg)

@@ -5,7 +5,7 @@
 //                           [--code CODE] [--then URL2 --then-expect TEXT2]...
 //                           [--click SELECTOR --click-expect TEXT] [--shots PREFIX]
 //                           [--print-cookies] [--timeout SECONDS] [--screenshot FILE]
-//                           [--map HOST=IP]... [--profile DIR]
+//                           [--map HOST=IP]... [--profile DIR] [--dev-code-log FILE]
 //
 // 1. opens URL and follows redirects (edge -> provider /auth -> devInteractions login form);
 // 2. fills input[name=login] and input[name=password], submits (click + wait for navigation);
@@ -30,6 +30,10 @@
 // --map HOST=IP makes Chromium resolve HOST to the loopback address IP (its
 // --host-resolver-rules): an edge pool's edges listen on 127.0.0.1, 127.0.0.2, … with one public
 // URL, and the map sends this browser to one of them, as a load balancer would.
+//
+// --dev-code-log FILE: the edge is `postern edge --dev`, whose embedded sign-in asks for an
+// email (LOGIN; PASSWORD is unused) and then the one-time code it prints on its terminal: the
+// code is read from FILE (the edge's log), the last `login code for LOGIN: CODE` line.
 //
 // --profile DIR keeps Chromium's profile in DIR (created if missing, never deleted): a later run
 // with the same DIR is the same person's browser, still signed in at the provider.
@@ -82,6 +86,7 @@ function parseArgs(argv) {
     printCookies: false,
     map: [],
     profile: null,
+    devCodeLog: null,
   };
   for (let i = 0; i < argv.length; i += 1) {
     const a = argv[i];
@@ -102,6 +107,7 @@ function parseArgs(argv) {
     else if (a === '--shots') opts.shots = value();
     else if (a === '--print-cookies') opts.printCookies = true;
     else if (a === '--profile') opts.profile = value();
+    else if (a === '--dev-code-log') opts.devCodeLog = value();
     else if (a === '--map') {
       const m = /^([a-z0-9.-]+)=(127\.\d+\.\d+\.\d+)$/.exec(value());
       if (!m) usage('--map takes HOST=IP with a 127.x.y.z address');
@@ -160,6 +166,8 @@ async function classify(page, expect) {
     if (document.querySelector('form[action$="/cdn-cgi/access/confirm"] button[value=confirm]')) return 'confirm';
     if (document.querySelector('input[name=login]') && document.querySelector('input[name=password]')) return 'login';
     if (document.querySelector('form input[name=prompt][value=consent]')) return 'consent';
+    if (document.querySelector('form[action$="/cdn-cgi/access/dev-login"] input[name=email]')) return 'dev-email';
+    if (document.querySelector('form[action$="/cdn-cgi/access/dev-login"] input[name=code]')) return 'dev-code';
     if (document.querySelector('select[name=zone], input[type=radio][name=zone]')) return 'zone';
     if (document.title === 'oidc-provider error' || /\b(invalid_request|invalid_client|access_denied|server_error|invalid_grant|unauthorized_client|invalid_scope)\b/.test(text)) return 'error';
     return 'other';
@@ -206,6 +214,23 @@ async function follow(page, run, done) {
       continue;
     }
     if (kind === 'consent') throw new StepFailed('the consent page came back after consenting');
+    if (kind === 'dev-email' && args.devCodeLog !== null && !done.has('dev-email')) {
+      done.add('dev-email');
+      log(`dev sign-in at ${page.url()}: email ${JSON.stringify(args.login)}`);
+      // Only a code printed after this request is this login's.
+      try { devLogOffset = fs.statSync(args.devCodeLog).size; } catch { devLogOffset = 0; }
+      await page.fill('form[action$="/cdn-cgi/access/dev-login"] input[name=email]', args.login);
+      await clickAndNavigate(page, 'form[action$="/cdn-cgi/access/dev-login"] button', 'dev email');
+      continue;
+    }
+    if (kind === 'dev-code' && args.devCodeLog !== null && !done.has('dev-code')) {
+      done.add('dev-code');
+      const code = await devCode();
+      log(`dev sign-in: typing the code from ${args.devCodeLog}`);
+      await page.fill('form[action$="/cdn-cgi/access/dev-login"] input[name=code]', code);
+      await clickAndNavigate(page, 'form[action$="/cdn-cgi/access/dev-login"] button', 'dev code');
+      continue;
+    }
     if (kind === 'confirm' && run.code !== null && !done.has('confirm')) {
       done.add('confirm');
       log(`confirmation page at ${page.url()}: typing the terminal's code`);
@@ -230,12 +255,28 @@ async function follow(page, run, done) {
     // Still redirecting, or a page we only wait on: poll, briefly, for the next state.
     await page.waitForFunction(
       ({ expect }) => !document.body || document.body.innerText.includes(expect)
-        || document.querySelector('input[name=login], input[name=prompt][value=consent], select[name=zone], input[type=radio][name=zone], button[value=confirm]'),
+        || document.querySelector('input[name=login], input[name=prompt][value=consent], select[name=zone], input[type=radio][name=zone], button[value=confirm], form[action$="/cdn-cgi/access/dev-login"]'),
       { expect: run.expect },
       { timeout: Math.min(250, remaining()), polling: 50 },
     ).catch(() => {});
     // A page that holds still without the text we want only changes if something navigates
     // it: keep polling until the deadline.
+  }
+}
+
+// The dev edge's one-time code for args.login: the last one its log shows, polled until the
+// deadline (the edge prints it as it answers the email form).
+let devLogOffset = 0;
+async function devCode() {
+  const needle = `login code for ${args.login.toLowerCase()}: `;
+  for (;;) {
+    let text = '';
+    try { text = fs.readFileSync(args.devCodeLog).subarray(devLogOffset).toString('utf8'); } catch { /* not there yet */ }
+    const at = text.lastIndexOf(needle);
+    const m = at >= 0 ? /^(\d{6})/.exec(text.slice(at + needle.length)) : null;
+    if (m) return m[1];
+    if (Date.now() >= deadline) throw new StepFailed(`no ${JSON.stringify(needle)} in ${args.devCodeLog}`);
+    await new Promise((r) => { setTimeout(r, 50); });
   }
 }
 

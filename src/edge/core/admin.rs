@@ -3,7 +3,8 @@
 //! Contract:
 //! - Reached with ALPN [`ALPN`] on the edge's port, over the tunnels' mutual TLS: the client
 //!   presents a zone's origin certificate (`tunnel login` or `edge origin-cert create`). A
-//!   named tunnel's own certificate administers nothing.
+//!   named tunnel's own certificate administers nothing: it may only read its own record
+//!   (`GET /v1/self`, for `tunnel doctor`).
 //! - One HTTP/1.1 request per connection, body JSON of at most [`MAX_BODY`] bytes, answered
 //!   with JSON and closed. Errors are `{"error": "..."}`.
 //! - A zone's certificate sees and manages only that zone's tunnels, and routes only
@@ -17,6 +18,7 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /v1/self` (a named tunnel's own certificate) | TUNNEL; 404 once it is deleted |
 //! | `GET /v1/tunnels` | `{"tunnels": [TUNNEL…]}` |
 //! | `GET /v1/tunnels/REF` | TUNNEL (REF is a name or an id) |
 //! | `POST /v1/tunnels` `{"name"}` | 201, TUNNEL + `certificate`, `key` (PEM) |
@@ -229,6 +231,12 @@ impl EdgeCore {
             self.audit.record("tunnel_admin", audit);
             return Some(error(403, "origin certificate revoked"));
         }
+        let path = head.target.split('?').next().unwrap_or_default();
+        if let (Some(c), Some(id)) = (&cert, cert.as_ref().and_then(pki::tunnel_id)) {
+            if head.method == "GET" && path == "/v1/self" {
+                return Some(self.own_tunnel(&id, &pki::fingerprint(c)));
+            }
+        }
         let Some(zone) = cert.as_ref().and_then(pki::origin_zone) else {
             warn!("admin {}: refused: not a zone's origin certificate", a.peer);
             audit.insert("decision".into(), "deny".into());
@@ -240,7 +248,6 @@ impl EdgeCore {
                  `postern tunnel login` (cert.pem)",
             ));
         };
-        let path = head.target.split('?').next().unwrap_or_default();
         let query = head.target.split_once('?').map_or("", |(_, q)| q);
         let body: Value = if body.is_empty() {
             Value::Null
@@ -449,6 +456,22 @@ impl EdgeCore {
     }
 
     /// A tunnel as the API shows it, with its routes and live connections.
+    /// `GET /v1/self` with a named tunnel's own certificate: its record, as `tunnel doctor`
+    /// checks it before running (the edge would accept a registration from it), without
+    /// registering. Nothing else is open to that certificate.
+    fn own_tunnel(&self, id: &str, fingerprint: &str) -> Answer {
+        match self.tunnels.get(id) {
+            Some(r) if r.cert_sha256 == fingerprint => (200, self.describe(id, r)),
+            _ => error(
+                404,
+                format!(
+                    "tunnel {id} does not exist on this edge (deleted?): create it again with \
+                     `postern tunnel create`"
+                ),
+            ),
+        }
+    }
+
     pub(super) fn describe(&self, id: &str, r: &TunnelRecord) -> Value {
         let conns: Vec<Value> = self
             .named

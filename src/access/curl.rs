@@ -1,0 +1,145 @@
+//! `postern access curl URL [CURL ARGS…]`: cloudflared's. Runs `curl URL CURL ARGS…` with the
+//! app token for URL's host in a `cf-access-token` header, for an HTTP service that checks
+//! the token itself (an admin port reached through `access tcp`, say).
+//!
+//! ```text
+//!  curl on PATH? ─no─▶ error (before any login)
+//!      │
+//!  token for H: cached (with REFRESH_MARGIN left) ─▶ the zone session's ─▶ a browser login
+//!      │        (as `access ssh` gets one; cached the same way)
+//!  header file ~/.postern/tokens/.curl-<random> (0600, created new) ─▶ curl URL ARGS -H @file
+//!      │
+//!  curl exits ─▶ the file is removed ─▶ postern exits with curl's status
+//! ```
+//!
+//! The token never reaches argv (another local user could read it in the process list):
+//! curl reads the header from the file, which sits beside the cached token itself. While
+//! curl runs, SIGINT, SIGTERM and SIGHUP only mark the time to leave, so that the file is
+//! removed once curl ends (a terminal's Ctrl-C reaches curl too). A SIGKILL leaves it, mode
+//! 0600 in the token directory; a later `access curl` removes it (once a minute old).
+
+use std::ffi::OsString;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use super::authorize::token_for;
+use super::token_cache::TokenCache;
+use super::{AccessError, AccessOptions};
+
+/// The header files' prefix in the token directory.
+const HEADER_PREFIX: &str = ".curl-header-";
+/// How old a header file must be for another `access curl` to remove it as a leftover.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs curl (see the module doc); returns the exit code for postern to exit with.
+pub fn curl(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    url: &str,
+    args: &[OsString],
+) -> Result<u8, AccessError> {
+    let program = find_on_path("curl").ok_or(AccessError::CurlMissing)?;
+    remove_leftovers(cache.dir());
+    let token = token_for(opts, cache)?;
+    let local = |what, error| AccessError::Local { what, error };
+    cache.ensure_dir().map_err(AccessError::Cache)?;
+    let header = HeaderFile::create(cache.dir(), token.expose())
+        .map_err(|e| local("the header file for curl", e))?;
+    drop(token);
+    // Stay to remove the file: these signals now only mark that we should leave.
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
+            .map_err(|e| local("signal handler", e))?;
+    }
+    let mut header_arg = OsString::from("@");
+    header_arg.push(header.path.as_os_str());
+    let status = Command::new(&program)
+        .arg(url)
+        .args(args)
+        .arg("-H")
+        .arg(header_arg)
+        .status()
+        .map_err(|e| local("running curl", e))?;
+    drop(header);
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => u8::try_from(c).unwrap_or(1),
+        (None, Some(s)) => u8::try_from(128 + s).unwrap_or(1),
+        (None, None) => 1,
+    })
+}
+
+/// `name` in a directory of `PATH`, as an executable file.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// Header files an earlier `access curl` could not remove (it was killed). Only files older
+/// than [`LEFTOVER_AGE`]: a parallel `access curl` may have just written its own, and curl
+/// reads it when it starts.
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for e in entries.flatten() {
+        let ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(HEADER_PREFIX));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age > LEFTOVER_AGE));
+        if ours && old {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The `cf-access-token` header line in a new 0600 file; removed on drop.
+struct HeaderFile {
+    path: PathBuf,
+}
+
+impl HeaderFile {
+    fn create(dir: &Path, token: &str) -> std::io::Result<HeaderFile> {
+        // A compact JWT (checked when it was cached): no CR or LF can end the header early.
+        if token.bytes().any(|b| b.is_ascii_control()) {
+            return Err(std::io::Error::other("the token holds control characters"));
+        }
+        let name = format!(
+            "{HEADER_PREFIX}{}",
+            crate::proto::resume::hex(&crate::io::random_bytes::<8>())
+        );
+        let path = dir.join(name);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let file = HeaderFile { path };
+        f.write_all(format!("cf-access-token: {token}\n").as_bytes())?;
+        f.sync_all()?;
+        Ok(file)
+    }
+}
+
+impl Drop for HeaderFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
