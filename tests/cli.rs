@@ -425,3 +425,45 @@ fn sshd_setup_writes_whole_paths_into_sshd_config() {
         "{text}"
     );
 }
+
+/// cloudflared's `access curl` has no counterpart (postern carries SSH and TCP, not HTTP):
+/// it is refused saying so and what to use instead, not as an unknown command.
+#[test]
+fn access_curl_says_it_does_not_apply_and_what_to_use() {
+    let (ok, _, stderr) = run(&[
+        "access",
+        "curl",
+        "https://app.example.com/api",
+        "-H",
+        "x: y",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("not HTTP applications") && stderr.contains("postern access token --app H"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("unknown subcommand"), "{stderr}");
+}
+
+/// cloudflared's top-level `login` is its `tunnel login`; postern's too: the same help, the
+/// same checks before any connection.
+#[test]
+fn login_is_tunnel_login() {
+    let (ok, top, _) = run(&["login", "--help"]);
+    let (_, tunnel, _) = run(&["tunnel", "login", "--help"]);
+    assert!(ok && top == tunnel, "{top}");
+    let dir = temp_dir("cli-login");
+    let existing = dir.join("cert.pem");
+    std::fs::write(&existing, "x").unwrap();
+    let (ok, _, stderr) = run(&[
+        "login",
+        "--edge",
+        "https://login.localhost:1",
+        "--origincert",
+        existing.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (ok, _, stderr) = run(&["login"]);
+    assert!(!ok && stderr.contains("--edge URL is missing"), "{stderr}");
+}
