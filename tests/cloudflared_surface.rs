@@ -37,6 +37,21 @@ fn ssh_echo(sshd: &Sshd, host: &str, proxy: &support::Proxy, home: &Path, marker
     );
 }
 
+/// Takes the edge's CA out of an origin credential (the edge put it there), as for an edge
+/// whose CA is handed out separately: then only `--cacert` / `TUNNEL_CACERT` makes the
+/// tunnel trust the edge.
+fn strip_edge_ca(cert: &Path) {
+    let pem = fs::read_to_string(cert).unwrap();
+    let begin = "-----BEGIN POSTERN EDGE CA-----";
+    let end = "-----END POSTERN EDGE CA-----\n";
+    let (kept, rest) = pem
+        .split_once(begin)
+        .expect("the credential carries the edge CA");
+    let rest = &rest[rest.find(end).expect("its END line") + end.len()..];
+    assert!(!rest.contains(begin), "one edge CA");
+    fs::write(cert, format!("{kept}{rest}")).unwrap();
+}
+
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -112,6 +127,7 @@ fn a_tunnel_started_from_tunnel_env_vars_alone_serves_ssh() {
     let token = service_token(&edge.state, "e2e");
     let cert = dir.join("cert.pem");
     support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    strip_edge_ca(&cert);
     let metrics = metrics_listen();
     let logfile = dir.join("env.log");
     let mut cmd = postern(&dir.join("home"));
@@ -380,8 +396,8 @@ fn a_tunnel_runs_from_its_token_alone() {
 /// nothing here (`cloudflared::IGNORED`), some before `tunnel` as global flags and some after
 /// it: each is accepted with its own one-line notice that says why, and the tunnel then
 /// serves ssh. The flags that do act, in cloudflared's spelling, act: `--cacert` is the only
-/// trust for the edge's private CA (without it the TLS handshake fails), `TUNNEL_PIDFILE`
-/// gets the pid, `--loglevel debug` turns on debug lines.
+/// trust for the edge's private CA (the credential's copy is taken out, so without it the TLS
+/// handshake fails), `TUNNEL_PIDFILE` gets the pid, `--loglevel debug` turns on debug lines.
 #[test]
 fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serves() {
     require_all();
@@ -391,6 +407,7 @@ fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serv
     let token = service_token(&edge.state, "e2e");
     let cert = dir.join("cert.pem");
     support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    strip_edge_ca(&cert);
     let pidfile = dir.join("run/postern.pid");
     fs::create_dir_all(pidfile.parent().unwrap()).unwrap();
     let metrics = metrics_listen();
