@@ -2458,6 +2458,9 @@ OPTIONS:
                           shell or home when missing, if run as root)
     --no-enable           write the unit only: no useradd, no systemctl
     --no-disable          (uninstall) remove the file only: no systemctl
+
+uninstall also removes the token file of a unit from `service install TOKEN` (it holds the
+tunnel's private key).
 ";
 
 fn cmd_service(mut args: Vec<OsString>) -> Res {

@@ -376,6 +376,25 @@ fn a_tunnel_runs_from_its_token_alone() {
         "{}",
         String::from_utf8_lossy(&verify.stderr)
     );
+    // `service uninstall`, as cloudflared's (no role): the unit goes, and the token file with
+    // it (it holds the tunnel's private key; cloudflared's token lives in its unit).
+    let out = ok(
+        postern(&server_home)
+            .args(["service", "uninstall", "--unit-dir"])
+            .arg(&units)
+            .arg("--no-disable")
+            .stdin(Stdio::null()),
+        "service uninstall",
+    );
+    assert!(!unit_path.exists(), "the unit is removed: {out}");
+    assert!(!env_file.exists(), "the token file is removed: {out}");
+    assert!(
+        out.contains(&format!(
+            "removed the tunnel token in {}",
+            env_file.display()
+        )),
+        "{out}"
+    );
 
     // A cloudflared token is refused saying what it is, without echoing it.
     let cf = "eyJhIjoiYWJjIiwidCI6IjEyMyIsInMiOiJzZWNyZXQifQ==";
