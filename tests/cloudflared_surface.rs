@@ -6,6 +6,7 @@
 mod support;
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -416,7 +417,8 @@ fn a_tunnel_runs_from_its_token_alone() {
 /// it: each is accepted with its own one-line notice that says why, and the tunnel then
 /// serves ssh. The flags that do act, in cloudflared's spelling, act: `--cacert` is the only
 /// trust for the edge's private CA (the credential's copy is taken out, so without it the TLS
-/// handshake fails), `TUNNEL_PIDFILE` gets the pid, `--loglevel debug` turns on debug lines.
+/// handshake fails), `TUNNEL_PIDFILE` gets the pid, `--loglevel debug` turns on debug lines,
+/// `--grace-period 1s` cuts a session still open at SIGTERM after a second.
 #[test]
 fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serves() {
     require_all();
@@ -451,6 +453,7 @@ fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serv
     ])
     .args(["--transport-loglevel", "warn", "--proto-loglevel", "info"])
     .args(["--metrics-update-freq", "5s", "--loglevel", "debug"])
+    .args(["--grace-period", "1s"])
     .args(["--hostname", "ssh.localhost", "--url", &sshd.url()])
     .arg("--origincert")
     .arg(&cert)
@@ -514,7 +517,37 @@ fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serv
     });
     let pid = fs::read_to_string(&pidfile).unwrap();
     assert_eq!(pid.trim(), tunnel.id().to_string(), "the pid file's pid");
-    let status = tunnel.stop().expect("tunnel exits on SIGTERM");
+
+    // `--grace-period 1s` (cloudflared's duration): a session still open at SIGTERM is cut
+    // after 1 s, not after the default 30 s.
+    let mut session = sshd
+        .ssh_command("ssh.localhost", &proxy)
+        .env("HOME", dir.join("home"))
+        .arg("echo started; sleep 120")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ssh");
+    let mut first = String::new();
+    BufReader::new(session.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("read");
+    assert_eq!(
+        first.trim(),
+        "started",
+        "the session is open before SIGTERM"
+    );
+    let term = Command::new("kill")
+        .args(["-TERM", &tunnel.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = tunnel
+        .wait_exit(Duration::from_secs(15))
+        .expect("--grace-period 1s: the tunnel exits within seconds of SIGTERM");
     assert!(status.success(), "{status}: {}", tunnel.stderr_text());
+    let _ = session.kill();
+    let _ = session.wait();
     assert!(!pidfile.exists(), "the pid file is removed on a clean exit");
 }
