@@ -1140,7 +1140,12 @@ fn first_word(args: &[OsString]) -> usize {
         if !a.starts_with('-') {
             break;
         }
-        i += if TUNNEL_VALUE_FLAGS.contains(&a) {
+        // cloudflared's ignored flags take values too (`tunnel --protocol http2 run`).
+        let ignored_with_value = a
+            .strip_prefix("--")
+            .and_then(cloudflared::ignored_flag)
+            .is_some_and(|i| i.takes_value);
+        i += if TUNNEL_VALUE_FLAGS.contains(&a) || ignored_with_value {
             2
         } else {
             1

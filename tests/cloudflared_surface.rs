@@ -293,10 +293,12 @@ fn a_tunnel_runs_from_its_token_alone() {
     let server_creds = dir.join("server-etc/web.json");
     fs::create_dir_all(server_creds.parent().unwrap()).unwrap();
     fs::copy(&creds_file, &server_creds).unwrap();
-    let serve = |what: &str, extra: &[&str], env: Option<(&str, &Path)>| {
+    let serve = |what: &str, before_run: &[&str], extra: &[&str], env: Option<(&str, &Path)>| {
         let metrics = metrics_listen();
         let mut cmd = postern(&server_home);
-        cmd.args(["tunnel", "run", "--url", &sshd.url()])
+        cmd.arg("tunnel")
+            .args(before_run)
+            .args(["run", "--url", &sshd.url()])
             .args(extra)
             .args(["--metrics", &metrics.to_string()]);
         if let Some((var, value)) = env {
@@ -313,11 +315,23 @@ fn a_tunnel_runs_from_its_token_alone() {
         );
         tunnel.stop();
     };
-    serve("token-flag", &["--token", &tunnel_token], None);
+    // cloudflared's docs line: `cloudflared tunnel --protocol http2 run --token T`.
+    serve(
+        "token-flag",
+        &["--no-autoupdate", "--protocol", "http2"],
+        &["--token", &tunnel_token],
+        None,
+    );
     let creds_arg = server_creds.to_str().unwrap();
-    serve("cred-file-flag", &["--cred-file", creds_arg, "web"], None);
+    serve(
+        "cred-file-flag",
+        &[],
+        &["--cred-file", creds_arg, "web"],
+        None,
+    );
     serve(
         "cred-file-env",
+        &[],
         &["web"],
         Some(("TUNNEL_CRED_FILE", &server_creds)),
     );
