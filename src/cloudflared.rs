@@ -58,31 +58,133 @@ pub const ACCESS_ENV: &[EnvFlag] = &[
     env("TUNNEL_SERVICE_DESTINATION", &["--destination"]),
 ];
 
-/// cloudflared variables for flags that mean nothing here (postern updates with the package
-/// manager, speaks one protocol over TLS on 443, connects to what `--edge` resolves to,
-/// retries forever with backoff): noticed and ignored.
-pub const IGNORED_ENV: &[(&str, &str)] = &[
-    ("NO_AUTOUPDATE", "--no-autoupdate"),
-    ("TUNNEL_TRANSPORT_PROTOCOL", "--protocol"),
-    ("TUNNEL_EDGE_IP_VERSION", "--edge-ip-version"),
-    ("TUNNEL_REGION", "--region"),
-    ("TUNNEL_RETRIES", "--retries"),
+/// A cloudflared `tunnel` flag that means nothing here: accepted, and ignored with a
+/// one-line notice that says why (`notice`). The README's table gives the same reasons.
+pub struct Ignored {
+    /// The flag, without its dashes.
+    pub flag: &'static str,
+    /// It takes a value (`--retries 5`); `--no-autoupdate` does not.
+    pub takes_value: bool,
+    /// cloudflared's variables for it (noticed and ignored too when set).
+    pub vars: &'static [&'static str],
+    /// Why it means nothing here: the end of the notice.
+    pub why: &'static str,
+}
+
+const fn ignored(
+    flag: &'static str,
+    takes_value: bool,
+    vars: &'static [&'static str],
+    why: &'static str,
+) -> Ignored {
+    Ignored {
+        flag,
+        takes_value,
+        vars,
+        why,
+    }
+}
+
+/// cloudflared's `tunnel` flags (and their variables, from its cmd.go) that mean nothing
+/// here, each with why. Its own systemd unit passes `--no-autoupdate`; the others turn up
+/// in units, env files and docker-compose files copied from its docs.
+pub const IGNORED: &[Ignored] = &[
+    ignored(
+        "no-autoupdate",
+        false,
+        &["NO_AUTOUPDATE"],
+        "postern does not update itself; your package manager does",
+    ),
+    ignored(
+        "autoupdate-freq",
+        true,
+        &[],
+        "postern does not update itself; your package manager does",
+    ),
+    ignored(
+        "protocol",
+        true,
+        &["TUNNEL_TRANSPORT_PROTOCOL"],
+        "postern speaks one protocol, over TLS on 443",
+    ),
+    ignored(
+        "edge-ip-version",
+        true,
+        &["TUNNEL_EDGE_IP_VERSION"],
+        "postern connects to the addresses --edge resolves to, IPv4 or IPv6",
+    ),
+    ignored(
+        "region",
+        true,
+        &["TUNNEL_REGION"],
+        "a postern edge has no regions: it is where --edge says",
+    ),
+    ignored(
+        "retries",
+        true,
+        &["TUNNEL_RETRIES"],
+        "postern retries forever, with backoff (at most 60 s apart)",
+    ),
+    ignored(
+        "tag",
+        true,
+        &["TUNNEL_TAG"],
+        "the edge knows a connector by its tunnel and connector id",
+    ),
+    ignored(
+        "compression-quality",
+        true,
+        &["TUNNEL_COMPRESSION_LEVEL"],
+        "postern carries the bytes as they are (ssh compresses its own, -C)",
+    ),
+    ignored(
+        "edge-bind-address",
+        true,
+        &["TUNNEL_EDGE_BIND_ADDRESS"],
+        "postern connects from the address the system's routes pick",
+    ),
+    ignored(
+        "transport-loglevel",
+        true,
+        &["TUNNEL_TRANSPORT_LOGLEVEL"],
+        "postern has one log: --loglevel sets it",
+    ),
+    ignored(
+        "proto-loglevel",
+        true,
+        &["TUNNEL_PROTO_LOGLEVEL"],
+        "postern has one log: --loglevel sets it",
+    ),
+    ignored(
+        "metrics-update-freq",
+        true,
+        &["TUNNEL_METRICS_UPDATE_FREQ"],
+        "postern's /metrics are computed when scraped",
+    ),
 ];
 
-/// cloudflared `tunnel` flags that take a value and mean nothing here.
-pub const IGNORED_VALUE_FLAGS: &[&str] = &[
-    "autoupdate-freq",
-    "protocol",
-    "edge-ip-version",
-    "region",
-    "retries",
-    "tag",
-    "compression-quality",
-    "edge-bind-address",
-    "transport-loglevel",
-    "proto-loglevel",
-    "metrics-update-freq",
-];
+/// The ignored flag named `name` (without dashes).
+pub fn ignored_flag(name: &str) -> Option<&'static Ignored> {
+    IGNORED.iter().find(|i| i.flag == name)
+}
+
+impl Ignored {
+    /// The one-line notice for the flag given on the command line (`--FLAG`).
+    pub fn notice(&self) -> String {
+        format!(
+            "--{} is a cloudflared flag with no meaning here; ignored: {}",
+            self.flag, self.why
+        )
+    }
+
+    /// The one-line notice for its variable `var`, set in the environment.
+    pub fn env_notice(&self, var: &str) -> String {
+        format!(
+            "{var} (cloudflared's --{}) has no meaning here; ignored: {}",
+            self.flag, self.why
+        )
+    }
+}
 
 /// One flag taken from the environment.
 pub struct FromEnv {
@@ -138,10 +240,12 @@ pub fn from_env(
 }
 
 /// The ignored variables that are set, each with its flag.
-pub fn ignored_env(lookup: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, &'static str)> {
-    IGNORED_ENV
+pub fn ignored_env(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Vec<(&'static str, &'static Ignored)> {
+    IGNORED
         .iter()
-        .copied()
+        .flat_map(|i| i.vars.iter().map(move |v| (*v, i)))
         .filter(|(var, _)| lookup(var).is_some_and(|v| !v.is_empty()))
         .collect()
 }
@@ -200,6 +304,53 @@ mod tests {
     #[test]
     fn ignored_variables_are_listed_when_set() {
         let env = lookup(&[("NO_AUTOUPDATE", "true"), ("TUNNEL_REGION", "")]);
-        assert_eq!(ignored_env(env), [("NO_AUTOUPDATE", "--no-autoupdate")]);
+        let got: Vec<(&str, &str)> = ignored_env(env).iter().map(|(v, i)| (*v, i.flag)).collect();
+        assert_eq!(got, [("NO_AUTOUPDATE", "no-autoupdate")]);
+    }
+
+    #[test]
+    fn each_ignored_flag_says_its_own_reason() {
+        let protocol = ignored_flag("protocol").expect("--protocol is ignored");
+        assert_eq!(
+            protocol.notice(),
+            "--protocol is a cloudflared flag with no meaning here; ignored: postern speaks one \
+             protocol, over TLS on 443"
+        );
+        assert!(ignored_flag("hostname").is_none());
+        for i in IGNORED {
+            assert!(!i.why.is_empty() && !i.why.contains('\n'), "--{}", i.flag);
+        }
+    }
+
+    /// The README's table ("Coming from cloudflared") is this module's table for readers:
+    /// every flag and variable here has its row, and each ignored flag its reason there.
+    #[test]
+    fn the_readme_table_names_every_flag_variable_and_reason() {
+        let readme = include_str!("../README.md");
+        let table: String = readme
+            .split("### Coming from cloudflared")
+            .nth(1)
+            .expect("the README has the section")
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut missing = Vec::new();
+        for e in TUNNEL_ENV.iter().chain(ACCESS_ENV) {
+            missing.extend(std::iter::once(e.var).filter(|v| !table.contains(&format!("`{v}`"))));
+            missing.extend(e.flags.iter().filter(|f| !table.contains(*f)));
+        }
+        for i in IGNORED {
+            let row = table.lines().find(|l| {
+                l.strip_prefix(&format!("| `--{}", i.flag))
+                    .is_some_and(|rest| rest.starts_with(['`', ' ']))
+            });
+            match row {
+                Some(row) if row.contains(i.why) && i.vars.iter().all(|v| row.contains(v)) => {}
+                _ => missing.push(i.flag),
+            }
+        }
+        assert!(missing.is_empty(), "not in the README's table: {missing:?}");
     }
 }

@@ -439,6 +439,10 @@ pub const EDGE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long before a service token's expiry the edge starts warning (daily, in its log).
 pub const SERVICE_TOKEN_EXPIRY_WARNING_SECS: u64 = 7 * 24 * 3600;
 
+/// The most `service uninstall` reads of a unit's `EnvironmentFile=` to tell whether it is the
+/// tunnel token file that `service install TOKEN` wrote (a token is a few KiB).
+pub const TOKEN_FILE_READ_MAX: u64 = 1024 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ USAGE:
     postern edge origin-cert revoke SERIAL|FILE [--state DIR]  revoke an origin certificate
     postern edge ssh-ca [--state DIR]                     print the SSH CA (TrustedUserCAKeys)
     postern tunnel login --edge https://login.site.com    origin certificate by browser sign-in
+                                                          (`postern login` too, as cloudflared's)
     postern tunnel sshd-setup --ca-from https://H [--write]   make sshd trust the edge's SSH CA
     postern tunnel --hostname H --url ssh://localhost:22 [OPTIONS]
     postern tunnel create NAME | route dns NAME HOST | run [NAME] | list | info NAME | delete NAME
@@ -171,6 +172,8 @@ fn main() -> ExitCode {
         "tunnel" => cmd_tunnel(args),
         "access" => cmd_access(args),
         "service" => cmd_service(args),
+        // cloudflared's top-level `login` is its `tunnel login`.
+        "login" => cmd_tunnel_login(args),
         "--version" | "-V" | "version" => {
             println!("postern {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)
@@ -202,15 +205,14 @@ fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
     let mut end = 0;
     while let Some(s) = args.get(end).and_then(|a| a.to_str()) {
         let name = s.split_once('=').map_or(s, |(name, _)| name);
+        let ignored = name.strip_prefix("--").and_then(cloudflared::ignored_flag);
         let takes_value = matches!(name, "--log-format" | "--loglevel" | "--logfile")
             || TUNNEL_VALUE_FLAGS.contains(&name)
-            || name
-                .strip_prefix("--")
-                .is_some_and(|n| cloudflared::IGNORED_VALUE_FLAGS.contains(&n));
+            || ignored.is_some_and(|i| i.takes_value);
         match name {
             _ if takes_value && s.contains('=') => end += 1,
             _ if takes_value => end += 2,
-            "--no-autoupdate" => end += 1,
+            _ if ignored.is_some() => end += 1,
             _ => break,
         }
     }
@@ -221,18 +223,14 @@ fn log_flags(args: &mut Vec<OsString>) -> Result<LogFlags, String> {
     while i < global.len() {
         let name = global[i].to_str().unwrap_or_default();
         let name = name.split_once('=').map_or(name, |(n, _)| n).to_owned();
-        let ignored_value = name
-            .strip_prefix("--")
-            .is_some_and(|n| cloudflared::IGNORED_VALUE_FLAGS.contains(&n));
-        if name == "--no-autoupdate" {
-            ignored_flag(&name);
-            global.remove(i);
-        } else if ignored_value {
-            ignored_flag(&name);
-            let with_value = global[i].to_str().is_some_and(|a| a.contains('='));
-            global.drain(i..(i + if with_value { 1 } else { 2 }).min(global.len()));
-        } else {
-            i += 1;
+        match name.strip_prefix("--").and_then(cloudflared::ignored_flag) {
+            Some(ignored) => {
+                eprintln!("postern: {}", ignored.notice());
+                let alone =
+                    !ignored.takes_value || global[i].to_str().is_some_and(|a| a.contains('='));
+                global.drain(i..(i + if alone { 1 } else { 2 }).min(global.len()));
+            }
+            None => i += 1,
         }
     }
     let global_log = LogFlags::take(&mut global)?;
@@ -986,17 +984,18 @@ OPTIONS:
     --logfile FILE        append the log to FILE too (created 0600)
     --no-autoupdate, --autoupdate-freq D, --protocol P, --edge-ip-version V, --region R,
     --retries N, --tag T, --compression-quality N, --edge-bind-address A,
-    --transport-loglevel L, --metrics-update-freq D
-                          cloudflared's; they mean nothing here and are ignored with a notice
-                          (postern updates with your package manager, speaks one protocol
-                          over TLS on 443, retries forever with backoff, and connects to the
-                          addresses --edge resolves to)
+    --transport-loglevel L, --proto-loglevel L, --metrics-update-freq D
+                          cloudflared's; they mean nothing here and are ignored with a
+                          one-line notice that says why (e.g. postern retries forever, with
+                          backoff; it updates with your package manager)
 
 ENVIRONMENT (cloudflared's names; a flag on the command line wins):
     TUNNEL_HOSTNAME, TUNNEL_URL, TUNNEL_ORIGIN_CERT, TUNNEL_CRED_FILE, TUNNEL_EDGE,
     TUNNEL_CACERT (--ca), TUNNEL_METRICS, TUNNEL_GRACE_PERIOD, TUNNEL_PIDFILE, TUNNEL_TOKEN,
     TUNNEL_LOGLEVEL, TUNNEL_LOGFILE; NO_AUTOUPDATE, TUNNEL_TRANSPORT_PROTOCOL,
-    TUNNEL_EDGE_IP_VERSION, TUNNEL_REGION, TUNNEL_RETRIES are ignored with a notice
+    TUNNEL_EDGE_IP_VERSION, TUNNEL_REGION, TUNNEL_RETRIES, TUNNEL_TAG, TUNNEL_COMPRESSION_LEVEL,
+    TUNNEL_EDGE_BIND_ADDRESS, TUNNEL_TRANSPORT_LOGLEVEL, TUNNEL_PROTO_LOGLEVEL,
+    TUNNEL_METRICS_UPDATE_FREQ are ignored with a notice
 
 CONFIG (tunnel run; cloudflared's config.yml, or the same keys in JSON):
     tunnel: web
@@ -1145,7 +1144,12 @@ fn first_word(args: &[OsString]) -> usize {
         if !a.starts_with('-') {
             break;
         }
-        i += if TUNNEL_VALUE_FLAGS.contains(&a) {
+        // cloudflared's ignored flags take values too (`tunnel --protocol http2 run`).
+        let ignored_with_value = a
+            .strip_prefix("--")
+            .and_then(cloudflared::ignored_flag)
+            .is_some_and(|i| i.takes_value);
+        i += if TUNNEL_VALUE_FLAGS.contains(&a) || ignored_with_value {
             2
         } else {
             1
@@ -1511,17 +1515,12 @@ struct TunnelArgs {
     bastion_allow: Vec<String>,
 }
 
-/// Says on stderr that a cloudflared flag is accepted and ignored.
-fn ignored_flag(flag: &str) {
-    eprintln!("postern: {flag} is a cloudflared flag with no meaning here; ignored");
-}
-
 impl TunnelArgs {
     /// `None` when `--help` was printed. cloudflared's `TUNNEL_*` variables stand for the
     /// flags that `args` do not give (`cloudflared::TUNNEL_ENV`).
     fn parse(mut args: Vec<OsString>, cmd: &str) -> Result<Option<TunnelArgs>, CliError> {
-        for (var, flag) in cloudflared::ignored_env(env_var) {
-            eprintln!("postern: {var} (cloudflared's {flag}) has no meaning here; ignored");
+        for (var, ignored) in cloudflared::ignored_env(env_var) {
+            eprintln!("postern: {}", ignored.env_notice(var));
         }
         let mut from_env = Vec::new();
         for e in cloudflared::from_env(cloudflared::TUNNEL_ENV, &args, env_var) {
@@ -1584,11 +1583,12 @@ impl TunnelArgs {
                 Long("force") | Short('f') | Long("overwrite-dns") => a.force = true,
                 // cloudflared's flags with no meaning here (its own systemd unit passes
                 // --no-autoupdate): accepted, with a notice, so its command lines just work.
-                Long("no-autoupdate") => ignored_flag("--no-autoupdate"),
-                Long(flag) if cloudflared::IGNORED_VALUE_FLAGS.contains(&flag) => {
-                    let flag = format!("--{flag}");
-                    val(&mut p, &flag)?;
-                    ignored_flag(&flag);
+                Long(flag) if cloudflared::ignored_flag(flag).is_some() => {
+                    let ignored = cloudflared::ignored_flag(flag).expect("bug: checked above");
+                    if ignored.takes_value {
+                        val(&mut p, &format!("--{}", ignored.flag))?;
+                    }
+                    eprintln!("postern: {}", ignored.notice());
                 }
                 Long("output") | Short('o') => {
                     let v = val(&mut p, "--output")?;
@@ -2651,6 +2651,9 @@ OPTIONS:
                           shell or home when missing, if run as root)
     --no-enable           write the unit only: no useradd, no systemctl
     --no-disable          (uninstall) remove the file only: no systemctl
+
+uninstall also removes the token file of a unit from `service install TOKEN` (it holds the
+tunnel's private key).
 ";
 
 fn cmd_service(mut args: Vec<OsString>) -> Res {
@@ -2910,5 +2913,19 @@ mod tests {
         assert!(e.to_string().contains("--nope"), "{e}");
         let e = string(OsString::from("ok"), "--flag").unwrap();
         assert_eq!(e, "ok");
+    }
+
+    #[test]
+    fn tunnel_help_lists_every_ignored_flag_and_variable() {
+        for i in cloudflared::IGNORED {
+            let flag = format!("--{}", i.flag);
+            let listed = TUNNEL_HELP
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .any(|w| w == flag);
+            assert!(listed, "{flag} is not in `tunnel --help`");
+            for var in i.vars {
+                assert!(TUNNEL_HELP.contains(var), "{var} is not in `tunnel --help`");
+            }
+        }
     }
 }

@@ -935,6 +935,11 @@ pub fn uninstall(
         }
     };
     let path = opts.unit_dir.join(&unit);
+    // A unit from `service install TOKEN` names the token's file; the token is the tunnel's
+    // private key, so it goes with the unit (cloudflared's token lives in its unit).
+    let token_file = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| token_environment_file(&text));
     let systemctl = opts.disable && systemd_running();
     if systemctl {
         run("systemctl", &["disable", "--now", &unit])?;
@@ -945,6 +950,13 @@ pub fn uninstall(
         err,
     })?;
     say(format!("removed {}", path.display()));
+    if let Some(file) = token_file {
+        std::fs::remove_file(&file).map_err(|err| ServiceError::Io {
+            what: format!("cannot remove the token file {}", file.display()),
+            err,
+        })?;
+        say(format!("removed the tunnel token in {}", file.display()));
+    }
     if systemctl {
         run("systemctl", &["daemon-reload"])?;
         say("ran systemctl daemon-reload".into());
@@ -957,11 +969,56 @@ pub fn uninstall(
     Ok(path)
 }
 
+/// The `EnvironmentFile=` of a unit text, if it is a tunnel token file that `service install
+/// TOKEN` wrote (it holds one `TUNNEL_TOKEN=` line); any other file is the operator's.
+fn token_environment_file(unit: &str) -> Option<PathBuf> {
+    let file = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("EnvironmentFile="))?
+        .replace("%%", "%");
+    let file = PathBuf::from(file);
+    let text = read_small_text(&file)?;
+    let mut lines = text.lines();
+    let only_token = lines.next()?.starts_with("TUNNEL_TOKEN=") && lines.next().is_none();
+    only_token.then_some(file)
+}
+
+/// A small file's text (a token file is a few KiB); `None` for anything else.
+fn read_small_text(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(crate::limits::TOKEN_FILE_READ_MAX)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const EXE: &str = "/usr/local/bin/postern";
+
+    #[test]
+    fn uninstall_takes_only_a_token_file_with_the_unit() {
+        let dir = std::env::temp_dir().join(format!("postern-unit-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, other) = (dir.join("t%1.env"), dir.join("other.env"));
+        std::fs::write(&token, "TUNNEL_TOKEN=abc\n").unwrap();
+        std::fs::write(&other, "TUNNEL_TOKEN=abc\nHTTPS_PROXY=http://proxy:3128\n").unwrap();
+        let unit = |f: &Path| format!("[Service]\nEnvironmentFile={}\n", directive_path(f));
+        assert_eq!(token_environment_file(&unit(&token)), Some(token.clone()));
+        assert_eq!(
+            token_environment_file(&unit(&other)),
+            None,
+            "the operator's file"
+        );
+        assert_eq!(token_environment_file("[Service]\nType=simple\n"), None);
+        assert_eq!(token_environment_file(&unit(&dir.join("gone.env"))), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn tunnel_args() -> TunnelArgs {
         TunnelArgs {

@@ -1,7 +1,9 @@
 //! `postern access tcp` for tools that cannot use a ProxyCommand: a local listener where each
 //! accepted connection gets its own carrier. Plain `ssh -p PORT 127.0.0.1` reaches the origin's
 //! sshd through it, more than once, and concurrently; and a connection whose carrier cannot
-//! be set up (an edge that never answers) holds up no other.
+//! be set up (an edge that never answers) holds up no other. cloudflared's spellings work:
+//! `access ssh --url` listens, `--listener`, `--service-token-id/-secret`, `--loglevel`,
+//! `--logfile`, and the `TUNNEL_SERVICE_*` variables in place of the flags.
 
 mod support;
 
@@ -11,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::{free_port, postern, run_with_deadline, Chain, Child};
+use support::{free_port, postern, run_with_deadline, wait_until, Chain, Child};
 
 #[test]
 fn local_listener_carries_plain_ssh() {
@@ -157,5 +159,105 @@ fn a_silent_edge_for_one_connection_does_not_hold_up_the_next() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
             ) => {}
         other => panic!("the stalled connection should still wait, got {other:?}"),
+    }
+}
+
+/// `ssh -p PORT user@127.0.0.1 echo MARKER` through a local listener; asserts MARKER.
+fn ssh_via(chain: &Chain, port: u16, marker: &str, listener: &Child) {
+    let mut c = Command::new("ssh");
+    c.args(chain.sshd.ssh_options())
+        .arg("-p")
+        .arg(port.to_string())
+        .arg(format!("{}@127.0.0.1", chain.sshd.user))
+        .arg(format!("echo {marker}"))
+        .stdin(Stdio::null());
+    let out = run_with_deadline(&mut c, Duration::from_secs(30), "ssh -p");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == marker,
+        "ssh via {} failed: {out:?}\nlistener:\n{}",
+        listener.name(),
+        listener.stderr_text()
+    );
+}
+
+/// cloudflared's command lines for a local listener, each one the only source of what it
+/// sets (no POSTERN_ variables, an empty HOME: without the service token the edge would
+/// want a browser login and ssh would time out):
+/// - `access ssh --url ADDR` listens, as cloudflared's, with the service token from
+///   `--service-token-id/--service-token-secret`, and `--loglevel info --logfile F` put its
+///   info lines into F (the default level for `access` is warn);
+/// - `access tcp --listener ADDR` with `TUNNEL_SERVICE_TOKEN_ID/_SECRET`;
+/// - `access tcp` with no flag at all: `TUNNEL_SERVICE_HOSTNAME` and `TUNNEL_SERVICE_URL`.
+#[test]
+fn cloudflared_access_flags_and_variables_set_up_the_listener() {
+    let chain = Chain::start("access-cf", "tcp.localhost");
+    let home = chain.dir.join("home");
+    let base = |args: &[&str]| {
+        let mut cmd = postern(&home);
+        cmd.args(["access"])
+            .args(args)
+            .arg("--edge")
+            .arg(chain.edge.edge_arg())
+            .arg("--ca")
+            .arg(chain.edge.ca())
+            .env("BROWSER", "true")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let (a, b, c) = (free_port(), free_port(), free_port());
+
+    let logfile = chain.dir.join("access.log");
+    let mut cmd = base(&["ssh", "--hostname", "tcp.localhost"]);
+    cmd.args(["--url", &format!("127.0.0.1:{a}")])
+        .args(["--service-token-id", &chain.token.id])
+        .args(["--service-token-secret", &chain.token.secret])
+        .args(["--loglevel", "info", "--logfile"])
+        .arg(&logfile);
+    let ssh_url = Child::spawn("access-ssh-url", cmd, chain.dir.path());
+    wait_until(
+        Duration::from_secs(10),
+        "access ssh --url logs that it listens",
+        || {
+            std::fs::read_to_string(&logfile)
+                .unwrap_or_default()
+                .contains(&format!("listening on 127.0.0.1:{a}"))
+        },
+    );
+    ssh_via(&chain, a, "ssh-with-url", &ssh_url);
+
+    let mut cmd = base(&["tcp", "--hostname", "tcp.localhost"]);
+    cmd.args(["--listener", &format!("127.0.0.1:{b}")])
+        .args(["--loglevel", "info"])
+        .env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
+        .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
+    let listener = Child::spawn("access-tcp-listener", cmd, chain.dir.path());
+    listener
+        .wait_for_stderr(
+            &format!("listening on 127.0.0.1:{b}"),
+            Duration::from_secs(10),
+        )
+        .expect("access tcp --listener listens there");
+    ssh_via(&chain, b, "tcp-with-listener", &listener);
+
+    let mut cmd = base(&["tcp", "--loglevel", "info"]);
+    cmd.env("TUNNEL_SERVICE_HOSTNAME", "tcp.localhost")
+        .env("TUNNEL_SERVICE_URL", format!("127.0.0.1:{c}"))
+        .env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
+        .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
+    let from_env = Child::spawn("access-tcp-env", cmd, chain.dir.path());
+    from_env
+        .wait_for_stderr(
+            &format!("listening on 127.0.0.1:{c} for tcp.localhost"),
+            Duration::from_secs(10),
+        )
+        .expect("access tcp from TUNNEL_SERVICE_HOSTNAME/_URL listens there");
+    ssh_via(&chain, c, "tcp-from-env", &from_env);
+
+    for child in [&ssh_url, &listener, &from_env] {
+        assert!(
+            !child.stderr_text().contains(&chain.token.secret),
+            "{}: the secret is logged",
+            child.name()
+        );
     }
 }

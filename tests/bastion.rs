@@ -138,6 +138,18 @@ fn one_bastion_tunnel_reaches_two_sshds_by_destination_and_audits_each() {
         s.b.port.to_string(),
         "reached the second sshd, by name"
     );
+    // cloudflared's TUNNEL_SERVICE_DESTINATION stands for --destination (without any, a
+    // bastion stream has nowhere to go).
+    let mut from_env = proxy_command(&s.edge.addr, &s.edge.ca(), &s.token);
+    from_env
+        .env
+        .push(("TUNNEL_SERVICE_DESTINATION".into(), b.clone()));
+    let port = server_port(&s.b, "jump.localhost", &from_env, &s, &t);
+    assert_eq!(
+        port,
+        s.b.port.to_string(),
+        "TUNNEL_SERVICE_DESTINATION picked the second sshd"
+    );
     let audit = audit_when(
         &s.audit,
         STARTUP,

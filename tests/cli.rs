@@ -284,7 +284,9 @@ fn cloudflared_flags_without_meaning_here_are_accepted_with_a_notice() {
             "{args:?}: no notice in:\n{err}"
         );
         assert!(
-            !err.contains("invalid option") && !err.contains("unexpected"),
+            !err.contains("invalid option")
+                && !err.contains("unexpected")
+                && !err.contains("unknown command"),
             "{args:?}: a cloudflared flag was refused:\n{err}"
         );
         assert!(
@@ -424,4 +426,27 @@ fn sshd_setup_writes_whole_paths_into_sshd_config() {
         )),
         "{text}"
     );
+}
+
+/// cloudflared's top-level `login` is its `tunnel login`; postern's too: the same help, the
+/// same checks before any connection.
+#[test]
+fn login_is_tunnel_login() {
+    let (ok, top, _) = run(&["login", "--help"]);
+    let (_, tunnel, _) = run(&["tunnel", "login", "--help"]);
+    assert!(ok && top == tunnel, "{top}");
+    let dir = temp_dir("cli-login");
+    let existing = dir.join("cert.pem");
+    std::fs::write(&existing, "x").unwrap();
+    let (ok, _, stderr) = run(&[
+        "login",
+        "--edge",
+        "https://login.localhost:1",
+        "--origincert",
+        existing.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let (ok, _, stderr) = run(&["login"]);
+    assert!(!ok && stderr.contains("--edge URL is missing"), "{stderr}");
 }

@@ -236,6 +236,50 @@ fn create_route_run_info_delete() {
         text(&out)
     );
 
+    // route dns --overwrite-dns (cloudflared's; -f too): a hostname routed to another tunnel
+    // of the zone moves only when asked, and then streams for it go to the new tunnel.
+    ok(&mut cli(&["create", "web2"]), "tunnel create web2");
+    refused(
+        &mut cli(&["route", "dns", "web2", "nothing.localhost"]),
+        "route a hostname routed to another tunnel",
+        "pass --overwrite-dns to move it",
+    );
+    let out = ok(
+        &mut cli(&[
+            "route",
+            "dns",
+            "--overwrite-dns",
+            "web2",
+            "nothing.localhost",
+        ]),
+        "route dns --overwrite-dns",
+    );
+    assert!(
+        out.contains("nothing.localhost is routed to tunnel web2") && out.contains("replacing"),
+        "{out}"
+    );
+    let info2 = ok(&mut cli(&["info", "web2"]), "tunnel info web2");
+    assert!(info2.contains("ROUTES:   nothing.localhost"), "{info2}");
+    // web2 has no connection: the stream no longer reaches web's catch-all rule.
+    let out = run(
+        sshd.ssh_command("nothing.localhost", &proxy)
+            .arg("true")
+            .stdin(Stdio::null()),
+        "ssh to a hostname routed to an idle tunnel",
+    );
+    assert!(!out.status.success());
+    assert!(
+        !text(&out).contains("no service for nothing.localhost"),
+        "still routed to web: {}",
+        text(&out)
+    );
+    let out = ok(
+        &mut cli(&["route", "dns", "-f", "web", "nothing.localhost"]),
+        "route dns -f",
+    );
+    assert!(out.contains("routed to tunnel web ("), "{out}");
+    ok(&mut cli(&["delete", "web2"]), "delete web2");
+
     // info: routes and both connections.
     let info = ok(&mut cli(&["info", "web"]), "tunnel info");
     assert!(

@@ -280,9 +280,10 @@ fn an_expired_cached_token_makes_ssh_log_in_again() {
 #[test]
 fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
     let sso = Sso::start("sso-tl");
-    let run = |user: &str, out: &Path, expect: &str, zone: Option<&str>| {
+    let run_verb = |verb: &[&str], user: &str, out: &Path, expect: &str, zone: Option<&str>| {
         let mut cmd = postern(&sso.home(user));
-        cmd.args(["tunnel", "login", "--edge"])
+        cmd.args(verb)
+            .arg("--edge")
             .arg(format!(
                 "https://login.{}",
                 sso.edge_addr.replace("127.0.0.1", "localhost")
@@ -292,6 +293,9 @@ fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
             .arg("--origincert")
             .arg(out);
         sso.login_with(cmd, &format!("tunnel-login-{user}"), user, expect, zone)
+    };
+    let run = |user: &str, out: &Path, expect: &str, zone: Option<&str>| {
+        run_verb(&["tunnel", "login"], user, out, expect, zone)
     };
 
     // alice is a tunnel admin and picks example.test on the zone page.
@@ -334,6 +338,25 @@ fn tunnel_login_by_browser_gives_a_certificate_for_the_chosen_zone_only() {
         "{}",
         intruder.stderr_text()
     );
+
+    // cloudflared's top-level `login` is `tunnel login`: the same certificate, by the same
+    // browser sign-in, for the chosen zone only.
+    let top = sso.dir.join("alice-login.pem");
+    let (ok, stderr) = run_verb(
+        &["login"],
+        "alice",
+        &top,
+        DEFAULT_EXPECT,
+        Some("example.test"),
+    );
+    assert!(ok, "postern login failed: {stderr}");
+    assert!(
+        stderr.contains("Wrote an origin certificate for zone example.test"),
+        "{stderr}"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&top).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
 
     // erin is not a tunnel admin.
     let (ok, stderr) = run(

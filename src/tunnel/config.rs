@@ -477,33 +477,10 @@ impl OriginRequest {
 const HTTP_ONLY: &str = "an HTTP origin setting, and postern carries SSH and TCP only";
 const SOCKS_ONLY: &str = "cloudflared's SOCKS proxy setting, which postern does not have";
 
-/// Top-level keys of cloudflared's config that mean nothing here, each with why: accepted
-/// with a notice.
+/// Top-level keys of cloudflared's config that mean nothing here, accepted with a notice:
+/// its `tunnel` flags of the kind (their reasons are [`crate::cloudflared::IGNORED`]'s, the
+/// one table), and these config-only keys, each with why.
 pub const IGNORED_KEYS: &[(&str, &str)] = &[
-    ("no-autoupdate", "postern updates with your package manager"),
-    (
-        "autoupdate-freq",
-        "postern updates with your package manager",
-    ),
-    ("protocol", "postern speaks one protocol, over TLS on 443"),
-    (
-        "edge-ip-version",
-        "postern connects to the addresses the edge resolves to",
-    ),
-    (
-        "edge-bind-address",
-        "postern connects from the system's default address",
-    ),
-    ("region", "a postern edge is where `edge` says"),
-    ("retries", "postern retries forever, with backoff"),
-    ("tag", "the edge knows a connector by its tunnel id"),
-    ("transport-loglevel", "use loglevel"),
-    ("proto-loglevel", "use loglevel"),
-    (
-        "metrics-update-freq",
-        "postern's metrics are always current",
-    ),
-    ("compression-quality", "postern does not compress"),
     (
         "warp-routing",
         "postern routes hostnames, not private networks",
@@ -512,6 +489,19 @@ pub const IGNORED_KEYS: &[(&str, &str)] = &[
     ("heartbeat-interval", "postern's keepalive is fixed (15 s)"),
     ("heartbeat-count", "postern's keepalive is fixed (3 misses)"),
 ];
+
+/// Why an ignored top-level key means nothing here.
+fn ignored_key_reason(key: &str) -> &'static str {
+    crate::cloudflared::ignored_flag(key)
+        .map(|i| i.why)
+        .or_else(|| {
+            IGNORED_KEYS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, w)| *w)
+        })
+        .expect("bug: an ignored config key without a reason")
+}
 
 /// The config file of `postern tunnel run` (see the module doc).
 #[derive(Debug, Default, Deserialize)]
@@ -704,28 +694,26 @@ impl TunnelConfig {
     /// The [`IGNORED_KEYS`] this config sets, each with why it means nothing here.
     fn ignored_keys(&self) -> Vec<(&'static str, &'static str)> {
         let set = [
-            self.no_autoupdate.is_some(),
-            self.autoupdate_freq.is_some(),
-            self.protocol.is_some(),
-            self.edge_ip_version.is_some(),
-            self.edge_bind_address.is_some(),
-            self.region.is_some(),
-            self.retries.is_some(),
-            self.tag.is_some(),
-            self.transport_loglevel.is_some(),
-            self.proto_loglevel.is_some(),
-            self.metrics_update_freq.is_some(),
-            self.compression_quality.is_some(),
-            self.warp_routing.is_some(),
-            self.post_quantum.is_some(),
-            self.heartbeat_interval.is_some(),
-            self.heartbeat_count.is_some(),
+            ("no-autoupdate", self.no_autoupdate.is_some()),
+            ("autoupdate-freq", self.autoupdate_freq.is_some()),
+            ("protocol", self.protocol.is_some()),
+            ("edge-ip-version", self.edge_ip_version.is_some()),
+            ("edge-bind-address", self.edge_bind_address.is_some()),
+            ("region", self.region.is_some()),
+            ("retries", self.retries.is_some()),
+            ("tag", self.tag.is_some()),
+            ("transport-loglevel", self.transport_loglevel.is_some()),
+            ("proto-loglevel", self.proto_loglevel.is_some()),
+            ("metrics-update-freq", self.metrics_update_freq.is_some()),
+            ("compression-quality", self.compression_quality.is_some()),
+            ("warp-routing", self.warp_routing.is_some()),
+            ("post-quantum", self.post_quantum.is_some()),
+            ("heartbeat-interval", self.heartbeat_interval.is_some()),
+            ("heartbeat-count", self.heartbeat_count.is_some()),
         ];
-        IGNORED_KEYS
-            .iter()
-            .zip(set)
+        set.into_iter()
             .filter(|(_, set)| *set)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| (k, ignored_key_reason(k)))
             .collect()
     }
 }
@@ -1008,6 +996,26 @@ fn fuzz_checks(cfg: TunnelConfig) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_ignored_key_is_noticed_with_its_reason_from_the_one_table() {
+        let json = r#"{"no-autoupdate": true, "autoupdate-freq": "24h", "protocol": "quic",
+            "edge-ip-version": "auto", "edge-bind-address": "10.0.0.1", "region": "us",
+            "retries": 5, "tag": ["a=b"], "transport-loglevel": "warn",
+            "proto-loglevel": "warn", "metrics-update-freq": "5s", "compression-quality": 0,
+            "warp-routing": {"enabled": true}, "post-quantum": true,
+            "heartbeat-interval": "5s", "heartbeat-count": 5}"#;
+        let cfg: TunnelConfig = serde_json::from_str(json).expect("every ignored key reads");
+        let got = cfg.ignored_keys();
+        assert_eq!(got.len(), 16, "{got:?}");
+        for flag in crate::cloudflared::IGNORED {
+            assert!(
+                got.contains(&(flag.flag, flag.why)),
+                "{}: {got:?}",
+                flag.flag
+            );
+        }
+    }
 
     #[test]
     fn a_bad_tunnel_token_says_what_it_is_without_quoting_it() {
