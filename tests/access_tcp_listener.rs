@@ -253,7 +253,22 @@ fn cloudflared_access_flags_and_variables_set_up_the_listener() {
         .expect("access tcp from TUNNEL_SERVICE_HOSTNAME/_URL listens there");
     ssh_via(&chain, c, "tcp-from-env", &from_env);
 
-    for child in [&ssh_url, &listener, &from_env] {
+    // cloudflared's short forms: -T for the hostname, -L for the listener.
+    let d = free_port();
+    let listen = format!("127.0.0.1:{d}");
+    let mut cmd = base(&["tcp", "-T", "tcp.localhost", "-L", &listen, "--loglevel", "info"]);
+    cmd.env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
+        .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
+    let short = Child::spawn("access-tcp-short-flags", cmd, chain.dir.path());
+    short
+        .wait_for_stderr(
+            &format!("listening on {listen} for tcp.localhost"),
+            Duration::from_secs(10),
+        )
+        .expect("access tcp -T H -L ADDR listens there");
+    ssh_via(&chain, d, "tcp-short-flags", &short);
+
+    for child in [&ssh_url, &listener, &from_env, &short] {
         assert!(
             !child.stderr_text().contains(&chain.token.secret),
             "{}: the secret is logged",
