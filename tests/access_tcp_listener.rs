@@ -256,7 +256,15 @@ fn cloudflared_access_flags_and_variables_set_up_the_listener() {
     // cloudflared's short forms: -T for the hostname, -L for the listener.
     let d = free_port();
     let listen = format!("127.0.0.1:{d}");
-    let mut cmd = base(&["tcp", "-T", "tcp.localhost", "-L", &listen, "--loglevel", "info"]);
+    let mut cmd = base(&[
+        "tcp",
+        "-T",
+        "tcp.localhost",
+        "-L",
+        &listen,
+        "--loglevel",
+        "info",
+    ]);
     cmd.env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
         .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
     let short = Child::spawn("access-tcp-short-flags", cmd, chain.dir.path());
