@@ -2485,6 +2485,20 @@ fn access_logout(cache: &access::TokenCache, hostname: Option<&str>) -> Res {
                 access::application(h).map_err(|e| usage(format!("access logout: {e}")))?;
             cache.remove(&h).map_err(AccessError::from)?;
             eprintln!("Removed the cached token for {h}");
+            // The zone session would mint the next token without a browser: a logout from
+            // one application of a zone logs out of the zone (its other tokens stay until
+            // they expire or `access logout` without a hostname).
+            let mut zone = Some(h.as_str());
+            while let Some(z) = zone {
+                let had = cache
+                    .load_zone_session(z)
+                    .is_some_and(|(found, _)| found == z);
+                cache.remove_zone_session(z).map_err(AccessError::from)?;
+                if had {
+                    eprintln!("Removed the zone session for {z}: the next login opens a browser");
+                }
+                zone = z.split_once('.').map(|(_, parent)| parent);
+            }
         }
         None => {
             let n = cache.remove_all().map_err(AccessError::from)?;

@@ -213,3 +213,38 @@ fn no_browser_prints_the_login_url_and_starts_no_browser() {
     );
     zone_session(&sso, "alice");
 }
+
+/// `access logout H` logs out of H's zone too: without that, the cached zone session would
+/// mint H's next token at once, and "logged out" would mean nothing.
+#[test]
+fn logout_from_an_application_ends_the_zone_session_too() {
+    let sso = Sso::start("zone-logout");
+    let (ok, stderr) = sso.login("alice", "ssh.localhost", DEFAULT_EXPECT);
+    assert!(ok, "alice's login failed: {stderr}");
+    let tokens = sso.home("alice").join(".postern/tokens");
+    assert!(tokens.join("localhost.zone").exists() && tokens.join("ssh.localhost.jwt").exists());
+    let out = support::run_with_deadline(
+        postern(&sso.home("alice")).args(["access", "logout", "ssh.localhost"]),
+        Duration::from_secs(30),
+        "postern access logout ssh.localhost",
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("zone session for localhost"), "{said}");
+    assert!(
+        !tokens.join("ssh.localhost.jwt").exists(),
+        "the app token is gone"
+    );
+    assert!(
+        !tokens.join("localhost.zone").exists(),
+        "the zone session is gone"
+    );
+    // The next token for the zone needs a browser login again.
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args(["access", "login", "other.localhost", "--no-browser"])
+        .args(["--edge", &sso.edge_addr, "--ca"])
+        .arg(sso.ca());
+    let cli = Child::spawn("token-after-logout", cmd, sso.dir.path());
+    let (url, _) = login_prompt(&cli);
+    assert!(url.contains(BROWSER_PROMPT), "{url}");
+}
