@@ -2460,12 +2460,15 @@ fn access_curl(args: Vec<OsString>) -> Res {
     let (hostname, _) =
         access::application(&url).map_err(|e| usage(format!("access curl: {e}")))?;
     let curl_args: Vec<OsString> = p.raw_args()?.collect();
+    if let Some(why) = access::curl::refusal(&url, &curl_args) {
+        return Err(usage(format!("access curl: {why}")));
+    }
     let cache = access::TokenCache::open_default().map_err(CliError::Home)?;
+    let edge = edge.or_else(|| env_var("POSTERN_EDGE"));
+    let edge_given = edge.is_some();
     let opts = AccessOptions {
         // URL's port is the HTTP service's, not the edge's.
-        edge: edge
-            .or_else(|| env_var("POSTERN_EDGE"))
-            .unwrap_or_else(|| format!("{hostname}:443")),
+        edge: edge.unwrap_or_else(|| format!("{hostname}:443")),
         hostname,
         extra_ca: ca.or_else(|| env_var("POSTERN_CA").map(PathBuf::from)),
         credentials: Credentials::None,
@@ -2473,7 +2476,7 @@ fn access_curl(args: Vec<OsString>) -> Res {
         resume_granted: None,
         destination: None,
     };
-    let code = access::curl::curl(&opts, &cache, &url, &curl_args)?;
+    let code = access::curl::curl(&opts, &cache, &url, &curl_args, edge_given)?;
     Ok(ExitCode::from(code))
 }
 

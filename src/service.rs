@@ -951,11 +951,14 @@ pub fn uninstall(
     })?;
     say(format!("removed {}", path.display()));
     if let Some(file) = token_file {
-        std::fs::remove_file(&file).map_err(|err| ServiceError::Io {
-            what: format!("cannot remove the token file {}", file.display()),
-            err,
-        })?;
-        say(format!("removed the tunnel token in {}", file.display()));
+        // A failure here must not keep systemd from forgetting the unit below.
+        match std::fs::remove_file(&file) {
+            Ok(()) => say(format!("removed the tunnel token in {}", file.display())),
+            Err(err) => say(format!(
+                "could not remove the tunnel token in {}: {err}; remove it by hand",
+                file.display()
+            )),
+        }
     }
     if systemctl {
         run("systemctl", &["daemon-reload"])?;
@@ -977,6 +980,10 @@ fn token_environment_file(unit: &str) -> Option<PathBuf> {
         .find_map(|l| l.strip_prefix("EnvironmentFile="))?
         .replace("%%", "%");
     let file = PathBuf::from(file);
+    // An absolute path, as `service install` writes (not systemd's optional `-/path` form).
+    if !file.is_absolute() {
+        return None;
+    }
     let text = read_small_text(&file)?;
     let mut lines = text.lines();
     let only_token = lines.next()?.starts_with("TUNNEL_TOKEN=") && lines.next().is_none();
@@ -987,9 +994,12 @@ fn token_environment_file(unit: &str) -> Option<PathBuf> {
 fn read_small_text(path: &Path) -> Option<String> {
     use std::io::Read;
     let mut text = String::new();
-    std::fs::File::open(path)
-        .ok()?
-        .take(crate::limits::TOKEN_FILE_READ_MAX)
+    let file = std::fs::File::open(path).ok()?;
+    // Larger than the bound: not all of it would be read, so not all of it checked.
+    if file.metadata().ok()?.len() > crate::limits::TOKEN_FILE_READ_MAX {
+        return None;
+    }
+    file.take(crate::limits::TOKEN_FILE_READ_MAX)
         .read_to_string(&mut text)
         .ok()?;
     Some(text)

@@ -87,7 +87,7 @@ pub(crate) fn open_authorized(
         }
         _ => None,
     };
-    let token = app_token(opts, cfg, cache, refused.as_ref())?;
+    let token = app_token(opts, cfg, cache, refused.as_ref(), true)?;
     opts.credentials = Credentials::AppToken(token);
     match connect(opts, cfg) {
         Ok(conn) => Ok(conn),
@@ -111,17 +111,25 @@ pub(crate) fn open_authorized(
 }
 
 /// `access curl`: an app token for `opts.hostname` as `access ssh` gets one when the edge
-/// asks: a cached token with [`REFRESH_MARGIN`] left, else the zone session's (no browser),
-/// else [`app_token`]'s (a browser login, unless a parallel process brings one), cached.
-pub(crate) fn token_for(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
+/// asks: a cached token with [`REFRESH_MARGIN`] left, else (with `zone_sessions`) the zone
+/// session's (no browser), else [`app_token`]'s (a browser login, unless a parallel process
+/// brings one), cached. Without `zone_sessions` the zone session is never sent: curl's
+/// default edge is the URL's host, which may be any web server of the zone.
+pub(crate) fn token_for(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    zone_sessions: bool,
+) -> Result<Secret, AccessError> {
     if let Some(t) = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN) {
         return Ok(t);
     }
     let cfg = super::client_config(opts.extra_ca.as_deref())?;
-    if let Some(t) = zone_token(opts, &cfg, cache)? {
-        return Ok(t);
+    if zone_sessions {
+        if let Some(t) = zone_token(opts, &cfg, cache)? {
+            return Ok(t);
+        }
     }
-    app_token(opts, &cfg, cache, None)
+    app_token(opts, &cfg, cache, None, zone_sessions)
 }
 
 /// A usable app token for `opts.hostname`: a cached one (other than `refused`), the one a
@@ -131,13 +139,16 @@ fn app_token(
     cfg: &Arc<ClientConfig>,
     cache: &TokenCache,
     refused: Option<&Secret>,
+    zone_sessions: bool,
 ) -> Result<Secret, AccessError> {
     let differs = |t: &Secret| refused.is_none_or(|r| r.expose() != t.expose());
     if let Some(t) = cache.load(&opts.hostname).filter(differs) {
         return Ok(t);
     }
-    if let Some(t) = zone_token(opts, cfg, cache)?.filter(differs) {
-        return Ok(t);
+    if zone_sessions {
+        if let Some(t) = zone_token(opts, cfg, cache)?.filter(differs) {
+            return Ok(t);
+        }
     }
     let guard = match login_lock::acquire(cache, &opts.hostname, &LockTiming::default(), refused) {
         Ok(Acquired::Token(t)) => return Ok(t),

@@ -5,9 +5,9 @@
 //! ```text
 //!  curl on PATH? ─no─▶ error (before any login)
 //!      │
-//!  token for H: cached (with REFRESH_MARGIN left) ─▶ the zone session's ─▶ a browser login
+//!  token for H: cached (with REFRESH_MARGIN left) ─▶ the zone session's (only with --edge) ─▶ a browser login
 //!      │        (as `access ssh` gets one; cached the same way)
-//!  header file ~/.postern/tokens/.curl-<random> (0600, created new) ─▶ curl URL ARGS -H @file
+//!  header file ~/.postern/tokens/.curl-<random> (0600, created new) ─▶ curl -H @file URL ARGS
 //!      │
 //!  curl exits ─▶ the file is removed ─▶ postern exits with curl's status
 //! ```
@@ -38,15 +38,19 @@ const HEADER_PREFIX: &str = ".curl-header-";
 const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs curl (see the module doc); returns the exit code for postern to exit with.
+///
+/// `edge_given`: the edge was named (`--edge`, `POSTERN_EDGE`), not taken from the URL; only
+/// then may the zone session be exchanged there.
 pub fn curl(
     opts: &AccessOptions,
     cache: &TokenCache,
     url: &str,
     args: &[OsString],
+    edge_given: bool,
 ) -> Result<u8, AccessError> {
     let program = find_on_path("curl").ok_or(AccessError::CurlMissing)?;
     remove_leftovers(cache.dir());
-    let token = token_for(opts, cache)?;
+    let token = token_for(opts, cache, edge_given)?;
     let local = |what, error| AccessError::Local { what, error };
     cache.ensure_dir().map_err(AccessError::Cache)?;
     let header = HeaderFile::create(cache.dir(), token.expose())
@@ -63,11 +67,12 @@ pub fn curl(
     }
     let mut header_arg = OsString::from("@");
     header_arg.push(header.path.as_os_str());
+    // The header first: after the user's arguments, a trailing `-o` or `--` would take it.
     let status = Command::new(&program)
-        .arg(url)
-        .args(args)
         .arg("-H")
         .arg(header_arg)
+        .arg(url)
+        .args(args)
         .status()
         .map_err(|e| local("running curl", e))?;
     drop(header);
@@ -76,6 +81,45 @@ pub fn curl(
         (None, Some(s)) => u8::try_from(128 + s).unwrap_or(1),
         (None, None) => 1,
     })
+}
+
+/// Why curl must not be run with `url` and `args`, if it must not: a redirect followed by
+/// curl keeps the `cf-access-token` header on another host (curl drops only Authorization
+/// and Cookie), and plain HTTP carries it in clear beyond this machine.
+pub fn refusal(url: &str, args: &[OsString]) -> Option<String> {
+    let follows = args.iter().filter_map(|a| a.to_str()).any(|a| {
+        matches!(a, "--location" | "--location-trusted")
+            || (a.starts_with('-') && !a.starts_with("--") && a.contains('L'))
+    });
+    if follows {
+        return Some(
+            "curl would follow redirects (-L, --location) with the token to any host they \
+             name: follow them yourself, each with its own access curl"
+                .into(),
+        );
+    }
+    let lower = url.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("http://") {
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host.split(':').next().unwrap_or_default(),
+        };
+        let loopback = host == "localhost"
+            || host.ends_with(".localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            return Some(
+                "plain http:// would carry the token in clear: use https://, or http:// to \
+                 this machine only (localhost and *.localhost, 127.0.0.1, ::1)"
+                    .into(),
+            );
+        }
+    }
+    None
 }
 
 /// `name` in a directory of `PATH`, as an executable file.
@@ -141,5 +185,32 @@ impl HeaderFile {
 impl Drop for HeaderFile {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn redirects_and_plain_http_beyond_this_machine_are_refused() {
+        let https = "https://app.example.com/x";
+        assert_eq!(refusal(https, &args(&["-s", "-H", "x: y"])), None);
+        for follow in ["-L", "-sL", "--location", "--location-trusted"] {
+            assert!(refusal(https, &args(&["-s", follow])).is_some(), "{follow}");
+        }
+        assert!(refusal("http://app.example.com/", &[]).is_some());
+        assert!(refusal("HTTP://10.0.0.1:8080/", &[]).is_some());
+        for ok in [
+            "http://localhost:8080/",
+            "http://127.0.0.1/a",
+            "http://[::1]:81/",
+        ] {
+            assert_eq!(refusal(ok, &[]), None, "{ok}");
+        }
     }
 }

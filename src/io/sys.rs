@@ -109,6 +109,9 @@ pub const HEAP_TRIM_THRESHOLD: usize = 4 << 20;
 /// 128 KiB batch of records freed at the top of the heap is more than glibc's default trim
 /// threshold (128 KiB), so every batch cost a `brk` to give the pages back and page faults to
 /// take them again: 3 600 `brk` calls per 512 MiB through the edge, with the faults on top.
+/// Setting it ends glibc's own raising of the mmap threshold (128 KiB), which would leave
+/// every stream and connection buffer of 128 KiB or more to an `mmap` and `munmap` of its
+/// own: the threshold is set too, to [`HEAP_MMAP_THRESHOLD`].
 /// Call it first thing in `main`, before any thread starts. Other C libraries (musl) keep
 /// their own policy: nothing is done there.
 pub fn keep_freed_heap() {
@@ -117,8 +120,12 @@ pub fn keep_freed_heap() {
     // and writes no memory of ours. Called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD as libc::c_int);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD as libc::c_int);
     }
 }
+
+/// Allocations from this size on get their own mapping ([`keep_freed_heap`]).
+pub const HEAP_MMAP_THRESHOLD: usize = 1 << 20;
 
 #[cfg(test)]
 mod tests {
