@@ -163,6 +163,20 @@ fn a_silent_edge_for_one_connection_does_not_hold_up_the_next() {
 }
 
 /// `ssh -p PORT user@127.0.0.1 echo MARKER` through a local listener; asserts MARKER.
+/// Starts `cmd`, an `access tcp` that is to listen on 127.0.0.1:`port` for tcp.localhost,
+/// waits until it says so, and runs ssh through it.
+fn listening_for_ssh(chain: &Chain, name: &str, cmd: std::process::Command, port: u16) -> Child {
+    let child = Child::spawn(name, cmd, chain.dir.path());
+    child
+        .wait_for_stderr(
+            &format!("listening on 127.0.0.1:{port} for tcp.localhost"),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{name} must listen on {port}: {e}"));
+    ssh_via(chain, port, name, &child);
+    child
+}
+
 fn ssh_via(chain: &Chain, port: u16, marker: &str, listener: &Child) {
     let mut c = Command::new("ssh");
     c.args(chain.sshd.ssh_options())
@@ -230,28 +244,14 @@ fn cloudflared_access_flags_and_variables_set_up_the_listener() {
         .args(["--loglevel", "info"])
         .env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
         .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
-    let listener = Child::spawn("access-tcp-listener", cmd, chain.dir.path());
-    listener
-        .wait_for_stderr(
-            &format!("listening on 127.0.0.1:{b}"),
-            Duration::from_secs(10),
-        )
-        .expect("access tcp --listener listens there");
-    ssh_via(&chain, b, "tcp-with-listener", &listener);
+    let listener = listening_for_ssh(&chain, "tcp-with-listener", cmd, b);
 
     let mut cmd = base(&["tcp", "--loglevel", "info"]);
     cmd.env("TUNNEL_SERVICE_HOSTNAME", "tcp.localhost")
         .env("TUNNEL_SERVICE_URL", format!("127.0.0.1:{c}"))
         .env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
         .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
-    let from_env = Child::spawn("access-tcp-env", cmd, chain.dir.path());
-    from_env
-        .wait_for_stderr(
-            &format!("listening on 127.0.0.1:{c} for tcp.localhost"),
-            Duration::from_secs(10),
-        )
-        .expect("access tcp from TUNNEL_SERVICE_HOSTNAME/_URL listens there");
-    ssh_via(&chain, c, "tcp-from-env", &from_env);
+    let from_env = listening_for_ssh(&chain, "tcp-from-env", cmd, c);
 
     // cloudflared's short forms: -T for the hostname, -L for the listener.
     let d = free_port();
@@ -267,14 +267,7 @@ fn cloudflared_access_flags_and_variables_set_up_the_listener() {
     ]);
     cmd.env("TUNNEL_SERVICE_TOKEN_ID", &chain.token.id)
         .env("TUNNEL_SERVICE_TOKEN_SECRET", &chain.token.secret);
-    let short = Child::spawn("access-tcp-short-flags", cmd, chain.dir.path());
-    short
-        .wait_for_stderr(
-            &format!("listening on {listen} for tcp.localhost"),
-            Duration::from_secs(10),
-        )
-        .expect("access tcp -T H -L ADDR listens there");
-    ssh_via(&chain, d, "tcp-short-flags", &short);
+    let short = listening_for_ssh(&chain, "tcp-short-flags", cmd, d);
 
     for child in [&ssh_url, &listener, &from_env, &short] {
         assert!(

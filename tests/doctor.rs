@@ -467,9 +467,21 @@ fn the_tunnel_doctor_checks_a_named_tunnel_from_its_config_credentials_file_or_t
     assert_named_ok(&run);
     assert!(!run.stdout.contains(&token) && !stderr.contains(&token));
 
-    // None of this registered anything at the edge.
+    // None of this registered anything at the edge; each look is in its audit log.
     let info = admin(&["info", "web"]);
     assert!(info.contains("has no active connection"), "{info}");
+    support::audit_when(
+        &e.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the doctor's reads of the tunnel's own record",
+        |t| {
+            t.lines()
+                .filter(|l| l.contains("\"tunnel_admin\"") && l.contains("\"self\""))
+                .filter(|l| l.contains(&id) && l.contains("\"allow\""))
+                .count()
+                >= 3
+        },
+    );
 
     // A bad token: not a tunnel token at all; the token of a tunnel since deleted.
     let (run, stderr) = named_doctor(&home, &["--url", &url], |c| {

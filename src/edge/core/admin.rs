@@ -234,7 +234,11 @@ impl EdgeCore {
         let path = head.target.split('?').next().unwrap_or_default();
         if let (Some(c), Some(id)) = (&cert, cert.as_ref().and_then(pki::tunnel_id)) {
             if head.method == "GET" && path == "/v1/self" {
-                return Some(self.own_tunnel(&id, &pki::fingerprint(c)));
+                let answer = self.own_tunnel(&id, &pki::fingerprint(c));
+                audit.insert("action".into(), "self".into());
+                audit.insert("tunnel".into(), id.clone().into());
+                self.admin_audit(audit, &answer);
+                return Some(answer);
             }
         }
         let Some(zone) = cert.as_ref().and_then(pki::origin_zone) else {

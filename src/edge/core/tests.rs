@@ -863,19 +863,23 @@ fn garbage_instead_of_a_request_head_is_refused_400() {
     assert_eq!(status(&c.received), 400);
 }
 
-#[test]
-fn a_masked_frame_error_from_the_client_closes_its_carrier_and_resets_its_stream() {
-    let mut pipe = Pipe::new();
-    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
-    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
-    let events = pipe.origin_events(&mut t, &mut origin);
-    let stream = events
+/// The stream the edge opened toward the origin, among `events`.
+fn opened_stream(events: &[OriginEvent]) -> u32 {
+    events
         .iter()
         .find_map(|e| match e {
             OriginEvent::Open { stream, .. } => Some(*stream),
             _ => None,
         })
-        .expect("OPEN");
+        .expect("OPEN")
+}
+
+#[test]
+fn a_masked_frame_error_from_the_client_closes_its_carrier_and_resets_its_stream() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    let stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
     // Client frames must be masked: an unmasked one is a protocol error.
     pipe.send(&mut c, &[0x82, 0x03, b'a', b'b', b'c']);
     assert_eq!(c.received.first(), Some(&0x88), "a Close frame");
@@ -898,14 +902,7 @@ fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
     let mut pipe = Pipe::new();
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
     let mut c = pipe.streaming_carrier(peer_addr(10, 1));
-    let events = pipe.origin_events(&mut t, &mut origin);
-    let stream = events
-        .iter()
-        .find_map(|e| match e {
-            OriginEvent::Open { stream, .. } => Some(*stream),
-            _ => None,
-        })
-        .expect("OPEN");
+    let stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
     // The origin grants the most credit a stream may hold: 16 windows.
     let mut credit = Vec::new();
     mux::encode(
