@@ -33,16 +33,7 @@ fn local_listener_carries_plain_ssh() {
         .wait_for_stderr("listening on", Duration::from_secs(10))
         .expect("access tcp did not start listening");
 
-    let ssh = |marker: &str| {
-        let mut c = Command::new("ssh");
-        c.args(chain.sshd.ssh_options())
-            .arg("-p")
-            .arg(port.to_string())
-            .arg(format!("{}@127.0.0.1", chain.sshd.user))
-            .arg(format!("echo {marker}"))
-            .stdin(Stdio::null());
-        c
-    };
+    let ssh = |marker: &str| ssh_command(&chain, port, marker);
     for round in 0..2 {
         let marker = format!("via-local-listener-{round}");
         let out = run_with_deadline(&mut ssh(&marker), Duration::from_secs(30), "ssh -p");
@@ -177,7 +168,8 @@ fn listening_for_ssh(chain: &Chain, name: &str, cmd: std::process::Command, port
     child
 }
 
-fn ssh_via(chain: &Chain, port: u16, marker: &str, listener: &Child) {
+/// `ssh -p port user@127.0.0.1 echo marker` to the chain's sshd.
+fn ssh_command(chain: &Chain, port: u16, marker: &str) -> Command {
     let mut c = Command::new("ssh");
     c.args(chain.sshd.ssh_options())
         .arg("-p")
@@ -185,6 +177,11 @@ fn ssh_via(chain: &Chain, port: u16, marker: &str, listener: &Child) {
         .arg(format!("{}@127.0.0.1", chain.sshd.user))
         .arg(format!("echo {marker}"))
         .stdin(Stdio::null());
+    c
+}
+
+fn ssh_via(chain: &Chain, port: u16, marker: &str, listener: &Child) {
+    let mut c = ssh_command(chain, port, marker);
     let out = run_with_deadline(&mut c, Duration::from_secs(30), "ssh -p");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == marker,

@@ -53,6 +53,27 @@ fn strip_edge_ca(cert: &Path) {
     fs::write(cert, format!("{kept}{rest}")).unwrap();
 }
 
+/// An sshd, an edge, a service token and an origin certificate (`cert.pem`) without the
+/// edge's CA: only `--cacert` or `TUNNEL_CACERT` can make a tunnel trust the edge.
+fn without_the_edge_ca(
+    name: &str,
+) -> (
+    support::TempDir,
+    Sshd,
+    Edge,
+    support::ServiceToken,
+    std::path::PathBuf,
+) {
+    let dir = temp_dir(name);
+    let sshd = Sshd::start(dir.path());
+    let edge = Edge::start(dir.path());
+    let token = service_token(&edge.state, "e2e");
+    let cert = dir.join("cert.pem");
+    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
+    strip_edge_ca(&cert);
+    (dir, sshd, edge, token, cert)
+}
+
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -122,13 +143,7 @@ fn logfile_and_pidfile_follow_the_tunnel_as_in_cloudflared() {
 #[test]
 fn a_tunnel_started_from_tunnel_env_vars_alone_serves_ssh() {
     require_all();
-    let dir = temp_dir("cf-env");
-    let sshd = Sshd::start(dir.path());
-    let edge = Edge::start(dir.path());
-    let token = service_token(&edge.state, "e2e");
-    let cert = dir.join("cert.pem");
-    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
-    strip_edge_ca(&cert);
+    let (dir, sshd, edge, token, cert) = without_the_edge_ca("cf-env");
     let metrics = metrics_listen();
     let logfile = dir.join("env.log");
     let mut cmd = postern(&dir.join("home"));
@@ -436,13 +451,7 @@ fn a_tunnel_runs_from_its_token_alone() {
 #[test]
 fn every_ignored_cloudflared_flag_is_noticed_with_its_reason_and_the_tunnel_serves() {
     require_all();
-    let dir = temp_dir("cf-ignored");
-    let sshd = Sshd::start(dir.path());
-    let edge = Edge::start(dir.path());
-    let token = service_token(&edge.state, "e2e");
-    let cert = dir.join("cert.pem");
-    support::origin_cert(&edge.state, "localhost", &cert, &edge.addr);
-    strip_edge_ca(&cert);
+    let (dir, sshd, edge, token, cert) = without_the_edge_ca("cf-ignored");
     let pidfile = dir.join("run/postern.pid");
     fs::create_dir_all(pidfile.parent().unwrap()).unwrap();
     let metrics = metrics_listen();
