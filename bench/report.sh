@@ -57,6 +57,7 @@ MIB=1048576
     echo "Chains (loadgen = \`examples/loadgen.rs\`, sink = \`loadgen sink\`):"
     echo
     echo "- **raw**: loadgen → sink."
+    echo "- **relay3**: loadgen → \`loadgen relay\` → \`loadgen relay\` → \`loadgen relay\` → sink: three processes that only copy (two threads per connection, blocking 256 KiB reads and writes, no crypto), like postern's three: the kernel's floor of such a chain on this machine."
     echo "- **postern**: loadgen → \`postern access tcp\` ═TLS+WebSocket═▶ \`postern edge\` ◀═TLS═ \`postern tunnel\` → sink (service token; 2 encrypted hops)."
     echo "- **websocat-ws / -wss**: loadgen → \`websocat -b tcp-l: ws(s)://\` → \`websocat -b ws(s)-l: tcp:\` → sink (wss: 1 encrypted hop, pkcs12, \`-k\`)."
     echo "- **rathole-tcp / -noise / -tls**: loadgen → rathole server (visitor port) ⇐ rathole client → sink (noise, tls: 1 encrypted hop)."
@@ -91,6 +92,13 @@ MIB=1048576
         procs="$(awk -F'\t' -v c="$c" '$1 == "cpu" && $2 == c && $3 != "total" && $3 != "per_hop" {print $3}' "$TSV" | sort -u)"
         per=""
         for p in $procs; do per="$per${per:+, }$p $(cell cpu "$c" "$p" 2)"; done
+        if [ "$c" = postern ]; then
+            # Each postern process against its own AES passes: access and tunnel one, the edge two.
+            per=""
+            for r in access:1 edge:2 tunnel:1; do
+                per="$per${per:+, }${r%:*} $(cell cpu "$c" "${r%:*}" 2) ($(calc "$(med cpu "$c" "${r%:*}") / (${r#*:} * $aes_hop / 2)")× its AES)"
+            done
+        fi
         hop="$(med cpu "$c" per_hop)"
         if [ -n "$hop" ]; then
             echo "| $c | $per | $(cell cpu "$c" total 2) | $(cell cpu "$c" per_hop 2) | $(calc "$hop / $aes_hop") |"
@@ -99,6 +107,18 @@ MIB=1048576
         fi
     done
     echo
+
+    if has relay3; then
+        floor="$(calc "$(med cpu relay3 total) + 4 * $aes_hop / 2")"
+        echo "**The floor of this machine.** postern's chain is three processes and four AES passes (access"
+        echo "and tunnel one each, the edge two). Three processes that only copy (relay3) cost"
+        echo "$(med cpu relay3 total) s/GiB here, the kernel's part; four AES passes at \`openssl speed\`'s rate cost"
+        echo "$(calc "4 * $aes_hop / 2") s/GiB. So no three-process, two-hop chain can cost less than $floor s/GiB on this machine;"
+        echo "postern's $(med cpu postern total) s/GiB is $(calc "$(med cpu postern total) / $floor")× that floor. The issue's target (1.5× the AES"
+        echo "limit per hop: $(calc "2 * 1.5 * $aes_hop") s/GiB for the chain) is below it whenever relay3 costs more than"
+        echo "$(calc "2 * 1.5 * $aes_hop - 4 * $aes_hop / 2") s/GiB."
+        echo
+    fi
 
     # --- latency --------------------------------------------------------------------------
     raw50="$(med pingpong raw p50_us)"; raw99="$(med pingpong raw p99_us)"
@@ -147,8 +167,65 @@ MIB=1048576
     echo "| release binary (\`strip = true\` in Cargo.toml) / after \`strip\` | $(calc "$BENCH_BIN_SIZE / $MIB") MiB / $(calc "$BENCH_STRIPPED_SIZE / $MIB") MiB |"
     echo
 
+    # --- targets of issue 17 ---------------------------------------------------------------
+    # Instruction counts and the interactive latency come from the --instructions run of the
+    # same invocation (BENCH_INSTR_TSV); without it (a quick run) those rows say so.
+    ITSV="${BENCH_INSTR_TSV:-}"
+    imed() { [ -s "$ITSV" ] && TSV="$ITSV" med "$@"; }
+    echo "## Targets (issue 17)"
+    echo
+    echo "| target | measured | |"
+    echo "|---|---|---|"
+    p_hop="$(med cpu postern per_hop)"
+    echo "| CPU per encrypted hop ≤ 1.5× the AES-GCM limit (CPU seconds) | $p_hop vs $aes_hop s/GiB ($(calc "$p_hop / $aes_hop")×) | $(ok "$p_hop <= 1.5 * $aes_hop") |"
+    if has relay3; then
+        echo "| (the same against this machine's floor: relay3 + four AES passes, see the CPU section) | $(med cpu postern total) vs $floor s/GiB ($(calc "$(med cpu postern total) / $floor")×) | |"
+    fi
+    aes_i="$(imed instr aes128gcm per_gib || true)"
+    if [ -n "$aes_i" ]; then
+        chain=0
+        per=""
+        for r in access:1 edge:2 tunnel:1; do
+            n="$(imed instr postern "${r%:*}")"
+            chain="$(awk -v a="$chain" -v b="$n" 'BEGIN {printf "%.0f", a + b}')"
+            per="$per${per:+, }${r%:*} $(calc "$n / (${r#*:} * $aes_i)")×"
+        done
+        x="$(calc "$chain / (4 * $aes_i)")"
+        echo "| the same in instructions (callgrind; the noise-free stand-in), per process against its own AES passes | $per; per hop ${x}× | $(ok "$x <= 1.5") |"
+    else
+        echo "| the same in instructions (callgrind) | not run (quick run) | — |"
+    fi
+    for peer in rathole-tls websocat-wss; do
+        has "$peer" || { echo "| bulk ≥ 1.2× $peer | $peer did not run | — |"; continue; }
+        u="$(calc "$p_up / $(med bulk "$peer" upload_mbps)")"; d="$(calc "$p_down / $(med bulk "$peer" download_mbps)")"
+        echo "| bulk through the whole chain ≥ 1.2× $peer (up / down) | ${u}× / ${d}× | $(ok "$u >= 1.2 && $d >= 1.2") |"
+    done
+    idle99="$(imed latency idle p99_us || true)"
+    if [ -n "$idle99" ]; then
+        for dir in down up; do
+            b99="$(imed latency "bulk_$dir" p99_us)"
+            echo "| interactive: 1-byte ping-pong p99 beside bulk $dir on the same tunnel connection ≤ 2× idle p99 | $b99 vs $idle99 µs ($(calc "$b99 / $idle99")×) | $(ok "$b99 <= 2 * $idle99") |"
+        done
+    else
+        echo "| interactive: ping-pong p99 beside bulk ≤ 2× idle | not run (quick run) | — |"
+    fi
+    if [ -n "${BENCH_WORKERS:-}" ]; then
+        echo "| edge on every core: 8 parallel transfers, \`--workers 2\` vs \`--workers 1\` | $BENCH_WORKERS | |"
+    else
+        echo "| edge on every core: 8 parallel transfers, \`--workers 2\` vs \`--workers 1\` | \`--workers\` not built (designed: docs/design.md §2.9) | **missed** |"
+    fi
+    a99="$(calc "$(med pingpong postern p99_us) - $(med pingpong raw p99_us)")"
+    echo "| kept: added 1-byte RTT over raw ≤ 300 µs p99 | $a99 µs | $(ok "$a99 <= 300") |"
+    worst="$(for p in access edge tunnel; do med slow "$p" hwm_kb; done | sort -g | tail -n 1)"
+    echo "| kept: slow reader, every postern process < 32 MB RSS | largest $(calc "$worst * 1024 / 1e6") MB | $(ok "$worst * 1024 < 32e6") |"
+    both="$(calc "($(med idle postern edge_rss_kb) + $(med idle postern origin_rss_kb)) * 1024 / 1e6")"
+    echo "| kept: $BENCH_IDLE idle streams, edge + origin ≤ 200 MB | $both MB | $(ok "$both <= 200")$([ "$BENCH_IDLE" -lt 10000 ] && echo " (only $BENCH_IDLE streams)") |"
+    sm="$(calc "$BENCH_STRIPPED_SIZE / 1e6")"
+    echo "| kept: stripped binary ≤ 5 MB | $sm MB ($(calc "$BENCH_STRIPPED_SIZE / $MIB") MiB) | $(ok "$sm <= 5") |"
+    echo
+
     # --- targets --------------------------------------------------------------------------
-    echo "## Targets (issue 5)"
+    echo "## Earlier targets (issue 5)"
     echo
     echo "| target | measured | |"
     echo "|---|---|---|"

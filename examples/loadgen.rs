@@ -12,6 +12,8 @@
 //!                                         bulk data (paced to MBPS, else as fast as it can)
 //! loadgen connect ADDR COUNT              COUNT fresh connections: time to the greeting byte
 //! loadgen idle ADDR[,ADDR..] COUNT        hold COUNT established connections until stdin closes
+//! loadgen relay LISTEN TARGET             copy each connection to TARGET and back, no crypto:
+//!                                         the kernel's share of a relay process (the floor)
 //! ```
 //!
 //! The sink protocol: on accept the sink sends one greeting byte (so "established" means the
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         }
         ["connect", addr, n] => connect(addr, num(n)),
         ["idle", addrs, n] => idle(addrs, num(n)),
+        ["relay", listen, target] => relay(listen, target),
         _ => Err(io::Error::other(
             "usage: loadgen sink|probe|upload|download|pingpong|connect|idle ... (see source)",
         )),
@@ -84,6 +87,50 @@ fn num(s: &str) -> u64 {
         .parse::<u64>()
         .unwrap_or_else(|_| panic!("not a number: {s:?}"))
         * mult
+}
+
+// ------------------------------------------------------------------------------- relay
+
+/// The floor of a relay process on this machine: each connection copied to `target` and back
+/// by two threads with blocking reads and writes of up to [`CHUNK`], nothing else (no crypto,
+/// no framing, no event loop). What it costs per GiB is the kernel's share (loopback TCP in and
+/// out, wake-ups) that any relay pays; postern's processes pay it too, plus their own work.
+fn relay(listen: &str, target: &str) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    eprintln!("loadgen relay listening on {}", listener.local_addr()?);
+    for conn in listener.incoming() {
+        let Ok(client) = conn else { continue };
+        let target = target.to_owned();
+        thread::spawn(move || {
+            let Ok(server) = TcpStream::connect(&target) else {
+                return;
+            };
+            let _ = (client.set_nodelay(true), server.set_nodelay(true));
+            let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                return;
+            };
+            let up = thread::spawn(move || copy_half(client, server));
+            copy_half(s2, c2);
+            let _ = up.join();
+        });
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to` until EOF, then ends `to`'s write side.
+fn copy_half(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 // ------------------------------------------------------------------------------- sink
