@@ -24,6 +24,11 @@ pub const CONN_READ_BUFFER: usize = 128 * 1024;
 pub const TLS_READ_STAGE: usize = 64 * 1024;
 /// Plaintext produced per TLS connection per flush round (bounded outbound TLS backlog).
 pub const CONN_WRITE_BATCH: usize = 128 * 1024;
+/// The most an `access tcp` session moves each way in one turn of its loop before the other
+/// sessions of the loop get theirs (docs/design.md §2.8): a bulk upload would otherwise keep
+/// the loop until the edge's socket buffer filled (megabytes on loopback), and an interactive
+/// session beside it would wait that long.
+pub const SESSION_TURN_BYTES: usize = 256 * 1024;
 /// Largest WebSocket message payload accepted from a carrier peer.
 pub const MAX_WS_FRAME_PAYLOAD: u64 = 1024 * 1024;
 /// Largest HTTP request or response head.

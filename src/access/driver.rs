@@ -9,7 +9,7 @@
 
 use std::io;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::debug;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -21,7 +21,7 @@ use super::{authorize, client_config, event_loop, AccessError, AccessOptions, To
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
-use crate::limits::TLS_READ_STAGE;
+use crate::limits::{SESSION_TURN_BYTES, TLS_READ_STAGE};
 use crate::proto::resume;
 
 /// A failure of the connection to the edge once it is up.
@@ -50,7 +50,12 @@ impl LoopBufs {
 }
 
 pub(super) enum Progress {
+    /// Waiting for readiness.
     Running,
+    /// Stopped at its turn's bound ([`SESSION_TURN_BYTES`]) with input left: the loop calls
+    /// it again on its next pass without waiting (no readiness event would come for the
+    /// bytes already there).
+    More,
     Done,
 }
 
@@ -59,6 +64,8 @@ pub(super) struct Session {
     pub(super) tls: TlsConn,
     pub(super) local: Local,
     core: Splice,
+    /// The most it moves each way in one call of [`Session::pump`] ([`SESSION_TURN_BYTES`]).
+    turn: usize,
 }
 
 impl Session {
@@ -71,6 +78,7 @@ impl Session {
             tls,
             local,
             core: Splice::new(kind),
+            turn: SESSION_TURN_BYTES,
         }
     }
 
@@ -80,11 +88,18 @@ impl Session {
         registry: &Registry,
         bufs: &mut LoopBufs,
     ) -> Result<Progress, AccessError> {
+        // The edge's bytes this turn, taken from the TLS plaintext by the core.
+        let mut taken = 0;
         loop {
             let full = self.tls.read(&mut bufs.stage).map_err(edge_failed)?;
+            let before = self.tls.rx.len();
             let progress = self.step(registry, bufs)?;
-            if !(full && self.tls.has_room()) || matches!(progress, Progress::Done) {
+            taken += before.saturating_sub(self.tls.rx.len());
+            if !(full && self.tls.has_room()) || !matches!(progress, Progress::Running) {
                 return Ok(progress);
+            }
+            if taken >= self.turn {
+                return Ok(Progress::More);
             }
         }
     }
@@ -112,11 +127,18 @@ impl Session {
         // Local → edge, one bounded batch at a time. Flush first: the core must see what the
         // socket took since the last pass, or no event would ever resume reading the local side.
         self.flush()?;
+        let mut taken = 0;
+        let mut more = false;
         while self.core.wants_local_input() {
+            if taken >= self.turn {
+                more = true;
+                break;
+            }
             let buf = &mut bufs.local;
             match self.local.read(buf) {
                 Ok(0) => self.core.handle_local_eof(),
                 Ok(n) => {
+                    taken += n;
                     let header = self.core.handle_local_input(&mut buf[..n]);
                     self.tls.send_vectored(&[header.bytes(), &buf[..n]]);
                 }
@@ -143,7 +165,11 @@ impl Session {
             }
             self.flush()?;
         }
-        Ok(Progress::Running)
+        Ok(if more {
+            Progress::More
+        } else {
+            Progress::Running
+        })
     }
 
     /// Writes what the core has for the local side until it would block.
@@ -240,8 +266,9 @@ fn ssh_plain(tls: TlsConn, local: Local) -> Result<(), AccessError> {
     let mut events = Events::with_capacity(16);
     let mut bufs = LoopBufs::new();
     loop {
-        match s.pump(poll.registry(), &mut bufs) {
-            Ok(Progress::Running) => {}
+        let more = match s.pump(poll.registry(), &mut bufs) {
+            Ok(Progress::Running) => false,
+            Ok(Progress::More) => true,
             Ok(Progress::Done) => {
                 s.local.finish();
                 return Ok(());
@@ -250,11 +277,14 @@ fn ssh_plain(tls: TlsConn, local: Local) -> Result<(), AccessError> {
                 s.local.finish();
                 return Err(e);
             }
-        }
-        let timeout = s
-            .core
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(Instant::now()));
+        };
+        let timeout = if more {
+            Some(Duration::ZERO)
+        } else {
+            s.core
+                .poll_timeout()
+                .map(|at| at.saturating_duration_since(Instant::now()))
+        };
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(event_loop(e));
@@ -546,4 +576,114 @@ fn last_words(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::{mpsc, Arc};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::pki::Authority;
+    use crate::store::tests::TempDir;
+    use crate::store::StateDir;
+
+    /// `access tcp` runs every session on one loop: a session that took all the local input
+    /// there was (a bulk upload, faster than the edge path drains it) kept the loop for as long
+    /// as the edge's socket buffer took more, megabytes on loopback, while an interactive
+    /// session beside it waited. A call takes at most a turn's bytes and says `More`; the
+    /// calls that follow, without any readiness event, move the rest.
+    #[test]
+    fn a_bulk_upload_does_not_keep_the_loop_to_itself() {
+        let tmp = TempDir::new("access-turn");
+        let state = StateDir::open(&tmp.0).unwrap();
+        let ca = Authority::load_or_create(&state, "ca", "turn test CA").unwrap();
+        let (chain, key) = ca.issue_server(&["localhost".to_owned()]).unwrap();
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert_der()).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+
+        // The edge: a TLS server that counts the plaintext it receives.
+        let edge = TcpListener::bind("127.0.0.1:0").unwrap();
+        let edge_addr = edge.local_addr().unwrap();
+        let (count_tx, count_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let (sock, _) = edge.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut buf = vec![0; 64 * 1024];
+            let mut total = 0usize;
+            while let Ok(n) = tls.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                let _ = count_tx.send(total);
+            }
+        });
+        let mut sock = TcpStream::connect(edge_addr).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        sock.set_nonblocking(true).unwrap();
+        let tls = TlsConn::new(mio::net::TcpStream::from_std(sock), conn);
+
+        // The local side, with more queued than several turns.
+        let local = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut app = TcpStream::connect(local.local_addr().unwrap()).unwrap();
+        let (ours, _) = local.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        app.set_nonblocking(true).unwrap();
+        let chunk = [7u8; 16 * 1024];
+        let mut queued = 0;
+        while queued < 1024 * 1024 {
+            match app.write(&chunk) {
+                Ok(n) => queued += n,
+                Err(e) if would_block(&e) => break,
+                Err(e) => panic!("local write: {e}"),
+            }
+        }
+        let mut s = Session::new(tls, Local::Tcp(mio::net::TcpStream::from_std(ours)));
+        s.turn = 16 * 1024;
+        assert!(
+            queued >= 8 * s.turn,
+            "only {queued} bytes queued: the test needs several turns"
+        );
+
+        let poll = mio::Poll::new().unwrap();
+        let mut bufs = LoopBufs::new();
+        let first = s.pump(poll.registry(), &mut bufs).unwrap();
+        assert!(
+            matches!(first, Progress::More),
+            "one call took all {queued} queued bytes instead of a turn"
+        );
+        let mut calls = 1;
+        while matches!(s.pump(poll.registry(), &mut bufs).unwrap(), Progress::More) {
+            calls += 1;
+            assert!(calls < 10_000, "the turns never ended");
+        }
+        // A turn ends at the first read that reaches it: at most a turn and a read.
+        let most = s.turn + LOCAL_READ;
+        assert!(calls >= queued / most, "{calls} calls for {queued} bytes");
+        // Everything queued reached the edge (framed: a little more than the payload).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut received = 0;
+        while received < queued {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            received = count_rx
+                .recv_timeout(left)
+                .expect("the edge got less than was queued");
+            let _ = s.pump(poll.registry(), &mut bufs);
+        }
+    }
 }

@@ -223,15 +223,19 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
     let mut sessions: Vec<Option<Session>> = Vec::new();
     let mut events = Events::with_capacity(256);
     let mut bufs = LoopBufs::new();
+    // Sessions that stopped at their turn's bound with input left (`Progress::More`): run
+    // again on the next pass, which then does not wait.
+    let mut again: Vec<usize> = Vec::new();
     loop {
         // The splice's core keeps no timers (`core::Splice::poll_timeout` is always None), so
-        // this loop waits for readiness only.
-        if let Err(e) = poll.poll(&mut events, None) {
+        // this loop waits for readiness only, unless a session has more to do.
+        let timeout = (!again.is_empty()).then_some(std::time::Duration::ZERO);
+        if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(event_loop(e));
             }
         }
-        let mut touched = Vec::new();
+        let mut touched = std::mem::take(&mut again);
         let mut accept = false;
         for ev in events.iter() {
             match ev.token() {
@@ -266,12 +270,18 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
         if accept {
             setups.accept(&listener);
         }
+        touched.sort_unstable();
+        touched.dedup();
         for slot in touched {
             let Some(Some(s)) = sessions.get_mut(slot) else {
                 continue;
             };
             let done = match s.pump(poll.registry(), &mut bufs) {
                 Ok(Progress::Running) => false,
+                Ok(Progress::More) => {
+                    again.push(slot);
+                    false
+                }
                 Ok(Progress::Done) => true,
                 Err(e) => {
                     warn!("session ended: {e}");
