@@ -110,6 +110,9 @@ pub struct Splice {
     pong: Option<([u8; 125], usize)>,
     outputs: VecDeque<Output>,
     finished: bool,
+    /// The local side is gone (a write to it failed): the stream is abandoned, and the
+    /// session ends once our Close (GOING_AWAY) is out, without waiting for the edge's.
+    abandoned: bool,
 }
 
 impl Splice {
@@ -125,6 +128,7 @@ impl Splice {
             pong: None,
             outputs: VecDeque::new(),
             finished: false,
+            abandoned: false,
         }
     }
 
@@ -230,10 +234,16 @@ impl Splice {
         self.settle();
     }
 
-    /// Writing to the local side failed: it is gone, nothing more is delivered to it.
+    /// Writing to the local side failed: it is gone, nothing more is delivered to it. The
+    /// stream is abandoned, both ways: our Close says GOING_AWAY (the edge resets the stream,
+    /// and the origin closes its service connection), or, if our normal Close went out
+    /// already, the session simply ends. Discarding the edge's bytes until it ended the stream
+    /// would have let a download go on at full speed, for nobody, until the service stopped.
     pub fn local_write_failed(&mut self) {
         self.out.consume(self.out.len());
         self.local_write_shut = true;
+        self.abandoned = true;
+        self.end_local_input_with(ws::close::GOING_AWAY, "local side closed");
         self.settle();
     }
 
@@ -269,13 +279,18 @@ impl Splice {
 
     /// Reads no more from the local side and sends our Close.
     fn end_local_input(&mut self) {
+        self.end_local_input_with(ws::close::NORMAL, "");
+    }
+
+    /// [`Splice::end_local_input`] with the Close's code and reason.
+    fn end_local_input_with(&mut self, code: u16, reason: &str) {
         if self.local_eof {
             return;
         }
         self.local_eof = true;
         self.outputs.push_back(Output::ShutdownLocalRead);
-        let mut frame = Vec::with_capacity(8);
-        ws::encode_close(&mut frame, ws::close::NORMAL, "", Some(random_bytes()));
+        let mut frame = Vec::with_capacity(8 + reason.len());
+        ws::encode_close(&mut frame, code, reason, Some(random_bytes()));
         self.outputs.push_back(Output::ToEdge(frame));
         self.edge_busy = true;
         self.sent_close = true;
@@ -294,7 +309,8 @@ impl Splice {
                 self.end_local_input();
             }
         }
-        if !self.finished && self.sent_close && self.dec.is_closed() && self.out.is_empty() {
+        let edge_done = self.dec.is_closed() && self.out.is_empty();
+        if !self.finished && self.sent_close && (edge_done || self.abandoned) {
             self.finished = true;
             self.outputs.push_back(Output::Finished);
         }
@@ -416,6 +432,46 @@ mod tests {
 
     const BINARY: u8 = 0x82;
     const PONG: u8 = 0x8a;
+
+    /// A download whose reader went away (its socket closed mid-transfer): the client says
+    /// GOING_AWAY, so that the edge ends the stream and the origin its service connection,
+    /// and ends the session without waiting for the edge's Close. Before, it discarded what
+    /// came and waited: the transfer went on at full speed, for nobody.
+    #[test]
+    fn a_local_side_that_went_away_abandons_the_stream() {
+        let mut p = Pipe::new(LocalKind::Tcp);
+        p.edge_sends(ws::BINARY, &[1; 1000]);
+        p.edge_to_client().unwrap();
+        p.client.local_write_failed();
+        p.collect();
+        let close = p
+            .to_edge
+            .iter()
+            .find(|(op, _)| *op == 0x88)
+            .expect("a Close");
+        assert_eq!(close.1[..2], ws::close::GOING_AWAY.to_be_bytes());
+        assert!(p.actions.contains(&Output::ShutdownLocalRead));
+        assert_eq!(p.actions.last(), Some(&Output::Finished), "{:?}", p.actions);
+        // What still comes from the edge is not delivered, and nothing more is sent.
+        let sent = p.to_edge.len();
+        p.edge_sends(ws::BINARY, &[2; 1000]);
+        p.edge_to_client().unwrap();
+        assert!(p.client.to_local().is_empty());
+        assert_eq!(p.to_edge.len(), sent);
+
+        // After our normal Close (the local side half-closed first), a failed write ends the
+        // session at once: a second Close would be a protocol error.
+        let mut p = Pipe::new(LocalKind::Tcp);
+        p.client.handle_local_eof();
+        p.collect();
+        p.client.handle_edge_drained();
+        assert!(p.sent_close());
+        assert!(!p.actions.contains(&Output::Finished));
+        p.client.local_write_failed();
+        p.collect();
+        assert_eq!(p.actions.last(), Some(&Output::Finished));
+        assert_eq!(p.to_edge.iter().filter(|(op, _)| *op == 0x88).count(), 1);
+    }
 
     #[test]
     fn local_bytes_go_to_the_edge_as_masked_binary_frames() {
@@ -685,11 +741,14 @@ mod tests {
             assert!(p.rx.is_empty(), "nothing stalls the edge");
         }
         assert!(p.client.wants_edge_input());
-        p.edge_closes(ws::close::NORMAL, "");
-        p.edge_to_client().unwrap();
-        assert!(p.actions.is_empty(), "{:?}", p.actions);
-        p.client.handle_local_eof();
+        // And the session does not wait for the edge's end or the local EOF: it abandoned
+        // the stream (a_local_side_that_went_away_abandons_the_stream).
         p.collect();
-        assert_eq!(p.actions.last(), Some(&Output::Finished));
+        assert_eq!(
+            p.actions,
+            [Output::ShutdownLocalRead, Output::Finished],
+            "{:?}",
+            p.actions
+        );
     }
 }

@@ -20,6 +20,9 @@ use crate::limits::MAX_WS_FRAME_PAYLOAD;
 /// Close codes used by postern (RFC 6455 §7.4.1).
 pub mod close {
     pub const NORMAL: u16 = 1000;
+    /// The client's side is gone (its local reader closed): the stream is abandoned both ways,
+    /// not half-closed (docs/design.md §2.2).
+    pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;

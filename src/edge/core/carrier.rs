@@ -187,6 +187,19 @@ impl EdgeCore {
                     }
                 }
                 Ok(Some((Item::Pong, used))) => c.tls.rx.consume(used),
+                Ok(Some((Item::Close { code, .. }, used))) if code != ws::close::NORMAL => {
+                    // Not a half-close: the client's side is gone (GOING_AWAY: its reader
+                    // closed) or failed. The stream ends both ways, and the origin closes its
+                    // service connection instead of sending on for nobody.
+                    c.tls.rx.consume(used);
+                    debug!("carrier {}: the client closed with {code}", c.peer);
+                    t.mux
+                        .reset(stream, mux::ResetCode::Cancel, "the client went away");
+                    t.carriers.remove(&stream);
+                    c.close_with(ws::close::NORMAL, "", self.now);
+                    self.mark(tunnel);
+                    return true;
+                }
                 Ok(Some((Item::Close { .. }, used))) => {
                     c.tls.rx.consume(used);
                     t.mux.close_write(stream);

@@ -893,6 +893,35 @@ fn a_masked_frame_error_from_the_client_closes_its_carrier_and_resets_its_stream
     assert!(!t.wire.dropped(), "the tunnel goes on");
 }
 
+/// A client whose reader went away says GOING_AWAY: the stream ends both ways (the origin
+/// gets a RESET, and closes its service connection), where a normal Close would only
+/// half-close it and the origin would go on sending for nobody.
+#[test]
+fn a_client_going_away_resets_its_stream_where_a_normal_close_half_closes_it() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    for (code, reset) in [(ws::close::NORMAL, false), (ws::close::GOING_AWAY, true)] {
+        let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+        let stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+        let mut close = Vec::new();
+        ws::encode_close(&mut close, code, "", Some([1, 2, 3, 4]));
+        pipe.send(&mut c, &close);
+        let events = pipe.origin_events(&mut t, &mut origin);
+        let was_reset = events.iter().any(
+            |e| matches!(e, OriginEvent::Stream(StreamEvent::Reset { stream: s, .. }) if *s == stream),
+        );
+        assert_eq!(was_reset, reset, "Close {code}: {events:?}");
+        if reset {
+            assert_eq!(
+                close_of(&c.received).0,
+                ws::close::NORMAL,
+                "the edge's Close"
+            );
+        }
+    }
+    assert!(!t.wire.dropped(), "the tunnel goes on");
+}
+
 /// A bulk upload whose carrier and tunnel both always have more to do (the client's bytes
 /// queued, the origin's credit granted) gets one run of each per pass of the loop, not the
 /// whole transfer: the loop polls its other sockets and runs its deadlines in between, and
