@@ -8,7 +8,8 @@
 //!        101 ◀──────────────────────────────────────────────────────┤
 //!        403 ◀── not allowed: final ────────────────────────────────┤
 //!        401 ── forget the refused token; the zone session, if any,┘
-//!               is exchanged for a token (no browser); else (or when the edge says
+//!               is exchanged for a token (no browser; only with an edge that shows
+//!               the key pinned at the login); else (or when the edge says
 //!               "needs fresh login") log in (one browser login per hostname across
 //!               processes), cache, connect once more:
 //!                 101 ─▶ done;  401/403 ─▶ "the edge refused the new token: …"
