@@ -311,7 +311,8 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
     assert!(ok, "alice's login failed: {stderr}");
     let session = zone_session(&sso, "alice");
 
-    // short.localhost through the other edge: trusted, but another key. Nothing is sent to it.
+    // Through the other edge (trusted, but another key) nothing is sent: not by `access curl`
+    // (which no longer needs a named edge to use the zone session), not by `access ssh`.
     let refusing = sso.dir.join("no-browser.sh");
     std::fs::write(&refusing, "#!/bin/sh\nexit 1\n").unwrap();
     std::fs::set_permissions(
@@ -319,6 +320,12 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
+    let mut curl = postern(&sso.home("alice"));
+    curl.args(["access", "curl", "--edge", &other.edge_arg(), "--ca"])
+        .arg(&both)
+        .arg("https://other.localhost/")
+        .env("BROWSER", &refusing);
+    let curled = support::run_with_deadline(&mut curl, Duration::from_secs(60), "access curl");
     let out = ssh_via(
         &sso,
         "alice",
@@ -332,7 +339,7 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
         !out.status.success(),
         "the other edge has no way in: {stderr}"
     );
-    // The carrier's refusal is audited after any exchange the client would have tried.
+    // The carrier's refusal is audited after any exchange either client would have tried.
     let audit = support::audit_when(
         &other.state.join("audit.log"),
         Duration::from_secs(10),
@@ -365,6 +372,12 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
     );
     // The browser login it falls back to is the other edge's (which has none to offer).
     assert!(stderr.contains("no identity provider"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&curled.stderr);
+    assert!(!curled.status.success(), "no token from there: {stderr}");
+    assert!(
+        stderr.contains("shows another key") && stderr.contains("no identity provider"),
+        "access curl: {stderr}"
+    );
 
     // The edge of the login still exchanges it: no browser.
     let out = ssh_via(
