@@ -586,9 +586,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::pki::Authority;
     use crate::store::tests::TempDir;
-    use crate::store::StateDir;
 
     /// `access tcp` runs every session on one loop: a session that took all the local input
     /// there was (a bulk upload, faster than the edge path drains it) kept the loop for as long
@@ -598,18 +596,7 @@ mod tests {
     #[test]
     fn a_bulk_upload_does_not_keep_the_loop_to_itself() {
         let tmp = TempDir::new("access-turn");
-        let state = StateDir::open(&tmp.0).unwrap();
-        let ca = Authority::load_or_create(&state, "ca", "turn test CA").unwrap();
-        let (chain, key) = ca.issue_server(&["localhost".to_owned()]).unwrap();
-        let server = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert_der()).unwrap();
-        let client = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (server, client) = crate::io::tls::tests::localhost_configs(&tmp);
 
         // The edge: a TLS server that counts the plaintext it receives.
         let edge = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -195,7 +195,7 @@ impl<S: Read + Write> TlsConn<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::VecDeque;
     use std::sync::Arc;
 
@@ -241,8 +241,9 @@ mod tests {
         }
     }
 
-    /// A server `TlsConn` on a counting socket, handshaken with `client`.
-    fn handshaken(tmp: &TempDir) -> (TlsConn<Counting>, rustls::ClientConnection) {
+    /// A server configuration with a certificate for `localhost` from a new CA in `tmp`, and
+    /// a client configuration that trusts that CA (for tests of both ends of TLS).
+    pub(crate) fn localhost_configs(tmp: &TempDir) -> (rustls::ServerConfig, rustls::ClientConfig) {
         let state = StateDir::open(&tmp.0).unwrap();
         let ca = Authority::load_or_create(&state, "ca", "tls test CA").unwrap();
         let (chain, key) = ca.issue_server(&["localhost".to_owned()]).unwrap();
@@ -255,6 +256,12 @@ mod tests {
         let client = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        (server, client)
+    }
+
+    /// A server `TlsConn` on a counting socket, handshaken with `client`.
+    fn handshaken(tmp: &TempDir) -> (TlsConn<Counting>, rustls::ClientConnection) {
+        let (server, client) = localhost_configs(tmp);
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
         let server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
