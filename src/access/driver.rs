@@ -95,7 +95,7 @@ impl Session {
             let before = self.tls.rx.len();
             let progress = self.step(registry, bufs)?;
             taken += before.saturating_sub(self.tls.rx.len());
-            if !(full && self.tls.has_room()) || !matches!(progress, Progress::Running) {
+            if !(full && self.tls.has_room() && matches!(progress, Progress::Running)) {
                 return Ok(progress);
             }
             if taken >= self.turn {
