@@ -2465,7 +2465,6 @@ fn access_curl(args: Vec<OsString>) -> Res {
     }
     let cache = access::TokenCache::open_default().map_err(CliError::Home)?;
     let edge = edge.or_else(|| env_var("POSTERN_EDGE"));
-    let edge_given = edge.is_some();
     let opts = AccessOptions {
         // URL's port is the HTTP service's, not the edge's.
         edge: edge.unwrap_or_else(|| format!("{hostname}:443")),
@@ -2476,7 +2475,7 @@ fn access_curl(args: Vec<OsString>) -> Res {
         resume_granted: None,
         destination: None,
     };
-    let code = access::curl::curl(&opts, &cache, &url, &curl_args, edge_given)?;
+    let code = access::curl::curl(&opts, &cache, &url, &curl_args)?;
     Ok(ExitCode::from(code))
 }
 
@@ -2495,7 +2494,7 @@ fn access_logout(cache: &access::TokenCache, hostname: Option<&str>) -> Res {
             while let Some(z) = zone {
                 let had = cache
                     .load_zone_session(z)
-                    .is_some_and(|(found, _)| found == z);
+                    .is_some_and(|found| found.zone == z);
                 cache.remove_zone_session(z).map_err(AccessError::from)?;
                 if had {
                     eprintln!("Removed the zone session for {z}: the next login opens a browser");

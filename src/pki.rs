@@ -232,6 +232,25 @@ impl Authority {
         self.sign(params)
     }
 
+    /// [`Authority::issue_server`] for the one key of a `local_ca` zone's server certificates.
+    pub fn issue_server_with(
+        &self,
+        names: &[String],
+        key: &LeafKey,
+    ) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+        let first = names.first().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a server certificate needs a name",
+            )
+        })?;
+        let mut params = leaf_params(names.to_vec(), first)?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key.0, &self.issuer).map_err(rcgen_err)?;
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.0.serialize_der()));
+        Ok((vec![cert.der().clone(), self.cert_der()], key_der))
+    }
+
     fn sign(
         &self,
         params: CertificateParams,
@@ -240,6 +259,47 @@ impl Authority {
         let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_err)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((cert.der().clone(), key_der))
+    }
+}
+
+/// The one key of the server certificates the edge's CA signs for the names of its
+/// `local_ca` zones (a file in the key directory, PKCS#8 PEM, 0600, made on first use). Every
+/// name, every restart and every edge with a copy of the key directory shows the same key,
+/// which is what a client pins a zone session to (`access::edge_key`): with a key per name,
+/// each application of the zone would need its own browser login.
+pub struct LeafKey(KeyPair);
+
+impl LeafKey {
+    /// `name` from the state directory, or a new P-256 key written there first.
+    pub fn load_or_create(state: &StateDir, name: &str) -> io::Result<LeafKey> {
+        if let Some(pem) = state.read(name)? {
+            let bad = |why: String| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{name} in {}: {why}; restore it from a backup, or remove it to make a new \
+                         one (clients then sign in with the browser once more per zone)",
+                        state.path().display()
+                    ),
+                )
+            };
+            let der = first_section(&pem, LABEL_KEY)
+                .map_err(bad)?
+                .ok_or_else(|| bad("no PRIVATE KEY section".into()))?;
+            let key = KeyPair::from_pkcs8_der_and_sign_algo(
+                &PrivatePkcs8KeyDer::from(der),
+                &rcgen::PKCS_ECDSA_P256_SHA256,
+            )
+            .map_err(|e| bad(format!("unusable key ({e})")))?;
+            return Ok(LeafKey(key));
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err)?;
+        state.write_atomic(name, key.serialize_pem().as_bytes(), 0o600)?;
+        log::info!(
+            "created {name} (the key of the local CA's server certificates) in {}",
+            state.path().display()
+        );
+        Ok(LeafKey(key))
     }
 }
 
@@ -1074,6 +1134,43 @@ mod tests {
             edge: Some("127.0.0.1:8443".to_owned()),
             ca: vec![ca.cert_der()],
         }
+    }
+
+    #[test]
+    fn a_local_ca_signs_every_name_with_the_one_leaf_key_kept_across_restarts() {
+        let tmp = TempDir::new("pki-leaf-key");
+        let (state, ca) = dev_ca(&tmp);
+        let key = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        assert_eq!(mode_of(&tmp.0.join("ca-leaf.key")), 0o600);
+        let spki = |chain: &[CertificateDer<'static>]| {
+            webpki::EndEntityCert::try_from(&chain[0])
+                .unwrap()
+                .subject_public_key_info()
+                .as_ref()
+                .to_vec()
+        };
+        let (a, _) = ca
+            .issue_server_with(&names(&["a.localhost"]), &key)
+            .unwrap();
+        let (b, _) = ca
+            .issue_server_with(&names(&["b.localhost"]), &key)
+            .unwrap();
+        assert_eq!(spki(&a), spki(&b), "one key for every name");
+        verify_server_chain(&a[0], &ca.cert_der(), "a.localhost").unwrap();
+        verify_server_chain(&b[0], &ca.cert_der(), "b.localhost").unwrap();
+        drop(key);
+        let again = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        let (c, _) = ca
+            .issue_server_with(&names(&["a.localhost"]), &again)
+            .unwrap();
+        assert_eq!(spki(&a), spki(&c), "the same key after a restart");
+        let (fresh, _) = ca.issue_server(&names(&["a.localhost"])).unwrap();
+        assert_ne!(spki(&a), spki(&fresh));
+        std::fs::write(tmp.0.join("ca-leaf.key"), "garbage").unwrap();
+        let err = LeafKey::load_or_create(&state, "ca-leaf.key")
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("ca-leaf.key"), "{err}");
     }
 
     #[test]

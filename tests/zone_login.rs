@@ -8,11 +8,14 @@
 //!   opens no browser for it;
 //! - `postern edge sessions kill --email E` revokes E's zone sessions: exchanges stop;
 //! - a zone session is no app token: the carrier refuses it; the cache file is 0600;
-//! - `--no-browser` prints the login URL and starts no browser.
+//! - `--no-browser` prints the login URL and starts no browser;
+//! - the zone session goes only to an edge that shows the key of the edge of the login: a
+//!   second edge for the zone's names, on another key the client also trusts, never sees it.
 
 mod support;
 
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use support::oidc::browser_login;
@@ -28,10 +31,15 @@ fn mode(path: &Path) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777
 }
 
+/// The zone session `user` holds for `localhost`: the first line of its cache file (the key
+/// of the edge it is pinned to follows).
 fn zone_session(sso: &Sso, user: &str) -> String {
     let path = sso.home(user).join(".postern/tokens/localhost.zone");
     std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("the zone session must be cached at {}: {e}", path.display()))
+        .lines()
+        .next()
+        .unwrap_or_default()
         .trim()
         .to_owned()
 }
@@ -247,4 +255,155 @@ fn logout_from_an_application_ends_the_zone_session_too() {
     let cli = Child::spawn("token-after-logout", cmd, sso.dir.path());
     let (url, _) = login_prompt(&cli);
     assert!(url.contains(BROWSER_PROMPT), "{url}");
+}
+
+/// `ssh user@host remote` as `user`, through `postern access ssh` with `--edge edge --ca ca`,
+/// with `browser` as BROWSER.
+fn ssh_via(sso: &Sso, user: &str, host: &str, edge: &str, ca: &Path, browser: &Path) -> Output {
+    let proxy = format!(
+        "{} access ssh --hostname %h --edge {edge} --ca {}",
+        support::postern_bin().display(),
+        ca.display()
+    );
+    let mut cmd = Command::new("ssh");
+    cmd.args(sso.sshd.ssh_options())
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .arg(format!("{}@{host}", sso.sshd.user))
+        .arg("echo pinned-ok")
+        .env("HOME", sso.home(user))
+        .env("RUST_LOG", "warn")
+        .env("BROWSER", browser)
+        .env_remove("POSTERN_SERVICE_TOKEN_ID")
+        .env_remove("POSTERN_SERVICE_TOKEN_SECRET")
+        .stdin(Stdio::null());
+    support::run_with_deadline(&mut cmd, Duration::from_secs(120), "ssh through postern")
+}
+
+/// The zone session is pinned to the key of the edge that delivered it at the browser login.
+/// A second edge serving the zone's names with another key, on a CA the client trusts too (a
+/// taken-over CNAME, a SaaS host on a subdomain), never receives it: the handshake fails
+/// before the request, the client says so and signs in with the browser instead. The edge of
+/// the login still exchanges it, without a browser.
+#[test]
+fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
+    let sso = Sso::start("zone-pin");
+    let other_dir = sso.dir.join("other-edge");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    // Zone `localhost` on its own CA and key, application `*.localhost`, no identity provider.
+    let other = support::Edge::start_with_limits(&other_dir, serde_json::json!({}));
+    let both = sso.dir.join("both-cas.pem");
+    let pems = [sso.ca(), other.ca()].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&both, pems.concat()).unwrap();
+
+    // One browser login to ssh.localhost through the first edge, trusting both CAs.
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args([
+        "access",
+        "login",
+        "ssh.localhost",
+        "--edge",
+        &sso.edge_addr,
+        "--ca",
+    ])
+    .arg(&both);
+    let (ok, stderr) = sso.login_with(cmd, "login-alice", "alice", DEFAULT_EXPECT, None);
+    assert!(ok, "alice's login failed: {stderr}");
+    let session = zone_session(&sso, "alice");
+
+    // Through the other edge (trusted, but another key) nothing is sent: not by `access curl`
+    // (which no longer needs a named edge to use the zone session), not by `access ssh`.
+    let refusing = sso.dir.join("no-browser.sh");
+    std::fs::write(&refusing, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(
+        &refusing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut curl = postern(&sso.home("alice"));
+    curl.args(["access", "curl", "--edge", &other.edge_arg(), "--ca"])
+        .arg(&both)
+        .arg("https://other.localhost/")
+        .env("BROWSER", &refusing);
+    let curled = support::run_with_deadline(&mut curl, Duration::from_secs(60), "access curl");
+    let out = ssh_via(
+        &sso,
+        "alice",
+        "short.localhost",
+        &other.edge_arg(),
+        &both,
+        &refusing,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the other edge has no way in: {stderr}"
+    );
+    // The carrier's refusal is audited after any exchange either client would have tried.
+    let audit = support::audit_when(
+        &other.state.join("audit.log"),
+        Duration::from_secs(10),
+        "the other edge's refusal of the carrier",
+        |a| {
+            a.lines()
+                .any(|l| l.contains("\"event\":\"access\"") && l.contains("short.localhost"))
+        },
+    );
+    assert!(
+        !audit.contains("\"exchange\""),
+        "the zone session reached an edge with another key:\n{audit}"
+    );
+    assert!(
+        !other.stderr_text().contains(&session),
+        "the session in the other edge's log"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "the edge at {} shows another key than the edge that signed you in to localhost; \
+             not sending the zone session, signing in with the browser",
+            other.edge_arg()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("shows another key").count(),
+        1,
+        "one line: {stderr}"
+    );
+    // The browser login it falls back to is the other edge's (which has none to offer).
+    assert!(stderr.contains("no identity provider"), "{stderr}");
+    let stderr = String::from_utf8_lossy(&curled.stderr);
+    assert!(!curled.status.success(), "no token from there: {stderr}");
+    assert!(
+        stderr.contains("shows another key") && stderr.contains("no identity provider"),
+        "access curl: {stderr}"
+    );
+
+    // The edge of the login still exchanges it: no browser.
+    let out = ssh_via(
+        &sso,
+        "alice",
+        "short.localhost",
+        &sso.edge_addr,
+        &both,
+        &refusing,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ssh short.localhost: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pinned-ok");
+    assert!(
+        stderr.contains("from the zone session of localhost") && !stderr.contains(BROWSER_PROMPT),
+        "{stderr}"
+    );
+
+    // The pin sits with the session, in the same 0600 file.
+    let path = sso.home("alice").join(".postern/tokens/localhost.zone");
+    assert_eq!(mode(&path), 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[1].starts_with("spki-sha256 ") && lines[1].len() == 12 + 64,
+        "{text}"
+    );
 }

@@ -8,17 +8,22 @@
 //!        101 ◀──────────────────────────────────────────────────────┤
 //!        403 ◀── not allowed: final ────────────────────────────────┤
 //!        401 ── forget the refused token; the zone session, if any,┘
-//!               is exchanged for a token (no browser); else (or when the edge says
+//!               is exchanged for a token (no browser; only with an edge that shows
+//!               the key pinned at the login); else (or when the edge says
 //!               "needs fresh login") log in (one browser login per hostname across
 //!               processes), cache, connect once more:
 //!                 101 ─▶ done;  401/403 ─▶ "the edge refused the new token: …"
 //! ```
 //!
 //! One login per zone: a browser login also brings a zone session (`<zone>.zone` in the
-//! cache). Without a usable cached token, or with one that has less than
-//! [`REFRESH_MARGIN`] left, the CLI asks the edge to exchange the zone session for a new app
-//! token (`POST /cdn-cgi/access/exchange` on the application's host). "Not allowed" is final
-//! (no browser); "needs fresh login" falls back to a browser login for that application.
+//! cache), pinned to the key of the edge that delivered it (`edge_key`). Without a usable
+//! cached token, or with one that has less than [`REFRESH_MARGIN`] left, the CLI asks the
+//! edge to exchange the zone session for a new app token (`POST /cdn-cgi/access/exchange` on
+//! the application's host), over a connection that must show the pinned key: another key
+//! (another server of the zone's names, trusted or not) fails the handshake before the
+//! session is sent, and the CLI signs in with the browser instead, as it does for a session
+//! cached without a key. "Not allowed" is final (no browser); "needs fresh login" falls back
+//! to a browser login for that application.
 //!
 //! Without a cached token the first connection goes out with no credentials: when the
 //! application does not need a login, nobody sees a browser, and when it does the edge says
@@ -30,9 +35,10 @@ use std::sync::Arc;
 use log::{debug, warn};
 use rustls::ClientConfig;
 
-use super::login::{login, Purpose};
+use super::edge_key::{self, EdgeKey, Pin};
+use super::login::{login_from_edge, Purpose};
 use super::login_lock::{self, Acquired, LockError, LockTiming};
-use super::token_cache::{is_compact_jwt, TokenCache, REFRESH_MARGIN};
+use super::token_cache::{is_compact_jwt, TokenCache, ZoneSession, REFRESH_MARGIN};
 use super::{connect, AccessError, AccessOptions, Credentials};
 use crate::io::tls::TlsConn;
 use crate::secret::Secret;
@@ -52,6 +58,8 @@ pub(crate) fn open_authorized(
     let cache = cache
         .as_ref()
         .map_err(|e| AccessError::TokenCache(e.clone()))?;
+    // Once withheld from this edge, the zone session is not offered to it again.
+    let mut zone_sessions = true;
     if let Credentials::None = &opts.credentials {
         let fresh = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN);
         let token = match fresh {
@@ -59,9 +67,13 @@ pub(crate) fn open_authorized(
             // Missing or about to expire: the zone session brings a new one, silently. A
             // refusal here is not final yet: a bypass policy may admit the carrier without
             // credentials; after the edge's 401 it is (`app_token`).
-            None => match zone_token(opts, cfg, cache) {
-                Ok(Some(token)) => Some(token),
-                Ok(None) | Err(_) => cache.load(&opts.hostname),
+            None => match zone_token(opts, cache) {
+                Ok(Exchange::Token(token)) => Some(token),
+                Ok(Exchange::Withheld) => {
+                    zone_sessions = false;
+                    cache.load(&opts.hostname)
+                }
+                Ok(Exchange::Nothing) | Err(_) => cache.load(&opts.hostname),
             },
         };
         if let Some(token) = token {
@@ -87,7 +99,7 @@ pub(crate) fn open_authorized(
         }
         _ => None,
     };
-    let token = app_token(opts, cfg, cache, refused.as_ref(), true)?;
+    let token = app_token(opts, cache, refused.as_ref(), zone_sessions)?;
     opts.credentials = Credentials::AppToken(token);
     match connect(opts, cfg) {
         Ok(conn) => Ok(conn),
@@ -111,32 +123,26 @@ pub(crate) fn open_authorized(
 }
 
 /// `access curl`: an app token for `opts.hostname` as `access ssh` gets one when the edge
-/// asks: a cached token with [`REFRESH_MARGIN`] left, else (with `zone_sessions`) the zone
-/// session's (no browser), else [`app_token`]'s (a browser login, unless a parallel process
-/// brings one), cached. Without `zone_sessions` the zone session is never sent: curl's
-/// default edge is the URL's host, which may be any web server of the zone.
-pub(crate) fn token_for(
-    opts: &AccessOptions,
-    cache: &TokenCache,
-    zone_sessions: bool,
-) -> Result<Secret, AccessError> {
+/// asks: a cached token with [`REFRESH_MARGIN`] left, else the zone session's (no browser;
+/// only from an edge that shows the key pinned at the login), else [`app_token`]'s (a
+/// browser login, unless a parallel process brings one), cached.
+pub(crate) fn token_for(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
     if let Some(t) = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN) {
         return Ok(t);
     }
-    let cfg = super::client_config(opts.extra_ca.as_deref())?;
-    if zone_sessions {
-        if let Some(t) = zone_token(opts, &cfg, cache)? {
-            return Ok(t);
-        }
-    }
-    app_token(opts, &cfg, cache, None, zone_sessions)
+    let zone_sessions = match zone_token(opts, cache)? {
+        Exchange::Token(t) => return Ok(t),
+        Exchange::Withheld => false,
+        Exchange::Nothing => true,
+    };
+    app_token(opts, cache, None, zone_sessions)
 }
 
-/// A usable app token for `opts.hostname`: a cached one (other than `refused`), the one a
-/// parallel process is fetching, or a new browser login, which is then cached.
+/// A usable app token for `opts.hostname`: a cached one (other than `refused`), the zone
+/// session's (with `zone_sessions`), the one a parallel process is fetching, or a new
+/// browser login, which is then cached.
 fn app_token(
     opts: &AccessOptions,
-    cfg: &Arc<ClientConfig>,
     cache: &TokenCache,
     refused: Option<&Secret>,
     zone_sessions: bool,
@@ -146,8 +152,10 @@ fn app_token(
         return Ok(t);
     }
     if zone_sessions {
-        if let Some(t) = zone_token(opts, cfg, cache)?.filter(differs) {
-            return Ok(t);
+        if let Exchange::Token(t) = zone_token(opts, cache)? {
+            if differs(&t) {
+                return Ok(t);
+            }
         }
     }
     let guard = match login_lock::acquire(cache, &opts.hostname, &LockTiming::default(), refused) {
@@ -165,7 +173,8 @@ fn app_token(
             None
         }
     };
-    let token = login_payload(opts, cache, login(opts, Purpose::App)?)?;
+    let (plain, key) = login_from_edge(opts, Purpose::App)?;
+    let token = login_payload(opts, cache, plain, key)?;
     // Whose token this is: a login link opened by someone else would show their account here.
     eprintln!("{}", signed_in_as(&token, &opts.hostname));
     if let Err(e) = cache.store(&opts.hostname, &token) {
@@ -176,11 +185,14 @@ fn app_token(
 }
 
 /// A browser login's plaintext: the app token, then (from an edge that gives one) a line with
-/// the zone session, which is cached for its zone when `opts.hostname` is in that zone.
+/// the zone session, which is cached for its zone when `opts.hostname` is in that zone, with
+/// `edge_key`, the key of the edge that delivered it (without one it is not kept: it would
+/// never be sent).
 fn login_payload(
     opts: &AccessOptions,
     cache: &TokenCache,
     plain: Vec<u8>,
+    edge_key: Option<EdgeKey>,
 ) -> Result<Secret, AccessError> {
     let text = String::from_utf8(plain).map_err(|_| not_a_token())?;
     let mut lines = text.trim().splitn(2, '\n');
@@ -192,12 +204,17 @@ fn login_payload(
                 super::token_cache::valid_cache_hostname(z)
                     && (opts.hostname == *z || opts.hostname.ends_with(&format!(".{z}")))
             });
-        match zone {
-            Some(zone) if is_compact_jwt(session) => {
-                if let Err(e) = cache.store_zone_session(&zone, &Secret::from(session.to_owned())) {
+        match (zone, edge_key) {
+            (Some(zone), Some(key)) if is_compact_jwt(session) => {
+                let session = Secret::from(session.to_owned());
+                if let Err(e) = cache.store_zone_session(&zone, &session, key) {
                     warn!("could not cache the zone session: {e}");
                 }
             }
+            (Some(_), None) if is_compact_jwt(session) => warn!(
+                "the edge's certificate could not be read: its zone session is not kept (the \
+                 next application of the zone asks for a browser login)"
+            ),
             _ => warn!("the edge handed over a zone session that is not for this host's zone"),
         }
     }
@@ -212,30 +229,65 @@ fn claim(token: &str, name: &str) -> Option<String> {
     claims.get(name)?.as_str().map(str::to_owned)
 }
 
+/// What [`zone_token`] brought.
+enum Exchange {
+    /// A new app token for `opts.hostname`, cached.
+    Token(Secret),
+    /// No zone session, or the edge wants a browser login ("needs fresh login"), or the
+    /// exchange failed on the way.
+    Nothing,
+    /// Not sent: the edge shows another key than the one pinned at the login, or the cached
+    /// session has no pin (an older postern's). Not offered to this edge again in this command.
+    Withheld,
+}
+
 /// An app token for `opts.hostname` from the cached zone session, without a browser, cached
-/// on success. `Ok(None)`: no zone session, or the edge wants a browser login ("needs fresh
-/// login"), or the exchange failed on the way; `Err`: the edge says the identity is not
-/// allowed (final: no browser login would change that).
-fn zone_token(
-    opts: &AccessOptions,
-    cfg: &Arc<ClientConfig>,
-    cache: &TokenCache,
-) -> Result<Option<Secret>, AccessError> {
-    let Some((zone, session)) = cache.load_zone_session(&opts.hostname) else {
-        return Ok(None);
+/// on success; see [`Exchange`]. The session goes only over a connection whose leaf shows the
+/// key pinned with it (on top of the usual check against the system roots or `--ca`). `Err`:
+/// the edge says the identity is not allowed (final: no browser login would change that).
+fn zone_token(opts: &AccessOptions, cache: &TokenCache) -> Result<Exchange, AccessError> {
+    let Some(ZoneSession {
+        zone,
+        session,
+        edge_key,
+    }) = cache.load_zone_session(&opts.hostname)
+    else {
+        return Ok(Exchange::Nothing);
     };
+    let Some(key) = edge_key else {
+        debug!(
+            "the zone session of {zone} was cached without the key of the edge that issued it \
+             (by an older postern): not sending it to {}",
+            opts.edge
+        );
+        return Ok(Exchange::Withheld);
+    };
+    let pin = Pin::new(key);
+    let cfg = edge_key::recording_config(
+        opts.extra_ca.as_deref(),
+        edge_key::seen(),
+        Some(pin.clone()),
+    )?;
     let body = serde_json::json!({ "zone_session": session.expose() }).to_string();
     let (status, answer) = match super::https_request(
         opts,
-        cfg,
+        &cfg,
         "POST",
         "/cdn-cgi/access/exchange",
         Some(body.as_bytes()),
     ) {
         Ok(a) => a,
+        Err(_) if pin.refused() => {
+            eprintln!(
+                "the edge at {} shows another key than the edge that signed you in to {zone}; \
+                 not sending the zone session, signing in with the browser",
+                opts.edge
+            );
+            return Ok(Exchange::Withheld);
+        }
         Err(e) => {
             debug!("zone session exchange for {} failed: {e}", opts.hostname);
-            return Ok(None);
+            return Ok(Exchange::Nothing);
         }
     };
     let value: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
@@ -255,7 +307,7 @@ fn zone_token(
             if let Err(e) = cache.store(&opts.hostname, &token) {
                 warn!("could not cache the token: {e}");
             }
-            Ok(Some(token))
+            Ok(Exchange::Token(token))
         }
         (403, Some("not_allowed")) => Err(AccessError::Refused {
             hostname: opts.hostname.clone(),
@@ -271,11 +323,11 @@ fn zone_token(
             if let Err(e) = cache.remove_if_zone_session(&zone, &session) {
                 warn!("could not remove the zone session: {e}");
             }
-            Ok(None)
+            Ok(Exchange::Nothing)
         }
         _ => {
             debug!("zone session exchange for {}: {why}", opts.hostname);
-            Ok(None)
+            Ok(Exchange::Nothing)
         }
     }
 }
@@ -330,7 +382,8 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
         Ok(Acquired::Lock(guard)) => guard,
         Err(e) => return Err(e.into()),
     };
-    let token = login_payload(opts, cache, login(opts, Purpose::App)?)?;
+    let (plain, key) = login_from_edge(opts, Purpose::App)?;
+    let token = login_payload(opts, cache, plain, key)?;
     eprintln!("{}", signed_in_as(&token, &opts.hostname));
     let path = cache
         .store(&opts.hostname, &token)
@@ -342,7 +395,7 @@ pub fn login_and_cache(opts: &AccessOptions, cache: &TokenCache) -> Result<PathB
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::token_cache::tests::jwt;
+    use crate::access::token_cache::tests::{edge_key, jwt};
 
     #[test]
     fn the_user_is_told_whose_token_arrived_escaped() {
@@ -375,21 +428,62 @@ mod tests {
         let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
         let session = jwt(&format!(r#"{{"exp":{far},"aud":"zone:example.com"}}"#));
         let payload = format!("{token}\n{session}\n").into_bytes();
-        let got = login_payload(&opts("ssh.example.com"), &cache, payload.clone()).unwrap();
+        let key = Some(edge_key(5));
+        let got = login_payload(&opts("ssh.example.com"), &cache, payload.clone(), key).unwrap();
         assert_eq!(got.expose(), token);
-        let (zone, cached) = cache.load_zone_session("db.example.com").unwrap();
+        let cached = cache.load_zone_session("db.example.com").unwrap();
         assert_eq!(
-            (zone.as_str(), cached.expose()),
-            ("example.com", session.as_str())
+            (
+                cached.zone.as_str(),
+                cached.session.expose(),
+                cached.edge_key
+            ),
+            ("example.com", session.as_str(), key)
         );
         // A session for a zone the host is not in is not kept (an edge cannot plant one for
         // another zone); an app token alone (an older edge) is fine.
         let cache = TokenCache::new(tmp.0.join("other"));
-        login_payload(&opts("ssh.other.org"), &cache, payload).unwrap();
+        login_payload(&opts("ssh.other.org"), &cache, payload.clone(), key).unwrap();
         assert!(cache.load_zone_session("ssh.example.com").is_none());
         assert!(cache.load_zone_session("ssh.other.org").is_none());
-        let alone = login_payload(&opts("ssh.other.org"), &cache, token.clone().into_bytes());
+        let alone = login_payload(
+            &opts("ssh.other.org"),
+            &cache,
+            token.clone().into_bytes(),
+            key,
+        );
         assert_eq!(alone.unwrap().expose(), token);
+        // Without the delivering edge's key the session is not kept (it would never be sent);
+        // the app token still is the login's.
+        let cache = TokenCache::new(tmp.0.join("no-key"));
+        let got = login_payload(&opts("ssh.example.com"), &cache, payload, None).unwrap();
+        assert_eq!(got.expose(), token);
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+    }
+
+    #[test]
+    fn a_zone_session_without_a_pin_is_withheld_before_any_connection() {
+        let tmp = crate::access::token_cache::tests::TempDir::new("withheld");
+        let cache = TokenCache::new(tmp.0.clone());
+        let far = crate::io::unix_now() + 3600;
+        let session = jwt(&format!(r#"{{"exp":{far},"aud":"zone:example.com"}}"#));
+        // As an older postern cached it: the session alone.
+        std::fs::write(tmp.0.join("example.com.zone"), format!("{session}\n")).unwrap();
+        let opts = AccessOptions {
+            hostname: "ssh.example.com".into(),
+            // Nothing listens here: an attempt to connect would be `Nothing`, not `Withheld`.
+            edge: "127.0.0.1:1".into(),
+            extra_ca: None,
+            credentials: Credentials::None,
+            resume: None,
+            resume_granted: None,
+            destination: None,
+        };
+        assert!(matches!(zone_token(&opts, &cache), Ok(Exchange::Withheld)));
+        // It stays (a browser login replaces it); with no session at all there is nothing.
+        assert!(cache.load_zone_session("ssh.example.com").is_some());
+        let empty = TokenCache::new(tmp.0.join("empty"));
+        assert!(matches!(zone_token(&opts, &empty), Ok(Exchange::Nothing)));
     }
 
     #[test]

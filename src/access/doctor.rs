@@ -22,15 +22,14 @@ use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::CertificateDer;
+use rustls::{ClientConfig, ClientConnection};
 
 use super::connect::{
     connect_direct, connect_through, edge_proxy, read_response_head, refusal_body, resolve_edge,
     tls_handshake,
 };
+use super::edge_key;
 use super::token_cache::{jwt_expiry, TokenCache};
 use super::{json_error, upgrade, AccessError, AccessOptions, Credentials};
 use crate::limits::{DOCTOR_BANNER_TIMEOUT_SECS, MAX_DOCTOR_BANNER};
@@ -62,8 +61,8 @@ fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(
         Some(p) => format!("the CA file {} and the system roots", p.display()),
         None => "the system roots (no --ca / POSTERN_CA)".to_owned(),
     };
-    let seen = Arc::new(Mutex::new(None));
-    let cfg = recording_config(opts.extra_ca.as_deref(), seen.clone());
+    let seen = edge_key::seen();
+    let cfg = edge_key::recording_config(opts.extra_ca.as_deref(), seen.clone(), None);
     let (mut sock, mut tls) = reach_edge(opts, cfg, &trust, Some(&seen))?;
 
     // token: what ssh would send, without a browser.
@@ -490,74 +489,6 @@ fn duration(secs: u64) -> String {
         0..=119 => format!("{secs} s"),
         120..=7199 => format!("{} min", secs / 60),
         _ => format!("{} h", secs / 3600),
-    }
-}
-
-/// The client's TLS config (`super::client_config`: same roots, protocol versions and ALPN)
-/// with the same WebPKI verification, which also keeps the end-entity certificate the edge
-/// presented, so a failure can say what it was.
-fn recording_config(
-    extra_ca: Option<&std::path::Path>,
-    seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
-) -> Result<Arc<ClientConfig>, AccessError> {
-    let roots = crate::pki::root_store(extra_ca, &[]).map_err(AccessError::TrustStore)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| AccessError::TlsSetup(rustls::Error::General(e.to_string())))?;
-    let mut cfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(AccessError::TlsSetup)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Recording { inner, seen }))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// WebPKI verification, unchanged, that keeps a copy of the end-entity certificate.
-#[derive(Debug)]
-struct Recording {
-    inner: Arc<WebPkiServerVerifier>,
-    seen: Arc<Mutex<Option<CertificateDer<'static>>>>,
-}
-
-impl ServerCertVerifier for Recording {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(end_entity.clone().into_owned());
-        }
-        self.inner
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
 

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use log::debug;
 use rustls::ClientConfig;
 
-use super::{client_config, https_get, https_request, json_error, AccessError, AccessOptions};
+use super::edge_key::{self, EdgeKey};
+use super::{https_get, https_request, json_error, AccessError, AccessOptions};
 use crate::logging::escape;
 use crate::proto::token_transfer::{confirmation_code, Opener, Sealed, TRANSFER_TTL};
 
@@ -73,7 +74,19 @@ pub fn login_url(hostname: &str, edge: &str, id: &str) -> String {
 /// [`TRANSFER_TTL`]. Blocks the calling thread throughout. Takes no lock and writes no file:
 /// callers cache or store the result.
 pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessError> {
-    let cfg = client_config(opts.extra_ca.as_deref())?;
+    login_from_edge(opts, purpose).map(|(plain, _)| plain)
+}
+
+/// [`login`], and the key of the edge that handed the answer over: the leaf certificate of
+/// the poll's connection that brought it (`None` only if that certificate does not parse). A
+/// zone session in the answer is pinned to that key (`edge_key`).
+pub(crate) fn login_from_edge(
+    opts: &AccessOptions,
+    purpose: Purpose,
+) -> Result<(Vec<u8>, Option<EdgeKey>), AccessError> {
+    // The client's usual TLS config (roots, `--ca`), recording each connection's leaf.
+    let seen = edge_key::seen();
+    let cfg = edge_key::recording_config(opts.extra_ca.as_deref(), seen.clone(), None)?;
     let opener = Opener::new();
     let code = confirmation_code(&opener.id, &opener.public);
     let poll_path = format!("/cdn-cgi/access/transfer?id={}", opener.id);
@@ -111,12 +124,17 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
             return Err(AccessError::LoginTimedOut);
         }
         std::thread::sleep(POLL_INTERVAL);
+        if let Ok(mut leaf) = seen.lock() {
+            *leaf = None;
+        }
         let step = match poll(opts, &cfg, &poll_path) {
             Ok(answer) => transfer.on_answer(answer)?,
             Err(e) => transfer.on_failure(e)?,
         };
         if let Step::Done(sealed) = step {
-            return open(opener, &sealed);
+            // This poll's connection (one per request, never resumed) delivered it.
+            let key = edge_key::seen_key(&seen);
+            return open(opener, &sealed).map(|plain| (plain, key));
         }
     }
 }

@@ -24,6 +24,7 @@
 //! | `doctor` | `access doctor`: each hop of the path checked in turn, the failing one named |
 //! | `https` | one-shot HTTPS requests (login transfer, tunnel admin): ureq over that setup |
 //! | `authorize`, `login`, `login_lock`, `token_cache` | credentials and browser login |
+//! | `edge_key` | the edge's key (SPKI hash): recorded at a login, pinned for zone sessions |
 
 use std::io;
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub(crate) mod core;
 pub mod curl;
 pub(crate) mod doctor;
 mod driver;
+mod edge_key;
 mod error;
 mod https;
 mod listener;

@@ -5,7 +5,9 @@
 //!  ~/.postern/tokens/<H>.jwt     0600, the compact JWT the edge signed for H
 //!  ~/.postern/tokens/<H>.lock    a login in progress for H (see `login_lock`)
 //!  ~/.postern/tokens/<Z>.zone    0600, the zone session for zone Z (one login per zone):
-//!                                exchanged at the edge for app tokens of Z's applications
+//!                                exchanged at the edge for app tokens of Z's applications;
+//!                                a second line `spki-sha256 HEX` pins the key of the edge
+//!                                that delivered it (`edge_key`): exchanged only there
 //! ```
 //!
 //! Files are created with their final mode (never chmod after) and replaced atomically
@@ -20,6 +22,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::edge_key::EdgeKey;
 use crate::io::unix_now;
 use crate::secret::Secret;
 
@@ -108,6 +111,16 @@ pub fn fresh_enough(exp: u64, now: u64) -> bool {
     exp > now.saturating_add(EXPIRY_MARGIN.as_secs())
 }
 
+/// A cached zone session (see the module doc).
+pub struct ZoneSession {
+    /// The zone (`aud: zone:<zone>`), which names the file.
+    pub zone: String,
+    pub session: Secret,
+    /// The key of the edge that delivered the session at the browser login; `None` for a
+    /// file written before keys were pinned (such a session is never sent).
+    pub(crate) edge_key: Option<EdgeKey>,
+}
+
 /// The token directory (`~/.postern/tokens` by default).
 pub struct TokenCache {
     dir: PathBuf,
@@ -188,8 +201,9 @@ impl TokenCache {
     ) -> Result<(), CacheError> {
         let path = self.path(name, suffix)?;
         if let Some(secret) = only {
+            // The secret is the first line (a zone session's pin follows it).
             match fs::read_to_string(&path) {
-                Ok(text) if text.trim() == secret.expose() => {}
+                Ok(text) if text.lines().next().map(str::trim) == Some(secret.expose()) => {}
                 _ => return Ok(()),
             }
         }
@@ -200,21 +214,55 @@ impl TokenCache {
     }
 
     /// The cached zone session of the zone `hostname` is in: the first of `hostname` and its
-    /// parent domains with a session file that stays valid past the margin; (zone, session).
-    pub fn load_zone_session(&self, hostname: &str) -> Option<(String, Secret)> {
-        let now = unix_now();
+    /// parent domains with a session file that stays valid past the margin.
+    pub fn load_zone_session(&self, hostname: &str) -> Option<ZoneSession> {
+        self.load_zone_session_at(hostname, unix_now())
+    }
+
+    fn load_zone_session_at(&self, hostname: &str, now: u64) -> Option<ZoneSession> {
         let mut zone = hostname;
         loop {
-            if let Some(s) = self.load_file_at(zone, ".zone", now) {
-                return Some((zone.to_owned(), s));
+            if let Some((session, edge_key)) = self.read_zone_file(zone, now) {
+                return Some(ZoneSession {
+                    zone: zone.to_owned(),
+                    session,
+                    edge_key,
+                });
             }
             zone = zone.split_once('.')?.1;
         }
     }
 
-    /// Stores the zone session for `zone` (0600, atomically).
-    pub fn store_zone_session(&self, zone: &str, session: &Secret) -> Result<PathBuf, CacheError> {
-        self.store_file(zone, ".zone", session)
+    /// `<zone>.zone`: the session (a compact JWT valid past the margin), then the edge's key
+    /// on a second line, or no second line (written by a postern from before pinning).
+    /// Anything else is not a zone session.
+    fn read_zone_file(&self, zone: &str, now: u64) -> Option<(Secret, Option<EdgeKey>)> {
+        let text = self.read_file(zone, ".zone")?;
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let session = lines.next()?;
+        let edge_key = match lines.next() {
+            None => None,
+            Some(line) => Some(EdgeKey::from_line(line)?),
+        };
+        if lines.next().is_some()
+            || !is_compact_jwt(session)
+            || !fresh_enough(jwt_expiry(session)?, now)
+        {
+            return None;
+        }
+        Some((Secret::from(session.to_owned()), edge_key))
+    }
+
+    /// Stores the zone session for `zone` with the key of the edge that delivered it (0600,
+    /// atomically: a reader sees the old pair or the new one).
+    pub(crate) fn store_zone_session(
+        &self,
+        zone: &str,
+        session: &Secret,
+        edge_key: EdgeKey,
+    ) -> Result<PathBuf, CacheError> {
+        let text = format!("{}\n{}", session.expose(), edge_key.to_line());
+        self.store_file(zone, ".zone", &Secret::from(text))
     }
 
     /// Removes the zone session of `zone`. A missing one is not an error.
@@ -234,11 +282,17 @@ impl TokenCache {
         self.load_at(hostname, now)
     }
 
-    fn load_file_at(&self, name: &str, suffix: &str, now: u64) -> Option<Secret> {
+    /// The text of `name` + `suffix`, at most [`MAX_TOKEN_FILE`] bytes of it.
+    fn read_file(&self, name: &str, suffix: &str) -> Option<String> {
         let path = self.path(name, suffix).ok()?;
         let file = fs::File::open(&path).ok()?;
         let mut text = String::new();
         io::Read::read_to_string(&mut io::Read::take(file, MAX_TOKEN_FILE), &mut text).ok()?;
+        Some(text)
+    }
+
+    fn load_file_at(&self, name: &str, suffix: &str, now: u64) -> Option<Secret> {
+        let text = self.read_file(name, suffix)?;
         let token = text.trim();
         if !is_compact_jwt(token) || !fresh_enough(jwt_expiry(token)?, now) {
             return None;
@@ -428,21 +482,26 @@ pub(crate) mod tests {
         assert!(cache.dir().join("c.localhost.lock").exists());
     }
 
+    /// A key for the tests: the cache stores and compares it, never derives it.
+    pub(crate) fn edge_key(byte: u8) -> EdgeKey {
+        EdgeKey::from_line(&format!("spki-sha256 {}", crate::store::hex(&[byte; 32]))).unwrap()
+    }
+
     #[test]
     fn a_zone_session_is_0600_found_from_any_host_of_its_zone_and_removed_by_logout() {
         let tmp = TempDir::new("cache-zone");
         let cache = TokenCache::new(tmp.0.join("tokens"));
         let session = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
         let path = cache
-            .store_zone_session("example.com", &Secret::from(session.clone()))
+            .store_zone_session("example.com", &Secret::from(session.clone()), edge_key(1))
             .unwrap();
         assert_eq!(path, tmp.0.join("tokens/example.com.zone"));
         assert_eq!(mode(&path), 0o600);
         for host in ["ssh.example.com", "a.b.example.com", "example.com"] {
-            let (zone, got) = cache.load_zone_session(host).expect(host);
+            let z = cache.load_zone_session(host).expect(host);
             assert_eq!(
-                (zone.as_str(), got.expose()),
-                ("example.com", session.as_str())
+                (z.zone.as_str(), z.session.expose(), z.edge_key),
+                ("example.com", session.as_str(), Some(edge_key(1)))
             );
         }
         assert!(cache.load_zone_session("example.org").is_none());
@@ -455,7 +514,7 @@ pub(crate) mod tests {
         // An expired one is not used.
         let old = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() - 1));
         cache
-            .store_zone_session("old.test", &Secret::from(old))
+            .store_zone_session("old.test", &Secret::from(old), edge_key(1))
             .unwrap();
         assert!(cache.load_zone_session("ssh.old.test").is_none());
         // `access logout` (all) forgets zone sessions too.
@@ -465,6 +524,82 @@ pub(crate) mod tests {
         assert_eq!(cache.remove_all().unwrap(), 1);
         assert!(cache.load_zone_session("ssh.example.com").is_none());
         assert_eq!(fs::read_dir(cache.dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_zone_session_keeps_its_edge_key_and_is_removed_by_its_session_alone() {
+        let tmp = TempDir::new("cache-zone-pin");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let session = Secret::from(jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600)));
+        let path = cache
+            .store_zone_session("example.com", &session, edge_key(7))
+            .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("{}\nspki-sha256 {}\n", session.expose(), "07".repeat(32))
+        );
+        // A new login replaces the pair at once.
+        let newer = Secret::from(jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 7200)));
+        cache
+            .store_zone_session("example.com", &newer, edge_key(8))
+            .unwrap();
+        let z = cache.load_zone_session("ssh.example.com").unwrap();
+        assert_eq!(
+            (z.session.expose(), z.edge_key),
+            (newer.expose(), Some(edge_key(8)))
+        );
+        // remove_if compares the session, not the whole file: the older one leaves it, the
+        // current one removes it (a 401 at the exchange).
+        cache
+            .remove_if_zone_session("example.com", &session)
+            .unwrap();
+        assert!(path.exists());
+        cache.remove_if_zone_session("example.com", &newer).unwrap();
+        assert!(!path.exists());
+        // `access logout H` removes a pinned session by name.
+        cache
+            .store_zone_session("example.com", &newer, edge_key(8))
+            .unwrap();
+        cache.remove_zone_session("example.com").unwrap();
+        assert!(cache.load_zone_session("ssh.example.com").is_none());
+    }
+
+    #[test]
+    fn an_unpinned_zone_session_loads_without_a_key_and_a_damaged_one_not_at_all() {
+        let tmp = TempDir::new("cache-zone-old");
+        let cache = TokenCache::new(tmp.0.clone());
+        let session = jwt(&format!(r#"{{"exp":{}}}"#, unix_now() + 3600));
+        let path = tmp.0.join("example.com.zone");
+        // As an older postern wrote it: the session alone. Loaded, with no key (the caller
+        // never sends it), and removable by its session.
+        fs::write(&path, format!("{session}\n")).unwrap();
+        let z = cache.load_zone_session("ssh.example.com").unwrap();
+        assert_eq!((z.session.expose(), z.edge_key), (session.as_str(), None));
+        cache
+            .remove_if_zone_session("example.com", &Secret::from(session.clone()))
+            .unwrap();
+        assert!(!path.exists());
+        let key = edge_key(3).to_line();
+        for bad in [
+            format!("{session}\nspki-sha256 1234\n"),
+            format!("{session}\nsha256 {}\n", "03".repeat(32)),
+            format!("{session}\n{key}\n{key}\n"),
+            format!("{key}\n{session}\n"),
+            format!("{key}\n"),
+            format!("not a jwt\n{key}\n"),
+        ] {
+            fs::write(&path, &bad).unwrap();
+            assert!(
+                cache.load_zone_session("ssh.example.com").is_none(),
+                "{bad:?}"
+            );
+        }
+        fs::write(&path, format!("\n{session}\r\n{key}\r\n")).unwrap();
+        assert_eq!(
+            cache.load_zone_session("example.com").unwrap().edge_key,
+            Some(edge_key(3))
+        );
     }
 
     #[test]

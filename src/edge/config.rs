@@ -469,8 +469,12 @@ enum ZoneCert {
     Fixed(Arc<CertifiedKey>),
     /// The edge's CA signs a leaf for each name on first use (cached, at most 1024 names).
     /// webpki refuses a wildcard over a single-label suffix such as `*.localhost`, and a
-    /// per-name leaf works for every zone.
-    LocalCa(Arc<Authority>, Mutex<HashMap<String, Arc<CertifiedKey>>>),
+    /// per-name leaf works for every zone. Every leaf has the one key `ca-leaf.key`, as a
+    /// zone certificate has one key for all its names: clients pin zone sessions to it.
+    LocalCa(
+        Arc<(Authority, pki::LeafKey)>,
+        Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    ),
 }
 
 /// Serves the certificate of the (longest) zone the SNI name falls in.
@@ -509,7 +513,10 @@ impl ResolvesServerCert for ZoneResolver {
                 if cache.len() >= 1024 {
                     cache.clear();
                 }
-                let (chain, key) = ca.issue_server(std::slice::from_ref(&name)).ok()?;
+                let (ca, leaf_key) = &**ca;
+                let (chain, key) = ca
+                    .issue_server_with(std::slice::from_ref(&name), leaf_key)
+                    .ok()?;
                 let k = certified_key(chain, key).ok()?;
                 cache.insert(name, k.clone());
                 Some(k)
@@ -777,8 +784,9 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
             }
             (None, None, true) => {
                 let ca = Authority::load_or_create(&state, "ca", "postern edge CA")?;
+                let key = pki::LeafKey::load_or_create(&state, "ca-leaf.key")?;
                 tls_ca_pem = Some(ca.cert_pem().to_owned());
-                ZoneCert::LocalCa(Arc::new(ca), Mutex::new(HashMap::new()))
+                ZoneCert::LocalCa(Arc::new((ca, key)), Mutex::new(HashMap::new()))
             }
             _ => {
                 return Err(ConfigError::Invalid(format!(
