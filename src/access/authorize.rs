@@ -124,12 +124,22 @@ pub(crate) fn open_authorized(
 }
 
 /// `access curl`: an app token for `opts.hostname` as `access ssh` gets one when the edge
-/// asks: a cached token with [`REFRESH_MARGIN`] left, else the zone session's (no browser;
-/// only from an edge that shows the key pinned at the login), else [`app_token`]'s (a
-/// browser login, unless a parallel process brings one), cached.
-pub(crate) fn token_for(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
+/// asks: a cached token with [`REFRESH_MARGIN`] left, else (with `zone_sessions`) the zone
+/// session's (no browser; only from an edge that shows the key pinned at the login), else
+/// [`app_token`]'s (a browser login, unless a parallel process brings one), cached. Without
+/// `zone_sessions` the zone session is never sent: curl's default edge is the URL's host,
+/// which may be any web server of the zone, and a zone's wildcard certificate and key are
+/// often on those servers too (so the pin alone would not stop it).
+pub(crate) fn token_for(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    zone_sessions: bool,
+) -> Result<Secret, AccessError> {
     if let Some(t) = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN) {
         return Ok(t);
+    }
+    if !zone_sessions {
+        return app_token(opts, cache, None, false);
     }
     let zone_sessions = match zone_token(opts, cache)? {
         Exchange::Token(t) => return Ok(t),
