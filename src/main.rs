@@ -2465,6 +2465,7 @@ fn access_curl(args: Vec<OsString>) -> Res {
     }
     let cache = access::TokenCache::open_default().map_err(CliError::Home)?;
     let edge = edge.or_else(|| env_var("POSTERN_EDGE"));
+    let edge_given = edge.is_some();
     let opts = AccessOptions {
         // URL's port is the HTTP service's, not the edge's.
         edge: edge.unwrap_or_else(|| format!("{hostname}:443")),
@@ -2475,7 +2476,7 @@ fn access_curl(args: Vec<OsString>) -> Res {
         resume_granted: None,
         destination: None,
     };
-    let code = access::curl::curl(&opts, &cache, &url, &curl_args)?;
+    let code = access::curl::curl(&opts, &cache, &url, &curl_args, edge_given)?;
     Ok(ExitCode::from(code))
 }
 

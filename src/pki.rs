@@ -266,41 +266,100 @@ impl Authority {
 /// `local_ca` zones (a file in the key directory, PKCS#8 PEM, 0600, made on first use). Every
 /// name, every restart and every edge with a copy of the key directory shows the same key,
 /// which is what a client pins a zone session to (`access::edge_key`): with a key per name,
-/// each application of the zone would need its own browser login.
+/// each application of the zone would need its own browser login. It is long-lived and shared
+/// by every `local_ca` name: whoever holds it (with a certificate `ca.key` signs, or one that
+/// is still valid) passes every client's pin for those zones.
 pub struct LeafKey(KeyPair);
 
+/// Whether [`LeafKey::load_or_create`] found the key or made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafKeyOrigin {
+    Loaded,
+    Created,
+}
+
 impl LeafKey {
-    /// `name` from the state directory, or a new P-256 key written there first.
-    pub fn load_or_create(state: &StateDir, name: &str) -> io::Result<LeafKey> {
-        if let Some(pem) = state.read(name)? {
-            let bad = |why: String| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{name} in {}: {why}; restore it from a backup, or remove it to make a new \
-                         one (clients then sign in with the browser once more per zone)",
-                        state.path().display()
-                    ),
-                )
-            };
-            let der = first_section(&pem, LABEL_KEY)
-                .map_err(bad)?
-                .ok_or_else(|| bad("no PRIVATE KEY section".into()))?;
-            let key = KeyPair::from_pkcs8_der_and_sign_algo(
-                &PrivatePkcs8KeyDer::from(der),
-                &rcgen::PKCS_ECDSA_P256_SHA256,
-            )
-            .map_err(|e| bad(format!("unusable key ({e})")))?;
-            return Ok(LeafKey(key));
+    /// `name` from the state directory, or a new P-256 key written there first. The file is
+    /// created only if it does not exist (two edges starting on one directory end up with the
+    /// same key: the loser reads the winner's); a file other users may read is warned about.
+    pub fn load_or_create(state: &StateDir, name: &str) -> io::Result<(LeafKey, LeafKeyOrigin)> {
+        if let Some(key) = LeafKey::load(state, name)? {
+            return Ok((key, LeafKeyOrigin::Loaded));
         }
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(rcgen_err)?;
-        state.write_atomic(name, key.serialize_pem().as_bytes(), 0o600)?;
+        if !state.write_new(name, key.serialize_pem().as_bytes(), 0o600)? {
+            // Another process created it between our read and our write: theirs wins.
+            let theirs = LeafKey::load(state, name)?.ok_or_else(|| {
+                io::Error::other(format!(
+                    "{name} in {} appeared and vanished while the edge started; start it again",
+                    state.path().display()
+                ))
+            })?;
+            return Ok((theirs, LeafKeyOrigin::Loaded));
+        }
         log::info!(
             "created {name} (the key of the local CA's server certificates) in {}",
             state.path().display()
         );
-        Ok(LeafKey(key))
+        Ok((LeafKey(key), LeafKeyOrigin::Created))
     }
+
+    /// `name` from the state directory; `Ok(None)` if there is no such file.
+    fn load(state: &StateDir, name: &str) -> io::Result<Option<LeafKey>> {
+        let Some(pem) = state.read(name)? else {
+            return Ok(None);
+        };
+        let path = state.path().join(name);
+        if let Ok(meta) = fs::metadata(&path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                log::warn!(
+                    "{} is readable by other users; chmod 600 it (whoever holds it passes the \
+                     key check of every client's zone session for the local_ca zones)",
+                    path.display()
+                );
+            }
+        }
+        let bad = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{name} in {}: {why}; restore it from a backup, or remove it to make a new \
+                     one (clients then sign in with the browser once more per zone)",
+                    state.path().display()
+                ),
+            )
+        };
+        let der = first_section(&pem, LABEL_KEY)
+            .map_err(bad)?
+            .ok_or_else(|| bad("no PRIVATE KEY section".into()))?;
+        let key = KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(der),
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+        )
+        .map_err(|e| bad(format!("unusable key ({e})")))?;
+        Ok(Some(LeafKey(key)))
+    }
+
+    /// The SHA-256 of this key's SubjectPublicKeyInfo: what [`spki_sha256`] gives for every
+    /// certificate signed with it.
+    pub fn spki_sha256(&self) -> [u8; 32] {
+        use rcgen::PublicKeyData;
+        sha256(&self.0.subject_public_key_info())
+    }
+}
+
+/// The SHA-256 of the SubjectPublicKeyInfo (DER, with its outer SEQUENCE, as RFC 7469 pins
+/// it) of `cert`; `None` for bytes that are not an X.509 certificate.
+pub fn spki_sha256(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    Some(sha256(parsed.subject_public_key_info().as_ref()))
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 /// Sets `notBefore` to `now - BACKDATE` and `notAfter` to `now + lifetime`. (`time` is rcgen's
@@ -1140,7 +1199,8 @@ mod tests {
     fn a_local_ca_signs_every_name_with_the_one_leaf_key_kept_across_restarts() {
         let tmp = TempDir::new("pki-leaf-key");
         let (state, ca) = dev_ca(&tmp);
-        let key = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        let (key, origin) = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        assert_eq!(origin, LeafKeyOrigin::Created);
         assert_eq!(mode_of(&tmp.0.join("ca-leaf.key")), 0o600);
         let spki = |chain: &[CertificateDer<'static>]| {
             webpki::EndEntityCert::try_from(&chain[0])
@@ -1156,10 +1216,14 @@ mod tests {
             .issue_server_with(&names(&["b.localhost"]), &key)
             .unwrap();
         assert_eq!(spki(&a), spki(&b), "one key for every name");
+        // What the edge states in zone sessions is what clients see in the certificates.
+        assert_eq!(spki_sha256(&a[0]), Some(key.spki_sha256()));
+        assert_eq!(spki_sha256(&b[0]), Some(key.spki_sha256()));
         verify_server_chain(&a[0], &ca.cert_der(), "a.localhost").unwrap();
         verify_server_chain(&b[0], &ca.cert_der(), "b.localhost").unwrap();
         drop(key);
-        let again = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        let (again, origin) = LeafKey::load_or_create(&state, "ca-leaf.key").unwrap();
+        assert_eq!(origin, LeafKeyOrigin::Loaded);
         let (c, _) = ca
             .issue_server_with(&names(&["a.localhost"]), &again)
             .unwrap();
@@ -1171,6 +1235,14 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("ca-leaf.key"), "{err}");
+        // Never overwritten: a file that appears between the read and the write wins.
+        assert!(!state.write_new("ca-leaf.key", b"other", 0o600).unwrap());
+        assert_eq!(
+            std::fs::read(tmp.0.join("ca-leaf.key")).unwrap(),
+            b"garbage"
+        );
+        assert!(state.write_new("fresh.key", b"new", 0o600).unwrap());
+        assert_eq!(mode_of(&tmp.0.join("fresh.key")), 0o600);
     }
 
     #[test]

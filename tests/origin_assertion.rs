@@ -287,6 +287,8 @@ fn zone_session(keys: &KeyRing, iss: &str, email: &str) -> String {
         amr: Vec::new(),
         acr: None,
         postern_kind: jwt::ZONE_SESSION_KIND.into(),
+        // As an edge before the claim issued it: still exchanged.
+        postern_edge_spki: None,
     })
 }
 

@@ -10,13 +10,23 @@
 //! - a zone session is no app token: the carrier refuses it; the cache file is 0600;
 //! - `--no-browser` prints the login URL and starts no browser;
 //! - the zone session goes only to an edge that shows the key of the edge of the login: a
-//!   second edge for the zone's names, on another key the client also trusts, never sees it.
+//!   second edge for the zone's names, on another key the client also trusts, never sees it;
+//! - a server of the zone's names that relays a login to the edge (its own trusted key,
+//!   forwarding the CLI's requests) does not get the session pinned to its key: the CLI keeps
+//!   a session only when the connection that brought it showed the key the edge states in it.
 
 mod support;
 
-use std::path::Path;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
 use support::oidc::browser_login;
 use support::oidc::DEFAULT_EXPECT;
@@ -405,5 +415,388 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
     assert!(
         lines[1].starts_with("spki-sha256 ") && lines[1].len() == 12 + 64,
         "{text}"
+    );
+}
+
+/// A BROWSER that opens nothing (a login it is asked for goes nowhere).
+fn refusing_browser(dir: &Path) -> PathBuf {
+    let script = dir.join("no-browser.sh");
+    std::fs::write(&script, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+/// A server for names of the zone with its own key, on a CA the client trusts (a name of the
+/// zone taken over, a SaaS host on a subdomain), standing between the CLI and the edge: it
+/// terminates TLS with its certificate and, while `forward` is set, opens TLS to the edge
+/// (SNI = the name the client asked for) and copies the plaintext both ways, so a login
+/// through it completes at the real edge. With `forward` off it answers every request itself
+/// with a 401, as an attacker's server would to get a zone session posted to it. Every request
+/// it reads (or the first bytes of each relayed connection) is kept in `received`.
+struct Relay {
+    addr: SocketAddr,
+    ca: PathBuf,
+    forward: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<String>>>,
+}
+
+impl Relay {
+    fn start(dir: &Path, edge: &str, edge_ca: &Path, names: &[&str]) -> Relay {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca = dir.join("relay-ca.pem");
+        std::fs::write(&ca, ca_cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(edge_ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let (server, client) = (Arc::new(server), Arc::new(client));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = Relay {
+            addr: listener.local_addr().unwrap(),
+            ca,
+            forward: Arc::new(AtomicBool::new(true)),
+            received: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (forward, received, edge) = (
+            relay.forward.clone(),
+            relay.received.clone(),
+            edge.to_owned(),
+        );
+        std::thread::spawn(move || {
+            for tcp in listener.incoming().flatten() {
+                let (server, client) = (server.clone(), client.clone());
+                let (received, edge) = (received.clone(), edge.clone());
+                let forward = forward.load(Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    // A client that refuses our key ends the handshake: nothing to keep.
+                    let _ = relay_one(tcp, &server, &client, &edge, forward, &received);
+                });
+            }
+        });
+        relay
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+/// One connection to the [`Relay`].
+fn relay_one(
+    mut tcp: TcpStream,
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<rustls::ClientConfig>,
+    edge: &str,
+    forward: bool,
+    received: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut conn = rustls::ServerConnection::new(server.clone()).map_err(std::io::Error::other)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    if !forward {
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        let request = read_request(&mut tls)?;
+        received.lock().unwrap().push(request);
+        let body = r#"{"error":"login required"}"#;
+        let answer = format!(
+            "HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tls.write_all(answer.as_bytes())?;
+        tls.conn.send_close_notify();
+        return tls.flush();
+    }
+    let name = conn.server_name().unwrap_or("localhost").to_owned();
+    let mut up = TcpStream::connect(edge)?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut upconn = rustls::ClientConnection::new(
+        client.clone(),
+        ServerName::try_from(name).map_err(std::io::Error::other)?,
+    )
+    .map_err(std::io::Error::other)?;
+    while upconn.is_handshaking() {
+        upconn.complete_io(&mut up)?;
+    }
+    let down = Arc::new(TlsEnd::new(conn.into(), tcp)?);
+    let up = Arc::new(TlsEnd::new(upconn.into(), up)?);
+    // Copies `from`'s plaintext to `to` until `from` ends; returns its first bytes.
+    let pump = |from: Arc<TlsEnd>, to: Arc<TlsEnd>| {
+        std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let mut head = Vec::new();
+            loop {
+                let (data, eof) = from.read()?;
+                if head.len() < 4096 {
+                    head.extend_from_slice(&data);
+                }
+                if !data.is_empty() {
+                    to.write(&data)?;
+                }
+                if eof {
+                    to.close();
+                    return Ok(head);
+                }
+            }
+        })
+    };
+    let to_edge = pump(down.clone(), up.clone());
+    let to_client = pump(up, down);
+    let head = to_edge.join().unwrap_or_else(|_| Ok(Vec::new()));
+    let _ = to_client.join();
+    let head = head.unwrap_or_default();
+    received
+        .lock()
+        .unwrap()
+        .push(String::from_utf8_lossy(&head).into_owned());
+    Ok(())
+}
+
+/// One HTTP request (head and Content-Length body) read from `tls`, as text.
+fn read_request(tls: &mut impl Read) -> std::io::Result<String> {
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return Ok(String::from_utf8_lossy(&data).into_owned());
+            }
+        }
+        let n = tls.read(&mut buf)?;
+        if n == 0 || data.len() > 64 * 1024 {
+            return Ok(String::from_utf8_lossy(&data).into_owned());
+        }
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// One side of a relayed TLS connection, shared by the two copying threads: each blocks on
+/// its socket without the lock, and takes the lock only to feed or drain rustls.
+struct TlsEnd {
+    conn: Mutex<rustls::Connection>,
+    sock: TcpStream,
+    reader: Mutex<TcpStream>,
+}
+
+impl TlsEnd {
+    fn new(conn: rustls::Connection, sock: TcpStream) -> std::io::Result<TlsEnd> {
+        Ok(TlsEnd {
+            conn: Mutex::new(conn),
+            reader: Mutex::new(sock.try_clone()?),
+            sock,
+        })
+    }
+
+    /// The next plaintext from the peer, and whether the peer has finished.
+    fn read(&self) -> std::io::Result<(Vec<u8>, bool)> {
+        let mut reader = self.reader.lock().unwrap();
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut out = Vec::new();
+        loop {
+            {
+                let mut conn = self.conn.lock().unwrap();
+                let eof = drain(&mut conn, &mut out)?;
+                if eof || !out.is_empty() {
+                    return Ok((out, eof));
+                }
+            }
+            let n = reader.read(&mut buf)?;
+            if n == 0 {
+                return Ok((out, true));
+            }
+            let mut conn = self.conn.lock().unwrap();
+            let mut input = &buf[..n];
+            while !input.is_empty() {
+                conn.read_tls(&mut input)?;
+                conn.process_new_packets().map_err(std::io::Error::other)?;
+                if drain(&mut conn, &mut out)? {
+                    break;
+                }
+            }
+            self.flush(&mut conn)?;
+        }
+    }
+
+    fn write(&self, data: &[u8]) -> std::io::Result<()> {
+        let mut conn = self.conn.lock().unwrap();
+        conn.writer().write_all(data)?;
+        self.flush(&mut conn)
+    }
+
+    fn close(&self) {
+        let mut conn = self.conn.lock().unwrap();
+        conn.send_close_notify();
+        let _ = self.flush(&mut conn);
+        let _ = self.sock.shutdown(std::net::Shutdown::Write);
+    }
+
+    fn flush(&self, conn: &mut rustls::Connection) -> std::io::Result<()> {
+        while conn.wants_write() {
+            conn.write_tls(&mut &self.sock)?;
+        }
+        Ok(())
+    }
+}
+
+/// Moves the plaintext rustls holds into `out`; true once the peer has closed.
+fn drain(conn: &mut rustls::Connection, out: &mut Vec<u8>) -> std::io::Result<bool> {
+    match conn.reader().read_to_end(out) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// The attack of a server that relays the login: it holds a certificate the client trusts for
+/// names of the zone, and passes the CLI's login requests to the edge (the browser signs in
+/// at the real edge, the user confirms a genuine code). The sealed answer comes back over the
+/// relay's connection. Before, the CLI pinned the zone session to the key that connection
+/// showed, the relay's, replacing the session pinned to the edge; the next command through the
+/// relay (which then answered 401) posted the session to it. Now the session states the
+/// edge's key, the CLI keeps it only from a connection showing that key: the relayed login
+/// leaves the cached session alone, and the relay gets no session, then or later.
+#[test]
+fn a_login_relayed_by_another_server_of_the_zone_gives_it_no_zone_session() {
+    let sso = Sso::start("zone-relay");
+    let relay = Relay::start(
+        sso.dir.path(),
+        &sso.edge_addr,
+        &sso.ca(),
+        &["ssh.localhost", "short.localhost", "other.localhost"],
+    );
+    let both = sso.dir.join("edge-and-relay-cas.pem");
+    let pems = [sso.ca(), relay.ca.clone()].map(|p| std::fs::read_to_string(p).unwrap());
+    std::fs::write(&both, pems.concat()).unwrap();
+    let zone_file = sso.home("alice").join(".postern/tokens/localhost.zone");
+    let relay_arg = relay.addr.to_string();
+
+    // A login through the edge itself: a session pinned to the edge's key.
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args([
+        "access",
+        "login",
+        "ssh.localhost",
+        "--edge",
+        &sso.edge_addr,
+        "--ca",
+    ])
+    .arg(&both);
+    let (ok, stderr) = sso.login_with(cmd, "login-edge", "alice", DEFAULT_EXPECT, None);
+    assert!(ok, "alice's login at the edge failed: {stderr}");
+    let good = std::fs::read_to_string(&zone_file).unwrap();
+    let good_session = zone_session(&sso, "alice");
+
+    // A login through the relay: the CLI's requests and the browser's pass through it to the
+    // edge, which signs alice in and hands over an app token and a zone session.
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args([
+        "access",
+        "login",
+        "other.localhost",
+        "--edge",
+        &relay_arg,
+        "--ca",
+    ])
+    .arg(&both);
+    let (relayed_ok, relayed) = sso.login_with(cmd, "login-relayed", "alice", DEFAULT_EXPECT, None);
+    let after_relayed_login = std::fs::read_to_string(&zone_file).unwrap_or_default();
+    let logged_in_through_relay = relay
+        .received()
+        .iter()
+        .any(|r| r.starts_with("POST /cdn-cgi/access/transfer"));
+
+    // The relay now answers by itself, 401 to everything: does the session come to it?
+    relay.forward.store(false, Ordering::SeqCst);
+    let refusing = refusing_browser(sso.dir.path());
+    let out = ssh_via(
+        &sso,
+        "alice",
+        "short.localhost",
+        &relay_arg,
+        &both,
+        &refusing,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let received = relay.received();
+    assert!(
+        !received
+            .iter()
+            .any(|r| r.contains("/cdn-cgi/access/exchange")
+                || r.contains(r#""zone_session":""#)
+                || r.contains(&good_session)),
+        "a zone session reached the relay:\n{received:#?}\nssh: {stderr}"
+    );
+    assert!(!out.status.success(), "the relay has no way in: {stderr}");
+
+    // The relayed login itself worked (its app token is alice's), went through the relay, and
+    // said why its zone session was not kept; the edge's session stayed as it was.
+    assert!(relayed_ok, "the relayed login: {relayed}");
+    assert!(logged_in_through_relay, "{:#?}", relay.received());
+    assert!(
+        relayed.contains("the login answer came through a server with another key than the edge's")
+            && relayed.contains("the zone session for localhost is not kept"),
+        "{relayed}"
+    );
+    assert_eq!(
+        after_relayed_login, good,
+        "the relayed login replaced the session pinned to the edge"
+    );
+    assert_eq!(std::fs::read_to_string(&zone_file).unwrap(), good);
+    assert!(
+        stderr.contains(&format!(
+            "the edge at {relay_arg} shows another key than the edge that signed you in to \
+             localhost"
+        )),
+        "{stderr}"
+    );
+
+    // The edge still takes the session it pinned: no browser.
+    let out = ssh_via(
+        &sso,
+        "alice",
+        "short.localhost",
+        &sso.edge_addr,
+        &both,
+        &refusing,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ssh short.localhost: {stderr}");
+    assert!(
+        stderr.contains("from the zone session of localhost") && !stderr.contains(BROWSER_PROMPT),
+        "{stderr}"
     );
 }

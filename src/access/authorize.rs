@@ -41,6 +41,7 @@ use super::login_lock::{self, Acquired, LockError, LockTiming};
 use super::token_cache::{is_compact_jwt, TokenCache, ZoneSession, REFRESH_MARGIN};
 use super::{connect, AccessError, AccessOptions, Credentials};
 use crate::io::tls::TlsConn;
+use crate::proto::jwt::ZONE_SESSION_EDGE_KEY;
 use crate::secret::Secret;
 
 /// Opens a carrier for `opts.hostname`, logging in through the browser when the edge asks
@@ -123,12 +124,22 @@ pub(crate) fn open_authorized(
 }
 
 /// `access curl`: an app token for `opts.hostname` as `access ssh` gets one when the edge
-/// asks: a cached token with [`REFRESH_MARGIN`] left, else the zone session's (no browser;
-/// only from an edge that shows the key pinned at the login), else [`app_token`]'s (a
-/// browser login, unless a parallel process brings one), cached.
-pub(crate) fn token_for(opts: &AccessOptions, cache: &TokenCache) -> Result<Secret, AccessError> {
+/// asks: a cached token with [`REFRESH_MARGIN`] left, else (with `zone_sessions`) the zone
+/// session's (no browser; only from an edge that shows the key pinned at the login), else
+/// [`app_token`]'s (a browser login, unless a parallel process brings one), cached. Without
+/// `zone_sessions` the zone session is never sent: curl's default edge is the URL's host,
+/// which may be any web server of the zone, and a zone's wildcard certificate and key are
+/// often on those servers too (so the pin alone would not stop it).
+pub(crate) fn token_for(
+    opts: &AccessOptions,
+    cache: &TokenCache,
+    zone_sessions: bool,
+) -> Result<Secret, AccessError> {
     if let Some(t) = cache.load_with_margin(&opts.hostname, REFRESH_MARGIN) {
         return Ok(t);
+    }
+    if !zone_sessions {
+        return app_token(opts, cache, None, false);
     }
     let zone_sessions = match zone_token(opts, cache)? {
         Exchange::Token(t) => return Ok(t),
@@ -185,14 +196,14 @@ fn app_token(
 }
 
 /// A browser login's plaintext: the app token, then (from an edge that gives one) a line with
-/// the zone session, which is cached for its zone when `opts.hostname` is in that zone, with
-/// `edge_key`, the key of the edge that delivered it (without one it is not kept: it would
-/// never be sent).
+/// the zone session, which is kept for its zone when `opts.hostname` is in that zone and
+/// [`keep_zone_session`] says so; `delivered_by` is the key of the server whose connection
+/// brought the answer.
 fn login_payload(
     opts: &AccessOptions,
     cache: &TokenCache,
     plain: Vec<u8>,
-    edge_key: Option<EdgeKey>,
+    delivered_by: Option<EdgeKey>,
 ) -> Result<Secret, AccessError> {
     let text = String::from_utf8(plain).map_err(|_| not_a_token())?;
     let mut lines = text.trim().splitn(2, '\n');
@@ -204,21 +215,65 @@ fn login_payload(
                 super::token_cache::valid_cache_hostname(z)
                     && (opts.hostname == *z || opts.hostname.ends_with(&format!(".{z}")))
             });
-        match (zone, edge_key) {
-            (Some(zone), Some(key)) if is_compact_jwt(session) => {
-                let session = Secret::from(session.to_owned());
-                if let Err(e) = cache.store_zone_session(&zone, &session, key) {
-                    warn!("could not cache the zone session: {e}");
-                }
+        match zone {
+            Some(zone) if is_compact_jwt(session) => {
+                keep_zone_session(cache, &zone, session, delivered_by)
             }
-            (Some(_), None) if is_compact_jwt(session) => warn!(
-                "the edge's certificate could not be read: its zone session is not kept (the \
-                 next application of the zone asks for a browser login)"
-            ),
             _ => warn!("the edge handed over a zone session that is not for this host's zone"),
         }
     }
     Ok(token)
+}
+
+/// Caches a login's zone session for `zone`, pinned to the key the session itself states
+/// (`postern_edge_spki`, inside what the edge signs), and only when `delivered_by`, the key
+/// of the connection that brought it, is that key. A server that relays the login (it holds a
+/// certificate the client trusts for a name of the zone, and forwards the CLI's requests to
+/// the edge) shows its own key: the session is not kept, so it is never sent there. The app
+/// token of the login is used either way. A session that states no key (an edge older than
+/// this postern) is not kept either: nothing but the connection would vouch for the key.
+fn keep_zone_session(cache: &TokenCache, zone: &str, session: &str, delivered_by: Option<EdgeKey>) {
+    let Some(stated) = claim(session, ZONE_SESSION_EDGE_KEY) else {
+        warn!(
+            "the edge's zone session for {zone} does not state the edge's key (an edge older \
+             than this postern): it is not kept, and each application of {zone} signs in with \
+             the browser until the edge is upgraded"
+        );
+        return;
+    };
+    let Some(stated) = EdgeKey::from_hex(&stated) else {
+        warn!("the edge's zone session for {zone} states its key in a form this postern does not read: it is not kept");
+        return;
+    };
+    if delivered_by != Some(stated) {
+        eprintln!(
+            "the login answer came through a server with another key than the edge's (it showed \
+             spki-sha256 {}…, the edge states {}…); the zone session for {zone} is not kept",
+            delivered_by.map_or_else(|| "(unreadable)".to_owned(), EdgeKey::short),
+            stated.short()
+        );
+        return;
+    }
+    // Not silently: a session pinned to another key gives way to this one (a new zone key, a
+    // pool edge with another certificate, or a login through another server of the zone).
+    if let Some(ZoneSession {
+        edge_key: Some(before),
+        ..
+    }) = cache.load_zone_session(zone).filter(|z| z.zone == zone)
+    {
+        if before != stated {
+            eprintln!(
+                "the zone session for {zone} now goes to the edge with key spki-sha256 {}… (the \
+                 one it replaces went to {}…)",
+                stated.short(),
+                before.short()
+            );
+        }
+    }
+    let session = Secret::from(session.to_owned());
+    if let Err(e) = cache.store_zone_session(zone, &session, stated) {
+        warn!("could not cache the zone session: {e}");
+    }
 }
 
 /// A string claim of a compact JWT, read without checking it (the edge checks).
@@ -266,6 +321,7 @@ fn zone_token(opts: &AccessOptions, cache: &TokenCache) -> Result<Exchange, Acce
     let cfg = edge_key::recording_config(
         opts.extra_ca.as_deref(),
         edge_key::seen(),
+        edge_key::Record::Verified,
         Some(pin.clone()),
     )?;
     let body = serde_json::json!({ "zone_session": session.expose() }).to_string();
@@ -426,7 +482,10 @@ mod tests {
         };
         let far = crate::io::unix_now() + 3600;
         let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
-        let session = jwt(&format!(r#"{{"exp":{far},"aud":"zone:example.com"}}"#));
+        let stated = edge_key(5).hex();
+        let session = jwt(&format!(
+            r#"{{"exp":{far},"aud":"zone:example.com","postern_edge_spki":"{stated}"}}"#
+        ));
         let payload = format!("{token}\n{session}\n").into_bytes();
         let key = Some(edge_key(5));
         let got = login_payload(&opts("ssh.example.com"), &cache, payload.clone(), key).unwrap();
@@ -459,6 +518,69 @@ mod tests {
         let got = login_payload(&opts("ssh.example.com"), &cache, payload, None).unwrap();
         assert_eq!(got.expose(), token);
         assert!(cache.load_zone_session("ssh.example.com").is_none());
+    }
+
+    #[test]
+    fn a_zone_session_is_kept_only_when_the_connection_showed_the_key_it_states() {
+        let tmp = crate::access::token_cache::tests::TempDir::new("payload-key");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let opts = AccessOptions {
+            hostname: "ssh.example.com".into(),
+            edge: "127.0.0.1:443".into(),
+            extra_ca: None,
+            credentials: Credentials::None,
+            resume: None,
+            resume_granted: None,
+            destination: None,
+        };
+        let far = crate::io::unix_now() + 3600;
+        let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
+        let session = |stated: Option<EdgeKey>, jti: &str| {
+            let claim = stated.map_or_else(String::new, |k| {
+                format!(r#","postern_edge_spki":"{}""#, k.hex())
+            });
+            jwt(&format!(
+                r#"{{"exp":{far},"aud":"zone:example.com","jti":"{jti}"{claim}}}"#
+            ))
+        };
+        let login = |session: &str, delivered_by: Option<EdgeKey>| {
+            let payload = format!("{token}\n{session}\n").into_bytes();
+            let got = login_payload(&opts, &cache, payload, delivered_by).unwrap();
+            assert_eq!(
+                got.expose(),
+                token,
+                "the app token is the login's either way"
+            );
+        };
+        let cached = || {
+            cache
+                .load_zone_session("ssh.example.com")
+                .map(|z| (z.session.expose().to_owned(), z.edge_key))
+        };
+        let (edge, relay) = (edge_key(1), edge_key(2));
+
+        // The edge's own connection: kept, pinned to the key the session states.
+        let good = session(Some(edge), "good");
+        login(&good, Some(edge));
+        assert_eq!(cached(), Some((good.clone(), Some(edge))));
+        // Delivered through a server with another key (a relay): not kept, and the session
+        // cached before stays.
+        login(&session(Some(edge), "relayed"), Some(relay));
+        assert_eq!(cached(), Some((good.clone(), Some(edge))));
+        login(&session(Some(edge), "unreadable"), None);
+        assert_eq!(cached(), Some((good.clone(), Some(edge))));
+        // No key stated (an older edge), or a malformed one: not kept.
+        login(&session(None, "older"), Some(edge));
+        assert_eq!(cached(), Some((good.clone(), Some(edge))));
+        let bad = jwt(&format!(
+            r#"{{"exp":{far},"aud":"zone:example.com","postern_edge_spki":"ABC"}}"#
+        ));
+        login(&bad, Some(edge));
+        assert_eq!(cached(), Some((good, Some(edge))));
+        // A session that states the key its connection showed replaces the one before.
+        let rotated = session(Some(relay), "rotated");
+        login(&rotated, Some(relay));
+        assert_eq!(cached(), Some((rotated, Some(relay))));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ```text
 //!  curl on PATH? ─no─▶ error (before any login)
 //!      │
-//!  token for H: cached (with REFRESH_MARGIN left) ─▶ the zone session's (pinned edge key) ─▶ a browser login
+//!  token for H: cached (with REFRESH_MARGIN left) ─▶ the zone session's (only with --edge, and the pinned key) ─▶ a browser login
 //!      │        (as `access ssh` gets one; cached the same way)
 //!  header file ~/.postern/tokens/.curl-<random> (0600, created new) ─▶ curl -H @file URL ARGS
 //!      │
@@ -38,15 +38,19 @@ const HEADER_PREFIX: &str = ".curl-header-";
 const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs curl (see the module doc); returns the exit code for postern to exit with.
+///
+/// `edge_given`: the edge was named (`--edge`, `POSTERN_EDGE`), not taken from the URL; only
+/// then may the zone session be exchanged there (and only if it shows the pinned key).
 pub fn curl(
     opts: &AccessOptions,
     cache: &TokenCache,
     url: &str,
     args: &[OsString],
+    edge_given: bool,
 ) -> Result<u8, AccessError> {
     let program = find_on_path("curl").ok_or(AccessError::CurlMissing)?;
     remove_leftovers(cache.dir());
-    let token = token_for(opts, cache)?;
+    let token = token_for(opts, cache, edge_given)?;
     let local = |what, error| AccessError::Local { what, error };
     cache.ensure_dir().map_err(AccessError::Cache)?;
     let header = HeaderFile::create(cache.dir(), token.expose())

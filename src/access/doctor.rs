@@ -62,7 +62,12 @@ fn run(opts: &mut AccessOptions, cache: &Result<TokenCache, String>) -> Result<(
         None => "the system roots (no --ca / POSTERN_CA)".to_owned(),
     };
     let seen = edge_key::seen();
-    let cfg = edge_key::recording_config(opts.extra_ca.as_deref(), seen.clone(), None);
+    let cfg = edge_key::recording_config(
+        opts.extra_ca.as_deref(),
+        seen.clone(),
+        edge_key::Record::Presented,
+        None,
+    );
     let (mut sock, mut tls) = reach_edge(opts, cfg, &trust, Some(&seen))?;
 
     // token: what ssh would send, without a browser.

@@ -3,8 +3,12 @@
 //! leaf whose key is not the one expected.
 //!
 //! ```text
-//!  browser login ──poll that delivers the zone session──▶ Recording (no pin): the leaf seen
-//!       └─ EdgeKey::of(leaf) ─▶ cached with the session (`<zone>.zone`, `spki-sha256 HEX`)
+//!  browser login ──poll that delivers the zone session──▶ Recording (no pin): the leaf that
+//!       passed the check          the session states the edge's key (`postern_edge_spki`,
+//!       │                         signed by the edge)
+//!       └─ EdgeKey::of(leaf) == stated? ─yes─▶ cached with the session (`<zone>.zone`,
+//!                                 │            `spki-sha256 HEX`)
+//!                                 └─no──▶ not kept (a server relayed the login), said once
 //!  exchange ──handshake──▶ Recording (pin = that key): the normal WebPKI check, unchanged,
 //!       then the leaf's key must be the pinned one, or the handshake fails before any byte
 //!       of the request (the zone session) is sent
@@ -38,22 +42,32 @@ pub(crate) struct EdgeKey([u8; 32]);
 impl EdgeKey {
     /// The key of `cert`; `None` for bytes that are not an X.509 certificate.
     pub(crate) fn of(cert: &CertificateDer<'_>) -> Option<EdgeKey> {
-        let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
-        let spki = parsed.subject_public_key_info();
-        let digest = ring::digest::digest(&ring::digest::SHA256, spki.as_ref());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        Some(EdgeKey(out))
+        crate::pki::spki_sha256(cert).map(EdgeKey)
     }
 
     /// The line the token cache stores: `spki-sha256 <64 lowercase hex digits>`.
     pub(crate) fn to_line(self) -> String {
-        format!("{CACHE_PREFIX}{}", crate::store::hex(&self.0))
+        format!("{CACHE_PREFIX}{}", self.hex())
+    }
+
+    /// The 64 lowercase hex digits (as the edge states its key in a zone session).
+    pub(crate) fn hex(self) -> String {
+        crate::store::hex(&self.0)
+    }
+
+    /// The first 16 hex digits, enough to tell keys apart in a message.
+    pub(crate) fn short(self) -> String {
+        crate::store::hex(&self.0[..8])
     }
 
     /// The key from [`EdgeKey::to_line`]'s line, exactly (no other form is accepted).
     pub(crate) fn from_line(line: &str) -> Option<EdgeKey> {
-        let hex = line.strip_prefix(CACHE_PREFIX)?.as_bytes();
+        EdgeKey::from_hex(line.strip_prefix(CACHE_PREFIX)?)
+    }
+
+    /// The key from exactly 64 lowercase hex digits ([`EdgeKey::hex`]).
+    pub(crate) fn from_hex(hex: &str) -> Option<EdgeKey> {
+        let hex = hex.as_bytes();
         if hex.len() != 64 {
             return None;
         }
@@ -105,16 +119,27 @@ pub(crate) fn seen_key(seen: &Seen) -> Option<EdgeKey> {
     EdgeKey::of(&leaf)
 }
 
+/// Which leaves a [`Recording`] keeps in its [`Seen`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// Whatever the edge presented, trusted or not (`access doctor` says what it was).
+    Presented,
+    /// Only a leaf that passed the checks (the login: the key a zone session may be kept for).
+    Verified,
+}
+
 /// The client's TLS config (`super::client_config`: the same roots, `--ca`, protocol versions
 /// and ALPN) with the same WebPKI verification, wrapped in [`Recording`]: each handshake's
-/// leaf goes into `seen`, and with `pin`, a leaf with another key is refused.
+/// leaf goes into `seen` (as `record` says), and with `pin`, a leaf with another key is
+/// refused.
 pub(crate) fn recording_config(
     extra_ca: Option<&Path>,
     seen: Seen,
+    record: Record,
     pin: Option<Arc<Pin>>,
 ) -> Result<Arc<ClientConfig>, AccessError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Recording::new(extra_ca, seen, pin, provider.clone())?;
+    let verifier = Recording::new(extra_ca, seen, record, pin, provider.clone())?;
     let mut cfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(AccessError::TlsSetup)?
@@ -132,6 +157,7 @@ pub(crate) fn recording_config(
 pub(crate) struct Recording {
     inner: Arc<WebPkiServerVerifier>,
     seen: Seen,
+    record: Record,
     pin: Option<Arc<Pin>>,
 }
 
@@ -140,6 +166,7 @@ impl Recording {
     fn new(
         extra_ca: Option<&Path>,
         seen: Seen,
+        record: Record,
         pin: Option<Arc<Pin>>,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Arc<Recording>, AccessError> {
@@ -147,7 +174,18 @@ impl Recording {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
             .build()
             .map_err(|e| AccessError::TlsSetup(rustls::Error::General(e.to_string())))?;
-        Ok(Arc::new(Recording { inner, seen, pin }))
+        Ok(Arc::new(Recording {
+            inner,
+            seen,
+            record,
+            pin,
+        }))
+    }
+
+    fn keep(&self, leaf: &CertificateDer<'_>) {
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = Some(leaf.clone().into_owned());
+        }
     }
 }
 
@@ -160,8 +198,8 @@ impl ServerCertVerifier for Recording {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut seen) = self.seen.lock() {
-            *seen = Some(end_entity.clone().into_owned());
+        if self.record == Record::Presented {
+            self.keep(end_entity);
         }
         let verified = self.inner.verify_server_cert(
             end_entity,
@@ -177,7 +215,12 @@ impl ServerCertVerifier for Recording {
                     CertificateError::ApplicationVerificationFailure,
                 ))
             }
-            _ => Ok(verified),
+            _ => {
+                if self.record == Record::Verified {
+                    self.keep(end_entity);
+                }
+                Ok(verified)
+            }
         }
     }
 
@@ -222,8 +265,17 @@ mod tests {
     }
 
     fn recording(ca: Option<&Path>, seen: Seen, pin: Option<Arc<Pin>>) -> Arc<Recording> {
+        recording_as(ca, seen, Record::Presented, pin)
+    }
+
+    fn recording_as(
+        ca: Option<&Path>,
+        seen: Seen,
+        record: Record,
+        pin: Option<Arc<Pin>>,
+    ) -> Arc<Recording> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Recording::new(ca, seen, pin, provider).unwrap()
+        Recording::new(ca, seen, record, pin, provider).unwrap()
     }
 
     fn verify(v: &Recording, leaf: &CertificateDer<'_>) -> Result<(), rustls::Error> {
@@ -274,6 +326,22 @@ mod tests {
             !check.refused(),
             "an untrusted leaf is the normal check's refusal"
         );
+
+        // For the login, only a leaf that passed the checks is recorded.
+        let verified_only = seen();
+        let untrusted = recording_as(None, verified_only.clone(), Record::Verified, None);
+        assert!(verify(&untrusted, &pinned_leaf).is_err());
+        assert_eq!(seen_key(&verified_only), None, "an untrusted leaf");
+        let pinned = recording_as(
+            Some(&bundle),
+            verified_only.clone(),
+            Record::Verified,
+            Some(Pin::new(pin)),
+        );
+        assert!(verify(&pinned, &other_leaf).is_err());
+        assert_eq!(seen_key(&verified_only), None, "a leaf the pin refused");
+        verify(&pinned, &pinned_leaf).unwrap();
+        assert_eq!(seen_key(&verified_only), Some(pin));
     }
 
     #[test]

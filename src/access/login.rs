@@ -77,16 +77,22 @@ pub fn login(opts: &AccessOptions, purpose: Purpose) -> Result<Vec<u8>, AccessEr
     login_from_edge(opts, purpose).map(|(plain, _)| plain)
 }
 
-/// [`login`], and the key of the edge that handed the answer over: the leaf certificate of
+/// [`login`], and the key of the server that handed the answer over: the leaf certificate of
 /// the poll's connection that brought it (`None` only if that certificate does not parse). A
-/// zone session in the answer is pinned to that key (`edge_key`).
+/// zone session in the answer is kept only if that key is the one the session states
+/// (`authorize::login_payload`): a server that relays the login shows its own.
 pub(crate) fn login_from_edge(
     opts: &AccessOptions,
     purpose: Purpose,
 ) -> Result<(Vec<u8>, Option<EdgeKey>), AccessError> {
     // The client's usual TLS config (roots, `--ca`), recording each connection's leaf.
     let seen = edge_key::seen();
-    let cfg = edge_key::recording_config(opts.extra_ca.as_deref(), seen.clone(), None)?;
+    let cfg = edge_key::recording_config(
+        opts.extra_ca.as_deref(),
+        seen.clone(),
+        edge_key::Record::Verified,
+        None,
+    )?;
     let opener = Opener::new();
     let code = confirmation_code(&opener.id, &opener.public);
     let poll_path = format!("/cdn-cgi/access/transfer?id={}", opener.id);

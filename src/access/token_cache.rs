@@ -111,6 +111,11 @@ pub fn fresh_enough(exp: u64, now: u64) -> bool {
     exp > now.saturating_add(EXPIRY_MARGIN.as_secs())
 }
 
+/// The lines of a cache file as every reader of it takes them: trimmed, blank ones skipped.
+fn file_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty())
+}
+
 /// A cached zone session (see the module doc).
 pub struct ZoneSession {
     /// The zone (`aud: zone:<zone>`), which names the file.
@@ -201,9 +206,10 @@ impl TokenCache {
     ) -> Result<(), CacheError> {
         let path = self.path(name, suffix)?;
         if let Some(secret) = only {
-            // The secret is the first line (a zone session's pin follows it).
+            // The secret is the first line (a zone session's pin follows it), read as the
+            // loaders read it.
             match fs::read_to_string(&path) {
-                Ok(text) if text.lines().next().map(str::trim) == Some(secret.expose()) => {}
+                Ok(text) if file_lines(&text).next() == Some(secret.expose()) => {}
                 _ => return Ok(()),
             }
         }
@@ -238,7 +244,7 @@ impl TokenCache {
     /// Anything else is not a zone session.
     fn read_zone_file(&self, zone: &str, now: u64) -> Option<(Secret, Option<EdgeKey>)> {
         let text = self.read_file(zone, ".zone")?;
-        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let mut lines = file_lines(&text);
         let session = lines.next()?;
         let edge_key = match lines.next() {
             None => None,
@@ -600,6 +606,11 @@ pub(crate) mod tests {
             cache.load_zone_session("example.com").unwrap().edge_key,
             Some(edge_key(3))
         );
+        // What loads as this session is what remove_if takes for it (one reading of the file).
+        cache
+            .remove_if_zone_session("example.com", &Secret::from(session.clone()))
+            .unwrap();
+        assert!(!path.exists(), "a 401 removes the session it refused");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use crate::oidc::OidcSettings;
 use crate::pki::{self, Authority};
 use crate::proto::mux;
 use crate::proto::policy::{self, Decision, Identity, Policy, Rule, Verdict};
-use crate::store::{EtcdAccess, EtcdConfig, EtcdUrl, StateDir};
+use crate::store::{self, EtcdAccess, EtcdConfig, EtcdUrl, StateDir};
 
 /// Everything the edge loop needs, ready to use.
 pub struct EdgeSettings {
@@ -58,6 +58,11 @@ pub struct EdgeSettings {
     pub admins: Option<Vec<Policy>>,
     /// Zones origins may choose at `tunnel login`.
     pub zones: Vec<String>,
+    /// Per zone, the lowercase hex SHA-256 of the SubjectPublicKeyInfo of the key its
+    /// certificates have (the fixed certificate's, or `ca-leaf.key` for `local_ca`): stated in
+    /// the zone sessions the edge signs (`postern_edge_spki`), so a client keeps a session only
+    /// when the connection that brought it showed this key.
+    pub zone_keys: Vec<(String, String)>,
     /// How long a zone session (one login per zone) lasts, in seconds (`zone_session_lifetime`,
     /// default 24h); the edge never makes one outlive its longest app-token lifetime.
     pub zone_session_lifetime: u64,
@@ -207,6 +212,14 @@ impl EdgeSettings {
     /// `team.site.com`, and only that zone's certificates may register or route it.
     pub fn zone_of(&self, host: &str) -> Option<&str> {
         zone_of(&self.zones, host)
+    }
+
+    /// [`EdgeSettings::zone_keys`]' entry for `zone`.
+    pub fn zone_key(&self, zone: &str) -> Option<&str> {
+        self.zone_keys
+            .iter()
+            .find(|(z, _)| z == zone)
+            .map(|(_, k)| k.as_str())
     }
 }
 
@@ -463,6 +476,9 @@ impl From<std::io::Error> for ConfigError {
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// The key file of a `local_ca` zone's server certificates, in the key directory.
+const LEAF_KEY: &str = "ca-leaf.key";
 
 /// How a zone's certificate is obtained.
 enum ZoneCert {
@@ -769,6 +785,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
     let mut zones = Vec::new();
     let mut names = Vec::new();
     let mut tls_ca_pem = None;
+    let mut zone_keys = Vec::new();
     for (i, z) in cfg.zones.into_iter().enumerate() {
         let name = z.name.to_ascii_lowercase();
         if !crate::proto::dns::valid_hostname(&name) {
@@ -780,12 +797,31 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
             (Some(c), Some(k), false) => {
                 let chain = pki::load_certs(&c)?;
                 let key = pki::load_private_key(&k)?;
+                let spki = chain.first().and_then(pki::spki_sha256).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "zones[{i}] ({name}): {} holds no certificate postern can read",
+                        c.display()
+                    ))
+                })?;
+                zone_keys.push((name.clone(), store::hex(&spki)));
                 ZoneCert::Fixed(certified_key(chain, key)?)
             }
             (None, None, true) => {
+                let ca_existed = state.path().join("ca.key").exists();
                 let ca = Authority::load_or_create(&state, "ca", "postern edge CA")?;
-                let key = pki::LeafKey::load_or_create(&state, "ca-leaf.key")?;
+                let (key, origin) = pki::LeafKey::load_or_create(&state, LEAF_KEY)?;
+                if origin == pki::LeafKeyOrigin::Created && ca_existed {
+                    // An upgrade: every edge of a pool would make its own, and clients'
+                    // zone-session pins would then flip from edge to edge.
+                    log::warn!(
+                        "created {} (the one key of the local CA's server certificates): if \
+                         other edges share this key directory (a pool), stop them, copy this \
+                         file to each (0600) and start them again (docs/scaling.md)",
+                        state.path().join(LEAF_KEY).display()
+                    );
+                }
                 tls_ca_pem = Some(ca.cert_pem().to_owned());
+                zone_keys.push((name.clone(), store::hex(&key.spki_sha256())));
                 ZoneCert::LocalCa(Arc::new((ca, key)), Mutex::new(HashMap::new()))
             }
             _ => {
@@ -813,6 +849,7 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         tunnel_admins: cfg.tunnel_admins,
         admins: cfg.admins,
         zones: names,
+        zone_keys,
         zone_session_lifetime: cfg.zone_session_lifetime,
         tls_ca_pem,
         origin_ca: Arc::new(origin_ca),

@@ -10,6 +10,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` atomically: temp file beside it created with `mode`, fsync, rename, fsync dir.
 pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_file(path, data, mode, Publish::Replace)
+}
+
+/// Creates `path` atomically with `data` and `mode`, only if it does not exist yet: as
+/// [`write_file_atomic`], but the temp file is hard-linked to `path`, which fails with
+/// [`io::ErrorKind::AlreadyExists`] when another process got there first (the caller then
+/// reads theirs). A reader sees no file or the whole one.
+pub fn write_file_new(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    write_file(path, data, mode, Publish::New)
+}
+
+/// How the temp file becomes `path`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Publish {
+    Replace,
+    New,
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32, publish: Publish) -> io::Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -39,7 +58,14 @@ pub fn write_file_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
         file.write_all(data)?;
         file.sync_all()?;
         drop(file);
-        fs::rename(&tmp, path)?;
+        match publish {
+            Publish::Replace => fs::rename(&tmp, path)?,
+            Publish::New => {
+                let linked = fs::hard_link(&tmp, path);
+                let _ = fs::remove_file(&tmp);
+                linked?;
+            }
+        }
         File::open(dir)?.sync_all()
     })();
     if result.is_err() {

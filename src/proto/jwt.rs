@@ -61,6 +61,8 @@ pub use crate::limits::ORIGIN_ASSERTION_LIFETIME_SECS;
 pub const ZONE_SESSION_TYP: &str = "postern-zone-session+jwt";
 /// The `postern_kind` claim of a [`ZoneSession`].
 pub const ZONE_SESSION_KIND: &str = "zone_session";
+/// The claim of a [`ZoneSession`] that states the edge's key (`postern_edge_spki`).
+pub const ZONE_SESSION_EDGE_KEY: &str = "postern_edge_spki";
 /// The prefix of a zone session's `aud`: `zone:<zone>`. A colon is never in a hostname, so
 /// no application's audience can equal it.
 pub const ZONE_SESSION_AUD_PREFIX: &str = "zone:";
@@ -613,6 +615,12 @@ pub struct ZoneSession {
     pub acr: Option<String>,
     /// Always [`ZONE_SESSION_KIND`].
     pub postern_kind: String,
+    /// [`ZONE_SESSION_EDGE_KEY`]: the lowercase hex SHA-256 of the SubjectPublicKeyInfo of the
+    /// key the edge serves the zone's names with. The CLI keeps the session only when the
+    /// connection that delivered it showed that key, and sends it only to that key. Absent in
+    /// sessions from edges before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postern_edge_spki: Option<String>,
 }
 
 impl ZoneSession {
@@ -2303,6 +2311,7 @@ mod tests {
             amr: vec!["pwd".into()],
             acr: None,
             postern_kind: ZONE_SESSION_KIND.into(),
+            postern_edge_spki: Some("ab".repeat(32)),
         }
     }
 

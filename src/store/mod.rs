@@ -128,6 +128,17 @@ impl StateDir {
         crate::io::files::write_file_atomic(&self.path.join(name), data, mode)
     }
 
+    /// Creates `name` with `data` (mode `mode`, atomically) unless it exists; `Ok(false)`
+    /// when it does (another process may have created it a moment ago: read it).
+    pub fn write_new(&self, name: &str, data: &[u8], mode: u32) -> io::Result<bool> {
+        check_name(name)?;
+        match crate::io::files::write_file_new(&self.path.join(name), data, mode) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads `name`; `Ok(None)` if it does not exist.
     pub fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
         check_name(name)?;

@@ -1421,3 +1421,68 @@ fn a_browser_that_opens_an_ssh_hostname_gets_a_page_with_the_ssh_config_block() 
     assert_eq!(status(&o.received), 404);
     assert!(body_of(&o.received).contains("No application is served at"));
 }
+
+/// `POST /cdn-cgi/access/exchange` on [`APP`] with `session`: (status, body).
+fn exchange_zone_session(pipe: &mut Pipe, session: &str) -> (u16, String) {
+    let mut c = pipe.carrier(peer_addr(9, 5000), APP);
+    let body = serde_json::json!({ "zone_session": session }).to_string();
+    let request = format!(
+        "POST /cdn-cgi/access/exchange HTTP/1.1\r\nHost: {APP}\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    pipe.send(&mut c, request.as_bytes());
+    (status(&c.received), body_of(&c.received))
+}
+
+/// A zone session states the key the edge serves its zone with (what the CLI pins it to, so
+/// a server that relays the login cannot have it pinned to its own); an exchange of a session
+/// that states another key is "needs fresh login", one from an edge before the claim (none)
+/// still goes through.
+#[test]
+fn a_zone_session_states_the_edges_key_and_one_for_another_key_is_not_exchanged() {
+    let mut pipe = Pipe::new();
+    let key = pipe
+        .core
+        .settings
+        .zone_key("localhost")
+        .expect("the dev zone's key")
+        .to_owned();
+    assert_eq!(key.len(), 64, "{key}");
+    let identity = crate::proto::policy::Identity {
+        email: Some("alice@example.com".into()),
+        groups: Vec::new(),
+        service_token: None,
+        authn: Default::default(),
+    };
+    let issued = pipe
+        .core
+        .issue_zone_session(APP, &identity)
+        .expect("a zone session");
+    let payload = issued.split('.').nth(1).expect("a compact JWT");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&crate::proto::base64::decode_url(payload).unwrap()).unwrap();
+    assert_eq!(claims["postern_edge_spki"], key.as_str());
+    let (code, body) = exchange_zone_session(&mut pipe, &issued);
+    assert_eq!(code, 200, "{body}");
+
+    let resigned = |pipe: &Pipe, stated: Option<String>| {
+        let verified = pipe
+            .core
+            .keys
+            .verify_zone_session(&issued, &pipe.core.public_url(), "localhost", pipe.unix, 0)
+            .expect("the issued session verifies");
+        let session = crate::proto::jwt::ZoneSession {
+            postern_edge_spki: stated,
+            ..verified
+        };
+        pipe.core.keys.sign_zone_session(&session)
+    };
+    let other = resigned(&pipe, Some("00".repeat(32)));
+    let (code, body) = exchange_zone_session(&mut pipe, &other);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("another key"), "{body}");
+    let older = resigned(&pipe, None);
+    let (code, body) = exchange_zone_session(&mut pipe, &older);
+    assert_eq!(code, 200, "{body}");
+}

@@ -6,11 +6,14 @@
 //!  CLI ── POST /cdn-cgi/access/transfer {id, key, app, zone_session: true}
 //!  … browser sign-in and confirmation as for any login …
 //!  sealed payload = app token "\n" zone session        (zone session: signed, typ
-//!                                                        postern-zone-session+jwt, aud zone:Z)
+//!                                                        postern-zone-session+jwt, aud zone:Z,
+//!                                                        postern_edge_spki: the edge's key
+//!                                                        for Z, which the CLI pins)
 //!  CLI ── POST https://H2/cdn-cgi/access/exchange      (TLS, SNI = Host = H2, H2 in zone Z)
 //!         Content-Type: application/json {"zone_session": "…"}
 //!           ├─ 200 {"token"}                              app token for H2's application
-//!           ├─ 401 {"reason": "login_required", "error"}  bad, expired or revoked session, or
+//!           ├─ 401 {"reason": "login_required", "error"}  bad, expired or revoked session,
+//!           │                                             one stating another key, or
 //!           │                                             H2's application needs a fresher
 //!           │                                             sign-in: the CLI opens a browser
 //!           └─ 403 {"reason": "not_allowed", "error"}     H2's policy refuses the identity:
@@ -94,6 +97,9 @@ impl EdgeCore {
             amr: identity.authn.amr.clone(),
             acr: identity.authn.acr.clone(),
             postern_kind: ZONE_SESSION_KIND.to_owned(),
+            // The edge's own word on its key, inside what only it can sign: a server that
+            // relays the login cannot make the CLI pin the session to the relay's key.
+            postern_edge_spki: self.settings.zone_key(zone).map(str::to_owned),
         };
         Some(self.keys.sign_zone_session(&session))
     }
@@ -201,6 +207,19 @@ impl EdgeCore {
             ));
         };
         audit.insert("email".into(), email.clone().into());
+        // A session states the key it is pinned to; one for another key than this edge's
+        // (the zone's key was replaced, or an edge of the pool serves another) goes no
+        // further than here: the CLI's next browser login brings one for this key.
+        if let Some(stated) = &session.postern_edge_spki {
+            if self.settings.zone_key(&zone) != Some(stated.as_str()) {
+                return Err((
+                    401,
+                    LOGIN,
+                    "needs fresh login: the zone session is for another key than this edge's"
+                        .into(),
+                ));
+            }
+        }
         if self.tokens.zone_session_revoked(&zone, &email, session.iat) {
             return Err((
                 401,
