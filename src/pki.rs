@@ -190,14 +190,7 @@ impl Authority {
         &self,
         names: &[String],
     ) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-        let first = names.first().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a server certificate needs a name",
-            )
-        })?;
-        let mut params = leaf_params(names.to_vec(), first)?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let params = server_params(names)?;
         let (cert, key) = self.sign(params)?;
         Ok((vec![cert, self.cert_der()], key))
     }
@@ -238,14 +231,7 @@ impl Authority {
         names: &[String],
         key: &LeafKey,
     ) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
-        let first = names.first().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a server certificate needs a name",
-            )
-        })?;
-        let mut params = leaf_params(names.to_vec(), first)?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let params = server_params(names)?;
         let cert = params.signed_by(&key.0, &self.issuer).map_err(rcgen_err)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.0.serialize_der()));
         Ok((vec![cert.der().clone(), self.cert_der()], key_der))
@@ -394,6 +380,19 @@ fn ca_params(common_name: &str, now: SystemTime) -> io::Result<CertificateParams
     ];
     set_validity(&mut params, now, CA_VALIDITY)?;
     params.serial_number = Some(random_serial()?);
+    Ok(params)
+}
+
+/// A server certificate's parameters for `names` (the first is its common name).
+fn server_params(names: &[String]) -> io::Result<CertificateParams> {
+    let first = names.first().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a server certificate needs a name",
+        )
+    })?;
+    let mut params = leaf_params(names.to_vec(), first)?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     Ok(params)
 }
 

@@ -467,11 +467,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_logins_zone_session_is_cached_only_for_the_hosts_own_zone() {
-        let tmp = crate::access::token_cache::tests::TempDir::new("payload-zone");
-        let cache = TokenCache::new(tmp.0.join("tokens"));
-        let opts = |host: &str| AccessOptions {
+    /// Options for `host` without credentials (the edge is never reached in these tests).
+    fn options_for(host: &str) -> AccessOptions {
+        AccessOptions {
             hostname: host.into(),
             edge: "127.0.0.1:443".into(),
             extra_ca: None,
@@ -479,7 +477,14 @@ mod tests {
             resume: None,
             resume_granted: None,
             destination: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_logins_zone_session_is_cached_only_for_the_hosts_own_zone() {
+        let tmp = crate::access::token_cache::tests::TempDir::new("payload-zone");
+        let cache = TokenCache::new(tmp.0.join("tokens"));
+        let opts = options_for;
         let far = crate::io::unix_now() + 3600;
         let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
         let stated = edge_key(5).hex();
@@ -524,15 +529,7 @@ mod tests {
     fn a_zone_session_is_kept_only_when_the_connection_showed_the_key_it_states() {
         let tmp = crate::access::token_cache::tests::TempDir::new("payload-key");
         let cache = TokenCache::new(tmp.0.join("tokens"));
-        let opts = AccessOptions {
-            hostname: "ssh.example.com".into(),
-            edge: "127.0.0.1:443".into(),
-            extra_ca: None,
-            credentials: Credentials::None,
-            resume: None,
-            resume_granted: None,
-            destination: None,
-        };
+        let opts = options_for("ssh.example.com");
         let far = crate::io::unix_now() + 3600;
         let token = jwt(&format!(r#"{{"exp":{far},"aud":["ssh.example.com"]}}"#));
         let session = |stated: Option<EdgeKey>, jti: &str| {
