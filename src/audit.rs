@@ -153,6 +153,21 @@ impl Audit {
         })
     }
 
+    /// Another handle on the same log, for another event loop of the edge (`--workers`): its
+    /// records go through the same queue and writer thread, so lines still never interleave.
+    /// Its recent lines (for the console) are only its own. The log's file is closed once the
+    /// handle that opened it and every sibling have been dropped.
+    pub fn sibling(&self) -> Audit {
+        Audit {
+            writer: self.writer.as_ref().map(|w| Writer {
+                lines: w.lines.clone(),
+                shared: w.shared.clone(),
+                thread: None,
+            }),
+            recent: RefCell::default(),
+        }
+    }
+
     /// An audit log that drops every record.
     pub fn disabled() -> Audit {
         Audit {

@@ -415,6 +415,8 @@ OPTIONS:
     --config FILE    JSON config for real deployments (see README); SIGHUP re-reads it
     --metrics ADDR   serve Prometheus /metrics and /ready on ADDR, e.g. 127.0.0.1:2000
                      (env POSTERN_METRICS; or \"metrics\" in the config file)
+    --workers N      event loops (threads) serving tunnels and their sessions, 1 to 64
+                     (default: one per core; or \"workers\" in the config file)
     --log-format F   json or human (env POSTERN_LOG_FORMAT)
     --loglevel L     debug, info, warn, error or fatal (overrides RUST_LOG)
 ";
@@ -432,6 +434,7 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
     let mut p = parser(args);
     let (mut dev, mut listen, mut state, mut config) = (false, None, None, None);
     let (mut metrics, mut keys, mut etcd) = (None, None, EtcdAccess::default());
+    let mut workers = None;
     while let Some(arg) = p.next()? {
         match arg {
             Long(f) if f.starts_with("etcd-") => {
@@ -439,6 +442,13 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
                 etcd_flag(&f, p.value()?, &mut etcd)?
             }
             Long("dev") => dev = true,
+            Long("workers") => {
+                let n = string(p.value()?, "--workers")?;
+                let n: usize = n
+                    .parse()
+                    .map_err(|_| usage(format!("--workers {n}: give a number of event loops")))?;
+                workers = Some(edge::config::check_workers(n).map_err(usage)?);
+            }
             Long("metrics") => metrics = Some(string(p.value()?, "--metrics")?),
             Long("listen") => listen = Some(string(p.value()?, "--listen")?),
             Long("state") => state = Some(p.value()?),
@@ -508,6 +518,9 @@ fn cmd_edge(args: Vec<OsString>) -> Res {
             edge::config::from_file(&path)?
         }
     };
+    if let Some(n) = workers {
+        settings.workers = n;
+    }
     if settings.applications.is_empty() {
         log::warn!("no applications configured: every request will be refused");
     }

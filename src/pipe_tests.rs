@@ -51,7 +51,7 @@ struct PeerEnd {
 
 impl Read for PeerEnd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut w = self.wire.0.borrow_mut();
+        let mut w = self.wire.0.lock().unwrap();
         if self.cut.get() {
             return Err(io::ErrorKind::WouldBlock.into());
         }
@@ -72,7 +72,7 @@ impl Read for PeerEnd {
 
 impl Write for PeerEnd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut w = self.wire.0.borrow_mut();
+        let mut w = self.wire.0.lock().unwrap();
         if self.cut.get() {
             return Ok(buf.len());
         }
@@ -92,7 +92,7 @@ impl Drop for PeerEnd {
     /// A FIN, unless the network is cut (then the edge hears nothing).
     fn drop(&mut self) {
         if !self.cut.get() {
-            self.wire.0.borrow_mut().peer_eof = true;
+            self.wire.0.lock().unwrap().peer_eof = true;
         }
     }
 }
@@ -324,7 +324,7 @@ impl Pipe {
         let mut queued = 0u64;
         for (slot, wire) in &self.edge.wires {
             if !wire.dropped() {
-                queued += wire.0.borrow().to_edge.len() as u64;
+                queued += wire.0.lock().unwrap().to_edge.len() as u64;
                 edge.handle_ready(*slot);
             }
         }
@@ -332,7 +332,7 @@ impl Pipe {
         // Bytes the edge took count as progress too.
         for (_, wire) in &self.edge.wires {
             if !wire.dropped() {
-                queued = queued.wrapping_sub(wire.0.borrow().to_edge.len() as u64);
+                queued = queued.wrapping_sub(wire.0.lock().unwrap().to_edge.len() as u64);
             }
         }
         self.moved(queued);
@@ -356,7 +356,7 @@ impl Pipe {
         let wires = clients.chain(&self.origin.wires);
         wires
             .map(|w| {
-                let w = w.0.borrow();
+                let w = w.0.lock().unwrap();
                 w.to_edge.len() + w.from_edge.len()
             })
             .sum()
@@ -576,7 +576,7 @@ impl Pipe {
                 self.edge.wires.push((slot, wire.clone()));
             }
             // A limit refused it: the edge's driver closes the socket before any TLS.
-            None => wire.0.borrow_mut().dropped = true,
+            None => wire.0.lock().unwrap().dropped = true,
         }
         let mut config = (*self.edge.bench.client_config(None, None)).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -1055,7 +1055,7 @@ fn edge_shutdown_sends_goaway_to_the_origin_and_close_notify_to_the_client() {
         .to_stream
         .extend(b"last words");
     p.settle();
-    assert!(!p.clients[c].wire.0.borrow().from_edge.is_empty());
+    assert!(!p.clients[c].wire.0.lock().unwrap().from_edge.is_empty());
     let (now, unix) = (p.clock.now, p.clock.unix);
     p.edge.bench.core.shutdown(now, unix);
     p.edge.down = true;

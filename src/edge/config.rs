@@ -76,11 +76,45 @@ pub struct EdgeSettings {
     /// The SSH certificate authority (`ssh-ca.key`), loaded once.
     pub ssh_ca: Arc<crate::sshca::SshCa>,
     /// Called once the listener is bound (the CLI prints next steps).
-    pub on_ready: Box<dyn Fn(SocketAddr)>,
+    pub on_ready: Box<dyn Fn(SocketAddr) + Send>,
     /// Where to serve `/metrics` and `/ready` (the config's `metrics`; `--metrics` wins).
     pub metrics: Option<String>,
     /// The config file and what in it needs a restart, for SIGHUP; none with `--dev`.
     pub source: Option<ConfigSource>,
+    /// Event loops (threads) that serve connections (`--workers`, the config's `workers`;
+    /// docs/design.md §2.9). 1: one loop does everything.
+    pub workers: usize,
+}
+
+impl EdgeSettings {
+    /// The settings of a worker loop (`edge::core::loops`): a copy of what serving tunnels
+    /// and carriers needs; no config file (loop 0 reloads and tells the workers).
+    pub fn for_worker(&self) -> EdgeSettings {
+        EdgeSettings {
+            listen: self.listen,
+            state: self.state.clone(),
+            etcd: self.etcd.clone(),
+            audit_log: self.audit_log.clone(),
+            carrier_tls: self.carrier_tls.clone(),
+            tunnel_tls: self.tunnel_tls.clone(),
+            applications: self.applications.clone(),
+            identity: self.identity.clone(),
+            public_url: self.public_url.clone(),
+            tunnel_admins: self.tunnel_admins.clone(),
+            admins: self.admins.clone(),
+            zones: self.zones.clone(),
+            zone_keys: self.zone_keys.clone(),
+            zone_session_lifetime: self.zone_session_lifetime,
+            tls_ca_pem: self.tls_ca_pem.clone(),
+            origin_ca: self.origin_ca.clone(),
+            limits: self.limits.clone(),
+            ssh_ca: self.ssh_ca.clone(),
+            on_ready: Box::new(|_| {}),
+            metrics: None,
+            source: None,
+            workers: self.workers,
+        }
+    }
 }
 
 /// The file an edge was started from, with the values of the fields a reload cannot change.
@@ -104,6 +138,7 @@ struct RestartOnly {
     identity: Option<OidcSettings>,
     metrics: Option<String>,
     zone_session_lifetime: u64,
+    workers: Option<usize>,
 }
 
 impl RestartOnly {
@@ -119,6 +154,7 @@ impl RestartOnly {
             identity: cfg.identity.clone(),
             metrics: cfg.metrics.clone(),
             zone_session_lifetime: cfg.zone_session_lifetime,
+            workers: cfg.workers,
         }
     }
 
@@ -150,6 +186,7 @@ impl RestartOnly {
             "zone_session_lifetime",
             self.zone_session_lifetime != new.zone_session_lifetime,
         );
+        field("workers", self.workers != new.workers);
         out
     }
 }
@@ -416,6 +453,9 @@ pub(crate) struct FileConfig {
     /// tokens for the zone's other applications without a browser until it ends.
     #[serde(default = "default_session", deserialize_with = "zone_duration")]
     zone_session_lifetime: u64,
+    /// Event loops (threads) that serve connections; absent: one per core (`--workers`).
+    #[serde(default)]
+    workers: Option<usize>,
 }
 
 fn zone_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -629,8 +669,28 @@ pub fn dev(listen: SocketAddr, state_dir: &Path) -> Result<EdgeSettings, ConfigE
         limits: EdgeLimits::default(),
         metrics: None,
         zone_session_lifetime: default_session(),
+        workers: None,
     };
     build(cfg, IdentityProvider::Dev)
+}
+
+/// The most event loops an edge runs (`--workers`).
+pub const MAX_WORKERS: usize = 64;
+
+/// `workers` (or `--workers`) checked: 1 to [`MAX_WORKERS`].
+pub fn check_workers(n: usize) -> Result<usize, String> {
+    if (1..=MAX_WORKERS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("workers {n}: give 1 to {MAX_WORKERS} event loops"))
+    }
+}
+
+/// One event loop per core the process may run on.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WORKERS)
 }
 
 /// A deployment from a JSON config file.
@@ -858,6 +918,10 @@ fn build(cfg: FileConfig, identity: IdentityProvider) -> Result<EdgeSettings, Co
         on_ready: Box::new(|_| {}),
         metrics: cfg.metrics,
         source: None,
+        workers: match cfg.workers {
+            Some(n) => check_workers(n).map_err(ConfigError::Invalid)?,
+            None => default_workers(),
+        },
     })
 }
 

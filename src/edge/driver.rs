@@ -16,16 +16,17 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 
 use super::config::{self, EdgeSettings, IdentityProvider};
 use super::core::login::{Done, Job, Worker};
+use super::core::loops::{Loops, Wake};
 use super::core::{EdgeCore, LimitCounters, Parts};
 use crate::audit::Audit;
 use crate::io::{unix_now, would_block, Signals};
@@ -33,17 +34,31 @@ use crate::limits::{ACCEPT_RETRY_MILLIS, LIMIT_LOG_INTERVAL_SECS, MAX_OIDC_JOBS,
 use crate::metrics::{self, Metrics};
 use crate::oidc::Provider;
 use crate::proto::jwt::KeyRing;
-use crate::store::{EtcdStore, FileStore, Store};
+use crate::store::{EtcdStore, FileStore, Snapshot, Store};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const WAKER: Token = Token(2);
 const FIRST_CONN: usize = 3;
 
-/// A connection's mio socket as the core holds it: it leaves the poll when the core drops it.
+/// A connection's mio socket as the core holds it: it leaves the poll when the core drops it
+/// (or when it moves to another loop, whose driver registers it there: `join`).
 struct Registered {
     sock: TcpStream,
-    registry: Rc<Registry>,
+    registry: Arc<Registry>,
+}
+
+impl Registered {
+    /// Registers a connection that arrived from another loop with this loop's poll.
+    fn join(&mut self, registry: &Arc<Registry>, token: Token) -> io::Result<()> {
+        registry.register(
+            &mut self.sock,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.registry = registry.clone();
+        Ok(())
+    }
 }
 
 impl io::Read for Registered {
@@ -69,6 +84,14 @@ impl io::Write for Registered {
 impl super::core::Transport for Registered {
     fn shutdown_write(&mut self) -> io::Result<()> {
         self.sock.shutdown(std::net::Shutdown::Write)
+    }
+
+    fn leave(&mut self) {
+        let _ = self.registry.deregister(&mut self.sock);
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
@@ -152,7 +175,7 @@ impl Edge {
         })?;
         let parts = Parts {
             snapshot,
-            store: worker,
+            store: Some(worker),
             audit,
             keys,
             oidc,
@@ -202,12 +225,13 @@ impl Edge {
         self.poll
             .registry()
             .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
-        let registry = Rc::new(self.poll.registry().try_clone()?);
+        let registry = Arc::new(self.poll.registry().try_clone()?);
         self.core.listening(addr.port());
         if let Some(p) = self.core.oidc() {
             let worker = start_login_workers(p, self.waker.clone())?;
             self.core.set_login_worker(worker);
         }
+        let workers = self.start_workers(addr.port())?;
         info!("postern edge listening on {addr}");
         self.core.metrics().set_listening(addr);
         (self.core.settings.on_ready)(addr);
@@ -239,6 +263,10 @@ impl Edge {
                             info!("edge shutting down");
                             let (now, unix) = clock();
                             self.core.shutdown(now, unix);
+                            // Each worker sends its GOAWAYs and Closes, then ends.
+                            for w in workers {
+                                let _ = w.join();
+                            }
                             return Ok(());
                         }
                     }
@@ -259,7 +287,73 @@ impl Edge {
         }
     }
 
-    fn accept(&mut self, listener: &TcpListener, registry: &Rc<Registry>) {
+    /// Starts the worker loops of `--workers N` (none for 1): each a thread with its own poll
+    /// and core, linked to this loop (`core::loops`).
+    fn start_workers(&mut self, port: u16) -> io::Result<Vec<JoinHandle<()>>> {
+        let n = self.core.settings.workers;
+        if n <= 1 {
+            return Ok(Vec::new());
+        }
+        let own = self.waker.clone();
+        let mut wakes: Vec<Wake> = vec![Arc::new(move || {
+            let _ = own.wake();
+        })];
+        let mut polls = Vec::new();
+        for _ in 1..n {
+            let poll = Poll::new()?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            wakes.push(Arc::new(move || {
+                let _ = waker.wake();
+            }));
+            polls.push(poll);
+        }
+        let mut links = Loops::wire(wakes).into_iter();
+        self.core
+            .set_loops(links.next().expect("bug: loop 0's links"));
+        let mut threads = Vec::new();
+        for (poll, loops) in polls.into_iter().zip(links) {
+            let me = loops.me();
+            let settings = self.core.settings.for_worker();
+            let parts = Parts {
+                snapshot: Snapshot::default(),
+                store: None,
+                audit: self.core.audit_sibling(),
+                keys: read_keys(&settings)?,
+                oidc: None,
+                open_files: None,
+                metrics: self.core.metrics(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("postern-loop-{me}"))
+                .spawn(move || {
+                    let run = std::panic::AssertUnwindSafe(move || {
+                        let (now, unix) = clock();
+                        let mut core = EdgeCore::new(settings, parts, now, unix);
+                        core.set_loops(loops);
+                        core.listening(port);
+                        run_worker(core, poll)
+                    });
+                    // Its connections' stubs on loop 0 would never be freed: the edge ends, as
+                    // it does when its only loop fails, and its service manager restarts it.
+                    match std::panic::catch_unwind(run) {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!("edge loop {me} failed: {e}; the edge exits");
+                            std::process::exit(1);
+                        }
+                        Err(_) => {
+                            error!("edge loop {me} panicked; the edge exits");
+                            std::process::exit(1);
+                        }
+                    }
+                })?;
+            threads.push(thread);
+        }
+        info!("{n} event loops (--workers): tunnel connections are spread over them");
+        Ok(threads)
+    }
+
+    fn accept(&mut self, listener: &TcpListener, registry: &Arc<Registry>) {
         loop {
             match listener.accept() {
                 Ok((mut sock, peer)) => {
@@ -296,6 +390,53 @@ impl Edge {
                 }
             }
         }
+    }
+}
+
+/// A worker loop (`--workers`): the tunnel connections and carriers loop 0 sends it, until
+/// loop 0 tells it to stop.
+fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
+    let registry = Arc::new(poll.registry().try_clone()?);
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let timeout = core
+            .poll_timeout()
+            .saturating_duration_since(Instant::now());
+        if let Err(e) = poll.poll(&mut events, Some(timeout)) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                WAKER => {
+                    let (now, unix) = clock();
+                    core.handle_wake(now, unix);
+                    for slot in core.take_arrivals() {
+                        let joined = match core.sock_mut(slot) {
+                            Some(sock) => match sock.as_any().downcast_mut::<Registered>() {
+                                Some(r) => r.join(&registry, Token(slot + FIRST_CONN)),
+                                None => Err(io::Error::other("not a socket")),
+                            },
+                            None => continue, // refused on arrival and gone already
+                        };
+                        if let Err(e) = joined {
+                            warn!("a connection could not join loop: {e}");
+                            core.arrival_failed(slot);
+                        }
+                    }
+                }
+                Token(t) if t >= FIRST_CONN => core.handle_ready(t - FIRST_CONN),
+                _ => {}
+            }
+        }
+        if core.stopped() {
+            return Ok(());
+        }
+        let (now, unix) = clock();
+        core.process(now, unix);
+        core.handle_timeout(now, unix);
     }
 }
 
@@ -372,7 +513,7 @@ impl AcceptPause {
 /// key once it is older than [`KEY_ROTATION_SECS`] (the old key keeps verifying until the
 /// longest session it may have signed has ended).
 fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
-    const FILE: &str = "signing-keys.json";
+    const FILE: &str = KEYS_FILE;
     let longest = settings
         .applications
         .iter()
@@ -380,7 +521,7 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
         .max()
         .unwrap_or(24 * 3600);
     let state = &settings.state;
-    match state.read(FILE)? {
+    match state.read(KEYS_FILE)? {
         Some(bytes) => {
             let mut ring =
                 KeyRing::from_json(&bytes).map_err(|e| io::Error::other(format!("{FILE}: {e}")))?;
@@ -418,6 +559,19 @@ fn load_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
             Ok(ring)
         }
     }
+}
+
+/// The app-token signing keys, in the state directory.
+const KEYS_FILE: &str = "signing-keys.json";
+
+/// The signing keys as loop 0 left them (created or rotated by [`load_keys`]), for a worker
+/// loop: it signs the assertions of the streams it opens.
+fn read_keys(settings: &EdgeSettings) -> io::Result<KeyRing> {
+    let bytes = settings
+        .state
+        .read(KEYS_FILE)?
+        .ok_or_else(|| io::Error::other(format!("{KEYS_FILE}: missing")))?;
+    KeyRing::from_json(&bytes).map_err(|e| io::Error::other(format!("{KEYS_FILE}: {e}")))
 }
 
 /// The active signing key is replaced after this long.

@@ -37,9 +37,10 @@ use log::{info, warn};
 use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 
+use super::loops::Away;
 use super::sessions::Selector;
 use super::view::Owner;
-use super::{refusal, Conn, ConnId, EdgeCore, Sock, Tunnel, Waiter};
+use super::{refusal, Conn, ConnId, EdgeCore, Sock, Waiter};
 use crate::io::tls::TlsConn;
 use crate::pki::{self, OriginCredential};
 use crate::proto::http::{self, HeadLimits, RequestHead};
@@ -482,10 +483,7 @@ impl EdgeCore {
             .get(id)
             .into_iter()
             .flatten()
-            .filter_map(|&s| match &self.conns[s] {
-                Some(Conn::Tunnel(t)) => Some(connection(t)),
-                _ => None,
-            })
+            .filter_map(|&s| self.connection(s))
             .collect();
         json!({
             "id": id,
@@ -604,15 +602,9 @@ impl EdgeCore {
     /// The store forgot tunnel `id`: its connections are cut.
     fn tunnel_deleted(&mut self, id: &str, rec: &TunnelRecord, routes: Vec<String>) -> Answer {
         let slots = self.named.get(id).cloned().unwrap_or_default();
+        let why = format!("tunnel {} was deleted", rec.name);
         for &s in &slots {
-            if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
-                t.mux.send_error(
-                    refusal::NOT_COVERED,
-                    &format!("tunnel {} was deleted", rec.name),
-                );
-                t.closing = true;
-                self.mark(s);
-            }
+            self.error_tunnel(s, refusal::NOT_COVERED, &why);
         }
         info!(
             "deleted tunnel {} ({id}); routes removed: {}; connections closed: {}",
@@ -735,15 +727,9 @@ impl EdgeCore {
 
     /// The store routed `host` to the tunnel: ad-hoc registrations of it lose it now.
     fn routed(&mut self, host: &str, id: &str, name: &str, replaced: Value) -> Answer {
+        let why = format!("hostname {host} was routed to tunnel {name}");
         for s in self.routes.remove(host).unwrap_or_default() {
-            if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
-                t.mux.send_error(
-                    refusal::OWNED,
-                    &format!("hostname {host} was routed to tunnel {name}"),
-                );
-                t.closing = true;
-                self.mark(s);
-            }
+            self.error_tunnel(s, refusal::OWNED, &why);
         }
         info!("routed {host} to tunnel {name} ({id})");
         (
@@ -753,14 +739,32 @@ impl EdgeCore {
     }
 }
 
-pub(super) fn connection(t: &Tunnel) -> Value {
-    json!({
-        "connector": t.connector,
-        "ha_index": t.ha_index,
-        "origin": t.peer.ip().to_string(),
-        "opened": t.opened,
-        "streams": t.mux.stream_count(),
-    })
+impl EdgeCore {
+    /// The tunnel connection in `slot` as the API and the console show it, wherever it is
+    /// served.
+    pub(super) fn connection(&self, slot: usize) -> Option<Value> {
+        let (connector, ha_index, peer, opened, streams) = match self.conns.get(slot)?.as_ref()? {
+            Conn::Tunnel(t) => (
+                &t.connector,
+                t.ha_index,
+                t.peer,
+                t.opened,
+                t.mux.stream_count(),
+            ),
+            Conn::Away(a) => match a.as_ref() {
+                Away::Tunnel(r) => (&r.connector, r.ha_index, r.peer, r.opened, r.live.streams()),
+                Away::Carrier(_) => return None,
+            },
+            _ => return None,
+        };
+        Some(json!({
+            "connector": connector,
+            "ha_index": ha_index,
+            "origin": peer.ip().to_string(),
+            "opened": opened,
+            "streams": streams,
+        }))
+    }
 }
 
 /// At most [`MAX_AUDIT_FIELD`] characters of a request's field, for the audit log.

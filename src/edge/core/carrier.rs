@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use log::{debug, info};
 
+use super::loops::Open;
 use super::sessions::Session;
 use super::view::Verified;
 use super::{discard_input, Carrier, Conn, Discarded, EdgeCore, Limit};
@@ -28,6 +29,9 @@ impl EdgeCore {
         slot: usize,
         mut c: Box<Carrier>,
     ) -> Option<Box<Carrier>> {
+        if c.moving.is_some() {
+            return Some(c); // to its tunnel's loop, once this pass is over (`loops.rs`)
+        }
         if c.core.is_lingering() {
             return self.discard_lingering(slot, c);
         }
@@ -43,6 +47,9 @@ impl EdgeCore {
                 }
             };
             self.carrier_step(slot, &mut c);
+            if c.moving.is_some() {
+                return Some(c);
+            }
             c.transmit();
             if c.finished {
                 self.end_carrier(slot, c, "closed before the request");
@@ -136,7 +143,10 @@ impl EdgeCore {
                     return;
                 }
                 Some(carrier::Event::Request(request)) => {
-                    self.on_request(slot, c, request, now, false)
+                    self.on_request(slot, c, request, now, false);
+                    if c.moving.is_some() {
+                        return;
+                    }
                 }
             }
         }
@@ -169,7 +179,7 @@ impl EdgeCore {
                         let n = t.mux.write(stream, &rx[start..start + len]);
                         debug_assert_eq!(n, len);
                         if let Some(s) = c.session.as_mut() {
-                            s.up += n as u64;
+                            s.bytes.add_up(n);
                         }
                         self.metrics.bytes(Direction::ClientToOrigin, n);
                         moved = true;
@@ -245,7 +255,7 @@ impl EdgeCore {
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
             t.mux.consume(stream, n);
             if let Some(s) = c.session.as_mut() {
-                s.down += n as u64;
+                s.bytes.add_down(n);
             }
             self.metrics.bytes(Direction::OriginToClient, n);
             moved = true;
@@ -536,10 +546,10 @@ impl EdgeCore {
             );
         };
         let max_streams = self.settings.limits.max_streams_per_tunnel;
-        let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
+        let Some(t) = self.tunnel_facts(tunnel) else {
             unreachable!("bug: route to a non-tunnel slot");
         };
-        if t.mux.stream_count() >= max_streams {
+        if t.streams >= max_streams {
             let origin = t.peer;
             audit.insert("reason".into(), "tunnel stream limit".into());
             self.deny(audit, Auth::TunnelBusy);
@@ -564,25 +574,65 @@ impl EdgeCore {
             );
             return self.refuse_destination(c, audit, &head, 502, &why);
         }
-        // The origin learns who it is serving from an assertion signed for this stream only;
-        // no credential the client presented travels on (see `origin_claims`).
-        let next = t.mux.next_stream_id();
-        let resume_claim = match (&ask, t.resumable) {
+        let resume = match (&ask, t.resumable) {
             (Some(resume::Ask::Start), true) => Some("start"),
             (Some(resume::Ask::Resume { .. }), _) => Some("resume"),
             _ => None,
         };
-        let granted = resume_claim.map(|_| t.connector.clone());
-        let destination = destination.map(|d| d.to_string());
-        let extra: Vec<(&str, &str)> = (resume_claim.map(|r| ("resume", r)).into_iter())
+        let open = Open {
+            session: Session::new(&identity, &host, c.peer, now, self.unix),
+            granted: resume.map(|_| t.connector.clone()),
+            resume,
+            destination: destination.map(|d| d.to_string()),
+            key,
+            audit,
+        };
+        if matches!(self.conns[tunnel], Some(Conn::Tunnel(_))) {
+            self.open_stream(slot, c, tunnel, open);
+        } else {
+            // Served by another loop: the carrier follows it there (`loops.rs`).
+            c.moving = Some((tunnel, Box::new(open)));
+        }
+    }
+
+    /// Opens the stream of a carrier let in and routed to the tunnel connection in `tunnel`
+    /// (on this loop), and answers 101; or refuses, when the tunnel cannot take it.
+    pub(super) fn open_stream(&mut self, slot: usize, c: &mut Carrier, tunnel: usize, open: Open) {
+        let Open {
+            session,
+            resume,
+            destination,
+            granted,
+            key,
+            mut audit,
+        } = open;
+        let host = session.hostname.clone();
+        let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
+            return refuse(c, 503, "Service Unavailable", "tunnel went away; try again");
+        };
+        if t.mux.stream_count() >= self.settings.limits.max_streams_per_tunnel {
+            // Another loop's figure was a pass late.
+            return refuse_at(
+                c,
+                "tunnel",
+                503,
+                "Service Unavailable",
+                "tunnel is busy; try again",
+            );
+        }
+        // The origin learns who it is serving from an assertion signed for this stream only;
+        // no credential the client presented travels on (see `origin_claims`).
+        let next = t.mux.next_stream_id();
+        let extra: Vec<(&str, &str)> = (resume.map(|r| ("resume", r)).into_iter())
             .chain(destination.as_deref().map(|d| ("destination", d)))
             .collect();
+        let identity = &session.identity;
         let Some(claims) = origin_claims(
             &self.keys,
             &self.public_url,
             &host,
             next,
-            &identity,
+            identity,
             &extra,
             self.unix,
         ) else {
@@ -608,11 +658,6 @@ impl EdgeCore {
         debug_assert_eq!(stream, next, "bug: the stream id the assertion names");
         t.carriers.insert(stream, slot);
         self.mark(tunnel);
-        let session = Session::new(&identity, &host, c.peer, now, self.unix);
-        audit.insert("session".into(), session.id.clone().into());
-        c.session = Some(session);
-        audit.insert("decision".into(), "allow".into());
-        self.audit.record("access", audit);
         self.metrics.auth(if identity.service_token.is_some() {
             Auth::ServiceToken
         } else if identity.email.is_some() {
@@ -620,6 +665,10 @@ impl EdgeCore {
         } else {
             Auth::Bypass
         });
+        audit.insert("session".into(), session.id.clone().into());
+        c.session = Some(session);
+        audit.insert("decision".into(), "allow".into());
+        self.audit.record("access", audit);
         self.metrics.stream_opened();
 
         let extra: Vec<(&str, &str)> = granted
@@ -716,9 +765,9 @@ impl EdgeCore {
             .iter()
             .copied()
             .filter(|&s| {
-                matches!(&self.conns[s], Some(Conn::Tunnel(t))
-                    if !t.closing && !t.mux.is_going_away() && t.mux.error().is_none()
-                        && connector.is_none_or(|c| t.resumable && t.connector == c))
+                self.tunnel_facts(s).is_some_and(|t| {
+                    t.usable && connector.is_none_or(|c| t.resumable && t.connector == c)
+                })
             })
             .collect();
         if live.is_empty() {
@@ -729,9 +778,7 @@ impl EdgeCore {
         let roomy: Vec<usize> = live
             .iter()
             .copied()
-            .filter(
-                |&s| matches!(&self.conns[s], Some(Conn::Tunnel(t)) if t.mux.stream_count() < max),
-            )
+            .filter(|&s| self.tunnel_facts(s).is_some_and(|t| t.streams < max))
             .collect();
         let pool = if roomy.is_empty() { &live } else { &roomy };
         self.round_robin = self.round_robin.wrapping_add(1);

@@ -840,7 +840,7 @@ impl EdgeCore {
             if let Conn::Carrier(c) = conn {
                 if let Some(s) = c.session.as_ref().filter(|_| c.core.link().is_some()) {
                     open = open.saturating_add(1);
-                    live_bytes = live_bytes.saturating_add(s.up.saturating_add(s.down));
+                    live_bytes = live_bytes.saturating_add(s.bytes.total());
                 }
             }
         }
@@ -859,13 +859,8 @@ impl EdgeCore {
             .routes
             .iter()
             .map(|(host, slots)| {
-                let mut conns: Vec<Value> = slots
-                    .iter()
-                    .filter_map(|&s| match &self.conns[s] {
-                        Some(Conn::Tunnel(t)) => Some(super::admin::connection(t)),
-                        _ => None,
-                    })
-                    .collect();
+                let mut conns: Vec<Value> =
+                    slots.iter().filter_map(|&s| self.connection(s)).collect();
                 conns.sort_by_key(|c| c["ha_index"].as_u64());
                 (host.clone(), conns)
             })

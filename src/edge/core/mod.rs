@@ -28,6 +28,7 @@ mod bastion;
 mod carrier;
 mod console;
 pub(super) mod login;
+pub(crate) mod loops;
 mod sessions;
 mod sshcert;
 #[cfg(test)]
@@ -96,10 +97,17 @@ enum Waiter {
 /// A connection's byte stream as the driver hands it over: a registered mio socket (which
 /// leaves the poll when dropped), or an in-memory pipe in the tests. The core reads and writes
 /// it only through [`TlsConn`], and only when the driver says it is ready.
-pub(crate) trait Transport: io::Read + io::Write {
+pub(crate) trait Transport: io::Read + io::Write + Send {
     /// Ends the edge's direction (a TCP FIN) and keeps reading possible: the lingering
     /// close of a carrier (`proto::carrier`, `Lingering`).
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// The connection moves to another loop (`loops.rs`): it leaves this loop's poll. The
+    /// driver there registers it again ([`EdgeCore::take_arrivals`]).
+    fn leave(&mut self) {}
+
+    /// The driver's own type, for registering an arrival.
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// The transport of one connection.
@@ -170,6 +178,8 @@ enum Conn {
     Carrier(Box<Carrier>),
     Tunnel(Box<Tunnel>),
     Admin(Box<admin::Admin>),
+    /// A connection served by another loop (`loops.rs`), on loop 0.
+    Away(Box<loops::Away>),
 }
 
 struct Carrier {
@@ -190,12 +200,15 @@ struct Carrier {
     /// The time of the input being handled (set by the core before it hands the carrier to
     /// a handler), for the close deadlines that responses start.
     now: Instant,
+    /// Let in and routed to the tunnel connection in that slot, which another loop serves:
+    /// the carrier goes there at the end of this pass (`loops.rs`).
+    moving: Option<(usize, Box<loops::Open>)>,
 }
 
 /// A connection's name that outlives it: the slot and the slot's generation, which changes
 /// whenever the slot is freed. A late result (a worker's answer) for a connection that has
 /// gone finds another generation and is dropped, never acting on the slot's new tenant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ConnId {
     slot: usize,
     generation: u32,
@@ -251,6 +264,11 @@ struct Tunnel {
     deadline: Option<Instant>,
     /// A REGISTER the edge admitted, waiting until its hostname claim is on disk.
     registering: Option<Registering>,
+    /// Registered on loop 0 of a `--workers` edge: it may go to a quieter loop at the end
+    /// of this pass (`loops.rs`).
+    moving: bool,
+    /// Served by a worker: the figures loop 0 routes by.
+    live: Option<Arc<loops::TunnelLive>>,
 }
 
 /// An admitted REGISTER whose hostname claim the store is recording (`view::Waiter::Register`).
@@ -342,6 +360,16 @@ pub(crate) struct EdgeCore {
     denials: Repeats<(IpAddr, Auth)>,
     /// Unix second of the next look for service tokens about to expire (daily).
     next_expiry_check: u64,
+    /// The other loops of a `--workers` edge (`loops.rs`).
+    loops: loops::Loops,
+    /// On a worker: the stub on loop 0 of each slot's connection.
+    slot_home: Vec<Option<ConnId>>,
+    /// On a worker: the tunnel connections by their stub on loop 0.
+    homes: HashMap<ConnId, usize>,
+    /// Slots of connections that arrived from another loop, for the driver to register.
+    arrivals: Vec<usize>,
+    /// A worker that stopped at SIGTERM.
+    stopped: bool,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -417,8 +445,8 @@ impl std::fmt::Display for LimitCounters {
 pub(crate) struct Parts {
     /// The store's records at start (the views are built from them).
     pub snapshot: Snapshot,
-    /// The store's worker thread, already running.
-    pub store: StoreWorker,
+    /// The store's worker thread, already running (none on a worker loop: `loops.rs`).
+    pub store: Option<StoreWorker>,
     pub audit: Audit,
     /// The app-token signing keys.
     pub keys: KeyRing,
@@ -490,6 +518,11 @@ impl EdgeCore {
                 Duration::from_secs(LIMIT_LOG_INTERVAL_SECS),
             ),
             next_expiry_check: 0,
+            loops: loops::Loops::single(),
+            slot_home: Vec::new(),
+            homes: HashMap::new(),
+            arrivals: Vec::new(),
+            stopped: false,
         }
     }
 
@@ -519,6 +552,11 @@ impl EdgeCore {
     /// The login workers are running (`driver`): code exchanges go to them.
     pub(crate) fn set_login_worker(&mut self, worker: login::Worker) {
         self.worker = Some(worker);
+    }
+
+    /// A handle on the audit log for a worker loop (`loops.rs`).
+    pub(crate) fn audit_sibling(&self) -> Audit {
+        self.audit.sibling()
     }
 
     pub(crate) fn metrics(&self) -> Arc<Metrics> {
@@ -552,6 +590,7 @@ impl EdgeCore {
                     warn!("{w}");
                 }
                 self.metrics.config_reload(true);
+                self.tell_workers_reload();
                 info!("config reloaded from {path}");
                 // Policy that bites: open sessions are held to the new policies too.
                 let ended = self.recheck_sessions();
@@ -633,6 +672,7 @@ impl EdgeCore {
     /// The store worker or a login worker has answers (the driver's waker fired).
     pub(crate) fn handle_wake(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
+        self.take_messages();
         self.store_answers();
         self.worker_results();
     }
@@ -666,6 +706,7 @@ impl EdgeCore {
         self.is_dirty.push(false);
         self.has_run.push(false);
         self.slot_ip.push(None);
+        self.slot_home.push(None);
         self.tls_started.push(None);
         self.generations.push(0);
         self.conns.len() - 1
@@ -713,6 +754,7 @@ impl EdgeCore {
                 }
             }
         }
+        self.left(slot);
         self.free.push(slot);
     }
 
@@ -797,13 +839,21 @@ impl EdgeCore {
                     c.now = self.now;
                     self.pump_carrier(slot, c).map(Conn::Carrier)
                 }
-                Conn::Tunnel(t) => self.pump_tunnel(slot, t).map(Conn::Tunnel),
+                Conn::Tunnel(t) => self.pump_tunnel(slot, t).map(|t| {
+                    if let Some(live) = &t.live {
+                        live.set(&t);
+                    }
+                    Conn::Tunnel(t)
+                }),
                 Conn::Admin(a) => self.pump_admin(slot, a).map(Conn::Admin),
+                away @ Conn::Away(_) => Some(away),
             };
             match kept {
                 Some(c) => {
                     self.observe_handshake(slot, &c);
-                    self.conns[slot] = Some(c);
+                    if let Err(c) = self.move_out(slot, c) {
+                        self.conns[slot] = Some(c);
+                    }
                 }
                 None => self.release(slot),
             }
@@ -820,6 +870,7 @@ impl EdgeCore {
             Conn::Carrier(c) => !c.tls.tls.is_handshaking(),
             Conn::Tunnel(t) => !t.tls.tls.is_handshaking(),
             Conn::Admin(a) => !a.tls.tls.is_handshaking(),
+            Conn::Away(_) => false,
         };
         if done {
             if let Some(at) = self.tls_started[slot].take() {
@@ -895,6 +946,8 @@ impl EdgeCore {
                                     next_timeout: self.now,
                                     deadline: Some(deadline),
                                     registering: None,
+                                    moving: false,
+                                    live: None,
                                 })))
                             } else {
                                 Some(Conn::Carrier(Box::new(Carrier {
@@ -907,6 +960,7 @@ impl EdgeCore {
                                     last_active: self.now,
                                     session: None,
                                     now: self.now,
+                                    moving: None,
                                 })))
                             }
                         }
@@ -1001,7 +1055,7 @@ impl EdgeCore {
                 },
                 Some(Conn::Tunnel(_)) => false,
                 Some(Conn::Admin(a)) => now >= a.deadline,
-                None => false,
+                Some(Conn::Away(_)) | None => false,
             };
             if !expired {
                 continue;
@@ -1041,12 +1095,15 @@ impl EdgeCore {
                         self.end_tunnel(slot, t, why);
                     }
                 }
-                None => {}
+                Some(Conn::Away(_)) | None => {}
             }
             self.release(slot);
         }
-        self.count_connections();
-        self.console_tick();
+        if self.loops.me() == 0 {
+            // Loop 0 counts every loop's connections (by their stubs) and keeps the chart.
+            self.count_connections();
+            self.console_tick();
+        }
         self.record_repeated_denials(Some(now));
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
@@ -1076,6 +1133,18 @@ impl EdgeCore {
                         ready += 1;
                     }
                 }
+                Conn::Away(a) => match a.as_ref() {
+                    loops::Away::Tunnel(r) => {
+                        tunnels += 1;
+                        if !r.closing && r.live.usable() {
+                            ready += 1;
+                        }
+                    }
+                    loops::Away::Carrier(_) => {
+                        carriers += 1;
+                        streams += 1;
+                    }
+                },
                 Conn::Accepting { .. } | Conn::Admin(_) => {}
             }
         }
@@ -1104,6 +1173,7 @@ impl EdgeCore {
     /// denials counted but not yet written go to the audit log.
     pub(crate) fn shutdown(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
+        self.tell_workers_shutdown();
         for slot in 0..self.conns.len() {
             match self.conns[slot].take() {
                 Some(Conn::Tunnel(mut t)) => {

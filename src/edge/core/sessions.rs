@@ -14,17 +14,23 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::info;
 use serde_json::{json, Map, Value};
 
+use super::loops::Away;
 use super::{Carrier, Conn, EdgeCore};
 use crate::proto::mux;
 use crate::proto::policy::Identity;
 use crate::proto::ws;
 
-/// One carrier stream, as the operator sees it.
+/// One carrier stream, as the operator sees it. A clone shares the byte counts: the stub a
+/// session leaves on the control loop when its carrier moves to its tunnel's loop
+/// (`loops.rs`) lists what the carrier moves there.
+#[derive(Clone)]
 pub(super) struct Session {
     /// 16 hex characters, random: names the session in the admin API and the audit log.
     pub(super) id: String,
@@ -35,10 +41,8 @@ pub(super) struct Session {
     pub(super) started: Instant,
     /// Unix seconds.
     pub(super) started_unix: u64,
-    /// Client → origin bytes (WebSocket payload).
-    pub(super) up: u64,
-    /// Origin → client bytes.
-    pub(super) down: u64,
+    /// Client → origin and origin → client bytes (WebSocket payload).
+    pub(super) bytes: Arc<Bytes>,
     /// Why the edge ended it, when it did (a kill, a policy change, a revocation).
     pub(super) ended_by: Option<String>,
 }
@@ -58,8 +62,7 @@ impl Session {
             peer,
             started: now,
             started_unix: unix,
-            up: 0,
-            down: 0,
+            bytes: Arc::default(),
             ended_by: None,
         }
     }
@@ -83,8 +86,8 @@ impl Session {
             "source": self.peer.to_string(),
             "started": self.started_unix,
             "seconds": now.saturating_duration_since(self.started).as_secs(),
-            "bytes_up": self.up,
-            "bytes_down": self.down,
+            "bytes_up": self.bytes.up(),
+            "bytes_down": self.bytes.down(),
         })
     }
 
@@ -102,10 +105,41 @@ impl Session {
         }
         let lasted = now.saturating_duration_since(self.started);
         f.insert("duration_ms".into(), (lasted.as_millis() as u64).into());
-        f.insert("bytes_up".into(), self.up.into());
-        f.insert("bytes_down".into(), self.down.into());
+        f.insert("bytes_up".into(), self.bytes.up().into());
+        f.insert("bytes_down".into(), self.bytes.down().into());
         f.insert("reason".into(), reason.into());
         f
+    }
+}
+
+/// A session's byte counts: two relaxed atomic additions per batch on the data path, read
+/// by the control loop for `sessions list` and the console.
+#[derive(Default)]
+pub(super) struct Bytes {
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Bytes {
+    pub(super) fn add_up(&self, n: usize) {
+        self.up.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn add_down(&self, n: usize) {
+        self.down.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn up(&self) -> u64 {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn down(&self) -> u64 {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    /// Both ways.
+    pub(super) fn total(&self) -> u64 {
+        self.up().saturating_add(self.down())
     }
 }
 
@@ -151,14 +185,23 @@ impl EdgeCore {
     /// The carrier slots whose live session `keep` selects.
     pub(super) fn session_slots(&self, keep: impl Fn(&Session) -> bool) -> Vec<usize> {
         (0..self.conns.len())
-            .filter(|&slot| match &self.conns[slot] {
-                Some(Conn::Carrier(c)) => c
-                    .session
-                    .as_ref()
-                    .is_some_and(|s| s.ended_by.is_none() && c.core.link().is_some() && keep(s)),
-                _ => false,
+            .filter(|&slot| {
+                self.live_session(slot)
+                    .is_some_and(|s| s.ended_by.is_none() && keep(s))
             })
             .collect()
+    }
+
+    /// The session of the carrier in `slot` while it streams, here or on another loop.
+    fn live_session(&self, slot: usize) -> Option<&Session> {
+        match self.conns[slot].as_ref()? {
+            Conn::Carrier(c) => c.session.as_ref().filter(|_| c.core.link().is_some()),
+            Conn::Away(a) => match a.as_ref() {
+                Away::Carrier(r) => Some(&r.session),
+                Away::Tunnel(_) => None,
+            },
+            _ => None,
+        }
     }
 
     /// The edge ends the session on carrier `slot`: a WebSocket Close `code` with `reason`
@@ -167,7 +210,7 @@ impl EdgeCore {
     pub(super) fn end_session(&mut self, slot: usize, code: u16, reason: &str) -> bool {
         let now = self.now;
         let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
-            return false;
+            return self.end_away_session(slot, code, reason);
         };
         let Some(session) = c.session.as_mut().filter(|s| s.ended_by.is_none()) else {
             return false;
@@ -202,8 +245,8 @@ impl EdgeCore {
             .session_slots(|s| selector.matches(s) && zone.is_none_or(|z| in_zone(&s.hostname, z)));
         let mut ids = Vec::new();
         for slot in slots {
-            if let Some(Conn::Carrier(c)) = &self.conns[slot] {
-                let id = c.session.as_ref().map(|s| s.id.clone()).unwrap_or_default();
+            let id = self.live_session(slot).map(|s| s.id.clone());
+            if let Some(id) = id {
                 if self.end_session(slot, ws::close::POLICY, "session ended by an administrator") {
                     ids.push(id);
                 }
@@ -236,7 +279,7 @@ impl EdgeCore {
     /// The carrier ended: its session's end line (if it had a session).
     pub(super) fn session_ended(&mut self, c: &mut Carrier, why: &str) {
         if let Some(s) = c.session.take() {
-            self.console.chart.ended(s.up.saturating_add(s.down));
+            self.console.chart.ended(s.bytes.total());
             let reason = s.ended_by.as_deref().unwrap_or(why);
             self.audit
                 .record("session_end", s.end_fields(self.now, reason));
@@ -249,10 +292,7 @@ impl EdgeCore {
         let mut all: Vec<&Session> = self
             .session_slots(|s| zone.is_none_or(|z| in_zone(&s.hostname, z)))
             .into_iter()
-            .filter_map(|slot| match &self.conns[slot] {
-                Some(Conn::Carrier(c)) => c.session.as_ref(),
-                _ => None,
-            })
+            .filter_map(|slot| self.live_session(slot))
             .collect();
         all.sort_by_key(|s| s.started);
         all.into_iter().map(|s| s.to_json(now)).collect()

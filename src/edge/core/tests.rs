@@ -10,11 +10,9 @@
 //! The harness (the wires, [`Pipe::with`]) is `pub(crate)`: `crate::pipe_tests` builds its
 //! edge with it, between a real client core and a real origin core.
 
-use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::rc::Rc;
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
@@ -50,16 +48,16 @@ pub(crate) struct WireState {
 }
 
 #[derive(Clone, Default)]
-pub(crate) struct Wire(pub(crate) Rc<RefCell<WireState>>);
+pub(crate) struct Wire(pub(crate) Arc<Mutex<WireState>>);
 
 impl Wire {
     pub(crate) fn dropped(&self) -> bool {
-        self.0.borrow().dropped
+        self.0.lock().unwrap().dropped
     }
 
     /// The edge sent its FIN: it shut its write side or dropped its end.
     pub(crate) fn edge_finished(&self) -> bool {
-        let w = self.0.borrow();
+        let w = self.0.lock().unwrap();
         w.write_shut || w.dropped
     }
 }
@@ -69,7 +67,7 @@ pub(crate) struct EdgeEnd(pub(crate) Wire);
 
 impl Read for EdgeEnd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut w = self.0 .0.borrow_mut();
+        let mut w = self.0 .0.lock().unwrap();
         if w.to_edge.is_empty() {
             return if w.peer_eof {
                 Ok(0)
@@ -87,7 +85,7 @@ impl Read for EdgeEnd {
 
 impl Write for EdgeEnd {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut w = self.0 .0.borrow_mut();
+        let mut w = self.0 .0.lock().unwrap();
         if w.write_shut {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
@@ -102,14 +100,18 @@ impl Write for EdgeEnd {
 
 impl Transport for EdgeEnd {
     fn shutdown_write(&mut self) -> io::Result<()> {
-        self.0 .0.borrow_mut().write_shut = true;
+        self.0 .0.lock().unwrap().write_shut = true;
         Ok(())
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
 impl Drop for EdgeEnd {
     fn drop(&mut self) {
-        self.0 .0.borrow_mut().dropped = true;
+        self.0 .0.lock().unwrap().dropped = true;
     }
 }
 
@@ -132,6 +134,9 @@ pub(crate) struct Pipe {
     pub(crate) woken: mpsc::Receiver<()>,
     /// The service token the store holds: (client id, secret).
     pub(crate) token: (String, String),
+    /// A second loop (`--workers 2`, `loops.rs`), driven by [`Pipe::exchange`] along with
+    /// the first.
+    pub(crate) second: Option<EdgeCore>,
     _dir: TempDir,
 }
 
@@ -208,7 +213,7 @@ impl Pipe {
         let (keys, _) = KeyRing::generate();
         let parts = Parts {
             snapshot,
-            store: worker,
+            store: Some(worker),
             audit: Audit::disabled(),
             keys,
             oidc: None,
@@ -228,8 +233,47 @@ impl Pipe {
             origin_cert,
             woken,
             token,
+            second: None,
             _dir: dir,
         }
+    }
+
+    /// An edge with two loops: loop 0 is [`Pipe::core`], loop 1 [`Pipe::second`].
+    fn with_two_loops() -> Pipe {
+        let mut pipe = Pipe::new();
+        let parts = Parts {
+            snapshot: Snapshot::default(),
+            store: None,
+            audit: Audit::disabled(),
+            keys: KeyRing::generate().0,
+            oidc: None,
+            open_files: None,
+            metrics: pipe.core.metrics(),
+        };
+        let mut second = EdgeCore::new(pipe.core.settings.for_worker(), parts, pipe.now, pipe.unix);
+        second.listening(443);
+        let wakes: Vec<loops::Wake> = vec![Arc::new(|| {}), Arc::new(|| {})];
+        let mut links = loops::Loops::wire(wakes).into_iter();
+        pipe.core.set_loops(links.next().expect("loop 0"));
+        second.set_loops(links.next().expect("loop 1"));
+        pipe.second = Some(second);
+        pipe
+    }
+
+    /// One turn of the second loop (if any): its messages, every slot, then loop 0's messages.
+    fn turn_second(&mut self) {
+        let (now, unix) = (self.now, self.unix);
+        let Some(w) = self.second.as_mut() else {
+            return;
+        };
+        w.handle_wake(now, unix);
+        w.take_arrivals();
+        for slot in 0..w.conns.len() {
+            w.handle_ready(slot);
+        }
+        w.process(now, unix);
+        self.core.handle_wake(now, unix);
+        self.core.process(now, unix);
     }
 
     fn limits(&mut self) -> &mut crate::limits::EdgeLimits {
@@ -307,12 +351,14 @@ impl Pipe {
             while p.tls.wants_write() {
                 let mut out = Vec::new();
                 p.tls.write_tls(&mut out).expect("client write_tls");
-                p.wire.0.borrow_mut().to_edge.extend(out);
+                p.wire.0.lock().unwrap().to_edge.extend(out);
                 moved = true;
             }
             self.core.handle_ready(p.slot);
             self.core.process(self.now, self.unix);
-            let inbound = std::mem::take(&mut p.wire.0.borrow_mut().from_edge);
+            self.turn_second();
+            self.turn_second();
+            let inbound = std::mem::take(&mut p.wire.0.lock().unwrap().from_edge);
             if !inbound.is_empty() {
                 moved = true;
                 let mut rd = &inbound[..];
@@ -600,7 +646,7 @@ fn a_refused_carrier_is_closed_once_the_refusal_is_sent() {
     // The client's close_notify and FIN after reading the answer end it, with no timer.
     c.tls.send_close_notify();
     pipe.exchange(&mut c);
-    c.wire.0.borrow_mut().peer_eof = true;
+    c.wire.0.lock().unwrap().peer_eof = true;
     pipe.exchange(&mut c);
     assert!(c.wire.dropped(), "the connection is over");
 }
@@ -609,7 +655,8 @@ fn a_refused_carrier_is_closed_once_the_refusal_is_sent() {
 fn keep_writing(c: &Peer, n: usize) {
     c.wire
         .0
-        .borrow_mut()
+        .lock()
+        .unwrap()
         .to_edge
         .extend(std::iter::repeat_n(0x17, n));
 }
@@ -635,10 +682,10 @@ fn a_closed_carrier_lingers_reading_what_the_client_still_sends_in_bounded_passe
     // What the client sends is read and discarded, one bounded batch per pass; a pass
     // that stopped at the bound asks for the next one at once.
     keep_writing(&c, 3 * LINGER_DISCARD_PER_TURN);
-    let before = c.wire.0.borrow().to_edge.len();
+    let before = c.wire.0.lock().unwrap().to_edge.len();
     pipe.core.handle_ready(c.slot);
     pipe.core.process(pipe.now, pipe.unix);
-    let after = c.wire.0.borrow().to_edge.len();
+    let after = c.wire.0.lock().unwrap().to_edge.len();
     assert!(
         before - after <= LINGER_DISCARD_PER_TURN + TLS_READ_STAGE,
         "one pass read {} bytes",
@@ -648,7 +695,10 @@ fn a_closed_carrier_lingers_reading_what_the_client_still_sends_in_bounded_passe
     for _ in 0..8 {
         pipe.core.process(pipe.now, pipe.unix);
     }
-    assert!(c.wire.0.borrow().to_edge.is_empty(), "all of it read");
+    assert!(
+        c.wire.0.lock().unwrap().to_edge.is_empty(),
+        "all of it read"
+    );
     assert!(
         pipe.core.poll_timeout() > pipe.now,
         "then it waits for readiness"
@@ -690,11 +740,14 @@ fn a_register_outside_the_edges_zones_is_refused() {
     // frames the origin sent meanwhile cannot turn the close into a reset.
     assert!(p.wire.edge_finished(), "closed after the ERROR");
     assert!(!p.wire.dropped(), "lingering");
-    p.wire.0.borrow_mut().to_edge.extend([0x17; 4096]);
+    p.wire.0.lock().unwrap().to_edge.extend([0x17; 4096]);
     pipe.core.handle_ready(p.slot);
     pipe.core.process(pipe.now, pipe.unix);
-    assert!(p.wire.0.borrow().to_edge.is_empty(), "read and discarded");
-    p.wire.0.borrow_mut().peer_eof = true;
+    assert!(
+        p.wire.0.lock().unwrap().to_edge.is_empty(),
+        "read and discarded"
+    );
+    p.wire.0.lock().unwrap().peer_eof = true;
     pipe.core.handle_ready(p.slot);
     pipe.core.process(pipe.now, pipe.unix);
     assert!(p.wire.dropped(), "ended at the origin's EOF");
@@ -922,6 +975,96 @@ fn a_client_going_away_resets_its_stream_where_a_normal_close_half_closes_it() {
     assert!(!t.wire.dropped(), "the tunnel goes on");
 }
 
+/// `--workers 2`: a registered tunnel connection goes to the quieter loop, a carrier routed to
+/// it follows it there, bytes flow both ways on that loop, and loop 0 still lists the session
+/// (with its byte counts), kills it, and frees its stub once it has ended there.
+#[test]
+fn with_two_loops_a_tunnel_and_its_carriers_move_and_loop_0_still_lists_and_kills() {
+    let mut pipe = Pipe::with_two_loops();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let away = |pipe: &Pipe, slot: usize| matches!(pipe.core.conns[slot], Some(Conn::Away(_)));
+    assert!(away(&pipe, t.slot), "the tunnel left loop 0");
+    let on_second = |pipe: &Pipe| {
+        let w = pipe.second.as_ref().expect("loop 1");
+        let tunnels = w
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c, Conn::Tunnel(_)));
+        let carriers = w
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| matches!(c, Conn::Carrier(_)));
+        (tunnels.count(), carriers.count())
+    };
+    assert_eq!(on_second(&pipe), (1, 0));
+
+    let mut c = pipe.streaming_carrier(peer_addr(10, 1));
+    assert!(away(&pipe, c.slot), "the carrier followed its tunnel");
+    assert_eq!(on_second(&pipe), (1, 1));
+    let stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let mut frame = Vec::new();
+    ws::encode_frame(&mut frame, ws::BINARY, b"hello origin", Some([1, 2, 3, 4]));
+    pipe.send(&mut c, &frame);
+    pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(origin.readable(stream), b"hello origin");
+    origin.write(stream, b"hello client");
+    pipe.origin_send(&mut t, &mut origin);
+    pipe.exchange(&mut c);
+    assert!(
+        c.received.ends_with(b"hello client"),
+        "{:?}",
+        String::from_utf8_lossy(&c.received)
+    );
+    c.received.clear();
+
+    let list = pipe.core.list_sessions(None);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["bytes_up"], 12);
+    assert_eq!(list[0]["bytes_down"], 12);
+    let id = list[0]["id"].as_str().expect("id").to_owned();
+    let killed = pipe
+        .core
+        .kill_sessions(&sessions::Selector::Id(id.clone()), None);
+    assert_eq!(killed, [id]);
+    pipe.exchange(&mut c);
+    assert_eq!(close_of(&c.received).0, ws::close::POLICY);
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        events.iter().any(
+            |e| matches!(e, OriginEvent::Stream(StreamEvent::Reset { stream: s, .. }) if *s == stream)
+        ),
+        "{events:?}"
+    );
+    // The client answers the Close and leaves: the carrier ends on loop 1, its stub on loop 0.
+    let mut close = Vec::new();
+    ws::encode_close(&mut close, ws::close::NORMAL, "", Some([1, 2, 3, 4]));
+    pipe.send(&mut c, &close);
+    c.wire.0.lock().unwrap().peer_eof = true;
+    pipe.exchange(&mut c);
+    assert!(c.wire.dropped(), "the carrier ended on loop 1");
+    assert_eq!(on_second(&pipe), (1, 0));
+    assert!(
+        pipe.core.conns[c.slot].is_none(),
+        "its stub on loop 0 is free"
+    );
+    assert!(pipe.core.list_sessions(None).is_empty());
+
+    // The origin leaves: loop 0 forgets the route.
+    t.wire.0.lock().unwrap().peer_eof = true;
+    pipe.exchange(&mut t);
+    assert!(
+        pipe.core.conns[t.slot].is_none(),
+        "the tunnel's stub is free"
+    );
+    assert!(pipe.core.routes.is_empty(), "{:?}", pipe.core.routes);
+    let mut late = pipe.carrier(peer_addr(10, 2), APP);
+    let [(a, x), (b, y)] = pipe.token_headers();
+    pipe.send(&mut late, &upgrade(APP, &[(a, &x), (b, &y)]));
+    assert_eq!(status(&late.received), 404);
+}
+
 /// A bulk upload whose carrier and tunnel both always have more to do (the client's bytes
 /// queued, the origin's credit granted) gets one run of each per pass of the loop, not the
 /// whole transfer: the loop polls its other sockets and runs its deadlines in between, and
@@ -953,14 +1096,14 @@ fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
         while c.tls.wants_write() {
             let mut out = Vec::new();
             c.tls.write_tls(&mut out).expect("client write_tls");
-            c.wire.0.borrow_mut().to_edge.extend(out);
+            c.wire.0.lock().unwrap().to_edge.extend(out);
         }
     }
-    let queued = c.wire.0.borrow().to_edge.len();
+    let queued = c.wire.0.lock().unwrap().to_edge.len();
     pipe.core.handle_ready(c.slot);
     pipe.core.process(pipe.now, pipe.unix);
-    let taken = queued - c.wire.0.borrow().to_edge.len();
-    let sent = t.wire.0.borrow().from_edge.len();
+    let taken = queued - c.wire.0.lock().unwrap().to_edge.len();
+    let sent = t.wire.0.lock().unwrap().from_edge.len();
     assert!(
         taken <= 1024 * 1024 && sent <= 1024 * 1024,
         "one pass took {taken} bytes from the client and sent {sent} to the origin"
@@ -974,11 +1117,11 @@ fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
         pipe.core.process(pipe.now, pipe.unix);
     }
     assert!(
-        c.wire.0.borrow().to_edge.is_empty(),
+        c.wire.0.lock().unwrap().to_edge.is_empty(),
         "the client's bytes all read"
     );
     // (The test's origin session holds one window; count the edge's ciphertext instead.)
-    let sent = t.wire.0.borrow().from_edge.len();
+    let sent = t.wire.0.lock().unwrap().from_edge.len();
     assert!(sent >= 64 * chunk.len(), "{sent} bytes went to the origin");
 }
 
@@ -1373,7 +1516,7 @@ fn a_carrier_that_dies_without_closing_resets_its_stream_as_lost() {
     let mut c = pipe.streaming_carrier(peer_addr(10, 1));
     pipe.origin_events(&mut t, &mut origin);
     // A TCP FIN with no Close frame and no close_notify: the laptop's process was killed.
-    c.wire.0.borrow_mut().peer_eof = true;
+    c.wire.0.lock().unwrap().peer_eof = true;
     pipe.exchange(&mut c);
     let events = pipe.origin_events(&mut t, &mut origin);
     assert!(

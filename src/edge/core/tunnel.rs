@@ -315,6 +315,7 @@ impl EdgeCore {
         self.routes.entry(hostname.clone()).or_default().push(slot);
         t.mux.send_registered(&hostname);
         t.hostname = Some(hostname);
+        t.moving = true;
     }
 
     /// REGISTER with no hostname: the connection serves the named tunnel its certificate
@@ -386,6 +387,7 @@ impl EdgeCore {
         t.named = Some(id.clone());
         self.named.entry(id).or_default().push(slot);
         t.mux.send_registered(&shown);
+        t.moving = true;
     }
 
     pub(super) fn end_tunnel(&mut self, slot: usize, mut t: Box<Tunnel>, why: &str) {
@@ -397,22 +399,7 @@ impl EdgeCore {
                 .or(t.named.as_deref())
                 .unwrap_or("unregistered")
         );
-        if let Some(id) = &t.named {
-            if let Some(v) = self.named.get_mut(id) {
-                v.retain(|&s| s != slot);
-                if v.is_empty() {
-                    self.named.remove(id);
-                }
-            }
-        }
-        if let Some(h) = &t.hostname {
-            if let Some(v) = self.routes.get_mut(h) {
-                v.retain(|&s| s != slot);
-                if v.is_empty() {
-                    self.routes.remove(h);
-                }
-            }
-        }
+        self.unroute(slot, t.hostname.as_deref(), t.named.as_deref());
         for (_, c) in t.carriers.drain() {
             if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
                 carrier.close_with(ws::close::TRY_AGAIN, "tunnel connection lost", self.now);
@@ -420,6 +407,27 @@ impl EdgeCore {
             }
         }
         t.tls.close();
+    }
+
+    /// The tunnel connection in `slot` serves `hostname` (ad hoc) or the named tunnel `named`
+    /// no more.
+    pub(super) fn unroute(&mut self, slot: usize, hostname: Option<&str>, named: Option<&str>) {
+        if let Some(id) = named {
+            if let Some(v) = self.named.get_mut(id) {
+                v.retain(|&s| s != slot);
+                if v.is_empty() {
+                    self.named.remove(id);
+                }
+            }
+        }
+        if let Some(h) = hostname {
+            if let Some(v) = self.routes.get_mut(h) {
+                v.retain(|&s| s != slot);
+                if v.is_empty() {
+                    self.routes.remove(h);
+                }
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log::{info, warn};
 
+use super::loops::Away;
 use super::{refusal, Conn, ConnId, EdgeCore, Registering, Tunnel, Waiter};
 use crate::limits::MAX_STORE_REQUESTS;
 use crate::proto::carrier;
@@ -295,14 +296,16 @@ pub(super) fn views(snapshot: Snapshot) -> (TokenView, HostnameView, TunnelView,
     )
 }
 
-/// The store worker and who waits for it. At most [`MAX_STORE_REQUESTS`] wait.
+/// The store worker and who waits for it. At most [`MAX_STORE_REQUESTS`] wait. A worker loop
+/// of a `--workers` edge has none (`loops.rs`: every request that needs the store is served
+/// on loop 0); a request there would be refused as busy.
 pub(super) struct StoreLink {
-    worker: StoreWorker,
+    worker: Option<StoreWorker>,
     waiting: HashMap<Ticket, Waiter>,
 }
 
 impl StoreLink {
-    pub(super) fn new(worker: StoreWorker) -> StoreLink {
+    pub(super) fn new(worker: Option<StoreWorker>) -> StoreLink {
         StoreLink {
             worker,
             waiting: HashMap::new(),
@@ -311,7 +314,7 @@ impl StoreLink {
 
     /// Whether the store answers (false while the worker's breaker holds it down).
     pub(super) fn up(&self) -> bool {
-        self.worker.up()
+        self.worker.as_ref().is_none_or(StoreWorker::up)
     }
 
     /// Hands `request` to the worker; `waiter` is resumed with its answer. Never waits: when
@@ -320,7 +323,10 @@ impl StoreLink {
         if self.waiting.len() >= MAX_STORE_REQUESTS {
             return Err(waiter);
         }
-        match self.worker.submit(request) {
+        let Some(worker) = self.worker.as_mut() else {
+            return Err(waiter);
+        };
+        match worker.submit(request) {
             Ok(ticket) => {
                 self.waiting.insert(ticket, waiter);
                 Ok(ticket)
@@ -429,7 +435,10 @@ impl EdgeCore {
 
     /// Everything the store worker reported: views first, then whoever waits.
     pub(super) fn store_answers(&mut self) {
-        let reports: Vec<Report> = self.store.worker.reports().collect();
+        let reports: Vec<Report> = match &self.store.worker {
+            Some(w) => w.reports().collect(),
+            None => return,
+        };
         for report in reports {
             let (ticket, answer) = match report {
                 Report::Answer(ticket, answer) => (ticket, answer),
@@ -484,15 +493,9 @@ impl EdgeCore {
                 let Some(rec) = self.tunnels.tunnels.remove(&id) else {
                     return;
                 };
+                let why = format!("tunnel {} was deleted", rec.name);
                 for s in self.named.get(&id).cloned().unwrap_or_default() {
-                    if let Some(Conn::Tunnel(t)) = self.conns[s].as_mut() {
-                        t.mux.send_error(
-                            refusal::NOT_COVERED,
-                            &format!("tunnel {} was deleted", rec.name),
-                        );
-                        t.closing = true;
-                        self.mark(s);
-                    }
+                    self.error_tunnel(s, refusal::NOT_COVERED, &why);
                 }
                 info!("tunnel {} ({id}) deleted through another edge", rec.name);
             }
@@ -509,13 +512,18 @@ impl EdgeCore {
                     return;
                 }
                 for slot in 0..self.conns.len() {
-                    let Some(Conn::Carrier(c)) = self.conns[slot].as_ref() else {
-                        continue;
+                    let (peer, sni, token) = match self.conns[slot].as_ref() {
+                        Some(Conn::Carrier(c)) => (c.peer, &c.sni, &c.service_token),
+                        Some(Conn::Away(a)) => match a.as_ref() {
+                            Away::Carrier(r) => (r.peer, &r.sni, &r.service_token),
+                            Away::Tunnel(_) => continue,
+                        },
+                        _ => continue,
                     };
-                    if c.service_token.as_deref() != Some(client_id.as_str()) {
+                    if token.as_deref() != Some(client_id.as_str()) {
                         continue;
                     }
-                    let (peer, sni) = (c.peer, c.sni.clone());
+                    let sni = sni.clone();
                     if !self.end_session(slot, ws::close::POLICY, "service token revoked") {
                         continue;
                     }
@@ -552,18 +560,23 @@ impl EdgeCore {
     /// revocation named it), each with ERROR and an audit line.
     fn close_revoked_tunnels(&mut self, named: &str) {
         for slot in 0..self.conns.len() {
-            let Some(Conn::Tunnel(t)) = self.conns[slot].as_mut() else {
-                continue;
+            let (peer, sha256) = match self.conns[slot].as_ref() {
+                Some(Conn::Tunnel(t))
+                    if !t.closing
+                        && !t.cert_fp.is_empty()
+                        && self.certs.is_revoked(&t.cert, &t.cert_fp) =>
+                {
+                    (t.peer, t.cert_fp.clone())
+                }
+                Some(Conn::Away(a)) => match a.as_ref() {
+                    Away::Tunnel(r) if !r.closing && self.certs.is_revoked(&r.cert, &r.cert_fp) => {
+                        (r.peer, r.cert_fp.clone())
+                    }
+                    _ => continue,
+                },
+                _ => continue,
             };
-            if t.closing || t.cert_fp.is_empty() || !self.certs.is_revoked(&t.cert, &t.cert_fp) {
-                continue;
-            }
-            let sha256 = t.cert_fp.clone();
-            let peer = t.peer;
-            t.mux
-                .send_error(refusal::REVOKED, "origin certificate revoked");
-            t.closing = true;
-            self.mark(slot);
+            self.error_tunnel(slot, refusal::REVOKED, "origin certificate revoked");
             info!("tunnel {peer} closed: origin certificate {sha256} ({named}) revoked");
             let mut fields = serde_json::Map::new();
             fields.insert("peer".into(), peer.to_string().into());
