@@ -17,7 +17,6 @@
 //! [`CONSOLE_AUDIT_LINES`] and [`CONSOLE_AUDIT_BYTES`]): the tail of the file, read once
 //! when it is opened (before the loop starts), then each line as it is recorded.
 
-use std::cell::{Ref, RefCell};
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -25,7 +24,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,7 +40,8 @@ const WRITE_BATCH: usize = 64 * 1024;
 /// Where decisions are recorded; [`Audit::disabled`] records nothing.
 pub struct Audit {
     writer: Option<Writer>,
-    recent: RefCell<Recent>,
+    /// Shared with the siblings: the console sees every loop's lines.
+    recent: Arc<Mutex<Recent>>,
 }
 
 /// The last audit lines, oldest first, at most [`CONSOLE_AUDIT_LINES`] of them and
@@ -149,13 +149,13 @@ impl Audit {
                 shared,
                 thread: Some(thread),
             }),
-            recent: RefCell::new(recent),
+            recent: Arc::new(Mutex::new(recent)),
         })
     }
 
     /// Another handle on the same log, for another event loop of the edge (`--workers`): its
     /// records go through the same queue and writer thread, so lines still never interleave.
-    /// Its recent lines (for the console) are only its own. The log's file is closed once the
+    /// The console's recent lines are shared with it. The log's file is closed once the
     /// handle that opened it and every sibling have been dropped.
     pub fn sibling(&self) -> Audit {
         Audit {
@@ -164,7 +164,7 @@ impl Audit {
                 shared: w.shared.clone(),
                 thread: None,
             }),
-            recent: RefCell::default(),
+            recent: self.recent.clone(),
         }
     }
 
@@ -172,13 +172,13 @@ impl Audit {
     pub fn disabled() -> Audit {
         Audit {
             writer: None,
-            recent: RefCell::default(),
+            recent: Arc::default(),
         }
     }
 
     /// The last lines recorded (see [`Recent`]), for the admin console.
-    pub fn recent(&self) -> Ref<'_, Recent> {
-        self.recent.borrow()
+    pub fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues one line for `event` with `fields`; never waits.
@@ -186,7 +186,10 @@ impl Audit {
         let Some(writer) = &self.writer else { return };
         let Some(lines) = &writer.lines else { return };
         let line = line(event, fields);
-        self.recent.borrow_mut().push(&line);
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(&line);
         match lines.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {

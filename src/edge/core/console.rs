@@ -50,7 +50,7 @@ use serde_json::{Map, Value};
 
 use super::login::{cookie, random_token, redirect, Done, Job};
 use super::sessions::Selector;
-use super::{Carrier, Conn, ConnId, EdgeCore, Waiter};
+use super::{Carrier, ConnId, EdgeCore, Waiter};
 use crate::edge::config::IdentityProvider;
 use crate::limits::{
     CONSOLE_SESSION_SECS, CONSOLE_SIGNIN_SECS, MAX_CONSOLE_SESSIONS, MAX_CONSOLE_SIGNINS,
@@ -836,12 +836,11 @@ impl EdgeCore {
         let now = self.now;
         self.console.expire(now);
         let (mut open, mut live_bytes) = (0u32, 0u64);
-        for conn in self.conns.iter().flatten() {
-            if let Conn::Carrier(c) = conn {
-                if let Some(s) = c.session.as_ref().filter(|_| c.core.link().is_some()) {
-                    open = open.saturating_add(1);
-                    live_bytes = live_bytes.saturating_add(s.bytes.total());
-                }
+        // Every loop's sessions: a carrier on another loop has its stub here (`loops.rs`).
+        for slot in 0..self.conns.len() {
+            if let Some(s) = self.live_session(slot) {
+                open = open.saturating_add(1);
+                live_bytes = live_bytes.saturating_add(s.bytes.total());
             }
         }
         self.console.chart.sample(self.unix, open, live_bytes);

@@ -193,7 +193,7 @@ impl EdgeCore {
     }
 
     /// The session of the carrier in `slot` while it streams, here or on another loop.
-    fn live_session(&self, slot: usize) -> Option<&Session> {
+    pub(super) fn live_session(&self, slot: usize) -> Option<&Session> {
         match self.conns[slot].as_ref()? {
             Conn::Carrier(c) => c.session.as_ref().filter(|_| c.core.link().is_some()),
             Conn::Away(a) => match a.as_ref() {

@@ -1312,7 +1312,19 @@ impl Pipe {
 
 #[test]
 fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after() {
-    let mut pipe = Pipe::new();
+    revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after_on(Pipe::new());
+}
+
+/// The same with `--workers 2`: the tunnel and the carriers are served by loop 1, the
+/// revocation reaches loop 0 (`loops.rs`).
+#[test]
+fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after_on_two_loops() {
+    revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after_on(
+        Pipe::with_two_loops(),
+    );
+}
+
+fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after_on(mut pipe: Pipe) {
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
     let mut revoked = pipe.streaming_carrier(peer_addr(10, 1));
     // Another token, created while the edge runs: its carrier must stay open.
@@ -1370,7 +1382,17 @@ fn revoking_a_service_token_closes_its_open_carriers_only_and_refuses_it_after()
 
 #[test]
 fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after() {
-    let mut pipe = Pipe::new();
+    revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after_on(Pipe::new());
+}
+
+/// The same with `--workers 2`: the tunnel and the carriers are served by loop 1, the
+/// revocation reaches loop 0 (`loops.rs`).
+#[test]
+fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after_on_two_loops() {
+    revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after_on(Pipe::with_two_loops());
+}
+
+fn revoking_an_origin_certificate_closes_its_tunnel_and_refuses_it_after_on(mut pipe: Pipe) {
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
     let fp = crate::pki::fingerprint(&pipe.origin_cert.0);
     pipe.revoke_from_the_cli(Revocation::Certificate {
