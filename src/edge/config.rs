@@ -1118,6 +1118,20 @@ mod tests {
     }
 
     #[test]
+    fn workers_out_of_range_are_refused_naming_the_field() {
+        let base = r#""listen":"127.0.0.1:1","state_dir":"/tmp/x","zones":[{"name":"a.test","local_ca":true}],"applications":[]"#;
+        for n in [0, MAX_WORKERS + 1] {
+            let text = format!("{{{base},\"workers\":{n}}}");
+            match parse(Path::new("edge.json"), &text) {
+                Err(e) => assert!(e.to_string().contains(&format!("workers {n}")), "{e}"),
+                Ok(_) => panic!("accepted workers {n}"),
+            }
+        }
+        assert_eq!(check_workers(3), Ok(3));
+        assert!((1..=MAX_WORKERS).contains(&default_workers()));
+    }
+
+    #[test]
     fn reload_names_restart_only_fields_and_refuses_bad_values_by_file() {
         let dir = std::env::temp_dir().join(format!("postern-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
@@ -370,7 +370,12 @@ impl EdgeCore {
                     live,
                     closing: false,
                 };
-                debug!("tunnel {} moves to loop {lp}", t.peer);
+                info!(
+                    "tunnel {} ({}, connection {}) is served by loop {lp}",
+                    t.peer,
+                    t.hostname.as_deref().or(t.named.as_deref()).unwrap_or("-"),
+                    t.ha_index
+                );
                 let home = self.conn_id(slot);
                 self.loops.to_worker(lp, Msg::Tunnel { t, home });
                 self.conns[slot] = Some(Conn::Away(Box::new(Away::Tunnel(Box::new(stub)))));
