@@ -1191,7 +1191,11 @@ impl EdgeCore {
             }
         }
         self.record_repeated_denials(None);
-        info!("limits hit since start: {}", self.counters);
+        match self.loops.me() {
+            0 => info!("limits hit since start: {}", self.counters),
+            // A worker's own: its idle timeouts and its streams' refusals.
+            me => info!("loop {me}: limits hit since start: {}", self.counters),
+        }
     }
 
     /// Writes what [`EdgeCore::deny`] counted instead of recording, for sources whose interval
