@@ -248,6 +248,8 @@ impl Edge {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
+                // The workers hold the audit log open: they end first.
+                self.stop(workers);
                 return Err(e);
             }
             for ev in events.iter() {
@@ -261,12 +263,7 @@ impl Edge {
                         }
                         if terminate {
                             info!("edge shutting down");
-                            let (now, unix) = clock();
-                            self.core.shutdown(now, unix);
-                            // Each worker sends its GOAWAYs and Closes, then ends.
-                            for w in workers {
-                                let _ = w.join();
-                            }
+                            self.stop(workers);
                             return Ok(());
                         }
                     }
@@ -284,6 +281,16 @@ impl Edge {
             let (now, unix) = clock();
             self.core.process(now, unix);
             self.core.handle_timeout(now, unix);
+        }
+    }
+
+    /// SIGTERM (or a failure): every loop sends GOAWAY to its tunnel connections and
+    /// close_notify to its carriers; then the workers end, and this loop waits for them.
+    fn stop(&mut self, workers: Vec<JoinHandle<()>>) {
+        let (now, unix) = clock();
+        self.core.shutdown(now, unix);
+        for w in workers {
+            let _ = w.join();
         }
     }
 
@@ -310,9 +317,9 @@ impl Edge {
         let mut links = Loops::wire(wakes).into_iter();
         self.core
             .set_loops(links.next().expect("bug: loop 0's links"));
-        let mut threads = Vec::new();
+        // Everything a worker needs first: a failure here leaves no thread behind.
+        let mut ready = Vec::new();
         for (poll, loops) in polls.into_iter().zip(links) {
-            let me = loops.me();
             let settings = self.core.settings.for_worker();
             let parts = Parts {
                 snapshot: Snapshot::default(),
@@ -323,7 +330,12 @@ impl Edge {
                 open_files: None,
                 metrics: self.core.metrics(),
             };
-            let thread = std::thread::Builder::new()
+            ready.push((settings, parts, poll, loops));
+        }
+        let mut threads = Vec::new();
+        for (settings, parts, poll, loops) in ready {
+            let me = loops.me();
+            let spawned = std::thread::Builder::new()
                 .name(format!("postern-loop-{me}"))
                 .spawn(move || {
                     let run = std::panic::AssertUnwindSafe(move || {
@@ -346,8 +358,14 @@ impl Edge {
                             std::process::exit(1);
                         }
                     }
-                })?;
-            threads.push(thread);
+                });
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.stop(threads);
+                    return Err(e);
+                }
+            }
         }
         info!("{n} event loops (--workers): tunnel connections are spread over them");
         Ok(threads)

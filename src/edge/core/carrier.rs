@@ -588,16 +588,23 @@ impl EdgeCore {
             audit,
         };
         if matches!(self.conns[tunnel], Some(Conn::Tunnel(_))) {
-            self.open_stream(slot, c, tunnel, open);
+            self.open_stream(slot, c, Some(tunnel), open);
         } else {
             // Served by another loop: the carrier follows it there (`loops.rs`).
-            c.moving = Some((tunnel, Box::new(open)));
+            c.moving = Some((self.conn_id(tunnel), Box::new(open)));
         }
     }
 
     /// Opens the stream of a carrier let in and routed to the tunnel connection in `tunnel`
-    /// (on this loop), and answers 101; or refuses, when the tunnel cannot take it.
-    pub(super) fn open_stream(&mut self, slot: usize, c: &mut Carrier, tunnel: usize, open: Open) {
+    /// (on this loop), and answers 101; or refuses, when the tunnel cannot take it (or has
+    /// ended on the way from another loop: `None`).
+    pub(super) fn open_stream(
+        &mut self,
+        slot: usize,
+        c: &mut Carrier,
+        tunnel: Option<usize>,
+        open: Open,
+    ) {
         let Open {
             session,
             resume,
@@ -607,19 +614,22 @@ impl EdgeCore {
             mut audit,
         } = open;
         let host = session.hostname.clone();
-        let Some(Conn::Tunnel(t)) = self.conns[tunnel].as_mut() else {
-            return refuse(c, 503, "Service Unavailable", "tunnel went away; try again");
+        let max_streams = self.settings.limits.max_streams_per_tunnel;
+        let found = tunnel.and_then(|t| self.conns.get_mut(t)?.as_mut());
+        let (tunnel, t) = match (tunnel, found) {
+            (Some(slot), Some(Conn::Tunnel(t))) if t.mux.stream_count() < max_streams => (slot, t),
+            (_, found) => {
+                // Ended, or full, between loop 0's route (a pass late) and this loop.
+                let why = match found {
+                    Some(Conn::Tunnel(_)) => "tunnel stream limit",
+                    _ => "tunnel went away",
+                };
+                audit.insert("reason".into(), why.into());
+                self.deny(audit, Auth::TunnelBusy);
+                let message = format!("{why}; try again");
+                return refuse_at(c, "tunnel", 503, "Service Unavailable", &message);
+            }
         };
-        if t.mux.stream_count() >= self.settings.limits.max_streams_per_tunnel {
-            // Another loop's figure was a pass late.
-            return refuse_at(
-                c,
-                "tunnel",
-                503,
-                "Service Unavailable",
-                "tunnel is busy; try again",
-            );
-        }
         // The origin learns who it is serving from an assertion signed for this stream only;
         // no credential the client presented travels on (see `origin_claims`).
         let next = t.mux.next_stream_id();

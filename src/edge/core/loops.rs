@@ -348,6 +348,11 @@ impl EdgeCore {
         match conn {
             Conn::Tunnel(mut t) if t.moving => {
                 t.moving = false;
+                // A carrier routed to it in the same pass (a parked request run again) opened
+                // a stream here already: it stays, with its streams, on this loop.
+                if !t.carriers.is_empty() || t.mux.stream_count() > 0 {
+                    return Err(Conn::Tunnel(t));
+                }
                 let Some(lp) = self.quietest_loop().filter(|&lp| lp != 0) else {
                     return Err(Conn::Tunnel(t));
                 };
@@ -383,15 +388,20 @@ impl EdgeCore {
             }
             Conn::Carrier(mut c) if c.moving.is_some() => {
                 let (tunnel, open) = c.moving.take().expect("bug: checked above");
-                let lp = match self.conns[tunnel].as_ref() {
-                    Some(Conn::Away(a)) => match a.as_ref() {
-                        Away::Tunnel(r) => r.lp,
-                        Away::Carrier(_) => 0,
-                    },
+                let lp = match self.conns.get(tunnel.slot).and_then(Option::as_ref) {
+                    Some(Conn::Away(a)) if self.generations[tunnel.slot] == tunnel.generation => {
+                        match a.as_ref() {
+                            Away::Tunnel(r) => r.lp,
+                            Away::Carrier(_) => 0,
+                        }
+                    }
                     _ => 0,
                 };
                 if lp == 0 {
-                    // The tunnel ended between the route and now.
+                    // The tunnel ended between the route and now (its stub is gone).
+                    let mut audit = open.audit;
+                    audit.insert("reason".into(), "tunnel went away".into());
+                    self.deny(audit, crate::metrics::Auth::TunnelBusy);
                     super::carrier::refuse(
                         &mut c,
                         503,
@@ -410,7 +420,6 @@ impl EdgeCore {
                     session: open.session.clone(),
                 };
                 let home = self.conn_id(slot);
-                let tunnel = self.conn_id(tunnel);
                 self.loops.to_worker(
                     lp,
                     Msg::Carrier {
@@ -478,15 +487,8 @@ impl EdgeCore {
             } => {
                 let slot = self.arrive(home);
                 c.now = self.now;
-                match self.homes.get(&tunnel) {
-                    Some(&t) => self.open_stream(slot, &mut c, t, *open),
-                    None => super::carrier::refuse(
-                        &mut c,
-                        503,
-                        "Service Unavailable",
-                        "tunnel went away; try again",
-                    ),
-                }
+                let tunnel = self.homes.get(&tunnel).copied();
+                self.open_stream(slot, &mut c, tunnel, *open);
                 self.conns[slot] = Some(Conn::Carrier(c));
             }
             Msg::CloseTunnel {
@@ -545,8 +547,11 @@ impl EdgeCore {
             return;
         }
         let slot = home.slot;
-        let Some(Conn::Away(a)) = self.conns[slot].take() else {
+        if !matches!(self.conns[slot], Some(Conn::Away(_))) {
             warn!("bug: a worker's connection ended on a slot without a stub");
+            return;
+        }
+        let Some(Conn::Away(a)) = self.conns[slot].take() else {
             return;
         };
         match *a {

@@ -200,9 +200,10 @@ struct Carrier {
     /// The time of the input being handled (set by the core before it hands the carrier to
     /// a handler), for the close deadlines that responses start.
     now: Instant,
-    /// Let in and routed to the tunnel connection in that slot, which another loop serves:
-    /// the carrier goes there at the end of this pass (`loops.rs`).
-    moving: Option<(usize, Box<loops::Open>)>,
+    /// Let in and routed to the tunnel connection that stub names, which another loop serves:
+    /// the carrier goes there at the end of this pass (`loops.rs`). Its session counts as
+    /// live meanwhile (a kill or a revocation ends it here).
+    moving: Option<(ConnId, Box<loops::Open>)>,
 }
 
 /// A connection's name that outlives it: the slot and the slot's generation, which changes

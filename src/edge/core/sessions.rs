@@ -195,7 +195,11 @@ impl EdgeCore {
     /// The session of the carrier in `slot` while it streams, here or on another loop.
     pub(super) fn live_session(&self, slot: usize) -> Option<&Session> {
         match self.conns[slot].as_ref()? {
-            Conn::Carrier(c) => c.session.as_ref().filter(|_| c.core.link().is_some()),
+            Conn::Carrier(c) => match &c.moving {
+                // Let in, on its way to its tunnel's loop (`loops.rs`).
+                Some((_, open)) => Some(&open.session),
+                None => c.session.as_ref().filter(|_| c.core.link().is_some()),
+            },
             Conn::Away(a) => match a.as_ref() {
                 Away::Carrier(r) => Some(&r.session),
                 Away::Tunnel(_) => None,
@@ -212,6 +216,21 @@ impl EdgeCore {
         let Some(Conn::Carrier(c)) = self.conns[slot].as_mut() else {
             return self.end_away_session(slot, code, reason);
         };
+        if let Some((_, open)) = c.moving.take() {
+            // Routed to another loop and not gone yet: it goes nowhere, and its stream is
+            // never opened; the client hears why instead of a 101.
+            info!(
+                "session {} of {} to {} from {} ended before it started: {reason}",
+                open.session.id,
+                crate::logging::untrusted(&open.session.who()),
+                open.session.hostname,
+                c.peer
+            );
+            c.service_token = None;
+            super::carrier::refuse(c, 403, "Forbidden", reason);
+            self.mark(slot);
+            return true;
+        }
         let Some(session) = c.session.as_mut().filter(|s| s.ended_by.is_none()) else {
             return false;
         };

@@ -137,6 +137,8 @@ pub(crate) struct Pipe {
     /// A second loop (`--workers 2`, `loops.rs`), driven by [`Pipe::exchange`] along with
     /// the first.
     pub(crate) second: Option<EdgeCore>,
+    /// Loop 0 hears the store only through [`Pipe::store_answer`] (not on each turn).
+    hold_store: bool,
     _dir: TempDir,
 }
 
@@ -234,6 +236,7 @@ impl Pipe {
             woken,
             token,
             second: None,
+            hold_store: false,
             _dir: dir,
         }
     }
@@ -272,7 +275,9 @@ impl Pipe {
             w.handle_ready(slot);
         }
         w.process(now, unix);
-        self.core.handle_wake(now, unix);
+        if !self.hold_store {
+            self.core.handle_wake(now, unix);
+        }
         self.core.process(now, unix);
     }
 
@@ -817,6 +822,109 @@ fn a_new_hostname_is_registered_once_the_store_recorded_the_claim() {
         refused_with(&events),
         Some(refusal::BAD_HOSTNAME),
         "{events:?}"
+    );
+}
+
+/// `--workers 2`: when a tunnel's claim and a carrier's token lookup are answered in one
+/// batch, the carrier is routed to the tunnel (and its stream opened) while the tunnel is still
+/// on loop 0, about to move. It stays there with its stream: moved, it would take along a
+/// stream that names a slot of loop 0.
+#[test]
+fn with_two_loops_a_tunnel_that_got_a_stream_before_it_moved_stays_with_it() {
+    let mut pipe = Pipe::with_two_loops();
+    pipe.hold_store = true;
+    const NEW: &str = "new.localhost";
+    let p = pipe.peer(peer_addr(50, 1), APP, Some(mux::ALPN), true);
+    let (mut t, mut origin, events) = pipe.register(p, NEW);
+    assert!(
+        events.is_empty(),
+        "the claim waits for the store: {events:?}"
+    );
+    let (id, secret) =
+        crate::store::ServiceTokens::create(&pipe.core.settings.state, "late", None).unwrap();
+    let mut c = pipe.carrier(peer_addr(10, 1), NEW);
+    let secret = secret.expose().to_owned();
+    let headers = [
+        ("cf-access-client-id", id.as_str()),
+        ("cf-access-client-secret", secret.as_str()),
+    ];
+    pipe.send(&mut c, &upgrade(NEW, &headers));
+    assert!(c.received.is_empty(), "parked for the lookup");
+    // Both answers in: two batches (two wake-ups), or one batch (no second wake-up).
+    pipe.woken
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the store answers");
+    let _ = pipe.woken.recv_timeout(Duration::from_secs(2));
+    pipe.core.handle_wake(pipe.now, pipe.unix);
+    pipe.hold_store = false;
+    pipe.exchange(&mut c);
+    assert_eq!(status(&c.received), 101, "{}", body_of(&c.received));
+    assert!(
+        matches!(pipe.core.conns[t.slot], Some(Conn::Tunnel(_))),
+        "the tunnel stays on loop 0 with its stream"
+    );
+    assert!(matches!(pipe.core.conns[c.slot], Some(Conn::Carrier(_))));
+    let stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    c.received.clear();
+    let mut frame = Vec::new();
+    ws::encode_frame(&mut frame, ws::BINARY, b"still here", Some([1, 2, 3, 4]));
+    pipe.send(&mut c, &frame);
+    pipe.origin_events(&mut t, &mut origin);
+    assert_eq!(origin.readable(stream), b"still here");
+    // The next tunnel connection goes to the quieter loop.
+    let (next, _) = pipe.tunnel(peer_addr(50, 2));
+    assert!(matches!(pipe.core.conns[next.slot], Some(Conn::Away(_))));
+}
+
+/// `--workers 2`: a carrier let in and routed to a tunnel on loop 1 whose token is revoked in
+/// the same round of store reports (the revocation found by the store's poll after the lookup
+/// answered, both handed over at one wake-up) is ended on loop 0: it never moves there, and
+/// its stream is never opened.
+#[test]
+fn with_two_loops_a_session_revoked_on_its_way_to_its_loop_never_starts() {
+    let mut pipe = Pipe::with_two_loops();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    assert!(matches!(pipe.core.conns[t.slot], Some(Conn::Away(_))));
+    pipe.hold_store = true;
+    let (id, secret) =
+        crate::store::ServiceTokens::create(&pipe.core.settings.state, "late", None).unwrap();
+    let mut c = pipe.carrier(peer_addr(10, 1), APP);
+    let secret = secret.expose().to_owned();
+    let headers = [
+        ("cf-access-client-id", id.as_str()),
+        ("cf-access-client-secret", secret.as_str()),
+    ];
+    pipe.send(&mut c, &upgrade(APP, &headers));
+    pipe.woken
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the lookup is answered");
+    FileStore::open(&pipe.core.settings.state)
+        .expect("store")
+        .revoke(Revocation::ServiceToken {
+            client_id: id.clone(),
+            reason: "test".into(),
+        })
+        .expect("revoke");
+    pipe.woken
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the store's poll finds the revocation");
+    pipe.core.handle_wake(pipe.now, pipe.unix);
+    pipe.hold_store = false;
+    pipe.exchange(&mut c);
+    assert_eq!(status(&c.received), 403, "{}", body_of(&c.received));
+    assert!(
+        body_of(&c.received).contains("service token revoked"),
+        "{}",
+        body_of(&c.received)
+    );
+    assert!(
+        matches!(pipe.core.conns[c.slot], Some(Conn::Carrier(_))),
+        "it stayed on loop 0"
+    );
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(
+        !events.iter().any(|e| matches!(e, OriginEvent::Open { .. })),
+        "no stream opened: {events:?}"
     );
 }
 

@@ -170,7 +170,7 @@ impl EdgeCore {
                 reason,
             }) => {
                 if let Some(c) = t.carriers.remove(&stream) {
-                    if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
+                    if let Some(Some(Conn::Carrier(carrier))) = self.conns.get_mut(c) {
                         let why = if code == mux::ResetCode::ConnectFailed {
                             format!("origin could not reach its service: {reason}")
                         } else {
@@ -401,7 +401,7 @@ impl EdgeCore {
         );
         self.unroute(slot, t.hostname.as_deref(), t.named.as_deref());
         for (_, c) in t.carriers.drain() {
-            if let Some(Conn::Carrier(carrier)) = self.conns[c].as_mut() {
+            if let Some(Some(Conn::Carrier(carrier))) = self.conns.get_mut(c) {
                 carrier.close_with(ws::close::TRY_AGAIN, "tunnel connection lost", self.now);
                 self.mark(c);
             }

@@ -670,6 +670,9 @@ impl EdgeCore {
             return; // The connection went away; the claim stands, as if it had registered.
         }
         let slot = conn.slot;
+        if !matches!(self.conns[slot], Some(Conn::Tunnel(_))) {
+            return;
+        }
         let Some(Conn::Tunnel(mut t)) = self.conns[slot].take() else {
             return;
         };
