@@ -69,6 +69,15 @@ fn exchange(sso: &Sso, host: &str, session: &str) -> String {
 }
 
 /// The BROWSER script of `user` ran (a ProxyCommand tried to open a browser) if its log exists.
+/// `postern access login HOST --edge EDGE --ca CAS` as alice, who signs in with the browser:
+/// whether it succeeded, and its stderr.
+fn login_alice(sso: &Sso, host: &str, edge: &str, cas: &Path, tag: &str) -> (bool, String) {
+    let mut cmd = postern(&sso.home("alice"));
+    cmd.args(["access", "login", host, "--edge", edge, "--ca"])
+        .arg(cas);
+    sso.login_with(cmd, tag, "alice", DEFAULT_EXPECT, None)
+}
+
 fn browser_ran(sso: &Sso, user: &str) -> bool {
     sso.dir.join(format!("browser-{user}.log")).exists()
 }
@@ -307,17 +316,7 @@ fn the_zone_session_is_sent_only_to_an_edge_with_the_key_of_the_login() {
     std::fs::write(&both, pems.concat()).unwrap();
 
     // One browser login to ssh.localhost through the first edge, trusting both CAs.
-    let mut cmd = postern(&sso.home("alice"));
-    cmd.args([
-        "access",
-        "login",
-        "ssh.localhost",
-        "--edge",
-        &sso.edge_addr,
-        "--ca",
-    ])
-    .arg(&both);
-    let (ok, stderr) = sso.login_with(cmd, "login-alice", "alice", DEFAULT_EXPECT, None);
+    let (ok, stderr) = login_alice(&sso, "ssh.localhost", &sso.edge_addr, &both, "login-alice");
     assert!(ok, "alice's login failed: {stderr}");
     let session = zone_session(&sso, "alice");
 
@@ -705,34 +704,15 @@ fn a_login_relayed_by_another_server_of_the_zone_gives_it_no_zone_session() {
     let relay_arg = relay.addr.to_string();
 
     // A login through the edge itself: a session pinned to the edge's key.
-    let mut cmd = postern(&sso.home("alice"));
-    cmd.args([
-        "access",
-        "login",
-        "ssh.localhost",
-        "--edge",
-        &sso.edge_addr,
-        "--ca",
-    ])
-    .arg(&both);
-    let (ok, stderr) = sso.login_with(cmd, "login-edge", "alice", DEFAULT_EXPECT, None);
+    let (ok, stderr) = login_alice(&sso, "ssh.localhost", &sso.edge_addr, &both, "login-edge");
     assert!(ok, "alice's login at the edge failed: {stderr}");
     let good = std::fs::read_to_string(&zone_file).unwrap();
     let good_session = zone_session(&sso, "alice");
 
     // A login through the relay: the CLI's requests and the browser's pass through it to the
     // edge, which signs alice in and hands over an app token and a zone session.
-    let mut cmd = postern(&sso.home("alice"));
-    cmd.args([
-        "access",
-        "login",
-        "other.localhost",
-        "--edge",
-        &relay_arg,
-        "--ca",
-    ])
-    .arg(&both);
-    let (relayed_ok, relayed) = sso.login_with(cmd, "login-relayed", "alice", DEFAULT_EXPECT, None);
+    let (relayed_ok, relayed) =
+        login_alice(&sso, "other.localhost", &relay_arg, &both, "login-relayed");
     let after_relayed_login = std::fs::read_to_string(&zone_file).unwrap_or_default();
     let logged_in_through_relay = relay
         .received()

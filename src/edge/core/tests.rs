@@ -825,6 +825,22 @@ fn a_new_hostname_is_registered_once_the_store_recorded_the_claim() {
     );
 }
 
+impl Pipe {
+    /// A carrier to `host` with a service token created while the edge runs (its view does
+    /// not hold it: the request waits for the store's lookup); and the token's client id.
+    fn late_token_carrier(&mut self, host: &str) -> (Peer, String) {
+        let (id, secret) =
+            crate::store::ServiceTokens::create(&self.core.settings.state, "late", None).unwrap();
+        let mut c = self.carrier(peer_addr(10, 1), host);
+        let headers = [
+            ("cf-access-client-id", id.as_str()),
+            ("cf-access-client-secret", secret.expose()),
+        ];
+        self.send(&mut c, &upgrade(host, &headers));
+        (c, id)
+    }
+}
+
 /// `--workers 2`: when a tunnel's claim and a carrier's token lookup are answered in one
 /// batch, the carrier is routed to the tunnel (and its stream opened) while the tunnel is still
 /// on loop 0, about to move. It stays there with its stream: moved, it would take along a
@@ -840,15 +856,7 @@ fn with_two_loops_a_tunnel_that_got_a_stream_before_it_moved_stays_with_it() {
         events.is_empty(),
         "the claim waits for the store: {events:?}"
     );
-    let (id, secret) =
-        crate::store::ServiceTokens::create(&pipe.core.settings.state, "late", None).unwrap();
-    let mut c = pipe.carrier(peer_addr(10, 1), NEW);
-    let secret = secret.expose().to_owned();
-    let headers = [
-        ("cf-access-client-id", id.as_str()),
-        ("cf-access-client-secret", secret.as_str()),
-    ];
-    pipe.send(&mut c, &upgrade(NEW, &headers));
+    let (mut c, _) = pipe.late_token_carrier(NEW);
     assert!(c.received.is_empty(), "parked for the lookup");
     // Both answers in: two batches (two wake-ups), or one batch (no second wake-up).
     pipe.woken
@@ -886,15 +894,7 @@ fn with_two_loops_a_session_revoked_on_its_way_to_its_loop_never_starts() {
     let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
     assert!(matches!(pipe.core.conns[t.slot], Some(Conn::Away(_))));
     pipe.hold_store = true;
-    let (id, secret) =
-        crate::store::ServiceTokens::create(&pipe.core.settings.state, "late", None).unwrap();
-    let mut c = pipe.carrier(peer_addr(10, 1), APP);
-    let secret = secret.expose().to_owned();
-    let headers = [
-        ("cf-access-client-id", id.as_str()),
-        ("cf-access-client-secret", secret.as_str()),
-    ];
-    pipe.send(&mut c, &upgrade(APP, &headers));
+    let (mut c, id) = pipe.late_token_carrier(APP);
     pipe.woken
         .recv_timeout(Duration::from_secs(10))
         .expect("the lookup is answered");
