@@ -185,8 +185,7 @@ pub(super) struct TunnelLive {
 impl TunnelLive {
     pub(super) fn set(&self, t: &Tunnel) {
         self.streams.store(t.mux.stream_count(), Ordering::Relaxed);
-        let usable = !t.closing && !t.mux.is_going_away() && t.mux.error().is_none();
-        self.usable.store(usable, Ordering::Relaxed);
+        self.usable.store(t.usable(), Ordering::Relaxed);
     }
 
     pub(super) fn streams(&self) -> usize {
@@ -195,6 +194,13 @@ impl TunnelLive {
 
     pub(super) fn usable(&self) -> bool {
         self.usable.load(Ordering::Relaxed)
+    }
+}
+
+impl Tunnel {
+    /// Not closing, not draining, no error: it takes new streams.
+    fn usable(&self) -> bool {
+        !self.closing && !self.mux.is_going_away() && self.mux.error().is_none()
     }
 }
 
@@ -284,7 +290,7 @@ impl EdgeCore {
         match self.conns.get(slot)?.as_ref()? {
             Conn::Tunnel(t) => Some(Facts {
                 streams: t.mux.stream_count(),
-                usable: !t.closing && !t.mux.is_going_away() && t.mux.error().is_none(),
+                usable: t.usable(),
                 resumable: t.resumable,
                 bastion: t.bastion,
                 connector: t.connector.clone(),
