@@ -494,7 +494,7 @@ impl Relay {
                 let forward = forward.load(Ordering::SeqCst);
                 std::thread::spawn(move || {
                     // A client that refuses our key ends the handshake: nothing to keep.
-                    let _ = relay_one(tcp, &server, &client, &edge, forward, &received);
+                    let _ = relay_one(tcp, &server, &client, &edge, forward, received);
                 });
             }
         });
@@ -513,7 +513,7 @@ fn relay_one(
     client: &Arc<rustls::ClientConfig>,
     edge: &str,
     forward: bool,
-    received: &Mutex<Vec<String>>,
+    received: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
     tcp.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut conn = rustls::ServerConnection::new(server.clone()).map_err(std::io::Error::other)?;
@@ -547,34 +547,39 @@ fn relay_one(
     }
     let down = Arc::new(TlsEnd::new(conn.into(), tcp)?);
     let up = Arc::new(TlsEnd::new(upconn.into(), up)?);
-    // Copies `from`'s plaintext to `to` until `from` ends; returns its first bytes.
-    let pump = |from: Arc<TlsEnd>, to: Arc<TlsEnd>| {
-        std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
-            let mut head = Vec::new();
+    // Copies `from`'s plaintext to `to` until `from` ends. With `record`, its first 4096 bytes
+    // are kept as they arrive (not when the connection ends: a request is seen at once).
+    let pump = |from: Arc<TlsEnd>, to: Arc<TlsEnd>, record: Option<Arc<Mutex<Vec<String>>>>| {
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut head, mut entry) = (Vec::new(), None);
             loop {
                 let (data, eof) = from.read()?;
-                if head.len() < 4096 {
-                    head.extend_from_slice(&data);
-                }
                 if !data.is_empty() {
+                    if let Some(r) = record.as_ref().filter(|_| head.len() < 4096) {
+                        head.extend_from_slice(&data[..data.len().min(4096 - head.len())]);
+                        let text = String::from_utf8_lossy(&head).into_owned();
+                        let mut all = r.lock().unwrap();
+                        match entry {
+                            Some(i) => all[i] = text,
+                            None => {
+                                entry = Some(all.len());
+                                all.push(text);
+                            }
+                        }
+                    }
                     to.write(&data)?;
                 }
                 if eof {
                     to.close();
-                    return Ok(head);
+                    return Ok(());
                 }
             }
         })
     };
-    let to_edge = pump(down.clone(), up.clone());
-    let to_client = pump(up, down);
-    let head = to_edge.join().unwrap_or_else(|_| Ok(Vec::new()));
+    let to_edge = pump(down.clone(), up.clone(), Some(received));
+    let to_client = pump(up, down, None);
+    let _ = to_edge.join();
     let _ = to_client.join();
-    let head = head.unwrap_or_default();
-    received
-        .lock()
-        .unwrap()
-        .push(String::from_utf8_lossy(&head).into_owned());
     Ok(())
 }
 
