@@ -239,6 +239,18 @@ MIB=1048576
         done
         echo
     fi
+    if [ -n "$(med longpath postern upload_mbps)" ]; then
+        echo "## One stream over a long path"
+        echo
+        echo "The tunnel reaches the edge through a relay that delays each way (\`loadgen relay --rtt\`; the kernel here has no netem): one transfer of $BENCH_LONG at a time. Raw TCP goes through the same relay, which queues without a limit: that row is what the relay itself carries, the ceiling of this setup, not what a TCP window would allow. A stream window that never grew from its initial 256 KiB would cap postern at $BENCH_LONG_CAP MB/s."
+        echo
+        echo "| contender | upload MB/s | download MB/s |"
+        echo "|---|---|---|"
+        for c in raw postern; do
+            echo "| $c | $(cell longpath "$c" upload_mbps) | $(cell longpath "$c" download_mbps) |"
+        done
+        echo
+    fi
     echo "## Earlier targets (issue 5)"
     echo
     echo "| target | measured | |"

@@ -12,8 +12,9 @@
 //!                                         bulk data (paced to MBPS, else as fast as it can)
 //! loadgen connect ADDR COUNT              COUNT fresh connections: time to the greeting byte
 //! loadgen idle ADDR[,ADDR..] COUNT        hold COUNT established connections until stdin closes
-//! loadgen relay LISTEN TARGET             copy each connection to TARGET and back, no crypto:
-//!                                         the kernel's share of a relay process (the floor)
+//! loadgen relay LISTEN TARGET [--rtt MS]  copy each connection to TARGET and back, no crypto:
+//!                                         the kernel's share of a relay process (the floor);
+//!                                         with --rtt, a long path: each way holds bytes MS/2
 //! ```
 //!
 //! The sink protocol: on accept the sink sends one greeting byte (so "established" means the
@@ -61,7 +62,10 @@ fn main() -> ExitCode {
         }
         ["connect", addr, n] => connect(addr, num(n)),
         ["idle", addrs, n] => idle(addrs, num(n)),
-        ["relay", listen, target] => relay(listen, target),
+        ["relay", listen, target] => relay(listen, target, Duration::ZERO),
+        ["relay", listen, target, "--rtt", ms] => {
+            relay(listen, target, Duration::from_millis(num(ms)) / 2)
+        }
         _ => Err(io::Error::other(
             "usage: loadgen sink|probe|upload|download|pingpong|connect|idle ... (see source)",
         )),
@@ -95,7 +99,10 @@ fn num(s: &str) -> u64 {
 /// by two threads with blocking reads and writes of up to [`CHUNK`], nothing else (no crypto,
 /// no framing, no event loop). What it costs per GiB is the kernel's share (loopback TCP in and
 /// out, wake-ups) that any relay pays; postern's processes pay it too, plus their own work.
-fn relay(listen: &str, target: &str) -> io::Result<()> {
+/// With a `delay`, each direction holds what it read that long before writing it: a long path
+/// on loopback (the kernel here has no netem). It reads as fast as it can, so the sender's TCP
+/// never waits on it; what bounds the bytes in flight is the window of the protocol above.
+fn relay(listen: &str, target: &str, delay: Duration) -> io::Result<()> {
     let listener = TcpListener::bind(listen)?;
     eprintln!("loadgen relay listening on {}", listener.local_addr()?);
     for conn in listener.incoming() {
@@ -109,16 +116,41 @@ fn relay(listen: &str, target: &str) -> io::Result<()> {
             let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
                 return;
             };
-            let up = thread::spawn(move || copy_half(client, server));
-            copy_half(s2, c2);
+            let up = thread::spawn(move || copy_half(client, server, delay));
+            copy_half(s2, c2, delay);
             let _ = up.join();
         });
     }
     Ok(())
 }
 
-/// Copies `from` to `to` until EOF, then ends `to`'s write side.
-fn copy_half(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until EOF, then ends `to`'s write side; with a `delay`, through a
+/// queue that a second thread writes out once each chunk is due.
+fn copy_half(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+    if !delay.is_zero() {
+        let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+        let writer = thread::spawn(move || {
+            for (due, chunk) in rx {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+                if to.write_all(&chunk).is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+        let mut buf = vec![0u8; CHUNK];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(tx);
+        let _ = writer.join();
+        return;
+    }
     let mut buf = vec![0u8; CHUNK];
     loop {
         match from.read(&mut buf) {

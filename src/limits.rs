@@ -6,6 +6,14 @@ use std::time::Duration;
 pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Initial per-stream flow-control window, each direction.
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// Largest window a receiver grows one stream's to (docs/design.md §2.4, "Window
+/// auto-tuning"): 4 MiB is 80 MB/s over a 50 ms path. Senders before auto-tuning refuse credit
+/// past 16 × [`INITIAL_STREAM_WINDOW`] as an overflow, so this must not go beyond it.
+pub const MAX_STREAM_WINDOW: u32 = 16 * INITIAL_STREAM_WINDOW;
+/// What the grown windows of one tunnel connection may add up to beyond their initial ones:
+/// four streams at [`MAX_STREAM_WINDOW`]. The memory a stalled consumer can pin stays bounded
+/// per connection, whatever its stream count.
+pub const TUNED_WINDOW_BUDGET: u32 = 4 * (MAX_STREAM_WINDOW - INITIAL_STREAM_WINDOW);
 /// Credit is returned to the peer once this much has been consumed: half the window
 /// (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;

@@ -522,6 +522,7 @@ impl Pipe {
 
     /// The tunnel driver's service pump, with the echo service in place of a socket.
     fn pump_service(&mut self, id: ServiceId) {
+        let now = self.clock.now;
         let core = &mut self.origin.core;
         if !core.service_open(id) {
             return;
@@ -530,13 +531,13 @@ impl Pipe {
             return;
         };
         loop {
-            let data = core.service_pending(id).to_vec();
+            let data = core.service_pending(id, now).to_vec();
             if data.is_empty() {
                 break;
             }
             s.received.extend_from_slice(&data);
             s.to_stream.extend(&data);
-            core.service_written(id, data.len());
+            core.service_written(id, data.len(), now);
             self.progress.set(self.progress.get() + data.len() as u64);
         }
         loop {
@@ -559,7 +560,7 @@ impl Pipe {
                 Some(Ok(n)) => self.progress.set(self.progress.get() + n as u64),
             }
         }
-        core.service_pumped(id);
+        core.service_pumped(id, now);
     }
 
     // ---- the client's driver ----

@@ -20,18 +20,21 @@
 //! Flow control: each side may have at most the window its peer granted in flight per stream.
 //! WINDOW frames return credit as the application consumes and carry the cumulative offset
 //! consumed, so a stream could later be resumed at a known offset on another connection.
+//! A receiver grows a stream's window (auto-tuning, docs/design.md §2.4) when its application
+//! consumes half of it in under two round trips, so one stream can fill a long path; the
+//! round trip is the smallest PING-to-PONG time the connection has seen.
 //! A peer that overruns its window, names a stream it never opened, or sends a malformed
 //! frame gets a connection error ([`MuxError`]), which is sticky.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
-    MAX_STREAMS_PER_TUNNEL, PING_DEAD_INTERVALS, PING_INTERVAL, STREAM_SEND_BUFFER,
-    WINDOW_UPDATE_THRESHOLD,
+    MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
+    STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET, WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
@@ -849,6 +852,12 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
+    /// The window this end grants the stream: [`INITIAL_STREAM_WINDOW`], grown by
+    /// auto-tuning up to [`MAX_STREAM_WINDOW`].
+    window: u32,
+    /// Auto-tuning's measuring epoch: when it began and `consumed` then (`None` before the
+    /// application first consumed).
+    epoch: Option<(Instant, u64)>,
     /// Scheduling, not protocol state: waiting in `ready` for `poll_transmit`.
     queued: bool,
     /// Scheduling: the application was told the stream is writable-blocked and wants to
@@ -861,12 +870,15 @@ impl Stream {
         Stream {
             send: SendHalf::Open,
             recv: RecvHalf::Open,
-            rx: Buf::new(INITIAL_STREAM_WINDOW as usize),
+            // Memory is taken only as bytes wait, and the peer may send no more than `window`.
+            rx: Buf::new(MAX_STREAM_WINDOW as usize),
             tx: Buf::new(STREAM_SEND_BUFFER),
             send_window: INITIAL_STREAM_WINDOW,
             unacked: 0,
             consumed: 0,
             recv_window: INITIAL_STREAM_WINDOW,
+            window: INITIAL_STREAM_WINDOW,
+            epoch: None,
             queued: false,
             want_writable: false,
         }
@@ -903,6 +915,13 @@ pub struct Session<R: Role> {
     last_received: Instant,
     next_ping: Instant,
     ping_counter: u64,
+    /// The PING whose PONG would measure the round trip, and when it left.
+    ping_out: Option<(u64, Instant)>,
+    /// The smallest round trip measured on this connection: the path's, without the queues
+    /// that bulk transfers build (which would grow windows that grow queues).
+    rtt_min: Option<Duration>,
+    /// What the streams' grown windows add beyond their initial ones ([`TUNED_WINDOW_BUDGET`]).
+    tuned: u32,
     going_away: bool,
 }
 
@@ -920,8 +939,22 @@ impl<R: Role> Session<R> {
             last_received: now,
             next_ping: now + PING_INTERVAL,
             ping_counter: 0,
+            ping_out: None,
+            rtt_min: None,
+            tuned: 0,
             going_away: false,
         }
+    }
+
+    /// The smallest round trip measured so far (a PING answered by its PONG).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt_min
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        self.ping_counter += 1;
+        encode(&mut self.control, &Frame::Ping(self.ping_counter));
+        self.ping_out = Some((self.ping_counter, now));
     }
 
     pub fn error(&self) -> Option<&MuxError> {
@@ -947,7 +980,7 @@ impl<R: Role> Session<R> {
                 Ok(None) => break,
                 Ok(Some((frame, n))) => {
                     self.last_received = now;
-                    if let Err(e) = self.on_frame(frame) {
+                    if let Err(e) = self.on_frame(frame, now) {
                         self.error = Some(e.clone());
                         return Err(e);
                     }
@@ -959,10 +992,15 @@ impl<R: Role> Session<R> {
                 }
             }
         }
+        // The peer is there: measure the round trip now, before any stream needs it, rather
+        // than at the first keepalive.
+        if used > 0 && self.rtt_min.is_none() && self.ping_out.is_none() {
+            self.send_ping(now);
+        }
         Ok(used)
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>) -> Result<(), MuxError> {
+    fn on_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), MuxError> {
         match frame {
             Frame::Hello { .. }
             | Frame::Register { .. }
@@ -1016,7 +1054,7 @@ impl<R: Role> Session<R> {
                 s.send_window = s
                     .send_window
                     .checked_add(credit)
-                    .filter(|w| *w <= 16 * INITIAL_STREAM_WINDOW)
+                    .filter(|w| *w <= MAX_STREAM_WINDOW)
                     .ok_or(MuxError::WindowOverflow(stream))?;
                 if s.want_writable && s.tx.space() > 0 {
                     s.want_writable = false;
@@ -1039,7 +1077,7 @@ impl<R: Role> Session<R> {
                 reason,
             } => {
                 if self.live_stream(stream)?.is_some() {
-                    self.streams.remove(&stream);
+                    self.forget(stream);
                     self.events.push_back(
                         StreamEvent::Reset {
                             stream,
@@ -1057,7 +1095,13 @@ impl<R: Role> Session<R> {
                 }
                 encode(&mut self.control, &Frame::Pong(v));
             }
-            Frame::Pong(_) => {}
+            Frame::Pong(v) => {
+                if let Some((_, at)) = self.ping_out.filter(|(sent, _)| *sent == v) {
+                    self.ping_out = None;
+                    let rtt = now.saturating_duration_since(at);
+                    self.rtt_min = Some(self.rtt_min.map_or(rtt, |m| m.min(rtt)));
+                }
+            }
             Frame::GoAway { .. } => {
                 self.going_away = true;
                 let ev = R::control(frame)?;
@@ -1128,14 +1172,36 @@ impl<R: Role> Session<R> {
         self.streams.get(&id).is_none_or(Stream::read_closed)
     }
 
-    /// The application took `n` bytes from `readable(id)`; credit flows back to the peer.
-    pub fn consume(&mut self, id: u32, n: usize) {
+    /// The application took `n` bytes from `readable(id)` at `now`; credit flows back to the
+    /// peer, more than was taken when the stream's window grows.
+    pub fn consume(&mut self, id: u32, n: usize, now: Instant) {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
         s.rx.consume(n);
         s.consumed += n as u64;
         s.unacked += n as u32;
+        // Auto-tuning (quic-go's rule): half the window consumed in under two round trips
+        // means the window, not the consumer, set the pace: double it, within the limits.
+        match s.epoch {
+            None => s.epoch = Some((now, s.consumed)),
+            Some((since, from)) if s.consumed - from >= u64::from(s.window / 2) => {
+                let fast = self
+                    .rtt_min
+                    .is_some_and(|rtt| now.saturating_duration_since(since) < 2 * rtt);
+                if fast && s.recv == RecvHalf::Open {
+                    let more = s
+                        .window
+                        .min(MAX_STREAM_WINDOW - s.window)
+                        .min(TUNED_WINDOW_BUDGET - self.tuned);
+                    s.window += more;
+                    s.unacked += more;
+                    self.tuned += more;
+                }
+                s.epoch = Some((now, s.consumed));
+            }
+            Some(_) => {}
+        }
         if s.unacked >= WINDOW_UPDATE_THRESHOLD && s.recv == RecvHalf::Open {
             let credit = s.unacked;
             s.unacked = 0;
@@ -1214,7 +1280,7 @@ impl<R: Role> Session<R> {
 
     /// Abandons `id` in both directions and tells the peer.
     pub fn reset(&mut self, id: u32, code: ResetCode, reason: &str) {
-        if self.streams.remove(&id).is_some() {
+        if self.forget(id) {
             self.queue_rst(id, code, reason);
         }
     }
@@ -1239,9 +1305,18 @@ impl<R: Role> Session<R> {
         }
     }
 
+    /// Removes a stream and gives what its window grew back to the connection's budget.
+    fn forget(&mut self, id: u32) -> bool {
+        let Some(s) = self.streams.remove(&id) else {
+            return false;
+        };
+        self.tuned -= s.window - INITIAL_STREAM_WINDOW;
+        true
+    }
+
     fn reap(&mut self, id: u32) {
         if self.streams.get(&id).is_some_and(Stream::finished) {
-            self.streams.remove(&id);
+            self.forget(id);
             self.events.push_back(StreamEvent::Closed(id).into());
         }
     }
@@ -1311,8 +1386,7 @@ impl<R: Role> Session<R> {
             return Err(MuxError::KeepaliveTimeout);
         }
         if now >= self.next_ping {
-            self.ping_counter += 1;
-            encode(&mut self.control, &Frame::Ping(self.ping_counter));
+            self.send_ping(now);
             self.next_ping = now + interval;
             // Buffers of streams with nothing waiting go back: an idle stream costs little
             // memory, and a busy one does not re-grow its buffers on every batch.
@@ -1421,7 +1495,7 @@ fn fuzz_feed<R: Role>(
         while let Some(ev) = s.poll_event() {
             if let Some(id) = readable(&ev) {
                 let n = s.readable(id).len();
-                s.consume(id, n);
+                s.consume(id, n, now);
                 s.write(id, b"echo");
             }
         }
@@ -1615,7 +1689,7 @@ mod tests {
             assert_eq!(origin.handle_input(&out, now).unwrap(), out.len());
             for id in [bulk, interactive] {
                 let n = origin.readable(id).len();
-                origin.consume(id, n);
+                origin.consume(id, n, now);
             }
             let mut back = Vec::new();
             origin.poll_transmit(&mut back, 1 << 20);
@@ -1626,7 +1700,7 @@ mod tests {
                 edge.poll_transmit(&mut rest, batch);
                 assert_eq!(origin.handle_input(&rest, now).unwrap(), rest.len());
                 let n = origin.readable(bulk).len();
-                origin.consume(bulk, n);
+                origin.consume(bulk, n, now);
                 let mut back = Vec::new();
                 origin.poll_transmit(&mut back, 1 << 20);
                 assert_eq!(edge.handle_input(&back, now).unwrap(), back.len());
@@ -1658,7 +1732,7 @@ mod tests {
             }
             let n = origin.readable(id).len();
             received += n;
-            origin.consume(id, n);
+            origin.consume(id, n, now);
             if origin.read_closed(id) {
                 break;
             }
@@ -1670,7 +1744,7 @@ mod tests {
         origin.close_write(id);
         pipe(&mut edge, &mut origin, now);
         assert_eq!(edge.readable(id), b"bye");
-        edge.consume(id, 3);
+        edge.consume(id, 3, now);
         assert!(edge.read_closed(id));
         assert_eq!(edge.stream_count(), 0);
         assert_eq!(origin.stream_count(), 0);
@@ -1803,7 +1877,7 @@ mod tests {
         );
         // Received but unread bytes keep the stream readable after the FIN.
         assert!(!origin.read_closed(id));
-        origin.consume(id, 3);
+        origin.consume(id, 3, now);
         assert!(origin.read_closed(id));
     }
 
@@ -2120,5 +2194,169 @@ mod tests {
         assert!(matches!(edge.poll_event(), Some(EdgeEvent::GoAway { .. })));
         assert!(edge.is_going_away());
         assert_eq!(edge.open_stream("h", b""), None);
+    }
+
+    // ---- window auto-tuning ----
+
+    /// An edge and an origin whose first frames measured a round trip of `rtt` on each side
+    /// (each one's first input sends a probe PING), and one stream from the edge.
+    fn measured(rtt: Duration) -> (EdgeSession, OriginSession, u32, Instant) {
+        let t0 = Instant::now();
+        let (mut edge, mut origin) = (EdgeSession::new(t0), OriginSession::new(t0));
+        origin.send_hello([0; 16], 0, false);
+        let mut now = t0;
+        for _ in 0..4 {
+            let mut out = Vec::new();
+            origin.poll_transmit(&mut out, 1 << 20);
+            now += rtt / 2;
+            edge.handle_input(&out, now).unwrap();
+            let mut back = Vec::new();
+            edge.poll_transmit(&mut back, 1 << 20);
+            now += rtt / 2;
+            origin.handle_input(&back, now).unwrap();
+        }
+        assert_eq!(edge.rtt(), Some(rtt));
+        assert_eq!(origin.rtt(), Some(rtt));
+        while edge.poll_event().is_some() {}
+        let id = edge.open_stream("h", b"").unwrap();
+        (edge, origin, id, now)
+    }
+
+    /// One round trip of a bulk upload on `id`: the edge sends all its window allows, the
+    /// origin consumes up to `take` bytes half a round trip later, and its credit arrives
+    /// back at the edge after the other half. Returns the bytes the edge framed.
+    fn bulk_round(
+        edge: &mut EdgeSession,
+        origin: &mut OriginSession,
+        id: u32,
+        now: &mut Instant,
+        rtt: Duration,
+        take: usize,
+    ) -> usize {
+        let chunk = vec![7u8; 64 * 1024];
+        let mut out = Vec::new();
+        let mut sent = edge.streams[&id].tx.len();
+        loop {
+            sent += edge.write(id, &chunk);
+            let before = out.len();
+            edge.poll_transmit(&mut out, usize::MAX);
+            if out.len() == before {
+                break;
+            }
+        }
+        sent -= edge.streams[&id].tx.len();
+        *now += rtt / 2;
+        origin.handle_input(&out, *now).unwrap();
+        while origin.poll_event().is_some() {}
+        let n = origin.readable(id).len().min(take);
+        origin.consume(id, n, *now);
+        let mut back = Vec::new();
+        origin.poll_transmit(&mut back, 1 << 20);
+        *now += rtt / 2;
+        edge.handle_input(&back, *now).unwrap();
+        sent
+    }
+
+    #[test]
+    fn a_window_grows_to_fill_a_long_path_when_the_consumer_keeps_up() {
+        let rtt = Duration::from_millis(50);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        let first = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert!(
+            first <= INITIAL_STREAM_WINDOW as usize,
+            "{first} before any growth"
+        );
+        let mut last = 0;
+        for _ in 0..10 {
+            last = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        assert_eq!(origin.streams[&id].window, MAX_STREAM_WINDOW);
+        // A whole grown window per round trip: 16 times what the initial one allowed.
+        assert!(
+            last > (MAX_STREAM_WINDOW - WINDOW_UPDATE_THRESHOLD) as usize,
+            "{last} bytes in the last round trip"
+        );
+        assert!(edge.streams[&id].send_window <= MAX_STREAM_WINDOW);
+        // The stream ends: what its window grew goes back to the connection.
+        origin.reset(id, ResetCode::Refused, "done");
+        assert_eq!(origin.tuned, 0);
+    }
+
+    #[test]
+    fn a_consumer_slower_than_the_window_keeps_the_initial_one() {
+        let rtt = Duration::from_millis(50);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        // A quarter of the initial window per round trip: the reader, not the window, sets
+        // the pace.
+        for _ in 0..40 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, 64 * 1024);
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        // A reader that stalls, then takes everything at once, did not keep up either.
+        for _ in 0..10 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, 0);
+        }
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        assert_eq!(origin.tuned, 0);
+    }
+
+    #[test]
+    fn without_a_measured_round_trip_no_window_grows() {
+        let now = Instant::now();
+        let (mut edge, mut origin) = (EdgeSession::new(now), OriginSession::new(now));
+        let id = edge.open_stream("h", b"").unwrap();
+        let mut t = now;
+        for _ in 0..20 {
+            // The probe PING is never answered: the edge's output is read, not its PONGs.
+            bulk_round(
+                &mut edge,
+                &mut origin,
+                id,
+                &mut t,
+                Duration::ZERO,
+                usize::MAX,
+            );
+            origin.ping_out = None;
+            origin.rtt_min = None;
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+    }
+
+    #[test]
+    fn grown_windows_stay_within_the_connection_budget() {
+        let rtt = Duration::from_millis(50);
+        let (mut edge, mut origin, first, mut now) = measured(rtt);
+        let mut ids = vec![first];
+        for _ in 0..5 {
+            ids.push(edge.open_stream("h", b"").unwrap());
+        }
+        for _ in 0..12 {
+            for &id in &ids {
+                bulk_round(
+                    &mut edge,
+                    &mut origin,
+                    id,
+                    &mut now,
+                    Duration::ZERO,
+                    usize::MAX,
+                );
+            }
+            now += rtt / 4;
+        }
+        let extra: u32 = ids
+            .iter()
+            .map(|id| origin.streams[id].window - INITIAL_STREAM_WINDOW)
+            .sum();
+        assert_eq!(extra, origin.tuned);
+        assert_eq!(
+            origin.tuned, TUNED_WINDOW_BUDGET,
+            "six fast streams use it all"
+        );
+        // Closing streams gives their share back, and a new stream may grow again.
+        for &id in &ids {
+            origin.reset(id, ResetCode::Refused, "done");
+        }
+        assert_eq!(origin.tuned, 0);
     }
 }

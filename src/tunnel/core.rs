@@ -1132,7 +1132,7 @@ impl Core {
                         self.conns[i]
                             .streams
                             .insert(stream, Carried::Resuming(identity));
-                        self.try_resume(i, stream);
+                        self.try_resume(i, stream, now);
                     }
                     Some(other) => {
                         let other = untrusted(other);
@@ -1153,13 +1153,13 @@ impl Core {
                             return;
                         };
                         if l.resume.as_ref().is_some_and(|r| r.key.is_none()) {
-                            self.read_start(service);
+                            self.read_start(service, now);
                         }
                         if self.locals.get(&service).is_some_and(Local::has_socket) {
                             self.out.push_back(Output::PumpService(service));
                         }
                     }
-                    Some(Carried::Resuming(_)) => self.try_resume(i, stream),
+                    Some(Carried::Resuming(_)) => self.try_resume(i, stream, now),
                     None => {}
                 }
             }
@@ -1322,7 +1322,7 @@ impl Core {
                 l.mux.write(stream, &accept);
             }
             self.pump_edge(i);
-            self.read_start(service);
+            self.read_start(service, now);
         }
         let waiter = Waiter::Service(service);
         self.out.push_back(Output::Resolve { waiter, name });
@@ -1540,7 +1540,7 @@ impl Core {
 
     /// Reads a resumable stream's START record once it is whole; a stream that begins
     /// otherwise is reset.
-    fn read_start(&mut self, service: ServiceId) {
+    fn read_start(&mut self, service: ServiceId, now: Instant) {
         let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
@@ -1550,7 +1550,7 @@ impl Core {
         match Opening::decode(mux.readable(at.stream)) {
             Ok(None) => {}
             Ok(Some((Opening::Start { id, secret }, n))) => {
-                mux.consume(at.stream, n);
+                mux.consume(at.stream, n, now);
                 r.key = Some(Key::new(id, &secret));
                 debug!(
                     "stream {}: {service} is resumable as {}",
@@ -1568,7 +1568,7 @@ impl Core {
 
     /// Eats the client's records up to the next payload byte (ACKs trim the replay buffer,
     /// FIN ends the client's side). A record that breaks the protocol ends the stream.
-    fn parse_records(&mut self, service: ServiceId) {
+    fn parse_records(&mut self, service: ServiceId, now: Instant) {
         let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
@@ -1578,7 +1578,7 @@ impl Core {
         let failed = loop {
             match r.ep.parse(mux.readable(at.stream)) {
                 Ok(0) => break None,
-                Ok(n) => mux.consume(at.stream, n),
+                Ok(n) => mux.consume(at.stream, n, now),
                 Err(e) => break Some(e),
             }
         };
@@ -1596,7 +1596,7 @@ impl Core {
 
     /// A later carrier's first record: RESUME, checked against the stream it names (by
     /// id, secret, the OPEN's identity and the offset), or the new mux stream is reset.
-    fn try_resume(&mut self, i: usize, stream: u32) {
+    fn try_resume(&mut self, i: usize, stream: u32, now: Instant) {
         let conn = self.id(i);
         let Some(live) = self.live(conn) else {
             return;
@@ -1604,7 +1604,7 @@ impl Core {
         let opening = match Opening::decode(live.mux.readable(stream)) {
             Ok(None) => return,
             Ok(Some((o, n))) => {
-                live.mux.consume(stream, n);
+                live.mux.consume(stream, n, now);
                 Some(o)
             }
             Err(_) => None,
@@ -1810,14 +1810,14 @@ impl Core {
 
     /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
     /// the client's current DATA record).
-    pub fn service_pending(&mut self, service: ServiceId) -> &[u8] {
+    pub fn service_pending(&mut self, service: ServiceId, now: Instant) -> &[u8] {
         if self
             .locals
             .get(&service)
             .is_some_and(|l| l.resume.is_some())
         {
-            self.read_start(service);
-            self.parse_records(service);
+            self.read_start(service, now);
+            self.parse_records(service, now);
         }
         match attached(&mut self.conns, &mut self.locals, service) {
             Some((l, mux, at)) if matches!(l.splice, Splice::Spliced { .. }) => {
@@ -1832,9 +1832,9 @@ impl Core {
     }
 
     /// The service took `n` bytes of [`Core::service_pending`].
-    pub fn service_written(&mut self, service: ServiceId, n: usize) {
+    pub fn service_written(&mut self, service: ServiceId, n: usize, now: Instant) {
         if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
-            mux.consume(at.stream, n);
+            mux.consume(at.stream, n, now);
             if let Some(r) = l.resume.as_deref_mut() {
                 r.ep.delivered(n);
             }
@@ -1855,7 +1855,7 @@ impl Core {
     /// The driver moved what it could for the service: its write side is shut once the
     /// client's half is done, records due (ACKs, FIN) go out, the edge connection is pumped
     /// if bytes moved, and the service is dropped once the stream is finished.
-    pub fn service_pumped(&mut self, service: ServiceId) {
+    pub fn service_pumped(&mut self, service: ServiceId, now: Instant) {
         let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) else {
             return;
         };
@@ -1884,7 +1884,7 @@ impl Core {
             // Nothing more is read from it: what the client still sends is dropped, so the
             // mux stream can end once the edge closes its half.
             let left = mux.readable(at.stream).len();
-            mux.consume(at.stream, left);
+            mux.consume(at.stream, left, now);
             mux.close_write(at.stream);
             moved = true;
         }
@@ -2207,9 +2207,10 @@ mod tests {
         /// What the driver does for a service: read it into the stream, write the stream's
         /// bytes to it. A service the test plays itself only reports back.
         fn pump_service(&mut self, service: ServiceId) {
+            let now = self.now;
             let core = &mut self.core;
             let Some(s) = self.services.get_mut(&service).filter(|s| !s.closed) else {
-                core.service_pumped(service);
+                core.service_pumped(service, now);
                 return;
             };
             if !core.service_open(service) {
@@ -2235,14 +2236,14 @@ mod tests {
                 }
             }
             loop {
-                let data = core.service_pending(service).to_vec();
+                let data = core.service_pending(service, now).to_vec();
                 if data.is_empty() {
                     break;
                 }
                 s.heard.extend_from_slice(&data);
-                core.service_written(service, data.len());
+                core.service_written(service, data.len(), now);
             }
-            core.service_pumped(service);
+            core.service_pumped(service, now);
         }
 
         /// The service says `bytes` (and is pumped).
@@ -2853,14 +2854,14 @@ mod tests {
         // Bytes flow both ways through the splice.
         p.edge(0).write(id.stream, b"ping");
         p.run();
-        assert_eq!(p.core.service_pending(service), b"ping");
-        p.core.service_written(service, 4);
+        assert_eq!(p.core.service_pending(service, p.now), b"ping");
+        p.core.service_written(service, 4, p.now);
         let got = p.core.service_fill(service, |buf| {
             buf[..4].copy_from_slice(b"pong");
             Ok(4)
         });
         assert_eq!(got.map(|r| r.unwrap()), Some(4));
-        p.core.service_pumped(service);
+        p.core.service_pumped(service, p.now);
         p.run();
         assert_eq!(p.edge(0).readable(id.stream), b"pong");
 
@@ -2897,7 +2898,7 @@ mod tests {
             p.core.service_fill(service, |_| Ok(0)).map(|r| r.unwrap()),
             Some(0)
         );
-        p.core.service_pumped(service);
+        p.core.service_pumped(service, p.now);
         p.run();
         assert!(p.seen.contains(&Output::CloseService { service }));
         p.advance(Duration::ZERO);
@@ -3118,7 +3119,8 @@ mod tests {
                     p.len()
                 })
                 .expect("records from the origin");
-            edge.consume(at.stream, used);
+            let now = self.now;
+            self.edge(at.conn.slot).consume(at.stream, used, now);
             self.run();
         }
 

@@ -624,19 +624,20 @@ impl Origin {
             }
         }
         // Edge → service.
+        let now = Instant::now();
         loop {
-            let data = self.core.service_pending(id);
+            let data = self.core.service_pending(id, now);
             if data.is_empty() {
                 break;
             }
             match l.sock.write(data) {
-                Ok(n) => self.core.service_written(id, n),
+                Ok(n) => self.core.service_written(id, n, now),
                 Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return self.core.service_failed(id, &e),
             }
         }
-        self.core.service_pumped(id);
+        self.core.service_pumped(id, now);
     }
 
     fn drop_local(&mut self, slot: usize) {

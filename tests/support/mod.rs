@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod delay;
 pub mod etcd;
 pub mod netns;
 pub mod oidc;

@@ -253,7 +253,7 @@ impl EdgeCore {
             let mut h = [0u8; 14];
             let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
-            t.mux.consume(stream, n);
+            t.mux.consume(stream, n, self.now);
             if let Some(s) = c.session.as_mut() {
                 s.bytes.add_down(n);
             }
