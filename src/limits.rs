@@ -14,6 +14,7 @@ pub const MAX_STREAM_WINDOW: u32 = 16 * INITIAL_STREAM_WINDOW;
 /// four streams at [`MAX_STREAM_WINDOW`]. The memory a stalled consumer can pin stays bounded
 /// per connection, whatever its stream count.
 pub const TUNED_WINDOW_BUDGET: u32 = 4 * (MAX_STREAM_WINDOW - INITIAL_STREAM_WINDOW);
+const _: () = assert!(MAX_STREAM_WINDOW <= 16 * INITIAL_STREAM_WINDOW);
 /// Credit is returned to the peer once this much has been consumed: half the window
 /// (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;

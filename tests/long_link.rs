@@ -2,8 +2,8 @@
 //! that holds bytes for 50 ms: a continent away, on loopback. A mux stream's initial window
 //! (256 KiB) would let at most that much of a transfer be in flight, about 5 MB/s at 50 ms
 //! whatever the bandwidth; the receiver grows the window of a stream whose reader keeps up
-//! (docs/design.md §2.4), so ssh's own window becomes the limit: OpenSSH grants 2 MiB and
-//! tops it up once half is used, about 1 MiB in flight per round trip (20 MB/s at 50 ms).
+//! (docs/design.md §2.4), so ssh's own window becomes the limit (OpenSSH's session window is
+//! 2 MiB; about 1 MiB was in flight at once here, 20 MB/s at 50 ms).
 //! The relay counts the bytes it holds: more than three initial windows at once proves a grown
 //! window, both ways (the edge grows it for a download, the origin for an upload). Real sshd
 //! with its defaults, real ssh, the origin with its default four connections.

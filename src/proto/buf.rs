@@ -40,6 +40,11 @@ impl Buf {
         self.cap
     }
 
+    /// Raises the bound to `cap` (never lowers it): a window that grew lets more wait.
+    pub fn raise_capacity(&mut self, cap: usize) {
+        self.cap = self.cap.max(cap);
+    }
+
     /// Bytes that can still be appended.
     pub fn space(&self) -> usize {
         self.cap - self.len()
