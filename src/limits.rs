@@ -15,6 +15,11 @@ pub const MAX_STREAM_WINDOW: u32 = 16 * INITIAL_STREAM_WINDOW;
 /// per connection, whatever its stream count.
 pub const TUNED_WINDOW_BUDGET: u32 = 4 * (MAX_STREAM_WINDOW - INITIAL_STREAM_WINDOW);
 const _: () = assert!(MAX_STREAM_WINDOW <= 16 * INITIAL_STREAM_WINDOW);
+/// The fastest one stream is expected to move, in bytes per second. A window never grows past
+/// one round trip of it: more would only be queue, ahead of every other stream of the
+/// connection (on loopback, a round trip of it is less than the initial window, so nothing
+/// grows there).
+pub const STREAM_RATE_CEILING: u64 = 1_000_000_000;
 /// Credit is returned to the peer once this much has been consumed: half the window
 /// (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;

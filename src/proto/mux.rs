@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
     MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
-    STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET, WINDOW_UPDATE_THRESHOLD,
+    STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET, WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
@@ -1190,14 +1190,19 @@ impl<R: Role> Session<R> {
         match s.epoch {
             None => s.epoch = Some((now, received)),
             Some((since, from)) if s.consumed >= from + u64::from(s.window / 2) => {
-                let fast = self
-                    .rtt_min
-                    .is_some_and(|rtt| now.saturating_duration_since(since) < 2 * rtt);
-                if fast && s.recv == RecvHalf::Open {
-                    let more = s
-                        .window
-                        .min(MAX_STREAM_WINDOW - s.window)
-                        .min(TUNED_WINDOW_BUDGET - self.tuned);
+                // What the path can use: a round trip at the fastest a stream moves.
+                let useful = |rtt: Duration| {
+                    let bdp = rtt.as_nanos() * u128::from(STREAM_RATE_CEILING) / 1_000_000_000;
+                    bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32
+                };
+                let room = self.rtt_min.map_or(0, |rtt| {
+                    match now.saturating_duration_since(since) < 2 * rtt {
+                        true => useful(rtt).saturating_sub(s.window),
+                        false => 0,
+                    }
+                });
+                if room > 0 && s.recv == RecvHalf::Open {
+                    let more = s.window.min(room).min(TUNED_WINDOW_BUDGET - self.tuned);
                     s.window += more;
                     s.rx.raise_capacity(s.window as usize);
                     s.unacked += more;
@@ -2314,6 +2319,28 @@ mod tests {
             INITIAL_STREAM_WINDOW as usize
         );
         assert_eq!(origin.tuned, 0);
+    }
+
+    #[test]
+    fn a_window_grows_no_further_than_the_path_can_use() {
+        // Loopback: a round trip at the fastest a stream moves is less than the initial
+        // window, so a bulk stream there adds no queue ahead of the others, however fast its
+        // reader is (bursts of credit make half a window arrive within two round trips).
+        let rtt = Duration::from_micros(150);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..40 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        // A LAN's millisecond: up to a round trip at the ceiling, not to the largest window.
+        let rtt = Duration::from_millis(1);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..40 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        let w = origin.streams[&id].window;
+        let bdp = (STREAM_RATE_CEILING / 1000) as u32;
+        assert!(w > INITIAL_STREAM_WINDOW && w <= bdp, "window {w} at 1 ms");
     }
 
     #[test]
