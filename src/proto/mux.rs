@@ -2365,6 +2365,23 @@ mod tests {
         assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
     }
 
+    /// Twelve rounds in which each of `ids` moves all its window allows, a quarter of a round
+    /// trip of `rtt` apart: readers that keep up.
+    fn fast_rounds(
+        edge: &mut EdgeSession,
+        origin: &mut OriginSession,
+        ids: &[u32],
+        now: &mut Instant,
+        rtt: Duration,
+    ) {
+        for _ in 0..12 {
+            for &id in ids {
+                bulk_round(edge, origin, id, now, Duration::ZERO, usize::MAX);
+            }
+            *now += rtt / 4;
+        }
+    }
+
     #[test]
     fn grown_windows_stay_within_the_connection_budget() {
         let rtt = Duration::from_millis(50);
@@ -2373,19 +2390,7 @@ mod tests {
         for _ in 0..5 {
             ids.push(edge.open_stream("h", b"").unwrap());
         }
-        for _ in 0..12 {
-            for &id in &ids {
-                bulk_round(
-                    &mut edge,
-                    &mut origin,
-                    id,
-                    &mut now,
-                    Duration::ZERO,
-                    usize::MAX,
-                );
-            }
-            now += rtt / 4;
-        }
+        fast_rounds(&mut edge, &mut origin, &ids, &mut now, rtt);
         let extra: u32 = ids
             .iter()
             .map(|id| origin.streams[id].window - INITIAL_STREAM_WINDOW)
@@ -2396,34 +2401,14 @@ mod tests {
             "six fast streams use it all"
         );
         let late = edge.open_stream("h", b"").unwrap();
-        for _ in 0..12 {
-            bulk_round(
-                &mut edge,
-                &mut origin,
-                late,
-                &mut now,
-                Duration::ZERO,
-                usize::MAX,
-            );
-            now += rtt / 4;
-        }
+        fast_rounds(&mut edge, &mut origin, &[late], &mut now, rtt);
         assert_eq!(origin.streams[&late].window, INITIAL_STREAM_WINDOW);
         // Closing streams gives their share back, and the late stream grows now.
         for &id in &ids {
             origin.reset(id, ResetCode::Refused, "done");
         }
         assert_eq!(origin.tuned, 0);
-        for _ in 0..12 {
-            bulk_round(
-                &mut edge,
-                &mut origin,
-                late,
-                &mut now,
-                Duration::ZERO,
-                usize::MAX,
-            );
-            now += rtt / 4;
-        }
+        fast_rounds(&mut edge, &mut origin, &[late], &mut now, rtt);
         assert_eq!(origin.streams[&late].window, MAX_STREAM_WINDOW);
         assert_eq!(origin.tuned, MAX_STREAM_WINDOW - INITIAL_STREAM_WINDOW);
     }
