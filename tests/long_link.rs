@@ -65,6 +65,18 @@ fn one_ssh_session_fills_a_long_path_both_ways() {
             tail(&tunnel.child().stderr_text(), 3000)
         )
     };
+    // What the relay held at most (`peak`) during one transfer that took `took`.
+    let grew = |what: &str, took: Duration, peak: usize| {
+        eprintln!(
+            "{what}: {} MiB in {took:?} over a {PATH_RTT:?} path, {peak} bytes in flight at most",
+            TRANSFER >> 20
+        );
+        assert!(
+            peak > GROWN,
+            "{what}: at most {peak} bytes were in flight on the {PATH_RTT:?} path: the window did not grow\n{}",
+            logs()
+        );
+    };
 
     // Download: all of the delay on the way to the edge, where the data goes, so what the
     // relay holds that way is everything in flight.
@@ -109,15 +121,7 @@ fn one_ssh_session_fills_a_long_path_both_ways() {
         "download: {status}, {got} of {TRANSFER} bytes\nssh: {err}\n{}",
         logs()
     );
-    eprintln!(
-        "download: {} MiB in {took:?} over a {PATH_RTT:?} path, {peak} bytes in flight at most",
-        TRANSFER >> 20
-    );
-    assert!(
-        peak > GROWN,
-        "download: at most {peak} bytes were in flight on the {PATH_RTT:?} path: the window did not grow\n{}",
-        logs()
-    );
+    grew("download", took, peak);
 
     // Upload: the delay the other way.
     relay.up.set_delay(Duration::ZERO);
@@ -147,13 +151,5 @@ fn one_ssh_session_fills_a_long_path_both_ways() {
         String::from_utf8_lossy(&output.stderr),
         logs()
     );
-    eprintln!(
-        "upload: {} MiB in {took:?} over a {PATH_RTT:?} path, {peak} bytes in flight at most",
-        TRANSFER >> 20
-    );
-    assert!(
-        peak > GROWN,
-        "upload: at most {peak} bytes were in flight on the {PATH_RTT:?} path: the window did not grow\n{}",
-        logs()
-    );
+    grew("upload", took, peak);
 }

@@ -948,11 +948,6 @@ impl<R: Role> Session<R> {
         }
     }
 
-    /// The smallest round trip measured so far (a PING answered by its PONG).
-    pub fn rtt(&self) -> Option<Duration> {
-        self.rtt_min
-    }
-
     fn send_ping(&mut self, now: Instant) {
         self.ping_counter += 1;
         encode(&mut self.control, &Frame::Ping(self.ping_counter));
@@ -1190,17 +1185,8 @@ impl<R: Role> Session<R> {
         match s.epoch {
             None => s.epoch = Some((now, received)),
             Some((since, from)) if s.consumed >= from + u64::from(s.window / 2) => {
-                // What the path can use: a round trip at the fastest a stream moves.
-                let useful = |rtt: Duration| {
-                    let bdp = rtt.as_nanos() * u128::from(STREAM_RATE_CEILING) / 1_000_000_000;
-                    bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32
-                };
-                let room = self.rtt_min.map_or(0, |rtt| {
-                    match now.saturating_duration_since(since) < 2 * rtt {
-                        true => useful(rtt).saturating_sub(s.window),
-                        false => 0,
-                    }
-                });
+                let took = now.saturating_duration_since(since);
+                let room = growth_room(self.rtt_min, took, s.window);
                 if room > 0 && s.recv == RecvHalf::Open {
                     let more = s.window.min(room).min(TUNED_WINDOW_BUDGET - self.tuned);
                     s.window += more;
@@ -1409,6 +1395,18 @@ impl<R: Role> Session<R> {
             .next_ping
             .min(self.last_received + interval * PING_DEAD_INTERVALS))
     }
+}
+
+/// How much a window of `window` bytes may grow after half of it took `took` to consume:
+/// nothing unless that was under two round trips (`rtt`, unknown: nothing), and never past
+/// what the path can use, a round trip at [`STREAM_RATE_CEILING`] (or [`MAX_STREAM_WINDOW`]).
+fn growth_room(rtt: Option<Duration>, took: Duration, window: u32) -> u32 {
+    let Some(rtt) = rtt.filter(|rtt| took < 2 * *rtt) else {
+        return 0;
+    };
+    let bdp = rtt.as_nanos() * u128::from(STREAM_RATE_CEILING) / 1_000_000_000;
+    let useful = bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32;
+    useful.saturating_sub(window)
 }
 
 /// What only the edge does: answer registrations and open streams.
@@ -2228,8 +2226,8 @@ mod tests {
             now += rtt / 2;
             origin.handle_input(&back, now).unwrap();
         }
-        assert_eq!(edge.rtt(), Some(rtt));
-        assert_eq!(origin.rtt(), Some(rtt));
+        assert_eq!(edge.rtt_min, Some(rtt));
+        assert_eq!(origin.rtt_min, Some(rtt));
         while edge.poll_event().is_some() {}
         let id = edge.open_stream("h", b"").unwrap();
         (edge, origin, id, now)
