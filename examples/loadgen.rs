@@ -400,12 +400,15 @@ fn pingpong_under(addr: &str, n: u64, dir: &str, mbps: Option<u64>) -> io::Resul
             // 64 KiB at a time: the byte count below is read at this granularity.
             let mut want = 64 * 1024;
             if let Some(mbps) = mbps {
+                // Whole 16 KiB pieces, as an application paced by a slower link would write
+                // them: topping up to the allowance instead would move a few hundred bytes
+                // per call, spin a core and wake the whole chain for each.
+                want = 16 * 1024;
                 let allowed = (start.elapsed().as_secs_f64() * mbps as f64 * 1e6) as u64;
-                if total >= allowed {
-                    thread::sleep(Duration::from_micros(500));
+                if total + want as u64 > allowed {
+                    thread::sleep(Duration::from_micros(100));
                     continue;
                 }
-                want = ((allowed - total) as usize).min(16 * 1024);
             }
             let r = if up {
                 bulk.write(&buf[..want])
