@@ -253,6 +253,9 @@ struct EdgeGauge {
     addr: String,
     live: AtomicU64,
     ready: AtomicU64,
+    /// The smallest round trip of its live connections, in microseconds; 0 when none is
+    /// measured.
+    rtt_micros: AtomicU64,
 }
 
 /// A Prometheus label value: backslash, quote and newline escaped.
@@ -308,15 +311,22 @@ impl Metrics {
             addr: a.clone(),
             live: AtomicU64::new(0),
             ready: AtomicU64::new(0),
+            rtt_micros: AtomicU64::new(0),
         });
         let _ = self.edges.set(gauges.collect());
     }
 
-    /// Origin: edge `i`'s live and registered connections (recounted by the loop).
-    pub fn set_edge_connections(&self, i: usize, live: usize, ready: usize) {
+    /// Origin: edge `i`'s live and registered connections, and the smallest round trip
+    /// measured on them (recounted by the loop).
+    pub fn set_edge_connections(&self, i: usize, live: usize, ready: usize, rtt: Option<Duration>) {
         if let Some(g) = self.edges.get().and_then(|e| e.get(i)) {
             g.live.store(live as u64, Relaxed);
             g.ready.store(ready as u64, Relaxed);
+            // At least 1 once measured: 0 means "not yet".
+            let micros = rtt.map_or(0, |d| {
+                u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+            });
+            g.rtt_micros.store(micros, Relaxed);
         }
     }
 
@@ -587,6 +597,25 @@ impl Metrics {
         let sum = load(&self.handshake_sum_micros) as f64 / 1e6;
         let _ = writeln!(out, "{p}_tls_handshake_seconds_sum {sum}");
         let _ = writeln!(out, "{p}_tls_handshake_seconds_count {count}");
+        if let Some(edges) = self.edges.get() {
+            let _ = writeln!(
+                out,
+                "# HELP {p}_edge_rtt_seconds The smallest round trip measured (tunnel PING to \
+                 PONG) on the live connections to each edge; absent until one is measured."
+            );
+            let _ = writeln!(out, "# TYPE {p}_edge_rtt_seconds gauge");
+            for g in edges {
+                let us = load(&g.rtt_micros);
+                if us > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{p}_edge_rtt_seconds{{edge=\"{}\"}} {}",
+                        label_value(&g.addr),
+                        us as f64 / 1e6
+                    );
+                }
+            }
+        }
         out
     }
 
@@ -740,9 +769,9 @@ mod tests {
     fn an_origin_names_each_edge_and_its_connections() {
         let m = Metrics::new(Role::Tunnel, [0; 16]);
         m.set_edges(&["a.test:443".into(), "b\"x:443".into()]);
-        m.set_edge_connections(0, 2, 2);
-        m.set_edge_connections(1, 1, 0);
-        m.set_edge_connections(7, 1, 1); // no such edge: ignored
+        m.set_edge_connections(0, 2, 2, Some(Duration::from_micros(1500)));
+        m.set_edge_connections(1, 1, 0, None);
+        m.set_edge_connections(7, 1, 1, None); // no such edge: ignored
         let v: serde_json::Value = serde_json::from_str(&m.ready().1).unwrap();
         assert_eq!(v["edges"][0]["edge"], "a.test:443");
         assert_eq!(v["edges"][0]["readyConnections"], 2);
@@ -756,6 +785,14 @@ mod tests {
         assert!(
             text.contains("postern_tunnel_edge_connections{edge=\"b\\\"x:443\"} 1"),
             "the label is escaped: {text}"
+        );
+        assert!(
+            text.contains("postern_tunnel_edge_rtt_seconds{edge=\"a.test:443\"} 0.0015"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("postern_tunnel_edge_rtt_seconds{edge=\"b"),
+            "no sample before a round trip is measured: {text}"
         );
     }
 

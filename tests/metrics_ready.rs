@@ -191,6 +191,17 @@ fn ready_follows_registration_and_metrics_follow_traffic() {
     assert!(get(&o, "postern_tunnel_tls_handshake_seconds_count") >= 1.0);
     assert!(get(&o, "postern_tunnel_reconnects_total") >= 1.0);
     assert!(get(&e, "postern_edge_connections{kind=\"tunnel\"}") >= 1.0);
+    // The origin measured its connection's round trip (the probe PING on the edge's first
+    // frame): on loopback, well under a second and more than nothing.
+    let rtt: Vec<f64> = o
+        .iter()
+        .filter(|(k, _)| k.starts_with("postern_tunnel_edge_rtt_seconds{edge="))
+        .map(|(_, v)| *v)
+        .collect();
+    assert!(
+        rtt.len() == 1 && rtt[0] > 0.0 && rtt[0] < 1.0,
+        "one edge's round trip: {rtt:?}"
+    );
 
     // A refused service token is a deny with its reason.
     let deny = "postern_edge_auth_decisions_total{decision=\"deny\",reason=\"bad_service_token\"}";

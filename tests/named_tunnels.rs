@@ -291,6 +291,13 @@ fn create_route_run_info_delete() {
         2,
         "two connections:\n{info}"
     );
+    // Each with the round trip the edge measured (its probe PING went out on the origin's
+    // first frame, long before this): a figure in milliseconds, not "-".
+    let rows: Vec<&str> = info.lines().filter(|l| l.contains("127.0.0.1")).collect();
+    assert!(
+        info.contains("RTT") && rows.iter().all(|r| r.trim_end().ends_with(" ms")),
+        "a round trip per connection:\n{info}"
+    );
 
     // delete: refused while connected, then forced; the origin is told and stops.
     let saved = dir.join("saved-creds.json");

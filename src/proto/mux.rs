@@ -948,10 +948,18 @@ impl<R: Role> Session<R> {
         }
     }
 
+    /// A PING with the next number. It needs no secret: a peer that answers one it has not
+    /// read yet only makes the round trip look shorter, which keeps the windows *this* side
+    /// grants it small (docs/design.md §2.4).
     fn send_ping(&mut self, now: Instant) {
         self.ping_counter += 1;
         encode(&mut self.control, &Frame::Ping(self.ping_counter));
         self.ping_out = Some((self.ping_counter, now));
+    }
+
+    /// The smallest round trip measured on this connection, once a PING came back.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt_min
     }
 
     pub fn error(&self) -> Option<&MuxError> {

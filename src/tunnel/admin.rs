@@ -257,17 +257,18 @@ pub fn info(client: &AdminClient, tunnel: &str, as_json: bool) -> Result<String,
         return Ok(out);
     }
     out.push_str(&format!(
-        "{:<32}  {:>2}  {:<39}  {:<20}  {}\n",
-        "CONNECTOR ID", "HA", "ORIGIN IP", "OPENED", "STREAMS"
+        "{:<32}  {:>2}  {:<39}  {:<20}  {:>7}  {}\n",
+        "CONNECTOR ID", "HA", "ORIGIN IP", "OPENED", "STREAMS", "RTT"
     ));
     for c in &conns {
         out.push_str(&format!(
-            "{:<32}  {:>2}  {:<39}  {:<20}  {}\n",
+            "{:<32}  {:>2}  {:<39}  {:<20}  {:>7}  {}\n",
             c["connector"].as_str().unwrap_or(""),
             c["ha_index"],
             c["origin"].as_str().unwrap_or(""),
             time(&c["opened"]),
-            c["streams"]
+            c["streams"],
+            round_trip(&c["rtt_us"]),
         ));
     }
     Ok(out)
@@ -312,6 +313,15 @@ pub fn delete(
         }
     }
     Ok(out)
+}
+
+/// A connection's round trip (`rtt_us`) in milliseconds, or "-" before the edge measured it
+/// (or from an edge that does not report it).
+fn round_trip(v: &Value) -> String {
+    match v.as_u64() {
+        Some(us) => format!("{:.1} ms", us as f64 / 1000.0),
+        None => "-".into(),
+    }
 }
 
 fn time(v: &Value) -> String {

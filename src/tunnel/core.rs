@@ -640,7 +640,7 @@ impl Core {
     /// Sets the connection and stream gauges (a scan of at most 16 connections).
     fn count_connections(&self) {
         let (mut live, mut ready) = (0, 0);
-        let mut by_edge = vec![(0, 0); self.cfg.edges.len()];
+        let mut by_edge = vec![(0, 0, None); self.cfg.edges.len()];
         for (i, c) in self.conns.iter().enumerate() {
             if let Link::Live(l) = &c.link {
                 let edge = &mut by_edge[self.edge_index(i)];
@@ -650,11 +650,15 @@ impl Core {
                     ready += 1;
                     edge.1 += 1;
                 }
+                edge.2 = match (edge.2, l.mux.rtt()) {
+                    (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         self.metrics.set_connections(0, live, ready);
-        for (e, (live, ready)) in by_edge.into_iter().enumerate() {
-            self.metrics.set_edge_connections(e, live, ready);
+        for (e, (live, ready, rtt)) in by_edge.into_iter().enumerate() {
+            self.metrics.set_edge_connections(e, live, ready, rtt);
         }
         let (mut streams, mut detached) = (0, 0);
         for l in self.locals.values().filter(|l| l.has_socket()) {

@@ -28,8 +28,9 @@
 //! | `POST /v1/sessions/kill` `{"id"}`, `{"email"}`, `{"service_token"}` or `{"hostname"}` | `{"killed": [ID…]}` (a `session_kill` audit line) |
 //!
 //! TUNNEL is `{"id", "name", "zone", "created", "routes": [HOST…], "connections": [{"connector",
-//! "ha_index", "origin", "opened", "streams"}…]}`. SESSION is `{"id", "email", "service_token",
-//! "hostname", "source", "started", "seconds", "bytes_up", "bytes_down"}` (`sessions.rs`).
+//! "ha_index", "origin", "opened", "streams", "rtt_us"}…]}` (`rtt_us`: null until measured).
+//! SESSION is `{"id", "email", "service_token", "hostname", "source", "started", "seconds",
+//! "bytes_up", "bytes_down"}` (`sessions.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -743,26 +744,38 @@ impl EdgeCore {
     /// The tunnel connection in `slot` as the API and the console show it, wherever it is
     /// served.
     pub(super) fn connection(&self, slot: usize) -> Option<Value> {
-        let (connector, ha_index, peer, opened, streams) = match self.conns.get(slot)?.as_ref()? {
-            Conn::Tunnel(t) => (
-                &t.connector,
-                t.ha_index,
-                t.peer,
-                t.opened,
-                t.mux.stream_count(),
-            ),
-            Conn::Away(a) => match a.as_ref() {
-                Away::Tunnel(r) => (&r.connector, r.ha_index, r.peer, r.opened, r.live.streams()),
-                Away::Carrier(_) => return None,
-            },
-            _ => return None,
-        };
+        let (connector, ha_index, peer, opened, streams, rtt) =
+            match self.conns.get(slot)?.as_ref()? {
+                Conn::Tunnel(t) => (
+                    &t.connector,
+                    t.ha_index,
+                    t.peer,
+                    t.opened,
+                    t.mux.stream_count(),
+                    t.mux.rtt(),
+                ),
+                Conn::Away(a) => match a.as_ref() {
+                    Away::Tunnel(r) => (
+                        &r.connector,
+                        r.ha_index,
+                        r.peer,
+                        r.opened,
+                        r.live.streams(),
+                        r.live.rtt(),
+                    ),
+                    Away::Carrier(_) => return None,
+                },
+                _ => return None,
+            };
         Some(json!({
             "connector": connector,
             "ha_index": ha_index,
             "origin": peer.ip().to_string(),
             "opened": opened,
             "streams": streams,
+            // The smallest PING-to-PONG time seen on it (what stream windows grow by), or
+            // null before the first PONG.
+            "rtt_us": rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         }))
     }
 }

@@ -168,19 +168,22 @@ fn connections_table(conns: &[Value], now: u64) -> String {
         .map(|c| {
             format!(
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{} ({} ago)</td>\
-                 <td>{}</td></tr>",
+                 <td>{}</td><td>{}</td></tr>",
                 html(s(c, "connector")),
                 n(c, "ha_index"),
                 html(s(c, "origin")),
                 html(&time(n(c, "opened"))),
                 duration(now.saturating_sub(n(c, "opened"))),
                 n(c, "streams"),
+                c["rtt_us"]
+                    .as_u64()
+                    .map_or("-".into(), |us| format!("{:.1} ms", us as f64 / 1000.0)),
             )
         })
         .collect();
     format!(
         "<table><tr><th>connector</th><th>HA index</th><th>origin address</th><th>connected \
-         since</th><th>streams</th></tr>{rows}</table>"
+         since</th><th>streams</th><th>round trip</th></tr>{rows}</table>"
     )
 }
 
