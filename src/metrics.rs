@@ -317,16 +317,13 @@ impl Metrics {
     }
 
     /// Origin: edge `i`'s live and registered connections, and the smallest round trip
-    /// measured on them (recounted by the loop).
-    pub fn set_edge_connections(&self, i: usize, live: usize, ready: usize, rtt: Option<Duration>) {
+    /// measured on them in microseconds, as `mux::Session::rtt_micros` gives it (recounted by
+    /// the loop).
+    pub fn set_edge_connections(&self, i: usize, live: usize, ready: usize, rtt: Option<u64>) {
         if let Some(g) = self.edges.get().and_then(|e| e.get(i)) {
             g.live.store(live as u64, Relaxed);
             g.ready.store(ready as u64, Relaxed);
-            // At least 1 once measured: 0 means "not yet".
-            let micros = rtt.map_or(0, |d| {
-                u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-            });
-            g.rtt_micros.store(micros, Relaxed);
+            g.rtt_micros.store(rtt.unwrap_or(0), Relaxed);
         }
     }
 
@@ -769,7 +766,7 @@ mod tests {
     fn an_origin_names_each_edge_and_its_connections() {
         let m = Metrics::new(Role::Tunnel, [0; 16]);
         m.set_edges(&["a.test:443".into(), "b\"x:443".into()]);
-        m.set_edge_connections(0, 2, 2, Some(Duration::from_micros(1500)));
+        m.set_edge_connections(0, 2, 2, Some(1500));
         m.set_edge_connections(1, 1, 0, None);
         m.set_edge_connections(7, 1, 1, None); // no such edge: ignored
         let v: serde_json::Value = serde_json::from_str(&m.ready().1).unwrap();

@@ -957,9 +957,11 @@ impl<R: Role> Session<R> {
         self.ping_out = Some((self.ping_counter, now));
     }
 
-    /// The smallest round trip measured on this connection, once a PING came back.
-    pub fn rtt(&self) -> Option<Duration> {
+    /// The smallest round trip measured on this connection in whole microseconds (at least
+    /// 1), once a PING came back: how the edge's API and the origin's metrics show it.
+    pub fn rtt_micros(&self) -> Option<u64> {
         self.rtt_min
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1))
     }
 
     pub fn error(&self) -> Option<&MuxError> {

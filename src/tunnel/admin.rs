@@ -264,10 +264,10 @@ pub fn info(client: &AdminClient, tunnel: &str, as_json: bool) -> Result<String,
         out.push_str(&format!(
             "{:<32}  {:>2}  {:<39}  {:<20}  {:>7}  {}\n",
             c["connector"].as_str().unwrap_or(""),
-            c["ha_index"],
+            c["ha_index"].as_u64().unwrap_or(0),
             c["origin"].as_str().unwrap_or(""),
             time(&c["opened"]),
-            c["streams"],
+            c["streams"].as_u64().unwrap_or(0),
             round_trip(&c["rtt_us"]),
         ));
     }

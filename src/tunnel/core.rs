@@ -650,7 +650,7 @@ impl Core {
                     ready += 1;
                     edge.1 += 1;
                 }
-                edge.2 = match (edge.2, l.mux.rtt()) {
+                edge.2 = match (edge.2, l.mux.rtt_micros()) {
                     (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
                     (a, b) => a.or(b),
                 };

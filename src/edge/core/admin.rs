@@ -752,7 +752,7 @@ impl EdgeCore {
                     t.peer,
                     t.opened,
                     t.mux.stream_count(),
-                    t.mux.rtt(),
+                    t.mux.rtt_micros(),
                 ),
                 Conn::Away(a) => match a.as_ref() {
                     Away::Tunnel(r) => (
@@ -761,7 +761,7 @@ impl EdgeCore {
                         r.peer,
                         r.opened,
                         r.live.streams(),
-                        r.live.rtt(),
+                        r.live.rtt_micros(),
                     ),
                     Away::Carrier(_) => return None,
                 },
@@ -775,7 +775,7 @@ impl EdgeCore {
             "streams": streams,
             // The smallest PING-to-PONG time seen on it (what stream windows grow by), or
             // null before the first PONG.
-            "rtt_us": rtt.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            "rtt_us": rtt,
         }))
     }
 }

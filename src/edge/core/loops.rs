@@ -24,7 +24,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
-use std::time::Duration;
 
 use log::{debug, info, warn};
 use rustls::pki_types::CertificateDer;
@@ -181,7 +180,7 @@ pub(super) struct TunnelLive {
     streams: AtomicUsize,
     /// Not closing, not draining, no error: it takes new streams.
     usable: AtomicBool,
-    /// Its smallest round trip in microseconds (`mux::Session::rtt`); 0 until measured.
+    /// Its smallest round trip in microseconds (`mux::Session::rtt_micros`); 0 until measured.
     rtt_micros: AtomicU64,
 }
 
@@ -189,31 +188,21 @@ impl TunnelLive {
     pub(super) fn set(&self, t: &Tunnel) {
         self.streams.store(t.mux.stream_count(), Ordering::Relaxed);
         self.usable.store(t.usable(), Ordering::Relaxed);
-        self.rtt_micros
-            .store(rtt_micros(t.mux.rtt()), Ordering::Relaxed);
+        let rtt = t.mux.rtt_micros().unwrap_or(0);
+        self.rtt_micros.store(rtt, Ordering::Relaxed);
     }
 
     pub(super) fn streams(&self) -> usize {
         self.streams.load(Ordering::Relaxed)
     }
 
-    pub(super) fn rtt(&self) -> Option<Duration> {
-        match self.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+    pub(super) fn rtt_micros(&self) -> Option<u64> {
+        Some(self.rtt_micros.load(Ordering::Relaxed)).filter(|&us| us > 0)
     }
 
     pub(super) fn usable(&self) -> bool {
         self.usable.load(Ordering::Relaxed)
     }
-}
-
-/// A round trip as [`TunnelLive`] keeps it: whole microseconds, at least 1 once measured.
-fn rtt_micros(rtt: Option<Duration>) -> u64 {
-    rtt.map_or(0, |d| {
-        u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
-    })
 }
 
 impl Tunnel {
