@@ -4,16 +4,17 @@
 //! listener in this test that records each request head, so the header curl sent is seen as
 //! the service sees it. The token is never on curl's command line (a wrapper on PATH records
 //! curl's argv) nor on postern's stderr; curl's output and exit status pass through; the
-//! header file is gone afterwards; without curl the error says so before any login.
+//! header file is gone afterwards, also when postern is sent SIGTERM while curl waits (it ends
+//! curl, then dies of the signal); without curl the error says so before any login.
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::oidc::DEFAULT_EXPECT;
 use support::sso::Sso;
@@ -63,6 +64,16 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
         let (n, v) = l.split_once(':')?;
         n.eq_ignore_ascii_case(name).then(|| v.trim())
     })
+}
+
+/// The `access curl` header files in a token directory.
+fn header_files(tokens_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(tokens_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".curl-header-"))
+        .collect()
 }
 
 /// A `curl` for PATH that appends its argv to `log`, then runs the real curl.
@@ -161,13 +172,69 @@ fn access_curl_signs_in_and_hands_curl_the_token_in_a_header_never_on_its_comman
     assert!(!argv.contains(&token), "the token in curl's argv: {argv}");
     assert!(argv.contains("-H @"), "the header from a file: {argv}");
     let tokens_dir = home.join(".postern/tokens");
-    let left: Vec<_> = std::fs::read_dir(&tokens_dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".curl-header-"))
-        .collect();
+    let left = header_files(&tokens_dir);
     assert!(left.is_empty(), "header files left: {left:?}");
+
+    // SIGTERM to postern while curl waits on a service that never answers: postern ends
+    // curl, removes the header file and dies of the signal, instead of waiting for a curl
+    // nobody wants any more.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let (conn_tx, conn_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((conn, _)) = silent.accept() {
+            let _ = conn_tx.send(conn); // held, never answered
+        }
+    });
+    let resolve = format!("ssh.localhost:{silent_port}:127.0.0.1");
+    let mut child = postern(&home)
+        .args(["access", "curl", "--edge", &sso.edge_addr, "--ca"])
+        .arg(sso.ca())
+        .arg(format!("http://ssh.localhost:{silent_port}/never"))
+        .args(["-sS", "--resolve", &resolve, "-m", "300"])
+        .env("PATH", &path)
+        .env("BROWSER", "false")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let Ok(mut conn) = conn_rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("curl never connected to the silent service");
+    };
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("postern still waits for curl 10 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(15),
+        "postern dies of the SIGTERM: {status:?}"
+    );
+    // curl is gone: the service sees its connection close (the request head, then EOF).
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) => panic!("curl's connection is still open after postern left: {e}"),
+        }
+    }
+    assert_eq!(header_files(&tokens_dir), Vec::<String>::new());
 
     // No curl on PATH: a clear error, and no login is started for nothing.
     let empty = sso.dir.join("empty-bin");

@@ -322,6 +322,28 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
     let nowhere = format!("127.0.0.1:{}", free_port());
     let run = tunnel_doctor(&chain, &nowhere, |_| {});
     assert_tunnel_fails_at(&run, "tcp", &nowhere);
+
+    // A pool whose second edge is down: the first passes dns … auth, then the second is
+    // checked (the tunnel connects to both) and its tcp step names it.
+    let run = tunnel_doctor(&chain, &edge, |c| {
+        c.args(["--edge", &nowhere]);
+    });
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.starts_with("FAIL tcp: ") && l.contains(&nowhere)),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("ok  auth: ")).count(),
+        1,
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("ok  service: "), "{}", run.stdout);
+    assert!(matches!(run.code, Some(c) if c != 0), "{:?}", run.code);
 }
 
 const NAMED_STEPS: [&str; 10] = [

@@ -15,8 +15,10 @@
 //! The token never reaches argv (another local user could read it in the process list):
 //! curl reads the header from the file, which sits beside the cached token itself. While
 //! curl runs, SIGINT, SIGTERM and SIGHUP only mark the time to leave, so that the file is
-//! removed once curl ends (a terminal's Ctrl-C reaches curl too). A SIGKILL leaves it, mode
-//! 0600 in the token directory; a later `access curl` removes it (once a minute old).
+//! removed once curl ends: a terminal's Ctrl-C reaches curl too, and for SIGTERM and SIGHUP
+//! postern ends curl itself, removes the file, then dies of the signal. A SIGKILL leaves the
+//! file, mode 0600 in the token directory; a later `access curl` removes it (once a minute
+//! old).
 
 use std::ffi::OsString;
 use std::fs;
@@ -25,7 +27,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::authorize::token_for;
@@ -36,6 +38,8 @@ use super::{AccessError, AccessOptions};
 const HEADER_PREFIX: &str = ".curl-header-";
 /// How old a header file must be for another `access curl` to remove it as a leftover.
 const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often postern looks whether curl ended or a signal asked both to leave.
+const CURL_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Runs curl (see the module doc); returns the exit code for postern to exit with.
 ///
@@ -53,34 +57,85 @@ pub fn curl(
     let token = token_for(opts, cache, edge_given)?;
     let local = |what, error| AccessError::Local { what, error };
     cache.ensure_dir().map_err(AccessError::Cache)?;
+    // From before the file exists to after it is removed, these signals only mark that we
+    // should leave. SIGINT reaches curl from the terminal too; SIGTERM and SIGHUP (a `kill`,
+    // a closed session, a service manager) were meant for both of us, so curl is ended for
+    // them.
+    let (term, hup) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    for (sig, flag) in [
+        (
+            signal_hook::consts::SIGINT,
+            Arc::new(AtomicBool::new(false)),
+        ),
+        (signal_hook::consts::SIGTERM, term.clone()),
+        (signal_hook::consts::SIGHUP, hup.clone()),
+    ] {
+        signal_hook::flag::register(sig, flag).map_err(|e| local("signal handler", e))?;
+    }
     let header = HeaderFile::create(cache.dir(), token.expose())
         .map_err(|e| local("the header file for curl", e))?;
     drop(token);
-    // Stay to remove the file: these signals now only mark that we should leave.
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, Arc::new(AtomicBool::new(false)))
-            .map_err(|e| local("signal handler", e))?;
-    }
     let mut header_arg = OsString::from("@");
     header_arg.push(header.path.as_os_str());
     // The header first: after the user's arguments, a trailing `-o` or `--` would take it.
-    let status = Command::new(&program)
+    let mut child = Command::new(&program)
         .arg("-H")
         .arg(header_arg)
         .arg(url)
         .args(args)
-        .status()
+        .spawn()
         .map_err(|e| local("running curl", e))?;
+    let ended = loop {
+        let status = match child.try_wait() {
+            Ok(status) => status,
+            Err(e) => {
+                let _ = child.kill();
+                return Err(local("waiting for curl", e));
+            }
+        };
+        if let Some(status) = status {
+            break Ended::Curl(match (status.code(), status.signal()) {
+                (Some(c), _) => u8::try_from(c).unwrap_or(1),
+                (None, Some(s)) => u8::try_from(128 + s).unwrap_or(1),
+                (None, None) => 1,
+            });
+        }
+        let asked = [
+            (&term, signal_hook::consts::SIGTERM),
+            (&hup, signal_hook::consts::SIGHUP),
+        ]
+        .into_iter()
+        .find_map(|(flag, sig)| flag.load(Ordering::Relaxed).then_some(sig));
+        if let Some(sig) = asked {
+            // std sends only SIGKILL; curl keeps nothing a SIGTERM would have let it save.
+            let _ = child.kill();
+            let _ = child.wait();
+            break Ended::Signal(sig);
+        }
+        // At most this long after curl ends, postern does too.
+        std::thread::sleep(CURL_POLL);
+    };
     drop(header);
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => u8::try_from(c).unwrap_or(1),
-        (None, Some(s)) => u8::try_from(128 + s).unwrap_or(1),
-        (None, None) => 1,
+    Ok(match ended {
+        Ended::Curl(code) => code,
+        Ended::Signal(sig) => {
+            // The file is gone: die of the signal, as a supervisor expects of a process it
+            // stopped (128 + its number if that fails).
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            u8::try_from(128 + sig).unwrap_or(1)
+        }
     })
+}
+
+/// How the wait for curl ended.
+enum Ended {
+    /// curl exited: postern exits with its status.
+    Curl(u8),
+    /// SIGTERM or SIGHUP: curl was ended.
+    Signal(i32),
 }
 
 /// Why curl must not be run with `url` and `args`, if it must not: a redirect followed by

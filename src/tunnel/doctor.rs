@@ -1,5 +1,6 @@
 //! `postern tunnel doctor`: checks, before (or beside) a running tunnel, each thing the
-//! tunnel needs, in order, and names the first that fails:
+//! tunnel needs, in order, and names the first that fails (with a pool of edges, `dns` to
+//! `auth` once per edge):
 //!
 //! ```text
 //!  config ─▶ credentials ─▶ dns ─▶ proxy ─▶ tcp ─▶ tls ─▶ auth ─▶ [routes] ─▶ service ─▶ ssh
@@ -72,19 +73,11 @@ fn run(o: &DoctorOptions) -> Result<(), Failed> {
     ok("config", format!("{host} to {}", untrusted(&o.url)));
 
     let cred = credentials(&o.origin_cert, host)?;
-    let edge = o
-        .edges
-        .first()
-        .cloned()
-        .or_else(|| cred.edge.clone())
-        .unwrap_or_else(|| format!("{host}:443"));
-    let client = AdminClient::new(&cred, &edge, o.extra_ca.as_deref()).map_err(|e| {
-        fail(
-            "tls",
-            e,
-            "fix the --ca file, or get a new origin certificate (postern tunnel login)",
-        )
-    })?;
+    // Every edge of a pool, in order, as the tunnel connects to each of them.
+    let edges = match o.edges.as_slice() {
+        [] => vec![cred.edge.clone().unwrap_or_else(|| format!("{host}:443"))],
+        pool => pool.to_vec(),
+    };
     let trust = match &o.extra_ca {
         Some(p) => format!(
             "the CA file {}, the credential's CA and the system roots",
@@ -92,25 +85,34 @@ fn run(o: &DoctorOptions) -> Result<(), Failed> {
         ),
         None => "the credential's CA and the system roots".to_owned(),
     };
-    let (opts, cfg) = client.edge_setup();
-    let (sock, _tls) = reach_edge(opts, Ok(cfg.clone()), &trust, None)?;
-    drop(sock);
-    match client.call("GET", "/v1/tunnels", None) {
-        Ok(_) => ok(
-            "auth",
-            format!(
-                "the edge at {edge} accepts the origin certificate of zone {} (checked on its \
-                 admin API, without registering)",
-                cred.zone
-            ),
-        ),
-        Err(e) => {
-            return Err(fail(
+    for edge in &edges {
+        let client = AdminClient::new(&cred, edge, o.extra_ca.as_deref()).map_err(|e| {
+            fail(
+                "tls",
+                e,
+                "fix the --ca file, or get a new origin certificate (postern tunnel login)",
+            )
+        })?;
+        let (opts, cfg) = client.edge_setup();
+        let (sock, _tls) = reach_edge(opts, Ok(cfg.clone()), &trust, None)?;
+        drop(sock);
+        match client.call("GET", "/v1/tunnels", None) {
+            Ok(_) => ok(
                 "auth",
-                format!("the edge at {edge} refused the origin certificate: {e}"),
-                "get a new origin certificate from this edge (postern tunnel login), or ask \
-                 the edge's operator whether it was revoked",
-            ))
+                format!(
+                    "the edge at {edge} accepts the origin certificate of zone {} (checked on \
+                     its admin API, without registering)",
+                    cred.zone
+                ),
+            ),
+            Err(e) => {
+                return Err(fail(
+                    "auth",
+                    format!("the edge at {edge} refused the origin certificate: {e}"),
+                    "get a new origin certificate from this edge (postern tunnel login), or ask \
+                     the edge's operator whether it was revoked",
+                ))
+            }
         }
     }
 
@@ -240,7 +242,7 @@ pub struct NamedDoctorOptions {
     pub creds_path: Option<PathBuf>,
     /// The credentials as the lines name them: the file, or the token.
     pub shown: String,
-    /// The edges the tunnel would connect to (the first is checked).
+    /// The edges the tunnel would connect to (each is checked, in order).
     pub edges: Vec<String>,
     /// The TLS name sent to an edge whose address is no name (as `tunnel run`).
     pub sni_fallback: String,
@@ -332,23 +334,14 @@ fn run_named(o: &NamedDoctorOptions) -> Result<(), Failed> {
         ),
     );
 
-    // dns … tls, then auth: the tunnel's own certificate on the edge's admin API.
-    let Some(edge) = o.edges.first() else {
+    // dns … tls, then auth: the tunnel's own certificate on each edge's admin API.
+    if o.edges.is_empty() {
         return Err(fail(
             "config",
             format!("{} names no edge", o.shown),
             "pass --edge HOST:PORT",
         ));
-    };
-    let client = AdminClient::new(&o.credential, edge, o.extra_ca.as_deref())
-        .map_err(|e| {
-            fail(
-                "tls",
-                e,
-                "fix the --ca file, or get new credentials (postern tunnel token NAME)",
-            )
-        })?
-        .with_fallback_name(&o.sni_fallback);
+    }
     let trust = match &o.extra_ca {
         Some(p) => format!(
             "the CA file {}, the credentials' CA and the system roots",
@@ -356,26 +349,42 @@ fn run_named(o: &NamedDoctorOptions) -> Result<(), Failed> {
         ),
         None => "the credentials' CA and the system roots".to_owned(),
     };
-    let (opts, cfg) = client.edge_setup();
-    let (sock, _tls) = reach_edge(opts, Ok(cfg.clone()), &trust, None)?;
-    drop(sock);
-    let record = client.call("GET", "/v1/self", None).map_err(|e| {
-        fail(
+    // The routes as the first edge answers them (the edges of a pool share one store).
+    let mut record = None;
+    for edge in &o.edges {
+        let client = AdminClient::new(&o.credential, edge, o.extra_ca.as_deref())
+            .map_err(|e| {
+                fail(
+                    "tls",
+                    e,
+                    "fix the --ca file, or get new credentials (postern tunnel token NAME)",
+                )
+            })?
+            .with_fallback_name(&o.sni_fallback);
+        let (opts, cfg) = client.edge_setup();
+        let (sock, _tls) = reach_edge(opts, Ok(cfg.clone()), &trust, None)?;
+        drop(sock);
+        let answer = client.call("GET", "/v1/self", None).map_err(|e| {
+            fail(
+                "auth",
+                format!("the edge at {edge} refused tunnel {name}'s certificate: {e}"),
+                format!(
+                    "if the tunnel was deleted, create it again (postern tunnel create {name}) \
+                     and use its new credentials; if its certificate was revoked, ask the \
+                     edge's operator"
+                ),
+            )
+        })?;
+        ok(
             "auth",
-            format!("the edge at {edge} refused tunnel {name}'s certificate: {e}"),
             format!(
-                "if the tunnel was deleted, create it again (postern tunnel create {name}) and \
-                 use its new credentials; if its certificate was revoked, ask the edge's operator"
+                "the edge at {edge} accepts tunnel {name}'s certificate (checked on its admin \
+                 API, without registering)"
             ),
-        )
-    })?;
-    ok(
-        "auth",
-        format!(
-            "the edge at {edge} accepts tunnel {name}'s certificate (checked on its admin API, \
-             without registering)"
-        ),
-    );
+        );
+        record.get_or_insert(answer);
+    }
+    let record = record.expect("bug: at least one edge was checked");
 
     // routes: each hostname of the ingress rules is routed to this tunnel.
     let routes: Vec<String> = record
