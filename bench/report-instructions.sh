@@ -96,8 +96,10 @@ echo "second connection through the same \`access tcp\` moves data as fast as it
 echo "time (down: sink → loadgen, up: loadgen → sink), so its DATA frames share the tunnel"
 echo "connection with the ping-pong's. Wall-clock figures: on this 2-core machine the bulk"
 echo "stream keeps both cores busy, so part of any increase is waiting for a core, not for a queue."
-echo "*Beside paced bulk*: the same with the bulk stream paced to ${BENCH_PACE_MBPS:-100} MB/s in 16 KiB writes,"
-echo "which leaves the cores mostly idle: what the ping waits for there is postern's queues."
+if awk -F'\t' '$1 == "latency" && $2 ~ /^paced_/ {f = 1} END {exit !f}' "$TSV"; then
+    echo "*Beside paced bulk*: the same with the bulk stream paced to ${BENCH_PACE_MBPS:-100} MB/s in 16 KiB"
+    echo "writes, which leaves the cores mostly idle: what the ping waits for there is postern's queues."
+fi
 echo
 idle99="$(med latency idle p99_us)"
 # Repetitions whose idle p99 differ more than 3x say the machine moved, not postern: no verdict.

@@ -410,10 +410,11 @@ fn pingpong_under(addr: &str, n: u64, dir: &str, mbps: Option<u64>) -> io::Resul
                     continue;
                 }
             }
-            let r = if up {
-                bulk.write(&buf[..want])
-            } else {
-                bulk.read(&mut buf[..want])
+            let r = match (up, mbps) {
+                // Paced: the whole piece, as counted against the allowance.
+                (true, Some(_)) => bulk.write_all(&buf[..want]).map(|()| want),
+                (true, None) => bulk.write(&buf[..want]),
+                (false, _) => bulk.read(&mut buf[..want]),
             };
             match r {
                 Ok(0) | Err(_) => break,
