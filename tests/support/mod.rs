@@ -98,10 +98,43 @@ pub fn require_all() {
     }
 }
 
-/// A fresh port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a process the harness starts to bind.
+///
+/// It comes from below the kernel's ephemeral range (`ip_local_port_range`), never from a
+/// `bind(:0)`: the kernel hands ephemeral ports to every `--listen 127.0.0.1:0` and outgoing
+/// connection of the tests running beside this one, and once handed out such a port was taken
+/// by a TLS listener of another test before the edge meant to have it could bind it (CI saw
+/// `/ready` answered by a TLS alert). Ports below that range are only ever bound by name, and
+/// the harness never names the same one twice in a process: a per-process counter from a
+/// pid-derived start walks the band.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr").port()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let (lo, hi) = harness_port_band();
+    let span = u64::from(hi - lo);
+    let start = u64::from(std::process::id()).wrapping_mul(7919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = lo + ((start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {lo}..{hi} on 127.0.0.1");
+}
+
+/// The ports [`free_port`] picks from: those below the kernel's ephemeral range (or above it,
+/// where it starts too low to leave room).
+fn harness_port_band() -> (u16, u16) {
+    let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut it = range
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u16>().ok());
+    let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
+    if lo >= 12000 {
+        (10000, lo)
+    } else {
+        (hi.saturating_add(1).max(1024), u16::MAX)
+    }
 }
 
 /// Polls `f` every few milliseconds until it returns true; panics naming `what` after `deadline`.
@@ -1690,8 +1723,9 @@ pub fn http_get(addr: &SocketAddr, path: &str) -> (u16, String) {
     try_http_get(addr, path).unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
 }
 
-/// Like [`http_get`]; `Err` when nothing answers on `addr` (a server still starting). An answer
-/// that is not HTTP still panics: that is a bug, not a wait.
+/// Like [`http_get`]; `Err` when nothing answers on `addr` (a server still starting) or what
+/// answers is not HTTP (`InvalidData`: another process holds the port; the caller that waits on
+/// a child then sees the child exit for want of it).
 pub fn try_http_get(addr: &SocketAddr, path: &str) -> io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(addr, Duration::from_secs(5))?;
@@ -1702,15 +1736,16 @@ pub fn try_http_get(addr: &SocketAddr, path: &str) -> io::Result<(u16, String)> 
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
-    let text = String::from_utf8(raw).expect("utf-8 answer");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let not_http = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in answer: {text:?}"));
+        .ok_or_else(|| not_http(&format!("no head in answer: {text:?}")))?;
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
+        .ok_or_else(|| not_http(&format!("no status in {head:?}")))?;
     Ok((status, body.to_string()))
 }
 
