@@ -98,29 +98,55 @@ echo "connection with the ping-pong's. Wall-clock figures: on this 2-core machin
 echo "stream keeps both cores busy, so part of any increase is waiting for a core, not for a queue."
 if awk -F'\t' '$1 == "latency" && $2 ~ /^paced_/ {f = 1} END {exit !f}' "$TSV"; then
     echo "*Beside paced bulk*: the same with the bulk stream paced to ${BENCH_PACE_MBPS:-100} MB/s in 16 KiB"
-    echo "writes, which leaves the cores mostly idle: what the ping waits for there is postern's queues."
+    echo "writes, which leaves the cores mostly idle: what the ping waits for there is mostly postern's"
+    echo "queues (the last column shows what the machine alone adds to three relays under the same load)."
 fi
 echo
-idle99="$(med latency idle p99_us)"
 # Repetitions whose idle p99 differ more than 3x say the machine moved, not postern: no verdict.
-verdict() {
-    if stat latency idle p99_us | awk '{exit !($3 > 3 * $2)}'; then
-        echo "inconclusive (idle p99 moved $(stat latency idle p99_us | awk '{printf "%.0f", $3 / $2}')× between repetitions)"
+verdict() { # verdict SCENARIO CONDITION
+    if stat "$1" idle p99_us | awk '{exit !($3 > 3 * $2)}'; then
+        echo "inconclusive (idle p99 moved $(stat "$1" idle p99_us | awk '{printf "%.0f", $3 / $2}')× between repetitions)"
     else
-        ok "$1"
+        ok "$2"
     fi
 }
-echo "| | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile | bulk KiB per round trip p50 / p99 | target p99 ≤ 2× idle |"
-echo "|---|---:|---:|---:|---:|---:|---|"
-echo "| idle | $(cell latency idle p50_us 1) | $(cell latency idle p99_us 1) | 1.00 | | | |"
-for row in "bulk_down:beside bulk down" "bulk_up:beside bulk up" "paced_down:beside paced bulk down" "paced_up:beside paced bulk up"; do
+ROWS=("bulk_down:beside bulk down" "bulk_up:beside bulk up" "paced_down:beside paced bulk down" "paced_up:beside paced bulk up")
+has_rows() { awk -F'\t' -v n="$1" -v s="$2" '$1 == n && $2 == s {f = 1} END {exit !f}' "$TSV"; }
+# The floor's p99 ÷ its idle p99 for the same kind of load, when relay3 ran.
+floor_ratio() {
+    has_rows latency_relay3 "$1" || return 0
+    calc "$(med latency_relay3 "$1" p99_us) / $(med latency_relay3 idle p99_us)"
+}
+idle99="$(med latency idle p99_us)"
+echo "| | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile | bulk KiB per round trip p50 / p99 | target p99 ≤ 2× idle | relay3 under the same: p99 ÷ its idle |"
+echo "|---|---:|---:|---:|---:|---:|---|---:|"
+echo "| idle | $(cell latency idle p50_us 1) | $(cell latency idle p99_us 1) | 1.00 | | | | |"
+for row in "${ROWS[@]}"; do
     sc="${row%%:*}"
     # A report from before the paced runs has no rows for them.
-    awk -F'\t' -v s="$sc" '$1 == "latency" && $2 == s {f = 1} END {exit !f}' "$TSV" || continue
+    has_rows latency "$sc" || continue
     p99="$(med latency "$sc" p99_us)"
-    echo "| ${row#*:} | $(cell latency "$sc" p50_us 1) | $(cell latency "$sc" p99_us 1) | $(calc "$p99 / $idle99") | $(cell latency "$sc" bulk_mbps 0) | $(med latency "$sc" ahead_p50_kib) / $(med latency "$sc" ahead_p99_kib) | $(verdict "$p99 <= 2 * $idle99") |"
+    echo "| ${row#*:} | $(cell latency "$sc" p50_us 1) | $(cell latency "$sc" p99_us 1) | $(calc "$p99 / $idle99") | $(cell latency "$sc" bulk_mbps 0) | $(med latency "$sc" ahead_p50_kib) / $(med latency "$sc" ahead_p99_kib) | $(verdict latency "$p99 <= 2 * $idle99") | $(floor_ratio "$sc") |"
 done
 echo
+if has_rows latency_relay3 idle; then
+    r_idle99="$(med latency_relay3 idle p99_us)"
+    echo "*relay3 under the same*: the same pings and bulk runs through three plain relays"
+    echo "(\`loadgen relay\`: no crypto, a thread per direction of each connection), interleaved with"
+    echo "postern's runs. Its streams share no connection, no buffer and no loop, so what bulk does"
+    echo "to its pings is this machine's cores, kernel and scheduler alone: where relay3's ratio is"
+    echo "above 2 too, no chain of three processes meets the target here, whatever its queues."
+    echo
+    echo "| relay3 | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile |"
+    echo "|---|---:|---:|---:|---:|"
+    echo "| idle | $(cell latency_relay3 idle p50_us 1) | $(cell latency_relay3 idle p99_us 1) | 1.00 | |"
+    for row in "${ROWS[@]}"; do
+        sc="${row%%:*}"
+        has_rows latency_relay3 "$sc" || continue
+        echo "| ${row#*:} | $(cell latency_relay3 "$sc" p50_us 1) | $(cell latency_relay3 "$sc" p99_us 1) | $(calc "$(med latency_relay3 "$sc" p99_us) / $r_idle99") | $(cell latency_relay3 "$sc" bulk_mbps 0) |"
+    done
+    echo
+fi
 echo "*Bulk KiB per round trip*: how much the bulk stream moved while one interactive byte went"
 echo "there and back (loadgen counts its bulk bytes in 64 KiB reads): the queue of bulk data the"
 echo "interactive byte waited behind, plus whatever moved while a process of the interactive path"

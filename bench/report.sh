@@ -204,7 +204,12 @@ MIB=1048576
     if [ -n "$idle99" ]; then
         for dir in down up; do
             b99="$(imed latency "bulk_$dir" p99_us)"
-            echo "| interactive: 1-byte ping-pong p99 beside bulk $dir on the same tunnel connection ≤ 2× idle p99 | $b99 vs $idle99 µs ($(calc "$b99 / $idle99")×) | $(ok "$b99 <= 2 * $idle99") |"
+            # What the machine alone does to three plain relays under the same load, when run.
+            floor=""
+            if r99="$(imed latency_relay3 "bulk_$dir" p99_us)" && [ -n "$r99" ]; then
+                floor="; relay3 under the same: $(calc "$r99 / $(imed latency_relay3 idle p99_us)")× its idle"
+            fi
+            echo "| interactive: 1-byte ping-pong p99 beside bulk $dir on the same tunnel connection ≤ 2× idle p99 | $b99 vs $idle99 µs ($(calc "$b99 / $idle99")×$floor) | $(ok "$b99 <= 2 * $idle99") |"
         done
     else
         echo "| interactive: ping-pong p99 beside bulk ≤ 2× idle | not run (quick run) | — |"
