@@ -246,6 +246,16 @@ pub struct Metrics {
     handshake_sum_micros: AtomicU64,
     /// Origin: its edges (`--edge`), each with its live and registered connections.
     edges: OnceLock<Vec<EdgeGauge>>,
+    /// Edge: its event loops (`--workers`), loop 0 first.
+    loops: OnceLock<Vec<LoopGauge>>,
+}
+
+/// One event loop of the edge: the connections it serves and the time it spent working.
+struct LoopGauge {
+    tunnels: AtomicU64,
+    carriers: AtomicU64,
+    /// Time between `epoll_wait` returning and the next call, summed, in microseconds.
+    busy_micros: AtomicU64,
 }
 
 /// One edge of an origin's pool: its connections, live and registered.
@@ -291,6 +301,7 @@ impl Metrics {
             handshake_count: AtomicU64::new(0),
             handshake_sum_micros: AtomicU64::new(0),
             edges: OnceLock::new(),
+            loops: OnceLock::new(),
         })
     }
 
@@ -324,6 +335,34 @@ impl Metrics {
             g.live.store(live as u64, Relaxed);
             g.ready.store(ready as u64, Relaxed);
             g.rtt_micros.store(rtt.unwrap_or(0), Relaxed);
+        }
+    }
+
+    /// Edge: names its `n` event loops (once; a second call changes nothing).
+    pub fn set_loops(&self, n: usize) {
+        let gauges = (0..n).map(|_| LoopGauge {
+            tunnels: AtomicU64::new(0),
+            carriers: AtomicU64::new(0),
+            busy_micros: AtomicU64::new(0),
+        });
+        let _ = self.loops.set(gauges.collect());
+    }
+
+    /// Edge: the tunnel connections and carriers loop `i` serves itself (recounted by that
+    /// loop; a connection that moved counts on the loop it moved to).
+    pub fn set_loop_connections(&self, i: usize, tunnels: usize, carriers: usize) {
+        if let Some(g) = self.loops.get().and_then(|l| l.get(i)) {
+            g.tunnels.store(tunnels as u64, Relaxed);
+            g.carriers.store(carriers as u64, Relaxed);
+        }
+    }
+
+    /// Edge: loop `i` worked for `busy` since `epoll_wait` returned (one relaxed addition per
+    /// pass of the loop).
+    pub fn add_loop_busy(&self, i: usize, busy: Duration) {
+        if let Some(g) = self.loops.get().and_then(|l| l.get(i)) {
+            let micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
+            g.busy_micros.fetch_add(micros, Relaxed);
         }
     }
 
@@ -594,6 +633,36 @@ impl Metrics {
         let sum = load(&self.handshake_sum_micros) as f64 / 1e6;
         let _ = writeln!(out, "{p}_tls_handshake_seconds_sum {sum}");
         let _ = writeln!(out, "{p}_tls_handshake_seconds_count {count}");
+        if let Some(loops) = self.loops.get() {
+            let _ = writeln!(
+                out,
+                "# HELP {p}_loop_connections Connections each event loop serves (--workers); \
+                 a connection that moved to a loop counts there."
+            );
+            let _ = writeln!(out, "# TYPE {p}_loop_connections gauge");
+            for (i, g) in loops.iter().enumerate() {
+                for (kind, v) in [("tunnel", &g.tunnels), ("carrier", &g.carriers)] {
+                    let _ = writeln!(
+                        out,
+                        "{p}_loop_connections{{loop=\"{i}\",kind=\"{kind}\"}} {}",
+                        load(v)
+                    );
+                }
+            }
+            let _ = writeln!(
+                out,
+                "# HELP {p}_loop_busy_seconds_total Time each event loop spent working (not \
+                 waiting for events); its rate is the share of a core the loop uses."
+            );
+            let _ = writeln!(out, "# TYPE {p}_loop_busy_seconds_total counter");
+            for (i, g) in loops.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{p}_loop_busy_seconds_total{{loop=\"{i}\"}} {}",
+                    load(&g.busy_micros) as f64 / 1e6
+                );
+            }
+        }
         if let Some(edges) = self.edges.get() {
             let _ = writeln!(
                 out,
@@ -727,6 +796,31 @@ mod tests {
                 role == Role::Edge
             );
         }
+    }
+
+    #[test]
+    fn each_event_loop_has_its_connections_and_busy_time() {
+        let m = Metrics::new(Role::Edge, [0; 16]);
+        assert!(
+            !m.render().contains("loop_"),
+            "no loop series before set_loops"
+        );
+        m.set_loops(2);
+        m.set_loop_connections(1, 3, 7);
+        m.add_loop_busy(1, Duration::from_millis(1500));
+        m.add_loop_busy(1, Duration::from_micros(250));
+        m.add_loop_busy(5, Duration::from_secs(1)); // no such loop: ignored
+        let text = m.render();
+        for want in [
+            "postern_edge_loop_connections{loop=\"0\",kind=\"tunnel\"} 0",
+            "postern_edge_loop_connections{loop=\"1\",kind=\"tunnel\"} 3",
+            "postern_edge_loop_connections{loop=\"1\",kind=\"carrier\"} 7",
+            "postern_edge_loop_busy_seconds_total{loop=\"0\"} 0",
+            "postern_edge_loop_busy_seconds_total{loop=\"1\"} 1.50025",
+        ] {
+            assert!(text.contains(want), "{want} in:\n{text}");
+        }
+        assert!(!text.contains("loop=\"2\""), "{text}");
     }
 
     #[test]

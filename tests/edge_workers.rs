@@ -103,6 +103,46 @@ fn with_three_loops_sessions_spread_over_them_and_the_operator_sees_and_ends_the
     wait_until(Duration::from_secs(5), "eight streams in /metrics", || {
         metric(&edge, "postern_edge_streams_active") == SESSIONS as u64
     });
+    // Per loop: each counts what it serves itself (a carrier on its tunnel's loop), so the
+    // loops add up to the edge's totals, and the workers hold tunnels and have worked.
+    let per_loop = |kind: &str| -> Vec<u64> {
+        (0..3)
+            .map(|lp| {
+                metric(
+                    &edge,
+                    &format!("postern_edge_loop_connections{{loop=\"{lp}\",kind=\"{kind}\"}}"),
+                )
+            })
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "the loops' carriers add up", || {
+        per_loop("carrier").iter().sum::<u64>() == SESSIONS as u64
+    });
+    let tunnels = per_loop("tunnel");
+    assert_eq!(
+        tunnels.iter().sum::<u64>(),
+        4,
+        "per-loop tunnels {tunnels:?}"
+    );
+    assert!(
+        tunnels[1] >= 1 && tunnels[2] >= 1,
+        "per-loop tunnels {tunnels:?}"
+    );
+    let (_, text) = support::http_get(&edge.metrics, "/metrics");
+    for lp in 0..3 {
+        let busy: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "postern_edge_loop_busy_seconds_total{{loop=\"{lp}\"}}"
+                ))?
+                .trim()
+                .parse()
+                .ok()
+            })
+            .unwrap_or_else(|| panic!("loop {lp}'s busy time in:\n{text}"));
+        assert!(busy > 0.0, "loop {lp} never worked: {busy}");
+    }
 
     // Kill one: which ssh it was is found by its exit.
     let id = list[0]["id"].as_str().unwrap().to_owned();

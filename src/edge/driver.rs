@@ -231,12 +231,16 @@ impl Edge {
             let worker = start_login_workers(p, self.waker.clone())?;
             self.core.set_login_worker(worker);
         }
+        self.core
+            .metrics()
+            .set_loops(self.core.settings.workers.max(1));
         let workers = self.start_workers(addr.port())?;
         info!("postern edge listening on {addr}");
         self.core.metrics().set_listening(addr);
         (self.core.settings.on_ready)(addr);
 
         let mut events = Events::with_capacity(1024);
+        let metrics = self.core.metrics();
         loop {
             let next_tick = self.core.poll_timeout();
             let wake = self
@@ -252,6 +256,7 @@ impl Edge {
                 self.stop(workers);
                 return Err(e);
             }
+            let woke = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER if self.accept_pause.retry_at.is_some() => {}
@@ -281,6 +286,7 @@ impl Edge {
             let (now, unix) = clock();
             self.core.process(now, unix);
             self.core.handle_timeout(now, unix);
+            metrics.add_loop_busy(0, woke.elapsed());
         }
     }
 
@@ -416,6 +422,7 @@ impl Edge {
 fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
     let registry = Arc::new(poll.registry().try_clone()?);
     let mut events = Events::with_capacity(1024);
+    let (metrics, me) = (core.metrics(), core.loop_index());
     loop {
         let timeout = core
             .poll_timeout()
@@ -426,6 +433,7 @@ fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
             }
             return Err(e);
         }
+        let woke = Instant::now();
         for ev in events.iter() {
             match ev.token() {
                 WAKER => {
@@ -455,6 +463,7 @@ fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
         let (now, unix) = clock();
         core.process(now, unix);
         core.handle_timeout(now, unix);
+        metrics.add_loop_busy(me, woke.elapsed());
     }
 }
 

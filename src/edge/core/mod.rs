@@ -1105,6 +1105,7 @@ impl EdgeCore {
             self.count_connections();
             self.console_tick();
         }
+        self.count_own_connections();
         self.record_repeated_denials(Some(now));
         // Forget offenders whose log interval or login minute is over (bounded maps).
         let interval = Duration::from_secs(LIMIT_LOG_INTERVAL_SECS);
@@ -1152,6 +1153,26 @@ impl EdgeCore {
         self.metrics.set_connections(carriers, tunnels, ready);
         self.metrics.set_store_up(self.store.up());
         self.metrics.set_streams_active(streams);
+    }
+
+    /// Per loop (`--workers`): the tunnel connections and carriers this loop serves itself,
+    /// not the stubs of those that moved away.
+    fn count_own_connections(&self) {
+        let (mut tunnels, mut carriers) = (0, 0);
+        for conn in self.conns.iter().flatten() {
+            match conn {
+                Conn::Tunnel(_) => tunnels += 1,
+                Conn::Carrier(_) => carriers += 1,
+                Conn::Away(_) | Conn::Accepting { .. } | Conn::Admin(_) => {}
+            }
+        }
+        self.metrics
+            .set_loop_connections(self.loops.me(), tunnels, carriers);
+    }
+
+    /// Which event loop this core runs (0: the control loop).
+    pub(crate) fn loop_index(&self) -> usize {
+        self.loops.me()
     }
 
     /// Closes a streaming carrier that moved no byte for `limits.idle_timeout_secs`: its
