@@ -254,8 +254,9 @@ pub struct Metrics {
 struct LoopGauge {
     tunnels: AtomicU64,
     carriers: AtomicU64,
-    /// Time between `epoll_wait` returning and the next call, summed, in microseconds.
-    busy_micros: AtomicU64,
+    /// Time between `epoll_wait` returning and the next call, summed, in nanoseconds (wall
+    /// time: it includes time the thread was descheduled).
+    busy_nanos: AtomicU64,
 }
 
 /// One edge of an origin's pool: its connections, live and registered.
@@ -343,13 +344,14 @@ impl Metrics {
         let gauges = (0..n).map(|_| LoopGauge {
             tunnels: AtomicU64::new(0),
             carriers: AtomicU64::new(0),
-            busy_micros: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
         });
         let _ = self.loops.set(gauges.collect());
     }
 
     /// Edge: the tunnel connections and carriers loop `i` serves itself (recounted by that
-    /// loop; a connection that moved counts on the loop it moved to).
+    /// loop on its tick; a connection that moved counts on the loop it moved to, so the loops
+    /// add up to the totals once no connection is on its way).
     pub fn set_loop_connections(&self, i: usize, tunnels: usize, carriers: usize) {
         if let Some(g) = self.loops.get().and_then(|l| l.get(i)) {
             g.tunnels.store(tunnels as u64, Relaxed);
@@ -357,12 +359,12 @@ impl Metrics {
         }
     }
 
-    /// Edge: loop `i` worked for `busy` since `epoll_wait` returned (one relaxed addition per
-    /// pass of the loop).
+    /// Edge: loop `i` spent `busy` since `epoll_wait` returned (one relaxed addition per pass
+    /// of the loop).
     pub fn add_loop_busy(&self, i: usize, busy: Duration) {
         if let Some(g) = self.loops.get().and_then(|l| l.get(i)) {
-            let micros = u64::try_from(busy.as_micros()).unwrap_or(u64::MAX);
-            g.busy_micros.fetch_add(micros, Relaxed);
+            let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+            g.busy_nanos.fetch_add(nanos, Relaxed);
         }
     }
 
@@ -651,15 +653,15 @@ impl Metrics {
             }
             let _ = writeln!(
                 out,
-                "# HELP {p}_loop_busy_seconds_total Time each event loop spent working (not \
-                 waiting for events); its rate is the share of a core the loop uses."
+                "# HELP {p}_loop_busy_seconds_total Wall time each event loop spent outside \
+                 its wait for events (working, or runnable but waiting for a core)."
             );
             let _ = writeln!(out, "# TYPE {p}_loop_busy_seconds_total counter");
             for (i, g) in loops.iter().enumerate() {
                 let _ = writeln!(
                     out,
                     "{p}_loop_busy_seconds_total{{loop=\"{i}\"}} {}",
-                    load(&g.busy_micros) as f64 / 1e6
+                    load(&g.busy_nanos) as f64 / 1e9
                 );
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! Used as `mod support;` by each test file in `tests/`. Every process a test starts is held by a
 //! [`Child`] guard that stops it on drop, every file lives in a [`TempDir`] removed on drop, every
-//! port is picked at random, and every wait is a condition polled against a deadline (never a bare
+//! port comes from [`free_port`] (below the kernel's ephemeral range), and every wait is a condition polled against a deadline (never a bare
 //! sleep used as synchronisation). Edges and origins are waited on through their state (`/ready`,
 //! see [`ready`]), not their log lines; log text is for assertions.
 //!
@@ -109,7 +109,11 @@ pub fn require_all() {
 /// pid-derived start walks the band.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let (lo, hi) = harness_port_band();
+    let Some((lo, hi)) = harness_port_band() else {
+        // No room beside the ephemeral range: a port the kernel picks, as before.
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        return l.local_addr().expect("local_addr").port();
+    };
     let span = u64::from(hi - lo);
     let start = u64::from(std::process::id()).wrapping_mul(7919);
     for _ in 0..span {
@@ -122,18 +126,23 @@ pub fn free_port() -> u16 {
     panic!("no free port in {lo}..{hi} on 127.0.0.1");
 }
 
-/// The ports [`free_port`] picks from: those below the kernel's ephemeral range (or above it,
-/// where it starts too low to leave room).
-fn harness_port_band() -> (u16, u16) {
+/// The ports [`free_port`] picks from, `lo..hi`: from 10000 up to the kernel's ephemeral range
+/// (`ip_local_port_range`; below 10000 live the well-known services a developer's machine
+/// runs), or above that range where it starts too low; `None` when neither leaves 1000 ports.
+fn harness_port_band() -> Option<(u16, u16)> {
+    const FLOOR: u16 = 10000;
+    const ENOUGH: u16 = 1000;
     let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
     let mut it = range
         .split_whitespace()
         .filter_map(|w| w.parse::<u16>().ok());
     let (lo, hi) = (it.next().unwrap_or(32768), it.next().unwrap_or(60999));
-    if lo >= 12000 {
-        (10000, lo)
+    if lo.saturating_sub(FLOOR) >= ENOUGH {
+        Some((FLOOR, lo))
+    } else if u16::MAX - hi.max(FLOOR) > ENOUGH {
+        Some((hi.max(FLOOR) + 1, u16::MAX))
     } else {
-        (hi.saturating_add(1).max(1024), u16::MAX)
+        None
     }
 }
 
