@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{free_port, postern, run_with_deadline, Chain, Tinyproxy};
+use support::{free_port, postern, run_ok, run_with_deadline, Chain, Tinyproxy};
 
 const HOST: &str = "doctor.localhost";
 const STEPS: [&str; 9] = [
@@ -279,6 +279,33 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
         assert!(line.starts_with(&format!("ok  {step}: ")), "{}", run.stdout);
     }
     assert!(lines[8].contains("banner SSH-2.0-"), "{}", run.stdout);
+
+    // Without --edge: the edges the origin certificate names, read as `postern tunnel` reads
+    // them (a list, trimmed, duplicates dropped), so the doctor checks what the tunnel uses.
+    let listed = chain.dir.join("listed.pem");
+    run_ok(
+        postern(&chain.dir.join("home"))
+            .args(["edge", "origin-cert", "create", "--zone", "localhost", "--out"])
+            .arg(&listed)
+            .arg("--state")
+            .arg(&chain.edge.state)
+            .arg("--edge")
+            .arg(format!(" {edge} , {edge}")),
+        "postern edge origin-cert create --edge LIST",
+    );
+    let mut cmd = postern(&chain.dir.join("home"));
+    cmd.args(["tunnel", "doctor", "--hostname", &chain.hostname, "--url"])
+        .arg(chain.sshd.url())
+        .arg("--origincert")
+        .arg(&listed)
+        .arg("--ca")
+        .arg(chain.edge.ca())
+        .env_remove("POSTERN_EDGE");
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "tunnel doctor, no --edge");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert_eq!(stdout.matches("ok  tcp: ").count(), 1, "one edge: {stdout}");
+
     // The running tunnel was not disturbed: no registration came and went, ssh still works.
     assert_eq!(chain.tunnel.registered_count(), registered);
     chain.assert_ssh_works("still-served");
