@@ -285,7 +285,14 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
     let listed = chain.dir.join("listed.pem");
     run_ok(
         postern(&chain.dir.join("home"))
-            .args(["edge", "origin-cert", "create", "--zone", "localhost", "--out"])
+            .args([
+                "edge",
+                "origin-cert",
+                "create",
+                "--zone",
+                "localhost",
+                "--out",
+            ])
             .arg(&listed)
             .arg("--state")
             .arg(&chain.edge.state)
@@ -301,7 +308,11 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
         .arg("--ca")
         .arg(chain.edge.ca())
         .env_remove("POSTERN_EDGE");
-    let out = run_with_deadline(&mut cmd, Duration::from_secs(60), "tunnel doctor, no --edge");
+    let out = run_with_deadline(
+        &mut cmd,
+        Duration::from_secs(60),
+        "tunnel doctor, no --edge",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert_eq!(stdout.matches("ok  tcp: ").count(), 1, "one edge: {stdout}");
