@@ -1334,9 +1334,9 @@ fn cmd_tunnel(args: Vec<OsString>) -> Res {
         .set_bastion_allow(&a.bastion_allow)
         .map_err(|e| usage(format!("tunnel: --{e}")))?;
     let credential = OriginCredential::read(&a.origin_cert()?).map_err(CliError::Io)?;
-    let mut edges = a.edges(&[], credential.edge.as_deref())?;
+    let mut edges = a.edges(&[], None)?;
     if edges.is_empty() {
-        edges.push(format!("{hostname}:443"));
+        edges = tunnel::credential_edges(credential.edge.as_deref(), &hostname).map_err(usage)?;
     }
     let edges = edges
         .into_iter()

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{free_port, postern, run_ok, run_with_deadline, Chain, Tinyproxy};
+use support::{free_port, origin_cert_naming, postern, run_with_deadline, Chain, Tinyproxy};
 
 const HOST: &str = "doctor.localhost";
 const STEPS: [&str; 9] = [
@@ -283,22 +283,11 @@ fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_ru
     // Without --edge: the edges the origin certificate names, read as `postern tunnel` reads
     // them (a list, trimmed, duplicates dropped), so the doctor checks what the tunnel uses.
     let listed = chain.dir.join("listed.pem");
-    run_ok(
-        postern(&chain.dir.join("home"))
-            .args([
-                "edge",
-                "origin-cert",
-                "create",
-                "--zone",
-                "localhost",
-                "--out",
-            ])
-            .arg(&listed)
-            .arg("--state")
-            .arg(&chain.edge.state)
-            .arg("--edge")
-            .arg(format!(" {edge} , {edge}")),
-        "postern edge origin-cert create --edge LIST",
+    origin_cert_naming(
+        &chain.edge.state,
+        "localhost",
+        &listed,
+        &format!(" {edge} , {edge}"),
     );
     let mut cmd = postern(&chain.dir.join("home"));
     cmd.args(["tunnel", "doctor", "--hostname", &chain.hostname, "--url"])

@@ -128,19 +128,9 @@ fn with_three_loops_sessions_spread_over_them_and_the_operator_sees_and_ends_the
         tunnels[1] >= 1 && tunnels[2] >= 1,
         "per-loop tunnels {tunnels:?}"
     );
-    let (_, text) = support::http_get(&edge.metrics, "/metrics");
     for lp in 0..3 {
-        let busy: f64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!(
-                    "postern_edge_loop_busy_seconds_total{{loop=\"{lp}\"}}"
-                ))?
-                .trim()
-                .parse()
-                .ok()
-            })
-            .unwrap_or_else(|| panic!("loop {lp}'s busy time in:\n{text}"));
+        let name = format!("postern_edge_loop_busy_seconds_total{{loop=\"{lp}\"}}");
+        let busy = sample(&edge, &name).unwrap_or_else(|| panic!("no {name}"));
         assert!(busy > 0.0, "loop {lp} never worked: {busy}");
     }
 
@@ -200,8 +190,12 @@ fn with_three_loops_sessions_spread_over_them_and_the_operator_sees_and_ends_the
 
 /// A gauge from the edge's `/metrics` (0 if it is not there).
 fn metric(edge: &Edge, name: &str) -> u64 {
+    sample(edge, name).map_or(0, |v| v as u64)
+}
+
+/// The value of the series `name` (with its labels) in the edge's `/metrics`.
+fn sample(edge: &Edge, name: &str) -> Option<f64> {
     let (_, text) = support::http_get(&edge.metrics, "/metrics");
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or(0)
 }

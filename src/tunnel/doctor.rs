@@ -73,24 +73,15 @@ fn run(o: &DoctorOptions) -> Result<(), Failed> {
     ok("config", format!("{host} to {}", untrusted(&o.url)));
 
     let cred = credentials(&o.origin_cert, host)?;
-    // Every edge of a pool, in order, as the tunnel connects to each of them: the same list
-    // `postern tunnel` makes (the credential's edge through `edge_list`, else HOST:443).
+    // Every edge of a pool, in order, as the tunnel connects to each of them.
     let edges = match o.edges.as_slice() {
-        [] => {
-            let cred_edges = super::edge_list(&[cred.edge.as_deref().unwrap_or_default()])
-                .map_err(|e| {
-                    fail(
-                        "config",
-                        format!("the origin certificate's edge: {e}"),
-                        "pass --edge HOST:PORT",
-                    )
-                })?;
-            if cred_edges.is_empty() {
-                vec![format!("{host}:443")]
-            } else {
-                cred_edges
-            }
-        }
+        [] => super::credential_edges(cred.edge.as_deref(), host).map_err(|e| {
+            fail(
+                "config",
+                format!("the origin certificate's edge: {e}"),
+                "pass --edge HOST:PORT",
+            )
+        })?,
         pool => pool.to_vec(),
     };
     let trust = match &o.extra_ca {

@@ -52,6 +52,18 @@ pub struct EdgeAddr {
     pub server_name: String,
 }
 
+/// The edges a quick tunnel for `host` connects to when none is given on the command line, in
+/// the environment or a config: the origin certificate's edge (a list, as [`edge_list`] reads
+/// it), else `host:443`. `postern tunnel` and `tunnel doctor` both use it.
+pub fn credential_edges(cred_edge: Option<&str>, host: &str) -> Result<Vec<String>, String> {
+    let edges = edge_list(&[cred_edge.unwrap_or_default()])?;
+    Ok(if edges.is_empty() {
+        vec![format!("{host}:443")]
+    } else {
+        edges
+    })
+}
+
 /// The edges from `--edge` (repeatable), `POSTERN_EDGE` (comma-separated) or the config's
 /// `edge` (a string or a list): trimmed, duplicates dropped, at most `MAX_EDGES`.
 pub fn edge_list<S: AsRef<str>>(given: &[S]) -> Result<Vec<String>, String> {
@@ -119,6 +131,22 @@ mod tests {
         assert_eq!(edge_list::<&str>(&[]).unwrap(), Vec::<String>::new());
         let many: Vec<String> = (0..17).map(|i| format!("e{i}:443")).collect();
         assert!(edge_list(&many).unwrap_err().contains("at most 16"));
+    }
+
+    #[test]
+    fn without_given_edges_the_credentials_list_else_the_hostname() {
+        assert_eq!(
+            credential_edges(Some(" a:1 , a:1,b:2"), "h.example").unwrap(),
+            vec!["a:1", "b:2"]
+        );
+        assert_eq!(
+            credential_edges(None, "h.example").unwrap(),
+            vec!["h.example:443"]
+        );
+        assert_eq!(
+            credential_edges(Some(" , "), "h.example").unwrap(),
+            vec!["h.example:443"]
+        );
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //!
 //! Used as `mod support;` by each test file in `tests/`. Every process a test starts is held by a
 //! [`Child`] guard that stops it on drop, every file lives in a [`TempDir`] removed on drop, every
-//! port comes from [`free_port`] (below the kernel's ephemeral range), and every wait is a condition polled against a deadline (never a bare
-//! sleep used as synchronisation). Edges and origins are waited on through their state (`/ready`,
-//! see [`ready`]), not their log lines; log text is for assertions.
+//! port comes from [`free_port`] (below the kernel's ephemeral range), and every wait is a
+//! condition polled against a deadline (never a bare sleep used as synchronisation). Edges and
+//! origins are waited on through their state (`/ready`, see [`ready`]), not their log lines;
+//! log text is for assertions.
 //!
 //! These tests never skip: a missing `sshd`, `ssh`, `git` or `ssh-keygen` is a failure with a
 //! message saying what to install (`scripts/test` installs them).
@@ -1198,6 +1199,11 @@ pub fn service_token(state: &Path, name: &str) -> ServiceToken {
 
 /// Runs `postern edge origin-cert create --zone ZONE --out OUT --state DIR --edge ADDR`.
 pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
+    origin_cert_naming(state, zone, out, &edge.to_string());
+}
+
+/// [`origin_cert`] whose credential names `edges` as given (`--edge`: one or a list).
+pub fn origin_cert_naming(state: &Path, zone: &str, out: &Path, edges: &str) {
     let home = state
         .parent()
         .map(home_of)
@@ -1209,7 +1215,7 @@ pub fn origin_cert(state: &Path, zone: &str, out: &Path, edge: &SocketAddr) {
             .arg("--state")
             .arg(state)
             .arg("--edge")
-            .arg(edge.to_string()),
+            .arg(edges),
         "postern edge origin-cert create",
     );
     assert!(
