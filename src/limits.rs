@@ -6,6 +6,13 @@ use std::time::Duration;
 pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Initial per-stream flow-control window, each direction.
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
+/// The least window a receiver starts a stream at. On a path whose round trip needs less
+/// than [`INITIAL_STREAM_WINDOW`], it starts at what a round trip can use, not below this, and
+/// withholds the rest of the protocol's initial grant from the first credit it returns
+/// (docs/design.md §2.4, "Start window"): a bulk stream then keeps less ahead of an
+/// interactive one in the shared connection.
+pub const START_STREAM_WINDOW: u32 = 64 * 1024;
+const _: () = assert!(START_STREAM_WINDOW <= INITIAL_STREAM_WINDOW);
 /// Largest window a receiver grows one stream's to (docs/design.md §2.4, "Window
 /// auto-tuning"): 4 MiB is 80 MB/s over a 50 ms path. Senders before auto-tuning refuse credit
 /// past 16 × [`INITIAL_STREAM_WINDOW`] as an overflow, so this must not go beyond it.
@@ -20,8 +27,8 @@ const _: () = assert!(MAX_STREAM_WINDOW <= 16 * INITIAL_STREAM_WINDOW);
 /// connection (on loopback, a round trip of it is less than the initial window, so nothing
 /// grows there).
 pub const STREAM_RATE_CEILING: u64 = 1_000_000_000;
-/// Credit is returned to the peer once this much has been consumed: half the window
-/// (docs/design.md §2.4).
+/// Credit is returned to the peer once this much has been consumed: half the initial window,
+/// or half the stream's window when it is smaller (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;
 /// Bytes read from a local socket or carrier that wait to be framed for one stream.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;

@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
     MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
-    STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET, WINDOW_UPDATE_THRESHOLD,
+    START_STREAM_WINDOW, STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET,
+    WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
@@ -852,9 +853,13 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
-    /// The window this end grants the stream: [`INITIAL_STREAM_WINDOW`], grown by
+    /// The window this end grants the stream: at first what a round trip of the path can use
+    /// (at least [`START_STREAM_WINDOW`], at most [`INITIAL_STREAM_WINDOW`]), grown by
     /// auto-tuning up to [`MAX_STREAM_WINDOW`].
     window: u32,
+    /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant: paid
+    /// out of the first credit due, after which the peer has at most `window` in flight.
+    withheld: u32,
     /// Auto-tuning's measuring epoch: when it began and how much had been received then
     /// (`None` before the application first consumed). Bytes that were already waiting do
     /// not count: a reader that drains a backlog was not keeping up.
@@ -867,7 +872,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn new() -> Self {
+    /// A stream whose receiver starts at `window` (see [`start_window`]).
+    fn new(window: u32) -> Self {
         Stream {
             send: SendHalf::Open,
             recv: RecvHalf::Open,
@@ -879,7 +885,8 @@ impl Stream {
             unacked: 0,
             consumed: 0,
             recv_window: INITIAL_STREAM_WINDOW,
-            window: INITIAL_STREAM_WINDOW,
+            window,
+            withheld: INITIAL_STREAM_WINDOW - window,
             epoch: None,
             queued: false,
             want_writable: false,
@@ -1031,7 +1038,8 @@ impl<R: Role> Session<R> {
                     return Ok(());
                 }
                 let ev = R::control(frame)?;
-                self.streams.insert(stream, Stream::new());
+                self.streams
+                    .insert(stream, Stream::new(start_window(self.rtt_min)));
                 self.events.push_back(ev);
             }
             Frame::Data { stream, data } => {
@@ -1198,17 +1206,25 @@ impl<R: Role> Session<R> {
                 let took = now.saturating_duration_since(since);
                 let room = growth_room(self.rtt_min, took, s.window);
                 if room > 0 && s.recv == RecvHalf::Open {
-                    let more = s.window.min(room).min(TUNED_WINDOW_BUDGET - self.tuned);
+                    // Only growth past the initial window counts against the budget.
+                    let headroom = TUNED_WINDOW_BUDGET - self.tuned
+                        + INITIAL_STREAM_WINDOW.saturating_sub(s.window);
+                    let more = s.window.min(room).min(headroom);
+                    let before = grown(s.window);
                     s.window += more;
                     s.rx.raise_capacity(s.window as usize);
                     s.unacked += more;
-                    self.tuned += more;
+                    self.tuned += grown(s.window) - before;
                 }
                 s.epoch = Some((now, received));
             }
             Some(_) => {}
         }
-        if s.unacked >= WINDOW_UPDATE_THRESHOLD && s.recv == RecvHalf::Open {
+        // What the implicit initial grant gave beyond this end's window is paid back first.
+        let pay = s.withheld.min(s.unacked);
+        s.withheld -= pay;
+        s.unacked -= pay;
+        if s.unacked >= WINDOW_UPDATE_THRESHOLD.min(s.window / 2) && s.recv == RecvHalf::Open {
             let credit = s.unacked;
             s.unacked = 0;
             s.recv_window += credit;
@@ -1316,7 +1332,7 @@ impl<R: Role> Session<R> {
         let Some(s) = self.streams.remove(&id) else {
             return false;
         };
-        self.tuned -= s.window - INITIAL_STREAM_WINDOW;
+        self.tuned -= grown(s.window);
         true
     }
 
@@ -1407,16 +1423,37 @@ impl<R: Role> Session<R> {
     }
 }
 
+/// What of a window counts against [`TUNED_WINDOW_BUDGET`]: its growth past the initial one.
+fn grown(window: u32) -> u32 {
+    window.saturating_sub(INITIAL_STREAM_WINDOW)
+}
+
 /// How much a window of `window` bytes may grow after half of it took `took` to consume:
 /// nothing unless that was under two round trips (`rtt`, unknown: nothing), and never past
-/// what the path can use, a round trip at [`STREAM_RATE_CEILING`] (or [`MAX_STREAM_WINDOW`]).
+/// what the path can use ([`path_window`]).
 fn growth_room(rtt: Option<Duration>, took: Duration, window: u32) -> u32 {
     let Some(rtt) = rtt.filter(|rtt| took < 2 * *rtt) else {
         return 0;
     };
+    path_window(rtt).saturating_sub(window)
+}
+
+/// What a path of round trip `rtt` can use: a round trip at [`STREAM_RATE_CEILING`], at most
+/// [`MAX_STREAM_WINDOW`].
+fn path_window(rtt: Duration) -> u32 {
     let bdp = rtt.as_nanos() * u128::from(STREAM_RATE_CEILING) / 1_000_000_000;
-    let useful = bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32;
-    useful.saturating_sub(window)
+    bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32
+}
+
+/// The window a receiver starts a new stream at: what the path can use, but no less than
+/// [`START_STREAM_WINDOW`] and no more than the protocol's [`INITIAL_STREAM_WINDOW`] (and
+/// that while the round trip is unknown). On a short path a bulk stream then keeps less
+/// ahead of an interactive one in the shared connection (docs/design.md §2.4); a long one
+/// starts as before and ramps no slower.
+fn start_window(rtt: Option<Duration>) -> u32 {
+    rtt.map_or(INITIAL_STREAM_WINDOW, |rtt| {
+        path_window(rtt).clamp(START_STREAM_WINDOW, INITIAL_STREAM_WINDOW)
+    })
 }
 
 /// What only the edge does: answer registrations and open streams.
@@ -1443,7 +1480,8 @@ impl Session<Edge> {
         let id = self.next_stream;
         self.next_stream = self.next_stream.checked_add(2)?;
         self.highest_stream = id;
-        self.streams.insert(id, Stream::new());
+        self.streams
+            .insert(id, Stream::new(start_window(self.rtt_min)));
         encode(
             &mut self.control,
             &Frame::Open {
@@ -2332,14 +2370,29 @@ mod tests {
     #[test]
     fn a_window_grows_no_further_than_the_path_can_use() {
         // Loopback: a round trip at the fastest a stream moves is less than the initial
-        // window, so a bulk stream there adds no queue ahead of the others, however fast its
-        // reader is (bursts of credit make half a window arrive within two round trips).
-        let rtt = Duration::from_micros(150);
-        let (mut edge, mut origin, id, mut now) = measured(rtt);
-        for _ in 0..40 {
-            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        // window, so the receiver starts below it and a bulk stream there adds no queue ahead
+        // of the others, however fast its reader is (bursts of credit make half a window
+        // arrive within two round trips).
+        for (rtt_us, start) in [(150, 150_000), (20, START_STREAM_WINDOW)] {
+            let rtt = Duration::from_micros(rtt_us);
+            let (mut edge, mut origin, id, mut now) = measured(rtt);
+            // The first round trip (which opens the stream at the origin) still moves the
+            // protocol's implicit grant...
+            let first = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+            assert_eq!(first, INITIAL_STREAM_WINDOW as usize);
+            assert_eq!(origin.streams[&id].window, start, "at {rtt_us} µs");
+            // ...which the receiver then pays back out of its credit: no more than its own
+            // window is in flight per round trip, and still more than half of it.
+            for _ in 0..40 {
+                let moved = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+                assert!(
+                    moved <= start as usize && moved > start as usize / 2,
+                    "{moved} in flight at {rtt_us} µs"
+                );
+            }
+            assert_eq!(origin.streams[&id].window, start);
+            assert_eq!(origin.tuned, 0);
         }
-        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
         // A LAN's millisecond: up to a round trip at the ceiling, not to the largest window.
         let rtt = Duration::from_millis(1);
         let (mut edge, mut origin, id, mut now) = measured(rtt);
