@@ -5,7 +5,7 @@
 //! client discarded what still came and the edge only half-closed the stream: the service
 //! went on sending at full speed, through three processes, for nobody.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -7,7 +7,7 @@
 //! header file is gone afterwards, also when postern is sent SIGTERM while curl waits (it ends
 //! curl, then dies of the signal); without curl the error says so before any login.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -5,7 +5,7 @@
 //! `access ssh --url` listens, `--listener`, `--service-token-id/-secret`, `--loglevel`,
 //! `--logfile`, and the `TUNNEL_SERVICE_*` variables in place of the flags.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};

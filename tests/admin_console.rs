@@ -11,7 +11,7 @@
 //! With `POSTERN_UPDATE_SCREENSHOTS=1` the first test copies its screenshots of the console
 //! into `docs/` (what the README shows).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

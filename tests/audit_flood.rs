@@ -2,7 +2,7 @@
 //! is not a hostname is recorded clipped and escaped, and repeated denials from one source
 //! are one audit line and one log line per interval, with the repeats counted.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 

@@ -2,7 +2,7 @@
 //! reason (a status, or Close 1002 with the cause), only that connection ends, the edge keeps
 //! running, and a normal ssh through the same edge works afterwards.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::time::Duration;

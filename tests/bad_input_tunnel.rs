@@ -7,7 +7,7 @@
 //! `postern edge origin-cert create`, ALPN `postern-tunnel/1`, HELLO and REGISTER for
 //! `raw.localhost`, then frames built with `postern::proto::mux::encode`.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::time::Duration;

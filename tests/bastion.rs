@@ -4,7 +4,7 @@
 //! a tunnel without a bastion rule takes no destination; the origin's loopback and the cloud
 //! metadata address are refused unless named explicitly.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::Path;

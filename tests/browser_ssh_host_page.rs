@@ -4,7 +4,7 @@
 //!
 //! `POSTERN_SAVE_SHOT=FILE` copies the screenshot there (how docs/ssh-host-page.png is made).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::process::Command;

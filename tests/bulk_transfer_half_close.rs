@@ -5,7 +5,7 @@
 //! and a lost or reordered byte changes the digest. Download: `ssh host cat FILE > copy` must
 //! deliver every byte before the session closes. Backpressure keeps memory bounded meanwhile.
 
-mod support;
+use crate::support;
 
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -4,7 +4,7 @@
 //! and the origin took for a lost path: the origin kept sshd's connection open for 60 s for a
 //! resumption that could never come, and logged that the client was lost.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The command line as cloudflared users know it: `--help` everywhere, an ssh-config block
 //! naming this binary's absolute path, and errors that name what is wrong.
 
-mod support;
+use crate::support;
 
 use support::{postern, temp_dir};
 

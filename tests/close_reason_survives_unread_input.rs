@@ -13,7 +13,7 @@
 //! rustls connection shared by two threads: one writes WebSocket frames without pause, as
 //! ssh does, the other reads.
 
-mod support;
+use crate::support;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};

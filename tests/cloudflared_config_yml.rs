@@ -3,7 +3,7 @@
 //! cloudflared's default place (`~/.cloudflared/config.yml`) with no `--config`: real edge,
 //! real sshd and ssh. A bad key is refused naming the key and its line.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! token` + `tunnel run --token`, `--cred-file`, every flag that means nothing here (each with
 //! its notice), against a real edge with real sshd and ssh behind it.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{BufRead, BufReader};

@@ -4,7 +4,7 @@
 //! sessions provably overlap: a tunnel or edge that serialised streams would time out here, and one
 //! that mixed streams up would deliver the wrong marker to a client.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::process::Stdio;

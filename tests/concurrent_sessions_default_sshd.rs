@@ -7,7 +7,7 @@
 //! (`concurrent_sessions.rs` raises `MaxStartups` so that all of its sessions succeed;
 //! `service_close_ends_access_ssh.rs` drops one connection deterministically.)
 
-mod support;
+use crate::support;
 
 use std::process::{Output, Stdio};
 use std::thread;

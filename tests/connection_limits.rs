@@ -3,7 +3,7 @@
 //! carriers. Each is logged once per source and interval, and ssh through the same edge keeps
 //! working.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -8,7 +8,7 @@
 //! (tests/js/login.mjs as $BROWSER) typing an email, the one-time code from the edge's log and
 //! the terminal's confirmation code, and the ssh command runs.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

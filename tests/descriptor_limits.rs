@@ -6,7 +6,7 @@
 //! Limits are set with util-linux's `prlimit`: on the command line it sets its own limits and
 //! execs the edge (same pid); `prlimit --pid` changes a running edge's limits.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::TcpStream;

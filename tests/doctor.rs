@@ -4,7 +4,7 @@
 //! down, edge down) and the doctor's first FAIL line names that hop, nothing after it runs,
 //! and it exits non-zero.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::Path;
@@ -268,6 +268,12 @@ fn assert_tunnel_fails_at(run: &Run, step: &str, needle: &str) {
 #[test]
 fn the_tunnel_doctor_checks_credentials_edge_and_service_without_disturbing_a_running_tunnel() {
     let chain = Chain::start("tunnel-doctor", "tdoc.localhost");
+    // All four of the tunnel's connections (the default) registered before the doctor runs,
+    // so that a late one is not taken for a registration the doctor caused.
+    chain.tunnel.wait_registered(4, Duration::from_secs(30));
+    support::wait_until(Duration::from_secs(10), "four registrations logged", || {
+        chain.tunnel.registered_count() >= 4
+    });
     let registered = chain.tunnel.registered_count();
     let edge = chain.edge.edge_arg();
 

@@ -13,7 +13,7 @@
 //! the origin-on-every-edge tests run ONE tunnel with `--edge A --edge B` (or a config's
 //! `edge` list). The propagation times measured are printed (`--nocapture`).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! tests/live_sessions.rs), restart-only fields keep their value with a warning, and a broken
 //! file is refused by name while the running config stays in effect.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

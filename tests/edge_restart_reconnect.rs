@@ -2,7 +2,7 @@
 //! again on the same port with the same state directory; the tunnel process keeps running,
 //! registers again, and a new ssh session works within 10 s.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -11,7 +11,7 @@
 //! - `/ready` counts the four connections; SIGTERM to the edge reaches every connection
 //!   (the origin logs "edge is going away" on each) and the edge exits 0.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::process::{Command, Stdio};

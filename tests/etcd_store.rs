@@ -4,7 +4,7 @@
 //! Each store here is what one edge's store worker holds; threads released by a barrier stand
 //! for edges acting at the same moment.
 
-mod support;
+use crate::support;
 
 use std::sync::{Arc, Barrier};
 use std::thread;

@@ -14,7 +14,7 @@
 //! never holds the password. An auth token etcd no longer knows (expired, or forgotten by a
 //! restart) is replaced and the request goes on.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -2,7 +2,7 @@
 //! cloned, a commit is pushed back (git's pack protocol needs exact half-close), and a second,
 //! independent clone finds the pushed file.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::Path;

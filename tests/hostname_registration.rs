@@ -9,7 +9,7 @@
 //!
 //! Origins are written by hand (`support::raw::RawTunnel`) with real origin certificates.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

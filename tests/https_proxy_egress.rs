@@ -8,7 +8,7 @@
 //!
 //! Proof that the proxy carried a connection: its log's `CONNECT 127.0.0.1:EDGE_PORT` lines.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

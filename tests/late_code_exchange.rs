@@ -5,7 +5,7 @@
 //! Now answers name the connection by slot and generation; a stale one only ends its login.
 //! One exchange per login is in flight at a time.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

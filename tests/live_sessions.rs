@@ -8,7 +8,7 @@
 //! - SIGHUP with a config whose policy no longer admits one token ends that token's session
 //!   within 2 s and no other.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

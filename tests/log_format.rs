@@ -2,7 +2,7 @@
 //! stderr is one JSON object with `time` (RFC 3339, UTC), `level`, `target` and `message`,
 //! through start-up, registration, a session, a refusal and shutdown.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@
 //!   it); wrong codes are asked again, three end the login; Cancel ends it with a reason;
 //! - a dev sign-in step from another browser ends the login.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

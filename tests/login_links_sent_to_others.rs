@@ -17,7 +17,7 @@
 //! before the fix (which did not know the login start), in the old form, so running it with
 //! `POSTERN_BIN` pointing at an old binary shows the attack succeed there.
 
-mod support;
+use crate::support;
 
 use support::oidc::{browser_login, browser_login_then};
 use support::sso::{header_of, set_cookie, state_of, status_code, RawLogin, Sso};

@@ -8,7 +8,7 @@
 //! window, both ways (the edge grows it for a download, the origin for an upload). Real sshd
 //! with its defaults, real ssh, the origin with its default four connections.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -2,7 +2,7 @@
 //! registered and 200 after; `/metrics` is Prometheus text whose counters follow real traffic
 //! (an ssh session, a refused service token).
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

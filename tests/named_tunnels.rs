@@ -2,7 +2,7 @@
 //! config file of ingress rules, `list`, `info` and `delete`, against a real edge, with real
 //! sshd and ssh behind them.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

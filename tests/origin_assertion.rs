@@ -10,7 +10,7 @@
 //! stream, for at most 60 s. Presented back to the edge as `cf-access-token`, the assertion is
 //! refused, though its signature, issuer and audience would pass the app-token check.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! `postern access ssh` on the user's terminal) and a GOAWAY reason (logged by the edge) with
 //! an escape sequence that would clear the screen and a newline that would forge a log line.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

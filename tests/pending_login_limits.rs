@@ -7,7 +7,7 @@
 //!   budget of its own;
 //! - a login whose CLI stopped polling gives its place back within 30 s, not 5 minutes.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,7 @@
 //! try again" (fast, after the first failure), `/ready` says degraded while it stays in
 //! rotation, `postern_edge_store_up` is 0; when etcd is back, a login works again without a restart.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::Path;

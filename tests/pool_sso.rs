@@ -14,7 +14,7 @@
 //! `https://login.localhost:P` is the same for all of them, as behind a load balancer, and the
 //! browser is sent to edge B by its resolver (login.mjs `--map`), as a balancer would choose.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@
 //!   contains `refused`
 //! - TLS SNI `a.localhost` with `Host: b.localhost`: HTTP status 421
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -4,7 +4,7 @@
 //! resumable stream at most the replay buffer (1 MiB) plus the mux buffers (a 256 KiB window
 //! and a 64 KiB send buffer), plus what the process holds idle.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};

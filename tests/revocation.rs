@@ -8,7 +8,7 @@
 //! the command; the deadlines below add a second for the processes (ssh, the tunnel, the
 //! edge's once-a-second `/ready` recount) to show it on a loaded machine.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

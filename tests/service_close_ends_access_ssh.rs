@@ -4,7 +4,7 @@
 //! (direct ssh reads it at once: "Connection closed by remote host"). A client that only
 //! half-closed its copy of stdout and waited for stdin EOF left both waiting for ever.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;

@@ -5,7 +5,7 @@
 //!
 //! Never skips: without `systemd-analyze` the test fails saying what to install.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! keeps working for the overlap, then only the new one works; `create --expires D` makes a
 //! token the edge refuses from then on, saying so to the holder of the secret.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

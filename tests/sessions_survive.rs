@@ -9,7 +9,7 @@
 //! must copy its file byte-exact. Each test prints the stall it measured (the time from the
 //! fault to the next line, or to the file growing again).
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::Read as _;

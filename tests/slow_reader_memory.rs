@@ -2,7 +2,7 @@
 //! `ssh host 'head -c 1G /dev/zero'` with a stdout pipe nobody reads for 5 s, and neither
 //! process grows by 32 MiB (backpressure reaches sshd through the windows).
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::process::{Command, Stdio};

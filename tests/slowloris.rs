@@ -4,7 +4,7 @@
 //! connections that never start TLS, and tunnel connections with a valid origin certificate
 //! that never send REGISTER.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -10,7 +10,7 @@
 //! - the edge refuses: no token, a wrong secret, a malformed key, a policy that denies;
 //! - a user signed in through the browser gets a certificate for their email's local part.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,7 +1,7 @@
 //! ssh through the whole chain (access ssh -> edge -> tunnel -> sshd) runs a remote command:
 //! its stdout arrives intact and its exit status comes back to the client.
 
-mod support;
+use crate::support;
 
 use support::Chain;
 

@@ -1,7 +1,7 @@
 //! The harness itself works: a direct ssh (no postern) to the test's private sshd runs a command,
 //! authenticates with the generated user key and pins the generated host key.
 
-mod support;
+use crate::support;
 
 use std::process::Stdio;
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //!   `alg: none` and an expired token are refused; a transfer id cannot be replayed;
 //! - an expired cached token makes `access ssh` log in again by itself.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

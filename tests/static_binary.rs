@@ -4,7 +4,7 @@
 //! The script always builds (into the normal target directory, so after the first time it is
 //! incremental). Never skips: a missing `file`, `ldd` or `env` is a failure naming the package.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

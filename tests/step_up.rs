@@ -10,7 +10,7 @@
 //! - `max_session_duration` ends a live ssh session, with the reason on the client's terminal
 //!   and in the audit log.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -4,7 +4,7 @@
 //! other client is served as fast as before. A token created while the edge runs is found
 //! (off the loop) at its first use.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::io::{Read, Write};

@@ -14,7 +14,7 @@
 //! hexdumps the wire 16 bytes a line, which no plain search would find a secret in: the bytes
 //! are put back together from any hexdump line before searching.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Duration;
@@ -174,8 +174,12 @@ fn oidc_code_exchange_under_rust_log_trace_keeps_the_client_secret_out_of_the_lo
     let provider = Provider::start(dir.path(), &[CALLBACK.to_owned()], ACCOUNTS);
     let exe = std::env::current_exe().expect("this test binary");
     let mut cmd = Command::new(exe);
+    // The test's name as the harness knows it: its module's path in the test crate, without
+    // the crate's name.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let child = format!("{module}::child_exchanges_a_code_under_trace");
     cmd.args([
-        "child_exchanges_a_code_under_trace",
+        child.as_str(),
         "--exact",
         "--ignored",
         "--nocapture",

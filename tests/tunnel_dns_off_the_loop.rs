@@ -6,7 +6,7 @@
 //! host is untouched) where `/etc/resolv.conf` names a DNS server on a loopback address that
 //! receives queries and never answers: what a resolver behind a dropped route looks like.
 
-mod support;
+use crate::support;
 
 use std::fs;
 use std::net::UdpSocket;

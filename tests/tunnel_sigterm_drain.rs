@@ -1,7 +1,7 @@
 //! SIGTERM on the origin drains: a session that is open when the signal arrives finishes its
 //! work, new streams are refused, and the tunnel then exits 0 by itself.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;

@@ -3,7 +3,7 @@
 //! `localhost`), but may neither register it (`tunnel --hostname`) nor route it (`tunnel route
 //! dns`); the hostname's zone is the longest configured zone it ends in.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -15,7 +15,7 @@
 //!   forwarding the CLI's requests) does not get the session pinned to its key: the CLI keeps
 //!   a session only when the connection that brought it showed the key the edge states in it.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,6 +1,6 @@
 //! End-to-end harness: real `sshd`, `ssh`, `git` and the real `postern` binary.
 //!
-//! Used as `mod support;` by each test file in `tests/`. Every process a test starts is held by a
+//! Declared once in `tests/e2e.rs`; each test file there says `use crate::support;`. Every process a test starts is held by a
 //! [`Child`] guard that stops it on drop, every file lives in a [`TempDir`] removed on drop, every
 //! port comes from [`free_port`] (below the kernel's ephemeral range), and every wait is a
 //! condition polled against a deadline (never a bare sleep used as synchronisation). Edges and
