@@ -279,13 +279,17 @@ impl Edge {
                     Token(t) => self.core.handle_ready(t - FIRST_CONN),
                 }
             }
-            if self.accept_pause.retry_at.is_some() && !self.accept_pause.paused(Instant::now()) {
-                self.accept_pause.retry_at = None;
-                self.accept(&listener, &registry);
-            }
             let (now, unix) = clock();
             self.core.process(now, unix);
             self.core.handle_timeout(now, unix);
+            // After the pass ran: connections that closed in it have freed their slots and
+            // descriptors, so the retry does not meet a cap they no longer hold.
+            if self.accept_pause.retry_at.is_some() && !self.accept_pause.paused(Instant::now()) {
+                self.accept_pause.retry_at = None;
+                self.accept(&listener, &registry);
+                let (now, unix) = clock();
+                self.core.process(now, unix);
+            }
             metrics.add_loop_busy(0, woke.elapsed());
         }
     }
