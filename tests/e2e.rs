@@ -1,7 +1,8 @@
 //! The end-to-end tests, one test crate: each file in `tests/` is a module of it, and the
 //! harness (`tests/support`) is compiled once for all of them. Sixty-four crates, each
 //! compiling the harness again and linking on its own, spent 11½ of CI's 31 minutes building.
-//! `Cargo.toml` sets `autotests = false` so cargo does not also build each file as a crate.
+//! `Cargo.toml` sets `autotests = false` so cargo does not also build each file as a crate; a
+//! new file must be listed below (`every_test_file_is_a_module_of_this_crate` fails until it is).
 //!
 //! Run one file's tests with `cargo test --release --test e2e FILE::` (e.g.
 //! `--test e2e sessions_survive::`). All tests share one process: ports, namespaces and
@@ -74,3 +75,29 @@ mod tunnel_dns_off_the_loop;
 mod tunnel_sigterm_drain;
 mod zone_boundaries;
 mod zone_login;
+
+/// A file in `tests/` that is not a module above is never built (`autotests = false`): its
+/// tests would silently stop running. This one fails instead, naming it.
+#[test]
+fn every_test_file_is_a_module_of_this_crate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let listed: Vec<&str> = include_str!("e2e.rs")
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+        .collect();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("read tests/") {
+        let name = entry.expect("tests/ entry").file_name();
+        let name = name.to_string_lossy();
+        if let Some(module) = name.strip_suffix(".rs") {
+            if module != "e2e" && !listed.contains(&module) {
+                missing.push(module.to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "tests/{{{}}}.rs: not listed in tests/e2e.rs, so never built",
+        missing.join(",")
+    );
+}
