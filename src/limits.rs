@@ -30,6 +30,9 @@ pub const STREAM_RATE_CEILING: u64 = 1_000_000_000;
 /// Credit is returned to the peer once this much has been consumed: half the initial window,
 /// or half the stream's window when it is smaller (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;
+/// A stream with at most this much to deliver is served before the bulk of a loop's pass
+/// (an interactive packet: a keystroke, its echo); docs/design.md §2.8.
+pub const URGENT_READABLE: usize = 4 * 1024;
 /// Bytes read from a local socket or carrier that wait to be framed for one stream.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
 /// Largest hostname, service URL or reason string carried in a mux frame.

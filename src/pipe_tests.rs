@@ -416,7 +416,7 @@ impl Pipe {
                     }
                 }
                 // Every connection and stream is pumped at each step.
-                Output::PumpEdge(_) | Output::PumpService(_) => {}
+                Output::PumpEdge(_) | Output::PumpService(_) | Output::PumpServiceFirst(_) => {}
             }
         }
         if let Some(exit) = self.origin.core.take_exit() {

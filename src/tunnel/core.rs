@@ -59,7 +59,7 @@ use log::{debug, error, info, warn};
 use crate::limits::{
     EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
     RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
-    SERVICE_CONNECT_TIMEOUT_SECS,
+    SERVICE_CONNECT_TIMEOUT_SECS, URGENT_READABLE,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -188,6 +188,10 @@ pub enum Output {
     PumpEdge(ConnId),
     /// The service's stream has bytes for it, or room for more from it: pump it.
     PumpService(ServiceId),
+    /// The service's stream has a few bytes for it ([`URGENT_READABLE`]: a keystroke, an
+    /// echo): pump it before the bulk of this pass, and before the connection it came on
+    /// reads or sends more (docs/design.md §2.8).
+    PumpServiceFirst(ServiceId),
 }
 
 struct Live {
@@ -1149,7 +1153,13 @@ impl Core {
                     }
                 }
             }
-            OriginEvent::Stream(StreamEvent::Readable(stream) | StreamEvent::Writable(stream)) => {
+            OriginEvent::Stream(
+                ev @ (StreamEvent::Readable(stream) | StreamEvent::Writable(stream)),
+            ) => {
+                let first = matches!(ev, StreamEvent::Readable(_))
+                    && self
+                        .live(conn)
+                        .is_some_and(|l| l.mux.readable(stream).len() <= URGENT_READABLE);
                 match self.conns[i].streams.get(&stream) {
                     Some(Carried::Service(service)) => {
                         let service = *service;
@@ -1160,7 +1170,11 @@ impl Core {
                             self.read_start(service, now);
                         }
                         if self.locals.get(&service).is_some_and(Local::has_socket) {
-                            self.out.push_back(Output::PumpService(service));
+                            self.out.push_back(if first {
+                                Output::PumpServiceFirst(service)
+                            } else {
+                                Output::PumpService(service)
+                            });
                         }
                     }
                     Some(Carried::Resuming(_)) => self.try_resume(i, stream, now),
@@ -2203,7 +2217,9 @@ mod tests {
                         s.closed = true;
                     }
                 }
-                Output::PumpService(service) => self.pump_service(service),
+                Output::PumpService(service) | Output::PumpServiceFirst(service) => {
+                    self.pump_service(service)
+                }
                 _ => {}
             }
         }
@@ -2848,6 +2864,36 @@ mod tests {
         p.core.service_connected(service);
         assert!(p.core.service_open(service));
         (id, service)
+    }
+
+    /// A few bytes for a service (a keystroke) ask for its pump before the rest of the
+    /// driver's pass; a batch does not (docs/design.md §2.8, "Urgent").
+    #[test]
+    fn a_few_bytes_for_a_service_ask_for_its_pump_first_and_a_batch_does_not() {
+        let mut p = pipe(1);
+        p.auto_connect = true;
+        p.register_all();
+        let id = p.open(0, HOST);
+        let service = p.service(id);
+        let pumps = |p: &Pipe| {
+            let first = p.seen.iter();
+            let first = first.filter(|o| matches!(o, Output::PumpServiceFirst(s) if *s == service));
+            let plain = p.seen.iter();
+            let plain = plain.filter(|o| matches!(o, Output::PumpService(s) if *s == service));
+            (first.count(), plain.count())
+        };
+        p.seen.clear();
+        p.edge(0).write(id.stream, b"ls\n");
+        p.run();
+        assert_eq!(p.svc(service).heard, b"ls\n");
+        assert_eq!(pumps(&p), (1, 0), "{:?}", p.seen);
+        p.seen.clear();
+        let batch = vec![7; 64 * 1024];
+        p.edge(0).write(id.stream, &batch);
+        p.run();
+        assert_eq!(p.svc(service).heard.len(), 3 + batch.len());
+        let (first, plain) = pumps(&p);
+        assert!(first == 0 && plain > 0, "{:?}", p.seen);
     }
 
     #[test]

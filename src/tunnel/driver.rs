@@ -73,6 +73,9 @@ pub struct Origin {
     free: Vec<usize>,
     /// Sockets to pump in this round of [`Origin::settle`].
     dirty: Vec<Token>,
+    /// Services with a few bytes to write (`Output::PumpServiceFirst`): pumped before
+    /// `dirty`, and inside an edge connection's pump before it reads or sends more.
+    first: Vec<Token>,
     /// Per socket (token minus `FIRST`): in `dirty` or `next` (asking again changes nothing).
     queued: Vec<bool>,
     /// Per socket: pumped in the current round.
@@ -165,6 +168,7 @@ impl Origin {
             by_service: HashMap::new(),
             free: Vec::new(),
             dirty: Vec::new(),
+            first: Vec::new(),
             queued: Vec::new(),
             has_run: Vec::new(),
             ran: Vec::new(),
@@ -245,20 +249,38 @@ impl Origin {
     fn settle(&mut self) {
         self.dirty.append(&mut self.next);
         self.apply();
-        while let Some(tok) = self.dirty.pop() {
-            let i = tok.0 - FIRST;
-            self.queued[i] = false;
-            self.has_run[i] = true;
-            self.ran.push(i);
-            if i < self.edges.len() {
-                self.pump_edge(i);
-            } else {
-                self.pump_service(i - self.edges.len());
-            }
-            self.apply();
+        while let Some(tok) = self.first.pop().or_else(|| self.dirty.pop()) {
+            self.pump(tok);
         }
         for i in self.ran.drain(..) {
             self.has_run[i] = false;
+        }
+    }
+
+    /// Pumps `tok` once in this round (a second ask while it is listed twice does nothing).
+    fn pump(&mut self, tok: Token) {
+        let i = tok.0 - FIRST;
+        if self.has_run[i] {
+            return;
+        }
+        self.queued[i] = false;
+        self.has_run[i] = true;
+        self.ran.push(i);
+        if i < self.edges.len() {
+            self.pump_edge(i);
+        } else {
+            self.pump_service(i - self.edges.len());
+        }
+        self.apply();
+    }
+
+    /// Asks for a pump of `tok` before the others of this round (or in the next, if it has
+    /// had one in this).
+    fn want_first(&mut self, tok: Token) {
+        self.want(tok);
+        let i = tok.0 - FIRST;
+        if !self.has_run[i] {
+            self.first.push(tok); // maybe in `dirty` too: `pump` skips the second
         }
     }
 
@@ -312,6 +334,11 @@ impl Origin {
                 Output::PumpService(service) => {
                     if let Some(&slot) = self.by_service.get(&service) {
                         self.want(Token(FIRST + self.edges.len() + slot));
+                    }
+                }
+                Output::PumpServiceFirst(service) => {
+                    if let Some(&slot) = self.by_service.get(&service) {
+                        self.want_first(Token(FIRST + self.edges.len() + slot));
                     }
                 }
             }
@@ -407,10 +434,24 @@ impl Origin {
         }
         loop {
             match self.tls_step(i) {
-                Some(true) => continue,
+                Some(true) if self.first.is_empty() => continue,
+                Some(true) => {
+                    // A service has a few bytes to write: it gets them before this connection
+                    // reads (and decrypts) what a bulk stream sent behind them; the rest in
+                    // the next pass.
+                    self.want(Token(FIRST + i));
+                    break;
+                }
                 Some(false) => break,
                 None => return,
             }
+        }
+        // ... and before this connection sends a bulk stream's next batch.
+        while let Some(tok) = self.first.pop() {
+            self.pump(tok);
+        }
+        if self.edges[i].conn != conn {
+            return;
         }
         self.transmit(i);
     }

@@ -297,6 +297,9 @@ pub(crate) struct EdgeCore {
     free: Vec<usize>,
     /// Connections to run in this round of [`EdgeCore::run_dirty`].
     dirty: Vec<usize>,
+    /// Carriers with a few bytes to deliver ([`crate::limits::URGENT_READABLE`]): they run before `dirty`
+    /// in this round, and a tunnel stops reading for them (docs/design.md §2.8).
+    urgent: Vec<usize>,
     /// The slot is in `dirty`, or deferred to `again` (a mark then changes nothing).
     is_dirty: Vec<bool>,
     /// The slot ran in the current round: a mark now defers it to the next pass of the loop.
@@ -477,6 +480,7 @@ impl EdgeCore {
             conns: Vec::new(),
             free: Vec::new(),
             dirty: Vec::new(),
+            urgent: Vec::new(),
             is_dirty: Vec::new(),
             has_run: Vec::new(),
             ran: Vec::new(),
@@ -802,6 +806,18 @@ impl EdgeCore {
         per_minute(&mut self.resume_windows, ip, max, now)
     }
 
+    /// Marks `slot` to run before the others of this round: a carrier whose stream has a few
+    /// bytes (a keystroke, an echo) should not wait behind a bulk carrier's batch. Once it has
+    /// run in this round, it waits for the next pass like any other.
+    fn mark_urgent(&mut self, slot: usize) {
+        if slot < self.is_dirty.len() && !self.has_run[slot] {
+            self.is_dirty[slot] = true;
+            self.urgent.push(slot); // also in `dirty`, maybe: `run_dirty` skips the second
+        } else {
+            self.mark(slot);
+        }
+    }
+
     fn mark(&mut self, slot: usize) {
         if slot < self.is_dirty.len() && !self.is_dirty[slot] {
             self.is_dirty[slot] = true;
@@ -819,7 +835,7 @@ impl EdgeCore {
     /// polled no other socket, ran no deadline, and judged the tunnel's keepalive by the
     /// clock of the call's start (a tunnel that sent frames throughout was "presumed dead").
     fn run_dirty(&mut self) {
-        while let Some(slot) = self.dirty.pop() {
+        while let Some(slot) = self.urgent.pop().or_else(|| self.dirty.pop()) {
             if self.has_run[slot] {
                 continue; // listed twice (deferred by a pump and marked): it ran already
             }

@@ -1233,6 +1233,63 @@ fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
     assert!(sent >= 64 * chunk.len(), "{sent} bytes went to the origin");
 }
 
+/// A few bytes for one stream (a keystroke's echo) reach its client in the pass that read
+/// them: the tunnel connection stops reading for them, and what a bulk stream sent behind
+/// them waits for the next pass (docs/design.md §2.8, "Urgent").
+#[test]
+fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let bulk = pipe.streaming_carrier(peer_addr(10, 1));
+    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let mut ssh = pipe.streaming_carrier(peer_addr(10, 2));
+    let ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    // All in the tunnel's socket at once: one byte for the interactive stream, then the bulk
+    // stream's whole window.
+    let mut frames = Vec::new();
+    let data = |stream, data| mux::Frame::Data { stream, data };
+    mux::encode(&mut frames, &data(ssh_stream, b"x"));
+    let chunk = vec![0x5a; 64 * 1024];
+    for _ in 0..4 {
+        mux::encode(&mut frames, &data(bulk_stream, &chunk));
+    }
+    t.tls.set_buffer_limit(None);
+    t.tls.writer().write_all(&frames).expect("origin write");
+    while t.tls.wants_write() {
+        let mut out = Vec::new();
+        t.tls.write_tls(&mut out).expect("origin write_tls");
+        t.wire.0.lock().unwrap().to_edge.extend(out);
+    }
+    let queued = t.wire.0.lock().unwrap().to_edge.len();
+    pipe.core.handle_ready(t.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    let left = t.wire.0.lock().unwrap().to_edge.len();
+    assert!(
+        left > 0,
+        "the tunnel read all {queued} bytes before the interactive carrier ran"
+    );
+    assert_eq!(pipe.core.poll_timeout(), pipe.now, "the rest at once");
+    pipe.exchange(&mut ssh);
+    assert!(
+        ssh.received.ends_with(b"x"),
+        "the byte is out in the first pass"
+    );
+    // Pass after pass, the bulk stream's window arrives too.
+    for _ in 0..20 {
+        if pipe.core.poll_timeout() > pipe.now {
+            break;
+        }
+        pipe.core.process(pipe.now, pipe.unix);
+    }
+    assert!(t.wire.0.lock().unwrap().to_edge.is_empty(), "all read");
+    // (Too much for the test client's plaintext buffer: count the edge's ciphertext.)
+    let sent = bulk.wire.0.lock().unwrap().from_edge.len();
+    assert!(
+        sent >= 4 * chunk.len(),
+        "{sent} bytes went to the bulk client"
+    );
+}
+
 // ------------------------------------------------------------------------- timers
 
 #[test]

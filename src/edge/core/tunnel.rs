@@ -6,7 +6,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::{discard_input, refusal, Conn, Discarded, EdgeCore, Registering, Tunnel};
 use crate::edge::valid_hostname;
-use crate::limits::{CONN_WRITE_BATCH, LINGER};
+use crate::limits::{CONN_WRITE_BATCH, LINGER, URGENT_READABLE};
 use crate::logging::untrusted;
 use crate::metrics;
 use crate::proto::mux::{self, EdgeEvent, StreamEvent};
@@ -28,6 +28,12 @@ impl EdgeCore {
             };
             t = self.tunnel_step(slot, t)?;
             if !(full && t.tls.has_room()) {
+                break;
+            }
+            if !self.urgent.is_empty() {
+                // A carrier has a few bytes to deliver: it runs before this connection reads
+                // (and decrypts) what a bulk stream sent behind them; the rest next pass.
+                self.again.push(slot);
                 break;
             }
         }
@@ -155,11 +161,16 @@ impl EdgeCore {
             EdgeEvent::Register { hostname, service } => {
                 self.on_register(slot, t, &hostname.to_ascii_lowercase(), &service)
             }
-            EdgeEvent::Stream(
-                StreamEvent::Readable(stream)
-                | StreamEvent::Writable(stream)
-                | StreamEvent::Closed(stream),
-            ) => {
+            EdgeEvent::Stream(StreamEvent::Readable(stream)) => {
+                if let Some(&c) = t.carriers.get(&stream) {
+                    if t.mux.readable(stream).len() <= URGENT_READABLE {
+                        self.mark_urgent(c);
+                    } else {
+                        self.mark(c);
+                    }
+                }
+            }
+            EdgeEvent::Stream(StreamEvent::Writable(stream) | StreamEvent::Closed(stream)) => {
                 if let Some(&c) = t.carriers.get(&stream) {
                     self.mark(c);
                 }
