@@ -40,6 +40,7 @@ mod etcd_store;
 mod etcd_tls;
 mod git_over_ssh;
 mod hostname_registration;
+mod interactive_beside_bulk;
 mod https_proxy_egress;
 mod late_code_exchange;
 mod live_sessions;

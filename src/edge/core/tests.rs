@@ -1261,6 +1261,7 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
         t.wire.0.lock().unwrap().to_edge.extend(out);
     }
     let queued = t.wire.0.lock().unwrap().to_edge.len();
+    let before = ssh.wire.0.lock().unwrap().from_edge.len();
     pipe.core.handle_ready(t.slot);
     pipe.core.process(pipe.now, pipe.unix);
     let left = t.wire.0.lock().unwrap().to_edge.len();
@@ -1269,6 +1270,10 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
         "the tunnel read all {queued} bytes before the interactive carrier ran"
     );
     assert_eq!(pipe.core.poll_timeout(), pipe.now, "the rest at once");
+    assert!(
+        ssh.wire.0.lock().unwrap().from_edge.len() > before,
+        "the byte went to its client in the pass that read it"
+    );
     pipe.exchange(&mut ssh);
     assert!(
         ssh.received.ends_with(b"x"),
