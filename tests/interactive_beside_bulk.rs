@@ -2,18 +2,23 @@
 //! (`--ha-connections 1`): every line it types comes back, in order, while 128 MiB go up and
 //! 128 MiB come down, byte-exact. The small frames take the loops' urgent path
 //! (docs/design.md §2.8, "Urgent"): a connection that stops reading for them must pick up
-//! what it left in its socket in the next pass, or a transfer hangs here.
+//! what it left in its socket in the next pass, or a transfer hangs here. While lines flow,
+//! each new one wakes the loops anyway; the second test sends its frames once and then nothing,
+//! so that only the next pass the edge asked for can read the rest.
 
 use crate::support;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, ErrorKind, Read, Write};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use postern::limits::{INITIAL_STREAM_WINDOW, MAX_FRAME_PAYLOAD};
+use postern::proto::mux::{encode, Frame};
+use support::raw::{self, RawTunnel};
 use support::{run_status_with_deadline, sha256_file, shell_quote, Chain, Tunnel};
 
 const SIZE: usize = 128 * 1024 * 1024;
@@ -115,7 +120,6 @@ fn an_interactive_session_beside_bulk_on_one_tunnel_connection_gets_every_line_b
         exchange(i);
         i += 1;
     }
-    drop(exchange);
     drop(typed);
     let _ = echo.kill();
     let _ = echo.wait();
@@ -125,5 +129,100 @@ fn an_interactive_session_beside_bulk_on_one_tunnel_connection_gets_every_line_b
     }
     eprintln!("{i} lines went back and forth beside the transfers");
     assert_eq!(sha256_file(&uploaded), want, "the upload arrived changed");
-    assert_eq!(sha256_file(&downloaded), want, "the download arrived changed");
+    assert_eq!(
+        sha256_file(&downloaded),
+        want,
+        "the download arrived changed"
+    );
+}
+
+/// The edge's side of the urgent path, with an origin written by hand: one byte for one
+/// stream, then a whole window for another, in one write, and then nothing. The edge stops
+/// reading the tunnel connection to deliver the byte first; what it left in the socket must
+/// still be read on its next pass, since no new byte arrives to wake it.
+#[test]
+fn a_byte_for_one_stream_then_a_window_for_another_all_arrive_though_nothing_follows() {
+    const RAW: &str = "raw.localhost";
+    let chain = Chain::start("urgent-then-bulk", "ssh.localhost");
+    let mut t = RawTunnel::register(chain.edge.addr, &chain.edge.ca(), &chain.origin_cert, RAW);
+    let mut open = || {
+        let mut carrier = raw::carrier(chain.edge.addr, &chain.edge.ca(), RAW);
+        raw::open_websocket(&mut carrier, RAW, &chain.token);
+        let stream = t
+            .wait_for(Duration::from_secs(10), |f| match f {
+                Frame::Open { stream, .. } => Some(*stream),
+                _ => None,
+            })
+            .unwrap_or_else(|e| panic!("the edge must OPEN a stream for the carrier: {e}"));
+        (carrier, stream)
+    };
+    let (mut small, a) = open();
+    let (mut bulk, b) = open();
+    let mut frames = Vec::new();
+    encode(
+        &mut frames,
+        &Frame::Data {
+            stream: a,
+            data: b"x",
+        },
+    );
+    let chunk = vec![0x5a; MAX_FRAME_PAYLOAD];
+    let window = INITIAL_STREAM_WINDOW as usize;
+    for _ in 0..window / chunk.len() {
+        encode(
+            &mut frames,
+            &Frame::Data {
+                stream: b,
+                data: &chunk,
+            },
+        );
+    }
+    t.send_bytes(&frames);
+    let got = payload(&mut small, 1).unwrap_or_else(|e| panic!("the byte: {e}"));
+    assert_eq!(got, b"x");
+    let got = payload(&mut bulk, window).unwrap_or_else(|e| panic!("the window: {e}"));
+    assert!(got.iter().all(|&b| b == 0x5a));
+}
+
+/// Reads the edge's WebSocket frames (never masked) until their payloads add up to `want`.
+fn payload(tls: &mut raw::Tls, want: usize) -> Result<Vec<u8>, String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut wire = Vec::new();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    tls.sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    while got.len() < want {
+        while wire.len() >= 2 {
+            let (len, head) = match wire[1] & 0x7f {
+                126 if wire.len() >= 4 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+                127 if wire.len() >= 10 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&wire[2..10]);
+                    (u64::from_be_bytes(n) as usize, 10)
+                }
+                126 | 127 => break,
+                n => (n as usize, 2),
+            };
+            if wire.len() < head + len {
+                break;
+            }
+            got.extend_from_slice(&wire[head..head + len]);
+            wire.drain(..head + len);
+        }
+        if got.len() >= want {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} of {want} bytes within 20 s", got.len()));
+        }
+        match tls.read(&mut buf) {
+            Ok(0) => return Err(format!("EOF after {} of {want} bytes", got.len())),
+            Ok(n) => wire.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(format!("read after {} of {want} bytes: {e}", got.len())),
+        }
+    }
+    Ok(got)
 }
