@@ -26,15 +26,7 @@ fn raw_tunnel(chain: &Chain) -> RawTunnel {
 /// A carrier for `raw.localhost`, upgraded, so that the edge OPENs a stream on the raw tunnel;
 /// returns the carrier (keep it open) and the stream id.
 fn open_stream(chain: &Chain, t: &mut RawTunnel) -> (raw::Tls, u32) {
-    let mut carrier = raw::carrier(chain.edge.addr, &chain.edge.ca(), RAW);
-    raw::open_websocket(&mut carrier, RAW, &chain.token);
-    let stream = t
-        .wait_for(Duration::from_secs(10), |f| match f {
-            Frame::Open { stream, .. } => Some(*stream),
-            _ => None,
-        })
-        .unwrap_or_else(|e| panic!("the edge must OPEN a stream for the carrier: {e}"));
-    (carrier, stream)
+    t.open_stream(chain.edge.addr, &chain.edge.ca(), RAW, &chain.token)
 }
 
 /// The edge is alive, the real tunnel never lost its registration, and ssh works.

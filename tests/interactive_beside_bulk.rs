@@ -145,17 +145,7 @@ fn a_byte_for_one_stream_then_a_window_for_another_all_arrive_though_nothing_fol
     const RAW: &str = "raw.localhost";
     let chain = Chain::start("urgent-then-bulk", "ssh.localhost");
     let mut t = RawTunnel::register(chain.edge.addr, &chain.edge.ca(), &chain.origin_cert, RAW);
-    let mut open = || {
-        let mut carrier = raw::carrier(chain.edge.addr, &chain.edge.ca(), RAW);
-        raw::open_websocket(&mut carrier, RAW, &chain.token);
-        let stream = t
-            .wait_for(Duration::from_secs(10), |f| match f {
-                Frame::Open { stream, .. } => Some(*stream),
-                _ => None,
-            })
-            .unwrap_or_else(|e| panic!("the edge must OPEN a stream for the carrier: {e}"));
-        (carrier, stream)
-    };
+    let mut open = || t.open_stream(chain.edge.addr, &chain.edge.ca(), RAW, &chain.token);
     let (mut small, a) = open();
     let (mut bulk, b) = open();
     let mut frames = Vec::new();
@@ -194,22 +184,8 @@ fn payload(tls: &mut raw::Tls, want: usize) -> Result<Vec<u8>, String> {
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("timeout");
     while got.len() < want {
-        while wire.len() >= 2 {
-            let (len, head) = match wire[1] & 0x7f {
-                126 if wire.len() >= 4 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
-                127 if wire.len() >= 10 => {
-                    let mut n = [0u8; 8];
-                    n.copy_from_slice(&wire[2..10]);
-                    (u64::from_be_bytes(n) as usize, 10)
-                }
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if wire.len() < head + len {
-                break;
-            }
-            got.extend_from_slice(&wire[head..head + len]);
-            wire.drain(..head + len);
+        while let Some((_, payload)) = raw::next_frame(&mut wire) {
+            got.extend_from_slice(&payload);
         }
         if got.len() >= want {
             break;

@@ -160,29 +160,15 @@ pub fn read_close_code(tls: &mut Tls, already: Vec<u8>, deadline: Duration) -> R
     let mut buf = [0u8; 16 * 1024];
     tls.sock.set_read_timeout(Some(POLL_READ)).expect("timeout");
     loop {
-        // Skip whole frames until a Close (0x88). Server frames are never masked.
-        while got.len() >= 2 {
-            let (len, hl) = match got[1] & 0x7f {
-                126 if got.len() >= 4 => (u16::from_be_bytes([got[2], got[3]]) as usize, 4),
-                127 if got.len() >= 10 => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&got[2..10]);
-                    (u64::from_be_bytes(b) as usize, 10)
-                }
-                126 | 127 => break,
-                n => (n as usize, 2),
-            };
-            if got.len() < hl + len {
-                break;
-            }
-            if got[0] & 0x0f == 0x8 {
-                return match len {
+        // Skip whole frames until a Close (0x88).
+        while let Some((first, payload)) = next_frame(&mut got) {
+            if first & 0x0f == 0x8 {
+                return match payload.len() {
                     0 => Ok(1005),
                     1 => Err("Close frame with a 1-byte payload".into()),
-                    _ => Ok(u16::from_be_bytes([got[hl], got[hl + 1]])),
+                    _ => Ok(u16::from_be_bytes([payload[0], payload[1]])),
                 };
             }
-            got.drain(..hl + len);
         }
         if start.elapsed() > deadline {
             return Err(format!("no Close frame within {deadline:?}"));
@@ -194,6 +180,31 @@ pub fn read_close_code(tls: &mut Tls, already: Vec<u8>, deadline: Duration) -> R
             Err(e) => return Err(format!("read error before a Close frame: {e}")),
         }
     }
+}
+
+/// Takes the first whole WebSocket frame off `wire`, as the edge sends them (never masked):
+/// its first byte (FIN and opcode) and its payload. `None` until a whole frame is there.
+pub fn next_frame(wire: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    if wire.len() < 2 {
+        return None;
+    }
+    let (len, head) = match wire[1] & 0x7f {
+        126 if wire.len() >= 4 => (u16::from_be_bytes([wire[2], wire[3]]) as usize, 4),
+        127 if wire.len() >= 10 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&wire[2..10]);
+            (u64::from_be_bytes(b) as usize, 10)
+        }
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    if wire.len() < head + len {
+        return None;
+    }
+    let first = wire[0];
+    let payload = wire[head..head + len].to_vec();
+    wire.drain(..head + len);
+    Some((first, payload))
 }
 
 fn timed_out(e: &io::Error) -> bool {
@@ -274,6 +285,26 @@ impl RawTunnel {
         })
         .unwrap_or_else(|e| panic!("no REGISTERED or ERROR for {hostname}: {e}"))?;
         Ok(t)
+    }
+
+    /// Opens a carrier for `host` and upgrades it, so that the edge OPENs a stream on this
+    /// tunnel; returns the carrier (keep it open) and the stream id.
+    pub fn open_stream(
+        &mut self,
+        edge: SocketAddr,
+        ca: &Path,
+        host: &str,
+        token: &ServiceToken,
+    ) -> (Tls, u32) {
+        let mut carrier = carrier(edge, ca, host);
+        open_websocket(&mut carrier, host, token);
+        let stream = self
+            .wait_for(Duration::from_secs(10), |f| match f {
+                Frame::Open { stream, .. } => Some(*stream),
+                _ => None,
+            })
+            .unwrap_or_else(|e| panic!("the edge must OPEN a stream for the carrier: {e}"));
+        (carrier, stream)
     }
 
     pub fn send(&mut self, frame: &Frame<'_>) {
