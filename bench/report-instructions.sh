@@ -157,6 +157,23 @@ if has_rows latency_relay3 idle; then
     done
     echo
 fi
+if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then
+    echo "*Waiting for a core*: how long each postern process of the chain above waited on the run"
+    echo "queue during each run (the kernel's \`/proc/PID/task/*/schedstat\`, summed over its"
+    echo "threads): as a share of the time it ran, and per time it was put on a core. A ping"
+    echo "reaches each process about four times per round trip; where it finds the process waiting"
+    echo "for a core, it waits too, whatever postern's queues (its own wait inside each process, from"
+    echo "the frame parsed to its socket written, is some µs: docs/design.md §2.8, \"Urgent\")."
+    echo
+    echo "| | access: wait ÷ run | edge | tunnel | access: µs per time on a core | edge | tunnel |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for row in "idle:idle" "${ROWS[@]}"; do
+        sc="${row%%:*}"
+        has_rows latency "$sc" || continue
+        echo "| ${row#*:} | $(med latency "$sc" wait_pct_access) % | $(med latency "$sc" wait_pct_edge) % | $(med latency "$sc" wait_pct_tunnel) % | $(med latency "$sc" wait_us_access) | $(med latency "$sc" wait_us_edge) | $(med latency "$sc" wait_us_tunnel) |"
+    done
+    echo
+fi
 echo "*Bulk KiB per round trip*: how much the bulk stream moved while one interactive byte went"
 echo "there and back (loadgen counts its bulk bytes in 64 KiB reads): the queue of bulk data the"
 echo "interactive byte waited behind, plus whatever moved while a process of the interactive path"
