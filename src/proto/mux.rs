@@ -35,7 +35,7 @@ use crate::limits::{
     INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
     MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
     START_STREAM_WINDOW, STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET,
-    WINDOW_UPDATE_THRESHOLD,
+    URGENT_READABLE, WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
@@ -1180,6 +1180,13 @@ impl<R: Role> Session<R> {
     /// Bytes received on `id` and not yet consumed.
     pub fn readable(&self, id: u32) -> &[u8] {
         self.streams.get(&id).map(|s| s.rx.data()).unwrap_or(&[])
+    }
+
+    /// True when `id` has only a few bytes waiting ([`URGENT_READABLE`]: a keystroke, its
+    /// echo): its consumer should run before the bulk of the loop's pass (docs/design.md
+    /// §2.8, "Urgent").
+    pub fn few_bytes_readable(&self, id: u32) -> bool {
+        self.readable(id).len() <= URGENT_READABLE
     }
 
     /// True once the peer half-closed `id` and everything it sent was consumed.

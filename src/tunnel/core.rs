@@ -59,7 +59,7 @@ use log::{debug, error, info, warn};
 use crate::limits::{
     EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
     RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
-    SERVICE_CONNECT_TIMEOUT_SECS, URGENT_READABLE,
+    SERVICE_CONNECT_TIMEOUT_SECS,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -188,7 +188,7 @@ pub enum Output {
     PumpEdge(ConnId),
     /// The service's stream has bytes for it, or room for more from it: pump it.
     PumpService(ServiceId),
-    /// The service's stream has a few bytes for it ([`URGENT_READABLE`]: a keystroke, an
+    /// The service's stream has a few bytes for it (`few_bytes_readable`: a keystroke, an
     /// echo): pump it before the bulk of this pass, and before the connection it came on
     /// reads or sends more (docs/design.md §2.8).
     PumpServiceFirst(ServiceId),
@@ -1159,7 +1159,7 @@ impl Core {
                 let first = matches!(ev, StreamEvent::Readable(_))
                     && self
                         .live(conn)
-                        .is_some_and(|l| l.mux.readable(stream).len() <= URGENT_READABLE);
+                        .is_some_and(|l| l.mux.few_bytes_readable(stream));
                 match self.conns[i].streams.get(&stream) {
                     Some(Carried::Service(service)) => {
                         let service = *service;

@@ -297,8 +297,8 @@ pub(crate) struct EdgeCore {
     free: Vec<usize>,
     /// Connections to run in this round of [`EdgeCore::run_dirty`].
     dirty: Vec<usize>,
-    /// Carriers with a few bytes to deliver ([`crate::limits::URGENT_READABLE`]): they run before `dirty`
-    /// in this round, and a tunnel stops reading for them (docs/design.md §2.8).
+    /// Carriers with a few bytes to deliver (`few_bytes_readable`): they run before `dirty` in
+    /// this round, and a tunnel stops reading for them (docs/design.md §2.8, "Urgent").
     urgent: Vec<usize>,
     /// The slot is in `dirty`, or deferred to `again` (a mark then changes nothing).
     is_dirty: Vec<bool>,

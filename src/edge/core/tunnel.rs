@@ -6,7 +6,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::{discard_input, refusal, Conn, Discarded, EdgeCore, Registering, Tunnel};
 use crate::edge::valid_hostname;
-use crate::limits::{CONN_WRITE_BATCH, LINGER, URGENT_READABLE};
+use crate::limits::{CONN_WRITE_BATCH, LINGER};
 use crate::logging::untrusted;
 use crate::metrics;
 use crate::proto::mux::{self, EdgeEvent, StreamEvent};
@@ -163,7 +163,7 @@ impl EdgeCore {
             }
             EdgeEvent::Stream(StreamEvent::Readable(stream)) => {
                 if let Some(&c) = t.carriers.get(&stream) {
-                    if t.mux.readable(stream).len() <= URGENT_READABLE {
+                    if t.mux.few_bytes_readable(stream) {
                         self.mark_urgent(c);
                     } else {
                         self.mark(c);
