@@ -21,7 +21,7 @@ use super::{authorize, client_config, event_loop, AccessError, AccessOptions, To
 use crate::io::local::Local;
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
-use crate::limits::{SESSION_TURN_BYTES, TLS_READ_STAGE};
+use crate::limits::{SESSION_TURN_BYTES, TLS_READ_STAGE, URGENT_READABLE};
 use crate::proto::resume;
 
 /// A failure of the connection to the edge once it is up.
@@ -66,6 +66,8 @@ pub(super) struct Session {
     core: Splice,
     /// The most it moves each way in one call of [`Session::pump`] ([`SESSION_TURN_BYTES`]).
     turn: usize,
+    /// Bytes its last [`Session::pump`] moved, both ways together: see [`Session::is_light`].
+    moved: usize,
 }
 
 impl Session {
@@ -79,7 +81,16 @@ impl Session {
             local,
             core: Splice::new(kind),
             turn: SESSION_TURN_BYTES,
+            moved: 0,
         }
+    }
+
+    /// True when its last pump moved at most [`URGENT_READABLE`] bytes: a keystroke or its
+    /// echo, not a transfer. A loop serving many sessions runs these first in a pass, so that
+    /// an echo does not wait behind another session's bulk turn (docs/design.md §2.8,
+    /// "Urgent").
+    pub(super) fn is_light(&self) -> bool {
+        self.moved <= URGENT_READABLE
     }
 
     /// Moves what can move now, both ways; call on every readiness event of the session.
@@ -90,11 +101,14 @@ impl Session {
     ) -> Result<Progress, AccessError> {
         // The edge's bytes this turn, taken from the TLS plaintext by the core.
         let mut taken = 0;
+        self.moved = 0;
         loop {
             let full = self.tls.read(&mut bufs.stage).map_err(edge_failed)?;
             let before = self.tls.rx.len();
             let progress = self.step(registry, bufs)?;
-            taken += before.saturating_sub(self.tls.rx.len());
+            let took = before.saturating_sub(self.tls.rx.len());
+            taken += took;
+            self.moved += took;
             if !(full && self.tls.has_room() && matches!(progress, Progress::Running)) {
                 return Ok(progress);
             }
@@ -139,6 +153,7 @@ impl Session {
                 Ok(0) => self.core.handle_local_eof(),
                 Ok(n) => {
                     taken += n;
+                    self.moved += n;
                     let header = self.core.handle_local_input(&mut buf[..n]);
                     self.tls.send_vectored(&[header.bytes(), &buf[..n]]);
                 }
