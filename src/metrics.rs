@@ -27,6 +27,56 @@ pub const MAX_REQUEST: usize = 4096;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(2);
 /// Upper bounds (seconds) of the TLS handshake histogram.
 pub const HANDSHAKE_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+/// Upper bounds (seconds) of the interactive hold histogram: microseconds when the loop serves
+/// a keystroke first, milliseconds when it waits behind a bulk batch.
+pub const HOLD_BUCKETS: [f64; 10] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1,
+];
+
+/// A Prometheus histogram of durations: one atomic per bucket (summed into cumulative counts
+/// when rendered), a count and a sum in microseconds.
+struct Histogram {
+    bounds: &'static [f64; 10],
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64; 10]) -> Self {
+        Histogram {
+            bounds,
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}");
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
 
 /// Which process this registry describes: it picks the metric prefix and which families exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,9 +291,9 @@ pub struct Metrics {
     replayed_bytes: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
-    handshake_buckets: [AtomicU64; HANDSHAKE_BUCKETS.len()],
-    handshake_count: AtomicU64,
-    handshake_sum_micros: AtomicU64,
+    handshakes: Histogram,
+    /// Time a few bytes for a stream waited in this process (see [`Metrics::held`]).
+    holds: Histogram,
     /// Origin: its edges (`--edge`), each with its live and registered connections.
     edges: OnceLock<Vec<EdgeGauge>>,
     /// Edge: its event loops (`--workers`), loop 0 first.
@@ -298,9 +348,8 @@ impl Metrics {
             replayed_bytes: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
-            handshake_buckets: Default::default(),
-            handshake_count: AtomicU64::new(0),
-            handshake_sum_micros: AtomicU64::new(0),
+            handshakes: Histogram::new(&HANDSHAKE_BUCKETS),
+            holds: Histogram::new(&HOLD_BUCKETS),
             edges: OnceLock::new(),
             loops: OnceLock::new(),
         })
@@ -433,14 +482,16 @@ impl Metrics {
 
     /// Records one completed TLS handshake that took `took`.
     pub fn handshake(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        // Cumulative buckets are summed at render time; here each observation lands in one.
-        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|&b| secs <= b) {
-            self.handshake_buckets[i].fetch_add(1, Relaxed);
-        }
-        self.handshake_count.fetch_add(1, Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.handshake_sum_micros.fetch_add(micros, Relaxed);
+        self.handshakes.observe(took);
+    }
+
+    /// Records how long a few bytes of a stream (a keystroke, its echo: at most
+    /// `limits::URGENT_READABLE` waiting) stayed in this process's queues: from their DATA frame
+    /// parsed to their being taken for the client's or the service's socket
+    /// (`mux::Session::delivered`), or from their being read from that socket to their DATA
+    /// frame built (`mux::Session::framed_holds`).
+    pub fn held(&self, took: Duration) {
+        self.holds.observe(took);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -614,27 +665,19 @@ impl Metrics {
                 ],
             ),
         }
-        let _ = writeln!(
-            out,
-            "# HELP {p}_tls_handshake_seconds Time from TCP connect or accept to a finished TLS handshake."
+        self.handshakes.render(
+            &mut out,
+            &format!("{p}_tls_handshake_seconds"),
+            "Time from TCP connect or accept to a finished TLS handshake.",
         );
-        let _ = writeln!(out, "# TYPE {p}_tls_handshake_seconds histogram");
-        let mut cumulative = 0;
-        for (i, bound) in HANDSHAKE_BUCKETS.iter().enumerate() {
-            cumulative += load(&self.handshake_buckets[i]);
-            let _ = writeln!(
-                out,
-                "{p}_tls_handshake_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let count = load(&self.handshake_count);
-        let _ = writeln!(
-            out,
-            "{p}_tls_handshake_seconds_bucket{{le=\"+Inf\"}} {count}"
+        self.holds.render(
+            &mut out,
+            &format!("{p}_interactive_hold_seconds"),
+            "Time a few bytes of a stream (at most 4 KiB waiting: a keystroke, its echo) stayed \
+             in this process's queues: from their frame parsed to their being taken for the \
+             client's or the service's socket, or from their being read from it to their frame \
+             built.",
         );
-        let sum = load(&self.handshake_sum_micros) as f64 / 1e6;
-        let _ = writeln!(out, "{p}_tls_handshake_seconds_sum {sum}");
-        let _ = writeln!(out, "{p}_tls_handshake_seconds_count {count}");
         if let Some(loops) = self.loops.get() {
             let _ = writeln!(
                 out,
@@ -774,6 +817,8 @@ mod tests {
             m.bytes(Direction::OriginToClient, 42);
             m.handshake(Duration::from_millis(30));
             m.handshake(Duration::from_secs(60));
+            m.held(Duration::from_micros(30));
+            m.held(Duration::from_micros(3));
             let text = m.render();
             let prefix = role.prefix();
             for line in text.lines() {
@@ -793,6 +838,13 @@ mod tests {
             assert!(text.contains(&format!(
                 "{prefix}_tls_handshake_seconds_bucket{{le=\"+Inf\"}} 2"
             )));
+            assert!(text.contains(&format!(
+                "{prefix}_interactive_hold_seconds_bucket{{le=\"0.00001\"}} 1"
+            )));
+            assert!(text.contains(&format!(
+                "{prefix}_interactive_hold_seconds_bucket{{le=\"0.00005\"}} 2"
+            )));
+            assert!(text.contains(&format!("{prefix}_interactive_hold_seconds_sum 0.000033")));
             assert_eq!(
                 text.contains("auth_decisions_total{decision=\"deny\",reason=\"policy\"} 1"),
                 role == Role::Edge

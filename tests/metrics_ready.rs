@@ -189,6 +189,13 @@ fn ready_follows_registration_and_metrics_follow_traffic() {
     assert_eq!(get(&e, "postern_edge_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(get(&e, "postern_edge_tls_handshake_seconds_count") >= 2.0);
     assert!(get(&o, "postern_tunnel_tls_handshake_seconds_count") >= 1.0);
+    // ssh's handshake is small messages both ways: each process timed some of them through
+    // its queues (its banner, KEXINIT, the key exchange), in well under a second each.
+    for (m, p) in [(&e, "postern_edge"), (&o, "postern_tunnel")] {
+        let n = get(m, &format!("{p}_interactive_hold_seconds_count"));
+        let sum = get(m, &format!("{p}_interactive_hold_seconds_sum"));
+        assert!(n >= 4.0 && sum < n, "{p}: {n} holds, {sum} s in all");
+    }
     assert!(get(&o, "postern_tunnel_reconnects_total") >= 1.0);
     assert!(get(&e, "postern_edge_connections{kind=\"tunnel\"}") >= 1.0);
     // The origin measured its connection's round trip (the probe PING on the edge's first

@@ -183,8 +183,10 @@ impl Edge {
             metrics: Metrics::new(metrics::Role::Edge, crate::io::random_bytes()),
         };
         let (now, unix) = clock();
+        let mut core = EdgeCore::new(settings, parts, now, unix);
+        core.time_holds(Instant::now);
         Ok(Edge {
-            core: EdgeCore::new(settings, parts, now, unix),
+            core,
             poll,
             waker,
             accept_pause: AcceptPause::default(),
@@ -351,6 +353,7 @@ impl Edge {
                     let run = std::panic::AssertUnwindSafe(move || {
                         let (now, unix) = clock();
                         let mut core = EdgeCore::new(settings, parts, now, unix);
+                        core.time_holds(Instant::now);
                         core.set_loops(loops);
                         core.listening(port);
                         run_worker(core, poll)

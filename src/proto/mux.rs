@@ -864,6 +864,14 @@ struct Stream {
     /// (`None` before the application first consumed). Bytes that were already waiting do
     /// not count: a reader that drains a backlog was not keeping up.
     epoch: Option<(Instant, u64)>,
+    /// Measurement, not protocol state: when a few bytes ([`URGENT_READABLE`]) arrived for
+    /// the stream while nothing was waiting, on the real clock (a caller's `now` may be the
+    /// start of its pass, and the wait measured is mostly inside one). [`Session::delivered`]
+    /// reports the time since.
+    few_since: Option<Instant>,
+    /// The same for the other way: when the application wrote a few bytes while nothing was
+    /// waiting to be framed; ended when their DATA frame is built ([`Session::framed_holds`]).
+    few_written: Option<Instant>,
     /// Scheduling, not protocol state: waiting in `ready` for `poll_transmit`.
     queued: bool,
     /// Scheduling: the application was told the stream is writable-blocked and wants to
@@ -888,6 +896,8 @@ impl Stream {
             window,
             withheld: INITIAL_STREAM_WINDOW - window,
             epoch: None,
+            few_since: None,
+            few_written: None,
             queued: false,
             want_writable: false,
         }
@@ -905,6 +915,13 @@ impl Stream {
     /// The peer's FIN arrived and every byte before it was consumed.
     fn read_closed(&self) -> bool {
         self.recv == RecvHalf::FinReceived && self.rx.is_empty()
+    }
+}
+
+/// Starts timing a write of a few bytes to a stream that had nothing waiting to be framed.
+fn few_written(s: &mut Stream, was_empty: bool, clock: Option<fn() -> Instant>) {
+    if was_empty && s.tx.len() <= URGENT_READABLE {
+        s.few_written = clock.map(|clock| clock());
     }
 }
 
@@ -932,7 +949,17 @@ pub struct Session<R: Role> {
     /// What the streams' grown windows add beyond their initial ones ([`TUNED_WINDOW_BUDGET`]).
     tuned: u32,
     going_away: bool,
+    /// Measurement: how long a few bytes waited between the application's write and their
+    /// DATA frame, per stream framed since [`Session::framed_holds`] last drained it (at most
+    /// [`MAX_PENDING_HOLDS`]; beyond, not recorded).
+    framed: Vec<Duration>,
+    /// The clock the holds are timed with, lent by the driver ([`Session::time_holds`]); none:
+    /// nothing is timed.
+    clock: Option<fn() -> Instant>,
 }
+
+/// The most [`Session::framed_holds`] keeps between two drains.
+const MAX_PENDING_HOLDS: usize = 16;
 
 impl<R: Role> Session<R> {
     pub fn new(now: Instant) -> Self {
@@ -952,7 +979,17 @@ impl<R: Role> Session<R> {
             rtt_min: None,
             tuned: 0,
             going_away: false,
+            framed: Vec::new(),
+            clock: None,
         }
+    }
+
+    /// Times how long a few bytes of a stream stay in this session (see
+    /// [`Session::delivered`], [`Session::framed_holds`]) with `clock`, which reads the real
+    /// time: the callers' `now` is the start of their pass, and these waits are mostly inside
+    /// one. Off unless called: this module reads no clock of its own.
+    pub fn time_holds(&mut self, clock: fn() -> Instant) {
+        self.clock = Some(clock);
     }
 
     /// A PING with the next number. It needs no secret: a peer that answers one it has not
@@ -1043,6 +1080,7 @@ impl<R: Role> Session<R> {
                 self.events.push_back(ev);
             }
             Frame::Data { stream, data } => {
+                let clock = self.clock;
                 let Some(s) = self.live_stream(stream)? else {
                     return Ok(());
                 };
@@ -1052,8 +1090,12 @@ impl<R: Role> Session<R> {
                     return Err(MuxError::WindowExceeded(stream));
                 }
                 s.recv_window -= n;
+                let was_empty = s.rx.is_empty();
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
+                if was_empty && n > 0 && s.rx.len() <= URGENT_READABLE {
+                    s.few_since = clock.map(|clock| clock());
+                }
                 if n > 0 {
                     self.events.push_back(StreamEvent::Readable(stream).into());
                 }
@@ -1250,6 +1292,24 @@ impl<R: Role> Session<R> {
         self.reap(id);
     }
 
+    /// Call when bytes of `id` went to the application's socket: if they began with a few
+    /// bytes that arrived while nothing was waiting (a keystroke, its echo), how long those
+    /// waited here, on the real clock. The process's own share of an interactive round trip
+    /// (`/metrics`: `interactive_hold_seconds`); protocol records consumed before the payload
+    /// (a resumable stream's) do not end the wait, delivery does.
+    pub fn delivered(&mut self, id: u32) -> Option<Duration> {
+        let since = self.streams.get_mut(&id)?.few_since.take()?;
+        Some(self.clock?().saturating_duration_since(since))
+    }
+
+    /// How long a few bytes written while nothing was waiting (a keystroke, its echo) waited
+    /// before their DATA frame was built, for each stream `poll_transmit` framed since the
+    /// last call: the process's own share of an interactive round trip, the other way from
+    /// [`Session::delivered`].
+    pub fn framed_holds(&mut self) -> std::vec::Drain<'_, Duration> {
+        self.framed.drain(..)
+    }
+
     /// Room for more application bytes on `id` (0 also when the stream is gone).
     /// When there is none, a [`StreamEvent::Writable`] follows once there is.
     pub fn writable(&mut self, id: u32) -> usize {
@@ -1278,8 +1338,10 @@ impl<R: Role> Session<R> {
             s.want_writable = true;
             return None;
         }
+        let was_empty = s.tx.is_empty();
         let got = s.tx.read_from(read);
         if matches!(got, Ok(n) if n > 0) {
+            few_written(s, was_empty, self.clock);
             self.mark_ready(id);
         }
         Some(got)
@@ -1293,9 +1355,13 @@ impl<R: Role> Session<R> {
         if !s.send.accepts_bytes() {
             return 0;
         }
+        let was_empty = s.tx.is_empty();
         let n = s.tx.push(data);
         if n < data.len() {
             s.want_writable = true;
+        }
+        if n > 0 {
+            few_written(s, was_empty, self.clock);
         }
         self.mark_ready(id);
         n
@@ -1384,6 +1450,11 @@ impl<R: Role> Session<R> {
                     .min(MAX_FRAME_PAYLOAD)
                     .min(room);
             if n > 0 {
+                if let (Some(since), Some(clock)) = (s.few_written.take(), self.clock) {
+                    if self.framed.len() < MAX_PENDING_HOLDS {
+                        self.framed.push(clock().saturating_duration_since(since));
+                    }
+                }
                 encode_header(out, FrameType::Data, id, n);
                 out.extend_from_slice(&s.tx.data()[..n]);
                 s.tx.consume(n);
@@ -1774,6 +1845,55 @@ mod tests {
                 assert_eq!(edge.handle_input(&back, now).unwrap(), back.len());
             }
         }
+    }
+
+    /// `delivered` times a few bytes that arrived while nothing was waiting, from arrival to
+    /// delivery, once; bulk and bytes behind others are not timed. `framed_holds` the same
+    /// for the sending side, from the write to the frame.
+    #[test]
+    fn a_few_bytes_are_timed_from_arrival_to_delivery_once() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        edge.time_holds(Instant::now);
+        origin.time_holds(Instant::now);
+        let id = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        let arrive = |edge: &mut EdgeSession, origin: &mut OriginSession, data: &[u8]| {
+            assert_eq!(edge.write(id, data), data.len());
+            pipe(edge, origin, now);
+            // The other way: a few bytes written are timed until framed, once; bulk is not.
+            edge.framed_holds().count()
+        };
+        let before = Instant::now();
+        assert_eq!(arrive(&mut edge, &mut origin, b"k"), 1);
+        std::thread::sleep(Duration::from_millis(5));
+        // A record the application eats before the payload does not end the wait.
+        origin.consume(id, 1, now);
+        let held = origin.delivered(id).expect("a keystroke is timed");
+        assert!(
+            held >= Duration::from_millis(5) && held <= before.elapsed(),
+            "{held:?}"
+        );
+        assert_eq!(origin.delivered(id), None, "timed once");
+        // Bulk (more than URGENT_READABLE at once) is not timed, nor what arrives behind it.
+        assert_eq!(
+            arrive(&mut edge, &mut origin, &vec![0; URGENT_READABLE + 1]),
+            0
+        );
+        assert_eq!(arrive(&mut edge, &mut origin, b"k"), 1);
+        let n = origin.readable(id).len();
+        origin.consume(id, n, now);
+        assert_eq!(origin.delivered(id), None);
+        // A few bytes, then more before delivery: the wait of the first ones is timed.
+        assert_eq!(arrive(&mut edge, &mut origin, b"k"), 1);
+        assert_eq!(
+            arrive(&mut edge, &mut origin, &vec![0; 2 * URGENT_READABLE]),
+            0
+        );
+        let n = origin.readable(id).len();
+        origin.consume(id, n, now);
+        assert!(origin.delivered(id).is_some());
     }
 
     #[test]

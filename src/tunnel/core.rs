@@ -357,6 +357,8 @@ pub struct Core {
     next_tick: Instant,
     /// When resumable streams next acknowledge what they took.
     next_ack: Instant,
+    /// The driver's clock for `/metrics`' interactive holds ([`Core::time_holds`]).
+    hold_clock: Option<fn() -> Instant>,
 }
 
 impl Core {
@@ -391,7 +393,14 @@ impl Core {
             random,
             next_tick: now,
             next_ack: now,
+            hold_clock: None,
         }
+    }
+
+    /// Times how long a keystroke stays in this process (`/metrics`:
+    /// `interactive_hold_seconds`) with `clock`, the real time: see `mux::Session::time_holds`.
+    pub fn time_holds(&mut self, clock: fn() -> Instant) {
+        self.hold_clock = Some(clock);
     }
 
     /// The slots (HA connections).
@@ -931,6 +940,9 @@ impl Core {
     /// TLS and the mux start: HELLO and REGISTER are queued behind the handshake.
     fn start_tls(&mut self, i: usize, early: Vec<u8>, now: Instant) {
         let mut mux = OriginSession::new(now);
+        if let Some(clock) = self.hold_clock {
+            mux.time_holds(clock);
+        }
         mux.send_hello(
             self.cfg.connector_id,
             i as u8,
@@ -1033,8 +1045,14 @@ impl Core {
     /// events that raises reach the services now, not with the next frame from the edge
     /// (which may be a WINDOW that waits for those very services).
     pub fn poll_transmit(&mut self, conn: ConnId, out: &mut Vec<u8>, max: usize) {
-        if let Some(l) = self.live(conn) {
+        if !self.current(conn) {
+            return;
+        }
+        if let Link::Live(l) = &mut self.conns[conn.slot].link {
             l.mux.poll_transmit(out, max);
+            for held in l.mux.framed_holds() {
+                self.metrics.held(held);
+            }
         }
     }
 
@@ -1853,6 +1871,9 @@ impl Core {
     pub fn service_written(&mut self, service: ServiceId, n: usize, now: Instant) {
         if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
             mux.consume(at.stream, n, now);
+            if let Some(held) = mux.delivered(at.stream) {
+                self.metrics.held(held);
+            }
             if let Some(r) = l.resume.as_deref_mut() {
                 r.ep.delivered(n);
             }

@@ -151,7 +151,8 @@ impl Origin {
             connections: opts.ha_connections,
             resume_window: opts.resume_window,
         };
-        let core = Core::new(cfg, metrics.clone(), Box::new(random_u64), Instant::now());
+        let mut core = Core::new(cfg, metrics.clone(), Box::new(random_u64), Instant::now());
+        core.time_holds(Instant::now);
         let edges = (0..core.connections())
             .map(|slot| Edge {
                 conn: ConnId { slot, epoch: 0 },

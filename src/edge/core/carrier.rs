@@ -254,6 +254,9 @@ impl EdgeCore {
             let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
             t.mux.consume(stream, n, self.now);
+            if let Some(held) = t.mux.delivered(stream) {
+                self.metrics.held(held);
+            }
             if let Some(s) = c.session.as_mut() {
                 s.bytes.add_down(n);
             }

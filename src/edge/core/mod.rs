@@ -374,6 +374,8 @@ pub(crate) struct EdgeCore {
     arrivals: Vec<usize>,
     /// A worker that stopped at SIGTERM.
     stopped: bool,
+    /// The driver's clock for `/metrics`' interactive holds ([`EdgeCore::time_holds`]).
+    hold_clock: Option<fn() -> Instant>,
 }
 
 /// A resource limit an offender hit (see [`crate::limits::EdgeLimits`]).
@@ -528,6 +530,7 @@ impl EdgeCore {
             homes: HashMap::new(),
             arrivals: Vec::new(),
             stopped: false,
+            hold_clock: None,
         }
     }
 
@@ -535,6 +538,12 @@ impl EdgeCore {
     fn set_time(&mut self, now: Instant, unix: u64) {
         self.now = now;
         self.unix = unix;
+    }
+
+    /// Times how long a keystroke stays in this loop (`/metrics`: `interactive_hold_seconds`)
+    /// with `clock`, the real time: see `mux::Session::time_holds`.
+    pub(crate) fn time_holds(&mut self, clock: fn() -> Instant) {
+        self.hold_clock = Some(clock);
     }
 
     /// The listener is bound on `port`: without a configured `public_url`, the login pages
@@ -944,10 +953,14 @@ impl EdgeCore {
                                     tls, peer, deadline, self.now,
                                 ))))
                             } else if is_tunnel {
+                                let mut mux = EdgeSession::new(self.now);
+                                if let Some(clock) = self.hold_clock {
+                                    mux.time_holds(clock);
+                                }
                                 Some(Conn::Tunnel(Box::new(Tunnel {
                                     tls,
                                     peer,
-                                    mux: EdgeSession::new(self.now),
+                                    mux,
                                     cert: CertificateDer::from(Vec::new()),
                                     cert_fp: String::new(),
                                     hostname: None,

@@ -124,6 +124,9 @@ impl EdgeCore {
         while t.tls.can_send() && t.mux.wants_transmit() {
             self.scratch.clear();
             t.mux.poll_transmit(&mut self.scratch, CONN_WRITE_BATCH);
+            for held in t.mux.framed_holds() {
+                self.metrics.held(held);
+            }
             t.tls.send(&self.scratch);
             if t.tls.flush().is_err() {
                 break;
