@@ -45,6 +45,8 @@ pub(crate) struct WireState {
     pub(crate) dropped: bool,
     /// The core shut down its write side (a FIN; it may still read: a lingering close).
     pub(crate) write_shut: bool,
+    /// The peer reads nothing: the edge's writes would block (a full socket buffer).
+    pub(crate) full: bool,
 }
 
 #[derive(Clone, Default)]
@@ -88,6 +90,9 @@ impl Write for EdgeEnd {
         let mut w = self.0 .0.lock().unwrap();
         if w.write_shut {
             return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        if w.full {
+            return Err(io::ErrorKind::WouldBlock.into());
         }
         w.from_edge.extend_from_slice(buf);
         Ok(buf.len())
@@ -1293,6 +1298,81 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
         sent >= 4 * chunk.len(),
         "{sent} bytes went to the bulk client"
     );
+}
+
+/// The tunnel that stopped reading for a few bytes runs again at once, on its own. Here no
+/// carrier can send (both clients read nothing, and each carrier holds unsent bytes already),
+/// so no carrier's progress wakes the tunnel, and the rest of what the origin sent would wait
+/// in its socket for the next tick.
+#[test]
+fn a_tunnel_that_stopped_for_a_few_bytes_reads_the_rest_though_nothing_else_wakes_it() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let bulk = pipe.streaming_carrier(peer_addr(10, 1));
+    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let mut ssh = pipe.streaming_carrier(peer_addr(10, 2));
+    let ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let data = |stream, data| mux::Frame::Data { stream, data };
+    let from_origin = |t: &mut Peer, frames: &[mux::Frame<'_>]| {
+        let mut bytes = Vec::new();
+        for f in frames {
+            mux::encode(&mut bytes, f);
+        }
+        t.tls.set_buffer_limit(None);
+        t.tls.writer().write_all(&bytes).expect("origin write");
+        while t.tls.wants_write() {
+            let mut out = Vec::new();
+            t.tls.write_tls(&mut out).expect("origin write_tls");
+            t.wire.0.lock().unwrap().to_edge.extend(out);
+        }
+    };
+    // Both clients stop reading, and each carrier is left with bytes it could not send.
+    bulk.wire.0.lock().unwrap().full = true;
+    ssh.wire.0.lock().unwrap().full = true;
+    from_origin(&mut t, &[data(ssh_stream, b"a"), data(bulk_stream, b"a")]);
+    pipe.core.handle_ready(t.slot);
+    for _ in 0..20 {
+        pipe.core.process(pipe.now, pipe.unix);
+        if pipe.core.poll_timeout() > pipe.now {
+            break;
+        }
+    }
+    assert!(t.wire.0.lock().unwrap().to_edge.is_empty());
+    // One byte for the interactive stream, then the bulk stream's window.
+    let chunk = vec![0x5a; 64 * 1024];
+    let mut frames = vec![data(ssh_stream, b"x")];
+    frames.extend((0..3).map(|_| data(bulk_stream, &chunk)));
+    from_origin(&mut t, &frames);
+    pipe.core.handle_ready(t.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(
+        !t.wire.0.lock().unwrap().to_edge.is_empty(),
+        "the tunnel stopped for the interactive byte"
+    );
+    for pass in 0..20 {
+        if t.wire.0.lock().unwrap().to_edge.is_empty() {
+            break;
+        }
+        assert_eq!(
+            pipe.core.poll_timeout(),
+            pipe.now,
+            "pass {pass}: bytes wait in the tunnel's socket and no pass is due"
+        );
+        pipe.core.process(pipe.now, pipe.unix);
+    }
+    assert!(t.wire.0.lock().unwrap().to_edge.is_empty(), "all read");
+    // The interactive client reads again: its bytes are all there.
+    ssh.wire.0.lock().unwrap().full = false;
+    pipe.core.handle_ready(ssh.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    pipe.exchange(&mut ssh);
+    // (Two Binary frames, as the carrier sent them.)
+    assert!(
+        ssh.received.ends_with(&[0x82, 1, b'a', 0x82, 1, b'x']),
+        "{:?}",
+        ssh.received
+    );
+    assert!(!t.wire.dropped() && !bulk.wire.dropped());
 }
 
 // ------------------------------------------------------------------------- timers
