@@ -162,8 +162,8 @@ if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then
     echo "queue during each run (the kernel's \`/proc/PID/task/*/schedstat\`, summed over its"
     echo "threads): as a share of the time it ran, and per time it was put on a core. A ping"
     echo "reaches each process about four times per round trip; where it finds the process waiting"
-    echo "for a core, it waits too, whatever postern's queues (its own wait inside each process, from"
-    echo "the frame parsed to its socket written, is some µs: docs/design.md §2.8, \"Urgent\")."
+    echo "for a core, it waits too, whatever postern's queues (its own wait inside the edge and the"
+    echo "tunnel is the next table)."
     echo
     echo "| | access: wait ÷ run | edge | tunnel | access: µs per time on a core | edge | tunnel |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
@@ -171,6 +171,23 @@ if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then
         sc="${row%%:*}"
         has_rows latency "$sc" || continue
         echo "| ${row#*:} | $(med latency "$sc" wait_pct_access) % | $(med latency "$sc" wait_pct_edge) % | $(med latency "$sc" wait_pct_tunnel) % | $(med latency "$sc" wait_us_access) | $(med latency "$sc" wait_us_edge) | $(med latency "$sc" wait_us_tunnel) |"
+    done
+    echo
+fi
+if has_rows latency idle && [ -n "$(med latency idle hold_n_edge)" ]; then
+    echo "*Held in postern's own queues*: how long a few bytes (a ping, a pong) stayed inside the edge"
+    echo "and the tunnel, from their frame parsed to their socket write, or from their socket read to"
+    echo "their frame built (each process's \`/metrics\` histogram \`interactive_hold_seconds\`,"
+    echo "scraped before and after each run). Bucket bounds, so \"≤ 10\" means under 10 µs; two holds per"
+    echo "round trip in each. Compare the round trip above: what is not here is between the"
+    echo "processes (sockets, and the waits for a core in the table above)."
+    echo
+    echo "| | edge: p50 µs ≤ | p99 ≤ | holds | tunnel: p50 µs ≤ | p99 ≤ | holds |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    for row in "idle:idle" "${ROWS[@]}"; do
+        sc="${row%%:*}"
+        has_rows latency "$sc" || continue
+        echo "| ${row#*:} | $(med latency "$sc" hold_p50_us_edge) | $(med latency "$sc" hold_p99_us_edge) | $(med latency "$sc" hold_n_edge) | $(med latency "$sc" hold_p50_us_tunnel) | $(med latency "$sc" hold_p99_us_tunnel) | $(med latency "$sc" hold_n_tunnel) |"
     done
     echo
 fi
