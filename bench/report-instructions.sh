@@ -174,20 +174,23 @@ if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then
     done
     echo
 fi
+# hold SCENARIO WHICH: a hold quantile's bucket bound in µs (1e9: past the last bound)
+hold() { med latency "$1" "hold_$2" | awk '{ if ($1 >= 1e9) print "> 100000"; else print $1 }'; }
 if has_rows latency idle && [ -n "$(med latency idle hold_n_edge)" ]; then
     echo "*Held in postern's own queues*: how long a few bytes (a ping, a pong) stayed inside the edge"
     echo "and the tunnel, from their frame parsed to their socket write, or from their socket read to"
     echo "their frame built (each process's \`/metrics\` histogram \`interactive_hold_seconds\`,"
-    echo "scraped before and after each run). Bucket bounds, so \"≤ 10\" means under 10 µs; two holds per"
-    echo "round trip in each. Compare the round trip above: what is not here is between the"
-    echo "processes (sockets, and the waits for a core in the table above)."
+    echo "scraped before and after each run). Bucket bounds, so \"≤ 10\" means under 10 µs; about two"
+    echo "holds per round trip in each (more where pieces of bulk of a few KiB count too). Compare the"
+    echo "round trip above: what is not here is between the processes (sockets, and the waits for a"
+    echo "core in the table above)."
     echo
     echo "| | edge: p50 µs ≤ | p99 ≤ | holds | tunnel: p50 µs ≤ | p99 ≤ | holds |"
     echo "|---|---:|---:|---:|---:|---:|---:|"
     for row in "idle:idle" "${ROWS[@]}"; do
         sc="${row%%:*}"
         has_rows latency "$sc" || continue
-        echo "| ${row#*:} | $(med latency "$sc" hold_p50_us_edge) | $(med latency "$sc" hold_p99_us_edge) | $(med latency "$sc" hold_n_edge) | $(med latency "$sc" hold_p50_us_tunnel) | $(med latency "$sc" hold_p99_us_tunnel) | $(med latency "$sc" hold_n_tunnel) |"
+        echo "| ${row#*:} | $(hold "$sc" p50_us_edge) | $(hold "$sc" p99_us_edge) | $(med latency "$sc" hold_n_edge) | $(hold "$sc" p50_us_tunnel) | $(hold "$sc" p99_us_tunnel) | $(med latency "$sc" hold_n_tunnel) |"
     done
     echo
 fi

@@ -34,12 +34,13 @@ pub const HOLD_BUCKETS: [f64; 10] = [
 ];
 
 /// A Prometheus histogram of durations: one atomic per bucket (summed into cumulative counts
-/// when rendered), a count and a sum in microseconds.
+/// when rendered), a count and a sum in nanoseconds (holds are a few µs each: microseconds
+/// would lose a tenth of them).
 struct Histogram {
     bounds: &'static [f64; 10],
     buckets: [AtomicU64; 10],
     count: AtomicU64,
-    sum_micros: AtomicU64,
+    sum_nanos: AtomicU64,
 }
 
 impl Histogram {
@@ -48,7 +49,7 @@ impl Histogram {
             bounds,
             buckets: Default::default(),
             count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
+            sum_nanos: AtomicU64::new(0),
         }
     }
 
@@ -58,8 +59,8 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Relaxed);
         }
         self.count.fetch_add(1, Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
@@ -72,7 +73,7 @@ impl Histogram {
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let sum = self.sum_nanos.load(Relaxed) as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {count}");
     }
@@ -486,10 +487,11 @@ impl Metrics {
     }
 
     /// Records how long a few bytes of a stream (a keystroke, its echo: at most
-    /// `limits::URGENT_READABLE` waiting) stayed in this process's queues: from their DATA frame
-    /// parsed to their being taken for the client's or the service's socket
+    /// `limits::URGENT_READABLE` waiting) stayed in this process: from their DATA frame parsed
+    /// to their being taken for the client's or the service's socket
     /// (`mux::Session::delivered`), or from their being read from that socket to their DATA
-    /// frame built (`mux::Session::framed_holds`).
+    /// frame built (`mux::Session::framed_holds`). A full socket or a closed window on the
+    /// way counts too: the bytes waited here for it.
     pub fn held(&self, took: Duration) {
         self.holds.observe(took);
     }
@@ -674,9 +676,9 @@ impl Metrics {
             &mut out,
             &format!("{p}_interactive_hold_seconds"),
             "Time a few bytes of a stream (at most 4 KiB waiting: a keystroke, its echo) stayed \
-             in this process's queues: from their frame parsed to their being taken for the \
-             client's or the service's socket, or from their being read from it to their frame \
-             built.",
+             in this process: from their frame parsed to their being taken for the client's or \
+             the service's socket, or from their being read from it to their frame built \
+             (including any time a full socket or the peer's window held them back).",
         );
         if let Some(loops) = self.loops.get() {
             let _ = writeln!(

@@ -918,10 +918,14 @@ impl Stream {
     }
 }
 
-/// Starts timing a write of a few bytes to a stream that had nothing waiting to be framed.
+/// A write to a stream that had nothing waiting to be framed starts a new wait: timed if it
+/// is a few bytes, not if it is bulk (a start left from an earlier write is dropped either
+/// way, so it cannot stretch a later hold).
 fn few_written(s: &mut Stream, was_empty: bool, clock: Option<fn() -> Instant>) {
-    if was_empty && s.tx.len() <= URGENT_READABLE {
-        s.few_written = clock.map(|clock| clock());
+    if was_empty {
+        s.few_written = clock
+            .filter(|_| s.tx.len() <= URGENT_READABLE)
+            .map(|clock| clock());
     }
 }
 
@@ -959,7 +963,7 @@ pub struct Session<R: Role> {
 }
 
 /// The most [`Session::framed_holds`] keeps between two drains.
-const MAX_PENDING_HOLDS: usize = 16;
+const MAX_PENDING_HOLDS: usize = 64;
 
 impl<R: Role> Session<R> {
     pub fn new(now: Instant) -> Self {
@@ -1093,8 +1097,13 @@ impl<R: Role> Session<R> {
                 let was_empty = s.rx.is_empty();
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
-                if was_empty && n > 0 && s.rx.len() <= URGENT_READABLE {
-                    s.few_since = clock.map(|clock| clock());
+                if was_empty && n > 0 {
+                    // A new wait: timed if a few bytes, not if bulk. A start left by bytes
+                    // consumed without `delivered` (a resumable stream's records) is dropped,
+                    // so it cannot stretch a later hold.
+                    s.few_since = clock
+                        .filter(|_| s.rx.len() <= URGENT_READABLE)
+                        .map(|clock| clock());
                 }
                 if n > 0 {
                     self.events.push_back(StreamEvent::Readable(stream).into());
@@ -1292,7 +1301,8 @@ impl<R: Role> Session<R> {
         self.reap(id);
     }
 
-    /// Call when bytes of `id` went to the application's socket: if they began with a few
+    /// Call when bytes of `id` go to the application's socket, before [`Session::consume`]
+    /// (which may end the stream): if they began with a few
     /// bytes that arrived while nothing was waiting (a keystroke, its echo), how long those
     /// waited here, on the real clock. The process's own share of an interactive round trip
     /// (`/metrics`: `interactive_hold_seconds`); protocol records consumed before the payload
@@ -1876,6 +1886,17 @@ mod tests {
             "{held:?}"
         );
         assert_eq!(origin.delivered(id), None, "timed once");
+        // A few bytes consumed without `delivered` (a resumable stream's record), then bulk:
+        // the bulk's delivery is not timed from the record's arrival.
+        assert_eq!(arrive(&mut edge, &mut origin, b"r"), 1);
+        origin.consume(id, 1, now);
+        assert_eq!(
+            arrive(&mut edge, &mut origin, &vec![0; URGENT_READABLE + 1]),
+            0
+        );
+        let n = origin.readable(id).len();
+        origin.consume(id, n, now);
+        assert_eq!(origin.delivered(id), None, "no stale start");
         // Bulk (more than URGENT_READABLE at once) is not timed, nor what arrives behind it.
         assert_eq!(
             arrive(&mut edge, &mut origin, &vec![0; URGENT_READABLE + 1]),

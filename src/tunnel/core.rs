@@ -1870,10 +1870,11 @@ impl Core {
     /// The service took `n` bytes of [`Core::service_pending`].
     pub fn service_written(&mut self, service: ServiceId, n: usize, now: Instant) {
         if let Some((l, mux, at)) = attached(&mut self.conns, &mut self.locals, service) {
-            mux.consume(at.stream, n, now);
+            // Before `consume`, which may end the stream (its last bytes).
             if let Some(held) = mux.delivered(at.stream) {
                 self.metrics.held(held);
             }
+            mux.consume(at.stream, n, now);
             if let Some(r) = l.resume.as_deref_mut() {
                 r.ep.delivered(n);
             }

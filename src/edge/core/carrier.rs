@@ -253,10 +253,11 @@ impl EdgeCore {
             let mut h = [0u8; 14];
             let hl = ws::encode_header(&mut h, ws::BINARY, n, None);
             c.tls.send_vectored(&[&h[..hl], &data[..n]]);
-            t.mux.consume(stream, n, self.now);
+            // Before `consume`, which may end the stream (its last bytes).
             if let Some(held) = t.mux.delivered(stream) {
                 self.metrics.held(held);
             }
+            t.mux.consume(stream, n, self.now);
             if let Some(s) = c.session.as_mut() {
                 s.bytes.add_down(n);
             }
