@@ -1238,33 +1238,45 @@ fn a_bulk_stream_does_not_keep_a_pass_of_the_loop_to_itself() {
     assert!(sent >= 64 * chunk.len(), "{sent} bytes went to the origin");
 }
 
+/// A tunnel and two carriers streaming through it, a bulk one and an interactive one (ssh),
+/// with their stream ids: `(tunnel, origin session, bulk, bulk stream, ssh, ssh stream)`.
+fn bulk_and_interactive(pipe: &mut Pipe) -> (Peer, OriginSession, Peer, u32, Peer, u32) {
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let bulk = pipe.streaming_carrier(peer_addr(10, 1));
+    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let ssh = pipe.streaming_carrier(peer_addr(10, 2));
+    let ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    (t, origin, bulk, bulk_stream, ssh, ssh_stream)
+}
+
+/// The origin's frames, all in the tunnel's socket at once.
+fn from_origin(t: &mut Peer, frames: &[mux::Frame<'_>]) {
+    let mut bytes = Vec::new();
+    for f in frames {
+        mux::encode(&mut bytes, f);
+    }
+    t.tls.set_buffer_limit(None);
+    t.tls.writer().write_all(&bytes).expect("origin write");
+    while t.tls.wants_write() {
+        let mut out = Vec::new();
+        t.tls.write_tls(&mut out).expect("origin write_tls");
+        t.wire.0.lock().unwrap().to_edge.extend(out);
+    }
+}
+
 /// A few bytes for one stream (a keystroke's echo) reach its client in the pass that read
 /// them: the tunnel connection stops reading for them, and what a bulk stream sent behind
 /// them waits for the next pass (docs/design.md §2.8, "Urgent").
 #[test]
 fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
     let mut pipe = Pipe::new();
-    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
-    let bulk = pipe.streaming_carrier(peer_addr(10, 1));
-    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
-    let mut ssh = pipe.streaming_carrier(peer_addr(10, 2));
-    let ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
-    // All in the tunnel's socket at once: one byte for the interactive stream, then the bulk
-    // stream's whole window.
-    let mut frames = Vec::new();
+    let (mut t, _origin, bulk, bulk_stream, mut ssh, ssh_stream) = bulk_and_interactive(&mut pipe);
+    // One byte for the interactive stream, then the bulk stream's whole window.
     let data = |stream, data| mux::Frame::Data { stream, data };
-    mux::encode(&mut frames, &data(ssh_stream, b"x"));
     let chunk = vec![0x5a; 64 * 1024];
-    for _ in 0..4 {
-        mux::encode(&mut frames, &data(bulk_stream, &chunk));
-    }
-    t.tls.set_buffer_limit(None);
-    t.tls.writer().write_all(&frames).expect("origin write");
-    while t.tls.wants_write() {
-        let mut out = Vec::new();
-        t.tls.write_tls(&mut out).expect("origin write_tls");
-        t.wire.0.lock().unwrap().to_edge.extend(out);
-    }
+    let mut frames = vec![data(ssh_stream, b"x")];
+    frames.extend((0..4).map(|_| data(bulk_stream, &chunk)));
+    from_origin(&mut t, &frames);
     let queued = t.wire.0.lock().unwrap().to_edge.len();
     let before = ssh.wire.0.lock().unwrap().from_edge.len();
     pipe.core.handle_ready(t.slot);
@@ -1307,25 +1319,8 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
 #[test]
 fn a_tunnel_that_stopped_for_a_few_bytes_reads_the_rest_though_nothing_else_wakes_it() {
     let mut pipe = Pipe::new();
-    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
-    let bulk = pipe.streaming_carrier(peer_addr(10, 1));
-    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
-    let mut ssh = pipe.streaming_carrier(peer_addr(10, 2));
-    let ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let (mut t, _origin, bulk, bulk_stream, mut ssh, ssh_stream) = bulk_and_interactive(&mut pipe);
     let data = |stream, data| mux::Frame::Data { stream, data };
-    let from_origin = |t: &mut Peer, frames: &[mux::Frame<'_>]| {
-        let mut bytes = Vec::new();
-        for f in frames {
-            mux::encode(&mut bytes, f);
-        }
-        t.tls.set_buffer_limit(None);
-        t.tls.writer().write_all(&bytes).expect("origin write");
-        while t.tls.wants_write() {
-            let mut out = Vec::new();
-            t.tls.write_tls(&mut out).expect("origin write_tls");
-            t.wire.0.lock().unwrap().to_edge.extend(out);
-        }
-    };
     // Both clients stop reading, and each carrier is left with bytes it could not send.
     bulk.wire.0.lock().unwrap().full = true;
     ssh.wire.0.lock().unwrap().full = true;
