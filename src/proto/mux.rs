@@ -868,7 +868,7 @@ struct Stream {
     /// the stream while nothing was waiting, on the real clock (a caller's `now` may be the
     /// start of its pass, and the wait measured is mostly inside one). [`Session::delivered`]
     /// reports the time since.
-    few_since: Option<Instant>,
+    few_arrived: Option<Instant>,
     /// The same for the other way: when the application wrote a few bytes while nothing was
     /// waiting to be framed; ended when their DATA frame is built ([`Session::framed_holds`]).
     few_written: Option<Instant>,
@@ -896,7 +896,7 @@ impl Stream {
             window,
             withheld: INITIAL_STREAM_WINDOW - window,
             epoch: None,
-            few_since: None,
+            few_arrived: None,
             few_written: None,
             queued: false,
             want_writable: false,
@@ -1101,7 +1101,7 @@ impl<R: Role> Session<R> {
                     // A new wait: timed if a few bytes, not if bulk. A start left by bytes
                     // consumed without `delivered` (a resumable stream's records) is dropped,
                     // so it cannot stretch a later hold.
-                    s.few_since = clock
+                    s.few_arrived = clock
                         .filter(|_| s.rx.len() <= URGENT_READABLE)
                         .map(|clock| clock());
                 }
@@ -1308,7 +1308,7 @@ impl<R: Role> Session<R> {
     /// (`/metrics`: `interactive_hold_seconds`); protocol records consumed before the payload
     /// (a resumable stream's) do not end the wait, delivery does.
     pub fn delivered(&mut self, id: u32) -> Option<Duration> {
-        let since = self.streams.get_mut(&id)?.few_since.take()?;
+        let since = self.streams.get_mut(&id)?.few_arrived.take()?;
         Some(self.clock?().saturating_duration_since(since))
     }
 
