@@ -157,6 +157,21 @@ if has_rows latency_relay3 idle; then
     done
     echo
 fi
+if has_rows latency apart_down; then
+    echo "*Apart*: the same pings through the same chain, while the bulk stream runs through a second"
+    echo "postern chain (its own \`access tcp\`, edge and tunnel) on the same machine: the two streams"
+    echo "share no postern process and no connection, only the cores. What the pings wait for here is"
+    echo "the machine's share of the rows above; what the rows above add to it is the turns of the"
+    echo "processes that carry both streams (postern's own share)."
+    echo
+    echo "| apart | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile | the same on one chain: p99 ÷ idle |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for dir in down up; do
+        has_rows latency "apart_$dir" || continue
+        echo "| beside bulk $dir | $(cell latency "apart_$dir" p50_us 1) | $(cell latency "apart_$dir" p99_us 1) | $(calc "$(med latency "apart_$dir" p99_us) / $idle99") | $(cell latency "apart_$dir" bulk_mbps 0) | $(calc "$(med latency "bulk_$dir" p99_us) / $idle99") |"
+    done
+    echo
+fi
 if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then
     echo "*Waiting for a core*: how long each postern process of the chain above waited on the run"
     echo "queue during each run (the kernel's \`/proc/PID/task/*/schedstat\`, summed over its"

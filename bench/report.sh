@@ -209,6 +209,10 @@ MIB=1048576
             if r99="$(imed latency_relay3 "bulk_$dir" p99_us)" && [ -n "$r99" ]; then
                 floor="; relay3 under the same: $(calc "$r99 / $(imed latency_relay3 idle p99_us)")× its idle"
             fi
+            # The same pings with the bulk through a second postern chain: the cores' share.
+            if a99="$(imed latency "apart_$dir" p99_us)" && [ -n "$a99" ]; then
+                floor="$floor; bulk through a second chain: $(calc "$a99 / $idle99")×"
+            fi
             echo "| interactive: 1-byte ping-pong p99 beside bulk $dir on the same tunnel connection ≤ 2× idle p99 | $b99 vs $idle99 µs ($(calc "$b99 / $idle99")×$floor) | $(ok "$b99 <= 2 * $idle99") |"
         done
     else

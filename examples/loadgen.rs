@@ -7,9 +7,10 @@
 //! loadgen upload ADDR BYTES               send BYTES, wait for the sink's count
 //! loadgen download ADDR BYTES [--slow MBPS SECS]   receive BYTES (optionally throttled first)
 //! loadgen pingpong ADDR COUNT             COUNT 1-byte round trips: p50/p99 µs
-//! loadgen pingpong-under ADDR COUNT up|down [MBPS]
+//! loadgen pingpong-under ADDR COUNT up|down [MBPS] [--bulk-via BULK]
 //!                                         the same while a second connection to ADDR moves
-//!                                         bulk data (paced to MBPS, else as fast as it can)
+//!                                         bulk data (paced to MBPS, else as fast as it can);
+//!                                         with --bulk-via, the bulk goes to BULK instead
 //! loadgen connect ADDR COUNT              COUNT fresh connections: time to the greeting byte
 //! loadgen idle ADDR[,ADDR..] COUNT        hold COUNT established connections until stdin closes
 //! loadgen relay LISTEN TARGET [--rtt MS]  copy each connection to TARGET and back, no crypto:
@@ -56,9 +57,12 @@ fn main() -> ExitCode {
             download(addr, num(n), Some((num(mbps), num(secs))))
         }
         ["pingpong", addr, n] => pingpong(addr, num(n)),
-        ["pingpong-under", addr, n, dir] => pingpong_under(addr, num(n), dir, None),
+        ["pingpong-under", addr, n, dir] => pingpong_under(addr, num(n), dir, None, addr),
+        ["pingpong-under", addr, n, dir, "--bulk-via", bulk] => {
+            pingpong_under(addr, num(n), dir, None, bulk)
+        }
         ["pingpong-under", addr, n, dir, mbps] => {
-            pingpong_under(addr, num(n), dir, Some(num(mbps)))
+            pingpong_under(addr, num(n), dir, Some(num(mbps)), addr)
         }
         ["connect", addr, n] => connect(addr, num(n)),
         ["idle", addrs, n] => idle(addrs, num(n)),
@@ -377,8 +381,15 @@ fn pingpong(addr: &str, n: u64) -> io::Result<()> {
 /// Through one `postern access tcp` and a tunnel with one connection, both streams share the
 /// carrier-side edge loop and the one tunnel connection: what the interactive stream waits
 /// for is the bulk stream's frames queued ahead of its own. Prints the pingpong line with the
-/// bulk stream's rate added.
-fn pingpong_under(addr: &str, n: u64, dir: &str, mbps: Option<u64>) -> io::Result<()> {
+/// bulk stream's rate added. With `bulk_via` another address (a second chain), the two
+/// streams share no process of the chain, only the machine's cores.
+fn pingpong_under(
+    addr: &str,
+    n: u64,
+    dir: &str,
+    mbps: Option<u64>,
+    bulk_via: &str,
+) -> io::Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let up = match dir {
@@ -387,7 +398,7 @@ fn pingpong_under(addr: &str, n: u64, dir: &str, mbps: Option<u64>) -> io::Resul
         _ => return Err(io::Error::other("pingpong-under: direction is up or down")),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut bulk = open(addr, if up { b'D' } else { b'S' }, u64::MAX)?;
+    let mut bulk = open(bulk_via, if up { b'D' } else { b'S' }, u64::MAX)?;
     let bulk_ctl = bulk.try_clone()?;
     let stop_bulk = stop.clone();
     let moved_so_far = Arc::new(AtomicU64::new(0));
