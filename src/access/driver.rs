@@ -607,7 +607,8 @@ mod tests {
     /// there was (a bulk upload, faster than the edge path drains it) kept the loop for as long
     /// as the edge's socket buffer took more, megabytes on loopback, while an interactive
     /// session beside it waited. A call takes at most a turn's bytes and says `More`; the
-    /// calls that follow, without any readiness event, move the rest.
+    /// calls that follow, without any readiness event, move the rest. Meanwhile the session
+    /// is not light (the loop serves light ones first); a keystroke after makes it light again.
     #[test]
     fn a_bulk_upload_does_not_keep_the_loop_to_itself() {
         let tmp = TempDir::new("access-turn");
@@ -669,6 +670,8 @@ mod tests {
             matches!(first, Progress::More),
             "one call took all {queued} queued bytes instead of a turn"
         );
+        // A session that moved a turn of bulk is not served before the others of a pass.
+        assert!(!s.is_light(), "a bulk turn left the session light");
         let mut calls = 1;
         while matches!(s.pump(poll.registry(), &mut bufs).unwrap(), Progress::More) {
             calls += 1;
@@ -687,5 +690,29 @@ mod tests {
                 .expect("the edge got less than was queued");
             let _ = s.pump(poll.registry(), &mut bufs);
         }
+        // Then a keystroke: the pump that moves it counts only it, so the session is light
+        // again (what it moved before does not carry over).
+        loop {
+            s.pump(poll.registry(), &mut bufs).unwrap();
+            match count_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(n) => received = n,
+                Err(_) => break,
+            }
+        }
+        let before = received;
+        app.write_all(b"k").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while received == before {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            s.pump(poll.registry(), &mut bufs).unwrap();
+            if let Ok(n) = count_rx.recv_timeout(left.min(Duration::from_millis(10))) {
+                received = n;
+            }
+            assert!(!left.is_zero(), "the keystroke never reached the edge");
+        }
+        assert!(
+            s.is_light(),
+            "a pump that moved one byte left the session heavy"
+        );
     }
 }
