@@ -6,7 +6,8 @@ use std::time::Duration;
 pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
 /// Initial per-stream flow-control window, each direction.
 pub const INITIAL_STREAM_WINDOW: u32 = 256 * 1024;
-/// The least window a receiver starts a stream at. On a path whose round trip needs less
+/// The least window a receiver starts a stream at that shares its connection with another
+/// (alone, a stream has the initial window). On a path whose round trip needs less
 /// than [`INITIAL_STREAM_WINDOW`], it starts at what a round trip can use, not below this, and
 /// withholds the rest of the protocol's initial grant from the first credit it returns
 /// (docs/design.md §2.4, "Start window"): a bulk stream then keeps less ahead of an

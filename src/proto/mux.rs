@@ -853,9 +853,10 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
-    /// The window this end grants the stream: at first what a round trip of the path can use
-    /// (at least [`START_STREAM_WINDOW`], at most [`INITIAL_STREAM_WINDOW`]), grown by
-    /// auto-tuning up to [`MAX_STREAM_WINDOW`].
+    /// The window this end grants the stream: [`INITIAL_STREAM_WINDOW`] while it is alone on
+    /// the connection, else at first what a round trip of the path can use (at least
+    /// [`START_STREAM_WINDOW`], at most [`INITIAL_STREAM_WINDOW`]); grown by auto-tuning up
+    /// to [`MAX_STREAM_WINDOW`].
     window: u32,
     /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant: paid
     /// out of the first credit due, after which the peer has at most `window` in flight.
@@ -880,6 +881,27 @@ struct Stream {
 }
 
 impl Stream {
+    /// Another stream joined the connection: a stream at the protocol's initial window (never
+    /// a tuned one) is held to `shared`, by keeping credit back as a stream that starts there.
+    fn share(&mut self, shared: u32) {
+        if self.window == INITIAL_STREAM_WINDOW && shared < self.window {
+            self.withheld += self.window - shared;
+            self.window = shared;
+        }
+    }
+
+    /// Alone on the connection again: the protocol's initial window back, first out of what
+    /// is still kept back, the rest as credit with the next `WINDOW` frame.
+    fn alone(&mut self) {
+        if self.window < INITIAL_STREAM_WINDOW {
+            let more = INITIAL_STREAM_WINDOW - self.window;
+            let back = more.min(self.withheld);
+            self.withheld -= back;
+            self.unacked += more - back;
+            self.window = INITIAL_STREAM_WINDOW;
+        }
+    }
+
     /// A stream whose receiver starts at `window` (see [`start_window`]).
     fn new(window: u32) -> Self {
         Stream {
@@ -1079,8 +1101,7 @@ impl<R: Role> Session<R> {
                     return Ok(());
                 }
                 let ev = R::control(frame)?;
-                self.streams
-                    .insert(stream, Stream::new(start_window(self.rtt_min)));
+                self.insert_stream(stream);
                 self.events.push_back(ev);
             }
             Frame::Data { stream, data } => {
@@ -1412,12 +1433,34 @@ impl<R: Role> Session<R> {
         }
     }
 
-    /// Removes a stream and gives what its window grew back to the connection's budget.
+    /// Adds stream `id` at the window its receiver starts at ([`start_window`]). A short
+    /// path's start window is for sharing: a stream alone on the connection has nothing to
+    /// keep a queue short for and takes the protocol's whole initial window, and holds to the
+    /// start window from the moment another stream joins it (docs/design.md §2.4, "Start
+    /// window").
+    fn insert_stream(&mut self, id: u32) {
+        let shared = start_window(self.rtt_min);
+        let window = if self.streams.is_empty() {
+            INITIAL_STREAM_WINDOW
+        } else {
+            if self.streams.len() == 1 {
+                self.streams.values_mut().for_each(|s| s.share(shared));
+            }
+            shared
+        };
+        self.streams.insert(id, Stream::new(window));
+    }
+
+    /// Removes a stream and gives what its window grew back to the connection's budget; a
+    /// stream left alone takes the initial window back.
     fn forget(&mut self, id: u32) -> bool {
         let Some(s) = self.streams.remove(&id) else {
             return false;
         };
         self.tuned -= grown(s.window);
+        if self.streams.len() == 1 {
+            self.streams.values_mut().for_each(Stream::alone);
+        }
         true
     }
 
@@ -1535,7 +1578,8 @@ fn path_window(rtt: Duration) -> u32 {
     bdp.min(u128::from(MAX_STREAM_WINDOW)) as u32
 }
 
-/// The window a receiver starts a new stream at: what the path can use, but no less than
+/// The window a receiver starts a stream at that shares its connection (a stream alone
+/// has the initial one, [`Session::insert_stream`]): what the path can use, but no less than
 /// [`START_STREAM_WINDOW`] and no more than the protocol's [`INITIAL_STREAM_WINDOW`] (and
 /// that while the round trip is unknown). On a short path a bulk stream then keeps less
 /// ahead of an interactive one in the shared connection (docs/design.md §2.4); a long one
@@ -1570,8 +1614,7 @@ impl Session<Edge> {
         let id = self.next_stream;
         self.next_stream = self.next_stream.checked_add(2)?;
         self.highest_stream = id;
-        self.streams
-            .insert(id, Stream::new(start_window(self.rtt_min)));
+        self.insert_stream(id);
         encode(
             &mut self.control,
             &Frame::Open {
@@ -2410,6 +2453,12 @@ mod tests {
     /// An edge and an origin whose first frames measured a round trip of `rtt` on each side
     /// (each one's first input sends a probe PING), and one stream from the edge.
     fn measured(rtt: Duration) -> (EdgeSession, OriginSession, u32, Instant) {
+        measured_beside(rtt, 0)
+    }
+
+    /// [`measured`], with the stream opened after `others` idle ones (an interactive stream
+    /// beside a bulk one: what a short path's start window is for).
+    fn measured_beside(rtt: Duration, others: usize) -> (EdgeSession, OriginSession, u32, Instant) {
         let t0 = Instant::now();
         let (mut edge, mut origin) = (EdgeSession::new(t0), OriginSession::new(t0));
         origin.send_hello([0; 16], 0, false);
@@ -2427,6 +2476,9 @@ mod tests {
         assert_eq!(edge.rtt_min, Some(rtt));
         assert_eq!(origin.rtt_min, Some(rtt));
         while edge.poll_event().is_some() {}
+        for _ in 0..others {
+            edge.open_stream("h", b"").unwrap();
+        }
         let id = edge.open_stream("h", b"").unwrap();
         (edge, origin, id, now)
     }
@@ -2516,11 +2568,12 @@ mod tests {
     #[test]
     fn a_start_window_below_the_initial_one_never_stalls_a_stream() {
         // Readers that take small pieces, each way, where the receiver starts below the
-        // protocol's 256 KiB and withholds the rest from its first credit.
+        // protocol's 256 KiB (beside another stream) and withholds the rest from its first
+        // credit.
         for (rtt_us, start) in [(20, START_STREAM_WINDOW), (150, 150_000)] {
             let rtt = Duration::from_micros(rtt_us);
             for piece in [1000, 4096, 65536] {
-                let (mut edge, mut origin, id, mut now) = measured(rtt);
+                let (mut edge, mut origin, id, mut now) = measured_beside(rtt, 1);
                 trickle(&mut edge, &mut origin, id, 1 << 20, piece, &mut now, rtt);
                 assert_eq!(origin.streams[&id].window, start);
                 // Download: the origin writes, the edge reads.
@@ -2590,7 +2643,7 @@ mod tests {
         // arrive within two round trips).
         for (rtt_us, start) in [(150, 150_000), (20, START_STREAM_WINDOW)] {
             let rtt = Duration::from_micros(rtt_us);
-            let (mut edge, mut origin, id, mut now) = measured(rtt);
+            let (mut edge, mut origin, id, mut now) = measured_beside(rtt, 1);
             // The first round trip (which opens the stream at the origin) still moves the
             // protocol's implicit grant...
             let first = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
@@ -2617,6 +2670,60 @@ mod tests {
         let w = origin.streams[&id].window;
         let bdp = (STREAM_RATE_CEILING / 1000) as u32;
         assert!(w > INITIAL_STREAM_WINDOW && w <= bdp, "window {w} at 1 ms");
+    }
+
+    #[test]
+    fn a_stream_alone_keeps_the_initial_window_and_shares_from_when_another_joins() {
+        // Loopback: the start window (a round trip at the ceiling) is 150 KB, below the
+        // protocol's 256 KiB; it keeps a queue short for the others, and alone there are none.
+        let rtt = Duration::from_micros(150);
+        let start = 150_000;
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        let mut most = 0;
+        for _ in 0..10 {
+            most = most.max(bulk_round(
+                &mut edge,
+                &mut origin,
+                id,
+                &mut now,
+                rtt,
+                usize::MAX,
+            ));
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        assert!(most > start as usize, "alone: at most {most} in flight");
+        // An interactive stream opens beside it (its OPEN reaches the origin with the next
+        // round): from then on, once the credit already granted is spent, the bulk stream
+        // has no more than the start window in flight.
+        let other = edge.open_stream("h", b"").unwrap();
+        for _ in 0..3 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        assert_eq!(origin.streams[&id].window, start);
+        assert_eq!(origin.streams[&other].window, start);
+        for _ in 0..20 {
+            let moved = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+            assert!(moved <= start as usize, "shared: {moved} in flight");
+        }
+        // It ends: the bulk stream is alone again and takes the initial window back.
+        origin.reset(other, ResetCode::Refused, "done");
+        let mut most = 0;
+        for _ in 0..10 {
+            most = most.max(bulk_round(
+                &mut edge,
+                &mut origin,
+                id,
+                &mut now,
+                rtt,
+                usize::MAX,
+            ));
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        assert!(
+            most > start as usize,
+            "alone again: at most {most} in flight"
+        );
+        assert_eq!((edge.tuned, origin.tuned), (0, 0));
     }
 
     #[test]
