@@ -858,8 +858,10 @@ struct Stream {
     /// [`START_STREAM_WINDOW`], at most [`INITIAL_STREAM_WINDOW`]); grown by auto-tuning up
     /// to [`MAX_STREAM_WINDOW`].
     window: u32,
-    /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant: paid
-    /// out of the first credit due, after which the peer has at most `window` in flight.
+    /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant (or,
+    /// after [`Stream::share`], of the window it had alone): paid out of the next credit due,
+    /// after which the peer has at most `window` in flight. At most the initial window less
+    /// `window`.
     withheld: u32,
     /// Auto-tuning's measuring epoch: when it began and how much had been received then
     /// (`None` before the application first consumed). Bytes that were already waiting do
@@ -2672,6 +2674,21 @@ mod tests {
         assert!(w > INITIAL_STREAM_WINDOW && w <= bdp, "window {w} at 1 ms");
     }
 
+    /// The most the edge had in flight on `id` over `rounds` bulk rounds.
+    fn most_in_flight(
+        edge: &mut EdgeSession,
+        origin: &mut OriginSession,
+        id: u32,
+        now: &mut Instant,
+        rtt: Duration,
+        rounds: usize,
+    ) -> usize {
+        (0..rounds)
+            .map(|_| bulk_round(edge, origin, id, now, rtt, usize::MAX))
+            .max()
+            .unwrap_or(0)
+    }
+
     #[test]
     fn a_stream_alone_keeps_the_initial_window_and_shares_from_when_another_joins() {
         // Loopback: the start window (a round trip at the ceiling) is 150 KB, below the
@@ -2679,23 +2696,17 @@ mod tests {
         let rtt = Duration::from_micros(150);
         let start = 150_000;
         let (mut edge, mut origin, id, mut now) = measured(rtt);
-        let mut most = 0;
-        for _ in 0..10 {
-            most = most.max(bulk_round(
-                &mut edge,
-                &mut origin,
-                id,
-                &mut now,
-                rtt,
-                usize::MAX,
-            ));
-        }
+        // The first round moves the protocol's implicit grant whatever the window: count
+        // from the second.
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
         assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
         assert!(most > start as usize, "alone: at most {most} in flight");
-        // An interactive stream opens beside it (its OPEN reaches the origin with the next
+        // Two interactive streams open beside it (their OPENs reach the origin with the next
         // round): from then on, once the credit already granted is spent, the bulk stream
         // has no more than the start window in flight.
         let other = edge.open_stream("h", b"").unwrap();
+        let third = edge.open_stream("h", b"").unwrap();
         for _ in 0..3 {
             bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
         }
@@ -2705,25 +2716,42 @@ mod tests {
             let moved = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
             assert!(moved <= start as usize, "shared: {moved} in flight");
         }
-        // It ends: the bulk stream is alone again and takes the initial window back.
+        // One ends: the bulk stream still shares the connection with the other.
+        origin.reset(third, ResetCode::Refused, "done");
+        let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
+        assert_eq!(origin.streams[&id].window, start);
+        assert!(most <= start as usize, "still shared: {most} in flight");
+        // The last ends: alone again, it takes the initial window back.
         origin.reset(other, ResetCode::Refused, "done");
-        let mut most = 0;
-        for _ in 0..10 {
-            most = most.max(bulk_round(
-                &mut edge,
-                &mut origin,
-                id,
-                &mut now,
-                rtt,
-                usize::MAX,
-            ));
-        }
+        let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
         assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
         assert!(
             most > start as usize,
             "alone again: at most {most} in flight"
         );
         assert_eq!((edge.tuned, origin.tuned), (0, 0));
+    }
+
+    #[test]
+    fn a_grown_window_is_not_held_when_another_stream_joins() {
+        // A long path: the start window is the initial one, and a window that auto-tuning
+        // grew is the path's, not a queue; it stays, and so does the budget's count of it.
+        let rtt = Duration::from_millis(50);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..11 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        assert_eq!(origin.streams[&id].window, MAX_STREAM_WINDOW);
+        let tuned = origin.tuned;
+        assert_eq!(tuned, grown(MAX_STREAM_WINDOW));
+        let other = edge.open_stream("h", b"").unwrap();
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert!(origin.streams.contains_key(&other));
+        assert_eq!(origin.streams[&id].window, MAX_STREAM_WINDOW);
+        assert_eq!(origin.tuned, tuned);
+        origin.reset(other, ResetCode::Refused, "done");
+        assert_eq!(origin.streams[&id].window, MAX_STREAM_WINDOW);
+        assert_eq!(origin.tuned, tuned);
     }
 
     #[test]
