@@ -28,6 +28,13 @@ const _: () = assert!(MAX_STREAM_WINDOW <= 16 * INITIAL_STREAM_WINDOW);
 /// connection (on loopback, a round trip of it is less than the initial window, so nothing
 /// grows there).
 pub const STREAM_RATE_CEILING: u64 = 1_000_000_000;
+/// The least round trip a window grows by while its stream is alone on the connection. Where
+/// the chain's processes share the machine's cores, each hop of a loaded round trip may wait
+/// a scheduler slice for a core, so credit comes back far later than the idle minimum the
+/// connection measures (60–150 µs on loopback) and a window sized from that leaves the
+/// pipeline waiting for it (docs/design.md §2.4, "Alone, sized for a loaded round trip").
+/// With nothing beside it, the only queue a lone stream's window adds is its own.
+pub const LONE_RTT_FLOOR: Duration = Duration::from_millis(4);
 /// Credit is returned to the peer once this much has been consumed: half the initial window,
 /// or half the stream's window when it is smaller (docs/design.md §2.4).
 pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;

@@ -22,7 +22,8 @@
 //! consumed, so a stream could later be resumed at a known offset on another connection.
 //! A receiver grows a stream's window (auto-tuning, docs/design.md §2.4) when its application
 //! consumes half of it in under two round trips, so one stream can fill a long path; the
-//! round trip is the smallest PING-to-PONG time the connection has seen.
+//! round trip is the smallest PING-to-PONG time the connection has seen (for a stream alone
+//! on its connection, at least [`LONE_RTT_FLOOR`]: a loaded one).
 //! A peer that overruns its window, names a stream it never opened, or sends a malformed
 //! frame gets a connection error ([`MuxError`]), which is sticky.
 
@@ -32,8 +33,8 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::limits::{
-    INITIAL_STREAM_WINDOW, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD, MAX_NAME_LEN,
-    MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
+    INITIAL_STREAM_WINDOW, LONE_RTT_FLOOR, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD,
+    MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
     START_STREAM_WINDOW, STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET,
     URGENT_READABLE, WINDOW_UPDATE_THRESHOLD,
 };
@@ -860,8 +861,8 @@ struct Stream {
     window: u32,
     /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant (or,
     /// after [`Stream::share`], of the window it had alone): paid out of the next credit due,
-    /// after which the peer has at most `window` in flight. At most the initial window less
-    /// `window`.
+    /// after which the peer has at most `window` in flight. At most the largest window the
+    /// stream had less `window`.
     withheld: u32,
     /// Auto-tuning's measuring epoch: when it began and how much had been received then
     /// (`None` before the application first consumed). Bytes that were already waiting do
@@ -883,12 +884,13 @@ struct Stream {
 }
 
 impl Stream {
-    /// Another stream joined the connection: a stream at the protocol's initial window (never
-    /// a tuned one) is held to `shared`, by keeping credit back as a stream that starts there.
-    fn share(&mut self, shared: u32) {
-        if self.window == INITIAL_STREAM_WINDOW && shared < self.window {
-            self.withheld += self.window - shared;
-            self.window = shared;
+    /// Another stream joined the connection: a window past what a stream that shares may keep
+    /// (`most`, [`shared_window`]: on a short path the initial window, or one grown while
+    /// alone) is held to it, by keeping credit back as a stream that starts small does.
+    fn share(&mut self, most: u32) {
+        if most < self.window {
+            self.withheld += self.window - most;
+            self.window = most;
         }
     }
 
@@ -1271,6 +1273,11 @@ impl<R: Role> Session<R> {
     /// The application took `n` bytes from `readable(id)` at `now`; credit flows back to the
     /// peer, more than was taken when the stream's window grows.
     pub fn consume(&mut self, id: u32, n: usize, now: Instant) {
+        // Alone, the window grows as if the round trip were at least a loaded one.
+        let rtt = match self.streams.len() {
+            1 => self.rtt_min.map(|rtt| rtt.max(LONE_RTT_FLOOR)),
+            _ => self.rtt_min,
+        };
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
@@ -1285,7 +1292,7 @@ impl<R: Role> Session<R> {
             None => s.epoch = Some((now, received)),
             Some((since, from)) if s.consumed >= from + u64::from(s.window / 2) => {
                 let took = now.saturating_duration_since(since);
-                let room = growth_room(self.rtt_min, took, s.window);
+                let room = growth_room(rtt, took, s.window);
                 if room > 0 && s.recv == RecvHalf::Open {
                     // Only growth past the initial window counts against the budget. (A stream
                     // that started below it does not grow in practice: `rtt_min` only falls,
@@ -1446,7 +1453,12 @@ impl<R: Role> Session<R> {
             INITIAL_STREAM_WINDOW
         } else {
             if self.streams.len() == 1 {
-                self.streams.values_mut().for_each(|s| s.share(shared));
+                let most = shared_window(self.rtt_min);
+                for s in self.streams.values_mut() {
+                    let before = grown(s.window);
+                    s.share(most);
+                    self.tuned -= before - grown(s.window);
+                }
             }
             shared
         };
@@ -1587,8 +1599,17 @@ fn path_window(rtt: Duration) -> u32 {
 /// ahead of an interactive one in the shared connection (docs/design.md §2.4); a long one
 /// starts as before and ramps no slower.
 fn start_window(rtt: Option<Duration>) -> u32 {
+    shared_window(rtt).min(INITIAL_STREAM_WINDOW)
+}
+
+/// The most a receiver grants a stream that shares its connection: what a round trip of the
+/// path can use ([`path_window`] of the idle round trip), no less than
+/// [`START_STREAM_WINDOW`], and the initial window while the round trip is unknown. A window
+/// grown while the stream was alone, sized for a loaded round trip ([`LONE_RTT_FLOOR`]), is
+/// held to it once another stream joins (docs/design.md §2.4).
+fn shared_window(rtt: Option<Duration>) -> u32 {
     rtt.map_or(INITIAL_STREAM_WINDOW, |rtt| {
-        path_window(rtt).clamp(START_STREAM_WINDOW, INITIAL_STREAM_WINDOW)
+        path_window(rtt).max(START_STREAM_WINDOW)
     })
 }
 
@@ -2663,9 +2684,10 @@ mod tests {
             assert_eq!(origin.streams[&id].window, start);
             assert_eq!(origin.tuned, 0);
         }
-        // A LAN's millisecond: up to a round trip at the ceiling, not to the largest window.
+        // A LAN's millisecond: up to a round trip at the ceiling, not to the largest window
+        // (beside another stream: alone, it grows for a loaded round trip).
         let rtt = Duration::from_millis(1);
-        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        let (mut edge, mut origin, id, mut now) = measured_beside(rtt, 1);
         for _ in 0..40 {
             bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
         }
@@ -2690,21 +2712,22 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_alone_keeps_the_initial_window_and_shares_from_when_another_joins() {
+    fn a_stream_alone_grows_for_a_loaded_round_trip_and_is_held_when_another_joins() {
         // Loopback: the start window (a round trip at the ceiling) is 150 KB, below the
-        // protocol's 256 KiB; it keeps a queue short for the others, and alone there are none.
+        // protocol's 256 KiB; it keeps a queue short for the others. Alone there are none, and
+        // the window grows as if the round trip were a loaded one (`LONE_RTT_FLOOR`).
         let rtt = Duration::from_micros(150);
         let start = 150_000;
+        let lone = path_window(LONE_RTT_FLOOR);
+        assert!(lone > 2 * INITIAL_STREAM_WINDOW && lone <= MAX_STREAM_WINDOW);
         let (mut edge, mut origin, id, mut now) = measured(rtt);
-        // The first round moves the protocol's implicit grant whatever the window: count
-        // from the second.
-        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
         let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
-        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
-        assert!(most > start as usize, "alone: at most {most} in flight");
+        assert_eq!(origin.streams[&id].window, lone);
+        assert_eq!(origin.tuned, grown(lone));
+        assert!(most > lone as usize / 2, "alone: at most {most} in flight");
         // Two interactive streams open beside it (their OPENs reach the origin with the next
         // round): from then on, once the credit already granted is spent, the bulk stream
-        // has no more than the start window in flight.
+        // has no more than the start window in flight, and its growth is given back.
         let other = edge.open_stream("h", b"").unwrap();
         let third = edge.open_stream("h", b"").unwrap();
         for _ in 0..3 {
@@ -2712,6 +2735,7 @@ mod tests {
         }
         assert_eq!(origin.streams[&id].window, start);
         assert_eq!(origin.streams[&other].window, start);
+        assert_eq!(origin.tuned, 0);
         for _ in 0..20 {
             let moved = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
             assert!(moved <= start as usize, "shared: {moved} in flight");
@@ -2721,19 +2745,51 @@ mod tests {
         let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
         assert_eq!(origin.streams[&id].window, start);
         assert!(most <= start as usize, "still shared: {most} in flight");
-        // The last ends: alone again, it takes the initial window back.
+        // The last ends: alone again, it takes the initial window back and grows again.
         origin.reset(other, ResetCode::Refused, "done");
         let most = most_in_flight(&mut edge, &mut origin, id, &mut now, rtt, 10);
-        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        assert_eq!(origin.streams[&id].window, lone);
         assert!(
-            most > start as usize,
+            most > lone as usize / 2,
             "alone again: at most {most} in flight"
         );
-        assert_eq!((edge.tuned, origin.tuned), (0, 0));
+        assert_eq!((edge.tuned, origin.tuned), (0, grown(lone)));
     }
 
     #[test]
-    fn a_grown_window_is_not_held_when_another_stream_joins() {
+    fn alone_a_window_does_not_grow_for_a_reader_slower_than_a_loaded_round_trip() {
+        // The idle round trip is loopback's, but the reader takes a window only every
+        // `LONE_RTT_FLOOR`s twice over: half of it took longer than two loaded round trips.
+        let rtt = Duration::from_micros(150);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..10 {
+            bulk_round(
+                &mut edge,
+                &mut origin,
+                id,
+                &mut now,
+                4 * LONE_RTT_FLOOR,
+                usize::MAX,
+            );
+        }
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        assert_eq!(origin.tuned, 0);
+        // The same reader once it keeps up grows.
+        for _ in 0..10 {
+            bulk_round(
+                &mut edge,
+                &mut origin,
+                id,
+                &mut now,
+                LONE_RTT_FLOOR,
+                usize::MAX,
+            );
+        }
+        assert!(origin.streams[&id].window > INITIAL_STREAM_WINDOW);
+    }
+
+    #[test]
+    fn a_window_grown_for_a_long_path_is_not_held_when_another_stream_joins() {
         // A long path: the start window is the initial one, and a window that auto-tuning
         // grew is the path's, not a queue; it stays, and so does the budget's count of it.
         let rtt = Duration::from_millis(50);
@@ -2752,6 +2808,22 @@ mod tests {
         origin.reset(other, ResetCode::Refused, "done");
         assert_eq!(origin.streams[&id].window, MAX_STREAM_WINDOW);
         assert_eq!(origin.tuned, tuned);
+    }
+
+    #[test]
+    fn a_window_grown_alone_on_a_medium_path_is_held_to_what_the_path_uses() {
+        // 1 ms: a round trip at the ceiling is 1 MB, above the initial window but below what
+        // the stream grew to alone. Sharing, it keeps the path's window, not the start one.
+        let rtt = Duration::from_millis(1);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..10 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        assert_eq!(origin.streams[&id].window, path_window(LONE_RTT_FLOOR));
+        edge.open_stream("h", b"").unwrap();
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert_eq!(origin.streams[&id].window, path_window(rtt));
+        assert_eq!(origin.tuned, grown(path_window(rtt)));
     }
 
     #[test]
