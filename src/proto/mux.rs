@@ -854,10 +854,11 @@ struct Stream {
     consumed: u64,
     /// How much the peer may still send before we must have granted more.
     recv_window: u32,
-    /// The window this end grants the stream: [`INITIAL_STREAM_WINDOW`] while it is alone on
-    /// the connection, else at first what a round trip of the path can use (at least
+    /// The window this end grants the stream: at first [`INITIAL_STREAM_WINDOW`] while it is
+    /// alone on the connection, else what a round trip of the path can use (at least
     /// [`START_STREAM_WINDOW`], at most [`INITIAL_STREAM_WINDOW`]); grown by auto-tuning up
-    /// to [`MAX_STREAM_WINDOW`].
+    /// to [`MAX_STREAM_WINDOW`] (alone, for a round trip of at least [`LONE_RTT_FLOOR`]), and
+    /// held to [`shared_window`] while it shares the connection.
     window: u32,
     /// Credit still kept back of the protocol's implicit [`INITIAL_STREAM_WINDOW`] grant (or,
     /// after [`Stream::share`], of the window it had alone): paid out of the next credit due,
@@ -892,6 +893,13 @@ impl Stream {
             self.withheld += self.window - most;
             self.window = most;
         }
+    }
+
+    /// The most this end may have to hold for the stream: its window, and the credit the peer
+    /// still has beyond it (`withheld`). Neither `share` nor `alone` changes it past the
+    /// initial window, so the budget's count (the session's `tuned`) moves only in `consume`.
+    fn holdable(&self) -> u32 {
+        self.window + self.withheld
     }
 
     /// Alone on the connection again: the protocol's initial window back, first out of what
@@ -976,7 +984,9 @@ pub struct Session<R: Role> {
     /// The smallest round trip measured on this connection: the path's, without the queues
     /// that bulk transfers build (which would grow windows that grow queues).
     rtt_min: Option<Duration>,
-    /// What the streams' grown windows add beyond their initial ones ([`TUNED_WINDOW_BUDGET`]).
+    /// What the streams' grown windows add beyond their initial ones ([`TUNED_WINDOW_BUDGET`]),
+    /// counted until the peer can no longer fill them: a window held back after it grew
+    /// ([`Stream::share`]) leaves the count as its credit is paid back ([`Stream::holdable`]).
     tuned: u32,
     going_away: bool,
     /// Measurement: how long a few bytes waited between the application's write and their
@@ -1281,6 +1291,7 @@ impl<R: Role> Session<R> {
         let Some(s) = self.streams.get_mut(&id) else {
             return;
         };
+        let counted = grown(s.holdable());
         s.rx.consume(n);
         s.consumed += n as u64;
         s.unacked += n as u32;
@@ -1298,13 +1309,11 @@ impl<R: Role> Session<R> {
                     // that started below it does not grow in practice: `rtt_min` only falls,
                     // so its path never needs more than it started with.)
                     let headroom = TUNED_WINDOW_BUDGET - self.tuned
-                        + INITIAL_STREAM_WINDOW.saturating_sub(s.window);
+                        + INITIAL_STREAM_WINDOW.saturating_sub(s.holdable());
                     let more = s.window.min(room).min(headroom);
-                    let before = grown(s.window);
                     s.window += more;
                     s.rx.raise_capacity(s.window as usize);
                     s.unacked += more;
-                    self.tuned += grown(s.window) - before;
                 }
                 s.epoch = Some((now, received));
             }
@@ -1314,6 +1323,7 @@ impl<R: Role> Session<R> {
         let pay = s.withheld.min(s.unacked);
         s.withheld -= pay;
         s.unacked -= pay;
+        self.tuned = self.tuned + grown(s.holdable()) - counted;
         if s.unacked >= WINDOW_UPDATE_THRESHOLD.min(s.window / 2) && s.recv == RecvHalf::Open {
             let credit = s.unacked;
             s.unacked = 0;
@@ -1444,9 +1454,10 @@ impl<R: Role> Session<R> {
 
     /// Adds stream `id` at the window its receiver starts at ([`start_window`]). A short
     /// path's start window is for sharing: a stream alone on the connection has nothing to
-    /// keep a queue short for and takes the protocol's whole initial window, and holds to the
-    /// start window from the moment another stream joins it (docs/design.md §2.4, "Start
-    /// window").
+    /// keep a queue short for and takes the protocol's whole initial window (and may grow for
+    /// a loaded round trip); from the moment another stream joins it, it holds to what a
+    /// stream that shares may keep, [`shared_window`] (docs/design.md §2.4, "Start window",
+    /// "Alone").
     fn insert_stream(&mut self, id: u32) {
         let shared = start_window(self.rtt_min);
         let window = if self.streams.is_empty() {
@@ -1454,11 +1465,7 @@ impl<R: Role> Session<R> {
         } else {
             if self.streams.len() == 1 {
                 let most = shared_window(self.rtt_min);
-                for s in self.streams.values_mut() {
-                    let before = grown(s.window);
-                    s.share(most);
-                    self.tuned -= before - grown(s.window);
-                }
+                self.streams.values_mut().for_each(|s| s.share(most));
             }
             shared
         };
@@ -1471,7 +1478,7 @@ impl<R: Role> Session<R> {
         let Some(s) = self.streams.remove(&id) else {
             return false;
         };
-        self.tuned -= grown(s.window);
+        self.tuned -= grown(s.holdable());
         if self.streams.len() == 1 {
             self.streams.values_mut().for_each(Stream::alone);
         }
@@ -2758,34 +2765,79 @@ mod tests {
 
     #[test]
     fn alone_a_window_does_not_grow_for_a_reader_slower_than_a_loaded_round_trip() {
-        // The idle round trip is loopback's, but the reader takes a window only every
-        // `LONE_RTT_FLOOR`s twice over: half of it took longer than two loaded round trips.
+        // The idle round trip is loopback's, but the reader takes a window (so half of one
+        // since the last look) only every two `LONE_RTT_FLOOR`s: not under two loaded round
+        // trips.
         let rtt = Duration::from_micros(150);
         let (mut edge, mut origin, id, mut now) = measured(rtt);
+        let slow = 2 * LONE_RTT_FLOOR;
         for _ in 0..10 {
-            bulk_round(
-                &mut edge,
-                &mut origin,
-                id,
-                &mut now,
-                4 * LONE_RTT_FLOOR,
-                usize::MAX,
-            );
+            bulk_round(&mut edge, &mut origin, id, &mut now, slow, usize::MAX);
         }
         assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
         assert_eq!(origin.tuned, 0);
-        // The same reader once it keeps up grows.
+        // A microsecond faster, it grows.
         for _ in 0..10 {
-            bulk_round(
-                &mut edge,
-                &mut origin,
-                id,
-                &mut now,
-                LONE_RTT_FLOOR,
-                usize::MAX,
-            );
+            let fast = slow - Duration::from_micros(1);
+            bulk_round(&mut edge, &mut origin, id, &mut now, fast, usize::MAX);
         }
         assert!(origin.streams[&id].window > INITIAL_STREAM_WINDOW);
+    }
+
+    #[test]
+    fn a_lone_stream_at_the_initial_window_is_held_to_the_start_window() {
+        // One round alone (the first look starts the measuring epoch: nothing grew yet),
+        // then another stream opens.
+        let rtt = Duration::from_micros(150);
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert_eq!(origin.streams[&id].window, INITIAL_STREAM_WINDOW);
+        edge.open_stream("h", b"").unwrap();
+        bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        assert_eq!(origin.streams[&id].window, start_window(Some(rtt)));
+    }
+
+    #[test]
+    fn a_window_held_twice_before_its_credit_is_paid_back_neither_overruns_nor_escapes() {
+        // Grown alone, then a stream opens and closes and another opens, with the reader
+        // stalled throughout: the credit the peer already had is all it may send, and once
+        // the reader drains, the hold is the start window's.
+        let rtt = Duration::from_micros(150);
+        let start = start_window(Some(rtt)) as usize;
+        let (mut edge, mut origin, id, mut now) = measured(rtt);
+        for _ in 0..10 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        let lone = origin.streams[&id].window;
+        assert_eq!(lone, path_window(LONE_RTT_FLOOR));
+        // Whatever the edge may send, delivered, nothing consumed.
+        let deliver = |edge: &mut EdgeSession, origin: &mut OriginSession, now: Instant| {
+            let mut out = Vec::new();
+            let _ = edge.write(id, &[7u8; 64 * 1024]);
+            edge.poll_transmit(&mut out, usize::MAX);
+            origin.handle_input(&out, now).unwrap();
+            while origin.poll_event().is_some() {}
+        };
+        let b = edge.open_stream("h", b"").unwrap();
+        deliver(&mut edge, &mut origin, now);
+        origin.reset(b, ResetCode::Refused, "done");
+        let c = edge.open_stream("h", b"").unwrap();
+        for _ in 0..80 {
+            deliver(&mut edge, &mut origin, now);
+        }
+        assert!(origin.streams.contains_key(&c));
+        assert!(origin.readable(id).len() <= lone as usize);
+        assert_eq!(origin.tuned, grown(origin.streams[&id].holdable()));
+        assert!(origin.tuned > 0, "the held credit still counts");
+        // The reader drains: once the credit given before is spent, a start window at most.
+        for _ in 0..3 {
+            bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+        }
+        for _ in 0..10 {
+            let moved = bulk_round(&mut edge, &mut origin, id, &mut now, rtt, usize::MAX);
+            assert!(moved <= start, "{moved} in flight");
+        }
+        assert_eq!(origin.tuned, 0);
     }
 
     #[test]
