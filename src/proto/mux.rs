@@ -1305,9 +1305,11 @@ impl<R: Role> Session<R> {
                 let took = now.saturating_duration_since(since);
                 let room = growth_room(rtt, took, s.window);
                 if room > 0 && s.recv == RecvHalf::Open {
-                    // Only growth past the initial window counts against the budget. (A stream
-                    // that started below it does not grow in practice: `rtt_min` only falls,
-                    // so its path never needs more than it started with.)
+                    // Only what the peer may make this end hold past the initial window counts
+                    // against the budget (`holdable`; the count is settled after the payback
+                    // below). A stream that shares grows only by the path's idle round trip,
+                    // which a short path's start window already covers; alone again, it is
+                    // back at the initial window before it grows.
                     let headroom = TUNED_WINDOW_BUDGET - self.tuned
                         + INITIAL_STREAM_WINDOW.saturating_sub(s.holdable());
                     let more = s.window.min(room).min(headroom);
@@ -1319,7 +1321,8 @@ impl<R: Role> Session<R> {
             }
             Some(_) => {}
         }
-        // What the implicit initial grant gave beyond this end's window is paid back first.
+        // Credit kept back (the implicit initial grant beyond a start window, or what a held
+        // window's peer already had) is paid back first.
         let pay = s.withheld.min(s.unacked);
         s.withheld -= pay;
         s.unacked -= pay;
