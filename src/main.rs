@@ -142,6 +142,8 @@ impl From<ConfigError> for CliError {
 }
 
 fn main() -> ExitCode {
+    // Returns only when this process goes on as it is (io/reexec.rs: glibc's memcpy on AMD).
+    let retuned = postern::io::reexec::tune_memcpy();
     postern::io::sys::keep_freed_heap();
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let mut flags = match log_flags(&mut args) {
@@ -161,6 +163,12 @@ fn main() -> ExitCode {
     if let Err(e) = logging::init(&flags, level) {
         eprintln!("postern: {e}");
         return ExitCode::FAILURE;
+    }
+    if let Err(e) = retuned {
+        log::debug!(
+            "going on with glibc's default memcpy: cannot start again with {}: {e}",
+            postern::io::reexec::TUNABLE
+        );
     }
     let cmd = if args.is_empty() {
         String::new()

@@ -39,6 +39,7 @@ mod edge_workers;
 mod etcd_store;
 mod etcd_tls;
 mod git_over_ssh;
+mod glibc_memcpy;
 mod hostname_registration;
 mod https_proxy_egress;
 mod interactive_beside_bulk;

@@ -3,6 +3,7 @@
 pub mod files;
 pub mod local;
 pub mod metrics_server;
+pub mod reexec;
 pub mod sys;
 pub mod tls;
 pub mod workers;

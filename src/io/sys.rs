@@ -1,6 +1,7 @@
 //! The system calls std lacks, through libc: the open-file limit (`RLIMIT_NOFILE`: read it,
-//! raise the soft limit to the hard one), the effective user id, and glibc's heap trim
-//! threshold ([`keep_freed_heap`]).
+//! raise the soft limit to the hard one), the effective user id, glibc's heap trim
+//! threshold ([`keep_freed_heap`]), and ignoring SIGPIPE again after a failed `execve`
+//! ([`ignore_sigpipe`]).
 //!
 //! Why the limit: systemd and most shells start a process with a soft limit of 1024
 //! descriptors, far below what the edge needs (one per connection) and below the hard limit the
@@ -12,8 +13,9 @@
 //! calls here are the whole of it: `getrlimit` and `setrlimit` each get a pointer to a live,
 //! initialised, properly aligned `libc::rlimit` on our own stack, which the kernel reads or
 //! writes once before the call returns (no pointer is kept); `geteuid` takes nothing and cannot
-//! fail; `mallopt` takes two integers. `src/io/mod.rs`'s test `unsafe_code_lives_only_in_sys` fails if `unsafe` appears in
-//! any other source file.
+//! fail; `mallopt` takes two integers; `signal` sets SIGPIPE's disposition to `SIG_IGN`.
+//! `src/io/mod.rs`'s test `unsafe_code_lives_only_in_sys` fails if `unsafe` appears in any
+//! other source file.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -98,6 +100,18 @@ pub fn raise_open_files_logged(role: &str) -> Option<u64> {
 pub fn euid() -> u32 {
     // SAFETY: geteuid takes no arguments, touches no memory of ours and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// Ignores SIGPIPE, as Rust's runtime does before `main`, so that a write to a closed pipe or
+/// socket is an `EPIPE` error and not the end of the process. std's `Command::exec` sets
+/// SIGPIPE back to its default just before the `execve` and leaves it so when the `execve`
+/// fails; [`super::reexec::tune_memcpy`] calls this then.
+pub fn ignore_sigpipe() {
+    // SAFETY: signal takes two integers (SIG_IGN is a constant, not a handler of ours) and
+    // changes one disposition of this process; it reads and writes no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }
 
 /// How much freed memory at the top of glibc's heap it keeps instead of giving back
