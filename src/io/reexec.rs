@@ -18,6 +18,15 @@
 //! when `/proc` is missing or the binary's path no longer names it (an upgrade replaced the
 //! file): the process then goes on as it was, one copy slower. The variable stays set for the
 //! process's children (a browser opened for a login): a performance setting, harmless there.
+//! Nor anything in a secure-execution process (AT_SECURE: set-uid, or file capabilities such
+//! as `setcap cap_net_bind_service` on the binary): glibc erases the tunable from its
+//! environment there, so the second start would not find it and would start again forever.
+//!
+//! What changes with the `execve`: nothing a process sees, but three details. The environment
+//! is the one std reads (a name set twice keeps one value); a binary started through a
+//! symbolic link takes its target's name in `comm` (argv[0] is kept); a blocked-signal mask
+//! inherited from the parent is cleared (std clears it for the new program). When the `execve`
+//! fails, std has also set SIGPIPE to its default: it is ignored again here.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -98,6 +107,13 @@ pub fn tune_memcpy() -> io::Result<()> {
         Err(_) => return Ok(()), // no /proc: nothing to learn the CPU from, nor exec by
     };
     let cpu = Cpu::parse(&String::from_utf8_lossy(&head[..n]));
+    if !(cpu.amd && cpu.erms) {
+        return Ok(());
+    }
+    match std::fs::read("/proc/self/auxv") {
+        Ok(auxv) if !secure(&auxv) => {}
+        _ => return Ok(()), // secure, or unknown: never risk starting again forever
+    }
     let Some(tunables) = tunables_for(cpu, std::env::var_os("GLIBC_TUNABLES").as_deref()) else {
         return Ok(());
     };
@@ -114,6 +130,28 @@ pub fn tune_memcpy() -> io::Result<()> {
     // Still here: the execve failed, after std set SIGPIPE back to its default for it.
     super::sys::ignore_sigpipe();
     Err(err)
+}
+
+/// Whether the kernel started this process in secure-execution mode: `AT_SECURE` (23) in the
+/// auxiliary vector (`/proc/self/auxv`: pairs of native-endian words, key then value, ending
+/// with key 0). A vector that does not parse counts as secure.
+pub fn secure(auxv: &[u8]) -> bool {
+    const AT_NULL: u64 = 0;
+    const AT_SECURE: u64 = 23;
+    for pair in auxv.chunks(16) {
+        let (Ok(key), Some(value)) = (
+            <[u8; 8]>::try_from(&pair[..pair.len().min(8)]),
+            pair.get(8..16).and_then(|v| <[u8; 8]>::try_from(v).ok()),
+        ) else {
+            return true;
+        };
+        match u64::from_ne_bytes(key) {
+            AT_NULL => return true, // no AT_SECURE entry at all: not what Linux writes
+            AT_SECURE => return u64::from_ne_bytes(value) != 0,
+            _ => {}
+        }
+    }
+    true
 }
 
 /// Elsewhere there is nothing to tune ([`tune_memcpy`] on glibc x86-64 Linux).
@@ -160,6 +198,26 @@ mod tests {
         let later = "processor\t: 0\nvendor_id\t: GenuineIntel\n\nvendor_id\t: AuthenticAMD\n";
         assert!(!Cpu::parse(later).amd);
         assert_eq!(Cpu::parse(""), Cpu::parse("garbage without colons"));
+    }
+
+    fn auxv(pairs: &[(u64, u64)]) -> Vec<u8> {
+        pairs
+            .iter()
+            .flat_map(|(k, v)| k.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_process_the_kernel_marks_not_secure_starts_again() {
+        assert!(!secure(&auxv(&[(6, 4096), (23, 0), (25, 1), (0, 0)])));
+        assert!(secure(&auxv(&[(6, 4096), (23, 1), (0, 0)])));
+        // No AT_SECURE entry, a cut vector, nothing: counted as secure.
+        assert!(secure(&auxv(&[(6, 4096), (0, 0)])));
+        assert!(secure(&auxv(&[(6, 4096), (23, 0)])[..20]));
+        assert!(secure(&auxv(&[(6, 4096)])));
+        assert!(secure(&[]));
+        // This test process was not started set-uid.
+        assert!(!secure(&std::fs::read("/proc/self/auxv").unwrap()));
     }
 
     #[test]

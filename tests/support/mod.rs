@@ -71,10 +71,11 @@ pub fn require(binary: &str) -> PathBuf {
         "sshd" => "openssh-server",
         "ssh" | "ssh-keygen" => "openssh-client",
         "git" => "git",
-        "prlimit" => "util-linux",
+        "prlimit" | "setpriv" => "util-linux",
         "ip" => "iproute2",
         "nft" => "nftables",
         "etcd" => "etcd-server",
+        "setcap" => "libcap2-bin",
         other => other,
     };
     panic!(
@@ -921,6 +922,21 @@ impl Sshd {
 /// `HOME` inside the test directory so nothing touches the real `~/.postern`.
 pub fn postern(home: &Path) -> Command {
     let mut cmd = Command::new(postern_bin());
+    quiet_env(&mut cmd, home);
+    cmd
+}
+
+/// [`postern`], from a copy of the binary at `bin` (one given a file capability, say), started
+/// through `wrapper` as [`postern_via`] does (none when empty).
+pub fn postern_at(bin: &Path, home: &Path, wrapper: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut cmd = Command::new(require(program));
+            cmd.args(args).arg(bin);
+            cmd
+        }
+        None => Command::new(bin),
+    };
     quiet_env(&mut cmd, home);
     cmd
 }
