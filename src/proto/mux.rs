@@ -990,7 +990,8 @@ pub struct Session<R: Role> {
     tuned: u32,
     going_away: bool,
     /// Measurement: how long a few bytes waited between the application's write and their
-    /// DATA frame, per stream framed since [`Session::framed_holds`] last drained it (at most
+    /// DATA frame, per stream framed since [`Session::framed_holds`] last drained it, and how
+    /// long a sink of [`Session::handle_input_direct`] took with a few (at most
     /// [`MAX_PENDING_HOLDS`]; beyond, not recorded).
     framed: Vec<Duration>,
     /// The clock the holds are timed with, lent by the driver ([`Session::time_holds`]); none:
@@ -1062,6 +1063,22 @@ impl<R: Role> Session<R> {
 
     /// Feeds decrypted bytes; returns how many were consumed (whole frames only).
     pub fn handle_input(&mut self, buf: &[u8], now: Instant) -> Result<usize, MuxError> {
+        self.handle_input_direct(buf, now, &mut |_, _| false)
+    }
+
+    /// [`Session::handle_input`], with the payload of a DATA frame for a stream that has
+    /// nothing waiting offered first to `direct(stream, payload)`, the application's sink:
+    /// true when it took all of it (the edge's WebSocket carrier, encrypting it at once).
+    /// Taken bytes skip the stream's receive buffer, a copy and a trip through memory the
+    /// cache has lost by the time the consumer runs (docs/design.md §2.8, "Cut-through"),
+    /// and count as received and consumed at once (credit, window tuning); no `Readable`
+    /// event is raised for them. False: the bytes wait in the stream as with `handle_input`.
+    pub fn handle_input_direct(
+        &mut self,
+        buf: &[u8],
+        now: Instant,
+        direct: &mut dyn FnMut(u32, &[u8]) -> bool,
+    ) -> Result<usize, MuxError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -1071,7 +1088,7 @@ impl<R: Role> Session<R> {
                 Ok(None) => break,
                 Ok(Some((frame, n))) => {
                     self.last_received = now;
-                    if let Err(e) = self.on_frame(frame, now) {
+                    if let Err(e) = self.on_frame(frame, now, direct) {
                         self.error = Some(e.clone());
                         return Err(e);
                     }
@@ -1091,7 +1108,12 @@ impl<R: Role> Session<R> {
         Ok(used)
     }
 
-    fn on_frame(&mut self, frame: Frame<'_>, now: Instant) -> Result<(), MuxError> {
+    fn on_frame(
+        &mut self,
+        frame: Frame<'_>,
+        now: Instant,
+        direct: &mut dyn FnMut(u32, &[u8]) -> bool,
+    ) -> Result<(), MuxError> {
         match frame {
             Frame::Hello { .. }
             | Frame::Register { .. }
@@ -1130,6 +1152,21 @@ impl<R: Role> Session<R> {
                 }
                 s.recv_window -= n;
                 let was_empty = s.rx.is_empty();
+                if was_empty && n > 0 {
+                    // A keystroke handed on here is timed from now to the sink's return.
+                    let since = clock
+                        .filter(|_| data.len() <= URGENT_READABLE)
+                        .map(|clock| clock());
+                    if direct(stream, data) {
+                        if let (Some(since), Some(clock)) = (since, clock) {
+                            if self.framed.len() < MAX_PENDING_HOLDS {
+                                self.framed.push(clock().saturating_duration_since(since));
+                            }
+                        }
+                        self.credit(stream, data.len(), now);
+                        return Ok(());
+                    }
+                }
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
                 if was_empty && n > 0 {
@@ -1259,6 +1296,12 @@ impl<R: Role> Session<R> {
         self.streams.get(&id).map(|s| (s.send, s.recv))
     }
 
+    /// Memory the receive buffer of `id` holds (tests: bytes handed on directly take none).
+    #[cfg(test)]
+    pub(crate) fn rx_allocated(&self, id: u32) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.rx.allocated())
+    }
+
     pub fn has_stream(&self, id: u32) -> bool {
         self.streams.contains_key(&id)
     }
@@ -1283,6 +1326,15 @@ impl<R: Role> Session<R> {
     /// The application took `n` bytes from `readable(id)` at `now`; credit flows back to the
     /// peer, more than was taken when the stream's window grows.
     pub fn consume(&mut self, id: u32, n: usize, now: Instant) {
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.rx.consume(n);
+        }
+        self.credit(id, n, now);
+    }
+
+    /// `n` bytes of `id` reached the application (from its buffer, or handed on directly):
+    /// credit flows back to the peer, more than was taken when the stream's window grows.
+    fn credit(&mut self, id: u32, n: usize, now: Instant) {
         // Alone, the window grows as if the round trip were at least a loaded one.
         let rtt = match self.streams.len() {
             1 => self.rtt_min.map(|rtt| rtt.max(LONE_RTT_FLOOR)),
@@ -1292,7 +1344,6 @@ impl<R: Role> Session<R> {
             return;
         };
         let counted = grown(s.holdable());
-        s.rx.consume(n);
         s.consumed += n as u64;
         s.unacked += n as u32;
         // Auto-tuning (quic-go's rule): half the window, received since the epoch began,
@@ -1358,7 +1409,8 @@ impl<R: Role> Session<R> {
     /// How long a few bytes written while nothing was waiting (a keystroke, its echo) waited
     /// before their DATA frame was built, for each stream `poll_transmit` framed since the
     /// last call: the process's own share of an interactive round trip, the other way from
-    /// [`Session::delivered`].
+    /// [`Session::delivered`]; with them, the time a direct sink took to hand on a few bytes
+    /// ([`Session::handle_input_direct`]: those never wait for `delivered`).
     pub fn framed_holds(&mut self) -> std::vec::Drain<'_, Duration> {
         self.framed.drain(..)
     }
@@ -1991,6 +2043,86 @@ mod tests {
         let n = origin.readable(id).len();
         origin.consume(id, n, now);
         assert!(origin.delivered(id).is_some());
+    }
+
+    /// Bytes a sink takes as they arrive (`handle_input_direct`) skip the stream's buffer,
+    /// raise no event and earn credit as if consumed; bytes that wait are never overtaken.
+    #[test]
+    fn bytes_handed_on_directly_skip_the_buffer_and_never_overtake_waiting_ones() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        edge.time_holds(Instant::now);
+        let id = edge.open_stream("h", b"").unwrap();
+        pipe(&mut edge, &mut origin, now);
+        while origin.poll_event().is_some() {}
+        while edge.poll_event().is_some() {}
+        // Origin to edge, each DATA offered to `take`; what it took, in order.
+        let mut taken = Vec::new();
+        let flow = |edge: &mut EdgeSession,
+                    origin: &mut OriginSession,
+                    take: bool,
+                    taken: &mut Vec<u8>| {
+            let mut out = Vec::new();
+            origin.poll_transmit(&mut out, 1 << 20);
+            let mut sink = |stream: u32, data: &[u8]| {
+                assert_eq!(stream, id);
+                if take {
+                    taken.extend_from_slice(data);
+                }
+                take
+            };
+            let n = edge.handle_input_direct(&out, now, &mut sink).unwrap();
+            assert_eq!(n, out.len());
+            let mut back = Vec::new();
+            edge.poll_transmit(&mut back, 1 << 20);
+            origin.handle_input(&back, now).unwrap();
+        };
+        // Refused: the bytes wait, as with `handle_input`, and say so.
+        assert_eq!(origin.write(id, b"a"), 1);
+        flow(&mut edge, &mut origin, false, &mut taken);
+        assert_eq!(edge.readable(id), b"a");
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Stream(StreamEvent::Readable(id)))
+        );
+        // Something waits: the next bytes are not offered, though the sink would take them.
+        assert_eq!(origin.write(id, b"b"), 1);
+        flow(&mut edge, &mut origin, true, &mut taken);
+        assert!(taken.is_empty(), "offered past waiting bytes");
+        assert_eq!(edge.readable(id), b"ab");
+        edge.consume(id, 2, now);
+        while edge.poll_event().is_some() {}
+        let _ = edge.framed_holds().count();
+        // Nothing waits: a keystroke is taken, timed once, and raises no event.
+        assert_eq!(origin.write(id, b"k"), 1);
+        flow(&mut edge, &mut origin, true, &mut taken);
+        assert_eq!(taken, b"k");
+        assert_eq!(edge.framed_holds().count(), 1, "the keystroke's hold");
+        assert_eq!(edge.poll_event(), None);
+        // Bulk, several windows' worth: all of it taken, none of it buffered. The origin
+        // can send it only if taken bytes earn credit (WINDOW frames).
+        let bulk: Vec<u8> = (0..4 * INITIAL_STREAM_WINDOW).map(|i| i as u8).collect();
+        let mut sent = 0;
+        taken.clear();
+        let allocated = edge.rx_allocated(id); // the 1 KiB the waiting bytes took
+        for _ in 0..1000 {
+            sent += origin.write(id, &bulk[sent..]);
+            flow(&mut edge, &mut origin, true, &mut taken);
+            if taken.len() == bulk.len() {
+                break;
+            }
+        }
+        assert!(
+            taken == bulk,
+            "{} of {} bytes, in order",
+            taken.len(),
+            bulk.len()
+        );
+        assert!(edge.readable(id).is_empty());
+        assert_eq!(edge.rx_allocated(id), allocated, "the buffer did not grow");
+        assert_eq!(edge.framed_holds().count(), 0, "bulk is not timed");
+        assert_eq!(edge.poll_event(), None);
     }
 
     #[test]

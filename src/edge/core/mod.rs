@@ -53,9 +53,9 @@ use crate::io::would_block;
 use crate::limits::{
     CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, LINGER_DISCARD_PER_TURN,
     MAX_LOG_SUPPRESSION_ENTRIES, SERVICE_TOKEN_EXPIRY_WARNING_SECS as EXPIRY_WARNING_SECS,
-    TLS_READ_STAGE,
+    TLS_READ_STAGE, URGENT_READABLE,
 };
-use crate::metrics::{self, Auth, Metrics};
+use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
 use crate::proto::jwt::KeyRing;
 use crate::proto::mux::{self, EdgeSession};
@@ -223,6 +223,40 @@ impl Carrier {
     /// stream is the caller's to let go of.
     fn close_with(&mut self, code: u16, reason: &str, now: Instant) {
         let _ = self.core.close_with(code, reason, now);
+    }
+
+    /// Sends `data`, origin bytes of its stream `link` that have nothing waiting before them,
+    /// as one WebSocket frame at once (the mux's cut-through, `handle_input_direct`): true
+    /// when it did. Only more than a few bytes, and only while streaming to that link with nothing of its own queued and
+    /// the previous batch out on the socket (`can_send`): otherwise the bytes wait in the
+    /// stream and `splice_carrier` sends them in turn, after whatever is queued.
+    fn take_direct(&mut self, link: Link, data: &[u8], metrics: &Metrics, now: Instant) -> bool {
+        // A few bytes (a keystroke, an origin's small frames) wait to go out with whatever
+        // follows them in this pass ("Urgent" runs the carrier first): cut through, each
+        // would cost a record and a write of its own.
+        if data.len() <= URGENT_READABLE
+            || self.moving.is_some()
+            || self.core.has_transmit()
+            || !self.tls.can_send()
+            || data.len() > CONN_WRITE_BATCH
+        {
+            return false;
+        }
+        match self.core.streaming() {
+            Some(s) if s.link == link && !s.sent_close => {}
+            _ => return false,
+        }
+        let mut h = [0u8; 14];
+        let hl = ws::encode_header(&mut h, ws::BINARY, data.len(), None);
+        self.tls.send_vectored(&[&h[..hl], data]);
+        // A write error ends the carrier on its next pass, as in `splice_carrier`.
+        let _ = self.tls.flush();
+        if let Some(s) = self.session.as_mut() {
+            s.bytes.add_down(data.len());
+        }
+        metrics.bytes(Direction::OriginToClient, data.len());
+        self.last_active = now;
+        true
     }
 
     /// Hands what the core queued to TLS.

@@ -1266,7 +1266,10 @@ fn from_origin(t: &mut Peer, frames: &[mux::Frame<'_>]) {
 
 /// A few bytes for one stream (a keystroke's echo) reach its client in the pass that read
 /// them: the tunnel connection stops reading for them, and what a bulk stream sent behind
-/// them waits for the next pass (docs/design.md §2.8, "Urgent").
+/// them waits for the next pass (docs/design.md §2.8, "Urgent"). The bulk frames the edge
+/// read go to their client as they are decrypted, never waiting in the stream's buffer (the
+/// cut-through); the keystroke, a few bytes, is not cut through but waits to be sent with
+/// whatever follows it in the pass.
 #[test]
 fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
     let mut pipe = Pipe::new();
@@ -1309,6 +1312,18 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
     assert!(
         sent >= 4 * chunk.len(),
         "{sent} bytes went to the bulk client"
+    );
+    let Some(Conn::Tunnel(tunnel)) = &pipe.core.conns[t.slot] else {
+        panic!("the tunnel is there");
+    };
+    assert_eq!(
+        tunnel.mux.rx_allocated(bulk_stream),
+        0,
+        "no bulk byte waited in the edge's stream buffer"
+    );
+    assert!(
+        tunnel.mux.rx_allocated(ssh_stream) > 0,
+        "the keystroke waited in its stream"
     );
 }
 

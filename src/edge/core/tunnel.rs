@@ -102,7 +102,17 @@ impl EdgeCore {
             }
         }
         if !t.tls.rx.is_empty() && !t.closing {
-            match t.mux.handle_input(t.tls.rx.data(), now) {
+            // Origin bytes for a carrier ready to send go out as they are decrypted: the
+            // cut-through (docs/design.md §2.8).
+            let (conns, metrics, carriers) = (&mut self.conns, &*self.metrics, &t.carriers);
+            let mut direct = |stream: u32, data: &[u8]| match carriers
+                .get(&stream)
+                .and_then(|&c| conns.get_mut(c))
+            {
+                Some(Some(Conn::Carrier(c))) => c.take_direct((slot, stream), data, metrics, now),
+                _ => false,
+            };
+            match t.mux.handle_input_direct(t.tls.rx.data(), now, &mut direct) {
                 Ok(n) => t.tls.rx.consume(n),
                 Err(e) => {
                     warn!("tunnel {}: protocol error: {e}", t.peer);
@@ -111,6 +121,9 @@ impl EdgeCore {
                     t.closing = true;
                 }
             }
+        }
+        for held in t.mux.framed_holds() {
+            self.metrics.held(held);
         }
         while let Some(ev) = t.mux.poll_event() {
             self.on_tunnel_event(slot, &mut t, ev);
