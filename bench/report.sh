@@ -108,6 +108,30 @@ MIB=1048576
     done
     echo
 
+    if [ -n "$(med cpu_dir postern down_total)" ]; then
+        echo "### By direction (CPU seconds per GiB, each transfer alone)"
+        echo
+        echo "| contender | upload: total | per process | download: total | per process |"
+        echo "|---|---:|---|---:|---|"
+        for c in "${CONTENDERS[@]}"; do
+            [ -n "$(med cpu_dir "$c" up_total)" ] || continue
+            row="| $c"
+            for dir in up down; do
+                procs="$(awk -F'\t' -v c="$c" -v d="$dir" '$1 == "cpu_dir" && $2 == c && index($3, d "_") == 1 && $3 != d "_total" {print substr($3, length(d) + 2)}' "$TSV" | sort -u)"
+                per=""
+                for p in $procs; do per="$per${per:+, }$p $(cell cpu_dir "$c" "${dir}_$p" 2)"; done
+                row="$row | $(cell cpu_dir "$c" "${dir}_total" 2) | $per"
+            done
+            echo "$row |"
+        done
+        echo
+        if has relay3 && [ -n "$(med cpu_dir relay3 down_total)" ]; then
+            echo "postern's floor by direction (relay3's that way + four AES passes): up"
+            echo "$(calc "$(med cpu_dir relay3 up_total) + 4 * $aes_hop / 2"), down $(calc "$(med cpu_dir relay3 down_total) + 4 * $aes_hop / 2") s/GiB."
+            echo
+        fi
+    fi
+
     if has relay3; then
         floor="$(calc "$(med cpu relay3 total) + 4 * $aes_hop / 2")"
         echo "**The floor of this machine.** postern's chain is three processes and four AES passes (access"
@@ -199,6 +223,16 @@ MIB=1048576
         has "$peer" || { echo "| bulk ≥ 1.2× $peer | $peer did not run | — |"; continue; }
         u="$(calc "$p_up / $(med bulk "$peer" upload_mbps)")"; d="$(calc "$p_down / $(med bulk "$peer" download_mbps)")"
         echo "| bulk through the whole chain ≥ 1.2× $peer (up / down) | ${u}× / ${d}× | $(ok "$u >= 1.2 && $d >= 1.2") |"
+        # Where the cores are the limit, a rate follows CPU per GiB: name what 1.2× would need.
+        for dir in up down; do
+            x="$u"; [ "$dir" = down ] && x="$d"
+            pc="$(med cpu_dir "$peer" "${dir}_total")"
+            if awk "BEGIN { exit !($x < 1.2) }" && [ -n "$pc" ] && has relay3; then
+                f="$(calc "$(med cpu_dir relay3 "${dir}_total") + 4 * $aes_hop / 2")"
+                need="$(calc "$pc / 1.2")"
+                echo "| ($dir against $peer, in CPU: $peer spends $(calc "$pc") s/GiB, postern $(calc "$(med cpu_dir postern "${dir}_total")"); 1.2× its rate on the same cores needs postern at about $need, against postern's floor that way of $f) | $(calc "$need / $f")× the floor | |"
+            fi
+        done
     done
     idle99="$(imed latency idle p99_us || true)"
     if [ -n "$idle99" ]; then
