@@ -1063,21 +1063,22 @@ impl<R: Role> Session<R> {
 
     /// Feeds decrypted bytes; returns how many were consumed (whole frames only).
     pub fn handle_input(&mut self, buf: &[u8], now: Instant) -> Result<usize, MuxError> {
-        self.handle_input_direct(buf, now, &mut |_, _| false)
+        self.handle_input_direct(buf, now, &mut |_, _| 0)
     }
 
     /// [`Session::handle_input`], with the payload of a DATA frame for a stream that has
-    /// nothing waiting offered first to `direct(stream, payload)`, the application's sink:
-    /// true when it took all of it (the edge's WebSocket carrier, encrypting it at once).
-    /// Taken bytes skip the stream's receive buffer, a copy and a trip through memory the
-    /// cache has lost by the time the consumer runs (docs/design.md §2.8, "Cut-through"),
-    /// and count as received and consumed at once (credit, window tuning); no `Readable`
-    /// event is raised for them. False: the bytes wait in the stream as with `handle_input`.
+    /// nothing waiting offered first to `direct(stream, payload)`, the application's sink,
+    /// which returns how much of it it took (the edge's WebSocket carrier all or nothing,
+    /// encrypting it at once; the origin's service socket what a write took). Taken bytes
+    /// skip the stream's receive buffer, a copy and a trip through memory the cache has lost
+    /// by the time the consumer runs (docs/design.md §2.8, "Cut-through"), and count as
+    /// received and consumed at once (credit, window tuning); no `Readable` event is raised
+    /// for them. The rest waits in the stream as with `handle_input`, and says so.
     pub fn handle_input_direct(
         &mut self,
         buf: &[u8],
         now: Instant,
-        direct: &mut dyn FnMut(u32, &[u8]) -> bool,
+        direct: &mut dyn FnMut(u32, &[u8]) -> usize,
     ) -> Result<usize, MuxError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
@@ -1112,7 +1113,7 @@ impl<R: Role> Session<R> {
         &mut self,
         frame: Frame<'_>,
         now: Instant,
-        direct: &mut dyn FnMut(u32, &[u8]) -> bool,
+        direct: &mut dyn FnMut(u32, &[u8]) -> usize,
     ) -> Result<(), MuxError> {
         match frame {
             Frame::Hello { .. }
@@ -1151,25 +1152,29 @@ impl<R: Role> Session<R> {
                     return Err(MuxError::WindowExceeded(stream));
                 }
                 s.recv_window -= n;
-                let was_empty = s.rx.is_empty();
-                if was_empty && n > 0 {
+                let mut data = data;
+                let mut taken = 0;
+                if s.rx.is_empty() && n > 0 {
                     // A keystroke handed on here is timed from now to the sink's return.
                     let since = clock
                         .filter(|_| data.len() <= URGENT_READABLE)
                         .map(|clock| clock());
-                    if direct(stream, data) {
+                    taken = direct(stream, data).min(data.len());
+                    if taken == data.len() {
                         if let (Some(since), Some(clock)) = (since, clock) {
                             if self.framed.len() < MAX_PENDING_HOLDS {
                                 self.framed.push(clock().saturating_duration_since(since));
                             }
                         }
-                        self.credit(stream, data.len(), now);
+                        self.credit(stream, taken, now);
                         return Ok(());
                     }
+                    data = &data[taken..];
                 }
+                let was_empty = s.rx.is_empty();
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
-                if was_empty && n > 0 {
+                if was_empty && !data.is_empty() {
                     // A new wait: timed if a few bytes, not if bulk. A start left by bytes
                     // consumed without `delivered` (a resumable stream's records) is dropped,
                     // so it cannot stretch a later hold.
@@ -1177,8 +1182,11 @@ impl<R: Role> Session<R> {
                         .filter(|_| s.rx.len() <= URGENT_READABLE)
                         .map(|clock| clock());
                 }
-                if n > 0 {
+                if !data.is_empty() {
                     self.events.push_back(StreamEvent::Readable(stream).into());
+                }
+                if taken > 0 {
+                    self.credit(stream, taken, now);
                 }
             }
             Frame::Window {
@@ -2061,16 +2069,19 @@ mod tests {
         let mut taken = Vec::new();
         let flow = |edge: &mut EdgeSession,
                     origin: &mut OriginSession,
-                    take: bool,
+                    take: Option<usize>,
                     taken: &mut Vec<u8>| {
             let mut out = Vec::new();
             origin.poll_transmit(&mut out, 1 << 20);
+            // Takes all, none, or (`Some(n)`) at most n of each payload.
             let mut sink = |stream: u32, data: &[u8]| {
                 assert_eq!(stream, id);
-                if take {
-                    taken.extend_from_slice(data);
-                }
-                take
+                let n = match take {
+                    Some(most) => data.len().min(most),
+                    None => 0,
+                };
+                taken.extend_from_slice(&data[..n]);
+                n
             };
             let n = edge.handle_input_direct(&out, now, &mut sink).unwrap();
             assert_eq!(n, out.len());
@@ -2080,7 +2091,7 @@ mod tests {
         };
         // Refused: the bytes wait, as with `handle_input`, and say so.
         assert_eq!(origin.write(id, b"a"), 1);
-        flow(&mut edge, &mut origin, false, &mut taken);
+        flow(&mut edge, &mut origin, None, &mut taken);
         assert_eq!(edge.readable(id), b"a");
         assert_eq!(
             edge.poll_event(),
@@ -2088,7 +2099,7 @@ mod tests {
         );
         // Something waits: the next bytes are not offered, though the sink would take them.
         assert_eq!(origin.write(id, b"b"), 1);
-        flow(&mut edge, &mut origin, true, &mut taken);
+        flow(&mut edge, &mut origin, Some(usize::MAX), &mut taken);
         assert!(taken.is_empty(), "offered past waiting bytes");
         assert_eq!(edge.readable(id), b"ab");
         edge.consume(id, 2, now);
@@ -2096,10 +2107,21 @@ mod tests {
         let _ = edge.framed_holds().count();
         // Nothing waits: a keystroke is taken, timed once, and raises no event.
         assert_eq!(origin.write(id, b"k"), 1);
-        flow(&mut edge, &mut origin, true, &mut taken);
+        flow(&mut edge, &mut origin, Some(usize::MAX), &mut taken);
         assert_eq!(taken, b"k");
         assert_eq!(edge.framed_holds().count(), 1, "the keystroke's hold");
         assert_eq!(edge.poll_event(), None);
+        // Part taken (a socket took what it had room for): the rest waits, and says so.
+        let part = vec![7u8; 3000];
+        assert_eq!(origin.write(id, &part), part.len());
+        flow(&mut edge, &mut origin, Some(1000), &mut taken);
+        assert_eq!(taken, [&b"k"[..], &part[..1000]].concat());
+        assert_eq!(edge.readable(id), &part[1000..]);
+        assert_eq!(
+            edge.poll_event(),
+            Some(EdgeEvent::Stream(StreamEvent::Readable(id)))
+        );
+        edge.consume(id, 2000, now);
         // Bulk, several windows' worth: all of it taken, none of it buffered. The origin
         // can send it only if taken bytes earn credit (WINDOW frames).
         let bulk: Vec<u8> = (0..4 * INITIAL_STREAM_WINDOW).map(|i| i as u8).collect();
@@ -2108,7 +2130,7 @@ mod tests {
         let allocated = edge.rx_allocated(id); // the 1 KiB the waiting bytes took
         for _ in 0..1000 {
             sent += origin.write(id, &bulk[sent..]);
-            flow(&mut edge, &mut origin, true, &mut taken);
+            flow(&mut edge, &mut origin, Some(usize::MAX), &mut taken);
             if taken.len() == bulk.len() {
                 break;
             }

@@ -59,7 +59,7 @@ use log::{debug, error, info, warn};
 use crate::limits::{
     EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
     RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
-    SERVICE_CONNECT_TIMEOUT_SECS,
+    SERVICE_CONNECT_TIMEOUT_SECS, URGENT_READABLE,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -1001,12 +1001,59 @@ impl Core {
     /// Plaintext from the edge; returns how much was taken (whole frames). Also delivers the
     /// session's pending events, so call it after anything that may raise some.
     pub fn edge_input(&mut self, conn: ConnId, data: &[u8], now: Instant) -> usize {
-        let Some(l) = self.live(conn) else {
+        self.edge_input_direct(conn, data, now, &mut |_, _| 0)
+    }
+
+    /// [`Core::edge_input`], with the client's bytes for a plain stream whose service is
+    /// connected and has nothing waiting handed to `write(service, bytes)` as they are
+    /// decrypted (the driver writes them to the service's socket and returns what it took,
+    /// 0 on an error, which the service's next pump then meets): the cut-through of
+    /// docs/design.md §2.8. Not for a few bytes (a keystroke waits to go with what follows
+    /// it), a resumable stream (its bytes are records), a jump host's stream before it is
+    /// spliced, nor a service whose write side is shut.
+    pub fn edge_input_direct(
+        &mut self,
+        conn: ConnId,
+        data: &[u8],
+        now: Instant,
+        write: &mut dyn FnMut(ServiceId, &[u8]) -> usize,
+    ) -> usize {
+        if !self.current(conn) {
             return 0;
+        }
+        let c = &mut self.conns[conn.slot];
+        let Link::Live(l) = &mut c.link else {
+            return 0;
+        };
+        let (streams, locals, metrics) = (&c.streams, &self.locals, &self.metrics);
+        let mut direct = |stream: u32, bytes: &[u8]| {
+            if bytes.len() <= URGENT_READABLE {
+                return 0;
+            }
+            let Some(Carried::Service(service)) = streams.get(&stream) else {
+                return 0;
+            };
+            let plain = locals.get(service).is_some_and(|local| {
+                local.resume.is_none()
+                    && local.at == Some(StreamId { conn, stream })
+                    && matches!(
+                        local.splice,
+                        Splice::Spliced {
+                            write_done: false,
+                            ..
+                        }
+                    )
+            });
+            if !plain {
+                return 0;
+            }
+            let n = write(*service, bytes).min(bytes.len());
+            metrics.bytes(Direction::ClientToOrigin, n);
+            n
         };
         let mut used = 0;
         if !data.is_empty() {
-            match l.mux.handle_input(data, now) {
+            match l.mux.handle_input_direct(data, now, &mut direct) {
                 Ok(n) => used = n,
                 Err(e) => {
                     warn!("connection {}: protocol error from edge: {e}", conn.slot);
@@ -2111,6 +2158,10 @@ mod tests {
         /// Its write side was shut.
         shut: bool,
         closed: bool,
+        /// Of `heard`, what came cut through (`edge_input_direct`), not by its pump.
+        cut: usize,
+        /// The most a cut-through write takes (a socket with that much room); `None`: all.
+        room: Option<usize>,
     }
 
     fn pipe_with(ha: usize, proxy: Option<ProxyConfig>) -> Pipe {
@@ -2331,7 +2382,19 @@ mod tests {
             }
             if !down.is_empty() {
                 moved = true;
-                assert_eq!(self.core.edge_input(conn, &down, now), down.len());
+                // As the driver: the client's bytes written to the service as they come.
+                let services = &mut self.services;
+                let mut write = |service: ServiceId, data: &[u8]| {
+                    let Some(s) = services.get_mut(&service).filter(|s| !s.closed) else {
+                        return 0;
+                    };
+                    let n = data.len().min(s.room.unwrap_or(usize::MAX));
+                    s.heard.extend_from_slice(&data[..n]);
+                    s.cut += n;
+                    n
+                };
+                let used = self.core.edge_input_direct(conn, &down, now, &mut write);
+                assert_eq!(used, down.len());
             }
             moved
         }
@@ -2910,12 +2973,92 @@ mod tests {
         assert_eq!(p.svc(service).heard, b"ls\n");
         assert_eq!(pumps(&p), (1, 0), "{:?}", p.seen);
         p.seen.clear();
+        // A batch the service's socket cannot take at once: the rest waits for its pump.
+        p.services.get_mut(&service).unwrap().room = Some(1000);
         let batch = vec![7; 64 * 1024];
         p.edge(0).write(id.stream, &batch);
         p.run();
         assert_eq!(p.svc(service).heard.len(), 3 + batch.len());
         let (first, plain) = pumps(&p);
         assert!(first == 0 && plain > 0, "{:?}", p.seen);
+    }
+
+    /// The client's bytes for a plain, connected service with nothing waiting go to its
+    /// socket as they are decrypted (`edge_input_direct`, docs/design.md §2.8,
+    /// "Cut-through"); a few bytes, the rest of a short write, and what follows bytes that
+    /// wait go through the service's pump, in order.
+    #[test]
+    fn a_clients_bulk_goes_to_its_service_as_it_is_decrypted_and_waiting_bytes_are_not_overtaken() {
+        let mut p = pipe(1);
+        p.auto_connect = true;
+        p.register_all();
+        let id = p.open(0, HOST);
+        let service = p.service(id);
+        p.edge(0).write(id.stream, b"ls\n");
+        p.run();
+        assert_eq!(
+            (p.svc(service).heard.as_slice(), p.svc(service).cut),
+            (&b"ls\n"[..], 0)
+        );
+        // Bulk: all of it cut through, and the window's credit comes back (more than one
+        // window's worth arrives).
+        let bulk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut sent = 0;
+        for _ in 0..1000 {
+            sent += p.edge(0).write(id.stream, &bulk[sent..]);
+            p.run();
+            if sent == bulk.len() {
+                break;
+            }
+        }
+        let heard = &p.svc(service).heard;
+        assert!(
+            heard.len() == 3 + bulk.len() && heard[3..] == bulk[..],
+            "in order"
+        );
+        // (All but the frames of a few bytes the window's edges may cut off.)
+        let cut = p.svc(service).cut;
+        assert!(cut >= bulk.len() * 9 / 10, "{cut} bytes cut through");
+        // A short write: the rest waits for the pump, and the next bytes behind it too.
+        p.services.get_mut(&service).unwrap().room = Some(10_000);
+        let more: Vec<u8> = (0..100_000).map(|i| (i % 241) as u8).collect();
+        let mut sent = 0;
+        for _ in 0..1000 {
+            sent += p.edge(0).write(id.stream, &more[sent..]);
+            p.run();
+            if sent == more.len() {
+                break;
+            }
+        }
+        let heard = &p.svc(service).heard;
+        assert!(
+            heard.len() == 3 + bulk.len() + more.len(),
+            "{}",
+            heard.len()
+        );
+        assert!(heard[3 + bulk.len()..] == more[..], "in order");
+        assert!(
+            p.svc(service).cut < bulk.len() + more.len(),
+            "the pump wrote some"
+        );
+    }
+
+    /// A resumable stream's bytes are records: never cut through to the service.
+    #[test]
+    fn a_resumable_streams_records_are_not_cut_through() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        let bulk = vec![9; 32 * 1024];
+        c.types(&bulk);
+        p.client_send(at, &mut c);
+        let (heard, cut) = (&p.svc(service).heard, p.svc(service).cut);
+        assert!(
+            heard == &bulk && cut == 0,
+            "{} bytes heard, {cut} of them cut through",
+            heard.len()
+        );
     }
 
     #[test]

@@ -542,7 +542,26 @@ impl Origin {
                 return None;
             }
         };
-        let used = self.core.edge_input(conn, tls.rx.data(), now);
+        // The client's bytes for a service with nothing waiting go to its socket as they are
+        // decrypted (the cut-through, docs/design.md §2.8); what it does not take waits.
+        let (locals, by_service) = (&mut self.locals, &self.by_service);
+        let mut write = |service: ServiceId, data: &[u8]| {
+            let Some(Some(local)) = by_service.get(&service).map(|&slot| locals[slot].as_mut())
+            else {
+                return 0;
+            };
+            loop {
+                match local.sock.write(data) {
+                    Ok(n) => return n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    // Would block: the bytes wait. Failed: the service's pump meets it again.
+                    Err(_) => return 0,
+                }
+            }
+        };
+        let used = self
+            .core
+            .edge_input_direct(conn, tls.rx.data(), now, &mut write);
         tls.rx.consume(used);
         let peer_closed = tls.peer_closed;
         self.apply();

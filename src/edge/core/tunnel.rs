@@ -109,8 +109,15 @@ impl EdgeCore {
                 .get(&stream)
                 .and_then(|&c| conns.get_mut(c))
             {
-                Some(Some(Conn::Carrier(c))) => c.take_direct((slot, stream), data, metrics, now),
-                _ => false,
+                Some(Some(Conn::Carrier(c))) => {
+                    let took = c.take_direct((slot, stream), data, metrics, now);
+                    if took {
+                        data.len()
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
             };
             match t.mux.handle_input_direct(t.tls.rx.data(), now, &mut direct) {
                 Ok(n) => t.tls.rx.consume(n),
