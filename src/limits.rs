@@ -41,6 +41,10 @@ pub const WINDOW_UPDATE_THRESHOLD: u32 = 128 * 1024;
 /// A stream with at most this much to deliver is served before the bulk of a loop's pass
 /// (an interactive packet: a keystroke, its echo); docs/design.md §2.8.
 pub const URGENT_READABLE: usize = 4 * 1024;
+/// The smallest DATA payload the edge and the origin hand on as it is decrypted, with a write
+/// of its own (docs/design.md §2.8, "Cut-through"): one TLS record's worth. Smaller frames wait
+/// in their stream and go out batched, so a peer's small frames cannot each cost a syscall.
+pub const CUT_THROUGH_MIN: usize = 16 * 1024;
 /// Bytes read from a local socket or carrier that wait to be framed for one stream.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
 /// Largest hostname, service URL or reason string carried in a mux frame.

@@ -364,12 +364,12 @@ impl<L> Carrier<L> {
         true
     }
 
-    /// Bytes to hand to TLS, if any are queued.
     /// True when bytes wait for [`Carrier::take_transmit`].
     pub fn has_transmit(&self) -> bool {
         !self.tx.is_empty()
     }
 
+    /// Bytes to hand to TLS, if any are queued.
     pub fn take_transmit(&mut self) -> Option<Vec<u8>> {
         (!self.tx.is_empty()).then(|| std::mem::take(&mut self.tx))
     }

@@ -990,8 +990,7 @@ pub struct Session<R: Role> {
     tuned: u32,
     going_away: bool,
     /// Measurement: how long a few bytes waited between the application's write and their
-    /// DATA frame, per stream framed since [`Session::framed_holds`] last drained it, and how
-    /// long a sink of [`Session::handle_input_direct`] took with a few (at most
+    /// DATA frame, per stream framed since [`Session::framed_holds`] last drained it (at most
     /// [`MAX_PENDING_HOLDS`]; beyond, not recorded).
     framed: Vec<Duration>,
     /// The clock the holds are timed with, lent by the driver ([`Session::time_holds`]); none:
@@ -1155,17 +1154,8 @@ impl<R: Role> Session<R> {
                 let mut data = data;
                 let mut taken = 0;
                 if s.rx.is_empty() && n > 0 {
-                    // A keystroke handed on here is timed from now to the sink's return.
-                    let since = clock
-                        .filter(|_| data.len() <= URGENT_READABLE)
-                        .map(|clock| clock());
                     taken = direct(stream, data).min(data.len());
                     if taken == data.len() {
-                        if let (Some(since), Some(clock)) = (since, clock) {
-                            if self.framed.len() < MAX_PENDING_HOLDS {
-                                self.framed.push(clock().saturating_duration_since(since));
-                            }
-                        }
                         self.credit(stream, taken, now);
                         return Ok(());
                     }
@@ -1174,10 +1164,11 @@ impl<R: Role> Session<R> {
                 let was_empty = s.rx.is_empty();
                 let pushed = s.rx.push(data);
                 assert_eq!(pushed, data.len(), "bug: window larger than receive buffer");
-                if was_empty && !data.is_empty() {
-                    // A new wait: timed if a few bytes, not if bulk. A start left by bytes
-                    // consumed without `delivered` (a resumable stream's records) is dropped,
-                    // so it cannot stretch a later hold.
+                if was_empty && !data.is_empty() && taken == 0 {
+                    // A new wait: timed if a few bytes, not if bulk (nor the rest of a bulk
+                    // frame a sink took part of). A start left by bytes consumed without
+                    // `delivered` (a resumable stream's records) is dropped, so it cannot
+                    // stretch a later hold.
                     s.few_arrived = clock
                         .filter(|_| s.rx.len() <= URGENT_READABLE)
                         .map(|clock| clock());
@@ -1304,6 +1295,13 @@ impl<R: Role> Session<R> {
         self.streams.get(&id).map(|s| (s.send, s.recv))
     }
 
+    /// Bytes of `id` the application consumed or a sink took, as WINDOW frames report them
+    /// (tests: each byte counts once).
+    #[cfg(test)]
+    pub(crate) fn consumed(&self, id: u32) -> u64 {
+        self.streams.get(&id).map_or(0, |s| s.consumed)
+    }
+
     /// Memory the receive buffer of `id` holds (tests: bytes handed on directly take none).
     #[cfg(test)]
     pub(crate) fn rx_allocated(&self, id: u32) -> usize {
@@ -1417,8 +1415,7 @@ impl<R: Role> Session<R> {
     /// How long a few bytes written while nothing was waiting (a keystroke, its echo) waited
     /// before their DATA frame was built, for each stream `poll_transmit` framed since the
     /// last call: the process's own share of an interactive round trip, the other way from
-    /// [`Session::delivered`]; with them, the time a direct sink took to hand on a few bytes
-    /// ([`Session::handle_input_direct`]: those never wait for `delivered`).
+    /// [`Session::delivered`].
     pub fn framed_holds(&mut self) -> std::vec::Drain<'_, Duration> {
         self.framed.drain(..)
     }
@@ -2060,7 +2057,6 @@ mod tests {
         let now = Instant::now();
         let mut edge = EdgeSession::new(now);
         let mut origin = OriginSession::new(now);
-        edge.time_holds(Instant::now);
         let id = edge.open_stream("h", b"").unwrap();
         pipe(&mut edge, &mut origin, now);
         while origin.poll_event().is_some() {}
@@ -2104,12 +2100,12 @@ mod tests {
         assert_eq!(edge.readable(id), b"ab");
         edge.consume(id, 2, now);
         while edge.poll_event().is_some() {}
-        let _ = edge.framed_holds().count();
-        // Nothing waits: a keystroke is taken, timed once, and raises no event.
+        assert_eq!(edge.consumed(id), 2);
+        // Nothing waits: the bytes are taken, count as consumed, and raise no event.
         assert_eq!(origin.write(id, b"k"), 1);
         flow(&mut edge, &mut origin, Some(usize::MAX), &mut taken);
         assert_eq!(taken, b"k");
-        assert_eq!(edge.framed_holds().count(), 1, "the keystroke's hold");
+        assert_eq!(edge.consumed(id), 3);
         assert_eq!(edge.poll_event(), None);
         // Part taken (a socket took what it had room for): the rest waits, and says so.
         let part = vec![7u8; 3000];
@@ -2121,7 +2117,13 @@ mod tests {
             edge.poll_event(),
             Some(EdgeEvent::Stream(StreamEvent::Readable(id)))
         );
+        assert_eq!(
+            edge.consumed(id),
+            1003,
+            "the part taken counts once, at once"
+        );
         edge.consume(id, 2000, now);
+        assert_eq!(edge.consumed(id), 3003);
         // Bulk, several windows' worth: all of it taken, none of it buffered. The origin
         // can send it only if taken bytes earn credit (WINDOW frames).
         let bulk: Vec<u8> = (0..4 * INITIAL_STREAM_WINDOW).map(|i| i as u8).collect();
@@ -2143,7 +2145,7 @@ mod tests {
         );
         assert!(edge.readable(id).is_empty());
         assert_eq!(edge.rx_allocated(id), allocated, "the buffer did not grow");
-        assert_eq!(edge.framed_holds().count(), 0, "bulk is not timed");
+        assert_eq!(edge.consumed(id), 3003 + bulk.len() as u64);
         assert_eq!(edge.poll_event(), None);
     }
 

@@ -57,9 +57,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::limits::{
-    EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
+    CUT_THROUGH_MIN, EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
     RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
-    SERVICE_CONNECT_TIMEOUT_SECS, URGENT_READABLE,
+    SERVICE_CONNECT_TIMEOUT_SECS,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -1006,11 +1006,12 @@ impl Core {
 
     /// [`Core::edge_input`], with the client's bytes for a plain stream whose service is
     /// connected and has nothing waiting handed to `write(service, bytes)` as they are
-    /// decrypted (the driver writes them to the service's socket and returns what it took,
-    /// 0 on an error, which the service's next pump then meets): the cut-through of
-    /// docs/design.md §2.8. Not for a few bytes (a keystroke waits to go with what follows
-    /// it), a resumable stream (its bytes are records), a jump host's stream before it is
-    /// spliced, nor a service whose write side is shut.
+    /// decrypted (the driver writes them to the service's socket and returns what it took;
+    /// on an error it takes nothing and reports it with [`Core::service_failed`] after this
+    /// call): the cut-through of docs/design.md §2.8. Only frames of at least
+    /// [`CUT_THROUGH_MIN`] (smaller ones wait, batched), and not for a resumable stream (its
+    /// bytes are records), a jump host's stream before it is spliced, nor a service whose
+    /// write side is shut.
     pub fn edge_input_direct(
         &mut self,
         conn: ConnId,
@@ -1027,7 +1028,7 @@ impl Core {
         };
         let (streams, locals, metrics) = (&c.streams, &self.locals, &self.metrics);
         let mut direct = |stream: u32, bytes: &[u8]| {
-            if bytes.len() <= URGENT_READABLE {
+            if bytes.len() < CUT_THROUGH_MIN {
                 return 0;
             }
             let Some(Carried::Service(service)) = streams.get(&stream) else {

@@ -543,8 +543,10 @@ impl Origin {
             }
         };
         // The client's bytes for a service with nothing waiting go to its socket as they are
-        // decrypted (the cut-through, docs/design.md §2.8); what it does not take waits.
+        // decrypted (the cut-through, docs/design.md §2.8); what it does not take waits. A
+        // failed write ends the stream after this input, as the service's pump would.
         let (locals, by_service) = (&mut self.locals, &self.by_service);
+        let mut failed = Vec::new();
         let mut write = |service: ServiceId, data: &[u8]| {
             let Some(Some(local)) = by_service.get(&service).map(|&slot| locals[slot].as_mut())
             else {
@@ -554,14 +556,20 @@ impl Origin {
                 match local.sock.write(data) {
                     Ok(n) => return n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    // Would block: the bytes wait. Failed: the service's pump meets it again.
-                    Err(_) => return 0,
+                    Err(e) if would_block(&e) => return 0,
+                    Err(e) => {
+                        failed.push((service, e));
+                        return 0;
+                    }
                 }
             }
         };
         let used = self
             .core
             .edge_input_direct(conn, tls.rx.data(), now, &mut write);
+        for (service, e) in failed {
+            self.core.service_failed(service, &e);
+        }
         tls.rx.consume(used);
         let peer_closed = tls.peer_closed;
         self.apply();

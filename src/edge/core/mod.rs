@@ -51,9 +51,9 @@ use crate::edge::config::{self, EdgeSettings, Reloaded};
 use crate::io::tls::TlsConn;
 use crate::io::would_block;
 use crate::limits::{
-    CONN_WRITE_BATCH, LIMIT_LOG_INTERVAL_SECS, LINGER_DISCARD_PER_TURN,
+    CONN_WRITE_BATCH, CUT_THROUGH_MIN, LIMIT_LOG_INTERVAL_SECS, LINGER_DISCARD_PER_TURN,
     MAX_LOG_SUPPRESSION_ENTRIES, SERVICE_TOKEN_EXPIRY_WARNING_SECS as EXPIRY_WARNING_SECS,
-    TLS_READ_STAGE, URGENT_READABLE,
+    TLS_READ_STAGE,
 };
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
@@ -226,37 +226,40 @@ impl Carrier {
     }
 
     /// Sends `data`, origin bytes of its stream `link` that have nothing waiting before them,
-    /// as one WebSocket frame at once (the mux's cut-through, `handle_input_direct`): true
-    /// when it did. Only more than a few bytes, and only while streaming to that link with nothing of its own queued and
-    /// the previous batch out on the socket (`can_send`): otherwise the bytes wait in the
-    /// stream and `splice_carrier` sends them in turn, after whatever is queued.
-    fn take_direct(&mut self, link: Link, data: &[u8], metrics: &Metrics, now: Instant) -> bool {
-        // A few bytes (a keystroke, an origin's small frames) wait to go out with whatever
-        // follows them in this pass ("Urgent" runs the carrier first): cut through, each
-        // would cost a record and a write of its own.
-        if data.len() <= URGENT_READABLE
+    /// as one WebSocket frame at once (the mux's cut-through, `handle_input_direct`). `None`:
+    /// not taken; the bytes wait in the stream and `splice_carrier` sends them in turn, after
+    /// whatever is queued. Taken only when at least [`CUT_THROUGH_MIN`] (smaller frames are
+    /// batched), while streaming to that link with nothing of its own queued (a 101, a Close,
+    /// a pong), and with the previous batch out on the socket (`can_send`: a client that does
+    /// not read takes nothing more, and its stream's window bounds what waits). `Some(Err)`:
+    /// taken, but the socket failed; the caller runs the carrier, which ends it.
+    fn take_direct(
+        &mut self,
+        link: Link,
+        data: &[u8],
+        metrics: &Metrics,
+        now: Instant,
+    ) -> Option<io::Result<()>> {
+        if data.len() < CUT_THROUGH_MIN
             || self.moving.is_some()
             || self.core.has_transmit()
             || !self.tls.can_send()
-            || data.len() > CONN_WRITE_BATCH
         {
-            return false;
+            return None;
         }
         match self.core.streaming() {
             Some(s) if s.link == link && !s.sent_close => {}
-            _ => return false,
+            _ => return None,
         }
         let mut h = [0u8; 14];
         let hl = ws::encode_header(&mut h, ws::BINARY, data.len(), None);
         self.tls.send_vectored(&[&h[..hl], data]);
-        // A write error ends the carrier on its next pass, as in `splice_carrier`.
-        let _ = self.tls.flush();
         if let Some(s) = self.session.as_mut() {
             s.bytes.add_down(data.len());
         }
         metrics.bytes(Direction::OriginToClient, data.len());
         self.last_active = now;
-        true
+        Some(self.tls.flush())
     }
 
     /// Hands what the core queued to TLS.

@@ -1327,6 +1327,41 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
     );
 }
 
+/// A client that does not read takes at most one frame cut through (`can_send`): the rest
+/// waits in its stream, where the window bounds it, and earns the origin no credit. Without
+/// the check, every frame would be encrypted into rustls's unbounded buffer and credited.
+#[test]
+fn a_client_that_does_not_read_gets_nothing_more_cut_through() {
+    let mut pipe = Pipe::new();
+    let (mut t, _origin, bulk, bulk_stream, _ssh, _) = bulk_and_interactive(&mut pipe);
+    bulk.wire.0.lock().unwrap().full = true;
+    let chunk = vec![0x5a; 64 * 1024];
+    let frames: Vec<_> = (0..4)
+        .map(|_| mux::Frame::Data {
+            stream: bulk_stream,
+            data: &chunk,
+        })
+        .collect();
+    from_origin(&mut t, &frames);
+    pipe.core.handle_ready(t.slot);
+    for _ in 0..20 {
+        pipe.core.process(pipe.now, pipe.unix);
+        if pipe.core.poll_timeout() > pipe.now {
+            break;
+        }
+    }
+    assert!(t.wire.0.lock().unwrap().to_edge.is_empty(), "all read");
+    let Some(Conn::Tunnel(tunnel)) = &pipe.core.conns[t.slot] else {
+        panic!("the tunnel is there");
+    };
+    let waiting = tunnel.mux.readable(bulk_stream).len();
+    let consumed = tunnel.mux.consumed(bulk_stream);
+    assert!(
+        waiting >= 3 * chunk.len() && consumed <= chunk.len() as u64,
+        "{waiting} bytes wait in the stream, {consumed} taken"
+    );
+}
+
 /// The tunnel that stopped reading for a few bytes runs again at once, on its own. Here no
 /// carrier can send (both clients read nothing, and each carrier holds unsent bytes already),
 /// so no carrier's progress wakes the tunnel, and the rest of what the origin sent would wait

@@ -103,23 +103,32 @@ impl EdgeCore {
         }
         if !t.tls.rx.is_empty() && !t.closing {
             // Origin bytes for a carrier ready to send go out as they are decrypted: the
-            // cut-through (docs/design.md §2.8).
+            // cut-through (docs/design.md §2.8). A carrier whose socket failed meanwhile
+            // runs in this pass, and ends.
             let (conns, metrics, carriers) = (&mut self.conns, &*self.metrics, &t.carriers);
-            let mut direct = |stream: u32, data: &[u8]| match carriers
-                .get(&stream)
-                .and_then(|&c| conns.get_mut(c))
-            {
-                Some(Some(Conn::Carrier(c))) => {
-                    let took = c.take_direct((slot, stream), data, metrics, now);
-                    if took {
+            let mut failed = Vec::new();
+            let mut direct = |stream: u32, data: &[u8]| {
+                let Some(&c) = carriers.get(&stream) else {
+                    return 0;
+                };
+                let Some(Some(Conn::Carrier(carrier))) = conns.get_mut(c) else {
+                    return 0;
+                };
+                match carrier.take_direct((slot, stream), data, metrics, now) {
+                    None => 0,
+                    Some(flushed) => {
+                        if flushed.is_err() {
+                            failed.push(c);
+                        }
                         data.len()
-                    } else {
-                        0
                     }
                 }
-                _ => 0,
             };
-            match t.mux.handle_input_direct(t.tls.rx.data(), now, &mut direct) {
+            let input = t.mux.handle_input_direct(t.tls.rx.data(), now, &mut direct);
+            for c in failed {
+                self.mark(c);
+            }
+            match input {
                 Ok(n) => t.tls.rx.consume(n),
                 Err(e) => {
                     warn!("tunnel {}: protocol error: {e}", t.peer);
@@ -128,9 +137,6 @@ impl EdgeCore {
                     t.closing = true;
                 }
             }
-        }
-        for held in t.mux.framed_holds() {
-            self.metrics.held(held);
         }
         while let Some(ev) = t.mux.poll_event() {
             self.on_tunnel_event(slot, &mut t, ev);
