@@ -2340,6 +2340,19 @@ mod tests {
             core.service_pumped(service, now);
         }
 
+        /// The edge sends all of `data` on `at`, as fast as the stream's window lets it.
+        fn send_all(&mut self, at: StreamId, data: &[u8]) {
+            let mut sent = 0;
+            for _ in 0..1000 {
+                sent += self.edge(at.conn.slot).write(at.stream, &data[sent..]);
+                self.run();
+                if sent == data.len() {
+                    return;
+                }
+            }
+            panic!("{sent} of {} bytes sent", data.len());
+        }
+
         /// The service says `bytes` (and is pumped).
         fn say(&mut self, service: ServiceId, bytes: &[u8]) {
             let s = self.services.get_mut(&service).expect("a service");
@@ -3004,14 +3017,7 @@ mod tests {
         // Bulk: all of it cut through, and the window's credit comes back (more than one
         // window's worth arrives).
         let bulk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-        let mut sent = 0;
-        for _ in 0..1000 {
-            sent += p.edge(0).write(id.stream, &bulk[sent..]);
-            p.run();
-            if sent == bulk.len() {
-                break;
-            }
-        }
+        p.send_all(id, &bulk);
         let heard = &p.svc(service).heard;
         assert!(
             heard.len() == 3 + bulk.len() && heard[3..] == bulk[..],
@@ -3023,14 +3029,7 @@ mod tests {
         // A short write: the rest waits for the pump, and the next bytes behind it too.
         p.services.get_mut(&service).unwrap().room = Some(10_000);
         let more: Vec<u8> = (0..100_000).map(|i| (i % 241) as u8).collect();
-        let mut sent = 0;
-        for _ in 0..1000 {
-            sent += p.edge(0).write(id.stream, &more[sent..]);
-            p.run();
-            if sent == more.len() {
-                break;
-            }
-        }
+        p.send_all(id, &more);
         let heard = &p.svc(service).heard;
         assert!(
             heard.len() == 3 + bulk.len() + more.len(),
