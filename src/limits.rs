@@ -45,6 +45,11 @@ pub const URGENT_READABLE: usize = 4 * 1024;
 /// of its own (docs/design.md §2.8, "Cut-through"): one TLS record's worth. Smaller frames wait
 /// in their stream and go out batched, so a peer's small frames cannot each cost a syscall.
 pub const CUT_THROUGH_MIN: usize = 16 * 1024;
+/// A loop that carries more than one stream gives up its core after a turn longer than this
+/// (`sched_yield`), so the other processes of a chain sharing the machine's cores (the next
+/// hop of a keystroke) run before its next turn, not after its scheduler slice
+/// (docs/design.md §2.8, "Yield after a long turn").
+pub const YIELD_AFTER_TURN: Duration = Duration::from_micros(50);
 /// Bytes read from a local socket or carrier that wait to be framed for one stream.
 pub const STREAM_SEND_BUFFER: usize = 64 * 1024;
 /// Largest hostname, service URL or reason string carried in a mux frame.

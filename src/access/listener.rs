@@ -234,7 +234,9 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
     // Sessions that stopped at their turn's bound with input left (`Progress::More`): run
     // again on the next pass, which then does not wait.
     let mut again: Vec<usize> = Vec::new();
+    let mut turn = std::time::Instant::now();
     loop {
+        crate::io::yield_after_long_turn(turn, || sessions.iter().flatten().nth(1).is_some());
         // The splice's core keeps no timers (`core::Splice::poll_timeout` is always None), so
         // this loop waits for readiness only, unless a session has more to do.
         let timeout = (!again.is_empty()).then_some(std::time::Duration::ZERO);
@@ -243,6 +245,7 @@ pub fn tcp(opts: AccessOptions, listen: SocketAddr) -> Result<(), AccessError> {
                 return Err(event_loop(e));
             }
         }
+        turn = std::time::Instant::now();
         let mut touched = std::mem::take(&mut again);
         let mut accept = false;
         for ev in events.iter() {

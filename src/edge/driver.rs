@@ -243,6 +243,7 @@ impl Edge {
 
         let mut events = Events::with_capacity(1024);
         let metrics = self.core.metrics();
+        let mut turn = Instant::now();
         loop {
             let next_tick = self.core.poll_timeout();
             let wake = self
@@ -250,6 +251,7 @@ impl Edge {
                 .retry_at
                 .map_or(next_tick, |r| r.min(next_tick));
             let timeout = wake.saturating_duration_since(Instant::now());
+            crate::io::yield_after_long_turn(turn, || self.core.shared_turn());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -259,6 +261,7 @@ impl Edge {
                 return Err(e);
             }
             let woke = Instant::now();
+            turn = woke;
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER if self.accept_pause.retry_at.is_some() => {}
@@ -430,10 +433,12 @@ fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
     let registry = Arc::new(poll.registry().try_clone()?);
     let mut events = Events::with_capacity(1024);
     let (metrics, me) = (core.metrics(), core.loop_index());
+    let mut turn = Instant::now();
     loop {
         let timeout = core
             .poll_timeout()
             .saturating_duration_since(Instant::now());
+        crate::io::yield_after_long_turn(turn, || core.shared_turn());
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
@@ -441,6 +446,7 @@ fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
             return Err(e);
         }
         let woke = Instant::now();
+        turn = woke;
         for ev in events.iter() {
             match ev.token() {
                 WAKER => {

@@ -22,6 +22,23 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Called by a loop before it polls again: after a turn (since `turn`, when its last poll
+/// returned) longer than [`crate::limits::YIELD_AFTER_TURN`], and when `shared()` says the
+/// loop carries more than one stream, gives the core to the machine's other runnable threads
+/// (`sched_yield`). A loop that moves bulk keeps its core for a whole scheduler slice
+/// (milliseconds) unless it blocks; a keystroke's next hop, another process of the chain
+/// woken on that core, waited for all of it (docs/design.md §2.8, "Yield after a long
+/// turn"). A lone stream has no one in its chain to yield to and keeps its slice.
+pub fn yield_after_long_turn(turn: std::time::Instant, shared: impl FnOnce() -> bool) {
+    if yield_due(turn.elapsed(), shared) {
+        std::thread::yield_now();
+    }
+}
+
+fn yield_due(turn: std::time::Duration, shared: impl FnOnce() -> bool) -> bool {
+    turn > crate::limits::YIELD_AFTER_TURN && shared()
+}
+
 /// A pollable source that becomes readable when SIGTERM or SIGINT arrives, and with
 /// [`Signals::with_reload`] also SIGHUP. The handlers only set a flag and write a wake-up
 /// byte (async-signal-safe); the loop then asks which signal it was.
@@ -133,6 +150,24 @@ pub fn would_block(e: &io::Error) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    /// Only a long turn of a loop that carries more than one stream yields; whether it
+    /// carries more is asked only after a long turn (a count the loop may have to make).
+    #[test]
+    fn a_loop_yields_only_after_a_long_turn_with_more_than_one_stream() {
+        let long = crate::limits::YIELD_AFTER_TURN + Duration::from_micros(1);
+        assert!(super::yield_due(long, || true));
+        assert!(
+            !super::yield_due(long, || false),
+            "a lone stream keeps its slice"
+        );
+        assert!(
+            !super::yield_due(crate::limits::YIELD_AFTER_TURN, || panic!("asked")),
+            "a short turn neither yields nor counts"
+        );
+    }
+
     /// `unsafe` is allowed in `io/sys.rs` only (lib.rs denies it everywhere else, and an
     /// `allow` elsewhere would be a new exception that vendor-policy.md must justify first).
     #[test]

@@ -403,6 +403,11 @@ impl Core {
         self.hold_clock = Some(clock);
     }
 
+    /// The service connections open now, attached to a stream or waiting for it to resume.
+    pub fn services(&self) -> usize {
+        self.locals.len()
+    }
+
     /// The slots (HA connections).
     pub fn connections(&self) -> usize {
         self.conns.len()

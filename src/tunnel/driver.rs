@@ -200,6 +200,7 @@ impl Origin {
             .register(&mut signals.rx, SIGNALS, Interest::READABLE)?;
         self.core.announce();
         let mut events = Events::with_capacity(1024);
+        let mut turn = Instant::now();
         loop {
             let now = Instant::now();
             self.core.handle_timeout(now);
@@ -212,12 +213,14 @@ impl Origin {
             } else {
                 Duration::ZERO
             };
+            crate::io::yield_after_long_turn(turn, || self.core.services() > 1);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
+            turn = Instant::now();
             for ev in events.iter() {
                 if ev.token() == SIGNALS {
                     if signals.take() {

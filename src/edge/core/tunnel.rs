@@ -27,6 +27,7 @@ impl EdgeCore {
                 }
             };
             t = self.tunnel_step(slot, t)?;
+            self.shared_turn |= t.mux.stream_count() > 1;
             if !(full && t.tls.has_room()) {
                 break;
             }
