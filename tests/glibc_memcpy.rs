@@ -8,7 +8,8 @@ use crate::support;
 
 use std::path::Path;
 
-use postern::io::reexec::{secure, Cpu, TUNABLE};
+use postern::io::reexec::{glibc_needs_tuning, secure, Cpu, TUNABLE};
+use postern::io::sys::glibc_version;
 use support::{postern_at, require, temp_dir, Child, STARTUP};
 
 /// Whether this machine is one where postern starts itself again.
@@ -20,10 +21,11 @@ fn tunes() -> bool {
         target_env = "gnu",
         target_arch = "x86_64"
     )) && cpu.amd
-        && cpu.erms;
+        && cpu.erms
+        && glibc_needs_tuning(glibc_version());
     if !tunes {
         eprintln!(
-            "not an AMD CPU with ERMS under glibc: only the branch without execve is checked"
+            "not an AMD CPU with ERMS under a glibc before 2.40: only the branch without execve is checked"
         );
     }
     tunes

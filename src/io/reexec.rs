@@ -13,7 +13,8 @@
 //! process starts, hence the `execve`.
 //!
 //! What it does not do: anything on other CPUs or C libraries (musl copies with `rep movsq`,
-//! which has no such cliff), anything when `GLIBC_TUNABLES` already sets the threshold (the
+//! which has no such cliff), anything under glibc 2.40 or later ([`GLIBC_FIXED`]: glibc itself
+//! no longer copies with `rep movsb` on AMD, its BZ 30994), anything when `GLIBC_TUNABLES` already sets the threshold (the
 //! user's value wins, and it also ends the loop: the second start finds it set), anything
 //! when `/proc` is missing or the binary's path no longer names it (an upgrade replaced the
 //! file): the process then goes on as it was, one copy slower. The variable stays set for the
@@ -36,6 +37,17 @@ pub const TUNABLE: &str = "glibc.cpu.x86_rep_movsb_threshold=1099511627776";
 
 /// The name part of [`TUNABLE`]: a `GLIBC_TUNABLES` that mentions it is left alone.
 const TUNABLE_NAME: &str = "glibc.cpu.x86_rep_movsb_threshold=";
+
+/// The first glibc that copies with vector loops on AMD by itself: from 2.40 (commit 0c0d39fe,
+/// "x86: Fix Zen3/Zen4 ERMS selection (BZ 30994)") its `rep movsb` threshold on AMD is the
+/// non-temporal threshold, where `rep movsb` also stops, so no copy takes it. The 2.39 branch
+/// got the change after its release (April 2024): a 2.39 may have it or not, and starts again.
+pub const GLIBC_FIXED: (u32, u32) = (2, 40);
+
+/// Whether glibc `version` (`None`: unknown) may still copy with `rep movsb` on AMD.
+pub fn glibc_needs_tuning(version: Option<(u32, u32)>) -> bool {
+    version.is_none_or(|v| v < GLIBC_FIXED)
+}
 
 /// What the CPU says about itself (the first processor's record of `/proc/cpuinfo`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +119,7 @@ pub fn tune_memcpy() -> io::Result<()> {
         Err(_) => return Ok(()), // no /proc: nothing to learn the CPU from, nor exec by
     };
     let cpu = Cpu::parse(&String::from_utf8_lossy(&head[..n]));
-    if !(cpu.amd && cpu.erms) {
+    if !(cpu.amd && cpu.erms && glibc_needs_tuning(super::sys::glibc_version())) {
         return Ok(());
     }
     match std::fs::read("/proc/self/auxv") {
@@ -167,6 +179,19 @@ mod tests {
     const EPYC: &str = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\
         flags\t\t: fpu vme sse2 erms fsrm avx2\nbugs\t\t: sysret_ss_attrs\n\n\
         processor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: fpu\n";
+
+    #[test]
+    fn only_a_glibc_before_2_40_or_an_unknown_one_is_tuned() {
+        assert!(glibc_needs_tuning(Some((2, 36))));
+        assert!(
+            glibc_needs_tuning(Some((2, 39))),
+            "2.39 may lack the backport"
+        );
+        assert!(!glibc_needs_tuning(Some((2, 40))));
+        assert!(!glibc_needs_tuning(Some((2, 41))));
+        assert!(!glibc_needs_tuning(Some((3, 0))));
+        assert!(glibc_needs_tuning(None));
+    }
 
     #[test]
     fn the_first_processor_s_vendor_and_erms_are_read() {

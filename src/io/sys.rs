@@ -1,7 +1,7 @@
 //! The system calls std lacks, through libc: the open-file limit (`RLIMIT_NOFILE`: read it,
 //! raise the soft limit to the hard one), the effective user id, glibc's heap trim
-//! threshold ([`keep_freed_heap`]), and ignoring SIGPIPE again after a failed `execve`
-//! ([`ignore_sigpipe`]).
+//! threshold ([`keep_freed_heap`]), ignoring SIGPIPE again after a failed `execve`
+//! ([`ignore_sigpipe`]), and glibc's version ([`glibc_version`]).
 //!
 //! Why the limit: systemd and most shells start a process with a soft limit of 1024
 //! descriptors, far below what the edge needs (one per connection) and below the hard limit the
@@ -13,7 +13,8 @@
 //! calls here are the whole of it: `getrlimit` and `setrlimit` each get a pointer to a live,
 //! initialised, properly aligned `libc::rlimit` on our own stack, which the kernel reads or
 //! writes once before the call returns (no pointer is kept); `geteuid` takes nothing and cannot
-//! fail; `mallopt` takes two integers; `signal` sets SIGPIPE's disposition to `SIG_IGN`.
+//! fail; `mallopt` takes two integers; `signal` sets SIGPIPE's disposition to `SIG_IGN`;
+//! `gnu_get_libc_version` takes nothing and returns glibc's own static string.
 //! `src/io/mod.rs`'s test `unsafe_code_lives_only_in_sys` fails if `unsafe` appears in any
 //! other source file.
 #![allow(unsafe_code)]
@@ -114,6 +115,33 @@ pub fn ignore_sigpipe() {
     }
 }
 
+/// The version of the glibc this process runs on (`(2, 36)`), or `None` under another C library
+/// or when glibc's answer does not parse. Read by [`super::reexec::tune_memcpy`]: glibc 2.40
+/// no longer copies with `rep movsb` on AMD by itself.
+pub fn glibc_version() -> Option<(u32, u32)> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: gnu_get_libc_version takes nothing and returns a pointer to a NUL-terminated
+        // string in glibc's read-only data, valid for the life of the process; it is only read,
+        // here, once, into an owned String.
+        let text = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) }
+            .to_string_lossy()
+            .into_owned();
+        parse_glibc_version(&text)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// `"2.36"` or `"2.39.9000"` → `(2, 36)`, `(2, 39)`.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn parse_glibc_version(text: &str) -> Option<(u32, u32)> {
+    let mut parts = text.trim().split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 /// How much freed memory at the top of glibc's heap it keeps instead of giving back
 /// ([`keep_freed_heap`]).
 pub const HEAP_TRIM_THRESHOLD: usize = 4 << 20;
@@ -145,6 +173,27 @@ pub const HEAP_MMAP_THRESHOLD: usize = 1 << 20;
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn glibc_s_version_parses_and_is_the_running_one() {
+        assert_eq!(parse_glibc_version("2.36"), Some((2, 36)));
+        assert_eq!(parse_glibc_version("2.39.9000"), Some((2, 39)));
+        assert_eq!(parse_glibc_version("2"), None);
+        assert_eq!(parse_glibc_version("two.36"), None);
+        assert_eq!(parse_glibc_version(""), None);
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // What `ldd --version` says of the same library: "ldd (Debian GLIBC 2.36-9) 2.36".
+            let ldd = std::process::Command::new("ldd").arg("--version").output();
+            if let Ok(out) = ldd {
+                let first = String::from_utf8_lossy(&out.stdout);
+                let first = first.lines().next().unwrap_or("");
+                let last = first.rsplit(' ').next().unwrap_or("");
+                assert_eq!(glibc_version(), parse_glibc_version(last), "{first}");
+            }
+            assert!(glibc_version().is_some_and(|v| v >= (2, 17)));
+        }
+    }
 
     #[test]
     fn limits_read_and_raising_is_idempotent() {
