@@ -1264,6 +1264,31 @@ fn from_origin(t: &mut Peer, frames: &[mux::Frame<'_>]) {
     }
 }
 
+/// The driver's yield after a long turn ([`crate::io::yield_after_long_turn`]) asks whether a
+/// tunnel connection run in the pass carries more than one stream: a pass over a tunnel with
+/// one stream says no, one with two says yes, and a pass that ran no tunnel says no again.
+#[test]
+fn a_pass_is_shared_only_when_a_tunnel_it_ran_carries_more_than_one_stream() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin) = pipe.tunnel(peer_addr(50, 1));
+    let _bulk = pipe.streaming_carrier(peer_addr(10, 1));
+    let bulk_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    let data = |stream, data| mux::Frame::Data { stream, data };
+    let chunk = vec![0x5a; 32 * 1024];
+    from_origin(&mut t, &[data(bulk_stream, &chunk)]);
+    pipe.core.handle_ready(t.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(!pipe.core.shared_turn(), "one stream: nobody to yield to");
+    let _ssh = pipe.streaming_carrier(peer_addr(10, 2));
+    let _ssh_stream = opened_stream(&pipe.origin_events(&mut t, &mut origin));
+    from_origin(&mut t, &[data(bulk_stream, &chunk)]);
+    pipe.core.handle_ready(t.slot);
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(pipe.core.shared_turn(), "two streams on the tunnel it ran");
+    pipe.core.process(pipe.now, pipe.unix);
+    assert!(!pipe.core.shared_turn(), "a pass that ran no tunnel");
+}
+
 /// A few bytes for one stream (a keystroke's echo) reach its client in the pass that read
 /// them: the tunnel connection stops reading for them, and what a bulk stream sent behind
 /// them waits for the next pass (docs/design.md §2.8, "Urgent"). The bulk frames the edge
