@@ -403,9 +403,16 @@ impl Core {
         self.hold_clock = Some(clock);
     }
 
-    /// The service connections open now, attached to a stream or waiting for it to resume.
-    pub fn services(&self) -> usize {
-        self.locals.len()
+    /// Whether more than one service connection is attached to a stream now: the driver's
+    /// yield after a long turn ([`crate::io::yield_after_long_turn`]). A detached resumable
+    /// stream (its client gone, waiting up to the resume window) moves nothing and does not
+    /// count, so a lone live stream beside it keeps its slice.
+    pub fn more_than_one_stream(&self) -> bool {
+        self.locals
+            .values()
+            .filter(|l| l.at.is_some())
+            .nth(1)
+            .is_some()
     }
 
     /// The slots (HA connections).
@@ -3691,6 +3698,27 @@ mod tests {
         p.core.shutdown(p.now);
         p.run();
         assert!(p.closed(service));
+    }
+
+    /// The yield's condition counts live streams only: a resumable stream detached by its
+    /// connection's loss does not make a lone live stream beside it "shared".
+    #[test]
+    fn a_detached_stream_does_not_count_as_a_second_live_stream() {
+        let mut p = resumable_pipe(2);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        let plain = p.open(1, HOST);
+        let _ = p.service(plain);
+        assert!(p.core.more_than_one_stream(), "two live streams");
+        let conn = p.conn(0);
+        p.core.edge_closed(conn, p.now);
+        p.run();
+        assert!(!p.closed(service), "the resumable stream is kept, detached");
+        assert!(
+            !p.core.more_than_one_stream(),
+            "one live stream and one detached"
+        );
     }
 
     #[test]

@@ -213,7 +213,7 @@ impl Origin {
             } else {
                 Duration::ZERO
             };
-            crate::io::yield_after_long_turn(turn, || self.core.services() > 1);
+            crate::io::yield_after_long_turn(turn, || self.core.more_than_one_stream());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
