@@ -14,8 +14,9 @@
 //!
 //! What it does not do: anything on other CPUs or C libraries (musl copies with `rep movsq`,
 //! which has no such cliff), anything under glibc 2.40 or later ([`GLIBC_FIXED`]: glibc itself
-//! no longer copies with `rep movsb` on AMD, its BZ 30994), anything when `GLIBC_TUNABLES` already sets the threshold (the
-//! user's value wins, and it also ends the loop: the second start finds it set), anything
+//! no longer copies with `rep movsb` on AMD, its BZ 30994), anything when `GLIBC_TUNABLES`
+//! already sets the threshold (the user's value wins, and it also ends the loop: the second
+//! start finds it set), anything
 //! when `/proc` is missing or the binary's path no longer names it (an upgrade replaced the
 //! file): the process then goes on as it was, one copy slower. The variable stays set for the
 //! process's children (a browser opened for a login): a performance setting, harmless there.

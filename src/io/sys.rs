@@ -123,11 +123,9 @@ pub fn glibc_version() -> Option<(u32, u32)> {
     {
         // SAFETY: gnu_get_libc_version takes nothing and returns a pointer to a NUL-terminated
         // string in glibc's read-only data, valid for the life of the process; it is only read,
-        // here, once, into an owned String.
-        let text = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) }
-            .to_string_lossy()
-            .into_owned();
-        parse_glibc_version(&text)
+        // here, once.
+        let text = unsafe { std::ffi::CStr::from_ptr(libc::gnu_get_libc_version()) };
+        parse_glibc_version(&text.to_string_lossy())
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     None
