@@ -1308,6 +1308,18 @@ impl<R: Role> Session<R> {
         self.streams.get(&id).map_or(0, |s| s.rx.allocated())
     }
 
+    /// How much more DATA `id` may send before its peer grants more (tests).
+    #[cfg(test)]
+    pub(crate) fn send_credit(&self, id: u32) -> u32 {
+        self.streams.get(&id).map_or(0, |s| s.send_window)
+    }
+
+    /// Memory the send buffer of `id` holds (tests: bytes framed directly take none).
+    #[cfg(test)]
+    pub(crate) fn tx_allocated(&self, id: u32) -> usize {
+        self.streams.get(&id).map_or(0, |s| s.tx.allocated())
+    }
+
     pub fn has_stream(&self, id: u32) -> bool {
         self.streams.contains_key(&id)
     }
@@ -1475,6 +1487,31 @@ impl<R: Role> Session<R> {
         }
         self.mark_ready(id);
         n
+    }
+
+    /// The header of a DATA frame of `len` bytes on `id` whose payload the caller sends itself,
+    /// straight after the header and from its own buffer: the way out of
+    /// [`Session::handle_input_direct`]'s cut-through, for bytes that would otherwise be copied
+    /// into the stream's send buffer and again into a frame batch (docs/design.md §2.8,
+    /// "Cut-through"). `None`, and the caller writes them with [`Session::write`], unless the
+    /// stream takes bytes, has none waiting, and has the credit for all `len`, and the
+    /// connection has nothing else to frame (a control frame such as this stream's OPEN, or
+    /// another stream's DATA): so the frame overtakes nothing, and the streams that wait keep
+    /// their turns. The bytes count as sent.
+    pub fn frame_direct(&mut self, id: u32, len: usize) -> Option<[u8; HEADER_LEN]> {
+        if len == 0 || len > MAX_FRAME_PAYLOAD || self.error.is_some() || self.wants_transmit() {
+            return None;
+        }
+        let s = self.streams.get_mut(&id)?;
+        if !s.send.accepts_bytes() || !s.tx.is_empty() || (s.send_window as usize) < len {
+            return None;
+        }
+        s.send_window -= len as u32;
+        let mut h = [0u8; HEADER_LEN]; // as `encode_header` lays it out, without a Vec
+        h[0] = FrameType::Data as u8;
+        h[2..6].copy_from_slice(&id.to_be_bytes());
+        h[6..10].copy_from_slice(&(len as u32).to_be_bytes());
+        Some(h)
     }
 
     /// The application will write no more on `id`: FIN follows the buffered bytes.
@@ -2052,6 +2089,74 @@ mod tests {
 
     /// Bytes a sink takes as they arrive (`handle_input_direct`) skip the stream's buffer,
     /// raise no event and earn credit as if consumed; bytes that wait are never overtaken.
+    /// The edge's way up ([`Session::frame_direct`]): a DATA header for bytes the caller sends
+    /// itself, only when the frame overtakes nothing (the stream's OPEN, its own waiting bytes,
+    /// another stream's) and only within the stream's credit, all of it or none, which it
+    /// spends. The peer reads the frame as any other DATA, in order.
+    #[test]
+    fn a_frame_sent_directly_overtakes_nothing_and_spends_credit() {
+        let now = Instant::now();
+        let mut edge = EdgeSession::new(now);
+        let mut origin = OriginSession::new(now);
+        let settle = |edge: &mut EdgeSession, origin: &mut OriginSession| {
+            pipe(edge, origin, now);
+            while origin.poll_event().is_some() {}
+            while edge.poll_event().is_some() {}
+        };
+        let id = edge.open_stream("h", b"").unwrap();
+        assert_eq!(edge.frame_direct(id, 1000), None, "its OPEN is not out yet");
+        settle(&mut edge, &mut origin);
+        assert_eq!(edge.write(id, b"a"), 1);
+        assert_eq!(edge.frame_direct(id, 1000), None, "a byte of its own waits");
+        let other = edge.open_stream("h", b"").unwrap();
+        settle(&mut edge, &mut origin);
+        assert_eq!(edge.write(other, b"b"), 1);
+        assert_eq!(
+            edge.frame_direct(id, 1000),
+            None,
+            "another stream's byte waits"
+        );
+        settle(&mut edge, &mut origin);
+        assert_eq!(edge.frame_direct(id, 0), None);
+        assert_eq!(edge.frame_direct(id, MAX_FRAME_PAYLOAD + 1), None);
+        assert_eq!(edge.frame_direct(other + 100, 1000), None, "no such stream");
+        // Nothing waits: a header, and the peer reads header and payload as DATA, in order.
+        let payload: Vec<u8> = (0..1000).map(|i| i as u8).collect();
+        let header = edge.frame_direct(id, payload.len()).expect("nothing waits");
+        let wire = [&header[..], &payload].concat();
+        assert_eq!(origin.handle_input(&wire, now).unwrap(), wire.len());
+        assert_eq!(origin.readable(id), [&b"a"[..], &payload].concat());
+        // Credit: spent by each frame, and a frame that needs more than is left gets none.
+        let left = |edge: &EdgeSession| edge.streams[&id].send_window as usize;
+        while left(&edge) > 1000 {
+            let n = left(&edge).min(MAX_FRAME_PAYLOAD) - 1;
+            let before = left(&edge);
+            assert!(edge.frame_direct(id, n).is_some());
+            assert_eq!(left(&edge), before - n, "spent");
+        }
+        let rest = left(&edge);
+        assert_eq!(
+            edge.frame_direct(id, rest + 1),
+            None,
+            "more than the credit"
+        );
+        assert_eq!(left(&edge), rest, "nothing spent");
+        assert!(edge.frame_direct(id, rest).is_some(), "all of the credit");
+        // A closed write side takes nothing more.
+        edge.close_write(id);
+        assert_eq!(
+            edge.frame_direct(other, 1),
+            None,
+            "the FIN waits to be framed"
+        );
+        settle(&mut edge, &mut origin);
+        assert_eq!(
+            edge.frame_direct(id, 1),
+            None,
+            "the stream's write side is closed"
+        );
+    }
+
     #[test]
     fn bytes_handed_on_directly_skip_the_buffer_and_never_overtake_waiting_ones() {
         let now = Instant::now();

@@ -11,7 +11,7 @@ use super::sessions::Session;
 use super::view::Verified;
 use super::{discard_input, Carrier, Conn, Discarded, EdgeCore, Limit};
 use crate::edge::valid_hostname;
-use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
+use crate::limits::{CONN_WRITE_BATCH, CUT_THROUGH_MIN, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction};
 use crate::proto::carrier;
@@ -35,6 +35,7 @@ impl EdgeCore {
         if c.core.is_lingering() {
             return self.discard_lingering(slot, c);
         }
+        self.direct_budget = CONN_WRITE_BATCH;
         // Until no progress: a full `rx` stopped reading, and consuming it must resume it.
         loop {
             let full = match c.tls.read(&mut self.stage) {
@@ -176,8 +177,26 @@ impl EdgeCore {
             match dec.poll(rx, room) {
                 Ok(Some((Item::Data { start, len }, used))) => {
                     if len > 0 {
-                        let n = t.mux.write(stream, &rx[start..start + len]);
-                        debug_assert_eq!(n, len);
+                        let data = &rx[start..start + len];
+                        // A record's worth goes into the tunnel connection's TLS as one DATA
+                        // frame when nothing waits ahead of it, not through the stream's send
+                        // buffer and a frame batch: the cut-through's way up (docs/design.md
+                        // §2.8); at most `direct_budget` per run. A failed flush is the
+                        // tunnel's pump's to see (marked below).
+                        let direct =
+                            len >= CUT_THROUGH_MIN && len <= self.direct_budget && t.tls.can_send();
+                        match direct.then(|| t.mux.frame_direct(stream, len)).flatten() {
+                            Some(header) => {
+                                t.tls.send_vectored(&[&header, data]);
+                                let _ = t.tls.flush();
+                                self.direct_budget -= len;
+                            }
+                            None => {
+                                let n = t.mux.write(stream, data);
+                                debug_assert_eq!(n, len);
+                            }
+                        }
+                        let n = len;
                         if let Some(s) = c.session.as_mut() {
                             s.bytes.add_up(n);
                         }

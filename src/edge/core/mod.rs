@@ -369,6 +369,10 @@ pub(crate) struct EdgeCore {
     scratch: Vec<u8>,
     /// Ciphertext staging for `TlsConn::read`, shared by every connection.
     stage: Vec<u8>,
+    /// What the carrier being run may still frame straight into its tunnel connection's TLS
+    /// in this run ([`CONN_WRITE_BATCH`] at its start): the rest goes through its stream's
+    /// send buffer, whose bound ends the run, so one upload cannot keep a pass to itself.
+    direct_budget: usize,
     /// The edge's app-token signing keys (state dir `signing-keys.json`).
     keys: KeyRing,
     transfers: Slots,
@@ -539,6 +543,7 @@ impl EdgeCore {
             audit,
             scratch: Vec::with_capacity(CONN_WRITE_BATCH + 64 * 1024),
             stage: vec![0; TLS_READ_STAGE],
+            direct_budget: 0,
             keys,
             transfers: Slots::new(SlotLimits::of(&settings.limits)),
             logins: login::Logins::default(),

@@ -379,18 +379,25 @@ impl Pipe {
                     if p.tls.process_new_packets().is_err() {
                         return;
                     }
+                    // Each batch of records taken out as it comes: rustls holds at most
+                    // 16 KiB of plaintext for its reader.
+                    Self::take_plaintext(p);
                 }
             }
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                match p.tls.reader().read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => p.received.extend_from_slice(&buf[..n]),
-                    Err(_) => break,
-                }
-            }
+            Self::take_plaintext(p);
             if !moved {
                 return;
+            }
+        }
+    }
+
+    fn take_plaintext(p: &mut Peer) {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match p.tls.reader().read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => p.received.extend_from_slice(&buf[..n]),
+                Err(_) => break,
             }
         }
     }
@@ -1349,6 +1356,80 @@ fn a_few_bytes_for_one_stream_do_not_wait_for_the_bulk_read_behind_them() {
     assert!(
         tunnel.mux.rx_allocated(ssh_stream) > 0,
         "the keystroke waited in its stream"
+    );
+}
+
+/// A client's bulk goes to its tunnel connection as it is decrypted, each WebSocket frame's
+/// payload one DATA frame written straight into the connection's TLS, never through the
+/// stream's send buffer and a frame batch (the cut-through's way up, `mux::Session::
+/// frame_direct`); a keystroke, a few bytes, goes the usual way; the origin reads every byte
+/// of both, in order.
+#[test]
+fn a_clients_bulk_goes_to_its_tunnel_as_it_is_decrypted() {
+    let mut pipe = Pipe::new();
+    let (mut t, mut origin, mut bulk, bulk_stream, mut ssh, ssh_stream) =
+        bulk_and_interactive(&mut pipe);
+    let chunks: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 32 * 1024]).collect();
+    for chunk in &chunks {
+        let mut frame = Vec::new();
+        ws::encode_frame(&mut frame, ws::BINARY, chunk, Some([1, 2, 3, 4]));
+        pipe.send(&mut bulk, &frame);
+    }
+    let mut key = Vec::new();
+    ws::encode_frame(&mut key, ws::BINARY, b"k", Some([5, 6, 7, 8]));
+    pipe.send(&mut ssh, &key);
+    let events = pipe.origin_events(&mut t, &mut origin);
+    assert!(events
+        .iter()
+        .all(|e| !matches!(e, OriginEvent::Stream(StreamEvent::Reset { .. }))));
+    assert_eq!(
+        origin.readable(bulk_stream),
+        chunks.concat(),
+        "every byte, in order"
+    );
+    assert_eq!(origin.readable(ssh_stream), b"k");
+    let Some(Conn::Tunnel(tunnel)) = &pipe.core.conns[t.slot] else {
+        panic!("the tunnel is there");
+    };
+    assert_eq!(
+        tunnel.mux.tx_allocated(bulk_stream),
+        0,
+        "no bulk byte waited in the edge's stream buffer"
+    );
+    assert!(
+        tunnel.mux.tx_allocated(ssh_stream) > 0,
+        "the keystroke went through its stream"
+    );
+}
+
+/// An origin that does not read takes at most one of a client's frames cut through
+/// (`can_send`): the rest waits in the stream's send buffer, which bounds it, and then at the
+/// client. Without the check, every frame the stream's credit allowed would be encrypted into
+/// rustls's unbounded buffer.
+#[test]
+fn an_origin_that_does_not_read_gets_nothing_more_cut_through() {
+    let mut pipe = Pipe::new();
+    let (t, _origin, mut bulk, bulk_stream, _ssh, _) = bulk_and_interactive(&mut pipe);
+    t.wire.0.lock().unwrap().full = true;
+    let chunk = vec![0x5a; 32 * 1024];
+    for _ in 0..8 {
+        let mut frame = Vec::new();
+        ws::encode_frame(&mut frame, ws::BINARY, &chunk, Some([1, 2, 3, 4]));
+        pipe.send(&mut bulk, &frame);
+    }
+    let Some(Conn::Tunnel(tunnel)) = &mut pipe.core.conns[t.slot] else {
+        panic!("the tunnel is there");
+    };
+    assert_eq!(
+        tunnel.mux.writable(bulk_stream),
+        0,
+        "the stream's send buffer holds what the origin did not take"
+    );
+    // (The origin reads nothing, so it granted nothing past the protocol's initial window.)
+    let spent = crate::limits::INITIAL_STREAM_WINDOW - tunnel.mux.send_credit(bulk_stream);
+    assert!(
+        spent as usize <= chunk.len(),
+        "{spent} bytes framed for an origin that reads nothing"
     );
 }
 
