@@ -1499,19 +1499,29 @@ impl<R: Role> Session<R> {
     /// another stream's DATA): so the frame overtakes nothing, and the streams that wait keep
     /// their turns. The bytes count as sent.
     pub fn frame_direct(&mut self, id: u32, len: usize) -> Option<[u8; HEADER_LEN]> {
-        if len == 0 || len > MAX_FRAME_PAYLOAD || self.error.is_some() || self.wants_transmit() {
+        if len == 0 || len > self.direct_room(id) {
             return None;
         }
         let s = self.streams.get_mut(&id)?;
-        if !s.send.accepts_bytes() || !s.tx.is_empty() || (s.send_window as usize) < len {
-            return None;
-        }
         s.send_window -= len as u32;
         let mut h = [0u8; HEADER_LEN]; // as `encode_header` lays it out, without a Vec
         h[0] = FrameType::Data as u8;
         h[2..6].copy_from_slice(&id.to_be_bytes());
         h[6..10].copy_from_slice(&(len as u32).to_be_bytes());
         Some(h)
+    }
+
+    /// The most a [`Session::frame_direct`] on `id` may carry now (0: none; write instead).
+    pub fn direct_room(&self, id: u32) -> usize {
+        if self.error.is_some() || self.wants_transmit() {
+            return 0;
+        }
+        match self.streams.get(&id) {
+            Some(s) if s.send.accepts_bytes() && s.tx.is_empty() => {
+                (s.send_window as usize).min(MAX_FRAME_PAYLOAD)
+            }
+            _ => 0,
+        }
     }
 
     /// The application will write no more on `id`: FIN follows the buffered bytes.
@@ -2135,6 +2145,7 @@ mod tests {
             assert_eq!(left(&edge), before - n, "spent");
         }
         let rest = left(&edge);
+        assert_eq!(edge.direct_room(id), rest, "the room is the credit left");
         assert_eq!(
             edge.frame_direct(id, rest + 1),
             None,

@@ -1904,6 +1904,57 @@ impl Core {
         Some(got)
     }
 
+    /// How much the service's next read may carry to the edge as one DATA frame of the
+    /// driver's own, sent straight from where it read it ([`Core::service_read_direct`]), and
+    /// on which edge connection: the cut-through's way out of the origin (docs/design.md
+    /// §2.8). `None`, and the driver reads with [`Core::service_fill`], for a resumable stream
+    /// (its bytes become records), a service read to its end, or a stream whose frame would
+    /// overtake something ([`mux::Session::direct_room`]) or carry less than
+    /// [`CUT_THROUGH_MIN`].
+    pub fn service_direct_room(&mut self, service: ServiceId) -> Option<(ConnId, usize)> {
+        let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
+        let Splice::Spliced { read_done, .. } = &l.splice else {
+            return None;
+        };
+        if *read_done || l.resume.is_some() {
+            return None;
+        }
+        let room = mux.direct_room(at.stream);
+        (room >= CUT_THROUGH_MIN).then_some((at.conn, room))
+    }
+
+    /// The driver read `data` (at most [`Core::service_direct_room`]'s room, with nothing in
+    /// between) from the service: the header of its DATA frame, which the driver sends before
+    /// it. `None` when the read was short of [`CUT_THROUGH_MIN`] (a keystroke's echo): the
+    /// bytes go into the stream's send buffer, to be batched with the pass's other frames as
+    /// [`Core::service_fill`]'s would, so a chatty service does not cost a record and a
+    /// syscall per read.
+    pub fn service_read_direct(
+        &mut self,
+        service: ServiceId,
+        data: &[u8],
+    ) -> Option<[u8; mux::HEADER_LEN]> {
+        let (_, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
+        let header = if data.len() >= CUT_THROUGH_MIN {
+            let header = mux.frame_direct(at.stream, data.len());
+            debug_assert!(header.is_some(), "bug: the room for a direct frame went");
+            header
+        } else {
+            None
+        };
+        if header.is_none() {
+            let n = mux.write(at.stream, data);
+            debug_assert_eq!(
+                n,
+                data.len(),
+                "bug: an empty send buffer took less than a frame"
+            );
+        }
+        self.metrics.bytes(Direction::OriginToClient, data.len());
+        self.conns[at.conn.slot].moved = true;
+        header
+    }
+
     /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
     /// the client's current DATA record).
     pub fn service_pending(&mut self, service: ServiceId, now: Instant) -> &[u8] {
@@ -3053,6 +3104,55 @@ mod tests {
             p.svc(service).cut < bulk.len() + more.len(),
             "the pump wrote some"
         );
+    }
+
+    /// A service's bulk goes to the edge as one DATA frame per read, sent by the driver from
+    /// where it read it (`service_direct_room`, `service_read_direct`: the cut-through's way
+    /// out); a short read (an echo) goes through the stream's send buffer to be batched, and
+    /// while bytes wait there no frame goes past them.
+    #[test]
+    fn a_services_bulk_goes_to_the_edge_from_where_it_was_read() {
+        let mut p = pipe(1);
+        p.auto_connect = true;
+        p.register_all();
+        let id = p.open(0, HOST);
+        let service = p.service(id);
+        p.run();
+        let (conn, room) = p.core.service_direct_room(service).expect("nothing waits");
+        assert_eq!(conn, id.conn);
+        assert!(room >= CUT_THROUGH_MIN, "{room}");
+        let bulk: Vec<u8> = (0..32 * 1024).map(|i| (i % 251) as u8).collect();
+        let header = p
+            .core
+            .service_read_direct(service, &bulk)
+            .expect("its own frame");
+        let frame = [&header[..], &bulk].concat();
+        let now = p.now;
+        assert_eq!(p.edge(0).handle_input(&frame, now).unwrap(), frame.len());
+        assert_eq!(
+            p.edge(0).readable(id.stream),
+            bulk,
+            "a DATA frame of the stream"
+        );
+        // A short read: into the send buffer, and nothing goes past it until it is framed.
+        assert_eq!(p.core.service_read_direct(service, b"ok"), None);
+        assert_eq!(p.core.service_direct_room(service), None, "bytes wait");
+        p.run();
+        assert_eq!(p.edge(0).readable(id.stream), [&bulk[..], b"ok"].concat());
+        assert!(
+            p.core.service_direct_room(service).is_some(),
+            "nothing waits again"
+        );
+    }
+
+    /// A resumable stream's service reads into its records: no room for a frame of its own.
+    #[test]
+    fn a_resumable_streams_service_reads_no_frame_of_its_own() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        assert_eq!(p.core.service_direct_room(service), None);
     }
 
     /// A resumable stream's bytes are records: never cut through to the service.

@@ -24,7 +24,7 @@ use rustls::ClientConfig;
 
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, random_u64, would_block, Signals};
-use crate::limits::{CONN_WRITE_BATCH, TLS_READ_STAGE};
+use crate::limits::{CONN_WRITE_BATCH, CUT_THROUGH_MIN, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::pki;
 use crate::proto::mux;
@@ -682,8 +682,41 @@ impl Origin {
             l.connected = true;
             self.core.service_connected(id);
         }
-        // Service → edge: read straight into the stream's send buffer.
+        // Service → edge: a record's worth or more read into the loop's stage and sent from
+        // there as one DATA frame when nothing waits ahead of it (the cut-through's way out,
+        // docs/design.md §2.8), at most a write batch per pump; else read straight into the
+        // stream's send buffer, whose bound ends the pump.
+        let mut budget = CONN_WRITE_BATCH;
         loop {
+            let direct = self.core.service_direct_room(id).and_then(|(conn, room)| {
+                let room = room.min(budget).min(self.stage.len());
+                let edge = self.edges.iter_mut().find(|e| e.conn == conn)?;
+                match &mut edge.sock {
+                    Sock::Tls(tls) if room >= CUT_THROUGH_MIN && tls.can_send() => {
+                        Some((tls, room))
+                    }
+                    _ => None,
+                }
+            });
+            if let Some((tls, room)) = direct {
+                match l.sock.read(&mut self.stage[..room]) {
+                    Ok(0) => {} // the EOF: `service_fill` below hears it again, and ends
+                    Ok(n) => {
+                        let data = &self.stage[..n];
+                        if let Some(header) = self.core.service_read_direct(id, data) {
+                            tls.send_vectored(&[&header, data]);
+                            // A failed flush is the edge connection's pump's to see (the
+                            // core asks for it: bytes moved).
+                            let _ = tls.flush();
+                        }
+                        budget -= n;
+                        continue;
+                    }
+                    Err(e) if would_block(&e) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return self.core.service_failed(id, &e),
+                }
+            }
             let sock = &mut l.sock;
             let Some(got) = self.core.service_fill(id, |tail| sock.read(tail)) else {
                 break;
