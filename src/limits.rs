@@ -44,7 +44,11 @@ pub const URGENT_READABLE: usize = 4 * 1024;
 /// The smallest DATA payload the edge and the origin hand on as it is decrypted, with a write
 /// of its own (docs/design.md §2.8, "Cut-through"): one TLS record's worth. Smaller frames wait
 /// in their stream and go out batched, so a peer's small frames cannot each cost a syscall.
-pub const CUT_THROUGH_MIN: usize = 16 * 1024;
+pub const CUT_THROUGH_MIN: usize = TLS_RECORD;
+/// The most plaintext one TLS record carries (RFC 8446 §5.1; rustls's default fragment): a
+/// write of a little more than a multiple of it trails a record of a few bytes, which costs a
+/// seal, an open and its overhead like a full one.
+pub const TLS_RECORD: usize = 16 * 1024;
 /// A loop that carries more than one stream gives up its core after a turn longer than this
 /// (`sched_yield`), so the other processes of a chain sharing the machine's cores (the next
 /// hop of a keystroke) run before its next turn, not after its scheduler slice

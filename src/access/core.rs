@@ -45,17 +45,20 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::io::random_bytes;
-use crate::limits::STREAM_SEND_BUFFER;
+use crate::limits::{STREAM_SEND_BUFFER, TLS_RECORD};
 use crate::logging::untrusted;
 use crate::proto::buf::Buf;
+use crate::proto::mux;
 use crate::proto::ws::{self, Decoder, Item, Role};
 
 use super::AccessError;
 
-/// Largest payload of one client frame: with its 8-byte masked header it fills four TLS
-/// records of 16 KiB exactly (no small record trailing each frame), and it is read from the
-/// local side in one syscall.
-pub const LOCAL_READ: usize = 4 * 16 * 1024 - 8;
+/// Largest payload of one client frame, read from the local side in one syscall: with its
+/// 8-byte masked header it fits four TLS records (no small record trailing each frame), and
+/// so does the edge's DATA frame of it, whose header is [`mux::HEADER_LEN`] (10) bytes, when
+/// the edge frames it straight from the client's record (docs/design.md §2.8, "The other way
+/// through each").
+pub const LOCAL_READ: usize = 4 * TLS_RECORD - mux::HEADER_LEN;
 
 /// What the local end is, which decides what the edge's Close does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -33,15 +33,26 @@ use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
 use crate::limits::{
-    INITIAL_STREAM_WINDOW, LONE_RTT_FLOOR, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG, MAX_FRAME_PAYLOAD,
-    MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW, PING_DEAD_INTERVALS, PING_INTERVAL,
-    START_STREAM_WINDOW, STREAM_RATE_CEILING, STREAM_SEND_BUFFER, TUNED_WINDOW_BUDGET,
-    URGENT_READABLE, WINDOW_UPDATE_THRESHOLD,
+    CUT_THROUGH_MIN, INITIAL_STREAM_WINDOW, LONE_RTT_FLOOR, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG,
+    MAX_FRAME_PAYLOAD, MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW,
+    PING_DEAD_INTERVALS, PING_INTERVAL, START_STREAM_WINDOW, STREAM_RATE_CEILING,
+    STREAM_SEND_BUFFER, TLS_RECORD, TUNED_WINDOW_BUDGET, URGENT_READABLE, WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
 use crate::proto::reader::{put_str16, Reader};
 
 pub const HEADER_LEN: usize = 10;
+/// The least payload of a DATA frame sent straight from the caller's buffer
+/// ([`Session::frame_direct`]): with its header, a TLS record's worth ([`CUT_THROUGH_MIN`]).
+/// Less waits in the stream's send buffer, to be batched with other frames.
+pub const DIRECT_MIN: usize = CUT_THROUGH_MIN - HEADER_LEN;
+
+/// The most of `most` payload bytes a frame sent straight from the caller's buffer carries so
+/// that, with its header, it ends on a TLS record's edge and trails no record of a few bytes
+/// (0 when less than one record's worth).
+pub fn record_aligned(most: usize) -> usize {
+    ((most + HEADER_LEN) / TLS_RECORD * TLS_RECORD).saturating_sub(HEADER_LEN)
+}
 /// The newest version an edge serves. An origin sends [`PLAIN_PROTOCOL_VERSION`] unless it
 /// has a `bastion` ingress rule, so it keeps working with edges older than bastion mode.
 pub const PROTOCOL_VERSION: u16 = 3;
@@ -2097,8 +2108,24 @@ mod tests {
         assert!(origin.delivered(id).is_some());
     }
 
-    /// Bytes a sink takes as they arrive (`handle_input_direct`) skip the stream's buffer,
-    /// raise no event and earn credit as if consumed; bytes that wait are never overtaken.
+    /// A direct frame's payload and its header end on a TLS record's edge.
+    #[test]
+    fn a_direct_frame_fills_whole_records() {
+        assert_eq!(record_aligned(64 * 1024), 64 * 1024 - HEADER_LEN);
+        assert_eq!(
+            record_aligned(64 * 1024 - HEADER_LEN),
+            64 * 1024 - HEADER_LEN
+        );
+        assert_eq!(
+            record_aligned(64 * 1024 - HEADER_LEN - 1),
+            48 * 1024 - HEADER_LEN
+        );
+        assert_eq!(record_aligned(DIRECT_MIN), DIRECT_MIN);
+        assert_eq!(record_aligned(DIRECT_MIN - 1), 0);
+        assert_eq!(record_aligned(0), 0);
+        assert_eq!(DIRECT_MIN + HEADER_LEN, TLS_RECORD);
+    }
+
     /// The edge's way up ([`Session::frame_direct`]): a DATA header for bytes the caller sends
     /// itself, only when the frame overtakes nothing (the stream's OPEN, its own waiting bytes,
     /// another stream's) and only within the stream's credit, all of it or none, which it
@@ -2168,6 +2195,8 @@ mod tests {
         );
     }
 
+    /// Bytes a sink takes as they arrive (`handle_input_direct`) skip the stream's buffer,
+    /// raise no event and earn credit as if consumed; bytes that wait are never overtaken.
     #[test]
     fn bytes_handed_on_directly_skip_the_buffer_and_never_overtake_waiting_ones() {
         let now = Instant::now();

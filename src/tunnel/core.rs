@@ -1910,7 +1910,7 @@ impl Core {
     /// §2.8). `None`, and the driver reads with [`Core::service_fill`], for a resumable stream
     /// (its bytes become records), a service read to its end, or a stream whose frame would
     /// overtake something ([`mux::Session::direct_room`]) or carry less than
-    /// [`CUT_THROUGH_MIN`].
+    /// [`mux::DIRECT_MIN`].
     pub fn service_direct_room(&mut self, service: ServiceId) -> Option<(ConnId, usize)> {
         let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
         let Splice::Spliced { read_done, .. } = &l.splice else {
@@ -1920,12 +1920,12 @@ impl Core {
             return None;
         }
         let room = mux.direct_room(at.stream);
-        (room >= CUT_THROUGH_MIN).then_some((at.conn, room))
+        (room >= mux::DIRECT_MIN).then_some((at.conn, room))
     }
 
     /// The driver read `data` (at most [`Core::service_direct_room`]'s room, with nothing in
     /// between) from the service: the header of its DATA frame, which the driver sends before
-    /// it. `None` when the read was short of [`CUT_THROUGH_MIN`] (a keystroke's echo): the
+    /// it. `None` when the read was short of [`mux::DIRECT_MIN`] (a keystroke's echo): the
     /// bytes go into the stream's send buffer, to be batched with the pass's other frames as
     /// [`Core::service_fill`]'s would, so a chatty service does not cost a record and a
     /// syscall per read.
@@ -1935,7 +1935,7 @@ impl Core {
         data: &[u8],
     ) -> Option<[u8; mux::HEADER_LEN]> {
         let (_, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
-        let header = if data.len() >= CUT_THROUGH_MIN {
+        let header = if data.len() >= mux::DIRECT_MIN {
             let header = mux.frame_direct(at.stream, data.len());
             debug_assert!(header.is_some(), "bug: the room for a direct frame went");
             header
@@ -3120,7 +3120,7 @@ mod tests {
         p.run();
         let (conn, room) = p.core.service_direct_room(service).expect("nothing waits");
         assert_eq!(conn, id.conn);
-        assert!(room >= CUT_THROUGH_MIN, "{room}");
+        assert!(room >= mux::DIRECT_MIN, "{room}");
         let bulk: Vec<u8> = (0..32 * 1024).map(|i| (i % 251) as u8).collect();
         let header = p
             .core

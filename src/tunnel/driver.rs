@@ -24,7 +24,7 @@ use rustls::ClientConfig;
 
 use crate::io::tls::TlsConn;
 use crate::io::{random_bytes, random_u64, would_block, Signals};
-use crate::limits::{CONN_WRITE_BATCH, CUT_THROUGH_MIN, TLS_READ_STAGE};
+use crate::limits::{CONN_WRITE_BATCH, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::pki;
 use crate::proto::mux;
@@ -689,10 +689,11 @@ impl Origin {
         let mut budget = CONN_WRITE_BATCH;
         loop {
             let direct = self.core.service_direct_room(id).and_then(|(conn, room)| {
-                let room = room.min(budget).min(self.stage.len());
+                // A read that fills, with its frame's header, whole TLS records.
+                let room = mux::record_aligned(room.min(budget).min(self.stage.len()));
                 let edge = self.edges.iter_mut().find(|e| e.conn == conn)?;
                 match &mut edge.sock {
-                    Sock::Tls(tls) if room >= CUT_THROUGH_MIN && tls.can_send() => {
+                    Sock::Tls(tls) if room >= mux::DIRECT_MIN && tls.can_send() => {
                         Some((tls, room))
                     }
                     _ => None,

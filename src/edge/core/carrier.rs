@@ -11,7 +11,7 @@ use super::sessions::Session;
 use super::view::Verified;
 use super::{discard_input, Carrier, Conn, Discarded, EdgeCore, Limit};
 use crate::edge::valid_hostname;
-use crate::limits::{CONN_WRITE_BATCH, CUT_THROUGH_MIN, MAX_REQUEST_BODY};
+use crate::limits::{CONN_WRITE_BATCH, MAX_REQUEST_BODY};
 use crate::logging::untrusted;
 use crate::metrics::{self, Auth, Direction};
 use crate::proto::carrier;
@@ -183,20 +183,21 @@ impl EdgeCore {
                         // buffer and a frame batch: the cut-through's way up (docs/design.md
                         // §2.8); at most `direct_budget` per run. A failed flush is the
                         // tunnel's pump's to see (marked below).
-                        let direct =
-                            len >= CUT_THROUGH_MIN && len <= self.direct_budget && t.tls.can_send();
-                        match direct.then(|| t.mux.frame_direct(stream, len)).flatten() {
+                        // Not on a tunnel that is closing: there its bytes stop in the stream.
+                        let direct = len >= mux::DIRECT_MIN
+                            && len <= self.direct_budget
+                            && !t.closing
+                            && t.tls.can_send();
+                        let n = match direct.then(|| t.mux.frame_direct(stream, len)).flatten() {
                             Some(header) => {
                                 t.tls.send_vectored(&[&header, data]);
                                 let _ = t.tls.flush();
                                 self.direct_budget -= len;
+                                len
                             }
-                            None => {
-                                let n = t.mux.write(stream, data);
-                                debug_assert_eq!(n, len);
-                            }
-                        }
-                        let n = len;
+                            None => t.mux.write(stream, data),
+                        };
+                        debug_assert_eq!(n, len);
                         if let Some(s) = c.session.as_mut() {
                             s.bytes.add_up(n);
                         }
