@@ -249,13 +249,16 @@ impl Decoder {
 }
 
 /// XORs `buf` with `mask`, starting at byte `phase` of the mask (masking is its own inverse).
-/// Eight bytes at a time: this runs over every byte a client sends.
+/// Sixteen bytes at a time: this runs over every byte a client sends, twice (`access` masks,
+/// the edge unmasks). As a `u128` the XOR is one SSE2 instruction on x86-64 in the release
+/// build (`opt-level = "s"`), 2.3× as fast there as the 8-byte words it replaced
+/// (docs/design.md §2.8).
 pub fn unmask(buf: &mut [u8], mask: [u8; 4], phase: usize) {
     let rotated: [u8; 4] = std::array::from_fn(|i| mask[(phase + i) % 4]);
-    let word = u64::from_ne_bytes(std::array::from_fn(|i| rotated[i % 4]));
-    let mut chunks = buf.chunks_exact_mut(8);
+    let word = u128::from_ne_bytes(std::array::from_fn(|i| rotated[i % 4]));
+    let mut chunks = buf.chunks_exact_mut(16);
     for c in &mut chunks {
-        let v = u64::from_ne_bytes(c.try_into().expect("bug: chunk of 8")) ^ word;
+        let v = u128::from_ne_bytes(c.try_into().expect("bug: chunk of 16")) ^ word;
         c.copy_from_slice(&v.to_ne_bytes());
     }
     // Whole words keep the phase: the tail starts at mask byte 0 of `rotated`.
