@@ -18,20 +18,7 @@ use support::{free_port, postern, run_with_deadline, wait_until, Chain, Child};
 #[test]
 fn local_listener_carries_plain_ssh() {
     let chain = Chain::start("access-tcp", "tcp.localhost");
-    let port = free_port();
-    let home = chain.dir.join("home");
-    let mut cmd = postern(&home);
-    cmd.args(["access", "tcp", "--hostname", "tcp.localhost", "--url"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--edge")
-        .arg(chain.edge.edge_arg())
-        .arg("--ca")
-        .arg(chain.edge.ca());
-    chain.proxy.apply_env(&mut cmd);
-    let listener = Child::spawn("access-tcp", cmd, chain.dir.path());
-    listener
-        .wait_for_stderr("listening on", Duration::from_secs(10))
-        .expect("access tcp did not start listening");
+    let (listener, port) = chain.access_tcp(&chain.edge.edge_arg());
 
     let ssh = |marker: &str| ssh_command(&chain, port, marker);
     for round in 0..2 {
@@ -100,20 +87,7 @@ fn stall_first_connection(edge: SocketAddr) -> (SocketAddr, mpsc::Receiver<()>) 
 fn a_silent_edge_for_one_connection_does_not_hold_up_the_next() {
     let chain = Chain::start("access-tcp-stall", "tcp.localhost");
     let (front, stalled) = stall_first_connection(chain.edge.addr);
-    let port = free_port();
-    let home = chain.dir.join("home");
-    let mut cmd = postern(&home);
-    cmd.args(["access", "tcp", "--hostname", "tcp.localhost", "--url"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--edge")
-        .arg(front.to_string())
-        .arg("--ca")
-        .arg(chain.edge.ca());
-    chain.proxy.apply_env(&mut cmd);
-    let listener = Child::spawn("access-tcp", cmd, chain.dir.path());
-    listener
-        .wait_for_stderr("listening on", Duration::from_secs(10))
-        .expect("access tcp did not start listening");
+    let (listener, port) = chain.access_tcp(&front.to_string());
 
     // The first local connection: its carrier's TLS handshake never gets an answer (the
     // client gives up after 30 s).
@@ -170,13 +144,8 @@ fn listening_for_ssh(chain: &Chain, name: &str, cmd: std::process::Command, port
 
 /// `ssh -p port user@127.0.0.1 echo marker` to the chain's sshd.
 fn ssh_command(chain: &Chain, port: u16, marker: &str) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(chain.sshd.ssh_options())
-        .arg("-p")
-        .arg(port.to_string())
-        .arg(format!("{}@127.0.0.1", chain.sshd.user))
-        .arg(format!("echo {marker}"))
-        .stdin(Stdio::null());
+    let mut c = chain.ssh_port(port);
+    c.arg(format!("echo {marker}")).stdin(Stdio::null());
     c
 }
 

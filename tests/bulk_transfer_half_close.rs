@@ -94,3 +94,54 @@ fn bulk_transfer_both_ways_is_byte_exact_and_ends_on_eof() {
     );
     assert_eq!(sha256_file(&back), want, "download corrupted the data");
 }
+
+/// The same through `access tcp` and plain `ssh -p` (64 MiB each way): a plain stream, not a
+/// resumable one, which the origin frames straight from its reads of sshd and the edge straight
+/// from the client's records (docs/design.md §2.8, "The other way through each"), so a byte
+/// lost, doubled or reordered by either direct path, or an EOF lost behind a direct read,
+/// shows here.
+#[test]
+fn bulk_through_access_tcp_is_byte_exact_both_ways() {
+    const SIZE: u64 = 64 * 1024 * 1024;
+    let chain = Chain::start("bulk-access-tcp", "bulktcp.localhost");
+    let (listener, port) = chain.access_tcp(&chain.edge.edge_arg());
+    let ssh = |remote: String| {
+        let mut c = chain.ssh_port(port);
+        c.arg(remote);
+        c
+    };
+    let source = chain.dir.join("source.bin");
+    let remote = chain.dir.join("server-copy.bin");
+    let back = chain.dir.join("round-trip.bin");
+    write_pseudo_random(&source, SIZE);
+    let want = sha256_file(&source);
+    let remote_q = shell_quote(&remote.display().to_string());
+
+    let (status, stderr) = run_status_with_deadline(
+        ssh(format!("cat > {remote_q}"))
+            .stdin(File::open(&source).unwrap())
+            .stdout(Stdio::null()),
+        TRANSFER_DEADLINE,
+        "upload via access tcp (a hang here means EOF did not propagate)",
+    );
+    assert!(
+        status.success(),
+        "upload failed ({status}): {stderr}\nlistener:\n{}",
+        listener.stderr_text()
+    );
+    assert_eq!(sha256_file(&remote), want, "upload corrupted the data");
+
+    let (status, stderr) = run_status_with_deadline(
+        ssh(format!("cat {remote_q}"))
+            .stdin(Stdio::null())
+            .stdout(File::create(&back).unwrap()),
+        TRANSFER_DEADLINE,
+        "download via access tcp",
+    );
+    assert!(
+        status.success(),
+        "download failed ({status}): {stderr}\nlistener:\n{}",
+        listener.stderr_text()
+    );
+    assert_eq!(sha256_file(&back), want, "download corrupted the data");
+}

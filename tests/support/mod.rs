@@ -1495,6 +1495,36 @@ impl Chain {
         }
     }
 
+    /// `postern access tcp` for the chain's hostname on a free local port, reaching the edge at
+    /// `edge` (`host:port`; the chain's own edge, or a front for it): started and listening.
+    pub fn access_tcp(&self, edge: &str) -> (Child, u16) {
+        let port = free_port();
+        let mut cmd = postern(&self.dir.join("home"));
+        cmd.args(["access", "tcp", "--hostname", &self.hostname, "--url"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--edge")
+            .arg(edge)
+            .arg("--ca")
+            .arg(self.edge.ca());
+        self.proxy.apply_env(&mut cmd);
+        let listener = Child::spawn("access-tcp", cmd, self.dir.path());
+        listener
+            .wait_for_stderr("listening on", Duration::from_secs(10))
+            .expect("access tcp did not start listening");
+        (listener, port)
+    }
+
+    /// Plain `ssh -p PORT user@127.0.0.1` (through an [`Chain::access_tcp`] listener); append
+    /// the remote command.
+    pub fn ssh_port(&self, port: u16) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(self.sshd.ssh_options())
+            .arg("-p")
+            .arg(port.to_string())
+            .arg(format!("{}@127.0.0.1", self.sshd.user));
+        c
+    }
+
     /// `ssh ... user@HOSTNAME` through the chain; append the remote command.
     pub fn ssh(&self) -> Command {
         let mut cmd = self.sshd.ssh_command(&self.hostname, &self.proxy);
