@@ -251,7 +251,8 @@ impl Edge {
                 .retry_at
                 .map_or(next_tick, |r| r.min(next_tick));
             let timeout = wake.saturating_duration_since(Instant::now());
-            crate::io::yield_after_long_turn(turn, || self.core.shared_turn());
+            let shared = self.core.take_shared_turn();
+            crate::io::yield_after_long_turn(turn, || shared);
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -438,7 +439,8 @@ fn run_worker(mut core: EdgeCore, mut poll: Poll) -> io::Result<()> {
         let timeout = core
             .poll_timeout()
             .saturating_duration_since(Instant::now());
-        crate::io::yield_after_long_turn(turn, || core.shared_turn());
+        let shared = core.take_shared_turn();
+        crate::io::yield_after_long_turn(turn, || shared);
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;

@@ -343,8 +343,9 @@ pub(crate) struct EdgeCore {
     has_run: Vec<bool>,
     /// The slots that ran in the current round (to clear `has_run` at its end).
     ran: Vec<usize>,
-    /// A tunnel connection that carries more than one stream ran in the current round: the
-    /// driver may yield its core after a long turn ([`crate::io::yield_after_long_turn`]).
+    /// A tunnel connection that carries more than one stream ran since the driver last asked
+    /// ([`EdgeCore::take_shared_turn`]): it may yield its core after a long turn
+    /// ([`crate::io::yield_after_long_turn`]).
     shared_turn: bool,
     /// Connections for the next pass of the loop, which then does not wait: those that
     /// stopped at a per-pass bound with input left (a lingering carrier), and those marked
@@ -722,7 +723,6 @@ impl EdgeCore {
     /// Runs every connection that is ready or was touched by another one.
     pub(crate) fn process(&mut self, now: Instant, unix: u64) {
         self.set_time(now, unix);
-        self.shared_turn = false;
         for slot in std::mem::take(&mut self.again) {
             self.is_dirty[slot] = false;
             self.mark(slot);
@@ -730,11 +730,12 @@ impl EdgeCore {
         self.run_dirty();
     }
 
-    /// Whether the last [`EdgeCore::process`] ran a tunnel connection that carries more than one
-    /// stream: a loop whose bulk may delay another stream's keystroke in the next process of
-    /// the chain (docs/design.md §2.8, "Yield after a long turn").
-    pub(crate) fn shared_turn(&self) -> bool {
-        self.shared_turn
+    /// Whether a tunnel connection that carries more than one stream ran since the last call
+    /// (in every pass of the turn, the accept retry's second one too): a loop whose bulk may
+    /// delay another stream's keystroke in the next process of the chain (docs/design.md
+    /// §2.8, "Yield after a long turn"). Asked once per turn; the answer starts the next afresh.
+    pub(crate) fn take_shared_turn(&mut self) -> bool {
+        std::mem::take(&mut self.shared_turn)
     }
 
     /// The store worker or a login worker has answers (the driver's waker fired).
