@@ -36,6 +36,11 @@ import * as http from 'node:http';
 
 import Provider from 'oidc-provider';
 
+// Once, on stderr, how long start-up took up to the point of binding: a selftest once saw a
+// provider print nothing for 60 s without exiting, and this line tells a slow import or key
+// generation from a silent `listen`.
+const started = Date.now();
+
 function env(name, fallback) {
   const v = process.env[name];
   if (v === undefined || v === '') {
@@ -266,6 +271,7 @@ const server = http.createServer((req, res) => {
   callback(req, res);
 });
 
+console.error(`provider.mjs: configured in ${Date.now() - started} ms after its imports; binding 127.0.0.1:${port}`);
 server.listen(port, '127.0.0.1', () => {
   console.log(`oidc-provider listening on ${issuer}`);
 });

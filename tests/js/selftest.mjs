@@ -82,9 +82,19 @@ async function startProvider(redirectUri, extraEnv = {}) {
   });
   const needle = `oidc-provider listening on http://127.0.0.1:${port}`;
   const t0 = Date.now();
+  // A poll that comes back a second late means this process did not run meanwhile (the
+  // machine paused it, and the provider with it): that time is not the provider's. Once a CI
+  // run failed here with the provider's first line out and nothing after, for 60 s.
+  let waited = 0;
+  let last = t0;
   while (!p.out.stdout.includes(needle)) {
     if (p.child.exitCode !== null) throw new Error(`provider exited early:\n${p.out.stderr}`);
-    if (Date.now() - t0 > STARTUP_MS) throw new Error(`provider did not print ${JSON.stringify(needle)}:\n${p.out.stderr}`);
+    const now = Date.now();
+    waited += Math.min(now - last, 1000);
+    last = now;
+    if (waited > STARTUP_MS) {
+      throw new Error(`provider did not print ${JSON.stringify(needle)} in ${now - t0} ms:\n${p.out.stderr}`);
+    }
     await new Promise((r) => { setTimeout(r, 20); });
   }
   log(`provider up in ${Date.now() - t0} ms on ${port}`);
