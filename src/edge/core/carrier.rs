@@ -181,9 +181,9 @@ impl EdgeCore {
                         // A record's worth goes into the tunnel connection's TLS as one DATA
                         // frame when nothing waits ahead of it, not through the stream's send
                         // buffer and a frame batch: the cut-through's way up (docs/design.md
-                        // §2.8); at most `direct_budget` per run. A failed flush is the
+                        // §2.8); at most `direct_budget` per run, and never on a closing
+                        // tunnel (there the bytes stop in the stream). A failed flush is the
                         // tunnel's pump's to see (marked below).
-                        // Not on a tunnel that is closing: there its bytes stop in the stream.
                         let direct = len >= mux::DIRECT_MIN
                             && len <= self.direct_budget
                             && !t.closing
