@@ -46,6 +46,11 @@ const FIN: u8 = 6;
 
 /// Bytes of a DATA record's header.
 pub const DATA_HEADER: usize = 5;
+/// Bytes of an ACK record.
+pub const ACK_LEN: usize = 9;
+/// The most record bytes [`Endpoint::frame_direct`] puts before its payload: an ACK and a
+/// DATA header.
+pub const DIRECT_HEAD: usize = ACK_LEN + DATA_HEADER;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumeError {
@@ -486,6 +491,50 @@ impl Endpoint {
         }
     }
 
+    /// Bytes the application gave that the current path has not had yet.
+    pub fn unsent(&self) -> usize {
+        (self.sent_total() - self.framed) as usize
+    }
+
+    /// Frames the front of the unsent bytes as one DATA record (at most `max` record bytes,
+    /// header included), an ACK before it when the peer does not know all we took, as
+    /// [`Endpoint::transmit`] would, but without copying the payload: returns the records'
+    /// head (`head[..len]`) and the payload's length; [`Endpoint::last_framed`] is the
+    /// payload, in the replay buffer, for the caller to send right after the head
+    /// (docs/design.md §2.8). `None` when nothing is unsent or `max` leaves no room for a
+    /// payload byte.
+    pub fn frame_direct(&mut self, max: usize) -> Option<([u8; DIRECT_HEAD], usize, usize)> {
+        let ack = self.received > self.ack_told;
+        let mut head = [0u8; DIRECT_HEAD];
+        let mut len = 0;
+        if ack {
+            head[0] = ACK;
+            head[1..ACK_LEN].copy_from_slice(&self.received.to_be_bytes());
+            len = ACK_LEN;
+        }
+        let n = self
+            .unsent()
+            .min(MAX_DATA)
+            .min(max.saturating_sub(len + DATA_HEADER));
+        if n == 0 {
+            return None;
+        }
+        if ack {
+            self.ack_told = self.received;
+        }
+        self.ack_wanted = false;
+        head[len] = DATA;
+        head[len + 1..len + DATA_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+        self.framed += n as u64;
+        Some((head, len + DATA_HEADER, n))
+    }
+
+    /// The last `n` bytes framed (at most what is unacknowledged).
+    pub fn last_framed(&self, n: usize) -> &[u8] {
+        let end = self.start + (self.framed - self.acked) as usize;
+        &self.buf[end - n..end]
+    }
+
     /// Eats control records and DATA headers at the front of `input`; returns how many bytes
     /// were eaten (the caller drops them). Stops at the first payload byte, at a partial
     /// record, or at the end.
@@ -496,7 +545,7 @@ impl Endpoint {
             let Some(&ty) = rest.first() else { break };
             let need = match ty {
                 DATA => DATA_HEADER,
-                ACK => 9,
+                ACK => ACK_LEN,
                 FIN => 1,
                 t => return Err(ResumeError::Unexpected(t)),
             };
@@ -741,6 +790,51 @@ mod tests {
         );
         carry(&mut a, &mut b, &mut sink).unwrap();
         assert_eq!(sink.last(), Some(&b'x'));
+    }
+
+    /// A record framed from the replay buffer reads, at the peer, as `transmit`'s would: its
+    /// ACK first when one is owed, then the payload, in order with the records around it, and
+    /// within the room it was given.
+    #[test]
+    fn records_framed_in_place_read_like_transmitted_ones() {
+        let data: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        // `a` took 7 bytes of b's and has not acknowledged them.
+        let (mut a, mut b) = (Endpoint::new(), Endpoint::new());
+        b.push(b"seven!!");
+        carry(&mut b, &mut a, &mut Vec::new()).unwrap();
+        assert_eq!(a.push(&data), data.len());
+        assert_eq!(a.frame_direct(DIRECT_HEAD), None, "no room for a byte");
+        let mut wire = Vec::new();
+        let (head, len, n) = a.frame_direct(40_000).unwrap();
+        let payload = a.last_framed(n);
+        assert_eq!((len, payload.len()), (DIRECT_HEAD, 40_000 - DIRECT_HEAD));
+        assert_eq!(head[0], ACK, "the ACK owed rides in front");
+        wire.extend_from_slice(&head[..len]);
+        wire.extend_from_slice(payload);
+        a.transmit(&mut wire, 1000); // one batched record in between
+        let (head, len, n) = a.frame_direct(usize::MAX).unwrap();
+        let payload = a.last_framed(n);
+        assert_eq!(
+            (len, payload.len()),
+            (DATA_HEADER, MAX_DATA),
+            "one record at most"
+        );
+        wire.extend_from_slice(&head[..len]);
+        wire.extend_from_slice(payload);
+        a.close_write();
+        a.transmit(&mut wire, usize::MAX); // the rest, and FIN
+        assert_eq!(a.frame_direct(usize::MAX), None, "nothing unsent");
+        let mut got = Vec::new();
+        let n = b
+            .receive(&wire, |p| {
+                got.extend_from_slice(p);
+                p.len()
+            })
+            .unwrap();
+        assert_eq!(n, wire.len());
+        assert_eq!(got, data);
+        assert!(b.read_closed());
+        assert_eq!(b.buffered(), 0, "the ACK trimmed b's replay buffer");
     }
 
     #[test]

@@ -66,7 +66,7 @@ use crate::metrics::{self, Direction, Metrics};
 use crate::proto::destination::{self, Destination, Host as DestHost};
 use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
-use crate::proto::resume::{Endpoint, Key, Opening, DATA_HEADER, MAX_DATA};
+use crate::proto::resume::{Endpoint, Key, Opening, ACK_LEN, DATA_HEADER, DIRECT_HEAD, MAX_DATA};
 
 use super::config::{Ingress, Service};
 
@@ -1882,16 +1882,25 @@ impl Core {
             }
             Some(r) => {
                 // Only as fast as the mux stream takes records: the replay buffer is not a
-                // second send buffer.
-                flush(r, mux, at.stream);
-                if !r.pending.is_empty() || r.ep.wants_transmit() {
-                    return None; // `Writable` follows.
+                // second send buffer. What [`Core::service_records_direct`] did not send goes
+                // to the mux stream first; a tail too short for a direct frame waits for the
+                // next read, to go out with it.
+                if r.ep.unsent() >= mux::DIRECT_MIN || !r.pending.is_empty() {
+                    flush(r, mux, at.stream);
+                    if !r.pending.is_empty() || r.ep.unsent() > 0 {
+                        return None; // `Writable` follows.
+                    }
                 }
                 let Some(got) = r.ep.fill(read) else {
                     r.starved = true; // Unacknowledged bytes fill it: an ACK pumps again.
                     return None;
                 };
-                flush(r, mux, at.stream);
+                // A read too short for a direct frame (an echo) goes to the mux stream now, to
+                // be batched with the pass's other frames; what no direct frame takes,
+                // `service_pumped` flushes.
+                if r.ep.unsent() < mux::DIRECT_MIN {
+                    flush(r, mux, at.stream);
+                }
                 got
             }
         };
@@ -1953,6 +1962,59 @@ impl Core {
         self.metrics.bytes(Direction::OriginToClient, data.len());
         self.conns[at.conn.slot].moved = true;
         header
+    }
+
+    /// How much a resumable stream's next records may carry to the edge as one DATA frame
+    /// sent straight from its replay buffer ([`Core::service_records_direct`]), and on which
+    /// edge connection: the way out of the origin for `access ssh` sessions, without the
+    /// copies into `pending`, the mux stream and a frame batch (docs/design.md §2.8). `None`
+    /// for a plain stream, while records wait in `pending`, when less than
+    /// [`mux::DIRECT_MIN`] is unsent, or when the frame would overtake something.
+    pub fn service_records_room(&mut self, service: ServiceId) -> Option<(ConnId, usize)> {
+        let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
+        let r = l.resume.as_deref()?;
+        if !matches!(l.splice, Splice::Spliced { .. })
+            || !r.pending.is_empty()
+            || r.ep.unsent() < mux::DIRECT_MIN
+        {
+            return None;
+        }
+        let room = mux.direct_room(at.stream);
+        (room >= mux::DIRECT_MIN).then_some((at.conn, room))
+    }
+
+    /// Frames a resumable stream's unsent bytes as one DATA frame of at most `max` bytes
+    /// (within [`Core::service_records_room`]'s room), its records' head in it: all that is
+    /// unsent if it fits, else as much as ends the frame on a TLS record's edge (the rest goes
+    /// with the next read). Returns the head (mux frame header, an ACK if
+    /// owed, the DATA record's header: `head[..len]`) and the payload, a slice of the replay
+    /// buffer, which the driver sends right after it.
+    pub fn service_records_direct(
+        &mut self,
+        service: ServiceId,
+        max: usize,
+    ) -> Option<([u8; RECORDS_HEAD], usize, &[u8])> {
+        let (l, mux, at) = attached(&mut self.conns, &mut self.locals, service)?;
+        let r = l.resume.as_deref_mut()?;
+        let room = max.min(mux.direct_room(at.stream));
+        // All that is unsent, if it fits; else as much as ends on a record's edge.
+        let unsent = r.ep.unsent();
+        let whole = unsent <= MAX_DATA && unsent + DIRECT_HEAD <= room;
+        let max = if whole {
+            room
+        } else {
+            mux::record_aligned(room)
+        };
+        let (records, len, n) = r.ep.frame_direct(max)?;
+        let Some(frame) = mux.frame_direct(at.stream, len + n) else {
+            unreachable!("bug: the room for a direct frame went");
+        };
+        let mut head = [0u8; RECORDS_HEAD];
+        head[..mux::HEADER_LEN].copy_from_slice(&frame);
+        head[mux::HEADER_LEN..mux::HEADER_LEN + len].copy_from_slice(&records[..len]);
+        self.conns[at.conn.slot].moved = true;
+        let r = self.locals.get(&service)?.resume.as_deref()?;
+        Some((head, mux::HEADER_LEN + len, r.ep.last_framed(n)))
     }
 
     /// Bytes from the edge waiting for the service (a resumable stream's: the payload of
@@ -2078,8 +2140,9 @@ fn attached<'a>(
     Some((l, &mut live.mux, at))
 }
 
-/// Bytes of an ACK record (type and offset).
-const ACK_LEN: usize = 9;
+/// The most head bytes before a payload sent from a replay buffer: the mux frame's header
+/// and the records' (an ACK, a DATA header).
+pub const RECORDS_HEAD: usize = mux::HEADER_LEN + DIRECT_HEAD;
 
 /// Moves a resumable stream's records into its mux stream as far as that has room; true if
 /// any moved. When it has none, the mux raises `Writable` later (it promises one after a
@@ -3153,6 +3216,63 @@ mod tests {
         let at = p.open_resumable(0, &mut c);
         let service = p.service(at);
         assert_eq!(p.core.service_direct_room(service), None);
+    }
+
+    /// A resumable stream's bulk goes to the edge as records framed where the service's read
+    /// put them, the replay buffer, with the ACK the origin owes in front; a short read goes
+    /// the batched way, and nothing is framed directly past bytes that wait.
+    #[test]
+    fn a_resumable_streams_bulk_goes_to_the_edge_from_its_replay_buffer() {
+        let mut p = resumable_pipe(1);
+        let mut c = Client::new(1);
+        let at = p.open_resumable(0, &mut c);
+        let service = p.service(at);
+        p.say(service, b"hi"); // the ACCEPT goes out with it, batched
+        p.client_recv(at, &mut c);
+        c.types(b"abc");
+        p.client_send(at, &mut c);
+        assert_eq!(p.svc(service).heard, b"abc");
+        let read = |p: &mut Pipe, data: &[u8]| {
+            let got = p.core.service_fill(service, |buf| {
+                buf[..data.len()].copy_from_slice(data);
+                Ok(data.len())
+            });
+            assert_eq!(got.map(|r| r.unwrap()), Some(data.len()));
+        };
+        let bulk: Vec<u8> = (0..40 * 1024).map(|i| (i % 251) as u8).collect();
+        read(&mut p, &bulk);
+        let (conn, room) = p.core.service_records_room(service).expect("nothing waits");
+        assert_eq!(conn, at.conn);
+        let (head, len, payload) = p.core.service_records_direct(service, room).unwrap();
+        assert_eq!(
+            len, RECORDS_HEAD,
+            "the frame's header, the ACK owed, DATA's header"
+        );
+        assert_eq!(payload, &bulk[..], "all of it, from the replay buffer");
+        let frame = [&head[..len], payload].concat();
+        let now = p.now;
+        assert_eq!(p.edge(0).handle_input(&frame, now).unwrap(), frame.len());
+        assert_eq!(p.core.service_records_room(service), None, "nothing unsent");
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, [&b"hi"[..], &bulk].concat());
+        assert_eq!(
+            c.ep.buffered(),
+            0,
+            "the ACK in front trimmed the client's buffer"
+        );
+        // A short read goes into the mux stream at once; a bulk read behind it is not framed
+        // past it.
+        read(&mut p, b"ok");
+        read(&mut p, &bulk);
+        assert_eq!(
+            p.core.service_records_room(service),
+            None,
+            "bytes wait ahead"
+        );
+        p.core.service_pumped(service, p.now);
+        p.run();
+        p.client_recv(at, &mut c);
+        assert_eq!(c.got, [&b"hi"[..], &bulk, b"ok", &bulk].concat());
     }
 
     /// A resumable stream's bytes are records: never cut through to the service.

@@ -685,9 +685,41 @@ impl Origin {
         // Service → edge: a record's worth or more read into the loop's stage and sent from
         // there as one DATA frame when nothing waits ahead of it (the cut-through's way out,
         // docs/design.md §2.8), at most a write batch per pump; else read straight into the
-        // stream's send buffer, whose bound ends the pump.
+        // stream's send buffer, whose bound ends the pump. A pump whose direct frames used up
+        // the batch asks for another in the next pass instead (the data path stays direct; the
+        // send buffer, once filled, would keep the next pumps' frames off it).
         let mut budget = CONN_WRITE_BATCH;
+        let mut again = false;
         loop {
+            // A resumable stream's: records framed from its replay buffer, where the read put
+            // them (the read is `service_fill`'s, below).
+            while budget >= mux::DIRECT_MIN {
+                let Some((conn, room)) = self.core.service_records_room(id) else {
+                    break;
+                };
+                let Some(Sock::Tls(tls)) = self
+                    .edges
+                    .iter_mut()
+                    .find(|e| e.conn == conn)
+                    .map(|e| &mut e.sock)
+                else {
+                    break;
+                };
+                if !tls.can_send() {
+                    break;
+                }
+                let max = room.min(budget);
+                let Some((head, len, payload)) = self.core.service_records_direct(id, max) else {
+                    break;
+                };
+                tls.send_vectored(&[&head[..len], payload]);
+                let _ = tls.flush(); // A failure is the edge connection's pump's to see.
+                budget = budget.saturating_sub(len + payload.len());
+                again = budget < mux::DIRECT_MIN;
+            }
+            if again {
+                break;
+            }
             let direct = self.core.service_direct_room(id).and_then(|(conn, room)| {
                 // A read that fills, with its frame's header, whole TLS records.
                 let room = mux::record_aligned(room.min(budget).min(self.stage.len()));
@@ -711,6 +743,10 @@ impl Origin {
                             let _ = tls.flush();
                         }
                         budget -= n;
+                        again = budget < mux::DIRECT_MIN;
+                        if again {
+                            break;
+                        }
                         continue;
                     }
                     Err(e) if would_block(&e) => break,
@@ -744,6 +780,9 @@ impl Origin {
             }
         }
         self.core.service_pumped(id, now);
+        if again {
+            self.want(Token(FIRST + self.edges.len() + slot));
+        }
     }
 
     fn drop_local(&mut self, slot: usize) {
