@@ -372,7 +372,8 @@ impl Endpoint {
     }
 
     /// Reads once from the application with `read`, straight into the replay buffer (at most
-    /// [`MAX_DATA`] bytes). `None` when there is no room or the application has ended.
+    /// [`MAX_DATA`] bytes). The room `read` gets is not zeroed: it may hold this stream's own
+    /// acknowledged bytes, and only the `n` bytes `read` says it wrote count. `None` when there is no room or the application has ended.
     /// `Some(Ok(0))` is the application's EOF.
     pub fn fill(
         &mut self,
@@ -437,7 +438,7 @@ impl Endpoint {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-            if self.buf.len() > 4 * MAX_DATA {
+            if self.buf.capacity() > 4 * MAX_DATA {
                 self.buf.truncate(MAX_DATA);
                 self.buf.shrink_to(MAX_DATA);
             }
@@ -488,6 +489,16 @@ impl Endpoint {
         if self.eof && !self.fin_sent && self.framed == self.sent_total() {
             out.push(FIN);
             self.fin_sent = true;
+        }
+    }
+
+    /// Record bytes [`Endpoint::frame_direct`] puts before its payload now: a DATA header,
+    /// and an ACK when one is owed.
+    pub fn direct_head_len(&self) -> usize {
+        if self.received > self.ack_told {
+            DIRECT_HEAD
+        } else {
+            DATA_HEADER
         }
     }
 
@@ -804,6 +815,7 @@ mod tests {
         carry(&mut b, &mut a, &mut Vec::new()).unwrap();
         assert_eq!(a.push(&data), data.len());
         assert_eq!(a.frame_direct(DIRECT_HEAD), None, "no room for a byte");
+        assert_eq!(a.direct_head_len(), DIRECT_HEAD, "an ACK is owed");
         let mut wire = Vec::new();
         let (head, len, n) = a.frame_direct(40_000).unwrap();
         let payload = a.last_framed(n);
@@ -811,6 +823,7 @@ mod tests {
         assert_eq!(head[0], ACK, "the ACK owed rides in front");
         wire.extend_from_slice(&head[..len]);
         wire.extend_from_slice(payload);
+        assert_eq!(a.direct_head_len(), DATA_HEADER, "the ACK went");
         a.transmit(&mut wire, 1000); // one batched record in between
         let (head, len, n) = a.frame_direct(usize::MAX).unwrap();
         let payload = a.last_framed(n);

@@ -1999,7 +1999,7 @@ impl Core {
         let room = max.min(mux.direct_room(at.stream));
         // All that is unsent, if it fits; else as much as ends on a record's edge.
         let unsent = r.ep.unsent();
-        let whole = unsent <= MAX_DATA && unsent + DIRECT_HEAD <= room;
+        let whole = unsent <= MAX_DATA && unsent + r.ep.direct_head_len() <= room;
         let max = if whole {
             room
         } else {
