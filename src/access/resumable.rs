@@ -196,15 +196,19 @@ impl Resumable {
         } else if std::mem::take(&mut a.ping_wanted) {
             ws::encode_frame(&mut self.frame, ws::PING, b"", Some(random_bytes()));
         } else if a.may_send && self.ep.wants_transmit() {
-            self.scratch.clear();
+            // The records go straight into the frame, behind room for the largest header, and
+            // are masked there: no copy through a scratch buffer (docs/design.md §2.8).
+            self.frame.resize(ws::MAX_HEADER, 0);
             self.ep
-                .transmit(&mut self.scratch, LOCAL_READ - 64 - resume::DATA_HEADER);
-            ws::encode_frame(
-                &mut self.frame,
-                ws::BINARY,
-                &self.scratch,
-                Some(random_bytes()),
-            );
+                .transmit(&mut self.frame, LOCAL_READ - 64 - resume::DATA_HEADER);
+            let mask = random_bytes();
+            let mut header = [0u8; ws::MAX_HEADER];
+            let len = self.frame.len() - ws::MAX_HEADER;
+            let n = ws::encode_header(&mut header, ws::BINARY, len, Some(mask));
+            ws::unmask(&mut self.frame[ws::MAX_HEADER..], mask, 0);
+            self.frame[ws::MAX_HEADER - n..ws::MAX_HEADER].copy_from_slice(&header[..n]);
+            a.edge_busy = true;
+            return Some(&self.frame[ws::MAX_HEADER - n..]);
         } else {
             return None;
         }

@@ -267,9 +267,12 @@ pub fn unmask(buf: &mut [u8], mask: [u8; 4], phase: usize) {
     }
 }
 
-/// Writes a frame header into `out` and returns its length (at most 14 bytes).
+/// The longest frame header: 2 bytes, an 8-byte length, a 4-byte mask.
+pub const MAX_HEADER: usize = 14;
+
+/// Writes a frame header into `out` and returns its length (at most [`MAX_HEADER`] bytes).
 pub fn encode_header(
-    out: &mut [u8; 14],
+    out: &mut [u8; MAX_HEADER],
     opcode: OpCode,
     len: usize,
     mask: Option<[u8; 4]>,
