@@ -685,10 +685,14 @@ impl Origin {
         // Service → edge: a record's worth or more read into the loop's stage and sent from
         // there as one DATA frame when nothing waits ahead of it (the cut-through's way out,
         // docs/design.md §2.8), at most a write batch per pump; else read straight into the
-        // stream's send buffer, whose bound ends the pump. A pump whose direct frames used up
-        // the batch asks for another in the next pass instead (the data path stays direct; the
-        // send buffer, once filled, would keep the next pumps' frames off it).
+        // stream's send buffer, whose bound ends the pump. The lone stream of the origin, when
+        // its direct frames used up the batch, asks for another pump in the next pass instead:
+        // the send buffer, once filled, would keep the next pumps' frames off the direct path
+        // (its bytes copied twice more). Beside other streams it does not: bytes waiting in
+        // the send buffer can still be overtaken by a keystroke's frame, bytes on the socket
+        // cannot (tried: a ping's p99 beside bulk down grew by half; docs/design.md §2.8).
         let mut budget = CONN_WRITE_BATCH;
+        let lone = !self.core.more_than_one_stream();
         let mut again = false;
         loop {
             // A resumable stream's: records framed from its replay buffer, where the read put
@@ -715,7 +719,7 @@ impl Origin {
                 tls.send_vectored(&[&head[..len], payload]);
                 let _ = tls.flush(); // A failure is the edge connection's pump's to see.
                 budget = budget.saturating_sub(len + payload.len());
-                again = budget < mux::DIRECT_MIN;
+                again = lone && budget < mux::DIRECT_MIN;
             }
             if again {
                 break;
@@ -743,7 +747,7 @@ impl Origin {
                             let _ = tls.flush();
                         }
                         budget -= n;
-                        again = budget < mux::DIRECT_MIN;
+                        again = lone && budget < mux::DIRECT_MIN;
                         if again {
                             break;
                         }
