@@ -48,6 +48,15 @@ enum Sock {
     Tls(Box<TlsConn>),
 }
 
+/// The TLS of edge connection `conn` if its previous output is on its socket (`can_send`):
+/// where a direct frame may go now (docs/design.md §2.8).
+fn sending_edge(edges: &mut [Edge], conn: ConnId) -> Option<&mut TlsConn> {
+    match &mut edges.iter_mut().find(|e| e.conn == conn)?.sock {
+        Sock::Tls(tls) if tls.can_send() => Some(tls),
+        _ => None,
+    }
+}
+
 struct Edge {
     conn: ConnId,
     sock: Sock,
@@ -701,17 +710,9 @@ impl Origin {
                 let Some((conn, room)) = self.core.service_records_room(id) else {
                     break;
                 };
-                let Some(Sock::Tls(tls)) = self
-                    .edges
-                    .iter_mut()
-                    .find(|e| e.conn == conn)
-                    .map(|e| &mut e.sock)
-                else {
+                let Some(tls) = sending_edge(&mut self.edges, conn) else {
                     break;
                 };
-                if !tls.can_send() {
-                    break;
-                }
                 let max = room.min(budget);
                 let Some((head, len, payload)) = self.core.service_records_direct(id, max) else {
                     break;
@@ -727,13 +728,8 @@ impl Origin {
             let direct = self.core.service_direct_room(id).and_then(|(conn, room)| {
                 // A read that fills, with its frame's header, whole TLS records.
                 let room = mux::record_aligned(room.min(budget).min(self.stage.len()));
-                let edge = self.edges.iter_mut().find(|e| e.conn == conn)?;
-                match &mut edge.sock {
-                    Sock::Tls(tls) if room >= mux::DIRECT_MIN && tls.can_send() => {
-                        Some((tls, room))
-                    }
-                    _ => None,
-                }
+                let tls = sending_edge(&mut self.edges, conn)?;
+                (room >= mux::DIRECT_MIN).then_some((tls, room))
             });
             if let Some((tls, room)) = direct {
                 match l.sock.read(&mut self.stage[..room]) {
