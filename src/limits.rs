@@ -95,6 +95,13 @@ pub const MAX_DOCTOR_BANNER: usize = 255;
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A tunnel connection silent for this many ping intervals is dead (6 s).
 pub const PING_DEAD_INTERVALS: u32 = 3;
+/// Round-trip samples a tunnel connection takes back to back when it starts (each PING sent
+/// as the last one's PONG arrives), before the keepalive's one per [`PING_INTERVAL`]: the
+/// first one meets a peer busy with its handshake and registration, and under a transfer
+/// that starts at once every later one waits behind the queue, so the smallest round trip
+/// the windows are sized from would stay several times the path's (docs/design.md §2.4,
+/// "The round trip").
+pub const RTT_PROBES: u32 = 8;
 /// Bytes a side of a resumable stream keeps until its peer acknowledges them (its replay
 /// buffer, docs/design.md §2.6). Full, the side stops reading its application.
 pub const REPLAY_BUFFER: usize = 1024 * 1024;

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use crate::limits::{
     CUT_THROUGH_MIN, INITIAL_STREAM_WINDOW, LONE_RTT_FLOOR, MAX_CLAIMS_LEN, MAX_CONTROL_BACKLOG,
     MAX_FRAME_PAYLOAD, MAX_NAME_LEN, MAX_STREAMS_PER_TUNNEL, MAX_STREAM_WINDOW,
-    PING_DEAD_INTERVALS, PING_INTERVAL, START_STREAM_WINDOW, STREAM_RATE_CEILING,
+    PING_DEAD_INTERVALS, PING_INTERVAL, RTT_PROBES, START_STREAM_WINDOW, STREAM_RATE_CEILING,
     STREAM_SEND_BUFFER, TLS_RECORD, TUNED_WINDOW_BUDGET, URGENT_READABLE, WINDOW_UPDATE_THRESHOLD,
 };
 use crate::proto::buf::Buf;
@@ -995,6 +995,9 @@ pub struct Session<R: Role> {
     /// The smallest round trip measured on this connection: the path's, without the queues
     /// that bulk transfers build (which would grow windows that grow queues).
     rtt_min: Option<Duration>,
+    /// Round trips measured so far, counted up to [`RTT_PROBES`]: until then each PONG is
+    /// followed by the next PING at once.
+    rtt_samples: u32,
     /// What the streams' grown windows add beyond their initial ones ([`TUNED_WINDOW_BUDGET`]),
     /// counted until the peer can no longer fill them: a window held back after it grew
     /// ([`Stream::share`]) leaves the count as its credit is paid back ([`Stream::holdable`]).
@@ -1028,6 +1031,7 @@ impl<R: Role> Session<R> {
             ping_counter: 0,
             ping_out: None,
             rtt_min: None,
+            rtt_samples: 0,
             tuned: 0,
             going_away: false,
             framed: Vec::new(),
@@ -1248,6 +1252,12 @@ impl<R: Role> Session<R> {
                     self.ping_out = None;
                     let rtt = now.saturating_duration_since(at);
                     self.rtt_min = Some(self.rtt_min.map_or(rtt, |m| m.min(rtt)));
+                    if self.rtt_samples < RTT_PROBES {
+                        self.rtt_samples += 1;
+                        if self.rtt_samples < RTT_PROBES {
+                            self.send_ping(now);
+                        }
+                    }
                 }
             }
             Frame::GoAway { .. } => {
@@ -2782,6 +2792,60 @@ mod tests {
         assert_eq!(edge.open_stream("h", b""), None);
     }
 
+    /// The PINGs among `bytes`' frames.
+    fn pings_in(mut bytes: &[u8]) -> usize {
+        let mut pings = 0;
+        while let Ok(Some((frame, n))) = decode_frame(bytes) {
+            pings += usize::from(matches!(frame, Frame::Ping(_)));
+            bytes = &bytes[n..];
+        }
+        pings
+    }
+
+    #[test]
+    fn a_new_connection_measures_its_round_trip_with_a_burst_of_probes() {
+        // The first exchange meets a peer busy with its handshake (500 µs); the path's own
+        // round trip is 60 µs. Each PONG sends the next PING at once, RTT_PROBES in all, so
+        // the windows are not sized from the busy first sample until a keepalive.
+        let (busy, path) = (Duration::from_micros(500), Duration::from_micros(60));
+        let t0 = Instant::now();
+        let (mut edge, mut origin) = (EdgeSession::new(t0), OriginSession::new(t0));
+        origin.send_hello([0; 16], 0, false);
+        let mut now = t0;
+        let mut edge_pings = 0;
+        for round in 0..2 * RTT_PROBES {
+            let half = if round == 0 { busy / 2 } else { path / 2 };
+            let mut out = Vec::new();
+            origin.poll_transmit(&mut out, 1 << 20);
+            now += half;
+            edge.handle_input(&out, now).unwrap();
+            let mut back = Vec::new();
+            edge.poll_transmit(&mut back, 1 << 20);
+            edge_pings += pings_in(&back);
+            now += half;
+            origin.handle_input(&back, now).unwrap();
+        }
+        assert_eq!(
+            edge_pings, RTT_PROBES as usize,
+            "a burst, then none until a keepalive"
+        );
+        assert_eq!(edge.rtt_min, Some(path));
+        assert_eq!(origin.rtt_min, Some(path));
+        assert_eq!(edge.rtt_samples, RTT_PROBES);
+        // The keepalive still pings, and its PONG sends no further probe.
+        edge.handle_timeout(t0 + PING_INTERVAL).unwrap();
+        let mut out = Vec::new();
+        edge.poll_transmit(&mut out, 1 << 20);
+        assert_eq!(pings_in(&out), 1);
+        origin.handle_input(&out, now).unwrap();
+        let mut back = Vec::new();
+        origin.poll_transmit(&mut back, 1 << 20);
+        edge.handle_input(&back, now + path).unwrap();
+        let mut out = Vec::new();
+        edge.poll_transmit(&mut out, 1 << 20);
+        assert_eq!(pings_in(&out), 0);
+    }
+
     // ---- window auto-tuning ----
 
     /// An edge and an origin whose first frames measured a round trip of `rtt` on each side
@@ -2797,7 +2861,8 @@ mod tests {
         let (mut edge, mut origin) = (EdgeSession::new(t0), OriginSession::new(t0));
         origin.send_hello([0; 16], 0, false);
         let mut now = t0;
-        for _ in 0..4 {
+        // The whole burst of probes, so that none is in flight during the test's rounds.
+        for _ in 0..=RTT_PROBES {
             let mut out = Vec::new();
             origin.poll_transmit(&mut out, 1 << 20);
             now += rtt / 2;
@@ -2809,6 +2874,10 @@ mod tests {
         }
         assert_eq!(edge.rtt_min, Some(rtt));
         assert_eq!(origin.rtt_min, Some(rtt));
+        assert_eq!(
+            (edge.rtt_samples, origin.rtt_samples),
+            (RTT_PROBES, RTT_PROBES)
+        );
         while edge.poll_event().is_some() {}
         for _ in 0..others {
             edge.open_stream("h", b"").unwrap();
