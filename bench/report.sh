@@ -133,12 +133,12 @@ MIB=1048576
     fi
 
     if has relay3; then
-        floor="$(calc "$(med cpu relay3 total) + 4 * $aes_hop / 2")"
+        chain_floor="$(calc "$(med cpu relay3 total) + 4 * $aes_hop / 2")"
         echo "**The floor of this machine.** postern's chain is three processes and four AES passes (access"
         echo "and tunnel one each, the edge two). Three processes that only copy (relay3) cost"
         echo "$(med cpu relay3 total) s/GiB here, the kernel's part; four AES passes at \`openssl speed\`'s rate cost"
-        echo "$(calc "4 * $aes_hop / 2") s/GiB. So no three-process, two-hop chain can cost less than $floor s/GiB on this machine;"
-        echo "postern's $(med cpu postern total) s/GiB is $(calc "$(med cpu postern total) / $floor")× that floor. The issue's target (1.5× the AES"
+        echo "$(calc "4 * $aes_hop / 2") s/GiB. So no three-process, two-hop chain can cost less than $chain_floor s/GiB on this machine;"
+        echo "postern's $(med cpu postern total) s/GiB is $(calc "$(med cpu postern total) / $chain_floor")× that floor. The issue's target (1.5× the AES"
         echo "limit per hop: $(calc "2 * 1.5 * $aes_hop") s/GiB for the chain) is below it whenever relay3 costs more than"
         echo "$(calc "2 * 1.5 * $aes_hop - 4 * $aes_hop / 2") s/GiB."
         echo
@@ -203,7 +203,7 @@ MIB=1048576
     p_hop="$(med cpu postern per_hop)"
     echo "| CPU per encrypted hop ≤ 1.5× the AES-GCM limit (CPU seconds) | $p_hop vs $aes_hop s/GiB ($(calc "$p_hop / $aes_hop")×) | $(ok "$p_hop <= 1.5 * $aes_hop") |"
     if has relay3; then
-        echo "| (the same against this machine's floor: relay3 + four AES passes, see the CPU section) | $(med cpu postern total) vs $floor s/GiB ($(calc "$(med cpu postern total) / $floor")×) | |"
+        echo "| (the same against this machine's floor: relay3 + four AES passes, see the CPU section) | $(med cpu postern total) vs $chain_floor s/GiB ($(calc "$(med cpu postern total) / $chain_floor")×) | |"
     fi
     aes_i="$(imed instr aes128gcm per_gib || true)"
     if [ -n "$aes_i" ]; then
@@ -340,6 +340,16 @@ MIB=1048576
     echo "| added 1-byte RTT over raw ≤ 300 µs p99 | $a99 µs | $(ok "$a99 <= 300") |"
     r="$(calc "$(med ssh postern bulk_mbps) / $(med ssh direct bulk_mbps)")"
     echo "| ssh bulk through postern ≥ 90% of direct | $(calc "$r * 100")% | $(ok "$r >= 0.9") |"
+    sd="$(med ssh direct machine_cpu_s_per_gib)"
+    if [ -n "$sd" ] && [ -n "${chain_floor:-}" ]; then
+        # MB/s is busy cores ÷ CPU-s per byte (all processes). Through postern ssh and sshd pay
+        # what they pay direct, plus the chain's share, which is at least its floor; the cores
+        # can be at most all busy. So the ratio is at most (100 / direct's busy %) × sd ÷
+        # (sd + floor), and 90 % leaves the chain sd × (100 / (0.9 × busy %) − 1).
+        sp="$(med ssh postern machine_cpu_s_per_gib)" bd="$(med ssh direct machine_busy_pct)"
+        most="$(calc "100 * (100 / $bd) * $sd / ($sd + $chain_floor)")"
+        echo "| (the machine's share: direct, ssh and sshd kept ${bd}% of its cores busy at $sd CPU-s/GiB; through postern $(med ssh postern machine_busy_pct)% at $sp, the chain adding $(calc "$sp - $sd"). 90% of direct would leave the chain $(calc "$sd * (100 / (0.9 * $bd) - 1)") s/GiB with every core busy; its floor is $chain_floor (relay3 + four AES passes), so this machine allows at most ${most}%) | ${most}% at most | |"
+    fi
     r="$(calc "$(med ssh postern setup_ms) / $(med ssh direct setup_ms)")"
     echo "| ssh session setup ≤ 1.2× direct | ${r}× | $(ok "$r <= 1.2") |"
     worst="$(for p in access edge tunnel; do med slow "$p" hwm_kb; done | sort -g | tail -n 1)"
