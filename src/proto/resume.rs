@@ -52,6 +52,13 @@ pub const ACK_LEN: usize = 9;
 /// DATA header.
 pub const DIRECT_HEAD: usize = ACK_LEN + DATA_HEADER;
 
+/// The header of a DATA record of `n` payload bytes (at most [`MAX_DATA`]).
+fn data_header(n: usize) -> [u8; DATA_HEADER] {
+    let mut h = [DATA; DATA_HEADER];
+    h[1..].copy_from_slice(&(n as u32).to_be_bytes());
+    h
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResumeError {
     /// A record type this side never receives here, or not at this point.
@@ -471,17 +478,14 @@ impl Endpoint {
         let unsent = (self.sent_total() - self.framed) as usize;
         let ack_due = self.ack_wanted || self.received - self.ack_told >= RESUME_ACK_EVERY;
         if (ack_due || unsent > 0) && self.received > self.ack_told {
-            out.push(ACK);
-            out.extend_from_slice(&self.received.to_be_bytes());
-            self.ack_told = self.received;
+            out.extend_from_slice(&self.take_ack());
         }
         self.ack_wanted = false;
         let mut budget = max;
         while budget > 0 && self.framed < self.sent_total() {
             let from = self.start + (self.framed - self.acked) as usize;
             let n = (self.end - from).min(MAX_DATA).min(budget);
-            out.push(DATA);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
+            out.extend_from_slice(&data_header(n));
             out.extend_from_slice(&self.buf[from..from + n]);
             self.framed += n as u64;
             budget -= n;
@@ -515,14 +519,7 @@ impl Endpoint {
     /// (docs/design.md §2.8). `None` when nothing is unsent or `max` leaves no room for a
     /// payload byte.
     pub fn frame_direct(&mut self, max: usize) -> Option<([u8; DIRECT_HEAD], usize, usize)> {
-        let ack = self.received > self.ack_told;
-        let mut head = [0u8; DIRECT_HEAD];
-        let mut len = 0;
-        if ack {
-            head[0] = ACK;
-            head[1..ACK_LEN].copy_from_slice(&self.received.to_be_bytes());
-            len = ACK_LEN;
-        }
+        let len = self.direct_head_len() - DATA_HEADER;
         let n = self
             .unsent()
             .min(MAX_DATA)
@@ -530,14 +527,22 @@ impl Endpoint {
         if n == 0 {
             return None;
         }
-        if ack {
-            self.ack_told = self.received;
+        let mut head = [0u8; DIRECT_HEAD];
+        if len > 0 {
+            head[..ACK_LEN].copy_from_slice(&self.take_ack());
         }
         self.ack_wanted = false;
-        head[len] = DATA;
-        head[len + 1..len + DATA_HEADER].copy_from_slice(&(n as u32).to_be_bytes());
+        head[len..len + DATA_HEADER].copy_from_slice(&data_header(n));
         self.framed += n as u64;
         Some((head, len + DATA_HEADER, n))
+    }
+
+    /// The ACK record of everything we took; from now on the peer is counted as knowing it.
+    fn take_ack(&mut self) -> [u8; ACK_LEN] {
+        let mut ack = [ACK; ACK_LEN];
+        ack[1..].copy_from_slice(&self.received.to_be_bytes());
+        self.ack_told = self.received;
+        ack
     }
 
     /// The last `n` bytes framed (at most what is unacknowledged).
