@@ -340,15 +340,19 @@ MIB=1048576
     echo "| added 1-byte RTT over raw ≤ 300 µs p99 | $a99 µs | $(ok "$a99 <= 300") |"
     r="$(calc "$(med ssh postern bulk_mbps) / $(med ssh direct bulk_mbps)")"
     echo "| ssh bulk through postern ≥ 90% of direct | $(calc "$r * 100")% | $(ok "$r >= 0.9") |"
-    sd="$(med ssh direct machine_cpu_s_per_gib)"
-    if [ -n "$sd" ] && [ -n "${chain_floor:-}" ]; then
+    sd="$(med ssh direct machine_cpu_s_per_gib)" bd="$(med ssh direct machine_busy_pct)"
+    if [ -n "$sd" ] && [ -n "$bd" ] && awk "BEGIN { exit !($bd > 0) }" && [ -n "${chain_floor:-}" ]; then
         # MB/s is busy cores ÷ CPU-s per byte (all processes). Through postern ssh and sshd pay
         # what they pay direct, plus the chain's share, which is at least its floor; the cores
         # can be at most all busy. So the ratio is at most (100 / direct's busy %) × sd ÷
         # (sd + floor), and 90 % leaves the chain sd × (100 / (0.9 × busy %) − 1).
-        sp="$(med ssh postern machine_cpu_s_per_gib)" bd="$(med ssh direct machine_busy_pct)"
-        most="$(calc "100 * (100 / $bd) * $sd / ($sd + $chain_floor)")"
-        echo "| (the machine's share: direct, ssh and sshd kept ${bd}% of its cores busy at $sd CPU-s/GiB; through postern $(med ssh postern machine_busy_pct)% at $sp, the chain adding $(calc "$sp - $sd"). 90% of direct would leave the chain $(calc "$sd * (100 / (0.9 * $bd) - 1)") s/GiB with every core busy; its floor is $chain_floor (relay3 + four AES passes), so this machine allows at most ${most}%) | ${most}% at most | |"
+        # ssh's bulk is a download: relay3's copies that way, where measured, plus four AES passes.
+        ssh_floor="$chain_floor"
+        [ -z "$(med cpu_dir relay3 down_total)" ] ||
+            ssh_floor="$(calc "$(med cpu_dir relay3 down_total) + 4 * $aes_hop / 2")"
+        sp="$(med ssh postern machine_cpu_s_per_gib)"
+        most="$(calc "100 * (100 / $bd) * $sd / ($sd + $ssh_floor)")"
+        echo "| (the machine's share: direct, ssh and sshd kept ${bd}% of its cores busy at $sd CPU-s/GiB; through postern $(med ssh postern machine_busy_pct)% at $sp, the chain adding $(calc "$sp - $sd"). 90% of direct would leave the chain $(calc "$sd * (100 / (0.9 * $bd) - 1)") s/GiB with every core busy; its floor that way is $ssh_floor (relay3 down + four AES passes), so this machine allows at most ${most}%) | ${most}% at most | |"
     fi
     r="$(calc "$(med ssh postern setup_ms) / $(med ssh direct setup_ms)")"
     echo "| ssh session setup ≤ 1.2× direct | ${r}× | $(ok "$r <= 1.2") |"

@@ -2804,8 +2804,8 @@ mod tests {
 
     #[test]
     fn a_new_connection_measures_its_round_trip_with_a_burst_of_probes() {
-        // The first exchange meets a peer busy with its handshake (500 µs); the path's own
-        // round trip is 60 µs. Each PONG sends the next PING at once, RTT_PROBES in all, so
+        // The first exchange meets a peer busy with its handshake (250 µs each way, so the
+        // first sample is several times the path's); the path's own round trip is 60 µs. Each PONG sends the next PING at once, RTT_PROBES in all, so
         // the windows are not sized from the busy first sample until a keepalive.
         let (busy, path) = (Duration::from_micros(500), Duration::from_micros(60));
         let t0 = Instant::now();
@@ -2840,10 +2840,11 @@ mod tests {
         origin.handle_input(&out, now).unwrap();
         let mut back = Vec::new();
         origin.poll_transmit(&mut back, 1 << 20);
-        edge.handle_input(&back, now + path).unwrap();
+        edge.handle_input(&back, t0 + PING_INTERVAL + path).unwrap();
         let mut out = Vec::new();
         edge.poll_transmit(&mut out, 1 << 20);
         assert_eq!(pings_in(&out), 0);
+        assert_eq!(edge.rtt_min, Some(path));
     }
 
     // ---- window auto-tuning ----
