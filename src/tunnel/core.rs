@@ -48,7 +48,7 @@
 //! Shape (str0m's): inputs are method calls carrying `now`; [`Core::poll_output`] yields
 //! what to do; [`Core::poll_timeout`] says when to call [`Core::handle_timeout`] next.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ use crate::limits::{
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
 use crate::proto::destination::{self, Destination, Host as DestHost};
-use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
+use crate::proto::mux::{self, IdMap, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
 use crate::proto::resume::{Endpoint, Key, Opening, ACK_LEN, DATA_HEADER, DIRECT_HEAD, MAX_DATA};
 
@@ -323,7 +323,7 @@ struct Conn {
     epoch: u64,
     attempt: u32,
     /// The session's streams the origin serves, by mux stream id.
-    streams: HashMap<u32, Carried>,
+    streams: IdMap<u32, Carried>,
     /// A service moved bytes since the edge connection was last pumped.
     moved: bool,
     /// The slot's edge last answered with a final refusal (cleared when it registers).
@@ -346,7 +346,7 @@ pub struct Core {
     cfg: Config,
     conns: Vec<Conn>,
     /// Every service connection, attached or detached.
-    locals: HashMap<ServiceId, Local>,
+    locals: IdMap<ServiceId, Local>,
     next_service: u64,
     out: VecDeque<Output>,
     draining: Option<Instant>,
@@ -376,7 +376,7 @@ impl Core {
                 link: Link::Waiting { until: now },
                 epoch: 0,
                 attempt: 0,
-                streams: HashMap::new(),
+                streams: IdMap::default(),
                 moved: false,
                 refused: false,
             })
@@ -384,7 +384,7 @@ impl Core {
         Core {
             cfg,
             conns,
-            locals: HashMap::new(),
+            locals: IdMap::default(),
             next_service: 0,
             out: VecDeque::new(),
             draining: None,
@@ -2125,7 +2125,7 @@ impl Core {
 /// stream of a live connection's current attempt.
 fn attached<'a>(
     conns: &'a mut [Conn],
-    locals: &'a mut HashMap<ServiceId, Local>,
+    locals: &'a mut IdMap<ServiceId, Local>,
     service: ServiceId,
 ) -> Option<(&'a mut Local, &'a mut OriginSession, StreamId)> {
     let l = locals.get_mut(&service)?;
@@ -2241,6 +2241,7 @@ mod tests {
     };
     use crate::proto::mux::{EdgeEvent, EdgeSession, ErrorCode, ResetCode};
     use crate::proto::resume::{Endpoint, Opening};
+    use std::collections::HashMap;
 
     /// ≡ -1 modulo every backoff ceiling (500 ms · 2^k up to 2^10, and the 60 s cap): with
     /// it as the "random" jitter, each delay is its ceiling less 1 ms.

@@ -10,7 +10,6 @@
 //!  Core::poll_timeout ──▶ the poll's timeout;  SIGTERM ──▶ Core::shutdown
 //! ```
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use crate::io::{random_bytes, random_u64, would_block, Signals};
 use crate::limits::{CONN_WRITE_BATCH, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::pki;
-use crate::proto::mux;
+use crate::proto::mux::{self, IdMap};
 use crate::proto::proxy;
 
 use super::core::{self, ConnId, Core, Exit, Output, ServiceId, Waiter};
@@ -78,7 +77,7 @@ pub struct Origin {
     edges: Vec<Edge>,
     locals: Vec<Option<Local>>,
     /// Where each service's socket is in `locals` (its token's index).
-    by_service: HashMap<ServiceId, usize>,
+    by_service: IdMap<ServiceId, usize>,
     free: Vec<usize>,
     /// Sockets to pump in this round of [`Origin::settle`].
     dirty: Vec<Token>,
@@ -175,7 +174,7 @@ impl Origin {
             poll,
             edges,
             locals: Vec::new(),
-            by_service: HashMap::new(),
+            by_service: IdMap::default(),
             free: Vec::new(),
             dirty: Vec::new(),
             first: Vec::new(),

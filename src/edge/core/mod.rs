@@ -58,7 +58,7 @@ use crate::limits::{
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
 use crate::proto::jwt::KeyRing;
-use crate::proto::mux::{self, EdgeSession};
+use crate::proto::mux::{self, EdgeSession, IdMap};
 use crate::proto::token_transfer::{SlotLimits, Slots};
 use crate::proto::ws;
 use crate::store::worker::StoreWorker;
@@ -290,7 +290,7 @@ struct Tunnel {
     /// reads OPEN's `destination` (a jump host). Older ones would ignore it.
     bastion: bool,
     /// Stream id → carrier slot.
-    carriers: HashMap<u32, usize>,
+    carriers: IdMap<u32, usize>,
     /// Close once the queued output (e.g. an ERROR frame) is flushed.
     closing: bool,
     /// The ERROR and close_notify went out and the write side is shut: what the origin still
@@ -1025,7 +1025,7 @@ impl EdgeCore {
                                     ha_index: 0,
                                     resumable: false,
                                     bastion: false,
-                                    carriers: HashMap::new(),
+                                    carriers: IdMap::default(),
                                     closing: false,
                                     linger_until: None,
                                     next_timeout: self.now,
