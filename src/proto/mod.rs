@@ -9,6 +9,7 @@ pub mod carrier;
 pub mod destination;
 pub mod dns;
 pub mod http;
+pub mod idmap;
 pub mod jwt;
 pub mod mux;
 pub mod policy;

@@ -380,8 +380,8 @@ impl Endpoint {
 
     /// Reads once from the application with `read`, straight into the replay buffer (at most
     /// [`MAX_DATA`] bytes). The room `read` gets is not zeroed: it may hold this stream's own
-    /// acknowledged bytes, and only the `n` bytes `read` says it wrote count. `None` when there is no room or the application has ended.
-    /// `Some(Ok(0))` is the application's EOF.
+    /// acknowledged bytes, and only the `n` bytes `read` says it wrote count. `None` when there
+    /// is no room or the application has ended. `Some(Ok(0))` is the application's EOF.
     pub fn fill(
         &mut self,
         read: impl FnOnce(&mut [u8]) -> io::Result<usize>,

@@ -64,7 +64,8 @@ use crate::limits::{
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
 use crate::proto::destination::{self, Destination, Host as DestHost};
-use crate::proto::mux::{self, IdMap, OriginEvent, OriginSession, ResetCode, StreamEvent};
+use crate::proto::idmap::IdMap;
+use crate::proto::mux::{self, OriginEvent, OriginSession, ResetCode, StreamEvent};
 use crate::proto::proxy::{self, ProxyConfig};
 use crate::proto::resume::{Endpoint, Key, Opening, ACK_LEN, DATA_HEADER, DIRECT_HEAD, MAX_DATA};
 

@@ -26,7 +26,8 @@ use crate::io::{random_bytes, random_u64, would_block, Signals};
 use crate::limits::{CONN_WRITE_BATCH, TLS_READ_STAGE};
 use crate::metrics::{self, Metrics};
 use crate::pki;
-use crate::proto::mux::{self, IdMap};
+use crate::proto::idmap::IdMap;
+use crate::proto::mux;
 use crate::proto::proxy;
 
 use super::core::{self, ConnId, Core, Exit, Output, ServiceId, Waiter};

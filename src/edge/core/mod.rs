@@ -57,8 +57,9 @@ use crate::limits::{
 };
 use crate::metrics::{self, Auth, Direction, Metrics};
 use crate::oidc::Provider;
+use crate::proto::idmap::IdMap;
 use crate::proto::jwt::KeyRing;
-use crate::proto::mux::{self, EdgeSession, IdMap};
+use crate::proto::mux::{self, EdgeSession};
 use crate::proto::token_transfer::{SlotLimits, Slots};
 use crate::proto::ws;
 use crate::store::worker::StoreWorker;
