@@ -163,7 +163,7 @@ if has_rows latency apart_down; then
     echo "postern chain (its own \`access tcp\`, edge and tunnel) on the same machine: the two streams"
     echo "share no postern process and no connection, only the cores. What the pings wait for here is"
     echo "the machine's share of the rows above; what the rows above add to it is the turns of the"
-    echo "processes that carry both streams (postern's own share)."
+    echo "processes that carry both streams (postern's own share). Three runs per repetition."
     echo
     echo "| apart | p50 µs | p99 µs | p99 ÷ idle p99 | bulk MB/s meanwhile | the same on one chain: p99 ÷ idle |"
     echo "|---|---:|---:|---:|---:|---:|"
@@ -171,6 +171,30 @@ if has_rows latency apart_down; then
         has_rows latency "apart_$dir" || continue
         echo "| beside bulk $dir | $(cell latency "apart_$dir" p50_us 1) | $(cell latency "apart_$dir" p99_us 1) | $(calc "$(med latency "apart_$dir" p99_us) / $idle99") | $(cell latency "apart_$dir" bulk_mbps 0) | $(calc "$(med latency "bulk_$dir" p99_us) / $idle99") |"
     done
+    echo
+fi
+if has_rows floor_threads idle; then
+    echo "*The floor under the same load*: pings through three relays that do no work and share"
+    echo "nothing with the bulk, while the bulk runs through the second postern chain as in *Apart*."
+    echo "\`relay\` copies each way of each connection in a thread of its own (blocking reads and"
+    echo "writes); \`relay --loop\` in one mio event loop per process, both ways of every connection,"
+    echo "as a postern process carries them. Each ratio is to the same chain's own idle p99; three"
+    echo "runs of each per repetition, as *Apart*. What the relays' pings wait for is the cores, the"
+    echo "kernel and the scheduler (and, for the loop, the shape of a loop): where \`relay\`'s ratio is"
+    echo "above 2, no chain of three processes meets the target on this machine under this load."
+    echo
+    echo "| pings through | idle p99 µs | beside bulk down: p99 µs | ÷ idle | beside bulk up: p99 µs | ÷ idle |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for fl in "floor_threads:three \`relay\`s (a thread per way)" "floor_loop:three \`relay --loop\`s (one event loop each)"; do
+        sc="${fl%%:*}"
+        has_rows "$sc" idle || continue
+        i99="$(med "$sc" idle p99_us)"
+        echo "| ${fl#*:} | $(cell "$sc" idle p99_us 1) | $(cell "$sc" bulk_down p99_us 1) | $(calc "$(med "$sc" bulk_down p99_us) / $i99") | $(cell "$sc" bulk_up p99_us 1) | $(calc "$(med "$sc" bulk_up p99_us) / $i99") |"
+    done
+    if has_rows latency apart_down; then
+        echo "| postern, apart (its chain carries only the pings) | $(cell latency idle p99_us 1) | $(cell latency apart_down p99_us 1) | $(calc "$(med latency apart_down p99_us) / $idle99") | $(cell latency apart_up p99_us 1) | $(calc "$(med latency apart_up p99_us) / $idle99") |"
+    fi
+    echo "| postern, the same tunnel connection (the target's case) | $(cell latency idle p99_us 1) | $(cell latency bulk_down p99_us 1) | $(calc "$(med latency bulk_down p99_us) / $idle99") | $(cell latency bulk_up p99_us 1) | $(calc "$(med latency bulk_up p99_us) / $idle99") |"
     echo
 fi
 if has_rows latency idle && [ -n "$(med latency idle wait_pct_edge)" ]; then

@@ -262,6 +262,16 @@ MIB=1048576
             if a99="$(imed latency "apart_$dir" p99_us)" && [ -n "$a99" ]; then
                 floor="$floor; bulk through a second chain: $(calc "$a99 / $idle99")×"
             fi
+            # Pings through three relays that share nothing with postern's bulk: the machine's
+            # floor under the same load (a thread per way; one event loop each).
+            fx="" lx=""
+            if f99="$(imed floor_threads "bulk_$dir" p99_us)" && [ -n "$f99" ]; then
+                fx="$(calc "$f99 / $(imed floor_threads idle p99_us)")"
+                floor="$floor; three plain relays beside postern's bulk: ${fx}× their idle"
+                if l99="$(imed floor_loop "bulk_$dir" p99_us)" && [ -n "$l99" ]; then
+                    lx="$(calc "$l99 / $(imed floor_loop idle p99_us)")"
+                fi
+            fi
             echo "| interactive: 1-byte ping-pong p99 beside bulk $dir on the same tunnel connection ≤ 2× idle p99 | $b99 vs $idle99 µs ($(calc "$b99 / $idle99")×$floor) | $(idle_verdict "$b99 <= 2 * $idle99") |"
             # A miss: how much of it is the cores (the pings through processes that carry
             # nothing else) and how much the processes the two streams share.
@@ -272,6 +282,18 @@ MIB=1048576
                     why="above 2× with no postern process shared, so on this machine the cores alone miss the target; $why"
                 fi
                 echo "| (beside bulk $dir, the cores' share: the same pings while the bulk runs through a second postern chain; $why) | ${ax}× idle | |"
+            fi
+            # A miss where the floor misses too: no chain of three processes meets it here.
+            if [ -n "$fx" ] && awk "BEGIN { exit !($b99 > 2 * $idle99) }"; then
+                why="under 2×, so the rest of the miss is postern's"
+                if awk "BEGIN { exit !($fx > 2) }"; then
+                    why="above 2× for relays that do no work and share nothing with the bulk, so no chain of three processes meets the target on this machine under this load"
+                elif [ -n "$lx" ] && awk "BEGIN { exit !($lx > 2) }"; then
+                    why="a thread per way meets it, but one event loop per process misses it with no work to do and nothing shared: the miss is the shape of a loop that carries both ways, which every postern process has, then postern's work and the processes the streams share"
+                fi
+                loop=""
+                [ -n "$lx" ] && loop=" (as one event loop each, the shape of a postern process: ${lx}×)"
+                echo "| (beside bulk $dir, the machine's floor: pings through three \`loadgen relay\`s while postern's bulk runs through the second chain, ${fx}× their idle p99$loop; $why) | ${fx}× idle | |"
             fi
         done
     else

@@ -1,5 +1,6 @@
-//! loadgen: the load generator and sink of `scripts/bench`. Sync, std only, one thread per
-//! sink connection (a benchmark tool, not part of postern).
+//! loadgen: the load generator and sink of `scripts/bench`. Sync, one thread per sink
+//! connection, std only but for `relay --loop`, which uses mio as postern does (a benchmark
+//! tool, not part of postern).
 //!
 //! ```text
 //! loadgen sink ADDR                       serve: greet, then obey the client's header
@@ -16,6 +17,8 @@
 //! loadgen relay LISTEN TARGET [--rtt MS]  copy each connection to TARGET and back, no crypto:
 //!                                         the kernel's share of a relay process (the floor);
 //!                                         with --rtt, a long path: each way holds bytes MS/2
+//! loadgen relay LISTEN TARGET --loop      the same in one thread: an event loop (mio) that
+//!                                         carries both ways of every connection, as postern's
 //! ```
 //!
 //! The sink protocol: on accept the sink sends one greeting byte (so "established" means the
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         ["connect", addr, n] => connect(addr, num(n)),
         ["idle", addrs, n] => idle(addrs, num(n)),
         ["relay", listen, target] => relay(listen, target, Duration::ZERO),
+        ["relay", listen, target, "--loop"] => relay_loop(listen, target),
         ["relay", listen, target, "--rtt", ms] => {
             relay(listen, target, Duration::from_millis(num(ms)) / 2)
         }
@@ -167,6 +171,132 @@ fn copy_half(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+}
+
+/// [`relay`]'s copies in one thread: a mio event loop (epoll) that carries both ways of every
+/// connection, the shape of a postern process, with none of its work. Beside a bulk transfer
+/// that keeps the cores busy, its pings show what that shape alone costs a round trip on this
+/// machine, against `relay`'s blocking thread per direction. A way is pumped until it would
+/// block, with no turns between connections: for pings beside bulk that runs elsewhere.
+fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
+    use mio::net::{TcpListener, TcpStream};
+    use mio::{Events, Interest, Poll, Token};
+    use std::collections::HashMap;
+
+    /// One way of a connection: `buf[at..len]` was read from one side and not yet written to
+    /// the other.
+    struct Way {
+        buf: Vec<u8>,
+        at: usize,
+        len: usize,
+        eof: bool,
+    }
+    impl Way {
+        fn new() -> Way {
+            Way {
+                buf: vec![0; CHUNK],
+                at: 0,
+                len: 0,
+                eof: false,
+            }
+        }
+        /// Writes what is held, then reads and writes until either side would block. True once
+        /// `from` ended and all of it reached `to` (whose write side is then shut).
+        fn pump(&mut self, from: &mut TcpStream, to: &mut TcpStream) -> io::Result<bool> {
+            loop {
+                while self.at < self.len {
+                    match to.write(&self.buf[self.at..self.len]) {
+                        Ok(n) => self.at += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) => return Err(e),
+                    }
+                }
+                if self.eof {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return Ok(true);
+                }
+                match from.read(&mut self.buf) {
+                    Ok(n) => (self.at, self.len, self.eof) = (0, n, n == 0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    struct Pair {
+        client: TcpStream,
+        server: TcpStream,
+        up: Way,
+        down: Way,
+    }
+    const LISTENER: Token = Token(usize::MAX);
+    /// Moves connection `k` both ways as far as it goes; drops it once both ways ended.
+    fn pump(pairs: &mut HashMap<usize, Pair>, k: usize, registry: &mio::Registry) {
+        let Some(p) = pairs.get_mut(&k) else { return };
+        let up = p.up.pump(&mut p.client, &mut p.server);
+        let down = p.down.pump(&mut p.server, &mut p.client);
+        if up.is_err() || down.is_err() || (up.ok() == Some(true) && down.ok() == Some(true)) {
+            if let Some(mut p) = pairs.remove(&k) {
+                let _ = registry.deregister(&mut p.client);
+                let _ = registry.deregister(&mut p.server);
+            }
+        }
+    }
+
+    let target: SocketAddr = target
+        .parse()
+        .map_err(|_| io::Error::other(format!("not an address: {target}")))?;
+    let addr = listen
+        .parse()
+        .map_err(|_| io::Error::other(format!("not an address: {listen}")))?;
+    let mut listener = TcpListener::bind(addr)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    eprintln!(
+        "loadgen relay listening on {} (one loop)",
+        listener.local_addr()?
+    );
+    // Connection k's client is token 2k, its server 2k + 1.
+    let mut pairs: HashMap<usize, Pair> = HashMap::new();
+    let mut next = 0;
+    let mut events = Events::with_capacity(256);
+    loop {
+        poll.poll(&mut events, None)?;
+        for ev in events.iter() {
+            if ev.token() == LISTENER {
+                // Edge-triggered: accept until none is left.
+                while let Ok((mut client, _)) = listener.accept() {
+                    // A blocking connect: a benchmark's relay, on loopback.
+                    let Ok(server) = std::net::TcpStream::connect(target) else {
+                        continue;
+                    };
+                    server.set_nonblocking(true)?;
+                    let mut server = TcpStream::from_std(server);
+                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                    let both = Interest::READABLE | Interest::WRITABLE;
+                    poll.registry()
+                        .register(&mut client, Token(2 * next), both)?;
+                    poll.registry()
+                        .register(&mut server, Token(2 * next + 1), both)?;
+                    let (up, down) = (Way::new(), Way::new());
+                    pairs.insert(
+                        next,
+                        Pair {
+                            client,
+                            server,
+                            up,
+                            down,
+                        },
+                    );
+                    pump(&mut pairs, next, poll.registry());
+                    next += 1;
+                }
+            } else {
+                pump(&mut pairs, ev.token().0 / 2, poll.registry());
+            }
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------- sink
