@@ -18,7 +18,8 @@
 //!                                         the kernel's share of a relay process (the floor);
 //!                                         with --rtt, a long path: each way holds bytes MS/2
 //! loadgen relay LISTEN TARGET --loop      the same in one thread: an event loop (mio) that
-//!                                         carries both ways of every connection, as postern's
+//!                                         carries both ways of every connection, as each
+//!                                         postern process does
 //! ```
 //!
 //! The sink protocol: on accept the sink sends one greeting byte (so "established" means the
@@ -176,7 +177,9 @@ fn copy_half(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
 /// [`relay`]'s copies in one thread: a mio event loop (epoll) that carries both ways of every
 /// connection, the shape of a postern process, with none of its work. Beside a bulk transfer
 /// that keeps the cores busy, its pings show what that shape alone costs a round trip on this
-/// machine, against `relay`'s blocking thread per direction. A way is pumped until it would
+/// machine, against `relay`'s blocking thread per direction. Each readiness event moves only
+/// the way it concerns (readable: out of that socket; writable: into it), so a ping costs the
+/// loop the syscalls `relay` spends on it plus `epoll_wait`. A way is pumped until it would
 /// block, with no turns between connections: for pings beside bulk that runs elsewhere.
 fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
     use mio::net::{TcpListener, TcpStream};
@@ -189,6 +192,8 @@ fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
         buf: Vec<u8>,
         at: usize,
         len: usize,
+        /// Its source ended (or failed) and all it read went out, or its destination failed.
+        done: bool,
         eof: bool,
     }
     impl Way {
@@ -197,28 +202,36 @@ fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
                 buf: vec![0; CHUNK],
                 at: 0,
                 len: 0,
+                done: false,
                 eof: false,
             }
         }
-        /// Writes what is held, then reads and writes until either side would block. True once
-        /// `from` ended and all of it reached `to` (whose write side is then shut).
-        fn pump(&mut self, from: &mut TcpStream, to: &mut TcpStream) -> io::Result<bool> {
-            loop {
+        /// Writes what is held, then reads and writes until either side would block. At its
+        /// source's end (a read error counts as one) the destination's write side is shut once
+        /// all was written, as `relay` does; a failed write ends the way and drops what it held.
+        fn pump(&mut self, from: &mut TcpStream, to: &mut TcpStream) {
+            while !self.done {
                 while self.at < self.len {
                     match to.write(&self.buf[self.at..self.len]) {
                         Ok(n) => self.at += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                        Err(e) => return Err(e),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.done = true;
+                            return;
+                        }
                     }
                 }
                 if self.eof {
                     let _ = to.shutdown(Shutdown::Write);
-                    return Ok(true);
+                    self.done = true;
+                    return;
                 }
                 match from.read(&mut self.buf) {
                     Ok(n) => (self.at, self.len, self.eof) = (0, n, n == 0),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                    Err(e) => return Err(e),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => (self.at, self.len, self.eof) = (0, 0, true),
                 }
             }
         }
@@ -229,19 +242,30 @@ fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
         up: Way,
         down: Way,
     }
-    const LISTENER: Token = Token(usize::MAX);
-    /// Moves connection `k` both ways as far as it goes; drops it once both ways ended.
-    fn pump(pairs: &mut HashMap<usize, Pair>, k: usize, registry: &mio::Registry) {
-        let Some(p) = pairs.get_mut(&k) else { return };
-        let up = p.up.pump(&mut p.client, &mut p.server);
-        let down = p.down.pump(&mut p.server, &mut p.client);
-        if up.is_err() || down.is_err() || (up.ok() == Some(true) && down.ok() == Some(true)) {
-            if let Some(mut p) = pairs.remove(&k) {
-                let _ = registry.deregister(&mut p.client);
-                let _ = registry.deregister(&mut p.server);
+    impl Pair {
+        /// Moves the ways that socket `side` (0: the client, 1: the server) is ready for.
+        fn ready(&mut self, side: usize, readable: bool, writable: bool) {
+            let Pair {
+                client,
+                server,
+                up,
+                down,
+            } = self;
+            let (out_of, into) = if side == 0 { (up, down) } else { (down, up) };
+            let (this, other) = if side == 0 {
+                (client, server)
+            } else {
+                (server, client)
+            };
+            if readable {
+                out_of.pump(this, other);
+            }
+            if writable {
+                into.pump(other, this);
             }
         }
     }
+    const LISTENER: Token = Token(usize::MAX);
 
     let target: SocketAddr = target
         .parse()
@@ -257,43 +281,89 @@ fn relay_loop(listen: &str, target: &str) -> io::Result<()> {
         "loadgen relay listening on {} (one loop)",
         listener.local_addr()?
     );
-    // Connection k's client is token 2k, its server 2k + 1.
+    // Connection k's client is token 2k, its server 2k + 1; k is never reused.
     let mut pairs: HashMap<usize, Pair> = HashMap::new();
     let mut next = 0;
     let mut events = Events::with_capacity(256);
     loop {
-        poll.poll(&mut events, None)?;
+        match poll.poll(&mut events, None) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => r?,
+        }
         for ev in events.iter() {
-            if ev.token() == LISTENER {
-                // Edge-triggered: accept until none is left.
-                while let Ok((mut client, _)) = listener.accept() {
-                    // A blocking connect: a benchmark's relay, on loopback.
-                    let Ok(server) = std::net::TcpStream::connect(target) else {
-                        continue;
-                    };
-                    server.set_nonblocking(true)?;
-                    let mut server = TcpStream::from_std(server);
-                    let _ = (client.set_nodelay(true), server.set_nodelay(true));
-                    let both = Interest::READABLE | Interest::WRITABLE;
-                    poll.registry()
-                        .register(&mut client, Token(2 * next), both)?;
-                    poll.registry()
-                        .register(&mut server, Token(2 * next + 1), both)?;
-                    let (up, down) = (Way::new(), Way::new());
-                    pairs.insert(
-                        next,
-                        Pair {
-                            client,
-                            server,
-                            up,
-                            down,
-                        },
-                    );
-                    pump(&mut pairs, next, poll.registry());
-                    next += 1;
+            if ev.token() != LISTENER {
+                let k = ev.token().0 / 2;
+                let Some(p) = pairs.get_mut(&k) else { continue };
+                // A hang-up or an error shows as readable: the read then says which.
+                let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+                p.ready(ev.token().0 % 2, readable, writable);
+                if p.up.done && p.down.done {
+                    if let Some(mut p) = pairs.remove(&k) {
+                        let _ = poll.registry().deregister(&mut p.client);
+                        let _ = poll.registry().deregister(&mut p.server);
+                    }
                 }
-            } else {
-                pump(&mut pairs, ev.token().0 / 2, poll.registry());
+                continue;
+            }
+            // Edge-triggered: accept until none is left; one connection's failure ends only it.
+            loop {
+                let mut client = match listener.accept() {
+                    Ok((c, _)) => c,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) =>
+                    {
+                        continue
+                    }
+                    Err(e) => {
+                        eprintln!("loadgen relay: accept: {e}");
+                        break;
+                    }
+                };
+                // A blocking connect: a benchmark's relay, on loopback.
+                let server = std::net::TcpStream::connect(target)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s));
+                let Ok(server) = server else { continue };
+                let mut server = TcpStream::from_std(server);
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let both = Interest::READABLE | Interest::WRITABLE;
+                let registry = poll.registry();
+                if registry
+                    .register(&mut client, Token(2 * next), both)
+                    .is_err()
+                    || registry
+                        .register(&mut server, Token(2 * next + 1), both)
+                        .is_err()
+                {
+                    let _ = (
+                        registry.deregister(&mut client),
+                        registry.deregister(&mut server),
+                    );
+                    continue;
+                }
+                let (up, down) = (Way::new(), Way::new());
+                let mut p = Pair {
+                    client,
+                    server,
+                    up,
+                    down,
+                };
+                // What arrived before the registration raises no event.
+                p.ready(0, true, true);
+                p.ready(1, true, true);
+                if p.up.done && p.down.done {
+                    let _ = (
+                        registry.deregister(&mut p.client),
+                        registry.deregister(&mut p.server),
+                    );
+                } else {
+                    pairs.insert(next, p);
+                }
+                next += 1;
             }
         }
     }
