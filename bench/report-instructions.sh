@@ -38,7 +38,7 @@ echo "| CPU | $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ */
 echo "| nproc | $(nproc) |"
 echo "| kernel | $(uname -r) |"
 echo "| load average at the end | $(cut -d' ' -f1-3 /proc/loadavg) |"
-echo "| postern | $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown) (release) |"
+echo "| postern | ${BENCH_VERSION:-$(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown)} (release) |"
 echo "| valgrind | $(valgrind --version) |"
 echo
 echo "The instruction counts are the robust figures: they do not move with whatever else the"

@@ -48,7 +48,7 @@ MIB=1048576
     echo "| nproc | $(nproc) |"
     echo "| kernel | $(uname -r) |"
     echo "| load average at the end | $(cut -d' ' -f1-3 /proc/loadavg) |"
-    echo "| postern | $(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown) (release: $(sed -n '/^\[profile.release\]/,/^$/p' "$(dirname "$0")/../Cargo.toml" | grep -E '^(opt-level|lto|codegen-units)' | tr '\n' ',' | sed 's/,$//; s/,/, /g')) |"
+    echo "| postern | ${BENCH_VERSION:-$(git -C "$(dirname "$0")/.." describe --always --dirty 2>/dev/null || echo unknown)} (release: $(sed -n '/^\[profile.release\]/,/^$/p' "$(dirname "$0")/../Cargo.toml" | grep -E '^(opt-level|lto|codegen-units)' | tr '\n' ',' | sed 's/,$//; s/,/, /g')) |"
     echo "| peers | $BENCH_WEBSOCAT; $BENCH_RATHOLE |"
     echo
     echo "Absolute numbers move with whatever else the machine runs (see the load average above);"
