@@ -96,7 +96,7 @@ echo
 echo "## Interactive under load: 1-byte ping-pong beside a bulk stream on the same tunnel connection"
 echo
 echo "$BENCH_PINGS one-byte round trips (loadgen's clock) through \`access tcp\` → edge → a tunnel"
-echo "with **one** connection → sink's echo, 3 repetitions (median, min–max). *Beside bulk*: a"
+echo "with **one** connection → sink's echo, ${BENCH_INSTR_REPS:-3} repetition(s) (median, min–max). *Beside bulk*: a"
 echo "second connection through the same \`access tcp\` moves data as fast as it can the whole"
 echo "time (down: sink → loadgen, up: loadgen → sink), so its DATA frames share the tunnel"
 echo "connection with the ping-pong's. Wall-clock figures: on this 2-core machine the bulk"
