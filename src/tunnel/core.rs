@@ -264,6 +264,11 @@ struct Resumable {
     /// From the START record; until it has come the stream cannot be resumed.
     key: Option<Key>,
     identity: Identity,
+    /// The hostname and jump-host destination the stream was opened for: a resume must name
+    /// the same, or a user could carry a stream onto a hostname whose policy admits them
+    /// while the one it serves no longer does (revocation and session kills go by hostname).
+    hostname: String,
+    destination: Option<String>,
     /// For logs: who, escaped.
     who: String,
     /// Records made for the current mux stream that it had no room for yet (at most one
@@ -315,7 +320,14 @@ enum Carried {
     /// It carries this service's stream.
     Service(ServiceId),
     /// A later carrier of a resumable stream, waiting for its RESUME record.
-    Resuming(Box<Identity>),
+    Resuming(Box<ResumeAsk>),
+}
+
+/// Who asks to resume a stream, and for what, as the edge's OPEN says.
+struct ResumeAsk {
+    identity: Identity,
+    hostname: String,
+    destination: Option<String>,
 }
 
 struct Conn {
@@ -1204,6 +1216,8 @@ impl Core {
                             ep: Endpoint::new(),
                             key: None,
                             identity: claims.identity,
+                            hostname: hostname.clone(),
+                            destination: claims.destination.clone(),
                             who,
                             pending: Vec::new(),
                             expires: None,
@@ -1215,10 +1229,12 @@ impl Core {
                     }
                     Some("resume") => {
                         debug!("connection {i}: stream {stream} resumes a stream for {who}");
-                        let identity = Box::new(claims.identity);
-                        self.conns[i]
-                            .streams
-                            .insert(stream, Carried::Resuming(identity));
+                        let ask = Box::new(ResumeAsk {
+                            identity: claims.identity,
+                            hostname,
+                            destination: claims.destination,
+                        });
+                        self.conns[i].streams.insert(stream, Carried::Resuming(ask));
                         self.try_resume(i, stream, now);
                     }
                     Some(other) => {
@@ -1706,9 +1722,10 @@ impl Core {
             }
             Err(_) => None,
         };
-        let Some(Carried::Resuming(identity)) = self.conns[i].streams.remove(&stream) else {
+        let Some(Carried::Resuming(ask)) = self.conns[i].streams.remove(&stream) else {
             return;
         };
+        let identity = &ask.identity;
         let Some(Opening::Resume {
             id,
             secret,
@@ -1716,7 +1733,7 @@ impl Core {
         }) = opening
         else {
             let why = "the first record is not RESUME";
-            return self.refuse_resume(i, stream, &identity, why);
+            return self.refuse_resume(i, stream, identity, why);
         };
         // The id is not secret (it travels in the carrier's request); the secret is compared
         // in constant time.
@@ -1726,16 +1743,20 @@ impl Core {
         });
         let Some((&service, _)) = found else {
             let why = "unknown stream or wrong secret";
-            return self.refuse_resume(i, stream, &identity, why);
+            return self.refuse_resume(i, stream, identity, why);
         };
         let l = self.locals.get_mut(&service).expect("bug: found above");
         let r = l.resume.as_deref_mut().expect("bug: found above");
         if r.identity != *identity {
             let why = "not the identity that opened the stream";
-            return self.refuse_resume(i, stream, &identity, why);
+            return self.refuse_resume(i, stream, identity, why);
+        }
+        if !r.hostname.eq_ignore_ascii_case(&ask.hostname) || r.destination != ask.destination {
+            let why = "not the hostname or destination the stream was opened for";
+            return self.refuse_resume(i, stream, identity, why);
         }
         if let Err(e) = r.ep.resume_from(received) {
-            return self.refuse_resume(i, stream, &identity, &e.to_string());
+            return self.refuse_resume(i, stream, identity, &e.to_string());
         }
         let replay = r.ep.sent_total() - received;
         r.pending.clear();
@@ -3515,7 +3536,20 @@ mod tests {
             secret: [u8; 32],
             received: u64,
         ) -> StreamId {
-            let stream = self.edge(slot).open_stream(HOST, claims).expect("open");
+            self.resume_to(slot, c, HOST, claims, secret, received)
+        }
+
+        /// [`Pipe::resume_as`] through the edge's OPEN for `host`.
+        fn resume_to(
+            &mut self,
+            slot: usize,
+            c: &mut Client,
+            host: &str,
+            claims: &[u8],
+            secret: [u8; 32],
+            received: u64,
+        ) -> StreamId {
+            let stream = self.edge(slot).open_stream(host, claims).expect("open");
             let resume = opening(Opening::Resume {
                 id: c.id,
                 secret,
@@ -3531,9 +3565,12 @@ mod tests {
             }
         }
 
+        /// The client comes back (through its hostname spelled in capitals: case does not
+        /// make it another).
         fn resume(&mut self, slot: usize, c: &mut Client) -> StreamId {
             let (secret, received) = (c.secret, c.ep.received());
-            self.resume_as(slot, c, ALICE_AGAIN, secret, received)
+            let host = HOST.to_ascii_uppercase();
+            self.resume_to(slot, c, &host, ALICE_AGAIN, secret, received)
         }
 
         /// The client sends what its record layer has for the path `at`.
@@ -3800,6 +3837,21 @@ mod tests {
         let bob = br#"{"email":"bob@example.com","resume":"resume"}"#;
         p.resume_as(1, &mut c, bob, secret, 10);
         refused(&mut p, "not the identity that opened the stream");
+        // The same user and secret through another hostname (whose policy may admit them
+        // where the stream's own no longer does), or naming a jump-host destination.
+        let host = "other.example.com";
+        p.resume_to(1, &mut c, host, ALICE_AGAIN, secret, 10);
+        refused(
+            &mut p,
+            "not the hostname or destination the stream was opened for",
+        );
+        let jump = br#"{"email":"alice@example.com","resume":"resume","destination":"db:22"}"#;
+        p.resume_as(1, &mut c, jump, secret, 10);
+        refused(
+            &mut p,
+            "not the hostname or destination the stream was opened for",
+        );
+
         // An offset beyond what the origin sent (or below what was acknowledged).
         p.resume_as(1, &mut c, ALICE_AGAIN, secret, 11);
         refused(
@@ -3817,7 +3869,7 @@ mod tests {
             .core
             .metrics
             .render()
-            .contains("postern_tunnel_resume_refusals_total 5"));
+            .contains("postern_tunnel_resume_refusals_total 7"));
         // It goes on where it was.
         (c.accepted, c.resuming) = (accepted, false);
         p.say(service, b"more");
