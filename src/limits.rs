@@ -114,6 +114,14 @@ pub const RESUME_ACK_INTERVAL: Duration = Duration::from_millis(500);
 /// A client retries a resumption with backoff for its resume window (about 40 tries in 60 s
 /// when the origin is slow to come back).
 pub const RESUME_ATTEMPTS_PER_MINUTE: u32 = 120;
+/// Detached resumable streams (service connection and replay buffer held for the resume
+/// window) the origin keeps for one identity (an email or a service token), and in all: past
+/// either, a stream whose path dies closes instead, as a plain stream would. Otherwise an
+/// authenticated user could start streams and drop their paths in a loop, each held for the
+/// window, outside the edge's connection and stream caps, until the origin runs out of file
+/// descriptors for everyone.
+pub const MAX_DETACHED_PER_IDENTITY: usize = 256;
+pub const MAX_DETACHED_STREAMS: usize = MAX_STREAMS_PER_TUNNEL;
 /// How long a resumable stream waits for its other end after its path died: the client
 /// retries for this long, the origin keeps the service connection this long by default
 /// (`postern tunnel --resume-window`).

@@ -57,9 +57,9 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 
 use crate::limits::{
-    CUT_THROUGH_MIN, EDGE_CONNECT_TIMEOUT, RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME,
-    RECONNECT_BACKOFF_CAP_SECS, RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL,
-    SERVICE_CONNECT_TIMEOUT_SECS,
+    CUT_THROUGH_MIN, EDGE_CONNECT_TIMEOUT, MAX_DETACHED_PER_IDENTITY, MAX_DETACHED_STREAMS,
+    RECONNECT_AT_ONCE_JITTER, RECONNECT_AT_ONCE_UPTIME, RECONNECT_BACKOFF_CAP_SECS,
+    RESOLVE_TIMEOUT_SECS, RESUME_ACK_INTERVAL, SERVICE_CONNECT_TIMEOUT_SECS,
 };
 use crate::logging::untrusted;
 use crate::metrics::{self, Direction, Metrics};
@@ -1579,7 +1579,19 @@ impl Core {
             return;
         };
         let window = self.cfg.resume_window;
-        let keep = self.draining.is_none();
+        let mut keep = self.draining.is_none();
+        if let Some(r) = self.locals.get(&service).and_then(|l| l.resume.as_deref()) {
+            // Bounded: per identity and in all.
+            let (mine, all) = self.detached_count(&r.identity);
+            if mine >= MAX_DETACHED_PER_IDENTITY || all >= MAX_DETACHED_STREAMS {
+                warn!(
+                    "stream {}: {why}, and {mine} detached streams are held for {} ({all} in                      all): closing {service} instead of keeping it",
+                    r.label(),
+                    r.who
+                );
+                keep = false;
+            }
+        }
         let Some(l) = self.locals.get_mut(&service) else {
             return;
         };
@@ -1599,6 +1611,17 @@ impl Core {
             }
             _ => self.close_service(service),
         }
+    }
+
+    /// Detached streams held now: for `identity`, and in all.
+    fn detached_count(&self, identity: &Identity) -> (usize, usize) {
+        let detached = self.locals.values().filter_map(|l| {
+            let r = l.resume.as_deref()?;
+            (l.at.is_none() && r.expires.is_some()).then_some(r)
+        });
+        detached.fold((0, 0), |(mine, all), r| {
+            (mine + usize::from(r.identity == *identity), all + 1)
+        })
     }
 
     /// Detached streams whose window is over: their services close.
@@ -2258,8 +2281,8 @@ fn tls_advice(e: &io::Error) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::limits::{
-        PING_DEAD_INTERVALS, PING_INTERVAL, PROXY_ANSWER_TIMEOUT_SECS, REPLAY_BUFFER,
-        RESUME_ACK_INTERVAL,
+        MAX_DETACHED_PER_IDENTITY, PING_DEAD_INTERVALS, PING_INTERVAL, PROXY_ANSWER_TIMEOUT_SECS,
+        REPLAY_BUFFER, RESUME_ACK_INTERVAL,
     };
     use crate::proto::mux::{EdgeEvent, EdgeSession, ErrorCode, ResetCode};
     use crate::proto::resume::{Endpoint, Opening};
@@ -3878,6 +3901,55 @@ mod tests {
         c.types(b"up");
         p.client_send(at, &mut c);
         assert_eq!(p.svc(service).heard, b"up");
+    }
+
+    #[test]
+    fn one_identity_holds_a_bounded_number_of_detached_streams() {
+        let mut p = resumable_pipe(1);
+        let mut services = Vec::new();
+        for n in 0..=MAX_DETACHED_PER_IDENTITY {
+            let mut c = Client::new((n % 250) as u8);
+            c.id[1] = (n / 250) as u8;
+            let at = p.open_resumable(0, &mut c);
+            services.push(p.service(at));
+            p.edge(0).reset(at.stream, ResetCode::Lost, "gone");
+            p.run();
+        }
+        // The first MAX_DETACHED_PER_IDENTITY wait for their client; the next one closes.
+        let (last, kept) = services.split_last().unwrap();
+        assert!(
+            kept.iter().all(|&s| !p.closed(s)),
+            "each detached stream is kept"
+        );
+        assert!(
+            p.closed(*last),
+            "one past the bound closes as a plain stream would"
+        );
+        let alice = Identity {
+            email: Some("alice@example.com".into()),
+            service_token: None,
+        };
+        let held = p.core.detached_count(&alice);
+        assert_eq!(held, (MAX_DETACHED_PER_IDENTITY, MAX_DETACHED_PER_IDENTITY));
+        // Another identity is not held to alice's count.
+        let bob = br#"{"email":"bob@example.com","resume":"start"}"#;
+        let stream = p.edge(0).open_stream(HOST, bob).expect("open");
+        let mut c = Client::new(251);
+        let start = opening(Opening::Start {
+            id: c.id,
+            secret: c.secret,
+        });
+        p.edge(0).write(stream, &start);
+        p.run();
+        c.accepted = None;
+        let at = StreamId {
+            conn: p.conn(0),
+            stream,
+        };
+        let service = p.service(at);
+        p.edge(0).reset(stream, ResetCode::Lost, "gone");
+        p.run();
+        assert!(!p.closed(service), "bob's stream is kept");
     }
 
     #[test]
