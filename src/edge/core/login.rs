@@ -1533,6 +1533,16 @@ impl EdgeCore {
                 APP_TOKEN_LEEWAY_SECS,
             )
             .map_err(|e| e.to_string())?;
+        // `sessions kill --email` revokes the user's zone sessions issued until then; the app
+        // tokens those sessions minted (cached by the CLI for their whole lifetime) go with
+        // them, or a killed user would be back at once, and could sign SSH certificates.
+        if let (Some(email), Some(zone)) = (&claims.email, self.settings.zone_of(app_hostname)) {
+            if self.tokens.zone_session_revoked(zone, email, claims.iat) {
+                return Err(
+                    "its user's sessions were ended after it was issued: sign in again".into(),
+                );
+            }
+        }
         Ok(Identity {
             email: claims.email,
             groups: claims.groups,

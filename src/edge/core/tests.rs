@@ -579,6 +579,54 @@ fn a_carrier_with_a_bad_app_token_is_refused_401() {
 }
 
 #[test]
+fn an_app_token_issued_before_its_users_sessions_were_killed_is_refused_401() {
+    let mut pipe = Pipe::new();
+    let app = pipe
+        .core
+        .settings
+        .application(LOCKED)
+        .cloned()
+        .expect("LOCKED");
+    let alice = crate::proto::policy::Identity {
+        email: Some("alice@example.com".into()),
+        ..Default::default()
+    };
+    let exp = pipe.core.unix + 3600;
+    let token = pipe.core.app_token(&app, &alice, exp);
+    let mut c = pipe.carrier(peer_addr(10, 1000), LOCKED);
+    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
+    assert_ne!(
+        status(&c.received),
+        401,
+        "the token is good before the kill"
+    );
+    // `sessions kill --email alice@example.com` in the zone, now.
+    let zone = pipe
+        .core
+        .settings
+        .zone_of(LOCKED)
+        .expect("a zone")
+        .to_owned();
+    let now = pipe.core.unix;
+    pipe.core
+        .tokens
+        .revoke_zone_sessions(&zone, "alice@example.com", now);
+    let mut c = pipe.carrier(peer_addr(10, 1001), LOCKED);
+    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
+    assert_eq!(status(&c.received), 401);
+    assert!(body_of(&c.received).contains("sessions were ended"));
+    // Someone else's token is not touched.
+    let bob = crate::proto::policy::Identity {
+        email: Some("bob@example.com".into()),
+        ..Default::default()
+    };
+    let token = pipe.core.app_token(&app, &bob, exp);
+    let mut c = pipe.carrier(peer_addr(10, 1002), LOCKED);
+    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
+    assert_ne!(status(&c.received), 401, "bob's token still authenticates");
+}
+
+#[test]
 fn a_carrier_the_policy_denies_is_refused_403() {
     let mut pipe = Pipe::new();
     let mut c = pipe.carrier(peer_addr(10, 1000), LOCKED);
