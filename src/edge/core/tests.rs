@@ -587,19 +587,23 @@ fn an_app_token_issued_before_its_users_sessions_were_killed_is_refused_401() {
         .application(LOCKED)
         .cloned()
         .expect("LOCKED");
-    let alice = crate::proto::policy::Identity {
-        email: Some("alice@example.com".into()),
-        ..Default::default()
-    };
     let exp = pipe.core.unix + 3600;
-    let token = pipe.core.app_token(&app, &alice, exp);
-    let mut c = pipe.carrier(peer_addr(10, 1000), LOCKED);
-    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
-    assert_ne!(
-        status(&c.received),
-        401,
-        "the token is good before the kill"
-    );
+    let token_for = |pipe: &Pipe, email: &str| {
+        let who = crate::proto::policy::Identity {
+            email: Some(email.into()),
+            ..Default::default()
+        };
+        pipe.core.app_token(&app, &who, exp)
+    };
+    // A carrier's upgrade with `token`, from a port of its own: what came back.
+    let upgrade_with = |pipe: &mut Pipe, port: u16, token: &str| {
+        let mut c = pipe.carrier(peer_addr(10, port), LOCKED);
+        pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", token)]));
+        c.received
+    };
+    let alice = token_for(&pipe, "alice@example.com");
+    let got = upgrade_with(&mut pipe, 1000, &alice);
+    assert_ne!(status(&got), 401, "the token is good before the kill");
     // `sessions kill --email alice@example.com` in the zone, now.
     let zone = pipe
         .core
@@ -611,19 +615,13 @@ fn an_app_token_issued_before_its_users_sessions_were_killed_is_refused_401() {
     pipe.core
         .tokens
         .revoke_zone_sessions(&zone, "alice@example.com", now);
-    let mut c = pipe.carrier(peer_addr(10, 1001), LOCKED);
-    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
-    assert_eq!(status(&c.received), 401);
-    assert!(body_of(&c.received).contains("sessions were ended"));
+    let got = upgrade_with(&mut pipe, 1001, &alice);
+    assert_eq!(status(&got), 401);
+    assert!(body_of(&got).contains("sessions were ended"));
     // Someone else's token is not touched.
-    let bob = crate::proto::policy::Identity {
-        email: Some("bob@example.com".into()),
-        ..Default::default()
-    };
-    let token = pipe.core.app_token(&app, &bob, exp);
-    let mut c = pipe.carrier(peer_addr(10, 1002), LOCKED);
-    pipe.send(&mut c, &upgrade(LOCKED, &[("cf-access-token", &token)]));
-    assert_ne!(status(&c.received), 401, "bob's token still authenticates");
+    let bob = token_for(&pipe, "bob@example.com");
+    let got = upgrade_with(&mut pipe, 1002, &bob);
+    assert_ne!(status(&got), 401, "bob's token still authenticates");
 }
 
 #[test]
